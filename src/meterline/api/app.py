@@ -1,0 +1,108 @@
+"""``create_app(config)``: the one place adapters are chosen and wired."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from meterline.api import admin, ingest, meters, ops
+from meterline.api.auth import Authenticator
+from meterline.api.context import Context
+from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
+from meterline.clock import Clock, SystemClock
+from meterline.config import Config
+from meterline.errors import MeterlineError
+from meterline.events.decode import Limits
+from meterline.metrics import Metrics
+from meterline.storage.sqlite.backend import EmbeddedBackend
+from meterline.storage.sqlite.ingest import IngestSettings
+
+log = logging.getLogger("meterline")
+
+ROUTES = [
+    Route("/healthz", ops.healthz),
+    Route("/readyz", ops.readyz),
+    Route("/metrics", ops.metrics),
+    Route("/api/v1/openapi.yaml", ops.openapi),
+    Route("/api/v1/events", ingest.ingest, methods=["POST"]),
+    Route("/api/v1/events", ingest.list_events, methods=["GET"]),
+    Route("/api/v1/meters", meters.create_meter, methods=["POST"]),
+    Route("/api/v1/meters", meters.list_meters, methods=["GET"]),
+    Route("/api/v1/meters/{meter}", meters.get_meter, methods=["GET"]),
+    Route("/api/v1/meters/{meter}", meters.delete_meter, methods=["DELETE"]),
+    Route("/api/v1/meters/{meter}/query", meters.query_meter, methods=["GET", "POST"]),
+    Route("/api/v1/dead-letters", admin.list_dead_letters, methods=["GET"]),
+    Route("/api/v1/dead-letters", admin.purge_dead_letters, methods=["DELETE"]),
+    Route("/api/v1/keys", admin.create_api_key, methods=["POST"]),
+    Route("/api/v1/keys", admin.list_api_keys, methods=["GET"]),
+    Route("/api/v1/keys/{key}", admin.revoke_api_key, methods=["DELETE"]),
+]
+
+
+def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
+    ingest_cfg = config.ingest
+    settings = IngestSettings(
+        dedupe_window_us=None if ingest_cfg.dedupe_window is None else _us(ingest_cfg.dedupe_window.total_seconds()),
+        max_group_cardinality=ingest_cfg.max_group_cardinality,
+    )
+    return EmbeddedBackend(
+        config.storage.data_dir, settings, clock, fsync=config.storage.fsync,
+        max_batch=config.storage.group_commit_max_requests,
+    )
+
+
+def create_app(config: Config, clock: Clock | None = None) -> Starlette:
+    clock = clock or SystemClock()
+    backend = open_backend(config, clock)
+    ensure_config_meters(config, backend)
+    metrics = Metrics()
+    metrics.gauge("meterline_ledger_events", "Events in the ledger", backend.ledger.size)
+    metrics.gauge("meterline_rollup_lag_events", "Ledger events not yet applied to a meter", backend.meters.pending_backfill)
+    metrics.gauge("meterline_dead_letters", "Events in the dead-letter store", backend.dead_letters.count)
+    metrics.gauge("meterline_group_commits", "Write transactions committed", lambda: backend.db.writer.commits)
+    ctx = Context(
+        config, clock, backend, Authenticator(backend.db, config.auth.key_cache_seconds), metrics,
+        Limits(
+            config.server.max_events_per_request, _us(config.ingest.future_skew.total_seconds()),
+            None if config.ingest.late_arrival_window is None else _us(config.ingest.late_arrival_window.total_seconds()),
+        ),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        backend.close()
+
+    app = Starlette(
+        routes=ROUTES, lifespan=lifespan,
+        exception_handlers={MeterlineError: on_meterline_error, HTTPException: on_http_error, Exception: on_unexpected},
+    )
+    app.state.ctx = ctx
+    return app
+
+
+def ensure_config_meters(config: Config, backend: EmbeddedBackend) -> None:
+    """Create the config file's meters that do not exist yet; an existing one must match."""
+    from meterline.errors import ConfigError, NotFound
+
+    for m in config.meters:
+        spec = m.spec()
+        try:
+            existing = backend.meters.get(m.namespace, spec.slug)
+        except NotFound:
+            backend.meters.create(m.namespace, spec)
+            continue
+        if existing.spec != spec:
+            raise ConfigError(
+                f"meter {spec.slug!r} in namespace {m.namespace!r} exists with a different definition;"
+                " delete it first (its rollups are rebuilt from the ledger when it is created again)"
+            )
+
+
+def _us(seconds: float) -> int:
+    return int(seconds * 1_000_000)

@@ -1,0 +1,48 @@
+"""Bearer API keys: verify, cache briefly, check the scope."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+
+from meterline.auth.keys import ApiKey, Scope
+from meterline.errors import Forbidden, Unauthorized
+from meterline.storage.sqlite.database import Database
+from meterline.storage.sqlite.keys import find_key
+
+
+class Authenticator:
+    """Resolves ``Authorization: Bearer <key>``. Positive results are cached for
+    ``ttl`` seconds, so a revoked key stops working within that time."""
+
+    def __init__(self, db: Database, ttl: float) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, ApiKey]] = {}
+
+    def require(self, request: Request, scope: Scope) -> ApiKey:
+        key = self._resolve(request.headers.get("authorization"))
+        if not key.allows(scope):
+            raise Forbidden(f"This API key lacks the {scope.value!r} scope", code="missing_scope")
+        return key
+
+    def _resolve(self, header: str | None) -> ApiKey:
+        if not header:
+            raise Unauthorized("Send an API key as 'Authorization: Bearer <key>'", code="missing_api_key")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthorized("The Authorization header must be 'Bearer <key>'", code="invalid_api_key")
+        secret = secret.strip()
+        now = time.monotonic()
+        hit = self._cache.get(secret)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        key = find_key(self._db.reader(), secret)
+        if key is None or key.revoked_us is not None:
+            self._cache.pop(secret, None)
+            raise Unauthorized("The API key is unknown or revoked", code="invalid_api_key")
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[secret] = (now, key)
+        return key

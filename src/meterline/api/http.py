@@ -1,0 +1,72 @@
+"""Small request/response helpers shared by the endpoint modules."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meterline.clock import to_us
+from meterline.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+_encode = msgspec.json.Encoder(decimal_format="number").encode
+_decode_any = msgspec.json.Decoder()
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(_encode(body), status_code=status, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The body is {declared} bytes; at most {limit} are allowed", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The body is over {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def json_body(request: Request, limit: int = 1024 * 1024) -> Any:
+    if media_type(request) not in ("application/json", ""):
+        raise UnsupportedMediaType("Send application/json", code="unsupported_media_type")
+    body = await read_body(request, limit)
+    try:
+        return _decode_any.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+def parse_time(name: str, value: str | None) -> int | None:
+    """An RFC 3339 query parameter as epoch microseconds."""
+    if value is None or value == "":
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise InvalidInput(f"`{name}` must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z", code="invalid_time") from None
+    if t.tzinfo is None:
+        raise InvalidInput(f"`{name}` must carry a UTC offset, e.g. 2026-01-01T00:00:00Z", code="invalid_time")
+    return to_us(t)
+
+
+def parse_int(name: str, value: str | None, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise InvalidInput(f"`{name}` must be an integer", code="invalid_parameter") from None
+    if not low <= n <= high:
+        raise InvalidInput(f"`{name}` must be between {low} and {high}", code="invalid_parameter")
+    return n

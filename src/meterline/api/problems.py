@@ -1,0 +1,53 @@
+"""The one place errors become HTTP: RFC 7807 ``application/problem+json`` with stable codes.
+
+Body: ``type`` (``urn:meterline:problem:<code>``), ``title``, ``status``, ``detail``,
+``instance`` (the request path), ``code``, plus error-specific members. Unexpected exceptions
+become a 500 ``internal_error`` whose detail never contains the exception text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meterline.errors import MeterlineError
+
+log = logging.getLogger("meterline.api")
+PROBLEM = "application/problem+json"
+_encode = msgspec.json.Encoder(decimal_format="number").encode
+
+
+def problem(
+    request: Request, status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body = {
+        "type": f"urn:meterline:problem:{code}", "title": title, "status": status, "detail": detail,
+        "instance": request.url.path, "code": code, **extra,
+    }
+    return Response(_encode(body), status_code=status, media_type=PROBLEM, headers=headers)
+
+
+async def on_meterline_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, MeterlineError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    extra = {k: v for k, v in exc.extra.items() if k not in ("type", "title", "status", "detail", "instance")}
+    return problem(request, exc.status, exc.code, exc.title, exc.detail, headers, **extra)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: ("not_found", "Not found"), 405: ("method_not_allowed", "Method not allowed")}
+    code, title = codes.get(exc.status_code, ("http_error", "HTTP error"))
+    detail = f"{request.method} {request.url.path} is not an endpoint" if exc.status_code in codes else str(exc.detail)
+    return problem(request, exc.status_code, code, title, detail)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error", extra={"path": request.url.path})
+    return problem(request, 500, "internal_error", "Internal error", "The server failed to handle this request")

@@ -1,0 +1,42 @@
+"""``meterline``: serve, keys, ingest, usage, meters, rebuild, check-config.
+
+Commands that work on the data directory (serve, keys, rebuild, check-config) take
+``--data-dir``/``--config``; commands that talk to a running server (ingest, usage, meters)
+take ``--url``/``--api-key`` (or ``METERLINE_URL``/``METERLINE_API_KEY``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from meterline.cli import client_cmds, store_cmds
+from meterline.errors import MeterlineError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MeterlineError as exc:
+            click.echo(f"error: {exc.detail}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="meterline")
+def cli() -> None:
+    """meterline: exactly-once usage metering."""
+
+
+for command in (*store_cmds.COMMANDS, *client_cmds.COMMANDS):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="meterline")
+
+

@@ -1,0 +1,163 @@
+"""Commands that work on the data directory: serve, keys, rebuild, check-config."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from meterline.auth.keys import DEFAULT_NAMESPACE, check_namespace, parse_scopes
+from meterline.clock import SystemClock, rfc3339
+from meterline.config import Config, load_config
+from meterline.storage.sqlite.database import DB_FILE
+from meterline.storage.sqlite.keys import count_keys, create_key, list_keys, revoke_key
+from meterline.storage.sqlite.rebuild import rebuild
+from meterline.storage.sqlite.schema import connect, create_schema
+
+
+def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--config", "config_path", type=click.Path(path_type=Path), help="TOML config file")(f)
+    return click.option("--data-dir", type=click.Path(path_type=Path), help="data directory")(f)
+
+
+def _config(config_path: Path | None, data_dir: Path | None, **server: Any) -> Config:
+    return load_config(config_path, {"storage": {"data_dir": data_dir}, "server": server})
+
+
+@click.command()
+@config_options
+@click.option("--host", help="address to listen on (default 127.0.0.1)")
+@click.option("--port", type=int, help="port (default 8888)")
+def serve(config_path: Path | None, data_dir: Path | None, host: str | None, port: int | None) -> None:
+    """Run the server in embedded mode (SQLite in the data directory)."""
+    import uvicorn
+
+    from meterline.api.app import create_app
+    from meterline.cli.logs import setup_logging
+
+    config = _config(config_path, data_dir, host=host, port=port)
+    setup_logging(config.log.level, config.log.format)
+    bootstrap = _bootstrap_key(config)
+    app = create_app(config)
+    where = f"http://{config.server.host}:{config.server.port}"
+    click.echo(f"meterline listening on {where} (data in {config.storage.data_dir.resolve()})")
+    if bootstrap:
+        click.echo("A new admin API key was created. It is shown only this once; keep it:")
+        click.echo(f"  {bootstrap}")
+    click.echo(f"Authenticate with: Authorization: Bearer <key>   (more keys: meterline keys create --scope ingest)")
+    sys.stdout.flush()
+    uvicorn.run(
+        app, host=config.server.host, port=config.server.port, log_config=None, access_log=False,
+        loop="uvloop", http="httptools", timeout_graceful_shutdown=5,
+    )
+
+
+def _bootstrap_key(config: Config) -> str | None:
+    if not config.auth.bootstrap_admin_key:
+        return None
+    conn = _open(config)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if count_keys(conn):
+            conn.execute("ROLLBACK")
+            return None
+        _, secret = create_key(conn, DEFAULT_NAMESPACE, "bootstrap admin", parse_scopes(["admin"]), SystemClock().now_us())
+        conn.execute("COMMIT")
+        return secret
+    finally:
+        conn.close()
+
+
+def _open(config: Config) -> Any:
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    conn = connect(config.storage.data_dir / DB_FILE, fsync=config.storage.fsync)
+    create_schema(conn)
+    return conn
+
+
+@click.group()
+def keys() -> None:
+    """Create, list and revoke API keys (works on the data directory, also while the server runs)."""
+
+
+@keys.command("create")
+@config_options
+@click.option("--scope", "scopes", multiple=True, required=True, help="ingest, read or admin (repeatable)")
+@click.option("--name", default="api key", help="a label for the key")
+@click.option("--namespace", default=DEFAULT_NAMESPACE, help="the namespace the key works in")
+def keys_create(config_path: Path | None, data_dir: Path | None, scopes: tuple[str, ...], name: str, namespace: str) -> None:
+    """Create a key and print it (shown only once)."""
+    config = _config(config_path, data_dir)
+    scope_set = parse_scopes(list(scopes))
+    check_namespace(namespace)
+    conn = _open(config)
+    try:
+        key, secret = create_key(conn, namespace, name, scope_set, SystemClock().now_us())
+    finally:
+        conn.close()
+    click.echo(secret)
+    click.echo(f"id={key.id} namespace={key.namespace} scopes={','.join(sorted(scopes))}", err=True)
+
+
+@keys.command("list")
+@config_options
+def keys_list(config_path: Path | None, data_dir: Path | None) -> None:
+    """List keys (ids and prefixes, never secrets)."""
+    conn = _open(_config(config_path, data_dir))
+    try:
+        for k in list_keys(conn, None):
+            state = "revoked " + rfc3339(k.revoked_us) if k.revoked_us else "active"
+            click.echo(f"{k.id}\t{k.prefix}…\t{k.namespace}\t{','.join(sorted(k.scopes))}\t{k.name}\t{state}")
+    finally:
+        conn.close()
+
+
+@keys.command("revoke")
+@config_options
+@click.argument("key_id")
+def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) -> None:
+    """Revoke a key by id."""
+    conn = _open(_config(config_path, data_dir))
+    try:
+        revoke_key(conn, key_id, None, SystemClock().now_us())
+    finally:
+        conn.close()
+    click.echo(f"revoked {key_id}")
+
+
+@click.command("rebuild")
+@config_options
+@click.option("--check", is_flag=True, help="only compare; change nothing")
+def rebuild_cmd(config_path: Path | None, data_dir: Path | None, check: bool) -> None:
+    """Recompute rollups from the ledger; report and replace any difference."""
+    config = _config(config_path, data_dir)
+    conn = _open(config)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        report = rebuild(conn, cap=config.ingest.max_group_cardinality, replace=not check)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    diffs = ", ".join(f"{t}: {n}" for t, n in report.differences.items())
+    click.echo(f"replayed {report.events} ledger events; differing rows — {diffs}")
+    if report.identical:
+        click.echo("rollups are identical to a rebuild from the ledger")
+    elif check:
+        click.echo("rollups DIFFER from the ledger (run without --check to repair)")
+        sys.exit(1)
+    else:
+        click.echo("rollups were replaced by the rebuild")
+
+
+@click.command("check-config")
+@config_options
+def check_config(config_path: Path | None, data_dir: Path | None) -> None:
+    """Validate the configuration and print it."""
+    config = _config(config_path, data_dir)
+    click.echo(config.model_dump_json(indent=2))
+
+
+COMMANDS = [serve, keys, rebuild_cmd, check_config]

@@ -1,0 +1,53 @@
+"""Time, injected: domain code never calls ``datetime.now`` itself."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now_us(self) -> int:
+        """Microseconds since the Unix epoch, UTC."""
+        ...
+
+
+class SystemClock:
+    def now_us(self) -> int:
+        return time.time_ns() // 1000
+
+
+class FixedClock:
+    """A clock tests can set and advance."""
+
+    def __init__(self, now_us: int) -> None:
+        self._now = now_us
+
+    def now_us(self) -> int:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += int(seconds * 1_000_000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICRO = timedelta(microseconds=1)
+
+
+def to_us(t: datetime) -> int:
+    """Microseconds since the epoch for an aware datetime."""
+    return (t - _EPOCH) // _MICRO
+
+
+def from_us(us: int) -> datetime:
+    """The UTC datetime for microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def rfc3339(us: int) -> str:
+    """RFC 3339 in UTC with millisecond precision, or microseconds when they are not zero."""
+    t = from_us(us)
+    if us % 1000:
+        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

@@ -1,0 +1,78 @@
+"""Exact quantities: the one place that decides how numbers are read, added and written.
+
+Quantities are ``Decimal`` end to end. Additions use a context wide enough to be exact for
+every value we accept (at most ``MAX_DIGITS`` significant digits, exponent within
+``MAX_EXPONENT``), so a sum does not depend on the order events arrive in; that is what lets
+``rebuild`` reproduce rollups bit for bit. Only AVG divides, and it rounds to ``AVG_DIGITS``
+significant digits, half-even.
+"""
+
+from __future__ import annotations
+
+import decimal
+from decimal import Decimal
+
+MAX_DIGITS = 38
+MAX_EXPONENT = 30
+AVG_DIGITS = 28
+
+EXACT = decimal.Context(
+    prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.InvalidOperation]
+)
+AVERAGE = decimal.Context(prec=AVG_DIGITS, rounding=decimal.ROUND_HALF_EVEN)
+
+
+class NotAQuantity(ValueError):
+    """The value is not a finite decimal number within the accepted range."""
+
+
+def to_quantity(value: object) -> Decimal:
+    """Read a JSON number or numeric string as an exact Decimal, or raise NotAQuantity."""
+    if isinstance(value, bool):
+        raise NotAQuantity("a boolean is not a number")
+    if isinstance(value, Decimal):
+        d = value
+    elif isinstance(value, int):
+        d = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            d = Decimal(value.strip())
+        except decimal.InvalidOperation:
+            raise NotAQuantity(f"{value[:40]!r} is not a number") from None
+    elif isinstance(value, float):
+        d = Decimal(repr(value))
+    else:
+        raise NotAQuantity(f"a JSON {_json_kind(value)} is not a number")
+    if not d.is_finite():
+        raise NotAQuantity("the value is not finite")
+    sign, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)
+    if len(digits) > MAX_DIGITS or abs(exponent) > MAX_EXPONENT:
+        raise NotAQuantity(f"the value has more than {MAX_DIGITS} digits or an exponent beyond ±{MAX_EXPONENT}")
+    return d
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def add(a: Decimal, b: Decimal) -> Decimal:
+    return EXACT.add(a, b)
+
+
+def average(total: Decimal, count: int) -> Decimal:
+    return AVERAGE.divide(total, Decimal(count))
+
+
+def canonical(d: Decimal) -> str:
+    """Plain notation without exponent or trailing zeros: ``1E+3`` -> ``1000``, ``1.50`` -> ``1.5``."""
+    if d == 0:
+        return "0"
+    text = format(d.normalize(EXACT), "f")
+    return text

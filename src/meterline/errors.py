@@ -1,0 +1,96 @@
+"""One error hierarchy with stable codes.
+
+    MeterlineError                 code            HTTP
+    ├── InvalidInput               invalid_input   400  (also subclasses with own codes)
+    │   └── UnalignedRange         unaligned_range 400
+    ├── Unauthorized               unauthorized    401
+    ├── Forbidden                  forbidden       403
+    ├── NotFound                   not_found       404
+    ├── Conflict                   conflict        409
+    ├── PayloadTooLarge            payload_too_large 413
+    ├── UnsupportedMediaType       unsupported_media_type 415
+    ├── ConfigError                invalid_config  (CLI only)
+    └── StorageUnavailable         storage_unavailable 503
+
+The HTTP layer maps ``status`` and ``code`` to problem+json in one place
+(``meterline.api.problems``); the CLI prints ``str(exc)`` and exits non-zero. Messages are
+written for the caller: they never contain internal exception text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class MeterlineError(Exception):
+    """Base of every error meterline raises on purpose."""
+
+    code = "internal_error"
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+
+class InvalidInput(MeterlineError):
+    code = "invalid_input"
+    status = 400
+    title = "Invalid input"
+
+
+class UnalignedRange(InvalidInput):
+    code = "unaligned_range"
+    title = "Query range is not aligned"
+
+
+class Unauthorized(MeterlineError):
+    code = "unauthorized"
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(MeterlineError):
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(MeterlineError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(MeterlineError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class PayloadTooLarge(MeterlineError):
+    code = "payload_too_large"
+    status = 413
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(MeterlineError):
+    code = "unsupported_media_type"
+    status = 415
+    title = "Unsupported media type"
+
+
+class ConfigError(MeterlineError):
+    code = "invalid_config"
+    status = 500
+    title = "Invalid configuration"
+
+
+class StorageUnavailable(MeterlineError):
+    code = "storage_unavailable"
+    status = 503
+    title = "Storage unavailable"

@@ -1,0 +1,147 @@
+"""Turn a request body into validated events, one :class:`Candidate` per event.
+
+Validation returns problems as data: a batch with bad events still yields every good one, and
+each bad one carries a stable :class:`Reason`. Only problems with the body as a whole (not
+JSON at all, wrong top-level shape, too many events) raise :class:`InvalidInput` /
+:class:`PayloadTooLarge`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from meterline.clock import to_us
+from meterline.errors import InvalidInput, PayloadTooLarge
+from meterline.events.model import Candidate, Event, Reason, Rejection
+
+MAX_FIELD_LENGTH = 512
+
+
+class CloudEventIn(msgspec.Struct):
+    """The CloudEvents 1.0 JSON envelope as it arrives. Every field is checked by hand after
+    decoding so a missing one gets its own reason; extension attributes are ignored here and
+    kept in ``raw``."""
+
+    specversion: str | None = None
+    id: str | None = None
+    source: str | None = None
+    type: str | None = None
+    subject: str | None = None
+    time: datetime | None = None
+    data: Any = None
+    datacontenttype: str | None = None
+    dataschema: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_events: int
+    future_skew_us: int
+    late_window_us: int | None
+
+
+_split = msgspec.json.Decoder(msgspec.Raw | list[msgspec.Raw])
+_envelope = msgspec.json.Decoder(CloudEventIn, float_hook=Decimal)
+_digest_encoder = msgspec.json.Encoder(order="sorted")
+_REQUIRED = ("id", "source", "type", "subject")
+
+
+def split_body(body: bytes, shape: str, max_events: int) -> list[msgspec.Raw]:
+    """Split a body into the raw bytes of each event. ``shape`` is ``single``, ``batch`` or ``any``."""
+    try:
+        decoded = _split.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+    if isinstance(decoded, list):
+        if shape == "single":
+            raise InvalidInput("application/cloudevents+json takes one event object, not an array", code="malformed_json")
+        if len(decoded) > max_events:
+            raise PayloadTooLarge(
+                f"{len(decoded)} events in one request; at most {max_events} are allowed", code="too_many_events"
+            )
+        return decoded
+    if shape == "batch":
+        raise InvalidInput("application/cloudevents-batch+json takes a JSON array of events", code="malformed_json")
+    if not bytes(decoded).lstrip().startswith(b"{"):
+        raise InvalidInput("The body must be a CloudEvent object or an array of them", code="malformed_json")
+    return [decoded]
+
+
+def decode_events(raws: list[msgspec.Raw], namespace: str, now_us: int, limits: Limits) -> list[Candidate]:
+    return [_decode_one(i, bytes(raw), namespace, now_us, limits) for i, raw in enumerate(raws)]
+
+
+def _decode_one(index: int, raw: bytes, namespace: str, now_us: int, limits: Limits) -> Candidate:
+    try:
+        env = _envelope.decode(raw)
+    except msgspec.ValidationError as exc:
+        return _reject(index, None, None, raw, _reason_for(str(exc)), str(exc))
+    except msgspec.DecodeError as exc:
+        return _reject(index, None, None, raw, Reason.MALFORMED, f"Not a JSON object: {exc}")
+    problem = _check_envelope(env, now_us, limits)
+    if problem is not None:
+        return Candidate(index, env.id, env.source, rejection=problem, raw=raw)
+    assert env.id and env.source and env.type and env.subject
+    time_us = to_us(env.time) if env.time is not None else now_us
+    event = Event(
+        namespace, env.source, env.id, env.type, env.subject, time_us, env.data, raw,
+        _digest(env.type, env.subject, time_us, env.data),
+    )
+    return Candidate(index, env.id, env.source, event=event, raw=raw)
+
+
+def _reason_for(message: str) -> Reason:
+    if "`$.time`" in message:
+        return Reason.INVALID_TIME
+    if "Expected `object`" in message and "`$`" not in message:
+        return Reason.INVALID_FIELD
+    if message.startswith("Expected `object`"):
+        return Reason.MALFORMED
+    return Reason.INVALID_FIELD
+
+
+def _check_envelope(env: CloudEventIn, now_us: int, limits: Limits) -> Rejection | None:
+    for name in _REQUIRED:
+        value = getattr(env, name)
+        if value is None or value == "":
+            return Rejection(Reason.MISSING_FIELD, f"`{name}` is required and must be a non-empty string")
+        if len(value) > MAX_FIELD_LENGTH:
+            return Rejection(Reason.INVALID_FIELD, f"`{name}` is longer than {MAX_FIELD_LENGTH} characters")
+    if env.specversion is None:
+        return Rejection(Reason.MISSING_FIELD, "`specversion` is required (\"1.0\")")
+    if env.specversion != "1.0":
+        return Rejection(Reason.UNSUPPORTED_SPECVERSION, f"specversion {env.specversion[:20]!r} is not supported; use \"1.0\"")
+    if env.data is not None and not isinstance(env.data, dict):
+        return Rejection(Reason.INVALID_DATA, "`data` must be a JSON object")
+    if env.datacontenttype not in (None, "application/json") and not str(env.datacontenttype).startswith("application/json;"):
+        return Rejection(Reason.INVALID_DATA, "`datacontenttype` must be application/json")
+    if env.time is not None:
+        return _check_time(env.time, now_us, limits)
+    return None
+
+
+def _check_time(t: datetime, now_us: int, limits: Limits) -> Rejection | None:
+    if t.tzinfo is None:
+        return Rejection(Reason.INVALID_TIME, "`time` must be RFC 3339 with a UTC offset (e.g. 2026-01-01T00:00:00Z)")
+    time_us = to_us(t)
+    if time_us > now_us + limits.future_skew_us:
+        return Rejection(Reason.TIME_IN_FUTURE, "`time` is further in the future than the allowed clock skew")
+    if limits.late_window_us is not None and time_us < now_us - limits.late_window_us:
+        return Rejection(Reason.TIME_TOO_OLD, "`time` is older than the late-arrival window")
+    return None
+
+
+
+def _digest(type_: str, subject: str, time_us: int, data: object) -> bytes:
+    payload = _digest_encoder.encode([type_, subject, time_us, data])
+    return hashlib.blake2b(payload, digest_size=16).digest()
+
+
+def _reject(index: int, id_: str | None, source: str | None, raw: bytes, reason: Reason, message: str) -> Candidate:
+    return Candidate(index, id_, source, rejection=Rejection(reason, message), raw=raw)

@@ -1,0 +1,27 @@
+"""The embedded backend: one SQLite file behind the ledger, meters, dead letters and keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meterline.clock import Clock
+from meterline.storage.sqlite.database import Database
+from meterline.storage.sqlite.dead_letters import SqliteDeadLetters
+from meterline.storage.sqlite.ingest import IngestSettings, IngestState
+from meterline.storage.sqlite.ledger import SqliteLedger
+from meterline.storage.sqlite.meters import SqliteMeters
+
+
+class EmbeddedBackend:
+    def __init__(
+        self, data_dir: Path, settings: IngestSettings, clock: Clock, *, fsync: str = "full", max_batch: int = 512
+    ) -> None:
+        self.state = IngestState(settings)
+        self.db = Database(data_dir, fsync=fsync, max_batch=max_batch, on_rollback=self.state.invalidate)
+        self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
+        self.meters = SqliteMeters(self.db, self.state, clock.now_us)
+        self.dead_letters = SqliteDeadLetters(self.db)
+
+    def close(self) -> None:
+        self.meters.close()
+        self.db.close()

@@ -1,0 +1,46 @@
+"""One SQLite database file: its writer thread and per-thread read connections."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from meterline.storage.sqlite.schema import connect, create_schema
+from meterline.storage.sqlite.writer import Writer
+
+DB_FILE = "meterline.db"
+
+
+class Database:
+    def __init__(
+        self, data_dir: Path, *, fsync: str = "full", max_batch: int = 256,
+        on_rollback: Callable[[], None] | None = None,
+    ) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / DB_FILE
+        self._fsync = fsync
+        conn = connect(self.path, fsync=fsync)
+        create_schema(conn)
+        self.writer = Writer(conn, max_batch=max_batch, on_rollback=on_rollback)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection (autocommit: every statement sees the latest commit)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, fsync=self._fsync, readonly=True)
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        self.writer.close()
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()

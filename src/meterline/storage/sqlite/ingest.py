@@ -1,0 +1,195 @@
+"""The ingest transaction: dedupe, meter evaluation, ledger append and rollup deltas, together.
+
+Runs only on the writer thread, inside the writer's transaction. Per batch:
+
+1. look up every idempotency key of the batch in one query (plus keys seen earlier in this
+   same transaction);
+2. per event, in request order: a known key is a *duplicate* (flagged as a conflict when the
+   payload digest differs; the first payload wins); otherwise every live meter for the event's
+   type reads it — an unreadable value or a group-by over its cardinality cap rejects the
+   event as a whole, so an event is never counted by some meters and not others;
+3. accepted events get the next ledger sequence numbers and are appended with their dedupe
+   keys; rejected ones go to the dead-letter table with the raw event and the reason;
+4. readings are folded into rollup deltas and upserted.
+
+All of it commits or rolls back as one, so the ledger, the dedupe keys and the rollups never
+disagree. ``IngestState`` caches meters and group values; any rollback marks it stale and it
+reloads from the database inside the next transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from meterline.events.model import Candidate, Event, Outcome, Reason, Rejection, Status
+from meterline.meters.evaluate import CompiledMeter, Reading
+from meterline.meters.model import Meter, MeterSpec
+from meterline.storage.sqlite.replay import admit_groups
+from meterline.storage.sqlite.rollups import Deltas
+
+_spec = msgspec.json.Decoder(MeterSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    dedupe_window_us: int | None
+    max_group_cardinality: int
+
+
+class IngestState:
+    """Writer-thread caches: live meters by (namespace, type), group values, subjects, next seq."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.stale = True
+        self.meters: dict[tuple[str, str], list[CompiledMeter]] = {}
+        self.group_values: dict[tuple[int, str], set[str]] = {}
+        self.subjects: dict[int, set[str]] = {}
+        self.next_seq = 1
+
+    def invalidate(self) -> None:
+        self.stale = True
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        if not self.stale:
+            return
+        self.meters = {}
+        for meter in live_meters(conn):
+            self.meters.setdefault((meter.namespace, meter.spec.event_type), []).append(CompiledMeter(meter))
+        self.group_values = {}
+        for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
+            self.group_values.setdefault((key, dim), set()).add(value)
+        self.subjects = {}
+        for key, subject in conn.execute("SELECT meter, subject FROM meter_subjects"):
+            self.subjects.setdefault(key, set()).add(subject)
+        self.next_seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        self.stale = False
+
+
+def live_meters(conn: sqlite3.Connection) -> list[Meter]:
+    rows = conn.execute(
+        "SELECT key, id, namespace, spec, created_us FROM meters WHERE deleted_us IS NULL ORDER BY key"
+    )
+    return [Meter(key, id_, ns, _spec.decode(spec), created) for key, id_, ns, spec, created in rows]
+
+
+class Appender:
+    """Applies one request's candidates. One instance per request, used once."""
+
+    def __init__(self, state: IngestState, conn: sqlite3.Connection, now_us: int) -> None:
+        state.load(conn)
+        self.state = state
+        self.conn = conn
+        self.now_us = now_us
+        self.deltas = Deltas()
+        self.events: list[tuple[object, ...]] = []
+        self.keys: list[tuple[object, ...]] = []
+        self.dead: list[tuple[object, ...]] = []
+        self.new_groups: list[tuple[int, str, str]] = []
+        self.new_subjects: list[tuple[int, str]] = []
+        self.namespace = ""
+
+    def append(self, namespace: str, candidates: Sequence[Candidate]) -> list[Outcome]:
+        self.namespace = namespace
+        known = self._known(namespace, [c.event for c in candidates if c.event is not None])
+        outcomes = [self._one(c, known) for c in candidates]
+        self._write()
+        return outcomes
+
+    def _one(self, c: Candidate, known: dict[tuple[str, str], bytes]) -> Outcome:
+        if c.event is None:
+            assert c.rejection is not None
+            return self._reject(c, c.rejection)
+        ev = c.event
+        first = known.get((ev.source, ev.id))
+        if first is not None:
+            return Outcome(c.index, ev.id, ev.source, Status.DUPLICATE, conflict=first != ev.digest)
+        readings = self._read(ev)
+        if isinstance(readings, Rejection):
+            return self._reject(c, readings)
+        known[(ev.source, ev.id)] = ev.digest
+        self._accept(ev, readings)
+        return Outcome(c.index, ev.id, ev.source, Status.ACCEPTED)
+
+    def _read(self, ev: Event) -> list[tuple[CompiledMeter, Reading]] | Rejection:
+        readings = []
+        for meter in self.state.meters.get((ev.namespace, ev.type), ()):
+            if not meter.applies(ev):
+                continue
+            reading = meter.read(ev)
+            if isinstance(reading, Rejection):
+                return reading
+            readings.append((meter, reading))
+        problem = self._check_cardinality(readings)
+        return problem if problem is not None else readings
+
+    def _check_cardinality(self, readings: list[tuple[CompiledMeter, Reading]]) -> Rejection | None:
+        cap = self.state.settings.max_group_cardinality
+        admitted: list[tuple[int, str, str]] = []
+        for meter, reading in readings:
+            fresh = admit_groups(self.state.group_values, cap, meter, reading.groups)
+            if isinstance(fresh, str):
+                for key, dim, value in admitted:  # undo the other meters' admissions
+                    self.state.group_values[(key, dim)].discard(value)
+                return Rejection(
+                    Reason.GROUP_CARDINALITY,
+                    f"meter {meter.meter.slug!r}: groupBy {fresh!r} already has {cap} distinct values;"
+                    " this event would exceed the cap",
+                )
+            admitted.extend(fresh)
+        self.new_groups.extend(admitted)
+        return None
+
+    def _accept(self, ev: Event, readings: list[tuple[CompiledMeter, Reading]]) -> None:
+        seq = self.state.next_seq
+        self.state.next_seq += 1
+        self.events.append(
+            (seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, self.now_us, ev.digest, ev.raw)
+        )
+        self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
+        for meter, reading in readings:
+            self.deltas.add(meter.aggregation, reading, ev.subject, ev.time_us, seq)
+            subjects = self.state.subjects.setdefault(meter.meter.key, set())
+            if ev.subject not in subjects:
+                subjects.add(ev.subject)
+                self.new_subjects.append((meter.meter.key, ev.subject))
+
+    def _reject(self, c: Candidate, rejection: Rejection) -> Outcome:
+        self.dead.append((self.namespace, self.now_us, rejection.reason.value, rejection.message, c.source, c.id, c.raw))
+        return Outcome(c.index, c.id, c.source, Status.REJECTED, rejection.reason, rejection.message)
+
+    def _known(self, namespace: str, events: list[Event]) -> dict[tuple[str, str], bytes]:
+        if not events:
+            return {}
+        window = self.state.settings.dedupe_window_us
+        oldest = -1 if window is None else self.now_us - window
+        keys = msgspec.json.encode([[e.source, e.id] for e in events]).decode()
+        rows = self.conn.execute(
+            "SELECT d.source, d.id, d.digest FROM json_each(?) AS j JOIN dedupe AS d"
+            " ON d.namespace = ? AND d.source = j.value ->> 0 AND d.id = j.value ->> 1"
+            " WHERE d.received_us >= ?",
+            (keys, namespace, oldest),
+        )
+        return {(source, id_): digest for source, id_, digest in rows}
+
+    def _write(self) -> None:
+        conn = self.conn
+        if self.events:
+            conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", self.events)
+            conn.executemany("INSERT OR REPLACE INTO dedupe VALUES (?,?,?,?,?,?)", self.keys)
+        if self.dead:
+            conn.executemany(
+                "INSERT INTO dead_letters (namespace, received_us, reason, message, source, event_id, raw)"
+                " VALUES (?,?,?,?,?,?,?)",
+                self.dead,
+            )
+        if self.new_groups:
+            conn.executemany("INSERT OR IGNORE INTO group_values VALUES (?,?,?)", self.new_groups)
+        if self.new_subjects:
+            conn.executemany("INSERT OR IGNORE INTO meter_subjects VALUES (?,?)", self.new_subjects)
+        self.deltas.flush(conn)
+

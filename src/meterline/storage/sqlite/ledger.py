@@ -1,0 +1,60 @@
+"""The ledger in SQLite: idempotent appends through the writer, reads by anyone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from meterline.events.model import Candidate, Outcome
+from meterline.storage.sqlite.database import Database
+from meterline.storage.sqlite.ingest import Appender, IngestState
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    namespace: str
+    raw: bytes
+    received_us: int
+
+
+class SqliteLedger:
+    def __init__(self, db: Database, state: IngestState, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._state = state
+        self._now_us = now_us
+
+    def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[list[Outcome]]:
+        """Record a request's events. The future resolves after the commit that holds them."""
+        return self._db.writer.submit(
+            lambda conn: Appender(self._state, conn, self._now_us()).append(namespace, candidates)
+        )
+
+    def list(
+        self, namespace: str, *, limit: int, subject: str | None = None, event_id: str | None = None,
+        start_us: int | None = None, end_us: int | None = None,
+    ) -> list[StoredEvent]:
+        """Newest first. ``subject`` and ``event_id`` match substrings, as OpenMeter's list does."""
+        where: list[str] = ["namespace = ?"]
+        params: list[object] = [namespace]
+        for column, value in (("subject", subject), ("id", event_id)):
+            if value:
+                where.append(f"instr({column}, ?) > 0")
+                params.append(value)
+        if start_us is not None:
+            where.append("time_us >= ?")
+            params.append(start_us)
+        if end_us is not None:
+            where.append("time_us < ?")
+            params.append(end_us)
+        rows = self._db.reader().execute(
+            f"SELECT seq, namespace, raw, received_us FROM events WHERE {' AND '.join(where)}"
+            " ORDER BY seq DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [StoredEvent(*row) for row in rows]
+
+    def size(self) -> int:
+        row = self._db.reader().execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(row[0])

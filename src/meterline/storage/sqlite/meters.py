@@ -1,0 +1,155 @@
+"""Meters in SQLite: definitions, backfill of new meters, and window queries on rollups."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+
+import msgspec
+from ulid import ULID
+
+from meterline.errors import Conflict, NotFound
+from meterline.meters.evaluate import CompiledMeter
+from meterline.meters.model import Aggregation, Meter, MeterSpec
+from meterline.meters.query import MeterQuery, Row, check_dimensions, merge, merge_unique
+from meterline.meters.windows import bucket_size, floor, grid
+from meterline.storage.sqlite.database import Database
+from meterline.storage.sqlite.ingest import IngestState, live_meters
+from meterline.storage.sqlite.replay import CHUNK, Replay, ledger_rows
+from meterline.storage.sqlite.rollups import first_bucket, read_states, read_uniques
+
+log = logging.getLogger("meterline.meters")
+_encode = msgspec.json.Encoder().encode
+_spec = msgspec.json.Decoder(MeterSpec)
+_COLUMNS = "key, id, namespace, spec, created_us"
+
+
+class SqliteMeters:
+    def __init__(self, db: Database, state: IngestState, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._state = state
+        self._now_us = now_us
+        self._backfill_wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._backfill_loop, name="meterline-backfill", daemon=True)
+        self._thread.start()
+
+    def create(self, namespace: str, spec: MeterSpec) -> Meter:
+        meter = self._db.writer.call(lambda conn: self._create(conn, namespace, spec))
+        self._backfill_wake.set()
+        return meter
+
+    def _create(self, conn: sqlite3.Connection, namespace: str, spec: MeterSpec) -> Meter:
+        if conn.execute(
+            "SELECT 1 FROM meters WHERE namespace = ? AND slug = ? AND deleted_us IS NULL", (namespace, spec.slug)
+        ).fetchone():
+            raise Conflict(f"A meter with slug {spec.slug!r} already exists", code="meter_exists")
+        head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        now = self._now_us()
+        meter_id = str(ULID())
+        cur = conn.execute(
+            "INSERT INTO meters (id, namespace, slug, spec, created_us, updated_us, backfill_to, backfill_done)"
+            " VALUES (?,?,?,?,?,?,?,0)",
+            (meter_id, namespace, spec.slug, _encode(spec), now, now, head),
+        )
+        self._state.invalidate()
+        assert cur.lastrowid is not None
+        return Meter(cur.lastrowid, meter_id, namespace, spec, now)
+
+    def list(self, namespace: str) -> list[Meter]:
+        return [m for m in live_meters(self._db.reader()) if m.namespace == namespace]
+
+    def get(self, namespace: str, id_or_slug: str) -> Meter:
+        row = self._db.reader().execute(
+            f"SELECT {_COLUMNS} FROM meters WHERE namespace = ? AND (slug = ? OR id = ?) AND deleted_us IS NULL",
+            (namespace, id_or_slug, id_or_slug),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+        key, id_, ns, spec, created = row
+        return Meter(key, id_, ns, _spec.decode(spec), created)
+
+    def delete(self, namespace: str, id_or_slug: str) -> None:
+        meter = self.get(namespace, id_or_slug)
+        self._db.writer.call(lambda conn: self._delete(conn, meter.key))
+
+    def _delete(self, conn: sqlite3.Connection, key: int) -> None:
+        conn.execute("UPDATE meters SET deleted_us = ? WHERE key = ? AND deleted_us IS NULL", (self._now_us(), key))
+        for table in ("rollups", "uniques", "group_values", "meter_subjects"):
+            conn.execute(f"DELETE FROM {table} WHERE meter = ?", (key,))
+        self._state.invalidate()
+
+    def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
+        """Answer from rollups. Open ``start`` means the meter's first data, open ``end`` now."""
+        dimensions = tuple(sorted(meter.spec.group_by))
+        check_dimensions(query, dimensions)
+        conn = self._db.reader()
+        start, end = query.start, query.end
+        if end is None:
+            now = self._now_us() // 1_000_000
+            end = now - now % 60 + 60
+        if start is None:
+            first = first_bucket(conn, meter.key)
+            if first is None:
+                return []
+            start = floor(first, query.window_size, query.tz) if query.window_size else first
+        bounds = grid(start, end, query.window_size, query.tz)
+        if not bounds:
+            return []
+        level = bucket_size(bounds)
+        if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
+            values = read_uniques(conn, meter.key, level, start, end, query.subjects)
+            return merge_unique(values, bounds, query, dimensions)
+        states = read_states(conn, meter.key, level, start, end, query.subjects)
+        return merge(meter.spec.aggregation, states, bounds, query, dimensions)
+
+    def pending_backfill(self) -> int:
+        """Ledger events not yet applied to some live meter (the rollup lag)."""
+        row = self._db.reader().execute(
+            "SELECT coalesce(sum(backfill_to - backfill_done), 0) FROM meters WHERE deleted_us IS NULL"
+        ).fetchone()
+        return int(row[0])
+
+    def close(self) -> None:
+        self._closed = True
+        self._backfill_wake.set()
+        self._thread.join(timeout=5)
+
+    # Backfill: a meter created after events exist covers them too. Live ingest applies the
+    # meter to every event after ``backfill_to`` from the moment it is created; this loop
+    # applies the older ones in chunks, each chunk one writer task, so ingest keeps flowing.
+    def _backfill_loop(self) -> None:
+        while not self._closed:
+            try:
+                more = self._db.writer.call(self._backfill_chunk)
+            except Exception:
+                log.exception("backfill chunk failed")
+                more = False
+            if not more:
+                self._backfill_wake.wait(timeout=5)
+                self._backfill_wake.clear()
+
+    def _backfill_chunk(self, conn: sqlite3.Connection) -> bool:
+        row = conn.execute(
+            "SELECT key, backfill_done, backfill_to FROM meters"
+            " WHERE deleted_us IS NULL AND backfill_done < backfill_to ORDER BY key LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return False
+        key, done, to = row
+        self._state.load(conn)
+        meter = next(m for ms in self._state.meters.values() for m in ms if m.meter.key == key)
+        replay = Replay(self._state.settings.max_group_cardinality, self._state.group_values, self._state.subjects)
+        upto = min(done + CHUNK, to)
+        replay.apply([meter], ledger_rows(conn, done, upto))
+        replay.flush(conn)
+        conn.execute("UPDATE meters SET backfill_done = ? WHERE key = ?", (upto, key))
+        if replay.skipped:
+            log.info("backfill skipped unreadable events", extra={"meter": meter.meter.slug, "skipped": replay.skipped})
+        return True
+
+
+def compiled_live(conn: sqlite3.Connection) -> list[CompiledMeter]:
+    return [CompiledMeter(m) for m in live_meters(conn)]

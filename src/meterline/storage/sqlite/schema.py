@@ -1,0 +1,131 @@
+"""Schema and connections.
+
+Durability: the database runs in WAL mode. ``fsync="full"`` (``synchronous=FULL``) syncs the
+WAL on every commit, so an acknowledged event survives power loss; ``"normal"`` syncs only at
+checkpoints and survives a process crash (``kill -9``) but may lose the last commits on power
+loss. Either way a commit is atomic: an event, its dedupe key and its rollup deltas land
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+from meterline.decimals import EXACT
+
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- The ledger: append-only, one row per accepted event, in commit order.
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL,
+    type TEXT NOT NULL, subject TEXT NOT NULL, time_us INTEGER NOT NULL,
+    received_us INTEGER NOT NULL, digest BLOB NOT NULL, raw BLOB NOT NULL
+);
+
+-- Idempotency keys (namespace, source, id) -> first accepted payload.
+CREATE TABLE IF NOT EXISTS dedupe (
+    namespace TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL,
+    seq INTEGER NOT NULL, digest BLOB NOT NULL, received_us INTEGER NOT NULL,
+    PRIMARY KEY (namespace, source, id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS meters (
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL, slug TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER,
+    -- events with seq <= backfill_to were in the ledger before the meter existed;
+    -- backfill_done is how far the backfill has applied them.
+    backfill_to INTEGER NOT NULL, backfill_done INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS meters_live_slug ON meters (namespace, slug) WHERE deleted_us IS NULL;
+
+-- Rollups: derived from the ledger, rebuilt bit for bit by `meterline rebuild`.
+CREATE TABLE IF NOT EXISTS rollups (
+    meter INTEGER NOT NULL, level INTEGER NOT NULL, subject TEXT NOT NULL,
+    bucket INTEGER NOT NULL, group_key TEXT NOT NULL,
+    cnt INTEGER NOT NULL, total TEXT, low TEXT, high TEXT,
+    last_t INTEGER, last_seq INTEGER, last_v TEXT,
+    PRIMARY KEY (meter, level, subject, bucket, group_key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS uniques (
+    meter INTEGER NOT NULL, level INTEGER NOT NULL, subject TEXT NOT NULL,
+    bucket INTEGER NOT NULL, group_key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (meter, level, subject, bucket, group_key, value)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS group_values (
+    meter INTEGER NOT NULL, dim TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (meter, dim, value)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS meter_subjects (
+    meter INTEGER NOT NULL, subject TEXT NOT NULL, PRIMARY KEY (meter, subject)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL, received_us INTEGER NOT NULL,
+    reason TEXT NOT NULL, message TEXT NOT NULL,
+    source TEXT, event_id TEXT, raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (namespace, received_us);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL,
+    hash BLOB NOT NULL UNIQUE, prefix TEXT NOT NULL,
+    created_us INTEGER NOT NULL, revoked_us INTEGER
+);
+"""
+
+
+def connect(path: Path, *, fsync: str = "full", readonly: bool = False) -> sqlite3.Connection:
+    """Open the database with meterline's pragmas and SQL functions."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if fsync == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA cache_size=-65536")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    if readonly:
+        conn.execute("PRAGMA query_only=1")
+    _register_functions(conn)
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(DDL)
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def _register_functions(conn: sqlite3.Connection) -> None:
+    conn.create_function("dec_add", 2, _dec_add, deterministic=True)
+    conn.create_function("dec_min", 2, _dec_min, deterministic=True)
+    conn.create_function("dec_max", 2, _dec_max, deterministic=True)
+
+
+def _dec_add(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return str(EXACT.add(Decimal(a), Decimal(b)))
+
+
+def _dec_min(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a if Decimal(a) <= Decimal(b) else b
+
+
+def _dec_max(a: str | None, b: str | None) -> str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a if Decimal(a) >= Decimal(b) else b
