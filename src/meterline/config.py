@@ -85,14 +85,19 @@ class MeterConfig(_Section):
         import msgspec
 
         return msgspec.convert(
-            {"slug": self.slug, "eventType": self.event_type, "aggregation": self.aggregation,
-             "description": self.description, "valueProperty": self.value_property, "groupBy": self.group_by},
+            {
+                "slug": self.slug,
+                "eventType": self.event_type,
+                "aggregation": self.aggregation,
+                "description": self.description,
+                "valueProperty": self.value_property,
+                "groupBy": self.group_by,
+            },
             MeterSpec,
         )
 
 
 class Config(_Section):
-
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig = IngestConfig()
@@ -114,8 +119,12 @@ class Config(_Section):
         return meters
 
 
-_SHORTCUTS = {"METERLINE_HOST": ("server", "host"), "METERLINE_PORT": ("server", "port"),
-              "METERLINE_DATA_DIR": ("storage", "data_dir"), "METERLINE_FSYNC": ("storage", "fsync")}
+_SHORTCUTS = {
+    "METERLINE_HOST": ("server", "host"),
+    "METERLINE_PORT": ("server", "port"),
+    "METERLINE_DATA_DIR": ("storage", "data_dir"),
+    "METERLINE_FSYNC": ("storage", "fsync"),
+}
 
 
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
@@ -157,6 +166,6 @@ def _env_values() -> dict[str, Any]:
     for name, value in os.environ.items():
         if not name.startswith("METERLINE_") or "__" not in name:
             continue
-        section, _, key = name[len("METERLINE_"):].lower().partition("__")
+        section, _, key = name[len("METERLINE_") :].lower().partition("__")
         out.setdefault(section, {})[key] = value
     return out

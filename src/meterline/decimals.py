@@ -45,7 +45,7 @@ def to_quantity(value: object) -> Decimal:
         raise NotAQuantity(f"a JSON {_json_kind(value)} is not a number")
     if not d.is_finite():
         raise NotAQuantity("the value is not finite")
-    sign, digits, exponent = d.as_tuple()
+    _, digits, exponent = d.as_tuple()
     assert isinstance(exponent, int)
     if len(digits) > MAX_DIGITS or abs(exponent) > MAX_EXPONENT:
         raise NotAQuantity(f"the value has more than {MAX_DIGITS} digits or an exponent beyond ±{MAX_EXPONENT}")

@@ -16,15 +16,22 @@ class Metrics:
         self.events = Counter("meterline_events", "Events by outcome", ["outcome"], registry=r)
         self.conflicts = Counter(
             "meterline_events_duplicate_conflict",
-            "Duplicates whose payload differs from the first event with the same key", registry=r,
+            "Duplicates whose payload differs from the first event with the same key",
+            registry=r,
         )
-        self.rejected = Counter("meterline_events_rejected_by_reason", "Rejected events by reason", ["reason"], registry=r)
+        self.rejected = Counter(
+            "meterline_events_rejected_by_reason", "Rejected events by reason", ["reason"], registry=r
+        )
         self.latency = Histogram(
-            "meterline_ingest_request_seconds", "Ingest request latency (until durable)", registry=r,
+            "meterline_ingest_request_seconds",
+            "Ingest request latency (until durable)",
+            registry=r,
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self.batch = Histogram(
-            "meterline_ingest_batch_events", "Events per ingest request", registry=r,
+            "meterline_ingest_batch_events",
+            "Events per ingest request",
+            registry=r,
             buckets=(1, 10, 100, 500, 1000, 5000, 10000),
         )
         for status in Status:

@@ -19,8 +19,10 @@ from meterline.storage.sqlite.keys import create_key, list_keys, revoke_key
 def _filter(request: Request) -> DeadLetterFilter:
     q = request.query_params
     return DeadLetterFilter(
-        reason=q.get("reason"), source=q.get("source"),
-        start_us=parse_time("from", q.get("from")), end_us=parse_time("to", q.get("to")),
+        reason=q.get("reason"),
+        source=q.get("source"),
+        start_us=parse_time("from", q.get("from")),
+        end_us=parse_time("to", q.get("to")),
     )
 
 
@@ -30,15 +32,26 @@ async def list_dead_letters(request: Request) -> Response:
     q = request.query_params
     limit = parse_int("limit", q.get("limit"), 100, 1, 1000)
     after = parse_int("after", q.get("after"), 0, 0, 2**62)
-    items = await run_in_threadpool(ctx.backend.dead_letters.list, key.namespace, _filter(request), limit=limit, after_id=after)
-    return json_response({
-        "items": [
-            {"id": d.id, "receivedAt": rfc3339(d.received_us), "reason": d.reason, "message": d.message,
-             "source": d.source, "eventId": d.event_id, "event": _raw(d.raw)}
-            for d in items
-        ],
-        "next": items[-1].id if len(items) == limit else None,
-    })
+    items = await run_in_threadpool(
+        ctx.backend.dead_letters.list, key.namespace, _filter(request), limit=limit, after_id=after
+    )
+    return json_response(
+        {
+            "items": [
+                {
+                    "id": d.id,
+                    "receivedAt": rfc3339(d.received_us),
+                    "reason": d.reason,
+                    "message": d.message,
+                    "source": d.source,
+                    "eventId": d.event_id,
+                    "event": _raw(d.raw),
+                }
+                for d in items
+            ],
+            "next": items[-1].id if len(items) == limit else None,
+        }
+    )
 
 
 def _raw(raw: bytes) -> object:
@@ -58,8 +71,12 @@ async def purge_dead_letters(request: Request) -> Response:
 
 def key_json(k: ApiKey) -> dict[str, object]:
     return {
-        "id": k.id, "name": k.name, "namespace": k.namespace, "scopes": sorted(s.value for s in k.scopes),
-        "prefix": k.prefix, "createdAt": rfc3339(k.created_us),
+        "id": k.id,
+        "name": k.name,
+        "namespace": k.namespace,
+        "scopes": sorted(s.value for s in k.scopes),
+        "prefix": k.prefix,
+        "createdAt": rfc3339(k.created_us),
         "revokedAt": None if k.revoked_us is None else rfc3339(k.revoked_us),
     }
 
@@ -94,7 +111,5 @@ async def revoke_api_key(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     caller = ctx.auth.require(request, Scope.ADMIN)
     key_id, now = request.path_params["key"], ctx.clock.now_us()
-    await run_in_threadpool(
-        ctx.backend.db.writer.call, lambda conn: revoke_key(conn, key_id, caller.namespace, now)
-    )
+    await run_in_threadpool(ctx.backend.db.writer.call, lambda conn: revoke_key(conn, key_id, caller.namespace, now))
     return Response(status_code=204)

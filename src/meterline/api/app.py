@@ -51,7 +51,10 @@ def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
         max_group_cardinality=ingest_cfg.max_group_cardinality,
     )
     return EmbeddedBackend(
-        config.storage.data_dir, settings, clock, fsync=config.storage.fsync,
+        config.storage.data_dir,
+        settings,
+        clock,
+        fsync=config.storage.fsync,
         max_batch=config.storage.group_commit_max_requests,
     )
 
@@ -62,14 +65,23 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     ensure_config_meters(config, backend)
     metrics = Metrics()
     metrics.gauge("meterline_ledger_events", "Events in the ledger", backend.ledger.size)
-    metrics.gauge("meterline_rollup_lag_events", "Ledger events not yet applied to a meter", backend.meters.pending_backfill)
+    metrics.gauge(
+        "meterline_rollup_lag_events", "Ledger events not yet applied to a meter", backend.meters.pending_backfill
+    )
     metrics.gauge("meterline_dead_letters", "Events in the dead-letter store", backend.dead_letters.count)
     metrics.gauge("meterline_group_commits", "Write transactions committed", lambda: backend.db.writer.commits)
     ctx = Context(
-        config, clock, backend, Authenticator(backend.db, config.auth.key_cache_seconds), metrics,
+        config,
+        clock,
+        backend,
+        Authenticator(backend.db, config.auth.key_cache_seconds),
+        metrics,
         Limits(
-            config.server.max_events_per_request, _us(config.ingest.future_skew.total_seconds()),
-            None if config.ingest.late_arrival_window is None else _us(config.ingest.late_arrival_window.total_seconds()),
+            config.server.max_events_per_request,
+            _us(config.ingest.future_skew.total_seconds()),
+            None
+            if config.ingest.late_arrival_window is None
+            else _us(config.ingest.late_arrival_window.total_seconds()),
         ),
     )
 
@@ -79,7 +91,8 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         backend.close()
 
     app = Starlette(
-        routes=ROUTES, lifespan=lifespan,
+        routes=ROUTES,
+        lifespan=lifespan,
         exception_handlers={MeterlineError: on_meterline_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.ctx = ctx

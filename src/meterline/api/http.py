@@ -54,7 +54,9 @@ def parse_time(name: str, value: str | None) -> int | None:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
-        raise InvalidInput(f"`{name}` must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z", code="invalid_time") from None
+        raise InvalidInput(
+            f"`{name}` must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z", code="invalid_time"
+        ) from None
     if t.tzinfo is None:
         raise InvalidInput(f"`{name}` must carry a UTC offset, e.g. 2026-01-01T00:00:00Z", code="invalid_time")
     return to_us(t)

@@ -45,7 +45,10 @@ async def ingest(request: Request) -> Response:
     rejected = [o for o in outcomes if o.status is Status.REJECTED]
     if rejected:
         return problem(
-            request, 400, "events_rejected", "Some events were rejected",
+            request,
+            400,
+            "events_rejected",
+            "Some events were rejected",
             f"{len(rejected)} of {len(outcomes)} events were rejected; the others were recorded",
             accepted=sum(o.status is Status.ACCEPTED for o in outcomes),
             duplicates=sum(o.status is Status.DUPLICATE for o in outcomes),
@@ -82,10 +85,16 @@ async def list_events(request: Request) -> Response:
     if start is None:
         start = ctx.clock.now_us() - 72 * 3600 * 1_000_000
     rows = ctx.backend.ledger.list(
-        key.namespace, limit=parse_int("limit", q.get("limit"), 100, 1, 100), subject=q.get("subject"),
-        event_id=q.get("id"), start_us=start, end_us=parse_time("to", q.get("to")),
+        key.namespace,
+        limit=parse_int("limit", q.get("limit"), 100, 1, 100),
+        subject=q.get("subject"),
+        event_id=q.get("id"),
+        start_us=start,
+        end_us=parse_time("to", q.get("to")),
     )
-    return json_response([
-        {"event": msgspec.Raw(r.raw), "ingestedAt": rfc3339(r.received_us), "storedAt": rfc3339(r.received_us)}
-        for r in rows
-    ])
+    return json_response(
+        [
+            {"event": msgspec.Raw(r.raw), "ingestedAt": rfc3339(r.received_us), "storedAt": rfc3339(r.received_us)}
+            for r in rows
+        ]
+    )

@@ -26,9 +26,16 @@ from meterline.meters.windows import WindowSize, zone
 def meter_json(m: Meter) -> dict[str, Any]:
     spec = m.spec
     body: dict[str, Any] = {
-        "id": m.id, "slug": spec.slug, "name": spec.name or spec.slug, "description": spec.description,
-        "aggregation": spec.aggregation.value, "eventType": spec.event_type, "valueProperty": spec.value_property,
-        "groupBy": spec.group_by, "createdAt": rfc3339(m.created_us), "updatedAt": rfc3339(m.created_us),
+        "id": m.id,
+        "slug": spec.slug,
+        "name": spec.name or spec.slug,
+        "description": spec.description,
+        "aggregation": spec.aggregation.value,
+        "eventType": spec.event_type,
+        "valueProperty": spec.value_property,
+        "groupBy": spec.group_by,
+        "createdAt": rfc3339(m.created_us),
+        "updatedAt": rfc3339(m.created_us),
     }
     if spec.metadata is not None:
         body["metadata"] = spec.metadata
@@ -85,11 +92,18 @@ def _run(ctx: Context, namespace: str, slug: str, query: MeterQuery) -> tuple[Me
 
 
 def result_json(query: MeterQuery, rows: list[Row]) -> dict[str, Any]:
-    body: dict[str, Any] = {"data": [
-        {"value": r.value, "windowStart": rfc3339(r.window_start * 1_000_000),
-         "windowEnd": rfc3339(r.window_end * 1_000_000), "subject": r.subject, "groupBy": r.group_by}
-        for r in rows
-    ]}
+    body: dict[str, Any] = {
+        "data": [
+            {
+                "value": r.value,
+                "windowStart": rfc3339(r.window_start * 1_000_000),
+                "windowEnd": rfc3339(r.window_end * 1_000_000),
+                "subject": r.subject,
+                "groupBy": r.group_by,
+            }
+            for r in rows
+        ]
+    }
     if query.start is not None:
         body["from"] = rfc3339(query.start * 1_000_000)
     if query.end is not None:
@@ -105,10 +119,15 @@ def rows_csv(meter: Meter, rows: list[Row]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["window_start", "window_end", "subject", *dims, "value"])
     for r in rows:
-        writer.writerow([
-            rfc3339(r.window_start * 1_000_000), rfc3339(r.window_end * 1_000_000), r.subject or "",
-            *[r.group_by.get(d) or "" for d in dims], canonical(r.value),
-        ])
+        writer.writerow(
+            [
+                rfc3339(r.window_start * 1_000_000),
+                rfc3339(r.window_end * 1_000_000),
+                r.subject or "",
+                *[r.group_by.get(d) or "" for d in dims],
+                canonical(r.value),
+            ]
+        )
     return out.getvalue()
 
 
@@ -123,7 +142,7 @@ def query_from_params(items: list[tuple[str, str]]) -> MeterQuery:
         elif name in ("groupBy", "groupBy[]"):
             group_by.append(value)
         elif name.startswith("filterGroupBy[") and name.endswith("]"):
-            filters.append((name[len("filterGroupBy["):-1], (value,), False))
+            filters.append((name[len("filterGroupBy[") : -1], (value,), False))
         elif name == "filterGroupBy":
             filters += [(k, (v,), False) for k, v in _loose_mapping(value).items()]
         elif name == "advancedMeterGroupByFilters":
@@ -150,16 +169,22 @@ def _query(single: dict[str, str], subjects: list[str], group_by: list[str], fil
     end = parse_time("to", single.get("to"))
     for name, us in (("from", start), ("to", end)):
         if us is not None and us % 60_000_000:
-            raise InvalidInput(f"`{name}` must fall on a whole minute (rollups are kept per minute)", code="unaligned_range")
+            raise InvalidInput(
+                f"`{name}` must fall on a whole minute (rollups are kept per minute)", code="unaligned_range"
+            )
     if start is not None and end is not None and end <= start:
         raise InvalidInput("`to` must be after `from`", code="invalid_range")
     size = single.get("windowSize")
     if size is not None and size not in WindowSize.__members__:
         raise InvalidInput(f"windowSize must be one of {', '.join(WindowSize)}", code="invalid_window_size")
     return MeterQuery(
-        start=None if start is None else start // 1_000_000, end=None if end is None else end // 1_000_000,
-        window_size=WindowSize(size) if size else None, tz=zone(single.get("windowTimeZone") or "UTC"),
-        subjects=tuple(subjects), group_by=tuple(dict.fromkeys(group_by)), filters=tuple(filters),
+        start=None if start is None else start // 1_000_000,
+        end=None if end is None else end // 1_000_000,
+        window_size=WindowSize(size) if size else None,
+        tz=zone(single.get("windowTimeZone") or "UTC"),
+        subjects=tuple(subjects),
+        group_by=tuple(dict.fromkeys(group_by)),
+        filters=tuple(filters),
     )
 
 
@@ -173,7 +198,9 @@ def _loose_mapping(value: str) -> dict[str, str]:
         except (ValueError, SyntaxError):
             parsed = None
     if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
-        raise InvalidInput("filterGroupBy must map dimensions to values, e.g. filterGroupBy[model]=gpt-4", code="invalid_filter")
+        raise InvalidInput(
+            "filterGroupBy must map dimensions to values, e.g. filterGroupBy[model]=gpt-4", code="invalid_filter"
+        )
     return {str(k): v for k, v in parsed.items()}
 
 

@@ -23,12 +23,22 @@ _encode = msgspec.json.Encoder(decimal_format="number").encode
 
 
 def problem(
-    request: Request, status: int, code: str, title: str, detail: str, headers: dict[str, str] | None = None,
+    request: Request,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response:
     body = {
-        "type": f"urn:meterline:problem:{code}", "title": title, "status": status, "detail": detail,
-        "instance": request.url.path, "code": code, **extra,
+        "type": f"urn:meterline:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "code": code,
+        **extra,
     }
     return Response(_encode(body), status_code=status, media_type=PROBLEM, headers=headers)
 

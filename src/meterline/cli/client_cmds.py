@@ -20,8 +20,13 @@ _decode = msgspec.json.Decoder()
 
 def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--api-key", envvar="METERLINE_API_KEY", required=True, help="or METERLINE_API_KEY")(f)
-    return click.option("--url", envvar="METERLINE_URL", default="http://127.0.0.1:8888", show_default=True,
-                        help="server address, or METERLINE_URL")(f)
+    return click.option(
+        "--url",
+        envvar="METERLINE_URL",
+        default="http://127.0.0.1:8888",
+        show_default=True,
+        help="server address, or METERLINE_URL",
+    )(f)
 
 
 def _client(url: str, api_key: str) -> httpx.Client:
@@ -70,16 +75,20 @@ def ingest(url: str, api_key: str, file: IO[str], batch_size: int) -> None:
     with _client(url, api_key) as client, Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("ingest", total=len(events))
         for start in range(0, len(events), batch_size):
-            batch = events[start:start + batch_size]
-            report = _check(client.post(
-                "/api/v1/events", content=msgspec.json.encode(batch),
-                headers={"Content-Type": "application/cloudevents-batch+json", "Prefer": "return=representation"},
-            )).json()
+            batch = events[start : start + batch_size]
+            report = _check(
+                client.post(
+                    "/api/v1/events",
+                    content=msgspec.json.encode(batch),
+                    headers={"Content-Type": "application/cloudevents-batch+json", "Prefer": "return=representation"},
+                )
+            ).json()
             for k in totals:
                 totals[k] += report[k]
             problems += [
                 f"event {start + e['index']} (id={e['id']}): {e['reason']}: {e['message']}"
-                for e in report["events"] if e["status"] == "rejected"
+                for e in report["events"]
+                if e["status"] == "rejected"
             ]
             bar.advance(task, len(batch))
     for line in problems[:50]:
@@ -101,12 +110,24 @@ def ingest(url: str, api_key: str, file: IO[str], batch_size: int) -> None:
 @click.option("--filter", "filters", multiple=True, help="DIM=VALUE (repeatable)")
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV instead of a table")
 def usage(
-    url: str, api_key: str, meter: str, from_: str | None, to: str | None, window_size: str | None,
-    window_tz: str | None, subject: tuple[str, ...], group_by: tuple[str, ...], filters: tuple[str, ...], as_csv: bool,
+    url: str,
+    api_key: str,
+    meter: str,
+    from_: str | None,
+    to: str | None,
+    window_size: str | None,
+    window_tz: str | None,
+    subject: tuple[str, ...],
+    group_by: tuple[str, ...],
+    filters: tuple[str, ...],
+    as_csv: bool,
 ) -> None:
     """Query a meter (same parameters as GET /api/v1/meters/{meter}/query)."""
-    params: list[tuple[str, str]] = [(k, v) for k, v in (
-        ("from", from_), ("to", to), ("windowSize", window_size), ("windowTimeZone", window_tz)) if v]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        (k, v)
+        for k, v in (("from", from_), ("to", to), ("windowSize", window_size), ("windowTimeZone", window_tz))
+        if v
+    ]
     params += [("subject", s) for s in subject] + [("groupBy", g) for g in group_by]
     for f in filters:
         dim, sep, value = f.partition("=")
@@ -114,18 +135,27 @@ def usage(
             raise InvalidInput(f"--filter {f!r} must be DIM=VALUE")
         params.append((f"filterGroupBy[{dim}]", value))
     with _client(url, api_key) as client:
-        response = _check(client.get(
-            f"/api/v1/meters/{meter}/query", params=params, headers={"Accept": "text/csv" if as_csv else "application/json"}
-        ))
+        response = _check(
+            client.get(
+                f"/api/v1/meters/{meter}/query",
+                params=params,
+                headers={"Accept": "text/csv" if as_csv else "application/json"},
+            )
+        )
     if as_csv:
         click.echo(response.text, nl=False)
         return
-    rows = msgspec.json.decode(response.content, float_hook=str)["data"]
+    rows = msgspec.json.Decoder(float_hook=str).decode(response.content)["data"]
     dims = sorted({k for r in rows for k in r["groupBy"]})
     table = Table("window start", "window end", "subject", *dims, "value")
     for r in rows:
-        table.add_row(r["windowStart"], r["windowEnd"], r["subject"] or "", *[r["groupBy"].get(d) or "" for d in dims],
-                      str(r["value"]))
+        table.add_row(
+            r["windowStart"],
+            r["windowEnd"],
+            r["subject"] or "",
+            *[r["groupBy"].get(d) or "" for d in dims],
+            str(r["value"]),
+        )
     Console().print(table)
 
 
@@ -146,17 +176,33 @@ def meters_list(url: str, api_key: str) -> None:
 @server_options
 @click.option("--slug", required=True)
 @click.option("--event-type", required=True)
-@click.option("--aggregation", required=True, type=click.Choice(["SUM", "COUNT", "UNIQUE_COUNT", "AVG", "MIN", "MAX", "LATEST"]))
+@click.option(
+    "--aggregation", required=True, type=click.Choice(["SUM", "COUNT", "UNIQUE_COUNT", "AVG", "MIN", "MAX", "LATEST"])
+)
 @click.option("--value-property")
 @click.option("--group-by", multiple=True, help="NAME=$.json.path (repeatable)")
 @click.option("--description")
-def meters_create(url: str, api_key: str, slug: str, event_type: str, aggregation: str, value_property: str | None,
-                  group_by: tuple[str, ...], description: str | None) -> None:
+def meters_create(
+    url: str,
+    api_key: str,
+    slug: str,
+    event_type: str,
+    aggregation: str,
+    value_property: str | None,
+    group_by: tuple[str, ...],
+    description: str | None,
+) -> None:
     groups = dict(g.split("=", 1) for g in group_by if "=" in g)
     if len(groups) != len(group_by):
         raise InvalidInput("--group-by takes NAME=$.path")
-    body = {"slug": slug, "eventType": event_type, "aggregation": aggregation, "valueProperty": value_property,
-            "groupBy": groups, "description": description}
+    body = {
+        "slug": slug,
+        "eventType": event_type,
+        "aggregation": aggregation,
+        "valueProperty": value_property,
+        "groupBy": groups,
+        "description": description,
+    }
     with _client(url, api_key) as client:
         m = _check(client.post("/api/v1/meters", json={k: v for k, v in body.items() if v is not None})).json()
     click.echo(f"created meter {m['slug']} ({m['id']})")

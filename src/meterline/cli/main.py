@@ -8,7 +8,6 @@ take ``--url``/``--api-key`` (or ``METERLINE_URL``/``METERLINE_API_KEY``).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -40,3 +39,5 @@ def main() -> None:
     cli(prog_name="meterline")
 
 
+if __name__ == "__main__":
+    main()

@@ -47,11 +47,17 @@ def serve(config_path: Path | None, data_dir: Path | None, host: str | None, por
     if bootstrap:
         click.echo("A new admin API key was created. It is shown only this once; keep it:")
         click.echo(f"  {bootstrap}")
-    click.echo(f"Authenticate with: Authorization: Bearer <key>   (more keys: meterline keys create --scope ingest)")
+    click.echo("Authenticate with: Authorization: Bearer <key>   (more keys: meterline keys create --scope ingest)")
     sys.stdout.flush()
     uvicorn.run(
-        app, host=config.server.host, port=config.server.port, log_config=None, access_log=False,
-        loop="uvloop", http="httptools", timeout_graceful_shutdown=5,
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_config=None,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=5,
     )
 
 
@@ -64,7 +70,9 @@ def _bootstrap_key(config: Config) -> str | None:
         if count_keys(conn):
             conn.execute("ROLLBACK")
             return None
-        _, secret = create_key(conn, DEFAULT_NAMESPACE, "bootstrap admin", parse_scopes(["admin"]), SystemClock().now_us())
+        _, secret = create_key(
+            conn, DEFAULT_NAMESPACE, "bootstrap admin", parse_scopes(["admin"]), SystemClock().now_us()
+        )
         conn.execute("COMMIT")
         return secret
     finally:
@@ -88,7 +96,9 @@ def keys() -> None:
 @click.option("--scope", "scopes", multiple=True, required=True, help="ingest, read or admin (repeatable)")
 @click.option("--name", default="api key", help="a label for the key")
 @click.option("--namespace", default=DEFAULT_NAMESPACE, help="the namespace the key works in")
-def keys_create(config_path: Path | None, data_dir: Path | None, scopes: tuple[str, ...], name: str, namespace: str) -> None:
+def keys_create(
+    config_path: Path | None, data_dir: Path | None, scopes: tuple[str, ...], name: str, namespace: str
+) -> None:
     """Create a key and print it (shown only once)."""
     config = _config(config_path, data_dir)
     scope_set = parse_scopes(list(scopes))

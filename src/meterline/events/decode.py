@@ -60,7 +60,9 @@ def split_body(body: bytes, shape: str, max_events: int) -> list[msgspec.Raw]:
         raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
     if isinstance(decoded, list):
         if shape == "single":
-            raise InvalidInput("application/cloudevents+json takes one event object, not an array", code="malformed_json")
+            raise InvalidInput(
+                "application/cloudevents+json takes one event object, not an array", code="malformed_json"
+            )
         if len(decoded) > max_events:
             raise PayloadTooLarge(
                 f"{len(decoded)} events in one request; at most {max_events} are allowed", code="too_many_events"
@@ -90,7 +92,14 @@ def _decode_one(index: int, raw: bytes, namespace: str, now_us: int, limits: Lim
     assert env.id and env.source and env.type and env.subject
     time_us = to_us(env.time) if env.time is not None else now_us
     event = Event(
-        namespace, env.source, env.id, env.type, env.subject, time_us, env.data, raw,
+        namespace,
+        env.source,
+        env.id,
+        env.type,
+        env.subject,
+        time_us,
+        env.data,
+        raw,
         _digest(env.type, env.subject, time_us, env.data),
     )
     return Candidate(index, env.id, env.source, event=event, raw=raw)
@@ -114,12 +123,16 @@ def _check_envelope(env: CloudEventIn, now_us: int, limits: Limits) -> Rejection
         if len(value) > MAX_FIELD_LENGTH:
             return Rejection(Reason.INVALID_FIELD, f"`{name}` is longer than {MAX_FIELD_LENGTH} characters")
     if env.specversion is None:
-        return Rejection(Reason.MISSING_FIELD, "`specversion` is required (\"1.0\")")
+        return Rejection(Reason.MISSING_FIELD, '`specversion` is required ("1.0")')
     if env.specversion != "1.0":
-        return Rejection(Reason.UNSUPPORTED_SPECVERSION, f"specversion {env.specversion[:20]!r} is not supported; use \"1.0\"")
+        return Rejection(
+            Reason.UNSUPPORTED_SPECVERSION, f'specversion {env.specversion[:20]!r} is not supported; use "1.0"'
+        )
     if env.data is not None and not isinstance(env.data, dict):
         return Rejection(Reason.INVALID_DATA, "`data` must be a JSON object")
-    if env.datacontenttype not in (None, "application/json") and not str(env.datacontenttype).startswith("application/json;"):
+    if env.datacontenttype not in (None, "application/json") and not str(env.datacontenttype).startswith(
+        "application/json;"
+    ):
         return Rejection(Reason.INVALID_DATA, "`datacontenttype` must be application/json")
     if env.time is not None:
         return _check_time(env.time, now_us, limits)
@@ -135,7 +148,6 @@ def _check_time(t: datetime, now_us: int, limits: Limits) -> Rejection | None:
     if limits.late_window_us is not None and time_us < now_us - limits.late_window_us:
         return Rejection(Reason.TIME_TOO_OLD, "`time` is older than the late-arrival window")
     return None
-
 
 
 def _digest(type_: str, subject: str, time_us: int, data: object) -> bytes:

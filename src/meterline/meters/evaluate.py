@@ -12,9 +12,10 @@ from meterline.clock import to_us
 from meterline.decimals import NotAQuantity, canonical, to_quantity
 from meterline.events.model import Event, Reason, Rejection
 from meterline.meters.model import Aggregation, Meter, compiled
-from meterline.meters.paths import MISSING, Path
+from meterline.meters.paths import MISSING
 
 _encode = msgspec.json.Encoder().encode
+
 
 @dataclass(frozen=True, slots=True)
 class Reading:
@@ -31,7 +32,7 @@ class Reading:
 class CompiledMeter:
     """A meter with its paths compiled once, reused for every event."""
 
-    __slots__ = ("meter", "aggregation", "dimensions", "_value", "_groups", "_from_us")
+    __slots__ = ("_from_us", "_groups", "_value", "aggregation", "dimensions", "meter")
 
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
@@ -60,7 +61,7 @@ class CompiledMeter:
             groups.append(g)
         return Reading(self.meter.key, value, _encode(groups).decode(), tuple(groups))
 
-    def _read_value(self, data: dict[str, Any]) -> Decimal | str | None | Rejection:
+    def _read_value(self, data: dict[str, Any]) -> Decimal | str | Rejection | None:
         if self._value is None:
             return None
         raw = self._value.read(data)
@@ -88,7 +89,7 @@ def _scalar_text(raw: Any) -> str | None:
     return None
 
 
-def _group_value(raw: Any) -> str | None | Rejection:
+def _group_value(raw: Any) -> str | Rejection | None:
     if raw is MISSING or raw is None:
         return None
     text = _scalar_text(raw)

@@ -2,7 +2,7 @@
 
 Parsing is python-jsonpath's (RFC 9535 syntax). Meters read one value per event, so a path
 must be *singular*. The common case — a chain of names and indexes such as ``$.usage.tokens``
-or ``$['model']`` — is compiled to a tuple of keys and read without the library (about 20×
+or ``$['model']`` — is compiled to a tuple of keys and read without the library (about 20 times
 faster on the ingest hot path); anything else falls back to the library's evaluator.
 """
 
@@ -23,7 +23,7 @@ MISSING: Any = object()
 class Path:
     """A compiled singular JSONPath; ``read(data)`` returns the value or ``MISSING``."""
 
-    __slots__ = ("text", "_keys", "_query")
+    __slots__ = ("_keys", "_query", "text")
 
     def __init__(self, text: str, keys: tuple[str | int, ...] | None, query: jsonpath.JSONPath) -> None:
         self.text = text

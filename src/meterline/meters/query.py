@@ -87,9 +87,7 @@ class _Shaper:
         self.by_subject = SUBJECT in query.group_by or bool(query.subjects)
         self.picked = tuple(d for d in query.group_by if d != SUBJECT)
         self._pick = tuple(index[d] for d in self.picked)
-        self._filters = tuple(
-            (index.get(d), frozenset(v), neg) for d, v, neg in query.filters
-        )
+        self._filters = tuple((index.get(d), frozenset(v), neg) for d, v, neg in query.filters)
 
     def key(self, subject: str, group_key: str) -> tuple[Any, ...] | None:
         groups = _groups(group_key)
@@ -151,7 +149,11 @@ def _order(item: tuple[tuple[Any, ...], list[Any]]) -> tuple[Any, ...]:
 
 
 def _final(aggregation: Aggregation, slot: list[Any]) -> Decimal:
-    count, total, low, high, latest = slot
+    count: int = slot[0]
+    total: Decimal = slot[1]
+    low: Decimal = slot[2]
+    high: Decimal = slot[3]
+    latest: tuple[int, int, Decimal] = slot[4]
     if aggregation is Aggregation.COUNT:
         return Decimal(count)
     if aggregation is Aggregation.SUM:

@@ -33,7 +33,9 @@ def zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput(f"{name!r} is not an IANA time zone (e.g. Europe/Berlin, Asia/Kathmandu)", code="invalid_time_zone") from None
+        raise InvalidInput(
+            f"{name!r} is not an IANA time zone (e.g. Europe/Berlin, Asia/Kathmandu)", code="invalid_time_zone"
+        ) from None
 
 
 def grid(start: int, end: int, size: WindowSize | None, tz: ZoneInfo) -> tuple[int, ...]:

@@ -15,7 +15,11 @@ DB_FILE = "meterline.db"
 
 class Database:
     def __init__(
-        self, data_dir: Path, *, fsync: str = "full", max_batch: int = 256,
+        self,
+        data_dir: Path,
+        *,
+        fsync: str = "full",
+        max_batch: int = 256,
         on_rollback: Callable[[], None] | None = None,
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -71,9 +71,7 @@ class IngestState:
 
 
 def live_meters(conn: sqlite3.Connection) -> list[Meter]:
-    rows = conn.execute(
-        "SELECT key, id, namespace, spec, created_us FROM meters WHERE deleted_us IS NULL ORDER BY key"
-    )
+    rows = conn.execute("SELECT key, id, namespace, spec, created_us FROM meters WHERE deleted_us IS NULL ORDER BY key")
     return [Meter(key, id_, ns, _spec.decode(spec), created) for key, id_, ns, spec, created in rows]
 
 
@@ -159,7 +157,9 @@ class Appender:
                 self.new_subjects.append((meter.meter.key, ev.subject))
 
     def _reject(self, c: Candidate, rejection: Rejection) -> Outcome:
-        self.dead.append((self.namespace, self.now_us, rejection.reason.value, rejection.message, c.source, c.id, c.raw))
+        self.dead.append(
+            (self.namespace, self.now_us, rejection.reason.value, rejection.message, c.source, c.id, c.raw)
+        )
         return Outcome(c.index, c.id, c.source, Status.REJECTED, rejection.reason, rejection.message)
 
     def _known(self, namespace: str, events: list[Event]) -> dict[tuple[str, str], bytes]:
@@ -192,4 +192,3 @@ class Appender:
         if self.new_subjects:
             conn.executemany("INSERT OR IGNORE INTO meter_subjects VALUES (?,?)", self.new_subjects)
         self.deltas.flush(conn)
-

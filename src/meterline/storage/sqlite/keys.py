@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from meterline.auth.keys import ApiKey, Scope, hash_key, new_secret
 from meterline.errors import NotFound
@@ -31,8 +32,11 @@ def find_key(conn: sqlite3.Connection, secret: str) -> ApiKey | None:
 
 def list_keys(conn: sqlite3.Connection, namespace: str | None) -> list[ApiKey]:
     sql = "SELECT id, namespace, name, scopes, prefix, created_us, revoked_us FROM api_keys"
-    rows = conn.execute(sql + " WHERE namespace = ? ORDER BY created_us", (namespace,)) if namespace else \
-        conn.execute(sql + " ORDER BY created_us")
+    rows = (
+        conn.execute(sql + " WHERE namespace = ? ORDER BY created_us", (namespace,))
+        if namespace
+        else conn.execute(sql + " ORDER BY created_us")
+    )
     return [_key(r) for r in rows]
 
 
@@ -52,9 +56,6 @@ def count_keys(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT count(*) FROM api_keys").fetchone()[0])
 
 
-def _key(row: tuple[object, ...]) -> ApiKey:
+def _key(row: tuple[Any, ...]) -> ApiKey:
     id_, ns, name, scopes, prefix, created, revoked = row
-    return ApiKey(
-        str(id_), str(ns), str(name), frozenset(Scope(s) for s in str(scopes).split(",")), str(prefix),
-        int(created), None if revoked is None else int(revoked),  # type: ignore[arg-type]
-    )
+    return ApiKey(id_, ns, name, frozenset(Scope(s) for s in scopes.split(",")), prefix, created, revoked)

@@ -32,8 +32,14 @@ class SqliteLedger:
         )
 
     def list(
-        self, namespace: str, *, limit: int, subject: str | None = None, event_id: str | None = None,
-        start_us: int | None = None, end_us: int | None = None,
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        subject: str | None = None,
+        event_id: str | None = None,
+        start_us: int | None = None,
+        end_us: int | None = None,
     ) -> list[StoredEvent]:
         """Newest first. ``subject`` and ``event_id`` match substrings, as OpenMeter's list does."""
         where: list[str] = ["namespace = ?"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import sqlite3
 import threading
@@ -58,14 +59,18 @@ class SqliteMeters:
         assert cur.lastrowid is not None
         return Meter(cur.lastrowid, meter_id, namespace, spec, now)
 
-    def list(self, namespace: str) -> list[Meter]:
+    def list(self, namespace: str) -> builtins.list[Meter]:
         return [m for m in live_meters(self._db.reader()) if m.namespace == namespace]
 
     def get(self, namespace: str, id_or_slug: str) -> Meter:
-        row = self._db.reader().execute(
-            f"SELECT {_COLUMNS} FROM meters WHERE namespace = ? AND (slug = ? OR id = ?) AND deleted_us IS NULL",
-            (namespace, id_or_slug, id_or_slug),
-        ).fetchone()
+        row = (
+            self._db.reader()
+            .execute(
+                f"SELECT {_COLUMNS} FROM meters WHERE namespace = ? AND (slug = ? OR id = ?) AND deleted_us IS NULL",
+                (namespace, id_or_slug, id_or_slug),
+            )
+            .fetchone()
+        )
         if row is None:
             raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
         key, id_, ns, spec, created = row
@@ -81,7 +86,7 @@ class SqliteMeters:
             conn.execute(f"DELETE FROM {table} WHERE meter = ?", (key,))
         self._state.invalidate()
 
-    def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
+    def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
         """Answer from rollups. Open ``start`` means the meter's first data, open ``end`` now."""
         dimensions = tuple(sorted(meter.spec.group_by))
         check_dimensions(query, dimensions)
@@ -107,9 +112,11 @@ class SqliteMeters:
 
     def pending_backfill(self) -> int:
         """Ledger events not yet applied to some live meter (the rollup lag)."""
-        row = self._db.reader().execute(
-            "SELECT coalesce(sum(backfill_to - backfill_done), 0) FROM meters WHERE deleted_us IS NULL"
-        ).fetchone()
+        row = (
+            self._db.reader()
+            .execute("SELECT coalesce(sum(backfill_to - backfill_done), 0) FROM meters WHERE deleted_us IS NULL")
+            .fetchone()
+        )
         return int(row[0])
 
     def close(self) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from meterline.storage.sqlite.ingest import live_meters
 from meterline.meters.evaluate import CompiledMeter
+from meterline.storage.sqlite.ingest import live_meters
 from meterline.storage.sqlite.replay import CHUNK, Replay, ledger_rows
 
 DERIVED = ("rollups", "uniques", "group_values", "meter_subjects")

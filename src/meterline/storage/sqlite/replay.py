@@ -67,6 +67,14 @@ class Replay:
         return True
 
 
+    def flush(self, conn: sqlite3.Connection, prefix: str = "") -> None:
+        self.deltas.flush(conn, prefix)
+        conn.executemany(f"INSERT OR IGNORE INTO {prefix}group_values VALUES (?,?,?)", self.new_groups)
+        conn.executemany(f"INSERT OR IGNORE INTO {prefix}meter_subjects VALUES (?,?)", self.new_subjects)
+        self.new_groups.clear()
+        self.new_subjects.clear()
+
+
 def admit_groups(
     known: dict[tuple[int, str], set[str]], cap: int, meter: CompiledMeter, groups: tuple[str | None, ...]
 ) -> list[tuple[int, str, str]] | str:
@@ -84,16 +92,10 @@ def admit_groups(
         known[(key, dim)].add(value)
     return fresh
 
-    def flush(self, conn: sqlite3.Connection, prefix: str = "") -> None:
-        self.deltas.flush(conn, prefix)
-        conn.executemany(f"INSERT OR IGNORE INTO {prefix}group_values VALUES (?,?,?)", self.new_groups)
-        conn.executemany(f"INSERT OR IGNORE INTO {prefix}meter_subjects VALUES (?,?)", self.new_subjects)
-        self.new_groups.clear()
-        self.new_subjects.clear()
-
 
 def ledger_rows(conn: sqlite3.Connection, after: int, upto: int) -> list[tuple[int, str, str, str, str, int, bytes]]:
     return conn.execute(
-        "SELECT seq, namespace, source, type, subject, time_us, raw FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+        "SELECT seq, namespace, source, type, subject, time_us, raw FROM events"
+        " WHERE seq > ? AND seq <= ? ORDER BY seq",
         (after, upto),
     ).fetchall()

@@ -57,7 +57,9 @@ class Deltas:
         if aggregation is Aggregation.UNIQUE_COUNT:
             assert isinstance(reading.value, str)
             for level in BUCKETS:
-                self._uniques.add((reading.meter_id, level, subject, second - second % level, reading.group_key, reading.value))
+                self._uniques.add(
+                    (reading.meter_id, level, subject, second - second % level, reading.group_key, reading.value)
+                )
             return
         states = self._states.setdefault(aggregation, {})
         value = reading.value
@@ -112,7 +114,11 @@ def read_states(
 ) -> Iterator[BucketState]:
     sql, params = _range_sql(
         "SELECT subject, group_key, bucket, cnt, total, low, high, last_t, last_seq, last_v FROM rollups",
-        meter, level, start, end, subjects,
+        meter,
+        level,
+        start,
+        end,
+        subjects,
     )
     for subject, group_key, bucket, cnt, total, low, high, last_t, last_seq, last_v in conn.execute(sql, params):
         latest = None if last_v is None else (last_t, last_seq, Decimal(last_v))
@@ -122,7 +128,9 @@ def read_states(
 def read_uniques(
     conn: sqlite3.Connection, meter: int, level: int, start: int, end: int, subjects: tuple[str, ...]
 ) -> Iterator[tuple[str, str, int, str]]:
-    sql, params = _range_sql("SELECT subject, group_key, bucket, value FROM uniques", meter, level, start, end, subjects)
+    sql, params = _range_sql(
+        "SELECT subject, group_key, bucket, value FROM uniques", meter, level, start, end, subjects
+    )
     yield from conn.execute(sql, params)
 
 

@@ -117,7 +117,7 @@ class Writer:
             if self._on_rollback is not None:
                 self._on_rollback()
             return False, exc
-        except Exception as exc:  # a bug in a task must not take the writer down
+        except Exception:  # a bug in a task must not take the writer down
             log.exception("write task failed")
             conn.execute("ROLLBACK TO task")
             conn.execute("RELEASE task")

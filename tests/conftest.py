@@ -1,0 +1,133 @@
+"""Shared fixtures: an in-process app on a real SQLite file, and a real server process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from meterline.api.app import create_app
+from meterline.auth.keys import parse_scopes
+from meterline.clock import FixedClock
+from meterline.config import Config, load_config
+from meterline.storage.sqlite.database import DB_FILE
+from meterline.storage.sqlite.keys import create_key
+from meterline.storage.sqlite.schema import connect, create_schema
+
+# 2026-03-01T12:00:00Z: tests that freeze time use this instant.
+T0_US = 1_772_366_400_000_000
+
+
+def make_key(data_dir: Path, scopes: list[str], namespace: str = "default") -> str:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conn = connect(data_dir / DB_FILE)
+    create_schema(conn)
+    _, secret = create_key(conn, namespace, "test", parse_scopes(scopes), T0_US)
+    conn.close()
+    return secret
+
+
+@dataclass
+class Api:
+    """An in-process app with an admin key, a frozen clock and a real SQLite file."""
+
+    client: TestClient
+    key: str
+    clock: FixedClock
+    data_dir: Path
+    config: Config
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}", **extra}
+
+    def post_events(self, events: object, content_type: str = "application/cloudevents-batch+json",
+                    **headers: str) -> httpx.Response:
+        import msgspec
+
+        return self.client.post("/api/v1/events", content=msgspec.json.encode(events),
+                                headers=self.headers(**{"Content-Type": content_type, **headers}))
+
+    def create_meter(self, **spec: object) -> httpx.Response:
+        return self.client.post("/api/v1/meters", json=spec, headers=self.headers())
+
+    def query(self, meter: str, params: list[tuple[str, str]] | dict[str, str] | None = None,
+              **headers: str) -> httpx.Response:
+        return self.client.get(f"/api/v1/meters/{meter}/query", params=params or {}, headers=self.headers(**headers))
+
+
+def build_api(tmp_path: Path, **overrides: dict[str, object]) -> Iterator[Api]:
+    data_dir = tmp_path / "data"
+    key = make_key(data_dir, ["admin"])
+    config = load_config(None, {"storage": {"data_dir": data_dir, "fsync": "normal"}, **overrides})
+    clock = FixedClock(T0_US)
+    with TestClient(create_app(config, clock)) as client:
+        yield Api(client, key, clock, data_dir, config)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    yield from build_api(tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A real `meterline serve` process."""
+
+    url: str
+    key: str
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_server(data_dir: Path, port: int | None = None, env: dict[str, str] | None = None) -> Server:
+    key = make_key(data_dir, ["admin"])
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "meterline.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+    )
+    server = Server(f"http://127.0.0.1:{port}", key, data_dir, process, port)
+    wait_ready(server)
+    return server
+
+
+def wait_ready(server: Server, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("server did not become ready")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = start_server(tmp_path / "server-data")
+    yield s
+    s.stop()
