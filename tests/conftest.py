@@ -49,18 +49,23 @@ class Api:
     def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}", **extra}
 
-    def post_events(self, events: object, content_type: str = "application/cloudevents-batch+json",
-                    **headers: str) -> httpx.Response:
+    def post_events(
+        self, events: object, content_type: str = "application/cloudevents-batch+json", **headers: str
+    ) -> httpx.Response:
         import msgspec
 
-        return self.client.post("/api/v1/events", content=msgspec.json.encode(events),
-                                headers=self.headers(**{"Content-Type": content_type, **headers}))
+        return self.client.post(
+            "/api/v1/events",
+            content=msgspec.json.encode(events),
+            headers=self.headers(**{"Content-Type": content_type, **headers}),
+        )
 
     def create_meter(self, **spec: object) -> httpx.Response:
         return self.client.post("/api/v1/meters", json=spec, headers=self.headers())
 
-    def query(self, meter: str, params: list[tuple[str, str]] | dict[str, str] | None = None,
-              **headers: str) -> httpx.Response:
+    def query(
+        self, meter: str, params: list[tuple[str, str]] | dict[str, str] | None = None, **headers: str
+    ) -> httpx.Response:
         return self.client.get(f"/api/v1/meters/{meter}/query", params=params or {}, headers=self.headers(**headers))
 
 
@@ -105,7 +110,9 @@ def start_server(data_dir: Path, port: int | None = None, env: dict[str, str] | 
     port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "meterline.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     server = Server(f"http://127.0.0.1:{port}", key, data_dir, process, port)
     wait_ready(server)

@@ -1,5 +1,5 @@
-from conftest import Api, Server
 import httpx
+from conftest import Api, Server
 
 
 def test_ingest_and_query_in_process(api: Api) -> None:

@@ -17,6 +17,7 @@ from meterline.clock import rfc3339
 from meterline.errors import UnsupportedMediaType
 from meterline.events.decode import decode_events, split_body
 from meterline.events.model import Outcome, Status
+from meterline.storage.sqlite.ledger import EventFilter
 
 SHAPES = {
     "application/cloudevents+json": "single",
@@ -84,14 +85,15 @@ async def list_events(request: Request) -> Response:
     start = parse_time("from", q.get("from"))
     if start is None:
         start = ctx.clock.now_us() - 72 * 3600 * 1_000_000
-    rows = ctx.backend.ledger.list(
-        key.namespace,
-        limit=parse_int("limit", q.get("limit"), 100, 1, 100),
+    f = EventFilter(
         subject=q.get("subject"),
         event_id=q.get("id"),
         start_us=start,
         end_us=parse_time("to", q.get("to")),
+        received_from_us=parse_time("ingestedAtFrom", q.get("ingestedAtFrom")),
+        received_to_us=parse_time("ingestedAtTo", q.get("ingestedAtTo")),
     )
+    rows = ctx.backend.ledger.list(key.namespace, f, limit=parse_int("limit", q.get("limit"), 100, 1, 100))
     return json_response(
         [
             {"event": msgspec.Raw(r.raw), "ingestedAt": rfc3339(r.received_us), "storedAt": rfc3339(r.received_us)}

@@ -46,7 +46,8 @@ class Limits:
     late_window_us: int | None
 
 
-_split = msgspec.json.Decoder(msgspec.Raw | list[msgspec.Raw])
+_whole = msgspec.json.Decoder(msgspec.Raw)
+_items = msgspec.json.Decoder(list[msgspec.Raw])
 _envelope = msgspec.json.Decoder(CloudEventIn, float_hook=Decimal)
 _digest_encoder = msgspec.json.Encoder(order="sorted")
 _REQUIRED = ("id", "source", "type", "subject")
@@ -55,24 +56,26 @@ _REQUIRED = ("id", "source", "type", "subject")
 def split_body(body: bytes, shape: str, max_events: int) -> list[msgspec.Raw]:
     """Split a body into the raw bytes of each event. ``shape`` is ``single``, ``batch`` or ``any``."""
     try:
-        decoded = _split.decode(body)
+        whole = _whole.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
-    if isinstance(decoded, list):
+    first = bytes(memoryview(whole)[:1])
+    if first == b"[":
         if shape == "single":
             raise InvalidInput(
                 "application/cloudevents+json takes one event object, not an array", code="malformed_json"
             )
-        if len(decoded) > max_events:
+        items = _items.decode(whole)
+        if len(items) > max_events:
             raise PayloadTooLarge(
-                f"{len(decoded)} events in one request; at most {max_events} are allowed", code="too_many_events"
+                f"{len(items)} events in one request; at most {max_events} are allowed", code="too_many_events"
             )
-        return decoded
+        return items
     if shape == "batch":
         raise InvalidInput("application/cloudevents-batch+json takes a JSON array of events", code="malformed_json")
-    if not bytes(decoded).lstrip().startswith(b"{"):
+    if first != b"{":
         raise InvalidInput("The body must be a CloudEvent object or an array of them", code="malformed_json")
-    return [decoded]
+    return [whole]
 
 
 def decode_events(raws: list[msgspec.Raw], namespace: str, now_us: int, limits: Limits) -> list[Candidate]:
@@ -100,7 +103,7 @@ def _decode_one(index: int, raw: bytes, namespace: str, now_us: int, limits: Lim
         time_us,
         env.data,
         raw,
-        _digest(env.type, env.subject, time_us, env.data),
+        _digest(env.type, env.subject, None if env.time is None else time_us, env.data),
     )
     return Candidate(index, env.id, env.source, event=event, raw=raw)
 
@@ -150,7 +153,9 @@ def _check_time(t: datetime, now_us: int, limits: Limits) -> Rejection | None:
     return None
 
 
-def _digest(type_: str, subject: str, time_us: int, data: object) -> bytes:
+def _digest(type_: str, subject: str, time_us: int | None, data: object) -> bytes:
+    """Fingerprint of the payload. An event without ``time`` is fingerprinted without it, so an
+    identical retry is not mistaken for a conflict just because it arrived later."""
     payload = _digest_encoder.encode([type_, subject, time_us, data])
     return hashlib.blake2b(payload, digest_size=16).digest()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -19,6 +20,16 @@ class StoredEvent:
     received_us: int
 
 
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    subject: str | None = None
+    event_id: str | None = None
+    start_us: int | None = None
+    end_us: int | None = None
+    received_from_us: int | None = None
+    received_to_us: int | None = None
+
+
 class SqliteLedger:
     def __init__(self, db: Database, state: IngestState, now_us: Callable[[], int]) -> None:
         self._db = db
@@ -31,29 +42,24 @@ class SqliteLedger:
             lambda conn: Appender(self._state, conn, self._now_us()).append(namespace, candidates)
         )
 
-    def list(
-        self,
-        namespace: str,
-        *,
-        limit: int,
-        subject: str | None = None,
-        event_id: str | None = None,
-        start_us: int | None = None,
-        end_us: int | None = None,
-    ) -> list[StoredEvent]:
-        """Newest first. ``subject`` and ``event_id`` match substrings, as OpenMeter's list does."""
-        where: list[str] = ["namespace = ?"]
-        params: list[object] = [namespace]
-        for column, value in (("subject", subject), ("id", event_id)):
+    def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
+        """Newest first. ``subject`` and ``event_id`` match substrings, as OpenMeter's list does;
+        time bounds are inclusive."""
+        where: builtins.list[str] = ["namespace = ?"]
+        params: builtins.list[object] = [namespace]
+        for column, value in (("subject", f.subject), ("id", f.event_id)):
             if value:
                 where.append(f"instr({column}, ?) > 0")
                 params.append(value)
-        if start_us is not None:
-            where.append("time_us >= ?")
-            params.append(start_us)
-        if end_us is not None:
-            where.append("time_us < ?")
-            params.append(end_us)
+        for clause, bound in (
+            ("time_us >= ?", f.start_us),
+            ("time_us <= ?", f.end_us),
+            ("received_us >= ?", f.received_from_us),
+            ("received_us <= ?", f.received_to_us),
+        ):
+            if bound is not None:
+                where.append(clause)
+                params.append(bound)
         rows = self._db.reader().execute(
             f"SELECT seq, namespace, raw, received_us FROM events WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT ?",

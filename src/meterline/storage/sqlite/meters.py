@@ -129,6 +129,7 @@ class SqliteMeters:
     # applies the older ones in chunks, each chunk one writer task, so ingest keeps flowing.
     def _backfill_loop(self) -> None:
         while not self._closed:
+            self._backfill_wake.clear()  # a wake-up during the chunk below is not lost
             try:
                 more = self._db.writer.call(self._backfill_chunk)
             except Exception:
@@ -136,7 +137,6 @@ class SqliteMeters:
                 more = False
             if not more:
                 self._backfill_wake.wait(timeout=5)
-                self._backfill_wake.clear()
 
     def _backfill_chunk(self, conn: sqlite3.Connection) -> bool:
         row = conn.execute(

@@ -66,7 +66,6 @@ class Replay:
         self.new_groups.extend(fresh)
         return True
 
-
     def flush(self, conn: sqlite3.Connection, prefix: str = "") -> None:
         self.deltas.flush(conn, prefix)
         conn.executemany(f"INSERT OR IGNORE INTO {prefix}group_values VALUES (?,?,?)", self.new_groups)
