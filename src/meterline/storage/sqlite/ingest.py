@@ -168,8 +168,10 @@ class Appender:
         window = self.state.settings.dedupe_window_us
         oldest = -1 if window is None else self.now_us - window
         keys = msgspec.json.encode([[e.source, e.id] for e in events]).decode()
+        # CROSS JOIN fixes the loop order: one primary-key probe per key of the batch. With a
+        # plain JOIN the planner may scan the whole dedupe table once per batch.
         rows = self.conn.execute(
-            "SELECT d.source, d.id, d.digest FROM json_each(?) AS j JOIN dedupe AS d"
+            "SELECT d.source, d.id, d.digest FROM json_each(?) AS j CROSS JOIN dedupe AS d"
             " ON d.namespace = ? AND d.source = j.value ->> 0 AND d.id = j.value ->> 1"
             " WHERE d.received_us >= ?",
             (keys, namespace, oldest),
