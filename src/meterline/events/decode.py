@@ -49,6 +49,7 @@ class Limits:
 _whole = msgspec.json.Decoder(msgspec.Raw)
 _items = msgspec.json.Decoder(list[msgspec.Raw])
 _envelope = msgspec.json.Decoder(CloudEventIn, float_hook=Decimal)
+_loose = msgspec.json.Decoder()
 _digest_encoder = msgspec.json.Encoder(order="sorted")
 _REQUIRED = ("id", "source", "type", "subject")
 
@@ -86,7 +87,8 @@ def _decode_one(index: int, raw: bytes, namespace: str, now_us: int, limits: Lim
     try:
         env = _envelope.decode(raw)
     except msgspec.ValidationError as exc:
-        return _reject(index, None, None, raw, _reason_for(str(exc)), str(exc))
+        id_, source = _identity(raw)
+        return _reject(index, id_, source, raw, _reason_for(str(exc)), str(exc))
     except msgspec.DecodeError as exc:
         return _reject(index, None, None, raw, Reason.MALFORMED, f"Not a JSON object: {exc}")
     problem = _check_envelope(env, now_us, limits)
@@ -108,14 +110,22 @@ def _decode_one(index: int, raw: bytes, namespace: str, now_us: int, limits: Lim
     return Candidate(index, env.id, env.source, event=event, raw=raw)
 
 
+def _identity(raw: bytes) -> tuple[str | None, str | None]:
+    """Best-effort id and source of an event that failed typed decoding, for the dead letter."""
+    loose = _loose.decode(raw)
+    if not isinstance(loose, dict):
+        return None, None
+    id_, source = loose.get("id"), loose.get("source")
+    return (id_ if isinstance(id_, str) else None), (source if isinstance(source, str) else None)
+
+
 def _reason_for(message: str) -> Reason:
+    """msgspec names the failing path (``- at `$.id```); no path means the event itself is wrong."""
     if "`$.time`" in message:
         return Reason.INVALID_TIME
-    if "Expected `object`" in message and "`$`" not in message:
+    if "- at `$." in message:
         return Reason.INVALID_FIELD
-    if message.startswith("Expected `object`"):
-        return Reason.MALFORMED
-    return Reason.INVALID_FIELD
+    return Reason.MALFORMED
 
 
 def _check_envelope(env: CloudEventIn, now_us: int, limits: Limits) -> Rejection | None:
