@@ -138,31 +138,23 @@ def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] |
             raise ConfigError(f"config file {str(path)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
-    for env, (section, key) in _SHORTCUTS.items():
-        if env in os.environ:
-            data.setdefault(section, {})[key] = os.environ[env]
+    for section, values in _env_values().items():
+        data.setdefault(section, {}).update(values)
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update({k: v for k, v in values.items() if v is not None})
     try:
-        return _with_env(data)
+        return Config.model_validate(data)
     except ValidationError as exc:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems), problems=problems) from None
 
 
-def _with_env(data: dict[str, Any]) -> Config:
-    env = _env_values()
-    merged = {**data}
-    for section, values in env.items():
-        if isinstance(values, dict):
-            merged.setdefault(section, {}).update(values)
-        else:
-            merged[section] = values
-    return Config.model_validate(merged)
-
-
-def _env_values() -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _env_values() -> dict[str, dict[str, Any]]:
+    """``METERLINE_<SECTION>__<FIELD>`` variables and the shortcuts, as sections."""
+    out: dict[str, dict[str, Any]] = {}
+    for env, (section, key) in _SHORTCUTS.items():
+        if env in os.environ:
+            out.setdefault(section, {})[key] = os.environ[env]
     for name, value in os.environ.items():
         if not name.startswith("METERLINE_") or "__" not in name:
             continue
