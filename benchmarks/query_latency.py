@@ -30,6 +30,7 @@ import pstats
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +39,7 @@ from concurrent.futures import Future
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
@@ -93,8 +95,6 @@ def seed(data_dir: Path, n: int, batch: int, inflight: int, profile: bool) -> Ex
     backend = EmbeddedBackend(data_dir, settings, clock, fsync="normal")
     expected = Expected()
     rng = random.Random(42)
-    from zoneinfo import ZoneInfo
-
     ny = ZoneInfo("America/New_York")
     main_prof = cProfile.Profile() if profile else None
     writer_prof = cProfile.Profile() if profile else None
@@ -176,7 +176,10 @@ def _trim(text: str) -> str:
     return "\n".join(lines[start:]).rstrip()
 
 
-def stats_ms(samples: list[float]) -> dict[str, float]:
+Stats = dict[str, float]
+
+
+def stats_ms(samples: list[float]) -> Stats:
     s = sorted(x * 1000 for x in samples)
     return {
         "p50": percentile(s, 50),
@@ -184,10 +187,11 @@ def stats_ms(samples: list[float]) -> dict[str, float]:
         "p99": percentile(s, 99),
         "mean": statistics.fmean(s),
         "max": s[-1],
+        "n": len(s),
     }
 
 
-def timed(fn: Callable[[], object], warmup: int, requests: int) -> list[float]:
+def timed(fn: Callable[[], object], warmup: int, requests: int) -> Stats:
     for _ in range(warmup):
         fn()
     samples = []
@@ -195,7 +199,7 @@ def timed(fn: Callable[[], object], warmup: int, requests: int) -> list[float]:
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
-    return samples
+    return stats_ms(samples)
 
 
 def params(extra: dict[str, str]) -> dict[str, str]:
@@ -212,14 +216,20 @@ def check(case: str, data: list[dict[str, object]], expected: Expected) -> None:
         got = [Decimal(str(r["value"])) for r in data]
         assert got == [Decimal(expected.total)], f"{case}: {got} != {expected.total}"
     else:
-        got_days = {str(r["windowStart"]): Decimal(str(r["value"])) for r in data}
-        assert sum(got_days.values()) == expected.total, f"{case}: days do not add up to {expected.total}"
-        assert len(got_days) == len([d for d in expected.by_day.values() if d]) or len(got_days) >= 28, case
+        ny = ZoneInfo("America/New_York")
+        got_days = {
+            datetime.fromisoformat(str(r["windowStart"]).replace("Z", "+00:00")).astimezone(ny).date().isoformat(): (
+                Decimal(str(r["value"]))
+            )
+            for r in data
+        }
+        want = {day: Decimal(v) for day, v in expected.by_day.items()}
+        assert got_days == want, f"{case}: per-day sums differ from the seeded data"
 
 
-def measure_http(data_dir: Path, log: Path, expected: Expected, warmup: int, requests: int) -> dict[str, list[float]]:
+def measure_http(data_dir: Path, log: Path, expected: Expected, warmup: int, requests: int) -> dict[str, Stats]:
     server = start_meterline(data_dir, log)
-    out: dict[str, list[float]] = {}
+    out: dict[str, Stats] = {}
     try:
         with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
             path = f"/api/v1/meters/{SLUG}/query"
@@ -229,6 +239,9 @@ def measure_http(data_dir: Path, log: Path, expected: Expected, warmup: int, req
                 r.raise_for_status()
                 check(case, r.json()["data"], expected)
                 out[case] = timed(lambda p=p: client.get(path, params=p).raise_for_status(), warmup, requests)
+            if shutil.which("wrk"):
+                for case, extra in CASES.items():
+                    out[f"{case} [wrk -c1]"] = wrk_latency(server.url + path, server.key, params(extra), log.parent)
             out["GET /healthz (HTTP floor)"] = timed(
                 lambda: client.get("/healthz").raise_for_status(), warmup, requests
             )
@@ -237,10 +250,37 @@ def measure_http(data_dir: Path, log: Path, expected: Expected, warmup: int, req
     return out
 
 
-def measure_in_process(data_dir: Path, expected: Expected, warmup: int, requests: int) -> dict[str, list[float]]:
+WRK_LUA = """
+wrk.headers["Authorization"] = "Bearer __KEY__"
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d bad=%d p50=%d p90=%d p99=%d max=%d mean=%d\\n",
+    summary.requests, e.status + e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def wrk_latency(url: str, key: str, query: dict[str, str], work: Path, seconds: int = 5) -> Stats:
+    """The same query from wrk (a C client, one connection, back to back): less client overhead."""
+    script = work / "query.lua"
+    script.write_text(WRK_LUA.replace("__KEY__", key))
+    target = str(httpx.URL(url, params=query))
+    cmd = ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "-s", str(script), target]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed:\n{out.stdout}\n{out.stderr}")
+    v = {k: int(x) for k, x in (f.split("=") for f in line.split()[1:])}
+    if v["bad"]:
+        raise RuntimeError(f"wrk saw {v['bad']} failed requests for {target}")
+    return {k: v[k] / 1000 for k in ("p50", "p90", "p99", "mean", "max")} | {"n": v["requests"]}
+
+
+def measure_in_process(data_dir: Path, expected: Expected, warmup: int, requests: int) -> dict[str, Stats]:
     settings = IngestSettings(dedupe_window_us=None, max_group_cardinality=1000)
     backend = EmbeddedBackend(data_dir, settings, FixedClock(to_us(SEED_TO)), fsync="normal")
-    out: dict[str, list[float]] = {}
+    out: dict[str, Stats] = {}
     try:
         for case, extra in CASES.items():
             query = query_from_params(list(params(extra).items()))
@@ -277,7 +317,6 @@ def ledger_size(data_dir: Path) -> int:
 def expected_from_store(data_dir: Path) -> Expected:
     """Totals for a reused data directory, recomputed from the ledger."""
     import sqlite3
-    from zoneinfo import ZoneInfo
 
     ny = ZoneInfo("America/New_York")
     conn = sqlite3.connect(f"file:{data_dir / DB_FILE}?mode=ro", uri=True)
@@ -331,15 +370,19 @@ def main() -> None:
             f"\nQuery latency, {n:,} events, {SUBJECT}, {MONTH[0]:%Y-%m-%d} .. {MONTH[1]:%Y-%m-%d},"
             f" {args.requests} sequential requests after {args.warmup} warm-up (ms)"
         )
-        print(f"{'case':<34}{'where':<12}{'p50':>8}{'p90':>8}{'p99':>8}{'mean':>8}{'max':>8}")
-        for case in [*CASES, "GET /healthz (HTTP floor)"]:
-            for where, results in (("HTTP", http), ("in-process", local)):
-                if case in results:
-                    s = stats_ms(results[case])
-                    print(
-                        f"{case:<34}{where:<12}{s['p50']:>8.3f}{s['p90']:>8.3f}{s['p99']:>8.3f}"
-                        f"{s['mean']:>8.3f}{s['max']:>8.3f}"
-                    )
+        print(f"{'case':<32}{'measured by':<24}{'n':>6}{'p50':>8}{'p90':>8}{'p99':>8}{'mean':>8}{'max':>8}")
+        rows: list[tuple[str, str, Stats | None]] = []
+        for case in CASES:
+            rows.append((case, "HTTP, httpx keep-alive", http.get(case)))
+            rows.append((case, "HTTP, wrk -t1 -c1 5 s", http.get(f"{case} [wrk -c1]")))
+            rows.append((case, "in-process (no HTTP)", local.get(case)))
+        rows.append(("GET /healthz (HTTP floor)", "HTTP, httpx keep-alive", http.get("GET /healthz (HTTP floor)")))
+        for case, where, st in rows:
+            if st is not None:
+                print(
+                    f"{case:<32}{where:<24}{st['n']:>6.0f}{st['p50']:>8.3f}{st['p90']:>8.3f}{st['p99']:>8.3f}"
+                    f"{st['mean']:>8.3f}{st['max']:>8.3f}"
+                )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

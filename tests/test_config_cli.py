@@ -176,3 +176,25 @@ def test_client_commands_report_errors(tmp_path: Path) -> None:
         assert r.returncode == 2 and "404" in r.stderr and "Traceback" not in r.stderr
     finally:
         s.stop()
+
+
+def test_config_file_meters_are_created_and_checked(tmp_path: Path) -> None:
+    from conftest import make_key
+    from starlette.testclient import TestClient
+
+    from meterline.api.app import create_app
+
+    f = tmp_path / "m.toml"
+    f.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "d"}"\n'
+        '[[meters]]\nslug = "calls"\nevent_type = "request"\naggregation = "COUNT"\n'
+    )
+    key = make_key(tmp_path / "d", ["admin"])
+    with TestClient(create_app(load_config(f))) as client:
+        meters = client.get("/api/v1/meters", headers={"Authorization": f"Bearer {key}"}).json()
+        assert [(m["slug"], m["aggregation"]) for m in meters] == [("calls", "COUNT")]
+    with TestClient(create_app(load_config(f))):  # same definition again: fine
+        pass
+    f.write_text(f.read_text().replace('"COUNT"', '"SUM"\nvalue_property = "$.n"'))
+    with pytest.raises(ConfigError, match="exists with a different definition"):
+        create_app(load_config(f))

@@ -16,7 +16,7 @@ from meterline.api.context import Context
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
 from meterline.clock import Clock, SystemClock
 from meterline.config import Config
-from meterline.errors import MeterlineError
+from meterline.errors import ConfigError, MeterlineError, NotFound
 from meterline.events.decode import Limits
 from meterline.metrics import Metrics
 from meterline.storage.sqlite.backend import EmbeddedBackend
@@ -62,7 +62,11 @@ def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
 def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     clock = clock or SystemClock()
     backend = open_backend(config, clock)
-    ensure_config_meters(config, backend)
+    try:
+        ensure_config_meters(config, backend)
+    except BaseException:
+        backend.close()
+        raise
     metrics = Metrics()
     metrics.gauge("meterline_ledger_events", "Events in the ledger", backend.ledger.size)
     metrics.gauge(
@@ -101,8 +105,6 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
 
 def ensure_config_meters(config: Config, backend: EmbeddedBackend) -> None:
     """Create the config file's meters that do not exist yet; an existing one must match."""
-    from meterline.errors import ConfigError, NotFound
-
     for m in config.meters:
         spec = m.spec()
         try:
