@@ -17,7 +17,13 @@ class EmbeddedBackend:
         self, data_dir: Path, settings: IngestSettings, clock: Clock, *, fsync: str = "full", max_batch: int = 512
     ) -> None:
         self.state = IngestState(settings)
-        self.db = Database(data_dir, fsync=fsync, max_batch=max_batch, on_rollback=self.state.invalidate)
+        self.db = Database(
+            data_dir,
+            fsync=fsync,
+            max_batch=max_batch,
+            on_rollback=self.state.rolled_back,
+            before_commit=self.state.flush_pending,
+        )
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
         self.dead_letters = SqliteDeadLetters(self.db)

@@ -20,14 +20,15 @@ class Database:
         *,
         fsync: str = "full",
         max_batch: int = 256,
-        on_rollback: Callable[[], None] | None = None,
+        on_rollback: Callable[[bool], None] | None = None,
+        before_commit: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / DB_FILE
         self._fsync = fsync
         conn = connect(self.path, fsync=fsync)
         create_schema(conn)
-        self.writer = Writer(conn, max_batch=max_batch, on_rollback=on_rollback)
+        self.writer = Writer(conn, max_batch=max_batch, on_rollback=on_rollback, before_commit=before_commit)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

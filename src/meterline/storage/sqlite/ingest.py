@@ -10,7 +10,9 @@ Runs only on the writer thread, inside the writer's transaction. Per batch:
    event as a whole, so an event is never counted by some meters and not others;
 3. accepted events get the next ledger sequence numbers and are appended with their dedupe
    keys; rejected ones go to the dead-letter table with the raw event and the reason;
-4. readings are folded into rollup deltas and upserted.
+4. once those writes succeeded, the readings are folded into the transaction's pending rollup
+   deltas, which the writer upserts once, just before COMMIT, for all requests of the
+   transaction together (concurrent requests for the same customer and minute cost one upsert).
 
 All of it commits or rolls back as one, so the ledger, the dedupe keys and the rollups never
 disagree. ``IngestState`` caches meters and group values; any rollback marks it stale and it
@@ -27,7 +29,7 @@ import msgspec
 
 from meterline.events.model import Candidate, Event, Outcome, Reason, Rejection, Status
 from meterline.meters.evaluate import CompiledMeter, Reading
-from meterline.meters.model import Meter, MeterSpec
+from meterline.meters.model import Aggregation, Meter, MeterSpec
 from meterline.storage.sqlite.replay import admit_groups
 from meterline.storage.sqlite.rollups import Deltas
 
@@ -50,9 +52,22 @@ class IngestState:
         self.group_values: dict[tuple[int, str], set[str]] = {}
         self.subjects: dict[int, set[str]] = {}
         self.next_seq = 1
+        self.pending = Deltas()
 
     def invalidate(self) -> None:
+        """Reload the caches from the database before their next use."""
         self.stale = True
+
+    def rolled_back(self, whole_transaction: bool) -> None:
+        """The writer rolled back one task (its readings never reached ``pending``) or the
+        whole transaction (then ``pending`` holds deltas of work that no longer exists)."""
+        self.invalidate()
+        if whole_transaction:
+            self.pending = Deltas()
+
+    def flush_pending(self, conn: sqlite3.Connection) -> None:
+        """Upsert the transaction's folded rollup deltas (the writer's before-commit hook)."""
+        self.pending.flush(conn)
 
     def load(self, conn: sqlite3.Connection) -> None:
         if not self.stale:
@@ -83,7 +98,7 @@ class Appender:
         self.state = state
         self.conn = conn
         self.now_us = now_us
-        self.deltas = Deltas()
+        self.readings: list[tuple[Aggregation, Reading, str, int, int]] = []
         self.events: list[tuple[object, ...]] = []
         self.keys: list[tuple[object, ...]] = []
         self.dead: list[tuple[object, ...]] = []
@@ -150,7 +165,7 @@ class Appender:
         )
         self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
         for meter, reading in readings:
-            self.deltas.add(meter.aggregation, reading, ev.subject, ev.time_us, seq)
+            self.readings.append((meter.aggregation, reading, ev.subject, ev.time_us, seq))
             subjects = self.state.subjects.setdefault(meter.meter.key, set())
             if ev.subject not in subjects:
                 subjects.add(ev.subject)
@@ -193,4 +208,8 @@ class Appender:
             conn.executemany("INSERT OR IGNORE INTO group_values VALUES (?,?,?)", self.new_groups)
         if self.new_subjects:
             conn.executemany("INSERT OR IGNORE INTO meter_subjects VALUES (?,?)", self.new_subjects)
-        self.deltas.flush(conn)
+        # Only now, with this request's writes done, may its readings join the transaction's
+        # pending deltas: nothing after this point can roll back this request alone.
+        add = self.state.pending.add
+        for reading in self.readings:
+            add(*reading)

@@ -81,6 +81,7 @@ class SqliteMeters:
         self._db.writer.call(lambda conn: self._delete(conn, meter.key))
 
     def _delete(self, conn: sqlite3.Connection, key: int) -> None:
+        self._state.flush_pending(conn)  # so no pending delta of this meter lands after the delete
         conn.execute("UPDATE meters SET deleted_us = ? WHERE key = ? AND deleted_us IS NULL", (self._now_us(), key))
         for table in ("rollups", "uniques", "group_values", "meter_subjects"):
             conn.execute(f"DELETE FROM {table} WHERE meter = ?", (key,))

@@ -5,9 +5,12 @@ drains every other waiting task (up to ``max_batch`` tasks) into the *same* tran
 commits once: concurrent requests share one fsync. Each task runs inside its own SAVEPOINT,
 so a task that raises is rolled back alone and the others still commit.
 
+``before_commit`` runs once per transaction, after the last task and before COMMIT: ingest
+uses it to upsert the rollup deltas of all the transaction's requests folded together.
+
 Guarantee: a task's future resolves only after the COMMIT that contains it returned. A
 future that resolves with a result therefore means durable (per the ``fsync`` setting); if
-the COMMIT itself fails, every task of that transaction gets the error.
+``before_commit`` or the COMMIT itself fails, every task of that transaction gets the error.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ class Writer:
         conn: sqlite3.Connection,
         *,
         max_batch: int = 256,
-        on_rollback: Callable[[], None] | None = None,
+        on_rollback: Callable[[bool], None] | None = None,
+        before_commit: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self._conn = conn
         self._queue: queue.SimpleQueue[Task | Any] = queue.SimpleQueue()
         self._max_batch = max_batch
         self._on_rollback = on_rollback
+        self._before_commit = before_commit
         self._thread = threading.Thread(target=self._run, name="meterline-writer", daemon=True)
         self._thread.start()
         self.commits = 0
@@ -88,14 +93,16 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
             for fn, future in batch:
                 results.append((future, *self._run_task(fn)))
+            if self._before_commit is not None:
+                self._before_commit(conn)
             conn.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:
+        except Exception as exc:
             log.error("commit failed", extra={"error": repr(exc)})
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if self._on_rollback is not None:
-                self._on_rollback()
+                self._on_rollback(True)
             error = StorageUnavailable("The store could not commit; nothing of this request was recorded")
             for _, future in batch:
                 future.set_exception(error)
@@ -115,14 +122,14 @@ class Writer:
             conn.execute("ROLLBACK TO task")
             conn.execute("RELEASE task")
             if self._on_rollback is not None:
-                self._on_rollback()
+                self._on_rollback(False)
             return False, exc
         except Exception:  # a bug in a task must not take the writer down
             log.exception("write task failed")
             conn.execute("ROLLBACK TO task")
             conn.execute("RELEASE task")
             if self._on_rollback is not None:
-                self._on_rollback()
+                self._on_rollback(False)
             return False, StorageUnavailable("An internal error stopped this write; nothing of it was recorded")
         conn.execute("RELEASE task")
         return True, value
