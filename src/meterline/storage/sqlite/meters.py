@@ -108,7 +108,7 @@ class SqliteMeters:
         if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
             values = read_uniques(conn, meter.key, level, start, end, query.subjects)
             return merge_unique(values, bounds, query, dimensions)
-        states = read_states(conn, meter.key, level, start, end, query.subjects)
+        states = read_states(conn, meter.spec.aggregation, bounds, level, meter.key, query.subjects)
         return merge(meter.spec.aggregation, states, bounds, query, dimensions)
 
     def pending_backfill(self) -> int:

@@ -8,8 +8,9 @@ exact Decimal code in ``meterline.decimals``.
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -109,20 +110,56 @@ def _row(aggregation: Aggregation, key: Key, s: list[Any]) -> tuple[Any, ...]:
     return (*key, s[0], total, low, high, *last)
 
 
+# Per aggregation, what to read: SQL folds the buckets of each window (sum of counts, exact
+# Decimal sums/minima/maxima through the functions in schema.py) so Python sees one row per
+# window, subject and group instead of one per bucket. LATEST needs the whole state per bucket.
+_FOLDED = {
+    Aggregation.COUNT: "sum(cnt), NULL, NULL, NULL",
+    Aggregation.SUM: "sum(cnt), dec_sum(total), NULL, NULL",
+    Aggregation.AVG: "sum(cnt), dec_sum(total), NULL, NULL",
+    Aggregation.MIN: "sum(cnt), NULL, dec_least(low), NULL",
+    Aggregation.MAX: "sum(cnt), NULL, NULL, dec_greatest(high)",
+}
+
+
 def read_states(
-    conn: sqlite3.Connection, meter: int, level: int, start: int, end: int, subjects: tuple[str, ...]
+    conn: sqlite3.Connection,
+    aggregation: Aggregation,
+    bounds: Sequence[int],
+    level: int,
+    meter: int,
+    subjects: tuple[str, ...],
 ) -> Iterator[BucketState]:
+    """Bucket states between the first and last bound; for all but LATEST already folded per
+    window (``bucket`` is then the window's start)."""
+    start, end = bounds[0], bounds[-1]
+    if aggregation is Aggregation.LATEST:
+        sql, params = _range_sql(
+            "SELECT subject, group_key, bucket, cnt, last_t, last_seq, last_v FROM rollups",
+            meter,
+            level,
+            start,
+            end,
+            subjects,
+        )
+        for subject, group_key, bucket, cnt, last_t, last_seq, last_v in conn.execute(sql, params):
+            yield BucketState(subject, group_key, bucket, cnt, None, None, None, (last_t, last_seq, Decimal(last_v)))
+        return
+    window = "?" if len(bounds) == 2 else "window_of(bucket)"
+    if len(bounds) > 2:
+        conn.create_function("window_of", 1, lambda b: bounds[bisect.bisect_right(bounds, b) - 1], deterministic=True)
     sql, params = _range_sql(
-        "SELECT subject, group_key, bucket, cnt, total, low, high, last_t, last_seq, last_v FROM rollups",
+        f"SELECT subject, group_key, {window} AS w, {_FOLDED[aggregation]} FROM rollups",
         meter,
         level,
         start,
         end,
         subjects,
     )
-    for subject, group_key, bucket, cnt, total, low, high, last_t, last_seq, last_v in conn.execute(sql, params):
-        latest = None if last_v is None else (last_t, last_seq, Decimal(last_v))
-        yield BucketState(subject, group_key, bucket, cnt, _dec(total), _dec(low), _dec(high), latest)
+    if len(bounds) == 2:
+        params.insert(0, start)
+    for subject, group_key, w, cnt, total, low, high in conn.execute(sql + " GROUP BY w, subject, group_key", params):
+        yield BucketState(subject, group_key, w, cnt, _dec(total), _dec(low), _dec(high), None)
 
 
 def read_uniques(

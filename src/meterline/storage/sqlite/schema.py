@@ -111,6 +111,9 @@ def _register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("dec_add", 2, _dec_add, deterministic=True)
     conn.create_function("dec_min", 2, _dec_min, deterministic=True)
     conn.create_function("dec_max", 2, _dec_max, deterministic=True)
+    conn.create_aggregate("dec_sum", 1, _DecSum)  # type: ignore[arg-type]  # typeshed expects int steps
+    conn.create_aggregate("dec_least", 1, _DecLeast)  # type: ignore[arg-type]
+    conn.create_aggregate("dec_greatest", 1, _DecGreatest)  # type: ignore[arg-type]
 
 
 def _dec_add(a: str | None, b: str | None) -> str | None:
@@ -129,3 +132,40 @@ def _dec_max(a: str | None, b: str | None) -> str | None:
     if a is None or b is None:
         return a if b is None else b
     return a if Decimal(a) >= Decimal(b) else b
+
+
+class _DecSum:
+    """Aggregate: exact Decimal sum of decimal strings (NULL when there are none)."""
+
+    def __init__(self) -> None:
+        self.total: Decimal | None = None
+
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            d = Decimal(value)
+            self.total = d if self.total is None else EXACT.add(self.total, d)
+
+    def finalize(self) -> str | None:
+        return None if self.total is None else str(self.total)
+
+
+class _DecLeast:
+    def __init__(self) -> None:
+        self.best: Decimal | None = None
+
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            d = Decimal(value)
+            if self.best is None or d < self.best:
+                self.best = d
+
+    def finalize(self) -> str | None:
+        return None if self.best is None else str(self.best)
+
+
+class _DecGreatest(_DecLeast):
+    def step(self, value: str | None) -> None:
+        if value is not None:
+            d = Decimal(value)
+            if self.best is None or d > self.best:
+                self.best = d
