@@ -9,6 +9,7 @@ exact Decimal code in ``meterline.decimals``.
 from __future__ import annotations
 
 import bisect
+import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -145,9 +146,7 @@ def read_states(
         for subject, group_key, bucket, cnt, last_t, last_seq, last_v in conn.execute(sql, params):
             yield BucketState(subject, group_key, bucket, cnt, None, None, None, (last_t, last_seq, Decimal(last_v)))
         return
-    window = "?" if len(bounds) == 2 else "window_of(bucket)"
-    if len(bounds) > 2:
-        conn.create_function("window_of", 1, lambda b: bounds[bisect.bisect_right(bounds, b) - 1], deterministic=True)
+    window = _window_sql(conn, bounds)
     sql, params = _range_sql(
         f"SELECT subject, group_key, {window} AS w, {_FOLDED[aggregation]} FROM rollups",
         meter,
@@ -160,6 +159,18 @@ def read_states(
         params.insert(0, start)
     for subject, group_key, w, cnt, total, low, high in conn.execute(sql + " GROUP BY w, subject, group_key", params):
         yield BucketState(subject, group_key, w, cnt, _dec(total), _dec(low), _dec(high), None)
+
+
+def _window_sql(conn: sqlite3.Connection, bounds: Sequence[int]) -> str:
+    """SQL for the start of the window holding ``bucket``: a bound parameter for one window, a
+    CASE over the (integer) boundaries for up to 64 windows, else a Python function."""
+    if len(bounds) == 2:
+        return "?"
+    if len(bounds) <= 65:
+        whens = " ".join(f"WHEN bucket < {int(b)} THEN {int(a)}" for a, b in itertools.pairwise(bounds))
+        return f"CASE {whens} END"
+    conn.create_function("window_of", 1, lambda b: bounds[bisect.bisect_right(bounds, b) - 1], deterministic=True)
+    return "window_of(bucket)"
 
 
 def read_uniques(
