@@ -153,6 +153,25 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def code_version() -> str:
+    """Which meterline is measured: the commit of this checkout and whether src/ has edits."""
+    import meterline
+
+    here = HERE.parent
+    if not Path(meterline.__file__).resolve().is_relative_to(here / "src"):
+        return "meterline imported from outside this checkout (PYTHONPATH?)"
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "meterline from this checkout (git not available)"
+    return f"meterline at commit {head}" + (" + uncommitted changes in src/" if dirty else "")
+
+
 def machine() -> str:
     model = ""
     try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from _common import Server, cpu_split, machine, start_meterline, start_noop, thread_cpu
+from _common import Server, code_version, cpu_split, machine, start_meterline, start_noop, thread_cpu
 
 from meterline.storage.sqlite.database import DB_FILE
 
@@ -246,8 +246,8 @@ def verify(server: Server, data_dir: Path) -> None:
     print(f"  => {'consistent' if ok else 'MISMATCH'}")
 
 
-def report(results: list[Result], duration: int, threads: int) -> None:
-    print("\nResults (wrk, 127.0.0.1, fsync=full for meterline)")
+def report(results: list[Result], duration: int, threads: int, fsync: str) -> None:
+    print(f"\nResults (wrk, 127.0.0.1, meterline with fsync={fsync})")
     head = (
         f"{'server':<10}{'ev/req':>7}{'conns':>6}{'req/s':>10}{'events/s':>11}{'p50 ms':>8}{'p90 ms':>8}"
         f"{'p99 ms':>8}{'max ms':>8}{'204s':>9}{'non-204':>8}{'sockerr':>8}{'cpu':>6}{'main':>6}{'other':>6}"
@@ -289,6 +289,7 @@ def main() -> None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     cases = [tuple(int(x) for x in c.split(":")) for c in args.cases.split(",")]
     print(f"machine: {machine()}")
+    print(f"code: {code_version()}")
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="meterline-bench-") as tmp:
         work = Path(tmp)
@@ -324,7 +325,7 @@ def main() -> None:
                     if args.verbose:
                         print(r.raw)
                     time.sleep(1)
-            report(results, args.duration, args.threads)
+            report(results, args.duration, args.threads, args.fsync)
             verify(meterline, data_dir)
             print("\nJSON " + json.dumps([{**vars(r), "raw": None} for r in results]))
         finally:

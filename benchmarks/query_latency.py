@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import msgspec
-from _common import machine, percentile, start_meterline
+from _common import code_version, machine, percentile, start_meterline
 
 from meterline.api.meters import query_from_params
 from meterline.clock import FixedClock, to_us
@@ -345,6 +345,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the seeding (main and writer threads)")
     args = parser.parse_args()
     print(f"machine: {machine()}")
+    print(f"code: {code_version()}")
     tmp = None
     if args.data_dir is None:
         tmp = tempfile.mkdtemp(prefix="meterline-bench-")
