@@ -206,3 +206,29 @@ def test_query_errors(hours: Api, params: dict[str, str], code: str) -> None:
 
 def test_query_unknown_meter(api: Api) -> None:
     assert_problem(api.query("nope"), 404, "meter_not_found")
+
+
+def test_large_and_fractional_sums_stay_exact_and_rebuild_identically(hours: Api) -> None:
+    # Whole values just under 2**62 in separate hours: their native SQLite sum overflows and the
+    # query falls back to exact decimals; fractional values are stored as canonical text.
+    big = 2**62 - 1
+    events = [
+        ev(str(i), f"2026-03-01T1{i}:00:00Z", hours=v)
+        for i, v in enumerate([big, big, big, "0.25", "-0.25", "2.50", 1])
+    ]
+    assert hours.post_events(events).status_code == 204
+    from decimal import Decimal
+
+    import msgspec
+
+    day = [("from", "2026-03-01T00:00:00Z"), ("to", "2026-03-02T00:00:00Z")]
+    for params in (day, [*day, ("windowSize", "HOUR")], [*day, ("windowSize", "DAY")]):
+        rows = msgspec.json.Decoder(float_hook=Decimal).decode(hours.query("h", params).content)["data"]
+        assert sum(Decimal(r["value"]) for r in rows) == 3 * big + Decimal("3.5")
+    from meterline.storage.sqlite.rebuild import rebuild
+    from meterline.storage.sqlite.schema import connect
+
+    conn = connect(hours.data_dir / "meterline.db")
+    conn.execute("BEGIN IMMEDIATE")
+    assert rebuild(conn, cap=1000, replace=False).identical
+    conn.execute("ROLLBACK")

@@ -76,3 +76,15 @@ def canonical(d: Decimal) -> str:
         return "0"
     text = format(d.normalize(EXACT), "f")
     return text
+
+
+STORED_INT_LIMIT = 2**62
+
+
+def stored(d: Decimal) -> int | str:
+    """How rollups store a quantity: an integer when it is whole and below 2**62 in magnitude
+    (so SQLite can add two of them natively without overflow), else canonical text. The form
+    depends only on the value, never on how it was summed, so a rebuild reproduces it exactly."""
+    if d == d.to_integral_value() and abs(d) < STORED_INT_LIMIT:
+        return int(d)
+    return canonical(d)

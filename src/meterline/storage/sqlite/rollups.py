@@ -15,18 +15,26 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from meterline.decimals import add
+from meterline.decimals import add, stored
 from meterline.meters.evaluate import Reading
 from meterline.meters.model import Aggregation
 from meterline.meters.query import BucketState
 from meterline.meters.windows import BUCKETS
 
 Key = tuple[int, int, str, int, str]
+ZERO = Decimal(0)
 
+# Whole sums below 2**62 are stored as integers (decimals.stored) and added by SQLite itself;
+# anything else goes through the exact Decimal function.
+_ADD_TOTAL = (
+    "cnt = cnt + excluded.cnt, total = CASE WHEN typeof(total) = 'integer' AND typeof(excluded.total) = 'integer'"
+    " AND abs(total + excluded.total) < 4611686018427387904 THEN total + excluded.total"
+    " ELSE dec_add(total, excluded.total) END"
+)
 _COLUMNS = {
     Aggregation.COUNT: "cnt = cnt + excluded.cnt",
-    Aggregation.SUM: "cnt = cnt + excluded.cnt, total = dec_add(total, excluded.total)",
-    Aggregation.AVG: "cnt = cnt + excluded.cnt, total = dec_add(total, excluded.total)",
+    Aggregation.SUM: _ADD_TOTAL,
+    Aggregation.AVG: _ADD_TOTAL,
     Aggregation.MIN: "cnt = cnt + excluded.cnt, low = dec_min(low, excluded.low)",
     Aggregation.MAX: "cnt = cnt + excluded.cnt, high = dec_max(high, excluded.high)",
     Aggregation.LATEST: (
@@ -98,29 +106,37 @@ def _fold(slot: list[Any], value: Any, time_us: int, seq: int) -> None:
 
 
 def _row(aggregation: Aggregation, key: Key, s: list[Any]) -> tuple[Any, ...]:
-    total = low = high = None
+    total: int | str | None = None
+    low: int | str | None = None
+    high: int | str | None = None
     last: tuple[Any, Any, Any] = (None, None, None)
     if aggregation in (Aggregation.SUM, Aggregation.AVG):
-        total = str(s[1])
+        total = stored(s[1])
     elif aggregation is Aggregation.MIN:
-        low = str(s[2])
+        low = stored(s[2])
     elif aggregation is Aggregation.MAX:
-        high = str(s[3])
+        high = stored(s[3])
     elif aggregation is Aggregation.LATEST:
-        last = (s[4][0], s[4][1], str(s[4][2]))
+        last = (s[4][0], s[4][1], stored(s[4][2]))
     return (*key, s[0], total, low, high, *last)
 
 
 # Per aggregation, what to read: SQL folds the buckets of each window (sum of counts, exact
 # Decimal sums/minima/maxima through the functions in schema.py) so Python sees one row per
 # window, subject and group instead of one per bucket. LATEST needs the whole state per bucket.
+# Integer totals are summed natively and only the others in Python; if the native sum
+# overflows, the query is run again with every total through dec_sum.
+_TOTALS = (
+    "sum(total) FILTER (WHERE typeof(total) = 'integer'), dec_sum(total) FILTER (WHERE typeof(total) <> 'integer')"
+)
 _FOLDED = {
-    Aggregation.COUNT: "sum(cnt), NULL, NULL, NULL",
-    Aggregation.SUM: "sum(cnt), dec_sum(total), NULL, NULL",
-    Aggregation.AVG: "sum(cnt), dec_sum(total), NULL, NULL",
-    Aggregation.MIN: "sum(cnt), NULL, dec_least(low), NULL",
-    Aggregation.MAX: "sum(cnt), NULL, NULL, dec_greatest(high)",
+    Aggregation.COUNT: "sum(cnt), NULL, NULL, NULL, NULL",
+    Aggregation.SUM: f"sum(cnt), {_TOTALS}, NULL, NULL",
+    Aggregation.AVG: f"sum(cnt), {_TOTALS}, NULL, NULL",
+    Aggregation.MIN: "sum(cnt), NULL, NULL, dec_least(low), NULL",
+    Aggregation.MAX: "sum(cnt), NULL, NULL, NULL, dec_greatest(high)",
 }
+_TOTALS_SLOW = "NULL, dec_sum(total)"
 
 
 def read_states(
@@ -147,18 +163,36 @@ def read_states(
             yield BucketState(subject, group_key, bucket, cnt, None, None, None, (last_t, last_seq, Decimal(last_v)))
         return
     window = _window_sql(conn, bounds)
+    folded = _FOLDED[aggregation]
+    try:
+        rows = _folded_rows(conn, window, folded, bounds, level, meter, subjects)
+    except sqlite3.OperationalError as exc:
+        if "overflow" not in str(exc):
+            raise
+        rows = _folded_rows(conn, window, folded.replace(_TOTALS, _TOTALS_SLOW), bounds, level, meter, subjects)
+    for subject, group_key, w, cnt, int_total, dec_total, low, high in rows:
+        total = (
+            None if int_total is None and dec_total is None else add(Decimal(int_total or 0), _dec(dec_total) or ZERO)
+        )
+        yield BucketState(subject, group_key, w, cnt, total, _dec(low), _dec(high), None)
+
+
+def _folded_rows(
+    conn: sqlite3.Connection,
+    window: str,
+    folded: str,
+    bounds: Sequence[int],
+    level: int,
+    meter: int,
+    subjects: tuple[str, ...],
+) -> list[tuple[Any, ...]]:
+    start, end = bounds[0], bounds[-1]
     sql, params = _range_sql(
-        f"SELECT subject, group_key, {window} AS w, {_FOLDED[aggregation]} FROM rollups",
-        meter,
-        level,
-        start,
-        end,
-        subjects,
+        f"SELECT subject, group_key, {window} AS w, {folded} FROM rollups", meter, level, start, end, subjects
     )
-    if len(bounds) == 2:
+    if window == "?":
         params.insert(0, start)
-    for subject, group_key, w, cnt, total, low, high in conn.execute(sql + " GROUP BY w, subject, group_key", params):
-        yield BucketState(subject, group_key, w, cnt, _dec(total), _dec(low), _dec(high), None)
+    return conn.execute(sql + " GROUP BY w, subject, group_key", params).fetchall()
 
 
 def _window_sql(conn: sqlite3.Connection, bounds: Sequence[int]) -> str:
@@ -197,7 +231,7 @@ def _range_sql(
     return f"{select} WHERE meter = ? AND level = ? AND {where} AND bucket >= ? AND bucket < ?", params
 
 
-def _dec(text: str | None) -> Decimal | None:
+def _dec(text: int | str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
 
 

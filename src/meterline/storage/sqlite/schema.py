@@ -13,7 +13,7 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
-from meterline.decimals import EXACT
+from meterline.decimals import EXACT, stored
 
 SCHEMA_VERSION = 1
 
@@ -51,8 +51,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS meters_live_slug ON meters (namespace, slug) W
 CREATE TABLE IF NOT EXISTS rollups (
     meter INTEGER NOT NULL, level INTEGER NOT NULL, subject TEXT NOT NULL,
     bucket INTEGER NOT NULL, group_key TEXT NOT NULL,
-    cnt INTEGER NOT NULL, total TEXT, low TEXT, high TEXT,
-    last_t INTEGER, last_seq INTEGER, last_v TEXT,
+    -- total, low, high, last_v: decimals.stored() form (integer, or canonical text)
+    cnt INTEGER NOT NULL, total, low, high,
+    last_t INTEGER, last_seq INTEGER, last_v,
     PRIMARY KEY (meter, level, subject, bucket, group_key)
 ) WITHOUT ROWID;
 
@@ -116,19 +117,19 @@ def _register_functions(conn: sqlite3.Connection) -> None:
     conn.create_aggregate("dec_greatest", 1, _DecGreatest)  # type: ignore[arg-type]
 
 
-def _dec_add(a: str | None, b: str | None) -> str | None:
+def _dec_add(a: int | str | None, b: int | str | None) -> int | str | None:
     if a is None or b is None:
         return a if b is None else b
-    return str(EXACT.add(Decimal(a), Decimal(b)))
+    return stored(EXACT.add(Decimal(a), Decimal(b)))
 
 
-def _dec_min(a: str | None, b: str | None) -> str | None:
+def _dec_min(a: int | str | None, b: int | str | None) -> int | str | None:
     if a is None or b is None:
         return a if b is None else b
     return a if Decimal(a) <= Decimal(b) else b
 
 
-def _dec_max(a: str | None, b: str | None) -> str | None:
+def _dec_max(a: int | str | None, b: int | str | None) -> int | str | None:
     if a is None or b is None:
         return a if b is None else b
     return a if Decimal(a) >= Decimal(b) else b
@@ -140,31 +141,31 @@ class _DecSum:
     def __init__(self) -> None:
         self.total: Decimal | None = None
 
-    def step(self, value: str | None) -> None:
+    def step(self, value: int | str | None) -> None:
         if value is not None:
             d = Decimal(value)
             self.total = d if self.total is None else EXACT.add(self.total, d)
 
-    def finalize(self) -> str | None:
-        return None if self.total is None else str(self.total)
+    def finalize(self) -> int | str | None:
+        return None if self.total is None else stored(self.total)
 
 
 class _DecLeast:
     def __init__(self) -> None:
         self.best: Decimal | None = None
 
-    def step(self, value: str | None) -> None:
+    def step(self, value: int | str | None) -> None:
         if value is not None:
             d = Decimal(value)
             if self.best is None or d < self.best:
                 self.best = d
 
-    def finalize(self) -> str | None:
-        return None if self.best is None else str(self.best)
+    def finalize(self) -> int | str | None:
+        return None if self.best is None else stored(self.best)
 
 
 class _DecGreatest(_DecLeast):
-    def step(self, value: str | None) -> None:
+    def step(self, value: int | str | None) -> None:
         if value is not None:
             d = Decimal(value)
             if self.best is None or d > self.best:
