@@ -174,6 +174,8 @@ def test_group_by_subject_filters_and_csv(hours: Api) -> None:
     ]
     r = hours.query("h", [("subject", "acme"), ("filterGroupBy[region]", "eu")]).json()["data"]
     assert [(x["subject"], x["value"]) for x in r] == [("acme", 1)]
+    r = hours.query("h", [("filterGroupBy[subject]", "globex")]).json()["data"]
+    assert [(x["subject"], x["value"]) for x in r] == [(None, 4)]
     r = hours.query("h", [("advancedMeterGroupByFilters", '{"region": {"$ne": "eu"}}')]).json()["data"]
     assert [x["value"] for x in r] == [2]
     csv = hours.query("h", [("groupBy", "region")], Accept="text/csv").text.splitlines()

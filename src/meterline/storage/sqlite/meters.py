@@ -14,7 +14,7 @@ from ulid import ULID
 from meterline.errors import Conflict, NotFound
 from meterline.meters.evaluate import CompiledMeter
 from meterline.meters.model import Aggregation, Meter, MeterSpec
-from meterline.meters.query import MeterQuery, Row, check_dimensions, merge, merge_unique
+from meterline.meters.query import SUBJECT, MeterQuery, Row, check_dimensions, merge, merge_unique
 from meterline.meters.windows import bucket_size, floor, grid
 from meterline.storage.sqlite.database import Database
 from meterline.storage.sqlite.ingest import IngestState, live_meters
@@ -108,7 +108,16 @@ class SqliteMeters:
         if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
             values = read_uniques(conn, meter.key, level, start, end, query.subjects)
             return merge_unique(values, bounds, query, dimensions)
-        states = read_states(conn, meter.spec.aggregation, bounds, level, meter.key, query.subjects)
+        states = read_states(
+            conn,
+            meter.spec.aggregation,
+            bounds,
+            level,
+            meter.key,
+            query.subjects,
+            by_subject=SUBJECT in query.group_by or bool(query.subjects) or any(f[0] == SUBJECT for f in query.filters),
+            by_group=any(d != SUBJECT for d in query.group_by) or any(f[0] != SUBJECT for f in query.filters),
+        )
         return merge(meter.spec.aggregation, states, bounds, query, dimensions)
 
     def pending_backfill(self) -> int:

@@ -146,9 +146,13 @@ def read_states(
     level: int,
     meter: int,
     subjects: tuple[str, ...],
+    *,
+    by_subject: bool = True,
+    by_group: bool = True,
 ) -> Iterator[BucketState]:
     """Bucket states between the first and last bound; for all but LATEST already folded per
-    window (``bucket`` is then the window's start)."""
+    window (``bucket`` is then the window's start), and per subject / group only when asked:
+    a GROUP BY that follows the index order (subject) costs no sort."""
     start, end = bounds[0], bounds[-1]
     if aggregation is Aggregation.LATEST:
         sql, params = _range_sql(
@@ -165,12 +169,15 @@ def read_states(
     window = _window_sql(conn, bounds)
     folded = _FOLDED[aggregation]
     try:
-        rows = _folded_rows(conn, window, folded, bounds, level, meter, subjects)
+        rows = _folded_rows(conn, window, folded, bounds, level, meter, subjects, by_subject, by_group)
     except sqlite3.OperationalError as exc:
         if "overflow" not in str(exc):
             raise
-        rows = _folded_rows(conn, window, folded.replace(_TOTALS, _TOTALS_SLOW), bounds, level, meter, subjects)
+        slow = folded.replace(_TOTALS, _TOTALS_SLOW)
+        rows = _folded_rows(conn, window, slow, bounds, level, meter, subjects, by_subject, by_group)
     for subject, group_key, w, cnt, int_total, dec_total, low, high in rows:
+        if cnt is None:  # no GROUP BY and no rows: SQL still answers one row of NULLs
+            continue
         total = (
             None if int_total is None and dec_total is None else add(Decimal(int_total or 0), _dec(dec_total) or ZERO)
         )
@@ -185,14 +192,20 @@ def _folded_rows(
     level: int,
     meter: int,
     subjects: tuple[str, ...],
+    by_subject: bool,
+    by_group: bool,
 ) -> list[tuple[Any, ...]]:
     start, end = bounds[0], bounds[-1]
-    sql, params = _range_sql(
-        f"SELECT subject, group_key, {window} AS w, {folded} FROM rollups", meter, level, start, end, subjects
-    )
+    subject = "subject" if by_subject else "''"
+    group = "group_key" if by_group else "'[]'"
+    select = f"SELECT {subject}, {group}, {window} AS w, {folded} FROM rollups"
+    sql, params = _range_sql(select, meter, level, start, end, subjects)
     if window == "?":
         params.insert(0, start)
-    return conn.execute(sql + " GROUP BY w, subject, group_key", params).fetchall()
+    keys = [k for k, on in (("subject", by_subject), ("w", window != "?"), ("group_key", by_group)) if on]
+    if keys:
+        sql += " GROUP BY " + ", ".join(keys)
+    return conn.execute(sql, params).fetchall()
 
 
 def _window_sql(conn: sqlite3.Connection, bounds: Sequence[int]) -> str:
