@@ -244,17 +244,21 @@ def test_meter_create_list_get_and_errors(server: Server, client: Client) -> Non
 # --------------------------------------------------------------------------------------------
 
 
+def hour_query(s: Seeded) -> dict[str, Any]:
+    """The query both the JSON and the CSV test ask: HOUR windows in Kathmandu over W1 and W2."""
+    return {
+        "from_parameter": s.w1,
+        "to": s.end,
+        "window_size": "HOUR",
+        "window_time_zone": "Asia/Kathmandu",
+        "subject": [C1, C2],
+        "group_by": ["model"],
+    }
+
+
 def test_query_json_hour_windows_in_kathmandu(seeded: Seeded) -> None:
     s = seeded
-    res = s.client.meters.query_json(
-        SLUG,
-        from_parameter=s.w1,
-        to=s.end,
-        window_size="HOUR",
-        window_time_zone="Asia/Kathmandu",
-        subject=[C1, C2],
-        group_by=["model"],
-    )
+    res = s.client.meters.query_json(SLUG, **hour_query(s))
     assert res.from_property == s.w1
     assert res.to == s.end
     assert res.window_size == "HOUR"
@@ -381,15 +385,7 @@ def test_query_errors(seeded: Seeded) -> None:
 
 def test_query_csv(seeded: Seeded) -> None:
     s = seeded
-    text = s.client.meters.query_csv(
-        SLUG,
-        from_parameter=s.w1,
-        to=s.end,
-        window_size="HOUR",
-        window_time_zone="Asia/Kathmandu",
-        subject=[C1, C2],
-        group_by=["model"],
-    )
+    text = s.client.meters.query_csv(SLUG, **hour_query(s))
     assert isinstance(text, str)
     lines = list(csv.reader(io.StringIO(text)))
     assert lines[0] == ["window_start", "window_end", "subject", "model", "value"]

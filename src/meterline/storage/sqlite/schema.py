@@ -135,38 +135,34 @@ def _dec_max(a: int | str | None, b: int | str | None) -> int | str | None:
     return a if Decimal(a) >= Decimal(b) else b
 
 
-class _DecSum:
-    """Aggregate: exact Decimal sum of decimal strings (NULL when there are none)."""
+class _DecFold:
+    """Aggregate over decimals in stored form: folds with ``combine``; NULL when there are none."""
 
     def __init__(self) -> None:
-        self.total: Decimal | None = None
+        self.acc: Decimal | None = None
 
     def step(self, value: int | str | None) -> None:
         if value is not None:
             d = Decimal(value)
-            self.total = d if self.total is None else EXACT.add(self.total, d)
+            self.acc = d if self.acc is None else self.combine(self.acc, d)
 
     def finalize(self) -> int | str | None:
-        return None if self.total is None else stored(self.total)
+        return None if self.acc is None else stored(self.acc)
+
+    def combine(self, a: Decimal, b: Decimal) -> Decimal:
+        raise NotImplementedError
 
 
-class _DecLeast:
-    def __init__(self) -> None:
-        self.best: Decimal | None = None
-
-    def step(self, value: int | str | None) -> None:
-        if value is not None:
-            d = Decimal(value)
-            if self.best is None or d < self.best:
-                self.best = d
-
-    def finalize(self) -> int | str | None:
-        return None if self.best is None else stored(self.best)
+class _DecSum(_DecFold):
+    def combine(self, a: Decimal, b: Decimal) -> Decimal:
+        return EXACT.add(a, b)
 
 
-class _DecGreatest(_DecLeast):
-    def step(self, value: int | str | None) -> None:
-        if value is not None:
-            d = Decimal(value)
-            if self.best is None or d > self.best:
-                self.best = d
+class _DecLeast(_DecFold):
+    def combine(self, a: Decimal, b: Decimal) -> Decimal:
+        return a if a <= b else b
+
+
+class _DecGreatest(_DecFold):
+    def combine(self, a: Decimal, b: Decimal) -> Decimal:
+        return a if a >= b else b
