@@ -56,6 +56,30 @@ class IngestConfig(_Section):
     """How long an idempotency key is remembered. None (default): forever."""
     max_group_cardinality: int = Field(1000, ge=1)
     """Most distinct values per meter groupBy dimension; events beyond it are rejected."""
+    unknown_subjects: Literal["accept", "quarantine", "reject"] = "accept"
+    """Default for events whose subject belongs to no customer: accept (count it), quarantine
+    (keep it uncounted until a customer claims the subject) or reject (dead letter). A namespace
+    can override it with PUT /api/v1/settings."""
+
+
+class AlertsConfig(_Section):
+    webhook_timeout: float = Field(5.0, gt=0)
+    """Seconds a webhook receiver has to answer one delivery attempt."""
+    max_attempts: int = Field(10, ge=1)
+    """Delivery attempts before a notification is marked failed (resend restarts it)."""
+    backoff_initial: float = Field(1.0, gt=0)
+    """Seconds before the first retry; each retry waits twice as long (with jitter)."""
+    backoff_max: float = Field(600.0, gt=0)
+    """Longest wait between two attempts."""
+    baseline_days: int = Field(7, ge=1)
+    """Days of a customer's own history that make the baseline of spike/drop rules."""
+
+
+class PortalConfig(_Section):
+    token_ttl: timedelta = timedelta(hours=1)
+    """Default lifetime of a portal token."""
+    max_token_ttl: timedelta = timedelta(days=1)
+    """Longest lifetime a caller may ask for."""
 
 
 class AuthConfig(_Section):
@@ -102,6 +126,8 @@ class Config(_Section):
     storage: StorageConfig = StorageConfig()
     ingest: IngestConfig = IngestConfig()
     auth: AuthConfig = AuthConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    portal: PortalConfig = PortalConfig()
     log: LogConfig = LogConfig()
     meters: list[MeterConfig] = []
 

@@ -94,3 +94,60 @@ class StorageUnavailable(MeterlineError):
     code = "storage_unavailable"
     status = 503
     title = "Storage unavailable"
+
+
+# Billing (meterline.billing): pricing, plans, subscriptions, invoices.
+#
+#     InvalidInput
+#     ├── UnknownCurrency          unknown_currency        400
+#     ├── InvalidPlan              invalid_plan            400  (extra: problems=[...])
+#     ├── InvalidSubscription      invalid_subscription    400  (extra: problems=[...])
+#     └── CurrencyMismatch         currency_mismatch       400
+#     Conflict
+#     └── PlanVersionPublished     plan_version_published  409
+
+
+class UnknownCurrency(InvalidInput):
+    code = "unknown_currency"
+    title = "Unknown currency"
+
+
+class InvalidPlan(InvalidInput):
+    code = "invalid_plan"
+    title = "Invalid price plan"
+
+
+class InvalidSubscription(InvalidInput):
+    code = "invalid_subscription"
+    title = "Invalid subscription"
+
+
+class CurrencyMismatch(InvalidInput):
+    code = "currency_mismatch"
+    title = "Currencies do not match"
+
+
+class PlanVersionPublished(Conflict):
+    code = "plan_version_published"
+    title = "Published plan versions never change"
+
+
+# Notifications and the customer portal (meterline.notify.signing, meterline.auth.portal).
+#
+#     Unauthorized
+#     ├── WebhookVerificationError webhook_signature_invalid 401  (extra: reason=...)
+#     └── PortalTokenInvalid       portal_token_invalid      401  (extra: reason=...)
+
+
+class WebhookVerificationError(Unauthorized):
+    """A webhook's Standard Webhooks headers or signature did not check out (``extra["reason"]`` says which)."""
+
+    code = "webhook_signature_invalid"
+    title = "Webhook signature invalid"
+
+
+class PortalTokenInvalid(Unauthorized):
+    """A customer portal token is malformed, forged, expired or not for us; the message never echoes it."""
+
+    code = "portal_token_invalid"
+    title = "Portal token invalid"

@@ -23,12 +23,14 @@ class Reason(enum.StrEnum):
     UNREADABLE_VALUE = "unreadable_value"
     UNREADABLE_GROUP = "unreadable_group"
     GROUP_CARDINALITY = "group_cardinality_exceeded"
+    UNKNOWN_SUBJECT = "unknown_subject"
 
 
 class Status(enum.StrEnum):
     ACCEPTED = "accepted"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
+    QUARANTINED = "quarantined"
 
 
 class Event(msgspec.Struct, frozen=True):

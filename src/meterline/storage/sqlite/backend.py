@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from meterline.clock import Clock
+from meterline.storage.sqlite.counters import LiveCounters
+from meterline.storage.sqlite.customers import SqliteCustomers, load_all
 from meterline.storage.sqlite.database import Database
 from meterline.storage.sqlite.dead_letters import SqliteDeadLetters
+from meterline.storage.sqlite.entitlements import SqliteEntitlements
 from meterline.storage.sqlite.ingest import IngestSettings, IngestState
 from meterline.storage.sqlite.ledger import SqliteLedger
 from meterline.storage.sqlite.meters import SqliteMeters
@@ -23,10 +26,16 @@ class EmbeddedBackend:
             max_batch=max_batch,
             on_rollback=self.state.rolled_back,
             before_commit=self.state.flush_pending,
+            after_commit=self.state.committed,
         )
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
         self.dead_letters = SqliteDeadLetters(self.db)
+        self.customers = SqliteCustomers(self.db, self.state, clock.now_us)
+        self.counters = LiveCounters(self.db, self.state, clock, load_all)
+        self.entitlements = SqliteEntitlements(self.db, self.customers, self.meters, clock.now_us, self.counters.reload)
+        self.customers.changed = self.counters.reload
+        self.counters.reload()
 
     def close(self) -> None:
         self.meters.close()

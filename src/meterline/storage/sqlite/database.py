@@ -22,13 +22,16 @@ class Database:
         max_batch: int = 256,
         on_rollback: Callable[[bool], None] | None = None,
         before_commit: Callable[[sqlite3.Connection], None] | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / DB_FILE
         self._fsync = fsync
         conn = connect(self.path, fsync=fsync)
         create_schema(conn)
-        self.writer = Writer(conn, max_batch=max_batch, on_rollback=on_rollback, before_commit=before_commit)
+        self.writer = Writer(
+            conn, max_batch=max_batch, on_rollback=on_rollback, before_commit=before_commit, after_commit=after_commit
+        )
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

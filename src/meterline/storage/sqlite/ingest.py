@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import msgspec
 
+from meterline.customers.model import UnknownSubjects
 from meterline.events.model import Candidate, Event, Outcome, Reason, Rejection, Status
 from meterline.meters.evaluate import CompiledMeter, Reading
-from meterline.meters.model import Aggregation, Meter, MeterSpec
+from meterline.meters.model import Meter, MeterSpec
 from meterline.storage.sqlite.replay import admit_groups
 from meterline.storage.sqlite.rollups import Deltas
 
@@ -40,6 +41,24 @@ _spec = msgspec.json.Decoder(MeterSpec)
 class IngestSettings:
     dedupe_window_us: int | None
     max_group_cardinality: int
+    unknown_subjects: UnknownSubjects = UnknownSubjects.ACCEPT
+
+
+class ReadingListener:
+    """Sees every reading that joins a transaction, and the transaction's end. The live
+    entitlement counters and alert rules listen here (see ``storage.sqlite.counters``)."""
+
+    def add(self, meter: CompiledMeter, reading: Reading, subject: str, time_us: int) -> None:
+        raise NotImplementedError
+
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        """Last writes of the transaction (after the rollup deltas were upserted)."""
+
+    def after_commit(self) -> None:
+        """The transaction is durable: publish its effects in memory."""
+
+    def rolled_back(self) -> None:
+        """The whole transaction is gone: forget its effects."""
 
 
 class IngestState:
@@ -53,6 +72,9 @@ class IngestState:
         self.subjects: dict[int, set[str]] = {}
         self.next_seq = 1
         self.pending = Deltas()
+        self.customer_subjects: dict[str, set[str]] = {}
+        self.policies: dict[str, UnknownSubjects] = {}
+        self.listeners: list[ReadingListener] = []
 
     def invalidate(self) -> None:
         """Reload the caches from the database before their next use."""
@@ -64,10 +86,21 @@ class IngestState:
         self.invalidate()
         if whole_transaction:
             self.pending = Deltas()
+            for listener in self.listeners:
+                listener.rolled_back()
 
     def flush_pending(self, conn: sqlite3.Connection) -> None:
         """Upsert the transaction's folded rollup deltas (the writer's before-commit hook)."""
         self.pending.flush(conn)
+        for listener in self.listeners:
+            listener.before_commit(conn)
+
+    def committed(self) -> None:
+        for listener in self.listeners:
+            listener.after_commit()
+
+    def policy(self, namespace: str) -> UnknownSubjects:
+        return self.policies.get(namespace, self.settings.unknown_subjects)
 
     def load(self, conn: sqlite3.Connection) -> None:
         if not self.stale:
@@ -82,6 +115,10 @@ class IngestState:
         for key, subject in conn.execute("SELECT meter, subject FROM meter_subjects"):
             self.subjects.setdefault(key, set()).add(subject)
         self.next_seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        self.customer_subjects = {}
+        for namespace, subject in conn.execute("SELECT namespace, subject FROM customer_subjects"):
+            self.customer_subjects.setdefault(namespace, set()).add(subject)
+        self.policies = {ns: UnknownSubjects(p) for ns, p in conn.execute("SELECT * FROM namespace_settings")}
         self.stale = False
 
 
@@ -98,16 +135,21 @@ class Appender:
         self.state = state
         self.conn = conn
         self.now_us = now_us
-        self.readings: list[tuple[Aggregation, Reading, str, int, int]] = []
+        self.readings: list[tuple[CompiledMeter, Reading, str, int, int]] = []
         self.events: list[tuple[object, ...]] = []
         self.keys: list[tuple[object, ...]] = []
         self.dead: list[tuple[object, ...]] = []
         self.new_groups: list[tuple[int, str, str]] = []
         self.new_subjects: list[tuple[int, str]] = []
+        self.quarantined = 0
         self.namespace = ""
+        self.policy = UnknownSubjects.ACCEPT
+        self.owned: set[str] = set()
 
     def append(self, namespace: str, candidates: Sequence[Candidate]) -> list[Outcome]:
         self.namespace = namespace
+        self.policy = self.state.policy(namespace)
+        self.owned = self.state.customer_subjects.get(namespace, set())
         known = self._known(namespace, [c.event for c in candidates if c.event is not None])
         outcomes = [self._one(c, known) for c in candidates]
         self._write()
@@ -121,12 +163,55 @@ class Appender:
         first = known.get((ev.source, ev.id))
         if first is not None:
             return Outcome(c.index, ev.id, ev.source, Status.DUPLICATE, conflict=first != ev.digest)
+        policy = self.policy
+        if policy is not UnknownSubjects.ACCEPT and ev.subject not in self.owned:
+            if policy is UnknownSubjects.REJECT:
+                message = f"subject {ev.subject!r} belongs to no customer; create the customer first"
+                return self._reject(c, Rejection(Reason.UNKNOWN_SUBJECT, message))
+            known[(ev.source, ev.id)] = ev.digest
+            self._quarantine(ev)
+            return Outcome(c.index, ev.id, ev.source, Status.QUARANTINED)
         readings = self._read(ev)
         if isinstance(readings, Rejection):
             return self._reject(c, readings)
         known[(ev.source, ev.id)] = ev.digest
         self._accept(ev, readings)
         return Outcome(c.index, ev.id, ev.source, Status.ACCEPTED)
+
+    def _quarantine(self, ev: Event) -> None:
+        """Keep a valid event of an unknown subject; its dedupe key points at the quarantine row
+        (seq = -id) so a retry is a duplicate, and release moves it into the ledger once."""
+        cur = self.conn.execute(
+            "INSERT INTO quarantine (namespace, source, event_id, type, subject, time_us, received_us, digest, raw)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, self.now_us, ev.digest, ev.raw),
+        )
+        assert cur.lastrowid is not None
+        self.conn.execute(
+            "INSERT OR REPLACE INTO dedupe VALUES (?,?,?,?,?,?)",
+            (ev.namespace, ev.source, ev.id, -cur.lastrowid, ev.digest, self.now_us),
+        )
+        self.quarantined += 1
+
+    def release(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Move quarantined events (already deduplicated when they arrived) into the ledger,
+        through the meters as live ingest would. Returns (accepted, rejected): an event a
+        meter can no longer read goes to the dead-letter store, never nowhere."""
+        accepted = rejected = 0
+        for ev in events:
+            self.namespace = ev.namespace
+            readings = self._read(ev)
+            if isinstance(readings, Rejection):
+                self._reject(Candidate(0, ev.id, ev.source, raw=ev.raw), readings)
+                self.conn.execute(
+                    "DELETE FROM dedupe WHERE namespace = ? AND source = ? AND id = ?", (ev.namespace, ev.source, ev.id)
+                )
+                rejected += 1
+                continue
+            self._accept(ev, readings)
+            accepted += 1
+        self._write()
+        return accepted, rejected
 
     def _read(self, ev: Event) -> list[tuple[CompiledMeter, Reading]] | Rejection:
         readings = []
@@ -165,7 +250,7 @@ class Appender:
         )
         self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
         for meter, reading in readings:
-            self.readings.append((meter.aggregation, reading, ev.subject, ev.time_us, seq))
+            self.readings.append((meter, reading, ev.subject, ev.time_us, seq))
             subjects = self.state.subjects.setdefault(meter.meter.key, set())
             if ev.subject not in subjects:
                 subjects.add(ev.subject)
@@ -211,5 +296,8 @@ class Appender:
         # Only now, with this request's writes done, may its readings join the transaction's
         # pending deltas: nothing after this point can roll back this request alone.
         add = self.state.pending.add
-        for reading in self.readings:
-            add(*reading)
+        listeners = self.state.listeners
+        for meter, reading, subject, time_us, seq in self.readings:
+            add(meter.aggregation, reading, subject, time_us, seq)
+            for listener in listeners:
+                listener.add(meter, reading, subject, time_us)

@@ -89,36 +89,7 @@ class SqliteMeters:
 
     def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
         """Answer from rollups. Open ``start`` means the meter's first data, open ``end`` now."""
-        dimensions = tuple(sorted(meter.spec.group_by))
-        check_dimensions(query, dimensions)
-        conn = self._db.reader()
-        start, end = query.start, query.end
-        if end is None:
-            now = self._now_us() // 1_000_000
-            end = now - now % 60 + 60
-        if start is None:
-            first = first_bucket(conn, meter.key)
-            if first is None:
-                return []
-            start = floor(first, query.window_size, query.tz) if query.window_size else first
-        bounds = grid(start, end, query.window_size, query.tz)
-        if not bounds:
-            return []
-        level = bucket_size(bounds)
-        if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
-            values = read_uniques(conn, meter.key, level, start, end, query.subjects)
-            return merge_unique(values, bounds, query, dimensions)
-        states = read_states(
-            conn,
-            meter.spec.aggregation,
-            bounds,
-            level,
-            meter.key,
-            query.subjects,
-            by_subject=SUBJECT in query.group_by or bool(query.subjects) or any(f[0] == SUBJECT for f in query.filters),
-            by_group=any(d != SUBJECT for d in query.group_by) or any(f[0] != SUBJECT for f in query.filters),
-        )
-        return merge(meter.spec.aggregation, states, bounds, query, dimensions)
+        return query_rows(self._db.reader(), meter, query, self._now_us())
 
     def pending_backfill(self) -> int:
         """Ledger events not yet applied to some live meter (the rollup lag)."""
@@ -170,3 +141,37 @@ class SqliteMeters:
 
 def compiled_live(conn: sqlite3.Connection) -> list[CompiledMeter]:
     return [CompiledMeter(m) for m in live_meters(conn)]
+
+
+def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us: int) -> list[Row]:
+    """Answer ``query`` from the rollups visible on ``conn`` (a reader, or the writer inside
+    its transaction after the pending deltas were flushed)."""
+    dimensions = tuple(sorted(meter.spec.group_by))
+    check_dimensions(query, dimensions)
+    start, end = query.start, query.end
+    if end is None:
+        now = now_us // 1_000_000
+        end = now - now % 60 + 60
+    if start is None:
+        first = first_bucket(conn, meter.key)
+        if first is None:
+            return []
+        start = floor(first, query.window_size, query.tz) if query.window_size else first
+    bounds = grid(start, end, query.window_size, query.tz)
+    if not bounds:
+        return []
+    level = bucket_size(bounds)
+    if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
+        values = read_uniques(conn, meter.key, level, start, end, query.subjects)
+        return merge_unique(values, bounds, query, dimensions)
+    states = read_states(
+        conn,
+        meter.spec.aggregation,
+        bounds,
+        level,
+        meter.key,
+        query.subjects,
+        by_subject=SUBJECT in query.group_by or bool(query.subjects) or any(f[0] == SUBJECT for f in query.filters),
+        by_group=any(d != SUBJECT for d in query.group_by) or any(f[0] != SUBJECT for f in query.filters),
+    )
+    return merge(meter.spec.aggregation, states, bounds, query, dimensions)

@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import msgspec
 
@@ -22,6 +23,12 @@ from meterline.storage.sqlite.rollups import Deltas
 _envelope = msgspec.json.Decoder(CloudEventIn, float_hook=Decimal)
 
 CHUNK = 20_000
+
+
+def event_data(raw: bytes) -> dict[str, Any] | None:
+    """The ``data`` of a stored raw CloudEvent (numbers as Decimal, as at ingest)."""
+    data: dict[str, Any] | None = _envelope.decode(raw).data
+    return data
 
 
 @dataclass
@@ -41,7 +48,7 @@ class Replay:
         last = 0
         for seq, namespace, source, type_, subject, time_us, raw in rows:
             last = seq
-            data = _envelope.decode(raw).data
+            data = event_data(raw)
             event = Event(namespace, source, "", type_, subject, time_us, data, raw, b"")
             for meter in meters:
                 if meter.meter.namespace == namespace and meter.applies(event):

@@ -80,6 +80,76 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (namespace, received_us);
 
+-- Customers: the subject keys that attribute usage to each.
+CREATE TABLE IF NOT EXISTS customers (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, key TEXT NOT NULL,
+    name TEXT, timezone TEXT NOT NULL, metadata BLOB,
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS customers_live_key ON customers (namespace, key) WHERE deleted_us IS NULL;
+CREATE TABLE IF NOT EXISTS customer_subjects (
+    namespace TEXT NOT NULL, subject TEXT NOT NULL, customer TEXT NOT NULL,
+    PRIMARY KEY (namespace, subject)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS namespace_settings (namespace TEXT PRIMARY KEY, unknown_subjects TEXT NOT NULL);
+
+-- Valid events whose subject belongs to no customer (policy "quarantine"). Their dedupe key
+-- holds seq = -id until they are released into the ledger.
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL, source TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL,
+    subject TEXT NOT NULL, time_us INTEGER NOT NULL, received_us INTEGER NOT NULL,
+    digest BLOB NOT NULL, raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_by_subject ON quarantine (namespace, subject, id);
+
+CREATE TABLE IF NOT EXISTS features (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, key TEXT NOT NULL, spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, archived_us INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS features_live_key ON features (namespace, key) WHERE archived_us IS NULL;
+
+CREATE TABLE IF NOT EXISTS entitlements (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, feature TEXT NOT NULL,
+    spec BLOB NOT NULL, created_us INTEGER NOT NULL, deleted_us INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entitlements_live ON entitlements (namespace, customer, feature)
+    WHERE deleted_us IS NULL;
+
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, entitlement TEXT NOT NULL, spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, voided_us INTEGER
+);
+CREATE INDEX IF NOT EXISTS grants_by_entitlement ON grants (entitlement);
+
+CREATE TABLE IF NOT EXISTS notification_channels (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER
+);
+CREATE TABLE IF NOT EXISTS notification_rules (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER
+);
+-- One row per alert that fired. The UNIQUE key makes "once per customer, rule, threshold and
+-- period" hold across retries and restarts: the insert commits with the usage that crossed it.
+CREATE TABLE IF NOT EXISTS notification_events (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, rule TEXT NOT NULL, customer TEXT NOT NULL,
+    feature TEXT NOT NULL, threshold TEXT NOT NULL, period_start INTEGER NOT NULL,
+    payload BLOB NOT NULL, created_us INTEGER NOT NULL,
+    UNIQUE (rule, customer, feature, threshold, period_start)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event TEXT NOT NULL, channel TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+    next_attempt_us INTEGER, last_error TEXT, last_status INTEGER, updated_us INTEGER NOT NULL,
+    PRIMARY KEY (event, channel)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_us);
+
+CREATE TABLE IF NOT EXISTS portal_tokens (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, subject TEXT NOT NULL, meters BLOB,
+    created_us INTEGER NOT NULL, expires_us INTEGER NOT NULL, invalidated_us INTEGER
+);
+
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     namespace TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL,

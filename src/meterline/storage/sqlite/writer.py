@@ -7,6 +7,8 @@ so a task that raises is rolled back alone and the others still commit.
 
 ``before_commit`` runs once per transaction, after the last task and before COMMIT: ingest
 uses it to upsert the rollup deltas of all the transaction's requests folded together.
+``after_commit`` runs after COMMIT and before any future resolves, so in-memory state
+published there (live entitlement counters) is visible to a caller as soon as it hears "done".
 
 Guarantee: a task's future resolves only after the COMMIT that contains it returned. A
 future that resolves with a result therefore means durable (per the ``fsync`` setting); if
@@ -41,8 +43,10 @@ class Writer:
         max_batch: int = 256,
         on_rollback: Callable[[bool], None] | None = None,
         before_commit: Callable[[sqlite3.Connection], None] | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         self._conn = conn
+        self._after_commit = after_commit
         self._queue: queue.SimpleQueue[Task | Any] = queue.SimpleQueue()
         self._max_batch = max_batch
         self._on_rollback = on_rollback
@@ -97,6 +101,8 @@ class Writer:
                 self._before_commit(conn)
             conn.execute("COMMIT")
             self.commits += 1
+            if self._after_commit is not None:
+                self._after_commit()
         except Exception as exc:
             log.error("commit failed", extra={"error": repr(exc)})
             if conn.in_transaction:

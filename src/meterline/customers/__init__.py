@@ -1,0 +1,1 @@
+"""Customers: who usage belongs to. A customer owns one or more event subjects."""

@@ -1,0 +1,74 @@
+"""Customer nouns and their validation.
+
+A customer has a key (unique per namespace), a display name, metadata, the subject keys whose
+events are its usage, and the IANA time zone its periods are cut in. OpenMeter's *subjects*
+are customers with a single subject equal to their key.
+
+The namespace's *unknown-subject policy* says what ingest does with a valid event whose
+subject belongs to no customer: ``accept`` it (counted, as before), ``quarantine`` it (kept,
+listable, counted exactly once when a customer claims the subject), or ``reject`` it (to the
+dead-letter store with reason ``unknown_subject``).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from meterline.errors import InvalidInput
+
+KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,255}$")
+
+
+class UnknownSubjects(enum.StrEnum):
+    ACCEPT = "accept"
+    QUARANTINE = "quarantine"
+    REJECT = "reject"
+
+
+class CustomerInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """What a caller sends to create or replace a customer."""
+
+    key: str
+    name: str | None = None
+    subject_keys: list[str] | None = None
+    timezone: str = "UTC"
+    metadata: dict[str, Any] | None = None
+
+    def subjects(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.subject_keys)) if self.subject_keys else (self.key,)
+
+
+class Customer(msgspec.Struct, frozen=True):
+    id: str
+    namespace: str
+    key: str
+    name: str | None
+    subjects: tuple[str, ...]
+    timezone: str
+    metadata: dict[str, Any] | None
+    created_us: int
+    updated_us: int
+
+
+def validate(inp: CustomerInput) -> CustomerInput:
+    """Return ``inp`` if valid; raise one InvalidInput that lists every problem."""
+    problems = []
+    if not KEY.match(inp.key):
+        problems.append(f"key {inp.key!r} must be 1-256 characters: letters, digits and _ . : @ / -")
+    for subject in inp.subjects():
+        if not subject or len(subject) > 256:
+            problems.append(f"subject key {subject!r} must be 1-256 characters")
+    if inp.name is not None and len(inp.name) > 256:
+        problems.append("name must be at most 256 characters")
+    try:
+        ZoneInfo(inp.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        problems.append(f"timezone {inp.timezone!r} is not an IANA time zone (e.g. Europe/Berlin)")
+    if problems:
+        raise InvalidInput("; ".join(problems), code="invalid_customer", problems=problems)
+    return inp

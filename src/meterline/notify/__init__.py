@@ -1,0 +1,1 @@
+"""Outbound notifications: webhook signing and verification (Standard Webhooks)."""

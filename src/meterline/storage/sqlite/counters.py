@@ -1,0 +1,258 @@
+"""Live entitlement counters, kept in step with ingest on the writer thread.
+
+Each metered entitlement has a counter: its usage in the current period. Guarantees:
+
+1. A counter moves only with committed usage. Readings of a transaction are folded into
+   per-entitlement deltas while it runs and published in ``after_commit`` (before any
+   request of the transaction hears "done", so a caller reads its own writes); a rolled back
+   transaction's deltas are dropped.
+2. A counter starts from the rollups. When a counter has no period yet, or its period ended,
+   it is *rolled*: in ``before_commit`` (after the transaction's rollup deltas were upserted,
+   outside every task's savepoint) its usage for the current period is read from the rollups
+   on the writer's connection, which then hold every earlier event, including late ones and
+   ones time-stamped ahead into the new period. The transaction's deltas for it are dropped
+   (the read includes them).
+3. Readings count only if their event time lies in the counter's current period: late events
+   inside it move it; events for a closed period never reopen it.
+
+Reads (``value``/``check``) are lock-free dictionary lookups; a stale counter is rolled by a
+writer task first.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import msgspec
+
+from meterline.clock import Clock, from_us
+from meterline.customers.model import Customer
+from meterline.decimals import EXACT
+from meterline.entitlements.model import Entitlement, FeatureInput, Grant
+from meterline.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
+from meterline.meters.evaluate import CompiledMeter, Reading
+from meterline.meters.model import Aggregation, Meter
+from meterline.meters.query import MeterQuery
+from meterline.periods import Period, Recurrence, recurrence
+from meterline.storage.sqlite.database import Database
+from meterline.storage.sqlite.entitlements import load_live
+from meterline.storage.sqlite.ingest import IngestState, ReadingListener, live_meters
+from meterline.storage.sqlite.meters import query_rows
+
+ONE = Decimal(1)
+State = tuple[Period | None, int, int, Decimal]
+
+
+def _state(period: Period, usage: Decimal) -> State:
+    return (period, period.start_us, period.end_us, usage)
+
+
+@dataclass(slots=True)
+class Live:
+    """One metered entitlement's counter and what it needs to count."""
+
+    ent: Entitlement
+    meter: Meter
+    subjects: tuple[str, ...]
+    filters: tuple[tuple[int, str], ...]
+    recurrence: Recurrence
+    grants: list[Grant]
+    state: State = (None, 0, 0, ZERO)
+    """(period, start_us, end_us, usage), replaced as a whole so readers see one snapshot."""
+
+    def signature(self) -> tuple[object, ...]:
+        return (self.meter.key, self.subjects, self.filters, self.ent.anchor_us, self.ent.last_reset_us)
+
+    def period_at(self, t_us: int) -> Period:
+        p = self.recurrence.period_at_us(t_us)
+        if p.start_us < self.ent.last_reset_us < p.end_us:
+            return Period(from_us(self.ent.last_reset_us).astimezone(p.start.tzinfo), p.end)
+        return p
+
+    def current(self, now_us: int) -> bool:
+        period, start, end, _ = self.state
+        return period is not None and start <= now_us < end
+
+
+@dataclass(slots=True)
+class Index:
+    by_key: dict[tuple[str, str, str], tuple[Entitlement, Live | None]] = field(default_factory=dict)
+    by_reading: dict[tuple[int, str], list[Live]] = field(default_factory=dict)
+    live: dict[str, Live] = field(default_factory=dict)
+    customers: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, subject or key) -> key
+
+
+Change = Callable[[sqlite3.Connection, Live, Decimal, Decimal, Period], None]
+
+
+class LiveCounters(ReadingListener):
+    def __init__(
+        self, db: Database, state: IngestState, clock: Clock, customers: Callable[[sqlite3.Connection], list[Customer]]
+    ) -> None:
+        self._db = db
+        self._state = state
+        self._clock = clock
+        self._load_customers = customers
+        self.index = Index()
+        self.on_change: list[Change] = []
+        self._deltas: dict[str, Decimal] = {}
+        self._rolls: dict[str, tuple[Period, Decimal]] = {}
+        self._touched: set[str] = set()
+        self._base: dict[str, Decimal] = {}
+        state.listeners.append(self)
+
+    # -- writer side ------------------------------------------------------------------------
+
+    def add(self, meter: CompiledMeter, reading: Reading, subject: str, time_us: int) -> None:
+        lives = self.index.by_reading.get((reading.meter_id, subject))
+        if not lives:
+            return
+        for live in lives:
+            if any(reading.groups[i] != v for i, v in live.filters):
+                continue
+            eid = live.ent.id
+            roll = self._rolls.get(eid)
+            period = roll[0] if roll is not None else live.state[0]
+            self._touched.add(eid)
+            if period is None or not period.start_us <= time_us < period.end_us:
+                continue  # counted by the roll, or outside the current period
+            value = ONE if meter.aggregation is Aggregation.COUNT else reading.value
+            assert isinstance(value, Decimal)
+            self._deltas[eid] = EXACT.add(self._deltas.get(eid, ZERO), value)
+
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        now = self._clock.now_us()
+        for eid in self._touched:
+            live = self.index.live.get(eid)
+            if live is None:
+                continue
+            old_period, _, _, old_usage = live.state
+            if eid not in self._rolls and not live.current(now):
+                fresh = live.period_at(now)
+                self._rolls[eid] = (fresh, self._read(conn, live, fresh, now))
+                self._deltas.pop(eid, None)
+            roll = self._rolls.get(eid)
+            period, base = roll if roll is not None else (old_period, old_usage)
+            if period is None:
+                continue
+            new = EXACT.add(base, self._deltas.get(eid, ZERO))
+            before = old_usage if old_period == period else ZERO
+            if new != before:
+                for hook in self.on_change:
+                    hook(conn, live, before, new, period)
+
+    def after_commit(self) -> None:
+        for eid in self._touched:
+            live = self.index.live.get(eid)
+            if live is None:
+                continue
+            period, usage = self._rolls.get(eid) or (live.state[0], live.state[3])
+            if period is not None:
+                live.state = _state(period, EXACT.add(usage, self._deltas.get(eid, ZERO)))
+        self.rolled_back()
+
+    def rolled_back(self) -> None:
+        self._deltas.clear()
+        self._rolls.clear()
+        self._touched.clear()
+
+    def _read(self, conn: sqlite3.Connection, live: Live, period: Period, now_us: int) -> Decimal:
+        dims = tuple(sorted(live.meter.spec.group_by))
+        filters = tuple((dims[i], (v,), False) for i, v in live.filters)
+        query = MeterQuery(
+            period.start_us // 1_000_000, period.end_us // 1_000_000, subjects=live.subjects, filters=filters
+        )
+        return sum((row.value for row in query_rows(conn, live.meter, query, now_us)), ZERO)
+
+    def reload(self) -> None:
+        """Rebuild the index from the committed catalog (a writer task; waits for it)."""
+        self._db.writer.call(self._reload)
+
+    def touch(self, entitlement_id: str) -> None:
+        """Roll a stale counter now (a writer task; waits for it)."""
+        self._db.writer.call(lambda conn: self._touched.add(entitlement_id))
+
+    def _reload(self, conn: sqlite3.Connection) -> None:
+        self._state.load(conn)
+        old = self.index.live
+        meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
+        customers = {c.id: c for c in self._load_customers(conn)}
+        ents, grants = load_live(conn)
+        features = _features(conn)
+        index = Index()
+        for c in customers.values():
+            index.customers[(c.namespace, c.key)] = c.key
+            for s in c.subjects:
+                index.customers.setdefault((c.namespace, s), c.key)
+        for ent in ents:
+            customer = customers.get(ent.customer_id)
+            if customer is None:
+                continue
+            live = _live(ent, customer, features.get(ent.feature_id), meters, grants.get(ent.id, []))
+            index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
+            if live is None:
+                continue
+            previous = old.get(ent.id)
+            if previous is not None and previous.signature() == live.signature():
+                live.state = previous.state
+            else:
+                self._touched.add(ent.id)
+            index.live[ent.id] = live
+            for s in live.subjects:
+                index.by_reading.setdefault((live.meter.key, s), []).append(live)
+        self.index = index
+
+    # -- read side --------------------------------------------------------------------------
+
+    def customer_key(self, namespace: str, key_or_subject: str) -> str | None:
+        return self.index.customers.get((namespace, key_or_subject))
+
+    def value(self, namespace: str, customer_key: str, feature_key: str) -> tuple[Entitlement | None, Value | None]:
+        entry = self.index.by_key.get((namespace, customer_key, feature_key))
+        if entry is None:
+            return None, None
+        ent, live = entry
+        if ent.spec.type == "boolean":
+            return ent, Value(True)
+        if ent.spec.type == "static":
+            return ent, Value(True, config=ent.spec.config)
+        assert live is not None
+        now = self._clock.now_us()
+        if not live.current(now):
+            self.touch(ent.id)
+        period, _, _, usage = live.state
+        assert period is not None
+        return ent, metered_value(ent, usage, grant_total(live.grants, period, now), period, now)
+
+    def check(self, namespace: str, customer_key: str, feature_key: str, quantity: Decimal) -> Verdict:
+        ent, value = self.value(namespace, customer_key, feature_key)
+        return verdict(ent, value, quantity)
+
+
+def _live(
+    ent: Entitlement,
+    customer: Customer,
+    feature: tuple[str | None, dict[str, str]] | None,
+    meters: dict[tuple[str, str], Meter],
+    grants: list[Grant],
+) -> Live | None:
+    if ent.spec.type != "metered" or feature is None or feature[0] is None:
+        return None
+    meter = meters.get((ent.namespace, feature[0]))
+    if meter is None or ent.spec.usage_period is None:
+        return None
+    dims = tuple(sorted(meter.spec.group_by))
+    filters = tuple((dims.index(d), v) for d, v in sorted(feature[1].items()) if d in dims)
+    rec = recurrence(ent.spec.usage_period.interval, from_us(ent.anchor_us), customer.timezone)
+    return Live(ent, meter, customer.subjects, filters, rec, grants)
+
+
+def _features(conn: sqlite3.Connection) -> dict[str, tuple[str | None, dict[str, str]]]:
+    out = {}
+    for fid, spec in conn.execute("SELECT id, spec FROM features"):
+        f = msgspec.json.decode(spec, type=FeatureInput)
+        out[fid] = (f.meter_slug, f.meter_group_by_filters or {})
+    return out
