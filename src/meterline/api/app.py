@@ -10,16 +10,18 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from meterline.api import admin, ingest, meters, ops
+from meterline.api import admin, customers, entitlements, features, ingest, meters, ops
 from meterline.api.auth import Authenticator
 from meterline.api.context import Context
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
 from meterline.clock import Clock, SystemClock
 from meterline.config import Config
+from meterline.customers.model import UnknownSubjects
 from meterline.errors import ConfigError, MeterlineError, NotFound
 from meterline.events.decode import Limits
 from meterline.metrics import Metrics
 from meterline.storage.sqlite.backend import EmbeddedBackend
+from meterline.storage.sqlite.counters import History
 from meterline.storage.sqlite.ingest import IngestSettings
 
 log = logging.getLogger("meterline")
@@ -41,6 +43,56 @@ ROUTES = [
     Route("/api/v1/keys", admin.create_api_key, methods=["POST"]),
     Route("/api/v1/keys", admin.list_api_keys, methods=["GET"]),
     Route("/api/v1/keys/{key}", admin.revoke_api_key, methods=["DELETE"]),
+    Route("/api/v1/settings", customers.get_settings, methods=["GET"]),
+    Route("/api/v1/settings", customers.put_settings, methods=["PUT"]),
+    Route("/api/v1/quarantine", customers.list_quarantine, methods=["GET"]),
+    Route("/api/v1/customers", customers.create_customer, methods=["POST"]),
+    Route("/api/v1/customers", customers.list_customers, methods=["GET"]),
+    Route("/api/v1/customers/{customer}", customers.get_customer, methods=["GET"]),
+    Route("/api/v1/customers/{customer}", customers.replace_customer, methods=["PUT"]),
+    Route("/api/v1/customers/{customer}", customers.delete_customer, methods=["DELETE"]),
+    Route("/api/v1/customers/{customer}/entitlements", entitlements.create_entitlement, methods=["POST"]),
+    Route("/api/v1/customers/{customer}/entitlements", entitlements.list_customer_entitlements, methods=["GET"]),
+    Route("/api/v1/customers/{customer}/entitlements/{entitlement}", entitlements.get_entitlement, methods=["GET"]),
+    Route(
+        "/api/v1/customers/{customer}/entitlements/{entitlement}", entitlements.delete_entitlement, methods=["DELETE"]
+    ),
+    Route("/api/v1/customers/{customer}/entitlements/{entitlement}/value", entitlements.entitlement_value),
+    Route("/api/v1/entitlements/check", entitlements.check, methods=["POST"]),
+    Route("/api/v1/entitlements", entitlements.list_entitlements, methods=["GET"]),
+    Route("/api/v1/entitlements/{entitlement}", entitlements.get_entitlement_by_id, methods=["GET"]),
+    Route("/api/v1/features", features.create_feature, methods=["POST"]),
+    Route("/api/v1/features", features.list_features, methods=["GET"]),
+    Route("/api/v1/features/{feature}", features.get_feature, methods=["GET"]),
+    Route("/api/v1/features/{feature}", features.delete_feature, methods=["DELETE"]),
+    Route("/api/v1/grants", features.list_grants, methods=["GET"]),
+    Route("/api/v1/grants/{grant}", features.void_grant, methods=["DELETE"]),
+    Route("/api/v1/subjects", customers.upsert_subjects, methods=["POST"]),
+    Route("/api/v1/subjects", customers.list_subjects, methods=["GET"]),
+    Route("/api/v1/subjects/{subject}", customers.get_subject, methods=["GET"]),
+    Route("/api/v1/subjects/{subject}", customers.delete_subject, methods=["DELETE"]),
+    Route("/api/v1/subjects/{subject}/entitlements", entitlements.create_entitlement, methods=["POST"]),
+    Route("/api/v1/subjects/{subject}/entitlements", entitlements.list_customer_entitlements, methods=["GET"]),
+    Route("/api/v1/subjects/{subject}/entitlements/{entitlement}", entitlements.get_entitlement, methods=["GET"]),
+    Route("/api/v1/subjects/{subject}/entitlements/{entitlement}", entitlements.delete_entitlement, methods=["DELETE"]),
+    Route("/api/v1/subjects/{subject}/entitlements/{entitlement}/value", entitlements.entitlement_value),
+    Route("/api/v1/subjects/{subject}/entitlements/{entitlement}/history", entitlements.entitlement_history),
+    Route(
+        "/api/v1/subjects/{subject}/entitlements/{entitlement}/reset",
+        entitlements.reset_entitlement,
+        methods=["POST"],
+    ),
+    Route(
+        "/api/v1/subjects/{subject}/entitlements/{entitlement}/override",
+        entitlements.override_entitlement,
+        methods=["PUT"],
+    ),
+    Route("/api/v1/subjects/{subject}/entitlements/{entitlement}/grants", features.create_grant, methods=["POST"]),
+    Route(
+        "/api/v1/subjects/{subject}/entitlements/{entitlement}/grants",
+        features.list_entitlement_grants,
+        methods=["GET"],
+    ),
 ]
 
 
@@ -49,6 +101,7 @@ def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
     settings = IngestSettings(
         dedupe_window_us=None if ingest_cfg.dedupe_window is None else _us(ingest_cfg.dedupe_window.total_seconds()),
         max_group_cardinality=ingest_cfg.max_group_cardinality,
+        unknown_subjects=UnknownSubjects(ingest_cfg.unknown_subjects),
     )
     return EmbeddedBackend(
         config.storage.data_dir,
@@ -87,6 +140,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
             if config.ingest.late_arrival_window is None
             else _us(config.ingest.late_arrival_window.total_seconds()),
         ),
+        History(backend.db, backend.counters, clock),
     )
 
     @asynccontextmanager

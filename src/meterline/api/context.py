@@ -10,6 +10,7 @@ from meterline.config import Config
 from meterline.events.decode import Limits
 from meterline.metrics import Metrics
 from meterline.storage.sqlite.backend import EmbeddedBackend
+from meterline.storage.sqlite.counters import History
 
 
 @dataclass
@@ -20,3 +21,4 @@ class Context:
     auth: Authenticator
     metrics: Metrics
     limits: Limits
+    history: History

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from meterline.clock import to_us
+from meterline.clock import rfc3339, to_us
 from meterline.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 _encode = msgspec.json.Encoder(decimal_format="number").encode
@@ -72,3 +72,23 @@ def parse_int(name: str, value: str | None, default: int, low: int, high: int) -
     if not low <= n <= high:
         raise InvalidInput(f"`{name}` must be between {low} and {high}", code="invalid_parameter")
     return n
+
+
+T = TypeVar("T")
+
+
+async def typed_body(request: Request, kind: type[T], what: str, limit: int = 1024 * 1024) -> T:
+    """Decode the JSON body straight into ``kind`` (numbers stay exact for Decimal fields)."""
+    if media_type(request) not in ("application/json", ""):
+        raise UnsupportedMediaType("Send application/json", code="unsupported_media_type")
+    body = await read_body(request, limit)
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"Invalid {what}: {exc}", code=f"invalid_{what.replace(' ', '_')}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+def time_text(us: int | None) -> str | None:
+    return None if us is None else rfc3339(us)

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 
 from meterline.decimals import EXACT
 from meterline.entitlements.model import Entitlement, Grant
 from meterline.periods import Period
 
 ZERO = Decimal(0)
+_PROJECTION = Context(prec=40)  # a projection is an estimate; 40 digits, then 6 decimal places
 
 NO_ENTITLEMENT = "no_entitlement"
 NO_ACCESS = "no_access"
@@ -80,7 +81,7 @@ def projection(usage: Decimal, period: Period, now_us: int) -> Decimal:
     if elapsed <= 0:
         return usage
     length = period.end_us - period.start_us
-    projected = EXACT.divide(EXACT.multiply(usage, Decimal(length)), Decimal(elapsed))
+    projected = _PROJECTION.divide(EXACT.multiply(usage, Decimal(length)), Decimal(elapsed))
     return projected.quantize(Decimal("0.000001"), context=EXACT).normalize(EXACT)
 
 

@@ -256,3 +256,36 @@ def _features(conn: sqlite3.Connection) -> dict[str, tuple[str | None, dict[str,
         f = msgspec.json.decode(spec, type=FeatureInput)
         out[fid] = (f.meter_slug, f.meter_group_by_filters or {})
     return out
+
+
+class History:
+    """Usage of a metered entitlement at past times, read from the rollups (not the counters)."""
+
+    def __init__(self, db: Database, counters: LiveCounters, clock: Clock) -> None:
+        self._db = db
+        self._counters = counters
+        self._clock = clock
+
+    def live(self, entitlement_id: str) -> Live | None:
+        return self._counters.index.live.get(entitlement_id)
+
+    def value_at(self, live: Live, t_us: int) -> Value:
+        """The value as of ``t_us``: usage from its period's start through the minute holding ``t_us``."""
+        period = live.period_at(t_us)
+        end = min(period.end_us, t_us - t_us % 60_000_000 + 60_000_000)
+        usage = self.usage(live, period.start_us, end)
+        return metered_value(live.ent, usage, grant_total(live.grants, period, t_us), period, t_us)
+
+    def usage(self, live: Live, start_us: int, end_us: int) -> Decimal:
+        if end_us <= start_us:
+            return ZERO
+        span = Period(from_us(start_us), from_us(end_us))
+        return self._counters._read(self._db.reader(), live, span, self._clock.now_us())
+
+    def windows(self, live: Live, query: MeterQuery) -> list[tuple[int, int, Decimal]]:
+        """Usage per window of ``query`` (its subjects and filters are the entitlement's)."""
+        dims = tuple(sorted(live.meter.spec.group_by))
+        filters = tuple((dims[i], (v,), False) for i, v in live.filters)
+        q = MeterQuery(query.start, query.end, query.window_size, query.tz, live.subjects, (), filters)
+        rows = query_rows(self._db.reader(), live.meter, q, self._clock.now_us())
+        return [(r.window_start, r.window_end, r.value) for r in rows]

@@ -1,0 +1,312 @@
+"""Entitlements: OpenMeter's subject-keyed paths, our customer-keyed paths, values, history,
+reset, and the fast check ``POST /api/v1/entitlements/check``."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meterline.api.context import Context
+from meterline.api.http import json_response, parse_time, time_text, typed_body
+from meterline.auth.keys import Scope
+from meterline.clock import rfc3339
+from meterline.customers.model import Customer
+from meterline.entitlements.model import Entitlement, EntitlementInput
+from meterline.entitlements.value import Value, verdict
+from meterline.errors import InvalidInput, NotFound
+from meterline.meters.query import MeterQuery
+from meterline.meters.windows import WindowSize, zone
+from meterline.periods import Period, parse_interval
+
+
+class CheckFeature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    feature: str
+    quantity: Decimal = Decimal(0)
+
+
+class CheckRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    features: list[CheckFeature]
+    customer: str | None = None
+    subject: str | None = None
+
+
+class ResetInput(msgspec.Struct, frozen=True, rename="camel"):
+    effective_at: str | None = None
+    retain_anchor: bool = False
+    preserve_overage: bool = False
+
+
+def _period(p: Period | None) -> dict[str, str] | None:
+    return None if p is None else {"from": rfc3339(p.start_us), "to": rfc3339(p.end_us)}
+
+
+def entitlement_json(ctx: Context, e: Entitlement) -> dict[str, Any]:
+    s = e.spec
+    body: dict[str, Any] = {
+        "type": s.type,
+        "id": e.id,
+        "featureKey": e.feature_key,
+        "featureId": e.feature_id,
+        "subjectKey": e.customer_key,
+        "customerKey": e.customer_key,
+        "metadata": s.metadata,
+        "createdAt": rfc3339(e.created_us),
+        "updatedAt": rfc3339(e.created_us),
+        "activeFrom": rfc3339(e.created_us),
+        "deletedAt": time_text(e.deleted_us),
+    }
+    if s.type == "static":
+        body["config"] = s.config
+    if s.type != "metered":
+        return body
+    live = ctx.history.live(e.id)
+    interval = parse_interval(s.usage_period.interval) if s.usage_period else "MONTH"
+    body |= {
+        "isSoftLimit": s.is_soft_limit,
+        "isUnlimited": s.is_unlimited,
+        "issueAfterReset": s.issue_after_reset,
+        "issueAfterResetPriority": s.issue_after_reset_priority,
+        "preserveOverageAtReset": False,
+        "softLimit": s.soft_limit,
+        "lastReset": rfc3339(e.last_reset_us),
+        "measureUsageFrom": rfc3339(e.last_reset_us),
+        "usagePeriod": {"interval": interval, "anchor": rfc3339(e.anchor_us), "intervalISO": _iso(interval)},
+        "currentUsagePeriod": None if live is None else _period(live.period_at(ctx.clock.now_us())),
+    }
+    return body
+
+
+def _iso(interval: str) -> str:
+    return {"DAY": "P1D", "WEEK": "P1W", "MONTH": "P1M", "YEAR": "P1Y"}.get(interval, interval)
+
+
+def value_json(v: Value) -> dict[str, Any]:
+    body: dict[str, Any] = {"hasAccess": v.has_access}
+    if v.config is not None:
+        body["config"] = v.config
+    if v.usage is None:
+        return body
+    return body | {
+        "usage": v.usage,
+        "balance": v.balance,
+        "overage": v.overage,
+        "totalAvailableGrantAmount": v.allowance,
+        "softLimitExceeded": v.soft_limit_exceeded,
+        "projectedUsage": v.projected_usage,
+        "period": _period(v.period),
+    }
+
+
+def _customer(ctx: Context, namespace: str, key: str) -> Customer:
+    return ctx.backend.customers.get(namespace, key)
+
+
+# -- create / list / get / delete ------------------------------------------------------------
+
+
+async def create_entitlement(request: Request) -> Response:
+    return await _create(request, replace=False)
+
+
+async def override_entitlement(request: Request) -> Response:
+    return await _create(request, replace=True)
+
+
+async def _create(request: Request, *, replace: bool) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await typed_body(request, EntitlementInput, "entitlement")
+    if replace and not (inp.feature_key or inp.feature_id):
+        inp = msgspec.structs.replace(inp, feature_key=request.path_params["entitlement"])
+    owner = request.path_params.get("subject") or request.path_params["customer"]
+    ent = await run_in_threadpool(ctx.backend.entitlements.create, key.namespace, owner, inp, replace=replace)
+    return json_response(entitlement_json(ctx, ent), 201)
+
+
+async def list_customer_entitlements(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    owner = request.path_params.get("subject") or request.path_params["customer"]
+    deleted = request.query_params.get("includeDeleted") == "true"
+
+    def load() -> list[Entitlement]:
+        customer = _customer(ctx, key.namespace, owner)
+        return ctx.backend.entitlements.list(key.namespace, customer_id=customer.id, include_deleted=deleted)
+
+    ents = await run_in_threadpool(load)
+    return json_response([entitlement_json(ctx, e) for e in ents])
+
+
+async def list_entitlements(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    q = request.query_params
+    features, subjects = q.getlist("feature"), q.getlist("subject")
+    ents = await run_in_threadpool(ctx.backend.entitlements.list, key.namespace)
+    ents = [
+        e
+        for e in ents
+        if (not features or e.feature_key in features or e.feature_id in features)
+        and (not subjects or e.customer_key in subjects)
+    ]
+    return json_response([entitlement_json(ctx, e) for e in ents])
+
+
+async def get_entitlement_by_id(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    ent = await run_in_threadpool(ctx.backend.entitlements.get, key.namespace, request.path_params["entitlement"])
+    return json_response(entitlement_json(ctx, ent))
+
+
+async def get_entitlement(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
+    return json_response(entitlement_json(ctx, ent))
+
+
+async def delete_entitlement(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
+    await run_in_threadpool(ctx.backend.entitlements.delete, key.namespace, ent)
+    return Response(status_code=204)
+
+
+def _find(ctx: Context, namespace: str, request: Request) -> Entitlement:
+    owner = request.path_params.get("subject") or request.path_params["customer"]
+    customer = _customer(ctx, namespace, owner)
+    return ctx.backend.entitlements.find(namespace, customer.id, request.path_params["entitlement"])
+
+
+# -- value, check, history, reset -------------------------------------------------------------
+
+
+async def entitlement_value(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    at = parse_time("time", request.query_params.get("time"))
+    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
+    if at is not None and ent.spec.type == "metered":
+        live = ctx.history.live(ent.id)
+        if live is None:
+            raise NotFound("the entitlement's meter no longer exists", code="meter_not_found")
+        return json_response(value_json(await run_in_threadpool(ctx.history.value_at, live, at)))
+    _, value = await run_in_threadpool(ctx.backend.counters.value, key.namespace, ent.customer_key, ent.feature_key)
+    assert value is not None
+    return json_response(value_json(value))
+
+
+async def check(request: Request) -> Response:
+    """Would these quantities be allowed now? Answers from the live counters."""
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    req = await typed_body(request, CheckRequest, "check request")
+    counters = ctx.backend.counters
+    name = req.customer or req.subject
+    if name is None or not req.features:
+        raise InvalidInput("send `customer` (or `subject`) and at least one feature", code="invalid_check_request")
+    customer = counters.customer_key(key.namespace, name)
+    if customer is None:
+        raise NotFound(f"no customer {name!r}", code="customer_not_found")
+    results, allowed = [], True
+    for f in req.features:
+        ent, value = counters.value(key.namespace, customer, f.feature)
+        v = verdict(ent, value, f.quantity)
+        allowed = allowed and v.allowed
+        results.append(_check_json(f.feature, ent, v.allowed, v.denial, value))
+    return json_response({"customer": customer, "allowed": allowed, "features": results})
+
+
+def _check_json(feature: str, ent: Entitlement | None, ok: bool, denial: str | None, v: Value | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "feature": feature,
+        "type": None if ent is None else ent.spec.type,
+        "allowed": ok,
+        "hasAccess": False if v is None else v.has_access,
+        "denial": denial,
+    }
+    if ent is not None and v is not None and v.usage is not None:
+        assert v.period is not None
+        body |= {
+            "usage": v.usage,
+            "limit": v.allowance,
+            "balance": v.balance,
+            "overage": v.overage,
+            "softLimit": ent.spec.soft_limit,
+            "softLimitExceeded": v.soft_limit_exceeded,
+            "periodStart": rfc3339(v.period.start_us),
+            "periodEnd": rfc3339(v.period.end_us),
+        }
+    if v is not None and v.config is not None:
+        body["config"] = v.config
+    return body
+
+
+async def entitlement_history(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    q = request.query_params
+    start, end = parse_time("from", q.get("from")), parse_time("to", q.get("to"))
+    size = q.get("windowSize") or "HOUR"
+    if size not in ("MINUTE", "HOUR", "DAY", "MONTH"):
+        raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", code="invalid_window_size")
+    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
+    live = ctx.history.live(ent.id)
+    if live is None:
+        raise InvalidInput("history exists for metered entitlements only", code="invalid_entitlement")
+    now = ctx.clock.now_us()
+    end = end or now - now % 60_000_000 + 60_000_000  # through the current minute
+    start = start or live.period_at(now).start_us
+    tz = zone(q.get("windowTimeZone") or "UTC")
+    query = MeterQuery(start // 1_000_000, -(-end // 60_000_000) * 60, WindowSize(size), tz)
+    windows = await run_in_threadpool(ctx.history.windows, live, query)
+    history: list[dict[str, Any]] = []
+    segments: dict[Period, tuple[Decimal, Decimal]] = {}
+    used, current = Decimal(0), None
+    for w_start, w_end, usage in windows:
+        period = live.period_at(w_start * 1_000_000)
+        if period != current:
+            current, used = period, Decimal(0)
+        allowance = ent.spec.issue_after_reset or Decimal(0)
+        history.append(
+            {
+                "period": {"from": rfc3339(w_start * 1_000_000), "to": rfc3339(w_end * 1_000_000)},
+                "usage": usage,
+                "balanceAtStart": max(allowance - used, Decimal(0)),
+            }
+        )
+        used += usage
+        segments[period] = (allowance, used)
+    burndown: list[dict[str, Any]] = [
+        {
+            "period": _period(p),
+            "usage": u,
+            "overage": max(u - a, Decimal(0)),
+            "balanceAtStart": a,
+            "balanceAtEnd": max(a - u, Decimal(0)),
+            "grantBalancesAtStart": {},
+            "grantBalancesAtEnd": {},
+            "grantUsages": [],
+        }
+        for p, (a, u) in segments.items()
+    ]
+    return json_response({"windowedHistory": history, "burndownHistory": burndown})
+
+
+async def reset_entitlement(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await typed_body(request, ResetInput, "reset")
+    if inp.preserve_overage:
+        raise InvalidInput("preserveOverage is not supported: a reset starts from zero", code="invalid_reset")
+    at = parse_time("effectiveAt", inp.effective_at)
+    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
+    await run_in_threadpool(ctx.backend.entitlements.reset, key.namespace, ent, at, inp.retain_anchor)
+    return Response(status_code=204)
