@@ -121,6 +121,24 @@ class MeterConfig(_Section):
         )
 
 
+class BillingConfig(_Section):
+    scheduler_enabled: bool = True
+    """Run due billing periods from inside the server, every ``scheduler_interval``."""
+    scheduler_interval: timedelta = Field(timedelta(minutes=1), gt=timedelta(0))
+    """How often the server's scheduler looks for periods that ended and finalizes them."""
+    grace_period: timedelta = Field(timedelta(0), ge=timedelta(0))
+    """How long after a period ends before it is invoiced (lets slightly late usage land on the
+    invoice itself instead of the next one as an adjustment)."""
+    adjustment_lookback: timedelta = Field(timedelta(days=90), ge=timedelta(0))
+    """How far back invoiced windows are checked for late usage (match the late arrival window)."""
+    invoice_prefix: str = Field("INV-", max_length=16)
+    """Text before the sequential invoice number (INV-000001)."""
+    invoice_digits: int = Field(6, ge=1, le=12)
+    """Digits of the zero-padded invoice number."""
+    locale: str = "en_US"
+    """Locale of the printable HTML invoice's money and dates (Babel, e.g. de_DE)."""
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -129,6 +147,7 @@ class Config(_Section):
     alerts: AlertsConfig = AlertsConfig()
     portal: PortalConfig = PortalConfig()
     log: LogConfig = LogConfig()
+    billing: BillingConfig = BillingConfig()
     meters: list[MeterConfig] = []
 
     @field_validator("meters")

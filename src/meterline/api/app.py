@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from meterline.api import admin, customers, entitlements, features, ingest, meters, ops
+from meterline.api import admin, billing, customers, entitlements, features, ingest, meters, notifications, ops
 from meterline.api.auth import Authenticator
 from meterline.api.context import Context
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
@@ -20,8 +20,9 @@ from meterline.customers.model import UnknownSubjects
 from meterline.errors import ConfigError, MeterlineError, NotFound
 from meterline.events.decode import Limits
 from meterline.metrics import Metrics
+from meterline.notify.dispatch import Dispatcher
+from meterline.storage.sqlite.alerting import AnomalyScanner
 from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.counters import History
 from meterline.storage.sqlite.ingest import IngestSettings
 
 log = logging.getLogger("meterline")
@@ -93,6 +94,21 @@ ROUTES = [
         features.list_entitlement_grants,
         methods=["GET"],
     ),
+    Route("/api/v1/notification/channels", notifications.create_channel, methods=["POST"]),
+    Route("/api/v1/notification/channels", notifications.list_channels, methods=["GET"]),
+    Route("/api/v1/notification/channels/{channel}", notifications.get_channel, methods=["GET"]),
+    Route("/api/v1/notification/channels/{channel}", notifications.update_channel, methods=["PUT"]),
+    Route("/api/v1/notification/channels/{channel}", notifications.delete_channel, methods=["DELETE"]),
+    Route("/api/v1/notification/rules", notifications.create_rule, methods=["POST"]),
+    Route("/api/v1/notification/rules", notifications.list_rules, methods=["GET"]),
+    Route("/api/v1/notification/rules/{rule}", notifications.get_rule, methods=["GET"]),
+    Route("/api/v1/notification/rules/{rule}", notifications.update_rule, methods=["PUT"]),
+    Route("/api/v1/notification/rules/{rule}", notifications.delete_rule, methods=["DELETE"]),
+    Route("/api/v1/notification/rules/{rule}/test", notifications.test_rule, methods=["POST"]),
+    Route("/api/v1/notification/events", notifications.list_events, methods=["GET"]),
+    Route("/api/v1/notification/events/{event}", notifications.get_event, methods=["GET"]),
+    Route("/api/v1/notification/events/{event}/resend", notifications.resend_event, methods=["POST"]),
+    *billing.ROUTES,
 ]
 
 
@@ -109,6 +125,7 @@ def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
         clock,
         fsync=config.storage.fsync,
         max_batch=config.storage.group_commit_max_requests,
+        baseline_days=config.alerts.baseline_days,
     )
 
 
@@ -140,12 +157,29 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
             if config.ingest.late_arrival_window is None
             else _us(config.ingest.late_arrival_window.total_seconds()),
         ),
-        History(backend.db, backend.counters, clock),
+        backend.history,
     )
+    dispatcher = Dispatcher(
+        backend.notifications,
+        clock,
+        timeout=config.alerts.webhook_timeout,
+        max_attempts=config.alerts.max_attempts,
+        backoff_initial=config.alerts.backoff_initial,
+        backoff_max=config.alerts.backoff_max,
+    )
+    backend.alerts.wake = dispatcher.wake
+    scanner = AnomalyScanner(backend.alerts, clock)
+    ctx.dispatcher = dispatcher
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        dispatcher.start()
+        scanner.start()
+        billing_scheduler = billing.start_scheduler(ctx)
         yield
+        billing_scheduler.close()
+        scanner.close()
+        dispatcher.close()
         backend.close()
 
     app = Starlette(

@@ -9,6 +9,7 @@ from meterline.clock import Clock
 from meterline.config import Config
 from meterline.events.decode import Limits
 from meterline.metrics import Metrics
+from meterline.notify.dispatch import Dispatcher
 from meterline.storage.sqlite.backend import EmbeddedBackend
 from meterline.storage.sqlite.counters import History
 
@@ -22,3 +23,4 @@ class Context:
     metrics: Metrics
     limits: Limits
     history: History
+    dispatcher: Dispatcher | None = None

@@ -19,7 +19,7 @@ import msgspec
 from meterline.billing.invoice import Usage, price_period
 from meterline.billing.lines import InvoiceLine
 from meterline.billing.money import ZERO, sub, total
-from meterline.billing.plans import PlanVersion
+from meterline.billing.plans import PlanVersion, check_plan
 from meterline.periods import Period
 
 
@@ -42,8 +42,9 @@ def adjust(
     period: Period | None = None,
 ) -> Adjustment:
     """The lines that bring invoice ``invoice_number`` (``window``, ``invoiced`` usage) to ``current``."""
-    before = price_period(plan, window, invoiced, period=period)
-    after = price_period(plan, window, current, period=period)
+    check_plan(plan)
+    before = price_period(plan, window, invoiced, period=period, validated=True)
+    after = price_period(plan, window, current, period=period, validated=True)
     old = {line.match_key: line for line in before.lines}
     new = {line.match_key: line for line in after.lines}
     keys = list(new) + [key for key in old if key not in new]

@@ -23,7 +23,8 @@ import msgspec
 from meterline.billing.lines import InvoiceDraft, InvoiceLine
 from meterline.billing.money import ZERO, Currency, currency, in_minor_units, sub, total
 from meterline.clock import to_us
-from meterline.errors import CurrencyMismatch, InvalidInput
+from meterline.errors import CurrencyMismatch, InvalidInput, MeterlineError
+from meterline.meters.model import SLUG
 
 NO_EXPIRY = 2**63
 
@@ -110,3 +111,34 @@ def _check_grants(grants: Sequence[CreditGrant], cur: Currency) -> None:
         raise InvalidInput(
             "Invalid credit grants: " + "; ".join(problems), code="invalid_credit_grant", problems=problems
         )
+
+
+class GrantTerms(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, forbid_unknown_fields=True):
+    """A prepaid credit as granted: the original ``amount``; its balance is what burns left of it.
+
+    ``effectiveAt`` defaults to the moment it is granted; no ``expiresAt`` means it never expires.
+    """
+
+    key: str
+    currency: str
+    amount: Decimal
+    effective_at: datetime | None = None
+    priority: int = 0
+    expires_at: datetime | None = None
+
+
+def grant_problems(terms: GrantTerms) -> list[str]:
+    """Every problem with a grant's terms (empty when valid)."""
+    problems = [] if SLUG.match(terms.key) else ["key must be a slug like 'promo_2026'"]
+    try:
+        cur = currency(terms.currency)
+    except MeterlineError as exc:
+        return [*problems, exc.detail]
+    if not terms.amount.is_finite() or terms.amount <= 0 or not in_minor_units(terms.amount, cur):
+        problems.append(f"amount must be a positive amount in whole {cur.code} minor units")
+    for name, t in (("effectiveAt", terms.effective_at), ("expiresAt", terms.expires_at)):
+        if t is not None and t.utcoffset() is None:
+            problems.append(f"{name} must carry a UTC offset")
+    if not problems and terms.effective_at and terms.expires_at and terms.expires_at <= terms.effective_at:
+        problems.append("expiresAt must be after effectiveAt")
+    return problems

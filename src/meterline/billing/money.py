@@ -63,6 +63,7 @@ def is_currency(code: str) -> bool:
     return code in _known()
 
 
+@cache
 def currency(code: str) -> Currency:
     """The currency for an upper-case ISO 4217 code, or raise ``UnknownCurrency``."""
     if not is_currency(code):
@@ -120,3 +121,26 @@ def places(amount: Decimal) -> int:
 def in_minor_units(amount: Decimal, cur: Currency) -> bool:
     """Whether ``amount`` is a whole number of the currency's minor units."""
     return amount.is_finite() and amount == round_line(amount, cur)
+
+
+def allocate(amount: Decimal, weights: list[Decimal], cur: Currency) -> list[Decimal]:
+    """Split a rounded ``amount`` into whole minor units in proportion to ``weights``.
+
+    Largest remainder: every part is first rounded down, then the leftover minor units go one by
+    one to the parts with the largest remainders (ties: the earlier part), so the parts always
+    add up to ``amount`` exactly. Used by showback reports; invoices never allocate. All weights
+    zero (or none positive) gives everything to the first part.
+    """
+    if not weights:
+        return []
+    units = int(abs(amount).scaleb(cur.minor_units, context=_EXACT))
+    whole = total(w for w in weights if w > 0)
+    if whole <= 0:
+        return [amount, *[ZERO] * (len(weights) - 1)]
+    shares = [_DIVIDE.divide(_EXACT.multiply(Decimal(units), max(w, ZERO)), whole) for w in weights]
+    floors = [int(s) for s in shares]
+    order = sorted(range(len(weights)), key=lambda i: (-(shares[i] - floors[i]), i))
+    for i in order[: units - sum(floors)]:
+        floors[i] += 1
+    sign = -1 if amount < 0 else 1
+    return [_EXACT.multiply(Decimal(sign * f), cur.quantum) for f in floors]

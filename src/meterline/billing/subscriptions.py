@@ -101,12 +101,18 @@ def schedule(sub: Subscription, cadence: str) -> Recurrence:
     return recurrence(cadence, billing_anchor(check_subscription(sub)), sub.zone)
 
 
-def billing_windows(sub: Subscription, cadence: str, until: datetime) -> list[BillingWindow]:
-    """Every billing period that starts before ``until`` and overlaps the subscription, clipped to it."""
+def billing_windows(
+    sub: Subscription, cadence: str, until: datetime, *, since: datetime | None = None
+) -> list[BillingWindow]:
+    """Every billing period that starts before ``until`` and overlaps the subscription, clipped to it.
+
+    ``since`` (an instant inside the subscription) skips the periods that end at or before it, so
+    a billing run does not walk a long subscription's history again."""
     rec = schedule(sub, cadence)
     stop = to_us(until) if sub.end is None else min(to_us(until), to_us(sub.end))
     windows: list[BillingWindow] = []
-    period = rec.period_at(sub.start)
+    first = sub.start if since is None or to_us(since) <= to_us(sub.start) else since
+    period = rec.period_at(first)
     while period.start_us < stop:
         windows.append(BillingWindow(period, _clip(period, sub)))
         if sub.end is not None and period.end_us >= to_us(sub.end):

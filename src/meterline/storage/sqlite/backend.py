@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from meterline.clock import Clock
-from meterline.storage.sqlite.counters import LiveCounters
+from meterline.storage.sqlite.alerting import AlertEvaluator
+from meterline.storage.sqlite.billing import SqliteBilling
+from meterline.storage.sqlite.counters import History, LiveCounters
 from meterline.storage.sqlite.customers import SqliteCustomers, load_all
 from meterline.storage.sqlite.database import Database
 from meterline.storage.sqlite.dead_letters import SqliteDeadLetters
@@ -13,11 +15,19 @@ from meterline.storage.sqlite.entitlements import SqliteEntitlements
 from meterline.storage.sqlite.ingest import IngestSettings, IngestState
 from meterline.storage.sqlite.ledger import SqliteLedger
 from meterline.storage.sqlite.meters import SqliteMeters
+from meterline.storage.sqlite.notifications import SqliteNotifications
 
 
 class EmbeddedBackend:
     def __init__(
-        self, data_dir: Path, settings: IngestSettings, clock: Clock, *, fsync: str = "full", max_batch: int = 512
+        self,
+        data_dir: Path,
+        settings: IngestSettings,
+        clock: Clock,
+        *,
+        fsync: str = "full",
+        max_batch: int = 512,
+        baseline_days: int = 7,
     ) -> None:
         self.state = IngestState(settings)
         self.db = Database(
@@ -36,6 +46,12 @@ class EmbeddedBackend:
         self.entitlements = SqliteEntitlements(self.db, self.customers, self.meters, clock.now_us, self.counters.reload)
         self.customers.changed = self.counters.reload
         self.counters.reload()
+        self.history = History(self.db, self.counters, clock)
+        self.notifications = SqliteNotifications(self.db, clock.now_us)
+        self.alerts = AlertEvaluator(
+            self.db, self.state, self.counters, self.notifications, self.history, clock, baseline_days=baseline_days
+        )
+        self.billing = SqliteBilling(self.db, self.customers, self.meters, clock.now_us)
 
     def close(self) -> None:
         self.meters.close()

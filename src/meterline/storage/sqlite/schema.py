@@ -144,6 +144,11 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (event, channel)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_us);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    event TEXT NOT NULL, channel TEXT NOT NULL, at_us INTEGER NOT NULL, state TEXT NOT NULL,
+    status_code INTEGER, error TEXT, duration_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_by_event ON delivery_attempts (event, channel, at_us);
 
 CREATE TABLE IF NOT EXISTS portal_tokens (
     id TEXT PRIMARY KEY, namespace TEXT NOT NULL, subject TEXT NOT NULL, meters BLOB,
@@ -156,6 +161,57 @@ CREATE TABLE IF NOT EXISTS api_keys (
     hash BLOB NOT NULL UNIQUE, prefix TEXT NOT NULL,
     created_us INTEGER NOT NULL, revoked_us INTEGER
 );
+
+-- Billing. Plan versions: a published body never changes (a new version is a new row).
+CREATE TABLE IF NOT EXISTS plan_versions (
+    namespace TEXT NOT NULL, plan TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
+    body BLOB NOT NULL, created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL,
+    PRIMARY KEY (namespace, plan, version)
+) WITHOUT ROWID;
+-- Subscriptions: billed_through_us is the end of the last finalized window (moves in the
+-- same transaction as the invoice).
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, body BLOB NOT NULL,
+    start_us INTEGER NOT NULL, end_us INTEGER, billed_through_us INTEGER NOT NULL,
+    previous TEXT, created_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS subscriptions_by_customer ON subscriptions (namespace, customer, start_us);
+-- Finalized invoices: `body` is the exact JSON document and is never updated. The UNIQUE key
+-- (subscription, period, replaces) makes a billing run idempotent; numbers are gap-free per
+-- namespace because the counter moves in the same transaction as the insert.
+CREATE TABLE IF NOT EXISTS invoices (
+    id INTEGER PRIMARY KEY, namespace TEXT NOT NULL, number TEXT NOT NULL, customer TEXT NOT NULL,
+    subscription TEXT NOT NULL, period_start_us INTEGER NOT NULL, period_end_us INTEGER NOT NULL,
+    replaces TEXT NOT NULL, issued_us INTEGER NOT NULL, body BLOB NOT NULL,
+    UNIQUE (namespace, number), UNIQUE (subscription, period_start_us, replaces)
+);
+CREATE INDEX IF NOT EXISTS invoices_by_customer ON invoices (namespace, customer, period_start_us);
+CREATE TRIGGER IF NOT EXISTS invoices_never_update BEFORE UPDATE ON invoices
+BEGIN SELECT RAISE(ABORT, 'finalized invoices never change'); END;
+CREATE TRIGGER IF NOT EXISTS invoices_never_delete BEFORE DELETE ON invoices
+BEGIN SELECT RAISE(ABORT, 'finalized invoices never change'); END;
+CREATE TABLE IF NOT EXISTS invoice_numbers (namespace TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS invoice_voids (
+    invoice INTEGER PRIMARY KEY, reason TEXT NOT NULL, voided_us INTEGER NOT NULL, replaced_by TEXT
+);
+-- What each invoiced window was billed for, newest last: late usage is priced against it.
+CREATE TABLE IF NOT EXISTS billed_windows (
+    id INTEGER PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, subscription TEXT NOT NULL,
+    window_start_us INTEGER NOT NULL, window_end_us INTEGER NOT NULL, invoice INTEGER NOT NULL,
+    origin INTEGER NOT NULL, body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS billed_windows_by_customer ON billed_windows (namespace, customer, window_end_us);
+-- Prepaid credit grants, and every burn (negative amount: restored by a void).
+CREATE TABLE IF NOT EXISTS credit_grants (
+    namespace TEXT NOT NULL, customer TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL,
+    created_us INTEGER NOT NULL, voided_us INTEGER,
+    PRIMARY KEY (namespace, customer, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS credit_burns (
+    namespace TEXT NOT NULL, customer TEXT NOT NULL, grant_key TEXT NOT NULL, invoice INTEGER NOT NULL,
+    amount TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credit_burns_by_customer ON credit_burns (namespace, customer);
 """
 
 

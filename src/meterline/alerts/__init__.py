@@ -1,0 +1,1 @@
+"""Usage alerts: notification rules and when they fire."""

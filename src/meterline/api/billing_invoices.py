@@ -1,0 +1,362 @@
+"""Invoices, billing runs, previews, credits, the showback report and accounting exports.
+
+``GET /api/v1/invoices/{number}`` answers the exact bytes stored when the invoice was
+finalized; whether it was voided travels beside it (``Meterline-Invoice-Status`` header,
+``/status``, list and export rows), never inside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from meterline.api.billing_scheduler import settings_from
+from meterline.api.context import Context
+from meterline.api.http import json_response, parse_time, typed_body
+from meterline.auth.keys import Scope
+from meterline.billing.credits import GrantTerms, grant_problems
+from meterline.billing.documents import Invoice, decode_invoice
+from meterline.billing.exports import Status, export_csv, invoice_csv, invoice_html
+from meterline.billing.money import currency, round_line
+from meterline.billing.report import ReportRow
+from meterline.clock import from_us, rfc3339, to_us
+from meterline.errors import InvalidInput
+from meterline.storage.sqlite.billing_model import InvoiceRecord
+from meterline.storage.sqlite.billing_run import BillingRuns, RunReport
+from meterline.storage.sqlite.billing_views import showback
+
+_encode = msgspec.json.Encoder().encode
+
+
+class VoidInput(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
+    reason: str
+    reissue: bool = False
+
+
+def _ctx(request: Request) -> Context:
+    ctx: Context = request.app.state.ctx
+    return ctx
+
+
+def status_of(r: InvoiceRecord) -> Status:
+    return Status(r.status, r.void_reason, r.replaced_by)
+
+
+def record_json(r: InvoiceRecord) -> dict[str, Any]:
+    inv = decode_invoice(r.body)
+    return {
+        "number": r.number,
+        "status": r.status,
+        "customer": inv.customer,
+        "subscription": r.subscription,
+        "currency": inv.currency,
+        "periodStart": inv.period_start.isoformat(),
+        "periodEnd": inv.period_end.isoformat(),
+        "issuedAt": rfc3339(r.issued_us),
+        "total": str(inv.total),
+        "amountDue": str(inv.amount_due),
+        "replaces": r.replaces or None,
+        "replacedBy": r.replaced_by,
+        "voidReason": r.void_reason,
+        "voidedAt": None if r.voided_us is None else rfc3339(r.voided_us),
+    }
+
+
+def run_json(report: RunReport) -> dict[str, Any]:
+    failed = [
+        {
+            "subscription": f.subscription,
+            "customer": f.customer,
+            "periodStart": rfc3339(f.period_start_us),
+            "code": f.code,
+            "detail": f.detail,
+        }
+        for f in report.failed
+    ]
+    return {
+        "at": rfc3339(report.at_us),
+        "cutoff": rfc3339(report.cutoff_us),
+        "created": report.created,
+        "existing": report.existing,
+        "stale": report.stale,
+        "failed": failed,
+    }
+
+
+async def run_billing(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.ADMIN)
+    runs = BillingRuns(ctx.backend.billing)
+    report = await run_in_threadpool(runs.run, settings_from(ctx.config.billing), key.namespace)
+    return json_response(run_json(report))
+
+
+async def preview(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.READ)
+    runs = BillingRuns(ctx.backend.billing)
+    args = (settings_from(ctx.config.billing), key.namespace, request.path_params["customer"])
+    invoices, failures = await run_in_threadpool(runs.preview, *args)
+    items = [{**msgspec.to_builtins(i), "number": None} for i in invoices]
+    problems = [{"subscription": f.subscription, "code": f.code, "detail": f.detail} for f in failures]
+    return json_response({"at": rfc3339(ctx.clock.now_us()), "invoices": items, "problems": problems})
+
+
+async def list_invoices(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.READ)
+    q = request.query_params
+
+    def work() -> list[InvoiceRecord]:
+        customer = q.get("customer")
+        cid = None if customer is None else ctx.backend.customers.get(key.namespace, customer).id
+        start, end = parse_time("from", q.get("from")), parse_time("to", q.get("to"))
+        return ctx.backend.billing.invoices.list(key.namespace, customer_id=cid, period_from_us=start, period_to_us=end)
+
+    return json_response({"items": [record_json(r) for r in await run_in_threadpool(work)]})
+
+
+async def _record(request: Request) -> tuple[Context, InvoiceRecord]:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.READ)
+    record = await run_in_threadpool(ctx.backend.billing.invoices.get, key.namespace, request.path_params["number"])
+    return ctx, record
+
+
+async def get_invoice(request: Request) -> Response:
+    _, r = await _record(request)
+    return Response(r.body, media_type="application/json", headers={"Meterline-Invoice-Status": r.status})
+
+
+async def invoice_status(request: Request) -> Response:
+    _, r = await _record(request)
+    return json_response(record_json(r))
+
+
+async def invoice_lines_csv(request: Request) -> Response:
+    _, r = await _record(request)
+    name = f'attachment; filename="{r.number}.csv"'
+    return Response(invoice_csv(decode_invoice(r.body)), media_type="text/csv", headers={"Content-Disposition": name})
+
+
+async def invoice_page(request: Request) -> Response:
+    ctx, r = await _record(request)
+    page = invoice_html(decode_invoice(r.body), status_of(r), ctx.config.billing.locale)
+    return Response(page, media_type="text/html")
+
+
+async def void_invoice(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await typed_body(request, VoidInput, "void")
+    if not inp.reason.strip():
+        raise InvalidInput("a void needs a reason", code="invalid_void")
+    number = request.path_params["number"]
+    record = await run_in_threadpool(ctx.backend.billing.invoices.void, key.namespace, number, inp.reason)
+    replacement = None
+    if inp.reissue:
+        runs = BillingRuns(ctx.backend.billing)
+        args = (settings_from(ctx.config.billing), key.namespace, number)
+        replacement = await run_in_threadpool(runs.reissue, *args)
+        record = await run_in_threadpool(ctx.backend.billing.invoices.get, key.namespace, number)
+    return json_response({"voided": record_json(record), "replacement": replacement})
+
+
+async def reissue_invoice(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.ADMIN)
+    runs = BillingRuns(ctx.backend.billing)
+    args = (settings_from(ctx.config.billing), key.namespace, request.path_params["number"])
+    return json_response({"replacement": await run_in_threadpool(runs.reissue, *args)}, 201)
+
+
+# -- credits ----------------------------------------------------------------------------------
+
+
+async def create_credit(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.ADMIN)
+    terms = await typed_body(request, GrantTerms, "credit grant")
+    problems = grant_problems(terms)
+    if problems:
+        raise InvalidInput(
+            "Invalid credit grant: " + "; ".join(problems), code="invalid_credit_grant", problems=problems
+        )
+    if terms.effective_at is None:
+        terms = msgspec.structs.replace(terms, effective_at=from_us(ctx.clock.now_us()))
+
+    def work() -> None:
+        customer = ctx.backend.customers.get(key.namespace, request.path_params["customer"])
+        ctx.backend.billing.invoices.add_grant(key.namespace, customer.id, terms)
+
+    await run_in_threadpool(work)
+    return json_response(
+        {**msgspec.to_builtins(terms), "balance": str(round_line(terms.amount, currency(terms.currency)))}, 201
+    )
+
+
+async def credit_balance(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.READ)
+
+    def work() -> list[tuple[GrantTerms, Any]]:
+        customer = ctx.backend.customers.get(key.namespace, request.path_params["customer"])
+        return ctx.backend.billing.invoices.grants(key.namespace, customer.id)
+
+    now = ctx.clock.now_us()
+    grants: list[dict[str, Any]] = []
+    balances: dict[str, Decimal] = {}
+    for terms, balance in await run_in_threadpool(work):
+        usable = terms.expires_at is None or to_us(terms.expires_at) > now
+        shown = str(round_line(balance, currency(terms.currency)))
+        grants.append({**msgspec.to_builtins(terms), "balance": shown, "expired": not usable})
+        if usable:
+            balances[terms.currency] = balances.get(terms.currency, Decimal(0)) + balance
+    totals = {c: str(round_line(b, currency(c))) for c, b in sorted(balances.items())}
+    return json_response({"balances": totals, "grants": grants})
+
+
+async def void_credit(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.ADMIN)
+
+    def work() -> None:
+        customer = ctx.backend.customers.get(key.namespace, request.path_params["customer"])
+        ctx.backend.billing.invoices.void_grant(key.namespace, customer.id, request.path_params["key"])
+
+    await run_in_threadpool(work)
+    return Response(status_code=204)
+
+
+# -- report and export ------------------------------------------------------------------------
+
+
+def _range(request: Request) -> tuple[datetime, datetime]:
+    q = request.query_params
+    start, end = parse_time("from", q.get("from")), parse_time("to", q.get("to"))
+    if start is None or end is None:
+        raise InvalidInput("`from` and `to` are required (RFC 3339)", code="invalid_range")
+    return from_us(start), from_us(end)
+
+
+def _format(request: Request, allowed: tuple[str, ...]) -> str:
+    fmt = request.query_params.get("format", allowed[0])
+    if fmt not in allowed:
+        raise InvalidInput(f"`format` must be one of {', '.join(allowed)}", code="invalid_parameter")
+    return fmt
+
+
+async def report(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.READ)
+    start, end = _range(request)
+    fmt = _format(request, ("json", "csv"))
+    q = request.query_params
+    args = (ctx.backend.billing, key.namespace, start, end)
+    rep = await run_in_threadpool(lambda: showback(*args, customer=q.get("customer"), group_by=q.get("groupBy")))
+    if fmt == "csv":
+        return Response(_report_csv(rep.rows), media_type="text/csv")
+    body = {
+        "from": start.isoformat(),
+        "to": end.isoformat(),
+        "groupBy": rep.group_by,
+        "rows": rep.rows,
+        "totals": rep.totals,
+        "problems": rep.problems,
+    }
+    return Response(_encode(body), media_type="application/json")
+
+
+def _report_csv(rows: list[ReportRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "customer",
+            "plan",
+            "version",
+            "currency",
+            "start",
+            "end",
+            "kind",
+            "card",
+            "name",
+            "meter",
+            "group",
+            "quantity",
+            "amount",
+        ]
+    )
+    for r in rows:
+        group = ";".join(f"{k}={v}" for k, v in sorted((r.group or {}).items()))
+        writer.writerow(
+            [
+                r.customer,
+                r.plan,
+                r.version,
+                r.currency,
+                r.start.isoformat(),
+                r.end.isoformat(),
+                r.kind,
+                r.card or "",
+                r.name,
+                r.meter or "",
+                group,
+                "" if r.quantity is None else r.quantity,
+                r.amount,
+            ]
+        )
+    return out.getvalue()
+
+
+async def export(request: Request) -> Response:
+    ctx = _ctx(request)
+    key = ctx.auth.require(request, Scope.READ)
+    start, end = _range(request)
+    fmt = _format(request, ("jsonl", "csv"))
+    records = await run_in_threadpool(
+        ctx.backend.billing.invoices.list, key.namespace, period_from_us=to_us(start), period_to_us=to_us(end)
+    )
+    if fmt == "csv":
+        pairs: list[tuple[Invoice, Status]] = [(decode_invoice(r.body), status_of(r)) for r in records]
+        return Response(export_csv(pairs), media_type="text/csv")
+    lines = [
+        _encode(
+            {
+                "status": r.status,
+                "voidReason": r.void_reason,
+                "replacedBy": r.replaced_by,
+                "invoice": msgspec.Raw(r.body),
+            }
+        )
+        for r in records
+    ]
+    return Response(b"".join(line + b"\n" for line in lines), media_type="application/x-ndjson")
+
+
+_I = "/api/v1/invoices/{number}"
+ROUTES = [
+    Route("/api/v1/billing/runs", run_billing, methods=["POST"]),
+    Route("/api/v1/billing/report", report, methods=["GET"]),
+    Route("/api/v1/billing/export", export, methods=["GET"]),
+    Route("/api/v1/customers/{customer}/invoice-preview", preview, methods=["GET"]),
+    Route("/api/v1/customers/{customer}/credits", create_credit, methods=["POST"]),
+    Route("/api/v1/customers/{customer}/credits", credit_balance, methods=["GET"]),
+    Route("/api/v1/customers/{customer}/credits/{key}", void_credit, methods=["DELETE"]),
+    Route("/api/v1/invoices", list_invoices, methods=["GET"]),
+    Route(_I, get_invoice, methods=["GET"]),
+    Route(_I + "/status", invoice_status, methods=["GET"]),
+    Route(_I + "/lines.csv", invoice_lines_csv, methods=["GET"]),
+    Route(_I + "/html", invoice_page, methods=["GET"]),
+    Route(_I + "/void", void_invoice, methods=["POST"]),
+    Route(_I + "/reissue", reissue_invoice, methods=["POST"]),
+]

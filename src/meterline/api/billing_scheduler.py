@@ -1,0 +1,60 @@
+"""The server's billing scheduler: a thread that runs due billing periods every interval.
+
+It waits one interval before its first run, so a restart does not race a run started by hand.
+A failed run is logged and retried at the next tick; since runs are idempotent, a tick that
+overlaps a run from the API or the CLI only finds nothing left to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from meterline.config import BillingConfig
+from meterline.storage.sqlite.billing import SqliteBilling
+from meterline.storage.sqlite.billing_model import Settings
+from meterline.storage.sqlite.billing_run import BillingRuns, RunReport
+
+log = logging.getLogger("meterline.billing")
+
+
+def settings_from(config: BillingConfig) -> Settings:
+    """The billing-run settings of a ``[billing]`` config section."""
+    return Settings(
+        prefix=config.invoice_prefix,
+        digits=config.invoice_digits,
+        grace_us=int(config.grace_period.total_seconds() * 1_000_000),
+        lookback_us=int(config.adjustment_lookback.total_seconds() * 1_000_000),
+    )
+
+
+class BillingScheduler:
+    def __init__(self, billing: SqliteBilling, config: BillingConfig) -> None:
+        self._runs = BillingRuns(billing)
+        self._config = config
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="meterline-billing", daemon=True)
+        self.last: RunReport | None = None
+
+    def start(self) -> None:
+        if self._config.scheduler_enabled:
+            self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        interval = self._config.scheduler_interval.total_seconds()
+        while not self._stop.wait(interval):
+            try:
+                self.last = self._runs.run(settings_from(self._config))
+            except Exception:
+                log.exception("billing run failed")
+                continue
+            if self.last.created or self.last.failed:
+                log.info(
+                    "billing run",
+                    extra={"created": len(self.last.created), "failed": len(self.last.failed)},
+                )

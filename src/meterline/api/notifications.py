@@ -1,0 +1,238 @@
+"""Notification channels, rules and events (``/api/v1/notification/...``), OpenMeter-shaped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from ulid import ULID
+
+from meterline.alerts.rules import Rule, RuleInput
+from meterline.api.context import Context
+from meterline.api.http import json_response, parse_int, parse_time, time_text, typed_body
+from meterline.auth.keys import Scope
+from meterline.clock import rfc3339
+from meterline.notify.channels import Channel, ChannelInput
+from meterline.storage.sqlite.notifications import FiredEvent, insert_event
+
+_encode = msgspec.json.Encoder(decimal_format="number").encode
+
+
+class ResendInput(msgspec.Struct, frozen=True):
+    channels: list[str] | None = None
+
+
+def channel_json(c: Channel) -> dict[str, Any]:
+    s = c.spec
+    return {
+        "id": c.id,
+        "type": s.type,
+        "name": s.name,
+        "disabled": s.disabled,
+        "metadata": s.metadata,
+        "url": s.url,
+        "customHeaders": s.custom_headers,
+        "signingSecret": s.signing_secret,
+        "format": s.format,
+        "createdAt": rfc3339(c.created_us),
+        "updatedAt": rfc3339(c.updated_us),
+    }
+
+
+def rule_json(ctx: Context, r: Rule) -> dict[str, Any]:
+    s = r.spec
+    channels = {c.id: c for c in ctx.backend.notifications.channels(r.namespace)}
+    body: dict[str, Any] = msgspec.to_builtins(s)
+    return body | {
+        "id": r.id,
+        "channels": [{"id": c, "type": channels[c].type if c in channels else None} for c in s.channels],
+        "features": [{"id": f, "key": f} for f in s.features or []],
+        "createdAt": rfc3339(r.created_us),
+        "updatedAt": rfc3339(r.updated_us),
+    }
+
+
+def event_json(ctx: Context, namespace: str, e: FiredEvent) -> dict[str, Any]:
+    rule = ctx.backend.notifications.rule(namespace, e.rule)
+    payload = msgspec.json.decode(e.payload)
+    return {
+        "id": e.id,
+        "type": payload.get("type"),
+        "createdAt": rfc3339(e.created_us),
+        "rule": rule_json(ctx, rule),
+        "threshold": e.threshold,
+        "periodStart": rfc3339(e.period_start_us),
+        "deliveryStatus": [
+            {
+                "state": d.state,
+                "reason": d.log[-1].error or "" if d.log else "",
+                "updatedAt": rfc3339(d.updated_us),
+                "channel": {"id": d.channel},
+                "nextAttempt": time_text(d.next_attempt_us),
+                "attempts": [
+                    {
+                        "state": a.state,
+                        "timestamp": rfc3339(a.at_us),
+                        "response": {"statusCode": a.status_code, "body": a.error or "", "durationMs": a.duration_ms},
+                    }
+                    for a in d.log
+                ],
+            }
+            for d in e.deliveries
+        ],
+        "payload": msgspec.Raw(e.payload),
+    }
+
+
+def _page(items: list[Any]) -> dict[str, Any]:
+    return {"totalCount": len(items), "page": 1, "pageSize": max(len(items), 1), "items": items}
+
+
+async def create_channel(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await typed_body(request, ChannelInput, "channel")
+    channel = await run_in_threadpool(ctx.backend.notifications.create_channel, key.namespace, inp)
+    return json_response(channel_json(channel), 201)
+
+
+async def update_channel(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await typed_body(request, ChannelInput, "channel")
+    channel = await run_in_threadpool(
+        ctx.backend.notifications.update_channel, key.namespace, request.path_params["channel"], inp
+    )
+    return json_response(channel_json(channel))
+
+
+async def list_channels(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    channels = await run_in_threadpool(ctx.backend.notifications.channels, key.namespace)
+    return json_response(_page([channel_json(c) for c in channels]))
+
+
+async def get_channel(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    channel = await run_in_threadpool(ctx.backend.notifications.channel, key.namespace, request.path_params["channel"])
+    return json_response(channel_json(channel))
+
+
+async def delete_channel(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    await run_in_threadpool(ctx.backend.notifications.delete_channel, key.namespace, request.path_params["channel"])
+    return Response(status_code=204)
+
+
+async def create_rule(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await typed_body(request, RuleInput, "rule")
+    rule = await run_in_threadpool(ctx.backend.notifications.create_rule, key.namespace, inp)
+    return json_response(await run_in_threadpool(rule_json, ctx, rule), 201)
+
+
+async def update_rule(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await typed_body(request, RuleInput, "rule")
+    rule = await run_in_threadpool(
+        ctx.backend.notifications.update_rule, key.namespace, request.path_params["rule"], inp
+    )
+    return json_response(await run_in_threadpool(rule_json, ctx, rule))
+
+
+async def list_rules(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    rules = await run_in_threadpool(ctx.backend.notifications.rules, key.namespace)
+    return json_response(_page([await run_in_threadpool(rule_json, ctx, r) for r in rules]))
+
+
+async def get_rule(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    rule = await run_in_threadpool(ctx.backend.notifications.rule, key.namespace, request.path_params["rule"])
+    return json_response(await run_in_threadpool(rule_json, ctx, rule))
+
+
+async def delete_rule(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    await run_in_threadpool(ctx.backend.notifications.delete_rule, key.namespace, request.path_params["rule"])
+    return Response(status_code=204)
+
+
+async def test_rule(request: Request) -> Response:
+    """Fire a test event for a rule through its channels (a fresh event every call)."""
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    notifications = ctx.backend.notifications
+    rule = await run_in_threadpool(notifications.rule, key.namespace, request.path_params["rule"])
+    now = ctx.clock.now_us()
+
+    def payload(event_id: str) -> bytes:
+        data = {"kind": "test", "rule": {"id": rule.id, "name": rule.spec.name, "type": rule.spec.type}}
+        return _encode({"id": event_id, "type": rule.spec.type, "timestamp": rfc3339(now), "data": data})
+
+    def fire() -> str | None:
+        return ctx.backend.db.writer.call(
+            lambda conn: insert_event(
+                conn, key.namespace, rule, "", "", f"test:{ULID()}", now, payload, now, rule.spec.channels
+            )
+        )
+
+    event_id = await run_in_threadpool(fire)
+    assert event_id is not None
+    if ctx.dispatcher is not None:
+        ctx.dispatcher.wake()
+    event = await run_in_threadpool(notifications.event, key.namespace, event_id)
+    return json_response(await run_in_threadpool(event_json, ctx, key.namespace, event), 201)
+
+
+async def list_events(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+    q = request.query_params
+
+    def load() -> list[dict[str, Any]]:
+        events = ctx.backend.notifications.events(
+            key.namespace,
+            start_us=parse_time("from", q.get("from")),
+            end_us=parse_time("to", q.get("to")),
+            rule=q.get("rule"),
+            customer=q.get("subject") or q.get("customer"),
+            feature=q.get("feature"),
+            limit=parse_int("pageSize", q.get("pageSize"), 100, 1, 1000),
+        )
+        return [event_json(ctx, key.namespace, e) for e in events]
+
+    return json_response(_page(await run_in_threadpool(load)))
+
+
+async def get_event(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.READ)
+
+    def load() -> dict[str, Any]:
+        return event_json(
+            ctx, key.namespace, ctx.backend.notifications.event(key.namespace, request.path_params["event"])
+        )
+
+    return json_response(await run_in_threadpool(load))
+
+
+async def resend_event(request: Request) -> Response:
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await typed_body(request, ResendInput, "resend request")
+    await run_in_threadpool(ctx.backend.notifications.resend, key.namespace, request.path_params["event"], inp.channels)
+    if ctx.dispatcher is not None:
+        ctx.dispatcher.wake()
+    return Response(status_code=202)

@@ -1,0 +1,161 @@
+"""Notification channels: where alerts go.
+
+- ``WEBHOOK``: an HTTP(S) endpoint; every delivery is a POST signed per Standard Webhooks
+  (:mod:`meterline.notify.signing`) with the channel's ``whsec_`` secret. ``format="slack"`` sends
+  a Slack incoming-webhook message (:mod:`meterline.notify.payloads`) instead of the alert JSON.
+- ``LOG``: the alert is written to the ``meterline.alerts`` logger; nothing leaves the process.
+
+The create shape follows OpenMeter's notification channel API (camelCase on the wire).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from meterline.errors import InvalidInput
+from meterline.notify import signing
+
+ChannelType = Literal["WEBHOOK", "LOG"]
+ChannelFormat = Literal["standard", "slack"]
+
+# Headers the dispatcher sets itself; a channel may not replace them.
+RESERVED_HEADERS = frozenset(
+    {
+        signing.ID_HEADER,
+        signing.TIMESTAMP_HEADER,
+        signing.SIGNATURE_HEADER,
+        "content-type",
+        "content-length",
+        "host",
+        "transfer-encoding",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_MIN_SECRET_BYTES, _MAX_SECRET_BYTES = 24, 64  # the range the Standard Webhooks spec recommends
+
+
+class ChannelInput(msgspec.Struct, frozen=True, rename="camel"):
+    type: ChannelType
+    name: str
+    url: str | None = None
+    disabled: bool = False
+    metadata: dict[str, str] | None = None
+    custom_headers: dict[str, str] | None = None
+    signing_secret: str | None = None
+    format: ChannelFormat = "standard"
+
+
+class Channel(msgspec.Struct, frozen=True):
+    """A stored channel. A ``WEBHOOK`` channel always has a signing secret."""
+
+    id: str
+    namespace: str
+    spec: ChannelInput
+    created_us: int
+    updated_us: int
+
+    @property
+    def type(self) -> ChannelType:
+        return self.spec.type
+
+    @property
+    def disabled(self) -> bool:
+        return self.spec.disabled
+
+
+def channel_problems(inp: ChannelInput) -> list[str]:
+    """Every problem with ``inp``, as messages for the caller; empty when it is valid."""
+    problems: list[str] = []
+    if not inp.name.strip():
+        problems.append("name must not be empty")
+    if inp.type not in ("WEBHOOK", "LOG"):
+        problems.append("type must be WEBHOOK or LOG")
+    if inp.format not in ("standard", "slack"):
+        problems.append("format must be standard or slack")
+    if inp.type == "WEBHOOK":
+        problems += _url_problems(inp.url)
+    elif inp.type == "LOG":
+        problems += _log_problems(inp)
+    if inp.signing_secret is not None:
+        problems += _secret_problems(inp.signing_secret)
+    problems += _header_problems(inp.custom_headers or {})
+    return problems
+
+
+def validate_channel(inp: ChannelInput) -> None:
+    """Raise ``InvalidInput`` (code ``invalid_channel``, ``extra["problems"]``) listing every problem."""
+    problems = channel_problems(inp)
+    if problems:
+        raise InvalidInput("invalid channel: " + "; ".join(problems), code="invalid_channel", problems=problems)
+
+
+def new_channel(channel_id: str, namespace: str, inp: ChannelInput, now_us: int) -> Channel:
+    """Validate ``inp`` and build the stored channel, generating a secret for a webhook that has none."""
+    validate_channel(inp)
+    spec = _with_secret(inp, None)
+    return Channel(id=channel_id, namespace=namespace, spec=spec, created_us=now_us, updated_us=now_us)
+
+
+def update_channel(channel: Channel, inp: ChannelInput, now_us: int) -> Channel:
+    """Replace a channel's spec; a webhook update without a secret keeps the current one."""
+    validate_channel(inp)
+    spec = _with_secret(inp, channel.spec.signing_secret)
+    return msgspec.structs.replace(channel, spec=spec, updated_us=now_us)
+
+
+def _with_secret(inp: ChannelInput, current: str | None) -> ChannelInput:
+    if inp.type != "WEBHOOK" or inp.signing_secret is not None:
+        return inp
+    return msgspec.structs.replace(inp, signing_secret=current or signing.new_secret())
+
+
+def _url_problems(url: str | None) -> list[str]:
+    if not url:
+        return ["a WEBHOOK channel needs a url"]
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    return [] if ok else ["url must be an absolute http:// or https:// URL"]
+
+
+def _log_problems(inp: ChannelInput) -> list[str]:
+    problems = []
+    if inp.url is not None:
+        problems.append("a LOG channel must not have a url")
+    if inp.format != "standard":
+        problems.append("format applies to WEBHOOK channels only")
+    return problems
+
+
+def _secret_problems(secret: str) -> list[str]:
+    message = f"signingSecret must be whsec_ followed by base64 of {_MIN_SECRET_BYTES}-{_MAX_SECRET_BYTES} bytes"
+    if not secret.startswith(signing.SECRET_PREFIX):
+        return [message]
+    try:
+        signing.sign(secret, "probe", 0, b"")  # signing's own parser decides what it accepts
+        raw = secret.removeprefix(signing.SECRET_PREFIX)
+        size = len(base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True))
+    except (InvalidInput, binascii.Error, ValueError):
+        return [message]
+    return [] if _MIN_SECRET_BYTES <= size <= _MAX_SECRET_BYTES else [message]
+
+
+def _header_problems(headers: dict[str, str]) -> list[str]:
+    problems = []
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            problems.append(f"custom header name {name!r} is not a valid HTTP header name")
+        elif name.lower() in RESERVED_HEADERS:
+            problems.append(f"custom header {name!r} is set by meterline and cannot be overridden")
+        if not _HEADER_VALUE.fullmatch(value):
+            problems.append(f"custom header {name!r} value must be printable ASCII on one line")
+    return problems

@@ -1,0 +1,172 @@
+"""Entitlement checks against ``POST /api/v1/entitlements/check``, sync and async.
+
+A check never raises: its outcome is data, one of
+
+- ``CheckResult``       the server's answer (quantities as exact ``Decimal``);
+- ``CustomerNotFound``  404 ``customer_not_found`` (the middleware answers 403);
+- ``Unavailable``       connection refused, timeout, 5xx or an unreadable answer: the
+                        ``fail`` policy decides.
+
+Both clients bound the wait by ``check_timeout``: the async one as an overall deadline, the
+sync one as httpx's per-phase timeout (connect, write, each read).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import anyio
+import httpx
+import msgspec
+
+from meterline.clock import Clock
+from meterline.sdk.config import Feature
+
+log = logging.getLogger("meterline.sdk")
+CHECK_PATH = "/api/v1/entitlements/check"
+
+
+class FeatureCheck(msgspec.Struct, frozen=True, rename="camel"):
+    feature: str
+    allowed: bool
+    type: str | None = None
+    has_access: bool | None = None
+    denial: str | None = None
+    usage: Decimal | None = None
+    limit: Decimal | None = None
+    balance: Decimal | None = None
+    overage: Decimal | None = None
+    soft_limit: Decimal | None = None
+    soft_limit_exceeded: bool = False
+    period_start: str | None = None
+    period_end: str | None = None
+
+
+class CheckResult(msgspec.Struct, frozen=True):
+    customer: str
+    allowed: bool
+    features: list[FeatureCheck]
+
+
+@dataclass(frozen=True)
+class CustomerNotFound:
+    customer: str
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    reason: str
+
+
+Outcome = CheckResult | CustomerNotFound | Unavailable
+_decode = msgspec.json.Decoder(CheckResult, float_hook=Decimal).decode
+_encode = msgspec.json.Encoder(decimal_format="number").encode
+
+
+def request_body(customer: str, features: Sequence[Feature]) -> bytes:
+    items = [{"feature": key, "quantity": Decimal(quantity)} for key, quantity in features]
+    return _encode({"customer": customer, "features": items})
+
+
+def read_response(customer: str, response: httpx.Response) -> Outcome:
+    """Translate one HTTP answer into an outcome."""
+    if response.status_code == 200:
+        try:
+            return _decode(response.content)
+        except msgspec.DecodeError:
+            return Unavailable("unreadable check response")
+    if response.status_code == 404 and _problem_code(response) == "customer_not_found":
+        return CustomerNotFound(customer)
+    return Unavailable(f"check answered {response.status_code}")
+
+
+def _problem_code(response: httpx.Response) -> str | None:
+    try:
+        body = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        return None
+    return body.get("code") if isinstance(body, dict) else None
+
+
+class CheckCache:
+    """Recent outcomes per (customer, features), for ``ttl`` seconds; ``Unavailable`` is never kept."""
+
+    def __init__(self, ttl: float, clock: Clock, max_entries: int = 10_000) -> None:
+        self._ttl_us = int(ttl * 1_000_000)
+        self._clock = clock
+        self._max = max_entries
+        self._entries: dict[tuple[str, tuple[Feature, ...]], tuple[int, Outcome]] = {}
+
+    def get(self, customer: str, features: Sequence[Feature]) -> Outcome | None:
+        if self._ttl_us <= 0:
+            return None
+        hit = self._entries.get((customer, tuple(features)))
+        if hit is None or hit[0] <= self._clock.now_us():
+            return None
+        return hit[1]
+
+    def put(self, customer: str, features: Sequence[Feature], outcome: Outcome) -> None:
+        if self._ttl_us <= 0 or isinstance(outcome, Unavailable):
+            return
+        if len(self._entries) >= self._max:
+            self._entries.clear()  # bounded memory beats a perfect hit rate
+        self._entries[(customer, tuple(features))] = (self._clock.now_us() + self._ttl_us, outcome)
+
+
+def _headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+
+
+class CheckClient:
+    """Blocking checks, for WSGI."""
+
+    def __init__(self, url: str, api_key: str, timeout: float, cache: CheckCache) -> None:
+        self._http = httpx.Client(base_url=url, headers=_headers(api_key), timeout=timeout)
+        self._cache = cache
+
+    def check(self, customer: str, features: Sequence[Feature]) -> Outcome:
+        cached = self._cache.get(customer, features)
+        if cached is not None:
+            return cached
+        try:
+            response = self._http.post(CHECK_PATH, content=request_body(customer, features))
+        except httpx.HTTPError as exc:
+            return Unavailable(type(exc).__name__)
+        outcome = read_response(customer, response)
+        self._cache.put(customer, features, outcome)
+        return outcome
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class AsyncCheckClient:
+    """Non-blocking checks, for ASGI. The httpx client is made in the serving event loop."""
+
+    def __init__(self, url: str, api_key: str, timeout: float, cache: CheckCache) -> None:
+        self._url, self._api_key, self._timeout = url, api_key, timeout
+        self._http: httpx.AsyncClient | None = None
+        self._cache = cache
+
+    async def check(self, customer: str, features: Sequence[Feature]) -> Outcome:
+        cached = self._cache.get(customer, features)
+        if cached is not None:
+            return cached
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=self._url, headers=_headers(self._api_key), timeout=self._timeout)
+        try:
+            with anyio.fail_after(self._timeout):
+                response = await self._http.post(CHECK_PATH, content=request_body(customer, features))
+        except (httpx.HTTPError, TimeoutError) as exc:
+            return Unavailable(type(exc).__name__)
+        outcome = read_response(customer, response)
+        self._cache.put(customer, features, outcome)
+        return outcome
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None

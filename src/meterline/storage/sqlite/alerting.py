@@ -1,0 +1,208 @@
+"""When alerts fire.
+
+Threshold and projection rules are evaluated inside the ingest transaction, from the live
+counters' change hook: the fired event and its queued deliveries commit together with the
+usage that crossed the threshold (so a crash cannot lose or duplicate an alert), and the
+unique key (rule, customer, feature, threshold, period) makes it fire once per period, across
+retries and restarts. After the commit the dispatcher is woken.
+
+Spike/drop rules compare whole hours, so a scanner evaluates them once per hour from the
+rollups.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from meterline.alerts.payload import alert_payload
+from meterline.alerts.rules import Rule, Threshold, anomaly, crossed, projected_over
+from meterline.clock import Clock
+from meterline.entitlements.value import Value, grant_total, metered_value
+from meterline.meters.query import MeterQuery
+from meterline.meters.windows import WindowSize
+from meterline.notify.channels import Channel
+from meterline.periods import Period
+from meterline.storage.sqlite.counters import History, Live, LiveCounters
+from meterline.storage.sqlite.database import Database
+from meterline.storage.sqlite.ingest import IngestState, ReadingListener
+from meterline.storage.sqlite.notifications import SqliteNotifications, insert_event
+
+log = logging.getLogger("meterline.alerts")
+HOUR_US = 3_600_000_000
+
+
+class AlertEvaluator(ReadingListener):
+    def __init__(
+        self,
+        db: Database,
+        state: IngestState,
+        counters: LiveCounters,
+        notifications: SqliteNotifications,
+        history: History,
+        clock: Clock,
+        *,
+        baseline_days: int,
+    ) -> None:
+        self._db = db
+        self._counters = counters
+        self._notifications = notifications
+        self._history = history
+        self._clock = clock
+        self._baseline_days = baseline_days
+        self._rules: dict[str, list[Rule]] = {}
+        self._channels: dict[str, Channel] = {}
+        self._fired = False
+        self.wake: Callable[[], None] = lambda: None
+        counters.on_change.append(self.on_change)
+        state.listeners.append(self)
+        notifications.changed = self.reload
+        self.reload()
+
+    def reload(self) -> None:
+        rules: dict[str, list[Rule]] = {}
+        for rule in self._notifications.rules():
+            rules.setdefault(rule.namespace, []).append(rule)
+        channels: dict[str, Channel] = {}
+        for namespace in rules:
+            channels |= {c.id: c for c in self._notifications.channels(namespace)}
+        self._rules, self._channels = rules, channels
+
+    # -- in the ingest transaction ----------------------------------------------------------
+
+    def add(self, *args: object) -> None:  # readings are not needed here
+        pass
+
+    def on_change(self, conn: sqlite3.Connection, live: Live, before: Decimal, after: Decimal, period: Period) -> None:
+        rules = self._rules.get(live.ent.namespace)
+        if not rules:
+            return
+        now = self._clock.now_us()
+        value = metered_value(live.ent, after, grant_total(live.grants, period, now), period, now)
+        allowance = value.allowance or Decimal(0)
+        for rule in rules:
+            if not rule.covers(live.ent.feature_id, live.ent.feature_key):
+                continue
+            if rule.spec.type == "entitlements.balance.threshold":
+                for t in crossed(rule, before, after, allowance):
+                    self._fire(conn, rule, live, t.key, period.start_us, value, t, now)
+            elif rule.spec.type == "entitlements.usage.projected":
+                elapsed = Decimal(now - period.start_us) / Decimal(period.end_us - period.start_us)
+                if value.projected_usage is not None and projected_over(
+                    rule, value.projected_usage, allowance, elapsed
+                ):
+                    self._fire(conn, rule, live, "projected", period.start_us, value, None, now)
+
+    def _fire(
+        self,
+        conn: sqlite3.Connection,
+        rule: Rule,
+        live: Live,
+        key: str,
+        period_start_us: int,
+        value: Value,
+        threshold: Threshold | None,
+        now: int,
+        **extra: object,
+    ) -> bool:
+        kind = key if key in ("projected", "spike", "drop") else "threshold"
+        channels = [c for c in rule.spec.channels if c in self._channels and not self._channels[c].disabled]
+        ent = live.ent
+        fired = insert_event(
+            conn,
+            ent.namespace,
+            rule,
+            ent.customer_key,
+            ent.feature_key,
+            key,
+            period_start_us,
+            lambda event_id: alert_payload(event_id, kind, rule, ent, value, threshold, now, **extra),
+            now,
+            channels,
+        )
+        if fired is None:
+            return False
+        self._fired = True
+        log.info("alert fired", extra={"rule": rule.id, "customer": ent.customer_key, "key": key})
+        return True
+
+    def after_commit(self) -> None:
+        if self._fired:
+            self._fired = False
+            self.wake()
+
+    def rolled_back(self) -> None:
+        self._fired = False
+
+    # -- hourly spike/drop scan -------------------------------------------------------------
+
+    def scan_anomalies(self) -> int:
+        """Compare the last complete hour with the baseline for every anomaly rule; returns
+        how many alerts fired."""
+        now = self._clock.now_us()
+        hour_start = now - now % HOUR_US - HOUR_US
+        base_start = hour_start - self._baseline_days * 24 * HOUR_US
+        fired = 0
+        for rules in list(self._rules.values()):
+            for rule in rules:
+                if rule.spec.type != "entitlements.usage.anomaly":
+                    continue
+                for live in list(self._counters.index.live.values()):
+                    if live.ent.namespace == rule.namespace and rule.covers(live.ent.feature_id, live.ent.feature_key):
+                        fired += self._scan_one(rule, live, base_start, hour_start, now)
+        return fired
+
+    def _scan_one(self, rule: Rule, live: Live, base_start: int, hour_start: int, now: int) -> int:
+        query = MeterQuery(
+            base_start // 1_000_000, (hour_start + HOUR_US) // 1_000_000, WindowSize.HOUR, ZoneInfo("UTC")
+        )
+        windows = self._history.windows(live, query)
+        last = sum((v for s, _, v in windows if s * 1_000_000 == hour_start), Decimal(0))
+        base = sum((v for s, _, v in windows if s * 1_000_000 < hour_start), Decimal(0))
+        mean = base / Decimal(self._baseline_days * 24)
+        kind = anomaly(rule, last, mean)
+        if kind is None:
+            return 0
+        value = Value(True, usage=last, period=live.period_at(hour_start))
+        extra = {"hourUsage": last, "baselineHourlyMean": mean.quantize(Decimal("0.000001"))}
+        fired = self._db.writer.call(
+            lambda conn: self._fire(conn, rule, live, kind, hour_start, value, None, now, **extra)
+        )
+        if fired:
+            self.wake()
+        return int(fired)
+
+
+class AnomalyScanner:
+    """Runs :meth:`AlertEvaluator.scan_anomalies` once per hour (checked every ``poll`` s)."""
+
+    def __init__(self, evaluator: AlertEvaluator, clock: Clock, poll: float = 30.0) -> None:
+        self._evaluator = evaluator
+        self._clock = clock
+        self._poll = poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="meterline-anomalies", daemon=True)
+        self._last_hour = -1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            hour = self._clock.now_us() // HOUR_US
+            if hour == self._last_hour:
+                continue
+            try:
+                self._evaluator.scan_anomalies()
+                self._last_hour = hour
+            except Exception:
+                log.exception("anomaly scan failed")
