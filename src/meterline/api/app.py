@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from meterline.api import admin, billing, customers, entitlements, features, ingest, meters, notifications, ops
+from meterline.api import admin, billing, customers, entitlements, features, ingest, meters, notifications, ops, portal
 from meterline.api.auth import Authenticator
 from meterline.api.context import Context
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
@@ -108,6 +108,10 @@ ROUTES = [
     Route("/api/v1/notification/events", notifications.list_events, methods=["GET"]),
     Route("/api/v1/notification/events/{event}", notifications.get_event, methods=["GET"]),
     Route("/api/v1/notification/events/{event}/resend", notifications.resend_event, methods=["POST"]),
+    Route("/api/v1/portal/tokens", portal.create_token, methods=["POST"]),
+    Route("/api/v1/portal/tokens", portal.list_tokens, methods=["GET"]),
+    Route("/api/v1/portal/tokens/invalidate", portal.invalidate_tokens, methods=["POST"]),
+    Route("/api/v1/portal/meters/{meter}/query", portal.portal_query, methods=["GET"]),
     *billing.ROUTES,
 ]
 
@@ -126,6 +130,8 @@ def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
         fsync=config.storage.fsync,
         max_batch=config.storage.group_commit_max_requests,
         baseline_days=config.alerts.baseline_days,
+        portal_ttl=config.portal.token_ttl,
+        portal_max_ttl=config.portal.max_token_ttl,
     )
 
 

@@ -215,7 +215,8 @@ async def change_subscription(request: Request) -> Response:
 async def cancel_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, CancelInput, "cancellation")
+    empty = not (await request.body()).strip()  # cached: typed_body reads it again
+    inp = CancelInput() if empty else await typed_body(request, CancelInput, "cancellation")
     at = inp.at or _now_minute(ctx)
     sub = await run_in_threadpool(ctx.backend.billing.cancel, key.namespace, request.path_params["id"], at)
     return json_response(subscription_json(ctx, sub))

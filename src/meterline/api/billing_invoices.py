@@ -7,9 +7,6 @@ finalized; whether it was voided travels beside it (``Meterline-Invoice-Status``
 
 from __future__ import annotations
 
-import csv
-import io
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -19,20 +16,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from meterline.api import billing_exports as exports
+from meterline.api.billing_exports import status_of
 from meterline.api.billing_scheduler import settings_from
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_time, typed_body
 from meterline.auth.keys import Scope
 from meterline.billing.credits import GrantTerms, grant_problems
-from meterline.billing.documents import Invoice, decode_invoice
-from meterline.billing.exports import Status, export_csv, invoice_csv, invoice_html
+from meterline.billing.documents import decode_invoice
+from meterline.billing.exports import invoice_csv, invoice_html
 from meterline.billing.money import currency, round_line
-from meterline.billing.report import ReportRow
 from meterline.clock import from_us, rfc3339, to_us
 from meterline.errors import InvalidInput
 from meterline.storage.sqlite.billing_model import InvoiceRecord
 from meterline.storage.sqlite.billing_run import BillingRuns, RunReport
-from meterline.storage.sqlite.billing_views import showback
 
 _encode = msgspec.json.Encoder().encode
 
@@ -45,10 +42,6 @@ class VoidInput(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fiel
 def _ctx(request: Request) -> Context:
     ctx: Context = request.app.state.ctx
     return ctx
-
-
-def status_of(r: InvoiceRecord) -> Status:
-    return Status(r.status, r.void_reason, r.replaced_by)
 
 
 def record_json(r: InvoiceRecord) -> dict[str, Any]:
@@ -237,117 +230,10 @@ async def void_credit(request: Request) -> Response:
     return Response(status_code=204)
 
 
-# -- report and export ------------------------------------------------------------------------
-
-
-def _range(request: Request) -> tuple[datetime, datetime]:
-    q = request.query_params
-    start, end = parse_time("from", q.get("from")), parse_time("to", q.get("to"))
-    if start is None or end is None:
-        raise InvalidInput("`from` and `to` are required (RFC 3339)", code="invalid_range")
-    return from_us(start), from_us(end)
-
-
-def _format(request: Request, allowed: tuple[str, ...]) -> str:
-    fmt = request.query_params.get("format", allowed[0])
-    if fmt not in allowed:
-        raise InvalidInput(f"`format` must be one of {', '.join(allowed)}", code="invalid_parameter")
-    return fmt
-
-
-async def report(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    start, end = _range(request)
-    fmt = _format(request, ("json", "csv"))
-    q = request.query_params
-    args = (ctx.backend.billing, key.namespace, start, end)
-    rep = await run_in_threadpool(lambda: showback(*args, customer=q.get("customer"), group_by=q.get("groupBy")))
-    if fmt == "csv":
-        return Response(_report_csv(rep.rows), media_type="text/csv")
-    body = {
-        "from": start.isoformat(),
-        "to": end.isoformat(),
-        "groupBy": rep.group_by,
-        "rows": rep.rows,
-        "totals": rep.totals,
-        "problems": rep.problems,
-    }
-    return Response(_encode(body), media_type="application/json")
-
-
-def _report_csv(rows: list[ReportRow]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(
-        [
-            "customer",
-            "plan",
-            "version",
-            "currency",
-            "start",
-            "end",
-            "kind",
-            "card",
-            "name",
-            "meter",
-            "group",
-            "quantity",
-            "amount",
-        ]
-    )
-    for r in rows:
-        group = ";".join(f"{k}={v}" for k, v in sorted((r.group or {}).items()))
-        writer.writerow(
-            [
-                r.customer,
-                r.plan,
-                r.version,
-                r.currency,
-                r.start.isoformat(),
-                r.end.isoformat(),
-                r.kind,
-                r.card or "",
-                r.name,
-                r.meter or "",
-                group,
-                "" if r.quantity is None else r.quantity,
-                r.amount,
-            ]
-        )
-    return out.getvalue()
-
-
-async def export(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    start, end = _range(request)
-    fmt = _format(request, ("jsonl", "csv"))
-    records = await run_in_threadpool(
-        ctx.backend.billing.invoices.list, key.namespace, period_from_us=to_us(start), period_to_us=to_us(end)
-    )
-    if fmt == "csv":
-        pairs: list[tuple[Invoice, Status]] = [(decode_invoice(r.body), status_of(r)) for r in records]
-        return Response(export_csv(pairs), media_type="text/csv")
-    lines = [
-        _encode(
-            {
-                "status": r.status,
-                "voidReason": r.void_reason,
-                "replacedBy": r.replaced_by,
-                "invoice": msgspec.Raw(r.body),
-            }
-        )
-        for r in records
-    ]
-    return Response(b"".join(line + b"\n" for line in lines), media_type="application/x-ndjson")
-
-
 _I = "/api/v1/invoices/{number}"
 ROUTES = [
+    *exports.ROUTES,
     Route("/api/v1/billing/runs", run_billing, methods=["POST"]),
-    Route("/api/v1/billing/report", report, methods=["GET"]),
-    Route("/api/v1/billing/export", export, methods=["GET"]),
     Route("/api/v1/customers/{customer}/invoice-preview", preview, methods=["GET"]),
     Route("/api/v1/customers/{customer}/credits", create_credit, methods=["POST"]),
     Route("/api/v1/customers/{customer}/credits", credit_balance, methods=["GET"]),

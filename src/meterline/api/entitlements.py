@@ -217,7 +217,7 @@ async def check(request: Request) -> Response:
         raise NotFound(f"no customer {name!r}", code="customer_not_found")
     results, allowed = [], True
     for f in req.features:
-        ent, value = counters.value(key.namespace, customer, f.feature)
+        ent, value = counters.value(key.namespace, customer, f.feature, project=False)
         v = verdict(ent, value, f.quantity)
         allowed = allowed and v.allowed
         results.append(_check_json(f.feature, ent, v.allowed, v.denial, value))

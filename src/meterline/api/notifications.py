@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -45,7 +46,7 @@ def channel_json(c: Channel) -> dict[str, Any]:
 def rule_json(ctx: Context, r: Rule) -> dict[str, Any]:
     s = r.spec
     channels = {c.id: c for c in ctx.backend.notifications.channels(r.namespace)}
-    body: dict[str, Any] = msgspec.to_builtins(s)
+    body: dict[str, Any] = msgspec.to_builtins(s, builtin_types=(Decimal,))  # numbers stay JSON numbers
     return body | {
         "id": r.id,
         "channels": [{"id": c, "type": channels[c].type if c in channels else None} for c in s.channels],
@@ -57,6 +58,7 @@ def rule_json(ctx: Context, r: Rule) -> dict[str, Any]:
 
 def event_json(ctx: Context, namespace: str, e: FiredEvent) -> dict[str, Any]:
     rule = ctx.backend.notifications.rule(namespace, e.rule)
+    kinds = {c.id: c.type for c in ctx.backend.notifications.channels(namespace)}
     payload = msgspec.json.decode(e.payload)
     return {
         "id": e.id,
@@ -70,7 +72,7 @@ def event_json(ctx: Context, namespace: str, e: FiredEvent) -> dict[str, Any]:
                 "state": d.state,
                 "reason": d.log[-1].error or "" if d.log else "",
                 "updatedAt": rfc3339(d.updated_us),
-                "channel": {"id": d.channel},
+                "channel": {"id": d.channel, "type": kinds.get(d.channel)},
                 "nextAttempt": time_text(d.next_attempt_us),
                 "attempts": [
                     {

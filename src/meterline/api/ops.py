@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
+from typing import Any
 
+import yaml
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,5 +34,25 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    text = resources.files("meterline.api").joinpath("openapi.yaml").read_text()
-    return Response(text, media_type="application/yaml")
+    return Response(openapi_text(), media_type="application/yaml")
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """``openapi.yaml`` with every fragment under ``openapi/`` merged in (their ``paths``,
+    ``tags`` and ``components``), so each area of the API documents itself in its own file."""
+    root = resources.files("meterline.api")
+    doc: dict[str, Any] = yaml.safe_load(root.joinpath("openapi.yaml").read_text())
+    fragments = sorted((f for f in root.joinpath("openapi").iterdir() if f.name.endswith(".yaml")), key=str)
+    for fragment in fragments:
+        part = yaml.safe_load(fragment.read_text()) or {}
+        doc.setdefault("tags", []).extend(part.get("tags", []))
+        doc["paths"].update(part.get("paths", {}))
+        for section, items in part.get("components", {}).items():
+            doc.setdefault("components", {}).setdefault(section, {}).update(items)
+    return doc
+
+
+@functools.cache
+def openapi_text() -> str:
+    return str(yaml.safe_dump(openapi_document(), sort_keys=False, allow_unicode=True))

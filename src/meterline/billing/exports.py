@@ -88,6 +88,12 @@ def step_text(step: Step) -> str:
         return f"free allowance: {step.units} units"
     if step.kind in ("minimum", "maximum"):
         return f"line {step.kind} {step.flat_fee}: {step.amount:+}"
+    if step.kind == "flat":
+        return f"flat fee {step.flat_fee}"
+    if step.kind == "proration":
+        return f"prorated for the part of the period covered: {step.amount:+}"
+    if step.kind == "charged":
+        return f"already charged by the other lines: {step.amount}"
     return f"{step.kind}: {step.amount}"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from meterline.cli import billing_cmds, client_cmds, store_cmds
+from meterline.cli import alert_cmds, billing_cmds, client_cmds, customer_cmds, entitlement_cmds, store_cmds
 from meterline.errors import MeterlineError
 
 
@@ -31,7 +31,14 @@ def cli() -> None:
     """meterline: exactly-once usage metering."""
 
 
-for command in (*store_cmds.COMMANDS, *client_cmds.COMMANDS, *billing_cmds.COMMANDS):
+for command in (
+    *store_cmds.COMMANDS,
+    *client_cmds.COMMANDS,
+    *billing_cmds.COMMANDS,
+    *customer_cmds.COMMANDS,
+    *entitlement_cmds.COMMANDS,
+    *alert_cmds.COMMANDS,
+):
     cli.add_command(command)
 
 

@@ -65,14 +65,19 @@ def grant_total(grants: Sequence[Grant], period: Period, now_us: int) -> Decimal
     return total
 
 
-def metered_value(ent: Entitlement, usage: Decimal, grants: Decimal, period: Period, now_us: int) -> Value:
+def metered_value(
+    ent: Entitlement, usage: Decimal, grants: Decimal, period: Period, now_us: int, *, project: bool = True
+) -> Value:
+    """The value at ``now_us``; ``project=False`` skips the end-of-period projection (the check
+    path, which needs only the verdict)."""
     spec = ent.spec
     allowance = EXACT.add(spec.issue_after_reset or ZERO, grants)
     balance = max(EXACT.subtract(allowance, usage), ZERO)
     overage = max(EXACT.subtract(usage, allowance), ZERO)
     access = spec.is_unlimited or spec.is_soft_limit or balance > 0
     soft = spec.soft_limit is not None and usage >= spec.soft_limit
-    return Value(access, usage, allowance, balance, overage, soft, projection(usage, period, now_us), period)
+    projected = projection(usage, period, now_us) if project else None
+    return Value(access, usage, allowance, balance, overage, soft, projected, period)
 
 
 def projection(usage: Decimal, period: Period, now_us: int) -> Decimal:

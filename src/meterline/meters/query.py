@@ -38,6 +38,8 @@ class MeterQuery:
     group_by: tuple[str, ...] = ()
     filters: tuple[tuple[str, tuple[str, ...], bool], ...] = ()
     """(dimension, values, negate): keep rows whose value is (not) in ``values``."""
+    combine_subjects: bool = False
+    """With ``subjects``: one row for all of them (a customer's usage) instead of one per subject."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,7 @@ class _Shaper:
 
     def __init__(self, query: MeterQuery, dimensions: Sequence[str]) -> None:
         index = {name: i for i, name in enumerate(dimensions)}
-        self.by_subject = SUBJECT in query.group_by or bool(query.subjects)
+        self.by_subject = SUBJECT in query.group_by or (bool(query.subjects) and not query.combine_subjects)
         self.picked = tuple(d for d in query.group_by if d != SUBJECT)
         self._pick = tuple(index[d] for d in self.picked)
         self._filters = tuple((index.get(d), frozenset(v), neg) for d, v, neg in query.filters)

@@ -20,7 +20,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from meterline.alerts.payload import alert_payload
-from meterline.alerts.rules import Rule, Threshold, anomaly, crossed, projected_over
+from meterline.alerts.rules import Rule, Threshold, anomaly, crossed, level, projected_over
 from meterline.clock import Clock
 from meterline.entitlements.value import Value, grant_total, metered_value
 from meterline.meters.query import MeterQuery
@@ -34,6 +34,9 @@ from meterline.storage.sqlite.notifications import SqliteNotifications, insert_e
 
 log = logging.getLogger("meterline.alerts")
 HOUR_US = 3_600_000_000
+_ZERO = Decimal(0)
+_THRESHOLD = "entitlements.balance.threshold"
+_PROJECTED = "entitlements.usage.projected"
 
 
 class AlertEvaluator(ReadingListener):
@@ -57,6 +60,8 @@ class AlertEvaluator(ReadingListener):
         self._rules: dict[str, list[Rule]] = {}
         self._channels: dict[str, Channel] = {}
         self._fired = False
+        self._projecting: set[str] = set()
+        self._next: dict[str, tuple[int, Decimal, Decimal | None]] = {}
         self.wake: Callable[[], None] = lambda: None
         counters.on_change.append(self.on_change)
         state.listeners.append(self)
@@ -66,11 +71,14 @@ class AlertEvaluator(ReadingListener):
     def reload(self) -> None:
         rules: dict[str, list[Rule]] = {}
         for rule in self._notifications.rules():
-            rules.setdefault(rule.namespace, []).append(rule)
+            if not rule.spec.disabled:
+                rules.setdefault(rule.namespace, []).append(rule)
         channels: dict[str, Channel] = {}
         for namespace in rules:
             channels |= {c.id: c for c in self._notifications.channels(namespace)}
         self._rules, self._channels = rules, channels
+        self._projecting = {ns for ns, rs in rules.items() if any(r.spec.type == _PROJECTED for r in rs)}
+        self._next = {}
 
     # -- in the ingest transaction ----------------------------------------------------------
 
@@ -78,24 +86,40 @@ class AlertEvaluator(ReadingListener):
         pass
 
     def on_change(self, conn: sqlite3.Connection, live: Live, before: Decimal, after: Decimal, period: Period) -> None:
-        rules = self._rules.get(live.ent.namespace)
+        """Fire what the move from ``before`` to ``after`` crossed. Fast path: each entitlement
+        remembers the lowest threshold level above its usage (for its period and allowance), so
+        usage that stays below it costs one comparison, however many rules there are."""
+        ent = live.ent
+        rules = self._rules.get(ent.namespace)
         if not rules:
             return
         now = self._clock.now_us()
-        value = metered_value(live.ent, after, grant_total(live.grants, period, now), period, now)
-        allowance = value.allowance or Decimal(0)
+        allowance = (ent.spec.issue_after_reset or _ZERO) + grant_total(live.grants, period, now)
+        cached = self._next.get(ent.id)
+        if (
+            cached is not None
+            and cached[0] == period.start_us
+            and cached[1] == allowance
+            and (cached[2] is None or after < cached[2])
+            and ent.namespace not in self._projecting
+        ):
+            return
+        value = metered_value(ent, after, allowance - (ent.spec.issue_after_reset or _ZERO), period, now)
+        upcoming: list[Decimal] = []
         for rule in rules:
-            if not rule.covers(live.ent.feature_id, live.ent.feature_key):
+            if not rule.covers(ent.feature_id, ent.feature_key):
                 continue
-            if rule.spec.type == "entitlements.balance.threshold":
+            if rule.spec.type == _THRESHOLD:
                 for t in crossed(rule, before, after, allowance):
                     self._fire(conn, rule, live, t.key, period.start_us, value, t, now)
-            elif rule.spec.type == "entitlements.usage.projected":
+                upcoming += [x for t in rule.spec.thresholds if (x := level(t, allowance)) is not None and x > after]
+            elif rule.spec.type == _PROJECTED:
                 elapsed = Decimal(now - period.start_us) / Decimal(period.end_us - period.start_us)
                 if value.projected_usage is not None and projected_over(
                     rule, value.projected_usage, allowance, elapsed
                 ):
                     self._fire(conn, rule, live, "projected", period.start_us, value, None, now)
+        self._next[ent.id] = (period.start_us, allowance, min(upcoming) if upcoming else None)
 
     def _fire(
         self,
@@ -137,6 +161,7 @@ class AlertEvaluator(ReadingListener):
 
     def rolled_back(self) -> None:
         self._fired = False
+        self._next.clear()  # levels remembered from usage that no longer exists
 
     # -- hourly spike/drop scan -------------------------------------------------------------
 

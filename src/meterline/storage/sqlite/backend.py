@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from meterline.clock import Clock
@@ -16,6 +17,7 @@ from meterline.storage.sqlite.ingest import IngestSettings, IngestState
 from meterline.storage.sqlite.ledger import SqliteLedger
 from meterline.storage.sqlite.meters import SqliteMeters
 from meterline.storage.sqlite.notifications import SqliteNotifications
+from meterline.storage.sqlite.portal import SqlitePortal
 
 
 class EmbeddedBackend:
@@ -28,6 +30,8 @@ class EmbeddedBackend:
         fsync: str = "full",
         max_batch: int = 512,
         baseline_days: int = 7,
+        portal_ttl: timedelta = timedelta(hours=1),
+        portal_max_ttl: timedelta = timedelta(days=1),
     ) -> None:
         self.state = IngestState(settings)
         self.db = Database(
@@ -43,11 +47,15 @@ class EmbeddedBackend:
         self.dead_letters = SqliteDeadLetters(self.db)
         self.customers = SqliteCustomers(self.db, self.state, clock.now_us)
         self.counters = LiveCounters(self.db, self.state, clock, load_all)
-        self.entitlements = SqliteEntitlements(self.db, self.customers, self.meters, clock.now_us, self.counters.reload)
+        self.entitlements = SqliteEntitlements(
+            self.db, self.customers, self.meters, clock.now_us, self.counters.reload, self.counters.added
+        )
         self.customers.changed = self.counters.reload
+        self.customers.created = lambda c: self.counters.customer_added(c.namespace, c.key, c.subjects)
         self.counters.reload()
         self.history = History(self.db, self.counters, clock)
         self.notifications = SqliteNotifications(self.db, clock.now_us)
+        self.portal = SqlitePortal(self.db, clock, default_ttl=portal_ttl, max_ttl=portal_max_ttl)
         self.alerts = AlertEvaluator(
             self.db, self.state, self.counters, self.notifications, self.history, clock, baseline_days=baseline_days
         )

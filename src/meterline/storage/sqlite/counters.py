@@ -43,6 +43,8 @@ from meterline.storage.sqlite.ingest import IngestState, ReadingListener, live_m
 from meterline.storage.sqlite.meters import query_rows
 
 ONE = Decimal(1)
+_ACCESS = Value(True)
+_NO_ACCESS = Value(False)
 State = tuple[Period | None, int, int, Decimal]
 
 
@@ -90,7 +92,11 @@ Change = Callable[[sqlite3.Connection, Live, Decimal, Decimal, Period], None]
 
 class LiveCounters(ReadingListener):
     def __init__(
-        self, db: Database, state: IngestState, clock: Clock, customers: Callable[[sqlite3.Connection], list[Customer]]
+        self,
+        db: Database,
+        state: IngestState,
+        clock: Clock,
+        customers: Callable[[sqlite3.Connection, str | None], list[Customer]],
     ) -> None:
         self._db = db
         self._state = state
@@ -176,10 +182,9 @@ class LiveCounters(ReadingListener):
         self._db.writer.call(lambda conn: self._touched.add(entitlement_id))
 
     def _reload(self, conn: sqlite3.Connection) -> None:
-        self._state.load(conn)
         old = self.index.live
         meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
-        customers = {c.id: c for c in self._load_customers(conn)}
+        customers = {c.id: c for c in self._load_customers(conn, None)}
         ents, grants = load_live(conn)
         features = _features(conn)
         index = Index()
@@ -205,30 +210,58 @@ class LiveCounters(ReadingListener):
                 index.by_reading.setdefault((live.meter.key, s), []).append(live)
         self.index = index
 
+    def added(self, ent: Entitlement) -> None:
+        """Index one new entitlement without rebuilding the rest (a writer task; waits)."""
+        self._db.writer.call(lambda conn: self._add(conn, ent))
+
+    def _add(self, conn: sqlite3.Connection, ent: Entitlement) -> None:
+        customer = next((c for c in self._load_customers(conn, ent.customer_id)), None)
+        if customer is None:
+            return
+        meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
+        live = _live(ent, customer, _features(conn, ent.feature_id).get(ent.feature_id), meters, [])
+        index = self.index
+        index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
+        if live is not None:
+            index.live[ent.id] = live
+            for s in live.subjects:
+                index.by_reading.setdefault((live.meter.key, s), []).append(live)
+            self._touched.add(ent.id)
+
+    def customer_added(self, namespace: str, key: str, subjects: tuple[str, ...]) -> None:
+        """A new customer (no entitlements yet): only the key/subject lookup changes."""
+        customers = self.index.customers
+        customers[(namespace, key)] = key
+        for s in subjects:
+            customers.setdefault((namespace, s), key)
+
     # -- read side --------------------------------------------------------------------------
 
     def customer_key(self, namespace: str, key_or_subject: str) -> str | None:
         return self.index.customers.get((namespace, key_or_subject))
 
-    def value(self, namespace: str, customer_key: str, feature_key: str) -> tuple[Entitlement | None, Value | None]:
+    def value(
+        self, namespace: str, customer_key: str, feature_key: str, *, project: bool = True
+    ) -> tuple[Entitlement | None, Value | None]:
         entry = self.index.by_key.get((namespace, customer_key, feature_key))
         if entry is None:
             return None, None
         ent, live = entry
-        if ent.spec.type == "boolean":
-            return ent, Value(True)
-        if ent.spec.type == "static":
-            return ent, Value(True, config=ent.spec.config)
-        assert live is not None
+        if live is None:  # boolean, static, or metered on a meter that no longer exists
+            if ent.spec.type == "static":
+                return ent, Value(True, config=ent.spec.config)
+            return ent, _ACCESS if ent.spec.type == "boolean" else _NO_ACCESS
         now = self._clock.now_us()
-        if not live.current(now):
+        period, start, end, usage = live.state
+        if period is None or not start <= now < end:
             self.touch(ent.id)
-        period, _, _, usage = live.state
-        assert period is not None
-        return ent, metered_value(ent, usage, grant_total(live.grants, period, now), period, now)
+            period, _, _, usage = live.state
+            assert period is not None
+        grants = grant_total(live.grants, period, now) if live.grants else ZERO
+        return ent, metered_value(ent, usage, grants, period, now, project=project)
 
     def check(self, namespace: str, customer_key: str, feature_key: str, quantity: Decimal) -> Verdict:
-        ent, value = self.value(namespace, customer_key, feature_key)
+        ent, value = self.value(namespace, customer_key, feature_key, project=False)
         return verdict(ent, value, quantity)
 
 
@@ -250,9 +283,9 @@ def _live(
     return Live(ent, meter, customer.subjects, filters, rec, grants)
 
 
-def _features(conn: sqlite3.Connection) -> dict[str, tuple[str | None, dict[str, str]]]:
+def _features(conn: sqlite3.Connection, only: str | None = None) -> dict[str, tuple[str | None, dict[str, str]]]:
     out = {}
-    for fid, spec in conn.execute("SELECT id, spec FROM features"):
+    for fid, spec in conn.execute("SELECT id, spec FROM features WHERE ? IS NULL OR id = ?", (only, only)):
         f = msgspec.json.decode(spec, type=FeatureInput)
         out[fid] = (f.meter_slug, f.meter_group_by_filters or {})
     return out

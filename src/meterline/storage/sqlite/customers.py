@@ -53,6 +53,8 @@ class SqliteCustomers:
         self._now_us = now_us
         self.changed: Callable[[], None] = lambda: None
         """Called after every committed change (the live counters reload their index)."""
+        self.created: Callable[[Customer], None] = lambda customer: None
+        """Called after a new customer committed."""
 
     def _write(self, task: Callable[[sqlite3.Connection], T]) -> T:
         result = self._db.writer.call(task)
@@ -63,7 +65,9 @@ class SqliteCustomers:
 
     def create(self, namespace: str, inp: CustomerInput) -> Saved:
         validate(inp)
-        return self._write(lambda conn: self._save(conn, namespace, inp, None))
+        saved = self._db.writer.call(lambda conn: self._save(conn, namespace, inp, None))
+        self.created(saved.customer)  # a new customer has no entitlements: no full reload needed
+        return saved
 
     def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
         """Replace a customer's name, zone, metadata and subjects (the key stays)."""
@@ -126,7 +130,9 @@ class SqliteCustomers:
             )
             conn.execute("DELETE FROM customer_subjects WHERE customer = ?", (cid,))
         conn.executemany("INSERT INTO customer_subjects VALUES (?,?,?)", [(namespace, s, cid) for s in subjects])
-        self._state.invalidate()
+        owned = self._state.customer_subjects.setdefault(namespace, set())  # rollback invalidates the state
+        owned.difference_update(() if old is None else old.subjects)
+        owned.update(subjects)
         accepted, rejected = self._release(conn, namespace, subjects)
         customer = Customer(cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now)
         return Saved(customer, accepted, rejected)
@@ -213,10 +219,23 @@ class SqliteCustomers:
         return _customer(conn, row)
 
 
-def load_all(conn: sqlite3.Connection) -> builtins.list[Customer]:
-    """Every live customer of every namespace (for the live counters' index)."""
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM customers WHERE deleted_us IS NULL").fetchall()
-    return [_customer(conn, row) for row in rows]
+def load_all(conn: sqlite3.Connection, only: str | None = None) -> builtins.list[Customer]:
+    """Every live customer of every namespace, or the one with id ``only`` (for the live
+    counters' index), in two queries."""
+    subjects: dict[str, builtins.list[str]] = {}
+    for cid, subject in conn.execute(
+        "SELECT customer, subject FROM customer_subjects WHERE ? IS NULL OR customer = ? ORDER BY customer, subject",
+        (only, only),
+    ):
+        subjects.setdefault(cid, []).append(subject)
+    out = []
+    for row in conn.execute(
+        f"SELECT {_COLUMNS} FROM customers WHERE deleted_us IS NULL AND (? IS NULL OR id = ?)", (only, only)
+    ):
+        cid, namespace, key, name, tz, meta, created, updated = row
+        metadata = None if meta is None else msgspec.json.decode(meta)
+        out.append(Customer(cid, namespace, key, name, tuple(subjects.get(cid, ())), tz, metadata, created, updated))
+    return out
 
 
 def _customer(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Customer:

@@ -60,12 +60,14 @@ class SqliteEntitlements:
         meters: SqliteMeters,
         now_us: Callable[[], int],
         changed: Callable[[], None],
+        added: Callable[[Entitlement], None],
     ) -> None:
         self._db = db
         self._customers = customers
         self._meters = meters
         self._now_us = now_us
         self._changed = changed
+        self._added = added
 
     def _write(self, task: Callable[[sqlite3.Connection], T]) -> T:
         result = self._db.writer.call(task)
@@ -161,7 +163,12 @@ class SqliteEntitlements:
                 ) from None
             return ent
 
-        return self._write(task)
+        ent = self._db.writer.call(task)
+        if replace:
+            self._changed()
+        else:
+            self._added(ent)
+        return ent
 
     def _check_meter(self, namespace: str, feature: Feature) -> None:
         if feature.spec.meter_slug is None:

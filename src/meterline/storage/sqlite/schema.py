@@ -91,6 +91,7 @@ CREATE TABLE IF NOT EXISTS customer_subjects (
     namespace TEXT NOT NULL, subject TEXT NOT NULL, customer TEXT NOT NULL,
     PRIMARY KEY (namespace, subject)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS customer_subjects_by_customer ON customer_subjects (customer);
 CREATE TABLE IF NOT EXISTS namespace_settings (namespace TEXT PRIMARY KEY, unknown_subjects TEXT NOT NULL);
 
 -- Valid events whose subject belongs to no customer (policy "quarantine"). Their dedupe key
