@@ -16,6 +16,7 @@ from meterline.api.context import Context
 from meterline.api.http import json_response, parse_int, parse_time, time_text, typed_body
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
+from meterline.errors import NotFound
 from meterline.notify.channels import Channel, ChannelInput
 from meterline.storage.sqlite.notifications import FiredEvent, insert_event
 
@@ -50,10 +51,18 @@ def rule_json(ctx: Context, r: Rule) -> dict[str, Any]:
     return body | {
         "id": r.id,
         "channels": [{"id": c, "type": channels[c].type if c in channels else None} for c in s.channels],
-        "features": [{"id": f, "key": f} for f in s.features or []],
+        "features": [_feature_meta(ctx, r.namespace, f) for f in s.features or []],
         "createdAt": rfc3339(r.created_us),
         "updatedAt": rfc3339(r.updated_us),
     }
+
+
+def _feature_meta(ctx: Context, namespace: str, id_or_key: str) -> dict[str, str]:
+    try:
+        f = ctx.backend.entitlements.feature(namespace, id_or_key)
+    except NotFound:
+        return {"id": id_or_key, "key": id_or_key}
+    return {"id": f.id, "key": f.key}
 
 
 def event_json(ctx: Context, namespace: str, e: FiredEvent) -> dict[str, Any]:
@@ -89,8 +98,12 @@ def event_json(ctx: Context, namespace: str, e: FiredEvent) -> dict[str, Any]:
     }
 
 
-def _page(items: list[Any]) -> dict[str, Any]:
-    return {"totalCount": len(items), "page": 1, "pageSize": max(len(items), 1), "items": items}
+def _page(request: Request, items: list[Any]) -> dict[str, Any]:
+    """OpenMeter's page shape over the whole list (``page`` from 1, ``pageSize`` default 100)."""
+    q = request.query_params
+    page = parse_int("page", q.get("page"), 1, 1, 10**6)
+    size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
+    return {"totalCount": len(items), "page": page, "pageSize": size, "items": items[(page - 1) * size : page * size]}
 
 
 async def create_channel(request: Request) -> Response:
@@ -115,7 +128,7 @@ async def list_channels(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     channels = await run_in_threadpool(ctx.backend.notifications.channels, key.namespace)
-    return json_response(_page([channel_json(c) for c in channels]))
+    return json_response(_page(request, [channel_json(c) for c in channels]))
 
 
 async def get_channel(request: Request) -> Response:
@@ -154,7 +167,7 @@ async def list_rules(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     rules = await run_in_threadpool(ctx.backend.notifications.rules, key.namespace)
-    return json_response(_page([await run_in_threadpool(rule_json, ctx, r) for r in rules]))
+    return json_response(_page(request, [await run_in_threadpool(rule_json, ctx, r) for r in rules]))
 
 
 async def get_rule(request: Request) -> Response:
@@ -202,20 +215,24 @@ async def list_events(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     q = request.query_params
+    page = parse_int("page", q.get("page"), 1, 1, 10**6)
+    size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
 
-    def load() -> list[dict[str, Any]]:
-        events = ctx.backend.notifications.events(
+    def load() -> dict[str, Any]:
+        total, events = ctx.backend.notifications.events(
             key.namespace,
             start_us=parse_time("from", q.get("from")),
             end_us=parse_time("to", q.get("to")),
-            rule=q.get("rule"),
-            customer=q.get("subject") or q.get("customer"),
-            feature=q.get("feature"),
-            limit=parse_int("pageSize", q.get("pageSize"), 100, 1, 1000),
+            rules=q.getlist("rule"),
+            customers=q.getlist("subject") + q.getlist("customer"),
+            features=q.getlist("feature"),
+            limit=size,
+            offset=(page - 1) * size,
         )
-        return [event_json(ctx, key.namespace, e) for e in events]
+        items = [event_json(ctx, key.namespace, e) for e in events]
+        return {"totalCount": total, "page": page, "pageSize": size, "items": items}
 
-    return json_response(_page(await run_in_threadpool(load)))
+    return json_response(await run_in_threadpool(load))
 
 
 async def get_event(request: Request) -> Response:

@@ -20,7 +20,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from meterline.alerts.payload import alert_payload
-from meterline.alerts.rules import Rule, Threshold, anomaly, crossed, level, projected_over
+from meterline.alerts.rules import Rule, Threshold, anomaly, level, projected_over
 from meterline.clock import Clock
 from meterline.entitlements.value import Value, grant_total, metered_value
 from meterline.meters.query import MeterQuery
@@ -62,6 +62,7 @@ class AlertEvaluator(ReadingListener):
         self._fired = False
         self._projecting: set[str] = set()
         self._next: dict[str, tuple[int, Decimal, Decimal | None]] = {}
+        self._level_cache: dict[tuple[str, Decimal], dict[str, Decimal]] = {}
         self.wake: Callable[[], None] = lambda: None
         counters.on_change.append(self.on_change)
         state.listeners.append(self)
@@ -79,6 +80,7 @@ class AlertEvaluator(ReadingListener):
         self._rules, self._channels = rules, channels
         self._projecting = {ns for ns, rs in rules.items() if any(r.spec.type == _PROJECTED for r in rs)}
         self._next = {}
+        self._level_cache = {}
 
     # -- in the ingest transaction ----------------------------------------------------------
 
@@ -105,21 +107,36 @@ class AlertEvaluator(ReadingListener):
         ):
             return
         value = metered_value(ent, after, allowance - (ent.spec.issue_after_reset or _ZERO), period, now)
-        upcoming: list[Decimal] = []
+        levels = self._levels(ent.namespace, allowance)
+        hit = {key for key, at in levels.items() if before < at <= after}
+        start = period.start_us
         for rule in rules:
             if not rule.covers(ent.feature_id, ent.feature_key):
                 continue
-            if rule.spec.type == _THRESHOLD:
-                for t in crossed(rule, before, after, allowance):
-                    self._fire(conn, rule, live, t.key, period.start_us, value, t, now)
-                upcoming += [x for t in rule.spec.thresholds if (x := level(t, allowance)) is not None and x > after]
+            if rule.spec.type == _THRESHOLD and hit:
+                for t in rule.spec.thresholds:
+                    if t.key in hit:
+                        self._fire(conn, rule, live, t.key, start, value, t, now)
             elif rule.spec.type == _PROJECTED:
-                elapsed = Decimal(now - period.start_us) / Decimal(period.end_us - period.start_us)
+                elapsed = Decimal(now - start) / Decimal(period.end_us - start)
                 if value.projected_usage is not None and projected_over(
                     rule, value.projected_usage, allowance, elapsed
                 ):
-                    self._fire(conn, rule, live, "projected", period.start_us, value, None, now)
-        self._next[ent.id] = (period.start_us, allowance, min(upcoming) if upcoming else None)
+                    self._fire(conn, rule, live, "projected", start, value, None, now)
+        upcoming = [at for at in levels.values() if at > after]
+        self._next[ent.id] = (start, allowance, min(upcoming) if upcoming else None)
+
+    def _levels(self, namespace: str, allowance: Decimal) -> dict[str, Decimal]:
+        """The usage level of every distinct threshold of the namespace's rules at ``allowance``
+        (cached: entitlements of one plan share their allowance, rules often share thresholds)."""
+        cached = self._level_cache.get((namespace, allowance))
+        if cached is None:
+            thresholds = {t.key: t for r in self._rules.get(namespace, ()) for t in r.spec.thresholds}
+            cached = {k: at for k, t in thresholds.items() if (at := level(t, allowance)) is not None}
+            if len(self._level_cache) > 10_000:
+                self._level_cache.clear()
+            self._level_cache[(namespace, allowance)] = cached
+        return cached
 
     def _fire(
         self,

@@ -105,9 +105,8 @@ class LiveCounters(ReadingListener):
         self.index = Index()
         self.on_change: list[Change] = []
         self._deltas: dict[str, Decimal] = {}
-        self._rolls: dict[str, tuple[Period, Decimal]] = {}
+        self._rolls: dict[str, State] = {}
         self._touched: set[str] = set()
-        self._base: dict[str, Decimal] = {}
         state.listeners.append(self)
 
     # -- writer side ------------------------------------------------------------------------
@@ -120,10 +119,9 @@ class LiveCounters(ReadingListener):
             if any(reading.groups[i] != v for i, v in live.filters):
                 continue
             eid = live.ent.id
-            roll = self._rolls.get(eid)
-            period = roll[0] if roll is not None else live.state[0]
+            period, start, end, _ = self._rolls.get(eid) or live.state
             self._touched.add(eid)
-            if period is None or not period.start_us <= time_us < period.end_us:
+            if period is None or not start <= time_us < end:
                 continue  # counted by the roll, or outside the current period
             value = ONE if meter.aggregation is Aggregation.COUNT else reading.value
             assert isinstance(value, Decimal)
@@ -135,17 +133,16 @@ class LiveCounters(ReadingListener):
             live = self.index.live.get(eid)
             if live is None:
                 continue
-            old_period, _, _, old_usage = live.state
+            old = live.state
             if eid not in self._rolls and not live.current(now):
                 fresh = live.period_at(now)
-                self._rolls[eid] = (fresh, self._read(conn, live, fresh, now))
+                self._rolls[eid] = _state(fresh, self._read(conn, live, fresh, now))
                 self._deltas.pop(eid, None)
-            roll = self._rolls.get(eid)
-            period, base = roll if roll is not None else (old_period, old_usage)
+            period, start, end, base = self._rolls.get(eid) or old
             if period is None:
                 continue
             new = EXACT.add(base, self._deltas.get(eid, ZERO))
-            before = old_usage if old_period == period else ZERO
+            before = old[3] if old[0] is not None and (old[1], old[2]) == (start, end) else ZERO
             if new != before:
                 for hook in self.on_change:
                     hook(conn, live, before, new, period)
@@ -155,9 +152,9 @@ class LiveCounters(ReadingListener):
             live = self.index.live.get(eid)
             if live is None:
                 continue
-            period, usage = self._rolls.get(eid) or (live.state[0], live.state[3])
+            period, start, end, usage = self._rolls.get(eid) or live.state
             if period is not None:
-                live.state = _state(period, EXACT.add(usage, self._deltas.get(eid, ZERO)))
+                live.state = (period, start, end, EXACT.add(usage, self._deltas.get(eid, ZERO)))
         self.rolled_back()
 
     def rolled_back(self) -> None:

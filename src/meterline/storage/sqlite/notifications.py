@@ -173,20 +173,27 @@ class SqliteNotifications:
         *,
         start_us: int | None = None,
         end_us: int | None = None,
-        rule: str | None = None,
-        customer: str | None = None,
-        feature: str | None = None,
+        rules: Sequence[str] = (),
+        customers: Sequence[str] = (),
+        features: Sequence[str] = (),
         limit: int = 100,
-    ) -> builtins.list[FiredEvent]:
+        offset: int = 0,
+    ) -> tuple[int, builtins.list[FiredEvent]]:
+        """(how many match, one page of them newest first); each non-empty list filters to
+        events matching one of its values."""
         conn = self._db.reader()
+        lists = [_encode(list(v)) if v else None for v in (rules, customers, features)]
         rows = conn.execute(
-            "SELECT id, rule, customer, feature, threshold, period_start, payload, created_us FROM notification_events"
-            " WHERE namespace = ? AND (? IS NULL OR created_us >= ?) AND (? IS NULL OR created_us < ?)"
-            " AND (? IS NULL OR rule = ?) AND (? IS NULL OR customer = ?) AND (? IS NULL OR feature = ?)"
-            " ORDER BY created_us DESC, id DESC LIMIT ?",
-            (namespace, start_us, start_us, end_us, end_us, rule, rule, customer, customer, feature, feature, limit),
+            "SELECT count(*) OVER (), id, rule, customer, feature, threshold, period_start, payload, created_us"
+            " FROM notification_events WHERE namespace = ?1"
+            " AND (?2 IS NULL OR created_us >= ?2) AND (?3 IS NULL OR created_us < ?3)"
+            " AND (?4 IS NULL OR rule IN (SELECT value FROM json_each(?4)))"
+            " AND (?5 IS NULL OR customer IN (SELECT value FROM json_each(?5)))"
+            " AND (?6 IS NULL OR feature IN (SELECT value FROM json_each(?6)))"
+            " ORDER BY created_us DESC, id DESC LIMIT ?7 OFFSET ?8",
+            (namespace, start_us, end_us, lists[0], lists[1], lists[2], limit, offset),
         ).fetchall()
-        return [_fired(conn, row) for row in rows]
+        return (rows[0][0] if rows else 0), [_fired(conn, row[1:]) for row in rows]
 
     def event(self, namespace: str, event_id: str) -> FiredEvent:
         conn = self._db.reader()
