@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -45,6 +46,7 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+@functools.lru_cache(maxsize=8192)  # period bounds and window starts repeat on every answer
 def rfc3339(us: int) -> str:
     """RFC 3339 in UTC with millisecond precision, or microseconds when they are not zero."""
     t = from_us(us)

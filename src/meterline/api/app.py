@@ -28,11 +28,13 @@ from meterline.storage.sqlite.ingest import IngestSettings
 log = logging.getLogger("meterline")
 
 ROUTES = [
+    # the hot paths first: Starlette tries routes in order
+    Route("/api/v1/events", ingest.ingest, methods=["POST"]),
+    Route("/api/v1/entitlements/check", entitlements.check, methods=["POST"]),
     Route("/healthz", ops.healthz),
     Route("/readyz", ops.readyz),
     Route("/metrics", ops.metrics),
     Route("/api/v1/openapi.yaml", ops.openapi),
-    Route("/api/v1/events", ingest.ingest, methods=["POST"]),
     Route("/api/v1/events", ingest.list_events, methods=["GET"]),
     Route("/api/v1/meters", meters.create_meter, methods=["POST"]),
     Route("/api/v1/meters", meters.list_meters, methods=["GET"]),
@@ -59,7 +61,6 @@ ROUTES = [
         "/api/v1/customers/{customer}/entitlements/{entitlement}", entitlements.delete_entitlement, methods=["DELETE"]
     ),
     Route("/api/v1/customers/{customer}/entitlements/{entitlement}/value", entitlements.entitlement_value),
-    Route("/api/v1/entitlements/check", entitlements.check, methods=["POST"]),
     Route("/api/v1/entitlements", entitlements.list_entitlements, methods=["GET"]),
     Route("/api/v1/entitlements/{entitlement}", entitlements.get_entitlement_by_id, methods=["GET"]),
     Route("/api/v1/features", features.create_feature, methods=["POST"]),

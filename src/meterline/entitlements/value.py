@@ -14,8 +14,9 @@ expires; its balance does not roll over a reset unless it recurs). Then::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Context, Decimal
+
+import msgspec
 
 from meterline.decimals import EXACT
 from meterline.entitlements.model import Entitlement, Grant
@@ -29,8 +30,9 @@ NO_ACCESS = "no_access"
 LIMIT_EXHAUSTED = "limit_exhausted"
 
 
-@dataclass(frozen=True, slots=True)
-class Value:
+class Value(msgspec.Struct, frozen=True, gc=False):
+    """An entitlement's state at one instant (a Struct: built on every check, so cheap to make)."""
+
     has_access: bool
     usage: Decimal | None = None
     allowance: Decimal | None = None
@@ -42,8 +44,7 @@ class Value:
     config: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(msgspec.Struct, frozen=True, gc=False):
     allowed: bool
     denial: str | None
     value: Value
@@ -72,8 +73,8 @@ def metered_value(
     path, which needs only the verdict)."""
     spec = ent.spec
     allowance = EXACT.add(spec.issue_after_reset or ZERO, grants)
-    balance = max(EXACT.subtract(allowance, usage), ZERO)
-    overage = max(EXACT.subtract(usage, allowance), ZERO)
+    left = EXACT.subtract(allowance, usage)
+    balance, overage = (left, ZERO) if left >= 0 else (ZERO, EXACT.minus(left))
     access = spec.is_unlimited or spec.is_soft_limit or balance > 0
     soft = spec.soft_limit is not None and usage >= spec.soft_limit
     projected = projection(usage, period, now_us) if project else None
