@@ -278,3 +278,31 @@ def test_counters_survive_a_restart(tmp_path: Path) -> None:
     api.post_events([ev("e1", tokens=30), ev("e3", tokens=1)])
     assert value(api)["usage"] == 43
     gen.close()
+
+
+def test_daily_periods_in_kathmandu_and_weekly_in_london(api: Api) -> None:
+    # Asia/Kathmandu is UTC+05:45: its days start at 18:15Z
+    ent = setup(api, tz="Asia/Kathmandu", usagePeriod={"interval": "DAY"})
+    assert ent["currentUsagePeriod"] == {"from": "2026-02-28T18:15:00.000Z", "to": "2026-03-01T18:15:00.000Z"}
+    api.post_events([ev("k1", time="2026-03-01T11:00:00Z", tokens=4), ev("k0", time="2026-02-28T18:14:00Z", tokens=9)])
+    assert value(api)["usage"] == 4
+    api.clock.advance(6 * 3600 + 15 * 60)  # 18:15Z: a new Kathmandu day
+    assert value(api)["usage"] == 0
+    r = api.client.post("/api/v1/customers", json={"key": "uk", "timezone": "Europe/London"}, headers=api.headers())
+    assert r.status_code == 201
+    w = api.client.post(
+        "/api/v1/customers/uk/entitlements",
+        headers=api.headers(),
+        json={
+            "type": "metered",
+            "featureKey": "tokens",
+            "issueAfterReset": 10,
+            "usagePeriod": {"interval": "WEEK", "anchor": "2026-03-23T00:00:00Z"},
+        },
+    )
+    assert w.status_code == 201, w.text
+    # London moves to BST on 2026-03-29: the week from Monday 23 March ends at 23:00Z on the 29th
+    periods = api.client.get(
+        "/api/v1/customers/uk/entitlements/tokens/value", headers=api.headers(), params={"time": "2026-03-25T12:00:00Z"}
+    ).json()["period"]
+    assert periods == {"from": "2026-03-23T00:00:00.000Z", "to": "2026-03-29T23:00:00.000Z"}
