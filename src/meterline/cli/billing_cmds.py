@@ -13,27 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import httpx
 
-from meterline.cli.client_cmds import server_options
+from meterline.cli.client_cmds import checked, http_client, server_options
 from meterline.cli.store_cmds import config_options
 from meterline.clock import SystemClock
 from meterline.config import load_config
-from meterline.errors import MeterlineError
-
-
-def _client(url: str, api_key: str) -> httpx.Client:
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=300.0)
-
-
-def _check(response: httpx.Response) -> httpx.Response:
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise MeterlineError(f"{response.status_code}: {detail}")
-    return response
 
 
 def _print_run(body: dict[str, Any], as_json: bool) -> None:
@@ -70,8 +54,8 @@ def run_cmd(
     if url:
         if not api_key:
             raise click.UsageError("--api-key (or METERLINE_API_KEY) is required with --url")
-        with _client(url, api_key) as client:
-            _print_run(_check(client.post("/api/v1/billing/runs")).json(), as_json)
+        with http_client(url, api_key, timeout=300.0) as client:
+            _print_run(checked(client.post("/api/v1/billing/runs")).json(), as_json)
         return
     from meterline.api.app import open_backend
     from meterline.api.billing_invoices import run_json
@@ -89,8 +73,8 @@ def run_cmd(
 
 def _get(path: str) -> Callable[[str, str], str]:
     def fetch(url: str, api_key: str) -> str:
-        with _client(url, api_key) as client:
-            return _check(client.get(path)).text
+        with http_client(url, api_key, timeout=300.0) as client:
+            return checked(client.get(path)).text
 
     return fetch
 
@@ -110,8 +94,8 @@ def invoice_cmd(url: str, api_key: str, number: str, fmt: str) -> None:
 @click.option("--customer", help="only this customer's invoices")
 def invoices_cmd(url: str, api_key: str, customer: str | None) -> None:
     """List invoices with their status and totals."""
-    with _client(url, api_key) as client:
-        items = _check(client.get("/api/v1/invoices", params={"customer": customer} if customer else {})).json()
+    with http_client(url, api_key, timeout=300.0) as client:
+        items = checked(client.get("/api/v1/invoices", params={"customer": customer} if customer else {})).json()
     for item in items["items"]:
         click.echo(
             f"{item['number']}  {item['status']:<9}  {item['customer']:<20}  {item['periodStart'][:10]}"
@@ -126,9 +110,9 @@ def invoices_cmd(url: str, api_key: str, customer: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 def export_cmd(url: str, api_key: str, from_: str, to: str, fmt: str) -> None:
     """Export the finalized invoices of a period for an accounting or payment system."""
-    with _client(url, api_key) as client:
+    with http_client(url, api_key, timeout=300.0) as client:
         params = {"from": from_, "to": to, "format": fmt}
-        click.echo(_check(client.get("/api/v1/billing/export", params=params)).text, nl=False)
+        click.echo(checked(client.get("/api/v1/billing/export", params=params)).text, nl=False)
 
 
 COMMANDS = [billing]

@@ -29,11 +29,13 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def _client(url: str, api_key: str) -> httpx.Client:
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60.0)
+def http_client(url: str, api_key: str, timeout: float = 60.0) -> httpx.Client:
+    """An HTTP client for the server at ``url`` with the caller's API key."""
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
 
 
-def _check(response: httpx.Response) -> httpx.Response:
+def checked(response: httpx.Response) -> httpx.Response:
+    """``response``, or a MeterlineError carrying the problem's detail for a 4xx/5xx."""
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail", response.text)
@@ -72,11 +74,14 @@ def ingest(url: str, api_key: str, file: IO[str], batch_size: int) -> None:
     problems: list[str] = []
     console = Console(stderr=True)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with _client(url, api_key) as client, Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+    with (
+        http_client(url, api_key) as client,
+        Progress(*columns, console=console, disable=not console.is_terminal) as bar,
+    ):
         task = bar.add_task("ingest", total=len(events))
         for start in range(0, len(events), batch_size):
             batch = events[start : start + batch_size]
-            report = _check(
+            report = checked(
                 client.post(
                     "/api/v1/events",
                     content=msgspec.json.encode(batch),
@@ -134,8 +139,8 @@ def usage(
         if not sep:
             raise InvalidInput(f"--filter {f!r} must be DIM=VALUE")
         params.append((f"filterGroupBy[{dim}]", value))
-    with _client(url, api_key) as client:
-        response = _check(
+    with http_client(url, api_key) as client:
+        response = checked(
             client.get(
                 f"/api/v1/meters/{meter}/query",
                 params=params,
@@ -167,8 +172,8 @@ def meters() -> None:
 @meters.command("list")
 @server_options
 def meters_list(url: str, api_key: str) -> None:
-    with _client(url, api_key) as client:
-        for m in _check(client.get("/api/v1/meters")).json():
+    with http_client(url, api_key) as client:
+        for m in checked(client.get("/api/v1/meters")).json():
             click.echo(f"{m['slug']}\t{m['aggregation']}\t{m['eventType']}\t{m.get('valueProperty') or ''}\t{m['id']}")
 
 
@@ -203,8 +208,8 @@ def meters_create(
         "groupBy": groups,
         "description": description,
     }
-    with _client(url, api_key) as client:
-        m = _check(client.post("/api/v1/meters", json={k: v for k, v in body.items() if v is not None})).json()
+    with http_client(url, api_key) as client:
+        m = checked(client.post("/api/v1/meters", json={k: v for k, v in body.items() if v is not None})).json()
     click.echo(f"created meter {m['slug']} ({m['id']})")
 
 
@@ -212,16 +217,16 @@ def meters_create(
 @server_options
 @click.argument("meter")
 def meters_show(url: str, api_key: str, meter: str) -> None:
-    with _client(url, api_key) as client:
-        click.echo(_check(client.get(f"/api/v1/meters/{meter}")).text)
+    with http_client(url, api_key) as client:
+        click.echo(checked(client.get(f"/api/v1/meters/{meter}")).text)
 
 
 @meters.command("delete")
 @server_options
 @click.argument("meter")
 def meters_delete(url: str, api_key: str, meter: str) -> None:
-    with _client(url, api_key) as client:
-        _check(client.delete(f"/api/v1/meters/{meter}"))
+    with http_client(url, api_key) as client:
+        checked(client.delete(f"/api/v1/meters/{meter}"))
     click.echo(f"deleted meter {meter}")
 
 
