@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -180,6 +181,11 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Everything built so far (modules, routes, caches, the entitlement index) lives as long
+        # as the process: move it out of the collector's sight, so a full collection does not
+        # walk it in the middle of a request (p99 of the check API: spikes to 11-14 ms without).
+        gc.collect()
+        gc.freeze()
         dispatcher.start()
         scanner.start()
         billing_scheduler = billing.start_scheduler(ctx)
