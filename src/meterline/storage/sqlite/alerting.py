@@ -22,12 +22,12 @@ from zoneinfo import ZoneInfo
 from meterline.alerts.payload import alert_payload
 from meterline.alerts.rules import Rule, Threshold, anomaly, level, projected_over
 from meterline.clock import Clock
+from meterline.decimals import EXACT
 from meterline.entitlements.value import Value, grant_total, metered_value
 from meterline.meters.query import MeterQuery
 from meterline.meters.windows import WindowSize
 from meterline.notify.channels import Channel
-from meterline.periods import Period
-from meterline.storage.sqlite.counters import History, Live, LiveCounters
+from meterline.storage.sqlite.counters import History, Live, LiveCounters, State
 from meterline.storage.sqlite.database import Database
 from meterline.storage.sqlite.ingest import IngestState, ReadingListener
 from meterline.storage.sqlite.notifications import SqliteNotifications, insert_event
@@ -87,7 +87,7 @@ class AlertEvaluator(ReadingListener):
     def add(self, *args: object) -> None:  # readings are not needed here
         pass
 
-    def on_change(self, conn: sqlite3.Connection, live: Live, before: Decimal, after: Decimal, period: Period) -> None:
+    def on_change(self, conn: sqlite3.Connection, live: Live, before: Decimal, after: Decimal, state: State) -> None:
         """Fire what the move from ``before`` to ``after`` crossed. Fast path: each entitlement
         remembers the lowest threshold level above its usage (for its period and allowance), so
         usage that stays below it costs one comparison, however many rules there are."""
@@ -95,12 +95,16 @@ class AlertEvaluator(ReadingListener):
         rules = self._rules.get(ent.namespace)
         if not rules:
             return
+        period, start, end, _ = state
+        assert period is not None
         now = self._clock.now_us()
-        allowance = (ent.spec.issue_after_reset or _ZERO) + grant_total(live.grants, period, now)
+        allowance = ent.spec.issue_after_reset or _ZERO
+        if live.grants:
+            allowance = EXACT.add(allowance, grant_total(live.grants, period, now))
         cached = self._next.get(ent.id)
         if (
             cached is not None
-            and cached[0] == period.start_us
+            and cached[0] == start
             and cached[1] == allowance
             and (cached[2] is None or after < cached[2])
             and ent.namespace not in self._projecting
@@ -109,7 +113,6 @@ class AlertEvaluator(ReadingListener):
         value = metered_value(ent, after, allowance - (ent.spec.issue_after_reset or _ZERO), period, now)
         levels = self._levels(ent.namespace, allowance)
         hit = {key for key, at in levels.items() if before < at <= after}
-        start = period.start_us
         for rule in rules:
             if not rule.covers(ent.feature_id, ent.feature_key):
                 continue
@@ -118,7 +121,7 @@ class AlertEvaluator(ReadingListener):
                     if t.key in hit:
                         self._fire(conn, rule, live, t.key, start, value, t, now)
             elif rule.spec.type == _PROJECTED:
-                elapsed = Decimal(now - start) / Decimal(period.end_us - start)
+                elapsed = Decimal(now - start) / Decimal(end - start)
                 if value.projected_usage is not None and projected_over(
                     rule, value.projected_usage, allowance, elapsed
                 ):

@@ -87,7 +87,8 @@ class Index:
     customers: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, subject or key) -> key
 
 
-Change = Callable[[sqlite3.Connection, Live, Decimal, Decimal, Period], None]
+Change = Callable[[sqlite3.Connection, Live, Decimal, Decimal, State], None]
+"""(connection, entitlement, usage before, usage after, the period's state) in ``before_commit``."""
 
 
 class LiveCounters(ReadingListener):
@@ -115,15 +116,16 @@ class LiveCounters(ReadingListener):
         lives = self.index.by_reading.get((reading.meter_id, subject))
         if not lives:
             return
+        count = meter.aggregation is Aggregation.COUNT
         for live in lives:
-            if any(reading.groups[i] != v for i, v in live.filters):
+            if live.filters and any(reading.groups[i] != v for i, v in live.filters):
                 continue
             eid = live.ent.id
             period, start, end, _ = self._rolls.get(eid) or live.state
             self._touched.add(eid)
             if period is None or not start <= time_us < end:
                 continue  # counted by the roll, or outside the current period
-            value = ONE if meter.aggregation is Aggregation.COUNT else reading.value
+            value = ONE if count else reading.value
             assert isinstance(value, Decimal)
             self._deltas[eid] = EXACT.add(self._deltas.get(eid, ZERO), value)
 
@@ -145,7 +147,7 @@ class LiveCounters(ReadingListener):
             before = old[3] if old[0] is not None and (old[1], old[2]) == (start, end) else ZERO
             if new != before:
                 for hook in self.on_change:
-                    hook(conn, live, before, new, period)
+                    hook(conn, live, before, new, (period, start, end, new))
 
     def after_commit(self) -> None:
         for eid in self._touched:
