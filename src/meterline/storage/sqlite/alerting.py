@@ -84,33 +84,49 @@ class AlertEvaluator(ReadingListener):
 
     # -- in the ingest transaction ----------------------------------------------------------
 
-    def add(self, *args: object) -> None:  # readings are not needed here
+    def add_many(self, readings: object) -> None:  # readings are not needed here
         pass
 
-    def on_change(self, conn: sqlite3.Connection, live: Live, before: Decimal, after: Decimal, state: State) -> None:
-        """Fire what the move from ``before`` to ``after`` crossed. Fast path: each entitlement
-        remembers the lowest threshold level above its usage (for its period and allowance), so
-        usage that stays below it costs one comparison, however many rules there are."""
+    def on_change(self, conn: sqlite3.Connection, changes: list[tuple[Live, Decimal, State]], now: int) -> None:
+        """Fire what each counter's move crossed. Fast path: each entitlement remembers the
+        lowest threshold level above its usage (for its period and allowance), so usage that
+        stays below it costs one comparison, however many rules there are."""
+        rules_of, cache, projecting = self._rules, self._next, self._projecting
+        for live, before, state in changes:
+            ent = live.ent
+            rules = rules_of.get(ent.namespace)
+            if not rules:
+                continue
+            start, after = state[1], state[3]
+            allowance = ent.spec.issue_after_reset or _ZERO
+            if live.grants:
+                assert state[0] is not None
+                allowance = EXACT.add(allowance, grant_total(live.grants, state[0], now))
+            cached = cache.get(ent.id)
+            if (
+                cached is not None
+                and cached[0] == start
+                and cached[1] == allowance
+                and (cached[2] is None or after < cached[2])
+                and ent.namespace not in projecting
+            ):
+                continue
+            self._evaluate(conn, rules, live, before, state, allowance, now)
+
+    def _evaluate(
+        self,
+        conn: sqlite3.Connection,
+        rules: list[Rule],
+        live: Live,
+        before: Decimal,
+        state: State,
+        allowance: Decimal,
+        now: int,
+    ) -> None:
         ent = live.ent
-        rules = self._rules.get(ent.namespace)
-        if not rules:
-            return
-        period, start, end, _ = state
+        period, start, end, after = state
         assert period is not None
-        now = self._clock.now_us()
-        allowance = ent.spec.issue_after_reset or _ZERO
-        if live.grants:
-            allowance = EXACT.add(allowance, grant_total(live.grants, period, now))
-        cached = self._next.get(ent.id)
-        if (
-            cached is not None
-            and cached[0] == start
-            and cached[1] == allowance
-            and (cached[2] is None or after < cached[2])
-            and ent.namespace not in self._projecting
-        ):
-            return
-        value = metered_value(ent, after, allowance - (ent.spec.issue_after_reset or _ZERO), period, now)
+        value = metered_value(ent, after, EXACT.subtract(allowance, ent.spec.issue_after_reset or _ZERO), period, now)
         levels = self._levels(ent.namespace, allowance)
         hit = {key for key, at in levels.items() if before < at <= after}
         for rule in rules:

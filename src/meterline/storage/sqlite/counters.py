@@ -22,7 +22,7 @@ writer task first.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -87,8 +87,9 @@ class Index:
     customers: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, subject or key) -> key
 
 
-Change = Callable[[sqlite3.Connection, Live, Decimal, Decimal, State], None]
-"""(connection, entitlement, usage before, usage after, the period's state) in ``before_commit``."""
+Change = Callable[[sqlite3.Connection, list[tuple["Live", Decimal, State]], int], None]
+"""Called once per transaction in ``before_commit`` with every counter that moved:
+(entitlement, usage before, new state incl. usage after), and the clock's now."""
 
 
 class LiveCounters(ReadingListener):
@@ -107,30 +108,34 @@ class LiveCounters(ReadingListener):
         self.on_change: list[Change] = []
         self._deltas: dict[str, Decimal] = {}
         self._rolls: dict[str, State] = {}
+        self._next: dict[str, State] = {}
         self._touched: set[str] = set()
         state.listeners.append(self)
 
     # -- writer side ------------------------------------------------------------------------
 
-    def add(self, meter: CompiledMeter, reading: Reading, subject: str, time_us: int) -> None:
-        lives = self.index.by_reading.get((reading.meter_id, subject))
-        if not lives:
-            return
-        count = meter.aggregation is Aggregation.COUNT
-        for live in lives:
-            if live.filters and any(reading.groups[i] != v for i, v in live.filters):
+    def add_many(self, readings: Sequence[tuple[CompiledMeter, Reading, str, int, int]]) -> None:
+        by_reading, rolls, touched, deltas = self.index.by_reading, self._rolls, self._touched, self._deltas
+        add = EXACT.add
+        for meter, reading, subject, time_us, _ in readings:
+            lives = by_reading.get((reading.meter_id, subject))
+            if not lives:
                 continue
-            eid = live.ent.id
-            period, start, end, _ = self._rolls.get(eid) or live.state
-            self._touched.add(eid)
-            if period is None or not start <= time_us < end:
-                continue  # counted by the roll, or outside the current period
-            value = ONE if count else reading.value
-            assert isinstance(value, Decimal)
-            self._deltas[eid] = EXACT.add(self._deltas.get(eid, ZERO), value)
+            for live in lives:
+                if live.filters and any(reading.groups[i] != v for i, v in live.filters):
+                    continue
+                eid = live.ent.id
+                period, start, end, _ = rolls.get(eid) or live.state
+                touched.add(eid)
+                if period is None or not start <= time_us < end:
+                    continue  # counted by the roll, or outside the current period
+                value = ONE if meter.aggregation is Aggregation.COUNT else reading.value
+                assert isinstance(value, Decimal)
+                deltas[eid] = add(deltas.get(eid, ZERO), value)
 
     def before_commit(self, conn: sqlite3.Connection) -> None:
         now = self._clock.now_us()
+        changes: list[tuple[Live, Decimal, State]] = []
         for eid in self._touched:
             live = self.index.live.get(eid)
             if live is None:
@@ -144,22 +149,25 @@ class LiveCounters(ReadingListener):
             if period is None:
                 continue
             new = EXACT.add(base, self._deltas.get(eid, ZERO))
+            state = (period, start, end, new)
+            self._next[eid] = state
             before = old[3] if old[0] is not None and (old[1], old[2]) == (start, end) else ZERO
             if new != before:
-                for hook in self.on_change:
-                    hook(conn, live, before, new, (period, start, end, new))
+                changes.append((live, before, state))
+        if changes:
+            for hook in self.on_change:
+                hook(conn, changes, now)
 
     def after_commit(self) -> None:
-        for eid in self._touched:
-            live = self.index.live.get(eid)
-            if live is None:
-                continue
-            period, start, end, usage = self._rolls.get(eid) or live.state
-            if period is not None:
-                live.state = (period, start, end, EXACT.add(usage, self._deltas.get(eid, ZERO)))
+        live = self.index.live
+        for eid, state in self._next.items():
+            entry = live.get(eid)
+            if entry is not None:
+                entry.state = state
         self.rolled_back()
 
     def rolled_back(self) -> None:
+        self._next.clear()
         self._deltas.clear()
         self._rolls.clear()
         self._touched.clear()

@@ -48,8 +48,8 @@ class ReadingListener:
     """Sees every reading that joins a transaction, and the transaction's end. The live
     entitlement counters and alert rules listen here (see ``storage.sqlite.counters``)."""
 
-    def add(self, meter: CompiledMeter, reading: Reading, subject: str, time_us: int) -> None:
-        raise NotImplementedError
+    def add_many(self, readings: Sequence[tuple[CompiledMeter, Reading, str, int, int]]) -> None:
+        """One request's readings: (meter, reading, subject, event time, ledger seq)."""
 
     def before_commit(self, conn: sqlite3.Connection) -> None:
         """Last writes of the transaction (after the rollup deltas were upserted)."""
@@ -296,8 +296,7 @@ class Appender:
         # Only now, with this request's writes done, may its readings join the transaction's
         # pending deltas: nothing after this point can roll back this request alone.
         add = self.state.pending.add
-        listeners = self.state.listeners
         for meter, reading, subject, time_us, seq in self.readings:
             add(meter.aggregation, reading, subject, time_us, seq)
-            for listener in listeners:
-                listener.add(meter, reading, subject, time_us)
+        for listener in self.state.listeners:
+            listener.add_many(self.readings)
