@@ -139,7 +139,19 @@ def test_thresholds_fire_once_per_period_with_retries_and_failures(api: Api, rec
     assert sum(attempts) == 4 + 3 and attempts[-1] >= 2
     assert {e["deliveryStatus"][0]["state"] for e in events} == {"SUCCESS"}
     payload = receiver.delivered[events[0]["id"]][0]
-    assert payload["data"]["customer"]["key"] == "acme" and payload["data"]["feature"]["key"] == "tokens"
+    data = payload["data"]  # OpenMeter's balance-threshold payload: whole objects, not just keys
+    assert data["customer"]["key"] == "acme" and data["subject"]["key"] == "acme"
+    assert (data["feature"]["key"], data["feature"]["name"], data["feature"]["meterSlug"]) == (
+        "tokens",
+        "Tokens",
+        "tokens",
+    )
+    assert (data["entitlement"]["type"], data["entitlement"]["issueAfterReset"]) == ("metered", 100)
+    assert data["entitlement"]["currentUsagePeriod"] == {
+        "from": "2026-03-01T00:00:00.000Z",
+        "to": "2026-04-01T00:00:00.000Z",
+    }
+    assert data["value"]["hasAccess"] in (True, False) and data["value"]["usage"] in (85, 105)
 
 
 def test_restart_mid_period_and_next_period(tmp_path: Path) -> None:

@@ -10,7 +10,10 @@ import msgspec
 
 from meterline.alerts.rules import Rule, Threshold
 from meterline.clock import rfc3339
-from meterline.entitlements.model import Entitlement
+from meterline.customers.model import Customer
+from meterline.customers.render import customer_body, subject_body
+from meterline.entitlements.model import Entitlement, Feature
+from meterline.entitlements.render import entitlement_body, feature_body, value_body
 from meterline.entitlements.value import Value
 
 _encode = msgspec.json.Encoder(decimal_format="number").encode
@@ -27,33 +30,23 @@ def alert_payload(
     kind: str,
     rule: Rule,
     ent: Entitlement,
+    feature: Feature,
+    customer: Customer,
     value: Value,
     threshold: Threshold | None,
     now_us: int,
     **extra: Any,
 ) -> bytes:
-    period = value.period
+    """OpenMeter's ``NotificationEventBalanceThresholdPayload`` (entitlement, feature, subject,
+    value, threshold, customer) plus meterline's ``kind`` and ``rule``."""
     data: dict[str, Any] = {
         "kind": kind,
         "rule": {"id": rule.id, "name": rule.spec.name, "type": rule.spec.type},
-        "subject": {"key": ent.customer_key},
-        "customer": {"id": ent.customer_id, "key": ent.customer_key},
-        "feature": {"id": ent.feature_id, "key": ent.feature_key},
-        "entitlement": {
-            "id": ent.id,
-            "type": ent.spec.type,
-            "currentUsagePeriod": None
-            if period is None
-            else {"from": rfc3339(period.start_us), "to": rfc3339(period.end_us)},
-        },
-        "value": {
-            "hasAccess": value.has_access,
-            "usage": value.usage,
-            "balance": value.balance,
-            "overage": value.overage,
-            "totalAvailableGrantAmount": value.allowance,
-            "projectedUsage": value.projected_usage,
-        },
+        "entitlement": entitlement_body(ent, value.period),
+        "feature": feature_body(feature),
+        "subject": subject_body(customer),
+        "customer": customer_body(customer),
+        "value": value_body(value),
         "threshold": None if threshold is None else {"type": threshold.type, "value": threshold.value},
         **extra,
     }

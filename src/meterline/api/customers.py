@@ -14,7 +14,8 @@ from meterline.api.context import Context
 from meterline.api.http import json_response, parse_int, typed_body
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
-from meterline.customers.model import Customer, CustomerInput, UnknownSubjects
+from meterline.customers.model import CustomerInput, UnknownSubjects
+from meterline.customers.render import customer_body, subject_body
 from meterline.storage.sqlite.customers import Saved
 
 
@@ -31,32 +32,8 @@ class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_field
     unknown_subjects: UnknownSubjects
 
 
-def customer_json(c: Customer) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "key": c.key,
-        "name": c.name,
-        "subjectKeys": list(c.subjects),
-        "timezone": c.timezone,
-        "metadata": c.metadata,
-        "createdAt": rfc3339(c.created_us),
-        "updatedAt": rfc3339(c.updated_us),
-    }
-
-
-def subject_json(c: Customer) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "key": c.key,
-        "displayName": c.name,
-        "metadata": c.metadata,
-        "createdAt": rfc3339(c.created_us),
-        "updatedAt": rfc3339(c.updated_us),
-    }
-
-
 def _saved(saved: Saved) -> dict[str, Any]:
-    body = customer_json(saved.customer)
+    body = customer_body(saved.customer)
     body["released"] = {"accepted": saved.released, "rejected": saved.released_rejected}
     return body
 
@@ -81,14 +58,14 @@ async def list_customers(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     customers = await run_in_threadpool(ctx.backend.customers.list, key.namespace)
-    return json_response([customer_json(c) for c in customers])
+    return json_response([customer_body(c) for c in customers])
 
 
 async def get_customer(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     customer = await run_in_threadpool(ctx.backend.customers.get, key.namespace, request.path_params["customer"])
-    return json_response(customer_json(customer))
+    return json_response(customer_body(customer))
 
 
 async def delete_customer(request: Request) -> Response:
@@ -109,7 +86,7 @@ async def upsert_subjects(request: Request) -> Response:
     for item in items:
         inp = CustomerInput(item.key, item.display_name, None, "UTC", item.metadata)
         saved = await run_in_threadpool(ctx.backend.customers.upsert, key.namespace, inp)
-        out.append(subject_json(saved.customer))
+        out.append(subject_body(saved.customer))
     return json_response(out)
 
 
@@ -117,14 +94,14 @@ async def list_subjects(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     customers = await run_in_threadpool(ctx.backend.customers.list, key.namespace)
-    return json_response([subject_json(c) for c in customers])
+    return json_response([subject_body(c) for c in customers])
 
 
 async def get_subject(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     customer = await run_in_threadpool(ctx.backend.customers.get, key.namespace, request.path_params["subject"])
-    return json_response(subject_json(customer))
+    return json_response(subject_body(customer))
 
 
 async def delete_subject(request: Request) -> Response:

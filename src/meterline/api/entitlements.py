@@ -12,16 +12,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.api.context import Context
-from meterline.api.http import json_response, parse_time, time_text, typed_body
+from meterline.api.http import json_response, parse_time, typed_body
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
 from meterline.customers.model import Customer
 from meterline.entitlements.model import Entitlement, EntitlementInput
+from meterline.entitlements.render import entitlement_body, period_body, value_body
 from meterline.entitlements.value import Value, verdict
 from meterline.errors import InvalidInput, NotFound
 from meterline.meters.query import MeterQuery
 from meterline.meters.windows import WindowSize, zone
-from meterline.periods import Period, parse_interval
+from meterline.periods import Period
 
 
 class CheckFeature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -41,65 +42,9 @@ class ResetInput(msgspec.Struct, frozen=True, rename="camel"):
     preserve_overage: bool = False
 
 
-def _period(p: Period | None) -> dict[str, str] | None:
-    return None if p is None else {"from": rfc3339(p.start_us), "to": rfc3339(p.end_us)}
-
-
 def entitlement_json(ctx: Context, e: Entitlement) -> dict[str, Any]:
-    s = e.spec
-    body: dict[str, Any] = {
-        "type": s.type,
-        "id": e.id,
-        "featureKey": e.feature_key,
-        "featureId": e.feature_id,
-        "subjectKey": e.customer_key,
-        "customerKey": e.customer_key,
-        "metadata": s.metadata,
-        "createdAt": rfc3339(e.created_us),
-        "updatedAt": rfc3339(e.created_us),
-        "activeFrom": rfc3339(e.created_us),
-        "deletedAt": time_text(e.deleted_us),
-    }
-    if s.type == "static":
-        body["config"] = s.config
-    if s.type != "metered":
-        return body
-    live = ctx.history.live(e.id)
-    interval = parse_interval(s.usage_period.interval) if s.usage_period else "MONTH"
-    body |= {
-        "isSoftLimit": s.is_soft_limit,
-        "isUnlimited": s.is_unlimited,
-        "issueAfterReset": s.issue_after_reset,
-        "issueAfterResetPriority": s.issue_after_reset_priority,
-        "preserveOverageAtReset": False,
-        "softLimit": s.soft_limit,
-        "lastReset": rfc3339(e.last_reset_us),
-        "measureUsageFrom": rfc3339(e.last_reset_us),
-        "usagePeriod": {"interval": interval, "anchor": rfc3339(e.anchor_us), "intervalISO": _iso(interval)},
-        "currentUsagePeriod": None if live is None else _period(live.period_at(ctx.clock.now_us())),
-    }
-    return body
-
-
-def _iso(interval: str) -> str:
-    return {"DAY": "P1D", "WEEK": "P1W", "MONTH": "P1M", "YEAR": "P1Y"}.get(interval, interval)
-
-
-def value_json(v: Value) -> dict[str, Any]:
-    body: dict[str, Any] = {"hasAccess": v.has_access}
-    if v.config is not None:
-        body["config"] = v.config
-    if v.usage is None:
-        return body
-    return body | {
-        "usage": v.usage,
-        "balance": v.balance,
-        "overage": v.overage,
-        "totalAvailableGrantAmount": v.allowance,
-        "softLimitExceeded": v.soft_limit_exceeded,
-        "projectedUsage": v.projected_usage,
-        "period": _period(v.period),
-    }
+    live = ctx.history.live(e.id) if e.spec.type == "metered" else None
+    return entitlement_body(e, None if live is None else live.period_at(ctx.clock.now_us()))
 
 
 def _customer(ctx: Context, namespace: str, key: str) -> Customer:
@@ -197,10 +142,10 @@ async def entitlement_value(request: Request) -> Response:
         live = ctx.history.live(ent.id)
         if live is None:
             raise NotFound("the entitlement's meter no longer exists", code="meter_not_found")
-        return json_response(value_json(await run_in_threadpool(ctx.history.value_at, live, at)))
+        return json_response(value_body(await run_in_threadpool(ctx.history.value_at, live, at)))
     _, value = await run_in_threadpool(ctx.backend.counters.value, key.namespace, ent.customer_key, ent.feature_key)
     assert value is not None
-    return json_response(value_json(value))
+    return json_response(value_body(value))
 
 
 async def check(request: Request) -> Response:
@@ -286,7 +231,7 @@ async def entitlement_history(request: Request) -> Response:
         segments[period] = (allowance, used)
     burndown: list[dict[str, Any]] = [
         {
-            "period": _period(p),
+            "period": period_body(p),
             "usage": u,
             "overage": max(u - a, Decimal(0)),
             "balanceAtStart": a,

@@ -12,22 +12,8 @@ from meterline.api.context import Context
 from meterline.api.http import json_response, parse_time, time_text, typed_body
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
-from meterline.entitlements.model import Feature, FeatureInput, Grant, GrantInput
-
-
-def feature_json(f: Feature) -> dict[str, Any]:
-    s = f.spec
-    return {
-        "id": f.id,
-        "key": s.key,
-        "name": s.name,
-        "metadata": s.metadata,
-        "meterSlug": s.meter_slug,
-        "meterGroupByFilters": s.meter_group_by_filters,
-        "createdAt": rfc3339(f.created_us),
-        "updatedAt": rfc3339(f.created_us),
-        "archivedAt": time_text(f.archived_us),
-    }
+from meterline.entitlements.model import FeatureInput, Grant, GrantInput
+from meterline.entitlements.render import feature_body
 
 
 def grant_json(g: Grant) -> dict[str, Any]:
@@ -55,7 +41,7 @@ async def create_feature(request: Request) -> Response:
     key = ctx.auth.require(request, Scope.ADMIN)
     inp = await typed_body(request, FeatureInput, "feature")
     feature = await run_in_threadpool(ctx.backend.entitlements.create_feature, key.namespace, inp)
-    return json_response(feature_json(feature), 201)
+    return json_response(feature_body(feature), 201)
 
 
 async def list_features(request: Request) -> Response:
@@ -64,14 +50,14 @@ async def list_features(request: Request) -> Response:
     archived = request.query_params.get("includeArchived") == "true"
     features = await run_in_threadpool(ctx.backend.entitlements.features, key.namespace, include_archived=archived)
     meter = request.query_params.getlist("meterSlug")
-    return json_response([feature_json(f) for f in features if not meter or f.spec.meter_slug in meter])
+    return json_response([feature_body(f) for f in features if not meter or f.spec.meter_slug in meter])
 
 
 async def get_feature(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     feature = await run_in_threadpool(ctx.backend.entitlements.feature, key.namespace, request.path_params["feature"])
-    return json_response(feature_json(feature))
+    return json_response(feature_body(feature))
 
 
 async def delete_feature(request: Request) -> Response:

@@ -180,7 +180,9 @@ class AlertEvaluator(ReadingListener):
             ent.feature_key,
             key,
             period_start_us,
-            lambda event_id: alert_payload(event_id, kind, rule, ent, value, threshold, now, **extra),
+            lambda event_id: alert_payload(
+                event_id, kind, rule, ent, live.feature, live.customer, value, threshold, now, **extra
+            ),
             now,
             channels,
         )

@@ -31,7 +31,7 @@ import msgspec
 from meterline.clock import Clock, from_us
 from meterline.customers.model import Customer
 from meterline.decimals import EXACT
-from meterline.entitlements.model import Entitlement, FeatureInput, Grant
+from meterline.entitlements.model import Entitlement, Feature, FeatureInput, Grant
 from meterline.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
 from meterline.meters.evaluate import CompiledMeter, Reading
 from meterline.meters.model import Aggregation, Meter
@@ -43,6 +43,7 @@ from meterline.storage.sqlite.ingest import IngestState, ReadingListener, live_m
 from meterline.storage.sqlite.meters import query_rows
 
 ONE = Decimal(1)
+_feature = msgspec.json.Decoder(FeatureInput)
 _ACCESS = Value(True)
 _NO_ACCESS = Value(False)
 State = tuple[Period | None, int, int, Decimal]
@@ -57,6 +58,8 @@ class Live:
     """One metered entitlement's counter and what it needs to count."""
 
     ent: Entitlement
+    customer: Customer
+    feature: Feature
     meter: Meter
     subjects: tuple[str, ...]
     filters: tuple[tuple[int, str], ...]
@@ -275,27 +278,27 @@ class LiveCounters(ReadingListener):
 def _live(
     ent: Entitlement,
     customer: Customer,
-    feature: tuple[str | None, dict[str, str]] | None,
+    feature: Feature | None,
     meters: dict[tuple[str, str], Meter],
     grants: list[Grant],
 ) -> Live | None:
-    if ent.spec.type != "metered" or feature is None or feature[0] is None:
+    if ent.spec.type != "metered" or feature is None or feature.spec.meter_slug is None:
         return None
-    meter = meters.get((ent.namespace, feature[0]))
+    meter = meters.get((ent.namespace, feature.spec.meter_slug))
     if meter is None or ent.spec.usage_period is None:
         return None
     dims = tuple(sorted(meter.spec.group_by))
-    filters = tuple((dims.index(d), v) for d, v in sorted(feature[1].items()) if d in dims)
+    wanted = sorted((feature.spec.meter_group_by_filters or {}).items())
+    filters = tuple((dims.index(d), v) for d, v in wanted if d in dims)
     rec = recurrence(ent.spec.usage_period.interval, from_us(ent.anchor_us), customer.timezone)
-    return Live(ent, meter, customer.subjects, filters, rec, grants)
+    return Live(ent, customer, feature, meter, customer.subjects, filters, rec, grants)
 
 
-def _features(conn: sqlite3.Connection, only: str | None = None) -> dict[str, tuple[str | None, dict[str, str]]]:
-    out = {}
-    for fid, spec in conn.execute("SELECT id, spec FROM features WHERE ? IS NULL OR id = ?", (only, only)):
-        f = msgspec.json.decode(spec, type=FeatureInput)
-        out[fid] = (f.meter_slug, f.meter_group_by_filters or {})
-    return out
+def _features(conn: sqlite3.Connection, only: str | None = None) -> dict[str, Feature]:
+    rows = conn.execute(
+        "SELECT id, namespace, spec, created_us, archived_us FROM features WHERE ? IS NULL OR id = ?", (only, only)
+    )
+    return {i: Feature(i, ns, _feature.decode(spec), c, a) for i, ns, spec, c, a in rows}
 
 
 class History:
