@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+import functools
 from typing import Any
 
 import msgspec
@@ -46,7 +47,7 @@ def channel_json(c: Channel) -> dict[str, Any]:
 
 def rule_json(ctx: Context, r: Rule) -> dict[str, Any]:
     s = r.spec
-    channels = {c.id: c for c in ctx.backend.notifications.channels(r.namespace)}
+    channels = {c.id: c for c in ctx.backend.notifications.channels(r.namespace, include_deleted=True)}
     body: dict[str, Any] = msgspec.to_builtins(s, builtin_types=(Decimal,))  # numbers stay JSON numbers
     return body | {
         "id": r.id,
@@ -67,7 +68,7 @@ def _feature_meta(ctx: Context, namespace: str, id_or_key: str) -> dict[str, str
 
 def event_json(ctx: Context, namespace: str, e: FiredEvent) -> dict[str, Any]:
     rule = ctx.backend.notifications.rule(namespace, e.rule)
-    kinds = {c.id: c.type for c in ctx.backend.notifications.channels(namespace)}
+    kinds = {c.id: c.type for c in ctx.backend.notifications.channels(namespace, include_deleted=True)}
     payload = msgspec.json.decode(e.payload)
     return {
         "id": e.id,
@@ -127,7 +128,10 @@ async def update_channel(request: Request) -> Response:
 async def list_channels(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
-    channels = await run_in_threadpool(ctx.backend.notifications.channels, key.namespace)
+    deleted = request.query_params.get("includeDeleted") == "true"
+    channels = await run_in_threadpool(
+        functools.partial(ctx.backend.notifications.channels, key.namespace, include_deleted=deleted)
+    )
     return json_response(_page(request, [channel_json(c) for c in channels]))
 
 

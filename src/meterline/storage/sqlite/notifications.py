@@ -96,10 +96,10 @@ class SqliteNotifications:
             raise NotFound(f"no channel {channel_id!r}", code="channel_not_found")
         return _channel.decode(row[0])
 
-    def channels(self, namespace: str) -> builtins.list[Channel]:
+    def channels(self, namespace: str, *, include_deleted: bool = False) -> builtins.list[Channel]:
         rows = self._db.reader().execute(
-            "SELECT spec FROM notification_channels WHERE namespace = ? AND deleted_us IS NULL ORDER BY id",
-            (namespace,),
+            "SELECT spec FROM notification_channels WHERE namespace = ? AND (? OR deleted_us IS NULL) ORDER BY id",
+            (namespace, include_deleted),
         )
         return [_channel.decode(r[0]) for r in rows]
 
