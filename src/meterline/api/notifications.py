@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 import functools
+from decimal import Decimal
 from typing import Any
 
 import msgspec
