@@ -25,6 +25,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import cast
 
 import msgspec
 
@@ -119,42 +120,44 @@ class LiveCounters(ReadingListener):
 
     def add_many(self, readings: Sequence[tuple[CompiledMeter, Reading, str, int, int]]) -> None:
         by_reading, rolls, touched, deltas = self.index.by_reading, self._rolls, self._touched, self._deltas
+        if not by_reading:
+            return
         add = EXACT.add
         for meter, reading, subject, time_us, _ in readings:
             lives = by_reading.get((reading.meter_id, subject))
-            if not lives:
+            if lives is None:
                 continue
+            value = ONE if meter.aggregation is Aggregation.COUNT else cast(Decimal, reading.value)
             for live in lives:
                 if live.filters and any(reading.groups[i] != v for i, v in live.filters):
                     continue
                 eid = live.ent.id
-                period, start, end, _ = rolls.get(eid) or live.state
                 touched.add(eid)
-                if period is None or not start <= time_us < end:
-                    continue  # counted by the roll, or outside the current period
-                value = ONE if meter.aggregation is Aggregation.COUNT else reading.value
-                assert isinstance(value, Decimal)
-                deltas[eid] = add(deltas.get(eid, ZERO), value)
+                period, start, end, _ = (rolls.get(eid) if rolls else None) or live.state
+                if period is not None and start <= time_us < end:  # else: counted by the roll, or not this period
+                    deltas[eid] = add(deltas[eid], value) if eid in deltas else value
 
     def before_commit(self, conn: sqlite3.Connection) -> None:
         now = self._clock.now_us()
         changes: list[tuple[Live, Decimal, State]] = []
+        index_live, rolls, deltas, nxt = self.index.live, self._rolls, self._deltas, self._next
         for eid in self._touched:
-            live = self.index.live.get(eid)
+            live = index_live.get(eid)
             if live is None:
                 continue
             old = live.state
-            if eid not in self._rolls and not live.current(now):
+            if eid not in rolls and not (old[0] is not None and old[1] <= now < old[2]):
                 fresh = live.period_at(now)
-                self._rolls[eid] = _state(fresh, self._read(conn, live, fresh, now))
-                self._deltas.pop(eid, None)
-            period, start, end, base = self._rolls.get(eid) or old
+                rolls[eid] = _state(fresh, self._read(conn, live, fresh, now))
+                deltas.pop(eid, None)
+            period, start, end, base = rolls.get(eid) or old
             if period is None:
                 continue
-            new = EXACT.add(base, self._deltas.get(eid, ZERO))
+            delta = deltas.get(eid)
+            new = base if delta is None else EXACT.add(base, delta)
             state = (period, start, end, new)
-            self._next[eid] = state
-            before = old[3] if old[0] is not None and (old[1], old[2]) == (start, end) else ZERO
+            nxt[eid] = state
+            before = old[3] if old[0] is not None and old[1] == start and old[2] == end else ZERO
             if new != before:
                 changes.append((live, before, state))
         if changes:
