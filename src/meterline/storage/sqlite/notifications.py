@@ -84,17 +84,7 @@ class SqliteNotifications:
         return channel
 
     def channel(self, namespace: str, channel_id: str) -> Channel:
-        row = (
-            self._db.reader()
-            .execute(
-                "SELECT spec FROM notification_channels WHERE namespace = ? AND id = ? AND deleted_us IS NULL",
-                (namespace, channel_id),
-            )
-            .fetchone()
-        )
-        if row is None:
-            raise NotFound(f"no channel {channel_id!r}", code="channel_not_found")
-        return _channel.decode(row[0])
+        return _channel.decode(self._spec("notification_channels", "channel", namespace, channel_id))
 
     def channels(self, namespace: str, *, include_deleted: bool = False) -> builtins.list[Channel]:
         rows = self._db.reader().execute(
@@ -131,17 +121,21 @@ class SqliteNotifications:
             raise InvalidInput(f"unknown channels: {', '.join(missing)}", code="invalid_rule")
 
     def rule(self, namespace: str, rule_id: str) -> Rule:
+        return _rule.decode(self._spec("notification_rules", "rule", namespace, rule_id))
+
+    def _spec(self, table: str, what: str, namespace: str, id_: str) -> bytes:
+        """The stored spec of a live row, or NotFound (code ``<what>_not_found``)."""
         row = (
             self._db.reader()
             .execute(
-                "SELECT spec FROM notification_rules WHERE namespace = ? AND id = ? AND deleted_us IS NULL",
-                (namespace, rule_id),
+                f"SELECT spec FROM {table} WHERE namespace = ? AND id = ? AND deleted_us IS NULL", (namespace, id_)
             )
             .fetchone()
         )
         if row is None:
-            raise NotFound(f"no rule {rule_id!r}", code="rule_not_found")
-        return _rule.decode(row[0])
+            raise NotFound(f"no {what} {id_!r}", code=f"{what}_not_found")
+        spec: bytes = row[0]
+        return spec
 
     def rules(self, namespace: str | None = None, conn: sqlite3.Connection | None = None) -> builtins.list[Rule]:
         rows = (conn or self._db.reader()).execute(
