@@ -101,6 +101,9 @@ ROUTES = [
     Route("/api/v1/notification/channels/{channel}", notifications.get_channel, methods=["GET"]),
     Route("/api/v1/notification/channels/{channel}", notifications.update_channel, methods=["PUT"]),
     Route("/api/v1/notification/channels/{channel}", notifications.delete_channel, methods=["DELETE"]),
+    Route(
+        "/api/v1/notification/channels/{channel}/rotate-secret", notifications.rotate_channel_secret, methods=["POST"]
+    ),
     Route("/api/v1/notification/rules", notifications.create_rule, methods=["POST"]),
     Route("/api/v1/notification/rules", notifications.list_rules, methods=["GET"]),
     Route("/api/v1/notification/rules/{rule}", notifications.get_rule, methods=["GET"]),

@@ -14,11 +14,12 @@ from ulid import ULID
 
 from meterline.alerts.rules import Rule, RuleInput
 from meterline.api.context import Context
-from meterline.api.http import json_response, parse_int, parse_time, time_text, typed_body
+from meterline.api.http import json_response, media_type, parse_int, parse_time, read_body, time_text, typed_body
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
-from meterline.errors import NotFound
-from meterline.notify.channels import Channel, ChannelInput
+from meterline.errors import InvalidInput, NotFound, UnsupportedMediaType
+from meterline.notify.channels import Channel, ChannelInput, masked_url
+from meterline.redact import MASK
 from meterline.storage.sqlite.notifications import FiredEvent, insert_event
 
 _encode = msgspec.json.Encoder(decimal_format="number").encode
@@ -28,21 +29,34 @@ class ResendInput(msgspec.Struct, frozen=True):
     channels: list[str] | None = None
 
 
-def channel_json(c: Channel) -> dict[str, Any]:
+class RotateInput(msgspec.Struct, frozen=True, rename="camel"):
+    signing_secret: str | None = None
+
+
+def channel_json(c: Channel, *, admin: bool, secret: bool = False) -> dict[str, Any]:
+    """A channel on the wire. The signing secret is only in the answers that create or rotate it
+    (``secret``); a caller without the admin scope sees the URL and custom header values masked,
+    since receivers often carry credentials there (a Slack webhook URL is itself a secret)."""
     s = c.spec
-    return {
+    body = {
         "id": c.id,
         "type": s.type,
         "name": s.name,
         "disabled": s.disabled,
         "metadata": s.metadata,
-        "url": s.url,
-        "customHeaders": s.custom_headers,
-        "signingSecret": s.signing_secret,
+        "url": s.url if admin else masked_url(s.url),
+        "customHeaders": s.custom_headers if admin else _masked_headers(s.custom_headers),
         "format": s.format,
         "createdAt": rfc3339(c.created_us),
         "updatedAt": rfc3339(c.updated_us),
     }
+    if secret:
+        body["signingSecret"] = s.signing_secret
+    return body
+
+
+def _masked_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
+    return None if headers is None else dict.fromkeys(headers, MASK)
 
 
 def rule_json(ctx: Context, r: Rule) -> dict[str, Any]:
@@ -112,7 +126,7 @@ async def create_channel(request: Request) -> Response:
     key = ctx.auth.require(request, Scope.ADMIN)
     inp = await typed_body(request, ChannelInput, "channel")
     channel = await run_in_threadpool(ctx.backend.notifications.create_channel, key.namespace, inp)
-    return json_response(channel_json(channel), 201)
+    return json_response(channel_json(channel, admin=True, secret=True), 201)
 
 
 async def update_channel(request: Request) -> Response:
@@ -122,7 +136,34 @@ async def update_channel(request: Request) -> Response:
     channel = await run_in_threadpool(
         ctx.backend.notifications.update_channel, key.namespace, request.path_params["channel"], inp
     )
-    return json_response(channel_json(channel))
+    return json_response(channel_json(channel, admin=True))
+
+
+async def rotate_channel_secret(request: Request) -> Response:
+    """Replace a webhook channel's signing secret (generated unless the body gives one); the
+    answer is the one other place, besides creation, that shows it."""
+    ctx: Context = request.app.state.ctx
+    key = ctx.auth.require(request, Scope.ADMIN)
+    inp = await _rotate_input(request)
+    channel = await run_in_threadpool(
+        ctx.backend.notifications.rotate_secret, key.namespace, request.path_params["channel"], inp.signing_secret
+    )
+    return json_response(channel_json(channel, admin=True, secret=True))
+
+
+async def _rotate_input(request: Request) -> RotateInput:
+    """The optional body of a rotation: none, ``{}`` or ``{"signingSecret": "whsec_..."}``."""
+    if media_type(request) not in ("application/json", ""):
+        raise UnsupportedMediaType("Send application/json", code="unsupported_media_type")
+    raw = await read_body(request, 64 * 1024)
+    if not raw.strip():
+        return RotateInput()
+    try:
+        return msgspec.json.decode(raw, type=RotateInput)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"Invalid rotation request: {exc}", code="invalid_rotation_request") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
 
 
 async def list_channels(request: Request) -> Response:
@@ -132,14 +173,15 @@ async def list_channels(request: Request) -> Response:
     channels = await run_in_threadpool(
         functools.partial(ctx.backend.notifications.channels, key.namespace, include_deleted=deleted)
     )
-    return json_response(_page(request, [channel_json(c) for c in channels]))
+    admin = key.allows(Scope.ADMIN)
+    return json_response(_page(request, [channel_json(c, admin=admin) for c in channels]))
 
 
 async def get_channel(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     channel = await run_in_threadpool(ctx.backend.notifications.channel, key.namespace, request.path_params["channel"])
-    return json_response(channel_json(channel))
+    return json_response(channel_json(channel, admin=key.allows(Scope.ADMIN)))
 
 
 async def delete_channel(request: Request) -> Response:

@@ -2,7 +2,9 @@
 
 Body: ``type`` (``urn:meterline:problem:<code>``), ``title``, ``status``, ``detail``,
 ``instance`` (the request path), ``code``, plus error-specific members. Unexpected exceptions
-become a 500 ``internal_error`` whose detail never contains the exception text.
+become a 500 ``internal_error`` whose detail never contains the exception text. Every text in
+a problem body passes through :func:`meterline.redact.redact`: an API key, signing secret or
+token that a caller put into a path, parameter or body is never echoed back.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.errors import MeterlineError
+from meterline.redact import redact, redact_value
 
 log = logging.getLogger("meterline.api")
 PROBLEM = "application/problem+json"
@@ -35,10 +38,10 @@ def problem(
         "type": f"urn:meterline:problem:{code}",
         "title": title,
         "status": status,
-        "detail": detail,
-        "instance": request.url.path,
+        "detail": redact(detail),
+        "instance": redact(request.url.path),
         "code": code,
-        **extra,
+        **{k: redact_value(v) for k, v in extra.items()},
     }
     return Response(_encode(body), status_code=status, media_type=PROBLEM, headers=headers)
 

@@ -1,6 +1,6 @@
 """``meterline alerts``: notification channels, rules, fired alerts and their deliveries.
 
-    alerts channels list | create | delete
+    alerts channels list | create | rotate-secret | delete
     alerts rules list | create | delete | test
     alerts deliveries     every fired alert with each channel's delivery state
     alerts resend         deliver a fired alert again
@@ -96,8 +96,20 @@ def channels_create(
         print_json(c)
         return
     click.echo(f"created {c['type']} channel {c['name']} ({c['id']})")
-    if c["signingSecret"] and secret is None:
-        click.echo(f"signing secret: {c['signingSecret']}")
+    if c.get("signingSecret") and secret is None:
+        click.echo(f"signing secret (shown only now): {c['signingSecret']}")
+
+
+@channels.command("rotate-secret")
+@with_api
+@click.argument("channel_id", metavar="ID")
+@click.option("--secret", help="the new signing secret (whsec_...; default: generated and printed)")
+def channels_rotate_secret(api: Api, channel_id: str, secret: str | None) -> None:
+    """Give webhook channel ID a new signing secret; deliveries are signed with it from now on."""
+    c = api.post(f"/api/v1/notification/channels/{channel_id}/rotate-secret", {"signingSecret": secret})
+    click.echo(f"rotated the signing secret of channel {c['name']} ({c['id']})")
+    if secret is None:
+        click.echo(f"signing secret (shown only now): {c['signingSecret']}")
 
 
 @channels.command("delete")

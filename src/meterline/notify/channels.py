@@ -20,6 +20,7 @@ import msgspec
 
 from meterline.errors import InvalidInput
 from meterline.notify import signing
+from meterline.redact import MASK
 
 ChannelType = Literal["WEBHOOK", "LOG"]
 ChannelFormat = Literal["standard", "slack"]
@@ -108,6 +109,34 @@ def update_channel(channel: Channel, inp: ChannelInput, now_us: int) -> Channel:
     validate_channel(inp)
     spec = _with_secret(inp, channel.spec.signing_secret)
     return msgspec.structs.replace(channel, spec=spec, updated_us=now_us)
+
+
+def rotate_secret(channel: Channel, secret: str | None, now_us: int) -> Channel:
+    """A webhook channel with a new signing secret (``secret``, or a generated one). From then on
+    every delivery, including retries of earlier alerts, is signed with the new secret only."""
+    if channel.type != "WEBHOOK":
+        raise InvalidInput("only a WEBHOOK channel has a signing secret", code="channel_has_no_secret")
+    problems = [] if secret is None else _secret_problems(secret)
+    if problems:
+        raise InvalidInput("invalid signing secret: " + "; ".join(problems), code="invalid_channel", problems=problems)
+    spec = msgspec.structs.replace(channel.spec, signing_secret=secret or signing.new_secret())
+    return msgspec.structs.replace(channel, spec=spec, updated_us=now_us)
+
+
+def masked_url(url: str | None) -> str | None:
+    """``url`` as far as it is safe to show to a reader: scheme, host and port; user info, path
+    and query (where receivers such as Slack keep their tokens) are masked."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return MASK
+    if ":" in host:
+        host = f"[{host}]"
+    rest = "" if parts.path in ("", "/") and not parts.query and not parts.fragment else "/" + MASK
+    return f"{parts.scheme}://{host}{'' if port is None else f':{port}'}{rest or parts.path}"
 
 
 def _with_secret(inp: ChannelInput, current: str | None) -> ChannelInput:

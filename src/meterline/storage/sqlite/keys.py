@@ -45,7 +45,8 @@ def revoke_key(conn: sqlite3.Connection, key_id: str, namespace: str | None, now
     where = "id = ?" if namespace is None else "id = ? AND namespace = ?"
     conn.execute(f"UPDATE api_keys SET revoked_us = coalesce(revoked_us, ?) WHERE {where}", args)
     if conn.execute("SELECT changes()").fetchone()[0] == 0:
-        raise NotFound(f"No API key {key_id!r}", code="key_not_found")
+        # never echo key_id: a caller who pasted a whole key here must not get it back
+        raise NotFound("No API key with this id in this namespace", code="key_not_found")
     row = conn.execute(
         "SELECT id, namespace, name, scopes, prefix, created_us, revoked_us FROM api_keys WHERE id = ?", (key_id,)
     ).fetchone()

@@ -18,7 +18,7 @@ from ulid import ULID
 
 from meterline.alerts.rules import Rule, RuleInput, validate_rule
 from meterline.errors import InvalidInput, NotFound
-from meterline.notify.channels import Channel, ChannelInput, new_channel, update_channel
+from meterline.notify.channels import Channel, ChannelInput, new_channel, rotate_secret, update_channel
 from meterline.notify.dispatch import Due
 from meterline.storage.sqlite.database import Database
 
@@ -80,6 +80,11 @@ class SqliteNotifications:
 
     def update_channel(self, namespace: str, channel_id: str, inp: ChannelInput) -> Channel:
         channel = update_channel(self.channel(namespace, channel_id), inp, self._now_us())
+        self._write(lambda conn: self._put(conn, "notification_channels", channel.id, namespace, channel))
+        return channel
+
+    def rotate_secret(self, namespace: str, channel_id: str, secret: str | None) -> Channel:
+        channel = rotate_secret(self.channel(namespace, channel_id), secret, self._now_us())
         self._write(lambda conn: self._put(conn, "notification_channels", channel.id, namespace, channel))
         return channel
 
