@@ -54,7 +54,10 @@ class BillingScheduler:
                 log.exception("billing run failed")
                 continue
             if self.last.created or self.last.failed:
+                created, failed = len(self.last.created), len(self.last.failed)
                 log.info(
-                    "billing run",
-                    extra={"created": len(self.last.created), "failed": len(self.last.failed)},
+                    "billing run: %d invoices created, %d windows failed",
+                    created,
+                    failed,
+                    extra={"invoices_created": created, "windows_failed": failed},
                 )

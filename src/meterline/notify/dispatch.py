@@ -233,8 +233,17 @@ class Dispatcher:
     def _log(self, due: Due) -> Outcome:
         alert = _decode(due.payload)
         alert_type = alert.get("type", "alert") if isinstance(alert, dict) else "alert"
-        extra = {"event_id": due.event_id, "channel_id": due.channel.id, "namespace": due.channel.namespace}
-        alerts_log.info("%s %s", alert_type, due.event_id, extra={**extra, "alert": alert})
+        alerts_log.info(
+            "%s %s",
+            alert_type,
+            due.event_id,
+            extra={
+                "event_id": due.event_id,
+                "channel_id": due.channel.id,
+                "namespace": due.channel.namespace,
+                "alert": alert,
+            },
+        )
         return Outcome(ok=True)
 
     def _post(self, due: Due) -> Outcome:
