@@ -16,17 +16,9 @@ from typing import Any
 import click
 
 from meterline.alerts.rules import RuleInput, RuleType, Threshold, validate_rule
-from meterline.cli.catalog_http import (
-    Api,
-    decimal_value,
-    json_option,
-    pairs,
-    parse_decimal,
-    print_json,
-    print_table,
-    text,
-    with_api,
-)
+from meterline.cli.client import Api, with_api
+from meterline.cli.output import json_option, print_json, print_table, text
+from meterline.cli.values import decimal_value, pairs, parse_decimal
 from meterline.errors import InvalidInput
 from meterline.notify.channels import ChannelInput, channel_problems
 from meterline.notify.payloads import summary

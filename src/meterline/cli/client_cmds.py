@@ -3,46 +3,17 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 import click
-import httpx
 import msgspec
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from meterline.errors import InvalidInput, MeterlineError
+from meterline.cli.client import JSON, Api, RequestFailed, with_api
+from meterline.cli.output import text
+from meterline.errors import InvalidInput
 
 _decode = msgspec.json.Decoder()
-
-
-def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--api-key", envvar="METERLINE_API_KEY", required=True, help="or METERLINE_API_KEY")(f)
-    return click.option(
-        "--url",
-        envvar="METERLINE_URL",
-        default="http://127.0.0.1:8888",
-        show_default=True,
-        help="server address, or METERLINE_URL",
-    )(f)
-
-
-def http_client(url: str, api_key: str, timeout: float = 60.0) -> httpx.Client:
-    """An HTTP client for the server at ``url`` with the caller's API key."""
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
-
-
-def checked(response: httpx.Response) -> httpx.Response:
-    """``response``, or a MeterlineError carrying the problem's detail for a 4xx/5xx."""
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        raise MeterlineError(f"{response.status_code}: {detail}")
-    return response
 
 
 def _events(stream: IO[str]) -> Iterator[Any]:
@@ -64,30 +35,24 @@ def _events(stream: IO[str]) -> Iterator[Any]:
 
 
 @click.command()
-@server_options
+@with_api
 @click.argument("file", type=click.File("r"))
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
-def ingest(url: str, api_key: str, file: IO[str], batch_size: int) -> None:
+def ingest(api: Api, file: IO[str], batch_size: int) -> None:
     """Send events from FILE (or - for stdin): JSON lines or a JSON array, in batches."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     events = list(_events(file))
     totals = {"accepted": 0, "duplicates": 0, "rejected": 0}
     problems: list[str] = []
     console = Console(stderr=True)
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with (
-        http_client(url, api_key) as client,
-        Progress(*columns, console=console, disable=not console.is_terminal) as bar,
-    ):
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("ingest", total=len(events))
         for start in range(0, len(events), batch_size):
             batch = events[start : start + batch_size]
-            report = checked(
-                client.post(
-                    "/api/v1/events",
-                    content=msgspec.json.encode(batch),
-                    headers={"Content-Type": "application/cloudevents-batch+json", "Prefer": "return=representation"},
-                )
-            ).json()
+            report = _send_batch(api, batch, start, len(events))
             for k in totals:
                 totals[k] += report[k]
             problems += [
@@ -103,8 +68,23 @@ def ingest(url: str, api_key: str, file: IO[str], batch_size: int) -> None:
         sys.exit(1)
 
 
+def _send_batch(api: Api, batch: list[Any], start: int, total: int) -> Any:
+    """One batch's per-event report. A failure after earlier batches went through says so:
+    sending the whole file again is safe, as events already recorded come back as duplicates."""
+    headers = {"Content-Type": "application/cloudevents-batch+json", "Prefer": "return=representation"}
+    try:
+        return api.post("/api/v1/events", content=msgspec.json.encode(batch), headers=headers)
+    except RequestFailed as exc:
+        if not start:
+            raise
+        raise RequestFailed(
+            f"{exc.detail} (after the first {start} of {total} events were sent;"
+            " sending the file again is safe: events already recorded come back as duplicates)"
+        ) from None
+
+
 @click.command()
-@server_options
+@with_api
 @click.argument("meter")
 @click.option("--from", "from_", help="RFC 3339 start (inclusive)")
 @click.option("--to", help="RFC 3339 end (exclusive)")
@@ -115,8 +95,7 @@ def ingest(url: str, api_key: str, file: IO[str], batch_size: int) -> None:
 @click.option("--filter", "filters", multiple=True, help="DIM=VALUE (repeatable)")
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV instead of a table")
 def usage(
-    url: str,
-    api_key: str,
+    api: Api,
     meter: str,
     from_: str | None,
     to: str | None,
@@ -128,7 +107,7 @@ def usage(
     as_csv: bool,
 ) -> None:
     """Query a meter (same parameters as GET /api/v1/meters/{meter}/query)."""
-    params: list[tuple[str, str | int | float | bool | None]] = [
+    params = [
         (k, v)
         for k, v in (("from", from_), ("to", to), ("windowSize", window_size), ("windowTimeZone", window_tz))
         if v
@@ -139,18 +118,17 @@ def usage(
         if not sep:
             raise InvalidInput(f"--filter {f!r} must be DIM=VALUE")
         params.append((f"filterGroupBy[{dim}]", value))
-    with http_client(url, api_key) as client:
-        response = checked(
-            client.get(
-                f"/api/v1/meters/{meter}/query",
-                params=params,
-                headers={"Accept": "text/csv" if as_csv else "application/json"},
-            )
-        )
+    path = f"/api/v1/meters/{meter}/query"
     if as_csv:
-        click.echo(response.text, nl=False)
+        click.echo(api.text(path, params, expect="text/csv"), nl=False)
         return
-    rows = msgspec.json.Decoder(float_hook=str).decode(response.content)["data"]
+    _print_usage(api.get(path, params)["data"])
+
+
+def _print_usage(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     dims = sorted({k for r in rows for k in r["groupBy"]})
     table = Table("window start", "window end", "subject", *dims, "value")
     for r in rows:
@@ -159,7 +137,7 @@ def usage(
             r["windowEnd"],
             r["subject"] or "",
             *[r["groupBy"].get(d) or "" for d in dims],
-            str(r["value"]),
+            text(r["value"]),
         )
     Console().print(table)
 
@@ -170,15 +148,14 @@ def meters() -> None:
 
 
 @meters.command("list")
-@server_options
-def meters_list(url: str, api_key: str) -> None:
-    with http_client(url, api_key) as client:
-        for m in checked(client.get("/api/v1/meters")).json():
-            click.echo(f"{m['slug']}\t{m['aggregation']}\t{m['eventType']}\t{m.get('valueProperty') or ''}\t{m['id']}")
+@with_api
+def meters_list(api: Api) -> None:
+    for m in api.get("/api/v1/meters"):
+        click.echo(f"{m['slug']}\t{m['aggregation']}\t{m['eventType']}\t{m.get('valueProperty') or ''}\t{m['id']}")
 
 
 @meters.command("create")
-@server_options
+@with_api
 @click.option("--slug", required=True)
 @click.option("--event-type", required=True)
 @click.option(
@@ -188,8 +165,7 @@ def meters_list(url: str, api_key: str) -> None:
 @click.option("--group-by", multiple=True, help="NAME=$.json.path (repeatable)")
 @click.option("--description")
 def meters_create(
-    url: str,
-    api_key: str,
+    api: Api,
     slug: str,
     event_type: str,
     aggregation: str,
@@ -208,25 +184,22 @@ def meters_create(
         "groupBy": groups,
         "description": description,
     }
-    with http_client(url, api_key) as client:
-        m = checked(client.post("/api/v1/meters", json={k: v for k, v in body.items() if v is not None})).json()
+    m = api.post("/api/v1/meters", {k: v for k, v in body.items() if v is not None})
     click.echo(f"created meter {m['slug']} ({m['id']})")
 
 
 @meters.command("show")
-@server_options
+@with_api
 @click.argument("meter")
-def meters_show(url: str, api_key: str, meter: str) -> None:
-    with http_client(url, api_key) as client:
-        click.echo(checked(client.get(f"/api/v1/meters/{meter}")).text)
+def meters_show(api: Api, meter: str) -> None:
+    click.echo(api.text(f"/api/v1/meters/{meter}", expect=JSON))
 
 
 @meters.command("delete")
-@server_options
+@with_api
 @click.argument("meter")
-def meters_delete(url: str, api_key: str, meter: str) -> None:
-    with http_client(url, api_key) as client:
-        checked(client.delete(f"/api/v1/meters/{meter}"))
+def meters_delete(api: Api, meter: str) -> None:
+    api.delete(f"/api/v1/meters/{meter}")
     click.echo(f"deleted meter {meter}")
 
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import click
 
-from meterline.cli.catalog_http import Api, json_option, pairs, print_fields, print_json, print_table, with_api
+from meterline.cli.client import Api, with_api
+from meterline.cli.output import json_option, print_fields, print_json, print_table
+from meterline.cli.values import pairs
 from meterline.customers.model import CustomerInput, UnknownSubjects, validate
 
 # -- customers ------------------------------------------------------------------------------

@@ -14,20 +14,9 @@ from typing import Any
 
 import click
 
-from meterline.cli.catalog_http import (
-    Api,
-    decimal_value,
-    instant_value,
-    json_option,
-    pairs,
-    parse_decimal,
-    period_text,
-    print_fields,
-    print_json,
-    print_table,
-    text,
-    with_api,
-)
+from meterline.cli.client import Api, with_api
+from meterline.cli.output import json_option, period_text, print_fields, print_json, print_table, text
+from meterline.cli.values import decimal_value, instant_value, pairs, parse_decimal
 from meterline.entitlements.model import (
     EntitlementInput,
     FeatureInput,

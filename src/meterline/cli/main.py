@@ -1,8 +1,14 @@
 """``meterline``: serve, keys, ingest, usage, meters, rebuild, check-config.
 
 Commands that work on the data directory (serve, keys, rebuild, check-config) take
-``--data-dir``/``--config``; commands that talk to a running server (ingest, usage, meters)
-take ``--url``/``--api-key`` (or ``METERLINE_URL``/``METERLINE_API_KEY``).
+``--data-dir``/``--config``; commands that talk to a running server (ingest, usage, meters,
+billing, customers, ...) take ``--url``/``--api-key``/``--timeout`` (or ``METERLINE_URL``,
+``METERLINE_API_KEY``, ``METERLINE_TIMEOUT``) and share one client (``cli.client``), so every
+failure to reach or understand the server is one line on stderr and exit status 2.
+
+Start-up stays light: the command modules import the server stack (configuration, storage,
+the ASGI app) and heavy libraries (httpx, rich) only inside the commands that use them; a test
+holds that line.
 """
 
 from __future__ import annotations

@@ -1,21 +1,25 @@
-"""Commands that work on the data directory: serve, keys, rebuild, check-config."""
+"""Commands that work on the data directory: serve, keys, rebuild, check-config.
+
+The configuration and storage modules are imported by the commands that use them, so that
+``meterline --help`` and the commands that talk to a server never load them.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from meterline.auth.keys import DEFAULT_NAMESPACE, check_namespace, parse_scopes
 from meterline.clock import SystemClock, rfc3339
-from meterline.config import Config, load_config
-from meterline.storage.sqlite.database import DB_FILE
-from meterline.storage.sqlite.keys import count_keys, create_key, list_keys, revoke_key
-from meterline.storage.sqlite.rebuild import rebuild
-from meterline.storage.sqlite.schema import connect, create_schema
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from meterline.config import Config
 
 
 def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -24,6 +28,8 @@ def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _config(config_path: Path | None, data_dir: Path | None, **server: Any) -> Config:
+    from meterline.config import load_config
+
     return load_config(config_path, {"storage": {"data_dir": data_dir}, "server": server})
 
 
@@ -62,6 +68,8 @@ def serve(config_path: Path | None, data_dir: Path | None, host: str | None, por
 
 
 def _bootstrap_key(config: Config) -> str | None:
+    from meterline.storage.sqlite.keys import count_keys, create_key
+
     if not config.auth.bootstrap_admin_key:
         return None
     conn = _open(config)
@@ -79,7 +87,10 @@ def _bootstrap_key(config: Config) -> str | None:
         conn.close()
 
 
-def _open(config: Config) -> Any:
+def _open(config: Config) -> sqlite3.Connection:
+    from meterline.storage.sqlite.database import DB_FILE
+    from meterline.storage.sqlite.schema import connect, create_schema
+
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
     conn = connect(config.storage.data_dir / DB_FILE, fsync=config.storage.fsync)
     create_schema(conn)
@@ -100,6 +111,8 @@ def keys_create(
     config_path: Path | None, data_dir: Path | None, scopes: tuple[str, ...], name: str, namespace: str
 ) -> None:
     """Create a key and print it (shown only once)."""
+    from meterline.storage.sqlite.keys import create_key
+
     config = _config(config_path, data_dir)
     scope_set = parse_scopes(list(scopes))
     check_namespace(namespace)
@@ -116,6 +129,8 @@ def keys_create(
 @config_options
 def keys_list(config_path: Path | None, data_dir: Path | None) -> None:
     """List keys (ids and prefixes, never secrets)."""
+    from meterline.storage.sqlite.keys import list_keys
+
     conn = _open(_config(config_path, data_dir))
     try:
         for k in list_keys(conn, None):
@@ -130,6 +145,8 @@ def keys_list(config_path: Path | None, data_dir: Path | None) -> None:
 @click.argument("key_id")
 def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) -> None:
     """Revoke a key by id."""
+    from meterline.storage.sqlite.keys import revoke_key
+
     conn = _open(_config(config_path, data_dir))
     try:
         revoke_key(conn, key_id, None, SystemClock().now_us())
@@ -143,6 +160,8 @@ def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) ->
 @click.option("--check", is_flag=True, help="only compare; change nothing")
 def rebuild_cmd(config_path: Path | None, data_dir: Path | None, check: bool) -> None:
     """Recompute rollups from the ledger; report and replace any difference."""
+    from meterline.storage.sqlite.rebuild import rebuild
+
     config = _config(config_path, data_dir)
     conn = _open(config)
     try:
