@@ -121,3 +121,52 @@ def test_the_scheduler_invoices_every_period_by_itself(tmp_path: Path, caplog: p
         assert len(served.invoices()) == 2
     runs = [r for r in caplog.records if r.name == "meterline.billing" and r.getMessage().startswith("billing run")]
     assert [getattr(r, "invoices_created", None) for r in runs] == [1, 1]
+
+
+class HandOff:
+    """The billing run lock, with a hand-off the test arms: the scheduler thread's next run takes
+    the lock and holds it until another caller is waiting for it. That makes "a manual run
+    arrives while the scheduler is finalizing" happen every time, not by luck."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.armed = False
+        self.holding = threading.Event()
+        self.waiting = threading.Event()
+
+    def __enter__(self) -> HandOff:
+        if not self._lock.acquire(blocking=False):
+            self.waiting.set()
+            self._lock.acquire()
+        elif self.armed and threading.current_thread().name == "meterline-billing":
+            self.armed = False
+            self.holding.set()
+            self.waiting.wait(timeout=20)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_manual_run_racing_the_scheduler_reports_the_invoices_it_found(tmp_path: Path) -> None:
+    lock = HandOff()
+
+    def prepare(app: Starlette) -> None:
+        app.state.ctx.backend.billing.run_lock = lock
+
+    with serve(tmp_path, {"scheduler_interval": 0.02}, prepare) as served:
+        billing_setup(served, "acme", "bravo")
+        lock.armed = True
+        assert lock.holding.wait(timeout=20), "the scheduler did not run"
+        served.move_to("2026-04-01T00:01:00Z")  # the scheduler reads the time once it holds the lock
+        answer: dict[str, Any] = {}
+        manual = threading.Thread(target=lambda: answer.update(served.client.post("/api/v1/billing/runs").json()))
+        manual.start()  # asks while the scheduler holds the lock, then waits for it
+        manual.join(timeout=30)
+        invoices = served.invoices()
+        assert [i["number"] for i in invoices] == ["INV-000001", "INV-000002"]
+        assert lock.waiting.is_set()  # the manual run did wait for the scheduler's
+        assert (answer["created"], answer["existing"]) == ([], ["INV-000001", "INV-000002"])
+        # a run asked after everything was invoiced has nothing to answer for
+        again = post_json(served.client, "/api/v1/billing/runs", {}, 200)
+        assert (again["created"], again["existing"]) == ([], [])

@@ -13,6 +13,8 @@ every due window, in order per subscription:
 
 Running again changes nothing: finalized windows are behind ``billed_through_us`` and the
 unique (subscription, period, replaces) key rejects a second invoice for the same period.
+A report lists the invoice of every window that was due when the run was asked, whichever run
+finalized it, so a run that waited for the scheduler's does not answer "nothing".
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ Due = tuple[StoredSubscription, PlanVersion, BillingWindow]
 
 
 @dataclass(frozen=True, slots=True)
+class Through:
+    """Where a subscription's invoicing stands (a row of ``subscriptions``)."""
+
+    namespace: str
+    customer_id: str
+    billed_through_us: int
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """A window to invoice for ``subscription``; ``advances``: a run (moves billed_through) or a
     replacement (does not)."""
@@ -76,10 +87,17 @@ class BillingRuns:
         self._lock = billing.run_lock
 
     def run(self, settings: Settings, namespace: str | None = None) -> RunReport:
-        """Finalize every due window of ``namespace`` (every namespace when None)."""
-        now = self._billing.now_us()
-        report = RunReport(now, now - settings.grace_us)
+        """Finalize every due window of ``namespace`` (every namespace when None).
+
+        The report answers for every window that was due when the run was asked: finalized by
+        this run (``created``) or by another one first (``existing``), e.g. the scheduler's run
+        that held the lock while this one waited for it. The cutoff is read once the lock is held.
+        """
+        asked = self._billed_through(namespace, unbilled=True)
         with self._lock:
+            now = self._billing.now_us()
+            report = RunReport(now, now - settings.grace_us)
+            report.existing += self._finalized_meanwhile(asked, self._billed_through(namespace), report.cutoff_us)
             for ns in [namespace] if namespace is not None else self._namespaces():
                 self._run(ns, settings, report)
         return report
@@ -106,6 +124,35 @@ class BillingRuns:
         if outcome.number is None:
             raise Conflict("billed usage changed while re-issuing; try again", code="billing_busy")
         return outcome.number
+
+    def _billed_through(self, namespace: str | None, *, unbilled: bool = False) -> dict[str, Through]:
+        """Per subscription (of ``namespace``, or all): how far it is invoiced; ``unbilled``: only
+        the subscriptions with a window left to invoice."""
+        rows = self._billing.db.reader().execute(
+            "SELECT id, namespace, customer, billed_through_us FROM subscriptions WHERE (? IS NULL OR namespace = ?)"
+            + (" AND billed_through_us < coalesce(end_us, 1 << 62)" if unbilled else ""),
+            (namespace, namespace),
+        )
+        return {sub: Through(ns, customer, through) for sub, ns, customer, through in rows}
+
+    def _finalized_meanwhile(self, asked: dict[str, Through], now: dict[str, Through], cutoff_us: int) -> list[str]:
+        """The live invoices of the windows that were due when the run was asked and that another
+        run finalized before this one held the lock (the windows in ``(asked, now]``)."""
+        numbers: list[str] = []
+        reader = self._billing.db.reader()
+        for sub, before in asked.items():
+            after = now.get(sub, before).billed_through_us
+            if after <= before.billed_through_us:
+                continue
+            rows = reader.execute(
+                "SELECT i.number FROM billed_windows b JOIN invoices i ON i.id = b.invoice"
+                " WHERE b.namespace = ? AND b.customer = ? AND b.subscription = ? AND b.invoice = b.origin"
+                " AND b.window_end_us > ? AND b.window_end_us <= ?"
+                " AND b.invoice NOT IN (SELECT invoice FROM invoice_voids) ORDER BY b.invoice",
+                (before.namespace, before.customer_id, sub, before.billed_through_us, min(after, cutoff_us)),
+            )
+            numbers += [number for (number,) in rows]
+        return numbers
 
     def _namespaces(self) -> list[str]:
         rows = self._billing.db.reader().execute("SELECT DISTINCT namespace FROM subscriptions ORDER BY namespace")
