@@ -12,6 +12,7 @@ corrected quantity: late units are priced at the tier they really fall in.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 
 import msgspec
@@ -21,6 +22,9 @@ from meterline.billing.lines import InvoiceLine
 from meterline.billing.money import ZERO, sub, total
 from meterline.billing.plans import PlanVersion, check_plan
 from meterline.periods import Period
+
+_ADJUSTED = "Adjustment: "
+_CHARGED = "Charged on "
 
 
 class Adjustment(msgspec.Struct, frozen=True, rename="camel"):
@@ -52,6 +56,35 @@ def adjust(
     return Adjustment(invoice_number, lines, total(line.amount for line in lines), after.unpriced)
 
 
+def reversal(lines: Sequence[InvoiceLine], carried_on: str) -> Adjustment:
+    """Lines that take back the adjustment ``lines`` invoice ``carried_on`` charged for a window
+    whose voided invoice is being replaced: the replacement prices the window in full with the
+    usage known now, so what ``carried_on`` already charged for it is netted out (negated amount
+    and quantity, ``references`` naming ``carried_on``)."""
+    taken = tuple(
+        msgspec.structs.replace(
+            line,
+            name=f"Charged on {carried_on}: {_label(line.name)}",
+            amount=sub(ZERO, line.amount),
+            exact_amount=sub(ZERO, line.amount),
+            quantity=None if line.quantity is None else sub(ZERO, line.quantity),
+            references=carried_on,
+        )
+        for line in lines
+        if line.kind == "adjustment"
+    )
+    return Adjustment(carried_on, taken, total(line.amount for line in taken))
+
+
+def _label(name: str) -> str:
+    """A line's name without the prefix this module gave it."""
+    if name.startswith(_ADJUSTED):
+        return name[len(_ADJUSTED) :]
+    if name.startswith(_CHARGED):
+        return name.split(": ", 1)[-1]
+    return name
+
+
 def _difference(old: InvoiceLine | None, new: InvoiceLine | None, reference: str) -> InvoiceLine | None:
     base = new or old
     assert base is not None
@@ -62,7 +95,7 @@ def _difference(old: InvoiceLine | None, new: InvoiceLine | None, reference: str
     return msgspec.structs.replace(
         base,
         kind="adjustment",
-        name=f"Adjustment: {base.name}",
+        name=f"{_ADJUSTED}{base.name}",
         amount=amount,
         exact_amount=amount,
         quantity=quantity if base.quantity is not None else None,

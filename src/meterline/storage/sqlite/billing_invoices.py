@@ -20,8 +20,9 @@ from decimal import Decimal
 
 import msgspec
 
-from meterline.billing import CreditGrant
-from meterline.billing.documents import assemble, encode_invoice, number_text
+from meterline.billing import Adjustment, CreditGrant
+from meterline.billing.adjustments import reversal
+from meterline.billing.documents import assemble, decode_invoice, encode_invoice, number_text
 from meterline.billing.money import ZERO, sub, total
 from meterline.clock import from_us
 from meterline.errors import Conflict, NotFound
@@ -85,9 +86,8 @@ class SqliteInvoices:
         ).fetchone()[0]
         number = number_text(settings.prefix, n, settings.digits)
         grants = _grants(conn, item.namespace, item.customer_id) if granted else []
-        invoice, _ = assemble(
-            number, item.parties, item.windows, [a for a, _ in item.adjustments], grants, item.issued_at
-        )
+        adjustments = [a for a, _ in item.adjustments] + _charged_elsewhere(conn, item.namespace, key)
+        invoice, _ = assemble(number, item.parties, item.windows, adjustments, grants, item.issued_at)
         cur = conn.execute(
             "INSERT INTO invoices (namespace, number, customer, subscription, period_start_us, period_end_us,"
             " replaces, issued_us, body) VALUES (?,?,?,?,?,?,?,?,?) RETURNING id",
@@ -258,6 +258,32 @@ def _latest_id(conn: sqlite3.Connection, subscription: str, window_start_us: int
         (subscription, window_start_us),
     ).fetchone()
     return None if row[0] is None else int(row[0])
+
+
+def _charged_elsewhere(conn: sqlite3.Connection, namespace: str, key: tuple[str, int, str]) -> list[Adjustment]:
+    """For a replacement (``key``: subscription, period start, the voided invoice it replaces):
+    the adjustment lines live invoices charged against any earlier invoice of that period,
+    taken back (``billing.adjustments.reversal``); the replacement prices the period in full."""
+    if not key[2]:
+        return []
+    chain = conn.execute(
+        "SELECT id, number, customer FROM invoices WHERE subscription = ? AND period_start_us = ? ORDER BY id",
+        key[:2],
+    ).fetchall()
+    if not chain:
+        return []
+    numbers = {number for _, number, _ in chain}
+    later = conn.execute(
+        "SELECT number, body FROM invoices WHERE namespace = ? AND customer = ? AND id > ?"
+        " AND id NOT IN (SELECT invoice FROM invoice_voids) ORDER BY id",
+        (namespace, chain[0][2], chain[0][0]),
+    )
+    out = []
+    for number, body in later:
+        lines = [ln for ln in decode_invoice(body).lines if ln.kind == "adjustment" and ln.references in numbers]
+        if lines:
+            out.append(reversal(lines, number))
+    return out
 
 
 def _billed_through(conn: sqlite3.Connection, subscription: str) -> int | None:

@@ -8,7 +8,8 @@ every due window, in order per subscription:
    version; usage without a price fails the window (it is reported, never billed at 0);
 2. price late usage: for each of the customer's invoiced windows (within the look-back) whose
    usage changed since it was billed, ``billing.adjust`` makes adjustment lines that reference
-   the original invoice; they go on the customer's first invoice of this run in that currency;
+   the original invoice; they go on the customer's first invoice of this run in that currency
+   (never on a replacement: ``reissue`` prices the voided invoice's own windows and nothing else);
 3. finalize (``SqliteInvoices.finalize``): number, credits, immutable bytes, one transaction.
 
 Running again changes nothing: finalized windows are behind ``billed_through_us`` and the
@@ -226,6 +227,8 @@ class BillingRuns:
             pending.append(
                 Pending(pricer.namespace, ask.customer_id, parties, ((result.draft, window),), (), issued, through)
             )
+        if replaces is not None:  # a replacement covers exactly its own windows: late usage of
+            return pending, failures  # others waits for the next regular invoice
         return self._with_adjustments(pricer, pending, settings), failures
 
     def _with_adjustments(self, pricer: Pricer, pending: list[Pending], settings: Settings) -> list[Pending]:
