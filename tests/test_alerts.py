@@ -72,6 +72,14 @@ class Receiver:
         return sorted(out)
 
 
+LOCAL = {"alerts": {"allow_private_webhook_targets": True}}  # the receivers listen on 127.0.0.1
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    yield from build_api(tmp_path, **LOCAL)
+
+
 @pytest.fixture
 def receiver(api: Api) -> Iterator[Receiver]:
     r = Receiver(lambda: api.clock.now_us() // 1_000_000)
@@ -155,7 +163,7 @@ def test_thresholds_fire_once_per_period_with_retries_and_failures(api: Api, rec
 
 
 def test_restart_mid_period_and_next_period(tmp_path: Path) -> None:
-    gen = build_api(tmp_path)
+    gen = build_api(tmp_path, **LOCAL)
     api = next(gen)
     receiver = Receiver(lambda: api.clock.now_us() // 1_000_000)
     setup(api)
@@ -163,7 +171,7 @@ def test_restart_mid_period_and_next_period(tmp_path: Path) -> None:
     api.post_events([ev("e1", tokens=60)])
     wait_for(lambda: len(receiver.delivered) == 1)
     gen.close()
-    gen = build_api(tmp_path)  # restart mid-period
+    gen = build_api(tmp_path, **LOCAL)  # restart mid-period
     api = next(gen)
     assert value(api)["usage"] == 60
     api.post_events([ev("e1", tokens=60), ev("e2", tokens=1)])

@@ -200,6 +200,7 @@ def dispatcher(store: DeliveryStore, clock: FixedClock, **options: Any) -> Dispa
         "backoff_initial": 1.0,
         "backoff_max": 5.0,
         "rand": lambda: 1.0,
+        "allow_private_targets": True,  # the receivers listen on 127.0.0.1
     }
     return Dispatcher(store, clock, **(settings | options))
 

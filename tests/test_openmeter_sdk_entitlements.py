@@ -26,11 +26,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Server
+from conftest import Server, start_server
 from corehttp.exceptions import HttpResponseError, ResourceNotFoundError
 from openmeter import Client
 from openmeter._generated.operations import _operations as sdk_operations
@@ -98,6 +99,14 @@ class World:
 
     def http(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.server.url, headers={"Authorization": f"Bearer {token or self.server.key}"})
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    # the webhook receivers of the notification tests listen on 127.0.0.1
+    s = start_server(tmp_path / "server-data", env={"METERLINE_ALERTS__ALLOW_PRIVATE_WEBHOOK_TARGETS": "true"})
+    yield s
+    s.stop()
 
 
 @pytest.fixture

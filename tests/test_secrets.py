@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import Api, build_api, make_key, start_server
 from pythonjsonlogger.json import JsonFormatter
+from standardwebhooks import Webhook
+from test_dispatch import Receiver
 
 from meterline.cli.logs import RedactingFilter
 from meterline.cli.main import cli
@@ -241,3 +244,35 @@ def test_cli_prints_a_secret_only_when_it_is_made(tmp_path: Path) -> None:
         assert new not in listed and secret not in listed and "signingSecret" not in listed
     finally:
         server.stop()
+
+
+def test_deliveries_after_a_rotation_are_signed_with_the_new_secret(tmp_path: Path) -> None:
+    receiver = Receiver()  # verifies with its own secret, the one the channel starts with
+    gen = build_api(tmp_path, alerts={"allow_private_webhook_targets": True})
+    api = next(gen)
+    api.clock.advance(time.time() - api.clock.now_us() / 1e6)  # the signatures carry real timestamps
+    try:
+        ch = create(api, type="WEBHOOK", name="ops", url=receiver.url, signingSecret=receiver.secret)
+        rule = {"type": "entitlements.balance.threshold", "name": "r", "channels": [ch["id"]]}
+        rule["thresholds"] = [{"type": "NUMBER", "value": 1}]
+        rule_id = api.client.post("/api/v1/notification/rules", json=rule, headers=api.headers()).json()["id"]
+        test = f"/api/v1/notification/rules/{rule_id}/test"
+        assert api.client.post(test, headers=api.headers()).status_code == 201
+        wait_until(lambda: len(receiver.requests) == 1)
+        rotated = api.client.post(f"/api/v1/notification/channels/{ch['id']}/rotate-secret", headers=api.headers())
+        new = rotated.json()["signingSecret"]
+        assert api.client.post(test, headers=api.headers()).status_code == 201
+        wait_until(lambda: len(receiver.requests) == 2)
+    finally:
+        gen.close()
+        receiver.close()
+    before, after = receiver.requests
+    assert before.verified and not after.verified  # the old secret no longer signs anything
+    Webhook(new).verify(after.body, after.headers)
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)

@@ -73,6 +73,11 @@ class AlertsConfig(_Section):
     """Longest wait between two attempts."""
     baseline_days: int = Field(7, ge=1)
     """Days of a customer's own history that make the baseline of spike/drop rules."""
+    allow_private_webhook_targets: bool = False
+    """Let webhook channels reach loopback, private, link-local, multicast and unspecified
+    addresses (checked when a channel is saved and again, on the resolved address, at every
+    delivery). Off: webhooks go to public addresses only, so a namespace admin cannot make the
+    server call into its own network. Turn on for receivers on this machine or your network."""
 
 
 class PortalConfig(_Section):

@@ -177,6 +177,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         max_attempts=config.alerts.max_attempts,
         backoff_initial=config.alerts.backoff_initial,
         backoff_max=config.alerts.backoff_max,
+        allow_private_targets=config.alerts.allow_private_webhook_targets,
     )
     backend.alerts.wake = dispatcher.wake
     scanner = AnomalyScanner(backend.alerts, clock)

@@ -18,7 +18,8 @@ from meterline.api.http import json_response, media_type, parse_int, parse_time,
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
 from meterline.errors import InvalidInput, NotFound, UnsupportedMediaType
-from meterline.notify.channels import Channel, ChannelInput, masked_url
+from meterline.notify.channels import Channel, ChannelInput, masked_url, validate_channel
+from meterline.notify.targets import check_url
 from meterline.redact import MASK
 from meterline.storage.sqlite.notifications import FiredEvent, insert_event
 
@@ -121,10 +122,17 @@ def _page(request: Request, items: list[Any]) -> dict[str, Any]:
     return {"totalCount": len(items), "page": page, "pageSize": size, "items": items[(page - 1) * size : page * size]}
 
 
+def _allowed(ctx: Context, inp: ChannelInput) -> ChannelInput:
+    """``inp`` if it is a valid channel whose webhook target may be saved (see notify.targets)."""
+    validate_channel(inp)
+    check_url(inp.url if inp.type == "WEBHOOK" else None, ctx.config.alerts.allow_private_webhook_targets)
+    return inp
+
+
 async def create_channel(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, ChannelInput, "channel")
+    inp = _allowed(ctx, await typed_body(request, ChannelInput, "channel"))
     channel = await run_in_threadpool(ctx.backend.notifications.create_channel, key.namespace, inp)
     return json_response(channel_json(channel, admin=True, secret=True), 201)
 
@@ -132,7 +140,7 @@ async def create_channel(request: Request) -> Response:
 async def update_channel(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, ChannelInput, "channel")
+    inp = _allowed(ctx, await typed_body(request, ChannelInput, "channel"))
     channel = await run_in_threadpool(
         ctx.backend.notifications.update_channel, key.namespace, request.path_params["channel"], inp
     )

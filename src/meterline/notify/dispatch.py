@@ -14,7 +14,10 @@ Guarantees:
    ``webhook-timestamp`` is the time of the attempt, and the signature covers the exact bytes sent.
 3. Isolation: one delivery's failure (HTTP, timeout, bad payload, even a store error while recording
    it) is logged and never stops the others or the thread.
-4. A disabled channel gets no attempt: the delivery is recorded ``FAILED`` with error
+4. Webhooks reach public addresses only unless ``allow_private_targets`` (see
+   :mod:`meterline.notify.targets`): a refused target is a ``FAILED`` delivery at once, with
+   nothing sent; redirects are never followed.
+5. A disabled channel gets no attempt: the delivery is recorded ``FAILED`` with error
    ``channel disabled`` and its attempt count unchanged, so a resend after re-enabling works.
 """
 
@@ -35,6 +38,7 @@ import msgspec
 from meterline.clock import Clock
 from meterline.notify import payloads, signing
 from meterline.notify.channels import Channel
+from meterline.notify.targets import TargetRefused, guarded_client
 
 PENDING, SUCCESS, FAILED = "PENDING", "SUCCESS", "FAILED"
 USER_AGENT = "meterline-webhooks/1"
@@ -105,8 +109,9 @@ class Dispatcher:
 
     ``timeout`` bounds each phase of an HTTP attempt (connect, write, read) in seconds.
     ``max_attempts`` attempts are made before a delivery is FAILED. ``backoff_initial`` and
-    ``backoff_max`` (seconds) shape :func:`backoff`; ``rand`` is its jitter source. ``client`` is
-    used as given (and not closed) when passed; otherwise the dispatcher owns one.
+    ``backoff_max`` (seconds) shape :func:`backoff`; ``rand`` is its jitter source. Webhooks go to
+    public addresses only unless ``allow_private_targets``. ``client`` is used as given (and not
+    closed) when passed, with no address checks of its own; otherwise the dispatcher owns one.
     """
 
     def __init__(
@@ -122,6 +127,7 @@ class Dispatcher:
         rand: Callable[[], float] = random.random,
         poll_interval: float = 0.5,
         batch_size: int = 100,
+        allow_private_targets: bool = False,
     ) -> None:
         if max_attempts < 1 or backoff_initial <= 0 or backoff_max < backoff_initial or timeout <= 0:
             raise ValueError("need max_attempts >= 1, timeout > 0 and 0 < backoff_initial <= backoff_max")
@@ -130,7 +136,7 @@ class Dispatcher:
         self._backoff = (backoff_initial, backoff_max)
         self._poll, self._batch = poll_interval, batch_size
         self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=timeout, follow_redirects=False)
+        self._client = client or guarded_client(timeout, allow_private_targets)
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -273,6 +279,8 @@ class Dispatcher:
                 if response.is_success:
                     return Outcome(ok=True, status_code=response.status_code)
                 snippet = _head(response)
+        except TargetRefused as exc:
+            return Outcome(ok=False, error=clip(str(exc)), permanent=True)
         except httpx.TimeoutException:
             return Outcome(ok=False, error=f"timed out after {self._timeout:g}s")
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
