@@ -50,12 +50,14 @@ class Served:
 
 
 @contextmanager
-def serve(tmp_path: Path, billing: dict[str, object], prepare: Any = None) -> Iterator[Served]:
+def serve(
+    tmp_path: Path, billing: dict[str, object], prepare: Any = None, clock: FixedClock | None = None
+) -> Iterator[Served]:
     """Serve ``create_app`` on a free port; ``prepare(app)`` runs before start-up."""
     data_dir = tmp_path / "data"
     key = make_key(data_dir, ["admin"])
     config = load_config(None, {"storage": {"data_dir": data_dir, "fsync": "normal"}, "billing": billing})
-    clock = FixedClock(T0_US)
+    clock = clock or FixedClock(T0_US)
     app = create_app(config, clock)
     if prepare is not None:
         prepare(app)

@@ -23,7 +23,7 @@ from meterline.api.context import Context
 from meterline.api.http import json_response, parse_time, typed_body
 from meterline.auth.keys import Scope
 from meterline.billing.credits import GrantTerms, grant_problems
-from meterline.billing.documents import decode_invoice
+from meterline.billing.documents import decode_invoice, timestamp
 from meterline.billing.exports import invoice_csv, invoice_html
 from meterline.billing.money import currency, round_line
 from meterline.clock import from_us, rfc3339, to_us
@@ -45,6 +45,7 @@ def _ctx(request: Request) -> Context:
 
 
 def record_json(r: InvoiceRecord) -> dict[str, Any]:
+    """An invoice's list/status entry; its fields come from the stored invoice itself."""
     inv = decode_invoice(r.body)
     return {
         "number": r.number,
@@ -52,9 +53,9 @@ def record_json(r: InvoiceRecord) -> dict[str, Any]:
         "customer": inv.customer,
         "subscription": r.subscription,
         "currency": inv.currency,
-        "periodStart": inv.period_start.isoformat(),
-        "periodEnd": inv.period_end.isoformat(),
-        "issuedAt": rfc3339(r.issued_us),
+        "periodStart": timestamp(inv.period_start),
+        "periodEnd": timestamp(inv.period_end),
+        "issuedAt": timestamp(inv.issued_at),
         "total": str(inv.total),
         "amountDue": str(inv.amount_due),
         "replaces": r.replaces or None,

@@ -164,3 +164,9 @@ def encode_invoice(invoice: Invoice) -> bytes:
 
 def decode_invoice(body: bytes) -> Invoice:
     return _decoder.decode(body)
+
+
+def timestamp(t: datetime) -> str:
+    """A time of an invoice written exactly as its stored JSON writes it (RFC 3339, ``Z`` for UTC),
+    so every view of an invoice (list, status, exports) shows the same text for the same time."""
+    return str(msgspec.to_builtins(t))

@@ -20,7 +20,7 @@ from babel.numbers import format_currency, format_decimal
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from meterline.billing.charges import Step
-from meterline.billing.documents import Invoice
+from meterline.billing.documents import Invoice, timestamp
 from meterline.billing.lines import InvoiceLine
 
 LINE_COLUMNS = (
@@ -102,7 +102,7 @@ def _group(line: InvoiceLine) -> str:
 
 
 def _time(t: datetime | None) -> str:
-    return "" if t is None else t.isoformat()
+    return "" if t is None else timestamp(t)
 
 
 def _plain(d: Decimal | None) -> str:

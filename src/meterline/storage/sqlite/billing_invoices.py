@@ -24,7 +24,7 @@ from meterline.billing import Adjustment, CreditGrant
 from meterline.billing.adjustments import reversal
 from meterline.billing.documents import assemble, decode_invoice, encode_invoice, number_text
 from meterline.billing.money import ZERO, sub, total
-from meterline.clock import from_us
+from meterline.clock import from_us, to_us
 from meterline.errors import Conflict, NotFound
 from meterline.storage.sqlite.billing_model import Billed, GrantInput, InvoiceRecord, Pending, Settings, load_billed
 from meterline.storage.sqlite.database import Database
@@ -98,7 +98,7 @@ class SqliteInvoices:
                 *key[:2],
                 item.parties.period.end_us,
                 key[2],
-                self._now_us(),
+                to_us(invoice.issued_at),  # the stored invoice's own time, never a second reading
                 encode_invoice(invoice),
             ),
         )
