@@ -3,7 +3,6 @@ invoices (``/api/v1/billing/export``): both computed on request, nothing stored.
 
 from __future__ import annotations
 
-import csv
 import io
 from datetime import datetime
 
@@ -13,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from meterline import csvsafe
 from meterline.api.context import Context
 from meterline.api.http import parse_time
 from meterline.auth.keys import Scope
@@ -74,7 +74,7 @@ async def report(request: Request) -> Response:
 
 def _report_csv(rows: list[ReportRow]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csvsafe.writer(out)
     writer.writerow(
         [
             "customer",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import csv
 import io
 from typing import Any
 
@@ -12,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from meterline import csvsafe
 from meterline.api.context import Context
 from meterline.api.http import json_body, json_response, parse_time
 from meterline.auth.keys import Scope
@@ -116,7 +116,7 @@ def result_json(query: MeterQuery, rows: list[Row]) -> dict[str, Any]:
 def rows_csv(meter: Meter, rows: list[Row]) -> str:
     dims = sorted({k for r in rows for k in r.group_by})
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csvsafe.writer(out)
     writer.writerow(["window_start", "window_end", "subject", *dims, "value"])
     for r in rows:
         writer.writerow(

@@ -7,7 +7,6 @@ of the stored invoice and never feed back into it: the JSON document stays the s
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from babel.dates import format_date
 from babel.numbers import format_currency, format_decimal
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from meterline import csvsafe
 from meterline.billing.charges import Step
 from meterline.billing.documents import Invoice, timestamp
 from meterline.billing.lines import InvoiceLine
@@ -112,7 +112,7 @@ def _plain(d: Decimal | None) -> str:
 def invoice_csv(invoice: Invoice) -> str:
     """Every line and credit of one invoice, one CSV row each."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csvsafe.writer(out)
     writer.writerow(LINE_COLUMNS)
     for i, line in enumerate((*invoice.lines, *invoice.credits), start=1):
         steps = "; ".join(step_text(s) for s in line.steps)
@@ -142,7 +142,7 @@ def invoice_csv(invoice: Invoice) -> str:
 def export_csv(invoices: Iterable[tuple[Invoice, Status]]) -> str:
     """An accounting export: one row per invoice line, with the invoice's header on each row."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csvsafe.writer(out)
     writer.writerow(EXPORT_COLUMNS)
     for inv, st in invoices:
         head = [
