@@ -11,7 +11,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
-from meterline.api import admin, billing, customers, entitlements, features, ingest, meters, notifications, ops, portal
+from meterline.api import (
+    admin,
+    billing,
+    customers,
+    entitlements,
+    features,
+    ingest,
+    meter_values,
+    meters,
+    notifications,
+    ops,
+    portal,
+)
 from meterline.api.auth import Authenticator
 from meterline.api.context import Context
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
@@ -42,6 +54,8 @@ ROUTES = [
     Route("/api/v1/meters/{meter}", meters.get_meter, methods=["GET"]),
     Route("/api/v1/meters/{meter}", meters.delete_meter, methods=["DELETE"]),
     Route("/api/v1/meters/{meter}/query", meters.query_meter, methods=["GET", "POST"]),
+    Route("/api/v1/meters/{meter}/subjects", meter_values.list_subjects, methods=["GET"]),
+    Route("/api/v1/meters/{meter}/group-by/{groupByKey}/values", meter_values.list_group_by_values, methods=["GET"]),
     Route("/api/v1/dead-letters", admin.list_dead_letters, methods=["GET"]),
     Route("/api/v1/dead-letters", admin.purge_dead_letters, methods=["DELETE"]),
     Route("/api/v1/keys", admin.create_api_key, methods=["POST"]),
