@@ -3,23 +3,37 @@
 Precedence (highest first): command-line flags, environment variables
 (``METERLINE_SERVER__PORT=9000``; the shortcuts ``METERLINE_HOST``, ``METERLINE_PORT`` and
 ``METERLINE_DATA_DIR`` also work), the TOML file (``--config`` or ``METERLINE_CONFIG``),
-defaults. The whole configuration is validated at once and every problem is listed.
+defaults. The whole configuration is validated at once and every problem is listed: a value
+that would only fail later (a locale the HTML invoice cannot use, a duration that overflows a
+timer or a timestamp, an invoice prefix that breaks URLs) is refused here, by ``check-config``
+and at start, never at the first request that needs it.
 ``meterline.example.toml`` at the repository root documents every field and is checked by a
 test to load.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from meterline.auth.keys import NAMESPACE
 from meterline.errors import ConfigError
 from meterline.meters.model import MeterSpec, validate_spec
+
+_CENTURY = timedelta(days=36_525)  # far below what overflows a datetime or a microsecond INTEGER
+Duration = Annotated[timedelta, Field(gt=timedelta(0), le=_CENTURY)]
+"""A positive duration of at most 100 years."""
+Span = Annotated[timedelta, Field(ge=timedelta(0), le=_CENTURY)]
+"""A duration of zero up to 100 years."""
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")  # RFC 1123
 
 
 class _Section(BaseModel):
@@ -28,13 +42,23 @@ class _Section(BaseModel):
 
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
-    """Address to listen on."""
+    """Address to listen on: an IP address or a host name."""
     port: int = Field(8888, ge=1, le=65535)
     """TCP port."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest request body accepted (413 above it)."""
     max_events_per_request: int = Field(10_000, ge=1)
     """Most events in one ingest request (413 above it)."""
+
+    @field_validator("host")
+    @classmethod
+    def _host_valid(cls, host: str) -> str:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not _HOSTNAME.match(host):
+                raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
+        return host
 
 
 class StorageConfig(_Section):
@@ -48,11 +72,11 @@ class StorageConfig(_Section):
 
 
 class IngestConfig(_Section):
-    future_skew: timedelta = timedelta(minutes=5)
+    future_skew: Span = timedelta(minutes=5)
     """How far in the future an event's time may be (clock skew allowance)."""
-    late_arrival_window: timedelta | None = timedelta(days=90)
+    late_arrival_window: Duration | None = timedelta(days=90)
     """Oldest event time accepted, relative to now. Empty/none: no limit."""
-    dedupe_window: timedelta | None = None
+    dedupe_window: Duration | None = None
     """How long an idempotency key is remembered. None (default): forever."""
     max_group_cardinality: int = Field(1000, ge=1)
     """Most distinct values per meter groupBy dimension; events beyond it are rejected."""
@@ -63,15 +87,15 @@ class IngestConfig(_Section):
 
 
 class AlertsConfig(_Section):
-    webhook_timeout: float = Field(5.0, gt=0)
+    webhook_timeout: float = Field(5.0, gt=0, le=600)
     """Seconds a webhook receiver has to answer one delivery attempt."""
     max_attempts: int = Field(10, ge=1)
     """Delivery attempts before a notification is marked failed (resend restarts it)."""
-    backoff_initial: float = Field(1.0, gt=0)
+    backoff_initial: float = Field(1.0, gt=0, le=86_400)
     """Seconds before the first retry; each retry waits twice as long (with jitter)."""
-    backoff_max: float = Field(600.0, gt=0)
+    backoff_max: float = Field(600.0, gt=0, le=86_400)
     """Longest wait between two attempts."""
-    baseline_days: int = Field(7, ge=1)
+    baseline_days: int = Field(7, ge=1, le=366)
     """Days of a customer's own history that make the baseline of spike/drop rules."""
     allow_private_webhook_targets: bool = False
     """Let webhook channels reach loopback, private, link-local, multicast and unspecified
@@ -81,16 +105,22 @@ class AlertsConfig(_Section):
 
 
 class PortalConfig(_Section):
-    token_ttl: timedelta = timedelta(hours=1)
-    """Default lifetime of a portal token."""
-    max_token_ttl: timedelta = timedelta(days=1)
+    token_ttl: Duration = timedelta(hours=1)
+    """Default lifetime of a portal token (at least one second, at most ``max_token_ttl``)."""
+    max_token_ttl: Duration = timedelta(days=1)
     """Longest lifetime a caller may ask for."""
+
+    @model_validator(mode="after")
+    def _ttls_ordered(self) -> PortalConfig:
+        if not timedelta(seconds=1) <= self.token_ttl <= self.max_token_ttl:
+            raise ValueError("token_ttl must be at least 1 second and at most max_token_ttl")
+        return self
 
 
 class AuthConfig(_Section):
     bootstrap_admin_key: bool = True
     """On first start with no keys, create an admin key and print it once."""
-    key_cache_seconds: float = Field(2.0, ge=0)
+    key_cache_seconds: float = Field(2.0, ge=0, le=3600)
     """How long a verified key is cached; revocations take effect within this time."""
 
 
@@ -109,6 +139,13 @@ class MeterConfig(_Section):
     description: str | None = None
     value_property: str | None = None
     group_by: dict[str, str] = {}
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_valid(cls, namespace: str) -> str:
+        if not NAMESPACE.match(namespace):
+            raise ValueError(f"{namespace!r} is not a namespace (lowercase letters, digits, '_' and '-', up to 63)")
+        return namespace
 
     def spec(self) -> MeterSpec:
         import msgspec
@@ -129,19 +166,31 @@ class MeterConfig(_Section):
 class BillingConfig(_Section):
     scheduler_enabled: bool = True
     """Run due billing periods from inside the server, every ``scheduler_interval``."""
-    scheduler_interval: timedelta = Field(timedelta(minutes=1), gt=timedelta(0))
-    """How often the server's scheduler looks for periods that ended and finalizes them."""
-    grace_period: timedelta = Field(timedelta(0), ge=timedelta(0))
+    scheduler_interval: timedelta = Field(timedelta(minutes=1), gt=timedelta(0), le=timedelta(days=1))
+    """How often the server's scheduler looks for periods that ended and finalizes them (at most a
+    day; for rarer runs turn the scheduler off and run ``meterline billing run`` from cron)."""
+    grace_period: Span = timedelta(0)
     """How long after a period ends before it is invoiced (lets slightly late usage land on the
     invoice itself instead of the next one as an adjustment)."""
-    adjustment_lookback: timedelta = Field(timedelta(days=90), ge=timedelta(0))
+    adjustment_lookback: Span = timedelta(days=90)
     """How far back invoiced windows are checked for late usage (match the late arrival window)."""
-    invoice_prefix: str = Field("INV-", max_length=16)
-    """Text before the sequential invoice number (INV-000001)."""
+    invoice_prefix: str = Field("INV-", max_length=16, pattern=r"^[A-Za-z0-9._-]*$")
+    """Text before the sequential invoice number (INV-000001): letters, digits, '.', '_' and '-',
+    so a number is safe in URLs and file names."""
     invoice_digits: int = Field(6, ge=1, le=12)
     """Digits of the zero-padded invoice number."""
     locale: str = "en_US"
-    """Locale of the printable HTML invoice's money and dates (Babel, e.g. de_DE)."""
+    """Locale of the printable HTML invoice's money and dates (Babel/CLDR, e.g. de_DE)."""
+
+    @field_validator("locale")
+    @classmethod
+    def _locale_known(cls, locale: str) -> str:
+        from babel import Locale, UnknownLocaleError  # only when a locale is configured
+
+        try:
+            return str(Locale.parse(locale))
+        except (UnknownLocaleError, ValueError, TypeError):
+            raise ValueError(f"unknown locale {locale!r} (a CLDR locale such as en_US, de_DE or fr)") from None
 
 
 class Config(_Section):
