@@ -49,6 +49,23 @@ class ServerConfig(_Section):
     """Largest request body accepted (413 above it)."""
     max_events_per_request: int = Field(10_000, ge=1)
     """Most events in one ingest request (413 above it)."""
+    max_requests_in_flight: int = Field(1024, ge=1)
+    """Backpressure: most API requests handled at once (health, readiness and metrics are not
+    counted). Beyond it a request is answered 503 ``overloaded`` with Retry-After at once,
+    before its body is read."""
+    max_body_bytes_in_flight: int = Field(16 * 1024 * 1024, ge=1024)
+    """Backpressure: most request-body bytes held at once, over all requests in flight (a decoded
+    ingest body takes about 7 times its size in memory). At least ``max_body_bytes``."""
+    retry_after: int = Field(1, ge=1, le=3600)
+    """Seconds in the Retry-After header of every 503 answer (overloaded, storage unavailable)."""
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> ServerConfig:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                "max_body_bytes_in_flight must be at least max_body_bytes (or no large body could ever be read)"
+            )
+        return self
 
     @field_validator("host")
     @classmethod
@@ -69,6 +86,9 @@ class StorageConfig(_Section):
     checkpoints (survives a process crash, may lose the last commits on power loss)."""
     group_commit_max_requests: int = Field(512, ge=1)
     """Most requests that share one commit."""
+    max_queued_writes: int = Field(4096, ge=1)
+    """Most write tasks waiting for the writer thread; beyond it a write is answered 503
+    ``overloaded`` at once instead of queueing without bound."""
 
 
 class IngestConfig(_Section):
@@ -122,6 +142,21 @@ class AuthConfig(_Section):
     """On first start with no keys, create an admin key and print it once."""
     key_cache_seconds: float = Field(2.0, ge=0, le=3600)
     """How long a verified key is cached; revocations take effect within this time."""
+
+
+class HealthConfig(_Section):
+    stuck_after: timedelta = Field(timedelta(minutes=2), gt=timedelta(0))
+    """A background thread busy this long in one step without progress is reported stuck:
+    /readyz answers 503 (METER-005)."""
+    max_ingest_latency: float = Field(2.5, gt=0)
+    """Seconds. When the 99th percentile of ingest latency over the last minute is above it,
+    /readyz and the log warn METER-004 (the server stays ready). Judged at the latency
+    histogram's bucket bounds."""
+    max_rollup_lag: int = Field(1_000_000, ge=0)
+    """Ledger events not yet applied to a meter (``meterline_rollup_lag_events``) above which
+    /readyz and the log warn METER-004."""
+    check_interval: float = Field(5.0, gt=0)
+    """Seconds between two checks of latency and lag (and between log lines about them)."""
 
 
 class LogConfig(_Section):
@@ -200,6 +235,7 @@ class Config(_Section):
     auth: AuthConfig = AuthConfig()
     alerts: AlertsConfig = AlertsConfig()
     portal: PortalConfig = PortalConfig()
+    health: HealthConfig = HealthConfig()
     log: LogConfig = LogConfig()
     billing: BillingConfig = BillingConfig()
     meters: list[MeterConfig] = []

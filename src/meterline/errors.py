@@ -3,23 +3,44 @@
     MeterlineError                 code            HTTP
     ├── InvalidInput               invalid_input   400  (also subclasses with own codes)
     │   └── UnalignedRange         unaligned_range 400
-    ├── Unauthorized               unauthorized    401
+    ├── Unauthorized               unauthorized    401  METER-003
     ├── Forbidden                  forbidden       403
     ├── NotFound                   not_found       404
     ├── Conflict                   conflict        409
     ├── PayloadTooLarge            payload_too_large 413
     ├── UnsupportedMediaType       unsupported_media_type 415
     ├── ConfigError                invalid_config  (CLI only)
-    └── StorageUnavailable         storage_unavailable 503
+    ├── StorageUnavailable         storage_unavailable 503  METER-001
+    └── Overloaded                 overloaded      503  METER-002
 
 The HTTP layer maps ``status`` and ``code`` to problem+json in one place
 (``meterline.api.problems``); the CLI prints ``str(exc)`` and exits non-zero. Messages are
 written for the caller: they never contain internal exception text.
+
+Operational failures also carry an :class:`OpsCode` (``operational_code``): a short, stable
+incident code that operators find in problem bodies (``operationalCode``), in the JSON log and
+in ``/readyz``. Every 503 answer carries ``Retry-After``.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class OpsCode(StrEnum):
+    """Incident codes for operators; docs/operations.md has what each means and what to run."""
+
+    STORAGE_UNAVAILABLE = "METER-001"
+    """A commit failed (disk full, I/O error) or the store cannot be read."""
+    OVERLOADED = "METER-002"
+    """The ingest buffer is full: requests in flight or their bytes are at the configured bound."""
+    AUTHENTICATION_FAILED = "METER-003"
+    """A request carried no valid API key or portal token."""
+    LAGGING = "METER-004"
+    """Request latency or aggregation lag is above its configured threshold."""
+    BACKGROUND_STALLED = "METER-005"
+    """A background thread (writer, backfill, dispatcher, scanner, scheduler) is dead or stuck."""
 
 
 class MeterlineError(Exception):
@@ -28,6 +49,7 @@ class MeterlineError(Exception):
     code = "internal_error"
     status = 500
     title = "Internal error"
+    operational_code: OpsCode | None = None
 
     def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -52,6 +74,7 @@ class Unauthorized(MeterlineError):
     code = "unauthorized"
     status = 401
     title = "Unauthorized"
+    operational_code = OpsCode.AUTHENTICATION_FAILED
 
 
 class Forbidden(MeterlineError):
@@ -94,6 +117,16 @@ class StorageUnavailable(MeterlineError):
     code = "storage_unavailable"
     status = 503
     title = "Storage unavailable"
+    operational_code = OpsCode.STORAGE_UNAVAILABLE
+
+
+class Overloaded(MeterlineError):
+    """Backpressure: the server holds as much work as it is configured to; retry later."""
+
+    code = "overloaded"
+    status = 503
+    title = "Overloaded"
+    operational_code = OpsCode.OVERLOADED
 
 
 # Billing (meterline.billing): pricing, plans, subscriptions, invoices.

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from meterline.api import (
@@ -25,8 +26,12 @@ from meterline.api import (
     portal,
 )
 from meterline.api.auth import Authenticator
+from meterline.api.backpressure import Admission, Backpressure
 from meterline.api.context import Context
+from meterline.api.health import Health, HealthWatch, LatencyWindow
+from meterline.api.incidents import IncidentLog
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
+from meterline.background import Monitor
 from meterline.clock import Clock, SystemClock
 from meterline.config import Config
 from meterline.customers.model import UnknownSubjects
@@ -135,7 +140,7 @@ ROUTES = [
 ]
 
 
-def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
+def open_backend(config: Config, clock: Clock, monitor: Monitor | None = None) -> EmbeddedBackend:
     ingest_cfg = config.ingest
     settings = IngestSettings(
         dedupe_window_us=None if ingest_cfg.dedupe_window is None else _us(ingest_cfg.dedupe_window.total_seconds()),
@@ -148,6 +153,8 @@ def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
         clock,
         fsync=config.storage.fsync,
         max_batch=config.storage.group_commit_max_requests,
+        max_queue=config.storage.max_queued_writes,
+        monitor=monitor,
         baseline_days=config.alerts.baseline_days,
         portal_ttl=config.portal.token_ttl,
         portal_max_ttl=config.portal.max_token_ttl,
@@ -156,7 +163,8 @@ def open_backend(config: Config, clock: Clock) -> EmbeddedBackend:
 
 def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     clock = clock or SystemClock()
-    backend = open_backend(config, clock)
+    monitor = Monitor(stuck_after=config.health.stuck_after.total_seconds())
+    backend = open_backend(config, clock, monitor)
     try:
         ensure_config_meters(config, backend)
     except BaseException:
@@ -169,6 +177,29 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     )
     metrics.gauge("meterline_dead_letters", "Events in the dead-letter store", backend.dead_letters.count)
     metrics.gauge("meterline_group_commits", "Write transactions committed", lambda: backend.db.writer.commits)
+    metrics.gauge(
+        "meterline_storage_available",
+        "1 while commits succeed; 0 from a failed commit until one succeeds again (METER-001)",
+        lambda: int(backend.db.writer.available),
+    )
+    metrics.gauge("meterline_write_queue", "Write tasks waiting for the writer thread", backend.db.writer.queued)
+    metrics.background(monitor)
+    incidents = IncidentLog()
+    admission = Admission(
+        config.server.max_requests_in_flight,
+        config.server.max_body_bytes_in_flight,
+        config.server.max_body_bytes,
+        incidents,
+    )
+    metrics.gauge("meterline_requests_in_flight", "API requests being handled", lambda: admission.requests)
+    metrics.gauge(
+        "meterline_body_bytes_in_flight", "Request-body bytes held by requests in flight", lambda: admission.bytes
+    )
+    metrics.gauge(
+        "meterline_requests_refused",
+        "Requests refused with 503 overloaded by backpressure since start (METER-002)",
+        lambda: admission.refused,
+    )
     ctx = Context(
         config,
         clock,
@@ -192,10 +223,19 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         backoff_initial=config.alerts.backoff_initial,
         backoff_max=config.alerts.backoff_max,
         allow_private_targets=config.alerts.allow_private_webhook_targets,
+        monitor=monitor,
     )
     backend.alerts.wake = dispatcher.wake
-    scanner = AnomalyScanner(backend.alerts, clock)
+    scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
     ctx.dispatcher = dispatcher
+    watch = HealthWatch(config.health, LatencyWindow(metrics.latency), backend.meters.pending_backfill, monitor)
+    health = Health(
+        lambda: backend.db.reader().execute("SELECT 1 FROM meta LIMIT 1").fetchone(),
+        backend.db.writer,
+        monitor,
+        watch,
+        admission,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -206,9 +246,11 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         gc.freeze()
         dispatcher.start()
         scanner.start()
+        watch.start()
         billing_scheduler = billing.start_scheduler(ctx)
         yield
         billing_scheduler.close()
+        watch.close()
         scanner.close()
         dispatcher.close()
         backend.close()
@@ -216,9 +258,13 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
+        middleware=[Middleware(Backpressure, admission=admission, retry_after=config.server.retry_after)],
         exception_handlers={MeterlineError: on_meterline_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.ctx = ctx
+    app.state.health = health
+    app.state.incidents = incidents
+    app.state.retry_after = config.server.retry_after
     return app
 
 

@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from meterline.api.context import Context
+from meterline.api.health import Health
 from meterline.api.problems import problem
 
 
@@ -20,12 +21,22 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    try:
-        ctx.backend.db.reader().execute("SELECT 1 FROM meta LIMIT 1").fetchone()
-    except Exception:
-        return problem(request, 503, "not_ready", "Not ready", "The store is not reachable")
-    return JSONResponse({"status": "ready"})
+    """200 ready (with any warnings) or 503 not_ready; what each check means: ``api.health``."""
+    health: Health = request.app.state.health
+    problems, warnings = health.problems(), [w.json() for w in health.warnings()]
+    if problems:
+        return problem(
+            request,
+            503,
+            "not_ready",
+            "Not ready",
+            "; ".join(p.detail for p in problems),
+            {"Retry-After": str(request.app.state.retry_after)},
+            operationalCode=problems[0].code.value,
+            checks=[p.json() for p in problems],
+            warnings=warnings,
+        )
+    return JSONResponse({"status": "ready", "warnings": warnings})
 
 
 async def metrics(request: Request) -> Response:
@@ -50,7 +61,18 @@ def openapi_document() -> dict[str, Any]:
         doc["paths"].update(part.get("paths", {}))
         for section, items in part.get("components", {}).items():
             doc.setdefault("components", {}).setdefault(section, {}).update(items)
+    _refusable(doc)
     return doc
+
+
+def _refusable(doc: dict[str, Any]) -> None:
+    """Backpressure may answer any ``/api/v1`` request 503 ``overloaded`` (api.backpressure):
+    every such operation documents the 503 response, also where its own file does not."""
+    for path, item in doc["paths"].items():
+        if path.startswith("/api/v1/"):
+            for method, operation in item.items():
+                if method in ("get", "put", "post", "delete", "patch"):
+                    operation["responses"].setdefault("503", {"$ref": "#/components/responses/StorageUnavailable"})
 
 
 @functools.cache

@@ -1,10 +1,13 @@
 """The one place errors become HTTP: RFC 7807 ``application/problem+json`` with stable codes.
 
 Body: ``type`` (``urn:meterline:problem:<code>``), ``title``, ``status``, ``detail``,
-``instance`` (the request path), ``code``, plus error-specific members. Unexpected exceptions
-become a 500 ``internal_error`` whose detail never contains the exception text. Every text in
-a problem body passes through :func:`meterline.redact.redact`: an API key, signing secret or
-token that a caller put into a path, parameter or body is never echoed back.
+``instance`` (the request path), ``code``, plus error-specific members. Operational failures
+add ``operationalCode`` (``METER-001``...: see ``meterline.errors.OpsCode``); every 503 answer
+carries ``Retry-After`` (``server.retry_after`` seconds); every 401 ``WWW-Authenticate``.
+Unexpected exceptions become a 500 ``internal_error`` whose detail never contains the
+exception text. Every text in a problem body passes through :func:`meterline.redact.redact`:
+an API key, signing secret or token that a caller put into a path, parameter or body is never
+echoed back.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from meterline.errors import MeterlineError
+from meterline.errors import MeterlineError, OpsCode
 from meterline.redact import redact, redact_value
 
 log = logging.getLogger("meterline.api")
@@ -46,11 +49,26 @@ def problem(
     return Response(_encode(body), status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def problem_for(request: Request, exc: MeterlineError, retry_after: int = 1) -> Response:
+    """The problem+json answer for ``exc``, with its operational code and headers."""
+    headers = {}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if exc.status == 503:
+        headers["Retry-After"] = str(retry_after)
+    extra = {k: v for k, v in exc.extra.items() if k not in ("type", "title", "status", "detail", "instance")}
+    if exc.operational_code is not None:
+        extra["operationalCode"] = exc.operational_code.value
+    return problem(request, exc.status, exc.code, exc.title, exc.detail, headers or None, **extra)
+
+
 async def on_meterline_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MeterlineError)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    extra = {k: v for k, v in exc.extra.items() if k not in ("type", "title", "status", "detail", "instance")}
-    return problem(request, exc.status, exc.code, exc.title, exc.detail, headers, **extra)
+    state = request.app.state
+    if exc.operational_code is OpsCode.AUTHENTICATION_FAILED and hasattr(state, "incidents"):
+        state.ctx.metrics.auth_failures.inc()
+        state.incidents.note(exc.operational_code, "authentication failed: %s", exc.code, problem=exc.code)
+    return problem_for(request, exc, getattr(state, "retry_after", 1))
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 
+from meterline.background import Loop, Monitor
 from meterline.clock import Clock
 from meterline.notify import payloads, signing
 from meterline.notify.channels import Channel
@@ -128,6 +129,7 @@ class Dispatcher:
         poll_interval: float = 0.5,
         batch_size: int = 100,
         allow_private_targets: bool = False,
+        monitor: Monitor | None = None,
     ) -> None:
         if max_attempts < 1 or backoff_initial <= 0 or backoff_max < backoff_initial or timeout <= 0:
             raise ValueError("need max_attempts >= 1, timeout > 0 and 0 < backoff_initial <= backoff_max")
@@ -138,12 +140,14 @@ class Dispatcher:
         self._owns_client = client is None
         self._client = client or guarded_client(timeout, allow_private_targets)
         self._wake, self._stop = threading.Event(), threading.Event()
-        self._thread: threading.Thread | None = None
+        self._monitor = monitor
+        self._thread: Loop | None = None
+        self._ran = False
 
     def start(self) -> None:
-        """Start the delivery thread (once)."""
+        """Start the delivery thread (once): a supervised loop that survives any error."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="meterline-dispatch", daemon=True)
+            self._thread = Loop("dispatch", self.run_once, self._idle, self._monitor, error_pause=0.0)
             self._thread.start()
 
     def wake(self) -> None:
@@ -156,6 +160,7 @@ class Dispatcher:
         self._wake.set()
         thread, self._thread = self._thread, None
         if thread is not None:
+            thread.stop()
             thread.join(timeout=self._timeout * 4 + 1)  # connect + write + read + slack
             if thread.is_alive():
                 log.warning("alert dispatcher did not stop in time; leaving it to exit with the process")
@@ -180,16 +185,18 @@ class Dispatcher:
                 break
         return made
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()  # before draining: a wake() during the drain triggers another one
-            try:
-                self.run_once()
-            except Exception:
-                log.exception("alert dispatch failed; retrying at the next poll")
+    def _idle(self) -> bool:
+        """Wait for the next poll or wake-up (not before the first drain); False once closed."""
+        if self._ran:
             self._wake.wait(self._poll)
+        self._ran = True
+        self._wake.clear()  # before draining: a wake() during the drain triggers another one
+        return not self._stop.is_set()
 
     def _deliver_safely(self, due: Due) -> int:
+        thread = self._thread
+        if thread is not None:
+            thread.beat()  # each delivery is bounded by the timeout: progress, not a stall
         try:
             return self._deliver(due)
         except Exception:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from meterline.alerts.payload import alert_payload
 from meterline.alerts.rules import Rule, Threshold, anomaly, level, projected_over
+from meterline.background import Loop, Monitor
 from meterline.clock import Clock
 from meterline.decimals import EXACT
 from meterline.entitlements.value import Value, grant_total, metered_value
@@ -241,31 +242,32 @@ class AlertEvaluator(ReadingListener):
 
 
 class AnomalyScanner:
-    """Runs :meth:`AlertEvaluator.scan_anomalies` once per hour (checked every ``poll`` s)."""
+    """Runs :meth:`AlertEvaluator.scan_anomalies` once per hour (checked every ``poll`` s), on a
+    supervised loop: a failed scan is logged, counted and tried again at the next poll."""
 
-    def __init__(self, evaluator: AlertEvaluator, clock: Clock, poll: float = 30.0) -> None:
+    def __init__(
+        self, evaluator: AlertEvaluator, clock: Clock, poll: float = 30.0, monitor: Monitor | None = None
+    ) -> None:
         self._evaluator = evaluator
         self._clock = clock
         self._poll = poll
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="meterline-anomalies", daemon=True)
+        self._loop = Loop("anomalies", self._scan, self._wait, monitor, error_pause=0.0)
         self._last_hour = -1
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self._loop.stop()
+        self._loop.join(timeout=5)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._poll):
-            hour = self._clock.now_us() // HOUR_US
-            if hour == self._last_hour:
-                continue
-            try:
-                self._evaluator.scan_anomalies()
-                self._last_hour = hour
-            except Exception:
-                log.exception("anomaly scan failed")
+    def _wait(self) -> bool:
+        return not self._stop.wait(self._poll)
+
+    def _scan(self) -> None:
+        hour = self._clock.now_us() // HOUR_US
+        if hour != self._last_hour:
+            self._evaluator.scan_anomalies()
+            self._last_hour = hour

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from meterline.background import Monitor
 from meterline.clock import Clock
 from meterline.storage.sqlite.alerting import AlertEvaluator
 from meterline.storage.sqlite.billing import SqliteBilling
@@ -29,6 +30,8 @@ class EmbeddedBackend:
         *,
         fsync: str = "full",
         max_batch: int = 512,
+        max_queue: int = 4096,
+        monitor: Monitor | None = None,
         baseline_days: int = 7,
         portal_ttl: timedelta = timedelta(hours=1),
         portal_max_ttl: timedelta = timedelta(days=1),
@@ -38,6 +41,8 @@ class EmbeddedBackend:
             data_dir,
             fsync=fsync,
             max_batch=max_batch,
+            max_queue=max_queue,
+            monitor=monitor,
             on_rollback=self.state.rolled_back,
             before_commit=self.state.flush_pending,
             after_commit=self.state.committed,

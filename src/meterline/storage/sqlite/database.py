@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from meterline.background import Monitor
 from meterline.storage.sqlite.schema import connect, create_schema
 from meterline.storage.sqlite.writer import Writer
 
@@ -20,6 +21,8 @@ class Database:
         *,
         fsync: str = "full",
         max_batch: int = 256,
+        max_queue: int = 4096,
+        monitor: Monitor | None = None,
         on_rollback: Callable[[bool], None] | None = None,
         before_commit: Callable[[sqlite3.Connection], None] | None = None,
         after_commit: Callable[[], None] | None = None,
@@ -27,10 +30,19 @@ class Database:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / DB_FILE
         self._fsync = fsync
+        self.monitor = monitor or Monitor()
+        """The background loops working on this database (the writer, meter backfill)."""
         conn = connect(self.path, fsync=fsync)
         create_schema(conn)
         self.writer = Writer(
-            conn, max_batch=max_batch, on_rollback=on_rollback, before_commit=before_commit, after_commit=after_commit
+            conn,
+            reconnect=lambda: connect(self.path, fsync=fsync),
+            max_batch=max_batch,
+            max_queue=max_queue,
+            monitor=self.monitor,
+            on_rollback=on_rollback,
+            before_commit=before_commit,
+            after_commit=after_commit,
         )
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import msgspec
 from ulid import ULID
 
+from meterline.background import Loop
 from meterline.errors import Conflict, NotFound
 from meterline.meters.evaluate import CompiledMeter
 from meterline.meters.model import Aggregation, Meter, MeterSpec
@@ -34,8 +35,9 @@ class SqliteMeters:
         self._now_us = now_us
         self._backfill_wake = threading.Event()
         self._closed = False
-        self._thread = threading.Thread(target=self._backfill_loop, name="meterline-backfill", daemon=True)
-        self._thread.start()
+        self._more = True  # the first pass looks for backfill left over from the last run
+        self._loop = Loop("backfill", self._backfill_step, self._backfill_wait, db.monitor, error_pause=0.0)
+        self._loop.start()
 
     def create(self, namespace: str, spec: MeterSpec) -> Meter:
         meter = self._db.writer.call(lambda conn: self._create(conn, namespace, spec))
@@ -103,21 +105,22 @@ class SqliteMeters:
     def close(self) -> None:
         self._closed = True
         self._backfill_wake.set()
-        self._thread.join(timeout=5)
+        self._loop.stop()
+        self._loop.join(timeout=5)
 
     # Backfill: a meter created after events exist covers them too. Live ingest applies the
     # meter to every event after ``backfill_to`` from the moment it is created; this loop
     # applies the older ones in chunks, each chunk one writer task, so ingest keeps flowing.
-    def _backfill_loop(self) -> None:
-        while not self._closed:
-            self._backfill_wake.clear()  # a wake-up during the chunk below is not lost
-            try:
-                more = self._db.writer.call(self._backfill_chunk)
-            except Exception:
-                log.exception("backfill chunk failed")
-                more = False
-            if not more:
-                self._backfill_wake.wait(timeout=5)
+    # A failed chunk is logged and counted by the loop and retried after the idle wait.
+    def _backfill_wait(self) -> bool:
+        if not self._more:
+            self._backfill_wake.wait(timeout=5)
+        self._backfill_wake.clear()  # before the chunk: a wake-up during it is not lost
+        return not self._closed
+
+    def _backfill_step(self) -> None:
+        self._more = False
+        self._more = self._db.writer.call(self._backfill_chunk, bounded=False)
 
     def _backfill_chunk(self, conn: sqlite3.Connection) -> bool:
         row = conn.execute(

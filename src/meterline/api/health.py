@@ -1,0 +1,188 @@
+"""Readiness and the operational warnings behind ``/readyz``.
+
+``/readyz`` answers **503** ``not_ready`` (``operationalCode`` of the first failing check, all
+of them in ``checks``) when
+
+- METER-001: the store cannot be read, or the last commit failed and none has succeeded since;
+- METER-005: a background thread is dead, or stuck in one step (``health.stuck_after``).
+
+It stays **200** ``ready`` and lists ``warnings`` when
+
+- METER-004: the 99th percentile of ingest latency over the last minute is above
+  ``health.max_ingest_latency``, or the rollup lag above ``health.max_rollup_lag``;
+- METER-002: backpressure refused requests in the last minute.
+
+Warnings do not make a node unready: taking an overloaded node out of rotation only moves its
+load to the others. :class:`HealthWatch` evaluates latency and lag every
+``health.check_interval`` seconds and logs each METER-004 and METER-005 finding when it
+appears and when it clears.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import Histogram
+
+from meterline.api.backpressure import Admission
+from meterline.background import Loop, Monitor
+from meterline.config import HealthConfig
+from meterline.errors import OpsCode
+
+log = logging.getLogger("meterline.health")
+RECENT = 60.0  # seconds: "the last minute" of the warnings above
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str
+    code: OpsCode
+    detail: str
+
+    def json(self) -> dict[str, str]:
+        return {"check": self.check, "operationalCode": self.code.value, "detail": self.detail}
+
+
+class Store(Protocol):
+    """What readiness needs of the store's writer."""
+
+    available: bool
+    failure: str | None
+
+
+class LatencyWindow:
+    """The 99th percentile of a latency histogram over roughly the last ``window`` seconds,
+    from the differences of its cumulative bucket counts (so it is a bucket's upper bound)."""
+
+    def __init__(self, histogram: Histogram, window: float = RECENT, now: Callable[[], float] = time.monotonic) -> None:
+        self._histogram = histogram
+        self._window = window
+        self._now = now
+        self._snapshots: deque[tuple[float, list[tuple[float, float]]]] = deque()
+
+    def sample(self) -> float | None:
+        """Take a snapshot; return the p99 bound since the oldest kept one (None: no requests)."""
+        now, current = self._now(), self._buckets()
+        self._snapshots.append((now, current))
+        while len(self._snapshots) > 1 and now - self._snapshots[1][0] >= self._window:
+            self._snapshots.popleft()
+        base = self._snapshots[0][1]
+        counts = [(le, n - b) for (le, n), (_, b) in zip(current, base, strict=True)]
+        total = counts[-1][1] if counts else 0
+        if total <= 0:
+            return None
+        return next((le for le, n in counts if n >= 0.99 * total), math.inf)
+
+    def _buckets(self) -> list[tuple[float, float]]:
+        return [
+            (float(s.labels["le"]), s.value)
+            for metric in self._histogram.collect()
+            for s in metric.samples
+            if s.name.endswith("_bucket")
+        ]
+
+
+class HealthWatch:
+    """Evaluates latency, lag and the background loops every ``check_interval`` seconds."""
+
+    def __init__(self, config: HealthConfig, latency: LatencyWindow, lag: Callable[[], int], monitor: Monitor) -> None:
+        self._config = config
+        self._latency = latency
+        self._lag = lag
+        self._monitor = monitor
+        self.warnings: list[Finding] = []
+        self._seen: set[str] = set()
+        self._stop = threading.Event()
+        self._loop = Loop("health", self.check, self._wait, monitor)
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._loop.stop()
+        self._loop.join(timeout=5)
+
+    def check(self) -> list[Finding]:
+        """Evaluate now; log what appeared and what cleared since the last check."""
+        cfg = self._config
+        found = []
+        p99 = self._latency.sample()
+        if p99 is not None and p99 > cfg.max_ingest_latency:
+            bound = "over the largest bucket" if math.isinf(p99) else f"up to {p99:g} s"
+            detail = f"ingest latency p99 over the last minute is {bound} (threshold {cfg.max_ingest_latency:g} s)"
+            found.append(Finding("ingest_latency", OpsCode.LAGGING, detail))
+        lag = self._lag()
+        if lag > cfg.max_rollup_lag:
+            detail = f"rollup lag: {lag} ledger events not yet applied to a meter (threshold {cfg.max_rollup_lag})"
+            found.append(Finding("rollup_lag", OpsCode.LAGGING, detail))
+        self.warnings = found
+        self._log_changes(found + loop_findings(self._monitor))
+        return found
+
+    def _wait(self) -> bool:
+        return not self._stop.wait(self._config.check_interval)
+
+    def _log_changes(self, findings: list[Finding]) -> None:
+        now = {f.check: f for f in findings}
+        for key, f in now.items():
+            if key not in self._seen:
+                level = logging.ERROR if f.code is OpsCode.BACKGROUND_STALLED else logging.WARNING
+                log.log(level, "%s %s", f.code.value, f.detail, extra={"operationalCode": f.code.value})
+        for key in self._seen - now.keys():
+            log.info("cleared: %s", key, extra={"check": key})
+        self._seen = set(now)
+
+
+def loop_findings(monitor: Monitor) -> list[Finding]:
+    """A METER-005 finding per dead or stuck background loop."""
+    return [
+        Finding(f"thread:{s.name}", OpsCode.BACKGROUND_STALLED, s.problem)
+        for s in monitor.statuses()
+        if s.problem is not None
+    ]
+
+
+class Health:
+    """Composes the readiness checks and warnings (see the module docstring)."""
+
+    def __init__(
+        self,
+        read_store: Callable[[], object],
+        store: Store,
+        monitor: Monitor,
+        watch: HealthWatch,
+        admission: Admission,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read_store, self._store, self._monitor = read_store, store, monitor
+        self._watch, self._admission, self._now = watch, admission, now
+
+    def problems(self) -> list[Finding]:
+        found = []
+        try:
+            self._read_store()
+        except Exception:
+            found.append(Finding("storage", OpsCode.STORAGE_UNAVAILABLE, "the store cannot be read"))
+        if not self._store.available:
+            detail = self._store.failure or "the last commit failed"
+            found.append(Finding("storage", OpsCode.STORAGE_UNAVAILABLE, f"{detail}; no commit has succeeded since"))
+        return found + loop_findings(self._monitor)
+
+    def warnings(self) -> list[Finding]:
+        found = list(self._watch.warnings)
+        last = self._admission.last_refused
+        if last is not None and self._now() - last < RECENT:
+            detail = (
+                f"backpressure refused requests with 503 overloaded in the last minute"
+                f" ({self._admission.refused} since start)"
+            )
+            found.append(Finding("backpressure", OpsCode.OVERLOADED, detail))
+        return found
