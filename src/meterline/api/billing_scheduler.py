@@ -1,8 +1,9 @@
 """The server's billing scheduler: a thread that runs due billing periods every interval.
 
 It waits one interval before its first run, so a restart does not race a run started by hand.
-A failed run is logged and retried at the next tick; since runs are idempotent, a tick that
-overlaps a run from the API or the CLI only finds nothing left to do.
+A failed run is logged (with its traceback, counted in /metrics) and retried at the next tick;
+since runs are idempotent, a tick that overlaps a run from the API or the CLI only finds nothing
+left to do.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from meterline.background import Loop
 from meterline.config import BillingConfig
 from meterline.storage.sqlite.billing import SqliteBilling
 from meterline.storage.sqlite.billing_model import Settings
@@ -33,7 +35,8 @@ class BillingScheduler:
         self._runs = BillingRuns(billing)
         self._config = config
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="meterline-billing", daemon=True)
+        # a supervised loop: a failed run is logged with its traceback, counted, and retried
+        self._thread = Loop("billing", self._run, self._wait, billing.db.monitor, error_pause=0.0)
         self.last: RunReport | None = None
 
     def start(self) -> None:
@@ -42,22 +45,19 @@ class BillingScheduler:
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        self._thread.stop()
+        self._thread.join(timeout=30)
 
-    def _loop(self) -> None:
-        interval = self._config.scheduler_interval.total_seconds()
-        while not self._stop.wait(interval):
-            try:
-                self.last = self._runs.run(settings_from(self._config))
-            except Exception:
-                log.exception("billing run failed")
-                continue
-            if self.last.created or self.last.failed:
-                created, failed = len(self.last.created), len(self.last.failed)
-                log.info(
-                    "billing run: %d invoices created, %d windows failed",
-                    created,
-                    failed,
-                    extra={"invoices_created": created, "windows_failed": failed},
-                )
+    def _wait(self) -> bool:
+        return not self._stop.wait(self._config.scheduler_interval.total_seconds())
+
+    def _run(self) -> None:
+        self.last = self._runs.run(settings_from(self._config))
+        if self.last.created or self.last.failed:
+            created, failed = len(self.last.created), len(self.last.failed)
+            log.info(
+                "billing run: %d invoices created, %d windows failed",
+                created,
+                failed,
+                extra={"invoices_created": created, "windows_failed": failed},
+            )
