@@ -7,6 +7,7 @@ of the stored invoice and never feed back into it: the JSON document stays the s
 
 from __future__ import annotations
 
+import decimal
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from meterline import csvsafe
 from meterline.billing.charges import Step
 from meterline.billing.documents import Invoice, timestamp
 from meterline.billing.lines import InvoiceLine
+from meterline.decimals import EXACT
 
 LINE_COLUMNS = (
     "invoice",
@@ -192,7 +194,10 @@ def invoice_html(invoice: Invoice, status: Status | None = None, locale: str = "
     st = status or Status()
 
     def money(amount: Decimal) -> str:
-        return str(format_currency(amount, invoice.currency, locale=locale))
+        # Babel rounds in the thread's decimal context (28 digits by default): an amount with
+        # more digits than that (a large quantity at a large price) needs the exact context.
+        with decimal.localcontext(EXACT):
+            return str(format_currency(amount, invoice.currency, locale=locale))
 
     def day(t: datetime) -> str:
         return str(format_date(t.date(), format="medium", locale=locale))
@@ -201,7 +206,8 @@ def invoice_html(invoice: Invoice, status: Status | None = None, locale: str = "
         return day(t - timedelta(microseconds=1))
 
     def number(q: Decimal) -> str:
-        return str(format_decimal(q, locale=locale, decimal_quantization=False))
+        with decimal.localcontext(EXACT):
+            return str(format_decimal(q, locale=locale, decimal_quantization=False))
 
     return (
         _env()

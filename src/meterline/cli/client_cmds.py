@@ -18,13 +18,18 @@ _decode = msgspec.json.Decoder()
 
 def _events(stream: IO[str]) -> Iterator[Any]:
     """JSON lines, or a file holding one JSON array (or object)."""
-    text = stream.read()
+    try:
+        text = stream.read()
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"the input is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             yield from _decode.decode(stripped)
         except msgspec.DecodeError as exc:
             raise InvalidInput(f"the input is not a valid JSON array: {exc}") from None
+        except RecursionError:
+            raise InvalidInput("the input is not a valid JSON array: it nests too deep") from None
         return
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -32,6 +37,8 @@ def _events(stream: IO[str]) -> Iterator[Any]:
                 yield _decode.decode(line)
             except msgspec.DecodeError as exc:
                 raise InvalidInput(f"line {number} is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise InvalidInput(f"line {number} is not valid JSON: it nests too deep") from None
 
 
 @click.command()

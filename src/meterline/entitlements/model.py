@@ -142,7 +142,7 @@ def validate_entitlement(inp: EntitlementInput) -> None:
         else:
             try:
                 msgspec.json.decode(inp.config)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep to decode
                 problems.append("config must be a JSON document encoded as a string")
     _raise(problems, "invalid_entitlement")
 
