@@ -49,7 +49,6 @@ def from_us(us: int) -> datetime:
 @functools.lru_cache(maxsize=8192)  # period bounds and window starts repeat on every answer
 def rfc3339(us: int) -> str:
     """RFC 3339 in UTC with millisecond precision, or microseconds when they are not zero."""
-    t = from_us(us)
-    if us % 1000:
-        return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    # isoformat, not strftime: strftime("%Y") writes the year 344 as "344", not "0344"
+    t = from_us(us).replace(tzinfo=None)
+    return t.isoformat(timespec="microseconds" if us % 1000 else "milliseconds") + "Z"

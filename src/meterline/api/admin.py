@@ -12,14 +12,20 @@ from meterline.api.http import json_body, json_response, parse_int, parse_time
 from meterline.auth.keys import ApiKey, Scope, check_namespace, parse_scopes
 from meterline.clock import rfc3339
 from meterline.errors import InvalidInput
+from meterline.events.model import Reason
 from meterline.storage.sqlite.dead_letters import DeadLetterFilter
 from meterline.storage.sqlite.keys import create_key, list_keys, revoke_key
+
+REASONS = tuple(reason.value for reason in Reason)
 
 
 def _filter(request: Request) -> DeadLetterFilter:
     q = request.query_params
+    reason = q.get("reason")
+    if reason is not None and reason not in REASONS:
+        raise InvalidInput(f"`reason` must be one of {', '.join(REASONS)}", code="invalid_parameter")
     return DeadLetterFilter(
-        reason=q.get("reason"),
+        reason=reason,
         source=q.get("source"),
         start_us=parse_time("from", q.get("from")),
         end_us=parse_time("to", q.get("to")),

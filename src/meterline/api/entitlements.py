@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.api.context import Context
-from meterline.api.http import json_response, parse_time, typed_body
+from meterline.api.http import json_response, parse_bool, parse_time, typed_body
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
 from meterline.customers.model import Customer
@@ -77,7 +77,7 @@ async def list_customer_entitlements(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     owner = request.path_params.get("subject") or request.path_params["customer"]
-    deleted = request.query_params.get("includeDeleted") == "true"
+    deleted = parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
 
     def load() -> list[Entitlement]:
         customer = _customer(ctx, key.namespace, owner)

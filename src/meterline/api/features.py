@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.api.context import Context
-from meterline.api.http import json_response, parse_time, time_text, typed_body
+from meterline.api.http import json_response, parse_bool, parse_time, time_text, typed_body
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
 from meterline.entitlements.model import FeatureInput, Grant, GrantInput
@@ -47,7 +47,7 @@ async def create_feature(request: Request) -> Response:
 async def list_features(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
-    archived = request.query_params.get("includeArchived") == "true"
+    archived = parse_bool("includeArchived", request.query_params.get("includeArchived"))
     features = await run_in_threadpool(ctx.backend.entitlements.features, key.namespace, include_archived=archived)
     meter = request.query_params.getlist("meterSlug")
     return json_response([feature_body(f) for f in features if not meter or f.spec.meter_slug in meter])
@@ -80,7 +80,7 @@ async def list_entitlement_grants(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
     ent = await run_in_threadpool(_entitlement, ctx, key.namespace, request)
-    voided = request.query_params.get("includeDeleted") == "true"
+    voided = parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
     grants = await run_in_threadpool(ctx.backend.entitlements.grants, key.namespace, ent.id, include_voided=voided)
     return json_response([grant_json(g) for g in grants])
 
@@ -88,7 +88,7 @@ async def list_entitlement_grants(request: Request) -> Response:
 async def list_grants(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
-    voided = request.query_params.get("includeDeleted") == "true"
+    voided = parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
     grants = await run_in_threadpool(ctx.backend.entitlements.grants, key.namespace, include_voided=voided)
     return json_response([grant_json(g) for g in grants])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import msgspec
@@ -48,8 +49,8 @@ async def json_body(request: Request, limit: int = 1024 * 1024) -> Any:
 
 
 def parse_time(name: str, value: str | None) -> int | None:
-    """An RFC 3339 query parameter as epoch microseconds."""
-    if value is None or value == "":
+    """An RFC 3339 query parameter as epoch microseconds (an empty value is not a time)."""
+    if value is None:
         return None
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
@@ -74,6 +75,16 @@ def parse_int(name: str, value: str | None, default: int, low: int, high: int) -
     return n
 
 
+def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
+    """A boolean query parameter: ``true`` or ``false`` (any case), ``1`` or ``0``."""
+    if value is None:
+        return default
+    text = value.lower()
+    if text not in ("true", "false", "1", "0"):
+        raise InvalidInput(f"`{name}` must be true or false", code="invalid_parameter")
+    return text in ("true", "1")
+
+
 T = TypeVar("T")
 
 
@@ -85,9 +96,35 @@ async def typed_body(request: Request, kind: type[T], what: str, limit: int = 10
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
+        whole = _with_whole_numbers(body, kind)
+        if whole is not None:
+            return whole
         raise InvalidInput(f"Invalid {what}: {exc}", code=f"invalid_{what.replace(' ', '_')}") from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+
+
+_decode_exact = msgspec.json.Decoder(float_hook=Decimal)
+
+
+def _with_whole_numbers(body: bytes, kind: type[T]) -> T | None:
+    """``body`` as ``kind`` when its only fault was a whole number written as ``2.0`` or ``1e3``
+    where an integer belongs (JSON Schema's ``integer`` admits both), else None."""
+    try:
+        return msgspec.convert(_whole(_decode_exact.decode(body)), kind)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        whole = value.is_finite() and value == value.to_integral_value() and abs(value) < 2**63
+        return int(value) if whole else value
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
 
 
 def time_text(us: int | None) -> str | None:

@@ -14,7 +14,16 @@ from ulid import ULID
 
 from meterline.alerts.rules import Rule, RuleInput
 from meterline.api.context import Context
-from meterline.api.http import json_response, media_type, parse_int, parse_time, read_body, time_text, typed_body
+from meterline.api.http import (
+    json_response,
+    media_type,
+    parse_bool,
+    parse_int,
+    parse_time,
+    read_body,
+    time_text,
+    typed_body,
+)
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
 from meterline.errors import InvalidInput, NotFound, UnsupportedMediaType
@@ -177,7 +186,7 @@ async def _rotate_input(request: Request) -> RotateInput:
 async def list_channels(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.READ)
-    deleted = request.query_params.get("includeDeleted") == "true"
+    deleted = parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
     channels = await run_in_threadpool(
         functools.partial(ctx.backend.notifications.channels, key.namespace, include_deleted=deleted)
     )

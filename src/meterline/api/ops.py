@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import zoneinfo
 from importlib import resources
 from typing import Any
 
@@ -14,6 +15,8 @@ from starlette.responses import JSONResponse, Response
 from meterline.api.context import Context
 from meterline.api.health import Health
 from meterline.api.problems import problem
+from meterline.billing.money import known_currencies
+from meterline.events.model import Reason
 
 
 async def healthz(request: Request) -> Response:
@@ -62,6 +65,11 @@ def openapi_document() -> dict[str, Any]:
         for section, items in part.get("components", {}).items():
             doc.setdefault("components", {}).setdefault(section, {}).update(items)
     _refusable(doc)
+    schemas = doc["components"]["schemas"]
+    # the values this server accepts, so a client (or a test generator) never has to guess them
+    schemas["TimeZone"]["enum"] = sorted(zoneinfo.available_timezones())
+    schemas["Currency"]["enum"] = sorted(known_currencies())
+    schemas["RejectionReason"]["enum"] = [reason.value for reason in Reason]
     return doc
 
 

@@ -19,6 +19,7 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 from meterline.errors import MeterlineError, OpsCode
 from meterline.redact import redact, redact_value
@@ -76,7 +77,17 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     codes = {404: ("not_found", "Not found"), 405: ("method_not_allowed", "Method not allowed")}
     code, title = codes.get(exc.status_code, ("http_error", "HTTP error"))
     detail = f"{request.method} {request.url.path} is not an endpoint" if exc.status_code in codes else str(exc.detail)
-    return problem(request, exc.status_code, code, title, detail)
+    headers = {"Allow": ", ".join(allowed_methods(request))} if exc.status_code == 405 else None
+    return problem(request, exc.status_code, code, title, detail, headers)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods served at this path (often one route per method). A literal path such as
+    ``/entitlements/check`` is its own resource: templated routes that also match it do not count."""
+    scope = {**request.scope, "method": "GET"}
+    routes = [r for r in request.app.routes if r.matches(scope)[0] is not Match.NONE]
+    literal = [r for r in routes if not getattr(r, "param_convertors", None)]
+    return sorted({m for r in literal or routes for m in getattr(r, "methods", None) or ()})
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -55,12 +55,13 @@ class Currency(msgspec.Struct, frozen=True):
 
 
 @cache
-def _known() -> frozenset[str]:
+def known_currencies() -> frozenset[str]:
+    """Every ISO 4217 code a plan, grant or invoice may use."""
     return frozenset(list_currencies())
 
 
 def is_currency(code: str) -> bool:
-    return code in _known()
+    return code in known_currencies()
 
 
 @cache

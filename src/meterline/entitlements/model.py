@@ -124,14 +124,14 @@ def validate_entitlement(inp: EntitlementInput) -> None:
     problems = []
     if not inp.feature_key and not inp.feature_id:
         problems.append("featureKey or featureId is required")
+    for name, value in (("issueAfterReset", inp.issue_after_reset), ("softLimit", inp.soft_limit)):
+        if value is not None and (not value.is_finite() or value < 0):
+            problems.append(f"{name} must be a non-negative number")
     if inp.type == "metered":
         if inp.usage_period is None:
             problems.append("a metered entitlement needs usagePeriod")
         if inp.issue_after_reset is None and not inp.is_unlimited:
             problems.append("a metered entitlement needs issueAfterReset (the limit per period) or isUnlimited")
-        for name, value in (("issueAfterReset", inp.issue_after_reset), ("softLimit", inp.soft_limit)):
-            if value is not None and (not value.is_finite() or value < 0):
-                problems.append(f"{name} must be a non-negative number")
         if inp.preserve_overage_at_reset:
             problems.append("preserveOverageAtReset is not supported: each period starts from zero usage")
         if inp.measure_usage_from is not None:

@@ -70,7 +70,7 @@ def validate_spec(spec: MeterSpec) -> list[str]:
     needs_value = spec.aggregation is not Aggregation.COUNT
     if needs_value and not spec.value_property:
         problems.append(f"valueProperty is required for {spec.aggregation.value}")
-    if not needs_value and spec.value_property:
+    if not needs_value and spec.value_property is not None:
         problems.append("COUNT meters take no valueProperty")
     if spec.value_property:
         problems.extend(_path_problem("valueProperty", spec.value_property))

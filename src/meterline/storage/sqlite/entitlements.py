@@ -267,7 +267,10 @@ class SqliteEntitlements:
             raise InvalidInput("grants add to metered entitlements only", code="invalid_grant")
         effective = to_us(inp.effective_at)
         step = _EXPIRY[inp.expiration["duration"]](inp.expiration["count"])
-        expires = to_us(inp.effective_at + step)
+        try:
+            expires = to_us(inp.effective_at + step)
+        except (OverflowError, ValueError):
+            raise InvalidInput("the grant would expire after the year 9999", code="invalid_grant") from None
         grant = Grant(str(ULID()), ent.id, inp, effective, expires, self._now_us())
 
         def task(conn: sqlite3.Connection) -> Grant:
