@@ -1,5 +1,5 @@
 """Entitlement enforcement end to end: the middleware's own usage events feed the meter that its
-checks read, on a real meterline server. Skipped until ``POST /api/v1/entitlements/check`` exists."""
+checks read, on a real meterline server."""
 
 from __future__ import annotations
 
@@ -44,13 +44,6 @@ def provision(server: Server, customer: str) -> None:
 def meterline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_server(Path(tmp_path_factory.mktemp("meterline")))
     try:
-        probe = httpx.post(
-            f"{server.url}/api/v1/entitlements/check",
-            json={"customer": "probe", "features": []},
-            headers={"Authorization": f"Bearer {server.key}"},
-        )
-        if probe.status_code in (404, 405) and probe.json().get("code") in ("not_found", "method_not_allowed"):
-            pytest.skip("POST /api/v1/entitlements/check is not served yet")
         create_request_meter(server)
         admin(server, "POST", "/api/v1/features", {"key": "api_calls", "name": "API calls", "meterSlug": METER})
         admin(server, "POST", "/api/v1/features", {"key": "sso", "name": "Single sign-on"})

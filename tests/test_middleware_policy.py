@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +14,15 @@ import pytest
 from meterline.clock import FixedClock
 from meterline.errors import ConfigError
 from meterline.sdk import MiddlewareConfig, RateLimiter, SenderOptions
-from meterline.sdk.checks import CheckCache, CheckResult, CustomerNotFound, Unavailable, read_response, request_body
+from meterline.sdk.checks import (
+    CheckCache,
+    CheckResult,
+    CustomerNotFound,
+    FeatureCheck,
+    Unavailable,
+    read_response,
+    request_body,
+)
 from meterline.sdk.policy import judge
 
 ANSWER = b"""{"customer": "acme", "allowed": false, "features": [
@@ -109,6 +118,58 @@ def test_check_cache_keeps_results_for_the_ttl_only() -> None:
     off = CheckCache(0, clock)
     off.put("acme", [], result)
     assert off.get("acme", []) is None
+
+
+def metered(usage: str, limit: str, allowed: bool = True) -> CheckResult:
+    feature = FeatureCheck("api_calls", allowed, "metered", True, None, Decimal(usage), Decimal(limit))
+    return CheckResult("acme", allowed, [feature])
+
+
+def test_cached_answers_never_hide_this_process_s_own_use() -> None:
+    cache = CheckCache(60.0, FixedClock(0))
+    ask = [("api_calls", 1)]
+    cache.put("acme", ask, metered("0", "3"))  # the asking request takes 1 of the 3
+    assert cache.get("acme", ask) is not None and cache.get("acme", ask) is not None
+    assert cache.get("acme", ask) is None  # all 3 used: the next one asks the server
+    cache.put("acme", [("api_calls", 2)], metered("1", "3"))
+    assert cache.get("acme", [("api_calls", 2)]) is None  # 1 + 2 + 2 > 3
+    cache.put("acme", [("api_calls", Decimal("0.5"))], metered("2", "3"))
+    assert cache.get("acme", [("api_calls", Decimal("0.5"))]) is not None
+    assert cache.get("acme", [("api_calls", Decimal("0.5"))]) is None
+
+
+def test_quantity_zero_needs_room_left_like_the_server() -> None:
+    cache = CheckCache(60.0, FixedClock(0))
+    cache.put("acme", [("api_calls", 0)], metered("2", "3"))
+    assert cache.get("acme", [("api_calls", 0)]) is not None  # 2 < 3, and asking 0 uses nothing
+    cache.put("acme", [("api_calls", 1), ("api_calls", 0)], metered("2", "3"))
+    assert cache.get("acme", [("api_calls", 1), ("api_calls", 0)]) is None  # after the asking one: 3 of 3
+
+
+def test_limits_the_server_let_usage_pass_are_not_counted() -> None:
+    cache = CheckCache(60.0, FixedClock(0))
+    soft = metered("5", "3")  # allowed past its limit: overage allowed, or unlimited
+    cache.put("acme", [("api_calls", 1)], soft)
+    assert all(cache.get("acme", [("api_calls", 1)]) is soft for _ in range(100))
+    denied = metered("3", "3", allowed=False)
+    cache.put("acme", [("api_calls", 1)], denied)
+    assert cache.get("acme", [("api_calls", 1)]) is denied  # a denial stays for the TTL
+
+
+def test_concurrent_requests_share_the_room_exactly() -> None:
+    cache = CheckCache(60.0, FixedClock(0))
+    cache.put("acme", [("api_calls", 1)], metered("0", "501"))
+    hits: list[int] = []
+
+    def take() -> None:
+        hits.append(sum(cache.get("acme", [("api_calls", 1)]) is not None for _ in range(200)))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(hits) == 500
 
 
 def test_config_lists_every_problem() -> None:

@@ -6,16 +6,17 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import count
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+import pytest
 from conftest import Api, build_api
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meterline.storage.sqlite.rebuild import rebuild
@@ -54,18 +55,15 @@ query_st = st.fixed_dictionaries(
     }
 )
 
-_api: dict[str, Any] = {}
-_run = count()
+_run = count()  # a fresh event type, source and meter slugs per example
 
 
-def _get_api(tmp_path_factory: Any) -> Api:
-    if "api" not in _api:
-        gen = build_api(Path(tmp_path_factory.mktemp("prop")))
-        api = next(gen)
+@pytest.fixture(scope="module")
+def prop_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app for every example of the property (each example uses its own event type)."""
+    for api in build_api(tmp_path_factory.mktemp("prop")):
         api.clock._now = NOW_US
-        _api["api"], _api["gen"] = api, gen  # keep the generator: closing it shuts the app down
-    api: Api = _api["api"]
-    return api
+        yield api
 
 
 def _to_us(minute: int, second: int = 0, micro: int = 0) -> int:
@@ -137,7 +135,6 @@ def _reference(agg: str, accepted: list[dict[str, Any]], q: dict[str, Any], star
 @settings(
     max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "40")),
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(
     events=st.lists(event_st, max_size=50),
@@ -145,9 +142,51 @@ def _reference(agg: str, accepted: list[dict[str, Any]], q: dict[str, Any], star
     late_meters=st.sets(st.sampled_from(AGGS)),
 )
 def test_queries_match_naive_reference(
-    tmp_path_factory: Any, events: list[dict[str, Any]], queries: list[dict[str, Any]], late_meters: set[str]
+    prop_api: Api, events: list[dict[str, Any]], queries: list[dict[str, Any]], late_meters: set[str]
 ) -> None:
-    api = _get_api(tmp_path_factory)
+    api = prop_api
+    specs, accepted = ingest(api, events, late_meters)
+    for q in queries:
+        start = q["start"] if q["start"] is not None else 0
+        end = min(start + q["length"], SPAN_MIN)
+        if end <= start:
+            continue
+        params: list[tuple[str, str]] = [
+            ("from", _rfc(_to_us(start))),
+            ("to", _rfc(_to_us(end))),
+            ("windowTimeZone", q["zone"]),
+        ]
+        if q["size"]:
+            params.append(("windowSize", q["size"]))
+        params += [("subject", s) for s in q["subjects"]]
+        params += [("groupBy", "subject")] if q["group_subject"] else []
+        params += [("groupBy", "model")] if q["group_model"] else []
+        if q["model_filter"]:
+            params.append(("filterGroupBy[model]", q["model_filter"]))
+        start_s, end_s = _to_us(start) // 1_000_000, _to_us(end) // 1_000_000
+        for agg in AGGS:
+            r = api.query(specs[agg]["slug"], params)
+            assert r.status_code == 200, r.text
+            rows = msgspec.json.Decoder(float_hook=Decimal).decode(r.content)["data"]
+            got = {}
+            for row in rows:
+                ws = int(datetime.fromisoformat(row["windowStart"].replace("Z", "+00:00")).timestamp())
+                we = int(datetime.fromisoformat(row["windowEnd"].replace("Z", "+00:00")).timestamp())
+                assert start_s <= ws < we <= end_s
+                got[(ws, row["subject"], row["groupBy"].get("model"))] = Decimal(row["value"])
+            want = _reference(agg, accepted, q, start_s, end_s)
+            if agg == "AVG":
+                got = {k: round(v, 20) for k, v in got.items()}
+                want = {k: round(v, 20) for k, v in want.items()}
+            assert got == want, (agg, q)
+
+
+def ingest(
+    api: Api, events: list[dict[str, Any]], late_meters: set[str]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """One meter per aggregation (those in ``late_meters`` created after the events, so they are
+    backfilled from the ledger), the events in two requests (duplicates included), backfill
+    waited for. Returns the meter specs and the events that count (first payload per id)."""
     run = next(_run)
     etype = f"use{run}"
     specs = {
@@ -190,43 +229,10 @@ def test_queries_match_naive_reference(
         if e["id"] not in seen:
             seen.add(e["id"])
             accepted.append(e)
-
     for agg in late_meters:  # created after the events: backfilled from the ledger
         assert api.create_meter(**specs[agg]).status_code == 201
     _wait_backfill(api)
-    for q in queries:
-        start = q["start"] if q["start"] is not None else 0
-        end = min(start + q["length"], SPAN_MIN)
-        if end <= start:
-            continue
-        params: list[tuple[str, str]] = [
-            ("from", _rfc(_to_us(start))),
-            ("to", _rfc(_to_us(end))),
-            ("windowTimeZone", q["zone"]),
-        ]
-        if q["size"]:
-            params.append(("windowSize", q["size"]))
-        params += [("subject", s) for s in q["subjects"]]
-        params += [("groupBy", "subject")] if q["group_subject"] else []
-        params += [("groupBy", "model")] if q["group_model"] else []
-        if q["model_filter"]:
-            params.append(("filterGroupBy[model]", q["model_filter"]))
-        start_s, end_s = _to_us(start) // 1_000_000, _to_us(end) // 1_000_000
-        for agg in AGGS:
-            r = api.query(specs[agg]["slug"], params)
-            assert r.status_code == 200, r.text
-            rows = msgspec.json.Decoder(float_hook=Decimal).decode(r.content)["data"]
-            got = {}
-            for row in rows:
-                ws = int(datetime.fromisoformat(row["windowStart"].replace("Z", "+00:00")).timestamp())
-                we = int(datetime.fromisoformat(row["windowEnd"].replace("Z", "+00:00")).timestamp())
-                assert start_s <= ws < we <= end_s
-                got[(ws, row["subject"], row["groupBy"].get("model"))] = Decimal(row["value"])
-            want = _reference(agg, accepted, q, start_s, end_s)
-            if agg == "AVG":
-                got = {k: round(v, 20) for k, v in got.items()}
-                want = {k: round(v, 20) for k, v in want.items()}
-            assert got == want, (agg, q)
+    return specs, accepted
 
 
 def _wait_backfill(api: Api) -> None:
@@ -237,10 +243,25 @@ def _wait_backfill(api: Api) -> None:
     assert backend.meters.pending_backfill() == 0
 
 
-def test_rebuild_reproduces_rollups_after_property_run(tmp_path_factory: Any) -> None:
-    api = _get_api(tmp_path_factory)
-    conn = connect(api.data_dir / "meterline.db")
-    conn.execute("BEGIN IMMEDIATE")
-    report = rebuild(conn, cap=1000, replace=False)
-    conn.execute("ROLLBACK")
-    assert report.identical, report.differences
+@settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", "40")) // 4, deadline=None)
+@given(
+    batches=st.lists(st.tuples(st.lists(event_st, min_size=1, max_size=50), st.sets(st.sampled_from(AGGS))), max_size=4)
+)
+def test_rebuild_reproduces_rollups(tmp_path_factory: pytest.TempPathFactory, batches: Any) -> None:
+    """Its own data directory, filled like the property above (live and backfilled meters,
+    duplicates); a rebuild from the ledger equals the stored rollups, and a changed rollup is found."""
+    for api in build_api(tmp_path_factory.mktemp("rebuild")):
+        api.clock._now = NOW_US
+        counted = sum(len(ingest(api, events, late)[1]) for events, late in batches)
+        conn = connect(api.data_dir / "meterline.db")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            report = rebuild(conn, cap=1000, replace=False)
+            assert report.events == counted and report.identical, report
+            if counted:
+                key = "meter, level, subject, bucket, group_key"
+                conn.execute(f"UPDATE rollups SET cnt = cnt + 1 WHERE ({key}) = (SELECT {key} FROM rollups LIMIT 1)")
+                assert rebuild(conn, cap=1000, replace=False).differences["rollups"] == 2
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()

@@ -14,6 +14,7 @@ sync one as httpx's per-phase timeout (connect, write, each read).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -23,6 +24,7 @@ import httpx
 import msgspec
 
 from meterline.clock import Clock
+from meterline.decimals import EXACT
 from meterline.sdk.config import Feature
 
 log = logging.getLogger("meterline.sdk")
@@ -63,6 +65,7 @@ class Unavailable:
 
 Outcome = CheckResult | CustomerNotFound | Unavailable
 _decode = msgspec.json.Decoder(CheckResult, float_hook=Decimal).decode
+_ZERO = Decimal(0)
 _encode = msgspec.json.Encoder(decimal_format="number").encode
 
 
@@ -92,28 +95,90 @@ def _problem_code(response: httpx.Response) -> str | None:
 
 
 class CheckCache:
-    """Recent outcomes per (customer, features), for ``ttl`` seconds; ``Unavailable`` is never kept."""
+    """Recent outcomes per (customer, features), for ``ttl`` seconds; ``Unavailable`` is never kept.
+
+    A cached "allowed" is never stale about this process's own use: it carries the room left
+    under each limit that may be hard (``limit - usage`` at the server, less the quantities of
+    the request that asked), every request served from it takes its quantities off that room,
+    and a request the room cannot cover is a miss, so it is checked with the server again (the
+    server's rule: ``usage + quantity <= limit``, or ``usage < limit`` for quantity 0). A limit
+    the server let usage pass (a soft limit, or unlimited) holds no room. So the cache can only
+    miss what others used (other processes, other producers) in the last ``ttl`` seconds, and
+    a change of grants, entitlements or period within that time.
+    """
 
     def __init__(self, ttl: float, clock: Clock, max_entries: int = 10_000) -> None:
         self._ttl_us = int(ttl * 1_000_000)
         self._clock = clock
         self._max = max_entries
-        self._entries: dict[tuple[str, tuple[Feature, ...]], tuple[int, Outcome]] = {}
+        self._entries: dict[tuple[str, tuple[Feature, ...]], _Entry] = {}
+        self._lock = threading.Lock()  # WSGI servers check from many threads
 
     def get(self, customer: str, features: Sequence[Feature]) -> Outcome | None:
+        """The cached outcome if it is fresh and its room covers ``features`` (which it then uses up)."""
         if self._ttl_us <= 0:
             return None
-        hit = self._entries.get((customer, tuple(features)))
-        if hit is None or hit[0] <= self._clock.now_us():
-            return None
-        return hit[1]
+        asked = _quantities(features)
+        with self._lock:
+            entry = self._entries.get((customer, tuple(features)))
+            if entry is None or entry.expires_us <= self._clock.now_us():
+                return None
+            if not _fits(entry.rooms, asked):
+                return None
+            _use(entry.rooms, asked)
+            return entry.outcome
 
     def put(self, customer: str, features: Sequence[Feature], outcome: Outcome) -> None:
+        """Keep the server's answer to the request that asked (whose quantities it uses up)."""
         if self._ttl_us <= 0 or isinstance(outcome, Unavailable):
             return
-        if len(self._entries) >= self._max:
-            self._entries.clear()  # bounded memory beats a perfect hit rate
-        self._entries[(customer, tuple(features))] = (self._clock.now_us() + self._ttl_us, outcome)
+        rooms = _rooms(outcome, _quantities(features))
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()  # bounded memory beats a perfect hit rate
+            self._entries[(customer, tuple(features))] = _Entry(self._clock.now_us() + self._ttl_us, outcome, rooms)
+
+
+@dataclass
+class _Entry:
+    expires_us: int
+    outcome: Outcome
+    rooms: dict[str, Decimal]  # feature -> room left under a limit that may be hard
+
+
+def _quantities(features: Sequence[Feature]) -> dict[str, Decimal]:
+    asked: dict[str, Decimal] = {}
+    for key, quantity in features:
+        asked[key] = EXACT.add(asked.get(key, _ZERO), Decimal(quantity))
+    return asked
+
+
+def _rooms(outcome: Outcome, asked: dict[str, Decimal]) -> dict[str, Decimal]:
+    """Room under each limit of an allowed answer that may be hard, after the asking request."""
+    if not isinstance(outcome, CheckResult) or not outcome.allowed:
+        return {}
+    rooms: dict[str, Decimal] = {}
+    for f in outcome.features:
+        if f.usage is None or f.limit is None:
+            continue  # boolean or static: nothing to count
+        room = EXACT.subtract(EXACT.subtract(f.limit, f.usage), asked.get(f.feature, _ZERO))
+        if room >= 0 and (room > 0 or asked.get(f.feature, _ZERO) > 0):
+            rooms[f.feature] = room  # allowed within the limit: it may be hard
+        # otherwise allowed past the limit: soft or unlimited, and use cannot change that
+    return rooms
+
+
+def _fits(rooms: dict[str, Decimal], asked: dict[str, Decimal]) -> bool:
+    for key, room in rooms.items():
+        quantity = asked.get(key, _ZERO)
+        if (quantity > room) if quantity > 0 else (room <= 0):
+            return False
+    return True
+
+
+def _use(rooms: dict[str, Decimal], asked: dict[str, Decimal]) -> None:
+    for key in rooms:
+        rooms[key] = EXACT.subtract(rooms[key], asked.get(key, _ZERO))
 
 
 def _headers(api_key: str) -> dict[str, str]:

@@ -73,7 +73,8 @@ class MiddlewareConfig(Generic[R]):
     check_timeout: float = 0.25
     """Seconds a request waits for an entitlement check at most."""
     check_cache_ttl: float = 0.0
-    """Seconds a check result is reused for the same (customer, features); 0 turns the cache off."""
+    """Seconds a check result is reused for the same (customer, features), and only while the room
+    it reported under each limit covers what this process asks; 0 turns the cache off."""
     event_type: str = "request"
     """CloudEvents ``type`` of usage events."""
     event_source: str = "meterline-middleware"
