@@ -1,7 +1,7 @@
 """Supervised background loops: kept alive through any exception, watched for death and stalls.
 
 Every background thread of the server (the SQLite writer, meter backfill, alert dispatcher,
-anomaly scanner, billing scheduler, health watch) is a :class:`Loop`: it alternates ``wait()``
+anomaly scanner, billing scheduler, health watch, dedupe pruner) is a :class:`Loop`: it alternates ``wait()``
 (idle: blocked until there is work, or until its next tick) and ``step()`` (busy: one unit of
 work). Guarantees:
 

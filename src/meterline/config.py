@@ -97,7 +97,8 @@ class IngestConfig(_Section):
     late_arrival_window: Duration | None = timedelta(days=90)
     """Oldest event time accepted, relative to now. Empty/none: no limit."""
     dedupe_window: Duration | None = None
-    """How long an idempotency key is remembered. None (default): forever."""
+    """How long after its first receipt an idempotency key makes a retry a duplicate; expired keys
+    are deleted in the background an hour later. None (default): forever, nothing is deleted."""
     max_group_cardinality: int = Field(1000, ge=1)
     """Most distinct values per meter groupBy dimension; events beyond it are rejected."""
     unknown_subjects: Literal["accept", "quarantine", "reject"] = "accept"

@@ -247,6 +247,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         dispatcher.start()
         scanner.start()
         watch.start()
+        backend.dedupe_pruner.start()
         billing_scheduler = billing.start_scheduler(ctx)
         yield
         billing_scheduler.close()

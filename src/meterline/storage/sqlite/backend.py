@@ -13,6 +13,7 @@ from meterline.storage.sqlite.counters import History, LiveCounters
 from meterline.storage.sqlite.customers import SqliteCustomers, load_all
 from meterline.storage.sqlite.database import Database
 from meterline.storage.sqlite.dead_letters import SqliteDeadLetters
+from meterline.storage.sqlite.dedupe_prune import DedupePruner
 from meterline.storage.sqlite.entitlements import SqliteEntitlements
 from meterline.storage.sqlite.ingest import IngestSettings, IngestState
 from meterline.storage.sqlite.ledger import SqliteLedger
@@ -48,6 +49,7 @@ class EmbeddedBackend:
             after_commit=self.state.committed,
         )
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
+        self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
         self.dead_letters = SqliteDeadLetters(self.db)
         self.customers = SqliteCustomers(self.db, self.state, clock.now_us)
@@ -67,5 +69,6 @@ class EmbeddedBackend:
         self.billing = SqliteBilling(self.db, self.customers, self.meters, clock.now_us)
 
     def close(self) -> None:
+        self.dedupe_pruner.close()
         self.meters.close()
         self.db.close()

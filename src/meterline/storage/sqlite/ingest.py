@@ -35,6 +35,7 @@ from meterline.storage.sqlite.replay import admit_groups
 from meterline.storage.sqlite.rollups import Deltas
 
 _spec = msgspec.json.Decoder(MeterSpec)
+DEDUPE_FLOOR_KEY = "dedupe_floor_us"  # in ``meta``: see storage.sqlite.dedupe_prune
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class IngestState:
         self.customer_subjects: dict[str, set[str]] = {}
         self.policies: dict[str, UnknownSubjects] = {}
         self.listeners: list[ReadingListener] = []
+        self.dedupe_floor_us = 0  # keys received before it are expired (see storage.sqlite.dedupe_prune)
 
     def invalidate(self) -> None:
         """Reload the caches from the database before their next use."""
@@ -119,6 +121,8 @@ class IngestState:
         for namespace, subject in conn.execute("SELECT namespace, subject FROM customer_subjects"):
             self.customer_subjects.setdefault(namespace, set()).add(subject)
         self.policies = {ns: UnknownSubjects(p) for ns, p in conn.execute("SELECT * FROM namespace_settings")}
+        floor = conn.execute("SELECT value FROM meta WHERE key = ?", (DEDUPE_FLOOR_KEY,)).fetchone()
+        self.dedupe_floor_us = 0 if floor is None else int(floor[0])
         self.stale = False
 
 
@@ -266,7 +270,8 @@ class Appender:
         if not events:
             return {}
         window = self.state.settings.dedupe_window_us
-        oldest = -1 if window is None else self.now_us - window
+        # Expired: first received before the window, or before the pruning floor (pruned or not).
+        oldest = -1 if window is None else max(self.now_us - window, self.state.dedupe_floor_us)
         keys = msgspec.json.encode([[e.source, e.id] for e in events]).decode()
         # CROSS JOIN fixes the loop order: one primary-key probe per key of the batch. With a
         # plain JOIN the planner may scan the whole dedupe table once per batch.
