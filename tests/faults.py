@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -43,6 +44,21 @@ def launch(data_dir: Path, log: Path, env: dict[str, str] | None = None) -> Serv
         server.stop()
         raise
     return server
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
+    """Poll ``condition`` (a deadline against a hang, not a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def metric(server: Server, name: str) -> float | None:
+    """One sample of the server's /metrics, by its name and labels as printed."""
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    return None if found is None else float(found.group(1))
 
 
 def kill9(server: Server) -> None:

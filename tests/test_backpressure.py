@@ -6,12 +6,14 @@ memory stays under a stated bound (the same burst without bounds takes it past 3
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import httpx
 import msgspec
-from faults import BATCH, events, launch, ledger_ids
+from faults import BATCH, events, launch, ledger_ids, metric, wait_until
 
 CONNECTIONS = 200
 EVENTS_PER_REQUEST = 1000
@@ -68,3 +70,39 @@ def test_a_burst_beyond_the_bounds_gets_503s_and_memory_stays_bounded(tmp_path: 
     assert f"meterline_requests_refused {float(statuses[503])}" in metrics
     log = (tmp_path / "server.log").read_text()
     assert '"operationalCode": "METER-002"' in log
+
+
+def test_a_body_without_content_length_is_charged_as_it_arrives(tmp_path: Path) -> None:
+    """A chunked upload cannot slip past the byte bound: its chunks are charged as they are read."""
+    bound = 64 * 1024
+    env = {"METERLINE_SERVER__MAX_BODY_BYTES": str(bound), "METERLINE_SERVER__MAX_BODY_BYTES_IN_FLIGHT": str(bound)}
+    server = launch(tmp_path / "data", tmp_path / "server.log", env)
+    headers = {"Authorization": f"Bearer {server.key}", "Content-Type": BATCH}
+    slow_body = msgspec.json.encode(events("slow", 250))  # ~25 KB
+    assert len(slow_body) < bound
+    go_on, answers = threading.Event(), {}
+
+    def slow() -> Iterator[bytes]:
+        yield slow_body[: len(slow_body) - 10]
+        go_on.wait(60)
+        yield slow_body[len(slow_body) - 10 :]
+
+    def send(name: str, body: Iterable[bytes]) -> None:
+        answers[name] = httpx.post(f"{server.url}/api/v1/events", content=body, headers=headers, timeout=120)
+
+    try:
+        first = threading.Thread(target=send, args=("slow", slow()))
+        first.start()
+        wait_until(lambda: (metric(server, "meterline_body_bytes_in_flight") or 0) >= len(slow_body) - 10)
+        big = msgspec.json.encode(events("big", 450))  # ~45 KB: fits alone, not beside the slow one
+        send("big", iter([big[:20_000], big[20_000:]]))
+        go_on.set()
+        first.join(60)
+        ledger = ledger_ids(tmp_path / "data")
+    finally:
+        go_on.set()
+        server.stop()
+    assert answers["big"].status_code == 503 and answers["big"].json()["code"] == "overloaded"
+    assert answers["big"].headers["retry-after"] == "1"
+    assert answers["slow"].status_code == 204
+    assert set(ledger) == {f"slow-{i}" for i in range(250)}

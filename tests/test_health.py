@@ -10,32 +10,17 @@
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from conftest import Server
-from faults import events, launch, post
+from faults import events, launch, metric, post, wait_until
 
 from meterline.storage.sqlite.database import DB_FILE
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
-
-
-def metric(server: Server, name: str) -> float | None:
-    text = httpx.get(f"{server.url}/metrics", timeout=30).text
-    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    return None if found is None else float(found.group(1))
 
 
 def log_lines(path: Path) -> list[dict[str, object]]:

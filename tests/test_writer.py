@@ -91,3 +91,23 @@ def test_failed_commit_fails_every_task_and_loses_nothing_acknowledged(backend: 
     # the failed transaction left nothing behind; the retry is accepted and counted once
     assert [o.status.value for o in backend.ledger.append("default", candidates(["b"])).result(10)] == ["accepted"]
     assert total(backend) == [2]
+
+
+def test_a_transaction_holds_at_most_max_weight_events_and_never_splits_a_task(tmp_path: Path) -> None:
+    b = EmbeddedBackend(tmp_path, IngestSettings(None, 100), FixedClock(T0_US), fsync="normal", max_weight=5000)
+    try:
+        writer = b.db.writer
+        release = hold_writer(b)
+        seen: list[tuple[str, int]] = []
+
+        def task(name: str) -> object:
+            return lambda conn: seen.append((name, writer.commits))
+
+        futures = [writer.submit(task(n), weight=w) for n, w in (("a", 3000), ("b", 3000), ("c", 1000), ("d", 9000))]
+        release.set()
+        for f in futures:
+            f.result(10)
+        first = seen[0][1]
+        assert seen == [("a", first), ("b", first + 1), ("c", first + 1), ("d", first + 2)]
+    finally:
+        b.close()

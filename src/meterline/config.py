@@ -53,7 +53,7 @@ class ServerConfig(_Section):
     """Backpressure: most API requests handled at once (health, readiness and metrics are not
     counted). Beyond it a request is answered 503 ``overloaded`` with Retry-After at once,
     before its body is read."""
-    max_body_bytes_in_flight: int = Field(16 * 1024 * 1024, ge=1024)
+    max_body_bytes_in_flight: int = Field(8 * 1024 * 1024, ge=1024)
     """Backpressure: most request-body bytes held at once, over all requests in flight (a decoded
     ingest body takes about 7 times its size in memory). At least ``max_body_bytes``."""
     retry_after: int = Field(1, ge=1, le=3600)
@@ -86,6 +86,9 @@ class StorageConfig(_Section):
     checkpoints (survives a process crash, may lose the last commits on power loss)."""
     group_commit_max_requests: int = Field(512, ge=1)
     """Most requests that share one commit."""
+    group_commit_max_events: int = Field(5000, ge=1)
+    """Most events in one commit (a request is never split): under a backlog the first
+    requests are answered after a bounded transaction instead of one holding everything."""
     max_queued_writes: int = Field(4096, ge=1)
     """Most write tasks waiting for the writer thread; beyond it a write is answered 503
     ``overloaded`` at once instead of queueing without bound."""

@@ -153,6 +153,7 @@ def open_backend(config: Config, clock: Clock, monitor: Monitor | None = None) -
         clock,
         fsync=config.storage.fsync,
         max_batch=config.storage.group_commit_max_requests,
+        max_weight=config.storage.group_commit_max_events,
         max_queue=config.storage.max_queued_writes,
         monitor=monitor,
         baseline_days=config.alerts.baseline_days,

@@ -112,7 +112,8 @@ class Backpressure:
             nonlocal charged
             message = await receive()
             if message["type"] == "http.request":
-                n = len(message.get("body", b""))
+                # never beyond max_body: past it the endpoint answers 413, not backpressure
+                n = min(len(message.get("body", b"")), adm.max_body - charged)
                 adm.charge(n)
                 charged += n
             return message

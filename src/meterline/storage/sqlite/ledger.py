@@ -39,7 +39,8 @@ class SqliteLedger:
     def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[list[Outcome]]:
         """Record a request's events. The future resolves after the commit that holds them."""
         return self._db.writer.submit(
-            lambda conn: Appender(self._state, conn, self._now_us()).append(namespace, candidates)
+            lambda conn: Appender(self._state, conn, self._now_us()).append(namespace, candidates),
+            weight=max(1, len(candidates)),
         )
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:

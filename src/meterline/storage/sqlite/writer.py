@@ -1,8 +1,10 @@
 """The single writer thread and its group commit.
 
 Every write goes through :meth:`Writer.submit`. The thread takes the first waiting task, then
-drains every other waiting task (up to ``max_batch`` tasks) into the *same* transaction and
-commits once: concurrent requests share one fsync. Each task runs inside its own SAVEPOINT,
+drains every other waiting task (up to ``max_batch`` tasks and ``max_weight`` events; a task is
+never split) into the *same* transaction and commits once: concurrent requests share one
+fsync, and under a backlog the first requests are answered after one bounded transaction
+instead of one huge one. Each task runs inside its own SAVEPOINT,
 so a task that raises is rolled back alone and the others still commit.
 
 ``before_commit`` runs once per transaction, after the last task and before COMMIT: ingest
@@ -41,7 +43,7 @@ from meterline.errors import MeterlineError, Overloaded, StorageUnavailable
 from meterline.storage.sqlite import faults
 
 T = TypeVar("T")
-Task = tuple[Callable[[sqlite3.Connection], Any], Future[Any]]
+Task = tuple[Callable[[sqlite3.Connection], Any], Future[Any], int]  # work, answer, weight (events)
 
 log = logging.getLogger("meterline.writer")
 
@@ -56,6 +58,7 @@ class Writer:
         *,
         reconnect: Callable[[], sqlite3.Connection] | None = None,
         max_batch: int = 256,
+        max_weight: int = 5000,
         max_queue: int = 4096,
         on_rollback: Callable[[bool], None] | None = None,
         before_commit: Callable[[sqlite3.Connection], None] | None = None,
@@ -68,11 +71,13 @@ class Writer:
         self._after_commit = after_commit
         self._queue: queue.SimpleQueue[Task | Any] = queue.SimpleQueue()
         self._max_batch = max_batch
+        self._max_weight = max_weight
         self._max_queue = max_queue
         self._on_rollback = on_rollback
         self._before_commit = before_commit
         self._probe_interval = probe_interval
         self._first: Task | None = None
+        self._carry: Task | None = None  # taken from the queue, but for the next transaction
         self._stopping = False
         self.commits = 0
         self.available = True
@@ -81,13 +86,14 @@ class Writer:
         self._loop = Loop("writer", self._step, self._wait, monitor, error_pause=0.0)
         self._loop.start()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T], *, bounded: bool = True) -> Future[T]:
-        """Queue ``fn`` for the next transaction. ``bounded=False`` is for the server's own
-        background loops (a handful of tasks at most), which must not be refused."""
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, bounded: bool = True, weight: int = 1) -> Future[T]:
+        """Queue ``fn`` for the next transaction. ``weight`` is its size in events (for
+        ``max_weight``). ``bounded=False`` is for the server's own background loops (a handful
+        of tasks at most), which must not be refused."""
         if bounded and self._queue.qsize() >= self._max_queue:
             raise Overloaded(f"The write queue holds {self._max_queue} tasks; retry shortly", code="overloaded")
         future: Future[T] = Future()
-        self._queue.put((fn, future))
+        self._queue.put((fn, future, weight))
         return future
 
     def call(self, fn: Callable[[sqlite3.Connection], T], *, bounded: bool = True) -> T:
@@ -104,6 +110,9 @@ class Writer:
 
     # The loop: ``_wait`` is idle time, ``_step`` one transaction (or one probe).
     def _wait(self) -> bool:
+        if self._carry is not None:
+            self._first, self._carry = self._carry, None
+            return True
         if self._stopping:
             return False
         try:
@@ -128,14 +137,19 @@ class Writer:
             self._answer_unanswered(batch)
 
     def _drain(self, batch: list[Task]) -> bool:
-        while len(batch) < self._max_batch:
+        weight = batch[0][2]
+        while len(batch) < self._max_batch and weight < self._max_weight:
             try:
                 task = self._queue.get_nowait()
             except queue.Empty:
                 return False
             if task is _STOP:
                 return True
+            if weight + task[2] > self._max_weight:
+                self._carry = task
+                return False
             batch.append(task)
+            weight += task[2]
         return False
 
     def _commit(self, batch: list[Task]) -> None:
@@ -144,7 +158,7 @@ class Writer:
         at_commit = False
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, future in batch:
+            for fn, future, _ in batch:
                 results.append((future, *self._run_task(fn)))
             if self._before_commit is not None:
                 self._before_commit(conn)
@@ -175,7 +189,7 @@ class Writer:
         if self._on_rollback is not None:
             self._on_rollback(True)
         error = StorageUnavailable("The store could not commit; nothing of this request was recorded")
-        for _, future in batch:
+        for _, future, _ in batch:
             future.set_exception(error)
 
     def _reset(self, exc: Exception, at_commit: bool) -> None:
@@ -198,19 +212,21 @@ class Writer:
             assert heal_exc is not None
             self._halt(exc, heal_exc)
 
-    def _heal(self) -> Exception | None:
+    def _heal(self, quiet: bool = False) -> Exception | None:
         try:
             faults.heal(self._conn)
         except Exception as exc:
-            log.error("heal transaction failed: %s", faults.describe(exc), extra={"operationalCode": "METER-001"})
+            if not quiet:
+                log.error("heal transaction failed: %s", faults.describe(exc), extra={"operationalCode": "METER-001"})
             return exc
         self.commits += 1
         self._recovered()
         return None
 
     def _probe(self) -> None:
+        """While unavailable and idle: try to commit (quietly: the failure was logged already)."""
         if not self.available:
-            self._heal()
+            self._heal(quiet=True)
 
     def _recovered(self) -> None:
         if not self.available:
@@ -231,7 +247,7 @@ class Writer:
 
     def _answer_unanswered(self, batch: list[Task]) -> None:
         """A bug above must not leave a caller waiting forever."""
-        for _, future in batch:
+        for _, future, _ in batch:
             if not future.done():
                 future.set_exception(StorageUnavailable("An internal error stopped this write; nothing was recorded"))
 
