@@ -45,3 +45,40 @@ def test_a_static_config_of_ordinary_depth_is_kept(client: httpx.Client) -> None
 
     assert r.status_code == 201, r.text
     assert client.delete(f"/api/v1/subjects/acme/entitlements/{r.json()['id']}").status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("interval", "anchor"),
+    [("MONTH", "9999-12-31T23:59:59Z"), ("P1D", "0001-01-01T00:00:00Z"), ("YEAR", "9999-06-01T00:00:00-14:00")],
+)
+def test_an_anchor_whose_periods_leave_the_calendar_is_refused_and_nothing_of_it_remains(
+    tmp_path: Path, interval: str, anchor: str
+) -> None:
+    """Such an entitlement used to be committed, then answered 503 "nothing was recorded" when its
+    counter could not be built; every later write failed the same way and the server no longer
+    started."""
+    s = start_server(tmp_path / "data")
+    try:
+        with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {s.key}"}, timeout=60) as c:
+            meter = {"slug": "tokens", "eventType": "prompt", "aggregation": "SUM", "valueProperty": "$.tokens"}
+            assert c.post("/api/v1/meters", json=meter).status_code == 201
+            assert c.post("/api/v1/customers", json={"key": "acme", "timezone": "Europe/Berlin"}).status_code == 201
+            assert c.post("/api/v1/features", json={"key": "f", "name": "F", "meterSlug": "tokens"}).status_code == 201
+            body = {
+                "type": "metered",
+                "featureKey": "f",
+                "issueAfterReset": 10,
+                "usagePeriod": {"interval": interval, "anchor": anchor},
+            }
+
+            r = c.post("/api/v1/subjects/acme/entitlements", json=body)
+
+            assert r.status_code == 400, r.text
+            assert r.json()["code"] == "invalid_entitlement"
+            assert c.get("/api/v1/subjects/acme/entitlements").json() == []
+            assert c.post("/api/v1/features", json={"key": "g", "name": "G"}).status_code == 201
+        s.stop()
+        s = start_server(tmp_path / "data")
+        assert httpx.get(f"{s.url}/api/v1/features/g", headers={"Authorization": f"Bearer {s.key}"}).status_code == 200
+    finally:
+        s.stop()

@@ -21,6 +21,7 @@ writer task first.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from meterline.customers.model import Customer
 from meterline.decimals import EXACT
 from meterline.entitlements.model import Entitlement, Feature, FeatureInput, Grant
 from meterline.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
+from meterline.errors import InvalidInput
 from meterline.meters.evaluate import CompiledMeter, Reading
 from meterline.meters.model import Aggregation, Meter
 from meterline.meters.query import MeterQuery
@@ -47,6 +49,7 @@ ONE = Decimal(1)
 _feature = msgspec.json.Decoder(FeatureInput)
 _ACCESS = Value(True)
 _NO_ACCESS = Value(False)
+log = logging.getLogger("meterline.counters")
 State = tuple[Period | None, int, int, Decimal]
 
 
@@ -195,7 +198,7 @@ class LiveCounters(ReadingListener):
         self._db.writer.call(lambda conn: self._touched.add(entitlement_id))
 
     def _reload(self, conn: sqlite3.Connection) -> None:
-        old = self.index.live
+        old, now = self.index.live, self._clock.now_us()
         meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
         customers = {c.id: c for c in self._load_customers(conn, None)}
         ents, grants = load_live(conn)
@@ -209,7 +212,7 @@ class LiveCounters(ReadingListener):
             customer = customers.get(ent.customer_id)
             if customer is None:
                 continue
-            live = _live(ent, customer, features.get(ent.feature_id), meters, grants.get(ent.id, []))
+            live = _live(ent, customer, features.get(ent.feature_id), meters, grants.get(ent.id, []), now)
             index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
             if live is None:
                 continue
@@ -232,7 +235,9 @@ class LiveCounters(ReadingListener):
         if customer is None:
             return
         meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
-        live = _live(ent, customer, _features(conn, ent.feature_id).get(ent.feature_id), meters, [])
+        live = _live(
+            ent, customer, _features(conn, ent.feature_id).get(ent.feature_id), meters, [], self._clock.now_us()
+        )
         index = self.index
         index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
         if live is not None:
@@ -284,6 +289,7 @@ def _live(
     feature: Feature | None,
     meters: dict[tuple[str, str], Meter],
     grants: list[Grant],
+    now_us: int,
 ) -> Live | None:
     if ent.spec.type != "metered" or feature is None or feature.spec.meter_slug is None:
         return None
@@ -293,7 +299,16 @@ def _live(
     dims = tuple(sorted(meter.spec.group_by))
     wanted = sorted((feature.spec.meter_group_by_filters or {}).items())
     filters = tuple((dims.index(d), v) for d, v in wanted if d in dims)
-    rec = recurrence(ent.spec.usage_period.interval, from_us(ent.anchor_us), customer.timezone)
+    try:
+        rec = recurrence(ent.spec.usage_period.interval, from_us(ent.anchor_us), customer.timezone)
+        for t_us in (ent.anchor_us, now_us):
+            rec.period_at_us(t_us)
+    except (InvalidInput, OverflowError, ValueError):
+        # Fail closed, alone: a stored entitlement whose periods fall outside the date range
+        # (written before anchors were bounded) answers "no access"; it never stops start-up
+        # or the writes of everyone else.
+        log.error("entitlement periods out of range; it has no counter", extra={"entitlement": ent.id})
+        return None
     return Live(ent, customer, feature, meter, customer.subjects, filters, rec, grants)
 
 

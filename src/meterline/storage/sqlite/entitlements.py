@@ -17,7 +17,7 @@ import msgspec
 from dateutil.relativedelta import relativedelta
 from ulid import ULID
 
-from meterline.clock import to_us
+from meterline.clock import from_us, to_us
 from meterline.entitlements.model import (
     Entitlement,
     EntitlementInput,
@@ -31,7 +31,7 @@ from meterline.entitlements.model import (
 )
 from meterline.errors import Conflict, InvalidInput, NotFound
 from meterline.meters.model import Aggregation
-from meterline.periods import parse_interval
+from meterline.periods import parse_interval, recurrence
 from meterline.storage.sqlite.customers import SqliteCustomers
 from meterline.storage.sqlite.database import Database
 from meterline.storage.sqlite.meters import SqliteMeters
@@ -140,6 +140,8 @@ class SqliteEntitlements:
             self._check_meter(namespace, feature)
         now = self._now_us()
         anchor = self._anchor(inp, customer.timezone, now)
+        if inp.type == "metered" and inp.usage_period is not None:
+            _check_periods(inp.usage_period.interval, anchor, customer.timezone, now)
         ent = Entitlement(
             str(ULID()), namespace, customer.id, customer.key, feature.id, feature.key, inp, anchor, anchor, now
         )
@@ -327,3 +329,21 @@ def load_live(conn: sqlite3.Connection) -> tuple[builtins.list[Entitlement], dic
         g = msgspec.structs.replace(_stored_grant.decode(spec), voided_us=voided)
         grants.setdefault(g.entitlement_id, []).append(g)
     return ents, grants
+
+
+def _check_periods(interval: str, anchor_us: int, zone: str, now_us: int) -> None:
+    """Refuse, before anything is written, an anchor whose periods the live counter cannot use:
+    periods that run past the last representable date in the customer's zone, or that do not
+    fall on whole minutes (rollups are kept per minute; an anchor in a zone's local mean time,
+    such as +00:53:28, carries its seconds into every period)."""
+    try:
+        rec = recurrence(interval, from_us(anchor_us), zone)
+        rec.period_at_us(anchor_us)
+        current = rec.period_at_us(now_us)
+    except (InvalidInput, OverflowError, ValueError):
+        current = None
+    if current is None or current.start_us % 60_000_000 or current.end_us % 60_000_000:
+        raise InvalidInput(
+            "usagePeriod.anchor is too far from now: its periods fall outside the supported dates",
+            code="invalid_entitlement",
+        )
