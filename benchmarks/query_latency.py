@@ -45,7 +45,7 @@ import httpx
 import msgspec
 from _common import code_version, machine, percentile, start_meterline
 
-from meterline.api.meters import query_from_params
+from meterline.api.meter_query import query_from_params
 from meterline.clock import FixedClock, to_us
 from meterline.events.decode import Limits, decode_events, split_body
 from meterline.events.model import Outcome, Status

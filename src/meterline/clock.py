@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -52,3 +53,19 @@ def rfc3339(us: int) -> str:
     # isoformat, not strftime: strftime("%Y") writes the year 344 as "344", not "0344"
     t = from_us(us).replace(tzinfo=None)
     return t.isoformat(timespec="microseconds" if us % 1000 else "milliseconds") + "Z"
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def known_zone(name: str) -> zoneinfo.ZoneInfo | None:
+    """The IANA time zone called ``name``, or None. Never raises: the name may come straight from
+    a request, and only names of the installed zone database are ever opened as files."""
+    if len(name) > 64 or name not in _zone_names():
+        return None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return None

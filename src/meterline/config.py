@@ -128,6 +128,22 @@ class AlertsConfig(_Section):
     server call into its own network. Turn on for receivers on this machine or your network."""
 
 
+class QueryConfig(_Section):
+    """Bounds on the answer to one usage query (meter queries, the customer portal, entitlement
+    history), so that no query a caller can form makes the server's memory grow without limit."""
+
+    max_windows: int = Field(50_000, ge=1, le=10_000_000)
+    """Most windows one answer is cut into: a 30-day MINUTE query is 43,200, a 5-year HOUR
+    query 43,824. A query asking for more is answered 400 ``too_many_windows``."""
+    max_rows: int = Field(50_000, ge=1, le=10_000_000)
+    """Most rows (window x subject x group) one answer may hold or read from the rollups. A
+    query needing more is answered 400 ``too_many_rows``. Building an answer takes about 1 KB
+    of memory per row while it lasts."""
+    max_concurrent: int = Field(4, ge=1, le=256)
+    """Most queries answered at the same time; more wait for a turn. Queries are CPU-bound
+    Python, so more at once would only multiply their memory, not their speed."""
+
+
 class PortalConfig(_Section):
     token_ttl: Duration = timedelta(hours=1)
     """Default lifetime of a portal token (at least one second, at most ``max_token_ttl``)."""
@@ -240,6 +256,7 @@ class Config(_Section):
     alerts: AlertsConfig = AlertsConfig()
     portal: PortalConfig = PortalConfig()
     health: HealthConfig = HealthConfig()
+    query: QueryConfig = QueryConfig()
     log: LogConfig = LogConfig()
     billing: BillingConfig = BillingConfig()
     meters: list[MeterConfig] = []

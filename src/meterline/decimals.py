@@ -1,5 +1,10 @@
 """Exact quantities: the one place that decides how numbers are read, added and written.
 
+A quantity is read only in the JSON number grammar (RFC 8259: ``-?(0|[1-9][0-9]*)(.[0-9]+)?
+([eE][+-]?[0-9]+)?``, ASCII digits), whether it arrives as a JSON number or inside a string:
+``"1_000"``, ``"٣"`` (Arabic-Indic), full-width digits, ``" 7 "``, ``"+3"``, ``".5"``, ``"NaN"`` and ``"Infinity"`` are
+not numbers here, although Python's ``Decimal`` reads them all.
+
 Quantities are ``Decimal`` end to end. Additions use a context wide enough to be exact for
 every value we accept (at most ``MAX_DIGITS`` significant digits, exponent within
 ``MAX_EXPONENT``), so a sum does not depend on the order events arrive in; that is what lets
@@ -10,11 +15,15 @@ significant digits, half-even.
 from __future__ import annotations
 
 import decimal
+import re
 from decimal import Decimal
 
 MAX_DIGITS = 38
 MAX_EXPONENT = 30
 AVG_DIGITS = 28
+MAX_TEXT = 100
+"""Longest quantity accepted as text (ample for 38 digits, a sign, a point and an exponent)."""
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 EXACT = decimal.Context(
     prec=decimal.MAX_PREC, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.InvalidOperation]
@@ -35,10 +44,9 @@ def to_quantity(value: object) -> Decimal:
     elif isinstance(value, int):
         d = Decimal(value)
     elif isinstance(value, str):
-        try:
-            d = Decimal(value.strip())
-        except decimal.InvalidOperation:
-            raise NotAQuantity(f"{value[:40]!r} is not a number") from None
+        if len(value) > MAX_TEXT or not JSON_NUMBER.fullmatch(value):
+            raise NotAQuantity(f"{value[:40]!r} is not a number (write it as a JSON number, e.g. 1000 or 2.5)")
+        d = Decimal(value)
     elif isinstance(value, float):
         d = Decimal(repr(value))
     else:

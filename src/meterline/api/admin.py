@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.api.context import Context
-from meterline.api.http import json_body, json_response, parse_int, parse_time
+from meterline.api.http import json_response, parse_int, parse_time, typed_body
 from meterline.auth.keys import ApiKey, Scope, check_namespace, parse_scopes
 from meterline.clock import rfc3339
 from meterline.errors import InvalidInput
 from meterline.events.model import Reason
+from meterline.nesting import MAX_DEPTH, too_deep
 from meterline.storage.sqlite.dead_letters import DeadLetterFilter
 from meterline.storage.sqlite.keys import create_key, list_keys, revoke_key
 
@@ -61,11 +64,14 @@ async def list_dead_letters(request: Request) -> Response:
 
 
 def _raw(raw: bytes) -> object:
+    """The event as sent: JSON where it parses, else its text (never parsed past MAX_DEPTH)."""
     try:
-        msgspec.json.decode(raw)
-        return msgspec.Raw(raw)
-    except msgspec.DecodeError:
-        return raw.decode("utf-8", "replace")
+        if not too_deep(raw, MAX_DEPTH + 1):
+            msgspec.json.decode(raw)
+            return msgspec.Raw(raw)
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    return raw.decode("utf-8", "replace")
 
 
 async def purge_dead_letters(request: Request) -> Response:
@@ -87,16 +93,22 @@ def key_json(k: ApiKey) -> dict[str, object]:
     }
 
 
+class KeyInput(msgspec.Struct, frozen=True):
+    """``POST /api/v1/keys``. A key is always created in the caller's own namespace."""
+
+    scopes: Annotated[list[str], msgspec.Meta(max_length=8)] = []
+    name: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    namespace: str | None = None
+
+
 async def create_api_key(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     caller = ctx.auth.require(request, Scope.ADMIN)
-    body = await json_body(request)
-    if not isinstance(body, dict):
-        raise InvalidInput("The body must be a JSON object", code="invalid_key_request")
-    scopes = parse_scopes(body.get("scopes") or [])
-    name = str(body.get("name") or "api key")
+    body = await typed_body(request, KeyInput, "key request")
+    scopes = parse_scopes(body.scopes)
+    name = body.name or "api key"
     namespace = caller.namespace
-    if body.get("namespace") not in (None, caller.namespace):
+    if body.namespace not in (None, caller.namespace):
         raise InvalidInput("A key can only create keys in its own namespace", code="invalid_namespace")
     check_namespace(namespace)
     now = ctx.clock.now_us()

@@ -15,7 +15,8 @@ from starlette.routing import Route
 from meterline.api import billing_invoices as inv
 from meterline.api.billing_scheduler import BillingScheduler, settings_from
 from meterline.api.context import Context
-from meterline.api.http import json_body, json_response, typed_body
+from meterline.api.http import json_body, json_response, parse_int, typed_body
+from meterline.api.members import tree_problem
 from meterline.auth.keys import Scope
 from meterline.billing import PlanVersion, Subscription, parse_plan
 from meterline.clock import from_us, rfc3339, to_us
@@ -24,6 +25,7 @@ from meterline.storage.sqlite.billing_model import StoredSubscription
 
 __all__ = ["ROUTES", "BillingScheduler", "settings_from", "start_scheduler"]
 MINUTE_US = 60_000_000
+MAX_VERSION = 2**31 - 1
 
 
 class SubscriptionInput(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
@@ -68,10 +70,7 @@ def _ctx(request: Request) -> Context:
 
 
 def _version(request: Request) -> int:
-    text = request.path_params["version"]
-    if not text.isdigit():
-        raise InvalidInput("the version must be a whole number", code="invalid_parameter")
-    return int(text)
+    return parse_int("version", request.path_params["version"], 0, 1, MAX_VERSION)
 
 
 def _now_minute(ctx: Context) -> datetime:
@@ -93,6 +92,9 @@ async def _plan_body(request: Request, plan: str | None = None, version: int | N
             raise InvalidInput(f"the body's {name} differs from the path's", code="key_mismatch")
     auto = "version" not in body
     body.setdefault("version", 1)
+    problem = tree_problem(body, PlanVersion)
+    if problem is not None:
+        raise InvalidPlan(f"Invalid price plan: {problem}", problems=[problem])
     return parse_plan(body), auto
 
 

@@ -13,6 +13,7 @@ from starlette.responses import Response
 
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_bool, parse_time, typed_body
+from meterline.api.meter_query import limits_of, run_query
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
 from meterline.customers.model import Customer
@@ -23,6 +24,7 @@ from meterline.errors import InvalidInput, NotFound
 from meterline.meters.query import MeterQuery
 from meterline.meters.windows import WindowSize, zone
 from meterline.periods import Period
+from meterline.storage.sqlite.counters import Live
 
 
 class CheckFeature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -210,8 +212,14 @@ async def entitlement_history(request: Request) -> Response:
     end = end or now - now % 60_000_000 + 60_000_000  # through the current minute
     start = start or live.period_at(now).start_us
     tz = zone(q.get("windowTimeZone") or "UTC")
-    query = MeterQuery(start // 1_000_000, -(-end // 60_000_000) * 60, WindowSize(size), tz)
-    windows = await run_in_threadpool(ctx.history.windows, live, query)
+    query = MeterQuery(
+        start // 1_000_000, -(-end // 60_000_000) * 60, WindowSize(size), tz, limits=limits_of(ctx.config)
+    )
+    return await run_query(request, lambda: json_response(_history(ctx, ent, live, query)))
+
+
+def _history(ctx: Context, ent: Entitlement, live: Live, query: MeterQuery) -> dict[str, Any]:
+    windows = ctx.history.windows(live, query)
     history: list[dict[str, Any]] = []
     segments: dict[Period, tuple[Decimal, Decimal]] = {}
     used, current = Decimal(0), None
@@ -242,7 +250,7 @@ async def entitlement_history(request: Request) -> Response:
         }
         for p, (a, u) in segments.items()
     ]
-    return json_response({"windowedHistory": history, "burndownHistory": burndown})
+    return {"windowedHistory": history, "burndownHistory": burndown}
 
 
 async def reset_entitlement(request: Request) -> Response:

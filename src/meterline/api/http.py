@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -10,11 +11,13 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from meterline.api.members import member_problem
 from meterline.clock import rfc3339, to_us
 from meterline.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from meterline.nesting import MAX_DEPTH, too_deep
 
 _encode = msgspec.json.Encoder(decimal_format="number").encode
-_decode_any = msgspec.json.Decoder()
+_decode_any = msgspec.json.Decoder(float_hook=Decimal)  # numbers stay exact
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -23,7 +26,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"The body is {declared} bytes; at most {limit} are allowed", code="body_too_large")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -39,37 +42,65 @@ def media_type(request: Request) -> str:
 
 
 async def json_body(request: Request, limit: int = 1024 * 1024) -> Any:
-    if media_type(request) not in ("application/json", ""):
-        raise UnsupportedMediaType("Send application/json", code="unsupported_media_type")
-    body = await read_body(request, limit)
+    """The JSON body as builtins (numbers with a fraction or exponent as exact Decimals), for
+    handlers that adjust it before converting it; they check it with ``members.tree_problem``."""
+    body = await _json_bytes(request, limit)
     try:
         return _decode_any.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
 
 
+
+async def _json_bytes(request: Request, limit: int) -> bytes:
+    """The body of a JSON request, checked for its media type, size and nesting depth."""
+    if media_type(request) not in ("application/json", ""):
+        raise UnsupportedMediaType("Send application/json", code="unsupported_media_type")
+    body = await read_body(request, limit)
+    if too_deep(body):
+        raise InvalidInput(
+            f"The body nests arrays and objects more than {MAX_DEPTH} levels deep", code="too_deeply_nested"
+        )
+    return body
+
+
+# Raw text from a request becomes a number only through these ASCII grammars: ``str.isdigit``
+# and ``int`` also accept "²", "٣", "1_000" and " 7 ".
+_DIGITS = re.compile(r"[0-9]{1,18}", re.ASCII)
+_INTEGER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?",
+    re.ASCII,
+)
+
+
 def parse_time(name: str, value: str | None) -> int | None:
-    """An RFC 3339 query parameter as epoch microseconds (an empty value is not a time)."""
+    """An RFC 3339 query parameter as epoch microseconds (years 0001-9999 in UTC; an empty value
+    is not a time)."""
     if value is None:
         return None
+    text = value.replace(" ", "+")  # an unescaped '+' of the offset arrives as a space
+    text = text[:10] + "T" + text[11:] if len(text) > 10 else text
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
+        if not _RFC3339.fullmatch(text):
+            raise ValueError
+        t = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        if t.tzinfo is None:
+            raise InvalidInput(f"`{name}` must carry a UTC offset, e.g. 2026-01-01T00:00:00Z", code="invalid_time")
+        return to_us(t.astimezone(UTC))  # raises OverflowError outside years 1-9999 in UTC
+    except (ValueError, OverflowError):
         raise InvalidInput(
             f"`{name}` must be an RFC 3339 time, e.g. 2026-01-01T00:00:00Z", code="invalid_time"
         ) from None
-    if t.tzinfo is None:
-        raise InvalidInput(f"`{name}` must carry a UTC offset, e.g. 2026-01-01T00:00:00Z", code="invalid_time")
-    return to_us(t)
 
 
 def parse_int(name: str, value: str | None, default: int, low: int, high: int) -> int:
+    """An integer query or path parameter in ``[low, high]`` (ASCII digits only)."""
     if value is None:
         return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise InvalidInput(f"`{name}` must be an integer", code="invalid_parameter") from None
+    if not _INTEGER.fullmatch(value):
+        raise InvalidInput(f"`{name}` must be an integer", code="invalid_parameter")
+    n = int(value)
     if not low <= n <= high:
         raise InvalidInput(f"`{name}` must be between {low} and {high}", code="invalid_parameter")
     return n
@@ -89,29 +120,33 @@ T = TypeVar("T")
 
 
 async def typed_body(request: Request, kind: type[T], what: str, limit: int = 1024 * 1024) -> T:
-    """Decode the JSON body straight into ``kind`` (numbers stay exact for Decimal fields)."""
-    if media_type(request) not in ("application/json", ""):
-        raise UnsupportedMediaType("Send application/json", code="unsupported_media_type")
-    body = await read_body(request, limit)
+    """Decode the JSON body straight into ``kind`` (numbers stay exact for Decimal fields).
+
+    Every member is checked against its type; Decimal members take only the JSON number
+    grammar (in strings too), int members only 64-bit integers and times only years 1970-8999
+    (``meterline.api.members``).
+    """
+    body = await _json_bytes(request, limit)
+    code = f"invalid_{what.replace(' ', '_')}"
+    problem = member_problem(body, kind)
+    if problem is not None:
+        raise InvalidInput(f"Invalid {what}: {problem}", code=code)
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
         whole = _with_whole_numbers(body, kind)
         if whole is not None:
             return whole
-        raise InvalidInput(f"Invalid {what}: {exc}", code=f"invalid_{what.replace(' ', '_')}") from None
+        raise InvalidInput(f"Invalid {what}: {exc}", code=code) from None
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
-
-
-_decode_exact = msgspec.json.Decoder(float_hook=Decimal)
 
 
 def _with_whole_numbers(body: bytes, kind: type[T]) -> T | None:
     """``body`` as ``kind`` when its only fault was a whole number written as ``2.0`` or ``1e3``
     where an integer belongs (JSON Schema's ``integer`` admits both), else None."""
     try:
-        return msgspec.convert(_whole(_decode_exact.decode(body)), kind)
+        return msgspec.convert(_whole(_decode_any.decode(body)), kind)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
-from typing import Any
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +12,8 @@ from starlette.responses import Response
 
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_int, typed_body
-from meterline.api.meters import query_from_params, result_json, rows_csv
+from meterline.api.meter_query import limits_of, query_from_params, run_query
+from meterline.api.meters import render
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339, to_us
 from meterline.errors import Forbidden, InvalidInput, NotFound, PortalTokenInvalid
@@ -35,6 +35,9 @@ async def create_token(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.ADMIN)
     inp = await typed_body(request, TokenInput, "portal token")
+    longest = int(ctx.config.portal.max_token_ttl.total_seconds())
+    if inp.expires_in is not None and not 1 <= inp.expires_in <= longest:
+        raise InvalidInput(f"expiresIn must be between 1 and {longest} seconds", code="invalid_ttl")
     ttl = None if inp.expires_in is None else timedelta(seconds=inp.expires_in)
     token, claims = await run_in_threadpool(
         ctx.backend.portal.issue, key.namespace, inp.subject, inp.allowed_meter_slugs, ttl
@@ -94,11 +97,13 @@ async def portal_query(request: Request) -> Response:
     if not claims.allows_meter(slug):
         raise Forbidden(f"this portal token may not read meter {slug!r}", code="meter_not_allowed")
     items = [(k, v) for k, v in request.query_params.multi_items() if k not in ("subject", "filterCustomerId")]
-    query = query_from_params(items)
+    query = query_from_params(items, limits_of(ctx.config))
     if SUBJECT in query.group_by or any(f[0] == SUBJECT for f in query.filters):
         raise InvalidInput("a portal query cannot group or filter by subject", code="invalid_query")
 
-    def run() -> tuple[Any, Any]:
+    accept = request.headers.get("accept", "")
+
+    def work() -> Response:
         customer = ctx.backend.customers.by_subject(claims.namespace, claims.subject)
         if customer is None:
             try:
@@ -107,11 +112,7 @@ async def portal_query(request: Request) -> Response:
                 customer = None
         subjects = customer.subjects if customer is not None else (claims.subject,)
         meter = ctx.backend.meters.get(claims.namespace, slug)
-        return meter, ctx.backend.meters.query(
-            meter, dataclasses.replace(query, subjects=tuple(subjects), combine_subjects=True)
-        )
+        own = dataclasses.replace(query, subjects=tuple(subjects), combine_subjects=True)
+        return render(accept, query, meter, ctx.backend.meters.query(meter, own))
 
-    meter, rows = await run_in_threadpool(run)
-    if "text/csv" in request.headers.get("accept", ""):
-        return Response(rows_csv(meter, rows), media_type="text/csv; charset=utf-8")
-    return json_response(result_json(query, rows))
+    return await run_query(request, work)

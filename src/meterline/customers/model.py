@@ -15,10 +15,10 @@ from __future__ import annotations
 import enum
 import re
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from meterline.clock import known_zone
 from meterline.errors import InvalidInput
 
 KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,255}$")
@@ -65,10 +65,8 @@ def validate(inp: CustomerInput) -> CustomerInput:
             problems.append(f"subject key {subject!r} must be 1-256 characters")
     if inp.name is not None and len(inp.name) > 256:
         problems.append("name must be at most 256 characters")
-    try:
-        ZoneInfo(inp.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        problems.append(f"timezone {inp.timezone!r} is not an IANA time zone (e.g. Europe/Berlin)")
+    if known_zone(inp.timezone) is None:
+        problems.append(f"timezone {inp.timezone[:80]!r} is not an IANA time zone (e.g. Europe/Berlin)")
     if problems:
         raise InvalidInput("; ".join(problems), code="invalid_customer", problems=problems)
     return inp

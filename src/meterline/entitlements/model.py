@@ -147,6 +147,10 @@ def validate_entitlement(inp: EntitlementInput) -> None:
     _raise(problems, "invalid_entitlement")
 
 
+MAX_EXPIRATION = {"HOUR": 876_600, "DAY": 36_525, "WEEK": 5_218, "MONTH": 1_200, "YEAR": 100}
+"""Longest grant expiration per unit: 100 years."""
+
+
 def validate_grant(inp: GrantInput) -> None:
     problems = []
     if not inp.amount.is_finite() or inp.amount <= 0:
@@ -158,8 +162,10 @@ def validate_grant(inp: GrantInput) -> None:
     if not 0 <= inp.priority <= 255:
         problems.append("priority must be between 0 and 255")
     duration, count = inp.expiration.get("duration"), inp.expiration.get("count")
-    if duration not in ("HOUR", "DAY", "WEEK", "MONTH", "YEAR") or not isinstance(count, int) or count < 1:
+    if not isinstance(duration, str) or duration not in MAX_EXPIRATION or type(count) is not int or count < 1:
         problems.append("expiration must be {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: positive integer}")
+    elif count > MAX_EXPIRATION[duration]:
+        problems.append(f"expiration may be at most 100 years ({MAX_EXPIRATION[duration]} {duration})")
     _raise(problems, "invalid_grant")
 
 

@@ -9,6 +9,7 @@ JSON at all, wrong top-level shape, too many events) raise :class:`InvalidInput`
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -19,8 +20,10 @@ import msgspec
 from meterline.clock import to_us
 from meterline.errors import InvalidInput, PayloadTooLarge
 from meterline.events.model import Candidate, Event, Reason, Rejection
+from meterline.nesting import MAX_DEPTH, nests_deeper, split_array, too_deep
 
 MAX_FIELD_LENGTH = 512
+_TOO_DEEP = f"the event nests arrays and objects deeper than `data` may ({MAX_DEPTH} levels)"
 
 
 class CloudEventIn(msgspec.Struct):
@@ -54,36 +57,64 @@ _digest_encoder = msgspec.json.Encoder(order="sorted")
 _REQUIRED = ("id", "source", "type", "subject")
 
 
-def split_body(body: bytes, shape: str, max_events: int) -> list[msgspec.Raw]:
+class TooDeep(bytes):
+    """The raw bytes of an event that nests too deeply to be parsed (rejected unread)."""
+
+
+def split_body(body: bytes, shape: str, max_events: int) -> list[msgspec.Raw | TooDeep]:
     """Split a body into the raw bytes of each event. ``shape`` is ``single``, ``batch`` or ``any``."""
     try:
         whole = _whole.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+    except RecursionError:
+        return _split_deep(body, shape, max_events)
     first = bytes(memoryview(whole)[:1])
+    _check_shape(first, shape)
     if first == b"[":
-        if shape == "single":
-            raise InvalidInput(
-                "application/cloudevents+json takes one event object, not an array", code="malformed_json"
-            )
-        items = _items.decode(whole)
-        if len(items) > max_events:
-            raise PayloadTooLarge(
-                f"{len(items)} events in one request; at most {max_events} are allowed", code="too_many_events"
-            )
-        return items
-    if shape == "batch":
-        raise InvalidInput("application/cloudevents-batch+json takes a JSON array of events", code="malformed_json")
-    if first != b"{":
-        raise InvalidInput("The body must be a CloudEvent object or an array of them", code="malformed_json")
+        return _counted(_items.decode(whole), max_events)
     return [whole]
 
 
-def decode_events(raws: list[msgspec.Raw], namespace: str, now_us: int, limits: Limits) -> list[Candidate]:
-    return [_decode_one(i, bytes(raw), namespace, now_us, limits) for i, raw in enumerate(raws)]
+def _check_shape(first: bytes, shape: str) -> None:
+    if first == b"[" and shape == "single":
+        raise InvalidInput("application/cloudevents+json takes one event object, not an array", code="malformed_json")
+    if first != b"[" and shape == "batch":
+        raise InvalidInput("application/cloudevents-batch+json takes a JSON array of events", code="malformed_json")
+    if first not in (b"[", b"{"):
+        raise InvalidInput("The body must be a CloudEvent object or an array of them", code="malformed_json")
 
 
-def _decode_one(index: int, raw: bytes, namespace: str, now_us: int, limits: Limits) -> Candidate:
+def _counted(items: list[Any], max_events: int) -> list[Any]:
+    if len(items) > max_events:
+        raise PayloadTooLarge(
+            f"{len(items)} events in one request; at most {max_events} are allowed", code="too_many_events"
+        )
+    return items
+
+
+def _split_deep(body: bytes, shape: str, max_events: int) -> list[msgspec.Raw | TooDeep]:
+    """A body nested beyond the parser's own limit: cut the batch into events without
+    recursion, so every event that is not itself too deep is still read."""
+    first = body.lstrip()[:1]
+    _check_shape(first, shape)
+    raws = [body.strip()] if first == b"{" else split_array(body)
+    if raws is None:
+        raise InvalidInput("The body is not valid JSON (unbalanced brackets)", code="malformed_json")
+    _counted(raws, max_events)
+    return [TooDeep(raw) if too_deep(raw, MAX_DEPTH + 1) else msgspec.Raw(raw) for raw in raws]
+
+
+def decode_events(
+    raws: Sequence[msgspec.Raw | TooDeep], namespace: str, now_us: int, limits: Limits
+) -> list[Candidate]:
+    return [_decode_one(i, raw, namespace, now_us, limits) for i, raw in enumerate(raws)]
+
+
+def _decode_one(index: int, sent: msgspec.Raw | TooDeep, namespace: str, now_us: int, limits: Limits) -> Candidate:
+    raw = bytes(sent)
+    if isinstance(sent, TooDeep):
+        return _reject(index, None, None, raw, Reason.INVALID_DATA, _TOO_DEEP)
     try:
         env = _envelope.decode(raw)
     except msgspec.ValidationError as exc:
@@ -91,6 +122,8 @@ def _decode_one(index: int, raw: bytes, namespace: str, now_us: int, limits: Lim
         return _reject(index, id_, source, raw, _reason_for(str(exc)), str(exc))
     except msgspec.DecodeError as exc:
         return _reject(index, None, None, raw, Reason.MALFORMED, f"Not a JSON object: {exc}")
+    except RecursionError:
+        return _reject(index, None, None, raw, Reason.INVALID_DATA, _TOO_DEEP)
     problem = _check_envelope(env, now_us, limits)
     if problem is not None:
         return Candidate(index, env.id, env.source, rejection=problem, raw=raw)
@@ -112,7 +145,10 @@ def _decode_one(index: int, raw: bytes, namespace: str, now_us: int, limits: Lim
 
 def _identity(raw: bytes) -> tuple[str | None, str | None]:
     """Best-effort id and source of an event that failed typed decoding, for the dead letter."""
-    loose = _loose.decode(raw)
+    try:
+        loose = _loose.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None, None
     if not isinstance(loose, dict):
         return None, None
     id_, source = loose.get("id"), loose.get("source")
@@ -143,6 +179,8 @@ def _check_envelope(env: CloudEventIn, now_us: int, limits: Limits) -> Rejection
         )
     if env.data is not None and not isinstance(env.data, dict):
         return Rejection(Reason.INVALID_DATA, "`data` must be a JSON object")
+    if env.data and nests_deeper(env.data, MAX_DEPTH):
+        return Rejection(Reason.INVALID_DATA, _TOO_DEEP)
     if env.datacontenttype not in (None, "application/json") and not str(env.datacontenttype).startswith(
         "application/json;"
     ):

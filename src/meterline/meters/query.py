@@ -12,18 +12,43 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 
+from meterline.bounded import BoundedCache
 from meterline.decimals import add, average
 from meterline.errors import InvalidInput
 from meterline.meters.model import Aggregation
 from meterline.meters.windows import WindowSize
 
 SUBJECT = "subject"
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLimits:
+    """How large one answer to a caller's query may grow (the ``[query]`` settings)."""
+
+    max_windows: int = 50_000
+    """Most windows one answer is cut into (400 ``too_many_windows`` beyond)."""
+    max_rows: int = 50_000
+    """Most rows an answer may hold or read from the rollups (400 ``too_many_rows`` beyond)."""
+
+
+class TooManyRows(InvalidInput):
+    """A query would hold more rows than one answer may."""
+
+    code = "too_many_rows"
+    title = "Query too large"
+
+
+def too_many_rows(limit: int) -> TooManyRows:
+    return TooManyRows(
+        f"the answer would hold or read more than {limit} rows; ask for a shorter range, a larger windowSize,"
+        " fewer groupBy dimensions or a subject filter",
+        maxRows=limit,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +65,8 @@ class MeterQuery:
     """(dimension, values, negate): keep rows whose value is (not) in ``values``."""
     combine_subjects: bool = False
     """With ``subjects``: one row for all of them (a customer's usage) instead of one per subject."""
+    limits: QueryLimits | None = None
+    """Set on every query a caller formed; None only for the server's own queries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +103,14 @@ def check_dimensions(query: MeterQuery, dimensions: Sequence[str]) -> None:
             )
 
 
-@lru_cache(maxsize=65536)
-def _groups(group_key: str) -> tuple[str | None, ...]:
+def _decode_groups(group_key: str) -> tuple[str | None, ...]:
     return tuple(msgspec.json.decode(group_key))
+
+
+# group keys come from event data: bounded by their total length, not only their number
+_GROUPS: BoundedCache[str, tuple[str | None, ...]] = BoundedCache(65536, 16 << 20, lambda g: 64 + 8 * len(g))
+group_values = _GROUPS.memo(_decode_groups)
+"""The values of a stored group key (a JSON array, one value per dimension in name order)."""
 
 
 class _Shaper:
@@ -92,7 +124,7 @@ class _Shaper:
         self._filters = tuple((index.get(d), frozenset(v), neg) for d, v, neg in query.filters)
 
     def key(self, subject: str, group_key: str) -> tuple[Any, ...] | None:
-        groups = _groups(group_key)
+        groups = group_values(group_key)
         for i, values, negate in self._filters:
             value = subject if i is None else groups[i]
             if (value in values) == negate:
@@ -109,6 +141,7 @@ def merge(
 ) -> list[Row]:
     """Merge bucket states into one row per window, subject (if grouped) and group."""
     shaper = _Shaper(query, dimensions)
+    cap = _cap(query)
     acc: dict[tuple[Any, ...], list[Any]] = {}
     for s in states:
         key = shaper.key(s.subject, s.group_key)
@@ -117,6 +150,8 @@ def merge(
         w = bisect.bisect_right(bounds, s.bucket) - 1
         slot = acc.get((w, *key))
         if slot is None:
+            if len(acc) >= cap:
+                raise too_many_rows(cap)
             acc[(w, *key)] = [s.count, s.total, s.low, s.high, s.latest]
         else:
             _combine(slot, s)
@@ -177,12 +212,22 @@ def merge_unique(
 ) -> list[Row]:
     """UNIQUE_COUNT: distinct values per window from (subject, group_key, bucket, value) rows."""
     shaper = _Shaper(query, dimensions)
+    cap = _cap(query)
     seen: dict[tuple[Any, ...], set[str]] = {}
     for subject, group_key, bucket, value in values:
         key = shaper.key(subject, group_key)
         if key is None:
             continue
         w = bisect.bisect_right(bounds, bucket) - 1
-        seen.setdefault((w, *key), set()).add(value)
+        bucket_values = seen.get((w, *key))
+        if bucket_values is None:
+            if len(seen) >= cap:
+                raise too_many_rows(cap)
+            bucket_values = seen[(w, *key)] = set()
+        bucket_values.add(value)
     acc = {k: [len(v), None, None, None, None] for k, v in seen.items()}
     return _rows(Aggregation.COUNT, acc, bounds, shaper.picked)
+
+
+def _cap(query: MeterQuery) -> int:
+    return 2**63 if query.limits is None else query.limits.max_rows

@@ -15,15 +15,12 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
 from zoneinfo import ZoneInfo
-
-import msgspec
 
 from meterline.billing import UsageKey
 from meterline.billing.money import add
 from meterline.meters.model import Aggregation, Meter
-from meterline.meters.query import SUBJECT, MeterQuery, Row
+from meterline.meters.query import SUBJECT, MeterQuery, Row, group_values
 from meterline.meters.windows import bucket_size
 from meterline.storage.sqlite.meters import query_rows
 from meterline.storage.sqlite.rollups import read_states
@@ -94,10 +91,8 @@ def _batched(
             out[i][key] = add(out[i].get(key, Decimal(0)), value)
 
 
-@lru_cache(maxsize=65536)
 def _value(group_key: str, position: int) -> str:
-    values: list[str | None] = msgspec.json.decode(group_key)
-    return values[position] or ""
+    return group_values(group_key)[position] or ""
 
 
 def _single(

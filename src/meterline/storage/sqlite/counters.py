@@ -347,6 +347,8 @@ class History:
         """Usage per window of ``query`` (its subjects and filters are the entitlement's)."""
         dims = tuple(sorted(live.meter.spec.group_by))
         filters = tuple((dims[i], (v,), False) for i, v in live.filters)
-        q = MeterQuery(query.start, query.end, query.window_size, query.tz, live.subjects, (), filters)
+        q = MeterQuery(
+            query.start, query.end, query.window_size, query.tz, live.subjects, (), filters, limits=query.limits
+        )
         rows = query_rows(self._db.reader(), live.meter, q, self._clock.now_us())
         return [(r.window_start, r.window_end, r.value) for r in rows]

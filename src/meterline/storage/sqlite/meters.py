@@ -160,7 +160,8 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
         if first is None:
             return []
         start = floor(first, query.window_size, query.tz) if query.window_size else first
-    bounds = grid(start, end, query.window_size, query.tz)
+    limits = query.limits
+    bounds = grid(start, end, query.window_size, query.tz, None if limits is None else limits.max_windows)
     if not bounds:
         return []
     level = bucket_size(bounds)
@@ -176,5 +177,6 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
         query.subjects,
         by_subject=SUBJECT in query.group_by or bool(query.subjects) or any(f[0] == SUBJECT for f in query.filters),
         by_group=any(d != SUBJECT for d in query.group_by) or any(f[0] != SUBJECT for f in query.filters),
+        max_rows=None if limits is None else limits.max_rows,
     )
     return merge(meter.spec.aggregation, states, bounds, query, dimensions)

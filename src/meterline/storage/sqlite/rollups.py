@@ -18,7 +18,7 @@ from typing import Any
 from meterline.decimals import add, stored
 from meterline.meters.evaluate import Reading
 from meterline.meters.model import Aggregation
-from meterline.meters.query import BucketState
+from meterline.meters.query import BucketState, too_many_rows
 from meterline.meters.windows import BUCKETS
 
 Key = tuple[int, int, str, int, str]
@@ -149,10 +149,13 @@ def read_states(
     *,
     by_subject: bool = True,
     by_group: bool = True,
+    max_rows: int | None = None,
 ) -> Iterator[BucketState]:
     """Bucket states between the first and last bound; for all but LATEST already folded per
     window (``bucket`` is then the window's start), and per subject / group only when asked:
-    a GROUP BY that follows the index order (subject) costs no sort."""
+    a GROUP BY that follows the index order (subject) costs no sort. Folded rows are read
+    whole, so more than ``max_rows`` of them raise ``too_many_rows`` instead (LATEST states
+    are streamed; :func:`merge` bounds what it keeps of them)."""
     start, end = bounds[0], bounds[-1]
     if aggregation is Aggregation.LATEST:
         sql, params = _range_sql(
@@ -168,13 +171,13 @@ def read_states(
         return
     window = _window_sql(conn, bounds)
     folded = _FOLDED[aggregation]
+    shape = (bounds, level, meter, subjects, by_subject, by_group, max_rows)
     try:
-        rows = _folded_rows(conn, window, folded, bounds, level, meter, subjects, by_subject, by_group)
+        rows = _folded_rows(conn, window, folded, *shape)
     except sqlite3.OperationalError as exc:
         if "overflow" not in str(exc):
             raise
-        slow = folded.replace(_TOTALS, _TOTALS_SLOW)
-        rows = _folded_rows(conn, window, slow, bounds, level, meter, subjects, by_subject, by_group)
+        rows = _folded_rows(conn, window, folded.replace(_TOTALS, _TOTALS_SLOW), *shape)
     for subject, group_key, w, cnt, int_total, dec_total, low, high in rows:
         if cnt is None:  # no GROUP BY and no rows: SQL still answers one row of NULLs
             continue
@@ -194,6 +197,7 @@ def _folded_rows(
     subjects: tuple[str, ...],
     by_subject: bool,
     by_group: bool,
+    max_rows: int | None,
 ) -> list[tuple[Any, ...]]:
     start, end = bounds[0], bounds[-1]
     subject = "subject" if by_subject else "''"
@@ -205,7 +209,12 @@ def _folded_rows(
     keys = [k for k, on in (("subject", by_subject), ("w", window != "?"), ("group_key", by_group)) if on]
     if keys:
         sql += " GROUP BY " + ", ".join(keys)
-    return conn.execute(sql, params).fetchall()
+    if max_rows is None:
+        return conn.execute(sql, params).fetchall()
+    rows = conn.execute(sql + " LIMIT ?", [*params, max_rows + 1]).fetchall()
+    if len(rows) > max_rows:
+        raise too_many_rows(max_rows)
+    return rows
 
 
 def _window_sql(conn: sqlite3.Connection, bounds: Sequence[int]) -> str:
