@@ -15,7 +15,7 @@ from starlette.routing import Route
 from meterline.api import billing_invoices as inv
 from meterline.api.billing_scheduler import BillingScheduler, settings_from
 from meterline.api.context import Context
-from meterline.api.http import json_body, json_response, parse_int, typed_body
+from meterline.api.http import json_body, json_response, optional_body, parse_int, typed_body
 from meterline.api.members import tree_problem
 from meterline.auth.keys import Scope
 from meterline.billing import PlanVersion, Subscription, parse_plan
@@ -217,8 +217,7 @@ async def change_subscription(request: Request) -> Response:
 async def cancel_subscription(request: Request) -> Response:
     ctx = _ctx(request)
     key = ctx.auth.require(request, Scope.ADMIN)
-    empty = not (await request.body()).strip()  # cached: typed_body reads it again
-    inp = CancelInput() if empty else await typed_body(request, CancelInput, "cancellation")
+    inp = await optional_body(request, CancelInput, "cancellation", CancelInput())
     at = inp.at or _now_minute(ctx)
     sub = await run_in_threadpool(ctx.backend.billing.cancel, key.namespace, request.path_params["id"], at)
     return json_response(subscription_json(ctx, sub))

@@ -126,7 +126,16 @@ async def typed_body(request: Request, kind: type[T], what: str, limit: int = 10
     grammar (in strings too), int members only 64-bit integers and times only years 1970-8999
     (``meterline.api.members``).
     """
+    return _decode_typed(await _json_bytes(request, limit), kind, what)
+
+
+async def optional_body(request: Request, kind: type[T], what: str, default: T, limit: int = 1024 * 1024) -> T:
+    """:func:`typed_body` for an optional body: none at all (or only whitespace) is ``default``."""
     body = await _json_bytes(request, limit)
+    return default if not body.strip() else _decode_typed(body, kind, what)
+
+
+def _decode_typed(body: bytes, kind: type[T], what: str) -> T:
     code = f"invalid_{what.replace(' ', '_')}"
     problem = member_problem(body, kind)
     if problem is not None:

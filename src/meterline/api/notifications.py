@@ -16,17 +16,16 @@ from meterline.alerts.rules import Rule, RuleInput
 from meterline.api.context import Context
 from meterline.api.http import (
     json_response,
-    media_type,
+    optional_body,
     parse_bool,
     parse_int,
     parse_time,
-    read_body,
     time_text,
     typed_body,
 )
 from meterline.auth.keys import Scope
 from meterline.clock import rfc3339
-from meterline.errors import InvalidInput, NotFound, UnsupportedMediaType
+from meterline.errors import NotFound
 from meterline.notify.channels import Channel, ChannelInput, masked_url, validate_channel
 from meterline.notify.targets import check_url
 from meterline.redact import MASK
@@ -170,17 +169,7 @@ async def rotate_channel_secret(request: Request) -> Response:
 
 async def _rotate_input(request: Request) -> RotateInput:
     """The optional body of a rotation: none, ``{}`` or ``{"signingSecret": "whsec_..."}``."""
-    if media_type(request) not in ("application/json", ""):
-        raise UnsupportedMediaType("Send application/json", code="unsupported_media_type")
-    raw = await read_body(request, 64 * 1024)
-    if not raw.strip():
-        return RotateInput()
-    try:
-        return msgspec.json.decode(raw, type=RotateInput)
-    except msgspec.ValidationError as exc:
-        raise InvalidInput(f"Invalid rotation request: {exc}", code="invalid_rotation_request") from None
-    except msgspec.DecodeError as exc:
-        raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
+    return await optional_body(request, RotateInput, "rotation request", RotateInput(), limit=64 * 1024)
 
 
 async def list_channels(request: Request) -> Response:
