@@ -96,9 +96,9 @@ def key_json(k: ApiKey) -> dict[str, object]:
 class KeyInput(msgspec.Struct, frozen=True):
     """``POST /api/v1/keys``. A key is always created in the caller's own namespace."""
 
-    scopes: Annotated[list[str], msgspec.Meta(max_length=8)] = []
+    scopes: list[str] = []
     name: Annotated[str, msgspec.Meta(max_length=256)] = ""
-    namespace: str | None = None
+    namespace: str | msgspec.UnsetType = msgspec.UNSET
 
 
 async def create_api_key(request: Request) -> Response:
@@ -108,7 +108,7 @@ async def create_api_key(request: Request) -> Response:
     scopes = parse_scopes(body.scopes)
     name = body.name or "api key"
     namespace = caller.namespace
-    if body.namespace not in (None, caller.namespace):
+    if body.namespace not in (msgspec.UNSET, caller.namespace):
         raise InvalidInput("A key can only create keys in its own namespace", code="invalid_namespace")
     check_namespace(namespace)
     now = ctx.clock.now_us()

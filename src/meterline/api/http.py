@@ -66,8 +66,8 @@ async def _json_bytes(request: Request, limit: int) -> bytes:
 
 # Raw text from a request becomes a number only through these ASCII grammars: ``str.isdigit``
 # and ``int`` also accept "²", "٣", "1_000" and " 7 ".
-_DIGITS = re.compile(r"[0-9]{1,18}", re.ASCII)
-_INTEGER = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+_DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
+_INTEGER = re.compile(r"-?[0-9]{1,19}", re.ASCII)
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})?",
     re.ASCII,
