@@ -51,7 +51,6 @@ async def json_body(request: Request, limit: int = 1024 * 1024) -> Any:
         raise InvalidInput(f"The body is not valid JSON: {exc}", code="malformed_json") from None
 
 
-
 async def _json_bytes(request: Request, limit: int) -> bytes:
     """The body of a JSON request, checked for its media type, size and nesting depth."""
     if media_type(request) not in ("application/json", ""):
