@@ -32,6 +32,12 @@ _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]')
 
 def nests_deeper(value: object, limit: int = MAX_DEPTH) -> bool:
     """Whether a decoded JSON value has more than ``limit`` levels of lists and dicts."""
+    if type(value) is dict:  # the usual event data, one flat object, without building a stack
+        for child in value.values():
+            if type(child) is dict or type(child) is list:
+                break
+        else:
+            return limit < 1
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -54,7 +60,7 @@ def too_deep(body: bytes, limit: int = MAX_DEPTH) -> bool:
     brackets count as open levels, so a malformed body is never underestimated."""
     brackets = _STRING.sub(b"", body).translate(_OPENERS_CLOSERS, _NOT_BRACKETS)
     passes = 0
-    while brackets and passes <= limit:
+    while brackets and passes < limit:
         shorter = _INNERMOST.sub(b"", brackets)
         if len(shorter) == len(brackets):
             return passes + brackets.count(b"(") > limit
