@@ -263,6 +263,8 @@ ENTITLEMENT = {
     "softLimit": 5,
     "usagePeriod": {"interval": "MONTH", "anchor": T},
     "metadata": {"a": "b"},
+    "measureUsageFrom": "CURRENT_PERIOD_START",
+    "isSoftLimit": False,
 }
 VALID_BODIES: list[tuple[str, str, Any]] = [
     (
@@ -298,7 +300,21 @@ VALID_BODIES: list[tuple[str, str, Any]] = [
     ("PUT", "/api/v1/customers/acme", {"key": "acme", "name": "A", "subjectKeys": ["acme"], "timezone": "UTC"}),
     ("POST", "/api/v1/customers/acme/entitlements", ENTITLEMENT),
     ("PUT", "/api/v1/subjects/acme/entitlements/f/override", ENTITLEMENT),
-    ("POST", "/api/v1/features", {"key": "f2", "name": "F", "meterSlug": "m", "meterGroupByFilters": {}}),
+    (
+        "POST",
+        "/api/v1/features",
+        {
+            "key": "f2",
+            "name": "F",
+            "meterSlug": "m",
+            "meterGroupByFilters": {"g": "x"},
+            "advancedMeterGroupByFilters": {"g": {"$eq": "x"}},
+        },
+    ),
+    ("POST", "/api/v1/customers/acme/entitlements", {"type": "static", "featureKey": "f", "config": '{"a": 1}'}),
+    ("POST", "/api/v1/subscriptions/nope/change", {"plan": "pro", "version": 1, "at": T}),
+    ("POST", "/api/v1/subscriptions/nope/cancel", {"at": T}),
+    ("POST", "/api/v1/notification/events/nope/resend", {"channels": ["c"]}),
     ("POST", "/api/v1/subjects", [{"key": "s", "displayName": "S", "metadata": {"a": 1}}]),
     (
         "POST",

@@ -169,3 +169,20 @@ def test_the_row_limit_is_a_setting_named_in_the_answer(small: Api) -> None:
     body = assert_problem(small.query("m", {**rng, "groupBy": "subject"}), 400, "too_many_rows")
     assert body["maxRows"] == 50
     assert len(small.query("m", [*rng.items(), *(("subject", f"c{i}") for i in range(50))]).json()["data"]) == 50
+
+
+def test_the_showback_report_is_bounded_by_the_row_limit(small: Api) -> None:
+    h = small.headers()
+    assert small.create_meter(slug="m", eventType="t", aggregation="COUNT").status_code == 201
+    assert small.client.post("/api/v1/customers", json={"key": "acme"}, headers=h).status_code == 201
+    card = {"key": "c", "name": "C", "meter": "m", "model": {"model": "per_unit", "unitPrice": "1"}}
+    plan = {"plan": "p", "name": "P", "currency": "USD", "cards": [card]}
+    assert small.client.post("/api/v1/plans", json=plan, headers=h).status_code == 201
+    assert small.client.post("/api/v1/plans/p/versions/1/publish", headers=h).status_code == 200
+    sub = {"customer": "acme", "plan": "p", "start": "2020-01-01T00:00:00Z"}
+    assert small.client.post("/api/v1/subscriptions", json=sub, headers=h).status_code == 201
+    four_years = {"from": "2020-01-01T00:00:00Z", "to": "2024-01-01T00:00:00Z"}  # 48 monthly windows
+    assert len(small.client.get("/api/v1/billing/report", params=four_years, headers=h).json()["rows"]) >= 48
+    for to in ("2025-01-01T00:00:00Z", "8999-01-01T00:00:00Z"):  # 60 windows; 83,000 windows
+        r = small.client.get("/api/v1/billing/report", params={**four_years, "to": to}, headers=h)
+        assert assert_problem(r, 400, "too_many_rows")["maxRows"] == 50

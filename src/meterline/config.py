@@ -137,8 +137,8 @@ class QueryConfig(_Section):
     query 43,824. A query asking for more is answered 400 ``too_many_windows``."""
     max_rows: int = Field(50_000, ge=1, le=10_000_000)
     """Most rows (window x subject x group) one answer may hold or read from the rollups. A
-    query needing more is answered 400 ``too_many_rows``. Building an answer takes about 1 KB
-    of memory per row while it lasts."""
+    query needing more is answered 400 ``too_many_rows``; the showback report counts its billing
+    windows against it. Building an answer takes about 1 KB of memory per row while it lasts."""
     max_concurrent: int = Field(4, ge=1, le=256)
     """Most queries answered at the same time; more wait for a turn. Queries are CPU-bound
     Python, so more at once would only multiply their memory, not their speed."""

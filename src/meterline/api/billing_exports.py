@@ -15,6 +15,7 @@ from starlette.routing import Route
 from meterline import csvsafe
 from meterline.api.context import Context
 from meterline.api.http import parse_time
+from meterline.api.meter_query import run_query
 from meterline.auth.keys import Scope
 from meterline.billing.documents import Invoice, decode_invoice
 from meterline.billing.exports import Status, export_csv
@@ -58,18 +59,23 @@ async def report(request: Request) -> Response:
     fmt = _format(request, ("json", "csv"))
     q = request.query_params
     args = (ctx.backend.billing, key.namespace, start, end)
-    rep = await run_in_threadpool(lambda: showback(*args, customer=q.get("customer"), group_by=q.get("groupBy")))
-    if fmt == "csv":
-        return Response(_report_csv(rep.rows), media_type="text/csv")
-    body = {
-        "from": start.isoformat(),
-        "to": end.isoformat(),
-        "groupBy": rep.group_by,
-        "rows": rep.rows,
-        "totals": rep.totals,
-        "problems": rep.problems,
-    }
-    return Response(_encode(body), media_type="application/json")
+    customer, group_by, most = q.get("customer"), q.get("groupBy"), ctx.config.query.max_rows
+
+    def work() -> Response:
+        rep = showback(*args, customer=customer, group_by=group_by, max_windows=most)
+        if fmt == "csv":
+            return Response(_report_csv(rep.rows), media_type="text/csv")
+        body = {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "groupBy": rep.group_by,
+            "rows": rep.rows,
+            "totals": rep.totals,
+            "problems": rep.problems,
+        }
+        return Response(_encode(body), media_type="application/json")
+
+    return await run_query(request, work)
 
 
 def _report_csv(rows: list[ReportRow]) -> str:

@@ -15,6 +15,7 @@ part of the period. Flat fees of each are prorated; usage is split at ``t``.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -106,17 +107,22 @@ def billing_windows(
 
     ``since`` (an instant inside the subscription) skips the periods that end at or before it, so
     a billing run does not walk a long subscription's history again."""
+    return list(iter_billing_windows(sub, cadence, until, since=since))
+
+
+def iter_billing_windows(
+    sub: Subscription, cadence: str, until: datetime, *, since: datetime | None = None
+) -> Iterator[BillingWindow]:
+    """:func:`billing_windows` one at a time (a report over a long range stops when it is full)."""
     rec = schedule(sub, cadence)
     stop = to_us(until) if sub.end is None else min(to_us(until), to_us(sub.end))
-    windows: list[BillingWindow] = []
     first = sub.start if since is None or to_us(since) <= to_us(sub.start) else since
     period = rec.period_at(first)
     while period.start_us < stop:
-        windows.append(BillingWindow(period, _clip(period, sub)))
+        yield BillingWindow(period, _clip(period, sub))
         if sub.end is not None and period.end_us >= to_us(sub.end):
             break
         period = rec.period_at_us(period.end_us)
-    return windows
 
 
 def _clip(period: Period, sub: Subscription) -> Period:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from meterline.billing import BillingWindow, Subscription, UsageKey, billing_windows
+from meterline.billing import BillingWindow, Subscription, UsageKey
 from meterline.billing.report import ReportRow, ReportTotal, report_rows, totals
+from meterline.billing.subscriptions import iter_billing_windows
 from meterline.clock import to_us
 from meterline.errors import InvalidInput
+from meterline.meters.query import too_many_rows
 from meterline.periods import Period
 from meterline.storage.sqlite.billing import SqliteBilling, aligned
 from meterline.storage.sqlite.billing_pricer import Ask, Failed, Pricer
@@ -33,21 +36,27 @@ def showback(
     *,
     customer: str | None = None,
     group_by: str | None = None,
+    max_windows: int | None = None,
 ) -> Report:
-    """Usage x price per customer (and per value of ``group_by``) over ``[start, end)``."""
+    """Usage x price per customer (and per value of ``group_by``) over ``[start, end)``.
+
+    With ``max_windows``, a report over more billing windows (each at least one row) raises
+    ``too_many_rows`` before any of them is priced, however long the range."""
     aligned("from", start)
     aligned("to", end)
     if to_us(end) <= to_us(start):
         raise InvalidInput("`to` must be after `from`", code="invalid_range")
     pricer = Pricer(billing, namespace)
     customer_id = None if customer is None else billing.customers.get(namespace, customer).id
-    asks = [
-        Ask(sub.customer_id, plan, w)
-        for sub in billing.subscriptions(namespace, customer_id)
-        if sub.customer_id in pricer.customers
-        for plan in [pricer.plan(sub.subscription.plan, sub.subscription.version)]
-        for w in _windows(sub.subscription, plan.cadence, start, end)
-    ]
+    asks: list[Ask] = []
+    for sub in billing.subscriptions(namespace, customer_id):
+        if sub.customer_id not in pricer.customers:
+            continue
+        plan = pricer.plan(sub.subscription.plan, sub.subscription.version)
+        for w in _windows(sub.subscription, plan.cadence, start, end):
+            if max_windows is not None and len(asks) >= max_windows:
+                raise too_many_rows(max_windows)
+            asks.append(Ask(sub.customer_id, plan, w))
     priced = pricer.price(asks, allow_unpriced=True)
     splits = _splits(pricer, asks, group_by)
     rows: list[ReportRow] = []
@@ -61,9 +70,9 @@ def showback(
     return Report(start, end, group_by, rows, totals(rows), problems)
 
 
-def _windows(sub: Subscription, cadence: str, start: datetime, end: datetime) -> list[BillingWindow]:
-    out = []
-    for w in billing_windows(sub, cadence, until=end):
+def _windows(sub: Subscription, cadence: str, start: datetime, end: datetime) -> Iterator[BillingWindow]:
+    since = start if sub.start < start and (sub.end is None or start < sub.end) else None
+    for w in iter_billing_windows(sub, cadence, until=end, since=since):
         lo, hi = max(w.window.start_us, to_us(start)), min(w.window.end_us, to_us(end))
         if lo < hi:
             zone = w.period.start.tzinfo
@@ -71,8 +80,7 @@ def _windows(sub: Subscription, cadence: str, start: datetime, end: datetime) ->
                 w.window.start if lo == w.window.start_us else start.astimezone(zone),
                 w.window.end if hi == w.window.end_us else end.astimezone(zone),
             )
-            out.append(BillingWindow(w.period, clip))
-    return out
+            yield BillingWindow(w.period, clip)
 
 
 def _splits(pricer: Pricer, asks: list[Ask], dimension: str | None) -> list[dict[UsageKey, Decimal]]:
