@@ -20,6 +20,7 @@ import msgspec
 
 from meterline.errors import InvalidInput
 from meterline.notify import signing
+from meterline.notify.urls import url_problems
 from meterline.redact import MASK
 
 ChannelType = Literal["WEBHOOK", "LOG"]
@@ -146,14 +147,7 @@ def _with_secret(inp: ChannelInput, current: str | None) -> ChannelInput:
 
 
 def _url_problems(url: str | None) -> list[str]:
-    if not url:
-        return ["a WEBHOOK channel needs a url"]
-    try:
-        parts = urlsplit(url)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:
-        ok = False
-    return [] if ok else ["url must be an absolute http:// or https:// URL"]
+    return url_problems(url) if url else ["a WEBHOOK channel needs a url"]
 
 
 def _log_problems(inp: ChannelInput) -> list[str]:
