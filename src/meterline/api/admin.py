@@ -93,7 +93,7 @@ def key_json(k: ApiKey) -> dict[str, object]:
     }
 
 
-class KeyInput(msgspec.Struct, frozen=True):
+class KeyInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``POST /api/v1/keys``. A key is always created in the caller's own namespace."""
 
     scopes: list[str] = []

@@ -38,7 +38,7 @@ class ResendInput(msgspec.Struct, frozen=True):
     channels: list[str] | None = None
 
 
-class RotateInput(msgspec.Struct, frozen=True, rename="camel"):
+class RotateInput(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
     signing_secret: str | None = None
 
 

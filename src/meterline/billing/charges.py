@@ -24,7 +24,7 @@ import msgspec
 from meterline.billing.money import MAX_PRICE_PLACES, ZERO, places
 
 
-class Tier(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+class Tier(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, forbid_unknown_fields=True):
     """One tier: ``unit_price`` per unit in it, ``flat_fee`` once when it is entered."""
 
     up_to: Decimal | None = None
@@ -32,7 +32,7 @@ class Tier(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
     flat_fee: Decimal = ZERO
 
 
-class _Model(msgspec.Struct, frozen=True, rename="camel", tag_field="model"):
+class _Model(msgspec.Struct, frozen=True, rename="camel", tag_field="model", forbid_unknown_fields=True):
     pass
 
 

@@ -34,7 +34,7 @@ class PlanStatus(enum.StrEnum):
     PUBLISHED = "published"
 
 
-class PlanVersion(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+class PlanVersion(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, forbid_unknown_fields=True):
     """One version of a price plan."""
 
     plan: str

@@ -30,7 +30,7 @@ from meterline.billing.money import ZERO
 from meterline.meters.model import GROUP_KEY, SLUG
 
 
-class RateCard(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+class RateCard(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, forbid_unknown_fields=True):
     """One priced item of a plan version."""
 
     key: str
