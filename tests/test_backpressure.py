@@ -6,6 +6,7 @@ memory stays under a stated bound (the same burst without bounds takes it past 3
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
+from conftest import Server
 from faults import BATCH, events, launch, ledger_ids, metric, wait_until
 
 CONNECTIONS = 200
@@ -72,6 +74,20 @@ def test_a_burst_beyond_the_bounds_gets_503s_and_memory_stays_bounded(tmp_path: 
     assert '"operationalCode": "METER-002"' in log
 
 
+def refused_before_body(server: Server, length: int) -> bytes:
+    """A client that waits for ``100 Continue`` before sending its body is refused without
+    sending it: the answer (and the connection's end) comes at once."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(
+            f"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.key}\r\n"
+            f"Content-Type: {BATCH}\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes the connection
+            answer += chunk
+    return answer
+
+
 def test_a_body_without_content_length_is_charged_as_it_arrives(tmp_path: Path) -> None:
     """A chunked upload cannot slip past the byte bound: its chunks are charged as they are read."""
     bound = 64 * 1024
@@ -96,6 +112,7 @@ def test_a_body_without_content_length_is_charged_as_it_arrives(tmp_path: Path) 
         wait_until(lambda: (metric(server, "meterline_body_bytes_in_flight") or 0) >= len(slow_body) - 10)
         big = msgspec.json.encode(events("big", 450))  # ~45 KB: fits alone, not beside the slow one
         send("big", iter([big[:20_000], big[20_000:]]))
+        expecting = refused_before_body(server, len(big))
         go_on.set()
         first.join(60)
         ledger = ledger_ids(tmp_path / "data")
@@ -104,5 +121,6 @@ def test_a_body_without_content_length_is_charged_as_it_arrives(tmp_path: Path) 
         server.stop()
     assert answers["big"].status_code == 503 and answers["big"].json()["code"] == "overloaded"
     assert answers["big"].headers["retry-after"] == "1"
+    assert expecting.startswith(b"HTTP/1.1 503 ") and b"\r\nconnection: close\r\n" in expecting.lower()
     assert answers["slow"].status_code == 204
     assert set(ledger) == {f"slow-{i}" for i in range(250)}

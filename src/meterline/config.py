@@ -86,9 +86,10 @@ class StorageConfig(_Section):
     checkpoints (survives a process crash, may lose the last commits on power loss)."""
     group_commit_max_requests: int = Field(512, ge=1)
     """Most requests that share one commit."""
-    group_commit_max_events: int = Field(5000, ge=1)
-    """Most events in one commit (a request is never split): under a backlog the first
-    requests are answered after a bounded transaction instead of one holding everything."""
+    group_commit_max_events: int = Field(100_000, ge=1)
+    """Most events in one commit (a request is never split). Bigger commits fold more rollup
+    deltas and drain a backlog faster; this bounds a commit's time and memory when the
+    backpressure budgets are raised (the default budget stays within one commit)."""
     max_queued_writes: int = Field(4096, ge=1)
     """Most write tasks waiting for the writer thread; beyond it a write is answered 503
     ``overloaded`` at once instead of queueing without bound."""

@@ -8,9 +8,12 @@ Two bounds hold for the whole server (``[server]`` in the config):
   is charged chunk by chunk as it is read.
 
 A request that would exceed either bound is answered **503** ``overloaded`` (operational code
-METER-002) with ``Retry-After`` at once: its body is never read into memory (the HTTP server
-discards it), so refusing costs almost nothing and memory stays within the bounds however many
-clients connect. Everything admitted holds its charge until its answer is sent. The writer's
+METER-002) with ``Retry-After``: its body is never decoded or kept. It is read and dropped chunk
+by chunk before the answer (an HTTP/1.1 client reads the answer only once it has sent its body
+anyway), so that nothing of it stays buffered with the connection; a client that sent
+``Expect: 100-continue`` is answered at once, without its body, and the connection closed.
+Refusing costs almost nothing and memory stays within the bounds however many clients connect.
+Everything admitted holds its charge until its answer is sent. The writer's
 own queue is bounded as well (``storage.max_queued_writes``). ``/healthz``, ``/readyz`` and
 ``/metrics`` are never refused, so an overloaded server still reports how it is.
 
@@ -105,6 +108,10 @@ class Backpressure:
         if refusal is not None:
             adm.refuse(refusal)
             response = problem_for(Request(scope), Overloaded(_detail(refusal)), self.retry_after)
+            if _expects_continue(scope):
+                response.headers["Connection"] = "close"
+            else:
+                await _drop_body(receive)
             await response(scope, receive, send)
             return
 
@@ -124,6 +131,18 @@ class Backpressure:
             adm.release(charged)
 
 
+async def _drop_body(receive: Receive) -> None:
+    """Read the request body to its end, keeping none of it."""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+def _expects_continue(scope: Scope) -> bool:
+    return any(name == b"expect" and value.lower() == b"100-continue" for name, value in scope["headers"])
+
+
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -132,4 +151,4 @@ def _content_length(scope: Scope) -> int | None:
 
 
 def _detail(why: str) -> str:
-    return f"The server is at its bound ({why}); nothing of this request was read or recorded. Retry later."
+    return f"The server is at its bound ({why}); nothing of this request was recorded. Retry later."

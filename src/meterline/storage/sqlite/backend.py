@@ -31,7 +31,7 @@ class EmbeddedBackend:
         *,
         fsync: str = "full",
         max_batch: int = 512,
-        max_weight: int = 5000,
+        max_weight: int = 100_000,
         max_queue: int = 4096,
         monitor: Monitor | None = None,
         baseline_days: int = 7,

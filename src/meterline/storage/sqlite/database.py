@@ -21,7 +21,7 @@ class Database:
         *,
         fsync: str = "full",
         max_batch: int = 256,
-        max_weight: int = 5000,
+        max_weight: int = 100_000,
         max_queue: int = 4096,
         monitor: Monitor | None = None,
         on_rollback: Callable[[bool], None] | None = None,

@@ -58,7 +58,7 @@ class Writer:
         *,
         reconnect: Callable[[], sqlite3.Connection] | None = None,
         max_batch: int = 256,
-        max_weight: int = 5000,
+        max_weight: int = 100_000,
         max_queue: int = 4096,
         on_rollback: Callable[[bool], None] | None = None,
         before_commit: Callable[[sqlite3.Connection], None] | None = None,
