@@ -146,11 +146,15 @@ class Result:
         return self.requests * self.batch / self.seconds
 
 
-def run_wrk(server: Server, work: Path, batch: int, connections: int, threads: int, duration: int) -> Result:
+def run_wrk(
+    server: Server, work: Path, batch: int, connections: int, threads: int, duration: int, extra_lua: str = ""
+) -> Result:
+    """``extra_lua`` is appended to the script (it may wrap ``response`` or add ``delay``)."""
     run_id = f"{server.name}-b{batch}-{time.time_ns()}"
     script = work / f"{run_id}.lua"
     script.write_text(
         LUA.replace("__BATCH__", str(batch)).replace("__RUN__", run_id).replace("__KEY__", server.key or "none")
+        + extra_lua
     )
     cmd = [
         "wrk",

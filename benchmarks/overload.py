@@ -3,6 +3,7 @@
     ./run bench overload                                  # this checkout, 200 and 600 connections
     ./run bench overload --baseline OLD/src               # and an older checkout's src/, taking turns
     ./run bench overload --env METERLINE_SERVER__MAX_BODY_BYTES_IN_FLIGHT=8388608
+    ./run bench overload --retry-after                    # wrk waits 1 s after each 503
 
 For each connection count, each variant gets a fresh data directory and a fresh server (fsync
 "full", the ingest benchmark's SUM meter with a groupBy) and wrk holds that many connections,
@@ -14,14 +15,17 @@ each posting 1000-event batches back to back for ``--duration`` seconds. Meanwhi
   overload would, and times each answer by status: how fast a refusal (503) comes, and how
   long an admitted request takes.
 
-wrk's own figures cover every answer on its connections (204 and 503 together). Afterwards the
-ledger is checked against what the server reports accepted.
+wrk's own figures cover every answer on its connections (204 and 503 together); by default a
+refused connection retries at once (a hot loop), and wrk builds a fresh 1000-event body for
+every attempt, on the same cores as the server (its CPU use is reported). Afterwards the ledger
+is checked against what the server reports accepted.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sqlite3
 import sys
@@ -33,12 +37,30 @@ from pathlib import Path
 
 import httpx
 import msgspec
-from _common import Server, code_version, machine, percentile, start_meterline
+from _common import Server, code_version, cpu_split, machine, percentile, start_meterline, thread_cpu
 from ingest_http import METER, metrics, run_wrk, settle
 
 from meterline.storage.sqlite.database import DB_FILE
 
 EVENTS = 1000
+# With --retry-after, every 503 answer makes the next request of the same wrk thread wait the
+# server's Retry-After (1 s): clients that back off as told (the SDK's sender does), instead of
+# retrying in a hot loop.
+HONOUR_RETRY_AFTER = r"""
+local counted_response = response
+local backoff = 0
+function response(status, headers, body)
+  if status == 503 then backoff = backoff + 1 end
+  counted_response(status, headers, body)
+end
+function delay()
+  if backoff > 0 then
+    backoff = backoff - 1
+    return 1000
+  end
+  return 0
+end
+"""
 
 
 @dataclass
@@ -74,6 +96,12 @@ class Probe:
                     self.stop.wait(0.2)
 
 
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's finished children (wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def rss_mb(pid: int, field_name: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
@@ -96,6 +124,9 @@ class Case:
     p99_ms: float = 0.0
     max_ms: float = 0.0
     events_per_s: float = 0.0
+    backlog: int = 0
+    server_cpu: float = 0.0
+    wrk_cpu: float = 0.0
     probe: dict[int, list[float]] = field(default_factory=dict)
     probe_errors: int = 0
     first_other: str = ""
@@ -119,9 +150,13 @@ def run_case(variant: str, env: dict[str, str], connections: int, args: argparse
         prober = threading.Thread(target=probe.run)
         sampler.start()
         prober.start()
-        before = metrics(server)
+        before, cpu_before, wrk_before = metrics(server), thread_cpu(server.pid), children_cpu()
         try:
-            r = run_wrk(server, work, EVENTS, connections, 1, args.duration)
+            lua = HONOUR_RETRY_AFTER if args.retry_after else ""
+            r = run_wrk(server, work, EVENTS, connections, 1, args.duration, lua)
+            during = metrics(server)  # accepted while the load ran (not the backlog drained after it)
+            case.server_cpu = cpu_split(server.pid, cpu_before, thread_cpu(server.pid))[2] / r.seconds
+            case.wrk_cpu = (children_cpu() - wrk_before) / r.seconds
         finally:
             probe.stop.set()
             prober.join(180)
@@ -130,8 +165,9 @@ def run_case(variant: str, env: dict[str, str], connections: int, args: argparse
             done.set()
             sampler.join()
         case.peak_mb, case.after_mb = max(peak), rss_mb(server.pid)
-        accepted = after["meterline_events_total:accepted"] - before["meterline_events_total:accepted"]
+        accepted = during["meterline_events_total:accepted"] - before["meterline_events_total:accepted"]
         case.events_per_s = accepted / r.seconds
+        case.backlog = int(after["meterline_events_total:accepted"] - during["meterline_events_total:accepted"])
         case.wrk_204, case.wrk_other, case.socket_errors = r.ok204, r.not204, r.socket_errors
         case.p50_ms, case.p90_ms, case.p99_ms, case.max_ms = r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
         case.probe, case.probe_errors, case.first_other = probe.times, probe.errors, r.first_bad
@@ -163,17 +199,19 @@ def seconds(values: list[float], p: float) -> str:
 
 
 def report(cases: list[Case], args: argparse.Namespace) -> None:
-    print(f"\nResults ({args.duration} s per case, wrk -t1, {EVENTS} events per request, fsync full)")
+    clients = "clients wait 1 s after a 503" if args.retry_after else "clients retry at once"
+    print(f"\nResults ({args.duration} s per case, wrk -t1, {EVENTS} events per request, fsync full, {clients})")
     print(
         f"{'variant':<10}{'conns':>6}{'2xx':>7}{'503':>7}{'sockerr':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'events/s':>10}{'probe 503 p50/max s':>21}{'probe 2xx p50/max s':>21}"
+        f"{'events/s':>10}{'backlog':>9}{'cpu srv/wrk':>12}{'probe 503 p50/max s':>21}{'probe 2xx p50/max s':>21}"
         f"{'RSS idle':>9}{'peak':>7}{'after':>7}{'ledger':>8}"
     )
     for c in cases:
         p503, p2xx = c.probe.get(503, []), c.probe.get(204, [])
         print(
             f"{c.variant:<10}{c.connections:>6}{c.wrk_204:>7}{c.wrk_other:>7}{c.socket_errors:>8}{c.p50_ms:>9.0f}"
-            f"{c.p99_ms:>9.0f}{c.max_ms:>9.0f}{c.events_per_s:>10,.0f}"
+            f"{c.p99_ms:>9.0f}{c.max_ms:>9.0f}{c.events_per_s:>10,.0f}{c.backlog:>9,}"
+            f"{f'{c.server_cpu:.2f}/{c.wrk_cpu:.2f}':>12}"
             f"{seconds(p503, 50) + ' / ' + seconds(p503, 100) + f' ({len(p503)})':>21}"
             f"{seconds(p2xx, 50) + ' / ' + seconds(p2xx, 100) + f' ({len(p2xx)})':>21}"
             f"{c.idle_mb:>9.0f}{c.peak_mb:>7.0f}{c.after_mb:>7.0f}{'ok' if c.consistent else 'MISMATCH':>8}"
@@ -185,7 +223,9 @@ def report(cases: list[Case], args: argparse.Namespace) -> None:
     print(
         "\n  p50/p99/max: wrk, every answer on its connections. probe: one client sending one request at a"
         " time during the load (count in brackets). RSS in MB: idle after start, peak during the load,"
-        f" {args.settle} s after it. ledger: events in the ledger = accepted events reported by the server."
+        f" {args.settle} s after it. events/s: accepted while the load ran; backlog: events accepted after it"
+        " (requests still queued when wrk stopped). cpu: cores used by the server and by wrk during the load."
+        " ledger: events in the ledger = accepted events reported."
     )
 
 
@@ -196,6 +236,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="seconds after the load before the last RSS")
     parser.add_argument("--baseline", help="src/ directory of an older checkout, measured too (taking turns)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for this checkout's server")
+    parser.add_argument("--retry-after", action="store_true", help="wrk waits 1 s after each 503 (Retry-After)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
