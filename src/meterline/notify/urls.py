@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
+if TYPE_CHECKING:  # imported where used: the CLI's --help must not load the HTTP client
+    import httpx
 
 MAX_URL_LENGTH = 2048
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -38,6 +40,8 @@ def url_problems(url: str) -> list[str]:
         return [f"url is longer than {MAX_URL_LENGTH} characters"]
     if any(c.isspace() or not c.isprintable() or c == "\\" for c in url):
         return ["url must not contain whitespace, control characters or backslashes"]
+    import httpx
+
     try:
         parts, sent = urlsplit(url), httpx.URL(url)
         port = parts.port
