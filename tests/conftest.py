@@ -119,7 +119,8 @@ def start_server(data_dir: Path, port: int | None = None, env: dict[str, str] | 
     return server
 
 
-def wait_ready(server: Server, timeout: float = 20.0) -> None:
+def wait_ready(server: Server, timeout: float = 60.0) -> None:
+    """Until /readyz answers 200 (a crash fails at once; the timeout is for a start slowed down by a busy machine)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:

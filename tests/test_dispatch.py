@@ -430,7 +430,7 @@ def test_thread_delivers_on_wake_and_survives_store_errors(
     wait_for(lambda: receiver.delivered() == {"ev1": 1})
     started = time.monotonic()
     d.close()
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 15  # close() interrupts the 30 s poll (half of it tells them apart)
 
 
 def test_close_with_an_external_client_leaves_it_open(store: MemoryDeliveryStore, clock: FixedClock) -> None:

@@ -104,11 +104,18 @@ def test_429_and_5xx_are_retried_until_the_attempts_run_out() -> None:
 
 
 def test_close_is_bounded_while_meterline_is_down() -> None:
-    sender = EventSender(closed_port(), "k", SenderOptions(max_delay=0, backoff_base=0.05, backoff_max=0.05))
+    # Unbounded, 1000 attempts 0.05 s apart would keep close() busy for about 50 s; bounded, it
+    # returns after its 0.3 s. The 10 s limit tells the two apart on however busy a machine.
+    options = SenderOptions(max_delay=0, max_attempts=1000, backoff_base=0.05, backoff_max=0.05)
+    sender = EventSender(closed_port(), "k", options)
     sender.submit(event(1))
+    deadline = time.monotonic() + 10
+    while sender.stats.retries < 1:  # it is retrying: meterline is down
+        assert time.monotonic() < deadline, "the sender did not retry"
+        time.sleep(0.01)
     started = time.perf_counter()
     stats = sender.close(timeout=0.3)
-    assert time.perf_counter() - started < 0.3 + 0.3
+    assert time.perf_counter() - started < 10
     assert stats.sent == 0 and stats.retries >= 1
     assert not sender.submit(event(2))  # closed: counted as dropped
     assert sender.stats.dropped == 1
