@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from meterline.auth.keys import NAMESPACE
 from meterline.errors import ConfigError
+from meterline.identifiers import NAMESPACE_RULE, is_namespace
 from meterline.meters.model import MeterSpec, validate_spec
 
 _CENTURY = timedelta(days=36_525)  # far below what overflows a datetime or a microsecond INTEGER
@@ -73,7 +73,7 @@ class ServerConfig(_Section):
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            if not _HOSTNAME.match(host):
+            if not _HOSTNAME.fullmatch(host):
                 raise ValueError(f"{host!r} is neither an IP address nor a host name") from None
         return host
 
@@ -199,8 +199,8 @@ class MeterConfig(_Section):
     @field_validator("namespace")
     @classmethod
     def _namespace_valid(cls, namespace: str) -> str:
-        if not NAMESPACE.match(namespace):
-            raise ValueError(f"{namespace!r} is not a namespace (lowercase letters, digits, '_' and '-', up to 63)")
+        if not is_namespace(namespace):
+            raise ValueError(f"{namespace!r} is not a namespace ({NAMESPACE_RULE})")
         return namespace
 
     def spec(self) -> MeterSpec:

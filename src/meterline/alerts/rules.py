@@ -26,6 +26,7 @@ import msgspec
 
 from meterline.decimals import EXACT
 from meterline.errors import InvalidInput
+from meterline.identifiers import name_problem
 
 RuleType = Literal["entitlements.balance.threshold", "entitlements.usage.projected", "entitlements.usage.anomaly"]
 ThresholdType = Literal["PERCENT", "NUMBER", "usage_percentage", "usage_value", "balance_value"]
@@ -69,8 +70,8 @@ class Rule(msgspec.Struct, frozen=True):
 
 def validate_rule(inp: RuleInput) -> None:
     problems = []
-    if not inp.name.strip():
-        problems.append("name must not be empty")
+    if problem := name_problem("name", inp.name):
+        problems.append(problem)
     if not inp.channels:
         problems.append("at least one channel is required")
     if inp.type == "entitlements.balance.threshold":

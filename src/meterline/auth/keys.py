@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import re
 import secrets
 
 import msgspec
 
 from meterline.errors import InvalidInput
+from meterline.identifiers import NAMESPACE_RULE, is_namespace, shown
 
 DEFAULT_NAMESPACE = "default"
-NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class Scope(enum.StrEnum):
@@ -65,9 +64,9 @@ def parse_scopes(values: list[str] | tuple[str, ...]) -> frozenset[Scope]:
 
 
 def check_namespace(namespace: str) -> str:
-    if not NAMESPACE.match(namespace):
+    if not is_namespace(namespace):
         raise InvalidInput(
-            f"{namespace!r} is not a valid namespace (lowercase letters, digits, '_' and '-', up to 63)",
+            f"{shown(namespace)} is not a valid namespace ({NAMESPACE_RULE})",
             code="invalid_namespace",
         )
     return namespace

@@ -24,7 +24,7 @@ from meterline.billing.lines import InvoiceDraft, InvoiceLine
 from meterline.billing.money import ZERO, Currency, currency, in_minor_units, sub, total
 from meterline.clock import to_us
 from meterline.errors import CurrencyMismatch, InvalidInput, MeterlineError
-from meterline.meters.model import SLUG
+from meterline.identifiers import SLUG_RULE, is_slug
 
 NO_EXPIRY = 2**63
 
@@ -129,7 +129,7 @@ class GrantTerms(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True
 
 def grant_problems(terms: GrantTerms) -> list[str]:
     """Every problem with a grant's terms (empty when valid)."""
-    problems = [] if SLUG.match(terms.key) else ["key must be a slug like 'promo_2026'"]
+    problems = [] if is_slug(terms.key) else [f"key must be {SLUG_RULE}"]
     try:
         cur = currency(terms.currency)
     except MeterlineError as exc:

@@ -25,7 +25,7 @@ from meterline.billing.charges import price_problems
 from meterline.billing.money import is_currency
 from meterline.billing.ratecards import RateCard, validate_card
 from meterline.errors import InvalidInput, InvalidPlan, PlanVersionPublished
-from meterline.meters.model import SLUG
+from meterline.identifiers import SLUG_RULE, is_slug, name_problem
 from meterline.periods import parse_interval
 
 
@@ -54,7 +54,9 @@ class PlanVersion(msgspec.Struct, frozen=True, rename="camel", omit_defaults=Tru
 
 def validate_plan(plan: PlanVersion) -> list[str]:
     """Every problem with a plan version, as messages (empty when it is valid)."""
-    problems = [] if SLUG.match(plan.plan) else ["plan must be a slug like 'pro_monthly'"]
+    problems = [] if is_slug(plan.plan) else [f"plan must be {SLUG_RULE}"]
+    if plan.name is not None and (problem := name_problem("name", plan.name)):
+        problems.append(problem)
     if plan.version < 1:
         problems.append("version must be 1 or more")
     if not is_currency(plan.currency):

@@ -27,7 +27,7 @@ import msgspec
 
 from meterline.billing.charges import ChargeModel, FlatFee, price_problems, validate_model
 from meterline.billing.money import ZERO
-from meterline.meters.model import GROUP_KEY, SLUG
+from meterline.identifiers import SLUG_RULE, is_group_key, is_slug, name_problem
 
 
 class RateCard(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, forbid_unknown_fields=True):
@@ -56,9 +56,9 @@ class RateCard(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, 
 
 def validate_card(card: RateCard, path: str) -> list[str]:
     """Every problem with one rate card; ``path`` prefixes each message."""
-    problems = [] if SLUG.match(card.key) else [f"{path}.key must be a slug like 'api_calls'"]
-    if not card.name.strip():
-        problems.append(f"{path}.name is required")
+    problems = [] if is_slug(card.key) else [f"{path}.key must be {SLUG_RULE}"]
+    if problem := name_problem(f"{path}.name", card.name):
+        problems.append(problem)
     problems += _flat_problems(card, path) if card.is_flat else _usage_problems(card, path)
     if card.model is not None:
         problems += validate_model(card.model, f"{path}.model")
@@ -74,7 +74,7 @@ def _flat_problems(card: RateCard, path: str) -> list[str]:
 
 
 def _usage_problems(card: RateCard, path: str) -> list[str]:
-    problems = [] if card.meter and SLUG.match(card.meter) else [f"{path}.meter must be a meter slug"]
+    problems = [] if card.meter and is_slug(card.meter) else [f"{path}.meter must be a meter slug"]
     models = ([card.model] if card.model else []) + list(card.groups.values())
     if any(isinstance(m, FlatFee) for m in models):
         problems.append(f"{path}: flat models belong on cards without a meter")
@@ -88,7 +88,7 @@ def _usage_problems(card: RateCard, path: str) -> list[str]:
 def _group_problems(card: RateCard, path: str) -> list[str]:
     if card.group_by is None:
         return [f"{path}.groups need a groupBy dimension"] if card.groups else []
-    problems = [] if GROUP_KEY.match(card.group_by) else [f"{path}.groupBy must be a group-by key"]
+    problems = [] if is_group_key(card.group_by) else [f"{path}.groupBy must be a group-by key"]
     if not card.groups:
         problems.append(f"{path}.groups must price at least one value of {card.group_by!r}")
     for value, model in card.groups.items():

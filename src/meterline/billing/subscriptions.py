@@ -24,7 +24,7 @@ import msgspec
 
 from meterline.clock import known_zone, to_us
 from meterline.errors import InvalidInput, InvalidSubscription
-from meterline.meters.model import SLUG
+from meterline.identifiers import is_slug
 from meterline.periods import Period, Recurrence, recurrence
 
 
@@ -55,7 +55,7 @@ class BillingWindow:
 def validate_subscription(sub: Subscription) -> list[str]:
     """Every problem with a subscription (empty when it is valid)."""
     problems = [] if sub.customer.strip() else ["customer is required"]
-    if not SLUG.match(sub.plan) or sub.version < 1:
+    if not is_slug(sub.plan) or sub.version < 1:
         problems.append("plan must be a plan key and version 1 or more")
     if not 1 <= sub.anchor_day <= 31:
         problems.append("anchorDay must be between 1 and 31")

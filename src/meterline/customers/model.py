@@ -13,15 +13,13 @@ dead-letter store with reason ``unknown_subject``).
 from __future__ import annotations
 
 import enum
-import re
 from typing import Any
 
 import msgspec
 
 from meterline.clock import known_zone
 from meterline.errors import InvalidInput
-
-KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,255}$")
+from meterline.identifiers import KEY_RULE, MAX_KEY, is_key, is_subject, shown
 
 
 class UnknownSubjects(enum.StrEnum):
@@ -58,11 +56,11 @@ class Customer(msgspec.Struct, frozen=True):
 def validate(inp: CustomerInput) -> CustomerInput:
     """Return ``inp`` if valid; raise one InvalidInput that lists every problem."""
     problems = []
-    if not KEY.match(inp.key):
-        problems.append(f"key {inp.key!r} must be 1-256 characters: letters, digits and _ . : @ / -")
+    if not is_key(inp.key):
+        problems.append(f"key {shown(inp.key)} must be {KEY_RULE}")
     for subject in inp.subjects():
-        if not subject or len(subject) > 256:
-            problems.append(f"subject key {subject!r} must be 1-256 characters")
+        if not is_subject(subject):
+            problems.append(f"subject key {shown(subject)} must be 1-{MAX_KEY} characters, no control characters")
     if inp.name is not None and len(inp.name) > 256:
         problems.append("name must be at most 256 characters")
     if known_zone(inp.timezone) is None:

@@ -14,7 +14,6 @@ Field names follow OpenMeter's v1 API so its SDK works unchanged.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -22,8 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from meterline.errors import InvalidInput
-
-FEATURE_KEY = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
+from meterline.identifiers import SLUG_RULE, is_slug, name_problem, shown
 
 
 class FeatureInput(msgspec.Struct, frozen=True, rename="camel"):
@@ -109,10 +107,12 @@ class Grant(msgspec.Struct, frozen=True):
 
 def validate_feature(inp: FeatureInput) -> None:
     problems = []
-    if not FEATURE_KEY.match(inp.key):
-        problems.append(f"key {inp.key!r} must be lower-case letters and digits separated by single underscores")
-    if not inp.name:
-        problems.append("name must not be empty")
+    if not is_slug(inp.key):
+        problems.append(f"key {shown(inp.key)} must be {SLUG_RULE}")
+    if problem := name_problem("name", inp.name):
+        problems.append(problem)
+    if inp.meter_slug is not None and not is_slug(inp.meter_slug):
+        problems.append(f"meterSlug {shown(inp.meter_slug)} must be {SLUG_RULE}")
     if inp.advanced_meter_group_by_filters:
         problems.append("advancedMeterGroupByFilters is not supported; use meterGroupByFilters (dimension: value)")
     if inp.meter_group_by_filters and not inp.meter_slug:

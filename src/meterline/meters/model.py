@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-import re
 from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from meterline.errors import InvalidInput
+from meterline.identifiers import GROUP_KEY_RULE, SLUG_RULE, is_group_key, is_slug, name_problem, shown
 from meterline.meters.paths import Path, compile_path
 
 
@@ -23,8 +23,6 @@ class Aggregation(enum.StrEnum):
     LATEST = "LATEST"
 
 
-SLUG = re.compile(r"^[a-z0-9]+(?:_[a-z0-9]+)*$")
-GROUP_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 MAX_GROUP_BY = 20
 
 
@@ -59,8 +57,10 @@ class Meter(msgspec.Struct, frozen=True):
 def validate_spec(spec: MeterSpec) -> list[str]:
     """Every problem with a definition, as messages (empty when it is valid)."""
     problems: list[str] = []
-    if not SLUG.match(spec.slug) or len(spec.slug) > 63:
-        problems.append("slug must be 1-63 lowercase letters and digits in words joined by '_' (e.g. api_calls)")
+    if not is_slug(spec.slug):
+        problems.append(f"slug must be {SLUG_RULE}")
+    if spec.name is not None and (problem := name_problem("name", spec.name)):
+        problems.append(problem)
     if not spec.event_type or len(spec.event_type) > 512:
         problems.append("eventType is required")
     if spec.description is not None and len(spec.description) > 1024:
@@ -77,8 +77,8 @@ def validate_spec(spec: MeterSpec) -> list[str]:
     if len(spec.group_by) > MAX_GROUP_BY:
         problems.append(f"at most {MAX_GROUP_BY} groupBy dimensions")
     for key, path in spec.group_by.items():
-        if not GROUP_KEY.match(key):
-            problems.append(f"groupBy key {key!r} must be letters, digits and '_'")
+        if not is_group_key(key):
+            problems.append(f"groupBy key {shown(key)} must be {GROUP_KEY_RULE}")
         problems.extend(_path_problem(f"groupBy.{key}", path))
     return problems
 

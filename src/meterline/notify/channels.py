@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from meterline.errors import InvalidInput
+from meterline.identifiers import name_problem
 from meterline.notify import signing
 from meterline.notify.urls import url_problems
 from meterline.redact import MASK
@@ -75,8 +76,8 @@ class Channel(msgspec.Struct, frozen=True):
 def channel_problems(inp: ChannelInput) -> list[str]:
     """Every problem with ``inp``, as messages for the caller; empty when it is valid."""
     problems: list[str] = []
-    if not inp.name.strip():
-        problems.append("name must not be empty")
+    if problem := name_problem("name", inp.name):
+        problems.append(problem)
     if inp.type not in ("WEBHOOK", "LOG"):
         problems.append("type must be WEBHOOK or LOG")
     if inp.format not in ("standard", "slack"):

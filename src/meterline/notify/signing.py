@@ -21,7 +21,7 @@ from meterline.errors import InvalidInput, WebhookVerificationError
 
 SECRET_PREFIX = "whsec_"
 ID_HEADER, TIMESTAMP_HEADER, SIGNATURE_HEADER = "webhook-id", "webhook-timestamp", "webhook-signature"
-_TIMESTAMP = re.compile(r"^\d{1,15}$")
+_TIMESTAMP = re.compile(r"[0-9]{1,15}")  # ASCII digits only (\d also takes other scripts' digits)
 
 
 def new_secret() -> str:
@@ -102,7 +102,7 @@ def verify(
     missing = [h for h, v in ((ID_HEADER, msg_id), (TIMESTAMP_HEADER, stamp), (SIGNATURE_HEADER, signatures)) if not v]
     if missing:
         raise _fail(f"missing webhook header(s): {', '.join(missing)}", "missing_headers")
-    if not _TIMESTAMP.match(stamp):
+    if not _TIMESTAMP.fullmatch(stamp):
         raise _fail(f"{TIMESTAMP_HEADER} must be whole seconds since the Unix epoch", "invalid_timestamp")
     timestamp = int(stamp)
     if timestamp < now - tolerance:
