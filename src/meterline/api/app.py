@@ -184,6 +184,11 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         lambda: int(backend.db.writer.available),
     )
     metrics.gauge("meterline_write_queue", "Write tasks waiting for the writer thread", backend.db.writer.queued)
+    metrics.gauge(
+        "meterline_followup_failures_total",
+        "In-memory follow-ups of committed writes (counters index, alert rules) that failed; the view was rebuilt",
+        lambda: backend.followups.failures,
+    )
     metrics.background(monitor)
     incidents = IncidentLog()
     admission = Admission(
@@ -236,6 +241,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         monitor,
         watch,
         admission,
+        backend.followups.problems,
     )
 
     @asynccontextmanager
@@ -249,6 +255,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         scanner.start()
         watch.start()
         backend.dedupe_pruner.start()
+        backend.followups.start()
         billing_scheduler = billing.start_scheduler(ctx)
         yield
         billing_scheduler.close()

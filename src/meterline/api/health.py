@@ -5,6 +5,9 @@ of them in ``checks``) when
 
 - METER-001: the store cannot be read, or the last commit failed and none has succeeded since;
 - METER-005: a background thread is dead, or stuck in one step (``health.stuck_after``).
+- METER-004: an in-memory view of the store (the live counters' index, the alert rules) missed
+  a committed change and rebuilding it from the store has failed since
+  (``meterline.storage.sqlite.followups``); it is retried in the background.
 
 It stays **200** ``ready`` and lists ``warnings`` when
 
@@ -160,10 +163,12 @@ class Health:
         monitor: Monitor,
         watch: HealthWatch,
         admission: Admission,
+        stale_views: Callable[[], list[str]] = list,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self._read_store, self._store, self._monitor = read_store, store, monitor
         self._watch, self._admission, self._now = watch, admission, now
+        self._stale_views = stale_views
 
     def problems(self) -> list[Finding]:
         found = []
@@ -174,6 +179,7 @@ class Health:
         if not self._store.available:
             detail = self._store.failure or "the last commit failed"
             found.append(Finding("storage", OpsCode.STORAGE_UNAVAILABLE, f"{detail}; no commit has succeeded since"))
+        found += [Finding("stale_view", OpsCode.LAGGING, detail) for detail in self._stale_views()]
         return found + loop_findings(self._monitor)
 
     def warnings(self) -> list[Finding]:

@@ -15,6 +15,7 @@ from meterline.storage.sqlite.database import Database
 from meterline.storage.sqlite.dead_letters import SqliteDeadLetters
 from meterline.storage.sqlite.dedupe_prune import DedupePruner
 from meterline.storage.sqlite.entitlements import SqliteEntitlements
+from meterline.storage.sqlite.followups import FollowUps
 from meterline.storage.sqlite.ingest import IngestSettings, IngestState
 from meterline.storage.sqlite.ledger import SqliteLedger
 from meterline.storage.sqlite.meters import SqliteMeters
@@ -56,11 +57,24 @@ class EmbeddedBackend:
         self.dead_letters = SqliteDeadLetters(self.db)
         self.customers = SqliteCustomers(self.db, self.state, clock.now_us)
         self.counters = LiveCounters(self.db, self.state, clock, load_all)
+        # Writes of the catalog update in-memory views after their COMMIT; a failure there is
+        # never the caller's answer (the write is stored): the view goes stale and is rebuilt.
+        self.followups = followups = FollowUps(monitor)  # its retry loop is started by the app
+        counters, rebuild_counters = "live counters", self.counters.reload
         self.entitlements = SqliteEntitlements(
-            self.db, self.customers, self.meters, clock.now_us, self.counters.reload, self.counters.added
+            self.db,
+            self.customers,
+            self.meters,
+            clock.now_us,
+            followups.guarded(counters, self.counters.reload, rebuild_counters),
+            followups.guarded(counters, self.counters.added, rebuild_counters),
         )
-        self.customers.changed = self.counters.reload
-        self.customers.created = lambda c: self.counters.customer_added(c.namespace, c.key, c.subjects)
+        self.customers.changed = followups.guarded(counters, self.counters.reload, rebuild_counters)
+        self.customers.created = followups.guarded(
+            counters, lambda c: self.counters.customer_added(c.namespace, c.key, c.subjects), rebuild_counters
+        )
+        self.counters.stale = lambda: followups.is_stale(counters)
+        self.counters.heal = lambda: followups.heal(counters)
         self.counters.reload()
         self.history = History(self.db, self.counters, clock)
         self.notifications = SqliteNotifications(self.db, clock.now_us)
@@ -68,9 +82,11 @@ class EmbeddedBackend:
         self.alerts = AlertEvaluator(
             self.db, self.state, self.counters, self.notifications, self.history, clock, baseline_days=baseline_days
         )
+        self.notifications.changed = followups.guarded("alert rules", self.alerts.reload, self.alerts.reload)
         self.billing = SqliteBilling(self.db, self.customers, self.meters, clock.now_us)
 
     def close(self) -> None:
+        self.followups.close()
         self.dedupe_pruner.close()
         self.meters.close()
         self.db.close()

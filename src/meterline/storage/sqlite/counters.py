@@ -35,7 +35,7 @@ from meterline.customers.model import Customer
 from meterline.decimals import EXACT
 from meterline.entitlements.model import Entitlement, Feature, FeatureInput, Grant
 from meterline.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
-from meterline.errors import InvalidInput
+from meterline.errors import InvalidInput, StorageUnavailable
 from meterline.meters.evaluate import CompiledMeter, Reading
 from meterline.meters.model import Aggregation, Meter
 from meterline.meters.query import MeterQuery
@@ -117,6 +117,10 @@ class LiveCounters(ReadingListener):
         self._rolls: dict[str, State] = {}
         self._next: dict[str, State] = {}
         self._touched: set[str] = set()
+        self.stale: Callable[[], bool] = lambda: False
+        """Whether the index missed a committed change (set by the backend's follow-ups)."""
+        self.heal: Callable[[], bool] = lambda: True
+        """Rebuild a stale index from the store; True when it is current again."""
         state.listeners.append(self)
 
     # -- writer side ------------------------------------------------------------------------
@@ -190,8 +194,9 @@ class LiveCounters(ReadingListener):
         return sum((row.value for row in query_rows(conn, live.meter, query, now_us)), ZERO)
 
     def reload(self) -> None:
-        """Rebuild the index from the committed catalog (a writer task; waits for it)."""
-        self._db.writer.call(self._reload)
+        """Rebuild the index from the committed catalog (a writer task; waits for it). The
+        server's own follow-up work: never refused by the write queue's bound."""
+        self._db.writer.call(self._reload, bounded=False)
 
     def touch(self, entitlement_id: str) -> None:
         """Roll a stale counter now (a writer task; waits for it)."""
@@ -228,7 +233,7 @@ class LiveCounters(ReadingListener):
 
     def added(self, ent: Entitlement) -> None:
         """Index one new entitlement without rebuilding the rest (a writer task; waits)."""
-        self._db.writer.call(lambda conn: self._add(conn, ent))
+        self._db.writer.call(lambda conn: self._add(conn, ent), bounded=False)
 
     def _add(self, conn: sqlite3.Connection, ent: Entitlement) -> None:
         customer = next((c for c in self._load_customers(conn, ent.customer_id)), None)
@@ -261,6 +266,10 @@ class LiveCounters(ReadingListener):
     def value(
         self, namespace: str, customer_key: str, feature_key: str, *, project: bool = True
     ) -> tuple[Entitlement | None, Value | None]:
+        if self.stale() and not self.heal():
+            raise StorageUnavailable(
+                "The live counters lag behind the store and cannot be rebuilt from it now; retry shortly"
+            )
         entry = self.index.by_key.get((namespace, customer_key, feature_key))
         if entry is None:
             return None, None
