@@ -3,7 +3,7 @@ settings (``/api/v1/settings``) and the quarantine (``/api/v1/quarantine``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -26,6 +26,11 @@ class SubjectUpsert(msgspec.Struct, frozen=True, rename="camel"):
     current_period_start: str | None = None
     current_period_end: str | None = None
     stripe_customer_id: str | None = None
+
+
+MAX_SUBJECTS = 1000
+SubjectUpserts = Annotated[list[SubjectUpsert], msgspec.Meta(max_length=MAX_SUBJECTS)]
+"""One upsert request: at most this many subjects, committed together (all or none)."""
 
 
 class Settings(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
@@ -81,13 +86,10 @@ async def delete_customer(request: Request) -> Response:
 async def upsert_subjects(request: Request) -> Response:
     ctx: Context = request.app.state.ctx
     key = ctx.auth.require(request, Scope.ADMIN)
-    items = await typed_body(request, list[SubjectUpsert], "subject")
-    out = []
-    for item in items:
-        inp = CustomerInput(item.key, item.display_name, None, "UTC", item.metadata)
-        saved = await run_in_threadpool(ctx.backend.customers.upsert, key.namespace, inp)
-        out.append(subject_body(saved.customer))
-    return json_response(out)
+    items = await typed_body(request, SubjectUpserts, "subject")
+    inputs = [CustomerInput(item.key, item.display_name, None, "UTC", item.metadata) for item in items]
+    saved = await run_in_threadpool(ctx.backend.customers.upsert_many, key.namespace, inputs)
+    return json_response([subject_body(s.customer) for s in saved])
 
 
 async def list_subjects(request: Request) -> Response:

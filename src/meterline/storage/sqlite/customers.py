@@ -77,19 +77,24 @@ class SqliteCustomers:
         return self._write(lambda conn: self._save(conn, namespace, inp, self._get(conn, namespace, key)))
 
     def upsert(self, namespace: str, inp: CustomerInput) -> Saved:
-        validate(inp)
+        return self.upsert_many(namespace, [inp])[0]
 
-        def task(conn: sqlite3.Connection) -> Saved:
-            try:
-                existing = self._get(conn, namespace, inp.key)
-            except NotFound:
-                return self._save(conn, namespace, inp, None)
-            merged = CustomerInput(
-                inp.key, inp.name, list(existing.subjects), existing.timezone, inp.metadata or existing.metadata
-            )
-            return self._save(conn, namespace, merged, existing)
+    def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> list[Saved]:
+        """Create or update customers by key (OpenMeter's subject upsert): every one is
+        validated first, then all commit in one transaction, or none does."""
+        for inp in inputs:
+            validate(inp)
+        return self._write(lambda conn: [self._upsert(conn, namespace, inp) for inp in inputs])
 
-        return self._write(task)
+    def _upsert(self, conn: sqlite3.Connection, namespace: str, inp: CustomerInput) -> Saved:
+        try:
+            existing = self._get(conn, namespace, inp.key)
+        except NotFound:
+            return self._save(conn, namespace, inp, None)
+        merged = CustomerInput(
+            inp.key, inp.name, list(existing.subjects), existing.timezone, inp.metadata or existing.metadata
+        )
+        return self._save(conn, namespace, merged, existing)
 
     def delete(self, namespace: str, key: str) -> None:
         def task(conn: sqlite3.Connection) -> None:
