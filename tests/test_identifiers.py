@@ -106,3 +106,20 @@ def test_the_served_document_states_the_same_rules(api: Api) -> None:
         assert (name["pattern"], name["maxLength"]) == (f"^{NAME_PATTERN}$", 256)
     for slug in (schemas["MeterCreate"]["properties"]["slug"], schemas["FeatureCreate"]["properties"]["key"]):
         assert slug["maxLength"] == 64
+
+
+@pytest.mark.parametrize("cadence", ["PT1S", "PT1M", "PT23H59M"])
+def test_a_plan_cadence_shorter_than_a_day_is_refused(api: Api, cadence: str) -> None:
+    """One invoice per period and subscription: a PT1S plan wrote an invoice per second
+    (2,175 from one run of a subscription started 36 minutes earlier)."""
+    r = api.client.post("/api/v1/plans", json=plan(plan="fast", cadence=cadence), headers=api.headers())
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_plan"), r.text
+    assert "at least one day" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("cadence", ["DAY", "PT24H", "P1DT1H"])
+def test_a_plan_cadence_of_a_day_or_more_is_accepted(api: Api, cadence: str) -> None:
+    r = api.client.post(
+        "/api/v1/plans", json=plan(plan=f"daily_{len(cadence)}", cadence=cadence), headers=api.headers()
+    )
+    assert r.status_code == 201, r.text

@@ -119,6 +119,12 @@ def parse_interval(value: str) -> str:
     return _format(_parse(value))
 
 
+def at_least_a_day(value: str) -> bool:
+    """Whether every period of the (valid) interval ``value`` spans at least one day."""
+    step = _parse(value)
+    return step.months > 0 or step.days > 0 or step.exact_us >= 86_400_000_000
+
+
 def _zone(name: str) -> ZoneInfo:
     tz = known_zone(name)
     if tz is None:

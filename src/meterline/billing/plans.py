@@ -26,7 +26,7 @@ from meterline.billing.money import is_currency
 from meterline.billing.ratecards import RateCard, validate_card
 from meterline.errors import InvalidInput, InvalidPlan, PlanVersionPublished
 from meterline.identifiers import SLUG_RULE, is_slug, name_problem
-from meterline.periods import parse_interval
+from meterline.periods import at_least_a_day, parse_interval
 
 
 class PlanStatus(enum.StrEnum):
@@ -75,6 +75,9 @@ def _cadence_problems(cadence: str) -> list[str]:
         normal = parse_interval(cadence)
     except InvalidInput as exc:
         return [f"cadence: {exc.detail}"]
+    if not at_least_a_day(normal):
+        # one invoice per period and subscription: PT1S would write 86,400 invoices a day each
+        return [f"cadence must be at least one day (got {cadence!r})"]
     return [] if normal == cadence else [f"cadence must be written {normal!r}"]
 
 
