@@ -80,3 +80,24 @@ def test_a_well_formed_private_target_is_still_refused_as_such(api: Api) -> None
     body = {"type": "WEBHOOK", "name": "x", "url": "http://127.0.0.1/"}
     r = api.client.post(CHANNELS, json=body, headers=api.headers())
     assert (r.status_code, r.json()["code"]) == (400, "webhook_target_not_allowed")
+
+
+HEADERS_REFUSED = {
+    "count": ({f"X-H{i}": "v" for i in range(33)}, "at most 32 custom headers"),
+    "size": ({f"X-H{i}": "v" * 1000 for i in range(17)}, "at most 16384 characters"),
+    "long name": ({"X-" + "n" * 300: "v"}, "not a valid HTTP header name"),
+}
+
+
+@pytest.mark.parametrize("case", list(HEADERS_REFUSED))
+def test_custom_headers_are_bounded_in_number_and_size(api: Api, case: str) -> None:
+    headers, reason = HEADERS_REFUSED[case]
+    body = {"type": "WEBHOOK", "name": "hook", "url": "https://example.com/h", "customHeaders": headers}
+    r = api.client.post(CHANNELS, json=body, headers=api.headers())
+    assert (r.status_code, r.json()["code"]) == (400, "invalid_channel"), r.text
+    assert reason in r.json()["detail"]
+    assert len(r.json()["detail"]) < 500  # a long header name is not echoed back whole
+    fits = {f"X-H{i}": "v" * 500 for i in range(32)}
+    ok = api.client.post(CHANNELS, json=body | {"customHeaders": fits}, headers=api.headers())
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["customHeaders"] == fits

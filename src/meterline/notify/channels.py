@@ -173,13 +173,24 @@ def _secret_problems(secret: str) -> list[str]:
     return [] if _MIN_SECRET_BYTES <= size <= _MAX_SECRET_BYTES else [message]
 
 
+MAX_CUSTOM_HEADERS = 32
+MAX_HEADER_NAME = 256
+MAX_HEADER_BYTES = 16 * 1024
+"""Every delivery sends a channel's custom headers: their number and size are bounded."""
+
+
 def _header_problems(headers: dict[str, str]) -> list[str]:
+    if len(headers) > MAX_CUSTOM_HEADERS:
+        return [f"at most {MAX_CUSTOM_HEADERS} custom headers are allowed, got {len(headers)}"]
+    if sum(len(name) + len(value) for name, value in headers.items()) > MAX_HEADER_BYTES:
+        return [f"custom headers must add up to at most {MAX_HEADER_BYTES} characters (names and values)"]
     problems = []
     for name, value in headers.items():
-        if not _HEADER_NAME.fullmatch(name):
-            problems.append(f"custom header name {name!r} is not a valid HTTP header name")
+        shown = name[:64] + ("..." if len(name) > 64 else "")
+        if len(name) > MAX_HEADER_NAME or not _HEADER_NAME.fullmatch(name):
+            problems.append(f"custom header name {shown!r} is not a valid HTTP header name (at most {MAX_HEADER_NAME})")
         elif name.lower() in RESERVED_HEADERS:
-            problems.append(f"custom header {name!r} is set by meterline and cannot be overridden")
+            problems.append(f"custom header {shown!r} is set by meterline and cannot be overridden")
         if not _HEADER_VALUE.fullmatch(value):
-            problems.append(f"custom header {name!r} value must be printable ASCII on one line")
+            problems.append(f"custom header {shown!r} value must be printable ASCII on one line")
     return problems
