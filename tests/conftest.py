@@ -108,14 +108,21 @@ class Server:
 def start_server(data_dir: Path, port: int | None = None, env: dict[str, str] | None = None) -> Server:
     key = make_key(data_dir, ["admin"])
     port = port or free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "meterline.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
+    log = data_dir.parent / f"{data_dir.name}-server.log"  # kept, so that a failed start can be read
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "meterline.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            env={**os.environ, **(env or {})},
+        )
     server = Server(f"http://127.0.0.1:{port}", key, data_dir, process, port)
-    wait_ready(server)
+    try:
+        wait_ready(server)
+    except RuntimeError as exc:
+        server.stop()
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"{exc}; the end of its log ({log}):\n{tail}") from None
     return server
 
 
