@@ -13,6 +13,7 @@ holds that line.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -28,6 +29,20 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except MeterlineError as exc:
             click.echo(f"error: {exc.detail}", err=True)
+            sys.exit(2)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            # Never a traceback for the user: most often an answer of an unexpected shape (a
+            # server of another version, or no meterline at --url). METERLINE_DEBUG shows it.
+            if os.environ.get("METERLINE_DEBUG"):
+                raise
+            click.echo(
+                f"error: unexpected failure ({type(exc).__name__}: {str(exc)[:200]}); if this command talks to a"
+                " server, check that --url / METERLINE_URL is a meterline server of this version;"
+                " set METERLINE_DEBUG=1 to see the traceback",
+                err=True,
+            )
             sys.exit(2)
 
 
