@@ -216,13 +216,20 @@ CREATE INDEX IF NOT EXISTS credit_burns_by_customer ON credit_burns (namespace, 
 """
 
 
+WRITER_CACHE_KIB = -65536
+READER_CACHE_KIB = -8192
+
+
 def connect(path: Path, *, fsync: str = "full", readonly: bool = False) -> sqlite3.Connection:
     """Open the database with meterline's pragmas and SQL functions."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if fsync == 'full' else 'NORMAL'}")
     conn.execute("PRAGMA busy_timeout=30000")
-    conn.execute("PRAGMA cache_size=-65536")
+    # The page cache is per connection: 64 MiB for the one writer, 8 MiB for each reader thread
+    # (the OS page cache holds the file once for all of them), so many reader threads cannot
+    # add up to gigabytes.
+    conn.execute(f"PRAGMA cache_size={READER_CACHE_KIB if readonly else WRITER_CACHE_KIB}")
     conn.execute("PRAGMA temp_store=MEMORY")
     if readonly:
         conn.execute("PRAGMA query_only=1")
