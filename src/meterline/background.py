@@ -166,3 +166,34 @@ class Loop:
             log.exception("background step failed; the loop goes on", extra={"loop": self.name})
             self._halt.wait(self._error_pause)
             return False, None
+
+
+class Ticker:
+    """A :class:`Loop` that runs ``step`` every ``interval()`` seconds (the first time after one
+    interval) until :meth:`close`. ``interval`` is read before every wait, so an owner may
+    change its pace (the dedupe pruner backs off after a busy batch)."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], object],
+        interval: Callable[[], float],
+        monitor: Monitor | None = None,
+        *,
+        error_pause: float = 1.0,
+    ) -> None:
+        self._interval = interval
+        self._stop = threading.Event()
+        self.loop = Loop(name, step, self._wait, monitor, error_pause=error_pause)
+
+    def start(self) -> None:
+        self.loop.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop after the current step (waiting at most ``timeout`` seconds for it)."""
+        self._stop.set()
+        self.loop.stop()
+        self.loop.join(timeout)
+
+    def _wait(self) -> bool:
+        return not self._stop.wait(self._interval())

@@ -9,9 +9,8 @@ left to do.
 from __future__ import annotations
 
 import logging
-import threading
 
-from meterline.background import Loop
+from meterline.background import Ticker
 from meterline.config import BillingConfig
 from meterline.storage.sqlite.billing import SqliteBilling
 from meterline.storage.sqlite.billing_model import Settings
@@ -34,22 +33,22 @@ class BillingScheduler:
     def __init__(self, billing: SqliteBilling, config: BillingConfig) -> None:
         self._runs = BillingRuns(billing)
         self._config = config
-        self._stop = threading.Event()
         # a supervised loop: a failed run is logged with its traceback, counted, and retried
-        self._thread = Loop("billing", self._run, self._wait, billing.db.monitor, error_pause=0.0)
+        self._ticker = Ticker(
+            "billing",
+            self._run,
+            lambda: self._config.scheduler_interval.total_seconds(),
+            billing.db.monitor,
+            error_pause=0.0,
+        )
         self.last: RunReport | None = None
 
     def start(self) -> None:
         if self._config.scheduler_enabled:
-            self._thread.start()
+            self._ticker.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.stop()
-        self._thread.join(timeout=30)
-
-    def _wait(self) -> bool:
-        return not self._stop.wait(self._config.scheduler_interval.total_seconds())
+        self._ticker.close(timeout=30)
 
     def _run(self) -> None:
         self.last = self._runs.run(settings_from(self._config))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from typing import Protocol
 from prometheus_client import Histogram
 
 from meterline.api.backpressure import Admission
-from meterline.background import Loop, Monitor
+from meterline.background import Monitor, Ticker
 from meterline.config import HealthConfig
 from meterline.errors import OpsCode
 
@@ -102,16 +101,13 @@ class HealthWatch:
         self._monitor = monitor
         self.warnings: list[Finding] = []
         self._seen: set[str] = set()
-        self._stop = threading.Event()
-        self._loop = Loop("health", self.check, self._wait, monitor)
+        self._ticker = Ticker("health", self.check, lambda: self._config.check_interval, monitor)
 
     def start(self) -> None:
-        self._loop.start()
+        self._ticker.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._loop.stop()
-        self._loop.join(timeout=5)
+        self._ticker.close()
 
     def check(self) -> list[Finding]:
         """Evaluate now; log what appeared and what cleared since the last check."""
@@ -130,8 +126,6 @@ class HealthWatch:
         self._log_changes(found + loop_findings(self._monitor))
         return found
 
-    def _wait(self) -> bool:
-        return not self._stop.wait(self._config.check_interval)
 
     def _log_changes(self, findings: list[Finding]) -> None:
         now = {f.check: f for f in findings}

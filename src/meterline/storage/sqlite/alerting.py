@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 from collections.abc import Callable
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from meterline.alerts.payload import alert_payload
 from meterline.alerts.rules import Rule, Threshold, anomaly, level, projected_over
-from meterline.background import Loop, Monitor
+from meterline.background import Monitor, Ticker
 from meterline.clock import Clock
 from meterline.decimals import EXACT
 from meterline.entitlements.value import Value, grant_total, metered_value
@@ -250,21 +249,14 @@ class AnomalyScanner:
     ) -> None:
         self._evaluator = evaluator
         self._clock = clock
-        self._poll = poll
-        self._stop = threading.Event()
-        self._loop = Loop("anomalies", self._scan, self._wait, monitor, error_pause=0.0)
+        self._ticker = Ticker("anomalies", self._scan, lambda: poll, monitor, error_pause=0.0)
         self._last_hour = -1
 
     def start(self) -> None:
-        self._loop.start()
+        self._ticker.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._loop.stop()
-        self._loop.join(timeout=5)
-
-    def _wait(self) -> bool:
-        return not self._stop.wait(self._poll)
+        self._ticker.close()
 
     def _scan(self) -> None:
         hour = self._clock.now_us() // HOUR_US

@@ -29,11 +29,10 @@ gets a key of its own in the ledger) or purged.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 
-from meterline.background import Loop
+from meterline.background import Ticker
 from meterline.errors import Overloaded, StorageUnavailable
 from meterline.storage.sqlite.database import Database
 from meterline.storage.sqlite.ingest import DEDUPE_FLOOR_KEY, IngestState
@@ -63,9 +62,8 @@ class DedupePruner:
         self._batch = batch
         self._idle = idle  # seconds between looks when nothing was left to delete
         self._pause = pause  # least seconds between two full batches: ingest gets the writer in between
-        self._stop = threading.Event()
         self._delay = idle
-        self._loop = Loop("dedupe-prune", self._step, self._wait, db.monitor, error_pause=idle)
+        self._ticker = Ticker("dedupe-prune", self._step, lambda: self._delay, db.monitor, error_pause=idle)
         self.pruned = 0
         self._task_seconds = 0.0  # the writer's time for the last batch
 
@@ -73,12 +71,10 @@ class DedupePruner:
         """Prune in the background (only when a dedupe window is configured), on a supervised
         loop: a failed batch (the store may be failing) is logged, counted and tried again later."""
         if self._window_us is not None:
-            self._loop.start()
+            self._ticker.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._loop.stop()
-        self._loop.join(timeout=10)
+        self._ticker.close(timeout=10)
 
     def prune_once(self) -> int:
         """Delete the keys of up to one batch of expired ledger events; returns how many events
@@ -88,9 +84,6 @@ class DedupePruner:
         walked, deleted = self._db.writer.call(self._delete_batch)
         self.pruned += deleted
         return walked
-
-    def _wait(self) -> bool:
-        return not self._stop.wait(self._delay)
 
     def _step(self) -> None:
         self._delay = self._idle

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meterline.background import Loop, Monitor
+from meterline.background import Monitor, Ticker
 from meterline.errors import OpsCode
 
 log = logging.getLogger("meterline.followups")
@@ -45,9 +45,7 @@ class FollowUps:
         self.failures = 0
         self._stale: dict[str, _Stale] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._retry_interval = retry_interval
-        self._loop = Loop("followups", self.heal, self._wait, monitor)
+        self._ticker = Ticker("followups", self.heal, lambda: retry_interval, monitor)
 
     def after_commit(self, view: str, work: Callable[[], None], rebuild: Callable[[], None]) -> None:
         """Run ``work`` on ``view`` after a committed write; on failure mark the view stale
@@ -93,15 +91,10 @@ class FollowUps:
         ]
 
     def start(self) -> None:
-        self._loop.start()
+        self._ticker.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._loop.stop()
-        self._loop.join(timeout=5)
-
-    def _wait(self) -> bool:
-        return not self._stop.wait(self._retry_interval)
+        self._ticker.close()
 
     def _failed(self, view: str, when: str) -> None:
         self.failures += 1
