@@ -20,10 +20,10 @@ from pathlib import Path
 
 import httpx
 
-from meterline.auth.keys import parse_scopes
-from meterline.storage.sqlite.database import DB_FILE
-from meterline.storage.sqlite.keys import create_key
-from meterline.storage.sqlite.schema import connect, create_schema
+from meterline.adapters.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.keys import create_key
+from meterline.adapters.sqlite.schema import connect, create_schema
+from meterline.domain.auth.keys import parse_scopes
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent

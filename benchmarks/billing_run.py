@@ -23,17 +23,17 @@ from pathlib import Path
 
 import msgspec
 
-from meterline.api.app import open_backend
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.billing_model import StoredSubscription, subscription_row
+from meterline.adapters.sqlite.billing_run import BillingRuns
 from meterline.api.billing_scheduler import settings_from
-from meterline.billing import Subscription, parse_plan
-from meterline.clock import FixedClock, from_us
+from meterline.bootstrap import open_backend
 from meterline.config import load_config
-from meterline.customers.model import CustomerInput
-from meterline.events.decode import Limits, decode_events
-from meterline.meters.model import Aggregation, MeterSpec
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.billing_model import StoredSubscription, subscription_row
-from meterline.storage.sqlite.billing_run import BillingRuns
+from meterline.domain.billing import Subscription, parse_plan
+from meterline.domain.clock import FixedClock, from_us
+from meterline.domain.customers.model import CustomerInput
+from meterline.domain.events.decode import Limits, decode_events
+from meterline.domain.meters.model import Aggregation, MeterSpec
 
 NS = "default"
 MARCH = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z

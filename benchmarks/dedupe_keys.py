@@ -59,7 +59,7 @@ import msgspec
 import numpy as np
 from _common import code_version, machine, percentile
 
-from meterline.storage.sqlite.schema import connect
+from meterline.adapters.sqlite.schema import connect
 
 NS = "default"
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z

@@ -30,14 +30,14 @@ from typing import Any
 import msgspec
 from _common import code_version, machine, percentile
 
-from meterline.clock import FixedClock
-from meterline.events.decode import Limits, decode_events, split_body
-from meterline.meters.model import Aggregation, MeterSpec
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.database import DB_FILE
-from meterline.storage.sqlite.dedupe_prune import DedupePruner
-from meterline.storage.sqlite.ingest import IngestSettings
-from meterline.storage.sqlite.schema import connect
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.dedupe_prune import DedupePruner
+from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.adapters.sqlite.schema import connect
+from meterline.domain.clock import FixedClock
+from meterline.domain.events.decode import Limits, decode_events, split_body
+from meterline.domain.meters.model import Aggregation, MeterSpec
 
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 HOUR = 3_600_000_000

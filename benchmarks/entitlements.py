@@ -29,9 +29,9 @@ import httpx
 from _common import Server, code_version, machine, percentile, start_meterline
 from ingest_http import METER, Result, metrics, run_wrk, settle
 
-from meterline.clock import SystemClock
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.ingest import IngestSettings
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.domain.clock import SystemClock
 
 CUSTOMERS = 1000
 RULES = 100

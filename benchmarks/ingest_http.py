@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 from _common import Server, code_version, cpu_split, machine, start_meterline, start_noop, thread_cpu
 
-from meterline.storage.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.database import DB_FILE
 
 METER = {
     "slug": "tokens",

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from meterline.api.http import read_body
 from meterline.api.ingest import SHAPES
 from meterline.config import Config
-from meterline.events.decode import Limits, decode_events, split_body
+from meterline.domain.events.decode import Limits, decode_events, split_body
 
 CONFIG = Config()
 LIMITS = Limits(

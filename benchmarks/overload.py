@@ -40,7 +40,7 @@ import msgspec
 from _common import Server, code_version, cpu_split, machine, percentile, start_meterline, thread_cpu
 from ingest_http import METER, metrics, run_wrk, settle
 
-from meterline.storage.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.database import DB_FILE
 
 EVENTS = 1000
 # With --retry-after, every 503 answer makes the next request of the same wrk thread wait the

@@ -16,13 +16,13 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from meterline.clock import FixedClock
-from meterline.events.decode import Limits, decode_events, split_body
-from meterline.meters.model import Aggregation, MeterSpec
-from meterline.meters.query import MeterQuery
-from meterline.meters.windows import WindowSize
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.ingest import IngestSettings
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.domain.clock import FixedClock
+from meterline.domain.events.decode import Limits, decode_events, split_body
+from meterline.domain.meters.model import Aggregation, MeterSpec
+from meterline.domain.meters.query import MeterQuery
+from meterline.domain.meters.windows import WindowSize
 
 d = Path(tempfile.mkdtemp())
 start = datetime(2026, 1, 1, tzinfo=UTC)

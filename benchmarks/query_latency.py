@@ -45,14 +45,14 @@ import httpx
 import msgspec
 from _common import code_version, machine, percentile, start_meterline
 
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.api.meter_query import query_from_params
-from meterline.clock import FixedClock, to_us
-from meterline.events.decode import Limits, decode_events, split_body
-from meterline.events.model import Outcome, Status
-from meterline.meters.model import parse_spec
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.database import DB_FILE
-from meterline.storage.sqlite.ingest import IngestSettings
+from meterline.domain.clock import FixedClock, to_us
+from meterline.domain.events.decode import Limits, decode_events, split_body
+from meterline.domain.events.model import Outcome, Status
+from meterline.domain.meters.model import parse_spec
 
 NAMESPACE = "default"
 SLUG = "tokens"

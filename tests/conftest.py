@@ -15,13 +15,13 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from meterline.adapters.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.keys import create_key
+from meterline.adapters.sqlite.schema import connect, create_schema
 from meterline.api.app import create_app
-from meterline.auth.keys import parse_scopes
-from meterline.clock import FixedClock
 from meterline.config import Config, load_config
-from meterline.storage.sqlite.database import DB_FILE
-from meterline.storage.sqlite.keys import create_key
-from meterline.storage.sqlite.schema import connect, create_schema
+from meterline.domain.auth.keys import parse_scopes
+from meterline.domain.clock import FixedClock
 
 # 2026-03-01T12:00:00Z: tests that freeze time use this instant.
 T0_US = 1_772_366_400_000_000

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from conftest import Server, free_port, make_key, wait_ready
 
-from meterline.storage.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.database import DB_FILE
 
 BATCH = "application/cloudevents-batch+json"
 STARTUP_SECONDS = 90.0  # generous: the suite shares a small machine

@@ -16,8 +16,8 @@ import pytest
 from conftest import Api, build_api, free_port
 from test_entitlements_api import ev, setup, value
 
-from meterline.errors import WebhookVerificationError
-from meterline.notify.signing import new_secret, verify
+from meterline.domain.errors import WebhookVerificationError
+from meterline.domain.notify.signing import new_secret, verify
 
 SECRET = new_secret()
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from meterline.background import Loop, Monitor
+from meterline.runtime.background import Loop, Monitor
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:

@@ -11,7 +11,7 @@ import pytest
 from conftest import Api, build_api
 from test_ingest_api import assert_problem
 
-from meterline.clock import to_us
+from meterline.domain.clock import to_us
 
 PLAN: dict[str, Any] = {
     "plan": "pro",

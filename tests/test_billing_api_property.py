@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from test_billing_api import get, move_to, ok, post, run
 from test_billing_property import PERIOD, REGIONS, plans, reference_total
 
-from meterline.billing import PlanVersion, UsageKey, group_key, price_period
-from meterline.periods import Period
+from meterline.domain.billing import PlanVersion, UsageKey, group_key, price_period
+from meterline.domain.periods import Period
 
 EXAMPLES = int(os.environ.get("METERLINE_BILLING_EXAMPLES", "12"))
 END = datetime(2026, 4, 1, tzinfo=UTC)

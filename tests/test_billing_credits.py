@@ -7,7 +7,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from meterline.billing import (
+from meterline.domain.billing import (
     CreditGrant,
     Graduated,
     PerUnit,
@@ -19,8 +19,8 @@ from meterline.billing import (
     credit_invoice,
     price_period,
 )
-from meterline.errors import CurrencyMismatch, InvalidInput
-from meterline.periods import Period
+from meterline.domain.errors import CurrencyMismatch, InvalidInput
+from meterline.domain.periods import Period
 
 
 def utc(year: int, month: int, day: int, hour: int = 0) -> datetime:

@@ -7,7 +7,7 @@ from decimal import Decimal as D
 
 import pytest
 
-from meterline.billing import (
+from meterline.domain.billing import (
     ChargeModel,
     FlatFee,
     Graduated,
@@ -23,9 +23,9 @@ from meterline.billing import (
     group_key,
     price_period,
 )
-from meterline.billing.money import currency, round_line
-from meterline.errors import InvalidInput, UnknownCurrency
-from meterline.periods import Period
+from meterline.domain.billing.money import currency, round_line
+from meterline.domain.errors import InvalidInput, UnknownCurrency
+from meterline.domain.periods import Period
 
 APRIL = Period(datetime(2024, 4, 1, tzinfo=UTC), datetime(2024, 5, 1, tzinfo=UTC))
 TIERS = (Tier(D(100), D("1.00")), Tier(D(1000), D("0.50"), D(10)), Tier(None, D("0.10")))

@@ -9,8 +9,8 @@ from typing import Any
 import msgspec
 import pytest
 
-import meterline.billing as billing
-from meterline.billing import (
+import meterline.domain.billing as billing
+from meterline.domain.billing import (
     FlatFee,
     Graduated,
     PlanStatus,
@@ -24,7 +24,7 @@ from meterline.billing import (
     usage_queries,
     validate_plan,
 )
-from meterline.errors import InvalidPlan, PlanVersionPublished
+from meterline.domain.errors import InvalidPlan, PlanVersionPublished
 
 T = datetime(2024, 1, 1, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterline.billing import (
+from meterline.domain.billing import (
     ChargeModel,
     FlatFee,
     Graduated,
@@ -31,7 +31,7 @@ from meterline.billing import (
     group_key,
     price_period,
 )
-from meterline.periods import Period
+from meterline.domain.periods import Period
 
 MINOR = {"USD": 2, "JPY": 0, "BHD": 3}
 PERIOD = Period(datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 4, 1, tzinfo=UTC))

@@ -22,8 +22,8 @@ from starlette.applications import Starlette
 from test_billing_api import PLAN, calls, post_json, us
 
 from meterline.api.app import create_app
-from meterline.clock import FixedClock
 from meterline.config import load_config
+from meterline.domain.clock import FixedClock
 
 
 class Served:

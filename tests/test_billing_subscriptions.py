@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from meterline.billing import (
+from meterline.domain.billing import (
     FlatFee,
     PerUnit,
     PlanVersion,
@@ -20,8 +20,8 @@ from meterline.billing import (
     price_period,
     validate_subscription,
 )
-from meterline.billing.subscriptions import billing_anchor
-from meterline.errors import InvalidSubscription
+from meterline.domain.billing.subscriptions import billing_anchor
+from meterline.domain.errors import InvalidSubscription
 
 NY = ZoneInfo("America/New_York")
 

@@ -14,7 +14,7 @@ from conftest import T0_US
 from test_billing_api import calls, post_json
 from test_billing_scheduler import _Http, billing_setup, serve
 
-from meterline.clock import FixedClock
+from meterline.domain.clock import FixedClock
 
 TIMES = ("issuedAt", "periodStart", "periodEnd")
 

@@ -7,8 +7,8 @@ import json
 import msgspec
 import pytest
 
-from meterline.bounded import BoundedCache
-from meterline.nesting import MAX_DEPTH, nests_deeper, split_array, too_deep
+from meterline.domain.bounded import BoundedCache
+from meterline.domain.nesting import MAX_DEPTH, nests_deeper, split_array, too_deep
 
 
 def nested(depth: int) -> str:

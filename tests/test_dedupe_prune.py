@@ -15,14 +15,14 @@ import msgspec
 import pytest
 from conftest import T0_US, build_api
 
-from meterline.clock import FixedClock
-from meterline.errors import StorageUnavailable
-from meterline.events.decode import Limits, decode_events, split_body
-from meterline.meters.model import Aggregation, MeterSpec
-from meterline.meters.query import MeterQuery
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.dedupe_prune import GRACE_US, DedupePruner
-from meterline.storage.sqlite.ingest import IngestSettings
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.dedupe_prune import GRACE_US, DedupePruner
+from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.domain.clock import FixedClock
+from meterline.domain.errors import StorageUnavailable
+from meterline.domain.events.decode import Limits, decode_events, split_body
+from meterline.domain.meters.model import Aggregation, MeterSpec
+from meterline.domain.meters.query import MeterQuery
 
 MINUTE = 60_000_000
 HOUR = 60 * MINUTE

@@ -22,11 +22,12 @@ import msgspec
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from meterline.clock import FixedClock
-from meterline.errors import InvalidInput
-from meterline.notify import payloads
-from meterline.notify.channels import Channel, ChannelInput, new_channel, update_channel, validate_channel
-from meterline.notify.dispatch import FAILED, PENDING, SUCCESS, DeliveryStore, Dispatcher, Due, backoff, clip
+from meterline.domain.clock import FixedClock
+from meterline.domain.errors import InvalidInput
+from meterline.domain.notify import payloads
+from meterline.domain.notify.channels import Channel, ChannelInput, new_channel, update_channel, validate_channel
+from meterline.ports.deliveries import PENDING, DeliveryStore, Due
+from meterline.services.dispatch import FAILED, SUCCESS, Dispatcher, backoff, clip
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ALERT: dict[str, Any] = {

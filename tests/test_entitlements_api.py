@@ -8,7 +8,7 @@ from typing import Any
 from conftest import T0_US, Api, build_api
 from test_ingest_api import assert_problem
 
-from meterline.clock import rfc3339
+from meterline.domain.clock import rfc3339
 
 T0 = rfc3339(T0_US)  # 2026-03-01T12:00:00.000Z
 

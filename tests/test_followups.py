@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import Api, build_api
 
-from meterline.storage.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.database import DB_FILE
 
 BAD_ID = "01BADBADBADBADBADBADBADBAD"
 

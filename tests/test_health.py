@@ -20,7 +20,7 @@ import pytest
 from conftest import Server
 from faults import events, launch, metric, post, wait_until
 
-from meterline.storage.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.database import DB_FILE
 
 
 def log_lines(path: Path) -> list[dict[str, object]]:

@@ -1,4 +1,4 @@
-"""Identifiers and names callers choose are held to one policy (``meterline.identifiers``): the
+"""Identifiers and names callers choose are held to one policy (``meterline.domain.identifiers``): the
 whole text is checked (``"api_calls\\n"`` was stored as a meter slug, a feature key, a customer
 key and a plan key), and every kind has a length limit (a 300-character feature key and a
 3,000-character channel name were accepted). Each refusal is a 400 with the kind's code."""
@@ -12,7 +12,7 @@ import pytest
 import yaml
 from conftest import Api, build_api
 
-from meterline.identifiers import NAME_PATTERN, is_group_key, is_key, is_namespace, is_slug
+from meterline.domain.identifiers import NAME_PATTERN, is_group_key, is_key, is_namespace, is_slug
 
 LONG_SLUG = "a" * 65
 FEE = {"key": "fee", "name": "Fee", "model": {"model": "flat", "amount": "1"}}

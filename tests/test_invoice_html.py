@@ -18,8 +18,8 @@ from conftest import T0_US, free_port, make_key
 from test_billing_api import REGIONAL_PLAN, calls, gb, post_json
 
 from meterline.api.app import create_app
-from meterline.clock import FixedClock
 from meterline.config import load_config
+from meterline.domain.clock import FixedClock
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

@@ -227,8 +227,8 @@ def test_large_and_fractional_sums_stay_exact_and_rebuild_identically(hours: Api
     for params in (day, [*day, ("windowSize", "HOUR")], [*day, ("windowSize", "DAY")]):
         rows = msgspec.json.Decoder(float_hook=Decimal).decode(hours.query("h", params).content)["data"]
         assert sum(Decimal(r["value"]) for r in rows) == 3 * big + Decimal("3.5")
-    from meterline.storage.sqlite.rebuild import rebuild
-    from meterline.storage.sqlite.schema import connect
+    from meterline.adapters.sqlite.rebuild import rebuild
+    from meterline.adapters.sqlite.schema import connect
 
     conn = connect(hours.data_dir / "meterline.db")
     conn.execute("BEGIN IMMEDIATE")

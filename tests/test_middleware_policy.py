@@ -11,8 +11,8 @@ import httpx
 import msgspec
 import pytest
 
-from meterline.clock import FixedClock
-from meterline.errors import ConfigError
+from meterline.domain.clock import FixedClock
+from meterline.domain.errors import ConfigError
 from meterline.sdk import MiddlewareConfig, RateLimiter, SenderOptions
 from meterline.sdk.checks import (
     CheckCache,

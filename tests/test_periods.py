@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterline.clock import from_us, to_us
-from meterline.errors import InvalidInput
-from meterline.periods import Period, Recurrence, parse_interval, recurrence
+from meterline.domain.clock import from_us, to_us
+from meterline.domain.errors import InvalidInput
+from meterline.domain.periods import Period, Recurrence, parse_interval, recurrence
 
 
 def local(zone: str, *parts: int) -> datetime:

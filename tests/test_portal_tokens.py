@@ -12,9 +12,9 @@ import jwt
 import pytest
 from ulid import ULID
 
-from meterline.auth.portal import PortalClaims, PortalTokens
-from meterline.clock import FixedClock, from_us
-from meterline.errors import ConfigError, InvalidInput, MeterlineError, PortalTokenInvalid, Unauthorized
+from meterline.domain.auth.portal import PortalClaims, PortalTokens
+from meterline.domain.clock import FixedClock, from_us
+from meterline.domain.errors import ConfigError, InvalidInput, MeterlineError, PortalTokenInvalid, Unauthorized
 
 T0_US = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 SECRET = bytes(range(64))

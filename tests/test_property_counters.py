@@ -20,7 +20,7 @@ from conftest import T0_US, build_api
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterline.clock import rfc3339
+from meterline.domain.clock import rfc3339
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "15"))
 

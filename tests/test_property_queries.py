@@ -19,8 +19,8 @@ from conftest import Api, build_api
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterline.storage.sqlite.rebuild import rebuild
-from meterline.storage.sqlite.schema import connect
+from meterline.adapters.sqlite.rebuild import rebuild
+from meterline.adapters.sqlite.schema import connect
 
 # Events fall between 2026-03-06 and 2026-03-10 (US DST starts 2026-03-08); the clock sits after.
 BASE = datetime(2026, 3, 6, tzinfo=UTC)

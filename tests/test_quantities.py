@@ -11,7 +11,7 @@ import pytest
 from conftest import Api
 from test_ingest_api import assert_problem
 
-from meterline.decimals import NotAQuantity, add, to_quantity
+from meterline.domain.decimals import NotAQuantity, add, to_quantity
 
 NOT_NUMBERS = [
     "1_000",

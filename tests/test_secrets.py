@@ -21,9 +21,9 @@ from test_dispatch import Receiver
 
 from meterline.cli.logs import RedactingFilter
 from meterline.cli.main import cli
-from meterline.notify.channels import masked_url
-from meterline.notify.signing import new_secret
-from meterline.redact import MASK, redact
+from meterline.domain.notify.channels import masked_url
+from meterline.domain.notify.signing import new_secret
+from meterline.domain.redact import MASK, redact
 
 SLACK = "https://hooks.slack.com/services/T0001/B0002/abcdefSECRETtoken"
 

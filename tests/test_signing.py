@@ -11,8 +11,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError as TheirError
 
-from meterline.errors import InvalidInput, MeterlineError, WebhookVerificationError
-from meterline.notify.signing import headers, new_secret, sign, verify
+from meterline.domain.errors import InvalidInput, MeterlineError, WebhookVerificationError
+from meterline.domain.notify.signing import headers, new_secret, sign, verify
 
 # The test vector published with the Standard Webhooks specification.
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -2,7 +2,7 @@
 disk (a small tmpfs). Each answers 503 storage_unavailable with Retry-After, /readyz says not
 ready (METER-001) until a commit succeeds again, the server recovers once the fault clears, and
 after kill -9 + restart during a fault no event answered 503 is in the ledger while every 2xx
-one is there exactly once (the fsync-failure trap: see meterline.storage.sqlite.faults)."""
+one is there exactly once (the fsync-failure trap: see meterline.adapters.sqlite.faults)."""
 
 from __future__ import annotations
 

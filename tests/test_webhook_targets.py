@@ -17,10 +17,10 @@ import pytest
 from conftest import Api, build_api
 from test_dispatch import MemoryDeliveryStore, Receiver, webhook
 
-from meterline.clock import FixedClock
-from meterline.errors import InvalidInput
-from meterline.notify.dispatch import FAILED, SUCCESS, Dispatcher
-from meterline.notify.targets import GuardedBackend, TargetRefused, address_allowed, check_url, vetted
+from meterline.domain.clock import FixedClock
+from meterline.domain.errors import InvalidInput
+from meterline.domain.notify.targets import GuardedBackend, TargetRefused, address_allowed, check_url, vetted
+from meterline.services.dispatch import FAILED, SUCCESS, Dispatcher
 
 REFUSED = [
     "127.0.0.1",

@@ -11,13 +11,13 @@ import msgspec
 import pytest
 from conftest import T0_US
 
-from meterline.clock import FixedClock
-from meterline.errors import InvalidInput, StorageUnavailable
-from meterline.events.decode import Limits, decode_events, split_body
-from meterline.meters.model import Aggregation, MeterSpec
-from meterline.meters.query import MeterQuery
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.ingest import IngestSettings
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.domain.clock import FixedClock
+from meterline.domain.errors import InvalidInput, StorageUnavailable
+from meterline.domain.events.decode import Limits, decode_events, split_body
+from meterline.domain.meters.model import Aggregation, MeterSpec
+from meterline.domain.meters.query import MeterQuery
 
 LIMITS = Limits(100, 300_000_000, None)
 

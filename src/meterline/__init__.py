@@ -1,11 +1,16 @@
 """meterline: exactly-once usage metering.
 
-Packages (layers are one-way, enforced by import-linter in the test command):
+Layers, top to bottom (one-way; import-linter holds them in the test command):
 
-- ``meterline.events``, ``meterline.meters``, ``meterline.auth``: the domain — nouns, ports,
-  validation and pure functions. They import nothing from storage, api or cli.
-- ``meterline.storage``: adapters (embedded SQLite) implementing the domain ports.
-- ``meterline.api``, ``meterline.cli``: the outside — HTTP and the command line.
+- ``meterline.cli``, ``meterline.api``: the faces — parse, call a service, render.
+- ``meterline.bootstrap``: config in, adapters and services out; the only place that picks adapters.
+- ``meterline.services``: the rules of each pipeline stage, written against ports.
+- ``meterline.adapters``: port implementations (embedded SQLite today).
+- ``meterline.ports``: the Protocols between services and adapters.
+- ``meterline.runtime``: background loops and metrics.
+- ``meterline.domain``: nouns, pure rules, validation, errors, decimals, periods.
+
+``meterline.sdk`` (the middleware) depends only on the domain.
 """
 
 __version__ = "0.1.0"

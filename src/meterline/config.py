@@ -23,9 +23,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from meterline.errors import ConfigError
-from meterline.identifiers import NAMESPACE_RULE, is_namespace
-from meterline.meters.model import MeterSpec, validate_spec
+from meterline.domain.errors import ConfigError
+from meterline.domain.identifiers import NAMESPACE_RULE, is_namespace
+from meterline.domain.meters.model import MeterSpec, validate_spec
 
 _CENTURY = timedelta(days=36_525)  # far below what overflows a datetime or a microsecond INTEGER
 Duration = Annotated[timedelta, Field(gt=timedelta(0), le=_CENTURY)]

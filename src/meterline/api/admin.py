@@ -9,15 +9,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from meterline.adapters.sqlite.dead_letters import DeadLetterFilter
+from meterline.adapters.sqlite.keys import create_key, list_keys, revoke_key
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_int, parse_time, typed_body
-from meterline.auth.keys import ApiKey, Scope, check_namespace, parse_scopes
-from meterline.clock import rfc3339
-from meterline.errors import InvalidInput
-from meterline.events.model import Reason
-from meterline.nesting import MAX_DEPTH, too_deep
-from meterline.storage.sqlite.dead_letters import DeadLetterFilter
-from meterline.storage.sqlite.keys import create_key, list_keys, revoke_key
+from meterline.domain.auth.keys import ApiKey, Scope, check_namespace, parse_scopes
+from meterline.domain.clock import rfc3339
+from meterline.domain.errors import InvalidInput
+from meterline.domain.events.model import Reason
+from meterline.domain.nesting import MAX_DEPTH, too_deep
 
 REASONS = tuple(reason.value for reason in Reason)
 

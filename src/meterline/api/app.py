@@ -1,4 +1,4 @@
-"""``create_app(config)``: the one place adapters are chosen and wired."""
+"""``create_app(config)``: the HTTP face over ``bootstrap.build(config)``: routes, middleware, health."""
 
 from __future__ import annotations
 
@@ -31,17 +31,12 @@ from meterline.api.context import Context
 from meterline.api.health import Health, HealthWatch, LatencyWindow
 from meterline.api.incidents import IncidentLog
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
-from meterline.background import Monitor
-from meterline.clock import Clock, SystemClock
+from meterline.bootstrap import build
 from meterline.config import Config
-from meterline.customers.model import UnknownSubjects
-from meterline.errors import ConfigError, MeterlineError, NotFound
-from meterline.events.decode import Limits
-from meterline.metrics import Metrics
-from meterline.notify.dispatch import Dispatcher
-from meterline.storage.sqlite.alerting import AnomalyScanner
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.ingest import IngestSettings
+from meterline.domain.clock import Clock
+from meterline.domain.errors import MeterlineError
+from meterline.domain.events.decode import Limits
+from meterline.runtime.metrics import Metrics
 
 log = logging.getLogger("meterline")
 
@@ -140,37 +135,9 @@ ROUTES = [
 ]
 
 
-def open_backend(config: Config, clock: Clock, monitor: Monitor | None = None) -> EmbeddedBackend:
-    ingest_cfg = config.ingest
-    settings = IngestSettings(
-        dedupe_window_us=None if ingest_cfg.dedupe_window is None else _us(ingest_cfg.dedupe_window.total_seconds()),
-        max_group_cardinality=ingest_cfg.max_group_cardinality,
-        unknown_subjects=UnknownSubjects(ingest_cfg.unknown_subjects),
-    )
-    return EmbeddedBackend(
-        config.storage.data_dir,
-        settings,
-        clock,
-        fsync=config.storage.fsync,
-        max_batch=config.storage.group_commit_max_requests,
-        max_weight=config.storage.group_commit_max_events,
-        max_queue=config.storage.max_queued_writes,
-        monitor=monitor,
-        baseline_days=config.alerts.baseline_days,
-        portal_ttl=config.portal.token_ttl,
-        portal_max_ttl=config.portal.max_token_ttl,
-    )
-
-
 def create_app(config: Config, clock: Clock | None = None) -> Starlette:
-    clock = clock or SystemClock()
-    monitor = Monitor(stuck_after=config.health.stuck_after.total_seconds())
-    backend = open_backend(config, clock, monitor)
-    try:
-        ensure_config_meters(config, backend)
-    except BaseException:
-        backend.close()
-        raise
+    system = build(config, clock)
+    clock, monitor, backend = system.clock, system.monitor, system.backend
     metrics = Metrics()
     metrics.gauge("meterline_ledger_events", "Events in the ledger", backend.ledger.size)
     metrics.gauge(
@@ -221,18 +188,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         ),
         backend.history,
     )
-    dispatcher = Dispatcher(
-        backend.notifications,
-        clock,
-        timeout=config.alerts.webhook_timeout,
-        max_attempts=config.alerts.max_attempts,
-        backoff_initial=config.alerts.backoff_initial,
-        backoff_max=config.alerts.backoff_max,
-        allow_private_targets=config.alerts.allow_private_webhook_targets,
-        monitor=monitor,
-    )
-    backend.alerts.wake = dispatcher.wake
-    scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
+    dispatcher = system.dispatcher
     ctx.dispatcher = dispatcher
     watch = HealthWatch(config.health, LatencyWindow(metrics.latency), backend.meters.pending_backfill, monitor)
     health = Health(
@@ -251,18 +207,13 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         # walk it in the middle of a request (p99 of the check API: spikes to 11-14 ms without).
         gc.collect()
         gc.freeze()
-        dispatcher.start()
-        scanner.start()
+        system.start()
         watch.start()
-        backend.dedupe_pruner.start()
-        backend.followups.start()
         billing_scheduler = billing.start_scheduler(ctx)
         yield
         billing_scheduler.close()
         watch.close()
-        scanner.close()
-        dispatcher.close()
-        backend.close()
+        system.close()
 
     app = Starlette(
         routes=ROUTES,
@@ -275,22 +226,6 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     app.state.incidents = incidents
     app.state.retry_after = config.server.retry_after
     return app
-
-
-def ensure_config_meters(config: Config, backend: EmbeddedBackend) -> None:
-    """Create the config file's meters that do not exist yet; an existing one must match."""
-    for m in config.meters:
-        spec = m.spec()
-        try:
-            existing = backend.meters.get(m.namespace, spec.slug)
-        except NotFound:
-            backend.meters.create(m.namespace, spec)
-            continue
-        if existing.spec != spec:
-            raise ConfigError(
-                f"meter {spec.slug!r} in namespace {m.namespace!r} exists with a different definition;"
-                " delete it first (its rollups are rebuilt from the ledger when it is created again)"
-            )
 
 
 def _us(seconds: float) -> int:

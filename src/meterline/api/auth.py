@@ -6,10 +6,10 @@ import time
 
 from starlette.requests import Request
 
-from meterline.auth.keys import ApiKey, Scope
-from meterline.errors import Forbidden, Unauthorized
-from meterline.storage.sqlite.database import Database
-from meterline.storage.sqlite.keys import find_key
+from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.keys import find_key
+from meterline.domain.auth.keys import ApiKey, Scope
+from meterline.domain.errors import Forbidden, Unauthorized
 
 
 class Authenticator:

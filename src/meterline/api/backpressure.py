@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterline.api.incidents import IncidentLog
 from meterline.api.problems import problem_for
-from meterline.errors import OpsCode, Overloaded
+from meterline.domain.errors import OpsCode, Overloaded
 
 EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
 

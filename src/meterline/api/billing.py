@@ -12,16 +12,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from meterline.adapters.sqlite.billing_model import StoredSubscription
 from meterline.api import billing_invoices as inv
 from meterline.api.billing_scheduler import BillingScheduler, settings_from
 from meterline.api.context import Context
 from meterline.api.http import json_body, json_response, optional_body, parse_int, typed_body
 from meterline.api.members import tree_problem
-from meterline.auth.keys import Scope
-from meterline.billing import PlanVersion, Subscription, parse_plan
-from meterline.clock import from_us, rfc3339, to_us
-from meterline.errors import InvalidInput, InvalidPlan
-from meterline.storage.sqlite.billing_model import StoredSubscription
+from meterline.domain.auth.keys import Scope
+from meterline.domain.billing import PlanVersion, Subscription, parse_plan
+from meterline.domain.clock import from_us, rfc3339, to_us
+from meterline.domain.errors import InvalidInput, InvalidPlan
 
 __all__ = ["ROUTES", "BillingScheduler", "settings_from", "start_scheduler"]
 MINUTE_US = 60_000_000

@@ -12,18 +12,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from meterline import csvsafe
+from meterline.adapters.sqlite.billing_model import InvoiceRecord
+from meterline.adapters.sqlite.billing_views import showback
 from meterline.api.context import Context
 from meterline.api.http import parse_time
 from meterline.api.meter_query import run_query
-from meterline.auth.keys import Scope
-from meterline.billing.documents import Invoice, decode_invoice
-from meterline.billing.exports import Status, export_csv
-from meterline.billing.report import ReportRow
-from meterline.clock import from_us, to_us
-from meterline.errors import InvalidInput
-from meterline.storage.sqlite.billing_model import InvoiceRecord
-from meterline.storage.sqlite.billing_views import showback
+from meterline.domain import csvsafe
+from meterline.domain.auth.keys import Scope
+from meterline.domain.billing.documents import Invoice, decode_invoice
+from meterline.domain.billing.exports import Status, export_csv
+from meterline.domain.billing.report import ReportRow
+from meterline.domain.clock import from_us, to_us
+from meterline.domain.errors import InvalidInput
 
 _encode = msgspec.json.Encoder().encode
 

@@ -16,20 +16,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from meterline.adapters.sqlite.billing_model import InvoiceRecord
+from meterline.adapters.sqlite.billing_run import BillingRuns, RunReport
 from meterline.api import billing_exports as exports
 from meterline.api.billing_exports import status_of
 from meterline.api.billing_scheduler import settings_from
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_time, typed_body
-from meterline.auth.keys import Scope
-from meterline.billing.credits import GrantTerms, grant_problems
-from meterline.billing.documents import decode_invoice, timestamp
-from meterline.billing.exports import invoice_csv, invoice_html
-from meterline.billing.money import currency, round_line
-from meterline.clock import from_us, rfc3339, to_us
-from meterline.errors import InvalidInput
-from meterline.storage.sqlite.billing_model import InvoiceRecord
-from meterline.storage.sqlite.billing_run import BillingRuns, RunReport
+from meterline.domain.auth.keys import Scope
+from meterline.domain.billing.credits import GrantTerms, grant_problems
+from meterline.domain.billing.documents import decode_invoice, timestamp
+from meterline.domain.billing.exports import invoice_csv, invoice_html
+from meterline.domain.billing.money import currency, round_line
+from meterline.domain.clock import from_us, rfc3339, to_us
+from meterline.domain.errors import InvalidInput
 
 _encode = msgspec.json.Encoder().encode
 

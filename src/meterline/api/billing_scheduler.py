@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 
-from meterline.background import Ticker
+from meterline.adapters.sqlite.billing import SqliteBilling
+from meterline.adapters.sqlite.billing_model import Settings
+from meterline.adapters.sqlite.billing_run import BillingRuns, RunReport
 from meterline.config import BillingConfig
-from meterline.storage.sqlite.billing import SqliteBilling
-from meterline.storage.sqlite.billing_model import Settings
-from meterline.storage.sqlite.billing_run import BillingRuns, RunReport
+from meterline.runtime.background import Ticker
 
 log = logging.getLogger("meterline.billing")
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.counters import History
 from meterline.api.auth import Authenticator
-from meterline.clock import Clock
 from meterline.config import Config
-from meterline.events.decode import Limits
-from meterline.metrics import Metrics
-from meterline.notify.dispatch import Dispatcher
-from meterline.storage.sqlite.backend import EmbeddedBackend
-from meterline.storage.sqlite.counters import History
+from meterline.domain.clock import Clock
+from meterline.domain.events.decode import Limits
+from meterline.runtime.metrics import Metrics
+from meterline.services.dispatch import Dispatcher
 
 
 @dataclass

@@ -10,13 +10,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from meterline.adapters.sqlite.customers import Saved
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_int, typed_body
-from meterline.auth.keys import Scope
-from meterline.clock import rfc3339
-from meterline.customers.model import CustomerInput, UnknownSubjects
-from meterline.customers.render import customer_body, subject_body
-from meterline.storage.sqlite.customers import Saved
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339
+from meterline.domain.customers.model import CustomerInput, UnknownSubjects
+from meterline.domain.customers.render import customer_body, subject_body
 
 
 class SubjectUpsert(msgspec.Struct, frozen=True, rename="camel"):

@@ -11,20 +11,20 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from meterline.adapters.sqlite.counters import Live
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_bool, parse_time, typed_body
 from meterline.api.meter_query import limits_of, run_query
-from meterline.auth.keys import Scope
-from meterline.clock import rfc3339
-from meterline.customers.model import Customer
-from meterline.entitlements.model import Entitlement, EntitlementInput
-from meterline.entitlements.render import entitlement_body, period_body, value_body
-from meterline.entitlements.value import Value, verdict
-from meterline.errors import InvalidInput, NotFound
-from meterline.meters.query import MeterQuery
-from meterline.meters.windows import WindowSize, zone
-from meterline.periods import Period
-from meterline.storage.sqlite.counters import Live
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339
+from meterline.domain.customers.model import Customer
+from meterline.domain.entitlements.model import Entitlement, EntitlementInput
+from meterline.domain.entitlements.render import entitlement_body, period_body, value_body
+from meterline.domain.entitlements.value import Value, verdict
+from meterline.domain.errors import InvalidInput, NotFound
+from meterline.domain.meters.query import MeterQuery
+from meterline.domain.meters.windows import WindowSize, zone
+from meterline.domain.periods import Period
 
 
 class CheckFeature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

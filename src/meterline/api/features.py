@@ -10,10 +10,10 @@ from starlette.responses import Response
 
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_bool, parse_time, time_text, typed_body
-from meterline.auth.keys import Scope
-from meterline.clock import rfc3339
-from meterline.entitlements.model import FeatureInput, Grant, GrantInput
-from meterline.entitlements.render import feature_body
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339
+from meterline.domain.entitlements.model import FeatureInput, Grant, GrantInput
+from meterline.domain.entitlements.render import feature_body
 
 
 def grant_json(g: Grant) -> dict[str, Any]:

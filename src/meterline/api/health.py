@@ -7,7 +7,7 @@ of them in ``checks``) when
 - METER-005: a background thread is dead, or stuck in one step (``health.stuck_after``).
 - METER-004: an in-memory view of the store (the live counters' index, the alert rules) missed
   a committed change and rebuilding it from the store has failed since
-  (``meterline.storage.sqlite.followups``); it is retried in the background.
+  (``meterline.adapters.sqlite.followups``); it is retried in the background.
 
 It stays **200** ``ready`` and lists ``warnings`` when
 
@@ -34,9 +34,9 @@ from typing import Protocol
 from prometheus_client import Histogram
 
 from meterline.api.backpressure import Admission
-from meterline.background import Monitor, Ticker
 from meterline.config import HealthConfig
-from meterline.errors import OpsCode
+from meterline.domain.errors import OpsCode
+from meterline.runtime.background import Monitor, Ticker
 
 log = logging.getLogger("meterline.health")
 RECENT = 60.0  # seconds: "the last minute" of the warnings above
@@ -125,7 +125,6 @@ class HealthWatch:
         self.warnings = found
         self._log_changes(found + loop_findings(self._monitor))
         return found
-
 
     def _log_changes(self, findings: list[Finding]) -> None:
         now = {f.check: f for f in findings}

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.api.members import member_problem
-from meterline.clock import rfc3339, to_us
-from meterline.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from meterline.nesting import MAX_DEPTH, too_deep
+from meterline.domain.clock import rfc3339, to_us
+from meterline.domain.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from meterline.domain.nesting import MAX_DEPTH, too_deep
 
 _encode = msgspec.json.Encoder(decimal_format="number").encode
 _decode_any = msgspec.json.Decoder(float_hook=Decimal)  # numbers stay exact

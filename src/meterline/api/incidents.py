@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from meterline.errors import OpsCode
+from meterline.domain.errors import OpsCode
 
 log = logging.getLogger("meterline.ops")
 

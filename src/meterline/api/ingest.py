@@ -9,15 +9,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from meterline.adapters.sqlite.ledger import EventFilter
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_int, parse_time, read_body
 from meterline.api.problems import problem
-from meterline.auth.keys import Scope
-from meterline.clock import rfc3339
-from meterline.errors import UnsupportedMediaType
-from meterline.events.decode import decode_events, split_body
-from meterline.events.model import Outcome, Status
-from meterline.storage.sqlite.ledger import EventFilter
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339
+from meterline.domain.errors import UnsupportedMediaType
+from meterline.domain.events.decode import decode_events, split_body
+from meterline.domain.events.model import Outcome, Status
 
 SHAPES = {
     "application/cloudevents+json": "single",

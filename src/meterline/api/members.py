@@ -7,7 +7,7 @@ cannot hold; and a ``datetime`` member takes year 1 or 9999, from which no perio
 computed. :func:`member_problem` walks a body (decoded with exact decimals) alongside the type
 it will be decoded into and reports the first member that breaks these rules:
 
-- a ``Decimal`` member is a quantity (``meterline.decimals.to_quantity``: JSON number grammar
+- a ``Decimal`` member is a quantity (``meterline.domain.decimals.to_quantity``: JSON number grammar
   in strings too, finite, at most 38 digits, exponent within +-30);
 - an ``int`` member fits in 64 bits;
 - a ``datetime`` member with a UTC offset lies in ``[1970-01-01, 9000-01-01)`` UTC.
@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 from msgspec import inspect as mi
 
-from meterline.decimals import NotAQuantity, to_quantity
+from meterline.domain.decimals import NotAQuantity, to_quantity
 
 INT_LIMIT = 2**63
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)

@@ -19,9 +19,9 @@ from starlette.requests import Request
 
 from meterline.api.http import parse_time
 from meterline.config import Config
-from meterline.errors import InvalidInput
-from meterline.meters.query import MeterQuery, QueryLimits
-from meterline.meters.windows import WindowSize, zone
+from meterline.domain.errors import InvalidInput
+from meterline.domain.meters.query import MeterQuery, QueryLimits
+from meterline.domain.meters.windows import WindowSize, zone
 
 MAX_ITEMS = 100
 """Most subjects, groupBy dimensions and filtered dimensions in one query (OpenMeter's limit)."""

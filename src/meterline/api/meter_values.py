@@ -13,11 +13,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from meterline.adapters.sqlite.meter_values import group_values, subjects
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_time
-from meterline.auth.keys import Scope
-from meterline.errors import InvalidInput
-from meterline.storage.sqlite.meter_values import group_values, subjects
+from meterline.domain.auth.keys import Scope
+from meterline.domain.errors import InvalidInput
 
 _DAY_S = 86_400
 

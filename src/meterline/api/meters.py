@@ -11,17 +11,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from meterline import csvsafe
 from meterline.api.context import Context
 from meterline.api.http import json_body, json_response, typed_body
 from meterline.api.members import tree_problem
 from meterline.api.meter_query import QueryBody, limits_of, query_from_body, query_from_params, run_query
-from meterline.auth.keys import Scope
-from meterline.clock import rfc3339
-from meterline.decimals import canonical
-from meterline.errors import InvalidInput
-from meterline.meters.model import Meter, MeterSpec, parse_spec
-from meterline.meters.query import MeterQuery, Row
+from meterline.domain import csvsafe
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339
+from meterline.domain.decimals import canonical
+from meterline.domain.errors import InvalidInput
+from meterline.domain.meters.model import Meter, MeterSpec, parse_spec
+from meterline.domain.meters.query import MeterQuery, Row
 
 
 def meter_json(m: Meter) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from ulid import ULID
 
-from meterline.alerts.rules import Rule, RuleInput
+from meterline.adapters.sqlite.notifications import FiredEvent, insert_event
 from meterline.api.context import Context
 from meterline.api.http import (
     json_response,
@@ -23,13 +23,13 @@ from meterline.api.http import (
     time_text,
     typed_body,
 )
-from meterline.auth.keys import Scope
-from meterline.clock import rfc3339
-from meterline.errors import NotFound
-from meterline.notify.channels import Channel, ChannelInput, masked_url, validate_channel
-from meterline.notify.targets import check_url
-from meterline.redact import MASK
-from meterline.storage.sqlite.notifications import FiredEvent, insert_event
+from meterline.domain.alerts.rules import Rule, RuleInput
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339
+from meterline.domain.errors import NotFound
+from meterline.domain.notify.channels import Channel, ChannelInput, masked_url, validate_channel
+from meterline.domain.notify.targets import check_url
+from meterline.domain.redact import MASK
 
 _encode = msgspec.json.Encoder(decimal_format="number").encode
 

@@ -15,8 +15,8 @@ from starlette.responses import JSONResponse, Response
 from meterline.api.context import Context
 from meterline.api.health import Health
 from meterline.api.problems import problem
-from meterline.billing.money import known_currencies
-from meterline.events.model import Reason
+from meterline.domain.billing.money import known_currencies
+from meterline.domain.events.model import Reason
 
 
 async def healthz(request: Request) -> Response:

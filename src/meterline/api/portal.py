@@ -14,10 +14,10 @@ from meterline.api.context import Context
 from meterline.api.http import json_response, parse_int, typed_body
 from meterline.api.meter_query import limits_of, query_from_params, run_query
 from meterline.api.meters import render
-from meterline.auth.keys import Scope
-from meterline.clock import rfc3339, to_us
-from meterline.errors import Forbidden, InvalidInput, NotFound, PortalTokenInvalid
-from meterline.meters.query import SUBJECT
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339, to_us
+from meterline.domain.errors import Forbidden, InvalidInput, NotFound, PortalTokenInvalid
+from meterline.domain.meters.query import SUBJECT
 
 
 class TokenInput(msgspec.Struct, frozen=True, rename="camel"):

@@ -2,10 +2,10 @@
 
 Body: ``type`` (``urn:meterline:problem:<code>``), ``title``, ``status``, ``detail``,
 ``instance`` (the request path), ``code``, plus error-specific members. Operational failures
-add ``operationalCode`` (``METER-001``...: see ``meterline.errors.OpsCode``); every 503 answer
+add ``operationalCode`` (``METER-001``...: see ``meterline.domain.errors.OpsCode``); every 503 answer
 carries ``Retry-After`` (``server.retry_after`` seconds); every 401 ``WWW-Authenticate``.
 Unexpected exceptions become a 500 ``internal_error`` whose detail never contains the
-exception text. Every text in a problem body passes through :func:`meterline.redact.redact`:
+exception text. Every text in a problem body passes through :func:`meterline.domain.redact.redact`:
 an API key, signing secret or token that a caller put into a path, parameter or body is never
 echoed back.
 """
@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 
-from meterline.errors import MeterlineError, OpsCode
-from meterline.redact import redact, redact_value
+from meterline.domain.errors import MeterlineError, OpsCode
+from meterline.domain.redact import redact, redact_value
 
 log = logging.getLogger("meterline.api")
 PROBLEM = "application/problem+json"

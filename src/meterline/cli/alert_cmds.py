@@ -15,13 +15,13 @@ from typing import Any
 
 import click
 
-from meterline.alerts.rules import RuleInput, RuleType, Threshold, validate_rule
 from meterline.cli.client import Api, with_api
 from meterline.cli.output import json_option, print_json, print_table, text
 from meterline.cli.values import decimal_value, pairs, parse_decimal
-from meterline.errors import InvalidInput
-from meterline.notify.channels import ChannelInput, channel_problems
-from meterline.notify.payloads import summary
+from meterline.domain.alerts.rules import RuleInput, RuleType, Threshold, validate_rule
+from meterline.domain.errors import InvalidInput
+from meterline.domain.notify.channels import ChannelInput, channel_problems
+from meterline.domain.notify.payloads import summary
 
 
 @click.group()

@@ -60,12 +60,12 @@ def run_cmd(
         with Api(url, api_key, timeout_s or _TIMEOUT) as api:
             _print_run(api.post("/api/v1/billing/runs"), as_json)
         return
-    from meterline.api.app import open_backend
+    from meterline.adapters.sqlite.billing_run import BillingRuns
     from meterline.api.billing_invoices import run_json
     from meterline.api.billing_scheduler import settings_from
-    from meterline.clock import SystemClock
+    from meterline.bootstrap import open_backend
     from meterline.config import load_config
-    from meterline.storage.sqlite.billing_run import BillingRuns
+    from meterline.domain.clock import SystemClock
 
     config = load_config(config_path, {"storage": {"data_dir": data_dir}})
     backend = open_backend(config, SystemClock())

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, overload
 import click
 import msgspec
 
-from meterline.errors import MeterlineError
+from meterline.domain.errors import MeterlineError
 
 if TYPE_CHECKING:
     import httpx

@@ -11,7 +11,7 @@ import msgspec
 
 from meterline.cli.client import JSON, Api, RequestFailed, with_api
 from meterline.cli.output import text
-from meterline.errors import InvalidInput
+from meterline.domain.errors import InvalidInput
 
 _decode = msgspec.json.Decoder()
 

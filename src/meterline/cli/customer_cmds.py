@@ -14,7 +14,7 @@ import click
 from meterline.cli.client import Api, with_api
 from meterline.cli.output import json_option, print_fields, print_json, print_table
 from meterline.cli.values import pairs
-from meterline.customers.model import CustomerInput, UnknownSubjects, validate
+from meterline.domain.customers.model import CustomerInput, UnknownSubjects, validate
 
 # -- customers ------------------------------------------------------------------------------
 

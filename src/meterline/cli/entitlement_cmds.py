@@ -17,14 +17,14 @@ import click
 from meterline.cli.client import Api, with_api
 from meterline.cli.output import json_option, period_text, print_fields, print_json, print_table, text
 from meterline.cli.values import decimal_value, instant_value, pairs, parse_decimal
-from meterline.entitlements.model import (
+from meterline.domain.entitlements.model import (
     EntitlementInput,
     FeatureInput,
     UsagePeriodInput,
     validate_entitlement,
     validate_feature,
 )
-from meterline.periods import parse_interval
+from meterline.domain.periods import parse_interval
 
 # -- features -------------------------------------------------------------------------------
 

@@ -7,14 +7,14 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-from meterline.redact import redact, redact_value
+from meterline.domain.redact import redact, redact_value
 
 # attributes every LogRecord has; anything else on a record came from ``extra=``
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 class RedactingFilter(logging.Filter):
-    """Masks API keys, signing secrets and tokens (:func:`meterline.redact.redact`) in a record's
+    """Masks API keys, signing secrets and tokens (:func:`meterline.domain.redact.redact`) in a record's
     message, its ``extra`` fields and its traceback, before any formatter sees them."""
 
     def filter(self, record: logging.LogRecord) -> bool:

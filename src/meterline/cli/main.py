@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from meterline.cli import alert_cmds, billing_cmds, client_cmds, customer_cmds, entitlement_cmds, store_cmds
-from meterline.errors import MeterlineError
+from meterline.domain.errors import MeterlineError
 
 
 class _Group(click.Group):

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from meterline.auth.keys import DEFAULT_NAMESPACE, check_namespace, parse_scopes
-from meterline.clock import SystemClock, rfc3339
+from meterline.domain.auth.keys import DEFAULT_NAMESPACE, check_namespace, parse_scopes
+from meterline.domain.clock import SystemClock, rfc3339
 
 if TYPE_CHECKING:
     import sqlite3
@@ -68,7 +68,7 @@ def serve(config_path: Path | None, data_dir: Path | None, host: str | None, por
 
 
 def _bootstrap_key(config: Config) -> str | None:
-    from meterline.storage.sqlite.keys import count_keys, create_key
+    from meterline.adapters.sqlite.keys import count_keys, create_key
 
     if not config.auth.bootstrap_admin_key:
         return None
@@ -88,8 +88,8 @@ def _bootstrap_key(config: Config) -> str | None:
 
 
 def _open(config: Config) -> sqlite3.Connection:
-    from meterline.storage.sqlite.database import DB_FILE
-    from meterline.storage.sqlite.schema import connect, create_schema
+    from meterline.adapters.sqlite.database import DB_FILE
+    from meterline.adapters.sqlite.schema import connect, create_schema
 
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
     conn = connect(config.storage.data_dir / DB_FILE, fsync=config.storage.fsync)
@@ -111,7 +111,7 @@ def keys_create(
     config_path: Path | None, data_dir: Path | None, scopes: tuple[str, ...], name: str, namespace: str
 ) -> None:
     """Create a key and print it (shown only once)."""
-    from meterline.storage.sqlite.keys import create_key
+    from meterline.adapters.sqlite.keys import create_key
 
     config = _config(config_path, data_dir)
     scope_set = parse_scopes(list(scopes))
@@ -129,7 +129,7 @@ def keys_create(
 @config_options
 def keys_list(config_path: Path | None, data_dir: Path | None) -> None:
     """List keys (ids and prefixes, never secrets)."""
-    from meterline.storage.sqlite.keys import list_keys
+    from meterline.adapters.sqlite.keys import list_keys
 
     conn = _open(_config(config_path, data_dir))
     try:
@@ -145,7 +145,7 @@ def keys_list(config_path: Path | None, data_dir: Path | None) -> None:
 @click.argument("key_id")
 def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) -> None:
     """Revoke a key by id."""
-    from meterline.storage.sqlite.keys import revoke_key
+    from meterline.adapters.sqlite.keys import revoke_key
 
     conn = _open(_config(config_path, data_dir))
     try:
@@ -160,7 +160,7 @@ def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) ->
 @click.option("--check", is_flag=True, help="only compare; change nothing")
 def rebuild_cmd(config_path: Path | None, data_dir: Path | None, check: bool) -> None:
     """Recompute rollups from the ledger; report and replace any difference."""
-    from meterline.storage.sqlite.rebuild import rebuild
+    from meterline.adapters.sqlite.rebuild import rebuild
 
     config = _config(config_path, data_dir)
     conn = _open(config)

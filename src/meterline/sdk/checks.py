@@ -23,8 +23,8 @@ import anyio
 import httpx
 import msgspec
 
-from meterline.clock import Clock
-from meterline.decimals import EXACT
+from meterline.domain.clock import Clock
+from meterline.domain.decimals import EXACT
 from meterline.sdk.config import Feature
 
 log = logging.getLogger("meterline.sdk")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Generic, Literal, TypeVar
 
-from meterline.clock import Clock, SystemClock
-from meterline.errors import ConfigError
+from meterline.domain.clock import Clock, SystemClock
+from meterline.domain.errors import ConfigError
 
 R = TypeVar("R")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ulid import ULID
 
-from meterline.clock import rfc3339
+from meterline.domain.clock import rfc3339
 
 _MS = Decimal("0.001")
 

@@ -24,7 +24,7 @@ from limits.errors import ConfigurationError
 from limits.storage import MovingWindowSupport, Storage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from meterline.errors import ConfigError
+from meterline.domain.errors import ConfigError
 
 log = logging.getLogger("meterline.sdk")
 Headers = list[tuple[str, str]]

@@ -1,0 +1,92 @@
+"""The embedded backend: one SQLite file behind the ledger, meters, dead letters and keys."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from meterline.adapters.sqlite.alerting import AlertEvaluator
+from meterline.adapters.sqlite.billing import SqliteBilling
+from meterline.adapters.sqlite.counters import History, LiveCounters
+from meterline.adapters.sqlite.customers import SqliteCustomers, load_all
+from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.dead_letters import SqliteDeadLetters
+from meterline.adapters.sqlite.dedupe_prune import DedupePruner
+from meterline.adapters.sqlite.entitlements import SqliteEntitlements
+from meterline.adapters.sqlite.followups import FollowUps
+from meterline.adapters.sqlite.ingest import IngestSettings, IngestState
+from meterline.adapters.sqlite.ledger import SqliteLedger
+from meterline.adapters.sqlite.meters import SqliteMeters
+from meterline.adapters.sqlite.notifications import SqliteNotifications
+from meterline.adapters.sqlite.portal import SqlitePortal
+from meterline.domain.clock import Clock
+from meterline.runtime.background import Monitor
+
+
+class EmbeddedBackend:
+    def __init__(
+        self,
+        data_dir: Path,
+        settings: IngestSettings,
+        clock: Clock,
+        *,
+        fsync: str = "full",
+        max_batch: int = 512,
+        max_weight: int = 100_000,
+        max_queue: int = 4096,
+        monitor: Monitor | None = None,
+        baseline_days: int = 7,
+        portal_ttl: timedelta = timedelta(hours=1),
+        portal_max_ttl: timedelta = timedelta(days=1),
+    ) -> None:
+        self.state = IngestState(settings)
+        self.db = Database(
+            data_dir,
+            fsync=fsync,
+            max_batch=max_batch,
+            max_weight=max_weight,
+            max_queue=max_queue,
+            monitor=monitor,
+            on_rollback=self.state.rolled_back,
+            before_commit=self.state.flush_pending,
+            after_commit=self.state.committed,
+        )
+        self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
+        self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
+        self.meters = SqliteMeters(self.db, self.state, clock.now_us)
+        self.dead_letters = SqliteDeadLetters(self.db)
+        self.customers = SqliteCustomers(self.db, self.state, clock.now_us)
+        self.counters = LiveCounters(self.db, self.state, clock, load_all)
+        # Writes of the catalog update in-memory views after their COMMIT; a failure there is
+        # never the caller's answer (the write is stored): the view goes stale and is rebuilt.
+        self.followups = followups = FollowUps(monitor)  # its retry loop is started by the app
+        counters, rebuild_counters = "live counters", self.counters.reload
+        self.entitlements = SqliteEntitlements(
+            self.db,
+            self.customers,
+            self.meters,
+            clock.now_us,
+            followups.guarded(counters, self.counters.reload, rebuild_counters),
+            followups.guarded(counters, self.counters.added, rebuild_counters),
+        )
+        self.customers.changed = followups.guarded(counters, self.counters.reload, rebuild_counters)
+        self.customers.created = followups.guarded(
+            counters, lambda c: self.counters.customer_added(c.namespace, c.key, c.subjects), rebuild_counters
+        )
+        self.counters.stale = lambda: followups.is_stale(counters)
+        self.counters.heal = lambda: followups.heal(counters)
+        self.counters.reload()
+        self.history = History(self.db, self.counters, clock)
+        self.notifications = SqliteNotifications(self.db, clock.now_us)
+        self.portal = SqlitePortal(self.db, clock, default_ttl=portal_ttl, max_ttl=portal_max_ttl)
+        self.alerts = AlertEvaluator(
+            self.db, self.state, self.counters, self.notifications, self.history, clock, baseline_days=baseline_days
+        )
+        self.notifications.changed = followups.guarded("alert rules", self.alerts.reload, self.alerts.reload)
+        self.billing = SqliteBilling(self.db, self.customers, self.meters, clock.now_us)
+
+    def close(self) -> None:
+        self.followups.close()
+        self.dedupe_pruner.close()
+        self.meters.close()
+        self.db.close()

@@ -1,0 +1,165 @@
+"""Pricing against stored data: plan versions, customers and meters of one namespace, cached
+for one billing run, preview or report, and the usage of many windows read in batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import msgspec
+
+from meterline.adapters.sqlite.billing import SqliteBilling
+from meterline.adapters.sqlite.billing_model import Billed
+from meterline.adapters.sqlite.billing_usage import UsageAsk, read_usage
+from meterline.domain.billing import (
+    Adjustment,
+    BillingWindow,
+    InvoiceDraft,
+    PlanVersion,
+    UsageKey,
+    adjust,
+    check_plan,
+    price_period,
+    usage_queries,
+)
+from meterline.domain.billing.documents import InvoiceWindow, usage_entries, usage_map
+from meterline.domain.customers.model import Customer
+from meterline.domain.errors import MeterlineError, NotFound
+from meterline.domain.meters.model import Meter
+from meterline.domain.periods import Period
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One window to price: whose usage, with which plan version, over which (clipped) window."""
+
+    customer_id: str
+    plan: PlanVersion
+    window: BillingWindow
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    draft: InvoiceDraft
+    usage: dict[UsageKey, Decimal]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    code: str
+    detail: str
+
+
+class Pricer:
+    """Prices windows of one namespace; plans, customers and meters are read once and cached."""
+
+    def __init__(self, billing: SqliteBilling, namespace: str) -> None:
+        self._billing = billing
+        self.namespace = namespace
+        self._plans: dict[tuple[str, int], PlanVersion] = {}
+        self.customers: dict[str, Customer] = load_customers(billing.db.reader(), namespace)
+        self._meters: dict[str, Meter] = {m.slug: m for m in billing.meters.list(namespace)}
+
+    def plan(self, plan: str, version: int) -> PlanVersion:
+        key = (plan, version)
+        if key not in self._plans:
+            self._plans[key] = check_plan(self._billing.plan(self.namespace, plan, version))
+        return self._plans[key]
+
+    def customer(self, customer_id: str) -> Customer:
+        if customer_id not in self.customers:
+            raise NotFound(f"customer {customer_id!r} no longer exists", code="customer_not_found")
+        return self.customers[customer_id]
+
+    def price(self, asks: Sequence[Ask], *, allow_unpriced: bool = False) -> list[Priced | Failed]:
+        """Each window priced with the usage read now (a ``Failed`` where that is impossible;
+        usage without a price fails too unless ``allow_unpriced``)."""
+        problems = [self._problem(a) for a in asks]
+        usable = [i for i, problem in enumerate(problems) if problem is None]
+        usages = self.usage([(asks[i].customer_id, asks[i].plan, asks[i].window.window) for i in usable])
+        out: list[Priced | Failed] = [p if p is not None else Failed("", "") for p in problems]
+        for i, usage in zip(usable, usages, strict=True):
+            out[i] = self._priced(asks[i], usage, allow_unpriced)
+        return out
+
+    def usage(self, asks: Sequence[tuple[str, PlanVersion, Period]]) -> list[dict[UsageKey, Decimal]]:
+        """The usage each plan reads, per (customer, plan, window)."""
+        return self.usage_of([(c, w, usage_queries(p)) for c, p, w in asks])
+
+    def usage_of(
+        self, asks: Sequence[tuple[str, Period, tuple[tuple[str, str | None], ...]]]
+    ) -> list[dict[UsageKey, Decimal]]:
+        """Usage of explicit ``(meter, dimension)`` queries per (customer, window)."""
+        usage_asks = [UsageAsk(self.customer(c).subjects, w.start_us, w.end_us, q) for c, w, q in asks]
+        conn = self._billing.db.reader()
+        return read_usage(conn, self._meters, usage_asks, self._billing.now_us())
+
+    def meter_dimensions(self, slug: str) -> tuple[str, ...]:
+        meter = self._meters.get(slug)
+        return () if meter is None else tuple(meter.spec.group_by)
+
+    def _priced(self, ask: Ask, usage: dict[UsageKey, Decimal], allow_unpriced: bool) -> Priced | Failed:
+        draft = price_period(ask.plan, ask.window.window, usage, period=ask.window.period, validated=True)
+        if draft.unpriced and not allow_unpriced:
+            return Failed("unpriced_usage", "usage without a price: " + ", ".join(draft.unpriced))
+        return Priced(draft, usage)
+
+    def _problem(self, ask: Ask) -> Failed | None:
+        if ask.customer_id not in self.customers:
+            return Failed("customer_not_found", f"customer {ask.customer_id!r} no longer exists")
+        missing = [m for m, _ in usage_queries(ask.plan) if m not in self._meters]
+        if missing:
+            return Failed("meter_not_found", f"plan meters that do not exist: {', '.join(sorted(set(missing)))}")
+        return None
+
+    def adjustments(self, billed: Sequence[Billed]) -> list[tuple[Adjustment, Billed, str]]:
+        """For every billed window whose usage changed since, the adjustment and its currency."""
+        try:
+            plans = [self.plan(b.window.plan, b.window.version) for b in billed]
+        except MeterlineError:
+            return []
+        ok = [
+            (b, p) for b, p in zip(billed, plans, strict=True) if self._problem(Ask(b.customer_id, p, _bw(b))) is None
+        ]
+        usages = self.usage([(b.customer_id, p, b.window.window) for b, p in ok])
+        out = []
+        for (b, plan), current in zip(ok, usages, strict=True):
+            invoiced = usage_map(b.window.usage)
+            if current == invoiced:
+                continue
+            adj = adjust(
+                plan, b.window.window, invoiced, current, invoice_number=b.origin_number, period=b.window.period
+            )
+            if adj.lines:
+                now = dataclasses.replace(b, current=_with_usage(b.window, current))
+                out.append((adj, now, plan.currency))
+        return out
+
+
+def load_customers(conn: sqlite3.Connection, namespace: str) -> dict[str, Customer]:
+    """Every live customer of ``namespace`` with its subjects, in two queries."""
+    subjects: dict[str, list[str]] = {}
+    for subject, cid in conn.execute(
+        "SELECT subject, customer FROM customer_subjects WHERE namespace = ? ORDER BY subject", (namespace,)
+    ):
+        subjects.setdefault(cid, []).append(subject)
+    rows = conn.execute(
+        "SELECT id, key, name, timezone, created_us, updated_us FROM customers"
+        " WHERE namespace = ? AND deleted_us IS NULL",
+        (namespace,),
+    )
+    return {
+        cid: Customer(cid, namespace, key, name, tuple(subjects.get(cid, ())), tz, None, created, updated)
+        for cid, key, name, tz, created, updated in rows
+    }
+
+
+def _bw(b: Billed) -> BillingWindow:
+    return BillingWindow(b.window.period, b.window.window)
+
+
+def _with_usage(window: InvoiceWindow, usage: dict[UsageKey, Decimal]) -> InvoiceWindow:
+    return msgspec.structs.replace(window, usage=usage_entries(usage))

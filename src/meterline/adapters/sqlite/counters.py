@@ -1,0 +1,363 @@
+"""Live entitlement counters, kept in step with ingest on the writer thread.
+
+Each metered entitlement has a counter: its usage in the current period. Guarantees:
+
+1. A counter moves only with committed usage. Readings of a transaction are folded into
+   per-entitlement deltas while it runs and published in ``after_commit`` (before any
+   request of the transaction hears "done", so a caller reads its own writes); a rolled back
+   transaction's deltas are dropped.
+2. A counter starts from the rollups. When a counter has no period yet, or its period ended,
+   it is *rolled*: in ``before_commit`` (after the transaction's rollup deltas were upserted,
+   outside every task's savepoint) its usage for the current period is read from the rollups
+   on the writer's connection, which then hold every earlier event, including late ones and
+   ones time-stamped ahead into the new period. The transaction's deltas for it are dropped
+   (the read includes them).
+3. Readings count only if their event time lies in the counter's current period: late events
+   inside it move it; events for a closed period never reopen it.
+
+Reads (``value``/``check``) are lock-free dictionary lookups; a stale counter is rolled by a
+writer task first.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import cast
+
+import msgspec
+
+from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.entitlements import load_live
+from meterline.adapters.sqlite.ingest import IngestState, ReadingListener, live_meters
+from meterline.adapters.sqlite.meters import query_rows
+from meterline.domain.clock import Clock, from_us
+from meterline.domain.customers.model import Customer
+from meterline.domain.decimals import EXACT
+from meterline.domain.entitlements.model import Entitlement, Feature, FeatureInput, Grant
+from meterline.domain.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
+from meterline.domain.errors import InvalidInput, StorageUnavailable
+from meterline.domain.meters.evaluate import CompiledMeter, Reading
+from meterline.domain.meters.model import Aggregation, Meter
+from meterline.domain.meters.query import MeterQuery
+from meterline.domain.periods import Period, Recurrence, recurrence
+
+ONE = Decimal(1)
+_feature = msgspec.json.Decoder(FeatureInput)
+_ACCESS = Value(True)
+_NO_ACCESS = Value(False)
+log = logging.getLogger("meterline.counters")
+State = tuple[Period | None, int, int, Decimal]
+
+
+def _state(period: Period, usage: Decimal) -> State:
+    return (period, period.start_us, period.end_us, usage)
+
+
+@dataclass(slots=True)
+class Live:
+    """One metered entitlement's counter and what it needs to count."""
+
+    ent: Entitlement
+    customer: Customer
+    feature: Feature
+    meter: Meter
+    subjects: tuple[str, ...]
+    filters: tuple[tuple[int, str], ...]
+    recurrence: Recurrence
+    grants: list[Grant]
+    state: State = (None, 0, 0, ZERO)
+    """(period, start_us, end_us, usage), replaced as a whole so readers see one snapshot."""
+
+    def signature(self) -> tuple[object, ...]:
+        return (self.meter.key, self.subjects, self.filters, self.ent.anchor_us, self.ent.last_reset_us)
+
+    def period_at(self, t_us: int) -> Period:
+        p = self.recurrence.period_at_us(t_us)
+        if p.start_us < self.ent.last_reset_us < p.end_us:
+            return Period(from_us(self.ent.last_reset_us).astimezone(p.start.tzinfo), p.end)
+        return p
+
+    def current(self, now_us: int) -> bool:
+        period, start, end, _ = self.state
+        return period is not None and start <= now_us < end
+
+
+@dataclass(slots=True)
+class Index:
+    by_key: dict[tuple[str, str, str], tuple[Entitlement, Live | None]] = field(default_factory=dict)
+    by_reading: dict[tuple[int, str], list[Live]] = field(default_factory=dict)
+    live: dict[str, Live] = field(default_factory=dict)
+    customers: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, subject or key) -> key
+
+
+Change = Callable[[sqlite3.Connection, list[tuple["Live", Decimal, State]], int], None]
+"""Called once per transaction in ``before_commit`` with every counter that moved:
+(entitlement, usage before, new state incl. usage after), and the clock's now."""
+
+
+class LiveCounters(ReadingListener):
+    def __init__(
+        self,
+        db: Database,
+        state: IngestState,
+        clock: Clock,
+        customers: Callable[[sqlite3.Connection, str | None], list[Customer]],
+    ) -> None:
+        self._db = db
+        self._state = state
+        self._clock = clock
+        self._load_customers = customers
+        self.index = Index()
+        self.on_change: list[Change] = []
+        self._deltas: dict[str, Decimal] = {}
+        self._rolls: dict[str, State] = {}
+        self._next: dict[str, State] = {}
+        self._touched: set[str] = set()
+        self.stale: Callable[[], bool] = lambda: False
+        """Whether the index missed a committed change (set by the backend's follow-ups)."""
+        self.heal: Callable[[], bool] = lambda: True
+        """Rebuild a stale index from the store; True when it is current again."""
+        state.listeners.append(self)
+
+    # -- writer side ------------------------------------------------------------------------
+
+    def add_many(self, readings: Sequence[tuple[CompiledMeter, Reading, str, int, int]]) -> None:
+        by_reading, rolls, touched, deltas = self.index.by_reading, self._rolls, self._touched, self._deltas
+        if not by_reading:
+            return
+        add = EXACT.add
+        for meter, reading, subject, time_us, _ in readings:
+            lives = by_reading.get((reading.meter_id, subject))
+            if lives is None:
+                continue
+            value = ONE if meter.aggregation is Aggregation.COUNT else cast(Decimal, reading.value)
+            for live in lives:
+                if live.filters and any(reading.groups[i] != v for i, v in live.filters):
+                    continue
+                eid = live.ent.id
+                touched.add(eid)
+                period, start, end, _ = (rolls.get(eid) if rolls else None) or live.state
+                if period is not None and start <= time_us < end:  # else: counted by the roll, or not this period
+                    deltas[eid] = add(deltas[eid], value) if eid in deltas else value
+
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        now = self._clock.now_us()
+        changes: list[tuple[Live, Decimal, State]] = []
+        index_live, rolls, deltas, nxt = self.index.live, self._rolls, self._deltas, self._next
+        for eid in self._touched:
+            live = index_live.get(eid)
+            if live is None:
+                continue
+            old = live.state
+            if eid not in rolls and not (old[0] is not None and old[1] <= now < old[2]):
+                fresh = live.period_at(now)
+                rolls[eid] = _state(fresh, self._read(conn, live, fresh, now))
+                deltas.pop(eid, None)
+            period, start, end, base = rolls.get(eid) or old
+            if period is None:
+                continue
+            delta = deltas.get(eid)
+            new = base if delta is None else EXACT.add(base, delta)
+            state = (period, start, end, new)
+            nxt[eid] = state
+            before = old[3] if old[0] is not None and old[1] == start and old[2] == end else ZERO
+            if new != before:
+                changes.append((live, before, state))
+        if changes:
+            for hook in self.on_change:
+                hook(conn, changes, now)
+
+    def after_commit(self) -> None:
+        live = self.index.live
+        for eid, state in self._next.items():
+            entry = live.get(eid)
+            if entry is not None:
+                entry.state = state
+        self.rolled_back()
+
+    def rolled_back(self) -> None:
+        self._next.clear()
+        self._deltas.clear()
+        self._rolls.clear()
+        self._touched.clear()
+
+    def _read(self, conn: sqlite3.Connection, live: Live, period: Period, now_us: int) -> Decimal:
+        dims = tuple(sorted(live.meter.spec.group_by))
+        filters = tuple((dims[i], (v,), False) for i, v in live.filters)
+        query = MeterQuery(
+            period.start_us // 1_000_000, period.end_us // 1_000_000, subjects=live.subjects, filters=filters
+        )
+        return sum((row.value for row in query_rows(conn, live.meter, query, now_us)), ZERO)
+
+    def reload(self) -> None:
+        """Rebuild the index from the committed catalog (a writer task; waits for it). The
+        server's own follow-up work: never refused by the write queue's bound."""
+        self._db.writer.call(self._reload, bounded=False)
+
+    def touch(self, entitlement_id: str) -> None:
+        """Roll a stale counter now (a writer task; waits for it)."""
+        self._db.writer.call(lambda conn: self._touched.add(entitlement_id))
+
+    def _reload(self, conn: sqlite3.Connection) -> None:
+        old, now = self.index.live, self._clock.now_us()
+        meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
+        customers = {c.id: c for c in self._load_customers(conn, None)}
+        ents, grants = load_live(conn)
+        features = _features(conn)
+        index = Index()
+        for c in customers.values():
+            index.customers[(c.namespace, c.key)] = c.key
+            for s in c.subjects:
+                index.customers.setdefault((c.namespace, s), c.key)
+        for ent in ents:
+            customer = customers.get(ent.customer_id)
+            if customer is None:
+                continue
+            live = _live(ent, customer, features.get(ent.feature_id), meters, grants.get(ent.id, []), now)
+            index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
+            if live is None:
+                continue
+            previous = old.get(ent.id)
+            if previous is not None and previous.signature() == live.signature():
+                live.state = previous.state
+            else:
+                self._touched.add(ent.id)
+            index.live[ent.id] = live
+            for s in live.subjects:
+                index.by_reading.setdefault((live.meter.key, s), []).append(live)
+        self.index = index
+
+    def added(self, ent: Entitlement) -> None:
+        """Index one new entitlement without rebuilding the rest (a writer task; waits)."""
+        self._db.writer.call(lambda conn: self._add(conn, ent), bounded=False)
+
+    def _add(self, conn: sqlite3.Connection, ent: Entitlement) -> None:
+        customer = next((c for c in self._load_customers(conn, ent.customer_id)), None)
+        if customer is None:
+            return
+        meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
+        live = _live(
+            ent, customer, _features(conn, ent.feature_id).get(ent.feature_id), meters, [], self._clock.now_us()
+        )
+        index = self.index
+        index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
+        if live is not None:
+            index.live[ent.id] = live
+            for s in live.subjects:
+                index.by_reading.setdefault((live.meter.key, s), []).append(live)
+            self._touched.add(ent.id)
+
+    def customer_added(self, namespace: str, key: str, subjects: tuple[str, ...]) -> None:
+        """A new customer (no entitlements yet): only the key/subject lookup changes."""
+        customers = self.index.customers
+        customers[(namespace, key)] = key
+        for s in subjects:
+            customers.setdefault((namespace, s), key)
+
+    # -- read side --------------------------------------------------------------------------
+
+    def customer_key(self, namespace: str, key_or_subject: str) -> str | None:
+        return self.index.customers.get((namespace, key_or_subject))
+
+    def value(
+        self, namespace: str, customer_key: str, feature_key: str, *, project: bool = True
+    ) -> tuple[Entitlement | None, Value | None]:
+        if self.stale() and not self.heal():
+            raise StorageUnavailable(
+                "The live counters lag behind the store and cannot be rebuilt from it now; retry shortly"
+            )
+        entry = self.index.by_key.get((namespace, customer_key, feature_key))
+        if entry is None:
+            return None, None
+        ent, live = entry
+        if live is None:  # boolean, static, or metered on a meter that no longer exists
+            if ent.spec.type == "static":
+                return ent, Value(True, config=ent.spec.config)
+            return ent, _ACCESS if ent.spec.type == "boolean" else _NO_ACCESS
+        now = self._clock.now_us()
+        period, start, end, usage = live.state
+        if period is None or not start <= now < end:
+            self.touch(ent.id)
+            period, _, _, usage = live.state
+            assert period is not None
+        grants = grant_total(live.grants, period, now) if live.grants else ZERO
+        return ent, metered_value(ent, usage, grants, period, now, project=project)
+
+    def check(self, namespace: str, customer_key: str, feature_key: str, quantity: Decimal) -> Verdict:
+        ent, value = self.value(namespace, customer_key, feature_key, project=False)
+        return verdict(ent, value, quantity)
+
+
+def _live(
+    ent: Entitlement,
+    customer: Customer,
+    feature: Feature | None,
+    meters: dict[tuple[str, str], Meter],
+    grants: list[Grant],
+    now_us: int,
+) -> Live | None:
+    if ent.spec.type != "metered" or feature is None or feature.spec.meter_slug is None:
+        return None
+    meter = meters.get((ent.namespace, feature.spec.meter_slug))
+    if meter is None or ent.spec.usage_period is None:
+        return None
+    dims = tuple(sorted(meter.spec.group_by))
+    wanted = sorted((feature.spec.meter_group_by_filters or {}).items())
+    filters = tuple((dims.index(d), v) for d, v in wanted if d in dims)
+    try:
+        rec = recurrence(ent.spec.usage_period.interval, from_us(ent.anchor_us), customer.timezone)
+        for t_us in (ent.anchor_us, now_us):
+            rec.period_at_us(t_us)
+    except (InvalidInput, OverflowError, ValueError):
+        # Fail closed, alone: a stored entitlement whose periods fall outside the date range
+        # (written before anchors were bounded) answers "no access"; it never stops start-up
+        # or the writes of everyone else.
+        log.error("entitlement periods out of range; it has no counter", extra={"entitlement": ent.id})
+        return None
+    return Live(ent, customer, feature, meter, customer.subjects, filters, rec, grants)
+
+
+def _features(conn: sqlite3.Connection, only: str | None = None) -> dict[str, Feature]:
+    rows = conn.execute(
+        "SELECT id, namespace, spec, created_us, archived_us FROM features WHERE ? IS NULL OR id = ?", (only, only)
+    )
+    return {i: Feature(i, ns, _feature.decode(spec), c, a) for i, ns, spec, c, a in rows}
+
+
+class History:
+    """Usage of a metered entitlement at past times, read from the rollups (not the counters)."""
+
+    def __init__(self, db: Database, counters: LiveCounters, clock: Clock) -> None:
+        self._db = db
+        self._counters = counters
+        self._clock = clock
+
+    def live(self, entitlement_id: str) -> Live | None:
+        return self._counters.index.live.get(entitlement_id)
+
+    def value_at(self, live: Live, t_us: int) -> Value:
+        """The value as of ``t_us``: usage from its period's start through the minute holding ``t_us``."""
+        period = live.period_at(t_us)
+        end = min(period.end_us, t_us - t_us % 60_000_000 + 60_000_000)
+        usage = self.usage(live, period.start_us, end)
+        return metered_value(live.ent, usage, grant_total(live.grants, period, t_us), period, t_us)
+
+    def usage(self, live: Live, start_us: int, end_us: int) -> Decimal:
+        if end_us <= start_us:
+            return ZERO
+        span = Period(from_us(start_us), from_us(end_us))
+        return self._counters._read(self._db.reader(), live, span, self._clock.now_us())
+
+    def windows(self, live: Live, query: MeterQuery) -> list[tuple[int, int, Decimal]]:
+        """Usage per window of ``query`` (its subjects and filters are the entitlement's)."""
+        dims = tuple(sorted(live.meter.spec.group_by))
+        filters = tuple((dims[i], (v,), False) for i, v in live.filters)
+        q = MeterQuery(
+            query.start, query.end, query.window_size, query.tz, live.subjects, (), filters, limits=query.limits
+        )
+        rows = query_rows(self._db.reader(), live.meter, q, self._clock.now_us())
+        return [(r.window_start, r.window_end, r.value) for r in rows]

@@ -1,0 +1,252 @@
+"""Customers, their subject keys, the unknown-subject policy and the quarantine.
+
+Every write is one writer task, so a customer, its subject claims and the release of its
+quarantined events commit together: a released event is in the ledger and its rollups, or
+still in quarantine, never both and never neither.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sqlite3
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from ulid import ULID
+
+from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.ingest import Appender, IngestState
+from meterline.adapters.sqlite.replay import event_data
+from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, validate
+from meterline.domain.errors import Conflict, NotFound
+from meterline.domain.events.model import Event
+
+T = TypeVar("T")
+_COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us"
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    customer: Customer
+    released: int
+    released_rejected: int
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    id: int
+    source: str
+    event_id: str
+    type: str
+    subject: str
+    time_us: int
+    received_us: int
+    raw: bytes
+
+
+class SqliteCustomers:
+    def __init__(self, db: Database, state: IngestState, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._state = state
+        self._now_us = now_us
+        self.changed: Callable[[], None] = lambda: None
+        """Called after every committed change (the live counters reload their index)."""
+        self.created: Callable[[Customer], None] = lambda customer: None
+        """Called after a new customer committed."""
+
+    def _write(self, task: Callable[[sqlite3.Connection], T]) -> T:
+        result = self._db.writer.call(task)
+        self.changed()
+        return result
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def create(self, namespace: str, inp: CustomerInput) -> Saved:
+        validate(inp)
+        saved = self._db.writer.call(lambda conn: self._save(conn, namespace, inp, None))
+        self.created(saved.customer)  # a new customer has no entitlements: no full reload needed
+        return saved
+
+    def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
+        """Replace a customer's name, zone, metadata and subjects (the key stays)."""
+        validate(inp)
+        if inp.key != key:
+            raise Conflict(f"the body's key {inp.key!r} differs from the path's {key!r}", code="key_mismatch")
+        return self._write(lambda conn: self._save(conn, namespace, inp, self._get(conn, namespace, key)))
+
+    def upsert(self, namespace: str, inp: CustomerInput) -> Saved:
+        return self.upsert_many(namespace, [inp])[0]
+
+    def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> list[Saved]:
+        """Create or update customers by key (OpenMeter's subject upsert): every one is
+        validated first, then all commit in one transaction, or none does."""
+        for inp in inputs:
+            validate(inp)
+        return self._write(lambda conn: [self._upsert(conn, namespace, inp) for inp in inputs])
+
+    def _upsert(self, conn: sqlite3.Connection, namespace: str, inp: CustomerInput) -> Saved:
+        try:
+            existing = self._get(conn, namespace, inp.key)
+        except NotFound:
+            return self._save(conn, namespace, inp, None)
+        merged = CustomerInput(
+            inp.key, inp.name, list(existing.subjects), existing.timezone, inp.metadata or existing.metadata
+        )
+        return self._save(conn, namespace, merged, existing)
+
+    def delete(self, namespace: str, key: str) -> None:
+        def task(conn: sqlite3.Connection) -> None:
+            customer = self._get(conn, namespace, key)
+            conn.execute("UPDATE customers SET deleted_us = ? WHERE id = ?", (self._now_us(), customer.id))
+            conn.execute("DELETE FROM customer_subjects WHERE customer = ?", (customer.id,))
+            self._state.invalidate()
+
+        self._write(task)
+
+    def set_policy(self, namespace: str, policy: UnknownSubjects) -> None:
+        def task(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO namespace_settings VALUES (?, ?)", (namespace, policy.value))
+            self._state.invalidate()
+
+        self._db.writer.call(task)
+
+    def _save(self, conn: sqlite3.Connection, namespace: str, inp: CustomerInput, old: Customer | None) -> Saved:
+        now = self._now_us()
+        subjects = inp.subjects()
+        self._check_claims(conn, namespace, subjects, None if old is None else old.id)
+        meta = None if inp.metadata is None else msgspec.json.encode(inp.metadata)
+        if old is None:
+            cid = str(ULID())
+            try:
+                conn.execute(
+                    f"INSERT INTO customers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+                    (cid, namespace, inp.key, inp.name, inp.timezone, meta, now, now),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"customer {inp.key!r} already exists", code="customer_exists") from None
+            created = now
+        else:
+            cid, created = old.id, old.created_us
+            conn.execute(
+                "UPDATE customers SET name = ?, timezone = ?, metadata = ?, updated_us = ? WHERE id = ?",
+                (inp.name, inp.timezone, meta, now, cid),
+            )
+            conn.execute("DELETE FROM customer_subjects WHERE customer = ?", (cid,))
+        conn.executemany("INSERT INTO customer_subjects VALUES (?,?,?)", [(namespace, s, cid) for s in subjects])
+        owned = self._state.customer_subjects.setdefault(namespace, set())  # rollback invalidates the state
+        owned.difference_update(() if old is None else old.subjects)
+        owned.update(subjects)
+        accepted, rejected = self._release(conn, namespace, subjects)
+        customer = Customer(cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now)
+        return Saved(customer, accepted, rejected)
+
+    def _check_claims(self, conn: sqlite3.Connection, namespace: str, subjects: Sequence[str], own: str | None) -> None:
+        for subject in subjects:
+            row = conn.execute(
+                "SELECT c.key FROM customer_subjects s JOIN customers c ON c.id = s.customer"
+                " WHERE s.namespace = ? AND s.subject = ? AND s.customer IS NOT ?",
+                (namespace, subject, own),
+            ).fetchone()
+            if row is not None:
+                raise Conflict(f"subject {subject!r} already belongs to customer {row[0]!r}", code="subject_claimed")
+
+    def _release(self, conn: sqlite3.Connection, namespace: str, subjects: Sequence[str]) -> tuple[int, int]:
+        """Move the subjects' quarantined events into the ledger, in arrival order."""
+        marks = ",".join("?" * len(subjects))
+        rows = conn.execute(
+            "SELECT id, source, event_id, type, subject, time_us, digest, raw FROM quarantine"
+            f" WHERE namespace = ? AND subject IN ({marks}) ORDER BY id",
+            (namespace, *subjects),
+        ).fetchall()
+        if not rows:
+            return 0, 0
+        conn.executemany("DELETE FROM quarantine WHERE id = ?", [(r[0],) for r in rows])
+        events = [
+            Event(namespace, source, id_, type_, subject, time_us, event_data(raw), raw, digest)
+            for _, source, id_, type_, subject, time_us, digest, raw in rows
+        ]
+        return Appender(self._state, conn, self._now_us()).release(events)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, namespace: str, key_or_id: str) -> Customer:
+        return self._get(self._db.reader(), namespace, key_or_id)
+
+    def list(self, namespace: str) -> builtins.list[Customer]:
+        conn = self._db.reader()
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM customers WHERE namespace = ? AND deleted_us IS NULL ORDER BY key", (namespace,)
+        ).fetchall()
+        return [self._customer(conn, row) for row in rows]
+
+    def by_subject(self, namespace: str, subject: str) -> Customer | None:
+        conn = self._db.reader()
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM customers WHERE id ="
+            " (SELECT customer FROM customer_subjects WHERE namespace = ? AND subject = ?)",
+            (namespace, subject),
+        ).fetchone()
+        return None if row is None else self._customer(conn, row)
+
+    def policy(self, namespace: str) -> UnknownSubjects:
+        row = (
+            self._db.reader()
+            .execute("SELECT unknown_subjects FROM namespace_settings WHERE namespace = ?", (namespace,))
+            .fetchone()
+        )
+        return self._state.settings.unknown_subjects if row is None else UnknownSubjects(row[0])
+
+    def quarantined(
+        self, namespace: str, subject: str | None, *, limit: int, after_id: int
+    ) -> builtins.list[Quarantined]:
+        rows = self._db.reader().execute(
+            "SELECT id, source, event_id, type, subject, time_us, received_us, raw FROM quarantine"
+            " WHERE namespace = ? AND (? IS NULL OR subject = ?) AND id > ? ORDER BY id LIMIT ?",
+            (namespace, subject, subject, after_id, limit),
+        )
+        return [Quarantined(*row) for row in rows]
+
+    def quarantine_size(self) -> int:
+        return int(self._db.reader().execute("SELECT count(*) FROM quarantine").fetchone()[0])
+
+    def _get(self, conn: sqlite3.Connection, namespace: str, key_or_id: str) -> Customer:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM customers WHERE namespace = ? AND deleted_us IS NULL AND (key = ? OR id = ?)",
+            (namespace, key_or_id, key_or_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no customer {key_or_id!r}", code="customer_not_found")
+        return self._customer(conn, row)
+
+    def _customer(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> Customer:
+        return _customer(conn, row)
+
+
+def load_all(conn: sqlite3.Connection, only: str | None = None) -> builtins.list[Customer]:
+    """Every live customer of every namespace, or the one with id ``only`` (for the live
+    counters' index), in two queries."""
+    subjects: dict[str, builtins.list[str]] = {}
+    for cid, subject in conn.execute(
+        "SELECT customer, subject FROM customer_subjects WHERE ? IS NULL OR customer = ? ORDER BY customer, subject",
+        (only, only),
+    ):
+        subjects.setdefault(cid, []).append(subject)
+    out = []
+    for row in conn.execute(
+        f"SELECT {_COLUMNS} FROM customers WHERE deleted_us IS NULL AND (? IS NULL OR id = ?)", (only, only)
+    ):
+        cid, namespace, key, name, tz, meta, created, updated = row
+        metadata = None if meta is None else msgspec.json.decode(meta)
+        out.append(Customer(cid, namespace, key, name, tuple(subjects.get(cid, ())), tz, metadata, created, updated))
+    return out
+
+
+def _customer(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Customer:
+    cid, namespace, key, name, tz, meta, created, updated = row
+    subjects = tuple(
+        s for (s,) in conn.execute("SELECT subject FROM customer_subjects WHERE customer = ? ORDER BY subject", (cid,))
+    )
+    metadata = None if meta is None else msgspec.json.decode(meta)
+    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated)

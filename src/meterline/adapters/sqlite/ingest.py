@@ -1,0 +1,307 @@
+"""The ingest transaction: dedupe, meter evaluation, ledger append and rollup deltas, together.
+
+Runs only on the writer thread, inside the writer's transaction. Per batch:
+
+1. look up every idempotency key of the batch in one query (plus keys seen earlier in this
+   same transaction);
+2. per event, in request order: a known key is a *duplicate* (flagged as a conflict when the
+   payload digest differs; the first payload wins); otherwise every live meter for the event's
+   type reads it — an unreadable value or a group-by over its cardinality cap rejects the
+   event as a whole, so an event is never counted by some meters and not others;
+3. accepted events get the next ledger sequence numbers and are appended with their dedupe
+   keys; rejected ones go to the dead-letter table with the raw event and the reason;
+4. once those writes succeeded, the readings are folded into the transaction's pending rollup
+   deltas, which the writer upserts once, just before COMMIT, for all requests of the
+   transaction together (concurrent requests for the same customer and minute cost one upsert).
+
+All of it commits or rolls back as one, so the ledger, the dedupe keys and the rollups never
+disagree. ``IngestState`` caches meters and group values; any rollback marks it stale and it
+reloads from the database inside the next transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import msgspec
+
+from meterline.adapters.sqlite.replay import admit_groups
+from meterline.adapters.sqlite.rollups import Deltas
+from meterline.domain.customers.model import UnknownSubjects
+from meterline.domain.events.model import Candidate, Event, Outcome, Reason, Rejection, Status
+from meterline.domain.meters.evaluate import CompiledMeter, Reading
+from meterline.domain.meters.model import Meter, MeterSpec
+
+_spec = msgspec.json.Decoder(MeterSpec)
+DEDUPE_FLOOR_KEY = "dedupe_floor_us"  # in ``meta``: see adapters.sqlite.dedupe_prune
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    dedupe_window_us: int | None
+    max_group_cardinality: int
+    unknown_subjects: UnknownSubjects = UnknownSubjects.ACCEPT
+
+
+class ReadingListener:
+    """Sees every reading that joins a transaction, and the transaction's end. The live
+    entitlement counters and alert rules listen here (see ``adapters.sqlite.counters``)."""
+
+    def add_many(self, readings: Sequence[tuple[CompiledMeter, Reading, str, int, int]]) -> None:
+        """One request's readings: (meter, reading, subject, event time, ledger seq)."""
+
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        """Last writes of the transaction (after the rollup deltas were upserted)."""
+
+    def after_commit(self) -> None:
+        """The transaction is durable: publish its effects in memory."""
+
+    def rolled_back(self) -> None:
+        """The whole transaction is gone: forget its effects."""
+
+
+class IngestState:
+    """Writer-thread caches: live meters by (namespace, type), group values, subjects, next seq."""
+
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.stale = True
+        self.meters: dict[tuple[str, str], list[CompiledMeter]] = {}
+        self.group_values: dict[tuple[int, str], set[str]] = {}
+        self.subjects: dict[int, set[str]] = {}
+        self.next_seq = 1
+        self.pending = Deltas()
+        self.customer_subjects: dict[str, set[str]] = {}
+        self.policies: dict[str, UnknownSubjects] = {}
+        self.listeners: list[ReadingListener] = []
+        self.dedupe_floor_us = 0  # keys received before it are expired (see adapters.sqlite.dedupe_prune)
+
+    def invalidate(self) -> None:
+        """Reload the caches from the database before their next use."""
+        self.stale = True
+
+    def rolled_back(self, whole_transaction: bool) -> None:
+        """The writer rolled back one task (its readings never reached ``pending``) or the
+        whole transaction (then ``pending`` holds deltas of work that no longer exists)."""
+        self.invalidate()
+        if whole_transaction:
+            self.pending = Deltas()
+            for listener in self.listeners:
+                listener.rolled_back()
+
+    def flush_pending(self, conn: sqlite3.Connection) -> None:
+        """Upsert the transaction's folded rollup deltas (the writer's before-commit hook)."""
+        self.pending.flush(conn)
+        for listener in self.listeners:
+            listener.before_commit(conn)
+
+    def committed(self) -> None:
+        for listener in self.listeners:
+            listener.after_commit()
+
+    def policy(self, namespace: str) -> UnknownSubjects:
+        return self.policies.get(namespace, self.settings.unknown_subjects)
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        if not self.stale:
+            return
+        self.meters = {}
+        for meter in live_meters(conn):
+            self.meters.setdefault((meter.namespace, meter.spec.event_type), []).append(CompiledMeter(meter))
+        self.group_values = {}
+        for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
+            self.group_values.setdefault((key, dim), set()).add(value)
+        self.subjects = {}
+        for key, subject in conn.execute("SELECT meter, subject FROM meter_subjects"):
+            self.subjects.setdefault(key, set()).add(subject)
+        self.next_seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        self.customer_subjects = {}
+        for namespace, subject in conn.execute("SELECT namespace, subject FROM customer_subjects"):
+            self.customer_subjects.setdefault(namespace, set()).add(subject)
+        self.policies = {ns: UnknownSubjects(p) for ns, p in conn.execute("SELECT * FROM namespace_settings")}
+        floor = conn.execute("SELECT value FROM meta WHERE key = ?", (DEDUPE_FLOOR_KEY,)).fetchone()
+        self.dedupe_floor_us = 0 if floor is None else int(floor[0])
+        self.stale = False
+
+
+def live_meters(conn: sqlite3.Connection) -> list[Meter]:
+    rows = conn.execute("SELECT key, id, namespace, spec, created_us FROM meters WHERE deleted_us IS NULL ORDER BY key")
+    return [Meter(key, id_, ns, _spec.decode(spec), created) for key, id_, ns, spec, created in rows]
+
+
+class Appender:
+    """Applies one request's candidates. One instance per request, used once."""
+
+    def __init__(self, state: IngestState, conn: sqlite3.Connection, now_us: int) -> None:
+        state.load(conn)
+        self.state = state
+        self.conn = conn
+        self.now_us = now_us
+        self.readings: list[tuple[CompiledMeter, Reading, str, int, int]] = []
+        self.events: list[tuple[object, ...]] = []
+        self.keys: list[tuple[object, ...]] = []
+        self.dead: list[tuple[object, ...]] = []
+        self.new_groups: list[tuple[int, str, str]] = []
+        self.new_subjects: list[tuple[int, str]] = []
+        self.quarantined = 0
+        self.namespace = ""
+        self.policy = UnknownSubjects.ACCEPT
+        self.owned: set[str] = set()
+
+    def append(self, namespace: str, candidates: Sequence[Candidate]) -> list[Outcome]:
+        self.namespace = namespace
+        self.policy = self.state.policy(namespace)
+        self.owned = self.state.customer_subjects.get(namespace, set())
+        known = self._known(namespace, [c.event for c in candidates if c.event is not None])
+        outcomes = [self._one(c, known) for c in candidates]
+        self._write()
+        return outcomes
+
+    def _one(self, c: Candidate, known: dict[tuple[str, str], bytes]) -> Outcome:
+        if c.event is None:
+            assert c.rejection is not None
+            return self._reject(c, c.rejection)
+        ev = c.event
+        first = known.get((ev.source, ev.id))
+        if first is not None:
+            return Outcome(c.index, ev.id, ev.source, Status.DUPLICATE, conflict=first != ev.digest)
+        policy = self.policy
+        if policy is not UnknownSubjects.ACCEPT and ev.subject not in self.owned:
+            if policy is UnknownSubjects.REJECT:
+                message = f"subject {ev.subject!r} belongs to no customer; create the customer first"
+                return self._reject(c, Rejection(Reason.UNKNOWN_SUBJECT, message))
+            known[(ev.source, ev.id)] = ev.digest
+            self._quarantine(ev)
+            return Outcome(c.index, ev.id, ev.source, Status.QUARANTINED)
+        readings = self._read(ev)
+        if isinstance(readings, Rejection):
+            return self._reject(c, readings)
+        known[(ev.source, ev.id)] = ev.digest
+        self._accept(ev, readings)
+        return Outcome(c.index, ev.id, ev.source, Status.ACCEPTED)
+
+    def _quarantine(self, ev: Event) -> None:
+        """Keep a valid event of an unknown subject; its dedupe key points at the quarantine row
+        (seq = -id) so a retry is a duplicate, and release moves it into the ledger once."""
+        cur = self.conn.execute(
+            "INSERT INTO quarantine (namespace, source, event_id, type, subject, time_us, received_us, digest, raw)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, self.now_us, ev.digest, ev.raw),
+        )
+        assert cur.lastrowid is not None
+        self.conn.execute(
+            "INSERT OR REPLACE INTO dedupe VALUES (?,?,?,?,?,?)",
+            (ev.namespace, ev.source, ev.id, -cur.lastrowid, ev.digest, self.now_us),
+        )
+        self.quarantined += 1
+
+    def release(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Move quarantined events (already deduplicated when they arrived) into the ledger,
+        through the meters as live ingest would. Returns (accepted, rejected): an event a
+        meter can no longer read goes to the dead-letter store, never nowhere."""
+        accepted = rejected = 0
+        for ev in events:
+            self.namespace = ev.namespace
+            readings = self._read(ev)
+            if isinstance(readings, Rejection):
+                self._reject(Candidate(0, ev.id, ev.source, raw=ev.raw), readings)
+                self.conn.execute(
+                    "DELETE FROM dedupe WHERE namespace = ? AND source = ? AND id = ?", (ev.namespace, ev.source, ev.id)
+                )
+                rejected += 1
+                continue
+            self._accept(ev, readings)
+            accepted += 1
+        self._write()
+        return accepted, rejected
+
+    def _read(self, ev: Event) -> list[tuple[CompiledMeter, Reading]] | Rejection:
+        readings = []
+        for meter in self.state.meters.get((ev.namespace, ev.type), ()):
+            if not meter.applies(ev):
+                continue
+            reading = meter.read(ev)
+            if isinstance(reading, Rejection):
+                return reading
+            readings.append((meter, reading))
+        problem = self._check_cardinality(readings)
+        return problem if problem is not None else readings
+
+    def _check_cardinality(self, readings: list[tuple[CompiledMeter, Reading]]) -> Rejection | None:
+        cap = self.state.settings.max_group_cardinality
+        admitted: list[tuple[int, str, str]] = []
+        for meter, reading in readings:
+            fresh = admit_groups(self.state.group_values, cap, meter, reading.groups)
+            if isinstance(fresh, str):
+                for key, dim, value in admitted:  # undo the other meters' admissions
+                    self.state.group_values[(key, dim)].discard(value)
+                return Rejection(
+                    Reason.GROUP_CARDINALITY,
+                    f"meter {meter.meter.slug!r}: groupBy {fresh!r} already has {cap} distinct values;"
+                    " this event would exceed the cap",
+                )
+            admitted.extend(fresh)
+        self.new_groups.extend(admitted)
+        return None
+
+    def _accept(self, ev: Event, readings: list[tuple[CompiledMeter, Reading]]) -> None:
+        seq = self.state.next_seq
+        self.state.next_seq += 1
+        self.events.append(
+            (seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, self.now_us, ev.digest, ev.raw)
+        )
+        self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
+        for meter, reading in readings:
+            self.readings.append((meter, reading, ev.subject, ev.time_us, seq))
+            subjects = self.state.subjects.setdefault(meter.meter.key, set())
+            if ev.subject not in subjects:
+                subjects.add(ev.subject)
+                self.new_subjects.append((meter.meter.key, ev.subject))
+
+    def _reject(self, c: Candidate, rejection: Rejection) -> Outcome:
+        self.dead.append(
+            (self.namespace, self.now_us, rejection.reason.value, rejection.message, c.source, c.id, c.raw)
+        )
+        return Outcome(c.index, c.id, c.source, Status.REJECTED, rejection.reason, rejection.message)
+
+    def _known(self, namespace: str, events: list[Event]) -> dict[tuple[str, str], bytes]:
+        if not events:
+            return {}
+        window = self.state.settings.dedupe_window_us
+        # Expired: first received before the window, or before the pruning floor (pruned or not).
+        oldest = -1 if window is None else max(self.now_us - window, self.state.dedupe_floor_us)
+        keys = msgspec.json.encode([[e.source, e.id] for e in events]).decode()
+        # CROSS JOIN fixes the loop order: one primary-key probe per key of the batch. With a
+        # plain JOIN the planner may scan the whole dedupe table once per batch.
+        rows = self.conn.execute(
+            "SELECT d.source, d.id, d.digest FROM json_each(?) AS j CROSS JOIN dedupe AS d"
+            " ON d.namespace = ? AND d.source = j.value ->> 0 AND d.id = j.value ->> 1"
+            " WHERE d.received_us >= ?",
+            (keys, namespace, oldest),
+        )
+        return {(source, id_): digest for source, id_, digest in rows}
+
+    def _write(self) -> None:
+        conn = self.conn
+        if self.events:
+            conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", self.events)
+            conn.executemany("INSERT OR REPLACE INTO dedupe VALUES (?,?,?,?,?,?)", self.keys)
+        if self.dead:
+            conn.executemany(
+                "INSERT INTO dead_letters (namespace, received_us, reason, message, source, event_id, raw)"
+                " VALUES (?,?,?,?,?,?,?)",
+                self.dead,
+            )
+        if self.new_groups:
+            conn.executemany("INSERT OR IGNORE INTO group_values VALUES (?,?,?)", self.new_groups)
+        if self.new_subjects:
+            conn.executemany("INSERT OR IGNORE INTO meter_subjects VALUES (?,?)", self.new_subjects)
+        # Only now, with this request's writes done, may its readings join the transaction's
+        # pending deltas: nothing after this point can roll back this request alone.
+        add = self.state.pending.add
+        for meter, reading, subject, time_us, seq in self.readings:
+            add(meter.aggregation, reading, subject, time_us, seq)
+        for listener in self.state.listeners:
+            listener.add_many(self.readings)

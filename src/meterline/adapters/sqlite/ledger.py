@@ -1,0 +1,73 @@
+"""The ledger in SQLite: idempotent appends through the writer, reads by anyone."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.ingest import Appender, IngestState
+from meterline.domain.events.model import Candidate, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    seq: int
+    namespace: str
+    raw: bytes
+    received_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    subject: str | None = None
+    event_id: str | None = None
+    start_us: int | None = None
+    end_us: int | None = None
+    received_from_us: int | None = None
+    received_to_us: int | None = None
+
+
+class SqliteLedger:
+    def __init__(self, db: Database, state: IngestState, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._state = state
+        self._now_us = now_us
+
+    def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[list[Outcome]]:
+        """Record a request's events. The future resolves after the commit that holds them."""
+        return self._db.writer.submit(
+            lambda conn: Appender(self._state, conn, self._now_us()).append(namespace, candidates),
+            weight=max(1, len(candidates)),
+        )
+
+    def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
+        """Newest first. ``subject`` and ``event_id`` match substrings, as OpenMeter's list does;
+        time bounds are inclusive."""
+        where: builtins.list[str] = ["namespace = ?"]
+        params: builtins.list[object] = [namespace]
+        for column, value in (("subject", f.subject), ("id", f.event_id)):
+            if value:
+                where.append(f"instr({column}, ?) > 0")
+                params.append(value)
+        for clause, bound in (
+            ("time_us >= ?", f.start_us),
+            ("time_us <= ?", f.end_us),
+            ("received_us >= ?", f.received_from_us),
+            ("received_us <= ?", f.received_to_us),
+        ):
+            if bound is not None:
+                where.append(clause)
+                params.append(bound)
+        rows = self._db.reader().execute(
+            f"SELECT seq, namespace, raw, received_us FROM events WHERE {' AND '.join(where)}"
+            " ORDER BY seq DESC LIMIT ?",
+            [*params, limit],
+        )
+        return [StoredEvent(*row) for row in rows]
+
+    def size(self) -> int:
+        row = self._db.reader().execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(row[0])

@@ -1,0 +1,302 @@
+"""Schema and connections.
+
+Durability: the database runs in WAL mode. ``fsync="full"`` (``synchronous=FULL``) syncs the
+WAL on every commit, so an acknowledged event survives power loss; ``"normal"`` syncs only at
+checkpoints and survives a process crash (``kill -9``) but may lose the last commits on power
+loss. Either way a commit is atomic: an event, its dedupe key and its rollup deltas land
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+
+from meterline.domain.decimals import EXACT, stored
+
+SCHEMA_VERSION = 1
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- The ledger: append-only, one row per accepted event, in commit order.
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL,
+    type TEXT NOT NULL, subject TEXT NOT NULL, time_us INTEGER NOT NULL,
+    received_us INTEGER NOT NULL, digest BLOB NOT NULL, raw BLOB NOT NULL
+);
+
+-- Idempotency keys (namespace, source, id) -> first accepted payload.
+CREATE TABLE IF NOT EXISTS dedupe (
+    namespace TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL,
+    seq INTEGER NOT NULL, digest BLOB NOT NULL, received_us INTEGER NOT NULL,
+    PRIMARY KEY (namespace, source, id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS meters (
+    key INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL, slug TEXT NOT NULL,
+    spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER,
+    -- events with seq <= backfill_to were in the ledger before the meter existed;
+    -- backfill_done is how far the backfill has applied them.
+    backfill_to INTEGER NOT NULL, backfill_done INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS meters_live_slug ON meters (namespace, slug) WHERE deleted_us IS NULL;
+
+-- Rollups: derived from the ledger, rebuilt bit for bit by `meterline rebuild`.
+CREATE TABLE IF NOT EXISTS rollups (
+    meter INTEGER NOT NULL, level INTEGER NOT NULL, subject TEXT NOT NULL,
+    bucket INTEGER NOT NULL, group_key TEXT NOT NULL,
+    -- total, low, high, last_v: decimals.stored() form (integer, or canonical text)
+    cnt INTEGER NOT NULL, total, low, high,
+    last_t INTEGER, last_seq INTEGER, last_v,
+    PRIMARY KEY (meter, level, subject, bucket, group_key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS uniques (
+    meter INTEGER NOT NULL, level INTEGER NOT NULL, subject TEXT NOT NULL,
+    bucket INTEGER NOT NULL, group_key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (meter, level, subject, bucket, group_key, value)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS group_values (
+    meter INTEGER NOT NULL, dim TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (meter, dim, value)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS meter_subjects (
+    meter INTEGER NOT NULL, subject TEXT NOT NULL, PRIMARY KEY (meter, subject)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL, received_us INTEGER NOT NULL,
+    reason TEXT NOT NULL, message TEXT NOT NULL,
+    source TEXT, event_id TEXT, raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (namespace, received_us);
+
+-- Customers: the subject keys that attribute usage to each.
+CREATE TABLE IF NOT EXISTS customers (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, key TEXT NOT NULL,
+    name TEXT, timezone TEXT NOT NULL, metadata BLOB,
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS customers_live_key ON customers (namespace, key) WHERE deleted_us IS NULL;
+CREATE TABLE IF NOT EXISTS customer_subjects (
+    namespace TEXT NOT NULL, subject TEXT NOT NULL, customer TEXT NOT NULL,
+    PRIMARY KEY (namespace, subject)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS customer_subjects_by_customer ON customer_subjects (customer);
+CREATE TABLE IF NOT EXISTS namespace_settings (namespace TEXT PRIMARY KEY, unknown_subjects TEXT NOT NULL);
+
+-- Valid events whose subject belongs to no customer (policy "quarantine"). Their dedupe key
+-- holds seq = -id until they are released into the ledger.
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL, source TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL,
+    subject TEXT NOT NULL, time_us INTEGER NOT NULL, received_us INTEGER NOT NULL,
+    digest BLOB NOT NULL, raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_by_subject ON quarantine (namespace, subject, id);
+
+CREATE TABLE IF NOT EXISTS features (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, key TEXT NOT NULL, spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, archived_us INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS features_live_key ON features (namespace, key) WHERE archived_us IS NULL;
+
+CREATE TABLE IF NOT EXISTS entitlements (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, feature TEXT NOT NULL,
+    spec BLOB NOT NULL, created_us INTEGER NOT NULL, deleted_us INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entitlements_live ON entitlements (namespace, customer, feature)
+    WHERE deleted_us IS NULL;
+
+CREATE TABLE IF NOT EXISTS grants (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, entitlement TEXT NOT NULL, spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, voided_us INTEGER
+);
+CREATE INDEX IF NOT EXISTS grants_by_entitlement ON grants (entitlement);
+
+CREATE TABLE IF NOT EXISTS notification_channels (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER
+);
+CREATE TABLE IF NOT EXISTS notification_rules (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, spec BLOB NOT NULL,
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER
+);
+-- One row per alert that fired. The UNIQUE key makes "once per customer, rule, threshold and
+-- period" hold across retries and restarts: the insert commits with the usage that crossed it.
+CREATE TABLE IF NOT EXISTS notification_events (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, rule TEXT NOT NULL, customer TEXT NOT NULL,
+    feature TEXT NOT NULL, threshold TEXT NOT NULL, period_start INTEGER NOT NULL,
+    payload BLOB NOT NULL, created_us INTEGER NOT NULL,
+    UNIQUE (rule, customer, feature, threshold, period_start)
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    event TEXT NOT NULL, channel TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+    next_attempt_us INTEGER, last_error TEXT, last_status INTEGER, updated_us INTEGER NOT NULL,
+    PRIMARY KEY (event, channel)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt_us);
+CREATE TABLE IF NOT EXISTS delivery_attempts (
+    event TEXT NOT NULL, channel TEXT NOT NULL, at_us INTEGER NOT NULL, state TEXT NOT NULL,
+    status_code INTEGER, error TEXT, duration_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS delivery_attempts_by_event ON delivery_attempts (event, channel, at_us);
+
+CREATE TABLE IF NOT EXISTS portal_tokens (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, subject TEXT NOT NULL, meters BLOB,
+    created_us INTEGER NOT NULL, expires_us INTEGER NOT NULL, invalidated_us INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    namespace TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL,
+    hash BLOB NOT NULL UNIQUE, prefix TEXT NOT NULL,
+    created_us INTEGER NOT NULL, revoked_us INTEGER
+);
+
+-- Billing. Plan versions: a published body never changes (a new version is a new row).
+CREATE TABLE IF NOT EXISTS plan_versions (
+    namespace TEXT NOT NULL, plan TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
+    body BLOB NOT NULL, created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL,
+    PRIMARY KEY (namespace, plan, version)
+) WITHOUT ROWID;
+-- Subscriptions: billed_through_us is the end of the last finalized window (moves in the
+-- same transaction as the invoice).
+CREATE TABLE IF NOT EXISTS subscriptions (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, body BLOB NOT NULL,
+    start_us INTEGER NOT NULL, end_us INTEGER, billed_through_us INTEGER NOT NULL,
+    previous TEXT, created_us INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS subscriptions_by_customer ON subscriptions (namespace, customer, start_us);
+-- Finalized invoices: `body` is the exact JSON document and is never updated. The UNIQUE key
+-- (subscription, period, replaces) makes a billing run idempotent; numbers are gap-free per
+-- namespace because the counter moves in the same transaction as the insert.
+CREATE TABLE IF NOT EXISTS invoices (
+    id INTEGER PRIMARY KEY, namespace TEXT NOT NULL, number TEXT NOT NULL, customer TEXT NOT NULL,
+    subscription TEXT NOT NULL, period_start_us INTEGER NOT NULL, period_end_us INTEGER NOT NULL,
+    replaces TEXT NOT NULL, issued_us INTEGER NOT NULL, body BLOB NOT NULL,
+    UNIQUE (namespace, number), UNIQUE (subscription, period_start_us, replaces)
+);
+CREATE INDEX IF NOT EXISTS invoices_by_customer ON invoices (namespace, customer, period_start_us);
+CREATE TRIGGER IF NOT EXISTS invoices_never_update BEFORE UPDATE ON invoices
+BEGIN SELECT RAISE(ABORT, 'finalized invoices never change'); END;
+CREATE TRIGGER IF NOT EXISTS invoices_never_delete BEFORE DELETE ON invoices
+BEGIN SELECT RAISE(ABORT, 'finalized invoices never change'); END;
+CREATE TABLE IF NOT EXISTS invoice_numbers (namespace TEXT PRIMARY KEY, last INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS invoice_voids (
+    invoice INTEGER PRIMARY KEY, reason TEXT NOT NULL, voided_us INTEGER NOT NULL, replaced_by TEXT
+);
+-- What each invoiced window was billed for, newest last: late usage is priced against it.
+CREATE TABLE IF NOT EXISTS billed_windows (
+    id INTEGER PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, subscription TEXT NOT NULL,
+    window_start_us INTEGER NOT NULL, window_end_us INTEGER NOT NULL, invoice INTEGER NOT NULL,
+    origin INTEGER NOT NULL, body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS billed_windows_by_customer ON billed_windows (namespace, customer, window_end_us);
+-- Prepaid credit grants, and every burn (negative amount: restored by a void).
+CREATE TABLE IF NOT EXISTS credit_grants (
+    namespace TEXT NOT NULL, customer TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL,
+    created_us INTEGER NOT NULL, voided_us INTEGER,
+    PRIMARY KEY (namespace, customer, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS credit_burns (
+    namespace TEXT NOT NULL, customer TEXT NOT NULL, grant_key TEXT NOT NULL, invoice INTEGER NOT NULL,
+    amount TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS credit_burns_by_customer ON credit_burns (namespace, customer);
+"""
+
+
+WRITER_CACHE_KIB = -65536
+READER_CACHE_KIB = -8192
+
+
+def connect(path: Path, *, fsync: str = "full", readonly: bool = False) -> sqlite3.Connection:
+    """Open the database with meterline's pragmas and SQL functions."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if fsync == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    # The page cache is per connection: 64 MiB for the one writer, 8 MiB for each reader thread
+    # (the OS page cache holds the file once for all of them), so many reader threads cannot
+    # add up to gigabytes.
+    conn.execute(f"PRAGMA cache_size={READER_CACHE_KIB if readonly else WRITER_CACHE_KIB}")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    if readonly:
+        conn.execute("PRAGMA query_only=1")
+    _register_functions(conn)
+    return conn
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(DDL)
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+
+def _register_functions(conn: sqlite3.Connection) -> None:
+    conn.create_function("dec_add", 2, _dec_add, deterministic=True)
+    conn.create_function("dec_min", 2, _dec_min, deterministic=True)
+    conn.create_function("dec_max", 2, _dec_max, deterministic=True)
+    conn.create_aggregate("dec_sum", 1, _DecSum)  # type: ignore[arg-type]  # typeshed expects int steps
+    conn.create_aggregate("dec_least", 1, _DecLeast)  # type: ignore[arg-type]
+    conn.create_aggregate("dec_greatest", 1, _DecGreatest)  # type: ignore[arg-type]
+
+
+def _dec_add(a: int | str | None, b: int | str | None) -> int | str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return stored(EXACT.add(Decimal(a), Decimal(b)))
+
+
+def _dec_min(a: int | str | None, b: int | str | None) -> int | str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a if Decimal(a) <= Decimal(b) else b
+
+
+def _dec_max(a: int | str | None, b: int | str | None) -> int | str | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a if Decimal(a) >= Decimal(b) else b
+
+
+class _DecFold:
+    """Aggregate over decimals in stored form: folds with ``combine``; NULL when there are none."""
+
+    def __init__(self) -> None:
+        self.acc: Decimal | None = None
+
+    def step(self, value: int | str | None) -> None:
+        if value is not None:
+            d = Decimal(value)
+            self.acc = d if self.acc is None else self.combine(self.acc, d)
+
+    def finalize(self) -> int | str | None:
+        return None if self.acc is None else stored(self.acc)
+
+    def combine(self, a: Decimal, b: Decimal) -> Decimal:
+        raise NotImplementedError
+
+
+class _DecSum(_DecFold):
+    def combine(self, a: Decimal, b: Decimal) -> Decimal:
+        return EXACT.add(a, b)
+
+
+class _DecLeast(_DecFold):
+    def combine(self, a: Decimal, b: Decimal) -> Decimal:
+        return a if a <= b else b
+
+
+class _DecGreatest(_DecFold):
+    def combine(self, a: Decimal, b: Decimal) -> Decimal:
+        return a if a >= b else b

@@ -1,0 +1,115 @@
+"""Config in, a running system out: the one place that chooses and wires adapters.
+
+``build(config)`` opens the adapters the config names (today: the embedded SQLite store) and
+builds the services and background loops on top of them. The HTTP app (``api.app``), the CLI
+and future workers all start from here; none of them imports an adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meterline.adapters.sqlite.alerting import AnomalyScanner
+from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.config import Config
+from meterline.domain.clock import Clock, SystemClock
+from meterline.domain.customers.model import UnknownSubjects
+from meterline.domain.errors import ConfigError, NotFound
+from meterline.runtime.background import Monitor
+from meterline.services.dispatch import Dispatcher
+
+
+@dataclass
+class System:
+    """Everything one process runs: the store, its services and their background loops."""
+
+    config: Config
+    clock: Clock
+    monitor: Monitor
+    backend: EmbeddedBackend
+    dispatcher: Dispatcher
+    scanner: AnomalyScanner
+    _started: list[object] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Start the background loops (webhook delivery, anomaly scans, key pruning, follow-ups)."""
+        self.dispatcher.start()
+        self.scanner.start()
+        self.backend.dedupe_pruner.start()
+        self.backend.followups.start()
+
+    def close(self) -> None:
+        """Stop the loops, then close the store (its writer commits what was queued)."""
+        self.scanner.close()
+        self.dispatcher.close()
+        self.backend.close()
+
+
+def open_backend(config: Config, clock: Clock, monitor: Monitor | None = None) -> EmbeddedBackend:
+    """Open the embedded store alone (CLI commands that work on a data directory)."""
+    ingest_cfg = config.ingest
+    settings = IngestSettings(
+        dedupe_window_us=None if ingest_cfg.dedupe_window is None else _us(ingest_cfg.dedupe_window.total_seconds()),
+        max_group_cardinality=ingest_cfg.max_group_cardinality,
+        unknown_subjects=UnknownSubjects(ingest_cfg.unknown_subjects),
+    )
+    return EmbeddedBackend(
+        config.storage.data_dir,
+        settings,
+        clock,
+        fsync=config.storage.fsync,
+        max_batch=config.storage.group_commit_max_requests,
+        max_weight=config.storage.group_commit_max_events,
+        max_queue=config.storage.max_queued_writes,
+        monitor=monitor,
+        baseline_days=config.alerts.baseline_days,
+        portal_ttl=config.portal.token_ttl,
+        portal_max_ttl=config.portal.max_token_ttl,
+    )
+
+
+def build(config: Config, clock: Clock | None = None) -> System:
+    """Open the store and wire the services; call ``start()`` to run the background loops."""
+    clock = clock or SystemClock()
+    monitor = Monitor(stuck_after=config.health.stuck_after.total_seconds())
+    backend = open_backend(config, clock, monitor)
+    try:
+        ensure_config_meters(config, backend)
+    except BaseException:
+        backend.close()
+        raise
+    alerts = config.alerts
+    dispatcher = Dispatcher(
+        backend.notifications,
+        clock,
+        timeout=alerts.webhook_timeout,
+        max_attempts=alerts.max_attempts,
+        backoff_initial=alerts.backoff_initial,
+        backoff_max=alerts.backoff_max,
+        allow_private_targets=alerts.allow_private_webhook_targets,
+        monitor=monitor,
+    )
+    backend.alerts.wake = dispatcher.wake
+    scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
+    return System(config, clock, monitor, backend, dispatcher, scanner)
+
+
+def ensure_config_meters(config: Config, backend: EmbeddedBackend) -> None:
+    """Create the config file's meters that do not exist yet; an existing one must match."""
+    for m in config.meters:
+        spec = m.spec()
+        try:
+            existing = backend.meters.get(m.namespace, spec.slug)
+        except NotFound:
+            backend.meters.create(m.namespace, spec)
+            continue
+        if existing.spec != spec:
+            raise ConfigError(
+                f"meter {spec.slug!r} in namespace {m.namespace!r} exists with a different definition;"
+                " delete it first (its rollups are rebuilt from the ledger when it is created again)"
+            )
+
+
+def _us(seconds: float) -> int:
+    return int(seconds * 1_000_000)

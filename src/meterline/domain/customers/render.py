@@ -1,0 +1,32 @@
+"""The wire shape of customers, and of OpenMeter subjects (a customer seen as a subject)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meterline.domain.clock import rfc3339
+from meterline.domain.customers.model import Customer
+
+
+def customer_body(c: Customer) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "key": c.key,
+        "name": c.name,
+        "subjectKeys": list(c.subjects),
+        "timezone": c.timezone,
+        "metadata": c.metadata,
+        "createdAt": rfc3339(c.created_us),
+        "updatedAt": rfc3339(c.updated_us),
+    }
+
+
+def subject_body(c: Customer) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "key": c.key,
+        "displayName": c.name,
+        "metadata": c.metadata,
+        "createdAt": rfc3339(c.created_us),
+        "updatedAt": rfc3339(c.updated_us),
+    }

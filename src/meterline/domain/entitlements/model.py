@@ -1,0 +1,174 @@
+"""Entitlement nouns and their validation.
+
+A *feature* is something a customer can be entitled to; a metered feature counts a meter
+(optionally only some of its group values). An *entitlement* gives one customer one feature:
+
+- ``metered``: usage of the feature's meter in a recurring period (cut in the customer's time
+  zone) against a limit (``issueAfterReset``) plus active grants; ``isSoftLimit`` lets usage
+  run past the limit (overage) instead of denying access; ``softLimit`` is a warning level.
+- ``boolean``: access or not.
+- ``static``: access plus a JSON configuration value.
+
+Field names follow OpenMeter's v1 API so its SDK works unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+
+from meterline.domain.errors import InvalidInput
+from meterline.domain.identifiers import SLUG_RULE, is_slug, name_problem, shown
+
+
+class FeatureInput(msgspec.Struct, frozen=True, rename="camel"):
+    key: str
+    name: str
+    metadata: dict[str, str] | None = None
+    meter_slug: str | None = None
+    meter_group_by_filters: dict[str, str] | None = None
+    advanced_meter_group_by_filters: dict[str, Any] | None = None
+
+
+class Feature(msgspec.Struct, frozen=True):
+    id: str
+    namespace: str
+    spec: FeatureInput
+    created_us: int
+    archived_us: int | None = None
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+
+class UsagePeriodInput(msgspec.Struct, frozen=True):
+    interval: str
+    anchor: datetime | None = None
+
+
+class EntitlementInput(msgspec.Struct, frozen=True, rename="camel"):
+    """One shape for the three types; ``validate`` checks what each type needs."""
+
+    type: Literal["metered", "boolean", "static"]
+    feature_key: str | None = None
+    feature_id: str | None = None
+    metadata: dict[str, str] | None = None
+    usage_period: UsagePeriodInput | None = None
+    # metered
+    is_soft_limit: bool = False
+    is_unlimited: bool = False
+    issue_after_reset: Decimal | None = None
+    issue_after_reset_priority: int = 1
+    preserve_overage_at_reset: bool = False
+    measure_usage_from: Any = None
+    soft_limit: Decimal | None = None
+    # static
+    config: str | None = None
+
+
+class Entitlement(msgspec.Struct, frozen=True):
+    id: str
+    namespace: str
+    customer_id: str
+    customer_key: str
+    feature_id: str
+    feature_key: str
+    spec: EntitlementInput
+    anchor_us: int
+    last_reset_us: int
+    created_us: int
+    deleted_us: int | None = None
+
+
+class GrantInput(msgspec.Struct, frozen=True, rename="camel"):
+    amount: Decimal
+    effective_at: datetime
+    expiration: dict[str, Any]
+    priority: int = 1
+    max_rollover_amount: Decimal = Decimal(0)
+    min_rollover_amount: Decimal = Decimal(0)
+    metadata: dict[str, str] | None = None
+    recurrence: UsagePeriodInput | None = None
+
+
+class Grant(msgspec.Struct, frozen=True):
+    id: str
+    entitlement_id: str
+    spec: GrantInput
+    effective_us: int
+    expires_us: int | None
+    created_us: int
+    voided_us: int | None = None
+
+
+def validate_feature(inp: FeatureInput) -> None:
+    problems = []
+    if not is_slug(inp.key):
+        problems.append(f"key {shown(inp.key)} must be {SLUG_RULE}")
+    if problem := name_problem("name", inp.name):
+        problems.append(problem)
+    if inp.meter_slug is not None and not is_slug(inp.meter_slug):
+        problems.append(f"meterSlug {shown(inp.meter_slug)} must be {SLUG_RULE}")
+    if inp.advanced_meter_group_by_filters:
+        problems.append("advancedMeterGroupByFilters is not supported; use meterGroupByFilters (dimension: value)")
+    if inp.meter_group_by_filters and not inp.meter_slug:
+        problems.append("meterGroupByFilters needs meterSlug")
+    _raise(problems, "invalid_feature")
+
+
+def validate_entitlement(inp: EntitlementInput) -> None:
+    problems = []
+    if not inp.feature_key and not inp.feature_id:
+        problems.append("featureKey or featureId is required")
+    for name, value in (("issueAfterReset", inp.issue_after_reset), ("softLimit", inp.soft_limit)):
+        if value is not None and (not value.is_finite() or value < 0):
+            problems.append(f"{name} must be a non-negative number")
+    if inp.type == "metered":
+        if inp.usage_period is None:
+            problems.append("a metered entitlement needs usagePeriod")
+        if inp.issue_after_reset is None and not inp.is_unlimited:
+            problems.append("a metered entitlement needs issueAfterReset (the limit per period) or isUnlimited")
+        if inp.preserve_overage_at_reset:
+            problems.append("preserveOverageAtReset is not supported: each period starts from zero usage")
+        if inp.measure_usage_from is not None:
+            problems.append("measureUsageFrom is not supported: usage is measured from each period's start")
+    elif inp.type == "static":
+        if inp.config is None:
+            problems.append("a static entitlement needs config (a JSON value as a string)")
+        else:
+            try:
+                msgspec.json.decode(inp.config)
+            except (msgspec.DecodeError, RecursionError):  # RecursionError: nested too deep to decode
+                problems.append("config must be a JSON document encoded as a string")
+    _raise(problems, "invalid_entitlement")
+
+
+MAX_EXPIRATION = {"HOUR": 876_600, "DAY": 36_525, "WEEK": 5_218, "MONTH": 1_200, "YEAR": 100}
+"""Longest grant expiration per unit: 100 years."""
+
+
+def validate_grant(inp: GrantInput) -> None:
+    problems = []
+    if not inp.amount.is_finite() or inp.amount <= 0:
+        problems.append("amount must be a positive number")
+    if inp.effective_at.tzinfo is None:
+        problems.append("effectiveAt must carry a UTC offset")
+    if inp.max_rollover_amount or inp.min_rollover_amount:
+        problems.append("rollover amounts are not supported: a grant's balance ends at the next reset")
+    if not 0 <= inp.priority <= 255:
+        problems.append("priority must be between 0 and 255")
+    duration, count = inp.expiration.get("duration"), inp.expiration.get("count")
+    if not isinstance(duration, str) or duration not in MAX_EXPIRATION or type(count) is not int or count < 1:
+        problems.append("expiration must be {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: positive integer}")
+    elif count > MAX_EXPIRATION[duration]:
+        problems.append(f"expiration may be at most 100 years ({MAX_EXPIRATION[duration]} {duration})")
+    _raise(problems, "invalid_grant")
+
+
+def _raise(problems: list[str], code: str) -> None:
+    if problems:
+        raise InvalidInput("; ".join(problems), code=code, problems=problems)

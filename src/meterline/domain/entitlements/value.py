@@ -1,0 +1,105 @@
+"""Entitlement values: pure functions of a definition, the period's usage and the clock.
+
+A metered entitlement's allowance for a period is its ``issueAfterReset`` plus every grant
+active in that period (a grant counts from the period it becomes effective in, until it
+expires; its balance does not roll over a reset unless it recurs). Then::
+
+    balance  = max(allowance - usage, 0)
+    overage  = max(usage - allowance, 0)
+    hasAccess = unlimited or soft limit (overage allowed) or balance > 0
+
+"Would N more units be allowed?" is ``usage + N <= allowance`` for a hard limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Context, Decimal
+
+import msgspec
+
+from meterline.domain.decimals import EXACT
+from meterline.domain.entitlements.model import Entitlement, Grant
+from meterline.domain.periods import Period
+
+ZERO = Decimal(0)
+_PROJECTION = Context(prec=40)  # a projection is an estimate; 40 digits, then 6 decimal places
+
+NO_ENTITLEMENT = "no_entitlement"
+NO_ACCESS = "no_access"
+LIMIT_EXHAUSTED = "limit_exhausted"
+
+
+class Value(msgspec.Struct, frozen=True, gc=False):
+    """An entitlement's state at one instant (a Struct: built on every check, so cheap to make)."""
+
+    has_access: bool
+    usage: Decimal | None = None
+    allowance: Decimal | None = None
+    balance: Decimal | None = None
+    overage: Decimal | None = None
+    soft_limit_exceeded: bool = False
+    projected_usage: Decimal | None = None
+    period: Period | None = None
+    config: str | None = None
+
+
+class Verdict(msgspec.Struct, frozen=True, gc=False):
+    allowed: bool
+    denial: str | None
+    value: Value
+
+
+def grant_total(grants: Sequence[Grant], period: Period, now_us: int) -> Decimal:
+    """Sum of the grants that add to ``period``'s allowance at ``now_us``."""
+    total = ZERO
+    for g in grants:
+        if g.voided_us is not None and g.voided_us <= now_us:
+            continue
+        if g.expires_us is not None and g.expires_us <= now_us:
+            continue
+        if g.effective_us > now_us or g.effective_us >= period.end_us:
+            continue
+        if g.spec.recurrence is None and g.effective_us < period.start_us:
+            continue
+        total = EXACT.add(total, g.spec.amount)
+    return total
+
+
+def metered_value(
+    ent: Entitlement, usage: Decimal, grants: Decimal, period: Period, now_us: int, *, project: bool = True
+) -> Value:
+    """The value at ``now_us``; ``project=False`` skips the end-of-period projection (the check
+    path, which needs only the verdict)."""
+    spec = ent.spec
+    allowance = EXACT.add(spec.issue_after_reset or ZERO, grants)
+    left = EXACT.subtract(allowance, usage)
+    balance, overage = (left, ZERO) if left >= 0 else (ZERO, EXACT.minus(left))
+    access = spec.is_unlimited or spec.is_soft_limit or balance > 0
+    soft = spec.soft_limit is not None and usage >= spec.soft_limit
+    projected = projection(usage, period, now_us) if project else None
+    return Value(access, usage, allowance, balance, overage, soft, projected, period)
+
+
+def projection(usage: Decimal, period: Period, now_us: int) -> Decimal:
+    """End-of-period usage if the rate so far continues (linear in elapsed time)."""
+    elapsed = min(max(now_us - period.start_us, 0), period.end_us - period.start_us)
+    if elapsed <= 0:
+        return usage
+    length = period.end_us - period.start_us
+    projected = _PROJECTION.divide(EXACT.multiply(usage, Decimal(length)), Decimal(elapsed))
+    return projected.quantize(Decimal("0.000001"), context=EXACT).normalize(EXACT)
+
+
+def verdict(ent: Entitlement | None, value: Value | None, quantity: Decimal) -> Verdict:
+    """Would ``quantity`` more units be allowed now?"""
+    if ent is None or value is None:
+        return Verdict(False, NO_ENTITLEMENT, value or Value(False))
+    if ent.spec.type != "metered":
+        return Verdict(value.has_access, None if value.has_access else NO_ACCESS, value)
+    spec = ent.spec
+    if spec.is_unlimited or spec.is_soft_limit:
+        return Verdict(True, None, value)
+    assert value.usage is not None and value.allowance is not None
+    room = EXACT.add(value.usage, quantity) <= value.allowance if quantity > 0 else value.usage < value.allowance
+    return Verdict(room, None if room else LIMIT_EXHAUSTED, value)

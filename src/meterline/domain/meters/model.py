@@ -1,0 +1,109 @@
+"""Meter definitions, OpenMeter-shaped, validated at the boundary."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from meterline.domain.errors import InvalidInput
+from meterline.domain.identifiers import GROUP_KEY_RULE, SLUG_RULE, is_group_key, is_slug, name_problem, shown
+from meterline.domain.meters.paths import Path, compile_path
+
+
+class Aggregation(enum.StrEnum):
+    SUM = "SUM"
+    COUNT = "COUNT"
+    UNIQUE_COUNT = "UNIQUE_COUNT"
+    AVG = "AVG"
+    MIN = "MIN"
+    MAX = "MAX"
+    LATEST = "LATEST"
+
+
+MAX_GROUP_BY = 20
+
+
+class MeterSpec(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """A meter definition as users write it (API body or config file)."""
+
+    slug: str
+    event_type: str
+    aggregation: Aggregation
+    name: str | None = None
+    description: str | None = None
+    value_property: str | None = None
+    group_by: dict[str, str] = {}
+    event_from: datetime | None = None
+    metadata: dict[str, str] | None = None
+
+
+class Meter(msgspec.Struct, frozen=True):
+    """A stored meter: the spec plus its identity and compiled paths."""
+
+    key: int
+    id: str
+    namespace: str
+    spec: MeterSpec
+    created_us: int
+
+    @property
+    def slug(self) -> str:
+        return self.spec.slug
+
+
+def validate_spec(spec: MeterSpec) -> list[str]:
+    """Every problem with a definition, as messages (empty when it is valid)."""
+    problems: list[str] = []
+    if not is_slug(spec.slug):
+        problems.append(f"slug must be {SLUG_RULE}")
+    if spec.name is not None and (problem := name_problem("name", spec.name)):
+        problems.append(problem)
+    if not spec.event_type or len(spec.event_type) > 512:
+        problems.append("eventType is required")
+    if spec.description is not None and len(spec.description) > 1024:
+        problems.append("description is longer than 1024 characters")
+    if spec.event_from is not None and spec.event_from.tzinfo is None:
+        problems.append("eventFrom must carry a UTC offset")
+    needs_value = spec.aggregation is not Aggregation.COUNT
+    if needs_value and not spec.value_property:
+        problems.append(f"valueProperty is required for {spec.aggregation.value}")
+    if not needs_value and spec.value_property is not None:
+        problems.append("COUNT meters take no valueProperty")
+    if spec.value_property:
+        problems.extend(_path_problem("valueProperty", spec.value_property))
+    if len(spec.group_by) > MAX_GROUP_BY:
+        problems.append(f"at most {MAX_GROUP_BY} groupBy dimensions")
+    for key, path in spec.group_by.items():
+        if not is_group_key(key):
+            problems.append(f"groupBy key {shown(key)} must be {GROUP_KEY_RULE}")
+        problems.extend(_path_problem(f"groupBy.{key}", path))
+    return problems
+
+
+def _path_problem(name: str, path: str) -> list[str]:
+    try:
+        compile_path(path)
+    except InvalidInput as exc:
+        return [f"{name}: {exc.detail}"]
+    return []
+
+
+def parse_spec(body: Any) -> MeterSpec:
+    """Convert a decoded JSON object into a valid MeterSpec or raise InvalidInput listing every problem."""
+    try:
+        spec = msgspec.convert(body, MeterSpec)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"Invalid meter definition: {exc}", code="invalid_meter") from None
+    problems = validate_spec(spec)
+    if problems:
+        raise InvalidInput("Invalid meter definition: " + "; ".join(problems), code="invalid_meter", problems=problems)
+    return spec
+
+
+def compiled(spec: MeterSpec) -> tuple[Path | None, tuple[tuple[str, Path], ...]]:
+    value = compile_path(spec.value_property) if spec.value_property else None
+    groups = tuple(sorted((k, compile_path(p)) for k, p in spec.group_by.items()))
+    return value, groups

@@ -1,0 +1,2 @@
+"""Process plumbing shared by every layer above the domain: supervised background loops and
+the Prometheus metrics registry."""
