@@ -6,12 +6,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.adapters.sqlite.customers import Saved
-from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_int, typed_body
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
@@ -43,102 +41,90 @@ def _saved(saved: Saved) -> dict[str, Any]:
     return body
 
 
-async def create_customer(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, CustomerInput, "customer")
-    saved = await run_in_threadpool(ctx.backend.customers.create, key.namespace, inp)
+@endpoint(Scope.ADMIN)
+async def create_customer(call: Call) -> Response:
+    inp = await typed_body(call.request, CustomerInput, "customer")
+    saved = await call.run(call.ctx.backend.customers.create, call.namespace, inp)
     return json_response(_saved(saved), 201)
 
 
-async def replace_customer(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, CustomerInput, "customer")
-    saved = await run_in_threadpool(ctx.backend.customers.replace, key.namespace, request.path_params["customer"], inp)
+@endpoint(Scope.ADMIN)
+async def replace_customer(call: Call) -> Response:
+    inp = await typed_body(call.request, CustomerInput, "customer")
+    saved = await call.run(call.ctx.backend.customers.replace, call.namespace, call.path("customer"), inp)
     return json_response(_saved(saved))
 
 
-async def list_customers(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    customers = await run_in_threadpool(ctx.backend.customers.list, key.namespace)
+@endpoint(Scope.READ)
+async def list_customers(call: Call) -> Response:
+    customers = await call.run(call.ctx.backend.customers.list, call.namespace)
     return json_response([customer_body(c) for c in customers])
 
 
-async def get_customer(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    customer = await run_in_threadpool(ctx.backend.customers.get, key.namespace, request.path_params["customer"])
+@endpoint(Scope.READ)
+async def get_customer(call: Call) -> Response:
+    customer = await call.run(call.ctx.backend.customers.get, call.namespace, call.path("customer"))
     return json_response(customer_body(customer))
 
 
-async def delete_customer(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    await run_in_threadpool(ctx.backend.customers.delete, key.namespace, request.path_params["customer"])
+@endpoint(Scope.ADMIN)
+async def delete_customer(call: Call) -> Response:
+    await call.run(call.ctx.backend.customers.delete, call.namespace, call.path("customer"))
     return Response(status_code=204)
 
 
 # -- OpenMeter subjects: a subject is a customer whose key is the subject key ------------------
 
 
-async def upsert_subjects(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    items = await typed_body(request, SubjectUpserts, "subject")
+@endpoint(Scope.ADMIN)
+async def upsert_subjects(call: Call) -> Response:
+    items = await typed_body(call.request, SubjectUpserts, "subject")
     inputs = [CustomerInput(item.key, item.display_name, None, "UTC", item.metadata) for item in items]
-    saved = await run_in_threadpool(ctx.backend.customers.upsert_many, key.namespace, inputs)
+    saved = await call.run(call.ctx.backend.customers.upsert_many, call.namespace, inputs)
     return json_response([subject_body(s.customer) for s in saved])
 
 
-async def list_subjects(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    customers = await run_in_threadpool(ctx.backend.customers.list, key.namespace)
+@endpoint(Scope.READ)
+async def list_subjects(call: Call) -> Response:
+    customers = await call.run(call.ctx.backend.customers.list, call.namespace)
     return json_response([subject_body(c) for c in customers])
 
 
-async def get_subject(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    customer = await run_in_threadpool(ctx.backend.customers.get, key.namespace, request.path_params["subject"])
+@endpoint(Scope.READ)
+async def get_subject(call: Call) -> Response:
+    customer = await call.run(call.ctx.backend.customers.get, call.namespace, call.path("subject"))
     return json_response(subject_body(customer))
 
 
-async def delete_subject(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    await run_in_threadpool(ctx.backend.customers.delete, key.namespace, request.path_params["subject"])
+@endpoint(Scope.ADMIN)
+async def delete_subject(call: Call) -> Response:
+    await call.run(call.ctx.backend.customers.delete, call.namespace, call.path("subject"))
     return Response(status_code=204)
 
 
 # -- settings and quarantine ------------------------------------------------------------------
 
 
-async def get_settings(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    policy = await run_in_threadpool(ctx.backend.customers.policy, key.namespace)
+@endpoint(Scope.READ)
+async def get_settings(call: Call) -> Response:
+    policy = await call.run(call.ctx.backend.customers.policy, call.namespace)
     return json_response({"unknownSubjects": policy.value})
 
 
-async def put_settings(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    settings = await typed_body(request, Settings, "settings")
-    await run_in_threadpool(ctx.backend.customers.set_policy, key.namespace, settings.unknown_subjects)
+@endpoint(Scope.ADMIN)
+async def put_settings(call: Call) -> Response:
+    settings = await typed_body(call.request, Settings, "settings")
+    await call.run(call.ctx.backend.customers.set_policy, call.namespace, settings.unknown_subjects)
     return json_response({"unknownSubjects": settings.unknown_subjects.value})
 
 
-async def list_quarantine(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    q = request.query_params
+@endpoint(Scope.READ)
+async def list_quarantine(call: Call) -> Response:
+    q = call.request.query_params
     limit = parse_int("limit", q.get("limit"), 100, 1, 1000)
     after = parse_int("after", q.get("after"), 0, 0, 2**62)
-    items = await run_in_threadpool(
-        ctx.backend.customers.quarantined, key.namespace, q.get("subject"), limit=limit, after_id=after
+    items = await call.run(
+        call.ctx.backend.customers.quarantined, call.namespace, q.get("subject"), limit=limit, after_id=after
     )
     return json_response(
         {
