@@ -7,17 +7,56 @@ and future workers all start from here; none of them imports an adapter.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from meterline.adapters.sqlite.alerting import AnomalyScanner
 from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.config import Config
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.errors import ConfigError, NotFound
 from meterline.runtime.background import Monitor
+from meterline.services.customers import CustomerService
+from meterline.services.dead_letters import DeadLetterService
 from meterline.services.dispatch import Dispatcher
+from meterline.services.keys import KeyService
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The catalog services the faces call: customers, keys, dead letters."""
+
+    customers: CustomerService
+    keys: KeyService
+    dead_letters: DeadLetterService
+
+
+def catalog(config: Config, clock: Clock, backend: EmbeddedBackend) -> Catalog:
+    """The catalog services over the embedded store's repositories."""
+    customers = backend.customers
+    return Catalog(
+        customers=CustomerService(
+            customers, customers, customers, default_policy=UnknownSubjects(config.ingest.unknown_subjects)
+        ),
+        keys=KeyService(SqliteKeys(backend.db), clock),
+        dead_letters=DeadLetterService(backend.dead_letters),
+    )
+
+
+@contextmanager
+def open_keys(config: Config) -> Iterator[KeyService]:
+    """The key service over the data directory alone (the CLI's ``keys`` commands; safe while a
+    server runs on the same directory)."""
+    db = Database(config.storage.data_dir, fsync=config.storage.fsync)
+    try:
+        yield KeyService(SqliteKeys(db), SystemClock())
+    finally:
+        db.close()
 
 
 @dataclass
@@ -30,6 +69,7 @@ class System:
     backend: EmbeddedBackend
     dispatcher: Dispatcher
     scanner: AnomalyScanner
+    catalog: Catalog
     _started: list[object] = field(default_factory=list)
 
     def start(self) -> None:
@@ -92,7 +132,7 @@ def build(config: Config, clock: Clock | None = None) -> System:
     )
     backend.alerts.wake = dispatcher.wake
     scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
-    return System(config, clock, monitor, backend, dispatcher, scanner)
+    return System(config, clock, monitor, backend, dispatcher, scanner, catalog(config, clock, backend))
 
 
 def ensure_config_meters(config: Config, backend: EmbeddedBackend) -> None:

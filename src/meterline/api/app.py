@@ -143,7 +143,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     metrics.gauge(
         "meterline_rollup_lag_events", "Ledger events not yet applied to a meter", backend.meters.pending_backfill
     )
-    metrics.gauge("meterline_dead_letters", "Events in the dead-letter store", backend.dead_letters.count)
+    metrics.gauge("meterline_dead_letters", "Events in the dead-letter store", system.catalog.dead_letters.count)
     metrics.gauge("meterline_group_commits", "Write transactions committed", lambda: backend.db.writer.commits)
     metrics.gauge(
         "meterline_storage_available",
@@ -177,7 +177,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         config,
         clock,
         backend,
-        Authenticator(backend.db, config.auth.key_cache_seconds),
+        Authenticator(system.catalog.keys, config.auth.key_cache_seconds),
         metrics,
         Limits(
             config.server.max_events_per_request,
@@ -187,6 +187,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
             else _us(config.ingest.late_arrival_window.total_seconds()),
         ),
         backend.history,
+        system.catalog,
     )
     dispatcher = system.dispatcher
     ctx.dispatcher = dispatcher

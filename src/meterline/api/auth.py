@@ -6,18 +6,17 @@ import time
 
 from starlette.requests import Request
 
-from meterline.adapters.sqlite.database import Database
-from meterline.adapters.sqlite.keys import find_key
 from meterline.domain.auth.keys import ApiKey, Scope
 from meterline.domain.errors import Forbidden, Unauthorized
+from meterline.services.keys import KeyService
 
 
 class Authenticator:
     """Resolves ``Authorization: Bearer <key>``. Positive results are cached for
     ``ttl`` seconds, so a revoked key stops working within that time."""
 
-    def __init__(self, db: Database, ttl: float) -> None:
-        self._db = db
+    def __init__(self, keys: KeyService, ttl: float) -> None:
+        self._keys = keys
         self._ttl = ttl
         self._cache: dict[str, tuple[float, ApiKey]] = {}
 
@@ -38,8 +37,8 @@ class Authenticator:
         hit = self._cache.get(secret)
         if hit is not None and now - hit[0] < self._ttl:
             return hit[1]
-        key = find_key(self._db.reader(), secret)
-        if key is None or key.revoked_us is not None:
+        key = self._keys.authenticate(secret)
+        if key is None:
             self._cache.pop(secret, None)
             raise Unauthorized("The API key is unknown or revoked", code="invalid_api_key")
         if len(self._cache) > 10_000:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.counters import History
 from meterline.api.auth import Authenticator
+from meterline.bootstrap import Catalog
 from meterline.config import Config
 from meterline.domain.clock import Clock
 from meterline.domain.events.decode import Limits
@@ -23,4 +24,5 @@ class Context:
     metrics: Metrics
     limits: Limits
     history: History
+    catalog: Catalog
     dispatcher: Dispatcher | None = None

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 import msgspec
 from starlette.responses import Response
 
-from meterline.adapters.sqlite.customers import Saved
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_int, typed_body
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
 from meterline.domain.customers.model import CustomerInput, UnknownSubjects
 from meterline.domain.customers.render import customer_body, subject_body
+from meterline.ports.customers import Saved
 
 
 class SubjectUpsert(msgspec.Struct, frozen=True, rename="camel"):
@@ -44,32 +44,32 @@ def _saved(saved: Saved) -> dict[str, Any]:
 @endpoint(Scope.ADMIN)
 async def create_customer(call: Call) -> Response:
     inp = await typed_body(call.request, CustomerInput, "customer")
-    saved = await call.run(call.ctx.backend.customers.create, call.namespace, inp)
+    saved = await call.run(call.ctx.catalog.customers.create, call.namespace, inp)
     return json_response(_saved(saved), 201)
 
 
 @endpoint(Scope.ADMIN)
 async def replace_customer(call: Call) -> Response:
     inp = await typed_body(call.request, CustomerInput, "customer")
-    saved = await call.run(call.ctx.backend.customers.replace, call.namespace, call.path("customer"), inp)
+    saved = await call.run(call.ctx.catalog.customers.replace, call.namespace, call.path("customer"), inp)
     return json_response(_saved(saved))
 
 
 @endpoint(Scope.READ)
 async def list_customers(call: Call) -> Response:
-    customers = await call.run(call.ctx.backend.customers.list, call.namespace)
+    customers = await call.run(call.ctx.catalog.customers.list, call.namespace)
     return json_response([customer_body(c) for c in customers])
 
 
 @endpoint(Scope.READ)
 async def get_customer(call: Call) -> Response:
-    customer = await call.run(call.ctx.backend.customers.get, call.namespace, call.path("customer"))
+    customer = await call.run(call.ctx.catalog.customers.get, call.namespace, call.path("customer"))
     return json_response(customer_body(customer))
 
 
 @endpoint(Scope.ADMIN)
 async def delete_customer(call: Call) -> Response:
-    await call.run(call.ctx.backend.customers.delete, call.namespace, call.path("customer"))
+    await call.run(call.ctx.catalog.customers.delete, call.namespace, call.path("customer"))
     return Response(status_code=204)
 
 
@@ -80,25 +80,25 @@ async def delete_customer(call: Call) -> Response:
 async def upsert_subjects(call: Call) -> Response:
     items = await typed_body(call.request, SubjectUpserts, "subject")
     inputs = [CustomerInput(item.key, item.display_name, None, "UTC", item.metadata) for item in items]
-    saved = await call.run(call.ctx.backend.customers.upsert_many, call.namespace, inputs)
+    saved = await call.run(call.ctx.catalog.customers.upsert_many, call.namespace, inputs)
     return json_response([subject_body(s.customer) for s in saved])
 
 
 @endpoint(Scope.READ)
 async def list_subjects(call: Call) -> Response:
-    customers = await call.run(call.ctx.backend.customers.list, call.namespace)
+    customers = await call.run(call.ctx.catalog.customers.list, call.namespace)
     return json_response([subject_body(c) for c in customers])
 
 
 @endpoint(Scope.READ)
 async def get_subject(call: Call) -> Response:
-    customer = await call.run(call.ctx.backend.customers.get, call.namespace, call.path("subject"))
+    customer = await call.run(call.ctx.catalog.customers.get, call.namespace, call.path("subject"))
     return json_response(subject_body(customer))
 
 
 @endpoint(Scope.ADMIN)
 async def delete_subject(call: Call) -> Response:
-    await call.run(call.ctx.backend.customers.delete, call.namespace, call.path("subject"))
+    await call.run(call.ctx.catalog.customers.delete, call.namespace, call.path("subject"))
     return Response(status_code=204)
 
 
@@ -107,14 +107,14 @@ async def delete_subject(call: Call) -> Response:
 
 @endpoint(Scope.READ)
 async def get_settings(call: Call) -> Response:
-    policy = await call.run(call.ctx.backend.customers.policy, call.namespace)
+    policy = await call.run(call.ctx.catalog.customers.policy, call.namespace)
     return json_response({"unknownSubjects": policy.value})
 
 
 @endpoint(Scope.ADMIN)
 async def put_settings(call: Call) -> Response:
     settings = await typed_body(call.request, Settings, "settings")
-    await call.run(call.ctx.backend.customers.set_policy, call.namespace, settings.unknown_subjects)
+    await call.run(call.ctx.catalog.customers.set_policy, call.namespace, settings.unknown_subjects)
     return json_response({"unknownSubjects": settings.unknown_subjects.value})
 
 
@@ -124,7 +124,7 @@ async def list_quarantine(call: Call) -> Response:
     limit = parse_int("limit", q.get("limit"), 100, 1, 1000)
     after = parse_int("after", q.get("after"), 0, 0, 2**62)
     items = await call.run(
-        call.ctx.backend.customers.quarantined, call.namespace, q.get("subject"), limit=limit, after_id=after
+        call.ctx.catalog.customers.quarantined, call.namespace, q.get("subject"), limit=limit, after_id=after
     )
     return json_response(
         {

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from meterline.domain.auth.keys import DEFAULT_NAMESPACE, check_namespace, parse_scopes
-from meterline.domain.clock import SystemClock, rfc3339
+from meterline.domain.clock import rfc3339
 
 if TYPE_CHECKING:
     import sqlite3
@@ -68,23 +68,12 @@ def serve(config_path: Path | None, data_dir: Path | None, host: str | None, por
 
 
 def _bootstrap_key(config: Config) -> str | None:
-    from meterline.adapters.sqlite.keys import count_keys, create_key
+    from meterline.bootstrap import open_keys
 
     if not config.auth.bootstrap_admin_key:
         return None
-    conn = _open(config)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        if count_keys(conn):
-            conn.execute("ROLLBACK")
-            return None
-        _, secret = create_key(
-            conn, DEFAULT_NAMESPACE, "bootstrap admin", parse_scopes(["admin"]), SystemClock().now_us()
-        )
-        conn.execute("COMMIT")
-        return secret
-    finally:
-        conn.close()
+    with open_keys(config) as keys:
+        return keys.bootstrap_admin()
 
 
 def _open(config: Config) -> sqlite3.Connection:
@@ -111,16 +100,13 @@ def keys_create(
     config_path: Path | None, data_dir: Path | None, scopes: tuple[str, ...], name: str, namespace: str
 ) -> None:
     """Create a key and print it (shown only once)."""
-    from meterline.adapters.sqlite.keys import create_key
+    from meterline.bootstrap import open_keys
 
     config = _config(config_path, data_dir)
     scope_set = parse_scopes(list(scopes))
     check_namespace(namespace)
-    conn = _open(config)
-    try:
-        key, secret = create_key(conn, namespace, name, scope_set, SystemClock().now_us())
-    finally:
-        conn.close()
+    with open_keys(config) as service:
+        key, secret = service.create(namespace, name, scope_set)
     click.echo(secret)
     click.echo(f"id={key.id} namespace={key.namespace} scopes={','.join(sorted(scopes))}", err=True)
 
@@ -129,15 +115,12 @@ def keys_create(
 @config_options
 def keys_list(config_path: Path | None, data_dir: Path | None) -> None:
     """List keys (ids and prefixes, never secrets)."""
-    from meterline.adapters.sqlite.keys import list_keys
+    from meterline.bootstrap import open_keys
 
-    conn = _open(_config(config_path, data_dir))
-    try:
-        for k in list_keys(conn, None):
+    with open_keys(_config(config_path, data_dir)) as service:
+        for k in service.list(None):
             state = "revoked " + rfc3339(k.revoked_us) if k.revoked_us else "active"
             click.echo(f"{k.id}\t{k.prefix}…\t{k.namespace}\t{','.join(sorted(k.scopes))}\t{k.name}\t{state}")
-    finally:
-        conn.close()
 
 
 @keys.command("revoke")
@@ -145,13 +128,10 @@ def keys_list(config_path: Path | None, data_dir: Path | None) -> None:
 @click.argument("key_id")
 def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) -> None:
     """Revoke a key by id."""
-    from meterline.adapters.sqlite.keys import revoke_key
+    from meterline.bootstrap import open_keys
 
-    conn = _open(_config(config_path, data_dir))
-    try:
-        revoke_key(conn, key_id, None, SystemClock().now_us())
-    finally:
-        conn.close()
+    with open_keys(_config(config_path, data_dir)) as service:
+        service.revoke(key_id, None)
     click.echo(f"revoked {key_id}")
 
 

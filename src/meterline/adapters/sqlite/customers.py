@@ -1,4 +1,5 @@
-"""Customers, their subject keys, the unknown-subject policy and the quarantine.
+"""Customers, their subject keys, the unknown-subject policy and the quarantine, in SQLite
+(the :mod:`meterline.ports.customers` repositories; the rules are in the customer service).
 
 Every write is one writer task, so a customer, its subject claims and the release of its
 quarantined events commit together: a released event is in the ledger and its rollups, or
@@ -10,7 +11,6 @@ from __future__ import annotations
 import builtins
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -19,31 +19,13 @@ from ulid import ULID
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import Appender, IngestState
 from meterline.adapters.sqlite.replay import event_data
-from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, validate
+from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, upserted
 from meterline.domain.errors import Conflict, NotFound
 from meterline.domain.events.model import Event
+from meterline.ports.customers import Quarantined, Saved
 
 T = TypeVar("T")
 _COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us"
-
-
-@dataclass(frozen=True, slots=True)
-class Saved:
-    customer: Customer
-    released: int
-    released_rejected: int
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    id: int
-    source: str
-    event_id: str
-    type: str
-    subject: str
-    time_us: int
-    received_us: int
-    raw: bytes
 
 
 class SqliteCustomers:
@@ -64,26 +46,17 @@ class SqliteCustomers:
     # -- writes -----------------------------------------------------------------------------
 
     def create(self, namespace: str, inp: CustomerInput) -> Saved:
-        validate(inp)
         saved = self._db.writer.call(lambda conn: self._save(conn, namespace, inp, None))
         self.created(saved.customer)  # a new customer has no entitlements: no full reload needed
         return saved
 
     def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
         """Replace a customer's name, zone, metadata and subjects (the key stays)."""
-        validate(inp)
-        if inp.key != key:
-            raise Conflict(f"the body's key {inp.key!r} differs from the path's {key!r}", code="key_mismatch")
         return self._write(lambda conn: self._save(conn, namespace, inp, self._get(conn, namespace, key)))
 
-    def upsert(self, namespace: str, inp: CustomerInput) -> Saved:
-        return self.upsert_many(namespace, [inp])[0]
-
     def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> list[Saved]:
-        """Create or update customers by key (OpenMeter's subject upsert): every one is
-        validated first, then all commit in one transaction, or none does."""
-        for inp in inputs:
-            validate(inp)
+        """Create or update customers by key (OpenMeter's subject upsert): all commit in one
+        transaction, or none does."""
         return self._write(lambda conn: [self._upsert(conn, namespace, inp) for inp in inputs])
 
     def _upsert(self, conn: sqlite3.Connection, namespace: str, inp: CustomerInput) -> Saved:
@@ -91,10 +64,7 @@ class SqliteCustomers:
             existing = self._get(conn, namespace, inp.key)
         except NotFound:
             return self._save(conn, namespace, inp, None)
-        merged = CustomerInput(
-            inp.key, inp.name, list(existing.subjects), existing.timezone, inp.metadata or existing.metadata
-        )
-        return self._save(conn, namespace, merged, existing)
+        return self._save(conn, namespace, upserted(existing, inp), existing)
 
     def delete(self, namespace: str, key: str) -> None:
         def task(conn: sqlite3.Connection) -> None:
@@ -190,13 +160,13 @@ class SqliteCustomers:
         ).fetchone()
         return None if row is None else self._customer(conn, row)
 
-    def policy(self, namespace: str) -> UnknownSubjects:
+    def policy(self, namespace: str) -> UnknownSubjects | None:
         row = (
             self._db.reader()
             .execute("SELECT unknown_subjects FROM namespace_settings WHERE namespace = ?", (namespace,))
             .fetchone()
         )
-        return self._state.settings.unknown_subjects if row is None else UnknownSubjects(row[0])
+        return None if row is None else UnknownSubjects(row[0])
 
     def quarantined(
         self, namespace: str, subject: str | None, *, limit: int, after_id: int

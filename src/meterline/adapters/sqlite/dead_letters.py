@@ -1,31 +1,11 @@
-"""The dead-letter store: every rejected event with its raw body, reason and time."""
+"""The dead-letter store in SQLite (:class:`~meterline.ports.dead_letters.DeadLetterStore`)."""
 
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 
 from meterline.adapters.sqlite.database import Database
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    id: int
-    namespace: str
-    received_us: int
-    reason: str
-    message: str
-    source: str | None
-    event_id: str | None
-    raw: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterFilter:
-    reason: str | None = None
-    source: str | None = None
-    start_us: int | None = None
-    end_us: int | None = None
+from meterline.ports.dead_letters import DeadLetter, DeadLetterFilter
 
 
 class SqliteDeadLetters:

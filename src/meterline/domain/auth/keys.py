@@ -45,6 +45,12 @@ def new_secret() -> tuple[str, str]:
     return key_id, f"ml_{key_id}_{secrets.token_urlsafe(32)}"
 
 
+def mint(namespace: str, name: str, scopes: frozenset[Scope], now_us: int) -> tuple[ApiKey, str]:
+    """A new key and its full secret (shown once; only :func:`hash_key` of it is stored)."""
+    key_id, secret = new_secret()
+    return ApiKey(key_id, namespace, name, scopes, secret[:11], now_us), secret
+
+
 def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 

@@ -53,6 +53,14 @@ class Customer(msgspec.Struct, frozen=True):
     updated_us: int
 
 
+def upserted(existing: Customer, inp: CustomerInput) -> CustomerInput:
+    """What an upsert (OpenMeter's subject upsert) of an existing customer stores: the new name,
+    the new metadata where given, and the customer's own subjects and time zone."""
+    return CustomerInput(
+        inp.key, inp.name, list(existing.subjects), existing.timezone, inp.metadata or existing.metadata
+    )
+
+
 def validate(inp: CustomerInput) -> CustomerInput:
     """Return ``inp`` if valid; raise one InvalidInput that lists every problem."""
     problems = []

@@ -1,0 +1,6 @@
+"""In-memory adapters: the reference implementations of the catalog ports.
+
+They keep everything in dicts behind one lock per store, pass the same contract suite as the
+SQLite adapters (``tests/contract/``) and back the services' fast unit tests. They import only
+ports and domain.
+"""

@@ -1,0 +1,104 @@
+"""Customers and namespace settings in memory (no ledger, so no quarantine to release)."""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from collections.abc import Callable, Sequence
+
+import msgspec
+from ulid import ULID
+
+from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, upserted
+from meterline.domain.errors import Conflict, NotFound
+from meterline.ports.customers import Quarantined, Saved
+
+
+class MemoryCustomers:
+    def __init__(self, now_us: Callable[[], int]) -> None:
+        self._now_us = now_us
+        self._lock = threading.Lock()
+        self._live: dict[tuple[str, str], Customer] = {}  # (namespace, key) -> customer
+        self._owners: dict[tuple[str, str], str] = {}  # (namespace, subject) -> customer key
+        self._policies: dict[str, UnknownSubjects] = {}
+
+    def create(self, namespace: str, inp: CustomerInput) -> Saved:
+        with self._lock:
+            return self._save(namespace, inp, None)
+
+    def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
+        with self._lock:
+            return self._save(namespace, inp, self._get(namespace, key))
+
+    def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> builtins.list[Saved]:
+        with self._lock:
+            live, owners = dict(self._live), dict(self._owners)
+            try:
+                return [self._upsert(namespace, inp) for inp in inputs]
+            except BaseException:
+                self._live, self._owners = live, owners  # all or none
+                raise
+
+    def _upsert(self, namespace: str, inp: CustomerInput) -> Saved:
+        existing = self._live.get((namespace, inp.key))
+        return self._save(namespace, inp if existing is None else upserted(existing, inp), existing)
+
+    def delete(self, namespace: str, key: str) -> None:
+        with self._lock:
+            customer = self._get(namespace, key)
+            del self._live[(namespace, customer.key)]
+            for subject in customer.subjects:
+                self._owners.pop((namespace, subject), None)
+
+    def get(self, namespace: str, key_or_id: str) -> Customer:
+        with self._lock:
+            return self._get(namespace, key_or_id)
+
+    def list(self, namespace: str) -> builtins.list[Customer]:
+        with self._lock:
+            return sorted((c for (ns, _), c in self._live.items() if ns == namespace), key=lambda c: c.key)
+
+    def by_subject(self, namespace: str, subject: str) -> Customer | None:
+        with self._lock:
+            key = self._owners.get((namespace, subject))
+            return None if key is None else self._live[(namespace, key)]
+
+    def policy(self, namespace: str) -> UnknownSubjects | None:
+        return self._policies.get(namespace)
+
+    def set_policy(self, namespace: str, policy: UnknownSubjects) -> None:
+        self._policies[namespace] = policy
+
+    def _get(self, namespace: str, key_or_id: str) -> Customer:
+        found = self._live.get((namespace, key_or_id))
+        if found is None:
+            found = next((c for (ns, _), c in self._live.items() if ns == namespace and c.id == key_or_id), None)
+        if found is None:
+            raise NotFound(f"no customer {key_or_id!r}", code="customer_not_found")
+        return found
+
+    def _save(self, namespace: str, inp: CustomerInput, old: Customer | None) -> Saved:
+        subjects = inp.subjects()
+        for subject in subjects:
+            owner = self._owners.get((namespace, subject))
+            if owner is not None and (old is None or owner != old.key):
+                raise Conflict(f"subject {subject!r} already belongs to customer {owner!r}", code="subject_claimed")
+        if old is None and (namespace, inp.key) in self._live:
+            raise Conflict(f"customer {inp.key!r} already exists", code="customer_exists")
+        now = self._now_us()
+        cid, created = (str(ULID()), now) if old is None else (old.id, old.created_us)
+        for subject in () if old is None else old.subjects:
+            del self._owners[(namespace, subject)]
+        self._owners.update(((namespace, s), inp.key) for s in subjects)
+        saved = Customer(cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now)
+        self._live[(namespace, inp.key)] = msgspec.structs.replace(saved, subjects=tuple(sorted(subjects)))
+        return Saved(saved, 0, 0)
+
+
+class NoQuarantine:
+    """The quarantine of a store without a ledger: nothing is ever held."""
+
+    def quarantined(
+        self, namespace: str, subject: str | None, *, limit: int, after_id: int
+    ) -> builtins.list[Quarantined]:
+        return []

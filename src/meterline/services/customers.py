@@ -1,0 +1,77 @@
+"""Customers and their namespace's unknown-subject policy: the rules around the repositories.
+
+Inputs are validated here, before anything is stored (every problem in one ``InvalidInput``);
+uniqueness of keys and subject claims is the repository's, checked in its transaction.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Sequence
+
+from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, validate
+from meterline.domain.errors import Conflict, NotFound
+from meterline.ports.customers import CustomerRepository, NamespaceSettings, Quarantine, Quarantined, Saved
+
+
+class CustomerService:
+    def __init__(
+        self,
+        customers: CustomerRepository,
+        settings: NamespaceSettings,
+        quarantine: Quarantine,
+        *,
+        default_policy: UnknownSubjects,
+    ) -> None:
+        self._customers = customers
+        self._settings = settings
+        self._quarantine = quarantine
+        self._default_policy = default_policy
+
+    def create(self, namespace: str, inp: CustomerInput) -> Saved:
+        return self._customers.create(namespace, validate(inp))
+
+    def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
+        """Replace the customer ``key``; the body must name the same key."""
+        validate(inp)
+        if inp.key != key:
+            raise Conflict(f"the body's key {inp.key!r} differs from the path's {key!r}", code="key_mismatch")
+        return self._customers.replace(namespace, key, inp)
+
+    def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> builtins.list[Saved]:
+        """OpenMeter's subject upsert: every input is validated first, then all are stored
+        together or none is."""
+        for inp in inputs:
+            validate(inp)
+        return self._customers.upsert_many(namespace, inputs)
+
+    def delete(self, namespace: str, key: str) -> None:
+        self._customers.delete(namespace, key)
+
+    def get(self, namespace: str, key_or_id: str) -> Customer:
+        return self._customers.get(namespace, key_or_id)
+
+    def list(self, namespace: str) -> builtins.list[Customer]:
+        return self._customers.list(namespace)
+
+    def owner(self, namespace: str, subject: str) -> Customer | None:
+        """The customer whose usage ``subject`` is: the one claiming it, else one keyed by it."""
+        customer = self._customers.by_subject(namespace, subject)
+        if customer is not None:
+            return customer
+        try:
+            return self._customers.get(namespace, subject)
+        except NotFound:
+            return None
+
+    def policy(self, namespace: str) -> UnknownSubjects:
+        """The namespace's unknown-subject policy, or the configured default."""
+        return self._settings.policy(namespace) or self._default_policy
+
+    def set_policy(self, namespace: str, policy: UnknownSubjects) -> None:
+        self._settings.set_policy(namespace, policy)
+
+    def quarantined(
+        self, namespace: str, subject: str | None, *, limit: int, after_id: int
+    ) -> builtins.list[Quarantined]:
+        return self._quarantine.quarantined(namespace, subject, limit=limit, after_id=after_id)

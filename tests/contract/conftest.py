@@ -1,0 +1,64 @@
+"""One parametrised fixture per port: every test in this directory runs against each adapter.
+
+A new adapter joins by adding its name to ``ADAPTERS`` and a branch to :func:`open_stores`;
+nothing else is edited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meterline.adapters.memory.customers import MemoryCustomers
+from meterline.adapters.memory.keys import MemoryKeys
+from meterline.adapters.sqlite.keys import SqliteKeys
+from meterline.bootstrap import open_backend
+from meterline.config import load_config
+from meterline.domain.clock import FixedClock
+
+T0_US = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
+ADAPTERS = ["sqlite", "memory"]
+
+
+@dataclass
+class Stores:
+    """The adapters of one kind, sharing one store and one frozen clock."""
+
+    kind: str
+    clock: FixedClock
+    customers: Any
+    keys: Any
+
+
+def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
+    clock = FixedClock(T0_US)
+    if kind == "memory":
+        yield Stores(kind, clock, MemoryCustomers(clock.now_us), MemoryKeys())
+        return
+    config = load_config(None, {"storage": {"data_dir": tmp_path / "data", "fsync": "normal"}})
+    backend = open_backend(config, clock)
+    try:
+        yield Stores(kind, clock, backend.customers, SqliteKeys(backend.db))
+    finally:
+        backend.close()
+
+
+@pytest.fixture(params=ADAPTERS)
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
+    yield from open_stores(request.param, tmp_path)
+
+
+@pytest.fixture
+def customers(stores: Stores) -> Any:
+    """A CustomerRepository that is also the NamespaceSettings."""
+    return stores.customers
+
+
+@pytest.fixture
+def keys(stores: Stores) -> Any:
+    """A KeyStore."""
+    return stores.keys
