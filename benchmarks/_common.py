@@ -84,13 +84,15 @@ def _spawn(name: str, args: list[str], log_path: Path, env: dict[str, str], port
     return Server(name, f"http://{HOST}:{port}", process, log_path)
 
 
-def start_meterline(data_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> Server:
+def start_meterline(
+    data_dir: Path, log_path: Path, env: dict[str, str] | None = None, name: str = "meterline"
+) -> Server:
     """``meterline serve`` on a free port with an admin key; storage settings are the defaults
     (fsync "full") unless ``env`` overrides them."""
     key = make_key(data_dir)
     port = free_port()
     server = _spawn(
-        "meterline",
+        name,
         [sys.executable, "-m", "meterline.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port)],
         log_path,
         {"METERLINE_LOG__LEVEL": "WARNING", **(env or {})},
@@ -102,10 +104,15 @@ def start_meterline(data_dir: Path, log_path: Path, env: dict[str, str] | None =
     return server
 
 
-def start_noop(log_path: Path) -> Server:
-    """The no-op ingest app (benchmarks/noop_app.py) on the same uvicorn settings."""
+def start_noop(data_dir: Path, log_path: Path, env: dict[str, str] | None = None, name: str = "noop") -> Server:
+    """The no-op ceiling (benchmarks/noop_app.py: meterline's own server, a ledger that stores
+    nothing) on a free port, with an admin key in ``data_dir``."""
+    key = make_key(data_dir)
     port = free_port()
-    server = _spawn("noop", [sys.executable, str(HERE / "noop_app.py"), "--port", str(port)], log_path, {}, port)
+    args = [sys.executable, str(HERE / "noop_app.py"), "--data-dir", str(data_dir), "--port", str(port)]
+    server = _spawn(name, args, log_path, {"METERLINE_LOG__LEVEL": "WARNING", **(env or {})}, port)
+    server.key = key
+    server.headers = {"Authorization": f"Bearer {key}"}
     wait_ready(server)
     return server
 

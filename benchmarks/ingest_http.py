@@ -1,23 +1,29 @@
-"""HTTP ingest throughput of a real ``meterline serve`` process, next to a no-op ceiling.
+"""HTTP ingest throughput of a real ``meterline serve`` process, next to its no-op ceiling.
 
     ./run bench ingest_http [--duration 10] [--cases 1:64,100:16,1000:8] [--threads 1]
+                            [--ids random|sequential] [--customers 10000] [--baseline OLD/src]
 
 For each case (events per request : connections) wrk posts CloudEvents batches for
-``--duration`` seconds, every event with a unique id (so all are accepted, none is a
-duplicate), first to the no-op app (benchmarks/noop_app.py: same HTTP stack and decoding, no
-storage), then to meterline. Before the load a SUM meter with a groupBy is created, so each
-event goes through dedupe, meter evaluation, the ledger and the rollups, with the default
-fsync "full" (an answer means the events are synced to disk).
+``--duration`` seconds to each server in turn: the no-op ceiling (benchmarks/noop_app.py:
+meterline's own server whose ledger stores nothing), then meterline. With ``--baseline`` the
+same two run from another checkout's ``src/`` first, so before and after are measured side by
+side in one run. Every event has a fresh UUIDv4 id (or, with ``--ids sequential``, a run
+prefix + counter) and a random one of ``--customers`` subjects, so every event is accepted.
+Before the load a SUM meter with a groupBy is created, so each event goes through dedupe,
+meter evaluation, the ledger and the rollups, with the default fsync "full" (an answer means
+the events are synced to disk).
 
-Afterwards the figures are checked against the server: accepted events (from /metrics)
-against what wrk saw answered, the writer's commits, and the meter's SUM from the query API
-against a sum recomputed from the ledger.
+Afterwards the figures are checked against each storing server: accepted events (from
+/metrics) against what wrk saw answered and against the ledger, the writer's commits, and
+the meter's SUM from the query API against a sum recomputed from the ledger.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import re
 import shutil
 import sqlite3
@@ -47,6 +53,8 @@ METER = {
 LUA = r"""
 local batch = __BATCH__
 local run = "__RUN__"
+local random_ids = __RANDOM__
+local customers = __CUSTOMERS__
 local models = {"gpt-4o", "claude-3-5", "llama-3-70b"}
 local threads = {}
 
@@ -62,6 +70,7 @@ end
 
 function init(args)
   prefix = run .. "-t" .. tid .. "-"
+  math.randomseed(__SEED__ + tid * 7919)
   counter = 0
   sent = 0
   ok204 = 0
@@ -69,15 +78,24 @@ function init(args)
   first_bad = ""
 end
 
+local function uuid4()
+  -- UUIDv4 from 16-bit draws (LuaJIT formats only 32-bit integers exactly)
+  local r = math.random
+  return string.format("%04x%04x-%04x-4%03x-%04x-%04x%04x%04x", r(0, 65535), r(0, 65535), r(0, 65535),
+    r(0, 4095), 32768 + r(0, 16383), r(0, 65535), r(0, 65535), r(0, 65535))
+end
+
 function request()
   local parts = {}
   for i = 1, batch do
     counter = counter + 1
     local n = counter
+    local id = random_ids and uuid4() or prefix .. n
+    local customer = random_ids and math.random(0, customers - 1) or n % customers
     parts[i] = string.format(
-      '{"specversion":"1.0","id":"%s%d","source":"wrk","type":"prompt","subject":"cust-%d",'
+      '{"specversion":"1.0","id":"%s","source":"wrk","type":"prompt","subject":"cust-%d",'
       .. '"data":{"tokens":%d,"model":"%s"}}',
-      prefix, n, n % 1000, n % 97, models[n % 3 + 1])
+      id, customer, n % 97, models[n % 3 + 1])
   end
   sent = sent + 1
   return wrk.format(nil, nil, nil, "[" .. table.concat(parts, ",") .. "]")
@@ -147,15 +165,30 @@ class Result:
 
 
 def run_wrk(
-    server: Server, work: Path, batch: int, connections: int, threads: int, duration: int, extra_lua: str = ""
+    server: Server,
+    work: Path,
+    batch: int,
+    connections: int,
+    threads: int,
+    duration: int,
+    extra_lua: str = "",
+    ids: str = "sequential",
+    customers: int = 1000,
 ) -> Result:
-    """``extra_lua`` is appended to the script (it may wrap ``response`` or add ``delay``)."""
-    run_id = f"{server.name}-b{batch}-{time.time_ns()}"
+    """``extra_lua`` is appended to the script (it may wrap ``response`` or add ``delay``).
+    ``ids``: ``sequential`` (run prefix + counter, subject ``cust-<n % customers>``) or ``random``
+    (UUIDv4 ids, a random subject of ``customers``)."""
+    run_id = f"{server.name.replace(' ', '_')}-b{batch}-{time.time_ns()}"
     script = work / f"{run_id}.lua"
-    script.write_text(
-        LUA.replace("__BATCH__", str(batch)).replace("__RUN__", run_id).replace("__KEY__", server.key or "none")
-        + extra_lua
-    )
+    fill = {
+        "__BATCH__": str(batch),
+        "__RUN__": run_id,
+        "__KEY__": server.key or "none",
+        "__RANDOM__": "true" if ids == "random" else "false",
+        "__CUSTOMERS__": str(customers),
+        "__SEED__": str(random.randrange(1, 2**31)),
+    }
+    script.write_text(re.sub("__[A-Z]+__", lambda m: fill[m.group(0)], LUA) + extra_lua)
     cmd = [
         "wrk",
         f"-t{threads}",
@@ -225,9 +258,6 @@ def verify(server: Server, data_dir: Path) -> None:
     r = httpx.get(f"{server.url}/api/v1/meters/tokens/query", headers=server.headers, timeout=60)
     r.raise_for_status()
     api_sum = sum(float(row["value"]) for row in r.json()["data"])
-    by_model = httpx.get(
-        f"{server.url}/api/v1/meters/tokens/query", params={"groupBy": "model"}, headers=server.headers, timeout=60
-    ).json()["data"]
     m = metrics(server)
     conn = sqlite3.connect(f"file:{data_dir / DB_FILE}?mode=ro", uri=True)
     ledger_n, ledger_sum = conn.execute(
@@ -236,32 +266,30 @@ def verify(server: Server, data_dir: Path) -> None:
     dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
     conn.close()
     accepted = int(m.get("meterline_events_total:accepted", 0))
-    print("\nVerification (whole run, meterline only)")
-    print(f"  accepted events (/metrics)        {accepted:>14,}")
-    print(
-        f"  duplicates / rejected (/metrics)  {int(m.get('meterline_events_total:duplicate', 0)):>6,}"
-        f" / {int(m.get('meterline_events_total:rejected', 0)):,}   dead letters in store: {dead:,}"
+    duplicates, rejected = (
+        int(m.get("meterline_events_total:duplicate", 0)),
+        int(m.get("meterline_events_total:rejected", 0)),
     )
-    print(f"  events in ledger                  {ledger_n:>14,}")
-    print(f"  SUM(tokens) recomputed from ledger{ledger_sum:>14,}")
-    print(f"  SUM(tokens) from the query API    {api_sum:>14,.0f}   ({len(by_model)} groups by model)")
-    print(f"  rollup lag (events)               {int(m.get('meterline_rollup_lag_events', 0)):>14,}")
-    ok = accepted == ledger_n and int(api_sum) == ledger_sum
-    print(f"  => {'consistent' if ok else 'MISMATCH'}")
+    ok = accepted == ledger_n and int(api_sum) == ledger_sum and duplicates == rejected == dead == 0
+    print(
+        f"  {server.name:<11} accepted {accepted:,} = ledger {ledger_n:,}; duplicates {duplicates}, rejected"
+        f" {rejected}, dead letters {dead}; SUM(tokens) ledger {ledger_sum:,} / query API {api_sum:,.0f}"
+        f" => {'consistent' if ok else 'MISMATCH'}"
+    )
 
 
-def report(results: list[Result], duration: int, threads: int, fsync: str) -> None:
-    print(f"\nResults (wrk, 127.0.0.1, meterline with fsync={fsync})")
+def report(results: list[Result], duration: int, threads: int, args: argparse.Namespace) -> None:
+    print(f"\nResults (wrk, 127.0.0.1, fsync={args.fsync}, {args.ids} ids, {args.customers} customers)")
     head = (
-        f"{'server':<10}{'ev/req':>7}{'conns':>6}{'req/s':>10}{'events/s':>11}{'p50 ms':>8}{'p90 ms':>8}"
-        f"{'p99 ms':>8}{'max ms':>8}{'204s':>9}{'non-204':>8}{'sockerr':>8}{'cpu':>6}{'main':>6}{'other':>6}"
+        f"{'server':<12}{'ev/req':>7}{'conns':>6}{'req/s':>10}{'events/s':>11}{'p50 ms':>8}{'p90 ms':>8}"
+        f"{'p99 ms':>8}{'max ms':>8}{'2xx':>9}{'non-2xx':>8}{'sockerr':>8}{'cpu':>6}{'main':>6}{'other':>6}"
         f"{'commits':>9}{'req/commit':>11}"
     )
     print(head)
     for r in results:
         commits = f"{r.commits:>9,}{r.ok204 / r.commits:>11.1f}" if r.commits else f"{'-':>9}{'-':>11}"
         print(
-            f"{r.server:<10}{r.batch:>7}{r.connections:>6}{r.rps:>10,.0f}{r.eps:>11,.0f}{r.p50_ms:>8.2f}"
+            f"{r.server:<12}{r.batch:>7}{r.connections:>6}{r.rps:>10,.0f}{r.eps:>11,.0f}{r.p50_ms:>8.2f}"
             f"{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}{r.max_ms:>8.1f}{r.ok204:>9,}{r.not204:>8}{r.socket_errors:>8}"
             f"{r.cpu_total / r.seconds:>6.2f}{r.cpu_main / r.seconds:>6.2f}{r.cpu_other / r.seconds:>6.2f}{commits}"
         )
@@ -269,15 +297,74 @@ def report(results: list[Result], duration: int, threads: int, fsync: str) -> No
         f"\n  {duration} s per case, wrk -t{threads}; cpu = server CPU cores used (main = event-loop thread,"
         " other = busiest other thread, i.e. the writer for meterline)"
     )
-    print("\nAccepted events vs. what wrk saw (meterline)")
-    print(f"{'ev/req':>7}{'204 answers x batch':>21}{'accepted (/metrics)':>21}{'sent by wrk x batch':>21}")
-    for r in results:
-        if r.server == "meterline":
-            print(f"{r.batch:>7}{r.ok204 * r.batch:>21,}{r.accepted:>21,}{r.sent * r.batch:>21,}")
+    print("\nAccepted events vs. what wrk saw (servers that store)")
     print(
-        "  (accepted may exceed 204s x batch by the requests in flight when wrk stopped: they were"
+        f"{'server':<12}{'ev/req':>7}{'2xx answers x batch':>21}{'accepted (/metrics)':>21}{'sent by wrk x batch':>21}"
+    )
+    for r in results:
+        if r.commits:
+            print(f"{r.server:<12}{r.batch:>7}{r.ok204 * r.batch:>21,}{r.accepted:>21,}{r.sent * r.batch:>21,}")
+    print(
+        "  (accepted may exceed 2xx x batch by the requests in flight when wrk stopped: they were"
         " stored, but wrk closed the connection before reading the answer)"
     )
+
+
+@dataclass
+class Variant:
+    """One server of the run: meterline or its no-op ceiling, of this checkout or the baseline."""
+
+    name: str
+    noop: bool
+    env: dict[str, str]
+    server: Server | None = None
+    data_dir: Path = Path()
+
+    def start(self, work: Path, fsync: str) -> Server:
+        self.data_dir = work / self.name.replace(" ", "_")
+        log = work / f"{self.name.replace(' ', '_')}.log"
+        if self.noop:
+            self.server = start_noop(self.data_dir, log, self.env, self.name)
+        else:
+            env = {"METERLINE_STORAGE__FSYNC": fsync, **self.env}
+            self.server = start_meterline(self.data_dir, log, env, self.name)
+        httpx.post(
+            f"{self.server.url}/api/v1/meters", json=METER, headers=self.server.headers, timeout=10
+        ).raise_for_status()
+        return self.server
+
+
+def variants(args: argparse.Namespace) -> list[Variant]:
+    """Taking turns in this order within each case: baseline ceiling, baseline, ceiling, this."""
+    out: list[Variant] = []
+    if args.baseline:
+        env = {"PYTHONPATH": os.path.abspath(args.baseline)}
+        out += [] if args.no_noop else [Variant("noop base", True, env)]
+        out.append(Variant("base", False, env))
+    out += [] if args.no_noop else [Variant("noop", True, {})]
+    out.append(Variant("meterline", False, {}))
+    return out
+
+
+def measure(v: Variant, work: Path, batch: int, connections: int, args: argparse.Namespace) -> Result:
+    assert v.server is not None
+    before = metrics(v.server)
+    r = run_wrk(v.server, work, batch, connections, args.threads, args.duration, ids=args.ids, customers=args.customers)
+    if not v.noop:
+        after = settle(v.server)
+        r.accepted = int(after["meterline_events_total:accepted"] - before["meterline_events_total:accepted"])
+        r.commits = int(after["meterline_group_commits"] - before["meterline_group_commits"])
+    print(
+        f"  {v.name:<11} {batch:>4} ev/req x {connections:>3} conns: {r.rps:>8,.0f} req/s"
+        f" {r.eps:>10,.0f} ev/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms"
+        f"  non-2xx {r.not204}  socket errors {r.socket_errors}",
+        flush=True,
+    )
+    if r.first_bad:
+        print(f"    first non-2xx answer: {r.first_bad}")
+    if args.verbose:
+        print(r.raw)
+    return r
 
 
 def main() -> None:
@@ -285,6 +372,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds per case (default 10)")
     parser.add_argument("--cases", default="1:64,100:16,1000:8", help="events-per-request:connections,...")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: the machine has 2 cores)")
+    parser.add_argument("--ids", choices=["random", "sequential"], default="random", help="event ids (default UUIDv4)")
+    parser.add_argument("--customers", type=int, default=10_000, help="distinct subjects (default 10000)")
+    parser.add_argument("--baseline", help="src/ directory of another checkout, measured too (taking turns)")
     parser.add_argument("--no-noop", action="store_true", help="skip the no-op ceiling")
     parser.add_argument("--fsync", choices=["full", "normal"], default="full")
     parser.add_argument("--verbose", action="store_true", help="print wrk's own output too")
@@ -293,50 +383,30 @@ def main() -> None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     cases = [tuple(int(x) for x in c.split(":")) for c in args.cases.split(",")]
     print(f"machine: {machine()}")
-    print(f"code: {code_version()}")
+    print(f"code: {code_version()}" + (f"; baseline: {args.baseline}" if args.baseline else ""))
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="meterline-bench-") as tmp:
         work = Path(tmp)
-        data_dir = work / "data"
-        servers: list[Server] = []
+        servers = variants(args)
         try:
-            noop = None if args.no_noop else start_noop(work / "noop.log")
-            servers += [noop] if noop else []
-            meterline = start_meterline(data_dir, work / "meterline.log", {"METERLINE_STORAGE__FSYNC": args.fsync})
-            servers.append(meterline)
-            httpx.post(
-                f"{meterline.url}/api/v1/meters", json=METER, headers=meterline.headers, timeout=10
-            ).raise_for_status()
+            for v in servers:
+                v.start(work, args.fsync)
             for batch, connections in cases:
-                for server in ([noop] if noop else []) + [meterline]:
-                    before = metrics(server) if server is meterline else {}
-                    r = run_wrk(server, work, batch, connections, args.threads, args.duration)
-                    if server is meterline:
-                        after = settle(server)
-                        r.accepted = int(
-                            after["meterline_events_total:accepted"] - before["meterline_events_total:accepted"]
-                        )
-                        r.commits = int(after["meterline_group_commits"] - before["meterline_group_commits"])
-                    results.append(r)
-                    print(
-                        f"  {server.name:<9} {batch:>4} ev/req x {connections:>3} conns: {r.rps:>8,.0f} req/s"
-                        f" {r.eps:>10,.0f} ev/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms"
-                        f"  non-204 {r.not204}  socket errors {r.socket_errors}",
-                        flush=True,
-                    )
-                    if r.first_bad:
-                        print(f"    first non-204 answer: {r.first_bad}")
-                    if args.verbose:
-                        print(r.raw)
+                for v in servers:
+                    results.append(measure(v, work, batch, connections, args))
                     time.sleep(1)
-            report(results, args.duration, args.threads, args.fsync)
-            verify(meterline, data_dir)
+            report(results, args.duration, args.threads, args)
+            print("\nVerification (whole run, servers that store): /metrics, the ledger and the query API agree")
+            for v in servers:
+                if not v.noop and v.server is not None:
+                    verify(v.server, v.data_dir)
             print("\nJSON " + json.dumps([{**vars(r), "raw": None} for r in results]))
         finally:
-            for server in servers:
-                server.stop()
-                if server.process.returncode not in (0, -15):
-                    print(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+            for v in servers:
+                if v.server is not None:
+                    v.server.stop()
+                    if v.server.process.returncode not in (0, -15):
+                        print(f"{v.name} exited with {v.server.process.returncode}:\n{v.server.log_tail()}")
 
 
 if __name__ == "__main__":

@@ -1,70 +1,59 @@
-"""The ceiling for ``ingest_http``: a no-op ingest endpoint on meterline's HTTP stack.
+"""The ceiling for ``ingest_http``: meterline's own server with a ledger that stores nothing.
 
-Same server settings as ``meterline serve`` (uvicorn, uvloop, httptools, no access log, one
-process), same body reading and the same event decoding and validation
-(``split_body`` + ``decode_events`` with the default limits); then it answers 204 without
-storing anything. There is no API-key check (meterline's is a cached dictionary lookup).
+This is ``meterline serve`` itself (the same ``create_app``, server settings, middleware,
+admission control, API-key check, decoding, validation, metrics and answers), except that the
+ledger's ``append`` answers at once, every valid event "accepted", without the writer thread,
+SQLite or fsync. So the gap between this and meterline is what storing costs, and this is as
+fast as ingest can get on the chosen HTTP stack. Run it against another checkout (PYTHONPATH)
+and it is that checkout's ceiling.
 
-Run by ``ingest_http.py``; by hand: ``.venv/bin/python benchmarks/noop_app.py --port 9000``.
+Run by ``ingest_http.py``; by hand:
+``.venv/bin/python benchmarks/noop_app.py --data-dir DIR --port 9000`` (a key must exist in DIR).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
 
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
-from meterline.api.http import read_body
-from meterline.api.ingest import SHAPES
-from meterline.config import Config
-from meterline.domain.events.decode import Limits, decode_events, split_body
-
-CONFIG = Config()
-LIMITS = Limits(
-    CONFIG.server.max_events_per_request,
-    int(CONFIG.ingest.future_skew.total_seconds() * 1_000_000),
-    None
-    if CONFIG.ingest.late_arrival_window is None
-    else int(CONFIG.ingest.late_arrival_window.total_seconds() * 1_000_000),
-)
+from meterline.api.app import create_app
+from meterline.config import load_config
+from meterline.domain.events.model import Candidate, Outcome, Status
 
 
-async def ingest(request: Request) -> Response:
-    shape = SHAPES.get(request.headers.get("content-type", "").split(";")[0].strip().lower(), "any")
-    body = await read_body(request, CONFIG.server.max_body_bytes)
-    raws = split_body(body, shape, CONFIG.server.max_events_per_request)
-    candidates = decode_events(raws, "default", time.time_ns() // 1000, LIMITS)
-    if any(c.event is None for c in candidates):
-        return Response(status_code=400)
-    return Response(status_code=204)
-
-
-async def ready(request: Request) -> Response:
-    return JSONResponse({"status": "ready"})
-
-
-app = Starlette(routes=[Route("/api/v1/events", ingest, methods=["POST"]), Route("/readyz", ready)])
+def append_nothing(namespace: str, candidates: Sequence[Candidate]) -> Future[list[Outcome]]:
+    """Each valid event accepted, each invalid one rejected, nothing stored: already resolved."""
+    done: Future[list[Outcome]] = Future()
+    done.set_result(
+        [
+            Outcome(c.index, c.id, c.source, Status.ACCEPTED)
+            if c.rejection is None
+            else Outcome(c.index, c.id, c.source, Status.REJECTED, c.rejection.reason, c.rejection.message)
+            for c in candidates
+        ]
+    )
+    return done
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=9000)
     args = parser.parse_args()
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=5,
-    )
+    config = load_config(None, {"storage": {"data_dir": args.data_dir}, "server": {"port": args.port}})
+    app = create_app(config)
+    app.state.ctx.backend.ledger.append = append_nothing
+    try:
+        from meterline.cli.store_cmds import run_http
+    except ImportError:  # a checkout older than run_http: the settings ``meterline serve`` used then
+        import uvicorn
+
+        settings = {"log_config": None, "access_log": False, "loop": "uvloop", "http": "httptools"}
+        uvicorn.run(app, host="127.0.0.1", port=args.port, timeout_graceful_shutdown=5, **settings)
+        return
+    run_http(app, "127.0.0.1", args.port)
 
 
 if __name__ == "__main__":

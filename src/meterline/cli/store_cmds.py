@@ -19,6 +19,8 @@ from meterline.domain.clock import rfc3339
 if TYPE_CHECKING:
     import sqlite3
 
+    from starlette.types import ASGIApp
+
     from meterline.config import Config
 
 
@@ -39,8 +41,6 @@ def _config(config_path: Path | None, data_dir: Path | None, **server: Any) -> C
 @click.option("--port", type=int, help="port (default 8888)")
 def serve(config_path: Path | None, data_dir: Path | None, host: str | None, port: int | None) -> None:
     """Run the server in embedded mode (SQLite in the data directory)."""
-    import uvicorn
-
     from meterline.api.app import create_app
     from meterline.cli.logs import setup_logging
 
@@ -55,10 +55,17 @@ def serve(config_path: Path | None, data_dir: Path | None, host: str | None, por
         click.echo(f"  {bootstrap}")
     click.echo("Authenticate with: Authorization: Bearer <key>   (more keys: meterline keys create --scope ingest)")
     sys.stdout.flush()
+    run_http(app, config.server.host, config.server.port)
+
+
+def run_http(app: ASGIApp, host: str, port: int) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM (then finish the requests in flight, 5 s at most)."""
+    import uvicorn
+
     uvicorn.run(
         app,
-        host=config.server.host,
-        port=config.server.port,
+        host=host,
+        port=port,
         log_config=None,
         access_log=False,
         loop="uvloop",
