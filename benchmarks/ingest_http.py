@@ -283,7 +283,7 @@ def report(results: list[Result], duration: int, threads: int, args: argparse.Na
     head = (
         f"{'server':<12}{'ev/req':>7}{'conns':>6}{'req/s':>10}{'events/s':>11}{'p50 ms':>8}{'p90 ms':>8}"
         f"{'p99 ms':>8}{'max ms':>8}{'2xx':>9}{'non-2xx':>8}{'sockerr':>8}{'cpu':>6}{'main':>6}{'other':>6}"
-        f"{'commits':>9}{'req/commit':>11}"
+        f"{'commits':>9}{'req/commit':>11}{'cpu us/req':>11}"
     )
     print(head)
     for r in results:
@@ -292,10 +292,12 @@ def report(results: list[Result], duration: int, threads: int, args: argparse.Na
             f"{r.server:<12}{r.batch:>7}{r.connections:>6}{r.rps:>10,.0f}{r.eps:>11,.0f}{r.p50_ms:>8.2f}"
             f"{r.p90_ms:>8.2f}{r.p99_ms:>8.2f}{r.max_ms:>8.1f}{r.ok204:>9,}{r.not204:>8}{r.socket_errors:>8}"
             f"{r.cpu_total / r.seconds:>6.2f}{r.cpu_main / r.seconds:>6.2f}{r.cpu_other / r.seconds:>6.2f}{commits}"
+            f"{r.cpu_total / max(r.requests, 1) * 1e6:>11,.0f}"
         )
     print(
         f"\n  {duration} s per case, wrk -t{threads}; cpu = server CPU cores used (main = event-loop thread,"
-        " other = busiest other thread, i.e. the writer for meterline)"
+        " other = busiest other thread, i.e. the writer for meterline); cpu us/req = server CPU per answered"
+        " request, which a busy machine disturbs less than the rates"
     )
     print("\nAccepted events vs. what wrk saw (servers that store)")
     print(

@@ -40,9 +40,10 @@ from meterline.runtime.metrics import Metrics
 
 log = logging.getLogger("meterline")
 
+INGEST = ingest.IngestEndpoint()
 ROUTES = [
     # the hot paths first: Starlette tries routes in order
-    Route("/api/v1/events", ingest.ingest, methods=["POST"]),
+    Route(ingest.PATH, INGEST, methods=["POST"]),
     Route("/api/v1/entitlements/check", entitlements.check, methods=["POST"]),
     Route("/healthz", ops.healthz),
     Route("/readyz", ops.readyz),
@@ -219,7 +220,10 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         lifespan=lifespan,
-        middleware=[Middleware(Backpressure, admission=admission, retry_after=config.server.retry_after)],
+        middleware=[
+            Middleware(Backpressure, admission=admission, retry_after=config.server.retry_after),
+            Middleware(ingest.FastLane, endpoint=INGEST),
+        ],
         exception_handlers={MeterlineError: on_meterline_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.ctx = ctx

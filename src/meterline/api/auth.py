@@ -21,7 +21,11 @@ class Authenticator:
         self._cache: dict[str, tuple[float, ApiKey]] = {}
 
     def require(self, request: Request, scope: Scope) -> ApiKey:
-        key = self._resolve(request.headers.get("authorization"))
+        return self.require_header(request.headers.get("authorization"), scope)
+
+    def require_header(self, header: str | None, scope: Scope) -> ApiKey:
+        """The key of an ``Authorization`` header's value, if it has ``scope``."""
+        key = self._resolve(header)
         if not key.allows(scope):
             raise Forbidden(f"This API key lacks the {scope.value!r} scope", code="missing_scope")
         return key

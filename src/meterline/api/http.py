@@ -8,8 +8,9 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import msgspec
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from meterline.api.members import member_problem
 from meterline.domain.clock import rfc3339, to_us
@@ -25,9 +26,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > limit:
-        raise PayloadTooLarge(f"The body is {declared} bytes; at most {limit} are allowed", code="body_too_large")
+    _check_declared(request.headers.get("content-length"), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -35,6 +34,29 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"The body is over {limit} bytes", code="body_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """:func:`read_body` for a raw ASGI endpoint: the same limits, read from ``receive``."""
+    _check_declared(declared, limit)
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk: bytes = message.get("body", b"")
+        more = message.get("more_body", False)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The body is over {limit} bytes", code="body_too_large")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _check_declared(declared: str | None, limit: int) -> None:
+    """A declared ``Content-Length`` over ``limit`` is refused before any of the body is read."""
+    if declared is not None and _DIGITS.fullmatch(declared) and int(declared) > limit:
+        raise PayloadTooLarge(f"The body is {declared} bytes; at most {limit} are allowed", code="body_too_large")
 
 
 def media_type(request: Request) -> str:

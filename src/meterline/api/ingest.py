@@ -1,4 +1,14 @@
-"""``POST /api/v1/events`` (OpenMeter-compatible ingest) and ``GET /api/v1/events``."""
+"""``POST /api/v1/events`` (OpenMeter-compatible ingest) and ``GET /api/v1/events``.
+
+The POST is the hot path, so it is a plain ASGI app (:class:`IngestEndpoint`, a Starlette
+route's endpoint) rather than a ``Request`` handler: it reads the four headers it needs
+straight from the scope, the body straight from ``receive``, decodes the whole body in one
+typed decode (:func:`decode_body`), waits for the group commit through :func:`append` (one
+event-loop wake-up per commit) and answers a 204 as two ASGI messages. What it refuses is a
+:class:`MeterlineError`, rendered by the app's one problem+json handler as for every other
+endpoint; admission control (``backpressure.py``) has run before it.
+:class:`FastLane` takes the exact path past Starlette's router to it.
+"""
 
 from __future__ import annotations
 
@@ -8,54 +18,116 @@ import time
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meterline.adapters.sqlite.ledger import EventFilter
+from meterline.api.completions import Completions
 from meterline.api.context import Context
-from meterline.api.http import json_response, parse_int, parse_time, read_body
-from meterline.api.problems import problem
-from meterline.domain.auth.keys import Scope
+from meterline.api.http import json_response, parse_int, parse_time, receive_body
+from meterline.api.problems import on_meterline_error, problem
+from meterline.domain.auth.keys import Scope as KeyScope
 from meterline.domain.clock import rfc3339
-from meterline.domain.errors import UnsupportedMediaType
-from meterline.domain.events.decode import decode_events, split_body
-from meterline.domain.events.model import Outcome, Status
+from meterline.domain.errors import MeterlineError, UnsupportedMediaType
+from meterline.domain.events.model import Candidate, Outcome, Status
+from meterline.domain.events.typed import decode_body
 
+PATH = "/api/v1/events"
 SHAPES = {
     "application/cloudevents+json": "single",
     "application/cloudevents-batch+json": "batch",
     "application/json": "any",
 }
+_HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"prefer"})
+_NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
+_EMPTY = {"type": "http.response.body", "body": b""}
 
 
-async def ingest(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    started = time.perf_counter()
-    key = ctx.auth.require(request, Scope.INGEST)
-    shape = SHAPES.get(request.headers.get("content-type", "").split(";")[0].strip().lower())
-    if shape is None:
-        raise UnsupportedMediaType(
-            "Send application/cloudevents+json, application/cloudevents-batch+json or application/json",
-        )
-    body = await read_body(request, ctx.config.server.max_body_bytes)
-    raws = split_body(body, shape, ctx.config.server.max_events_per_request)
-    candidates = decode_events(raws, key.namespace, ctx.clock.now_us(), ctx.limits)
-    outcomes = await asyncio.wrap_future(ctx.backend.ledger.append(key.namespace, candidates))
-    ctx.metrics.observe(outcomes)
-    ctx.metrics.latency.observe(time.perf_counter() - started)
-    if "return=representation" in request.headers.get("prefer", ""):
+class IngestEndpoint:
+    """``POST /api/v1/events``: authenticate, decode and validate, append, answer."""
+
+    def __init__(self) -> None:
+        self._completions: Completions | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._handle(scope, receive, send)
+        except MeterlineError as exc:  # answered as the app's error handler answers any endpoint's
+            response = await on_meterline_error(Request(scope, receive), exc)
+            await response(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx: Context = scope["app"].state.ctx
+        started = time.perf_counter()
+        head = _headers(scope)
+        key = ctx.auth.require_header(head.get("authorization"), KeyScope.INGEST)
+        shape = SHAPES.get(head.get("content-type", "").split(";")[0].strip().lower())
+        if shape is None:
+            raise UnsupportedMediaType(
+                "Send application/cloudevents+json, application/cloudevents-batch+json or application/json",
+            )
+        body = await receive_body(receive, head.get("content-length"), ctx.config.server.max_body_bytes)
+        candidates = decode_body(body, shape, key.namespace, ctx.clock.now_us(), ctx.limits)
+        outcomes = await self.append(ctx, key.namespace, candidates)
+        ctx.metrics.observe(outcomes)
+        ctx.metrics.latency.observe(time.perf_counter() - started)
+        representation = "return=representation" in head.get("prefer", "")
+        if representation or any(o.status is Status.REJECTED for o in outcomes):
+            await _answer(scope, outcomes, representation)(scope, receive, send)
+            return
+        await send(_NO_CONTENT)
+        await send(_EMPTY)
+
+    async def append(self, ctx: Context, namespace: str, candidates: list[Candidate]) -> list[Outcome]:
+        """The one call into the ledger: durable (per the fsync setting) once it returns."""
+        return await self._waiter().wait(ctx.backend.ledger.append(namespace, candidates))
+
+    def _waiter(self) -> Completions:
+        loop = asyncio.get_running_loop()
+        if self._completions is None or self._completions.loop is not loop:
+            self._completions = Completions(loop)
+        return self._completions
+
+
+class FastLane:
+    """ASGI middleware: ``POST /api/v1/events`` goes straight to its endpoint, past Starlette's
+    exception layer and router (the route stays in the router, with the same endpoint, for
+    every other spelling of the path and for the ``Allow`` header of a 405)."""
+
+    def __init__(self, app: ASGIApp, endpoint: IngestEndpoint) -> None:
+        self.app = app
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == PATH and scope["method"] == "POST":
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    """The first value of each header the endpoint reads (latin-1, as Starlette decodes them)."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _HEADERS:
+            found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    return found
+
+
+def _answer(scope: Scope, outcomes: list[Outcome], representation: bool) -> Response:
+    """The report (``Prefer: return=representation``) or, when events were rejected, a problem."""
+    if representation:
         return json_response(_report(outcomes), 200)
     rejected = [o for o in outcomes if o.status is Status.REJECTED]
-    if rejected:
-        return problem(
-            request,
-            400,
-            "events_rejected",
-            "Some events were rejected",
-            f"{len(rejected)} of {len(outcomes)} events were rejected; the others were recorded",
-            accepted=sum(o.status is Status.ACCEPTED for o in outcomes),
-            duplicates=sum(o.status is Status.DUPLICATE for o in outcomes),
-            rejected=[_item(o) for o in rejected],
-        )
-    return Response(status_code=204)
+    return problem(
+        Request(scope),
+        400,
+        "events_rejected",
+        "Some events were rejected",
+        f"{len(rejected)} of {len(outcomes)} events were rejected; the others were recorded",
+        accepted=sum(o.status is Status.ACCEPTED for o in outcomes),
+        duplicates=sum(o.status is Status.DUPLICATE for o in outcomes),
+        rejected=[_item(o) for o in rejected],
+    )
 
 
 def _report(outcomes: list[Outcome]) -> dict[str, object]:
@@ -80,7 +152,7 @@ def _item(o: Outcome) -> dict[str, object]:
 async def list_events(request: Request) -> Response:
     """OpenMeter's list: newest first, ``from`` defaults to 72 hours ago, ``limit`` 1-100."""
     ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
+    key = ctx.auth.require(request, KeyScope.READ)
     q = request.query_params
     start = parse_time("from", q.get("from"))
     if start is None:

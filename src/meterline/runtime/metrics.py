@@ -40,12 +40,14 @@ class Metrics:
         self.auth_failures = Counter(
             "meterline_auth_failures", "Requests refused for a missing or invalid key or token (METER-003)", registry=r
         )
-        for status in Status:
-            self.events.labels(status.value)
+        self._by_status = {status: self.events.labels(status.value) for status in Status}
 
     def observe(self, outcomes: list[Outcome]) -> None:
         self.batch.observe(len(outcomes))
-        counts = {s: 0 for s in Status}
+        if len(outcomes) == 1 and outcomes[0].status is Status.ACCEPTED:  # the usual single event
+            self._by_status[Status.ACCEPTED].inc()
+            return
+        counts = dict.fromkeys(Status, 0)
         for o in outcomes:
             counts[o.status] += 1
             if o.conflict:
@@ -54,7 +56,7 @@ class Metrics:
                 self.rejected.labels(o.reason.value).inc()
         for status, n in counts.items():
             if n:
-                self.events.labels(status.value).inc(n)
+                self._by_status[status].inc(n)
 
     def gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         Gauge(name, doc, registry=self.registry).set_function(fn)

@@ -108,10 +108,11 @@ def _split_deep(body: bytes, shape: str, max_events: int) -> list[msgspec.Raw | 
 def decode_events(
     raws: Sequence[msgspec.Raw | TooDeep], namespace: str, now_us: int, limits: Limits
 ) -> list[Candidate]:
-    return [_decode_one(i, raw, namespace, now_us, limits) for i, raw in enumerate(raws)]
+    return [decode_one(i, raw, namespace, now_us, limits) for i, raw in enumerate(raws)]
 
 
-def _decode_one(index: int, sent: msgspec.Raw | TooDeep, namespace: str, now_us: int, limits: Limits) -> Candidate:
+def decode_one(index: int, sent: msgspec.Raw | TooDeep, namespace: str, now_us: int, limits: Limits) -> Candidate:
+    """One event of a request, decoded on its own and checked field by field."""
     raw = bytes(sent)
     if isinstance(sent, TooDeep):
         return _reject(index, None, None, raw, Reason.INVALID_DATA, _TOO_DEEP)
@@ -138,7 +139,7 @@ def _decode_one(index: int, sent: msgspec.Raw | TooDeep, namespace: str, now_us:
         time_us,
         env.data,
         raw,
-        _digest(env.type, env.subject, None if env.time is None else time_us, env.data),
+        digest(env.type, env.subject, None if env.time is None else time_us, env.data),
     )
     return Candidate(index, env.id, env.source, event=event, raw=raw)
 
@@ -186,11 +187,11 @@ def _check_envelope(env: CloudEventIn, now_us: int, limits: Limits) -> Rejection
     ):
         return Rejection(Reason.INVALID_DATA, "`datacontenttype` must be application/json")
     if env.time is not None:
-        return _check_time(env.time, now_us, limits)
+        return check_time(env.time, now_us, limits)
     return None
 
 
-def _check_time(t: datetime, now_us: int, limits: Limits) -> Rejection | None:
+def check_time(t: datetime, now_us: int, limits: Limits) -> Rejection | None:
     if t.tzinfo is None:
         return Rejection(Reason.INVALID_TIME, "`time` must be RFC 3339 with a UTC offset (e.g. 2026-01-01T00:00:00Z)")
     time_us = to_us(t)
@@ -201,7 +202,7 @@ def _check_time(t: datetime, now_us: int, limits: Limits) -> Rejection | None:
     return None
 
 
-def _digest(type_: str, subject: str, time_us: int | None, data: object) -> bytes:
+def digest(type_: str, subject: str, time_us: int | None, data: object) -> bytes:
     """Fingerprint of the payload. An event without ``time`` is fingerprinted without it, so an
     identical retry is not mistaken for a conflict just because it arrived later."""
     payload = _digest_encoder.encode([type_, subject, time_us, data])
