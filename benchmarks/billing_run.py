@@ -24,16 +24,16 @@ from pathlib import Path
 import msgspec
 
 from meterline.adapters.sqlite.backend import EmbeddedBackend
-from meterline.adapters.sqlite.billing_model import StoredSubscription, subscription_row
-from meterline.adapters.sqlite.billing_run import BillingRuns
-from meterline.api.billing_scheduler import settings_from
-from meterline.bootstrap import open_backend
+from meterline.adapters.sqlite.billing import subscription_row
+from meterline.bootstrap import billing_services, open_backend
 from meterline.config import load_config
 from meterline.domain.billing import Subscription, parse_plan
+from meterline.domain.billing.records import StoredSubscription
 from meterline.domain.clock import FixedClock, from_us
 from meterline.domain.customers.model import CustomerInput
 from meterline.domain.events.decode import Limits, decode_events
 from meterline.domain.meters.model import Aggregation, MeterSpec
+from meterline.services.billing import Billing
 
 NS = "default"
 MARCH = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z
@@ -59,14 +59,13 @@ PLAN = {
 }  # fmt: skip
 
 
-def seed(backend: EmbeddedBackend, customers: int) -> int:
+def seed(backend: EmbeddedBackend, billing: Billing, customers: int) -> int:
     for slug in METERS:
         backend.meters.create(NS, MeterSpec(slug, slug, Aggregation.SUM, value_property="$.v"))
     inputs = [CustomerInput(f"c{i:05d}", f"Customer {i}", [f"c{i:05d}", f"c{i:05d}-b"]) for i in range(customers)]
     saved = backend.db.writer.call(lambda conn: [backend.customers._save(conn, NS, inp, None) for inp in inputs])
-    billing = backend.billing
-    billing.create_plan(NS, parse_plan(PLAN), auto_version=False)
-    billing.publish_plan(NS, "scale", 1)
+    billing.plans.create(NS, parse_plan(PLAN), auto_version=False)
+    billing.plans.publish(NS, "scale", 1)
     start = from_us(MARCH)
     subs = [
         StoredSubscription(f"s{i:05d}", NS, s.customer.id, Subscription(s.customer.key, "scale", 1, start, "UTC"),
@@ -113,21 +112,21 @@ def main() -> None:
         config = load_config(None, {"storage": {"data_dir": Path(tmp), "fsync": "normal"}})
         backend = open_backend(config, clock)
         try:
+            billing = billing_services(config, backend, clock)
             t0 = time.perf_counter()
-            events = seed(backend, args.customers)
+            events = seed(backend, billing, args.customers)
             seeded = time.perf_counter() - t0
-            runs = BillingRuns(backend.billing)
-            settings = settings_from(config.billing)
+            runs = billing.runs
             profiler = cProfile.Profile() if args.profile else None
             t1 = time.perf_counter()
             if profiler:
                 profiler.enable()
-            report = runs.run(settings, NS)
+            report = runs.run(NS)
             if profiler:
                 profiler.disable()
             elapsed = time.perf_counter() - t1
             t2 = time.perf_counter()
-            again = runs.run(settings, NS)
+            again = runs.run(NS)
             rerun = time.perf_counter() - t2
         finally:
             backend.close()

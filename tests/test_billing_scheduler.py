@@ -154,7 +154,7 @@ def test_a_manual_run_racing_the_scheduler_reports_the_invoices_it_found(tmp_pat
     lock = HandOff()
 
     def prepare(app: Starlette) -> None:
-        app.state.ctx.backend.billing.run_lock = lock
+        app.state.ctx.billing.runs.lock = lock
 
     with serve(tmp_path, {"scheduler_interval": 0.02}, prepare) as served:
         billing_setup(served, "acme", "bravo")

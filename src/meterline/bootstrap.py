@@ -16,11 +16,13 @@ from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
-from meterline.config import Config
+from meterline.config import BillingConfig, Config
+from meterline.domain.billing.records import RunSettings
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.errors import ConfigError, NotFound
 from meterline.runtime.background import Monitor
+from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.customers import CustomerService
 from meterline.services.dead_letters import DeadLetterService
 from meterline.services.dispatch import Dispatcher
@@ -70,17 +72,21 @@ class System:
     dispatcher: Dispatcher
     scanner: AnomalyScanner
     catalog: Catalog
+    billing: Billing
     _started: list[object] = field(default_factory=list)
 
     def start(self) -> None:
-        """Start the background loops (webhook delivery, anomaly scans, key pruning, follow-ups)."""
+        """Start the background loops (webhook delivery, anomaly scans, key pruning, follow-ups,
+        the billing scheduler when the config enables it)."""
         self.dispatcher.start()
         self.scanner.start()
         self.backend.dedupe_pruner.start()
         self.backend.followups.start()
+        self.billing.scheduler.start()
 
     def close(self) -> None:
         """Stop the loops, then close the store (its writer commits what was queued)."""
+        self.billing.scheduler.close()
         self.scanner.close()
         self.dispatcher.close()
         self.backend.close()
@@ -132,7 +138,44 @@ def build(config: Config, clock: Clock | None = None) -> System:
     )
     backend.alerts.wake = dispatcher.wake
     scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
-    return System(config, clock, monitor, backend, dispatcher, scanner, catalog(config, clock, backend))
+    billing = billing_services(config, backend, clock, monitor)
+    return System(config, clock, monitor, backend, dispatcher, scanner, catalog(config, clock, backend), billing)
+
+
+def run_settings(config: BillingConfig) -> RunSettings:
+    """The billing-run settings of a ``[billing]`` config section."""
+    return RunSettings(
+        prefix=config.invoice_prefix,
+        digits=config.invoice_digits,
+        grace_us=_us(config.grace_period.total_seconds()),
+        lookback_us=_us(config.adjustment_lookback.total_seconds()),
+    )
+
+
+def billing_services(config: Config, backend: EmbeddedBackend, clock: Clock, monitor: Monitor | None = None) -> Billing:
+    """The billing services over the store's billing adapters (the scheduler is not started)."""
+    cfg = config.billing
+    scheduler = SchedulerSettings(cfg.scheduler_enabled, cfg.scheduler_interval.total_seconds())
+    return build_billing(
+        backend.billing,
+        clock,
+        run_settings(cfg),
+        scheduler=scheduler,
+        max_report_windows=config.query.max_rows,
+        monitor=monitor,
+    )
+
+
+@contextmanager
+def open_billing(config: Config, clock: Clock | None = None) -> Iterator[Billing]:
+    """The billing services over the data directory alone (``meterline billing run``); the
+    store is closed on exit."""
+    clock = clock or SystemClock()
+    backend = open_backend(config, clock)
+    try:
+        yield billing_services(config, backend, clock)
+    finally:
+        backend.close()
 
 
 def ensure_config_meters(config: Config, backend: EmbeddedBackend) -> None:

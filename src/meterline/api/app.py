@@ -189,6 +189,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         ),
         backend.history,
         system.catalog,
+        system.billing,
     )
     dispatcher = system.dispatcher
     ctx.dispatcher = dispatcher
@@ -211,9 +212,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         gc.freeze()
         system.start()
         watch.start()
-        billing_scheduler = billing.start_scheduler(ctx)
         yield
-        billing_scheduler.close()
         watch.close()
         system.close()
 

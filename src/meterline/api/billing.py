@@ -7,24 +7,22 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from meterline.adapters.sqlite.billing_model import StoredSubscription
 from meterline.api import billing_invoices as inv
-from meterline.api.billing_scheduler import BillingScheduler, settings_from
-from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_body, json_response, optional_body, parse_int, typed_body
 from meterline.api.members import tree_problem
 from meterline.domain.auth.keys import Scope
-from meterline.domain.billing import PlanVersion, Subscription, parse_plan
-from meterline.domain.clock import from_us, rfc3339, to_us
+from meterline.domain.billing import PlanVersion, parse_plan
+from meterline.domain.billing.records import StoredSubscription
+from meterline.domain.clock import rfc3339, to_us
 from meterline.domain.errors import InvalidInput, InvalidPlan
+from meterline.services.billing_subscriptions import SubscriptionRequest
 
-__all__ = ["ROUTES", "BillingScheduler", "settings_from", "start_scheduler"]
-MINUTE_US = 60_000_000
+__all__ = ["ROUTES"]
 MAX_VERSION = 2**31 - 1
 
 
@@ -53,8 +51,8 @@ def plan_json(plan: PlanVersion) -> dict[str, Any]:
     return {**body, "cadence": plan.cadence, "status": plan.status.value, "publishedAt": published}
 
 
-def subscription_json(ctx: Context, s: StoredSubscription) -> dict[str, Any]:
-    now, sub = ctx.clock.now_us(), s.subscription
+def subscription_json(call: Call, s: StoredSubscription) -> dict[str, Any]:
+    now, sub = call.ctx.clock.now_us(), s.subscription
     status = "scheduled" if to_us(sub.start) > now else "active"
     if sub.end is not None and to_us(sub.end) <= now:
         status = "ended"
@@ -64,18 +62,8 @@ def subscription_json(ctx: Context, s: StoredSubscription) -> dict[str, Any]:
     return body
 
 
-def _ctx(request: Request) -> Context:
-    ctx: Context = request.app.state.ctx
-    return ctx
-
-
-def _version(request: Request) -> int:
-    return parse_int("version", request.path_params["version"], 0, 1, MAX_VERSION)
-
-
-def _now_minute(ctx: Context) -> datetime:
-    now = ctx.clock.now_us()
-    return from_us(now - now % MINUTE_US)
+def _version(call: Call) -> int:
+    return parse_int("version", call.path("version"), 0, 1, MAX_VERSION)
 
 
 # -- plans ------------------------------------------------------------------------------------
@@ -98,28 +86,23 @@ async def _plan_body(request: Request, plan: str | None = None, version: int | N
     return parse_plan(body), auto
 
 
-async def create_plan(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    plan, auto = await _plan_body(request)
-    stored = await run_in_threadpool(ctx.backend.billing.create_plan, key.namespace, plan, auto_version=auto)
+@endpoint(Scope.ADMIN)
+async def create_plan(call: Call) -> Response:
+    plan, auto = await _plan_body(call.request)
+    stored = await call.run(call.ctx.billing.plans.create, call.namespace, plan, auto_version=auto)
     return json_response(plan_json(stored), 201)
 
 
-async def list_plans(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    plans = await run_in_threadpool(ctx.backend.billing.plans, key.namespace, request.query_params.get("plan"))
+@endpoint(Scope.READ)
+async def list_plans(call: Call) -> Response:
+    plans = await call.run(call.ctx.billing.plans.versions, call.namespace, call.request.query_params.get("plan"))
     return json_response([plan_json(p) for p in plans])
 
 
-async def get_plan(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    name = request.path_params["plan"]
-    plans = await run_in_threadpool(ctx.backend.billing.plans, key.namespace, name)
-    if not plans:
-        await run_in_threadpool(ctx.backend.billing.plan, key.namespace, name, 1)  # raises plan_not_found
+@endpoint(Scope.READ)
+async def get_plan(call: Call) -> Response:
+    name = call.path("plan")
+    plans = await call.run(call.ctx.billing.plans.history, call.namespace, name)
     published = [p.version for p in plans if p.published]
     return json_response(
         {
@@ -130,104 +113,70 @@ async def get_plan(request: Request) -> Response:
     )
 
 
-async def get_plan_version(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    plan = await run_in_threadpool(
-        ctx.backend.billing.plan, key.namespace, request.path_params["plan"], _version(request)
-    )
+@endpoint(Scope.READ)
+async def get_plan_version(call: Call) -> Response:
+    plan = await call.run(call.ctx.billing.plans.get, call.namespace, call.path("plan"), _version(call))
     return json_response(plan_json(plan))
 
 
-async def replace_plan_version(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    plan, _ = await _plan_body(request, request.path_params["plan"], _version(request))
-    stored = await run_in_threadpool(ctx.backend.billing.replace_plan, key.namespace, plan)
+@endpoint(Scope.ADMIN)
+async def replace_plan_version(call: Call) -> Response:
+    plan, _ = await _plan_body(call.request, call.path("plan"), _version(call))
+    stored = await call.run(call.ctx.billing.plans.replace, call.namespace, plan)
     return json_response(plan_json(stored))
 
 
-async def publish_plan_version(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    args = (key.namespace, request.path_params["plan"], _version(request))
-    return json_response(plan_json(await run_in_threadpool(ctx.backend.billing.publish_plan, *args)))
+@endpoint(Scope.ADMIN)
+async def publish_plan_version(call: Call) -> Response:
+    version = _version(call)
+    published = await call.run(call.ctx.billing.plans.publish, call.namespace, call.path("plan"), version)
+    return json_response(plan_json(published))
 
 
-async def copy_plan_version(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    args = (key.namespace, request.path_params["plan"], _version(request))
-    return json_response(plan_json(await run_in_threadpool(ctx.backend.billing.copy_plan, *args)), 201)
+@endpoint(Scope.ADMIN)
+async def copy_plan_version(call: Call) -> Response:
+    version = _version(call)
+    copied = await call.run(call.ctx.billing.plans.copy, call.namespace, call.path("plan"), version)
+    return json_response(plan_json(copied), 201)
 
 
 # -- subscriptions ----------------------------------------------------------------------------
 
 
-async def create_subscription(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, SubscriptionInput, "subscription")
-    billing = ctx.backend.billing
-
-    def work() -> StoredSubscription:
-        customer = ctx.backend.customers.get(key.namespace, inp.customer)
-        version = inp.version or billing.plan(key.namespace, inp.plan).version
-        start = inp.start or _now_minute(ctx)
-        sub = Subscription(customer.key, inp.plan, version, start, inp.zone or customer.timezone, inp.anchor_day)
-        return billing.subscribe(key.namespace, sub)
-
-    return json_response(subscription_json(ctx, await run_in_threadpool(work)), 201)
+@endpoint(Scope.ADMIN)
+async def create_subscription(call: Call) -> Response:
+    inp = await typed_body(call.request, SubscriptionInput, "subscription")
+    req = SubscriptionRequest(inp.customer, inp.plan, inp.version, inp.start, inp.anchor_day, inp.zone)
+    sub = await call.run(call.ctx.billing.subscriptions.subscribe, call.namespace, req)
+    return json_response(subscription_json(call, sub), 201)
 
 
-async def list_subscriptions(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    customer = request.query_params.get("customer")
-
-    def work() -> list[StoredSubscription]:
-        cid = None if customer is None else ctx.backend.customers.get(key.namespace, customer).id
-        return ctx.backend.billing.subscriptions(key.namespace, cid)
-
-    return json_response([subscription_json(ctx, s) for s in await run_in_threadpool(work)])
+@endpoint(Scope.READ)
+async def list_subscriptions(call: Call) -> Response:
+    customer = call.request.query_params.get("customer")
+    subs = await call.run(call.ctx.billing.subscriptions.list, call.namespace, customer)
+    return json_response([subscription_json(call, s) for s in subs])
 
 
-async def get_subscription(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    sub = await run_in_threadpool(ctx.backend.billing.subscription, key.namespace, request.path_params["id"])
-    return json_response(subscription_json(ctx, sub))
+@endpoint(Scope.READ)
+async def get_subscription(call: Call) -> Response:
+    sub = await call.run(call.ctx.billing.subscriptions.get, call.namespace, call.path("id"))
+    return json_response(subscription_json(call, sub))
 
 
-async def change_subscription(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, ChangeInput, "plan change")
-    billing = ctx.backend.billing
-
-    def work() -> list[StoredSubscription]:
-        version = inp.version or billing.plan(key.namespace, inp.plan).version
-        at = inp.at or _now_minute(ctx)
-        return billing.change(key.namespace, request.path_params["id"], at, inp.plan, version)
-
-    closed, started = await run_in_threadpool(work)
-    return json_response({"closed": subscription_json(ctx, closed), "started": subscription_json(ctx, started)})
+@endpoint(Scope.ADMIN)
+async def change_subscription(call: Call) -> Response:
+    inp = await typed_body(call.request, ChangeInput, "plan change")
+    args = (call.namespace, call.path("id"), inp.plan, inp.version, inp.at)
+    closed, started = await call.run(call.ctx.billing.subscriptions.change, *args)
+    return json_response({"closed": subscription_json(call, closed), "started": subscription_json(call, started)})
 
 
-async def cancel_subscription(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await optional_body(request, CancelInput, "cancellation", CancelInput())
-    at = inp.at or _now_minute(ctx)
-    sub = await run_in_threadpool(ctx.backend.billing.cancel, key.namespace, request.path_params["id"], at)
-    return json_response(subscription_json(ctx, sub))
-
-
-def start_scheduler(ctx: Context) -> BillingScheduler:
-    """Start the server's billing scheduler (a no-op thread when disabled in the config)."""
-    scheduler = BillingScheduler(ctx.backend.billing, ctx.config.billing)
-    scheduler.start()
-    return scheduler
+@endpoint(Scope.ADMIN)
+async def cancel_subscription(call: Call) -> Response:
+    inp = await optional_body(call.request, CancelInput, "cancellation", CancelInput())
+    sub = await call.run(call.ctx.billing.subscriptions.cancel, call.namespace, call.path("id"), inp.at)
+    return json_response(subscription_json(call, sub))
 
 
 _V = "/api/v1/plans/{plan}/versions/{version}"

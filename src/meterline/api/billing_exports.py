@@ -7,30 +7,23 @@ import io
 from datetime import datetime
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from meterline.adapters.sqlite.billing_model import InvoiceRecord
-from meterline.adapters.sqlite.billing_views import showback
-from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import parse_time
 from meterline.api.meter_query import run_query
 from meterline.domain import csvsafe
 from meterline.domain.auth.keys import Scope
 from meterline.domain.billing.documents import Invoice, decode_invoice
 from meterline.domain.billing.exports import Status, export_csv
+from meterline.domain.billing.records import InvoiceRecord
 from meterline.domain.billing.report import ReportRow
 from meterline.domain.clock import from_us, to_us
 from meterline.domain.errors import InvalidInput
 
 _encode = msgspec.json.Encoder().encode
-
-
-def _ctx(request: Request) -> Context:
-    ctx: Context = request.app.state.ctx
-    return ctx
 
 
 def status_of(r: InvoiceRecord) -> Status:
@@ -52,17 +45,15 @@ def _format(request: Request, allowed: tuple[str, ...]) -> str:
     return fmt
 
 
-async def report(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    start, end = _range(request)
-    fmt = _format(request, ("json", "csv"))
-    q = request.query_params
-    args = (ctx.backend.billing, key.namespace, start, end)
-    customer, group_by, most = q.get("customer"), q.get("groupBy"), ctx.config.query.max_rows
+@endpoint(Scope.READ)
+async def report(call: Call) -> Response:
+    start, end = _range(call.request)
+    fmt = _format(call.request, ("json", "csv"))
+    q = call.request.query_params
+    customer, group_by, showback = q.get("customer"), q.get("groupBy"), call.ctx.billing.showback
 
     def work() -> Response:
-        rep = showback(*args, customer=customer, group_by=group_by, max_windows=most)
+        rep = showback.report(call.namespace, start, end, customer=customer, group_by=group_by)
         if fmt == "csv":
             return Response(_report_csv(rep.rows), media_type="text/csv")
         body = {
@@ -75,7 +66,7 @@ async def report(request: Request) -> Response:
         }
         return Response(_encode(body), media_type="application/json")
 
-    return await run_query(request, work)
+    return await run_query(call.request, work)
 
 
 def _report_csv(rows: list[ReportRow]) -> str:
@@ -120,14 +111,11 @@ def _report_csv(rows: list[ReportRow]) -> str:
     return out.getvalue()
 
 
-async def export(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    start, end = _range(request)
-    fmt = _format(request, ("jsonl", "csv"))
-    records = await run_in_threadpool(
-        ctx.backend.billing.invoices.list, key.namespace, period_from_us=to_us(start), period_to_us=to_us(end)
-    )
+@endpoint(Scope.READ)
+async def export(call: Call) -> Response:
+    start, end = _range(call.request)
+    fmt = _format(call.request, ("jsonl", "csv"))
+    records = await call.run(call.ctx.billing.invoices.list, call.namespace, None, to_us(start), to_us(end))
     if fmt == "csv":
         pairs: list[tuple[Invoice, Status]] = [(decode_invoice(r.body), status_of(r)) for r in records]
         return Response(export_csv(pairs), media_type="text/csv")

@@ -7,41 +7,28 @@ finalized; whether it was voided travels beside it (``Meterline-Invoice-Status``
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from meterline.adapters.sqlite.billing_model import InvoiceRecord
-from meterline.adapters.sqlite.billing_run import BillingRuns, RunReport
 from meterline.api import billing_exports as exports
 from meterline.api.billing_exports import status_of
-from meterline.api.billing_scheduler import settings_from
-from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_time, typed_body
 from meterline.domain.auth.keys import Scope
-from meterline.domain.billing.credits import GrantTerms, grant_problems
+from meterline.domain.billing.credits import GrantTerms
 from meterline.domain.billing.documents import decode_invoice, timestamp
 from meterline.domain.billing.exports import invoice_csv, invoice_html
 from meterline.domain.billing.money import currency, round_line
-from meterline.domain.clock import from_us, rfc3339, to_us
-from meterline.domain.errors import InvalidInput
-
-_encode = msgspec.json.Encoder().encode
+from meterline.domain.billing.records import InvoiceRecord, RunReport
+from meterline.domain.clock import rfc3339
 
 
 class VoidInput(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
     reason: str
     reissue: bool = False
-
-
-def _ctx(request: Request) -> Context:
-    ctx: Context = request.app.state.ctx
-    return ctx
 
 
 def record_json(r: InvoiceRecord) -> dict[str, Any]:
@@ -86,148 +73,99 @@ def run_json(report: RunReport) -> dict[str, Any]:
     }
 
 
-async def run_billing(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    runs = BillingRuns(ctx.backend.billing)
-    report = await run_in_threadpool(runs.run, settings_from(ctx.config.billing), key.namespace)
+@endpoint(Scope.ADMIN)
+async def run_billing(call: Call) -> Response:
+    report = await call.run(call.ctx.billing.runs.run, call.namespace)
     return json_response(run_json(report))
 
 
-async def preview(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    runs = BillingRuns(ctx.backend.billing)
-    args = (settings_from(ctx.config.billing), key.namespace, request.path_params["customer"])
-    invoices, failures = await run_in_threadpool(runs.preview, *args)
+@endpoint(Scope.READ)
+async def preview(call: Call) -> Response:
+    invoices, failures = await call.run(call.ctx.billing.runs.preview, call.namespace, call.path("customer"))
     items = [{**msgspec.to_builtins(i), "number": None} for i in invoices]
     problems = [{"subscription": f.subscription, "code": f.code, "detail": f.detail} for f in failures]
-    return json_response({"at": rfc3339(ctx.clock.now_us()), "invoices": items, "problems": problems})
+    return json_response({"at": rfc3339(call.ctx.clock.now_us()), "invoices": items, "problems": problems})
 
 
-async def list_invoices(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    q = request.query_params
-
-    def work() -> list[InvoiceRecord]:
-        customer = q.get("customer")
-        cid = None if customer is None else ctx.backend.customers.get(key.namespace, customer).id
-        start, end = parse_time("from", q.get("from")), parse_time("to", q.get("to"))
-        return ctx.backend.billing.invoices.list(key.namespace, customer_id=cid, period_from_us=start, period_to_us=end)
-
-    return json_response({"items": [record_json(r) for r in await run_in_threadpool(work)]})
+@endpoint(Scope.READ)
+async def list_invoices(call: Call) -> Response:
+    q = call.request.query_params
+    start, end = parse_time("from", q.get("from")), parse_time("to", q.get("to"))
+    records = await call.run(call.ctx.billing.invoices.list, call.namespace, q.get("customer"), start, end)
+    return json_response({"items": [record_json(r) for r in records]})
 
 
-async def _record(request: Request) -> tuple[Context, InvoiceRecord]:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
-    record = await run_in_threadpool(ctx.backend.billing.invoices.get, key.namespace, request.path_params["number"])
-    return ctx, record
+async def _record(call: Call) -> InvoiceRecord:
+    return await call.run(call.ctx.billing.invoices.get, call.namespace, call.path("number"))
 
 
-async def get_invoice(request: Request) -> Response:
-    _, r = await _record(request)
+@endpoint(Scope.READ)
+async def get_invoice(call: Call) -> Response:
+    r = await _record(call)
     return Response(r.body, media_type="application/json", headers={"Meterline-Invoice-Status": r.status})
 
 
-async def invoice_status(request: Request) -> Response:
-    _, r = await _record(request)
-    return json_response(record_json(r))
+@endpoint(Scope.READ)
+async def invoice_status(call: Call) -> Response:
+    return json_response(record_json(await _record(call)))
 
 
-async def invoice_lines_csv(request: Request) -> Response:
-    _, r = await _record(request)
+@endpoint(Scope.READ)
+async def invoice_lines_csv(call: Call) -> Response:
+    r = await _record(call)
     name = f'attachment; filename="{r.number}.csv"'
     return Response(invoice_csv(decode_invoice(r.body)), media_type="text/csv", headers={"Content-Disposition": name})
 
 
-async def invoice_page(request: Request) -> Response:
-    ctx, r = await _record(request)
-    page = invoice_html(decode_invoice(r.body), status_of(r), ctx.config.billing.locale)
+@endpoint(Scope.READ)
+async def invoice_page(call: Call) -> Response:
+    r = await _record(call)
+    page = invoice_html(decode_invoice(r.body), status_of(r), call.ctx.config.billing.locale)
     return Response(page, media_type="text/html")
 
 
-async def void_invoice(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, VoidInput, "void")
-    if not inp.reason.strip():
-        raise InvalidInput("a void needs a reason", code="invalid_void")
-    number = request.path_params["number"]
-    record = await run_in_threadpool(ctx.backend.billing.invoices.void, key.namespace, number, inp.reason)
-    replacement = None
-    if inp.reissue:
-        runs = BillingRuns(ctx.backend.billing)
-        args = (settings_from(ctx.config.billing), key.namespace, number)
-        replacement = await run_in_threadpool(runs.reissue, *args)
-        record = await run_in_threadpool(ctx.backend.billing.invoices.get, key.namespace, number)
+@endpoint(Scope.ADMIN)
+async def void_invoice(call: Call) -> Response:
+    inp = await typed_body(call.request, VoidInput, "void")
+    args = (call.namespace, call.path("number"), inp.reason)
+    record, replacement = await call.run(call.ctx.billing.invoices.void, *args, reissue=inp.reissue)
     return json_response({"voided": record_json(record), "replacement": replacement})
 
 
-async def reissue_invoice(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    runs = BillingRuns(ctx.backend.billing)
-    args = (settings_from(ctx.config.billing), key.namespace, request.path_params["number"])
-    return json_response({"replacement": await run_in_threadpool(runs.reissue, *args)}, 201)
+@endpoint(Scope.ADMIN)
+async def reissue_invoice(call: Call) -> Response:
+    replacement = await call.run(call.ctx.billing.invoices.reissue, call.namespace, call.path("number"))
+    return json_response({"replacement": replacement}, 201)
 
 
 # -- credits ----------------------------------------------------------------------------------
 
 
-async def create_credit(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-    terms = await typed_body(request, GrantTerms, "credit grant")
-    problems = grant_problems(terms)
-    if problems:
-        raise InvalidInput(
-            "Invalid credit grant: " + "; ".join(problems), code="invalid_credit_grant", problems=problems
-        )
-    if terms.effective_at is None:
-        terms = msgspec.structs.replace(terms, effective_at=from_us(ctx.clock.now_us()))
-
-    def work() -> None:
-        customer = ctx.backend.customers.get(key.namespace, request.path_params["customer"])
-        ctx.backend.billing.invoices.add_grant(key.namespace, customer.id, terms)
-
-    await run_in_threadpool(work)
-    return json_response(
-        {**msgspec.to_builtins(terms), "balance": str(round_line(terms.amount, currency(terms.currency)))}, 201
-    )
+def _money(amount: Any, code: str) -> str:
+    return str(round_line(amount, currency(code)))
 
 
-async def credit_balance(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.READ)
+@endpoint(Scope.ADMIN)
+async def create_credit(call: Call) -> Response:
+    terms = await typed_body(call.request, GrantTerms, "credit grant")
+    stored = await call.run(call.ctx.billing.credits.grant, call.namespace, call.path("customer"), terms)
+    return json_response({**msgspec.to_builtins(stored), "balance": _money(stored.amount, stored.currency)}, 201)
 
-    def work() -> list[tuple[GrantTerms, Any]]:
-        customer = ctx.backend.customers.get(key.namespace, request.path_params["customer"])
-        return ctx.backend.billing.invoices.grants(key.namespace, customer.id)
 
-    now = ctx.clock.now_us()
-    grants: list[dict[str, Any]] = []
-    balances: dict[str, Decimal] = {}
-    for terms, balance in await run_in_threadpool(work):
-        usable = terms.expires_at is None or to_us(terms.expires_at) > now
-        shown = str(round_line(balance, currency(terms.currency)))
-        grants.append({**msgspec.to_builtins(terms), "balance": shown, "expired": not usable})
-        if usable:
-            balances[terms.currency] = balances.get(terms.currency, Decimal(0)) + balance
-    totals = {c: str(round_line(b, currency(c))) for c, b in sorted(balances.items())}
+@endpoint(Scope.READ)
+async def credit_balance(call: Call) -> Response:
+    found = await call.run(call.ctx.billing.credits.balances, call.namespace, call.path("customer"))
+    grants = [
+        {**msgspec.to_builtins(g.terms), "balance": _money(g.balance, g.terms.currency), "expired": g.expired}
+        for g in found.grants
+    ]
+    totals = {c: _money(b, c) for c, b in found.totals.items()}
     return json_response({"balances": totals, "grants": grants})
 
 
-async def void_credit(request: Request) -> Response:
-    ctx = _ctx(request)
-    key = ctx.auth.require(request, Scope.ADMIN)
-
-    def work() -> None:
-        customer = ctx.backend.customers.get(key.namespace, request.path_params["customer"])
-        ctx.backend.billing.invoices.void_grant(key.namespace, customer.id, request.path_params["key"])
-
-    await run_in_threadpool(work)
+@endpoint(Scope.ADMIN)
+async def void_credit(call: Call) -> Response:
+    await call.run(call.ctx.billing.credits.void, call.namespace, call.path("customer"), call.path("key"))
     return Response(status_code=204)
 
 

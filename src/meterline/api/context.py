@@ -12,6 +12,7 @@ from meterline.config import Config
 from meterline.domain.clock import Clock
 from meterline.domain.events.decode import Limits
 from meterline.runtime.metrics import Metrics
+from meterline.services.billing import Billing
 from meterline.services.dispatch import Dispatcher
 
 
@@ -25,4 +26,5 @@ class Context:
     limits: Limits
     history: History
     catalog: Catalog
+    billing: Billing
     dispatcher: Dispatcher | None = None

@@ -60,19 +60,13 @@ def run_cmd(
         with Api(url, api_key, timeout_s or _TIMEOUT) as api:
             _print_run(api.post("/api/v1/billing/runs"), as_json)
         return
-    from meterline.adapters.sqlite.billing_run import BillingRuns
     from meterline.api.billing_invoices import run_json
-    from meterline.api.billing_scheduler import settings_from
-    from meterline.bootstrap import open_backend
+    from meterline.bootstrap import open_billing
     from meterline.config import load_config
-    from meterline.domain.clock import SystemClock
 
     config = load_config(config_path, {"storage": {"data_dir": data_dir}})
-    backend = open_backend(config, SystemClock())
-    try:
-        report = BillingRuns(backend.billing).run(settings_from(config.billing), namespace)
-    finally:
-        backend.close()
+    with open_billing(config) as billing:
+        report = billing.runs.run(namespace)
     _print_run(run_json(report), as_json)
 
 

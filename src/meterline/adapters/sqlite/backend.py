@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from meterline.adapters.sqlite.alerting import AlertEvaluator
-from meterline.adapters.sqlite.billing import SqliteBilling
+from meterline.adapters.sqlite.billing import billing_stores
 from meterline.adapters.sqlite.counters import History, LiveCounters
 from meterline.adapters.sqlite.customers import SqliteCustomers, load_all
 from meterline.adapters.sqlite.database import Database
@@ -83,7 +83,7 @@ class EmbeddedBackend:
             self.db, self.state, self.counters, self.notifications, self.history, clock, baseline_days=baseline_days
         )
         self.notifications.changed = followups.guarded("alert rules", self.alerts.reload, self.alerts.reload)
-        self.billing = SqliteBilling(self.db, self.customers, self.meters, clock.now_us)
+        self.billing = billing_stores(self.db, self.customers, self.meters, clock.now_us)
 
     def close(self) -> None:
         self.followups.close()

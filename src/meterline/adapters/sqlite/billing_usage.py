@@ -12,15 +12,18 @@ Answers are exact Decimals; windows must fall on whole minutes.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from meterline.adapters.sqlite.meters import query_rows
+from meterline.adapters.sqlite.customers import SqliteCustomers
+from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.meters import SqliteMeters, query_rows
 from meterline.adapters.sqlite.rollups import read_states
 from meterline.domain.billing import UsageKey
 from meterline.domain.billing.money import add
+from meterline.domain.billing.records import UsageAsk
+from meterline.domain.customers.model import Customer
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import SUBJECT, MeterQuery, Row, group_values
 from meterline.domain.meters.windows import bucket_size
@@ -31,14 +34,51 @@ FILTER_LIMIT = 500
 _UTC = ZoneInfo("UTC")
 
 
-@dataclass(frozen=True, slots=True)
-class UsageAsk:
-    """What one priced window needs: the customer's subjects, the window, the plan's queries."""
+class SqlitePeriodUsage:
+    """``PeriodUsage`` over the rollup tables, read as they are today (see ``read_usage``)."""
 
-    subjects: tuple[str, ...]
-    start_us: int
-    end_us: int
-    queries: tuple[tuple[str, str | None], ...]
+    def __init__(self, db: Database, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._now_us = now_us
+
+    def usage(self, meters: Mapping[str, Meter], asks: Sequence[UsageAsk]) -> list[dict[UsageKey, Decimal]]:
+        return read_usage(self._db.reader(), meters, asks, self._now_us())
+
+
+class SqliteBillingDirectory:
+    """``BillingDirectory``: the customers and meters of the catalog, read for billing."""
+
+    def __init__(self, db: Database, customers: SqliteCustomers, meters: SqliteMeters) -> None:
+        self._db = db
+        self._customers = customers
+        self._meters = meters
+
+    def customer(self, namespace: str, key: str) -> Customer:
+        return self._customers.get(namespace, key)
+
+    def customers(self, namespace: str) -> dict[str, Customer]:
+        return load_customers(self._db.reader(), namespace)
+
+    def meters(self, namespace: str) -> list[Meter]:
+        return self._meters.list(namespace)
+
+
+def load_customers(conn: sqlite3.Connection, namespace: str) -> dict[str, Customer]:
+    """Every live customer of ``namespace`` with its subjects, in two queries."""
+    subjects: dict[str, list[str]] = {}
+    for subject, cid in conn.execute(
+        "SELECT subject, customer FROM customer_subjects WHERE namespace = ? ORDER BY subject", (namespace,)
+    ):
+        subjects.setdefault(cid, []).append(subject)
+    rows = conn.execute(
+        "SELECT id, key, name, timezone, created_us, updated_us FROM customers"
+        " WHERE namespace = ? AND deleted_us IS NULL",
+        (namespace,),
+    )
+    return {
+        cid: Customer(cid, namespace, key, name, tuple(subjects.get(cid, ())), tz, None, created, updated)
+        for cid, key, name, tz, created, updated in rows
+    }
 
 
 def read_usage(

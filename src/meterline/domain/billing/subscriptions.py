@@ -151,3 +151,23 @@ def _inside(sub: Subscription, at: datetime) -> None:
     after_end = sub.end is not None and to_us(at) >= to_us(sub.end)
     if to_us(at) <= to_us(sub.start) or after_end:
         raise InvalidSubscription("the instant must lie strictly inside the subscription")
+
+
+MINUTE_US = 60_000_000
+
+
+def aligned(name: str, t: datetime) -> None:
+    """Refuse an instant without an offset or off a whole minute (usage is kept per minute)."""
+    if t.utcoffset() is None:
+        raise InvalidInput(f"`{name}` must carry a UTC offset", code="invalid_datetime")
+    if to_us(t) % MINUTE_US:
+        raise InvalidInput(f"`{name}` must fall on a whole minute (usage is kept per minute)", code="unaligned_time")
+
+
+def overlapping(new: Subscription, others: list[Subscription]) -> int | None:
+    """The index of the first of ``others`` (the customer's subscriptions) that ``new`` overlaps."""
+    for i, other in enumerate(others):
+        ends_after = other.end is None or to_us(other.end) > to_us(new.start)
+        if ends_after and (new.end is None or to_us(other.start) < to_us(new.end)):
+            return i
+    return None

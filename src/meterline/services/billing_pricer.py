@@ -1,19 +1,15 @@
-"""Pricing against stored data: plan versions, customers and meters of one namespace, cached
-for one billing run, preview or report, and the usage of many windows read in batches."""
+"""Pricing windows of one namespace: plan versions, customers and meters are read once and
+cached for one billing run, preview or report; the usage of many windows is read in one go."""
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
 import msgspec
 
-from meterline.adapters.sqlite.billing import SqliteBilling
-from meterline.adapters.sqlite.billing_model import Billed
-from meterline.adapters.sqlite.billing_usage import UsageAsk, read_usage
 from meterline.domain.billing import (
     Adjustment,
     BillingWindow,
@@ -26,10 +22,12 @@ from meterline.domain.billing import (
     usage_queries,
 )
 from meterline.domain.billing.documents import InvoiceWindow, usage_entries, usage_map
+from meterline.domain.billing.records import Billed, UsageAsk
 from meterline.domain.customers.model import Customer
 from meterline.domain.errors import MeterlineError, NotFound
 from meterline.domain.meters.model import Meter
 from meterline.domain.periods import Period
+from meterline.ports.billing import BillingStores
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +54,17 @@ class Failed:
 class Pricer:
     """Prices windows of one namespace; plans, customers and meters are read once and cached."""
 
-    def __init__(self, billing: SqliteBilling, namespace: str) -> None:
-        self._billing = billing
+    def __init__(self, stores: BillingStores, namespace: str) -> None:
+        self._stores = stores
         self.namespace = namespace
         self._plans: dict[tuple[str, int], PlanVersion] = {}
-        self.customers: dict[str, Customer] = load_customers(billing.db.reader(), namespace)
-        self._meters: dict[str, Meter] = {m.slug: m for m in billing.meters.list(namespace)}
+        self.customers: dict[str, Customer] = stores.directory.customers(namespace)
+        self._meters: dict[str, Meter] = {m.slug: m for m in stores.directory.meters(namespace)}
 
     def plan(self, plan: str, version: int) -> PlanVersion:
         key = (plan, version)
         if key not in self._plans:
-            self._plans[key] = check_plan(self._billing.plan(self.namespace, plan, version))
+            self._plans[key] = check_plan(self._stores.plans.get(self.namespace, plan, version))
         return self._plans[key]
 
     def customer(self, customer_id: str) -> Customer:
@@ -94,8 +92,7 @@ class Pricer:
     ) -> list[dict[UsageKey, Decimal]]:
         """Usage of explicit ``(meter, dimension)`` queries per (customer, window)."""
         usage_asks = [UsageAsk(self.customer(c).subjects, w.start_us, w.end_us, q) for c, w, q in asks]
-        conn = self._billing.db.reader()
-        return read_usage(conn, self._meters, usage_asks, self._billing.now_us())
+        return self._stores.usage.usage(self._meters, usage_asks)
 
     def meter_dimensions(self, slug: str) -> tuple[str, ...]:
         meter = self._meters.get(slug)
@@ -137,24 +134,6 @@ class Pricer:
                 now = dataclasses.replace(b, current=_with_usage(b.window, current))
                 out.append((adj, now, plan.currency))
         return out
-
-
-def load_customers(conn: sqlite3.Connection, namespace: str) -> dict[str, Customer]:
-    """Every live customer of ``namespace`` with its subjects, in two queries."""
-    subjects: dict[str, list[str]] = {}
-    for subject, cid in conn.execute(
-        "SELECT subject, customer FROM customer_subjects WHERE namespace = ? ORDER BY subject", (namespace,)
-    ):
-        subjects.setdefault(cid, []).append(subject)
-    rows = conn.execute(
-        "SELECT id, key, name, timezone, created_us, updated_us FROM customers"
-        " WHERE namespace = ? AND deleted_us IS NULL",
-        (namespace,),
-    )
-    return {
-        cid: Customer(cid, namespace, key, name, tuple(subjects.get(cid, ())), tz, None, created, updated)
-        for cid, key, name, tz, created, updated in rows
-    }
 
 
 def _bw(b: Billed) -> BillingWindow:

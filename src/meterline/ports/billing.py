@@ -1,0 +1,22 @@
+"""The billing stores, together: what ``bootstrap`` hands the billing services."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meterline.ports.billing_credits import CreditStore
+from meterline.ports.billing_invoices import InvoiceStore, InvoiceUnitOfWork
+from meterline.ports.billing_plans import PlanStore
+from meterline.ports.billing_subscriptions import SubscriptionStore
+from meterline.ports.billing_usage import BillingDirectory, PeriodUsage
+
+
+@dataclass(frozen=True, slots=True)
+class BillingStores:
+    plans: PlanStore
+    subscriptions: SubscriptionStore
+    invoices: InvoiceStore
+    finalizing: InvoiceUnitOfWork
+    credits: CreditStore
+    usage: PeriodUsage
+    directory: BillingDirectory
