@@ -26,27 +26,34 @@ from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.customers import CustomerService
 from meterline.services.dead_letters import DeadLetterService
 from meterline.services.dispatch import Dispatcher
+from meterline.services.entitlements import EntitlementService
+from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """The catalog services the faces call: customers, keys, dead letters."""
+    """The catalog services the faces call."""
 
     customers: CustomerService
     keys: KeyService
     dead_letters: DeadLetterService
+    entitlements: EntitlementService
+    features: FeatureService
 
 
 def catalog(config: Config, clock: Clock, backend: EmbeddedBackend) -> Catalog:
     """The catalog services over the embedded store's repositories."""
-    customers = backend.customers
+    customers, ents = backend.customers, backend.entitlements
+    entitlements = EntitlementService(ents, ents.features, customers, backend.meters, clock)
     return Catalog(
         customers=CustomerService(
             customers, customers, customers, default_policy=UnknownSubjects(config.ingest.unknown_subjects)
         ),
         keys=KeyService(SqliteKeys(backend.db), clock),
         dead_letters=DeadLetterService(backend.dead_letters),
+        entitlements=entitlements,
+        features=FeatureService(ents.features, ents.grants, backend.meters, entitlements, clock),
     )
 
 

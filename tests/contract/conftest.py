@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from meterline.adapters.memory.customers import MemoryCustomers
+from meterline.adapters.memory.entitlements import MemoryEntitlements, MemoryFeatures, MemoryGrants
 from meterline.adapters.memory.keys import MemoryKeys
+from meterline.adapters.memory.meters import MemoryMeters
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.bootstrap import open_backend
 from meterline.config import load_config
@@ -32,17 +34,33 @@ class Stores:
     clock: FixedClock
     customers: Any
     keys: Any
+    meters: Any
+    features: Any
+    entitlements: Any
+    grants: Any
 
 
 def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
     clock = FixedClock(T0_US)
     if kind == "memory":
-        yield Stores(kind, clock, MemoryCustomers(clock.now_us), MemoryKeys())
+        yield Stores(
+            kind,
+            clock,
+            MemoryCustomers(clock.now_us),
+            MemoryKeys(),
+            MemoryMeters(clock.now_us),
+            MemoryFeatures(),
+            MemoryEntitlements(),
+            MemoryGrants(),
+        )
         return
     config = load_config(None, {"storage": {"data_dir": tmp_path / "data", "fsync": "normal"}})
     backend = open_backend(config, clock)
     try:
-        yield Stores(kind, clock, backend.customers, SqliteKeys(backend.db))
+        ents = backend.entitlements
+        yield Stores(
+            kind, clock, backend.customers, SqliteKeys(backend.db), backend.meters, ents.features, ents, ents.grants
+        )
     finally:
         backend.close()
 
@@ -62,3 +80,27 @@ def customers(stores: Stores) -> Any:
 def keys(stores: Stores) -> Any:
     """A KeyStore."""
     return stores.keys
+
+
+@pytest.fixture
+def meters(stores: Stores) -> Any:
+    """A MeterCatalog."""
+    return stores.meters
+
+
+@pytest.fixture
+def features(stores: Stores) -> Any:
+    """A FeatureRepository."""
+    return stores.features
+
+
+@pytest.fixture
+def entitlements(stores: Stores) -> Any:
+    """An EntitlementRepository."""
+    return stores.entitlements
+
+
+@pytest.fixture
+def grants(stores: Stores) -> Any:
+    """A GrantRepository."""
+    return stores.grants

@@ -7,17 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.adapters.sqlite.counters import Live
 from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_bool, parse_time, typed_body
 from meterline.api.meter_query import limits_of, run_query
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
-from meterline.domain.customers.model import Customer
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput
 from meterline.domain.entitlements.render import entitlement_body, period_body, value_body
 from meterline.domain.entitlements.value import Value, verdict
@@ -49,122 +47,101 @@ def entitlement_json(ctx: Context, e: Entitlement) -> dict[str, Any]:
     return entitlement_body(e, None if live is None else live.period_at(ctx.clock.now_us()))
 
 
-def _customer(ctx: Context, namespace: str, key: str) -> Customer:
-    return ctx.backend.customers.get(namespace, key)
+def _owner(call: Call) -> str:
+    """The customer a path names: ``{subject}`` (OpenMeter's paths) or ``{customer}``."""
+    return call.request.path_params.get("subject") or call.path("customer")
 
 
 # -- create / list / get / delete ------------------------------------------------------------
 
 
-async def create_entitlement(request: Request) -> Response:
-    return await _create(request, replace=False)
+@endpoint(Scope.ADMIN)
+async def create_entitlement(call: Call) -> Response:
+    return await _create(call, replace=False)
 
 
-async def override_entitlement(request: Request) -> Response:
-    return await _create(request, replace=True)
+@endpoint(Scope.ADMIN)
+async def override_entitlement(call: Call) -> Response:
+    return await _create(call, replace=True)
 
 
-async def _create(request: Request, *, replace: bool) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, EntitlementInput, "entitlement")
+async def _create(call: Call, *, replace: bool) -> Response:
+    inp = await typed_body(call.request, EntitlementInput, "entitlement")
     if replace and not (inp.feature_key or inp.feature_id):
-        inp = msgspec.structs.replace(inp, feature_key=request.path_params["entitlement"])
-    owner = request.path_params.get("subject") or request.path_params["customer"]
-    ent = await run_in_threadpool(ctx.backend.entitlements.create, key.namespace, owner, inp, replace=replace)
-    return json_response(entitlement_json(ctx, ent), 201)
+        inp = msgspec.structs.replace(inp, feature_key=call.path("entitlement"))
+    ent = await call.run(call.ctx.catalog.entitlements.create, call.namespace, _owner(call), inp, replace=replace)
+    return json_response(entitlement_json(call.ctx, ent), 201)
 
 
-async def list_customer_entitlements(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    owner = request.path_params.get("subject") or request.path_params["customer"]
-    deleted = parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
-
-    def load() -> list[Entitlement]:
-        customer = _customer(ctx, key.namespace, owner)
-        return ctx.backend.entitlements.list(key.namespace, customer_id=customer.id, include_deleted=deleted)
-
-    ents = await run_in_threadpool(load)
-    return json_response([entitlement_json(ctx, e) for e in ents])
+@endpoint(Scope.READ)
+async def list_customer_entitlements(call: Call) -> Response:
+    deleted = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
+    service = call.ctx.catalog.entitlements
+    ents = await call.run(service.of_customer, call.namespace, _owner(call), include_deleted=deleted)
+    return json_response([entitlement_json(call.ctx, e) for e in ents])
 
 
-async def list_entitlements(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    q = request.query_params
-    features, subjects = q.getlist("feature"), q.getlist("subject")
-    ents = await run_in_threadpool(ctx.backend.entitlements.list, key.namespace)
-    ents = [
-        e
-        for e in ents
-        if (not features or e.feature_key in features or e.feature_id in features)
-        and (not subjects or e.customer_key in subjects)
-    ]
-    return json_response([entitlement_json(ctx, e) for e in ents])
+@endpoint(Scope.READ)
+async def list_entitlements(call: Call) -> Response:
+    q = call.request.query_params
+    service = call.ctx.catalog.entitlements
+    ents = await call.run(service.list, call.namespace, features=q.getlist("feature"), customers=q.getlist("subject"))
+    return json_response([entitlement_json(call.ctx, e) for e in ents])
 
 
-async def get_entitlement_by_id(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    ent = await run_in_threadpool(ctx.backend.entitlements.get, key.namespace, request.path_params["entitlement"])
-    return json_response(entitlement_json(ctx, ent))
+@endpoint(Scope.READ)
+async def get_entitlement_by_id(call: Call) -> Response:
+    ent = await call.run(call.ctx.catalog.entitlements.get, call.namespace, call.path("entitlement"))
+    return json_response(entitlement_json(call.ctx, ent))
 
 
-async def get_entitlement(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
-    return json_response(entitlement_json(ctx, ent))
+@endpoint(Scope.READ)
+async def get_entitlement(call: Call) -> Response:
+    return json_response(entitlement_json(call.ctx, await _find(call)))
 
 
-async def delete_entitlement(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
-    await run_in_threadpool(ctx.backend.entitlements.delete, key.namespace, ent)
+@endpoint(Scope.ADMIN)
+async def delete_entitlement(call: Call) -> Response:
+    await call.run(call.ctx.catalog.entitlements.delete, call.namespace, _owner(call), call.path("entitlement"))
     return Response(status_code=204)
 
 
-def _find(ctx: Context, namespace: str, request: Request) -> Entitlement:
-    owner = request.path_params.get("subject") or request.path_params["customer"]
-    customer = _customer(ctx, namespace, owner)
-    return ctx.backend.entitlements.find(namespace, customer.id, request.path_params["entitlement"])
+async def _find(call: Call) -> Entitlement:
+    return await call.run(call.ctx.catalog.entitlements.find, call.namespace, _owner(call), call.path("entitlement"))
 
 
 # -- value, check, history, reset -------------------------------------------------------------
 
 
-async def entitlement_value(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    at = parse_time("time", request.query_params.get("time"))
-    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
+@endpoint(Scope.READ)
+async def entitlement_value(call: Call) -> Response:
+    ctx = call.ctx
+    at = parse_time("time", call.request.query_params.get("time"))
+    ent = await _find(call)
     if at is not None and ent.spec.type == "metered":
         live = ctx.history.live(ent.id)
         if live is None:
             raise NotFound("the entitlement's meter no longer exists", code="meter_not_found")
-        return json_response(value_body(await run_in_threadpool(ctx.history.value_at, live, at)))
-    _, value = await run_in_threadpool(ctx.backend.counters.value, key.namespace, ent.customer_key, ent.feature_key)
+        return json_response(value_body(await call.run(ctx.history.value_at, live, at)))
+    _, value = await call.run(ctx.backend.counters.value, call.namespace, ent.customer_key, ent.feature_key)
     assert value is not None
     return json_response(value_body(value))
 
 
-async def check(request: Request) -> Response:
+@endpoint(Scope.READ)
+async def check(call: Call) -> Response:
     """Would these quantities be allowed now? Answers from the live counters."""
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    req = await typed_body(request, CheckRequest, "check request")
-    counters = ctx.backend.counters
+    req = await typed_body(call.request, CheckRequest, "check request")
+    counters, namespace = call.ctx.backend.counters, call.namespace
     name = req.customer or req.subject
     if name is None or not req.features:
         raise InvalidInput("send `customer` (or `subject`) and at least one feature", code="invalid_check_request")
-    customer = counters.customer_key(key.namespace, name)
+    customer = counters.customer_key(namespace, name)
     if customer is None:
         raise NotFound(f"no customer {name!r}", code="customer_not_found")
     results, allowed = [], True
     for f in req.features:
-        ent, value = counters.value(key.namespace, customer, f.feature, project=False)
+        ent, value = counters.value(namespace, customer, f.feature, project=False)
         v = verdict(ent, value, f.quantity)
         allowed = allowed and v.allowed
         results.append(_check_json(f.feature, ent, v.allowed, v.denial, value))
@@ -196,15 +173,14 @@ def _check_json(feature: str, ent: Entitlement | None, ok: bool, denial: str | N
     return body
 
 
-async def entitlement_history(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    q = request.query_params
+@endpoint(Scope.READ)
+async def entitlement_history(call: Call) -> Response:
+    ctx, q = call.ctx, call.request.query_params
     start, end = parse_time("from", q.get("from")), parse_time("to", q.get("to"))
     size = q.get("windowSize") or "HOUR"
     if size not in ("MINUTE", "HOUR", "DAY", "MONTH"):
         raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", code="invalid_window_size")
-    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
+    ent = await _find(call)
     live = ctx.history.live(ent.id)
     if live is None:
         raise InvalidInput("history exists for metered entitlements only", code="invalid_entitlement")
@@ -215,7 +191,7 @@ async def entitlement_history(request: Request) -> Response:
     query = MeterQuery(
         start // 1_000_000, -(-end // 60_000_000) * 60, WindowSize(size), tz, limits=limits_of(ctx.config)
     )
-    return await run_query(request, lambda: json_response(_history(ctx, ent, live, query)))
+    return await run_query(call.request, lambda: json_response(_history(ctx, ent, live, query)))
 
 
 def _history(ctx: Context, ent: Entitlement, live: Live, query: MeterQuery) -> dict[str, Any]:
@@ -253,13 +229,12 @@ def _history(ctx: Context, ent: Entitlement, live: Live, query: MeterQuery) -> d
     return {"windowedHistory": history, "burndownHistory": burndown}
 
 
-async def reset_entitlement(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, ResetInput, "reset")
+@endpoint(Scope.ADMIN)
+async def reset_entitlement(call: Call) -> Response:
+    inp = await typed_body(call.request, ResetInput, "reset")
     if inp.preserve_overage:
         raise InvalidInput("preserveOverage is not supported: a reset starts from zero", code="invalid_reset")
     at = parse_time("effectiveAt", inp.effective_at)
-    ent = await run_in_threadpool(_find, ctx, key.namespace, request)
-    await run_in_threadpool(ctx.backend.entitlements.reset, key.namespace, ent, at, inp.retain_anchor)
+    service = call.ctx.catalog.entitlements
+    await call.run(service.reset, call.namespace, _owner(call), call.path("entitlement"), at, inp.retain_anchor)
     return Response(status_code=204)

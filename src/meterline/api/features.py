@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
 
-from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_bool, parse_time, time_text, typed_body
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
@@ -36,71 +34,59 @@ def grant_json(g: Grant) -> dict[str, Any]:
     }
 
 
-async def create_feature(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, FeatureInput, "feature")
-    feature = await run_in_threadpool(ctx.backend.entitlements.create_feature, key.namespace, inp)
+@endpoint(Scope.ADMIN)
+async def create_feature(call: Call) -> Response:
+    inp = await typed_body(call.request, FeatureInput, "feature")
+    feature = await call.run(call.ctx.catalog.features.create, call.namespace, inp)
     return json_response(feature_body(feature), 201)
 
 
-async def list_features(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    archived = parse_bool("includeArchived", request.query_params.get("includeArchived"))
-    features = await run_in_threadpool(ctx.backend.entitlements.features, key.namespace, include_archived=archived)
-    meter = request.query_params.getlist("meterSlug")
-    return json_response([feature_body(f) for f in features if not meter or f.spec.meter_slug in meter])
+@endpoint(Scope.READ)
+async def list_features(call: Call) -> Response:
+    q = call.request.query_params
+    archived = parse_bool("includeArchived", q.get("includeArchived"))
+    service = call.ctx.catalog.features
+    features = await call.run(service.list, call.namespace, include_archived=archived, meters=q.getlist("meterSlug"))
+    return json_response([feature_body(f) for f in features])
 
 
-async def get_feature(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    feature = await run_in_threadpool(ctx.backend.entitlements.feature, key.namespace, request.path_params["feature"])
+@endpoint(Scope.READ)
+async def get_feature(call: Call) -> Response:
+    feature = await call.run(call.ctx.catalog.features.get, call.namespace, call.path("feature"))
     return json_response(feature_body(feature))
 
 
-async def delete_feature(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    await run_in_threadpool(ctx.backend.entitlements.archive_feature, key.namespace, request.path_params["feature"])
+@endpoint(Scope.ADMIN)
+async def delete_feature(call: Call) -> Response:
+    await call.run(call.ctx.catalog.features.archive, call.namespace, call.path("feature"))
     return Response(status_code=204)
 
 
-async def create_grant(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, GrantInput, "grant")
-    ent = await run_in_threadpool(_entitlement, ctx, key.namespace, request)
-    grant = await run_in_threadpool(ctx.backend.entitlements.create_grant, key.namespace, ent, inp)
+@endpoint(Scope.ADMIN)
+async def create_grant(call: Call) -> Response:
+    inp = await typed_body(call.request, GrantInput, "grant")
+    service = call.ctx.catalog.features
+    grant = await call.run(service.grant, call.namespace, call.path("subject"), call.path("entitlement"), inp)
     return json_response(grant_json(grant), 201)
 
 
-async def list_entitlement_grants(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    ent = await run_in_threadpool(_entitlement, ctx, key.namespace, request)
-    voided = parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
-    grants = await run_in_threadpool(ctx.backend.entitlements.grants, key.namespace, ent.id, include_voided=voided)
+@endpoint(Scope.READ)
+async def list_entitlement_grants(call: Call) -> Response:
+    service, owner, ent = call.ctx.catalog.features, call.path("subject"), call.path("entitlement")
+    voided = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
+    grants = await call.run(service.grants_of, call.namespace, owner, ent, include_voided=voided)
     return json_response([grant_json(g) for g in grants])
 
 
-async def list_grants(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    voided = parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
-    grants = await run_in_threadpool(ctx.backend.entitlements.grants, key.namespace, include_voided=voided)
+@endpoint(Scope.READ)
+async def list_grants(call: Call) -> Response:
+    voided = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
+    grants = await call.run(call.ctx.catalog.features.grants, call.namespace, include_voided=voided)
     return json_response([grant_json(g) for g in grants])
 
 
-async def void_grant(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    at = parse_time("at", request.query_params.get("at"))
-    await run_in_threadpool(ctx.backend.entitlements.void_grant, key.namespace, request.path_params["grant"], at)
+@endpoint(Scope.ADMIN)
+async def void_grant(call: Call) -> Response:
+    at = parse_time("at", call.request.query_params.get("at"))
+    await call.run(call.ctx.catalog.features.void_grant, call.namespace, call.path("grant"), at)
     return Response(status_code=204)
-
-
-def _entitlement(ctx: Context, namespace: str, request: Request) -> Any:
-    customer = ctx.backend.customers.get(namespace, request.path_params["subject"])
-    return ctx.backend.entitlements.find(namespace, customer.id, request.path_params["entitlement"])

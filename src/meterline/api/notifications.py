@@ -83,7 +83,7 @@ def rule_json(ctx: Context, r: Rule) -> dict[str, Any]:
 
 def _feature_meta(ctx: Context, namespace: str, id_or_key: str) -> dict[str, str]:
     try:
-        f = ctx.backend.entitlements.feature(namespace, id_or_key)
+        f = ctx.catalog.features.get(namespace, id_or_key)
     except NotFound:
         return {"id": id_or_key, "key": id_or_key}
     return {"id": f.id, "key": f.key}

@@ -63,9 +63,6 @@ class EmbeddedBackend:
         counters, rebuild_counters = "live counters", self.counters.reload
         self.entitlements = SqliteEntitlements(
             self.db,
-            self.customers,
-            self.meters,
-            clock.now_us,
             followups.guarded(counters, self.counters.reload, rebuild_counters),
             followups.guarded(counters, self.counters.added, rebuild_counters),
         )

@@ -1,0 +1,45 @@
+"""The meter catalog in memory (definitions only: no usage is kept here)."""
+
+from __future__ import annotations
+
+import builtins
+import itertools
+import threading
+from collections.abc import Callable
+
+from ulid import ULID
+
+from meterline.domain.errors import Conflict, NotFound
+from meterline.domain.meters.model import Meter, MeterSpec
+
+
+class MemoryMeters:
+    def __init__(self, now_us: Callable[[], int]) -> None:
+        self._now_us = now_us
+        self._lock = threading.Lock()
+        self._live: dict[int, Meter] = {}
+        self._keys = itertools.count(1)
+
+    def create(self, namespace: str, spec: MeterSpec) -> Meter:
+        with self._lock:
+            if any((m.namespace, m.slug) == (namespace, spec.slug) for m in self._live.values()):
+                raise Conflict(f"A meter with slug {spec.slug!r} already exists", code="meter_exists")
+            meter = Meter(next(self._keys), str(ULID()), namespace, spec, self._now_us())
+            self._live[meter.key] = meter
+            return meter
+
+    def get(self, namespace: str, id_or_slug: str) -> Meter:
+        with self._lock:
+            for m in self._live.values():
+                if m.namespace == namespace and id_or_slug in (m.slug, m.id):
+                    return m
+        raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+
+    def list(self, namespace: str) -> builtins.list[Meter]:
+        with self._lock:
+            return [m for m in self._live.values() if m.namespace == namespace]
+
+    def delete(self, namespace: str, id_or_slug: str) -> None:
+        meter = self.get(namespace, id_or_slug)
+        with self._lock:
+            self._live.pop(meter.key, None)

@@ -1,0 +1,24 @@
+"""The meter catalog: definitions by namespace (the usage they count is the UsageStore's)."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Protocol
+
+from meterline.domain.meters.model import Meter, MeterSpec
+
+
+class MeterCatalog(Protocol):
+    def create(self, namespace: str, spec: MeterSpec) -> Meter:
+        """``Conflict`` ``meter_exists`` when a live meter has the slug."""
+        ...
+
+    def get(self, namespace: str, id_or_slug: str) -> Meter:
+        """``NotFound`` ``meter_not_found``."""
+        ...
+
+    def list(self, namespace: str) -> builtins.list[Meter]: ...
+
+    def delete(self, namespace: str, id_or_slug: str) -> None:
+        """Delete a live meter and its usage; ``NotFound`` ``meter_not_found``."""
+        ...
