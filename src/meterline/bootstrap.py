@@ -7,7 +7,7 @@ and future workers all start from here; none of them imports an adapter.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -16,6 +16,7 @@ from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
+from meterline.adapters.sqlite.meter_values import SqliteMeterValues
 from meterline.config import BillingConfig, Config
 from meterline.domain.billing.records import RunSettings
 from meterline.domain.clock import Clock, SystemClock
@@ -29,6 +30,9 @@ from meterline.services.dispatch import Dispatcher
 from meterline.services.entitlements import EntitlementService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
+from meterline.services.meters import MeterService
+from meterline.services.notifications import NotificationService
+from meterline.services.portal import PortalService
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,16 @@ class Catalog:
     dead_letters: DeadLetterService
     entitlements: EntitlementService
     features: FeatureService
+    notifications: NotificationService
+    portal: PortalService
+    meters: MeterService
 
 
-def catalog(config: Config, clock: Clock, backend: EmbeddedBackend) -> Catalog:
-    """The catalog services over the embedded store's repositories."""
-    customers, ents = backend.customers, backend.entitlements
+def catalog(config: Config, clock: Clock, backend: EmbeddedBackend, wake: Callable[[], None]) -> Catalog:
+    """The catalog services over the embedded store's repositories; ``wake`` tells the
+    notification dispatcher that deliveries are due."""
+    customers, ents, notes = backend.customers, backend.entitlements, backend.notifications
+    allow_private = config.alerts.allow_private_webhook_targets
     entitlements = EntitlementService(ents, ents.features, customers, backend.meters, clock)
     return Catalog(
         customers=CustomerService(
@@ -54,6 +63,13 @@ def catalog(config: Config, clock: Clock, backend: EmbeddedBackend) -> Catalog:
         dead_letters=DeadLetterService(backend.dead_letters),
         entitlements=entitlements,
         features=FeatureService(ents.features, ents.grants, backend.meters, entitlements, clock),
+        notifications=NotificationService(
+            notes, notes, notes, ents.features, clock, allow_private_targets=allow_private, wake=wake
+        ),
+        portal=PortalService(
+            backend.portal, clock, default_ttl=config.portal.token_ttl, max_ttl=config.portal.max_token_ttl
+        ),
+        meters=MeterService(backend.meters, SqliteMeterValues(backend.db), clock),
     )
 
 
@@ -117,8 +133,6 @@ def open_backend(config: Config, clock: Clock, monitor: Monitor | None = None) -
         max_queue=config.storage.max_queued_writes,
         monitor=monitor,
         baseline_days=config.alerts.baseline_days,
-        portal_ttl=config.portal.token_ttl,
-        portal_max_ttl=config.portal.max_token_ttl,
     )
 
 
@@ -146,7 +160,8 @@ def build(config: Config, clock: Clock | None = None) -> System:
     backend.alerts.wake = dispatcher.wake
     scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
     billing = billing_services(config, backend, clock, monitor)
-    return System(config, clock, monitor, backend, dispatcher, scanner, catalog(config, clock, backend), billing)
+    services = catalog(config, clock, backend, dispatcher.wake)
+    return System(config, clock, monitor, backend, dispatcher, scanner, services, billing)
 
 
 def run_settings(config: BillingConfig) -> RunSettings:

@@ -17,6 +17,8 @@ from meterline.adapters.memory.customers import MemoryCustomers
 from meterline.adapters.memory.entitlements import MemoryEntitlements, MemoryFeatures, MemoryGrants
 from meterline.adapters.memory.keys import MemoryKeys
 from meterline.adapters.memory.meters import MemoryMeters
+from meterline.adapters.memory.notifications import MemoryNotifications
+from meterline.adapters.memory.portal import MemoryPortal
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.bootstrap import open_backend
 from meterline.config import load_config
@@ -38,6 +40,8 @@ class Stores:
     features: Any
     entitlements: Any
     grants: Any
+    notifications: Any
+    portal: Any
 
 
 def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
@@ -52,6 +56,8 @@ def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
             MemoryFeatures(),
             MemoryEntitlements(),
             MemoryGrants(),
+            MemoryNotifications(clock.now_us),
+            MemoryPortal(),
         )
         return
     config = load_config(None, {"storage": {"data_dir": tmp_path / "data", "fsync": "normal"}})
@@ -59,7 +65,16 @@ def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
     try:
         ents = backend.entitlements
         yield Stores(
-            kind, clock, backend.customers, SqliteKeys(backend.db), backend.meters, ents.features, ents, ents.grants
+            kind,
+            clock,
+            backend.customers,
+            SqliteKeys(backend.db),
+            backend.meters,
+            ents.features,
+            ents,
+            ents.grants,
+            backend.notifications,
+            backend.portal,
         )
     finally:
         backend.close()
@@ -104,3 +119,15 @@ def entitlements(stores: Stores) -> Any:
 def grants(stores: Stores) -> Any:
     """A GrantRepository."""
     return stores.grants
+
+
+@pytest.fixture
+def notifications(stores: Stores) -> Any:
+    """The ChannelRepository, RuleRepository, EventLog and DeliveryStore of one store."""
+    return stores.notifications
+
+
+@pytest.fixture
+def portal(stores: Stores) -> Any:
+    """A PortalTokenStore."""
+    return stores.portal

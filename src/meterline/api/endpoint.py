@@ -18,6 +18,8 @@ from starlette.responses import Response
 
 from meterline.api.context import Context
 from meterline.domain.auth.keys import ApiKey, Scope
+from meterline.domain.auth.portal import PortalClaims
+from meterline.domain.errors import PortalTokenInvalid
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -60,3 +62,27 @@ def endpoint(scope: Scope) -> Callable[[Handler], Callable[[Request], Awaitable[
         return route
 
     return wrap
+
+
+@dataclass(frozen=True, slots=True)
+class PortalCall:
+    """One request carrying a verified customer-portal token instead of an API key."""
+
+    request: Request
+    ctx: Context
+    claims: PortalClaims
+
+
+def portal_endpoint(handler: Callable[[PortalCall], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Require a valid portal token (``Authorization: Bearer <token>``) before the handler runs."""
+
+    @functools.wraps(handler)
+    async def route(request: Request) -> Response:
+        ctx: Context = request.app.state.ctx
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise PortalTokenInvalid("send the portal token as 'Authorization: Bearer <token>'", reason="missing")
+        claims = await run_in_threadpool(ctx.catalog.portal.verify, token.strip())
+        return await handler(PortalCall(request, ctx, claims))
+
+    return route

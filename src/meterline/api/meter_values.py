@@ -9,50 +9,28 @@ servers) keeps the values that contain it, ignoring case.
 
 from __future__ import annotations
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from meterline.adapters.sqlite.meter_values import group_values, subjects
-from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_time
 from meterline.domain.auth.keys import Scope
 from meterline.domain.errors import InvalidInput
 
-_DAY_S = 86_400
+
+@endpoint(Scope.READ)
+async def list_subjects(call: Call) -> Response:
+    start, end = _range(call.request)
+    values = await call.run(call.ctx.catalog.meters.subjects, call.namespace, call.path("meter"), start, end)
+    return json_response(_matching(call.request, values))
 
 
-async def list_subjects(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    start, end = _range(request)
-
-    def load() -> list[str]:
-        meter = ctx.backend.meters.get(key.namespace, request.path_params["meter"])
-        return subjects(ctx.backend.db.reader(), meter, start, end)
-
-    return json_response(_matching(request, await run_in_threadpool(load)))
-
-
-async def list_group_by_values(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    start, end = _range(request)
-    if start is None and end is None:
-        start = ctx.clock.now_us() // 1_000_000 - _DAY_S
-    dimension = request.path_params["groupByKey"]
-
-    def load() -> list[str]:
-        meter = ctx.backend.meters.get(key.namespace, request.path_params["meter"])
-        if dimension not in meter.spec.group_by:
-            known = ", ".join(sorted(meter.spec.group_by)) or "none"
-            raise InvalidInput(
-                f"{dimension!r} is not a groupBy key of meter {meter.spec.slug!r} (its keys: {known})",
-                code="invalid_group_by",
-            )
-        return group_values(ctx.backend.db.reader(), meter, dimension, start, end)
-
-    return json_response(_matching(request, await run_in_threadpool(load)))
+@endpoint(Scope.READ)
+async def list_group_by_values(call: Call) -> Response:
+    start, end = _range(call.request)
+    meters, meter, dimension = call.ctx.catalog.meters, call.path("meter"), call.path("groupByKey")
+    values = await call.run(meters.group_values, call.namespace, meter, dimension, start, end)
+    return json_response(_matching(call.request, values))
 
 
 def _range(request: Request) -> tuple[int | None, int | None]:

@@ -7,11 +7,11 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_body, json_response, typed_body
 from meterline.api.members import tree_problem
 from meterline.api.meter_query import QueryBody, limits_of, query_from_body, query_from_params, run_query
@@ -45,36 +45,31 @@ def meter_json(m: Meter) -> dict[str, Any]:
     return body
 
 
-async def create_meter(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    body = await json_body(request)
+@endpoint(Scope.ADMIN)
+async def create_meter(call: Call) -> Response:
+    body = await json_body(call.request)
     problem = tree_problem(body, MeterSpec)
     if problem is not None:
         raise InvalidInput(f"Invalid meter definition: {problem}", code="invalid_meter", problems=[problem])
-    spec = parse_spec(body)
-    meter = await run_in_threadpool(ctx.backend.meters.create, key.namespace, spec)
+    meter = await call.run(call.ctx.catalog.meters.create, call.namespace, parse_spec(body))
     return json_response(meter_json(meter), 201)
 
 
-async def list_meters(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    meters = await run_in_threadpool(ctx.backend.meters.list, key.namespace)
+@endpoint(Scope.READ)
+async def list_meters(call: Call) -> Response:
+    meters = await call.run(call.ctx.catalog.meters.list, call.namespace)
     return json_response([meter_json(m) for m in meters])
 
 
-async def get_meter(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    meter = await run_in_threadpool(ctx.backend.meters.get, key.namespace, request.path_params["meter"])
+@endpoint(Scope.READ)
+async def get_meter(call: Call) -> Response:
+    meter = await call.run(call.ctx.catalog.meters.get, call.namespace, call.path("meter"))
     return json_response(meter_json(meter))
 
 
-async def delete_meter(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    await run_in_threadpool(ctx.backend.meters.delete, key.namespace, request.path_params["meter"])
+@endpoint(Scope.ADMIN)
+async def delete_meter(call: Call) -> Response:
+    await call.run(call.ctx.catalog.meters.delete, call.namespace, call.path("meter"))
     return Response(status_code=204)
 
 

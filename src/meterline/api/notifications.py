@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from decimal import Decimal
 from typing import Any
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
-from ulid import ULID
 
-from meterline.adapters.sqlite.notifications import FiredEvent, insert_event
-from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import (
     json_response,
     optional_body,
@@ -23,15 +18,13 @@ from meterline.api.http import (
     time_text,
     typed_body,
 )
-from meterline.domain.alerts.rules import Rule, RuleInput
+from meterline.domain.alerts.rules import RuleInput
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
-from meterline.domain.errors import NotFound
-from meterline.domain.notify.channels import Channel, ChannelInput, masked_url, validate_channel
-from meterline.domain.notify.targets import check_url
+from meterline.domain.notify.channels import Channel, ChannelInput, masked_url
 from meterline.domain.redact import MASK
-
-_encode = msgspec.json.Encoder(decimal_format="number").encode
+from meterline.ports.notifications import EventFilter
+from meterline.services.notifications import EventView, RuleView
 
 
 class ResendInput(msgspec.Struct, frozen=True):
@@ -68,36 +61,26 @@ def _masked_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
     return None if headers is None else dict.fromkeys(headers, MASK)
 
 
-def rule_json(ctx: Context, r: Rule) -> dict[str, Any]:
-    s = r.spec
-    channels = {c.id: c for c in ctx.backend.notifications.channels(r.namespace, include_deleted=True)}
+def rule_json(view: RuleView) -> dict[str, Any]:
+    r, s = view.rule, view.rule.spec
     body: dict[str, Any] = msgspec.to_builtins(s, builtin_types=(Decimal,))  # numbers stay JSON numbers
     return body | {
         "id": r.id,
-        "channels": [{"id": c, "type": channels[c].type if c in channels else None} for c in s.channels],
-        "features": [_feature_meta(ctx, r.namespace, f) for f in s.features or []],
+        "channels": [{"id": c, "type": view.channel_types.get(c)} for c in s.channels],
+        "features": [{"id": i, "key": k} for i, k in view.features],
         "createdAt": rfc3339(r.created_us),
         "updatedAt": rfc3339(r.updated_us),
     }
 
 
-def _feature_meta(ctx: Context, namespace: str, id_or_key: str) -> dict[str, str]:
-    try:
-        f = ctx.catalog.features.get(namespace, id_or_key)
-    except NotFound:
-        return {"id": id_or_key, "key": id_or_key}
-    return {"id": f.id, "key": f.key}
-
-
-def event_json(ctx: Context, namespace: str, e: FiredEvent) -> dict[str, Any]:
-    rule = ctx.backend.notifications.rule(namespace, e.rule)
-    kinds = {c.id: c.type for c in ctx.backend.notifications.channels(namespace, include_deleted=True)}
+def event_json(view: EventView) -> dict[str, Any]:
+    e, kinds = view.event, view.channel_types
     payload = msgspec.json.decode(e.payload)
     return {
         "id": e.id,
         "type": payload.get("type"),
         "createdAt": rfc3339(e.created_us),
-        "rule": rule_json(ctx, rule),
+        "rule": rule_json(view.rule),
         "threshold": e.threshold,
         "periodStart": rfc3339(e.period_start_us),
         "deliveryStatus": [
@@ -122,188 +105,125 @@ def event_json(ctx: Context, namespace: str, e: FiredEvent) -> dict[str, Any]:
     }
 
 
-def _page(request: Request, items: list[Any]) -> dict[str, Any]:
+def _page(call: Call, items: list[Any]) -> dict[str, Any]:
     """OpenMeter's page shape over the whole list (``page`` from 1, ``pageSize`` default 100)."""
-    q = request.query_params
-    page = parse_int("page", q.get("page"), 1, 1, 10**6)
-    size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
+    page, size = _paging(call)
     return {"totalCount": len(items), "page": page, "pageSize": size, "items": items[(page - 1) * size : page * size]}
 
 
-def _allowed(ctx: Context, inp: ChannelInput) -> ChannelInput:
-    """``inp`` if it is a valid channel whose webhook target may be saved (see notify.targets)."""
-    validate_channel(inp)
-    check_url(inp.url if inp.type == "WEBHOOK" else None, ctx.config.alerts.allow_private_webhook_targets)
-    return inp
+def _paging(call: Call) -> tuple[int, int]:
+    q = call.request.query_params
+    return parse_int("page", q.get("page"), 1, 1, 10**6), parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
 
 
-async def create_channel(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = _allowed(ctx, await typed_body(request, ChannelInput, "channel"))
-    channel = await run_in_threadpool(ctx.backend.notifications.create_channel, key.namespace, inp)
+@endpoint(Scope.ADMIN)
+async def create_channel(call: Call) -> Response:
+    inp = await typed_body(call.request, ChannelInput, "channel")
+    channel = await call.run(call.ctx.catalog.notifications.create_channel, call.namespace, inp)
     return json_response(channel_json(channel, admin=True, secret=True), 201)
 
 
-async def update_channel(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = _allowed(ctx, await typed_body(request, ChannelInput, "channel"))
-    channel = await run_in_threadpool(
-        ctx.backend.notifications.update_channel, key.namespace, request.path_params["channel"], inp
-    )
+@endpoint(Scope.ADMIN)
+async def update_channel(call: Call) -> Response:
+    inp = await typed_body(call.request, ChannelInput, "channel")
+    service = call.ctx.catalog.notifications
+    channel = await call.run(service.update_channel, call.namespace, call.path("channel"), inp)
     return json_response(channel_json(channel, admin=True))
 
 
-async def rotate_channel_secret(request: Request) -> Response:
+@endpoint(Scope.ADMIN)
+async def rotate_channel_secret(call: Call) -> Response:
     """Replace a webhook channel's signing secret (generated unless the body gives one); the
     answer is the one other place, besides creation, that shows it."""
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await _rotate_input(request)
-    channel = await run_in_threadpool(
-        ctx.backend.notifications.rotate_secret, key.namespace, request.path_params["channel"], inp.signing_secret
-    )
+    inp = await optional_body(call.request, RotateInput, "rotation request", RotateInput(), limit=64 * 1024)
+    service = call.ctx.catalog.notifications
+    channel = await call.run(service.rotate_secret, call.namespace, call.path("channel"), inp.signing_secret)
     return json_response(channel_json(channel, admin=True, secret=True))
 
 
-async def _rotate_input(request: Request) -> RotateInput:
-    """The optional body of a rotation: none, ``{}`` or ``{"signingSecret": "whsec_..."}``."""
-    return await optional_body(request, RotateInput, "rotation request", RotateInput(), limit=64 * 1024)
+@endpoint(Scope.READ)
+async def list_channels(call: Call) -> Response:
+    deleted = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
+    channels = await call.run(call.ctx.catalog.notifications.channels, call.namespace, include_deleted=deleted)
+    admin = call.key.allows(Scope.ADMIN)
+    return json_response(_page(call, [channel_json(c, admin=admin) for c in channels]))
 
 
-async def list_channels(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    deleted = parse_bool("includeDeleted", request.query_params.get("includeDeleted"))
-    channels = await run_in_threadpool(
-        functools.partial(ctx.backend.notifications.channels, key.namespace, include_deleted=deleted)
-    )
-    admin = key.allows(Scope.ADMIN)
-    return json_response(_page(request, [channel_json(c, admin=admin) for c in channels]))
+@endpoint(Scope.READ)
+async def get_channel(call: Call) -> Response:
+    channel = await call.run(call.ctx.catalog.notifications.channel, call.namespace, call.path("channel"))
+    return json_response(channel_json(channel, admin=call.key.allows(Scope.ADMIN)))
 
 
-async def get_channel(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    channel = await run_in_threadpool(ctx.backend.notifications.channel, key.namespace, request.path_params["channel"])
-    return json_response(channel_json(channel, admin=key.allows(Scope.ADMIN)))
-
-
-async def delete_channel(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    await run_in_threadpool(ctx.backend.notifications.delete_channel, key.namespace, request.path_params["channel"])
+@endpoint(Scope.ADMIN)
+async def delete_channel(call: Call) -> Response:
+    await call.run(call.ctx.catalog.notifications.delete_channel, call.namespace, call.path("channel"))
     return Response(status_code=204)
 
 
-async def create_rule(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, RuleInput, "rule")
-    rule = await run_in_threadpool(ctx.backend.notifications.create_rule, key.namespace, inp)
-    return json_response(await run_in_threadpool(rule_json, ctx, rule), 201)
+@endpoint(Scope.ADMIN)
+async def create_rule(call: Call) -> Response:
+    inp = await typed_body(call.request, RuleInput, "rule")
+    view = await call.run(call.ctx.catalog.notifications.create_rule, call.namespace, inp)
+    return json_response(rule_json(view), 201)
 
 
-async def update_rule(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, RuleInput, "rule")
-    rule = await run_in_threadpool(
-        ctx.backend.notifications.update_rule, key.namespace, request.path_params["rule"], inp
-    )
-    return json_response(await run_in_threadpool(rule_json, ctx, rule))
+@endpoint(Scope.ADMIN)
+async def update_rule(call: Call) -> Response:
+    inp = await typed_body(call.request, RuleInput, "rule")
+    view = await call.run(call.ctx.catalog.notifications.update_rule, call.namespace, call.path("rule"), inp)
+    return json_response(rule_json(view))
 
 
-async def list_rules(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    rules = await run_in_threadpool(ctx.backend.notifications.rules, key.namespace)
-    return json_response(_page(request, [await run_in_threadpool(rule_json, ctx, r) for r in rules]))
+@endpoint(Scope.READ)
+async def list_rules(call: Call) -> Response:
+    views = await call.run(call.ctx.catalog.notifications.rules, call.namespace)
+    return json_response(_page(call, [rule_json(v) for v in views]))
 
 
-async def get_rule(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    rule = await run_in_threadpool(ctx.backend.notifications.rule, key.namespace, request.path_params["rule"])
-    return json_response(await run_in_threadpool(rule_json, ctx, rule))
+@endpoint(Scope.READ)
+async def get_rule(call: Call) -> Response:
+    view = await call.run(call.ctx.catalog.notifications.rule, call.namespace, call.path("rule"))
+    return json_response(rule_json(view))
 
 
-async def delete_rule(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    await run_in_threadpool(ctx.backend.notifications.delete_rule, key.namespace, request.path_params["rule"])
+@endpoint(Scope.ADMIN)
+async def delete_rule(call: Call) -> Response:
+    await call.run(call.ctx.catalog.notifications.delete_rule, call.namespace, call.path("rule"))
     return Response(status_code=204)
 
 
-async def test_rule(request: Request) -> Response:
+@endpoint(Scope.ADMIN)
+async def test_rule(call: Call) -> Response:
     """Fire a test event for a rule through its channels (a fresh event every call)."""
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    notifications = ctx.backend.notifications
-    rule = await run_in_threadpool(notifications.rule, key.namespace, request.path_params["rule"])
-    now = ctx.clock.now_us()
-
-    def payload(event_id: str) -> bytes:
-        data = {"kind": "test", "rule": {"id": rule.id, "name": rule.spec.name, "type": rule.spec.type}}
-        return _encode({"id": event_id, "type": rule.spec.type, "timestamp": rfc3339(now), "data": data})
-
-    def fire() -> str | None:
-        return ctx.backend.db.writer.call(
-            lambda conn: insert_event(
-                conn, key.namespace, rule, "", "", f"test:{ULID()}", now, payload, now, rule.spec.channels
-            )
-        )
-
-    event_id = await run_in_threadpool(fire)
-    assert event_id is not None
-    if ctx.dispatcher is not None:
-        ctx.dispatcher.wake()
-    event = await run_in_threadpool(notifications.event, key.namespace, event_id)
-    return json_response(await run_in_threadpool(event_json, ctx, key.namespace, event), 201)
+    view = await call.run(call.ctx.catalog.notifications.test, call.namespace, call.path("rule"))
+    return json_response(event_json(view), 201)
 
 
-async def list_events(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-    q = request.query_params
-    page = parse_int("page", q.get("page"), 1, 1, 10**6)
-    size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
-
-    def load() -> dict[str, Any]:
-        total, events = ctx.backend.notifications.events(
-            key.namespace,
-            start_us=parse_time("from", q.get("from")),
-            end_us=parse_time("to", q.get("to")),
-            rules=q.getlist("rule"),
-            customers=q.getlist("subject") + q.getlist("customer"),
-            features=q.getlist("feature"),
-            limit=size,
-            offset=(page - 1) * size,
-        )
-        items = [event_json(ctx, key.namespace, e) for e in events]
-        return {"totalCount": total, "page": page, "pageSize": size, "items": items}
-
-    return json_response(await run_in_threadpool(load))
+@endpoint(Scope.READ)
+async def list_events(call: Call) -> Response:
+    q = call.request.query_params
+    page, size = _paging(call)
+    f = EventFilter(
+        start_us=parse_time("from", q.get("from")),
+        end_us=parse_time("to", q.get("to")),
+        rules=tuple(q.getlist("rule")),
+        customers=tuple(q.getlist("subject") + q.getlist("customer")),
+        features=tuple(q.getlist("feature")),
+    )
+    service = call.ctx.catalog.notifications
+    total, views = await call.run(service.events, call.namespace, f, limit=size, offset=(page - 1) * size)
+    return json_response({"totalCount": total, "page": page, "pageSize": size, "items": [event_json(v) for v in views]})
 
 
-async def get_event(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
-
-    def load() -> dict[str, Any]:
-        return event_json(
-            ctx, key.namespace, ctx.backend.notifications.event(key.namespace, request.path_params["event"])
-        )
-
-    return json_response(await run_in_threadpool(load))
+@endpoint(Scope.READ)
+async def get_event(call: Call) -> Response:
+    view = await call.run(call.ctx.catalog.notifications.event, call.namespace, call.path("event"))
+    return json_response(event_json(view))
 
 
-async def resend_event(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, ResendInput, "resend request")
-    await run_in_threadpool(ctx.backend.notifications.resend, key.namespace, request.path_params["event"], inp.channels)
-    if ctx.dispatcher is not None:
-        ctx.dispatcher.wake()
+@endpoint(Scope.ADMIN)
+async def resend_event(call: Call) -> Response:
+    inp = await typed_body(call.request, ResendInput, "resend request")
+    await call.run(call.ctx.catalog.notifications.resend, call.namespace, call.path("event"), inp.channels)
     return Response(status_code=202)

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
 
 import msgspec
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 from starlette.responses import Response
 
-from meterline.api.context import Context
+from meterline.api.endpoint import Call, PortalCall, endpoint, portal_endpoint
 from meterline.api.http import json_response, parse_int, typed_body
 from meterline.api.meter_query import limits_of, query_from_params, run_query
 from meterline.api.meters import render
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339, to_us
-from meterline.domain.errors import Forbidden, InvalidInput, NotFound, PortalTokenInvalid
+from meterline.domain.errors import Forbidden, InvalidInput
 from meterline.domain.meters.query import SUBJECT
 
 
@@ -31,17 +28,11 @@ class InvalidateInput(msgspec.Struct, frozen=True):
     subject: str | None = None
 
 
-async def create_token(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, TokenInput, "portal token")
-    longest = int(ctx.config.portal.max_token_ttl.total_seconds())
-    if inp.expires_in is not None and not 1 <= inp.expires_in <= longest:
-        raise InvalidInput(f"expiresIn must be between 1 and {longest} seconds", code="invalid_ttl")
-    ttl = None if inp.expires_in is None else timedelta(seconds=inp.expires_in)
-    token, claims = await run_in_threadpool(
-        ctx.backend.portal.issue, key.namespace, inp.subject, inp.allowed_meter_slugs, ttl
-    )
+@endpoint(Scope.ADMIN)
+async def create_token(call: Call) -> Response:
+    inp = await typed_body(call.request, TokenInput, "portal token")
+    service = call.ctx.catalog.portal
+    token, claims = await call.run(service.issue, call.namespace, inp.subject, inp.allowed_meter_slugs, inp.expires_in)
     return json_response(
         {
             "id": claims.token_id,
@@ -55,44 +46,37 @@ async def create_token(request: Request) -> Response:
     )
 
 
-async def list_tokens(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    limit = parse_int("limit", request.query_params.get("limit"), 25, 1, 1000)
-    now = ctx.clock.now_us()
-    rows = await run_in_threadpool(ctx.backend.portal.list, key.namespace, limit)
+@endpoint(Scope.ADMIN)
+async def list_tokens(call: Call) -> Response:
+    limit = parse_int("limit", call.request.query_params.get("limit"), 25, 1, 1000)
+    now = call.ctx.clock.now_us()
+    tokens = await call.run(call.ctx.catalog.portal.list, call.namespace, limit)
     return json_response(
         [
             {
-                "id": i,
-                "subject": s,
-                "allowedMeterSlugs": m,
-                "createdAt": rfc3339(c),
-                "expiresAt": rfc3339(e),
-                "expired": e <= now,
+                "id": t.id,
+                "subject": t.subject,
+                "allowedMeterSlugs": t.meters,
+                "createdAt": rfc3339(t.created_us),
+                "expiresAt": rfc3339(t.expires_us),
+                "expired": t.expires_us <= now,
             }
-            for i, s, m, c, e in rows
+            for t in tokens
         ]
     )
 
 
-async def invalidate_tokens(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.ADMIN)
-    inp = await typed_body(request, InvalidateInput, "invalidate request")
-    if inp.id is None and inp.subject is None:
-        raise InvalidInput("send `id` or `subject`", code="invalid_invalidate_request")
-    await run_in_threadpool(ctx.backend.portal.invalidate, key.namespace, inp.id, inp.subject)
+@endpoint(Scope.ADMIN)
+async def invalidate_tokens(call: Call) -> Response:
+    inp = await typed_body(call.request, InvalidateInput, "invalidate request")
+    await call.run(call.ctx.catalog.portal.invalidate, call.namespace, inp.id, inp.subject)
     return Response(status_code=204)
 
 
-async def portal_query(request: Request) -> Response:
+@portal_endpoint
+async def portal_query(call: PortalCall) -> Response:
     """The token's customer's usage of one meter; subject filters are forced to that customer."""
-    ctx: Context = request.app.state.ctx
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise PortalTokenInvalid("send the portal token as 'Authorization: Bearer <token>'", reason="missing")
-    claims = await run_in_threadpool(ctx.backend.portal.verify, token.strip())
+    ctx, claims, request = call.ctx, call.claims, call.request
     slug = request.path_params["meter"]
     if not claims.allows_meter(slug):
         raise Forbidden(f"this portal token may not read meter {slug!r}", code="meter_not_allowed")
@@ -104,14 +88,9 @@ async def portal_query(request: Request) -> Response:
     accept = request.headers.get("accept", "")
 
     def work() -> Response:
-        customer = ctx.backend.customers.by_subject(claims.namespace, claims.subject)
-        if customer is None:
-            try:
-                customer = ctx.backend.customers.get(claims.namespace, claims.subject)
-            except NotFound:
-                customer = None
+        customer = ctx.catalog.customers.owner(claims.namespace, claims.subject)
         subjects = customer.subjects if customer is not None else (claims.subject,)
-        meter = ctx.backend.meters.get(claims.namespace, slug)
+        meter = ctx.catalog.meters.get(claims.namespace, slug)
         own = dataclasses.replace(query, subjects=tuple(subjects), combine_subjects=True)
         return render(accept, query, meter, ctx.backend.meters.query(meter, own))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 from meterline.adapters.sqlite.alerting import AlertEvaluator
@@ -36,8 +35,6 @@ class EmbeddedBackend:
         max_queue: int = 4096,
         monitor: Monitor | None = None,
         baseline_days: int = 7,
-        portal_ttl: timedelta = timedelta(hours=1),
-        portal_max_ttl: timedelta = timedelta(days=1),
     ) -> None:
         self.state = IngestState(settings)
         self.db = Database(
@@ -75,7 +72,7 @@ class EmbeddedBackend:
         self.counters.reload()
         self.history = History(self.db, self.counters, clock)
         self.notifications = SqliteNotifications(self.db, clock.now_us)
-        self.portal = SqlitePortal(self.db, clock, default_ttl=portal_ttl, max_ttl=portal_max_ttl)
+        self.portal = SqlitePortal(self.db)
         self.alerts = AlertEvaluator(
             self.db, self.state, self.counters, self.notifications, self.history, clock, baseline_days=baseline_days
         )

@@ -13,10 +13,24 @@ from collections.abc import Iterator
 
 import msgspec
 
+from meterline.adapters.sqlite.database import Database
 from meterline.domain.meters.model import Aggregation, Meter
 
 MINUTE, HOUR = 60, 3600
 _OPEN_START, _OPEN_END = -(2**62), 2**62  # an open end of the range: before or after any bucket
+
+
+class SqliteMeterValues:
+    """The :class:`~meterline.ports.meter_values.MeterValues` of the embedded store."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def subjects(self, meter: Meter, start: int | None, end: int | None) -> list[str]:
+        return subjects(self._db.reader(), meter, start, end)
+
+    def group_values(self, meter: Meter, dimension: str, start: int | None, end: int | None) -> list[str]:
+        return group_values(self._db.reader(), meter, dimension, start, end)
 
 
 def segments(start: int, end: int) -> Iterator[tuple[int, int, int]]:

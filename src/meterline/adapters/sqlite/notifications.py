@@ -1,4 +1,5 @@
-"""Notification channels, rules, fired events and their delivery log, in SQLite.
+"""Notification channels, rules, fired events and their delivery log, in SQLite (the
+:mod:`meterline.ports.notifications` repositories; the rules are in the notification service).
 
 This is also the dispatcher's :class:`~meterline.ports.deliveries.DeliveryStore`: a delivery is
 one (event, channel) row with its state (PENDING, SUCCESS, FAILED), attempts and next attempt
@@ -10,54 +11,22 @@ from __future__ import annotations
 import builtins
 import sqlite3
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
 from ulid import ULID
 
 from meterline.adapters.sqlite.database import Database
-from meterline.domain.alerts.rules import Rule, RuleInput, validate_rule
-from meterline.domain.errors import InvalidInput, NotFound
-from meterline.domain.notify.channels import Channel, ChannelInput, new_channel, rotate_secret, update_channel
+from meterline.domain.alerts.rules import Rule
+from meterline.domain.errors import NotFound
+from meterline.domain.notify.channels import Channel
 from meterline.ports.deliveries import Due
+from meterline.ports.notifications import Attempt, Delivery, EventFilter, FiredEvent
 
 T = TypeVar("T")
 _channel = msgspec.json.Decoder(Channel)
 _rule = msgspec.json.Decoder(Rule)
 _encode = msgspec.json.Encoder(decimal_format="number").encode
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    at_us: int
-    state: str
-    status_code: int | None
-    error: str | None
-    duration_ms: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    channel: str
-    state: str
-    attempts: int
-    next_attempt_us: int | None
-    updated_us: int
-    log: builtins.list[Attempt]
-
-
-@dataclass(frozen=True, slots=True)
-class FiredEvent:
-    id: str
-    rule: str
-    customer: str
-    feature: str
-    threshold: str
-    period_start_us: int
-    payload: bytes
-    created_us: int
-    deliveries: builtins.list[Delivery]
 
 
 class SqliteNotifications:
@@ -73,20 +42,8 @@ class SqliteNotifications:
 
     # -- channels ---------------------------------------------------------------------------
 
-    def create_channel(self, namespace: str, inp: ChannelInput) -> Channel:
-        channel = new_channel(str(ULID()), namespace, inp, self._now_us())
-        self._write(lambda conn: self._put(conn, "notification_channels", channel.id, namespace, channel))
-        return channel
-
-    def update_channel(self, namespace: str, channel_id: str, inp: ChannelInput) -> Channel:
-        channel = update_channel(self.channel(namespace, channel_id), inp, self._now_us())
-        self._write(lambda conn: self._put(conn, "notification_channels", channel.id, namespace, channel))
-        return channel
-
-    def rotate_secret(self, namespace: str, channel_id: str, secret: str | None) -> Channel:
-        channel = rotate_secret(self.channel(namespace, channel_id), secret, self._now_us())
-        self._write(lambda conn: self._put(conn, "notification_channels", channel.id, namespace, channel))
-        return channel
+    def put_channel(self, channel: Channel) -> None:
+        self._write(lambda conn: self._put(conn, "notification_channels", channel.id, channel.namespace, channel))
 
     def channel(self, namespace: str, channel_id: str) -> Channel:
         return _channel.decode(self._spec("notification_channels", "channel", namespace, channel_id))
@@ -99,31 +56,12 @@ class SqliteNotifications:
         return [_channel.decode(r[0]) for r in rows]
 
     def delete_channel(self, namespace: str, channel_id: str) -> None:
-        self.channel(namespace, channel_id)
-        self._write(lambda conn: self._delete(conn, "notification_channels", channel_id))
+        self._write(lambda conn: self._delete(conn, "notification_channels", namespace, channel_id))
 
     # -- rules ------------------------------------------------------------------------------
 
-    def create_rule(self, namespace: str, inp: RuleInput) -> Rule:
-        self._check_rule(namespace, inp)
-        now = self._now_us()
-        rule = Rule(str(ULID()), namespace, inp, now, now)
-        self._write(lambda conn: self._put(conn, "notification_rules", rule.id, namespace, rule))
-        return rule
-
-    def update_rule(self, namespace: str, rule_id: str, inp: RuleInput) -> Rule:
-        self._check_rule(namespace, inp)
-        old = self.rule(namespace, rule_id)
-        rule = msgspec.structs.replace(old, spec=inp, updated_us=self._now_us())
-        self._write(lambda conn: self._put(conn, "notification_rules", rule.id, namespace, rule))
-        return rule
-
-    def _check_rule(self, namespace: str, inp: RuleInput) -> None:
-        validate_rule(inp)
-        known = {c.id for c in self.channels(namespace)}
-        missing = [c for c in inp.channels if c not in known]
-        if missing:
-            raise InvalidInput(f"unknown channels: {', '.join(missing)}", code="invalid_rule")
+    def put_rule(self, rule: Rule) -> None:
+        self._write(lambda conn: self._put(conn, "notification_rules", rule.id, rule.namespace, rule))
 
     def rule(self, namespace: str, rule_id: str) -> Rule:
         return _rule.decode(self._spec("notification_rules", "rule", namespace, rule_id))
@@ -150,8 +88,7 @@ class SqliteNotifications:
         return [_rule.decode(r[0]) for r in rows]
 
     def delete_rule(self, namespace: str, rule_id: str) -> None:
-        self.rule(namespace, rule_id)
-        self._write(lambda conn: self._delete(conn, "notification_rules", rule_id))
+        self._write(lambda conn: self._delete(conn, "notification_rules", namespace, rule_id))
 
     def _put(self, conn: sqlite3.Connection, table: str, id_: str, namespace: str, value: Any) -> None:
         now = self._now_us()
@@ -161,27 +98,37 @@ class SqliteNotifications:
             (id_, namespace, _encode(value), now, now),
         )
 
-    def _delete(self, conn: sqlite3.Connection, table: str, id_: str) -> None:
-        conn.execute(f"UPDATE {table} SET deleted_us = ? WHERE id = ?", (self._now_us(), id_))
+    def _delete(self, conn: sqlite3.Connection, table: str, namespace: str, id_: str) -> None:
+        conn.execute(
+            f"UPDATE {table} SET deleted_us = ? WHERE namespace = ? AND id = ? AND deleted_us IS NULL",
+            (self._now_us(), namespace, id_),
+        )
 
     # -- fired events -----------------------------------------------------------------------
 
-    def events(
+    def fire(
         self,
         namespace: str,
-        *,
-        start_us: int | None = None,
-        end_us: int | None = None,
-        rules: Sequence[str] = (),
-        customers: Sequence[str] = (),
-        features: Sequence[str] = (),
-        limit: int = 100,
-        offset: int = 0,
+        rule: Rule,
+        customer: str,
+        feature: str,
+        key: str,
+        period_start_us: int,
+        payload: Callable[[str], bytes],
+        now_us: int,
+        channels: Sequence[str],
+    ) -> str | None:
+        return self._db.writer.call(
+            lambda conn: insert_event(
+                conn, namespace, rule, customer, feature, key, period_start_us, payload, now_us, channels
+            )
+        )
+
+    def events(
+        self, namespace: str, f: EventFilter, *, limit: int, offset: int
     ) -> tuple[int, builtins.list[FiredEvent]]:
-        """(how many match, one page of them newest first); each non-empty list filters to
-        events matching one of its values."""
         conn = self._db.reader()
-        lists = [_encode(list(v)) if v else None for v in (rules, customers, features)]
+        lists = [_encode(list(v)) if v else None for v in (f.rules, f.customers, f.features)]
         rows = conn.execute(
             "SELECT count(*) OVER (), id, rule, customer, feature, threshold, period_start, payload, created_us"
             " FROM notification_events WHERE namespace = ?1"
@@ -190,7 +137,7 @@ class SqliteNotifications:
             " AND (?5 IS NULL OR customer IN (SELECT value FROM json_each(?5)))"
             " AND (?6 IS NULL OR feature IN (SELECT value FROM json_each(?6)))"
             " ORDER BY created_us DESC, id DESC LIMIT ?7 OFFSET ?8",
-            (namespace, start_us, end_us, lists[0], lists[1], lists[2], limit, offset),
+            (namespace, f.start_us, f.end_us, lists[0], lists[1], lists[2], limit, offset),
         ).fetchall()
         return (rows[0][0] if rows else 0), [_fired(conn, row[1:]) for row in rows]
 
@@ -205,22 +152,13 @@ class SqliteNotifications:
             raise NotFound(f"no notification event {event_id!r}", code="notification_event_not_found")
         return _fired(conn, row)
 
-    def resend(self, namespace: str, event_id: str, channels: Sequence[str] | None) -> None:
-        """Deliver again: the chosen deliveries (default all) go back to PENDING with a fresh
-        attempt budget; the attempt log keeps every earlier attempt."""
-        self.event(namespace, event_id)
-
+    def resend(self, namespace: str, event_id: str, channels: Sequence[str] | None, now_us: int) -> None:
         def task(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE deliveries SET state = 'PENDING', attempts = 0, next_attempt_us = ?, updated_us = ?"
-                " WHERE event = ? AND (? IS NULL OR channel IN (SELECT value FROM json_each(?)))",
-                (
-                    self._now_us(),
-                    self._now_us(),
-                    event_id,
-                    None if channels is None else 1,
-                    _encode(list(channels or [])),
-                ),
+                " WHERE event = (SELECT id FROM notification_events WHERE namespace = ? AND id = ?)"
+                " AND (? IS NULL OR channel IN (SELECT value FROM json_each(?)))",
+                (now_us, now_us, namespace, event_id, None if channels is None else 1, _encode(list(channels or []))),
             )
 
         self._write(task)

@@ -1,0 +1,53 @@
+"""The meter catalog (definitions) and what each meter has seen (subjects, group-by values)."""
+
+from __future__ import annotations
+
+import builtins
+
+from meterline.domain.clock import Clock
+from meterline.domain.errors import InvalidInput
+from meterline.domain.meters.model import Meter, MeterSpec
+from meterline.ports.meter_values import MeterValues
+from meterline.ports.meters import MeterCatalog
+
+DAY_S = 86_400
+
+
+class MeterService:
+    def __init__(self, meters: MeterCatalog, values: MeterValues, clock: Clock) -> None:
+        self._meters = meters
+        self._values = values
+        self._clock = clock
+
+    def create(self, namespace: str, spec: MeterSpec) -> Meter:
+        """A new meter; events already in the ledger are counted into it in the background."""
+        return self._meters.create(namespace, spec)
+
+    def get(self, namespace: str, id_or_slug: str) -> Meter:
+        return self._meters.get(namespace, id_or_slug)
+
+    def list(self, namespace: str) -> builtins.list[Meter]:
+        return self._meters.list(namespace)
+
+    def delete(self, namespace: str, id_or_slug: str) -> None:
+        self._meters.delete(namespace, id_or_slug)
+
+    def subjects(self, namespace: str, meter: str, start: int | None, end: int | None) -> builtins.list[str]:
+        """The meter's subjects within ``[start, end)`` (epoch seconds); all time without either."""
+        return self._values.subjects(self._meters.get(namespace, meter), start, end)
+
+    def group_values(
+        self, namespace: str, meter: str, dimension: str, start: int | None, end: int | None
+    ) -> builtins.list[str]:
+        """The values of one groupBy key within ``[start, end)``; the last 24 hours without
+        either (OpenMeter's default)."""
+        m = self._meters.get(namespace, meter)
+        if dimension not in m.spec.group_by:
+            known = ", ".join(sorted(m.spec.group_by)) or "none"
+            raise InvalidInput(
+                f"{dimension!r} is not a groupBy key of meter {m.spec.slug!r} (its keys: {known})",
+                code="invalid_group_by",
+            )
+        if start is None and end is None:
+            start = self._clock.now_us() // 1_000_000 - DAY_S
+        return self._values.group_values(m, dimension, start, end)
