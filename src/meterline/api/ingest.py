@@ -3,11 +3,11 @@
 The POST is the hot path, so it is a plain ASGI app (:class:`IngestEndpoint`, a Starlette
 route's endpoint) rather than a ``Request`` handler: it reads the four headers it needs
 straight from the scope, the body straight from ``receive``, decodes the whole body in one
-typed decode (:func:`decode_body`), waits for the group commit through :func:`append` (one
-event-loop wake-up per commit) and answers a 204 as two ASGI messages. What it refuses is a
-:class:`MeterlineError`, rendered by the app's one problem+json handler as for every other
-endpoint; admission control (``backpressure.py``) has run before it.
-:class:`FastLane` takes the exact path past Starlette's router to it.
+typed decode (:func:`decode_body`), waits for the group commit through
+:meth:`IngestEndpoint.append` (one event-loop wake-up per commit) and answers a 204 as two
+ASGI messages. What it refuses is a :class:`MeterlineError`, rendered by the app's one
+problem+json handler as for every other endpoint; admission control (``backpressure.py``) has
+run before it. :class:`FastLane` takes the exact path past Starlette's router to it.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ SHAPES = {
     "application/json": "any",
 }
 _HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"prefer"})
-_NO_CONTENT = {"type": "http.response.start", "status": 204, "headers": []}
-_EMPTY = {"type": "http.response.body", "body": b""}
 
 
 class IngestEndpoint:
@@ -74,8 +72,9 @@ class IngestEndpoint:
         if representation or any(o.status is Status.REJECTED for o in outcomes):
             await _answer(scope, outcomes, representation)(scope, receive, send)
             return
-        await send(_NO_CONTENT)
-        await send(_EMPTY)
+        # fresh messages each time: a middleware may add headers to the list in place
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
 
     async def append(self, ctx: Context, namespace: str, candidates: list[Candidate]) -> list[Outcome]:
         """The one call into the ledger: durable (per the fsync setting) once it returns."""
