@@ -1,6 +1,6 @@
 """HTTP ingest throughput of a real ``meterline serve`` process, next to its no-op ceiling.
 
-    ./run bench ingest_http [--duration 10] [--cases 1:64,100:16,1000:8] [--threads 1]
+    ./run bench ingest_http [--duration 10] [--cases 1:64,100:16,1000:8] [--threads 1] [--rounds 1]
                             [--ids random|sequential] [--customers 10000] [--baseline OLD/src]
 
 For each case (events per request : connections) wrk posts CloudEvents batches for
@@ -312,6 +312,26 @@ def report(results: list[Result], duration: int, threads: int, args: argparse.Na
     )
 
 
+def ranges(results: list[Result]) -> None:
+    """Min-max over the rounds of each server and case: rate, p99 and CPU per request."""
+    print("\nRanges over the rounds (min-max)")
+    print(f"{'server':<12}{'ev/req':>7}{'req/s':>18}{'events/s':>20}{'p99 ms':>18}{'cpu us/req':>18}")
+    groups: dict[tuple[str, int], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.server, r.batch), []).append(r)
+    for (server, batch), rs in groups.items():
+        cells = [
+            [r.rps for r in rs],
+            [r.eps for r in rs],
+            [r.p99_ms for r in rs],
+            [r.cpu_total / max(r.requests, 1) * 1e6 for r in rs],
+        ]
+        print(
+            f"{server:<12}{batch:>7}"
+            + "".join(f"{f'{min(c):,.0f}-{max(c):,.0f}':>{w}}" for c, w in zip(cells, (18, 20, 18, 18), strict=True))
+        )
+
+
 @dataclass
 class Variant:
     """One server of the run: meterline or its no-op ceiling, of this checkout or the baseline."""
@@ -372,6 +392,7 @@ def measure(v: Variant, work: Path, batch: int, connections: int, args: argparse
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per case (default 10)")
+    parser.add_argument("--rounds", type=int, default=1, help="run all cases this many times (default 1)")
     parser.add_argument("--cases", default="1:64,100:16,1000:8", help="events-per-request:connections,...")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: the machine has 2 cores)")
     parser.add_argument("--ids", choices=["random", "sequential"], default="random", help="event ids (default UUIDv4)")
@@ -393,11 +414,14 @@ def main() -> None:
         try:
             for v in servers:
                 v.start(work, args.fsync)
-            for batch, connections in cases:
-                for v in servers:
-                    results.append(measure(v, work, batch, connections, args))
-                    time.sleep(1)
+            for _ in range(args.rounds):
+                for batch, connections in cases:
+                    for v in servers:
+                        results.append(measure(v, work, batch, connections, args))
+                        time.sleep(1)
             report(results, args.duration, args.threads, args)
+            if args.rounds > 1:
+                ranges(results)
             print("\nVerification (whole run, servers that store): /metrics, the ledger and the query API agree")
             for v in servers:
                 if not v.noop and v.server is not None:
