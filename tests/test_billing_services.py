@@ -3,6 +3,7 @@ the plan and subscription rules, credits, showback and the scheduler -- fast, no
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -14,14 +15,18 @@ import msgspec
 import pytest
 from contract.billing_kit import APRIL, MARCH, MAY, NS, Kit, open_kit
 
-from meterline.domain.billing import parse_plan
+from meterline.domain.billing import billing_windows, parse_plan
 from meterline.domain.billing.credits import GrantTerms
 from meterline.domain.billing.documents import decode_invoice
-from meterline.domain.billing.records import RunSettings
+from meterline.domain.billing.records import Outcome, RunSettings
 from meterline.domain.clock import from_us
 from meterline.domain.errors import Conflict, InvalidInput, InvalidPlan, MeterlineError
 from meterline.domain.meters.model import Aggregation, MeterSpec
+from meterline.domain.periods import Period
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
+from meterline.services.billing_finalize import finalize
+from meterline.services.billing_pending import Job, pending
+from meterline.services.billing_pricer import Ask, Pricer
 from meterline.services.billing_subscriptions import SubscriptionRequest
 
 MINUTE = 60_000_000
@@ -238,3 +243,42 @@ def test_the_scheduler_runs_due_periods_in_the_background(kit: Kit, billing: Bil
         scheduled.scheduler.close()
     assert [r.number for r in billing.invoices.list(NS)] == ["INV-000001"]
     assert scheduled.scheduler.last is not None
+
+
+def test_finalizing_skips_a_window_whose_earlier_window_is_not_finalized(kit: Kit, billing: Billing) -> None:
+    move_to(kit, MAY + MINUTE)
+    pricer = Pricer(kit.stores, NS)
+    [sub] = billing.subscriptions.list(NS, "acme")
+    plan = pricer.plan("pro", 1)
+    windows = billing_windows(sub.subscription, plan.cadence, until=from_us(MAY), since=from_us(MARCH))
+    jobs = [Job(sub.id, Ask(sub.customer_id, plan, w), True) for w in windows]
+    found, failures = pending(kit.stores, pricer, jobs, from_us(MAY), MARCH)
+    assert failures == [] and len(found) == 2
+    settings = RunSettings()
+    assert finalize(kit.stores.finalizing, found[1:], settings) == [Outcome("stale", None)]  # April before March
+    assert finalize(kit.stores.finalizing, found, settings) == [
+        Outcome("created", "INV-000001"),
+        Outcome("created", "INV-000002"),
+    ]
+    assert finalize(kit.stores.finalizing, found[:1], settings) == [Outcome("exists", "INV-000001")]
+
+
+def test_an_adjustment_computed_from_a_superseded_snapshot_is_not_finalized(kit: Kit, billing: Billing) -> None:
+    move_to(kit, APRIL + MINUTE)
+    billing.runs.run(NS)
+    calls(kit, "a1", "2026-03-31T23:00:00Z", 6, "late")
+    move_to(kit, MAY + MINUTE)
+    pricer = Pricer(kit.stores, NS)
+    [sub] = billing.subscriptions.list(NS, "acme")
+    plan = pricer.plan("pro", 1)
+    [april] = billing_windows(sub.subscription, plan.cadence, until=from_us(MAY), since=from_us(APRIL))
+    job = Job(sub.id, Ask(sub.customer_id, plan, april), True)
+    [first], _ = pending(kit.stores, pricer, [job], from_us(MAY), MARCH)
+    [second], _ = pending(kit.stores, pricer, [job], from_us(MAY), MARCH)
+    assert len(first.adjustments) == 1
+    assert finalize(kit.stores.finalizing, [first], RunSettings())[0].status == "created"
+    assert finalize(kit.stores.finalizing, [second], RunSettings())[0].status == "exists"
+    # the same adjustment on another invoice: its snapshot of March is no longer the latest
+    elsewhere = dataclasses.replace(second, billed_through_us=None, parties=dataclasses.replace(
+        second.parties, period=Period(from_us(MAY), from_us(MAY + MINUTE))))  # fmt: skip
+    assert finalize(kit.stores.finalizing, [elsewhere], RunSettings()) == [Outcome("stale", None)]

@@ -33,9 +33,7 @@ def plan(name: str = "pro", version: int = 1) -> PlanVersion:
     return parse_plan(body)
 
 
-def sub(
-    kit: Kit, id_: str, customer: str, start: int, end: int | None = None, billed: int | None = None
-) -> StoredSubscription:
+def sub(id_: str, customer: str, start: int, end: int | None = None, billed: int | None = None) -> StoredSubscription:
     terms = Subscription(customer, "pro", 1, from_us(start), "UTC", end=None if end is None else from_us(end))
     return StoredSubscription(id_, NS, customer, terms, start if billed is None else billed, None, start)
 
@@ -92,13 +90,13 @@ def test_a_plan_update_is_the_change_of_the_stored_version_or_nothing(kit: Kit) 
 def test_a_subscription_is_added_once_its_check_passed_on_the_customers_others(kit: Kit) -> None:
     subs = kit.stores.subscriptions
     seen: list[list[str]] = []
-    subs.add(sub(kit, "s2", "acme", APRIL), lambda others: seen.append([o.id for o in others]))
-    subs.add(sub(kit, "s1", "acme", MARCH, APRIL), lambda others: seen.append([o.id for o in others]))
-    subs.add(sub(kit, "s3", "bravo", MARCH), lambda others: seen.append([o.id for o in others]))
-    subs.add(sub(kit, "s4", "acme", MAY), lambda others: seen.append([o.id for o in others]))
+    subs.add(sub("s2", "acme", APRIL), lambda others: seen.append([o.id for o in others]))
+    subs.add(sub("s1", "acme", MARCH, APRIL), lambda others: seen.append([o.id for o in others]))
+    subs.add(sub("s3", "bravo", MARCH), lambda others: seen.append([o.id for o in others]))
+    subs.add(sub("s4", "acme", MAY), lambda others: seen.append([o.id for o in others]))
     assert seen == [[], ["s2"], [], ["s1", "s2"]]  # only the customer's, by start
     with pytest.raises(InvalidInput):
-        subs.add(sub(kit, "s5", "acme", MAY), refuse)
+        subs.add(sub("s5", "acme", MAY), refuse)
     assert [s.id for s in subs.list(NS)] == ["s1", "s2", "s4", "s3"]  # by customer, start, id
     assert [s.id for s in subs.list(NS, "bravo")] == ["s3"]
     assert subs.get(NS, "s1").subscription.end == from_us(APRIL)
@@ -110,11 +108,11 @@ def test_a_subscription_is_added_once_its_check_passed_on_the_customers_others(k
 
 def test_a_subscription_update_stores_new_terms_and_a_successor_together(kit: Kit) -> None:
     subs = kit.stores.subscriptions
-    subs.add(sub(kit, "s1", "acme", MARCH), lambda _: None)
+    subs.add(sub("s1", "acme", MARCH), lambda _: None)
 
     def change(old: StoredSubscription) -> tuple[Subscription, StoredSubscription]:
         ended = msgspec.structs.replace(old.subscription, end=from_us(APRIL))
-        return ended, msgspec.structs.replace(sub(kit, "s2", "acme", APRIL), previous=old.id)
+        return ended, msgspec.structs.replace(sub("s2", "acme", APRIL), previous=old.id)
 
     closed, started = subs.update(NS, "s1", change)
     assert closed.subscription.end == from_us(APRIL) and closed.id == "s1"
@@ -130,10 +128,10 @@ def test_a_subscription_update_stores_new_terms_and_a_successor_together(kit: Ki
 
 def test_open_subscriptions_are_those_left_to_invoice(kit: Kit) -> None:
     subs = kit.stores.subscriptions
-    subs.add(sub(kit, "done", "acme", MARCH, APRIL, billed=APRIL), lambda _: None)
-    subs.add(sub(kit, "ending", "acme", APRIL, MAY), lambda _: None)
-    subs.add(sub(kit, "later", "bravo", MAY), lambda _: None)
-    other = msgspec.structs.replace(sub(kit, "elsewhere", "zulu", MARCH), namespace="other")
+    subs.add(sub("done", "acme", MARCH, APRIL, billed=APRIL), lambda _: None)
+    subs.add(sub("ending", "acme", APRIL, MAY), lambda _: None)
+    subs.add(sub("later", "bravo", MAY), lambda _: None)
+    other = msgspec.structs.replace(sub("elsewhere", "zulu", MARCH), namespace="other")
     subs.add(other, lambda _: None)
     assert [s.id for s in subs.open(NS)] == ["ending", "later"]
     assert [s.id for s in subs.open(NS, MAY)] == ["ending"]
@@ -200,7 +198,7 @@ def finalize(kit: Kit, customer: str, subscription: str, start: int, end: int, *
 
 
 def test_a_finalized_invoice_is_stored_with_its_windows_and_moves_billing_forward(kit: Kit) -> None:
-    kit.stores.subscriptions.add(sub(kit, "s1", "c1", MARCH), lambda _: None)
+    kit.stores.subscriptions.add(sub("s1", "c1", MARCH), lambda _: None)
     kit.stores.credits.add(NS, "c1", grant("g", "10"), MARCH)
     number = finalize(kit, "c1", "s1", MARCH, APRIL, burns=(("g", Decimal(4)),))
     assert number == "INV-1"
@@ -221,7 +219,7 @@ def test_a_finalized_invoice_is_stored_with_its_windows_and_moves_billing_forwar
 
 
 def test_a_failed_unit_of_work_leaves_nothing_behind(kit: Kit) -> None:
-    kit.stores.subscriptions.add(sub(kit, "s1", "c1", MARCH), lambda _: None)
+    kit.stores.subscriptions.add(sub("s1", "c1", MARCH), lambda _: None)
 
     def work(tx: InvoiceTransaction) -> None:
         tx.store(invoice(tx, "c1", "s1", MARCH, APRIL))
@@ -236,7 +234,7 @@ def test_a_failed_unit_of_work_leaves_nothing_behind(kit: Kit) -> None:
 
 
 def test_numbers_are_per_namespace_and_billing_never_moves_back(kit: Kit) -> None:
-    kit.stores.subscriptions.add(sub(kit, "s1", "c1", MARCH), lambda _: None)
+    kit.stores.subscriptions.add(sub("s1", "c1", MARCH), lambda _: None)
     assert finalize(kit, "c1", "s1", MARCH, APRIL) == "INV-1"
     assert finalize(kit, "c1", "s1", APRIL, MAY, billed_through_us=APRIL) == "INV-2"
     assert kit.stores.subscriptions.get(NS, "s1").billed_through_us == APRIL
@@ -249,7 +247,7 @@ def test_numbers_are_per_namespace_and_billing_never_moves_back(kit: Kit) -> Non
 
 
 def test_a_void_is_recorded_beside_the_invoice_and_gives_back_its_credits(kit: Kit) -> None:
-    kit.stores.subscriptions.add(sub(kit, "s1", "c1", MARCH), lambda _: None)
+    kit.stores.subscriptions.add(sub("s1", "c1", MARCH), lambda _: None)
     kit.stores.credits.add(NS, "c1", grant("g", "10"), MARCH)
     finalize(kit, "c1", "s1", MARCH, APRIL, burns=(("g", Decimal(4)),))
     kit.stores.invoices.void(NS, "INV-1", "wrong", APRIL)
@@ -271,7 +269,7 @@ def test_a_void_is_recorded_beside_the_invoice_and_gives_back_its_credits(kit: K
 
 
 def test_a_replacement_marks_the_voided_invoice_and_sees_the_period_chain(kit: Kit) -> None:
-    kit.stores.subscriptions.add(sub(kit, "s1", "c1", MARCH), lambda _: None)
+    kit.stores.subscriptions.add(sub("s1", "c1", MARCH), lambda _: None)
     finalize(kit, "c1", "s1", MARCH, APRIL)
     finalize(kit, "c1", "s1", APRIL, MAY)
     kit.stores.invoices.void(NS, "INV-1", "wrong", MAY)
@@ -290,7 +288,7 @@ def test_a_replacement_marks_the_voided_invoice_and_sees_the_period_chain(kit: K
 
 
 def test_later_snapshots_of_a_window_supersede_earlier_ones(kit: Kit) -> None:
-    kit.stores.subscriptions.add(sub(kit, "s1", "c1", MARCH), lambda _: None)
+    kit.stores.subscriptions.add(sub("s1", "c1", MARCH), lambda _: None)
     finalize(kit, "c1", "s1", MARCH, APRIL)
     first = kit.stores.invoices.billed(NS, {"c1"}, MARCH)["c1"][0]
     later = Snapshot("s1", window(MARCH, APRIL, "5"), first.origin_id)  # an adjustment re-billed it
