@@ -12,9 +12,13 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from conftest import Server
+from conftest import Server, build_api
 from faults import BATCH, events, launch, metric, wait_until
+from starlette.applications import Starlette
 from test_ingest_api import assert_problem
+
+from meterline.api.backpressure import Backpressure
+from meterline.api.ingest import FastLane
 
 LIMIT = 8192
 
@@ -142,3 +146,17 @@ def test_a_client_gone_half_way_leaves_nothing_and_no_harm(server: Server, tmp_p
     assert stored(server, "cut-0") == 0
     assert post(server, events("after", 1)).status_code == 204
     assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200
+
+
+def test_the_fast_lane_is_the_last_middleware(tmp_path: Path) -> None:
+    """FastLane hands ingest requests straight to the endpoint, so a middleware listed after it
+    would never see them: admission control, and anything that adds headers to answers, must
+    come before it."""
+    api = build_api(tmp_path)
+    app = next(api).client.app
+    try:
+        assert isinstance(app, Starlette)
+        kinds = [m.cls for m in app.user_middleware]
+        assert kinds[-1] is FastLane and Backpressure in kinds
+    finally:
+        api.close()
