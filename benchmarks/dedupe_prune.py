@@ -1,12 +1,13 @@
-"""Does pruning the dedupe table stall ingest? In-process, on the real writer (fsync "full").
+"""Does pruning expired dedupe keys stall ingest? In-process, on the real writer (fsync "full").
 
     ./run bench dedupe_prune [--keys 1000000] [--duration 10] [--rounds 2] [--threads 8] [--batch 100]
 
-A data directory is seeded with ``--keys`` ledger events and their dedupe keys, all received at
-t0; the clock is then set to t0 + 3 h with a 1 h dedupe window, so every key is expired and past
-the grace period: the pruner has the whole backlog to delete. ``--threads`` threads then append
-``--batch``-event requests with new ids through ``ledger.append`` (waiting for each commit) for
-``--duration`` seconds, on a fresh copy of the seeded file per case:
+A data directory is seeded with ``--keys`` ledger events (the dedupe index is built from them
+when the directory is opened), all received at t0; the clock is then set to t0 + 3 h with a 1 h
+dedupe window, so every key is expired and past the grace period: the pruner has the whole
+backlog to forget. ``--threads`` threads then append ``--batch``-event requests with new ids
+through ``ledger.append`` (waiting for each commit) for ``--duration`` seconds, on a fresh copy
+of the seeded file per case:
 
 - ``off``: the pruner is not running (ingest alone);
 - ``on``: the pruner runs as in the server (batches of 500 keys, 10 ms apart while work is left).
@@ -59,9 +60,6 @@ def seed(data_dir: Path, keys: int) -> None:
         conn.executemany(
             "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
             ((i + 1, "default", "seed", f"k{i}", "t", "acme", T0, T0, digest, raw) for i in ids),
-        )
-        conn.executemany(
-            "INSERT INTO dedupe VALUES (?,?,?,?,?,?)", (("default", "seed", f"k{i}", i + 1, digest, T0) for i in ids)
         )
         conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,4 +1,4 @@
-"""Pruning the dedupe table: keys past the dedupe window (and its grace period) are deleted; a key
+"""Pruning the dedupe index: keys past the dedupe window (and its grace period) are deleted; a key
 inside the window stays a duplicate, an expired one is new again; deleting a key never changes an
 answer, also when the clock steps back, across a restart, or when the pruning commit fails."""
 
@@ -49,7 +49,10 @@ def send(b: EmbeddedBackend, clock: FixedClock, *ids: str) -> list[str]:
 
 
 def keys(b: EmbeddedBackend) -> set[str]:
-    return {r[0] for r in b.db.reader().execute("SELECT id FROM dedupe")}
+    """The ids the dedupe index still holds a key for."""
+    seqs, _ = b.dedupe.held()
+    marks = ",".join("?" * len(seqs))
+    return {r[0] for r in b.db.reader().execute(f"SELECT id FROM events WHERE seq IN ({marks})", seqs)}
 
 
 def counted(b: EmbeddedBackend, clock: FixedClock) -> object:

@@ -10,6 +10,7 @@ from meterline.adapters.sqlite.counters import History, LiveCounters
 from meterline.adapters.sqlite.customers import SqliteCustomers, load_all
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.dead_letters import SqliteDeadLetters
+from meterline.adapters.sqlite.dedupe_index import DedupeIndex
 from meterline.adapters.sqlite.dedupe_prune import DedupePruner
 from meterline.adapters.sqlite.entitlements import SqliteEntitlements
 from meterline.adapters.sqlite.followups import FollowUps
@@ -20,6 +21,8 @@ from meterline.adapters.sqlite.notifications import SqliteNotifications
 from meterline.adapters.sqlite.portal import SqlitePortal
 from meterline.domain.clock import Clock
 from meterline.runtime.background import Monitor
+
+DEDUPE_DIR = "dedupe-index"
 
 
 class EmbeddedBackend:
@@ -35,8 +38,10 @@ class EmbeddedBackend:
         max_queue: int = 4096,
         monitor: Monitor | None = None,
         baseline_days: int = 7,
+        dedupe: DedupeIndex | None = None,
     ) -> None:
-        self.state = IngestState(settings)
+        self.dedupe = dedupe or DedupeIndex(data_dir / DEDUPE_DIR)
+        self.state = IngestState(settings, self.dedupe)
         self.db = Database(
             data_dir,
             fsync=fsync,
@@ -46,8 +51,9 @@ class EmbeddedBackend:
             monitor=monitor,
             on_rollback=self.state.rolled_back,
             before_commit=self.state.flush_pending,
-            after_commit=self.state.committed,
+            after_commit=self._committed,
         )
+        self.db.writer.call(self.dedupe.open)  # indexes the ledger tail the sealed runs do not cover
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
         self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
@@ -79,8 +85,14 @@ class EmbeddedBackend:
         self.notifications.changed = followups.guarded("alert rules", self.alerts.reload, self.alerts.reload)
         self.billing = billing_stores(self.db, self.customers, self.meters, clock.now_us)
 
+    def _committed(self) -> None:
+        self.state.committed()
+        if not self.state.stale:  # then every seq below next_seq is committed
+            self.dedupe.committed(self.state.next_seq - 1)
+
     def close(self) -> None:
         self.followups.close()
         self.dedupe_pruner.close()
         self.meters.close()
         self.db.close()
+        self.dedupe.close()

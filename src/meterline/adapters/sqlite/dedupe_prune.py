@@ -1,7 +1,7 @@
-"""Deleting idempotency keys once they are past the dedupe window.
+"""Forgetting idempotency keys once they are past the dedupe window.
 
 With ``ingest.dedupe_window`` set, a key whose first receipt is older than ``now - window`` is
-*expired*: ingest treats the same (namespace, source, id) as a new event. The pruner deletes
+*expired*: ingest treats the same (namespace, source, id) as a new event. The pruner forgets
 expired keys a grace period later (``GRACE``), in small batches, each a writer task of its own:
 it joins a group commit like any request and holds the writer for about a millisecond, and it
 runs from a background thread, so no ingest request waits for more than one batch. Without a
@@ -15,9 +15,11 @@ Exactness — deleting a key never changes what ingest answers:
    deleted yet or not. Keys between the floor and ``now - window`` are still kept, so a clock
    that steps back by up to ``GRACE`` sees them as duplicates again, as it would without pruning;
    past that, a key before the floor is expired whether or not its batch has run.
-3. A batch deletes a key only while it still belongs to the ledger event it came with (a key
+3. A batch forgets a key only while it still belongs to the ledger event it came with (a key
    reused after expiry belongs to its new event).
-4. The floor, the cursor and the deletions commit in one transaction (or not at all).
+4. The floor and the cursor commit in one transaction (or not at all); only after that commit
+   does the dedupe index (``adapters.sqlite.dedupe_index``) drop the batch's keys from memory,
+   and delete whole sealed runs whose newest key was received before the floor.
 
 The pruner walks the ledger in sequence order from a cursor (``meta.dedupe_pruned_seq``): no
 index on receipt time, so nothing is added to the ingest path. The walk stops at the first event
@@ -81,8 +83,9 @@ class DedupePruner:
         were passed (``pruned`` counts the keys deleted)."""
         if self._window_us is None or not self._due():
             return 0
-        walked, deleted = self._db.writer.call(self._delete_batch)
-        self.pruned += deleted
+        walked, expired, floor = self._db.writer.call(self._delete_batch)
+        if expired:
+            self.pruned += self._state.dedupe.forget(expired, floor)
         return walked
 
     def _step(self) -> None:
@@ -110,15 +113,16 @@ class DedupePruner:
         row = self._db.reader().execute(sql, (CURSOR_KEY,)).fetchone()
         return row is not None and row[0] < self._floor()
 
-    def _delete_batch(self, conn: sqlite3.Connection) -> tuple[int, int]:
-        """One writer task: advance the floor and the cursor over expired events, deleting their keys."""
+    def _delete_batch(self, conn: sqlite3.Connection) -> tuple[int, list[tuple[str, str, str, int]], int]:
+        """One writer task: advance the floor and the cursor over expired events; returns how
+        many were passed, their keys (forgotten once this commits) and the floor."""
         started = time.perf_counter()
         try:
             return self._delete(conn)
         finally:
             self._task_seconds = time.perf_counter() - started
 
-    def _delete(self, conn: sqlite3.Connection) -> tuple[int, int]:
+    def _delete(self, conn: sqlite3.Connection) -> tuple[int, list[tuple[str, str, str, int]], int]:
         self._state.load(conn)
         floor = max(self._floor(), self._state.dedupe_floor_us)
         cursor = read_meta(conn, CURSOR_KEY)
@@ -132,14 +136,11 @@ class DedupePruner:
                 break
             expired.append((namespace, source, id_, seq))
         if not expired:
-            return 0, 0
-        deleted = conn.executemany(
-            "DELETE FROM dedupe WHERE namespace = ? AND source = ? AND id = ? AND seq = ?", expired
-        ).rowcount
+            return 0, [], floor
         write_meta(conn, DEDUPE_FLOOR_KEY, floor)
         write_meta(conn, CURSOR_KEY, expired[-1][3])
         self._state.dedupe_floor_us = floor  # a rollback marks the state stale: it reloads the old one
-        return len(expired), deleted
+        return len(expired), expired, floor
 
 
 def read_meta(conn: sqlite3.Connection, key: str) -> int:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import msgspec
 
+from meterline.adapters.sqlite.dedupe_index import DedupeIndex
 from meterline.adapters.sqlite.replay import admit_groups
 from meterline.adapters.sqlite.rollups import Deltas
 from meterline.domain.customers.model import UnknownSubjects
@@ -65,8 +66,9 @@ class ReadingListener:
 class IngestState:
     """Writer-thread caches: live meters by (namespace, type), group values, subjects, next seq."""
 
-    def __init__(self, settings: IngestSettings) -> None:
+    def __init__(self, settings: IngestSettings, dedupe: DedupeIndex) -> None:
         self.settings = settings
+        self.dedupe = dedupe  # idempotency keys -> ledger/quarantine rows (adapters.sqlite.dedupe_index)
         self.stale = True
         self.meters: dict[tuple[str, str], list[CompiledMeter]] = {}
         self.group_values: dict[tuple[int, str], set[str]] = {}
@@ -141,7 +143,7 @@ class Appender:
         self.now_us = now_us
         self.readings: list[tuple[CompiledMeter, Reading, str, int, int]] = []
         self.events: list[tuple[object, ...]] = []
-        self.keys: list[tuple[object, ...]] = []
+        self.keys: list[tuple[str, str, str, int, bytes, int]] = []  # for the dedupe index
         self.dead: list[tuple[object, ...]] = []
         self.new_groups: list[tuple[int, str, str]] = []
         self.new_subjects: list[tuple[int, str]] = []
@@ -191,10 +193,7 @@ class Appender:
             (ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, self.now_us, ev.digest, ev.raw),
         )
         assert cur.lastrowid is not None
-        self.conn.execute(
-            "INSERT OR REPLACE INTO dedupe VALUES (?,?,?,?,?,?)",
-            (ev.namespace, ev.source, ev.id, -cur.lastrowid, ev.digest, self.now_us),
-        )
+        self.state.dedupe.add_many([(ev.namespace, ev.source, ev.id, -cur.lastrowid, ev.digest, self.now_us)])
         self.quarantined += 1
 
     def release(self, events: Sequence[Event]) -> tuple[int, int]:
@@ -206,10 +205,8 @@ class Appender:
             self.namespace = ev.namespace
             readings = self._read(ev)
             if isinstance(readings, Rejection):
+                # Its key is free: the quarantine row is deleted and no ledger row holds the key.
                 self._reject(Candidate(0, ev.id, ev.source, raw=ev.raw), readings)
-                self.conn.execute(
-                    "DELETE FROM dedupe WHERE namespace = ? AND source = ? AND id = ?", (ev.namespace, ev.source, ev.id)
-                )
                 rejected += 1
                 continue
             self._accept(ev, readings)
@@ -272,22 +269,13 @@ class Appender:
         window = self.state.settings.dedupe_window_us
         # Expired: first received before the window, or before the pruning floor (pruned or not).
         oldest = -1 if window is None else max(self.now_us - window, self.state.dedupe_floor_us)
-        keys = msgspec.json.encode([[e.source, e.id] for e in events]).decode()
-        # CROSS JOIN fixes the loop order: one primary-key probe per key of the batch. With a
-        # plain JOIN the planner may scan the whole dedupe table once per batch.
-        rows = self.conn.execute(
-            "SELECT d.source, d.id, d.digest FROM json_each(?) AS j CROSS JOIN dedupe AS d"
-            " ON d.namespace = ? AND d.source = j.value ->> 0 AND d.id = j.value ->> 1"
-            " WHERE d.received_us >= ?",
-            (keys, namespace, oldest),
-        )
-        return {(source, id_): digest for source, id_, digest in rows}
+        return self.state.dedupe.lookup(self.conn, events, oldest)
 
     def _write(self) -> None:
         conn = self.conn
         if self.events:
             conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", self.events)
-            conn.executemany("INSERT OR REPLACE INTO dedupe VALUES (?,?,?,?,?,?)", self.keys)
+            self.state.dedupe.add_many(self.keys)
         if self.dead:
             conn.executemany(
                 "INSERT INTO dead_letters (namespace, received_us, reason, message, source, event_id, raw)"

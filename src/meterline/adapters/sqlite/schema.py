@@ -3,8 +3,8 @@
 Durability: the database runs in WAL mode. ``fsync="full"`` (``synchronous=FULL``) syncs the
 WAL on every commit, so an acknowledged event survives power loss; ``"normal"`` syncs only at
 checkpoints and survives a process crash (``kill -9``) but may lose the last commits on power
-loss. Either way a commit is atomic: an event, its dedupe key and its rollup deltas land
-together or not at all.
+loss. Either way a commit is atomic: an event and its rollup deltas land together or not at
+all; the dedupe index is derived from the ledger and rebuilt from it after a crash.
 """
 
 from __future__ import annotations
@@ -28,12 +28,8 @@ CREATE TABLE IF NOT EXISTS events (
     received_us INTEGER NOT NULL, digest BLOB NOT NULL, raw BLOB NOT NULL
 );
 
--- Idempotency keys (namespace, source, id) -> first accepted payload.
-CREATE TABLE IF NOT EXISTS dedupe (
-    namespace TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL,
-    seq INTEGER NOT NULL, digest BLOB NOT NULL, received_us INTEGER NOT NULL,
-    PRIMARY KEY (namespace, source, id)
-) WITHOUT ROWID;
+-- Idempotency keys (namespace, source, id) are found through the dedupe index beside this
+-- file (adapters.sqlite.dedupe_index), derived from `events` and `quarantine`.
 
 CREATE TABLE IF NOT EXISTS meters (
     key INTEGER PRIMARY KEY,
@@ -94,8 +90,8 @@ CREATE TABLE IF NOT EXISTS customer_subjects (
 CREATE INDEX IF NOT EXISTS customer_subjects_by_customer ON customer_subjects (customer);
 CREATE TABLE IF NOT EXISTS namespace_settings (namespace TEXT PRIMARY KEY, unknown_subjects TEXT NOT NULL);
 
--- Valid events whose subject belongs to no customer (policy "quarantine"). Their dedupe key
--- holds seq = -id until they are released into the ledger.
+-- Valid events whose subject belongs to no customer (policy "quarantine"). The dedupe index
+-- refers to them as -id until they are released into the ledger.
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL, source TEXT NOT NULL, event_id TEXT NOT NULL, type TEXT NOT NULL,
