@@ -2,7 +2,7 @@
 
     ./run bench dedupe_keys [--keys 10000000] [--stages 0,1000000,5000000] [--duration 8]
         [--events 150000] [--seal-every 100000] [--fanout 4] [--partition-keys 100000]
-        [--layouts n,a,b,c] [--ids random,sequential] [--dir DIR]
+        [--layouts n,a,b,c,i] [--ids random,sequential] [--dir DIR]
 
 One SQLite file holds one ledger (today's ``events`` table: append-only by ``seq``) and the state
 of three exact dedupe indexes over the key (namespace, source, id), all kept in step with the
@@ -23,6 +23,9 @@ own):
   merged into one of the next (tiered compaction). A lookup checks the memory table, then the
   Bloom filters (vectorized over the batch), probes a run only on a Bloom hit, and confirms every
   hash hit by reading the ledger row by seq and comparing the full key.
+- ``i``: the index meterline ships (``adapters.sqlite.dedupe_index``, its default sizes), driven
+  as ingest drives it: ``lookup``, the ledger rows, ``add_many``, COMMIT, ``committed``. Like
+  ``b`` without Bloom filters: each run is searched for the whole batch at once.
 - ``c``: time-partitioned key tables: like ``b``, but each new (hash, seq) is also written in the
   ingest transaction into a small SQLite table (``--partition-keys`` keys each, then a new one);
   sealed partitions are probed only on a Bloom hit (filters stored in the database).
@@ -59,7 +62,9 @@ import msgspec
 import numpy as np
 from _common import code_version, machine, percentile
 
-from meterline.adapters.sqlite.schema import connect
+from meterline.adapters.sqlite.dedupe_index import DedupeIndex
+from meterline.adapters.sqlite.schema import connect, create_schema
+from meterline.domain.events.model import Event as LedgerEvent
 
 NS = "default"
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
@@ -685,7 +690,69 @@ class LedgerOnly(Index):
         return len(rows), 0
 
 
-LAYOUTS: dict[str, type[Index]] = {"n": LedgerOnly, "a": KeyTable, "b": LsmIndex, "c": PartitionedIndex}
+class ShippedIndex(Index):
+    """(i) the dedupe index meterline ships (``adapters.sqlite.dedupe_index``), driven as ingest
+    drives it: lookup, ledger rows, ``add_many``, COMMIT, ``committed``. Its default sizes."""
+
+    name = "i shipped"
+
+    def __init__(self, conn: sqlite3.Connection, workdir: Path, opts: Any, hasher: Hasher | None = None) -> None:
+        super().__init__(conn, workdir, opts, hasher)
+        create_schema(conn)  # its quarantine table
+        seal = getattr(opts, "index_seal", None)
+        self.index = DedupeIndex(workdir / "shipped", hasher=hasher, **({"seal_keys": seal} if seal else {}))
+
+    def open(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.index.open(self.conn)
+        self.conn.execute("COMMIT")
+
+    def catch_up(self) -> None:
+        self.open()  # indexes the ledger the sealed runs do not cover
+        self.index.close()
+
+    def ingest(self, events: list[Event]) -> tuple[int, int]:
+        conn = self.conn
+        t0 = time.perf_counter()
+        conn.execute("BEGIN IMMEDIATE")
+        found = [LedgerEvent(e[0], e[1], e[2], "t", "acme", T0, None, e[3], DIGEST) for e in events]
+        known = self.index.lookup(conn, found, -1)
+        pending: set[tuple[str, str]] = set()
+        rows, keys = [], []
+        seq = self.next_seq
+        for e in events:
+            k = (e[1], e[2])
+            if k in known or k in pending:
+                continue
+            pending.add(k)
+            rows.append(ledger_row(seq, e))
+            keys.append((e[0], e[1], e[2], seq, DIGEST, T0))
+            seq += 1
+        t1 = time.perf_counter()
+        conn.executemany(LEDGER_INSERT, rows)
+        self.index.add_many(keys)
+        conn.execute("COMMIT")
+        self.index.committed(seq - 1)
+        self.t_lookup += t1 - t0
+        self.t_write += time.perf_counter() - t1
+        self.next_seq = seq
+        return len(rows), len(events) - len(rows)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def info(self) -> dict[str, Any]:
+        runs = self.index.runs()
+        return {"runs": len(runs), "levels": self.index.levels(), "run MB": sum(r.count for r in runs) * 16 / 2**20}
+
+
+LAYOUTS: dict[str, type[Index]] = {
+    "n": LedgerOnly,
+    "a": KeyTable,
+    "b": LsmIndex,
+    "c": PartitionedIndex,
+    "i": ShippedIndex,
+}
 
 
 def new_db(path: Path, fsync: str = "full") -> sqlite3.Connection:
@@ -699,7 +766,7 @@ def new_db(path: Path, fsync: str = "full") -> sqlite3.Connection:
 
 def check_collisions(tmp: Path, opts: Any) -> None:
     """Two different keys with one 64-bit hash: never a false duplicate, never a missed one."""
-    for name in ("b", "c"):
+    for name in ("b", "c", "i"):
         work = tmp / f"collide-{name}"
         work.mkdir()
         conn = new_db(work / "db.sqlite")
@@ -708,7 +775,7 @@ def check_collisions(tmp: Path, opts: Any) -> None:
         def forced(ns: str, src: str, id_: str, real: Hasher = real) -> int:
             return 42 if id_.startswith("collide") else real(ns, src, id_)
 
-        small = argparse.Namespace(**{**vars(opts), "seal_every": 2, "partition_keys": 2, "fanout": 2})
+        small = argparse.Namespace(**{**vars(opts), "seal_every": 2, "partition_keys": 2, "fanout": 2, "index_seal": 2})
 
         def fresh(small: Any = small, conn: sqlite3.Connection = conn, work: Path = work, name: str = name) -> Index:
             idx = LAYOUTS[name](conn, work, small, forced)
@@ -730,13 +797,15 @@ def check_collisions(tmp: Path, opts: Any) -> None:
         if isinstance(idx, LsmIndex):
             assert idx.runs, "b: the colliding keys were not sealed into a run"
             idx.compact_all()
+        if isinstance(idx, ShippedIndex):
+            assert idx.index.runs(), "i: the colliding keys were not sealed into a run"
         idx = fresh()  # a restart: the colliding keys now sit in sealed runs / partitions
         for batch, want in [([k1, k2, k3], (0, 3)), ([k4], (1, 0)), ([k4, k1], (0, 2))]:
             got = idx.ingest(batch)
             assert got == want, f"{name} after restart: {[e[2] for e in batch]} gave {got}, want {want}"
         idx.close()
         conn.close()
-    print("forced 64-bit collision check (b, c: in memory, sealed, after restart): exact")
+    print("forced 64-bit collision check (b, c, i: in memory, sealed, after restart): exact")
 
 
 # --- one case, in its own process ----------------------------------------------------------------

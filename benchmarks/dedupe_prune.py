@@ -108,7 +108,7 @@ def run_case(seeded: Path, work: Path, prune: bool, opts: Any) -> dict[str, floa
         pruner: DedupePruner = b.dedupe_pruner
         inner = pruner._delete_batch
 
-        def timed(conn: Any) -> tuple[int, int]:
+        def timed(conn: Any) -> Any:
             started = time.perf_counter()
             try:
                 return inner(conn)

@@ -145,7 +145,7 @@ OLD_TABLE = """CREATE TABLE dedupe (
 
 
 def test_a_data_directory_with_the_old_key_table_opens_with_its_keys_honoured(tmp_path: Path) -> None:
-    conn = ledger(tmp_path / "db")
+    conn = ledger(tmp_path / "meterline.db")
     conn.execute(OLD_TABLE)
     rows = [(n + 1, "default", "s", f"k{n}", "t", "acme", T0, T0, DIGEST, b"{}") for n in range(40)]
     conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
@@ -156,10 +156,14 @@ def test_a_data_directory_with_the_old_key_table_opens_with_its_keys_honoured(tm
         (T0, T0, DIGEST),
     )
     conn.execute("INSERT INTO dedupe VALUES ('default', 's', 'held', -1, ?, ?)", (DIGEST, T0))
-    idx = open_index(conn, tmp_path / "index")
-    assert seen(conn, idx, [f"k{n}" for n in range(41)] + ["held"]) == {f"k{n}" for n in range(40)} | {"held"}
-    assert idx.runs(), "a long ledger is indexed into runs at the first open"
-    assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'dedupe'").fetchone()[0] == 0
+    conn.close()
+    index = DedupeIndex(tmp_path / "index", seal_keys=8, build_chunk=16)
+    b = EmbeddedBackend(tmp_path, IngestSettings(None, 100), FixedClock(T0), fsync="normal", dedupe=index)
+    reader = b.db.reader()
+    assert seen(reader, index, [f"k{n}" for n in range(41)] + ["held"]) == {f"k{n}" for n in range(40)} | {"held"}
+    assert index.runs(), "a long ledger is indexed into runs at the first open"
+    assert reader.execute("SELECT count(*) FROM sqlite_master WHERE name = 'dedupe'").fetchone()[0] == 0
+    b.close()
 
 
 CRASHING = """

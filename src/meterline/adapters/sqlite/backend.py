@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from meterline.adapters.sqlite.alerting import AlertEvaluator
@@ -10,7 +11,7 @@ from meterline.adapters.sqlite.counters import History, LiveCounters
 from meterline.adapters.sqlite.customers import SqliteCustomers, load_all
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.dead_letters import SqliteDeadLetters
-from meterline.adapters.sqlite.dedupe_index import DedupeIndex
+from meterline.adapters.sqlite.dedupe_index import DedupeIndex, drop_key_table
 from meterline.adapters.sqlite.dedupe_prune import DedupePruner
 from meterline.adapters.sqlite.entitlements import SqliteEntitlements
 from meterline.adapters.sqlite.followups import FollowUps
@@ -53,7 +54,7 @@ class EmbeddedBackend:
             before_commit=self.state.flush_pending,
             after_commit=self._committed,
         )
-        self.db.writer.call(self.dedupe.open)  # indexes the ledger tail the sealed runs do not cover
+        self.db.writer.call(self._open_dedupe)
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
         self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
@@ -84,6 +85,10 @@ class EmbeddedBackend:
         )
         self.notifications.changed = followups.guarded("alert rules", self.alerts.reload, self.alerts.reload)
         self.billing = billing_stores(self.db, self.customers, self.meters, clock.now_us)
+
+    def _open_dedupe(self, conn: sqlite3.Connection) -> None:
+        self.dedupe.open(conn)  # indexes the ledger the sealed runs do not cover
+        drop_key_table(conn)  # an upgraded data directory: the index now holds its keys
 
     def _committed(self) -> None:
         self.state.committed()

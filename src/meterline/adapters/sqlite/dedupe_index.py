@@ -107,7 +107,6 @@ class DedupeIndex:
             self._quarantined.put(self._hash(ns, src, id_), -qid, 0)
         last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         self._last = (last, self._hash_of(conn, last))
-        conn.execute("DROP TABLE IF EXISTS dedupe")  # the key table of earlier versions: the ledger says it all
         self.opened = True
         self._sealer.merge_soon()
 
@@ -177,7 +176,8 @@ class DedupeIndex:
     def _candidates(self, hashes: list[int]) -> dict[int, list[int]]:
         found: dict[int, list[int]] = {}
         with self._lock:
-            tables, runs = (self._mem, self._sealer.frozen, self._quarantined), self._sealer.runs
+            tables = [t for t in (self._mem, self._sealer.frozen, self._quarantined) if len(t)]
+            runs = self._sealer.runs
             for i, h in enumerate(hashes):
                 for table in tables:
                     refs = table.get(h)
@@ -248,6 +248,12 @@ class DedupeIndex:
 
     def close(self) -> None:
         self._sealer.close()
+
+
+def drop_key_table(conn: sqlite3.Connection) -> None:
+    """Drop the ``dedupe`` key table of earlier versions: an opened index holds its keys (the
+    ledger and the quarantine say it all)."""
+    conn.execute("DROP TABLE IF EXISTS dedupe")
 
 
 def _rows(conn: sqlite3.Connection, refs: set[int]) -> dict[int, Row]:
