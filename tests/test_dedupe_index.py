@@ -75,7 +75,7 @@ def files(directory: Path) -> set[str]:
 
 
 def listed(idx: DedupeIndex) -> set[str]:
-    return {f"{r.name}{s}" for r in idx.runs() for s in (".h", ".s")} | {"manifest.json"}
+    return {f"{r.name}{s}" for r in idx.runs() for s in (".h", ".s")} | {"manifest.json", "LOCK"}
 
 
 @pytest.mark.parametrize("hasher", [None, tiny], ids=["keyed-hash", "colliding-hash"])
@@ -135,6 +135,25 @@ def test_an_index_left_by_another_database_is_rebuilt(tmp_path: Path) -> None:
     append(conn, open_index(conn, tmp_path / "other"), ["b1"])
     idx = open_index(conn, tmp_path / "index")
     assert seen(conn, idx, ["a1", "b1"]) == {"b1"}
+
+
+def test_a_second_process_only_reads_the_runs_and_a_damaged_run_is_rebuilt(tmp_path: Path) -> None:
+    conn = ledger(tmp_path / "db")
+    owner = open_index(conn, tmp_path / "index")
+    ids = [f"e{n}" for n in range(60)]
+    append(conn, owner, ids)
+    owner.wait()
+    before = files(tmp_path / "index")
+    reader = open_index(conn, tmp_path / "index")  # the lock is held: it changes nothing on disk
+    append(conn, reader, [f"r{n}" for n in range(30)])
+    assert seen(conn, reader, [*ids, "r1", "new"]) == {*ids, "r1"}
+    assert files(tmp_path / "index") == before
+    reader.close()
+    owner.close()
+    (tmp_path / "index" / f"{owner.runs()[0].name}.s").write_bytes(b"short")
+    idx = open_index(conn, tmp_path / "index")  # the manifest names a damaged run: built again
+    assert seen(conn, idx, [*ids, "r29", "new"]) == {*ids, "r29"}
+    assert files(tmp_path / "index") == listed(idx)
 
 
 OLD_TABLE = """CREATE TABLE dedupe (

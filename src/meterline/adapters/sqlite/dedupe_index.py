@@ -99,7 +99,8 @@ class DedupeIndex:
         key_id = hashlib.blake2b(secret, digest_size=8).hexdigest()
         manifest = self._store.load(key_id)
         if manifest is not None and not self._matches(conn, manifest.sealed_to, manifest.sealed_hash):
-            self._store.delete(manifest.runs)  # another ledger (a restored backup?): start over
+            if self._store.owner:
+                self._store.delete(manifest.runs)  # another ledger (a restored backup?): start over
             manifest = None
         self._sealer.reset(key_id, manifest)
         self._index_ledger(conn, self._sealer.sealed_to)
@@ -108,7 +109,8 @@ class DedupeIndex:
         last = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
         self._last = (last, self._hash_of(conn, last))
         self.opened = True
-        self._sealer.merge_soon()
+        if self._store.owner:
+            self._sealer.merge_soon()
 
     def _secret(self, conn: sqlite3.Connection) -> bytes:
         row = conn.execute("SELECT value FROM meta WHERE key = ?", (HASH_KEY,)).fetchone()
@@ -136,12 +138,12 @@ class DedupeIndex:
                 newest, last = max(newest, received), seq
                 if len(seqs) == self._build_chunk:
                     break
-            if len(seqs) < self._seal_keys:
+            if len(seqs) >= self._seal_keys and self._store.owner:
+                h_arr, s_arr = np.frombuffer(hashes, np.int64), np.frombuffer(seqs, np.int64)
+                self._sealer.seal_now(h_arr, s_arr, newest, last, self._hash_of(conn, last))
+            else:  # a short tail, or another process owns the runs: memory
                 for h, seq in zip(hashes, seqs, strict=True):
                     self._mem.put(h, seq, newest)
-                return
-            h_arr, s_arr = np.frombuffer(hashes, np.int64), np.frombuffer(seqs, np.int64)
-            self._sealer.seal_now(h_arr, s_arr, newest, last, self._hash_of(conn, last))
             if len(seqs) < self._build_chunk:
                 return
 
@@ -208,7 +210,9 @@ class DedupeIndex:
         """After a COMMIT (writer thread), when every seq up to ``last_seq`` is committed: seal
         the memory table once it is big enough. It holds every committed event after the last
         seal (each was added before its commit), so its run covers the ledger up to ``last_seq``."""
-        if len(self._mem) < self._seal_keys or self._last[0] != last_seq or not self._sealer.idle():
+        if len(self._mem) < self._seal_keys or self._last[0] != last_seq or not self._store.owner:
+            return
+        if not self._sealer.idle():
             return
         with self._lock:
             mem, self._mem = self._mem, Table()
@@ -224,7 +228,7 @@ class DedupeIndex:
         with self._lock:  # a table being sealed is left alone: its run expires whole
             for ns, src, id_, seq in expired:
                 gone += self._mem.drop(self._hash(ns, src, id_), seq)
-        return gone + self._sealer.expire(floor_us)
+        return gone + (self._sealer.expire(floor_us) if self._store.owner else 0)
 
     def held(self) -> tuple[list[int], list[int]]:
         """(ledger seqs, quarantine ids) the index holds keys for: for inspection and tests."""
@@ -248,6 +252,7 @@ class DedupeIndex:
 
     def close(self) -> None:
         self._sealer.close()
+        self._store.close()
 
 
 def drop_key_table(conn: sqlite3.Connection) -> None:

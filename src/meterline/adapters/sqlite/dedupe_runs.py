@@ -19,6 +19,7 @@ A crash before step 2 leaves the previous manifest and its runs untouched; files
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
@@ -33,6 +34,7 @@ import numpy.typing as npt
 I64 = np.dtype("<i8")
 Array = npt.NDArray[np.int64]
 MANIFEST = "manifest.json"
+LOCK = "LOCK"  # held (flock) by the one process that may change the runs
 MERGE_CHUNK = 262_144  # entries taken from each input run per merge step: bounded memory
 
 
@@ -82,24 +84,47 @@ class RunStore:
         self.dir = directory
         self._crash_point = crash_point or (lambda step: None)
         self._names = itertools.count()
+        self._lock_fd: int | None = None
+        self.owner = False
+        """Whether this process may change the runs. Another process that opens the same data
+        directory (an offline command beside a running server) only reads them."""
 
     def load(self, key_id: str) -> Manifest | None:
-        """The committed manifest (None when missing or written for another hash key); files it
-        does not list are deleted."""
+        """The committed manifest (None when missing, written for another hash key, or naming a
+        file that is missing or short); as the owner, files it does not list are deleted."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.owner = self._lock()
         body = self._read_manifest()
         if body is None or body.get("key_id") != key_id:
             body = None
-        listed = {r["name"] for r in body["runs"]} if body else set()
+        try:
+            runs = tuple(self._open(r["name"], r["count"], r["max_received_us"]) for r in body["runs"]) if body else ()
+        except (OSError, ValueError):
+            body, runs = None, ()  # damaged: the index is built again from the ledger
+        if self.owner:
+            self._remove_unlisted({r.name for r in runs})
+        return None if body is None else Manifest(body["sealed_to"], body["sealed_hash"], runs)
+
+    def _lock(self) -> bool:
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _remove_unlisted(self, listed: set[str]) -> None:
         for path in self.dir.iterdir():
-            if path.name != MANIFEST and path.name.split(".")[0] not in listed:
+            if path.name not in (MANIFEST, LOCK) and path.name.split(".")[0] not in listed:
                 path.unlink()
         numbers = [int(p.name[4:12]) for p in self.dir.glob("run-*.h")]
         self._names = itertools.count(max(numbers, default=-1) + 1)
-        if body is None:
-            return None
-        runs = tuple(self._open(r["name"], r["count"], r["max_received_us"]) for r in body["runs"])
-        return Manifest(body["sealed_to"], body["sealed_hash"], runs)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd, self.owner = None, False
 
     def _read_manifest(self) -> dict[str, Any] | None:
         try:
@@ -109,6 +134,9 @@ class RunStore:
         return body if isinstance(body, dict) else None
 
     def _open(self, name: str, count: int, max_received_us: int) -> Run:
+        for suffix in (".h", ".s"):
+            if (self.dir / f"{name}{suffix}").stat().st_size != count * I64.itemsize:
+                raise ValueError(f"run {name} is not {count} entries long")
         hashes = np.memmap(self.dir / f"{name}.h", dtype=I64, mode="r", shape=(count,))
         seqs = np.memmap(self.dir / f"{name}.s", dtype=I64, mode="r", shape=(count,))
         return Run(name, count, max_received_us, hashes, seqs)
