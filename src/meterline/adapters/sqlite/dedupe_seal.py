@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from array import array
 from collections.abc import Callable
 
 import numpy as np
@@ -25,12 +26,16 @@ log = logging.getLogger("meterline.dedupe")
 
 
 class Table:
-    """Hash -> candidate references (a seq, or -quarantine id); most hashes hold one."""
+    """Hash -> candidate references (a seq, or -quarantine id); most hashes hold one.
 
-    __slots__ = ("_d", "_n", "max_received_us")
+    Every reference put is also appended to two flat int64 arrays, so sealing copies two buffers
+    instead of walking the dict while holding the GIL (which would stall ingest for the walk)."""
+
+    __slots__ = ("_d", "_h", "_n", "_r", "max_received_us")
 
     def __init__(self) -> None:
         self._d: dict[int, int | list[int]] = {}
+        self._h, self._r = array("q"), array("q")
         self._n = 0  # references held
         self.max_received_us = 0
 
@@ -50,6 +55,8 @@ class Table:
         else:
             found.append(ref)
         self._n += 1
+        self._h.append(h)
+        self._r.append(ref)
         if received_us > self.max_received_us:
             self.max_received_us = received_us
 
@@ -71,9 +78,9 @@ class Table:
         return [r for v in self._d.values() for r in ([v] if isinstance(v, int) else v)]
 
     def arrays(self) -> tuple[Array, Array]:
-        pairs = [(h, r) for h, v in self._d.items() for r in ([v] if isinstance(v, int) else v)]
-        both = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-        return both[:, 0].copy(), both[:, 1].copy()
+        """(hashes, references) of every reference put, in order. A dropped one is still there:
+        it was dropped because it expired, and an expired reference never makes a duplicate."""
+        return np.frombuffer(self._h, np.int64).copy(), np.frombuffer(self._r, np.int64).copy()
 
 
 def level_of(count: int, seal_keys: int, fanout: int = 4) -> int:
