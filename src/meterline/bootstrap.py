@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from meterline.adapters.sqlite.alerting import AnomalyScanner
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.entitlement_usage import SqliteEntitlementUsage
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.adapters.sqlite.meter_values import SqliteMeterValues
@@ -22,11 +23,13 @@ from meterline.domain.billing.records import RunSettings
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.errors import ConfigError, NotFound
+from meterline.domain.meters.query import QueryLimits
 from meterline.runtime.background import Monitor
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.customers import CustomerService
 from meterline.services.dead_letters import DeadLetterService
 from meterline.services.dispatch import Dispatcher
+from meterline.services.entitlement_values import EntitlementValueService
 from meterline.services.entitlements import EntitlementService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
@@ -47,6 +50,7 @@ class Catalog:
     notifications: NotificationService
     portal: PortalService
     meters: MeterService
+    values: EntitlementValueService
 
 
 def catalog(config: Config, clock: Clock, backend: EmbeddedBackend, wake: Callable[[], None]) -> Catalog:
@@ -70,6 +74,12 @@ def catalog(config: Config, clock: Clock, backend: EmbeddedBackend, wake: Callab
             backend.portal, clock, default_ttl=config.portal.token_ttl, max_ttl=config.portal.max_token_ttl
         ),
         meters=MeterService(backend.meters, SqliteMeterValues(backend.db), clock),
+        values=EntitlementValueService(
+            entitlements,
+            SqliteEntitlementUsage(backend.counters, backend.history),
+            clock,
+            QueryLimits(config.query.max_windows, config.query.max_rows),
+        ),
     )
 
 

@@ -187,7 +187,6 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
             if config.ingest.late_arrival_window is None
             else _us(config.ingest.late_arrival_window.total_seconds()),
         ),
-        backend.history,
         system.catalog,
         system.billing,
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meterline.adapters.sqlite.backend import EmbeddedBackend
-from meterline.adapters.sqlite.counters import History
 from meterline.api.auth import Authenticator
 from meterline.bootstrap import Catalog
 from meterline.config import Config
@@ -24,7 +23,6 @@ class Context:
     auth: Authenticator
     metrics: Metrics
     limits: Limits
-    history: History
     catalog: Catalog
     billing: Billing
     dispatcher: Dispatcher | None = None

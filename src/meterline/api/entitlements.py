@@ -9,20 +9,17 @@ from typing import Any
 import msgspec
 from starlette.responses import Response
 
-from meterline.adapters.sqlite.counters import Live
 from meterline.api.context import Context
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_bool, parse_time, typed_body
-from meterline.api.meter_query import limits_of, run_query
+from meterline.api.meter_query import run_query
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
+from meterline.domain.entitlements.history import PeriodUsage, WindowUsage
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput
 from meterline.domain.entitlements.render import entitlement_body, period_body, value_body
-from meterline.domain.entitlements.value import Value, verdict
-from meterline.domain.errors import InvalidInput, NotFound
-from meterline.domain.meters.query import MeterQuery
-from meterline.domain.meters.windows import WindowSize, zone
-from meterline.domain.periods import Period
+from meterline.domain.entitlements.value import Value
+from meterline.domain.errors import InvalidInput
 
 
 class CheckFeature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -43,8 +40,7 @@ class ResetInput(msgspec.Struct, frozen=True, rename="camel"):
 
 
 def entitlement_json(ctx: Context, e: Entitlement) -> dict[str, Any]:
-    live = ctx.history.live(e.id) if e.spec.type == "metered" else None
-    return entitlement_body(e, None if live is None else live.period_at(ctx.clock.now_us()))
+    return entitlement_body(e, ctx.catalog.values.current_period(e))
 
 
 def _owner(call: Call) -> str:
@@ -115,37 +111,25 @@ async def _find(call: Call) -> Entitlement:
 
 @endpoint(Scope.READ)
 async def entitlement_value(call: Call) -> Response:
-    ctx = call.ctx
     at = parse_time("time", call.request.query_params.get("time"))
-    ent = await _find(call)
-    if at is not None and ent.spec.type == "metered":
-        live = ctx.history.live(ent.id)
-        if live is None:
-            raise NotFound("the entitlement's meter no longer exists", code="meter_not_found")
-        return json_response(value_body(await call.run(ctx.history.value_at, live, at)))
-    _, value = await call.run(ctx.backend.counters.value, call.namespace, ent.customer_key, ent.feature_key)
-    assert value is not None
-    return json_response(value_body(value))
+    service, owner, ent = call.ctx.catalog.values, _owner(call), call.path("entitlement")
+    return json_response(value_body(await call.run(service.value, call.namespace, owner, ent, at)))
 
 
 @endpoint(Scope.READ)
 async def check(call: Call) -> Response:
-    """Would these quantities be allowed now? Answers from the live counters."""
+    """Would these quantities be allowed now? Answers from the live counters (in memory: no
+    thread-pool hop)."""
     req = await typed_body(call.request, CheckRequest, "check request")
-    counters, namespace = call.ctx.backend.counters, call.namespace
-    name = req.customer or req.subject
-    if name is None or not req.features:
-        raise InvalidInput("send `customer` (or `subject`) and at least one feature", code="invalid_check_request")
-    customer = counters.customer_key(namespace, name)
-    if customer is None:
-        raise NotFound(f"no customer {name!r}", code="customer_not_found")
-    results, allowed = [], True
-    for f in req.features:
-        ent, value = counters.value(namespace, customer, f.feature, project=False)
-        v = verdict(ent, value, f.quantity)
-        allowed = allowed and v.allowed
-        results.append(_check_json(f.feature, ent, v.allowed, v.denial, value))
-    return json_response({"customer": customer, "allowed": allowed, "features": results})
+    features = [(f.feature, f.quantity) for f in req.features]
+    result = call.ctx.catalog.values.check(call.namespace, req.customer or req.subject, features)
+    return json_response(
+        {
+            "customer": result.customer,
+            "allowed": result.allowed,
+            "features": [_check_json(f.feature, f.entitlement, f.allowed, f.denial, f.value) for f in result.features],
+        }
+    )
 
 
 def _check_json(feature: str, ent: Entitlement | None, ok: bool, denial: str | None, v: Value | None) -> dict[str, Any]:
@@ -175,56 +159,38 @@ def _check_json(feature: str, ent: Entitlement | None, ok: bool, denial: str | N
 
 @endpoint(Scope.READ)
 async def entitlement_history(call: Call) -> Response:
-    ctx, q = call.ctx, call.request.query_params
+    q = call.request.query_params
     start, end = parse_time("from", q.get("from")), parse_time("to", q.get("to"))
-    size = q.get("windowSize") or "HOUR"
-    if size not in ("MINUTE", "HOUR", "DAY", "MONTH"):
-        raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", code="invalid_window_size")
-    ent = await _find(call)
-    live = ctx.history.live(ent.id)
-    if live is None:
-        raise InvalidInput("history exists for metered entitlements only", code="invalid_entitlement")
-    now = ctx.clock.now_us()
-    end = end or now - now % 60_000_000 + 60_000_000  # through the current minute
-    start = start or live.period_at(now).start_us
-    tz = zone(q.get("windowTimeZone") or "UTC")
-    query = MeterQuery(
-        start // 1_000_000, -(-end // 60_000_000) * 60, WindowSize(size), tz, limits=limits_of(ctx.config)
-    )
-    return await run_query(call.request, lambda: json_response(_history(ctx, ent, live, query)))
+    size, tz = q.get("windowSize") or "HOUR", q.get("windowTimeZone") or "UTC"
+    service, owner, ent = call.ctx.catalog.values, _owner(call), call.path("entitlement")
+
+    def work() -> Response:
+        return json_response(_history_json(*service.history(call.namespace, owner, ent, start, end, size, tz)))
+
+    return await run_query(call.request, work)
 
 
-def _history(ctx: Context, ent: Entitlement, live: Live, query: MeterQuery) -> dict[str, Any]:
-    windows = ctx.history.windows(live, query)
-    history: list[dict[str, Any]] = []
-    segments: dict[Period, tuple[Decimal, Decimal]] = {}
-    used, current = Decimal(0), None
-    for w_start, w_end, usage in windows:
-        period = live.period_at(w_start * 1_000_000)
-        if period != current:
-            current, used = period, Decimal(0)
-        allowance = ent.spec.issue_after_reset or Decimal(0)
-        history.append(
-            {
-                "period": {"from": rfc3339(w_start * 1_000_000), "to": rfc3339(w_end * 1_000_000)},
-                "usage": usage,
-                "balanceAtStart": max(allowance - used, Decimal(0)),
-            }
-        )
-        used += usage
-        segments[period] = (allowance, used)
+def _history_json(windows: list[WindowUsage], periods: list[PeriodUsage]) -> dict[str, Any]:
+    history: list[dict[str, Any]] = [
+        {
+            "period": {"from": rfc3339(w.start * 1_000_000), "to": rfc3339(w.end * 1_000_000)},
+            "usage": w.usage,
+            "balanceAtStart": w.balance_at_start,
+        }
+        for w in windows
+    ]
     burndown: list[dict[str, Any]] = [
         {
-            "period": period_body(p),
-            "usage": u,
-            "overage": max(u - a, Decimal(0)),
-            "balanceAtStart": a,
-            "balanceAtEnd": max(a - u, Decimal(0)),
+            "period": period_body(p.period),
+            "usage": p.usage,
+            "overage": p.overage,
+            "balanceAtStart": p.allowance,
+            "balanceAtEnd": p.balance_at_end,
             "grantBalancesAtStart": {},
             "grantBalancesAtEnd": {},
             "grantUsages": [],
         }
-        for p, (a, u) in segments.items()
+        for p in periods
     ]
     return {"windowedHistory": history, "burndownHistory": burndown}
 

@@ -1,0 +1,38 @@
+"""The embedded store's :class:`~meterline.ports.entitlement_usage.EntitlementUsage`: the live
+counters for values now, the rollups (through ``History``) for the past."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from meterline.adapters.sqlite.counters import History, LiveCounters
+from meterline.domain.entitlements.model import Entitlement
+from meterline.domain.entitlements.value import Value
+from meterline.domain.meters.query import MeterQuery
+from meterline.domain.periods import Period
+
+
+class SqliteEntitlementUsage:
+    def __init__(self, counters: LiveCounters, history: History) -> None:
+        self._counters = counters
+        self._history = history
+
+    def customer_key(self, namespace: str, key_or_subject: str) -> str | None:
+        return self._counters.customer_key(namespace, key_or_subject)
+
+    def value(
+        self, namespace: str, customer_key: str, feature_key: str, *, project: bool = True
+    ) -> tuple[Entitlement | None, Value | None]:
+        return self._counters.value(namespace, customer_key, feature_key, project=project)
+
+    def period_at(self, entitlement_id: str, t_us: int) -> Period | None:
+        live = self._history.live(entitlement_id)
+        return None if live is None else live.period_at(t_us)
+
+    def value_at(self, entitlement_id: str, t_us: int) -> Value | None:
+        live = self._history.live(entitlement_id)
+        return None if live is None else self._history.value_at(live, t_us)
+
+    def windows(self, entitlement_id: str, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
+        live = self._history.live(entitlement_id)
+        return None if live is None else self._history.windows(live, query)

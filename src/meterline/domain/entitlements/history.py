@@ -1,0 +1,54 @@
+"""An entitlement's usage history: per window, and per usage period (the burndown).
+
+Pure: it takes the usage of each window with the period that window falls in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from meterline.domain.periods import Period
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    start: int  # epoch seconds
+    end: int
+    usage: Decimal
+    balance_at_start: Decimal  # what was left of the period's allowance when the window began
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodUsage:
+    period: Period
+    allowance: Decimal
+    usage: Decimal
+
+    @property
+    def overage(self) -> Decimal:
+        return max(self.usage - self.allowance, ZERO)
+
+    @property
+    def balance_at_end(self) -> Decimal:
+        return max(self.allowance - self.usage, ZERO)
+
+
+def burndown(
+    windows: Iterable[tuple[int, int, Decimal, Period]], allowance: Decimal
+) -> tuple[list[WindowUsage], list[PeriodUsage]]:
+    """Windows in time order, each with its usage period: the balance at each window's start
+    (usage counts from zero again in each period) and the totals of each period."""
+    history: list[WindowUsage] = []
+    totals: dict[Period, Decimal] = {}
+    used, current = ZERO, None
+    for start, end, usage, period in windows:
+        if period != current:
+            current, used = period, ZERO
+        history.append(WindowUsage(start, end, usage, max(allowance - used, ZERO)))
+        used += usage
+        totals[period] = used
+    return history, [PeriodUsage(p, allowance, u) for p, u in totals.items()]
