@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 
 from meterline.adapters.sqlite.alerting import AnomalyScanner
 from meterline.adapters.sqlite.backend import EmbeddedBackend
-from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.database import DB_FILE, Database
 from meterline.adapters.sqlite.entitlement_usage import SqliteEntitlementUsage
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.adapters.sqlite.meter_values import SqliteMeterValues
+from meterline.adapters.sqlite.rebuild import RebuildReport, rebuild
+from meterline.adapters.sqlite.schema import connect, create_schema
 from meterline.config import BillingConfig, Config
 from meterline.domain.billing.records import RunSettings
 from meterline.domain.clock import Clock, SystemClock
@@ -92,6 +94,22 @@ def open_keys(config: Config) -> Iterator[KeyService]:
         yield KeyService(SqliteKeys(db), SystemClock())
     finally:
         db.close()
+
+
+def rebuild_store(config: Config, *, check: bool) -> RebuildReport:
+    """Recompute the rollups from the ledger in one write transaction of its own (the CLI's
+    ``rebuild``; safe while a server runs on the same directory) and compare them with those
+    stored; unless ``check``, the rebuilt rows replace them."""
+    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    conn = connect(config.storage.data_dir / DB_FILE, fsync=config.storage.fsync)
+    try:
+        create_schema(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        report = rebuild(conn, cap=config.ingest.max_group_cardinality, replace=not check)
+        conn.execute("COMMIT")
+        return report
+    finally:
+        conn.close()
 
 
 @dataclass

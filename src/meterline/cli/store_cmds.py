@@ -17,8 +17,6 @@ from meterline.domain.auth.keys import DEFAULT_NAMESPACE, check_namespace, parse
 from meterline.domain.clock import rfc3339
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from starlette.types import ASGIApp
 
     from meterline.config import Config
@@ -83,16 +81,6 @@ def _bootstrap_key(config: Config) -> str | None:
         return keys.bootstrap_admin()
 
 
-def _open(config: Config) -> sqlite3.Connection:
-    from meterline.adapters.sqlite.database import DB_FILE
-    from meterline.adapters.sqlite.schema import connect, create_schema
-
-    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    conn = connect(config.storage.data_dir / DB_FILE, fsync=config.storage.fsync)
-    create_schema(conn)
-    return conn
-
-
 @click.group()
 def keys() -> None:
     """Create, list and revoke API keys (works on the data directory, also while the server runs)."""
@@ -147,16 +135,9 @@ def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) ->
 @click.option("--check", is_flag=True, help="only compare; change nothing")
 def rebuild_cmd(config_path: Path | None, data_dir: Path | None, check: bool) -> None:
     """Recompute rollups from the ledger; report and replace any difference."""
-    from meterline.adapters.sqlite.rebuild import rebuild
+    from meterline.bootstrap import rebuild_store
 
-    config = _config(config_path, data_dir)
-    conn = _open(config)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        report = rebuild(conn, cap=config.ingest.max_group_cardinality, replace=not check)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+    report = rebuild_store(_config(config_path, data_dir), check=check)
     diffs = ", ".join(f"{t}: {n}" for t, n in report.differences.items())
     click.echo(f"replayed {report.events} ledger events; differing rows — {diffs}")
     if report.identical:
