@@ -23,6 +23,7 @@ from meterline.domain.errors import StorageUnavailable
 from meterline.domain.events.decode import Limits, decode_events, split_body
 from meterline.domain.meters.model import Aggregation, MeterSpec
 from meterline.domain.meters.query import MeterQuery
+from meterline.services.aggregation import Aggregator
 
 MINUTE = 60_000_000
 HOUR = 60 * MINUTE
@@ -56,6 +57,7 @@ def keys(b: EmbeddedBackend) -> set[str]:
 
 
 def counted(b: EmbeddedBackend, clock: FixedClock) -> object:
+    Aggregator(b.ledger, b.usage, cap=100).drain()  # rollups are the aggregator's: bring them up to date
     rows = b.meters.query(b.meters.get("default", "n"), MeterQuery(start=0, end=clock.now_us() // 1_000_000 + 60))
     return sum(int(r.value) for r in rows)
 
@@ -143,10 +145,15 @@ def test_a_failed_pruning_commit_leaves_the_floor_where_it_was(backend: Embedded
         found = decode_events(split_body(b'[{"specversion":"1.0","id":"b","source":"s","type":"t",'
                                          b'"subject":"acme","data":{"v":1}}]', "batch", 100),
                               "default", clock.now_us(), LIMITS)  # fmt: skip
-        doomed = backend.ledger.append("default", found)  # its rollup deltas are written at COMMIT
+        doomed = backend.ledger.append("default", found)
+        original = backend.usage.before_commit
+
+        def boom(conn: sqlite3.Connection) -> None:  # the last step before COMMIT fails, once
+            backend.usage.before_commit = original  # type: ignore[method-assign]
+            raise sqlite3.OperationalError("boom")
 
         def break_commit(conn: sqlite3.Connection) -> None:
-            conn.execute("CREATE TEMP TRIGGER boom BEFORE INSERT ON rollups BEGIN SELECT RAISE(ABORT, 'boom'); END")
+            backend.usage.before_commit = boom  # type: ignore[method-assign]
 
         backend.db.writer.submit(break_commit)
         release.set()

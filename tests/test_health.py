@@ -40,7 +40,7 @@ def test_ready_answer_lists_warnings(watched: tuple[Server, Path]) -> None:
     server, _ = watched
     r = httpx.get(f"{server.url}/readyz", timeout=30)
     assert r.status_code == 200 and r.json()["status"] == "ready" and isinstance(r.json()["warnings"], list)
-    for thread in ("writer", "backfill", "dispatch", "anomalies", "billing", "health"):
+    for thread in ("writer", "aggregator", "dispatch", "anomalies", "billing", "health"):
         assert metric(server, f'meterline_background_thread_up{{thread="{thread}"}}') == 1.0, thread
         assert metric(server, f'meterline_background_errors_total{{thread="{thread}"}}') is not None
 

@@ -13,6 +13,7 @@ from conftest import T0_US
 
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.bootstrap import attach_aggregator
 from meterline.domain.clock import FixedClock
 from meterline.domain.errors import InvalidInput, StorageUnavailable
 from meterline.domain.events.decode import Limits, decode_events, split_body
@@ -32,8 +33,11 @@ def candidates(ids: list[str]) -> list:  # type: ignore[type-arg]
 @pytest.fixture
 def backend(tmp_path: Path):  # type: ignore[no-untyped-def]
     b = EmbeddedBackend(tmp_path, IngestSettings(None, 100), FixedClock(T0_US), fsync="normal")
+    aggregator = attach_aggregator(b, cap=100)
+    aggregator.start()
     b.meters.create("default", MeterSpec(slug="n", event_type="t", aggregation=Aggregation.SUM, value_property="$.v"))
     yield b
+    aggregator.close()
     b.close()
 
 
@@ -80,9 +84,14 @@ def test_failed_commit_fails_every_task_and_loses_nothing_acknowledged(backend: 
     release = hold_writer(backend)
     doomed = backend.ledger.append("default", candidates(["b"]))
 
+    original = backend.usage.before_commit
+
+    def boom(conn: sqlite3.Connection) -> None:  # the last step before COMMIT fails, once
+        backend.usage.before_commit = original  # type: ignore[method-assign]
+        raise sqlite3.OperationalError("boom")
+
     def break_commit(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TEMP TRIGGER boom BEFORE INSERT ON rollups BEGIN SELECT RAISE(ABORT, 'boom'); END")
-        conn.execute("CREATE TEMP TRIGGER boom2 BEFORE UPDATE ON rollups BEGIN SELECT RAISE(ABORT, 'boom'); END")
+        backend.usage.before_commit = boom  # type: ignore[method-assign]
 
     backend.db.writer.submit(break_commit)
     release.set()

@@ -27,6 +27,7 @@ from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.errors import ConfigError, NotFound
 from meterline.domain.meters.query import QueryLimits
 from meterline.runtime.background import Monitor
+from meterline.services.aggregation import Aggregator
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.customers import CustomerService
 from meterline.services.dead_letters import DeadLetterService
@@ -120,6 +121,7 @@ class System:
     clock: Clock
     monitor: Monitor
     backend: EmbeddedBackend
+    aggregator: Aggregator
     dispatcher: Dispatcher
     scanner: AnomalyScanner
     catalog: Catalog
@@ -140,18 +142,23 @@ class System:
         self.billing.scheduler.close()
         self.scanner.close()
         self.dispatcher.close()
+        self.aggregator.close()
         self.backend.close()
 
 
-def open_backend(config: Config, clock: Clock, monitor: Monitor | None = None) -> EmbeddedBackend:
-    """Open the embedded store alone (CLI commands that work on a data directory)."""
+def open_backend(
+    config: Config, clock: Clock, monitor: Monitor | None = None, *, aggregate: bool = True
+) -> EmbeddedBackend:
+    """Open the embedded store alone (CLI commands that work on a data directory). With
+    ``aggregate``, the ledger is aggregated up to its head first (as the server's aggregator
+    would), so usage read from it is complete."""
     ingest_cfg = config.ingest
     settings = IngestSettings(
         dedupe_window_us=None if ingest_cfg.dedupe_window is None else _us(ingest_cfg.dedupe_window.total_seconds()),
         max_group_cardinality=ingest_cfg.max_group_cardinality,
         unknown_subjects=UnknownSubjects(ingest_cfg.unknown_subjects),
     )
-    return EmbeddedBackend(
+    backend = EmbeddedBackend(
         config.storage.data_dir,
         settings,
         clock,
@@ -162,16 +169,49 @@ def open_backend(config: Config, clock: Clock, monitor: Monitor | None = None) -
         monitor=monitor,
         baseline_days=config.alerts.baseline_days,
     )
+    if aggregate:
+        try:
+            aggregator(config, backend).drain()
+        except BaseException:
+            backend.close()
+            raise
+    return backend
+
+
+def aggregator(config: Config, backend: EmbeddedBackend, monitor: Monitor | None = None) -> Aggregator:
+    """The aggregator the config describes over the backend (not started)."""
+    return attach_aggregator(
+        backend,
+        cap=config.ingest.max_group_cardinality,
+        chunk=config.aggregation.chunk,
+        max_wait=config.aggregation.max_wait,
+        monitor=monitor,
+    )
+
+
+def attach_aggregator(
+    backend: EmbeddedBackend, *, cap: int, chunk: int = 20_000, max_wait: float = 5.0, monitor: Monitor | None = None
+) -> Aggregator:
+    """An aggregator over the backend's ledger and usage store, wired to its hooks: woken by
+    every ingest commit and meter change, and the barrier of every usage read (not started)."""
+    agg = Aggregator(backend.ledger, backend.usage, cap=cap, chunk=chunk, monitor=monitor)
+    backend.state.on_head.append(agg.wake)
+    backend.meters.changed = agg.meters_changed
+    backend.db.fresh = agg.fresh(max_wait)
+    return agg
 
 
 def build(config: Config, clock: Clock | None = None) -> System:
     """Open the store and wire the services; call ``start()`` to run the background loops."""
     clock = clock or SystemClock()
     monitor = Monitor(stuck_after=config.health.stuck_after.total_seconds())
-    backend = open_backend(config, clock, monitor)
+    backend = open_backend(config, clock, monitor, aggregate=False)
+    agg = aggregator(config, backend, monitor)
+    agg.start()  # as the writer: running from here on, so reads can wait for it
     try:
         ensure_config_meters(config, backend)
     except BaseException:
+        agg.close()
         backend.close()
         raise
     alerts = config.alerts
@@ -189,7 +229,7 @@ def build(config: Config, clock: Clock | None = None) -> System:
     scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
     billing = billing_services(config, backend, clock, monitor)
     services = catalog(config, clock, backend, dispatcher.wake)
-    return System(config, clock, monitor, backend, dispatcher, scanner, services, billing)
+    return System(config, clock, monitor, backend, agg, dispatcher, scanner, services, billing)
 
 
 def run_settings(config: BillingConfig) -> RunSettings:

@@ -145,6 +145,19 @@ class QueryConfig(_Section):
     Python, so more at once would only multiply their memory, not their speed."""
 
 
+class AggregationConfig(_Section):
+    """The aggregator: the background consumer of the ledger that keeps rollups, live
+    entitlement counters and threshold alerts (an ingest answer means "in the ledger")."""
+
+    max_wait: float = Field(5.0, ge=0, le=60)
+    """Seconds a usage read (meter query, entitlement value and check, portal query, invoice
+    preview, billing run) waits at most for the aggregator to apply the ledger as of the
+    request, so a caller reads its own writes; after it the answer is given as it is. 0 never
+    waits."""
+    chunk: int = Field(20_000, ge=1, le=1_000_000)
+    """Most ledger events aggregated in one transaction (a backlog goes in chunks of this)."""
+
+
 class PortalConfig(_Section):
     token_ttl: Duration = timedelta(hours=1)
     """Default lifetime of a portal token (at least one second, at most ``max_token_ttl``)."""
@@ -258,6 +271,7 @@ class Config(_Section):
     portal: PortalConfig = PortalConfig()
     health: HealthConfig = HealthConfig()
     query: QueryConfig = QueryConfig()
+    aggregation: AggregationConfig = AggregationConfig()
     log: LogConfig = LogConfig()
     billing: BillingConfig = BillingConfig()
     meters: list[MeterConfig] = []

@@ -1,10 +1,11 @@
 """When alerts fire.
 
-Threshold and projection rules are evaluated inside the ingest transaction, from the live
-counters' change hook: the fired event and its queued deliveries commit together with the
-usage that crossed the threshold (so a crash cannot lose or duplicate an alert), and the
-unique key (rule, customer, feature, threshold, period) makes it fire once per period, across
-retries and restarts. After the commit the dispatcher is woken.
+Threshold and projection rules are evaluated inside the aggregator's transaction, from the
+live counters' change hook: they return the fired alerts as data (``ports.stream.Firing``),
+and the usage store writes them with their queued deliveries in the transaction that commits
+the usage that crossed the threshold and the aggregator's offset (so a crash cannot lose or
+duplicate an alert); the unique key (rule, customer, feature, threshold, period) makes it fire
+once per period, across retries and restarts. After the commit the dispatcher is woken.
 
 Spike/drop rules compare whole hours, so a scanner evaluates them once per hour from the
 rollups.
@@ -13,15 +14,17 @@ rollups.
 from __future__ import annotations
 
 import logging
-import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from ulid import ULID
+
 from meterline.adapters.sqlite.counters import History, Live, LiveCounters, State
 from meterline.adapters.sqlite.database import Database
-from meterline.adapters.sqlite.ingest import IngestState, ReadingListener
-from meterline.adapters.sqlite.notifications import SqliteNotifications, insert_event
+from meterline.adapters.sqlite.ingest import IngestState
+from meterline.adapters.sqlite.notifications import SqliteNotifications
+from meterline.adapters.sqlite.usage import write_firings
 from meterline.domain.alerts.payload import alert_payload
 from meterline.domain.alerts.rules import Rule, Threshold, anomaly, level, projected_over
 from meterline.domain.clock import Clock
@@ -30,6 +33,7 @@ from meterline.domain.entitlements.value import Value, grant_total, metered_valu
 from meterline.domain.meters.query import MeterQuery
 from meterline.domain.meters.windows import WindowSize
 from meterline.domain.notify.channels import Channel
+from meterline.ports.stream import Committed, Firing, UsageQueries
 from meterline.runtime.background import Monitor, Ticker
 
 log = logging.getLogger("meterline.alerts")
@@ -39,7 +43,7 @@ _THRESHOLD = "entitlements.balance.threshold"
 _PROJECTED = "entitlements.usage.projected"
 
 
-class AlertEvaluator(ReadingListener):
+class AlertEvaluator:
     def __init__(
         self,
         db: Database,
@@ -82,16 +86,20 @@ class AlertEvaluator(ReadingListener):
         self._next = {}
         self._level_cache = {}
 
-    # -- in the ingest transaction ----------------------------------------------------------
+    # -- in the aggregator's transaction ---------------------------------------------------
 
-    def add_many(self, readings: object) -> None:  # readings are not needed here
+    def add_many(self, readings: Sequence[Committed]) -> None:  # readings are not needed here
         pass
 
-    def on_change(self, conn: sqlite3.Connection, changes: list[tuple[Live, Decimal, State]], now: int) -> None:
+    def prepare(self, usage: UsageQueries) -> list[Firing]:  # fires from the counters' hook
+        return []
+
+    def on_change(self, changes: list[tuple[Live, Decimal, State]], now: int) -> list[Firing]:
         """Fire what each counter's move crossed. Fast path: each entitlement remembers the
         lowest threshold level above its usage (for its period and allowance), so usage that
         stays below it costs one comparison, however many rules there are."""
         rules_of, cache, projecting = self._rules, self._next, self._projecting
+        firings: list[Firing] = []
         for live, before, state in changes:
             ent = live.ent
             rules = rules_of.get(ent.namespace)
@@ -111,11 +119,14 @@ class AlertEvaluator(ReadingListener):
                 and ent.namespace not in projecting
             ):
                 continue
-            self._evaluate(conn, rules, live, before, state, allowance, now)
+            self._evaluate(firings, rules, live, before, state, allowance, now)
+        if firings:
+            self._fired = True
+        return firings
 
     def _evaluate(
         self,
-        conn: sqlite3.Connection,
+        out: list[Firing],
         rules: list[Rule],
         live: Live,
         before: Decimal,
@@ -135,13 +146,13 @@ class AlertEvaluator(ReadingListener):
             if rule.spec.type == _THRESHOLD and hit:
                 for t in rule.spec.thresholds:
                     if t.key in hit:
-                        self._fire(conn, rule, live, t.key, start, value, t, now)
+                        out.append(self._firing(rule, live, t.key, start, value, t, now))
             elif rule.spec.type == _PROJECTED:
                 elapsed = Decimal(now - start) / Decimal(end - start)
                 if value.projected_usage is not None and projected_over(
                     rule, value.projected_usage, allowance, elapsed
                 ):
-                    self._fire(conn, rule, live, "projected", start, value, None, now)
+                    out.append(self._firing(rule, live, "projected", start, value, None, now))
         upcoming = [at for at in levels.values() if at > after]
         self._next[ent.id] = (start, allowance, min(upcoming) if upcoming else None)
 
@@ -157,9 +168,8 @@ class AlertEvaluator(ReadingListener):
             self._level_cache[(namespace, allowance)] = cached
         return cached
 
-    def _fire(
+    def _firing(
         self,
-        conn: sqlite3.Connection,
         rule: Rule,
         live: Live,
         key: str,
@@ -168,29 +178,25 @@ class AlertEvaluator(ReadingListener):
         threshold: Threshold | None,
         now: int,
         **extra: object,
-    ) -> bool:
+    ) -> Firing:
         kind = key if key in ("projected", "spike", "drop") else "threshold"
-        channels = [c for c in rule.spec.channels if c in self._channels and not self._channels[c].disabled]
+        channels = tuple(c for c in rule.spec.channels if c in self._channels and not self._channels[c].disabled)
         ent = live.ent
-        fired = insert_event(
-            conn,
+        event_id = str(ULID())
+        payload = alert_payload(event_id, kind, rule, ent, live.feature, live.customer, value, threshold, now, **extra)
+        log.info("alert fired", extra={"rule": rule.id, "customer": ent.customer_key, "key": key})
+        return Firing(
+            event_id,
             ent.namespace,
-            rule,
+            rule.id,
             ent.customer_key,
             ent.feature_key,
             key,
             period_start_us,
-            lambda event_id: alert_payload(
-                event_id, kind, rule, ent, live.feature, live.customer, value, threshold, now, **extra
-            ),
+            payload,
             now,
             channels,
         )
-        if fired is None:
-            return False
-        self._fired = True
-        log.info("alert fired", extra={"rule": rule.id, "customer": ent.customer_key, "key": key})
-        return True
 
     def after_commit(self) -> None:
         if self._fired:
@@ -232,9 +238,8 @@ class AlertEvaluator(ReadingListener):
             return 0
         value = Value(True, usage=last, period=live.period_at(hour_start))
         extra = {"hourUsage": last, "baselineHourlyMean": mean.quantize(Decimal("0.000001"))}
-        fired = self._db.writer.call(
-            lambda conn: self._fire(conn, rule, live, kind, hour_start, value, None, now, **extra)
-        )
+        firing = self._firing(rule, live, kind, hour_start, value, None, now, **extra)
+        fired = self._db.writer.call(lambda conn: write_firings(conn, [firing]))
         if fired:
             self.wake()
         return int(fired)

@@ -20,6 +20,7 @@ from meterline.adapters.sqlite.ledger import SqliteLedger
 from meterline.adapters.sqlite.meters import SqliteMeters
 from meterline.adapters.sqlite.notifications import SqliteNotifications
 from meterline.adapters.sqlite.portal import SqlitePortal
+from meterline.adapters.sqlite.usage import SqliteUsage
 from meterline.domain.clock import Clock
 from meterline.runtime.background import Monitor
 
@@ -51,10 +52,12 @@ class EmbeddedBackend:
             max_queue=max_queue,
             monitor=monitor,
             on_rollback=self.state.rolled_back,
-            before_commit=self.state.flush_pending,
+            before_commit=lambda conn: self.usage.before_commit(conn),
             after_commit=self._committed,
         )
         self.db.writer.call(self._open_dedupe)
+        self.state.head = self.state.committing_head = _head(self.db)
+        self.usage = SqliteUsage(self.db, self.state, clock.now_us)
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
         self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
@@ -101,3 +104,8 @@ class EmbeddedBackend:
         self.meters.close()
         self.db.close()
         self.dedupe.close()
+
+
+def _head(db: Database) -> int:
+    row = db.reader().execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+    return int(row[0])

@@ -42,6 +42,7 @@ class SqlitePeriodUsage:
         self._now_us = now_us
 
     def usage(self, meters: Mapping[str, Meter], asks: Sequence[UsageAsk]) -> list[dict[UsageKey, Decimal]]:
+        self._db.fresh()  # usage as of the ledger now (waits, bounded, for the aggregator)
         return read_usage(self._db.reader(), meters, asks, self._now_us())
 
 

@@ -1,17 +1,18 @@
-"""Live entitlement counters, kept in step with ingest on the writer thread.
+"""Live entitlement counters, a listener of the committed-usage stream (``ports.stream``).
 
 Each metered entitlement has a counter: its usage in the current period. Guarantees:
 
-1. A counter moves only with committed usage. Readings of a transaction are folded into
-   per-entitlement deltas while it runs and published in ``after_commit`` (before any
-   request of the transaction hears "done", so a caller reads its own writes); a rolled back
-   transaction's deltas are dropped.
+1. A counter moves only with committed usage. The readings of an aggregated batch are folded
+   into per-entitlement deltas inside the batch's transaction and published in
+   ``after_commit`` (before the aggregator announces the batch's position, so a caller that
+   waits for the position of its ingest reads its own writes); a rolled back transaction's
+   deltas are dropped.
 2. A counter starts from the rollups. When a counter has no period yet, or its period ended,
-   it is *rolled*: in ``before_commit`` (after the transaction's rollup deltas were upserted,
-   outside every task's savepoint) its usage for the current period is read from the rollups
-   on the writer's connection, which then hold every earlier event, including late ones and
-   ones time-stamped ahead into the new period. The transaction's deltas for it are dropped
-   (the read includes them).
+   it is *rolled*: in ``prepare`` (just before COMMIT, after the batch's rollup deltas were
+   written) its usage for the current period is read from the rollups as of the transaction,
+   which then hold every earlier aggregated event, including late ones and ones time-stamped
+   ahead into the new period. The transaction's deltas for it are dropped (the read includes
+   them).
 3. Readings count only if their event time lies in the counter's current period: late events
    inside it move it; events for a closed period never reopen it.
 
@@ -32,18 +33,19 @@ import msgspec
 
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.entitlements import load_live
-from meterline.adapters.sqlite.ingest import IngestState, ReadingListener, live_meters
+from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.meters import query_rows
+from meterline.adapters.sqlite.usage import ConnUsage
 from meterline.domain.clock import Clock, from_us
 from meterline.domain.customers.model import Customer
 from meterline.domain.decimals import EXACT
 from meterline.domain.entitlements.model import Entitlement, Feature, FeatureInput, Grant
 from meterline.domain.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
 from meterline.domain.errors import InvalidInput, StorageUnavailable
-from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import MeterQuery
 from meterline.domain.periods import Period, Recurrence, recurrence
+from meterline.ports.stream import Committed, Firing, UsageQueries
 
 ONE = Decimal(1)
 _feature = msgspec.json.Decoder(FeatureInput)
@@ -94,12 +96,12 @@ class Index:
     customers: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, subject or key) -> key
 
 
-Change = Callable[[sqlite3.Connection, list[tuple["Live", Decimal, State]], int], None]
-"""Called once per transaction in ``before_commit`` with every counter that moved:
-(entitlement, usage before, new state incl. usage after), and the clock's now."""
+Change = Callable[[list[tuple["Live", Decimal, State]], int], list[Firing]]
+"""Called once per transaction in ``prepare`` with every counter that moved: (entitlement,
+usage before, new state incl. usage after), and the clock's now; returns the alerts fired."""
 
 
-class LiveCounters(ReadingListener):
+class LiveCounters:
     def __init__(
         self,
         db: Database,
@@ -125,7 +127,7 @@ class LiveCounters(ReadingListener):
 
     # -- writer side ------------------------------------------------------------------------
 
-    def add_many(self, readings: Sequence[tuple[CompiledMeter, Reading, str, int, int]]) -> None:
+    def add_many(self, readings: Sequence[Committed]) -> None:
         by_reading, rolls, touched, deltas = self.index.by_reading, self._rolls, self._touched, self._deltas
         if not by_reading:
             return
@@ -144,7 +146,7 @@ class LiveCounters(ReadingListener):
                 if period is not None and start <= time_us < end:  # else: counted by the roll, or not this period
                     deltas[eid] = add(deltas[eid], value) if eid in deltas else value
 
-    def before_commit(self, conn: sqlite3.Connection) -> None:
+    def prepare(self, usage: UsageQueries) -> list[Firing]:
         now = self._clock.now_us()
         changes: list[tuple[Live, Decimal, State]] = []
         index_live, rolls, deltas, nxt = self.index.live, self._rolls, self._deltas, self._next
@@ -155,7 +157,7 @@ class LiveCounters(ReadingListener):
             old = live.state
             if eid not in rolls and not (old[0] is not None and old[1] <= now < old[2]):
                 fresh = live.period_at(now)
-                rolls[eid] = _state(fresh, self._read(conn, live, fresh, now))
+                rolls[eid] = _state(fresh, self._read(usage, live, fresh))
                 deltas.pop(eid, None)
             period, start, end, base = rolls.get(eid) or old
             if period is None:
@@ -167,9 +169,11 @@ class LiveCounters(ReadingListener):
             before = old[3] if old[0] is not None and old[1] == start and old[2] == end else ZERO
             if new != before:
                 changes.append((live, before, state))
+        firings: list[Firing] = []
         if changes:
             for hook in self.on_change:
-                hook(conn, changes, now)
+                firings.extend(hook(changes, now))
+        return firings
 
     def after_commit(self) -> None:
         live = self.index.live
@@ -185,13 +189,13 @@ class LiveCounters(ReadingListener):
         self._rolls.clear()
         self._touched.clear()
 
-    def _read(self, conn: sqlite3.Connection, live: Live, period: Period, now_us: int) -> Decimal:
+    def _read(self, usage: UsageQueries, live: Live, period: Period) -> Decimal:
         dims = tuple(sorted(live.meter.spec.group_by))
         filters = tuple((dims[i], (v,), False) for i, v in live.filters)
         query = MeterQuery(
             period.start_us // 1_000_000, period.end_us // 1_000_000, subjects=live.subjects, filters=filters
         )
-        return sum((row.value for row in query_rows(conn, live.meter, query, now_us)), ZERO)
+        return sum((row.value for row in usage.query(live.meter, query)), ZERO)
 
     def reload(self) -> None:
         """Rebuild the index from the committed catalog (a writer task; waits for it). The
@@ -266,6 +270,7 @@ class LiveCounters(ReadingListener):
     def value(
         self, namespace: str, customer_key: str, feature_key: str, *, project: bool = True
     ) -> tuple[Entitlement | None, Value | None]:
+        self._db.fresh()
         if self.stale() and not self.heal():
             raise StorageUnavailable(
                 "The live counters lag behind the store and cannot be rebuilt from it now; retry shortly"
@@ -350,7 +355,8 @@ class History:
         if end_us <= start_us:
             return ZERO
         span = Period(from_us(start_us), from_us(end_us))
-        return self._counters._read(self._db.reader(), live, span, self._clock.now_us())
+        self._db.fresh()
+        return self._counters._read(ConnUsage(self._db.reader(), self._clock.now_us()), live, span)
 
     def windows(self, live: Live, query: MeterQuery) -> list[tuple[int, int, Decimal]]:
         """Usage per window of ``query`` (its subjects and filters are the entitlement's)."""
@@ -359,5 +365,6 @@ class History:
         q = MeterQuery(
             query.start, query.end, query.window_size, query.tz, live.subjects, (), filters, limits=query.limits
         )
+        self._db.fresh()
         rows = query_rows(self._db.reader(), live.meter, q, self._clock.now_us())
         return [(r.window_start, r.window_end, r.value) for r in rows]

@@ -32,7 +32,7 @@ class Database:
         self.path = data_dir / DB_FILE
         self._fsync = fsync
         self.monitor = monitor or Monitor()
-        """The background loops working on this database (the writer, meter backfill)."""
+        """The background loops working on this database (the writer, the aggregator)."""
         conn = connect(self.path, fsync=fsync)
         create_schema(conn)
         self.writer = Writer(
@@ -46,6 +46,9 @@ class Database:
             before_commit=before_commit,
             after_commit=after_commit,
         )
+        self.fresh: Callable[[], None] = lambda: None
+        """Called before a usage read: waits (bounded) until the aggregator has applied the
+        ledger position current now, so a caller reads its own writes (set by bootstrap)."""
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

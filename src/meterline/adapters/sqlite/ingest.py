@@ -1,4 +1,4 @@
-"""The ingest transaction: dedupe, meter evaluation, ledger append and rollup deltas, together.
+"""The ack path: dedupe, meter validation and the ledger append, in the writer's transaction.
 
 Runs only on the writer thread, inside the writer's transaction. Per batch:
 
@@ -9,31 +9,31 @@ Runs only on the writer thread, inside the writer's transaction. Per batch:
    type reads it — an unreadable value or a group-by over its cardinality cap rejects the
    event as a whole, so an event is never counted by some meters and not others;
 3. accepted events get the next ledger sequence numbers and are appended with their dedupe
-   keys; rejected ones go to the dead-letter table with the raw event and the reason;
-4. once those writes succeeded, the readings are folded into the transaction's pending rollup
-   deltas, which the writer upserts once, just before COMMIT, for all requests of the
-   transaction together (concurrent requests for the same customer and minute cost one upsert).
+   keys (and their newly admitted group values); rejected ones go to the dead-letter table
+   with the raw event and the reason.
 
-All of it commits or rolls back as one, so the ledger, the dedupe keys and the rollups never
-disagree. ``IngestState`` caches meters and group values; any rollback marks it stale and it
-reloads from the database inside the next transaction.
+Nothing else: rollups, live counters and alerts are the aggregator's work
+(``services.aggregation``), which reads the ledger after its offset. ``IngestState`` caches
+meters and group values; any rollback marks it stale and it reloads from the database inside
+the next transaction.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
 
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex
-from meterline.adapters.sqlite.replay import admit_groups
-from meterline.adapters.sqlite.rollups import Deltas
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.events.model import Candidate, Event, Outcome, Reason, Rejection, Status
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
+from meterline.domain.meters.fold import admit_groups
 from meterline.domain.meters.model import Meter, MeterSpec
+from meterline.ports.ledger import Appended
+from meterline.ports.stream import UsageListener
 
 _spec = msgspec.json.Decoder(MeterSpec)
 DEDUPE_FLOOR_KEY = "dedupe_floor_us"  # in ``meta``: see adapters.sqlite.dedupe_prune
@@ -46,25 +46,9 @@ class IngestSettings:
     unknown_subjects: UnknownSubjects = UnknownSubjects.ACCEPT
 
 
-class ReadingListener:
-    """Sees every reading that joins a transaction, and the transaction's end. The live
-    entitlement counters and alert rules listen here (see ``adapters.sqlite.counters``)."""
-
-    def add_many(self, readings: Sequence[tuple[CompiledMeter, Reading, str, int, int]]) -> None:
-        """One request's readings: (meter, reading, subject, event time, ledger seq)."""
-
-    def before_commit(self, conn: sqlite3.Connection) -> None:
-        """Last writes of the transaction (after the rollup deltas were upserted)."""
-
-    def after_commit(self) -> None:
-        """The transaction is durable: publish its effects in memory."""
-
-    def rolled_back(self) -> None:
-        """The whole transaction is gone: forget its effects."""
-
-
 class IngestState:
-    """Writer-thread caches: live meters by (namespace, type), group values, subjects, next seq."""
+    """Writer-thread caches: live meters by (namespace, type), group values, next seq; and the
+    committed ledger position (``head``, published after each COMMIT)."""
 
     def __init__(self, settings: IngestSettings, dedupe: DedupeIndex) -> None:
         self.settings = settings
@@ -72,12 +56,14 @@ class IngestState:
         self.stale = True
         self.meters: dict[tuple[str, str], list[CompiledMeter]] = {}
         self.group_values: dict[tuple[int, str], set[str]] = {}
-        self.subjects: dict[int, set[str]] = {}
         self.next_seq = 1
-        self.pending = Deltas()
+        self.head = 0
+        """The position of the last committed ledger entry (read by any thread)."""
+        self.committing_head = 0
         self.customer_subjects: dict[str, set[str]] = {}
         self.policies: dict[str, UnknownSubjects] = {}
-        self.listeners: list[ReadingListener] = []
+        self.listeners: list[UsageListener] = []
+        self.on_head: list[Callable[[int], None]] = []
         self.dedupe_floor_us = 0  # keys received before it are expired (see adapters.sqlite.dedupe_prune)
 
     def invalidate(self) -> None:
@@ -85,23 +71,21 @@ class IngestState:
         self.stale = True
 
     def rolled_back(self, whole_transaction: bool) -> None:
-        """The writer rolled back one task (its readings never reached ``pending``) or the
-        whole transaction (then ``pending`` holds deltas of work that no longer exists)."""
+        """The writer rolled back one task (its readings never reached a listener) or the
+        whole transaction (then the listeners hold effects of work that no longer exists)."""
         self.invalidate()
         if whole_transaction:
-            self.pending = Deltas()
             for listener in self.listeners:
                 listener.rolled_back()
 
-    def flush_pending(self, conn: sqlite3.Connection) -> None:
-        """Upsert the transaction's folded rollup deltas (the writer's before-commit hook)."""
-        self.pending.flush(conn)
-        for listener in self.listeners:
-            listener.before_commit(conn)
-
     def committed(self) -> None:
+        """After COMMIT: listeners publish, then the new ledger position is published."""
         for listener in self.listeners:
             listener.after_commit()
+        if self.committing_head != self.head:
+            self.head = self.committing_head
+            for wake in self.on_head:
+                wake(self.head)
 
     def policy(self, namespace: str) -> UnknownSubjects:
         return self.policies.get(namespace, self.settings.unknown_subjects)
@@ -115,9 +99,6 @@ class IngestState:
         self.group_values = {}
         for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
             self.group_values.setdefault((key, dim), set()).add(value)
-        self.subjects = {}
-        for key, subject in conn.execute("SELECT meter, subject FROM meter_subjects"):
-            self.subjects.setdefault(key, set()).add(subject)
         self.next_seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
         self.customer_subjects = {}
         for namespace, subject in conn.execute("SELECT namespace, subject FROM customer_subjects"):
@@ -141,25 +122,23 @@ class Appender:
         self.state = state
         self.conn = conn
         self.now_us = now_us
-        self.readings: list[tuple[CompiledMeter, Reading, str, int, int]] = []
         self.events: list[tuple[object, ...]] = []
         self.keys: list[tuple[str, str, str, int, bytes, int]] = []  # for the dedupe index
         self.dead: list[tuple[object, ...]] = []
         self.new_groups: list[tuple[int, str, str]] = []
-        self.new_subjects: list[tuple[int, str]] = []
         self.quarantined = 0
         self.namespace = ""
         self.policy = UnknownSubjects.ACCEPT
         self.owned: set[str] = set()
 
-    def append(self, namespace: str, candidates: Sequence[Candidate]) -> list[Outcome]:
+    def append(self, namespace: str, candidates: Sequence[Candidate]) -> Appended:
         self.namespace = namespace
         self.policy = self.state.policy(namespace)
         self.owned = self.state.customer_subjects.get(namespace, set())
         known = self._known(namespace, [c.event for c in candidates if c.event is not None])
         outcomes = [self._one(c, known) for c in candidates]
         self._write()
-        return outcomes
+        return Appended(outcomes, self.state.next_seq - 1)
 
     def _one(self, c: Candidate, known: dict[tuple[str, str], bytes]) -> Outcome:
         if c.event is None:
@@ -177,11 +156,11 @@ class Appender:
             known[(ev.source, ev.id)] = ev.digest
             self._quarantine(ev)
             return Outcome(c.index, ev.id, ev.source, Status.QUARANTINED)
-        readings = self._read(ev)
-        if isinstance(readings, Rejection):
-            return self._reject(c, readings)
+        problem = self._check(ev)
+        if problem is not None:
+            return self._reject(c, problem)
         known[(ev.source, ev.id)] = ev.digest
-        self._accept(ev, readings)
+        self._accept(ev)
         return Outcome(c.index, ev.id, ev.source, Status.ACCEPTED)
 
     def _quarantine(self, ev: Event) -> None:
@@ -203,18 +182,20 @@ class Appender:
         accepted = rejected = 0
         for ev in events:
             self.namespace = ev.namespace
-            readings = self._read(ev)
-            if isinstance(readings, Rejection):
+            problem = self._check(ev)
+            if problem is not None:
                 # Its key is free: the quarantine row is deleted and no ledger row holds the key.
-                self._reject(Candidate(0, ev.id, ev.source, raw=ev.raw), readings)
+                self._reject(Candidate(0, ev.id, ev.source, raw=ev.raw), problem)
                 rejected += 1
                 continue
-            self._accept(ev, readings)
+            self._accept(ev)
             accepted += 1
         self._write()
         return accepted, rejected
 
-    def _read(self, ev: Event) -> list[tuple[CompiledMeter, Reading]] | Rejection:
+    def _check(self, ev: Event) -> Rejection | None:
+        """Whether every live meter can read the event (its value and group values, within
+        the cardinality cap). The readings themselves are the aggregator's."""
         readings = []
         for meter in self.state.meters.get((ev.namespace, ev.type), ()):
             if not meter.applies(ev):
@@ -223,8 +204,7 @@ class Appender:
             if isinstance(reading, Rejection):
                 return reading
             readings.append((meter, reading))
-        problem = self._check_cardinality(readings)
-        return problem if problem is not None else readings
+        return self._check_cardinality(readings)
 
     def _check_cardinality(self, readings: list[tuple[CompiledMeter, Reading]]) -> Rejection | None:
         cap = self.state.settings.max_group_cardinality
@@ -243,19 +223,13 @@ class Appender:
         self.new_groups.extend(admitted)
         return None
 
-    def _accept(self, ev: Event, readings: list[tuple[CompiledMeter, Reading]]) -> None:
+    def _accept(self, ev: Event) -> None:
         seq = self.state.next_seq
         self.state.next_seq += 1
         self.events.append(
             (seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, self.now_us, ev.digest, ev.raw)
         )
         self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
-        for meter, reading in readings:
-            self.readings.append((meter, reading, ev.subject, ev.time_us, seq))
-            subjects = self.state.subjects.setdefault(meter.meter.key, set())
-            if ev.subject not in subjects:
-                subjects.add(ev.subject)
-                self.new_subjects.append((meter.meter.key, ev.subject))
 
     def _reject(self, c: Candidate, rejection: Rejection) -> Outcome:
         self.dead.append(
@@ -284,12 +258,3 @@ class Appender:
             )
         if self.new_groups:
             conn.executemany("INSERT OR IGNORE INTO group_values VALUES (?,?,?)", self.new_groups)
-        if self.new_subjects:
-            conn.executemany("INSERT OR IGNORE INTO meter_subjects VALUES (?,?)", self.new_subjects)
-        # Only now, with this request's writes done, may its readings join the transaction's
-        # pending deltas: nothing after this point can roll back this request alone.
-        add = self.state.pending.add
-        for meter, reading, subject, time_us, seq in self.readings:
-            add(meter.aggregation, reading, subject, time_us, seq)
-        for listener in self.state.listeners:
-            listener.add_many(self.readings)

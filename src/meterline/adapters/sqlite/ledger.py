@@ -1,33 +1,18 @@
-"""The ledger in SQLite: idempotent appends through the writer, reads by anyone."""
+"""The ledger in SQLite (``ports.ledger.Ledger``): idempotent appends through the writer,
+reads by anyone."""
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import Appender, IngestState
 from meterline.domain.events.model import Candidate, Outcome
+from meterline.ports.ledger import EventFilter, LedgerEntry, StoredEvent
 
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    seq: int
-    namespace: str
-    raw: bytes
-    received_us: int
-
-
-@dataclass(frozen=True, slots=True)
-class EventFilter:
-    subject: str | None = None
-    event_id: str | None = None
-    start_us: int | None = None
-    end_us: int | None = None
-    received_from_us: int | None = None
-    received_to_us: int | None = None
+__all__ = ["EventFilter", "SqliteLedger", "StoredEvent"]
 
 
 class SqliteLedger:
@@ -67,6 +52,17 @@ class SqliteLedger:
             [*params, limit],
         )
         return [StoredEvent(*row) for row in rows]
+
+    def read(self, after: int, limit: int) -> builtins.list[LedgerEntry]:
+        rows = self._db.reader().execute(
+            "SELECT seq, namespace, source, type, subject, time_us, raw FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        return [LedgerEntry(*row) for row in rows]
+
+    def position(self) -> int:
+        """The last committed position, as published after each COMMIT (no query)."""
+        return self._state.head
 
     def size(self) -> int:
         row = self._db.reader().execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()

@@ -1,11 +1,14 @@
-"""Meters in SQLite: definitions, backfill of new meters, and window queries on rollups."""
+"""Meters in SQLite: definitions and window queries on rollups.
+
+A meter created after events exist covers them too: it is created with a backfill offset
+(``backfill_done`` = 0 up to ``backfill_to`` = the aggregator's live offset then), and the
+aggregator (``services.aggregation``) applies that range to it in chunks, each chunk
+committed with its offset, while the live offset carries it forward from ``backfill_to``."""
 
 from __future__ import annotations
 
 import builtins
-import logging
 import sqlite3
-import threading
 from collections.abc import Callable
 
 import msgspec
@@ -13,16 +16,14 @@ from ulid import ULID
 
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
-from meterline.adapters.sqlite.replay import CHUNK, Replay, ledger_rows
+from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_uniques
 from meterline.domain.errors import Conflict, NotFound
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.model import Aggregation, Meter, MeterSpec
 from meterline.domain.meters.query import SUBJECT, MeterQuery, Row, check_dimensions, merge, merge_unique
 from meterline.domain.meters.windows import bucket_size, floor, grid
-from meterline.runtime.background import Loop
 
-log = logging.getLogger("meterline.meters")
 _encode = msgspec.json.Encoder().encode
 _spec = msgspec.json.Decoder(MeterSpec)
 _COLUMNS = "key, id, namespace, spec, created_us"
@@ -33,15 +34,12 @@ class SqliteMeters:
         self._db = db
         self._state = state
         self._now_us = now_us
-        self._backfill_wake = threading.Event()
-        self._closed = False
-        self._more = True  # the first pass looks for backfill left over from the last run
-        self._loop = Loop("backfill", self._backfill_step, self._backfill_wait, db.monitor, error_pause=0.0)
-        self._loop.start()
+        self.changed: Callable[[], None] = lambda: None
+        """Called after a meter was created or deleted (the aggregator reloads its meters)."""
 
     def create(self, namespace: str, spec: MeterSpec) -> Meter:
         meter = self._db.writer.call(lambda conn: self._create(conn, namespace, spec))
-        self._backfill_wake.set()
+        self.changed()
         return meter
 
     def _create(self, conn: sqlite3.Connection, namespace: str, spec: MeterSpec) -> Meter:
@@ -49,7 +47,7 @@ class SqliteMeters:
             "SELECT 1 FROM meters WHERE namespace = ? AND slug = ? AND deleted_us IS NULL", (namespace, spec.slug)
         ).fetchone():
             raise Conflict(f"A meter with slug {spec.slug!r} already exists", code="meter_exists")
-        head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        head = stored_offset(conn)  # the live offset carries the meter from here on
         now = self._now_us()
         meter_id = str(ULID())
         cur = conn.execute(
@@ -81,65 +79,32 @@ class SqliteMeters:
     def delete(self, namespace: str, id_or_slug: str) -> None:
         meter = self.get(namespace, id_or_slug)
         self._db.writer.call(lambda conn: self._delete(conn, meter.key))
+        self.changed()
 
     def _delete(self, conn: sqlite3.Connection, key: int) -> None:
-        self._state.flush_pending(conn)  # so no pending delta of this meter lands after the delete
+        # An aggregated batch computed with this meter is refused once it is gone (usage.py).
         conn.execute("UPDATE meters SET deleted_us = ? WHERE key = ? AND deleted_us IS NULL", (self._now_us(), key))
         for table in ("rollups", "uniques", "group_values", "meter_subjects"):
             conn.execute(f"DELETE FROM {table} WHERE meter = ?", (key,))
         self._state.invalidate()
 
     def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
-        """Answer from rollups. Open ``start`` means the meter's first data, open ``end`` now."""
+        """Answer from rollups. Open ``start`` means the meter's first data, open ``end`` now.
+        Waits first (bounded) for the aggregator to apply the ledger as of now."""
+        self._db.fresh()
         return query_rows(self._db.reader(), meter, query, self._now_us())
 
     def pending_backfill(self) -> int:
-        """Ledger events not yet applied to some live meter (the rollup lag)."""
-        row = (
-            self._db.reader()
-            .execute("SELECT coalesce(sum(backfill_to - backfill_done), 0) FROM meters WHERE deleted_us IS NULL")
-            .fetchone()
-        )
-        return int(row[0])
+        """Ledger events not yet applied to some live meter (the rollup lag): the entries
+        after the live offset and what backfilling meters still have to apply."""
+        conn = self._db.reader()
+        row = conn.execute(
+            "SELECT coalesce(sum(backfill_to - backfill_done), 0) FROM meters WHERE deleted_us IS NULL"
+        ).fetchone()
+        return int(row[0]) + max(0, self._state.head - stored_offset(conn))
 
     def close(self) -> None:
-        self._closed = True
-        self._backfill_wake.set()
-        self._loop.stop()
-        self._loop.join(timeout=5)
-
-    # Backfill: a meter created after events exist covers them too. Live ingest applies the
-    # meter to every event after ``backfill_to`` from the moment it is created; this loop
-    # applies the older ones in chunks, each chunk one writer task, so ingest keeps flowing.
-    # A failed chunk is logged and counted by the loop and retried after the idle wait.
-    def _backfill_wait(self) -> bool:
-        if not self._more:
-            self._backfill_wake.wait(timeout=5)
-        self._backfill_wake.clear()  # before the chunk: a wake-up during it is not lost
-        return not self._closed
-
-    def _backfill_step(self) -> None:
-        self._more = False
-        self._more = self._db.writer.call(self._backfill_chunk, bounded=False)
-
-    def _backfill_chunk(self, conn: sqlite3.Connection) -> bool:
-        row = conn.execute(
-            "SELECT key, backfill_done, backfill_to FROM meters"
-            " WHERE deleted_us IS NULL AND backfill_done < backfill_to ORDER BY key LIMIT 1"
-        ).fetchone()
-        if row is None:
-            return False
-        key, done, to = row
-        self._state.load(conn)
-        meter = next(m for ms in self._state.meters.values() for m in ms if m.meter.key == key)
-        replay = Replay(self._state.settings.max_group_cardinality, self._state.group_values, self._state.subjects)
-        upto = min(done + CHUNK, to)
-        replay.apply([meter], ledger_rows(conn, done, upto))
-        replay.flush(conn)
-        conn.execute("UPDATE meters SET backfill_done = ? WHERE key = ?", (upto, key))
-        if replay.skipped:
-            log.info("backfill skipped unreadable events", extra={"meter": meter.meter.slug, "skipped": replay.skipped})
-        return True
+        """Nothing runs here any more (the aggregator owns the backfill)."""
 
 
 def compiled_live(conn: sqlite3.Connection) -> list[CompiledMeter]:

@@ -1,9 +1,11 @@
 """``rebuild``: recompute every derived table from the ledger and compare with what is stored.
 
-Rollups are a pure function of the ledger and the meter definitions. This replays the whole
-ledger (in sequence order, every live meter, the same rules as live ingest and backfill) into
-fresh ``rebuilt_*`` tables inside one write transaction, counts the rows that differ from the
-stored tables in either direction, and — unless only checking — swaps the fresh rows in.
+Rollups are a pure function of the ledger and the meter definitions. Inside one write
+transaction this first lets the aggregation catch up (whatever the aggregator had not applied
+yet, live offset and backfills, applied exactly as the aggregator would), then replays the
+whole ledger from offset 0 (in sequence order, every live meter, the same fold) into fresh
+``rebuilt_*`` tables, counts the rows that differ from the stored tables in either direction,
+and — unless only checking — swaps the fresh rows in.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import sqlite3
 from dataclasses import dataclass
 
 from meterline.adapters.sqlite.ingest import live_meters
-from meterline.adapters.sqlite.replay import CHUNK, Replay, ledger_rows
+from meterline.adapters.sqlite.replay import CHUNK, Replay, ledger_rows, set_offset, stored_offset, write_replay
+from meterline.adapters.sqlite.usage import backfills
 from meterline.domain.meters.evaluate import CompiledMeter
 
 DERIVED = ("rollups", "uniques", "group_values", "meter_subjects")
@@ -31,19 +34,14 @@ class RebuildReport:
 
 def rebuild(conn: sqlite3.Connection, *, cap: int, replace: bool) -> RebuildReport:
     """Run inside a write transaction (the writer, or ``BEGIN IMMEDIATE`` from the CLI)."""
+    catch_up(conn, cap)
     for table in DERIVED:
         conn.execute(f"DROP TABLE IF EXISTS temp.rebuilt_{table}")
         conn.execute(f"CREATE TEMP TABLE rebuilt_{table} AS SELECT * FROM main.{table} WHERE 0")
         conn.execute(f"CREATE UNIQUE INDEX temp.rebuilt_{table}_pk ON rebuilt_{table} ({_pk(table)})")
     meters = [CompiledMeter(m) for m in live_meters(conn)]
     head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    replay = Replay(cap)
-    done = 0
-    while done < head:
-        upto = min(done + CHUNK, head)
-        replay.apply(meters, ledger_rows(conn, done, upto))
-        replay.flush(conn, prefix="temp.rebuilt_")
-        done = upto
+    _replay(conn, Replay(cap), meters, 0, head, "temp.rebuilt_")
     differences = {table: _differ(conn, table) for table in DERIVED}
     if replace and any(differences.values()):
         for table in DERIVED:
@@ -54,6 +52,35 @@ def rebuild(conn: sqlite3.Connection, *, cap: int, replace: bool) -> RebuildRepo
     for table in DERIVED:
         conn.execute(f"DROP TABLE temp.rebuilt_{table}")
     return RebuildReport(head, differences, replace and any(differences.values()))
+
+
+def catch_up(conn: sqlite3.Connection, cap: int) -> int:
+    """Apply what the aggregator has not applied yet: each backfilling meter's range, then the
+    ledger after the live offset; returns the ledger head (the new live offset)."""
+    meters = [CompiledMeter(m) for m in live_meters(conn)]
+    replay = Replay(cap)
+    for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
+        replay.group_values.setdefault((key, dim), set()).add(value)
+    for key, subject in conn.execute("SELECT meter, subject FROM meter_subjects"):
+        replay.subjects.setdefault(key, set()).add(subject)
+    head = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+    _replay(conn, replay, meters, stored_offset(conn), head, "")
+    set_offset(conn, head)
+    for todo in backfills(conn):
+        _replay(conn, replay, [m for m in meters if m.meter.key == todo.meter], todo.done, todo.to, "")
+        conn.execute("UPDATE meters SET backfill_done = backfill_to WHERE key = ?", (todo.meter,))
+    return head
+
+
+def _replay(
+    conn: sqlite3.Connection, replay: Replay, meters: list[CompiledMeter], start: int, end: int, prefix: str
+) -> None:
+    done = start
+    while done < end:
+        upto = min(done + CHUNK, end)
+        replay.apply(meters, ledger_rows(conn, done, upto))
+        write_replay(conn, replay, prefix)
+        done = upto
 
 
 def _pk(table: str) -> str:

@@ -1,9 +1,9 @@
 """Rollup tables: apply aggregated deltas (writer side) and read bucket states (query side).
 
-Each transaction first folds its events into one delta per (meter, level, subject, bucket,
-group) in memory, then upserts each delta once: a 1000-event batch for 50 customers costs 50
-upserts per level, not 1000. Sums, minima and maxima are merged by SQL functions that call the
-exact Decimal code in ``meterline.domain.decimals``.
+The aggregator folds a chunk of ledger events into one delta per (meter, level, subject,
+bucket, group) in memory (``domain.meters.fold``); this upserts each delta once. Sums, minima
+and maxima are merged by SQL functions that call the exact Decimal code in
+``meterline.domain.decimals``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.domain.decimals import add, stored
-from meterline.domain.meters.evaluate import Reading
+from meterline.domain.meters.fold import Fold, Key
 from meterline.domain.meters.model import Aggregation
 from meterline.domain.meters.query import BucketState, too_many_rows
-from meterline.domain.meters.windows import BUCKETS
 
-Key = tuple[int, int, str, int, str]
 ZERO = Decimal(0)
 
 # Whole sums below 2**62 are stored as integers (decimals.stored) and added by SQLite itself;
@@ -55,54 +53,21 @@ def _upsert(table: str, aggregation: Aggregation) -> str:
     )
 
 
-class Deltas:
-    """In-memory fold of one transaction's readings, flushed with :meth:`flush`."""
-
-    def __init__(self) -> None:
-        self._states: dict[Aggregation, dict[Key, list[Any]]] = {}
-        self._uniques: set[tuple[int, int, str, int, str, str]] = set()
-
-    def add(self, aggregation: Aggregation, reading: Reading, subject: str, time_us: int, seq: int) -> None:
-        second = time_us // 1_000_000
-        if aggregation is Aggregation.UNIQUE_COUNT:
-            assert isinstance(reading.value, str)
-            for level in BUCKETS:
-                self._uniques.add(
-                    (reading.meter_id, level, subject, second - second % level, reading.group_key, reading.value)
-                )
-            return
-        states = self._states.setdefault(aggregation, {})
-        value = reading.value
-        for level in BUCKETS:
-            key = (reading.meter_id, level, subject, second - second % level, reading.group_key)
-            slot = states.get(key)
-            if slot is None:
-                states[key] = [1, value, value, value, (time_us, seq, value)]
-            else:
-                _fold(slot, value, time_us, seq)
+class Deltas(Fold):
+    """A :class:`~meterline.domain.meters.fold.Fold` that can upsert itself (:func:`write_fold`)."""
 
     def flush(self, conn: sqlite3.Connection, prefix: str = "") -> None:
-        """Upsert the folded deltas into ``{prefix}rollups`` / ``{prefix}uniques``."""
-        for aggregation, states in self._states.items():
-            rows = (_row(aggregation, k, s) for k, s in states.items())
-            conn.executemany(_upsert(f"{prefix}rollups", aggregation), rows)
-        if self._uniques:
-            conn.executemany(f"INSERT OR IGNORE INTO {prefix}uniques VALUES (?,?,?,?,?,?)", self._uniques)
-        self._states.clear()
-        self._uniques.clear()
+        write_fold(conn, self, prefix)
 
 
-def _fold(slot: list[Any], value: Any, time_us: int, seq: int) -> None:
-    slot[0] += 1
-    if value is None:
-        return
-    slot[1] = add(slot[1], value)
-    if value < slot[2]:
-        slot[2] = value
-    if value > slot[3]:
-        slot[3] = value
-    if (time_us, seq) > slot[4][:2]:
-        slot[4] = (time_us, seq, value)
+def write_fold(conn: sqlite3.Connection, fold: Fold, prefix: str = "") -> None:
+    """Upsert the folded deltas into ``{prefix}rollups`` / ``{prefix}uniques``, then clear them."""
+    for aggregation, states in fold.states.items():
+        rows = (_row(aggregation, k, s) for k, s in states.items())
+        conn.executemany(_upsert(f"{prefix}rollups", aggregation), rows)
+    if fold.uniques:
+        conn.executemany(f"INSERT OR IGNORE INTO {prefix}uniques VALUES (?,?,?,?,?,?)", fold.uniques)
+    fold.clear()
 
 
 def _row(aggregation: Aggregation, key: Key, s: list[Any]) -> tuple[Any, ...]:

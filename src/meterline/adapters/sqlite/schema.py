@@ -3,8 +3,9 @@
 Durability: the database runs in WAL mode. ``fsync="full"`` (``synchronous=FULL``) syncs the
 WAL on every commit, so an acknowledged event survives power loss; ``"normal"`` syncs only at
 checkpoints and survives a process crash (``kill -9``) but may lose the last commits on power
-loss. Either way a commit is atomic: an event and its rollup deltas land together or not at
-all; the dedupe index is derived from the ledger and rebuilt from it after a crash.
+loss. Either way a commit is atomic: an aggregated batch's rollup deltas and the aggregator's
+offset land together or not at all; the dedupe index is derived from the ledger and rebuilt
+from it after a crash.
 """
 
 from __future__ import annotations
@@ -236,6 +237,9 @@ def connect(path: Path, *, fsync: str = "full", readonly: bool = False) -> sqlit
 def create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    # The aggregator's offset. A store written before rollups moved out of the ingest
+    # transaction has them current through the whole ledger: it starts at the head.
+    conn.execute("INSERT OR IGNORE INTO meta SELECT 'aggregated_seq', CAST(coalesce(max(seq), 0) AS TEXT) FROM events")
 
 
 def _register_functions(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,183 @@
+"""Folding meter readings into rollup deltas and replaying ledger entries through meters.
+
+Pure: no storage. The aggregator (and ``rebuild``) reads ledger entries in sequence order,
+evaluates the live meters on each and folds the readings into one delta per (meter, level,
+subject, bucket, group) — a 20 000-event chunk for 50 customers becomes 50 upserts per level.
+A store then applies the fold (``UsageStore.apply``) together with the consumer's offset.
+
+Replaying follows the rules of live ingest, except that an event a meter cannot read (or
+whose group value is over the cardinality cap) is *skipped* for that meter instead of
+rejected: it is already in the ledger (accepted before the meter existed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from meterline.domain.decimals import add
+from meterline.domain.events.decode import CloudEventIn
+from meterline.domain.events.model import Event, Rejection
+from meterline.domain.meters.evaluate import CompiledMeter, Reading
+from meterline.domain.meters.model import Aggregation
+from meterline.domain.meters.windows import BUCKETS
+
+Key = tuple[int, int, str, int, str]
+"""(meter, level, subject, bucket start, group key)."""
+Unique = tuple[int, int, str, int, str, str]
+"""A UNIQUE_COUNT value in a bucket: (meter, level, subject, bucket start, group key, value)."""
+Committed = tuple[CompiledMeter, Reading, str, int, int]
+"""One reading of a committed event: (meter, reading, subject, event time, ledger seq)."""
+
+_envelope = msgspec.json.Decoder(CloudEventIn, float_hook=Decimal)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One accepted event as the ledger holds it (``raw`` is the CloudEvent as received)."""
+
+    seq: int
+    namespace: str
+    source: str
+    type: str
+    subject: str
+    time_us: int
+    raw: bytes
+
+
+def event_data(raw: bytes) -> dict[str, Any] | None:
+    """The ``data`` of a stored raw CloudEvent (numbers as Decimal, as at ingest)."""
+    data: dict[str, Any] | None = _envelope.decode(raw).data
+    return data
+
+
+class Fold:
+    """Per-bucket states of many readings: [count, sum, min, max, (time, seq, value) latest]."""
+
+    def __init__(self) -> None:
+        self.states: dict[Aggregation, dict[Key, list[Any]]] = {}
+        self.uniques: set[Unique] = set()
+
+    def add(self, aggregation: Aggregation, reading: Reading, subject: str, time_us: int, seq: int) -> None:
+        second = time_us // 1_000_000
+        if aggregation is Aggregation.UNIQUE_COUNT:
+            assert isinstance(reading.value, str)
+            for level in BUCKETS:
+                self.uniques.add(
+                    (reading.meter_id, level, subject, second - second % level, reading.group_key, reading.value)
+                )
+            return
+        states = self.states.setdefault(aggregation, {})
+        value = reading.value
+        for level in BUCKETS:
+            key = (reading.meter_id, level, subject, second - second % level, reading.group_key)
+            slot = states.get(key)
+            if slot is None:
+                states[key] = [1, value, value, value, (time_us, seq, value)]
+            else:
+                _fold(slot, value, time_us, seq)
+
+    def clear(self) -> None:
+        self.states.clear()
+        self.uniques.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.states) or bool(self.uniques)
+
+
+def _fold(slot: list[Any], value: Any, time_us: int, seq: int) -> None:
+    slot[0] += 1
+    if value is None:
+        return
+    slot[1] = add(slot[1], value)
+    if value < slot[2]:
+        slot[2] = value
+    if value > slot[3]:
+        slot[3] = value
+    if (time_us, seq) > slot[4][:2]:
+        slot[4] = (time_us, seq, value)
+
+
+@dataclass
+class Replay:
+    """Folds ledger entries through a set of meters (see the module doc). ``keep`` also keeps
+    every reading (for the committed-usage stream)."""
+
+    cap: int
+    group_values: dict[tuple[int, str], set[str]] = field(default_factory=dict)
+    subjects: dict[int, set[str]] = field(default_factory=dict)
+    fold: Fold = field(default_factory=Fold)
+    new_groups: list[tuple[int, str, str]] = field(default_factory=list)
+    new_subjects: list[tuple[int, str]] = field(default_factory=list)
+    readings: list[Committed] = field(default_factory=list)
+    keep: bool = False
+    skipped: int = 0
+
+    def apply(self, meters: list[CompiledMeter], entries: Iterable[LedgerEntry]) -> int:
+        """Apply ledger entries in order; returns the last seq (0 for none)."""
+        last = 0
+        by_type: dict[tuple[str, str], list[CompiledMeter]] = {}
+        for meter in meters:
+            by_type.setdefault((meter.meter.namespace, meter.meter.spec.event_type), []).append(meter)
+        for entry in entries:
+            last = entry.seq
+            wanted = by_type.get((entry.namespace, entry.type))
+            if not wanted:
+                continue
+            event = Event(
+                entry.namespace,
+                entry.source,
+                "",
+                entry.type,
+                entry.subject,
+                entry.time_us,
+                event_data(entry.raw),
+                entry.raw,
+                b"",
+            )
+            for meter in wanted:
+                if meter.applies(event):
+                    self._one(meter, event, entry.seq)
+        return last
+
+    def _one(self, meter: CompiledMeter, event: Event, seq: int) -> None:
+        reading = meter.read(event)
+        if isinstance(reading, Rejection) or not self._admit(meter, reading.groups):
+            self.skipped += 1
+            return
+        self.fold.add(meter.aggregation, reading, event.subject, event.time_us, seq)
+        if self.keep:
+            self.readings.append((meter, reading, event.subject, event.time_us, seq))
+        subjects = self.subjects.setdefault(meter.meter.key, set())
+        if event.subject not in subjects:
+            subjects.add(event.subject)
+            self.new_subjects.append((meter.meter.key, event.subject))
+
+    def _admit(self, meter: CompiledMeter, groups: tuple[str | None, ...]) -> bool:
+        fresh = admit_groups(self.group_values, self.cap, meter, groups)
+        if isinstance(fresh, str):
+            return False
+        self.new_groups.extend(fresh)
+        return True
+
+
+def admit_groups(
+    known: dict[tuple[int, str], set[str]], cap: int, meter: CompiledMeter, groups: tuple[str | None, ...]
+) -> list[tuple[int, str, str]] | str:
+    """Record the event's new group values, or return the dimension that is over ``cap``
+    (recording nothing)."""
+    fresh = []
+    for dim, value in zip(meter.dimensions, groups, strict=True):
+        seen = known.setdefault((meter.meter.key, dim), set())
+        if value is None or value in seen:
+            continue
+        if len(seen) >= cap:
+            return dim
+        fresh.append((meter.meter.key, dim, value))
+    for key, dim, value in fresh:
+        known[(key, dim)].add(value)
+    return fresh

@@ -1,0 +1,62 @@
+"""The usage store: rollups per meter, subject, window and group, fed by the aggregator.
+
+``apply`` writes one aggregated batch *together with* the consumer's new offset: both commit
+or neither does, so a consumer that crashes re-reads from the stored offset and applies every
+ledger entry exactly once. A batch carries the offset it was computed from; when the stored
+offset (or the set of live meters) is no longer what it was computed against, ``apply``
+writes nothing and answers False, and the consumer computes it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from meterline.domain.meters.fold import Replay
+from meterline.domain.meters.model import Meter
+from meterline.domain.meters.query import MeterQuery, Row
+
+__all__ = ["Backfill", "Batch", "Snapshot", "UsageStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """A meter created after events existed: it still has to apply ``(done, to]``."""
+
+    meter: int
+    done: int
+    to: int
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """What the aggregator needs to evaluate: the live meters, their admitted group values and
+    known subjects, the stored offset and the meters still backfilling."""
+
+    offset: int
+    meters: list[Meter]
+    group_values: dict[tuple[int, str], set[str]] = field(default_factory=dict)
+    subjects: dict[int, set[str]] = field(default_factory=dict)
+    backfills: list[Backfill] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Ledger entries ``(start, end]`` replayed through ``meters`` (meter keys). ``backfill`` is
+    the one meter whose backfill offset moves; None for the live offset."""
+
+    start: int
+    end: int
+    meters: frozenset[int]
+    replay: Replay
+    backfill: int | None = None
+
+
+class UsageStore(Protocol):
+    def snapshot(self) -> Snapshot: ...
+
+    def apply(self, batch: Batch) -> bool:
+        """Write the batch and move its offset to ``batch.end``, atomically (see the module doc)."""
+        ...
+
+    def query(self, meter: Meter, query: MeterQuery) -> list[Row]: ...
