@@ -25,7 +25,7 @@ import msgspec
 
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.billing import subscription_row
-from meterline.bootstrap import billing_services, open_backend
+from meterline.bootstrap import aggregator, billing_services, open_backend
 from meterline.config import load_config
 from meterline.domain.billing import Subscription, parse_plan
 from meterline.domain.billing.records import StoredSubscription
@@ -116,6 +116,7 @@ def main() -> None:
             t0 = time.perf_counter()
             events = seed(backend, billing, args.customers)
             seeded = time.perf_counter() - t0
+            aggregator(config, backend).drain()  # the rollups billing reads, as the server's aggregator keeps them
             runs = billing.runs
             profiler = cProfile.Profile() if args.profile else None
             t1 = time.perf_counter()

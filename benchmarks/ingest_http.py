@@ -152,6 +152,12 @@ class Result:
     cpu_total: float = 0.0
     accepted: int = 0
     commits: int = 0
+    lag_at_end: int | None = None
+    """Events the aggregator had not applied when the load stopped (None: no separate aggregator)."""
+    drain_s: float | None = None
+    """Seconds from the end of the load until the rollup lag was 0."""
+    aggregated: int | None = None
+    """Events the aggregator applied during the load and the drain."""
     first_bad: str = ""
     raw: str = ""
 
@@ -310,6 +316,14 @@ def report(results: list[Result], duration: int, threads: int, args: argparse.Na
         "  (accepted may exceed 2xx x batch by the requests in flight when wrk stopped: they were"
         " stored, but wrk closed the connection before reading the answer)"
     )
+    aggregated = [r for r in results if r.aggregated is not None]
+    if aggregated:
+        print("\nAggregator: lag when the load stopped, time to drain it, events applied per second (load + drain)")
+        print(f"{'server':<12}{'ev/req':>7}{'lag at end':>12}{'drain s':>9}{'aggregated':>12}{'aggregated/s':>14}")
+        for r in aggregated:
+            assert r.drain_s is not None and r.aggregated is not None and r.lag_at_end is not None
+            rate = r.aggregated / (r.seconds + r.drain_s)
+            print(f"{r.server:<12}{r.batch:>7}{r.lag_at_end:>12,}{r.drain_s:>9.2f}{r.aggregated:>12,}{rate:>14,.0f}")
 
 
 def ranges(results: list[Result]) -> None:
@@ -368,6 +382,17 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     return out
 
 
+def drain(server: Server, timeout: float = 300.0) -> tuple[float, dict[str, float]]:
+    """Seconds until the rollup lag (aggregator and backfill) is 0, and the metrics then."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        m = metrics(server)
+        if m.get("meterline_rollup_lag_events", 0) == 0:
+            return time.monotonic() - started, m
+        time.sleep(0.02)
+    raise RuntimeError("the rollup lag did not reach 0")
+
+
 def measure(v: Variant, work: Path, batch: int, connections: int, args: argparse.Namespace) -> Result:
     assert v.server is not None
     before = metrics(v.server)
@@ -376,6 +401,12 @@ def measure(v: Variant, work: Path, batch: int, connections: int, args: argparse
         after = settle(v.server)
         r.accepted = int(after["meterline_events_total:accepted"] - before["meterline_events_total:accepted"])
         r.commits = int(after["meterline_group_commits"] - before["meterline_group_commits"])
+        if "meterline_aggregation_lag_events" in after:
+            r.lag_at_end = int(after["meterline_rollup_lag_events"])
+            r.drain_s, drained = drain(v.server)
+            r.aggregated = int(
+                drained["meterline_aggregated_events_total"] - before["meterline_aggregated_events_total"]
+            )
     print(
         f"  {v.name:<11} {batch:>4} ev/req x {connections:>3} conns: {r.rps:>8,.0f} req/s"
         f" {r.eps:>10,.0f} ev/s  p50 {r.p50_ms:.2f} ms  p99 {r.p99_ms:.2f} ms"

@@ -53,6 +53,7 @@ from meterline.domain.clock import FixedClock, to_us
 from meterline.domain.events.decode import Limits, decode_events, split_body
 from meterline.domain.events.model import Outcome, Status
 from meterline.domain.meters.model import parse_spec
+from meterline.services.aggregation import Aggregator
 
 NAMESPACE = "default"
 SLUG = "tokens"
@@ -144,6 +145,7 @@ def seed(data_dir: Path, n: int, batch: int, inflight: int, profile: bool) -> Ex
         for f in pending:
             accepted += _accepted(f.result())
         elapsed = time.perf_counter() - started
+        Aggregator(backend.ledger, backend.usage, cap=1000).drain()  # rollups, as the server's aggregator keeps them
         if writer_prof is not None and main_prof is not None:
             main_prof.disable()
             backend.db.writer.call(lambda conn: writer_prof.disable())

@@ -28,6 +28,7 @@ from meterline.api import (
 from meterline.api.auth import Authenticator
 from meterline.api.backpressure import Admission, Backpressure
 from meterline.api.context import Context
+from meterline.api.freshness import FreshnessHeaders
 from meterline.api.health import Health, HealthWatch, LatencyWindow
 from meterline.api.incidents import IncidentLog
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
@@ -144,6 +145,18 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     metrics.gauge(
         "meterline_rollup_lag_events", "Ledger events not yet applied to a meter", backend.meters.pending_backfill
     )
+    aggregator = system.aggregator
+    metrics.gauge(
+        "meterline_aggregation_lag_events", "Committed ledger events the aggregator has not applied", aggregator.lag
+    )
+    metrics.gauge(
+        "meterline_aggregation_lag_seconds",
+        "How long the aggregator has been behind the ledger head without catching up (0 when caught up)",
+        aggregator.lag_seconds,
+    )
+    metrics.gauge(
+        "meterline_aggregated_events_total", "Ledger events the aggregator applied", lambda: aggregator.stats.events
+    )
     metrics.gauge("meterline_dead_letters", "Events in the dead-letter store", system.catalog.dead_letters.count)
     metrics.gauge("meterline_group_commits", "Write transactions committed", lambda: backend.db.writer.commits)
     metrics.gauge(
@@ -220,6 +233,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         lifespan=lifespan,
         middleware=[
             Middleware(Backpressure, admission=admission, retry_after=config.server.retry_after),
+            Middleware(FreshnessHeaders),
             Middleware(ingest.FastLane, endpoint=INGEST),
         ],
         exception_handlers={MeterlineError: on_meterline_error, HTTPException: on_http_error, Exception: on_unexpected},

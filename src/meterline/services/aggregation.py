@@ -28,6 +28,7 @@ from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import Replay
 from meterline.ports.ledger import Ledger
 from meterline.ports.usage import Backfill, Batch, Snapshot, UsageStore
+from meterline.runtime import freshness
 from meterline.runtime.background import Loop, Monitor
 
 log = logging.getLogger("meterline.aggregation")
@@ -68,6 +69,8 @@ class Aggregator:
         self._snap: Snapshot | None = None
         self._compiled: list[CompiledMeter] = []
         self._position = -1
+        self._as_of_us = 0
+        self._behind_since: float | None = None
         self._cond = threading.Condition()
         self.stats = Stats()
         self._loop = Loop("aggregator", self._step, self._wait, monitor, error_pause=0.2)
@@ -90,8 +93,10 @@ class Aggregator:
         while self._more:
             self._step()
 
-    def wake(self, _position: int = 0) -> None:
-        """New ledger entries were committed (the ingest commit hook)."""
+    def wake(self, position: int = 0) -> None:
+        """New ledger entries up to ``position`` were committed (the ingest commit hook)."""
+        if self._behind_since is None and position > self._position:
+            self._behind_since = time.monotonic()
         self._wake.set()
 
     def meters_changed(self) -> None:
@@ -111,6 +116,12 @@ class Aggregator:
         """Committed ledger entries the live offset has not reached yet."""
         return max(0, self._ledger.position() - max(self._position, 0))
 
+    def lag_seconds(self) -> float:
+        """How long the live offset has been behind the ledger's head without catching up
+        (0 while it is caught up): the age of the oldest entry not aggregated is at most this."""
+        since = self._behind_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
     def wait_for(self, position: int, timeout: float) -> bool:
         """Block until the live offset reaches ``position`` or ``timeout`` seconds passed;
         True when it did. Never blocks the aggregator's own thread."""
@@ -123,15 +134,22 @@ class Aggregator:
             return self._cond.wait_for(lambda: self._position >= position, timeout)
 
     def fresh(self, timeout: float) -> Callable[[], None]:
-        """A barrier for usage reads: wait for the ledger position current at the call."""
+        """A barrier for usage reads: wait for the ledger position current at the call (unless
+        the request asked for eventual consistency), then note on the request's freshness
+        record which position (and ingest time) the answer reflects."""
 
         def barrier() -> None:
-            position = self._ledger.position()
-            if not self.wait_for(position, timeout):
-                log.warning(
-                    "usage read without waiting longer for the aggregator",
-                    extra={"position": position, "applied": self._position, "waited": timeout},
-                )
+            record = freshness.current()
+            if record is None or record.wait:
+                position = self._ledger.position()
+                if not self.wait_for(position, timeout):
+                    log.warning(
+                        "usage read without waiting longer for the aggregator",
+                        extra={"position": position, "applied": self._position, "waited": timeout},
+                    )
+            if record is not None:
+                with self._cond:
+                    record.as_of_position, record.as_of_us = max(self._position, 0), self._as_of_us
 
         return barrier
 
@@ -184,7 +202,7 @@ class Aggregator:
         self.stats.batches += 1
         self.stats.events += len(entries)
         self.stats.applied_at = time.monotonic()
-        self._publish(batch.end)
+        self._publish(batch.end, entries[-1].received_us)
         return True
 
     def _backfill(self, snap: Snapshot) -> bool:
@@ -213,7 +231,11 @@ class Aggregator:
         self.stats.refused += 1
         self._snap = None
 
-    def _publish(self, position: int) -> None:
+    def _publish(self, position: int, received_us: int | None = None) -> None:
         with self._cond:
+            if received_us is not None or position != self._position:
+                self._as_of_us = received_us or 0  # 0: not known (a position read from the store)
             self._position = position
             self._cond.notify_all()
+        if position >= self._ledger.position():
+            self._behind_since = None

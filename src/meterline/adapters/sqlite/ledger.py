@@ -10,7 +10,8 @@ from concurrent.futures import Future
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import Appender, IngestState
 from meterline.domain.events.model import Candidate, Outcome
-from meterline.ports.ledger import EventFilter, LedgerEntry, StoredEvent
+from meterline.ports.ledger import Appended, EventFilter, LedgerEntry, StoredEvent
+from meterline.runtime import freshness
 
 __all__ = ["EventFilter", "SqliteLedger", "StoredEvent"]
 
@@ -22,11 +23,17 @@ class SqliteLedger:
         self._now_us = now_us
 
     def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[list[Outcome]]:
-        """Record a request's events. The future resolves after the commit that holds them."""
-        return self._db.writer.submit(
+        """Record a request's events. The future resolves after the commit that holds them,
+        with an :class:`~meterline.ports.ledger.Appended` (outcomes and ledger position); the
+        position is also noted on the request's freshness record."""
+        future: Future[Appended] = self._db.writer.submit(
             lambda conn: Appender(self._state, conn, self._now_us()).append(namespace, candidates),
             weight=max(1, len(candidates)),
         )
+        record = freshness.current()
+        if record is not None:
+            future.add_done_callback(lambda f: _note(record, f))
+        return future  # type: ignore[return-value]  # an Appended is a list of outcomes
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
         """Newest first. ``subject`` and ``event_id`` match substrings, as OpenMeter's list does;
@@ -55,7 +62,8 @@ class SqliteLedger:
 
     def read(self, after: int, limit: int) -> builtins.list[LedgerEntry]:
         rows = self._db.reader().execute(
-            "SELECT seq, namespace, source, type, subject, time_us, raw FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, namespace, source, type, subject, time_us, raw, received_us FROM events"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         )
         return [LedgerEntry(*row) for row in rows]
@@ -67,3 +75,8 @@ class SqliteLedger:
     def size(self) -> int:
         row = self._db.reader().execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         return int(row[0])
+
+
+def _note(record: freshness.Freshness, future: Future[Appended]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        record.ingested = future.result().position

@@ -33,7 +33,18 @@ class RebuildReport:
 
 
 def rebuild(conn: sqlite3.Connection, *, cap: int, replace: bool) -> RebuildReport:
-    """Run inside a write transaction (the writer, or ``BEGIN IMMEDIATE`` from the CLI)."""
+    """Run inside a write transaction (the writer, or ``BEGIN IMMEDIATE`` from the CLI). Only
+    checking (``replace=False``) changes nothing, the catch-up included."""
+    conn.execute("SAVEPOINT rebuild")
+    try:
+        return _rebuild(conn, cap, replace)
+    finally:
+        if not replace:
+            conn.execute("ROLLBACK TO rebuild")
+        conn.execute("RELEASE rebuild")
+
+
+def _rebuild(conn: sqlite3.Connection, cap: int, replace: bool) -> RebuildReport:
     catch_up(conn, cap)
     for table in DERIVED:
         conn.execute(f"DROP TABLE IF EXISTS temp.rebuilt_{table}")

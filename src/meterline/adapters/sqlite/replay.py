@@ -53,7 +53,7 @@ def write_replay(conn: sqlite3.Connection, replay: Replay, prefix: str = "") -> 
 def ledger_rows(conn: sqlite3.Connection, after: int, upto: int) -> list[LedgerEntry]:
     """Ledger entries with ``after < seq <= upto``, in sequence order."""
     rows = conn.execute(
-        "SELECT seq, namespace, source, type, subject, time_us, raw FROM events"
+        "SELECT seq, namespace, source, type, subject, time_us, raw, received_us FROM events"
         " WHERE seq > ? AND seq <= ? ORDER BY seq",
         (after, upto),
     )

@@ -62,7 +62,7 @@ class Deltas(Fold):
 
 def write_fold(conn: sqlite3.Connection, fold: Fold, prefix: str = "") -> None:
     """Upsert the folded deltas into ``{prefix}rollups`` / ``{prefix}uniques``, then clear them."""
-    for aggregation, states in fold.states.items():
+    for aggregation, states in fold.levels().items():
         rows = (_row(aggregation, k, s) for k, s in states.items())
         conn.executemany(_upsert(f"{prefix}rollups", aggregation), rows)
     if fold.uniques:

@@ -47,6 +47,7 @@ class LedgerEntry:
     subject: str
     time_us: int
     raw: bytes
+    received_us: int = 0
 
 
 def event_data(raw: bytes) -> dict[str, Any] | None:
@@ -56,10 +57,15 @@ def event_data(raw: bytes) -> dict[str, Any] | None:
 
 
 class Fold:
-    """Per-bucket states of many readings: [count, sum, min, max, (time, seq, value) latest]."""
+    """Per-bucket states of many readings: [count, sum, min, max, (time, seq, value) latest].
+
+    Readings are folded per minute only; the coarser bucket sizes are merged from the minute
+    states when the fold is read (:meth:`levels`), so a reading costs one dictionary slot, not
+    one per bucket size (exact: every merge is a count, an exact sum, a min, a max or a latest).
+    """
 
     def __init__(self) -> None:
-        self.states: dict[Aggregation, dict[Key, list[Any]]] = {}
+        self.minutes: dict[Aggregation, dict[Key, list[Any]]] = {}
         self.uniques: set[Unique] = set()
 
     def add(self, aggregation: Aggregation, reading: Reading, subject: str, time_us: int, seq: int) -> None:
@@ -71,22 +77,42 @@ class Fold:
                     (reading.meter_id, level, subject, second - second % level, reading.group_key, reading.value)
                 )
             return
-        states = self.states.setdefault(aggregation, {})
+        states = self.minutes.get(aggregation)
+        if states is None:
+            states = self.minutes[aggregation] = {}
         value = reading.value
-        for level in BUCKETS:
-            key = (reading.meter_id, level, subject, second - second % level, reading.group_key)
-            slot = states.get(key)
-            if slot is None:
-                states[key] = [1, value, value, value, (time_us, seq, value)]
-            else:
-                _fold(slot, value, time_us, seq)
+        key = (reading.meter_id, MINUTE, subject, second - second % MINUTE, reading.group_key)
+        slot = states.get(key)
+        if slot is None:
+            states[key] = [1, value, value, value, (time_us, seq, value)]
+        else:
+            _fold(slot, value, time_us, seq)
+
+    def levels(self) -> dict[Aggregation, dict[Key, list[Any]]]:
+        """Every bucket size's states (the minute states merged up into the coarser ones)."""
+        out: dict[Aggregation, dict[Key, list[Any]]] = {}
+        for aggregation, minutes in self.minutes.items():
+            states = out[aggregation] = dict(minutes)
+            for (meter, _, subject, bucket, group), slot in minutes.items():
+                for level in COARSER:
+                    key = (meter, level, subject, bucket - bucket % level, group)
+                    into = states.get(key)
+                    if into is None:
+                        states[key] = list(slot)
+                    else:
+                        _merge(into, slot)
+        return out
 
     def clear(self) -> None:
-        self.states.clear()
+        self.minutes.clear()
         self.uniques.clear()
 
     def __bool__(self) -> bool:
-        return bool(self.states) or bool(self.uniques)
+        return bool(self.minutes) or bool(self.uniques)
+
+
+MINUTE = min(BUCKETS)
+COARSER = tuple(level for level in BUCKETS if level != MINUTE)
 
 
 def _fold(slot: list[Any], value: Any, time_us: int, seq: int) -> None:
@@ -100,6 +126,19 @@ def _fold(slot: list[Any], value: Any, time_us: int, seq: int) -> None:
         slot[3] = value
     if (time_us, seq) > slot[4][:2]:
         slot[4] = (time_us, seq, value)
+
+
+def _merge(into: list[Any], slot: list[Any]) -> None:
+    into[0] += slot[0]
+    if slot[1] is None:
+        return
+    into[1] = add(into[1], slot[1])
+    if slot[2] < into[2]:
+        into[2] = slot[2]
+    if slot[3] > into[3]:
+        into[3] = slot[3]
+    if slot[4][:2] > into[4][:2]:
+        into[4] = slot[4]
 
 
 @dataclass

@@ -1,0 +1,47 @@
+"""How fresh one request's usage answer is, carried beside the request (a context variable).
+
+The HTTP face opens a :class:`Freshness` per request (``api.freshness``): whether usage reads
+of this request wait for the aggregator (``consistency=eventual`` says no), and, filled in by
+the layers below as the request runs, the ledger position its ingest reached and the position
+(and ingest time) its usage answer reflects. The face turns those into response headers. Code
+running outside a request sees None and behaves as for a default request.
+
+The object is shared, not copied, with the worker threads a request runs blocking calls on
+(their context is a copy that references the same object), so what they note is seen by the
+request.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+INGEST_POSITION = "meterline-ledger-position"
+"""Answer header of an ingest: the ledger position that covers every event of the request."""
+AS_OF_POSITION = "meterline-as-of-position"
+"""Answer header of a usage read: every ledger entry up to this position is reflected."""
+AS_OF = "meterline-as-of"
+"""Answer header of a usage read: the receipt time (RFC 3339, UTC) of that position's event."""
+
+
+@dataclass(slots=True)
+class Freshness:
+    wait: bool = True
+    """Usage reads wait (bounded) for the aggregator to reach the ledger position of the read."""
+    ingested: int | None = None
+    as_of_position: int | None = None
+    as_of_us: int | None = None
+
+
+_current: ContextVar[Freshness | None] = ContextVar("meterline_freshness", default=None)
+
+
+def begin(wait: bool = True) -> Freshness:
+    """Open the freshness record of the request running in this context."""
+    record = Freshness(wait)
+    _current.set(record)
+    return record
+
+
+def current() -> Freshness | None:
+    return _current.get()
