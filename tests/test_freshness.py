@@ -4,9 +4,15 @@ receipt time) a usage answer reflects, read-your-writes by default, ``consistenc
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
-from conftest import T0_US, Api
+import pytest
+from conftest import T0_US, Api, build_api
+from test_entitlements_api import check, value
+from test_entitlements_api import ev as llm_event
+from test_entitlements_api import setup as metered_entitlement
 
 
 def ev(i: int, tokens: int) -> dict[str, object]:
@@ -49,15 +55,7 @@ def test_duplicates_answer_a_position_covering_the_first_copy(api: Api) -> None:
 def test_eventual_consistency_does_not_wait_and_says_what_it_reflects(api: Api) -> None:
     created = api.create_meter(slug="t", eventType="prompt", aggregation="SUM", valueProperty="$.tokens")
     assert created.status_code == 201
-    backend = api.client.app.state.ctx.backend  # type: ignore[attr-defined]
-    release = threading.Event()
-    apply = backend.usage.apply
-
-    def held(batch):  # type: ignore[no-untyped-def]  # the aggregator stalls until released
-        release.wait(30)
-        return apply(batch)
-
-    backend.usage.apply = held
+    release = hold_aggregator(api)
     try:
         assert api.post_events([ev(1, 7)]).status_code == 204
         q = api.query("t", {"consistency": "eventual"})  # answered at once, from what is aggregated
@@ -72,3 +70,36 @@ def test_eventual_consistency_does_not_wait_and_says_what_it_reflects(api: Api) 
 def test_answers_without_usage_carry_no_freshness(api: Api) -> None:
     r = api.client.get("/api/v1/meters", headers=api.headers())
     assert r.status_code == 200 and "meterline-as-of-position" not in r.headers
+
+
+@pytest.fixture
+def lenient(tmp_path: Path) -> Iterator[Api]:
+    yield from build_api(tmp_path, aggregation={"check_staleness": 60, "max_wait": 30})
+
+
+def hold_aggregator(api: Api) -> threading.Event:
+    """Stall the aggregator's next batch until the returned event is set."""
+    backend = api.client.app.state.ctx.backend  # type: ignore[attr-defined]
+    release = threading.Event()
+    apply = backend.usage.apply
+
+    def held(batch):  # type: ignore[no-untyped-def]
+        release.wait(30)
+        return apply(batch)
+
+    backend.usage.apply = held
+    return release
+
+
+def test_checks_may_answer_within_the_configured_staleness_while_values_wait(lenient: Api) -> None:
+    metered_entitlement(lenient)
+    release = hold_aggregator(lenient)
+    try:
+        assert lenient.post_events([llm_event("e1", tokens=50)]).status_code == 204
+        r = check(lenient, ("tokens", 100))  # behind for less than 60 s: answered at once, without e1
+        assert r.json()["allowed"] is True and r.headers["meterline-as-of-position"] == "0"
+    finally:
+        release.set()
+    assert value(lenient)["usage"] == 50  # a value waits, as every usage read
+    r = check(lenient, ("tokens", 100))
+    assert r.json()["allowed"] is False and r.headers["meterline-as-of-position"] == "1"

@@ -171,7 +171,8 @@ def open_backend(
     )
     if aggregate:
         try:
-            aggregator(config, backend).drain()
+            cap, chunk = config.ingest.max_group_cardinality, config.aggregation.chunk
+            Aggregator(backend.ledger, backend.usage, cap=cap, chunk=chunk).drain()  # not wired: reads never wait
         except BaseException:
             backend.close()
             raise
@@ -185,12 +186,19 @@ def aggregator(config: Config, backend: EmbeddedBackend, monitor: Monitor | None
         cap=config.ingest.max_group_cardinality,
         chunk=config.aggregation.chunk,
         max_wait=config.aggregation.max_wait,
+        check_staleness=config.aggregation.check_staleness,
         monitor=monitor,
     )
 
 
 def attach_aggregator(
-    backend: EmbeddedBackend, *, cap: int, chunk: int = 20_000, max_wait: float = 5.0, monitor: Monitor | None = None
+    backend: EmbeddedBackend,
+    *,
+    cap: int,
+    chunk: int = 20_000,
+    max_wait: float = 5.0,
+    check_staleness: float = 0.0,
+    monitor: Monitor | None = None,
 ) -> Aggregator:
     """An aggregator over the backend's ledger and usage store, wired to its hooks: woken by
     every ingest commit and meter change, and the barrier of every usage read (not started)."""
@@ -198,6 +206,7 @@ def attach_aggregator(
     backend.state.on_head.append(agg.wake)
     backend.meters.changed = agg.meters_changed
     backend.db.fresh = agg.fresh(max_wait)
+    backend.db.fresh_check = agg.fresh(max_wait, check_staleness)
     return agg
 
 

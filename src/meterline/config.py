@@ -154,6 +154,11 @@ class AggregationConfig(_Section):
     preview, billing run) waits at most for the aggregator to apply the ledger as of the
     request, so a caller reads its own writes; after it the answer is given as it is. 0 never
     waits."""
+    check_staleness: float = Field(0.0, ge=0, le=60)
+    """Entitlement checks (the check API, and so the middleware) answer at once, without the
+    wait above, while the aggregator has been behind the ledger for at most this many seconds:
+    a check may then miss the caller's last few writes. 0: checks read their own writes like
+    every usage read. Answers say which position they reflect (``Meterline-As-Of-Position``)."""
     chunk: int = Field(20_000, ge=1, le=1_000_000)
     """Most ledger events aggregated in one transaction (a backlog goes in chunks of this)."""
 

@@ -133,14 +133,16 @@ class Aggregator:
         with self._cond:
             return self._cond.wait_for(lambda: self._position >= position, timeout)
 
-    def fresh(self, timeout: float) -> Callable[[], None]:
+    def fresh(self, timeout: float, staleness: float = 0.0) -> Callable[[], None]:
         """A barrier for usage reads: wait for the ledger position current at the call (unless
-        the request asked for eventual consistency), then note on the request's freshness
-        record which position (and ingest time) the answer reflects."""
+        the request asked for eventual consistency, or the aggregator is at most ``staleness``
+        seconds behind), then note on the request's freshness record which position (and
+        ingest time) the answer reflects."""
 
         def barrier() -> None:
             record = freshness.current()
-            if record is None or record.wait:
+            fresh_enough = staleness > 0 and self.lag_seconds() <= staleness
+            if (record is None or record.wait) and not fresh_enough:
                 position = self._ledger.position()
                 if not self.wait_for(position, timeout):
                     log.warning(

@@ -270,7 +270,10 @@ class LiveCounters:
     def value(
         self, namespace: str, customer_key: str, feature_key: str, *, project: bool = True
     ) -> tuple[Entitlement | None, Value | None]:
-        self._db.fresh()
+        """The entitlement's value now. A value (``project``) waits for the aggregator as every
+        usage read does; a check (``project=False``) may answer from counters that are at most
+        ``aggregation.check_staleness`` behind (``Database.fresh_check``)."""
+        (self._db.fresh if project else self._db.fresh_check)()
         if self.stale() and not self.heal():
             raise StorageUnavailable(
                 "The live counters lag behind the store and cannot be rebuilt from it now; retry shortly"

@@ -49,6 +49,8 @@ class Database:
         self.fresh: Callable[[], None] = lambda: None
         """Called before a usage read: waits (bounded) until the aggregator has applied the
         ledger position current now, so a caller reads its own writes (set by bootstrap)."""
+        self.fresh_check: Callable[[], None] = lambda: None
+        """The same barrier for entitlement checks, which may accept a bounded staleness."""
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

@@ -27,9 +27,11 @@ class SqliteMeterValues:
         self._db = db
 
     def subjects(self, meter: Meter, start: int | None, end: int | None) -> list[str]:
+        self._db.fresh()  # the aggregator writes these tables: wait (bounded) for the ledger as of now
         return subjects(self._db.reader(), meter, start, end)
 
     def group_values(self, meter: Meter, dimension: str, start: int | None, end: int | None) -> list[str]:
+        self._db.fresh()
         return group_values(self._db.reader(), meter, dimension, start, end)
 
 
