@@ -21,6 +21,7 @@ from meterline.domain.events.decode import Limits, decode_events
 from meterline.domain.events.model import Event
 from meterline.domain.meters.model import Meter, MeterSpec
 from meterline.ports.billing import BillingStores
+from meterline.services.aggregation import Aggregator
 
 NS = "default"
 MARCH = 1_772_323_200_000_000  # 2026-03-01T00:00:00Z
@@ -64,6 +65,7 @@ class Kit:
         if self._backend is not None:
             outcomes = self._backend.ledger.append(namespace, candidates).result()
             assert all(o.status == "accepted" for o in outcomes), outcomes
+            Aggregator(self._backend.ledger, self._backend.usage, cap=1000).drain()  # usage is the aggregator's
             return
         accepted: list[Event] = [c.event for c in candidates if c.event is not None]
         self._memory.usage.add(accepted)

@@ -56,13 +56,18 @@ class Aggregator:
         chunk: int = 20_000,
         monitor: Monitor | None = None,
         idle_poll: float = 1.0,
+        gather: float = 0.005,
     ) -> None:
         self._ledger = ledger
         self._usage = usage
         self._cap = cap
         self._chunk = chunk
         self._idle_poll = idle_poll
+        self._gather = gather
+        """Seconds to let commits accumulate after a wake-up before a step, unless a reader
+        waits: under a stream of small commits one batch then covers many of them."""
         self._wake = threading.Event()
+        self._urgent = threading.Event()
         self._changed = threading.Event()
         self._closed = False
         self._more = True
@@ -83,6 +88,7 @@ class Aggregator:
     def close(self) -> None:
         self._closed = True
         self._wake.set()
+        self._urgent.set()
         self._loop.stop()
         self._loop.join(timeout=10)
 
@@ -129,6 +135,7 @@ class Aggregator:
             return True
         if threading.current_thread().name == f"meterline-{self._loop.name}" or timeout <= 0:
             return False
+        self._urgent.set()
         self._wake.set()
         with self._cond:
             return self._cond.wait_for(lambda: self._position >= position, timeout)
@@ -159,7 +166,9 @@ class Aggregator:
 
     def _wait(self) -> bool:
         if not self._more:
-            self._wake.wait(timeout=self._idle_poll)
+            if self._wake.wait(timeout=self._idle_poll) and self._gather > 0:
+                self._urgent.wait(self._gather)  # let more commits join this batch, unless a reader waits
+        self._urgent.clear()
         self._wake.clear()  # before the step: a wake-up during it is not lost
         return not self._closed
 

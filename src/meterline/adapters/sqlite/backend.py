@@ -55,9 +55,9 @@ class EmbeddedBackend:
             before_commit=lambda conn: self.usage.before_commit(conn),
             after_commit=self._committed,
         )
+        self.usage = SqliteUsage(self.db, self.state, clock.now_us)
         self.db.writer.call(self._open_dedupe)
         self.state.head = self.state.committing_head = _head(self.db)
-        self.usage = SqliteUsage(self.db, self.state, clock.now_us)
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
         self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
