@@ -99,11 +99,11 @@ class Stack:
     def get(self, path: str = "/items/7", customer: str | None = "acme") -> httpx.Response:
         return self.client.get(path, headers={"X-Customer": customer} if customer else {})
 
-    def wait_queued(self, queued: int, timeout: float = 10.0) -> None:
+    def wait_queued(self, queued: int, timeout: float = 30.0) -> None:
         """Wait until ``queued`` events were queued: ASGI queues just after the response was sent."""
         _wait(lambda: self.middleware.stats.queued >= queued, timeout)
 
-    def flush(self, queued: int, timeout: float = 10.0) -> None:
+    def flush(self, queued: int, timeout: float = 30.0) -> None:
         """Wait until ``queued`` events were queued, then until they were sent."""
         self.wait_queued(queued, timeout)
         assert self.middleware._core.sender.flush(timeout), "usage events were not sent in time"
