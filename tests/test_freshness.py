@@ -103,3 +103,38 @@ def test_checks_may_answer_within_the_configured_staleness_while_values_wait(len
     assert value(lenient)["usage"] == 50  # a value waits, as every usage read
     r = check(lenient, ("tokens", 100))
     assert r.json()["allowed"] is False and r.headers["meterline-as-of-position"] == "1"
+
+
+def test_consistency_values_other_than_strong_or_eventual_are_refused(api: Api) -> None:
+    assert api.create_meter(slug="t", eventType="prompt", aggregation="COUNT").status_code == 201
+    assert api.query("t", {"consistency": "strong"}).status_code == 200
+    for bad in ("bogus", "", "EVENTUAL", "eventual "):
+        r = api.query("t", {"consistency": bad})
+        assert r.status_code == 400, (bad, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "invalid_consistency"
+
+
+def test_a_position_from_an_earlier_ingest_is_waited_for_even_with_eventual_consistency(api: Api) -> None:
+    created = api.create_meter(slug="t", eventType="prompt", aggregation="SUM", valueProperty="$.tokens")
+    assert created.status_code == 201
+    release = hold_aggregator(api)
+    try:
+        position = api.post_events([ev(1, 7)]).headers["meterline-ledger-position"]
+        threading.Timer(0.3, release.set).start()  # the read below must wait for this to see e1
+        q = api.query("t", {"consistency": "eventual"}, **{"Meterline-Min-Position": position})
+        assert q.status_code == 200
+        assert [row["value"] for row in q.json()["data"]] == [7]
+        assert int(q.headers["meterline-as-of-position"]) >= int(position)
+    finally:
+        release.set()
+    ahead = api.query("t", **{"Meterline-Min-Position": "999999"})  # past the head: the head
+    assert ahead.status_code == 200 and ahead.headers["meterline-as-of-position"] == "1"
+
+
+@pytest.mark.parametrize("bad", ["-1", "abc", "1e3", "1.0", "99999999999999999999", ""])
+def test_a_position_that_is_not_a_whole_number_is_refused(api: Api, bad: str) -> None:
+    assert api.create_meter(slug="t", eventType="prompt", aggregation="COUNT").status_code == 201
+    r = api.query("t", **{"Meterline-Min-Position": bad})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_position"

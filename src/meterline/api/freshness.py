@@ -12,17 +12,28 @@ the answer starts, adds:
 By default a usage read waits, at most ``aggregation.max_wait``, until the aggregator has
 applied the ledger position current when the read started, so a caller reads its own writes.
 ``?consistency=eventual`` on the request skips the wait (the answer is whatever is aggregated,
-and its headers say which position that is).
+and its headers say which position that is); ``consistency=strong`` is the default. A request
+header ``Meterline-Min-Position: N`` (the ``Meterline-Ledger-Position`` of an earlier ingest)
+makes the read reflect at least position N, waiting for it if need be, also with
+``consistency=eventual``. Another ``consistency`` value or a position that is not a whole
+number is a 400 problem (``invalid_consistency``, ``invalid_position``).
 """
 
 from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from meterline.api.problems import problem_for
 from meterline.domain.clock import from_us
+from meterline.domain.errors import InvalidInput
 from meterline.runtime import freshness
+
+CONSISTENCY = ("strong", "eventual")
+_MIN_POSITION = freshness.MIN_POSITION.encode()
+_MAX_POSITION = 2**63 - 1
 
 
 class FreshnessHeaders:
@@ -33,8 +44,11 @@ class FreshnessHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
-        record = freshness.begin(wait=("consistency", "eventual") not in query)
+        try:
+            record = freshness.begin(wait=_wait(scope), min_position=_min_position(scope))
+        except InvalidInput as exc:
+            await problem_for(Request(scope), exc)(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -44,6 +58,32 @@ class FreshnessHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _wait(scope: Scope) -> bool:
+    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    asked = [value for name, value in query if name == "consistency"]
+    for value in asked:
+        if value not in CONSISTENCY:
+            raise InvalidInput(
+                f"consistency must be one of {', '.join(CONSISTENCY)} (got {value[:40]!r})",
+                code="invalid_consistency",
+            )
+    return "eventual" not in asked
+
+
+def _min_position(scope: Scope) -> int | None:
+    values = [v for k, v in scope.get("headers", ()) if k.lower() == _MIN_POSITION]
+    if not values:
+        return None
+    text = values[-1].decode("latin-1").strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > _MAX_POSITION:
+        raise InvalidInput(
+            f"{freshness.MIN_POSITION} must be a ledger position (a whole number from 0), as"
+            " Meterline-Ledger-Position answered it",
+            code="invalid_position",
+        )
+    return int(text)
 
 
 def _headers(record: freshness.Freshness) -> list[tuple[bytes, bytes]]:

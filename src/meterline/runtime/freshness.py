@@ -22,12 +22,18 @@ AS_OF_POSITION = "meterline-as-of-position"
 """Answer header of a usage read: every ledger entry up to this position is reflected."""
 AS_OF = "meterline-as-of"
 """Answer header of a usage read: the receipt time (RFC 3339, UTC) of that position's event."""
+MIN_POSITION = "meterline-min-position"
+"""Request header: usage reads of this request reflect at least this ledger position (the
+``Meterline-Ledger-Position`` an earlier ingest answered), waiting for it if need be."""
 
 
 @dataclass(slots=True)
 class Freshness:
     wait: bool = True
     """Usage reads wait (bounded) for the aggregator to reach the ledger position of the read."""
+    min_position: int | None = None
+    """Usage reads wait (bounded) until at least this position is reflected, even when ``wait``
+    is False (a caller's read-your-writes token)."""
     ingested: int | None = None
     as_of_position: int | None = None
     as_of_us: int | None = None
@@ -36,9 +42,9 @@ class Freshness:
 _current: ContextVar[Freshness | None] = ContextVar("meterline_freshness", default=None)
 
 
-def begin(wait: bool = True) -> Freshness:
+def begin(wait: bool = True, min_position: int | None = None) -> Freshness:
     """Open the freshness record of the request running in this context."""
-    record = Freshness(wait)
+    record = Freshness(wait, min_position)
     _current.set(record)
     return record
 

@@ -148,9 +148,8 @@ class Aggregator:
 
         def barrier() -> None:
             record = freshness.current()
-            fresh_enough = staleness > 0 and self.lag_seconds() <= staleness
-            if (record is None or record.wait) and not fresh_enough:
-                position = self._ledger.position()
+            position = self._wanted(record, staleness)
+            if position is not None:
                 if not self.wait_for(position, timeout):
                     log.warning(
                         "usage read without waiting longer for the aggregator",
@@ -161,6 +160,15 @@ class Aggregator:
                     record.as_of_position, record.as_of_us = max(self._position, 0), self._as_of_us
 
         return barrier
+
+    def _wanted(self, record: freshness.Freshness | None, staleness: float) -> int | None:
+        """The ledger position a usage read must reflect, or None to answer at once."""
+        head = self._ledger.position()
+        asked = None if record is None or record.min_position is None else min(record.min_position, head)
+        fresh_enough = staleness > 0 and self.lag_seconds() <= staleness
+        if (record is None or record.wait) and not fresh_enough:
+            return head
+        return asked
 
     # -- the loop ---------------------------------------------------------------------------
 
