@@ -181,7 +181,7 @@ def test_the_server_prunes_by_itself(tmp_path: Path) -> None:
         api.create_meter(slug="n", eventType="t", aggregation="COUNT")
         event = {"specversion": "1.0", "id": "a", "source": "s", "type": "t", "subject": "acme"}
         assert api.post_events([event]).status_code == 204
-        backend = api.client.app.state.ctx.backend  # type: ignore[attr-defined]
+        backend = api.client.app.state.system.backend  # type: ignore[attr-defined]
         assert keys(backend) == {"a"}
         api.clock.advance(3 * 3600)
         deadline = time.monotonic() + 20

@@ -79,7 +79,7 @@ def lenient(tmp_path: Path) -> Iterator[Api]:
 
 def hold_aggregator(api: Api) -> threading.Event:
     """Stall the aggregator's next batch until the returned event is set."""
-    backend = api.client.app.state.ctx.backend  # type: ignore[attr-defined]
+    backend = api.client.app.state.system.backend  # type: ignore[attr-defined]
     release = threading.Event()
     apply = backend.usage.apply
 

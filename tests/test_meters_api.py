@@ -71,7 +71,7 @@ def test_meter_created_later_backfills_from_ledger(api: Api) -> None:
     events.append(ev("no-value", "2026-03-01T10:00:00Z"))  # accepted now (no meter yet), skipped later
     assert api.post_events(events).status_code == 204
     assert api.create_meter(slug="h", eventType="gpu", aggregation="SUM", valueProperty="$.hours").status_code == 201
-    backend = api.client.app.state.ctx.backend  # type: ignore[attr-defined]
+    backend = api.client.app.state.system.backend  # type: ignore[attr-defined]
     for _ in range(500):
         if not backend.meters.pending_backfill():
             break

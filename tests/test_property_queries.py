@@ -236,7 +236,7 @@ def ingest(
 
 
 def _wait_backfill(api: Api) -> None:
-    backend = api.client.app.state.ctx.backend  # type: ignore[attr-defined]
+    backend = api.client.app.state.system.backend  # type: ignore[attr-defined]
     deadline = time.monotonic() + 20
     while backend.meters.pending_backfill() and time.monotonic() < deadline:
         time.sleep(0.01)

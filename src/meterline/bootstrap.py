@@ -39,6 +39,7 @@ from meterline.services.keys import KeyService
 from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
+from meterline.services.usage_queries import UsageQueries
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Catalog:
     portal: PortalService
     meters: MeterService
     values: EntitlementValueService
+    usage: UsageQueries
 
 
 def catalog(config: Config, clock: Clock, backend: EmbeddedBackend, wake: Callable[[], None]) -> Catalog:
@@ -77,6 +79,7 @@ def catalog(config: Config, clock: Clock, backend: EmbeddedBackend, wake: Callab
             backend.portal, clock, default_ttl=config.portal.token_ttl, max_ttl=config.portal.max_token_ttl
         ),
         meters=MeterService(backend.meters, SqliteMeterValues(backend.db), clock),
+        usage=UsageQueries(backend.meters, backend.meters),
         values=EntitlementValueService(
             entitlements,
             SqliteEntitlementUsage(backend.counters, backend.history),

@@ -190,7 +190,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     ctx = Context(
         config,
         clock,
-        backend,
+        backend.ledger,
         Authenticator(system.catalog.keys, config.auth.key_cache_seconds),
         metrics,
         Limits(
@@ -239,6 +239,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         exception_handlers={MeterlineError: on_meterline_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.ctx = ctx
+    app.state.system = system  # for operators' tools and tests: the wired store and loops
     app.state.health = health
     app.state.incidents = incidents
     app.state.retry_after = config.server.retry_after

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.api.auth import Authenticator
 from meterline.bootstrap import Catalog
 from meterline.config import Config
 from meterline.domain.clock import Clock
 from meterline.domain.events.decode import Limits
+from meterline.ports.ledger import Ledger
 from meterline.runtime.metrics import Metrics
 from meterline.services.billing import Billing
 from meterline.services.dispatch import Dispatcher
@@ -19,7 +19,7 @@ from meterline.services.dispatch import Dispatcher
 class Context:
     config: Config
     clock: Clock
-    backend: EmbeddedBackend
+    ledger: Ledger
     auth: Authenticator
     metrics: Metrics
     limits: Limits

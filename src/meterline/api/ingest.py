@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meterline.adapters.sqlite.ledger import EventFilter
 from meterline.api.completions import Completions
 from meterline.api.context import Context
 from meterline.api.http import json_response, parse_int, parse_time, receive_body
@@ -30,6 +29,7 @@ from meterline.domain.clock import rfc3339
 from meterline.domain.errors import MeterlineError, UnsupportedMediaType
 from meterline.domain.events.model import Candidate, Outcome, Status
 from meterline.domain.events.typed import decode_body
+from meterline.ports.ledger import EventFilter
 
 PATH = "/api/v1/events"
 SHAPES = {
@@ -78,7 +78,7 @@ class IngestEndpoint:
 
     async def append(self, ctx: Context, namespace: str, candidates: list[Candidate]) -> list[Outcome]:
         """The one call into the ledger: durable (per the fsync setting) once it returns."""
-        return await self._waiter().wait(ctx.backend.ledger.append(namespace, candidates))
+        return await self._waiter().wait(ctx.ledger.append(namespace, candidates))
 
     def _waiter(self) -> Completions:
         loop = asyncio.get_running_loop()
@@ -164,7 +164,7 @@ async def list_events(request: Request) -> Response:
         received_from_us=parse_time("ingestedAtFrom", q.get("ingestedAtFrom")),
         received_to_us=parse_time("ingestedAtTo", q.get("ingestedAtTo")),
     )
-    rows = ctx.backend.ledger.list(key.namespace, f, limit=parse_int("limit", q.get("limit"), 100, 1, 100))
+    rows = ctx.ledger.list(key.namespace, f, limit=parse_int("limit", q.get("limit"), 100, 1, 100))
     return json_response(
         [
             {"event": msgspec.Raw(r.raw), "ingestedAt": rfc3339(r.received_us), "storedAt": rfc3339(r.received_us)}

@@ -83,8 +83,8 @@ async def query_meter(request: Request) -> Response:
     accept, slug = request.headers.get("accept", ""), request.path_params["meter"]
 
     def work() -> Response:
-        meter = ctx.backend.meters.get(key.namespace, slug)
-        return render(accept, query, meter, ctx.backend.meters.query(meter, query))
+        meter, rows = ctx.catalog.usage.query(key.namespace, slug, query)
+        return render(accept, query, meter, rows)
 
     return await run_query(request, work)
 

@@ -90,8 +90,8 @@ async def portal_query(call: PortalCall) -> Response:
     def work() -> Response:
         customer = ctx.catalog.customers.owner(claims.namespace, claims.subject)
         subjects = customer.subjects if customer is not None else (claims.subject,)
-        meter = ctx.catalog.meters.get(claims.namespace, slug)
         own = dataclasses.replace(query, subjects=tuple(subjects), combine_subjects=True)
-        return render(accept, query, meter, ctx.backend.meters.query(meter, own))
+        meter, rows = ctx.catalog.usage.query(claims.namespace, slug, own)
+        return render(accept, query, meter, rows)
 
     return await run_query(request, work)

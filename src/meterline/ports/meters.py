@@ -6,6 +6,7 @@ import builtins
 from typing import Protocol
 
 from meterline.domain.meters.model import Meter, MeterSpec
+from meterline.domain.meters.query import MeterQuery, Row
 
 
 class MeterCatalog(Protocol):
@@ -21,4 +22,11 @@ class MeterCatalog(Protocol):
 
     def delete(self, namespace: str, id_or_slug: str) -> None:
         """Delete a live meter and its usage; ``NotFound`` ``meter_not_found``."""
+        ...
+
+
+class UsageReader(Protocol):
+    def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
+        """The meter's usage for ``query``. Waits first, bounded, as the request's freshness
+        asks (``runtime.freshness``): by default until the usage reflects the ledger as of now."""
         ...
