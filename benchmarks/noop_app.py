@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(None, {"storage": {"data_dir": args.data_dir}, "server": {"port": args.port}})
     app = create_app(config)
-    app.state.ctx.backend.ledger.append = append_nothing
+    app.state.ctx.ledger.append = append_nothing
     try:
         from meterline.cli.store_cmds import run_http
     except ImportError:  # a checkout older than run_http: the settings ``meterline serve`` used then
