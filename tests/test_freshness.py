@@ -4,6 +4,7 @@ receipt time) a usage answer reflects, read-your-writes by default, ``consistenc
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,3 +139,32 @@ def test_a_position_that_is_not_a_whole_number_is_refused(api: Api, bad: str) ->
     r = api.query("t", **{"Meterline-Min-Position": bad})
     assert r.status_code == 400, r.text
     assert r.json()["code"] == "invalid_position"
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[Api]:
+    yield from build_api(tmp_path, health={"max_aggregation_lag": 0.2, "check_interval": 0.05})
+
+
+def readyz_warnings(api: Api) -> list[str]:
+    r = api.client.get("/readyz")
+    assert r.status_code == 200, r.text  # a lagging aggregator warns; the node stays ready
+    return [w["check"] for w in r.json()["warnings"]]
+
+
+def test_an_aggregator_behind_for_longer_than_the_threshold_is_a_readiness_warning(watched: Api) -> None:
+    assert watched.create_meter(slug="t", eventType="prompt", aggregation="COUNT").status_code == 201
+    release = hold_aggregator(watched)
+    try:
+        assert watched.post_events([ev(1, 1)]).status_code == 204
+        deadline = time.monotonic() + 20
+        while "aggregation_lag" not in readyz_warnings(watched):
+            assert time.monotonic() < deadline, "no aggregation_lag warning while the aggregator was held"
+            time.sleep(0.05)
+    finally:
+        release.set()
+    assert [row["value"] for row in watched.query("t").json()["data"]] == [1]
+    deadline = time.monotonic() + 20
+    while "aggregation_lag" in readyz_warnings(watched):
+        assert time.monotonic() < deadline, "the warning did not clear once the aggregator caught up"
+        time.sleep(0.05)

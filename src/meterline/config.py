@@ -194,6 +194,9 @@ class HealthConfig(_Section):
     max_rollup_lag: int = Field(1_000_000, ge=0)
     """Ledger events not yet applied to a meter (``meterline_rollup_lag_events``) above which
     /readyz and the log warn METER-004."""
+    max_aggregation_lag: float = Field(30.0, gt=0)
+    """Seconds the aggregator has been behind the ledger head without catching up
+    (``meterline_aggregation_lag_seconds``) above which /readyz and the log warn METER-004."""
     check_interval: float = Field(5.0, gt=0)
     """Seconds between two checks of latency and lag (and between log lines about them)."""
 

@@ -205,7 +205,13 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     )
     dispatcher = system.dispatcher
     ctx.dispatcher = dispatcher
-    watch = HealthWatch(config.health, LatencyWindow(metrics.latency), backend.meters.pending_backfill, monitor)
+    watch = HealthWatch(
+        config.health,
+        LatencyWindow(metrics.latency),
+        backend.meters.pending_backfill,
+        monitor,
+        aggregator.lag_seconds,
+    )
     health = Health(
         lambda: backend.db.reader().execute("SELECT 1 FROM meta LIMIT 1").fetchone(),
         backend.db.writer,

@@ -12,7 +12,9 @@ of them in ``checks``) when
 It stays **200** ``ready`` and lists ``warnings`` when
 
 - METER-004: the 99th percentile of ingest latency over the last minute is above
-  ``health.max_ingest_latency``, or the rollup lag above ``health.max_rollup_lag``;
+  ``health.max_ingest_latency``, the rollup lag above ``health.max_rollup_lag`` (events), or
+  the aggregator has been behind the ledger for longer than ``health.max_aggregation_lag``
+  seconds without catching up;
 - METER-002: backpressure refused requests in the last minute.
 
 Warnings do not make a node unready: taking an overloaded node out of rotation only moves its
@@ -94,10 +96,18 @@ class LatencyWindow:
 class HealthWatch:
     """Evaluates latency, lag and the background loops every ``check_interval`` seconds."""
 
-    def __init__(self, config: HealthConfig, latency: LatencyWindow, lag: Callable[[], int], monitor: Monitor) -> None:
+    def __init__(
+        self,
+        config: HealthConfig,
+        latency: LatencyWindow,
+        lag: Callable[[], int],
+        monitor: Monitor,
+        lag_seconds: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         self._config = config
         self._latency = latency
         self._lag = lag
+        self._lag_seconds = lag_seconds
         self._monitor = monitor
         self.warnings: list[Finding] = []
         self._seen: set[str] = set()
@@ -122,6 +132,13 @@ class HealthWatch:
         if lag > cfg.max_rollup_lag:
             detail = f"rollup lag: {lag} ledger events not yet applied to a meter (threshold {cfg.max_rollup_lag})"
             found.append(Finding("rollup_lag", OpsCode.LAGGING, detail))
+        behind = self._lag_seconds()
+        if behind > cfg.max_aggregation_lag:
+            detail = (
+                f"aggregation lag: the aggregator has been behind the ledger for {behind:.1f} s without catching up"
+                f" (threshold {cfg.max_aggregation_lag:g} s)"
+            )
+            found.append(Finding("aggregation_lag", OpsCode.LAGGING, detail))
         self.warnings = found
         self._log_changes(found + loop_findings(self._monitor))
         return found
