@@ -16,6 +16,7 @@ import pytest
 from meterline.adapters.memory.customers import MemoryCustomers
 from meterline.adapters.memory.entitlements import MemoryEntitlements, MemoryFeatures, MemoryGrants
 from meterline.adapters.memory.keys import MemoryKeys
+from meterline.adapters.memory.ledger import MemoryLedger
 from meterline.adapters.memory.meters import MemoryMeters
 from meterline.adapters.memory.notifications import MemoryNotifications
 from meterline.adapters.memory.portal import MemoryPortal
@@ -26,6 +27,8 @@ from meterline.domain.clock import FixedClock
 
 T0_US = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 ADAPTERS = ["sqlite", "memory"]
+CAP = 1000
+"""The groupBy cardinality cap of every store here (the config default)."""
 
 
 @dataclass
@@ -42,25 +45,31 @@ class Stores:
     grants: Any
     notifications: Any
     portal: Any
+    ledger: Any
 
 
 def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
     clock = FixedClock(T0_US)
     if kind == "memory":
+        meters = MemoryMeters(clock.now_us)
         yield Stores(
             kind,
             clock,
             MemoryCustomers(clock.now_us),
             MemoryKeys(),
-            MemoryMeters(clock.now_us),
+            meters,
             MemoryFeatures(),
             MemoryEntitlements(),
             MemoryGrants(),
             MemoryNotifications(clock.now_us),
             MemoryPortal(),
+            MemoryLedger(clock.now_us, meters, cap=CAP),
         )
         return
-    config = load_config(None, {"storage": {"data_dir": tmp_path / "data", "fsync": "normal"}})
+    config = load_config(
+        None,
+        {"storage": {"data_dir": tmp_path / "data", "fsync": "normal"}, "ingest": {"max_group_cardinality": CAP}},
+    )
     backend = open_backend(config, clock)
     try:
         ents = backend.entitlements
@@ -75,6 +84,7 @@ def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
             ents.grants,
             backend.notifications,
             backend.portal,
+            backend.ledger,
         )
     finally:
         backend.close()
@@ -131,3 +141,10 @@ def notifications(stores: Stores) -> Any:
 def portal(stores: Stores) -> Any:
     """A PortalTokenStore."""
     return stores.portal
+
+
+@pytest.fixture
+def ledger(stores: Stores) -> Any:
+    """A Ledger that validates events against ``stores.meters``."""
+    return stores.ledger
+

@@ -29,8 +29,8 @@ import msgspec
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.events.model import Candidate, Event, Outcome, Reason, Rejection, Status
-from meterline.domain.meters.evaluate import CompiledMeter, Reading
-from meterline.domain.meters.fold import admit_groups
+from meterline.domain.meters.admission import admit_event
+from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.model import Meter, MeterSpec
 from meterline.ports.ledger import Appended
 from meterline.ports.stream import UsageListener
@@ -194,32 +194,12 @@ class Appender:
         return accepted, rejected
 
     def _check(self, ev: Event) -> Rejection | None:
-        """Whether every live meter can read the event (its value and group values, within
-        the cardinality cap). The readings themselves are the aggregator's."""
-        readings = []
-        for meter in self.state.meters.get((ev.namespace, ev.type), ()):
-            if not meter.applies(ev):
-                continue
-            reading = meter.read(ev)
-            if isinstance(reading, Rejection):
-                return reading
-            readings.append((meter, reading))
-        return self._check_cardinality(readings)
-
-    def _check_cardinality(self, readings: list[tuple[CompiledMeter, Reading]]) -> Rejection | None:
-        cap = self.state.settings.max_group_cardinality
-        admitted: list[tuple[int, str, str]] = []
-        for meter, reading in readings:
-            fresh = admit_groups(self.state.group_values, cap, meter, reading.groups)
-            if isinstance(fresh, str):
-                for key, dim, value in admitted:  # undo the other meters' admissions
-                    self.state.group_values[(key, dim)].discard(value)
-                return Rejection(
-                    Reason.GROUP_CARDINALITY,
-                    f"meter {meter.meter.slug!r}: groupBy {fresh!r} already has {cap} distinct values;"
-                    " this event would exceed the cap",
-                )
-            admitted.extend(fresh)
+        """Whether every live meter can read the event (``domain.meters.admission``); the
+        readings themselves are the aggregator's."""
+        meters = self.state.meters.get((ev.namespace, ev.type), ())
+        admitted = admit_event(meters, self.state.group_values, self.state.settings.max_group_cardinality, ev)
+        if isinstance(admitted, Rejection):
+            return admitted
         self.new_groups.extend(admitted)
         return None
 
