@@ -20,6 +20,7 @@ from meterline.adapters.memory.ledger import MemoryLedger
 from meterline.adapters.memory.meters import MemoryMeters
 from meterline.adapters.memory.notifications import MemoryNotifications
 from meterline.adapters.memory.portal import MemoryPortal
+from meterline.adapters.memory.usage import MemoryUsage
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.bootstrap import open_backend
 from meterline.config import load_config
@@ -46,6 +47,7 @@ class Stores:
     notifications: Any
     portal: Any
     ledger: Any
+    usage: Any
 
 
 def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
@@ -64,6 +66,7 @@ def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
             MemoryNotifications(clock.now_us),
             MemoryPortal(),
             MemoryLedger(clock.now_us, meters, cap=CAP),
+            MemoryUsage(meters.live, clock.now_us),
         )
         return
     config = load_config(
@@ -85,6 +88,7 @@ def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
             backend.notifications,
             backend.portal,
             backend.ledger,
+            backend.usage,
         )
     finally:
         backend.close()
@@ -148,3 +152,8 @@ def ledger(stores: Stores) -> Any:
     """A Ledger that validates events against ``stores.meters``."""
     return stores.ledger
 
+
+@pytest.fixture
+def usage(stores: Stores) -> Any:
+    """A UsageStore following ``stores.meters``, fed from ``stores.ledger``."""
+    return stores.usage

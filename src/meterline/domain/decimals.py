@@ -96,3 +96,9 @@ def stored(d: Decimal) -> int | str:
     if d == d.to_integral_value() and abs(d) < STORED_INT_LIMIT:
         return int(d)
     return canonical(d)
+
+
+def in_stored_form(d: Decimal) -> Decimal:
+    """``d`` as rollups hold it (:func:`stored`): equal, with no trailing zeros or exponent, so
+    a sum reads the same however many partial sums it was merged from."""
+    return Decimal(stored(d))

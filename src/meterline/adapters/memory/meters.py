@@ -39,6 +39,11 @@ class MemoryMeters:
         with self._lock:
             return [m for m in self._live.values() if m.namespace == namespace]
 
+    def live(self) -> builtins.list[Meter]:
+        """Every live meter of every namespace, by key (what the usage store follows)."""
+        with self._lock:
+            return [self._live[key] for key in sorted(self._live)]
+
     def delete(self, namespace: str, id_or_slug: str) -> None:
         meter = self.get(namespace, id_or_slug)
         with self._lock:

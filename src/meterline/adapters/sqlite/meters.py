@@ -21,8 +21,8 @@ from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_un
 from meterline.domain.errors import Conflict, NotFound
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.model import Aggregation, Meter, MeterSpec
-from meterline.domain.meters.query import SUBJECT, MeterQuery, Row, check_dimensions, merge, merge_unique
-from meterline.domain.meters.windows import bucket_size, floor, grid
+from meterline.domain.meters.query import SUBJECT, MeterQuery, Row, check_dimensions, merge, merge_unique, query_grid
+from meterline.domain.meters.windows import bucket_size
 
 _encode = msgspec.json.Encoder().encode
 _spec = msgspec.json.Decoder(MeterSpec)
@@ -116,19 +116,10 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
     its transaction after the pending deltas were flushed)."""
     dimensions = tuple(sorted(meter.spec.group_by))
     check_dimensions(query, dimensions)
-    start, end = query.start, query.end
-    if end is None:
-        now = now_us // 1_000_000
-        end = now - now % 60 + 60
-    if start is None:
-        first = first_bucket(conn, meter.key)
-        if first is None:
-            return []
-        start = floor(first, query.window_size, query.tz) if query.window_size else first
-    limits = query.limits
-    bounds = grid(start, end, query.window_size, query.tz, None if limits is None else limits.max_windows)
+    bounds = query_grid(query, now_us, lambda: first_bucket(conn, meter.key))
     if not bounds:
         return []
+    start, end, limits = bounds[0], bounds[-1], query.limits
     level = bucket_size(bounds)
     if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
         values = read_uniques(conn, meter.key, level, start, end, query.subjects)

@@ -100,7 +100,7 @@ class Fold:
                     if into is None:
                         states[key] = list(slot)
                     else:
-                        _merge(into, slot)
+                        merge_state(into, slot)
         return out
 
     def clear(self) -> None:
@@ -128,7 +128,8 @@ def _fold(slot: list[Any], value: Any, time_us: int, seq: int) -> None:
         slot[4] = (time_us, seq, value)
 
 
-def _merge(into: list[Any], slot: list[Any]) -> None:
+def merge_state(into: list[Any], slot: list[Any]) -> None:
+    """Merge one bucket state into another of the same aggregation (exact)."""
     into[0] += slot[0]
     if slot[1] is None:
         return

@@ -9,7 +9,7 @@ sequence), UNIQUE_COUNT counts distinct values over the whole window.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -18,10 +18,10 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from meterline.domain.bounded import BoundedCache
-from meterline.domain.decimals import add, average
+from meterline.domain.decimals import add, average, in_stored_form
 from meterline.domain.errors import InvalidInput
 from meterline.domain.meters.model import Aggregation
-from meterline.domain.meters.windows import WindowSize
+from meterline.domain.meters.windows import WindowSize, floor, grid
 
 SUBJECT = "subject"
 
@@ -91,6 +91,23 @@ class BucketState:
     low: Decimal | None
     high: Decimal | None
     latest: tuple[int, int, Decimal] | None
+
+
+def query_grid(query: MeterQuery, now_us: int, first_bucket: Callable[[], int | None]) -> tuple[int, ...]:
+    """The window boundaries a query covers (empty: nothing to answer). An open ``end`` is the
+    end of the current minute; an open ``start`` the window holding the meter's first stored
+    bucket (``first_bucket``: None when it has no data)."""
+    start, end = query.start, query.end
+    if end is None:
+        now = now_us // 1_000_000
+        end = now - now % 60 + 60
+    if start is None:
+        first = first_bucket()
+        if first is None:
+            return ()
+        start = floor(first, query.window_size, query.tz) if query.window_size else first
+    limits = query.limits
+    return grid(start, end, query.window_size, query.tz, None if limits is None else limits.max_windows)
 
 
 def check_dimensions(query: MeterQuery, dimensions: Sequence[str]) -> None:
@@ -194,9 +211,9 @@ def _final(aggregation: Aggregation, slot: list[Any]) -> Decimal:
     if aggregation is Aggregation.COUNT:
         return Decimal(count)
     if aggregation is Aggregation.SUM:
-        return total
+        return in_stored_form(total)
     if aggregation is Aggregation.AVG:
-        return average(total, count)
+        return average(in_stored_form(total), count)
     if aggregation is Aggregation.MIN:
         return low
     if aggregation is Aggregation.MAX:

@@ -1,0 +1,179 @@
+"""The UsageStore contract, driven by the real aggregator over the matching ledger: every
+aggregation answered exactly in every zone, window size, grouping and filter (late events in
+their true window), and a batch applied only together with the offset it was computed from."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from contract.conftest import ADAPTERS, CAP, T0_US, Stores, open_stores
+from contract.events import LIMITS
+from contract.usage_kit import END, NS, ZONES, Sent, answer, expected, history, queries, spec
+from meterline.domain.events.decode import decode_events, split_body
+from meterline.domain.events.model import Status
+from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.fold import Replay
+from meterline.domain.meters.model import Aggregation, MeterSpec
+from meterline.domain.meters.query import MeterQuery
+from meterline.domain.meters.windows import WindowSize
+from meterline.ports.usage import Batch
+from meterline.services.aggregation import Aggregator
+
+HISTORY = history()
+
+
+def send(stores: Stores, events: list[Sent]) -> None:
+    body = b"[" + b",".join(e.body() for e in events) + b"]"
+    found = decode_events(split_body(body, "batch", 10_000), NS, T0_US, LIMITS)
+    outcomes = stores.ledger.append(NS, found).result(10)
+    assert [o.status for o in outcomes] == [Status.ACCEPTED] * len(events)
+
+
+def drain(stores: Stores) -> None:
+    Aggregator(stores.ledger, stores.usage, cap=CAP, chunk=7).drain()  # small chunks: many batches
+
+
+def total(stores: Stores, slug: str) -> Decimal:
+    meter = stores.meters.get(NS, slug)
+    return sum((r.value for r in stores.usage.query(meter, MeterQuery(start=0, end=END))), Decimal(0))
+
+
+@pytest.mark.parametrize("aggregation", list(Aggregation))
+def test_every_aggregation_zone_window_and_grouping_is_exact(stores: Stores, aggregation: Aggregation) -> None:
+    meter = stores.meters.create(NS, spec(aggregation))
+    cut = 2 * len(HISTORY) // 3
+    send(stores, HISTORY[:cut])
+    drain(stores)
+    send(stores, HISTORY[cut:])  # many of these are older than events already aggregated
+    drain(stores)
+    assert stores.usage.snapshot().offset == len(HISTORY) == stores.ledger.position()
+    for tz in ZONES:
+        for query in queries(tz):
+            want = expected(aggregation, HISTORY, query)
+            assert answer(stores.usage.query(meter, query)) == want, (tz, query)
+
+
+def test_a_late_event_lands_in_its_true_window(stores: Stores) -> None:
+    meter = stores.meters.create(NS, spec(Aggregation.SUM))
+    on_time = HISTORY[10]
+    send(stores, [on_time])
+    drain(stores)
+    late = Sent(2, "c1", on_time.time_us - 40 * 86_400_000_000, Decimal("0.000000000000000001"), "eu", "u")
+    send(stores, [late])
+    drain(stores)
+    query = MeterQuery(end=END, window_size=WindowSize.DAY, tz=ZoneInfo("Asia/Kathmandu"), group_by=("subject",))
+    rows = stores.usage.query(meter, query)
+    assert answer(rows) == expected(Aggregation.SUM, [on_time, late], query)
+    assert rows[0].value == late.value and rows[0].window_start <= late.time_us // 1_000_000 < rows[0].window_end
+
+
+def test_both_adapters_answer_alike_to_the_digit(tmp_path: Path) -> None:
+    answers: dict[str, list[list[tuple[Any, ...]]]] = {}
+    for kind in ADAPTERS:
+        opened = open_stores(kind, tmp_path / kind)
+        stores = next(opened)
+        try:
+            meters = [stores.meters.create(NS, spec(a)) for a in Aggregation]
+            send(stores, HISTORY)
+            drain(stores)
+            answers[kind] = [
+                [(r.window_start, r.window_end, r.subject, r.group_by, str(r.value)) for r in stores.usage.query(m, q)]
+                for m in meters
+                for q in queries("Asia/Kathmandu")
+            ]
+        finally:
+            opened.close()
+    assert answers["memory"] == answers["sqlite"]
+
+
+def batch_of(stores: Stores, upto: int | None = None) -> Batch:
+    """What the aggregator would apply next, computed from a snapshot taken now."""
+    snap = stores.usage.snapshot()
+    compiled = [CompiledMeter(m) for m in snap.meters]
+    entries = stores.ledger.read(snap.offset, (upto or stores.ledger.position()) - snap.offset)
+    replay = Replay(CAP, snap.group_values, snap.subjects, keep=True)
+    replay.apply(compiled, entries)
+    return Batch(snap.offset, entries[-1].seq, frozenset(m.meter.key for m in compiled), replay)
+
+
+def test_a_batch_moves_the_offset_with_its_rollups(stores: Stores) -> None:
+    stores.meters.create(NS, spec(Aggregation.SUM))
+    send(stores, HISTORY[:5])
+    batch = batch_of(stores, upto=3)
+    assert stores.usage.apply(batch) is True
+    snap = stores.usage.snapshot()
+    assert snap.offset == 3
+    assert total(stores, "sum") == sum((e.value for e in HISTORY[:3]), Decimal(0))
+    key = snap.meters[0].key
+    assert snap.subjects[key] == {e.subject for e in HISTORY[:3]}
+    assert snap.group_values.get((key, "region"), set()) >= {e.region for e in HISTORY[:3] if e.region}
+
+
+def test_a_batch_from_a_stale_offset_is_refused_and_writes_nothing(stores: Stores) -> None:
+    stores.meters.create(NS, spec(Aggregation.SUM))
+    send(stores, HISTORY[:6])
+    stale = batch_of(stores, upto=6)
+    assert stores.usage.apply(batch_of(stores, upto=2)) is True
+    before = stores.usage.snapshot()
+    assert stores.usage.apply(stale) is False
+    after = stores.usage.snapshot()
+    assert (after.offset, after.subjects, after.group_values) == (2, before.subjects, before.group_values)
+    assert total(stores, "sum") == sum((e.value for e in HISTORY[:2]), Decimal(0))
+    drain(stores)
+    assert total(stores, "sum") == sum((e.value for e in HISTORY[:6]), Decimal(0))
+
+
+def test_a_batch_for_another_set_of_meters_is_refused_and_writes_nothing(stores: Stores) -> None:
+    stores.meters.create(NS, spec(Aggregation.SUM))
+    send(stores, HISTORY[:4])
+    computed = batch_of(stores)
+    stores.meters.create(NS, spec(Aggregation.COUNT))
+    assert stores.usage.apply(computed) is False
+    assert stores.usage.snapshot().offset == 0
+    assert total(stores, "sum") == 0
+    again = batch_of(stores)
+    stores.meters.delete(NS, "count")
+    assert stores.usage.apply(again) is False
+    assert total(stores, "sum") == 0
+    drain(stores)
+    assert total(stores, "sum") == sum((e.value for e in HISTORY[:4]), Decimal(0))
+
+
+def test_a_meter_created_later_covers_the_events_before_it(stores: Stores) -> None:
+    stores.meters.create(NS, spec(Aggregation.SUM))
+    send(stores, HISTORY[:30])
+    drain(stores)
+    stores.meters.create(NS, spec(Aggregation.MAX))
+    send(stores, HISTORY[30:40])
+    drain(stores)
+    assert stores.usage.snapshot().backfills == []
+    assert total(stores, "sum") == sum((e.value for e in HISTORY[:40]), Decimal(0))
+    rows = stores.usage.query(stores.meters.get(NS, "max"), MeterQuery(start=0, end=END))
+    assert [r.value for r in rows] == [max(e.value for e in HISTORY[:40])]
+
+
+def test_a_deleted_meter_loses_its_usage(stores: Stores) -> None:
+    meter = stores.meters.create(NS, spec(Aggregation.COUNT))
+    send(stores, HISTORY[:5])
+    drain(stores)
+    assert total(stores, "count") == 5
+    stores.meters.delete(NS, "count")
+    again = stores.meters.create(NS, spec(Aggregation.COUNT))
+    assert again.key != meter.key
+    assert stores.usage.query(meter, MeterQuery(start=0, end=END)) == []
+    drain(stores)
+    assert total(stores, "count") == 5  # the new meter replays the ledger once
+    assert stores.usage.snapshot().subjects.get(meter.key) is None
+
+
+def test_an_empty_meter_answers_no_rows(stores: Stores) -> None:
+    meter = stores.meters.create(NS, MeterSpec(slug="none", event_type="other", aggregation=Aggregation.COUNT))
+    send(stores, HISTORY[:3])
+    drain(stores)
+    assert stores.usage.query(meter, MeterQuery(end=END)) == []
+    assert stores.usage.query(meter, MeterQuery(start=0, end=END)) == []
