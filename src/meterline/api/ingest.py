@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meterline.api.completions import Completions
 from meterline.api.context import Context
+from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_int, parse_time, receive_body
 from meterline.api.problems import on_meterline_error, problem
 from meterline.domain.auth.keys import Scope as KeyScope
@@ -148,14 +149,13 @@ def _item(o: Outcome) -> dict[str, object]:
     return item
 
 
-async def list_events(request: Request) -> Response:
+@endpoint(KeyScope.READ)
+async def list_events(call: Call) -> Response:
     """OpenMeter's list: newest first, ``from`` defaults to 72 hours ago, ``limit`` 1-100."""
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, KeyScope.READ)
-    q = request.query_params
+    q = call.request.query_params
     start = parse_time("from", q.get("from"))
     if start is None:
-        start = ctx.clock.now_us() - 72 * 3600 * 1_000_000
+        start = call.ctx.clock.now_us() - 72 * 3600 * 1_000_000
     f = EventFilter(
         subject=q.get("subject"),
         event_id=q.get("id"),
@@ -164,7 +164,8 @@ async def list_events(request: Request) -> Response:
         received_from_us=parse_time("ingestedAtFrom", q.get("ingestedAtFrom")),
         received_to_us=parse_time("ingestedAtTo", q.get("ingestedAtTo")),
     )
-    rows = ctx.ledger.list(key.namespace, f, limit=parse_int("limit", q.get("limit"), 100, 1, 100))
+    limit = parse_int("limit", q.get("limit"), 100, 1, 100)
+    rows = await call.run(call.ctx.ledger.list, call.namespace, f, limit=limit)
     return json_response(
         [
             {"event": msgspec.Raw(r.raw), "ingestedAt": rfc3339(r.received_us), "storedAt": rfc3339(r.received_us)}

@@ -7,10 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
-from starlette.requests import Request
 from starlette.responses import Response
 
-from meterline.api.context import Context
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_body, json_response, typed_body
 from meterline.api.members import tree_problem
@@ -73,17 +71,17 @@ async def delete_meter(call: Call) -> Response:
     return Response(status_code=204)
 
 
-async def query_meter(request: Request) -> Response:
-    ctx: Context = request.app.state.ctx
-    key = ctx.auth.require(request, Scope.READ)
+@endpoint(Scope.READ)
+async def query_meter(call: Call) -> Response:
+    request, limits = call.request, limits_of(call.ctx.config)
     if request.method == "POST":
-        query = query_from_body(await typed_body(request, QueryBody, "query"), limits_of(ctx.config))
+        query = query_from_body(await typed_body(request, QueryBody, "query"), limits)
     else:
-        query = query_from_params(request.query_params.multi_items(), limits_of(ctx.config))
-    accept, slug = request.headers.get("accept", ""), request.path_params["meter"]
+        query = query_from_params(request.query_params.multi_items(), limits)
+    accept, slug = request.headers.get("accept", ""), call.path("meter")
 
     def work() -> Response:
-        meter, rows = ctx.catalog.usage.query(key.namespace, slug, query)
+        meter, rows = call.ctx.catalog.usage.query(call.namespace, slug, query)
         return render(accept, query, meter, rows)
 
     return await run_query(request, work)
