@@ -1,7 +1,9 @@
-"""One parametrised fixture per port: every test in this directory runs against each adapter.
+"""One fixture per port: every test in this directory runs against each adapter of the ports it uses.
 
-A new adapter joins by adding its name to ``ADAPTERS`` and a branch to :func:`open_stores`;
-nothing else is edited.
+``PORTS`` says which ports each kind of adapter implements; a test runs once per kind that has
+every port fixture it asks for (a test asking for ``stores`` alone needs every port). A new
+adapter joins by adding its kind to ``PORTS`` and a branch to :func:`open_stores`; nothing else
+is edited.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_server import fresh_schema, server
 
 from meterline.adapters.memory.customers import MemoryCustomers
 from meterline.adapters.memory.entitlements import MemoryEntitlements, MemoryFeatures, MemoryGrants
@@ -21,13 +24,18 @@ from meterline.adapters.memory.meters import MemoryMeters
 from meterline.adapters.memory.notifications import MemoryNotifications
 from meterline.adapters.memory.portal import MemoryPortal
 from meterline.adapters.memory.usage import MemoryUsage
+from meterline.adapters.postgres.catalog import PgCatalog
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.bootstrap import open_backend
 from meterline.config import load_config
 from meterline.domain.clock import FixedClock
 
 T0_US = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
-ADAPTERS = ["sqlite", "memory"]
+CATALOG = frozenset({"customers", "keys", "meters", "features", "entitlements", "grants", "notifications", "portal"})
+EVERY = CATALOG | {"ledger", "usage"}
+PORTS: dict[str, frozenset[str]] = {"sqlite": EVERY, "memory": EVERY, "postgres": CATALOG}
+ADAPTERS = [kind for kind, ports in PORTS.items() if ports == EVERY]
+"""The kinds with every port (the suites that open whole stores themselves)."""
 CAP = 1000
 """The groupBy cardinality cap of every store here (the config default)."""
 
@@ -50,8 +58,35 @@ class Stores:
     usage: Any
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames:
+        wanted = (set(metafunc.fixturenames) & EVERY) or EVERY
+        metafunc.parametrize("store_kind", [kind for kind, ports in PORTS.items() if wanted <= ports])
+
+
 def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
     clock = FixedClock(T0_US)
+    if kind == "postgres":
+        with fresh_schema(server()) as dsn:
+            pg = PgCatalog.open(dsn, clock.now_us, pool_size=2)
+            try:
+                yield Stores(
+                    kind,
+                    clock,
+                    pg.customers,
+                    pg.keys,
+                    pg.meters,
+                    pg.features,
+                    pg.entitlements,
+                    pg.grants,
+                    pg.notifications,
+                    pg.portal,
+                    None,
+                    None,
+                )
+            finally:
+                pg.close()
+        return
     if kind == "memory":
         meters = MemoryMeters(clock.now_us)
         yield Stores(
@@ -94,9 +129,9 @@ def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
         backend.close()
 
 
-@pytest.fixture(params=ADAPTERS)
-def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    yield from open_stores(request.param, tmp_path)
+@pytest.fixture
+def stores(store_kind: str, tmp_path: Path) -> Iterator[Stores]:
+    yield from open_stores(store_kind, tmp_path)
 
 
 @pytest.fixture

@@ -1,0 +1,37 @@
+"""The catalog repositories over one PostgreSQL database, opened together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meterline.adapters.postgres.customers import PgCustomers
+from meterline.adapters.postgres.database import PgDatabase
+from meterline.adapters.postgres.entitlements import PgEntitlements, PgFeatures, PgGrants
+from meterline.adapters.postgres.keys import PgKeys
+from meterline.adapters.postgres.meters import PgMeters
+from meterline.adapters.postgres.notifications import PgNotifications
+from meterline.adapters.postgres.portal import PgPortal
+
+
+class PgCatalog:
+    """Customers (also the namespace settings and an empty quarantine), keys, meters, features,
+    entitlements, grants, notifications (also the delivery store) and portal tokens."""
+
+    def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
+        self.db = db
+        self.customers = PgCustomers(db, now_us)
+        self.keys = PgKeys(db)
+        self.meters = PgMeters(db, now_us)
+        self.features = PgFeatures(db)
+        self.entitlements = PgEntitlements(db)
+        self.grants = PgGrants(db)
+        self.notifications = PgNotifications(db, now_us)
+        self.portal = PgPortal(db)
+
+    @classmethod
+    def open(cls, dsn: str, now_us: Callable[[], int], *, pool_size: int = 8) -> PgCatalog:
+        """Connect, migrate the schema, and build the repositories."""
+        return cls(PgDatabase(dsn, max_size=pool_size), now_us)
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,187 @@
+"""Customers, their subject keys and the unknown-subject policy, in PostgreSQL (the
+:mod:`meterline.ports.customers` repositories; the rules are in the customer service).
+
+Every write is one transaction: a customer and its subject claims commit together, and the
+unique key on ``customer_subjects (namespace, subject)`` keeps a subject with one customer even
+when two API nodes claim it at once. Scale mode keeps no quarantine here (its ledger is the log):
+``released`` is always 0.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+from ulid import ULID
+
+from meterline.adapters.postgres.database import Connection, PgDatabase, is_unique_violation, lock
+from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, upserted
+from meterline.domain.errors import Conflict, NotFound
+from meterline.ports.customers import Quarantined, Saved
+
+_COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us"
+
+
+class PgCustomers:
+    def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._now_us = now_us
+
+    def create(self, namespace: str, inp: CustomerInput) -> Saved:
+        with self._db.tx() as conn:
+            lock(conn, "customers", namespace)
+            return self._save(conn, namespace, inp, None)
+
+    def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
+        with self._db.tx() as conn:
+            lock(conn, "customers", namespace)
+            return self._save(conn, namespace, inp, _get(conn, namespace, key))
+
+    def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> builtins.list[Saved]:
+        with self._db.tx() as conn:
+            lock(conn, "customers", namespace)
+            return [self._upsert(conn, namespace, inp) for inp in inputs]
+
+    def _upsert(self, conn: Connection, namespace: str, inp: CustomerInput) -> Saved:
+        try:
+            existing = _get(conn, namespace, inp.key)
+        except NotFound:
+            return self._save(conn, namespace, inp, None)
+        return self._save(conn, namespace, upserted(existing, inp), existing)
+
+    def delete(self, namespace: str, key: str) -> None:
+        with self._db.tx() as conn:
+            lock(conn, "customers", namespace)
+            customer = _get(conn, namespace, key)
+            conn.execute("UPDATE customers SET deleted_us = %s WHERE id = %s", (self._now_us(), customer.id))
+            conn.execute("DELETE FROM customer_subjects WHERE customer = %s", (customer.id,))
+
+    def set_policy(self, namespace: str, policy: UnknownSubjects) -> None:
+        with self._db.tx() as conn:
+            conn.execute(
+                "INSERT INTO namespace_settings VALUES (%s, %s)"
+                " ON CONFLICT (namespace) DO UPDATE SET unknown_subjects = excluded.unknown_subjects",
+                (namespace, policy.value),
+            )
+
+    def _save(self, conn: Connection, namespace: str, inp: CustomerInput, old: Customer | None) -> Saved:
+        now = self._now_us()
+        subjects = inp.subjects()
+        _check_claims(conn, namespace, subjects, None if old is None else old.id)
+        meta = None if inp.metadata is None else msgspec.json.encode(inp.metadata)
+        if old is None:
+            cid, created = str(ULID()), now
+            if conn.execute(
+                "SELECT 1 FROM customers WHERE namespace = %s AND key = %s AND deleted_us IS NULL", (namespace, inp.key)
+            ).fetchone():
+                raise Conflict(f"customer {inp.key!r} already exists", code="customer_exists")
+            conn.execute(
+                "INSERT INTO customers (" + _COLUMNS + ") VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                (cid, namespace, inp.key, inp.name, inp.timezone, meta, now, now),
+            )
+        else:
+            cid, created = old.id, old.created_us
+            conn.execute(
+                "UPDATE customers SET name = %s, timezone = %s, metadata = %s, updated_us = %s WHERE id = %s",
+                (inp.name, inp.timezone, meta, now, cid),
+            )
+            conn.execute("DELETE FROM customer_subjects WHERE customer = %s", (cid,))
+        try:
+            with conn.transaction():  # a savepoint: the claim races another node's only here
+                with conn.cursor() as cur:
+                    cur.executemany(
+                        "INSERT INTO customer_subjects VALUES (%s,%s,%s)", [(namespace, s, cid) for s in subjects]
+                    )
+        except Exception as exc:
+            if is_unique_violation(exc):
+                raise Conflict("a subject was claimed by another customer", code="subject_claimed") from None
+            raise
+        customer = Customer(cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now)
+        return Saved(customer, 0, 0)
+
+    def get(self, namespace: str, key_or_id: str) -> Customer:
+        with self._db.tx() as conn:
+            return _get(conn, namespace, key_or_id)
+
+    def list(self, namespace: str) -> builtins.list[Customer]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                "SELECT " + _COLUMNS + " FROM customers WHERE namespace = %s AND deleted_us IS NULL ORDER BY key",
+                (namespace,),
+            ).fetchall()
+            return [_customer(conn, row) for row in rows]
+
+    def by_subject(self, namespace: str, subject: str) -> Customer | None:
+        with self._db.tx() as conn:
+            row = conn.execute(
+                "SELECT id, namespace, key, name, timezone, metadata, created_us, updated_us FROM customers WHERE id ="
+                " (SELECT customer FROM customer_subjects WHERE namespace = %s AND subject = %s)",
+                (namespace, subject),
+            ).fetchone()
+            return None if row is None else _customer(conn, row)
+
+    def policy(self, namespace: str) -> UnknownSubjects | None:
+        with self._db.tx() as conn:
+            row = conn.execute(
+                "SELECT unknown_subjects FROM namespace_settings WHERE namespace = %s", (namespace,)
+            ).fetchone()
+        return None if row is None else UnknownSubjects(row[0])
+
+    def quarantined(
+        self, namespace: str, subject: str | None, *, limit: int, after_id: int
+    ) -> builtins.list[Quarantined]:
+        """Nothing is ever held here (scale mode quarantines nothing)."""
+        return []
+
+    def load_all(self, namespace: str | None = None) -> builtins.list[Customer]:
+        """Every live customer (of ``namespace``, or of every one) with its subjects, in two queries."""
+        with self._db.tx() as conn:
+            subjects: dict[str, builtins.list[str]] = {}
+            claims = conn.execute(
+                "SELECT customer, subject FROM customer_subjects WHERE %(ns)s::text IS NULL OR namespace = %(ns)s"
+                " ORDER BY customer, subject",
+                {"ns": namespace},
+            )
+            for cid, subject in claims.fetchall():
+                subjects.setdefault(cid, []).append(subject)
+            rows = conn.execute(
+                "SELECT id, namespace, key, name, timezone, metadata, created_us, updated_us FROM customers"
+                " WHERE deleted_us IS NULL AND (%(ns)s::text IS NULL OR namespace = %(ns)s) ORDER BY namespace, key",
+                {"ns": namespace},
+            ).fetchall()
+        return [_build(row, tuple(subjects.get(row[0], ()))) for row in rows]
+
+
+def _check_claims(conn: Connection, namespace: str, subjects: Sequence[str], own: str | None) -> None:
+    rows = conn.execute(
+        "SELECT s.subject, c.key FROM customer_subjects s JOIN customers c ON c.id = s.customer"
+        " WHERE s.namespace = %s AND s.subject = ANY(%s) AND s.customer IS DISTINCT FROM %s ORDER BY s.subject",
+        (namespace, list(subjects), own),
+    ).fetchall()
+    if rows:
+        subject, owner = rows[0]
+        raise Conflict(f"subject {subject!r} already belongs to customer {owner!r}", code="subject_claimed")
+
+
+def _get(conn: Connection, namespace: str, key_or_id: str) -> Customer:
+    row = conn.execute(
+        "SELECT id, namespace, key, name, timezone, metadata, created_us, updated_us FROM customers"
+        " WHERE namespace = %s AND deleted_us IS NULL AND (key = %s OR id = %s)",
+        (namespace, key_or_id, key_or_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no customer {key_or_id!r}", code="customer_not_found")
+    return _customer(conn, row)
+
+
+def _customer(conn: Connection, row: tuple[Any, ...]) -> Customer:
+    subjects = conn.execute("SELECT subject FROM customer_subjects WHERE customer = %s ORDER BY subject", (row[0],))
+    return _build(row, tuple(s for (s,) in subjects.fetchall()))
+
+
+def _build(row: tuple[Any, ...], subjects: tuple[str, ...]) -> Customer:
+    cid, namespace, key, name, tz, meta, created, updated = row
+    metadata = None if meta is None else msgspec.json.decode(meta)
+    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated)

@@ -1,0 +1,75 @@
+"""The meter catalog in PostgreSQL: definitions by namespace (the usage they count is the
+UsageStore's). Each meter gets a database-wide ``key`` from a sequence, as in the embedded store."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from ulid import ULID
+
+from meterline.adapters.postgres.database import PgDatabase, is_unique_violation
+from meterline.domain.errors import Conflict, NotFound
+from meterline.domain.meters.model import Meter, MeterSpec
+
+_encode = msgspec.json.Encoder().encode
+_spec = msgspec.json.Decoder(MeterSpec)
+_SELECT = "SELECT key, id, namespace, spec, created_us FROM meters"
+
+
+class PgMeters:
+    def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._now_us = now_us
+
+    def create(self, namespace: str, spec: MeterSpec) -> Meter:
+        meter_id, now = str(ULID()), self._now_us()
+        try:
+            with self._db.tx() as conn:
+                row = conn.execute(
+                    "INSERT INTO meters (id, namespace, slug, spec, created_us) VALUES (%s,%s,%s,%s,%s) RETURNING key",
+                    (meter_id, namespace, spec.slug, _encode(spec), now),
+                ).fetchone()
+        except Exception as exc:
+            if is_unique_violation(exc):
+                raise Conflict(f"A meter with slug {spec.slug!r} already exists", code="meter_exists") from None
+            raise
+        assert row is not None
+        return Meter(row[0], meter_id, namespace, spec, now)
+
+    def get(self, namespace: str, id_or_slug: str) -> Meter:
+        with self._db.tx() as conn:
+            row = conn.execute(
+                _SELECT + " WHERE namespace = %s AND (slug = %s OR id = %s) AND deleted_us IS NULL",
+                (namespace, id_or_slug, id_or_slug),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+        return _meter(row)
+
+    def list(self, namespace: str) -> builtins.list[Meter]:
+        with self._db.tx() as conn:
+            rows = conn.execute(_SELECT + " WHERE namespace = %s AND deleted_us IS NULL ORDER BY key", (namespace,))
+            return [_meter(r) for r in rows.fetchall()]
+
+    def live(self) -> builtins.list[Meter]:
+        """Every live meter of every namespace, by key (what a usage store follows)."""
+        with self._db.tx() as conn:
+            return [_meter(r) for r in conn.execute(_SELECT + " WHERE deleted_us IS NULL ORDER BY key").fetchall()]
+
+    def delete(self, namespace: str, id_or_slug: str) -> None:
+        with self._db.tx() as conn:
+            row = conn.execute(
+                "UPDATE meters SET deleted_us = %s WHERE namespace = %s AND (slug = %s OR id = %s)"
+                " AND deleted_us IS NULL RETURNING key",
+                (self._now_us(), namespace, id_or_slug, id_or_slug),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+
+
+def _meter(row: tuple[Any, ...]) -> Meter:
+    key, id_, ns, spec, created = row
+    return Meter(key, id_, ns, _spec.decode(spec), created)

@@ -1,0 +1,137 @@
+"""The PostgreSQL schema, as numbered migrations applied in order at start.
+
+A migration, once released, never changes: a new schema change is a new number at the end.
+``migrate`` runs under a transaction-scoped advisory lock, so API nodes and workers starting
+together apply each migration exactly once; a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from meterline.domain.errors import ConfigError
+
+MIGRATION_LOCK = 0x6D657465726C696E  # "meterlin": the advisory lock migrations hold
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "catalog: customers, keys, meters, features, entitlements, grants, notifications, portal",
+        """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+CREATE TABLE customers (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, key TEXT NOT NULL,
+    name TEXT, timezone TEXT NOT NULL, metadata BYTEA,
+    created_us BIGINT NOT NULL, updated_us BIGINT NOT NULL, deleted_us BIGINT
+);
+CREATE UNIQUE INDEX customers_live_key ON customers (namespace, key) WHERE deleted_us IS NULL;
+CREATE TABLE customer_subjects (
+    namespace TEXT NOT NULL, subject TEXT NOT NULL, customer TEXT NOT NULL,
+    PRIMARY KEY (namespace, subject)
+);
+CREATE INDEX customer_subjects_by_customer ON customer_subjects (customer);
+CREATE TABLE namespace_settings (namespace TEXT PRIMARY KEY, unknown_subjects TEXT NOT NULL);
+
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, name TEXT NOT NULL, scopes TEXT NOT NULL,
+    hash BYTEA NOT NULL UNIQUE, prefix TEXT NOT NULL, created_us BIGINT NOT NULL, revoked_us BIGINT,
+    seq BIGSERIAL NOT NULL
+);
+
+CREATE TABLE meters (
+    key BIGSERIAL PRIMARY KEY, id TEXT NOT NULL UNIQUE, namespace TEXT NOT NULL, slug TEXT NOT NULL,
+    spec BYTEA NOT NULL, created_us BIGINT NOT NULL, deleted_us BIGINT
+);
+CREATE UNIQUE INDEX meters_live_slug ON meters (namespace, slug) WHERE deleted_us IS NULL;
+
+CREATE TABLE features (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, key TEXT NOT NULL, spec BYTEA NOT NULL,
+    created_us BIGINT NOT NULL, archived_us BIGINT
+);
+CREATE UNIQUE INDEX features_live_key ON features (namespace, key) WHERE archived_us IS NULL;
+CREATE TABLE entitlements (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, feature TEXT NOT NULL,
+    spec BYTEA NOT NULL, created_us BIGINT NOT NULL, deleted_us BIGINT
+);
+CREATE UNIQUE INDEX entitlements_live ON entitlements (namespace, customer, feature) WHERE deleted_us IS NULL;
+CREATE TABLE grants (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, entitlement TEXT NOT NULL, spec BYTEA NOT NULL,
+    created_us BIGINT NOT NULL, voided_us BIGINT
+);
+CREATE INDEX grants_by_entitlement ON grants (entitlement);
+
+CREATE TABLE notification_channels (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, spec BYTEA NOT NULL,
+    created_us BIGINT NOT NULL, updated_us BIGINT NOT NULL, deleted_us BIGINT
+);
+CREATE TABLE notification_rules (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, spec BYTEA NOT NULL,
+    created_us BIGINT NOT NULL, updated_us BIGINT NOT NULL, deleted_us BIGINT
+);
+-- Once per (rule, customer, feature, threshold, period), across retries and API nodes.
+CREATE TABLE notification_events (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, rule TEXT NOT NULL, customer TEXT NOT NULL,
+    feature TEXT NOT NULL, threshold TEXT NOT NULL, period_start BIGINT NOT NULL,
+    payload BYTEA NOT NULL, created_us BIGINT NOT NULL,
+    UNIQUE (rule, customer, feature, threshold, period_start)
+);
+CREATE INDEX notification_events_by_time ON notification_events (namespace, created_us);
+CREATE TABLE deliveries (
+    event TEXT NOT NULL, channel TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+    next_attempt_us BIGINT, last_error TEXT, last_status INTEGER, updated_us BIGINT NOT NULL,
+    PRIMARY KEY (event, channel)
+);
+CREATE INDEX deliveries_due ON deliveries (state, next_attempt_us);
+CREATE TABLE delivery_attempts (
+    seq BIGSERIAL PRIMARY KEY, event TEXT NOT NULL, channel TEXT NOT NULL, at_us BIGINT NOT NULL,
+    state TEXT NOT NULL, status_code INTEGER, error TEXT, duration_ms INTEGER
+);
+CREATE INDEX delivery_attempts_by_event ON delivery_attempts (event, channel, at_us);
+
+CREATE TABLE portal_tokens (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, subject TEXT NOT NULL, meters BYTEA,
+    created_us BIGINT NOT NULL, expires_us BIGINT NOT NULL, invalidated_us BIGINT
+);
+""",
+    ),
+    (
+        2,
+        "the shared dedupe store: one row per idempotency key, pending (a lease) or confirmed",
+        """
+-- confirmed: at_us is when; pending: at_us is when the lease lapses. The primary key is what
+-- lets exactly one claimant hold a key (ports.dedupe, docs/scale.md).
+CREATE TABLE dedupe_keys (
+    namespace TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL,
+    digest BYTEA NOT NULL, token UUID NOT NULL, confirmed BOOLEAN NOT NULL, at_us BIGINT NOT NULL,
+    PRIMARY KEY (namespace, source, id)
+);
+CREATE INDEX dedupe_keys_by_time ON dedupe_keys (at_us);
+""",
+    ),
+]
+
+
+def migrate(conn: psycopg.Connection[TupleRow]) -> list[int]:
+    """Apply, in the caller's transaction, every migration the database lacks; the numbers
+    applied. ``ConfigError`` when the database has a migration this code does not know."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+    known = {v for v, _, _ in MIGRATIONS}
+    if done - known:
+        raise ConfigError(
+            f"the PostgreSQL schema is at migration {max(done)}, newer than this version of meterline knows"
+            f" ({max(known)}): upgrade meterline"
+        )
+    applied = []
+    for version, name, sql in MIGRATIONS:
+        if version not in done:
+            conn.execute(sql.encode())
+            conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+            applied.append(version)
+    return applied

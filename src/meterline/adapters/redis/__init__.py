@@ -1,0 +1,1 @@
+"""Redis adapters (scale mode): the dedupe store variant measured against PostgreSQL's."""
