@@ -10,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from postgres_server import fresh_schema, server
 
 from meterline.adapters.memory.billing_stores import memory_billing
+from meterline.adapters.memory.billing_usage import MemoryPeriodUsage
 from meterline.adapters.memory.customers import MemoryCustomers
+from meterline.adapters.postgres.billing import billing_stores as pg_billing_stores
+from meterline.adapters.postgres.catalog import PgCatalog
 from meterline.bootstrap import open_backend
 from meterline.config import load_config
 from meterline.domain.clock import FixedClock
@@ -77,6 +81,15 @@ def open_kit(kind: str, tmp_path: Path, now_us: int = MARCH) -> Iterator[Kit]:
         customers = MemoryCustomers(clock.now_us)
         memory = memory_billing(customers)
         yield Kit(kind, clock, memory.stores, customers, _memory=memory)
+        return
+    if kind == "postgres":  # the billing stores alone: usage is the usage store's (ClickHouse)
+        with fresh_schema(server()) as dsn:
+            pg = PgCatalog.open(dsn, clock.now_us, pool_size=2)
+            try:
+                stores = pg_billing_stores(pg.db, pg.customers, pg.meters, MemoryPeriodUsage(), clock.now_us)
+                yield Kit(kind, clock, stores, pg.customers)
+            finally:
+                pg.close()
         return
     config = load_config(None, {"storage": {"data_dir": tmp_path / "data", "fsync": "normal"}})
     backend = open_backend(config, clock)

@@ -19,7 +19,7 @@ from meterline.domain.clock import from_us
 from meterline.domain.errors import Conflict, InvalidInput, NotFound
 from meterline.ports.billing_invoices import InvoiceTransaction
 
-ADAPTERS = ["sqlite", "memory"]
+ADAPTERS = ["sqlite", "memory", "postgres"]
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -300,3 +300,21 @@ def test_later_snapshots_of_a_window_supersede_earlier_ones(kit: Kit) -> None:
     kit.stores.invoices.void(NS, "INV-2", "wrong", MAY)  # the adjusting invoice: its snapshot is gone too
     assert kit.stores.invoices.billed(NS, {"c1"}, MARCH)["c1"][0].id == first.id
     assert kit.stores.invoices.billed(NS, {"c2"}, MARCH) == {}
+
+
+def test_postgres_refuses_to_change_or_delete_a_finalized_invoice(tmp_path: Path) -> None:
+    """Immutability is the database's too: not even SQL run beside meterline can rewrite one."""
+    import psycopg
+
+    opened = open_kit("postgres", tmp_path)
+    kit = next(opened)
+    try:
+        kit.stores.subscriptions.add(sub("s1", "c1", MARCH), lambda _: None)
+        number = finalize(kit, "c1", "s1", MARCH, APRIL)
+        db = kit.stores.invoices._db  # type: ignore[attr-defined]
+        for sql in ("UPDATE invoices SET body = 'x'", "DELETE FROM invoices", "TRUNCATE invoices CASCADE"):
+            with pytest.raises(psycopg.errors.IntegrityConstraintViolation), db.tx() as conn:
+                conn.execute(sql)
+        assert kit.stores.invoices.get(NS, number).body == kit.stores.invoices.list(NS)[0].body
+    finally:
+        opened.close()

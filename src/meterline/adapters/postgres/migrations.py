@@ -110,6 +110,65 @@ CREATE TABLE dedupe_keys (
 CREATE INDEX dedupe_keys_by_time ON dedupe_keys (at_us);
 """,
     ),
+    (
+        3,
+        "billing: plan versions, subscriptions, finalized invoices (immutable), voids, billed windows, credits",
+        """
+CREATE TABLE plan_versions (
+    namespace TEXT NOT NULL, plan TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
+    body BYTEA NOT NULL, created_us BIGINT NOT NULL, updated_us BIGINT NOT NULL,
+    PRIMARY KEY (namespace, plan, version)
+);
+-- billed_through_us: the end of the last finalized window (moves with the invoice).
+CREATE TABLE subscriptions (
+    id TEXT PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, body BYTEA NOT NULL,
+    start_us BIGINT NOT NULL, end_us BIGINT, billed_through_us BIGINT NOT NULL,
+    previous TEXT, created_us BIGINT NOT NULL
+);
+CREATE INDEX subscriptions_by_customer ON subscriptions (namespace, customer, start_us);
+-- Finalized invoices: `body` is the exact JSON document. The unique key (subscription, period,
+-- replaces) makes a billing run idempotent across nodes; numbers are gap-free per namespace
+-- because the counter row moves in the transaction of the insert.
+CREATE TABLE invoices (
+    id BIGSERIAL PRIMARY KEY, namespace TEXT NOT NULL, number TEXT NOT NULL, customer TEXT NOT NULL,
+    subscription TEXT NOT NULL, period_start_us BIGINT NOT NULL, period_end_us BIGINT NOT NULL,
+    replaces TEXT NOT NULL, issued_us BIGINT NOT NULL, body BYTEA NOT NULL,
+    UNIQUE (namespace, number), UNIQUE (subscription, period_start_us, replaces)
+);
+CREATE INDEX invoices_by_customer ON invoices (namespace, customer, period_start_us);
+CREATE FUNCTION invoices_never_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'finalized invoices never change' USING ERRCODE = 'integrity_constraint_violation';
+END $$;
+CREATE TRIGGER invoices_never_update BEFORE UPDATE OR DELETE ON invoices
+    FOR EACH ROW EXECUTE FUNCTION invoices_never_change();
+CREATE TRIGGER invoices_never_truncate BEFORE TRUNCATE ON invoices
+    FOR EACH STATEMENT EXECUTE FUNCTION invoices_never_change();
+CREATE TABLE invoice_numbers (namespace TEXT PRIMARY KEY, last BIGINT NOT NULL);
+CREATE TABLE invoice_voids (
+    invoice BIGINT PRIMARY KEY REFERENCES invoices (id), reason TEXT NOT NULL, voided_us BIGINT NOT NULL,
+    replaced_by TEXT
+);
+CREATE TABLE billed_windows (
+    id BIGSERIAL PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, subscription TEXT NOT NULL,
+    window_start_us BIGINT NOT NULL, window_end_us BIGINT NOT NULL, invoice BIGINT NOT NULL,
+    origin BIGINT NOT NULL, body BYTEA NOT NULL
+);
+CREATE INDEX billed_windows_by_customer ON billed_windows (namespace, customer, window_end_us);
+CREATE INDEX billed_windows_by_subscription ON billed_windows (subscription, window_start_us);
+CREATE TABLE credit_grants (
+    namespace TEXT NOT NULL, customer TEXT NOT NULL, key TEXT NOT NULL, body BYTEA NOT NULL,
+    created_us BIGINT NOT NULL, voided_us BIGINT,
+    PRIMARY KEY (namespace, customer, key)
+);
+-- Every burn (negative amount: given back by a void). Amounts are exact decimal text.
+CREATE TABLE credit_burns (
+    seq BIGSERIAL PRIMARY KEY, namespace TEXT NOT NULL, customer TEXT NOT NULL, grant_key TEXT NOT NULL,
+    invoice BIGINT NOT NULL, amount TEXT NOT NULL
+);
+CREATE INDEX credit_burns_by_customer ON credit_burns (namespace, customer);
+""",
+    ),
 ]
 
 
