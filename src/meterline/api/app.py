@@ -16,6 +16,7 @@ from meterline.api import (
     admin,
     billing,
     customers,
+    dashboard,
     entitlements,
     features,
     ingest,
@@ -235,7 +236,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         system.close()
 
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *dashboard.ROUTES],  # the browser pages under /ui: not part of the API document
         lifespan=lifespan,
         middleware=[
             Middleware(Backpressure, admission=admission, retry_after=config.server.retry_after),
@@ -249,6 +250,8 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     app.state.health = health
     app.state.incidents = incidents
     app.state.retry_after = config.server.retry_after
+    app.state.dashboard_sessions = dashboard.Sessions(ctx)
+    app.state.dashboard_sampler = dashboard.Sampler()
     return app
 
 

@@ -3,6 +3,8 @@ verify and invalidate."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -47,3 +49,9 @@ class PortalService:
         if token_id is None and subject is None:
             raise InvalidInput("send `id` or `subject`", code="invalid_invalidate_request")
         return self._store.invalidate(namespace, token_id, subject, self._clock.now_us())
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for ``purpose`` (e.g. signing dashboard sessions), derived from the stored
+        signing secret: stable across restarts and shared by every process of the store, and
+        never the portal-token key itself."""
+        return hmac.new(self._store.signing_secret(), purpose.encode(), hashlib.sha256).digest()
