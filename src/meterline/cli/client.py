@@ -27,6 +27,8 @@ from meterline.domain.errors import MeterlineError
 if TYPE_CHECKING:
     import httpx
 
+    from meterline.client import TLSOptions
+
 _encode = msgspec.json.Encoder(decimal_format="number").encode
 _decode = msgspec.json.Decoder(float_hook=Decimal).decode  # numbers stay exact
 
@@ -43,15 +45,16 @@ class RequestFailed(MeterlineError):
 class Api:
     """A client for one server: JSON in and out (bodies may be msgspec Structs), errors translated."""
 
-    def __init__(self, url: str, api_key: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, api_key: str | None, timeout: float = 60.0, tls: TLSOptions | None = None) -> None:
+        """``tls`` (CA bundle, client certificate) defaults to METERLINE_CA_FILE, METERLINE_CLIENT_CERT
+        and METERLINE_CLIENT_KEY; without an API key only a client certificate identifies the caller."""
         import httpx
 
         self.url = url.rstrip("/")
         self.timeout = timeout
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
-            self._http = httpx.Client(
-                base_url=self.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout
-            )
+            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, verify=_verify(tls))
         except httpx.InvalidURL:
             raise RequestFailed(f"{url!r} is not a server address like http://127.0.0.1:8888; {_URL_HINT}") from None
 
@@ -156,6 +159,33 @@ class Api:
             ) from None
 
 
+def tls_from_env() -> TLSOptions:
+    import os
+
+    from meterline.client import TLSOptions
+
+    env = os.environ.get
+    return TLSOptions(
+        env("METERLINE_CA_FILE") or None, env("METERLINE_CLIENT_CERT") or None, env("METERLINE_CLIENT_KEY") or None
+    )
+
+
+def _verify(tls: TLSOptions | None) -> Any:
+    """httpx's ``verify``: True (system CAs) unless a CA bundle or client certificate is set."""
+    from meterline.client.transport import ssl_context
+
+    tls = tls or tls_from_env()
+    if not (tls.ca_file or tls.cert_file):
+        return True
+    try:
+        return ssl_context(tls)
+    except (OSError, ValueError) as exc:
+        what = ", ".join(str(p) for p in (tls.ca_file, tls.cert_file, tls.key_file) if p)
+        raise RequestFailed(
+            f"cannot load the TLS files {what} ({_one_line(str(exc))}); check --ca-file, --client-cert and --client-key"
+        ) from None
+
+
 def answer_failure(response: httpx.Response) -> str:
     """One line for an answer of status 300 or more: the problem's detail and code when it is one."""
     status, what = response.status_code, _request_line(response)
@@ -209,8 +239,29 @@ def _root_cause(exc: BaseException) -> BaseException:
 # -- the options every server command takes -------------------------------------------------
 
 
+def tls_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ca-file``, ``--client-cert``, ``--client-key`` (also METERLINE_CA_FILE, _CLIENT_CERT, _CLIENT_KEY)."""
+    f = click.option("--client-key", envvar="METERLINE_CLIENT_KEY", metavar="FILE", help="PEM key of --client-cert")(f)
+    f = click.option(
+        "--client-cert", envvar="METERLINE_CLIENT_CERT", metavar="FILE", help="PEM client certificate for mTLS"
+    )(f)
+    return click.option(
+        "--ca-file",
+        envvar="METERLINE_CA_FILE",
+        metavar="FILE",
+        help="PEM CA bundle the server's certificate is checked with",
+    )(f)
+
+
+def tls_of(ca_file: str | None, client_cert: str | None, client_key: str | None) -> TLSOptions:
+    from meterline.client import TLSOptions
+
+    return TLSOptions(ca_file, client_cert, client_key)
+
+
 def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--url``, ``--api-key`` and ``--timeout`` (also from METERLINE_URL, _API_KEY, _TIMEOUT)."""
+    """``--url``, ``--api-key``, ``--timeout`` and the TLS options (also from METERLINE_URL, _API_KEY, _TIMEOUT)."""
+    f = tls_options(f)
     f = click.option(
         "--timeout",
         "timeout_s",
@@ -241,8 +292,16 @@ def with_api(f: Callable[..., Any] | None = None, /, *, timeout: float = 60.0) -
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(f)
-        def run(url: str, api_key: str, timeout_s: float | None, **kwargs: Any) -> Any:
-            with Api(url, api_key, timeout_s or timeout) as api:
+        def run(
+            url: str,
+            api_key: str,
+            timeout_s: float | None,
+            ca_file: str | None,
+            client_cert: str | None,
+            client_key: str | None,
+            **kwargs: Any,
+        ) -> Any:
+            with Api(url, api_key, timeout_s or timeout, tls_of(ca_file, client_cert, client_key)) as api:
                 return f(api, **kwargs)
 
         return server_options(run)

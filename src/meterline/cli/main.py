@@ -19,7 +19,15 @@ from typing import Any
 
 import click
 
-from meterline.cli import alert_cmds, billing_cmds, client_cmds, customer_cmds, entitlement_cmds, store_cmds
+from meterline.cli import (
+    alert_cmds,
+    billing_cmds,
+    client_cmds,
+    customer_cmds,
+    entitlement_cmds,
+    producer_cmds,
+    store_cmds,
+)
 from meterline.domain.errors import MeterlineError
 
 
@@ -59,6 +67,7 @@ for command in (
     *customer_cmds.COMMANDS,
     *entitlement_cmds.COMMANDS,
     *alert_cmds.COMMANDS,
+    *producer_cmds.COMMANDS,
 ):
     cli.add_command(command)
 
