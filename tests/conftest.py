@@ -13,6 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from stack import launch
+from stack.launch import Stack
 from starlette.testclient import TestClient
 
 from meterline.adapters.sqlite.database import DB_FILE
@@ -146,3 +148,16 @@ def server(tmp_path: Path) -> Iterator[Server]:
     s = start_server(tmp_path / "server-data")
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def scale_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The local scale stack (Kafka protocol, ClickHouse, PostgreSQL, Redis), started once per
+    test process on first use, as ``./run stack up`` starts it. Tests isolate themselves in it:
+    a ClickHouse database, a Kafka topic, a PostgreSQL schema or a Redis key prefix of their own."""
+    root = tmp_path_factory.mktemp("stack", numbered=True)
+    stack = launch.up(root / "engines")
+    try:
+        yield stack
+    finally:
+        launch.down(root / "engines")

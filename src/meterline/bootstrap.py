@@ -93,6 +93,7 @@ def catalog(config: Config, clock: Clock, backend: EmbeddedBackend, wake: Callab
 def open_keys(config: Config) -> Iterator[KeyService]:
     """The key service over the data directory alone (the CLI's ``keys`` commands; safe while a
     server runs on the same directory)."""
+    _embedded_only(config)
     db = Database(config.storage.data_dir, fsync=config.storage.fsync)
     try:
         yield KeyService(SqliteKeys(db), SystemClock())
@@ -155,6 +156,7 @@ def open_backend(
     """Open the embedded store alone (CLI commands that work on a data directory). With
     ``aggregate``, the ledger is aggregated up to its head first (as the server's aggregator
     would), so usage read from it is complete."""
+    _embedded_only(config)
     ingest_cfg = config.ingest
     settings = IngestSettings(
         dedupe_window_us=None if ingest_cfg.dedupe_window is None else _us(ingest_cfg.dedupe_window.total_seconds()),
@@ -294,6 +296,14 @@ def ensure_config_meters(config: Config, backend: EmbeddedBackend) -> None:
                 f"meter {spec.slug!r} in namespace {m.namespace!r} exists with a different definition;"
                 " delete it first (its rollups are rebuilt from the ledger when it is created again)"
             )
+
+
+def _embedded_only(config: Config) -> None:
+    if config.storage.engine != "embedded":
+        raise ConfigError(
+            f"storage.engine = {config.storage.engine!r}: API nodes on the scale engines are not available yet;"
+            " the scale adapters (ClickHouse usage store) are used by `meterline worker` and the tests (docs/scale.md)"
+        )
 
 
 def _us(seconds: float) -> int:

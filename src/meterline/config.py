@@ -79,6 +79,10 @@ class ServerConfig(_Section):
 
 
 class StorageConfig(_Section):
+    engine: Literal["embedded", "scale"] = "embedded"
+    """embedded: everything in one SQLite database under ``data_dir``. scale: the ledger on
+    Kafka (``[kafka]``), events and usage in ClickHouse (``[clickhouse]``), the catalog and
+    billing in PostgreSQL (``[postgres]``), counters and rate limits in Redis (``[redis]``)."""
     data_dir: Path = Path("./meterline-data")
     """Directory holding the embedded database."""
     fsync: Literal["full", "normal"] = "full"
@@ -270,6 +274,62 @@ class BillingConfig(_Section):
             raise ValueError(f"unknown locale {locale!r} (a CLDR locale such as en_US, de_DE or fr)") from None
 
 
+class KafkaConfig(_Section):
+    """The scale-mode ledger: a Kafka topic (any Kafka-protocol broker)."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list of brokers."""
+    topic: str = Field("meterline-events", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    """The events topic (created with ``partitions`` partitions when missing)."""
+    partitions: int = Field(8, ge=1, le=10_000)
+    """Partitions of a topic created here; events are keyed by namespace + customer, so a
+    customer's events stay in one partition, in order. Sink workers scale up to this number."""
+    replication_factor: int = Field(1, ge=1, le=16)
+    """Replicas of a topic created here (3 on a production cluster)."""
+    consumer_group: str = "meterline-workers"
+    """The sink workers' consumer group."""
+    session_timeout_ms: int = Field(10_000, ge=1000, le=300_000)
+    """Consumer-group session timeout: how soon a dead worker's partitions move to another."""
+    heartbeat_interval_ms: int = Field(1000, ge=100, le=60_000)
+    """Consumer-group heartbeat interval (well below ``session_timeout_ms``)."""
+    delivery_timeout: float = Field(30.0, gt=0, le=600)
+    """Seconds an ingest request waits for every event's delivery report (acks=all) before it
+    is answered 503 ``storage_unavailable``."""
+
+
+class ClickHouseConfig(_Section):
+    """The scale-mode event and usage store: ClickHouse over its HTTP interface."""
+
+    url: str = "http://127.0.0.1:8123"
+    """The HTTP interface (``http://`` or ``https://``, host and port)."""
+    database: str = Field("meterline", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    """The database holding the tables (created with them at start when missing)."""
+    user: str = "default"
+    password: str = ""
+    raw_retention: Duration | None = None
+    """How long raw events are kept (a TTL on the raw table); None keeps them forever. Rollups
+    are kept regardless."""
+    dedupe_window: int = Field(10_000, ge=100, le=10_000_000)
+    """Inserted blocks whose deduplication token every table remembers
+    (``non_replicated_deduplication_window``): a re-consumed batch within this many later
+    inserts is dropped, not counted again."""
+
+
+class PostgresConfig(_Section):
+    """The scale-mode catalog and billing store."""
+
+    dsn: str = "postgresql://127.0.0.1:5432/meterline"
+    """A libpq connection string or URL."""
+
+
+class RedisConfig(_Section):
+    """The scale-mode live counters and rate-limit windows."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "meterline:"
+    """Prefix of every key meterline writes (several deployments can share one Redis)."""
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -282,6 +342,10 @@ class Config(_Section):
     aggregation: AggregationConfig = AggregationConfig()
     log: LogConfig = LogConfig()
     billing: BillingConfig = BillingConfig()
+    kafka: KafkaConfig = KafkaConfig()
+    clickhouse: ClickHouseConfig = ClickHouseConfig()
+    postgres: PostgresConfig = PostgresConfig()
+    redis: RedisConfig = RedisConfig()
     meters: list[MeterConfig] = []
 
     @field_validator("meters")

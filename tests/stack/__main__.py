@@ -1,0 +1,5 @@
+import sys
+
+from stack.launch import main
+
+sys.exit(main())
