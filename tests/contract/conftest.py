@@ -1,13 +1,15 @@
 """One fixture per port: every test in this directory runs against each adapter of the ports it uses.
 
 ``PORTS`` says which ports each kind of adapter implements; a test runs once per kind that has
-every port fixture it asks for (a test asking for ``stores`` alone needs every port). A new
-adapter joins by adding its kind to ``PORTS`` and a branch to :func:`open_stores`; nothing else
-is edited.
+every port fixture it asks for (a test asking for ``stores`` alone needs every port, unless its
+module says which it uses: ``pytestmark = pytest.mark.ports("usage", ...)``). A new adapter joins
+by adding its kind to ``PORTS`` and a branch to :func:`open_stores`; nothing else is edited.
+Scale kinds (``SCALE``) run on the local stack, started once per test process (``scale_stack``).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,10 @@ from typing import Any
 
 import pytest
 from postgres_server import fresh_schema, server
+from stack.launch import Stack
 
+from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.usage import ClickHouseUsage
 from meterline.adapters.memory.customers import MemoryCustomers
 from meterline.adapters.memory.entitlements import MemoryEntitlements, MemoryFeatures, MemoryGrants
 from meterline.adapters.memory.keys import MemoryKeys
@@ -33,7 +38,14 @@ from meterline.domain.clock import FixedClock
 T0_US = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 CATALOG = frozenset({"customers", "keys", "meters", "features", "entitlements", "grants", "notifications", "portal"})
 EVERY = CATALOG | {"ledger", "usage"}
-PORTS: dict[str, frozenset[str]] = {"sqlite": EVERY, "memory": EVERY, "postgres": CATALOG}
+PORTS: dict[str, frozenset[str]] = {
+    "sqlite": EVERY,
+    "memory": EVERY,
+    "postgres": CATALOG,
+    "clickhouse": frozenset({"usage", "ledger", "meters"}),  # the usage store; meters and ledger in memory
+}
+SCALE = frozenset({"clickhouse"})
+"""The kinds that need the local stack."""
 ADAPTERS = [kind for kind, ports in PORTS.items() if ports == EVERY]
 """The kinds with every port (the suites that open whole stores themselves)."""
 CAP = 1000
@@ -58,14 +70,28 @@ class Stores:
     usage: Any
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ports(*names): the ports a test of whole stores uses")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "store_kind" in metafunc.fixturenames:
-        wanted = (set(metafunc.fixturenames) & EVERY) or EVERY
-        metafunc.parametrize("store_kind", [kind for kind, ports in PORTS.items() if wanted <= ports])
+        marker = metafunc.definition.get_closest_marker("ports")
+        wanted = set(marker.args) if marker else (set(metafunc.fixturenames) & EVERY) or EVERY
+        metafunc.parametrize("store_kind", kinds(wanted))
 
 
-def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
+def kinds(wanted: set[str]) -> list[str]:
+    """The kinds of adapter that implement every port in ``wanted``."""
+    return [kind for kind, ports in PORTS.items() if wanted <= ports]
+
+
+def open_stores(kind: str, tmp_path: Path, stack: Stack | None = None) -> Iterator[Stores]:
     clock = FixedClock(T0_US)
+    if kind == "clickhouse":
+        assert stack is not None, "the clickhouse adapters run on the local stack"
+        yield from _clickhouse_stores(clock, stack)
+        return
     if kind == "postgres":
         with fresh_schema(server()) as dsn:
             pg = PgCatalog.open(dsn, clock.now_us, pool_size=2)
@@ -88,21 +114,7 @@ def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
                 pg.close()
         return
     if kind == "memory":
-        meters = MemoryMeters(clock.now_us)
-        yield Stores(
-            kind,
-            clock,
-            MemoryCustomers(clock.now_us),
-            MemoryKeys(),
-            meters,
-            MemoryFeatures(),
-            MemoryEntitlements(),
-            MemoryGrants(),
-            MemoryNotifications(clock.now_us),
-            MemoryPortal(),
-            MemoryLedger(clock.now_us, meters, cap=CAP),
-            MemoryUsage(meters.live, clock.now_us),
-        )
+        yield memory_stores(clock)
         return
     config = load_config(
         None,
@@ -129,9 +141,41 @@ def open_stores(kind: str, tmp_path: Path) -> Iterator[Stores]:
         backend.close()
 
 
+def memory_stores(clock: FixedClock) -> Stores:
+    meters = MemoryMeters(clock.now_us)
+    return Stores(
+        "memory",
+        clock,
+        MemoryCustomers(clock.now_us),
+        MemoryKeys(),
+        meters,
+        MemoryFeatures(),
+        MemoryEntitlements(),
+        MemoryGrants(),
+        MemoryNotifications(clock.now_us),
+        MemoryPortal(),
+        MemoryLedger(clock.now_us, meters, cap=CAP),
+        MemoryUsage(meters.live, clock.now_us),
+    )
+
+
+def _clickhouse_stores(clock: FixedClock, stack: Stack) -> Iterator[Stores]:
+    """The ClickHouse usage store in a database of its own, over the memory meters and ledger."""
+    stores = memory_stores(clock)
+    conn = Connection(stack.clickhouse, f"contract_{uuid.uuid4().hex}")
+    try:
+        stores.kind = "clickhouse"
+        stores.usage = ClickHouseUsage(conn, stores.meters.live, clock.now_us)
+        yield stores
+    finally:
+        conn.command(f"DROP DATABASE IF EXISTS `{conn.database}`")
+        conn.close()
+
+
 @pytest.fixture
-def stores(store_kind: str, tmp_path: Path) -> Iterator[Stores]:
-    yield from open_stores(store_kind, tmp_path)
+def stores(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stores]:
+    stack = request.getfixturevalue("scale_stack") if store_kind in SCALE else None
+    yield from open_stores(store_kind, tmp_path, stack)
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from stack.launch import Stack
 
-from contract.conftest import ADAPTERS, CAP, T0_US, Stores, open_stores
+from contract.conftest import CAP, T0_US, Stores, kinds, open_stores
 from contract.events import LIMITS
 from contract.usage_kit import END, NS, ZONES, Sent, answer, expected, history, queries, spec
 from meterline.domain.events.decode import decode_events, split_body
@@ -25,6 +26,7 @@ from meterline.ports.usage import Batch
 from meterline.services.aggregation import Aggregator
 
 HISTORY = history()
+pytestmark = pytest.mark.ports("usage", "ledger", "meters")
 
 
 def send(stores: Stores, events: list[Sent]) -> None:
@@ -72,10 +74,10 @@ def test_a_late_event_lands_in_its_true_window(stores: Stores) -> None:
     assert rows[0].value == late.value and rows[0].window_start <= late.time_us // 1_000_000 < rows[0].window_end
 
 
-def test_both_adapters_answer_alike_to_the_digit(tmp_path: Path) -> None:
+def test_every_adapter_answers_alike_to_the_digit(tmp_path: Path, scale_stack: Stack) -> None:
     answers: dict[str, list[list[tuple[Any, ...]]]] = {}
-    for kind in ADAPTERS:
-        opened = open_stores(kind, tmp_path / kind)
+    for kind in kinds({"usage", "ledger", "meters"}):
+        opened = open_stores(kind, tmp_path / kind, scale_stack)
         stores = next(opened)
         try:
             meters = [stores.meters.create(NS, spec(a)) for a in Aggregation]
@@ -88,7 +90,8 @@ def test_both_adapters_answer_alike_to_the_digit(tmp_path: Path) -> None:
             ]
         finally:
             opened.close()
-    assert answers["memory"] == answers["sqlite"]
+    for kind in answers:
+        assert answers[kind] == answers["memory"], kind
 
 
 def batch_of(stores: Stores, upto: int | None = None) -> Batch:

@@ -5,6 +5,10 @@ or neither does, so a consumer that crashes re-reads from the stored offset and 
 ledger entry exactly once. A batch carries the offset it was computed from; when the stored
 offset (or the set of live meters) is no longer what it was computed against, ``apply``
 writes nothing and answers False, and the consumer computes it again.
+
+A store without transactions (ClickHouse) records a batch's range before writing it; after a
+crash it reports that range as ``pending_end`` and accepts only a batch ending exactly there,
+so the repeated writes are recognised and dropped.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ class Backfill:
     meter: int
     done: int
     to: int
+    pending_end: int | None = None
+    """Where the next batch of this backfill must end (a range left half-written), if anywhere."""
 
 
 @dataclass(slots=True)
@@ -38,6 +44,8 @@ class Snapshot:
     group_values: dict[tuple[int, str], set[str]] = field(default_factory=dict)
     subjects: dict[int, set[str]] = field(default_factory=dict)
     backfills: list[Backfill] = field(default_factory=list)
+    pending_end: int | None = None
+    """Where the next live batch must end (a range left half-written), if anywhere."""
 
 
 @dataclass(slots=True)

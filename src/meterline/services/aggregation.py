@@ -208,7 +208,8 @@ class Aggregator:
         """One chunk after the live offset; True when there may be more."""
         if snap.offset >= self._ledger.position():
             return False
-        entries = self._ledger.read(snap.offset, self._chunk)
+        limit = self._chunk if snap.pending_end is None else snap.pending_end - snap.offset
+        entries = self._ledger.read(snap.offset, limit)
         if not entries:
             return False
         replay = Replay(self._cap, snap.group_values, snap.subjects, keep=True)
@@ -217,7 +218,7 @@ class Aggregator:
         if not self._usage.apply(batch):
             self._refused()
             return True
-        snap.offset = batch.end
+        snap.offset, snap.pending_end = batch.end, None
         self.stats.batches += 1
         self.stats.events += len(entries)
         self.stats.applied_at = time.monotonic()
@@ -231,9 +232,12 @@ class Aggregator:
         if meter is None:
             self._refused()
             return True
-        limit = min(self._chunk, todo.to - todo.done)
-        entries = [e for e in self._ledger.read(todo.done, limit) if e.seq <= todo.to]
-        end = todo.to if len(entries) < limit else entries[-1].seq
+        if todo.pending_end is None:  # the next chunk
+            last, limit = todo.to, min(self._chunk, todo.to - todo.done)
+        else:  # exactly the range a crash left half-written
+            last, limit = todo.pending_end, todo.pending_end - todo.done
+        entries = [e for e in self._ledger.read(todo.done, limit) if e.seq <= last]
+        end = todo.pending_end or (last if len(entries) < limit else entries[-1].seq)
         replay = Replay(self._cap, snap.group_values, snap.subjects)
         replay.apply([meter], entries)
         if not self._usage.apply(Batch(todo.done, end, frozenset({todo.meter}), replay, backfill=todo.meter)):

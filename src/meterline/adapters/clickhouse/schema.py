@@ -1,0 +1,67 @@
+"""The ClickHouse tables of scale mode, created at start when missing.
+
+- ``events``: raw accepted events (MergeTree, partitioned by receive month, TTL =
+  ``clickhouse.raw_retention``), written by the sink workers;
+- ``usage_rollups``: per (meter, bucket size, subject, bucket, group) the exact states every
+  aggregation needs — count, sum, min, max and the latest (time, seq, value) — as
+  ``SimpleAggregateFunction`` columns of an AggregatingMergeTree, merged exactly in the
+  background and at query time (``Decimal256(38)``: 38 digits each side of the point);
+- ``usage_uniques``: UNIQUE_COUNT values per bucket (ReplacingMergeTree);
+- ``usage_dims``: the group values and subjects each meter has seen (the cardinality cap);
+- ``usage_progress``: per consumed stream (the live offset, a meter's backfill, a Kafka
+  partition) how far it is applied and the range being applied (ReplacingMergeTree by version).
+
+Every table written in batches keeps ``non_replicated_deduplication_window`` blocks' tokens.
+On a cluster each table becomes ``ReplicatedMergeTree``-family ``..._local`` tables on every
+shard behind ``Distributed`` tables sharded by ``cityHash64(meter, subject)`` (docs/scale.md);
+the statements below are the single-server variant.
+"""
+
+from __future__ import annotations
+
+from meterline.adapters.clickhouse.client import Connection
+
+DECIMAL = "Decimal256(38)"
+_KEY = [("meter", "UInt64"), ("level", "UInt32"), ("subject", "String"), ("bucket", "Int64"), ("group_key", "String")]
+ROLLUPS = [*_KEY, ("count", "UInt64"), ("total", DECIMAL), ("low", DECIMAL), ("high", DECIMAL),
+           ("latest", f"Tuple(Int64, UInt64, {DECIMAL})")]  # fmt: skip
+UNIQUES = [*_KEY, ("value", "String")]
+DIMS = [("meter", "UInt64"), ("dim", "String"), ("value", "String"), ("is_subject", "UInt8")]
+PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pending_end", "UInt64"),
+            ("pending_meters", "Array(UInt64)"), ("version", "UInt64")]  # fmt: skip
+
+
+def statements(window: int, retention_seconds: int | None) -> list[str]:
+    dedupe = f"SETTINGS non_replicated_deduplication_window = {window}"
+    ttl = "" if retention_seconds is None else f"TTL toDateTime(received) + INTERVAL {retention_seconds} SECOND"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS events (
+            namespace LowCardinality(String), source String, id String, type LowCardinality(String),
+            subject String, time DateTime64(6, 'UTC'), received DateTime64(6, 'UTC'), raw String,
+            stream LowCardinality(String), seq UInt64
+        ) ENGINE = MergeTree PARTITION BY toYYYYMM(received) ORDER BY (namespace, subject, time, seq)
+        {ttl} {dedupe}""",
+        f"""CREATE TABLE IF NOT EXISTS usage_rollups (
+            meter UInt64, level UInt32, subject String, bucket Int64, group_key String,
+            count SimpleAggregateFunction(sum, UInt64),
+            total SimpleAggregateFunction(sum, {DECIMAL}),
+            low SimpleAggregateFunction(min, {DECIMAL}),
+            high SimpleAggregateFunction(max, {DECIMAL}),
+            latest SimpleAggregateFunction(max, Tuple(Int64, UInt64, {DECIMAL}))
+        ) ENGINE = AggregatingMergeTree ORDER BY (meter, level, subject, bucket, group_key) {dedupe}""",
+        f"""CREATE TABLE IF NOT EXISTS usage_uniques (
+            meter UInt64, level UInt32, subject String, bucket Int64, group_key String, value String
+        ) ENGINE = ReplacingMergeTree ORDER BY (meter, level, subject, bucket, group_key, value) {dedupe}""",
+        f"""CREATE TABLE IF NOT EXISTS usage_dims (
+            meter UInt64, dim String, value String, is_subject UInt8
+        ) ENGINE = ReplacingMergeTree ORDER BY (meter, is_subject, dim, value) {dedupe}""",
+        """CREATE TABLE IF NOT EXISTS usage_progress (
+            stream String, done UInt64, to UInt64, pending_end UInt64, pending_meters Array(UInt64),
+            version UInt64
+        ) ENGINE = ReplacingMergeTree(version) ORDER BY stream""",
+    ]
+
+
+def create(conn: Connection, window: int, retention_seconds: int | None) -> None:
+    for sql in statements(window, retention_seconds):
+        conn.command(sql)
