@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
@@ -128,7 +129,7 @@ def browser_errors(page: Any) -> list[str]:
 
 
 def sign_in(page: Any, site: Site, key: str = "admin", target: str = "/ui/") -> None:
-    page.goto(f"{site.url}/ui/sign-in?next={target}")
+    page.goto(f"{site.url}/ui/sign-in?{urlencode({'next': target})}")
     page.fill("#key", site.keys[key])
     page.click("button[type=submit]")
     page.wait_for_load_state("networkidle")
@@ -145,8 +146,9 @@ def launch(p: Any) -> Any:
 
 
 def each_width(browser: Any, site: Site, path: str, name: str, shots: Path, key: str = "admin") -> list[str]:
-    """Open ``path`` signed in at desktop and phone width, screenshot both, and return the
-    browser errors seen."""
+    """Open ``path`` signed in at desktop and phone width (the page may not be wider than the
+    screen: wide tables scroll inside their cards), screenshot both, and return the browser
+    errors seen."""
     errors: list[str] = []
     for label, size in (("desktop", DESKTOP), ("phone", PHONE)):
         context = browser.new_context(viewport=size)
@@ -155,6 +157,8 @@ def each_width(browser: Any, site: Site, path: str, name: str, shots: Path, key:
             errors += browser_errors(page)
             sign_in(page, site, key, path)
             assert page.url.startswith(f"{site.url}{path.split('?')[0]}"), page.url
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= size["width"], f"{path} is {width} px wide at {label} width {size['width']}"
             page.screenshot(path=str(shots / f"{name}-{label}.png"), full_page=True)
         finally:
             context.close()

@@ -19,6 +19,7 @@ from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.adapters.sqlite.meter_values import SqliteMeterValues
 from meterline.adapters.sqlite.rebuild import RebuildReport, rebuild
+from meterline.adapters.sqlite.reconciliation import SqliteReconciliationCounts
 from meterline.adapters.sqlite.schema import connect, create_schema
 from meterline.config import BillingConfig, Config
 from meterline.domain.billing.records import RunSettings
@@ -26,6 +27,7 @@ from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.errors import ConfigError, NotFound
 from meterline.domain.meters.query import QueryLimits
+from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.runtime.background import Monitor
 from meterline.services.aggregation import Aggregator
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
@@ -130,6 +132,8 @@ class System:
     scanner: AnomalyScanner
     catalog: Catalog
     billing: Billing
+    counts: ReconciliationCounts | None = None
+    """What reconciliation counts in the store (the dashboard's reconciliation view)."""
     _started: list[object] = field(default_factory=list)
 
     def start(self) -> None:
@@ -243,7 +247,8 @@ def build(config: Config, clock: Clock | None = None) -> System:
     scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
     billing = billing_services(config, backend, clock, monitor)
     services = catalog(config, clock, backend, dispatcher.wake)
-    return System(config, clock, monitor, backend, agg, dispatcher, scanner, services, billing)
+    counts = SqliteReconciliationCounts(backend.db)
+    return System(config, clock, monitor, backend, agg, dispatcher, scanner, services, billing, counts)
 
 
 def run_settings(config: BillingConfig) -> RunSettings:

@@ -172,3 +172,19 @@ def test_list_is_newest_first_per_namespace_with_filters(stores: Stores) -> None
     got = ledger.list("other", EventFilter(), limit=10)
     assert [(e.seq, e.namespace, e.received_us) for e in got] == [(3, "other", T0_US + 10_000_000)]
     assert b'"id":"a-3"' in got[0].raw
+
+
+def test_list_filters_source_and_type_exactly_and_pages_by_sequence(stores: Stores) -> None:
+    ledger = stores.ledger
+    append(ledger, NS, T0_US, event("e1", source="web", type="click"), event("e2", source="webhooks", type="click"))
+    append(ledger, NS, T0_US, event("e3", source="web", type="view"), event("e4", source="web", type="click"))
+
+    def listed(**f: Any) -> list[int]:
+        return [e.seq for e in ledger.list(NS, EventFilter(**f), limit=100)]
+
+    assert listed(source="web") == [4, 3, 1]  # exact: not "webhooks"
+    assert listed(type="click") == [4, 2, 1]
+    assert listed(source="web", type="click") == [4, 1]
+    assert listed(before_seq=4) == [3, 2, 1]
+    assert listed(before_seq=2, source="web") == [1]
+    assert [e.seq for e in ledger.list(NS, EventFilter(before_seq=4), limit=2)] == [3, 2]

@@ -250,8 +250,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     app.state.health = health
     app.state.incidents = incidents
     app.state.retry_after = config.server.retry_after
-    app.state.dashboard_sessions = dashboard.Sessions(ctx)
-    app.state.dashboard_sampler = dashboard.Sampler()
+    app.state.dashboard = dashboard.Dashboard(ctx, system)
     return app
 
 

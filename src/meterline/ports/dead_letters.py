@@ -26,6 +26,8 @@ class DeadLetterFilter:
     source: str | None = None
     start_us: int | None = None
     end_us: int | None = None
+    ids: tuple[int, ...] = ()
+    """When not empty: only these dead letters."""
 
 
 class DeadLetterStore(Protocol):

@@ -47,6 +47,12 @@ class EventFilter:
     end_us: int | None = None
     received_from_us: int | None = None
     received_to_us: int | None = None
+    source: str | None = None
+    """Exact source."""
+    type: str | None = None
+    """Exact event type."""
+    before_seq: int | None = None
+    """Only entries with ``seq`` below this (the next page of a newest-first list)."""
 
 
 class Ledger(Protocol):

@@ -133,6 +133,10 @@ def _entry(seq: int, ev: Event, received_us: int) -> LedgerEntry:
 def _matches(f: EventFilter, e: LedgerEntry, event_id: str) -> bool:
     if (f.subject and f.subject not in e.subject) or (f.event_id and f.event_id not in event_id):
         return False
+    if (f.source and f.source != e.source) or (f.type and f.type != e.type):
+        return False
+    if f.before_seq is not None and e.seq >= f.before_seq:
+        return False
     for low, value, high in ((f.start_us, e.time_us, f.end_us), (f.received_from_us, e.received_us, f.received_to_us)):
         if (low is not None and value < low) or (high is not None and value > high):
             return False

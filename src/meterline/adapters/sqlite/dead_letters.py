@@ -48,4 +48,7 @@ def _where(namespace: str, f: DeadLetterFilter) -> tuple[str, list[object]]:
     if f.end_us is not None:
         where.append("received_us < ?")
         params.append(f.end_us)
+    if f.ids:
+        where.append(f"id IN ({','.join('?' * len(f.ids))})")
+        params.extend(f.ids)
     return " AND ".join(where), params

@@ -37,9 +37,17 @@ class SqliteLedger:
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
         """Newest first. ``subject`` and ``event_id`` match substrings, as OpenMeter's list does;
-        time bounds are inclusive."""
+        ``source`` and ``type`` match exactly; time bounds are inclusive. ``before_seq`` pages by
+        the primary key: a page reads from there down, never what came before it."""
         where: builtins.list[str] = ["namespace = ?"]
         params: builtins.list[object] = [namespace]
+        if f.before_seq is not None:
+            where.append("seq < ?")
+            params.append(f.before_seq)
+        for column, exact in (("source", f.source), ("type", f.type)):
+            if exact:
+                where.append(f"{column} = ?")
+                params.append(exact)
         for column, value in (("subject", f.subject), ("id", f.event_id)):
             if value:
                 where.append(f"instr({column}, ?) > 0")

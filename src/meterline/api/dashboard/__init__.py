@@ -12,11 +12,38 @@ from __future__ import annotations
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from meterline.api.dashboard import oncall, signin
+from meterline.api.context import Context
+from meterline.api.dashboard import customers, debug, executive, oncall, portal_page, reconciliation, signin
 from meterline.api.dashboard.oncall import Sampler
 from meterline.api.dashboard.session import Sessions
+from meterline.api.meter_query import limits_of
+from meterline.bootstrap import System
+from meterline.domain.errors import ConfigError
+from meterline.services.customer_report import CustomerReports
+from meterline.services.insights import Insights
+from meterline.services.reconciliation import Reconciliation
+from meterline.services.resubmit import Resubmission
 
-__all__ = ["ROUTES", "Sampler", "Sessions"]
+__all__ = ["ROUTES", "Dashboard"]
+
+
+class Dashboard:
+    """What the pages use, built once per app from the app's services."""
+
+    def __init__(self, ctx: Context, system: System) -> None:
+        c, b, limits = ctx.catalog, ctx.billing, limits_of(ctx.config)
+        if system.counts is None:
+            raise ConfigError("the store offers no reconciliation counts")
+        self.sessions = Sessions(ctx)
+        self.sampler = Sampler()
+        self.insights = Insights(c.meters, c.usage, c.customers, c.features, b.invoices, limits)
+        self.reports = CustomerReports(
+            c.customers, c.meters, c.usage, c.features, c.entitlements, c.values, c.notifications, b.invoices,
+            b.credits, limits,
+        )  # fmt: skip
+        self.resubmission = Resubmission(c.dead_letters, ctx.ledger, ctx.clock, ctx.limits)
+        self.reconciliation = Reconciliation(system.counts, ctx.ledger, self.insights, b.invoices)
+
 
 ROUTES: list[BaseRoute] = [
     Route("/", signin.to_dashboard, methods=["GET"]),
@@ -26,6 +53,16 @@ ROUTES: list[BaseRoute] = [
     Route("/ui/sign-in", signin.sign_in_form, methods=["GET"]),
     Route("/ui/sign-in", signin.sign_in, methods=["POST"]),
     Route("/ui/sign-out", signin.sign_out, methods=["POST"]),
+    Route("/ui/executive", executive.executive, methods=["GET"]),
     Route("/ui/oncall", oncall.oncall, methods=["GET"]),
+    Route("/ui/events", debug.events, methods=["GET"]),
+    Route("/ui/customers", customers.customers, methods=["GET"]),
+    Route("/ui/customers/{customer}", customers.customer, methods=["GET"]),
+    Route("/ui/dead-letters", debug.dead_letters, methods=["GET"]),
+    Route("/ui/dead-letters/resubmit", debug.resubmit, methods=["POST"]),
+    Route("/ui/quarantine", debug.quarantine, methods=["GET"]),
+    Route("/ui/quarantine/release", debug.release, methods=["POST"]),
+    Route("/ui/reconciliation", reconciliation.reconciliation, methods=["GET"]),
+    Route("/ui/portal", portal_page.portal, methods=["GET"]),
     Mount("/ui/static", app=StaticFiles(packages=[("meterline.api.dashboard", "static")]), name="dashboard-static"),
 ]

@@ -134,7 +134,7 @@ def _deliveries(v: View) -> dict[str, int]:
 
 @view(Scope.READ)
 async def oncall(v: View) -> Response:
-    sampler: Sampler = v.request.app.state.dashboard_sampler
+    sampler: Sampler = v.request.app.state.dashboard.sampler
     now, base, kept = sampler.take(v.ctx.metrics)
     diff, span, window_buckets = _delta(now, base)
     health: Health = v.request.app.state.health

@@ -56,6 +56,8 @@ def templates() -> Environment:
     env.filters["num"] = number
     env.filters["when"] = when
     env.filters["pct"] = percent
+    env.filters["period"] = period
+    env.filters["money"] = money
     env.globals["qs"] = lambda params: urlencode({k: v for k, v in params.items() if v not in (None, "")})
     return env
 
@@ -118,6 +120,13 @@ class Chart:
         )
 
 
+def filled(starts: Sequence[int], rows: Sequence[tuple[int, Decimal]]) -> list[Decimal | None]:
+    """Values on every window start of ``starts`` (None where ``rows`` has no window), so a chart's
+    time axis covers the whole range asked for."""
+    at = dict(rows)
+    return [at.get(s) for s in starts]
+
+
 @dataclass
 class View:
     """One signed-in page request."""
@@ -167,7 +176,7 @@ def page(template: str, status: int = 200, **values: Any) -> HTMLResponse:
 
 def dashboard_of(request: Request) -> tuple[Context, Sessions]:
     ctx: Context = request.app.state.ctx
-    sessions: Sessions = request.app.state.dashboard_sessions
+    sessions: Sessions = request.app.state.dashboard.sessions
     return ctx, sessions
 
 
@@ -272,6 +281,20 @@ def percent(value: Decimal | float | None) -> str:
     if value is None:
         return NONE
     return f"{Decimal(value) * 100:.1f} %"
+
+
+def period(start_s: int, tz: str = "UTC") -> str:
+    """A period by its first day in ``tz`` (periods start at local midnight)."""
+    return datetime.fromtimestamp(start_s, zone(tz)).strftime("%Y-%m-%d")
+
+
+def money(value: Decimal | None) -> str:
+    """An amount with at least two decimals (an exact amount is never rounded away)."""
+    if value is None:
+        return NONE
+    exponent = value.as_tuple().exponent
+    shown = value if isinstance(exponent, int) and exponent < -2 else value.quantize(Decimal("0.01"))
+    return f"{shown:,f}"
 
 
 def when(us: int | None, tz: str = "UTC") -> str:
