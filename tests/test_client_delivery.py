@@ -283,3 +283,34 @@ def test_the_client_needs_none_of_the_servers_libraries(meterline: Server, kind:
     )
     assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr
     assert _assert_exactly(meterline, 1, kind) == 1
+
+
+def test_the_middleware_meters_through_the_spool_and_a_replay_delivers_it(
+    tmp_path: Path, meterline: Server, kind: str
+) -> None:
+    from meterline.sdk import MeterlineWSGIMiddleware, MiddlewareConfig, SenderOptions
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    down = f"http://127.0.0.1:{free_port()}"
+    sender = SenderOptions(spool_dir=tmp_path / "spool", max_delay=0.01, backoff_max=0.2)
+    config = MiddlewareConfig(
+        url=down,
+        api_key=meterline.key,
+        customer=lambda e: "acme",
+        event_type=kind,
+        event_data=lambda e, status: {"i": 0},  # this test's sum meter reads data.i
+        sender=sender,
+    )
+    middleware = MeterlineWSGIMiddleware(app, config)
+    for _ in range(20):
+        body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/x"}, lambda status, headers, exc=None: None)
+        list(body)
+        body.close()  # type: ignore[attr-defined]
+    stats = middleware.close(timeout=0.1)
+    assert (stats.queued, stats.sent, stats.dropped) == (20, 0, 0)
+    report = replay(tmp_path / "spool", meterline.url, meterline.key)
+    assert report.stats is not None and report.stats.sent == 20
+    assert _total(meterline, f"{kind}_count") == 20

@@ -118,4 +118,5 @@ def test_close_is_bounded_while_meterline_is_down() -> None:
     assert time.perf_counter() - started < 10
     assert stats.sent == 0 and stats.retries >= 1
     assert not sender.submit(event(2))  # closed: counted as dropped
-    assert sender.stats.dropped == 1
+    reasons = sender.client.stats.dropped_by_reason  # the one left unsent at close is counted too
+    assert sender.stats.dropped == 2 and (reasons["closed_unsent"], reasons["closed"]) == (1, 1)

@@ -32,7 +32,7 @@ class MeterlineASGIMiddleware:
     def __init__(self, app: ASGIApp, config: MiddlewareConfig[Scope], *, sender: EventSender | None = None) -> None:
         self.app = app
         self._core = Enforcer(config, sender)
-        self._checks = AsyncCheckClient(config.url, config.api_key, config.check_timeout, self._core.cache)
+        self._checks = AsyncCheckClient(config.url, config.api_key, config.check_timeout, self._core.cache, config.tls)
 
     @property
     def stats(self) -> SenderStats:

@@ -14,6 +14,7 @@ sync one as httpx's per-phase timeout (connect, write, each read).
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ import anyio
 import httpx
 import msgspec
 
+from meterline.client import TLSOptions
+from meterline.client.transport import ssl_context
 from meterline.domain.clock import Clock
 from meterline.domain.decimals import EXACT
 from meterline.sdk.config import Feature
@@ -181,6 +184,13 @@ def _use(rooms: dict[str, Decimal], asked: dict[str, Decimal]) -> None:
         rooms[key] = EXACT.subtract(rooms[key], asked.get(key, _ZERO))
 
 
+def _verify(tls: TLSOptions | None) -> ssl.SSLContext | bool:
+    """The system's CAs unless a CA bundle or client certificate is configured."""
+    if tls is None or not (tls.ca_file or tls.cert_file):
+        return True
+    return ssl_context(tls)
+
+
 def _headers(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
 
@@ -188,8 +198,10 @@ def _headers(api_key: str) -> dict[str, str]:
 class CheckClient:
     """Blocking checks, for WSGI."""
 
-    def __init__(self, url: str, api_key: str, timeout: float, cache: CheckCache) -> None:
-        self._http = httpx.Client(base_url=url, headers=_headers(api_key), timeout=timeout)
+    def __init__(
+        self, url: str, api_key: str, timeout: float, cache: CheckCache, tls: TLSOptions | None = None
+    ) -> None:
+        self._http = httpx.Client(base_url=url, headers=_headers(api_key), timeout=timeout, verify=_verify(tls))
         self._cache = cache
 
     def check(self, customer: str, features: Sequence[Feature]) -> Outcome:
@@ -211,17 +223,22 @@ class CheckClient:
 class AsyncCheckClient:
     """Non-blocking checks, for ASGI. The httpx client is made in the serving event loop."""
 
-    def __init__(self, url: str, api_key: str, timeout: float, cache: CheckCache) -> None:
+    def __init__(
+        self, url: str, api_key: str, timeout: float, cache: CheckCache, tls: TLSOptions | None = None
+    ) -> None:
         self._url, self._api_key, self._timeout = url, api_key, timeout
         self._http: httpx.AsyncClient | None = None
         self._cache = cache
+        self._tls = tls
 
     async def check(self, customer: str, features: Sequence[Feature]) -> Outcome:
         cached = self._cache.get(customer, features)
         if cached is not None:
             return cached
         if self._http is None:
-            self._http = httpx.AsyncClient(base_url=self._url, headers=_headers(self._api_key), timeout=self._timeout)
+            self._http = httpx.AsyncClient(
+                base_url=self._url, headers=_headers(self._api_key), timeout=self._timeout, verify=_verify(self._tls)
+            )
         try:
             with anyio.fail_after(self._timeout):
                 response = await self._http.post(CHECK_PATH, content=request_body(customer, features))

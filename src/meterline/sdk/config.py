@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+from meterline.client import TLSOptions
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.errors import ConfigError
 
@@ -25,16 +27,25 @@ EventData = Callable[[R, int], Mapping[str, Any]]
 
 @dataclass(frozen=True)
 class SenderOptions:
-    """How usage events travel: a bounded queue, batches, retries."""
+    """How usage events travel (through the client SDK, ``meterline.client``): a bounded queue
+    or an on-disk spool, batches, retries."""
 
+    spool_dir: Path | str | None = None
+    """On-disk spool (see docs/client.md): every usage event is written there before the
+    response is finished and kept until meterline acknowledged it, so events survive a restart,
+    a crash and an outage. Each worker process takes its own slot of the directory. None: a
+    bounded memory queue (``max_queue``)."""
+    spool_fsync: Literal["always", "interval", "never"] = "interval"
+    """The spool's fsync policy (docs/client.md): ``interval`` syncs at most a second after a write."""
     max_queue: int = 10_000
-    """Events held in memory at most. When full, the newest event is dropped and counted."""
+    """Without a spool: events held in memory at most. When full, the newest event is dropped and counted."""
     max_batch: int = 100
     """Events per POST at most."""
     max_delay: float = 0.5
     """Seconds the first queued event waits for a batch to fill before it is sent anyway."""
     max_attempts: int = 10
-    """Tries per batch (connection errors, 5xx, 429) before it is counted as a failed batch."""
+    """Without a spool: tries per batch (connection errors, 5xx, 429) before it is counted as a
+    failed batch. With a spool, a batch is retried until delivered."""
     backoff_base: float = 0.1
     """First retry waits about this many seconds; each later one doubles, with jitter."""
     backoff_max: float = 10.0
@@ -84,11 +95,15 @@ class MiddlewareConfig(Generic[R]):
     meter: bool = True
     """Send a usage event per request that reached the app."""
     sender: SenderOptions = field(default_factory=SenderOptions)
+    tls: TLSOptions = field(default_factory=TLSOptions)
+    """CA bundle and client certificate for meterline (checks and usage events): docs/tls.md."""
     clock: Clock = field(default_factory=SystemClock)
     """Source of event times and cache expiry (tests inject a FixedClock)."""
 
     def __post_init__(self) -> None:
         problems = self.sender.validate()
+        if self.tls.key_file and not self.tls.cert_file:
+            problems.append("tls.key_file needs tls.cert_file")
         if not self.url.startswith(("http://", "https://")):
             problems.append(f"url {self.url!r} must start with http:// or https://")
         if self.fail not in ("open", "closed"):

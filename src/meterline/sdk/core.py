@@ -28,7 +28,7 @@ log = logging.getLogger("meterline.sdk")
 class Enforcer(Generic[R]):
     def __init__(self, config: MiddlewareConfig[R], sender: EventSender | None = None) -> None:
         self.config = config
-        self.sender = sender or EventSender(config.url, config.api_key, config.sender)
+        self.sender = sender or EventSender(config.url, config.api_key, config.sender, config.tls)
         self.limiter = RateLimiter(config.rate_limit, config.rate_limit_storage) if config.rate_limit else None
         self.cache = CheckCache(config.check_cache_ttl, config.clock)
 

@@ -33,7 +33,7 @@ class MeterlineWSGIMiddleware:
     def __init__(self, app: WSGIApp, config: MiddlewareConfig[Environ], *, sender: EventSender | None = None) -> None:
         self.app = app
         self._core = Enforcer(config, sender)
-        self._checks = CheckClient(config.url, config.api_key, config.check_timeout, self._core.cache)
+        self._checks = CheckClient(config.url, config.api_key, config.check_timeout, self._core.cache, config.tls)
         atexit.register(self._core.sender.close)
 
     @property
