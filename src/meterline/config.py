@@ -58,6 +58,58 @@ class ServerConfig(_Section):
     ingest body takes about 7 times its size in memory). At least ``max_body_bytes``."""
     retry_after: int = Field(1, ge=1, le=3600)
     """Seconds in the Retry-After header of every 503 answer (overloaded, storage unavailable)."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) the server presents. With it the server speaks HTTPS only
+    (TLS 1.2 at least, 1.3 preferred); plain HTTP is refused."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert`` (omit when ``tls_cert`` holds it too)."""
+    tls_client_ca: Path | None = None
+    """PEM bundle of the CA(s) whose client certificates are accepted (mTLS). A client
+    certificate that this CA did not sign, or that expired, fails the TLS handshake."""
+    tls_client_auth: Literal["required", "optional"] = "required"
+    """With ``tls_client_ca``: ``required`` refuses clients without a certificate; ``optional``
+    lets them in (to authenticate with an API key as usual)."""
+    tls_client_namespaces: dict[str, str] = {}
+    """Certificate subject (RFC 4514, as ``openssl x509 -noout -subject -nameopt RFC2253``
+    prints it, e.g. ``CN=billing,O=Example``) -> namespace. A client whose verified certificate
+    has such a subject may ingest events (``POST /api/v1/events``, nothing else) into that
+    namespace without an API key. Needs ``tls_client_ca``. In the environment: a JSON object."""
+
+    @field_validator("tls_client_namespaces", mode="before")
+    @classmethod
+    def _namespaces_json(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("must be a table (in the environment: a JSON object)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_usable(self) -> ServerConfig:
+        if self.tls_key and not self.tls_cert:
+            raise ValueError("tls_key needs tls_cert")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert: client certificates are checked only over TLS")
+        if self.tls_client_namespaces and not self.tls_client_ca:
+            raise ValueError(
+                "tls_client_namespaces needs tls_client_ca: only verified certificates may stand for a key"
+            )
+        bad = [ns for ns in self.tls_client_namespaces.values() if not is_namespace(ns)]
+        if bad:
+            raise ValueError(f"tls_client_namespaces: {bad[0]!r} is not a namespace ({NAMESPACE_RULE})")
+        if self.tls_cert:
+            import ssl
+
+            from meterline.runtime.tls import server_ssl_context
+
+            try:
+                server_ssl_context(self.tls_cert, self.tls_key, self.tls_client_ca, self.tls_client_auth)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"the TLS files cannot be used: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _budget_fits_a_body(self) -> ServerConfig:
@@ -367,6 +419,9 @@ _SHORTCUTS = {
     "METERLINE_PORT": ("server", "port"),
     "METERLINE_DATA_DIR": ("storage", "data_dir"),
     "METERLINE_FSYNC": ("storage", "fsync"),
+    "METERLINE_TLS_CERT": ("server", "tls_cert"),
+    "METERLINE_TLS_KEY": ("server", "tls_key"),
+    "METERLINE_TLS_CLIENT_CA": ("server", "tls_client_ca"),
 }
 
 

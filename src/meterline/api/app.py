@@ -192,7 +192,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         config,
         clock,
         backend.ledger,
-        Authenticator(system.catalog.keys, config.auth.key_cache_seconds),
+        Authenticator(system.catalog.keys, config.auth.key_cache_seconds, config.server.tls_client_namespaces),
         metrics,
         Limits(
             config.server.max_events_per_request,

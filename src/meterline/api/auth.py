@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
 
+from meterline.api.tls import certificate_key
 from meterline.domain.auth.keys import ApiKey, Scope
 from meterline.domain.errors import Forbidden, Unauthorized
 from meterline.services.keys import KeyService
@@ -15,10 +18,20 @@ class Authenticator:
     """Resolves ``Authorization: Bearer <key>``. Positive results are cached for
     ``ttl`` seconds, so a revoked key stops working within that time."""
 
-    def __init__(self, keys: KeyService, ttl: float) -> None:
+    def __init__(self, keys: KeyService, ttl: float, cert_namespaces: Mapping[str, str] | None = None) -> None:
         self._keys = keys
         self._ttl = ttl
         self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._cert_namespaces = dict(cert_namespaces or {})
+
+    def require_ingest(self, scope: Mapping[str, Any], header: str | None) -> ApiKey:
+        """The caller of an ingest request: its API key when it sent one (always checked), else a
+        verified client certificate whose subject ``server.tls_client_namespaces`` maps."""
+        if header is None and self._cert_namespaces:
+            key = certificate_key(scope, self._cert_namespaces)
+            if key is not None:
+                return key
+        return self.require_header(header, Scope.INGEST)
 
     def require(self, request: Request, scope: Scope) -> ApiKey:
         return self.require_header(request.headers.get("authorization"), scope)

@@ -58,7 +58,7 @@ class IngestEndpoint:
         ctx: Context = scope["app"].state.ctx
         started = time.perf_counter()
         head = _headers(scope)
-        key = ctx.auth.require_header(head.get("authorization"), KeyScope.INGEST)
+        key = ctx.auth.require_ingest(scope, head.get("authorization"))
         shape = SHAPES.get(head.get("content-type", "").split(";")[0].strip().lower())
         if shape is None:
             raise UnsupportedMediaType(

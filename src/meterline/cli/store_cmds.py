@@ -37,29 +37,61 @@ def _config(config_path: Path | None, data_dir: Path | None, **server: Any) -> C
 @config_options
 @click.option("--host", help="address to listen on (default 127.0.0.1)")
 @click.option("--port", type=int, help="port (default 8888)")
-def serve(config_path: Path | None, data_dir: Path | None, host: str | None, port: int | None) -> None:
+@click.option(
+    "--tls-cert", type=click.Path(path_type=Path), help="PEM certificate: serve HTTPS only (or METERLINE_TLS_CERT)"
+)
+@click.option("--tls-key", type=click.Path(path_type=Path), help="PEM key of --tls-cert (or METERLINE_TLS_KEY)")
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(path_type=Path),
+    help="PEM CA bundle: require client certificates it signed, mTLS (or METERLINE_TLS_CLIENT_CA)",
+)
+def serve(
+    config_path: Path | None,
+    data_dir: Path | None,
+    host: str | None,
+    port: int | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+) -> None:
     """Run the server in embedded mode (SQLite in the data directory)."""
     from meterline.api.app import create_app
     from meterline.cli.logs import setup_logging
 
-    config = _config(config_path, data_dir, host=host, port=port)
+    tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
+    config = _config(config_path, data_dir, host=host, port=port, **tls)
     setup_logging(config.log.level, config.log.format)
     bootstrap = _bootstrap_key(config)
     app = create_app(config)
-    where = f"http://{config.server.host}:{config.server.port}"
+    where = f"{'https' if config.server.tls_cert else 'http'}://{config.server.host}:{config.server.port}"
     click.echo(f"meterline listening on {where} (data in {config.storage.data_dir.resolve()})")
     if bootstrap:
         click.echo("A new admin API key was created. It is shown only this once; keep it:")
         click.echo(f"  {bootstrap}")
     click.echo("Authenticate with: Authorization: Bearer <key>   (more keys: meterline keys create --scope ingest)")
     sys.stdout.flush()
-    run_http(app, config.server.host, config.server.port)
+    run_http(app, config.server.host, config.server.port, config)
 
 
-def run_http(app: ASGIApp, host: str, port: int) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM (then finish the requests in flight, 5 s at most)."""
+def run_http(app: ASGIApp, host: str, port: int, config: Config | None = None) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM (then finish the requests in flight, 5 s at most).
+    With ``server.tls_cert`` in ``config``: HTTPS only, with the client-certificate facts in
+    each request's scope (``meterline.api.tls``)."""
     import uvicorn
 
+    tls: dict[str, Any] = {}
+    server = config.server if config is not None else None
+    if server is not None and server.tls_cert is not None:
+        from meterline.api.tls import TLSHttpToolsProtocol
+        from meterline.runtime.tls import server_ssl_context
+
+        cert, key, ca, auth = server.tls_cert, server.tls_key, server.tls_client_ca, server.tls_client_auth
+        tls = {
+            "ssl_certfile": str(cert),  # uvicorn serves TLS when a certificate is set; the context below is used
+            "ssl_context_factory": lambda _config, _default: server_ssl_context(cert, key, ca, auth),
+            "http": TLSHttpToolsProtocol,
+        }
     uvicorn.run(
         app,
         host=host,
@@ -67,7 +99,7 @@ def run_http(app: ASGIApp, host: str, port: int) -> None:
         log_config=None,
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        **{"http": "httptools", **tls},
         timeout_graceful_shutdown=5,
     )
 
