@@ -87,4 +87,132 @@ def replay_cmd(
         raise SystemExit(1)
 
 
-COMMANDS = [replay_cmd]
+def _sidecar_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--once", is_flag=True, help="one reading, send it, exit (for cron or a test)")(f)
+    f = click.option("--state", "state_path", help="state file (default: CONFIG with .state.json)")(f)
+    f = click.option(
+        "--spool-dir", help="on-disk spool for the events (survives restarts and outages); default: memory"
+    )(f)
+    f = click.option("--config", "config_path", required=True, metavar="FILE", help="the collector's TOML file")(f)
+    return producer_options(f)
+
+
+def _run_collector(
+    url: str,
+    api_key: str | None,
+    timeout_s: float | None,
+    tls_args: tuple[str | None, str | None, str | None],
+    spool_dir: str | None,
+    once: bool,
+    interval: float,
+    read: Callable[[Any], int],
+) -> None:
+    """Preflight, then ``read(client)`` at every multiple of ``interval`` until SIGTERM/SIGINT."""
+    import signal
+    import threading
+    import time
+
+    from meterline.client import Client, ClientOptions
+
+    tls = tls_of(*tls_args)
+    options = ClientOptions(source="meterline-collect", spool_dir=spool_dir, request_timeout=timeout_s or 60.0, tls=tls)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with Client(url, api_key, options) as client:
+        while True:
+            n = read(client)
+            click.echo(f"recorded {n} events", err=True)
+            if once:
+                client.flush(options.close_timeout + (timeout_s or 60.0))
+                break
+            if stop.wait(interval - time.time() % interval):
+                break
+    stats = client.stats
+    click.echo(f"sent {stats.sent}, pending {stats.pending}, dropped {stats.dropped}", err=True)
+
+
+@click.group()
+def collect() -> None:
+    """Collectors: turn infrastructure signals into usage events (run as a sidecar)."""
+
+
+@collect.command("prometheus")
+@_sidecar_options
+def collect_prometheus(
+    url: str,
+    api_key: str | None,
+    timeout_s: float | None,
+    ca_file: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+    config_path: str,
+    spool_dir: str | None,
+    state_path: str | None,
+    once: bool,
+) -> None:
+    """Scrape Prometheus/OpenMetrics endpoints: counter increases and gauge values become events."""
+    import httpx
+
+    from meterline.collectors.prometheus import collect_once, load_targets
+    from meterline.collectors.state import State
+
+    with Api(url, api_key, timeout_s or 60.0, tls_of(ca_file, client_cert, client_key)) as api:
+        preflight(api)
+    targets = _load(load_targets, config_path)
+    state = State(Path(state_path) if state_path else Path(config_path).with_suffix(".state.json"))
+    interval = min(t.interval for t in targets)
+    with httpx.Client(timeout=timeout_s or 10.0) as http:
+
+        def read(client: Any) -> int:
+            n = 0
+            for target in targets:
+                try:
+                    n += collect_once(target, http, client, state)
+                except httpx.HTTPError as exc:
+                    click.echo(f"warning: scraping {target.url} failed ({type(exc).__name__}); next time", err=True)
+            return n
+
+        _run_collector(url, api_key, timeout_s, (ca_file, client_cert, client_key), spool_dir, once, interval, read)
+
+
+@collect.command("host")
+@_sidecar_options
+def collect_host(
+    url: str,
+    api_key: str | None,
+    timeout_s: float | None,
+    ca_file: str | None,
+    client_cert: str | None,
+    client_key: str | None,
+    config_path: str,
+    spool_dir: str | None,
+    state_path: str | None,
+    once: bool,
+) -> None:
+    """Measure processes and cgroups: CPU-seconds, memory GB-seconds, disk and network bytes per customer."""
+    from meterline.collectors.host import collect_once, load_host_config
+    from meterline.collectors.state import State
+
+    with Api(url, api_key, timeout_s or 60.0, tls_of(ca_file, client_cert, client_key)) as api:
+        preflight(api)
+    config = _load(load_host_config, config_path)
+    state = State(Path(state_path) if state_path else Path(config_path).with_suffix(".state.json"))
+    tls_args = (ca_file, client_cert, client_key)
+    _run_collector(
+        url, api_key, timeout_s, tls_args, spool_dir, once, config.interval, lambda c: collect_once(config, c, state)
+    )
+
+
+def _load(loader: Callable[[Path], Any], path: str) -> Any:
+    from meterline.domain.errors import InvalidInput
+
+    try:
+        return loader(Path(path))
+    except FileNotFoundError:
+        raise InvalidInput(f"config file {path!r} does not exist") from None
+    except (ValueError, TypeError) as exc:  # TOML syntax, unknown or missing keys
+        raise InvalidInput(f"config file {path!r}: {exc}") from None
+
+
+COMMANDS = [replay_cmd, collect]
