@@ -11,6 +11,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.sink import ClickHouseSink
+from meterline.adapters.kafka.partitions import KafkaPartitions
+from meterline.adapters.memory.meters import MemoryMeters
 from meterline.adapters.sqlite.alerting import AnomalyScanner
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.database import DB_FILE, Database
@@ -41,6 +45,7 @@ from meterline.services.keys import KeyService
 from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
+from meterline.services.sink import SinkWorker
 from meterline.services.usage_queries import UsageQueries
 
 
@@ -301,6 +306,51 @@ def ensure_config_meters(config: Config, backend: EmbeddedBackend) -> None:
                 f"meter {spec.slug!r} in namespace {m.namespace!r} exists with a different definition;"
                 " delete it first (its rollups are rebuilt from the ledger when it is created again)"
             )
+
+
+@dataclass
+class Worker:
+    """A sink worker of scale mode and what it holds open."""
+
+    sink: SinkWorker
+    partitions: KafkaPartitions
+    conn: Connection
+
+    def close(self) -> None:
+        self.partitions.close()
+        self.conn.close()
+
+
+def open_worker(config: Config) -> Worker:
+    """A sink worker over the config's Kafka topic and ClickHouse database (``meterline worker``).
+    Its meters are the config file's ``[[meters]]`` until the scale catalog is wired."""
+    if config.storage.engine != "scale":
+        raise ConfigError('meterline worker runs in scale mode: set storage.engine = "scale" (docs/scale.md)')
+    meters = MemoryMeters(SystemClock().now_us)
+    for m in config.meters:
+        meters.create(m.namespace, m.spec())
+    ch, k = config.clickhouse, config.kafka
+    retention = None if ch.raw_retention is None else int(ch.raw_retention.total_seconds())
+    conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
+    try:
+        store = ClickHouseSink(conn, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention)
+        partitions = KafkaPartitions(
+            k.bootstrap_servers,
+            k.topic,
+            k.consumer_group,
+            lambda streams: {s: p.done for s, p in store.positions(streams).items()},
+            partitions=k.partitions,
+            replication=k.replication_factor,
+            session_timeout_ms=k.session_timeout_ms,
+            heartbeat_interval_ms=k.heartbeat_interval_ms,
+        )
+    except BaseException:
+        conn.close()
+        raise
+    sink = SinkWorker(
+        partitions, store, meters.live, cap=config.ingest.max_group_cardinality, max_entries=config.aggregation.chunk
+    )
+    return Worker(sink, partitions, conn)
 
 
 def _embedded_only(config: Config) -> None:

@@ -74,6 +74,30 @@ def serve(
     run_http(app, config.server.host, config.server.port, config)
 
 
+@click.command()
+@config_options
+def worker(config_path: Path | None, data_dir: Path | None) -> None:
+    """Run a sink worker (scale mode): consume the ledger topic's partitions into ClickHouse."""
+    import signal
+
+    from meterline.bootstrap import open_worker
+    from meterline.cli.logs import setup_logging
+
+    config = _config(config_path, data_dir)
+    setup_logging(config.log.level, config.log.format)
+    running = open_worker(config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: running.sink.stop())
+    click.echo(
+        f"meterline worker: topic {config.kafka.topic!r} into ClickHouse database {config.clickhouse.database!r}"
+    )
+    sys.stdout.flush()
+    try:
+        running.sink.run()
+    finally:
+        running.close()
+
+
 def run_http(app: ASGIApp, host: str, port: int, config: Config | None = None) -> None:
     """Serve ``app`` until SIGINT or SIGTERM (then finish the requests in flight, 5 s at most).
     With ``server.tls_cert`` in ``config``: HTTPS only, with the client-certificate facts in
@@ -189,4 +213,4 @@ def check_config(config_path: Path | None, data_dir: Path | None) -> None:
     click.echo(config.model_dump_json(indent=2))
 
 
-COMMANDS = [serve, keys, rebuild_cmd, check_config]
+COMMANDS = [serve, worker, keys, rebuild_cmd, check_config]

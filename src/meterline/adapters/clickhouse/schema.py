@@ -1,7 +1,8 @@
 """The ClickHouse tables of scale mode, created at start when missing.
 
 - ``events``: raw accepted events (MergeTree, partitioned by receive month, TTL =
-  ``clickhouse.raw_retention``), written by the sink workers;
+  ``clickhouse.raw_retention``; times in microseconds, the event id read from the raw
+  CloudEvent), written by the sink workers;
 - ``usage_rollups``: per (meter, bucket size, subject, bucket, group) the exact states every
   aggregation needs — count, sum, min, max and the latest (time, seq, value) — as
   ``SimpleAggregateFunction`` columns of an AggregatingMergeTree, merged exactly in the
@@ -26,6 +27,9 @@ _KEY = [("meter", "UInt64"), ("level", "UInt32"), ("subject", "String"), ("bucke
 ROLLUPS = [*_KEY, ("count", "UInt64"), ("total", DECIMAL), ("low", DECIMAL), ("high", DECIMAL),
            ("latest", f"Tuple(Int64, UInt64, {DECIMAL})")]  # fmt: skip
 UNIQUES = [*_KEY, ("value", "String")]
+EVENTS = [("namespace", "String"), ("source", "String"), ("type", "String"), ("subject", "String"),
+          ("time_us", "Int64"), ("received_us", "Int64"), ("raw", "String"), ("stream", "String"),
+          ("seq", "UInt64")]  # fmt: skip
 DIMS = [("meter", "UInt64"), ("dim", "String"), ("value", "String"), ("is_subject", "UInt8")]
 PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pending_end", "UInt64"),
             ("pending_meters", "Array(UInt64)"), ("version", "UInt64")]  # fmt: skip
@@ -33,13 +37,14 @@ PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pendin
 
 def statements(window: int, retention_seconds: int | None) -> list[str]:
     dedupe = f"SETTINGS non_replicated_deduplication_window = {window}"
-    ttl = "" if retention_seconds is None else f"TTL toDateTime(received) + INTERVAL {retention_seconds} SECOND"
+    received = "toDateTime(intDiv(received_us, 1000000))"
+    ttl = "" if retention_seconds is None else f"TTL {received} + INTERVAL {retention_seconds} SECOND"
     return [
         f"""CREATE TABLE IF NOT EXISTS events (
-            namespace LowCardinality(String), source String, id String, type LowCardinality(String),
-            subject String, time DateTime64(6, 'UTC'), received DateTime64(6, 'UTC'), raw String,
-            stream LowCardinality(String), seq UInt64
-        ) ENGINE = MergeTree PARTITION BY toYYYYMM(received) ORDER BY (namespace, subject, time, seq)
+            namespace LowCardinality(String), source String, type LowCardinality(String), subject String,
+            time_us Int64, received_us Int64, raw String, stream LowCardinality(String), seq UInt64,
+            id String MATERIALIZED JSONExtractString(raw, 'id')
+        ) ENGINE = MergeTree PARTITION BY toYYYYMM({received}) ORDER BY (namespace, subject, time_us, stream, seq)
         {ttl} {dedupe}""",
         f"""CREATE TABLE IF NOT EXISTS usage_rollups (
             meter UInt64, level UInt32, subject String, bucket Int64, group_key String,

@@ -45,7 +45,7 @@ from meterline.domain.meters.query import (
 from meterline.domain.meters.windows import bucket_size
 from meterline.ports.usage import Backfill, Batch, Snapshot
 
-__all__ = ["ClickHouseUsage", "rollup_rows"]
+__all__ = ["ClickHouseUsage", "read_dims", "rollup_rows", "write_usage"]
 
 LIVE = "live"
 _HOUR = 3600
@@ -79,15 +79,7 @@ class ClickHouseUsage:
         with self._lock:
             live, progress = self._sync()
             keys = sorted(live)
-            groups: dict[tuple[int, str], set[str]] = {}
-            subjects: dict[int, set[str]] = {}
-            if keys:
-                sql = "SELECT meter, dim, value, is_subject FROM usage_dims WHERE has({keys:Array(UInt64)}, meter)"
-                for meter, dim, value, is_subject in self._conn.rows(sql, {"keys": keys}):
-                    if is_subject:
-                        subjects.setdefault(meter, set()).add(value)
-                    else:
-                        groups.setdefault((meter, dim), set()).add(value)
+            groups, subjects = read_dims(self._conn, keys)
             head = progress.get(LIVE, Progress(LIVE))
             backfills = []
             for key in keys:
@@ -107,7 +99,7 @@ class ClickHouseUsage:
             if not p.pending:
                 meters = tuple(sorted(batch.meters))
                 p = self._progress.write(Progress(stream, batch.start, p.to, batch.end, meters, p.version))
-            self._write(batch.replay, set(p.pending_meters), p)
+            write_usage(self._conn, batch.replay, set(p.pending_meters), p)
             self._progress.write(Progress(stream, batch.end, p.to, 0, (), p.version))
             return True
 
@@ -153,23 +145,39 @@ class ClickHouseUsage:
             return batch.backfill in live and batch.end <= p.to
         return set(live) == batch.meters
 
-    def _write(self, replay: Replay, meters: set[int], p: Progress) -> None:
-        fold = replay.fold
-        self._conn.insert("usage_rollups", ROLLUPS, rollup_rows(fold.levels(), meters), p.token("rollups"))
-        uniques = sorted(u for u in fold.uniques if u[0] in meters)
-        self._conn.insert("usage_uniques", UNIQUES, uniques, p.token("uniques"))
-        dims = [(m, d, v, 0) for m, d, v in replay.new_groups if m in meters]
-        dims += [(m, "", s, 1) for m, s in replay.new_subjects if m in meters]
-        self._conn.insert("usage_dims", DIMS, sorted(set(dims)), p.token("dims"))
-        replay.new_groups.clear()
-        replay.new_subjects.clear()
-        fold.clear()
-
     def _first_bucket(self, table: str, key: int) -> int | None:
         rows = self._conn.rows(
             f"SELECT min(bucket), count() FROM {table} WHERE meter = {{m:UInt64}} AND level = {_HOUR}", {"m": key}
         )
         return int(rows[0][0]) if rows and rows[0][1] else None
+
+
+def write_usage(conn: Connection, replay: Replay, meters: set[int], p: Progress) -> None:
+    """Insert a replay's rollup states, UNIQUE_COUNT values and new group values / subjects of
+    ``meters`` under the tokens of the range ``p`` records (then clear the replay, as written)."""
+    fold = replay.fold
+    conn.insert("usage_rollups", ROLLUPS, rollup_rows(fold.levels(), meters), p.token("rollups"))
+    conn.insert("usage_uniques", UNIQUES, sorted(u for u in fold.uniques if u[0] in meters), p.token("uniques"))
+    dims = [(m, d, v, 0) for m, d, v in replay.new_groups if m in meters]
+    dims += [(m, "", s, 1) for m, s in replay.new_subjects if m in meters]
+    conn.insert("usage_dims", DIMS, sorted(set(dims)), p.token("dims"))
+    replay.new_groups.clear()
+    replay.new_subjects.clear()
+    fold.clear()
+
+
+def read_dims(conn: Connection, keys: Sequence[int]) -> tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]]:
+    """The group values (by meter and dimension) and subjects (by meter) ``keys`` have seen."""
+    groups: dict[tuple[int, str], set[str]] = {}
+    subjects: dict[int, set[str]] = {}
+    if keys:
+        sql = "SELECT meter, dim, value, is_subject FROM usage_dims WHERE has({keys:Array(UInt64)}, meter)"
+        for meter, dim, value, is_subject in conn.rows(sql, {"keys": sorted(keys)}):
+            if is_subject:
+                subjects.setdefault(meter, set()).add(value)
+            else:
+                groups.setdefault((meter, dim), set()).add(value)
+    return groups, subjects
 
 
 def rollup_rows(levels: dict[Aggregation, dict[Any, list[Any]]], meters: set[int]) -> list[list[Any]]:

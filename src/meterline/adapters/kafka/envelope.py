@@ -1,0 +1,49 @@
+"""One accepted event as a Kafka record: keyed by namespace and subject (a customer's events
+stay in one partition, in order), the value a msgpack envelope with the raw CloudEvent."""
+
+from __future__ import annotations
+
+import msgspec
+
+from meterline.domain.events.model import Event
+from meterline.domain.meters.fold import LedgerEntry
+
+
+class Record(msgspec.Struct, array_like=True, frozen=True):
+    namespace: str
+    source: str
+    id: str
+    type: str
+    subject: str
+    time_us: int
+    received_us: int
+    raw: bytes
+    token: str = ""
+    """The ack-time dedupe claim the event was written under (empty without a dedupe store)."""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def key(namespace: str, subject: str) -> bytes:
+    return f"{namespace}\x1f{subject}".encode()
+
+
+def encode(event: Event, received_us: int, token: str = "") -> bytes:
+    record = Record(
+        event.namespace, event.source, event.id, event.type, event.subject, event.time_us, received_us, event.raw, token
+    )
+    return _encoder.encode(record)
+
+
+def decode(value: bytes) -> Record:
+    return _decoder.decode(value)
+
+
+def entry(record: Record, offset: int) -> LedgerEntry:
+    """The ledger entry of the record at ``offset`` of its partition (``seq = offset + 1``)."""
+    return LedgerEntry(
+        offset + 1, record.namespace, record.source, record.type, record.subject, record.time_us, record.raw,
+        record.received_us,
+    )  # fmt: skip

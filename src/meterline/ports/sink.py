@@ -1,0 +1,66 @@
+"""What the sink workers of scale mode consume and write: a partitioned log, and a store that
+applies ranges of it exactly once.
+
+A *stream* is one partition of the log (``"<topic>:<partition>"``). Its entries carry
+``seq = offset + 1``, so a range ``(start, end]`` of seqs is the offsets ``start .. end - 1``,
+and a stream's position ``done`` is the next offset to read (Kafka's committed-offset meaning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from meterline.domain.meters.fold import LedgerEntry, Replay
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a stream stands in the sink store."""
+
+    done: int
+    """Every entry with ``seq <= done`` is applied (the next offset to read)."""
+    pending_end: int | None = None
+    """A range ``(done, pending_end]`` recorded and not finished (a writer died in it): the
+    next write of this stream must be exactly that range."""
+
+
+class PartitionLog(Protocol):
+    def poll(self, max_entries: int, timeout: float) -> dict[str, list[LedgerEntry]]:
+        """Entries read since the last poll from the assigned streams, per stream in order (at
+        most ``max_entries`` in all; empty after ``timeout`` seconds without any)."""
+        ...
+
+    def assigned(self) -> set[str]:
+        """The streams this consumer holds now (they move between workers on rebalances)."""
+        ...
+
+    def commit(self, stream: str, done: int) -> None:
+        """Tell the log the stream is applied up to ``done`` (for lag metrics and as a hint:
+        where a stream starts on assignment is the sink store's ``positions``)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+StartAt = Callable[[Sequence[str]], dict[str, int]]
+"""Given newly assigned streams, where to start reading each (the store's ``done``)."""
+
+
+class SinkStore(Protocol):
+    def positions(self, streams: Sequence[str]) -> dict[str, Position]:
+        """Each stream's position (``done = 0`` for a stream never written)."""
+        ...
+
+    def known(self, meters: Sequence[int]) -> tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]]:
+        """The group values (by meter and dimension) and subjects (by meter) the meters have seen."""
+        ...
+
+    def write(
+        self, stream: str, start: int, end: int, meters: frozenset[int], replay: Replay, entries: Sequence[LedgerEntry]
+    ) -> bool:
+        """Apply ``entries`` (the range ``(start, end]``), folded through ``meters`` into
+        ``replay``, exactly once: raw events and usage together with the new position. False,
+        writing nothing, when the stream is not at ``start`` or a recorded range ends elsewhere."""
+        ...

@@ -1,0 +1,142 @@
+"""The sink worker of scale mode (``meterline worker``): consumes log partitions and keeps the
+raw events and usage rollups of the sink store, exactly once.
+
+Each step:
+
+1. polls up to ``max_entries`` entries of the assigned partitions (a partition starts, when it
+   is assigned, at the position the *store* recorded — not at the log's committed offset);
+2. per partition, takes the entries after the stored position as one batch — or, when the
+   store recorded a range a dead writer left unfinished, exactly that range (waiting for its
+   last entry if need be), so the batch and its insert tokens are the same as before the crash;
+3. evaluates the live meters on them (``domain.meters.fold.Replay``: readings folded per bucket,
+   group values admitted under the cardinality cap);
+4. ``SinkStore.write`` records the range, inserts raw events and rollups under tokens derived
+   from it, then records the new position;
+5. commits the partition's offset to the log (for lag metrics; a crash before it only makes the
+   next consumer re-read entries the store skips).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.fold import LedgerEntry, Replay
+from meterline.domain.meters.model import Meter
+from meterline.ports.sink import PartitionLog, Position, SinkStore
+
+log = logging.getLogger("meterline.sink")
+
+
+@dataclass(slots=True)
+class SinkStats:
+    batches: int = 0
+    events: int = 0
+    refused: int = 0
+
+
+class SinkWorker:
+    def __init__(
+        self,
+        partitions: PartitionLog,
+        store: SinkStore,
+        meters: Callable[[], Sequence[Meter]],
+        *,
+        cap: int,
+        max_entries: int = 20_000,
+        poll_timeout: float = 0.2,
+    ) -> None:
+        self._log = partitions
+        self._store = store
+        self._meters = meters
+        self._cap = cap
+        self._max = max_entries
+        self._timeout = poll_timeout
+        self._carry: dict[str, list[LedgerEntry]] = {}
+        self._positions: dict[str, Position] = {}
+        self._compiled: dict[int, CompiledMeter] = {}
+        self._known: tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]] | None = None
+        self._stop = threading.Event()
+        self.stats = SinkStats()
+
+    def run(self, error_pause: float = 1.0) -> None:
+        """Step until :meth:`stop`. A failed step (a store or log error) is logged and retried
+        from the store's positions after ``error_pause`` seconds."""
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:
+                log.exception("sink step failed; retrying from the stored positions")
+                self._positions.clear()
+                self._known = None
+                self._stop.wait(error_pause)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def step(self) -> int:
+        """One poll and the batches it completes; how many entries were applied."""
+        for stream, entries in self._log.poll(self._max, self._timeout).items():
+            self._carry.setdefault(stream, []).extend(entries)
+        held = self._log.assigned()
+        for stream in [s for s in self._carry if s not in held]:  # revoked: its new owner goes on
+            del self._carry[stream]
+            self._positions.pop(stream, None)
+        return sum(self._flush(stream) for stream in list(self._carry))
+
+    def _flush(self, stream: str) -> int:
+        position = self._position(stream)
+        entries = [e for e in self._carry[stream] if e.seq > position.done]
+        if position.pending_end is not None:
+            batch = [e for e in entries if e.seq <= position.pending_end]
+            if not batch or batch[-1].seq < position.pending_end:
+                self._carry[stream] = entries
+                return 0  # the recorded range is not all read yet
+        else:
+            batch = entries
+        if not batch:
+            self._carry[stream] = entries
+            return 0
+        end = position.pending_end or batch[-1].seq
+        compiled = self._live()
+        groups, subjects = self._known_dims(compiled)
+        replay = Replay(self._cap, groups, subjects)
+        replay.apply(compiled, batch)
+        if not self._store.write(stream, position.done, end, frozenset(m.meter.key for m in compiled), replay, batch):
+            self.stats.refused += 1
+            self._positions.pop(stream, None)
+            self._known = None
+            return 0
+        self._carry[stream] = entries[len(batch) :]
+        self._positions[stream] = Position(end)
+        self._log.commit(stream, end)
+        self.stats.batches += 1
+        self.stats.events += len(batch)
+        return len(batch)
+
+    def _position(self, stream: str) -> Position:
+        position = self._positions.get(stream)
+        if position is None:
+            position = self._positions[stream] = self._store.positions([stream])[stream]
+        return position
+
+    def _live(self) -> list[CompiledMeter]:
+        live = {m.key: m for m in self._meters()}
+        for key in self._compiled.keys() - live.keys():
+            del self._compiled[key]
+            self._known = None
+        for key, meter in live.items():
+            if key not in self._compiled:
+                self._compiled[key] = CompiledMeter(meter)
+                self._known = None
+        return list(self._compiled.values())
+
+    def _known_dims(self, compiled: list[CompiledMeter]) -> tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]]:
+        """The meters' seen group values and subjects: read once, then kept current by the
+        batches' replays (which add to these very sets)."""
+        if self._known is None:
+            self._known = self._store.known([m.meter.key for m in compiled])
+        return self._known

@@ -1,0 +1,151 @@
+"""Sink workers on the local stack: events written through the Kafka ledger (a 2xx only after
+every delivery report) are counted exactly once in ClickHouse, also when a worker is killed
+with SIGKILL mid-load and its partitions are taken over by another worker, and when the killed
+one comes back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import msgspec
+import pytest
+from contract.events import LIMITS
+from stack.launch import Stack
+
+from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.usage import ClickHouseUsage
+from meterline.adapters.kafka.ledger import KafkaLedger, ensure_topic
+from meterline.adapters.memory.meters import MemoryMeters
+from meterline.config import load_config
+from meterline.domain.errors import StorageUnavailable
+from meterline.domain.events.decode import decode_events, split_body
+from meterline.domain.events.model import Status
+from meterline.domain.meters.query import MeterQuery
+
+NS = "default"
+T0 = 1_772_366_400  # 2026-03-01T12:00:00Z
+PARTITIONS = 4
+
+
+@pytest.fixture
+def scale_config(scale_stack: Stack, tmp_path: Path) -> Iterator[Path]:
+    """A config of the stack with a topic and a ClickHouse database of this test's own."""
+    name = f"t{uuid.uuid4().hex[:12]}"
+    path = tmp_path / "scale.toml"
+    path.write_text(
+        scale_stack.config_toml()
+        .replace('topic = "meterline-events"', f'topic = "{name}"')
+        .replace("partitions = 4", f"partitions = {PARTITIONS}")
+        .replace('database = "meterline"', f'database = "{name}"')
+        + '\n[aggregation]\nchunk = 300\n[ingest]\nlate_arrival_window = "P3650D"\n'
+        + '\n[[meters]]\nslug = "tokens"\nevent_type = "prompt"\naggregation = "SUM"\nvalue_property = "$.tokens"\n'
+        + '\n[[meters]]\nslug = "prompts"\nevent_type = "prompt"\naggregation = "COUNT"\n'
+    )
+    yield path
+    config = load_config(path)
+    conn = Connection(config.clickhouse.url, config.clickhouse.database)
+    conn.command(f"DROP DATABASE IF EXISTS `{config.clickhouse.database}`")
+    conn.close()
+
+
+def start_worker(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "meterline.cli.main", "worker", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "METERLINE_LOG__FORMAT": "text"},
+        )
+
+
+def body(first: int, n: int) -> bytes:
+    events = [
+        {"specversion": "1.0", "id": f"e{i}", "source": "load", "type": "prompt", "subject": f"c{i % 13}",
+         "time": f"2026-02-{1 + i % 28:02d}T10:00:00.{i % 1000:03d}Z", "data": {"tokens": f"{i}.{i % 7}"}}
+        for i in range(first, first + n)
+    ]  # fmt: skip
+    return msgspec.json.encode(events)
+
+
+def applied(usage: ClickHouseUsage, meters: MemoryMeters) -> int:
+    rows = usage.query(meters.get(NS, "prompts"), MeterQuery(start=0, end=T0))
+    return int(sum((r.value for r in rows), Decimal(0)))
+
+
+def wait_for(check: object, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_every_acknowledged_event_is_counted_once_across_a_worker_killed_mid_load(
+    scale_config: Path, tmp_path: Path
+) -> None:
+    config = load_config(scale_config)
+    k = config.kafka
+    ensure_topic(k.bootstrap_servers, k.topic, k.partitions, 1)
+    meters = MemoryMeters(lambda: T0 * 1_000_000)
+    for m in config.meters:
+        meters.create(m.namespace, m.spec())
+    ledger = KafkaLedger(k.bootstrap_servers, k.topic, meters, lambda: T0 * 1_000_000, cap=1000)
+    conn = Connection(config.clickhouse.url, config.clickhouse.database)
+    usage = ClickHouseUsage(conn, meters.live, lambda: T0 * 1_000_000)
+    logs = tmp_path / "workers.log"
+    workers = [start_worker(scale_config, logs), start_worker(scale_config, logs)]
+    total, batch = 0, 500
+    killed: list[subprocess.Popen[bytes]] = []
+    try:
+        for round_ in range(12):
+            candidates = decode_events(split_body(body(total, batch), "batch", 10_000), NS, T0 * 1_000_000, LIMITS)
+            outcomes = ledger.append(NS, candidates).result(60)
+            assert [o.status for o in outcomes] == [Status.ACCEPTED] * batch
+            total += batch
+            if round_ in (3, 7):  # mid-load, once something was applied: SIGKILL one worker
+                wait_for(lambda: applied(usage, meters) > 0, "the first batches")
+                victim = workers[0 if round_ == 3 else 1]
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                killed.append(victim)
+            if round_ in (5, 9):  # and start it again
+                workers[0 if round_ == 5 else 1] = start_worker(scale_config, logs)
+        wait_for(lambda: applied(usage, meters) >= total, f"{total} events in ClickHouse", timeout=240)
+        assert applied(usage, meters) == total
+        rows = usage.query(meters.get(NS, "tokens"), MeterQuery(start=0, end=T0))
+        want = sum((Decimal(f"{i}.{i % 7}") for i in range(total)), Decimal(0))
+        assert sum((r.value for r in rows), Decimal(0)) == want
+        assert conn.rows("SELECT count(), uniqExact(source, id) FROM events")[0] == (total, total)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+                w.wait(timeout=30)
+        ledger.close()
+        conn.close()
+    assert [w.returncode for w in killed] == [-signal.SIGKILL] * 2
+    assert [w.returncode for w in workers] == [0, 0], logs.read_text()[-3000:]
+
+
+def test_an_append_no_broker_acknowledged_fails_instead_of_answering(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    meters = MemoryMeters(lambda: T0 * 1_000_000)
+    ledger = KafkaLedger(f"127.0.0.1:{port}", "nowhere", meters, lambda: T0 * 1_000_000, cap=10, delivery_timeout=1)
+    candidates = decode_events(split_body(body(0, 3), "batch", 10_000), NS, T0 * 1_000_000, LIMITS)
+    try:
+        with pytest.raises(StorageUnavailable):
+            ledger.append(NS, candidates).result(30)
+    finally:
+        ledger.close()
