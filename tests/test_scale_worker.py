@@ -19,17 +19,24 @@ from pathlib import Path
 import msgspec
 import pytest
 from contract.events import LIMITS
+from postgres_server import fresh_schema
 from stack.launch import Stack
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.usage import ClickHouseUsage
 from meterline.adapters.kafka.ledger import KafkaLedger, ensure_topic
+from meterline.adapters.memory.dedupe import MemoryDedupe
 from meterline.adapters.memory.meters import MemoryMeters
+from meterline.adapters.postgres.database import PgDatabase
+from meterline.adapters.postgres.meters import PgMeters
+from meterline.bootstrap import ensure_scale_meters, scale_dedupe
 from meterline.config import load_config
+from meterline.domain.clock import FixedClock
 from meterline.domain.errors import StorageUnavailable
 from meterline.domain.events.decode import decode_events, split_body
 from meterline.domain.events.model import Status
 from meterline.domain.meters.query import MeterQuery
+from meterline.ports.dedupe import EventKey, Verdict
 
 NS = "default"
 T0 = 1_772_366_400  # 2026-03-01T12:00:00Z
@@ -38,11 +45,18 @@ PARTITIONS = 4
 
 @pytest.fixture
 def scale_config(scale_stack: Stack, tmp_path: Path) -> Iterator[Path]:
-    """A config of the stack with a topic and a ClickHouse database of this test's own."""
+    """A config of the stack with a topic, a ClickHouse database and a PostgreSQL schema of this
+    test's own."""
     name = f"t{uuid.uuid4().hex[:12]}"
     path = tmp_path / "scale.toml"
+    with fresh_schema(scale_stack.postgres) as dsn:
+        yield from _config(scale_stack, name, path, dsn)
+
+
+def _config(scale_stack: Stack, name: str, path: Path, dsn: str) -> Iterator[Path]:
     path.write_text(
         scale_stack.config_toml()
+        .replace(f'dsn = "{scale_stack.postgres}"', f'dsn = "{dsn}"')
         .replace('topic = "meterline-events"', f'topic = "{name}"')
         .replace("partitions = 4", f"partitions = {PARTITIONS}")
         .replace('database = "meterline"', f'database = "{name}"')
@@ -76,7 +90,7 @@ def body(first: int, n: int) -> bytes:
     return msgspec.json.encode(events)
 
 
-def applied(usage: ClickHouseUsage, meters: MemoryMeters) -> int:
+def applied(usage: ClickHouseUsage, meters: PgMeters) -> int:
     rows = usage.query(meters.get(NS, "prompts"), MeterQuery(start=0, end=T0))
     return int(sum((r.value for r in rows), Decimal(0)))
 
@@ -96,10 +110,11 @@ def test_every_acknowledged_event_is_counted_once_across_a_worker_killed_mid_loa
     config = load_config(scale_config)
     k = config.kafka
     ensure_topic(k.bootstrap_servers, k.topic, k.partitions, 1)
-    meters = MemoryMeters(lambda: T0 * 1_000_000)
-    for m in config.meters:
-        meters.create(m.namespace, m.spec())
-    ledger = KafkaLedger(k.bootstrap_servers, k.topic, meters, lambda: T0 * 1_000_000, cap=1000)
+    pg = PgDatabase(config.postgres.dsn)
+    meters = PgMeters(pg, lambda: T0 * 1_000_000)
+    ensure_scale_meters(config, meters)
+    dedupe = scale_dedupe(config, pg, FixedClock(T0 * 1_000_000))
+    ledger = KafkaLedger(k.bootstrap_servers, k.topic, meters, dedupe, lambda: T0 * 1_000_000, cap=1000)
     conn = Connection(config.clickhouse.url, config.clickhouse.database)
     usage = ClickHouseUsage(conn, meters.live, lambda: T0 * 1_000_000)
     logs = tmp_path / "workers.log"
@@ -120,6 +135,9 @@ def test_every_acknowledged_event_is_counted_once_across_a_worker_killed_mid_loa
                 killed.append(victim)
             if round_ in (5, 9):  # and start it again
                 workers[0 if round_ == 5 else 1] = start_worker(scale_config, logs)
+        retried = decode_events(split_body(body(1000, batch), "batch", 10_000), NS, T0 * 1_000_000, LIMITS)
+        outcomes = ledger.append(NS, retried).result(60)  # a client's retry of an acknowledged request
+        assert [o.status for o in outcomes] == [Status.DUPLICATE] * batch
         wait_for(lambda: applied(usage, meters) >= total, f"{total} events in ClickHouse", timeout=240)
         assert applied(usage, meters) == total
         rows = usage.query(meters.get(NS, "tokens"), MeterQuery(start=0, end=T0))
@@ -133,6 +151,7 @@ def test_every_acknowledged_event_is_counted_once_across_a_worker_killed_mid_loa
                 w.wait(timeout=30)
         ledger.close()
         conn.close()
+        pg.close()
     assert [w.returncode for w in killed] == [-signal.SIGKILL] * 2
     assert [w.returncode for w in workers] == [0, 0], logs.read_text()[-3000:]
 
@@ -142,10 +161,14 @@ def test_an_append_no_broker_acknowledged_fails_instead_of_answering(tmp_path: P
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     meters = MemoryMeters(lambda: T0 * 1_000_000)
-    ledger = KafkaLedger(f"127.0.0.1:{port}", "nowhere", meters, lambda: T0 * 1_000_000, cap=10, delivery_timeout=1)
+    dedupe = MemoryDedupe(lambda: T0 * 1_000_000, lease_us=60_000_000)
+    now = lambda: T0 * 1_000_000  # noqa: E731
+    ledger = KafkaLedger(f"127.0.0.1:{port}", "nowhere", meters, dedupe, now, cap=10, delivery_timeout=1)
     candidates = decode_events(split_body(body(0, 3), "batch", 10_000), NS, T0 * 1_000_000, LIMITS)
     try:
         with pytest.raises(StorageUnavailable):
             ledger.append(NS, candidates).result(30)
     finally:
         ledger.close()
+    keys = [EventKey(NS, "load", f"e{i}", c.event.digest) for i, c in enumerate(candidates) if c.event]
+    assert dedupe.claim(keys).verdicts == [Verdict.CLAIMED] * 3  # released: a retry is not held up

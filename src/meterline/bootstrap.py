@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.sink import ClickHouseSink
 from meterline.adapters.kafka.partitions import KafkaPartitions
-from meterline.adapters.memory.meters import MemoryMeters
+from meterline.adapters.postgres.database import PgDatabase
+from meterline.adapters.postgres.dedupe import PgDedupe
+from meterline.adapters.postgres.meters import PgMeters
 from meterline.adapters.sqlite.alerting import AnomalyScanner
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.database import DB_FILE, Database
@@ -29,7 +31,7 @@ from meterline.config import BillingConfig, Config
 from meterline.domain.billing.records import RunSettings
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
-from meterline.domain.errors import ConfigError, NotFound
+from meterline.domain.errors import ConfigError, Conflict, NotFound
 from meterline.domain.meters.query import QueryLimits
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.runtime.background import Monitor
@@ -315,24 +317,49 @@ class Worker:
     sink: SinkWorker
     partitions: KafkaPartitions
     conn: Connection
+    pg: PgDatabase
 
     def close(self) -> None:
         self.partitions.close()
         self.conn.close()
+        self.pg.close()
+
+
+DEDUPE_LEASE_US = 30_000_000
+"""How long an ack-time claim holds its key (longer than a Kafka write may take)."""
+
+
+def scale_dedupe(config: Config, db: PgDatabase, clock: Clock) -> PgDedupe:
+    """The shared ack-time dedupe store of scale mode (PostgreSQL)."""
+    window = config.ingest.dedupe_window
+    return PgDedupe(
+        db, clock.now_us, lease_us=DEDUPE_LEASE_US, window_us=None if window is None else _us(window.total_seconds())
+    )
+
+
+def ensure_scale_meters(config: Config, meters: PgMeters) -> None:
+    """Create the config file's meters missing from the shared catalog (another node may be
+    creating them at the same time)."""
+    for m in config.meters:
+        try:
+            meters.create(m.namespace, m.spec())
+        except Conflict:
+            pass
 
 
 def open_worker(config: Config) -> Worker:
-    """A sink worker over the config's Kafka topic and ClickHouse database (``meterline worker``).
-    Its meters are the config file's ``[[meters]]`` until the scale catalog is wired."""
+    """A sink worker over the config's Kafka topic, ClickHouse database and PostgreSQL catalog
+    and dedupe store (``meterline worker``)."""
     if config.storage.engine != "scale":
         raise ConfigError('meterline worker runs in scale mode: set storage.engine = "scale" (docs/scale.md)')
-    meters = MemoryMeters(SystemClock().now_us)
-    for m in config.meters:
-        meters.create(m.namespace, m.spec())
+    clock = SystemClock()
     ch, k = config.clickhouse, config.kafka
     retention = None if ch.raw_retention is None else int(ch.raw_retention.total_seconds())
+    pg = PgDatabase(config.postgres.dsn)
+    meters = PgMeters(pg, clock.now_us)
     conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
     try:
+        ensure_scale_meters(config, meters)
         store = ClickHouseSink(conn, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention)
         partitions = KafkaPartitions(
             k.bootstrap_servers,
@@ -346,11 +373,12 @@ def open_worker(config: Config) -> Worker:
         )
     except BaseException:
         conn.close()
+        pg.close()
         raise
-    sink = SinkWorker(
-        partitions, store, meters.live, cap=config.ingest.max_group_cardinality, max_entries=config.aggregation.chunk
-    )
-    return Worker(sink, partitions, conn)
+    dedupe = scale_dedupe(config, pg, clock)
+    cap, chunk = config.ingest.max_group_cardinality, config.aggregation.chunk
+    sink = SinkWorker(partitions, store, meters.live, dedupe, cap=cap, max_entries=chunk)
+    return Worker(sink, partitions, conn, pg)
 
 
 def _embedded_only(config: Config) -> None:

@@ -16,6 +16,16 @@ from meterline.domain.meters.fold import LedgerEntry, Replay
 
 
 @dataclass(frozen=True, slots=True)
+class LogEntry:
+    """An entry as the log holds it: the ledger entry, its event id and the ack-time dedupe
+    claim it was written under (``ports.dedupe``; empty when written without one)."""
+
+    entry: LedgerEntry
+    id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
 class Position:
     """Where a stream stands in the sink store."""
 
@@ -27,7 +37,7 @@ class Position:
 
 
 class PartitionLog(Protocol):
-    def poll(self, max_entries: int, timeout: float) -> dict[str, list[LedgerEntry]]:
+    def poll(self, max_entries: int, timeout: float) -> dict[str, list[LogEntry]]:
         """Entries read since the last poll from the assigned streams, per stream in order (at
         most ``max_entries`` in all; empty after ``timeout`` seconds without any)."""
         ...

@@ -8,7 +8,11 @@ Each step:
 2. per partition, takes the entries after the stored position as one batch — or, when the
    store recorded a range a dead writer left unfinished, exactly that range (waiting for its
    last entry if need be), so the batch and its insert tokens are the same as before the crash;
-3. evaluates the live meters on them (``domain.meters.fold.Replay``: readings folded per bucket,
+3. keeps the events whose ack-time claim holds (``DedupeStore.confirm`` of the token each was
+   written under: a copy written by a node that lost its claim is skipped, and one whose node
+   died before confirming is confirmed here — reading it proves it durable; the answer for a
+   token and key never changes, so a batch redone after a crash keeps the same events), and
+   evaluates the live meters on them (``domain.meters.fold.Replay``: readings folded per bucket,
    group values admitted under the cardinality cap);
 4. ``SinkStore.write`` records the range, inserts raw events and rollups under tokens derived
    from it, then records the new position;
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
-from meterline.ports.sink import PartitionLog, Position, SinkStore
+from meterline.ports.dedupe import DedupeStore, EventKey
+from meterline.ports.sink import LogEntry, PartitionLog, Position, SinkStore
 
 log = logging.getLogger("meterline.sink")
 
@@ -36,6 +41,8 @@ class SinkStats:
     batches: int = 0
     events: int = 0
     refused: int = 0
+    skipped: int = 0
+    """Copies whose ack-time claim was lost (another copy of the key counts)."""
 
 
 class SinkWorker:
@@ -44,6 +51,7 @@ class SinkWorker:
         partitions: PartitionLog,
         store: SinkStore,
         meters: Callable[[], Sequence[Meter]],
+        dedupe: DedupeStore,
         *,
         cap: int,
         max_entries: int = 20_000,
@@ -52,10 +60,11 @@ class SinkWorker:
         self._log = partitions
         self._store = store
         self._meters = meters
+        self._dedupe = dedupe
         self._cap = cap
         self._max = max_entries
         self._timeout = poll_timeout
-        self._carry: dict[str, list[LedgerEntry]] = {}
+        self._carry: dict[str, list[LogEntry]] = {}
         self._positions: dict[str, Position] = {}
         self._compiled: dict[int, CompiledMeter] = {}
         self._known: tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]] | None = None
@@ -89,10 +98,10 @@ class SinkWorker:
 
     def _flush(self, stream: str) -> int:
         position = self._position(stream)
-        entries = [e for e in self._carry[stream] if e.seq > position.done]
+        entries = [e for e in self._carry[stream] if e.entry.seq > position.done]
         if position.pending_end is not None:
-            batch = [e for e in entries if e.seq <= position.pending_end]
-            if not batch or batch[-1].seq < position.pending_end:
+            batch = [e for e in entries if e.entry.seq <= position.pending_end]
+            if not batch or batch[-1].entry.seq < position.pending_end:
                 self._carry[stream] = entries
                 return 0  # the recorded range is not all read yet
         else:
@@ -100,12 +109,13 @@ class SinkWorker:
         if not batch:
             self._carry[stream] = entries
             return 0
-        end = position.pending_end or batch[-1].seq
+        end = position.pending_end or batch[-1].entry.seq
+        counted = self._confirmed(batch)
         compiled = self._live()
         groups, subjects = self._known_dims(compiled)
         replay = Replay(self._cap, groups, subjects)
-        replay.apply(compiled, batch)
-        if not self._store.write(stream, position.done, end, frozenset(m.meter.key for m in compiled), replay, batch):
+        replay.apply(compiled, counted)
+        if not self._store.write(stream, position.done, end, frozenset(m.meter.key for m in compiled), replay, counted):
             self.stats.refused += 1
             self._positions.pop(stream, None)
             self._known = None
@@ -114,8 +124,22 @@ class SinkWorker:
         self._positions[stream] = Position(end)
         self._log.commit(stream, end)
         self.stats.batches += 1
-        self.stats.events += len(batch)
+        self.stats.events += len(counted)
+        self.stats.skipped += len(batch) - len(counted)
         return len(batch)
+
+    def _confirmed(self, batch: list[LogEntry]) -> list[LedgerEntry]:
+        """The entries whose claim holds, in order (those written without a claim count)."""
+        by_token: dict[str, list[LogEntry]] = {}
+        for e in batch:
+            if e.token:
+                by_token.setdefault(e.token, []).append(e)
+        lost: set[int] = set()
+        for token, entries in by_token.items():
+            keys = [EventKey(e.entry.namespace, e.entry.source, e.id, b"") for e in entries]
+            held = self._dedupe.confirm(token, keys)
+            lost.update(e.entry.seq for e, ok in zip(entries, held, strict=True) if not ok)
+        return [e.entry for e in batch if e.entry.seq not in lost]
 
     def _position(self, stream: str) -> Position:
         position = self._positions.get(stream)

@@ -7,6 +7,7 @@ import msgspec
 
 from meterline.domain.events.model import Event
 from meterline.domain.meters.fold import LedgerEntry
+from meterline.ports.sink import LogEntry
 
 
 class Record(msgspec.Struct, array_like=True, frozen=True):
@@ -41,9 +42,10 @@ def decode(value: bytes) -> Record:
     return _decoder.decode(value)
 
 
-def entry(record: Record, offset: int) -> LedgerEntry:
-    """The ledger entry of the record at ``offset`` of its partition (``seq = offset + 1``)."""
-    return LedgerEntry(
+def entry(record: Record, offset: int) -> LogEntry:
+    """The log entry of the record at ``offset`` of its partition (``seq = offset + 1``)."""
+    ledger_entry = LedgerEntry(
         offset + 1, record.namespace, record.source, record.type, record.subject, record.time_us, record.raw,
         record.received_us,
     )  # fmt: skip
+    return LogEntry(ledger_entry, record.id, record.token)

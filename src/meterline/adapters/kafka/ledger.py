@@ -1,12 +1,19 @@
 """The ledger on a Kafka topic (``ports.ledger.Ledger``, the ack path of scale mode).
 
 ``append`` validates each candidate against the namespace's meters as embedded ingest does
-(unreadable values and over-cap group values are rejected), then writes every accepted event
-with an idempotent producer (``enable.idempotence``, ``acks=all``: a record is acknowledged
-once every in-sync replica has it, and the producer's retries never duplicate it). The request's
-future resolves only after **every** delivery report succeeded; one failed or missing report
-(after ``delivery_timeout``) fails the whole request with ``StorageUnavailable`` (503, retry:
-re-sending is safe, the sink counts each key once).
+(unreadable values and over-cap group values are rejected), then, for the accepted ones, runs
+the shared dedupe store's protocol (``ports.dedupe``, docs/scale.md):
+
+1. **claim** every key: DUPLICATE and CONFLICT are answered as duplicates and not written;
+2. **write** the CLAIMED events, each carrying the claim's token, with an idempotent producer
+   (``enable.idempotence``, ``acks=all``: a record is acknowledged once every in-sync replica
+   has it, and the producer's retries never duplicate it), and wait for every delivery report;
+3. **confirm** the claims: only now are the events answered accepted;
+4. **release** the claims when a write failed or no report came within ``delivery_timeout``.
+
+A failed write, a key another request holds (BUSY) or a claim taken over fails the request
+with ``StorageUnavailable`` (503 with Retry-After): re-sending it is safe — what was confirmed
+answers as a duplicate, and the sink counts a key only under the token that confirmed it.
 
 Reading the log is the sink workers' job (:mod:`.partitions`): a Kafka topic has no global
 sequence, so ``read`` and ``position`` describe nothing here (empty, 0), and listing events is
@@ -18,7 +25,7 @@ from __future__ import annotations
 import builtins
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from meterline.adapters.kafka import envelope
@@ -27,6 +34,7 @@ from meterline.domain.events.model import Candidate, Event, Outcome, Status
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
+from meterline.ports.dedupe import Claims, DedupeStore, EventKey, Verdict
 from meterline.ports.ledger import Appended, EventFilter, StoredEvent
 from meterline.ports.meters import MeterCatalog
 from meterline.runtime.extras import import_extra
@@ -58,24 +66,26 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, replication: int) 
 
 
 class _Request:
-    """One append waiting for its delivery reports."""
+    """One append: its outcomes so far, and the claimed events waiting for delivery reports."""
 
-    def __init__(self, outcomes: list[Outcome], pending: int) -> None:
+    def __init__(self, outcomes: list[Outcome], claimed: list[tuple[int, Event]], token: str, busy: bool) -> None:
         self.future: Future[list[Outcome]] = Future()
         self.outcomes = outcomes
-        self.pending = pending
+        self.claimed = claimed
+        self.keys = [EventKey(ev.namespace, ev.source, ev.id, ev.digest) for _, ev in claimed]
+        self.token = token
+        self.busy = busy
+        self.pending = len(claimed)
+        self.error: str | None = None
         self.lock = threading.Lock()
 
-    def delivered(self, err: Any, _msg: Any) -> None:
+    def delivered(self, err: Any) -> bool:
+        """Note one delivery report; True when it was the last one."""
         with self.lock:
-            if self.future.done():
-                return
-            if err is not None:
-                self.future.set_exception(StorageUnavailable(f"Kafka did not acknowledge an event: {err}"))
-                return
+            if err is not None and self.error is None:
+                self.error = str(err)
             self.pending -= 1
-            if self.pending == 0:
-                self.future.set_result(Appended(self.outcomes, 0))
+            return self.pending == 0
 
 
 class KafkaLedger:
@@ -84,6 +94,7 @@ class KafkaLedger:
         bootstrap: str,
         topic: str,
         meters: MeterCatalog,
+        dedupe: DedupeStore,
         now_us: Callable[[], int],
         *,
         cap: int,
@@ -95,50 +106,23 @@ class KafkaLedger:
         self._producer = kafka.Producer(config)
         self._topic = topic
         self._meters = meters
+        self._dedupe = dedupe
         self._now_us = now_us
         self._cap = cap
         self._groups: dict[tuple[int, str], set[str]] = {}
         self._compiled: dict[int, CompiledMeter] = {}
         self._lock = threading.Lock()
+        self._work = ThreadPoolExecutor(8, thread_name_prefix="meterline-kafka-ack")
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="meterline-kafka-producer", daemon=True)
         self._poller.start()
 
-    def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[list[Outcome]]:
-        now = self._now_us()
-        with self._lock:  # the group values admitted so far are shared by concurrent requests
-            outcomes, accepted = self._admit(namespace, candidates)
-        request = _Request(outcomes, len(accepted))
-        if not accepted:
-            request.future.set_result(Appended(outcomes, 0))
-            return request.future
-        try:
-            for ev in accepted:
-                self._produce(envelope.key(ev.namespace, ev.subject), envelope.encode(ev, now), request.delivered)
-        except Exception as exc:
-            request.future.set_exception(StorageUnavailable(f"Kafka produce failed: {type(exc).__name__}"))
-        return request.future
-
-    def _admit(self, namespace: str, candidates: Sequence[Candidate]) -> tuple[list[Outcome], list[Event]]:
-        """Per candidate its outcome, and the accepted events (validated against the meters)."""
-        by_type = self._live(namespace)
-        outcomes: list[Outcome] = []
-        accepted: list[Event] = []
-        for c in candidates:
-            ev = c.event
-            if ev is None:
-                assert c.rejection is not None
-                outcomes.append(
-                    Outcome(c.index, c.id, c.source, Status.REJECTED, c.rejection.reason, c.rejection.message)
-                )
-                continue
-            admitted = admit_event(by_type.get(ev.type, ()), self._groups, self._cap, ev)
-            if not isinstance(admitted, list):
-                outcomes.append(Outcome(c.index, ev.id, ev.source, Status.REJECTED, admitted.reason, admitted.message))
-                continue
-            outcomes.append(Outcome(c.index, ev.id, ev.source, Status.ACCEPTED))
-            accepted.append(ev)
-        return outcomes, accepted
+    def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[builtins.list[Outcome]]:
+        """Validate, claim, write and confirm a request's events (see the module doc); the
+        future resolves once every accepted event is durable and confirmed."""
+        future: Future[list[Outcome]] = Future()
+        self._work.submit(self._start, namespace, candidates, future)
+        return future
 
     def read(self, after: int, limit: int) -> builtins.list[LedgerEntry]:
         return []
@@ -153,17 +137,99 @@ class KafkaLedger:
         self._producer.flush(30)
         self._closed.set()
         self._poller.join(timeout=5)
+        self._work.shutdown(wait=True)
 
-    def _produce(self, key: bytes, value: bytes, on_delivery: Callable[[Any, Any], None]) -> None:
+    def _start(self, namespace: str, candidates: Sequence[Candidate], future: Future[builtins.list[Outcome]]) -> None:
+        try:
+            now = self._now_us()
+            with self._lock:  # the group values admitted so far are shared by concurrent requests
+                outcomes, accepted = self._admit(namespace, candidates)
+            request = self._claim(outcomes, accepted)
+            request.future = future
+            if not request.claimed:
+                self._finish(request)
+                return
+            for _, ev in request.claimed:
+                record = envelope.encode(ev, now, request.token)
+                self._produce(envelope.key(ev.namespace, ev.subject), record, request)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(_unavailable(exc))
+
+    def _claim(self, outcomes: builtins.list[Outcome], accepted: builtins.list[tuple[int, Event]]) -> _Request:
+        """1. Claim every accepted key: duplicates and conflicts are answered, not written."""
+        keys = [EventKey(ev.namespace, ev.source, ev.id, ev.digest) for _, ev in accepted]
+        claims = self._dedupe.claim(keys) if keys else Claims("", [])
+        claimed, busy = [], False
+        for (i, ev), verdict in zip(accepted, claims.verdicts, strict=True):
+            if verdict is Verdict.CLAIMED:
+                claimed.append((i, ev))
+            elif verdict is Verdict.BUSY:
+                busy = True
+            else:
+                index = outcomes[i].index
+                outcomes[i] = Outcome(index, ev.id, ev.source, Status.DUPLICATE, conflict=verdict is Verdict.CONFLICT)
+        return _Request(outcomes, claimed, claims.token, busy)
+
+    def _produce(self, key: bytes, value: bytes, request: _Request) -> None:
+        """2. Write one claimed event; its delivery report arrives on the poll thread."""
         while True:
             try:
-                self._producer.produce(self._topic, value, key, on_delivery=on_delivery)
+                self._producer.produce(
+                    self._topic, value, key, on_delivery=lambda err, _: self._delivered(request, err)
+                )
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.05)
 
+    def _delivered(self, request: _Request, err: Any) -> None:
+        if request.delivered(err):
+            self._work.submit(self._finish, request)
+
+    def _finish(self, request: _Request) -> None:
+        """3. Confirm the claims once every write is durable, or 4. release them after a failed write."""
+        future = request.future
+        try:
+            if request.error is not None:
+                self._dedupe.release(request.token, request.keys)
+                future.set_exception(StorageUnavailable(f"Kafka did not acknowledge an event: {request.error}"))
+                return
+            held = self._dedupe.confirm(request.token, request.keys) if request.keys else []
+            if request.busy or not all(held):
+                # another request holds (or took over) some keys: a retry is safe, and the keys
+                # confirmed here answer as duplicates then
+                future.set_exception(StorageUnavailable("events of this request are being written by another request"))
+                return
+            future.set_result(Appended(request.outcomes, 0))
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(_unavailable(exc))
+
+    def _admit(
+        self, namespace: str, candidates: Sequence[Candidate]
+    ) -> tuple[builtins.list[Outcome], builtins.list[tuple[int, Event]]]:
+        """Per candidate its outcome, and the accepted events by outcome position."""
+        by_type = self._live(namespace)
+        outcomes: builtins.list[Outcome] = []
+        accepted: builtins.list[tuple[int, Event]] = []
+        for c in candidates:
+            ev = c.event
+            if ev is None:
+                assert c.rejection is not None
+                outcomes.append(
+                    Outcome(c.index, c.id, c.source, Status.REJECTED, c.rejection.reason, c.rejection.message)
+                )
+                continue
+            admitted = admit_event(by_type.get(ev.type, ()), self._groups, self._cap, ev)
+            if not isinstance(admitted, list):
+                outcomes.append(Outcome(c.index, ev.id, ev.source, Status.REJECTED, admitted.reason, admitted.message))
+                continue
+            accepted.append((len(outcomes), ev))
+            outcomes.append(Outcome(c.index, ev.id, ev.source, Status.ACCEPTED))
+        return outcomes, accepted
+
     def _poll(self) -> None:
-        """Serve delivery reports (each resolves its request's future when the last one arrives)."""
+        """Serve delivery reports."""
         while not self._closed.is_set():
             self._producer.poll(0.05)
 
@@ -175,3 +241,9 @@ class KafkaLedger:
                 compiled = self._compiled[meter.key] = CompiledMeter(meter)
             by_type.setdefault(meter.spec.event_type, []).append(compiled)
         return by_type
+
+
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    return StorageUnavailable(f"the Kafka ledger failed: {type(exc).__name__}")

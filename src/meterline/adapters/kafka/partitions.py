@@ -14,8 +14,7 @@ from typing import Any
 from meterline.adapters.kafka import envelope
 from meterline.adapters.kafka.ledger import ensure_topic
 from meterline.domain.errors import StorageUnavailable
-from meterline.domain.meters.fold import LedgerEntry
-from meterline.ports.sink import StartAt
+from meterline.ports.sink import LogEntry, StartAt
 from meterline.runtime.extras import import_extra
 
 
@@ -54,12 +53,12 @@ class KafkaPartitions:
         )
         self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
 
-    def poll(self, max_entries: int, timeout: float) -> dict[str, list[LedgerEntry]]:
+    def poll(self, max_entries: int, timeout: float) -> dict[str, list[LogEntry]]:
         try:
             messages = self._consumer.consume(max_entries, timeout)
         except Exception as exc:
             raise StorageUnavailable(f"Kafka consume failed: {type(exc).__name__}") from exc
-        out: dict[str, list[LedgerEntry]] = {}
+        out: dict[str, list[LogEntry]] = {}
         for msg in messages:
             if msg.error() is not None:
                 if msg.error().code() == self._kafka.KafkaError._PARTITION_EOF:
