@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -26,6 +28,7 @@ from meterline.domain.clock import FixedClock
 from meterline.domain.events.decode import Limits, decode_events, split_body
 from meterline.domain.meters.model import Aggregation, MeterSpec
 from meterline.domain.meters.query import MeterQuery
+from meterline.runtime.collector import tune_for_throughput
 from meterline.services.aggregation import Aggregator
 
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
@@ -53,18 +56,22 @@ class Timed:
         return timed
 
 
-def seed(b: EmbeddedBackend, events: int, subjects: int) -> float:
+def seed(b: EmbeddedBackend, events: int, subjects: int, spread: int = 0) -> float:
+    """Appends ``events`` with UUIDv4 ids over ``subjects``; event times one hour before the
+    clock, or (``spread`` seconds) rising evenly over the ``spread`` seconds before it."""
     started = time.perf_counter()
     for first in range(0, events, 1000):
         body = msgspec.json.encode(
             [
                 {
                     "specversion": "1.0",
-                    "id": str(i),
+                    "id": str(uuid.uuid4()),
                     "source": "bench",
                     "type": "prompt",
                     "subject": f"cust-{i % subjects}",
-                    "time": "2026-03-01T11:00:00Z",
+                    "time": stamp(T0 - spread * 1_000_000 + i * spread * 1_000_000 // events)
+                    if spread
+                    else "2026-03-01T11:00:00Z",
                     "data": {"tokens": i % 97, "model": "abc"[i % 3]},
                 }
                 for i in range(first, min(first + 1000, events))
@@ -75,12 +82,18 @@ def seed(b: EmbeddedBackend, events: int, subjects: int) -> float:
     return time.perf_counter() - started
 
 
+def stamp(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat()
+
+
 def main() -> None:
+    tune_for_throughput()  # as `meterline serve` does
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--subjects", type=int, default=1000)
     parser.add_argument("--chunk", type=int, default=20_000)
     parser.add_argument("--fsync", choices=["full", "normal"], default="full")
+    parser.add_argument("--spread", type=int, default=0, help="event times over this many seconds (0: one minute)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meterline-aggregation-") as tmp:
         b = EmbeddedBackend(Path(tmp), IngestSettings(None, 1000), FixedClock(T0), fsync=args.fsync)
@@ -94,17 +107,26 @@ def main() -> None:
             )
             b.meters.create("default", spec)
             b.meters.create("default", MeterSpec(slug="n", event_type="prompt", aggregation=Aggregation.COUNT))
-            ingest_s = seed(b, args.events, args.subjects)
-            print(f"ack path (in-process appends of 1000 events): {args.events / ingest_s:,.0f} events/s")
+            cpu = time.process_time()
+            ingest_s = seed(b, args.events, args.subjects, args.spread)
+            cpu = time.process_time() - cpu
+            print(
+                f"ack path (in-process appends of 1000 events): {args.events / ingest_s:,.0f} events/s,"
+                f" {cpu / args.events * 1e6:.1f} us of CPU per event"
+            )
             spent = {"read": 0.0, "apply": 0.0}
             ledger = Timed(b.ledger, "read", "read", spent)
             usage = Timed(b.usage, "apply", "apply", spent)
             aggregator = Aggregator(ledger, usage, cap=1000, chunk=args.chunk)  # type: ignore[arg-type]
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             aggregator.drain()
             total = time.perf_counter() - started
+            cpu = time.process_time() - cpu
             replay = total - spent["read"] - spent["apply"]
-            print(f"aggregator: {args.events:,} events in {total:.2f} s = {args.events / total:,.0f} events/s")
+            print(
+                f"aggregator: {args.events:,} events in {total:.2f} s = {args.events / total:,.0f} events/s,"
+                f" {cpu / args.events * 1e6:.1f} us of CPU per event (every thread of the process)"
+            )
             for label, seconds in (
                 ("read ledger", spent["read"]),
                 ("replay + fold", replay),

@@ -104,6 +104,8 @@ def run_http(app: ASGIApp, host: str, port: int, config: Config | None = None) -
     each request's scope (``meterline.api.tls``)."""
     import uvicorn
 
+    from meterline.runtime.collector import tune_for_throughput
+
     tls: dict[str, Any] = {}
     server = config.server if config is not None else None
     if server is not None and server.tls_cert is not None:
@@ -116,6 +118,7 @@ def run_http(app: ASGIApp, host: str, port: int, config: Config | None = None) -
             "ssl_context_factory": lambda _config, _default: server_ssl_context(cert, key, ca, auth),
             "http": TLSHttpToolsProtocol,
         }
+    tune_for_throughput()
     uvicorn.run(
         app,
         host=host,

@@ -27,10 +27,12 @@ from dataclasses import dataclass
 import msgspec
 
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex
+from meterline.adapters.sqlite.recent import RecentEntries
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.events.model import Candidate, Event, Outcome, Reason, Rejection, Status
 from meterline.domain.meters.admission import admit_event
-from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.evaluate import CompiledMeter, Reading
+from meterline.domain.meters.fold import LedgerEntry, Preread
 from meterline.domain.meters.model import Meter, MeterSpec
 from meterline.ports.ledger import Appended
 from meterline.ports.stream import UsageListener
@@ -62,6 +64,10 @@ class IngestState:
         self.committing_head = 0
         self.customer_subjects: dict[str, set[str]] = {}
         self.policies: dict[str, UnknownSubjects] = {}
+        self.meter_keys: dict[tuple[str, str], frozenset[int]] = {}
+        self.pending: list[LedgerEntry] = []
+        """Entries appended in the open transaction, with their readings (for ``recent``)."""
+        self.recent: RecentEntries = RecentEntries()
         self.listeners: list[UsageListener] = []
         self.on_head: list[Callable[[int], None]] = []
         self.dedupe_floor_us = 0  # keys received before it are expired (see adapters.sqlite.dedupe_prune)
@@ -74,12 +80,17 @@ class IngestState:
         """The writer rolled back one task (its readings never reached a listener) or the
         whole transaction (then the listeners hold effects of work that no longer exists)."""
         self.invalidate()
+        self.pending.clear()  # a rolled-back task's entries must never be served
         if whole_transaction:
             for listener in self.listeners:
                 listener.rolled_back()
 
     def committed(self) -> None:
-        """After COMMIT: listeners publish, then the new ledger position is published."""
+        """After COMMIT: the committed entries join ``recent``, listeners publish, then the
+        new ledger position is published."""
+        if self.pending:
+            self.recent.add(self.pending)
+            self.pending = []
         for listener in self.listeners:
             listener.after_commit()
         if self.committing_head != self.head:
@@ -96,6 +107,7 @@ class IngestState:
         self.meters = {}
         for meter in live_meters(conn):
             self.meters.setdefault((meter.namespace, meter.spec.event_type), []).append(CompiledMeter(meter))
+        self.meter_keys = {kind: frozenset(m.meter.key for m in ms) for kind, ms in self.meters.items()}
         self.group_values = {}
         for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
             self.group_values.setdefault((key, dim), set()).add(value)
@@ -107,6 +119,10 @@ class IngestState:
         floor = conn.execute("SELECT value FROM meta WHERE key = ?", (DEDUPE_FLOOR_KEY,)).fetchone()
         self.dedupe_floor_us = 0 if floor is None else int(floor[0])
         self.stale = False
+
+
+NOTHING_READ = Preread(frozenset(), {})
+"""No live meter of the event's namespace and type."""
 
 
 def live_meters(conn: sqlite3.Connection) -> list[Meter]:
@@ -126,6 +142,8 @@ class Appender:
         self.keys: list[tuple[str, str, str, int, bytes, int]] = []  # for the dedupe index
         self.dead: list[tuple[object, ...]] = []
         self.new_groups: list[tuple[int, str, str]] = []
+        self.entries: list[LedgerEntry] = []
+        self.read: Preread = NOTHING_READ
         self.quarantined = 0
         self.namespace = ""
         self.policy = UnknownSubjects.ACCEPT
@@ -196,11 +214,15 @@ class Appender:
     def _check(self, ev: Event) -> Rejection | None:
         """Whether every live meter can read the event (``domain.meters.admission``); the
         readings themselves are the aggregator's."""
-        meters = self.state.meters.get((ev.namespace, ev.type), ())
-        admitted = admit_event(meters, self.state.group_values, self.state.settings.max_group_cardinality, ev)
+        kind = (ev.namespace, ev.type)
+        meters = self.state.meters.get(kind, ())
+        taken: dict[int, Reading] = {}
+        cap = self.state.settings.max_group_cardinality
+        admitted = admit_event(meters, self.state.group_values, cap, ev, taken)
         if isinstance(admitted, Rejection):
             return admitted
         self.new_groups.extend(admitted)
+        self.read = Preread(self.state.meter_keys[kind], taken) if meters else NOTHING_READ
         return None
 
     def _accept(self, ev: Event) -> None:
@@ -210,6 +232,9 @@ class Appender:
             (seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, self.now_us, ev.digest, ev.raw)
         )
         self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
+        self.entries.append(
+            LedgerEntry(seq, ev.namespace, ev.source, ev.type, ev.subject, ev.time_us, ev.raw, self.now_us, self.read)
+        )
 
     def _reject(self, c: Candidate, rejection: Rejection) -> Outcome:
         self.dead.append(
@@ -230,6 +255,7 @@ class Appender:
         if self.events:
             conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", self.events)
             self.state.dedupe.add_many(self.keys)
+            self.state.pending.extend(self.entries)
         if self.dead:
             conn.executemany(
                 "INSERT INTO dead_letters (namespace, received_us, reason, message, source, event_id, raw)"

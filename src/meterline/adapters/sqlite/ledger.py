@@ -69,6 +69,11 @@ class SqliteLedger:
         return [StoredEvent(*row) for row in rows]
 
     def read(self, after: int, limit: int) -> builtins.list[LedgerEntry]:
+        """From the recent committed entries in memory when they hold ``after + 1`` (with
+        ingest's readings: ``adapters.sqlite.recent``), else from the table."""
+        recent = self._state.recent.read(after, limit)
+        if recent is not None:
+            return recent
         rows = self._db.reader().execute(
             "SELECT seq, namespace, source, type, subject, time_us, raw, received_us FROM events"
             " WHERE seq > ? ORDER BY seq LIMIT ?",

@@ -16,10 +16,14 @@ from meterline.domain.meters.fold import admit_groups
 
 
 def admit_event(
-    meters: Iterable[CompiledMeter], known: dict[tuple[int, str], set[str]], cap: int, event: Event
+    meters: Iterable[CompiledMeter],
+    known: dict[tuple[int, str], set[str]],
+    cap: int,
+    event: Event,
+    taken: dict[int, Reading] | None = None,
 ) -> list[tuple[int, str, str]] | Rejection:
     """The group values the event newly admits (added to ``known``), or why it is rejected
-    (``known`` then unchanged)."""
+    (``known`` then unchanged). When admitted, its readings go into ``taken`` by meter key."""
     readings: list[tuple[CompiledMeter, Reading]] = []
     for meter in meters:
         if not meter.applies(event):
@@ -28,7 +32,11 @@ def admit_event(
         if isinstance(reading, Rejection):
             return reading
         readings.append((meter, reading))
-    return _admit_all(known, cap, readings)
+    admitted = _admit_all(known, cap, readings)
+    if taken is not None and not isinstance(admitted, Rejection):
+        for meter, reading in readings:
+            taken[meter.meter.key] = reading
+    return admitted
 
 
 def _admit_all(

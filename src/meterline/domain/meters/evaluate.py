@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -17,11 +16,12 @@ from meterline.domain.meters.paths import MISSING
 _encode = msgspec.json.Encoder().encode
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """What one event contributes to one meter. ``value`` is a Decimal for numeric
     aggregations, a string for UNIQUE_COUNT and None for COUNT. ``group_key`` is the
-    canonical JSON array of the group values in dimension-name order."""
+    canonical JSON array of the group values in dimension-name order. (A NamedTuple: one is
+    made per meter and event, and a tuple is built several times faster than a frozen
+    dataclass.)"""
 
     meter_id: int
     value: Decimal | str | None
