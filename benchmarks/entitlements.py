@@ -31,6 +31,7 @@ from ingest_http import METER, Result, metrics, run_wrk, settle
 
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.ingest import IngestSettings
+from meterline.bootstrap import attach_counting
 from meterline.domain.clock import SystemClock
 
 CUSTOMERS = 1000
@@ -119,7 +120,7 @@ def http_check(server: Server, work: Path, duration: int) -> dict[str, float]:
 def inprocess_check(data_dir: Path, calls: int) -> dict[str, float]:
     backend = EmbeddedBackend(data_dir, IngestSettings(None, 1000), SystemClock())
     try:
-        counters = backend.counters
+        counters = attach_counting(backend, SystemClock()).counters
         one = Decimal(1)
         keys = [f"cust-{i}" for i in range(CUSTOMERS)]
         for k in keys:  # warm: every counter rolled once

@@ -217,7 +217,7 @@ def test_projected_and_anomaly_rules(api: Api, receiver: Receiver) -> None:
         },
     )
     assert anomaly.status_code == 201, anomaly.text
-    alerts = api.client.app.state.system.backend.alerts  # type: ignore[attr-defined]
+    alerts = api.client.app.state.system.counting.alerts  # type: ignore[attr-defined]
     api.post_events([ev("z", time="2026-03-05T11:30:00Z", tokens=300)])  # hour 11:00 holds 400 (500 in all)
     # 500 of 1000 crosses the 50% threshold: let it be delivered before the clock moves, or the
     # receiver would check its signature timestamp against a clock an hour away

@@ -17,10 +17,8 @@ from meterline.adapters.kafka.partitions import KafkaPartitions
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.dedupe import PgDedupe
 from meterline.adapters.postgres.meters import PgMeters
-from meterline.adapters.sqlite.alerting import AnomalyScanner
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.database import DB_FILE, Database
-from meterline.adapters.sqlite.entitlement_usage import SqliteEntitlementUsage
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.adapters.sqlite.meter_values import SqliteMeterValues
@@ -36,10 +34,13 @@ from meterline.domain.meters.query import QueryLimits
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.runtime.background import Monitor
 from meterline.services.aggregation import Aggregator
+from meterline.services.alerts import AlertEvaluator, AnomalyScanner
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
+from meterline.services.counters import History, LiveCounters
 from meterline.services.customers import CustomerService
 from meterline.services.dead_letters import DeadLetterService
 from meterline.services.dispatch import Dispatcher
+from meterline.services.entitlement_usage import CountedEntitlementUsage
 from meterline.services.entitlement_values import EntitlementValueService
 from meterline.services.entitlements import EntitlementService
 from meterline.services.features import FeatureService
@@ -67,7 +68,47 @@ class Catalog:
     usage: UsageQueries
 
 
-def catalog(config: Config, clock: Clock, backend: EmbeddedBackend, wake: Callable[[], None]) -> Catalog:
+@dataclass(frozen=True)
+class Counting:
+    """The live entitlement counters, their history reads and the alert rules fed by them."""
+
+    counters: LiveCounters
+    history: History
+    alerts: AlertEvaluator
+
+
+COUNTERS = "live counters"
+ALERT_RULES = "alert rules"
+
+
+def attach_counting(backend: EmbeddedBackend, clock: Clock, *, baseline_days: int = 7) -> Counting:
+    """Live counters and alert rules over the backend: subscribed to its committed-usage
+    stream (counters first), rebuilt after every catalog change (a failed rebuild marks them
+    stale: ``followups``), and waiting at the aggregator's barriers."""
+    host, followups, db = backend.stream, backend.followups, backend.db
+    counters = LiveCounters(
+        host, backend.counter_source, clock, fresh=lambda: db.fresh(), fresh_check=lambda: db.fresh_check()
+    )
+    host.subscribe(counters)
+    rebuild = counters.reload
+    backend.hooks.changed = followups.guarded(COUNTERS, counters.reload, rebuild)
+    backend.hooks.entitlement_added = followups.guarded(COUNTERS, counters.added, rebuild)
+    backend.hooks.customer_added = followups.guarded(
+        COUNTERS, lambda c: counters.customer_added(c.namespace, c.key, c.subjects), rebuild
+    )
+    counters.stale = lambda: followups.is_stale(COUNTERS)
+    counters.heal = lambda: followups.heal(COUNTERS)
+    counters.reload()
+    history = History(counters, backend.usage, clock, lambda: db.fresh())
+    notes = backend.notifications
+    alerts = AlertEvaluator(host, counters, notes, notes, history, clock, baseline_days=baseline_days)
+    notes.changed = followups.guarded(ALERT_RULES, alerts.reload, alerts.reload)
+    return Counting(counters, history, alerts)
+
+
+def catalog(
+    config: Config, clock: Clock, backend: EmbeddedBackend, counting: Counting, wake: Callable[[], None]
+) -> Catalog:
     """The catalog services over the embedded store's repositories; ``wake`` tells the
     notification dispatcher that deliveries are due."""
     customers, ents, notes = backend.customers, backend.entitlements, backend.notifications
@@ -91,7 +132,7 @@ def catalog(config: Config, clock: Clock, backend: EmbeddedBackend, wake: Callab
         usage=UsageQueries(backend.meters, backend.meters),
         values=EntitlementValueService(
             entitlements,
-            SqliteEntitlementUsage(backend.counters, backend.history),
+            CountedEntitlementUsage(counting.counters, counting.history),
             clock,
             QueryLimits(config.query.max_windows, config.query.max_rows),
         ),
@@ -134,6 +175,7 @@ class System:
     clock: Clock
     monitor: Monitor
     backend: EmbeddedBackend
+    counting: Counting
     aggregator: Aggregator
     dispatcher: Dispatcher
     scanner: AnomalyScanner
@@ -183,7 +225,6 @@ def open_backend(
         max_weight=config.storage.group_commit_max_events,
         max_queue=config.storage.max_queued_writes,
         monitor=monitor,
-        baseline_days=config.alerts.baseline_days,
     )
     if aggregate:
         try:
@@ -231,6 +272,11 @@ def build(config: Config, clock: Clock | None = None) -> System:
     clock = clock or SystemClock()
     monitor = Monitor(stuck_after=config.health.stuck_after.total_seconds())
     backend = open_backend(config, clock, monitor, aggregate=False)
+    try:
+        counting = attach_counting(backend, clock, baseline_days=config.alerts.baseline_days)
+    except BaseException:
+        backend.close()
+        raise
     agg = aggregator(config, backend, monitor)
     agg.start()  # as the writer: running from here on, so reads can wait for it
     try:
@@ -250,12 +296,12 @@ def build(config: Config, clock: Clock | None = None) -> System:
         allow_private_targets=alerts.allow_private_webhook_targets,
         monitor=monitor,
     )
-    backend.alerts.wake = dispatcher.wake
-    scanner = AnomalyScanner(backend.alerts, clock, monitor=monitor)
+    counting.alerts.wake = dispatcher.wake
+    scanner = AnomalyScanner(counting.alerts, clock, monitor=monitor)
     billing = billing_services(config, backend, clock, monitor)
-    services = catalog(config, clock, backend, dispatcher.wake)
+    services = catalog(config, clock, backend, counting, dispatcher.wake)
     counts = SqliteReconciliationCounts(backend.db)
-    return System(config, clock, monitor, backend, agg, dispatcher, scanner, services, billing, counts)
+    return System(config, clock, monitor, backend, counting, agg, dispatcher, scanner, services, billing, counts)
 
 
 def run_settings(config: BillingConfig) -> RunSettings:

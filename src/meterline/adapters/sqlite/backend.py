@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from meterline.adapters.sqlite.alerting import AlertEvaluator
 from meterline.adapters.sqlite.billing import billing_stores
-from meterline.adapters.sqlite.counters import History, LiveCounters
-from meterline.adapters.sqlite.customers import SqliteCustomers, load_all
+from meterline.adapters.sqlite.counting import SqliteCounterSource, SqliteStreamHost
+from meterline.adapters.sqlite.customers import SqliteCustomers
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.dead_letters import SqliteDeadLetters
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex, drop_key_table
@@ -22,9 +23,21 @@ from meterline.adapters.sqlite.notifications import SqliteNotifications
 from meterline.adapters.sqlite.portal import SqlitePortal
 from meterline.adapters.sqlite.usage import SqliteUsage
 from meterline.domain.clock import Clock
+from meterline.domain.customers.model import Customer
+from meterline.domain.entitlements.model import Entitlement
 from meterline.runtime.background import Monitor
 
 DEDUPE_DIR = "dedupe-index"
+
+
+@dataclass
+class CatalogHooks:
+    """What the catalog's writes tell whoever indexes the catalog (the live counters), after
+    each COMMIT; set by the bootstrap."""
+
+    changed: Callable[[], None] = lambda: None
+    entitlement_added: Callable[[Entitlement], None] = lambda entitlement: None
+    customer_added: Callable[[Customer], None] = lambda customer: None
 
 
 class EmbeddedBackend:
@@ -39,7 +52,6 @@ class EmbeddedBackend:
         max_weight: int = 100_000,
         max_queue: int = 4096,
         monitor: Monitor | None = None,
-        baseline_days: int = 7,
         dedupe: DedupeIndex | None = None,
     ) -> None:
         self.dedupe = dedupe or DedupeIndex(data_dir / DEDUPE_DIR)
@@ -63,30 +75,20 @@ class EmbeddedBackend:
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
         self.dead_letters = SqliteDeadLetters(self.db)
         self.customers = SqliteCustomers(self.db, self.state, clock.now_us)
-        self.counters = LiveCounters(self.db, self.state, clock, load_all)
-        # Writes of the catalog update in-memory views after their COMMIT; a failure there is
-        # never the caller's answer (the write is stored): the view goes stale and is rebuilt.
-        self.followups = followups = FollowUps(monitor)  # its retry loop is started by the app
-        counters, rebuild_counters = "live counters", self.counters.reload
+        # Writes of the catalog update in-memory views after their COMMIT (``hooks``); a
+        # failure there is never the caller's answer (the write is stored): the view goes
+        # stale and is rebuilt (``followups``, started by the app).
+        self.followups = FollowUps(monitor)
+        self.hooks = hooks = CatalogHooks()
         self.entitlements = SqliteEntitlements(
-            self.db,
-            followups.guarded(counters, self.counters.reload, rebuild_counters),
-            followups.guarded(counters, self.counters.added, rebuild_counters),
+            self.db, lambda: hooks.changed(), lambda entitlement: hooks.entitlement_added(entitlement)
         )
-        self.customers.changed = followups.guarded(counters, self.counters.reload, rebuild_counters)
-        self.customers.created = followups.guarded(
-            counters, lambda c: self.counters.customer_added(c.namespace, c.key, c.subjects), rebuild_counters
-        )
-        self.counters.stale = lambda: followups.is_stale(counters)
-        self.counters.heal = lambda: followups.heal(counters)
-        self.counters.reload()
-        self.history = History(self.db, self.counters, clock)
+        self.customers.changed = lambda: hooks.changed()
+        self.customers.created = lambda customer: hooks.customer_added(customer)
         self.notifications = SqliteNotifications(self.db, clock.now_us)
         self.portal = SqlitePortal(self.db)
-        self.alerts = AlertEvaluator(
-            self.db, self.state, self.counters, self.notifications, self.history, clock, baseline_days=baseline_days
-        )
-        self.notifications.changed = followups.guarded("alert rules", self.alerts.reload, self.alerts.reload)
+        self.stream = SqliteStreamHost(self.db, self.state)
+        self.counter_source = SqliteCounterSource(self.db)
         self.billing = billing_stores(self.db, self.customers, self.meters, clock.now_us)
 
     def _open_dedupe(self, conn: sqlite3.Connection) -> None:

@@ -1,18 +1,18 @@
-"""The embedded store's :class:`~meterline.ports.entitlement_usage.EntitlementUsage`: the live
-counters for values now, the rollups (through ``History``) for the past."""
+"""The :class:`~meterline.ports.entitlement_usage.EntitlementUsage` of the live counters: their
+values now, the rollups (through ``History``) for the past."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 
-from meterline.adapters.sqlite.counters import History, LiveCounters
 from meterline.domain.entitlements.model import Entitlement
 from meterline.domain.entitlements.value import Value
 from meterline.domain.meters.query import MeterQuery
 from meterline.domain.periods import Period
+from meterline.services.counters import History, LiveCounters
 
 
-class SqliteEntitlementUsage:
+class CountedEntitlementUsage:
     def __init__(self, counters: LiveCounters, history: History) -> None:
         self._counters = counters
         self._history = history

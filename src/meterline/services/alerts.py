@@ -20,11 +20,6 @@ from zoneinfo import ZoneInfo
 
 from ulid import ULID
 
-from meterline.adapters.sqlite.counters import History, Live, LiveCounters, State
-from meterline.adapters.sqlite.database import Database
-from meterline.adapters.sqlite.ingest import IngestState
-from meterline.adapters.sqlite.notifications import SqliteNotifications
-from meterline.adapters.sqlite.usage import write_firings
 from meterline.domain.alerts.payload import alert_payload
 from meterline.domain.alerts.rules import Rule, Threshold, anomaly, level, projected_over
 from meterline.domain.clock import Clock
@@ -33,8 +28,11 @@ from meterline.domain.entitlements.value import Value, grant_total, metered_valu
 from meterline.domain.meters.query import MeterQuery
 from meterline.domain.meters.windows import WindowSize
 from meterline.domain.notify.channels import Channel
+from meterline.ports.counters import StreamHost
+from meterline.ports.notifications import ChannelRepository, RuleRepository
 from meterline.ports.stream import Committed, Firing, UsageQueries
 from meterline.runtime.background import Monitor, Ticker
+from meterline.services.counters import History, Live, LiveCounters, State
 
 log = logging.getLogger("meterline.alerts")
 HOUR_US = 3_600_000_000
@@ -46,18 +44,21 @@ _PROJECTED = "entitlements.usage.projected"
 class AlertEvaluator:
     def __init__(
         self,
-        db: Database,
-        state: IngestState,
+        host: StreamHost,
         counters: LiveCounters,
-        notifications: SqliteNotifications,
+        rules: RuleRepository,
+        channels: ChannelRepository,
         history: History,
         clock: Clock,
         *,
         baseline_days: int,
     ) -> None:
-        self._db = db
+        """Subscribes to the host's committed-usage stream (after ``counters``); call
+        :meth:`reload` when notification rules or channels change."""
+        self._host = host
         self._counters = counters
-        self._notifications = notifications
+        self._rule_repo = rules
+        self._channel_repo = channels
         self._history = history
         self._clock = clock
         self._baseline_days = baseline_days
@@ -69,18 +70,17 @@ class AlertEvaluator:
         self._level_cache: dict[tuple[str, Decimal], dict[str, Decimal]] = {}
         self.wake: Callable[[], None] = lambda: None
         counters.on_change.append(self.on_change)
-        state.listeners.append(self)
-        notifications.changed = self.reload
+        host.subscribe(self)
         self.reload()
 
     def reload(self) -> None:
         rules: dict[str, list[Rule]] = {}
-        for rule in self._notifications.rules():
+        for rule in self._rule_repo.rules():
             if not rule.spec.disabled:
                 rules.setdefault(rule.namespace, []).append(rule)
         channels: dict[str, Channel] = {}
         for namespace in rules:
-            channels |= {c.id: c for c in self._notifications.channels(namespace)}
+            channels |= {c.id: c for c in self._channel_repo.channels(namespace)}
         self._rules, self._channels = rules, channels
         self._projecting = {ns for ns, rs in rules.items() if any(r.spec.type == _PROJECTED for r in rs)}
         self._next = {}
@@ -239,7 +239,7 @@ class AlertEvaluator:
         value = Value(True, usage=last, period=live.period_at(hour_start))
         extra = {"hourUsage": last, "baselineHourlyMean": mean.quantize(Decimal("0.000001"))}
         firing = self._firing(rule, live, kind, hour_start, value, None, now, **extra)
-        fired = self._db.writer.call(lambda conn: write_firings(conn, [firing]))
+        fired = self._host.record([firing])
         if fired:
             self.wake()
         return int(fired)

@@ -23,32 +23,24 @@ writer task first.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import cast
 
-import msgspec
-
-from meterline.adapters.sqlite.database import Database
-from meterline.adapters.sqlite.entitlements import load_live
-from meterline.adapters.sqlite.ingest import IngestState, live_meters
-from meterline.adapters.sqlite.meters import query_rows
-from meterline.adapters.sqlite.usage import ConnUsage
 from meterline.domain.clock import Clock, from_us
 from meterline.domain.customers.model import Customer
 from meterline.domain.decimals import EXACT
-from meterline.domain.entitlements.model import Entitlement, Feature, FeatureInput, Grant
+from meterline.domain.entitlements.model import Entitlement, Feature, Grant
 from meterline.domain.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
 from meterline.domain.errors import InvalidInput, StorageUnavailable
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import MeterQuery
 from meterline.domain.periods import Period, Recurrence, recurrence
+from meterline.ports.counters import CounterSource, StreamHost
 from meterline.ports.stream import Committed, Firing, UsageQueries
 
 ONE = Decimal(1)
-_feature = msgspec.json.Decoder(FeatureInput)
 _ACCESS = Value(True)
 _NO_ACCESS = Value(False)
 log = logging.getLogger("meterline.counters")
@@ -104,15 +96,20 @@ usage before, new state incl. usage after), and the clock's now; returns the ale
 class LiveCounters:
     def __init__(
         self,
-        db: Database,
-        state: IngestState,
+        host: StreamHost,
+        source: CounterSource,
         clock: Clock,
-        customers: Callable[[sqlite3.Connection, str | None], list[Customer]],
+        *,
+        fresh: Callable[[], None] = lambda: None,
+        fresh_check: Callable[[], None] = lambda: None,
     ) -> None:
-        self._db = db
-        self._state = state
+        """``fresh`` / ``fresh_check``: the barriers a value / a check waits at before it reads
+        (the aggregator's read-your-writes; see ``services.aggregation``)."""
+        self._host = host
+        self._source = source
         self._clock = clock
-        self._load_customers = customers
+        self._fresh = fresh
+        self._fresh_check = fresh_check
         self.index = Index()
         self.on_change: list[Change] = []
         self._deltas: dict[str, Decimal] = {}
@@ -123,7 +120,6 @@ class LiveCounters:
         """Whether the index missed a committed change (set by the backend's follow-ups)."""
         self.heal: Callable[[], bool] = lambda: True
         """Rebuild a stale index from the store; True when it is current again."""
-        state.listeners.append(self)
 
     # -- writer side ------------------------------------------------------------------------
 
@@ -198,20 +194,20 @@ class LiveCounters:
         return sum((row.value for row in usage.query(live.meter, query)), ZERO)
 
     def reload(self) -> None:
-        """Rebuild the index from the committed catalog (a writer task; waits for it). The
-        server's own follow-up work: never refused by the write queue's bound."""
-        self._db.writer.call(self._reload, bounded=False)
+        """Rebuild the index from the committed catalog (on the stream's thread; waits for
+        it). The server's own follow-up work: never refused by the write queue's bound."""
+        self._host.serially(self._reload, bounded=False)
 
     def touch(self, entitlement_id: str) -> None:
-        """Roll a stale counter now (a writer task; waits for it)."""
-        self._db.writer.call(lambda conn: self._touched.add(entitlement_id))
+        """Roll a stale counter now (on the stream's thread; waits for it)."""
+        self._host.serially(lambda: self._touched.add(entitlement_id))
 
-    def _reload(self, conn: sqlite3.Connection) -> None:
+    def _reload(self) -> None:
         old, now = self.index.live, self._clock.now_us()
-        meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
-        customers = {c.id: c for c in self._load_customers(conn, None)}
-        ents, grants = load_live(conn)
-        features = _features(conn)
+        found = self._source.catalog()
+        meters = {(m.namespace, m.spec.slug): m for m in found.meters}
+        customers = {c.id: c for c in found.customers}
+        ents, grants, features = found.entitlements, found.grants, found.features
         index = Index()
         for c in customers.values():
             index.customers[(c.namespace, c.key)] = c.key
@@ -236,17 +232,16 @@ class LiveCounters:
         self.index = index
 
     def added(self, ent: Entitlement) -> None:
-        """Index one new entitlement without rebuilding the rest (a writer task; waits)."""
-        self._db.writer.call(lambda conn: self._add(conn, ent), bounded=False)
+        """Index one new entitlement without rebuilding the rest (on the stream's thread; waits)."""
+        self._host.serially(lambda: self._add(ent), bounded=False)
 
-    def _add(self, conn: sqlite3.Connection, ent: Entitlement) -> None:
-        customer = next((c for c in self._load_customers(conn, ent.customer_id)), None)
+    def _add(self, ent: Entitlement) -> None:
+        found = self._source.for_entitlement(ent)
+        customer = next((c for c in found.customers if c.id == ent.customer_id), None)
         if customer is None:
             return
-        meters = {(m.namespace, m.spec.slug): m for m in live_meters(conn)}
-        live = _live(
-            ent, customer, _features(conn, ent.feature_id).get(ent.feature_id), meters, [], self._clock.now_us()
-        )
+        meters = {(m.namespace, m.spec.slug): m for m in found.meters}
+        live = _live(ent, customer, found.features.get(ent.feature_id), meters, [], self._clock.now_us())
         index = self.index
         index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
         if live is not None:
@@ -273,7 +268,7 @@ class LiveCounters:
         """The entitlement's value now. A value (``project``) waits for the aggregator as every
         usage read does; a check (``project=False``) may answer from counters that are at most
         ``aggregation.check_staleness`` behind (``Database.fresh_check``)."""
-        (self._db.fresh if project else self._db.fresh_check)()
+        (self._fresh if project else self._fresh_check)()
         if self.stale() and not self.heal():
             raise StorageUnavailable(
                 "The live counters lag behind the store and cannot be rebuilt from it now; retry shortly"
@@ -329,20 +324,16 @@ def _live(
     return Live(ent, customer, feature, meter, customer.subjects, filters, rec, grants)
 
 
-def _features(conn: sqlite3.Connection, only: str | None = None) -> dict[str, Feature]:
-    rows = conn.execute(
-        "SELECT id, namespace, spec, created_us, archived_us FROM features WHERE ? IS NULL OR id = ?", (only, only)
-    )
-    return {i: Feature(i, ns, _feature.decode(spec), c, a) for i, ns, spec, c, a in rows}
-
-
 class History:
     """Usage of a metered entitlement at past times, read from the rollups (not the counters)."""
 
-    def __init__(self, db: Database, counters: LiveCounters, clock: Clock) -> None:
-        self._db = db
+    def __init__(
+        self, counters: LiveCounters, usage: UsageQueries, clock: Clock, fresh: Callable[[], None] = lambda: None
+    ) -> None:
         self._counters = counters
+        self._usage = usage
         self._clock = clock
+        self._fresh = fresh
 
     def live(self, entitlement_id: str) -> Live | None:
         return self._counters.index.live.get(entitlement_id)
@@ -358,8 +349,8 @@ class History:
         if end_us <= start_us:
             return ZERO
         span = Period(from_us(start_us), from_us(end_us))
-        self._db.fresh()
-        return self._counters._read(ConnUsage(self._db.reader(), self._clock.now_us()), live, span)
+        self._fresh()
+        return self._counters._read(self._usage, live, span)
 
     def windows(self, live: Live, query: MeterQuery) -> list[tuple[int, int, Decimal]]:
         """Usage per window of ``query`` (its subjects and filters are the entitlement's)."""
@@ -368,6 +359,6 @@ class History:
         q = MeterQuery(
             query.start, query.end, query.window_size, query.tz, live.subjects, (), filters, limits=query.limits
         )
-        self._db.fresh()
-        rows = query_rows(self._db.reader(), live.meter, q, self._clock.now_us())
+        self._fresh()
+        rows = self._usage.query(live.meter, q)
         return [(r.window_start, r.window_end, r.value) for r in rows]
