@@ -165,6 +165,8 @@ def test_a_restarted_producer_sends_what_its_previous_process_left(
     stats = first.close(timeout=0.1)
     assert (stats.recorded, stats.sent, stats.pending, stats.dropped) == (300, 0, 300, 0)
     second = Client(meterline.url, meterline.key, ClientOptions(spool_dir=spool, **FAST))  # type: ignore[arg-type]
+    assert second.flush(60)  # before any record: what the first process left is sent
+    assert second.stats.sent == 300
     for i in range(300, 400):
         second.record(kind, "acme", {"i": i}, id=f"{kind}-{i}")
     assert second.flush(60)

@@ -127,7 +127,10 @@ class Client:
         return self._counters.snapshot(pending, self.options.spool_dir is not None, torn)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Send everything waiting now, without waiting for batches to fill; False if ``timeout`` passed first."""
+        """Send everything waiting now, without waiting for batches to fill; False if ``timeout`` passed first.
+        With a spool this also starts sending what an earlier process left, before any ``record``."""
+        if self.options.spool_dir is not None and not self._closed:
+            self._ensure_started()
         store = self._store
         if store is None or self._thread is None:
             return True
