@@ -25,6 +25,7 @@ from meterline.adapters.sqlite.meter_values import SqliteMeterValues
 from meterline.adapters.sqlite.rebuild import RebuildReport, rebuild
 from meterline.adapters.sqlite.reconciliation import SqliteReconciliationCounts
 from meterline.adapters.sqlite.schema import connect, create_schema
+from meterline.adapters.sqlite.status import SqliteStatus
 from meterline.config import BillingConfig, Config
 from meterline.domain.billing.records import RunSettings
 from meterline.domain.clock import Clock, SystemClock
@@ -32,6 +33,7 @@ from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.errors import ConfigError, Conflict, NotFound
 from meterline.domain.meters.query import QueryLimits
 from meterline.ports.reconciliation import ReconciliationCounts
+from meterline.ports.status import StoreStatus
 from meterline.runtime.background import Monitor
 from meterline.services.aggregation import Aggregator
 from meterline.services.alerts import AlertEvaluator, AnomalyScanner
@@ -175,6 +177,7 @@ class System:
     clock: Clock
     monitor: Monitor
     backend: EmbeddedBackend
+    status: StoreStatus
     counting: Counting
     aggregator: Aggregator
     dispatcher: Dispatcher
@@ -301,7 +304,10 @@ def build(config: Config, clock: Clock | None = None) -> System:
     billing = billing_services(config, backend, clock, monitor)
     services = catalog(config, clock, backend, counting, dispatcher.wake)
     counts = SqliteReconciliationCounts(backend.db)
-    return System(config, clock, monitor, backend, counting, agg, dispatcher, scanner, services, billing, counts)
+    status = SqliteStatus(backend)
+    return System(
+        config, clock, monitor, backend, status, counting, agg, dispatcher, scanner, services, billing, counts
+    )
 
 
 def run_settings(config: BillingConfig) -> RunSettings:

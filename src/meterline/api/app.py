@@ -140,12 +140,10 @@ ROUTES = [
 
 def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     system = build(config, clock)
-    clock, monitor, backend = system.clock, system.monitor, system.backend
+    clock, monitor, store = system.clock, system.monitor, system.status
     metrics = Metrics()
-    metrics.gauge("meterline_ledger_events", "Events in the ledger", backend.ledger.size)
-    metrics.gauge(
-        "meterline_rollup_lag_events", "Ledger events not yet applied to a meter", backend.meters.pending_backfill
-    )
+    metrics.gauge("meterline_ledger_events", "Events in the ledger", store.ledger_events)
+    metrics.gauge("meterline_rollup_lag_events", "Ledger events not yet applied to a meter", store.pending_backfill)
     aggregator = system.aggregator
     metrics.gauge(
         "meterline_aggregation_lag_events", "Committed ledger events the aggregator has not applied", aggregator.lag
@@ -159,17 +157,17 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         "meterline_aggregated_events_total", "Ledger events the aggregator applied", lambda: aggregator.stats.events
     )
     metrics.gauge("meterline_dead_letters", "Events in the dead-letter store", system.catalog.dead_letters.count)
-    metrics.gauge("meterline_group_commits", "Write transactions committed", lambda: backend.db.writer.commits)
+    metrics.gauge("meterline_group_commits", "Write transactions committed", store.commits)
     metrics.gauge(
         "meterline_storage_available",
         "1 while commits succeed; 0 from a failed commit until one succeeds again (METER-001)",
-        lambda: int(backend.db.writer.available),
+        lambda: int(store.writable()[0]),
     )
-    metrics.gauge("meterline_write_queue", "Write tasks waiting for the writer thread", backend.db.writer.queued)
+    metrics.gauge("meterline_write_queue", "Write tasks waiting for the writer thread", store.queued)
     metrics.gauge(
         "meterline_followup_failures_total",
         "In-memory follow-ups of committed writes (counters index, alert rules) that failed; the view was rebuilt",
-        lambda: backend.followups.failures,
+        store.followup_failures,
     )
     metrics.background(monitor)
     incidents = IncidentLog()
@@ -191,7 +189,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     ctx = Context(
         config,
         clock,
-        backend.ledger,
+        system.backend.ledger,
         Authenticator(system.catalog.keys, config.auth.key_cache_seconds, config.server.tls_client_namespaces),
         metrics,
         Limits(
@@ -209,18 +207,11 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     watch = HealthWatch(
         config.health,
         LatencyWindow(metrics.latency),
-        backend.meters.pending_backfill,
+        store.pending_backfill,
         monitor,
         aggregator.lag_seconds,
     )
-    health = Health(
-        lambda: backend.db.reader().execute("SELECT 1 FROM meta LIMIT 1").fetchone(),
-        backend.db.writer,
-        monitor,
-        watch,
-        admission,
-        backend.followups.problems,
-    )
+    health = Health(store, monitor, watch, admission)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -31,13 +31,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from prometheus_client import Histogram
 
 from meterline.api.backpressure import Admission
 from meterline.config import HealthConfig
 from meterline.domain.errors import OpsCode
+from meterline.ports.status import StoreStatus
 from meterline.runtime.background import Monitor, Ticker
 
 log = logging.getLogger("meterline.health")
@@ -52,13 +52,6 @@ class Finding:
 
     def json(self) -> dict[str, str]:
         return {"check": self.check, "operationalCode": self.code.value, "detail": self.detail}
-
-
-class Store(Protocol):
-    """What readiness needs of the store's writer."""
-
-    available: bool
-    failure: str | None
 
 
 class LatencyWindow:
@@ -168,28 +161,26 @@ class Health:
 
     def __init__(
         self,
-        read_store: Callable[[], object],
-        store: Store,
+        store: StoreStatus,
         monitor: Monitor,
         watch: HealthWatch,
         admission: Admission,
-        stale_views: Callable[[], list[str]] = list,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._read_store, self._store, self._monitor = read_store, store, monitor
+        self._store, self._monitor = store, monitor
         self._watch, self._admission, self._now = watch, admission, now
-        self._stale_views = stale_views
 
     def problems(self) -> list[Finding]:
         found = []
         try:
-            self._read_store()
+            self._store.probe()
         except Exception:
             found.append(Finding("storage", OpsCode.STORAGE_UNAVAILABLE, "the store cannot be read"))
-        if not self._store.available:
-            detail = self._store.failure or "the last commit failed"
+        writable, failure = self._store.writable()
+        if not writable:
+            detail = failure or "the last commit failed"
             found.append(Finding("storage", OpsCode.STORAGE_UNAVAILABLE, f"{detail}; no commit has succeeded since"))
-        found += [Finding("stale_view", OpsCode.LAGGING, detail) for detail in self._stale_views()]
+        found += [Finding("stale_view", OpsCode.LAGGING, detail) for detail in self._store.stale_views()]
         return found + loop_findings(self._monitor)
 
     def warnings(self) -> list[Finding]:
