@@ -9,8 +9,15 @@ from collections.abc import Callable, Sequence
 import msgspec
 from ulid import ULID
 
-from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, upserted
-from meterline.domain.errors import Conflict, NotFound
+from meterline.domain.customers.model import (
+    Customer,
+    CustomerInput,
+    UnknownSubjects,
+    customer_exists,
+    subject_claimed,
+    upserted,
+)
+from meterline.domain.errors import NotFound
 from meterline.ports.customers import Quarantined, Saved
 
 
@@ -82,9 +89,9 @@ class MemoryCustomers:
         for subject in subjects:
             owner = self._owners.get((namespace, subject))
             if owner is not None and (old is None or owner != old.key):
-                raise Conflict(f"subject {subject!r} already belongs to customer {owner!r}", code="subject_claimed")
+                raise subject_claimed(subject, owner)
         if old is None and (namespace, inp.key) in self._live:
-            raise Conflict(f"customer {inp.key!r} already exists", code="customer_exists")
+            raise customer_exists(inp.key)
         now = self._now_us()
         cid, created = (str(ULID()), now) if old is None else (old.id, old.created_us)
         for subject in () if old is None else old.subjects:

@@ -17,7 +17,14 @@ import msgspec
 from ulid import ULID
 
 from meterline.adapters.postgres.database import Connection, PgDatabase, is_unique_violation, lock
-from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, upserted
+from meterline.domain.customers.model import (
+    Customer,
+    CustomerInput,
+    UnknownSubjects,
+    customer_exists,
+    subject_claimed,
+    upserted,
+)
 from meterline.domain.errors import Conflict, NotFound
 from meterline.ports.customers import Quarantined, Saved
 
@@ -76,7 +83,7 @@ class PgCustomers:
             if conn.execute(
                 "SELECT 1 FROM customers WHERE namespace = %s AND key = %s AND deleted_us IS NULL", (namespace, inp.key)
             ).fetchone():
-                raise Conflict(f"customer {inp.key!r} already exists", code="customer_exists")
+                raise customer_exists(inp.key)
             conn.execute(
                 "INSERT INTO customers (" + _COLUMNS + ") VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
                 (cid, namespace, inp.key, inp.name, inp.timezone, meta, now, now),
@@ -162,7 +169,7 @@ def _check_claims(conn: Connection, namespace: str, subjects: Sequence[str], own
     ).fetchall()
     if rows:
         subject, owner = rows[0]
-        raise Conflict(f"subject {subject!r} already belongs to customer {owner!r}", code="subject_claimed")
+        raise subject_claimed(subject, owner)
 
 
 def _get(conn: Connection, namespace: str, key_or_id: str) -> Customer:

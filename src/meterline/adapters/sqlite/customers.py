@@ -19,8 +19,15 @@ from ulid import ULID
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import Appender, IngestState
 from meterline.adapters.sqlite.replay import event_data
-from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, upserted
-from meterline.domain.errors import Conflict, NotFound
+from meterline.domain.customers.model import (
+    Customer,
+    CustomerInput,
+    UnknownSubjects,
+    customer_exists,
+    subject_claimed,
+    upserted,
+)
+from meterline.domain.errors import NotFound
 from meterline.domain.events.model import Event
 from meterline.ports.customers import Quarantined, Saved
 
@@ -95,7 +102,7 @@ class SqliteCustomers:
                     (cid, namespace, inp.key, inp.name, inp.timezone, meta, now, now),
                 )
             except sqlite3.IntegrityError:
-                raise Conflict(f"customer {inp.key!r} already exists", code="customer_exists") from None
+                raise customer_exists(inp.key) from None
             created = now
         else:
             cid, created = old.id, old.created_us
@@ -120,7 +127,7 @@ class SqliteCustomers:
                 (namespace, subject, own),
             ).fetchone()
             if row is not None:
-                raise Conflict(f"subject {subject!r} already belongs to customer {row[0]!r}", code="subject_claimed")
+                raise subject_claimed(subject, row[0])
 
     def _release(self, conn: sqlite3.Connection, namespace: str, subjects: Sequence[str]) -> tuple[int, int]:
         """Move the subjects' quarantined events into the ledger, in arrival order."""

@@ -28,8 +28,8 @@ import msgspec
 
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex
 from meterline.adapters.sqlite.recent import RecentEntries
-from meterline.domain.customers.model import UnknownSubjects
-from meterline.domain.events.model import Candidate, Event, Outcome, Reason, Rejection, Status
+from meterline.domain.customers.model import UnknownSubjects, subject_rule
+from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.fold import LedgerEntry, Preread
@@ -166,11 +166,10 @@ class Appender:
         first = known.get((ev.source, ev.id))
         if first is not None:
             return Outcome(c.index, ev.id, ev.source, Status.DUPLICATE, conflict=first != ev.digest)
-        policy = self.policy
-        if policy is not UnknownSubjects.ACCEPT and ev.subject not in self.owned:
-            if policy is UnknownSubjects.REJECT:
-                message = f"subject {ev.subject!r} belongs to no customer; create the customer first"
-                return self._reject(c, Rejection(Reason.UNKNOWN_SUBJECT, message))
+        rule = subject_rule(self.policy, self.owned, ev.subject)
+        if isinstance(rule, Rejection):
+            return self._reject(c, rule)
+        if rule is UnknownSubjects.QUARANTINE:
             known[(ev.source, ev.id)] = ev.digest
             self._quarantine(ev)
             return Outcome(c.index, ev.id, ev.source, Status.QUARANTINED)

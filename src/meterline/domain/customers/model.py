@@ -13,12 +13,14 @@ dead-letter store with reason ``unknown_subject``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Container
 from typing import Any
 
 import msgspec
 
 from meterline.domain.clock import known_zone
-from meterline.domain.errors import InvalidInput
+from meterline.domain.errors import Conflict, InvalidInput
+from meterline.domain.events.model import Reason, Rejection
 from meterline.domain.identifiers import KEY_RULE, MAX_KEY, is_key, is_subject, shown
 
 
@@ -26,6 +28,28 @@ class UnknownSubjects(enum.StrEnum):
     ACCEPT = "accept"
     QUARANTINE = "quarantine"
     REJECT = "reject"
+
+
+def subject_claimed(subject: str, owner_key: str) -> Conflict:
+    """A subject belongs to one customer of a namespace at a time: a store refuses a second
+    claim with this, atomically with the write that tried it."""
+    return Conflict(f"subject {subject!r} already belongs to customer {owner_key!r}", code="subject_claimed")
+
+
+def customer_exists(key: str) -> Conflict:
+    """A customer key is unique among a namespace's live customers."""
+    return Conflict(f"customer {key!r} already exists", code="customer_exists")
+
+
+def subject_rule(policy: UnknownSubjects, owned: Container[str], subject: str) -> UnknownSubjects | Rejection:
+    """What ingest does with a valid event of ``subject`` under the namespace's ``policy``,
+    ``owned`` being the subjects its customers claim: ACCEPT, QUARANTINE, or the rejection."""
+    if policy is UnknownSubjects.ACCEPT or subject in owned:
+        return UnknownSubjects.ACCEPT
+    if policy is UnknownSubjects.REJECT:
+        message = f"subject {subject!r} belongs to no customer; create the customer first"
+        return Rejection(Reason.UNKNOWN_SUBJECT, message)
+    return UnknownSubjects.QUARANTINE
 
 
 class CustomerInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
