@@ -35,7 +35,7 @@ def test_example_config_loads_and_is_complete() -> None:
     assert [m.slug for m in config.meters] == ["api_calls", "tokens"]
     text = (ROOT / "meterline.example.toml").read_text()
     sections = ("server", "storage", "ingest", "auth", "alerts", "portal", "health", "log", "billing")
-    for section in (*sections, "kafka", "clickhouse", "postgres", "redis"):
+    for section in (*sections, "kafka", "clickhouse", "postgres", "redis", "dedupe"):
         for field in type(getattr(config, section)).model_fields:
             assert f"{field} =" in text, f"{section}.{field} is not documented in the example"
 

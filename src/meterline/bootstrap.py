@@ -3,6 +3,11 @@
 ``build(config)`` opens the adapters the config names (today: the embedded SQLite store) and
 builds the services and background loops on top of them. The HTTP app (``api.app``), the CLI
 and future workers all start from here; none of them imports an adapter.
+
+Scale-mode stores this side of the log (``storage.engine = "scale"``: the PostgreSQL catalog and
+billing, the dedupe store of ``[dedupe]``) are opened by :func:`open_scale_stores`; their drivers
+come with the ``scale`` extra and are imported only when the config asks for them
+(``runtime.extras.import_extra`` names the extra when they are missing).
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.sink import ClickHouseSink
@@ -30,11 +37,15 @@ from meterline.config import BillingConfig, Config
 from meterline.domain.billing.records import RunSettings
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
-from meterline.domain.errors import ConfigError, Conflict, NotFound
+from meterline.domain.errors import ConfigError, Conflict, NotFound, StorageUnavailable
 from meterline.domain.meters.query import QueryLimits
+from meterline.ports.billing import BillingStores
+from meterline.ports.billing_usage import PeriodUsage
+from meterline.ports.dedupe import DedupeStore
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.ports.status import StoreStatus
 from meterline.runtime.background import Monitor
+from meterline.runtime.extras import import_extra
 from meterline.services.aggregation import Aggregator
 from meterline.services.alerts import AlertEvaluator, AnomalyScanner
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
@@ -52,6 +63,9 @@ from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
 from meterline.services.sink import SinkWorker
 from meterline.services.usage_queries import UsageQueries
+
+if TYPE_CHECKING:  # imported for real only when the config asks for it (the scale extra)
+    from meterline.adapters.postgres.catalog import PgCatalog
 
 
 @dataclass(frozen=True)
@@ -143,14 +157,93 @@ def catalog(
 
 @contextmanager
 def open_keys(config: Config) -> Iterator[KeyService]:
-    """The key service over the data directory alone (the CLI's ``keys`` commands; safe while a
-    server runs on the same directory)."""
-    _embedded_only(config)
+    """The key service over the configured catalog alone (the CLI's ``keys`` commands; safe
+    while servers run on the same store): the data directory, or the shared PostgreSQL catalog."""
+    if config.storage.engine == "scale":
+        pg = open_postgres(config, SystemClock())
+        try:
+            yield KeyService(pg.keys, SystemClock())
+        finally:
+            pg.close()
+        return
     db = Database(config.storage.data_dir, fsync=config.storage.fsync)
     try:
         yield KeyService(SqliteKeys(db), SystemClock())
     finally:
         db.close()
+
+
+def _scale_adapter(module: str, *drivers: str) -> ModuleType:
+    """A scale-mode adapter module, once its drivers import (else a ConfigError naming the one
+    missing and the extra that brings it)."""
+    for driver in drivers:
+        import_extra(driver, "scale")
+    return import_extra(module, "scale")
+
+
+def open_postgres(config: Config, clock: Clock) -> PgCatalog:
+    """The PostgreSQL catalog (``adapters.postgres.catalog.PgCatalog``): connected, migrated."""
+    module = _scale_adapter("meterline.adapters.postgres.catalog", "psycopg", "psycopg_pool")
+    pg = config.postgres
+    try:
+        catalog: PgCatalog = module.PgCatalog.open(
+            pg.dsn, clock.now_us, pool_size=pg.pool_size, timeout=pg.connect_timeout
+        )
+        return catalog
+    except StorageUnavailable as exc:
+        raise ConfigError(f"the PostgreSQL database of [postgres] dsn cannot be reached: {exc.detail}") from None
+
+
+@dataclass
+class ScaleStores:
+    """The scale-mode stores this side of the log: the shared catalog and billing stores in
+    PostgreSQL and the dedupe store API nodes claim keys in."""
+
+    catalog: PgCatalog
+    """Customers, keys, meters, features, entitlements, grants, notifications, portal."""
+    dedupe: DedupeStore
+    _close: list[Callable[[], None]] = field(default_factory=list)
+
+    def billing(self, usage: PeriodUsage, clock: Clock) -> BillingStores:
+        """The billing stores over the catalog's database, pricing ``usage`` (the usage store's)."""
+        module = _scale_adapter("meterline.adapters.postgres.billing", "psycopg", "psycopg_pool")
+        stores: BillingStores = module.billing_stores(
+            self.catalog.db, self.catalog.customers, self.catalog.meters, usage, clock.now_us
+        )
+        return stores
+
+    def close(self) -> None:
+        for close in reversed(self._close):
+            close()
+
+
+def open_scale_stores(config: Config, clock: Clock) -> ScaleStores:
+    """Open what ``[catalog]``, ``[postgres]``, ``[dedupe]`` and ``[redis]`` name. The dedupe
+    window is ``ingest.dedupe_window`` (None: forever)."""
+    if config.storage.engine != "scale":
+        raise ConfigError('the scale-mode stores are opened for storage.engine = "scale" only')
+    window = config.ingest.dedupe_window
+    window_us = None if window is None else _us(window.total_seconds())
+    lease_us = _us(config.dedupe.lease.total_seconds())
+    pg = open_postgres(config, clock)
+    closers: list[Callable[[], None]] = [pg.close]
+    try:
+        if config.dedupe.backend == "redis":
+            redis_mod = import_extra("redis", "scale")
+            client = redis_mod.Redis.from_url(config.redis.url)
+            closers.append(client.close)
+            dedupe_mod = _scale_adapter("meterline.adapters.redis.dedupe", "redis")
+            dedupe: DedupeStore = dedupe_mod.RedisDedupe(
+                client, clock.now_us, lease_us=lease_us, window_us=window_us, prefix=config.redis.key_prefix
+            )
+        else:
+            dedupe_mod = _scale_adapter("meterline.adapters.postgres.dedupe", "psycopg", "psycopg_pool")
+            dedupe = dedupe_mod.PgDedupe(pg.db, clock.now_us, lease_us=lease_us, window_us=window_us)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        raise
+    return ScaleStores(pg, dedupe, closers)
 
 
 def rebuild_store(config: Config, *, check: bool) -> RebuildReport:

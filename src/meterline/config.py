@@ -372,6 +372,10 @@ class PostgresConfig(_Section):
 
     dsn: str = "postgresql://127.0.0.1:5432/meterline"
     """A libpq connection string or URL."""
+    pool_size: int = Field(8, ge=1, le=1000)
+    """Most connections one process holds open."""
+    connect_timeout: float = Field(10.0, gt=0, le=3600)
+    """Seconds to wait for the pool's first connection at start, and for a free connection later."""
 
 
 class RedisConfig(_Section):
@@ -380,6 +384,18 @@ class RedisConfig(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "meterline:"
     """Prefix of every key meterline writes (several deployments can share one Redis)."""
+
+
+class DedupeConfig(_Section):
+    """Scale mode: the store API nodes claim idempotency keys in (docs/scale.md)."""
+
+    backend: Literal["postgres", "redis"] = "postgres"
+    """``postgres`` (``[postgres]``; durable with every commit; the default) or ``redis``
+    (``[redis]``; durable only as far as that Redis persists). The window is
+    ``ingest.dedupe_window``."""
+    lease: Duration = timedelta(seconds=30)
+    """How long a claim holds its key before a retry may take it over: longer than the slowest
+    durable write of an API node (``kafka.delivery_timeout``)."""
 
 
 class Config(_Section):
@@ -398,6 +414,7 @@ class Config(_Section):
     clickhouse: ClickHouseConfig = ClickHouseConfig()
     postgres: PostgresConfig = PostgresConfig()
     redis: RedisConfig = RedisConfig()
+    dedupe: DedupeConfig = DedupeConfig()
     meters: list[MeterConfig] = []
 
     @field_validator("meters")

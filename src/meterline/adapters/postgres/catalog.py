@@ -29,9 +29,9 @@ class PgCatalog:
         self.portal = PgPortal(db)
 
     @classmethod
-    def open(cls, dsn: str, now_us: Callable[[], int], *, pool_size: int = 8) -> PgCatalog:
+    def open(cls, dsn: str, now_us: Callable[[], int], *, pool_size: int = 8, timeout: float = 10.0) -> PgCatalog:
         """Connect, migrate the schema, and build the repositories."""
-        return cls(PgDatabase(dsn, max_size=pool_size), now_us)
+        return cls(PgDatabase(dsn, max_size=pool_size, timeout=timeout), now_us)
 
     def close(self) -> None:
         self.db.close()
