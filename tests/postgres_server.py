@@ -22,6 +22,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 DEFAULT = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=5"
+ADMIN = "host=127.0.0.1 port=5432 dbname=postgres user=postgres connect_timeout=5"
 
 
 @functools.cache
@@ -29,6 +30,13 @@ def server() -> str:
     """The base DSN of a running server, starting the machine's cluster first if needed."""
     dsn = os.environ.get("METERLINE_TEST_POSTGRES", DEFAULT)
     if _reachable(dsn):
+        return dsn
+    if "METERLINE_TEST_POSTGRES" not in os.environ and _reachable(ADMIN):
+        try:
+            with psycopg.connect(ADMIN, autocommit=True) as conn:  # a server without the test database
+                conn.execute("CREATE DATABASE test")
+        except psycopg.errors.DuplicateDatabase:
+            pass  # another test worker made it first
         return dsn
     versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").is_dir() else []
     if not versions or shutil.which("pg_ctlcluster") is None:
@@ -39,11 +47,11 @@ def server() -> str:
         capture_output=True,
     )
     deadline = time.monotonic() + 30
-    while not _reachable(dsn):
+    while not _reachable(dsn) and not _reachable(ADMIN):
         if time.monotonic() > deadline:
             raise RuntimeError(f"PostgreSQL did not come up at {dsn!r}")
         time.sleep(0.2)
-    return dsn
+    return server.__wrapped__()  # up now: check again (and make the test database if it lacks one)
 
 
 @contextmanager

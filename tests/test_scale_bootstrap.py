@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -110,3 +111,22 @@ def test_a_missing_driver_names_the_scale_extra(dsn: str, monkeypatch: pytest.Mo
     with pytest.raises(ConfigError) as err:
         open_scale_stores(scale_config(dsn), FixedClock(T0))
     assert "'psycopg'" in str(err.value) and "pip install 'meterline[scale]'" in str(err.value)
+
+
+def test_the_pruner_forgets_keys_that_left_the_window(dsn: str) -> None:
+    clock = FixedClock(T0)
+    config = scale_config(dsn, ingest={"dedupe_window": timedelta(minutes=1)})
+    stores = open_scale_stores(config, clock, prune_every=0.05)
+    try:
+        keys = [EventKey("default", "s", f"e{i}", b"d") for i in range(3)]
+        stores.dedupe.confirm(stores.dedupe.claim(keys).token, keys)
+        clock.advance(61)
+        stores.start()
+        deadline = time.monotonic() + 30
+        with stores.catalog.db.tx() as conn:
+            while conn.execute("SELECT count(*) FROM dedupe_keys").fetchone() != (0,):
+                assert time.monotonic() < deadline, "the pruner did not run"
+                conn.commit()
+                time.sleep(0.05)
+    finally:
+        stores.close()

@@ -44,7 +44,7 @@ from meterline.ports.billing_usage import PeriodUsage
 from meterline.ports.dedupe import DedupeStore
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.ports.status import StoreStatus
-from meterline.runtime.background import Monitor
+from meterline.runtime.background import Monitor, Ticker
 from meterline.runtime.extras import import_extra
 from meterline.services.aggregation import Aggregator
 from meterline.services.alerts import AlertEvaluator, AnomalyScanner
@@ -202,6 +202,8 @@ class ScaleStores:
     catalog: PgCatalog
     """Customers, keys, meters, features, entitlements, grants, notifications, portal."""
     dedupe: DedupeStore
+    pruner: Ticker
+    """Forgets dedupe keys that left the window; ``start`` runs it (in any number of processes)."""
     _close: list[Callable[[], None]] = field(default_factory=list)
 
     def billing(self, usage: PeriodUsage, clock: Clock) -> BillingStores:
@@ -212,14 +214,21 @@ class ScaleStores:
         )
         return stores
 
+    def start(self) -> None:
+        self.pruner.start()
+
     def close(self) -> None:
+        self.pruner.close()
         for close in reversed(self._close):
             close()
 
 
-def open_scale_stores(config: Config, clock: Clock) -> ScaleStores:
-    """Open what ``[catalog]``, ``[postgres]``, ``[dedupe]`` and ``[redis]`` name. The dedupe
-    window is ``ingest.dedupe_window`` (None: forever)."""
+def open_scale_stores(
+    config: Config, clock: Clock, monitor: Monitor | None = None, *, prune_every: float = 60.0
+) -> ScaleStores:
+    """Open what ``[postgres]``, ``[dedupe]`` and ``[redis]`` name (``storage.engine = "scale"``).
+    The dedupe window is ``ingest.dedupe_window`` (None: forever); the pruner, once started,
+    runs every ``prune_every`` seconds."""
     if config.storage.engine != "scale":
         raise ConfigError('the scale-mode stores are opened for storage.engine = "scale" only')
     window = config.ingest.dedupe_window
@@ -229,10 +238,9 @@ def open_scale_stores(config: Config, clock: Clock) -> ScaleStores:
     closers: list[Callable[[], None]] = [pg.close]
     try:
         if config.dedupe.backend == "redis":
-            redis_mod = import_extra("redis", "scale")
-            client = redis_mod.Redis.from_url(config.redis.url)
-            closers.append(client.close)
             dedupe_mod = _scale_adapter("meterline.adapters.redis.dedupe", "redis")
+            client = import_extra("redis", "scale").Redis.from_url(config.redis.url)
+            closers.append(client.close)
             dedupe: DedupeStore = dedupe_mod.RedisDedupe(
                 client, clock.now_us, lease_us=lease_us, window_us=window_us, prefix=config.redis.key_prefix
             )
@@ -243,7 +251,8 @@ def open_scale_stores(config: Config, clock: Clock) -> ScaleStores:
         for close in reversed(closers):
             close()
         raise
-    return ScaleStores(pg, dedupe, closers)
+    pruner = Ticker("dedupe-prune", dedupe.prune, lambda: prune_every, monitor)
+    return ScaleStores(pg, dedupe, pruner, closers)
 
 
 def rebuild_store(config: Config, *, check: bool) -> RebuildReport:

@@ -38,6 +38,7 @@ from meterline.ports.dedupe import Claims, EventKey, Verdict
 T = TypeVar("T")
 Key = tuple[str, str, str]
 RETRIES = 5
+PRUNE_BATCH = 10_000
 
 
 class PgDedupe:
@@ -93,9 +94,17 @@ class PgDedupe:
     def prune(self) -> int:
         if self._window_us is None:
             return 0
-        floor = self._now_us() - self._window_us
-        with self._db.tx() as conn:
-            return conn.execute("DELETE FROM dedupe_keys WHERE at_us < %s", (floor,)).rowcount
+        floor, dropped = self._now_us() - self._window_us, 0
+        while True:  # in bounded transactions, so a large backlog never holds long locks
+            with self._db.tx() as conn:
+                n = conn.execute(
+                    "DELETE FROM dedupe_keys WHERE ctid = ANY(ARRAY("
+                    "SELECT ctid FROM dedupe_keys WHERE at_us < %s LIMIT %s))",
+                    (floor, PRUNE_BATCH),
+                ).rowcount
+            dropped += n
+            if n < PRUNE_BATCH:
+                return dropped
 
     def _retrying(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction, again when PostgreSQL chose it as a deadlock victim or
