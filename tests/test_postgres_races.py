@@ -6,15 +6,18 @@ invoice numbers must stay gap-free."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
+import psycopg
 import pytest
 from contract.billing_kit import APRIL, MARCH
 from contract.test_billing_stores import invoice, plan, sub
 from contract.test_notifications import _rule
 from postgres_server import fresh_schema, server
+from psycopg.conninfo import make_conninfo
 
 from meterline.adapters.memory.billing_usage import MemoryPeriodUsage
 from meterline.adapters.postgres.billing import billing_stores
@@ -131,3 +134,24 @@ def test_a_period_is_invoiced_once_with_gap_free_numbers(nodes: list[PgCatalog])
     numbers = sorted(n for r in results if isinstance(r, list) for n in r)
     assert numbers == ["INV-1", "INV-2"]
     assert [r.number for r in first.invoices.list(NS)] == ["INV-1", "INV-2"]
+
+
+def test_connections_the_server_closed_are_replaced_not_failed() -> None:
+    """A restart or failover ends every server connection: the next calls still succeed."""
+    clock = FixedClock(MARCH)
+    name = f"victim-{uuid.uuid4().hex[:12]}"
+    with fresh_schema(server()) as dsn:
+        catalog = PgCatalog.open(make_conninfo(dsn, application_name=name), clock.now_us, pool_size=3)
+        try:
+            catalog.customers.create(NS, CustomerInput("acme"))
+            with psycopg.connect(server(), autocommit=True) as admin:
+                ended = admin.execute(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = %s",
+                    (name,),
+                ).fetchone()
+            assert ended is not None and ended[0] >= 1
+            for _ in range(5):  # more calls than the pool holds connections
+                assert catalog.customers.get(NS, "acme").key == "acme"
+        finally:
+            catalog.close()

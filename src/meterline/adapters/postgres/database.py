@@ -27,7 +27,14 @@ class PgDatabase:
         """Open the pool (``dsn``: a libpq connection string or URI) and apply the migrations
         this version has that the database has not."""
         self._pool: psycopg_pool.ConnectionPool[Connection] = psycopg_pool.ConnectionPool(
-            dsn, min_size=min_size, max_size=max_size, timeout=timeout, open=False
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            # a connection is checked as it leaves the pool (one round trip), so one that the server
+            # closed (a restart, a failover, an idle timeout) is replaced instead of failing a call
+            check=psycopg_pool.ConnectionPool.check_connection,
         )
         try:
             try:
