@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from contract.billing_kit import APRIL, MARCH
 from contract.test_billing_stores import invoice, plan, sub
-from contract.test_notifications import _rule
+from contract.test_notifications import _channel, _rule
 from postgres_server import fresh_schema, server
 from psycopg.conninfo import make_conninfo
 
@@ -155,3 +155,18 @@ def test_connections_the_server_closed_are_replaced_not_failed() -> None:
                 assert catalog.customers.get(NS, "acme").key == "acme"
         finally:
             catalog.close()
+
+
+def test_dispatchers_of_several_nodes_never_get_the_same_delivery(nodes: list[PgCatalog]) -> None:
+    channels = [f"c{i}" for i in range(5)]
+    for c in channels:
+        nodes[0].notifications.put_channel(_channel(c))
+    for i in range(20):
+        rule = _rule(f"r{i}", channels)
+        nodes[0].notifications.fire(NS, rule, "acme", "api", "80", 0, lambda e: b"{}", MARCH, channels)
+    handed = race(nodes, lambda i, n: [(d.event_id, d.channel.id) for d in n.notifications.due(MARCH, 1000)])
+    pairs = [p for r in handed if isinstance(r, list) for p in r]
+    assert len(pairs) == 100 and len(set(pairs)) == 100  # every delivery, each to one node
+    assert nodes[1].notifications.due(MARCH + 299_000_000, 1000) == []  # held while being attempted
+    again = nodes[1].notifications.due(MARCH + 300_000_000, 1000)  # its dispatcher died: due again
+    assert len(again) == 100

@@ -2,9 +2,11 @@
 :mod:`meterline.ports.notifications` repositories and the dispatcher's
 :class:`~meterline.ports.deliveries.DeliveryStore`).
 
-The unique key of ``notification_events`` makes "once per rule, customer, feature, threshold
-and period" hold across API nodes and workers: ``fire`` inserts with ``ON CONFLICT DO NOTHING``
-and queues deliveries only when its insert won.
+``due`` hands each delivery to one dispatcher at a time (row locks skipped by the others and a
+claim time), so any number of API nodes can run one. The unique key of ``notification_events``
+makes "once per rule, customer, feature, threshold and period" hold across API nodes and
+workers: ``fire`` inserts with ``ON CONFLICT DO NOTHING`` and queues deliveries only when its
+insert won.
 """
 
 from __future__ import annotations
@@ -30,9 +32,12 @@ _EVENT = "id, rule, customer, feature, threshold, period_start, payload, created
 
 
 class PgNotifications:
-    def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
+    def __init__(self, db: PgDatabase, now_us: Callable[[], int], *, claim_us: int = 300_000_000) -> None:
+        """``claim_us``: how long a delivery handed out by ``due`` is held from other
+        dispatchers (longer than one attempt takes)."""
         self._db = db
         self._now_us = now_us
+        self._claim_us = claim_us
 
     # -- channels ---------------------------------------------------------------------------
 
@@ -186,12 +191,23 @@ class PgNotifications:
     # -- DeliveryStore ----------------------------------------------------------------------
 
     def due(self, now_us: int, limit: int) -> builtins.list[Due]:
+        """Due deliveries, each handed to one caller: the rows are locked (others skip them) and
+        their next attempt moved ``claim_us`` ahead in the same transaction, so the dispatchers
+        of several API nodes never send one delivery twice at once. ``record`` then stores the
+        outcome; if the node dies first, the delivery is due again once the claim lapses."""
         with self._db.tx() as conn:
             rows = conn.execute(
-                "SELECT d.event, c.spec, d.attempts, e.payload FROM deliveries d"
-                " JOIN notification_events e ON e.id = d.event JOIN notification_channels c ON c.id = d.channel"
-                " WHERE d.state = 'PENDING' AND d.next_attempt_us <= %s ORDER BY d.next_attempt_us LIMIT %s",
-                (now_us, limit),
+                "WITH due AS (SELECT event, channel, next_attempt_us AS was FROM deliveries"
+                "   WHERE state = 'PENDING' AND next_attempt_us <= %(now)s"
+                "   ORDER BY next_attempt_us, event, channel LIMIT %(limit)s FOR UPDATE SKIP LOCKED),"
+                " claimed AS (UPDATE deliveries d SET next_attempt_us = %(until)s FROM due"
+                "   WHERE d.event = due.event AND d.channel = due.channel"
+                "   RETURNING d.event, d.channel, d.attempts, due.was)"
+                " SELECT claimed.event, c.spec, claimed.attempts, e.payload FROM claimed"
+                " JOIN notification_events e ON e.id = claimed.event"
+                " JOIN notification_channels c ON c.id = claimed.channel"
+                " ORDER BY claimed.was, claimed.event, claimed.channel",
+                {"now": now_us, "limit": limit, "until": now_us + self._claim_us},
             ).fetchall()
         return [Due(event, _channel.decode(spec), attempts, payload) for event, spec, attempts, payload in rows]
 
