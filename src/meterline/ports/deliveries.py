@@ -22,7 +22,9 @@ class Due:
 
 class DeliveryStore(Protocol):
     def due(self, now_us: int, limit: int) -> list[Due]:
-        """PENDING deliveries whose ``next_attempt_us <= now_us``, oldest first, at most ``limit``."""
+        """PENDING deliveries whose ``next_attempt_us <= now_us``, oldest first, at most ``limit``.
+        A store shared by the dispatchers of several processes hands each delivery to one of
+        them, holding it from the others until its outcome is recorded or a claim time passes."""
         ...
 
     def record(
