@@ -479,15 +479,15 @@ class Worker:
         self.pg.close()
 
 
-DEDUPE_LEASE_US = 30_000_000
-"""How long an ack-time claim holds its key (longer than a Kafka write may take)."""
-
-
 def scale_dedupe(config: Config, db: PgDatabase, clock: Clock) -> PgDedupe:
-    """The shared ack-time dedupe store of scale mode (PostgreSQL)."""
+    """The shared ack-time dedupe store of scale mode (PostgreSQL), with the lease of
+    ``[dedupe]`` and the window of ``ingest.dedupe_window``."""
     window = config.ingest.dedupe_window
     return PgDedupe(
-        db, clock.now_us, lease_us=DEDUPE_LEASE_US, window_us=None if window is None else _us(window.total_seconds())
+        db,
+        clock.now_us,
+        lease_us=_us(config.dedupe.lease.total_seconds()),
+        window_us=None if window is None else _us(window.total_seconds()),
     )
 
 
