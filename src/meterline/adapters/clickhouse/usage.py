@@ -117,9 +117,10 @@ class ClickHouseUsage:
         if unique:
             sql = f"SELECT DISTINCT subject, group_key, bucket, value FROM usage_uniques WHERE {where}"
             return merge_unique(self._conn.rows(sql, params), bounds, query, dimensions)
+        keys = _grouping(query, bounds, params)
         sql = (
-            "SELECT subject, group_key, bucket, sum(count), sum(total), min(low), max(high), max(latest)"
-            f" FROM usage_rollups WHERE {where} GROUP BY subject, group_key, bucket"
+            f"SELECT {keys}, sum(count), sum(total), min(low), max(high), max(latest)"
+            f" FROM usage_rollups WHERE {where} GROUP BY s_, g_, w_"
         )
         states = (_state(meter.spec.aggregation, row) for row in self._conn.rows(sql, params))
         return merge(meter.spec.aggregation, states, bounds, query, dimensions)
@@ -214,6 +215,26 @@ def _where(key: int, level: int, bounds: Sequence[int], subjects: Iterable[str])
         params["s"] = wanted
         where += " AND has({s:Array(String)}, subject)"
     return where, params
+
+
+_MAX_BOUNDS_IN_SQL = 2000
+"""Grids up to this many boundaries are merged into windows by ClickHouse; finer ones per bucket."""
+
+
+def _grouping(query: MeterQuery, bounds: Sequence[int], params: dict[str, Any]) -> str:
+    """The columns the states are merged over in ClickHouse: the window (as the start of its
+    first bucket), and subject and group only where the answer or a filter needs them, so a
+    month total is one row however many buckets, subjects and groups it covers."""
+    by_subject = "subject" in query.group_by or (bool(query.subjects) and not query.combine_subjects)
+    keep_subject = by_subject or any(d == "subject" for d, _, _ in query.filters)
+    keep_group = any(d != "subject" for d in query.group_by) or any(d != "subject" for d, _, _ in query.filters)
+    subject = "subject" if keep_subject else "''"
+    group = "group_key" if keep_group else "'[]'"
+    window = "bucket"
+    if len(bounds) <= _MAX_BOUNDS_IN_SQL:
+        params["b"] = list(bounds)
+        window = "arrayElement({b:Array(Int64)}, arrayFirstIndex(x -> x > bucket, {b:Array(Int64)}) - 1)"
+    return f"{subject} AS s_, {group} AS g_, {window} AS w_"
 
 
 def _state(aggregation: Aggregation, row: tuple[Any, ...]) -> BucketState:
