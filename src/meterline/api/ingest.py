@@ -28,6 +28,7 @@ from meterline.api.problems import on_meterline_error, problem
 from meterline.domain.auth.keys import Scope as KeyScope
 from meterline.domain.clock import rfc3339
 from meterline.domain.errors import MeterlineError, UnsupportedMediaType
+from meterline.domain.events.binary import is_binary, structured
 from meterline.domain.events.model import Candidate, Outcome, Status
 from meterline.domain.events.typed import decode_body
 from meterline.ports.ledger import EventFilter
@@ -59,12 +60,18 @@ class IngestEndpoint:
         started = time.perf_counter()
         head = _headers(scope)
         key = ctx.auth.require_ingest(scope, head.get("authorization"))
-        shape = SHAPES.get(head.get("content-type", "").split(";")[0].strip().lower())
+        content_type = head.get("content-type", "")
+        media = content_type.split(";")[0].strip().lower()
+        binary = is_binary(media, head)
+        shape = "single" if binary else SHAPES.get(media)
         if shape is None:
             raise UnsupportedMediaType(
-                "Send application/cloudevents+json, application/cloudevents-batch+json or application/json",
+                "Send application/cloudevents+json, application/cloudevents-batch+json or application/json,"
+                " or one event in CloudEvents binary mode (ce-specversion, ce-id, ... headers)",
             )
         body = await receive_body(receive, head.get("content-length"), ctx.config.server.max_body_bytes)
+        if binary:
+            body = structured(head, content_type.strip(), body)
         candidates = decode_body(body, shape, key.namespace, ctx.clock.now_us(), ctx.limits)
         outcomes = await self.append(ctx, key.namespace, candidates)
         ctx.metrics.observe(outcomes)
@@ -105,11 +112,14 @@ class FastLane:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    """The first value of each header the endpoint reads (latin-1, as Starlette decodes them)."""
+    """The first value of each header the endpoint reads (latin-1, as Starlette decodes them),
+    CloudEvents binary-mode attributes (``ce-*``) included."""
     found: dict[str, str] = {}
     for name, value in scope["headers"]:
         if name in _HEADERS:
             found.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        elif name.startswith(b"ce-"):  # attribute values are UTF-8 (percent-encoded, or not)
+            found.setdefault(name.decode("latin-1"), value.decode("utf-8", "replace"))
     return found
 
 
