@@ -20,6 +20,7 @@ from starlette.requests import Request
 from meterline.api.http import parse_time
 from meterline.config import Config
 from meterline.domain.errors import InvalidInput
+from meterline.domain.meters.edges import MINUTE_US, ceil_minute, floor_minute
 from meterline.domain.meters.query import MeterQuery, QueryLimits
 from meterline.domain.meters.windows import WindowSize, zone
 
@@ -108,19 +109,16 @@ def build_query(
     _check_sizes(subjects, group_by, filters)
     start = parse_time("from", single.get("from"))
     end = parse_time("to", single.get("to"))
-    for name, us in (("from", start), ("to", end)):
-        if us is not None and us % 60_000_000:
-            raise InvalidInput(
-                f"`{name}` must fall on a whole minute (rollups are kept per minute)", code="unaligned_range"
-            )
     if start is not None and end is not None and end <= start:
         raise InvalidInput("`to` must be after `from`", code="invalid_range")
     size = single.get("windowSize")
     if size is not None and size not in WindowSize.__members__:
         raise InvalidInput(f"windowSize must be one of {', '.join(WindowSize)}", code="invalid_window_size")
     return MeterQuery(
-        start=None if start is None else start // 1_000_000,
-        end=None if end is None else end // 1_000_000,
+        start=None if start is None else floor_minute(start),
+        end=None if end is None else ceil_minute(end),
+        start_us=None if start is None or start % MINUTE_US == 0 else start,
+        end_us=None if end is None or end % MINUTE_US == 0 else end,
         window_size=WindowSize(size) if size else None,
         tz=zone(single.get("windowTimeZone") or "UTC"),
         subjects=tuple(subjects),

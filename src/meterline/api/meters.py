@@ -105,15 +105,12 @@ class RowOut(msgspec.Struct, rename="camel"):
 
 
 def result_json(query: MeterQuery, rows: list[Row]) -> dict[str, Any]:
-    data = [
-        RowOut(r.value, rfc3339(r.window_start * 1_000_000), rfc3339(r.window_end * 1_000_000), r.subject, r.group_by)
-        for r in rows
-    ]
+    data = [RowOut(r.value, rfc3339(r.window_start_us), rfc3339(r.window_end_us), r.subject, r.group_by) for r in rows]
     body: dict[str, Any] = {"data": data}
     if query.start is not None:
-        body["from"] = rfc3339(query.start * 1_000_000)
+        body["from"] = rfc3339(query.start * 1_000_000 if query.start_us is None else query.start_us)
     if query.end is not None:
-        body["to"] = rfc3339(query.end * 1_000_000)
+        body["to"] = rfc3339(query.end * 1_000_000 if query.end_us is None else query.end_us)
     if query.window_size is not None:
         body["windowSize"] = query.window_size.value
     return body
@@ -127,8 +124,8 @@ def rows_csv(meter: Meter, rows: list[Row]) -> str:
     for r in rows:
         writer.writerow(
             [
-                rfc3339(r.window_start * 1_000_000),
-                rfc3339(r.window_end * 1_000_000),
+                rfc3339(r.window_start_us),
+                rfc3339(r.window_end_us),
                 r.subject or "",
                 *[r.group_by.get(d) or "" for d in dims],
                 canonical(r.value),

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from meterline.domain.decimals import in_stored_form
+from meterline.domain.errors import InvalidInput
 from meterline.domain.meters.fold import Fold, merge_state
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import (
@@ -93,6 +94,9 @@ class MemoryUsage:
             return True
 
     def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
+        if query.start_us is not None or query.end_us is not None:
+            # the partial minutes of such a range are read from the ledger, which this store has not
+            raise InvalidInput("this usage store answers ranges on whole minutes only", code="unaligned_range")
         dimensions = tuple(sorted(meter.spec.group_by))
         check_dimensions(query, dimensions)
         with self._lock:

@@ -8,6 +8,8 @@ committed with its offset, while the live offset carries it forward from ``backf
 from __future__ import annotations
 
 import builtins
+import functools
+import itertools
 import sqlite3
 from collections.abc import Callable
 
@@ -19,7 +21,9 @@ from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_uniques
 from meterline.domain.errors import Conflict, NotFound
+from meterline.domain.meters.edges import edge_ranges, edge_states, edge_uniques, inner_bounds, relabel
 from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.fold import LedgerEntry
 from meterline.domain.meters.model import Aggregation, Meter, MeterSpec
 from meterline.domain.meters.query import SUBJECT, MeterQuery, Row, check_dimensions, merge, merge_unique, query_grid
 from meterline.domain.meters.windows import bucket_size
@@ -119,15 +123,20 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
     bounds = query_grid(query, now_us, lambda: first_bucket(conn, meter.key))
     if not bounds:
         return []
-    start, end, limits = bounds[0], bounds[-1], query.limits
-    level = bucket_size(bounds)
+    inner, limits = inner_bounds(query, bounds), query.limits
+    start, end = inner[0], inner[-1]
+    level = bucket_size(inner)
+    edges = _edge_entries(conn, meter, query, bounds)
     if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
-        values = read_uniques(conn, meter.key, level, start, end, query.subjects)
-        return merge_unique(values, bounds, query, dimensions)
+        values = itertools.chain(
+            read_uniques(conn, meter.key, level, start, end, query.subjects),
+            edge_uniques(CompiledMeter(meter), edges, _admitted(conn, meter.key)),
+        )
+        return relabel(merge_unique(values, bounds, query, dimensions), query, bounds)
     states = read_states(
         conn,
         meter.spec.aggregation,
-        bounds,
+        inner,
         level,
         meter.key,
         query.subjects,
@@ -135,4 +144,43 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
         by_group=any(d != SUBJECT for d in query.group_by) or any(f[0] != SUBJECT for f in query.filters),
         max_rows=None if limits is None else limits.max_rows,
     )
-    return merge(meter.spec.aggregation, states, bounds, query, dimensions)
+    extra = edge_states(CompiledMeter(meter), edges, _admitted(conn, meter.key))
+    return relabel(
+        merge(meter.spec.aggregation, itertools.chain(states, extra), bounds, query, dimensions), query, bounds
+    )
+
+
+def _edge_entries(
+    conn: sqlite3.Connection, meter: Meter, query: MeterQuery, bounds: tuple[int, ...]
+) -> list[LedgerEntry]:
+    """The ledger entries of the partial minutes of an unaligned range (``domain.meters.edges``)
+    that the rollups on ``conn`` reflect: up to the aggregator's offset. Each range is under a
+    minute, found through the ledger's (namespace, type, time) index."""
+    ranges = edge_ranges(query, bounds)
+    if not ranges:
+        return []
+    offset = stored_offset(conn)
+    subjects = ",".join("?" * len(query.subjects))
+    by_subject = f" AND subject IN ({subjects})" if query.subjects else ""
+    sql = (
+        "SELECT seq, namespace, source, type, subject, time_us, raw FROM events INDEXED BY events_by_type_time"
+        f" WHERE namespace = ? AND type = ? AND time_us >= ? AND time_us < ? AND seq <= ?{by_subject}"
+    )
+    entries = []
+    for a, b in ranges:
+        params = (meter.namespace, meter.spec.event_type, a, b, offset, *query.subjects)
+        entries += [LedgerEntry(*row) for row in conn.execute(sql, params)]
+    return entries
+
+
+def _admitted(conn: sqlite3.Connection, meter: int) -> Callable[[str, str], bool]:
+    """Whether the rollups admitted a group value (one over the cardinality cap never is)."""
+
+    @functools.cache
+    def known(dim: str, value: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM group_values WHERE meter = ? AND dim = ? AND value = ?", (meter, dim, value)
+        ).fetchone()
+        return row is not None
+
+    return known

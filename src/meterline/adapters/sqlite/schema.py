@@ -29,6 +29,11 @@ CREATE TABLE IF NOT EXISTS events (
     received_us INTEGER NOT NULL, digest BLOB NOT NULL, raw BLOB NOT NULL
 );
 
+-- Meter queries over a range that starts or ends inside a minute read the events of that
+-- partial minute through this index (domain.meters.edges); created on first start of an
+-- existing store, like every IF NOT EXISTS object here.
+CREATE INDEX IF NOT EXISTS events_by_type_time ON events (namespace, type, time_us);
+
 -- Idempotency keys (namespace, source, id) are found through the dedupe index beside this
 -- file (adapters.sqlite.dedupe_index), derived from `events` and `quarantine`.
 

@@ -67,6 +67,12 @@ class MeterQuery:
     """With ``subjects``: one row for all of them (a customer's usage) instead of one per subject."""
     limits: QueryLimits | None = None
     """Set on every query a caller formed; None only for the server's own queries."""
+    start_us: int | None = None
+    """The exact ``from`` (microseconds) when it is not on a whole minute; ``start`` is then
+    the whole minute before it (``domain.meters.edges`` answers the partial minute)."""
+    end_us: int | None = None
+    """The exact ``to`` (microseconds) when it is not on a whole minute; ``end`` is then the
+    whole minute after it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,18 @@ class Row:
     subject: str | None
     group_by: dict[str, str | None]
     value: Decimal
+    start_us: int | None = None
+    """The window's exact start when it is not a whole second (an unaligned ``from``)."""
+    end_us: int | None = None
+    """The window's exact end when it is not a whole second (an unaligned ``to``)."""
+
+    @property
+    def window_start_us(self) -> int:
+        return self.window_start * 1_000_000 if self.start_us is None else self.start_us
+
+    @property
+    def window_end_us(self) -> int:
+        return self.window_end * 1_000_000 if self.end_us is None else self.end_us
 
 
 @dataclass(frozen=True, slots=True)
