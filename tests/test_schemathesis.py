@@ -30,7 +30,7 @@ SEED = 20260301
 EXAMPLES = 12  # per operation in the fuzzing phase; the coverage phase adds its own boundary cases
 PHASES = "examples,coverage,fuzzing"
 # Operations that delete or replace what other operations are given as ids.
-DESTRUCTIVE = ("DELETE", ["overrideSubjectEntitlement", "invalidatePortalTokens"])
+DESTRUCTIVE = ("DELETE", ["overrideSubjectEntitlement", "overrideCustomerEntitlementV2", "invalidatePortalTokens"])
 
 
 def _selection(kind: str) -> list[str]:
@@ -48,7 +48,16 @@ def _selection(kind: str) -> list[str]:
 ENTITLEMENT_TYPES = "what each type needs (usagePeriod and a limit when metered, a JSON config when static)"
 DOCUMENTED_400 = {
     "ingestEvents": "each event is judged against the meters, the clock and the namespace's unknown-subject setting",
+    "createCustomer": "subjectKeys and usageAttribution.subjectKeys, when both are sent, must agree",
+    "replaceCustomer": "subjectKeys and usageAttribution.subjectKeys, when both are sent, must agree",
     "createCustomerEntitlement": ENTITLEMENT_TYPES,
+    "createCustomerEntitlementV2": ENTITLEMENT_TYPES + "; issue or issueAfterReset, not both; grants only when metered",
+    "overrideCustomerEntitlementV2": ENTITLEMENT_TYPES
+    + "; issue or issueAfterReset, not both; grants only when metered",
+    "createGrantV2": "the expiry must fall before the year 10000",
+    "getCustomerEntitlementHistoryV2": "`from` and `to` on whole minutes, `to` after `from`",
+    "resetCustomerEntitlementV2": "effectiveAt must not be in the future",
+    "listEventsV2": "filter must be a JSON object of OpenMeter's field filters",
     "createSubjectEntitlement": ENTITLEMENT_TYPES,
     "overrideSubjectEntitlement": ENTITLEMENT_TYPES,
     "createGrant": "the expiry must fall before the year 10000",

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from meterline.adapters.memory.entitlements import MemoryFeatures
 from meterline.adapters.memory.meters import MemoryMeters
 from meterline.adapters.memory.portal import MemoryPortal
 from meterline.domain.auth.portal import LEEWAY_S
@@ -70,7 +71,7 @@ class _Values:
 
 def test_group_values_check_the_dimension_and_default_to_the_last_day() -> None:
     clock, values = FixedClock(T0), _Values()
-    meters = MeterService(MemoryMeters(clock.now_us), values, clock)
+    meters = MeterService(MemoryMeters(clock.now_us), values, MemoryFeatures(), clock)
     meters.create("ns", MeterSpec("calls", "api", Aggregation.COUNT, group_by={"region": "$.region"}))
     with pytest.raises(InvalidInput) as err:
         meters.group_values("ns", "calls", "tier", None, None)

@@ -144,7 +144,7 @@ def catalog(
         portal=PortalService(
             backend.portal, clock, default_ttl=config.portal.token_ttl, max_ttl=config.portal.max_token_ttl
         ),
-        meters=MeterService(backend.meters, SqliteMeterValues(backend.db), clock),
+        meters=MeterService(backend.meters, SqliteMeterValues(backend.db), ents.features, clock),
         usage=UsageQueries(backend.meters, backend.meters),
         values=EntitlementValueService(
             entitlements,

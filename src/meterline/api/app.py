@@ -25,6 +25,7 @@ from meterline.api import (
     notifications,
     ops,
     portal,
+    v2,
 )
 from meterline.api.auth import Authenticator
 from meterline.api.backpressure import Admission, Backpressure
@@ -135,6 +136,7 @@ ROUTES = [
     Route("/api/v1/portal/tokens/invalidate", portal.invalidate_tokens, methods=["POST"]),
     Route("/api/v1/portal/meters/{meter}/query", portal.portal_query, methods=["GET"]),
     *billing.ROUTES,
+    *v2.ROUTES,
 ]
 
 

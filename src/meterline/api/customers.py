@@ -7,13 +7,15 @@ from typing import Annotated, Any
 
 import msgspec
 from starlette.responses import Response
+from ulid import ULID
 
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_int, typed_body
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
-from meterline.domain.customers.model import CustomerInput, UnknownSubjects
+from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects
 from meterline.domain.customers.render import customer_body, subject_body
+from meterline.domain.errors import InvalidInput
 from meterline.ports.customers import Saved
 
 
@@ -44,6 +46,8 @@ def _saved(saved: Saved) -> dict[str, Any]:
 @endpoint(Scope.ADMIN)
 async def create_customer(call: Call) -> Response:
     inp = await typed_body(call.request, CustomerInput, "customer")
+    if not inp.key:  # OpenMeter's key is optional: one is generated (letters and digits)
+        inp = msgspec.structs.replace(inp, key=str(ULID()).lower())
     saved = await call.run(call.ctx.catalog.customers.create, call.namespace, inp)
     return json_response(_saved(saved), 201)
 
@@ -51,14 +55,49 @@ async def create_customer(call: Call) -> Response:
 @endpoint(Scope.ADMIN)
 async def replace_customer(call: Call) -> Response:
     inp = await typed_body(call.request, CustomerInput, "customer")
+    if not inp.key:  # OpenMeter's update body may leave the key out: it stays
+        current = await call.run(call.ctx.catalog.customers.get, call.namespace, call.path("customer"))
+        inp = msgspec.structs.replace(inp, key=current.key)
     saved = await call.run(call.ctx.catalog.customers.replace, call.namespace, call.path("customer"), inp)
     return json_response(_saved(saved))
 
 
+_ORDER = {"id": lambda c: c.id, "name": lambda c: (c.name or "").lower(), "createdAt": lambda c: c.created_us}
+
+
 @endpoint(Scope.READ)
 async def list_customers(call: Call) -> Response:
-    customers = await call.run(call.ctx.catalog.customers.list, call.namespace)
-    return json_response([customer_body(c) for c in customers])
+    """OpenMeter's page of customers: ``{totalCount, page, pageSize, items}``, filtered by
+    ``key``, ``name``, ``primaryEmail`` and ``subject`` (case-insensitive parts) and ordered by
+    ``orderBy`` (``id``, ``name``, ``createdAt``; default the key) and ``order``."""
+    q = call.request.query_params
+    page = parse_int("page", q.get("page"), 1, 1, 2**31)
+    size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
+    order_by, order = q.get("orderBy"), (q.get("order") or "ASC").upper()
+    if order_by is not None and order_by not in _ORDER:
+        raise InvalidInput("orderBy must be id, name or createdAt", code="invalid_query")
+    if order not in ("ASC", "DESC"):
+        raise InvalidInput("order must be ASC or DESC", code="invalid_query")
+    customers = [c for c in await call.run(call.ctx.catalog.customers.list, call.namespace) if _matches(c, q)]
+    if order_by is not None:
+        customers.sort(key=_ORDER[order_by])
+    if order == "DESC":
+        customers.reverse()
+    items = customers[(page - 1) * size : page * size]
+    return json_response(
+        {"totalCount": len(customers), "page": page, "pageSize": size, "items": [customer_body(c) for c in items]}
+    )
+
+
+def _matches(c: Customer, q: Any) -> bool:
+    email = (c.profile or {}).get("primaryEmail") or ""
+    wanted = (
+        (q.get("key"), [c.key]),
+        (q.get("name"), [c.name or ""]),
+        (q.get("primaryEmail"), [email]),
+        (q.get("subject"), list(c.subjects)),
+    )
+    return all(part is None or any(part.lower() in text.lower() for text in texts) for part, texts in wanted)
 
 
 @endpoint(Scope.READ)

@@ -74,10 +74,10 @@ def openapi_document() -> dict[str, Any]:
 
 
 def _refusable(doc: dict[str, Any]) -> None:
-    """Backpressure may answer any ``/api/v1`` request 503 ``overloaded`` (api.backpressure):
+    """Backpressure may answer any ``/api/v1`` or ``/api/v2`` request 503 ``overloaded`` (api.backpressure):
     every such operation documents the 503 response, also where its own file does not."""
     for path, item in doc["paths"].items():
-        if path.startswith("/api/v1/"):
+        if path.startswith(("/api/v1/", "/api/v2/")):
             for method, operation in item.items():
                 if method in ("get", "put", "post", "delete", "patch"):
                     operation["responses"].setdefault("503", {"$ref": "#/components/responses/StorageUnavailable"})

@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 
-from meterline.domain.errors import MeterlineError, OpsCode
+from meterline.api.openmeter_paths import openmeter_path
+from meterline.domain.errors import MeterlineError, NotFound, OpsCode
 from meterline.domain.redact import redact, redact_value
 
 log = logging.getLogger("meterline.api")
@@ -66,17 +67,38 @@ def problem_for(request: Request, exc: MeterlineError, retry_after: int = 1) -> 
 async def on_meterline_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, MeterlineError)
     state = request.app.state
+    subject = request.path_params.get("subject")
+    if subject is not None and exc.code == "customer_not_found":
+        # OpenMeter's subject paths: usage events alone never register a subject (as there)
+        exc = NotFound(
+            f"No subject {subject!r}: events alone do not register a subject; register it with"
+            " POST /api/v1/subjects (which gives it a customer) or add it to a customer's subjectKeys",
+            code="subject_not_found",
+        )
     if exc.operational_code is OpsCode.AUTHENTICATION_FAILED and hasattr(state, "incidents"):
         state.ctx.metrics.auth_failures.inc()
         state.incidents.note(exc.operational_code, "authentication failed: %s", exc.code, problem=exc.code)
     return problem_for(request, exc, getattr(state, "retry_after", 1))
 
 
+_SEE = " (docs/openmeter-compatibility.md lists what it serves)"
+
+
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    # OpenMeter's documented operations that meterline does not serve say so: a path it does not
+    # serve at all is a 501, a method it does not serve on a path it serves stays a 405
+    unsupported = openmeter_path(request.url.path) if exc.status_code in (404, 405) else None
+    openmeter = unsupported is not None and request.method in unsupported[1]
+    if openmeter and exc.status_code == 404:
+        assert unsupported is not None
+        detail = f"{request.method} {unsupported[0]} is part of OpenMeter's API that meterline does not serve{_SEE}"
+        return problem(request, 501, "not_supported", "Not supported", detail, operation=unsupported[0])
     codes = {404: ("not_found", "Not found"), 405: ("method_not_allowed", "Method not allowed")}
     code, title = codes.get(exc.status_code, ("http_error", "HTTP error"))
     detail = f"{request.method} {request.url.path} is not an endpoint" if exc.status_code in codes else str(exc.detail)
+    if openmeter and unsupported is not None:
+        detail = f"{request.method} {unsupported[0]} is OpenMeter's operation that meterline does not serve{_SEE}"
     headers = {"Allow": ", ".join(allowed_methods(request))} if exc.status_code == 405 else None
     return problem(request, exc.status_code, code, title, detail, headers)
 

@@ -29,7 +29,14 @@ def customers() -> None:
 @json_option
 def customers_list(api: Api, as_json: bool) -> None:
     """Every customer of the key's namespace."""
-    items = api.get("/api/v1/customers")
+    items: list[dict[str, Any]] = []
+    page = 1
+    while True:  # OpenMeter's pages: {totalCount, page, pageSize, items}
+        answer = api.get("/api/v1/customers", [("page", str(page)), ("pageSize", "1000")])
+        items += answer["items"]
+        if not answer["items"] or len(items) >= answer["totalCount"]:
+            break
+        page += 1
     if as_json:
         print_json(items)
         return

@@ -32,9 +32,9 @@ class CustomerService:
         return self._customers.create(namespace, validate(inp))
 
     def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
-        """Replace the customer ``key``; the body must name the same key."""
+        """Replace the customer ``key`` (or id); the body must name the same key."""
         validate(inp)
-        if inp.key != key:
+        if inp.key != key and self._customers.get(namespace, key).key != inp.key:
             raise Conflict(f"the body's key {inp.key!r} differs from the path's {key!r}", code="key_mismatch")
         return self._customers.replace(namespace, key, inp)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import builtins
 
 from meterline.domain.clock import Clock
-from meterline.domain.errors import InvalidInput
+from meterline.domain.errors import Conflict, InvalidInput
 from meterline.domain.meters.model import Meter, MeterSpec
+from meterline.ports.entitlements import FeatureRepository
 from meterline.ports.meter_values import MeterValues
 from meterline.ports.meters import MeterCatalog
 
@@ -14,9 +15,10 @@ DAY_S = 86_400
 
 
 class MeterService:
-    def __init__(self, meters: MeterCatalog, values: MeterValues, clock: Clock) -> None:
+    def __init__(self, meters: MeterCatalog, values: MeterValues, features: FeatureRepository, clock: Clock) -> None:
         self._meters = meters
         self._values = values
+        self._features = features
         self._clock = clock
 
     def create(self, namespace: str, spec: MeterSpec) -> Meter:
@@ -30,7 +32,18 @@ class MeterService:
         return self._meters.list(namespace)
 
     def delete(self, namespace: str, id_or_slug: str) -> None:
-        self._meters.delete(namespace, id_or_slug)
+        """Delete a meter no live feature uses; as OpenMeter does, a meter with active features
+        is a 409 ``meter_in_use`` (naming them in ``features``): archive those first."""
+        meter = self._meters.get(namespace, id_or_slug)
+        using = [f.spec.key for f in self._features.list(namespace) if f.spec.meter_slug == meter.spec.slug]
+        if using:
+            raise Conflict(
+                f"meter {meter.spec.slug!r} is used by the features {', '.join(map(repr, using))};"
+                " archive them first (DELETE /api/v1/features/{key})",
+                code="meter_in_use",
+                features=using,
+            )
+        self._meters.delete(namespace, meter.id)
 
     def subjects(self, namespace: str, meter: str, start: int | None, end: int | None) -> builtins.list[str]:
         """The meter's subjects within ``[start, end)`` (epoch seconds); all time without either."""

@@ -97,7 +97,9 @@ class MemoryCustomers:
         for subject in () if old is None else old.subjects:
             del self._owners[(namespace, subject)]
         self._owners.update(((namespace, s), inp.key) for s in subjects)
-        saved = Customer(cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now)
+        saved = Customer(
+            cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now, inp.profile()
+        )
         self._live[(namespace, inp.key)] = msgspec.structs.replace(saved, subjects=tuple(sorted(subjects)))
         return Saved(saved, 0, 0)
 

@@ -32,7 +32,7 @@ from meterline.domain.events.model import Event
 from meterline.ports.customers import Quarantined, Saved
 
 T = TypeVar("T")
-_COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us"
+_COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us, profile"
 
 
 class SqliteCustomers:
@@ -94,12 +94,14 @@ class SqliteCustomers:
         subjects = inp.subjects()
         self._check_claims(conn, namespace, subjects, None if old is None else old.id)
         meta = None if inp.metadata is None else msgspec.json.encode(inp.metadata)
+        profile = inp.profile()
+        stored_profile = None if profile is None else msgspec.json.encode(profile)
         if old is None:
             cid = str(ULID())
             try:
                 conn.execute(
-                    f"INSERT INTO customers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
-                    (cid, namespace, inp.key, inp.name, inp.timezone, meta, now, now),
+                    f"INSERT INTO customers ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (cid, namespace, inp.key, inp.name, inp.timezone, meta, now, now, stored_profile),
                 )
             except sqlite3.IntegrityError:
                 raise customer_exists(inp.key) from None
@@ -107,8 +109,8 @@ class SqliteCustomers:
         else:
             cid, created = old.id, old.created_us
             conn.execute(
-                "UPDATE customers SET name = ?, timezone = ?, metadata = ?, updated_us = ? WHERE id = ?",
-                (inp.name, inp.timezone, meta, now, cid),
+                "UPDATE customers SET name = ?, timezone = ?, metadata = ?, updated_us = ?, profile = ? WHERE id = ?",
+                (inp.name, inp.timezone, meta, now, stored_profile, cid),
             )
             conn.execute("DELETE FROM customer_subjects WHERE customer = ?", (cid,))
         conn.executemany("INSERT INTO customer_subjects VALUES (?,?,?)", [(namespace, s, cid) for s in subjects])
@@ -116,7 +118,9 @@ class SqliteCustomers:
         owned.difference_update(() if old is None else old.subjects)
         owned.update(subjects)
         accepted, rejected = self._release(conn, namespace, subjects)
-        customer = Customer(cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now)
+        customer = Customer(
+            cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now, profile
+        )
         return Saved(customer, accepted, rejected)
 
     def _check_claims(self, conn: sqlite3.Connection, namespace: str, subjects: Sequence[str], own: str | None) -> None:
@@ -214,16 +218,20 @@ def load_all(conn: sqlite3.Connection, only: str | None = None) -> builtins.list
     for row in conn.execute(
         f"SELECT {_COLUMNS} FROM customers WHERE deleted_us IS NULL AND (? IS NULL OR id = ?)", (only, only)
     ):
-        cid, namespace, key, name, tz, meta, created, updated = row
+        cid, namespace, key, name, tz, meta, created, updated, profile = row
         metadata = None if meta is None else msgspec.json.decode(meta)
-        out.append(Customer(cid, namespace, key, name, tuple(subjects.get(cid, ())), tz, metadata, created, updated))
+        extra = None if profile is None else msgspec.json.decode(profile)
+        out.append(
+            Customer(cid, namespace, key, name, tuple(subjects.get(cid, ())), tz, metadata, created, updated, extra)
+        )
     return out
 
 
 def _customer(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Customer:
-    cid, namespace, key, name, tz, meta, created, updated = row
+    cid, namespace, key, name, tz, meta, created, updated, profile = row
     subjects = tuple(
         s for (s,) in conn.execute("SELECT subject FROM customer_subjects WHERE customer = ? ORDER BY subject", (cid,))
     )
     metadata = None if meta is None else msgspec.json.decode(meta)
-    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated)
+    extra = None if profile is None else msgspec.json.decode(profile)
+    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated, extra)

@@ -61,8 +61,10 @@ class SqliteLedger:
             if bound is not None:
                 where.append(clause)
                 params.append(bound)
+        # NOT INDEXED: walk the ledger backwards by seq and stop at the limit; the (namespace,
+        # type, time) index of meter queries would make SQLite collect and sort every match
         rows = self._db.reader().execute(
-            f"SELECT seq, namespace, raw, received_us FROM events WHERE {' AND '.join(where)}"
+            f"SELECT seq, namespace, raw, received_us FROM events NOT INDEXED WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT ?",
             [*params, limit],
         )

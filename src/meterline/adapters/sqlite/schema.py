@@ -86,7 +86,9 @@ CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (namespace, rece
 CREATE TABLE IF NOT EXISTS customers (
     id TEXT PRIMARY KEY, namespace TEXT NOT NULL, key TEXT NOT NULL,
     name TEXT, timezone TEXT NOT NULL, metadata BLOB,
-    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER
+    created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER,
+    -- OpenMeter's descriptive members (description, primaryEmail, currency, billingAddress) as JSON
+    profile BLOB
 );
 CREATE UNIQUE INDEX IF NOT EXISTS customers_live_key ON customers (namespace, key) WHERE deleted_us IS NULL;
 CREATE TABLE IF NOT EXISTS customer_subjects (
@@ -241,10 +243,21 @@ def connect(path: Path, *, fsync: str = "full", readonly: bool = False) -> sqlit
 
 def create_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(DDL)
+    _add_columns(conn)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     # The aggregator's offset. A store written before rollups moved out of the ingest
     # transaction has them current through the whole ledger: it starts at the head.
     conn.execute("INSERT OR IGNORE INTO meta SELECT 'aggregated_seq', CAST(coalesce(max(seq), 0) AS TEXT) FROM events")
+
+
+_ADDED_COLUMNS = (("customers", "profile", "BLOB"),)
+"""Columns added to tables of an existing store after it was created (``ALTER TABLE``, once)."""
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    for table, column, kind in _ADDED_COLUMNS:
+        if column not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def _register_functions(conn: sqlite3.Connection) -> None:

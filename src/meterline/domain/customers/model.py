@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from meterline.domain.billing.money import known_currencies
 from meterline.domain.clock import known_zone
 from meterline.domain.errors import Conflict, InvalidInput
 from meterline.domain.events.model import Reason, Rejection
@@ -52,17 +53,47 @@ def subject_rule(policy: UnknownSubjects, owned: Container[str], subject: str) -
     return UnknownSubjects.QUARANTINE
 
 
-class CustomerInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
-    """What a caller sends to create or replace a customer."""
+class UsageAttribution(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """OpenMeter's spelling of a customer's subject keys."""
 
-    key: str
+    subject_keys: list[str]
+
+
+Address = dict[str, str | None]
+"""OpenMeter's billing address (``country``, ``postalCode``, ``state``, ``city``, ``line1``, ...)."""
+
+
+class CustomerInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename="camel"):
+    """What a caller sends to create or replace a customer: meterline's members, and
+    OpenMeter's (``usageAttribution``, ``description``, ``primaryEmail``, ``currency``,
+    ``billingAddress``), so OpenMeter's customer bodies are taken as they are. ``key`` may be
+    left out, as in OpenMeter: the API then gives the customer a generated one."""
+
+    key: str = ""
     name: str | None = None
     subject_keys: list[str] | None = None
     timezone: str = "UTC"
     metadata: dict[str, Any] | None = None
+    usage_attribution: UsageAttribution | None = None
+    description: str | None = None
+    primary_email: str | None = None
+    currency: str | None = None
+    billing_address: Address | None = None
 
     def subjects(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.subject_keys)) if self.subject_keys else (self.key,)
+        keys = self.subject_keys or (self.usage_attribution.subject_keys if self.usage_attribution else None)
+        return tuple(dict.fromkeys(keys)) if keys else (self.key,)
+
+    def profile(self) -> dict[str, Any] | None:
+        """OpenMeter's descriptive members that were given (kept and answered as sent)."""
+        members = {
+            "description": self.description,
+            "primaryEmail": self.primary_email,
+            "currency": self.currency,
+            "billingAddress": self.billing_address,
+        }
+        given = {k: v for k, v in members.items() if v is not None}
+        return given or None
 
 
 class Customer(msgspec.Struct, frozen=True):
@@ -75,13 +106,28 @@ class Customer(msgspec.Struct, frozen=True):
     metadata: dict[str, Any] | None
     created_us: int
     updated_us: int
+    profile: dict[str, Any] | None = None
+    """OpenMeter's descriptive members (``CustomerInput.profile``)."""
 
 
 def upserted(existing: Customer, inp: CustomerInput) -> CustomerInput:
     """What an upsert (OpenMeter's subject upsert) of an existing customer stores: the new name,
     the new metadata where given, and the customer's own subjects and time zone."""
-    return CustomerInput(
+    kept = CustomerInput(
         inp.key, inp.name, list(existing.subjects), existing.timezone, inp.metadata or existing.metadata
+    )
+    return with_profile(kept, existing.profile)
+
+
+def with_profile(inp: CustomerInput, profile: dict[str, Any] | None) -> CustomerInput:
+    """``inp`` carrying a stored profile's members."""
+    p = profile or {}
+    return msgspec.structs.replace(
+        inp,
+        description=p.get("description"),
+        primary_email=p.get("primaryEmail"),
+        currency=p.get("currency"),
+        billing_address=p.get("billingAddress"),
     )
 
 
@@ -95,6 +141,18 @@ def validate(inp: CustomerInput) -> CustomerInput:
             problems.append(f"subject key {shown(subject)} must be 1-{MAX_KEY} characters, no control characters")
     if inp.name is not None and len(inp.name) > 256:
         problems.append("name must be at most 256 characters")
+    attributed = inp.usage_attribution.subject_keys if inp.usage_attribution else None
+    if inp.subject_keys and attributed and dict.fromkeys(attributed) != dict.fromkeys(inp.subject_keys):
+        problems.append("subjectKeys and usageAttribution.subjectKeys differ; send one of them")
+    if inp.usage_attribution is not None and not inp.usage_attribution.subject_keys:
+        problems.append("usageAttribution.subjectKeys must name at least one subject")
+    if inp.currency is not None and inp.currency not in known_currencies():
+        problems.append(f"currency {inp.currency[:20]!r} is not an ISO 4217 code")
+    for name, text in (("description", inp.description), ("primaryEmail", inp.primary_email)):
+        if text is not None and len(text) > 1024:
+            problems.append(f"{name} must be at most 1024 characters")
+    if inp.billing_address is not None and any(v is not None and len(v) > 256 for v in inp.billing_address.values()):
+        problems.append("billingAddress members must be at most 256 characters each")
     if known_zone(inp.timezone) is None:
         problems.append(f"timezone {inp.timezone[:80]!r} is not an IANA time zone (e.g. Europe/Berlin)")
     if problems:

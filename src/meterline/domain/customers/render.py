@@ -9,16 +9,20 @@ from meterline.domain.customers.model import Customer
 
 
 def customer_body(c: Customer) -> dict[str, Any]:
-    return {
+    """meterline's members and OpenMeter's (``usageAttribution`` and the profile's members
+    that were set), so an OpenMeter client reads the customer it wrote."""
+    body = {
         "id": c.id,
         "key": c.key,
         "name": c.name,
         "subjectKeys": list(c.subjects),
+        "usageAttribution": {"subjectKeys": list(c.subjects)},
         "timezone": c.timezone,
         "metadata": c.metadata,
         "createdAt": rfc3339(c.created_us),
         "updatedAt": rfc3339(c.updated_us),
     }
+    return body | (c.profile or {})
 
 
 def subject_body(c: Customer) -> dict[str, Any]:

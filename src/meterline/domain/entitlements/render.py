@@ -48,6 +48,7 @@ def entitlement_body(e: Entitlement, current: Period | None) -> dict[str, Any]:
         "featureId": e.feature_id,
         "subjectKey": e.customer_key,
         "customerKey": e.customer_key,
+        "customerId": e.customer_id,
         "metadata": s.metadata,
         "createdAt": rfc3339(e.created_us),
         "updatedAt": rfc3339(e.created_us),

@@ -1,0 +1,207 @@
+"""``GET /api/v2/events``: OpenMeter's cursor-paged events list with its JSON ``filter``.
+
+``filter`` is a JSON object whose members (``id``, ``source``, ``subject``, ``type``,
+``customerId``, ``time``, ``ingestedAt``) hold OpenMeter's filter operators: for strings
+``$eq``, ``$ne``, ``$in``, ``$nin``, ``$like``, ``$nlike``, ``$ilike``, ``$nilike`` (``%`` any
+text), ``$gt``, ``$gte``, ``$lt``, ``$lte``, ``$and``, ``$or``; for times ``$gt``, ``$gte``,
+``$lt``, ``$lte``, ``$and``, ``$or``. Events come newest first; ``nextCursor`` is the ledger
+position to continue before, present while more events may match. One request reads at most
+``SCAN`` ledger entries, so a rare match never makes it unbounded: a page may then hold fewer
+than ``limit`` events and still carry a ``nextCursor``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from starlette.responses import Response
+
+from meterline.api.endpoint import Call, endpoint
+from meterline.api.http import json_response, parse_int
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339, to_us
+from meterline.domain.errors import InvalidInput
+from meterline.ports.ledger import EventFilter, StoredEvent
+
+SCAN = 10_000
+_BATCH = 500
+_STRING_FIELDS = ("id", "source", "subject", "type")
+_TIME_FIELDS = ("time", "ingestedAt")
+_filter = msgspec.json.Decoder(dict[str, dict[str, Any]])
+_event = msgspec.json.Decoder(dict[str, Any])
+Predicate = Callable[[dict[str, Any], int], bool]
+
+
+def _bad(detail: str) -> InvalidInput:
+    return InvalidInput(f"filter: {detail}", code="invalid_filter")
+
+
+def _like(pattern: str, text: str, fold: bool) -> bool:
+    regex = ".*".join(re.escape(part) for part in pattern.split("%"))
+    return re.fullmatch(regex, text, re.IGNORECASE | re.DOTALL if fold else re.DOTALL) is not None
+
+
+def _string_test(op: str, arg: Any) -> Callable[[str], bool]:
+    if op in ("$and", "$or"):
+        if not isinstance(arg, list) or not all(isinstance(a, dict) for a in arg):
+            raise _bad(f"{op} takes a list of filters")
+        tests = [_string_filter(a) for a in arg]
+        combine = all if op == "$and" else any
+        return lambda v: combine(t(v) for t in tests)
+    if op in ("$in", "$nin"):
+        if not isinstance(arg, list) or not all(isinstance(a, str) for a in arg):
+            raise _bad(f"{op} takes a list of strings")
+        values = frozenset(arg)
+        return (lambda v: v in values) if op == "$in" else (lambda v: v not in values)
+    if not isinstance(arg, str):
+        raise _bad(f"{op} takes a string")
+    simple: dict[str, Callable[[str], bool]] = {
+        "$eq": lambda v: v == arg,
+        "$ne": lambda v: v != arg,
+        "$gt": lambda v: v > arg,
+        "$gte": lambda v: v >= arg,
+        "$lt": lambda v: v < arg,
+        "$lte": lambda v: v <= arg,
+        "$like": lambda v: _like(arg, v, False),
+        "$nlike": lambda v: not _like(arg, v, False),
+        "$ilike": lambda v: _like(arg, v, True),
+        "$nilike": lambda v: not _like(arg, v, True),
+    }
+    if op not in simple:
+        raise _bad(f"unsupported string operator {op!r}")
+    return simple[op]
+
+
+def _string_filter(spec: dict[str, Any]) -> Callable[[str], bool]:
+    tests = [_string_test(op, arg) for op, arg in spec.items()]
+    return lambda v: all(t(v) for t in tests)
+
+
+def _time_filter(spec: dict[str, Any]) -> Callable[[int], bool]:
+    tests: list[Callable[[int], bool]] = []
+    for op, arg in spec.items():
+        if op in ("$and", "$or"):
+            if not isinstance(arg, list) or not all(isinstance(a, dict) for a in arg):
+                raise _bad(f"{op} takes a list of filters")
+            tests.append(_combined([_time_filter(a) for a in arg], op == "$and"))
+            continue
+        if op not in ("$gt", "$gte", "$lt", "$lte"):
+            raise _bad(f"unsupported time operator {op!r}")
+        tests.append(_compare(op, _instant(op, arg)))
+    return lambda v: all(t(v) for t in tests)
+
+
+def _combined(parts: list[Callable[[int], bool]], every: bool) -> Callable[[int], bool]:
+    return (lambda v: all(p(v) for p in parts)) if every else (lambda v: any(p(v) for p in parts))
+
+
+def _compare(op: str, bound: int) -> Callable[[int], bool]:
+    if op == "$gt":
+        return lambda v: v > bound
+    if op == "$gte":
+        return lambda v: v >= bound
+    if op == "$lt":
+        return lambda v: v < bound
+    return lambda v: v <= bound
+
+
+def _instant(op: str, arg: Any) -> int:
+    try:
+        t = datetime.fromisoformat(str(arg).replace("Z", "+00:00"))
+    except ValueError:
+        raise _bad(f"{op} takes an RFC 3339 time") from None
+    if t.tzinfo is None:
+        raise _bad(f"{op} takes an RFC 3339 time with an offset")
+    return to_us(t)
+
+
+def predicate(text: str | None, subjects_of: Callable[[str], tuple[str, ...]]) -> Predicate:
+    """The filter parameter as a test of (decoded event, ingestion time)."""
+    if not text:
+        return lambda event, ingested: True
+    try:
+        spec = _filter.decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        raise _bad("must be a JSON object of field filters") from None
+    tests = [_field_test(name, sub, subjects_of) for name, sub in spec.items()]
+    return lambda e, i: all(t(e, i) for t in tests)
+
+
+def _field_test(name: str, spec: dict[str, Any], subjects_of: Callable[[str], tuple[str, ...]]) -> Predicate:
+    if name in _STRING_FIELDS:
+        text = _string_filter(spec)
+        return lambda e, i: isinstance(e.get(name), str) and text(e[name])
+    if name == "time":
+        at = _time_filter(spec)
+        return lambda e, i: (t := _event_time(e)) is not None and at(t)
+    if name == "ingestedAt":
+        ingested = _time_filter(spec)
+        return lambda e, i: ingested(i)
+    if name == "customerId":
+        subjects = _customer_subjects(spec, subjects_of)
+        return lambda e, i: e.get("subject") in subjects
+    raise _bad(f"unknown field {name!r} (known: {', '.join(_STRING_FIELDS + _TIME_FIELDS)}, customerId)")
+
+
+def _customer_subjects(spec: dict[str, Any], subjects_of: Callable[[str], tuple[str, ...]]) -> frozenset[str]:
+    ids = [spec["$eq"]] if "$eq" in spec else spec.get("$in")
+    if set(spec) - {"$eq", "$in"} or not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise _bad("customerId takes $eq (an id) or $in (a list of ids)")
+    return frozenset(s for customer in ids for s in subjects_of(customer))
+
+
+def _event_time(e: dict[str, Any]) -> int | None:
+    try:
+        return _instant("time", e["time"]) if isinstance(e.get("time"), str) else None
+    except InvalidInput:
+        return None
+
+
+@endpoint(Scope.READ)
+async def list_events_v2(call: Call) -> Response:
+    q = call.request.query_params
+    limit = parse_int("limit", q.get("limit"), 100, 1, 100)
+    cursor = q.get("cursor")
+    if cursor is not None and not (cursor.isascii() and cursor.isdigit()):
+        raise InvalidInput("cursor must be a nextCursor this list answered", code="invalid_cursor")
+    customers = call.ctx.catalog.customers
+
+    def subjects_of(customer: str) -> tuple[str, ...]:
+        return customers.get(call.namespace, customer).subjects
+
+    keep = predicate(q.get("filter"), subjects_of)
+    items, next_cursor = await call.run(_scan, call, keep, None if cursor is None else int(cursor), limit)
+    body: dict[str, Any] = {"items": items}
+    if next_cursor is not None:
+        body["nextCursor"] = str(next_cursor)
+    return json_response(body)
+
+
+def _scan(call: Call, keep: Predicate, before: int | None, limit: int) -> tuple[list[dict[str, Any]], int | None]:
+    """Up to ``limit`` matching events before ``before``, reading at most ``SCAN`` entries;
+    and where to continue (None once the ledger is exhausted)."""
+    items: list[dict[str, Any]] = []
+    scanned = 0
+    while scanned < SCAN:
+        rows: list[StoredEvent] = call.ctx.ledger.list(call.namespace, EventFilter(before_seq=before), limit=_BATCH)
+        for row in rows:
+            scanned += 1
+            before = row.seq
+            event = _event.decode(row.raw)
+            if keep(event, row.received_us):
+                items.append(
+                    {
+                        "event": msgspec.Raw(row.raw),
+                        "ingestedAt": rfc3339(row.received_us),
+                        "storedAt": rfc3339(row.received_us),
+                    }
+                )
+                if len(items) == limit:
+                    return items, before
+        if len(rows) < _BATCH:
+            return items, None
+    return items, before

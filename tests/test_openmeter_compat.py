@@ -1,0 +1,148 @@
+"""OpenMeter's current shapes and rules where they differ from meterline's own: customers in
+OpenMeter's shape and pages, a subject seen only in events, deleting a meter that features use,
+and OpenMeter paths meterline does not serve."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import Api
+
+
+def post(api: Api, path: str, body: Any) -> Any:
+    return api.client.post(path, json=body, headers=api.headers())
+
+
+def get(api: Api, path: str, **params: Any) -> Any:
+    return api.client.get(path, params=params, headers=api.headers())
+
+
+OPENMETER_CUSTOMER = {
+    "name": "ACME, Inc.",
+    "description": "the first customer",
+    "usageAttribution": {"subjectKeys": ["acme-1", "acme-2"]},
+    "primaryEmail": "billing@acme.example",
+    "currency": "USD",
+    "billingAddress": {"country": "US", "city": "Springfield", "line1": "1 Main St"},
+    "metadata": {"tier": "gold"},
+}
+
+
+def test_customer_in_openmeters_shape_round_trips(api: Api) -> None:
+    r = post(api, "/api/v1/customers", OPENMETER_CUSTOMER)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["key"] and created["id"]
+    for member in ("name", "description", "usageAttribution", "primaryEmail", "currency", "billingAddress"):
+        assert created[member] == OPENMETER_CUSTOMER[member]
+    assert created["subjectKeys"] == ["acme-1", "acme-2"]
+    fetched = get(api, f"/api/v1/customers/{created['id']}").json()
+    assert fetched["primaryEmail"] == "billing@acme.example" and fetched["key"] == created["key"]
+    update = {**OPENMETER_CUSTOMER, "name": "ACME", "currency": "EUR", "usageAttribution": {"subjectKeys": ["acme-1"]}}
+    del update["description"]
+    r = api.client.put(f"/api/v1/customers/{created['id']}", json=update, headers=api.headers())
+    assert r.status_code == 200, r.text
+    replaced = r.json()
+    assert (replaced["name"], replaced["currency"], replaced["key"]) == ("ACME", "EUR", created["key"])
+    assert "description" not in replaced and replaced["usageAttribution"] == {"subjectKeys": ["acme-1"]}
+
+
+def test_customer_list_is_openmeters_page(api: Api) -> None:
+    for i in range(5):
+        body = {
+            "key": f"c{i}",
+            "name": f"Customer {4 - i}",
+            "subjectKeys": [f"s{i}"],
+            "primaryEmail": f"c{i}@x.example",
+        }
+        assert post(api, "/api/v1/customers", body).status_code == 201
+    page = get(api, "/api/v1/customers", page=2, pageSize=2).json()
+    assert (page["totalCount"], page["page"], page["pageSize"]) == (5, 2, 2)
+    assert [c["key"] for c in page["items"]] == ["c2", "c3"]
+    by_name = get(api, "/api/v1/customers", orderBy="name", order="DESC").json()["items"]
+    assert [c["key"] for c in by_name] == ["c0", "c1", "c2", "c3", "c4"]
+    assert [c["key"] for c in get(api, "/api/v1/customers", subject="S3").json()["items"]] == ["c3"]
+    assert [c["key"] for c in get(api, "/api/v1/customers", primaryEmail="c4@").json()["items"]] == ["c4"]
+    assert get(api, "/api/v1/customers", key="nobody").json() == {
+        "totalCount": 0,
+        "page": 1,
+        "pageSize": 100,
+        "items": [],
+    }
+    assert get(api, "/api/v1/customers", orderBy="colour").status_code == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"key": "a", "subjectKeys": ["x"], "usageAttribution": {"subjectKeys": ["y"]}},
+        {"key": "a", "usageAttribution": {"subjectKeys": []}},
+        {"key": "a", "currency": "XXQ"},
+        {"key": "a", "usageAttribution": {"subjects": ["x"]}},
+    ],
+)
+def test_invalid_openmeter_customer_members(api: Api, body: dict[str, Any]) -> None:
+    r = post(api, "/api/v1/customers", body)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "invalid_customer"
+
+
+def _metered(api: Api) -> None:
+    assert api.create_meter(slug="calls", eventType="call", aggregation="COUNT").status_code == 201
+    assert post(api, "/api/v1/features", {"key": "calls", "name": "Calls", "meterSlug": "calls"}).status_code == 201
+
+
+def test_subject_seen_only_in_events_is_not_registered(api: Api) -> None:
+    """As in OpenMeter: events do not register a subject; the subject upsert does (and gives
+    it a customer), after which its entitlements can be created."""
+    _metered(api)
+    event = {"specversion": "1.0", "id": "e1", "source": "t", "type": "call", "subject": "walk-in"}
+    assert api.post_events([event]).status_code == 204
+    entitlement = {"type": "metered", "featureKey": "calls", "issueAfterReset": 10, "usagePeriod": {"interval": "DAY"}}
+    r = post(api, "/api/v1/subjects/walk-in/entitlements", entitlement)
+    assert r.status_code == 404 and r.json()["code"] == "subject_not_found", r.text
+    assert "POST /api/v1/subjects" in r.json()["detail"]
+    assert get(api, "/api/v1/subjects/walk-in/entitlements/calls/value").json()["code"] == "subject_not_found"
+    assert post(api, "/api/v1/subjects", [{"key": "walk-in"}]).status_code == 200
+    assert post(api, "/api/v1/subjects/walk-in/entitlements", entitlement).status_code == 201
+    value = get(api, "/api/v1/subjects/walk-in/entitlements/calls/value").json()
+    assert (value["hasAccess"], value["usage"], value["balance"]) == (True, 1, 9)
+
+
+def test_meter_used_by_a_feature_cannot_be_deleted(api: Api) -> None:
+    _metered(api)
+    r = api.client.delete("/api/v1/meters/calls", headers=api.headers())
+    assert r.status_code == 409, r.text
+    assert r.json()["code"] == "meter_in_use" and r.json()["features"] == ["calls"]
+    assert get(api, "/api/v1/meters/calls").status_code == 200
+    assert api.client.delete("/api/v1/features/calls", headers=api.headers()).status_code == 204
+    assert api.client.delete("/api/v1/meters/calls", headers=api.headers()).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation"),
+    [
+        ("GET", "/api/v1/addons", "/api/v1/addons"),
+        ("POST", "/api/v1/apps/custom-invoicing/inv1/draft/synchronized", None),
+        ("GET", "/api/v1/info/currencies", "/api/v1/info/currencies"),
+    ],
+)
+def test_openmeter_paths_not_served_say_so(api: Api, method: str, path: str, operation: str | None) -> None:
+    r = api.client.request(method, path, headers=api.headers())
+    assert r.status_code == 501, r.text
+    body = r.json()
+    assert body["code"] == "not_supported" and "OpenMeter" in body["detail"]
+    assert operation is None or body["operation"] == operation
+
+
+def test_openmeter_method_not_served_on_a_served_path_is_405_saying_so(api: Api) -> None:
+    r = api.client.put("/api/v1/meters/calls", json={}, headers=api.headers())
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert "/api/v1/meters/{meterIdOrSlug} is OpenMeter's operation" in r.json()["detail"]
+    assert "DELETE" in r.headers["Allow"]
+
+
+def test_other_unknown_paths_are_still_404(api: Api) -> None:
+    r = api.client.get("/api/v1/no-such-thing", headers=api.headers())
+    assert r.status_code == 404 and r.json()["code"] == "not_found"

@@ -1,0 +1,121 @@
+"""OpenMeter's /api/v2 paths: customer entitlements (with v2's `issue` and `grants`), their
+grants, values and pages, the entitlement and grant lists, and the cursor-paged events list."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from conftest import T0_US, Api
+
+from meterline.domain.clock import rfc3339
+
+
+def post(api: Api, path: str, body: Any) -> Any:
+    return api.client.post(path, json=body, headers=api.headers())
+
+
+def get(api: Api, path: str, **params: Any) -> Any:
+    r = api.client.get(path, params=params, headers=api.headers())
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture
+def setup(api: Api) -> Api:
+    assert api.create_meter(slug="calls", eventType="call", aggregation="SUM", valueProperty="$.n").status_code == 201
+    assert post(api, "/api/v1/features", {"key": "calls", "name": "Calls", "meterSlug": "calls"}).status_code == 201
+    assert post(api, "/api/v1/features", {"key": "sso", "name": "SSO"}).status_code == 201
+    for key in ("acme", "globex"):
+        assert post(api, "/api/v1/customers", {"key": key, "name": key.title()}).status_code == 201
+    events = [
+        {
+            "specversion": "1.0",
+            "id": f"e{i}",
+            "source": "app" if i % 2 else "batch",
+            "type": "call",
+            "subject": "acme" if i < 7 else "globex",
+            "time": rfc3339(T0_US - (10 - i) * 60_000_000),
+            "data": {"n": 2},
+        }
+        for i in range(10)
+    ]
+    assert api.post_events(events).status_code == 204
+    return api
+
+
+def test_v2_customer_entitlement_with_issue_and_grants(setup: Api) -> None:
+    api = setup
+    body = {
+        "type": "metered",
+        "featureKey": "calls",
+        "usagePeriod": {"interval": "MONTH"},
+        "issue": {"amount": 10, "priority": 3},
+        "grants": [{"amount": 5, "effectiveAt": "2026-03-01T00:00:00Z"}],
+    }
+    r = post(api, "/api/v2/customers/acme/entitlements", body)
+    assert r.status_code == 201, r.text
+    ent = r.json()
+    customer = get(api, "/api/v1/customers/acme")
+    assert (ent["customerId"], ent["customerKey"], ent["issueAfterReset"]) == (customer["id"], "acme", 10)
+    assert ent["issueAfterResetPriority"] == 3
+    value = get(api, f"/api/v2/customers/{customer['id']}/entitlements/calls/value")
+    assert (value["hasAccess"], value["usage"], value["balance"]) == (True, 14, 1)
+    grants = get(api, "/api/v2/customers/acme/entitlements/calls/grants")
+    assert grants["totalCount"] == 1 and grants["items"][0]["amount"] == 5
+    assert grants["items"][0]["expiresAt"].startswith("2126-03-01")  # no expiration: the longest allowed
+    r = post(
+        api, "/api/v2/customers/acme/entitlements/calls/grants", {"amount": 20, "effectiveAt": "2026-03-01T00:00:00Z"}
+    )
+    assert r.status_code == 201, r.text
+    assert get(api, "/api/v2/customers/acme/entitlements/calls/value")["balance"] == 21
+    assert get(api, "/api/v2/customers/acme/entitlements/calls")["id"] == ent["id"]
+    history = get(api, "/api/v2/customers/acme/entitlements/calls/history", windowSize="DAY")
+    assert sum(w["usage"] for w in history["windowedHistory"]) == 14
+
+
+def test_v2_lists_are_pages(setup: Api) -> None:
+    api = setup
+    for key in ("acme", "globex"):
+        assert (
+            post(api, f"/api/v2/customers/{key}/entitlements", {"type": "boolean", "featureKey": "sso"}).status_code
+            == 201
+        )
+    page = get(api, "/api/v2/customers/acme/entitlements")
+    assert (page["totalCount"], page["page"], page["pageSize"]) == (1, 1, 100)
+    assert page["items"][0]["type"] == "boolean"
+    everything = get(api, "/api/v2/entitlements", pageSize=1, page=2)
+    assert (everything["totalCount"], len(everything["items"])) == (2, 1)
+    only = get(api, "/api/v2/entitlements", customerKeys="globex")
+    assert [e["customerKey"] for e in only["items"]] == ["globex"]
+    ent_id = only["items"][0]["id"]
+    assert get(api, f"/api/v2/entitlements/{ent_id}")["customerKey"] == "globex"
+    assert get(api, "/api/v2/grants") == {"totalCount": 0, "page": 1, "pageSize": 100, "items": []}
+    r = api.client.delete("/api/v2/customers/acme/entitlements/sso", headers=api.headers())
+    assert r.status_code == 204
+    assert get(api, "/api/v2/customers/acme/entitlements")["totalCount"] == 0
+
+
+def test_v2_events_filter_and_cursor(setup: Api) -> None:
+    api = setup
+    ids: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 3, "filter": json.dumps({"subject": {"$eq": "acme"}})}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = get(api, "/api/v2/events", **params)
+        ids += [item["event"]["id"] for item in page["items"]]
+        cursor = page.get("nextCursor")
+        if cursor is None:
+            break
+    assert ids == [f"e{i}" for i in range(6, -1, -1)]
+    f = {"source": {"$like": "ap%"}, "time": {"$gte": rfc3339(T0_US - 5 * 60_000_000)}}
+    found = get(api, "/api/v2/events", filter=json.dumps(f))["items"]
+    assert [item["event"]["id"] for item in found] == ["e9", "e7", "e5"]
+    acme = get(api, "/api/v1/customers/acme")["id"]
+    by_customer = get(api, "/api/v2/events", filter=json.dumps({"customerId": {"$eq": acme}}))
+    assert len(by_customer["items"]) == 7 and "nextCursor" not in by_customer
+    r = api.client.get("/api/v2/events", params={"filter": '{"colour": {"$eq": "red"}}'}, headers=api.headers())
+    assert r.status_code == 400 and r.json()["code"] == "invalid_filter"
