@@ -10,7 +10,7 @@ from starlette.responses import Response
 from ulid import ULID
 
 from meterline.api.endpoint import Call, endpoint
-from meterline.api.http import json_response, parse_int, typed_body
+from meterline.api.http import decode_json, json_bytes, json_response, parse_int, typed_body
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
 from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects
@@ -43,10 +43,20 @@ def _saved(saved: Saved) -> dict[str, Any]:
     return body
 
 
+class _Key(msgspec.Struct):
+    key: Any = None
+
+
+async def _customer_input(call: Call) -> tuple[CustomerInput, bool]:
+    """The body, and whether it names a key (OpenMeter's key is optional; an empty one is not)."""
+    body = await json_bytes(call.request)
+    return decode_json(body, CustomerInput, "customer"), decode_json(body, _Key, "customer").key is not None
+
+
 @endpoint(Scope.ADMIN)
 async def create_customer(call: Call) -> Response:
-    inp = await typed_body(call.request, CustomerInput, "customer")
-    if not inp.key:  # OpenMeter's key is optional: one is generated (letters and digits)
+    inp, keyed = await _customer_input(call)
+    if not keyed:  # one is generated (lower-case letters and digits)
         inp = msgspec.structs.replace(inp, key=str(ULID()).lower())
     saved = await call.run(call.ctx.catalog.customers.create, call.namespace, inp)
     return json_response(_saved(saved), 201)
@@ -54,8 +64,8 @@ async def create_customer(call: Call) -> Response:
 
 @endpoint(Scope.ADMIN)
 async def replace_customer(call: Call) -> Response:
-    inp = await typed_body(call.request, CustomerInput, "customer")
-    if not inp.key:  # OpenMeter's update body may leave the key out: it stays
+    inp, keyed = await _customer_input(call)
+    if not keyed:  # OpenMeter's update body may leave the key out: it stays
         current = await call.run(call.ctx.catalog.customers.get, call.namespace, call.path("customer"))
         inp = msgspec.structs.replace(inp, key=current.key)
     saved = await call.run(call.ctx.catalog.customers.replace, call.namespace, call.path("customer"), inp)

@@ -150,6 +150,17 @@ async def typed_body(request: Request, kind: type[T], what: str, limit: int = 10
     return _decode_typed(await _json_bytes(request, limit), kind, what)
 
 
+async def json_bytes(request: Request, limit: int = 1024 * 1024) -> bytes:
+    """The request's JSON body as bytes (checked as :func:`typed_body` checks it), to decode
+    into more than one shape with :func:`decode_json`."""
+    return await _json_bytes(request, limit)
+
+
+def decode_json(body: bytes, kind: type[T], what: str) -> T:
+    """:func:`typed_body` for bytes from :func:`json_bytes`."""
+    return _decode_typed(body, kind, what)
+
+
 async def optional_body(request: Request, kind: type[T], what: str, default: T, limit: int = 1024 * 1024) -> T:
     """:func:`typed_body` for an optional body: none at all (or only whitespace) is ``default``."""
     body = await _json_bytes(request, limit)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import zoneinfo
 from importlib import resources
 from typing import Any
@@ -69,8 +70,40 @@ def openapi_document() -> dict[str, Any]:
     # the values this server accepts, so a client (or a test generator) never has to guess them
     schemas["TimeZone"]["enum"] = sorted(zoneinfo.available_timezones())
     schemas["Currency"]["enum"] = sorted(known_currencies())
+    for name in ("TimeZone", "Currency"):  # names generators can use as constants, one per value
+        schemas[name]["x-enum-varnames"] = enum_names(schemas[name]["enum"])
+    _v2_entitlement(schemas)
     schemas["RejectionReason"]["enum"] = [reason.value for reason in Reason]
     return doc
+
+
+def enum_names(values: list[str]) -> list[str]:
+    """A distinct upper-case identifier for each value (``Etc/GMT+1`` -> ``ETC_GMT_PLUS_1``):
+    generators derive constant names from values, and some values differ only in punctuation."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for value in values:
+        spelled = value.upper().replace("+", "_PLUS_").replace("-", "_MINUS_")
+        name = re.sub(r"[^A-Z0-9]+", "_", spelled).strip("_")
+        name = name if name[:1].isalpha() else f"V_{name}"
+        unique, n = name, 2
+        while unique in seen:
+            unique, n = f"{name}_{n}", n + 1
+        seen.add(unique)
+        names.append(unique)
+    return names
+
+
+def _v2_entitlement(schemas: dict[str, Any]) -> None:
+    """OpenMeter's v2 entitlement body: the v1 body's members and v2's own (one flat object,
+    which generators handle where an allOf over the v1 body's anyOf is refused)."""
+    v1 = schemas["EntitlementCreate"]
+    extra = schemas.pop("EntitlementV2Members")
+    schemas["EntitlementCreateV2"] = {
+        **v1,
+        "description": extra["description"],
+        "properties": {**v1["properties"], **extra["properties"]},
+    }
 
 
 def _refusable(doc: dict[str, Any]) -> None:

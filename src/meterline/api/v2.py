@@ -22,9 +22,7 @@ from starlette.routing import Route
 
 from meterline.api import entitlements, features
 from meterline.api.endpoint import Call, endpoint
-from meterline.api.http import _decode_typed as decode_typed
-from meterline.api.http import _json_bytes as json_bytes
-from meterline.api.http import json_response, parse_bool, parse_int, typed_body
+from meterline.api.http import decode_json, json_bytes, json_response, parse_bool, parse_int, typed_body
 from meterline.api.v2_events import list_events_v2
 from meterline.domain.auth.keys import Scope
 from meterline.domain.entitlements.model import EntitlementInput, GrantInput, validate_grant
@@ -64,7 +62,7 @@ def _grant_input(g: GrantV2) -> GrantInput:
     """A v2 grant as the v1 grant input, decoded as v1 decodes one (so times are checked alike)."""
     members = msgspec.to_builtins(g)
     members["expiration"] = g.expiration or FOREVER
-    return decode_typed(msgspec.json.encode(members), GrantInput, "grant")
+    return decode_json(msgspec.json.encode(members), GrantInput, "grant")
 
 
 def page(request: Request, items: Sequence[T]) -> tuple[list[T], dict[str, int]]:
@@ -97,9 +95,9 @@ async def override_entitlement(call: Call) -> Response:
 
 
 async def _create(call: Call, *, replace: bool) -> Response:
-    body = await json_bytes(call.request, 1024 * 1024)
-    inp = decode_typed(body, EntitlementInput, "entitlement")
-    extras = decode_typed(body, EntitlementV2Extras, "entitlement")
+    body = await json_bytes(call.request)
+    inp = decode_json(body, EntitlementInput, "entitlement")
+    extras = decode_json(body, EntitlementV2Extras, "entitlement")
     if extras.issue is not None:
         if inp.issue_after_reset is not None:
             raise InvalidInput("send issue or issueAfterReset, not both", code="invalid_entitlement")

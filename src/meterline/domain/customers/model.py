@@ -18,7 +18,6 @@ from typing import Any
 
 import msgspec
 
-from meterline.domain.billing.money import known_currencies
 from meterline.domain.clock import known_zone
 from meterline.domain.errors import Conflict, InvalidInput
 from meterline.domain.events.model import Reason, Rejection
@@ -146,7 +145,7 @@ def validate(inp: CustomerInput) -> CustomerInput:
         problems.append("subjectKeys and usageAttribution.subjectKeys differ; send one of them")
     if inp.usage_attribution is not None and not inp.usage_attribution.subject_keys:
         problems.append("usageAttribution.subjectKeys must name at least one subject")
-    if inp.currency is not None and inp.currency not in known_currencies():
+    if inp.currency is not None and not _is_currency(inp.currency):
         problems.append(f"currency {inp.currency[:20]!r} is not an ISO 4217 code")
     for name, text in (("description", inp.description), ("primaryEmail", inp.primary_email)):
         if text is not None and len(text) > 1024:
@@ -158,3 +157,10 @@ def validate(inp: CustomerInput) -> CustomerInput:
     if problems:
         raise InvalidInput("; ".join(problems), code="invalid_customer", problems=problems)
     return inp
+
+
+def _is_currency(code: str) -> bool:
+    # imported here: the CLI reads this module, and must start without the money stack (babel)
+    from meterline.domain.billing.money import is_currency
+
+    return is_currency(code)

@@ -1,0 +1,192 @@
+// OpenMeter's JavaScript SDK against a real meterline server (METERLINE_URL, METERLINE_KEY),
+// started by tests/test_openmeter_js_sdk.py. Every number is checked against the events sent.
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { OpenMeter } from '@openmeter/sdk'
+import { OpenMeter as Portal } from '@openmeter/sdk/portal'
+
+const baseUrl = process.env.METERLINE_URL
+const om = new OpenMeter({ baseUrl, apiKey: process.env.METERLINE_KEY })
+const MINUTE = 60_000
+const now = Date.now()
+const start = now - 2 * 60 * MINUTE
+const anchor = new Date(Math.floor((now - 3 * 60 * MINUTE) / MINUTE) * MINUTE)
+const events = Array.from({ length: 40 }, (_, i) => ({
+  id: `js-${i}`,
+  source: 'js-test',
+  type: 'prompt',
+  subject: i % 3 === 0 ? 'globex' : 'acme',
+  time: new Date(start + i * 157_123),
+  data: { tokens: i + 1, model: i % 2 ? 'a' : 'b' },
+}))
+
+const sum = (xs) => xs.reduce((a, b) => a + b, 0)
+const tokens = (pick) => sum(events.filter(pick).map((e) => e.data.tokens))
+const within = (from, to) => (e) => e.time >= from && e.time < to
+
+async function rejects(promise, status, code) {
+  await assert.rejects(promise, (err) => {
+    assert.equal(err.status, status, err.message)
+    if (code) assert.equal(err.getField('code'), code)
+    return true
+  })
+}
+
+test('OpenMeter JavaScript SDK against meterline', async (t) => {
+  await t.test('meters', async () => {
+    const created = await om.meters.create({
+      slug: 'tokens', name: 'Tokens', eventType: 'prompt', aggregation: 'SUM',
+      valueProperty: '$.tokens', groupBy: { model: '$.model' },
+    })
+    assert.equal(created.slug, 'tokens')
+    assert.equal((await om.meters.get('tokens')).aggregation, 'SUM')
+    assert.deepEqual((await om.meters.list()).map((m) => m.slug), ['tokens'])
+  })
+
+  await t.test('ingest: batch, and a single event with the SDK defaults', async () => {
+    await om.events.ingest(events)
+    await om.events.ingest({ type: 'prompt', subject: 'initech', data: { tokens: 7, model: 'a' } })
+    await om.events.ingest(events.slice(0, 3)) // retries are not counted twice
+  })
+
+  await t.test('meter queries with Date ranges (seconds and milliseconds)', async () => {
+    const from = new Date(start + 10 * 157_123 + 17)
+    const to = new Date(start + 30 * 157_123 + 5)
+    const all = await om.meters.query('tokens', { from, to })
+    assert.equal(all.data.length, 1)
+    assert.equal(all.data[0].value, tokens(within(from, to)))
+    assert.equal(all.data[0].windowStart.getTime(), from.getTime())
+    assert.equal(all.data[0].windowEnd.getTime(), to.getTime())
+
+    const grouped = await om.meters.query('tokens', { from, to, groupBy: ['model'], subject: ['acme'] })
+    for (const model of ['a', 'b']) {
+      const row = grouped.data.find((r) => r.groupBy.model === model)
+      assert.equal(row.subject, 'acme')
+      assert.equal(row.value, tokens((e) => within(from, to)(e) && e.subject === 'acme' && e.data.model === model))
+    }
+    const filtered = await om.meters.query('tokens', { from, to, filterGroupBy: { model: 'a' } })
+    assert.equal(filtered.data[0].value, tokens((e) => within(from, to)(e) && e.data.model === 'a'))
+
+    const hourly = await om.meters.query('tokens', {
+      from, to, windowSize: 'HOUR', windowTimeZone: 'Asia/Kathmandu',
+    })
+    assert.equal(sum(hourly.data.map((r) => r.value)), tokens(within(from, to)))
+    for (const row of hourly.data.slice(1)) assert.equal(row.windowStart.getUTCMinutes(), 15) // +05:45
+    const minutes = await om.meters.query('tokens', { from, to, windowSize: 'MINUTE' })
+    assert.equal(sum(minutes.data.map((r) => r.value)), tokens(within(from, to)))
+
+    const everything = await om.meters.query('tokens', { from: new Date(start - MINUTE), to: new Date(now + MINUTE) })
+    assert.equal(everything.data[0].value, tokens(() => true) + 7)
+    const posted = await om.meters.queryPost('tokens', { from, to, subject: ['globex'] })
+    assert.equal(posted.data[0].value, tokens((e) => within(from, to)(e) && e.subject === 'globex'))
+  })
+
+  await t.test('events list, v1 and v2', async () => {
+    const listed = await om.events.list({ from: new Date(start - MINUTE), limit: 100 })
+    assert.equal(listed.length, 41)
+    assert.ok(listed.some((e) => e.event.source === '@openmeter/sdk' && e.event.subject === 'initech'))
+    const globex = events.filter((e) => e.subject === 'globex').map((e) => e.id).reverse()
+    const ids = []
+    let cursor
+    do {
+      const page = await om.events.listV2({ limit: 5, cursor, filter: JSON.stringify({ subject: { $eq: 'globex' } }) })
+      ids.push(...page.items.map((item) => item.event.id))
+      cursor = page.nextCursor
+    } while (cursor)
+    assert.deepEqual(ids, globex)
+  })
+
+  await t.test('customers: create, get, list, update with OpenMeter fields', async () => {
+    const acme = await om.customers.create({
+      name: 'ACME, Inc.', key: 'acme', usageAttribution: { subjectKeys: ['acme'] },
+      primaryEmail: 'billing@acme.example', currency: 'USD', description: 'first',
+      billingAddress: { country: 'US', city: 'Springfield' },
+    })
+    assert.equal(acme.key, 'acme')
+    assert.deepEqual(acme.usageAttribution, { subjectKeys: ['acme'] })
+    const fetched = await om.customers.get(acme.id)
+    assert.equal(fetched.primaryEmail, 'billing@acme.example')
+    assert.equal(fetched.createdAt instanceof Date, true)
+    const noKey = await om.customers.create({ name: 'Initech', usageAttribution: { subjectKeys: ['initech'] } })
+    assert.ok(noKey.key)
+    const page = await om.customers.list({ page: 1, pageSize: 1 })
+    assert.equal(page.totalCount, 2)
+    assert.equal(page.items.length, 1)
+    assert.equal((await om.customers.list({ primaryEmail: 'acme.example' })).items[0].key, 'acme')
+    const updated = await om.customers.update('acme', {
+      name: 'ACME', usageAttribution: { subjectKeys: ['acme'] }, primaryEmail: 'ap@acme.example', currency: 'EUR',
+    })
+    assert.equal(updated.name, 'ACME')
+    assert.equal(updated.currency, 'EUR')
+  })
+
+  await t.test('features', async () => {
+    const feature = await om.features.create({ key: 'tokens', name: 'Tokens', meterSlug: 'tokens' })
+    assert.equal((await om.features.get(feature.id)).key, 'tokens')
+    await om.features.create({ key: 'sso', name: 'SSO' })
+    assert.deepEqual((await om.features.list()).map((f) => f.key).sort(), ['sso', 'tokens'])
+    await rejects(om.meters.delete('tokens'), 409, 'meter_in_use')
+  })
+
+  await t.test('entitlements through the v2 customer paths', async () => {
+    const ent = await om.customers.entitlements.create('acme', {
+      type: 'metered', featureKey: 'tokens', usagePeriod: { interval: 'MONTH', anchor }, issue: { amount: 1000 },
+    })
+    const acme = await om.customers.get('acme')
+    assert.equal(ent.customerId, acme.id)
+    const usage = tokens((e) => e.subject === 'acme')
+    const value = await om.customers.entitlements.value('acme', 'tokens')
+    assert.equal(value.hasAccess, true)
+    assert.equal(value.usage, usage)
+    assert.equal(value.balance, 1000 - usage)
+    await om.customers.entitlements.createGrant('acme', 'tokens', { amount: 50, effectiveAt: anchor })
+    assert.equal((await om.customers.entitlements.value('acme', ent.id)).balance, 1050 - usage)
+    const grants = await om.customers.entitlements.listGrants('acme', 'tokens')
+    assert.equal(grants.items.length, 1)
+    assert.equal((await om.customers.entitlements.list('acme')).items[0].id, ent.id)
+    assert.equal((await om.entitlements.get(ent.id)).customerKey, 'acme')
+    assert.equal((await om.entitlements.list()).totalCount, 1)
+    assert.equal((await om.customers.entitlementsV1.value('acme', 'tokens')).usage, usage)
+  })
+
+  await t.test('entitlements through the v1 subject paths', async () => {
+    const boolean = { type: 'boolean', featureKey: 'sso' }
+    await rejects(om.entitlementsV1.create('globex', boolean), 404, 'subject_not_found') // only seen in events
+    await om.subjects.upsert([{ key: 'globex', displayName: 'Globex' }])
+    assert.equal((await om.subjects.get('globex')).displayName, 'Globex')
+    assert.ok((await om.subjects.list()).some((s) => s.key === 'globex'))
+    await om.entitlementsV1.create('globex', boolean)
+    assert.equal((await om.entitlementsV1.value('globex', 'sso')).hasAccess, true)
+    const metered = await om.entitlementsV1.create('globex', {
+      type: 'metered', featureKey: 'tokens', usagePeriod: { interval: 'MONTH', anchor }, issueAfterReset: 10,
+    })
+    const usage = tokens((e) => e.subject === 'globex')
+    await om.entitlementsV1.grants.create('globex', metered.id, {
+      amount: 5, effectiveAt: anchor, expiration: { duration: 'YEAR', count: 1 },
+    })
+    const value = await om.entitlementsV1.value('globex', 'tokens')
+    assert.equal(value.usage, usage)
+    assert.equal(value.balance, Math.max(0, 15 - usage))
+    assert.equal(value.hasAccess, usage < 15)
+  })
+
+  await t.test('notification channels', async () => {
+    const channel = await om.notifications.channels.create({ type: 'WEBHOOK', name: 'ops', url: 'http://127.0.0.1:9/hook' })
+    assert.equal((await om.notifications.channels.get(channel.id)).name, 'ops')
+    assert.equal((await om.notifications.channels.list()).items.length, 1)
+  })
+
+  await t.test('portal tokens and the portal SDK query', async () => {
+    const token = await om.portal.create({ subject: 'acme', allowedMeterSlugs: ['tokens'] })
+    const portal = new Portal({ baseUrl, portalToken: token.token })
+    const from = new Date(start + 5 * 157_123 + 250)
+    const to = new Date(start + 35 * 157_123 + 750)
+    const answer = await portal.query('tokens', { from, to })
+    assert.equal(answer.data[0].value, tokens((e) => within(from, to)(e) && e.subject === 'acme'))
+  })
+
+  await t.test('OpenMeter calls meterline does not serve answer a problem, not a 404', async () => {
+    await rejects(om.addons.list(), 501, 'not_supported')
+    await rejects(om.apps.list(), 501, 'not_supported')
+  })
+})
