@@ -89,6 +89,8 @@ def test_v2_lists_are_pages(setup: Api) -> None:
     assert (everything["totalCount"], len(everything["items"])) == (2, 1)
     only = get(api, "/api/v2/entitlements", customerKeys="globex")
     assert [e["customerKey"] for e in only["items"]] == ["globex"]
+    bad = api.client.get("/api/v2/entitlements", params={"entitlementType": "AAA"}, headers=api.headers())
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_query"
     ent_id = only["items"][0]["id"]
     assert get(api, f"/api/v2/entitlements/{ent_id}")["customerKey"] == "globex"
     assert get(api, "/api/v2/grants") == {"totalCount": 0, "page": 1, "pageSize": 100, "items": []}

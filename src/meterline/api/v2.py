@@ -133,6 +133,8 @@ async def list_entitlements(call: Call) -> Response:
     service = call.ctx.catalog.entitlements
     ents = await call.run(service.list, call.namespace, features=q.getlist("feature"))
     keys, ids, types = set(q.getlist("customerKeys")), set(q.getlist("customerIds")), set(q.getlist("entitlementType"))
+    if types - {"metered", "boolean", "static"}:
+        raise InvalidInput("entitlementType must be metered, boolean or static", code="invalid_query")
     kept = [
         e
         for e in ents

@@ -160,17 +160,23 @@ def _edge_entries(
     if not ranges:
         return []
     offset = stored_offset(conn)
-    subjects = ",".join("?" * len(query.subjects))
-    by_subject = f" AND subject IN ({subjects})" if query.subjects else ""
-    sql = (
-        "SELECT seq, namespace, source, type, subject, time_us, raw FROM events INDEXED BY events_by_type_time"
-        f" WHERE namespace = ? AND type = ? AND time_us >= ? AND time_us < ? AND seq <= ?{by_subject}"
-    )
+    sql = edge_sql(len(query.subjects))
     entries = []
     for a, b in ranges:
         params = (meter.namespace, meter.spec.event_type, a, b, offset, *query.subjects)
         entries += [LedgerEntry(*row) for row in conn.execute(sql, params)]
     return entries
+
+
+def edge_sql(subjects: int) -> str:
+    """The ledger entries of one event type within ``[from, to)`` up to an offset (parameters:
+    namespace, type, from, to, offset, then ``subjects`` subject keys), found through the
+    ledger's (namespace, type, time) index."""
+    by_subject = f" AND subject IN ({','.join('?' * subjects)})" if subjects else ""
+    return (
+        "SELECT seq, namespace, source, type, subject, time_us, raw FROM events INDEXED BY events_by_type_time"
+        f" WHERE namespace = ? AND type = ? AND time_us >= ? AND time_us < ? AND seq <= ?{by_subject}"
+    )
 
 
 def _admitted(conn: sqlite3.Connection, meter: int) -> Callable[[str, str], bool]:
