@@ -21,9 +21,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
-from _common import code_version, machine, start_meterline
+from _common import _spawn, code_version, free_port, machine, make_key, wait_ready
 from query_latency import expected_from_store, ledger_size, seed
 
 JAN = "from=2026-01-01&to=2026-01-31"
@@ -40,7 +41,21 @@ VIEWS = [
     ("quarantine", "/ui/quarantine"),
     ("reconciliation, Jan 2026 by month", f"/ui/reconciliation?{JAN}"),
     ("reconciliation, 12 months by month", "/ui/reconciliation?from=2025-03-01&to=2026-02-28"),
+    ("reconciliation + ledger check, Jan 2026", f"/ui/reconciliation?{JAN}&check=ledger"),
 ]
+
+
+def serve(data_dir: Path) -> Any:
+    """``meterline serve`` on the data directory (as ``start_meterline``, with a longer wait for
+    readiness: opening a large store on a busy machine can take more than 30 s)."""
+    key, port = make_key(data_dir), free_port()
+    args = [sys.executable, "-m", "meterline.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port)]
+    server = _spawn(
+        "meterline", args, data_dir.parent / "dashboard-serve.log", {"METERLINE_LOG__LEVEL": "WARNING"}, port
+    )
+    server.key = key
+    wait_ready(server, timeout=300)
+    return server
 
 
 def sign_in(client: httpx.Client, key: str) -> None:
@@ -78,7 +93,7 @@ def main() -> None:
         sys.exit(f"{data_dir} holds {have:,} events, not {args.events:,}; use another --data-dir")
     else:
         expected = seed(data_dir, args.events, 5000, 2, False)
-    server = start_meterline(data_dir, data_dir.parent / "dashboard-serve.log")
+    server = serve(data_dir)
     rows = []
     try:
         with httpx.Client(base_url=server.url, timeout=120) as client:

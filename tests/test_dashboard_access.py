@@ -180,6 +180,8 @@ def test_pages_send_security_headers_and_entry_urls_lead_to_the_dashboard(site: 
         assert "script-src 'self'" in r.headers["content-security-policy"]
         assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
         assert c.get("/ui/static/vendor/htmx/LICENSE").status_code == 200
+        missing = c.get("/ui/no-such-view")
+        assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
 
 
 def signed_in_client_with(site: Site, secret: str) -> tuple[httpx.Client, str]:

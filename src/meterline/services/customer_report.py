@@ -143,10 +143,9 @@ class CustomerReports:
         return Report(customer.key, customer, customer.subjects or (customer.key,))
 
     def _has_usage(self, namespace: str, subjects: tuple[str, ...]) -> bool:
-        for meter in self._meters.list(namespace):
-            if subjects[0] in self._meters.subjects(namespace, meter.slug, None, None):
-                return True
-        return False
+        """Whether any meter holds usage of ``subjects`` (one total per meter, from rollups)."""
+        q = MeterQuery(subjects=subjects, combine_subjects=True, limits=self._limits)
+        return any(self._usage.query(namespace, m.slug, q)[1] for m in self._meters.list(namespace))
 
     def _usage_of(
         self,

@@ -25,7 +25,9 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
+from typing import TypeVar
 
 import msgspec
 
@@ -40,13 +42,16 @@ from meterline.services.insights import Insights, Span
 @dataclass
 class MeterLine:
     meter: Meter
-    accepted: list[int]
+    accepted: list[int] | None
+    """None unless the ledger was checked."""
     metered: list[int]
     value: list[Decimal | None]
     billed: list[Decimal]
 
     @property
-    def skipped(self) -> list[int]:
+    def skipped(self) -> list[int | None]:
+        if self.accepted is None:
+            return [None] * len(self.metered)
         return [a - m for a, m in zip(self.accepted, self.metered, strict=True)]
 
     @property
@@ -60,6 +65,7 @@ class MeterLine:
 class Report:
     starts: list[int]
     position: int | None
+    ledger_checked: bool
     meters: list[MeterLine] = field(default_factory=list)
     unmetered: dict[str, list[int]] = field(default_factory=dict)
     """Ledger event types no meter reads: type -> accepted per period."""
@@ -69,10 +75,11 @@ class Report:
     """type -> held per period of receipt."""
 
     def received(self) -> list[int]:
-        """Everything received per period, as stored: accepted (any type), rejected, quarantined."""
+        """Everything received per period, as stored: accepted (any type), rejected, quarantined
+        (only when the ledger was checked)."""
         totals = [0] * len(self.starts)
         for line in self.meters:
-            _add(totals, line.accepted)
+            _add(totals, line.accepted or [])
         for rows in (self.unmetered.values(), self.rejected.values(), self.quarantined.values()):
             for row in rows:
                 _add(totals, row)
@@ -97,7 +104,9 @@ class Reconciliation:
         self._insights = insights
         self._invoices = invoices
 
-    def report(self, namespace: str, span: Span) -> Report:
+    def report(self, namespace: str, span: Span, *, check_ledger: bool = False) -> Report:
+        """The report of ``span``. Only with ``check_ledger`` are the ledger's events counted
+        (accepted, skipped, unmetered types, received): that reads every event of the range."""
         bounds = span.boundaries()
         start, end = bounds[0], bounds[-1]
         meters = self._insights.meters(namespace)
@@ -105,8 +114,8 @@ class Reconciliation:
         record = freshness.current()
         position = record.as_of_position if record is not None else None
         through = position if position is not None else self._ledger.position()
-        accepted = self._counts.accepted(namespace, start, end, through)
-        report = Report(bounds[:-1], position)
+        accepted = self._counts.accepted(namespace, start, end, through) if check_ledger else {}
+        report = Report(bounds[:-1], position, check_ledger)
         billed = self._billed(namespace, bounds)
         by_type: dict[str, list[int]] = defaultdict(lambda: [0] * (len(bounds) - 1))
         for (type_, bucket), n in accepted.items():
@@ -117,16 +126,15 @@ class Reconciliation:
                 per[_index(bounds, bucket)] += n
             value = self._insights.usage(namespace, m, span).values
             zero = [Decimal(0)] * len(per)
-            report.meters.append(MeterLine(m, by_type.get(m.spec.event_type, [0] * len(per)), per, value,
-                                           billed.get(m.slug, zero)))  # fmt: skip
+            of_type = by_type.get(m.spec.event_type, [0] * len(per)) if check_ledger else None
+            report.meters.append(MeterLine(m, of_type, per, value, billed.get(m.slug, zero)))
         read = {m.spec.event_type for m in meters}
         report.unmetered = {t: v for t, v in sorted(by_type.items()) if t not in read}
-        report.rejected = _periods(bounds, self._counts.rejected(namespace, start, end).items(), 2)
-        report.quarantined = {k[0]: v for k, v in _periods(bounds, self._held(namespace, start, end), 1).items()}
+        rejected = self._counts.rejected(namespace, start, end)
+        report.rejected = _periods(bounds, (((r, t), b, n) for (r, t, b), n in rejected.items()))
+        held = self._counts.quarantined(namespace, start, end)
+        report.quarantined = _periods(bounds, ((t, b, n) for (t, b), n in held.items()))
         return report
-
-    def _held(self, namespace: str, start: int, end: int) -> Iterable[tuple[tuple[str, int], int]]:
-        return self._counts.quarantined(namespace, start, end).items()
 
     def _billed(self, namespace: str, bounds: list[int]) -> dict[str, list[Decimal]]:
         """Quantities priced on finalized invoices per meter, by the billing window's start."""
@@ -162,9 +170,10 @@ def _priced(usage: list[dict[str, object]]) -> dict[str, Decimal]:
     return {**groups, **totals}
 
 
-def _seconds(rfc3339: str) -> int:
-    from datetime import datetime
+K = TypeVar("K", str, tuple[str, str])
 
+
+def _seconds(rfc3339: str) -> int:
     return int(datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp())
 
 
@@ -172,10 +181,11 @@ def _index(bounds: list[int], at: int) -> int:
     return max(0, min(len(bounds) - 2, bisect.bisect_right(bounds, at) - 1))
 
 
-def _periods(bounds: list[int], items: Iterable[tuple[tuple[object, ...], int]], width: int) -> dict:  # type: ignore[type-arg]
-    out: dict[tuple[object, ...], list[int]] = defaultdict(lambda: [0] * (len(bounds) - 1))
-    for key, n in items:
-        out[key[:width]][_index(bounds, int(key[width]))] += n  # type: ignore[call-overload]
+def _periods(bounds: list[int], items: Iterable[tuple[K, int, int]]) -> dict[K, list[int]]:
+    """(key, bucket, count) rows added up per key and period."""
+    out: dict[K, list[int]] = {}
+    for key, bucket, n in items:
+        out.setdefault(key, [0] * (len(bounds) - 1))[_index(bounds, bucket)] += n
     return dict(sorted(out.items()))
 
 

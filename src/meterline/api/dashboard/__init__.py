@@ -65,4 +65,5 @@ ROUTES: list[BaseRoute] = [
     Route("/ui/reconciliation", reconciliation.reconciliation, methods=["GET"]),
     Route("/ui/portal", portal_page.portal, methods=["GET"]),
     Mount("/ui/static", app=StaticFiles(packages=[("meterline.api.dashboard", "static")]), name="dashboard-static"),
+    Route("/ui/{rest:path}", signin.not_found, methods=["GET", "POST"]),
 ]

@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from meterline.api.dashboard.session import read_form
-from meterline.api.dashboard.web import View, action, dashboard_of, page, redirect, view
+from meterline.api.dashboard.web import View, action, dashboard_of, error_page, page, redirect, view
 from meterline.domain.auth.keys import Scope
-from meterline.domain.errors import MeterlineError
+from meterline.domain.errors import MeterlineError, NotFound
 
 
 async def sign_in_form(request: Request) -> Response:
@@ -51,6 +51,11 @@ async def sign_out(v: View, form: dict[str, str]) -> Response:
 @view(Scope.READ)
 async def home(v: View) -> Response:
     return v.render("home.html", title="Overview")
+
+
+async def not_found(request: Request) -> Response:
+    """Any other path under /ui: a page, not a JSON problem."""
+    return error_page(request, NotFound("There is no such page in the dashboard", code="page_not_found"), None)
 
 
 async def to_dashboard(request: Request) -> Response:
