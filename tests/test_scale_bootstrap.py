@@ -130,3 +130,28 @@ def test_the_pruner_forgets_keys_that_left_the_window(dsn: str) -> None:
                 time.sleep(0.05)
     finally:
         stores.close()
+
+
+BLOCK_SCALE_DRIVERS = """
+import sys
+for name in ("psycopg", "psycopg_pool", "confluent_kafka", "clickhouse_connect", "redis", "chdb"):
+    sys.modules[name] = None  # as if the scale extra were not installed
+"""
+
+
+def test_embedded_mode_starts_without_the_scale_extra(tmp_path: Path) -> None:
+    """`./run serve` installs meterline without extras: the app, the CLI and a worker's
+    refusal must not need a scale driver (a fresh process, so nothing is imported already)."""
+    code = BLOCK_SCALE_DRIVERS + (
+        "import meterline.api.app, meterline.cli.main\n"
+        "from meterline.bootstrap import open_worker\n"
+        "from meterline.config import load_config\n"
+        "from meterline.domain.errors import ConfigError\n"
+        "try:\n"
+        "    open_worker(load_config(None, {'storage': {'engine': 'scale'}}))\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "meterline[scale]" in out.stdout

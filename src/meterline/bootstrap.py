@@ -18,12 +18,6 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from meterline.adapters.clickhouse.client import Connection
-from meterline.adapters.clickhouse.sink import ClickHouseSink
-from meterline.adapters.kafka.partitions import KafkaPartitions
-from meterline.adapters.postgres.database import PgDatabase
-from meterline.adapters.postgres.dedupe import PgDedupe
-from meterline.adapters.postgres.meters import PgMeters
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.database import DB_FILE, Database
 from meterline.adapters.sqlite.ingest import IngestSettings
@@ -65,7 +59,12 @@ from meterline.services.sink import SinkWorker
 from meterline.services.usage_queries import UsageQueries
 
 if TYPE_CHECKING:  # imported for real only when the config asks for it (the scale extra)
+    from meterline.adapters.clickhouse.client import Connection
+    from meterline.adapters.kafka.partitions import KafkaPartitions
     from meterline.adapters.postgres.catalog import PgCatalog
+    from meterline.adapters.postgres.database import PgDatabase
+    from meterline.adapters.postgres.dedupe import PgDedupe
+    from meterline.adapters.postgres.meters import PgMeters
 
 
 @dataclass(frozen=True)
@@ -482,6 +481,8 @@ class Worker:
 def scale_dedupe(config: Config, db: PgDatabase, clock: Clock) -> PgDedupe:
     """The shared ack-time dedupe store of scale mode (PostgreSQL), with the lease of
     ``[dedupe]`` and the window of ``ingest.dedupe_window``."""
+    from meterline.adapters.postgres.dedupe import PgDedupe
+
     window = config.ingest.dedupe_window
     return PgDedupe(
         db,
@@ -506,6 +507,14 @@ def open_worker(config: Config) -> Worker:
     and dedupe store (``meterline worker``)."""
     if config.storage.engine != "scale":
         raise ConfigError('meterline worker runs in scale mode: set storage.engine = "scale" (docs/scale.md)')
+    for driver in ("psycopg", "psycopg_pool", "confluent_kafka", "clickhouse_connect"):
+        import_extra(driver, "scale")  # a ConfigError naming the extra, before anything opens
+    from meterline.adapters.clickhouse.client import Connection
+    from meterline.adapters.clickhouse.sink import ClickHouseSink
+    from meterline.adapters.kafka.partitions import KafkaPartitions
+    from meterline.adapters.postgres.database import PgDatabase
+    from meterline.adapters.postgres.meters import PgMeters
+
     clock = SystemClock()
     ch, k = config.clickhouse, config.kafka
     retention = None if ch.raw_retention is None else int(ch.raw_retention.total_seconds())
