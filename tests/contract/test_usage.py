@@ -5,6 +5,7 @@ their true window), and a batch applied only together with the offset it was com
 from __future__ import annotations
 
 from decimal import Decimal
+from functools import reduce
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,6 +16,8 @@ from stack.launch import Stack
 from contract.conftest import CAP, T0_US, Stores, kinds, open_stores
 from contract.events import LIMITS
 from contract.usage_kit import END, NS, ZONES, Sent, answer, expected, history, queries, spec
+from meterline.domain.decimals import add
+from meterline.domain.errors import InvalidInput
 from meterline.domain.events.decode import decode_events, split_body
 from meterline.domain.events.model import Status
 from meterline.domain.meters.evaluate import CompiledMeter
@@ -180,3 +183,21 @@ def test_an_empty_meter_answers_no_rows(stores: Stores) -> None:
     drain(stores)
     assert stores.usage.query(meter, MeterQuery(end=END)) == []
     assert stores.usage.query(meter, MeterQuery(start=0, end=END)) == []
+
+
+def test_a_partial_minute_is_answered_exactly_or_refused(stores: Stores) -> None:
+    """A ``from`` inside a minute: the store answers the exact range (the partial minute from
+    the events themselves) or refuses with ``unaligned_range``; never that whole minute's usage."""
+    meter = stores.meters.create(NS, spec(Aggregation.SUM))
+    send(stores, HISTORY)
+    drain(stores)
+    cut_us = sorted(e.time_us for e in HISTORY)[len(HISTORY) // 2] + 1  # just after an event
+    assert cut_us % 60_000_000
+    query = MeterQuery(start=cut_us // 60_000_000 * 60, end=END, start_us=cut_us)
+    want = reduce(add, (e.value for e in HISTORY if e.time_us >= cut_us), Decimal(0))
+    try:
+        rows = stores.usage.query(meter, query)
+    except InvalidInput as exc:
+        assert exc.code == "unaligned_range"
+        return
+    assert reduce(add, (r.value for r in rows), Decimal(0)) == want

@@ -30,7 +30,7 @@ from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import DIMS, ROLLUPS, UNIQUES, create
 from meterline.domain.decimals import in_stored_form
-from meterline.domain.errors import StorageUnavailable
+from meterline.domain.errors import InvalidInput, StorageUnavailable
 from meterline.domain.meters.fold import Replay
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import (
@@ -104,6 +104,10 @@ class ClickHouseUsage:
             return True
 
     def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
+        if query.start_us is not None or query.end_us is not None:
+            # a partial minute needs the raw events of that minute, which this store does not
+            # read yet: refuse rather than answer a whole minute's usage for part of it
+            raise InvalidInput("this usage store answers ranges on whole minutes only", code="unaligned_range")
         dimensions = tuple(sorted(meter.spec.group_by))
         check_dimensions(query, dimensions)
         if meter.key not in {m.key for m in self._meters()}:
