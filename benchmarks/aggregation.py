@@ -28,7 +28,6 @@ from meterline.domain.clock import FixedClock
 from meterline.domain.events.decode import Limits, decode_events, split_body
 from meterline.domain.meters.model import Aggregation, MeterSpec
 from meterline.domain.meters.query import MeterQuery
-from meterline.runtime.collector import tune_for_throughput
 from meterline.services.aggregation import Aggregator
 
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
@@ -87,7 +86,12 @@ def stamp(us: int) -> str:
 
 
 def main() -> None:
-    tune_for_throughput()  # as `meterline serve` does
+    try:  # as `meterline serve` does (an older checkout run with PYTHONPATH=OLD/src has no such settings)
+        from meterline.runtime.collector import tune_for_throughput
+
+        tune_for_throughput()
+    except ImportError:
+        print("(this checkout has no garbage-collector settings: CPython's defaults)")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--subjects", type=int, default=1000)
