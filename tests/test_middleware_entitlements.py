@@ -53,7 +53,13 @@ def meterline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def config(server: Server, features: list[tuple[str, int]]) -> MiddlewareConfig[Any]:
-    return MiddlewareConfig(url=server.url, api_key=server.key, customer=by_header, features=features, sender=FAST)
+    # These tests are about what the checks answer, not how fast: a check waits for the
+    # aggregator to reach the events just flushed, which on a busy machine can take longer
+    # than the default 0.25 s after which the middleware fails open (tests/test_middleware_http
+    # covers that timeout).
+    return MiddlewareConfig(
+        url=server.url, api_key=server.key, customer=by_header, features=features, sender=FAST, check_timeout=30.0
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
