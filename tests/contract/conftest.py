@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.bootstrap import open_backend
 from meterline.config import load_config
 from meterline.domain.clock import FixedClock
+from meterline.domain.customers.model import UnknownSubjects
 
 T0_US = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 CATALOG = frozenset({"customers", "keys", "meters", "features", "entitlements", "grants", "notifications", "portal"})
@@ -86,8 +88,13 @@ def kinds(wanted: set[str]) -> list[str]:
     return [kind for kind, ports in PORTS.items() if wanted <= ports]
 
 
-def open_stores(kind: str, tmp_path: Path, stack: Stack | None = None) -> Iterator[Stores]:
+def open_stores(
+    kind: str, tmp_path: Path, stack: Stack | None = None, *, ingest: dict[str, Any] | None = None
+) -> Iterator[Stores]:
+    """The stores of ``kind``; ``ingest`` sets the ledger's ``[ingest]`` options
+    (``unknown_subjects``, ``dedupe_window`` in seconds) where the kind has a ledger."""
     clock = FixedClock(T0_US)
+    ingest = ingest or {}
     if kind == "clickhouse":
         assert stack is not None, "the clickhouse adapters run on the local stack"
         yield from _clickhouse_stores(clock, stack)
@@ -114,11 +121,15 @@ def open_stores(kind: str, tmp_path: Path, stack: Stack | None = None) -> Iterat
                 pg.close()
         return
     if kind == "memory":
-        yield memory_stores(clock)
+        yield memory_stores(clock, **ingest)
         return
+    window = {} if "dedupe_window" not in ingest else {"dedupe_window": timedelta(seconds=ingest["dedupe_window"])}
     config = load_config(
         None,
-        {"storage": {"data_dir": tmp_path / "data", "fsync": "normal"}, "ingest": {"max_group_cardinality": CAP}},
+        {
+            "storage": {"data_dir": tmp_path / "data", "fsync": "normal"},
+            "ingest": {"max_group_cardinality": CAP, **ingest, **window},
+        },
     )
     backend = open_backend(config, clock)
     try:
@@ -141,12 +152,15 @@ def open_stores(kind: str, tmp_path: Path, stack: Stack | None = None) -> Iterat
         backend.close()
 
 
-def memory_stores(clock: FixedClock) -> Stores:
+def memory_stores(clock: FixedClock, unknown_subjects: str = "accept", dedupe_window: int | None = None) -> Stores:
     meters = MemoryMeters(clock.now_us)
+    customers = MemoryCustomers(clock.now_us)
+    window_us = None if dedupe_window is None else dedupe_window * 1_000_000
+    policy = UnknownSubjects(unknown_subjects)
     return Stores(
         "memory",
         clock,
-        MemoryCustomers(clock.now_us),
+        customers,
         MemoryKeys(),
         meters,
         MemoryFeatures(),
@@ -154,7 +168,7 @@ def memory_stores(clock: FixedClock) -> Stores:
         MemoryGrants(),
         MemoryNotifications(clock.now_us),
         MemoryPortal(),
-        MemoryLedger(clock.now_us, meters, cap=CAP),
+        MemoryLedger(clock.now_us, meters, cap=CAP, customers=customers, default_policy=policy, window_us=window_us),
         MemoryUsage(meters.live, clock.now_us),
     )
 

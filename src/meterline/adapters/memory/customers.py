@@ -1,4 +1,7 @@
-"""Customers and namespace settings in memory (no ledger, so no quarantine to release)."""
+"""Customers, namespace settings and the quarantine in memory. Alone they hold no events;
+joined to a :class:`~meterline.adapters.memory.ledger.MemoryLedger` (which sets
+:attr:`MemoryCustomers.release`), a save releases the quarantined events of the subjects it
+claims into that ledger, under the same lock as the save."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from collections.abc import Callable, Sequence
 import msgspec
 from ulid import ULID
 
+from meterline.adapters.memory.quarantine import MemoryQuarantine
 from meterline.domain.customers.model import (
     Customer,
     CustomerInput,
@@ -24,51 +28,72 @@ from meterline.ports.customers import Quarantined, Saved
 class MemoryCustomers:
     def __init__(self, now_us: Callable[[], int]) -> None:
         self._now_us = now_us
-        self._lock = threading.Lock()
+        self.lock = threading.RLock()
+        """Held by every read and write here, and by a joined ledger's appends."""
+        self.quarantine = MemoryQuarantine()
+        self.release: Callable[[str, Sequence[str]], tuple[int, int]] = lambda namespace, subjects: (0, 0)
+        """Moves the quarantined events of a namespace's subjects into the joined ledger:
+        (accepted, dead-lettered)."""
         self._live: dict[tuple[str, str], Customer] = {}  # (namespace, key) -> customer
         self._owners: dict[tuple[str, str], str] = {}  # (namespace, subject) -> customer key
         self._policies: dict[str, UnknownSubjects] = {}
 
     def create(self, namespace: str, inp: CustomerInput) -> Saved:
-        with self._lock:
-            return self._save(namespace, inp, None)
+        with self.lock:
+            return self._released(namespace, self._save(namespace, inp, None))
 
     def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
-        with self._lock:
-            return self._save(namespace, inp, self._get(namespace, key))
+        with self.lock:
+            return self._released(namespace, self._save(namespace, inp, self._get(namespace, key)))
 
     def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> builtins.list[Saved]:
-        with self._lock:
+        with self.lock:
             live, owners = dict(self._live), dict(self._owners)
             try:
-                return [self._upsert(namespace, inp) for inp in inputs]
+                saved = [self._upsert(namespace, inp) for inp in inputs]
             except BaseException:
                 self._live, self._owners = live, owners  # all or none
                 raise
+            return [self._released(namespace, s) for s in saved]  # only once every save stood
+
+    def _released(self, namespace: str, saved: Saved) -> Saved:
+        accepted, rejected = self.release(namespace, saved.customer.subjects)
+        return Saved(saved.customer, accepted, rejected)
 
     def _upsert(self, namespace: str, inp: CustomerInput) -> Saved:
         existing = self._live.get((namespace, inp.key))
         return self._save(namespace, inp if existing is None else upserted(existing, inp), existing)
 
     def delete(self, namespace: str, key: str) -> None:
-        with self._lock:
+        with self.lock:
             customer = self._get(namespace, key)
             del self._live[(namespace, customer.key)]
             for subject in customer.subjects:
                 self._owners.pop((namespace, subject), None)
 
     def get(self, namespace: str, key_or_id: str) -> Customer:
-        with self._lock:
+        with self.lock:
             return self._get(namespace, key_or_id)
 
     def list(self, namespace: str) -> builtins.list[Customer]:
-        with self._lock:
+        with self.lock:
             return sorted((c for (ns, _), c in self._live.items() if ns == namespace), key=lambda c: c.key)
 
     def by_subject(self, namespace: str, subject: str) -> Customer | None:
-        with self._lock:
+        with self.lock:
             key = self._owners.get((namespace, subject))
             return None if key is None else self._live[(namespace, key)]
+
+    def owns(self, namespace: str, subject: str) -> bool:
+        """Whether a live customer claims ``subject``."""
+        with self.lock:
+            return (namespace, subject) in self._owners
+
+    def quarantined(
+        self, namespace: str, subject: str | None, *, limit: int, after_id: int
+    ) -> builtins.list[Quarantined]:
+        with self.lock:
+            return self.quarantine.list(namespace, subject, limit=limit, after_id=after_id)
 
     def policy(self, namespace: str) -> UnknownSubjects | None:
         return self._policies.get(namespace)
