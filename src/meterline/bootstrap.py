@@ -22,6 +22,7 @@ from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.database import DB_FILE, Database
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
+from meterline.adapters.sqlite.ledger_reader import SqliteLedgerReader
 from meterline.adapters.sqlite.meter_values import SqliteMeterValues
 from meterline.adapters.sqlite.rebuild import RebuildReport, rebuild
 from meterline.adapters.sqlite.reconciliation import SqliteReconciliationCounts
@@ -36,6 +37,7 @@ from meterline.domain.meters.query import QueryLimits
 from meterline.ports.billing import BillingStores
 from meterline.ports.billing_usage import PeriodUsage
 from meterline.ports.dedupe import DedupeStore
+from meterline.ports.ledger import Ledger, LedgerReader
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.ports.status import StoreStatus
 from meterline.runtime.background import Monitor, Ticker
@@ -338,6 +340,41 @@ def open_backend(
             backend.close()
             raise
     return backend
+
+
+@contextmanager
+def open_migration(source: Config, target: Config) -> Iterator[tuple[LedgerReader, Ledger]]:
+    """The source's ledger, read-only (an embedded data directory; a server may keep running
+    on it), and the target's ledger to append to (``meterline migrate``). An embedded target
+    must have no server running on it: two processes appending to one store would each miss
+    the other's keys. The target's configured meters exist before the first event goes in."""
+    if source.storage.engine != "embedded":
+        raise ConfigError(
+            'meterline migrate reads an embedded ledger: the source config must use storage.engine = "embedded"'
+        )
+    if target.storage.engine != "embedded":
+        raise ConfigError(
+            "meterline migrate appends to an embedded store today; into a scale deployment, replay"
+            " the events through its API (docs/operations.md)"
+        )
+    if source.storage.data_dir.resolve() == target.storage.data_dir.resolve():
+        raise ConfigError("the source and the target are the same data directory")
+    reader = SqliteLedgerReader(source.storage.data_dir)
+    try:
+        backend = open_backend(target, SystemClock())
+        try:
+            if not backend.dedupe.sole_writer:
+                raise ConfigError(
+                    f"a meterline server is running on the target {target.storage.data_dir}: stop it first"
+                    " (the migration appends to the target's ledger directly)"
+                )
+            ensure_config_meters(target, backend)  # as its server would at start, before any event
+            yield reader, backend.ledger
+            Aggregator(backend.ledger, backend.usage, cap=target.ingest.max_group_cardinality).drain()
+        finally:
+            backend.close()
+    finally:
+        reader.close()
 
 
 def aggregator(config: Config, backend: EmbeddedBackend, monitor: Monitor | None = None) -> Aggregator:

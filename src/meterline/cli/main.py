@@ -25,6 +25,7 @@ from meterline.cli import (
     client_cmds,
     customer_cmds,
     entitlement_cmds,
+    migrate_cmds,
     producer_cmds,
     store_cmds,
 )
@@ -68,6 +69,7 @@ for command in (
     *entitlement_cmds.COMMANDS,
     *alert_cmds.COMMANDS,
     *producer_cmds.COMMANDS,
+    migrate_cmds.migrate,
 ):
     cli.add_command(command)
 

@@ -17,7 +17,7 @@ from typing import Protocol
 from meterline.domain.events.model import Candidate, Outcome
 from meterline.domain.meters.fold import LedgerEntry
 
-__all__ = ["Appended", "EventFilter", "Ledger", "LedgerEntry", "StoredEvent"]
+__all__ = ["Appended", "EventFilter", "Ledger", "LedgerEntry", "LedgerReader", "StoredEvent"]
 
 
 class Appended(list[Outcome]):
@@ -71,4 +71,16 @@ class Ledger(Protocol):
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> list[StoredEvent]:
         """Newest first (GET /events)."""
+        ...
+
+
+class LedgerReader(Protocol):
+    """A ledger read in sequence order and nothing else (the source of a migration)."""
+
+    def read(self, after: int, limit: int) -> list[LedgerEntry]:
+        """Up to ``limit`` entries with ``seq > after``, in sequence order."""
+        ...
+
+    def position(self) -> int:
+        """The position of the last committed entry."""
         ...

@@ -88,6 +88,12 @@ class DedupeIndex:
         self._fanout = fanout
         self.opened = False
 
+    @property
+    def sole_writer(self) -> bool:
+        """Whether this process holds the index's lock: no other process (a server) appends to
+        this data directory now. Known once opened."""
+        return self._store.owner
+
     # -- open: the runs of the manifest, then the ledger after them ----------------------
 
     def open(self, conn: sqlite3.Connection) -> None:
