@@ -41,6 +41,11 @@ from typing import Any
 
 from _common import code_version, machine, percentile
 
+LEDGER_INSERT = (
+    "INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z: seeded events
 REGIONS = ("eu-west-1", "us-east-1", "ap-south-1", "sa-east-1")
 HERE = Path(__file__).resolve().parent
@@ -94,7 +99,7 @@ def seed(data: Path, keys: int, customers: int) -> None:
             n = min(100_000, keys - seq)
             if n <= 0:
                 break
-            conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", _rows(seq, uuid4_ids(n), customers))
+            conn.executemany(LEDGER_INSERT, _rows(seq, uuid4_ids(n), customers))
             seq += n
         conn.execute("COMMIT")
     conn.execute("BEGIN")

@@ -70,7 +70,10 @@ NS = "default"
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 DIGEST = bytes(16)
 BATCH = 1000
-LEDGER_INSERT = "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)"
+LEDGER_INSERT = (
+    "INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -40,6 +40,11 @@ from meterline.domain.clock import FixedClock
 from meterline.domain.events.decode import Limits, decode_events, split_body
 from meterline.domain.meters.model import Aggregation, MeterSpec
 
+LEDGER_INSERT = (
+    "INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 HOUR = 3_600_000_000
 LIMITS = Limits(10_000, 300_000_000, None)
@@ -58,7 +63,7 @@ def seed(data_dir: Path, keys: int) -> None:
         ids = range(start, min(start + step, keys))
         conn.execute("BEGIN")
         conn.executemany(
-            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
+            LEDGER_INSERT,
             ((i + 1, "default", "seed", f"k{i}", "t", "acme", T0, T0, digest, raw) for i in ids),
         )
         conn.execute("COMMIT")

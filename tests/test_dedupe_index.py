@@ -30,6 +30,10 @@ from meterline.services.aggregation import Aggregator
 
 T0 = 1_772_366_400_000_000
 DIGEST = b"d" * 16
+LEDGER_INSERT = (
+    "INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 def tiny(namespace: str, source: str, id_: str) -> int:
@@ -57,7 +61,7 @@ def append(conn: sqlite3.Connection, idx: DedupeIndex, ids: Iterable[str], recei
     conn.execute("BEGIN IMMEDIATE")
     seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
     rows = [(seq + n + 1, "default", "s", id_, "t", "acme", T0, received, DIGEST, b"{}") for n, id_ in enumerate(ids)]
-    conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.executemany(LEDGER_INSERT, rows)
     idx.add_many([(r[1], r[2], r[3], r[0], DIGEST, received) for r in rows])
     conn.execute("COMMIT")
     idx.committed(rows[-1][0])
@@ -168,7 +172,7 @@ def test_a_data_directory_with_the_old_key_table_opens_with_its_keys_honoured(tm
     conn = ledger(tmp_path / "meterline.db")
     conn.execute(OLD_TABLE)
     rows = [(n + 1, "default", "s", f"k{n}", "t", "acme", T0, T0, DIGEST, b"{}") for n in range(40)]
-    conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.executemany(LEDGER_INSERT, rows)
     conn.executemany("INSERT INTO dedupe VALUES (?,?,?,?,?,?)", [(r[1], r[2], r[3], r[0], DIGEST, T0) for r in rows])
     conn.execute(
         "INSERT INTO quarantine (namespace, source, event_id, type, subject, time_us, received_us, digest, raw)"
@@ -192,6 +196,11 @@ from pathlib import Path
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex
 from meterline.adapters.sqlite.schema import connect, create_schema
 
+LEDGER_INSERT = (
+    "INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
+
 db, directory, step, nth = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 calls = {}
 
@@ -210,7 +219,7 @@ for b in range(12):
     conn.execute("BEGIN IMMEDIATE")
     seq = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
     rows = [(seq + n + 1, "default", "s", f"b{b}-{n}", "t", "acme", 0, 0, b"d", b"{}") for n in range(10)]
-    conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.executemany(LEDGER_INSERT, rows)
     idx.add_many([(r[1], r[2], r[3], r[0], b"d", 0) for r in rows])
     conn.execute("COMMIT")
     idx.committed(rows[-1][0])
@@ -237,7 +246,7 @@ def test_a_kill_during_a_seal_or_a_merge_leaves_an_index_that_finds_every_key(
     conn = ledger(tmp_path / "db")
     seeded = [f"seed{n}" for n in range(40)]
     rows = [(n + 1, "default", "s", id_, "t", "acme", T0, T0, DIGEST, b"{}") for n, id_ in enumerate(seeded)]
-    conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.executemany(LEDGER_INSERT, rows)
     args = [str(tmp_path / "db"), str(tmp_path / "index"), step, str(nth)]
     done = subprocess.run([sys.executable, "-c", CRASHING, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == -9, f"the process was not killed at {step} #{nth}: {done.stdout}{done.stderr}"
@@ -254,7 +263,7 @@ def test_a_kill_during_a_seal_or_a_merge_leaves_an_index_that_finds_every_key(
 def test_the_crash_script_passes_every_injected_point_when_nothing_kills_it(tmp_path: Path) -> None:
     """The points above are reached: counts of every step in a run that is not killed."""
     ledger(tmp_path / "db").executemany(
-        "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)",
+        LEDGER_INSERT,
         [(n + 1, "default", "s", f"seed{n}", "t", "acme", T0, T0, DIGEST, b"{}") for n in range(40)],
     )
     args = [str(tmp_path / "db"), str(tmp_path / "index"), "none", "0"]

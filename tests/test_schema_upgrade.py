@@ -11,6 +11,7 @@ from meterline.adapters.sqlite.meters import edge_sql
 from meterline.adapters.sqlite.schema import DDL, connect, create_schema
 
 INDEX = "CREATE INDEX IF NOT EXISTS events_by_type_time ON events (namespace, type, time_us);\n"
+CHAIN = ",\n    -- the entry's link in the hash chain (adapters.sqlite.chain, domain.integrity.chain)\n    chain BLOB\n"
 PROFILE = (
     "deleted_us INTEGER,\n"
     "    -- OpenMeter's descriptive members (description, primaryEmail, currency, billingAddress) as JSON\n"
@@ -19,9 +20,9 @@ PROFILE = (
 
 
 def old_store(path: Path) -> None:
-    assert INDEX in DDL and PROFILE in DDL, "the schema changed: update this test's picture of the old one"
+    assert INDEX in DDL and PROFILE in DDL and CHAIN in DDL, "the schema changed: update this picture of the old one"
     conn = sqlite3.connect(path)
-    conn.executescript(DDL.replace(INDEX, "").replace(PROFILE, "deleted_us INTEGER\n"))
+    conn.executescript(DDL.replace(INDEX, "").replace(PROFILE, "deleted_us INTEGER\n").replace(CHAIN, "\n"))
     conn.execute("INSERT INTO customers VALUES ('c1', 'default', 'acme', 'Acme', 'UTC', NULL, 1, 1, NULL)")
     conn.execute("INSERT INTO events VALUES (1, 'default', 's', 'e1', 'call', 'acme', 5000000, 5000000, x'00', '{}')")
     conn.commit()

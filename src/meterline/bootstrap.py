@@ -19,6 +19,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.chain import SqliteChain, ensure_ledger_id, migrate_step
 from meterline.adapters.sqlite.database import DB_FILE, Database
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
@@ -37,6 +38,7 @@ from meterline.domain.meters.query import QueryLimits
 from meterline.ports.billing import BillingStores
 from meterline.ports.billing_usage import PeriodUsage
 from meterline.ports.dedupe import DedupeStore
+from meterline.ports.integrity import ChainSource
 from meterline.ports.ledger import Ledger, LedgerReader
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.ports.status import StoreStatus
@@ -254,6 +256,33 @@ def open_scale_stores(
         raise
     pruner = Ticker("dedupe-prune", dedupe.prune, lambda: prune_every, monitor)
     return ScaleStores(pg, dedupe, pruner, closers)
+
+
+@contextmanager
+def open_chain(config: Config, clock: Clock | None = None) -> Iterator[ChainSource]:
+    """The ledger's hash chain as one snapshot (``verify``; safe while a server runs on the same
+    directory). A store that never had the chain gains it first, as a server's first open would."""
+    _embedded_only(config)
+    path = config.storage.data_dir / DB_FILE
+    if not path.exists():
+        raise NotFound(f"no meterline store in {config.storage.data_dir}", code="no_store")
+    now_us = (clock or SystemClock()).now_us
+    conn = connect(path, fsync=config.storage.fsync)
+    try:
+        create_schema(conn)
+        more = True
+        while more:
+            conn.execute("BEGIN IMMEDIATE")
+            ensure_ledger_id(conn)
+            more = migrate_step(conn, now_us())
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+    source = SqliteChain(path)
+    try:
+        yield source
+    finally:
+        source.close()
 
 
 def rebuild_store(config: Config, *, check: bool) -> RebuildReport:

@@ -25,6 +25,7 @@ from meterline.cli import (
     client_cmds,
     customer_cmds,
     entitlement_cmds,
+    integrity_cmds,
     migrate_cmds,
     producer_cmds,
     store_cmds,
@@ -63,6 +64,7 @@ def cli() -> None:
 
 for command in (
     *store_cmds.COMMANDS,
+    *integrity_cmds.COMMANDS,
     *client_cmds.COMMANDS,
     *billing_cmds.COMMANDS,
     *customer_cmds.COMMANDS,

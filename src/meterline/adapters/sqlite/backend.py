@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meterline.adapters.sqlite.billing import billing_stores
+from meterline.adapters.sqlite.chain import ensure_ledger_id, migrate_step
 from meterline.adapters.sqlite.counting import SqliteCounterSource, SqliteStreamHost
 from meterline.adapters.sqlite.customers import SqliteCustomers
 from meterline.adapters.sqlite.database import Database
@@ -64,10 +65,13 @@ class EmbeddedBackend:
             max_queue=max_queue,
             monitor=monitor,
             on_rollback=self.state.rolled_back,
-            before_commit=lambda conn: self.usage.before_commit(conn),
+            before_commit=self._before_commit,
             after_commit=self._committed,
         )
         self.usage = SqliteUsage(self.db, self.state, clock.now_us)
+        self.db.writer.call(ensure_ledger_id)
+        while self.db.writer.call(lambda conn: migrate_step(conn, clock.now_us())):
+            pass  # a store from before the hash chain: its entries are linked first (adapters.sqlite.chain)
         self.db.writer.call(self._open_dedupe)
         self.state.head = self.state.committing_head = _head(self.db)
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
@@ -94,6 +98,10 @@ class EmbeddedBackend:
     def _open_dedupe(self, conn: sqlite3.Connection) -> None:
         self.dedupe.open(conn)  # indexes the ledger the sealed runs do not cover
         drop_key_table(conn)  # an upgraded data directory: the index now holds its keys
+
+    def _before_commit(self, conn: sqlite3.Connection) -> None:
+        self.usage.before_commit(conn)
+        self.state.before_commit(conn)
 
     def _committed(self) -> None:
         self.state.committed()

@@ -8,9 +8,10 @@ Runs only on the writer thread, inside the writer's transaction. Per batch:
    payload digest differs; the first payload wins); otherwise every live meter for the event's
    type reads it — an unreadable value or a group-by over its cardinality cap rejects the
    event as a whole, so an event is never counted by some meters and not others;
-3. accepted events get the next ledger sequence numbers and are appended with their dedupe
-   keys (and their newly admitted group values); rejected ones go to the dead-letter table
-   with the raw event and the reason.
+3. accepted events get the next ledger sequence numbers and their chain hash
+   (``domain.integrity.chain``: every ledger row is made by ``Appender._accept``, which links
+   it to the one before) and are appended with their dedupe keys (and their newly admitted
+   group values); rejected ones go to the dead-letter table with the raw event and the reason.
 
 Nothing else: rollups, live counters and alerts are the aggregator's work
 (``services.aggregation``), which reads the ledger after its offset. ``IngestState`` caches
@@ -26,10 +27,12 @@ from dataclasses import dataclass
 
 import msgspec
 
+from meterline.adapters.sqlite.chain import last_entry, record_head
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex
 from meterline.adapters.sqlite.recent import RecentEntries
 from meterline.domain.customers.model import UnknownSubjects, subject_rule
 from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
+from meterline.domain.integrity.chain import content_digest, link
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.fold import LedgerEntry, Preread
@@ -39,6 +42,10 @@ from meterline.ports.stream import UsageListener
 
 _spec = msgspec.json.Decoder(MeterSpec)
 DEDUPE_FLOOR_KEY = "dedupe_floor_us"  # in ``meta``: see adapters.sqlite.dedupe_prune
+INSERT_EVENT = (
+    "INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +66,16 @@ class IngestState:
         self.meters: dict[tuple[str, str], list[CompiledMeter]] = {}
         self.group_values: dict[tuple[int, str], set[str]] = {}
         self.next_seq = 1
+        self.chain = b""
+        """The chain hash of entry ``next_seq - 1`` (in the open transaction)."""
         self.head = 0
         """The position of the last committed ledger entry (read by any thread)."""
         self.committing_head = 0
         self.customer_subjects: dict[str, set[str]] = {}
         self.policies: dict[str, UnknownSubjects] = {}
         self.meter_keys: dict[tuple[str, str], frozenset[int]] = {}
+        self.appended = False
+        """Entries were appended in the open transaction (its chain head is recorded before COMMIT)."""
         self.pending: list[LedgerEntry] = []
         """Entries appended in the open transaction, with their readings (for ``recent``)."""
         self.recent: RecentEntries = RecentEntries()
@@ -84,6 +95,12 @@ class IngestState:
         if whole_transaction:
             for listener in self.listeners:
                 listener.rolled_back()
+
+    def before_commit(self, conn: sqlite3.Connection) -> None:
+        """Record the chain head of a transaction that appended (``adapters.sqlite.chain``)."""
+        if self.appended:
+            record_head(conn)
+            self.appended = False
 
     def committed(self) -> None:
         """After COMMIT: the committed entries join ``recent``, listeners publish, then the
@@ -111,7 +128,8 @@ class IngestState:
         self.group_values = {}
         for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
             self.group_values.setdefault((key, dim), set()).add(value)
-        self.next_seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        last_seq, self.chain = last_entry(conn)
+        self.next_seq = last_seq + 1
         self.customer_subjects = {}
         for namespace, subject in conn.execute("SELECT namespace, subject FROM customer_subjects"):
             self.customer_subjects.setdefault(namespace, set()).add(subject)
@@ -225,10 +243,16 @@ class Appender:
         return None
 
     def _accept(self, ev: Event) -> None:
-        seq = self.state.next_seq
-        self.state.next_seq += 1
+        """Give the event the next seq and link it into the chain (every ledger row is made here)."""
+        state, now = self.state, self.now_us
+        seq = state.next_seq
+        state.next_seq += 1
+        content = content_digest(
+            ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw
+        )
+        state.chain = link(state.chain, seq, content)
         self.events.append(
-            (seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, self.now_us, ev.digest, ev.raw)
+            (seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw, state.chain)
         )
         self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
         self.entries.append(
@@ -252,7 +276,8 @@ class Appender:
     def _write(self) -> None:
         conn = self.conn
         if self.events:
-            conn.executemany("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)", self.events)
+            conn.executemany(INSERT_EVENT, self.events)
+            self.state.appended = True
             self.state.dedupe.add_many(self.keys)
             self.state.pending.extend(self.entries)
         if self.dead:

@@ -26,7 +26,9 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
     namespace TEXT NOT NULL, source TEXT NOT NULL, id TEXT NOT NULL,
     type TEXT NOT NULL, subject TEXT NOT NULL, time_us INTEGER NOT NULL,
-    received_us INTEGER NOT NULL, digest BLOB NOT NULL, raw BLOB NOT NULL
+    received_us INTEGER NOT NULL, digest BLOB NOT NULL, raw BLOB NOT NULL,
+    -- the entry's link in the hash chain (adapters.sqlite.chain, domain.integrity.chain)
+    chain BLOB
 );
 
 -- Meter queries over a range that starts or ends inside a minute read the events of that
@@ -250,7 +252,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta SELECT 'aggregated_seq', CAST(coalesce(max(seq), 0) AS TEXT) FROM events")
 
 
-_ADDED_COLUMNS = (("customers", "profile", "BLOB"),)
+_ADDED_COLUMNS = (("customers", "profile", "BLOB"), ("events", "chain", "BLOB"))
 """Columns added to tables of an existing store after it was created (``ALTER TABLE``, once)."""
 
 

@@ -1,0 +1,206 @@
+"""The ledger's hash chain: ``meterline verify`` passes on an untouched store and names the
+first entry whose content, place or presence was changed by hand in the SQLite file (with the
+sqlite3 shell on the real file); exported heads, signed or not, prove a prefix unchanged even
+after the whole chain in the file was recomputed."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import build_api
+
+from meterline.adapters.sqlite.database import DB_FILE
+from meterline.domain.integrity.chain import GENESIS, content_digest, link
+
+EVENTS = 12
+
+
+def _event(n: int) -> dict[str, object]:
+    return {
+        "specversion": "1.0",
+        "id": f"ev-{n}",
+        "source": "chain-test",
+        "type": "call",
+        "subject": f"cust-{n % 3}",
+        "time": "2026-03-01T11:00:00Z",
+        "data": {"v": n + 1},
+    }
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with a SUM meter and EVENTS events in three requests, closed (copied per test)."""
+    root = tmp_path_factory.mktemp("chain")
+    gen = build_api(root)
+    api = next(gen)
+    assert api.create_meter(slug="calls", eventType="call", aggregation="SUM", valueProperty="$.v").status_code == 201
+    for start, end in ((0, 5), (5, 9), (9, EVENTS)):
+        assert api.post_events([_event(n) for n in range(start, end)]).status_code == 204
+    for _ in gen:
+        pass
+    return api.data_dir
+
+
+@pytest.fixture
+def store(pristine: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(pristine, target)
+    return target
+
+
+def verify(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "meterline.cli.main", "verify", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def sql(data_dir: Path, statement: str) -> None:
+    """Edit the real file by hand, as someone with shell access would."""
+    subprocess.run(["sqlite3", str(data_dir / DB_FILE), statement], check=True, timeout=60)
+
+
+def test_an_untouched_ledger_verifies(store: Path) -> None:
+    done = verify(store)
+    assert done.returncode == 0, done.stderr
+    assert f"{EVENTS} entries walked" in done.stdout
+    assert "rollups: identical" in done.stdout
+    assert done.stdout.strip().endswith("verified")
+
+
+def test_an_edited_payload_is_named(store: Path) -> None:
+    sql(store, "UPDATE events SET raw = replace(raw, '\"v\":7', '\"v\":70') WHERE seq = 7")
+    done = verify(store)
+    assert done.returncode == 1
+    assert "entry 7 (event 'ev-6' from source 'chain-test'" in done.stderr
+    assert "content or its place" in done.stderr
+
+
+def test_an_edited_column_is_named(store: Path) -> None:
+    sql(store, "UPDATE events SET subject = 'someone-else' WHERE seq = 4")
+    done = verify(store)
+    assert done.returncode == 1 and "entry 4 (event 'ev-3'" in done.stderr
+
+
+def test_a_deleted_entry_is_named(store: Path) -> None:
+    sql(store, "DELETE FROM events WHERE seq = 5")
+    done = verify(store)
+    assert done.returncode == 1 and "entry 5 is missing" in done.stderr
+
+
+def test_a_deleted_last_entry_is_named(store: Path) -> None:
+    sql(store, f"DELETE FROM events WHERE seq = {EVENTS}")
+    done = verify(store)
+    assert done.returncode == 1
+    assert f"entries {EVENTS} to {EVENTS} are missing" in done.stderr
+
+
+def test_reordered_entries_are_named(store: Path) -> None:
+    sql(
+        store,
+        "UPDATE events SET seq = -3 WHERE seq = 3; UPDATE events SET seq = 3 WHERE seq = 4;"
+        " UPDATE events SET seq = 4 WHERE seq = -3",
+    )
+    done = verify(store)
+    assert done.returncode == 1 and "entry 3 (event 'ev-3'" in done.stderr
+
+
+def test_an_edited_hash_is_named(store: Path) -> None:
+    sql(store, "UPDATE events SET chain = zeroblob(32) WHERE seq = 9")
+    done = verify(store)
+    assert done.returncode == 1 and "entry 9 (event 'ev-8'" in done.stderr
+
+
+def test_edited_rollups_fail_verify(store: Path) -> None:
+    sql(store, "UPDATE rollups SET total = 27 WHERE level = 60 AND subject = 'cust-1'")
+    done = verify(store)
+    assert done.returncode == 1 and "rollups differ" in done.stderr
+    assert verify(store, "--skip-rollups").returncode == 0
+
+
+def _rechain(data_dir: Path) -> None:
+    """What someone who edits the file and knows the rule would do: recompute every hash and
+    the recorded head, so the store alone verifies again."""
+    conn = sqlite3.connect(data_dir / DB_FILE)
+    prev, seq = GENESIS, 0
+    rows = conn.execute(
+        "SELECT seq, namespace, source, id, type, subject, time_us, received_us, digest, raw FROM events ORDER BY seq"
+    ).fetchall()
+    for row in rows:
+        seq = row[0]
+        raw = row[9] if isinstance(row[9], bytes) else row[9].encode()  # the edit made it TEXT
+        prev = link(prev, seq, content_digest(*row[1:9], raw))
+        conn.execute("UPDATE events SET chain = ? WHERE seq = ?", (prev, seq))
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'chain_head'", (f"{seq}:{prev.hex()}",))
+    conn.commit()
+    conn.close()
+
+
+def test_an_exported_head_proves_the_prefix_after_the_file_was_rechained(store: Path, tmp_path: Path) -> None:
+    head = tmp_path / "head.json"
+    assert verify(store, "--skip-rollups", "--export-head", str(head)).returncode == 0
+    assert verify(store, "--skip-rollups", "--against", str(head)).returncode == 0
+    sql(store, "UPDATE events SET raw = replace(raw, '\"v\":3', '\"v\":300') WHERE seq = 3")
+    _rechain(store)
+    assert verify(store, "--skip-rollups").returncode == 0  # the file alone cannot tell
+    done = verify(store, "--skip-rollups", "--against", str(head))
+    assert done.returncode == 1
+    assert f"the chain at entry {EVENTS} differs from the exported head" in done.stderr
+
+
+def test_a_signed_head(store: Path, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    def keypair(name: str) -> tuple[Path, Path]:
+        key = Ed25519PrivateKey.generate()
+        private, public = tmp_path / f"{name}.pem", tmp_path / f"{name}.pub.pem"
+        private.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        public.write_bytes(
+            key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        return private, public
+
+    private, public = keypair("auditor")
+    _, other = keypair("other")
+    head = tmp_path / "head.json"
+    assert verify(store, "--skip-rollups", "--export-head", str(head), "--sign-key", str(private)).returncode == 0
+    done = verify(store, "--skip-rollups", "--against", str(head), "--public-key", str(public))
+    assert done.returncode == 0 and "signed by key" in done.stdout
+    wrong = verify(store, "--skip-rollups", "--against", str(head), "--public-key", str(other))
+    assert wrong.returncode == 2 and "signed by another key" in wrong.stderr
+    forged = tmp_path / "forged.json"
+    forged.write_text(head.read_text().replace('"seq": 12', '"seq": 11'))
+    bad = verify(store, "--skip-rollups", "--against", str(forged))
+    assert bad.returncode == 2 and "signature does not verify" in bad.stderr
+
+
+def test_a_head_file_that_is_not_one(store: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    done = verify(store, "--against", str(junk))
+    assert done.returncode == 2 and "not a ledger head document" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_store_from_before_the_chain_gains_it(store: Path, tmp_path: Path) -> None:
+    """Pre-existing entries are linked from the genesis hash at the first open, and the report
+    says they are proven unchanged only since then."""
+    sql(store, "UPDATE events SET chain = NULL; DELETE FROM meta WHERE key IN ('chain_head', 'chain_anchor')")
+    done = verify(store)
+    assert done.returncode == 0, done.stderr
+    assert f"entries 1 to {EVENTS} were in the store before it had the chain" in done.stdout
+    sql(store, "UPDATE events SET chain = NULL WHERE seq = 2")  # never re-linked once anchored
+    again = verify(store)
+    assert again.returncode == 1 and "entry 2 (event 'ev-1'" in again.stderr
