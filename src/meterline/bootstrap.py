@@ -47,6 +47,7 @@ from meterline.runtime.extras import import_extra
 from meterline.services.aggregation import Aggregator
 from meterline.services.alerts import AlertEvaluator, AnomalyScanner
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
+from meterline.services.corrections import CorrectionService
 from meterline.services.counters import History, LiveCounters
 from meterline.services.customers import CustomerService
 from meterline.services.dead_letters import DeadLetterService
@@ -78,6 +79,7 @@ class Catalog:
     customers: CustomerService
     keys: KeyService
     dead_letters: DeadLetterService
+    corrections: CorrectionService
     entitlements: EntitlementService
     features: FeatureService
     notifications: NotificationService
@@ -139,6 +141,9 @@ def catalog(
         ),
         keys=KeyService(SqliteKeys(backend.db), clock),
         dead_letters=DeadLetterService(backend.dead_letters),
+        corrections=CorrectionService(
+            backend.corrections, clock, future_skew_us=_us(config.ingest.future_skew.total_seconds())
+        ),
         entitlements=entitlements,
         features=FeatureService(ents.features, ents.grants, backend.meters, entitlements, clock),
         notifications=NotificationService(

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from meterline.api import (
     admin,
     billing,
+    corrections,
     customers,
     dashboard,
     entitlements,
@@ -53,6 +54,9 @@ ROUTES = [
     Route("/metrics", ops.metrics),
     Route("/api/v1/openapi.yaml", ops.openapi),
     Route("/api/v1/events", ingest.list_events, methods=["GET"]),
+    Route("/api/v1/events/{event}", corrections.get_event, methods=["GET"]),
+    Route("/api/v1/events/{event}/void", corrections.void_event, methods=["POST"]),
+    Route("/api/v1/events/{event}/amend", corrections.amend_event, methods=["POST"]),
     Route("/api/v1/meters", meters.create_meter, methods=["POST"]),
     Route("/api/v1/meters", meters.list_meters, methods=["GET"]),
     Route("/api/v1/meters/{meter}", meters.get_meter, methods=["GET"]),

@@ -3,6 +3,7 @@
 Per aggregated batch, in one transaction of the usage store:
 
 1. ``add_many`` — the batch's readings, once its rollups are written (inside the transaction);
+   ``recount`` — the (meter, subject) pairs a correction recomputed;
 2. ``prepare`` — just before COMMIT: the listener may read usage *as of this transaction*
    (``usage``) and returns the alerts it fired as data; the store writes them in the same
    transaction, so an alert commits exactly when the usage that crossed its threshold does;
@@ -12,7 +13,7 @@ Per aggregated batch, in one transaction of the usage store:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +49,11 @@ class UsageQueries(Protocol):
 
 class UsageListener(Protocol):
     def add_many(self, readings: Sequence[Committed]) -> None: ...
+
+    def recount(self, recomputed: Collection[tuple[int, str]]) -> None:
+        """The usage of these (meter key, subject) pairs was recomputed in this transaction (a
+        correction): what depends on them is read again from the usage store in ``prepare``."""
+        ...
 
     def prepare(self, usage: UsageQueries) -> Sequence[Firing]: ...
 

@@ -14,7 +14,7 @@ rollups.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -89,6 +89,9 @@ class AlertEvaluator:
     # -- in the aggregator's transaction ---------------------------------------------------
 
     def add_many(self, readings: Sequence[Committed]) -> None:  # readings are not needed here
+        pass
+
+    def recount(self, recomputed: Collection[tuple[int, str]]) -> None:  # the counters re-read them
         pass
 
     def prepare(self, usage: UsageQueries) -> list[Firing]:  # fires from the counters' hook

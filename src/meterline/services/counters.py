@@ -23,7 +23,7 @@ writer task first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import cast
@@ -116,6 +116,7 @@ class LiveCounters:
         self._rolls: dict[str, State] = {}
         self._next: dict[str, State] = {}
         self._touched: set[str] = set()
+        self._recount: set[str] = set()
         self.stale: Callable[[], bool] = lambda: False
         """Whether the index missed a committed change (set by the backend's follow-ups)."""
         self.heal: Callable[[], bool] = lambda: True
@@ -142,6 +143,14 @@ class LiveCounters:
                 if period is not None and start <= time_us < end:  # else: counted by the roll, or not this period
                     deltas[eid] = add(deltas[eid], value) if eid in deltas else value
 
+    def recount(self, recomputed: Collection[tuple[int, str]]) -> None:
+        """Corrected usage: these counters are rolled again from the rollups in ``prepare``
+        (which then hold the recomputed buckets), their deltas of this transaction dropped."""
+        for pair in recomputed:
+            for live in self.index.by_reading.get(pair, ()):
+                self._touched.add(live.ent.id)
+                self._recount.add(live.ent.id)
+
     def prepare(self, usage: UsageQueries) -> list[Firing]:
         now = self._clock.now_us()
         changes: list[tuple[Live, Decimal, State]] = []
@@ -151,7 +160,7 @@ class LiveCounters:
             if live is None:
                 continue
             old = live.state
-            if eid not in rolls and not (old[0] is not None and old[1] <= now < old[2]):
+            if eid not in rolls and (eid in self._recount or not (old[0] is not None and old[1] <= now < old[2])):
                 fresh = live.period_at(now)
                 rolls[eid] = _state(fresh, self._read(usage, live, fresh))
                 deltas.pop(eid, None)
@@ -184,6 +193,7 @@ class LiveCounters:
         self._deltas.clear()
         self._rolls.clear()
         self._touched.clear()
+        self._recount.clear()
 
     def _read(self, usage: UsageQueries, live: Live, period: Period) -> Decimal:
         dims = tuple(sorted(live.meter.spec.group_by))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meterline.adapters.sqlite.billing import billing_stores
 from meterline.adapters.sqlite.chain import ensure_ledger_id, migrate_step
+from meterline.adapters.sqlite.corrections import SqliteCorrections
 from meterline.adapters.sqlite.counting import SqliteCounterSource, SqliteStreamHost
 from meterline.adapters.sqlite.customers import SqliteCustomers
 from meterline.adapters.sqlite.database import Database
@@ -75,6 +76,7 @@ class EmbeddedBackend:
         self.db.writer.call(self._open_dedupe)
         self.state.head = self.state.committing_head = _head(self.db)
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
+        self.corrections = SqliteCorrections(self.db, self.state, clock.now_us)
         self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
         self.dead_letters = SqliteDeadLetters(self.db)

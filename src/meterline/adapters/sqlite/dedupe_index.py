@@ -181,6 +181,13 @@ class DedupeIndex:
                 known[(keys[i][1], keys[i][2])] = best[1]
         return known
 
+    def seqs(self, conn: sqlite3.Connection, namespace: str, source: str, id_: str) -> list[int]:
+        """Every ledger seq holding the key (its entries and corrections), ascending."""
+        key = (namespace, source, id_)
+        refs = self._candidates([self._hash(*key)]).get(0, [])
+        rows = _rows(conn, {ref for ref in refs if ref > 0})
+        return sorted(seq for seq, row in rows.items() if row[0] == key)
+
     def _candidates(self, hashes: list[int]) -> dict[int, list[int]]:
         found: dict[int, list[int]] = {}
         with self._lock:

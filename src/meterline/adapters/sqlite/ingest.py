@@ -31,6 +31,8 @@ from meterline.adapters.sqlite.chain import last_entry, record_head
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex
 from meterline.adapters.sqlite.recent import RecentEntries
 from meterline.domain.customers.model import UnknownSubjects, subject_rule
+from meterline.domain.errors import InvalidInput
+from meterline.domain.events.corrections import Action, CorrectionRequest
 from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
 from meterline.domain.integrity.chain import content_digest, link
 from meterline.domain.meters.admission import admit_event
@@ -227,6 +229,33 @@ class Appender:
             accepted += 1
         self._write()
         return accepted, rejected
+
+    def correct(self, req: CorrectionRequest, original: int, current: Event) -> int:
+        """Append a correction of the key whose chain starts at ``original`` and whose counting
+        version is ``current`` (``adapters.sqlite.corrections`` found both); returns its seq.
+        An amend passes the live meters' checks as an ingested event would."""
+        self.namespace = req.namespace
+        if req.action is Action.AMEND:
+            assert req.event is not None
+            problem = self._check(req.event)
+            if problem is not None:
+                raise InvalidInput(
+                    f"A live meter cannot read the amended event: {problem.message}",
+                    code="amend_unreadable",
+                    reason=problem.reason.value,
+                )
+            self._accept(req.event)
+        else:
+            record = {"void": {"original": original, "reason": req.reason, "actor": req.actor}}
+            self._accept(msgspec.structs.replace(current, data=None, raw=msgspec.json.encode(record)))
+        seq = self.state.next_seq - 1
+        self.entries[-1] = self.entries[-1]._replace(read=None, correction=original)
+        self.conn.execute(
+            "INSERT INTO corrections VALUES (?,?,?,?,?,?)",
+            (seq, original, req.namespace, req.action.value, req.reason, req.actor),
+        )
+        self._write()
+        return seq
 
     def _check(self, ev: Event) -> Rejection | None:
         """Whether every live meter can read the event (``domain.meters.admission``); the

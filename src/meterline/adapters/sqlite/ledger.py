@@ -9,6 +9,7 @@ from concurrent.futures import Future
 
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import Appender, IngestState
+from meterline.adapters.sqlite.replay import ENTRIES
 from meterline.domain.events.model import Candidate, Outcome
 from meterline.ports.ledger import Appended, EventFilter, LedgerEntry, StoredEvent
 from meterline.runtime import freshness
@@ -36,10 +37,11 @@ class SqliteLedger:
         return future  # type: ignore[return-value]  # an Appended is a list of outcomes
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
-        """Newest first. ``subject`` and ``event_id`` match substrings, as OpenMeter's list does;
+        """Newest first, as received (corrections are in each event's history, not here).
+        ``subject`` and ``event_id`` match substrings, as OpenMeter's list does;
         ``source`` and ``type`` match exactly; time bounds are inclusive. ``before_seq`` pages by
         the primary key: a page reads from there down, never what came before it."""
-        where: builtins.list[str] = ["namespace = ?"]
+        where: builtins.list[str] = ["namespace = ?", "seq NOT IN (SELECT seq FROM corrections)"]
         params: builtins.list[object] = [namespace]
         if f.before_seq is not None:
             where.append("seq < ?")
@@ -76,11 +78,7 @@ class SqliteLedger:
         recent = self._state.recent.read(after, limit)
         if recent is not None:
             return recent
-        rows = self._db.reader().execute(
-            "SELECT seq, namespace, source, type, subject, time_us, raw, received_us FROM events"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        )
+        rows = self._db.reader().execute(f"{ENTRIES} WHERE e.seq > ? ORDER BY e.seq LIMIT ?", (after, limit))
         return [LedgerEntry(*row) for row in rows]
 
     def position(self) -> int:

@@ -172,11 +172,22 @@ def edge_sql(subjects: int) -> str:
     """The ledger entries of one event type within ``[from, to)`` up to an offset (parameters:
     namespace, type, from, to, offset, then ``subjects`` subject keys), found through the
     ledger's (namespace, type, time) index."""
-    by_subject = f" AND subject IN ({','.join('?' * subjects)})" if subjects else ""
+    marks = ",".join(f"?{6 + i}" for i in range(subjects))
+    by_subject = f" AND e.subject IN ({marks})" if subjects else ""
     return (
-        "SELECT seq, namespace, source, type, subject, time_us, raw FROM events INDEXED BY events_by_type_time"
-        f" WHERE namespace = ? AND type = ? AND time_us >= ? AND time_us < ? AND seq <= ?{by_subject}"
+        "SELECT e.seq, e.namespace, e.source, e.type, e.subject, e.time_us, e.raw FROM events e"
+        " INDEXED BY events_by_type_time LEFT JOIN corrections c ON c.seq = e.seq"
+        " WHERE e.namespace = ?1 AND e.type = ?2 AND e.time_us >= ?3 AND e.time_us < ?4 AND e.seq <= ?5"
+        f"{by_subject}{_COUNTS}"
     )
+
+
+_COUNTS = (
+    " AND coalesce(c.action, '') <> 'void' AND NOT EXISTS (SELECT 1 FROM corrections later"
+    " WHERE later.original = coalesce(c.original, e.seq) AND later.seq > e.seq AND later.seq <= ?5)"
+)
+"""Only the version of each key that counts at the offset (parameter 5): not a void, not
+superseded by a later correction (``domain.events.corrections``)."""
 
 
 def _admitted(conn: sqlite3.Connection, meter: int) -> Callable[[str, str], bool]:

@@ -11,9 +11,11 @@ and — unless only checking — swaps the fresh rows in.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meterline.adapters.sqlite.ingest import live_meters
+from meterline.adapters.sqlite.recompute import Applied, applied_in_store, everything_to, recompute, roots_in
 from meterline.adapters.sqlite.replay import CHUNK, Replay, ledger_rows, set_offset, stored_offset, write_replay
 from meterline.adapters.sqlite.usage import backfills
 from meterline.domain.meters.evaluate import CompiledMeter
@@ -52,7 +54,7 @@ def _rebuild(conn: sqlite3.Connection, cap: int, replace: bool) -> RebuildReport
         conn.execute(f"CREATE UNIQUE INDEX temp.rebuilt_{table}_pk ON rebuilt_{table} ({_pk(table)})")
     meters = [CompiledMeter(m) for m in live_meters(conn)]
     head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    _replay(conn, Replay(cap), meters, 0, head, "temp.rebuilt_")
+    _replay(conn, Replay(cap), meters, 0, head, "temp.rebuilt_", everything_to)
     differences = {table: _differ(conn, table) for table in DERIVED}
     if replace and any(differences.values()):
         for table in DERIVED:
@@ -75,22 +77,48 @@ def catch_up(conn: sqlite3.Connection, cap: int) -> int:
     for key, subject in conn.execute("SELECT meter, subject FROM meter_subjects"):
         replay.subjects.setdefault(key, set()).add(subject)
     head = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
-    _replay(conn, replay, meters, stored_offset(conn), head, "")
-    set_offset(conn, head)
+    offset = stored_offset(conn)
+    set_offset(conn, head)  # before the replay: its recomputed hours reflect the whole ledger
+    _replay(conn, replay, meters, offset, head, "", lambda end: applied_in_store(conn, end))
     for todo in backfills(conn):
-        _replay(conn, replay, [m for m in meters if m.meter.key == todo.meter], todo.done, todo.to, "")
+        one = [m for m in meters if m.meter.key == todo.meter]
+        _replay(conn, replay, one, todo.done, todo.to, "", _backfilled(conn, head, todo.meter), backfill=True)
         conn.execute("UPDATE meters SET backfill_done = backfill_to WHERE key = ?", (todo.meter,))
     return head
 
 
+def _backfilled(conn: sqlite3.Connection, head: int, meter: int) -> Callable[[int], Applied]:
+    """What the rollups reflect once ``meter``'s backfill reached a chunk's end."""
+
+    def at(upto: int) -> Applied:
+        conn.execute("UPDATE meters SET backfill_done = ? WHERE key = ?", (upto, meter))
+        return applied_in_store(conn, head)
+
+    return at
+
+
 def _replay(
-    conn: sqlite3.Connection, replay: Replay, meters: list[CompiledMeter], start: int, end: int, prefix: str
+    conn: sqlite3.Connection,
+    replay: Replay,
+    meters: list[CompiledMeter],
+    start: int,
+    end: int,
+    prefix: str,
+    applied: Callable[[int], Applied],
+    *,
+    backfill: bool = False,
 ) -> None:
+    """Replay ``(start, end]`` in chunks; corrected chains are recomputed after each chunk with
+    what ``applied(chunk end)`` says the target tables reflect (``adapters.sqlite.recompute``)."""
     done = start
     while done < end:
         upto = min(done + CHUNK, end)
         replay.apply(meters, ledger_rows(conn, done, upto))
         write_replay(conn, replay, prefix)
+        roots = replay.corrected | (roots_in(conn, done, upto) if backfill else set())
+        if roots:
+            recompute(conn, replay, meters, roots, applied(upto), prefix)
+            replay.corrected.clear()
         done = upto
 
 

@@ -14,6 +14,7 @@ from meterline.domain.meters.fold import LedgerEntry, Replay, admit_groups, even
 
 __all__ = [
     "CHUNK",
+    "ENTRIES",
     "OFFSET_KEY",
     "LedgerEntry",
     "Replay",
@@ -50,11 +51,14 @@ def write_replay(conn: sqlite3.Connection, replay: Replay, prefix: str = "") -> 
     replay.new_subjects.clear()
 
 
+ENTRIES = (
+    "SELECT e.seq, e.namespace, e.source, e.type, e.subject, e.time_us, e.raw, e.received_us, NULL,"
+    " coalesce(c.original, 0) FROM events e LEFT JOIN corrections c ON c.seq = e.seq"
+)
+"""Ledger entries as :class:`LedgerEntry` rows, corrections marked (append a WHERE clause on ``e``)."""
+
+
 def ledger_rows(conn: sqlite3.Connection, after: int, upto: int) -> list[LedgerEntry]:
     """Ledger entries with ``after < seq <= upto``, in sequence order."""
-    rows = conn.execute(
-        "SELECT seq, namespace, source, type, subject, time_us, raw, received_us FROM events"
-        " WHERE seq > ? AND seq <= ? ORDER BY seq",
-        (after, upto),
-    )
+    rows = conn.execute(f"{ENTRIES} WHERE e.seq > ? AND e.seq <= ? ORDER BY e.seq", (after, upto))
     return [LedgerEntry(*row) for row in rows]

@@ -31,6 +31,15 @@ CREATE TABLE IF NOT EXISTS events (
     chain BLOB
 );
 
+-- Corrections (domain.events.corrections): each is itself a ledger entry in `events` (same
+-- key as the event it corrects, appended by the ack path); this table says which entries are
+-- corrections, of which original (the key's first entry), why and by whom.
+CREATE TABLE IF NOT EXISTS corrections (
+    seq INTEGER PRIMARY KEY, original INTEGER NOT NULL, namespace TEXT NOT NULL,
+    action TEXT NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS corrections_by_original ON corrections (original, seq);
+
 -- Meter queries over a range that starts or ends inside a minute read the events of that
 -- partial minute through this index (domain.meters.edges); created on first start of an
 -- existing store, like every IF NOT EXISTS object here.

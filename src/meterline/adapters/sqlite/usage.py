@@ -8,7 +8,9 @@ else that group commit holds):
    ones the batch was computed for; otherwise it writes nothing and answers False;
 2. it writes the rollup deltas, group values and subjects, and moves the offset to
    ``batch.end``;
-3. for the live offset, the batch's readings go to the committed-usage stream
+3. corrected keys (``Replay.corrected``) have the hours of their versions recomputed from the
+   ledger (``adapters.sqlite.recompute``);
+4. for the live offset, the batch's readings go to the committed-usage stream
    (``ports.stream``): the live counters add them, and just before COMMIT
    (:meth:`SqliteUsage.before_commit`, the writer's hook) every listener returns the alerts it
    fired, written in the same transaction.
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.meters import query_rows
+from meterline.adapters.sqlite.recompute import applied_in_store, recompute, roots_in
 from meterline.adapters.sqlite.replay import set_offset, stored_offset, write_replay
 from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery, Row
@@ -97,15 +100,26 @@ class SqliteUsage:
     def _apply(self, conn: sqlite3.Connection, batch: Batch) -> bool:
         if not self._current(conn, batch):
             return False
-        write_replay(conn, batch.replay)
+        replay = batch.replay
+        write_replay(conn, replay)
         if batch.backfill is not None:
             conn.execute("UPDATE meters SET backfill_done = ? WHERE key = ?", (batch.end, batch.backfill))
+            roots = replay.corrected | roots_in(conn, batch.start, batch.end)
+            if roots:
+                meters = [m for ms in self._state.meters.values() for m in ms if m.meter.key == batch.backfill]
+                recompute(conn, replay, meters, roots, applied_in_store(conn, stored_offset(conn)))
             return True
         set_offset(conn, batch.end)
+        recounted: set[tuple[int, str]] = set()
+        if replay.corrected:
+            meters = [m for ms in self._state.meters.values() for m in ms]
+            recounted = recompute(conn, replay, meters, replay.corrected, applied_in_store(conn, batch.end))
         listeners = self._state.listeners
         try:
             for listener in listeners:
-                listener.add_many(batch.replay.readings)
+                listener.add_many(replay.readings)
+                if recounted:
+                    listener.recount(recounted)
         except BaseException:
             for listener in listeners:  # the task rolls back alone: nothing of it may stay
                 listener.rolled_back()

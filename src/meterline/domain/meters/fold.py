@@ -63,6 +63,9 @@ class LedgerEntry(NamedTuple):
     raw: bytes
     received_us: int = 0
     read: Preread | None = None
+    correction: int = 0
+    """For a correction entry (``domain.events.corrections``): the seq of the original it
+    corrects; 0 for an ordinary event."""
 
 
 def event_data(raw: bytes) -> dict[str, Any] | None:
@@ -171,6 +174,9 @@ class Replay:
     readings: list[Committed] = field(default_factory=list)
     keep: bool = False
     skipped: int = 0
+    corrected: set[int] = field(default_factory=set)
+    """Originals whose chain got a correction in the replayed entries: a correction is never
+    folded, the store recomputes the buckets of every version of the chain from the ledger."""
 
     def apply(self, meters: list[CompiledMeter], entries: Iterable[LedgerEntry]) -> int:
         """Apply ledger entries in order; returns the last seq (0 for none)."""
@@ -180,6 +186,9 @@ class Replay:
             by_type.setdefault((meter.meter.namespace, meter.meter.spec.event_type), []).append(meter)
         for entry in entries:
             last = entry.seq
+            if entry.correction:
+                self.corrected.add(entry.correction)
+                continue
             wanted = by_type.get((entry.namespace, entry.type))
             if not wanted:
                 continue

@@ -1,0 +1,142 @@
+"""Corrected buckets recomputed from the ledger (the aggregator, backfills and ``rebuild``).
+
+A correction is never folded as a delta: MIN, MAX, LATEST and UNIQUE_COUNT cannot take a value
+back out of a bucket. Instead, after a chunk's deltas are written, every hour that any version
+of a corrected key falls in (its original, each amend, for every meter of that version's
+namespace and type, per subject) is deleted from the rollups — all bucket sizes, which all lie
+inside the hour — and folded again from the ledger entries that count:
+
+- entries the meter has applied: ``seq <= live offset`` outside a backfill still to do
+  (``backfill_done < seq <= backfill_to``);
+- not a void, and not superseded by a later entry of the same key's chain that the meter has
+  applied.
+
+So a recomputed hour is exactly what a replay of the ledger prefix gives, whichever chunk or
+path (live, backfill, ``rebuild``) reaches it, and ``rebuild --check`` stays identical. A
+backfill that folds an original the live path already saw corrected is made exact the same way:
+its chunk's originals that have corrections are recomputed too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from meterline.adapters.sqlite.replay import ENTRIES, write_replay
+from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.fold import LedgerEntry, Replay
+
+HOUR_US = 3600 * 1_000_000
+Applied = Callable[[int, int], bool]
+"""(meter key, seq) -> whether the meter's rollups reflect that ledger entry."""
+Hour = tuple[str, str, str, int]
+"""(namespace, type, subject, hour start in µs)."""
+
+
+def applied_in_store(conn: sqlite3.Connection, live_offset: int) -> Applied:
+    """What the stored rollups reflect once the live offset is ``live_offset`` and every
+    meter's backfill is where the ``meters`` table says."""
+    todo = {
+        key: (done, to)
+        for key, done, to in conn.execute("SELECT key, backfill_done, backfill_to FROM meters WHERE deleted_us IS NULL")
+    }
+
+    def applied(meter: int, seq: int) -> bool:
+        if seq > live_offset:
+            return False
+        done, to = todo.get(meter, (0, 0))
+        return not done < seq <= to
+
+    return applied
+
+
+def everything_to(head: int) -> Applied:
+    """A replay from 0 to ``head`` of every meter (``rebuild``)."""
+    return lambda _meter, seq: seq <= head
+
+
+def recompute(
+    conn: sqlite3.Connection,
+    replay: Replay,
+    meters: list[CompiledMeter],
+    roots: Iterable[int],
+    applied: Applied,
+    prefix: str = "",
+) -> set[tuple[int, str]]:
+    """Recompute the hours of the chains of ``roots`` for ``meters`` (see the module doc);
+    returns the (meter key, subject) pairs whose rollups were recomputed."""
+    hours = _hours(conn, set(roots))
+    touched: set[tuple[int, str]] = set()
+    for ns, type_, subject, start in sorted(hours):
+        wanted = [m for m in meters if m.meter.namespace == ns and m.meter.spec.event_type == type_]
+        if not wanted:
+            continue
+        entries = conn.execute(
+            f"{ENTRIES} WHERE e.namespace = ? AND e.type = ? AND e.time_us >= ? AND e.time_us < ? AND e.subject = ?"
+            " ORDER BY e.seq",
+            (ns, type_, start, start + HOUR_US, subject),
+        ).fetchall()
+        chains = _chains(conn, {row[9] or row[0] for row in entries})
+        for meter in wanted:
+            key = meter.meter.key
+            counted = [_as_event(row) for row in entries if _counts(row, key, chains, applied)]
+            _clear(conn, prefix, key, subject, start)
+            again = Replay(replay.cap, replay.group_values, replay.subjects)
+            again.apply([meter], counted)
+            write_replay(conn, again, prefix)
+            touched.add((key, subject))
+    return touched
+
+
+def roots_in(conn: sqlite3.Connection, start: int, end: int) -> set[int]:
+    """Originals in ``(start, end]`` that have corrections (a backfill's chunk)."""
+    rows = conn.execute("SELECT DISTINCT original FROM corrections WHERE original > ? AND original <= ?", (start, end))
+    return {int(r[0]) for r in rows}
+
+
+def _hours(conn: sqlite3.Connection, roots: set[int]) -> set[Hour]:
+    hours: set[Hour] = set()
+    for root in roots:
+        rows = conn.execute(
+            "SELECT namespace, type, subject, time_us FROM events"
+            " WHERE seq = ? OR seq IN (SELECT seq FROM corrections WHERE original = ?)",
+            (root, root),
+        )
+        hours.update((ns, t, s, time_us - time_us % HOUR_US) for ns, t, s, time_us in rows)
+    return hours
+
+
+def _chains(conn: sqlite3.Connection, roots: set[int]) -> dict[int, list[tuple[int, bool]]]:
+    """Per original: its corrections (seq, is a void) in ledger order."""
+    out: dict[int, list[tuple[int, bool]]] = {}
+    for root in roots:
+        rows = conn.execute("SELECT seq, action FROM corrections WHERE original = ? ORDER BY seq", (root,))
+        found = [(int(seq), action == "void") for seq, action in rows]
+        if found:
+            out[root] = found
+    return out
+
+
+def _counts(row: tuple[Any, ...], meter: int, chains: dict[int, list[tuple[int, bool]]], applied: Applied) -> bool:
+    seq: int = row[0]
+    if not applied(meter, seq):
+        return False
+    root: int = row[9] or seq
+    chain = chains.get(root, [])
+    if any(c == seq and void for c, void in chain):
+        return False
+    return not any(c > seq and applied(meter, c) for c, _ in chain)
+
+
+def _as_event(row: tuple[Any, ...]) -> LedgerEntry:
+    return LedgerEntry(*row[:8])  # counted as an ordinary event: its chain is resolved here
+
+
+def _clear(conn: sqlite3.Connection, prefix: str, meter: int, subject: str, start_us: int) -> None:
+    first, end = start_us // 1_000_000, (start_us + HOUR_US) // 1_000_000
+    for table in ("rollups", "uniques"):
+        conn.execute(
+            f"DELETE FROM {prefix}{table} WHERE meter = ? AND subject = ? AND bucket >= ? AND bucket < ?",
+            (meter, subject, first, end),
+        )

@@ -1,0 +1,266 @@
+"""Corrections: void and amend accepted events through a real server; rollups of every
+aggregation equal a hand computation over the versions that count, and ``rebuild --check``
+finds nothing to change."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Api, Server, build_api, make_key, start_server
+from test_billing_api import calls, get, invoice, lines, move_to, ok, post, run, setup_billing, subscribe
+from test_billing_api import ev as bev
+
+BATCH = {"Content-Type": "application/cloudevents-batch+json"}
+AGGREGATIONS = ("SUM", "COUNT", "AVG", "MIN", "MAX", "LATEST", "UNIQUE_COUNT")
+
+
+def ev(id_: str, subject: str, time: str, v: str, user: str, region: str = "eu") -> dict[str, Any]:
+    data = {"v": v, "user": user, "region": region}
+    return {
+        "specversion": "1.0",
+        "id": id_,
+        "source": "s",
+        "type": "job",
+        "subject": subject,
+        "time": time,
+        "data": data,
+    }
+
+
+_BASE = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
+DAY_START = _BASE.replace(hour=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+DAY_END = (_BASE.replace(hour=0) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+HOURS = [(_BASE + timedelta(hours=h)).strftime("%Y-%m-%dT%H") for h in range(3)]
+
+
+def at(hour: int, minute: int) -> str:
+    return f"{HOURS[hour]}:{minute:02d}:00Z"
+
+
+EVENTS = [
+    ev("e1", "acme", at(0, 1), "5", "u1"),
+    ev("e2", "acme", at(0, 2), "9", "u2"),  # the MAX, voided below
+    ev("e3", "acme", at(0, 40), "1", "u3"),  # the MIN, amended below
+    ev("e4", "acme", at(0, 50), "7", "u1"),  # the LATEST of the first hour, amended into the third
+    ev("e5", "acme", at(1, 10), "4", "u4"),
+    ev("e6", "beta", at(0, 5), "3", "u5"),
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_server(tmp_path_factory.mktemp("corrections") / "data")
+    yield s
+    s.stop()
+
+
+def client(s: Server) -> httpx.Client:
+    return httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {s.key}"}, timeout=30)
+
+
+def expected(events: list[dict[str, Any]], aggregation: str, subject: str, hour: str) -> Decimal | None:
+    mine = [e for e in events if e["subject"] == subject and e["time"].startswith(hour)]
+    values = [Decimal(e["data"]["v"]) for e in mine]
+    if not mine:
+        return None
+    return {
+        "SUM": lambda: sum(values, Decimal(0)),
+        "COUNT": lambda: Decimal(len(mine)),
+        "AVG": lambda: sum(values, Decimal(0)) / len(values),
+        "MIN": lambda: min(values),
+        "MAX": lambda: max(values),
+        "LATEST": lambda: Decimal(max(mine, key=lambda e: e["time"])["data"]["v"]),
+        "UNIQUE_COUNT": lambda: Decimal(len({e["data"]["user"] for e in mine})),
+    }[aggregation]()
+
+
+def values(c: httpx.Client, meter: str, subject: str) -> dict[str, Decimal]:
+    r = c.get(
+        f"/api/v1/meters/{meter}/query",
+        params={"from": DAY_START, "to": DAY_END, "windowSize": "HOUR", "subject": subject},
+    )
+    assert r.status_code == 200, r.text
+    return {row["windowStart"][:13]: Decimal(str(row["value"])) for row in r.json()["data"]}
+
+
+def cli(s: Server, *args: str, status: int = 0) -> str:
+    env = {**os.environ, "METERLINE_URL": s.url, "METERLINE_API_KEY": s.key}
+    out = subprocess.run([sys.executable, "-m", "meterline.cli.main", *args], capture_output=True, text=True, env=env)
+    assert out.returncode == status, out.stdout + out.stderr
+    return out.stdout + out.stderr
+
+
+def check_all(c: httpx.Client, events: list[dict[str, Any]]) -> None:
+    for aggregation in AGGREGATIONS:
+        for subject in ("acme", "beta"):
+            got = values(c, f"m_{aggregation.lower()}", subject)
+            for hour in HOURS:
+                want = expected(events, aggregation, subject, hour)
+                assert got.get(hour) == want, (aggregation, subject, hour, got)
+
+
+def test_void_and_amend_move_every_aggregation_and_rebuild_agrees(served: Server) -> None:
+    with client(served) as c:
+        for aggregation in AGGREGATIONS:
+            prop = "$.user" if aggregation == "UNIQUE_COUNT" else "$.v"
+            spec: dict[str, Any] = {"slug": f"m_{aggregation.lower()}", "eventType": "job", "aggregation": aggregation}
+            if aggregation != "COUNT":
+                spec["valueProperty"] = prop
+            spec["groupBy"] = {"region": "$.region"}
+            assert c.post("/api/v1/meters", json=spec).status_code == 201
+        r = c.post("/api/v1/events", json=EVENTS, headers=BATCH)
+        assert r.status_code in (200, 202, 204), r.text
+        check_all(c, EVENTS)
+
+        voided = cli(served, "events", "void", "e2", "--source", "s", "--reason", "test traffic", "--json")
+        assert json.loads(voided)["voided"] is True
+        amended = {**EVENTS[2], "data": {"v": "2", "user": "u9", "region": "us"}}
+        r = c.post("/api/v1/events/e3/amend", json={"source": "s", "reason": "wrong value", "event": amended})
+        assert r.status_code == 201, r.text
+        moved = {**EVENTS[3], "time": at(2, 30), "data": {"v": "8", "user": "u1", "region": "eu"}}
+        r = c.post("/api/v1/events/e4/amend", json={"source": "s", "reason": "clock skew", "event": moved})
+        assert r.status_code == 201, r.text
+        again = {**moved, "data": {"v": "6", "user": "u2", "region": "eu"}}
+        file = served.data_dir.parent / "amend.json"
+        file.write_text(json.dumps(again))
+        cli(served, "events", "amend", "e4", str(file), "--source", "s", "--reason", "second fix")
+
+        now = [EVENTS[0], amended, again, EVENTS[4], EVENTS[5]]
+        check_all(c, now)
+
+        history = c.get("/api/v1/events/e4", params={"source": "s"}).json()
+        assert [v["action"] for v in history["history"]] == ["ingest", "amend", "amend"]
+        assert [v.get("reason") for v in history["history"]] == [None, "clock skew", "second fix"]
+        assert history["event"]["data"] == {"v": "6", "user": "u2", "region": "eu"}
+        assert history["history"][1]["actor"]  # the admin key's id
+        # a retry of a corrected key is a duplicate: never counted again
+        r = c.post(
+            "/api/v1/events",
+            json=[EVENTS[1], EVENTS[3]],
+            headers={"Content-Type": "application/cloudevents-batch+json"},
+        )
+        assert r.status_code in (200, 202, 204), r.text
+        check_all(c, now)
+        assert "is voided" in cli(served, "events", "void", "e2", "--source", "s", "--reason", "x", status=2)
+        assert "voided" in cli(served, "events", "history", "e2", "--source", "s")
+        listed = c.get("/api/v1/events", params={"limit": "100"}).json()
+        assert sorted(e["event"]["id"] for e in listed) == ["e1", "e2", "e3", "e4", "e5", "e6"]
+    served.stop()
+    out = subprocess.run(
+        [sys.executable, "-m", "meterline.cli.main", "rebuild", "--check", "--data-dir", str(served.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "identical" in out.stdout.lower(), out.stdout
+
+
+# -- invoiced periods, entitlement values, errors (in-process app: billing needs a frozen clock) --
+
+
+@pytest.fixture
+def bapi(tmp_path: Path) -> Iterator[Api]:
+    yield from build_api(tmp_path, billing={"scheduler_enabled": False})
+
+
+def correct(api: Api, event_id: str, action: str, status: int = 201, **body: Any) -> Any:
+    r = api.client.post(f"/api/v1/events/{event_id}/{action}", json={"source": "t", **body}, headers=api.headers())
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def entitle(api: Api) -> None:
+    f = post(api, "/api/v1/features", {"key": "calls", "name": "Calls", "meterSlug": "api_calls"})
+    assert f.status_code == 201, f.text
+    body = {"type": "metered", "featureKey": "calls", "issueAfterReset": 5000, "usagePeriod": {"interval": "MONTH"}}
+    assert post(api, "/api/v1/customers/acme/entitlements", body).status_code == 201
+
+
+def usage_now(api: Api) -> Any:
+    return ok(get(api, "/api/v1/customers/acme/entitlements/calls/value"))["usage"]
+
+
+def test_corrections_in_open_and_invoiced_periods_land_exactly(bapi: Api) -> None:
+    api = bapi
+    setup_billing(api)
+    subscribe(api)
+    entitle(api)
+    calls(api, "c1", "acme", "2026-03-01T10:00:00Z", 1500)
+    calls(api, "c2", "acme-eu", "2026-03-01T11:00:00Z", 500)
+    calls(api, "c3", "acme", "2026-03-01T11:30:00Z", 700)
+    assert usage_now(api) == 2700
+    move_to(api, "2026-04-01T00:01:00Z")
+    assert run(api)["created"] == ["INV-000001"]
+    march = get(api, "/api/v1/invoices/INV-000001")
+    assert lines(march.json())[1] == ("usage", "API calls", "17.00", "2700", None)
+
+    move_to(api, "2026-04-03T00:00:00Z")
+    calls(api, "a1", "acme", "2026-04-02T09:00:00Z", 300)
+    calls(api, "a2", "acme", "2026-04-02T09:10:00Z", 200)
+    assert usage_now(api) == 500
+    # the open period: the entitlement's usage moves at once
+    correct(api, "a2", "void", reason="duplicate job")
+    assert usage_now(api) == 300
+    correct(api, "a1", "amend", reason="wrong count", event=bev("a1", "acme", "2026-04-02T09:00:00Z", calls=250))
+    assert usage_now(api) == 250
+    # the invoiced period: March's invoice never changes, the next one carries the difference
+    correct(api, "c3", "void", reason="test traffic")
+    correct(api, "c2", "amend", reason="undercounted", event=bev("c2", "acme-eu", "2026-03-01T11:00:00Z", calls=900))
+    assert get(api, "/api/v1/invoices/INV-000001").content == march.content
+    assert usage_now(api) == 250  # March corrections do not touch April's counter
+
+    move_to(api, "2026-05-01T00:01:00Z")
+    assert run(api)["created"] == ["INV-000002"]
+    april = invoice(api, "INV-000002")
+    # March now: 1500 + 900 = 2400 calls, 14.00 instead of 17.00
+    assert lines(april) == [
+        ("flat", "Platform fee", "49.00", None, None),
+        ("usage", "API calls", "0.00", "250", None),
+        ("usage", "Storage", "0.00", "0", None),
+        ("adjustment", "Adjustment: API calls", "-3.00", "-300", "INV-000001"),
+    ]
+    assert (april["subtotal"], april["adjustments"], april["total"]) == ("49.00", "-3.00", "46.00")
+    assert get(api, "/api/v1/invoices/INV-000001").content == march.content
+    move_to(api, "2026-06-01T00:01:00Z")
+    may = invoice(api, run(api)["created"][0])
+    assert [ln["kind"] for ln in may["lines"]] == ["flat", "usage", "usage"]  # adjusted once only
+
+
+def test_correction_errors_are_problems_with_stable_codes(bapi: Api) -> None:
+    api = bapi
+    setup_billing(api)
+    calls(api, "c1", "acme", "2026-03-01T10:00:00Z", 10)
+    assert correct(api, "nope", "void", 404, reason="x")["code"] == "event_not_found"
+    assert correct(api, "c1", "void", 400, reason=" ")["code"] == "invalid_correction"
+    assert correct(api, "c1", "amend", 400, reason="x")["code"] == "invalid_correction"  # no event
+    moved = bev("c1", "acme", "2026-03-01T10:00:00Z", calls=10)
+    assert correct(api, "c1", "amend", 400, reason="x", event={**moved, "id": "other"})["code"] == "invalid_correction"
+    unreadable = bev("c1", "acme", "2026-03-01T10:00:00Z", calls="many")
+    problem = correct(api, "c1", "amend", 400, reason="x", event=unreadable)
+    assert (problem["code"], problem["reason"]) == ("amend_unreadable", "unreadable_value")
+    no_type = {k: v for k, v in moved.items() if k != "type"}
+    assert correct(api, "c1", "amend", 400, reason="x", event=no_type)["code"] == "invalid_event"
+    r = api.client.post("/api/v1/events/c1/void", content=b"{", headers=api.headers())
+    assert r.status_code == 400 and r.json()["code"] in ("invalid_correction", "invalid_json")
+    reader = make_key(api.data_dir, ["read"])
+    r = api.client.post("/api/v1/events/c1/void", json={"source": "t", "reason": "x"}, headers=api.headers(reader))
+    assert r.status_code == 403
+    correct(api, "c1", "void", reason="gone")
+    assert correct(api, "c1", "void", 409, reason="again")["code"] == "event_voided"
+    assert correct(api, "c1", "amend", 409, reason="again", event=moved)["code"] == "event_voided"
+    assert get(api, "/api/v1/events/c1").status_code == 400  # the source is part of the key
+    history = ok(get(api, "/api/v1/events/c1", source="t"))
+    assert history["voided"] is True and history["event"] is None
+    assert [(v["action"], v.get("reason")) for v in history["history"]] == [("ingest", None), ("void", "gone")]
+    assert get(api, "/api/v1/events/nope", source="t").json()["code"] == "event_not_found"
