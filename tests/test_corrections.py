@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -215,8 +217,10 @@ def test_corrections_in_open_and_invoiced_periods_land_exactly(bapi: Api) -> Non
     correct(api, "a1", "amend", reason="wrong count", event=bev("a1", "acme", "2026-04-02T09:00:00Z", calls=250))
     assert usage_now(api) == 250
     # the invoiced period: March's invoice never changes, the next one carries the difference
-    correct(api, "c3", "void", reason="test traffic")
-    correct(api, "c2", "amend", reason="undercounted", event=bev("c2", "acme-eu", "2026-03-01T11:00:00Z", calls=900))
+    c3 = correct(api, "c3", "void", reason="test traffic")["correction"]
+    amended = bev("c2", "acme-eu", "2026-03-01T11:00:00Z", calls=900)
+    c2 = correct(api, "c2", "amend", reason="undercounted", event=amended)
+    calls(api, "late", "acme", "2026-03-31T23:00:00Z", 0)  # a late event is no correction: not cited
     assert get(api, "/api/v1/invoices/INV-000001").content == march.content
     assert usage_now(api) == 250  # March corrections do not touch April's counter
 
@@ -231,6 +235,10 @@ def test_corrections_in_open_and_invoiced_periods_land_exactly(bapi: Api) -> Non
         ("adjustment", "Adjustment: API calls", "-3.00", "-300", "INV-000001"),
     ]
     assert (april["subtotal"], april["adjustments"], april["total"]) == ("49.00", "-3.00", "46.00")
+    assert april["lines"][-1]["corrections"] == [c3, c2["correction"]]  # the line cites them
+    assert all("corrections" not in ln for ln in april["lines"][:-1])
+    html = api.client.get("/api/v1/invoices/INV-000002/html", headers=api.headers()).text
+    assert f"corrections {c3}, {c2['correction']}" in html
     assert get(api, "/api/v1/invoices/INV-000001").content == march.content
     move_to(api, "2026-06-01T00:01:00Z")
     may = invoice(api, run(api)["created"][0])
@@ -264,3 +272,84 @@ def test_correction_errors_are_problems_with_stable_codes(bapi: Api) -> None:
     assert history["voided"] is True and history["event"] is None
     assert [(v["action"], v.get("reason")) for v in history["history"]] == [("ingest", None), ("void", "gone")]
     assert get(api, "/api/v1/events/nope", source="t").json()["code"] == "event_not_found"
+
+
+def test_a_backfill_for_an_invoiced_period_becomes_an_adjustment(tmp_path: Path) -> None:
+    for api in build_api(tmp_path, billing={"scheduler_enabled": False}, ingest={"late_arrival_window": "P7D"}):
+        setup_billing(api)
+        subscribe(api)
+        calls(api, "c1", "acme", "2026-03-01T10:00:00Z", 1500)
+        move_to(api, "2026-04-01T00:01:00Z")
+        assert run(api)["created"] == ["INV-000001"]
+        march = get(api, "/api/v1/invoices/INV-000001")
+        move_to(api, "2026-04-20T00:00:00Z")
+        old = [bev("b1", "acme", "2026-03-02T10:00:00Z", calls=400), bev("c1", "acme", "2026-03-01T10:00:00Z", calls=1)]
+        assert api.post_events(old[:1]).json()["rejected"][0]["reason"] == "time_too_old"  # ingest refuses it
+        batch = {"Content-Type": "application/cloudevents-batch+json"}
+        r = api.client.post("/api/v1/backfills", json=old, headers=api.headers(**batch))
+        assert r.status_code == 200, r.text
+        assert [(e["id"], e["status"]) for e in r.json()["events"]] == [("b1", "accepted"), ("c1", "duplicate")]
+        again = api.client.post("/api/v1/backfills", json=old, headers=api.headers(**batch)).json()
+        assert (again["accepted"], again["duplicates"]) == (0, 2)  # exactly once, as any ingest
+        reader = make_key(api.data_dir, ["ingest", "read"])
+        assert api.client.post("/api/v1/backfills", json=old, headers=api.headers(reader, **batch)).status_code == 403
+        move_to(api, "2026-05-01T00:01:00Z")
+        april = invoice(api, run(api)["created"][0])
+        assert lines(april)[-1] == ("adjustment", "Adjustment: API calls", "4.00", "400", "INV-000001")
+        assert "corrections" not in april["lines"][-1]  # a backfill is new usage, not a correction
+        assert get(api, "/api/v1/invoices/INV-000001").content == march.content
+
+
+def test_kill_9_while_correcting_loses_no_acknowledged_correction(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = start_server(data)
+    keys = [f"k{i}" for i in range(120)]
+    acked: list[str] = []
+    try:
+        with client(first) as c:
+            for slug, aggregation in (("k_sum", "SUM"), ("k_max", "MAX")):
+                spec = {"slug": slug, "eventType": "job", "aggregation": aggregation, "valueProperty": "$.v"}
+                assert c.post("/api/v1/meters", json=spec).status_code == 201
+            batch = [ev(k, "acme", at(0, i % 60), str(i + 1), "u") for i, k in enumerate(keys)]
+            assert c.post("/api/v1/events", json=batch, headers=BATCH).status_code == 204
+
+            def correct_all() -> None:
+                for k in keys:
+                    try:
+                        r = c.post(f"/api/v1/events/{k}/void", json={"source": "s", "reason": "crash test"})
+                    except httpx.HTTPError:
+                        return
+                    if r.status_code != 201:
+                        return
+                    acked.append(k)
+
+            worker = threading.Thread(target=correct_all)
+            worker.start()
+            while len(acked) < 20 and worker.is_alive():
+                time.sleep(0.01)
+            first.process.kill()  # SIGKILL, mid-stream
+            worker.join()
+    finally:
+        first.stop()
+    assert 20 <= len(acked) < len(keys)
+    second = start_server(data)
+    try:
+        with client(second) as c:
+            voided = {k for k in keys if c.get(f"/api/v1/events/{k}", params={"source": "s"}).json()["voided"]}
+            assert set(acked) <= voided  # acknowledged means durable
+            assert len(voided) <= len(acked) + 1  # at most the one in flight when the process died
+            left = [i + 1 for i, k in enumerate(keys) if k not in voided]
+            params = {"from": DAY_START, "to": DAY_END}
+            total = c.get("/api/v1/meters/k_sum/query", params=params).json()["data"]
+            assert Decimal(str(total[0]["value"])) == sum(left)
+            high = c.get("/api/v1/meters/k_max/query", params=params).json()["data"]
+            assert Decimal(str(high[0]["value"])) == max(left)
+    finally:
+        second.stop()
+    out = subprocess.run(
+        [sys.executable, "-m", "meterline.cli.main", "rebuild", "--check", "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "identical" in out.stdout.lower(), out.stdout + out.stderr

@@ -57,6 +57,7 @@ ROUTES = [
     Route("/api/v1/events/{event}", corrections.get_event, methods=["GET"]),
     Route("/api/v1/events/{event}/void", corrections.void_event, methods=["POST"]),
     Route("/api/v1/events/{event}/amend", corrections.amend_event, methods=["POST"]),
+    Route("/api/v1/backfills", corrections.backfill, methods=["POST"]),
     Route("/api/v1/meters", meters.create_meter, methods=["POST"]),
     Route("/api/v1/meters", meters.list_meters, methods=["GET"]),
     Route("/api/v1/meters/{meter}", meters.get_meter, methods=["GET"]),

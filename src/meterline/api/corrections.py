@@ -1,20 +1,25 @@
-"""Corrections of accepted events (``/api/v1/events/{eventId}``): void, amend, history.
+"""Corrections of accepted events (``/api/v1/events/{eventId}``): void, amend, history; and
+backfills of historical events (``/api/v1/backfills``).
 
-Corrections need an ``admin`` key: they change what was counted and billed. The key's id is
+Corrections and backfills need an ``admin`` key: they change what was counted and billed. The key's id is
 recorded as the actor of each correction.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import msgspec
 from starlette.responses import Response
 
 from meterline.api.endpoint import Call, endpoint
-from meterline.api.http import json_bytes, json_response
+from meterline.api.http import json_bytes, json_response, read_body
+from meterline.api.ingest import outcome_report
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
-from meterline.domain.errors import InvalidInput
+from meterline.domain.errors import InvalidInput, UnsupportedMediaType
 from meterline.domain.events.corrections import History, Version
+from meterline.domain.events.typed import decode_body
 from meterline.ports.corrections import Corrected
 from meterline.runtime import freshness
 
@@ -78,6 +83,29 @@ async def _answer(call: Call, source: str, done: Corrected) -> Response:
     if record is not None:
         record.ingested = done.position  # Meterline-Ledger-Position: wait for it to read the effect
     return json_response({"correction": done.seq, "action": done.action.value, **history_json(history)}, 201)
+
+
+@endpoint(Scope.ADMIN)
+async def backfill(call: Call) -> Response:
+    """``POST /api/v1/backfills``: historical events, e.g. for a period already invoiced. They
+    go through ingest (dedupe, meters, ledger) like any event, only without the late-arrival
+    window; usage of an invoiced period becomes an adjustment on the next invoice."""
+    ctx = call.ctx
+    media = call.request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in _BATCH_TYPES:
+        raise UnsupportedMediaType("Send a JSON array of CloudEvents (application/cloudevents-batch+json)")
+    body = await read_body(call.request, ctx.config.server.max_body_bytes)
+    limits = dataclasses.replace(ctx.limits, late_window_us=None)
+    candidates = decode_body(body, "batch", call.namespace, ctx.clock.now_us(), limits)
+    appended = await call.run(lambda: ctx.ledger.append(call.namespace, candidates).result())
+    ctx.metrics.observe(appended)
+    record = freshness.current()
+    if record is not None:
+        record.ingested = getattr(appended, "position", None)
+    return json_response(outcome_report(appended))
+
+
+_BATCH_TYPES = ("application/cloudevents-batch+json", "application/json")
 
 
 @endpoint(Scope.READ)

@@ -126,7 +126,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 def _answer(scope: Scope, outcomes: list[Outcome], representation: bool) -> Response:
     """The report (``Prefer: return=representation``) or, when events were rejected, a problem."""
     if representation:
-        return json_response(_report(outcomes), 200)
+        return json_response(outcome_report(outcomes), 200)
     rejected = [o for o in outcomes if o.status is Status.REJECTED]
     return problem(
         Request(scope),
@@ -140,7 +140,7 @@ def _answer(scope: Scope, outcomes: list[Outcome], representation: bool) -> Resp
     )
 
 
-def _report(outcomes: list[Outcome]) -> dict[str, object]:
+def outcome_report(outcomes: list[Outcome]) -> dict[str, object]:
     return {
         "accepted": sum(o.status is Status.ACCEPTED for o in outcomes),
         "duplicates": sum(o.status is Status.DUPLICATE for o in outcomes),

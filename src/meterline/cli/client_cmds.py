@@ -45,7 +45,12 @@ def _events(stream: IO[str]) -> Iterator[Any]:
 @with_api
 @click.argument("file", type=click.File("r"))
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1, 10_000))
-def ingest(api: Api, file: IO[str], batch_size: int) -> None:
+@click.option(
+    "--backfill",
+    is_flag=True,
+    help="historical events (admin key): no late-arrival window; invoiced periods get adjustments",
+)
+def ingest(api: Api, file: IO[str], batch_size: int, backfill: bool) -> None:
     """Send events from FILE (or - for stdin): JSON lines or a JSON array, in batches."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -59,7 +64,7 @@ def ingest(api: Api, file: IO[str], batch_size: int) -> None:
         task = bar.add_task("ingest", total=len(events))
         for start in range(0, len(events), batch_size):
             batch = events[start : start + batch_size]
-            report = _send_batch(api, batch, start, len(events))
+            report = _send_batch(api, batch, start, len(events), "/api/v1/backfills" if backfill else "/api/v1/events")
             for k in totals:
                 totals[k] += report[k]
             problems += [
@@ -75,12 +80,12 @@ def ingest(api: Api, file: IO[str], batch_size: int) -> None:
         sys.exit(1)
 
 
-def _send_batch(api: Api, batch: list[Any], start: int, total: int) -> Any:
+def _send_batch(api: Api, batch: list[Any], start: int, total: int, path: str) -> Any:
     """One batch's per-event report. A failure after earlier batches went through says so:
     sending the whole file again is safe, as events already recorded come back as duplicates."""
     headers = {"Content-Type": "application/cloudevents-batch+json", "Prefer": "return=representation"}
     try:
-        return api.post("/api/v1/events", content=msgspec.json.encode(batch), headers=headers)
+        return api.post(path, content=msgspec.json.encode(batch), headers=headers)
     except RequestFailed as exc:
         if not start:
             raise

@@ -9,6 +9,7 @@ from meterline.ports.billing_invoices import InvoiceStore, InvoiceUnitOfWork
 from meterline.ports.billing_plans import PlanStore
 from meterline.ports.billing_subscriptions import SubscriptionStore
 from meterline.ports.billing_usage import BillingDirectory, PeriodUsage
+from meterline.ports.corrections import CorrectionLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,3 +21,5 @@ class BillingStores:
     credits: CreditStore
     usage: PeriodUsage
     directory: BillingDirectory
+    corrections: CorrectionLog | None = None
+    """Where adjustments find the corrections they cite (None: they cite none)."""

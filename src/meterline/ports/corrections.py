@@ -13,7 +13,7 @@ from typing import Protocol
 
 from meterline.domain.events.corrections import Action, CorrectionRequest, History
 
-__all__ = ["Corrected", "CorrectionRecord", "Corrections"]
+__all__ = ["Corrected", "CorrectionLog", "CorrectionRecord", "Corrections"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +42,17 @@ class CorrectionRecord:
     """The subjects of the versions it took back or put in (an amend may move an event)."""
     times_us: tuple[int, ...]
     """The event times of those versions."""
-    type: str
+    types: tuple[str, ...]
+    """The event types of those versions."""
 
 
-class Corrections(Protocol):
+class CorrectionLog(Protocol):
+    def since(self, namespace: str, received_from_us: int, limit: int) -> list[CorrectionRecord]:
+        """Corrections received at or after ``received_from_us``, oldest first."""
+        ...
+
+
+class Corrections(CorrectionLog, Protocol):
     def correct(self, request: CorrectionRequest) -> Corrected:
         """Append a void or an amend; raises ``event_not_found``, ``event_voided`` or
         ``amend_unreadable`` (nothing appended)."""
@@ -53,8 +60,4 @@ class Corrections(Protocol):
 
     def history(self, namespace: str, source: str, event_id: str) -> History:
         """The key's chain; raises ``event_not_found``."""
-        ...
-
-    def since(self, namespace: str, received_from_us: int, limit: int) -> list[CorrectionRecord]:
-        """Corrections received at or after ``received_from_us``, oldest first."""
         ...

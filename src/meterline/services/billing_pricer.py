@@ -21,6 +21,7 @@ from meterline.domain.billing import (
     price_period,
     usage_queries,
 )
+from meterline.domain.billing.adjustments import cite
 from meterline.domain.billing.documents import InvoiceWindow, usage_entries, usage_map
 from meterline.domain.billing.records import Billed, UsageAsk
 from meterline.domain.customers.model import Customer
@@ -28,6 +29,7 @@ from meterline.domain.errors import MeterlineError, NotFound
 from meterline.domain.meters.model import Meter
 from meterline.domain.periods import Period
 from meterline.ports.billing import BillingStores
+from meterline.ports.corrections import CorrectionRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ class Pricer:
             (b, p) for b, p in zip(billed, plans, strict=True) if self._problem(Ask(b.customer_id, p, _bw(b))) is None
         ]
         usages = self.usage([(b.customer_id, p, b.window.window) for b, p in ok])
+        log = self._corrections([b for b, _ in ok])
         out = []
         for (b, plan), current in zip(ok, usages, strict=True):
             invoiced = usage_map(b.window.usage)
@@ -130,10 +133,43 @@ class Pricer:
             adj = adjust(
                 plan, b.window.window, invoiced, current, invoice_number=b.origin_number, period=b.window.period
             )
+            if log:
+                adj = cite(adj, self._cited(b, log))
             if adj.lines:
                 now = dataclasses.replace(b, current=_with_usage(b.window, current))
                 out.append((adj, now, plan.currency))
         return out
+
+    def _corrections(self, billed: Sequence[Billed]) -> list[CorrectionRecord]:
+        source = self._stores.corrections
+        if source is None or not billed:
+            return []
+        return source.since(self.namespace, min(b.snapshot_us for b in billed), _MAX_CITED)
+
+    def _cited(self, b: Billed, log: Sequence[CorrectionRecord]) -> dict[str, tuple[int, ...]]:
+        """Per meter slug, the corrections received after the window was last billed that
+        moved a version of one of the customer's subjects inside the window."""
+        subjects = set(self.customer(b.customer_id).subjects)
+        window = b.window.window
+        found = [
+            c
+            for c in log
+            if c.received_us > b.snapshot_us
+            and any(
+                s in subjects and window.start_us <= t < window.end_us
+                for s, t in zip(c.subjects, c.times_us, strict=True)
+            )
+        ]
+        cited: dict[str, tuple[int, ...]] = {}
+        for slug, meter in self._meters.items():
+            seqs = tuple(c.seq for c in found if meter.spec.event_type in c.types)
+            if seqs:
+                cited[slug] = seqs
+        return cited
+
+
+_MAX_CITED = 10_000
+"""Corrections read per billing run for citations (an adjustment cites at most these)."""
 
 
 def _bw(b: Billed) -> BillingWindow:

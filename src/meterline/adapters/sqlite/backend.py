@@ -95,7 +95,7 @@ class EmbeddedBackend:
         self.portal = SqlitePortal(self.db)
         self.stream = SqliteStreamHost(self.db, self.state)
         self.counter_source = SqliteCounterSource(self.db)
-        self.billing = billing_stores(self.db, self.customers, self.meters, clock.now_us)
+        self.billing = billing_stores(self.db, self.customers, self.meters, clock.now_us, self.corrections)
 
     def _open_dedupe(self, conn: sqlite3.Connection) -> None:
         self.dedupe.open(conn)  # indexes the ledger the sealed runs do not cover

@@ -26,6 +26,7 @@ from meterline.domain.clock import to_us
 from meterline.domain.errors import Conflict, NotFound
 from meterline.ports.billing import BillingStores
 from meterline.ports.billing_subscriptions import Change
+from meterline.ports.corrections import CorrectionLog
 
 T = TypeVar("T")
 _plan = msgspec.json.Decoder(PlanVersion)
@@ -36,7 +37,11 @@ _OPEN = "billed_through_us < coalesce(end_us, 1 << 62)"
 
 
 def billing_stores(
-    db: Database, customers: SqliteCustomers, meters: SqliteMeters, now_us: Callable[[], int]
+    db: Database,
+    customers: SqliteCustomers,
+    meters: SqliteMeters,
+    now_us: Callable[[], int],
+    corrections: CorrectionLog | None = None,
 ) -> BillingStores:
     """Every billing store over ``db``."""
     return BillingStores(
@@ -47,6 +52,7 @@ def billing_stores(
         credits=SqliteCredits(db),
         usage=SqlitePeriodUsage(db, now_us),
         directory=SqliteBillingDirectory(db, customers, meters),
+        corrections=corrections,
     )
 
 

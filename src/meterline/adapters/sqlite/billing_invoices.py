@@ -62,8 +62,9 @@ class SqliteInvoices:
 
     def billed(self, namespace: str, customer_ids: Collection[str], since_us: int) -> dict[str, builtins.list[Billed]]:
         rows = self._db.reader().execute(
-            "SELECT b.id, b.customer, b.subscription, b.window_start_us, b.origin, o.number, b.body"
-            " FROM billed_windows b JOIN invoices o ON o.id = b.origin WHERE b.namespace = ? AND b.window_end_us > ?"
+            "SELECT b.id, b.customer, b.subscription, b.window_start_us, b.origin, o.number, b.body, s.issued_us"
+            " FROM billed_windows b JOIN invoices o ON o.id = b.origin JOIN invoices s ON s.id = b.invoice"
+            " WHERE b.namespace = ? AND b.window_end_us > ?"
             " AND b.invoice NOT IN (SELECT invoice FROM invoice_voids)"
             " AND b.origin NOT IN (SELECT invoice FROM invoice_voids) ORDER BY b.id",
             (namespace, since_us),
@@ -265,9 +266,9 @@ def _record(conn: sqlite3.Connection, namespace: str, number: str) -> InvoiceRec
 
 
 def _billed(row: tuple[Any, ...]) -> Billed:
-    id_, customer, subscription, start_us, origin, number, body = row
+    id_, customer, subscription, start_us, origin, number, body, snapshot_us = row
     window = _window.decode(body)
-    return Billed(id_, customer, subscription, start_us, origin, number, window, window)
+    return Billed(id_, customer, subscription, start_us, origin, number, window, window, snapshot_us)
 
 
 def _balances(conn: sqlite3.Connection, namespace: str, customer_id: str) -> builtins.list[tuple[GrantTerms, Decimal]]:

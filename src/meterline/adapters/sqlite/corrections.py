@@ -100,12 +100,13 @@ class SqliteCorrections:
         out = []
         for seq, original, action, reason, actor, received, type_, subject, time_us in rows:
             before = conn.execute(
-                "SELECT subject, time_us FROM events WHERE seq = (SELECT max(seq) FROM events"
+                "SELECT subject, time_us, type FROM events WHERE seq = (SELECT max(seq) FROM events"
                 " WHERE seq < ? AND (seq = ? OR seq IN (SELECT seq FROM corrections WHERE original = ?)))",
                 (seq, original, original),
             ).fetchone()
             subjects: tuple[str, ...] = (subject,) if before is None else (before[0], subject)
             times: tuple[int, ...] = (time_us,) if before is None else (before[1], time_us)
+            types: tuple[str, ...] = (type_,) if before is None else (before[2], type_)
             record = (seq, original, namespace, Action(action), reason, actor, received)
-            out.append(CorrectionRecord(*record, subjects, times, type_))
+            out.append(CorrectionRecord(*record, subjects, times, types))
         return out

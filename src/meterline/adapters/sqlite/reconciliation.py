@@ -22,7 +22,8 @@ class SqliteReconciliationCounts:
     def accepted(self, namespace: str, start: int, end: int, through: int) -> dict[tuple[str, int], int]:
         rows = self._db.reader().execute(
             f"SELECT type, time_us / {QUARTER * _US} AS q, count(*) FROM events"
-            " WHERE seq <= ? AND namespace = ? AND time_us >= ? AND time_us < ? GROUP BY type, q",
+            " WHERE seq <= ? AND namespace = ? AND time_us >= ? AND time_us < ?"
+            " AND seq NOT IN (SELECT seq FROM corrections) GROUP BY type, q",
             (through, namespace, start * _US, end * _US),
         )
         return {(t, q * QUARTER): n for t, q, n in rows}

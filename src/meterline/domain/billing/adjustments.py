@@ -12,7 +12,7 @@ corrected quantity: late units are priced at the tier they really fall in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 
 import msgspec
@@ -54,6 +54,18 @@ def adjust(
     keys = list(new) + [key for key in old if key not in new]
     lines = tuple(line for key in keys if (line := _difference(old.get(key), new.get(key), invoice_number)) is not None)
     return Adjustment(invoice_number, lines, total(line.amount for line in lines), after.unpriced)
+
+
+def cite(adjustment: Adjustment, cited: Mapping[str, tuple[int, ...]]) -> Adjustment:
+    """The adjustment with each line of a meter in ``cited`` (meter slug -> correction seqs)
+    naming those corrections."""
+    lines = tuple(
+        msgspec.structs.replace(line, corrections=cited[line.meter])
+        if line.meter is not None and line.meter in cited
+        else line
+        for line in adjustment.lines
+    )
+    return msgspec.structs.replace(adjustment, lines=lines)
 
 
 def reversal(lines: Sequence[InvoiceLine], carried_on: str) -> Adjustment:

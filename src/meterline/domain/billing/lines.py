@@ -60,6 +60,9 @@ class InvoiceLine(msgspec.Struct, frozen=True, rename="camel", omit_defaults=Tru
     proration: Proration | None = None
     references: str | None = None
     credit_grant: str | None = None
+    corrections: tuple[int, ...] = ()
+    """For an adjustment: the corrections (their ledger seqs) that changed this usage since
+    it was invoiced, if any (late events are not corrections and are not listed)."""
 
     @property
     def match_key(self) -> tuple[str, str | None, tuple[tuple[str, str], ...]]:

@@ -64,6 +64,9 @@ class Billed:
     window: InvoiceWindow
     current: InvoiceWindow
     """The same window with the usage known now (set when an adjustment is computed)."""
+    snapshot_us: int = 0
+    """When that snapshot was taken (the issue time of the invoice that wrote it): corrections
+    received later are what an adjustment of the window cites."""
 
 
 @dataclass(frozen=True, slots=True)
