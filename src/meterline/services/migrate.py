@@ -14,7 +14,10 @@ Guarantees, step by step:
    *duplicate*, never a second count; a different payload under a known key is a *conflict*;
    the target's meters and unknown-subject policy may reject or quarantine. Every outcome is
    counted in the report, and each rejection names the source entry.
-4. A failure part-way loses nothing: every chunk appended before it is durable in the target,
+4. A correction entry (a void or an amend, ``domain.events.corrections``) is not an event:
+   it is reported as refused (``correction``), so the migration is not complete, and the
+   event must be corrected again in the target.
+5. A failure part-way loses nothing: every chunk appended before it is durable in the target,
    and running the migration again resumes by reporting those as duplicates.
 """
 
@@ -90,6 +93,15 @@ def migrate(
 def _append(
     target: Ledger, namespace: str, entries: Sequence[LedgerEntry], report: MigrationReport, timeout: float
 ) -> None:
+    corrections = [e for e in entries if e.correction]
+    if corrections:  # a void or amend is not an event a target ledger can take as ingest
+        report.read += len(corrections)
+        for e in corrections:
+            note = "a correction is not migrated; correct the event again in the target"
+            report.refused.append(Refused(e.seq, namespace, None, "correction", note))
+        entries = [e for e in entries if not e.correction]
+        if not entries:
+            return
     candidates = [_candidate(i, e) for i, e in enumerate(entries)]
     outcomes = target.append(namespace, candidates).result(timeout)
     report.read += len(entries)

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from meterline.adapters.sqlite.database import DB_FILE
+from meterline.adapters.sqlite.replay import ENTRIES
 from meterline.adapters.sqlite.schema import connect
 from meterline.domain.errors import ConfigError, StorageUnavailable
 from meterline.ports.ledger import LedgerEntry
@@ -25,11 +26,7 @@ class SqliteLedgerReader:
             raise StorageUnavailable(f"cannot read the ledger in {data_dir}: {exc}") from exc
 
     def read(self, after: int, limit: int) -> list[LedgerEntry]:
-        rows = self._conn.execute(
-            "SELECT seq, namespace, source, type, subject, time_us, raw, received_us FROM events"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        )
+        rows = self._conn.execute(f"{ENTRIES} WHERE e.seq > ? ORDER BY e.seq LIMIT ?", (after, limit))
         return [LedgerEntry(*row) for row in rows]
 
     def position(self) -> int:
