@@ -252,6 +252,7 @@ def test_correction_errors_are_problems_with_stable_codes(bapi: Api) -> None:
     assert correct(api, "nope", "void", 404, reason="x")["code"] == "event_not_found"
     assert correct(api, "c1", "void", 400, reason=" ")["code"] == "invalid_correction"
     assert correct(api, "c1", "amend", 400, reason="x")["code"] == "invalid_correction"  # no event
+    assert correct(api, "c1", "void", 400, reason="x", event={"type": "t"})["code"] == "invalid_correction"
     moved = bev("c1", "acme", "2026-03-01T10:00:00Z", calls=10)
     assert correct(api, "c1", "amend", 400, reason="x", event={**moved, "id": "other"})["code"] == "invalid_correction"
     unreadable = bev("c1", "acme", "2026-03-01T10:00:00Z", calls="many")

@@ -84,6 +84,7 @@ DOCUMENTED_400 = {
     "checkEntitlements": "each quantity at most 38 digits with an exponent within +-30",
     "createNotificationRule": "what each rule type needs (thresholds, anomaly factors, existing channels and features)",
     "updateNotificationRule": "what each rule type needs (thresholds, anomaly factors, existing channels and features)",
+    "amendEvent": "the amended event is checked as ingest checks one (the clock, the live meters)",
 }
 # Ingest takes a batch apart and judges every event on its own: with `Prefer:
 # return=representation` an event the schema rejects is answered 200 with that event marked
@@ -261,11 +262,12 @@ def config_text(ids: dict[str, list[Any]], portal_token: str) -> str:
             f"include-operation-id = {_toml(operation_id)}",
             f"checks.positive_data_acceptance.expected-statuses = {_toml(positive)}",
         ]
-    lines += [
-        "[[operations]]",
-        'include-operation-id = "ingestEvents"',
-        f"checks.negative_data_rejection.expected-statuses = {_toml(REJECTED_IN_REPORT)}",
-    ]
+    for operation_id in ("ingestEvents", "backfillEvents"):  # both answer with the per-event report
+        lines += [
+            "[[operations]]",
+            f"include-operation-id = {_toml(operation_id)}",
+            f"checks.negative_data_rejection.expected-statuses = {_toml(REJECTED_IN_REPORT)}",
+        ]
     for operation_id in NOT_YET:
         lines += ["[[operations]]", f"include-operation-id = {_toml(operation_id)}", "enabled = false"]
     return "\n".join(lines) + "\n"

@@ -52,6 +52,8 @@ def _short(exc: Exception) -> str:
 @endpoint(Scope.ADMIN)
 async def void_event(call: Call) -> Response:
     body = await _body(call)
+    if bytes(body.event).strip(b" \t\r\n") not in (b"", b"null"):
+        raise InvalidInput("A void takes no `event`", code="invalid_correction")
     service = call.ctx.catalog.corrections
     done = await call.run(
         service.void, call.namespace, body.source, call.path("event"), reason=body.reason, actor=call.key.id

@@ -38,17 +38,17 @@ def events_void(api: Api, event_id: str, source: str, reason: str, as_json: bool
 @click.argument("event_id")
 @click.option("--source", required=True, help="the event's source (with its id, its key)")
 @click.option("--reason", required=True, help="why; kept with the correction")
-@click.argument("event_file", metavar="EVENT_FILE", type=click.File("r"))
+@click.argument("file", type=click.File("r"))
 @json_option
-def events_amend(api: Api, event_id: str, source: str, reason: str, event_file: IO[str], as_json: bool) -> None:
-    """Amend an event: EVENT_FILE (``-`` for stdin) holds the new CloudEvent as JSON."""
-    text = event_file.read()
+def events_amend(api: Api, event_id: str, source: str, reason: str, file: IO[str], as_json: bool) -> None:
+    """Amend an event: FILE (``-`` for stdin) holds the new CloudEvent as JSON."""
+    text = file.read()
     try:
         event = json.loads(text)
     except ValueError as exc:
-        raise click.BadParameter(f"not JSON: {exc}", param_hint="EVENT_FILE") from None
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="FILE") from None
     if not isinstance(event, dict):
-        raise click.BadParameter("must hold one JSON object (a CloudEvent)", param_hint="EVENT_FILE")
+        raise click.BadParameter("must hold one JSON object (a CloudEvent)", param_hint="FILE")
     head = json.dumps({"source": source, "reason": reason})[:-1]
     body = f'{head}, "event": {text.strip()}}}'.encode()  # the event as written: its numbers stay exact
     path = f"/api/v1/events/{quote(event_id, safe='')}/amend"
