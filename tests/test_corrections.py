@@ -166,6 +166,14 @@ def test_void_and_amend_move_every_aggregation_and_rebuild_agrees(served: Server
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "identical" in out.stdout.lower(), out.stdout
+    # the corrections are ledger entries like any other: linked into the hash chain
+    out = subprocess.run(
+        [sys.executable, "-m", "meterline.cli.main", "verify", "--data-dir", str(served.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # -- invoiced periods, entitlement values, errors (in-process app: billing needs a frozen clock) --
