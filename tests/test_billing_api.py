@@ -111,8 +111,8 @@ def setup_billing(api: Api, plan: dict[str, Any] | None = None, customer: str = 
     ok(api.create_meter(**spec, groupBy={"region": "$.region"}), 201)
     ok(api.create_meter(slug="storage_gb", eventType="storage", aggregation="SUM", valueProperty="$.gb"), 201)
     add_customer(api, customer)
-    ok(post(api, "/api/v1/plans", plan or PLAN), 201)
-    ok(post(api, "/api/v1/plans/pro/versions/1/publish"))
+    ok(post(api, "/api/v1/billing/plans", plan or PLAN), 201)
+    ok(post(api, "/api/v1/billing/plans/pro/versions/1/publish"))
 
 
 def add_customer(api: Api, key: str, tz: str = "UTC") -> None:
@@ -121,7 +121,7 @@ def add_customer(api: Api, key: str, tz: str = "UTC") -> None:
 
 
 def subscribe(api: Api, customer: str = "acme", start: str = "2026-03-01T00:00:00Z", **extra: Any) -> Any:
-    return ok(post(api, "/api/v1/subscriptions", {"customer": customer, "plan": "pro", "start": start, **extra}), 201)
+    return ok(post(api, "/api/v1/billing/subscriptions", {"customer": customer, "plan": "pro", "start": start, **extra}), 201)
 
 
 def run(api: Api) -> Any:
@@ -146,48 +146,48 @@ def test_plan_versions_are_drafts_until_published_and_then_never_change(bapi: Ap
     ok(api.create_meter(slug="api_calls", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
     ok(api.create_meter(slug="storage_gb", eventType="storage", aggregation="SUM", valueProperty="$.gb"), 201)
     add_customer(api, "acme")
-    draft = ok(post(api, "/api/v1/plans", PLAN), 201)
+    draft = ok(post(api, "/api/v1/billing/plans", PLAN), 201)
     assert (draft["version"], draft["status"]) == (1, "draft")
     edited = {**PLAN, "minimumCommitment": "60"}
-    assert ok(api.client.put("/api/v1/plans/pro/versions/1", json=edited, headers=api.headers()))["minimumCommitment"]
-    assert_problem(post(api, "/api/v1/subscriptions", {"customer": "acme", "plan": "pro", "version": 1}), 409,
+    assert ok(api.client.put("/api/v1/billing/plans/pro/versions/1", json=edited, headers=api.headers()))["minimumCommitment"]
+    assert_problem(post(api, "/api/v1/billing/subscriptions", {"customer": "acme", "plan": "pro", "version": 1}), 409,
                    "plan_not_published")  # fmt: skip
-    published = ok(post(api, "/api/v1/plans/pro/versions/1/publish"))
+    published = ok(post(api, "/api/v1/billing/plans/pro/versions/1/publish"))
     assert published["status"] == "published" and published["publishedAt"] == "2026-03-01T12:00:00Z"
-    assert_problem(api.client.put("/api/v1/plans/pro/versions/1", json=PLAN, headers=api.headers()), 409,
+    assert_problem(api.client.put("/api/v1/billing/plans/pro/versions/1", json=PLAN, headers=api.headers()), 409,
                    "plan_version_published")  # fmt: skip
-    assert_problem(post(api, "/api/v1/plans/pro/versions/1/publish"), 409, "plan_version_published")
-    copy = ok(post(api, "/api/v1/plans/pro/versions/1/copy"), 201)
+    assert_problem(post(api, "/api/v1/billing/plans/pro/versions/1/publish"), 409, "plan_version_published")
+    copy = ok(post(api, "/api/v1/billing/plans/pro/versions/1/copy"), 201)
     assert (copy["version"], copy["status"], copy["minimumCommitment"]) == (2, "draft", "60")
-    assert_problem(post(api, "/api/v1/plans", {**PLAN, "version": 2}), 409, "plan_version_exists")
+    assert_problem(post(api, "/api/v1/billing/plans", {**PLAN, "version": 2}), 409, "plan_version_exists")
     bad = {**PLAN, "plan": "bad", "currency": "XXX1", "cards": []}
-    assert len(assert_problem(post(api, "/api/v1/plans", bad), 400, "invalid_plan")["problems"]) == 2
+    assert len(assert_problem(post(api, "/api/v1/billing/plans", bad), 400, "invalid_plan")["problems"]) == 2
     ghost = {**PLAN, "plan": "ghost", "cards": [{"key": "g", "name": "G", "meter": "nope",
                                                  "model": {"model": "per_unit", "unitPrice": "1"}}]}  # fmt: skip
-    ok(post(api, "/api/v1/plans", ghost), 201)
-    assert_problem(post(api, "/api/v1/plans/ghost/versions/1/publish"), 400, "invalid_plan")
-    listing = ok(get(api, "/api/v1/plans/pro"))
+    ok(post(api, "/api/v1/billing/plans", ghost), 201)
+    assert_problem(post(api, "/api/v1/billing/plans/ghost/versions/1/publish"), 400, "invalid_plan")
+    listing = ok(get(api, "/api/v1/billing/plans/pro"))
     assert listing["latestPublished"] == 1 and [v["version"] for v in listing["versions"]] == [1, 2]
-    assert_problem(get(api, "/api/v1/plans/pro/versions/9"), 404, "plan_not_found")
-    assert_problem(get(api, "/api/v1/plans/none"), 404, "plan_not_found")
+    assert_problem(get(api, "/api/v1/billing/plans/pro/versions/9"), 404, "plan_not_found")
+    assert_problem(get(api, "/api/v1/billing/plans/none"), 404, "plan_not_found")
 
 
 def test_subscription_errors_are_problems(bapi: Api) -> None:
     api = bapi
     setup_billing(api)
-    assert_problem(post(api, "/api/v1/subscriptions", {"customer": "nobody", "plan": "pro"}), 404, "customer_not_found")
+    assert_problem(post(api, "/api/v1/billing/subscriptions", {"customer": "nobody", "plan": "pro"}), 404, "customer_not_found")
     unaligned = {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:30Z"}
-    assert_problem(post(api, "/api/v1/subscriptions", unaligned), 400, "unaligned_time")
+    assert_problem(post(api, "/api/v1/billing/subscriptions", unaligned), 400, "unaligned_time")
     bad = {"customer": "acme", "plan": "pro", "anchorDay": 32, "zone": "Mars/Base"}
-    assert len(assert_problem(post(api, "/api/v1/subscriptions", bad), 400, "invalid_subscription")["problems"]) == 2
+    assert len(assert_problem(post(api, "/api/v1/billing/subscriptions", bad), 400, "invalid_subscription")["problems"]) == 2
     sub = subscribe(api)
     assert (sub["zone"], sub["anchorDay"], sub["version"], sub["status"]) == ("UTC", 1, 1, "active")
     assert_problem(
-        post(api, "/api/v1/subscriptions", {"customer": "acme", "plan": "pro"}), 409, "subscription_overlaps"
+        post(api, "/api/v1/billing/subscriptions", {"customer": "acme", "plan": "pro"}), 409, "subscription_overlaps"
     )
-    assert_problem(get(api, "/api/v1/subscriptions/nope"), 404, "subscription_not_found")
+    assert_problem(get(api, "/api/v1/billing/subscriptions/nope"), 404, "subscription_not_found")
     assert_problem(get(api, "/api/v1/invoices/INV-9"), 404, "invoice_not_found")
-    assert_problem(post(api, f"/api/v1/subscriptions/{sub['id']}/cancel", {"at": "2026-02-01T00:00:00Z"}), 400,
+    assert_problem(post(api, f"/api/v1/billing/subscriptions/{sub['id']}/cancel", {"at": "2026-02-01T00:00:00Z"}), 400,
                    "invalid_subscription")  # fmt: skip
 
 
@@ -262,14 +262,14 @@ def test_plan_change_mid_period_prorates_and_splits_usage(bapi: Api) -> None:
     api = bapi
     setup_billing(api)
     cheaper = {**PLAN, "cards": [{**PLAN["cards"][0], "model": {"model": "flat", "amount": "31"}}, *PLAN["cards"][1:]]}
-    ok(api.client.put("/api/v1/plans/pro/versions/2", json={**cheaper, "version": 2}, headers=api.headers()), 404)
-    ok(post(api, "/api/v1/plans/pro/versions/1/copy"), 201)
-    ok(api.client.put("/api/v1/plans/pro/versions/2", json={**cheaper, "version": 2}, headers=api.headers()))
-    ok(post(api, "/api/v1/plans/pro/versions/2/publish"))
+    ok(api.client.put("/api/v1/billing/plans/pro/versions/2", json={**cheaper, "version": 2}, headers=api.headers()), 404)
+    ok(post(api, "/api/v1/billing/plans/pro/versions/1/copy"), 201)
+    ok(api.client.put("/api/v1/billing/plans/pro/versions/2", json={**cheaper, "version": 2}, headers=api.headers()))
+    ok(post(api, "/api/v1/billing/plans/pro/versions/2/publish"))
     sub = subscribe(api, version=1)
     calls(api, "c1", "acme", "2026-03-01T10:00:00Z", 1500)
     change = {"plan": "pro", "version": 2, "at": "2026-03-16T00:00:00Z"}
-    changed = ok(post(api, f"/api/v1/subscriptions/{sub['id']}/change", change))
+    changed = ok(post(api, f"/api/v1/billing/subscriptions/{sub['id']}/change", change))
     assert changed["closed"]["end"] == "2026-03-16T00:00:00Z" and changed["started"]["previous"] == sub["id"]
     move_to(api, "2026-03-20T00:00:00Z")
     calls(api, "c2", "acme", "2026-03-19T10:00:00Z", 1200)
@@ -287,7 +287,7 @@ def test_plan_change_mid_period_prorates_and_splits_usage(bapi: Api) -> None:
         ("usage", "API calls", "2.00", "1200", None),
     ]
     assert (old["periodStart"], new["periodStart"]) == ("2026-03-01T00:00:00Z", "2026-03-01T00:00:00Z")
-    assert_problem(post(api, f"/api/v1/subscriptions/{changed['started']['id']}/cancel",
+    assert_problem(post(api, f"/api/v1/billing/subscriptions/{changed['started']['id']}/cancel",
                         {"at": "2026-03-20T00:00:00Z"}), 409, "period_invoiced")  # fmt: skip
 
 
@@ -393,5 +393,5 @@ def test_customer_zone_and_month_end_anchor_cut_the_periods(bapi: Api) -> None:
     assert first["lines"][0]["proration"]["coveredUs"] < first["lines"][0]["proration"]["periodUs"]
     assert (lines(first)[1][2:4], lines(second)[1][2:4]) == (("0.01", "1001"), ("0.03", "1003"))
     assert second["periodEnd"] == "2026-03-31T00:00:00+05:45"
-    empty = api.client.post(f"/api/v1/subscriptions/{sub['id']}/cancel", headers=api.headers())
+    empty = api.client.post(f"/api/v1/billing/subscriptions/{sub['id']}/cancel", headers=api.headers())
     assert empty.status_code == 200 and empty.json()["end"] == "2026-03-31T00:00:00Z"

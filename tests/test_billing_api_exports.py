@@ -136,7 +136,7 @@ def test_cli_billing_run_on_the_data_dir(tmp_path: Path) -> None:
     api = next(gen)
     setup_billing(api)
     sub = subscribe(api)
-    ok(post(api, f"/api/v1/subscriptions/{sub['id']}/cancel", {"at": "2026-04-01T00:00:00Z"}))
+    ok(post(api, f"/api/v1/billing/subscriptions/{sub['id']}/cancel", {"at": "2026-04-01T00:00:00Z"}))
     calls(api, "a1", "acme", "2026-03-01T10:00:00Z", 1001)
     gen.close()
     command = [sys.executable, "-m", "meterline.cli.main", "billing", "run", "--data-dir", str(api.data_dir)]
@@ -152,14 +152,14 @@ def test_cli_billing_run_through_a_running_server(server: Server) -> None:
     spec = {"slug": "api_calls", "eventType": "request", "aggregation": "SUM", "valueProperty": "$.calls"}
     assert c.post("/api/v1/meters", json=spec).status_code == 201
     assert c.post("/api/v1/customers", json={"key": "acme"}).status_code == 201
-    assert c.post("/api/v1/plans", json=PLAN).status_code == 201
-    assert c.post("/api/v1/plans/pro/versions/1/publish").status_code == 400  # storage_gb is no meter yet
+    assert c.post("/api/v1/billing/plans", json=PLAN).status_code == 201
+    assert c.post("/api/v1/billing/plans/pro/versions/1/publish").status_code == 400  # storage_gb is no meter yet
     storage = {"slug": "storage_gb", "eventType": "storage", "aggregation": "SUM", "valueProperty": "$.gb"}
     assert c.post("/api/v1/meters", json=storage).status_code == 201
-    assert c.post("/api/v1/plans/pro/versions/1/publish").status_code == 200
+    assert c.post("/api/v1/billing/plans/pro/versions/1/publish").status_code == 200
     body = {"customer": "acme", "plan": "pro", "start": "2026-01-01T00:00:00Z"}
-    sub = c.post("/api/v1/subscriptions", json=body).json()
-    assert c.post(f"/api/v1/subscriptions/{sub['id']}/cancel", json={"at": "2026-02-01T00:00:00Z"}).status_code == 200
+    sub = c.post("/api/v1/billing/subscriptions", json=body).json()
+    assert c.post(f"/api/v1/billing/subscriptions/{sub['id']}/cancel", json={"at": "2026-02-01T00:00:00Z"}).status_code == 200
     command = [sys.executable, "-m", "meterline.cli.main", "billing", "run", "--url", server.url, "--json"]
     out = subprocess.run(
         command, capture_output=True, text=True, timeout=60, env={**os.environ, "METERLINE_API_KEY": server.key}

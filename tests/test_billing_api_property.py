@@ -58,8 +58,8 @@ def test_invoice_total_is_the_sum_of_lines_and_the_reference_and_reruns_change_n
                 spec = {"slug": meter, "eventType": meter, "aggregation": "SUM", "valueProperty": "$.v"}
                 ok(api.create_meter(**spec, groupBy={"region": "$.region"}), 201)
             ok(post(api, "/api/v1/customers", {"key": "c", "subjectKeys": ["c1", "c2"]}), 201)
-            ok(post(api, "/api/v1/plans", msgspec.to_builtins(plan)), 201)
-            ok(post(api, "/api/v1/plans/p/versions/1/publish"))
+            ok(post(api, "/api/v1/billing/plans", msgspec.to_builtins(plan)), 201)
+            ok(post(api, "/api/v1/billing/plans/p/versions/1/publish"))
             move_to(api, "2026-04-01T00:00:00Z")
             events = [
                 {"specversion": "1.0", "id": f"{m}-{r}", "source": "p", "type": m, "subject": f"c{len(r) % 2 + 1}",
@@ -72,7 +72,7 @@ def test_invoice_total_is_the_sum_of_lines_and_the_reference_and_reruns_change_n
                 grant = {"key": "g", "currency": plan.currency, "amount": str(credit)}
                 ok(post(api, "/api/v1/customers/c/credits", grant), 201)
             start = window.start.isoformat()
-            ok(post(api, "/api/v1/subscriptions", {"customer": "c", "plan": "p", "start": start}), 201)
+            ok(post(api, "/api/v1/billing/subscriptions", {"customer": "c", "plan": "p", "start": start}), 201)
             move_to(api, "2026-04-01T00:01:00Z")
             report = run(api)
             if expected.unpriced:

@@ -85,11 +85,11 @@ def billing_setup(served: Served, *customers: str) -> None:
                                     "valueProperty": "$.calls", "groupBy": {"region": "$.region"}})  # fmt: skip
     post_json(c, "/api/v1/meters", {"slug": "storage_gb", "eventType": "storage", "aggregation": "SUM",
                                     "valueProperty": "$.gb"})  # fmt: skip
-    post_json(c, "/api/v1/plans", PLAN)
-    post_json(c, "/api/v1/plans/pro/versions/1/publish", {}, 200)
+    post_json(c, "/api/v1/billing/plans", PLAN)
+    post_json(c, "/api/v1/billing/plans/pro/versions/1/publish", {}, 200)
     for key in customers:
         post_json(c, "/api/v1/customers", {"key": key, "subjectKeys": [key]})
-        post_json(c, "/api/v1/subscriptions", {"customer": key, "plan": "pro", "start": "2026-03-01T00:00:00Z"})
+        post_json(c, "/api/v1/billing/subscriptions", {"customer": key, "plan": "pro", "start": "2026-03-01T00:00:00Z"})
 
 
 class _Http:

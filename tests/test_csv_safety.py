@@ -79,9 +79,9 @@ def hostile(tmp_path: Path) -> Iterator[Api]:
             "model": {"model": "per_unit", "unitPrice": "0.01"},
         },
     ]
-    ok(post(api, "/api/v1/plans", {**PLAN, "cards": cards}), 201)
-    ok(post(api, "/api/v1/plans/pro/versions/1/publish"))
-    ok(post(api, "/api/v1/subscriptions", {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:00Z"}), 201)
+    ok(post(api, "/api/v1/billing/plans", {**PLAN, "cards": cards}), 201)
+    ok(post(api, "/api/v1/billing/plans/pro/versions/1/publish"))
+    ok(post(api, "/api/v1/billing/subscriptions", {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:00Z"}), 201)
     events = [
         {"specversion": "1.0", "id": f"e{i}", "source": "t", "type": "request", "subject": subject}
         | {"time": "2026-03-01T10:00:00Z", "data": {"calls": n, "region": region}}

@@ -45,9 +45,9 @@ def _seed(site: Site) -> None:
             post(c, "/api/v1/meters", spec)
         post(c, "/api/v1/customers", {"key": "acme", "name": "Acme", "subjectKeys": ["acme", "acme-eu"]})
         post(c, "/api/v1/customers", {"key": "globex", "name": "Globex"})
-        post(c, "/api/v1/plans", REGIONAL_PLAN)
-        post(c, "/api/v1/plans/pro/versions/1/publish", {}, 200)
-        post(c, "/api/v1/subscriptions", {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:00Z"})
+        post(c, "/api/v1/billing/plans", REGIONAL_PLAN)
+        post(c, "/api/v1/billing/plans/pro/versions/1/publish", {}, 200)
+        post(c, "/api/v1/billing/subscriptions", {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:00Z"})
         post(c, "/api/v1/features", {"key": "api", "name": "API", "meterSlug": "api_calls"})
         entitlement = {
             "type": "metered",

@@ -43,10 +43,10 @@ def test_an_invoice_with_more_digits_than_the_default_decimal_context_renders(cl
     assert client.post("/api/v1/customers", json={"key": "big"}).status_code == 201
     card = {"key": "api", "name": "API", "meter": "tokens", "model": {"model": "per_unit", "unitPrice": PRICE}}
     plan = {"plan": "huge", "name": "Huge", "currency": "USD", "cards": [card]}
-    assert client.post("/api/v1/plans", json=plan).status_code == 201
-    assert client.post("/api/v1/plans/huge/versions/1/publish").status_code == 200
+    assert client.post("/api/v1/billing/plans", json=plan).status_code == 201
+    assert client.post("/api/v1/billing/plans/huge/versions/1/publish").status_code == 200
     sub = {"customer": "big", "plan": "huge", "start": start.isoformat().replace("+00:00", "Z")}
-    assert client.post("/api/v1/subscriptions", json=sub).status_code == 201
+    assert client.post("/api/v1/billing/subscriptions", json=sub).status_code == 201
     event = {
         "specversion": "1.0",
         "id": "big-1",

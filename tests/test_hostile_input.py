@@ -55,7 +55,7 @@ def seed(c: httpx.Client) -> None:
             "/api/v1/customers/acme/entitlements",
             {"type": "metered", "featureKey": "f", "issueAfterReset": 10, "usagePeriod": {"interval": "MONTH"}},
         ),
-        ("/api/v1/plans", PLAN),
+        ("/api/v1/billing/plans", PLAN),
         ("/api/v1/notification/channels", {"type": "LOG", "name": "log"}),
     ]:
         r = c.post(path, json=body)
@@ -110,8 +110,8 @@ assert len(LITERAL_30K) > 30_000
 @pytest.mark.parametrize(
     ("method", "path", "body", "params", "status", "code"),
     [
-        ("GET", "/api/v1/plans/pro/versions/%C2%B2", None, None, 400, "invalid_parameter"),
-        ("GET", "/api/v1/plans/pro/versions/99999999999999999999999", None, None, 400, "invalid_parameter"),
+        ("GET", "/api/v1/billing/plans/pro/versions/%C2%B2", None, None, 400, "invalid_parameter"),
+        ("GET", "/api/v1/billing/plans/pro/versions/99999999999999999999999", None, None, 400, "invalid_parameter"),
         ("POST", "/api/v1/keys", {"scopes": 5}, None, 400, "invalid_key_request"),
         ("POST", "/api/v1/keys", {"scopes": ["read"], "name": 5}, None, 400, "invalid_key_request"),
         ("POST", "/api/v1/portal/tokens", {"subject": "acme", "expiresIn": 10**30}, None, 400, "invalid_portal_token"),
@@ -312,8 +312,8 @@ VALID_BODIES: list[tuple[str, str, Any]] = [
         },
     ),
     ("POST", "/api/v1/customers/acme/entitlements", {"type": "static", "featureKey": "f", "config": '{"a": 1}'}),
-    ("POST", "/api/v1/subscriptions/nope/change", {"plan": "pro", "version": 1, "at": T}),
-    ("POST", "/api/v1/subscriptions/nope/cancel", {"at": T}),
+    ("POST", "/api/v1/billing/subscriptions/nope/change", {"plan": "pro", "version": 1, "at": T}),
+    ("POST", "/api/v1/billing/subscriptions/nope/cancel", {"at": T}),
     ("POST", "/api/v1/notification/events/nope/resend", {"channels": ["c"]}),
     ("POST", "/api/v1/subjects", [{"key": "s", "displayName": "S", "metadata": {"a": 1}}]),
     (
@@ -349,11 +349,11 @@ VALID_BODIES: list[tuple[str, str, Any]] = [
     ),
     ("POST", "/api/v1/portal/tokens", {"subject": "acme", "allowedMeterSlugs": ["m"], "expiresIn": 60}),
     ("POST", "/api/v1/portal/tokens/invalidate", {"subject": "nobody"}),
-    ("POST", "/api/v1/plans", {**PLAN, "plan": "pro2"}),
-    ("PUT", "/api/v1/plans/pro/versions/2", {**PLAN, "version": 2}),
+    ("POST", "/api/v1/billing/plans", {**PLAN, "plan": "pro2"}),
+    ("PUT", "/api/v1/billing/plans/pro/versions/2", {**PLAN, "version": 2}),
     (
         "POST",
-        "/api/v1/subscriptions",
+        "/api/v1/billing/subscriptions",
         {"customer": "acme", "plan": "pro", "version": 1, "start": T, "anchorDay": 1, "zone": "UTC"},
     ),
     (
@@ -412,8 +412,8 @@ def own_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Clien
     s = start_server(tmp_path_factory.mktemp("mutations") / "data")
     with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {s.key}"}, timeout=60) as c:
         seed(c)
-        assert c.post("/api/v1/plans/pro/versions/1/publish").status_code == 200
-        assert c.post("/api/v1/plans", json={**PLAN, "version": 2}).status_code == 201
+        assert c.post("/api/v1/billing/plans/pro/versions/1/publish").status_code == 200
+        assert c.post("/api/v1/billing/plans", json={**PLAN, "version": 2}).status_code == 201
         yield c
     s.stop()
 

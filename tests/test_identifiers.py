@@ -41,11 +41,11 @@ REFUSED = [
     ("/api/v1/customers", {"key": "a" * 257}, "invalid_customer"),
     ("/api/v1/customers", {"key": "acme", "subjectKeys": ["acme\n"]}, "invalid_customer"),
     ("/api/v1/customers", {"key": "acme", "subjectKeys": ["a" * 257]}, "invalid_customer"),
-    ("/api/v1/plans", plan(plan="pro\n"), "invalid_plan"),
-    ("/api/v1/plans", plan(plan=LONG_SLUG), "invalid_plan"),
-    ("/api/v1/plans", plan(name="P" * 257), "invalid_plan"),
-    ("/api/v1/plans", plan(cards=[FEE | {"key": "fee\n"}]), "invalid_plan"),
-    ("/api/v1/plans", plan(cards=[FEE | {"name": "F" * 257}]), "invalid_plan"),
+    ("/api/v1/billing/plans", plan(plan="pro\n"), "invalid_plan"),
+    ("/api/v1/billing/plans", plan(plan=LONG_SLUG), "invalid_plan"),
+    ("/api/v1/billing/plans", plan(name="P" * 257), "invalid_plan"),
+    ("/api/v1/billing/plans", plan(cards=[FEE | {"key": "fee\n"}]), "invalid_plan"),
+    ("/api/v1/billing/plans", plan(cards=[FEE | {"name": "F" * 257}]), "invalid_plan"),
     ("/api/v1/notification/channels", {"type": "LOG", "name": "n" * 257}, "invalid_channel"),
     ("/api/v1/notification/channels", {"type": "LOG", "name": "bell\x07"}, "invalid_channel"),
     ("/api/v1/keys", {"scopes": ["read"], "namespace": "default\n"}, "invalid_namespace"),
@@ -65,7 +65,7 @@ def test_identifiers_outside_the_policy_are_refused(api: Api, path: str, body: A
 
 
 def test_nothing_refused_was_stored(api: Api) -> None:
-    for path in ("/api/v1/meters", "/api/v1/plans", "/api/v1/customers", "/api/v1/features"):
+    for path in ("/api/v1/meters", "/api/v1/billing/plans", "/api/v1/customers", "/api/v1/features"):
         body = api.client.get(path, headers=api.headers()).json()
         items = body if isinstance(body, list) else body["items"]
         assert items == [], (path, items)
@@ -77,7 +77,7 @@ def test_identifiers_at_the_limits_are_accepted(api: Api) -> None:
         ("/api/v1/meters", meter(slug=slug, name="N" * 256, groupBy={"r" * 64: "$.region"})),
         ("/api/v1/features", {"key": slug, "name": "Caf\u00e9 \u2615 " + "x" * 240, "meterSlug": slug}),
         ("/api/v1/customers", {"key": "a" * 256, "subjectKeys": ["user@example.com", "Acme Corp/7"]}),
-        ("/api/v1/plans", plan(plan=slug, name="P" * 256, cards=[FEE | {"key": slug}])),
+        ("/api/v1/billing/plans", plan(plan=slug, name="P" * 256, cards=[FEE | {"key": slug}])),
         ("/api/v1/notification/channels", {"type": "LOG", "name": "n" * 256}),
     ]
     for path, body in ok:
@@ -112,7 +112,7 @@ def test_the_served_document_states_the_same_rules(api: Api) -> None:
 def test_a_plan_cadence_shorter_than_a_day_is_refused(api: Api, cadence: str) -> None:
     """One invoice per period and subscription: a PT1S plan wrote an invoice per second
     (2,175 from one run of a subscription started 36 minutes earlier)."""
-    r = api.client.post("/api/v1/plans", json=plan(plan="fast", cadence=cadence), headers=api.headers())
+    r = api.client.post("/api/v1/billing/plans", json=plan(plan="fast", cadence=cadence), headers=api.headers())
     assert (r.status_code, r.json()["code"]) == (400, "invalid_plan"), r.text
     assert "at least one day" in r.json()["detail"]
 
@@ -120,6 +120,6 @@ def test_a_plan_cadence_shorter_than_a_day_is_refused(api: Api, cadence: str) ->
 @pytest.mark.parametrize("cadence", ["DAY", "PT24H", "P1DT1H"])
 def test_a_plan_cadence_of_a_day_or_more_is_accepted(api: Api, cadence: str) -> None:
     r = api.client.post(
-        "/api/v1/plans", json=plan(plan=f"daily_{len(cadence)}", cadence=cadence), headers=api.headers()
+        "/api/v1/billing/plans", json=plan(plan=f"daily_{len(cadence)}", cadence=cadence), headers=api.headers()
     )
     assert r.status_code == 201, r.text

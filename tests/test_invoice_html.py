@@ -107,9 +107,9 @@ def billed_invoice(served: Served) -> str:
         post_json(c, "/api/v1/meters", spec)
     customer = {"key": "acme", "name": "Acme <script>alert(1)</script>", "subjectKeys": ["acme", "acme-eu"]}
     post_json(c, "/api/v1/customers", customer)
-    post_json(c, "/api/v1/plans", REGIONAL_PLAN)
-    post_json(c, "/api/v1/plans/pro/versions/1/publish", {}, 200)
-    post_json(c, "/api/v1/subscriptions", {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:00Z"})
+    post_json(c, "/api/v1/billing/plans", REGIONAL_PLAN)
+    post_json(c, "/api/v1/billing/plans/pro/versions/1/publish", {}, 200)
+    post_json(c, "/api/v1/billing/subscriptions", {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:00Z"})
     post_json(c, "/api/v1/customers/acme/credits", {"key": "welcome", "currency": "USD", "amount": "20"})
     calls(api, "a1", "acme", "2026-03-01T10:00:00Z", 1500, region="eu")
     calls(api, "a2", "acme-eu", "2026-03-01T10:00:00Z", 500, region="us")

@@ -4,10 +4,13 @@ and OpenMeter paths meterline does not serve."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from conftest import Api
+
+from meterline.api.openmeter_paths import PATHS
 
 
 def post(api: Api, path: str, body: Any) -> Any:
@@ -123,24 +126,46 @@ def test_meter_used_by_a_feature_cannot_be_deleted(api: Api) -> None:
 @pytest.mark.parametrize(
     ("method", "path", "operation"),
     [
-        ("GET", "/api/v1/addons", "/api/v1/addons"),
-        ("POST", "/api/v1/apps/custom-invoicing/inv1/draft/synchronized", None),
-        ("GET", "/api/v1/info/currencies", "/api/v1/info/currencies"),
+        ("GET", "/api/v1/addons", "listAddons"),
+        ("POST", "/api/v1/apps/custom-invoicing/inv1/draft/synchronized", "appCustomInvoicingDraftSynchronized"),
+        ("GET", "/api/v1/info/currencies", "listCurrencies"),
+        # OpenMeter's product catalog and billing: meterline's own live under /api/v1/billing/...
+        ("GET", "/api/v1/plans", "listPlans"),
+        ("POST", "/api/v1/plans", "createPlan"),
+        ("GET", "/api/v1/plans/pro", "getPlan"),
+        ("POST", "/api/v1/subscriptions", "createSubscription"),
+        ("GET", "/api/v1/subscriptions/s1", "getSubscription"),
+        ("POST", "/api/v1/subscriptions/s1/cancel", "cancelSubscription"),
+        ("GET", "/api/v1/billing/invoices", "listInvoices"),
+        ("GET", "/api/v1/customers/acme/subscriptions", "listCustomerSubscriptions"),
     ],
 )
-def test_openmeter_paths_not_served_say_so(api: Api, method: str, path: str, operation: str | None) -> None:
-    r = api.client.request(method, path, headers=api.headers())
+def test_openmeter_paths_not_served_say_so(api: Api, method: str, path: str, operation: str) -> None:
+    r = api.client.request(method, path, json={}, headers=api.headers())
     assert r.status_code == 501, r.text
     body = r.json()
     assert body["code"] == "not_supported" and "OpenMeter" in body["detail"]
-    assert operation is None or body["operation"] == operation
+    assert body["operation"] == operation and operation in body["detail"]
 
 
-def test_openmeter_method_not_served_on_a_served_path_is_405_saying_so(api: Api) -> None:
-    r = api.client.put("/api/v1/meters/calls", json={}, headers=api.headers())
-    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
-    assert "/api/v1/meters/{meterIdOrSlug} is OpenMeter's operation" in r.json()["detail"]
-    assert "DELETE" in r.headers["Allow"]
+def test_meterlines_own_billing_does_not_answer_on_openmeters_paths(api: Api) -> None:
+    plan = {"plan": "pro", "currency": "USD", "charges": []}
+    assert post(api, "/api/v1/plans", plan).status_code == 501
+    assert get(api, "/api/v1/billing/plans").json() == []
+    assert get(api, "/api/v1/plans").json()["operation"] == "listPlans"
+
+
+def test_every_openmeter_operation_is_served_or_not_supported(api: Api) -> None:
+    """Each operation of OpenMeter's document reaches a handler (any answer of its own, a 404
+    for a missing entity included) or is a 501 naming it: never a routing 404 or 405."""
+    for template, methods in PATHS.items():
+        path = re.sub(r"\{[^}]+\}", "x1", template)
+        for method, operation in methods.items():
+            r = api.client.request(method, path, json={}, headers=api.headers())
+            body = r.json() if r.headers.get("content-type") == "application/problem+json" else {}
+            assert body.get("code") not in ("not_found", "method_not_allowed"), (method, template, r.text)
+            if r.status_code == 501:
+                assert body["operation"] == operation
 
 
 def test_other_unknown_paths_are_still_404(api: Api) -> None:

@@ -121,3 +121,79 @@ def test_v2_events_filter_and_cursor(setup: Api) -> None:
     assert len(by_customer["items"]) == 7 and "nextCursor" not in by_customer
     r = api.client.get("/api/v2/events", params={"filter": '{"colour": {"$eq": "red"}}'}, headers=api.headers())
     assert r.status_code == 400 and r.json()["code"] == "invalid_filter"
+
+
+def test_grant_lists_honour_order_by_and_order(setup: Api) -> None:
+    api = setup
+    body = {"type": "metered", "featureKey": "calls", "usagePeriod": {"interval": "MONTH"}}
+    r = post(api, "/api/v2/customers/acme/entitlements", body)
+    assert r.status_code == 201, r.text
+    created = []
+    # created 0.5 s apart (a fraction of a second: times must compare as instants, not as text),
+    # effective in the opposite order
+    for amount, effective in ((1, "2026-03-03T00:00:00Z"), (2, "2026-03-02T00:00:00Z"), (3, "2026-03-01T00:00:00Z")):
+        grant = {"amount": amount, "effectiveAt": effective}
+        r = post(api, "/api/v2/customers/acme/entitlements/calls/grants", grant)
+        assert r.status_code == 201, r.text
+        created.append(r.json()["id"])
+        api.clock.advance(0.5)
+
+    def amounts(path: str, **params: Any) -> list[int]:
+        found = get(api, path, **params)
+        return [g["amount"] for g in (found["items"] if isinstance(found, dict) else found)]
+
+    for path in ("/api/v2/grants", "/api/v2/customers/acme/entitlements/calls/grants", "/api/v1/grants"):
+        assert amounts(path) == [3, 2, 1]  # OpenMeter's default: by effectiveAt
+        assert amounts(path, orderBy="createdAt") == [1, 2, 3]
+        assert amounts(path, orderBy="createdAt", order="DESC") == [3, 2, 1]
+        assert amounts(path, orderBy="updatedAt", order="DESC") == [3, 2, 1]
+        by_id = [g for _, g in sorted(zip(created, (1, 2, 3), strict=True))]
+        assert amounts(path, orderBy="id") == by_id
+    assert amounts("/api/v2/grants", orderBy="createdAt", order="DESC", pageSize=2, page=2) == [1]
+    assert amounts("/api/v1/grants", orderBy="createdAt", offset=1, limit=1) == [2]
+    page = get(api, "/api/v1/grants", orderBy="createdAt", page=1, pageSize=2)
+    assert (page["totalCount"], [g["amount"] for g in page["items"]]) == (3, [1, 2])
+    for params in ({"orderBy": "amount"}, {"order": "UP"}):
+        r = api.client.get("/api/v2/grants", params=params, headers=api.headers())
+        assert r.status_code == 400 and r.json()["code"] == "invalid_query", r.text
+
+
+def test_entitlement_and_feature_lists_honour_order(setup: Api) -> None:
+    api = setup
+    for key in ("globex", "acme"):
+        assert (
+            post(api, f"/api/v2/customers/{key}/entitlements", {"type": "boolean", "featureKey": "sso"}).status_code
+            == 201
+        )
+        api.clock.advance(1)
+    keys = [e["customerKey"] for e in get(api, "/api/v2/entitlements")["items"]]
+    assert keys == ["globex", "acme"]
+    keys = [e["customerKey"] for e in get(api, "/api/v2/entitlements", orderBy="createdAt", order="DESC")["items"]]
+    assert keys == ["acme", "globex"]
+    assert [e["customerKey"] for e in get(api, "/api/v1/entitlements", order="DESC")] == ["acme", "globex"]
+    assert [f["key"] for f in get(api, "/api/v1/features")] == ["calls", "sso"]
+    assert [f["key"] for f in get(api, "/api/v1/features", orderBy="name", order="DESC")] == ["sso", "calls"]
+    page = get(api, "/api/v1/features", page=2, pageSize=1)
+    assert (page["totalCount"], [f["key"] for f in page["items"]]) == (2, ["sso"])
+
+
+def test_event_items_carry_the_customer_of_their_subject(setup: Api) -> None:
+    api = setup
+    acme = get(api, "/api/v1/customers/acme")["id"]
+    # a customer claiming a subject that differs from its key
+    r = post(api, "/api/v1/customers", {"key": "initech", "usageAttribution": {"subjectKeys": ["ini-1"]}})
+    assert r.status_code == 201, r.text
+    initech = r.json()["id"]
+    events = [
+        {"specversion": "1.0", "id": f"x{i}", "source": "app", "type": "call", "subject": s, "data": {"n": 1}}
+        for i, s in enumerate(("ini-1", "nobody"))
+    ]
+    assert api.post_events(events).status_code == 204
+    by_id = {item["event"]["id"]: item for item in get(api, "/api/v2/events")["items"]}
+    assert by_id["e0"]["customerId"] == acme and by_id["x0"]["customerId"] == initech
+    assert "customerId" not in by_id["x1"]  # a subject no customer has: none, as OpenMeter
+    v1 = {item["event"]["id"]: item for item in get(api, "/api/v1/events")}
+    assert v1["e0"]["customerId"] == acme and v1["x0"]["customerId"] == initech and "customerId" not in v1["x1"]
+    mine = get(api, "/api/v1/events", customerId=[initech, acme])
+    assert [i["event"]["id"] for i in mine] == ["x0", *[f"e{i}" for i in range(6, -1, -1)]]
+    assert [i["event"]["id"] for i in get(api, "/api/v1/events", customerId=acme, subject="nobody")] == []

@@ -117,7 +117,7 @@ def test_body_fields_outside_the_grammar_are_a_400_naming_the_member(tokens: Api
     assert "$.amount" in assert_problem(r, 400, "invalid_credit_grant")["detail"]
     card = {"key": "t", "name": "T", "meter": "tokens", "model": {"model": "per_unit", "unitPrice": text}}
     plan = {"plan": "p", "name": "P", "currency": "USD", "cards": [card]}
-    r = tokens.client.post("/api/v1/plans", json=plan, headers=h)
+    r = tokens.client.post("/api/v1/billing/plans", json=plan, headers=h)
     assert "unitPrice" in assert_problem(r, 400, "invalid_plan")["detail"]
 
 

@@ -177,10 +177,10 @@ def test_the_showback_report_is_bounded_by_the_row_limit(small: Api) -> None:
     assert small.client.post("/api/v1/customers", json={"key": "acme"}, headers=h).status_code == 201
     card = {"key": "c", "name": "C", "meter": "m", "model": {"model": "per_unit", "unitPrice": "1"}}
     plan = {"plan": "p", "name": "P", "currency": "USD", "cards": [card]}
-    assert small.client.post("/api/v1/plans", json=plan, headers=h).status_code == 201
-    assert small.client.post("/api/v1/plans/p/versions/1/publish", headers=h).status_code == 200
+    assert small.client.post("/api/v1/billing/plans", json=plan, headers=h).status_code == 201
+    assert small.client.post("/api/v1/billing/plans/p/versions/1/publish", headers=h).status_code == 200
     sub = {"customer": "acme", "plan": "p", "start": "2020-01-01T00:00:00Z"}
-    assert small.client.post("/api/v1/subscriptions", json=sub, headers=h).status_code == 201
+    assert small.client.post("/api/v1/billing/subscriptions", json=sub, headers=h).status_code == 201
     four_years = {"from": "2020-01-01T00:00:00Z", "to": "2024-01-01T00:00:00Z"}  # 48 monthly windows
     assert len(small.client.get("/api/v1/billing/report", params=four_years, headers=h).json()["rows"]) >= 48
     for to in ("2025-01-01T00:00:00Z", "8999-01-01T00:00:00Z"):  # 60 windows; 83,000 windows

@@ -156,10 +156,10 @@ def seed(server: Server) -> dict[str, list[Any]]:
             {"key": "tokens", "name": "Tokens", "meter": "tokens", "model": {"model": "per_unit", "unitPrice": "0.01"}},
         ],
     }
-    _ok(c.post("/api/v1/plans", json=plan))
-    _ok(c.post("/api/v1/plans/pro/versions/1/publish"))
-    _ok(c.post("/api/v1/plans", json={**plan, "name": "Pro (draft)"}))
-    sub = _ok(c.post("/api/v1/subscriptions", json={"customer": "acme", "plan": "pro", "start": start.isoformat()}))
+    _ok(c.post("/api/v1/billing/plans", json=plan))
+    _ok(c.post("/api/v1/billing/plans/pro/versions/1/publish"))
+    _ok(c.post("/api/v1/billing/plans", json={**plan, "name": "Pro (draft)"}))
+    sub = _ok(c.post("/api/v1/billing/subscriptions", json={"customer": "acme", "plan": "pro", "start": start.isoformat()}))
     _ok(c.post("/api/v1/billing/runs"), 200)
     invoices = [i["number"] for i in _ok(c.get("/api/v1/invoices"))["items"]]
     assert invoices, "the seeded subscription produced no invoice"

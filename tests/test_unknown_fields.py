@@ -46,10 +46,10 @@ def _plan_with(path: list[Any], member: str) -> dict[str, Any]:
 
 OWN = [
     ("POST", "/api/v1/keys", {"scopes": ["read"], "expiresAt": "2030-01-01T00:00:00Z"}, "expiresAt"),
-    ("POST", "/api/v1/plans", _plan_with([], "trialDays"), "trialDays"),
-    ("POST", "/api/v1/plans", _plan_with(["cards", 0], "freeUnit"), "freeUnit"),
-    ("POST", "/api/v1/plans", _plan_with(["cards", 1, "model"], "unitprice"), "unitprice"),
-    ("POST", "/api/v1/plans", _plan_with(["cards", 1, "model", "tiers", 0], "upto"), "upto"),
+    ("POST", "/api/v1/billing/plans", _plan_with([], "trialDays"), "trialDays"),
+    ("POST", "/api/v1/billing/plans", _plan_with(["cards", 0], "freeUnit"), "freeUnit"),
+    ("POST", "/api/v1/billing/plans", _plan_with(["cards", 1, "model"], "unitprice"), "unitprice"),
+    ("POST", "/api/v1/billing/plans", _plan_with(["cards", 1, "model", "tiers", 0], "upto"), "upto"),
     ("POST", "/api/v1/customers", {"key": "acme", "subjects": ["a"]}, "subjects"),
     ("PUT", "/api/v1/settings", {"unknownSubjects": "accept", "strict": True}, "strict"),
     ("POST", "/api/v1/entitlements/check", {"customer": "acme", "features": [], "dryRun": True}, "dryRun"),
@@ -67,13 +67,13 @@ def test_own_bodies_refuse_unknown_members(api: Api, method: str, path: str, bod
 def test_nothing_was_made_by_a_refused_body(api: Api) -> None:
     keys = api.client.get("/api/v1/keys", headers=api.headers()).json()
     assert [k["name"] for k in keys] == ["test"]  # only the fixture's own key
-    assert api.client.get("/api/v1/plans", headers=api.headers()).json() == []
+    assert api.client.get("/api/v1/billing/plans", headers=api.headers()).json() == []
 
 
 def test_the_same_bodies_without_the_member_are_accepted(api: Api) -> None:
     r = api.client.post("/api/v1/keys", json={"scopes": ["read"]}, headers=api.headers())
     assert r.status_code == 201, r.text
-    r = api.client.post("/api/v1/plans", json=PLAN, headers=api.headers())
+    r = api.client.post("/api/v1/billing/plans", json=PLAN, headers=api.headers())
     assert r.status_code == 201, r.text
 
 

@@ -1,4 +1,4 @@
-"""Plans (``/api/v1/plans``) and subscriptions (``/api/v1/subscriptions``); ``ROUTES`` also
+"""Plans (``/api/v1/billing/plans``) and subscriptions (``/api/v1/billing/subscriptions``); ``ROUTES`` also
 carries the invoice, billing-run, credit, report and export routes of ``billing_invoices``."""
 
 from __future__ import annotations
@@ -179,19 +179,19 @@ async def cancel_subscription(call: Call) -> Response:
     return json_response(subscription_json(call, sub))
 
 
-_V = "/api/v1/plans/{plan}/versions/{version}"
+_V = "/api/v1/billing/plans/{plan}/versions/{version}"
 ROUTES = [
-    Route("/api/v1/plans", create_plan, methods=["POST"]),
-    Route("/api/v1/plans", list_plans, methods=["GET"]),
-    Route("/api/v1/plans/{plan}", get_plan, methods=["GET"]),
+    Route("/api/v1/billing/plans", create_plan, methods=["POST"]),
+    Route("/api/v1/billing/plans", list_plans, methods=["GET"]),
+    Route("/api/v1/billing/plans/{plan}", get_plan, methods=["GET"]),
     Route(_V, get_plan_version, methods=["GET"]),
     Route(_V, replace_plan_version, methods=["PUT"]),
     Route(_V + "/publish", publish_plan_version, methods=["POST"]),
     Route(_V + "/copy", copy_plan_version, methods=["POST"]),
-    Route("/api/v1/subscriptions", create_subscription, methods=["POST"]),
-    Route("/api/v1/subscriptions", list_subscriptions, methods=["GET"]),
-    Route("/api/v1/subscriptions/{id}", get_subscription, methods=["GET"]),
-    Route("/api/v1/subscriptions/{id}/change", change_subscription, methods=["POST"]),
-    Route("/api/v1/subscriptions/{id}/cancel", cancel_subscription, methods=["POST"]),
+    Route("/api/v1/billing/subscriptions", create_subscription, methods=["POST"]),
+    Route("/api/v1/billing/subscriptions", list_subscriptions, methods=["GET"]),
+    Route("/api/v1/billing/subscriptions/{id}", get_subscription, methods=["GET"]),
+    Route("/api/v1/billing/subscriptions/{id}/change", change_subscription, methods=["POST"]),
+    Route("/api/v1/billing/subscriptions/{id}/cancel", cancel_subscription, methods=["POST"]),
     *inv.ROUTES,
 ]

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from meterline.api.context import Context
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_bool, parse_time, typed_body
+from meterline.api.listing import ENTITLEMENT_ORDER, listed
 from meterline.api.meter_query import run_query
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
@@ -82,7 +83,7 @@ async def list_entitlements(call: Call) -> Response:
     q = call.request.query_params
     service = call.ctx.catalog.entitlements
     ents = await call.run(service.list, call.namespace, features=q.getlist("feature"), customers=q.getlist("subject"))
-    return json_response([entitlement_json(call.ctx, e) for e in ents])
+    return listed(call.request, [entitlement_json(call.ctx, e) for e in ents], *ENTITLEMENT_ORDER)
 
 
 @endpoint(Scope.READ)

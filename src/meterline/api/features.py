@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_bool, parse_time, time_text, typed_body
+from meterline.api.listing import FEATURE_ORDER, GRANT_ORDER, listed
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
 from meterline.domain.entitlements.model import FeatureInput, Grant, GrantInput
@@ -47,7 +48,7 @@ async def list_features(call: Call) -> Response:
     archived = parse_bool("includeArchived", q.get("includeArchived"))
     service = call.ctx.catalog.features
     features = await call.run(service.list, call.namespace, include_archived=archived, meters=q.getlist("meterSlug"))
-    return json_response([feature_body(f) for f in features])
+    return listed(call.request, [feature_body(f) for f in features], *FEATURE_ORDER)
 
 
 @endpoint(Scope.READ)
@@ -75,14 +76,14 @@ async def list_entitlement_grants(call: Call) -> Response:
     service, owner, ent = call.ctx.catalog.features, call.path("subject"), call.path("entitlement")
     voided = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
     grants = await call.run(service.grants_of, call.namespace, owner, ent, include_voided=voided)
-    return json_response([grant_json(g) for g in grants])
+    return listed(call.request, [grant_json(g) for g in grants], *GRANT_ORDER)
 
 
 @endpoint(Scope.READ)
 async def list_grants(call: Call) -> Response:
     voided = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
     grants = await call.run(call.ctx.catalog.features.grants, call.namespace, include_voided=voided)
-    return json_response([grant_json(g) for g in grants])
+    return listed(call.request, [grant_json(g) for g in grants], *GRANT_ORDER)
 
 
 @endpoint(Scope.ADMIN)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -25,8 +25,8 @@ from meterline.api.context import Context
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_int, parse_time, receive_body
 from meterline.api.problems import on_meterline_error, problem
+from meterline.api.v2_events import CustomerOf, event_item, scan, subject_of, subjects_of_customers
 from meterline.domain.auth.keys import Scope as KeyScope
-from meterline.domain.clock import rfc3339
 from meterline.domain.errors import MeterlineError, UnsupportedMediaType
 from meterline.domain.events.binary import is_binary, structured
 from meterline.domain.events.model import Candidate, Outcome, Status
@@ -161,7 +161,8 @@ def _item(o: Outcome) -> dict[str, object]:
 
 @endpoint(KeyScope.READ)
 async def list_events(call: Call) -> Response:
-    """OpenMeter's list: newest first, ``from`` defaults to 72 hours ago, ``limit`` 1-100."""
+    """OpenMeter's list: newest first, ``from`` defaults to 72 hours ago, ``limit`` 1-100;
+    ``customerId`` (repeatable) keeps the events of those customers' subjects."""
     q = call.request.query_params
     start = parse_time("from", q.get("from"))
     if start is None:
@@ -175,10 +176,28 @@ async def list_events(call: Call) -> Response:
         received_to_us=parse_time("ingestedAtTo", q.get("ingestedAtTo")),
     )
     limit = parse_int("limit", q.get("limit"), 100, 1, 100)
-    rows = await call.run(call.ctx.ledger.list, call.namespace, f, limit=limit)
-    return json_response(
-        [
-            {"event": msgspec.Raw(r.raw), "ingestedAt": rfc3339(r.received_us), "storedAt": rfc3339(r.received_us)}
-            for r in rows
-        ]
-    )
+    wanted = q.getlist("customerId")
+
+    def work() -> list[dict[str, Any]]:
+        customer_of = CustomerOf(call)
+        if not wanted:
+            rows = call.ctx.ledger.list(call.namespace, f, limit=limit)
+            return [event_item(r, customer_of) for r in rows]
+        return _of_customers(call, f, subjects_of_customers(call, wanted), customer_of, limit)
+
+    return json_response(await call.run(work))
+
+
+def _of_customers(
+    call: Call, f: EventFilter, subjects: frozenset[str], customer_of: CustomerOf, limit: int
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` events of ``f`` whose subject is one of ``subjects``, newest first
+    (reading at most ``v2_events.SCAN`` ledger entries, as the v2 list does)."""
+    found: list[dict[str, Any]] = []
+    for row in scan(call, f):
+        subject = subject_of(row)
+        if subject in subjects:
+            found.append(event_item(row, customer_of, subject))
+            if len(found) == limit:
+                break
+    return found

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
 
-from meterline.api.openmeter_paths import openmeter_path
+from meterline.api.openmeter_paths import openmeter_operation
 from meterline.domain.errors import MeterlineError, NotFound, OpsCode
 from meterline.domain.redact import redact, redact_value
 
@@ -86,20 +86,21 @@ _SEE = " (docs/openmeter-compatibility.md lists what it serves)"
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    # OpenMeter's documented operations that meterline does not serve say so: a path it does not
-    # serve at all is a 501, a method it does not serve on a path it serves stays a 405
-    unsupported = openmeter_path(request.url.path) if exc.status_code in (404, 405) else None
-    openmeter = unsupported is not None and request.method in unsupported[1]
-    if openmeter and exc.status_code == 404:
-        assert unsupported is not None
-        detail = f"{request.method} {unsupported[0]} is part of OpenMeter's API that meterline does not serve{_SEE}"
-        return problem(request, 501, "not_supported", "Not supported", detail, operation=unsupported[0])
+    headers = {"Allow": ", ".join(allowed_methods(request))} if exc.status_code == 405 else None
+    # An operation of OpenMeter's document that meterline does not serve says so, whether the
+    # path is not served at all (404) or served with other methods (405)
+    found = openmeter_operation(request.method, request.url.path) if exc.status_code in (404, 405) else None
+    if found is not None:
+        template, operation = found
+        detail = (
+            f"{request.method} {template} ({operation}) is part of OpenMeter's API that meterline does not serve{_SEE}"
+        )
+        return problem(
+            request, 501, "not_supported", "Not supported", detail, headers, operation=operation, path=template
+        )
     codes = {404: ("not_found", "Not found"), 405: ("method_not_allowed", "Method not allowed")}
     code, title = codes.get(exc.status_code, ("http_error", "HTTP error"))
     detail = f"{request.method} {request.url.path} is not an endpoint" if exc.status_code in codes else str(exc.detail)
-    if openmeter and unsupported is not None:
-        detail = f"{request.method} {unsupported[0]} is OpenMeter's operation that meterline does not serve{_SEE}"
-    headers = {"Allow": ", ".join(allowed_methods(request))} if exc.status_code == 405 else None
     return problem(request, exc.status_code, code, title, detail, headers)
 
 

@@ -11,25 +11,24 @@ metered entitlement's ``issue: {amount, priority}`` is ``issueAfterReset`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from meterline.api import entitlements, features
 from meterline.api.endpoint import Call, endpoint
-from meterline.api.http import decode_json, json_bytes, json_response, parse_bool, parse_int, typed_body
+from meterline.api.http import decode_json, json_bytes, json_response, parse_bool, typed_body
+from meterline.api.listing import ENTITLEMENT_ORDER, GRANT_ORDER, paged
 from meterline.api.v2_events import list_events_v2
 from meterline.domain.auth.keys import Scope
 from meterline.domain.entitlements.model import EntitlementInput, GrantInput, validate_grant
 from meterline.domain.errors import InvalidInput
 
-T = TypeVar("T")
 FOREVER = {"duration": "YEAR", "count": 100}
+
 """The expiration of a v2 grant sent without one: the longest meterline allows."""
 
 
@@ -63,25 +62,6 @@ def _grant_input(g: GrantV2) -> GrantInput:
     members = msgspec.to_builtins(g)
     members["expiration"] = g.expiration or FOREVER
     return decode_json(msgspec.json.encode(members), GrantInput, "grant")
-
-
-def page(request: Request, items: Sequence[T]) -> tuple[list[T], dict[str, int]]:
-    """One page of ``items`` (``page``/``pageSize``, or ``offset``/``limit``) and its counts."""
-    q = request.query_params
-    number = parse_int("page", q.get("page"), 1, 1, 2**31)
-    size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
-    if "limit" in q or "offset" in q:
-        size = parse_int("limit", q.get("limit"), 100, 1, 1000)
-        first = parse_int("offset", q.get("offset"), 0, 0, 2**31)
-        number = first // size + 1
-    else:
-        first = (number - 1) * size
-    return list(items[first : first + size]), {"totalCount": len(items), "page": number, "pageSize": size}
-
-
-def paged(request: Request, items: Sequence[dict[str, Any]]) -> Response:
-    chosen, counts = page(request, items)
-    return json_response(counts | {"items": chosen})
 
 
 @endpoint(Scope.ADMIN)
@@ -123,7 +103,7 @@ async def list_customer_entitlements(call: Call) -> Response:
     deleted = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
     service = call.ctx.catalog.entitlements
     ents = await call.run(service.of_customer, call.namespace, call.path("customer"), include_deleted=deleted)
-    return paged(call.request, [entitlements.entitlement_json(call.ctx, e) for e in ents])
+    return paged(call.request, [entitlements.entitlement_json(call.ctx, e) for e in ents], *ENTITLEMENT_ORDER)
 
 
 @endpoint(Scope.READ)
@@ -142,7 +122,7 @@ async def list_entitlements(call: Call) -> Response:
         and (not ids or e.customer_id in ids)
         and (not types or e.spec.type in types)
     ]
-    return paged(call.request, [entitlements.entitlement_json(call.ctx, e) for e in kept])
+    return paged(call.request, [entitlements.entitlement_json(call.ctx, e) for e in kept], *ENTITLEMENT_ORDER)
 
 
 @endpoint(Scope.ADMIN)
@@ -158,7 +138,7 @@ async def list_entitlement_grants(call: Call) -> Response:
     service, owner, ent = call.ctx.catalog.features, call.path("customer"), call.path("entitlement")
     voided = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
     grants = await call.run(service.grants_of, call.namespace, owner, ent, include_voided=voided)
-    return paged(call.request, [features.grant_json(g) for g in grants])
+    return paged(call.request, [features.grant_json(g) for g in grants], *GRANT_ORDER)
 
 
 @endpoint(Scope.READ)
@@ -178,7 +158,7 @@ async def list_grants(call: Call) -> Response:
             and (not wanted_features or {e.feature_key, e.feature_id} & wanted_features)
             and (not wanted_customers or {e.customer_key, e.customer_id} & wanted_customers)
         ]
-    return paged(call.request, [features.grant_json(g) for g in grants])
+    return paged(call.request, [features.grant_json(g) for g in grants], *GRANT_ORDER)
 
 
 CUSTOMER = "/api/v2/customers/{customer}/entitlements"

@@ -12,8 +12,9 @@ than ``limit`` events and still carry a ``nextCursor``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +35,65 @@ _TIME_FIELDS = ("time", "ingestedAt")
 _filter = msgspec.json.Decoder(dict[str, dict[str, Any]])
 _event = msgspec.json.Decoder(dict[str, Any])
 Predicate = Callable[[dict[str, Any], int], bool]
+
+
+class CustomerOf:
+    """The id of the customer an event's subject is attributed to, as OpenMeter fills an
+    event's ``customerId``: the customer claiming the subject, else one keyed by it (looked up
+    once per subject and request)."""
+
+    def __init__(self, call: Call) -> None:
+        self._customers = call.ctx.catalog.customers
+        self._namespace = call.namespace
+        self._known: dict[str, str | None] = {}
+
+    def __call__(self, subject: str) -> str | None:
+        if subject not in self._known:
+            owner = self._customers.owner(self._namespace, subject)
+            self._known[subject] = None if owner is None else owner.id
+        return self._known[subject]
+
+
+class _Subject(msgspec.Struct):
+    subject: Any = None
+
+
+_subject = msgspec.json.Decoder(_Subject)
+
+
+def subject_of(row: StoredEvent) -> Any:
+    return _subject.decode(row.raw).subject
+
+
+def scan(call: Call, f: EventFilter) -> Iterator[StoredEvent]:
+    """The ledger entries ``f`` matches, newest first, at most ``SCAN`` of them."""
+    scanned = 0
+    while scanned < SCAN:
+        rows = call.ctx.ledger.list(call.namespace, f, limit=_BATCH)
+        yield from rows
+        scanned += len(rows)
+        if len(rows) < _BATCH:
+            return
+        f = dataclasses.replace(f, before_seq=rows[-1].seq)
+
+
+def event_item(row: StoredEvent, customer_of: CustomerOf, subject: Any = None) -> dict[str, Any]:
+    """One item of OpenMeter's events lists (v1 and v2): the event as ingested, with
+    ``customerId`` when its subject (read from the event unless given) belongs to a customer."""
+    item: dict[str, Any] = {"event": msgspec.Raw(row.raw)}
+    if subject is None:
+        subject = subject_of(row)
+    customer = customer_of(subject) if isinstance(subject, str) else None
+    if customer is not None:
+        item["customerId"] = customer
+    item["ingestedAt"] = item["storedAt"] = rfc3339(row.received_us)
+    return item
+
+
+def subjects_of_customers(call: Call, ids: list[str]) -> frozenset[str]:
+    """The subjects of the customers ``ids`` (ids or keys); ``NotFound`` for an unknown one."""
+    customers = call.ctx.catalog.customers
+    return frozenset(s for c in ids for s in customers.get(call.namespace, c).subjects)
 
 
 def _bad(detail: str) -> InvalidInput:
@@ -185,7 +245,7 @@ def _scan(call: Call, keep: Predicate, before: int | None, limit: int) -> tuple[
     """Up to ``limit`` matching events before ``before``, reading at most ``SCAN`` entries;
     and where to continue (None once the ledger is exhausted)."""
     items: list[dict[str, Any]] = []
-    scanned = 0
+    scanned, customer_of = 0, CustomerOf(call)
     while scanned < SCAN:
         rows: list[StoredEvent] = call.ctx.ledger.list(call.namespace, EventFilter(before_seq=before), limit=_BATCH)
         for row in rows:
@@ -193,13 +253,7 @@ def _scan(call: Call, keep: Predicate, before: int | None, limit: int) -> tuple[
             before = row.seq
             event = _event.decode(row.raw)
             if keep(event, row.received_us):
-                items.append(
-                    {
-                        "event": msgspec.Raw(row.raw),
-                        "ingestedAt": rfc3339(row.received_us),
-                        "storedAt": rfc3339(row.received_us),
-                    }
-                )
+                items.append(event_item(row, customer_of, event.get("subject")))
                 if len(items) == limit:
                     return items, before
         if len(rows) < _BATCH:

@@ -130,8 +130,6 @@ def validate_entitlement(inp: EntitlementInput) -> None:
     if inp.type == "metered":
         if inp.usage_period is None:
             problems.append("a metered entitlement needs usagePeriod")
-        if inp.issue_after_reset is None and not inp.is_unlimited:
-            problems.append("a metered entitlement needs issueAfterReset (the limit per period) or isUnlimited")
         if inp.preserve_overage_at_reset:
             problems.append("preserveOverageAtReset is not supported: each period starts from zero usage")
         if inp.measure_usage_from is not None:

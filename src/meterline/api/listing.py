@@ -1,0 +1,83 @@
+"""OpenMeter's list parameters over a list of JSON items: ``orderBy``/``order``, and pages.
+
+``page``/``pageSize`` answer a page ``{totalCount, page, pageSize, items}``; ``offset``/``limit``
+slice. v2 lists always answer a page; v1 lists (features, grants, entitlements) answer a bare
+array unless ``page`` or ``pageSize`` is given, as OpenMeter does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import Response
+
+from meterline.api.http import json_response, parse_int
+from meterline.domain.errors import InvalidInput
+
+Item = dict[str, Any]
+ENTITLEMENT_ORDER = (("createdAt", "updatedAt"), "createdAt")
+"""OpenMeter's ``orderBy`` values for entitlements, and its default."""
+GRANT_ORDER = (("id", "createdAt", "updatedAt"), "effectiveAt")
+"""OpenMeter's ``orderBy`` values for grants; without one it orders by ``effectiveAt``."""
+FEATURE_ORDER = (("id", "key", "name", "createdAt", "updatedAt"), "key")
+
+
+def ordered(request: Request, items: Sequence[Item], fields: Sequence[str], default: str | None = None) -> list[Item]:
+    """``items`` sorted by the member ``orderBy`` names (one of ``fields``; ``default`` when not
+    given, the given order when that is None too), ``order`` ``ASC`` (default) or ``DESC``.
+    Times (members ending in ``At``) compare as instants, not as text."""
+    q = request.query_params
+    given, order = q.get("orderBy"), (q.get("order") or "ASC").upper()
+    if given is not None and given not in fields:
+        raise InvalidInput(f"orderBy must be one of {', '.join(fields)}", code="invalid_query")
+    if order not in ("ASC", "DESC"):
+        raise InvalidInput("order must be ASC or DESC", code="invalid_query")
+    out, field = list(items), given or default
+    if field is not None:
+        out.sort(key=lambda item: _sort_key(field, item.get(field)))
+    if order == "DESC":
+        out.reverse()
+    return out
+
+
+def _sort_key(field: str, value: Any) -> tuple[bool, Any]:
+    if value is None:  # missing values sort first
+        return (False, "")
+    if field.endswith("At") and isinstance(value, str):
+        return (True, datetime.fromisoformat(value))
+    return (True, value.lower() if isinstance(value, str) and field == "name" else value)
+
+
+def page(q: QueryParams, items: Sequence[Item]) -> tuple[list[Item], dict[str, int]]:
+    """One page of ``items`` (``page``/``pageSize``, or ``offset``/``limit``) and its counts."""
+    number = parse_int("page", q.get("page"), 1, 1, 2**31)
+    size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
+    if ("limit" in q or "offset" in q) and not ("page" in q or "pageSize" in q):
+        size = parse_int("limit", q.get("limit"), 100, 1, 1000)
+        first = parse_int("offset", q.get("offset"), 0, 0, 2**31)
+        number = first // size + 1
+    else:
+        first = (number - 1) * size
+    return list(items[first : first + size]), {"totalCount": len(items), "page": number, "pageSize": size}
+
+
+def paged(request: Request, items: Sequence[Item], fields: Sequence[str] = (), default: str | None = None) -> Response:
+    """A v2 list: always a page, ordered as :func:`ordered` says."""
+    chosen, counts = page(request.query_params, ordered(request, items, fields, default))
+    return json_response(counts | {"items": chosen})
+
+
+def listed(request: Request, items: Sequence[Item], fields: Sequence[str] = (), default: str | None = None) -> Response:
+    """A v1 list: a page when ``page`` or ``pageSize`` is given, else an array cut by
+    ``offset``/``limit`` (default: every item)."""
+    q, items = request.query_params, ordered(request, items, fields, default)
+    if "page" in q or "pageSize" in q:
+        chosen, counts = page(q, items)
+        return json_response(counts | {"items": chosen})
+    first = parse_int("offset", q.get("offset"), 0, 0, 2**31)
+    last = None if "limit" not in q else first + parse_int("limit", q.get("limit"), 100, 1, 1000)
+    return json_response(list(items[first:last]))
