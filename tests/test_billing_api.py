@@ -121,7 +121,9 @@ def add_customer(api: Api, key: str, tz: str = "UTC") -> None:
 
 
 def subscribe(api: Api, customer: str = "acme", start: str = "2026-03-01T00:00:00Z", **extra: Any) -> Any:
-    return ok(post(api, "/api/v1/billing/subscriptions", {"customer": customer, "plan": "pro", "start": start, **extra}), 201)
+    return ok(
+        post(api, "/api/v1/billing/subscriptions", {"customer": customer, "plan": "pro", "start": start, **extra}), 201
+    )
 
 
 def run(api: Api) -> Any:
@@ -149,7 +151,9 @@ def test_plan_versions_are_drafts_until_published_and_then_never_change(bapi: Ap
     draft = ok(post(api, "/api/v1/billing/plans", PLAN), 201)
     assert (draft["version"], draft["status"]) == (1, "draft")
     edited = {**PLAN, "minimumCommitment": "60"}
-    assert ok(api.client.put("/api/v1/billing/plans/pro/versions/1", json=edited, headers=api.headers()))["minimumCommitment"]
+    assert ok(api.client.put("/api/v1/billing/plans/pro/versions/1", json=edited, headers=api.headers()))[
+        "minimumCommitment"
+    ]
     assert_problem(post(api, "/api/v1/billing/subscriptions", {"customer": "acme", "plan": "pro", "version": 1}), 409,
                    "plan_not_published")  # fmt: skip
     published = ok(post(api, "/api/v1/billing/plans/pro/versions/1/publish"))
@@ -175,11 +179,16 @@ def test_plan_versions_are_drafts_until_published_and_then_never_change(bapi: Ap
 def test_subscription_errors_are_problems(bapi: Api) -> None:
     api = bapi
     setup_billing(api)
-    assert_problem(post(api, "/api/v1/billing/subscriptions", {"customer": "nobody", "plan": "pro"}), 404, "customer_not_found")
+    assert_problem(
+        post(api, "/api/v1/billing/subscriptions", {"customer": "nobody", "plan": "pro"}), 404, "customer_not_found"
+    )
     unaligned = {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:30Z"}
     assert_problem(post(api, "/api/v1/billing/subscriptions", unaligned), 400, "unaligned_time")
     bad = {"customer": "acme", "plan": "pro", "anchorDay": 32, "zone": "Mars/Base"}
-    assert len(assert_problem(post(api, "/api/v1/billing/subscriptions", bad), 400, "invalid_subscription")["problems"]) == 2
+    assert (
+        len(assert_problem(post(api, "/api/v1/billing/subscriptions", bad), 400, "invalid_subscription")["problems"])
+        == 2
+    )
     sub = subscribe(api)
     assert (sub["zone"], sub["anchorDay"], sub["version"], sub["status"]) == ("UTC", 1, 1, "active")
     assert_problem(
@@ -262,7 +271,10 @@ def test_plan_change_mid_period_prorates_and_splits_usage(bapi: Api) -> None:
     api = bapi
     setup_billing(api)
     cheaper = {**PLAN, "cards": [{**PLAN["cards"][0], "model": {"model": "flat", "amount": "31"}}, *PLAN["cards"][1:]]}
-    ok(api.client.put("/api/v1/billing/plans/pro/versions/2", json={**cheaper, "version": 2}, headers=api.headers()), 404)
+    ok(
+        api.client.put("/api/v1/billing/plans/pro/versions/2", json={**cheaper, "version": 2}, headers=api.headers()),
+        404,
+    )
     ok(post(api, "/api/v1/billing/plans/pro/versions/1/copy"), 201)
     ok(api.client.put("/api/v1/billing/plans/pro/versions/2", json={**cheaper, "version": 2}, headers=api.headers()))
     ok(post(api, "/api/v1/billing/plans/pro/versions/2/publish"))

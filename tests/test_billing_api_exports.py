@@ -159,7 +159,10 @@ def test_cli_billing_run_through_a_running_server(server: Server) -> None:
     assert c.post("/api/v1/billing/plans/pro/versions/1/publish").status_code == 200
     body = {"customer": "acme", "plan": "pro", "start": "2026-01-01T00:00:00Z"}
     sub = c.post("/api/v1/billing/subscriptions", json=body).json()
-    assert c.post(f"/api/v1/billing/subscriptions/{sub['id']}/cancel", json={"at": "2026-02-01T00:00:00Z"}).status_code == 200
+    assert (
+        c.post(f"/api/v1/billing/subscriptions/{sub['id']}/cancel", json={"at": "2026-02-01T00:00:00Z"}).status_code
+        == 200
+    )
     command = [sys.executable, "-m", "meterline.cli.main", "billing", "run", "--url", server.url, "--json"]
     out = subprocess.run(
         command, capture_output=True, text=True, timeout=60, env={**os.environ, "METERLINE_API_KEY": server.key}

@@ -81,7 +81,12 @@ def hostile(tmp_path: Path) -> Iterator[Api]:
     ]
     ok(post(api, "/api/v1/billing/plans", {**PLAN, "cards": cards}), 201)
     ok(post(api, "/api/v1/billing/plans/pro/versions/1/publish"))
-    ok(post(api, "/api/v1/billing/subscriptions", {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:00Z"}), 201)
+    ok(
+        post(
+            api, "/api/v1/billing/subscriptions", {"customer": "acme", "plan": "pro", "start": "2026-03-01T00:00:00Z"}
+        ),
+        201,
+    )
     events = [
         {"specversion": "1.0", "id": f"e{i}", "source": "t", "type": "request", "subject": subject}
         | {"time": "2026-03-01T10:00:00Z", "data": {"calls": n, "region": region}}

@@ -159,7 +159,9 @@ def seed(server: Server) -> dict[str, list[Any]]:
     _ok(c.post("/api/v1/billing/plans", json=plan))
     _ok(c.post("/api/v1/billing/plans/pro/versions/1/publish"))
     _ok(c.post("/api/v1/billing/plans", json={**plan, "name": "Pro (draft)"}))
-    sub = _ok(c.post("/api/v1/billing/subscriptions", json={"customer": "acme", "plan": "pro", "start": start.isoformat()}))
+    sub = _ok(
+        c.post("/api/v1/billing/subscriptions", json={"customer": "acme", "plan": "pro", "start": start.isoformat()})
+    )
     _ok(c.post("/api/v1/billing/runs"), 200)
     invoices = [i["number"] for i in _ok(c.get("/api/v1/invoices"))["items"]]
     assert invoices, "the seeded subscription produced no invoice"
