@@ -197,3 +197,58 @@ def test_event_items_carry_the_customer_of_their_subject(setup: Api) -> None:
     mine = get(api, "/api/v1/events", customerId=[initech, acme])
     assert [i["event"]["id"] for i in mine] == ["x0", *[f"e{i}" for i in range(6, -1, -1)]]
     assert [i["event"]["id"] for i in get(api, "/api/v1/events", customerId=acme, subject="nobody")] == []
+
+
+def test_entitlement_history_answers_any_range_exactly(setup: Api) -> None:
+    api = setup
+    body = {"type": "metered", "featureKey": "calls", "usagePeriod": {"interval": "MONTH"}, "issue": {"amount": 100}}
+    r = post(api, "/api/v2/customers/acme/entitlements", body)
+    assert r.status_code == 201, r.text
+    ent = r.json()["id"]
+    minute = T0_US - 3 * 60_000_000  # acme's events e0..e6 are at T0-10 min .. T0-4 min, 2 each
+    extra = [
+        {"specversion": "1.0", "id": f"p{i}", "source": "app", "type": "call", "subject": "acme", "time": t, "data": d}
+        for i, (t, d) in enumerate(
+            (
+                (rfc3339(minute + 15_500_000), {"n": 5}),
+                (rfc3339(minute + 45_000_000), {"n": 7}),
+                (rfc3339(minute + 59_999_000), {"n": 11}),
+            )
+        )
+    ]
+    assert api.post_events(extra).status_code == 204
+
+    def history(path: str, start: int, end: int, size: str = "MINUTE", **more: str) -> Any:
+        return get(api, path, **{"from": rfc3339(start), "to": rfc3339(end), "windowSize": size, **more})
+
+    for path in (
+        f"/api/v2/customers/acme/entitlements/{ent}/history",
+        "/api/v2/customers/acme/entitlements/calls/history",
+        f"/api/v1/subjects/acme/entitlements/{ent}/history",
+    ):
+        # inside one minute: [minute+10 s, minute+30.25 s) holds the 5 only
+        found = history(path, minute + 10_000_000, minute + 30_250_000)
+        assert [(w["period"]["from"], w["period"]["to"], w["usage"]) for w in found["windowedHistory"]] == [
+            (rfc3339(minute + 10_000_000), rfc3339(minute + 30_250_000), 5)
+        ]
+        # across minutes, with milliseconds: e0 (at T0-10 min) falls out by 1 ms, the 11 in by 1 ms
+        found = history(path, T0_US - 10 * 60_000_000 + 1_000, minute + 59_999_001, "HOUR")
+        assert sum(w["usage"] for w in found["windowedHistory"]) == 6 * 2 + 5 + 7 + 11
+        assert found["windowedHistory"][0]["period"]["from"] == rfc3339(T0_US - 10 * 60_000_000 + 1_000)
+        assert found["burndownHistory"][0]["usage"] == 35 and found["burndownHistory"][0]["balanceAtEnd"] == 65
+        # the same range as the meter query answers it
+        query = get(
+            api,
+            "/api/v1/meters/calls/query",
+            **{"from": rfc3339(T0_US - 10 * 60_000_000 + 1_000), "to": rfc3339(minute + 59_999_001), "subject": "acme"},
+        )
+        assert [row["value"] for row in query["data"]] == [35]
+        # a time zone with a half-hour offset, days
+        found = history(path, minute + 45_000_000, minute + 59_999_000, "DAY", windowTimeZone="Asia/Kolkata")
+        assert [w["usage"] for w in found["windowedHistory"]] == [7]
+    r = api.client.get(
+        f"/api/v2/customers/acme/entitlements/{ent}/history",
+        params={"from": rfc3339(minute + 5), "to": rfc3339(minute + 5), "windowSize": "HOUR"},
+        headers=api.headers(),
+    )
+    assert r.status_code == 400 and r.json()["code"] == "invalid_range", r.text

@@ -55,7 +55,8 @@ class Usage:
         self.queries.append(query)
         if entitlement_id not in self.metered:
             return None
-        return [(query.start or 0, (query.start or 0) + 3600, Decimal(30))]
+        start_us = (query.start or 0) * 1_000_000
+        return [(start_us, start_us + 3_600_000_000, Decimal(30))]
 
 
 @pytest.fixture
@@ -106,14 +107,16 @@ def test_a_check_is_allowed_only_if_every_feature_is(setup: tuple[EntitlementVal
         values.check(NS, "globex", [("api", Decimal(1))])
 
 
-def test_history_defaults_to_the_current_period_through_this_minute(
+def test_history_defaults_to_the_current_period_until_now(
     setup: tuple[EntitlementValueService, Usage, Entitlement],
 ) -> None:
     values, usage, _ = setup
     windows, periods = values.history(NS, "acme", "api", None, None, "DAY", "Asia/Kolkata")
     [query] = usage.queries
     assert query.start == to_us(MAR.start) // 1_000_000
+    # now is 9:30:20: the whole minutes up to 9:31 from the rollups, the last 20 s exactly
     assert query.end == to_us(datetime(2026, 3, 18, 9, 31, tzinfo=UTC)) // 1_000_000
+    assert (query.start_us, query.end_us) == (None, NOW)
     assert str(query.tz) == "Asia/Kolkata"
     assert [(w.usage, w.balance_at_start) for w in windows] == [(Decimal(30), Decimal(100))]
     assert [(p.period, p.usage, p.balance_at_end) for p in periods] == [(MAR, Decimal(30), Decimal(70))]

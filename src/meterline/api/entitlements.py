@@ -174,7 +174,7 @@ async def entitlement_history(call: Call) -> Response:
 def _history_json(windows: list[WindowUsage], periods: list[PeriodUsage]) -> dict[str, Any]:
     history: list[dict[str, Any]] = [
         {
-            "period": {"from": rfc3339(w.start * 1_000_000), "to": rfc3339(w.end * 1_000_000)},
+            "period": {"from": rfc3339(w.start), "to": rfc3339(w.end)},
             "usage": w.usage,
             "balanceAtStart": w.balance_at_start,
         }

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from meterline.api.http import parse_time
 from meterline.config import Config
 from meterline.domain.errors import InvalidInput
-from meterline.domain.meters.edges import MINUTE_US, ceil_minute, floor_minute
+from meterline.domain.meters.edges import exact_query
 from meterline.domain.meters.query import MeterQuery, QueryLimits
 from meterline.domain.meters.windows import WindowSize, zone
 
@@ -114,11 +114,9 @@ def build_query(
     size = single.get("windowSize")
     if size is not None and size not in WindowSize.__members__:
         raise InvalidInput(f"windowSize must be one of {', '.join(WindowSize)}", code="invalid_window_size")
-    return MeterQuery(
-        start=None if start is None else floor_minute(start),
-        end=None if end is None else ceil_minute(end),
-        start_us=None if start is None or start % MINUTE_US == 0 else start,
-        end_us=None if end is None or end % MINUTE_US == 0 else end,
+    return exact_query(
+        start,
+        end,
         window_size=WindowSize(size) if size else None,
         tz=zone(single.get("windowTimeZone") or "UTC"),
         subjects=tuple(subjects),

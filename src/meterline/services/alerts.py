@@ -233,8 +233,8 @@ class AlertEvaluator:
             base_start // 1_000_000, (hour_start + HOUR_US) // 1_000_000, WindowSize.HOUR, ZoneInfo("UTC")
         )
         windows = self._history.windows(live, query)
-        last = sum((v for s, _, v in windows if s * 1_000_000 == hour_start), Decimal(0))
-        base = sum((v for s, _, v in windows if s * 1_000_000 < hour_start), Decimal(0))
+        last = sum((v for s, _, v in windows if s == hour_start), Decimal(0))
+        base = sum((v for s, _, v in windows if s < hour_start), Decimal(0))
         mean = base / Decimal(self._baseline_days * 24)
         kind = anomaly(rule, last, mean)
         if kind is None:

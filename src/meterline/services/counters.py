@@ -22,6 +22,7 @@ writer task first.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -363,12 +364,11 @@ class History:
         return self._counters._read(self._usage, live, span)
 
     def windows(self, live: Live, query: MeterQuery) -> list[tuple[int, int, Decimal]]:
-        """Usage per window of ``query`` (its subjects and filters are the entitlement's)."""
+        """Usage per window of ``query`` (its subjects and filters are the entitlement's), with
+        each window's exact start and end in microseconds."""
         dims = tuple(sorted(live.meter.spec.group_by))
         filters = tuple((dims[i], (v,), False) for i, v in live.filters)
-        q = MeterQuery(
-            query.start, query.end, query.window_size, query.tz, live.subjects, (), filters, limits=query.limits
-        )
+        q = dataclasses.replace(query, subjects=live.subjects, group_by=(), filters=filters)
         self._fresh()
         rows = self._usage.query(live.meter, q)
-        return [(r.window_start, r.window_end, r.value) for r in rows]
+        return [(r.window_start_us, r.window_end_us, r.value) for r in rows]

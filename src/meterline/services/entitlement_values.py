@@ -12,13 +12,13 @@ from meterline.domain.entitlements.history import PeriodUsage, WindowUsage, burn
 from meterline.domain.entitlements.model import Entitlement
 from meterline.domain.entitlements.value import Value, verdict
 from meterline.domain.errors import InvalidInput, NotFound
-from meterline.domain.meters.query import MeterQuery, QueryLimits
+from meterline.domain.meters.edges import exact_query
+from meterline.domain.meters.query import QueryLimits
 from meterline.domain.meters.windows import WindowSize, zone
 from meterline.domain.periods import Period
 from meterline.ports.entitlement_usage import EntitlementUsage
 from meterline.services.entitlements import EntitlementService
 
-MINUTE_US = 60_000_000
 HISTORY_WINDOWS = ("MINUTE", "HOUR", "DAY", "MONTH")
 
 
@@ -89,8 +89,8 @@ class EntitlementValueService:
         window_size: str,
         time_zone: str,
     ) -> tuple[list[WindowUsage], list[PeriodUsage]]:
-        """Usage per window (default: from the current period's start through the current
-        minute) and per usage period, of a metered entitlement."""
+        """Usage per window (default: from the current period's start to now; any instants,
+        answered exactly) and per usage period, of a metered entitlement."""
         if window_size not in HISTORY_WINDOWS:
             raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", code="invalid_window_size")
         ent = self._entitlements.find(namespace, owner, entitlement)
@@ -98,18 +98,19 @@ class EntitlementValueService:
         current = self._usage.period_at(ent.id, now)
         if current is None:
             raise InvalidInput("history exists for metered entitlements only", code="invalid_entitlement")
-        end = end_us or now - now % MINUTE_US + MINUTE_US  # through the current minute
-        start = start_us or current.start_us
-        tz = zone(time_zone)
-        query = MeterQuery(
-            start // 1_000_000, -(-end // MINUTE_US) * 60, WindowSize(window_size), tz, limits=self._limits
-        )
+        end = now if end_us is None else end_us
+        start = current.start_us if start_us is None else start_us
+        if end <= start:
+            raise InvalidInput("`to` must be after `from`", code="invalid_range")
+        # any from/to, answered exactly: whole minutes from the rollups, the partial first
+        # and last minute from the ledger (domain.meters.edges), as meter queries are
+        query = exact_query(start, end, window_size=WindowSize(window_size), tz=zone(time_zone), limits=self._limits)
         windows = self._usage.windows(ent.id, query) or []
         dated = [(s, e, usage, self._period(ent.id, s)) for s, e, usage in windows]
         return burndown(dated, ent.spec.issue_after_reset or Decimal(0))
 
-    def _period(self, entitlement_id: str, start_s: int) -> Period:
-        period = self._usage.period_at(entitlement_id, start_s * 1_000_000)
+    def _period(self, entitlement_id: str, start_us: int) -> Period:
+        period = self._usage.period_at(entitlement_id, start_us)
         if period is None:
             raise NotFound("the entitlement's meter no longer exists", code="meter_not_found")
         return period

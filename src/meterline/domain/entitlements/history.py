@@ -16,7 +16,7 @@ ZERO = Decimal(0)
 
 @dataclass(frozen=True, slots=True)
 class WindowUsage:
-    start: int  # epoch seconds
+    start: int  # epoch microseconds
     end: int
     usage: Decimal
     balance_at_start: Decimal  # what was left of the period's allowance when the window began

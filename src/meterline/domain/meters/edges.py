@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
+from typing import Any
 
 from meterline.domain.events.model import Event, Rejection
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
@@ -40,6 +41,18 @@ def floor_minute(us: int) -> int:
 def ceil_minute(us: int) -> int:
     """The whole minute (epoch seconds) at or after ``us``."""
     return -(-us // MINUTE_US) * 60
+
+
+def exact_query(start_us: int | None, end_us: int | None, **members: Any) -> MeterQuery:
+    """A query over any ``[start_us, end_us)`` (``None``: open): the whole minutes around it,
+    and the exact ends where they are not on a whole minute; ``members`` are the rest."""
+    return MeterQuery(
+        start=None if start_us is None else floor_minute(start_us),
+        end=None if end_us is None else ceil_minute(end_us),
+        start_us=None if start_us is None or start_us % MINUTE_US == 0 else start_us,
+        end_us=None if end_us is None or end_us % MINUTE_US == 0 else end_us,
+        **members,
+    )
 
 
 def inner_bounds(query: MeterQuery, bounds: Sequence[int]) -> tuple[int, ...]:
