@@ -171,3 +171,54 @@ def test_every_openmeter_operation_is_served_or_not_supported(api: Api) -> None:
 def test_other_unknown_paths_are_still_404(api: Api) -> None:
     r = api.client.get("/api/v1/no-such-thing", headers=api.headers())
     assert r.status_code == 404 and r.json()["code"] == "not_found"
+
+
+def test_meter_update_as_openmeter_defines_it(api: Api) -> None:
+    spec = {
+        "slug": "tokens",
+        "eventType": "prompt",
+        "aggregation": "SUM",
+        "valueProperty": "$.n",
+        "groupBy": {"model": "$.model"},
+    }
+    created = api.create_meter(**spec).json()
+    events = [
+        {"specversion": "1.0", "id": f"t{i}", "source": "app", "type": "prompt", "subject": "acme",
+         "data": {"n": i, "model": "m1" if i % 2 else "m2"}}
+        for i in range(1, 5)
+    ]  # fmt: skip
+    assert api.post_events(events).status_code == 204
+    before = get(api, "/api/v1/meters/tokens/query", groupBy="model").json()["data"]
+    api.clock.advance(5)
+    update = {
+        "name": "Tokens total",
+        "description": "AI tokens",
+        "metadata": {"team": "ml"},
+        "groupBy": {"model": "$.model"},
+    }
+    r = api.client.put(f"/api/v1/meters/{created['id']}", json=update, headers=api.headers())
+    assert r.status_code == 200, r.text
+    meter = r.json()
+    assert (meter["name"], meter["description"], meter["metadata"]) == ("Tokens total", "AI tokens", {"team": "ml"})
+    assert (meter["slug"], meter["aggregation"], meter["groupBy"]) == ("tokens", "SUM", {"model": "$.model"})
+    assert meter["createdAt"] == created["createdAt"] and meter["updatedAt"] > created["updatedAt"]
+    assert get(api, "/api/v1/meters/tokens").json() == meter
+    assert get(api, "/api/v1/meters/tokens/query", groupBy="model").json()["data"] == before  # usage unchanged
+    # a PUT replaces: without name the name is the slug, without description or metadata none
+    r = api.client.put("/api/v1/meters/tokens", json={"groupBy": {"model": "$.model"}}, headers=api.headers())
+    assert r.status_code == 200 and r.json()["name"] == "tokens" and r.json()["description"] is None
+    assert "metadata" not in r.json()
+    # a different groupBy (an absent one is empty) would need the usage rebuilt: refused, nothing changes
+    for body in ({"name": "x", "groupBy": {"model": "$.model", "region": "$.region"}}, {"name": "x"}):
+        r = api.client.put("/api/v1/meters/tokens", json=body, headers=api.headers())
+        assert r.status_code == 409 and r.json()["code"] == "meter_group_by_changed", r.text
+        assert r.json()["groupBy"] == {"model": "$.model"}
+    assert get(api, "/api/v1/meters/tokens").json()["name"] == "tokens"
+    r = api.client.put("/api/v1/meters/tokens", json={"aggregation": "COUNT"}, headers=api.headers())
+    assert r.status_code == 400, r.text
+    r = api.client.put(
+        "/api/v1/meters/tokens", json={"name": "", "groupBy": {"model": "$.model"}}, headers=api.headers()
+    )
+    assert r.status_code == 400 and r.json()["code"] == "invalid_meter", r.text
+    r = api.client.put("/api/v1/meters/nothing", json={}, headers=api.headers())
+    assert r.status_code == 404 and r.json()["code"] == "meter_not_found"

@@ -61,6 +61,54 @@ def test_replace_keeps_id_and_creation_and_moves_subjects(customers: Any, stores
     customers.create(NS, CustomerInput("globex", subject_keys=["a"]))  # the freed subject can be claimed
 
 
+PROFILE = {
+    "description": "the first customer",
+    "primaryEmail": "billing@acme.example",
+    "currency": "USD",
+    "billingAddress": {
+        "country": "US",
+        "postalCode": "12345",
+        "state": "IL",
+        "city": "Springfield",
+        "line1": "1 Main St",
+        "line2": None,
+        "phoneNumber": "+1 555 0100",
+    },
+}
+
+
+def test_openmeters_members_are_stored_and_replaced(customers: Any) -> None:
+    """OpenMeter's descriptive members (the profile) survive every read path, and a replace
+    without them clears them (a PUT replaces the whole customer)."""
+    inp = CustomerInput(
+        "acme",
+        "Acme",
+        ["a-1"],
+        description="the first customer",
+        primary_email="billing@acme.example",
+        currency="USD",
+        billing_address=PROFILE["billingAddress"],  # type: ignore[arg-type]
+    )
+    created = customers.create(NS, inp).customer
+    assert created.profile == PROFILE
+    assert customers.get(NS, "acme").profile == PROFILE
+    assert customers.get(NS, created.id).profile == PROFILE
+    assert customers.by_subject(NS, "a-1").profile == PROFILE
+    assert [c.profile for c in customers.list(NS)] == [PROFILE]
+    if hasattr(customers, "load_all"):
+        assert [c.profile for c in customers.load_all(NS)] == [PROFILE]
+    kept = customers.upsert_many(NS, [CustomerInput("acme", "Acme Inc.")])[0].customer  # a subject upsert
+    assert (kept.name, kept.profile) == ("Acme Inc.", PROFILE)
+    changed = CustomerInput("acme", "Acme", ["a-1"], currency="EUR", primary_email="ap@acme.example")
+    assert customers.replace(NS, "acme", changed).customer.profile == {
+        "primaryEmail": "ap@acme.example",
+        "currency": "EUR",
+    }
+    assert customers.get(NS, "acme").profile == {"primaryEmail": "ap@acme.example", "currency": "EUR"}
+    customers.replace(NS, "acme", CustomerInput("acme", "Acme", ["a-1"]))
+    assert customers.get(NS, "acme").profile is None
+
+
 def test_replace_of_a_missing_customer_is_not_found(customers: Any) -> None:
     with pytest.raises(NotFound) as err:
         customers.replace(NS, "ghost", CustomerInput("ghost"))

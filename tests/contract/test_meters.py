@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from meterline.domain.errors import Conflict, NotFound
@@ -38,3 +39,18 @@ def test_slugs_are_unique_among_live_meters(meters: Any) -> None:
     with pytest.raises(Conflict) as err:
         meters.create(NS, _spec("calls"))
     assert err.value.code == "meter_exists"
+
+
+def test_update_replaces_the_definition_and_keeps_identity(meters: Any, stores: Any) -> None:
+    created = meters.create(NS, _spec("calls"))
+    stores.clock.advance(10)
+    spec = msgspec.structs.replace(_spec("calls"), name="Calls", description="API calls", metadata={"team": "a"})
+    updated = meters.update(NS, "calls", spec)
+    assert (updated.key, updated.id, updated.created_us) == (created.key, created.id, created.created_us)
+    assert updated.updated_us == created.updated_us + 10_000_000 == created.created_us + 10_000_000
+    assert meters.get(NS, created.id) == updated == meters.list(NS)[0]
+    with pytest.raises(NotFound):
+        meters.update(NS, "ghost", spec)
+    meters.delete(NS, "calls")
+    with pytest.raises(NotFound):
+        meters.update(NS, created.id, spec)

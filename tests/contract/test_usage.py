@@ -4,6 +4,7 @@ their true window), and a batch applied only together with the offset it was com
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from functools import reduce
 from pathlib import Path
@@ -15,9 +16,8 @@ from stack.launch import Stack
 
 from contract.conftest import CAP, T0_US, Stores, kinds, open_stores
 from contract.events import LIMITS
-from contract.usage_kit import END, NS, ZONES, Sent, answer, expected, history, queries, spec
+from contract.usage_kit import END, NS, ZONES, Sent, answer, expected, history, queries, spec, value_of
 from meterline.domain.decimals import add
-from meterline.domain.errors import InvalidInput
 from meterline.domain.events.decode import decode_events, split_body
 from meterline.domain.events.model import Status
 from meterline.domain.meters.evaluate import CompiledMeter
@@ -104,7 +104,7 @@ def batch_of(stores: Stores, upto: int | None = None) -> Batch:
     entries = stores.ledger.read(snap.offset, (upto or stores.ledger.position()) - snap.offset)
     replay = Replay(CAP, snap.group_values, snap.subjects, keep=True)
     replay.apply(compiled, entries)
-    return Batch(snap.offset, entries[-1].seq, frozenset(m.meter.key for m in compiled), replay)
+    return Batch(snap.offset, entries[-1].seq, frozenset(m.meter.key for m in compiled), replay, entries=entries)
 
 
 def test_a_batch_moves_the_offset_with_its_rollups(stores: Stores) -> None:
@@ -185,19 +185,43 @@ def test_an_empty_meter_answers_no_rows(stores: Stores) -> None:
     assert stores.usage.query(meter, MeterQuery(start=0, end=END)) == []
 
 
-def test_a_partial_minute_is_answered_exactly_or_refused(stores: Stores) -> None:
-    """A ``from`` inside a minute: the store answers the exact range (the partial minute from
-    the events themselves) or refuses with ``unaligned_range``; never that whole minute's usage."""
-    meter = stores.meters.create(NS, spec(Aggregation.SUM))
+def _partial_ranges() -> list[tuple[int, int]]:
+    """Ranges with partial minutes, cut at events: after one, before one, inside one minute,
+    and both ends inside minutes hours apart."""
+    times = sorted(e.time_us for e in HISTORY)
+    mid, late = times[len(times) // 2], times[-3]
+    ranges = [
+        (mid + 1, END * 1_000_000),
+        (mid // 60_000_000 * 60_000_000, mid),
+        (mid, mid + 1),
+        (times[3] + 1, late + 1),
+    ]
+    assert all(a % 60_000_000 or b % 60_000_000 for a, b in ranges)
+    return ranges
+
+
+@pytest.mark.parametrize("aggregation", list(Aggregation))
+def test_a_partial_minute_is_answered_exactly(stores: Stores, aggregation: Aggregation) -> None:
+    """Any ``from``/``to``: whole minutes from the rollups, the partial first and last minute
+    from the events themselves; never a whole minute's usage for part of it, never refused."""
+    meter = stores.meters.create(NS, spec(aggregation))
     send(stores, HISTORY)
     drain(stores)
-    cut_us = sorted(e.time_us for e in HISTORY)[len(HISTORY) // 2] + 1  # just after an event
-    assert cut_us % 60_000_000
-    query = MeterQuery(start=cut_us // 60_000_000 * 60, end=END, start_us=cut_us)
-    want = reduce(add, (e.value for e in HISTORY if e.time_us >= cut_us), Decimal(0))
-    try:
+    for a, b in _partial_ranges():
+        query = MeterQuery(
+            start=a // 60_000_000 * 60, end=-(-b // 60_000_000) * 60, group_by=("subject",),
+            start_us=a if a % 60_000_000 else None, end_us=b if b % 60_000_000 else None,
+        )  # fmt: skip
+        by_subject: dict[str, list[Sent]] = {}
+        for e in HISTORY:
+            if a <= e.time_us < b:
+                by_subject.setdefault(e.subject, []).append(e)
         rows = stores.usage.query(meter, query)
-    except InvalidInput as exc:
-        assert exc.code == "unaligned_range"
-        return
-    assert reduce(add, (r.value for r in rows), Decimal(0)) == want
+        assert {r.subject: r.value for r in rows} == {s: value_of(aggregation, es) for s, es in by_subject.items()}
+        assert all((r.window_start_us, r.window_end_us) == (a, b) for r in rows)
+        if aggregation in (Aggregation.SUM, Aggregation.COUNT):  # windows in a :45 zone add up
+            hourly = dataclasses.replace(query, window_size=WindowSize.HOUR, tz=ZoneInfo("Asia/Kathmandu"))
+            windows = stores.usage.query(meter, hourly)
+            got = reduce(add, (r.value for r in windows), Decimal(0))
+            assert got == reduce(add, (value_of(aggregation, es) for es in by_subject.values()), Decimal(0))
+            assert all(a <= r.window_start_us < r.window_end_us <= b for r in windows)

@@ -168,7 +168,7 @@ def expected(aggregation: Aggregation, events: list[Sent], query: MeterQuery) ->
         region = (("region", e.region),) if "region" in query.group_by else ()
         key = (window(e.time_us, query, _floor_first(first, query)), e.subject if by_subject else None, region)
         groups.setdefault(key, []).append(e)
-    return {k: _value(aggregation, v) for k, v in groups.items()}
+    return {k: value_of(aggregation, v) for k, v in groups.items()}
 
 
 def _floor_first(first: int, query: MeterQuery) -> int:
@@ -176,7 +176,7 @@ def _floor_first(first: int, query: MeterQuery) -> int:
     return first if query.start is not None else 0
 
 
-def _value(aggregation: Aggregation, events: list[Sent]) -> Decimal:
+def value_of(aggregation: Aggregation, events: list[Sent]) -> Decimal:
     values = [e.value for e in events]
     total = Decimal(0)
     for v in values:

@@ -41,6 +41,10 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     assert.equal(created.slug, 'tokens')
     assert.equal((await om.meters.get('tokens')).aggregation, 'SUM')
     assert.deepEqual((await om.meters.list()).map((m) => m.slug), ['tokens'])
+    const updated = await om.meters.update('tokens', { name: 'Tokens total', description: 'AI', groupBy: { model: '$.model' } })
+    assert.equal(updated.name, 'Tokens total')
+    assert.equal(updated.aggregation, 'SUM')
+    await rejects(om.meters.update('tokens', { name: 'x', groupBy: {} }), 409, 'meter_group_by_changed')
   })
 
   await t.test('ingest: batch, and a single event with the SDK defaults', async () => {
@@ -147,6 +151,16 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     assert.equal((await om.entitlements.get(ent.id)).customerKey, 'acme')
     assert.equal((await om.entitlements.list()).totalCount, 1)
     assert.equal((await om.customers.entitlementsV1.value('acme', 'tokens')).usage, usage)
+    // history over a range cut inside minutes (milliseconds), as exact as the meter query
+    const from = new Date(start + 3 * 157_123 + 17)
+    const to = new Date(start + 29 * 157_123 + 999)
+    const history = await om.customers.entitlements.history('acme', 'tokens', 'HOUR', { query: { from, to } })
+    const windowed = history.windowedHistory.reduce((sum, w) => sum + w.usage, 0)
+    assert.equal(windowed, tokens((e) => within(from, to)(e) && e.subject === 'acme'))
+    assert.equal(new Date(history.windowedHistory[0].period.from).getTime(), from.getTime())
+    // events carry the customer their subject belongs to
+    const page = await om.events.listV2({ limit: 100, filter: JSON.stringify({ subject: { $eq: 'acme' } }) })
+    assert.ok(page.items.length > 0 && page.items.every((item) => item.customerId === acme.id))
   })
 
   await t.test('entitlements through the v1 subject paths', async () => {
@@ -188,5 +202,9 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
   await t.test('OpenMeter calls meterline does not serve answer a problem, not a 404', async () => {
     await rejects(om.addons.list(), 501, 'not_supported')
     await rejects(om.apps.list(), 501, 'not_supported')
+    // OpenMeter's product catalog and billing: meterline's own billing lives elsewhere
+    await rejects(om.plans.list(), 501, 'not_supported')
+    await rejects(om.subscriptions.get('01J0000000000000000000000A'), 501, 'not_supported')
+    await rejects(om.billing.invoices.list(), 501, 'not_supported')
   })
 })

@@ -21,6 +21,8 @@ Run: ``python -m stack.chserver --path DIR --port PORT``.
 from __future__ import annotations
 
 import argparse
+import email.parser
+import email.policy
 import gzip
 import os
 import re
@@ -140,6 +142,11 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a broken request body
             self._error(f"Code: 27. DB::Exception: cannot read the request body: {exc}")
             return
+        if self.headers.get("Content-Type", "").startswith("multipart/form-data"):
+            # a query whose bound parameters are too long for the URL comes as a form (as
+            # ClickHouse's HTTP interface takes it): the query and each param_* are fields
+            params.update(_form_fields(self.headers["Content-Type"], body))
+            body = b""
         sql = params.get("query", "")
         if body:
             sql = f"{sql}\n{body.decode('utf-8', 'surrogateescape')}" if sql else None  # type: ignore[assignment]
@@ -275,6 +282,20 @@ class Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], engine: Engine) -> None:
         super().__init__(address, Handler)
         self.engine = engine
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The fields of a ``multipart/form-data`` body, by name."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields[name] = payload.decode("utf-8", "surrogateescape")
+    return fields
 
 
 def main(argv: list[str] | None = None) -> None:

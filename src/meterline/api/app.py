@@ -61,6 +61,7 @@ ROUTES = [
     Route("/api/v1/meters", meters.create_meter, methods=["POST"]),
     Route("/api/v1/meters", meters.list_meters, methods=["GET"]),
     Route("/api/v1/meters/{meter}", meters.get_meter, methods=["GET"]),
+    Route("/api/v1/meters/{meter}", meters.update_meter, methods=["PUT"]),
     Route("/api/v1/meters/{meter}", meters.delete_meter, methods=["DELETE"]),
     Route("/api/v1/meters/{meter}/query", meters.query_meter, methods=["GET", "POST"]),
     Route("/api/v1/meters/{meter}/subjects", meter_values.list_subjects, methods=["GET"]),

@@ -18,7 +18,7 @@ from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
 from meterline.domain.decimals import canonical
 from meterline.domain.errors import InvalidInput
-from meterline.domain.meters.model import Meter, MeterSpec, parse_spec
+from meterline.domain.meters.model import Meter, MeterSpec, MeterUpdate, parse_spec
 from meterline.domain.meters.query import MeterQuery, Row
 
 
@@ -34,7 +34,7 @@ def meter_json(m: Meter) -> dict[str, Any]:
         "valueProperty": spec.value_property,
         "groupBy": spec.group_by,
         "createdAt": rfc3339(m.created_us),
-        "updatedAt": rfc3339(m.created_us),
+        "updatedAt": rfc3339(m.updated_us or m.created_us),
     }
     if spec.metadata is not None:
         body["metadata"] = spec.metadata
@@ -62,6 +62,13 @@ async def list_meters(call: Call) -> Response:
 @endpoint(Scope.READ)
 async def get_meter(call: Call) -> Response:
     meter = await call.run(call.ctx.catalog.meters.get, call.namespace, call.path("meter"))
+    return json_response(meter_json(meter))
+
+
+@endpoint(Scope.ADMIN)
+async def update_meter(call: Call) -> Response:
+    update = await typed_body(call.request, MeterUpdate, "meter update")
+    meter = await call.run(call.ctx.catalog.meters.update, call.namespace, call.path("meter"), update)
     return json_response(meter_json(meter))
 
 

@@ -20,6 +20,12 @@ class MeterCatalog(Protocol):
 
     def list(self, namespace: str) -> builtins.list[Meter]: ...
 
+    def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
+        """Replace a live meter's definition with ``spec``, whose slug, event type,
+        aggregation, value property, group-by and ``eventFrom`` are the meter's (the service
+        checks that: its usage stays valid); ``NotFound`` ``meter_not_found``."""
+        ...
+
     def delete(self, namespace: str, id_or_slug: str) -> None:
         """Delete a live meter and its usage; ``NotFound`` ``meter_not_found``."""
         ...

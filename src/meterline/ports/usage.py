@@ -13,10 +13,11 @@ so the repeated writes are recognised and dropped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from meterline.domain.meters.fold import Replay
+from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery, Row
 
@@ -58,6 +59,10 @@ class Batch:
     meters: frozenset[int]
     replay: Replay
     backfill: int | None = None
+    entries: Sequence[LedgerEntry] = ()
+    """A live batch's ledger entries ``(start, end]``: a store without the ledger at hand keeps
+    what it needs of them to answer partial minutes (``domain.meters.edges``). Every entry
+    passes through exactly one live batch; backfill batches carry none."""
 
 
 class UsageStore(Protocol):

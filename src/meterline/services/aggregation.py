@@ -214,7 +214,8 @@ class Aggregator:
             return False
         replay = Replay(self._cap, snap.group_values, snap.subjects, keep=True)
         replay.apply(self._compiled, entries)
-        batch = Batch(snap.offset, entries[-1].seq, frozenset(m.meter.key for m in self._compiled), replay)
+        meters = frozenset(m.meter.key for m in self._compiled)
+        batch = Batch(snap.offset, entries[-1].seq, meters, replay, entries=entries)
         if not self._usage.apply(batch):
             self._refused()
             return True

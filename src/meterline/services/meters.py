@@ -6,7 +6,7 @@ import builtins
 
 from meterline.domain.clock import Clock
 from meterline.domain.errors import Conflict, InvalidInput
-from meterline.domain.meters.model import Meter, MeterSpec
+from meterline.domain.meters.model import Meter, MeterSpec, MeterUpdate, updated_spec
 from meterline.ports.entitlements import FeatureRepository
 from meterline.ports.meter_values import MeterValues
 from meterline.ports.meters import MeterCatalog
@@ -30,6 +30,12 @@ class MeterService:
 
     def list(self, namespace: str) -> builtins.list[Meter]:
         return self._meters.list(namespace)
+
+    def update(self, namespace: str, id_or_slug: str, update: MeterUpdate) -> Meter:
+        """OpenMeter's meter update: name, description and metadata; the group-by must stay
+        as it is (``domain.meters.model.updated_spec``)."""
+        meter = self._meters.get(namespace, id_or_slug)
+        return self._meters.update(namespace, meter.id, updated_spec(meter.spec, update))
 
     def delete(self, namespace: str, id_or_slug: str) -> None:
         """Delete a meter no live feature uses; as OpenMeter does, a meter with active features

@@ -13,6 +13,10 @@ one lock per store (one writer per stream):
    already landed;
 4. it records ``done = end``.
 
+A live batch also inserts its ledger entries into the raw ``events`` table (token
+``live:<start>-<end>:events``), as the sink does for its partitions: the partial first or last
+minute of a query is answered from them, exactly (``domain.meters.edges``).
+
 A meter first seen gets a backfill stream ``(0, live offset]`` (up to a pending intent's end:
 that range is completed without it). A deleted meter answers no usage (its rows stay until
 dropped; meter keys are never reused). The snapshot says where a pending intent ends, so the
@@ -28,24 +32,23 @@ from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
-from meterline.adapters.clickhouse.schema import DIMS, ROLLUPS, UNIQUES, create
+from meterline.adapters.clickhouse.schema import DIMS, EVENTS, ROLLUPS, UNIQUES, create
 from meterline.domain.decimals import in_stored_form
 from meterline.domain.errors import InvalidInput, StorageUnavailable
-from meterline.domain.meters.fold import Replay
+from meterline.domain.meters.edges import edge_ranges, exact_rows, inner_bounds
+from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import (
     BucketState,
     MeterQuery,
     Row,
     check_dimensions,
-    merge,
-    merge_unique,
     query_grid,
 )
 from meterline.domain.meters.windows import bucket_size
 from meterline.ports.usage import Backfill, Batch, Snapshot
 
-__all__ = ["ClickHouseUsage", "read_dims", "rollup_rows", "write_usage"]
+__all__ = ["ClickHouseUsage", "raw_rows", "read_dims", "rollup_rows", "write_usage"]
 
 LIVE = "live"
 _HOUR = 3600
@@ -71,6 +74,7 @@ class ClickHouseUsage:
         self._now_us = now_us
         self._progress = ProgressTable(conn)
         self._lock = threading.Lock()
+        self._retention = raw_retention_seconds
         create(conn, dedupe_window, raw_retention_seconds)
 
     # -- the port ----------------------------------------------------------------------------
@@ -99,17 +103,16 @@ class ClickHouseUsage:
             if not p.pending:
                 meters = tuple(sorted(batch.meters))
                 p = self._progress.write(Progress(stream, batch.start, p.to, batch.end, meters, p.version))
+            if batch.backfill is None:  # the raw events, for partial minutes (as the sink writes them)
+                self._conn.insert("events", EVENTS, raw_rows(batch.entries, stream), p.token("events"))
             write_usage(self._conn, batch.replay, set(p.pending_meters), p)
             self._progress.write(Progress(stream, batch.end, p.to, 0, (), p.version))
             return True
 
     def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
-        if query.start_us is not None or query.end_us is not None:
-            # a partial minute needs the raw events of that minute, which this store does not
-            # read yet: refuse rather than answer a whole minute's usage for part of it
-            raise InvalidInput("this usage store answers ranges on whole minutes only", code="unaligned_range")
-        dimensions = tuple(sorted(meter.spec.group_by))
-        check_dimensions(query, dimensions)
+        """Whole minutes from the rollups, a partial first or last minute from the raw events
+        table, only what the rollups reflect (``domain.meters.edges``, :meth:`_edges`)."""
+        check_dimensions(query, tuple(sorted(meter.spec.group_by)))
         if meter.key not in {m.key for m in self._meters()}:
             return []
         unique = meter.spec.aggregation is Aggregation.UNIQUE_COUNT
@@ -117,17 +120,63 @@ class ClickHouseUsage:
         bounds = query_grid(query, self._now_us(), lambda: self._first_bucket(table, meter.key))
         if not bounds:
             return []
-        where, params = _where(meter.key, bucket_size(bounds), bounds, query.subjects)
+        inner = inner_bounds(query, bounds)
+        where, params = _where(meter.key, bucket_size(inner), inner, query.subjects)
+        read: list[Any]
         if unique:
             sql = f"SELECT DISTINCT subject, group_key, bucket, value FROM usage_uniques WHERE {where}"
-            return merge_unique(self._conn.rows(sql, params), bounds, query, dimensions)
-        keys = _grouping(query, bounds, params)
-        sql = (
-            f"SELECT {keys}, sum(count), sum(total), min(low), max(high), max(latest)"
-            f" FROM usage_rollups WHERE {where} GROUP BY s_, g_, w_"
-        )
-        states = (_state(meter.spec.aggregation, row) for row in self._conn.rows(sql, params))
-        return merge(meter.spec.aggregation, states, bounds, query, dimensions)
+            read = self._conn.rows(sql, params) if inner[0] < inner[-1] else []
+        else:
+            keys = _grouping(query, bounds, params)
+            sql = (
+                f"SELECT {keys}, sum(count), sum(total), min(low), max(high), max(latest)"
+                f" FROM usage_rollups WHERE {where} GROUP BY s_, g_, w_"
+            )
+            rows = self._conn.rows(sql, params) if inner[0] < inner[-1] else []
+            read = [_state(meter.spec.aggregation, row) for row in rows]
+        ranges = edge_ranges(query, bounds)
+        if not ranges:
+            return exact_rows(meter, query, bounds, read, (), lambda dim, value: True)
+        groups, _ = read_dims(self._conn, [meter.key])
+        edges = self._edges(meter, query, ranges)
+        return exact_rows(meter, query, bounds, read, edges, lambda dim, v: v in groups.get((meter.key, dim), ()))
+
+    def _edges(self, meter: Meter, query: MeterQuery, ranges: Sequence[tuple[int, int]]) -> list[LedgerEntry]:
+        """The raw events of the partial minutes ``ranges`` that the rollups reflect: per
+        stream, up to its recorded position, less the meter's backfill still to apply.
+        Ranges older than the raw events' retention are refused (their events may be gone)."""
+        if self._retention is not None and ranges[0][0] < self._now_us() - self._retention * 1_000_000:
+            raise InvalidInput(
+                "a partial minute older than the raw events' retention cannot be answered exactly;"
+                " ask for whole minutes",
+                code="unaligned_range",
+            )
+        progress = self._progress.read()
+        reflected: list[str] = []
+        params: dict[str, Any] = {"ns": meter.namespace, "t": meter.spec.event_type}
+        for i, p in enumerate(v for k, v in sorted(progress.items()) if not k.startswith("backfill:")):
+            params[f"s{i}"], params[f"d{i}"] = p.stream, p.done
+            reflected.append(f"(stream = {{s{i}:String}} AND seq <= {{d{i}:UInt64}})")
+        if not reflected:
+            return []
+        where = f"namespace = {{ns:String}} AND type = {{t:String}} AND ({' OR '.join(reflected)})"
+        backfill = progress.get(_backfill(meter.key))
+        if backfill is not None and backfill.done < backfill.to:
+            params.update(bd=backfill.done, bt=backfill.to, live=LIVE)
+            where += " AND NOT (stream = {live:String} AND seq > {bd:UInt64} AND seq <= {bt:UInt64})"
+        times = []
+        for i, (a, b) in enumerate(ranges):
+            params[f"a{i}"], params[f"b{i}"] = a, b
+            times.append(f"(time_us >= {{a{i}:Int64}} AND time_us < {{b{i}:Int64}})")
+        where += f" AND ({' OR '.join(times)})"
+        if query.subjects:
+            params["subjects"] = sorted(set(query.subjects))
+            where += " AND has({subjects:Array(String)}, subject)"
+        sql = f"SELECT DISTINCT stream, seq, namespace, source, type, subject, time_us, raw FROM events WHERE {where}"
+        return [
+            LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode())
+            for _, seq, ns, source, type_, subject, time_us, raw in self._conn.rows(sql, params)
+        ]
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -155,6 +204,14 @@ class ClickHouseUsage:
             f"SELECT min(bucket), count() FROM {table} WHERE meter = {{m:UInt64}} AND level = {_HOUR}", {"m": key}
         )
         return int(rows[0][0]) if rows and rows[0][1] else None
+
+
+def raw_rows(entries: Iterable[LedgerEntry], stream: str) -> list[tuple[Any, ...]]:
+    """Ledger entries as rows of the raw ``events`` table."""
+    return [
+        (e.namespace, e.source, e.type, e.subject, e.time_us, e.received_us, e.raw.decode(), stream, e.seq)
+        for e in entries
+    ]
 
 
 def write_usage(conn: Connection, replay: Replay, meters: set[int], p: Progress) -> None:

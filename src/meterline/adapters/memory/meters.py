@@ -7,6 +7,7 @@ import itertools
 import threading
 from collections.abc import Callable
 
+import msgspec
 from ulid import ULID
 
 from meterline.domain.errors import Conflict, NotFound
@@ -24,7 +25,8 @@ class MemoryMeters:
         with self._lock:
             if any((m.namespace, m.slug) == (namespace, spec.slug) for m in self._live.values()):
                 raise Conflict(f"A meter with slug {spec.slug!r} already exists", code="meter_exists")
-            meter = Meter(next(self._keys), str(ULID()), namespace, spec, self._now_us())
+            now = self._now_us()
+            meter = Meter(next(self._keys), str(ULID()), namespace, spec, now, now)
             self._live[meter.key] = meter
             return meter
 
@@ -43,6 +45,15 @@ class MemoryMeters:
         """Every live meter of every namespace, by key (what the usage store follows)."""
         with self._lock:
             return [self._live[key] for key in sorted(self._live)]
+
+    def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
+        meter = self.get(namespace, id_or_slug)
+        with self._lock:
+            if meter.key not in self._live:
+                raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+            updated = msgspec.structs.replace(meter, spec=spec, updated_us=self._now_us())
+            self._live[meter.key] = updated
+            return updated
 
     def delete(self, namespace: str, id_or_slug: str) -> None:
         meter = self.get(namespace, id_or_slug)

@@ -11,7 +11,8 @@ Guarantees of :meth:`MemoryUsage.apply`, all under one lock:
 Meters come from the catalog (``meters``: every live meter of every namespace). A meter first
 seen here is given a backfill offset ``(0, live offset]``, as the SQLite store does when the
 meter is created (a live batch computed without it is refused, so no entry is missed or
-applied twice); a meter gone from the catalog loses its usage. Quantities are kept in the
+applied twice); a meter gone from the catalog loses its usage. The live batches' entries are
+kept too, so the partial minutes of a range are answered exactly (``domain.meters.edges``). Quantities are kept in the
 form rollups store them (``domain.decimals.stored``), so answers read like the SQLite ones.
 Unlike the SQLite store, no committed-usage stream is fed (there are no listeners here).
 """
@@ -23,16 +24,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from meterline.domain.decimals import in_stored_form
-from meterline.domain.errors import InvalidInput
-from meterline.domain.meters.fold import Fold, merge_state
+from meterline.domain.meters.edges import edge_ranges, exact_rows, in_edges, inner_bounds
+from meterline.domain.meters.fold import Fold, LedgerEntry, merge_state
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import (
     BucketState,
     MeterQuery,
     Row,
     check_dimensions,
-    merge,
-    merge_unique,
     query_grid,
 )
 from meterline.domain.meters.windows import bucket_size
@@ -68,6 +67,8 @@ class MemoryUsage:
         self._rollups: dict[int, _Rollups] = {}
         self._groups: dict[tuple[int, str], set[str]] = {}
         self._subjects: dict[int, set[str]] = {}
+        self._raw: list[LedgerEntry] = []
+        """The live batches' entries: the partial minutes of a range are answered from them."""
 
     def snapshot(self) -> Snapshot:
         """Copies: the aggregator's replay adds to the snapshot's sets."""
@@ -90,27 +91,44 @@ class MemoryUsage:
             if batch.backfill is not None:
                 self._backfill[batch.backfill] = (batch.end, self._backfill[batch.backfill][1])
             else:
+                self._raw.extend(batch.entries)
                 self._offset = batch.end
             return True
 
     def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
-        if query.start_us is not None or query.end_us is not None:
-            # the partial minutes of such a range are read from the ledger, which this store has not
-            raise InvalidInput("this usage store answers ranges on whole minutes only", code="unaligned_range")
-        dimensions = tuple(sorted(meter.spec.group_by))
-        check_dimensions(query, dimensions)
+        """Whole minutes from the rollups, a partial first or last minute from the live
+        batches' entries that the rollups reflect (``domain.meters.edges``)."""
+        check_dimensions(query, tuple(sorted(meter.spec.group_by)))
         with self._lock:
             self._sync()
             rollups = self._rollups.get(meter.key, _Rollups())
             bounds = query_grid(query, self._now_us(), rollups.first_bucket)
             if not bounds:
                 return []
-            level = bucket_size(bounds)
+            inner = inner_bounds(query, bounds)
+            level = bucket_size(inner)
+            read: list[Any]
             if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
-                values = [(s, g, b, v) for lv, s, b, g, v in rollups.uniques if _within(lv, s, b, level, bounds, query)]
-                return merge_unique(values, bounds, query, dimensions)
-            states = list(_states(meter.spec.aggregation, rollups, level, bounds, query))
-        return merge(meter.spec.aggregation, states, bounds, query, dimensions)
+                read = [(s, g, b, v) for lv, s, b, g, v in rollups.uniques if _within(lv, s, b, level, inner, query)]
+            else:
+                read = list(_states(meter.spec.aggregation, rollups, level, inner, query))
+            edges = self._edges(meter, query, bounds)
+            groups = {dim: set(self._groups.get((meter.key, dim), ())) for dim in meter.spec.group_by}
+        return exact_rows(meter, query, bounds, read, edges, lambda dim, value: value in groups.get(dim, ()))
+
+    def _edges(self, meter: Meter, query: MeterQuery, bounds: Sequence[int]) -> list[LedgerEntry]:
+        ranges = edge_ranges(query, bounds)
+        if not ranges:
+            return []
+        done, to = self._backfill.get(meter.key, (0, 0))  # entries still to backfill are not in the rollups
+        return [
+            e
+            for e in self._raw
+            if e.namespace == meter.namespace
+            and e.type == meter.spec.event_type
+            and not done < e.seq <= to
+            and in_edges(query, ranges, e)
+        ]
 
     def _sync(self) -> None:
         """Follow the catalog: new meters start their backfill at the live offset, deleted

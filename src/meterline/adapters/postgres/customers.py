@@ -28,7 +28,7 @@ from meterline.domain.customers.model import (
 from meterline.domain.errors import Conflict, NotFound
 from meterline.ports.customers import Quarantined, Saved
 
-_COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us"
+_COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us, profile"
 
 
 class PgCustomers:
@@ -78,6 +78,8 @@ class PgCustomers:
         subjects = inp.subjects()
         _check_claims(conn, namespace, subjects, None if old is None else old.id)
         meta = None if inp.metadata is None else msgspec.json.encode(inp.metadata)
+        profile = inp.profile()
+        stored_profile = None if profile is None else msgspec.json.encode(profile)
         if old is None:
             cid, created = str(ULID()), now
             if conn.execute(
@@ -85,14 +87,15 @@ class PgCustomers:
             ).fetchone():
                 raise customer_exists(inp.key)
             conn.execute(
-                "INSERT INTO customers (" + _COLUMNS + ") VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-                (cid, namespace, inp.key, inp.name, inp.timezone, meta, now, now),
+                "INSERT INTO customers (" + _COLUMNS + ") VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (cid, namespace, inp.key, inp.name, inp.timezone, meta, now, now, stored_profile),
             )
         else:
             cid, created = old.id, old.created_us
             conn.execute(
-                "UPDATE customers SET name = %s, timezone = %s, metadata = %s, updated_us = %s WHERE id = %s",
-                (inp.name, inp.timezone, meta, now, cid),
+                "UPDATE customers SET name = %s, timezone = %s, metadata = %s, updated_us = %s, profile = %s"
+                " WHERE id = %s",
+                (inp.name, inp.timezone, meta, now, stored_profile, cid),
             )
             conn.execute("DELETE FROM customer_subjects WHERE customer = %s", (cid,))
         try:
@@ -105,7 +108,9 @@ class PgCustomers:
             if is_unique_violation(exc):
                 raise Conflict("a subject was claimed by another customer", code="subject_claimed") from None
             raise
-        customer = Customer(cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now)
+        customer = Customer(
+            cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now, profile
+        )
         return Saved(customer, 0, 0)
 
     def get(self, namespace: str, key_or_id: str) -> Customer:
@@ -123,7 +128,7 @@ class PgCustomers:
     def by_subject(self, namespace: str, subject: str) -> Customer | None:
         with self._db.tx() as conn:
             row = conn.execute(
-                "SELECT id, namespace, key, name, timezone, metadata, created_us, updated_us FROM customers WHERE id ="
+                "SELECT " + _COLUMNS + " FROM customers WHERE id ="
                 " (SELECT customer FROM customer_subjects WHERE namespace = %s AND subject = %s)",
                 (namespace, subject),
             ).fetchone()
@@ -154,7 +159,7 @@ class PgCustomers:
             for cid, subject in claims.fetchall():
                 subjects.setdefault(cid, []).append(subject)
             rows = conn.execute(
-                "SELECT id, namespace, key, name, timezone, metadata, created_us, updated_us FROM customers"
+                "SELECT " + _COLUMNS + " FROM customers"
                 " WHERE deleted_us IS NULL AND (%(ns)s::text IS NULL OR namespace = %(ns)s) ORDER BY namespace, key",
                 {"ns": namespace},
             ).fetchall()
@@ -174,8 +179,7 @@ def _check_claims(conn: Connection, namespace: str, subjects: Sequence[str], own
 
 def _get(conn: Connection, namespace: str, key_or_id: str) -> Customer:
     row = conn.execute(
-        "SELECT id, namespace, key, name, timezone, metadata, created_us, updated_us FROM customers"
-        " WHERE namespace = %s AND deleted_us IS NULL AND (key = %s OR id = %s)",
+        "SELECT " + _COLUMNS + " FROM customers WHERE namespace = %s AND deleted_us IS NULL AND (key = %s OR id = %s)",
         (namespace, key_or_id, key_or_id),
     ).fetchone()
     if row is None:
@@ -189,6 +193,7 @@ def _customer(conn: Connection, row: tuple[Any, ...]) -> Customer:
 
 
 def _build(row: tuple[Any, ...], subjects: tuple[str, ...]) -> Customer:
-    cid, namespace, key, name, tz, meta, created, updated = row
+    cid, namespace, key, name, tz, meta, created, updated, profile = row
     metadata = None if meta is None else msgspec.json.decode(meta)
-    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated)
+    extra = None if profile is None else msgspec.json.decode(profile)
+    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated, extra)

@@ -16,7 +16,7 @@ from meterline.domain.meters.model import Meter, MeterSpec
 
 _encode = msgspec.json.Encoder().encode
 _spec = msgspec.json.Decoder(MeterSpec)
-_SELECT = "SELECT key, id, namespace, spec, created_us FROM meters"
+_SELECT = "SELECT key, id, namespace, spec, created_us, coalesce(updated_us, created_us) FROM meters"
 
 
 class PgMeters:
@@ -29,15 +29,16 @@ class PgMeters:
         try:
             with self._db.tx() as conn:
                 row = conn.execute(
-                    "INSERT INTO meters (id, namespace, slug, spec, created_us) VALUES (%s,%s,%s,%s,%s) RETURNING key",
-                    (meter_id, namespace, spec.slug, _encode(spec), now),
+                    "INSERT INTO meters (id, namespace, slug, spec, created_us, updated_us) VALUES (%s,%s,%s,%s,%s,%s)"
+                    " RETURNING key",
+                    (meter_id, namespace, spec.slug, _encode(spec), now, now),
                 ).fetchone()
         except Exception as exc:
             if is_unique_violation(exc):
                 raise Conflict(f"A meter with slug {spec.slug!r} already exists", code="meter_exists") from None
             raise
         assert row is not None
-        return Meter(row[0], meter_id, namespace, spec, now)
+        return Meter(row[0], meter_id, namespace, spec, now, now)
 
     def get(self, namespace: str, id_or_slug: str) -> Meter:
         with self._db.tx() as conn:
@@ -59,6 +60,18 @@ class PgMeters:
         with self._db.tx() as conn:
             return [_meter(r) for r in conn.execute(_SELECT + " WHERE deleted_us IS NULL ORDER BY key").fetchall()]
 
+    def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
+        now = self._now_us()
+        with self._db.tx() as conn:
+            row = conn.execute(
+                "UPDATE meters SET spec = %s, updated_us = %s WHERE namespace = %s AND (slug = %s OR id = %s)"
+                " AND deleted_us IS NULL RETURNING key, id, namespace, spec, created_us, updated_us",
+                (_encode(spec), now, namespace, id_or_slug, id_or_slug),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+        return _meter(row)
+
     def delete(self, namespace: str, id_or_slug: str) -> None:
         with self._db.tx() as conn:
             row = conn.execute(
@@ -71,5 +84,5 @@ class PgMeters:
 
 
 def _meter(row: tuple[Any, ...]) -> Meter:
-    key, id_, ns, spec, created = row
-    return Meter(key, id_, ns, _spec.decode(spec), created)
+    key, id_, ns, spec, created, updated = row
+    return Meter(key, id_, ns, _spec.decode(spec), created, updated)

@@ -169,6 +169,16 @@ CREATE TABLE credit_burns (
 CREATE INDEX credit_burns_by_customer ON credit_burns (namespace, customer);
 """,
     ),
+    (
+        4,
+        "OpenMeter's customer members (description, primaryEmail, currency, billingAddress); meter updates",
+        """
+-- the members as one JSON object, kept and answered as sent (domain.customers.model.CustomerInput.profile)
+ALTER TABLE customers ADD COLUMN profile BYTEA;
+-- when a meter's definition (name, description, metadata) last changed
+ALTER TABLE meters ADD COLUMN updated_us BIGINT;
+""",
+    ),
 ]
 
 

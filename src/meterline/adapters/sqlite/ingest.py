@@ -146,8 +146,10 @@ NOTHING_READ = Preread(frozenset(), {})
 
 
 def live_meters(conn: sqlite3.Connection) -> list[Meter]:
-    rows = conn.execute("SELECT key, id, namespace, spec, created_us FROM meters WHERE deleted_us IS NULL ORDER BY key")
-    return [Meter(key, id_, ns, _spec.decode(spec), created) for key, id_, ns, spec, created in rows]
+    rows = conn.execute(
+        "SELECT key, id, namespace, spec, created_us, updated_us FROM meters WHERE deleted_us IS NULL ORDER BY key"
+    )
+    return [Meter(key, id_, ns, _spec.decode(spec), created, updated) for key, id_, ns, spec, created, updated in rows]
 
 
 class Appender:

@@ -30,7 +30,7 @@ from meterline.domain.meters.windows import bucket_size
 
 _encode = msgspec.json.Encoder().encode
 _spec = msgspec.json.Decoder(MeterSpec)
-_COLUMNS = "key, id, namespace, spec, created_us"
+_COLUMNS = "key, id, namespace, spec, created_us, updated_us"
 
 
 class SqliteMeters:
@@ -61,7 +61,7 @@ class SqliteMeters:
         )
         self._state.invalidate()
         assert cur.lastrowid is not None
-        return Meter(cur.lastrowid, meter_id, namespace, spec, now)
+        return Meter(cur.lastrowid, meter_id, namespace, spec, now, now)
 
     def list(self, namespace: str) -> builtins.list[Meter]:
         return [m for m in live_meters(self._db.reader()) if m.namespace == namespace]
@@ -77,8 +77,24 @@ class SqliteMeters:
         )
         if row is None:
             raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
-        key, id_, ns, spec, created = row
-        return Meter(key, id_, ns, _spec.decode(spec), created)
+        key, id_, ns, spec, created, updated = row
+        return Meter(key, id_, ns, _spec.decode(spec), created, updated)
+
+    def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
+        meter = self.get(namespace, id_or_slug)
+        now = self._now_us()
+
+        def task(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE meters SET spec = ?, updated_us = ? WHERE key = ? AND deleted_us IS NULL",
+                (_encode(spec), now, meter.key),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+            self._state.invalidate()
+
+        self._db.writer.call(task)
+        return msgspec.structs.replace(meter, spec=spec, updated_us=now)
 
     def delete(self, namespace: str, id_or_slug: str) -> None:
         meter = self.get(namespace, id_or_slug)

@@ -20,6 +20,7 @@ admitted), so both parts describe the same ledger prefix.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -27,8 +28,8 @@ from typing import Any
 from meterline.domain.events.model import Event, Rejection
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.fold import LedgerEntry, event_data
-from meterline.domain.meters.model import Aggregation
-from meterline.domain.meters.query import BucketState, MeterQuery, Row
+from meterline.domain.meters.model import Aggregation, Meter
+from meterline.domain.meters.query import BucketState, MeterQuery, Row, merge, merge_unique
 
 MINUTE_US = 60_000_000
 
@@ -124,6 +125,34 @@ def edge_uniques(
         (e.subject, reading.group_key, e.time_us // 1_000_000, str(reading.value))
         for e, reading in _readings(meter, entries, admitted)
     ]
+
+
+def exact_rows(
+    meter: Meter,
+    query: MeterQuery,
+    bounds: Sequence[int],
+    rollups: Iterable[Any],
+    edges: Iterable[LedgerEntry],
+    admitted: Callable[[str, str], bool],
+) -> list[Row]:
+    """The answer: the rollups' states (or UNIQUE_COUNT values) read over :func:`inner_bounds`
+    merged per window with the edge entries' (the ledger entries of :func:`edge_ranges` that
+    the rollups reflect), with the first and last window labelled exactly."""
+    dimensions = tuple(sorted(meter.spec.group_by))
+    compiled = CompiledMeter(meter)
+    if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
+        values = itertools.chain(rollups, edge_uniques(compiled, edges, admitted))
+        return relabel(merge_unique(values, bounds, query, dimensions), query, bounds)
+    states = itertools.chain(rollups, edge_states(compiled, edges, admitted))
+    return relabel(merge(meter.spec.aggregation, states, bounds, query, dimensions), query, bounds)
+
+
+def in_edges(query: MeterQuery, ranges: Sequence[tuple[int, int]], entry: LedgerEntry) -> bool:
+    """Whether ``entry`` (of the meter's namespace and event type) is one of the query's
+    subjects' within an edge range."""
+    if query.subjects and entry.subject not in query.subjects:
+        return False
+    return any(a <= entry.time_us < b for a, b in ranges)
 
 
 def relabel(rows: list[Row], query: MeterQuery, bounds: Sequence[int]) -> list[Row]:

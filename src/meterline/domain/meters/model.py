@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from meterline.domain.errors import InvalidInput
+from meterline.domain.errors import Conflict, InvalidInput
 from meterline.domain.identifiers import GROUP_KEY_RULE, SLUG_RULE, is_group_key, is_slug, name_problem, shown
 from meterline.domain.meters.paths import Path, compile_path
 
@@ -48,10 +48,42 @@ class Meter(msgspec.Struct, frozen=True):
     namespace: str
     spec: MeterSpec
     created_us: int
+    updated_us: int = 0
+    """When its definition last changed (its creation, until it is updated)."""
 
     @property
     def slug(self) -> str:
         return self.spec.slug
+
+
+class MeterUpdate(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
+    """OpenMeter's meter update (``PUT /api/v1/meters/{meter}``): it replaces the members a
+    meter may change. ``name`` defaults to the slug; an absent ``groupBy`` is an empty one."""
+
+    name: str | None = None
+    description: str | None = None
+    metadata: dict[str, str] | None = None
+    group_by: dict[str, str] = {}
+
+
+def updated_spec(spec: MeterSpec, update: MeterUpdate) -> MeterSpec:
+    """``spec`` with ``update`` applied. A different ``groupBy`` is refused (409
+    ``meter_group_by_changed``): the meter's rollups are kept per group, so other groups
+    would need its usage rebuilt from the ledger; create a new meter for them (it counts the
+    events already in the ledger)."""
+    if update.group_by != spec.group_by:
+        raise Conflict(
+            f"meter {spec.slug!r}: groupBy cannot change ({dict(sorted(spec.group_by.items()))} to"
+            f" {dict(sorted(update.group_by.items()))}): its usage is kept per group. Send the meter's groupBy"
+            " unchanged, or create a new meter with the new groupBy (it counts the events already recorded)",
+            code="meter_group_by_changed",
+            groupBy=spec.group_by,
+        )
+    changed = msgspec.structs.replace(spec, name=update.name, description=update.description, metadata=update.metadata)
+    problems = validate_spec(changed)
+    if problems:
+        raise InvalidInput("Invalid meter update: " + "; ".join(problems), code="invalid_meter", problems=problems)
+    return changed
 
 
 def validate_spec(spec: MeterSpec) -> list[str]:
