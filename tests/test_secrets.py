@@ -155,7 +155,7 @@ def test_no_error_echoes_a_key_secret_or_token(api: Api) -> None:
     ]
     for method, path in attempts:
         r = api.client.request(method, path, headers=api.headers())
-        assert r.status_code in (404, 405), (path, r.status_code)
+        assert r.status_code in (400, 404, 405), (path, r.status_code)
         for secret in (secret_part, token, whsec.removeprefix("whsec_")):
             assert secret not in r.text, (path, r.text)
     r = api.client.delete(f"/api/v1/keys/{reader}", headers=api.headers())

@@ -19,6 +19,7 @@ from meterline.domain.periods import Period
 from meterline.ports.entitlement_usage import EntitlementUsage
 from meterline.services.entitlements import EntitlementService
 
+MINUTE_US = 60_000_000
 HISTORY_WINDOWS = ("MINUTE", "HOUR", "DAY", "MONTH")
 
 
@@ -89,8 +90,8 @@ class EntitlementValueService:
         window_size: str,
         time_zone: str,
     ) -> tuple[list[WindowUsage], list[PeriodUsage]]:
-        """Usage per window (default: from the current period's start to now; any instants,
-        answered exactly) and per usage period, of a metered entitlement."""
+        """Usage per window (default: from the current period's start through the current
+        minute; any instants, answered exactly) and per usage period, of a metered entitlement."""
         if window_size not in HISTORY_WINDOWS:
             raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", code="invalid_window_size")
         ent = self._entitlements.find(namespace, owner, entitlement)
@@ -98,7 +99,7 @@ class EntitlementValueService:
         current = self._usage.period_at(ent.id, now)
         if current is None:
             raise InvalidInput("history exists for metered entitlements only", code="invalid_entitlement")
-        end = now if end_us is None else end_us
+        end = now - now % MINUTE_US + MINUTE_US if end_us is None else end_us  # through the current minute
         start = current.start_us if start_us is None else start_us
         if end <= start:
             raise InvalidInput("`to` must be after `from`", code="invalid_range")
