@@ -308,7 +308,7 @@ def run_schemathesis(seeded: Seeded, workdir: Path, select: list[str]) -> subpro
         "false",
         *select,
     ]
-    return subprocess.run(args, cwd=workdir, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(args, cwd=workdir, capture_output=True, text=True, timeout=1200, check=False)
 
 
 @pytest.mark.parametrize(
