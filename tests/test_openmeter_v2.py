@@ -156,6 +156,11 @@ def test_grant_lists_honour_order_by_and_order(setup: Api) -> None:
     for params in ({"orderBy": "amount"}, {"order": "UP"}):
         r = api.client.get("/api/v2/grants", params=params, headers=api.headers())
         assert r.status_code == 400 and r.json()["code"] == "invalid_query", r.text
+    # a bad limit or offset is refused even beside page parameters, a repeated one too
+    for path in ("/api/v2/grants", "/api/v1/grants", "/api/v1/features"):
+        for params in ({"pageSize": 1, "limit": -1}, {"pageSize": 1, "offset": "x"}, {"limit": [1, 2]}):
+            r = api.client.get(path, params=params, headers=api.headers())
+            assert r.status_code == 400 and r.json()["code"] == "invalid_parameter", (path, params, r.text)
 
 
 def test_entitlement_and_feature_lists_honour_order(setup: Api) -> None:

@@ -56,13 +56,21 @@ def page(q: QueryParams, items: Sequence[Item]) -> tuple[list[Item], dict[str, i
     """One page of ``items`` (``page``/``pageSize``, or ``offset``/``limit``) and its counts."""
     number = parse_int("page", q.get("page"), 1, 1, 2**31)
     size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
+    limit = parse_int("limit", _one(q, "limit"), 100, 1, 1000)  # checked whenever given
+    first = parse_int("offset", _one(q, "offset"), 0, 0, 2**31)
     if ("limit" in q or "offset" in q) and not ("page" in q or "pageSize" in q):
-        size = parse_int("limit", q.get("limit"), 100, 1, 1000)
-        first = parse_int("offset", q.get("offset"), 0, 0, 2**31)
-        number = first // size + 1
+        size, number = limit, first // limit + 1
     else:
         first = (number - 1) * size
     return list(items[first : first + size]), {"totalCount": len(items), "page": number, "pageSize": size}
+
+
+def _one(q: QueryParams, name: str) -> str | None:
+    """A parameter that may be given once (a repeated one is refused)."""
+    values = q.getlist(name)
+    if len(values) > 1:
+        raise InvalidInput(f"`{name}` may be given once", code="invalid_parameter")
+    return values[0] if values else None
 
 
 def paged(request: Request, items: Sequence[Item], fields: Sequence[str] = (), default: str | None = None) -> Response:
@@ -78,6 +86,6 @@ def listed(request: Request, items: Sequence[Item], fields: Sequence[str] = (), 
     if "page" in q or "pageSize" in q:
         chosen, counts = page(q, items)
         return json_response(counts | {"items": chosen})
-    first = parse_int("offset", q.get("offset"), 0, 0, 2**31)
-    last = None if "limit" not in q else first + parse_int("limit", q.get("limit"), 100, 1, 1000)
+    first = parse_int("offset", _one(q, "offset"), 0, 0, 2**31)
+    last = None if "limit" not in q else first + parse_int("limit", _one(q, "limit"), 100, 1, 1000)
     return json_response(list(items[first:last]))
