@@ -53,6 +53,10 @@ class EventFilter:
     """Exact event type."""
     before_seq: int | None = None
     """Only entries with ``seq`` below this (the next page of a newest-first list)."""
+    from_seq: int | None = None
+    """Only entries with ``seq`` at or above this: with ``before_seq``, a bounded window of the
+    ledger to look through (the dashboard's explorer pages a filter that matches few events
+    this way, so no page reads more than one window)."""
 
 
 class Ledger(Protocol):

@@ -19,8 +19,8 @@ QUARTER = 900
 class ReconciliationCounts(Protocol):
     def accepted(self, namespace: str, start: int, end: int, through: int) -> dict[tuple[str, int], int]:
         """Ledger events up to position ``through`` with event time in ``[start, end)`` (epoch
-        seconds): (type, bucket) -> count. Reads the ledger itself, not a rollup:
-        reconciliation checks the rollups against it."""
+        seconds): (type, bucket) -> count. Counts of the ledger itself (any type, whether a
+        meter reads it or not), independent of the meters' rollups it is compared with."""
         ...
 
     def metered(self, meter: Meter, start: int, end: int) -> dict[int, int]:

@@ -212,7 +212,7 @@ class Aggregator:
         entries = self._ledger.read(snap.offset, limit)
         if not entries:
             return False
-        replay = Replay(self._cap, snap.group_values, snap.subjects, keep=True)
+        replay = Replay(self._cap, snap.group_values, snap.subjects, keep=True, count_entries=True)
         replay.apply(self._compiled, entries)
         meters = frozenset(m.meter.key for m in self._compiled)
         batch = Batch(snap.offset, entries[-1].seq, meters, replay, entries=entries)

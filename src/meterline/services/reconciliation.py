@@ -3,8 +3,9 @@ events that did not get through with the reason why.
 
 Per meter and period (event time, cut in the requested zone):
 
-- **accepted**: events of the meter's event type in the ledger (counted in the ledger itself,
-  up to the position the rollups reflect, so lag is never mistaken for a loss);
+- **accepted**: events of the meter's event type in the ledger, up to the position the rollups
+  reflect, so lag is never mistaken for a loss (counted as the aggregator passes them: cheap
+  for any range, and exact);
 - **metered**: events the meter's rollups hold. ``accepted - metered`` are events the meter
   skipped (a value or group it could not read, or a time before its ``eventFrom``);
 - **value**: the meter's usage (what is priced);
@@ -43,7 +44,7 @@ from meterline.services.insights import Insights, Span
 class MeterLine:
     meter: Meter
     accepted: list[int] | None
-    """None unless the ledger was checked."""
+    """None only for a report built without the ledger counts."""
     metered: list[int]
     value: list[Decimal | None]
     billed: list[Decimal]
@@ -75,8 +76,7 @@ class Report:
     """type -> held per period of receipt."""
 
     def received(self) -> list[int]:
-        """Everything received per period, as stored: accepted (any type), rejected, quarantined
-        (only when the ledger was checked)."""
+        """Everything received per period, as stored: accepted (any type), rejected, quarantined."""
         totals = [0] * len(self.starts)
         for line in self.meters:
             _add(totals, line.accepted or [])
@@ -104,9 +104,9 @@ class Reconciliation:
         self._insights = insights
         self._invoices = invoices
 
-    def report(self, namespace: str, span: Span, *, check_ledger: bool = False) -> Report:
-        """The report of ``span``. Only with ``check_ledger`` are the ledger's events counted
-        (accepted, skipped, unmetered types, received): that reads every event of the range."""
+    def report(self, namespace: str, span: Span) -> Report:
+        """The report of ``span``: every column, from counts kept as the aggregator passes the
+        ledger, rollups and indexes (no scan of the ledger)."""
         bounds = span.boundaries()
         start, end = bounds[0], bounds[-1]
         meters = self._insights.meters(namespace)
@@ -114,8 +114,8 @@ class Reconciliation:
         record = freshness.current()
         position = record.as_of_position if record is not None else None
         through = position if position is not None else self._ledger.position()
-        accepted = self._counts.accepted(namespace, start, end, through) if check_ledger else {}
-        report = Report(bounds[:-1], position, check_ledger)
+        accepted = self._counts.accepted(namespace, start, end, through)
+        report = Report(bounds[:-1], position, ledger_checked=True)
         billed = self._billed(namespace, bounds)
         by_type: dict[str, list[int]] = defaultdict(lambda: [0] * (len(bounds) - 1))
         for (type_, bucket), n in accepted.items():
@@ -126,7 +126,7 @@ class Reconciliation:
                 per[_index(bounds, bucket)] += n
             value = self._insights.usage(namespace, m, span).values
             zero = [Decimal(0)] * len(per)
-            of_type = by_type.get(m.spec.event_type, [0] * len(per)) if check_ledger else None
+            of_type = by_type.get(m.spec.event_type, [0] * len(per))
             report.meters.append(MeterLine(m, of_type, per, value, billed.get(m.slug, zero)))
         read = {m.spec.event_type for m in meters}
         report.unmetered = {t: v for t, v in sorted(by_type.items()) if t not in read}

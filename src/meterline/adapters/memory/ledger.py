@@ -195,6 +195,8 @@ def _matches(f: EventFilter, e: LedgerEntry, event_id: str) -> bool:
         return False
     if f.before_seq is not None and e.seq >= f.before_seq:
         return False
+    if f.from_seq is not None and e.seq < f.from_seq:
+        return False
     for low, value, high in ((f.start_us, e.time_us, f.end_us), (f.received_from_us, e.received_us, f.received_to_us)):
         if (low is not None and value < low) or (high is not None and value > high):
             return False

@@ -4,6 +4,7 @@ reads by anyone."""
 from __future__ import annotations
 
 import builtins
+import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
@@ -40,12 +41,17 @@ class SqliteLedger:
         """Newest first, as received (corrections are in each event's history, not here).
         ``subject`` and ``event_id`` match substrings, as OpenMeter's list does;
         ``source`` and ``type`` match exactly; time bounds are inclusive. ``before_seq`` pages by
-        the primary key: a page reads from there down, never what came before it."""
+        the primary key: a page reads from there down, never what came before it; with
+        ``from_seq`` it reads no further down than that. A type that no event of the range has
+        is answered from the (namespace, type, time) index without walking the ledger."""
         where: builtins.list[str] = ["namespace = ?", "seq NOT IN (SELECT seq FROM corrections)"]
         params: builtins.list[object] = [namespace]
         if f.before_seq is not None:
             where.append("seq < ?")
             params.append(f.before_seq)
+        if f.from_seq is not None:
+            where.append("seq >= ?")
+            params.append(f.from_seq)
         for column, exact in (("source", f.source), ("type", f.type)):
             if exact:
                 where.append(f"{column} = ?")
@@ -63,9 +69,12 @@ class SqliteLedger:
             if bound is not None:
                 where.append(clause)
                 params.append(bound)
+        conn = self._db.reader()
+        if f.type and not _type_exists(conn, namespace, f):
+            return []  # no event of the type (in the time range) at all: no need to walk the ledger
         # NOT INDEXED: walk the ledger backwards by seq and stop at the limit; the (namespace,
         # type, time) index of meter queries would make SQLite collect and sort every match
-        rows = self._db.reader().execute(
+        rows = conn.execute(
             f"SELECT seq, namespace, raw, received_us FROM events NOT INDEXED WHERE {' AND '.join(where)}"
             " ORDER BY seq DESC LIMIT ?",
             [*params, limit],
@@ -88,6 +97,20 @@ class SqliteLedger:
     def size(self) -> int:
         row = self._db.reader().execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         return int(row[0])
+
+
+def _type_exists(conn: sqlite3.Connection, namespace: str, f: EventFilter) -> bool:
+    """Whether any event of ``f.type`` (within its event-time bounds) exists: one probe of the
+    (namespace, type, time) index."""
+    sql = "SELECT 1 FROM events INDEXED BY events_by_type_time WHERE namespace = ? AND type = ?"
+    params: list[object] = [namespace, f.type]
+    if f.start_us is not None:
+        sql += " AND time_us >= ?"
+        params.append(f.start_us)
+    if f.end_us is not None:
+        sql += " AND time_us <= ?"
+        params.append(f.end_us)
+    return conn.execute(sql + " LIMIT 1", params).fetchone() is not None
 
 
 def _note(record: freshness.Freshness, future: Future[Appended]) -> None:

@@ -11,7 +11,7 @@ import builtins
 import functools
 import itertools
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 from ulid import ULID
@@ -20,12 +20,22 @@ from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_uniques
+from meterline.adapters.sqlite.summaries import DAY, has_day, plan, subject_day_states, wide_states
 from meterline.domain.errors import Conflict, NotFound
 from meterline.domain.meters.edges import edge_ranges, edge_states, edge_uniques, inner_bounds, relabel
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
 from meterline.domain.meters.model import Aggregation, Meter, MeterSpec
-from meterline.domain.meters.query import SUBJECT, MeterQuery, Row, check_dimensions, merge, merge_unique, query_grid
+from meterline.domain.meters.query import (
+    SUBJECT,
+    BucketState,
+    MeterQuery,
+    Row,
+    check_dimensions,
+    merge,
+    merge_unique,
+    query_grid,
+)
 from meterline.domain.meters.windows import bucket_size
 
 _encode = msgspec.json.Encoder().encode
@@ -104,7 +114,7 @@ class SqliteMeters:
     def _delete(self, conn: sqlite3.Connection, key: int) -> None:
         # An aggregated batch computed with this meter is refused once it is gone (usage.py).
         conn.execute("UPDATE meters SET deleted_us = ? WHERE key = ? AND deleted_us IS NULL", (self._now_us(), key))
-        for table in ("rollups", "uniques", "group_values", "meter_subjects"):
+        for table in ("rollups", "uniques", "group_values", "meter_subjects", "summaries"):
             conn.execute(f"DELETE FROM {table} WHERE meter = ?", (key,))
         self._state.invalidate()
 
@@ -149,21 +159,56 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
             edge_uniques(CompiledMeter(meter), edges, _admitted(conn, meter.key)),
         )
         return relabel(merge_unique(values, bounds, query, dimensions), query, bounds)
-    states = read_states(
-        conn,
-        meter.spec.aggregation,
-        inner,
-        level,
-        meter.key,
-        query.subjects,
-        by_subject=SUBJECT in query.group_by or bool(query.subjects) or any(f[0] == SUBJECT for f in query.filters),
-        by_group=any(d != SUBJECT for d in query.group_by) or any(f[0] != SUBJECT for f in query.filters),
-        max_rows=None if limits is None else limits.max_rows,
-    )
+    by_subject = SUBJECT in query.group_by or bool(query.subjects) or any(f[0] == SUBJECT for f in query.filters)
+    by_group = any(d != SUBJECT for d in query.group_by) or any(f[0] != SUBJECT for f in query.filters)
+    states = _summarized(conn, meter, query, inner, by_subject=by_subject, by_group=by_group)
+    if states is None:
+        states = read_states(
+            conn,
+            meter.spec.aggregation,
+            inner,
+            level,
+            meter.key,
+            query.subjects,
+            by_subject=by_subject,
+            by_group=by_group,
+            max_rows=None if limits is None else limits.max_rows,
+        )
     extra = edge_states(CompiledMeter(meter), edges, _admitted(conn, meter.key))
     return relabel(
         merge(meter.spec.aggregation, itertools.chain(states, extra), bounds, query, dimensions), query, bounds
     )
+
+
+def _summarized(
+    conn: sqlite3.Connection,
+    meter: Meter,
+    query: MeterQuery,
+    inner: tuple[int, ...],
+    *,
+    by_subject: bool,
+    by_group: bool,
+) -> Iterator[BucketState] | None:
+    """Bucket states from the summaries (``adapters.sqlite.summaries``) when they answer the
+    query exactly and with fewer rows: not per group value, not filtered, on quarter hours;
+    per subject only when the range holds a whole UTC day (its edges come from the rollups)."""
+    if by_group or query.subjects or query.filters:
+        return None
+    segments = plan(inner)
+    if segments is None:
+        return None
+    aggregation = meter.spec.aggregation
+    if not by_subject:
+        return wide_states(conn, aggregation, meter.key, segments)
+    if not has_day(segments):
+        return None
+    parts: list[Iterable[BucketState]] = []
+    for level, first, last in segments:
+        if level == DAY:
+            parts.append(subject_day_states(conn, aggregation, meter.key, first, last))
+        else:
+            parts.append(read_states(conn, aggregation, (first, last), level, meter.key, (), by_group=False))
+    return itertools.chain.from_iterable(parts)
 
 
 def _edge_entries(

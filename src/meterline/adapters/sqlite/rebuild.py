@@ -20,7 +20,7 @@ from meterline.adapters.sqlite.replay import CHUNK, Replay, ledger_rows, set_off
 from meterline.adapters.sqlite.usage import backfills
 from meterline.domain.meters.evaluate import CompiledMeter
 
-DERIVED = ("rollups", "uniques", "group_values", "meter_subjects")
+DERIVED = ("rollups", "uniques", "group_values", "meter_subjects", "summaries", "ledger_counts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ def _rebuild(conn: sqlite3.Connection, cap: int, replace: bool) -> RebuildReport
         conn.execute(f"CREATE UNIQUE INDEX temp.rebuilt_{table}_pk ON rebuilt_{table} ({_pk(table)})")
     meters = [CompiledMeter(m) for m in live_meters(conn)]
     head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
-    _replay(conn, Replay(cap), meters, 0, head, "temp.rebuilt_", everything_to)
+    _replay(conn, Replay(cap, count_entries=True), meters, 0, head, "temp.rebuilt_", everything_to)
     differences = {table: _differ(conn, table) for table in DERIVED}
     if replace and any(differences.values()):
         for table in DERIVED:
@@ -71,7 +71,7 @@ def catch_up(conn: sqlite3.Connection, cap: int) -> int:
     """Apply what the aggregator has not applied yet: each backfilling meter's range, then the
     ledger after the live offset; returns the ledger head (the new live offset)."""
     meters = [CompiledMeter(m) for m in live_meters(conn)]
-    replay = Replay(cap)
+    replay = Replay(cap, count_entries=True)
     for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
         replay.group_values.setdefault((key, dim), set()).add(value)
     for key, subject in conn.execute("SELECT meter, subject FROM meter_subjects"):
@@ -80,6 +80,7 @@ def catch_up(conn: sqlite3.Connection, cap: int) -> int:
     offset = stored_offset(conn)
     set_offset(conn, head)  # before the replay: its recomputed hours reflect the whole ledger
     _replay(conn, replay, meters, offset, head, "", lambda end: applied_in_store(conn, end))
+    replay.count_entries = False  # backfills re-read entries the live pass counted
     for todo in backfills(conn):
         one = [m for m in meters if m.meter.key == todo.meter]
         _replay(conn, replay, one, todo.done, todo.to, "", _backfilled(conn, head, todo.meter), backfill=True)
@@ -128,6 +129,8 @@ def _pk(table: str) -> str:
         "uniques": "meter, level, subject, bucket, group_key, value",
         "group_values": "meter, dim, value",
         "meter_subjects": "meter, subject",
+        "summaries": "meter, level, subject, bucket, group_key",
+        "ledger_counts": "namespace, type, bucket",
     }[table]
 
 

@@ -4,7 +4,8 @@ A correction is never folded as a delta: MIN, MAX, LATEST and UNIQUE_COUNT canno
 back out of a bucket. Instead, after a chunk's deltas are written, every hour that any version
 of a corrected key falls in (its original, each amend, for every meter of that version's
 namespace and type, per subject) is deleted from the rollups — all bucket sizes, which all lie
-inside the hour — and folded again from the ledger entries that count:
+inside the hour — and folded again from the ledger entries that count (the summary rows that
+hold the hour are then folded again from the rollups: ``summaries.refresh``):
 
 - entries the meter has applied: ``seq <= live offset`` outside a backfill still to do
   (``backfill_done < seq <= backfill_to``);
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from meterline.adapters.sqlite.replay import ENTRIES, write_replay
+from meterline.adapters.sqlite.summaries import refresh
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 
@@ -84,7 +86,8 @@ def recompute(
             _clear(conn, prefix, key, subject, start)
             again = Replay(replay.cap, replay.group_values, replay.subjects)
             again.apply([meter], counted)
-            write_replay(conn, again, prefix)
+            write_replay(conn, again, prefix, summaries=False)  # the hour was replaced, not added to:
+            refresh(conn, prefix, key, meter.aggregation, subject, start // 1_000_000)  # fold its summaries again
             touched.add((key, subject))
     return touched
 

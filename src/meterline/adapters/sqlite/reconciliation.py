@@ -1,15 +1,17 @@
 """Reconciliation counts in SQLite (:class:`~meterline.ports.reconciliation.ReconciliationCounts`).
 
-Each answer is one grouped query on a reader connection. The ledger count scans the
-namespace's events in the range (the ledger has no time index: ingest stays one b-tree per
-event); the others read indexed rows (rollups by meter and level, dead letters by namespace
-and receipt time) or the usually small quarantine.
+Each answer is one query on a reader connection over indexed rows: ledger counts and
+meter-wide summaries (``summaries.py``: kept by the aggregator, per UTC quarter hour), dead
+letters by namespace and receipt time, or the usually small quarantine. No answer scans the
+ledger: accepted events come from the counts the aggregator keeps up to its offset.
 """
 
 from __future__ import annotations
 
 from meterline.adapters.sqlite.database import Database
-from meterline.domain.meters.model import Meter
+from meterline.adapters.sqlite.replay import stored_offset
+from meterline.adapters.sqlite.summaries import count_key
+from meterline.domain.meters.model import Aggregation, Meter
 from meterline.ports.reconciliation import QUARTER
 
 _US = 1_000_000
@@ -20,18 +22,38 @@ class SqliteReconciliationCounts:
         self._db = db
 
     def accepted(self, namespace: str, start: int, end: int, through: int) -> dict[tuple[str, int], int]:
-        rows = self._db.reader().execute(
-            f"SELECT type, time_us / {QUARTER * _US} AS q, count(*) FROM events"
-            " WHERE seq <= ? AND namespace = ? AND time_us >= ? AND time_us < ?"
-            " AND seq NOT IN (SELECT seq FROM corrections) GROUP BY type, q",
-            (through, namespace, start * _US, end * _US),
-        )
-        return {(t, q * QUARTER): n for t, q, n in rows}
+        """From ``ledger_counts`` (kept by the aggregator up to its offset; correction entries
+        are not events and are not counted), moved to exactly ``through`` by counting the few
+        ledger entries between the two, in one read snapshot."""
+        conn = self._db.reader()
+        conn.execute("BEGIN")
+        try:
+            offset = stored_offset(conn)
+            rows = conn.execute(
+                "SELECT type, bucket, cnt FROM ledger_counts WHERE namespace = ? AND bucket >= ? AND bucket < ?",
+                (namespace, start, end),
+            )
+            counts = {(t, b): n for t, b, n in rows}
+            low, high, sign = (through, offset, -1) if through < offset else (offset, through, 1)
+            between = conn.execute(
+                "SELECT type, time_us FROM events WHERE seq > ? AND seq <= ? AND namespace = ?"
+                " AND time_us >= ? AND time_us < ? AND seq NOT IN (SELECT seq FROM corrections)",
+                (low, high, namespace, start * _US, end * _US),
+            )
+            for t, time_us in between:
+                _, _, bucket = count_key(namespace, t, time_us)
+                counts[(t, bucket)] = counts.get((t, bucket), 0) + sign
+        finally:
+            conn.execute("COMMIT")
+        return {k: n for k, n in counts.items() if n}
 
     def metered(self, meter: Meter, start: int, end: int) -> dict[int, int]:
         self._db.fresh()  # the aggregator writes the rollups: wait as the request asks, note the position
+        table, wide = ("summaries", " AND subject = ''")
+        if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:  # no summaries: distinct values do not add up
+            table, wide = "rollups", ""
         rows = self._db.reader().execute(
-            "SELECT bucket, sum(cnt) FROM rollups WHERE meter = ? AND level = ? AND bucket >= ? AND bucket < ?"
+            f"SELECT bucket, sum(cnt) FROM {table} WHERE meter = ? AND level = ?{wide} AND bucket >= ? AND bucket < ?"
             " GROUP BY bucket",
             (meter.key, QUARTER, start, end),
         )

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
+from meterline.adapters.sqlite.summaries import summary_states
 from meterline.domain.decimals import add, stored
 from meterline.domain.meters.fold import Fold, Key
 from meterline.domain.meters.model import Aggregation
@@ -46,7 +47,7 @@ _COLUMNS = {
 }
 
 
-def _upsert(table: str, aggregation: Aggregation) -> str:
+def upsert(table: str, aggregation: Aggregation) -> str:
     return (
         f"INSERT INTO {table} VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
         f"ON CONFLICT (meter, level, subject, bucket, group_key) DO UPDATE SET {_COLUMNS[aggregation]}"
@@ -60,17 +61,25 @@ class Deltas(Fold):
         write_fold(conn, self, prefix)
 
 
-def write_fold(conn: sqlite3.Connection, fold: Fold, prefix: str = "") -> None:
-    """Upsert the folded deltas into ``{prefix}rollups`` / ``{prefix}uniques``, then clear them."""
-    for aggregation, states in fold.levels().items():
-        rows = (_row(aggregation, k, s) for k, s in states.items())
-        conn.executemany(_upsert(f"{prefix}rollups", aggregation), rows)
-    if fold.uniques:
+def write_fold(
+    conn: sqlite3.Connection, fold: Fold, prefix: str = "", *, summaries: bool = True, summaries_only: bool = False
+) -> None:
+    """Upsert the folded deltas into ``{prefix}rollups`` / ``{prefix}uniques`` and (unless
+    ``summaries`` is false) their summaries into ``{prefix}summaries`` (``summaries.py``), then
+    clear them. A writer that replaces rollup buckets instead of adding to them writes without
+    summaries and calls ``summaries.refresh`` for each replaced hour."""
+    levels = fold.levels()
+    wanted = summary_states(levels) if summaries else {}
+    for table, deltas in (("rollups", {} if summaries_only else levels), ("summaries", wanted)):
+        for aggregation, states in deltas.items():
+            rows = (row_of(aggregation, k, s) for k, s in states.items())
+            conn.executemany(upsert(f"{prefix}{table}", aggregation), rows)
+    if fold.uniques and not summaries_only:
         conn.executemany(f"INSERT OR IGNORE INTO {prefix}uniques VALUES (?,?,?,?,?,?)", fold.uniques)
     fold.clear()
 
 
-def _row(aggregation: Aggregation, key: Key, s: list[Any]) -> tuple[Any, ...]:
+def row_of(aggregation: Aggregation, key: Key, s: list[Any]) -> tuple[Any, ...]:
     total: int | str | None = None
     low: int | str | None = None
     high: int | str | None = None

@@ -14,6 +14,7 @@ import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
+from meterline.adapters.sqlite import rollups, summaries
 from meterline.domain.decimals import EXACT, stored
 
 SCHEMA_VERSION = 1
@@ -74,6 +75,23 @@ CREATE TABLE IF NOT EXISTS uniques (
     meter INTEGER NOT NULL, level INTEGER NOT NULL, subject TEXT NOT NULL,
     bucket INTEGER NOT NULL, group_key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (meter, level, subject, bucket, group_key, value)
+) WITHOUT ROWID;
+
+-- Summaries of the rollups (adapters.sqlite.summaries): meter-wide rows (subject '') per
+-- quarter hour, hour and day, and per-subject day rows; derived like the rollups.
+CREATE TABLE IF NOT EXISTS summaries (
+    meter INTEGER NOT NULL, level INTEGER NOT NULL, subject TEXT NOT NULL,
+    bucket INTEGER NOT NULL, group_key TEXT NOT NULL,
+    cnt INTEGER NOT NULL, total, low, high,
+    last_t INTEGER, last_seq INTEGER, last_v,
+    PRIMARY KEY (meter, level, subject, bucket, group_key)
+) WITHOUT ROWID;
+
+-- Ledger entries per namespace, type and UTC quarter hour of event time, up to the
+-- aggregator's offset (reconciliation's accepted events); derived like the rollups.
+CREATE TABLE IF NOT EXISTS ledger_counts (
+    namespace TEXT NOT NULL, type TEXT NOT NULL, bucket INTEGER NOT NULL, cnt INTEGER NOT NULL,
+    PRIMARY KEY (namespace, type, bucket)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS group_values (
@@ -259,6 +277,8 @@ def create_schema(conn: sqlite3.Connection) -> None:
     # The aggregator's offset. A store written before rollups moved out of the ingest
     # transaction has them current through the whole ledger: it starts at the head.
     conn.execute("INSERT OR IGNORE INTO meta SELECT 'aggregated_seq', CAST(coalesce(max(seq), 0) AS TEXT) FROM events")
+    # A store from before the summaries gets them from its rollups and ledger (once).
+    summaries.fill(conn, rollups.write_fold)
 
 
 _ADDED_COLUMNS = (("customers", "profile", "BLOB"), ("events", "chain", "BLOB"))

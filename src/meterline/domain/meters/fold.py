@@ -129,6 +129,10 @@ class Fold:
         return bool(self.minutes) or bool(self.uniques)
 
 
+COUNT_BUCKET = 900
+"""Seconds of the buckets ledger entries are counted in (a quarter hour: every zone's
+periods are cut on quarter hours)."""
+COUNT_BUCKET_US = COUNT_BUCKET * 1_000_000
 MINUTE = min(BUCKETS)
 COARSER = tuple(level for level in BUCKETS if level != MINUTE)
 
@@ -177,6 +181,11 @@ class Replay:
     corrected: set[int] = field(default_factory=set)
     """Originals whose chain got a correction in the replayed entries: a correction is never
     folded, the store recomputes the buckets of every version of the chain from the ledger."""
+    count_entries: bool = False
+    """Also count every entry (any type) in ``counts``: the live pass over the ledger and a
+    full replay do, a new meter's backfill does not (its entries were counted live)."""
+    counts: dict[tuple[str, str, int], int] = field(default_factory=dict)
+    """(namespace, type, UTC quarter hour of event time in epoch seconds) -> entries."""
 
     def apply(self, meters: list[CompiledMeter], entries: Iterable[LedgerEntry]) -> int:
         """Apply ledger entries in order; returns the last seq (0 for none)."""
@@ -184,11 +193,15 @@ class Replay:
         by_type: dict[tuple[str, str], list[CompiledMeter]] = {}
         for meter in meters:
             by_type.setdefault((meter.meter.namespace, meter.meter.spec.event_type), []).append(meter)
+        counts = self.counts if self.count_entries else None
         for entry in entries:
             last = entry.seq
-            if entry.correction:
+            if entry.correction:  # a correction entry is not an event: it is never counted
                 self.corrected.add(entry.correction)
                 continue
+            if counts is not None:
+                counted = (entry.namespace, entry.type, entry.time_us // COUNT_BUCKET_US * COUNT_BUCKET)
+                counts[counted] = counts.get(counted, 0) + 1
             wanted = by_type.get((entry.namespace, entry.type))
             if not wanted:
                 continue

@@ -1,0 +1,313 @@
+"""Summaries: coarse rollups that make long ranges cheap, kept with the rollups they summarize.
+
+The rollups (``rollups.py``) hold one row per meter, subject, group value and minute, quarter
+hour or hour. A dashboard over months reads many of them: a year of 1000 subjects with 3 group
+values is millions of hour rows. The ``summaries`` table holds, in the rollups' own columns:
+
+- **meter-wide** rows (``subject = ''``, never a real subject: events must name one) per UTC
+  quarter hour, hour and day: every subject and group value of the meter together;
+- **per-subject day** rows (``level`` 86400, every group value together).
+
+Both are folded from the same quarter-hour states the rollups get, in the same write (so in the
+aggregator's transaction with its offset, in a backfill's chunk, in ``rebuild``): they are as
+derived, as exact and as current as the rollups, and ``rebuild --check`` compares them too.
+
+Reading (:func:`plan`): a range is cut at its window boundaries and covered by the coarsest
+buckets that fit inside each window — whole UTC days, then hours, then quarter hours at the
+edges. UTC offsets are whole quarter hours, so every period of any IANA zone (DST included)
+is covered exactly; a range not on quarter hours is read from the rollups as before.
+UNIQUE_COUNT meters have no summaries (distinct values do not add up).
+
+``ledger_counts`` is kept beside them: ledger entries per namespace, event type and UTC
+quarter hour of event time, counted as the aggregator passes its live offset (reconciliation's
+"accepted"), so it reflects exactly the ledger up to that offset.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from itertools import pairwise
+from typing import Any
+
+import msgspec
+
+from meterline.domain.meters.fold import Fold, Key, merge_state
+from meterline.domain.meters.model import Aggregation
+from meterline.domain.meters.query import BucketState
+
+QUARTER, HOUR, DAY = 900, 3600, 86400
+LEVELS = (DAY, HOUR, QUARTER)
+"""Bucket sizes of the meter-wide rows, coarsest first."""
+WIDE = ""
+"""The subject of meter-wide rows."""
+NO_GROUP = ""
+"""The group key of every summary row."""
+SUMMARIES_KEY = "summaries_version"
+"""In ``meta``: set once the summaries and ledger counts reflect the store."""
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def summary_states(levels: dict[Aggregation, dict[Key, list[Any]]]) -> dict[Aggregation, dict[Key, list[Any]]]:
+    """The summary deltas of a fold's states (``Fold.levels()``): each quarter-hour state
+    merged into its meter-wide quarter, hour and day and its subject's day."""
+    out: dict[Aggregation, dict[Key, list[Any]]] = {}
+    for aggregation, states in levels.items():
+        acc: dict[Key, list[Any]] = {}
+        for (meter, level, subject, bucket, _), state in states.items():
+            if level != QUARTER:
+                continue
+            day = bucket - bucket % DAY
+            for key in (
+                (meter, QUARTER, WIDE, bucket, NO_GROUP),
+                (meter, HOUR, WIDE, bucket - bucket % HOUR, NO_GROUP),
+                (meter, DAY, WIDE, day, NO_GROUP),
+                (meter, DAY, subject, day, NO_GROUP),
+            ):
+                into = acc.get(key)
+                if into is None:
+                    acc[key] = list(state)
+                else:
+                    merge_state(into, state)
+        out[aggregation] = acc
+    return out
+
+
+def count_key(namespace: str, type_: str, time_us: int) -> tuple[str, str, int]:
+    """The ``ledger_counts`` row an entry is counted in (its event time's UTC quarter hour)."""
+    return namespace, type_, time_us // (QUARTER * 1_000_000) * QUARTER
+
+
+def write_counts(conn: sqlite3.Connection, counts: dict[tuple[str, str, int], int], prefix: str = "") -> None:
+    conn.executemany(
+        f"INSERT INTO {prefix}ledger_counts VALUES (?,?,?,?)"
+        " ON CONFLICT (namespace, type, bucket) DO UPDATE SET cnt = cnt + excluded.cnt",
+        [(*key, n) for key, n in counts.items()],
+    )
+    counts.clear()
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def plan(bounds: Sequence[int]) -> list[tuple[int, int, int]] | None:
+    """``(level, first, last)`` bucket ranges (``first <= bucket < last``) that cover
+    ``[bounds[0], bounds[-1])`` without crossing a boundary, coarsest buckets first; None when
+    a boundary is not on a quarter hour."""
+    if any(b % QUARTER for b in bounds):
+        return None
+    out: list[tuple[int, int, int]] = []
+    for a, b in pairwise(bounds):
+        t = a
+        while t < b:
+            level = next(size for size in LEVELS if t % size == 0 and t + size <= b)
+            last = b - b % level
+            for coarser in LEVELS[: LEVELS.index(level)]:
+                up = t - t % coarser + coarser  # where a coarser bucket could start
+                if up + coarser <= b:
+                    last = min(last, up)
+            out.append((level, t, last))
+            t = last
+    return out
+
+
+def has_day(segments: Sequence[tuple[int, int, int]]) -> bool:
+    return any(level == DAY for level, _, _ in segments)
+
+
+_FOLDED = {
+    Aggregation.COUNT: "sum(cnt), NULL, NULL, NULL",
+    Aggregation.SUM: "sum(cnt), dec_sum(total), NULL, NULL",
+    Aggregation.AVG: "sum(cnt), dec_sum(total), NULL, NULL",
+    Aggregation.MIN: "sum(cnt), NULL, dec_least(low), NULL",
+    Aggregation.MAX: "sum(cnt), NULL, NULL, dec_greatest(high)",
+}
+
+
+def wide_states(
+    conn: sqlite3.Connection, aggregation: Aggregation, meter: int, segments: Sequence[tuple[int, int, int]]
+) -> Iterator[BucketState]:
+    """The meter-wide summary rows of the segments (one state per bucket; the caller merges
+    them into windows)."""
+    sql = (
+        "SELECT bucket, cnt, total, low, high, last_t, last_seq, last_v FROM summaries"
+        " WHERE meter = ? AND level = ? AND subject = '' AND bucket >= ? AND bucket < ?"
+    )
+    for level, first, last in _merged(segments):
+        for bucket, cnt, total, low, high, last_t, last_seq, last_v in conn.execute(sql, (meter, level, first, last)):
+            latest = None if last_t is None else (last_t, last_seq, Decimal(last_v))
+            yield BucketState("", "[]", bucket, cnt, _dec(total), _dec(low), _dec(high), latest)
+
+
+def subject_day_states(
+    conn: sqlite3.Connection, aggregation: Aggregation, meter: int, first: int, last: int
+) -> Iterator[BucketState]:
+    """Per subject, its day rows in ``[first, last)`` folded into one state (bucket ``first``)."""
+    where = (
+        " FROM summaries WHERE meter = ? AND level = 86400"
+        " AND subject IN (SELECT subject FROM meter_subjects WHERE meter = ?) AND bucket >= ? AND bucket < ?"
+    )
+    params = (meter, meter, first, last)
+    if aggregation is Aggregation.LATEST:
+        sql = "SELECT subject, cnt, last_t, last_seq, last_v" + where
+        for subject, cnt, last_t, last_seq, last_v in conn.execute(sql, params):
+            yield BucketState(subject, "[]", first, cnt, None, None, None, (last_t, last_seq, Decimal(last_v)))
+        return
+    sql = f"SELECT subject, {_FOLDED[aggregation]}{where} GROUP BY subject"
+    for subject, cnt, total, low, high in conn.execute(sql, params):
+        yield BucketState(subject, "[]", first, cnt, _dec(total), _dec(low), _dec(high), None)
+
+
+def _merged(segments: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Adjacent ranges of one level as one (rows are merged into windows by bucket anyway)."""
+    out: list[tuple[int, int, int]] = []
+    for level, first, last in sorted(segments):
+        if out and out[-1][0] == level and out[-1][2] == first:
+            out[-1] = (level, out[-1][1], last)
+        else:
+            out.append((level, first, last))
+    return out
+
+
+def _dec(value: int | str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+# -- replaced rollups ---------------------------------------------------------------------------
+
+
+def refresh(
+    conn: sqlite3.Connection, prefix: str, meter: int, aggregation: Aggregation, subject: str, hour: int
+) -> None:
+    """Recompute, from the rollups, every summary row that holds ``subject``'s ``hour`` of
+    ``meter``: for a writer that *replaced* that hour's rollups (recomputed it from the ledger)
+    instead of adding deltas, and wrote them without summaries. Exact for every aggregation
+    (a MIN, MAX or LATEST cannot take a value back out, so the rows are folded again)."""
+    if aggregation is Aggregation.UNIQUE_COUNT:
+        return
+    hour -= hour % HOUR
+    day = hour - hour % DAY
+    rollups, summaries = f"{prefix}rollups", f"{prefix}summaries"
+    subjects = f"SELECT subject FROM {prefix}meter_subjects WHERE meter = ?"
+    columns = "bucket, cnt, total, low, high, last_t, last_seq, last_v"
+    for level in (QUARTER, HOUR):  # every subject's rollups of the hour, meter-wide
+        rows = conn.execute(
+            f"SELECT {columns} FROM {rollups} WHERE meter = ? AND level = ? AND subject IN ({subjects})"
+            " AND bucket >= ? AND bucket < ?",
+            (meter, level, meter, hour, hour + HOUR),
+        ).fetchall()
+        _replace(conn, summaries, aggregation, (meter, level, WIDE), hour, hour + HOUR, rows)
+    one_day = " WHERE meter = ? AND level = ? AND subject = ? AND bucket >= ? AND bucket < ?"
+    rows = conn.execute(f"SELECT {columns} FROM {rollups}{one_day}", (meter, HOUR, subject, day, day + DAY)).fetchall()
+    _replace(conn, summaries, aggregation, (meter, DAY, subject), day, day + DAY, rows)
+    rows = conn.execute(f"SELECT {columns} FROM {summaries}{one_day}", (meter, HOUR, WIDE, day, day + DAY)).fetchall()
+    _replace(conn, summaries, aggregation, (meter, DAY, WIDE), day, day + DAY, rows)
+
+
+def _replace(
+    conn: sqlite3.Connection,
+    table: str,
+    aggregation: Aggregation,
+    target: tuple[int, int, str],
+    first: int,
+    last: int,
+    rows: list[tuple[Any, ...]],
+) -> None:
+    """Replace ``table``'s rows of ``target`` (meter, level, subject) in ``[first, last)`` by
+    ``rows`` (bucket and stored state) folded into the target level's buckets."""
+    from meterline.adapters.sqlite.rollups import row_of, upsert  # rollups writes summaries too
+
+    meter, level, subject = target
+    folded: dict[Key, list[Any]] = {}
+    for bucket, *stored in rows:
+        key = (meter, level, subject, bucket - bucket % level, NO_GROUP)
+        state = _state(*stored)
+        into = folded.get(key)
+        if into is None:
+            folded[key] = state
+        else:
+            merge_state(into, state)
+    conn.execute(
+        f"DELETE FROM {table} WHERE meter = ? AND level = ? AND subject = ? AND bucket >= ? AND bucket < ?",
+        (meter, level, subject, first, last),
+    )
+    conn.executemany(upsert(table, aggregation), [row_of(aggregation, k, s) for k, s in folded.items()])
+
+
+# -- a store from before the summaries ------------------------------------------------------------
+
+
+def fill(conn: sqlite3.Connection, write: Any) -> None:
+    """Derive the summaries from the stored quarter-hour rollups and the ledger counts from
+    the ledger up to the aggregator's offset, once (a store written before they existed); in
+    one transaction, so they match the rollups and the offset exactly. ``write`` writes a fold
+    (``rollups.write_fold``)."""
+    if conn.execute("SELECT 1 FROM meta WHERE key = ?", (SUMMARIES_KEY,)).fetchone():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not conn.execute("SELECT 1 FROM meta WHERE key = ?", (SUMMARIES_KEY,)).fetchone():
+            _fill(conn, write)
+            conn.execute("INSERT INTO meta VALUES (?, '1')", (SUMMARIES_KEY,))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _fill(conn: sqlite3.Connection, write: Any) -> None:
+    conn.execute("DELETE FROM summaries")
+    conn.execute("DELETE FROM ledger_counts")
+    offset = conn.execute("SELECT value FROM meta WHERE key = 'aggregated_seq'").fetchone()
+    q = QUARTER * 1_000_000
+    # floor division (time_us may be negative: SQLite's / truncates towards zero)
+    conn.execute(
+        f"INSERT INTO ledger_counts SELECT namespace, type, (time_us - (((time_us % {q}) + {q}) % {q})) / 1000000,"
+        " count(*) FROM events WHERE seq <= ? AND seq NOT IN (SELECT seq FROM corrections) GROUP BY 1, 2, 3",
+        (int(offset[0]) if offset else 0,),
+    )
+    meters = conn.execute("SELECT key, spec FROM meters WHERE deleted_us IS NULL").fetchall()
+    for key, spec in meters:
+        aggregation = Aggregation(msgspec.json.decode(spec)["aggregation"])
+        if aggregation is Aggregation.UNIQUE_COUNT:
+            continue
+        fold = Fold()
+        states = fold.minutes.setdefault(aggregation, {})
+        rows = conn.execute(
+            "SELECT subject, bucket, group_key, cnt, total, low, high, last_t, last_seq, last_v FROM rollups"
+            " WHERE meter = ? AND level = ?",
+            (key, QUARTER),
+        )
+        for subject, bucket, group, cnt, total, low, high, last_t, last_seq, last_v in rows:
+            states[(key, QUARTER, subject, bucket, group)] = _state(cnt, total, low, high, last_t, last_seq, last_v)
+        write(conn, _Levels(fold), "", summaries_only=True)
+
+
+def _state(cnt: int, *stored: Any) -> list[Any]:
+    """A stored rollup row as a fold state. Fields the aggregation does not keep get a
+    stand-in (never written: a row keeps only its aggregation's fields)."""
+    total, low, high, last_t, last_seq, last_v = stored
+    value = next((Decimal(v) for v in (total, low, high, last_v) if v is not None), None)
+    if value is None:
+        return [cnt, None, None, None, (last_t, last_seq, None)]
+    return [
+        cnt,
+        Decimal(total) if total is not None else value,
+        Decimal(low) if low is not None else value,
+        Decimal(high) if high is not None else value,
+        (last_t, last_seq, Decimal(last_v)) if last_v is not None else (-(2**62), 0, value),
+    ]
+
+
+class _Levels(Fold):
+    """A fold whose quarter-hour states are given (``levels()`` returns them as they are)."""
+
+    def __init__(self, fold: Fold) -> None:
+        super().__init__()
+        self.minutes = fold.minutes
+
+    def levels(self) -> dict[Aggregation, dict[Key, list[Any]]]:
+        return self.minutes
