@@ -7,12 +7,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from scale_site import Site, site
 from stack import launch
 from stack.launch import Stack
 from starlette.testclient import TestClient
@@ -40,13 +42,23 @@ def make_key(data_dir: Path, scopes: list[str], namespace: str = "default") -> s
 
 @dataclass
 class Api:
-    """An in-process app with an admin key, a frozen clock and a real SQLite file."""
+    """An in-process app with an admin key, a frozen clock and a real SQLite file (or, built by
+    :func:`build_scale_api`, the engines of a scale-mode site)."""
 
     client: TestClient
     key: str
     clock: FixedClock
     data_dir: Path
     config: Config
+    keys: Callable[[list[str], str | None], str] | None = None
+    """Mints a key in the app's store: (scopes, namespace or None for the key's own)."""
+
+    def new_key(self, scopes: list[str], namespace: str | None = None) -> str:
+        """A new key of the app's store with ``scopes``, in the key's namespace or another one
+        (a scale-mode site makes that one unique to the test too)."""
+        if self.keys is not None:
+            return self.keys(scopes, namespace)
+        return make_key(self.data_dir, scopes, namespace or "default")
 
     def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}", **extra}
@@ -161,3 +173,78 @@ def scale_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         launch.down(root / "engines")
+
+
+@pytest.fixture(scope="session")
+def scale_site(scale_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """A site on the stack shared by this test process's scale-mode API tests (each test works
+    in a namespace of its own), with one sink worker running."""
+    # usage reads wait for the sink worker as long as a loaded machine may need (never longer
+    # than it takes: they return as soon as the node's writes are applied)
+    # and webhook receivers of the notification tests listen on 127.0.0.1
+    extra = "\n[aggregation]\nmax_wait = 60.0\n[alerts]\nallow_private_webhook_targets = true\n"
+    with site(scale_stack, tmp_path_factory.mktemp("site", numbered=True), extra=extra) as s:
+        s.worker()
+        yield s
+
+
+def build_scale_api(s: Site, tmp_path: Path, **overrides: dict[str, object]) -> Iterator[Api]:
+    """As :func:`build_api`, for an API node of scale mode (in process, frozen clock) over the
+    site's engines; the key's namespace is the test's own."""
+    namespace = f"n{uuid.uuid4().hex[:10]}"
+    key = s.key(namespace)
+    overrides = {"auth": {"bootstrap_admin_key": False}, **overrides}
+    config = load_config(s.config_path, overrides)
+    clock = FixedClock(T0_US)
+
+    def keys(scopes: list[str], other: str | None) -> str:
+        return s.key(namespace if other is None else f"{other}-{namespace}", tuple(scopes))
+
+    with TestClient(create_app(config, clock)) as client:
+        yield Api(client, key, clock, tmp_path / "data", config, keys)
+
+
+MODES = ["embedded", "scale"]
+"""The storage modes an API test that holds for both runs in (``mode_api``)."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test marked ``embedded_only("why")`` runs in embedded mode only: its scale-mode
+    parameter is deselected (what it checks is not offered in scale mode; the reason says why)."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        scale = callspec is not None and "scale" in callspec.params.values()
+        (drop if scale and item.get_closest_marker("embedded_only") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def mode_api(request: pytest.FixtureRequest, tmp_path: Path, **overrides: dict[str, object]) -> Iterator[Api]:
+    """``build_api`` or ``build_scale_api``, as the fixture's parameter (a mode of MODES) says."""
+    if request.param == "scale":
+        yield from build_scale_api(request.getfixturevalue("scale_site"), tmp_path, **overrides)
+    else:
+        yield from build_api(tmp_path, **overrides)
+
+
+@pytest.fixture(scope="session")
+def scale_node(scale_site: Site) -> Server:
+    """A real `meterline serve` API node of the shared scale site (no key: see ``mode_server``)."""
+    port = free_port()
+    process = scale_site.node(port)
+    return Server(f"http://127.0.0.1:{port}", "", scale_site.dir, process, port)
+
+
+def mode_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A real server in the mode of the fixture's parameter: an embedded `meterline serve` of
+    its own, or the shared scale-mode API node with an admin key of a namespace of its own."""
+    if request.param == "scale":
+        node: Server = request.getfixturevalue("scale_node")
+        site_: Site = request.getfixturevalue("scale_site")
+        yield Server(node.url, site_.key(f"n{uuid.uuid4().hex[:10]}"), node.data_dir, node.process, node.port)
+        return
+    s = start_server(tmp_path / "server-data")
+    yield s
+    s.stop()

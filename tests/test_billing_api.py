@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from conftest import Api, build_api
+from conftest import MODES, Api, build_api, mode_api
 from test_ingest_api import assert_problem
 
 from meterline.domain.clock import to_us
@@ -138,9 +138,10 @@ def lines(inv: dict[str, Any]) -> list[tuple[Any, ...]]:
     return [(ln["kind"], ln["name"], ln["amount"], ln.get("quantity"), ln.get("references")) for ln in inv["lines"]]
 
 
-@pytest.fixture
-def bapi(tmp_path: Path) -> Iterator[Api]:
-    yield from build_api(tmp_path, billing={"scheduler_enabled": False})
+@pytest.fixture(params=MODES)
+def bapi(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """The app in each storage mode: these tests hold for both."""
+    yield from mode_api(request, tmp_path, billing={"scheduler_enabled": False})
 
 
 def test_plan_versions_are_drafts_until_published_and_then_never_change(bapi: Api) -> None:

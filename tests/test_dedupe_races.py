@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 
@@ -191,3 +192,34 @@ def test_a_killed_claimant_is_taken_over_by_a_live_node_once_its_lease_lapses(ds
     out, _ = survivor.communicate(timeout=120)
     assert survivor.returncode == 0
     assert sorted(json.loads(out)) == sorted(f"e{i}" for i in range(50))
+
+
+def test_a_sink_confirming_while_the_node_confirms_the_same_token_sees_every_key_held(dsn: str) -> None:
+    """The node's confirm and a sink worker's confirm of the same claim at the same instant: the
+    sink's waits for the node's row locks and must then answer True for every key (the node
+    confirmed them under this very token). A single-statement confirm answered False there
+    (its snapshot predates the node's commit) and the sink skipped acknowledged events."""
+    import psycopg
+
+    node, sink = pg_dsn_store(dsn, SystemClock().now_us), pg_dsn_store(dsn, SystemClock().now_us)
+    keys = [key(f"r{i}") for i in range(25)]
+    token = node.claim(keys).token
+    answers: list[list[bool]] = []
+    try:
+        with psycopg.connect(dsn) as conn:  # the node's confirm, its transaction held open
+            conn.execute(
+                "UPDATE dedupe_keys SET confirmed = true WHERE token = %s AND NOT confirmed", (uuid.UUID(token),)
+            )
+            sinking = threading.Thread(target=lambda: answers.append(sink.confirm(token, keys)))
+            sinking.start()
+            with psycopg.connect(dsn, autocommit=True) as watch:  # until the sink waits for the row locks
+                waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                while not watch.execute(waiting + " AND query LIKE '%%dedupe_keys%%'").fetchone()[0]:  # type: ignore[index]
+                    assert sinking.is_alive(), "the sink's confirm returned without waiting"
+                    time.sleep(0.01)
+            conn.commit()
+        sinking.join(timeout=60)
+        assert answers == [[True] * len(keys)]
+    finally:
+        node._db.close()
+        sink._db.close()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import T0_US, Api, build_api, make_key
+from conftest import MODES, T0_US, Api, build_api, mode_api
+
+
+@pytest.fixture(params=MODES)
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """The app in each storage mode: these tests hold for both."""
+    yield from mode_api(request, tmp_path)
 
 
 def ev(id_: str, **over: Any) -> dict[str, Any]:
@@ -213,7 +220,7 @@ def test_auth_is_required_and_scoped(api: Api) -> None:
     r = api.client.get("/api/v1/meters", headers={"Authorization": "Bearer nope"})
     assert_problem(r, 401, "invalid_api_key")
     assert r.headers["www-authenticate"] == "Bearer"
-    ingest_only = make_key(api.data_dir, ["ingest"])
+    ingest_only = api.new_key(["ingest"])
     assert_problem(api.client.get("/api/v1/meters", headers=api.headers(ingest_only)), 403, "missing_scope")
     r = api.client.post(
         "/api/v1/events",
@@ -226,7 +233,7 @@ def test_auth_is_required_and_scoped(api: Api) -> None:
 
 
 def test_namespaces_are_isolated(api: Api) -> None:
-    other = make_key(api.data_dir, ["admin"], namespace="tenant2")
+    other = api.new_key(["admin"], "tenant2")
     api.create_meter(slug="n", eventType="prompt", aggregation="COUNT")
     assert (
         api.client.post(

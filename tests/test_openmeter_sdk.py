@@ -30,11 +30,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from conftest import Server
+from conftest import MODES, Server, mode_server
 from corehttp.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
@@ -84,6 +85,12 @@ class Seeded:
     @property
     def end(self) -> datetime:
         return self.b + timedelta(hours=1)
+
+
+@pytest.fixture(params=MODES)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A real server in each storage mode: these tests hold for both."""
+    yield from mode_server(request, tmp_path)
 
 
 def make_client(server: Server, token: str | None = None) -> Client:

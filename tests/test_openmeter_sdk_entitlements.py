@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, start_server
+from conftest import MODES, Server, mode_server, start_server
 from corehttp.exceptions import HttpResponseError, ResourceNotFoundError
 from dateutil.relativedelta import relativedelta
 from openmeter import Client
@@ -107,9 +107,13 @@ class World:
         return httpx.Client(base_url=self.server.url, headers={"Authorization": f"Bearer {token or self.server.key}"})
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    # the webhook receivers of the notification tests listen on 127.0.0.1
+@pytest.fixture(params=MODES)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A real server in each storage mode (these tests hold for both); the webhook receivers of
+    the notification tests listen on 127.0.0.1."""
+    if request.param == "scale":  # the shared scale site allows private webhook targets
+        yield from mode_server(request, tmp_path)
+        return
     s = start_server(tmp_path / "server-data", env={"METERLINE_ALERTS__ALLOW_PRIVATE_WEBHOOK_TARGETS": "true"})
     yield s
     s.stop()

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from conftest import Api
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import MODES, Api, mode_api
 from test_entitlements_api import ev, setup
 from test_ingest_api import assert_problem
+
+
+@pytest.fixture(params=MODES)
+def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """The app in each storage mode: these tests hold for both."""
+    yield from mode_api(request, tmp_path)
 
 
 def portal(api: Api, token: str, meter: str = "tokens", **params: str) -> object:

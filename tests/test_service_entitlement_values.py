@@ -45,15 +45,15 @@ class Usage:
             return None, None
         return self.ent, Value(True, usage=Decimal(90), allowance=Decimal(100), balance=Decimal(10), period=MAR)
 
-    def period_at(self, entitlement_id: str, t_us: int) -> Period | None:
-        return MAR if entitlement_id in self.metered else None
+    def period_at(self, ent: Entitlement, t_us: int) -> Period | None:
+        return MAR if ent.id in self.metered else None
 
-    def value_at(self, entitlement_id: str, t_us: int) -> Value | None:
-        return Value(True, usage=Decimal(t_us % 7)) if entitlement_id in self.metered else None
+    def value_at(self, ent: Entitlement, t_us: int) -> Value | None:
+        return Value(True, usage=Decimal(t_us % 7)) if ent.id in self.metered else None
 
-    def windows(self, entitlement_id: str, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
+    def windows(self, ent: Entitlement, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
         self.queries.append(query)
-        if entitlement_id not in self.metered:
+        if ent.id not in self.metered:
             return None
         start_us = (query.start or 0) * 1_000_000
         return [(start_us, start_us + 3_600_000_000, Decimal(30))]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.chain import SqliteChain, ensure_ledger_id, migrate_step
@@ -38,6 +38,7 @@ from meterline.domain.meters.query import QueryLimits
 from meterline.ports.billing import BillingStores
 from meterline.ports.billing_usage import PeriodUsage
 from meterline.ports.dedupe import DedupeStore
+from meterline.ports.deliveries import DeliveryStore
 from meterline.ports.integrity import ChainSource
 from meterline.ports.ledger import Ledger, LedgerReader
 from meterline.ports.reconciliation import ReconciliationCounts
@@ -239,22 +240,10 @@ def open_scale_stores(
     runs every ``prune_every`` seconds."""
     if config.storage.engine != "scale":
         raise ConfigError('the scale-mode stores are opened for storage.engine = "scale" only')
-    window = config.ingest.dedupe_window
-    window_us = None if window is None else _us(window.total_seconds())
-    lease_us = _us(config.dedupe.lease.total_seconds())
     pg = open_postgres(config, clock)
     closers: list[Callable[[], None]] = [pg.close]
     try:
-        if config.dedupe.backend == "redis":
-            dedupe_mod = _scale_adapter("meterline.adapters.redis.dedupe", "redis")
-            client = import_extra("redis", "scale").Redis.from_url(config.redis.url)
-            closers.append(client.close)
-            dedupe: DedupeStore = dedupe_mod.RedisDedupe(
-                client, clock.now_us, lease_us=lease_us, window_us=window_us, prefix=config.redis.key_prefix
-            )
-        else:
-            dedupe_mod = _scale_adapter("meterline.adapters.postgres.dedupe", "psycopg", "psycopg_pool")
-            dedupe = dedupe_mod.PgDedupe(pg.db, clock.now_us, lease_us=lease_us, window_us=window_us)
+        dedupe = dedupe_store(config, pg.db, clock, closers)
     except BaseException:
         for close in reversed(closers):
             close()
@@ -290,6 +279,26 @@ def open_chain(config: Config, clock: Clock | None = None) -> Iterator[ChainSour
         source.close()
 
 
+def dedupe_store(config: Config, db: PgDatabase, clock: Clock, closers: list[Callable[[], None]]) -> DedupeStore:
+    """The shared ack-time dedupe store ``[dedupe] backend`` names (PostgreSQL over ``db``, or
+    Redis), with the lease of ``[dedupe]`` and the window of ``ingest.dedupe_window``; what
+    it opens is closed by ``closers``. API nodes and workers must use the same one."""
+    window = config.ingest.dedupe_window
+    window_us = None if window is None else _us(window.total_seconds())
+    lease_us = _us(config.dedupe.lease.total_seconds())
+    if config.dedupe.backend == "redis":
+        dedupe_mod = _scale_adapter("meterline.adapters.redis.dedupe", "redis")
+        client = import_extra("redis", "scale").Redis.from_url(config.redis.url)
+        closers.append(client.close)
+        redis_store: DedupeStore = dedupe_mod.RedisDedupe(
+            client, clock.now_us, lease_us=lease_us, window_us=window_us, prefix=config.redis.key_prefix
+        )
+        return redis_store
+    dedupe_mod = _scale_adapter("meterline.adapters.postgres.dedupe", "psycopg", "psycopg_pool")
+    pg_store: DedupeStore = dedupe_mod.PgDedupe(db, clock.now_us, lease_us=lease_us, window_us=window_us)
+    return pg_store
+
+
 def rebuild_store(config: Config, *, check: bool) -> RebuildReport:
     """Recompute the rollups from the ledger in one write transaction of its own (the CLI's
     ``rebuild``; safe while a server runs on the same directory) and compare them with those
@@ -304,6 +313,39 @@ def rebuild_store(config: Config, *, check: bool) -> RebuildReport:
         return report
     finally:
         conn.close()
+
+
+Gauge = tuple[str, str, Callable[[], float]]
+"""A Prometheus gauge a node exports: name, help text, and how to read it."""
+
+
+class Node(Protocol):
+    """What the HTTP face runs on, whichever storage mode built it (:class:`System` for the
+    embedded store, ``bootstrap_scale.ScaleNode`` for scale mode)."""
+
+    config: Config
+    clock: Clock
+    monitor: Monitor
+    status: StoreStatus
+    catalog: Catalog
+    billing: Billing
+    dispatcher: Dispatcher
+    counts: ReconciliationCounts | None
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    def gauges(self) -> list[Gauge]:
+        """The storage gauges this node exports on ``/metrics``."""
+        ...
+
+    def lag_seconds(self) -> float:
+        """How long usage has been behind the ledger without catching up (0 when caught up)."""
+        ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -324,6 +366,40 @@ class System:
     counts: ReconciliationCounts | None = None
     """What reconciliation counts in the store (the dashboard's reconciliation view)."""
     _started: list[object] = field(default_factory=list)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.backend.ledger
+
+    def lag_seconds(self) -> float:
+        return self.aggregator.lag_seconds()
+
+    def gauges(self) -> list[Gauge]:
+        store, agg = self.status, self.aggregator
+        return [
+            ("meterline_ledger_events", "Events in the ledger", store.ledger_events),
+            ("meterline_rollup_lag_events", "Ledger events not yet applied to a meter", store.pending_backfill),
+            ("meterline_aggregation_lag_events", "Committed ledger events the aggregator has not applied", agg.lag),
+            (
+                "meterline_aggregation_lag_seconds",
+                "How long the aggregator has been behind the ledger head without catching up (0 when caught up)",
+                agg.lag_seconds,
+            ),
+            ("meterline_aggregated_events_total", "Ledger events the aggregator applied", lambda: agg.stats.events),
+            ("meterline_group_commits", "Write transactions committed", store.commits),
+            (
+                "meterline_storage_available",
+                "1 while commits succeed; 0 from a failed commit until one succeeds again (METER-001)",
+                lambda: int(store.writable()[0]),
+            ),
+            ("meterline_write_queue", "Write tasks waiting for the writer thread", store.queued),
+            (
+                "meterline_followup_failures_total",
+                "In-memory follow-ups of committed writes (counters index, alert rules) that failed;"
+                " the view was rebuilt",
+                store.followup_failures,
+            ),
+        ]
 
     def start(self) -> None:
         """Start the background loops (webhook delivery, anomaly scans, key pruning, follow-ups,
@@ -460,17 +536,7 @@ def build(config: Config, clock: Clock | None = None) -> System:
         agg.close()
         backend.close()
         raise
-    alerts = config.alerts
-    dispatcher = Dispatcher(
-        backend.notifications,
-        clock,
-        timeout=alerts.webhook_timeout,
-        max_attempts=alerts.max_attempts,
-        backoff_initial=alerts.backoff_initial,
-        backoff_max=alerts.backoff_max,
-        allow_private_targets=alerts.allow_private_webhook_targets,
-        monitor=monitor,
-    )
+    dispatcher = webhook_dispatcher(config, backend.notifications, clock, monitor)
     counting.alerts.wake = dispatcher.wake
     scanner = AnomalyScanner(counting.alerts, clock, monitor=monitor)
     billing = billing_services(config, backend, clock, monitor)
@@ -479,6 +545,21 @@ def build(config: Config, clock: Clock | None = None) -> System:
     status = SqliteStatus(backend)
     return System(
         config, clock, monitor, backend, status, counting, agg, dispatcher, scanner, services, billing, counts
+    )
+
+
+def webhook_dispatcher(config: Config, store: DeliveryStore, clock: Clock, monitor: Monitor) -> Dispatcher:
+    """The alert-delivery loop of ``[alerts]`` over a delivery store (not started)."""
+    alerts = config.alerts
+    return Dispatcher(
+        store,
+        clock,
+        timeout=alerts.webhook_timeout,
+        max_attempts=alerts.max_attempts,
+        backoff_initial=alerts.backoff_initial,
+        backoff_max=alerts.backoff_max,
+        allow_private_targets=alerts.allow_private_webhook_targets,
+        monitor=monitor,
     )
 
 
@@ -542,10 +623,13 @@ class Worker:
     partitions: KafkaPartitions
     conn: Connection
     pg: PgDatabase
+    _close: list[Callable[[], None]] = field(default_factory=list)
 
     def close(self) -> None:
         self.partitions.close()
         self.conn.close()
+        for close in reversed(self._close):
+            close()
         self.pg.close()
 
 
@@ -609,17 +693,18 @@ def open_worker(config: Config) -> Worker:
         conn.close()
         pg.close()
         raise
-    dedupe = scale_dedupe(config, pg, clock)
+    closers: list[Callable[[], None]] = []
+    dedupe = dedupe_store(config, pg, clock, closers)  # the one the API nodes claim keys in
     cap, chunk = config.ingest.max_group_cardinality, config.aggregation.chunk
     sink = SinkWorker(partitions, store, meters.live, dedupe, cap=cap, max_entries=chunk)
-    return Worker(sink, partitions, conn, pg)
+    return Worker(sink, partitions, conn, pg, closers)
 
 
 def _embedded_only(config: Config) -> None:
     if config.storage.engine != "embedded":
         raise ConfigError(
-            f"storage.engine = {config.storage.engine!r}: API nodes on the scale engines are not available yet;"
-            " the scale adapters (ClickHouse usage store) are used by `meterline worker` and the tests (docs/scale.md)"
+            f"storage.engine = {config.storage.engine!r}: this command works on the embedded store's data directory;"
+            " in scale mode run API nodes (`meterline serve`) and sink workers (`meterline worker`) (docs/scale.md)"
         )
 
 

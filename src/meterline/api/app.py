@@ -35,7 +35,7 @@ from meterline.api.freshness import FreshnessHeaders
 from meterline.api.health import Health, HealthWatch, LatencyWindow
 from meterline.api.incidents import IncidentLog
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
-from meterline.bootstrap import build
+from meterline.bootstrap_scale import build_node
 from meterline.config import Config
 from meterline.domain.clock import Clock
 from meterline.domain.errors import MeterlineError
@@ -147,36 +147,12 @@ ROUTES = [
 
 
 def create_app(config: Config, clock: Clock | None = None) -> Starlette:
-    system = build(config, clock)
+    system = build_node(config, clock)
     clock, monitor, store = system.clock, system.monitor, system.status
     metrics = Metrics()
-    metrics.gauge("meterline_ledger_events", "Events in the ledger", store.ledger_events)
-    metrics.gauge("meterline_rollup_lag_events", "Ledger events not yet applied to a meter", store.pending_backfill)
-    aggregator = system.aggregator
-    metrics.gauge(
-        "meterline_aggregation_lag_events", "Committed ledger events the aggregator has not applied", aggregator.lag
-    )
-    metrics.gauge(
-        "meterline_aggregation_lag_seconds",
-        "How long the aggregator has been behind the ledger head without catching up (0 when caught up)",
-        aggregator.lag_seconds,
-    )
-    metrics.gauge(
-        "meterline_aggregated_events_total", "Ledger events the aggregator applied", lambda: aggregator.stats.events
-    )
+    for name, help_text, read in system.gauges():
+        metrics.gauge(name, help_text, read)
     metrics.gauge("meterline_dead_letters", "Events in the dead-letter store", system.catalog.dead_letters.count)
-    metrics.gauge("meterline_group_commits", "Write transactions committed", store.commits)
-    metrics.gauge(
-        "meterline_storage_available",
-        "1 while commits succeed; 0 from a failed commit until one succeeds again (METER-001)",
-        lambda: int(store.writable()[0]),
-    )
-    metrics.gauge("meterline_write_queue", "Write tasks waiting for the writer thread", store.queued)
-    metrics.gauge(
-        "meterline_followup_failures_total",
-        "In-memory follow-ups of committed writes (counters index, alert rules) that failed; the view was rebuilt",
-        store.followup_failures,
-    )
     metrics.background(monitor)
     incidents = IncidentLog()
     admission = Admission(
@@ -197,7 +173,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     ctx = Context(
         config,
         clock,
-        system.backend.ledger,
+        system.ledger,
         Authenticator(system.catalog.keys, config.auth.key_cache_seconds, config.server.tls_client_namespaces),
         metrics,
         Limits(
@@ -217,7 +193,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         LatencyWindow(metrics.latency),
         store.pending_backfill,
         monitor,
-        aggregator.lag_seconds,
+        system.lag_seconds,
     )
     health = Health(store, monitor, watch, admission)
 

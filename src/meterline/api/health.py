@@ -3,7 +3,8 @@
 ``/readyz`` answers **503** ``not_ready`` (``operationalCode`` of the first failing check, all
 of them in ``checks``) when
 
-- METER-001: the store cannot be read, or the last commit failed and none has succeeded since;
+- METER-001: the store cannot be read (in scale mode: PostgreSQL, ClickHouse or the Kafka
+  brokers do not answer, each named), or the last commit failed and none has succeeded since;
 - METER-005: a background thread is dead, or stuck in one step (``health.stuck_after``).
 - METER-004: an in-memory view of the store (the live counters' index, the alert rules) missed
   a committed change and rebuilding it from the store has failed since
@@ -36,7 +37,7 @@ from prometheus_client import Histogram
 
 from meterline.api.backpressure import Admission
 from meterline.config import HealthConfig
-from meterline.domain.errors import OpsCode
+from meterline.domain.errors import OpsCode, StorageUnavailable
 from meterline.ports.status import StoreStatus
 from meterline.runtime.background import Monitor, Ticker
 
@@ -174,6 +175,8 @@ class Health:
         found = []
         try:
             self._store.probe()
+        except StorageUnavailable as exc:  # its detail names what failed (scale mode: which engine)
+            found.append(Finding("storage", OpsCode.STORAGE_UNAVAILABLE, exc.detail))
         except Exception:
             found.append(Finding("storage", OpsCode.STORAGE_UNAVAILABLE, "the store cannot be read"))
         writable, failure = self._store.writable()

@@ -55,7 +55,8 @@ def serve(
     tls_key: Path | None,
     tls_client_ca: Path | None,
 ) -> None:
-    """Run the server in embedded mode (SQLite in the data directory)."""
+    """Run the server: embedded mode (SQLite in the data directory), or an API node of scale mode
+    (``storage.engine = "scale"``: Kafka, ClickHouse and PostgreSQL of the config)."""
     from meterline.api.app import create_app
     from meterline.cli.logs import setup_logging
 
@@ -65,7 +66,11 @@ def serve(
     bootstrap = _bootstrap_key(config)
     app = create_app(config)
     where = f"{'https' if config.server.tls_cert else 'http'}://{config.server.host}:{config.server.port}"
-    click.echo(f"meterline listening on {where} (data in {config.storage.data_dir.resolve()})")
+    if config.storage.engine == "scale":
+        stored = f"scale mode: topic {config.kafka.topic!r}, ClickHouse database {config.clickhouse.database!r}"
+    else:
+        stored = f"data in {config.storage.data_dir.resolve()}"
+    click.echo(f"meterline listening on {where} ({stored})")
     if bootstrap:
         click.echo("A new admin API key was created. It is shown only this once; keep it:")
         click.echo(f"  {bootstrap}")

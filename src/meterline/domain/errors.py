@@ -10,6 +10,7 @@
     ├── PayloadTooLarge            payload_too_large 413
     ├── UnsupportedMediaType       unsupported_media_type 415
     ├── ConfigError                invalid_config  (CLI only)
+    ├── NotSupported               not_supported   501  (extra: mode)
     ├── StorageUnavailable         storage_unavailable 503  METER-001
     └── Overloaded                 overloaded      503  METER-002
 
@@ -111,6 +112,14 @@ class ConfigError(MeterlineError):
     code = "invalid_config"
     status = 500
     title = "Invalid configuration"
+
+
+class NotSupported(MeterlineError):
+    """What this storage mode does not offer (yet); the problem names the mode (``mode``)."""
+
+    code = "not_supported"
+    status = 501
+    title = "Not supported in this storage mode"
 
 
 class StorageUnavailable(MeterlineError):

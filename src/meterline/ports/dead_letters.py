@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,4 +42,21 @@ class DeadLetterStore(Protocol):
 
     def count(self) -> int:
         """All dead letters of every namespace."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """One rejected event as the ack path hands it to the store."""
+
+    reason: str
+    message: str
+    source: str | None
+    event_id: str | None
+    raw: bytes
+
+
+class DeadLetterWriter(Protocol):
+    def add(self, namespace: str, received_us: int, letters: Sequence[Rejected]) -> None:
+        """Store a request's rejected events durably (one transaction) before it is answered."""
         ...

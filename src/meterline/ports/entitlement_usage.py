@@ -24,16 +24,16 @@ class EntitlementUsage(Protocol):
         without one; ``project`` adds the end-of-period projection."""
         ...
 
-    def period_at(self, entitlement_id: str, t_us: int) -> Period | None:
+    def period_at(self, ent: Entitlement, t_us: int) -> Period | None:
         """The usage period of a live metered entitlement holding ``t_us``; None for any other."""
         ...
 
-    def value_at(self, entitlement_id: str, t_us: int) -> Value | None:
+    def value_at(self, ent: Entitlement, t_us: int) -> Value | None:
         """The value as of ``t_us`` (usage from its period's start through the minute holding
         it); None unless the entitlement is live and metered."""
         ...
 
-    def windows(self, entitlement_id: str, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
+    def windows(self, ent: Entitlement, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
         """The entitlement's usage per window of ``query`` (its own subjects and filters);
         None unless it is live and metered."""
         ...

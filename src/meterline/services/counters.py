@@ -197,12 +197,7 @@ class LiveCounters:
         self._recount.clear()
 
     def _read(self, usage: UsageQueries, live: Live, period: Period) -> Decimal:
-        dims = tuple(sorted(live.meter.spec.group_by))
-        filters = tuple((dims[i], (v,), False) for i, v in live.filters)
-        query = MeterQuery(
-            period.start_us // 1_000_000, period.end_us // 1_000_000, subjects=live.subjects, filters=filters
-        )
-        return sum((row.value for row in usage.query(live.meter, query)), ZERO)
+        return read_usage(usage, live, period)
 
     def reload(self) -> None:
         """Rebuild the index from the committed catalog (on the stream's thread; waits for
@@ -228,7 +223,7 @@ class LiveCounters:
             customer = customers.get(ent.customer_id)
             if customer is None:
                 continue
-            live = _live(ent, customer, features.get(ent.feature_id), meters, grants.get(ent.id, []), now)
+            live = live_counter(ent, customer, features.get(ent.feature_id), meters, grants.get(ent.id, []), now)
             index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
             if live is None:
                 continue
@@ -252,7 +247,7 @@ class LiveCounters:
         if customer is None:
             return
         meters = {(m.namespace, m.spec.slug): m for m in found.meters}
-        live = _live(ent, customer, found.features.get(ent.feature_id), meters, [], self._clock.now_us())
+        live = live_counter(ent, customer, found.features.get(ent.feature_id), meters, [], self._clock.now_us())
         index = self.index
         index.by_key[(ent.namespace, customer.key, ent.feature_key)] = (ent, live)
         if live is not None:
@@ -306,7 +301,7 @@ class LiveCounters:
         return verdict(ent, value, quantity)
 
 
-def _live(
+def live_counter(
     ent: Entitlement,
     customer: Customer,
     feature: Feature | None,
@@ -333,6 +328,16 @@ def _live(
         log.error("entitlement periods out of range; it has no counter", extra={"entitlement": ent.id})
         return None
     return Live(ent, customer, feature, meter, customer.subjects, filters, rec, grants)
+
+
+def read_usage(usage: UsageQueries, live: Live, period: Period) -> Decimal:
+    """The entitlement's usage within ``period`` as the usage store answers it (its subjects
+    and the feature's group filters)."""
+    dims = tuple(sorted(live.meter.spec.group_by))
+    filters = tuple((dims[i], (v,), False) for i, v in live.filters)
+    start, end = period.start_us // 1_000_000, period.end_us // 1_000_000
+    query = MeterQuery(start, end, subjects=live.subjects, filters=filters)
+    return sum((row.value for row in usage.query(live.meter, query)), ZERO)
 
 
 class History:

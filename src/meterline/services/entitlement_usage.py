@@ -25,14 +25,14 @@ class CountedEntitlementUsage:
     ) -> tuple[Entitlement | None, Value | None]:
         return self._counters.value(namespace, customer_key, feature_key, project=project)
 
-    def period_at(self, entitlement_id: str, t_us: int) -> Period | None:
-        live = self._history.live(entitlement_id)
+    def period_at(self, ent: Entitlement, t_us: int) -> Period | None:
+        live = self._history.live(ent.id)
         return None if live is None else live.period_at(t_us)
 
-    def value_at(self, entitlement_id: str, t_us: int) -> Value | None:
-        live = self._history.live(entitlement_id)
+    def value_at(self, ent: Entitlement, t_us: int) -> Value | None:
+        live = self._history.live(ent.id)
         return None if live is None else self._history.value_at(live, t_us)
 
-    def windows(self, entitlement_id: str, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
-        live = self._history.live(entitlement_id)
+    def windows(self, ent: Entitlement, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
+        live = self._history.live(ent.id)
         return None if live is None else self._history.windows(live, query)

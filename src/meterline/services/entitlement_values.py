@@ -52,13 +52,13 @@ class EntitlementValueService:
 
     def current_period(self, ent: Entitlement) -> Period | None:
         """The usage period a metered entitlement is in now (None for other types)."""
-        return self._usage.period_at(ent.id, self._clock.now_us()) if ent.spec.type == "metered" else None
+        return self._usage.period_at(ent, self._clock.now_us()) if ent.spec.type == "metered" else None
 
     def value(self, namespace: str, owner: str, entitlement: str, at_us: int | None = None) -> Value:
         """The value now, or of a metered entitlement as of ``at_us``."""
         ent = self._entitlements.find(namespace, owner, entitlement)
         if at_us is not None and ent.spec.type == "metered":
-            past = self._usage.value_at(ent.id, at_us)
+            past = self._usage.value_at(ent, at_us)
             if past is None:
                 raise NotFound("the entitlement's meter no longer exists", code="meter_not_found")
             return past
@@ -96,7 +96,7 @@ class EntitlementValueService:
             raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", code="invalid_window_size")
         ent = self._entitlements.find(namespace, owner, entitlement)
         now = self._clock.now_us()
-        current = self._usage.period_at(ent.id, now)
+        current = self._usage.period_at(ent, now)
         if current is None:
             raise InvalidInput("history exists for metered entitlements only", code="invalid_entitlement")
         end = now - now % MINUTE_US + MINUTE_US if end_us is None else end_us  # through the current minute
@@ -106,12 +106,12 @@ class EntitlementValueService:
         # any from/to, answered exactly: whole minutes from the rollups, the partial first
         # and last minute from the ledger (domain.meters.edges), as meter queries are
         query = exact_query(start, end, window_size=WindowSize(window_size), tz=zone(time_zone), limits=self._limits)
-        windows = self._usage.windows(ent.id, query) or []
-        dated = [(s, e, usage, self._period(ent.id, s)) for s, e, usage in windows]
+        windows = self._usage.windows(ent, query) or []
+        dated = [(s, e, usage, self._period(ent, s)) for s, e, usage in windows]
         return burndown(dated, ent.spec.issue_after_reset or Decimal(0))
 
-    def _period(self, entitlement_id: str, start_us: int) -> Period:
-        period = self._usage.period_at(entitlement_id, start_us)
+    def _period(self, ent: Entitlement, start_us: int) -> Period:
+        period = self._usage.period_at(ent, start_us)
         if period is None:
             raise NotFound("the entitlement's meter no longer exists", code="meter_not_found")
         return period

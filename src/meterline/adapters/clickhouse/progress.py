@@ -29,6 +29,8 @@ class Progress:
     pending_end: int = 0
     pending_meters: tuple[int, ...] = ()
     version: int = 0
+    applied_us: int = 0
+    """The receipt time of the newest event applied so far (0: none, or not recorded)."""
 
     @property
     def pending(self) -> bool:
@@ -45,11 +47,11 @@ class ProgressTable:
 
     def read(self) -> dict[str, Progress]:
         rows = self._conn.rows(f"SELECT {', '.join(name for name, _ in PROGRESS)} FROM usage_progress FINAL")
-        return {r[0]: Progress(r[0], r[1], r[2], r[3], tuple(r[4]), r[5]) for r in rows}
+        return {r[0]: Progress(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6]) for r in rows}
 
     def write(self, p: Progress) -> Progress:
         """Store the next version of a stream's progress (one writer per stream)."""
         p = replace(p, version=p.version + 1)
-        row = [p.stream, p.done, p.to, p.pending_end, list(p.pending_meters), p.version]
+        row = [p.stream, p.done, p.to, p.pending_end, list(p.pending_meters), p.version, p.applied_us]
         self._conn.insert("usage_progress", PROGRESS, [row], token=f"{p.stream}:v{p.version}")
         return p

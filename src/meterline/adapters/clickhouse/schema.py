@@ -10,7 +10,9 @@
 - ``usage_uniques``: UNIQUE_COUNT values per bucket (ReplacingMergeTree);
 - ``usage_dims``: the group values and subjects each meter has seen (the cardinality cap);
 - ``usage_progress``: per consumed stream (the live offset, a meter's backfill, a Kafka
-  partition) how far it is applied and the range being applied (ReplacingMergeTree by version).
+  partition) how far it is applied, the range being applied, and the receipt time of the
+  newest event applied (what API nodes state their answers' freshness from); a
+  ReplacingMergeTree by version.
 
 Every table written in batches keeps ``non_replicated_deduplication_window`` blocks' tokens.
 On a cluster each table becomes ``ReplicatedMergeTree``-family ``..._local`` tables on every
@@ -32,7 +34,7 @@ EVENTS = [("namespace", "String"), ("source", "String"), ("type", "String"), ("s
           ("seq", "UInt64")]  # fmt: skip
 DIMS = [("meter", "UInt64"), ("dim", "String"), ("value", "String"), ("is_subject", "UInt8")]
 PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pending_end", "UInt64"),
-            ("pending_meters", "Array(UInt64)"), ("version", "UInt64")]  # fmt: skip
+            ("pending_meters", "Array(UInt64)"), ("version", "UInt64"), ("applied_us", "Int64")]  # fmt: skip
 
 
 def statements(window: int, retention_seconds: int | None) -> list[str]:
@@ -62,8 +64,10 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         ) ENGINE = ReplacingMergeTree ORDER BY (meter, is_subject, dim, value) {dedupe}""",
         """CREATE TABLE IF NOT EXISTS usage_progress (
             stream String, done UInt64, to UInt64, pending_end UInt64, pending_meters Array(UInt64),
-            version UInt64
+            version UInt64, applied_us Int64 DEFAULT 0
         ) ENGINE = ReplacingMergeTree(version) ORDER BY stream""",
+        # databases created before the column existed
+        "ALTER TABLE usage_progress ADD COLUMN IF NOT EXISTS applied_us Int64 DEFAULT 0",
     ]
 
 

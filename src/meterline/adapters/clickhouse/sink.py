@@ -7,7 +7,7 @@ log partitions, exactly once, by the protocol of :mod:`.progress` (one stream pe
 3. raw events, rollup states, UNIQUE_COUNT values and new group values / subjects are inserted,
    each under the token ``<topic>:<partition>:<start>-<end>:<table>`` (a batch repeated after a
    crash is the same range, so the same tokens: ClickHouse drops what had landed);
-4. the new position is recorded.
+4. the new position is recorded, with the receipt time of the newest event applied.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ class ClickHouseSink:
         if p.done != start or (p.pending and p.pending_end != end):
             return False
         if not p.pending:
-            p = self._progress.write(Progress(stream, start, 0, end, tuple(sorted(meters)), p.version))
+            p = self._progress.write(Progress(stream, start, 0, end, tuple(sorted(meters)), p.version, p.applied_us))
         rows = [
             (e.namespace, e.source, e.type, e.subject, e.time_us, e.received_us, e.raw.decode(), stream, e.seq)
             for e in entries
         ]
         self._conn.insert("events", EVENTS, rows, p.token("events"))
         write_usage(self._conn, replay, set(p.pending_meters), p)
-        self._progress.write(Progress(stream, end, 0, 0, (), p.version))
+        applied = max((e.received_us for e in entries), default=p.applied_us)
+        self._progress.write(Progress(stream, end, 0, 0, (), p.version, max(applied, p.applied_us)))
         return True

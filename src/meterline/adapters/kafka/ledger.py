@@ -34,6 +34,7 @@ from meterline.domain.events.model import Candidate, Event, Outcome, Status
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
+from meterline.ports.dead_letters import DeadLetterWriter, Rejected
 from meterline.ports.dedupe import Claims, DedupeStore, EventKey, Verdict
 from meterline.ports.ledger import Appended, EventFilter, StoredEvent
 from meterline.ports.meters import MeterCatalog
@@ -99,7 +100,10 @@ class KafkaLedger:
         *,
         cap: int,
         delivery_timeout: float = 30.0,
+        dead_letters: DeadLetterWriter | None = None,
     ) -> None:
+        """``dead_letters``: where rejected events are stored before a request is answered
+        (without one, they are only reported)."""
         kafka = import_extra("confluent_kafka", "scale")
         config = producer_config(bootstrap)
         config["message.timeout.ms"] = int(delivery_timeout * 1000)
@@ -109,7 +113,10 @@ class KafkaLedger:
         self._dedupe = dedupe
         self._now_us = now_us
         self._cap = cap
+        self._dead_letters = dead_letters
         self._groups: dict[tuple[int, str], set[str]] = {}
+        self._heads: dict[int, int] = {}
+        self._heads_lock = threading.Lock()
         self._compiled: dict[int, CompiledMeter] = {}
         self._lock = threading.Lock()
         self._work = ThreadPoolExecutor(8, thread_name_prefix="meterline-kafka-ack")
@@ -144,6 +151,7 @@ class KafkaLedger:
             now = self._now_us()
             with self._lock:  # the group values admitted so far are shared by concurrent requests
                 outcomes, accepted = self._admit(namespace, candidates)
+            self._dead_letter(namespace, now, candidates, outcomes)
             request = self._claim(outcomes, accepted)
             request.future = future
             if not request.claimed:
@@ -155,6 +163,32 @@ class KafkaLedger:
         except BaseException as exc:
             if not future.done():
                 future.set_exception(_unavailable(exc))
+
+    def _dead_letter(
+        self, namespace: str, now: int, candidates: Sequence[Candidate], outcomes: builtins.list[Outcome]
+    ) -> None:
+        """0. Store the rejected events (before anything is answered)."""
+        if self._dead_letters is None:
+            return
+        letters = [
+            Rejected(o.reason.value, o.message or "", c.source, c.id, c.raw)
+            for c, o in zip(candidates, outcomes, strict=True)
+            if o.status is Status.REJECTED and o.reason is not None
+        ]
+        self._dead_letters.add(namespace, now, letters)
+
+    def heads(self) -> dict[int, int]:
+        """Per partition, the offset after the last record this ledger had acknowledged: a
+        reader that waits until the sink has applied that much reads this node's own writes."""
+        with self._heads_lock:
+            return dict(self._heads)
+
+    def probe(self, timeout: float = 2.0) -> None:
+        """One metadata round trip to the brokers; ``StorageUnavailable`` when none answers."""
+        try:
+            self._producer.list_topics(self._topic, timeout=timeout)
+        except Exception as exc:
+            raise StorageUnavailable(f"the Kafka brokers do not answer: {type(exc).__name__}") from exc
 
     def _claim(self, outcomes: builtins.list[Outcome], accepted: builtins.list[tuple[int, Event]]) -> _Request:
         """1. Claim every accepted key: duplicates and conflicts are answered, not written."""
@@ -176,13 +210,18 @@ class KafkaLedger:
         while True:
             try:
                 self._producer.produce(
-                    self._topic, value, key, on_delivery=lambda err, _: self._delivered(request, err)
+                    self._topic, value, key, on_delivery=lambda err, msg: self._delivered(request, err, msg)
                 )
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.05)
 
-    def _delivered(self, request: _Request, err: Any) -> None:
+    def _delivered(self, request: _Request, err: Any, msg: Any) -> None:
+        if err is None:
+            with self._heads_lock:
+                partition, after = msg.partition(), msg.offset() + 1
+                if after > self._heads.get(partition, 0):
+                    self._heads[partition] = after
         if request.delivered(err):
             self._work.submit(self._finish, request)
 

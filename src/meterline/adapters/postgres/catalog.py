@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from meterline.adapters.postgres.customers import PgCustomers
 from meterline.adapters.postgres.database import PgDatabase
+from meterline.adapters.postgres.dead_letters import PgDeadLetters
 from meterline.adapters.postgres.entitlements import PgEntitlements, PgFeatures, PgGrants
 from meterline.adapters.postgres.keys import PgKeys
 from meterline.adapters.postgres.meters import PgMeters
@@ -15,7 +16,7 @@ from meterline.adapters.postgres.portal import PgPortal
 
 class PgCatalog:
     """Customers (also the namespace settings and an empty quarantine), keys, meters, features,
-    entitlements, grants, notifications (also the delivery store) and portal tokens."""
+    entitlements, grants, notifications (also the delivery store), portal tokens and dead letters."""
 
     def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
         self.db = db
@@ -27,11 +28,17 @@ class PgCatalog:
         self.grants = PgGrants(db)
         self.notifications = PgNotifications(db, now_us)
         self.portal = PgPortal(db)
+        self.dead_letters = PgDeadLetters(db)
 
     @classmethod
     def open(cls, dsn: str, now_us: Callable[[], int], *, pool_size: int = 8, timeout: float = 10.0) -> PgCatalog:
         """Connect, migrate the schema, and build the repositories."""
         return cls(PgDatabase(dsn, max_size=pool_size, timeout=timeout), now_us)
+
+    def probe(self) -> None:
+        """One round trip; ``StorageUnavailable`` when the database does not answer."""
+        with self.db.tx() as conn:
+            conn.execute("SELECT 1")
 
     def close(self) -> None:
         self.db.close()

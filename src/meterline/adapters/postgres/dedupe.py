@@ -168,16 +168,24 @@ def _claim(
 
 def _confirm(conn: Connection, keys: list[Key], token: uuid.UUID, now: int) -> set[Key]:
     ns, src, ids = _columns(keys)
+    params = {"ns": ns, "src": src, "id": ids, "token": token, "now": now}
+    unnest = "unnest(%(ns)s::text[], %(src)s::text[], %(id)s::text[]) AS u(ns, src, id)"
     # Step 3: confirm what is still ours; a row taken over carries another token and stays.
+    conn.execute(
+        f"UPDATE dedupe_keys k SET confirmed = true, at_us = %(now)s FROM {unnest}"
+        " WHERE k.namespace = u.ns AND k.source = u.src AND k.id = u.id AND k.token = %(token)s AND NOT k.confirmed",
+        params,
+    )
+    # Then read, in a statement of its own, which keys are confirmed under this token. Its
+    # snapshot is newer than the UPDATE's wait: a row another confirm of the same token (the
+    # node's and a sink's, at the same time) confirmed while this UPDATE waited for its lock is
+    # seen as confirmed here, where one statement would have seen it neither updated nor
+    # confirmed (READ COMMITTED re-checks the UPDATE's condition on the new row version, while
+    # the rest of that statement keeps the old snapshot) and answered False for a held key.
     rows = conn.execute(
-        "WITH u AS (SELECT * FROM unnest(%(ns)s::text[], %(src)s::text[], %(id)s::text[]) AS u(ns, src, id)),"
-        " done AS (UPDATE dedupe_keys k SET confirmed = true, at_us = %(now)s FROM u"
-        "   WHERE k.namespace = u.ns AND k.source = u.src AND k.id = u.id AND k.token = %(token)s"
-        "   AND NOT k.confirmed RETURNING k.namespace, k.source, k.id)"
-        " SELECT namespace, source, id FROM done"
-        " UNION ALL SELECT k.namespace, k.source, k.id FROM dedupe_keys k JOIN u"
-        "   ON k.namespace = u.ns AND k.source = u.src AND k.id = u.id WHERE k.token = %(token)s AND k.confirmed",
-        {"ns": ns, "src": src, "id": ids, "token": token, "now": now},
+        f"SELECT k.namespace, k.source, k.id FROM dedupe_keys k JOIN {unnest}"
+        " ON k.namespace = u.ns AND k.source = u.src AND k.id = u.id WHERE k.token = %(token)s AND k.confirmed",
+        params,
     ).fetchall()
     return {(n, s, i) for n, s, i in rows}
 

@@ -179,6 +179,17 @@ ALTER TABLE customers ADD COLUMN profile BYTEA;
 ALTER TABLE meters ADD COLUMN updated_us BIGINT;
 """,
     ),
+    (
+        5,
+        "dead letters: every event an API node rejected, with its raw body, reason and receipt time",
+        """
+CREATE TABLE dead_letters (
+    id BIGSERIAL PRIMARY KEY, namespace TEXT NOT NULL, received_us BIGINT NOT NULL,
+    reason TEXT NOT NULL, message TEXT NOT NULL, source TEXT, event_id TEXT, raw BYTEA NOT NULL
+);
+CREATE INDEX dead_letters_by_namespace ON dead_letters (namespace, id);
+""",
+    ),
 ]
 
 

@@ -17,8 +17,7 @@ from meterline.api.dashboard import customers, debug, executive, oncall, portal_
 from meterline.api.dashboard.oncall import Sampler
 from meterline.api.dashboard.session import Sessions
 from meterline.api.meter_query import limits_of
-from meterline.bootstrap import System
-from meterline.domain.errors import ConfigError
+from meterline.bootstrap import Node
 from meterline.services.customer_report import CustomerReports
 from meterline.services.insights import Insights
 from meterline.services.reconciliation import Reconciliation
@@ -30,10 +29,8 @@ __all__ = ["ROUTES", "Dashboard"]
 class Dashboard:
     """What the pages use, built once per app from the app's services."""
 
-    def __init__(self, ctx: Context, system: System) -> None:
+    def __init__(self, ctx: Context, system: Node) -> None:
         c, b, limits = ctx.catalog, ctx.billing, limits_of(ctx.config)
-        if system.counts is None:
-            raise ConfigError("the store offers no reconciliation counts")
         self.sessions = Sessions(ctx)
         self.sampler = Sampler()
         self.insights = Insights(c.meters, c.usage, c.customers, c.features, b.invoices, limits)
@@ -42,7 +39,10 @@ class Dashboard:
             b.credits, limits,
         )  # fmt: skip
         self.resubmission = Resubmission(c.dead_letters, ctx.ledger, ctx.clock, ctx.limits)
-        self.reconciliation = Reconciliation(system.counts, ctx.ledger, self.insights, b.invoices)
+        self.reconciliation = (
+            None if system.counts is None else Reconciliation(system.counts, ctx.ledger, self.insights, b.invoices)
+        )
+        """None when the store offers no reconciliation counts (scale mode: the view is a 501)."""
 
 
 ROUTES: list[BaseRoute] = [

@@ -11,12 +11,15 @@ from starlette.responses import Response
 from meterline.api.dashboard.executive import span_from
 from meterline.api.dashboard.web import View, view
 from meterline.domain.auth.keys import Scope
+from meterline.domain.errors import NotSupported
 from meterline.services.reconciliation import Reconciliation
 
 
 @view(Scope.READ)
 async def reconciliation(v: View) -> Response:
-    service: Reconciliation = v.request.app.state.dashboard.reconciliation
+    service: Reconciliation | None = v.request.app.state.dashboard.reconciliation
+    if service is None:
+        raise NotSupported("the reconciliation view counts the embedded ledger", mode=v.ctx.config.storage.engine)
     params = dict(v.request.query_params)
     params.setdefault("grain", "month")
     span, filters = span_from(QueryParams(params), v.ctx.clock.now_us())

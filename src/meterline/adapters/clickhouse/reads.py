@@ -1,0 +1,142 @@
+"""What API nodes of scale mode read from ClickHouse besides usage: the raw events
+(``GET /api/v1/events``), the subjects and group values a meter has seen, how far the sink
+workers have applied the log (the freshness of every usage answer), and a health probe.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from meterline.adapters.clickhouse.client import Connection
+from meterline.domain.errors import NotSupported
+from meterline.domain.meters.model import Aggregation, Meter
+from meterline.ports.ledger import EventFilter, StoredEvent
+
+_MINUTE = 60
+_decode_group = msgspec.json.Decoder(list[str | None])
+
+
+class ClickHouseEvents:
+    """The raw accepted events the sink workers wrote, newest first by receipt time."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
+        """As the embedded ledger's list: ``subject`` and ``event_id`` match substrings,
+        ``source`` and ``type`` exactly, time bounds are inclusive. Paging by ``before_seq``
+        needs one sequence over the whole log, which a partitioned log does not have."""
+        if f.before_seq is not None:
+            raise NotSupported(
+                "paging through events by position needs the embedded ledger's single sequence",
+                mode="scale",
+            )
+        where, params = ["namespace = {ns:String}"], {"ns": namespace, "limit": limit}
+        for name, column, value in (("src", "source", f.source), ("typ", "type", f.type)):
+            if value:
+                where.append(f"{column} = {{{name}:String}}")
+                params[name] = value
+        for name, column, value in (("sub", "subject", f.subject), ("eid", "id", f.event_id)):
+            if value:
+                where.append(f"position({column}, {{{name}:String}}) > 0")
+                params[name] = value
+        for name, clause, bound in (
+            ("t0", "time_us >= {t0:Int64}", f.start_us),
+            ("t1", "time_us <= {t1:Int64}", f.end_us),
+            ("r0", "received_us >= {r0:Int64}", f.received_from_us),
+            ("r1", "received_us <= {r1:Int64}", f.received_to_us),
+        ):
+            if bound is not None:
+                where.append(clause)
+                params[name] = bound
+        sql = (
+            f"SELECT namespace, raw, received_us FROM events WHERE {' AND '.join(where)}"
+            " ORDER BY received_us DESC, stream DESC, seq DESC LIMIT {limit:UInt32}"
+        )
+        return [StoredEvent(0, ns, raw.encode(), int(received)) for ns, raw, received in self._conn.rows(sql, params)]
+
+
+class ClickHouseMeterValues:
+    """:class:`~meterline.ports.meter_values.MeterValues` from the rollups' minute buckets (a
+    minute counts when it overlaps the range) and, for all time, from ``usage_dims``."""
+
+    def __init__(self, conn: Connection, fresh: Callable[[], None] = lambda: None) -> None:
+        self._conn = conn
+        self._fresh = fresh
+
+    def subjects(self, meter: Meter, start: int | None, end: int | None) -> builtins.list[str]:
+        self._fresh()
+        if start is None and end is None:
+            sql = "SELECT DISTINCT value FROM usage_dims WHERE meter = {m:UInt64} AND is_subject = 1 ORDER BY value"
+            return [r[0] for r in self._conn.rows(sql, {"m": meter.key})]
+        where, params = _range(meter, start, end)
+        rows = self._conn.rows(f"SELECT DISTINCT subject FROM {_table(meter)} WHERE {where} ORDER BY subject", params)
+        return [r[0] for r in rows]
+
+    def group_values(self, meter: Meter, dimension: str, start: int | None, end: int | None) -> builtins.list[str]:
+        self._fresh()
+        position = sorted(meter.spec.group_by).index(dimension)
+        where, params = _range(meter, start, end)
+        found = set()
+        for (group_key,) in self._conn.rows(f"SELECT DISTINCT group_key FROM {_table(meter)} WHERE {where}", params):
+            value = _decode_group.decode(group_key)[position]
+            if value is not None:
+                found.add(value)
+        return sorted(found)
+
+
+def _table(meter: Meter) -> str:
+    return "usage_uniques" if meter.spec.aggregation is Aggregation.UNIQUE_COUNT else "usage_rollups"
+
+
+def _range(meter: Meter, start: int | None, end: int | None) -> tuple[str, dict[str, Any]]:
+    where = "meter = {m:UInt64} AND level = {lv:UInt32}"
+    params: dict[str, Any] = {"m": meter.key, "lv": _MINUTE}
+    if start is not None:
+        where += " AND bucket >= {lo:Int64}"
+        params["lo"] = start - start % _MINUTE
+    if end is not None:
+        where += " AND bucket < {hi:Int64}"
+        params["hi"] = end
+    return where, params
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """How far the sink workers have applied the log's partitions."""
+
+    records: int
+    """Log records applied, over every partition (grows as the workers go on)."""
+    as_of_us: int
+    """The receipt time of the newest event applied, in the partition furthest behind by that
+    measure (0 when nothing was applied yet)."""
+    done: dict[int, int]
+    """Per partition, the offset after the last record applied."""
+
+
+class ClickHouseProgress:
+    """The sink workers' progress on one topic, read from ``usage_progress``."""
+
+    def __init__(self, conn: Connection, topic: str) -> None:
+        self._conn = conn
+        self._prefix = f"{topic}:"
+
+    def applied(self) -> Applied:
+        rows = self._conn.rows(
+            "SELECT stream, done, applied_us FROM usage_progress FINAL WHERE startsWith(stream, {p:String})",
+            {"p": self._prefix},
+        )
+        done = {
+            int(stream[len(self._prefix) :]): int(d) for stream, d, _ in rows if stream[len(self._prefix) :].isdigit()
+        }
+        stamps: Sequence[int] = [int(r[2]) for r in rows if int(r[2]) > 0]
+        return Applied(sum(done.values()), min(stamps, default=0), done)
+
+    def probe(self) -> None:
+        """One round trip; raises ``StorageUnavailable`` when ClickHouse does not answer."""
+        self._conn.rows("SELECT 1")

@@ -1,0 +1,362 @@
+"""Config in, an API node out, in either storage mode: ``build_node`` is what the HTTP face
+starts from.
+
+An API node of scale mode (``storage.engine = "scale"``) keeps no state of its own:
+
+- ingest goes through the Kafka ledger and the shared dedupe store (``adapters.kafka``:
+  claim, write with ``acks=all``, confirm; a 2xx only after every delivery report), rejected
+  events to the PostgreSQL dead-letter store before the answer;
+- the catalog and billing are the PostgreSQL stores, shared by every node;
+- usage (meter queries, entitlement values, invoices) is read from the ClickHouse rollups the
+  sink workers (``meterline worker``) write; every usage answer states how far the workers had
+  applied the log when it was read (``Meterline-As-Of``, ``Meterline-As-Of-Position``);
+- entitlement values are computed per request from the period's usage in ClickHouse
+  (``services.queried_usage``): there are no live counters to keep in step across nodes.
+
+What needs the embedded store's single ledger sequence (read-your-writes positions, paging the
+event list, reconciliation counts, the quarantine, alert rules fed by committed usage) is
+answered with 501 ``not_supported`` naming the mode, or documented as absent (docs/scale.md).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from meterline.bootstrap import (
+    Catalog,
+    Gauge,
+    Node,
+    ScaleStores,
+    build,
+    ensure_scale_meters,
+    open_scale_stores,
+    run_settings,
+    webhook_dispatcher,
+)
+from meterline.config import Config
+from meterline.domain.clock import Clock, SystemClock
+from meterline.domain.customers.model import UnknownSubjects
+from meterline.domain.errors import NotSupported, StorageUnavailable
+from meterline.domain.events.corrections import CorrectionRequest, History
+from meterline.domain.events.model import Candidate, Outcome
+from meterline.domain.meters.model import Meter
+from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
+from meterline.ports.corrections import Corrected, CorrectionRecord
+from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
+from meterline.ports.status import StoreStatus
+from meterline.runtime import freshness
+from meterline.runtime.background import Monitor
+from meterline.runtime.extras import import_extra
+from meterline.services.billing import Billing, SchedulerSettings, build_billing
+from meterline.services.corrections import CorrectionService
+from meterline.services.customers import CustomerService
+from meterline.services.dead_letters import DeadLetterService
+from meterline.services.dispatch import Dispatcher
+from meterline.services.entitlement_values import EntitlementValueService
+from meterline.services.entitlements import EntitlementService
+from meterline.services.features import FeatureService
+from meterline.services.keys import KeyService
+from meterline.services.meters import MeterService
+from meterline.services.notifications import NotificationService
+from meterline.services.portal import PortalService
+from meterline.services.queried_usage import QueriedEntitlementUsage, QueriedPeriodUsage
+from meterline.services.usage_queries import UsageQueries
+
+log = logging.getLogger("meterline.scale")
+
+if TYPE_CHECKING:
+    from meterline.adapters.clickhouse.reads import ClickHouseEvents, ClickHouseMeterValues, ClickHouseProgress
+    from meterline.adapters.clickhouse.usage import ClickHouseUsage
+    from meterline.adapters.kafka.ledger import KafkaLedger
+    from meterline.ports.reconciliation import ReconciliationCounts
+
+
+def build_node(config: Config, clock: Clock | None = None) -> Node:
+    """The node the config's ``storage.engine`` names, wired and not started."""
+    if config.storage.engine == "scale":
+        return build_scale(config, clock or SystemClock())
+    return build(config, clock)
+
+
+class ScaleLedger:
+    """The ledger of an API node: appends through Kafka, lists what the workers stored (after
+    the same wait as a usage read: ``note``)."""
+
+    def __init__(self, kafka: KafkaLedger, events: ClickHouseEvents, note: Callable[[], None]) -> None:
+        self._kafka = kafka
+        self._events = events
+        self._note = note
+
+    def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[builtins.list[Outcome]]:
+        return self._kafka.append(namespace, candidates)
+
+    def read(self, after: int, limit: int) -> builtins.list[LedgerEntry]:
+        return []  # the sink workers read the log's partitions, not a global sequence
+
+    def position(self) -> int:
+        return 0
+
+    def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
+        self._note()
+        return self._events.list(namespace, f, limit=limit)
+
+
+class NotedUsage:
+    """A usage reader that first waits, as the request's freshness asks, for the sink workers
+    to apply this node's acknowledged writes, then notes on the request's freshness record how
+    far they had applied the log (``ClickHouseProgress.applied``): the rollups it answers
+    from hold at least that much.
+
+    ``consistency=strong`` (the default) waits, at most ``max_wait`` seconds, until every
+    partition is applied up to the last record this node had acknowledged when the read
+    started: a client reads its own writes through the node it wrote through. Writes through
+    other nodes are reflected once the workers applied them; ``consistency=eventual`` skips
+    the wait."""
+
+    def __init__(
+        self,
+        usage: ClickHouseUsage,
+        progress: ClickHouseProgress,
+        heads: Callable[[], dict[int, int]],
+        max_wait: float,
+        pause: float = 0.02,
+    ) -> None:
+        self._usage = usage
+        self._progress = progress
+        self._heads = heads
+        self._max_wait = max_wait
+        self._pause = pause
+
+    def note(self) -> None:
+        record = freshness.current()
+        if record is None:
+            return
+        applied = self._progress.applied()
+        if record.wait:
+            wanted = self._heads()
+            wait = self._max_wait
+            deadline = time.monotonic() + wait
+            while any(applied.done.get(p, 0) < head for p, head in wanted.items()):
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "usage read without waiting longer for the sink workers", extra={"waited": self._max_wait}
+                    )
+                    break
+                time.sleep(self._pause)
+                applied = self._progress.applied()
+        record.as_of_position, record.as_of_us = applied.records, applied.as_of_us
+
+    def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
+        self.note()
+        return self._usage.query(meter, query)
+
+
+class NoCorrections:
+    """Corrections (void, amend) rewrite the embedded ledger's entries in its transaction; a
+    partitioned log has no such transaction yet: every call is 501 ``not_supported``."""
+
+    def since(self, namespace: str, received_from_us: int, limit: int) -> builtins.list[CorrectionRecord]:
+        raise NotSupported("event corrections need the embedded ledger", mode="scale")
+
+    def correct(self, request: CorrectionRequest) -> Corrected:
+        raise NotSupported("event corrections need the embedded ledger", mode="scale")
+
+    def history(self, namespace: str, source: str, event_id: str) -> History:
+        raise NotSupported("event corrections need the embedded ledger", mode="scale")
+
+
+class ScaleStatus:
+    """Readiness of a scale-mode node: PostgreSQL, ClickHouse and the Kafka brokers each answer."""
+
+    def __init__(self, probes: Sequence[tuple[str, Callable[[], None]]], progress: ClickHouseProgress) -> None:
+        self._probes = probes
+        self._progress = progress
+
+    def probe(self) -> None:
+        failed = []
+        for name, probe in self._probes:
+            try:
+                probe()
+            except Exception:
+                failed.append(name)
+        if failed:
+            raise StorageUnavailable(f"{' and '.join(failed)} cannot be reached")
+
+    def writable(self) -> tuple[bool, str | None]:
+        return True, None
+
+    def commits(self) -> int:
+        return 0
+
+    def queued(self) -> int:
+        return 0
+
+    def ledger_events(self) -> int:
+        return self._progress.applied().records
+
+    def pending_backfill(self) -> int:
+        return 0
+
+    def stale_views(self) -> list[str]:
+        return []
+
+    def followup_failures(self) -> int:
+        return 0
+
+
+@dataclass
+class ScaleNode:
+    """An API node of scale mode and what it holds open (see the module docstring)."""
+
+    config: Config
+    clock: Clock
+    monitor: Monitor
+    status: StoreStatus
+    catalog: Catalog
+    billing: Billing
+    dispatcher: Dispatcher
+    stores: ScaleStores
+    _ledger: ScaleLedger
+    counts: ReconciliationCounts | None = None
+    _close: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    def lag_seconds(self) -> float:
+        return 0.0  # the workers' lag is theirs to report; each answer states what it reflects
+
+    def gauges(self) -> list[Gauge]:
+        return [
+            (
+                "meterline_sink_applied_records",
+                "Log records the sink workers have applied to ClickHouse, over every partition",
+                self.status.ledger_events,
+            ),
+        ]
+
+    def start(self) -> None:
+        self.dispatcher.start()
+        self.stores.start()
+        self.billing.scheduler.start()
+
+    def close(self) -> None:
+        self.billing.scheduler.close()
+        self.dispatcher.close()
+        for close in reversed(self._close):
+            close()
+        self.stores.close()
+
+
+def build_scale(config: Config, clock: Clock, monitor: Monitor | None = None) -> ScaleNode:
+    """An API node over the engines of ``[kafka]``, ``[clickhouse]``, ``[postgres]`` and
+    ``[dedupe]``: the catalog's migrations applied, the topic and the ClickHouse tables created
+    when missing, the config file's meters created in the shared catalog."""
+    monitor = monitor or Monitor(stuck_after=config.health.stuck_after.total_seconds())
+    for driver in ("psycopg", "psycopg_pool", "confluent_kafka", "clickhouse_connect"):
+        import_extra(driver, "scale")  # a ConfigError naming the extra, before anything opens
+    stores = open_scale_stores(config, clock, monitor)
+    closers: list[Callable[[], None]] = []
+    try:
+        return _wire(config, clock, monitor, stores, closers)
+    except BaseException:
+        for close in reversed(closers):
+            close()
+        stores.close()
+        raise
+
+
+def _wire(
+    config: Config, clock: Clock, monitor: Monitor, stores: ScaleStores, closers: list[Callable[[], None]]
+) -> ScaleNode:
+    from meterline.adapters.clickhouse.client import Connection
+    from meterline.adapters.clickhouse.reads import ClickHouseEvents, ClickHouseMeterValues, ClickHouseProgress
+    from meterline.adapters.clickhouse.usage import ClickHouseUsage
+    from meterline.adapters.kafka.ledger import KafkaLedger, ensure_topic
+
+    pg, ch, k = stores.catalog, config.clickhouse, config.kafka
+    ensure_scale_meters(config, pg.meters)
+    conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
+    closers.append(conn.close)
+    retention = None if ch.raw_retention is None else int(ch.raw_retention.total_seconds())
+    raw_usage = ClickHouseUsage(
+        conn, pg.meters.live, clock.now_us, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention
+    )
+    progress = ClickHouseProgress(conn, k.topic)
+    ensure_topic(k.bootstrap_servers, k.topic, k.partitions, k.replication_factor)
+    kafka = KafkaLedger(
+        k.bootstrap_servers,
+        k.topic,
+        pg.meters,
+        stores.dedupe,
+        clock.now_us,
+        cap=config.ingest.max_group_cardinality,
+        delivery_timeout=k.delivery_timeout,
+        dead_letters=pg.dead_letters,
+    )
+    closers.append(kafka.close)
+    usage = NotedUsage(raw_usage, progress, kafka.heads, config.aggregation.max_wait)
+    dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
+    catalog = _catalog(config, clock, stores, usage, ClickHouseMeterValues(conn, usage.note), dispatcher.wake)
+    cfg = config.billing
+    billing = build_billing(
+        stores.billing(QueriedPeriodUsage(usage), clock),
+        clock,
+        run_settings(config.billing),
+        scheduler=SchedulerSettings(cfg.scheduler_enabled, cfg.scheduler_interval.total_seconds()),
+        max_report_windows=config.query.max_rows,
+        monitor=monitor,
+    )
+    status = ScaleStatus([("PostgreSQL", pg.probe), ("ClickHouse", progress.probe), ("Kafka", kafka.probe)], progress)
+    ledger = ScaleLedger(kafka, ClickHouseEvents(conn), usage.note)
+    return ScaleNode(config, clock, monitor, status, catalog, billing, dispatcher, stores, ledger, None, closers)
+
+
+def _catalog(
+    config: Config,
+    clock: Clock,
+    stores: ScaleStores,
+    usage: NotedUsage,
+    values: ClickHouseMeterValues,
+    wake: Callable[[], None],
+) -> Catalog:
+    pg = stores.catalog
+    customers = pg.customers
+    entitlements = EntitlementService(pg.entitlements, pg.features, customers, pg.meters, clock)
+    queried = QueriedEntitlementUsage(customers, pg.entitlements, pg.features, pg.grants, pg.meters, usage, clock)
+    return Catalog(
+        customers=CustomerService(
+            customers, customers, customers, default_policy=UnknownSubjects(config.ingest.unknown_subjects)
+        ),
+        keys=KeyService(pg.keys, clock),
+        corrections=CorrectionService(
+            NoCorrections(), clock, future_skew_us=int(config.ingest.future_skew.total_seconds() * 1_000_000)
+        ),
+        dead_letters=DeadLetterService(pg.dead_letters),
+        entitlements=entitlements,
+        features=FeatureService(pg.features, pg.grants, pg.meters, entitlements, clock),
+        notifications=NotificationService(
+            pg.notifications,
+            pg.notifications,
+            pg.notifications,
+            pg.features,
+            clock,
+            allow_private_targets=config.alerts.allow_private_webhook_targets,
+            wake=wake,
+        ),
+        portal=PortalService(
+            pg.portal, clock, default_ttl=config.portal.token_ttl, max_ttl=config.portal.max_token_ttl
+        ),
+        meters=MeterService(pg.meters, values, pg.features, clock),
+        usage=UsageQueries(pg.meters, usage),
+        values=EntitlementValueService(
+            entitlements, queried, clock, QueryLimits(config.query.max_windows, config.query.max_rows)
+        ),
+    )
