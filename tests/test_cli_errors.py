@@ -23,7 +23,7 @@ from meterline.cli.main import cli
 
 EVENT = '{"specversion":"1.0","id":"e1","source":"t","type":"prompt","subject":"acme"}\n'
 # values for parameters that are checked before anything is sent
-SAMPLES = {"file": "-", "asks": "feature=1", "from_": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
+SAMPLES = {"file": "-", "ids": "1", "asks": "feature=1", "from_": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
 # options some commands need to get as far as sending a request
 EXTRA = {
     "customers update": ["--name", "Acme"],

@@ -34,6 +34,7 @@ from meterline.domain.billing.records import RunSettings
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.errors import ConfigError, Conflict, NotFound, StorageUnavailable
+from meterline.domain.events.decode import Limits
 from meterline.domain.meters.query import QueryLimits
 from meterline.ports.billing import BillingStores
 from meterline.ports.billing_usage import PeriodUsage
@@ -61,6 +62,7 @@ from meterline.services.keys import KeyService
 from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
+from meterline.services.resubmit import Resubmission
 from meterline.services.sink import SinkWorker
 from meterline.services.usage_queries import UsageQueries
 
@@ -81,6 +83,7 @@ class Catalog:
     keys: KeyService
     dead_letters: DeadLetterService
     corrections: CorrectionService
+    resubmission: Resubmission
     entitlements: EntitlementService
     features: FeatureService
     notifications: NotificationService
@@ -142,6 +145,7 @@ def catalog(
         ),
         keys=KeyService(SqliteKeys(backend.db), clock),
         dead_letters=DeadLetterService(backend.dead_letters),
+        resubmission=Resubmission(backend.resubmitter, clock, ingest_limits(config)),
         corrections=CorrectionService(
             backend.corrections, clock, future_skew_us=_us(config.ingest.future_skew.total_seconds())
         ),
@@ -706,6 +710,16 @@ def _embedded_only(config: Config) -> None:
             f"storage.engine = {config.storage.engine!r}: this command works on the embedded store's data directory;"
             " in scale mode run API nodes (`meterline serve`) and sink workers (`meterline worker`) (docs/scale.md)"
         )
+
+
+def ingest_limits(config: Config) -> Limits:
+    """What ingest checks each event's size and time against."""
+    late = config.ingest.late_arrival_window
+    return Limits(
+        config.server.max_events_per_request,
+        _us(config.ingest.future_skew.total_seconds()),
+        None if late is None else _us(late.total_seconds()),
+    )
 
 
 def _us(seconds: float) -> int:

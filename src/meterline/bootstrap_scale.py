@@ -35,6 +35,7 @@ from meterline.bootstrap import (
     ScaleStores,
     build,
     ensure_scale_meters,
+    ingest_limits,
     open_scale_stores,
     run_settings,
     webhook_dispatcher,
@@ -48,6 +49,7 @@ from meterline.domain.events.model import Candidate, Outcome
 from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.corrections import Corrected, CorrectionRecord
+from meterline.ports.dead_letters import Resubmitted
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.status import StoreStatus
 from meterline.runtime import freshness
@@ -66,6 +68,7 @@ from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
 from meterline.services.queried_usage import QueriedEntitlementUsage, QueriedPeriodUsage
+from meterline.services.resubmit import Resubmission
 from meterline.services.usage_queries import UsageQueries
 
 log = logging.getLogger("meterline.scale")
@@ -169,6 +172,16 @@ class NoCorrections:
 
     def history(self, namespace: str, source: str, event_id: str) -> History:
         raise NotSupported("event corrections need the embedded ledger", mode="scale")
+
+
+class NoResubmission:
+    """Re-submitting a dead letter claims and appends it in one embedded-ledger transaction; the
+    partitioned log has no such transaction yet: every call is 501 ``not_supported``."""
+
+    def resubmit(
+        self, namespace: str, ids: tuple[int, ...], decode: Callable[[int, bytes], Candidate], actor: str
+    ) -> Resubmitted:
+        raise NotSupported("dead-letter re-submission needs the embedded ledger", mode="scale")
 
 
 class ScaleStatus:
@@ -340,6 +353,7 @@ def _catalog(
             NoCorrections(), clock, future_skew_us=int(config.ingest.future_skew.total_seconds() * 1_000_000)
         ),
         dead_letters=DeadLetterService(pg.dead_letters),
+        resubmission=Resubmission(NoResubmission(), clock, ingest_limits(config)),
         entitlements=entitlements,
         features=FeatureService(pg.features, pg.grants, pg.meters, entitlements, clock),
         notifications=NotificationService(

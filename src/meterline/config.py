@@ -326,6 +326,17 @@ class BillingConfig(_Section):
             raise ValueError(f"unknown locale {locale!r} (a CLDR locale such as en_US, de_DE or fr)") from None
 
 
+class ReconcileConfig(_Section):
+    tolerance: int = Field(0, ge=0)
+    """Unexplained events one meter and period may have before a reconciliation fails
+    (``meterline reconcile`` exits non-zero; ``withinTolerance`` is false)."""
+    interval: Duration | None = timedelta(hours=1)
+    """How often the server reconciles every namespace by itself (None: never); the total of
+    unexplained events it found is the ``meterline_reconciliation_unexplained_events`` metric."""
+    lookback: timedelta = Field(timedelta(days=35), gt=timedelta(0), le=timedelta(days=400))
+    """The days (UTC) the scheduled reconciliation covers, up to now. It reads the ledger of that range."""
+
+
 class KafkaConfig(_Section):
     """The scale-mode ledger: a Kafka topic (any Kafka-protocol broker)."""
 
@@ -410,6 +421,7 @@ class Config(_Section):
     aggregation: AggregationConfig = AggregationConfig()
     log: LogConfig = LogConfig()
     billing: BillingConfig = BillingConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
     kafka: KafkaConfig = KafkaConfig()
     clickhouse: ClickHouseConfig = ClickHouseConfig()
     postgres: PostgresConfig = PostgresConfig()

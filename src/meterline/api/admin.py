@@ -12,17 +12,25 @@ from meterline.api.http import json_response, parse_int, parse_time, typed_body
 from meterline.domain.auth.keys import ApiKey, Scope, parse_scopes
 from meterline.domain.clock import rfc3339
 from meterline.domain.errors import InvalidInput
+from meterline.domain.events.model import Status
 from meterline.domain.nesting import MAX_DEPTH, too_deep
-from meterline.ports.dead_letters import DeadLetterFilter
+from meterline.ports.dead_letters import DeadLetter, DeadLetterFilter
+from meterline.runtime import freshness
+
+_STATES: dict[str, bool | None] = {"pending": False, "resubmitted": True, "all": None}
 
 
 def _filter(call: Call) -> DeadLetterFilter:
     q = call.request.query_params
+    state = q.get("state", "pending")
+    if state not in _STATES:
+        raise InvalidInput("`state` must be pending, resubmitted or all", code="invalid_parameter")
     return DeadLetterFilter(
         reason=q.get("reason"),
         source=q.get("source"),
         start_us=parse_time("from", q.get("from")),
         end_us=parse_time("to", q.get("to")),
+        resubmitted=_STATES[state],
     )
 
 
@@ -34,23 +42,63 @@ async def list_dead_letters(call: Call) -> Response:
     items = await call.run(
         call.ctx.catalog.dead_letters.list, call.namespace, _filter(call), limit=limit, after_id=after
     )
+    return json_response({"items": [_letter(d) for d in items], "next": items[-1].id if len(items) == limit else None})
+
+
+def _letter(d: DeadLetter) -> dict[str, object]:
+    out: dict[str, object] = {
+        "id": d.id,
+        "receivedAt": rfc3339(d.received_us),
+        "reason": d.reason,
+        "message": d.message,
+        "source": d.source,
+        "eventId": d.event_id,
+        "event": _raw(d.raw),
+    }
+    if d.resubmitted_us is not None:
+        out["resubmittedAt"] = rfc3339(d.resubmitted_us)
+        out["resubmittedAs"] = d.resubmitted_status
+    return out
+
+
+class ResubmitIn(msgspec.Struct, forbid_unknown_fields=True):
+    ids: list[Annotated[int, msgspec.Meta(ge=1, le=2**62)]]
+
+
+@endpoint(Scope.ADMIN)
+async def resubmit_dead_letters(call: Call) -> Response:
+    """``POST /api/v1/dead-letters/resubmit``: each chosen dead letter through ingest again, once."""
+    body = await typed_body(call.request, ResubmitIn, "resubmission")
+    service = call.ctx.catalog.resubmission
+    report = await call.run(service.resubmit, call.namespace, tuple(body.ids), actor=call.key.id)
+    call.ctx.metrics.observe([o for _, o in report.outcomes])
+    record = freshness.current()
+    if record is not None:
+        record.ingested = report.position
+    items = []
+    for id_, o in report.outcomes:
+        item: dict[str, object] = {"id": id_, "eventId": o.id, "source": o.source, "status": o.status.value}
+        if o.reason is not None:
+            item["reason"], item["message"] = o.reason.value, o.message
+        items.append(item)
+    counts = report.counts
     return json_response(
         {
-            "items": [
-                {
-                    "id": d.id,
-                    "receivedAt": rfc3339(d.received_us),
-                    "reason": d.reason,
-                    "message": d.message,
-                    "source": d.source,
-                    "eventId": d.event_id,
-                    "event": _raw(d.raw),
-                }
-                for d in items
-            ],
-            "next": items[-1].id if len(items) == limit else None,
+            "resubmitted": len(report.outcomes),
+            **{k: counts.get(s.value, 0) for k, s in _COUNTED},
+            "alreadyResubmitted": list(report.already),
+            "notFound": list(report.not_found),
+            "items": items,
         }
     )
+
+
+_COUNTED = (
+    ("accepted", Status.ACCEPTED),
+    ("duplicates", Status.DUPLICATE),
+    ("rejected", Status.REJECTED),
+    ("quarantined", Status.QUARANTINED),
+)
 
 
 def _raw(raw: bytes) -> object:

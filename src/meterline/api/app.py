@@ -26,6 +26,7 @@ from meterline.api import (
     notifications,
     ops,
     portal,
+    reconcile,
     v2,
 )
 from meterline.api.auth import Authenticator
@@ -35,12 +36,16 @@ from meterline.api.freshness import FreshnessHeaders
 from meterline.api.health import Health, HealthWatch, LatencyWindow
 from meterline.api.incidents import IncidentLog
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
+from meterline.bootstrap import ingest_limits
 from meterline.bootstrap_scale import build_node
 from meterline.config import Config
 from meterline.domain.clock import Clock
 from meterline.domain.errors import MeterlineError
-from meterline.domain.events.decode import Limits
+from meterline.ports.reconciliation import ReconciliationCounts
+from meterline.runtime.background import Ticker
 from meterline.runtime.metrics import Metrics
+from meterline.services.reconcile import Reconciler
+from meterline.services.reconciliation import Reconciliation
 
 log = logging.getLogger("meterline")
 
@@ -58,6 +63,7 @@ ROUTES = [
     Route("/api/v1/events/{event}/void", corrections.void_event, methods=["POST"]),
     Route("/api/v1/events/{event}/amend", corrections.amend_event, methods=["POST"]),
     Route("/api/v1/backfills", corrections.backfill, methods=["POST"]),
+    Route("/api/v1/reconciliation", reconcile.reconciliation, methods=["GET"]),
     Route("/api/v1/meters", meters.create_meter, methods=["POST"]),
     Route("/api/v1/meters", meters.list_meters, methods=["GET"]),
     Route("/api/v1/meters/{meter}", meters.get_meter, methods=["GET"]),
@@ -68,6 +74,7 @@ ROUTES = [
     Route("/api/v1/meters/{meter}/group-by/{groupByKey}/values", meter_values.list_group_by_values, methods=["GET"]),
     Route("/api/v1/dead-letters", admin.list_dead_letters, methods=["GET"]),
     Route("/api/v1/dead-letters", admin.purge_dead_letters, methods=["DELETE"]),
+    Route("/api/v1/dead-letters/resubmit", admin.resubmit_dead_letters, methods=["POST"]),
     Route("/api/v1/keys", admin.create_api_key, methods=["POST"]),
     Route("/api/v1/keys", admin.list_api_keys, methods=["GET"]),
     Route("/api/v1/keys/{key}", admin.revoke_api_key, methods=["DELETE"]),
@@ -176,13 +183,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         system.ledger,
         Authenticator(system.catalog.keys, config.auth.key_cache_seconds, config.server.tls_client_namespaces),
         metrics,
-        Limits(
-            config.server.max_events_per_request,
-            _us(config.ingest.future_skew.total_seconds()),
-            None
-            if config.ingest.late_arrival_window is None
-            else _us(config.ingest.late_arrival_window.total_seconds()),
-        ),
+        ingest_limits(config),
         system.catalog,
         system.billing,
     )
@@ -206,7 +207,12 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         gc.freeze()
         system.start()
         watch.start()
+        job = getattr(app.state, "reconcile_job", None)
+        if job is not None:
+            job.start()
         yield
+        if job is not None:
+            job.close()
         watch.close()
         system.close()
 
@@ -225,8 +231,33 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     app.state.health = health
     app.state.incidents = incidents
     app.state.retry_after = config.server.retry_after
-    app.state.dashboard = dashboard.Dashboard(ctx, system)
+    app.state.dashboard = board = dashboard.Dashboard(ctx, system)
+    if board.reconciliation is not None and system.counts is not None:  # scale mode: GET answers 501
+        _reconcile(app, metrics, board.reconciliation, system.counts, config, clock)
     return app
+
+
+def _reconcile(
+    app: Starlette,
+    metrics: Metrics,
+    reconciliation: Reconciliation,
+    counts: ReconciliationCounts,
+    config: Config,
+    clock: Clock,
+) -> None:
+    """The reconciler behind ``GET /api/v1/reconciliation``, its metric and its scheduled run."""
+    app.state.reconciler = reconciler = Reconciler(reconciliation, counts, tolerance=config.reconcile.tolerance)
+    metrics.gauge(
+        "meterline_reconciliation_unexplained_events",
+        "Events the last reconciliation of each namespace could not explain (rollups that disagree with the ledger)",
+        reconciler.unexplained,
+    )
+    every = config.reconcile.interval
+    if every is not None:
+        lookback = config.reconcile.lookback
+        # not watched for stalls: one run over a long range may read the ledger for minutes
+        job = Ticker("reconcile", lambda: reconciler.run_all(clock, lookback), every.total_seconds)
+        app.state.reconcile_job = job
 
 
 def _us(seconds: float) -> int:

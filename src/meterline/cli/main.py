@@ -25,10 +25,12 @@ from meterline.cli import (
     client_cmds,
     correction_cmds,
     customer_cmds,
+    dead_letter_cmds,
     entitlement_cmds,
     integrity_cmds,
     migrate_cmds,
     producer_cmds,
+    reconcile_cmds,
     store_cmds,
 )
 from meterline.domain.errors import MeterlineError
@@ -70,9 +72,11 @@ for command in (
     *billing_cmds.COMMANDS,
     *correction_cmds.COMMANDS,
     *customer_cmds.COMMANDS,
+    *dead_letter_cmds.COMMANDS,
     *entitlement_cmds.COMMANDS,
     *alert_cmds.COMMANDS,
     *producer_cmds.COMMANDS,
+    *reconcile_cmds.COMMANDS,
     migrate_cmds.migrate,
 ):
     cli.add_command(command)

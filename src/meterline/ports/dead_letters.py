@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from meterline.domain.events.model import Candidate, Outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +19,10 @@ class DeadLetter:
     source: str | None
     event_id: str | None
     raw: bytes
+    resubmitted_us: int | None = None
+    """When it was re-submitted (it stays, marked), None while it waits."""
+    resubmitted_status: str | None = None
+    """What ingest made of it then: accepted, duplicate, rejected (a new dead letter) or quarantined."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,8 @@ class DeadLetterFilter:
     end_us: int | None = None
     ids: tuple[int, ...] = ()
     """When not empty: only these dead letters."""
+    resubmitted: bool | None = False
+    """False (default): only those not re-submitted; True: only re-submitted ones; None: all."""
 
 
 class DeadLetterStore(Protocol):
@@ -59,4 +67,25 @@ class Rejected:
 class DeadLetterWriter(Protocol):
     def add(self, namespace: str, received_us: int, letters: Sequence[Rejected]) -> None:
         """Store a request's rejected events durably (one transaction) before it is answered."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Resubmitted:
+    """One re-submission: the ingest outcome of each dead letter re-submitted now (by id), the
+    ids re-submitted before (left alone), and the ledger position that covers it."""
+
+    outcomes: list[tuple[int, Outcome]]
+    already: tuple[int, ...]
+    position: int
+
+
+class Resubmitter(Protocol):
+    def resubmit(
+        self, namespace: str, ids: tuple[int, ...], decode: Callable[[int, bytes], Candidate], actor: str
+    ) -> Resubmitted:
+        """In one transaction: the chosen dead letters of ``namespace`` not re-submitted yet go
+        through ingest again (``decode`` makes each raw event a candidate, by its index) and
+        are marked re-submitted with their outcome. A second or concurrent call for the same
+        ids finds them marked: each dead letter is re-submitted exactly once."""
         ...

@@ -8,12 +8,43 @@ dead letters and the quarantine (a rejected event's own time may be what was wro
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from meterline.domain.meters.model import Meter
 
 QUARTER = 900
 """Seconds in one counting bucket."""
+
+
+Counts = dict[tuple[str, int], int]
+"""(event type or meter slug, bucket) -> events."""
+
+
+@dataclass
+class LedgerCheck:
+    """The ledger's own account of a range (event times in it), up to a position.
+
+    Per event type and bucket: ``accepted`` events (as first received: corrections not
+    counted), those since ``voided``, and the versions that ``counting`` now (an original not
+    corrected, or its last amend, wherever the amend moved it). Per meter slug and bucket:
+    ``expected``, what the meter's rollups must hold (events it reads among the counting ones;
+    distinct values for UNIQUE_COUNT); and, for events of the meter's type, where billing stands:
+    ``invoiced`` (in a window finalized before they arrived), ``late_pending`` (arrived, or
+    voided, after their window was finalized: an adjustment the next invoice carries),
+    ``late_adjusted`` (such an adjustment already made) and ``not_invoiced`` (no finalized
+    window holds them yet)."""
+
+    accepted: Counts = field(default_factory=dict)
+    voided: Counts = field(default_factory=dict)
+    counting: Counts = field(default_factory=dict)
+    expected: Counts = field(default_factory=dict)
+    invoiced: Counts = field(default_factory=dict)
+    late_pending: Counts = field(default_factory=dict)
+    late_adjusted: Counts = field(default_factory=dict)
+    not_invoiced: Counts = field(default_factory=dict)
+    stored: Counts = field(default_factory=dict)
+    """For UNIQUE_COUNT meters: the distinct values their rollups hold (per quarter bucket)."""
 
 
 class ReconciliationCounts(Protocol):
@@ -34,4 +65,12 @@ class ReconciliationCounts(Protocol):
 
     def quarantined(self, namespace: str, start: int, end: int) -> dict[tuple[str, int], int]:
         """Events held in quarantine, received in ``[start, end)``: (type, bucket) -> count."""
+        ...
+
+    def ledger_check(self, namespace: str, meters: list[Meter], start: int, end: int, through: int) -> LedgerCheck:
+        """The ledger's account of ``[start, end)`` up to position ``through`` (a scan of it)."""
+        ...
+
+    def namespaces(self) -> list[str]:
+        """Namespaces that have meters (what the scheduled reconciliation walks)."""
         ...

@@ -13,7 +13,7 @@ from meterline.adapters.sqlite.corrections import SqliteCorrections
 from meterline.adapters.sqlite.counting import SqliteCounterSource, SqliteStreamHost
 from meterline.adapters.sqlite.customers import SqliteCustomers
 from meterline.adapters.sqlite.database import Database
-from meterline.adapters.sqlite.dead_letters import SqliteDeadLetters
+from meterline.adapters.sqlite.dead_letters import SqliteDeadLetters, SqliteResubmitter
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex, drop_key_table
 from meterline.adapters.sqlite.dedupe_prune import DedupePruner
 from meterline.adapters.sqlite.entitlements import SqliteEntitlements
@@ -80,6 +80,7 @@ class EmbeddedBackend:
         self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
         self.dead_letters = SqliteDeadLetters(self.db)
+        self.resubmitter = SqliteResubmitter(self.db, self.state, clock.now_us)
         self.customers = SqliteCustomers(self.db, self.state, clock.now_us)
         # Writes of the catalog update in-memory views after their COMMIT (``hooks``); a
         # failure there is never the caller's answer (the write is stored): the view goes

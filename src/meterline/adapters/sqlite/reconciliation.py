@@ -8,13 +8,41 @@ ledger: accepted events come from the counts the aggregator keeps up to its offs
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterable
+
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.summaries import count_key
+from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Aggregation, Meter
-from meterline.ports.reconciliation import QUARTER
+from meterline.ports.reconciliation import QUARTER, Counts, LedgerCheck
 
 _US = 1_000_000
+_Q = QUARTER * _US
+_COUNTING = (
+    "SELECT e.seq, e.namespace, e.source, e.type, e.subject, e.time_us, e.raw, e.received_us FROM events e"
+    " LEFT JOIN corrections c ON c.seq = e.seq"
+    " WHERE e.namespace = ?1 AND e.time_us >= ?2 AND e.time_us < ?3 AND e.seq <= ?4"
+    " AND coalesce(c.action, '') <> 'void' AND NOT EXISTS (SELECT 1 FROM corrections later"
+    " WHERE later.original = coalesce(c.original, e.seq) AND later.seq > e.seq AND later.seq <= ?4)"
+)
+"""The version of each key that counts at position ?4 (``domain.events.corrections``)."""
+_VOIDS = (
+    "SELECT v.type, v.subject, v.time_us, v.received_us, o.type, o.time_us FROM corrections c"
+    " JOIN events v ON v.seq = c.seq JOIN events o ON o.seq = c.original"
+    " WHERE c.namespace = ?1 AND o.time_us >= ?2 AND o.time_us < ?3 AND c.seq <= ?4 AND c.action = 'void'"
+)
+_WINDOWS = (
+    "SELECT b.customer, b.window_start_us, b.window_end_us, min(i.issued_us), max(i.issued_us)"
+    " FROM billed_windows b JOIN invoices i ON i.id = b.invoice"
+    " WHERE b.namespace = ? AND b.window_end_us > ? AND b.window_start_us < ?"
+    " AND b.invoice NOT IN (SELECT invoice FROM invoice_voids) AND b.origin NOT IN (SELECT invoice FROM invoice_voids)"
+    " GROUP BY b.subscription, b.window_start_us"
+)
+Window = tuple[int, int, int, int]
+"""(start, end, first finalized, last adjusted) of an invoiced window, in µs."""
 
 
 class SqliteReconciliationCounts:
@@ -63,7 +91,8 @@ class SqliteReconciliationCounts:
         rows = self._db.reader().execute(
             "SELECT reason, CASE WHEN json_valid(CAST(raw AS TEXT)) THEN json_extract(CAST(raw AS TEXT), '$.type')"
             f" END AS t, received_us / {QUARTER * _US} AS q, count(*) FROM dead_letters"
-            " WHERE namespace = ? AND received_us >= ? AND received_us < ? GROUP BY reason, t, q",
+            " WHERE namespace = ? AND received_us >= ? AND received_us < ?"
+            " AND id NOT IN (SELECT dead_letter FROM resubmissions) GROUP BY reason, t, q",
             (namespace, start * _US, end * _US),
         )
         return {(r, t if isinstance(t, str) else "", q * QUARTER): n for r, t, q, n in rows}
@@ -75,3 +104,108 @@ class SqliteReconciliationCounts:
             (namespace, start * _US, end * _US),
         )
         return {(t, q * QUARTER): n for t, q, n in rows}
+
+    def namespaces(self) -> list[str]:
+        rows = self._db.reader().execute("SELECT DISTINCT namespace FROM meters WHERE deleted_us IS NULL ORDER BY 1")
+        return [ns for (ns,) in rows]
+
+    def ledger_check(self, namespace: str, meters: list[Meter], start: int, end: int, through: int) -> LedgerCheck:
+        conn = self._db.reader()
+        conn.execute("BEGIN")  # one snapshot for every count
+        try:
+            return _check(conn, namespace, meters, (namespace, start * _US, end * _US, through))
+        finally:
+            conn.execute("COMMIT")
+
+
+def _check(
+    conn: sqlite3.Connection, namespace: str, meters: list[Meter], span: tuple[str, int, int, int]
+) -> LedgerCheck:
+    check = LedgerCheck()
+    for t, q, n in conn.execute(
+        f"SELECT type, time_us / {_Q}, count(*) FROM events WHERE namespace = ?1 AND time_us >= ?2 AND time_us < ?3"
+        " AND seq <= ?4 AND seq NOT IN (SELECT seq FROM corrections) GROUP BY 1, 2",
+        span,
+    ):
+        check.accepted[(t, q * QUARTER)] = n
+    voids = conn.execute(_VOIDS, span).fetchall()
+    for *_, o_type, o_time in voids:
+        _add(check.voided, (o_type, o_time // _Q * QUARTER))
+    counting = [LedgerEntry(*row) for row in conn.execute(_COUNTING, span)]
+    for e in counting:
+        _add(check.counting, (e.type, e.time_us // _Q * QUARTER))
+    _expected(conn, check, meters, counting, span[1] // _US, span[2] // _US)
+    _billing(conn, check, namespace, meters, counting, voids, span)
+    return check
+
+
+def _expected(
+    conn: sqlite3.Connection, check: LedgerCheck, meters: list[Meter], counting: list[LedgerEntry], first: int, end: int
+) -> None:
+    """Replay the counting versions through the meters as the aggregator does (cap 0: only the
+    group values the rollups admitted) and count what each meter's rollups must hold."""
+    admitted: dict[tuple[int, str], set[str]] = {}
+    for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
+        admitted.setdefault((key, dim), set()).add(value)
+    replay = Replay(0, admitted)
+    replay.apply([CompiledMeter(m) for m in meters], counting)
+    slugs = {m.key: m.slug for m in meters}
+    for states in replay.fold.minutes.values():
+        for (meter, _, _, bucket, _), slot in states.items():
+            _add(check.expected, (slugs[meter], bucket - bucket % QUARTER), slot[0])
+    for meter, level, _, bucket, _, _ in replay.fold.uniques:
+        if level == QUARTER:
+            _add(check.expected, (slugs[meter], bucket))
+    for m in meters:
+        if m.spec.aggregation is Aggregation.UNIQUE_COUNT:
+            rows = conn.execute(
+                "SELECT bucket, count(*) FROM uniques WHERE meter = ? AND level = ? AND bucket >= ? AND bucket < ?"
+                " GROUP BY bucket",
+                (m.key, QUARTER, first, end),
+            )
+            for bucket, n in rows:
+                check.stored[(m.slug, int(bucket))] = n
+
+
+def _billing(
+    conn: sqlite3.Connection,
+    check: LedgerCheck,
+    namespace: str,
+    meters: list[Meter],
+    counting: list[LedgerEntry],
+    voids: list[tuple[str, str, int, int, str, int]],
+    span: tuple[str, int, int, int],
+) -> None:
+    """Where each counting version (and each void) of a meter's type stands with billing."""
+    owner = dict(conn.execute("SELECT subject, customer FROM customer_subjects WHERE namespace = ?", (namespace,)))
+    windows: dict[str, list[Window]] = {}
+    for customer, a, b, first, last in conn.execute(_WINDOWS, (namespace, span[1], span[2])):
+        windows.setdefault(customer, []).append((a, b, first, last))
+    by_type: dict[str, list[str]] = {}
+    for m in meters:
+        by_type.setdefault(m.spec.event_type, []).append(m.slug)
+    for e in counting:
+        where = _standing(windows.get(owner.get(e.subject, ""), ()), e.time_us, e.received_us, counted=True)
+        _add_all(getattr(check, where), by_type.get(e.type, ()), e.time_us)
+    for _, subject, time_us, received_us, o_type, o_time in voids:
+        where = _standing(windows.get(owner.get(subject, ""), ()), time_us, received_us, counted=False)
+        if where:
+            _add_all(getattr(check, where), by_type.get(o_type, ()), o_time)
+
+
+def _standing(windows: Iterable[Window], time_us: int, received_us: int, *, counted: bool) -> str:
+    for a, b, first, last in windows:
+        if a <= time_us < b:
+            if received_us <= first:
+                return "invoiced" if counted else ""
+            return "late_adjusted" if received_us <= last else "late_pending"
+    return "not_invoiced" if counted else ""
+
+
+def _add_all(into: Counts, slugs: Iterable[str], time_us: int) -> None:
+    for slug in slugs:
+        _add(into, (slug, time_us // _Q * QUARTER))
+
+
+def _add(into: Counts, key: tuple[str, int], n: int = 1) -> None:
+    into[key] = into.get(key, 0) + n

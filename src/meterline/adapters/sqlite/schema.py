@@ -110,6 +110,12 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     source TEXT, event_id TEXT, raw BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_time ON dead_letters (namespace, received_us);
+-- Dead letters re-submitted through ingest (services.resubmit): one row each, written in the
+-- transaction that appended the event again, so a second or concurrent re-submission finds it.
+CREATE TABLE IF NOT EXISTS resubmissions (
+    dead_letter INTEGER PRIMARY KEY, namespace TEXT NOT NULL, resubmitted_us INTEGER NOT NULL,
+    status TEXT NOT NULL, actor TEXT NOT NULL
+);
 
 -- Customers: the subject keys that attribute usage to each.
 CREATE TABLE IF NOT EXISTS customers (

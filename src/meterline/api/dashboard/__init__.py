@@ -21,7 +21,6 @@ from meterline.bootstrap import Node
 from meterline.services.customer_report import CustomerReports
 from meterline.services.insights import Insights
 from meterline.services.reconciliation import Reconciliation
-from meterline.services.resubmit import Resubmission
 
 __all__ = ["ROUTES", "Dashboard"]
 
@@ -38,7 +37,7 @@ class Dashboard:
             c.customers, c.meters, c.usage, c.features, c.entitlements, c.values, c.notifications, b.invoices,
             b.credits, limits,
         )  # fmt: skip
-        self.resubmission = Resubmission(c.dead_letters, ctx.ledger, ctx.clock, ctx.limits)
+        self.resubmission = c.resubmission
         self.reconciliation = (
             None if system.counts is None else Reconciliation(system.counts, ctx.ledger, self.insights, b.invoices)
         )

@@ -1,0 +1,63 @@
+"""``GET /api/v1/reconciliation``: every difference between received, accepted, metered and
+billed, per meter and period, with its cause (``services.reconcile``)."""
+
+from __future__ import annotations
+
+from starlette.datastructures import QueryParams
+from starlette.responses import Response
+
+from meterline.api.dashboard.executive import span_from
+from meterline.api.endpoint import Call, endpoint
+from meterline.api.http import json_response, parse_int
+from meterline.domain.auth.keys import Scope
+from meterline.domain.clock import rfc3339
+from meterline.domain.errors import NotSupported
+from meterline.services.reconcile import Reconciled, Reconciler
+
+
+@endpoint(Scope.READ)
+async def reconciliation(call: Call) -> Response:
+    q = call.request.query_params
+    params = dict(q)
+    params.setdefault("grain", "month")
+    span, _ = span_from(QueryParams(params), call.ctx.clock.now_us())
+    reconciler: Reconciler | None = getattr(call.request.app.state, "reconciler", None)
+    if reconciler is None:
+        raise NotSupported("reconciliation needs the embedded store's counts", mode="scale")
+    tolerance = parse_int("tolerance", q.get("tolerance"), reconciler.tolerance, 0, 2**31)
+    found = await call.run(reconciler.reconcile, call.namespace, span, tolerance=tolerance)
+    return json_response(reconciled_json(found))
+
+
+def reconciled_json(r: Reconciled) -> dict[str, object]:
+    return {
+        "namespace": r.namespace,
+        "asOfPosition": r.position,
+        "tolerance": r.tolerance,
+        "withinTolerance": r.within_tolerance,
+        "unexplained": r.unexplained,
+        "periods": [rfc3339(s * 1_000_000) for s in r.starts],
+        "lines": [
+            {
+                "meter": ln.meter,
+                "period": rfc3339(ln.period_start * 1_000_000),
+                "received": ln.received,
+                "accepted": ln.accepted,
+                "metered": ln.metered,
+                "expected": ln.expected,
+                "value": ln.value,
+                "billed": ln.billed,
+            }
+            for ln in r.lines
+        ],
+        "differences": [
+            {
+                "meter": d.meter,
+                "period": rfc3339(d.period_start * 1_000_000),
+                "stage": d.stage,
+                "cause": d.cause,
+                "events": d.events,
+            }
+            for d in r.differences
+        ],
+    }

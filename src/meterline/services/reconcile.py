@@ -1,0 +1,173 @@
+"""``reconcile``: every difference between the stages of the pipeline, with its cause.
+
+Per namespace, meter and period (event time, cut in the requested zone) it compares, in events:
+
+- **received -> accepted**: events of the meter's type that were ``rejected`` (dead letters, by
+  reason) or ``quarantined`` (both by period of receipt), beside those accepted;
+- **accepted -> metered**: events accepted (as first received) and what the meter's rollups
+  hold. A difference is ``voided`` (a correction voided them), ``amended`` (an amend moved them
+  to another period or type: positive moved out, negative moved in), ``unreadable`` (the meter
+  could not read them: a value or group it could not read, a time before its ``eventFrom``),
+  or ``unexplained``: the rollups do not hold what a replay of the ledger says they must (for
+  UNIQUE_COUNT meters, counted in distinct values). Only this last one is an error;
+- **metered -> billed**: where the counted events stand with finalized invoices:
+  ``late_adjustment_pending`` (they arrived, or were corrected, after their window was
+  finalized: the next invoice carries the adjustment), ``late_adjusted`` (a later invoice
+  carried it) and ``not_invoiced`` (no finalized window holds them yet: an open period, or a
+  subject without a subscription).
+
+``tolerance`` is how many unexplained events one meter and period may have; beyond it the run
+is not within tolerance (the CLI exits non-zero). The scheduled job runs it for every namespace
+and keeps the total of unexplained events for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from meterline.domain.clock import Clock
+from meterline.domain.meters.model import Aggregation
+from meterline.ports.reconciliation import LedgerCheck, ReconciliationCounts
+from meterline.runtime import freshness
+from meterline.services.insights import Grain, Span
+from meterline.services.reconciliation import Reconciliation, Report
+
+UNEXPLAINED = "unexplained"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    meter: str
+    period_start: int
+    stage: str
+    """``received->accepted``, ``accepted->metered`` or ``metered->billed``."""
+    cause: str
+    events: int
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One meter and period: events at each stage, the usage value and the billed quantity."""
+
+    meter: str
+    period_start: int
+    received: int
+    accepted: int
+    metered: int
+    expected: int
+    value: Decimal | None
+    billed: Decimal
+
+
+@dataclass
+class Reconciled:
+    namespace: str
+    starts: list[int]
+    position: int | None
+    tolerance: int
+    lines: list[Line] = field(default_factory=list)
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def unexplained(self) -> int:
+        return sum(abs(d.events) for d in self.differences if d.cause == UNEXPLAINED)
+
+    @property
+    def within_tolerance(self) -> bool:
+        return all(abs(d.events) <= self.tolerance for d in self.differences if d.cause == UNEXPLAINED)
+
+
+class Reconciler:
+    def __init__(self, reconciliation: Reconciliation, counts: ReconciliationCounts, *, tolerance: int) -> None:
+        self._reconciliation = reconciliation
+        self._counts = counts
+        self.tolerance = tolerance
+        self._last: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def reconcile(self, namespace: str, span: Span, *, tolerance: int | None = None) -> Reconciled:
+        report = self._reconciliation.report(namespace, span, check_ledger=True)
+        through = report.position if report.position is not None else 0
+        bounds = [*report.starts, span.boundaries()[-1]]
+        check = self._counts.ledger_check(namespace, [m.meter for m in report.meters], bounds[0], bounds[-1], through)
+        out = Reconciled(namespace, report.starts, report.position, self.tolerance if tolerance is None else tolerance)
+        _explain(out, report, check, bounds)
+        with self._lock:
+            self._last[namespace] = out.unexplained
+        return out
+
+    def unexplained(self) -> int:
+        """Unexplained events found by the last run of each namespace (for ``/metrics``)."""
+        with self._lock:
+            return sum(self._last.values())
+
+    def run_all(self, clock: Clock, lookback: timedelta) -> None:
+        """The scheduled job: every namespace with meters, daily periods over ``lookback`` (UTC)."""
+        end = clock.now_us() // 1_000_000
+        span = Span(end - int(lookback.total_seconds()), end, Grain.DAY, ZoneInfo("UTC"))
+        for namespace in self._counts.namespaces():
+            freshness.begin()  # its reads wait for the aggregator and note the position they reflect
+            self.reconcile(namespace, span)
+
+
+def _explain(out: Reconciled, report: Report, check: LedgerCheck, bounds: list[int]) -> None:
+    n = len(out.starts)
+    for line in report.meters:
+        m = line.meter
+        per = _Per(bounds, n)
+        accepted = per.of(check.accepted, m.spec.event_type)
+        voided = per.of(check.voided, m.spec.event_type)
+        counting = per.of(check.counting, m.spec.event_type)
+        expected = per.of(check.expected, m.slug)
+        rejected = {r: row for (r, t), row in report.rejected.items() if t == m.spec.event_type}
+        held = report.quarantined.get(m.spec.event_type, [0] * n)
+        unique = m.spec.aggregation is Aggregation.UNIQUE_COUNT
+        metered = per.of(check.stored, m.slug) if unique else line.metered
+        billing = {
+            "late_adjustment_pending": per.of(check.late_pending, m.slug),
+            "late_adjusted": per.of(check.late_adjusted, m.slug),
+            "not_invoiced": per.of(check.not_invoiced, m.slug),
+        }
+        for i, start in enumerate(out.starts):
+            received = accepted[i] + held[i] + sum(row[i] for row in rejected.values())
+            value = line.value[i] if i < len(line.value) else None
+            out.lines.append(Line(m.slug, start, received, accepted[i], metered[i], expected[i], value, line.billed[i]))
+            found = [(f"rejected:{r}", row[i]) for r, row in rejected.items()] + [("quarantined", held[i])]
+            _note(out, m.slug, start, "received->accepted", found)
+            moved = accepted[i] - voided[i] - counting[i]
+            causes = [("voided", voided[i]), ("amended", moved)]
+            if not unique:
+                causes.append(("unreadable", counting[i] - expected[i]))
+            causes.append((UNEXPLAINED, metered[i] - expected[i]))
+            _note(out, m.slug, start, "accepted->metered", causes)
+            _note(out, m.slug, start, "metered->billed", [(k, v[i]) for k, v in billing.items()])
+
+
+class _Per:
+    """Counts by (key, quarter bucket) added up per period."""
+
+    def __init__(self, bounds: list[int], n: int) -> None:
+        self._bounds = bounds
+        self._n = n
+
+    def of(self, counts: dict[tuple[str, int], int], key: str) -> list[int]:
+        out = [0] * self._n
+        for (k, bucket), v in counts.items():
+            if k == key:
+                out[_index(self._bounds, bucket)] += v
+        return out
+
+
+def _index(bounds: list[int], at: int) -> int:
+    return max(0, min(len(bounds) - 2, bisect.bisect_right(bounds, at) - 1))
+
+
+def _note(out: Reconciled, meter: str, start: int, stage: str, causes: list[tuple[str, int]]) -> None:
+    for cause, events in causes:
+        if events:
+            out.differences.append(Difference(meter, start, stage, cause, events))

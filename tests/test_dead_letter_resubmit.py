@@ -1,0 +1,129 @@
+"""Dead letters re-submitted by API and CLI after their cause is fixed: exactly once (a second or
+a concurrent re-submission counts nothing again), and marked re-submitted with the outcome."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Server, make_key, start_server
+
+NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+BATCH = {"Content-Type": "application/cloudevents-batch+json"}
+
+
+def event(id_: str, subject: str, **data: Any) -> dict[str, Any]:
+    when = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "specversion": "1.0",
+        "id": id_,
+        "source": "t",
+        "type": "request",
+        "subject": subject,
+        "time": when,
+        "data": data,
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_server(tmp_path_factory.mktemp("resubmit") / "data")
+    yield s
+    s.stop()
+
+
+def client(s: Server, key: str | None = None) -> httpx.Client:
+    return httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {key or s.key}"}, timeout=60)
+
+
+def cli(s: Server, *args: str, status: int = 0) -> str:
+    env = {**os.environ, "METERLINE_URL": s.url, "METERLINE_API_KEY": s.key}
+    out = subprocess.run([sys.executable, "-m", "meterline.cli.main", *args], capture_output=True, text=True, env=env)
+    assert out.returncode == status, out.stdout + out.stderr
+    return out.stdout + out.stderr
+
+
+def letters(c: httpx.Client, state: str = "pending") -> list[dict[str, Any]]:
+    r = c.get("/api/v1/dead-letters", params={"state": state, "limit": "1000"})
+    assert r.status_code == 200, r.text
+    items: list[dict[str, Any]] = r.json()["items"]
+    return items
+
+
+def count(c: httpx.Client, subject: str) -> Any:
+    r = c.get("/api/v1/meters/reqs/query", params={"subject": subject, "from": "2000-01-01T00:00:00Z"})
+    assert r.status_code == 200, r.text
+    return sum(row["value"] for row in r.json()["data"])
+
+
+def test_concurrent_resubmissions_count_each_dead_letter_once(served: Server) -> None:
+    with client(served) as c:
+        spec = {"slug": "reqs", "eventType": "request", "aggregation": "SUM", "valueProperty": "$.n"}
+        assert c.post("/api/v1/meters", json=spec).status_code == 201
+        assert c.put("/api/v1/settings", json={"unknownSubjects": "reject"}).status_code == 200
+        sent = [event(f"n{i}", "newco", n=i + 1) for i in range(40)]
+        assert c.post("/api/v1/events", json=sent, headers=BATCH).status_code == 400  # all rejected
+        ids = [d["id"] for d in letters(c) if d["eventId"].startswith("n")]
+        assert len(ids) == 40
+        assert c.post("/api/v1/customers", json={"key": "newco"}).status_code == 201  # the cause, fixed
+        answers: list[dict[str, Any]] = []
+
+        def resubmit() -> None:
+            with client(served) as own:
+                r = own.post("/api/v1/dead-letters/resubmit", json={"ids": ids})
+                assert r.status_code == 200, r.text
+                answers.append(r.json())
+
+        threads = [threading.Thread(target=resubmit) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(a["accepted"] for a in answers) == 40  # each dead letter once, whoever got it
+        assert sum(a["resubmitted"] for a in answers) == 40
+        assert sum(len(a["alreadyResubmitted"]) for a in answers) == 3 * 40
+        assert count(c, "newco") == sum(range(1, 41))
+        assert [d for d in letters(c) if d["eventId"].startswith("n")] == []
+        marked = [d for d in letters(c, "resubmitted") if d["eventId"].startswith("n")]
+        assert len(marked) == 40 and {d["resubmittedAs"] for d in marked} == {"accepted"}
+        again = c.post("/api/v1/dead-letters/resubmit", json={"ids": ids[:3]}).json()
+        assert (again["resubmitted"], again["alreadyResubmitted"]) == (0, ids[:3])
+        assert count(c, "newco") == sum(range(1, 41))
+
+
+def test_cli_resubmits_once_and_a_dead_letter_rejected_again_stays_visible(served: Server) -> None:
+    with client(served) as c:
+        assert c.put("/api/v1/settings", json={"unknownSubjects": "reject"}).status_code == 200
+        c.post("/api/v1/events", json=[event("late-co-1", "lateco", n=5)], headers=BATCH)
+        c.post("/api/v1/events", json=[event("bad-1", "newco-2", n="many")], headers=BATCH)
+        by_event = {d["eventId"]: d for d in letters(c)}
+        ok, bad = by_event["late-co-1"]["id"], by_event["bad-1"]["id"]
+        assert c.post("/api/v1/customers", json={"key": "lateco"}).status_code == 201
+        assert c.post("/api/v1/customers", json={"key": "newco-2"}).status_code == 201
+        out = cli(served, "dead-letters", "resubmit", str(ok))
+        assert f"dead letter {ok}: accepted" in out
+        assert "already re-submitted" in cli(served, "dead-letters", "resubmit", str(ok))
+        assert count(c, "lateco") == 5
+        # the value still cannot be read: rejected again, a new dead letter with today's reason
+        out = cli(served, "dead-letters", "resubmit", str(bad), status=1)
+        assert "unreadable_value" in out
+        pending = [d for d in letters(c) if d["eventId"] == "bad-1"]
+        assert len(pending) == 1 and pending[0]["id"] != bad and pending[0]["reason"] == "unreadable_value"
+        old = next(d for d in letters(c, "all") if d["id"] == bad)
+        assert old["resubmittedAs"] == "rejected" and old["resubmittedAt"]
+        assert f"{ok}" in cli(served, "dead-letters", "list", "--state", "resubmitted")
+        assert "not found" in cli(served, "dead-letters", "resubmit", "999999", status=1)
+        reader = make_key(served.data_dir, ["read"])
+        with client(served, reader) as r:
+            assert r.post("/api/v1/dead-letters/resubmit", json={"ids": [bad]}).status_code == 403
+        for body in ({"ids": []}, {"ids": [0]}, {"ids": "x"}, {"other": 1}):
+            problem = c.post("/api/v1/dead-letters/resubmit", json=body)
+            assert problem.status_code == 400 and problem.headers["content-type"].startswith("application/problem+json")
+        assert c.get("/api/v1/dead-letters", params={"state": "gone"}).json()["code"] == "invalid_parameter"
