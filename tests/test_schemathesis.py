@@ -85,6 +85,7 @@ DOCUMENTED_400 = {
     "createNotificationRule": "what each rule type needs (thresholds, anomaly factors, existing channels and features)",
     "updateNotificationRule": "what each rule type needs (thresholds, anomaly factors, existing channels and features)",
     "amendEvent": "the amended event is checked as ingest checks one (the clock, the live meters)",
+    "reconcile": "`from` not after `to`, and a bounded number of periods between them",
 }
 # Ingest takes a batch apart and judges every event on its own: with `Prefer:
 # return=representation` an event the schema rejects is answered 200 with that event marked

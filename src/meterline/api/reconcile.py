@@ -11,13 +11,16 @@ from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_int
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
-from meterline.domain.errors import NotSupported
+from meterline.domain.errors import InvalidInput, NotSupported
 from meterline.services.reconcile import Reconciled, Reconciler
 
 
 @endpoint(Scope.READ)
 async def reconciliation(call: Call) -> Response:
     q = call.request.query_params
+    for name in ("from", "to", "grain", "tz"):
+        if name in q and not q[name].strip():
+            raise InvalidInput(f"`{name}` is empty", code="invalid_parameter")
     params = dict(q)
     params.setdefault("grain", "month")
     span, _ = span_from(QueryParams(params), call.ctx.clock.now_us())
