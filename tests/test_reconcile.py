@@ -33,17 +33,25 @@ def differences(report: dict[str, Any], meter: str = "api_calls") -> list[tuple[
 
 
 def plant(data_dir: Path, meter: str) -> None:
-    """Edit one rollup row by hand: the rollups now hold an event the ledger does not."""
+    """Edit one quarter hour by hand, in the rollups and in the meter-wide summary kept beside
+    them alike: the derived tables now hold an event the ledger does not."""
     conn = sqlite3.connect(data_dir / "meterline.db")
     with conn:
-        n = conn.execute(
-            "UPDATE rollups SET cnt = cnt + 1 WHERE (meter, level, subject, bucket, group_key) = (SELECT meter, level,"
-            " subject, bucket, group_key FROM rollups WHERE level = 900"
-            " AND meter = (SELECT key FROM meters WHERE slug = ? AND deleted_us IS NULL) LIMIT 1)",
+        key, subject, bucket, group_key = conn.execute(
+            "SELECT meter, subject, bucket, group_key FROM rollups WHERE level = 900"
+            " AND meter = (SELECT key FROM meters WHERE slug = ? AND deleted_us IS NULL) LIMIT 1",
             (meter,),
+        ).fetchone()
+        rows = conn.execute(
+            "UPDATE rollups SET cnt = cnt + 1 WHERE (meter, level, subject, bucket, group_key) = (?, 900, ?, ?, ?)",
+            (key, subject, bucket, group_key),
+        ).rowcount
+        rows += conn.execute(
+            "UPDATE summaries SET cnt = cnt + 1 WHERE meter = ? AND level = 900 AND subject = '' AND bucket = ?",
+            (key, bucket),
         ).rowcount
     conn.close()
-    assert n == 1
+    assert rows == 2
 
 
 def test_every_difference_on_seeded_data_has_a_cause(bapi: Api) -> None:

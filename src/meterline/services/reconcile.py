@@ -91,7 +91,7 @@ class Reconciler:
         self._lock = threading.Lock()
 
     def reconcile(self, namespace: str, span: Span, *, tolerance: int | None = None) -> Reconciled:
-        report = self._reconciliation.report(namespace, span, check_ledger=True)
+        report = self._reconciliation.report(namespace, span)
         through = report.position if report.position is not None else 0
         bounds = [*report.starts, span.boundaries()[-1]]
         check = self._counts.ledger_check(namespace, [m.meter for m in report.meters], bounds[0], bounds[-1], through)
