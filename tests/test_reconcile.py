@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Api, build_api, start_server
+from conftest import Api, build_api, build_scale_api, start_server
 from test_billing_api import calls, ev, get, move_to, ok, post, run, setup_billing, subscribe
 
 
@@ -142,3 +142,11 @@ def test_cli_reconcile_exits_non_zero_on_a_planted_difference(tmp_path: Path) ->
         assert "unexplained" in out.stdout and "BEYOND TOLERANCE" in out.stdout
     finally:
         server.stop()
+
+
+def test_scale_mode_answers_not_supported_for_reconciliation_and_resubmission(scale_site: Any, tmp_path: Path) -> None:
+    for api in build_scale_api(scale_site, tmp_path):
+        got = api.client.get("/api/v1/reconciliation", headers=api.headers())
+        assert got.status_code == 501 and got.json()["code"] == "not_supported", got.text
+        sent = api.client.post("/api/v1/dead-letters/resubmit", json={"ids": [1]}, headers=api.headers())
+        assert sent.status_code == 501 and sent.json()["code"] == "not_supported", sent.text
