@@ -40,7 +40,6 @@ OPENMETER_CUSTOMER = {
 }
 
 
-@pytest.mark.embedded_only("the PostgreSQL customer store does not keep OpenMeter's customer members yet")
 def test_customer_in_openmeters_shape_round_trips(api: Api) -> None:
     r = post(api, "/api/v1/customers", OPENMETER_CUSTOMER)
     assert r.status_code == 201, r.text
@@ -60,7 +59,6 @@ def test_customer_in_openmeters_shape_round_trips(api: Api) -> None:
     assert "description" not in replaced and replaced["usageAttribution"] == {"subjectKeys": ["acme-1"]}
 
 
-@pytest.mark.embedded_only("the PostgreSQL customer store does not keep OpenMeter's customer members yet")
 def test_customer_list_is_openmeters_page(api: Api) -> None:
     for i in range(5):
         body = {

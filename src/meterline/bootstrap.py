@@ -461,16 +461,20 @@ def open_migration(source: Config, target: Config) -> Iterator[tuple[LedgerReade
     """The source's ledger, read-only (an embedded data directory; a server may keep running
     on it), and the target's ledger to append to (``meterline migrate``). An embedded target
     must have no server running on it: two processes appending to one store would each miss
-    the other's keys. The target's configured meters exist before the first event goes in."""
+    the other's keys. A scale target may be live: its dedupe store is shared by every writer.
+    The target's configured meters exist before the first event goes in."""
     if source.storage.engine != "embedded":
         raise ConfigError(
             'meterline migrate reads an embedded ledger: the source config must use storage.engine = "embedded"'
         )
-    if target.storage.engine != "embedded":
-        raise ConfigError(
-            "meterline migrate appends to an embedded store today; into a scale deployment, replay"
-            " the events through its API (docs/operations.md)"
-        )
+    if target.storage.engine == "scale":
+        reader = SqliteLedgerReader(source.storage.data_dir)
+        try:
+            with open_scale_ledger(target) as ledger:
+                yield reader, ledger
+        finally:
+            reader.close()
+        return
     if source.storage.data_dir.resolve() == target.storage.data_dir.resolve():
         raise ConfigError("the source and the target are the same data directory")
     reader = SqliteLedgerReader(source.storage.data_dir)
@@ -702,6 +706,41 @@ def open_worker(config: Config) -> Worker:
     cap, chunk = config.ingest.max_group_cardinality, config.aggregation.chunk
     sink = SinkWorker(partitions, store, meters.live, dedupe, cap=cap, max_entries=chunk)
     return Worker(sink, partitions, conn, pg, closers)
+
+
+@contextmanager
+def open_scale_ledger(config: Config) -> Iterator[Ledger]:
+    """The ledger API nodes of a scale deployment append to (``meterline migrate --to``): the
+    Kafka topic, claimed and confirmed in the shared dedupe store, rejected events stored as
+    dead letters in PostgreSQL, the config file's meters created in the shared catalog first.
+    Any number of these may append beside running API nodes: the dedupe store is shared. The
+    sink workers (``meterline worker``) bring what it appends into ClickHouse."""
+    for driver in ("psycopg", "psycopg_pool", "confluent_kafka", "clickhouse_connect"):
+        import_extra(driver, "scale")  # a ConfigError naming the extra, before anything opens
+    from meterline.adapters.kafka.ledger import KafkaLedger, ensure_topic
+
+    clock = SystemClock()
+    stores = open_scale_stores(config, clock)
+    try:
+        ensure_scale_meters(config, stores.catalog.meters)
+        k = config.kafka
+        ensure_topic(k.bootstrap_servers, k.topic, k.partitions, k.replication_factor)
+        kafka = KafkaLedger(
+            k.bootstrap_servers,
+            k.topic,
+            stores.catalog.meters,
+            stores.dedupe,
+            clock.now_us,
+            cap=config.ingest.max_group_cardinality,
+            delivery_timeout=k.delivery_timeout,
+            dead_letters=stores.catalog.dead_letters,
+        )
+        try:
+            yield kafka
+        finally:
+            kafka.close()
+    finally:
+        stores.close()
 
 
 def _embedded_only(config: Config) -> None:
