@@ -114,6 +114,17 @@ class Adoption:
 
 
 @dataclass(frozen=True, slots=True)
+class Rankings:
+    """Usage per subject of every meter over one range (:meth:`Insights.rankings`)."""
+
+    owners: dict[str, str]
+    """Subject -> the key of the customer that claims it."""
+    meters: dict[str, Meter]
+    by_meter: dict[str, dict[str, Decimal]]
+    """Meter slug -> subject -> usage over the range."""
+
+
+@dataclass(frozen=True, slots=True)
 class Revenue:
     starts: list[int]
     by_currency: dict[str, list[Decimal]]
@@ -164,31 +175,35 @@ class Insights:
             self._total(namespace, meter, *_previous(starts)),
         )
 
-    def top_customers(self, namespace: str, meter: Meter, span: Span, limit: int = 10) -> list[Ranked]:
-        """The customers with the most usage of ``meter`` (additive meters; subjects otherwise)."""
+    def rankings(self, namespace: str, span: Span) -> Rankings:
+        """Every meter's usage per subject over the range (one query per meter, read once for
+        both :meth:`top_customers` and :meth:`adoption`), and who claims each subject."""
         starts = span.boundaries()
         q = MeterQuery(start=starts[0], end=starts[-1], tz=span.tz, group_by=(SUBJECT,), limits=self._limits)
-        _, rows = self._usage.query(namespace, meter.slug, q)
-        owners = self._owners(namespace)
+        by_meter: dict[str, dict[str, Decimal]] = {}
+        meters = self._meters.list(namespace)
+        for meter in meters:
+            _, rows = self._usage.query(namespace, meter.slug, q)
+            by_meter[meter.slug] = {row.subject or "": row.value for row in rows}
+        return Rankings(self._owners(namespace), {m.slug: m for m in meters}, by_meter)
+
+    def top_customers(self, rankings: Rankings, meter: Meter, limit: int = 10) -> list[Ranked]:
+        """The customers with the most usage of ``meter`` (additive meters; subjects otherwise)."""
         totals: dict[str, Decimal] = defaultdict(Decimal)
-        for row in rows:
-            subject = row.subject or ""
-            name = owners.get(subject, subject) if meter.spec.aggregation in ADDITIVE else subject
-            totals[name] += row.value
+        additive = meter.spec.aggregation in ADDITIVE
+        for subject, value in rankings.by_meter.get(meter.slug, {}).items():
+            totals[rankings.owners.get(subject, subject) if additive else subject] += value
         ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
         return [Ranked(name, value) for name, value in ranked if value]
 
-    def adoption(self, namespace: str, span: Span) -> list[Adoption]:
+    def adoption(self, namespace: str, rankings: Rankings) -> list[Adoption]:
         """For each metered feature (or meter without one), how many customers used it."""
-        starts = span.boundaries()
-        owners = self._owners(namespace)
+        owners = rankings.owners
         population = set(owners.values())
         used: dict[str, set[str]] = {}
-        for meter in self._meters.list(namespace):
-            q = MeterQuery(start=starts[0], end=starts[-1], tz=span.tz, group_by=(SUBJECT,), limits=self._limits)
-            _, rows = self._usage.query(namespace, meter.slug, q)
-            users = {owners.get(r.subject or "", r.subject or "") for r in rows if r.value}
-            used[meter.slug] = users
+        for slug, values in rankings.by_meter.items():
+            users = {owners.get(subject, subject) for subject, value in values.items() if value}
+            used[slug] = users
             population |= users
         features = [(f.key, f.spec.meter_slug) for f in self._features.list(namespace) if f.spec.meter_slug]
         covered = {slug for _, slug in features}

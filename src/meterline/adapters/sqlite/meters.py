@@ -20,7 +20,7 @@ from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_uniques
-from meterline.adapters.sqlite.summaries import DAY, has_day, plan, subject_day_states, wide_states
+from meterline.adapters.sqlite.summaries import DAY, MONTH, has_day, plan, subject_states, wide_states, with_months
 from meterline.domain.errors import Conflict, NotFound
 from meterline.domain.meters.edges import edge_ranges, edge_states, edge_uniques, inner_bounds, relabel
 from meterline.domain.meters.evaluate import CompiledMeter
@@ -191,7 +191,8 @@ def _summarized(
 ) -> Iterator[BucketState] | None:
     """Bucket states from the summaries (``adapters.sqlite.summaries``) when they answer the
     query exactly and with fewer rows: not per group value, not filtered, on quarter hours;
-    per subject only when the range holds a whole UTC day (its edges come from the rollups)."""
+    per subject only when the range holds a whole UTC day (whole UTC months from the month
+    rows, other days from the day rows, its edges from the rollups)."""
     if by_group or query.subjects or query.filters:
         return None
     segments = plan(inner)
@@ -203,9 +204,9 @@ def _summarized(
     if not has_day(segments):
         return None
     parts: list[Iterable[BucketState]] = []
-    for level, first, last in segments:
-        if level == DAY:
-            parts.append(subject_day_states(conn, aggregation, meter.key, first, last))
+    for level, first, last in with_months(segments):
+        if level in (DAY, MONTH):
+            parts.append(subject_states(conn, aggregation, meter.key, level, first, last))
         else:
             parts.append(read_states(conn, aggregation, (first, last), level, meter.key, (), by_group=False))
     return itertools.chain.from_iterable(parts)

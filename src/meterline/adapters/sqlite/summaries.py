@@ -6,7 +6,8 @@ values is millions of hour rows. The ``summaries`` table holds, in the rollups' 
 
 - **meter-wide** rows (``subject = ''``, never a real subject: events must name one) per UTC
   quarter hour, hour and day: every subject and group value of the meter together;
-- **per-subject day** rows (``level`` 86400, every group value together).
+- **per-subject** rows per UTC day (``level`` 86400) and per UTC calendar month (``level``
+  :data:`MONTH`, a code: the bucket is the month's first second), every group value together.
 
 Both are folded from the same quarter-hour states the rollups get, in the same write (so in the
 aggregator's transaction with its offset, in a backfill's chunk, in ``rebuild``): they are as
@@ -14,8 +15,11 @@ derived, as exact and as current as the rollups, and ``rebuild --check`` compare
 
 Reading (:func:`plan`): a range is cut at its window boundaries and covered by the coarsest
 buckets that fit inside each window — whole UTC days, then hours, then quarter hours at the
-edges. UTC offsets are whole quarter hours, so every period of any IANA zone (DST included)
-is covered exactly; a range not on quarter hours is read from the rollups as before.
+edges; per subject (:func:`with_months`), the whole UTC months among those days are read from
+the month rows. UTC offsets are whole quarter hours, so every period of any IANA zone (DST
+included) is covered exactly; a range not on quarter hours is read from the rollups as before.
+A year of 1000 subjects is then 12,000 month rows plus the days and hours of its edges,
+instead of 365,000 day rows.
 UNIQUE_COUNT meters have no summaries (distinct values do not add up).
 
 ``ledger_counts`` is kept beside them: ledger entries per namespace, event type and UTC
@@ -25,8 +29,10 @@ quarter hour of event time, counted as the aggregator passes its live offset (re
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import pairwise
 from typing import Any
@@ -40,12 +46,35 @@ from meterline.domain.meters.query import BucketState
 QUARTER, HOUR, DAY = 900, 3600, 86400
 LEVELS = (DAY, HOUR, QUARTER)
 """Bucket sizes of the meter-wide rows, coarsest first."""
+MONTH = 31 * DAY
+"""The level of per-subject month rows: a UTC calendar month (a code, not its length; the
+bucket is the month's first second, see :func:`month_of`)."""
 WIDE = ""
 """The subject of meter-wide rows."""
 NO_GROUP = ""
 """The group key of every summary row."""
 SUMMARIES_KEY = "summaries_version"
 """In ``meta``: set once the summaries and ledger counts reflect the store."""
+MONTHS_KEY = "summary_months"
+"""In ``meta``: set once the per-subject month rows reflect the store (they came after the
+other summaries: a store that has those gains the months from its day rows, once)."""
+
+
+@functools.lru_cache(maxsize=8192)
+def month_of(second: int) -> int:
+    """The first second of the UTC calendar month holding ``second``."""
+    at = datetime.fromtimestamp(second, UTC)
+    return int(datetime(at.year, at.month, 1, tzinfo=UTC).timestamp())
+
+
+def next_month(month: int) -> int:
+    """The first second of the UTC month after the one starting at ``month``."""
+    return month_of(month + 31 * DAY)
+
+
+def floor(bucket: int, level: int) -> int:
+    """The start of the ``level`` bucket holding ``bucket``."""
+    return month_of(bucket) if level == MONTH else bucket - bucket % level
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -53,7 +82,7 @@ SUMMARIES_KEY = "summaries_version"
 
 def summary_states(levels: dict[Aggregation, dict[Key, list[Any]]]) -> dict[Aggregation, dict[Key, list[Any]]]:
     """The summary deltas of a fold's states (``Fold.levels()``): each quarter-hour state
-    merged into its meter-wide quarter, hour and day and its subject's day."""
+    merged into its meter-wide quarter, hour and day and its subject's day and month."""
     out: dict[Aggregation, dict[Key, list[Any]]] = {}
     for aggregation, states in levels.items():
         acc: dict[Key, list[Any]] = {}
@@ -66,6 +95,7 @@ def summary_states(levels: dict[Aggregation, dict[Key, list[Any]]]) -> dict[Aggr
                 (meter, HOUR, WIDE, bucket - bucket % HOUR, NO_GROUP),
                 (meter, DAY, WIDE, day, NO_GROUP),
                 (meter, DAY, subject, day, NO_GROUP),
+                (meter, MONTH, subject, month_of(day), NO_GROUP),
             ):
                 into = acc.get(key)
                 if into is None:
@@ -118,6 +148,28 @@ def has_day(segments: Sequence[tuple[int, int, int]]) -> bool:
     return any(level == DAY for level, _, _ in segments)
 
 
+def with_months(segments: Sequence[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """``segments`` (:func:`plan`) with the whole UTC months inside their day ranges as
+    :data:`MONTH` ranges (for the per-subject rows)."""
+    out: list[tuple[int, int, int]] = []
+    for level, first, last in segments:
+        if level != DAY:
+            out.append((level, first, last))
+            continue
+        t = first
+        while t < last:
+            end = t
+            while month_of(end) == end and next_month(end) <= last:
+                end = next_month(end)
+            if end > t:
+                out.append((MONTH, t, end))
+            else:
+                end = min(next_month(month_of(t)), last)
+                out.append((DAY, t, end))
+            t = end
+    return out
+
+
 _FOLDED = {
     Aggregation.COUNT: "sum(cnt), NULL, NULL, NULL",
     Aggregation.SUM: "sum(cnt), dec_sum(total), NULL, NULL",
@@ -142,15 +194,16 @@ def wide_states(
             yield BucketState("", "[]", bucket, cnt, _dec(total), _dec(low), _dec(high), latest)
 
 
-def subject_day_states(
-    conn: sqlite3.Connection, aggregation: Aggregation, meter: int, first: int, last: int
+def subject_states(
+    conn: sqlite3.Connection, aggregation: Aggregation, meter: int, level: int, first: int, last: int
 ) -> Iterator[BucketState]:
-    """Per subject, its day rows in ``[first, last)`` folded into one state (bucket ``first``)."""
+    """Per subject, its day or month (``level``) rows in ``[first, last)`` folded into one
+    state (bucket ``first``; LATEST: one state per row)."""
     where = (
-        " FROM summaries WHERE meter = ? AND level = 86400"
+        " FROM summaries WHERE meter = ? AND level = ?"
         " AND subject IN (SELECT subject FROM meter_subjects WHERE meter = ?) AND bucket >= ? AND bucket < ?"
     )
-    params = (meter, meter, first, last)
+    params = (meter, level, meter, first, last)
     if aggregation is Aggregation.LATEST:
         sql = "SELECT subject, cnt, last_t, last_seq, last_v" + where
         for subject, cnt, last_t, last_seq, last_v in conn.execute(sql, params):
@@ -205,6 +258,9 @@ def refresh(
     _replace(conn, summaries, aggregation, (meter, DAY, subject), day, day + DAY, rows)
     rows = conn.execute(f"SELECT {columns} FROM {summaries}{one_day}", (meter, HOUR, WIDE, day, day + DAY)).fetchall()
     _replace(conn, summaries, aggregation, (meter, DAY, WIDE), day, day + DAY, rows)
+    month, end = month_of(day), next_month(month_of(day))
+    rows = conn.execute(f"SELECT {columns} FROM {summaries}{one_day}", (meter, DAY, subject, month, end)).fetchall()
+    _replace(conn, summaries, aggregation, (meter, MONTH, subject), month, end, rows)
 
 
 def _replace(
@@ -223,13 +279,7 @@ def _replace(
     meter, level, subject = target
     folded: dict[Key, list[Any]] = {}
     for bucket, *stored in rows:
-        key = (meter, level, subject, bucket - bucket % level, NO_GROUP)
-        state = _state(*stored)
-        into = folded.get(key)
-        if into is None:
-            folded[key] = state
-        else:
-            merge_state(into, state)
+        _fold_into(folded, (meter, level, subject, floor(bucket, level), NO_GROUP), _state(*stored))
     conn.execute(
         f"DELETE FROM {table} WHERE meter = ? AND level = ? AND subject = ? AND bucket >= ? AND bucket < ?",
         (meter, level, subject, first, last),
@@ -237,25 +287,61 @@ def _replace(
     conn.executemany(upsert(table, aggregation), [row_of(aggregation, k, s) for k, s in folded.items()])
 
 
+def _fold_into(folded: dict[Key, list[Any]], key: Key, state: list[Any]) -> None:
+    into = folded.get(key)
+    if into is None:
+        folded[key] = state
+    else:
+        merge_state(into, state)
+
+
 # -- a store from before the summaries ------------------------------------------------------------
 
 
 def fill(conn: sqlite3.Connection, write: Any) -> None:
     """Derive the summaries from the stored quarter-hour rollups and the ledger counts from
-    the ledger up to the aggregator's offset, once (a store written before they existed); in
-    one transaction, so they match the rollups and the offset exactly. ``write`` writes a fold
-    (``rollups.write_fold``)."""
-    if conn.execute("SELECT 1 FROM meta WHERE key = ?", (SUMMARIES_KEY,)).fetchone():
+    the ledger up to the aggregator's offset, once (a store written before they existed), or
+    only the per-subject month rows from the day rows (a store written before the months);
+    in one transaction, so they match the rollups and the offset exactly. ``write`` writes a
+    fold (``rollups.write_fold``)."""
+    if _done(conn, SUMMARIES_KEY) and _done(conn, MONTHS_KEY):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if not conn.execute("SELECT 1 FROM meta WHERE key = ?", (SUMMARIES_KEY,)).fetchone():
-            _fill(conn, write)
+        if not _done(conn, SUMMARIES_KEY):
+            _fill(conn, write)  # the month rows too
             conn.execute("INSERT INTO meta VALUES (?, '1')", (SUMMARIES_KEY,))
+        elif not _done(conn, MONTHS_KEY):
+            _fill_months(conn)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES (?, '1')", (MONTHS_KEY,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _done(conn: sqlite3.Connection, key: str) -> bool:
+    return conn.execute("SELECT 1 FROM meta WHERE key = ?", (key,)).fetchone() is not None
+
+
+def _fill_months(conn: sqlite3.Connection) -> None:
+    """Each subject's month rows folded from its day rows, for every meter that has summaries."""
+    from meterline.adapters.sqlite.rollups import row_of, upsert  # rollups writes summaries too
+
+    conn.execute("DELETE FROM summaries WHERE level = ?", (MONTH,))
+    for key, spec in conn.execute("SELECT key, spec FROM meters WHERE deleted_us IS NULL").fetchall():
+        aggregation = Aggregation(msgspec.json.decode(spec)["aggregation"])
+        if aggregation is Aggregation.UNIQUE_COUNT:
+            continue
+        folded: dict[Key, list[Any]] = {}
+        rows = conn.execute(
+            "SELECT subject, bucket, cnt, total, low, high, last_t, last_seq, last_v FROM summaries"
+            " WHERE meter = ? AND level = ? AND subject <> ?",
+            (key, DAY, WIDE),
+        )
+        for subject, bucket, *stored in rows:
+            _fold_into(folded, (key, MONTH, subject, month_of(bucket), NO_GROUP), _state(*stored))
+        conn.executemany(upsert("summaries", aggregation), [row_of(aggregation, k, s) for k, s in folded.items()])
 
 
 def _fill(conn: sqlite3.Connection, write: Any) -> None:

@@ -84,10 +84,10 @@ async def executive(v: View) -> Response:
         )  # fmt: skip
         usage.append((series, chart))
     chosen = next((m for m in meters if m.slug == v.q("meter")), meters[0] if meters else None)
-    top_usage = await v.run(insights.top_customers, v.namespace, chosen, span) if chosen else []
-    top_stamp = v.stamp()
-    adoption = await v.run(insights.adoption, v.namespace, span)
-    adoption_stamp = v.stamp()
+    rankings = await v.run(insights.rankings, v.namespace, span)
+    top_stamp = adoption_stamp = v.stamp()
+    top_usage = insights.top_customers(rankings, chosen) if chosen else []
+    adoption = await v.run(insights.adoption, v.namespace, rankings)
     revenue = await v.run(insights.revenue, v.namespace, span)
     amounts = {c: list[Decimal | None](v) for c, v in revenue.by_currency.items()}
     currencies = "/".join(sorted(revenue.by_currency)) or "amount"
