@@ -5,6 +5,7 @@ in the API, the metric and the CLI's exit status."""
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -106,6 +107,51 @@ def test_every_difference_on_seeded_data_has_a_cause(bapi: Api) -> None:
     assert reconcile(api, tolerance="1")["withinTolerance"] is True
     metrics = api.client.get("/metrics").text
     assert "meterline_reconciliation_unexplained_events 1.0" in metrics
+
+
+def test_the_dashboard_shows_the_metered_counts_reconcile_compares(bapi: Api) -> None:
+    """One service, one answer: for a UNIQUE_COUNT meter the dashboard's metered column shows
+    the distinct values ``reconcile`` compares (not 0), and for a COUNT meter its events."""
+    api = bapi
+    for slug, aggregation in (("n", "COUNT"), ("who", "UNIQUE_COUNT")):
+        spec = {"slug": slug, "eventType": "job", "aggregation": aggregation}
+        if aggregation == "UNIQUE_COUNT":
+            spec["valueProperty"] = "$.user"
+        assert post(api, "/api/v1/meters", spec).status_code == 201
+    batch = [ev(f"j{i}", "acme", f"2026-03-01T10:0{i}:00Z", "job", user=f"u{i % 3}") for i in range(7)]
+    batch.append(ev("k0", "globex", "2026-03-01T10:20:00Z", "job", user="u0"))
+    assert api.post_events(batch).status_code == 204
+    assert post(api, "/api/v1/events/j1/void", {"source": "t", "reason": "x"}).status_code == 201
+    report = reconcile(api)
+    assert report["unexplained"] == 0, report["differences"]
+    lines = {ln["meter"]: ln for ln in report["lines"]}
+    # acme's u0, u1 (j4 is u1 again: j1 voided), u2 and globex's u0 in quarter 10:00 and 10:15
+    assert (lines["who"]["metered"], lines["who"]["expected"]) == (4, 4)
+    assert (lines["n"]["accepted"], lines["n"]["metered"]) == (8, 7)
+    page = signed_in_page(api, "/ui/reconciliation?from=2026-03-01&to=2026-03-31")
+    for slug in ("n", "who"):
+        table = page.split(f'<table data-meter="{slug}">', 1)[1].split("</table>", 1)[0]
+        shown = re.search(r"data-metered>([^<]*)<", table)
+        assert shown is not None and shown.group(1).strip() == str(lines[slug]["metered"]), slug
+    assert "distinct values" in page.split('<table data-meter="who">', 1)[1].split("</section>", 1)[0]
+    received = page.split('id="received"', 1)[1].split("</table>", 1)[0]  # two meters of one type: counted once
+    assert re.findall(r'<td class="n">([^<]*)</td>', received) == ["8"]
+    position = re.search(r'data-as-of-position="(\d+)"', page)
+    assert position is not None and int(position.group(1)) == report["asOfPosition"]
+
+
+def signed_in_page(api: Api, path: str) -> str:
+    """``path`` of the dashboard, signed in through its form with the test's admin key."""
+    form = api.client.get("/ui/sign-in").text
+    token = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert token is not None
+    signed = api.client.post(
+        "/ui/sign-in", data={"csrf": token.group(1), "key": api.key, "next": path}, follow_redirects=False
+    )
+    assert signed.status_code == 303, signed.text
+    page = api.client.get(path)
+    assert page.status_code == 200, page.text
+    return page.text
 
 
 def test_cli_reconcile_exits_non_zero_on_a_planted_difference(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.rebuild import rebuild
 from meterline.adapters.sqlite.reconciliation import SqliteReconciliationCounts
-from meterline.adapters.sqlite.replay import LedgerEntry, Replay, stored_offset, write_replay
+from meterline.adapters.sqlite.replay import LedgerEntry, Replay, write_replay
 from meterline.adapters.sqlite.schema import connect
 from meterline.adapters.sqlite.summaries import refresh
 from meterline.domain.clock import FixedClock
@@ -240,30 +240,40 @@ def _answers(b: EmbeddedBackend) -> list[Any]:
     return out
 
 
-def test_accepted_counts_equal_the_ledger_up_to_any_position(tmp_path: Path) -> None:
+def test_counted_reads_accepted_and_metered_at_one_position(tmp_path: Path) -> None:
+    """Reconciliation's counts come from one snapshot: after each aggregator step, accepted
+    equals the ledger up to the position it names, and every meter's metered counts are what
+    ``reconcile``'s ledger replay expects at that same position (distinct values for
+    UNIQUE_COUNT)."""
     b = open_backend(tmp_path)
     try:
-        b.meters.create("default", spec(Aggregation.SUM))
+        unique = MeterSpec(slug="who", event_type="t", aggregation=Aggregation.UNIQUE_COUNT, value_property="$.g")
+        meters = [b.meters.create("default", spec(Aggregation.SUM)), b.meters.create("default", unique)]
         send(b, make_events(500, 6))
         aggregator = Aggregator(b.ledger, b.usage, cap=100, chunk=200)
-        aggregator._step()
-        aggregator._step()  # 400 of 500 aggregated
-        offset = stored_offset(b.db.reader())
-        assert offset == 400
         counts = SqliteReconciliationCounts(b.db)
         tz = ZoneInfo("Asia/Kathmandu")
         start = int(datetime(2026, 3, 6, tzinfo=tz).timestamp())  # a +05:45 midnight
         end = int(datetime(2026, 3, 10, tzinfo=tz).timestamp())
         entries = ledger(b)
-        for through in (0, 150, offset, 470, 500):
+        received = dict(b.db.reader().execute("SELECT seq, received_us FROM events").fetchall())
+        for position in (200, 400, 500):
+            aggregator._step()
+            got = counts.counted("default", meters, start, end)
+            assert (got.position, got.position_us) == (position, received[position])
             want: dict[tuple[str, int], int] = {}
             for seq, type_, _, time_us, _ in entries:
                 t = time_us // 1_000_000
-                if seq <= through and start <= t < end:
+                if seq <= position and start <= t < end:
                     key = (type_, t - t % 900)
                     want[key] = want.get(key, 0) + 1
-            assert counts.accepted("default", start, end, through) == want, through
-        assert counts.accepted("other", start, end, offset) == {}
+            assert got.accepted == want, position
+            check = counts.ledger_check("default", meters, start, end, got.position)
+            for meter in meters:
+                expected_counts = {bucket: n for (slug, bucket), n in check.expected.items() if slug == meter.slug}
+                assert got.metered[meter.slug] == expected_counts, (meter.slug, position)
+                assert sum(expected_counts.values()) > 0
+        assert counts.counted("other", meters[:1], start, end).accepted == {}
     finally:
         b.close()
 

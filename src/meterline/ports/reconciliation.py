@@ -43,20 +43,29 @@ class LedgerCheck:
     late_pending: Counts = field(default_factory=dict)
     late_adjusted: Counts = field(default_factory=dict)
     not_invoiced: Counts = field(default_factory=dict)
-    stored: Counts = field(default_factory=dict)
-    """For UNIQUE_COUNT meters: the distinct values their rollups hold (per quarter bucket)."""
+
+
+@dataclass(frozen=True)
+class Counted:
+    """Counts of one read snapshot (:meth:`ReconciliationCounts.counted`)."""
+
+    position: int
+    """Every ledger entry up to here is reflected (the aggregator's live offset)."""
+    position_us: int | None
+    """The receipt time of that entry (None at position 0)."""
+    accepted: dict[tuple[str, int], int]
+    """(event type, bucket) -> ledger events (corrections are not events)."""
+    metered: dict[str, dict[int, int]]
+    """Meter slug -> bucket -> events its rollups hold (distinct values for UNIQUE_COUNT)."""
 
 
 class ReconciliationCounts(Protocol):
-    def accepted(self, namespace: str, start: int, end: int, through: int) -> dict[tuple[str, int], int]:
-        """Ledger events up to position ``through`` with event time in ``[start, end)`` (epoch
-        seconds): (type, bucket) -> count. Counts of the ledger itself (any type, whether a
-        meter reads it or not), independent of the meters' rollups it is compared with."""
-        ...
-
-    def metered(self, meter: Meter, start: int, end: int) -> dict[int, int]:
-        """Events the meter's rollups hold with event time in ``[start, end)``: bucket -> count.
-        A usage read: it waits as the request's freshness asks and notes the position it reflects."""
+    def counted(self, namespace: str, meters: list[Meter], start: int, end: int) -> Counted:
+        """From one read snapshot, for event times in ``[start, end)`` (epoch seconds): the ledger
+        position the counts reflect, the ledger's events up to it per (type, bucket) (any type,
+        whether a meter reads it or not) and, per meter slug, what its rollups hold per bucket
+        (events; distinct values for UNIQUE_COUNT, as :class:`LedgerCheck` ``expected``). A
+        usage read: it waits first as the request's freshness asks."""
         ...
 
     def rejected(self, namespace: str, start: int, end: int) -> dict[tuple[str, str, int], int]:

@@ -127,7 +127,7 @@ def _explain(out: Reconciled, report: Report, check: LedgerCheck, bounds: list[i
         rejected = {r: row for (r, t), row in report.rejected.items() if t == m.spec.event_type}
         held = report.quarantined.get(m.spec.event_type, [0] * n)
         unique = m.spec.aggregation is Aggregation.UNIQUE_COUNT
-        metered = per.of(check.stored, m.slug) if unique else line.metered
+        metered = line.metered  # the report's (distinct values for UNIQUE_COUNT), as the dashboard shows
         billing = {
             "late_adjustment_pending": per.of(check.late_pending, m.slug),
             "late_adjusted": per.of(check.late_adjusted, m.slug),

@@ -7,7 +7,13 @@ Per meter and period (event time, cut in the requested zone):
   reflect, so lag is never mistaken for a loss (counted as the aggregator passes them: cheap
   for any range, and exact);
 - **metered**: events the meter's rollups hold. ``accepted - metered`` are events the meter
-  skipped (a value or group it could not read, or a time before its ``eventFrom``);
+  skipped (a value or group it could not read, or a time before its ``eventFrom``). For a
+  UNIQUE_COUNT meter: the distinct values its rollups hold per subject, group value and UTC
+  quarter hour, as ``reconcile`` compares them (no skipped count: values are not events);
+
+Accepted and metered are read in one snapshot of the kept counts, so both reflect the same
+ledger position (the report's ``position``) even while events arrive; the values are read
+right after, at that position or a later one.
 - **value**: the meter's usage (what is priced);
 - **billed**: the quantity finalized invoices (not voided) priced for the meter, for billing
   windows that start in the period; ``value - billed`` is usage not (yet) invoiced: periods not
@@ -33,9 +39,7 @@ from typing import TypeVar
 import msgspec
 
 from meterline.domain.meters.model import Aggregation, Meter
-from meterline.ports.ledger import Ledger
 from meterline.ports.reconciliation import ReconciliationCounts
-from meterline.runtime import freshness
 from meterline.services.billing_invoices import BillingInvoices
 from meterline.services.insights import Insights, Span
 
@@ -43,15 +47,20 @@ from meterline.services.insights import Insights, Span
 @dataclass
 class MeterLine:
     meter: Meter
-    accepted: list[int] | None
-    """None only for a report built without the ledger counts."""
+    accepted: list[int]
     metered: list[int]
+    """Events the rollups hold; distinct values for a UNIQUE_COUNT meter (as ``reconcile``)."""
     value: list[Decimal | None]
     billed: list[Decimal]
 
     @property
+    def distinct(self) -> bool:
+        """Whether ``metered`` counts distinct values, not events."""
+        return self.meter.spec.aggregation is Aggregation.UNIQUE_COUNT
+
+    @property
     def skipped(self) -> list[int | None]:
-        if self.accepted is None:
+        if self.distinct:  # events and distinct values do not subtract
             return [None] * len(self.metered)
         return [a - m for a, m in zip(self.accepted, self.metered, strict=True)]
 
@@ -65,8 +74,11 @@ class MeterLine:
 @dataclass
 class Report:
     starts: list[int]
-    position: int | None
-    ledger_checked: bool
+    position: int
+    """Accepted and metered counts reflect the ledger up to here (one read snapshot); values
+    are read right after it, at this position or a later one."""
+    position_us: int | None
+    """The receipt time of the entry at ``position``."""
     meters: list[MeterLine] = field(default_factory=list)
     unmetered: dict[str, list[int]] = field(default_factory=dict)
     """Ledger event types no meter reads: type -> accepted per period."""
@@ -78,8 +90,9 @@ class Report:
     def received(self) -> list[int]:
         """Everything received per period, as stored: accepted (any type), rejected, quarantined."""
         totals = [0] * len(self.starts)
-        for line in self.meters:
-            _add(totals, line.accepted or [])
+        types = {line.meter.spec.event_type: line.accepted for line in self.meters}  # once per type
+        for accepted in types.values():
+            _add(totals, accepted)
         for rows in (self.unmetered.values(), self.rejected.values(), self.quarantined.values()):
             for row in rows:
                 _add(totals, row)
@@ -96,11 +109,8 @@ class _Windows(msgspec.Struct):
 
 
 class Reconciliation:
-    def __init__(
-        self, counts: ReconciliationCounts, ledger: Ledger, insights: Insights, invoices: BillingInvoices
-    ) -> None:
+    def __init__(self, counts: ReconciliationCounts, insights: Insights, invoices: BillingInvoices) -> None:
         self._counts = counts
-        self._ledger = ledger
         self._insights = insights
         self._invoices = invoices
 
@@ -110,19 +120,15 @@ class Reconciliation:
         bounds = span.boundaries()
         start, end = bounds[0], bounds[-1]
         meters = self._insights.meters(namespace)
-        metered = {m.slug: self._counts.metered(m, start, end) for m in meters}
-        record = freshness.current()
-        position = record.as_of_position if record is not None else None
-        through = position if position is not None else self._ledger.position()
-        accepted = self._counts.accepted(namespace, start, end, through)
-        report = Report(bounds[:-1], position, ledger_checked=True)
+        counted = self._counts.counted(namespace, meters, start, end)  # one snapshot: one position
+        report = Report(bounds[:-1], counted.position, counted.position_us)
         billed = self._billed(namespace, bounds)
         by_type: dict[str, list[int]] = defaultdict(lambda: [0] * (len(bounds) - 1))
-        for (type_, bucket), n in accepted.items():
+        for (type_, bucket), n in counted.accepted.items():
             by_type[type_][_index(bounds, bucket)] += n
         for m in meters:
             per = [0] * (len(bounds) - 1)
-            for bucket, n in metered[m.slug].items():
+            for bucket, n in counted.metered.get(m.slug, {}).items():
                 per[_index(bounds, bucket)] += n
             value = self._insights.usage(namespace, m, span).values
             zero = [Decimal(0)] * len(per)

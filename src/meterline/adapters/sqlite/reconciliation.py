@@ -1,9 +1,9 @@
 """Reconciliation counts in SQLite (:class:`~meterline.ports.reconciliation.ReconciliationCounts`).
 
-Each answer is one query on a reader connection over indexed rows: ledger counts and
-meter-wide summaries (``summaries.py``: kept by the aggregator, per UTC quarter hour), dead
-letters by namespace and receipt time, or the usually small quarantine. No answer scans the
-ledger: accepted events come from the counts the aggregator keeps up to its offset.
+Each answer reads indexed rows on a reader connection: ledger counts and meter-wide summaries
+(``summaries.py``: kept by the aggregator, per UTC quarter hour, in one transaction with its
+offset; read together in one snapshot), dead letters by namespace and receipt time, or the
+usually small quarantine. No answer scans the ledger but :meth:`ledger_check`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ from collections.abc import Iterable
 
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.replay import stored_offset
-from meterline.adapters.sqlite.summaries import count_key
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Aggregation, Meter
-from meterline.ports.reconciliation import QUARTER, Counts, LedgerCheck
+from meterline.ports.reconciliation import QUARTER, Counted, Counts, LedgerCheck
 
 _US = 1_000_000
 _Q = QUARTER * _US
@@ -49,43 +48,25 @@ class SqliteReconciliationCounts:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def accepted(self, namespace: str, start: int, end: int, through: int) -> dict[tuple[str, int], int]:
-        """From ``ledger_counts`` (kept by the aggregator up to its offset; correction entries
-        are not events and are not counted), moved to exactly ``through`` by counting the few
-        ledger entries between the two, in one read snapshot."""
+    def counted(self, namespace: str, meters: list[Meter], start: int, end: int) -> Counted:
+        """``ledger_counts`` and every meter's quarter-hour counts in one read snapshot, so all
+        reflect the live offset read in it: the aggregator writes them in one transaction with
+        that offset (backfilling meters hold what their backfill reached)."""
+        self._db.fresh()  # wait as the request asks (the aggregator writes these counts)
         conn = self._db.reader()
         conn.execute("BEGIN")
         try:
             offset = stored_offset(conn)
+            at = conn.execute("SELECT received_us FROM events WHERE seq = ?", (offset,)).fetchone()
             rows = conn.execute(
                 "SELECT type, bucket, cnt FROM ledger_counts WHERE namespace = ? AND bucket >= ? AND bucket < ?",
                 (namespace, start, end),
             )
-            counts = {(t, b): n for t, b, n in rows}
-            low, high, sign = (through, offset, -1) if through < offset else (offset, through, 1)
-            between = conn.execute(
-                "SELECT type, time_us FROM events WHERE seq > ? AND seq <= ? AND namespace = ?"
-                " AND time_us >= ? AND time_us < ? AND seq NOT IN (SELECT seq FROM corrections)",
-                (low, high, namespace, start * _US, end * _US),
-            )
-            for t, time_us in between:
-                _, _, bucket = count_key(namespace, t, time_us)
-                counts[(t, bucket)] = counts.get((t, bucket), 0) + sign
+            accepted = {(t, b): n for t, b, n in rows if n}
+            metered = {m.slug: _metered(conn, m, start, end) for m in meters}
         finally:
             conn.execute("COMMIT")
-        return {k: n for k, n in counts.items() if n}
-
-    def metered(self, meter: Meter, start: int, end: int) -> dict[int, int]:
-        self._db.fresh()  # the aggregator writes the rollups: wait as the request asks, note the position
-        table, wide = ("summaries", " AND subject = ''")
-        if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:  # no summaries: distinct values do not add up
-            table, wide = "rollups", ""
-        rows = self._db.reader().execute(
-            f"SELECT bucket, sum(cnt) FROM {table} WHERE meter = ? AND level = ?{wide} AND bucket >= ? AND bucket < ?"
-            " GROUP BY bucket",
-            (meter.key, QUARTER, start, end),
-        )
-        return {int(b): int(n) for b, n in rows}
+        return Counted(offset, None if at is None else int(at[0]), accepted, metered)
 
     def rejected(self, namespace: str, start: int, end: int) -> dict[tuple[str, str, int], int]:
         rows = self._db.reader().execute(
@@ -118,6 +99,16 @@ class SqliteReconciliationCounts:
             conn.execute("COMMIT")
 
 
+def _metered(conn: sqlite3.Connection, meter: Meter, start: int, end: int) -> dict[int, int]:
+    """Events of the meter's quarter hours, from the meter-wide summaries; for UNIQUE_COUNT
+    (no summaries: distinct values do not add up) the distinct values its rollups hold."""
+    sql = "SELECT bucket, sum(cnt) FROM summaries WHERE meter = ? AND level = ? AND subject = ''"
+    if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
+        sql = "SELECT bucket, count(*) FROM uniques WHERE meter = ? AND level = ?"
+    rows = conn.execute(f"{sql} AND bucket >= ? AND bucket < ? GROUP BY bucket", (meter.key, QUARTER, start, end))
+    return {int(b): int(n) for b, n in rows}
+
+
 def _check(
     conn: sqlite3.Connection, namespace: str, meters: list[Meter], span: tuple[str, int, int, int]
 ) -> LedgerCheck:
@@ -134,14 +125,12 @@ def _check(
     counting = [LedgerEntry(*row) for row in conn.execute(_COUNTING, span)]
     for e in counting:
         _add(check.counting, (e.type, e.time_us // _Q * QUARTER))
-    _expected(conn, check, meters, counting, span[1] // _US, span[2] // _US)
+    _expected(conn, check, meters, counting)
     _billing(conn, check, namespace, meters, counting, voids, span)
     return check
 
 
-def _expected(
-    conn: sqlite3.Connection, check: LedgerCheck, meters: list[Meter], counting: list[LedgerEntry], first: int, end: int
-) -> None:
+def _expected(conn: sqlite3.Connection, check: LedgerCheck, meters: list[Meter], counting: list[LedgerEntry]) -> None:
     """Replay the counting versions through the meters as the aggregator does (cap 0: only the
     group values the rollups admitted) and count what each meter's rollups must hold."""
     admitted: dict[tuple[int, str], set[str]] = {}
@@ -156,15 +145,6 @@ def _expected(
     for meter, level, _, bucket, _, _ in replay.fold.uniques:
         if level == QUARTER:
             _add(check.expected, (slugs[meter], bucket))
-    for m in meters:
-        if m.spec.aggregation is Aggregation.UNIQUE_COUNT:
-            rows = conn.execute(
-                "SELECT bucket, count(*) FROM uniques WHERE meter = ? AND level = ? AND bucket >= ? AND bucket < ?"
-                " GROUP BY bucket",
-                (m.key, QUARTER, first, end),
-            )
-            for bucket, n in rows:
-                check.stored[(m.slug, int(bucket))] = n
 
 
 def _billing(

@@ -39,7 +39,7 @@ class Dashboard:
         )  # fmt: skip
         self.resubmission = c.resubmission
         self.reconciliation = (
-            None if system.counts is None else Reconciliation(system.counts, ctx.ledger, self.insights, b.invoices)
+            None if system.counts is None else Reconciliation(system.counts, self.insights, b.invoices)
         )
         """None when the store offers no reconciliation counts (scale mode: the view is a 501)."""
 

@@ -9,7 +9,7 @@ from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
 from meterline.api.dashboard.executive import span_from
-from meterline.api.dashboard.web import View, view
+from meterline.api.dashboard.web import Stamp, View, view
 from meterline.domain.auth.keys import Scope
 from meterline.domain.errors import NotSupported
 from meterline.services.reconciliation import Reconciliation
@@ -24,4 +24,5 @@ async def reconciliation(v: View) -> Response:
     params.setdefault("grain", "month")
     span, filters = span_from(QueryParams(params), v.ctx.clock.now_us())
     report = await v.run(service.report, v.namespace, span)
-    return v.render("reconciliation.html", title="Reconciliation", report=report, filters=filters, stamp=v.stamp())
+    stamp = Stamp(v.ctx.clock.now_us(), report.position, report.position_us)  # what the counts reflect
+    return v.render("reconciliation.html", title="Reconciliation", report=report, filters=filters, stamp=stamp)
