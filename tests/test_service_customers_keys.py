@@ -34,11 +34,21 @@ def test_invalid_input_is_refused_before_anything_is_stored(service: CustomerSer
     assert service.list("ns") == []
 
 
-def test_replace_needs_the_path_key_in_the_body(service: CustomerService) -> None:
-    service.create("ns", CustomerInput("acme"))
-    with pytest.raises(Conflict) as err:
-        service.replace("ns", "acme", CustomerInput("other"))
-    assert err.value.code == "key_mismatch"
+def test_replace_may_change_the_key_as_openmeter_does(service: CustomerService) -> None:
+    acme = service.create("ns", CustomerInput("acme")).customer
+    globex = service.create("ns", CustomerInput("globex", subject_keys=["g-1"])).customer
+    renamed = service.replace("ns", "acme", CustomerInput("acme-inc", subject_keys=["acme"])).customer
+    assert (renamed.id, renamed.key, renamed.subjects) == (acme.id, "acme-inc", ("acme",))
+    assert service.get("ns", acme.id).key == "acme-inc" and service.get("ns", "acme-inc").id == acme.id
+    owner = service.owner("ns", "acme")
+    assert owner is not None and owner.id == acme.id
+    taken_keys = (("globex", "customer_exists"), (globex.id, "customer_key_conflict"), ("g-1", "subject_claimed"))
+    for taken, code in taken_keys:
+        with pytest.raises(Conflict) as err:
+            service.replace("ns", "acme-inc", CustomerInput(taken, subject_keys=["acme"]))
+        assert err.value.code == code, taken
+    assert service.get("ns", acme.id).key == "acme-inc"
+    assert sorted(c.key for c in service.list("ns")) == ["acme-inc", "globex"]
 
 
 def test_owner_is_the_claiming_customer_else_the_one_keyed_by_the_subject(service: CustomerService) -> None:

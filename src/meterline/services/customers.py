@@ -10,7 +10,7 @@ import builtins
 from collections.abc import Sequence
 
 from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, validate
-from meterline.domain.errors import Conflict, NotFound
+from meterline.domain.errors import NotFound
 from meterline.ports.customers import CustomerRepository, NamespaceSettings, Quarantine, Quarantined, Saved
 
 
@@ -32,11 +32,10 @@ class CustomerService:
         return self._customers.create(namespace, validate(inp))
 
     def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
-        """Replace the customer ``key`` (or id); the body must name the same key."""
-        validate(inp)
-        if inp.key != key and self._customers.get(namespace, key).key != inp.key:
-            raise Conflict(f"the body's key {inp.key!r} differs from the path's {key!r}", code="key_mismatch")
-        return self._customers.replace(namespace, key, inp)
+        """Replace the customer ``key`` (or id). As in OpenMeter, the body's key may differ:
+        the customer's key changes (409 when it is another customer's key or id, or a subject
+        another customer claims); its id, entitlements and subscriptions stay its own."""
+        return self._customers.replace(namespace, key, validate(inp))
 
     def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> builtins.list[Saved]:
         """OpenMeter's subject upsert: every input is validated first, then all are stored

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from ulid import ULID
 
 from meterline.domain.clock import Clock
+from meterline.domain.customers.model import Customer
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput, Feature, validate_entitlement
 from meterline.domain.entitlements.rules import anchor_us, check_periods, reset
 from meterline.domain.errors import InvalidInput, NotFound
@@ -39,7 +40,7 @@ class EntitlementService:
         """Entitle customer ``owner`` (key, id or subject key) to a feature; ``replace`` swaps
         out its live entitlement to that feature (OpenMeter's override) in one write."""
         validate_entitlement(inp)
-        customer = self._customers.get(namespace, owner)
+        customer = self._customer(namespace, owner)
         feature = self._features.get(namespace, inp.feature_id or inp.feature_key or "")
         if inp.feature_key and feature.key != inp.feature_key:
             raise InvalidInput("featureKey and featureId name different features", code="invalid_entitlement")
@@ -67,8 +68,19 @@ class EntitlementService:
                 code="invalid_entitlement",
             )
 
+    def _customer(self, namespace: str, owner: str) -> Customer:
+        """The customer keyed ``owner`` or with that id, else the one whose usage attribution
+        claims the subject ``owner`` (OpenMeter's subject paths find a customer so)."""
+        try:
+            return self._customers.get(namespace, owner)
+        except NotFound:
+            claimer = self._customers.by_subject(namespace, owner)
+            if claimer is None:
+                raise
+            return claimer
+
     def of_customer(self, namespace: str, owner: str, *, include_deleted: bool = False) -> list[Entitlement]:
-        customer = self._customers.get(namespace, owner)
+        customer = self._customer(namespace, owner)
         return self._entitlements.list(namespace, customer_id=customer.id, include_deleted=include_deleted)
 
     def list(self, namespace: str, *, features: Sequence[str] = (), customers: Sequence[str] = ()) -> list[Entitlement]:

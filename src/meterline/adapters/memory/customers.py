@@ -18,6 +18,7 @@ from meterline.domain.customers.model import (
     CustomerInput,
     UnknownSubjects,
     customer_exists,
+    key_is_an_id,
     subject_claimed,
     upserted,
 )
@@ -115,8 +116,16 @@ class MemoryCustomers:
             owner = self._owners.get((namespace, subject))
             if owner is not None and (old is None or owner != old.key):
                 raise subject_claimed(subject, owner)
-        if old is None and (namespace, inp.key) in self._live:
+        if (old is None or old.key != inp.key) and (namespace, inp.key) in self._live:
             raise customer_exists(inp.key)
+        if old is not None and old.key != inp.key:
+            other = next((c for (ns, _), c in self._live.items() if ns == namespace and c.id == inp.key), None)
+            if other is not None:
+                raise key_is_an_id(inp.key, other.key)
+            claimer = self._owners.get((namespace, inp.key))
+            if claimer is not None and claimer != old.key:
+                raise subject_claimed(inp.key, claimer)
+            del self._live[(namespace, old.key)]
         now = self._now_us()
         cid, created = (str(ULID()), now) if old is None else (old.id, old.created_us)
         for subject in () if old is None else old.subjects:

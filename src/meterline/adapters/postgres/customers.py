@@ -17,11 +17,13 @@ import msgspec
 from ulid import ULID
 
 from meterline.adapters.postgres.database import Connection, PgDatabase, is_unique_violation, lock
+from meterline.adapters.postgres.rekey import rekey_references
 from meterline.domain.customers.model import (
     Customer,
     CustomerInput,
     UnknownSubjects,
     customer_exists,
+    key_is_an_id,
     subject_claimed,
     upserted,
 )
@@ -92,6 +94,8 @@ class PgCustomers:
             )
         else:
             cid, created = old.id, old.created_us
+            if inp.key != old.key:
+                _rekey(conn, namespace, old, inp.key)
             conn.execute(
                 "UPDATE customers SET name = %s, timezone = %s, metadata = %s, updated_us = %s, profile = %s"
                 " WHERE id = %s",
@@ -164,6 +168,21 @@ class PgCustomers:
                 {"ns": namespace},
             ).fetchall()
         return [_build(row, tuple(subjects.get(row[0], ()))) for row in rows]
+
+
+def _rekey(conn: Connection, namespace: str, old: Customer, key: str) -> None:
+    """OpenMeter's key change (the namespace's customers are locked): the new key is no other
+    live customer's key or id, and no subject another customer claims."""
+    row = conn.execute(
+        "SELECT key, id = %s FROM customers WHERE namespace = %s AND (key = %s OR id = %s) AND id <> %s"
+        " AND deleted_us IS NULL ORDER BY 2",
+        (key, namespace, key, key, old.id),
+    ).fetchone()
+    if row is not None:
+        raise key_is_an_id(key, row[0]) if row[1] else customer_exists(key)
+    _check_claims(conn, namespace, [key], old.id)
+    conn.execute("UPDATE customers SET key = %s WHERE id = %s", (key, old.id))
+    rekey_references(conn, old.id, key)
 
 
 def _check_claims(conn: Connection, namespace: str, subjects: Sequence[str], own: str | None) -> None:

@@ -18,12 +18,14 @@ from ulid import ULID
 
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import Appender, IngestState
+from meterline.adapters.sqlite.rekey import rekey_references
 from meterline.adapters.sqlite.replay import event_data
 from meterline.domain.customers.model import (
     Customer,
     CustomerInput,
     UnknownSubjects,
     customer_exists,
+    key_is_an_id,
     subject_claimed,
     upserted,
 )
@@ -58,7 +60,8 @@ class SqliteCustomers:
         return saved
 
     def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
-        """Replace a customer's name, zone, metadata and subjects (the key stays)."""
+        """Replace a customer's key, name, zone, metadata and subjects (a new key is
+        written into its entitlements and subscriptions in the same transaction)."""
         return self._write(lambda conn: self._save(conn, namespace, inp, self._get(conn, namespace, key)))
 
     def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> list[Saved]:
@@ -108,6 +111,8 @@ class SqliteCustomers:
             created = now
         else:
             cid, created = old.id, old.created_us
+            if inp.key != old.key:
+                self._rekey(conn, namespace, old, inp.key)
             conn.execute(
                 "UPDATE customers SET name = ?, timezone = ?, metadata = ?, updated_us = ?, profile = ? WHERE id = ?",
                 (inp.name, inp.timezone, meta, now, stored_profile, cid),
@@ -122,6 +127,22 @@ class SqliteCustomers:
             cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now, profile
         )
         return Saved(customer, accepted, rejected)
+
+    def _rekey(self, conn: sqlite3.Connection, namespace: str, old: Customer, key: str) -> None:
+        """OpenMeter's key change: the new key is no other live customer's key or id, and no
+        subject another customer claims."""
+        row = conn.execute(
+            "SELECT key FROM customers WHERE namespace = ? AND id = ? AND id <> ? AND deleted_us IS NULL",
+            (namespace, key, old.id),
+        ).fetchone()
+        if row is not None:
+            raise key_is_an_id(key, row[0])
+        self._check_claims(conn, namespace, [key], old.id)
+        try:
+            conn.execute("UPDATE customers SET key = ? WHERE id = ?", (key, old.id))
+        except sqlite3.IntegrityError:
+            raise customer_exists(key) from None
+        rekey_references(conn, old.id, key)
 
     def _check_claims(self, conn: sqlite3.Connection, namespace: str, subjects: Sequence[str], own: str | None) -> None:
         for subject in subjects:

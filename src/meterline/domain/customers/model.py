@@ -41,6 +41,14 @@ def customer_exists(key: str) -> Conflict:
     return Conflict(f"customer {key!r} already exists", code="customer_exists")
 
 
+def key_is_an_id(key: str, owner_key: str) -> Conflict:
+    """A customer's new key may not be another customer's id (as in OpenMeter): a path that
+    names a customer by key or id must find one customer."""
+    return Conflict(
+        f"key {key!r} is the id of customer {owner_key!r}", code="customer_key_conflict", customer=owner_key
+    )
+
+
 def subject_rule(policy: UnknownSubjects, owned: Container[str], subject: str) -> UnknownSubjects | Rejection:
     """What ingest does with a valid event of ``subject`` under the namespace's ``policy``,
     ``owned`` being the subjects its customers claim: ACCEPT, QUARANTINE, or the rejection."""
