@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_bool, parse_time, time_text, typed_body
-from meterline.api.listing import FEATURE_ORDER, GRANT_ORDER, listed
+from meterline.api.listing import FEATURE_ORDER, GRANT_ORDER, LIST_CAP, listed
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
 from meterline.domain.entitlements.model import FeatureInput, Grant, GrantInput
@@ -76,7 +76,8 @@ async def list_entitlement_grants(call: Call) -> Response:
     service, owner, ent = call.ctx.catalog.features, call.path("subject"), call.path("entitlement")
     voided = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
     grants = await call.run(service.grants_of, call.namespace, owner, ent, include_voided=voided)
-    return listed(call.request, [grant_json(g) for g in grants], *GRANT_ORDER)
+    # OpenMeter answers an entitlement's grants as one array of at most 1000 (no paging there)
+    return listed(call.request, [grant_json(g) for g in grants], *GRANT_ORDER, limit=LIST_CAP)
 
 
 @endpoint(Scope.READ)

@@ -2,7 +2,8 @@
 
 ``page``/``pageSize`` answer a page ``{totalCount, page, pageSize, items}``; ``offset``/``limit``
 slice. v2 lists always answer a page; v1 lists (features, grants, entitlements) answer a bare
-array unless ``page`` or ``pageSize`` is given, as OpenMeter does.
+array unless ``page`` or ``pageSize`` is given, as OpenMeter does, of at most ``limit`` items
+(default 100, as there).
 """
 
 from __future__ import annotations
@@ -79,13 +80,27 @@ def paged(request: Request, items: Sequence[Item], fields: Sequence[str] = (), d
     return json_response(counts | {"items": chosen})
 
 
-def listed(request: Request, items: Sequence[Item], fields: Sequence[str] = (), default: str | None = None) -> Response:
+LIST_CAP = 1000
+"""The most items OpenMeter answers on a list it does not page (meters, an entitlement's grants)."""
+V1_LIMIT = 100
+"""OpenMeter's ``limit`` when a v1 list (features, entitlements, grants) is asked for without
+``page``/``pageSize``/``limit``: the first 100 items."""
+
+
+def listed(
+    request: Request,
+    items: Sequence[Item],
+    fields: Sequence[str] = (),
+    default: str | None = None,
+    *,
+    limit: int = V1_LIMIT,
+) -> Response:
     """A v1 list: a page when ``page`` or ``pageSize`` is given, else an array cut by
-    ``offset``/``limit`` (default: every item)."""
+    ``offset``/``limit`` (``limit`` default: ``limit``, as OpenMeter's handler sets it)."""
     q, items = request.query_params, ordered(request, items, fields, default)
     if "page" in q or "pageSize" in q:
         chosen, counts = page(q, items)
         return json_response(counts | {"items": chosen})
     first = parse_int("offset", _one(q, "offset"), 0, 0, 2**31)
-    last = None if "limit" not in q else first + parse_int("limit", _one(q, "limit"), 100, 1, 1000)
+    last = first + parse_int("limit", _one(q, "limit"), limit, 1, 1000)
     return json_response(list(items[first:last]))

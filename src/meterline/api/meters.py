@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_body, json_response, typed_body
+from meterline.api.listing import LIST_CAP
 from meterline.api.members import tree_problem
 from meterline.api.meter_query import QueryBody, limits_of, query_from_body, query_from_params, run_query
 from meterline.domain import csvsafe
@@ -56,7 +57,7 @@ async def create_meter(call: Call) -> Response:
 @endpoint(Scope.READ)
 async def list_meters(call: Call) -> Response:
     meters = await call.run(call.ctx.catalog.meters.list, call.namespace)
-    return json_response([meter_json(m) for m in meters])
+    return json_response([meter_json(m) for m in meters[:LIST_CAP]])  # OpenMeter answers at most 1000
 
 
 @endpoint(Scope.READ)
