@@ -117,6 +117,7 @@ def attach_counting(backend: EmbeddedBackend, clock: Clock, *, baseline_days: in
     host.subscribe(counters)
     rebuild = counters.reload
     backend.hooks.changed = followups.guarded(COUNTERS, counters.reload, rebuild)
+    backend.meters.regrouped = followups.guarded(COUNTERS, counters.reload, rebuild)
     backend.hooks.entitlement_added = followups.guarded(COUNTERS, counters.added, rebuild)
     backend.hooks.customer_added = followups.guarded(
         COUNTERS, lambda c: counters.customer_added(c.namespace, c.key, c.subjects), rebuild
@@ -523,6 +524,7 @@ def attach_aggregator(
     backend.meters.changed = agg.meters_changed
     backend.db.fresh = agg.fresh(max_wait)
     backend.db.fresh_check = agg.fresh(max_wait, check_staleness)
+    backend.db.settled = agg.settled(max_wait)
     return agg
 
 

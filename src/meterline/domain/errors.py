@@ -11,6 +11,7 @@
     ├── UnsupportedMediaType       unsupported_media_type 415
     ├── ConfigError                invalid_config  (CLI only)
     ├── NotSupported               not_supported   501  (extra: mode)
+    ├── Backfilling                meter_backfilling 503
     ├── StorageUnavailable         storage_unavailable 503  METER-001
     └── Overloaded                 overloaded      503  METER-002
 
@@ -120,6 +121,16 @@ class NotSupported(MeterlineError):
     code = "not_supported"
     status = 501
     title = "Not supported in this storage mode"
+
+
+class Backfilling(MeterlineError):
+    """A meter's usage is still being derived from the ledger (a new meter, or one whose
+    ``groupBy`` changed) and did not finish within the read's wait: answering would give part
+    of its usage as if it were all (extra: ``applied``, ``to``)."""
+
+    code = "meter_backfilling"
+    status = 503
+    title = "Meter usage is being derived"
 
 
 class StorageUnavailable(MeterlineError):

@@ -60,6 +60,10 @@ class Batch:
     replay: Replay
     backfill: int | None = None
     entries: Sequence[LedgerEntry] = ()
+    versions: frozenset[tuple[int, int]] = frozenset()
+    """Each meter's key and the time its definition last changed (``Meter.updated_us``), as
+    the batch was computed: a store whose meters can be redefined (a new ``groupBy``) refuses
+    a batch computed with an older definition."""
     """A live batch's ledger entries ``(start, end]``: a store without the ledger at hand keeps
     what it needs of them to answer partial minutes (``domain.meters.edges``). Every entry
     passes through exactly one live batch; backfill batches carry none."""

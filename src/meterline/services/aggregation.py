@@ -161,6 +161,23 @@ class Aggregator:
 
         return barrier
 
+    def settled(self, timeout: float) -> Callable[[Callable[[], bool]], bool]:
+        """A barrier for reads of a meter that is being backfilled (new, or re-derived after a
+        ``groupBy`` change): wait, bounded by ``timeout``, until ``done()`` (checked after every
+        applied backfill chunk); True when it is done."""
+
+        def wait(done: Callable[[], bool]) -> bool:
+            if done():
+                return True
+            if threading.current_thread().name == f"meterline-{self._loop.name}" or timeout <= 0:
+                return False
+            self._urgent.set()
+            self._wake.set()
+            with self._cond:
+                return self._cond.wait_for(done, timeout)
+
+        return wait
+
     def _wanted(self, record: freshness.Freshness | None, staleness: float) -> int | None:
         """The ledger position a usage read must reflect, or None to answer at once."""
         head = self._ledger.position()
@@ -215,7 +232,8 @@ class Aggregator:
         replay = Replay(self._cap, snap.group_values, snap.subjects, keep=True, count_entries=True)
         replay.apply(self._compiled, entries)
         meters = frozenset(m.meter.key for m in self._compiled)
-        batch = Batch(snap.offset, entries[-1].seq, meters, replay, entries=entries)
+        versions = frozenset((m.meter.key, m.meter.updated_us) for m in self._compiled)
+        batch = Batch(snap.offset, entries[-1].seq, meters, replay, entries=entries, versions=versions)
         if not self._usage.apply(batch):
             self._refused()
             return True
@@ -241,7 +259,9 @@ class Aggregator:
         end = todo.pending_end or (last if len(entries) < limit else entries[-1].seq)
         replay = Replay(self._cap, snap.group_values, snap.subjects)
         replay.apply([meter], entries)
-        if not self._usage.apply(Batch(todo.done, end, frozenset({todo.meter}), replay, backfill=todo.meter)):
+        version = frozenset({(todo.meter, meter.meter.updated_us)})
+        batch = Batch(todo.done, end, frozenset({todo.meter}), replay, backfill=todo.meter, versions=version)
+        if not self._usage.apply(batch):
             self._refused()
             return True
         if replay.skipped:
@@ -249,6 +269,8 @@ class Aggregator:
         snap.backfills[0] = Backfill(todo.meter, end, todo.to)
         if end >= todo.to:
             del snap.backfills[0]
+        with self._cond:
+            self._cond.notify_all()  # readers waiting for this meter's backfill (``settled``)
         return True
 
     def _refused(self) -> None:

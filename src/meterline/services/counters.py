@@ -61,7 +61,9 @@ class Live:
     feature: Feature
     meter: Meter
     subjects: tuple[str, ...]
-    filters: tuple[tuple[int, str], ...]
+    filters: tuple[tuple[str, str], ...]
+    """The feature's group filters as (groupBy key, value): by name, so a ``groupBy`` change
+    that keeps them (the meter service refuses one that does not) keeps the counter."""
     recurrence: Recurrence
     grants: list[Grant]
     state: State = (None, 0, 0, ZERO)
@@ -136,7 +138,7 @@ class LiveCounters:
                 continue
             value = ONE if meter.aggregation is Aggregation.COUNT else cast(Decimal, reading.value)
             for live in lives:
-                if live.filters and any(reading.groups[i] != v for i, v in live.filters):
+                if live.filters and not _matches(meter.dimensions, reading.groups, live.filters):
                     continue
                 eid = live.ent.id
                 touched.add(eid)
@@ -316,7 +318,7 @@ def live_counter(
         return None
     dims = tuple(sorted(meter.spec.group_by))
     wanted = sorted((feature.spec.meter_group_by_filters or {}).items())
-    filters = tuple((dims.index(d), v) for d, v in wanted if d in dims)
+    filters = tuple((d, v) for d, v in wanted if d in dims)
     try:
         rec = recurrence(ent.spec.usage_period.interval, from_us(ent.anchor_us), customer.timezone)
         for t_us in (ent.anchor_us, now_us):
@@ -330,11 +332,18 @@ def live_counter(
     return Live(ent, customer, feature, meter, customer.subjects, filters, rec, grants)
 
 
+def _matches(dims: tuple[str, ...], groups: tuple[str | None, ...], filters: tuple[tuple[str, str], ...]) -> bool:
+    """Whether a reading (its group values in ``dims`` order) passes every filter."""
+    for name, value in filters:
+        if name not in dims or groups[dims.index(name)] != value:
+            return False
+    return True
+
+
 def read_usage(usage: UsageQueries, live: Live, period: Period) -> Decimal:
     """The entitlement's usage within ``period`` as the usage store answers it (its subjects
     and the feature's group filters)."""
-    dims = tuple(sorted(live.meter.spec.group_by))
-    filters = tuple((dims[i], (v,), False) for i, v in live.filters)
+    filters = tuple((d, (v,), False) for d, v in live.filters)
     start, end = period.start_us // 1_000_000, period.end_us // 1_000_000
     query = MeterQuery(start, end, subjects=live.subjects, filters=filters)
     return sum((row.value for row in usage.query(live.meter, query)), ZERO)
@@ -371,8 +380,7 @@ class History:
     def windows(self, live: Live, query: MeterQuery) -> list[tuple[int, int, Decimal]]:
         """Usage per window of ``query`` (its subjects and filters are the entitlement's), with
         each window's exact start and end in microseconds."""
-        dims = tuple(sorted(live.meter.spec.group_by))
-        filters = tuple((dims[i], (v,), False) for i, v in live.filters)
+        filters = tuple((d, (v,), False) for d, v in live.filters)
         q = dataclasses.replace(query, subjects=live.subjects, group_by=(), filters=filters)
         self._fresh()
         rows = self._usage.query(live.meter, q)

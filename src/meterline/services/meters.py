@@ -6,7 +6,7 @@ import builtins
 
 from meterline.domain.clock import Clock
 from meterline.domain.errors import Conflict, InvalidInput
-from meterline.domain.meters.model import Meter, MeterSpec, MeterUpdate, updated_spec
+from meterline.domain.meters.model import Meter, MeterSpec, MeterUpdate, group_by_conflicts, updated_spec
 from meterline.ports.entitlements import FeatureRepository
 from meterline.ports.meter_values import MeterValues
 from meterline.ports.meters import MeterCatalog
@@ -32,10 +32,30 @@ class MeterService:
         return self._meters.list(namespace)
 
     def update(self, namespace: str, id_or_slug: str, update: MeterUpdate) -> Meter:
-        """OpenMeter's meter update: name, description and metadata; the group-by must stay
-        as it is (``domain.meters.model.updated_spec``)."""
+        """OpenMeter's meter update: name, description, metadata and ``groupBy``. A changed
+        ``groupBy`` re-derives the meter's usage from the ledger (the store's backfill from
+        offset 0; reads wait for it or say it is not done), so queries by a new key are exact
+        for earlier events too. As in OpenMeter, a key that live features filter on cannot be
+        dropped (nor, here, redefined): 409 ``meter_group_by_in_use`` naming them."""
         meter = self._meters.get(namespace, id_or_slug)
-        return self._meters.update(namespace, meter.id, updated_spec(meter.spec, update))
+        spec = updated_spec(meter.spec, update)
+        if spec.group_by != meter.spec.group_by:
+            filters = {
+                f.spec.key: {*(f.spec.meter_group_by_filters or {}), *(f.spec.advanced_meter_group_by_filters or {})}
+                for f in self._features.list(namespace)
+                if f.spec.meter_slug == meter.spec.slug
+            }
+            conflicts = group_by_conflicts(meter.spec, spec, filters)
+            if conflicts:
+                named = "; ".join(f"{feature!r} filters on {', '.join(keys)}" for feature, keys in conflicts.items())
+                raise Conflict(
+                    f"meter {meter.spec.slug!r}: groupBy keys that features filter on cannot be dropped or"
+                    f" redefined ({named}); change or archive those features first",
+                    code="meter_group_by_in_use",
+                    features=sorted(conflicts),
+                    groupBy=sorted({k for keys in conflicts.values() for k in keys}),
+                )
+        return self._meters.update(namespace, meter.id, spec)
 
     def delete(self, namespace: str, id_or_slug: str) -> None:
         """Delete a meter no live feature uses; as OpenMeter does, a meter with active features

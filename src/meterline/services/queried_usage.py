@@ -102,8 +102,7 @@ class QueriedEntitlementUsage:
         live = self._live_of(ent)
         if live is None:
             return None
-        dims = tuple(sorted(live.meter.spec.group_by))
-        filters = tuple((dims[i], (v,), False) for i, v in live.filters)
+        filters = tuple((d, (v,), False) for d, v in live.filters)
         q = dataclasses.replace(query, subjects=live.subjects, group_by=(), filters=filters)
         return [(r.window_start_us, r.window_end_us, r.value) for r in self._usage.query(live.meter, q)]
 

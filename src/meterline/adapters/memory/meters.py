@@ -11,7 +11,7 @@ import msgspec
 from ulid import ULID
 
 from meterline.domain.errors import Conflict, NotFound
-from meterline.domain.meters.model import Meter, MeterSpec
+from meterline.domain.meters.model import Meter, MeterSpec, group_by_not_supported
 
 
 class MemoryMeters:
@@ -51,6 +51,8 @@ class MemoryMeters:
         with self._lock:
             if meter.key not in self._live:
                 raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+            if spec.group_by != meter.spec.group_by:  # the in-memory usage store keeps no ledger to re-derive from
+                raise group_by_not_supported("in-memory")
             updated = msgspec.structs.replace(meter, spec=spec, updated_us=self._now_us())
             self._live[meter.key] = updated
             return updated

@@ -12,7 +12,7 @@ from ulid import ULID
 
 from meterline.adapters.postgres.database import PgDatabase, is_unique_violation
 from meterline.domain.errors import Conflict, NotFound
-from meterline.domain.meters.model import Meter, MeterSpec
+from meterline.domain.meters.model import Meter, MeterSpec, group_by_not_supported
 
 _encode = msgspec.json.Encoder().encode
 _spec = msgspec.json.Decoder(MeterSpec)
@@ -61,8 +61,17 @@ class PgMeters:
             return [_meter(r) for r in conn.execute(_SELECT + " WHERE deleted_us IS NULL ORDER BY key").fetchall()]
 
     def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
+        """A new name, description or metadata. A new ``groupBy`` is 501: ClickHouse keeps the
+        meter's rollups per group and scale mode has no re-derivation from the log yet."""
         now = self._now_us()
         with self._db.tx() as conn:
+            row = conn.execute(
+                "SELECT spec FROM meters WHERE namespace = %s AND (slug = %s OR id = %s) AND deleted_us IS NULL"
+                " FOR UPDATE",
+                (namespace, id_or_slug, id_or_slug),
+            ).fetchone()
+            if row is not None and _spec.decode(row[0]).group_by != spec.group_by:
+                raise group_by_not_supported("scale")
             row = conn.execute(
                 "UPDATE meters SET spec = %s, updated_us = %s WHERE namespace = %s AND (slug = %s OR id = %s)"
                 " AND deleted_us IS NULL RETURNING key, id, namespace, spec, created_us, updated_us",

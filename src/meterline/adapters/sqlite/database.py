@@ -51,6 +51,9 @@ class Database:
         ledger position current now, so a caller reads its own writes (set by bootstrap)."""
         self.fresh_check: Callable[[], None] = lambda: None
         """The same barrier for entitlement checks, which may accept a bounded staleness."""
+        self.settled: Callable[[Callable[[], bool]], bool] = lambda done: done()
+        """Waits (bounded) until ``done()``, checked as the aggregator applies backfill
+        chunks; answers it (set by bootstrap)."""
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

@@ -75,7 +75,8 @@ class IngestState:
         self.committing_head = 0
         self.customer_subjects: dict[str, set[str]] = {}
         self.policies: dict[str, UnknownSubjects] = {}
-        self.meter_keys: dict[tuple[str, str], frozenset[int]] = {}
+        self.meter_keys: dict[tuple[str, str], frozenset[tuple[int, int]]] = {}
+        """Per (namespace, type): each meter's key and definition time (``Preread.meters``)."""
         self.appended = False
         """Entries were appended in the open transaction (its chain head is recorded before COMMIT)."""
         self.pending: list[LedgerEntry] = []
@@ -126,7 +127,9 @@ class IngestState:
         self.meters = {}
         for meter in live_meters(conn):
             self.meters.setdefault((meter.namespace, meter.spec.event_type), []).append(CompiledMeter(meter))
-        self.meter_keys = {kind: frozenset(m.meter.key for m in ms) for kind, ms in self.meters.items()}
+        self.meter_keys = {
+            kind: frozenset((m.meter.key, m.meter.updated_us) for m in ms) for kind, ms in self.meters.items()
+        }
         self.group_values = {}
         for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
             self.group_values.setdefault((key, dim), set()).add(value)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import msgspec
 
 from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.meters import settled
 from meterline.domain.meters.model import Aggregation, Meter
 
 MINUTE, HOUR = 60, 3600
@@ -28,10 +29,12 @@ class SqliteMeterValues:
 
     def subjects(self, meter: Meter, start: int | None, end: int | None) -> list[str]:
         self._db.fresh()  # the aggregator writes these tables: wait (bounded) for the ledger as of now
+        settled(self._db, meter)  # and for the meter's backfill
         return subjects(self._db.reader(), meter, start, end)
 
     def group_values(self, meter: Meter, dimension: str, start: int | None, end: int | None) -> list[str]:
         self._db.fresh()
+        settled(self._db, meter)
         return group_values(self._db.reader(), meter, dimension, start, end)
 
 

@@ -3,7 +3,13 @@
 A meter created after events exist covers them too: it is created with a backfill offset
 (``backfill_done`` = 0 up to ``backfill_to`` = the aggregator's live offset then), and the
 aggregator (``services.aggregation``) applies that range to it in chunks, each chunk
-committed with its offset, while the live offset carries it forward from ``backfill_to``."""
+committed with its offset, while the live offset carries it forward from ``backfill_to``.
+
+A ``groupBy`` change is the same mechanism: in one transaction the new definition is stored,
+the meter's derived rows (rollups, uniques, summaries, group values, subjects) are deleted and
+its backfill restarts at 0 up to the live offset; batches computed with the old definition are
+refused (``adapters.sqlite.usage``). Until the backfill is done, reads of the meter wait for
+it (bounded) and otherwise answer 503 ``meter_backfilling``, never a partial number."""
 
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_uniques
 from meterline.adapters.sqlite.summaries import DAY, MONTH, has_day, plan, subject_states, wide_states, with_months
-from meterline.domain.errors import Conflict, NotFound
+from meterline.domain.errors import Backfilling, Conflict, NotFound
 from meterline.domain.meters.edges import edge_ranges, edge_states, edge_uniques, inner_bounds, relabel
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
@@ -49,7 +55,9 @@ class SqliteMeters:
         self._state = state
         self._now_us = now_us
         self.changed: Callable[[], None] = lambda: None
-        """Called after a meter was created or deleted (the aggregator reloads its meters)."""
+        """Called after a meter was created, deleted or regrouped (the aggregator reloads its meters)."""
+        self.regrouped: Callable[[], None] = lambda: None
+        """Called after a meter's ``groupBy`` changed (the live counters reload their meters)."""
 
     def create(self, namespace: str, spec: MeterSpec) -> Meter:
         meter = self._db.writer.call(lambda conn: self._create(conn, namespace, spec))
@@ -91,8 +99,11 @@ class SqliteMeters:
         return Meter(key, id_, ns, _spec.decode(spec), created, updated)
 
     def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
+        """Store a new definition; a new ``groupBy`` re-derives the meter from the ledger."""
         meter = self.get(namespace, id_or_slug)
-        now = self._now_us()
+        regroup = spec.group_by != meter.spec.group_by
+        # strictly later than the last definition: batches are matched to it (adapters.sqlite.usage)
+        now = max(self._now_us(), meter.updated_us + 1)
 
         def task(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
@@ -101,9 +112,16 @@ class SqliteMeters:
             )
             if cur.rowcount == 0:
                 raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+            if regroup:
+                _clear_derived(conn, meter.key)
+                restart = "UPDATE meters SET backfill_done = 0, backfill_to = ? WHERE key = ?"
+                conn.execute(restart, (stored_offset(conn), meter.key))
             self._state.invalidate()
 
         self._db.writer.call(task)
+        if regroup:
+            self.changed()
+            self.regrouped()
         return msgspec.structs.replace(meter, spec=spec, updated_us=now)
 
     def delete(self, namespace: str, id_or_slug: str) -> None:
@@ -114,14 +132,15 @@ class SqliteMeters:
     def _delete(self, conn: sqlite3.Connection, key: int) -> None:
         # An aggregated batch computed with this meter is refused once it is gone (usage.py).
         conn.execute("UPDATE meters SET deleted_us = ? WHERE key = ? AND deleted_us IS NULL", (self._now_us(), key))
-        for table in ("rollups", "uniques", "group_values", "meter_subjects", "summaries"):
-            conn.execute(f"DELETE FROM {table} WHERE meter = ?", (key,))
+        _clear_derived(conn, key)
         self._state.invalidate()
 
     def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
         """Answer from rollups. Open ``start`` means the meter's first data, open ``end`` now.
-        Waits first (bounded) for the aggregator to apply the ledger as of now."""
+        Waits first (bounded) for the aggregator to apply the ledger as of now, and for the
+        meter's backfill (``settled``)."""
         self._db.fresh()
+        settled(self._db, meter)
         return query_rows(self._db.reader(), meter, query, self._now_us())
 
     def pending_backfill(self) -> int:
@@ -135,6 +154,49 @@ class SqliteMeters:
 
     def close(self) -> None:
         """Nothing runs here any more (the aggregator owns the backfill)."""
+
+
+DERIVED = ("rollups", "uniques", "group_values", "meter_subjects", "summaries")
+"""The tables derived per meter from the ledger (``rebuild`` and a backfill write them)."""
+
+
+def _clear_derived(conn: sqlite3.Connection, key: int) -> None:
+    for table in DERIVED:
+        conn.execute(f"DELETE FROM {table} WHERE meter = ?", (key,))
+
+
+def backfill_progress(conn: sqlite3.Connection, key: int) -> tuple[int, int]:
+    """How far the meter's backfill has applied the ledger, and up to where it must (equal
+    when it is done; a deleted meter counts as done)."""
+    row = conn.execute("SELECT backfill_done, backfill_to FROM meters WHERE key = ?", (key,)).fetchone()
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
+
+
+def settled(db: Database, meter: Meter) -> None:
+    """Wait (bounded, ``Database.settled``) until the meter's backfill is done; raise 503
+    ``meter_backfilling`` when it is not: its rollups would answer part of its usage."""
+
+    def done() -> bool:
+        applied, to = backfill_progress(db.reader(), meter.key)
+        return applied >= to
+
+    if db.settled(done):
+        return
+    applied, to = backfill_progress(db.reader(), meter.key)
+    raise Backfilling(
+        f"meter {meter.spec.slug!r} is being derived from the ledger ({applied} of {to} entries applied;"
+        " a new meter, or a groupBy change): retry shortly",
+        applied=applied,
+        to=to,
+    )
+
+
+def current(conn: sqlite3.Connection, meter: Meter) -> Meter:
+    """``meter`` with its definition as stored on ``conn`` (a reader may hold an older one)."""
+    row = conn.execute("SELECT spec, updated_us FROM meters WHERE key = ?", (meter.key,)).fetchone()
+    if row is None or row[1] == meter.updated_us:
+        return meter
+    return msgspec.structs.replace(meter, spec=_spec.decode(row[0]), updated_us=row[1])
 
 
 def compiled_live(conn: sqlite3.Connection) -> list[CompiledMeter]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
-from meterline.adapters.sqlite.meters import query_rows
+from meterline.adapters.sqlite.meters import current, query_rows, settled
 from meterline.adapters.sqlite.recompute import applied_in_store, recompute, roots_in
 from meterline.adapters.sqlite.replay import set_offset, stored_offset, write_replay
 from meterline.domain.meters.model import Meter
@@ -42,7 +42,7 @@ class ConnUsage:
         self._now_us = now_us
 
     def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
-        return query_rows(self._conn, meter, query, self._now_us)
+        return query_rows(self._conn, current(self._conn, meter), query, self._now_us)
 
 
 def backfills(conn: sqlite3.Connection) -> list[Backfill]:
@@ -95,6 +95,7 @@ class SqliteUsage:
         return self._db.writer.call(lambda conn: self._apply(conn, batch), bounded=False)
 
     def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
+        settled(self._db, meter)
         return query_rows(self._db.reader(), meter, query, self._now_us())
 
     def _apply(self, conn: sqlite3.Connection, batch: Batch) -> bool:
@@ -108,6 +109,7 @@ class SqliteUsage:
             if roots:
                 meters = [m for ms in self._state.meters.values() for m in ms if m.meter.key == batch.backfill]
                 recompute(conn, replay, meters, roots, applied_in_store(conn, stored_offset(conn)))
+            self._backfilled(conn, batch.backfill)
             return True
         set_offset(conn, batch.end)
         recounted: set[tuple[int, str]] = set()
@@ -127,16 +129,39 @@ class SqliteUsage:
         return True
 
     def _current(self, conn: sqlite3.Connection, batch: Batch) -> bool:
+        """Whether ``batch`` continues from the stored offset with the meters' current
+        definitions (a ``groupBy`` change restarts a meter's backfill at 0: a batch computed
+        before it must not land)."""
         if batch.backfill is not None:
             row = conn.execute(
-                "SELECT backfill_done FROM meters WHERE key = ? AND deleted_us IS NULL", (batch.backfill,)
+                "SELECT backfill_done, updated_us FROM meters WHERE key = ? AND deleted_us IS NULL", (batch.backfill,)
             ).fetchone()
-            return row is not None and row[0] == batch.start
+            if row is None or row[0] != batch.start:
+                return False
+            return not batch.versions or batch.versions == {(batch.backfill, row[1])}
         if stored_offset(conn) != batch.start:
             return False
         self._state.load(conn)
-        live = {m.meter.key for ms in self._state.meters.values() for m in ms}
-        return live == batch.meters
+        live = [m.meter for ms in self._state.meters.values() for m in ms]
+        if batch.versions:
+            return {(m.key, m.updated_us) for m in live} == batch.versions
+        return {m.key for m in live} == batch.meters
+
+    def _backfilled(self, conn: sqlite3.Connection, meter: int) -> None:
+        """When this chunk completed the meter's backfill, what the listeners counted from its
+        rollups while they were incomplete is read again in ``prepare`` (this transaction
+        holds the last chunk)."""
+        row = conn.execute("SELECT backfill_done >= backfill_to FROM meters WHERE key = ?", (meter,)).fetchone()
+        if not row or not row[0] or not self._state.listeners:
+            return
+        pairs = [(meter, s) for (s,) in conn.execute("SELECT subject FROM meter_subjects WHERE meter = ?", (meter,))]
+        try:
+            for listener in self._state.listeners:
+                listener.recount(pairs)
+        except BaseException:
+            for listener in self._state.listeners:
+                listener.rolled_back()
+            raise
 
     def before_commit(self, conn: sqlite3.Connection) -> None:
         """The writer's last step before COMMIT: the ledger position this commit publishes,

@@ -41,11 +41,12 @@ _envelope = msgspec.json.Decoder(CloudEventIn, float_hook=Decimal)
 
 
 class Preread(NamedTuple):
-    """The readings ingest took when it accepted an event: ``meters`` are the keys of every
-    live meter of the event's namespace and type then, ``readings`` those that applied to it
-    (a meter in ``meters`` but not in ``readings`` does not count the event)."""
+    """The readings ingest took when it accepted an event: ``meters`` are the key and
+    definition time (``Meter.updated_us``) of every live meter of the event's namespace and
+    type then, ``readings`` those that applied to it, by key (a meter in ``meters`` but not in
+    ``readings`` does not count the event)."""
 
-    meters: frozenset[int]
+    meters: frozenset[tuple[int, int]]
     readings: dict[int, Reading]
 
 
@@ -209,9 +210,9 @@ class Replay:
             event: Event | None = None
             for meter in wanted:
                 key = meter.meter.key
-                if pre is not None and key in pre.meters:
-                    # Read at ingest by this very meter (meters never change, only come and
-                    # go); its group values were admitted then and stored in the same commit.
+                if pre is not None and (key, meter.meter.updated_us) in pre.meters:
+                    # Read at ingest by this very meter definition (a groupBy change makes a
+                    # new one); its group values were admitted then and stored in the same commit.
                     reading = pre.readings.get(key)
                     if reading is not None:
                         self._add(meter, reading, entry.subject, entry.time_us, entry.seq)

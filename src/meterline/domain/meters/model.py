@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from meterline.domain.errors import Conflict, InvalidInput
+from meterline.domain.errors import InvalidInput, NotSupported
 from meterline.domain.identifiers import GROUP_KEY_RULE, SLUG_RULE, is_group_key, is_slug, name_problem, shown
 from meterline.domain.meters.paths import Path, compile_path
 
@@ -67,23 +67,37 @@ class MeterUpdate(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fi
 
 
 def updated_spec(spec: MeterSpec, update: MeterUpdate) -> MeterSpec:
-    """``spec`` with ``update`` applied. A different ``groupBy`` is refused (409
-    ``meter_group_by_changed``): the meter's rollups are kept per group, so other groups
-    would need its usage rebuilt from the ledger; create a new meter for them (it counts the
-    events already in the ledger)."""
-    if update.group_by != spec.group_by:
-        raise Conflict(
-            f"meter {spec.slug!r}: groupBy cannot change ({dict(sorted(spec.group_by.items()))} to"
-            f" {dict(sorted(update.group_by.items()))}): its usage is kept per group. Send the meter's groupBy"
-            " unchanged, or create a new meter with the new groupBy (it counts the events already recorded)",
-            code="meter_group_by_changed",
-            groupBy=spec.group_by,
-        )
-    changed = msgspec.structs.replace(spec, name=update.name, description=update.description, metadata=update.metadata)
+    """``spec`` with ``update`` applied (OpenMeter's rules: the slug, event type, aggregation
+    and value property stay; ``groupBy`` may gain, lose or redefine keys). Whether features
+    allow a group-by change is :func:`group_by_conflicts`."""
+    changed = msgspec.structs.replace(
+        spec, name=update.name, description=update.description, metadata=update.metadata, group_by=update.group_by
+    )
     problems = validate_spec(changed)
     if problems:
         raise InvalidInput("Invalid meter update: " + "; ".join(problems), code="invalid_meter", problems=problems)
     return changed
+
+
+def group_by_conflicts(old: MeterSpec, new: MeterSpec, filters: dict[str, set[str]]) -> dict[str, list[str]]:
+    """The group-by keys a change from ``old`` to ``new`` removes or redefines (another JSONPath)
+    that features filter on, per feature key; ``filters`` holds the keys each feature filters
+    on (its ``meterGroupByFilters`` and ``advancedMeterGroupByFilters``). OpenMeter refuses
+    dropping such a key; meterline refuses redefining one too, since an entitlement's usage
+    would change under it."""
+    changed = {k for k, path in old.group_by.items() if new.group_by.get(k) != path}
+    found = {feature: sorted(changed & keys) for feature, keys in filters.items()}
+    return {feature: keys for feature, keys in sorted(found.items()) if keys}
+
+
+def group_by_not_supported(mode: str) -> NotSupported:
+    """A ``groupBy`` change where the store cannot re-derive the meter's usage from the ledger."""
+    return NotSupported(
+        f"changing a meter's groupBy re-derives its usage from the ledger, which the {mode} storage mode"
+        " does not do; create a new meter with the new groupBy (or use the embedded mode)",
+        mode=mode,
+        operation="updateMeter",
+    )
 
 
 def validate_spec(spec: MeterSpec) -> list[str]:
