@@ -76,11 +76,13 @@ def counting(b: EmbeddedBackend) -> list[tuple[int, str, str, int, dict[str, Any
     ]
 
 
-def expected(entries: list[Any], meter: Meter, bounds: tuple[int, ...], by_subject: bool) -> dict[Any, Decimal]:
+def expected(
+    entries: list[Any], meter: Meter, bounds: tuple[int, ...], by_subject: bool, subjects: tuple[str, ...] = ()
+) -> dict[Any, Decimal]:
     picked: dict[tuple[int, str | None], list[tuple[int, int, Decimal]]] = {}
     for seq, type_, subject, time_us, data in entries:
         t = time_us // 1_000_000
-        if type_ != "t" or not bounds[0] <= t < bounds[-1]:
+        if type_ != "t" or not bounds[0] <= t < bounds[-1] or (subjects and subject not in subjects):
             continue
         w = max(i for i, b in enumerate(bounds[:-1]) if b <= t)
         key = (bounds[w], subject if by_subject else None)
@@ -125,6 +127,12 @@ def check_queries(b: EmbeddedBackend, meters: list[Meter], monkeypatch: pytest.M
                         got = {(r.window_start, r.subject): r.value for r in b.meters.query(meter, query)}
                         want = expected(entries, meter, bounds, by_subject)
                         assert got == want, (meter.slug, zone, start, size, by_subject)
+                        picked = ("c1", "c3")  # a customer's subjects, apart or combined (its page)
+                        query = MeterQuery(start=start, end=end, window_size=size, tz=tz, subjects=picked,
+                                           combine_subjects=not by_subject)  # fmt: skip
+                        got = {(r.window_start, r.subject): r.value for r in b.meters.query(meter, query)}
+                        want = expected(entries, meter, bounds, by_subject, picked)
+                        assert got == want, (meter.slug, zone, start, size, by_subject, picked)
     assert MONTH in levels  # the month rows answered, not only the day rows
 
 

@@ -143,9 +143,16 @@ class CustomerReports:
         return Report(customer.key, customer, customer.subjects or (customer.key,))
 
     def _has_usage(self, namespace: str, subjects: tuple[str, ...]) -> bool:
-        """Whether any meter holds usage of ``subjects`` (one total per meter, from rollups)."""
-        q = MeterQuery(subjects=subjects, combine_subjects=True, limits=self._limits)
-        return any(self._usage.query(namespace, m.slug, q)[1] for m in self._meters.list(namespace))
+        """Whether any meter holds usage of ``subjects`` (one total per meter). First over an
+        explicit range of UTC days (not an open start, found by reading every subject's first
+        rollup, nor an open "now", not on a quarter hour), which the subjects' month summaries
+        answer; only when that finds nothing, over all time (event times outside it)."""
+        meters = self._meters.list(namespace)
+        for q in (MeterQuery(start=-FAR, end=FAR), MeterQuery()):
+            q = _with(q, subjects=subjects, combine_subjects=True, limits=self._limits)
+            if any(self._usage.query(namespace, m.slug, q)[1] for m in meters):
+                return True
+        return False
 
     def _usage_of(
         self,
@@ -191,6 +198,10 @@ class CustomerReports:
     def _notifications_of(self, namespace: str, ids: tuple[str, ...]) -> tuple[int, list[FiredEvent]]:
         total, views = self._notifications.events(namespace, EventFilter(customers=ids), limit=50, offset=0)
         return total, [v.event for v in views]
+
+
+FAR = 2**31 - 2**31 % 86400
+"""``-FAR`` .. ``FAR``: 1901-12-14 .. 2038-01-19, UTC midnights."""
 
 
 def _with(q: MeterQuery, **changes: object) -> MeterQuery:

@@ -252,25 +252,26 @@ def _summarized(
     by_group: bool,
 ) -> Iterator[BucketState] | None:
     """Bucket states from the summaries (``adapters.sqlite.summaries``) when they answer the
-    query exactly and with fewer rows: not per group value, not filtered, on quarter hours;
-    per subject only when the range holds a whole UTC day (whole UTC months from the month
-    rows, other days from the day rows, its edges from the rollups)."""
-    if by_group or query.subjects or query.filters:
+    query exactly and with fewer rows: not per group value, not filtered (but for a list of
+    subjects), on quarter hours; per subject only when the range holds a whole UTC day (whole
+    UTC months from the month rows, other days from the day rows, its edges from the rollups)."""
+    if by_group or query.filters:
         return None
     segments = plan(inner)
     if segments is None:
         return None
     aggregation = meter.spec.aggregation
-    if not by_subject:
+    if not by_subject:  # (a list of subjects is read per subject)
         return wide_states(conn, aggregation, meter.key, segments)
     if not has_day(segments):
         return None
     parts: list[Iterable[BucketState]] = []
     for level, first, last in with_months(segments):
         if level in (DAY, MONTH):
-            parts.append(subject_states(conn, aggregation, meter.key, level, first, last))
+            parts.append(subject_states(conn, aggregation, meter.key, level, first, last, query.subjects))
         else:
-            parts.append(read_states(conn, aggregation, (first, last), level, meter.key, (), by_group=False))
+            rollups = read_states(conn, aggregation, (first, last), level, meter.key, query.subjects, by_group=False)
+            parts.append(rollups)
     return itertools.chain.from_iterable(parts)
 
 

@@ -195,15 +195,20 @@ def wide_states(
 
 
 def subject_states(
-    conn: sqlite3.Connection, aggregation: Aggregation, meter: int, level: int, first: int, last: int
+    conn: sqlite3.Connection,
+    aggregation: Aggregation,
+    meter: int,
+    level: int,
+    first: int,
+    last: int,
+    subjects: tuple[str, ...] = (),
 ) -> Iterator[BucketState]:
-    """Per subject, its day or month (``level``) rows in ``[first, last)`` folded into one
-    state (bucket ``first``; LATEST: one state per row)."""
-    where = (
-        " FROM summaries WHERE meter = ? AND level = ?"
-        " AND subject IN (SELECT subject FROM meter_subjects WHERE meter = ?) AND bucket >= ? AND bucket < ?"
-    )
-    params = (meter, level, meter, first, last)
+    """Per subject (every one, or only ``subjects``), its day or month (``level``) rows in
+    ``[first, last)`` folded into one state (bucket ``first``; LATEST: one state per row)."""
+    chosen: tuple[object, ...] = subjects or (meter,)
+    which = ",".join("?" * len(subjects)) if subjects else "SELECT subject FROM meter_subjects WHERE meter = ?"
+    where = f" FROM summaries WHERE meter = ? AND level = ? AND subject IN ({which}) AND bucket >= ? AND bucket < ?"
+    params = (meter, level, *chosen, first, last)
     if aggregation is Aggregation.LATEST:
         sql = "SELECT subject, cnt, last_t, last_seq, last_v" + where
         for subject, cnt, last_t, last_seq, last_v in conn.execute(sql, params):
