@@ -30,7 +30,10 @@ SEED = 20260301
 EXAMPLES = 12  # per operation in the fuzzing phase; the coverage phase adds its own boundary cases
 PHASES = "examples,coverage,fuzzing"
 # Operations that delete or replace what other operations are given as ids.
-DESTRUCTIVE = ("DELETE", ["overrideSubjectEntitlement", "overrideCustomerEntitlementV2", "invalidatePortalTokens"])
+DESTRUCTIVE = (
+    "DELETE",
+    ["overrideSubjectEntitlement", "overrideCustomerEntitlementV2", "invalidatePortalTokens", "createErasure"],
+)
 
 
 def _selection(kind: str) -> list[str]:
@@ -62,6 +65,7 @@ DOCUMENTED_400 = {
     "overrideSubjectEntitlement": ENTITLEMENT_TYPES,
     "createGrant": "the expiry must fall before the year 10000",
     "createMeter": "valueProperty and groupBy must be singular JSONPaths",
+    "createErasure": "the reason must not be blank nor contain the subject",
     "listMeterSubjects": "`to` not before `from`",
     "listMeterGroupByValues": "groupByKey must be a groupBy key of the meter; `to` not before `from`",
     "queryMeter": "groupBy must name a dimension of the meter; `to` after `from`",

@@ -57,6 +57,7 @@ from meterline.services.dispatch import Dispatcher
 from meterline.services.entitlement_usage import CountedEntitlementUsage
 from meterline.services.entitlement_values import EntitlementValueService
 from meterline.services.entitlements import EntitlementService
+from meterline.services.erasure import ErasureService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
 from meterline.services.meters import MeterService
@@ -84,6 +85,7 @@ class Catalog:
     dead_letters: DeadLetterService
     corrections: CorrectionService
     resubmission: Resubmission
+    erasures: ErasureService
     entitlements: EntitlementService
     features: FeatureService
     notifications: NotificationService
@@ -150,6 +152,7 @@ def catalog(
         corrections=CorrectionService(
             backend.corrections, clock, future_skew_us=_us(config.ingest.future_skew.total_seconds())
         ),
+        erasures=ErasureService(backend.erasures),
         entitlements=entitlements,
         features=FeatureService(ents.features, ents.grants, backend.meters, entitlements, clock),
         notifications=NotificationService(

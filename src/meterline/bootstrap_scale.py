@@ -43,6 +43,7 @@ from meterline.bootstrap import (
 from meterline.config import Config
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
+from meterline.domain.erasure import ErasureRecord, ErasureRequest
 from meterline.domain.errors import NotSupported, StorageUnavailable
 from meterline.domain.events.corrections import CorrectionRequest, History
 from meterline.domain.events.model import Candidate, Outcome
@@ -62,6 +63,7 @@ from meterline.services.dead_letters import DeadLetterService
 from meterline.services.dispatch import Dispatcher
 from meterline.services.entitlement_values import EntitlementValueService
 from meterline.services.entitlements import EntitlementService
+from meterline.services.erasure import ErasureService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
 from meterline.services.meters import MeterService
@@ -172,6 +174,17 @@ class NoCorrections:
 
     def history(self, namespace: str, source: str, event_id: str) -> History:
         raise NotSupported("event corrections need the embedded ledger", mode="scale")
+
+
+class NoErasures:
+    """Erasure rewrites the embedded ledger's entries, rollups and catalog in one transaction;
+    the partitioned log and ClickHouse have no such transaction yet: 501 ``not_supported``."""
+
+    def erase(self, request: ErasureRequest) -> ErasureRecord:
+        raise NotSupported("erasure of a subject needs the embedded ledger", mode="scale")
+
+    def erasures(self, namespace: str) -> builtins.list[ErasureRecord]:
+        raise NotSupported("erasure of a subject needs the embedded ledger", mode="scale")
 
 
 class NoResubmission:
@@ -354,6 +367,7 @@ def _catalog(
         ),
         dead_letters=DeadLetterService(pg.dead_letters),
         resubmission=Resubmission(NoResubmission(), clock, ingest_limits(config)),
+        erasures=ErasureService(NoErasures()),
         entitlements=entitlements,
         features=FeatureService(pg.features, pg.grants, pg.meters, entitlements, clock),
         notifications=NotificationService(

@@ -17,6 +17,7 @@ from meterline.adapters.sqlite.dead_letters import SqliteDeadLetters, SqliteResu
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex, drop_key_table
 from meterline.adapters.sqlite.dedupe_prune import DedupePruner
 from meterline.adapters.sqlite.entitlements import SqliteEntitlements
+from meterline.adapters.sqlite.erasure import SqliteErasures
 from meterline.adapters.sqlite.followups import FollowUps
 from meterline.adapters.sqlite.ingest import IngestSettings, IngestState
 from meterline.adapters.sqlite.ledger import SqliteLedger
@@ -91,6 +92,8 @@ class EmbeddedBackend:
             self.db, lambda: hooks.changed(), lambda entitlement: hooks.entitlement_added(entitlement)
         )
         self.customers.changed = lambda: hooks.changed()
+        self.erasures = SqliteErasures(self.db, self.state, clock.now_us)
+        self.erasures.changed = lambda: hooks.changed()
         self.customers.created = lambda customer: hooks.customer_added(customer)
         self.notifications = SqliteNotifications(self.db, clock.now_us)
         self.portal = SqlitePortal(self.db)

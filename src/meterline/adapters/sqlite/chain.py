@@ -107,12 +107,25 @@ class SqliteChain:
 
     def rows(self, after: int, limit: int) -> list[ChainRow]:
         out = []
-        for row in self._conn.execute(_ROWS, (after, limit)):
+        rows = self._conn.execute(_ROWS, (after, limit)).fetchall()
+        erased = self._erased(after, rows[-1][0]) if rows else {}
+        for row in rows:
             seq, ns, src, id_, chain = row[0], row[1], row[2], row[3], row[10]
             content = _content(row)
             label = f"event {id_!r} from source {src!r} in namespace {ns!r}"
-            out.append(ChainRow(seq, None if chain is None else _blob(chain), content, label=label))
+            kept, after_erasure = erased.get(seq, (None, None))
+            if kept is not None:
+                label = f"erased event in namespace {ns!r}"
+            stored = None if chain is None else _blob(chain)
+            out.append(ChainRow(seq, stored, content, kept=kept, erased_content=after_erasure, label=label))
         return out
+
+    def _erased(self, after: int, last: int) -> dict[int, tuple[bytes, bytes]]:
+        """(kept, erased content) of the entries an erasure rewrote in ``(after, last]``."""
+        rows = self._conn.execute(
+            "SELECT seq, kept, content FROM ledger_erased WHERE seq > ? AND seq <= ?", (after, last)
+        )
+        return {seq: (_blob(kept), _blob(content)) for seq, kept, content in rows}
 
     def close(self) -> None:
         self._conn.execute("ROLLBACK")

@@ -36,12 +36,14 @@ import numpy as np
 
 from meterline.adapters.sqlite.dedupe_runs import Run, RunStore
 from meterline.adapters.sqlite.dedupe_seal import Sealer, Table, level_of
+from meterline.domain.erasure import ERASED_SOURCE, erased_digest, erased_id
 from meterline.domain.events.model import Event
 
 Key = tuple[str, str, str]
 Hasher = Callable[[str, str, str], int]
 Row = tuple[Key, bytes, int]  # key, digest, received_us
 HASH_KEY = "dedupe_hash_key"  # in ``meta``: the secret of the keyed hash
+ERASURE_KEY = "erasure_key"  # in ``meta``: the secret of erased keys and pseudonyms (domain.erasure)
 SEAL_KEYS = 262_144  # keys in the memory table before it is sealed into a run (~30 MB of memory)
 FANOUT = 4  # runs of one size class merged together
 BUILD_CHUNK = 2_000_000  # ledger events per run when indexing a long ledger at open
@@ -86,6 +88,8 @@ class DedupeIndex:
         self._last = (0, 0)  # (seq, hash) of the newest ledger event added
         self._sealer = Sealer(self._store, self._lock, seal_keys, fanout)
         self._fanout = fanout
+        self.erasure_secret = b""
+        """The secret of erased keys (``domain.erasure``), read at ``open``."""
         self.opened = False
 
     @property
@@ -101,6 +105,7 @@ class DedupeIndex:
         if self.opened:
             return
         secret = self._secret(conn)
+        self.erasure_secret = _meta_secret(conn, ERASURE_KEY)
         self._hash = self._injected or keyed_hasher(secret)
         key_id = hashlib.blake2b(secret, digest_size=8).hexdigest()
         manifest = self._store.load(key_id)
@@ -119,27 +124,28 @@ class DedupeIndex:
             self._sealer.merge_soon()
 
     def _secret(self, conn: sqlite3.Connection) -> bytes:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (HASH_KEY,)).fetchone()
-        if row is None:
-            row = (secrets.token_hex(16),)
-            conn.execute("INSERT INTO meta VALUES (?, ?)", (HASH_KEY, row[0]))
-        return bytes.fromhex(row[0])
+        return _meta_secret(conn, HASH_KEY)
 
     def _matches(self, conn: sqlite3.Connection, seq: int, expected: int) -> bool:
         if seq == 0:
             return True
-        row = conn.execute("SELECT namespace, source, id FROM events WHERE seq = ?", (seq,)).fetchone()
-        return row is not None and self._hash(row[0], row[1], row[2]) == expected
+        return self._hash_of(conn, seq) == expected
+
+    def key_hash(self, namespace: str, source: str, id_: str) -> int:
+        """The index's hash of a key (an erasure keeps it for the entries it rewrites)."""
+        return self._hash(namespace, source, id_)
 
     def _index_ledger(self, conn: sqlite3.Connection, after: int) -> None:
         """Every ledger event after ``after``: full chunks become runs, the rest the memory table."""
+        # An erased entry's key is hashed as it was before the erasure (``ledger_erased``).
+        erased = dict(conn.execute("SELECT seq, key_hash FROM ledger_erased WHERE seq > ?", (after,)).fetchall())
         rows = conn.execute(
             "SELECT seq, namespace, source, id, received_us FROM events WHERE seq > ? ORDER BY seq", (after,)
         )
         while True:
             hashes, seqs, newest, last = array("q"), array("q"), 0, 0
             for seq, ns, src, id_, received in rows:
-                hashes.append(self._hash(ns, src, id_))
+                hashes.append(erased[seq] if src == ERASED_SOURCE and seq in erased else self._hash(ns, src, id_))
                 seqs.append(seq)
                 newest, last = max(newest, received), seq
                 if len(seqs) == self._build_chunk:
@@ -156,8 +162,15 @@ class DedupeIndex:
     def _hash_of(self, conn: sqlite3.Connection, seq: int) -> int:
         if seq == 0:
             return 0
-        ns, src, id_ = conn.execute("SELECT namespace, source, id FROM events WHERE seq = ?", (seq,)).fetchone()
-        return self._hash(ns, src, id_)
+        row = conn.execute(
+            "SELECT e.namespace, e.source, e.id, x.key_hash FROM events e LEFT JOIN ledger_erased x USING (seq)"
+            " WHERE e.seq = ?",
+            (seq,),
+        ).fetchone()
+        if row is None:
+            return 0
+        ns, src, id_, erased = row
+        return int(erased) if src == ERASED_SOURCE and erased is not None else self._hash(ns, src, id_)
 
     # -- the ingest path -----------------------------------------------------------------
 
@@ -174,12 +187,27 @@ class DedupeIndex:
         known: dict[tuple[str, str], bytes] = {}
         for i, refs in candidates.items():
             best: Row | None = None
+            erased = False
             for row in (rows.get(ref) for ref in refs):
-                if row is not None and row[0] == keys[i] and (best is None or row[2] > best[2]):
-                    best = row
+                if row is None:
+                    continue
+                is_erased = row[0][1] == ERASED_SOURCE and row[0] == self._erased_key(keys[i])
+                if (row[0] == keys[i] or is_erased) and (best is None or row[2] > best[2]):
+                    best, erased = row, is_erased
             if best is not None and best[2] >= oldest_us:
-                known[(keys[i][1], keys[i][2])] = best[1]
+                known[(keys[i][1], keys[i][2])] = self._first_digest(best[1], events[i].digest, erased)
         return known
+
+    def _erased_key(self, key: Key) -> Key:
+        """The key an erasure gave the entries of ``key`` (``domain.erasure``)."""
+        return (key[0], ERASED_SOURCE, erased_id(self.erasure_secret, *key))
+
+    def _first_digest(self, stored: bytes, sent: bytes, erased: bool) -> bytes:
+        """The first payload's digest as the ack path compares it: an erased entry keeps only a
+        keyed digest, so a resend with the same payload is told by computing that again."""
+        if erased and erased_digest(self.erasure_secret, sent) == stored:
+            return sent
+        return stored
 
     def seqs(self, conn: sqlite3.Connection, namespace: str, source: str, id_: str) -> list[int]:
         """Every ledger seq holding the key (its entries and corrections), ascending."""
@@ -266,6 +294,15 @@ class DedupeIndex:
     def close(self) -> None:
         self._sealer.close()
         self._store.close()
+
+
+def _meta_secret(conn: sqlite3.Connection, key: str) -> bytes:
+    """A random secret kept in ``meta`` under ``key`` (made on first use)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        row = (secrets.token_hex(16 if key == HASH_KEY else 32),)
+        conn.execute("INSERT INTO meta VALUES (?, ?)", (key, row[0]))
+    return bytes.fromhex(row[0])
 
 
 def drop_key_table(conn: sqlite3.Connection) -> None:

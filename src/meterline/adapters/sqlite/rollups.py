@@ -54,6 +54,33 @@ def upsert(table: str, aggregation: Aggregation) -> str:
     )
 
 
+def move_subject(conn: sqlite3.Connection, meter: int, aggregation: Aggregation, old: str, new: str) -> int:
+    """Give ``old``'s rollup, summary and distinct-value rows of ``meter`` to ``new``, merged
+    with any ``new`` already has as the aggregator merges deltas (an erasure's pseudonym);
+    returns how many rows moved."""
+    moved = 0
+    for table in ("rollups", "summaries") if aggregation in _COLUMNS else ():  # UNIQUE_COUNT: uniques only
+        conn.execute(
+            f"INSERT INTO {table} SELECT meter, level, ?, bucket, group_key, cnt, total, low, high, last_t,"
+            f" last_seq, last_v FROM {table} WHERE meter = ? AND subject = ?"
+            f" ON CONFLICT (meter, level, subject, bucket, group_key) DO UPDATE SET {_COLUMNS[aggregation]}",
+            (new, meter, old),
+        )
+        moved += conn.execute(f"DELETE FROM {table} WHERE meter = ? AND subject = ?", (meter, old)).rowcount
+    conn.execute(
+        "INSERT OR IGNORE INTO uniques SELECT meter, level, ?, bucket, group_key, value FROM uniques"
+        " WHERE meter = ? AND subject = ?",
+        (new, meter, old),
+    )
+    moved += conn.execute("DELETE FROM uniques WHERE meter = ? AND subject = ?", (meter, old)).rowcount
+    conn.execute(
+        "INSERT OR IGNORE INTO meter_subjects SELECT meter, ? FROM meter_subjects WHERE meter = ? AND subject = ?",
+        (new, meter, old),
+    )
+    conn.execute("DELETE FROM meter_subjects WHERE meter = ? AND subject = ?", (meter, old))
+    return moved
+
+
 class Deltas(Fold):
     """A :class:`~meterline.domain.meters.fold.Fold` that can upsert itself (:func:`write_fold`)."""
 

@@ -41,6 +41,20 @@ CREATE TABLE IF NOT EXISTS corrections (
 );
 CREATE INDEX IF NOT EXISTS corrections_by_original ON corrections (original, seq);
 
+-- Erasures of subjects (adapters.sqlite.erasure, docs/erasure.md): one audit row each (who,
+-- when, why, how much; the subject's pseudonym, never the subject).
+CREATE TABLE IF NOT EXISTS erasures (
+    id INTEGER PRIMARY KEY, namespace TEXT NOT NULL, erased_us INTEGER NOT NULL, actor TEXT NOT NULL,
+    reason TEXT NOT NULL, pseudonym TEXT NOT NULL, through_seq INTEGER NOT NULL, counts BLOB NOT NULL
+);
+-- Ledger entries an erasure rewrote: the content digest the chain links (`kept`, from before
+-- the erasure), the content digest of the erased form (`content`: a later edit is still seen)
+-- and the dedupe index's hash of the original key (the index is rebuilt from the ledger).
+CREATE TABLE IF NOT EXISTS ledger_erased (
+    seq INTEGER PRIMARY KEY, erasure INTEGER NOT NULL, kept BLOB NOT NULL, content BLOB NOT NULL,
+    key_hash INTEGER NOT NULL
+);
+
 -- Meter queries over a range that starts or ends inside a minute read the events of that
 -- partial minute through this index (domain.meters.edges); created on first start of an
 -- existing store, like every IF NOT EXISTS object here.
@@ -270,14 +284,25 @@ def connect(path: Path, *, fsync: str = "full", readonly: bool = False) -> sqlit
     # add up to gigabytes.
     conn.execute(f"PRAGMA cache_size={READER_CACHE_KIB if readonly else WRITER_CACHE_KIB}")
     conn.execute("PRAGMA temp_store=MEMORY")
+    # Deleted or overwritten content is zeroed in the file (and in the WAL frames that carry the
+    # change), so an erasure leaves no old bytes in free space (docs/erasure.md).
+    conn.execute("PRAGMA secure_delete=ON")
     if readonly:
         conn.execute("PRAGMA query_only=1")
     _register_functions(conn)
     return conn
 
 
+SECURE_DELETE_KEY = "secure_delete"
+"""In ``meta``: ``always`` when every delete of the store's life zeroed its bytes; absent in a
+store from before, whose free pages may hold old bytes until its first erasure vacuums it."""
+
+
 def create_schema(conn: sqlite3.Connection) -> None:
+    fresh = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is None
     conn.executescript(DDL)
+    if fresh:
+        conn.execute("INSERT OR IGNORE INTO meta VALUES (?, 'always')", (SECURE_DELETE_KEY,))
     _add_columns(conn)
     conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     # The aggregator's offset. A store written before rollups moved out of the ingest

@@ -72,11 +72,23 @@ def write_firings(conn: sqlite3.Connection, firings: Sequence[Firing]) -> int:
     return new
 
 
+ERASURE_GENERATION_KEY = "erasure_generation"
+"""In ``meta``: changed by every erasure pass (``adapters.sqlite.erasure``), in its transaction."""
+
+
+def erasure_generation(conn: sqlite3.Connection) -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (ERASURE_GENERATION_KEY,)).fetchone()
+    return "" if row is None else str(row[0])
+
+
 class SqliteUsage:
     def __init__(self, db: Database, state: IngestState, now_us: Callable[[], int]) -> None:
         self._db = db
         self._state = state
         self._now_us = now_us
+        self._generation = ""
+        """``meta.erasure_generation`` as of the last snapshot: an erasure moved subjects since
+        then when it differs, and the snapshot's known subjects are stale (batch refused)."""
 
     def snapshot(self) -> Snapshot:
         conn = self._db.reader()
@@ -87,6 +99,7 @@ class SqliteUsage:
                 snap.group_values.setdefault((key, dim), set()).add(value)
             for key, subject in conn.execute("SELECT meter, subject FROM meter_subjects"):
                 snap.subjects.setdefault(key, set()).add(subject)
+            self._generation = erasure_generation(conn)
         finally:
             conn.execute("COMMIT")
         return snap
@@ -132,6 +145,8 @@ class SqliteUsage:
         """Whether ``batch`` continues from the stored offset with the meters' current
         definitions (a ``groupBy`` change restarts a meter's backfill at 0: a batch computed
         before it must not land)."""
+        if erasure_generation(conn) != self._generation:
+            return False
         if batch.backfill is not None:
             row = conn.execute(
                 "SELECT backfill_done, updated_us FROM meters WHERE key = ? AND deleted_us IS NULL", (batch.backfill,)

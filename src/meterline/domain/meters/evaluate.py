@@ -11,7 +11,7 @@ from meterline.domain.clock import to_us
 from meterline.domain.decimals import NotAQuantity, canonical, to_quantity
 from meterline.domain.events.model import Event, Reason, Rejection
 from meterline.domain.meters.model import Aggregation, Meter, compiled
-from meterline.domain.meters.paths import MISSING
+from meterline.domain.meters.paths import MISSING, Path
 
 _encode = msgspec.json.Encoder().encode
 
@@ -41,6 +41,10 @@ class CompiledMeter:
         self.dimensions = tuple(name for name, _ in self._groups)
         start = meter.spec.event_from
         self._from_us = None if start is None else to_us(start)
+
+    def paths(self) -> tuple[Path, ...]:
+        """Every path the meter reads (its value, then its group-by dimensions)."""
+        return (*(() if self._value is None else (self._value,)), *(p for _, p in self._groups))
 
     def applies(self, event: Event) -> bool:
         """Whether the meter counts this event at all (its type, and not before ``eventFrom``)."""

@@ -44,6 +44,16 @@ class Path:
             node = node[key]
         return node
 
+    def locate(self, data: Any) -> tuple[str | int, ...] | None:
+        """Where in ``data`` the value :meth:`read` returns lies (the names and indexes that
+        lead to it), or None when it is missing."""
+        if self._keys is not None:
+            return None if self.read(data) is MISSING else self._keys
+        found = list(self._query.finditer(data))
+        if len(found) != 1:
+            return None
+        return tuple(part if isinstance(part, int) else str(part) for part in found[0].parts)
+
 
 def compile_path(text: str) -> Path:
     if not text.startswith("$"):

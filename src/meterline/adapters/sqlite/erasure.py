@@ -1,0 +1,402 @@
+"""Erasure of a subject in SQLite (``ports.erasure.Erasures``; rules in ``domain.erasure``).
+
+1. **Prepare** (a read connection, no lock held): find the subject's ledger entries and every
+   other version of their keys (corrections), check each against the hash chain (an entry
+   edited by hand is refused, never laundered into a kept digest), and compute its erased form:
+   erased key, pseudonym, keyed digest, payload reduced to what the live meters read (checked:
+   every live meter reads the same from it), and the content digest before and after.
+2. **Apply** (writer tasks, so no ingest of the subject interleaves with one): each pass erases
+   the subject's entries up to the aggregator's offset (``cut``; entries the subject got since
+   step 1 are prepared in the task), so the rollups that move are exactly the fold of the
+   entries erased; a key's versions go together. Passes repeat, after waiting for the
+   aggregator, until every entry acknowledged before the request is erased. In each pass:
+   ledger rows rewritten and recorded in ``ledger_erased``; rollups, summaries, distinct
+   values and meter subjects moved to the pseudonym; customer mappings and a customer key
+   equal to the subject moved to it; quarantined events, dead letters and portal tokens of
+   the subject deleted; correction reasons of its entries replaced; the audit row written
+   (the first pass) or its counts added to. Each pass commits as a whole.
+3. **After COMMIT**: live counters reload, the WAL is checkpointed and truncated (the frames
+   that held the old rows), and a store from before ``secure_delete`` is vacuumed once.
+
+Entries of the subject acknowledged before the request are erased; those acknowledged while it
+runs are erased or kept (the audit record's ``through_seq`` says where the last pass cut);
+those after its answer are a new life of the subject, kept as sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from meterline.adapters.sqlite import rollups
+from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.ingest import IngestState, live_meters
+from meterline.adapters.sqlite.schema import SECURE_DELETE_KEY, connect
+from meterline.adapters.sqlite.usage import ERASURE_GENERATION_KEY
+from meterline.domain.clock import rfc3339
+from meterline.domain.erasure import (
+    ERASED_SOURCE,
+    ErasureRecord,
+    ErasureRequest,
+    erased_digest,
+    erased_id,
+    pseudonym,
+    reduced_data,
+    subject_not_found,
+)
+from meterline.domain.errors import Conflict, StorageUnavailable
+from meterline.domain.events.model import Event, Rejection
+from meterline.domain.integrity.chain import GENESIS, content_digest, link
+from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.model import MeterSpec
+from meterline.domain.meters.paths import Path
+
+log = logging.getLogger(__name__)
+
+_ROW = "seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain"
+_decode = msgspec.json.Decoder(float_hook=Decimal)  # numbers stay exact, as the meters read them
+_encode = msgspec.json.Encoder(decimal_format="number")
+_spec = msgspec.json.Decoder(MeterSpec)
+ATTEMPTS = 20
+"""Passes at most, each after waiting for the aggregator (bounded by ``aggregation.max_wait``)."""
+ERASED_REASON = "(erased with the subject)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Rewrite:
+    seq: int
+    source: str
+    id: str
+    subject: str
+    digest: bytes
+    raw: bytes
+    kept: bytes
+    content: bytes
+    key_hash: int
+
+
+class SqliteErasures:
+    def __init__(self, db: Database, state: IngestState, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._state = state
+        self._now_us = now_us
+        self._lock = threading.Lock()  # one erasure at a time: step 1 stays true until step 2
+        self.changed: Callable[[], None] = lambda: None
+        """Called after COMMIT: the customers' subjects changed (live counters reload)."""
+
+    def erase(self, request: ErasureRequest) -> ErasureRecord:
+        with self._lock:
+            prepared, requested_at = self._prepare(self._db.reader(), request, 0)
+            record: ErasureRecord | None = None
+            remaining = True
+            for _ in range(ATTEMPTS):
+                one_pass = functools.partial(self._apply, req=request, prepared=prepared, requested_at=requested_at)
+                record, remaining = self._db.writer.call(functools.partial(one_pass, record=record))
+                if not remaining:
+                    break
+                self._db.fresh()  # entries acknowledged before the request wait for the aggregator
+                time.sleep(0.01)
+            self.changed()
+            self._scrub()
+            if remaining or record is None:
+                raise StorageUnavailable(
+                    "the aggregator did not reach some of the subject's events; run the erasure again to finish it"
+                )
+            return record
+
+    def erasures(self, namespace: str) -> list[ErasureRecord]:
+        rows = self._db.reader().execute(
+            "SELECT id, namespace, erased_us, actor, reason, pseudonym, counts, through_seq FROM erasures"
+            " WHERE namespace = ? ORDER BY id DESC",
+            (namespace,),
+        )
+        return [
+            ErasureRecord(id_, ns, at, actor, reason, alias, msgspec.json.decode(counts), through)
+            for id_, ns, at, actor, reason, alias, counts, through in rows
+        ]
+
+    # -- 1. prepare -------------------------------------------------------------------------
+
+    def _prepare(
+        self, conn: sqlite3.Connection, req: ErasureRequest, after: int, upto: int | None = None
+    ) -> tuple[list[_Rewrite], int]:
+        """The erased form of the subject's entries in ``(after, upto]`` (and of every version of
+        their keys not erased yet), and the ledger head they were read at."""
+        head = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
+        last = head if upto is None else min(head, upto)
+        seqs = [
+            s
+            for (s,) in conn.execute(
+                "SELECT seq FROM events WHERE seq > ? AND seq <= ? AND namespace = ? AND subject = ?",
+                (after, last, req.namespace, req.subject),
+            )
+        ]
+        versions = [s for s in _versions(conn, seqs) if not _erased(conn, s)]
+        secret = self._state.dedupe.erasure_secret
+        alias = pseudonym(secret, req.namespace, req.subject)
+        paths = _paths(conn)
+        voids = _voids(conn, versions)
+        out = []
+        for chunk in _chunks(versions, 500):
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(f"SELECT {_ROW} FROM events WHERE seq IN ({marks}) ORDER BY seq", chunk):
+                out.append(self._rewrite(conn, row, req.subject, alias, paths, row[0] in voids))
+        return out, head
+
+    def _rewrite(
+        self,
+        conn: sqlite3.Connection,
+        row: tuple[Any, ...],
+        subject: str,
+        alias: str,
+        paths: dict[tuple[str, str], list[CompiledMeter]],
+        void: bool,
+    ) -> _Rewrite:
+        seq, ns, src, id_, type_, subj, time_us, received_us, digest, raw, chain = row
+        kept = content_digest(ns, src, id_, type_, subj, time_us, received_us, digest, raw)
+        previous = conn.execute("SELECT chain FROM events WHERE seq = ?", (seq - 1,)).fetchone()
+        prev = GENESIS if seq == 1 else (None if previous is None else previous[0])
+        if prev is None or chain is None or link(prev, seq, kept) != chain:
+            raise Conflict(
+                f"ledger entry {seq} of the subject does not match the hash chain (edited by hand?);"
+                " run `meterline verify` before erasing",
+                code="ledger_tampered",
+            )
+        secret = self._state.dedupe.erasure_secret
+        new_id = erased_id(secret, ns, src, id_)
+        new_subject = alias if subj == subject else subj
+        if void:
+            new_raw = _encode.encode({"void": {"original": msgspec.json.decode(raw)["void"]["original"]}})
+        else:
+            new_raw = _reduce(raw, ns, type_, new_subject, new_id, time_us, paths.get((ns, type_), []))
+        new_digest = erased_digest(secret, digest)
+        content = content_digest(
+            ns, ERASED_SOURCE, new_id, type_, new_subject, time_us, received_us, new_digest, new_raw
+        )
+        key_hash = self._state.dedupe.key_hash(ns, src, id_)
+        return _Rewrite(seq, ERASED_SOURCE, new_id, new_subject, new_digest, new_raw, kept, content, key_hash)
+
+    # -- 2. apply ---------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        req: ErasureRequest,
+        prepared: list[_Rewrite],
+        requested_at: int,
+        record: ErasureRecord | None,
+    ) -> tuple[ErasureRecord, bool]:
+        """One pass: erase every entry of the subject up to the aggregator's offset (``cut``),
+        whose rollups are then exactly the fold of those entries. Returns the audit record and
+        whether entries from before the request remain (not aggregated yet: another pass)."""
+        self._state.load(conn)
+        cut = int(conn.execute("SELECT value FROM meta WHERE key = 'aggregated_seq'").fetchone()[0])
+        late = self._prepare(conn, req, requested_at, cut)[0] if cut > requested_at else []
+        keys: dict[str, list[_Rewrite]] = {}
+        for r in prepared + late:
+            if not _erased(conn, r.seq):
+                keys.setdefault(r.id, []).append(r)  # the versions of one key go together
+        ready = [r for versions in keys.values() if max(v.seq for v in versions) <= cut for r in versions]
+        remaining = any(v.seq <= requested_at for vs in keys.values() if max(x.seq for x in vs) > cut for v in vs)
+        alias = pseudonym(self._state.dedupe.erasure_secret, req.namespace, req.subject)
+        if record is None:
+            now = self._now_us()
+            row = conn.execute(
+                "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, through_seq, counts)"
+                " VALUES (?,?,?,?,?,?,'{}') RETURNING id",
+                (req.namespace, now, req.actor, req.reason, alias, cut),
+            ).fetchone()
+            record = ErasureRecord(int(row[0]), req.namespace, now, req.actor, req.reason, alias, {}, cut)
+        counts = {"ledgerEntries": self._rewrite_ledger(conn, ready, record.id)}
+        counts["events"] = len({r.id for r in ready})
+        counts |= _move_usage(conn, req.namespace, req.subject, alias)
+        counts |= _delete_held(conn, req.namespace, req.subject)
+        if not record.counts and not remaining and not any(counts.values()):
+            raise subject_not_found()
+        total = {k: record.counts.get(k, 0) + v for k, v in counts.items()}
+        conn.execute(
+            "UPDATE erasures SET counts = ?, through_seq = ? WHERE id = ?", (msgspec.json.encode(total), cut, record.id)
+        )
+        # the aggregator's known subjects are stale now: a batch computed before is refused
+        conn.execute(
+            "INSERT INTO meta VALUES (?, '1') ON CONFLICT (key) DO UPDATE SET value = CAST(value + 1 AS TEXT)",
+            (ERASURE_GENERATION_KEY,),
+        )
+        self._state.invalidate()  # the customers' subjects changed
+        self._state.recent.clear()  # entries in memory still carry the subject
+        return dataclasses.replace(record, counts=total, through_seq=cut), remaining
+
+    def _rewrite_ledger(self, conn: sqlite3.Connection, rewrites: Sequence[_Rewrite], erasure: int) -> int:
+        conn.executemany(
+            "UPDATE events SET source = ?, id = ?, subject = ?, digest = ?, raw = ? WHERE seq = ?",
+            [(r.source, r.id, r.subject, r.digest, r.raw, r.seq) for r in rewrites],
+        )
+        conn.executemany(
+            "INSERT INTO ledger_erased VALUES (?,?,?,?,?)",
+            [(r.seq, erasure, r.kept, r.content, r.key_hash) for r in rewrites],
+        )
+        conn.executemany("UPDATE corrections SET reason = ? WHERE seq = ?", [(ERASED_REASON, r.seq) for r in rewrites])
+        return len(rewrites)
+
+    # -- 3. after COMMIT ----------------------------------------------------------------------
+
+    def _scrub(self) -> None:
+        """Truncate the WAL (it held the old rows) and vacuum a store whose free pages may still
+        hold bytes from before ``secure_delete``. A busy WAL is retried, then logged: the next
+        checkpoint overwrites it."""
+        conn = connect(self._db.path)
+        try:
+            flag = conn.execute("SELECT value FROM meta WHERE key = ?", (SECURE_DELETE_KEY,)).fetchone()
+            if flag is None:
+                conn.execute("VACUUM")
+                conn.execute("INSERT OR REPLACE INTO meta VALUES (?, 'vacuumed')", (SECURE_DELETE_KEY,))
+            for _ in range(50):
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if not busy:
+                    return
+                time.sleep(0.02)
+            log.warning("the WAL could not be truncated after an erasure (readers busy); it is overwritten later")
+        finally:
+            conn.close()
+
+
+def _erased(conn: sqlite3.Connection, seq: int) -> bool:
+    return conn.execute("SELECT 1 FROM ledger_erased WHERE seq = ?", (seq,)).fetchone() is not None
+
+
+def _versions(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[int]:
+    """``seqs`` and every other version of their keys (the original and its corrections)."""
+    originals: set[int] = set()
+    for chunk in _chunks(list(seqs), 500):
+        marks = ",".join("?" * len(chunk))
+        found = dict(conn.execute(f"SELECT seq, original FROM corrections WHERE seq IN ({marks})", chunk).fetchall())
+        originals.update(found.get(s, s) for s in chunk)
+    out = set(seqs) | originals
+    for chunk in _chunks(sorted(originals), 500):
+        marks = ",".join("?" * len(chunk))
+        out.update(s for (s,) in conn.execute(f"SELECT seq FROM corrections WHERE original IN ({marks})", chunk))
+    return sorted(out)
+
+
+def _voids(conn: sqlite3.Connection, seqs: Sequence[int]) -> set[int]:
+    out: set[int] = set()
+    for chunk in _chunks(list(seqs), 500):
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT seq FROM corrections WHERE action = 'void' AND seq IN ({marks})"
+        out.update(s for (s,) in conn.execute(sql, chunk))
+    return out
+
+
+def _paths(conn: sqlite3.Connection) -> dict[tuple[str, str], list[CompiledMeter]]:
+    """The live meters by (namespace, event type): what an erased payload keeps."""
+    out: dict[tuple[str, str], list[CompiledMeter]] = {}
+    for meter in live_meters(conn):
+        out.setdefault((meter.namespace, meter.spec.event_type), []).append(CompiledMeter(meter))
+    return out
+
+
+def _reduce(
+    raw: bytes, ns: str, type_: str, subject: str, id_: str, time_us: int, meters: Sequence[CompiledMeter]
+) -> bytes:
+    """The erased form of a raw CloudEvent: the envelope without the key or extensions, the
+    pseudonymous subject, and ``data`` reduced to what ``meters`` read (checked)."""
+    try:
+        data = _decode.decode(raw).get("data")
+    except (msgspec.DecodeError, AttributeError):
+        data = None
+    paths: list[Path] = [p for m in meters for p in m.paths()]
+    kept = reduced_data(data, paths)
+    for meter in meters:
+        before = meter.read(_event(ns, type_, subject, time_us, data))
+        after = meter.read(_event(ns, type_, subject, time_us, kept))
+        if not _same(before, after):
+            raise Conflict(
+                f"meter {meter.meter.slug!r} cannot read an erased payload as before; the erasure was not done",
+                code="erasure_unsafe",
+            )
+    envelope = {"specversion": "1.0", "id": id_, "source": ERASED_SOURCE, "type": type_, "subject": subject}
+    return _encode.encode({**envelope, "time": rfc3339(time_us), "data": kept})
+
+
+def _event(ns: str, type_: str, subject: str, time_us: int, data: Any) -> Event:
+    return Event(ns, ERASED_SOURCE, "", type_, subject, time_us, data if isinstance(data, dict) else None, b"", b"")
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, Rejection) or isinstance(b, Rejection):
+        return isinstance(a, Rejection) and isinstance(b, Rejection)
+    return repr(a) == repr(b)
+
+
+def _move_usage(conn: sqlite3.Connection, namespace: str, subject: str, alias: str) -> dict[str, int]:
+    """Rollups, summaries, distinct values and meter subjects; customer mappings and keys."""
+    moved = 0
+    for key, spec in conn.execute("SELECT key, spec FROM meters WHERE namespace = ?", (namespace,)).fetchall():
+        moved += rollups.move_subject(conn, key, _spec.decode(spec).aggregation, subject, alias)
+    mapped = conn.execute(
+        "SELECT customer FROM customer_subjects WHERE namespace = ? AND subject = ?", (namespace, subject)
+    ).fetchall()
+    conn.execute(
+        "INSERT OR IGNORE INTO customer_subjects SELECT namespace, ?, customer FROM customer_subjects"
+        " WHERE namespace = ? AND subject = ?",
+        (alias, namespace, subject),
+    )
+    conn.execute("DELETE FROM customer_subjects WHERE namespace = ? AND subject = ?", (namespace, subject))
+    keys = 0
+    for (cid,) in conn.execute(
+        "SELECT id FROM customers WHERE namespace = ? AND key = ?", (namespace, subject)
+    ).fetchall():
+        taken = conn.execute(
+            "SELECT 1 FROM customers WHERE namespace = ? AND key = ? AND deleted_us IS NULL", (namespace, alias)
+        ).fetchone()
+        conn.execute("UPDATE customers SET key = ? WHERE id = ?", (f"{alias}.{cid}" if taken else alias, cid))
+        keys += 1
+    return {"rollupRows": moved, "customerMappings": len(mapped), "customerKeys": keys}
+
+
+def _delete_held(conn: sqlite3.Connection, namespace: str, subject: str) -> dict[str, int]:
+    """Quarantined events, dead letters and portal tokens of the subject: deleted."""
+    quarantined = conn.execute(
+        "DELETE FROM quarantine WHERE namespace = ? AND subject = ?", (namespace, subject)
+    ).rowcount
+    quoted = msgspec.json.encode(subject)
+    ids = [
+        id_
+        for id_, raw in conn.execute("SELECT id, raw FROM dead_letters WHERE namespace = ?", (namespace,))
+        if _names(bytes(raw), subject, quoted)
+    ]
+    for chunk in _chunks(ids, 500):
+        marks = ",".join("?" * len(chunk))
+        conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", chunk)
+        conn.execute(f"DELETE FROM resubmissions WHERE dead_letter IN ({marks})", chunk)
+    tokens = conn.execute(
+        "DELETE FROM portal_tokens WHERE namespace = ? AND subject = ?", (namespace, subject)
+    ).rowcount
+    return {"quarantined": quarantined, "deadLetters": len(ids), "portalTokens": tokens}
+
+
+def _names(raw: bytes, subject: str, quoted: bytes) -> bool:
+    """Whether a dead letter belongs to the subject: its ``subject`` member is it, or (a body
+    that is not a JSON object) it holds the subject as a JSON string anywhere."""
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return quoted in raw or subject.encode() in raw
+    if isinstance(body, dict) and body.get("subject") == subject:
+        return True
+    return quoted in raw
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
