@@ -539,3 +539,34 @@ def test_every_connection_zeroes_what_it_deletes(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA secure_delete").fetchone() == (1,)
     finally:
         conn.close()
+
+
+def test_a_customer_whose_key_is_the_subject_keeps_its_usage_and_subscription_under_the_pseudonym(
+    tmp_path: Path,
+) -> None:
+    gen = build_api(tmp_path, billing={"scheduler_enabled": False})
+    api = next(gen)
+    try:
+        move_to(api, "2026-03-03T00:00:00Z")
+        ok(api.create_meter(slug="m_sum", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
+        ok(post(api, "/api/v1/customers", {"key": SUBJECT, "name": "Zed"}), 201)
+        ok(post(api, "/api/v1/billing/plans", PLAN), 201)
+        ok(post(api, "/api/v1/billing/plans/pro/versions/1/publish"))
+        subscribe(api, customer=SUBJECT)
+        r = api.post_events([zed(0, "2026-03-01T10:00:00Z", 5), zed(1, "2026-03-02T10:00:00Z", 7)])
+        assert r.status_code in (200, 202, 204), r.text
+        record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+        assert record["counts"]["customerKeys"] == 1
+        alias = record["pseudonym"]
+        customer = ok(get(api, f"/api/v1/customers/{alias}"))
+        assert customer["key"] == alias and customer["name"] == "Zed"
+        assert get(api, f"/api/v1/customers/{SUBJECT}").status_code == 404
+        q = [("from", "2026-03-01T00:00:00Z"), ("to", "2026-04-01T00:00:00Z"), ("subject", alias)]
+        assert [row["value"] for row in ok(api.query("m_sum", q))["data"]] == [12]
+        move_to(api, "2026-04-01T00:01:00Z")
+        created = run(api)["created"]
+        assert len(created) == 1  # the subscription still bills, now under the pseudonymous key
+        invoice = ok(get(api, f"/api/v1/invoices/{created[0]}"))
+        assert invoice["customer"] == alias and any(ln.get("quantity") == "12" for ln in invoice["lines"])
+    finally:
+        gen.close()

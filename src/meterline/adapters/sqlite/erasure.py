@@ -41,6 +41,7 @@ import msgspec
 from meterline.adapters.sqlite import rollups
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
+from meterline.adapters.sqlite.rekey import rekey_references
 from meterline.adapters.sqlite.schema import SECURE_DELETE_KEY, connect
 from meterline.adapters.sqlite.usage import ERASURE_GENERATION_KEY
 from meterline.domain.clock import rfc3339
@@ -359,7 +360,9 @@ def _move_usage(conn: sqlite3.Connection, namespace: str, subject: str, alias: s
         taken = conn.execute(
             "SELECT 1 FROM customers WHERE namespace = ? AND key = ? AND deleted_us IS NULL", (namespace, alias)
         ).fetchone()
-        conn.execute("UPDATE customers SET key = ? WHERE id = ?", (f"{alias}.{cid}" if taken else alias, cid))
+        new_key = f"{alias}.{cid}" if taken else alias
+        conn.execute("UPDATE customers SET key = ? WHERE id = ?", (new_key, cid))
+        rekey_references(conn, cid, new_key)  # its entitlements and subscriptions carry the key
         keys += 1
     return {"rollupRows": moved, "customerMappings": len(mapped), "customerKeys": keys}
 
