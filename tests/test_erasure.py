@@ -25,6 +25,7 @@ from conftest import Api, build_api, build_scale_api, make_key, start_server
 from test_billing_api import PLAN as BILLING_PLAN
 from test_billing_api import ev, get, move_to, ok, post, run, subscribe
 
+from meterline.adapters.sqlite import erasure_hours
 from meterline.adapters.sqlite.database import DB_FILE
 from meterline.adapters.sqlite.schema import connect
 
@@ -126,15 +127,19 @@ def verify(data_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def erased(tmp_path: Path) -> Iterator[tuple[Api, dict[str, Any]]]:
-    """An app whose subject was billed, then erased; with what was seen before the erasure."""
+@pytest.fixture(params=[2000, 1], ids=["hours-together", "hour-by-hour"])
+def erased(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Api, dict[str, Any]]]:
+    """An app whose subject was billed, then erased (its hours in one small writer task, or one
+    task per hour); with what was seen before the erasure."""
+    monkeypatch.setattr(erasure_hours, "CHUNK", request.param)
     gen = build_api(tmp_path, billing={"scheduler_enabled": False})
     api = next(gen)
     move_to(api, "2026-03-03T00:00:00Z")
     setup(api)
     ingest(api)
-    ok(post(api, "/api/v1/portal/tokens", {"subject": SUBJECT}))
+    token = ok(post(api, "/api/v1/portal/tokens", {"subject": SUBJECT}))["token"]
     move_to(api, "2026-04-01T00:01:00Z")
     numbers = run(api)["created"]
     assert numbers, "the March invoice is finalized before the erasure"
@@ -142,6 +147,7 @@ def erased(tmp_path: Path) -> Iterator[tuple[Api, dict[str, Any]]]:
         "answers": answers(api),
         "invoices": {n: get(api, f"/api/v1/invoices/{n}").content for n in numbers},
         "html": {n: get(api, f"/api/v1/invoices/{n}/html").content for n in numbers},
+        "token": token,
     }
     assert leaks(api.data_dir), "the subject's strings are in the files before the erasure"
     r = post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR request #118"})
@@ -162,6 +168,8 @@ def test_erasure_leaves_no_trace_in_the_files_and_keeps_totals_and_invoices(eras
     done = verify(api.data_dir)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 erased)" in done.stdout, done.stdout
+    report = ok(get(api, "/api/v1/reconciliation", **{"from": "2026-03-01", "to": "2026-03-31"}))
+    assert report["unexplained"] == 0, report["differences"]
     # the next month's invoice carries no adjustment: usage of the billed month did not move
     move_to(api, "2026-05-01T00:01:00Z")
     created = run(api)["created"]
@@ -235,6 +243,8 @@ def test_audit_record_says_who_when_why_and_how_much_never_the_subject(erased: t
     assert counts["rollupRows"] > 0
     listed = ok(get(api, "/api/v1/erasures"))
     assert listed["items"] == [record]
+    portal = api.client.get("/api/v1/portal/meters/m_sum/query", headers={"Authorization": f"Bearer {before['token']}"})
+    assert portal.status_code == 401, portal.text  # the subject's portal token is gone
     assert SUBJECT not in json.dumps(listed)
 
 
@@ -568,5 +578,36 @@ def test_a_customer_whose_key_is_the_subject_keeps_its_usage_and_subscription_un
         assert len(created) == 1  # the subscription still bills, now under the pseudonymous key
         invoice = ok(get(api, f"/api/v1/invoices/{created[0]}"))
         assert invoice["customer"] == alias and any(ln.get("quantity") == "12" for ln in invoice["lines"])
+    finally:
+        gen.close()
+
+
+def test_corrected_events_of_the_subject_are_erased_with_every_version(tmp_path: Path) -> None:
+    """An amend that moved an event to another hour (a key over two hours: the last pass) and a
+    void (its record is reduced too): totals, verify and rebuild hold, nothing is left."""
+    gen = build_api(tmp_path, billing={"scheduler_enabled": False})
+    api = next(gen)
+    try:
+        move_to(api, "2026-03-03T00:00:00Z")
+        setup(api)
+        ingest(api)
+        amended = {**zed(0, "2026-03-01T12:30:00Z", 6), "data": {"calls": 6, "region": "eu", "endpoint": "/x", "email": EMAIL}}
+        for key in ("id", "source", "specversion"):
+            amended.pop(key)
+        api.clock.advance(60)  # the amend is received after the original
+        r = post(api, f"/api/v1/events/{IDS[0]}/amend", {"source": "t", "reason": "wrong hour", "event": amended})
+        assert r.status_code == 201, r.text
+        r = post(api, f"/api/v1/events/{IDS[1]}/void", {"source": "t", "reason": "test traffic"})
+        assert r.status_code == 201, r.text
+        before = answers(api)
+        record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+        assert record["counts"]["ledgerEntries"] == 6 and record["counts"]["events"] == 4
+        assert answers(api) == before
+        assert leaks(api.data_dir) == {}
+        statuses = backfill(api, [zed(0, "2026-03-01T10:00:00Z", 5), zed(1, "2026-03-01T10:20:00Z", 9, "us")])
+        # compared with the version that counts (the amend), or the voided one
+        assert statuses == [("duplicate", True), ("duplicate", False)]
+        done = verify(api.data_dir)
+        assert done.returncode == 0, done.stdout + done.stderr
     finally:
         gen.close()

@@ -5,17 +5,19 @@
    edited by hand is refused, never laundered into a kept digest), and compute its erased form:
    erased key, pseudonym, keyed digest, payload reduced to what the live meters read (checked:
    every live meter reads the same from it), and the content digest before and after.
-2. **Apply** (writer tasks, so no ingest of the subject interleaves with one): each pass erases
-   the subject's entries up to the aggregator's offset (``cut``; entries the subject got since
-   step 1 are prepared in the task), so the rollups that move are exactly the fold of the
-   entries erased; a key's versions go together. Passes repeat, after waiting for the
+2. **Hour tasks** (``erasure_hours``): the entries of keys within one UTC hour, a few hours
+   per writer task, with those hours' rollups moved to the pseudonym.
+3. **Last pass** (writer tasks, so no ingest of the subject interleaves with one): erases what
+   remains up to the aggregator's offset (``cut``; entries the subject got since step 1 are
+   prepared in the task), so the rollups that move as a whole are exactly the fold of the
+   entries erased; a key's versions go together. It repeats, after waiting for the
    aggregator, until every entry acknowledged before the request is erased. In each pass:
    ledger rows rewritten and recorded in ``ledger_erased``; rollups, summaries, distinct
    values and meter subjects moved to the pseudonym; customer mappings and a customer key
    equal to the subject moved to it; quarantined events, dead letters and portal tokens of
    the subject deleted; correction reasons of its entries replaced; the audit row written
-   (the first pass) or its counts added to. Each pass commits as a whole.
-3. **After COMMIT**: live counters reload, the WAL is checkpointed and truncated (the frames
+   (by the first task) or its counts added to. Each task commits as a whole.
+4. **After the last COMMIT**: live counters reload, the WAL is checkpointed and truncated (the frames
    that held the old rows), and a store from before ``secure_delete`` is vacuumed once.
 
 Entries of the subject acknowledged before the request are erased; those acknowledged while it
@@ -31,8 +33,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -40,6 +41,7 @@ import msgspec
 
 from meterline.adapters.sqlite import rollups
 from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.erasure_hours import Rewrite, chunks, erased, hour_batches, move_hours, ready_hours
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.rekey import rekey_references
 from meterline.adapters.sqlite.schema import SECURE_DELETE_KEY, connect
@@ -73,19 +75,6 @@ ATTEMPTS = 20
 ERASED_REASON = "(erased with the subject)"
 
 
-@dataclass(frozen=True, slots=True)
-class _Rewrite:
-    seq: int
-    source: str
-    id: str
-    subject: str
-    digest: bytes
-    raw: bytes
-    kept: bytes
-    content: bytes
-    key_hash: int
-
-
 class SqliteErasures:
     def __init__(self, db: Database, state: IngestState, now_us: Callable[[], int]) -> None:
         self._db = db
@@ -97,11 +86,20 @@ class SqliteErasures:
 
     def erase(self, request: ErasureRequest) -> ErasureRecord:
         with self._lock:
-            prepared, requested_at = self._prepare(self._db.reader(), request, 0)
+            reader = self._db.reader()
+            prepared, requested_at = self._prepare(reader, request, 0)
+            dead = _dead_letters(reader, request, 0)
             record: ErasureRecord | None = None
+            meters = reader.execute("SELECT count(*) FROM meters WHERE namespace = ?", (request.namespace,))
+            for hours in hour_batches(prepared, int(meters.fetchone()[0])):  # small writer tasks first (erasure_hours)
+                hourly = functools.partial(self._apply_hours, req=request, hours=hours, requested_at=requested_at)
+                record = self._db.writer.call(functools.partial(hourly, record=record))
+                self.changed()
             remaining = True
             for _ in range(ATTEMPTS):
-                one_pass = functools.partial(self._apply, req=request, prepared=prepared, requested_at=requested_at)
+                one_pass = functools.partial(
+                    self._apply, req=request, prepared=prepared, requested_at=requested_at, dead=dead
+                )
                 record, remaining = self._db.writer.call(functools.partial(one_pass, record=record))
                 if not remaining:
                     break
@@ -130,7 +128,7 @@ class SqliteErasures:
 
     def _prepare(
         self, conn: sqlite3.Connection, req: ErasureRequest, after: int, upto: int | None = None
-    ) -> tuple[list[_Rewrite], int]:
+    ) -> tuple[list[Rewrite], int]:
         """The erased form of the subject's entries in ``(after, upto]`` (and of every version of
         their keys not erased yet), and the ledger head they were read at."""
         head = int(conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0])
@@ -142,13 +140,14 @@ class SqliteErasures:
                 (after, last, req.namespace, req.subject),
             )
         ]
-        versions = [s for s in _versions(conn, seqs) if not _erased(conn, s)]
+        every = _versions(conn, seqs)
+        versions = sorted(set(every) - erased(conn, every))
         secret = self._state.dedupe.erasure_secret
         alias = pseudonym(secret, req.namespace, req.subject)
         paths = _paths(conn)
         voids = _voids(conn, versions)
         out = []
-        for chunk in _chunks(versions, 500):
+        for chunk in chunks(versions, 500):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(f"SELECT {_ROW} FROM events WHERE seq IN ({marks}) ORDER BY seq", chunk):
                 out.append(self._rewrite(conn, row, req.subject, alias, paths, row[0] in voids))
@@ -162,7 +161,7 @@ class SqliteErasures:
         alias: str,
         paths: dict[tuple[str, str], list[CompiledMeter]],
         void: bool,
-    ) -> _Rewrite:
+    ) -> Rewrite:
         seq, ns, src, id_, type_, subj, time_us, received_us, digest, raw, chain = row
         kept = content_digest(ns, src, id_, type_, subj, time_us, received_us, digest, raw)
         previous = conn.execute("SELECT chain FROM events WHERE seq = ?", (seq - 1,)).fetchone()
@@ -185,7 +184,7 @@ class SqliteErasures:
             ns, ERASED_SOURCE, new_id, type_, new_subject, time_us, received_us, new_digest, new_raw
         )
         key_hash = self._state.dedupe.key_hash(ns, src, id_)
-        return _Rewrite(seq, ERASED_SOURCE, new_id, new_subject, new_digest, new_raw, kept, content, key_hash)
+        return Rewrite(seq, ERASED_SOURCE, new_id, new_subject, new_digest, new_raw, kept, content, key_hash, time_us)
 
     # -- 2. apply ---------------------------------------------------------------------------
 
@@ -193,38 +192,76 @@ class SqliteErasures:
         self,
         conn: sqlite3.Connection,
         req: ErasureRequest,
-        prepared: list[_Rewrite],
+        prepared: list[Rewrite],
         requested_at: int,
+        dead: tuple[list[int], int],
         record: ErasureRecord | None,
     ) -> tuple[ErasureRecord, bool]:
         """One pass: erase every entry of the subject up to the aggregator's offset (``cut``),
         whose rollups are then exactly the fold of those entries. Returns the audit record and
         whether entries from before the request remain (not aggregated yet: another pass)."""
-        self._state.load(conn)
         cut = int(conn.execute("SELECT value FROM meta WHERE key = 'aggregated_seq'").fetchone()[0])
         late = self._prepare(conn, req, requested_at, cut)[0] if cut > requested_at else []
-        keys: dict[str, list[_Rewrite]] = {}
+        keys: dict[str, list[Rewrite]] = {}
+        done = erased(conn, [r.seq for r in prepared + late])
         for r in prepared + late:
-            if not _erased(conn, r.seq):
+            if r.seq not in done:
                 keys.setdefault(r.id, []).append(r)  # the versions of one key go together
         ready = [r for versions in keys.values() if max(v.seq for v in versions) <= cut for r in versions]
         remaining = any(v.seq <= requested_at for vs in keys.values() if max(x.seq for x in vs) > cut for v in vs)
         alias = pseudonym(self._state.dedupe.erasure_secret, req.namespace, req.subject)
-        if record is None:
-            now = self._now_us()
-            row = conn.execute(
-                "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, through_seq, counts)"
-                " VALUES (?,?,?,?,?,?,'{}') RETURNING id",
-                (req.namespace, now, req.actor, req.reason, alias, cut),
-            ).fetchone()
-            record = ErasureRecord(int(row[0]), req.namespace, now, req.actor, req.reason, alias, {}, cut)
+        record = record or self._start(conn, req, alias, cut)
         counts = {"ledgerEntries": self._rewrite_ledger(conn, ready, record.id)}
         counts["events"] = len({r.id for r in ready})
         counts |= _move_usage(conn, req.namespace, req.subject, alias)
-        counts |= _delete_held(conn, req.namespace, req.subject)
+        dead_ids, dead_last = dead
+        counts |= _delete_held(conn, req.namespace, req.subject, [*dead_ids, *_dead_letters(conn, req, dead_last)[0]])
         if not record.counts and not remaining and not any(counts.values()):
             raise subject_not_found()
-        total = {k: record.counts.get(k, 0) + v for k, v in counts.items()}
+        return self._finish(conn, record, counts, cut), remaining
+
+    def _apply_hours(
+        self,
+        conn: sqlite3.Connection,
+        req: ErasureRequest,
+        hours: dict[int, list[Rewrite]],
+        requested_at: int,
+        record: ErasureRecord | None,
+    ) -> ErasureRecord | None:
+        """A small pass (``erasure_hours``): the entries of whole UTC hours and those hours'
+        rollups; the customer maps the pseudonym beside the subject until the last pass."""
+        cut = int(conn.execute("SELECT value FROM meta WHERE key = 'aggregated_seq'").fetchone()[0])
+        ready, done = ready_hours(conn, req, hours, requested_at, cut)
+        if not ready:
+            return record
+        alias = pseudonym(self._state.dedupe.erasure_secret, req.namespace, req.subject)
+        record = record or self._start(conn, req, alias, cut)
+        counts = {"ledgerEntries": self._rewrite_ledger(conn, ready, record.id), "events": len({r.id for r in ready})}
+        counts["rollupRows"] = move_hours(conn, req.namespace, req.subject, alias, done)
+        conn.execute(
+            "INSERT OR IGNORE INTO customer_subjects SELECT namespace, ?, customer FROM customer_subjects"
+            " WHERE namespace = ? AND subject = ?",
+            (alias, req.namespace, req.subject),
+        )
+        return self._finish(conn, record, counts, cut)
+
+    def _start(self, conn: sqlite3.Connection, req: ErasureRequest, alias: str, cut: int) -> ErasureRecord:
+        """The audit record, written by the first pass that erases anything."""
+        now = self._now_us()
+        row = conn.execute(
+            "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, through_seq, counts)"
+            " VALUES (?,?,?,?,?,?,'{}') RETURNING id",
+            (req.namespace, now, req.actor, req.reason, alias, cut),
+        ).fetchone()
+        return ErasureRecord(int(row[0]), req.namespace, now, req.actor, req.reason, alias, {}, cut)
+
+    def _finish(
+        self, conn: sqlite3.Connection, record: ErasureRecord, counts: dict[str, int], cut: int
+    ) -> ErasureRecord:
+        """Add a pass's counts to the audit record; tell the aggregator and the ack path."""
+        total = dict(record.counts)
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
         conn.execute(
             "UPDATE erasures SET counts = ?, through_seq = ? WHERE id = ?", (msgspec.json.encode(total), cut, record.id)
         )
@@ -235,9 +272,9 @@ class SqliteErasures:
         )
         self._state.invalidate()  # the customers' subjects changed
         self._state.recent.clear()  # entries in memory still carry the subject
-        return dataclasses.replace(record, counts=total, through_seq=cut), remaining
+        return dataclasses.replace(record, counts=total, through_seq=cut)
 
-    def _rewrite_ledger(self, conn: sqlite3.Connection, rewrites: Sequence[_Rewrite], erasure: int) -> int:
+    def _rewrite_ledger(self, conn: sqlite3.Connection, rewrites: Sequence[Rewrite], erasure: int) -> int:
         conn.executemany(
             "UPDATE events SET source = ?, id = ?, subject = ?, digest = ?, raw = ? WHERE seq = ?",
             [(r.source, r.id, r.subject, r.digest, r.raw, r.seq) for r in rewrites],
@@ -271,19 +308,27 @@ class SqliteErasures:
             conn.close()
 
 
-def _erased(conn: sqlite3.Connection, seq: int) -> bool:
-    return conn.execute("SELECT 1 FROM ledger_erased WHERE seq = ?", (seq,)).fetchone() is not None
+def _dead_letters(conn: sqlite3.Connection, req: ErasureRequest, after: int) -> tuple[list[int], int]:
+    """The dead letters of the subject with an id after ``after``, and the last id looked at."""
+    quoted = msgspec.json.encode(req.subject)
+    ids, last = [], after
+    rows = conn.execute("SELECT id, namespace, raw FROM dead_letters WHERE id > ? ORDER BY id", (after,))
+    for id_, namespace, raw in rows:
+        last = id_
+        if namespace == req.namespace and _names(bytes(raw), req.subject, quoted):
+            ids.append(id_)
+    return ids, last
 
 
 def _versions(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[int]:
     """``seqs`` and every other version of their keys (the original and its corrections)."""
     originals: set[int] = set()
-    for chunk in _chunks(list(seqs), 500):
+    for chunk in chunks(list(seqs), 500):
         marks = ",".join("?" * len(chunk))
         found = dict(conn.execute(f"SELECT seq, original FROM corrections WHERE seq IN ({marks})", chunk).fetchall())
         originals.update(found.get(s, s) for s in chunk)
     out = set(seqs) | originals
-    for chunk in _chunks(sorted(originals), 500):
+    for chunk in chunks(sorted(originals), 500):
         marks = ",".join("?" * len(chunk))
         out.update(s for (s,) in conn.execute(f"SELECT seq FROM corrections WHERE original IN ({marks})", chunk))
     return sorted(out)
@@ -291,7 +336,7 @@ def _versions(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[int]:
 
 def _voids(conn: sqlite3.Connection, seqs: Sequence[int]) -> set[int]:
     out: set[int] = set()
-    for chunk in _chunks(list(seqs), 500):
+    for chunk in chunks(list(seqs), 500):
         marks = ",".join("?" * len(chunk))
         sql = f"SELECT seq FROM corrections WHERE action = 'void' AND seq IN ({marks})"
         out.update(s for (s,) in conn.execute(sql, chunk))
@@ -367,25 +412,21 @@ def _move_usage(conn: sqlite3.Connection, namespace: str, subject: str, alias: s
     return {"rollupRows": moved, "customerMappings": len(mapped), "customerKeys": keys}
 
 
-def _delete_held(conn: sqlite3.Connection, namespace: str, subject: str) -> dict[str, int]:
-    """Quarantined events, dead letters and portal tokens of the subject: deleted."""
+def _delete_held(conn: sqlite3.Connection, namespace: str, subject: str, dead: list[int]) -> dict[str, int]:
+    """Quarantined events, dead letters (``dead``: found by :func:`_dead_letters`) and portal
+    tokens of the subject: deleted."""
     quarantined = conn.execute(
         "DELETE FROM quarantine WHERE namespace = ? AND subject = ?", (namespace, subject)
     ).rowcount
-    quoted = msgspec.json.encode(subject)
-    ids = [
-        id_
-        for id_, raw in conn.execute("SELECT id, raw FROM dead_letters WHERE namespace = ?", (namespace,))
-        if _names(bytes(raw), subject, quoted)
-    ]
-    for chunk in _chunks(ids, 500):
+    deleted = 0
+    for chunk in chunks(dead, 500):
         marks = ",".join("?" * len(chunk))
-        conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", chunk)
+        deleted += conn.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", chunk).rowcount
         conn.execute(f"DELETE FROM resubmissions WHERE dead_letter IN ({marks})", chunk)
     tokens = conn.execute(
         "DELETE FROM portal_tokens WHERE namespace = ? AND subject = ?", (namespace, subject)
     ).rowcount
-    return {"quarantined": quarantined, "deadLetters": len(ids), "portalTokens": tokens}
+    return {"quarantined": quarantined, "deadLetters": deleted, "portalTokens": tokens}
 
 
 def _names(raw: bytes, subject: str, quoted: bytes) -> bool:
@@ -398,8 +439,3 @@ def _names(raw: bytes, subject: str, quoted: bytes) -> bool:
     if isinstance(body, dict) and body.get("subject") == subject:
         return True
     return quoted in raw
-
-
-def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -20,6 +20,7 @@ from meterline.domain.decimals import add, stored
 from meterline.domain.meters.fold import Fold, Key
 from meterline.domain.meters.model import Aggregation
 from meterline.domain.meters.query import BucketState, too_many_rows
+from meterline.domain.meters.windows import BUCKETS
 
 ZERO = Decimal(0)
 
@@ -52,6 +53,34 @@ def upsert(table: str, aggregation: Aggregation) -> str:
         f"INSERT INTO {table} VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
         f"ON CONFLICT (meter, level, subject, bucket, group_key) DO UPDATE SET {_COLUMNS[aggregation]}"
     )
+
+
+def move_subject_range(
+    conn: sqlite3.Connection, meter: int, aggregation: Aggregation, old: str, new: str, start: int, end: int
+) -> int:
+    """:func:`move_subject` for the rollup and distinct-value buckets in ``[start, end)`` (epoch
+    seconds, whole hours: every bucket size lies inside an hour); the caller folds the
+    summaries of those hours again (``summaries.refresh``)."""
+    moved = 0
+    # every bucket size named, so each statement seeks the (meter, level, subject, bucket) key
+    levels = ",".join(str(level) for level in BUCKETS)
+    where = f"WHERE meter = ? AND level IN ({levels}) AND subject = ? AND bucket >= ? AND bucket < ?"
+    if aggregation in _COLUMNS:
+        conn.execute(
+            "INSERT INTO rollups SELECT meter, level, ?, bucket, group_key, cnt, total, low, high, last_t,"
+            f" last_seq, last_v FROM rollups {where}"
+            f" ON CONFLICT (meter, level, subject, bucket, group_key) DO UPDATE SET {_COLUMNS[aggregation]}",
+            (new, meter, old, start, end),
+        )
+        moved += conn.execute(f"DELETE FROM rollups {where}", (meter, old, start, end)).rowcount
+    conn.execute(
+        f"INSERT OR IGNORE INTO uniques SELECT meter, level, ?, bucket, group_key, value FROM uniques {where}",
+        (new, meter, old, start, end),
+    )
+    moved += conn.execute(f"DELETE FROM uniques {where}", (meter, old, start, end)).rowcount
+    if moved:
+        conn.execute("INSERT OR IGNORE INTO meter_subjects VALUES (?, ?)", (meter, new))
+    return moved
 
 
 def move_subject(conn: sqlite3.Connection, meter: int, aggregation: Aggregation, old: str, new: str) -> int:

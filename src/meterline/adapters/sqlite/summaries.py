@@ -268,6 +268,25 @@ def refresh(
     _replace(conn, summaries, aggregation, (meter, MONTH, subject), month, end, rows)
 
 
+def refresh_subject(
+    conn: sqlite3.Connection, meter: int, aggregation: Aggregation, subject: str, days: set[int]
+) -> None:
+    """Fold ``subject``'s day rows of ``days`` (their first seconds) and the month rows that
+    hold them again from its hour rollups: for a writer that moved whole hours of rollups from
+    one subject to another (an erasure), which leaves every meter-wide row as it was."""
+    if aggregation is Aggregation.UNIQUE_COUNT:
+        return
+    columns = "bucket, cnt, total, low, high, last_t, last_seq, last_v"
+    one = " WHERE meter = ? AND level = ? AND subject = ? AND bucket >= ? AND bucket < ?"
+    for day in sorted(days):
+        rows = conn.execute(f"SELECT {columns} FROM rollups{one}", (meter, HOUR, subject, day, day + DAY)).fetchall()
+        _replace(conn, "summaries", aggregation, (meter, DAY, subject), day, day + DAY, rows)
+    for month in sorted({month_of(day) for day in days}):
+        end = next_month(month)
+        rows = conn.execute(f"SELECT {columns} FROM summaries{one}", (meter, DAY, subject, month, end)).fetchall()
+        _replace(conn, "summaries", aggregation, (meter, MONTH, subject), month, end, rows)
+
+
 def _replace(
     conn: sqlite3.Connection,
     table: str,
