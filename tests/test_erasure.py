@@ -591,7 +591,10 @@ def test_corrected_events_of_the_subject_are_erased_with_every_version(tmp_path:
         move_to(api, "2026-03-03T00:00:00Z")
         setup(api)
         ingest(api)
-        amended = {**zed(0, "2026-03-01T12:30:00Z", 6), "data": {"calls": 6, "region": "eu", "endpoint": "/x", "email": EMAIL}}
+        amended = {
+            **zed(0, "2026-03-01T12:30:00Z", 6),
+            "data": {"calls": 6, "region": "eu", "endpoint": "/x", "email": EMAIL},
+        }
         for key in ("id", "source", "specversion"):
             amended.pop(key)
         api.clock.advance(60)  # the amend is received after the original
