@@ -30,7 +30,7 @@ def write_config(stack: Stack, path: Path, name: str, dsn: str, partitions: int 
     path.write_text(
         stack.config_toml()
         .replace(f'dsn = "{stack.postgres}"', f'dsn = "{dsn}"')
-        .replace('topic = "meterline-events"', f'topic = "{name}"')
+        .replace('topic = "meterline-events"', f'topic = "{name}"\nconsumer_group = "{name}"')  # groups unshared
         .replace("partitions = 4", f"partitions = {partitions}")
         .replace('database = "meterline"', f'database = "{name}"')
         .replace(f'data_dir = "{stack.dir}/node-data"', f'data_dir = "{path.parent}/node-data"')

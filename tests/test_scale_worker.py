@@ -23,6 +23,7 @@ from postgres_server import fresh_schema
 from stack.launch import Stack
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.reads import ClickHouseProgress
 from meterline.adapters.clickhouse.usage import ClickHouseUsage
 from meterline.adapters.kafka.ledger import KafkaLedger, ensure_topic
 from meterline.adapters.memory.dedupe import MemoryDedupe
@@ -35,6 +36,7 @@ from meterline.domain.clock import FixedClock
 from meterline.domain.errors import StorageUnavailable
 from meterline.domain.events.decode import decode_events, split_body
 from meterline.domain.events.model import Status
+from meterline.domain.meters.model import Aggregation, MeterSpec
 from meterline.domain.meters.query import MeterQuery
 from meterline.ports.dedupe import EventKey, Verdict
 
@@ -57,7 +59,7 @@ def _config(scale_stack: Stack, name: str, path: Path, dsn: str) -> Iterator[Pat
     path.write_text(
         scale_stack.config_toml()
         .replace(f'dsn = "{scale_stack.postgres}"', f'dsn = "{dsn}"')
-        .replace('topic = "meterline-events"', f'topic = "{name}"')
+        .replace('topic = "meterline-events"', f'topic = "{name}"\nconsumer_group = "{name}"')  # groups unshared
         .replace("partitions = 4", f"partitions = {PARTITIONS}")
         .replace('database = "meterline"', f'database = "{name}"')
         + '\n[aggregation]\nchunk = 300\n[ingest]\nlate_arrival_window = "P3650D"\n'
@@ -172,3 +174,64 @@ def test_an_append_no_broker_acknowledged_fails_instead_of_answering(tmp_path: P
         ledger.close()
     keys = [EventKey(NS, "load", f"e{i}", c.event.digest) for i, c in enumerate(candidates) if c.event]
     assert dedupe.claim(keys).verdicts == [Verdict.CLAIMED] * 3  # released: a retry is not held up
+
+
+def test_a_meter_created_later_counts_earlier_events_once_across_a_killed_worker(
+    scale_config: Path, tmp_path: Path
+) -> None:
+    """A meter created when every partition already holds events: the workers fold those from
+    the raw table (idle partitions too), exactly once although a worker is killed mid-way, and
+    the events after its creation count once as well; partial minutes agree with the rollups."""
+    config = load_config(scale_config)
+    k = config.kafka
+    ensure_topic(k.bootstrap_servers, k.topic, k.partitions, 1)
+    pg = PgDatabase(config.postgres.dsn)
+    meters = PgMeters(pg, lambda: T0 * 1_000_000)
+    ensure_scale_meters(config, meters)
+    dedupe = scale_dedupe(config, pg, FixedClock(T0 * 1_000_000))
+    ledger = KafkaLedger(k.bootstrap_servers, k.topic, meters, dedupe, lambda: T0 * 1_000_000, cap=1000)
+    conn = Connection(config.clickhouse.url, config.clickhouse.database)
+    usage = ClickHouseUsage(conn, meters.live, lambda: T0 * 1_000_000)
+    progress = ClickHouseProgress(conn, k.topic)
+    logs = tmp_path / "workers.log"
+    worker = start_worker(scale_config, logs)
+    total = 3000
+
+    def append(first: int, n: int) -> None:
+        candidates = decode_events(split_body(body(first, n), "batch", 10_000), NS, T0 * 1_000_000, LIMITS)
+        assert {o.status for o in ledger.append(NS, candidates).result(60)} == {Status.ACCEPTED}
+
+    try:
+        append(0, total)
+        wait_for(lambda: applied(usage, meters) == total, f"{total} events in ClickHouse", timeout=600)
+        slug = "later"
+        spec = MeterSpec(slug, "prompt", Aggregation.SUM, value_property="$.tokens")
+        later = meters.create(NS, spec)
+        started = "SELECT count() FROM usage_progress WHERE startsWith(stream, {p:String})"
+        wait_for(lambda: conn.rows(started, {"p": f"backfill:{later.key}:"})[0][0] > 0, "the backfill", timeout=300)
+        worker.send_signal(signal.SIGKILL)  # wherever it is in the backfill
+        worker.wait()
+        append(total, 600)  # after the meter's creation: counted live, not by the backfill
+        total += 600
+        worker = start_worker(scale_config, logs)
+        done = lambda: not progress.backfilling() and applied(usage, meters) == total  # noqa: E731
+        wait_for(done, "the backfill to finish", timeout=600)
+        want = sum((Decimal(f"{i}.{i % 7}") for i in range(total)), Decimal(0))
+        feb10 = T0 - 19 * 86_400 - 7200  # 2026-02-10T10:00:00Z: events at 10:00:00.000-.999
+        whole, partial = MeterQuery(start=0, end=T0), MeterQuery(start=feb10, end=T0, start_us=feb10 * 10**6 + 500_000)
+        for query in (whole, partial):
+            sums = [sum((r.value for r in usage.query(meters.get(NS, m), query)), Decimal(0)) for m in ("tokens", slug)]
+            assert sums[0] == sums[1]
+        assert sums[1] < want
+        assert sum((r.value for r in usage.query(later, whole)), Decimal(0)) == want
+        by_subject = MeterQuery(start=0, end=T0, group_by=("subject",))
+        tokens = meters.get(NS, "tokens")
+        rows = [sorted((r.subject, r.value) for r in usage.query(m, by_subject)) for m in (tokens, later)]
+        assert rows[0] == rows[1] and len(rows[1]) == 13
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=30)
+        ledger.close()
+        conn.close()
+        pg.close()

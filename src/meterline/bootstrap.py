@@ -691,7 +691,7 @@ def open_worker(config: Config) -> Worker:
     conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
     try:
         ensure_scale_meters(config, meters)
-        store = ClickHouseSink(conn, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention)
+        store = ClickHouseSink(conn, meters.live, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention)
         partitions = KafkaPartitions(
             k.bootstrap_servers,
             k.topic,

@@ -159,7 +159,21 @@ class NotedUsage:
 
     def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
         self.note()
+        self._backfilled(meter)
         return self._usage.query(meter, query)
+
+    def _backfilled(self, meter: Meter) -> None:
+        """A meter created after events arrived: wait, as the read's freshness asks and at most
+        ``max_wait``, until the workers have folded those events into it."""
+        record = freshness.current()
+        if record is None or not record.wait:
+            return
+        deadline = time.monotonic() + self._max_wait
+        while meter.key in self._progress.backfilling():
+            if time.monotonic() >= deadline:
+                log.warning("usage read of a meter whose backfill is not finished", extra={"meter": meter.slug})
+                return
+            time.sleep(self._pause)
 
 
 class NoCorrections:
@@ -227,7 +241,7 @@ class ScaleStatus:
         return self._progress.applied().records
 
     def pending_backfill(self) -> int:
-        return 0
+        return sum(self._progress.backfilling().values())
 
     def stale_views(self) -> list[str]:
         return []

@@ -54,6 +54,19 @@ class PartitionLog(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class StreamBackfill:
+    """What a meter still lacks of one stream: the entries ``(done, to]`` the stream held when
+    the meter was first applied to it (they were folded before the meter existed)."""
+
+    meter: int
+    stream: str
+    done: int
+    to: int
+    pending_end: int | None = None
+    """A range ``(done, pending_end]`` recorded and not finished: the next write is exactly it."""
+
+
 StartAt = Callable[[Sequence[str]], dict[str, int]]
 """Given newly assigned streams, where to start reading each (the store's ``done``)."""
 
@@ -72,5 +85,25 @@ class SinkStore(Protocol):
     ) -> bool:
         """Apply ``entries`` (the range ``(start, end]``), folded through ``meters`` into
         ``replay``, exactly once: raw events and usage together with the new position. False,
-        writing nothing, when the stream is not at ``start`` or a recorded range ends elsewhere."""
+        writing nothing, when the stream is not at ``start``, a recorded range ends elsewhere,
+        or ``meters`` are not the live meters (the batch must be computed again).
+
+        A live meter applied to the stream for the first time gets a backfill of what the
+        stream held before this range (:meth:`backfills`)."""
+        ...
+
+    def backfills(self, streams: Sequence[str], meters: frozenset[int]) -> list[StreamBackfill]:
+        """The unfinished backfills of live meters on ``streams``, once each of ``meters`` not
+        yet applied to a stream has its backfill started there (up to the stream's position:
+        only the stream's one writer may call this, between its writes)."""
+        ...
+
+    def entries(self, stream: str, after: int, end: int, limit: int) -> list[LedgerEntry]:
+        """The applied entries of ``stream`` with ``after < seq <= end``, in order, at most ``limit``."""
+        ...
+
+    def write_backfill(self, meter: int, stream: str, start: int, end: int, replay: Replay) -> bool:
+        """Apply the range ``(start, end]`` of a meter's backfill on ``stream``, folded into
+        ``replay``, exactly once (as :meth:`write`). False, writing nothing, when the backfill is
+        not at ``start``, a recorded range ends elsewhere, or ``end`` is past its end."""
         ...

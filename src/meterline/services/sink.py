@@ -18,12 +18,19 @@ Each step:
    from it, then records the new position;
 5. commits the partition's offset to the log (for lag metrics; a crash before it only makes the
    next consumer re-read entries the store skips).
+
+A meter created after a partition has entries counts them through a backfill: the store
+records, with the first batch that applies the meter, what the partition held before it
+(``SinkStore.backfills``); the partition's owner then folds those entries from the store's
+raw events, in order, a chunk at a time, through the meter alone, exactly once by the same
+range protocol (a chunk redone after a crash is the same range).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -56,7 +63,10 @@ class SinkWorker:
         cap: int,
         max_entries: int = 20_000,
         poll_timeout: float = 0.2,
+        meters_every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``meters_every``: how often (seconds) an idle worker looks for new meters to backfill."""
         self._log = partitions
         self._store = store
         self._meters = meters
@@ -69,6 +79,13 @@ class SinkWorker:
         self._compiled: dict[int, CompiledMeter] = {}
         self._known: tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]] | None = None
         self._stop = threading.Event()
+        self._every = meters_every
+        self._clock = clock
+        self._looked = -meters_every
+        self._held: set[str] = set()
+        self._backfilling = True
+        """Backfills may be unfinished on the held streams (a new meter, a new assignment, or
+        the last look found some)."""
         self.stats = SinkStats()
 
     def run(self, error_pause: float = 1.0) -> None:
@@ -94,7 +111,13 @@ class SinkWorker:
         for stream in [s for s in self._carry if s not in held]:  # revoked: its new owner goes on
             del self._carry[stream]
             self._positions.pop(stream, None)
-        return sum(self._flush(stream) for stream in list(self._carry))
+        applied = sum(self._flush(stream) for stream in list(self._carry))
+        if held != self._held:
+            self._held, self._backfilling = set(held), True
+        if self._clock() - self._looked >= self._every:  # an idle worker notices new meters too
+            self._looked = self._clock()
+            self._live()
+        return applied + (self._backfill(held) if self._backfilling and held else 0)
 
     def _flush(self, stream: str) -> int:
         position = self._position(stream)
@@ -128,6 +151,27 @@ class SinkWorker:
         self.stats.skipped += len(batch) - len(counted)
         return len(batch)
 
+    def _backfill(self, held: set[str]) -> int:
+        """One chunk of each unfinished backfill of the held streams; how many entries it folded."""
+        folded = 0
+        pending = self._store.backfills(sorted(held), frozenset(self._compiled))
+        self._backfilling = bool(pending)
+        for b in pending:
+            compiled = self._compiled.get(b.meter)
+            if compiled is None:
+                continue  # not live in this worker's view yet: its next batch brings it
+            end = b.pending_end if b.pending_end is not None else b.to
+            entries = self._store.entries(b.stream, b.done, end, self._max)
+            if b.pending_end is None and len(entries) == self._max:
+                end = entries[-1].seq  # a chunk; the rest in the next step
+            groups, subjects = self._store.known([b.meter])
+            replay = Replay(self._cap, groups, subjects)
+            replay.apply([compiled], entries)
+            if self._store.write_backfill(b.meter, b.stream, b.done, end, replay):
+                folded += len(entries)
+                self._known = None  # the backfill's group values and subjects count toward the cap
+        return folded
+
     def _confirmed(self, batch: list[LogEntry]) -> list[LedgerEntry]:
         """The entries whose claim holds, in order (those written without a claim count)."""
         by_token: dict[str, list[LogEntry]] = {}
@@ -156,6 +200,7 @@ class SinkWorker:
             if key not in self._compiled:
                 self._compiled[key] = CompiledMeter(meter)
                 self._known = None
+                self._backfilling = True
         return list(self._compiled.values())
 
     def _known_dims(self, compiled: list[CompiledMeter]) -> tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]]:

@@ -137,6 +137,21 @@ class ClickHouseProgress:
         stamps: Sequence[int] = [int(r[2]) for r in rows if int(r[2]) > 0]
         return Applied(sum(done.values()), min(stamps, default=0), done)
 
+    def backfilling(self) -> dict[int, int]:
+        """Per meter created after its topic's partitions had entries: how many positions of
+        them its backfills still have to fold (meters with nothing left are absent)."""
+        rows = self._conn.rows(
+            "SELECT stream, done, to FROM usage_progress FINAL"
+            " WHERE startsWith(stream, 'backfill:') AND position(stream, {p:String}) > 0 AND done < to",
+            {"p": f":{self._prefix}"},
+        )
+        left: dict[int, int] = {}
+        for stream, done, to in rows:
+            meter, _, partition = stream[len("backfill:") :].partition(":")
+            if meter.isdigit() and partition.startswith(self._prefix):
+                left[int(meter)] = left.get(int(meter), 0) + int(to) - int(done)
+        return left
+
     def probe(self) -> None:
         """One round trip; raises ``StorageUnavailable`` when ClickHouse does not answer."""
         self._conn.rows("SELECT 1")

@@ -1,30 +1,65 @@
 """The sink workers' store on ClickHouse (``ports.sink.SinkStore``): raw events and usage of
 log partitions, exactly once, by the protocol of :mod:`.progress` (one stream per partition):
 
-1. a write that does not start at the partition's stored position, or does not end where a
-   recorded range ends, is refused;
+1. a write that does not start at the partition's stored position, does not end where a
+   recorded range ends, or was folded for other meters than the live ones, is refused;
 2. the range and the meters it covers are recorded before anything is inserted;
-3. raw events, rollup states, UNIQUE_COUNT values and new group values / subjects are inserted,
+3. a live meter applied to the partition for the first time gets its backfill stream
+   ``backfill:<meter>:<partition>`` over ``(0, to]``: ``to`` is where this range starts, or
+   where it ends when a crash left it recorded without that meter (the range is then redone
+   for its recorded meters only);
+4. raw events, rollup states, UNIQUE_COUNT values and new group values / subjects are inserted,
    each under the token ``<topic>:<partition>:<start>-<end>:<table>`` (a batch repeated after a
    crash is the same range, so the same tokens: ClickHouse drops what had landed);
-4. the new position is recorded, with the receipt time of the newest event applied.
+5. the new position is recorded, with the receipt time of the newest event applied.
+
+A backfill range goes the same way on its own stream: recorded, its rollups inserted under
+its own tokens, then done. It folds the partition's raw events, so it sees what the raw
+table still holds (``clickhouse.raw_retention``).
+
+A partition written before backfills existed (a position but no backfill streams) gets
+finished backfill streams for the meters live then: they counted from their creation on, as
+before, and are not folded a second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import EVENTS, create
-from meterline.adapters.clickhouse.usage import read_dims, write_usage
+from meterline.adapters.clickhouse.usage import raw_rows, read_dims, write_usage
 from meterline.domain.meters.fold import LedgerEntry, Replay
-from meterline.ports.sink import Position
+from meterline.domain.meters.model import Meter
+from meterline.ports.sink import Position, StreamBackfill
+
+_PREFIX = "backfill:"
+
+
+def backfill_stream(meter: int, stream: str) -> str:
+    return f"{_PREFIX}{meter}:{stream}"
+
+
+def split_backfill(name: str) -> tuple[int, str] | None:
+    """``(meter, partition stream)`` of a partition's backfill stream (None for other streams)."""
+    if not name.startswith(_PREFIX):
+        return None
+    meter, sep, stream = name[len(_PREFIX) :].partition(":")
+    return (int(meter), stream) if sep and meter.isdigit() else None
 
 
 class ClickHouseSink:
-    def __init__(self, conn: Connection, *, dedupe_window: int = 10_000, raw_retention_seconds: int | None = None):
+    def __init__(
+        self,
+        conn: Connection,
+        meters: Callable[[], Sequence[Meter]],
+        *,
+        dedupe_window: int = 10_000,
+        raw_retention_seconds: int | None = None,
+    ):
         self._conn = conn
+        self._meters = meters
         self._progress = ProgressTable(conn)
         create(conn, dedupe_window, raw_retention_seconds)
 
@@ -42,17 +77,65 @@ class ClickHouseSink:
     def write(
         self, stream: str, start: int, end: int, meters: frozenset[int], replay: Replay, entries: Sequence[LedgerEntry]
     ) -> bool:
-        p = self._progress.read().get(stream, Progress(stream))
+        stored = self._progress.read()
+        p = stored.get(stream, Progress(stream))
         if p.done != start or (p.pending and p.pending_end != end):
             return False
+        if meters != {m.key for m in self._meters()}:
+            return False  # folded for other meters than the live ones: a new meter's start would be lost
         if not p.pending:
             p = self._progress.write(Progress(stream, start, 0, end, tuple(sorted(meters)), p.version, p.applied_us))
-        rows = [
-            (e.namespace, e.source, e.type, e.subject, e.time_us, e.received_us, e.raw.decode(), stream, e.seq)
-            for e in entries
-        ]
-        self._conn.insert("events", EVENTS, rows, p.token("events"))
+        self._start_backfills(stream, p, meters, stored)
+        self._conn.insert("events", EVENTS, raw_rows(entries, stream), p.token("events"))
         write_usage(self._conn, replay, set(p.pending_meters), p)
         applied = max((e.received_us for e in entries), default=p.applied_us)
         self._progress.write(Progress(stream, end, 0, 0, (), p.version, max(applied, p.applied_us)))
         return True
+
+    def backfills(self, streams: Sequence[str], meters: frozenset[int]) -> list[StreamBackfill]:
+        live = {m.key for m in self._meters()}
+        wanted = set(streams)
+        stored = self._progress.read()
+        for stream in wanted:
+            p = stored.get(stream, Progress(stream))
+            if self._start_backfills(stream, p, meters & live, stored):
+                stored = self._progress.read()
+        out = []
+        for name, p in sorted(stored.items()):
+            parsed = split_backfill(name)
+            if parsed is None or parsed[0] not in live or parsed[1] not in wanted or p.done >= p.to:
+                continue
+            out.append(StreamBackfill(parsed[0], parsed[1], p.done, p.to, p.pending_end if p.pending else None))
+        return out
+
+    def entries(self, stream: str, after: int, end: int, limit: int) -> list[LedgerEntry]:
+        sql = (
+            "SELECT DISTINCT seq, namespace, source, type, subject, time_us, received_us, raw FROM events"
+            " WHERE stream = {s:String} AND seq > {a:UInt64} AND seq <= {e:UInt64} ORDER BY seq LIMIT {n:UInt32}"
+        )
+        rows = self._conn.rows(sql, {"s": stream, "a": after, "e": end, "n": limit})
+        return [
+            LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode(), received_us)
+            for seq, ns, source, type_, subject, time_us, received_us, raw in rows
+        ]
+
+    def write_backfill(self, meter: int, stream: str, start: int, end: int, replay: Replay) -> bool:
+        name = backfill_stream(meter, stream)
+        p = self._progress.read().get(name)
+        if p is None or p.done != start or end > p.to or (p.pending and p.pending_end != end):
+            return False
+        if not p.pending:
+            p = self._progress.write(Progress(name, start, p.to, end, (meter,), p.version))
+        write_usage(self._conn, replay, {meter}, p)
+        self._progress.write(Progress(name, end, p.to, 0, (), p.version))
+        return True
+
+    def _start_backfills(self, stream: str, p: Progress, meters: frozenset[int], stored: dict[str, Progress]) -> bool:
+        """Step 3 of the module doc: a backfill stream for each meter first applied to
+        ``stream`` (True when one was started)."""
+        started = {parsed[0] for name in stored if (parsed := split_backfill(name)) and parsed[1] == stream}
+        legacy = p.done > 0 and not started  # written before backfills: its meters count from creation
+        for meter in sorted(meters - started):
+            to = 0 if legacy else (p.pending_end if p.pending and meter not in p.pending_meters else p.done)
+            self._progress.write(Progress(backfill_stream(meter, stream), 0, to))
+        return bool(meters - started)

@@ -160,10 +160,9 @@ class ClickHouseUsage:
         if not reflected:
             return []
         where = f"namespace = {{ns:String}} AND type = {{t:String}} AND ({' OR '.join(reflected)})"
-        backfill = progress.get(_backfill(meter.key))
-        if backfill is not None and backfill.done < backfill.to:
-            params.update(bd=backfill.done, bt=backfill.to, live=LIVE)
-            where += " AND NOT (stream = {live:String} AND seq > {bd:UInt64} AND seq <= {bt:UInt64})"
+        for i, (stream, fill) in enumerate(_unfinished(progress, meter.key)):
+            params[f"bs{i}"], params[f"bd{i}"], params[f"bt{i}"] = stream, fill.done, fill.to
+            where += f" AND NOT (stream = {{bs{i}:String}} AND seq > {{bd{i}:UInt64}} AND seq <= {{bt{i}:UInt64}})"
         times = []
         for i, (a, b) in enumerate(ranges):
             params[f"a{i}"], params[f"b{i}"] = a, b
@@ -204,6 +203,20 @@ class ClickHouseUsage:
             f"SELECT min(bucket), count() FROM {table} WHERE meter = {{m:UInt64}} AND level = {_HOUR}", {"m": key}
         )
         return int(rows[0][0]) if rows and rows[0][1] else None
+
+
+def _unfinished(progress: dict[str, Progress], key: int) -> list[tuple[str, Progress]]:
+    """The meter's unfinished backfills, by the stream whose entries each still lacks: the
+    live offset's (``backfill:<meter>``) and each partition's (``backfill:<meter>:<stream>``)."""
+    out = []
+    for name, p in sorted(progress.items()):
+        if p.done >= p.to:
+            continue
+        if name == _backfill(key):
+            out.append((LIVE, p))
+        elif name.startswith(f"{_backfill(key)}:"):
+            out.append((name[len(_backfill(key)) + 1 :], p))
+    return out
 
 
 def raw_rows(entries: Iterable[LedgerEntry], stream: str) -> list[tuple[Any, ...]]:

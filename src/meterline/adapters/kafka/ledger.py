@@ -145,6 +145,7 @@ class KafkaLedger:
         self._closed.set()
         self._poller.join(timeout=5)
         self._work.shutdown(wait=True)
+        self._producer.close()  # else librdkafka keeps reconnecting to brokers until collected
 
     def _start(self, namespace: str, candidates: Sequence[Candidate], future: Future[builtins.list[Outcome]]) -> None:
         try:
