@@ -28,6 +28,7 @@ SAMPLES = {"file": "-", "ids": "1", "asks": "feature=1", "from_": "2026-01-01T00
 EXTRA = {
     "customers update": ["--name", "Acme"],
     "portal invalidate": ["--id", "t1"],
+    "erase": ["--yes"],  # no confirmation prompt: the request itself is what fails
     "entitlements grant": ["--limit", "10"],
     "alerts channels create": ["--log"],
     "alerts rules create": ["--threshold", "80%"],
