@@ -47,7 +47,7 @@ from meterline.domain.erasure import ErasureRecord, ErasureRequest
 from meterline.domain.errors import NotSupported, StorageUnavailable
 from meterline.domain.events.corrections import CorrectionRequest, History
 from meterline.domain.events.model import Candidate, Outcome
-from meterline.domain.meters.model import Meter
+from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.corrections import Corrected, CorrectionRecord
 from meterline.ports.dead_letters import Resubmitted
@@ -66,7 +66,7 @@ from meterline.services.entitlements import EntitlementService
 from meterline.services.erasure import ErasureService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
-from meterline.services.meters import MeterService
+from meterline.services.meters import MeterService, WithoutAggregations
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
 from meterline.services.queried_usage import QueriedEntitlementUsage, QueriedPeriodUsage
@@ -396,7 +396,12 @@ def _catalog(
         portal=PortalService(
             pg.portal, clock, default_ttl=config.portal.token_ttl, max_ttl=config.portal.max_token_ttl
         ),
-        meters=MeterService(pg.meters, values, pg.features, clock),
+        meters=MeterService(
+            WithoutAggregations(pg.meters, frozenset({Aggregation.TIME_WEIGHTED_SUM}), "scale"),
+            values,
+            pg.features,
+            clock,
+        ),
         usage=UsageQueries(pg.meters, usage),
         values=EntitlementValueService(
             entitlements, queried, clock, QueryLimits(config.query.max_windows, config.query.max_rows)

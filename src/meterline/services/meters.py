@@ -5,8 +5,8 @@ from __future__ import annotations
 import builtins
 
 from meterline.domain.clock import Clock
-from meterline.domain.errors import Conflict, InvalidInput
-from meterline.domain.meters.model import Meter, MeterSpec, MeterUpdate, group_by_conflicts, updated_spec
+from meterline.domain.errors import Conflict, InvalidInput, NotSupported
+from meterline.domain.meters.model import Aggregation, Meter, MeterSpec, MeterUpdate, group_by_conflicts, updated_spec
 from meterline.ports.entitlements import FeatureRepository
 from meterline.ports.meter_values import MeterValues
 from meterline.ports.meters import MeterCatalog
@@ -90,3 +90,35 @@ class MeterService:
         if start is None and end is None:
             start = self._clock.now_us() // 1_000_000 - DAY_S
         return self._values.group_values(m, dimension, start, end)
+
+
+class WithoutAggregations:
+    """A meter catalog that refuses to create meters of the aggregations its usage store
+    cannot keep (scale mode's ClickHouse store keeps no TIME_WEIGHTED_SUM states): 501
+    ``not_supported`` naming the mode. Everything else goes to ``inner`` unchanged."""
+
+    def __init__(self, inner: MeterCatalog, refused: frozenset[Aggregation], mode: str) -> None:
+        self._inner = inner
+        self._refused = refused
+        self._mode = mode
+
+    def create(self, namespace: str, spec: MeterSpec) -> Meter:
+        if spec.aggregation in self._refused:
+            raise NotSupported(
+                f"{spec.aggregation.value} meters need the embedded usage store; {self._mode} mode cannot keep them",
+                mode=self._mode,
+                aggregation=spec.aggregation.value,
+            )
+        return self._inner.create(namespace, spec)
+
+    def get(self, namespace: str, id_or_slug: str) -> Meter:
+        return self._inner.get(namespace, id_or_slug)
+
+    def list(self, namespace: str) -> builtins.list[Meter]:
+        return self._inner.list(namespace)
+
+    def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
+        return self._inner.update(namespace, id_or_slug, spec)
+
+    def delete(self, namespace: str, id_or_slug: str) -> None:
+        self._inner.delete(namespace, id_or_slug)

@@ -19,13 +19,15 @@ Unlike the SQLite store, no committed-usage stream is fed (there are no listener
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from meterline.domain.decimals import in_stored_form
-from meterline.domain.meters.edges import edge_ranges, exact_rows, in_edges, inner_bounds
+from meterline.domain.meters.edges import edge_ranges, exact_rows, in_edges, inner_bounds, relabel
 from meterline.domain.meters.fold import Fold, LedgerEntry, merge_state
+from meterline.domain.meters.gauges import GaugeRows, Point, point_state, windows_us
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import (
     BucketState,
@@ -50,9 +52,13 @@ class _Rollups:
     def __init__(self) -> None:
         self.states: dict[_Bucket, list[Any]] = {}
         self.uniques: set[tuple[int, str, int, str, str]] = set()
+        self.gauges: dict[tuple[str, str], list[Point]] = {}
+        """TIME_WEIGHTED_SUM: every applied reading per series (subject, group key), in time
+        order; a window is integrated from them directly (``domain.meters.gauges``)."""
 
     def first_bucket(self) -> int | None:
         hours = [k[2] for k in self.states if k[0] == _HOUR] + [u[2] for u in self.uniques if u[0] == _HOUR]
+        hours += [points[0][0] // 1_000_000 // _HOUR * _HOUR for points in self.gauges.values()]
         return min(hours, default=None)
 
 
@@ -105,6 +111,8 @@ class MemoryUsage:
             bounds = query_grid(query, self._now_us(), rollups.first_bucket)
             if not bounds:
                 return []
+            if meter.spec.aggregation is Aggregation.TIME_WEIGHTED_SUM:
+                return relabel(_gauge_rows(meter, rollups, query, bounds, self._now_us()), query, bounds)
             inner = inner_bounds(query, bounds)
             level = bucket_size(inner)
             read: list[Any]
@@ -163,6 +171,11 @@ class MemoryUsage:
 
 def _merge_fold(into: dict[int, _Rollups], fold: Fold) -> None:
     """Merge a fold's deltas into the stored states (then clear it, as a store that wrote it)."""
+    for (meter, _, subject, _, group), points in fold.gauges.items():
+        series = into.setdefault(meter, _Rollups()).gauges.setdefault((subject, group), [])
+        for point in points:
+            bisect.insort(series, (point[0], point[1], in_stored_form(point[2])))
+    fold.gauges.clear()
     for states in fold.levels().values():
         for (meter, level, subject, bucket, group), slot in states.items():
             rollups = into.setdefault(meter, _Rollups())
@@ -208,3 +221,18 @@ def _states(
             s[3] if aggregation is Aggregation.MAX else None,
             s[4] if aggregation is Aggregation.LATEST else None,
         )
+
+
+def _gauge_rows(meter: Meter, rollups: _Rollups, query: MeterQuery, bounds: Sequence[int], now_us: int) -> list[Row]:
+    """TIME_WEIGHTED_SUM from the readings themselves: each series' readings before the end of
+    the range (those before its start carry their level in)."""
+    end_us = windows_us(query, bounds)[-1]
+    if query.subjects:
+        wanted = {key: points for key, points in rollups.gauges.items() if key[0] in query.subjects}
+    else:
+        wanted = rollups.gauges
+    out = GaugeRows(query, bounds, tuple(sorted(meter.spec.group_by)), now_us)
+    for (subject, group), points in wanted.items():
+        upto = bisect.bisect_left(points, (end_us,))
+        out.add(subject, group, [point_state(subject, group, p) for p in points[:upto]])
+    return out.rows()

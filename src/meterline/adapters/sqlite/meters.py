@@ -23,14 +23,24 @@ import msgspec
 from ulid import ULID
 
 from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.gauges import carried, read_gauges
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_uniques
 from meterline.adapters.sqlite.summaries import DAY, MONTH, has_day, plan, subject_states, wide_states, with_months
 from meterline.domain.errors import Backfilling, Conflict, NotFound
-from meterline.domain.meters.edges import edge_ranges, edge_states, edge_uniques, inner_bounds, relabel
+from meterline.domain.meters.edges import (
+    edge_ranges,
+    edge_states,
+    edge_uniques,
+    gauge_edge_ranges,
+    gauge_points,
+    inner_bounds,
+    relabel,
+)
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
+from meterline.domain.meters.gauges import GaugeRows, series_of
 from meterline.domain.meters.model import Aggregation, Meter, MeterSpec
 from meterline.domain.meters.query import (
     SUBJECT,
@@ -211,10 +221,12 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
     bounds = query_grid(query, now_us, lambda: first_bucket(conn, meter.key))
     if not bounds:
         return []
+    if meter.spec.aggregation is Aggregation.TIME_WEIGHTED_SUM:
+        return relabel(_gauge_rows(conn, meter, query, bounds, now_us), query, bounds)
     inner, limits = inner_bounds(query, bounds), query.limits
     start, end = inner[0], inner[-1]
     level = bucket_size(inner)
-    edges = _edge_entries(conn, meter, query, bounds)
+    edges = _edge_entries(conn, meter, query, edge_ranges(query, bounds))
     if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
         values = itertools.chain(
             read_uniques(conn, meter.key, level, start, end, query.subjects),
@@ -240,6 +252,29 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
     return relabel(
         merge(meter.spec.aggregation, itertools.chain(states, extra), bounds, query, dimensions), query, bounds
     )
+
+
+def _gauge_rows(
+    conn: sqlite3.Connection, meter: Meter, query: MeterQuery, bounds: tuple[int, ...], now_us: int
+) -> builtins.list[Row]:
+    """TIME_WEIGHTED_SUM (``domain.meters.gauges``): per series, its carry (last reading before
+    the range), its bucket states in the whole minutes and its readings in the partial ones,
+    integrated per window. Read one subject at a time (the rollups' key order)."""
+    inner = inner_bounds(query, bounds)
+    pending: dict[tuple[str, str], builtins.list[BucketState]] = {}
+    for key, state in carried(conn, meter.key, bounds[0], query.subjects).items():
+        pending[key] = [state]
+    edges = _edge_entries(conn, meter, query, gauge_edge_ranges(query, bounds))
+    for state in gauge_points(CompiledMeter(meter), edges, _admitted(conn, meter.key)):
+        pending.setdefault((state.subject, state.group_key), []).append(state)
+    out = GaugeRows(query, bounds, tuple(sorted(meter.spec.group_by)), now_us)
+    states = read_gauges(conn, meter.key, bucket_size(inner), inner[0], inner[-1], query.subjects)
+    for subject, of_subject in itertools.groupby(states, key=lambda s: s.subject):
+        for (_, group), series in series_of(of_subject).items():
+            out.add(subject, group, series + pending.pop((subject, group), []))
+    for (subject, group), series in pending.items():
+        out.add(subject, group, series)
+    return out.rows()
 
 
 def _summarized(
@@ -276,12 +311,12 @@ def _summarized(
 
 
 def _edge_entries(
-    conn: sqlite3.Connection, meter: Meter, query: MeterQuery, bounds: tuple[int, ...]
-) -> list[LedgerEntry]:
-    """The ledger entries of the partial minutes of an unaligned range (``domain.meters.edges``)
-    that the rollups on ``conn`` reflect: up to the aggregator's offset. Each range is under a
-    minute, found through the ledger's (namespace, type, time) index."""
-    ranges = edge_ranges(query, bounds)
+    conn: sqlite3.Connection, meter: Meter, query: MeterQuery, ranges: builtins.list[tuple[int, int]]
+) -> builtins.list[LedgerEntry]:
+    """The ledger entries of the partial minutes of an unaligned range (``ranges``:
+    ``domain.meters.edges``) that the rollups on ``conn`` reflect: up to the aggregator's
+    offset. Each range is under a minute, found through the ledger's (namespace, type, time)
+    index."""
     if not ranges:
         return []
     offset = stored_offset(conn)

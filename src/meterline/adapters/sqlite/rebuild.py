@@ -115,10 +115,10 @@ def _replay(
     while done < end:
         upto = min(done + CHUNK, end)
         replay.apply(meters, ledger_rows(conn, done, upto))
-        write_replay(conn, replay, prefix)
+        late = write_replay(conn, replay, prefix)
         roots = replay.corrected | (roots_in(conn, done, upto) if backfill else set())
-        if roots:
-            recompute(conn, replay, meters, roots, applied(upto), prefix)
+        if roots or late:
+            recompute(conn, replay, meters, roots, applied(upto), prefix, late=late)
             replay.corrected.clear()
         done = upto
 

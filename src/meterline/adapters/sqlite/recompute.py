@@ -24,6 +24,7 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from meterline.adapters.sqlite.gauges import Late
 from meterline.adapters.sqlite.replay import ENTRIES, write_replay
 from meterline.adapters.sqlite.summaries import refresh
 from meterline.domain.meters.evaluate import CompiledMeter
@@ -65,13 +66,27 @@ def recompute(
     roots: Iterable[int],
     applied: Applied,
     prefix: str = "",
+    *,
+    late: Iterable[Late] = (),
 ) -> set[tuple[int, str]]:
-    """Recompute the hours of the chains of ``roots`` for ``meters`` (see the module doc);
-    returns the (meter key, subject) pairs whose rollups were recomputed."""
-    hours = _hours(conn, set(roots))
+    """Recompute the hours of the chains of ``roots`` for ``meters`` (see the module doc), and
+    the ``late`` gauge hours for their meter alone (``gauges.write_gauges``); returns the
+    (meter key, subject) pairs whose rollups were recomputed."""
+    hours: dict[Hour, set[int] | None] = dict.fromkeys(_hours(conn, set(roots)))
+    by_key = {m.meter.key: m for m in meters}
+    for key, subject, hour in late:
+        gauge = by_key[key].meter
+        at = (gauge.namespace, gauge.spec.event_type, subject, hour * 1_000_000)
+        if at in hours and hours[at] is None:
+            continue  # recomputed for every meter already
+        hours[at] = (hours.get(at) or set()) | {key}
     touched: set[tuple[int, str]] = set()
-    for ns, type_, subject, start in sorted(hours):
-        wanted = [m for m in meters if m.meter.namespace == ns and m.meter.spec.event_type == type_]
+    for (ns, type_, subject, start), only in sorted(hours.items(), key=lambda item: item[0]):
+        wanted = [
+            m
+            for m in meters
+            if m.meter.namespace == ns and m.meter.spec.event_type == type_ and (only is None or m.meter.key in only)
+        ]
         if not wanted:
             continue
         entries = conn.execute(
@@ -86,6 +101,7 @@ def recompute(
             _clear(conn, prefix, key, subject, start)
             again = Replay(replay.cap, replay.group_values, replay.subjects)
             again.apply([meter], counted)
+            # the hour was cleared: its gauge buckets are written whole, nothing joins (no late hours)
             write_replay(conn, again, prefix, summaries=False)  # the hour was replaced, not added to:
             refresh(conn, prefix, key, meter.aggregation, subject, start // 1_000_000)  # fold its summaries again
             touched.add((key, subject))

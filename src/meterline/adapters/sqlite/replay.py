@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from meterline.adapters.sqlite.gauges import Late
 from meterline.adapters.sqlite.rollups import write_fold
 from meterline.adapters.sqlite.summaries import write_counts
 from meterline.domain.meters.fold import LedgerEntry, Replay, admit_groups, event_data
@@ -43,16 +44,18 @@ def set_offset(conn: sqlite3.Connection, offset: int) -> None:
     conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (OFFSET_KEY, str(offset)))
 
 
-def write_replay(conn: sqlite3.Connection, replay: Replay, prefix: str = "", *, summaries: bool = True) -> None:
+def write_replay(conn: sqlite3.Connection, replay: Replay, prefix: str = "", *, summaries: bool = True) -> set[Late]:
     """Write the replay's folded deltas (rollups and summaries), ledger counts, new group values
-    and new meter subjects; clear them. ``summaries=False``: see ``rollups.write_fold``."""
-    write_fold(conn, replay.fold, prefix, summaries=summaries)
+    and new meter subjects; clear them. ``summaries=False``: see ``rollups.write_fold``.
+    Returns the gauge hours to recompute (``rollups.write_fold``)."""
+    late = write_fold(conn, replay.fold, prefix, summaries=summaries)
     if replay.counts:
         write_counts(conn, replay.counts, prefix)
     conn.executemany(f"INSERT OR IGNORE INTO {prefix}group_values VALUES (?,?,?)", replay.new_groups)
     conn.executemany(f"INSERT OR IGNORE INTO {prefix}meter_subjects VALUES (?,?)", replay.new_subjects)
     replay.new_groups.clear()
     replay.new_subjects.clear()
+    return late
 
 
 ENTRIES = (

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
+from meterline.adapters.sqlite.gauges import Late, write_gauges
 from meterline.adapters.sqlite.summaries import summary_states
 from meterline.domain.decimals import add, stored
 from meterline.domain.meters.fold import Fold, Key
@@ -48,9 +49,12 @@ _COLUMNS = {
 }
 
 
+_ROW = "meter, level, subject, bucket, group_key, cnt, total, low, high, last_t, last_seq, last_v"
+
+
 def upsert(table: str, aggregation: Aggregation) -> str:
     return (
-        f"INSERT INTO {table} VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+        f"INSERT INTO {table} ({_ROW}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
         f"ON CONFLICT (meter, level, subject, bucket, group_key) DO UPDATE SET {_COLUMNS[aggregation]}"
     )
 
@@ -119,20 +123,27 @@ class Deltas(Fold):
 
 def write_fold(
     conn: sqlite3.Connection, fold: Fold, prefix: str = "", *, summaries: bool = True, summaries_only: bool = False
-) -> None:
+) -> set[Late]:
     """Upsert the folded deltas into ``{prefix}rollups`` / ``{prefix}uniques`` and (unless
     ``summaries`` is false) their summaries into ``{prefix}summaries`` (``summaries.py``), then
     clear them. A writer that replaces rollup buckets instead of adding to them writes without
-    summaries and calls ``summaries.refresh`` for each replaced hour."""
+    summaries and calls ``summaries.refresh`` for each replaced hour. Returns the hours of
+    gauge buckets that a late reading interleaves with (``gauges.write_gauges``): the writer
+    recomputes them from the ledger."""
     levels = fold.levels()
     wanted = summary_states(levels) if summaries else {}
+    late: set[Late] = set()
     for table, deltas in (("rollups", {} if summaries_only else levels), ("summaries", wanted)):
         for aggregation, states in deltas.items():
+            if aggregation is Aggregation.TIME_WEIGHTED_SUM:
+                late |= write_gauges(conn, f"{prefix}{table}", states)
+                continue
             rows = (row_of(aggregation, k, s) for k, s in states.items())
             conn.executemany(upsert(f"{prefix}{table}", aggregation), rows)
     if fold.uniques and not summaries_only:
         conn.executemany(f"INSERT OR IGNORE INTO {prefix}uniques VALUES (?,?,?,?,?,?)", fold.uniques)
     fold.clear()
+    return late
 
 
 def row_of(aggregation: Aggregation, key: Key, s: list[Any]) -> tuple[Any, ...]:

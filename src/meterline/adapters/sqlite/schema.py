@@ -312,7 +312,12 @@ def create_schema(conn: sqlite3.Connection) -> None:
     summaries.fill(conn, rollups.write_fold)
 
 
-_ADDED_COLUMNS = (("customers", "profile", "BLOB"), ("events", "chain", "BLOB"))
+_ADDED_COLUMNS = (
+    ("customers", "profile", "BLOB"),
+    ("events", "chain", "BLOB"),
+    ("rollups", "first_t", "INTEGER"),  # TIME_WEIGHTED_SUM: a bucket's first reading (adapters.sqlite.gauges)
+    ("rollups", "first_seq", "INTEGER"),
+)
 """Columns added to tables of an existing store after it was created (``ALTER TABLE``, once)."""
 
 

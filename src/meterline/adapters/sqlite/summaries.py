@@ -85,10 +85,12 @@ def summary_states(levels: dict[Aggregation, dict[Key, list[Any]]]) -> dict[Aggr
     merged into its meter-wide quarter, hour and day and its subject's day and month."""
     out: dict[Aggregation, dict[Key, list[Any]]] = {}
     for aggregation, states in levels.items():
-        acc: dict[Key, list[Any]] = {}
+        acc = out.setdefault(summarized(aggregation), {})
         for (meter, level, subject, bucket, _), state in states.items():
             if level != QUARTER:
                 continue
+            if aggregation is Aggregation.TIME_WEIGHTED_SUM:
+                state = [state[0], None, None, None, None]
             day = bucket - bucket % DAY
             for key in (
                 (meter, QUARTER, WIDE, bucket, NO_GROUP),
@@ -102,8 +104,14 @@ def summary_states(levels: dict[Aggregation, dict[Key, list[Any]]]) -> dict[Aggr
                     acc[key] = list(state)
                 else:
                     merge_state(into, state)
-        out[aggregation] = acc
     return out
+
+
+def summarized(aggregation: Aggregation) -> Aggregation:
+    """What the summaries keep of a meter: its own states, except for TIME_WEIGHTED_SUM,
+    whose states join only per series (``domain.meters.gauges``): its summaries keep the
+    count of readings (reconciliation's metered events) and its queries read the rollups."""
+    return Aggregation.COUNT if aggregation is Aggregation.TIME_WEIGHTED_SUM else aggregation
 
 
 def count_key(namespace: str, type_: str, time_us: int) -> tuple[str, str, int]:
@@ -246,6 +254,7 @@ def refresh(
     (a MIN, MAX or LATEST cannot take a value back out, so the rows are folded again)."""
     if aggregation is Aggregation.UNIQUE_COUNT:
         return
+    aggregation = summarized(aggregation)
     hour -= hour % HOUR
     day = hour - hour % DAY
     rollups, summaries = f"{prefix}rollups", f"{prefix}summaries"
@@ -381,7 +390,7 @@ def _fill(conn: sqlite3.Connection, write: Any) -> None:
     )
     meters = conn.execute("SELECT key, spec FROM meters WHERE deleted_us IS NULL").fetchall()
     for key, spec in meters:
-        aggregation = Aggregation(msgspec.json.decode(spec)["aggregation"])
+        aggregation = summarized(Aggregation(msgspec.json.decode(spec)["aggregation"]))
         if aggregation is Aggregation.UNIQUE_COUNT:
             continue
         fold = Fold()

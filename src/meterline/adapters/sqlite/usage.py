@@ -115,20 +115,22 @@ class SqliteUsage:
         if not self._current(conn, batch):
             return False
         replay = batch.replay
-        write_replay(conn, replay)
+        late = write_replay(conn, replay)
         if batch.backfill is not None:
             conn.execute("UPDATE meters SET backfill_done = ? WHERE key = ?", (batch.end, batch.backfill))
             roots = replay.corrected | roots_in(conn, batch.start, batch.end)
-            if roots:
+            if roots or late:
                 meters = [m for ms in self._state.meters.values() for m in ms if m.meter.key == batch.backfill]
-                recompute(conn, replay, meters, roots, applied_in_store(conn, stored_offset(conn)))
+                applied = applied_in_store(conn, stored_offset(conn))
+                recompute(conn, replay, meters, roots, applied, late=late)
             self._backfilled(conn, batch.backfill)
             return True
         set_offset(conn, batch.end)
         recounted: set[tuple[int, str]] = set()
-        if replay.corrected:
+        if replay.corrected or late:
             meters = [m for ms in self._state.meters.values() for m in ms]
-            recounted = recompute(conn, replay, meters, replay.corrected, applied_in_store(conn, batch.end))
+            applied = applied_in_store(conn, batch.end)
+            recounted = recompute(conn, replay, meters, replay.corrected, applied, late=late)
         listeners = self._state.listeners
         try:
             for listener in listeners:

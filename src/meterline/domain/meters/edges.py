@@ -28,6 +28,7 @@ from typing import Any
 from meterline.domain.events.model import Event, Rejection
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.fold import LedgerEntry, event_data
+from meterline.domain.meters.gauges import point_state
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import BucketState, MeterQuery, Row, merge, merge_unique
 
@@ -80,6 +81,26 @@ def edge_ranges(query: MeterQuery, bounds: Sequence[int]) -> list[tuple[int, int
     if end_us is not None:
         ranges.append((max(floor_minute(end_us), bounds[0]) * 1_000_000, end_us))
     return [(a, b) for a, b in ranges if a < b]
+
+
+def gauge_edge_ranges(query: MeterQuery, bounds: Sequence[int]) -> list[tuple[int, int]]:
+    """:func:`edge_ranges` for TIME_WEIGHTED_SUM: a partial first minute is read from the
+    minute's start, since its readings before ``from`` set the level at ``from``."""
+    ranges = []
+    for a, b in edge_ranges(query, bounds):
+        ranges.append((floor_minute(a) * 1_000_000 if a == query.start_us else a, b))
+    return ranges
+
+
+def gauge_points(
+    meter: CompiledMeter, entries: Iterable[LedgerEntry], admitted: Callable[[str, str], bool]
+) -> list[BucketState]:
+    """TIME_WEIGHTED_SUM: each counted edge reading as a one-reading state."""
+    out = []
+    for e, reading in _readings(meter, entries, admitted):
+        assert isinstance(reading.value, Decimal)
+        out.append(point_state(e.subject, reading.group_key, (e.time_us, e.seq, reading.value)))
+    return out
 
 
 def _readings(

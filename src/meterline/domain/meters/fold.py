@@ -23,6 +23,7 @@ from meterline.domain.decimals import add
 from meterline.domain.events.decode import CloudEventIn
 from meterline.domain.events.model import Event, Rejection
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
+from meterline.domain.meters.gauges import Point, join, state_of
 from meterline.domain.meters.model import Aggregation
 from meterline.domain.meters.windows import BUCKETS
 
@@ -86,6 +87,9 @@ class Fold:
     def __init__(self) -> None:
         self.minutes: dict[Aggregation, dict[Key, list[Any]]] = {}
         self.uniques: set[Unique] = set()
+        self.gauges: dict[Key, list[Point]] = {}
+        """TIME_WEIGHTED_SUM readings per minute key (``domain.meters.gauges``): a bucket's
+        state needs them in time order, which a ledger chunk need not be."""
 
     def add(self, aggregation: Aggregation, reading: Reading, subject: str, time_us: int, seq: int) -> None:
         second = time_us // 1_000_000
@@ -95,6 +99,11 @@ class Fold:
                 self.uniques.add(
                     (reading.meter_id, level, subject, second - second % level, reading.group_key, reading.value)
                 )
+            return
+        if aggregation is Aggregation.TIME_WEIGHTED_SUM:
+            assert isinstance(reading.value, Decimal)
+            key = (reading.meter_id, MINUTE, subject, second - second % MINUTE, reading.group_key)
+            self.gauges.setdefault(key, []).append((time_us, seq, reading.value))
             return
         states = self.minutes.get(aggregation)
         if states is None:
@@ -120,14 +129,32 @@ class Fold:
                         states[key] = list(slot)
                     else:
                         merge_state(into, slot)
+        if self.gauges:
+            out[Aggregation.TIME_WEIGHTED_SUM] = _gauge_levels(self.gauges)
         return out
 
     def clear(self) -> None:
         self.minutes.clear()
         self.uniques.clear()
+        self.gauges.clear()
 
     def __bool__(self) -> bool:
-        return bool(self.minutes) or bool(self.uniques)
+        return bool(self.minutes) or bool(self.uniques) or bool(self.gauges)
+
+
+def _gauge_levels(gauges: dict[Key, list[Point]]) -> dict[Key, list[Any]]:
+    """Gauge states of every bucket size: each minute's from its readings, the coarser ones
+    joined from the minutes in time order (minutes of one series never interleave)."""
+    states = {key: state_of(points) for key, points in gauges.items()}
+    for key in sorted(states, key=lambda k: k[3]):
+        meter, _, subject, bucket, group = key
+        for level in COARSER:
+            up = (meter, level, subject, bucket - bucket % level, group)
+            into = states.get(up)
+            joined = list(states[key]) if into is None else join(into, states[key])
+            assert joined is not None
+            states[up] = joined
+    return states
 
 
 COUNT_BUCKET = 900

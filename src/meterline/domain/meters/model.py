@@ -21,6 +21,10 @@ class Aggregation(enum.StrEnum):
     MIN = "MIN"
     MAX = "MAX"
     LATEST = "LATEST"
+    TIME_WEIGHTED_SUM = "TIME_WEIGHTED_SUM"
+    """A gauge: each event sets the level of its series (subject and group values) until the
+    next one; a window's value is the integral of the level over it, in level x seconds
+    (``domain.meters.gauges``). An extension of OpenMeter's aggregations."""
 
 
 MAX_GROUP_BY = 20

@@ -109,6 +109,9 @@ class BucketState:
     low: Decimal | None
     high: Decimal | None
     latest: tuple[int, int, Decimal] | None
+    first: tuple[int, int] | None = None
+    """TIME_WEIGHTED_SUM: the (time, seq) of the bucket's first reading; ``latest`` is its last
+    and ``total`` the integral between them (``domain.meters.gauges``)."""
 
 
 def query_grid(query: MeterQuery, now_us: int, first_bucket: Callable[[], int | None]) -> tuple[int, ...]:
@@ -148,7 +151,7 @@ group_values = _GROUPS.memo(_decode_groups)
 """The values of a stored group key (a JSON array, one value per dimension in name order)."""
 
 
-class _Shaper:
+class Shaper:
     """Maps a bucket's (subject, group) to the output key, applying filters."""
 
     def __init__(self, query: MeterQuery, dimensions: Sequence[str]) -> None:
@@ -175,8 +178,8 @@ def merge(
     dimensions: Sequence[str],
 ) -> list[Row]:
     """Merge bucket states into one row per window, subject (if grouped) and group."""
-    shaper = _Shaper(query, dimensions)
-    cap = _cap(query)
+    shaper = Shaper(query, dimensions)
+    cap = row_cap(query)
     acc: dict[tuple[Any, ...], list[Any]] = {}
     for s in states:
         key = shaper.key(s.subject, s.group_key)
@@ -209,13 +212,13 @@ def _rows(
     aggregation: Aggregation, acc: dict[tuple[Any, ...], list[Any]], bounds: Sequence[int], picked: Sequence[str]
 ) -> list[Row]:
     rows = []
-    for (w, subject, groups), slot in sorted(acc.items(), key=_order):
+    for (w, subject, groups), slot in sorted(acc.items(), key=row_order):
         value = _final(aggregation, slot)
         rows.append(Row(bounds[w], bounds[w + 1], subject, dict(zip(picked, groups, strict=True)), value))
     return rows
 
 
-def _order(item: tuple[tuple[Any, ...], list[Any]]) -> tuple[Any, ...]:
+def row_order(item: tuple[tuple[Any, ...], Any]) -> tuple[Any, ...]:
     w, subject, groups = item[0]
     return (w, subject or "", tuple(g or "" for g in groups))
 
@@ -246,8 +249,8 @@ def merge_unique(
     dimensions: Sequence[str],
 ) -> list[Row]:
     """UNIQUE_COUNT: distinct values per window from (subject, group_key, bucket, value) rows."""
-    shaper = _Shaper(query, dimensions)
-    cap = _cap(query)
+    shaper = Shaper(query, dimensions)
+    cap = row_cap(query)
     seen: dict[tuple[Any, ...], set[str]] = {}
     for subject, group_key, bucket, value in values:
         key = shaper.key(subject, group_key)
@@ -264,5 +267,5 @@ def merge_unique(
     return _rows(Aggregation.COUNT, acc, bounds, shaper.picked)
 
 
-def _cap(query: MeterQuery) -> int:
+def row_cap(query: MeterQuery) -> int:
     return 2**63 if query.limits is None else query.limits.max_rows

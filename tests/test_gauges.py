@@ -1,0 +1,178 @@
+"""TIME_WEIGHTED_SUM meters through a real server: a month's GB-hours across the October DST
+change in Europe/Berlin, computed by hand; late readings, voids and amends; partial minutes;
+a meter created after its readings; ``rebuild --check`` after all of it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Server, start_server
+
+BATCH = {"Content-Type": "application/cloudevents-batch+json"}
+GB_H = Decimal(3600)
+"""GB-seconds in a GB-hour."""
+OCTOBER = {"from": "2025-09-30T22:00:00Z", "to": "2025-10-31T23:00:00Z"}
+"""October 2025 in Europe/Berlin: CEST (+02:00) until 26 Oct 03:00, then CET (+01:00): 745 hours."""
+
+
+def reading(
+    id_: str, time: str, gb: str, subject: str = "acme", bucket: str = "b1", type_: str = "storage"
+) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": id_,
+        "source": "storage",
+        "type": type_,
+        "subject": subject,
+        "time": time,
+        "data": {"gb": gb, "bucket": bucket},
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = start_server(tmp_path_factory.mktemp("gauges") / "data")
+    yield s
+    s.stop()
+
+
+def client(s: Server) -> httpx.Client:
+    return httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {s.key}"}, timeout=30)
+
+
+def backfill(c: httpx.Client, events: list[dict[str, Any]]) -> None:
+    r = c.post("/api/v1/backfills", json=events, headers=BATCH)
+    assert r.status_code == 200, r.text
+    assert {e["status"] for e in r.json()["events"]} == {"accepted"}, r.text
+
+
+def meter(c: httpx.Client, slug: str, type_: str = "storage", **extra: Any) -> None:
+    spec = {"slug": slug, "eventType": type_, "aggregation": "TIME_WEIGHTED_SUM", "valueProperty": "$.gb", **extra}
+    r = c.post("/api/v1/meters", json=spec)
+    assert r.status_code == 201, r.text
+
+
+def values(c: httpx.Client, slug: str, **params: str) -> list[tuple[str, str, Decimal]]:
+    r = c.get(f"/api/v1/meters/{slug}/query", params=params)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    return [(row["windowStart"].replace(".000Z", "Z"), row["windowEnd"].replace(".000Z", "Z"), Decimal(str(row["value"]))) for row in data]
+
+
+def total(c: httpx.Client, slug: str, **params: str) -> Decimal:
+    rows = values(c, slug, **params)
+    assert len(rows) == 1, rows
+    return rows[0][2]
+
+
+def test_a_month_across_the_dst_change_equals_the_hand_computation(served: Server) -> None:
+    with client(served) as c:
+        meter(c, "storage_gb")
+        backfill(
+            c,
+            [
+                reading("r1", "2025-09-15T00:00:00Z", "10"),  # set in September: holds into October
+                reading("r2", "2025-10-26T00:30:00Z", "20"),  # 02:30 CEST, before the clocks go back
+                reading("r3", "2025-10-26T01:30:00Z", "5"),  # 02:30 CET, after
+                reading("r4", "2025-10-31T23:30:00Z", "100"),  # 1 Nov 00:30 CET: November
+            ],
+        )
+        month = dict(OCTOBER, windowSize="MONTH", windowTimeZone="Europe/Berlin")
+        # by hand, in GB-hours: 10 GB from 1 Oct 00:00 CEST (30 Sep 22:00Z) to 26 Oct 00:30Z is
+        # 25 days + 2.5 h = 602.5 h; 20 GB for 1 h; 5 GB from 01:30Z to 31 Oct 23:00Z is 141.5 h
+        hand = 10 * Decimal("602.5") + 20 * 1 + 5 * Decimal("141.5")
+        assert hand == Decimal("6752.5") and Decimal("602.5") + 1 + Decimal("141.5") == 745
+        assert values(c, "storage_gb", **month) == [("2025-09-30T22:00:00Z", "2025-10-31T23:00:00Z", hand * GB_H)]
+        # 26 Oct in Berlin has 25 hours: 10 GB for 2.5 h, 20 GB for 1 h, 5 GB for 21.5 h
+        days = values(
+            c,
+            "storage_gb",
+            **{"from": "2025-10-25T22:00:00Z", "to": "2025-10-27T23:00:00Z"},
+            windowSize="DAY",
+            windowTimeZone="Europe/Berlin",
+        )
+        assert days == [
+            ("2025-10-25T22:00:00Z", "2025-10-26T23:00:00Z", (25 + 20 + Decimal("107.5")) * GB_H),
+            ("2025-10-26T23:00:00Z", "2025-10-27T23:00:00Z", 5 * 24 * GB_H),
+        ]
+        # the level carries into November: 5 GB for half an hour, then 100 GB
+        november_first = total(c, "storage_gb", **{"from": "2025-10-31T23:00:00Z", "to": "2025-11-01T23:00:00Z"})
+        assert november_first == (5 * Decimal("0.5") + 100 * Decimal("23.5")) * GB_H
+
+
+def test_late_readings_voids_and_amends_change_only_what_they_hold(served: Server) -> None:
+    with client(served) as c:
+        meter(c, "late_gb")
+        backfill(
+            c,
+            [
+                reading("l1", "2025-03-01T00:00:00Z", "4", subject="late"),
+                reading("l2", "2025-03-01T00:10:00Z", "6", subject="late"),
+            ],
+        )
+        hour = {"from": "2025-03-01T00:00:00Z", "to": "2025-03-01T01:00:00Z"}
+        assert total(c, "late_gb", **hour, subject="late") == 4 * 600 + 6 * 3000
+        # a late reading inside the stored minutes: only up to the next reading (00:10) changes
+        backfill(c, [reading("l3", "2025-03-01T00:05:30Z", "100", subject="late")])
+        assert total(c, "late_gb", **hour, subject="late") == 4 * 330 + 100 * 270 + 6 * 3000
+        # a later hour is untouched by it: 6 GB all along
+        next_hour = {"from": "2025-03-01T01:00:00Z", "to": "2025-03-01T02:00:00Z"}
+        assert total(c, "late_gb", **next_hour, subject="late") == 6 * 3600
+        # void the late reading: as if it never came
+        r = c.post("/api/v1/events/l3/void", json={"source": "storage", "reason": "wrong probe"})
+        assert r.status_code == 201, r.text
+        assert total(c, "late_gb", **hour, subject="late") == 4 * 600 + 6 * 3000
+        # amend the second one into the next hour: the first level holds until then
+        amended = reading("l2", "2025-03-01T01:30:00Z", "2", subject="late")
+        r = c.post("/api/v1/events/l2/amend", json={"source": "storage", "reason": "clock skew", "event": amended})
+        assert r.status_code == 201, r.text
+        assert total(c, "late_gb", **hour, subject="late") == 4 * 3600
+        assert total(c, "late_gb", **next_hour, subject="late") == 4 * 1800 + 2 * 1800
+        # a partial minute at both ends: 00:00:30 to 01:30:15 -> 4 GB for 5370 s, 2 GB for 15 s
+        exact = {"from": "2025-03-01T00:00:30Z", "to": "2025-03-01T01:30:15Z"}
+        assert total(c, "late_gb", **exact, subject="late") == 4 * 5370 + 2 * 15
+        # within one minute, after a reading before `from`
+        inside = {"from": "2025-03-01T01:30:05Z", "to": "2025-03-01T01:30:07.5Z"}
+        assert total(c, "late_gb", **inside, subject="late") == 2 * Decimal("2.5")
+
+
+def test_groups_and_subjects_add_up_and_a_new_meter_counts_past_readings(served: Server) -> None:
+    with client(served) as c:
+        backfill(
+            c,
+            [
+                reading("g1", "2025-05-01T00:00:00Z", "1", subject="grp", bucket="x", type_="disk"),
+                reading("g2", "2025-05-01T00:30:00Z", "3", subject="grp", bucket="y", type_="disk"),
+                reading("g3", "2025-05-01T00:45:00Z", "2", subject="other", bucket="x", type_="disk"),
+            ],
+        )
+        meter(c, "grouped_gb", type_="disk", groupBy={"bucket": "$.bucket"})  # created after them: backfilled
+        hour = {"from": "2025-05-01T00:00:00Z", "to": "2025-05-01T01:00:00Z"}
+        deadline = time.monotonic() + 30
+        while not (rows := c.get("/api/v1/meters/grouped_gb/query", params={**hour, "groupBy": "bucket"}).json()["data"]):
+            assert time.monotonic() < deadline, "the new meter's backfill did not finish"
+            time.sleep(0.05)
+        assert {r["groupBy"]["bucket"]: Decimal(str(r["value"])) for r in rows} == {
+            "x": Decimal(3600 + 2 * 900),
+            "y": Decimal(3 * 1800),
+        }
+        assert total(c, "grouped_gb", **hour) == 3600 + 2 * 900 + 3 * 1800
+
+
+def test_rebuild_check_finds_nothing_to_change(served: Server) -> None:
+    with client(served) as c:
+        assert c.get("/api/v1/meters/storage_gb").status_code == 200  # the tests above ran first
+    out = subprocess.run(
+        [sys.executable, "-m", "meterline.cli.main", "rebuild", "--check", "--data-dir", str(served.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
