@@ -120,6 +120,7 @@ class SqliteUsage:
             conn.execute("UPDATE meters SET backfill_done = ? WHERE key = ?", (batch.end, batch.backfill))
             roots = replay.corrected | roots_in(conn, batch.start, batch.end)
             if roots or late:
+                self._state.load(conn)  # a meter created since the last live batch is in it only now
                 meters = [m for ms in self._state.meters.values() for m in ms if m.meter.key == batch.backfill]
                 applied = applied_in_store(conn, stored_offset(conn))
                 recompute(conn, replay, meters, roots, applied, late=late)
