@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, start_server
+from conftest import Server, build_api, start_server
+from test_billing_api import invoice, move_to, ok, post, run
 
 BATCH = {"Content-Type": "application/cloudevents-batch+json"}
 GB_H = Decimal(3600)
@@ -176,3 +178,69 @@ def test_rebuild_check_finds_nothing_to_change(served: Server) -> None:
         timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+GB_HOURS_PLAN: dict[str, Any] = {
+    "plan": "disk",
+    "name": "Disk",
+    "currency": "USD",
+    "cards": [
+        {
+            "key": "storage",
+            "name": "Storage",
+            "meter": "disk_gb",
+            "unitSize": "3600",  # GB-seconds -> GB-hours
+            "freeUnits": "100",
+            "model": {"model": "per_unit", "unitPrice": "0.01"},
+        }
+    ],
+}
+
+
+def test_a_plan_prices_gb_hours_of_a_berlin_month_with_the_spring_dst_change(tmp_path: Path) -> None:
+    for api in build_api(tmp_path, billing={"scheduler_enabled": False}):
+        ok(api.create_meter(slug="disk_gb", eventType="disk", aggregation="TIME_WEIGHTED_SUM", valueProperty="$.gb"), 201)
+        ok(post(api, "/api/v1/customers", {"key": "acme", "name": "Acme", "subjectKeys": ["acme"]}), 201)
+        ok(post(api, "/api/v1/billing/plans", GB_HOURS_PLAN), 201)
+        ok(post(api, "/api/v1/billing/plans/disk/versions/1/publish"))
+        sub = {"customer": "acme", "plan": "disk", "start": "2026-02-28T23:00:00Z", "zone": "Europe/Berlin"}
+        ok(post(api, "/api/v1/billing/subscriptions", sub), 201)
+        move_to(api, "2026-04-01T00:01:00Z")
+        readings = [
+            reading("d1", "2026-02-20T00:00:00Z", "8", type_="disk"),  # set in February: holds into March
+            reading("d2", "2026-03-29T00:30:00Z", "20", type_="disk"),  # 01:30 CET, before the clocks go forward
+            reading("d3", "2026-03-29T01:30:00Z", "4", type_="disk"),  # 03:30 CEST, after
+        ]
+        assert api.post_events(readings).status_code == 204
+        assert run(api)["created"] == ["INV-000001"]
+        # March in Berlin is 743 hours (2026-02-28T23:00Z to 2026-03-31T22:00Z): 8 GB for 673.5 h,
+        # 20 GB for 1 h, 4 GB for 68.5 h = 5682 GB-h; 100 free, 5582 at 0.01
+        assert Decimal("673.5") + 1 + Decimal("68.5") == 743
+        line = invoice(api, "INV-000001")["lines"][0]
+        assert (Decimal(line["quantity"]), line["amount"]) == (Decimal(8 * Decimal("673.5") + 20 + 4 * Decimal("68.5")), "55.82")
+        # April: no reading at all, the 4 GB hold all 720 hours: 2880 GB-h, 100 free
+        move_to(api, "2026-05-01T00:01:00Z")
+        assert run(api)["created"] == ["INV-000002"]
+        line = invoice(api, "INV-000002")["lines"][0]
+        assert (Decimal(line["quantity"]), line["amount"]) == (Decimal(2880), "27.80")
+
+
+def test_metered_entitlements_refuse_a_gauge_meter(tmp_path: Path) -> None:
+    for api in build_api(tmp_path):
+        ok(api.create_meter(slug="disk_gb", eventType="disk", aggregation="TIME_WEIGHTED_SUM", valueProperty="$.gb"), 201)
+        ok(post(api, "/api/v1/customers", {"key": "acme", "name": "Acme", "subjectKeys": ["acme"]}), 201)
+        ok(post(api, "/api/v1/features", {"key": "disk", "name": "Disk", "meterSlug": "disk_gb"}), 201)
+        body = {"type": "metered", "featureKey": "disk", "usagePeriod": {"interval": "MONTH"}}
+        r = post(api, "/api/v1/customers/acme/entitlements", body)
+        assert r.status_code == 400, r.text
+        assert r.json()["code"] == "invalid_entitlement" and "TIME_WEIGHTED_SUM" in r.json()["detail"]
+
+
+def test_a_rate_card_unit_size_must_be_positive_and_only_on_usage(tmp_path: Path) -> None:
+    for api in build_api(tmp_path):
+        card = dict(GB_HOURS_PLAN["cards"][0], unitSize="0")
+        flat = {"key": "fee", "name": "Fee", "unitSize": "60", "model": {"model": "flat", "amount": "5"}}
+        r = post(api, "/api/v1/billing/plans", dict(GB_HOURS_PLAN, cards=[card, flat]))
+        assert r.status_code == 400 and r.json()["code"] == "invalid_plan", r.text
+        assert any("unitSize must be greater than 0" in p for p in r.json()["problems"])
+        assert any("flat fees take no" in p and "unitSize" in p for p in r.json()["problems"])

@@ -40,7 +40,7 @@ from meterline.services.features import FeatureService
 from meterline.services.meters import MeterService
 from meterline.services.usage_queries import UsageQueries
 
-ADDITIVE = (Aggregation.SUM, Aggregation.COUNT)
+ADDITIVE = (Aggregation.SUM, Aggregation.COUNT, Aggregation.TIME_WEIGHTED_SUM)  # values of periods add up
 MAX_PERIODS = 400
 
 

@@ -128,8 +128,9 @@ def _prorated(priced: Priced, part: Proration) -> Priced:
     return Priced(amount, (*priced.steps, Step("proration", sub(amount, priced.amount))))
 
 
-def _usage_line(card: RateCard, window: Period, quantity: Decimal, group: Group | None, cur: Currency) -> InvoiceLine:
+def _usage_line(card: RateCard, window: Period, usage: Decimal, group: Group | None, cur: Currency) -> InvoiceLine:
     model = card.model_for(group[0][1] if group else None)
+    quantity = card.units(usage)
     label = card.name + "".join(f" ({k}={v})" for k, v in group or ())
     if model is None:
         return InvoiceLine(

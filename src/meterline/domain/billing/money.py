@@ -108,6 +108,12 @@ def prorate(amount: Decimal, covered: int, whole: int) -> Decimal:
     return _DIVIDE.divide(_EXACT.multiply(amount, Decimal(covered)), Decimal(whole))
 
 
+def per(quantity: Decimal, size: Decimal) -> Decimal:
+    """``quantity`` in units of ``size`` (a rate card's ``unitSize``): exact when the quotient
+    terminates within 80 digits, else divided once at 80 digits, like proration."""
+    return _DIVIDE.divide(quantity, size)
+
+
 def round_line(amount: Decimal, cur: Currency) -> Decimal:
     """THE rounding rule: one line amount to the currency's minor units, half-even."""
     return amount.quantize(cur.quantum, rounding=ROUNDING, context=_EXACT)

@@ -17,6 +17,10 @@ other value with non-zero usage, sorted. A listed value uses its own model; any 
 ``model`` (the default) when the card has one, otherwise it becomes an *unpriced* line (amount 0,
 named in ``InvoiceDraft.unpriced``) so nothing is silently dropped and a billing run can refuse
 to finalize. ``freeUnits``, ``minimum`` and ``maximum`` apply to each line on its own.
+
+``unitSize`` prices the meter's usage in larger units: the usage is divided by it first, so a
+TIME_WEIGHTED_SUM meter (GB-seconds) with ``"unitSize": "3600"`` is priced in GB-hours, and a
+line's ``quantity`` is in those units.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from decimal import Decimal
 import msgspec
 
 from meterline.domain.billing.charges import ChargeModel, FlatFee, price_problems, validate_model
-from meterline.domain.billing.money import ZERO
+from meterline.domain.billing.money import ZERO, per
 from meterline.domain.identifiers import SLUG_RULE, is_group_key, is_slug, name_problem
 
 
@@ -42,10 +46,17 @@ class RateCard(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, 
     free_units: Decimal = ZERO
     minimum: Decimal | None = None
     maximum: Decimal | None = None
+    unit_size: Decimal | None = None
+    """The meter's units in one priced unit: the usage is divided by it before ``freeUnits``
+    and the model apply (a TIME_WEIGHTED_SUM meter counts GB-seconds: 3600 prices GB-hours)."""
 
     @property
     def is_flat(self) -> bool:
         return self.meter is None
+
+    def units(self, quantity: Decimal) -> Decimal:
+        """The usage ``quantity`` in the card's priced units (``unitSize``)."""
+        return quantity if self.unit_size is None else per(quantity, self.unit_size)
 
     def model_for(self, value: str | None) -> ChargeModel | None:
         """The model pricing one group value (``None``: ungrouped), or None when unpriced."""
@@ -68,8 +79,8 @@ def validate_card(card: RateCard, path: str) -> list[str]:
 def _flat_problems(card: RateCard, path: str) -> list[str]:
     problems = [] if isinstance(card.model, FlatFee) else [f"{path}: a card without a meter needs a flat model"]
     extras = card.group_by or card.groups or card.free_units or card.minimum is not None or card.maximum is not None
-    if extras:
-        problems.append(f"{path}: flat fees take no groupBy, groups, freeUnits, minimum or maximum")
+    if extras or card.unit_size is not None:
+        problems.append(f"{path}: flat fees take no groupBy, groups, freeUnits, unitSize, minimum or maximum")
     return problems
 
 
@@ -100,6 +111,8 @@ def _limit_problems(card: RateCard, path: str) -> list[str]:
     problems: list[str] = []
     if not card.free_units.is_finite() or card.free_units < 0:
         problems.append(f"{path}.freeUnits must not be negative")
+    if card.unit_size is not None and (not card.unit_size.is_finite() or card.unit_size <= 0):
+        problems.append(f"{path}.unitSize must be greater than 0")
     if card.minimum is not None:
         problems += price_problems(f"{path}.minimum", card.minimum)
     if card.maximum is not None:
