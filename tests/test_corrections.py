@@ -373,7 +373,8 @@ def test_a_meter_created_after_voids_with_no_event_after_it_counts_none_of_them(
         for id_ in ("v1", "v2"):
             r = post(api, f"/api/v1/events/{id_}/void", {"source": "s", "reason": "test traffic"})
             assert r.status_code == 201, r.text
-        assert api.create_meter(slug="late_sum", eventType="job", aggregation="SUM", valueProperty="$.v").status_code == 201
+        spec = {"slug": "late_sum", "eventType": "job", "aggregation": "SUM", "valueProperty": "$.v"}
+        assert api.create_meter(**spec).status_code == 201
         backend = api.client.app.state.system.backend  # type: ignore[attr-defined]
         deadline = time.monotonic() + 20
         while backend.meters.pending_backfill():

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, build_api, start_server
+from conftest import Server, build_api, build_scale_api, start_server
 from test_billing_api import invoice, move_to, ok, post, run
 
 BATCH = {"Content-Type": "application/cloudevents-batch+json"}
@@ -65,7 +65,10 @@ def values(c: httpx.Client, slug: str, **params: str) -> list[tuple[str, str, De
     r = c.get(f"/api/v1/meters/{slug}/query", params=params)
     assert r.status_code == 200, r.text
     data = r.json()["data"]
-    return [(row["windowStart"].replace(".000Z", "Z"), row["windowEnd"].replace(".000Z", "Z"), Decimal(str(row["value"]))) for row in data]
+    return [
+        (row["windowStart"].replace(".000Z", "Z"), row["windowEnd"].replace(".000Z", "Z"), Decimal(str(row["value"])))
+        for row in data
+    ]
 
 
 def total(c: httpx.Client, slug: str, **params: str) -> Decimal:
@@ -158,7 +161,9 @@ def test_groups_and_subjects_add_up_and_a_new_meter_counts_past_readings(served:
         meter(c, "grouped_gb", type_="disk", groupBy={"bucket": "$.bucket"})  # created after them: backfilled
         hour = {"from": "2025-05-01T00:00:00Z", "to": "2025-05-01T01:00:00Z"}
         deadline = time.monotonic() + 30
-        while not (rows := c.get("/api/v1/meters/grouped_gb/query", params={**hour, "groupBy": "bucket"}).json()["data"]):
+        while not (
+            rows := c.get("/api/v1/meters/grouped_gb/query", params={**hour, "groupBy": "bucket"}).json()["data"]
+        ):
             assert time.monotonic() < deadline, "the new meter's backfill did not finish"
             time.sleep(0.05)
         assert {r["groupBy"]["bucket"]: Decimal(str(r["value"])) for r in rows} == {
@@ -199,7 +204,10 @@ GB_HOURS_PLAN: dict[str, Any] = {
 
 def test_a_plan_prices_gb_hours_of_a_berlin_month_with_the_spring_dst_change(tmp_path: Path) -> None:
     for api in build_api(tmp_path, billing={"scheduler_enabled": False}):
-        ok(api.create_meter(slug="disk_gb", eventType="disk", aggregation="TIME_WEIGHTED_SUM", valueProperty="$.gb"), 201)
+        ok(
+            api.create_meter(slug="disk_gb", eventType="disk", aggregation="TIME_WEIGHTED_SUM", valueProperty="$.gb"),
+            201,
+        )
         ok(post(api, "/api/v1/customers", {"key": "acme", "name": "Acme", "subjectKeys": ["acme"]}), 201)
         ok(post(api, "/api/v1/billing/plans", GB_HOURS_PLAN), 201)
         ok(post(api, "/api/v1/billing/plans/disk/versions/1/publish"))
@@ -217,7 +225,10 @@ def test_a_plan_prices_gb_hours_of_a_berlin_month_with_the_spring_dst_change(tmp
         # 20 GB for 1 h, 4 GB for 68.5 h = 5682 GB-h; 100 free, 5582 at 0.01
         assert Decimal("673.5") + 1 + Decimal("68.5") == 743
         line = invoice(api, "INV-000001")["lines"][0]
-        assert (Decimal(line["quantity"]), line["amount"]) == (Decimal(8 * Decimal("673.5") + 20 + 4 * Decimal("68.5")), "55.82")
+        assert (Decimal(line["quantity"]), line["amount"]) == (
+            Decimal(8 * Decimal("673.5") + 20 + 4 * Decimal("68.5")),
+            "55.82",
+        )
         # April: no reading at all, the 4 GB hold all 720 hours: 2880 GB-h, 100 free
         move_to(api, "2026-05-01T00:01:00Z")
         assert run(api)["created"] == ["INV-000002"]
@@ -227,7 +238,10 @@ def test_a_plan_prices_gb_hours_of_a_berlin_month_with_the_spring_dst_change(tmp
 
 def test_metered_entitlements_refuse_a_gauge_meter(tmp_path: Path) -> None:
     for api in build_api(tmp_path):
-        ok(api.create_meter(slug="disk_gb", eventType="disk", aggregation="TIME_WEIGHTED_SUM", valueProperty="$.gb"), 201)
+        ok(
+            api.create_meter(slug="disk_gb", eventType="disk", aggregation="TIME_WEIGHTED_SUM", valueProperty="$.gb"),
+            201,
+        )
         ok(post(api, "/api/v1/customers", {"key": "acme", "name": "Acme", "subjectKeys": ["acme"]}), 201)
         ok(post(api, "/api/v1/features", {"key": "disk", "name": "Disk", "meterSlug": "disk_gb"}), 201)
         body = {"type": "metered", "featureKey": "disk", "usagePeriod": {"interval": "MONTH"}}
@@ -244,3 +258,19 @@ def test_a_rate_card_unit_size_must_be_positive_and_only_on_usage(tmp_path: Path
         assert r.status_code == 400 and r.json()["code"] == "invalid_plan", r.text
         assert any("unitSize must be greater than 0" in p for p in r.json()["problems"])
         assert any("flat fees take no" in p and "unitSize" in p for p in r.json()["problems"])
+
+
+def test_scale_mode_refuses_a_gauge_meter_naming_the_mode(scale_site: Any, tmp_path: Path) -> None:
+    """The ClickHouse usage store keeps no gauge states: creating one is 501, nothing stored."""
+    for api in build_scale_api(scale_site, tmp_path):
+        r = api.create_meter(slug="disk_gb", eventType="disk", aggregation="TIME_WEIGHTED_SUM", valueProperty="$.gb")
+        assert r.status_code == 501, r.text
+        problem = r.json()
+        assert (problem["code"], problem["mode"], problem["aggregation"]) == (
+            "not_supported",
+            "scale",
+            "TIME_WEIGHTED_SUM",
+        )
+        assert "scale mode" in problem["detail"]
+        assert api.client.get("/api/v1/meters/disk_gb", headers=api.headers()).status_code == 404
+        ok(api.create_meter(slug="disk_max", eventType="disk", aggregation="MAX", valueProperty="$.gb"), 201)
