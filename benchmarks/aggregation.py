@@ -3,6 +3,7 @@ where the time goes.
 
     ./run bench aggregation                       # 200,000 events, 1000 subjects, SUM + COUNT meters
     ./run bench aggregation --events 500000 --subjects 10000 --fsync full
+    ./run bench aggregation --gauge               # the tokens meter as TIME_WEIGHTED_SUM
 
 Seeds the ledger through the real ingest path (``EmbeddedBackend``, 1000-event appends, no
 aggregator running: this is the ack path alone), then drains it with one ``Aggregator`` on the
@@ -98,6 +99,9 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=20_000)
     parser.add_argument("--fsync", choices=["full", "normal"], default="full")
     parser.add_argument("--spread", type=int, default=0, help="event times over this many seconds (0: one minute)")
+    parser.add_argument(
+        "--gauge", action="store_true", help="the tokens meter as TIME_WEIGHTED_SUM instead of SUM (docs/gauges.md)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="meterline-aggregation-") as tmp:
         b = EmbeddedBackend(Path(tmp), IngestSettings(None, 1000), FixedClock(T0), fsync=args.fsync)
@@ -105,7 +109,7 @@ def main() -> None:
             spec = MeterSpec(
                 slug="tokens",
                 event_type="prompt",
-                aggregation=Aggregation.SUM,
+                aggregation=Aggregation.TIME_WEIGHTED_SUM if args.gauge else Aggregation.SUM,
                 value_property="$.tokens",
                 group_by={"model": "$.model"},
             )
