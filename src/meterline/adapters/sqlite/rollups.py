@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.adapters.sqlite.gauges import Late, write_gauges
-from meterline.adapters.sqlite.summaries import summary_states
+from meterline.adapters.sqlite.summaries import summarized, summary_states
 from meterline.domain.decimals import add, stored
 from meterline.domain.meters.fold import Fold, Key
 from meterline.domain.meters.model import Aggregation
@@ -59,6 +59,27 @@ def upsert(table: str, aggregation: Aggregation) -> str:
     )
 
 
+def _moved(table: str, aggregation: Aggregation, where: str) -> str:
+    """Copy rows of ``table`` matching ``where`` to another subject (the first parameter), merged
+    with its rows as the aggregator merges deltas. Gauge buckets cannot merge without their
+    readings: they are copied whole, and a pseudonym's bucket that already exists is kept."""
+    columns = _ROW
+    if table == "summaries":
+        aggregation = summarized(aggregation)  # a gauge's summaries are counts
+    elif aggregation is Aggregation.TIME_WEIGHTED_SUM:
+        columns += ", first_t, first_seq"
+    picked = columns.replace("subject", "?", 1)
+    on_conflict = (
+        "DO NOTHING"
+        if aggregation is Aggregation.TIME_WEIGHTED_SUM
+        else f"DO UPDATE SET {_COLUMNS[aggregation]}"
+    )
+    return (
+        f"INSERT INTO {table} ({columns}) SELECT {picked} FROM {table} {where}"
+        f" ON CONFLICT (meter, level, subject, bucket, group_key) {on_conflict}"
+    )
+
+
 def move_subject_range(
     conn: sqlite3.Connection, meter: int, aggregation: Aggregation, old: str, new: str, start: int, end: int
 ) -> int:
@@ -69,13 +90,8 @@ def move_subject_range(
     # every bucket size named, so each statement seeks the (meter, level, subject, bucket) key
     levels = ",".join(str(level) for level in BUCKETS)
     where = f"WHERE meter = ? AND level IN ({levels}) AND subject = ? AND bucket >= ? AND bucket < ?"
-    if aggregation in _COLUMNS:
-        conn.execute(
-            "INSERT INTO rollups SELECT meter, level, ?, bucket, group_key, cnt, total, low, high, last_t,"
-            f" last_seq, last_v FROM rollups {where}"
-            f" ON CONFLICT (meter, level, subject, bucket, group_key) DO UPDATE SET {_COLUMNS[aggregation]}",
-            (new, meter, old, start, end),
-        )
+    if aggregation in _COLUMNS or aggregation is Aggregation.TIME_WEIGHTED_SUM:
+        conn.execute(_moved("rollups", aggregation, where), (new, meter, old, start, end))
         moved += conn.execute(f"DELETE FROM rollups {where}", (meter, old, start, end)).rowcount
     conn.execute(
         f"INSERT OR IGNORE INTO uniques SELECT meter, level, ?, bucket, group_key, value FROM uniques {where}",
@@ -92,13 +108,9 @@ def move_subject(conn: sqlite3.Connection, meter: int, aggregation: Aggregation,
     with any ``new`` already has as the aggregator merges deltas (an erasure's pseudonym);
     returns how many rows moved."""
     moved = 0
-    for table in ("rollups", "summaries") if aggregation in _COLUMNS else ():  # UNIQUE_COUNT: uniques only
-        conn.execute(
-            f"INSERT INTO {table} SELECT meter, level, ?, bucket, group_key, cnt, total, low, high, last_t,"
-            f" last_seq, last_v FROM {table} WHERE meter = ? AND subject = ?"
-            f" ON CONFLICT (meter, level, subject, bucket, group_key) DO UPDATE SET {_COLUMNS[aggregation]}",
-            (new, meter, old),
-        )
+    keeps = aggregation in _COLUMNS or aggregation is Aggregation.TIME_WEIGHTED_SUM
+    for table in ("rollups", "summaries") if keeps else ():  # UNIQUE_COUNT: uniques only
+        conn.execute(_moved(table, aggregation, "WHERE meter = ? AND subject = ?"), (new, meter, old))
         moved += conn.execute(f"DELETE FROM {table} WHERE meter = ? AND subject = ?", (meter, old)).rowcount
     conn.execute(
         "INSERT OR IGNORE INTO uniques SELECT meter, level, ?, bucket, group_key, value FROM uniques"
