@@ -20,7 +20,6 @@ from meterline.domain.entitlements.history import PeriodUsage, WindowUsage
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput
 from meterline.domain.entitlements.render import entitlement_body, period_body, value_body
 from meterline.domain.entitlements.value import Value
-from meterline.domain.errors import InvalidInput
 
 
 class CheckFeature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -37,7 +36,7 @@ class CheckRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ResetInput(msgspec.Struct, frozen=True, rename="camel"):
     effective_at: str | None = None
     retain_anchor: bool = False
-    preserve_overage: bool = False
+    preserve_overage: bool | None = None
 
 
 def entitlement_json(ctx: Context, e: Entitlement) -> dict[str, Any]:
@@ -185,7 +184,8 @@ def _history_json(windows: list[WindowUsage], periods: list[PeriodUsage]) -> dic
             "period": period_body(p.period),
             "usage": p.usage,
             "overage": p.overage,
-            "balanceAtStart": p.allowance,
+            "balanceAtStart": p.balance_at_start,
+            "overageAtStart": p.carried,
             "balanceAtEnd": p.balance_at_end,
             "grantBalancesAtStart": {},
             "grantBalancesAtEnd": {},
@@ -199,9 +199,7 @@ def _history_json(windows: list[WindowUsage], periods: list[PeriodUsage]) -> dic
 @endpoint(Scope.ADMIN)
 async def reset_entitlement(call: Call) -> Response:
     inp = await typed_body(call.request, ResetInput, "reset")
-    if inp.preserve_overage:
-        raise InvalidInput("preserveOverage is not supported: a reset starts from zero", code="invalid_reset")
     at = parse_time("effectiveAt", inp.effective_at)
-    service = call.ctx.catalog.entitlements
-    await call.run(service.reset, call.namespace, _owner(call), call.path("entitlement"), at, inp.retain_anchor)
+    service, owner, ent = call.ctx.catalog.values, _owner(call), call.path("entitlement")
+    await call.run(service.reset, call.namespace, owner, ent, at, inp.retain_anchor, inp.preserve_overage)
     return Response(status_code=204)

@@ -33,6 +33,7 @@ from meterline.domain.clock import Clock, from_us
 from meterline.domain.customers.model import Customer
 from meterline.domain.decimals import EXACT
 from meterline.domain.entitlements.model import Entitlement, Feature, Grant
+from meterline.domain.entitlements.overage import carried_overage
 from meterline.domain.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
 from meterline.domain.errors import InvalidInput, StorageUnavailable
 from meterline.domain.meters.model import Aggregation, Meter
@@ -124,6 +125,9 @@ class LiveCounters:
         """Whether the index missed a committed change (set by the backend's follow-ups)."""
         self.heal: Callable[[], bool] = lambda: True
         """Rebuild a stale index from the store; True when it is current again."""
+        self.carry: Callable[[Live, Period], Decimal] = lambda live, period: ZERO
+        """The overage carried into a period of an entitlement that preserves it
+        (:meth:`History.carried`, set by bootstrap)."""
 
     # -- writer side ------------------------------------------------------------------------
 
@@ -296,11 +300,17 @@ class LiveCounters:
             period, _, _, usage = live.state
             assert period is not None
         grants = grant_total(live.grants, period, now) if live.grants else ZERO
-        return ent, metered_value(ent, usage, grants, period, now, project=project)
+        carried = self.carry(live, period) if carries(ent) else ZERO
+        return ent, metered_value(ent, usage, grants, period, now, project=project, carried=carried)
 
     def check(self, namespace: str, customer_key: str, feature_key: str, quantity: Decimal) -> Verdict:
         ent, value = self.value(namespace, customer_key, feature_key, project=False)
         return verdict(ent, value, quantity)
+
+
+def carries(ent: Entitlement) -> bool:
+    """Whether a period of ``ent`` may start with overage (``domain.entitlements.overage``)."""
+    return ent.spec.preserve_overage_at_reset or ent.reset_overage > 0
 
 
 def live_counter(
@@ -359,6 +369,7 @@ class History:
         self._usage = usage
         self._clock = clock
         self._fresh = fresh
+        self._carried: dict[tuple[object, ...], Decimal] = {}
 
     def live(self, entitlement_id: str) -> Live | None:
         return self._counters.index.live.get(entitlement_id)
@@ -368,7 +379,24 @@ class History:
         period = live.period_at(t_us)
         end = min(period.end_us, t_us - t_us % 60_000_000 + 60_000_000)
         usage = self.usage(live, period.start_us, end)
-        return metered_value(live.ent, usage, grant_total(live.grants, period, t_us), period, t_us)
+        carried = self.carried(live, period) if carries(live.ent) else ZERO
+        return metered_value(live.ent, usage, grant_total(live.grants, period, t_us), period, t_us, carried=carried)
+
+    def carried(self, live: Live, period: Period) -> Decimal:
+        """The overage carried into ``period`` (``domain.entitlements.overage``), from the
+        rollups' usage of the periods since the last reset; kept per entitlement definition,
+        grants and period: a closed period is not reopened by later readings (as the counters
+        treat it)."""
+        ent = live.ent
+        grants = tuple((g.id, g.voided_us) for g in live.grants)
+        key = (ent.id, ent.last_reset_us, ent.reset_overage, period.start_us, grants)
+        found = self._carried.get(key)
+        if found is None:
+            found = carried_overage(
+                ent, live.grants, period, live.period_at, lambda p: self.usage(live, p.start_us, p.end_us)
+            )
+            self._carried[key] = found
+        return found
 
     def usage(self, live: Live, start_us: int, end_us: int) -> Decimal:
         if end_us <= start_us:

@@ -66,6 +66,29 @@ class EntitlementValueService:
         assert value is not None  # the entitlement was just found
         return value
 
+    def reset(
+        self,
+        namespace: str,
+        owner: str,
+        entitlement: str,
+        effective_us: int | None,
+        retain_anchor: bool,
+        preserve_overage: bool | None,
+    ) -> None:
+        """Reset a metered entitlement's usage (``EntitlementService.reset``). The overage at
+        the reset carries into the new period when ``preserve_overage`` says so (default: the
+        entitlement's ``preserveOverageAtReset``, as in OpenMeter)."""
+        ent = self._entitlements.find(namespace, owner, entitlement)
+        keep = ent.spec.preserve_overage_at_reset if preserve_overage is None else preserve_overage
+        carried = self._overage_before if keep else None
+        self._entitlements.reset(namespace, owner, ent.id, effective_us, retain_anchor, carried)
+
+    def _overage_before(self, ent: Entitlement, at_us: int) -> Decimal:
+        """The overage of the usage before ``at_us`` (a whole minute): the value as of the
+        minute before it."""
+        value = self._usage.value_at(ent, at_us - 1)
+        return Decimal(0) if value is None or value.overage is None else value.overage
+
     def check(self, namespace: str, customer: str | None, features: Sequence[tuple[str, Decimal]]) -> Check:
         """Would using these quantities of these features be allowed now (live counters only)?"""
         if customer is None or not features:
@@ -108,7 +131,14 @@ class EntitlementValueService:
         query = exact_query(start, end, window_size=WindowSize(window_size), tz=zone(time_zone), limits=self._limits)
         windows = self._usage.windows(ent, query) or []
         dated = [(s, e, usage, self._period(ent, s)) for s, e, usage in windows]
-        return burndown(dated, ent.spec.issue_after_reset or Decimal(0))
+        return burndown(dated, ent.spec.issue_after_reset or Decimal(0), lambda p: self._carried(ent, p))
+
+    def _carried(self, ent: Entitlement, period: Period) -> Decimal:
+        """The overage ``period`` inherited (0 unless the entitlement preserves overage)."""
+        if not (ent.spec.preserve_overage_at_reset or ent.reset_overage > 0):
+            return Decimal(0)
+        value = self._usage.value_at(ent, period.start_us)
+        return Decimal(0) if value is None else value.carried
 
     def _period(self, ent: Entitlement, start_us: int) -> Period:
         period = self._usage.period_at(ent, start_us)

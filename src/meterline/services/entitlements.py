@@ -6,14 +6,15 @@ anchored, resets) are applied here before anything is written; the repositories 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from decimal import Decimal
 
 from ulid import ULID
 
 from meterline.domain.clock import Clock
 from meterline.domain.customers.model import Customer
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput, Feature, validate_entitlement
-from meterline.domain.entitlements.rules import anchor_us, check_periods, reset
+from meterline.domain.entitlements.rules import anchor_us, check_periods, measured_from_us, reset, reset_at
 from meterline.domain.errors import InvalidInput, NotFound
 from meterline.domain.meters.model import Aggregation
 from meterline.ports.customers import CustomerRepository
@@ -50,8 +51,19 @@ class EntitlementService:
         anchor = anchor_us(inp, customer.timezone, now)
         if inp.type == "metered" and inp.usage_period is not None:
             check_periods(inp.usage_period.interval, anchor, customer.timezone, now)
+        measured = measured_from_us(inp, anchor, customer.timezone, now) if inp.type == "metered" else anchor
         ent = Entitlement(
-            str(ULID()), namespace, customer.id, customer.key, feature.id, feature.key, inp, anchor, anchor, now
+            str(ULID()),
+            namespace,
+            customer.id,
+            customer.key,
+            feature.id,
+            feature.key,
+            inp,
+            anchor,
+            measured,
+            now,
+            measured_from_us=measured if inp.measure_usage_from is not None else None,
         )
         return self._entitlements.add(ent, replace=replace)
 
@@ -108,8 +120,17 @@ class EntitlementService:
         self._entitlements.delete(namespace, ent.id, self._clock.now_us())
 
     def reset(
-        self, namespace: str, owner: str, id_or_feature: str, effective_us: int | None, retain_anchor: bool
+        self,
+        namespace: str,
+        owner: str,
+        id_or_feature: str,
+        effective_us: int | None,
+        retain_anchor: bool,
+        carried: Callable[[Entitlement, int], Decimal] | None = None,
     ) -> None:
-        """Start a new usage period at ``effective_us`` (to the minute; default now)."""
+        """Start a new usage period at ``effective_us`` (to the minute; default now).
+        ``carried(ent, at)`` is the overage the reset preserves into it (none without one)."""
         ent = self.find(namespace, owner, id_or_feature)
-        self._entitlements.update(reset(ent, effective_us, retain_anchor, self._clock.now_us()))
+        now = self._clock.now_us()
+        overage = Decimal(0) if carried is None else carried(ent, reset_at(ent, effective_us, now))
+        self._entitlements.update(reset(ent, effective_us, retain_anchor, now, overage))

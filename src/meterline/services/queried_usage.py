@@ -18,6 +18,7 @@ from meterline.domain.billing.records import UsageAsk
 from meterline.domain.clock import Clock, from_us
 from meterline.domain.customers.model import Customer
 from meterline.domain.entitlements.model import Entitlement
+from meterline.domain.entitlements.overage import carried_overage
 from meterline.domain.entitlements.value import ZERO, Value, grant_total, metered_value
 from meterline.domain.errors import NotFound
 from meterline.domain.meters.model import Meter
@@ -26,7 +27,7 @@ from meterline.domain.periods import Period
 from meterline.ports.customers import CustomerRepository
 from meterline.ports.entitlements import EntitlementRepository, FeatureRepository, GrantRepository
 from meterline.ports.meters import MeterCatalog, UsageReader
-from meterline.services.counters import Live, live_counter, read_usage
+from meterline.services.counters import Live, carries, live_counter, read_usage
 
 MINUTE_US = 60_000_000
 
@@ -82,7 +83,8 @@ class QueriedEntitlementUsage:
         period = live.period_at(now)
         usage = read_usage(self._usage, live, period)
         grants = grant_total(live.grants, period, now) if live.grants else ZERO
-        return ent, metered_value(ent, usage, grants, period, now, project=project)
+        carried = self._carried(live, period)
+        return ent, metered_value(ent, usage, grants, period, now, project=project, carried=carried)
 
     def period_at(self, ent: Entitlement, t_us: int) -> Period | None:
         live = self._live_of(ent)
@@ -96,7 +98,18 @@ class QueriedEntitlementUsage:
         period = live.period_at(t_us)
         end = min(period.end_us, t_us - t_us % MINUTE_US + MINUTE_US)
         usage = ZERO if end <= period.start_us else read_usage(self._usage, live, Period(period.start, from_us(end)))
-        return metered_value(live.ent, usage, grant_total(live.grants, period, t_us), period, t_us)
+        grants = grant_total(live.grants, period, t_us)
+        return metered_value(live.ent, usage, grants, period, t_us, carried=self._carried(live, period))
+
+    def _carried(self, live: Live, period: Period) -> Decimal:
+        """The overage carried into ``period`` (``domain.entitlements.overage``)."""
+        if not carries(live.ent):
+            return ZERO
+
+        def usage_of(p: Period) -> Decimal:
+            return read_usage(self._usage, live, p)
+
+        return carried_overage(live.ent, live.grants, period, live.period_at, usage_of)
 
     def windows(self, ent: Entitlement, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
         live = self._live_of(ent)

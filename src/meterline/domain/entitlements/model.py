@@ -82,6 +82,12 @@ class Entitlement(msgspec.Struct, frozen=True):
     last_reset_us: int
     created_us: int
     deleted_us: int | None = None
+    reset_overage: Decimal = Decimal(0)
+    """The overage carried into the period that starts at ``last_reset_us`` by a reset that
+    preserved it (``domain.entitlements.overage``)."""
+    measured_from_us: int | None = None
+    """OpenMeter's ``measureUsageFrom`` as resolved at creation (None: created before it was
+    kept; then ``last_reset_us`` stands for it)."""
 
 
 class GrantInput(msgspec.Struct, frozen=True, rename="camel"):
@@ -130,11 +136,11 @@ def validate_entitlement(inp: EntitlementInput) -> None:
     if inp.type == "metered":
         if inp.usage_period is None:
             problems.append("a metered entitlement needs usagePeriod")
-        if inp.preserve_overage_at_reset:
-            problems.append("preserveOverageAtReset is not supported: each period starts from zero usage")
-        if inp.measure_usage_from is not None:
-            problems.append("measureUsageFrom is not supported: usage is measured from each period's start")
-    elif inp.type == "static":
+        if not _measure_from_ok(inp.measure_usage_from):
+            problems.append('measureUsageFrom must be "CURRENT_PERIOD_START", "NOW" or a date-time with a UTC offset')
+    elif inp.preserve_overage_at_reset or inp.measure_usage_from is not None:
+        problems.append("preserveOverageAtReset and measureUsageFrom are for metered entitlements")
+    if inp.type == "static":
         if inp.config is None:
             problems.append("a static entitlement needs config (a JSON value as a string)")
         else:
@@ -165,6 +171,24 @@ def validate_grant(inp: GrantInput) -> None:
     elif count > MAX_EXPIRATION[duration]:
         problems.append(f"expiration may be at most 100 years ({MAX_EXPIRATION[duration]} {duration})")
     _raise(problems, "invalid_grant")
+
+
+MEASURE_PRESETS = ("CURRENT_PERIOD_START", "NOW")
+
+
+def measure_from_time(value: Any) -> datetime | None:
+    """A ``measureUsageFrom`` date-time (with its UTC offset), or None when it is not one."""
+    if not isinstance(value, str) or value in MEASURE_PRESETS:
+        return None
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None and 1 < t.year < 9999 else None
+
+
+def _measure_from_ok(value: Any) -> bool:
+    return value is None or value in MEASURE_PRESETS or measure_from_time(value) is not None
 
 
 def _raise(problems: list[str], code: str) -> None:

@@ -65,10 +65,10 @@ def entitlement_body(e: Entitlement, current: Period | None) -> dict[str, Any]:
         "isUnlimited": s.is_unlimited,
         "issueAfterReset": s.issue_after_reset,
         "issueAfterResetPriority": s.issue_after_reset_priority,
-        "preserveOverageAtReset": False,
+        "preserveOverageAtReset": s.preserve_overage_at_reset,
         "softLimit": s.soft_limit,
         "lastReset": rfc3339(e.last_reset_us),
-        "measureUsageFrom": rfc3339(e.last_reset_us),
+        "measureUsageFrom": rfc3339(e.last_reset_us if e.measured_from_us is None else e.measured_from_us),
         "usagePeriod": {
             "interval": interval,
             "anchor": rfc3339(e.anchor_us),

@@ -7,13 +7,14 @@ Every function is pure (time comes in as ``now_us``), so each is unit-tested dir
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import msgspec
 from dateutil.relativedelta import relativedelta
 
 from meterline.domain.clock import from_us, to_us
-from meterline.domain.entitlements.model import Entitlement, EntitlementInput, GrantInput
+from meterline.domain.entitlements.model import Entitlement, EntitlementInput, GrantInput, measure_from_time
 from meterline.domain.errors import InvalidInput
 from meterline.domain.periods import parse_interval, recurrence
 
@@ -52,6 +53,27 @@ def anchor_us(inp: EntitlementInput, zone: str, now_us: int) -> int:
     return to_us(local)
 
 
+def measured_from_us(inp: EntitlementInput, anchor: int, zone: str, now_us: int) -> int:
+    """Where a metered entitlement starts measuring usage (OpenMeter's ``measureUsageFrom``, to
+    the minute): ``NOW``; ``CURRENT_PERIOD_START`` (the start of the usage period holding now);
+    a date-time (not in the future); without one, the anchor, so the period holding now counts
+    from its start."""
+    given = inp.measure_usage_from
+    if given is None or inp.usage_period is None:
+        return anchor
+    if given == "NOW":
+        t = now_us
+    elif given == "CURRENT_PERIOD_START":
+        t = recurrence(inp.usage_period.interval, from_us(anchor), zone).period_at_us(now_us).start_us
+    else:
+        at = measure_from_time(given)
+        assert at is not None  # validate_entitlement checked it
+        t = to_us(at)
+        if t > now_us:
+            raise InvalidInput("measureUsageFrom must not be in the future", code="invalid_entitlement")
+    return t - t % MINUTE_US
+
+
 def check_periods(interval: str, anchor: int, zone: str, now_us: int) -> None:
     """Refuse, before anything is written, an anchor whose periods the live counter cannot use:
     periods that run past the last representable date in the customer's zone, or that do not
@@ -79,14 +101,24 @@ def grant_expiry_us(inp: GrantInput) -> int:
         raise InvalidInput("the grant would expire after the year 9999", code="invalid_grant") from None
 
 
-def reset(ent: Entitlement, effective_us: int | None, retain_anchor: bool, now_us: int) -> Entitlement:
-    """``ent`` with a new usage period starting at ``effective_us`` (to the minute; default
-    now): the anchor moves there too unless ``retain_anchor``. Only metered entitlements have
-    usage to reset, and a reset cannot be in the future."""
+def reset_at(ent: Entitlement, effective_us: int | None, now_us: int) -> int:
+    """When a reset of ``ent`` takes effect: ``effective_us`` to the minute (default now). Only
+    metered entitlements have usage to reset, and a reset cannot be in the future."""
     if ent.spec.type != "metered":
         raise InvalidInput("only metered entitlements have usage to reset", code="invalid_entitlement")
     at = now_us if effective_us is None else effective_us
     at -= at % MINUTE_US
     if at > now_us:
         raise InvalidInput("effectiveAt must not be in the future", code="invalid_reset")
-    return msgspec.structs.replace(ent, last_reset_us=at, anchor_us=ent.anchor_us if retain_anchor else at)
+    return at
+
+
+def reset(
+    ent: Entitlement, effective_us: int | None, retain_anchor: bool, now_us: int, carried: Decimal = Decimal(0)
+) -> Entitlement:
+    """``ent`` with a new usage period starting at the reset (``reset_at``): the anchor moves
+    there too unless ``retain_anchor``; ``carried`` is the overage the reset preserves into it
+    (OpenMeter's ``preserveOverage``; 0 when it starts from zero)."""
+    at = reset_at(ent, effective_us, now_us)
+    anchor = ent.anchor_us if retain_anchor else at
+    return msgspec.structs.replace(ent, last_reset_us=at, anchor_us=anchor, reset_overage=carried)

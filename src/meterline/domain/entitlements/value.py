@@ -4,8 +4,11 @@ A metered entitlement's allowance for a period is its ``issueAfterReset`` plus e
 active in that period (a grant counts from the period it becomes effective in, until it
 expires; its balance does not roll over a reset unless it recurs). Then::
 
-    balance  = max(allowance - usage, 0)
-    overage  = max(usage - allowance, 0)
+    balance  = max(allowance - carried - usage, 0)
+    overage  = max(carried + usage - allowance, 0)
+
+where ``carried`` is the overage a period inherits from the one before when the entitlement
+preserves overage at reset (``domain.entitlements.overage``; 0 otherwise).
     hasAccess = unlimited or soft limit (overage allowed) or balance > 0
 
 "Would N more units be allowed?" is ``usage + N <= allowance`` for a hard limit.
@@ -42,6 +45,9 @@ class Value(msgspec.Struct, frozen=True, gc=False):
     projected_usage: Decimal | None = None
     period: Period | None = None
     config: str | None = None
+    carried: Decimal = ZERO
+    """Overage carried into this period from the one before (``preserveOverageAtReset``): it
+    uses the allowance before this period's usage does."""
 
 
 class Verdict(msgspec.Struct, frozen=True, gc=False):
@@ -67,18 +73,26 @@ def grant_total(grants: Sequence[Grant], period: Period, now_us: int) -> Decimal
 
 
 def metered_value(
-    ent: Entitlement, usage: Decimal, grants: Decimal, period: Period, now_us: int, *, project: bool = True
+    ent: Entitlement,
+    usage: Decimal,
+    grants: Decimal,
+    period: Period,
+    now_us: int,
+    *,
+    project: bool = True,
+    carried: Decimal = ZERO,
 ) -> Value:
     """The value at ``now_us``; ``project=False`` skips the end-of-period projection (the check
-    path, which needs only the verdict)."""
+    path, which needs only the verdict). ``carried`` overage (``domain.entitlements.overage``)
+    uses the allowance first: balance = max(allowance - carried - usage, 0), overage the rest."""
     spec = ent.spec
     allowance = EXACT.add(spec.issue_after_reset or ZERO, grants)
-    left = EXACT.subtract(allowance, usage)
+    left = EXACT.subtract(EXACT.subtract(allowance, carried), usage)
     balance, overage = (left, ZERO) if left >= 0 else (ZERO, EXACT.minus(left))
     access = spec.is_unlimited or spec.is_soft_limit or balance > 0
     soft = spec.soft_limit is not None and usage >= spec.soft_limit
     projected = projection(usage, period, now_us) if project else None
-    return Value(access, usage, allowance, balance, overage, soft, projected, period)
+    return Value(access, usage, allowance, balance, overage, soft, projected, period, carried=carried)
 
 
 def projection(usage: Decimal, period: Period, now_us: int) -> Decimal:
@@ -101,5 +115,6 @@ def verdict(ent: Entitlement | None, value: Value | None, quantity: Decimal) -> 
     if spec.is_unlimited or spec.is_soft_limit:
         return Verdict(True, None, value)
     assert value.usage is not None and value.allowance is not None
-    room = EXACT.add(value.usage, quantity) <= value.allowance if quantity > 0 else value.usage < value.allowance
+    used = EXACT.add(value.usage, value.carried)
+    room = EXACT.add(used, quantity) <= value.allowance if quantity > 0 else used < value.allowance
     return Verdict(room, None if room else LIMIT_EXHAUSTED, value)

@@ -1,0 +1,110 @@
+"""OpenMeter's ``preserveOverageAtReset`` and ``measureUsageFrom`` as pure rules: the overage a
+period inherits across resets, the value and verdict that use it, where measuring starts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import msgspec
+import pytest
+
+from meterline.domain.clock import from_us, to_us
+from meterline.domain.entitlements.model import (
+    Entitlement,
+    EntitlementInput,
+    UsagePeriodInput,
+    validate_entitlement,
+)
+from meterline.domain.entitlements.overage import carried_overage
+from meterline.domain.entitlements.rules import measured_from_us, reset
+from meterline.domain.entitlements.value import metered_value, verdict
+from meterline.domain.errors import InvalidInput
+from meterline.domain.periods import Period, recurrence
+
+HOUR = 3_600_000_000
+MINUTE = 60_000_000
+A = to_us(datetime(2026, 3, 1, 9, 0, tzinfo=UTC))  # the anchor: hourly periods from 09:00
+USAGE = {A: Decimal("7"), A + HOUR: Decimal("4"), A + 2 * HOUR: Decimal("6.5")}  # by period start
+
+
+def entitlement(preserve: bool, last_reset: int = A, carried: Decimal = Decimal(0)) -> Entitlement:
+    spec = EntitlementInput(
+        "metered", "f", usage_period=UsagePeriodInput("PT1H"), issue_after_reset=Decimal(5),
+        preserve_overage_at_reset=preserve,
+    )  # fmt: skip
+    return Entitlement("e", "ns", "c", "c", "f", "f", spec, A, last_reset, A, reset_overage=carried)
+
+
+def period_at(ent: Entitlement) -> callable:  # type: ignore[valid-type]
+    rec = recurrence("PT1H", from_us(ent.anchor_us), "UTC")
+
+    def at(t: int) -> Period:
+        p = rec.period_at_us(t)
+        return Period(from_us(ent.last_reset_us), p.end) if p.start_us < ent.last_reset_us < p.end_us else p
+
+    return at
+
+
+def carried(ent: Entitlement, start: int) -> Decimal:
+    at = period_at(ent)
+    return carried_overage(ent, [], at(start), at, lambda p: USAGE.get(p.start_us, Decimal(0)))
+
+
+def test_overage_carries_from_period_to_period_when_preserved() -> None:
+    ent = entitlement(preserve=True)
+    assert carried(ent, A) == 0  # the first period inherits nothing
+    assert carried(ent, A + HOUR) == 2  # 7 used of 5
+    assert carried(ent, A + 2 * HOUR) == 1  # 2 carried + 4 used of 5
+    assert carried(ent, A + 3 * HOUR) == Decimal("2.5")  # 1 + 6.5 of 5
+    assert carried(entitlement(preserve=False), A + 2 * HOUR) == 0
+
+
+def test_the_value_uses_the_allowance_for_the_carried_overage_first() -> None:
+    ent = entitlement(preserve=True)
+    period = Period(from_us(A + 2 * HOUR), from_us(A + 3 * HOUR))
+    value = metered_value(ent, Decimal("2.5"), Decimal(0), period, A + 2 * HOUR + MINUTE, carried=Decimal(1))
+    assert (value.usage, value.allowance, value.balance, value.overage) == (Decimal("2.5"), 5, Decimal("1.5"), 0)
+    assert verdict(ent, value, Decimal("1.5")).allowed and not verdict(ent, value, Decimal("1.6")).allowed
+    over = metered_value(ent, Decimal("6.5"), Decimal(0), period, A + 2 * HOUR + MINUTE, carried=Decimal(1))
+    assert (over.balance, over.overage, over.has_access) == (0, Decimal("2.5"), False)
+
+
+def test_a_reset_that_preserves_overage_starts_the_next_period_with_it() -> None:
+    ent = reset(entitlement(preserve=False), A + 2 * HOUR + 30 * MINUTE, False, A + 3 * HOUR, Decimal("2.5"))
+    assert (ent.last_reset_us, ent.anchor_us, ent.reset_overage) == (A + 150 * MINUTE, A + 150 * MINUTE, 2.5)
+    assert carried(ent, A + 150 * MINUTE) == Decimal("2.5")  # into the period the reset starts
+    assert carried(ent, A + 210 * MINUTE) == 0  # not preserving: the next reset starts from zero
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, A),
+        ("NOW", A + 2 * HOUR + 30 * MINUTE),
+        ("CURRENT_PERIOD_START", A + 2 * HOUR),
+        ("2026-03-01T09:30:45Z", A + 30 * MINUTE),
+        ("2026-03-01T14:30:00+05:30", A),
+    ],
+)
+def test_measure_usage_from(given: str | None, expected: int) -> None:
+    inp = EntitlementInput("metered", "f", usage_period=UsagePeriodInput("PT1H"), measure_usage_from=given)
+    validate_entitlement(inp)
+    assert measured_from_us(inp, A, "UTC", A + 2 * HOUR + 30 * MINUTE + 5_000_000) == expected
+
+
+@pytest.mark.parametrize("given", ["LATER", "2026-03-01T09:30:00", 7, {"at": "NOW"}])
+def test_a_bad_measure_usage_from_is_refused(given: object) -> None:
+    inp = EntitlementInput("metered", "f", usage_period=UsagePeriodInput("PT1H"), measure_usage_from=given)
+    with pytest.raises(InvalidInput):
+        validate_entitlement(inp)
+    with pytest.raises(InvalidInput):
+        validate_entitlement(msgspec.structs.replace(inp, type="boolean", measure_usage_from="NOW"))
+
+
+def test_a_measure_usage_from_in_the_future_is_refused() -> None:
+    inp = EntitlementInput(
+        "metered", "f", usage_period=UsagePeriodInput("PT1H"), measure_usage_from="2026-03-01T12:00:00Z"
+    )
+    with pytest.raises(InvalidInput):
+        measured_from_us(inp, A, "UTC", A + HOUR)
