@@ -65,6 +65,7 @@ DOCUMENTED_400 = {
     "overrideSubjectEntitlement": ENTITLEMENT_TYPES,
     "createGrant": "the expiry must fall before the year 10000",
     "createMeter": "valueProperty and groupBy must be singular JSONPaths",
+    "updateMeter": "groupBy values must be singular JSONPaths",
     "createErasure": "the reason must not be blank nor contain the subject",
     "listMeterSubjects": "`to` not before `from`",
     "listMeterGroupByValues": "groupByKey must be a groupBy key of the meter; `to` not before `from`",
