@@ -131,14 +131,7 @@ class Aggregator:
     def wait_for(self, position: int, timeout: float) -> bool:
         """Block until the live offset reaches ``position`` or ``timeout`` seconds passed;
         True when it did. Never blocks the aggregator's own thread."""
-        if self._position >= position:
-            return True
-        if threading.current_thread().name == f"meterline-{self._loop.name}" or timeout <= 0:
-            return False
-        self._urgent.set()
-        self._wake.set()
-        with self._cond:
-            return self._cond.wait_for(lambda: self._position >= position, timeout)
+        return self.settled(timeout)(lambda: self._position >= position)
 
     def fresh(self, timeout: float, staleness: float = 0.0) -> Callable[[], None]:
         """A barrier for usage reads: wait for the ledger position current at the call (unless

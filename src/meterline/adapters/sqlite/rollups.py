@@ -70,9 +70,7 @@ def _moved(table: str, aggregation: Aggregation, where: str) -> str:
         columns += ", first_t, first_seq"
     picked = columns.replace("subject", "?", 1)
     on_conflict = (
-        "DO NOTHING"
-        if aggregation is Aggregation.TIME_WEIGHTED_SUM
-        else f"DO UPDATE SET {_COLUMNS[aggregation]}"
+        "DO NOTHING" if aggregation is Aggregation.TIME_WEIGHTED_SUM else f"DO UPDATE SET {_COLUMNS[aggregation]}"
     )
     return (
         f"INSERT INTO {table} ({columns}) SELECT {picked} FROM {table} {where}"
