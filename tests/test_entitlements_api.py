@@ -110,7 +110,6 @@ def test_customer_registry_and_openmeter_subjects(api: Api) -> None:
     assert_problem(api.client.get("/api/v1/customers/bob", headers=api.headers()), 404, "customer_not_found")
 
 
-@pytest.mark.embedded_only("scale mode has no quarantine (docs/scale.md)")
 def test_quarantine_keeps_events_and_release_counts_them_exactly_once(api: Api) -> None:
     assert (
         api.create_meter(slug="tokens", eventType="llm", aggregation="SUM", valueProperty="$.tokens").status_code == 201
@@ -141,7 +140,6 @@ def test_quarantine_keeps_events_and_release_counts_them_exactly_once(api: Api) 
     assert api.query("tokens").json()["data"][0]["value"] == 20
 
 
-@pytest.mark.embedded_only("the unknown-subjects policy is not applied by scale-mode ingest yet")
 def test_reject_policy_dead_letters_unknown_subjects(api: Api) -> None:
     api.client.put("/api/v1/settings", json={"unknownSubjects": "reject"}, headers=api.headers())
     r = api.post_events([ev("r1", subject="ghost")])

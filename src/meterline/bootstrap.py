@@ -710,7 +710,10 @@ def open_worker(config: Config) -> Worker:
     closers: list[Callable[[], None]] = []
     dedupe = dedupe_store(config, pg, clock, closers)  # the one the API nodes claim keys in
     cap, chunk = config.ingest.max_group_cardinality, config.aggregation.chunk
-    sink = SinkWorker(partitions, store, meters.live, dedupe, cap=cap, max_entries=chunk)
+    from meterline.adapters.postgres.quarantine import PgQuarantine
+
+    copies = PgQuarantine(pg, clock.now_us)  # released copies of quarantined events count once
+    sink = SinkWorker(partitions, store, meters.live, dedupe, cap=cap, max_entries=chunk, copies=copies)
     return Worker(sink, partitions, conn, pg, closers)
 
 
@@ -740,6 +743,8 @@ def open_scale_ledger(config: Config) -> Iterator[Ledger]:
             cap=config.ingest.max_group_cardinality,
             delivery_timeout=k.delivery_timeout,
             dead_letters=stores.catalog.dead_letters,
+            held=stores.catalog.quarantine,
+            unknown_subjects=UnknownSubjects(config.ingest.unknown_subjects),
         )
         try:
             yield kafka

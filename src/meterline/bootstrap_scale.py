@@ -54,7 +54,7 @@ from meterline.ports.dead_letters import Resubmitted
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.status import StoreStatus
 from meterline.runtime import freshness
-from meterline.runtime.background import Monitor
+from meterline.runtime.background import Monitor, Ticker
 from meterline.runtime.extras import import_extra
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.corrections import CorrectionService
@@ -69,6 +69,7 @@ from meterline.services.keys import KeyService
 from meterline.services.meters import MeterService, WithoutAggregations
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
+from meterline.services.quarantine import QuarantineReleaser, ReleasingCustomers
 from meterline.services.queried_usage import QueriedEntitlementUsage, QueriedPeriodUsage
 from meterline.services.resubmit import Resubmission
 from meterline.services.usage_queries import UsageQueries
@@ -265,6 +266,10 @@ class ScaleNode:
     _ledger: ScaleLedger
     counts: ReconciliationCounts | None = None
     _close: list[Callable[[], None]] = field(default_factory=list)
+    tickers: list[Ticker] = field(default_factory=list)
+    """Background loops ``start`` starts (``close`` stops them through ``_close``)."""
+    releaser: QuarantineReleaser | None = None
+    """Writes the events customer saves released from the quarantine (also run by a ticker)."""
 
     @property
     def ledger(self) -> Ledger:
@@ -286,6 +291,8 @@ class ScaleNode:
         self.dispatcher.start()
         self.stores.start()
         self.billing.scheduler.start()
+        for ticker in self.tickers:
+            ticker.start()
 
     def close(self) -> None:
         self.billing.scheduler.close()
@@ -340,11 +347,17 @@ def _wire(
         cap=config.ingest.max_group_cardinality,
         delivery_timeout=k.delivery_timeout,
         dead_letters=pg.dead_letters,
+        held=pg.quarantine,
+        unknown_subjects=UnknownSubjects(config.ingest.unknown_subjects),
     )
     closers.append(kafka.close)
+    releaser = QuarantineReleaser(pg.quarantine, kafka, timeout=k.delivery_timeout)
+    release = Ticker("quarantine-release", releaser.tick, lambda: 5.0, monitor)
+    closers.append(release.close)
     usage = NotedUsage(raw_usage, progress, kafka.heads, config.aggregation.max_wait)
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
-    catalog = _catalog(config, clock, stores, usage, ClickHouseMeterValues(conn, usage.note), dispatcher.wake)
+    values = ClickHouseMeterValues(conn, usage.note)
+    catalog = _catalog(config, clock, stores, usage, values, dispatcher.wake, releaser)
     cfg = config.billing
     billing = build_billing(
         stores.billing(QueriedPeriodUsage(usage), clock),
@@ -356,7 +369,10 @@ def _wire(
     )
     status = ScaleStatus([("PostgreSQL", pg.probe), ("ClickHouse", progress.probe), ("Kafka", kafka.probe)], progress)
     ledger = ScaleLedger(kafka, ClickHouseEvents(conn), usage.note)
-    return ScaleNode(config, clock, monitor, status, catalog, billing, dispatcher, stores, ledger, None, closers)
+    node = ScaleNode(config, clock, monitor, status, catalog, billing, dispatcher, stores, ledger, None, closers)
+    node.tickers.append(release)
+    node.releaser = releaser
+    return node
 
 
 def _catalog(
@@ -366,6 +382,7 @@ def _catalog(
     usage: NotedUsage,
     values: ClickHouseMeterValues,
     wake: Callable[[], None],
+    releaser: QuarantineReleaser,
 ) -> Catalog:
     pg = stores.catalog
     customers = pg.customers
@@ -373,7 +390,10 @@ def _catalog(
     queried = QueriedEntitlementUsage(customers, pg.entitlements, pg.features, pg.grants, pg.meters, usage, clock)
     return Catalog(
         customers=CustomerService(
-            customers, customers, customers, default_policy=UnknownSubjects(config.ingest.unknown_subjects)
+            ReleasingCustomers(customers, releaser),
+            customers,
+            pg.quarantine,
+            default_policy=UnknownSubjects(config.ingest.unknown_subjects),
         ),
         keys=KeyService(pg.keys, clock),
         corrections=CorrectionService(

@@ -23,6 +23,9 @@ class LogEntry:
     entry: LedgerEntry
     id: str
     token: str
+    released: bool = False
+    """A copy written by the quarantine's releaser (``ports.quarantine``): it counts only if
+    ``ReleasedCopies.settle`` says it is the first copy."""
 
 
 @dataclass(frozen=True, slots=True)

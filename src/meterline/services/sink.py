@@ -11,7 +11,9 @@ Each step:
 3. keeps the events whose ack-time claim holds (``DedupeStore.confirm`` of the token each was
    written under: a copy written by a node that lost its claim is skipped, and one whose node
    died before confirming is confirmed here — reading it proves it durable; the answer for a
-   token and key never changes, so a batch redone after a crash keeps the same events), and
+   token and key never changes, so a batch redone after a crash keeps the same events); of the
+   quarantine's released copies, only the first copy of each event read, by log position
+   (``ports.quarantine``: a releaser that died after writing writes it again), and
    evaluates the live meters on them (``domain.meters.fold.Replay``: readings folded per bucket,
    group values admitted under the cardinality cap);
 4. ``SinkStore.write`` records the range, inserts raw events and rollups under tokens derived
@@ -34,10 +36,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from meterline.domain.errors import StorageUnavailable
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
 from meterline.ports.dedupe import DedupeStore, EventKey
+from meterline.ports.quarantine import Copy, ReleasedCopies
 from meterline.ports.sink import LogEntry, PartitionLog, Position, SinkStore
 
 log = logging.getLogger("meterline.sink")
@@ -61,6 +65,7 @@ class SinkWorker:
         dedupe: DedupeStore,
         *,
         cap: int,
+        copies: ReleasedCopies | None = None,
         max_entries: int = 20_000,
         poll_timeout: float = 0.2,
         meters_every: float = 1.0,
@@ -71,6 +76,7 @@ class SinkWorker:
         self._store = store
         self._meters = meters
         self._dedupe = dedupe
+        self._copies = copies
         self._cap = cap
         self._max = max_entries
         self._timeout = poll_timeout
@@ -133,7 +139,7 @@ class SinkWorker:
             self._carry[stream] = entries
             return 0
         end = position.pending_end or batch[-1].entry.seq
-        counted = self._confirmed(batch)
+        counted = self._confirmed(stream, batch)
         compiled = self._live()
         groups, subjects = self._known_dims(compiled)
         replay = Replay(self._cap, groups, subjects)
@@ -172,8 +178,9 @@ class SinkWorker:
                 self._known = None  # the backfill's group values and subjects count toward the cap
         return folded
 
-    def _confirmed(self, batch: list[LogEntry]) -> list[LedgerEntry]:
-        """The entries whose claim holds, in order (those written without a claim count)."""
+    def _confirmed(self, stream: str, batch: list[LogEntry]) -> list[LedgerEntry]:
+        """The entries whose claim holds, in order (those written without a claim count); of
+        the quarantine's released copies, only the first copy of each event (``ports.quarantine``)."""
         by_token: dict[str, list[LogEntry]] = {}
         for e in batch:
             if e.token:
@@ -183,6 +190,15 @@ class SinkWorker:
             keys = [EventKey(e.entry.namespace, e.entry.source, e.id, b"") for e in entries]
             held = self._dedupe.confirm(token, keys)
             lost.update(e.entry.seq for e, ok in zip(entries, held, strict=True) if not ok)
+        released = [e for e in batch if e.released and e.entry.seq not in lost]
+        if released:
+            if self._copies is None:
+                raise StorageUnavailable("a released copy needs the quarantine store to be counted")
+            copies = [
+                Copy(e.entry.namespace, e.entry.source, e.id, e.token, f"{stream}@{e.entry.seq}") for e in released
+            ]
+            first = self._copies.settle(copies)
+            lost.update(e.entry.seq for e, ok in zip(released, first, strict=True) if not ok)
         return [e.entry for e in batch if e.entry.seq not in lost]
 
     def _position(self, stream: str) -> Position:

@@ -21,6 +21,8 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     raw: bytes
     token: str = ""
     """The ack-time dedupe claim the event was written under (empty without a dedupe store)."""
+    released: bool = False
+    """Written by the quarantine's releaser (``ports.quarantine``): counts only as the first copy."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -31,10 +33,11 @@ def key(namespace: str, subject: str) -> bytes:
     return f"{namespace}\x1f{subject}".encode()
 
 
-def encode(event: Event, received_us: int, token: str = "") -> bytes:
+def encode(event: Event, received_us: int, token: str = "", *, released: bool = False) -> bytes:
     record = Record(
-        event.namespace, event.source, event.id, event.type, event.subject, event.time_us, received_us, event.raw, token
-    )
+        event.namespace, event.source, event.id, event.type, event.subject, event.time_us, received_us, event.raw,
+        token, released,
+    )  # fmt: skip
     return _encoder.encode(record)
 
 
@@ -48,4 +51,4 @@ def entry(record: Record, offset: int) -> LogEntry:
         offset + 1, record.namespace, record.source, record.type, record.subject, record.time_us, record.raw,
         record.received_us,
     )  # fmt: skip
-    return LogEntry(ledger_entry, record.id, record.token)
+    return LogEntry(ledger_entry, record.id, record.token, record.released)

@@ -11,6 +11,12 @@ the shared dedupe store's protocol (``ports.dedupe``, docs/scale.md):
 3. **confirm** the claims: only now are the events answered accepted;
 4. **release** the claims when a write failed or no report came within ``delivery_timeout``.
 
+Under the namespace's unknown-subject policy (``quarantine`` or ``reject``; one lookup per
+request in the quarantine store, ``ports.quarantine``), an event whose subject no customer
+claims is dead-lettered (``reject``) or, claimed like any other, *held* in the quarantine store
+instead of written (``quarantine``), and answered ``quarantined`` once its claim is confirmed.
+:meth:`KafkaLedger.write_released` writes the events a customer's save released.
+
 A failed write, a key another request holds (BUSY) or a claim taken over fails the request
 with ``StorageUnavailable`` (503 with Retry-After): re-sending it is safe — what was confirmed
 answers as a duplicate, and the sink counts a key only under the token that confirmed it.
@@ -29,8 +35,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from meterline.adapters.kafka import envelope
+from meterline.domain.customers.model import UnknownSubjects, subject_rule
 from meterline.domain.errors import StorageUnavailable
-from meterline.domain.events.model import Candidate, Event, Outcome, Status
+from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
@@ -38,6 +45,7 @@ from meterline.ports.dead_letters import DeadLetterWriter, Rejected
 from meterline.ports.dedupe import Claims, DedupeStore, EventKey, Verdict
 from meterline.ports.ledger import Appended, EventFilter, StoredEvent
 from meterline.ports.meters import MeterCatalog
+from meterline.ports.quarantine import HeldEvents, Release, Screened
 from meterline.runtime.extras import import_extra
 
 
@@ -69,11 +77,14 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, replication: int) 
 class _Request:
     """One append: its outcomes so far, and the claimed events waiting for delivery reports."""
 
-    def __init__(self, outcomes: list[Outcome], claimed: list[tuple[int, Event]], token: str, busy: bool) -> None:
+    def __init__(
+        self, outcomes: list[Outcome], claimed: list[tuple[int, Event]], token: str, busy: bool, keys: list[EventKey]
+    ) -> None:
         self.future: Future[list[Outcome]] = Future()
         self.outcomes = outcomes
         self.claimed = claimed
-        self.keys = [EventKey(ev.namespace, ev.source, ev.id, ev.digest) for _, ev in claimed]
+        self.keys = keys
+        """The keys to confirm once every write is durable (the written and the held ones)."""
         self.token = token
         self.busy = busy
         self.pending = len(claimed)
@@ -101,9 +112,13 @@ class KafkaLedger:
         cap: int,
         delivery_timeout: float = 30.0,
         dead_letters: DeadLetterWriter | None = None,
+        held: HeldEvents | None = None,
+        unknown_subjects: UnknownSubjects = UnknownSubjects.ACCEPT,
     ) -> None:
         """``dead_letters``: where rejected events are stored before a request is answered
-        (without one, they are only reported)."""
+        (without one, they are only reported). ``held``: the quarantine store, where the
+        namespace's unknown-subject policy is read (``unknown_subjects`` where none is set) and
+        events of unknown subjects are held; without one, every subject is accepted."""
         kafka = import_extra("confluent_kafka", "scale")
         config = producer_config(bootstrap)
         config["message.timeout.ms"] = int(delivery_timeout * 1000)
@@ -114,6 +129,8 @@ class KafkaLedger:
         self._now_us = now_us
         self._cap = cap
         self._dead_letters = dead_letters
+        self._held = held
+        self._default_policy = unknown_subjects
         self._groups: dict[tuple[int, str], set[str]] = {}
         self._heads: dict[int, int] = {}
         self._heads_lock = threading.Lock()
@@ -150,10 +167,11 @@ class KafkaLedger:
     def _start(self, namespace: str, candidates: Sequence[Candidate], future: Future[builtins.list[Outcome]]) -> None:
         try:
             now = self._now_us()
+            screened = self._screen(namespace, candidates)
             with self._lock:  # the group values admitted so far are shared by concurrent requests
-                outcomes, accepted = self._admit(namespace, candidates)
+                outcomes, accepted, unknown = self._admit(namespace, candidates, screened)
             self._dead_letter(namespace, now, candidates, outcomes)
-            request = self._claim(outcomes, accepted)
+            request = self._claim(namespace, now, outcomes, accepted, unknown)
             request.future = future
             if not request.claimed:
                 self._finish(request)
@@ -191,20 +209,106 @@ class KafkaLedger:
         except Exception as exc:
             raise StorageUnavailable(f"the Kafka brokers do not answer: {type(exc).__name__}") from exc
 
-    def _claim(self, outcomes: builtins.list[Outcome], accepted: builtins.list[tuple[int, Event]]) -> _Request:
-        """1. Claim every accepted key: duplicates and conflicts are answered, not written."""
-        keys = [EventKey(ev.namespace, ev.source, ev.id, ev.digest) for _, ev in accepted]
+    def _claim(
+        self,
+        namespace: str,
+        now: int,
+        outcomes: builtins.list[Outcome],
+        accepted: builtins.list[tuple[int, Event]],
+        unknown: builtins.list[tuple[int, Event]],
+    ) -> _Request:
+        """1. Claim every accepted or quarantined key: duplicates and conflicts are answered,
+        not written; the claimed events of unknown subjects are held (before the claims are
+        confirmed: a retry after a crash finds them held, or claims them again)."""
+        both = accepted + unknown
+        keys = [EventKey(ev.namespace, ev.source, ev.id, ev.digest) for _, ev in both]
         claims = self._dedupe.claim(keys) if keys else Claims("", [])
-        claimed, busy = [], False
-        for (i, ev), verdict in zip(accepted, claims.verdicts, strict=True):
+        claimed: builtins.list[tuple[int, Event]] = []
+        held: builtins.list[tuple[int, Event]] = []
+        busy = False
+        for n, ((i, ev), verdict) in enumerate(zip(both, claims.verdicts, strict=True)):
             if verdict is Verdict.CLAIMED:
-                claimed.append((i, ev))
+                (claimed if n < len(accepted) else held).append((i, ev))
             elif verdict is Verdict.BUSY:
                 busy = True
             else:
                 index = outcomes[i].index
                 outcomes[i] = Outcome(index, ev.id, ev.source, Status.DUPLICATE, conflict=verdict is Verdict.CONFLICT)
-        return _Request(outcomes, claimed, claims.token, busy)
+        mine = claims.claimed(keys)
+        if held:
+            self._hold(namespace, now, claims.token, [ev for _, ev in held], mine)
+        return _Request(outcomes, claimed, claims.token, busy, mine)
+
+    def _hold(
+        self, namespace: str, now: int, token: str, events: builtins.list[Event], mine: builtins.list[EventKey]
+    ) -> None:
+        """1b. Keep the claimed events of unknown subjects in the quarantine store; the request
+        fails (claims dropped, safe to retry) when that fails or a customer claimed one of
+        their subjects meanwhile (the retry writes them to the log)."""
+        assert self._held is not None
+        try:
+            kept = self._held.hold(namespace, token, events, now)
+        except BaseException:
+            self._dedupe.release(token, mine)
+            raise
+        if not kept:
+            self._dedupe.release(token, mine)
+            raise StorageUnavailable("a customer claimed the subject of a quarantined event meanwhile; send it again")
+
+    def _screen(self, namespace: str, candidates: Sequence[Candidate]) -> Screened | None:
+        """The namespace's policy and which subjects customers claim, when the policy is not
+        ``accept`` (None: every subject is accepted)."""
+        if self._held is None:
+            return None
+        subjects = [c.event.subject for c in candidates if c.event is not None]
+        if not subjects:
+            return None
+        screened = self._held.screen(namespace, subjects)
+        policy = screened.policy or self._default_policy
+        return None if policy is UnknownSubjects.ACCEPT else Screened(policy, screened.owned)
+
+    def write_released(self, releases: Sequence[Release]) -> Future[builtins.list[Outcome]]:
+        """Write events a customer's save released from the quarantine, each under the token
+        its claim was confirmed with and flagged released (the sink counts its first copy
+        only); an event a meter can no longer read is dead-lettered instead. One outcome per
+        release, in order (``index`` = its position); resolves once every write is durable."""
+        future: Future[list[Outcome]] = Future()
+        self._work.submit(self._release, releases, future)
+        return future
+
+    def _release(self, releases: Sequence[Release], future: Future[builtins.list[Outcome]]) -> None:
+        try:
+            now = self._now_us()
+            outcomes: builtins.list[Outcome] = []
+            written: builtins.list[tuple[int, Event]] = []
+            live = {ns: self._live(ns) for ns in {r.event.namespace for r in releases}}
+            with self._lock:
+                for n, r in enumerate(releases):
+                    ev = r.event
+                    admitted = admit_event(live[ev.namespace].get(ev.type, ()), self._groups, self._cap, ev)
+                    if isinstance(admitted, list):
+                        written.append((n, ev))
+                        outcomes.append(Outcome(n, ev.id, ev.source, Status.ACCEPTED))
+                    else:
+                        outcomes.append(
+                            Outcome(n, ev.id, ev.source, Status.REJECTED, admitted.reason, admitted.message)
+                        )
+            for n, r in enumerate(releases):
+                o = outcomes[n]
+                if o.status is Status.REJECTED and self._dead_letters is not None and o.reason is not None:
+                    letter = Rejected(o.reason.value, o.message or "", r.event.source, r.event.id, r.event.raw)
+                    self._dead_letters.add(r.event.namespace, now, [letter])
+            request = _Request(outcomes, written, "", False, [])
+            request.future = future
+            if not written:
+                self._finish(request)
+                return
+            for n, ev in written:
+                record = envelope.encode(ev, now, releases[n].token, released=True)
+                self._produce(envelope.key(ev.namespace, ev.subject), record, request)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(_unavailable(exc))
 
     def _produce(self, key: bytes, value: bytes, request: _Request) -> None:
         """2. Write one claimed event; its delivery report arrives on the poll thread."""
@@ -246,12 +350,15 @@ class KafkaLedger:
                 future.set_exception(_unavailable(exc))
 
     def _admit(
-        self, namespace: str, candidates: Sequence[Candidate]
-    ) -> tuple[builtins.list[Outcome], builtins.list[tuple[int, Event]]]:
-        """Per candidate its outcome, and the accepted events by outcome position."""
+        self, namespace: str, candidates: Sequence[Candidate], screened: Screened | None
+    ) -> tuple[builtins.list[Outcome], builtins.list[tuple[int, Event]], builtins.list[tuple[int, Event]]]:
+        """Per candidate its outcome; the accepted events and those of unknown subjects to
+        quarantine, by outcome position. As in embedded ingest, the subject rule comes first: a
+        quarantined event meets the meters when it is released."""
         by_type = self._live(namespace)
         outcomes: builtins.list[Outcome] = []
         accepted: builtins.list[tuple[int, Event]] = []
+        unknown: builtins.list[tuple[int, Event]] = []
         for c in candidates:
             ev = c.event
             if ev is None:
@@ -260,13 +367,22 @@ class KafkaLedger:
                     Outcome(c.index, c.id, c.source, Status.REJECTED, c.rejection.reason, c.rejection.message)
                 )
                 continue
+            if screened is not None and screened.policy is not None:
+                rule = subject_rule(screened.policy, screened.owned, ev.subject)
+                if isinstance(rule, Rejection):
+                    outcomes.append(Outcome(c.index, ev.id, ev.source, Status.REJECTED, rule.reason, rule.message))
+                    continue
+                if rule is UnknownSubjects.QUARANTINE:
+                    unknown.append((len(outcomes), ev))
+                    outcomes.append(Outcome(c.index, ev.id, ev.source, Status.QUARANTINED))
+                    continue
             admitted = admit_event(by_type.get(ev.type, ()), self._groups, self._cap, ev)
             if not isinstance(admitted, list):
                 outcomes.append(Outcome(c.index, ev.id, ev.source, Status.REJECTED, admitted.reason, admitted.message))
                 continue
             accepted.append((len(outcomes), ev))
             outcomes.append(Outcome(c.index, ev.id, ev.source, Status.ACCEPTED))
-        return outcomes, accepted
+        return outcomes, accepted, unknown
 
     def _poll(self) -> None:
         """Serve delivery reports."""

@@ -12,10 +12,11 @@ from meterline.adapters.postgres.keys import PgKeys
 from meterline.adapters.postgres.meters import PgMeters
 from meterline.adapters.postgres.notifications import PgNotifications
 from meterline.adapters.postgres.portal import PgPortal
+from meterline.adapters.postgres.quarantine import PgQuarantine
 
 
 class PgCatalog:
-    """Customers (also the namespace settings and an empty quarantine), keys, meters, features,
+    """Customers (also the namespace settings), the quarantine, keys, meters, features,
     entitlements, grants, notifications (also the delivery store), portal tokens and dead letters."""
 
     def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
@@ -29,6 +30,7 @@ class PgCatalog:
         self.notifications = PgNotifications(db, now_us)
         self.portal = PgPortal(db)
         self.dead_letters = PgDeadLetters(db)
+        self.quarantine = PgQuarantine(db, now_us)
 
     @classmethod
     def open(cls, dsn: str, now_us: Callable[[], int], *, pool_size: int = 8, timeout: float = 10.0) -> PgCatalog:

@@ -3,8 +3,9 @@
 
 Every write is one transaction: a customer and its subject claims commit together, and the
 unique key on ``customer_subjects (namespace, subject)`` keeps a subject with one customer even
-when two API nodes claim it at once. Scale mode keeps no quarantine here (its ledger is the log):
-``released`` is always 0.
+when two API nodes claim it at once. A save marks the held events of the subjects it claims
+released, in its transaction (``adapters.postgres.quarantine``): ``released`` counts them; the
+releaser writes them to the log after the save (``services.quarantine``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import msgspec
 from ulid import ULID
 
 from meterline.adapters.postgres.database import Connection, PgDatabase, is_unique_violation, lock
+from meterline.adapters.postgres.quarantine import PgQuarantine, mark_released
 from meterline.adapters.postgres.rekey import rekey_references
 from meterline.domain.customers.model import (
     Customer,
@@ -37,6 +39,7 @@ class PgCustomers:
     def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
         self._db = db
         self._now_us = now_us
+        self._quarantine = PgQuarantine(db, now_us)
 
     def create(self, namespace: str, inp: CustomerInput) -> Saved:
         with self._db.tx() as conn:
@@ -115,7 +118,7 @@ class PgCustomers:
         customer = Customer(
             cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now, profile
         )
-        return Saved(customer, 0, 0)
+        return Saved(customer, mark_released(conn, namespace, subjects, now), 0)
 
     def get(self, namespace: str, key_or_id: str) -> Customer:
         with self._db.tx() as conn:
@@ -148,8 +151,7 @@ class PgCustomers:
     def quarantined(
         self, namespace: str, subject: str | None, *, limit: int, after_id: int
     ) -> builtins.list[Quarantined]:
-        """Nothing is ever held here (scale mode quarantines nothing)."""
-        return []
+        return self._quarantine.quarantined(namespace, subject, limit=limit, after_id=after_id)
 
     def load_all(self, namespace: str | None = None) -> builtins.list[Customer]:
         """Every live customer (of ``namespace``, or of every one) with its subjects, in two queries."""

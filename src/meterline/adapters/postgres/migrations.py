@@ -190,6 +190,22 @@ CREATE TABLE dead_letters (
 CREATE INDEX dead_letters_by_namespace ON dead_letters (namespace, id);
 """,
     ),
+    (
+        6,
+        "the quarantine: events of subjects no customer claims yet, held until one does (ports.quarantine)",
+        """
+CREATE TABLE quarantine (
+    id BIGSERIAL PRIMARY KEY, namespace TEXT NOT NULL, source TEXT NOT NULL, event_id TEXT NOT NULL,
+    type TEXT NOT NULL, subject TEXT NOT NULL, time_us BIGINT NOT NULL, received_us BIGINT NOT NULL,
+    digest BYTEA NOT NULL, raw BYTEA NOT NULL, token TEXT NOT NULL,
+    released_us BIGINT, lease_us BIGINT, delivered_us BIGINT, outcome TEXT, counted_at TEXT
+);
+CREATE UNIQUE INDEX quarantine_held_key ON quarantine (namespace, source, event_id) WHERE released_us IS NULL;
+CREATE INDEX quarantine_held_subjects ON quarantine (namespace, subject, id) WHERE released_us IS NULL;
+CREATE INDEX quarantine_undelivered ON quarantine (id) WHERE released_us IS NOT NULL AND delivered_us IS NULL;
+CREATE INDEX quarantine_copies ON quarantine (namespace, source, event_id, token);
+""",
+    ),
 ]
 
 
