@@ -72,6 +72,7 @@ DOCUMENTED_400 = {
     "queryMeter": "groupBy must name a dimension of the meter; `to` after `from`",
     "queryMeterPost": "groupBy must name a dimension of the meter; `to` after `from`",
     "queryPortalMeter": "groupBy must name a dimension of the meter; `to` after `from`",
+    "topOfMeter": "`by` and filters must name a dimension of the meter; `to` after `from`",
     "getSubjectEntitlementHistory": "`from` and `to` on whole minutes, `to` after `from`",
     "resetSubjectEntitlement": "effectiveAt must not be in the future",
     "createPlan": "the rate-card rules of docs/billing.md",

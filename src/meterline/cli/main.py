@@ -33,6 +33,7 @@ from meterline.cli import (
     producer_cmds,
     reconcile_cmds,
     store_cmds,
+    top_cmds,
 )
 from meterline.domain.errors import MeterlineError
 
@@ -79,6 +80,7 @@ for command in (
     *alert_cmds.COMMANDS,
     *producer_cmds.COMMANDS,
     *reconcile_cmds.COMMANDS,
+    *top_cmds.COMMANDS,
     migrate_cmds.migrate,
 ):
     cli.add_command(command)
