@@ -682,6 +682,7 @@ def open_worker(config: Config) -> Worker:
     from meterline.adapters.clickhouse.sink import ClickHouseSink
     from meterline.adapters.kafka.partitions import KafkaPartitions
     from meterline.adapters.postgres.database import PgDatabase
+    from meterline.adapters.postgres.fence import PgFence
     from meterline.adapters.postgres.meters import PgMeters
 
     clock = SystemClock()
@@ -692,7 +693,10 @@ def open_worker(config: Config) -> Worker:
     conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
     try:
         ensure_scale_meters(config, meters)
-        store = ClickHouseSink(conn, meters.live, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention)
+        fence = PgFence(pg, config.postgres.dsn)
+        store = ClickHouseSink(
+            conn, meters.live, fence, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention
+        )
         partitions = KafkaPartitions(
             k.bootstrap_servers,
             k.topic,
@@ -713,7 +717,7 @@ def open_worker(config: Config) -> Worker:
     from meterline.adapters.postgres.quarantine import PgQuarantine
 
     copies = PgQuarantine(pg, clock.now_us)  # released copies of quarantined events count once
-    sink = SinkWorker(partitions, store, meters.live, dedupe, cap=cap, max_entries=chunk, copies=copies)
+    sink = SinkWorker(partitions, store, meters.live, dedupe, fence, cap=cap, max_entries=chunk, copies=copies)
     return Worker(sink, partitions, conn, pg, closers)
 
 

@@ -8,7 +8,7 @@ and a stream's position ``done`` is the next offset to read (Kafka's committed-o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,6 +70,22 @@ class StreamBackfill:
     """A range ``(done, pending_end]`` recorded and not finished: the next write is exactly it."""
 
 
+class StreamFence(Protocol):
+    """Who may write a stream now: an *epoch* per stream that only grows. A worker takes a new
+    epoch when it starts writing a stream; a write whose epoch is no longer the stream's is a
+    zombie's (a worker paused past its session timeout while another took the stream over) and
+    writes nothing (the store checks it between recording a range and inserting it)."""
+
+    def acquire(self, stream: str) -> int | None:
+        """A new epoch for ``stream``, higher than any before (the previous holder's writes are
+        refused from now on); None while maintenance (``meterline rebuild``) holds every stream."""
+        ...
+
+    def holds(self, stream: str, epoch: int) -> bool:
+        """``epoch`` is still ``stream``'s newest."""
+        ...
+
+
 StartAt = Callable[[Sequence[str]], dict[str, int]]
 """Given newly assigned streams, where to start reading each (the store's ``done``)."""
 
@@ -84,29 +100,38 @@ class SinkStore(Protocol):
         ...
 
     def write(
-        self, stream: str, start: int, end: int, meters: frozenset[int], replay: Replay, entries: Sequence[LedgerEntry]
+        self,
+        stream: str,
+        epoch: int,
+        start: int,
+        end: int,
+        meters: frozenset[int],
+        replay: Replay,
+        entries: Sequence[LedgerEntry],
     ) -> bool:
         """Apply ``entries`` (the range ``(start, end]``), folded through ``meters`` into
         ``replay``, exactly once: raw events and usage together with the new position. False,
         writing nothing, when the stream is not at ``start``, a recorded range ends elsewhere,
-        or ``meters`` are not the live meters (the batch must be computed again).
+        ``meters`` are not the live meters (the batch must be computed again), or ``epoch``
+        (:class:`StreamFence`) is no longer the stream's.
 
         A live meter applied to the stream for the first time gets a backfill of what the
         stream held before this range (:meth:`backfills`)."""
         ...
 
-    def backfills(self, streams: Sequence[str], meters: frozenset[int]) -> list[StreamBackfill]:
-        """The unfinished backfills of live meters on ``streams``, once each of ``meters`` not
-        yet applied to a stream has its backfill started there (up to the stream's position:
-        only the stream's one writer may call this, between its writes)."""
+    def backfills(self, streams: Mapping[str, int], meters: frozenset[int]) -> list[StreamBackfill]:
+        """The unfinished backfills of live meters on ``streams`` (held under the epochs given),
+        once each of ``meters`` not yet applied to a stream has its backfill started there (up to
+        the stream's position: only the stream's one writer may call this, between its writes)."""
         ...
 
     def entries(self, stream: str, after: int, end: int, limit: int) -> list[LedgerEntry]:
         """The applied entries of ``stream`` with ``after < seq <= end``, in order, at most ``limit``."""
         ...
 
-    def write_backfill(self, meter: int, stream: str, start: int, end: int, replay: Replay) -> bool:
+    def write_backfill(self, meter: int, stream: str, epoch: int, start: int, end: int, replay: Replay) -> bool:
         """Apply the range ``(start, end]`` of a meter's backfill on ``stream``, folded into
         ``replay``, exactly once (as :meth:`write`). False, writing nothing, when the backfill is
-        not at ``start``, a recorded range ends elsewhere, or ``end`` is past its end."""
+        not at ``start``, a recorded range ends elsewhere, ``end`` is past its end, or
+        ``epoch`` is no longer ``stream``'s."""
         ...

@@ -5,6 +5,9 @@ Each step:
 
 1. polls up to ``max_entries`` entries of the assigned partitions (a partition starts, when it
    is assigned, at the position the *store* recorded — not at the log's committed offset);
+   before its first write to a partition the worker takes a new epoch of it from the fence
+   (``StreamFence.acquire``), then reads the stored position: a previous holder still running
+   (paused past its session timeout) is refused from then on;
 2. per partition, takes the entries after the stored position as one batch — or, when the
    store recorded a range a dead writer left unfinished, exactly that range (waiting for its
    last entry if need be), so the batch and its insert tokens are the same as before the crash;
@@ -16,8 +19,9 @@ Each step:
    (``ports.quarantine``: a releaser that died after writing writes it again), and
    evaluates the live meters on them (``domain.meters.fold.Replay``: readings folded per bucket,
    group values admitted under the cardinality cap);
-4. ``SinkStore.write`` records the range, inserts raw events and rollups under tokens derived
-   from it, then records the new position;
+4. ``SinkStore.write`` records the range, checks the epoch, inserts raw events and rollups
+   under tokens derived from the range, then records the new position (a refused write makes
+   the worker take a new epoch and read the position again);
 5. commits the partition's offset to the log (for lag metrics; a crash before it only makes the
    next consumer re-read entries the store skips).
 
@@ -42,7 +46,7 @@ from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
 from meterline.ports.dedupe import DedupeStore, EventKey
 from meterline.ports.quarantine import Copy, ReleasedCopies
-from meterline.ports.sink import LogEntry, PartitionLog, Position, SinkStore
+from meterline.ports.sink import LogEntry, PartitionLog, Position, SinkStore, StreamFence
 
 log = logging.getLogger("meterline.sink")
 
@@ -63,6 +67,7 @@ class SinkWorker:
         store: SinkStore,
         meters: Callable[[], Sequence[Meter]],
         dedupe: DedupeStore,
+        fence: StreamFence,
         *,
         cap: int,
         copies: ReleasedCopies | None = None,
@@ -77,6 +82,8 @@ class SinkWorker:
         self._meters = meters
         self._dedupe = dedupe
         self._copies = copies
+        self._fence = fence
+        self._epochs: dict[str, int] = {}
         self._cap = cap
         self._max = max_entries
         self._timeout = poll_timeout
@@ -103,6 +110,7 @@ class SinkWorker:
             except Exception:
                 log.exception("sink step failed; retrying from the stored positions")
                 self._positions.clear()
+                self._epochs.clear()
                 self._known = None
                 self._stop.wait(error_pause)
 
@@ -117,6 +125,7 @@ class SinkWorker:
         for stream in [s for s in self._carry if s not in held]:  # revoked: its new owner goes on
             del self._carry[stream]
             self._positions.pop(stream, None)
+            self._epochs.pop(stream, None)
         applied = sum(self._flush(stream) for stream in list(self._carry))
         if held != self._held:
             self._held, self._backfilling = set(held), True
@@ -127,6 +136,8 @@ class SinkWorker:
 
     def _flush(self, stream: str) -> int:
         position = self._position(stream)
+        if position is None:
+            return 0  # maintenance holds the stream (meterline rebuild): its entries wait
         entries = [e for e in self._carry[stream] if e.entry.seq > position.done]
         if position.pending_end is not None:
             batch = [e for e in entries if e.entry.seq <= position.pending_end]
@@ -144,9 +155,11 @@ class SinkWorker:
         groups, subjects = self._known_dims(compiled)
         replay = Replay(self._cap, groups, subjects)
         replay.apply(compiled, counted)
-        if not self._store.write(stream, position.done, end, frozenset(m.meter.key for m in compiled), replay, counted):
+        live = frozenset(m.meter.key for m in compiled)
+        if not self._store.write(stream, self._epochs[stream], position.done, end, live, replay, counted):
             self.stats.refused += 1
             self._positions.pop(stream, None)
+            self._epochs.pop(stream, None)
             self._known = None
             return 0
         self._carry[stream] = entries[len(batch) :]
@@ -160,7 +173,8 @@ class SinkWorker:
     def _backfill(self, held: set[str]) -> int:
         """One chunk of each unfinished backfill of the held streams; how many entries it folded."""
         folded = 0
-        pending = self._store.backfills(sorted(held), frozenset(self._compiled))
+        epochs = {s: self._epochs[s] for s in sorted(held) if self._position(s) is not None}
+        pending = self._store.backfills(epochs, frozenset(self._compiled))
         self._backfilling = bool(pending)
         for b in pending:
             compiled = self._compiled.get(b.meter)
@@ -173,9 +187,12 @@ class SinkWorker:
             groups, subjects = self._store.known([b.meter])
             replay = Replay(self._cap, groups, subjects)
             replay.apply([compiled], entries)
-            if self._store.write_backfill(b.meter, b.stream, b.done, end, replay):
+            if self._store.write_backfill(b.meter, b.stream, epochs[b.stream], b.done, end, replay):
                 folded += len(entries)
                 self._known = None  # the backfill's group values and subjects count toward the cap
+            else:
+                self._positions.pop(b.stream, None)
+                self._epochs.pop(b.stream, None)
         return folded
 
     def _confirmed(self, stream: str, batch: list[LogEntry]) -> list[LedgerEntry]:
@@ -201,9 +218,16 @@ class SinkWorker:
             lost.update(e.entry.seq for e, ok in zip(released, first, strict=True) if not ok)
         return [e.entry for e in batch if e.entry.seq not in lost]
 
-    def _position(self, stream: str) -> Position:
+    def _position(self, stream: str) -> Position | None:
+        """The stream's stored position, read after taking a new epoch of it (so a range the
+        previous holder recorded before its last fence check is seen); None while maintenance
+        holds it."""
         position = self._positions.get(stream)
         if position is None:
+            epoch = self._fence.acquire(stream)
+            if epoch is None:
+                return None
+            self._epochs[stream] = epoch
             position = self._positions[stream] = self._store.positions([stream])[stream]
         return position
 

@@ -10,6 +10,10 @@ backfill, or one Kafka partition. Applying a range ``(start, end]`` of a stream 
 A crash after 1 leaves the intent: the next consumer must apply exactly ``(start, end]``
 again for those meters, so its inserts carry the same tokens and ClickHouse drops the ones
 that had already landed — nothing is counted twice, nothing is missed.
+
+Rows are versions of a ReplacingMergeTree; a version is the writer's *epoch*
+(``ports.sink.StreamFence``) above bit 40 and a counter below, so a row a zombie writer (an
+older epoch) stores after the stream was taken over never replaces the new holder's rows.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from dataclasses import dataclass, replace
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.schema import PROGRESS
+
+EPOCH_SHIFT = 40
+_COUNTER = (1 << EPOCH_SHIFT) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +56,10 @@ class ProgressTable:
         rows = self._conn.rows(f"SELECT {', '.join(name for name, _ in PROGRESS)} FROM usage_progress FINAL")
         return {r[0]: Progress(r[0], r[1], r[2], r[3], tuple(r[4]), r[5], r[6]) for r in rows}
 
-    def write(self, p: Progress) -> Progress:
-        """Store the next version of a stream's progress (one writer per stream)."""
-        p = replace(p, version=p.version + 1)
+    def write(self, p: Progress, epoch: int = 0) -> Progress:
+        """Store the next version of a stream's progress (one writer per stream: the holder of
+        ``epoch``; a writer without a fence uses 0)."""
+        p = replace(p, version=(epoch << EPOCH_SHIFT) | ((p.version & _COUNTER) + 1))
         row = [p.stream, p.done, p.to, p.pending_end, list(p.pending_meters), p.version, p.applied_us]
         self._conn.insert("usage_progress", PROGRESS, [row], token=f"{p.stream}:v{p.version}")
         return p

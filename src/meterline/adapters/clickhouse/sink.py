@@ -3,15 +3,20 @@ log partitions, exactly once, by the protocol of :mod:`.progress` (one stream pe
 
 1. a write that does not start at the partition's stored position, does not end where a
    recorded range ends, or was folded for other meters than the live ones, is refused;
-2. the range and the meters it covers are recorded before anything is inserted;
-3. a live meter applied to the partition for the first time gets its backfill stream
+2. the range and the meters it covers are recorded before anything is inserted (a row
+   versioned by the writer's epoch, so a zombie's row never hides the new holder's);
+3. the writer's epoch is checked against the fence (``ports.sink.StreamFence``): a writer
+   whose partition was taken over stops here, having inserted nothing. One that passed the
+   check before the takeover had recorded its range first, so the new holder reads it and
+   redoes exactly that range under the same tokens (docs/scale.md, "Zombie workers");
+4. a live meter applied to the partition for the first time gets its backfill stream
    ``backfill:<meter>:<partition>`` over ``(0, to]``: ``to`` is where this range starts, or
    where it ends when a crash left it recorded without that meter (the range is then redone
    for its recorded meters only);
-4. raw events, rollup states, UNIQUE_COUNT values and new group values / subjects are inserted,
+5. raw events, rollup states, UNIQUE_COUNT values and new group values / subjects are inserted,
    each under the token ``<topic>:<partition>:<start>-<end>:<table>`` (a batch repeated after a
    crash is the same range, so the same tokens: ClickHouse drops what had landed);
-5. the new position is recorded, with the receipt time of the newest event applied.
+6. the new position is recorded, with the receipt time of the newest event applied.
 
 A backfill range goes the same way on its own stream: recorded, its rollups inserted under
 its own tokens, then done. It folds the partition's raw events, so it sees what the raw
@@ -24,7 +29,7 @@ before, and are not folded a second time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
@@ -32,7 +37,7 @@ from meterline.adapters.clickhouse.schema import EVENTS, create
 from meterline.adapters.clickhouse.usage import raw_rows, read_dims, write_usage
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
-from meterline.ports.sink import Position, StreamBackfill
+from meterline.ports.sink import Position, StreamBackfill, StreamFence
 
 _PREFIX = "backfill:"
 
@@ -54,12 +59,14 @@ class ClickHouseSink:
         self,
         conn: Connection,
         meters: Callable[[], Sequence[Meter]],
+        fence: StreamFence,
         *,
         dedupe_window: int = 10_000,
         raw_retention_seconds: int | None = None,
     ):
         self._conn = conn
         self._meters = meters
+        self._fence = fence
         self._progress = ProgressTable(conn)
         create(conn, dedupe_window, raw_retention_seconds)
 
@@ -75,7 +82,14 @@ class ClickHouseSink:
         return read_dims(self._conn, meters)
 
     def write(
-        self, stream: str, start: int, end: int, meters: frozenset[int], replay: Replay, entries: Sequence[LedgerEntry]
+        self,
+        stream: str,
+        epoch: int,
+        start: int,
+        end: int,
+        meters: frozenset[int],
+        replay: Replay,
+        entries: Sequence[LedgerEntry],
     ) -> bool:
         stored = self._progress.read()
         p = stored.get(stream, Progress(stream))
@@ -84,21 +98,26 @@ class ClickHouseSink:
         if meters != {m.key for m in self._meters()}:
             return False  # folded for other meters than the live ones: a new meter's start would be lost
         if not p.pending:
-            p = self._progress.write(Progress(stream, start, 0, end, tuple(sorted(meters)), p.version, p.applied_us))
-        self._start_backfills(stream, p, meters, stored)
+            intent = Progress(stream, start, 0, end, tuple(sorted(meters)), p.version, p.applied_us)
+            p = self._progress.write(intent, epoch)
+        if not self._fence.holds(stream, epoch):
+            return False  # taken over: the new holder redoes the recorded range, if it sees it
+        self._start_backfills(stream, epoch, p, meters, stored)
         self._conn.insert("events", EVENTS, raw_rows(entries, stream), p.token("events"))
         write_usage(self._conn, replay, set(p.pending_meters), p)
         applied = max((e.received_us for e in entries), default=p.applied_us)
-        self._progress.write(Progress(stream, end, 0, 0, (), p.version, max(applied, p.applied_us)))
+        self._progress.write(Progress(stream, end, 0, 0, (), p.version, max(applied, p.applied_us)), epoch)
         return True
 
-    def backfills(self, streams: Sequence[str], meters: frozenset[int]) -> list[StreamBackfill]:
+    def backfills(self, streams: Mapping[str, int], meters: frozenset[int]) -> list[StreamBackfill]:
         live = {m.key for m in self._meters()}
         wanted = set(streams)
         stored = self._progress.read()
-        for stream in wanted:
+        for stream, epoch in sorted(streams.items()):
             p = stored.get(stream, Progress(stream))
-            if self._start_backfills(stream, p, meters & live, stored):
+            if (meters & live) and not self._fence.holds(stream, epoch):
+                continue
+            if self._start_backfills(stream, epoch, p, meters & live, stored):
                 stored = self._progress.read()
         out = []
         for name, p in sorted(stored.items()):
@@ -119,23 +138,27 @@ class ClickHouseSink:
             for seq, ns, source, type_, subject, time_us, received_us, raw in rows
         ]
 
-    def write_backfill(self, meter: int, stream: str, start: int, end: int, replay: Replay) -> bool:
+    def write_backfill(self, meter: int, stream: str, epoch: int, start: int, end: int, replay: Replay) -> bool:
         name = backfill_stream(meter, stream)
         p = self._progress.read().get(name)
         if p is None or p.done != start or end > p.to or (p.pending and p.pending_end != end):
             return False
         if not p.pending:
-            p = self._progress.write(Progress(name, start, p.to, end, (meter,), p.version))
+            p = self._progress.write(Progress(name, start, p.to, end, (meter,), p.version), epoch)
+        if not self._fence.holds(stream, epoch):
+            return False  # as in write: the partition's new holder goes on with this backfill
         write_usage(self._conn, replay, {meter}, p)
-        self._progress.write(Progress(name, end, p.to, 0, (), p.version))
+        self._progress.write(Progress(name, end, p.to, 0, (), p.version), epoch)
         return True
 
-    def _start_backfills(self, stream: str, p: Progress, meters: frozenset[int], stored: dict[str, Progress]) -> bool:
-        """Step 3 of the module doc: a backfill stream for each meter first applied to
+    def _start_backfills(
+        self, stream: str, epoch: int, p: Progress, meters: frozenset[int], stored: dict[str, Progress]
+    ) -> bool:
+        """Step 4 of the module doc: a backfill stream for each meter first applied to
         ``stream`` (True when one was started)."""
         started = {parsed[0] for name in stored if (parsed := split_backfill(name)) and parsed[1] == stream}
         legacy = p.done > 0 and not started  # written before backfills: its meters count from creation
         for meter in sorted(meters - started):
             to = 0 if legacy else (p.pending_end if p.pending and meter not in p.pending_meters else p.done)
-            self._progress.write(Progress(backfill_stream(meter, stream), 0, to))
+            self._progress.write(Progress(backfill_stream(meter, stream), 0, to), epoch)
         return bool(meters - started)

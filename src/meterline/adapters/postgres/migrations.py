@@ -206,6 +206,13 @@ CREATE INDEX quarantine_undelivered ON quarantine (id) WHERE released_us IS NOT 
 CREATE INDEX quarantine_copies ON quarantine (namespace, source, event_id, token);
 """,
     ),
+    (
+        7,
+        "sink fences: the newest epoch of each log partition a sink worker writes (zombie workers refused)",
+        """
+CREATE TABLE sink_fences (stream TEXT PRIMARY KEY, epoch BIGINT NOT NULL);
+""",
+    ),
 ]
 
 
