@@ -31,3 +31,9 @@ def test_an_insert_of_many_compressed_blocks_is_written_whole_and_deduplicated_w
     assert conn.rows("SELECT count(), sum(n), max(n) FROM t") == [(200_000, sum(range(200_000)), 199_999)]
     conn.insert("t", [("n", "UInt64"), ("s", "String")], rows, "batch-1")  # the same batch again: dropped
     assert conn.rows("SELECT count() FROM t") == [(200_000,)]
+
+
+def test_an_insert_select_over_several_lines_is_one_statement(conn: Connection) -> None:
+    conn.command("CREATE TABLE t (n UInt64) ENGINE = MergeTree ORDER BY n")
+    conn.command("INSERT INTO t\nSELECT number\nFROM numbers(10)")
+    assert conn.rows("SELECT count(), sum(n) FROM t") == [(10, 45)]

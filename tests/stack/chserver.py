@@ -190,7 +190,7 @@ class Handler(BaseHTTPRequestHandler):
         """A body that is the whole statement; for an INSERT the data follows its first line."""
         head, sep, rest = body.partition(b"\n")
         text = head.decode("utf-8", "surrogateescape")
-        if _INSERT.match(text) and sep:
+        if _INSERT.match(text) and sep and _FORMAT.search(text):  # INSERT ... SELECT may span lines
             self._run(params, text, rest)
         else:
             self._run(params, body.decode("utf-8", "surrogateescape"), b"")
