@@ -57,6 +57,7 @@ from meterline.adapters.clickhouse.progress import Progress, ProgressTable  # no
 from meterline.adapters.clickhouse.schema import create  # noqa: E402
 from meterline.adapters.clickhouse.sink import ClickHouseSink, backfill_stream  # noqa: E402
 from meterline.adapters.postgres.database import PgDatabase  # noqa: E402
+from meterline.adapters.postgres.fence import PgFence  # noqa: E402
 from meterline.adapters.postgres.meters import PgMeters  # noqa: E402
 from meterline.bootstrap import ensure_scale_meters  # noqa: E402
 from meterline.config import load_config  # noqa: E402
@@ -174,9 +175,10 @@ def seed(config_path: Path, mine: Sequence[int], events: int, subjects: int, dat
     ensure_scale_meters(config, meters)
     ch = config.clickhouse
     conn = Connection(ch.url, database or ch.database)
-    store = ClickHouseSink(conn, meters.live, dedupe_window=ch.dedupe_window)
+    fence = PgFence(pg, config.postgres.dsn)
+    store = ClickHouseSink(conn, meters.live, fence, dedupe_window=ch.dedupe_window)
     log = SeedLog(config.kafka.topic, mine, events, subjects, upto or events)
-    worker = SinkWorker(log, store, meters.live, NoClaims(), cap=config.ingest.max_group_cardinality,  # type: ignore[arg-type]
+    worker = SinkWorker(log, store, meters.live, NoClaims(), fence, cap=config.ingest.max_group_cardinality,  # type: ignore[arg-type]
                         max_entries=CHUNK, meters_every=3600)  # fmt: skip
     while not log.done:
         worker.step()
