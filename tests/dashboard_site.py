@@ -62,9 +62,12 @@ class Served:
         self.thread.join(timeout=10)
 
 
-def serve(data_dir: Path, extra: dict[str, tuple[str, list[str]]] | None = None) -> Served:
+def serve(
+    data_dir: Path, extra: dict[str, tuple[str, list[str]]] | None = None, oidc: dict[str, Any] | None = None
+) -> Served:
     """The app over ``data_dir`` on a free port, with keys: admin, read, ingest (namespace
-    default), other (admin of namespace ``other``) and ``extra`` (name -> (namespace, scopes))."""
+    default), other (admin of namespace ``other``) and ``extra`` (name -> (namespace, scopes));
+    ``oidc``: the ``[oidc]`` section (single sign-on)."""
     keys = {
         "admin": make_key(data_dir, ["admin"]),
         "read": make_key(data_dir, ["read"]),
@@ -75,7 +78,12 @@ def serve(data_dir: Path, extra: dict[str, tuple[str, list[str]]] | None = None)
         keys[name] = make_key(data_dir, scopes, namespace=namespace)
     port = free_port()
     config = load_config(
-        None, {"storage": {"data_dir": data_dir, "fsync": "normal"}, "billing": {"scheduler_enabled": False}}
+        None,
+        {
+            "storage": {"data_dir": data_dir, "fsync": "normal"},
+            "billing": {"scheduler_enabled": False},
+            **({"oidc": oidc} if oidc else {}),
+        },
     )
     clock = FixedClock(T0_US)
     server = uvicorn.Server(uvicorn.Config(create_app(config, clock), host="127.0.0.1", port=port, log_config=None))

@@ -40,6 +40,7 @@ from meterline.ports.billing import BillingStores
 from meterline.ports.billing_usage import PeriodUsage
 from meterline.ports.dedupe import DedupeStore
 from meterline.ports.deliveries import DeliveryStore
+from meterline.ports.identity import IdentityProvider
 from meterline.ports.integrity import ChainSource
 from meterline.ports.ledger import Ledger, LedgerReader
 from meterline.ports.reconciliation import ReconciliationCounts
@@ -778,3 +779,14 @@ def ingest_limits(config: Config) -> Limits:
 
 def _us(seconds: float) -> int:
     return int(seconds * 1_000_000)
+
+
+def identity_provider(config: Config, clock: Clock) -> IdentityProvider | None:
+    """The dashboard's single sign-on provider (OIDC), or None when ``[oidc]`` is off."""
+    if not config.oidc.enabled:
+        return None
+    import_extra("authlib", "sso")
+    from meterline.adapters.oidc import OidcProvider
+
+    o = config.oidc
+    return OidcProvider(o.issuer, o.client_id, o.client_secret, o.scopes, lambda: clock.now_us() // 1_000_000)

@@ -20,6 +20,7 @@ import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -239,6 +240,67 @@ class AuthConfig(_Section):
     """How long a verified key is cached; revocations take effect within this time."""
 
 
+class OidcRuleConfig(_Section):
+    """Who gets in, and with what: the first rule whose conditions all hold decides."""
+
+    namespace: str = "default"
+    """The namespace the dashboard shows to whoever matches."""
+    scopes: list[Literal["read", "admin"]] = ["read"]
+    """read: every view; admin: also re-submitting dead letters and releasing quarantine."""
+    email_domains: list[str] = []
+    """The ``email`` claim at one of these domains, with ``email_verified`` true."""
+    claims: dict[str, str] = {}
+    """Claim name -> value: the claim equals it, or is a list holding it (``groups = "finance"``)."""
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_valid(cls, namespace: str) -> str:
+        if not is_namespace(namespace):
+            raise ValueError(f"namespace {NAMESPACE_RULE}")
+        return namespace
+
+
+class OidcConfig(_Section):
+    """Optional single sign-on for the dashboard (OpenID Connect, authorization code + PKCE).
+    Off while ``issuer`` is empty."""
+
+    issuer: str = ""
+    """The provider's issuer URL (its discovery document is ``<issuer>/.well-known/openid-configuration``):
+    https, or http on a loopback address only."""
+    client_id: str = ""
+    """This dashboard's client id at the provider."""
+    client_secret: str = ""
+    """Its client secret (sent with HTTP Basic); empty for a public client (PKCE alone). Prefer
+    ``METERLINE_OIDC__CLIENT_SECRET`` to writing it in the file."""
+    scopes: list[str] = ["openid", "email", "profile"]
+    """Scopes asked for; ``openid`` is always included."""
+    redirect_url: str = ""
+    """The callback URL registered at the provider; empty: ``<this server>/ui/sign-in/sso/callback``
+    as the browser reached it (set it behind a proxy that changes the host or scheme)."""
+    label: str = "single sign-on"
+    """Shown on the sign-in button: "Sign in with <label>"."""
+    rules: list[OidcRuleConfig] = []
+    """Claims -> namespace and scopes, tried in order; an identity no rule matches is refused."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.issuer)
+
+    @model_validator(mode="after")
+    def _complete(self) -> OidcConfig:
+        if not self.issuer:
+            return self
+        url = urlsplit(self.issuer)
+        loopback = url.hostname in ("localhost", "127.0.0.1", "::1")
+        if not (url.scheme == "https" or (url.scheme == "http" and loopback)) or not url.hostname:
+            raise ValueError("issuer must be an https URL (http only on a loopback address)")
+        if not self.client_id:
+            raise ValueError("client_id is needed when issuer is set")
+        if not self.rules:
+            raise ValueError("rules are needed when issuer is set: without one, nobody could sign in")
+        return self
+
+
 class HealthConfig(_Section):
     stuck_after: timedelta = Field(timedelta(minutes=2), gt=timedelta(0))
     """A background thread busy this long in one step without progress is reported stuck:
@@ -416,6 +478,7 @@ class Config(_Section):
     auth: AuthConfig = AuthConfig()
     alerts: AlertsConfig = AlertsConfig()
     portal: PortalConfig = PortalConfig()
+    oidc: OidcConfig = OidcConfig()
     health: HealthConfig = HealthConfig()
     query: QueryConfig = QueryConfig()
     aggregation: AggregationConfig = AggregationConfig()

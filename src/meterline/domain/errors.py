@@ -140,6 +140,14 @@ class StorageUnavailable(MeterlineError):
     operational_code = OpsCode.STORAGE_UNAVAILABLE
 
 
+class ProviderUnavailable(MeterlineError):
+    """The single sign-on provider could not be reached or answered nonsense."""
+
+    code = "sso_unavailable"
+    status = 502
+    title = "Identity provider unavailable"
+
+
 class Overloaded(MeterlineError):
     """Backpressure: the server holds as much work as it is configured to; retry later."""
 

@@ -4,7 +4,8 @@ Server-rendered pages (Jinja2) over the same services the API calls, with htmx f
 refresh and forms and uPlot for time series charts, both vendored under ``static/vendor``
 (see ``VENDORED.md`` there). Views: executive, on-call, debug (events, customers, dead letters,
 quarantine), reconciliation, and the customer portal page (opened with a portal token, not a
-session). Sign-in, the session cookie and CSRF: ``session``. Every number says how fresh it is.
+session). Sign-in, the session cookie and CSRF: ``session``; single sign-on (OIDC): ``sso``.
+Every number says how fresh it is.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from meterline.api.context import Context
-from meterline.api.dashboard import customers, debug, executive, oncall, portal_page, reconciliation, signin
+from meterline.api.dashboard import customers, debug, executive, oncall, portal_page, reconciliation, signin, sso
 from meterline.api.dashboard.oncall import Sampler
 from meterline.api.dashboard.session import Sessions
 from meterline.api.meter_query import limits_of
-from meterline.bootstrap import Node
+from meterline.bootstrap import Node, identity_provider
 from meterline.services.customer_report import CustomerReports
 from meterline.services.insights import Insights
 from meterline.services.reconciliation import Reconciliation
@@ -31,6 +32,8 @@ class Dashboard:
     def __init__(self, ctx: Context, system: Node) -> None:
         c, b, limits = ctx.catalog, ctx.billing, limits_of(ctx.config)
         self.sessions = Sessions(ctx)
+        self.identity = identity_provider(ctx.config, ctx.clock)
+        """The single sign-on provider (None: SSO is off)."""
         self.sampler = Sampler()
         self.insights = Insights(c.meters, c.usage, c.customers, c.features, b.invoices, limits)
         self.reports = CustomerReports(
@@ -52,6 +55,8 @@ ROUTES: list[BaseRoute] = [
     Route("/ui/sign-in", signin.sign_in_form, methods=["GET"]),
     Route("/ui/sign-in", signin.sign_in, methods=["POST"]),
     Route("/ui/sign-out", signin.sign_out, methods=["POST"]),
+    Route("/ui/sign-in/sso", sso.start, methods=["GET"]),
+    Route("/ui/sign-in/sso/callback", sso.callback, methods=["GET"]),
     Route("/ui/executive", executive.executive, methods=["GET"]),
     Route("/ui/oncall", oncall.oncall, methods=["GET"]),
     Route("/ui/events", debug.events, methods=["GET"]),

@@ -139,7 +139,7 @@ async def resubmit(v: View, form: dict[str, str]) -> Response:
     """Re-submit the chosen dead letters (``ids``, comma-separated) through ingest."""
     ids = _ids(form.get("ids", ""))
     service: Resubmission = v.request.app.state.dashboard.resubmission
-    report = await v.run(service.resubmit, v.namespace, ids, actor=v.session.key.id)
+    report = await v.run(service.resubmit, v.namespace, ids, actor=v.session.actor)
     v.ctx.metrics.observe([o for _, o in report.outcomes])  # received again: the on-call counts show it
     summary = ", ".join(f"{n} {status}" for status, n in sorted(report.counts.items()) if n) or "none found"
     return redirect("/ui/dead-letters", done=f"Re-submitted {len(ids)}: {summary}", reason=form.get("reason", ""))

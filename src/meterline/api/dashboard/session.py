@@ -13,6 +13,10 @@
   requests in a header); :func:`check_csrf` compares them in constant time and also refuses a
   cross-origin ``Origin``. The sign-in form has its own token, in a short-lived cookie of its
   own (login CSRF).
+- **Single sign-on** (OIDC, optional): the cookie holds the identity's claims that the rules
+  read instead of a key id, and every request applies the configured rules to them again, so a
+  changed or removed rule (or SSO switched off) takes effect at once. The flow's state, nonce
+  and PKCE verifier wait in a short-lived signed cookie of their own (``OIDC_COOKIE``).
 - **Sign out** clears the cookie. A copied cookie stays valid until it expires or its key is
   revoked (the cookie is stateless): revoke the key to end every session of it.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -30,11 +35,15 @@ from starlette.responses import Response
 
 from meterline.api.context import Context
 from meterline.api.http import read_body
+from meterline.config import Config
 from meterline.domain.auth.keys import ApiKey, Scope
+from meterline.domain.auth.sso import SsoRule, grant, kept_claims
 from meterline.domain.errors import Forbidden, InvalidInput
 
 COOKIE = "meterline_session"
 LOGIN_COOKIE = "meterline_signin"
+OIDC_COOKIE = "meterline_oidc"
+OIDC_SECONDS = 600
 PATH = "/ui"
 SESSION_SECONDS = 12 * 3600
 LOGIN_SECONDS = 3600
@@ -45,10 +54,18 @@ FORM_LIMIT = 64 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """A signed-in browser: the key it signed in with (as stored now) and its CSRF token."""
+    """A signed-in browser: the key it signed in with (as stored now) and its CSRF token. A
+    single sign-on session has a key made from its grant (id ``sso:<subject>``, never stored)
+    and ``user`` (who signed in)."""
 
     key: ApiKey
     csrf: str
+    user: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who did it, in audit records."""
+        return self.key.id if self.user is None else f"sso:{self.user}"
 
     @property
     def namespace(self) -> str:
@@ -67,6 +84,9 @@ class Sessions:
         self._ctx = ctx
         self._session = URLSafeTimedSerializer(secret, salt="session")
         self._login = URLSafeTimedSerializer(secret, salt="sign-in")
+        self._oidc = URLSafeTimedSerializer(secret, salt="oidc")
+        self.rules = sso_rules(ctx.config)
+        """The single sign-on rules (empty: SSO is off)."""
 
     # -- sign in ------------------------------------------------------------------------------
 
@@ -93,6 +113,30 @@ class Sessions:
         self._set(response, request, COOKIE, self._session.dumps(payload), SESSION_SECONDS)
         response.delete_cookie(LOGIN_COOKIE, path=PATH)
 
+    def start_sso(self, response: Response, request: Request, claims: dict[str, Any]) -> None:
+        """A session for an identity the rules admit: its kept claims, applied again on every request."""
+        payload = {"o": kept_claims(self.rules, claims), "c": secrets.token_urlsafe(24)}
+        self._set(response, request, COOKIE, self._session.dumps(payload), SESSION_SECONDS)
+        response.delete_cookie(LOGIN_COOKIE, path=PATH)
+        response.delete_cookie(OIDC_COOKIE, path=PATH)
+
+    # -- the single sign-on flow --------------------------------------------------------------
+
+    def begin_flow(self, response: Response, request: Request, flow: dict[str, str]) -> None:
+        """Keep the flow's state, nonce, PKCE verifier and target until the provider sends the
+        browser back (at most ``OIDC_SECONDS``)."""
+        self._set(response, request, OIDC_COOKIE, self._oidc.dumps(flow), OIDC_SECONDS)
+
+    def flow(self, request: Request) -> dict[str, str] | None:
+        found = self._load(self._oidc, request.cookies.get(OIDC_COOKIE), OIDC_SECONDS)
+        if not isinstance(found, dict) or not all(isinstance(found.get(k), str) for k in FLOW):
+            return None
+        return {k: found[k] for k in FLOW}
+
+    @staticmethod
+    def end_flow(response: Response) -> None:
+        response.delete_cookie(OIDC_COOKIE, path=PATH, httponly=True, samesite="lax")
+
     def end(self, response: Response) -> None:
         response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="lax")
 
@@ -104,6 +148,8 @@ class Sessions:
         payload = self._load(self._session, request.cookies.get(COOKIE), SESSION_SECONDS)
         if not isinstance(payload, dict):
             return None
+        if "o" in payload:
+            return self._sso_session(payload)
         key_id, namespace, csrf = payload.get("k"), payload.get("n"), payload.get("c")
         if not (isinstance(key_id, str) and isinstance(namespace, str) and isinstance(csrf, str)):
             return None
@@ -111,6 +157,16 @@ class Sessions:
             if key.id == key_id and key.revoked_us is None and key.namespace == namespace:
                 return Session(key, csrf)
         return None
+
+    def _sso_session(self, payload: dict[str, Any]) -> Session | None:
+        claims, csrf = payload.get("o"), payload.get("c")
+        if not isinstance(claims, dict) or not isinstance(csrf, str):
+            return None
+        granted = grant(self.rules, claims)  # no rules (SSO switched off): None
+        if granted is None:
+            return None
+        key = ApiKey(f"sso:{granted.subject}", granted.namespace, granted.label, granted.scopes, "sso", 0)
+        return Session(key, csrf, granted.label)
 
     def _set(self, response: Response, request: Request, name: str, value: str, max_age: int) -> None:
         response.set_cookie(
@@ -132,6 +188,19 @@ class Sessions:
         except BadSignature:  # also SignatureExpired
             return None
         return loaded
+
+
+FLOW = ("state", "nonce", "verifier", "next")
+
+
+def sso_rules(config: Config) -> list[SsoRule]:
+    """The configured single sign-on rules, as the domain reads them (none when SSO is off)."""
+    if not config.oidc.enabled:
+        return []
+    return [
+        SsoRule(r.namespace, frozenset(Scope(s) for s in r.scopes), tuple(r.email_domains), dict(r.claims))
+        for r in config.oidc.rules
+    ]
 
 
 async def read_form(request: Request) -> dict[str, str]:

@@ -17,7 +17,8 @@ from meterline.domain.errors import MeterlineError, NotFound
 async def sign_in_form(request: Request) -> Response:
     _, sessions = dashboard_of(request)
     token = sessions.login_token(request)
-    response = page("signin.html", session=None, csrf=token, next=_safe_next(request.query_params.get("next")))
+    target = safe_next(request.query_params.get("next"))
+    response = page("signin.html", session=None, csrf=token, next=target, sso=_sso_label(request))
     sessions.set_login_cookie(response, request, token)
     return response
 
@@ -28,12 +29,14 @@ async def sign_in(request: Request) -> Response:
     target = "/ui/"
     try:
         form = await read_form(request)
-        target = _safe_next(form.get("next"))
+        target = safe_next(form.get("next"))
         sessions.check_login(request, form)
         key = await run_in_threadpool(sessions.authenticate, form.get("key", ""))
     except MeterlineError as exc:
         status = getattr(exc, "status", 400)
-        refused = page("signin.html", status, session=None, csrf=token, next=target, error=exc.detail)
+        refused = page(
+            "signin.html", status, session=None, csrf=token, next=target, error=exc.detail, sso=_sso_label(request)
+        )
         sessions.set_login_cookie(refused, request, token)
         return refused
     response = redirect(target)
@@ -62,7 +65,13 @@ async def to_dashboard(request: Request) -> Response:
     return redirect("/ui/")
 
 
-def _safe_next(target: str | None) -> str:
+def _sso_label(request: Request) -> str | None:
+    """The single sign-on button's label, when SSO is configured."""
+    ctx, _ = dashboard_of(request)
+    return ctx.config.oidc.label if ctx.config.oidc.enabled else None
+
+
+def safe_next(target: str | None) -> str:
     """Only a path of this dashboard: never another host (an open redirect)."""
     if not target:
         return "/ui/"
