@@ -9,11 +9,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Server, make_key, start_server
+from conftest import MODES, Server, mode_server
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 BATCH = {"Content-Type": "application/cloudevents-batch+json"}
@@ -32,11 +33,10 @@ def event(id_: str, subject: str, **data: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = start_server(tmp_path_factory.mktemp("resubmit") / "data")
-    yield s
-    s.stop()
+@pytest.fixture(params=MODES)
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """An embedded server of its own, or the shared scale-mode API node (a namespace of its own)."""
+    yield from mode_server(request, tmp_path)
 
 
 def client(s: Server, key: str | None = None) -> httpx.Client:
@@ -63,10 +63,14 @@ def count(c: httpx.Client, subject: str) -> Any:
     return sum(row["value"] for row in r.json()["data"])
 
 
+def create_meter(c: httpx.Client) -> None:
+    spec = {"slug": "reqs", "eventType": "request", "aggregation": "SUM", "valueProperty": "$.n"}
+    assert c.post("/api/v1/meters", json=spec).status_code == 201
+
+
 def test_concurrent_resubmissions_count_each_dead_letter_once(served: Server) -> None:
     with client(served) as c:
-        spec = {"slug": "reqs", "eventType": "request", "aggregation": "SUM", "valueProperty": "$.n"}
-        assert c.post("/api/v1/meters", json=spec).status_code == 201
+        create_meter(c)
         assert c.put("/api/v1/settings", json={"unknownSubjects": "reject"}).status_code == 200
         sent = [event(f"n{i}", "newco", n=i + 1) for i in range(40)]
         assert c.post("/api/v1/events", json=sent, headers=BATCH).status_code == 400  # all rejected
@@ -100,6 +104,7 @@ def test_concurrent_resubmissions_count_each_dead_letter_once(served: Server) ->
 
 def test_cli_resubmits_once_and_a_dead_letter_rejected_again_stays_visible(served: Server) -> None:
     with client(served) as c:
+        create_meter(c)
         assert c.put("/api/v1/settings", json={"unknownSubjects": "reject"}).status_code == 200
         c.post("/api/v1/events", json=[event("late-co-1", "lateco", n=5)], headers=BATCH)
         c.post("/api/v1/events", json=[event("bad-1", "newco-2", n="many")], headers=BATCH)
@@ -120,8 +125,9 @@ def test_cli_resubmits_once_and_a_dead_letter_rejected_again_stays_visible(serve
         assert old["resubmittedAs"] == "rejected" and old["resubmittedAt"]
         assert f"{ok}" in cli(served, "dead-letters", "list", "--state", "resubmitted")
         assert "not found" in cli(served, "dead-letters", "resubmit", "999999", status=1)
-        reader = make_key(served.data_dir, ["read"])
-        with client(served, reader) as r:
+        minted = c.post("/api/v1/keys", json={"name": "reader", "scopes": ["read"]})
+        assert minted.status_code == 201, minted.text
+        with client(served, minted.json()["key"]) as r:
             assert r.post("/api/v1/dead-letters/resubmit", json={"ids": [bad]}).status_code == 403
         for body in ({"ids": []}, {"ids": [0]}, {"ids": "x"}, {"other": 1}):
             problem = c.post("/api/v1/dead-letters/resubmit", json=body)

@@ -190,9 +190,7 @@ def test_cli_reconcile_exits_non_zero_on_a_planted_difference(tmp_path: Path) ->
         server.stop()
 
 
-def test_scale_mode_answers_not_supported_for_reconciliation_and_resubmission(scale_site: Any, tmp_path: Path) -> None:
+def test_scale_mode_answers_not_supported_for_reconciliation(scale_site: Any, tmp_path: Path) -> None:
     for api in build_scale_api(scale_site, tmp_path):
         got = api.client.get("/api/v1/reconciliation", headers=api.headers())
         assert got.status_code == 501 and got.json()["code"] == "not_supported", got.text
-        sent = api.client.post("/api/v1/dead-letters/resubmit", json={"ids": [1]}, headers=api.headers())
-        assert sent.status_code == 501 and sent.json()["code"] == "not_supported", sent.text

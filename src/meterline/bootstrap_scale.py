@@ -50,7 +50,6 @@ from meterline.domain.events.model import Candidate, Outcome
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.corrections import Corrected, CorrectionRecord
-from meterline.ports.dead_letters import Resubmitted
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.status import StoreStatus
 from meterline.runtime import freshness
@@ -202,16 +201,6 @@ class NoErasures:
         raise NotSupported("erasure of a subject needs the embedded ledger", mode="scale")
 
 
-class NoResubmission:
-    """Re-submitting a dead letter claims and appends it in one embedded-ledger transaction; the
-    partitioned log has no such transaction yet: every call is 501 ``not_supported``."""
-
-    def resubmit(
-        self, namespace: str, ids: tuple[int, ...], decode: Callable[[int, bytes], Candidate], actor: str
-    ) -> Resubmitted:
-        raise NotSupported("dead-letter re-submission needs the embedded ledger", mode="scale")
-
-
 class ScaleStatus:
     """Readiness of a scale-mode node: PostgreSQL, ClickHouse and the Kafka brokers each answer."""
 
@@ -357,7 +346,7 @@ def _wire(
     usage = NotedUsage(raw_usage, progress, kafka.heads, config.aggregation.max_wait)
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
     values = ClickHouseMeterValues(conn, usage.note)
-    catalog = _catalog(config, clock, stores, usage, values, dispatcher.wake, releaser)
+    catalog = _catalog(config, clock, stores, usage, values, dispatcher.wake, releaser, kafka)
     cfg = config.billing
     billing = build_billing(
         stores.billing(QueriedPeriodUsage(usage), clock),
@@ -383,7 +372,10 @@ def _catalog(
     values: ClickHouseMeterValues,
     wake: Callable[[], None],
     releaser: QuarantineReleaser,
+    ledger: Ledger,
 ) -> Catalog:
+    from meterline.adapters.postgres.dead_letters import PgResubmitter
+
     pg = stores.catalog
     customers = pg.customers
     entitlements = EntitlementService(pg.entitlements, pg.features, customers, pg.meters, clock)
@@ -400,7 +392,9 @@ def _catalog(
             NoCorrections(), clock, future_skew_us=int(config.ingest.future_skew.total_seconds() * 1_000_000)
         ),
         dead_letters=DeadLetterService(pg.dead_letters),
-        resubmission=Resubmission(NoResubmission(), clock, ingest_limits(config)),
+        resubmission=Resubmission(
+            PgResubmitter(pg.db, ledger, clock.now_us, config.kafka.delivery_timeout + 5), clock, ingest_limits(config)
+        ),
         erasures=ErasureService(NoErasures()),
         entitlements=entitlements,
         features=FeatureService(pg.features, pg.grants, pg.meters, entitlements, clock),

@@ -213,6 +213,14 @@ CREATE INDEX quarantine_copies ON quarantine (namespace, source, event_id, token
 CREATE TABLE sink_fences (stream TEXT PRIMARY KEY, epoch BIGINT NOT NULL);
 """,
     ),
+    (
+        8,
+        "dead letters re-submitted: when, with what outcome and by whom (the letter stays, marked)",
+        """
+ALTER TABLE dead_letters ADD COLUMN resubmitted_us BIGINT, ADD COLUMN resubmitted_status TEXT,
+    ADD COLUMN resubmitted_by TEXT;
+""",
+    ),
 ]
 
 
