@@ -43,12 +43,14 @@ from meterline.ports.deliveries import DeliveryStore
 from meterline.ports.identity import IdentityProvider
 from meterline.ports.integrity import ChainSource
 from meterline.ports.ledger import Ledger, LedgerReader
+from meterline.ports.meters import UsageReader
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.ports.status import StoreStatus
 from meterline.runtime.background import Monitor, Ticker
 from meterline.runtime.extras import import_extra
 from meterline.services.aggregation import Aggregator
 from meterline.services.alerts import AlertEvaluator, AnomalyScanner
+from meterline.services.batch_alerts import BatchAlerts
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.corrections import CorrectionService
 from meterline.services.counters import History, LiveCounters
@@ -64,6 +66,7 @@ from meterline.services.keys import KeyService
 from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
+from meterline.services.queried_usage import QueriedEntitlementUsage
 from meterline.services.resubmit import Resubmission
 from meterline.services.sink import SinkWorker
 from meterline.services.usage_queries import UsageQueries
@@ -681,6 +684,7 @@ def open_worker(config: Config) -> Worker:
         import_extra(driver, "scale")  # a ConfigError naming the extra, before anything opens
     from meterline.adapters.clickhouse.client import Connection
     from meterline.adapters.clickhouse.sink import ClickHouseSink
+    from meterline.adapters.clickhouse.usage import ClickHouseUsage
     from meterline.adapters.kafka.partitions import KafkaPartitions
     from meterline.adapters.postgres.database import PgDatabase
     from meterline.adapters.postgres.fence import PgFence
@@ -718,8 +722,27 @@ def open_worker(config: Config) -> Worker:
     from meterline.adapters.postgres.quarantine import PgQuarantine
 
     copies = PgQuarantine(pg, clock.now_us)  # released copies of quarantined events count once
-    sink = SinkWorker(partitions, store, meters.live, dedupe, fence, cap=cap, max_entries=chunk, copies=copies)
+    alerts = _batch_alerts(pg, meters, ClickHouseUsage(conn, meters.live, clock.now_us), clock)
+    sink = SinkWorker(
+        partitions, store, meters.live, dedupe, fence, cap=cap, max_entries=chunk, copies=copies, followers=[alerts]
+    )
     return Worker(sink, partitions, conn, pg, closers)
+
+
+def _batch_alerts(pg: PgDatabase, meters: PgMeters, usage: UsageReader, clock: Clock) -> BatchAlerts:
+    """The alert rules a sink worker evaluates after each applied batch (``services.batch_alerts``),
+    over the shared catalog and the ClickHouse usage the batch went into."""
+    from meterline.adapters.postgres.customers import PgCustomers
+    from meterline.adapters.postgres.entitlements import PgEntitlements, PgFeatures, PgGrants
+    from meterline.adapters.postgres.notifications import PgNotifications
+    from meterline.adapters.postgres.progress import PgProgress
+
+    customers, entitlements = PgCustomers(pg, clock.now_us), PgEntitlements(pg)
+    counting = QueriedEntitlementUsage(customers, entitlements, PgFeatures(pg), PgGrants(pg), meters, usage, clock)
+    notifications = PgNotifications(pg, clock.now_us)
+    return BatchAlerts(
+        customers, entitlements, counting, usage, notifications, notifications, notifications, PgProgress(pg), clock
+    )
 
 
 @contextmanager

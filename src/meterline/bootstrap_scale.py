@@ -14,7 +14,7 @@ An API node of scale mode (``storage.engine = "scale"``) keeps no state of its o
   (``services.queried_usage``): there are no live counters to keep in step across nodes.
 
 What needs the embedded store's single ledger sequence (read-your-writes positions, paging the
-event list, reconciliation counts, the quarantine, alert rules fed by committed usage) is
+event list, reconciliation counts, the quarantine, anomaly alert rules) is
 answered with 501 ``not_supported`` naming the mode, or documented as absent (docs/scale.md).
 """
 

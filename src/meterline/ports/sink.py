@@ -135,3 +135,35 @@ class SinkStore(Protocol):
         not at ``start``, a recorded range ends elsewhere, ``end`` is past its end, or
         ``epoch`` is no longer ``stream``'s."""
         ...
+
+
+class BatchFollower(Protocol):
+    """Work that follows each durably applied batch of a stream (alert rules, live counters):
+    the sink worker hands it every range after :meth:`SinkStore.write` succeeded, and on
+    taking a stream over, the ranges the store holds beyond the follower's :meth:`done` (a
+    worker died between its write and the follower). Handling a range twice must change
+    nothing the first handling did not."""
+
+    def done(self, stream: str, applied: int) -> int:
+        """Every range of ``stream`` ending at or before this was handled (0: none), given that
+        the store has applied it up to ``applied`` (a follower with nothing to do for the
+        ranges in between may record them as handled and answer ``applied``)."""
+        ...
+
+    def follow(self, stream: str, start: int, end: int, entries: Sequence[LedgerEntry]) -> None:
+        """Handle the applied range ``(start, end]`` of ``stream`` (``entries``: the events of
+        it the store counted, in order), then record ``end`` as done."""
+        ...
+
+
+class FollowerProgress(Protocol):
+    """Where each follower stands per stream, shared by every worker."""
+
+    def done(self, follower: str, stream: str) -> int:
+        """0 for a stream the follower never recorded."""
+        ...
+
+    def advance(self, follower: str, stream: str, end: int) -> None:
+        """Record ``end`` as handled; never moves back (two workers handing the same range
+        over a rebalance may record it in either order)."""
+        ...

@@ -76,7 +76,7 @@ class QueriedEntitlementUsage:
             return ent, Value(True, config=ent.spec.config)
         if ent.spec.type == "boolean":
             return ent, Value(True)
-        live = self._live(ent, customer)
+        live = self.live(ent, customer)
         if live is None:  # metered on a meter that no longer exists
             return ent, Value(False)
         now = self._clock.now_us()
@@ -130,9 +130,11 @@ class QueriedEntitlementUsage:
         if ent.deleted_us is not None or ent.spec.type != "metered":
             return None
         customer = self._customer(ent.namespace, ent.customer_id)
-        return None if customer is None else self._live(ent, customer)
+        return None if customer is None else self.live(ent, customer)
 
-    def _live(self, ent: Entitlement, customer: Customer) -> Live | None:
+    def live(self, ent: Entitlement, customer: Customer) -> Live | None:
+        """How ``ent`` of ``customer`` counts (meter, subjects, filters, periods, grants), read
+        from the catalog; None when it is not metered on a meter that exists."""
         try:
             feature = self._features.get(ent.namespace, ent.feature_id)
         except NotFound:

@@ -22,8 +22,16 @@ Each step:
 4. ``SinkStore.write`` records the range, checks the epoch, inserts raw events and rollups
    under tokens derived from the range, then records the new position (a refused write makes
    the worker take a new epoch and read the position again);
-5. commits the partition's offset to the log (for lag metrics; a crash before it only makes the
+5. hands the range to the followers (``ports.sink.BatchFollower``: alert rules), each of which
+   records how far it got;
+6. commits the partition's offset to the log (for lag metrics; a crash before it only makes the
    next consumer re-read entries the store skips).
+
+A worker that takes a stream over (at start, on a rebalance, after a failed step) first hands
+each follower the ranges the store applied beyond the follower's recorded progress, read back
+from the store's raw events: a worker killed between step 4 and a follower's record leaves
+those ranges to the next owner, so nothing a follower must see is skipped, and followers make
+handling a range twice harmless.
 
 A meter created after a partition has entries counts them through a backfill: the store
 records, with the first batch that applies the meter, what the partition held before it
@@ -46,7 +54,7 @@ from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
 from meterline.ports.dedupe import DedupeStore, EventKey
 from meterline.ports.quarantine import Copy, ReleasedCopies
-from meterline.ports.sink import LogEntry, PartitionLog, Position, SinkStore, StreamFence
+from meterline.ports.sink import BatchFollower, LogEntry, PartitionLog, Position, SinkStore, StreamFence
 
 log = logging.getLogger("meterline.sink")
 
@@ -75,8 +83,10 @@ class SinkWorker:
         poll_timeout: float = 0.2,
         meters_every: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        followers: Sequence[BatchFollower] = (),
     ) -> None:
-        """``meters_every``: how often (seconds) an idle worker looks for new meters to backfill."""
+        """``meters_every``: how often (seconds) an idle worker looks for new meters to backfill;
+        ``followers``: what each applied range is handed to, in order."""
         self._log = partitions
         self._store = store
         self._meters = meters
@@ -96,6 +106,8 @@ class SinkWorker:
         self._clock = clock
         self._looked = -meters_every
         self._held: set[str] = set()
+        self.followers: list[BatchFollower] = list(followers)
+        """What each applied range is handed to, in order."""
         self._backfilling = True
         """Backfills may be unfinished on the held streams (a new meter, a new assignment, or
         the last look found some)."""
@@ -126,6 +138,8 @@ class SinkWorker:
             del self._carry[stream]
             self._positions.pop(stream, None)
             self._epochs.pop(stream, None)
+        for stream in sorted(held - self._positions.keys()):  # taken over: the followers catch up first
+            self._position(stream)
         applied = sum(self._flush(stream) for stream in list(self._carry))
         if held != self._held:
             self._held, self._backfilling = set(held), True
@@ -164,6 +178,8 @@ class SinkWorker:
             return 0
         self._carry[stream] = entries[len(batch) :]
         self._positions[stream] = Position(end)
+        for follower in self.followers:
+            follower.follow(stream, position.done, end, counted)
         self._log.commit(stream, end)
         self.stats.batches += 1
         self.stats.events += len(counted)
@@ -228,8 +244,22 @@ class SinkWorker:
             if epoch is None:
                 return None
             self._epochs[stream] = epoch
-            position = self._positions[stream] = self._store.positions([stream])[stream]
+            position = self._store.positions([stream])[stream]
+            for follower in self.followers:
+                self._catch_up(follower, stream, position.done)
+            self._positions[stream] = position
         return position
+
+    def _catch_up(self, follower: BatchFollower, stream: str, done: int) -> None:
+        """Hand ``follower`` what the store applied of ``stream`` beyond its progress, a chunk
+        at a time, read back from the raw events (the counted ones: what the batches held)."""
+        at = follower.done(stream, done)
+        while at < done:
+            entries = self._store.entries(stream, at, done, self._max)
+            end = entries[-1].seq if len(entries) == self._max else done
+            log.info("handing applied entries to a follower", extra={"stream": stream, "from": at, "to": end})
+            follower.follow(stream, at, end, entries)
+            at = end
 
     def _live(self) -> list[CompiledMeter]:
         live = {m.key: m for m in self._meters()}

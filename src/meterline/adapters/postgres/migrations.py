@@ -221,6 +221,15 @@ ALTER TABLE dead_letters ADD COLUMN resubmitted_us BIGINT, ADD COLUMN resubmitte
     ADD COLUMN resubmitted_by TEXT;
 """,
     ),
+    (
+        9,
+        "follower progress: how far the sink workers' followers (alert rules) handled each stream",
+        """
+CREATE TABLE follower_progress (
+    follower TEXT NOT NULL, stream TEXT NOT NULL, done BIGINT NOT NULL, PRIMARY KEY (follower, stream)
+);
+""",
+    ),
 ]
 
 

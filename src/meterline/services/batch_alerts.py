@@ -1,0 +1,175 @@
+"""Alert rules in scale mode, fed by the sink workers' applied batches (``ports.sink.BatchFollower``).
+
+Embedded mode fires thresholds from its live counters, inside the aggregator's transaction. A
+sink worker has no such transaction: it writes a batch to ClickHouse, and only then can rules
+look at the usage it produced. So here:
+
+1. after a batch is durably applied (``SinkStore.write`` returned), the worker hands its
+   counted events to :meth:`BatchAlerts.follow`;
+2. for every customer whose subjects appear in them, in a namespace with threshold or
+   projection rules, each metered entitlement a rule covers is read as the API reads it: the
+   current period's usage from the usage store (which now holds the batch), the allowance from
+   the catalog;
+3. every threshold whose level the usage has reached (above zero) fires, and a projection rule
+   whose projection is over the allowance; ``EventLog.fire`` records each with its queued
+   webhook deliveries once per (rule, customer, feature, threshold, period): a unique key in
+   PostgreSQL, so any number of workers, and the same range handled twice, fire it once;
+4. the range's end is recorded as handled (``FollowerProgress``).
+
+A worker killed between 1 and 4 leaves the range unrecorded; whoever takes the stream over
+hands it here again before anything else (``services.sink``), and step 3 fires what was
+missed and nothing twice. Because the evaluation compares the usage *level* with each
+threshold rather than the batch's before/after, it cannot miss a crossing however batches of
+several partitions interleave; the one difference from embedded mode: a threshold already
+passed when its rule was created fires with the customer's next usage (embedded mode fires
+only on a crossing it sees).
+
+The deliveries are sent by the API nodes' dispatchers (``services.dispatch``), which poll the
+shared delivery store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from decimal import Decimal
+
+from meterline.domain.alerts.payload import alert_payload
+from meterline.domain.alerts.rules import Rule, Threshold, level, projected_over
+from meterline.domain.clock import Clock
+from meterline.domain.customers.model import Customer
+from meterline.domain.decimals import EXACT
+from meterline.domain.entitlements.value import ZERO, Value, grant_total, metered_value
+from meterline.domain.meters.fold import LedgerEntry
+from meterline.ports.customers import CustomerRepository
+from meterline.ports.entitlements import EntitlementRepository
+from meterline.ports.meters import UsageReader
+from meterline.ports.notifications import ChannelRepository, EventLog, RuleRepository
+from meterline.ports.sink import FollowerProgress
+from meterline.services.counters import Live, read_usage
+from meterline.services.queried_usage import QueriedEntitlementUsage
+
+log = logging.getLogger("meterline.alerts")
+FOLLOWER = "alerts"
+_EVALUATED = ("entitlements.balance.threshold", "entitlements.usage.projected")
+_REMEMBERED = 100_000
+
+
+class BatchAlerts:
+    """A :class:`~meterline.ports.sink.BatchFollower` that fires threshold and projection rules."""
+
+    def __init__(
+        self,
+        customers: CustomerRepository,
+        entitlements: EntitlementRepository,
+        counting: QueriedEntitlementUsage,
+        usage: UsageReader,
+        rules: RuleRepository,
+        channels: ChannelRepository,
+        events: EventLog,
+        progress: FollowerProgress,
+        clock: Clock,
+    ) -> None:
+        self._customers = customers
+        self._entitlements = entitlements
+        self._counting = counting
+        self._usage = usage
+        self._rules = rules
+        self._channels = channels
+        self._events = events
+        self._progress = progress
+        self._clock = clock
+        self._fired: set[tuple[str, str, str, str, int]] = set()
+        """Keys known to be recorded already (a cache: the store's unique key decides)."""
+
+    def done(self, stream: str, applied: int) -> int:
+        at = self._progress.done(FOLLOWER, stream)
+        if at < applied and not self._live_rules():  # no rule can fire: nothing to hand over
+            self._progress.advance(FOLLOWER, stream, applied)
+            return applied
+        return at
+
+    def follow(self, stream: str, start: int, end: int, entries: Sequence[LedgerEntry]) -> None:
+        rules = self._live_rules()
+        subjects = sorted({(e.namespace, e.subject) for e in entries if e.namespace in rules})
+        seen: set[tuple[str, str]] = set()
+        for namespace, subject in subjects:
+            customer = self._customers.by_subject(namespace, subject)
+            if customer is not None and (namespace, customer.id) not in seen:
+                seen.add((namespace, customer.id))
+                self.evaluate(customer, rules[namespace])
+        self._progress.advance(FOLLOWER, stream, end)
+
+    def evaluate(self, customer: Customer, rules: Sequence[Rule]) -> int:
+        """Fire what ``customer``'s usage has reached now; how many alerts were new."""
+        fired = 0
+        channels = {c.id: c for c in self._channels.channels(customer.namespace) if not c.disabled}
+        for ent in self._entitlements.list(customer.namespace, customer_id=customer.id):
+            covering = [r for r in rules if r.covers(ent.feature_id, ent.feature_key)]
+            if ent.spec.type != "metered" or not covering:
+                continue
+            live = self._counting.live(ent, customer)
+            if live is not None:
+                fired += self._evaluate(live, covering, channels.keys())
+        return fired
+
+    def _evaluate(self, live: Live, rules: Sequence[Rule], channels: Collection[str]) -> int:
+        ent, now = live.ent, self._clock.now_us()
+        period = live.period_at(now)
+        usage = read_usage(self._usage, live, period)
+        issued = ent.spec.issue_after_reset or ZERO
+        granted = grant_total(live.grants, period, now) if live.grants else ZERO
+        allowance = EXACT.add(issued, granted)
+        value = metered_value(ent, usage, granted, period, now)
+        fired = 0
+        for rule in rules:
+            if rule.spec.type == "entitlements.balance.threshold":
+                for t in rule.spec.thresholds:
+                    at = level(t, allowance)
+                    if at is not None and ZERO < at <= usage:
+                        fired += self._fire(rule, live, t.key, period.start_us, value, t, now, channels)
+            elif rule.spec.type == "entitlements.usage.projected":
+                elapsed = Decimal(now - period.start_us) / Decimal(period.end_us - period.start_us)
+                projected = value.projected_usage
+                if projected is not None and projected_over(rule, projected, allowance, elapsed):
+                    fired += self._fire(rule, live, "projected", period.start_us, value, None, now, channels)
+        return fired
+
+    def _fire(
+        self,
+        rule: Rule,
+        live: Live,
+        key: str,
+        period_start_us: int,
+        value: Value,
+        threshold: Threshold | None,
+        now: int,
+        channels: Collection[str],
+    ) -> int:
+        ent = live.ent
+        seen = (rule.id, ent.customer_key, ent.feature_key, key, period_start_us)
+        if seen in self._fired:
+            return 0
+        kind = "projected" if key == "projected" else "threshold"
+        targets = [c for c in rule.spec.channels if c in channels]
+
+        def payload(event_id: str) -> bytes:
+            return alert_payload(event_id, kind, rule, ent, live.feature, live.customer, value, threshold, now)
+
+        event_id = self._events.fire(
+            ent.namespace, rule, ent.customer_key, ent.feature_key, key, period_start_us, payload, now, targets
+        )
+        if len(self._fired) >= _REMEMBERED:
+            self._fired.clear()
+        self._fired.add(seen)
+        if event_id is None:
+            return 0
+        log.info("alert fired", extra={"rule": rule.id, "customer": ent.customer_key, "key": key})
+        return 1
+
+    def _live_rules(self) -> dict[str, list[Rule]]:
+        by_namespace: dict[str, list[Rule]] = {}
+        for rule in self._rules.rules():
+            if not rule.spec.disabled and rule.spec.type in _EVALUATED:
+                by_namespace.setdefault(rule.namespace, []).append(rule)
+        return by_namespace

@@ -1,0 +1,241 @@
+"""Alert rules in scale mode, fired by the sink workers after each applied batch: every
+threshold reached fires exactly once, also when a worker dies between writing a batch and
+evaluating the rules, and when workers are killed with SIGKILL mid-load; the fired events are
+delivered to a real webhook receiver by the API node's dispatcher."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from scale_site import Site, site
+from stack.launch import Stack
+from starlette.testclient import TestClient
+from test_alerts import SECRET, Receiver
+
+from meterline.adapters.postgres.database import PgDatabase
+from meterline.api.app import create_app
+from meterline.bootstrap import Worker, open_worker
+from meterline.domain.clock import SystemClock
+from meterline.ports.sink import BatchFollower
+
+NS = "default"
+EXTRA = "\n[aggregation]\nmax_wait = 60.0\nchunk = 200\n[alerts]\nallow_private_webhook_targets = true\n"
+THRESHOLDS = [
+    {"type": "PERCENT", "value": 50},
+    {"type": "PERCENT", "value": 80},
+    {"type": "NUMBER", "value": 90},
+    {"type": "PERCENT", "value": 100},
+]
+
+
+@dataclass
+class Node:
+    client: TestClient
+    key: str
+
+    def post(self, path: str, body: object) -> dict[str, Any]:
+        r = self.client.post(path, json=body, headers={"Authorization": f"Bearer {self.key}"})
+        assert r.status_code in (200, 201), r.text
+        return dict(r.json())
+
+    def ingest(self, events: list[dict[str, Any]]) -> None:
+        r = self.client.post(
+            "/api/v1/events",
+            content=msgspec.json.encode(events),
+            headers={"Authorization": f"Bearer {self.key}", "Content-Type": "application/cloudevents-batch+json"},
+        )
+        assert r.status_code in (200, 202, 204), r.text
+
+
+@pytest.fixture
+def alert_site(scale_stack: Stack, tmp_path: Path) -> Iterator[Site]:
+    with site(scale_stack, tmp_path / "site", partitions=2, extra=EXTRA) as s:
+        yield s
+
+
+@pytest.fixture
+def node(alert_site: Site) -> Iterator[Node]:
+    """An API node in process (real clock: the workers evaluate periods at the real time)."""
+    key = alert_site.key(NS)
+    with TestClient(create_app(alert_site.config, SystemClock())) as client:
+        yield Node(client, key)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver(lambda: int(time.time()))
+    yield r
+    r.server.shutdown()
+
+
+def catalog(node: Node, receiver: Receiver, customers: list[str]) -> None:
+    """A SUM meter, a feature on it, each customer with an allowance of 100 a month, and a
+    threshold rule delivering to ``receiver``."""
+    node.post(
+        "/api/v1/meters", {"slug": "tokens", "eventType": "llm", "aggregation": "SUM", "valueProperty": "$.tokens"}
+    )
+    node.post("/api/v1/features", {"key": "tokens", "name": "Tokens", "meterSlug": "tokens"})
+    for c in customers:
+        node.post("/api/v1/customers", {"key": c, "name": c, "subjectKeys": [c, f"{c}-eu"]})
+        body = {"type": "metered", "featureKey": "tokens", "issueAfterReset": 100, "usagePeriod": {"interval": "MONTH"}}
+        node.post(f"/api/v1/customers/{c}/entitlements", body)
+    channel = node.post(
+        "/api/v1/notification/channels",
+        {"type": "WEBHOOK", "name": "ops", "url": receiver.url(), "signingSecret": SECRET},
+    )
+    rule = {"type": "entitlements.balance.threshold", "name": "usage", "channels": [channel["id"]]}
+    node.post("/api/v1/notification/rules", {**rule, "thresholds": THRESHOLDS, "features": ["tokens"]})
+
+
+def ev(id_: str, subject: str, tokens: int) -> dict[str, Any]:
+    now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"specversion": "1.0", "id": id_, "source": "s", "type": "llm", "subject": subject, "time": now,
+            "data": {"tokens": tokens}}  # fmt: skip
+
+
+def fired(s: Site) -> list[tuple[str, str]]:
+    """Every recorded alert as (customer, threshold), as PostgreSQL holds them."""
+    db = PgDatabase(s.config.postgres.dsn)
+    try:
+        with db.tx() as conn:
+            rows = conn.execute("SELECT customer, threshold FROM notification_events ORDER BY 1, 2").fetchall()
+        return [(str(c), str(t)) for c, t in rows]
+    finally:
+        db.close()
+
+
+def progress(s: Site) -> int:
+    """How far the rules have handled the streams, summed."""
+    db = PgDatabase(s.config.postgres.dsn)
+    try:
+        with db.tx() as conn:
+            row = conn.execute("SELECT coalesce(sum(done), 0) FROM follower_progress").fetchone()
+        return 0 if row is None else int(row[0])
+    finally:
+        db.close()
+
+
+def sql(s: Site, statement: str) -> None:
+    db = PgDatabase(s.config.postgres.dsn)
+    try:
+        with db.tx() as conn:
+            conn.execute(statement)
+    finally:
+        db.close()
+
+
+def wait_for(condition: Any, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+class Died(BaseException):
+    """Stands for the process dying: nothing after it runs."""
+
+
+class DiesBeforeRules:
+    """A follower that dies on its first range, before the rules look at it."""
+
+    def __init__(self, inner: BatchFollower) -> None:
+        self.inner = inner
+
+    def done(self, stream: str, applied: int) -> int:
+        return self.inner.done(stream, applied)
+
+    def follow(self, stream: str, start: int, end: int, entries: Any) -> None:
+        raise Died
+
+
+def step_until(worker: Worker, condition: Any, what: str) -> None:
+    deadline = time.monotonic() + 120
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}: {worker.sink.stats} {worker.partitions.assigned()}")
+        worker.sink.step()
+
+
+def written(worker: Worker) -> bool:
+    return worker.sink.stats.events > 0
+
+
+def test_a_worker_dying_between_its_write_and_the_rules_fires_each_threshold_once(
+    alert_site: Site, node: Node, receiver: Receiver
+) -> None:
+    catalog(node, receiver, ["acme"])
+    node.ingest([ev("e1", "acme", 30), ev("e2", "acme-eu", 30), ev("e3", "acme", 30)])  # 90: 50%, 80% and 90
+
+    first = open_worker(alert_site.config)
+    first.sink.followers = [DiesBeforeRules(f) for f in first.sink.followers]
+    with pytest.raises(Died):  # the batch is in ClickHouse; the worker dies before the rules see it
+        step_until(first, lambda: False, "the first batch")
+    first.close()
+    assert fired(alert_site) == []
+
+    second = open_worker(alert_site.config)  # takes the partitions over: the rules see the batch first
+    try:
+        step_until(second, lambda: len(fired(alert_site)) == 3, "the missed alerts")
+        events = second.sink.stats.events
+        node.ingest([ev("e1", "acme", 30), ev("e4", "acme", 5)])  # a retried event, then 95: nothing new
+        step_until(second, lambda: second.sink.stats.events == events + 1, "the second batch")
+        assert len(fired(alert_site)) == 3
+        node.ingest([ev("e5", "acme-eu", 10)])  # 105: 100%
+        step_until(second, lambda: len(fired(alert_site)) == 4, "the 100% alert")
+    finally:
+        second.close()
+    expected = [("acme", "NUMBER:90"), ("acme", "PERCENT:100"), ("acme", "PERCENT:50"), ("acme", "PERCENT:80")]
+    assert fired(alert_site) == expected
+
+    handled = progress(alert_site)
+    assert handled > 0
+    sql(alert_site, "DELETE FROM follower_progress")  # every range handed to the rules again: nothing new
+    third = open_worker(alert_site.config)
+    try:
+        step_until(third, lambda: progress(alert_site) == handled, "the rules to see every range again")
+    finally:
+        third.close()
+    assert fired(alert_site) == expected
+
+    wait_for(lambda: len(receiver.delivered) == 4, "the webhooks")  # the API node's dispatcher sends them
+    assert receiver.kinds() == ["NUMBER:90", "PERCENT:100", "PERCENT:50", "PERCENT:80"]
+    assert receiver.bad_signatures == 0
+
+
+def test_workers_killed_mid_load_fire_every_threshold_exactly_once(
+    alert_site: Site, node: Node, receiver: Receiver
+) -> None:
+    customers = [f"c{i}" for i in range(6)]
+    catalog(node, receiver, customers)
+    workers = [alert_site.worker(), alert_site.worker()]
+    n = 0
+    for round_ in range(10):  # 6 tokens per subject and round: 12 a customer, 120 of 100 in the end
+        batch = []
+        for c in customers:
+            for subject in (c, f"{c}-eu"):
+                n += 1
+                batch.append(ev(f"e{n}", subject, 6))
+        node.ingest(batch)
+        node.ingest(batch[:4])  # retried: duplicates, counted once
+        if round_ in (3, 6):  # SIGKILL a worker mid-load (once it applied something) ...
+            wait_for(lambda: progress(alert_site) > 0, "the first batches")
+            victim = workers[0 if round_ == 3 else 1]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+        if round_ in (5, 8):  # ... and start it again
+            workers[0 if round_ == 5 else 1] = alert_site.worker()
+    expected = sorted((c, t) for c in customers for t in ("NUMBER:90", "PERCENT:100", "PERCENT:50", "PERCENT:80"))
+    wait_for(lambda: len(fired(alert_site)) >= len(expected), "every threshold")
+    assert fired(alert_site) == expected
+    wait_for(lambda: len(receiver.delivered) == len(expected), "the webhooks")
+    assert receiver.kinds() == sorted(t for _, t in expected)
+    assert all(len(bodies) == 1 for bodies in receiver.delivered.values())
