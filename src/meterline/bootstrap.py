@@ -27,6 +27,7 @@ from meterline.adapters.sqlite.ledger_reader import SqliteLedgerReader
 from meterline.adapters.sqlite.meter_values import SqliteMeterValues
 from meterline.adapters.sqlite.rebuild import RebuildReport, rebuild
 from meterline.adapters.sqlite.reconciliation import SqliteReconciliationCounts
+from meterline.adapters.sqlite.retention import RetentionPruner
 from meterline.adapters.sqlite.schema import connect, create_schema
 from meterline.adapters.sqlite.status import SqliteStatus
 from meterline.config import BillingConfig, Config
@@ -387,6 +388,10 @@ class System:
     def lag_seconds(self) -> float:
         return self.aggregator.lag_seconds()
 
+    def raw_events_from(self) -> int:
+        """Hours before this (µs) may lack raw events, removed by retention (0: none were)."""
+        return self.backend.retention.status().hours_before_us
+
     def gauges(self) -> list[Gauge]:
         store, agg = self.status, self.aggregator
         return [
@@ -412,6 +417,7 @@ class System:
                 " the view was rebuilt",
                 store.followup_failures,
             ),
+            *retention_gauges(self.backend.retention),
         ]
 
     def start(self) -> None:
@@ -420,6 +426,7 @@ class System:
         self.dispatcher.start()
         self.scanner.start()
         self.backend.dedupe_pruner.start()
+        self.backend.retention.start()
         self.backend.followups.start()
         self.billing.scheduler.start()
 
@@ -430,6 +437,32 @@ class System:
         self.dispatcher.close()
         self.aggregator.close()
         self.backend.close()
+
+
+def retention_gauges(pruner: RetentionPruner) -> list[Gauge]:
+    """``retention.raw_events`` at work (docs/retention.md)."""
+    return [
+        (
+            "meterline_retention_pruned_events",
+            "Raw ledger events removed by retention (their hashes stay in the chain)",
+            lambda: pruner.status().pruned,
+        ),
+        (
+            "meterline_retention_raw_events_seconds",
+            "How long raw events are kept (retention.raw_events; 0: forever)",
+            lambda: (pruner.raw_events_us or 0) / 1e6,
+        ),
+        (
+            "meterline_retention_pruned_before_seconds",
+            "Hours before this time (Unix seconds) may lack raw events; their rollups are authoritative",
+            lambda: pruner.status().hours_before_us / 1e6,
+        ),
+        (
+            "meterline_retention_blocked",
+            "1 while removal is stopped at a ledger entry that does not match the hash chain",
+            lambda: int(pruner.blocked is not None),
+        ),
+    ]
 
 
 def open_backend(
@@ -454,6 +487,8 @@ def open_backend(
         max_weight=config.storage.group_commit_max_events,
         max_queue=config.storage.max_queued_writes,
         monitor=monitor,
+        raw_events_us=raw_events_us(config),
+        prune_batch=config.retention.prune_batch,
     )
     if aggregate:
         try:
@@ -692,7 +727,8 @@ def open_worker(config: Config) -> Worker:
 
     clock = SystemClock()
     ch, k = config.clickhouse, config.kafka
-    retention = None if ch.raw_retention is None else int(ch.raw_retention.total_seconds())
+    retention = raw_events_us(config)
+    retention = None if retention is None else retention // 1_000_000
     pg = PgDatabase(config.postgres.dsn)
     meters = PgMeters(pg, clock.now_us)
     conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
@@ -798,6 +834,14 @@ def ingest_limits(config: Config) -> Limits:
         _us(config.ingest.future_skew.total_seconds()),
         None if late is None else _us(late.total_seconds()),
     )
+
+
+def raw_events_us(config: Config) -> int | None:
+    """``retention.raw_events`` (in scale mode also the older ``clickhouse.raw_retention``) in µs."""
+    span = config.retention.raw_events
+    if span is None and config.storage.engine == "scale":
+        span = config.clickhouse.raw_retention
+    return None if span is None else _us(span.total_seconds())
 
 
 def _us(seconds: float) -> int:

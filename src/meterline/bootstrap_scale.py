@@ -37,6 +37,7 @@ from meterline.bootstrap import (
     ensure_scale_meters,
     ingest_limits,
     open_scale_stores,
+    raw_events_us,
     run_settings,
     webhook_dispatcher,
 )
@@ -321,7 +322,8 @@ def _wire(
     ensure_scale_meters(config, pg.meters)
     conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
     closers.append(conn.close)
-    retention = None if ch.raw_retention is None else int(ch.raw_retention.total_seconds())
+    retention = raw_events_us(config)
+    retention = None if retention is None else retention // 1_000_000
     raw_usage = ClickHouseUsage(
         conn, pg.meters.live, clock.now_us, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention
     )

@@ -168,6 +168,50 @@ class IngestConfig(_Section):
     can override it with PUT /api/v1/settings."""
 
 
+_SHORT_DURATION = re.compile(r"^\s*(\d{1,6})\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def _retention_value(value: Any) -> Any:
+    """``"forever"`` (or empty) is None; ``"90d"``, ``"12h"``, ``"2w"`` are durations; anything
+    else goes to the timedelta parser (ISO 8601 ``"P90D"``, seconds)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "forever", "none")):
+        return None
+    if isinstance(value, str) and (m := _SHORT_DURATION.match(value)):
+        return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    return value
+
+
+class RetentionConfig(_Section):
+    """How long raw events are kept beside the rollups (docs/retention.md)."""
+
+    raw_events: Duration | None = None
+    """How long a raw ledger event is kept after its time and its receipt (``"90d"``,
+    ``"P90D"``, ``"forever"``). Older events are removed in the background; their rollups stay
+    and their hashes stay in the chain. None / ``"forever"`` (default): nothing is removed.
+    Needs ``ingest.dedupe_window`` and ``ingest.late_arrival_window``, both at most this long."""
+    rollups: Literal["forever"] = "forever"
+    """How long rollups are kept: ``"forever"``, the only value (totals and invoices of pruned
+    periods rest on them)."""
+    prune_batch: int = Field(500, ge=1, le=100_000)
+    """Raw events removed per writer task (each task holds the writer about a millisecond)."""
+
+    @field_validator("raw_events", mode="before")
+    @classmethod
+    def _raw_events_value(cls, value: Any) -> Any:
+        return _retention_value(value)
+
+    @field_validator("rollups", mode="before")
+    @classmethod
+    def _rollups_value(cls, value: Any) -> Any:
+        if _retention_value(value) is not None:
+            raise ValueError(
+                'rollups are kept "forever" (the only value): totals and invoices of periods whose raw'
+                " events were removed rest on them"
+            )
+        return "forever"
+
+
 class AlertsConfig(_Section):
     webhook_timeout: float = Field(5.0, gt=0, le=600)
     """Seconds a webhook receiver has to answer one delivery attempt."""
@@ -490,7 +534,46 @@ class Config(_Section):
     postgres: PostgresConfig = PostgresConfig()
     redis: RedisConfig = RedisConfig()
     dedupe: DedupeConfig = DedupeConfig()
+    retention: RetentionConfig = RetentionConfig()
     meters: list[MeterConfig] = []
+
+    @model_validator(mode="after")
+    def _retention_fits_ingest(self) -> Config:
+        """Pruning must never change an answer: a resend of a pruned event must already be past
+        the dedupe window, and no new event may land in an hour whose raw events are gone."""
+        raw = self.retention.raw_events
+        if raw is None:
+            return self
+        problems = []
+        ch = self.clickhouse.raw_retention
+        if ch is not None and ch != raw:
+            problems.append("clickhouse.raw_retention differs from retention.raw_events: set only retention.raw_events")
+        if self.storage.engine == "scale":  # the dedupe store and the rollups never read raw events
+            if problems:
+                raise ValueError(problems[0])
+            return self
+        window = self.ingest.dedupe_window
+        if window is None or window > raw:
+            problems.append(
+                f"retention.raw_events ({_days(raw)}) needs ingest.dedupe_window set to at most as long"
+                " (it is " + ("forever" if window is None else _days(window)) + "): a retry of a removed"
+                " event would otherwise be counted again"
+            )
+        late = self.ingest.late_arrival_window
+        if late is None or late > raw:
+            problems.append(
+                f"retention.raw_events ({_days(raw)}) needs ingest.late_arrival_window set to at most as"
+                " long (it is " + ("unlimited" if late is None else _days(late)) + "): a late event could"
+                " otherwise land in an hour whose raw events were removed"
+            )
+        if self.reconcile.interval is not None and self.reconcile.lookback > raw:
+            problems.append(
+                f"retention.raw_events ({_days(raw)}) is shorter than reconcile.lookback"
+                f" ({_days(self.reconcile.lookback)}): the scheduled reconciliation reads the raw events of its range"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("meters")
     @classmethod
@@ -504,6 +587,10 @@ class Config(_Section):
         if problems:
             raise ValueError("; ".join(problems))
         return meters
+
+
+def _days(span: timedelta) -> str:
+    return f"{span.days}d" if span == timedelta(days=span.days) else str(span)
 
 
 _SHORTCUTS = {

@@ -38,7 +38,7 @@ from meterline.api.freshness import FreshnessHeaders
 from meterline.api.health import Health, HealthWatch, LatencyWindow
 from meterline.api.incidents import IncidentLog
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
-from meterline.bootstrap import ingest_limits
+from meterline.bootstrap import System, ingest_limits
 from meterline.bootstrap_scale import build_node
 from meterline.config import Config
 from meterline.domain.clock import Clock
@@ -194,6 +194,8 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     )
     dispatcher = system.dispatcher
     ctx.dispatcher = dispatcher
+    if isinstance(system, System):  # scale mode: the raw table's TTL, stated in docs/retention.md
+        ctx.raw_events_from = system.raw_events_from
     watch = HealthWatch(
         config.health,
         LatencyWindow(metrics.latency),

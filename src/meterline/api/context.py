@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meterline.api.auth import Authenticator
@@ -26,3 +27,6 @@ class Context:
     catalog: Catalog
     billing: Billing
     dispatcher: Dispatcher | None = None
+    raw_events_from: Callable[[], int] = lambda: 0
+    """Where raw events start (µs): a new meter's backfill cannot see earlier ones, removed by
+    retention (0: nothing was removed; docs/retention.md)."""

@@ -51,7 +51,11 @@ async def create_meter(call: Call) -> Response:
     if problem is not None:
         raise InvalidInput(f"Invalid meter definition: {problem}", code="invalid_meter", problems=[problem])
     meter = await call.run(call.ctx.catalog.meters.create, call.namespace, parse_spec(body))
-    return json_response(meter_json(meter), 201)
+    response = json_response(meter_json(meter), 201)
+    start = call.ctx.raw_events_from()
+    if start:  # retention removed older raw events: the backfill cannot count them
+        response.headers["Meterline-Raw-Events-From"] = rfc3339(start)
+    return response
 
 
 @endpoint(Scope.READ)

@@ -1,8 +1,8 @@
 """The ClickHouse tables of scale mode, created at start when missing.
 
 - ``events``: raw accepted events (MergeTree, partitioned by receive month, TTL =
-  ``clickhouse.raw_retention``; times in microseconds, the event id read from the raw
-  CloudEvent), written by the sink workers;
+  ``retention.raw_events``, set again at start when the setting changed; times in
+  microseconds, the event id read from the raw CloudEvent), written by the sink workers;
 - ``usage_rollups``: per (meter, bucket size, subject, bucket, group) the exact states every
   aggregation needs — count, sum, min, max and the latest (time, seq, value) — as
   ``SimpleAggregateFunction`` columns of an AggregatingMergeTree, merged exactly in the
@@ -22,6 +22,8 @@ the statements below are the single-server variant.
 
 from __future__ import annotations
 
+import re
+
 from meterline.adapters.clickhouse.client import Connection
 
 DECIMAL = "Decimal256(38)"
@@ -40,7 +42,7 @@ PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pendin
 def statements(window: int, retention_seconds: int | None) -> list[str]:
     dedupe = f"SETTINGS non_replicated_deduplication_window = {window}"
     received = "toDateTime(intDiv(received_us, 1000000))"
-    ttl = "" if retention_seconds is None else f"TTL {received} + INTERVAL {retention_seconds} SECOND"
+    ttl = "" if retention_seconds is None else f"TTL {raw_ttl(retention_seconds)}"
     return [
         f"""CREATE TABLE IF NOT EXISTS events (
             namespace LowCardinality(String), source String, type LowCardinality(String), subject String,
@@ -74,3 +76,33 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
 def create(conn: Connection, window: int, retention_seconds: int | None) -> None:
     for sql in statements(window, retention_seconds):
         conn.command(sql)
+    set_retention(conn, retention_seconds)
+
+
+def raw_ttl(retention_seconds: int | None) -> str | None:
+    """The TTL expression of the raw table for a retention (None: no TTL)."""
+    if retention_seconds is None:
+        return None
+    return f"toDateTime(intDiv(received_us, 1000000)) + toIntervalSecond({retention_seconds})"
+
+
+def set_retention(conn: Connection, retention_seconds: int | None) -> None:
+    """Give an existing raw table the TTL of the setting when it has another one (or none): a
+    changed ``retention.raw_events`` applies at the next start (ClickHouse then recomputes the
+    TTL of existing parts, once)."""
+    rows = conn.rows(
+        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'events'"
+    )
+    current = _ttl_seconds(str(rows[0][0])) if rows else None
+    if current == retention_seconds:
+        return
+    if retention_seconds is None:
+        conn.command("ALTER TABLE events REMOVE TTL")
+    else:
+        conn.command(f"ALTER TABLE events MODIFY TTL {raw_ttl(retention_seconds)}")
+
+
+def _ttl_seconds(create_query: str) -> int | None:
+    """The retention a raw table's TTL clause states (None: no TTL)."""
+    found = re.search(r"\bTTL\b.*?toIntervalSecond\((\d+)\)", create_query)
+    return None if found is None else int(found.group(1))

@@ -24,6 +24,7 @@ from meterline.adapters.sqlite.ledger import SqliteLedger
 from meterline.adapters.sqlite.meters import SqliteMeters
 from meterline.adapters.sqlite.notifications import SqliteNotifications
 from meterline.adapters.sqlite.portal import SqlitePortal
+from meterline.adapters.sqlite.retention import RetentionPruner
 from meterline.adapters.sqlite.usage import SqliteUsage
 from meterline.domain.clock import Clock
 from meterline.domain.customers.model import Customer
@@ -56,6 +57,8 @@ class EmbeddedBackend:
         max_queue: int = 4096,
         monitor: Monitor | None = None,
         dedupe: DedupeIndex | None = None,
+        raw_events_us: int | None = None,
+        prune_batch: int = 500,
     ) -> None:
         self.dedupe = dedupe or DedupeIndex(data_dir / DEDUPE_DIR)
         self.state = IngestState(settings, self.dedupe)
@@ -79,6 +82,7 @@ class EmbeddedBackend:
         self.ledger = SqliteLedger(self.db, self.state, clock.now_us)
         self.corrections = SqliteCorrections(self.db, self.state, clock.now_us)
         self.dedupe_pruner = DedupePruner(self.db, self.state, clock.now_us)  # started by the app
+        self.retention = RetentionPruner(self.db, self.state, clock.now_us, raw_events_us, batch=prune_batch)
         self.meters = SqliteMeters(self.db, self.state, clock.now_us)
         self.dead_letters = SqliteDeadLetters(self.db)
         self.resubmitter = SqliteResubmitter(self.db, self.state, clock.now_us)
@@ -116,6 +120,7 @@ class EmbeddedBackend:
 
     def close(self) -> None:
         self.followups.close()
+        self.retention.close()
         self.dedupe_pruner.close()
         self.meters.close()
         self.db.close()

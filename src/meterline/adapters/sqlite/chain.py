@@ -29,7 +29,7 @@ MIGRATING_KEY = "chain_migrating"
 LEDGER_ID_KEY = "ledger_id"
 MIGRATE_CHUNK = 50_000
 
-_ROWS = (
+ENTRY_ROWS = (
     "SELECT seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain FROM events"
     " WHERE seq > ? ORDER BY seq LIMIT ?"
 )
@@ -62,10 +62,10 @@ def migrate_step(conn: sqlite3.Connection, now_us: int) -> bool:
         return False
     progress = _meta(conn, MIGRATING_KEY)
     seq, prev = (0, GENESIS) if progress is None else _parse_head(progress)
-    rows = conn.execute(_ROWS, (seq, MIGRATE_CHUNK)).fetchall()
+    rows = conn.execute(ENTRY_ROWS, (seq, MIGRATE_CHUNK)).fetchall()
     updates = []
     for row in rows:
-        prev = link(prev, row[0], _content(row))
+        prev = link(prev, row[0], entry_content(row))
         updates.append((prev, row[0]))
         seq = row[0]
     conn.executemany("UPDATE events SET chain = ? WHERE seq = ?", updates)
@@ -106,12 +106,25 @@ class SqliteChain:
         return int(seq), int(at)
 
     def rows(self, after: int, limit: int) -> list[ChainRow]:
+        """Entries and pruned markers after ``after``, merged in sequence order."""
+        out = self._entries(after, limit) + self._pruned(after, limit)
+        out.sort(key=lambda row: row.seq)
+        return out[:limit]
+
+    def _pruned(self, after: int, limit: int) -> list[ChainRow]:
+        """Entries removed by retention (``ledger_pruned``): their kept digest and stored hash."""
+        rows = self._conn.execute(
+            "SELECT seq, kept, chain FROM ledger_pruned WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+        )
+        return [ChainRow(seq, _blob(chain), None, kept=_blob(kept), label="pruned entry") for seq, kept, chain in rows]
+
+    def _entries(self, after: int, limit: int) -> list[ChainRow]:
         out = []
-        rows = self._conn.execute(_ROWS, (after, limit)).fetchall()
+        rows = self._conn.execute(ENTRY_ROWS, (after, limit)).fetchall()
         erased = self._erased(after, rows[-1][0]) if rows else {}
         for row in rows:
             seq, ns, src, id_, chain = row[0], row[1], row[2], row[3], row[10]
-            content = _content(row)
+            content = entry_content(row)
             label = f"event {id_!r} from source {src!r} in namespace {ns!r}"
             kept, after_erasure = erased.get(seq, (None, None))
             if kept is not None:
@@ -132,8 +145,8 @@ class SqliteChain:
         self._conn.close()
 
 
-def _content(row: tuple[object, ...]) -> bytes:
-    """The content digest of an ``events`` row read with ``_ROWS``."""
+def entry_content(row: tuple[object, ...]) -> bytes:
+    """The content digest of an ``events`` row read with ``ENTRY_ROWS``."""
     ns, src, id_, type_, subject, time_us, received_us = row[1:8]
     return content_digest(
         str(ns),

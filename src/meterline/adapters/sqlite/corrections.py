@@ -17,12 +17,15 @@ import msgspec
 
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import Appender, IngestState
+from meterline.adapters.sqlite.retention import hours_before, pruned_key
+from meterline.domain.errors import NotFound
 from meterline.domain.events.corrections import (
     Action,
     CorrectionRequest,
     History,
     Version,
     event_not_found,
+    event_pruned,
     event_voided,
 )
 from meterline.domain.events.model import Event
@@ -48,6 +51,7 @@ class SqliteCorrections:
     def _correct(self, conn: sqlite3.Connection, req: CorrectionRequest) -> tuple[int, int]:
         appender = Appender(self._state, conn, self._now_us())
         rows = self._chain(conn, req.namespace, req.source, req.event_id)
+        self._not_pruned(conn, req.namespace, req.source, req.event_id, rows)
         if not rows:
             raise event_not_found(req.source, req.event_id)
         last = rows[-1]
@@ -56,6 +60,17 @@ class SqliteCorrections:
         original = rows[0][0]
         current = Event(req.namespace, req.source, req.event_id, last[3], last[4], last[5], None, last[6], last[7])
         return appender.correct(req, original, current), original
+
+    def _not_pruned(self, conn: sqlite3.Connection, namespace: str, source: str, id_: str, rows: list[Any]) -> None:
+        """Refuse a key with a version removed by retention, or one in an hour that lost raw
+        events (a corrected hour is recomputed from the ledger: docs/retention.md)."""
+        before = hours_before(conn)
+        if not before:
+            return
+        if any(row[5] < before for row in rows) or pruned_key(
+            conn, self._state.dedupe.key_hash(namespace, source, id_)
+        ):
+            raise event_pruned(source, id_)
 
     def _chain(self, conn: sqlite3.Connection, namespace: str, source: str, event_id: str) -> list[Any]:
         """The newest original of the key and its corrections, in ledger order."""
@@ -70,8 +85,14 @@ class SqliteCorrections:
         return [row for row in rows if row[0] == first or row[10] == first]
 
     def history(self, namespace: str, source: str, event_id: str) -> History:
-        rows = self._chain(self._db.reader(), namespace, source, event_id)
+        conn = self._db.reader()
+        rows = self._chain(conn, namespace, source, event_id)
         if not rows:
+            if hours_before(conn) and pruned_key(conn, self._state.dedupe.key_hash(namespace, source, event_id)):
+                raise NotFound(
+                    f"Event {event_id!r} from source {source!r} was removed by retention (its totals stand)",
+                    code="event_pruned",
+                )
             raise event_not_found(source, event_id)
         versions = tuple(
             Version(

@@ -26,9 +26,10 @@ from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.gauges import carried, read_gauges
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.replay import stored_offset
+from meterline.adapters.sqlite.retention import hours_before
 from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_uniques
 from meterline.adapters.sqlite.summaries import DAY, MONTH, has_day, plan, subject_states, wide_states, with_months
-from meterline.domain.errors import Backfilling, Conflict, NotFound
+from meterline.domain.errors import Backfilling, Conflict, InvalidInput, NotFound
 from meterline.domain.meters.edges import (
     edge_ranges,
     edge_states,
@@ -319,6 +320,12 @@ def _edge_entries(
     index."""
     if not ranges:
         return []
+    if ranges[0][0] < hours_before(conn):
+        raise InvalidInput(
+            "a partial minute in an hour whose raw events were removed by retention cannot be answered"
+            " exactly; ask for whole minutes",
+            code="unaligned_range",
+        )
     offset = stored_offset(conn)
     sql = edge_sql(len(query.subjects))
     entries = []

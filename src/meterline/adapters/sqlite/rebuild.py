@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from meterline.adapters.sqlite.ingest import live_meters
 from meterline.adapters.sqlite.recompute import Applied, applied_in_store, everything_to, recompute, roots_in
 from meterline.adapters.sqlite.replay import CHUNK, Replay, ledger_rows, set_offset, stored_offset, write_replay
+from meterline.adapters.sqlite.retention import hours_before
 from meterline.adapters.sqlite.usage import backfills
 from meterline.domain.meters.evaluate import CompiledMeter
 
@@ -55,6 +56,7 @@ def _rebuild(conn: sqlite3.Connection, cap: int, replace: bool) -> RebuildReport
     meters = [CompiledMeter(m) for m in live_meters(conn)]
     head = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
     _replay(conn, Replay(cap, count_entries=True), meters, 0, head, "temp.rebuilt_", everything_to)
+    _keep_pruned_periods(conn, hours_before(conn) // 1_000_000)
     differences = {table: _differ(conn, table) for table in DERIVED}
     if replace and any(differences.values()):
         for table in DERIVED:
@@ -121,6 +123,23 @@ def _replay(
             recompute(conn, replay, meters, roots, applied(upto), prefix, late=late)
             replay.corrected.clear()
         done = upto
+
+
+_BUCKETED = ("rollups", "uniques", "summaries", "ledger_counts")
+
+
+def _keep_pruned_periods(conn: sqlite3.Connection, before: int) -> None:
+    """Retention removed raw events of hours before ``before`` (UTC seconds; 0: none): the
+    stored rows of buckets starting before it are authoritative, the replay cannot make them.
+    They go into the rebuilt tables as stored (not compared, kept by a rebuild); the values and
+    subjects seen there stay too."""
+    if not before:
+        return
+    for table in _BUCKETED:
+        conn.execute(f"DELETE FROM temp.rebuilt_{table} WHERE bucket < ?", (before,))
+        conn.execute(f"INSERT INTO temp.rebuilt_{table} SELECT * FROM main.{table} WHERE bucket < ?", (before,))
+    for table in ("group_values", "meter_subjects"):
+        conn.execute(f"INSERT OR IGNORE INTO temp.rebuilt_{table} SELECT * FROM main.{table}")
 
 
 def _pk(table: str) -> str:

@@ -54,6 +54,15 @@ CREATE TABLE IF NOT EXISTS ledger_erased (
     seq INTEGER PRIMARY KEY, erasure INTEGER NOT NULL, kept BLOB NOT NULL, content BLOB NOT NULL,
     key_hash INTEGER NOT NULL
 );
+-- Ledger entries removed by retention (adapters.sqlite.retention, docs/retention.md): the
+-- "pruned" marker that keeps their place in the hash chain. `kept`: the content digest the
+-- chain links (as it was when the entry was removed); `chain`: the entry's stored link;
+-- `key_hash`: the dedupe index's keyed hash of its key (a correction of it is refused as
+-- pruned, not as unknown). No identifier, subject or payload is kept.
+CREATE TABLE IF NOT EXISTS ledger_pruned (
+    seq INTEGER PRIMARY KEY, kept BLOB NOT NULL, chain BLOB NOT NULL, key_hash INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_pruned_by_key ON ledger_pruned (key_hash);
 
 -- Meter queries over a range that starts or ends inside a minute read the events of that
 -- partial minute through this index (domain.meters.edges); created on first start of an

@@ -96,6 +96,14 @@ def event_not_found(source: str, event_id: str) -> NotFound:
     return NotFound(f"No accepted event with id {event_id!r} from source {source!r}", code="event_not_found")
 
 
+def event_pruned(source: str, event_id: str) -> Conflict:
+    return Conflict(
+        f"Event {event_id!r} from source {source!r} lies in a period whose raw events were removed by retention:"
+        " its hour can no longer be recomputed from the ledger, so it cannot be corrected (its rollups stand)",
+        code="event_pruned",
+    )
+
+
 def event_voided(event_id: str) -> Conflict:
     return Conflict(f"Event {event_id!r} is voided: it can be neither voided nor amended again", code="event_voided")
 

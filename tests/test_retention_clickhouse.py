@@ -1,0 +1,45 @@
+"""Scale mode: the ClickHouse raw table gets its TTL from ``retention.raw_events`` (docs/retention.md),
+also when the setting changes after the table was created; rollups get none."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from stack.launch import Stack
+
+from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.schema import create
+from meterline.bootstrap import raw_events_us
+from meterline.config import load_config
+
+
+@pytest.fixture
+def conn(scale_stack: Stack) -> Iterator[Connection]:
+    name = f"ttl_{uuid.uuid4().hex}"
+    c = Connection(scale_stack.clickhouse, name)
+    yield c
+    c.command(f"DROP DATABASE IF EXISTS `{name}`")
+    c.close()
+
+
+def table(conn: Connection, name: str) -> str:
+    rows = conn.rows(
+        "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = {n:String}",
+        {"n": name},
+    )
+    return str(rows[0][0])
+
+
+def test_the_raw_table_follows_the_retention_setting(conn: Connection) -> None:
+    config = load_config(None, {"storage": {"engine": "scale"}, "retention": {"raw_events": "30d"}})
+    seconds = raw_events_us(config)
+    assert seconds == 30 * 86_400 * 10**6
+    create(conn, 1000, seconds // 10**6)
+    assert "TTL toDateTime(intDiv(received_us, 1000000)) + toIntervalSecond(2592000)" in table(conn, "events")
+    assert "TTL" not in table(conn, "usage_rollups")
+    create(conn, 1000, 7 * 86_400)  # the setting changed: the next start sets it
+    assert "toIntervalSecond(604800)" in table(conn, "events")
+    create(conn, 1000, None)  # "forever"
+    assert "TTL" not in table(conn, "events")
