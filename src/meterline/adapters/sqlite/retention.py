@@ -155,7 +155,7 @@ class RetentionPruner:
             marks.append((seq, kept, stored, key_hash))
             prev, latest = stored, max(latest, time_us)
         if marks:
-            self._write(conn, marks, latest)
+            self._write(conn, cursor, marks, latest)
         return len(marks)
 
     def _matching(
@@ -177,12 +177,15 @@ class RetentionPruner:
         self.blocked = f"entry {seq} does not match the hash chain (run meterline verify); nothing after it is removed"
         return None
 
-    def _write(self, conn: sqlite3.Connection, marks: Sequence[tuple[object, ...]], latest_us: int) -> None:
-        seqs = [m[0] for m in marks]
+    def _write(
+        self, conn: sqlite3.Connection, cursor: int, marks: Sequence[tuple[object, ...]], latest_us: int
+    ) -> None:
+        """The marks are a prefix of the entries after ``cursor``: the range (cursor, last] goes."""
+        last = int(str(marks[-1][0]))
         conn.executemany("INSERT INTO ledger_pruned (seq, kept, chain, key_hash) VALUES (?,?,?,?)", marks)
-        conn.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
-        conn.executemany("DELETE FROM ledger_erased WHERE seq = ?", [(s,) for s in seqs])
-        write_meta(conn, CURSOR_KEY, int(str(seqs[-1])))
+        conn.execute("DELETE FROM events WHERE seq > ? AND seq <= ?", (cursor, last))
+        conn.execute("DELETE FROM ledger_erased WHERE seq > ? AND seq <= ?", (cursor, last))
+        write_meta(conn, CURSOR_KEY, last)
         write_meta(conn, COUNT_KEY, read_meta(conn, COUNT_KEY) + len(marks))
         hour_end = (latest_us // HOUR_US + 1) * HOUR_US
         write_meta(conn, HOURS_BEFORE_KEY, max(hour_end, read_meta(conn, HOURS_BEFORE_KEY)))
