@@ -76,7 +76,8 @@ class Producer:
     def append(self, n: int) -> None:
         events = [
             {"specversion": "1.0", "id": f"e{i}", "source": "load", "type": "prompt", "subject": f"c{i % 5}",
-             "time": f"2026-02-{1 + i % 28:02d}T10:00:00Z", "data": {"tokens": f"{i}.{i % 7}"}}
+             "time": f"2026-02-{1 + i % 28:02d}T10:00:00Z",
+             "data": {"tokens": f"{i}.{i % 7}", "model": f"m{i % 3}", "user": f"u{i % 11}"}}
             for i in range(self.sent, self.sent + n)
         ]  # fmt: skip
         candidates = decode_events(split_body(msgspec.json.encode(events), "batch", 10_000), NS, T0, LIMITS)

@@ -74,6 +74,7 @@ from meterline.services.usage_queries import UsageQueries
 
 if TYPE_CHECKING:  # imported for real only when the config asks for it (the scale extra)
     from meterline.adapters.clickhouse.client import Connection
+    from meterline.adapters.clickhouse.rebuild import ScaleRebuildReport
     from meterline.adapters.kafka.partitions import KafkaPartitions
     from meterline.adapters.postgres.catalog import PgCatalog
     from meterline.adapters.postgres.database import PgDatabase
@@ -313,10 +314,13 @@ def dedupe_store(config: Config, db: PgDatabase, clock: Clock, closers: list[Cal
     return pg_store
 
 
-def rebuild_store(config: Config, *, check: bool) -> RebuildReport:
+def rebuild_store(config: Config, *, check: bool) -> RebuildReport | ScaleRebuildReport:
     """Recompute the rollups from the ledger in one write transaction of its own (the CLI's
     ``rebuild``; safe while a server runs on the same directory) and compare them with those
-    stored; unless ``check``, the rebuilt rows replace them."""
+    stored; unless ``check``, the rebuilt rows replace them. In scale mode from ClickHouse's
+    raw events, the sink workers held off meanwhile (:func:`rebuild_scale`)."""
+    if config.storage.engine == "scale":
+        return rebuild_scale(config, check=check)
     config.storage.data_dir.mkdir(parents=True, exist_ok=True)
     conn = connect(config.storage.data_dir / DB_FILE, fsync=config.storage.fsync)
     try:
@@ -779,6 +783,67 @@ def _batch_alerts(pg: PgDatabase, meters: PgMeters, usage: UsageReader, clock: C
     return BatchAlerts(
         customers, entitlements, counting, usage, notifications, notifications, notifications, PgProgress(pg), clock
     )
+
+
+REBUILD_ATTEMPTS = 3
+SETTLE_HELD = 5.0
+"""How long a rebuild, holding the workers off, waits for the batches in flight to finish."""
+SETTLE_RELEASED = 30.0
+"""How long it waits, having released them, for the workers to finish ranges refused writes left."""
+
+
+def rebuild_scale(config: Config, *, check: bool) -> ScaleRebuildReport:
+    """``meterline rebuild`` in scale mode (``adapters.clickhouse.rebuild``): hold every sink
+    worker off (the fence's maintenance lock: their next write is refused and none takes a
+    partition until it is released; API nodes go on accepting events), wait for batches in
+    flight to finish, rebuild from the raw events and compare or swap, release. A range a
+    fenced write recorded and left is finished by the workers once released, then the rebuild
+    tries again; a range that stays unfinished (a worker dead or stopped mid-batch) refuses it."""
+    for driver in ("psycopg", "psycopg_pool", "clickhouse_connect"):
+        import_extra(driver, "scale")
+    import uuid
+
+    from meterline.adapters.clickhouse.client import Connection
+    from meterline.adapters.clickhouse.rebuild import rebuild, settled
+    from meterline.adapters.clickhouse.schema import create
+    from meterline.adapters.postgres.database import PgDatabase
+    from meterline.adapters.postgres.fence import PgFence
+    from meterline.adapters.postgres.meters import PgMeters
+
+    ch = config.clickhouse
+    retention = raw_events_us(config)
+    if not check and retention is not None:
+        raise Conflict(
+            "retention.raw_events is set: the raw events past it are gone, and a rebuild would erase the usage"
+            " only the rollups still hold; run rebuild --check to compare"
+        )
+    pg = PgDatabase(config.postgres.dsn)
+    try:
+        conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
+        try:
+            create(conn, ch.dedupe_window, None if retention is None else retention // 1_000_000)
+            meters, fence = PgMeters(pg, SystemClock().now_us), PgFence(pg, config.postgres.dsn)
+            left: list[str] = []
+            for _ in range(REBUILD_ATTEMPTS):
+                with fence.maintenance(wait=False) as held:
+                    if not held:
+                        raise Conflict("another meterline rebuild holds the sink workers; try again when it ends")
+                    left = settled(conn, SETTLE_HELD)
+                    if not left:
+                        cap = config.ingest.max_group_cardinality
+                        run = uuid.uuid4().hex[:12]
+                        return rebuild(
+                            conn, meters.live(), cap=cap, replace=not check, window=ch.dedupe_window, run=run
+                        )
+                settled(conn, SETTLE_RELEASED)  # released: the workers finish what fenced writes left
+            raise Conflict(
+                f"ranges stay unfinished ({', '.join(left)}): a sink worker died or is stopped in the middle of"
+                " a batch; start or resume the workers so they finish it, then run rebuild again"
+            )
+        finally:
+            conn.close()
+    finally:
+        pg.close()
 
 
 @contextmanager

@@ -198,12 +198,15 @@ def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) ->
 @config_options
 @click.option("--check", is_flag=True, help="only compare; change nothing")
 def rebuild_cmd(config_path: Path | None, data_dir: Path | None, check: bool) -> None:
-    """Recompute rollups from the ledger; report and replace any difference."""
+    """Recompute rollups from the ledger (scale mode: from the raw events table, the sink workers held
+    off meanwhile); report and replace any difference."""
     from meterline.bootstrap import rebuild_store
 
     report = rebuild_store(_config(config_path, data_dir), check=check)
     diffs = ", ".join(f"{t}: {n}" for t, n in report.differences.items())
     click.echo(f"replayed {report.events} ledger events; differing rows — {diffs}")
+    for line in report.details:
+        click.echo(f"  {line}")
     if report.identical:
         click.echo("rollups are identical to a rebuild from the ledger")
     elif check:

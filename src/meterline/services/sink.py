@@ -191,7 +191,7 @@ class SinkWorker:
         folded = 0
         epochs = {s: self._epochs[s] for s in sorted(held) if self._position(s) is not None}
         pending = self._store.backfills(epochs, frozenset(self._compiled))
-        self._backfilling = bool(pending)
+        self._backfilling = bool(pending) or len(epochs) < len(held)  # held off: look again later
         for b in pending:
             compiled = self._compiled.get(b.meter)
             if compiled is None:

@@ -128,15 +128,7 @@ class ClickHouseSink:
         return out
 
     def entries(self, stream: str, after: int, end: int, limit: int) -> list[LedgerEntry]:
-        sql = (
-            "SELECT DISTINCT seq, namespace, source, type, subject, time_us, received_us, raw FROM events"
-            " WHERE stream = {s:String} AND seq > {a:UInt64} AND seq <= {e:UInt64} ORDER BY seq LIMIT {n:UInt32}"
-        )
-        rows = self._conn.rows(sql, {"s": stream, "a": after, "e": end, "n": limit})
-        return [
-            LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode(), received_us)
-            for seq, ns, source, type_, subject, time_us, received_us, raw in rows
-        ]
+        return raw_entries(self._conn, stream, after, end, limit)
 
     def write_backfill(self, meter: int, stream: str, epoch: int, start: int, end: int, replay: Replay) -> bool:
         name = backfill_stream(meter, stream)
@@ -162,3 +154,16 @@ class ClickHouseSink:
             to = 0 if legacy else (p.pending_end if p.pending and meter not in p.pending_meters else p.done)
             self._progress.write(Progress(backfill_stream(meter, stream), 0, to), epoch)
         return bool(meters - started)
+
+
+def raw_entries(conn: Connection, stream: str, after: int, end: int, limit: int) -> list[LedgerEntry]:
+    """The raw events of ``stream`` with ``after < seq <= end``, in order, at most ``limit``."""
+    sql = (
+        "SELECT DISTINCT seq, namespace, source, type, subject, time_us, received_us, raw FROM events"
+        " WHERE stream = {s:String} AND seq > {a:UInt64} AND seq <= {e:UInt64} ORDER BY seq LIMIT {n:UInt32}"
+    )
+    rows = conn.rows(sql, {"s": stream, "a": after, "e": end, "n": limit})
+    return [
+        LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode(), received_us)
+        for seq, ns, source, type_, subject, time_us, received_us, raw in rows
+    ]

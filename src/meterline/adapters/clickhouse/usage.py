@@ -227,15 +227,17 @@ def raw_rows(entries: Iterable[LedgerEntry], stream: str) -> list[tuple[Any, ...
     ]
 
 
-def write_usage(conn: Connection, replay: Replay, meters: set[int], p: Progress) -> None:
+def write_usage(conn: Connection, replay: Replay, meters: set[int], p: Progress, into: str = "") -> None:
     """Insert a replay's rollup states, UNIQUE_COUNT values and new group values / subjects of
-    ``meters`` under the tokens of the range ``p`` records (then clear the replay, as written)."""
+    ``meters`` under the tokens of the range ``p`` records (then clear the replay, as written);
+    ``into``: a prefix of the tables' names (``meterline rebuild`` writes beside them)."""
     fold = replay.fold
-    conn.insert("usage_rollups", ROLLUPS, rollup_rows(fold.levels(), meters), p.token("rollups"))
-    conn.insert("usage_uniques", UNIQUES, sorted(u for u in fold.uniques if u[0] in meters), p.token("uniques"))
+    conn.insert(f"{into}usage_rollups", ROLLUPS, rollup_rows(fold.levels(), meters), p.token("rollups"))
+    uniques = sorted(u for u in fold.uniques if u[0] in meters)
+    conn.insert(f"{into}usage_uniques", UNIQUES, uniques, p.token("uniques"))
     dims = [(m, d, v, 0) for m, d, v in replay.new_groups if m in meters]
     dims += [(m, "", s, 1) for m, s in replay.new_subjects if m in meters]
-    conn.insert("usage_dims", DIMS, sorted(set(dims)), p.token("dims"))
+    conn.insert(f"{into}usage_dims", DIMS, sorted(set(dims)), p.token("dims"))
     replay.new_groups.clear()
     replay.new_subjects.clear()
     fold.clear()

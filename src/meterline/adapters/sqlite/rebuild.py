@@ -29,6 +29,8 @@ class RebuildReport:
     events: int
     differences: dict[str, int]
     replaced: bool
+    details: tuple[str, ...] = ()
+    """Each differing row described (the embedded rebuild counts them per table only)."""
 
     @property
     def identical(self) -> bool:
