@@ -8,6 +8,7 @@ counted exactly once and `--check` finds nothing."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -18,12 +19,15 @@ from pathlib import Path
 import pytest
 from scale_site import Site, site
 from stack.launch import Stack
-from test_scale_zombie import NS, Producer, wait_until
+from test_scale_zombie import NS, PAUSED_WORKER, Producer, stopped, wait_until
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.rebuild import unfinished
 from meterline.adapters.clickhouse.schema import ROLLUPS, UNIQUES, create
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.meters import PgMeters
+from meterline.bootstrap import rebuild_scale
+from meterline.domain.errors import Conflict
 from meterline.domain.meters.model import Aggregation, MeterSpec
 
 EXTRA = """
@@ -137,4 +141,50 @@ def test_rebuild_checks_and_replaces_the_rollups_beside_running_workers(two_part
     finally:
         producer.close()
         pg.close()
+        conn.close()
+
+
+def test_rebuild_refuses_while_a_stopped_worker_holds_a_range_and_checks_once_it_finishes(
+    two_partitions: Site, tmp_path: Path
+) -> None:
+    """A worker stopped (SIGSTOP) after its fence check, before its inserts, leaves a recorded
+    range that nobody else can finish while it is the only worker: a rebuild cannot know what of
+    it landed, so it refuses and names the range. Resumed, the worker finishes it, and the
+    rebuild then finds the rollups identical."""
+    s = two_partitions
+    config = s.config
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    producer = Producer(s)
+    conn = Connection(config.clickhouse.url, config.clickhouse.database)
+    create(conn, config.clickhouse.dedupe_window, None)
+    with (s.dir / "workers.log").open("ab") as out:
+        zombie = subprocess.Popen(
+            [sys.executable, str(PAUSED_WORKER), str(s.config_path), "before-insert", str(marks)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "METERLINE_LOG__FORMAT": "text"},
+        )
+    s.processes.append(zombie)
+    try:
+        producer.append(100)
+        wait_until(lambda: (marks / "paused").exists() and stopped(zombie.pid), "the worker to stop mid-batch", s)
+        with pytest.raises(Conflict, match=r"ranges stay unfinished \(t\w+:\d \(0, \d+\]"):
+            rebuild_scale(config, check=True, settle=(0.5, 0.5))
+        zombie.send_signal(signal.SIGCONT)
+        wait_until(lambda: not unfinished(conn), "the resumed worker to finish its range", s)
+        wait_until(
+            lambda: (
+                conn.rows("SELECT sum(done) FROM usage_progress FINAL WHERE stream NOT LIKE 'backfill:%'")[0][0] == 100
+            ),
+            "every event",
+            s,
+        )
+        report = rebuild_scale(config, check=True)
+        assert report.identical, report.details
+        assert report.events == 100
+    finally:
+        if zombie.poll() is None:
+            zombie.send_signal(signal.SIGCONT)
+        producer.close()
         conn.close()

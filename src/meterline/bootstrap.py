@@ -792,13 +792,16 @@ SETTLE_RELEASED = 30.0
 """How long it waits, having released them, for the workers to finish ranges refused writes left."""
 
 
-def rebuild_scale(config: Config, *, check: bool) -> ScaleRebuildReport:
+def rebuild_scale(
+    config: Config, *, check: bool, settle: tuple[float, float] = (SETTLE_HELD, SETTLE_RELEASED)
+) -> ScaleRebuildReport:
     """``meterline rebuild`` in scale mode (``adapters.clickhouse.rebuild``): hold every sink
     worker off (the fence's maintenance lock: their next write is refused and none takes a
     partition until it is released; API nodes go on accepting events), wait for batches in
     flight to finish, rebuild from the raw events and compare or swap, release. A range a
     fenced write recorded and left is finished by the workers once released, then the rebuild
-    tries again; a range that stays unfinished (a worker dead or stopped mid-batch) refuses it."""
+    tries again; a range that stays unfinished (a worker dead or stopped mid-batch) refuses it.
+    ``settle``: how long to wait for unfinished ranges, workers held off and released."""
     for driver in ("psycopg", "psycopg_pool", "clickhouse_connect"):
         import_extra(driver, "scale")
     import uuid
@@ -828,14 +831,14 @@ def rebuild_scale(config: Config, *, check: bool) -> ScaleRebuildReport:
                 with fence.maintenance(wait=False) as held:
                     if not held:
                         raise Conflict("another meterline rebuild holds the sink workers; try again when it ends")
-                    left = settled(conn, SETTLE_HELD)
+                    left = settled(conn, settle[0])
                     if not left:
                         cap = config.ingest.max_group_cardinality
                         run = uuid.uuid4().hex[:12]
                         return rebuild(
                             conn, meters.live(), cap=cap, replace=not check, window=ch.dedupe_window, run=run
                         )
-                settled(conn, SETTLE_RELEASED)  # released: the workers finish what fenced writes left
+                settled(conn, settle[1])  # released: the workers finish what fenced writes left
             raise Conflict(
                 f"ranges stay unfinished ({', '.join(left)}): a sink worker died or is stopped in the middle of"
                 " a batch; start or resume the workers so they finish it, then run rebuild again"
