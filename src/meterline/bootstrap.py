@@ -44,8 +44,10 @@ from meterline.ports.deliveries import DeliveryStore
 from meterline.ports.identity import IdentityProvider
 from meterline.ports.integrity import ChainSource
 from meterline.ports.ledger import Ledger, LedgerReader
+from meterline.ports.live_usage import UsageCounters
 from meterline.ports.meters import UsageReader
 from meterline.ports.reconciliation import ReconciliationCounts
+from meterline.ports.sink import BatchFollower
 from meterline.ports.status import StoreStatus
 from meterline.runtime.background import Monitor, Ticker
 from meterline.runtime.extras import import_extra
@@ -54,6 +56,7 @@ from meterline.services.alerts import AlertEvaluator, AnomalyScanner
 from meterline.services.batch_alerts import BatchAlerts
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.corrections import CorrectionService
+from meterline.services.counter_feed import CounterFeed
 from meterline.services.counters import History, LiveCounters
 from meterline.services.customers import CustomerService
 from meterline.services.dead_letters import DeadLetterService
@@ -312,6 +315,21 @@ def dedupe_store(config: Config, db: PgDatabase, clock: Clock, closers: list[Cal
     dedupe_mod = _scale_adapter("meterline.adapters.postgres.dedupe", "psycopg", "psycopg_pool")
     pg_store: DedupeStore = dedupe_mod.PgDedupe(db, clock.now_us, lease_us=lease_us, window_us=window_us)
     return pg_store
+
+
+def usage_counters(config: Config, closers: list[Callable[[], None]]) -> UsageCounters | None:
+    """The live usage counters in ``[redis]`` (``ports.live_usage``; None unless ``[redis]
+    counters`` is on), under the key prefix and the topic; what it opens is closed by
+    ``closers``. API nodes and workers of one deployment must agree."""
+    if not config.redis.counters:
+        return None
+    module = _scale_adapter("meterline.adapters.redis.live_usage", "redis")
+    client = import_extra("redis", "scale").Redis.from_url(
+        config.redis.url, socket_timeout=config.redis.timeout, socket_connect_timeout=config.redis.timeout
+    )
+    closers.append(client.close)
+    counters: UsageCounters = module.RedisUsageCounters(client, f"{config.redis.key_prefix}{config.kafka.topic}:")
+    return counters
 
 
 def rebuild_store(config: Config, *, check: bool) -> RebuildReport | ScaleRebuildReport:
@@ -762,9 +780,13 @@ def open_worker(config: Config) -> Worker:
     from meterline.adapters.postgres.quarantine import PgQuarantine
 
     copies = PgQuarantine(pg, clock.now_us)  # released copies of quarantined events count once
-    alerts = _batch_alerts(pg, meters, ClickHouseUsage(conn, meters.live, clock.now_us), clock)
+    usage = ClickHouseUsage(conn, meters.live, clock.now_us)
+    followers: list[BatchFollower] = [_batch_alerts(pg, meters, usage, clock)]
+    counters = usage_counters(config, closers)
+    if counters is not None:
+        followers.append(CounterFeed(counters, meters.live, store.known, cap=cap))
     sink = SinkWorker(
-        partitions, store, meters.live, dedupe, fence, cap=cap, max_entries=chunk, copies=copies, followers=[alerts]
+        partitions, store, meters.live, dedupe, fence, cap=cap, max_entries=chunk, copies=copies, followers=followers
     )
     return Worker(sink, partitions, conn, pg, closers)
 

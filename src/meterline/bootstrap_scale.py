@@ -10,8 +10,9 @@ An API node of scale mode (``storage.engine = "scale"``) keeps no state of its o
 - usage (meter queries, entitlement values, invoices) is read from the ClickHouse rollups the
   sink workers (``meterline worker``) write; every usage answer states how far the workers had
   applied the log when it was read (``Meterline-As-Of``, ``Meterline-As-Of-Position``);
-- entitlement values are computed per request from the period's usage in ClickHouse
-  (``services.queried_usage``): there are no live counters to keep in step across nodes.
+- entitlement values are computed per request from the period's usage
+  (``services.queried_usage``): a ClickHouse query, or with ``[redis] counters`` the live usage
+  counters the workers feed in Redis, shared by every node (``services.counter_feed``).
 
 What needs the embedded store's single ledger sequence (read-your-writes positions, paging the
 event list, reconciliation counts, the quarantine, anomaly alert rules) is
@@ -39,6 +40,7 @@ from meterline.bootstrap import (
     open_scale_stores,
     raw_events_us,
     run_settings,
+    usage_counters,
     webhook_dispatcher,
 )
 from meterline.config import Config
@@ -52,12 +54,14 @@ from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.corrections import Corrected, CorrectionRecord
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
+from meterline.ports.meters import UsageReader
 from meterline.ports.status import StoreStatus
 from meterline.runtime import freshness
 from meterline.runtime.background import Monitor, Ticker
 from meterline.runtime.extras import import_extra
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.corrections import CorrectionService
+from meterline.services.counter_feed import CountedUsage
 from meterline.services.customers import CustomerService
 from meterline.services.dead_letters import DeadLetterService
 from meterline.services.dispatch import Dispatcher
@@ -346,9 +350,14 @@ def _wire(
     release = Ticker("quarantine-release", releaser.tick, lambda: 5.0, monitor)
     closers.append(release.close)
     usage = NotedUsage(raw_usage, progress, kafka.heads, config.aggregation.max_wait)
+    counters = usage_counters(config, closers)
+    counted: UsageReader = usage
+    if counters is not None:  # entitlement usage from the live counters once they hold it
+        streams = {p: f"{k.topic}:{p}" for p in range(k.partitions)}
+        counted = CountedUsage(counters, streams, kafka.heads, usage, config.aggregation.max_wait)
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
     values = ClickHouseMeterValues(conn, usage.note)
-    catalog = _catalog(config, clock, stores, usage, values, dispatcher.wake, releaser, kafka)
+    catalog = _catalog(config, clock, stores, usage, counted, values, dispatcher.wake, releaser, kafka)
     cfg = config.billing
     billing = build_billing(
         stores.billing(QueriedPeriodUsage(usage), clock),
@@ -371,6 +380,7 @@ def _catalog(
     clock: Clock,
     stores: ScaleStores,
     usage: NotedUsage,
+    counted: UsageReader,
     values: ClickHouseMeterValues,
     wake: Callable[[], None],
     releaser: QuarantineReleaser,
@@ -381,7 +391,7 @@ def _catalog(
     pg = stores.catalog
     customers = pg.customers
     entitlements = EntitlementService(pg.entitlements, pg.features, customers, pg.meters, clock)
-    queried = QueriedEntitlementUsage(customers, pg.entitlements, pg.features, pg.grants, pg.meters, usage, clock)
+    queried = QueriedEntitlementUsage(customers, pg.entitlements, pg.features, pg.grants, pg.meters, counted, clock)
     return Catalog(
         customers=CustomerService(
             ReleasingCustomers(customers, releaser),

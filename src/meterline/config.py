@@ -501,6 +501,12 @@ class RedisConfig(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "meterline:"
     """Prefix of every key meterline writes (several deployments can share one Redis)."""
+    counters: bool = False
+    """Scale mode: the sink workers keep live usage counters of SUM and COUNT meters here and
+    API nodes answer entitlement values and checks from them instead of a ClickHouse query
+    (docs/scale.md, "Live usage counters"). Workers and API nodes must agree."""
+    timeout: float = Field(2.0, gt=0, le=60)
+    """Seconds to wait for Redis before a counters read falls back to ClickHouse."""
 
 
 class DedupeConfig(_Section):

@@ -108,6 +108,7 @@ class SinkWorker:
         self._held: set[str] = set()
         self.followers: list[BatchFollower] = list(followers)
         """What each applied range is handed to, in order."""
+        self._new_meters = False
         self._backfilling = True
         """Backfills may be unfinished on the held streams (a new meter, a new assignment, or
         the last look found some)."""
@@ -140,6 +141,11 @@ class SinkWorker:
             self._epochs.pop(stream, None)
         for stream in sorted(held - self._positions.keys()):  # taken over: the followers catch up first
             self._position(stream)
+        if self._new_meters:  # followers that count per meter catch up on idle streams too
+            self._new_meters = False
+            for stream, position in sorted(self._positions.items()):
+                for follower in self.followers:
+                    self._catch_up(follower, stream, position.done)
         applied = sum(self._flush(stream) for stream in list(self._carry))
         if held != self._held:
             self._held, self._backfilling = set(held), True
@@ -179,6 +185,7 @@ class SinkWorker:
         self._carry[stream] = entries[len(batch) :]
         self._positions[stream] = Position(end)
         for follower in self.followers:
+            self._catch_up(follower, stream, position.done)  # one that fell behind (a new meter, an outage)
             follower.follow(stream, position.done, end, counted)
         self._log.commit(stream, end)
         self.stats.batches += 1
@@ -270,7 +277,7 @@ class SinkWorker:
             if key not in self._compiled:
                 self._compiled[key] = CompiledMeter(meter)
                 self._known = None
-                self._backfilling = True
+                self._backfilling = self._new_meters = True
         return list(self._compiled.values())
 
     def _known_dims(self, compiled: list[CompiledMeter]) -> tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]]:
