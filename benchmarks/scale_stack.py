@@ -327,21 +327,22 @@ def run_shape(stack: launch.Stack, root: Path, nodes: int, workers: int, args: a
         stop = threading.Event()
         threads = [threading.Thread(target=sender, args=(urls, key, size, args.subjects, stop, t, 100 + i))
                    for i, (size, t) in enumerate(zip(shapes, tallies, strict=True))]  # fmt: skip
-        threads.append(threading.Thread(target=probes.send, args=(stop, 0.2)))
+        prober = threading.Thread(target=probes.send, args=(stop, 0.2))
         watcher = threading.Thread(target=probes.watch, args=(stop, args.drain_timeout))
         load0, cpu0, busy0, applied0 = os.getloadavg()[0], cpu_now(groups), machine_busy(), raw_rows(conn)
         started = time.perf_counter()
-        for t in [*threads, watcher]:
+        for t in [*threads, prober, watcher]:
             t.start()
         stop.wait(args.duration)  # the measured window
         stop.set()
-        for t in threads:
+        for t in threads:  # each finishes its request in flight; a strong probe may wait longer
             t.join()
         window = time.perf_counter() - started
         load1, cpu1, busy1, applied1 = os.getloadavg()[0], cpu_now(groups), machine_busy(), raw_rows(conn)
+        window_acked = sum(t.events for t in [probes.tally, *tallies])
+        prober.join()  # its last probe is acknowledged (a strong read of it waits for the workers)
         everyone = [warm, probes.tally, *tallies]
         acked = sum(t.events for t in everyone)
-        window_acked = acked - warm.events
         deadline = time.perf_counter() + args.drain_timeout
         while raw_rows(conn) < acked and time.perf_counter() < deadline:
             time.sleep(0.1)
@@ -352,7 +353,8 @@ def run_shape(stack: launch.Stack, root: Path, nodes: int, workers: int, args: a
         checks = exactness(urls, key, conn, everyone)
         conn.close()
     return {
-        "window": window, "acked": window_acked, "applied": applied1 - applied0, "backlog": acked - applied1,
+        "window": window, "acked": window_acked, "applied": applied1 - applied0,
+        "backlog": window_acked + warm.events - applied1,
         "drain": drain, "cpu": {k: cpu1[k] - cpu0[k] for k in cpu0}, "cpu_all": {k: cpu2[k] - cpu0[k] for k in cpu0},
         "busy": busy1[0] - busy0[0], "capacity": busy1[1] - busy0[1], "busy_all": busy2[0] - busy0[0],
         "load": (load0, load1), "shapes": shapes, "tallies": tallies, "lags": {**probes.lags, "idle": idle},
