@@ -177,11 +177,20 @@ class SqliteCustomers:
         return self._get(self._db.reader(), namespace, key_or_id)
 
     def list(self, namespace: str) -> builtins.list[Customer]:
+        """Every live customer of ``namespace``: two queries, whatever their number (the
+        dashboard lists thousands)."""
         conn = self._db.reader()
         rows = conn.execute(
             f"SELECT {_COLUMNS} FROM customers WHERE namespace = ? AND deleted_us IS NULL ORDER BY key", (namespace,)
         ).fetchall()
-        return [self._customer(conn, row) for row in rows]
+        subjects: dict[str, builtins.list[str]] = {}
+        for cid, subject in conn.execute(
+            "SELECT s.customer, s.subject FROM customer_subjects s JOIN customers c ON c.id = s.customer"
+            " WHERE c.namespace = ? AND c.deleted_us IS NULL ORDER BY s.subject",
+            (namespace,),
+        ):
+            subjects.setdefault(cid, []).append(subject)
+        return [_customer_of(row, tuple(subjects.get(row[0], ()))) for row in rows]
 
     def by_subject(self, namespace: str, subject: str) -> Customer | None:
         conn = self._db.reader()
@@ -249,10 +258,12 @@ def load_all(conn: sqlite3.Connection, only: str | None = None) -> builtins.list
 
 
 def _customer(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Customer:
+    sql = "SELECT subject FROM customer_subjects WHERE customer = ? ORDER BY subject"
+    return _customer_of(row, tuple(s for (s,) in conn.execute(sql, (row[0],))))
+
+
+def _customer_of(row: tuple[Any, ...], subjects: tuple[str, ...]) -> Customer:
     cid, namespace, key, name, tz, meta, created, updated, profile = row
-    subjects = tuple(
-        s for (s,) in conn.execute("SELECT subject FROM customer_subjects WHERE customer = ? ORDER BY subject", (cid,))
-    )
     metadata = None if meta is None else msgspec.json.decode(meta)
     extra = None if profile is None else msgspec.json.decode(profile)
     return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated, extra)
