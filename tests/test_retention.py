@@ -153,6 +153,8 @@ def test_an_edited_row_is_never_pruned(api: Api) -> None:
     backend = api.client.app.state.system.backend  # type: ignore[attr-defined]
     assert backend.retention.blocked is not None and "entry 3" in backend.retention.blocked
     assert "meterline_retention_blocked 1.0" in api.client.get("/metrics").text
+    warnings = api.client.get("/readyz").json()["warnings"]
+    assert [w["operationalCode"] for w in warnings if w["check"] == "retention"] == ["METER-006"]
 
 
 @pytest.mark.parametrize(

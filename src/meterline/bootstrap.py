@@ -410,6 +410,10 @@ class System:
     def lag_seconds(self) -> float:
         return self.aggregator.lag_seconds()
 
+    def retention_blocked(self) -> str | None:
+        """Why retention stopped at an entry that does not match the chain (None: it did not)."""
+        return self.backend.retention.blocked
+
     def raw_events_from(self) -> int:
         """Hours before this (µs) may lack raw events, removed by retention (0: none were)."""
         return self.backend.retention.status().hours_before_us

@@ -203,7 +203,8 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         monitor,
         system.lag_seconds,
     )
-    health = Health(store, monitor, watch, admission)
+    blocked = system.retention_blocked if isinstance(system, System) else (lambda: None)
+    health = Health(store, monitor, watch, admission, retention_blocked=blocked)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -167,9 +167,11 @@ class Health:
         watch: HealthWatch,
         admission: Admission,
         now: Callable[[], float] = time.monotonic,
+        retention_blocked: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._store, self._monitor = store, monitor
         self._watch, self._admission, self._now = watch, admission, now
+        self._retention_blocked = retention_blocked
 
     def problems(self) -> list[Finding]:
         found = []
@@ -195,4 +197,7 @@ class Health:
                 f" ({self._admission.refused} since start)"
             )
             found.append(Finding("backpressure", OpsCode.OVERLOADED, detail))
+        blocked = self._retention_blocked()
+        if blocked is not None:
+            found.append(Finding("retention", OpsCode.LEDGER_MISMATCH, f"retention stopped: {blocked}"))
         return found

@@ -43,6 +43,8 @@ class OpsCode(StrEnum):
     """Request latency or aggregation lag is above its configured threshold."""
     BACKGROUND_STALLED = "METER-005"
     """A background thread (writer, backfill, dispatcher, scanner, scheduler) is dead or stuck."""
+    LEDGER_MISMATCH = "METER-006"
+    """Retention stopped at a ledger entry that does not match the hash chain (run verify)."""
 
 
 class MeterlineError(Exception):
