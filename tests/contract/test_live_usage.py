@@ -84,6 +84,7 @@ def test_totals_are_exact_over_ragged_ranges_and_per_subject(kit: Any) -> None:
     assert store.add("t:0", {1: (None, 10), 2: (None, 10)}, deltas)
     reader = another()
     assert reader.positions("t:0", [1, 2, 3]) == {1: 10, 2: 10, 3: None}
+    assert reader.held(["t:0", "t:1"], 2) == {"t:0": 10, "t:1": None}
     assert reader.total(1, ["acme"], M0, M0 + 2 * DAY) == Decimal("0.300000000000000000000000000001")
     assert reader.total(1, ["acme"], M0 + 11, M0 + 2 * DAY) == Decimal("0.200000000000000000000000000001")
     assert reader.total(1, ["acme"], M0 + 10, M0 + 61) == Decimal("0.1")

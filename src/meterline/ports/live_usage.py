@@ -24,6 +24,10 @@ class UsageCounters(Protocol):
         stream's start, so a store that lost them is rebuilt from there)."""
         ...
 
+    def held(self, streams: Sequence[str], meter: int) -> dict[str, int | None]:
+        """How far ``meter``'s counters hold each of ``streams`` (one round trip)."""
+        ...
+
     def add(self, stream: str, moves: Mapping[int, tuple[int | None, int]], deltas: Deltas) -> bool:
         """Atomically add ``deltas`` (of the meters in ``moves`` only) and move each meter's
         position on ``stream`` from ``moves[meter][0]`` to ``moves[meter][1]``; False, changing

@@ -149,7 +149,8 @@ class CountedUsage:
         wanted = self._heads() if record is None or record.wait else {}
         deadline = time.monotonic() + self._max_wait
         while True:
-            at = {p: self._counters.positions(s, [meter.key])[meter.key] for p, s in self._streams.items()}
+            held = self._counters.held(list(self._streams.values()), meter.key)
+            at = {p: held[s] for p, s in self._streams.items()}
             if any(v is None for v in at.values()):
                 return False
             if all((at[p] or 0) >= head for p, head in wanted.items() if p in at):

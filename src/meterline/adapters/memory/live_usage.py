@@ -23,6 +23,10 @@ class MemoryUsageCounters:
         with self._lock:
             return {m: self._positions.get((stream, m)) for m in meters}
 
+    def held(self, streams: Sequence[str], meter: int) -> dict[str, int | None]:
+        with self._lock:
+            return {s: self._positions.get((s, meter)) for s in streams}
+
     def add(self, stream: str, moves: Mapping[int, tuple[int | None, int]], deltas: Deltas) -> bool:
         with self._lock:
             if any(self._positions.get((stream, m)) != at for m, (at, _) in moves.items()):

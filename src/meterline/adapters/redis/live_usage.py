@@ -45,6 +45,16 @@ class RedisUsageCounters:
             raise StorageUnavailable("the Redis usage counters are unavailable") from exc
         return {m: None if v is None else int(v) for m, v in zip(meters, found, strict=True)}
 
+    def held(self, streams: Sequence[str], meter: int) -> dict[str, int | None]:
+        try:
+            with self._r.pipeline(transaction=False) as pipe:
+                for s in streams:
+                    pipe.hget(self._positions(s), str(meter))
+                found = pipe.execute()
+        except redis.RedisError as exc:
+            raise StorageUnavailable("the Redis usage counters are unavailable") from exc
+        return {s: None if v is None else int(v) for s, v in zip(streams, found, strict=True)}
+
     def add(self, stream: str, moves: Mapping[int, tuple[int | None, int]], deltas: Deltas) -> bool:
         wanted = {k: v for k, v in deltas.items() if k[0] in moves}
         try:
