@@ -158,6 +158,7 @@ def reads(s: Site, n: int) -> None:
         conn.close()
         pg.close()
     for name, ms in times.items():
+        ms.sort()
         print(f"{name:>13}: p50 {percentile(ms, 50):6.2f} ms, p95 {percentile(ms, 95):6.2f} ms ({n} reads)")
 
 
