@@ -18,6 +18,7 @@ import os
 import re
 import tomllib
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -436,6 +437,9 @@ class ReconcileConfig(_Section):
     tolerance: int = Field(0, ge=0)
     """Unexplained events one meter and period may have before a reconciliation fails
     (``meterline reconcile`` exits non-zero; ``withinTolerance`` is false)."""
+    quantity_tolerance: Decimal = Field(Decimal(0), ge=0)
+    """Unexplained quantity one meter of one finalized billing window may have (billed against
+    metered now) before a reconciliation fails; beyond it, as beyond ``tolerance``."""
     interval: Duration | None = timedelta(hours=1)
     """How often the server reconciles every namespace by itself (None: never); the total of
     unexplained events it found is the ``meterline_reconciliation_unexplained_events`` metric."""

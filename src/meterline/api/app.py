@@ -254,11 +254,21 @@ def _reconcile(
     clock: Clock,
 ) -> None:
     """The reconciler behind ``GET /api/v1/reconciliation``, its metric and its scheduled run."""
-    app.state.reconciler = reconciler = Reconciler(reconciliation, counts, tolerance=config.reconcile.tolerance)
+    settings = config.reconcile
+    reconciler = Reconciler(
+        reconciliation, counts, tolerance=settings.tolerance, quantity_tolerance=settings.quantity_tolerance
+    )
+    app.state.reconciler = reconciler
     metrics.gauge(
         "meterline_reconciliation_unexplained_events",
         "Events the last reconciliation of each namespace could not explain (rollups that disagree with the ledger)",
         reconciler.unexplained,
+    )
+    metrics.gauge(
+        "meterline_reconciliation_unexplained_billed",
+        "Meters of finalized billing windows whose billed quantity the last reconciliation of each namespace could"
+        " not explain beyond reconcile.quantity_tolerance (neither late nor voided events since)",
+        reconciler.unexplained_billed,
     )
     every = config.reconcile.interval
     if every is not None:

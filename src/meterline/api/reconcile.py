@@ -3,6 +3,9 @@ billed, per meter and period, with its cause (``services.reconcile``)."""
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
+
 from starlette.datastructures import QueryParams
 from starlette.responses import Response
 
@@ -11,6 +14,7 @@ from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_int
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
+from meterline.domain.decimals import add
 from meterline.domain.errors import InvalidInput, NotSupported
 from meterline.services.reconcile import Reconciled, Reconciler
 
@@ -28,8 +32,21 @@ async def reconciliation(call: Call) -> Response:
     if reconciler is None:
         raise NotSupported("reconciliation needs the embedded store's counts", mode="scale")
     tolerance = parse_int("tolerance", q.get("tolerance"), reconciler.tolerance, 0, 2**31)
-    found = await call.run(reconciler.reconcile, call.namespace, span, tolerance=tolerance)
+    quantity = _quantity_tolerance(q.get("quantityTolerance"), reconciler.quantity_tolerance)
+    found = await call.run(reconciler.reconcile, call.namespace, span, tolerance=tolerance, quantity_tolerance=quantity)
     return json_response(reconciled_json(found))
+
+
+_DECIMAL = re.compile(r"[0-9]{1,30}(\.[0-9]{1,30})?")
+
+
+def _quantity_tolerance(value: str | None, default: Decimal) -> Decimal:
+    """``quantityTolerance``: a plain decimal, 0 or more (digits and one point)."""
+    if value is None:
+        return default
+    if not _DECIMAL.fullmatch(value):
+        raise InvalidInput("`quantityTolerance` must be a decimal number, 0 or more", code="invalid_parameter")
+    return Decimal(value)
 
 
 def reconciled_json(r: Reconciled) -> dict[str, object]:
@@ -39,6 +56,8 @@ def reconciled_json(r: Reconciled) -> dict[str, object]:
         "tolerance": r.tolerance,
         "withinTolerance": r.within_tolerance,
         "unexplained": r.unexplained,
+        "quantityTolerance": r.quantity_tolerance,
+        "unexplainedBilled": r.unexplained_billed,
         "periods": [rfc3339(s * 1_000_000) for s in r.starts],
         "lines": [
             {
@@ -62,5 +81,21 @@ def reconciled_json(r: Reconciled) -> dict[str, object]:
                 "events": d.events,
             }
             for d in r.differences
+        ],
+        "billed": [
+            {
+                "meter": b.meter,
+                "customer": b.customer,
+                "invoice": b.invoice,
+                "windowStart": rfc3339(b.window_start_us),
+                "windowEnd": rfc3339(b.window_end_us),
+                "currency": b.currency,
+                "billed": b.billed,
+                "metered": b.metered,
+                "difference": add(b.metered, -b.billed),
+                "amount": b.amount,
+                "causes": [{"cause": c, "quantity": q} for c, q in b.causes],
+            }
+            for b in r.billed
         ],
     }

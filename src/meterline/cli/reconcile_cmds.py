@@ -9,7 +9,7 @@ import sys
 import click
 
 from meterline.cli.client import Api, with_api
-from meterline.cli.output import json_option, print_json, print_table
+from meterline.cli.output import json_option, print_json, print_table, text
 
 
 @click.command()
@@ -19,13 +19,24 @@ from meterline.cli.output import json_option, print_json, print_table
 @click.option("--grain", type=click.Choice(["day", "week", "month"]), default="month", show_default=True)
 @click.option("--tz", help="IANA time zone the periods are cut in (default UTC)")
 @click.option("--tolerance", type=click.IntRange(0), help="unexplained events allowed per meter and period")
+@click.option(
+    "--quantity-tolerance", help="unexplained quantity allowed per meter of a finalized billing window (a number)"
+)
 @json_option
 def reconcile(
-    api: Api, from_: str | None, to: str | None, grain: str, tz: str | None, tolerance: int | None, as_json: bool
+    api: Api,
+    from_: str | None,
+    to: str | None,
+    grain: str,
+    tz: str | None,
+    tolerance: int | None,
+    quantity_tolerance: str | None,
+    as_json: bool,
 ) -> None:
     """Reconcile the key's namespace: what was received, accepted, metered and billed."""
     params = [("grain", grain)]
-    for name, value in (("from", from_), ("to", to), ("tz", tz), ("tolerance", tolerance)):
+    given = (("from", from_), ("to", to), ("tz", tz), ("tolerance", tolerance))
+    for name, value in (*given, ("quantityTolerance", quantity_tolerance)):
         if value is not None:
             params.append((name, str(value)))
     report = api.get("/api/v1/reconciliation", params)
@@ -34,9 +45,21 @@ def reconcile(
     else:
         rows = [(d["meter"], d["period"][:10], d["stage"], d["cause"], d["events"]) for d in report["differences"]]
         print_table(("meter", "period", "stage", "cause", "events"), rows, "no differences")
+        billed = [
+            (b["meter"], b["customer"], b["invoice"], b["windowStart"][:10], text(b["billed"]), text(b["metered"]),
+             c["cause"], text(c["quantity"]), f"{text(b['amount'])} {b['currency']}")
+            for b in report["billed"]
+            for c in b["causes"]
+        ]  # fmt: skip
+        columns = ("meter", "customer", "invoice", "window", "billed", "metered", "cause", "quantity", "adjustment")
+        print_table(columns, billed, "billed quantities: no differences")
         click.echo(
             f"unexplained {report['unexplained']} (tolerance {report['tolerance']} per meter and period):"
             f" {'within tolerance' if report['withinTolerance'] else 'BEYOND TOLERANCE'}"
+        )
+        click.echo(
+            f"billed windows' meters with unexplained quantities beyond {text(report['quantityTolerance'])}:"
+            f" {report['unexplainedBilled']}"
         )
     if not report["withinTolerance"]:
         sys.exit(1)

@@ -9,6 +9,7 @@ dead letters and the quarantine (a rejected event's own time may be what was wro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Protocol
 
 from meterline.domain.meters.model import Meter
@@ -59,6 +60,30 @@ class Counted:
     """Meter slug -> bucket -> events its rollups hold (distinct values for UNIQUE_COUNT)."""
 
 
+@dataclass(frozen=True)
+class BilledWindow:
+    """A finalized billing window of one customer: its subjects, its event-time range and
+    when its quantities were last billed (the issue time of the invoice that did)."""
+
+    subjects: tuple[str, ...]
+    start_us: int
+    end_us: int
+    snapshot_us: int
+
+
+@dataclass
+class Change:
+    """What ledger entries received after a billed window's snapshot did to one meter's
+    quantity in it (SUM and COUNT meters; others only count ``entries``)."""
+
+    late: Decimal = Decimal(0)
+    """Events that arrived, or were amended, since: the quantity now minus then."""
+    voided: Decimal = Decimal(0)
+    """Events voided since: minus what they counted then."""
+    entries: int = 0
+    """Keys with a version received since whose version then or now is in the window."""
+
+
 class ReconciliationCounts(Protocol):
     def counted(self, namespace: str, meters: list[Meter], start: int, end: int) -> Counted:
         """From one read snapshot, for event times in ``[start, end)`` (epoch seconds): the ledger
@@ -78,6 +103,14 @@ class ReconciliationCounts(Protocol):
 
     def ledger_check(self, namespace: str, meters: list[Meter], start: int, end: int, through: int) -> LedgerCheck:
         """The ledger's account of ``[start, end)`` up to position ``through`` (a scan of it)."""
+        ...
+
+    def billed_changes(
+        self, namespace: str, meters: list[Meter], windows: list[BilledWindow], through: int
+    ) -> list[dict[str, Change]]:
+        """Per window (in order), per meter slug: the :class:`Change` the ledger entries up to
+        ``through`` received after the window's snapshot made to the meter's quantity in it
+        (versions of events whose event time is in the windows' range)."""
         ...
 
     def namespaces(self) -> list[str]:

@@ -6,16 +6,38 @@ it burned; a replacement is a new invoice that prices the voided one's windows a
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Mapping
+from dataclasses import dataclass
 from decimal import Decimal
 
 import msgspec
 
+from meterline.domain.billing import UsageKey
 from meterline.domain.billing.credits import GrantTerms, grant_problems
-from meterline.domain.billing.records import CreditBalances, GrantBalance, InvoiceRecord
+from meterline.domain.billing.documents import usage_map
+from meterline.domain.billing.records import Billed, CreditBalances, GrantBalance, InvoiceRecord
 from meterline.domain.clock import Clock, from_us, to_us
 from meterline.domain.errors import InvalidInput
 from meterline.ports.billing import BillingStores
+from meterline.services.billing_pricer import Pricer
 from meterline.services.billing_runs import BillingRuns
+
+
+@dataclass(frozen=True, slots=True)
+class BilledCheck:
+    """One finalized window as billed (its latest live snapshot: the first invoice plus the
+    adjustments since) beside the usage read now, per meter, and the money the adjustment it
+    would get now carries per meter (empty when nothing changed)."""
+
+    billed: Billed
+    customer: str
+    """The customer's key."""
+    subjects: tuple[str, ...]
+    currency: str
+    invoiced: dict[str, Decimal]
+    current: dict[str, Decimal]
+    amounts: dict[str, Decimal]
 
 
 class BillingInvoices:
@@ -48,6 +70,50 @@ class BillingInvoices:
     def reissue(self, namespace: str, number: str) -> str:
         """A replacement for voided invoice ``number``; its number."""
         return self._runs.reissue(namespace, number)
+
+    def billed_windows(self, namespace: str, start_us: int, end_us: int) -> builtins.list[BilledCheck]:
+        """Every live billed window starting in ``[start_us, end_us)``, its quantities as billed
+        and as metered now (the usage the next invoice's adjustment would be priced from)."""
+        pricer = Pricer(self._stores, namespace)
+        billed = self._stores.invoices.billed(namespace, list(pricer.customers), start_us)
+        rows = [b for found in billed.values() for b in found if start_us <= _us(b) < end_us]
+        changed = {now.id: (adj, now, currency) for adj, now, currency in pricer.adjustments(rows)}
+        out = []
+        for b in sorted(rows, key=lambda r: (_us(r), r.customer_id)):
+            customer = pricer.customers.get(b.customer_id)
+            if customer is None:
+                continue
+            invoiced = _per_meter(usage_map(b.window.usage))
+            adjusted = changed.get(b.id)
+            if adjusted is None:
+                currency = pricer.plan(b.window.plan, b.window.version).currency
+                out.append(BilledCheck(b, customer.key, customer.subjects, currency, invoiced, invoiced, {}))
+                continue
+            adj, now, currency = adjusted
+            amounts: dict[str, Decimal] = {}
+            for line in adj.lines:
+                if line.meter is not None:
+                    amounts[line.meter] = amounts.get(line.meter, Decimal(0)) + line.amount
+            current = _per_meter(usage_map(now.current.usage))
+            out.append(BilledCheck(b, customer.key, customer.subjects, currency, invoiced, current, amounts))
+        return out
+
+
+def _us(b: Billed) -> int:
+    return b.window_start_us
+
+
+def _per_meter(usage: Mapping[UsageKey, Decimal]) -> dict[str, Decimal]:
+    """Each meter's quantity of a window: its total, or the sum of its groups when only those
+    were read."""
+    totals: dict[str, Decimal] = {}
+    groups: dict[str, Decimal] = {}
+    for (meter, group), quantity in usage.items():
+        if group is None:
+            totals[meter] = quantity
+        else:
+            groups[meter] = groups.get(meter, Decimal(0)) + quantity
+    return {**groups, **totals}
 
 
 class BillingCredits:

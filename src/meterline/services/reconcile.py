@@ -10,15 +10,21 @@ Per namespace, meter and period (event time, cut in the requested zone) it compa
   could not read them: a value or group it could not read, a time before its ``eventFrom``),
   or ``unexplained``: the rollups do not hold what a replay of the ledger says they must (for
   UNIQUE_COUNT meters, counted in distinct values). Only this last one is an error;
-- **metered -> billed**: where the counted events stand with finalized invoices:
+- **metered -> billed** in quantities and money (``services.reconcile_billed``): every
+  finalized window's billed quantity per meter against what is metered for it now, the
+  difference split into ``late_adjustment_pending``, ``voided_adjustment_pending`` and
+  ``unexplained``, with the money of the pending adjustment;
+- **metered -> billed** in events: where the counted events stand with finalized invoices:
   ``late_adjustment_pending`` (they arrived, or were corrected, after their window was
   finalized: the next invoice carries the adjustment), ``late_adjusted`` (a later invoice
   carried it) and ``not_invoiced`` (no finalized window holds them yet: an open period, or a
   subject without a subscription).
 
-``tolerance`` is how many unexplained events one meter and period may have; beyond it the run
-is not within tolerance (the CLI exits non-zero). The scheduled job runs it for every namespace
-and keeps the total of unexplained events for ``/metrics``.
+``tolerance`` is how many unexplained events one meter and period may have, and
+``quantity_tolerance`` how much unexplained quantity one meter of one billed window may have;
+beyond either the run is not within tolerance (the CLI exits non-zero). The scheduled job runs
+it for every namespace and keeps the totals of unexplained events and of billed windows with
+unexplained quantities beyond tolerance for ``/metrics``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from meterline.domain.meters.model import Aggregation
 from meterline.ports.reconciliation import LedgerCheck, ReconciliationCounts
 from meterline.runtime import freshness
 from meterline.services.insights import Grain, Span
+from meterline.services.reconcile_billed import BilledLine, billed_lines
 from meterline.services.reconciliation import Reconciliation, Report
 
 UNEXPLAINED = "unexplained"
@@ -70,41 +77,76 @@ class Reconciled:
     starts: list[int]
     position: int | None
     tolerance: int
+    quantity_tolerance: Decimal = Decimal(0)
     lines: list[Line] = field(default_factory=list)
     differences: list[Difference] = field(default_factory=list)
+    billed: list[BilledLine] = field(default_factory=list)
+    """Every meter of every finalized window starting in the range (``reconcile_billed``)."""
 
     @property
     def unexplained(self) -> int:
         return sum(abs(d.events) for d in self.differences if d.cause == UNEXPLAINED)
 
     @property
+    def unexplained_billed(self) -> int:
+        """Billed windows' meters whose unexplained quantity is beyond ``quantity_tolerance``."""
+        return sum(1 for b in self.billed if abs(b.unexplained) > self.quantity_tolerance)
+
+    @property
     def within_tolerance(self) -> bool:
-        return all(abs(d.events) <= self.tolerance for d in self.differences if d.cause == UNEXPLAINED)
+        events = all(abs(d.events) <= self.tolerance for d in self.differences if d.cause == UNEXPLAINED)
+        return events and not self.unexplained_billed
 
 
 class Reconciler:
-    def __init__(self, reconciliation: Reconciliation, counts: ReconciliationCounts, *, tolerance: int) -> None:
+    def __init__(
+        self,
+        reconciliation: Reconciliation,
+        counts: ReconciliationCounts,
+        *,
+        tolerance: int,
+        quantity_tolerance: Decimal = Decimal(0),
+    ) -> None:
         self._reconciliation = reconciliation
         self._counts = counts
         self.tolerance = tolerance
-        self._last: dict[str, int] = {}
+        self.quantity_tolerance = quantity_tolerance
+        self._last: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
-    def reconcile(self, namespace: str, span: Span, *, tolerance: int | None = None) -> Reconciled:
+    def reconcile(
+        self, namespace: str, span: Span, *, tolerance: int | None = None, quantity_tolerance: Decimal | None = None
+    ) -> Reconciled:
         report = self._reconciliation.report(namespace, span)
         through = report.position if report.position is not None else 0
         bounds = [*report.starts, span.boundaries()[-1]]
-        check = self._counts.ledger_check(namespace, [m.meter for m in report.meters], bounds[0], bounds[-1], through)
-        out = Reconciled(namespace, report.starts, report.position, self.tolerance if tolerance is None else tolerance)
+        meters = [m.meter for m in report.meters]
+        check = self._counts.ledger_check(namespace, meters, bounds[0], bounds[-1], through)
+        out = Reconciled(
+            namespace,
+            report.starts,
+            report.position,
+            self.tolerance if tolerance is None else tolerance,
+            self.quantity_tolerance if quantity_tolerance is None else quantity_tolerance,
+        )
         _explain(out, report, check, bounds)
+        span_us = (bounds[0] * 1_000_000, bounds[-1] * 1_000_000)
+        invoices = self._reconciliation.invoices
+        out.billed = billed_lines(invoices, self._counts, namespace, meters, span_us, through)
         with self._lock:
-            self._last[namespace] = out.unexplained
+            self._last[namespace] = (out.unexplained, out.unexplained_billed)
         return out
 
     def unexplained(self) -> int:
         """Unexplained events found by the last run of each namespace (for ``/metrics``)."""
         with self._lock:
-            return sum(self._last.values())
+            return sum(events for events, _ in self._last.values())
+
+    def unexplained_billed(self) -> int:
+        """Billed windows' meters with unexplained quantities beyond tolerance found by the last
+        run of each namespace (for ``/metrics``)."""
+        with self._lock:
+            return sum(windows for _, windows in self._last.values())
 
     def run_all(self, clock: Clock, lookback: timedelta) -> None:
         """The scheduled job: every namespace with meters, daily periods over ``lookback`` (UTC)."""

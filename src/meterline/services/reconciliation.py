@@ -114,6 +114,11 @@ class Reconciliation:
         self._insights = insights
         self._invoices = invoices
 
+    @property
+    def invoices(self) -> BillingInvoices:
+        """The finalized invoices the billed stage compares against."""
+        return self._invoices
+
     def report(self, namespace: str, span: Span) -> Report:
         """The report of ``span``: every column, from counts kept as the aggregator passes the
         ledger, rollups and indexes (no scan of the ledger)."""

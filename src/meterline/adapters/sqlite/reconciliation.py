@@ -11,12 +11,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+from meterline.adapters.sqlite.billed_changes import billed_changes
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Aggregation, Meter
-from meterline.ports.reconciliation import QUARTER, Counted, Counts, LedgerCheck
+from meterline.ports.reconciliation import QUARTER, BilledWindow, Change, Counted, Counts, LedgerCheck
 
 _US = 1_000_000
 _Q = QUARTER * _US
@@ -89,6 +90,16 @@ class SqliteReconciliationCounts:
     def namespaces(self) -> list[str]:
         rows = self._db.reader().execute("SELECT DISTINCT namespace FROM meters WHERE deleted_us IS NULL ORDER BY 1")
         return [ns for (ns,) in rows]
+
+    def billed_changes(
+        self, namespace: str, meters: list[Meter], windows: list[BilledWindow], through: int
+    ) -> list[dict[str, Change]]:
+        conn = self._db.reader()
+        conn.execute("BEGIN")  # one snapshot for every chain
+        try:
+            return billed_changes(conn, namespace, meters, windows, through)
+        finally:
+            conn.execute("COMMIT")
 
     def ledger_check(self, namespace: str, meters: list[Meter], start: int, end: int, through: int) -> LedgerCheck:
         conn = self._db.reader()
