@@ -193,7 +193,8 @@ def correct(api: Api, event_id: str, action: str, status: int = 201, **body: Any
 def entitle(api: Api) -> None:
     f = post(api, "/api/v1/features", {"key": "calls", "name": "Calls", "meterSlug": "api_calls"})
     assert f.status_code == 201, f.text
-    body = {"type": "metered", "featureKey": "calls", "issueAfterReset": 5000, "usagePeriod": {"interval": "MONTH"}}
+    body = {"type": "metered", "featureKey": "calls", "issueAfterReset": 5000, "usagePeriod": {"interval": "MONTH"},
+            "measureUsageFrom": "CURRENT_PERIOD_START"}  # fmt: skip
     assert post(api, "/api/v1/customers/acme/entitlements", body).status_code == 201
 
 

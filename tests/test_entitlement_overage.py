@@ -80,7 +80,7 @@ def test_a_reset_that_preserves_overage_starts_the_next_period_with_it() -> None
 @pytest.mark.parametrize(
     ("given", "expected"),
     [
-        (None, A),
+        (None, A + 2 * HOUR + 30 * MINUTE),  # OpenMeter's default: now
         ("NOW", A + 2 * HOUR + 30 * MINUTE),
         ("CURRENT_PERIOD_START", A + 2 * HOUR),
         ("2026-03-01T09:30:45Z", A + 30 * MINUTE),

@@ -57,6 +57,7 @@ def setup(api: Api, *, limit: Any = 100, soft: Any = 80, tz: str = "UTC", **extr
         "issueAfterReset": limit,
         "softLimit": soft,
         "usagePeriod": {"interval": "MONTH"},
+        "measureUsageFrom": "CURRENT_PERIOD_START",  # the whole month holding now counts
         **extra,
     }
     e = api.client.post("/api/v1/customers/acme/entitlements", json=body, headers=api.headers())

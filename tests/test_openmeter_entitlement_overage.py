@@ -54,6 +54,7 @@ def test_measure_usage_from_and_overage_preserved_across_resets(http: httpx.Clie
         "keep": {"preserveOverageAtReset": True, "measureUsageFrom": iso(a)},
         "drop": {"measureUsageFrom": iso(a)},
         "now": {"measureUsageFrom": "NOW"},
+        "default": {},  # OpenMeter's default: measured from the creation time (to the minute)
         "cps": {"measureUsageFrom": "CURRENT_PERIOD_START"},
         "mid": {"preserveOverageAtReset": True, "measureUsageFrom": iso(a + timedelta(minutes=30))},
     }
@@ -75,11 +76,14 @@ def test_measure_usage_from_and_overage_preserved_across_resets(http: httpx.Clie
     assert value(http, "keep") == (False, 6.5, 0, 2.5)  # carried 2, then 1 (2 + 4 - 5); 1 + 6.5 - 5
     assert value(http, "drop") == (False, 6.5, 0, 1.5)
     assert value(http, "now") == (True, 0, 5, 0)  # measured from now: the earlier events do not count
+    assert value(http, "default") == (True, 0, 5, 0)  # as NOW
     assert value(http, "cps") == (False, 6.5, 0, 1.5)  # from the current period's start
     assert value(http, "mid") == (False, 6.5, 0, 1.5)  # from a+30m: the 7 at a+5m never counted, nothing carried
     assert value(http, "keep", time=iso(a + timedelta(minutes=70))) == (False, 4, 0, 1)  # 2 carried + 4 - 5
     assert value(http, "keep", time=iso(a + timedelta(minutes=30))) == (False, 7, 0, 2)
-    for customer, start in (("keep", a), ("mid", a + timedelta(minutes=30)), ("cps", a + timedelta(hours=2))):
+    created = now.replace(second=0, microsecond=0)
+    starts = (("keep", a), ("mid", a + timedelta(minutes=30)), ("cps", a + timedelta(hours=2)), ("default", created))
+    for customer, start in starts:
         ent = ok(http.get(f"/api/v1/subjects/{customer}/entitlements/tokens"))
         assert datetime.fromisoformat(ent["measureUsageFrom"].replace("Z", "+00:00")) == start
 

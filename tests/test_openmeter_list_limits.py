@@ -52,3 +52,19 @@ def test_v1_lists_stop_at_openmeters_default_limit(api: Api) -> None:
     assert len(get(api, "/api/v1/subjects")) == 101  # subjects: every one, as OpenMeter lists them
     assert get(api, "/api/v1/customers")["pageSize"] == 100
     assert len(get(api, "/api/v1/customers")["items"]) == 100
+
+
+def test_meters_list_in_openmeters_order(api: Api) -> None:
+    for slug, name, aggregation in (("tokens", "B tokens", "SUM"), ("calls", "C calls", "COUNT"),
+                                    ("bytes", "A bytes", "MAX")):  # fmt: skip
+        extra = {} if aggregation == "COUNT" else {"valueProperty": "$.n"}
+        created = api.create_meter(slug=slug, name=name, eventType="e", aggregation=aggregation, **extra)
+        assert created.status_code == 201, created.text
+        api.clock.advance(60)
+    assert [m["slug"] for m in get(api, "/api/v1/meters")] == ["bytes", "calls", "tokens"]  # by key
+    assert [m["slug"] for m in get(api, "/api/v1/meters", orderBy="name", order="DESC")] == ["calls", "tokens", "bytes"]
+    assert [m["slug"] for m in get(api, "/api/v1/meters", orderBy="createdAt")] == ["tokens", "calls", "bytes"]
+    assert [m["slug"] for m in get(api, "/api/v1/meters", orderBy="aggregation")] == ["calls", "bytes", "tokens"]
+    assert [m["slug"] for m in get(api, "/api/v1/meters", page=2, pageSize=1)] == ["bytes", "calls", "tokens"]
+    r = api.client.get("/api/v1/meters", params={"orderBy": "slug"}, headers=api.headers())
+    assert r.status_code == 400 and r.json()["code"] == "invalid_query", r.text

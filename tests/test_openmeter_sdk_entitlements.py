@@ -159,6 +159,7 @@ def metered(w: World, limit: int = 100, **extra: Any) -> Any:
         "issueAfterReset": limit,
         "isSoftLimit": False,
         "usagePeriod": {"interval": "MONTH", "anchor": wire(w.anchor)},
+        "measureUsageFrom": "CURRENT_PERIOD_START",  # the events since the anchor count
         **extra,
     }
     return w.ents.post(ALICE, body, cls=status_and_body)

@@ -51,6 +51,7 @@ def test_v2_customer_entitlement_with_issue_and_grants(setup: Api) -> None:
         "type": "metered",
         "featureKey": "calls",
         "usagePeriod": {"interval": "MONTH"},
+        "measureUsageFrom": "CURRENT_PERIOD_START",
         "issue": {"amount": 10, "priority": 3},
         "grants": [{"amount": 5, "effectiveAt": "2026-03-01T00:00:00Z"}],
     }
@@ -206,7 +207,8 @@ def test_event_items_carry_the_customer_of_their_subject(setup: Api) -> None:
 
 def test_entitlement_history_answers_any_range_exactly(setup: Api) -> None:
     api = setup
-    body = {"type": "metered", "featureKey": "calls", "usagePeriod": {"interval": "MONTH"}, "issue": {"amount": 100}}
+    body = {"type": "metered", "featureKey": "calls", "usagePeriod": {"interval": "MONTH"}, "issue": {"amount": 100},
+            "measureUsageFrom": "CURRENT_PERIOD_START"}  # fmt: skip
     r = post(api, "/api/v2/customers/acme/entitlements", body)
     assert r.status_code == 201, r.text
     ent = r.json()["id"]

@@ -134,6 +134,10 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     })
     assert.equal(updated.name, 'ACME')
     assert.equal(updated.currency, 'EUR')
+    // a customer's usage: filterCustomerId answers its rows, each naming it in customerId
+    const [from, to] = [new Date(start - MINUTE), new Date(now + MINUTE)]
+    const scoped = await om.meters.query('tokens', { from, to, filterCustomerId: [acme.id] })
+    assert.deepEqual(scoped.data.map((r) => [r.customerId, r.value]), [[acme.id, tokens((e) => e.subject === 'acme')]])
   })
 
   await t.test('features', async () => {
@@ -147,6 +151,7 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
   await t.test('entitlements through the v2 customer paths', async () => {
     const ent = await om.customers.entitlements.create('acme', {
       type: 'metered', featureKey: 'tokens', usagePeriod: { interval: 'MONTH', anchor }, issue: { amount: 1000 },
+      measureUsageFrom: 'CURRENT_PERIOD_START', // the events since the anchor count (OpenMeter's default: from now)
     })
     const acme = await om.customers.get('acme')
     assert.equal(ent.customerId, acme.id)
@@ -186,6 +191,7 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     assert.equal((await om.entitlementsV1.value('globex', 'sso')).hasAccess, true)
     const metered = await om.entitlementsV1.create('globex', {
       type: 'metered', featureKey: 'tokens', usagePeriod: { interval: 'MONTH', anchor }, issueAfterReset: 10,
+      measureUsageFrom: 'CURRENT_PERIOD_START',
     })
     const usage = tokens((e) => e.subject === 'globex')
     await om.entitlementsV1.grants.create('globex', metered.id, {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -49,6 +50,7 @@ class QueryBody(msgspec.Struct, frozen=True, rename="camel"):
     group_by: OneOrMany | None = None
     filter_group_by: Filters | None = None
     advanced_meter_group_by_filters: Advanced | None = None
+    filter_customer_id: Texts | None = None
 
 
 _advanced_param = msgspec.json.Decoder(Advanced)
@@ -70,28 +72,52 @@ async def run_query(request: Request, work: Callable[[], T]) -> T:
         return await run_in_threadpool(work)
 
 
-def query_from_body(q: QueryBody, limits: QueryLimits) -> MeterQuery:
+CUSTOMER_ID = "customer_id"
+"""OpenMeter's ``groupBy`` dimension of the customer an event's subject is attributed to."""
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerScope:
+    """OpenMeter's ``filterCustomerId``: the customers (ids or keys) whose usage a query keeps,
+    one row set per customer, each row naming it in ``customerId``."""
+
+    customers: tuple[str, ...] = ()
+
+
+def query_from_body(q: QueryBody, limits: QueryLimits) -> tuple[MeterQuery, CustomerScope]:
     """The decoded body of ``POST .../query`` as a validated query."""
     filters = [(k, _many(v), False) for k, v in (q.filter_group_by or {}).items()]
     filters += _advanced(q.advanced_meter_group_by_filters or {})
     single = {"from": q.from_, "to": q.to, "windowTimeZone": q.window_time_zone}
     if q.window_size is not None:
         single["windowSize"] = q.window_size.value
-    subjects, group_by = list(_many(q.subject)), list(_many(q.group_by))
-    return build_query({k: v for k, v in single.items() if v}, subjects, group_by, filters, limits)
+    subjects, group_by = list(_many(q.subject)), [g for g in _many(q.group_by) if g != CUSTOMER_ID]
+    query = build_query({k: v for k, v in single.items() if v}, subjects, group_by, filters, limits)
+    return query, CustomerScope(tuple(dict.fromkeys(q.filter_customer_id or ())))
 
 
 def query_from_params(items: list[tuple[str, str]], limits: QueryLimits | None = None) -> MeterQuery:
     """The query string of ``GET .../query`` (repeated keys, ``name[]`` and deepObject filters)."""
+    return scoped_query_from_params(items, limits)[0]
+
+
+def scoped_query_from_params(
+    items: list[tuple[str, str]], limits: QueryLimits | None = None
+) -> tuple[MeterQuery, CustomerScope]:
+    """:func:`query_from_params` with OpenMeter's ``filterCustomerId`` (repeated) apart."""
     single: dict[str, str] = {}
     subjects: list[str] = []
     group_by: list[str] = []
     filters: list[Filter] = []
+    customers: list[str] = []
     for name, value in items:
         if name in ("subject", "subject[]"):
             subjects.append(value)
+        elif name in ("filterCustomerId", "filterCustomerId[]"):
+            customers.append(value)
         elif name in ("groupBy", "groupBy[]"):
-            group_by.append(value)
+            if value != CUSTOMER_ID:
+                group_by.append(value)
         elif name.startswith("filterGroupBy[") and name.endswith("]"):
             filters.append((name[len("filterGroupBy[") : -1], (value,), False))
         elif name == "filterGroupBy":
@@ -100,7 +126,10 @@ def query_from_params(items: list[tuple[str, str]], limits: QueryLimits | None =
             filters += _advanced(_decode_advanced(value))
         else:
             single[name] = value
-    return build_query(single, subjects, group_by, filters, limits or QueryLimits())
+    if len(customers) > MAX_ITEMS:
+        raise InvalidInput(f"at most {MAX_ITEMS} filterCustomerId values in one query", code="invalid_query")
+    query = build_query(single, subjects, group_by, filters, limits or QueryLimits())
+    return query, CustomerScope(tuple(dict.fromkeys(customers)))
 
 
 def build_query(

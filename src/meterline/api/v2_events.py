@@ -39,7 +39,7 @@ Predicate = Callable[[dict[str, Any], int], bool]
 
 class CustomerOf:
     """The id of the customer an event's subject is attributed to, as OpenMeter fills an
-    event's ``customerId``: the customer claiming the subject, else one keyed by it (looked up
+    event's ``customerId``: the customer keyed by the subject, else the one claiming it (looked up
     once per subject and request)."""
 
     def __init__(self, call: Call) -> None:
@@ -91,9 +91,10 @@ def event_item(row: StoredEvent, customer_of: CustomerOf, subject: Any = None) -
 
 
 def subjects_of_customers(call: Call, ids: list[str]) -> frozenset[str]:
-    """The subjects of the customers ``ids`` (ids or keys); ``NotFound`` for an unknown one."""
+    """The subjects whose events are the usage of the customers ``ids`` (ids or keys): each
+    one's key and subject keys; ``NotFound`` for an unknown one."""
     customers = call.ctx.catalog.customers
-    return frozenset(s for c in ids for s in customers.get(call.namespace, c).subjects)
+    return frozenset(s for c in ids for s in customers.get(call.namespace, c).usage_subjects)
 
 
 def _bad(detail: str) -> InvalidInput:
@@ -231,7 +232,7 @@ async def list_events_v2(call: Call) -> Response:
     customers = call.ctx.catalog.customers
 
     def subjects_of(customer: str) -> tuple[str, ...]:
-        return customers.get(call.namespace, customer).subjects
+        return customers.get(call.namespace, customer).usage_subjects
 
     keep = predicate(q.get("filter"), subjects_of)
     items, next_cursor = await call.run(_scan, call, keep, None if cursor is None else int(cursor), limit)

@@ -339,7 +339,7 @@ def live_counter(
         # or the writes of everyone else.
         log.error("entitlement periods out of range; it has no counter", extra={"entitlement": ent.id})
         return None
-    return Live(ent, customer, feature, meter, customer.subjects, filters, rec, grants)
+    return Live(ent, customer, feature, meter, customer.usage_subjects, filters, rec, grants)
 
 
 def _matches(dims: tuple[str, ...], groups: tuple[str | None, ...], filters: tuple[tuple[str, str], ...]) -> bool:

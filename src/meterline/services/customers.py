@@ -54,14 +54,15 @@ class CustomerService:
         return self._customers.list(namespace)
 
     def owner(self, namespace: str, subject: str) -> Customer | None:
-        """The customer whose usage ``subject`` is: the one claiming it, else one keyed by it."""
-        customer = self._customers.by_subject(namespace, subject)
-        if customer is not None:
-            return customer
+        """The customer ``subject`` is attributed to, as OpenMeter resolves a usage attribution:
+        the one keyed by it, else the one claiming it as a subject key."""
         try:
-            return self._customers.get(namespace, subject)
+            keyed = self._customers.get(namespace, subject)
         except NotFound:
-            return None
+            keyed = None
+        if keyed is not None and keyed.key == subject:
+            return keyed
+        return self._customers.by_subject(namespace, subject)
 
     def policy(self, namespace: str) -> UnknownSubjects:
         """The namespace's unknown-subject policy, or the configured default."""

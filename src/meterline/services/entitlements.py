@@ -63,7 +63,7 @@ class EntitlementService:
             anchor,
             measured,
             now,
-            measured_from_us=measured if inp.measure_usage_from is not None else None,
+            measured_from_us=measured if inp.type == "metered" else None,
         )
         return self._entitlements.add(ent, replace=replace)
 

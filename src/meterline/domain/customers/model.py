@@ -116,6 +116,12 @@ class Customer(msgspec.Struct, frozen=True):
     profile: dict[str, Any] | None = None
     """OpenMeter's descriptive members (``CustomerInput.profile``)."""
 
+    @property
+    def usage_subjects(self) -> tuple[str, ...]:
+        """The subjects whose events are this customer's usage: its key and its subject keys,
+        as OpenMeter attributes usage (``CustomerUsageAttribution.GetValues``)."""
+        return tuple(dict.fromkeys((self.key, *self.subjects)))
+
 
 def upserted(existing: Customer, inp: CustomerInput) -> CustomerInput:
     """What an upsert (OpenMeter's subject upsert) of an existing customer stores: the new name,

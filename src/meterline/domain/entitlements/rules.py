@@ -56,12 +56,12 @@ def anchor_us(inp: EntitlementInput, zone: str, now_us: int) -> int:
 def measured_from_us(inp: EntitlementInput, anchor: int, zone: str, now_us: int) -> int:
     """Where a metered entitlement starts measuring usage (OpenMeter's ``measureUsageFrom``, to
     the minute): ``NOW``; ``CURRENT_PERIOD_START`` (the start of the usage period holding now);
-    a date-time (not in the future); without one, the anchor, so the period holding now counts
-    from its start."""
+    a date-time (not in the future); without one, now, as OpenMeter measures from the creation
+    time by default."""
     given = inp.measure_usage_from
-    if given is None or inp.usage_period is None:
+    if inp.usage_period is None:
         return anchor
-    if given == "NOW":
+    if given is None or given == "NOW":
         t = now_us
     elif given == "CURRENT_PERIOD_START":
         t = recurrence(inp.usage_period.interval, from_us(anchor), zone).period_at_us(now_us).start_us
