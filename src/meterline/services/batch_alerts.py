@@ -40,6 +40,7 @@ from meterline.domain.clock import Clock
 from meterline.domain.customers.model import Customer
 from meterline.domain.decimals import EXACT
 from meterline.domain.entitlements.value import ZERO, Value, grant_total, metered_value
+from meterline.domain.errors import NotFound
 from meterline.domain.meters.fold import LedgerEntry
 from meterline.ports.customers import CustomerRepository
 from meterline.ports.entitlements import EntitlementRepository
@@ -94,11 +95,23 @@ class BatchAlerts:
         subjects = sorted({(e.namespace, e.subject) for e in entries if e.namespace in rules})
         seen: set[tuple[str, str]] = set()
         for namespace, subject in subjects:
-            customer = self._customers.by_subject(namespace, subject)
-            if customer is not None and (namespace, customer.id) not in seen:
-                seen.add((namespace, customer.id))
-                self.evaluate(customer, rules[namespace])
+            for customer in self._attributed(namespace, subject):
+                if (namespace, customer.id) not in seen:
+                    seen.add((namespace, customer.id))
+                    self.evaluate(customer, rules[namespace])
         self._progress.advance(FOLLOWER, stream, end)
+
+    def _attributed(self, namespace: str, subject: str) -> list[Customer]:
+        """The customers whose usage an event of ``subject`` is: the one claiming it as a
+        subject key and the one keyed by it (``Customer.usage_subjects``)."""
+        found = [self._customers.by_subject(namespace, subject)]
+        try:
+            keyed = self._customers.get(namespace, subject)
+        except NotFound:
+            keyed = None
+        if keyed is not None and keyed.key == subject:
+            found.append(keyed)
+        return [c for c in found if c is not None]
 
     def evaluate(self, customer: Customer, rules: Sequence[Rule]) -> int:
         """Fire what ``customer``'s usage has reached now; how many alerts were new."""
