@@ -576,3 +576,29 @@ def test_delete_meter_by_id_returns_none(seeded: Seeded) -> None:
         s.client.meters.get(SLUG)
     with pytest.raises(ResourceNotFoundError):
         s.client.meters.delete(SLUG)
+
+
+def test_customer_scoped_query_and_meter_order_through_the_sdk(client: Client) -> None:
+    """``meters.query_json(filter_customer_id=...)``: the customer's key and subject keys, one row
+    set per customer naming it; ``meters.list(order_by=...)`` in OpenMeter's order."""
+    assert create_meter(client)[0] == 201
+    extra = MeterCreate(slug="sdk_calls", name="A calls", aggregation="COUNT", event_type="call")
+    assert client.meters.create(extra, cls=status_and_body)[0] == 201
+    assert [m.slug for m in client.meters.list()] == ["sdk_calls", SLUG]  # by key
+    assert [m.slug for m in client.meters.list(order_by="name", order="DESC")] == [SLUG, "sdk_calls"]
+    body = {"name": "Acme", "key": "sdk-acme", "usageAttribution": {"subjectKeys": ["sdk-app"]}}
+    acme = client.customers.create(body)
+    now = datetime.now(UTC).replace(microsecond=0)
+    sent = [("sdk-acme", 2, "a"), ("sdk-app", 3, "b"), ("sdk-app", 5, "a"), ("sdk-other", 100, "a")]
+    events = [ev(str(uuid.uuid4()), s, now, n, model) for s, n, model in sent]
+    assert client.events.ingest_events(events, cls=status_and_body)[0] == 204
+    start, end = now - timedelta(minutes=5), now + timedelta(minutes=5)
+    whole = client.meters.query_json(SLUG, from_parameter=start, to=end, filter_customer_id=[acme.id])
+    assert [(r.customer_id, r.subject, r.value) for r in whole.data] == [(acme.id, None, 10)]
+    split = client.meters.query_json(
+        SLUG, from_parameter=start, to=end, filter_customer_id=[acme.id], group_by=["model"]
+    )
+    assert sorted((r.customer_id, r.group_by["model"], r.value) for r in split.data) == [
+        (acme.id, "a", 7),
+        (acme.id, "b", 3),
+    ]
