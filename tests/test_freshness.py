@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import T0_US, Api, build_api
+from conftest import T0_US, Api, build_api, build_scale_api
+from scale_site import Site, site
+from stack.launch import Stack
 from test_entitlements_api import check, value
 from test_entitlements_api import ev as llm_event
 from test_entitlements_api import setup as metered_entitlement
@@ -168,3 +170,52 @@ def test_an_aggregator_behind_for_longer_than_the_threshold_is_a_readiness_warni
     while "aggregation_lag" in readyz_warnings(watched):
         assert time.monotonic() < deadline, "the warning did not clear once the aggregator caught up"
         time.sleep(0.05)
+
+
+def test_embedded_mode_refuses_scale_modes_log_positions(api: Api) -> None:
+    api.create_meter(slug="t", eventType="llm", aggregation="SUM", valueProperty="$.tokens")
+    r = api.query("t", **{"Meterline-Min-Log-Positions": "0:5"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_position"
+    assert "Meterline-Min-Position" in r.json()["detail"]
+    for bad in ("0", "a:1", "0:1,", "1:-2", ":3"):
+        r = api.query("t", **{"Meterline-Min-Log-Positions": bad})
+        assert r.status_code == 400 and r.json()["code"] == "invalid_position", bad
+
+
+@pytest.fixture
+def scale_pair(scale_stack: Stack, tmp_path: Path) -> Iterator[tuple[Site, Api, Api]]:
+    """Two in-process API nodes of a site of their own, with no sink worker running yet."""
+    with site(scale_stack, tmp_path / "site") as s:
+        waits = {"aggregation": {"max_wait": 60}}
+        first = build_scale_api(s, tmp_path / "a", **waits)
+        a = next(first)
+        second = build_scale_api(s, tmp_path / "b", **waits)
+        b = next(second)
+        b.key = a.key  # the same namespace: the key is valid on every node
+        try:
+            yield s, a, b
+        finally:
+            for gen in (second, first):
+                gen.close()
+
+
+def test_log_positions_from_one_node_make_a_read_through_another_wait_for_them(
+    scale_pair: tuple[Site, Api, Api],
+) -> None:
+    s, a, b = scale_pair
+    assert a.create_meter(slug="t", eventType="prompt", aggregation="SUM", valueProperty="$.tokens").status_code == 201
+    r = a.post_events([ev(i, 10 + i) for i in range(5)])
+    assert r.status_code == 204 and "meterline-ledger-position" not in r.headers
+    token = r.headers["Meterline-Log-Positions"]
+    positions = dict(pair.split(":") for pair in token.split(","))
+    assert positions and all(int(o) > 0 for o in positions.values())
+    wrong = b.query("t", **{"Meterline-Min-Position": "5"})
+    assert wrong.status_code == 400 and wrong.json()["code"] == "invalid_position"
+    assert "Meterline-Min-Log-Positions" in wrong.json()["detail"]
+    # No worker has applied anything yet: node b, which wrote nothing, would answer at once; with
+    # node a's positions it waits until the worker started now has applied them.
+    s.worker()
+    q = b.query("t", {"consistency": "eventual"}, **{"Meterline-Min-Log-Positions": token})
+    assert q.status_code == 200, q.text
+    assert q.json()["data"][0]["value"] == sum(10 + i for i in range(5))
+    assert int(q.headers["Meterline-As-Of-Position"]) >= 5

@@ -47,7 +47,7 @@ from meterline.config import Config
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.erasure import ErasureRecord, ErasureRequest
-from meterline.domain.errors import NotSupported, StorageUnavailable
+from meterline.domain.errors import InvalidInput, NotSupported, StorageUnavailable
 from meterline.domain.events.corrections import CorrectionRequest, History
 from meterline.domain.events.model import Candidate, Outcome
 from meterline.domain.meters.model import Aggregation, Meter
@@ -147,9 +147,17 @@ class NotedUsage:
         record = freshness.current()
         if record is None:
             return
+        if record.min_position is not None:
+            raise InvalidInput(
+                "Meterline-Min-Position is embedded mode's; a scale-mode log has a position per partition:"
+                " send the Meterline-Log-Positions of the ingest as Meterline-Min-Log-Positions",
+                code="invalid_position",
+            )
         applied = self._progress.applied()
-        if record.wait:
-            wanted = self._heads()
+        wanted = dict(self._heads()) if record.wait else {}
+        for partition, offset in (record.min_log_positions or {}).items():
+            wanted[partition] = max(wanted.get(partition, 0), offset)
+        if wanted:
             wait = self._max_wait
             deadline = time.monotonic() + wait
             while any(applied.done.get(p, 0) < head for p, head in wanted.items()):

@@ -17,6 +17,11 @@ header ``Meterline-Min-Position: N`` (the ``Meterline-Ledger-Position`` of an ea
 makes the read reflect at least position N, waiting for it if need be, also with
 ``consistency=eventual``. Another ``consistency`` value or a position that is not a whole
 number is a 400 problem (``invalid_consistency``, ``invalid_position``).
+
+Scale mode's log has one position per partition: its ingest answers carry
+``Meterline-Log-Positions: P:O,...`` instead, and a read that sends them back as
+``Meterline-Min-Log-Positions`` (through any API node) reflects at least those offsets. Each
+mode answers the other mode's request header with a 400 ``invalid_position`` naming its own.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from meterline.runtime import freshness
 
 CONSISTENCY = ("strong", "eventual")
 _MIN_POSITION = freshness.MIN_POSITION.encode()
+_MIN_LOG_POSITIONS = freshness.MIN_LOG_POSITIONS.encode()
 _MAX_POSITION = 2**63 - 1
 
 
@@ -45,7 +51,9 @@ class FreshnessHeaders:
             await self.app(scope, receive, send)
             return
         try:
-            record = freshness.begin(wait=_wait(scope), min_position=_min_position(scope))
+            record = freshness.begin(
+                wait=_wait(scope), min_position=_min_position(scope), min_log_positions=_min_log_positions(scope)
+            )
         except InvalidInput as exc:
             await problem_for(Request(scope), exc)(scope, receive, send)
             return
@@ -86,10 +94,26 @@ def _min_position(scope: Scope) -> int | None:
     return int(text)
 
 
+def _min_log_positions(scope: Scope) -> dict[int, int] | None:
+    values = [v for k, v in scope.get("headers", ()) if k.lower() == _MIN_LOG_POSITIONS]
+    if not values:
+        return None
+    positions = freshness.parse_log_positions(values[-1].decode("latin-1"))
+    if positions is None:
+        raise InvalidInput(
+            "Meterline-Min-Log-Positions must be partition:offset pairs separated by commas, as"
+            " Meterline-Log-Positions answered them",
+            code="invalid_position",
+        )
+    return positions
+
+
 def _headers(record: freshness.Freshness) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     if record.ingested is not None:
         out.append((freshness.INGEST_POSITION.encode(), str(record.ingested).encode()))
+    if record.log_positions:
+        out.append((freshness.LOG_POSITIONS.encode(), freshness.format_log_positions(record.log_positions).encode()))
     if record.as_of_position is not None:
         out.append((freshness.AS_OF_POSITION.encode(), str(record.as_of_position).encode()))
         if record.as_of_us:

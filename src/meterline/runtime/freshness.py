@@ -25,6 +25,13 @@ AS_OF = "meterline-as-of"
 MIN_POSITION = "meterline-min-position"
 """Request header: usage reads of this request reflect at least this ledger position (the
 ``Meterline-Ledger-Position`` an earlier ingest answered), waiting for it if need be."""
+LOG_POSITIONS = "meterline-log-positions"
+"""Answer header of an ingest in scale mode: per log partition the request wrote to, the offset
+after its last event there (``partition:offset`` pairs, comma-separated)."""
+MIN_LOG_POSITIONS = "meterline-min-log-positions"
+"""Request header in scale mode: usage reads of this request reflect at least these log
+positions (the ``Meterline-Log-Positions`` of earlier ingests, through any API node), waiting
+for the sink workers if need be."""
 
 
 @dataclass(slots=True)
@@ -34,7 +41,11 @@ class Freshness:
     min_position: int | None = None
     """Usage reads wait (bounded) until at least this position is reflected, even when ``wait``
     is False (a caller's read-your-writes token)."""
+    min_log_positions: dict[int, int] | None = None
+    """Scale mode's read-your-writes token: per partition, the offset to reflect."""
     ingested: int | None = None
+    log_positions: dict[int, int] | None = None
+    """Scale mode: per partition, the offset after this request's last event written there."""
     as_of_position: int | None = None
     as_of_us: int | None = None
 
@@ -42,12 +53,34 @@ class Freshness:
 _current: ContextVar[Freshness | None] = ContextVar("meterline_freshness", default=None)
 
 
-def begin(wait: bool = True, min_position: int | None = None) -> Freshness:
+def begin(
+    wait: bool = True, min_position: int | None = None, min_log_positions: dict[int, int] | None = None
+) -> Freshness:
     """Open the freshness record of the request running in this context."""
-    record = Freshness(wait, min_position)
+    record = Freshness(wait, min_position, min_log_positions)
     _current.set(record)
     return record
 
 
 def current() -> Freshness | None:
     return _current.get()
+
+
+def format_log_positions(positions: dict[int, int]) -> str:
+    """``partition:offset`` pairs by partition, comma-separated (the header value)."""
+    return ",".join(f"{p}:{o}" for p, o in sorted(positions.items()))
+
+
+def parse_log_positions(text: str) -> dict[int, int] | None:
+    """The positions of a ``Meterline-Log-Positions`` value (the highest offset per partition
+    when one repeats), or None when it is not one."""
+    out: dict[int, int] = {}
+    pairs = text.split(",")
+    if len(pairs) > 4096:
+        return None
+    for pair in pairs:
+        p, sep, o = pair.strip().partition(":")
+        if not sep or not (p.isascii() and p.isdigit() and o.isascii() and o.isdigit()) or len(p) > 9 or len(o) > 18:
+            return None
+        out[int(p)] = max(out.get(int(p), 0), int(o))
+    return out

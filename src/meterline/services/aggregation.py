@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meterline.domain.errors import InvalidInput
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import Replay
 from meterline.ports.ledger import Ledger
@@ -173,6 +174,12 @@ class Aggregator:
 
     def _wanted(self, record: freshness.Freshness | None, staleness: float) -> int | None:
         """The ledger position a usage read must reflect, or None to answer at once."""
+        if record is not None and record.min_log_positions is not None:
+            raise InvalidInput(
+                "Meterline-Min-Log-Positions is scale mode's; this server has one ledger: send the"
+                " Meterline-Ledger-Position of the ingest as Meterline-Min-Position",
+                code="invalid_position",
+            )
         head = self._ledger.position()
         asked = None if record is None or record.min_position is None else min(record.min_position, head)
         fresh_enough = staleness > 0 and self.lag_seconds() <= staleness

@@ -146,7 +146,9 @@ class CountedUsage:
         """Whether the counters hold ``meter`` on every partition, as far as the request's
         freshness asks (noted on it); False sends the read to the usage store."""
         record = freshness.current()
-        wanted = self._heads() if record is None or record.wait else {}
+        wanted = dict(self._heads()) if record is None or record.wait else {}
+        for partition, offset in ((record.min_log_positions if record else None) or {}).items():
+            wanted[partition] = max(wanted.get(partition, 0), offset)  # Meterline-Min-Log-Positions
         deadline = time.monotonic() + self._max_wait
         while True:
             held = self._counters.held(list(self._streams.values()), meter.key)

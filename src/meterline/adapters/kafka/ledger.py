@@ -46,6 +46,7 @@ from meterline.ports.dedupe import Claims, DedupeStore, EventKey, Verdict
 from meterline.ports.ledger import Appended, EventFilter, StoredEvent
 from meterline.ports.meters import MeterCatalog
 from meterline.ports.quarantine import HeldEvents, Release, Screened
+from meterline.runtime import freshness
 from meterline.runtime.extras import import_extra
 
 
@@ -90,12 +91,17 @@ class _Request:
         self.pending = len(claimed)
         self.error: str | None = None
         self.lock = threading.Lock()
+        self.positions: dict[int, int] = {}
+        """Per partition written to, the offset after this request's last record there."""
+        self.freshness: freshness.Freshness | None = None
 
-    def delivered(self, err: Any) -> bool:
+    def delivered(self, err: Any, partition: int, after: int) -> bool:
         """Note one delivery report; True when it was the last one."""
         with self.lock:
             if err is not None and self.error is None:
                 self.error = str(err)
+            elif err is None and after > self.positions.get(partition, 0):
+                self.positions[partition] = after
             self.pending -= 1
             return self.pending == 0
 
@@ -145,7 +151,7 @@ class KafkaLedger:
         """Validate, claim, write and confirm a request's events (see the module doc); the
         future resolves once every accepted event is durable and confirmed."""
         future: Future[list[Outcome]] = Future()
-        self._work.submit(self._start, namespace, candidates, future)
+        self._work.submit(self._start, namespace, candidates, future, freshness.current())
         return future
 
     def read(self, after: int, limit: int) -> builtins.list[LedgerEntry]:
@@ -164,7 +170,13 @@ class KafkaLedger:
         self._work.shutdown(wait=True)
         self._producer.close()  # else librdkafka keeps reconnecting to brokers until collected
 
-    def _start(self, namespace: str, candidates: Sequence[Candidate], future: Future[builtins.list[Outcome]]) -> None:
+    def _start(
+        self,
+        namespace: str,
+        candidates: Sequence[Candidate],
+        future: Future[builtins.list[Outcome]],
+        fresh: freshness.Freshness | None = None,
+    ) -> None:
         try:
             now = self._now_us()
             screened = self._screen(namespace, candidates)
@@ -173,6 +185,7 @@ class KafkaLedger:
             self._dead_letter(namespace, now, candidates, outcomes)
             request = self._claim(namespace, now, outcomes, accepted, unknown)
             request.future = future
+            request.freshness = fresh
             if not request.claimed:
                 self._finish(request)
                 return
@@ -322,12 +335,12 @@ class KafkaLedger:
                 self._producer.poll(0.05)
 
     def _delivered(self, request: _Request, err: Any, msg: Any) -> None:
+        partition, after = (msg.partition(), msg.offset() + 1) if err is None else (-1, 0)
         if err is None:
             with self._heads_lock:
-                partition, after = msg.partition(), msg.offset() + 1
                 if after > self._heads.get(partition, 0):
                     self._heads[partition] = after
-        if request.delivered(err):
+        if request.delivered(err, partition, after):
             self._work.submit(self._finish, request)
 
     def _finish(self, request: _Request) -> None:
@@ -344,6 +357,8 @@ class KafkaLedger:
                 # confirmed here answer as duplicates then
                 future.set_exception(StorageUnavailable("events of this request are being written by another request"))
                 return
+            if request.freshness is not None and request.positions:
+                request.freshness.log_positions = dict(request.positions)  # Meterline-Log-Positions
             future.set_result(Appended(request.outcomes, 0))
         except BaseException as exc:
             if not future.done():
