@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -408,3 +409,25 @@ def test_customer_zone_and_month_end_anchor_cut_the_periods(bapi: Api) -> None:
     assert second["periodEnd"] == "2026-03-31T00:00:00+05:45"
     empty = api.client.post(f"/api/v1/billing/subscriptions/{sub['id']}/cancel", headers=api.headers())
     assert empty.status_code == 200 and empty.json()["end"] == "2026-03-31T00:00:00Z"
+
+
+def test_an_invoice_counts_the_customers_key_as_its_entitlements_do(bapi: Api) -> None:
+    """OpenMeter attributes a customer's usage to its key and its subject keys alike: a customer
+    whose subject keys leave out its key is billed for the events sent under the key too, the same
+    usage its entitlements and customer-filtered queries count."""
+    api = bapi
+    spec = {"slug": "api_calls", "eventType": "request", "aggregation": "SUM", "valueProperty": "$.calls"}
+    ok(api.create_meter(**spec), 201)
+    ok(api.create_meter(slug="storage_gb", eventType="storage", aggregation="SUM", valueProperty="$.gb"), 201)
+    ok(post(api, "/api/v1/customers", {"key": "acme", "subjectKeys": ["acme-app"]}), 201)
+    ok(post(api, "/api/v1/billing/plans", PLAN), 201)
+    ok(post(api, "/api/v1/billing/plans/pro/versions/1/publish"))
+    subscribe(api)
+    calls(api, "k1", "acme", "2026-03-01T01:00:00Z", 1500)  # the key itself
+    calls(api, "a1", "acme-app", "2026-03-01T02:00:00Z", 500)
+    calls(api, "x1", "someone-else", "2026-03-01T02:00:00Z", 7000)
+    preview = ok(get(api, "/api/v1/customers/acme/invoice-preview"))["invoices"][0]
+    api_line = next(ln for ln in preview["lines"] if ln["name"] == "API calls")
+    assert (api_line["quantity"], api_line["amount"]) == ("2000", "10.00")  # 1000 free, then 0.01
+    rows = ok(get(api, "/api/v1/meters/api_calls/query", filterCustomerId="acme"))["data"]
+    assert sum(Decimal(str(r["value"])) for r in rows) == 2000

@@ -87,7 +87,7 @@ class BillingInvoices:
             adjusted = changed.get(b.id)
             if adjusted is None:
                 currency = pricer.plan(b.window.plan, b.window.version).currency
-                out.append(BilledCheck(b, customer.key, customer.subjects, currency, invoiced, invoiced, {}))
+                out.append(BilledCheck(b, customer.key, customer.usage_subjects, currency, invoiced, invoiced, {}))
                 continue
             adj, now, currency = adjusted
             amounts: dict[str, Decimal] = {}
@@ -95,7 +95,7 @@ class BillingInvoices:
                 if line.meter is not None:
                     amounts[line.meter] = amounts.get(line.meter, Decimal(0)) + line.amount
             current = _per_meter(usage_map(now.current.usage))
-            out.append(BilledCheck(b, customer.key, customer.subjects, currency, invoiced, current, amounts))
+            out.append(BilledCheck(b, customer.key, customer.usage_subjects, currency, invoiced, current, amounts))
         return out
 
 

@@ -93,7 +93,7 @@ class Pricer:
         self, asks: Sequence[tuple[str, Period, tuple[tuple[str, str | None], ...]]]
     ) -> list[dict[UsageKey, Decimal]]:
         """Usage of explicit ``(meter, dimension)`` queries per (customer, window)."""
-        usage_asks = [UsageAsk(self.customer(c).subjects, w.start_us, w.end_us, q) for c, w, q in asks]
+        usage_asks = [UsageAsk(self.customer(c).usage_subjects, w.start_us, w.end_us, q) for c, w, q in asks]
         return self._stores.usage.usage(self._meters, usage_asks)
 
     def meter_dimensions(self, slug: str) -> tuple[str, ...]:
@@ -149,7 +149,7 @@ class Pricer:
     def _cited(self, b: Billed, log: Sequence[CorrectionRecord]) -> dict[str, tuple[int, ...]]:
         """Per meter slug, the corrections received after the window was last billed that
         moved a version of one of the customer's subjects inside the window."""
-        subjects = set(self.customer(b.customer_id).subjects)
+        subjects = set(self.customer(b.customer_id).usage_subjects)
         window = b.window.window
         found = [
             c

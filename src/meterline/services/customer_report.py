@@ -140,7 +140,7 @@ class CustomerReports:
             customer = self._customers.owner(namespace, key)
         if customer is None:
             return Report(key, None, (key,))
-        return Report(customer.key, customer, customer.subjects or (customer.key,))
+        return Report(customer.key, customer, customer.usage_subjects)
 
     def _has_usage(self, namespace: str, subjects: tuple[str, ...]) -> bool:
         """Whether any meter holds usage of ``subjects`` (one total per meter). First over an

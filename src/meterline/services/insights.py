@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -29,7 +28,6 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from meterline.domain.billing.records import InvoiceRecord
-from meterline.domain.customers.model import Customer
 from meterline.domain.errors import InvalidInput
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import SUBJECT, MeterQuery, QueryLimits
@@ -258,12 +256,12 @@ class Insights:
         return rows[0].value if rows else None
 
     def _owners(self, namespace: str) -> dict[str, str]:
-        """Subject -> the key of the customer that claims it."""
-        return {s: c.key for c in self._customers.list(namespace) for s in _subjects(c)}
-
-
-def _subjects(customer: Customer) -> Sequence[str]:
-    return customer.subjects or (customer.key,)
+        """Subject -> the key of the customer whose usage it is: the customer keyed by it, else
+        the one claiming it as a subject key (OpenMeter's attribution, ``Customer.usage_subjects``)."""
+        customers = self._customers.list(namespace)
+        owners = {s: c.key for c in customers for s in c.subjects}
+        owners.update({c.key: c.key for c in customers})
+        return owners
 
 
 def _merge(aggregation: Aggregation, a: Decimal | None, b: Decimal) -> Decimal:
