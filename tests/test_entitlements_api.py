@@ -141,6 +141,30 @@ def test_quarantine_keeps_events_and_release_counts_them_exactly_once(api: Api) 
     assert api.query("tokens").json()["data"][0]["value"] == 20
 
 
+def test_a_customers_own_key_is_a_known_subject_to_the_unknown_subject_policy(api: Api) -> None:
+    """Usage is attributed to a customer's key as to its subject keys (OpenMeter's attribution),
+    so the policy treats the key as known, and a new customer releases the events held under
+    its key even when its subject keys leave the key out."""
+    assert (
+        api.create_meter(slug="tokens", eventType="llm", aggregation="SUM", valueProperty="$.tokens").status_code == 201
+    )
+    api.client.put("/api/v1/settings", json={"unknownSubjects": "quarantine"}, headers=api.headers())
+    body = {"key": "acme", "usageAttribution": {"subjectKeys": ["acme-app"]}}
+    assert api.client.post("/api/v1/customers", json=body, headers=api.headers()).status_code == 201
+    r = api.post_events([ev("k1", subject="acme", tokens=3), ev("n1", subject="newco", tokens=5)],
+                        Prefer="return=representation")  # fmt: skip
+    assert [o["status"] for o in r.json()["events"]] == ["accepted", "quarantined"]
+    body = {"key": "newco", "usageAttribution": {"subjectKeys": ["newco-app"]}}
+    c = api.client.post("/api/v1/customers", json=body, headers=api.headers())
+    assert c.status_code == 201 and c.json()["released"] == {"accepted": 1, "rejected": 0}
+    assert api.query("tokens").json()["data"][0]["value"] == 8
+    api.client.put("/api/v1/settings", json={"unknownSubjects": "reject"}, headers=api.headers())
+    assert api.post_events([ev("k2", subject="acme", tokens=1)]).status_code == 204
+    assert api.client.delete("/api/v1/customers/acme", headers=api.headers()).status_code == 204
+    assert_problem(api.post_events([ev("k3", subject="acme", tokens=1)]), 400, "events_rejected")
+    assert api.query("tokens").json()["data"][0]["value"] == 9
+
+
 def test_reject_policy_dead_letters_unknown_subjects(api: Api) -> None:
     api.client.put("/api/v1/settings", json={"unknownSubjects": "reject"}, headers=api.headers())
     r = api.post_events([ev("r1", subject="ghost")])

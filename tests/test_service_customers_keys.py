@@ -51,11 +51,14 @@ def test_replace_may_change_the_key_as_openmeter_does(service: CustomerService) 
     assert sorted(c.key for c in service.list("ns")) == ["acme-inc", "globex"]
 
 
-def test_owner_is_the_claiming_customer_else_the_one_keyed_by_the_subject(service: CustomerService) -> None:
+def test_owner_is_the_customer_keyed_by_the_subject_else_the_claiming_one(service: CustomerService) -> None:
+    """OpenMeter's attribution: a customer's key comes before another customer's subject key."""
     service.create("ns", CustomerInput("acme", subject_keys=["svc-1"]))
-    service.create("ns", CustomerInput("globex", subject_keys=["acme"]))
+    service.create("ns", CustomerInput("globex", subject_keys=["acme", "svc-2"]))
     owner = service.owner("ns", "acme")
-    assert owner is not None and owner.key == "globex"
+    assert owner is not None and owner.key == "acme"
+    claimed = service.owner("ns", "svc-2")
+    assert claimed is not None and claimed.key == "globex"
     svc = service.owner("ns", "svc-1")
     assert svc is not None and svc.key == "acme"
     assert service.owner("ns", "nobody") is None

@@ -33,7 +33,8 @@ from meterline.domain.events.model import Event, Outcome
 @dataclass(frozen=True, slots=True)
 class Screened:
     """A namespace's unknown-subject policy (None: never set, the configured default applies)
-    and which of the asked subjects a customer claims."""
+    and which of the asked subjects are a customer's usage (a subject key it claims, or its
+    own key: ``Customer.usage_subjects``)."""
 
     policy: UnknownSubjects | None
     owned: frozenset[str]

@@ -58,7 +58,7 @@ class MemoryCustomers:
             return [self._released(namespace, s) for s in saved]  # only once every save stood
 
     def _released(self, namespace: str, saved: Saved) -> Saved:
-        accepted, rejected = self.release(namespace, saved.customer.subjects)
+        accepted, rejected = self.release(namespace, saved.customer.usage_subjects)
         return Saved(saved.customer, accepted, rejected)
 
     def _upsert(self, namespace: str, inp: CustomerInput) -> Saved:
@@ -86,9 +86,10 @@ class MemoryCustomers:
             return None if key is None else self._live[(namespace, key)]
 
     def owns(self, namespace: str, subject: str) -> bool:
-        """Whether a live customer claims ``subject``."""
+        """Whether ``subject`` is a live customer's usage: claimed as a subject key, or the
+        customer's own key (``Customer.usage_subjects``)."""
         with self.lock:
-            return (namespace, subject) in self._owners
+            return (namespace, subject) in self._owners or (namespace, subject) in self._live
 
     def quarantined(
         self, namespace: str, subject: str | None, *, limit: int, after_id: int

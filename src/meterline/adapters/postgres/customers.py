@@ -118,7 +118,7 @@ class PgCustomers:
         customer = Customer(
             cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now, profile
         )
-        return Saved(customer, mark_released(conn, namespace, subjects, now), 0)
+        return Saved(customer, mark_released(conn, namespace, customer.usage_subjects, now), 0)
 
     def get(self, namespace: str, key_or_id: str) -> Customer:
         with self._db.tx() as conn:

@@ -36,7 +36,9 @@ class PgQuarantine:
         with self._db.tx() as conn:
             row = conn.execute(
                 "SELECT (SELECT unknown_subjects FROM namespace_settings WHERE namespace = %(ns)s),"
-                " ARRAY(SELECT subject FROM customer_subjects WHERE namespace = %(ns)s AND subject = ANY(%(s)s))",
+                " ARRAY(SELECT subject FROM customer_subjects WHERE namespace = %(ns)s AND subject = ANY(%(s)s)"
+                " UNION SELECT key FROM customers WHERE namespace = %(ns)s AND key = ANY(%(s)s)"
+                " AND deleted_us IS NULL)",
                 {"ns": namespace, "s": list(set(subjects))},
             ).fetchone()
         assert row is not None
@@ -49,8 +51,9 @@ class PgQuarantine:
             lock(conn, "customers", namespace)
             subjects = list({e.subject for e in events})
             claimed = conn.execute(
-                "SELECT 1 FROM customer_subjects WHERE namespace = %s AND subject = ANY(%s) LIMIT 1",
-                (namespace, subjects),
+                "SELECT 1 FROM customer_subjects WHERE namespace = %(ns)s AND subject = ANY(%(s)s) UNION ALL"
+                " SELECT 1 FROM customers WHERE namespace = %(ns)s AND key = ANY(%(s)s) AND deleted_us IS NULL LIMIT 1",
+                {"ns": namespace, "s": subjects},
             ).fetchone()
             if claimed is not None:
                 return False

@@ -119,13 +119,16 @@ class SqliteCustomers:
             )
             conn.execute("DELETE FROM customer_subjects WHERE customer = ?", (cid,))
         conn.executemany("INSERT INTO customer_subjects VALUES (?,?,?)", [(namespace, s, cid) for s in subjects])
-        owned = self._state.customer_subjects.setdefault(namespace, set())  # rollback invalidates the state
-        owned.difference_update(() if old is None else old.subjects)
-        owned.update(subjects)
-        accepted, rejected = self._release(conn, namespace, subjects)
         customer = Customer(
             cid, namespace, inp.key, inp.name, subjects, inp.timezone, inp.metadata, created, now, profile
         )
+        usage = customer.usage_subjects  # its subject keys and its key: what ingest counts as known
+        owned = self._state.customer_subjects.setdefault(namespace, set())  # rollback invalidates the state
+        gone = set(() if old is None else old.usage_subjects) - set(usage)
+        owned.difference_update(gone)
+        owned.update(usage)
+        owned.update(_still_owned(conn, namespace, gone))
+        accepted, rejected = self._release(conn, namespace, usage)
         return Saved(customer, accepted, rejected)
 
     def _rekey(self, conn: sqlite3.Connection, namespace: str, old: Customer, key: str) -> None:
@@ -267,3 +270,17 @@ def _customer_of(row: tuple[Any, ...], subjects: tuple[str, ...]) -> Customer:
     metadata = None if meta is None else msgspec.json.decode(meta)
     extra = None if profile is None else msgspec.json.decode(profile)
     return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated, extra)
+
+
+def _still_owned(conn: sqlite3.Connection, namespace: str, strings: set[str]) -> list[str]:
+    """Of ``strings`` a save stopped claiming, those another live customer still has as a
+    subject key or as its key."""
+    if not strings:
+        return []
+    marks = ",".join("?" * len(strings))
+    rows = conn.execute(
+        f"SELECT subject FROM customer_subjects WHERE namespace = ? AND subject IN ({marks})"
+        f" UNION SELECT key FROM customers WHERE namespace = ? AND key IN ({marks}) AND deleted_us IS NULL",
+        (namespace, *strings, namespace, *strings),
+    ).fetchall()
+    return [r[0] for r in rows]

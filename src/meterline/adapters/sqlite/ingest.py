@@ -136,7 +136,9 @@ class IngestState:
         last_seq, self.chain = last_entry(conn)
         self.next_seq = last_seq + 1
         self.customer_subjects = {}
-        for namespace, subject in conn.execute("SELECT namespace, subject FROM customer_subjects"):
+        # a customer's usage is its subject keys and its own key (``Customer.usage_subjects``)
+        owned = "SELECT namespace, subject FROM customer_subjects UNION SELECT namespace, key FROM customers"
+        for namespace, subject in conn.execute(owned + " WHERE deleted_us IS NULL"):
             self.customer_subjects.setdefault(namespace, set()).add(subject)
         self.policies = {ns: UnknownSubjects(p) for ns, p in conn.execute("SELECT * FROM namespace_settings")}
         floor = conn.execute("SELECT value FROM meta WHERE key = ?", (DEDUPE_FLOOR_KEY,)).fetchone()

@@ -51,7 +51,8 @@ def key_is_an_id(key: str, owner_key: str) -> Conflict:
 
 def subject_rule(policy: UnknownSubjects, owned: Container[str], subject: str) -> UnknownSubjects | Rejection:
     """What ingest does with a valid event of ``subject`` under the namespace's ``policy``,
-    ``owned`` being the subjects its customers claim: ACCEPT, QUARANTINE, or the rejection."""
+    ``owned`` being its customers' usage subjects (their subject keys and their keys,
+    ``Customer.usage_subjects``): ACCEPT, QUARANTINE, or the rejection."""
     if policy is UnknownSubjects.ACCEPT or subject in owned:
         return UnknownSubjects.ACCEPT
     if policy is UnknownSubjects.REJECT:
