@@ -17,6 +17,7 @@ import msgspec
 
 from meterline.domain.meters.model import Aggregation, MeterSpec
 from meterline.domain.meters.query import MeterQuery
+from meterline.domain.meters.sketch import Sketch
 from meterline.domain.meters.windows import WindowSize, floor, grid
 
 NS = "default"
@@ -26,7 +27,11 @@ _as_numbers = msgspec.json.Encoder(decimal_format="number")
 
 
 def spec(aggregation: Aggregation) -> MeterSpec:
-    value = {Aggregation.COUNT: None, Aggregation.UNIQUE_COUNT: "$.user"}.get(aggregation, "$.v")
+    value = {
+        Aggregation.COUNT: None,
+        Aggregation.UNIQUE_COUNT: "$.user",
+        Aggregation.APPROX_UNIQUE_COUNT: "$.user",
+    }.get(aggregation, "$.v")
     return MeterSpec(
         slug=aggregation.value.lower(),
         event_type="t",
@@ -190,7 +195,17 @@ def value_of(aggregation: Aggregation, events: list[Sent]) -> Decimal:
         Aggregation.MAX: max(values),
         Aggregation.LATEST: max(events, key=lambda e: (e.time_us, e.seq)).value,
         Aggregation.UNIQUE_COUNT: Decimal(len({e.user for e in events})),
+        Aggregation.APPROX_UNIQUE_COUNT: Decimal(_sketch({e.user for e in events}).estimate()),
     }[aggregation]
+
+
+def _sketch(values: set[str]) -> Sketch:
+    """The HyperLogLog sketch of a set of values: a function of the set, so every store must
+    answer exactly its estimate."""
+    out = Sketch()
+    for v in values:
+        out.add(v)
+    return out
 
 
 def expected_gauge(events: list[Sent], query: MeterQuery) -> dict[tuple[Any, ...], Decimal]:

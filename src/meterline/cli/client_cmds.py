@@ -171,7 +171,11 @@ def meters_list(api: Api) -> None:
 @click.option("--slug", required=True)
 @click.option("--event-type", required=True)
 @click.option(
-    "--aggregation", required=True, type=click.Choice(["SUM", "COUNT", "UNIQUE_COUNT", "AVG", "MIN", "MAX", "LATEST"])
+    "--aggregation",
+    required=True,
+    type=click.Choice(
+        ["SUM", "COUNT", "UNIQUE_COUNT", "APPROX_UNIQUE_COUNT", "AVG", "MIN", "MAX", "LATEST", "TIME_WEIGHTED_SUM"]
+    ),
 )
 @click.option("--value-property")
 @click.option("--group-by", multiple=True, help="NAME=$.json.path (repeatable)")

@@ -168,7 +168,7 @@ def _explain(out: Reconciled, report: Report, check: LedgerCheck, bounds: list[i
         expected = per.of(check.expected, m.slug)
         rejected = {r: row for (r, t), row in report.rejected.items() if t == m.spec.event_type}
         held = report.quarantined.get(m.spec.event_type, [0] * n)
-        unique = m.spec.aggregation is Aggregation.UNIQUE_COUNT
+        unique = m.spec.aggregation in (Aggregation.UNIQUE_COUNT, Aggregation.APPROX_UNIQUE_COUNT)
         metered = line.metered  # the report's (distinct values for UNIQUE_COUNT), as the dashboard shows
         billing = {
             "late_adjustment_pending": per.of(check.late_pending, m.slug),

@@ -116,7 +116,7 @@ class MemoryUsage:
             inner = inner_bounds(query, bounds)
             level = bucket_size(inner)
             read: list[Any]
-            if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
+            if meter.spec.aggregation in (Aggregation.UNIQUE_COUNT, Aggregation.APPROX_UNIQUE_COUNT):
                 read = [(s, g, b, v) for lv, s, b, g, v in rollups.uniques if _within(lv, s, b, level, inner, query)]
             else:
                 read = list(_states(meter.spec.aggregation, rollups, level, inner, query))
@@ -186,7 +186,9 @@ def _merge_fold(into: dict[int, _Rollups], fold: Fold) -> None:
             else:
                 merge_state(current, slot)
                 _canonical(current)
-    for meter, level, subject, bucket, group, value in fold.uniques:
+    for meter, level, subject, bucket, group, value in (*fold.uniques, *fold.sketched):
+        # APPROX_UNIQUE_COUNT keeps its values here too: a sketch of a set of values is a
+        # function of the set, so answering from them equals the stored sketches' answer
         into.setdefault(meter, _Rollups()).uniques.add((level, subject, bucket, group, value))
     fold.clear()
 

@@ -56,6 +56,8 @@ def segments(start: int, end: int) -> Iterator[tuple[int, int, int]]:
 
 
 def _table(meter: Meter) -> str:
+    if meter.spec.aggregation is Aggregation.APPROX_UNIQUE_COUNT:
+        return "sketches"
     return "uniques" if meter.spec.aggregation is Aggregation.UNIQUE_COUNT else "rollups"
 
 

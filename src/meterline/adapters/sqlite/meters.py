@@ -27,7 +27,7 @@ from meterline.adapters.sqlite.gauges import carried, read_gauges
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.retention import hours_before
-from meterline.adapters.sqlite.rollups import first_bucket, read_states, read_uniques
+from meterline.adapters.sqlite.rollups import first_bucket, read_sketches, read_states, read_uniques
 from meterline.adapters.sqlite.summaries import DAY, MONTH, has_day, plan, subject_states, wide_states, with_months
 from meterline.domain.errors import Backfilling, Conflict, InvalidInput, NotFound
 from meterline.domain.meters.edges import (
@@ -50,6 +50,7 @@ from meterline.domain.meters.query import (
     Row,
     check_dimensions,
     merge,
+    merge_sketches,
     merge_unique,
     query_grid,
 )
@@ -167,7 +168,7 @@ class SqliteMeters:
         """Nothing runs here any more (the aggregator owns the backfill)."""
 
 
-DERIVED = ("rollups", "uniques", "group_values", "meter_subjects", "summaries")
+DERIVED = ("rollups", "uniques", "sketches", "group_values", "meter_subjects", "summaries")
 """The tables derived per meter from the ledger (``rebuild`` and a backfill write them)."""
 
 
@@ -234,6 +235,10 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
             edge_uniques(CompiledMeter(meter), edges, _admitted(conn, meter.key)),
         )
         return relabel(merge_unique(values, bounds, query, dimensions), query, bounds)
+    if meter.spec.aggregation is Aggregation.APPROX_UNIQUE_COUNT:
+        sketches = read_sketches(conn, meter.key, level, start, end, query.subjects)
+        added = edge_uniques(CompiledMeter(meter), edges, _admitted(conn, meter.key))
+        return relabel(merge_sketches(sketches, added, bounds, query, dimensions), query, bounds)
     by_subject = SUBJECT in query.group_by or bool(query.subjects) or any(f[0] == SUBJECT for f in query.filters)
     by_group = any(d != SUBJECT for d in query.group_by) or any(f[0] != SUBJECT for f in query.filters)
     states = _summarized(conn, meter, query, inner, by_subject=by_subject, by_group=by_group)

@@ -21,7 +21,7 @@ from meterline.adapters.sqlite.retention import hours_before
 from meterline.adapters.sqlite.usage import backfills
 from meterline.domain.meters.evaluate import CompiledMeter
 
-DERIVED = ("rollups", "uniques", "group_values", "meter_subjects", "summaries", "ledger_counts")
+DERIVED = ("rollups", "uniques", "sketches", "group_values", "meter_subjects", "summaries", "ledger_counts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +148,7 @@ def _pk(table: str) -> str:
     return {
         "rollups": "meter, level, subject, bucket, group_key",
         "uniques": "meter, level, subject, bucket, group_key, value",
+        "sketches": "meter, level, subject, bucket, group_key",
         "group_values": "meter, dim, value",
         "meter_subjects": "meter, subject",
         "summaries": "meter, level, subject, bucket, group_key",

@@ -154,7 +154,7 @@ def _as_event(row: tuple[Any, ...]) -> LedgerEntry:
 
 def _clear(conn: sqlite3.Connection, prefix: str, meter: int, subject: str, start_us: int) -> None:
     first, end = start_us // 1_000_000, (start_us + HOUR_US) // 1_000_000
-    for table in ("rollups", "uniques"):
+    for table in ("rollups", "uniques", "sketches"):
         conn.execute(
             f"DELETE FROM {prefix}{table} WHERE meter = ? AND subject = ? AND bucket >= ? AND bucket < ?",
             (meter, subject, first, end),

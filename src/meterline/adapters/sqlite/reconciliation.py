@@ -113,6 +113,8 @@ class SqliteReconciliationCounts:
 def _metered(conn: sqlite3.Connection, meter: Meter, start: int, end: int) -> dict[int, int]:
     """Events of the meter's quarter hours, from the meter-wide summaries; for UNIQUE_COUNT
     (no summaries: distinct values do not add up) the distinct values its rollups hold."""
+    if meter.spec.aggregation is Aggregation.APPROX_UNIQUE_COUNT:
+        return {}  # sketches hold no count to compare (reconcile compares nothing for them)
     sql = "SELECT bucket, sum(cnt) FROM summaries WHERE meter = ? AND level = ? AND subject = ''"
     if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
         sql = "SELECT bucket, count(*) FROM uniques WHERE meter = ? AND level = ?"

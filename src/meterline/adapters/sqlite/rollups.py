@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.adapters.sqlite.gauges import Late, write_gauges
+from meterline.adapters.sqlite.sketches import move_sketches, write_sketches
 from meterline.adapters.sqlite.summaries import summarized, summary_states
 from meterline.domain.decimals import add, stored
 from meterline.domain.meters.fold import Fold, Key
@@ -96,6 +97,7 @@ def move_subject_range(
         (new, meter, old, start, end),
     )
     moved += conn.execute(f"DELETE FROM uniques {where}", (meter, old, start, end)).rowcount
+    moved += move_sketches(conn, where, (meter, old, start, end), new)
     if moved:
         conn.execute("INSERT OR IGNORE INTO meter_subjects VALUES (?, ?)", (meter, new))
     return moved
@@ -116,6 +118,7 @@ def move_subject(conn: sqlite3.Connection, meter: int, aggregation: Aggregation,
         (new, meter, old),
     )
     moved += conn.execute("DELETE FROM uniques WHERE meter = ? AND subject = ?", (meter, old)).rowcount
+    moved += move_sketches(conn, "WHERE meter = ? AND subject = ?", (meter, old), new)
     conn.execute(
         "INSERT OR IGNORE INTO meter_subjects SELECT meter, ? FROM meter_subjects WHERE meter = ? AND subject = ?",
         (new, meter, old),
@@ -152,6 +155,8 @@ def write_fold(
             conn.executemany(upsert(f"{prefix}{table}", aggregation), rows)
     if fold.uniques and not summaries_only:
         conn.executemany(f"INSERT OR IGNORE INTO {prefix}uniques VALUES (?,?,?,?,?,?)", fold.uniques)
+    if fold.sketched and not summaries_only:
+        write_sketches(conn, f"{prefix}sketches", fold.sketched)
     fold.clear()
     return late
 
@@ -289,6 +294,15 @@ def read_uniques(
     yield from conn.execute(sql, params)
 
 
+def read_sketches(
+    conn: sqlite3.Connection, meter: int, level: int, start: int, end: int, subjects: tuple[str, ...]
+) -> Iterator[tuple[str, str, int, bytes]]:
+    sql, params = _range_sql(
+        "SELECT subject, group_key, bucket, sketch FROM sketches", meter, level, start, end, subjects
+    )
+    yield from conn.execute(sql, params)
+
+
 def _range_sql(
     select: str, meter: int, level: int, start: int, end: int, subjects: tuple[str, ...]
 ) -> tuple[str, list[Any]]:
@@ -311,7 +325,8 @@ def _dec(text: int | str | None) -> Decimal | None:
 def first_bucket(conn: sqlite3.Connection, meter: int) -> int | None:
     row = conn.execute(
         "SELECT min(bucket) FROM (SELECT min(bucket) AS bucket FROM rollups WHERE meter = ? AND level = 3600"
-        " UNION ALL SELECT min(bucket) FROM uniques WHERE meter = ? AND level = 3600)",
-        (meter, meter),
+        " UNION ALL SELECT min(bucket) FROM uniques WHERE meter = ? AND level = 3600"
+        " UNION ALL SELECT min(bucket) FROM sketches WHERE meter = ? AND level = 3600)",
+        (meter, meter, meter),
     ).fetchone()
     return None if row is None or row[0] is None else int(row[0])

@@ -100,6 +100,14 @@ CREATE TABLE IF NOT EXISTS uniques (
     PRIMARY KEY (meter, level, subject, bucket, group_key, value)
 ) WITHOUT ROWID;
 
+-- APPROX_UNIQUE_COUNT: a HyperLogLog sketch per bucket (adapters.sqlite.sketches), derived
+-- like the rollups; canonical bytes (domain.meters.sketch).
+CREATE TABLE IF NOT EXISTS sketches (
+    meter INTEGER NOT NULL, level INTEGER NOT NULL, subject TEXT NOT NULL,
+    bucket INTEGER NOT NULL, group_key TEXT NOT NULL, sketch BLOB NOT NULL,
+    PRIMARY KEY (meter, level, subject, bucket, group_key)
+) WITHOUT ROWID;
+
 -- Summaries of the rollups (adapters.sqlite.summaries): meter-wide rows (subject '') per
 -- quarter hour, hour and day, and per-subject day rows; derived like the rollups.
 CREATE TABLE IF NOT EXISTS summaries (

@@ -46,6 +46,9 @@ from meterline.domain.meters.query import BucketState
 QUARTER, HOUR, DAY = 900, 3600, 86400
 LEVELS = (DAY, HOUR, QUARTER)
 """Bucket sizes of the meter-wide rows, coarsest first."""
+UNSUMMARIZED = (Aggregation.UNIQUE_COUNT, Aggregation.APPROX_UNIQUE_COUNT)
+"""Aggregations without summaries: distinct values (or their sketches) are not kept per
+coarse bucket here (each has its own per-bucket table)."""
 MONTH = 31 * DAY
 """The level of per-subject month rows: a UTC calendar month (a code, not its length; the
 bucket is the month's first second, see :func:`month_of`)."""
@@ -252,7 +255,7 @@ def refresh(
     ``meter``: for a writer that *replaced* that hour's rollups (recomputed it from the ledger)
     instead of adding deltas, and wrote them without summaries. Exact for every aggregation
     (a MIN, MAX or LATEST cannot take a value back out, so the rows are folded again)."""
-    if aggregation is Aggregation.UNIQUE_COUNT:
+    if aggregation in UNSUMMARIZED:
         return
     aggregation = summarized(aggregation)
     hour -= hour % HOUR
@@ -283,7 +286,7 @@ def refresh_subject(
     """Fold ``subject``'s day rows of ``days`` (their first seconds) and the month rows that
     hold them again from its hour rollups: for a writer that moved whole hours of rollups from
     one subject to another (an erasure), which leaves every meter-wide row as it was."""
-    if aggregation is Aggregation.UNIQUE_COUNT:
+    if aggregation in UNSUMMARIZED:
         return
     columns = "bucket, cnt, total, low, high, last_t, last_seq, last_v"
     one = " WHERE meter = ? AND level = ? AND subject = ? AND bucket >= ? AND bucket < ?"
@@ -364,7 +367,7 @@ def _fill_months(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM summaries WHERE level = ?", (MONTH,))
     for key, spec in conn.execute("SELECT key, spec FROM meters WHERE deleted_us IS NULL").fetchall():
         aggregation = Aggregation(msgspec.json.decode(spec)["aggregation"])
-        if aggregation is Aggregation.UNIQUE_COUNT:
+        if aggregation in UNSUMMARIZED:
             continue
         folded: dict[Key, list[Any]] = {}
         rows = conn.execute(
@@ -391,7 +394,7 @@ def _fill(conn: sqlite3.Connection, write: Any) -> None:
     meters = conn.execute("SELECT key, spec FROM meters WHERE deleted_us IS NULL").fetchall()
     for key, spec in meters:
         aggregation = summarized(Aggregation(msgspec.json.decode(spec)["aggregation"]))
-        if aggregation is Aggregation.UNIQUE_COUNT:
+        if aggregation in UNSUMMARIZED:
             continue
         fold = Fold()
         states = fold.minutes.setdefault(aggregation, {})

@@ -30,7 +30,7 @@ from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.fold import LedgerEntry, event_data
 from meterline.domain.meters.gauges import point_state
 from meterline.domain.meters.model import Aggregation, Meter
-from meterline.domain.meters.query import BucketState, MeterQuery, Row, merge, merge_unique
+from meterline.domain.meters.query import BucketState, MeterQuery, Row, merge, merge_sketches, merge_unique
 
 MINUTE_US = 60_000_000
 
@@ -164,6 +164,9 @@ def exact_rows(
     if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
         values = itertools.chain(rollups, edge_uniques(compiled, edges, admitted))
         return relabel(merge_unique(values, bounds, query, dimensions), query, bounds)
+    if meter.spec.aggregation is Aggregation.APPROX_UNIQUE_COUNT:  # rollups: the values themselves
+        values = itertools.chain(rollups, edge_uniques(compiled, edges, admitted))
+        return relabel(merge_sketches((), values, bounds, query, dimensions), query, bounds)
     states = itertools.chain(rollups, edge_states(compiled, edges, admitted))
     return relabel(merge(meter.spec.aggregation, states, bounds, query, dimensions), query, bounds)
 

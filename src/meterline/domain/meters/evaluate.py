@@ -72,7 +72,7 @@ class CompiledMeter:
         where = f"meter {self.meter.slug!r}: valueProperty {self._value.text}"
         if raw is MISSING or raw is None:
             return Rejection(Reason.UNREADABLE_VALUE, f"{where} is missing from data")
-        if self.aggregation is Aggregation.UNIQUE_COUNT:
+        if self.aggregation in (Aggregation.UNIQUE_COUNT, Aggregation.APPROX_UNIQUE_COUNT):
             text = _scalar_text(raw)
             if text is None:
                 return Rejection(Reason.UNREADABLE_VALUE, f"{where} must be a string or number")

@@ -87,18 +87,20 @@ class Fold:
     def __init__(self) -> None:
         self.minutes: dict[Aggregation, dict[Key, list[Any]]] = {}
         self.uniques: set[Unique] = set()
+        self.sketched: set[Unique] = set()
+        """APPROX_UNIQUE_COUNT values per bucket of every size, as ``uniques`` (the store
+        keeps a sketch of them: ``domain.meters.sketch``)."""
         self.gauges: dict[Key, list[Point]] = {}
         """TIME_WEIGHTED_SUM readings per minute key (``domain.meters.gauges``): a bucket's
         state needs them in time order, which a ledger chunk need not be."""
 
     def add(self, aggregation: Aggregation, reading: Reading, subject: str, time_us: int, seq: int) -> None:
         second = time_us // 1_000_000
-        if aggregation is Aggregation.UNIQUE_COUNT:
+        if aggregation is Aggregation.UNIQUE_COUNT or aggregation is Aggregation.APPROX_UNIQUE_COUNT:
             assert isinstance(reading.value, str)
+            into = self.uniques if aggregation is Aggregation.UNIQUE_COUNT else self.sketched
             for level in BUCKETS:
-                self.uniques.add(
-                    (reading.meter_id, level, subject, second - second % level, reading.group_key, reading.value)
-                )
+                into.add((reading.meter_id, level, subject, second - second % level, reading.group_key, reading.value))
             return
         if aggregation is Aggregation.TIME_WEIGHTED_SUM:
             assert isinstance(reading.value, Decimal)
@@ -136,10 +138,11 @@ class Fold:
     def clear(self) -> None:
         self.minutes.clear()
         self.uniques.clear()
+        self.sketched.clear()
         self.gauges.clear()
 
     def __bool__(self) -> bool:
-        return bool(self.minutes) or bool(self.uniques) or bool(self.gauges)
+        return bool(self.minutes) or bool(self.uniques) or bool(self.sketched) or bool(self.gauges)
 
 
 def _gauge_levels(gauges: dict[Key, list[Point]]) -> dict[Key, list[Any]]:

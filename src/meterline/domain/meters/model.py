@@ -25,6 +25,10 @@ class Aggregation(enum.StrEnum):
     """A gauge: each event sets the level of its series (subject and group values) until the
     next one; a window's value is the integral of the level over it, in level x seconds
     (``domain.meters.gauges``). An extension of OpenMeter's aggregations."""
+    APPROX_UNIQUE_COUNT = "APPROX_UNIQUE_COUNT"
+    """Distinct values, approximately: a HyperLogLog sketch per rollup bucket, merged for any
+    window (``domain.meters.sketch``: 1.625 % standard error), for cardinalities too high to
+    keep every value. An extension of OpenMeter's aggregations."""
 
 
 MAX_GROUP_BY = 20

@@ -21,6 +21,7 @@ from meterline.domain.bounded import BoundedCache
 from meterline.domain.decimals import add, average, in_stored_form
 from meterline.domain.errors import InvalidInput
 from meterline.domain.meters.model import Aggregation
+from meterline.domain.meters.sketch import Sketch
 from meterline.domain.meters.windows import WindowSize, floor, grid
 
 SUBJECT = "subject"
@@ -265,6 +266,43 @@ def merge_unique(
         bucket_values.add(value)
     acc = {k: [len(v), None, None, None, None] for k, v in seen.items()}
     return _rows(Aggregation.COUNT, acc, bounds, shaper.picked)
+
+
+def merge_sketches(
+    sketches: Iterable[tuple[str, str, int, bytes]],
+    values: Iterable[tuple[str, str, int, str]],
+    bounds: Sequence[int],
+    query: MeterQuery,
+    dimensions: Sequence[str],
+) -> list[Row]:
+    """APPROX_UNIQUE_COUNT: per window, the estimate of the union of the stored bucket sketches
+    (subject, group_key, bucket, sketch) and of the edge values (as :func:`merge_unique`)."""
+    shaper = Shaper(query, dimensions)
+    cap = row_cap(query)
+    acc: dict[tuple[Any, ...], Sketch] = {}
+
+    def slot(subject: str, group_key: str, bucket: int) -> Sketch | None:
+        key = shaper.key(subject, group_key)
+        if key is None:
+            return None
+        w = bisect.bisect_right(bounds, bucket) - 1
+        found = acc.get((w, *key))
+        if found is None:
+            if len(acc) >= cap:
+                raise too_many_rows(cap)
+            found = acc[(w, *key)] = Sketch()
+        return found
+
+    for subject, group_key, bucket, blob in sketches:
+        into = slot(subject, group_key, bucket)
+        if into is not None:
+            into.merge(Sketch.from_bytes(blob))
+    for subject, group_key, bucket, value in values:
+        into = slot(subject, group_key, bucket)
+        if into is not None:
+            into.add(value)
+    counts = {k: [s.estimate(), None, None, None, None] for k, s in acc.items()}
+    return _rows(Aggregation.COUNT, counts, bounds, shaper.picked)
 
 
 def row_cap(query: MeterQuery) -> int:

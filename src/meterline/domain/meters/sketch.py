@@ -1,0 +1,141 @@
+"""HyperLogLog sketches: approximate distinct counts that merge across buckets and windows.
+
+One sketch has ``M`` = 4096 six-bit registers (precision 12). A value is hashed (BLAKE2b, 64
+bits): the first 12 bits pick a register, the rank of the first 1-bit in the rest is kept if
+it is larger than what the register holds. Merging two sketches keeps each register's maximum,
+so a merge is exact, commutative and idempotent: adding a value twice, or a bucket's sketch to a
+window twice, changes nothing (a re-applied batch cannot count twice).
+
+**Error bound.** The estimate (linear counting up to about 3,100 distinct values, then Ertl's
+improved raw estimator, unbiased over the whole range without bias-correction tables) has a
+relative standard error of ``1.04 / sqrt(M)`` = **1.625 %**; about 99.7 % of answers are
+within three standard errors, **4.9 %**, of the exact distinct count, whatever the count
+(64-bit hashes: no large-range correction needed). Small counts are closer in absolute terms:
+with a few hundred distinct values or fewer, linear counting is off only by the values whose
+register another value took beyond what it expects (about one in a hundred answers of 60
+values is off by 3); so the bound this project states and tests against is
+``max(3 values, 4.9 % of the exact count)``.
+
+**Stored form.** Canonical bytes, a function of the registers only (never of the order values
+or merges arrived in), so ``rebuild --check`` compares stored sketches byte for byte: ``b"S"``
+followed by (register index: 2 bytes big-endian, rank: 1 byte) for each non-zero register in
+index order while fewer than ``M / 3`` are set (small cardinalities stay small), else ``b"D"``
+followed by the ``M`` register bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+
+from meterline.domain.errors import InvalidInput
+
+P = 12
+M = 1 << P
+_REST = 64 - P
+STANDARD_ERROR = 1.04 / math.sqrt(M)
+"""Relative standard error of an estimate (1.625 %)."""
+_SPARSE = M // 3
+_LINEAR_UP_TO = 3100
+"""Below this, linear counting (from the empty registers) estimates (Heule et al.,
+HyperLogLog++, 2013: its threshold for precision 12); its error there is below 1.3 %."""
+
+
+def _hash(value: str) -> int:
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
+
+
+class Sketch:
+    """A HyperLogLog sketch (see the module doc); mutable, built by :meth:`add` and :meth:`merge`."""
+
+    __slots__ = ("_registers",)
+
+    def __init__(self, registers: bytearray | None = None) -> None:
+        self._registers = registers if registers is not None else bytearray(M)
+
+    def add(self, value: str) -> None:
+        x = _hash(value)
+        index, rest = x >> _REST, x & ((1 << _REST) - 1)
+        rank = _REST - rest.bit_length() + 1
+        if rank > self._registers[index]:
+            self._registers[index] = rank
+
+    def merge(self, other: Sketch) -> None:
+        """Keep each register's maximum (exact, commutative, idempotent)."""
+        self._registers = bytearray(map(max, self._registers, other._registers))
+
+    def estimate(self) -> int:
+        """The approximate number of distinct values added (see the error bound above)."""
+        counts = Counter(self._registers)
+        zeros = counts.get(0, 0)
+        if zeros == M:
+            return 0
+        if zeros:  # linear counting while it is the more accurate (HyperLogLog++'s threshold)
+            linear = M * math.log(M / zeros)
+            if linear <= _LINEAR_UP_TO:
+                return round(linear)
+        # Ertl's improved raw estimator ("New cardinality estimation algorithms for
+        # HyperLogLog sketches", 2017): unbiased from 1 value to 2^64 without bias tables
+        z = M * _tau(1 - counts.get(_REST + 1, 0) / M)
+        for k in range(_REST, 0, -1):
+            z = 0.5 * (z + counts.get(k, 0))
+        z += M * _sigma(counts.get(0, 0) / M)
+        return round(M * M / (2 * math.log(2)) / z)
+
+    def to_bytes(self) -> bytes:
+        """The canonical stored form (module doc)."""
+        regs = self._registers
+        set_ = [(i, r) for i, r in enumerate(regs) if r]
+        if len(set_) < _SPARSE:
+            return b"S" + b"".join(i.to_bytes(2, "big") + bytes((r,)) for i, r in set_)
+        return b"D" + bytes(regs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Sketch:
+        if data[:1] == b"D" and len(data) == M + 1:
+            return cls(bytearray(data[1:]))
+        if data[:1] == b"S" and (len(data) - 1) % 3 == 0:
+            regs = bytearray(M)
+            for k in range(1, len(data), 3):
+                index = int.from_bytes(data[k : k + 2], "big")
+                if index >= M:
+                    break
+                regs[index] = data[k + 2]
+            else:
+                return cls(regs)
+        raise InvalidInput("not a stored sketch", code="invalid_sketch")
+
+
+def _sigma(x: float) -> float:
+    if x == 1:
+        return math.inf
+    y, z = 1.0, x
+    while True:
+        x *= x
+        before = z
+        z += x * y
+        y += y
+        if z == before:
+            return z
+
+
+def _tau(x: float) -> float:
+    if x in (0, 1):
+        return 0.0
+    y, z = 1.0, 1 - x
+    while True:
+        x = math.sqrt(x)
+        before = z
+        y *= 0.5
+        z -= (1 - x) ** 2 * y
+        if z == before:
+            return z / 3
+
+
+def merged(blobs: list[bytes]) -> Sketch:
+    """One sketch of many stored ones."""
+    out = Sketch()
+    for blob in blobs:
+        out.merge(Sketch.from_bytes(blob))
+    return out
