@@ -60,7 +60,7 @@ DOCUMENTED_400 = {
     "createGrantV2": "the expiry must fall before the year 10000",
     "getCustomerEntitlementHistoryV2": "`from` and `to` on whole minutes, `to` after `from`",
     "resetCustomerEntitlementV2": "effectiveAt must not be in the future",
-    "listEventsV2": "filter must be a JSON object of OpenMeter's field filters",
+    "listEventsV2": "filter must be a JSON object of OpenMeter's field filters; a cursor in the other mode's form",
     "createSubjectEntitlement": ENTITLEMENT_TYPES,
     "overrideSubjectEntitlement": ENTITLEMENT_TYPES,
     "createGrant": "the expiry must fall before the year 10000",

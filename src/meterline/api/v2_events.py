@@ -74,7 +74,26 @@ def scan(call: Call, f: EventFilter) -> Iterator[StoredEvent]:
         scanned += len(rows)
         if len(rows) < _BATCH:
             return
-        f = dataclasses.replace(f, before_seq=rows[-1].seq)
+        f = after(f, rows[-1])
+
+
+def after(f: EventFilter, row: StoredEvent) -> EventFilter:
+    """``f`` for the entries a newest-first list has after ``row``."""
+    if row.cursor:
+        return dataclasses.replace(f, after=row.cursor)
+    return dataclasses.replace(f, before_seq=row.seq)
+
+
+def continue_at(cursor: str | None) -> EventFilter:
+    """The filter of the page a ``nextCursor`` starts (a ledger position, or, in scale mode,
+    the cursor its list gave the last event)."""
+    if cursor is None:
+        return EventFilter()
+    if cursor.isascii() and cursor.isdigit() and len(cursor) <= 19:
+        return EventFilter(before_seq=int(cursor))
+    if not cursor.isascii() or not cursor.isprintable() or len(cursor) > 400:
+        raise InvalidInput("cursor must be a nextCursor this list answered", code="invalid_cursor")
+    return EventFilter(after=cursor)
 
 
 def event_item(row: StoredEvent, customer_of: CustomerOf, subject: Any = None) -> dict[str, Any]:
@@ -226,37 +245,41 @@ def _event_time(e: dict[str, Any]) -> int | None:
 async def list_events_v2(call: Call) -> Response:
     q = call.request.query_params
     limit = parse_int("limit", q.get("limit"), 100, 1, 100)
-    cursor = q.get("cursor")
-    if cursor is not None and not (cursor.isascii() and cursor.isdigit()):
-        raise InvalidInput("cursor must be a nextCursor this list answered", code="invalid_cursor")
+    start = continue_at(q.get("cursor"))
     customers = call.ctx.catalog.customers
 
     def subjects_of(customer: str) -> tuple[str, ...]:
         return customers.get(call.namespace, customer).usage_subjects
 
     keep = predicate(q.get("filter"), subjects_of)
-    items, next_cursor = await call.run(_scan, call, keep, None if cursor is None else int(cursor), limit)
+    items, next_cursor = await call.run(_scan, call, keep, start, limit)
     body: dict[str, Any] = {"items": items}
     if next_cursor is not None:
-        body["nextCursor"] = str(next_cursor)
+        body["nextCursor"] = next_cursor
     return json_response(body)
 
 
-def _scan(call: Call, keep: Predicate, before: int | None, limit: int) -> tuple[list[dict[str, Any]], int | None]:
-    """Up to ``limit`` matching events before ``before``, reading at most ``SCAN`` entries;
-    and where to continue (None once the ledger is exhausted)."""
+def _scan(call: Call, keep: Predicate, f: EventFilter, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` matching events of the page ``f`` starts, reading at most ``SCAN``
+    entries; and where to continue (None once the ledger is exhausted)."""
     items: list[dict[str, Any]] = []
     scanned, customer_of = 0, CustomerOf(call)
+    last: StoredEvent | None = None
     while scanned < SCAN:
-        rows: list[StoredEvent] = call.ctx.ledger.list(call.namespace, EventFilter(before_seq=before), limit=_BATCH)
+        rows: list[StoredEvent] = call.ctx.ledger.list(call.namespace, f, limit=_BATCH)
         for row in rows:
             scanned += 1
-            before = row.seq
+            last = row
             event = _event.decode(row.raw)
             if keep(event, row.received_us):
                 items.append(event_item(row, customer_of, event.get("subject")))
                 if len(items) == limit:
-                    return items, before
+                    return items, _next(row)
         if len(rows) < _BATCH:
             return items, None
-    return items, before
+        f = after(f, rows[-1])
+    return items, None if last is None else _next(last)
+
+
+def _next(row: StoredEvent) -> str:
+    return row.cursor or str(row.seq)

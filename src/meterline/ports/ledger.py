@@ -37,6 +37,9 @@ class StoredEvent:
     namespace: str
     raw: bytes
     received_us: int
+    cursor: str = ""
+    """Where a newest-first list continues after this event (``EventFilter.after``); empty
+    where ``seq`` says it (``before_seq``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,10 @@ class EventFilter:
     """Exact event type."""
     before_seq: int | None = None
     """Only entries with ``seq`` below this (the next page of a newest-first list)."""
+    after: str | None = None
+    """Only entries listed after the one whose ``StoredEvent.cursor`` this is (the next page of
+    a newest-first list where there is no single sequence: scale mode). A ledger whose entries
+    carry no cursor refuses it (``InvalidInput`` ``invalid_cursor``)."""
     from_seq: int | None = None
     """Only entries with ``seq`` at or above this: with ``before_seq``, a bounded window of the
     ledger to look through (the dashboard's explorer pages a filter that matches few events

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from meterline.adapters.clickhouse.client import Connection
-from meterline.domain.errors import NotSupported
+from meterline.domain.errors import InvalidInput, NotSupported
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.ports.ledger import EventFilter, StoredEvent
 
@@ -29,14 +29,20 @@ class ClickHouseEvents:
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
         """As the embedded ledger's list: ``subject`` and ``event_id`` match substrings,
-        ``source`` and ``type`` exactly, time bounds are inclusive. Paging by ``before_seq``
-        needs one sequence over the whole log, which a partitioned log does not have."""
-        if f.before_seq is not None:
+        ``source`` and ``type`` exactly, time bounds are inclusive. Newest first by receipt,
+        then log position; each event's ``cursor`` (``received~seq~stream``) is where the next
+        page starts (``f.after``). ``before_seq`` needs one sequence over the whole log, which a
+        partitioned log does not have."""
+        if f.before_seq is not None or f.from_seq is not None:
             raise NotSupported(
                 "paging through events by position needs the embedded ledger's single sequence",
                 mode="scale",
             )
         where, params = ["namespace = {ns:String}"], {"ns": namespace, "limit": limit}
+        if f.after is not None:
+            received, seq, stream = _cursor(f.after)
+            where.append("(received_us, stream, seq) < ({ar:Int64}, {as:String}, {aq:UInt64})")
+            params.update({"ar": received, "as": stream, "aq": seq})
         for name, column, value in (("src", "source", f.source), ("typ", "type", f.type)):
             if value:
                 where.append(f"{column} = {{{name}:String}}")
@@ -55,10 +61,13 @@ class ClickHouseEvents:
                 where.append(clause)
                 params[name] = bound
         sql = (
-            f"SELECT namespace, raw, received_us FROM events WHERE {' AND '.join(where)}"
+            f"SELECT namespace, raw, received_us, stream, seq FROM events WHERE {' AND '.join(where)}"
             " ORDER BY received_us DESC, stream DESC, seq DESC LIMIT {limit:UInt32}"
         )
-        return [StoredEvent(0, ns, raw.encode(), int(received)) for ns, raw, received in self._conn.rows(sql, params)]
+        return [
+            StoredEvent(0, ns, raw.encode(), int(received), f"{int(received)}~{int(seq)}~{stream}")
+            for ns, raw, received, stream, seq in self._conn.rows(sql, params)
+        ]
 
 
 class ClickHouseMeterValues:
@@ -155,3 +164,14 @@ class ClickHouseProgress:
     def probe(self) -> None:
         """One round trip; raises ``StorageUnavailable`` when ClickHouse does not answer."""
         self._conn.rows("SELECT 1")
+
+
+def _cursor(text: str) -> tuple[int, int, str]:
+    """The (received_us, seq, stream) of a cursor ``ClickHouseEvents.list`` answered."""
+    received, _, rest = text.partition("~")
+    seq, _, stream = rest.partition("~")
+    if not (received.isascii() and received.isdigit() and seq.isascii() and seq.isdigit() and stream):
+        raise InvalidInput("cursor must be a nextCursor this list answered", code="invalid_cursor")
+    if len(received) > 18 or len(seq) > 18 or len(stream) > 300:
+        raise InvalidInput("cursor must be a nextCursor this list answered", code="invalid_cursor")
+    return int(received), int(seq), stream

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from meterline.adapters.memory.customers import MemoryCustomers
 from meterline.domain.customers.model import UnknownSubjects, subject_rule
+from meterline.domain.errors import InvalidInput
 from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter
@@ -111,6 +112,8 @@ class MemoryLedger:
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
         """Newest first. ``subject`` and ``event_id`` match substrings; time bounds are inclusive."""
+        if f.after is not None:  # a cursor of scale mode's list; this ledger pages by seq
+            raise InvalidInput("cursor must be a nextCursor this list answered", code="invalid_cursor")
         with self._lock:
             entries = list(reversed(self._entries))
         found: builtins.list[StoredEvent] = []

@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.ingest import Appender, IngestState
 from meterline.adapters.sqlite.replay import ENTRIES
+from meterline.domain.errors import InvalidInput
 from meterline.domain.events.model import Candidate, Outcome
 from meterline.ports.ledger import Appended, EventFilter, LedgerEntry, StoredEvent
 from meterline.runtime import freshness
@@ -44,6 +45,8 @@ class SqliteLedger:
         the primary key: a page reads from there down, never what came before it; with
         ``from_seq`` it reads no further down than that. A type that no event of the range has
         is answered from the (namespace, type, time) index without walking the ledger."""
+        if f.after is not None:  # a cursor of scale mode's list; this ledger pages by seq
+            raise InvalidInput("cursor must be a nextCursor this list answered", code="invalid_cursor")
         where: builtins.list[str] = ["namespace = ?", "seq NOT IN (SELECT seq FROM corrections)"]
         params: builtins.list[object] = [namespace]
         if f.before_seq is not None:
