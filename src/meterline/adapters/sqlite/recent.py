@@ -51,6 +51,14 @@ class RecentEntries:
             del held[: after + 1 - held[0].seq]
             return held[:limit]
 
+    def forget_through(self, seq: int) -> None:
+        """Drop the entries up to ``seq`` (removed from the table by retention: a reader from
+        before them, such as a new meter's backfill, must find the table, not these)."""
+        with self._lock:
+            held = self._entries
+            if held and held[0].seq <= seq:
+                del held[: min(len(held), seq + 1 - held[0].seq)]
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

@@ -184,6 +184,9 @@ class RetentionPruner:
         last = int(str(marks[-1][0]))
         conn.executemany("INSERT INTO ledger_pruned (seq, kept, chain, key_hash) VALUES (?,?,?,?)", marks)
         conn.execute("DELETE FROM events WHERE seq > ? AND seq <= ?", (cursor, last))
+        # the entries kept in memory for the aggregator still carry them: a new meter's backfill
+        # reading from 0 would fold them from there (harmless if this rolls back: the table is read)
+        self._state.recent.forget_through(last)
         conn.execute("DELETE FROM ledger_erased WHERE seq > ? AND seq <= ?", (cursor, last))
         write_meta(conn, CURSOR_KEY, last)
         write_meta(conn, COUNT_KEY, read_meta(conn, COUNT_KEY) + len(marks))
