@@ -7,14 +7,17 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from conftest import MODES, Server, mode_server
+from scale_site import Site
 
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 BATCH = {"Content-Type": "application/cloudevents-batch+json"}
@@ -133,3 +136,48 @@ def test_cli_resubmits_once_and_a_dead_letter_rejected_again_stays_visible(serve
             problem = c.post("/api/v1/dead-letters/resubmit", json=body)
             assert problem.status_code == 400 and problem.headers["content-type"].startswith("application/problem+json")
         assert c.get("/api/v1/dead-letters", params={"state": "gone"}).json()["code"] == "invalid_parameter"
+
+
+@pytest.mark.parametrize("served", ["scale"], indirect=True)
+def test_scale_resubmissions_hold_no_connection_while_appending(served: Server, scale_site: Site) -> None:
+    """More re-submissions at once than the node's PostgreSQL pool has connections (8): each
+    appends through the dedupe store on that pool, so none may hold a connection meanwhile."""
+    with client(served) as c:
+        create_meter(c)
+        assert c.put("/api/v1/settings", json={"unknownSubjects": "reject"}).status_code == 200
+        sent = [event(f"p{i}", "poolco", n=i + 1) for i in range(32)]
+        assert c.post("/api/v1/events", json=sent, headers=BATCH).status_code == 400
+        ids = sorted(d["id"] for d in letters(c) if d["eventId"].startswith("p"))
+        assert len(ids) == 32
+        assert c.post("/api/v1/customers", json={"key": "poolco"}).status_code == 201
+        answers: list[tuple[int, str]] = []
+        start = threading.Barrier(16)
+
+        def resubmit(chosen: list[int]) -> None:
+            with client(served) as own:
+                start.wait()
+                r = own.post("/api/v1/dead-letters/resubmit", json={"ids": chosen})
+                answers.append((r.status_code, r.text))
+
+        threads = [threading.Thread(target=resubmit, args=(ids[i::16],)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [s for s, _ in answers] == [200] * 16, answers
+        assert count(c, "poolco") == sum(range(1, 33))
+
+        # a letter leased by a request still appending (or dead) is waited for, then taken over
+        c.post("/api/v1/events", json=[event("held-1", "heldco", n=7)], headers=BATCH)
+        held = next(d["id"] for d in letters(c) if d["eventId"] == "held-1")
+        assert c.post("/api/v1/customers", json={"key": "heldco"}).status_code == 201
+        lease_until = int((time.time() + 1.5) * 1_000_000)
+        with psycopg.connect(scale_site.config.postgres.dsn, autocommit=True) as pg:
+            pg.execute(
+                "UPDATE dead_letters SET resubmit_token = 'another', resubmit_lease_us = %s WHERE id = %s",
+                (lease_until, held),
+            )
+        r = c.post("/api/v1/dead-letters/resubmit", json={"ids": [held]})
+        assert r.status_code == 200, r.text
+        assert (r.json()["resubmitted"], r.json()["accepted"]) == (1, 1)
+        assert count(c, "heldco") == 7

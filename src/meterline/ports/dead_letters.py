@@ -84,8 +84,9 @@ class Resubmitter(Protocol):
     def resubmit(
         self, namespace: str, ids: tuple[int, ...], decode: Callable[[int, bytes], Candidate], actor: str
     ) -> Resubmitted:
-        """In one transaction: the chosen dead letters of ``namespace`` not re-submitted yet go
-        through ingest again (``decode`` makes each raw event a candidate, by its index) and
-        are marked re-submitted with their outcome. A second or concurrent call for the same
+        """Exactly once (the embedded store in one transaction, PostgreSQL under a lease): the
+        chosen dead letters of ``namespace`` not re-submitted yet go through ingest again
+        (``decode`` makes each raw event a candidate, by its index) and are marked
+        re-submitted with their outcome. A second or concurrent call for the same
         ids finds them marked: each dead letter is re-submitted exactly once."""
         ...

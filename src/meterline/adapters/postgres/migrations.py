@@ -230,6 +230,13 @@ CREATE TABLE follower_progress (
 );
 """,
     ),
+    (
+        10,
+        "dead-letter re-submission leases: a request re-submitting a letter holds it without a connection",
+        """
+ALTER TABLE dead_letters ADD COLUMN resubmit_token TEXT, ADD COLUMN resubmit_lease_us BIGINT;
+""",
+    ),
 ]
 
 
