@@ -22,7 +22,8 @@ from meterline.adapters.postgres.catalog import PgCatalog
 from meterline.domain.clock import FixedClock
 from meterline.domain.customers.model import CustomerInput, UnknownSubjects
 from meterline.domain.events.model import Event
-from meterline.ports.quarantine import Copy
+from meterline.ports.quarantine import Copy, Screened
+from meterline.services.screen_cache import ForgettingCustomers, ForgettingSettings, ScreenCache
 
 T0_US = 1_772_366_400_000_000
 NS = "ns"
@@ -73,6 +74,43 @@ def test_held_events_are_released_by_the_save_that_claims_their_subject(
     q.delivered([(r.id, "accepted") for r in taken])
     clock.advance(61)
     assert q.take(10, 60_000_000) == []
+
+
+def test_a_node_remembers_the_screen_briefly_and_forgets_its_own_changes(
+    pg: tuple[PgCatalog, FixedClock, str],
+) -> None:
+    """``ScreenCache``: the policy and claimed subjects answer from memory for the TTL (a change
+    made through another node shows after it), an unclaimed subject is never remembered, and
+    what this node changes itself is asked again at once."""
+    catalog, clock, _ = pg
+    cache = ScreenCache(catalog.quarantine, clock.now_us, 1_000_000, UnknownSubjects.ACCEPT)
+    settings, customers = ForgettingSettings(catalog.customers, cache), ForgettingCustomers(catalog.customers, cache)
+    other_node = catalog.customers  # the same catalog, written without this node's cache
+
+    assert cache.screen(NS, ["acme"]) == Screened(None, frozenset())  # default accept
+    other_node.set_policy(NS, UnknownSubjects.REJECT)
+    assert cache.screen(NS, ["acme"]).policy is None  # remembered: accept for up to the TTL
+    clock.advance(1.001)
+    assert cache.screen(NS, ["acme"]) == Screened(UnknownSubjects.REJECT, frozenset())
+
+    other_node.create(NS, CustomerInput(key="acme"))  # unclaimed subjects are never remembered
+    assert cache.screen(NS, ["acme", "newco"]) == Screened(UnknownSubjects.REJECT, frozenset({"acme"}))
+    other_node.delete(NS, "acme")
+    assert cache.screen(NS, ["acme"]).owned == frozenset({"acme"})  # a claimed subject is, for the TTL
+    clock.advance(1.001)
+    assert cache.screen(NS, ["acme"]).owned == frozenset()
+
+    customers.create(NS, CustomerInput(key="acme"))
+    assert cache.screen(NS, ["acme"]).owned == frozenset({"acme"})
+    customers.delete(NS, "acme")  # through this node: forgotten at once
+    assert cache.screen(NS, ["acme"]).owned == frozenset()
+    settings.set_policy(NS, UnknownSubjects.QUARANTINE)
+    assert cache.screen(NS, ["acme"]).policy is UnknownSubjects.QUARANTINE
+
+    uncached = ScreenCache(catalog.quarantine, clock.now_us, 0, UnknownSubjects.ACCEPT)
+    assert uncached.screen(NS, ["acme"]).policy is UnknownSubjects.QUARANTINE
+    other_node.set_policy(NS, UnknownSubjects.ACCEPT)
+    assert uncached.screen(NS, ["acme"]).policy is UnknownSubjects.ACCEPT  # TTL 0: asked every time
 
 
 def test_a_released_event_counts_at_its_first_copy_only(pg: tuple[PgCatalog, FixedClock, str]) -> None:

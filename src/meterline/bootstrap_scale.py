@@ -76,6 +76,7 @@ from meterline.services.portal import PortalService
 from meterline.services.quarantine import QuarantineReleaser, ReleasingCustomers
 from meterline.services.queried_usage import QueriedEntitlementUsage, QueriedPeriodUsage
 from meterline.services.resubmit import Resubmission
+from meterline.services.screen_cache import ForgettingCustomers, ForgettingSettings, ScreenCache
 from meterline.services.usage_queries import UsageQueries
 
 log = logging.getLogger("meterline.scale")
@@ -341,6 +342,12 @@ def _wire(
     )
     progress = ClickHouseProgress(conn, k.topic)
     ensure_topic(k.bootstrap_servers, k.topic, k.partitions, k.replication_factor)
+    screen = ScreenCache(
+        pg.quarantine,
+        clock.now_us,
+        int(config.ingest.unknown_subjects_cache.total_seconds() * 1_000_000),
+        UnknownSubjects(config.ingest.unknown_subjects),
+    )
     kafka = KafkaLedger(
         k.bootstrap_servers,
         k.topic,
@@ -350,7 +357,7 @@ def _wire(
         cap=config.ingest.max_group_cardinality,
         delivery_timeout=k.delivery_timeout,
         dead_letters=pg.dead_letters,
-        held=pg.quarantine,
+        held=screen,
         unknown_subjects=UnknownSubjects(config.ingest.unknown_subjects),
     )
     closers.append(kafka.close)
@@ -365,7 +372,7 @@ def _wire(
         counted = CountedUsage(counters, streams, kafka.heads, usage, config.aggregation.max_wait)
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
     values = ClickHouseMeterValues(conn, usage.note)
-    catalog = _catalog(config, clock, stores, usage, counted, values, dispatcher.wake, releaser, kafka)
+    catalog = _catalog(config, clock, stores, usage, counted, values, dispatcher.wake, releaser, kafka, screen)
     cfg = config.billing
     billing = build_billing(
         stores.billing(QueriedPeriodUsage(usage), clock),
@@ -393,6 +400,7 @@ def _catalog(
     wake: Callable[[], None],
     releaser: QuarantineReleaser,
     ledger: Ledger,
+    screen: ScreenCache,
 ) -> Catalog:
     from meterline.adapters.postgres.dead_letters import PgResubmitter
 
@@ -402,8 +410,8 @@ def _catalog(
     queried = QueriedEntitlementUsage(customers, pg.entitlements, pg.features, pg.grants, pg.meters, counted, clock)
     return Catalog(
         customers=CustomerService(
-            ReleasingCustomers(customers, releaser),
-            customers,
+            ReleasingCustomers(ForgettingCustomers(customers, screen), releaser),
+            ForgettingSettings(customers, screen),
             pg.quarantine,
             default_policy=UnknownSubjects(config.ingest.unknown_subjects),
         ),

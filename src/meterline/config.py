@@ -167,6 +167,10 @@ class IngestConfig(_Section):
     """Default for events whose subject belongs to no customer: accept (count it), quarantine
     (keep it uncounted until a customer claims the subject) or reject (dead letter). A namespace
     can override it with PUT /api/v1/settings."""
+    unknown_subjects_cache: Span = timedelta(seconds=1)
+    """Scale mode: how long an API node remembers a namespace's unknown-subject policy and the
+    subjects it found claimed by a customer (0: ask PostgreSQL on every request). Changes made
+    through the node itself apply at once; through another node, within this time."""
 
 
 _SHORT_DURATION = re.compile(r"^\s*(\d{1,6})\s*(s|m|h|d|w)\s*$")
