@@ -359,6 +359,7 @@ def _wire(
         dead_letters=pg.dead_letters,
         held=screen,
         unknown_subjects=UnknownSubjects(config.ingest.unknown_subjects),
+        group_values=pg.group_values,
     )
     closers.append(kafka.close)
     releaser = QuarantineReleaser(pg.quarantine, kafka, timeout=k.delivery_timeout)

@@ -11,6 +11,11 @@ the shared dedupe store's protocol (``ports.dedupe``, docs/scale.md):
 3. **confirm** the claims: only now are the events answered accepted;
 4. **release** the claims when a write failed or no report came within ``delivery_timeout``.
 
+Group values new to this node are claimed in the shared registry (``ports.group_values``) before
+the events are admitted, so the cardinality cap holds across every node and restart: what the
+registry refuses is rejected (``group_cardinality_exceeded``), and the sink workers, folding
+under the same cap, never meet more values than it admitted.
+
 Under the namespace's unknown-subject policy (``quarantine`` or ``reject``; one lookup per
 request in the quarantine store, ``ports.quarantine``), an event whose subject no customer
 claims is dead-lettered (``reject``) or, claimed like any other, *held* in the quarantine store
@@ -38,11 +43,12 @@ from meterline.adapters.kafka import envelope
 from meterline.domain.customers.model import UnknownSubjects, subject_rule
 from meterline.domain.errors import StorageUnavailable
 from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
-from meterline.domain.meters.admission import admit_event
+from meterline.domain.meters.admission import Readings, admit_readings, read_event, unknown_values
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
 from meterline.ports.dead_letters import DeadLetterWriter, Rejected
 from meterline.ports.dedupe import Claims, DedupeStore, EventKey, Verdict
+from meterline.ports.group_values import GroupValueRegistry
 from meterline.ports.ledger import Appended, EventFilter, StoredEvent
 from meterline.ports.meters import MeterCatalog
 from meterline.ports.quarantine import HeldEvents, Release, Screened
@@ -120,11 +126,14 @@ class KafkaLedger:
         dead_letters: DeadLetterWriter | None = None,
         held: HeldEvents | None = None,
         unknown_subjects: UnknownSubjects = UnknownSubjects.ACCEPT,
+        group_values: GroupValueRegistry | None = None,
     ) -> None:
         """``dead_letters``: where rejected events are stored before a request is answered
         (without one, they are only reported). ``held``: the quarantine store, where the
         namespace's unknown-subject policy is read (``unknown_subjects`` where none is set) and
-        events of unknown subjects are held; without one, every subject is accepted."""
+        events of unknown subjects are held; without one, every subject is accepted.
+        ``group_values``: the registry that holds the cardinality cap across nodes (without
+        one, the cap is this process's own)."""
         kafka = import_extra("confluent_kafka", "scale")
         config = producer_config(bootstrap)
         config["message.timeout.ms"] = int(delivery_timeout * 1000)
@@ -138,6 +147,7 @@ class KafkaLedger:
         self._held = held
         self._default_policy = unknown_subjects
         self._groups: dict[tuple[int, str], set[str]] = {}
+        self._registry = group_values
         self._heads: dict[int, int] = {}
         self._heads_lock = threading.Lock()
         self._compiled: dict[int, CompiledMeter] = {}
@@ -180,8 +190,7 @@ class KafkaLedger:
         try:
             now = self._now_us()
             screened = self._screen(namespace, candidates)
-            with self._lock:  # the group values admitted so far are shared by concurrent requests
-                outcomes, accepted, unknown = self._admit(namespace, candidates, screened)
+            outcomes, accepted, unknown = self._admit(namespace, candidates, screened)
             self._dead_letter(namespace, now, candidates, outcomes)
             request = self._claim(namespace, now, outcomes, accepted, unknown)
             request.future = future
@@ -295,17 +304,14 @@ class KafkaLedger:
             outcomes: builtins.list[Outcome] = []
             written: builtins.list[tuple[int, Event]] = []
             live = {ns: self._live(ns) for ns in {r.event.namespace for r in releases}}
-            with self._lock:
-                for n, r in enumerate(releases):
-                    ev = r.event
-                    admitted = admit_event(live[ev.namespace].get(ev.type, ()), self._groups, self._cap, ev)
-                    if isinstance(admitted, list):
-                        written.append((n, ev))
-                        outcomes.append(Outcome(n, ev.id, ev.source, Status.ACCEPTED))
-                    else:
-                        outcomes.append(
-                            Outcome(n, ev.id, ev.source, Status.REJECTED, admitted.reason, admitted.message)
-                        )
+            read = [read_event(live[r.event.namespace].get(r.event.type, ()), r.event) for r in releases]
+            for n, (r, verdict) in enumerate(zip(releases, self._admit_read(read), strict=True)):
+                ev = r.event
+                if isinstance(verdict, list):
+                    written.append((n, ev))
+                    outcomes.append(Outcome(n, ev.id, ev.source, Status.ACCEPTED))
+                else:
+                    outcomes.append(Outcome(n, ev.id, ev.source, Status.REJECTED, verdict.reason, verdict.message))
             for n, r in enumerate(releases):
                 o = outcomes[n]
                 if o.status is Status.REJECTED and self._dead_letters is not None and o.reason is not None:
@@ -374,6 +380,7 @@ class KafkaLedger:
         outcomes: builtins.list[Outcome] = []
         accepted: builtins.list[tuple[int, Event]] = []
         unknown: builtins.list[tuple[int, Event]] = []
+        read: builtins.list[tuple[int, int, Event, Readings | Rejection]] = []
         for c in candidates:
             ev = c.event
             if ev is None:
@@ -391,13 +398,32 @@ class KafkaLedger:
                     unknown.append((len(outcomes), ev))
                     outcomes.append(Outcome(c.index, ev.id, ev.source, Status.QUARANTINED))
                     continue
-            admitted = admit_event(by_type.get(ev.type, ()), self._groups, self._cap, ev)
-            if not isinstance(admitted, list):
-                outcomes.append(Outcome(c.index, ev.id, ev.source, Status.REJECTED, admitted.reason, admitted.message))
-                continue
-            accepted.append((len(outcomes), ev))
+            read.append((len(outcomes), c.index, ev, read_event(by_type.get(ev.type, ()), ev)))
             outcomes.append(Outcome(c.index, ev.id, ev.source, Status.ACCEPTED))
+        verdicts = self._admit_read([readings for _, _, _, readings in read])
+        for (at, index, ev, _), verdict in zip(read, verdicts, strict=True):
+            if isinstance(verdict, list):
+                accepted.append((at, ev))
+            else:
+                outcomes[at] = Outcome(index, ev.id, ev.source, Status.REJECTED, verdict.reason, verdict.message)
         return outcomes, accepted, unknown
+
+    def _admit_read(self, read: Sequence[Readings | Rejection]) -> builtins.list[builtins.list[Any] | Rejection]:
+        """Admit events by what their meters read, in order: the group values they newly
+        admit, or why not. Values new to this node are claimed in the shared registry first
+        (one round trip, only when there are any); the admission itself holds the lock, since
+        the values admitted so far are shared by concurrent requests."""
+        refused: frozenset[tuple[int, str, str]] = frozenset()
+        if self._registry is not None:
+            with self._lock:
+                new = [v for r in read if not isinstance(r, Rejection) for v in unknown_values(self._groups, r)]
+            if new:
+                admitted = self._registry.claim(new, self._cap)
+                refused = frozenset(new) - admitted
+        with self._lock:
+            return [
+                r if isinstance(r, Rejection) else admit_readings(self._groups, self._cap, r, refused) for r in read
+            ]
 
     def _poll(self) -> None:
         """Serve delivery reports."""

@@ -8,6 +8,7 @@ from meterline.adapters.postgres.customers import PgCustomers
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.dead_letters import PgDeadLetters
 from meterline.adapters.postgres.entitlements import PgEntitlements, PgFeatures, PgGrants
+from meterline.adapters.postgres.group_values import PgGroupValues
 from meterline.adapters.postgres.keys import PgKeys
 from meterline.adapters.postgres.meters import PgMeters
 from meterline.adapters.postgres.notifications import PgNotifications
@@ -17,7 +18,8 @@ from meterline.adapters.postgres.quarantine import PgQuarantine
 
 class PgCatalog:
     """Customers (also the namespace settings), the quarantine, keys, meters, features,
-    entitlements, grants, notifications (also the delivery store), portal tokens and dead letters."""
+    entitlements, grants, notifications (also the delivery store), portal tokens, dead letters
+    and the group values meters admitted."""
 
     def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
         self.db = db
@@ -31,6 +33,7 @@ class PgCatalog:
         self.portal = PgPortal(db)
         self.dead_letters = PgDeadLetters(db)
         self.quarantine = PgQuarantine(db, now_us)
+        self.group_values = PgGroupValues(db)
 
     @classmethod
     def open(cls, dsn: str, now_us: Callable[[], int], *, pool_size: int = 8, timeout: float = 10.0) -> PgCatalog:

@@ -237,6 +237,18 @@ CREATE TABLE follower_progress (
 ALTER TABLE dead_letters ADD COLUMN resubmit_token TEXT, ADD COLUMN resubmit_lease_us BIGINT;
 """,
     ),
+    (
+        11,
+        "group values each meter admitted, shared by the API nodes (the cardinality cap across nodes)",
+        """
+CREATE TABLE group_value_counts (
+    meter BIGINT NOT NULL, dim TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (meter, dim)
+);
+CREATE TABLE group_values (
+    meter BIGINT NOT NULL, dim TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (meter, dim, value)
+);
+""",
+    ),
 ]
 
 

@@ -288,16 +288,21 @@ class Replay:
 
 
 def admit_groups(
-    known: dict[tuple[int, str], set[str]], cap: int, meter: CompiledMeter, groups: tuple[str | None, ...]
+    known: dict[tuple[int, str], set[str]],
+    cap: int,
+    meter: CompiledMeter,
+    groups: tuple[str | None, ...],
+    refused: frozenset[tuple[int, str, str]] = frozenset(),
 ) -> list[tuple[int, str, str]] | str:
     """Record the event's new group values, or return the dimension that is over ``cap``
-    (recording nothing)."""
+    (recording nothing). A value in ``refused`` is over the cap whatever ``known`` holds (a
+    registry shared with other writers refused it)."""
     fresh = []
     for dim, value in zip(meter.dimensions, groups, strict=True):
         seen = known.setdefault((meter.meter.key, dim), set())
         if value is None or value in seen:
             continue
-        if len(seen) >= cap:
+        if len(seen) >= cap or (meter.meter.key, dim, value) in refused:
             return dim
         fresh.append((meter.meter.key, dim, value))
     for key, dim, value in fresh:
