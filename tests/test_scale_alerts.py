@@ -239,3 +239,72 @@ def test_workers_killed_mid_load_fire_every_threshold_exactly_once(
     wait_for(lambda: len(receiver.delivered) == len(expected), "the webhooks")
     assert receiver.kinds() == sorted(t for _, t in expected)
     assert all(len(bodies) == 1 for bodies in receiver.delivered.values())
+
+
+def test_spike_rules_fire_once_per_hour_from_the_workers(alert_site: Site, node: Node, receiver: Receiver) -> None:
+    """Spike/drop rules in scale mode: the workers' hourly scan reads the hour just ended and the
+    baseline from ClickHouse, as embedded mode reads its rollups; each worker may scan, the
+    alert fires once."""
+    from meterline.adapters.clickhouse.client import Connection
+    from meterline.adapters.clickhouse.usage import ClickHouseUsage
+    from meterline.adapters.postgres.meters import PgMeters
+    from meterline.bootstrap import scale_alerts
+    from meterline.domain.clock import FixedClock
+
+    hour_us = 3_600_000_000
+    now_us = int(time.time() * 1_000_000)
+    hour = now_us - now_us % hour_us - hour_us  # the last complete hour, at the test's start
+    node.post(
+        "/api/v1/meters", {"slug": "tokens", "eventType": "llm", "aggregation": "SUM", "valueProperty": "$.tokens"}
+    )
+    node.post("/api/v1/features", {"key": "tokens", "name": "Tokens", "meterSlug": "tokens"})
+    for c in ("acme", "calm"):
+        node.post("/api/v1/customers", {"key": c, "name": c})
+        body = {"type": "metered", "featureKey": "tokens", "issueAfterReset": 10**6, "usagePeriod": {"interval": "DAY"}}
+        node.post(f"/api/v1/customers/{c}/entitlements", body)
+    channel = node.post(
+        "/api/v1/notification/channels",
+        {"type": "WEBHOOK", "name": "ops", "url": receiver.url(), "signingSecret": SECRET},
+    )
+    rule = {"type": "entitlements.usage.anomaly", "name": "spikes", "channels": [channel["id"]], "spikeFactor": 3}
+    node.post("/api/v1/notification/rules", {**rule, "minBaseline": "0.5", "features": ["tokens"]})
+
+    def at(us: int, id_: str, subject: str, tokens: int) -> dict[str, Any]:
+        when = datetime.fromtimestamp(us / 1e6, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return {"specversion": "1.0", "id": id_, "source": "s", "type": "llm", "subject": subject, "time": when,
+                "data": {"tokens": tokens}}  # fmt: skip
+
+    baseline = [
+        at(hour - k * hour_us + 1_800_000_000, f"{c}{k}", c, 1) for c in ("acme", "calm") for k in range(1, 169)
+    ]
+    node.ingest(baseline)  # one token an hour for 7 days, each customer
+    node.ingest([at(hour + 60_000_000, "acme-spike", "acme", 10), at(hour + 60_000_000, "calm-hour", "calm", 2)])
+
+    worker = open_worker(alert_site.config)
+    pg = PgDatabase(alert_site.config.postgres.dsn)
+    conn = Connection(alert_site.config.clickhouse.url, alert_site.config.clickhouse.database)
+    try:
+        step_until(worker, lambda: worker.sink.stats.events == 2 * 168 + 2, "every event applied")
+        clock = FixedClock(hour + hour_us + 120_000_000)  # two minutes into the next hour
+        scans = [
+            scale_alerts(
+                pg,
+                PgMeters(pg, clock.now_us),
+                ClickHouseUsage(conn, PgMeters(pg, clock.now_us).live, clock.now_us),
+                clock,
+                7,
+            )
+            for _ in range(2)  # two workers
+        ]
+        assert sum(s.scan_anomalies() for s in scans) <= 1  # the running worker's own scan may have fired it
+        assert [(c, t) for c, t in fired(alert_site)] == [("acme", "spike")]  # calm's 2 is below 3x its mean 1
+        wait_for(lambda: len(receiver.delivered) == 1, "the delivery")
+        (payload,) = next(iter(receiver.delivered.values()))
+        assert payload["data"]["kind"] == "spike" and payload["data"]["hourUsage"] in (10, "10")
+        clock.advance(3600)  # the next hour holds nothing for anyone: no spike, nothing new
+        assert sum(s.scan_anomalies() for s in scans) == 0
+        assert len(fired(alert_site)) == 1
+    finally:
+        conn.close()
+        pg.close()
+        worker.close()

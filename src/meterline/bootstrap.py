@@ -785,7 +785,11 @@ def open_worker(config: Config) -> Worker:
 
     copies = PgQuarantine(pg, clock.now_us)  # released copies of quarantined events count once
     usage = ClickHouseUsage(conn, meters.live, clock.now_us)
-    followers: list[BatchFollower] = [_batch_alerts(pg, meters, usage, clock)]
+    alerts = scale_alerts(pg, meters, usage, clock, config.alerts.baseline_days)
+    followers: list[BatchFollower] = [alerts]
+    scanner = AnomalyScanner(alerts, clock, delay=config.alerts.anomaly_delay)  # spike/drop rules, hourly
+    scanner.start()
+    closers.append(scanner.close)
     counters = usage_counters(config, closers)
     if counters is not None:
         followers.append(CounterFeed(counters, meters.live, store.known, cap=cap))
@@ -795,7 +799,9 @@ def open_worker(config: Config) -> Worker:
     return Worker(sink, partitions, conn, pg, closers)
 
 
-def _batch_alerts(pg: PgDatabase, meters: PgMeters, usage: UsageReader, clock: Clock) -> BatchAlerts:
+def scale_alerts(
+    pg: PgDatabase, meters: PgMeters, usage: UsageReader, clock: Clock, baseline_days: int
+) -> BatchAlerts:
     """The alert rules a sink worker evaluates after each applied batch (``services.batch_alerts``),
     over the shared catalog and the ClickHouse usage the batch went into."""
     from meterline.adapters.postgres.customers import PgCustomers
@@ -807,7 +813,16 @@ def _batch_alerts(pg: PgDatabase, meters: PgMeters, usage: UsageReader, clock: C
     counting = QueriedEntitlementUsage(customers, entitlements, PgFeatures(pg), PgGrants(pg), meters, usage, clock)
     notifications = PgNotifications(pg, clock.now_us)
     return BatchAlerts(
-        customers, entitlements, counting, usage, notifications, notifications, notifications, PgProgress(pg), clock
+        customers,
+        entitlements,
+        counting,
+        usage,
+        notifications,
+        notifications,
+        notifications,
+        PgProgress(pg),
+        clock,
+        baseline_days=baseline_days,
     )
 
 

@@ -14,9 +14,8 @@ An API node of scale mode (``storage.engine = "scale"``) keeps no state of its o
   (``services.queried_usage``): a ClickHouse query, or with ``[redis] counters`` the live usage
   counters the workers feed in Redis, shared by every node (``services.counter_feed``).
 
-What needs the embedded store's single ledger sequence (read-your-writes positions, paging the
-event list, reconciliation counts, the quarantine, anomaly alert rules) is
-answered with 501 ``not_supported`` naming the mode, or documented as absent (docs/scale.md).
+What scale mode does not offer yet is answered with 501 ``not_supported`` naming the mode, or
+documented as absent (docs/scale.md, "Not offered in scale mode yet").
 """
 
 from __future__ import annotations

@@ -228,6 +228,9 @@ class AlertsConfig(_Section):
     """Longest wait between two attempts."""
     baseline_days: int = Field(7, ge=1, le=366)
     """Days of a customer's own history that make the baseline of spike/drop rules."""
+    anomaly_delay: float = Field(60.0, ge=0, le=3000)
+    """Scale mode: seconds into each hour before the sink workers evaluate spike/drop rules on
+    the hour just ended (time for them to apply its last events)."""
     allow_private_webhook_targets: bool = False
     """Let webhook channels reach loopback, private, link-local, multicast and unspecified
     addresses (checked when a channel is saved and again, on the resolved address, at every

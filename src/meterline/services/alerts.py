@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from ulid import ULID
 
 from meterline.domain.alerts.payload import alert_payload
-from meterline.domain.alerts.rules import Rule, Threshold, anomaly, level, projected_over
+from meterline.domain.alerts.rules import Rule, Threshold, hour_anomaly, level, projected_over
 from meterline.domain.clock import Clock
 from meterline.domain.decimals import EXACT
 from meterline.domain.entitlements.value import Value, grant_total, metered_value
@@ -232,13 +233,10 @@ class AlertEvaluator:
         query = MeterQuery(
             base_start // 1_000_000, (hour_start + HOUR_US) // 1_000_000, WindowSize.HOUR, ZoneInfo("UTC")
         )
-        windows = self._history.windows(live, query)
-        last = sum((v for s, _, v in windows if s == hour_start), Decimal(0))
-        base = sum((v for s, _, v in windows if s < hour_start), Decimal(0))
-        mean = base / Decimal(self._baseline_days * 24)
-        kind = anomaly(rule, last, mean)
-        if kind is None:
+        verdict = hour_anomaly(rule, self._history.windows(live, query), hour_start, self._baseline_days)
+        if verdict is None:
             return 0
+        kind, last, mean = verdict
         value = Value(True, usage=last, period=live.period_at(hour_start))
         extra = {"hourUsage": last, "baselineHourlyMean": mean.quantize(Decimal("0.000001"))}
         firing = self._firing(rule, live, kind, hour_start, value, None, now, **extra)
@@ -248,15 +246,29 @@ class AlertEvaluator:
         return int(fired)
 
 
+class AnomalyScan(Protocol):
+    def scan_anomalies(self) -> int: ...
+
+
 class AnomalyScanner:
-    """Runs :meth:`AlertEvaluator.scan_anomalies` once per hour (checked every ``poll`` s), on a
-    supervised loop: a failed scan is logged, counted and tried again at the next poll."""
+    """Runs ``scan_anomalies`` once per hour (checked every ``poll`` s, at the first poll at
+    least ``delay`` s into the hour), on a supervised loop: a failed scan is logged, counted and
+    tried again at the next poll. Embedded mode scans with its :class:`AlertEvaluator`, a sink
+    worker of scale mode with its ``BatchAlerts`` (``delay``: time for the workers to apply
+    the hour just ended)."""
 
     def __init__(
-        self, evaluator: AlertEvaluator, clock: Clock, poll: float = 30.0, monitor: Monitor | None = None
+        self,
+        evaluator: AnomalyScan,
+        clock: Clock,
+        poll: float = 30.0,
+        monitor: Monitor | None = None,
+        *,
+        delay: float = 0.0,
     ) -> None:
         self._evaluator = evaluator
         self._clock = clock
+        self._delay_us = int(delay * 1_000_000)
         self._ticker = Ticker("anomalies", self._scan, lambda: poll, monitor, error_pause=0.0)
         self._last_hour = -1
 
@@ -267,7 +279,8 @@ class AnomalyScanner:
         self._ticker.close()
 
     def _scan(self) -> None:
-        hour = self._clock.now_us() // HOUR_US
-        if hour != self._last_hour:
+        now = self._clock.now_us()
+        hour = now // HOUR_US
+        if hour != self._last_hour and now % HOUR_US >= self._delay_us:
             self._evaluator.scan_anomalies()
             self._last_hour = hour

@@ -24,24 +24,34 @@ several partitions interleave; the one difference from embedded mode: a threshol
 passed when its rule was created fires with the customer's next usage (embedded mode fires
 only on a crossing it sees).
 
+Spike/drop rules compare whole hours, so they are not evaluated per batch: each worker runs
+:meth:`BatchAlerts.scan_anomalies` once per hour (``AnomalyScanner``, at the first poll at least
+``anomaly_delay`` into the hour, so the workers have applied the hour just ended), reading every
+covered entitlement's hourly usage over the baseline from the usage store, with the same rule
+as embedded mode (``domain.alerts.rules.hour_anomaly``); the unique key makes every worker's
+scan fire each (rule, customer, feature, spike/drop, hour) once.
+
 The deliveries are sent by the API nodes' dispatchers (``services.dispatch``), which poll the
 shared delivery store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Collection, Sequence
 from decimal import Decimal
 
 from meterline.domain.alerts.payload import alert_payload
-from meterline.domain.alerts.rules import Rule, Threshold, level, projected_over
+from meterline.domain.alerts.rules import HOUR_US, Rule, Threshold, hour_anomaly, level, projected_over
 from meterline.domain.clock import Clock
 from meterline.domain.customers.model import Customer
 from meterline.domain.decimals import EXACT
 from meterline.domain.entitlements.value import ZERO, Value, grant_total, metered_value
 from meterline.domain.errors import NotFound
 from meterline.domain.meters.fold import LedgerEntry
+from meterline.domain.meters.query import MeterQuery
+from meterline.domain.meters.windows import WindowSize
 from meterline.ports.customers import CustomerRepository
 from meterline.ports.entitlements import EntitlementRepository
 from meterline.ports.meters import UsageReader
@@ -70,6 +80,8 @@ class BatchAlerts:
         events: EventLog,
         progress: FollowerProgress,
         clock: Clock,
+        *,
+        baseline_days: int = 7,
     ) -> None:
         self._customers = customers
         self._entitlements = entitlements
@@ -80,6 +92,7 @@ class BatchAlerts:
         self._events = events
         self._progress = progress
         self._clock = clock
+        self._baseline_days = baseline_days
         self._fired: set[tuple[str, str, str, str, int]] = set()
         """Keys known to be recorded already (a cache: the store's unique key decides)."""
 
@@ -148,6 +161,42 @@ class BatchAlerts:
                     fired += self._fire(rule, live, "projected", period.start_us, value, None, now, channels)
         return fired
 
+    def scan_anomalies(self) -> int:
+        """Compare the last complete hour with the baseline for every covered metered
+        entitlement of every live spike/drop rule; how many alerts were new."""
+        now = self._clock.now_us()
+        hour_start = now - now % HOUR_US - HOUR_US
+        base_start = hour_start - self._baseline_days * 24 * HOUR_US
+        query = MeterQuery(base_start // 1_000_000, (hour_start + HOUR_US) // 1_000_000, WindowSize.HOUR)
+        by_namespace: dict[str, list[Rule]] = {}
+        for rule in self._rules.rules():
+            if not rule.spec.disabled and rule.spec.type == "entitlements.usage.anomaly":
+                by_namespace.setdefault(rule.namespace, []).append(rule)
+        fired = 0
+        for namespace, rules in by_namespace.items():
+            channels = {c.id for c in self._channels.channels(namespace) if not c.disabled}
+            for ent in self._entitlements.list(namespace):
+                covering = [r for r in rules if r.covers(ent.feature_id, ent.feature_key)]
+                if ent.spec.type != "metered" or not covering:
+                    continue
+                try:
+                    customer = self._customers.get(namespace, ent.customer_id)
+                except NotFound:
+                    continue
+                live = self._counting.live(ent, customer)
+                if live is None:
+                    continue
+                windows = hourly(self._usage, live, query)
+                for rule in covering:
+                    verdict = hour_anomaly(rule, windows, hour_start, self._baseline_days)
+                    if verdict is None:
+                        continue
+                    kind, last, mean = verdict
+                    value = Value(True, usage=last, period=live.period_at(hour_start))
+                    extra = {"hourUsage": last, "baselineHourlyMean": mean.quantize(Decimal("0.000001"))}
+                    fired += self._fire(rule, live, kind, hour_start, value, None, now, channels, **extra)
+        return fired
+
     def _fire(
         self,
         rule: Rule,
@@ -158,16 +207,17 @@ class BatchAlerts:
         threshold: Threshold | None,
         now: int,
         channels: Collection[str],
+        **extra: object,
     ) -> int:
         ent = live.ent
         seen = (rule.id, ent.customer_key, ent.feature_key, key, period_start_us)
         if seen in self._fired:
             return 0
-        kind = "projected" if key == "projected" else "threshold"
+        kind = key if key in ("projected", "spike", "drop") else "threshold"
         targets = [c for c in rule.spec.channels if c in channels]
 
         def payload(event_id: str) -> bytes:
-            return alert_payload(event_id, kind, rule, ent, live.feature, live.customer, value, threshold, now)
+            return alert_payload(event_id, kind, rule, ent, live.feature, live.customer, value, threshold, now, **extra)
 
         event_id = self._events.fire(
             ent.namespace, rule, ent.customer_key, ent.feature_key, key, period_start_us, payload, now, targets
@@ -186,3 +236,11 @@ class BatchAlerts:
             if not rule.spec.disabled and rule.spec.type in _EVALUATED:
                 by_namespace.setdefault(rule.namespace, []).append(rule)
         return by_namespace
+
+
+def hourly(usage: UsageReader, live: Live, query: MeterQuery) -> list[tuple[int, int, Decimal]]:
+    """The entitlement's usage per window of ``query`` (its subjects and the feature's group
+    filters), with each window's start and end in microseconds."""
+    filters = tuple((d, (v,), False) for d, v in live.filters)
+    q = dataclasses.replace(query, subjects=live.subjects, group_by=(), filters=filters)
+    return [(r.window_start_us, r.window_end_us, r.value) for r in usage.query(live.meter, q)]

@@ -19,6 +19,7 @@ per period however often usage is retried or the process restarts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Literal
 
@@ -125,3 +126,19 @@ def anomaly(rule: Rule, last_hour: Decimal, baseline_mean: Decimal) -> Literal["
     if s.drop_factor is not None and last_hour < EXACT.multiply(baseline_mean, s.drop_factor):
         return "drop"
     return None
+
+
+HOUR_US = 3_600_000_000
+
+
+def hour_anomaly(
+    rule: Rule, windows: Sequence[tuple[int, int, Decimal]], hour_start_us: int, baseline_days: int
+) -> tuple[Literal["spike", "drop"], Decimal, Decimal] | None:
+    """An anomaly rule's verdict on the hour that starts at ``hour_start_us``, from hourly
+    usage ``windows`` (start, end, usage) covering the ``baseline_days`` before it and the hour
+    itself: (kind, the hour's usage, the baseline's hourly mean), or None."""
+    last = sum((v for s, _, v in windows if s == hour_start_us), Decimal(0))
+    base = sum((v for s, _, v in windows if s < hour_start_us), Decimal(0))
+    mean = base / Decimal(baseline_days * 24)
+    kind = anomaly(rule, last, mean)
+    return None if kind is None else (kind, last, mean)
