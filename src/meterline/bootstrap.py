@@ -799,9 +799,7 @@ def open_worker(config: Config) -> Worker:
     return Worker(sink, partitions, conn, pg, closers)
 
 
-def scale_alerts(
-    pg: PgDatabase, meters: PgMeters, usage: UsageReader, clock: Clock, baseline_days: int
-) -> BatchAlerts:
+def scale_alerts(pg: PgDatabase, meters: PgMeters, usage: UsageReader, clock: Clock, baseline_days: int) -> BatchAlerts:
     """The alert rules a sink worker evaluates after each applied batch (``services.batch_alerts``),
     over the shared catalog and the ClickHouse usage the batch went into."""
     from meterline.adapters.postgres.customers import PgCustomers
