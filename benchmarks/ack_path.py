@@ -1,6 +1,7 @@
 """The in-process ack path, this checkout against an older one, taking turns.
 
     ./run bench ack_path --baseline OLD/src [--events 200000] [--rounds 3] [--fsync full]
+    ./run bench ack_path --ingested-bytes [--events 200000] [--rounds 3]
 
 What a 204 costs without HTTP: ``EmbeddedBackend`` + ``ledger.append`` of already decoded
 requests (decoding is the same in both codes and is done before the clock starts), one SUM
@@ -8,6 +9,10 @@ meter grouped by region, UUIDv4 ids over 1,000 subjects. Two cases per turn:
 
 - ``1000 x 1``: one thread appends 1000-event requests;
 - ``1 x 16``: 16 threads append single-event requests (group commit gathers them).
+
+With ``--ingested-bytes`` this checkout runs each case twice, taking turns: without and with
+the built-in meter ``ingested_bytes`` (``[metering] ingested_bytes``, docs/meters.md), whose
+ack-path cost is measuring each accepted event's canonical JSON.
 
 Each case runs in a fresh process on a fresh data directory (``PYTHONPATH`` points at the
 code under test), so the two codes take turns on the same machine within one run. Printed per
@@ -55,7 +60,7 @@ def _bodies(n: int, size: int) -> list[bytes]:
     return out
 
 
-def run_case(events: int, size: int, threads: int, fsync: str) -> dict[str, Any]:
+def run_case(events: int, size: int, threads: int, fsync: str, ingested_bytes: bool = False) -> dict[str, Any]:
     """In this process (``--worker``): one case on a fresh data directory."""
     from meterline.adapters.sqlite.backend import EmbeddedBackend
     from meterline.adapters.sqlite.ingest import IngestSettings
@@ -72,6 +77,8 @@ def run_case(events: int, size: int, threads: int, fsync: str) -> dict[str, Any]
             slug="n", event_type="t", aggregation=Aggregation.SUM, value_property="$.v", group_by={"region": "$.region"}
         )
         b.meters.create("default", spec)
+        if ingested_bytes:
+            b.meters.set_builtins(True)
         share = [requests[i::threads] for i in range(threads)]
 
         def send(mine: list[Any]) -> None:
@@ -112,24 +119,28 @@ def main() -> None:
     parser.add_argument("--single-events", type=int, default=20_000, help="events of the 1 x 16 case")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fsync", choices=("full", "normal"), default="full")
+    parser.add_argument("--ingested-bytes", action="store_true", help="this code without and with ingested_bytes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        events, size, threads = (int(x) for x in args.worker.split(":"))
-        print(json.dumps(run_case(events, size, threads, args.fsync)))
+        events, size, threads, measured = (int(x) for x in args.worker.split(":"))
+        print(json.dumps(run_case(events, size, threads, args.fsync, bool(measured))))
         return
     print(f"code: {code_version()}" + (f"; baseline: {args.baseline}" if args.baseline else ""))
     print(machine())
-    variants = [("new", str(HERE.parent / "src"))]
+    variants = [("new", str(HERE.parent / "src"), 0)]
     if args.baseline:
-        variants.insert(0, ("base", str(Path(args.baseline).resolve())))
+        variants.insert(0, ("base", str(Path(args.baseline).resolve()), 0))
+    if args.ingested_bytes:
+        variants = [("off", str(HERE.parent / "src"), 0), ("on", str(HERE.parent / "src"), 1)]
     cases = [(args.events, 1000, 1), (args.single_events, 1, 16)]
     for rnd in range(1, args.rounds + 1):
         for events, size, threads in cases:
-            for name, src in variants:
+            for name, src, measured in variants:
                 env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{HERE}"}
+                worker = f"{events}:{size}:{threads}:{measured}"
                 out = subprocess.run(
-                    [sys.executable, __file__, "--worker", f"{events}:{size}:{threads}", "--fsync", args.fsync],
+                    [sys.executable, __file__, "--worker", worker, "--fsync", args.fsync],
                     env=env,
                     capture_output=True,
                     text=True,

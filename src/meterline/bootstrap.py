@@ -516,6 +516,11 @@ def open_backend(
         raw_events_us=raw_events_us(config),
         prune_batch=config.retention.prune_batch,
     )
+    try:
+        backend.meters.set_builtins(config.metering.ingested_bytes)
+    except BaseException:
+        backend.close()
+        raise
     if aggregate:
         try:
             cap, chunk = config.ingest.max_group_cardinality, config.aggregation.chunk

@@ -272,6 +272,19 @@ class AggregationConfig(_Section):
     """Most ledger events aggregated in one transaction (a backlog goes in chunks of this)."""
 
 
+class MeteringConfig(_Section):
+    """Measures meterline keeps itself, beside the meters users define (docs/meters.md)."""
+
+    ingested_bytes: bool = False
+    """Keep the built-in meter ``ingested_bytes`` in every namespace: a SUM of the size of each
+    accepted event (the bytes of its canonical JSON), over events of every type, queryable and
+    billable like any meter, and read-only. Off by default, so meter lists stay exactly the
+    meters users made (OpenMeter clients may compare them). Turning it on counts the events
+    already in the ledger (a backfill) and adds a (namespace, time) index to the ledger;
+    turning it off deletes the meter and its usage. Embedded storage only: scale mode answers
+    501 ``not_supported`` for the meter."""
+
+
 class PortalConfig(_Section):
     token_ttl: Duration = timedelta(hours=1)
     """Default lifetime of a portal token (at least one second, at most ``max_token_ttl``)."""
@@ -543,6 +556,7 @@ class Config(_Section):
     health: HealthConfig = HealthConfig()
     query: QueryConfig = QueryConfig()
     aggregation: AggregationConfig = AggregationConfig()
+    metering: MeteringConfig = MeteringConfig()
     log: LogConfig = LogConfig()
     billing: BillingConfig = BillingConfig()
     reconcile: ReconcileConfig = ReconcileConfig()

@@ -26,7 +26,7 @@ from meterline.domain.billing.documents import InvoiceWindow, usage_entries, usa
 from meterline.domain.billing.records import Billed, UsageAsk
 from meterline.domain.customers.model import Customer
 from meterline.domain.errors import MeterlineError, NotFound
-from meterline.domain.meters.model import Meter
+from meterline.domain.meters.model import Meter, counts_type
 from meterline.domain.periods import Period
 from meterline.ports.billing import BillingStores
 from meterline.ports.corrections import CorrectionRecord
@@ -162,7 +162,7 @@ class Pricer:
         ]
         cited: dict[str, tuple[int, ...]] = {}
         for slug, meter in self._meters.items():
-            seqs = tuple(c.seq for c in found if meter.spec.event_type in c.types)
+            seqs = tuple(c.seq for c in found if any(counts_type(meter.spec, t) for t in c.types))
             if seqs:
                 cited[slug] = seqs
         return cited

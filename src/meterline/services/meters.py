@@ -6,7 +6,16 @@ import builtins
 
 from meterline.domain.clock import Clock
 from meterline.domain.errors import Conflict, InvalidInput, NotSupported
-from meterline.domain.meters.model import Aggregation, Meter, MeterSpec, MeterUpdate, group_by_conflicts, updated_spec
+from meterline.domain.meters.model import (
+    RESERVED_SLUGS,
+    Aggregation,
+    Meter,
+    MeterSpec,
+    MeterUpdate,
+    group_by_conflicts,
+    is_builtin,
+    updated_spec,
+)
 from meterline.ports.entitlements import FeatureRepository
 from meterline.ports.meter_values import MeterValues
 from meterline.ports.meters import MeterCatalog
@@ -22,7 +31,11 @@ class MeterService:
         self._clock = clock
 
     def create(self, namespace: str, spec: MeterSpec) -> Meter:
-        """A new meter; events already in the ledger are counted into it in the background."""
+        """A new meter; events already in the ledger are counted into it in the background.
+        A built-in meter's slug is refused: 400 ``invalid_meter``."""
+        if spec.slug in RESERVED_SLUGS:
+            problem = f"slug {spec.slug!r} is reserved for a built-in meter"
+            raise InvalidInput(f"Invalid meter definition: {problem}", code="invalid_meter", problems=[problem])
         return self._meters.create(namespace, spec)
 
     def get(self, namespace: str, id_or_slug: str) -> Meter:
@@ -37,7 +50,7 @@ class MeterService:
         offset 0; reads wait for it or say it is not done), so queries by a new key are exact
         for earlier events too. As in OpenMeter, a key that live features filter on cannot be
         dropped (nor, here, redefined): 409 ``meter_group_by_in_use`` naming them."""
-        meter = self._meters.get(namespace, id_or_slug)
+        meter = _not_builtin(self._meters.get(namespace, id_or_slug), "changed")
         spec = updated_spec(meter.spec, update)
         if spec.group_by != meter.spec.group_by:
             filters = {
@@ -60,7 +73,7 @@ class MeterService:
     def delete(self, namespace: str, id_or_slug: str) -> None:
         """Delete a meter no live feature uses; as OpenMeter does, a meter with active features
         is a 409 ``meter_in_use`` (naming them in ``features``): archive those first."""
-        meter = self._meters.get(namespace, id_or_slug)
+        meter = _not_builtin(self._meters.get(namespace, id_or_slug), "deleted")
         using = [f.spec.key for f in self._features.list(namespace) if f.spec.meter_slug == meter.spec.slug]
         if using:
             raise Conflict(
@@ -90,6 +103,49 @@ class MeterService:
         if start is None and end is None:
             start = self._clock.now_us() // 1_000_000 - DAY_S
         return self._values.group_values(m, dimension, start, end)
+
+
+def _not_builtin(meter: Meter, done: str) -> Meter:
+    """``meter``, unless it is built in: those are read-only (409 ``meter_builtin``)."""
+    if is_builtin(meter.spec):
+        raise Conflict(
+            f"meter {meter.spec.slug!r} is built in and cannot be {done}; it is kept while the"
+            " server's [metering] setting for it is on",
+            code="meter_builtin",
+        )
+    return meter
+
+
+class WithoutBuiltins:
+    """A meter catalog for a storage mode that does not keep the built-in meters (scale mode):
+    reading one is 501 ``not_supported`` naming the mode, not a 404, so a caller learns that
+    the measure exists but not here. Everything else goes to ``inner`` unchanged."""
+
+    def __init__(self, inner: MeterCatalog, mode: str) -> None:
+        self._inner = inner
+        self._mode = mode
+
+    def create(self, namespace: str, spec: MeterSpec) -> Meter:
+        return self._inner.create(namespace, spec)
+
+    def get(self, namespace: str, id_or_slug: str) -> Meter:
+        if id_or_slug in RESERVED_SLUGS:
+            raise NotSupported(
+                f"the built-in meter {id_or_slug!r} needs the embedded storage mode; {self._mode} mode does"
+                " not measure it",
+                mode=self._mode,
+                meter=id_or_slug,
+            )
+        return self._inner.get(namespace, id_or_slug)
+
+    def list(self, namespace: str) -> builtins.list[Meter]:
+        return self._inner.list(namespace)
+
+    def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
+        return self._inner.update(namespace, id_or_slug, spec)
+
+    def delete(self, namespace: str, id_or_slug: str) -> None:
+        self._inner.delete(namespace, id_or_slug)
 
 
 class WithoutAggregations:

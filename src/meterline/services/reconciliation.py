@@ -38,7 +38,7 @@ from typing import TypeVar
 
 import msgspec
 
-from meterline.domain.meters.model import Aggregation, Meter
+from meterline.domain.meters.model import Aggregation, Meter, is_builtin
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.services.billing_invoices import BillingInvoices
 from meterline.services.insights import Insights, Span
@@ -124,7 +124,8 @@ class Reconciliation:
         ledger, rollups and indexes (no scan of the ledger)."""
         bounds = span.boundaries()
         start, end = bounds[0], bounds[-1]
-        meters = self._insights.meters(namespace)
+        # a built-in meter counts no event type of its own: its events are every other line's
+        meters = [m for m in self._insights.meters(namespace) if not is_builtin(m.spec)]
         counted = self._counts.counted(namespace, meters, start, end)  # one snapshot: one position
         report = Report(bounds[:-1], counted.position, counted.position_us)
         billed = self._billed(namespace, bounds)

@@ -20,7 +20,7 @@ from meterline.domain.decimals import add
 from meterline.domain.events.model import Event, Rejection
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import event_data
-from meterline.domain.meters.model import Aggregation, Meter
+from meterline.domain.meters.model import EVERY_TYPE, Aggregation, Meter, counts_type, type_key
 from meterline.ports.reconciliation import BilledWindow, Change
 
 _CHUNK = 500
@@ -46,7 +46,7 @@ def billed_changes(
         return out
     since = min(w.snapshot_us for w in windows)
     start, end = min(w.start_us for w in windows), max(w.end_us for w in windows)
-    chains = _chains(conn, namespace, {m.spec.event_type for m in meters}, (start, end, since, through))
+    chains = _chains(conn, namespace, {type_key(m.spec) for m in meters}, (start, end, since, through))
     compiled = [CompiledMeter(m) for m in meters]
     for i, window in enumerate(windows):
         subjects = set(window.subjects)
@@ -76,7 +76,7 @@ def _note(into: dict[str, Change], meter: CompiledMeter, namespace: str, then: _
 
 def _quantity(meter: CompiledMeter, namespace: str, v: _Version | None) -> Decimal | None:
     """What version ``v`` adds to the meter's quantity (None: nothing, it does not read it)."""
-    if v is None or v.action == "void" or v.type != meter.meter.spec.event_type:
+    if v is None or v.action == "void" or not counts_type(meter.meter.spec, v.type):
         return None
     event = Event(namespace, v.source, "", v.type, v.subject, v.time_us, event_data(v.raw), v.raw, b"")
     if not meter.applies(event):
@@ -108,10 +108,11 @@ def _chains(
 ) -> list[list[_Version]]:
     start, end, since, through = span
     keys: set[int] = set()
-    for t in sorted(types):
+    for t in sorted(types):  # EVERY_TYPE (a built-in meter): events of every type
+        of_type = "?2 = ?2" if t == EVERY_TYPE else "type = ?2"
         rows = conn.execute(
-            "SELECT seq FROM events WHERE namespace = ? AND type = ? AND time_us >= ? AND time_us < ?"
-            " AND received_us > ? AND seq <= ? AND seq NOT IN (SELECT seq FROM corrections)",
+            f"SELECT seq FROM events WHERE namespace = ?1 AND {of_type} AND time_us >= ?3 AND time_us < ?4"
+            " AND received_us > ?5 AND seq <= ?6 AND seq NOT IN (SELECT seq FROM corrections)",
             (namespace, t, start, end, since, through),
         )
         keys.update(seq for (seq,) in rows)

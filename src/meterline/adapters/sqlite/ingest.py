@@ -37,7 +37,7 @@ from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, 
 from meterline.domain.integrity.chain import content_digest, link
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
-from meterline.domain.meters.fold import LedgerEntry, Preread
+from meterline.domain.meters.fold import LedgerEntry, Preread, by_event_type, of_type
 from meterline.domain.meters.model import Meter, MeterSpec
 from meterline.ports.ledger import Appended
 from meterline.ports.stream import UsageListener
@@ -118,18 +118,23 @@ class IngestState:
             for wake in self.on_head:
                 wake(self.head)
 
+    def of_kind(self, kind: tuple[str, str]) -> tuple[list[CompiledMeter], frozenset[tuple[int, int]]]:
+        """The live meters that count events of (namespace, type) (built-ins included) and
+        their keys and definition times (``Preread.meters``)."""
+        meters = of_type(self.meters, *kind)
+        keys = self.meter_keys.get(kind)
+        if keys is None:
+            keys = self.meter_keys[kind] = frozenset((m.meter.key, m.meter.updated_us) for m in meters)
+        return meters, keys
+
     def policy(self, namespace: str) -> UnknownSubjects:
         return self.policies.get(namespace, self.settings.unknown_subjects)
 
     def load(self, conn: sqlite3.Connection) -> None:
         if not self.stale:
             return
-        self.meters = {}
-        for meter in live_meters(conn):
-            self.meters.setdefault((meter.namespace, meter.spec.event_type), []).append(CompiledMeter(meter))
-        self.meter_keys = {
-            kind: frozenset((m.meter.key, m.meter.updated_us) for m in ms) for kind, ms in self.meters.items()
-        }
+        self.meters = by_event_type(CompiledMeter(meter) for meter in live_meters(conn))
+        self.meter_keys = {}
         self.group_values = {}
         for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
             self.group_values.setdefault((key, dim), set()).add(value)
@@ -267,15 +272,14 @@ class Appender:
     def _check(self, ev: Event) -> Rejection | None:
         """Whether every live meter can read the event (``domain.meters.admission``); the
         readings themselves are the aggregator's."""
-        kind = (ev.namespace, ev.type)
-        meters = self.state.meters.get(kind, ())
+        meters, keys = self.state.of_kind((ev.namespace, ev.type))
         taken: dict[int, Reading] = {}
         cap = self.state.settings.max_group_cardinality
         admitted = admit_event(meters, self.state.group_values, cap, ev, taken)
         if isinstance(admitted, Rejection):
             return admitted
         self.new_groups.extend(admitted)
-        self.read = Preread(self.state.meter_keys[kind], taken) if meters else NOTHING_READ
+        self.read = Preread(keys, taken) if meters else NOTHING_READ
         return None
 
     def _accept(self, ev: Event) -> None:

@@ -42,7 +42,14 @@ from meterline.domain.meters.edges import (
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
 from meterline.domain.meters.gauges import GaugeRows, series_of
-from meterline.domain.meters.model import Aggregation, Meter, MeterSpec
+from meterline.domain.meters.model import (
+    RESERVED_SLUGS,
+    Aggregation,
+    Meter,
+    MeterSpec,
+    ingested_bytes_spec,
+    is_builtin,
+)
 from meterline.domain.meters.query import (
     SUBJECT,
     BucketState,
@@ -70,6 +77,52 @@ class SqliteMeters:
         """Called after a meter was created, deleted or regrouped (the aggregator reloads its meters)."""
         self.regrouped: Callable[[], None] = lambda: None
         """Called after a meter's ``groupBy`` changed (the live counters reload their meters)."""
+        self.builtins = False
+        """Whether each namespace has the built-in meters (``set_builtins``)."""
+        self._ensured: set[str] = set()
+
+    def set_builtins(self, on: bool) -> None:
+        """Turn the built-in meters (``ingested_bytes``) on or off for this store. On: the
+        ledger's (namespace, time) index that their partial-minute reads and corrections use
+        is created, and each namespace in use gets the meter (a namespace first seen later
+        gets it when its meters are first read); events already in the ledger are counted in
+        by the meter's backfill, like any new meter's. Off: a built-in meter and its usage
+        are deleted (turned on again, it is counted anew from the ledger)."""
+        self.builtins = on
+        self._ensured.clear()
+        if not on:
+            gone = self._db.writer.call(self._drop_builtins)
+            if gone:
+                self.changed()
+            return
+        self._db.writer.call(lambda conn: conn.execute(BUILTIN_INDEX))
+        for namespace in self._db.writer.call(namespaces_in_use):
+            self._ensure(namespace)
+
+    def _drop_builtins(self, conn: sqlite3.Connection) -> bool:
+        found = [m for m in live_meters(conn) if is_builtin(m.spec)]
+        for meter in found:
+            self._delete(conn, meter.key)
+        conn.execute("DROP INDEX IF EXISTS events_by_time")
+        return bool(found)
+
+    def _ensure(self, namespace: str) -> None:
+        """Create the namespace's built-in meter when it has none (once per process)."""
+        if not self.builtins or namespace in self._ensured:
+            return
+        spec = ingested_bytes_spec()
+
+        def task(conn: sqlite3.Connection) -> bool:
+            live = "SELECT 1 FROM meters WHERE namespace = ? AND slug = ? AND deleted_us IS NULL"
+            if conn.execute(live, (namespace, spec.slug)).fetchone():
+                return False
+            self._create(conn, namespace, spec)
+            return True
+
+        created = self._db.writer.call(task)
+        self._ensured.add(namespace)
+        if created:
+            self.changed()
 
     def create(self, namespace: str, spec: MeterSpec) -> Meter:
         meter = self._db.writer.call(lambda conn: self._create(conn, namespace, spec))
@@ -94,9 +147,12 @@ class SqliteMeters:
         return Meter(cur.lastrowid, meter_id, namespace, spec, now, now)
 
     def list(self, namespace: str) -> builtins.list[Meter]:
+        self._ensure(namespace)
         return [m for m in live_meters(self._db.reader()) if m.namespace == namespace]
 
     def get(self, namespace: str, id_or_slug: str) -> Meter:
+        if id_or_slug in RESERVED_SLUGS:
+            self._ensure(namespace)
         row = (
             self._db.reader()
             .execute(
@@ -166,6 +222,20 @@ class SqliteMeters:
 
     def close(self) -> None:
         """Nothing runs here any more (the aggregator owns the backfill)."""
+
+
+BUILTIN_INDEX = "CREATE INDEX IF NOT EXISTS events_by_time ON events (namespace, time_us)"
+"""The ledger by (namespace, event time), kept while built-in meters are on: they read the
+events of every type of a partial minute or a corrected hour (``edge_sql``, ``recompute``)."""
+
+
+def namespaces_in_use(conn: sqlite3.Connection) -> builtins.list[str]:
+    """The namespaces with meters, customers or counted events, and ``default``."""
+    rows = conn.execute(
+        "SELECT namespace FROM meters WHERE deleted_us IS NULL UNION SELECT namespace FROM customers"
+        " UNION SELECT namespace FROM ledger_counts UNION SELECT 'default'"
+    )
+    return sorted(ns for (ns,) in rows)
 
 
 DERIVED = ("rollups", "uniques", "sketches", "group_values", "meter_subjects", "summaries")
@@ -332,7 +402,7 @@ def _edge_entries(
             code="unaligned_range",
         )
     offset = stored_offset(conn)
-    sql = edge_sql(len(query.subjects))
+    sql = edge_sql(len(query.subjects), every_type=is_builtin(meter.spec))
     entries = []
     for a, b in ranges:
         params = (meter.namespace, meter.spec.event_type, a, b, offset, *query.subjects)
@@ -340,16 +410,19 @@ def _edge_entries(
     return entries
 
 
-def edge_sql(subjects: int) -> str:
+def edge_sql(subjects: int, *, every_type: bool = False) -> str:
     """The ledger entries of one event type within ``[from, to)`` up to an offset (parameters:
     namespace, type, from, to, offset, then ``subjects`` subject keys), found through the
-    ledger's (namespace, type, time) index."""
+    ledger's (namespace, type, time) index; with ``every_type`` (a built-in meter), of every
+    type (the type parameter is ignored), through the (namespace, time) index that exists
+    while built-in meters are on (``adapters.sqlite.schema.BUILTIN_INDEXES``)."""
     marks = ",".join(f"?{6 + i}" for i in range(subjects))
     by_subject = f" AND e.subject IN ({marks})" if subjects else ""
+    index, of_type = ("events_by_time", "?2 = ?2") if every_type else ("events_by_type_time", "e.type = ?2")
     return (
         "SELECT e.seq, e.namespace, e.source, e.type, e.subject, e.time_us, e.raw FROM events e"
-        " INDEXED BY events_by_type_time LEFT JOIN corrections c ON c.seq = e.seq"
-        " WHERE e.namespace = ?1 AND e.type = ?2 AND e.time_us >= ?3 AND e.time_us < ?4 AND e.seq <= ?5"
+        f" INDEXED BY {index} LEFT JOIN corrections c ON c.seq = e.seq"
+        f" WHERE e.namespace = ?1 AND {of_type} AND e.time_us >= ?3 AND e.time_us < ?4 AND e.seq <= ?5"
         f"{by_subject}{_COUNTS}"
     )
 

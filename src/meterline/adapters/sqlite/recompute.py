@@ -3,9 +3,10 @@
 A correction is never folded as a delta: MIN, MAX, LATEST and UNIQUE_COUNT cannot take a value
 back out of a bucket. Instead, after a chunk's deltas are written, every hour that any version
 of a corrected key falls in (its original, each amend, for every meter of that version's
-namespace and type, per subject) is deleted from the rollups — all bucket sizes, which all lie
-inside the hour — and folded again from the ledger entries that count (the summary rows that
-hold the hour are then folded again from the rollups: ``summaries.refresh``):
+namespace and type, and for a built-in meter of every type, per subject) is deleted from the
+rollups — all bucket sizes, which all lie inside the hour — and folded again from the ledger
+entries that count (the summary rows that hold the hour are then folded again from the rollups:
+``summaries.refresh``):
 
 - entries the meter has applied: ``seq <= live offset`` outside a backfill still to do
   (``backfill_done < seq <= backfill_to``);
@@ -29,6 +30,7 @@ from meterline.adapters.sqlite.replay import ENTRIES, write_replay
 from meterline.adapters.sqlite.summaries import refresh
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
+from meterline.domain.meters.model import EVERY_TYPE, is_builtin, type_key
 
 HOUR_US = 3600 * 1_000_000
 Applied = Callable[[int, int], bool]
@@ -80,18 +82,21 @@ def recompute(
         if at in hours and hours[at] is None:
             continue  # recomputed for every meter already
         hours[at] = (hours.get(at) or set()) | {key}
+    if any(is_builtin(m.meter.spec) for m in meters):  # they count the hour's events of every type
+        hours.update(dict.fromkeys({(ns, EVERY_TYPE, subject, start) for ns, _, subject, start in list(hours)}))
     touched: set[tuple[int, str]] = set()
     for (ns, type_, subject, start), only in sorted(hours.items(), key=lambda item: item[0]):
         wanted = [
             m
             for m in meters
-            if m.meter.namespace == ns and m.meter.spec.event_type == type_ and (only is None or m.meter.key in only)
+            if m.meter.namespace == ns and type_key(m.meter.spec) == type_ and (only is None or m.meter.key in only)
         ]
         if not wanted:
             continue
+        of_type = "?2 = ?2" if type_ == EVERY_TYPE else "e.type = ?2"
         entries = conn.execute(
-            f"{ENTRIES} WHERE e.namespace = ? AND e.type = ? AND e.time_us >= ? AND e.time_us < ? AND e.subject = ?"
-            " ORDER BY e.seq",
+            f"{ENTRIES} WHERE e.namespace = ?1 AND {of_type} AND e.time_us >= ?3 AND e.time_us < ?4"
+            " AND e.subject = ?5 ORDER BY e.seq",
             (ns, type_, start, start + HOUR_US, subject),
         ).fetchall()
         chains = _chains(conn, {row[9] or row[0] for row in entries})

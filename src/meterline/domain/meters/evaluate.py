@@ -10,7 +10,8 @@ import msgspec
 from meterline.domain.clock import to_us
 from meterline.domain.decimals import NotAQuantity, canonical, to_quantity
 from meterline.domain.events.model import Event, Reason, Rejection
-from meterline.domain.meters.model import Aggregation, Meter, compiled
+from meterline.domain.events.size import event_size
+from meterline.domain.meters.model import Aggregation, Meter, compiled, is_builtin
 from meterline.domain.meters.paths import MISSING, Path
 
 _encode = msgspec.json.Encoder().encode
@@ -32,7 +33,7 @@ class Reading(NamedTuple):
 class CompiledMeter:
     """A meter with its paths compiled once, reused for every event."""
 
-    __slots__ = ("_from_us", "_groups", "_value", "aggregation", "dimensions", "meter")
+    __slots__ = ("_from_us", "_groups", "_sized", "_value", "aggregation", "dimensions", "meter")
 
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
@@ -41,6 +42,8 @@ class CompiledMeter:
         self.dimensions = tuple(name for name, _ in self._groups)
         start = meter.spec.event_from
         self._from_us = None if start is None else to_us(start)
+        self._sized = is_builtin(meter.spec)
+        """The built-in meter of bytes ingested: every event, valued at its size."""
 
     def paths(self) -> tuple[Path, ...]:
         """Every path the meter reads (its value, then its group-by dimensions)."""
@@ -48,11 +51,13 @@ class CompiledMeter:
 
     def applies(self, event: Event) -> bool:
         """Whether the meter counts this event at all (its type, and not before ``eventFrom``)."""
-        if event.type != self.meter.spec.event_type:
+        if event.type != self.meter.spec.event_type and not self._sized:
             return False
         return self._from_us is None or event.time_us >= self._from_us
 
     def read(self, event: Event) -> Reading | Rejection:
+        if self._sized:
+            return Reading(self.meter.key, Decimal(event_size(event.raw, event.time_us)), "[]", ())
         data = event.data if event.data is not None else {}
         value = self._read_value(data)
         if isinstance(value, Rejection):

@@ -24,7 +24,7 @@ from meterline.domain.events.decode import CloudEventIn
 from meterline.domain.events.model import Event, Rejection
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.gauges import Point, join, state_of
-from meterline.domain.meters.model import Aggregation
+from meterline.domain.meters.model import EVERY_TYPE, Aggregation, type_key
 from meterline.domain.meters.windows import BUCKETS
 
 Key = tuple[int, int, str, int, str]
@@ -221,9 +221,7 @@ class Replay:
     def apply(self, meters: list[CompiledMeter], entries: Iterable[LedgerEntry]) -> int:
         """Apply ledger entries in order; returns the last seq (0 for none)."""
         last = 0
-        by_type: dict[tuple[str, str], list[CompiledMeter]] = {}
-        for meter in meters:
-            by_type.setdefault((meter.meter.namespace, meter.meter.spec.event_type), []).append(meter)
+        by_type = by_event_type(meters)
         counts = self.counts if self.count_entries else None
         for entry in entries:
             last = entry.seq
@@ -233,7 +231,7 @@ class Replay:
             if counts is not None:
                 counted = (entry.namespace, entry.type, entry.time_us // COUNT_BUCKET_US * COUNT_BUCKET)
                 counts[counted] = counts.get(counted, 0) + 1
-            wanted = by_type.get((entry.namespace, entry.type))
+            wanted = of_type(by_type, entry.namespace, entry.type)
             if not wanted:
                 continue
             pre = entry.read
@@ -285,6 +283,24 @@ class Replay:
             return False
         self.new_groups.extend(fresh)
         return True
+
+
+def by_event_type(meters: Iterable[CompiledMeter]) -> dict[tuple[str, str], list[CompiledMeter]]:
+    """Meters by (namespace, event type); built-in meters, which count every type, under
+    :data:`~meterline.domain.meters.model.EVERY_TYPE` (see :func:`of_type`)."""
+    out: dict[tuple[str, str], list[CompiledMeter]] = {}
+    for meter in meters:
+        out.setdefault((meter.meter.namespace, type_key(meter.meter.spec)), []).append(meter)
+    return out
+
+
+def of_type(by_type: dict[tuple[str, str], list[CompiledMeter]], namespace: str, type_: str) -> list[CompiledMeter]:
+    """The meters of :func:`by_event_type` that count events of ``type_`` in ``namespace``."""
+    typed = by_type.get((namespace, type_))
+    every = by_type.get((namespace, EVERY_TYPE))
+    if every is None:
+        return typed or []
+    return every if typed is None else typed + every
 
 
 def admit_groups(

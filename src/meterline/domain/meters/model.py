@@ -33,6 +33,43 @@ class Aggregation(enum.StrEnum):
 
 MAX_GROUP_BY = 20
 
+INGESTED_BYTES = "ingested_bytes"
+"""The slug of the built-in meter of bytes ingested (``[metering] ingested_bytes``): a SUM of
+each accepted event's size (``domain.events.size``) over events of every type. Reserved: no
+user meter may take it, and the built-in one cannot be changed or deleted."""
+ANY_TYPE = "*"
+"""The event type the built-in meter shows: it counts events of every type."""
+EVERY_TYPE = ""
+"""Where meters indexed by event type keep the built-in meters (no event type is empty)."""
+RESERVED_SLUGS = frozenset({INGESTED_BYTES})
+
+
+def ingested_bytes_spec() -> MeterSpec:
+    """The definition of the built-in meter of bytes ingested."""
+    return MeterSpec(
+        slug=INGESTED_BYTES,
+        event_type=ANY_TYPE,
+        aggregation=Aggregation.SUM,
+        name="Ingested bytes",
+        description="Bytes of every accepted event (its canonical JSON); built in, read-only",
+        metadata={"builtin": "true"},
+    )
+
+
+def is_builtin(spec: MeterSpec) -> bool:
+    """Whether ``spec`` is the built-in meter of bytes ingested (users cannot create its slug)."""
+    return spec.slug == INGESTED_BYTES and spec.event_type == ANY_TYPE
+
+
+def type_key(spec: MeterSpec) -> str:
+    """The event type a meter is indexed under: its own, or :data:`EVERY_TYPE` for a built-in."""
+    return EVERY_TYPE if is_builtin(spec) else spec.event_type
+
+
+def counts_type(spec: MeterSpec, event_type: str) -> bool:
+    """Whether a meter counts events of ``event_type`` (a built-in counts every type)."""
+    return spec.event_type == event_type or is_builtin(spec)
+
 
 class MeterSpec(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
     """A meter definition as users write it (API body or config file)."""
@@ -113,6 +150,8 @@ def validate_spec(spec: MeterSpec) -> list[str]:
     problems: list[str] = []
     if not is_slug(spec.slug):
         problems.append(f"slug must be {SLUG_RULE}")
+    elif spec.slug in RESERVED_SLUGS:
+        problems.append(f"slug {spec.slug!r} is reserved for a built-in meter")
     if spec.name is not None and (problem := name_problem("name", spec.name)):
         problems.append(problem)
     if not spec.event_type or len(spec.event_type) > 512:

@@ -1,0 +1,46 @@
+"""The size of an accepted event, as the built-in ``ingested_bytes`` meter counts it.
+
+An event's size is the length in bytes of its *canonical JSON*: the CloudEvent object as the
+ledger holds it, re-encoded the same way whatever the transport carried it in (one JSON
+object, an element of a batch array, or CloudEvents binary mode, whose ``ce-*`` headers and
+body the ingest API turns into that object):
+
+- members sorted by name, no insignificant whitespace, strings as UTF-8 with only the escapes
+  JSON requires, numbers as written (``1.50`` stays ``1.50``);
+- ``time`` as the event's time in the ledger, in UTC (``2026-01-01T00:00:00Z``, with
+  microseconds when there are any), present even when the producer left it out;
+- ``datacontenttype`` left out: data is always JSON here, and binary mode always carries the
+  attribute (from ``Content-Type``) where a structured event usually does not.
+
+So a resent event, a batch element and a single send of the same event measure the same; the
+extension attributes, the identifiers and ``data`` all count. Pure: a function of the stored
+event, so a rebuild of the rollups from the ledger reproduces every figure.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+_decode = msgspec.json.Decoder(float_hook=Decimal)
+_encode = msgspec.json.Encoder(order="sorted", decimal_format="number")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SKIPPED = ("datacontenttype",)
+"""Members of the stored object that do not count."""
+
+
+def canonical(raw: bytes, time_us: int) -> bytes:
+    """The canonical JSON of a stored raw CloudEvent whose ledger time is ``time_us``."""
+    event: dict[str, Any] = _decode.decode(raw)
+    for name in SKIPPED:
+        event.pop(name, None)
+    event["time"] = _EPOCH + timedelta(microseconds=time_us)
+    return _encode.encode(event)
+
+
+def event_size(raw: bytes, time_us: int) -> int:
+    """The number of bytes an accepted event counts for (see the module doc)."""
+    return len(canonical(raw, time_us))
