@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from cloudevents.conversion import to_binary, to_json
 from cloudevents.http import CloudEvent
-from conftest import Api, build_api
+from conftest import Api, build_api, build_scale_api
+from scale_site import Site
 from test_billing_api import add_customer, get, invoice, lines, move_to, ok, post, run
 from test_ingest_api import assert_problem
 
@@ -217,3 +218,22 @@ def test_an_existing_data_file_is_counted_when_turned_on(tmp_path: Path) -> None
         assert ok(api.client.get("/api/v1/meters", headers=api.headers())) == []
     finally:
         gen.close()
+
+
+@pytest.fixture
+def scale_api(scale_site: Site, tmp_path: Path) -> Iterator[Api]:
+    yield from build_scale_api(scale_site, tmp_path, metering={"ingested_bytes": True})
+
+
+def test_scale_mode_answers_501_for_the_built_in(scale_api: Api) -> None:
+    api = scale_api
+    for r in (
+        api.client.get("/api/v1/meters/ingested_bytes", headers=api.headers()),
+        api.query("ingested_bytes"),
+        post(api, "/api/v1/features", {"key": "data", "name": "Data", "meterSlug": "ingested_bytes"}),
+    ):
+        problem = assert_problem(r, 501, "not_supported")
+        assert problem["mode"] == "scale" and "embedded" in problem["detail"]
+    assert [m["slug"] for m in ok(api.client.get("/api/v1/meters", headers=api.headers()))] == []
+    spec = {"slug": "ingested_bytes", "eventType": "request", "aggregation": "COUNT"}
+    assert_problem(api.create_meter(**spec), 400, "invalid_meter")
