@@ -225,15 +225,34 @@ def scale_api(scale_site: Site, tmp_path: Path) -> Iterator[Api]:
     yield from build_scale_api(scale_site, tmp_path, metering={"ingested_bytes": True})
 
 
-def test_scale_mode_answers_501_for_the_built_in(scale_api: Api) -> None:
+def test_scale_mode_counts_it_as_the_embedded_mode_does(scale_api: Api) -> None:
+    """The sink workers fold it like any meter: the same figures from the ClickHouse rollups,
+    partial minutes from its raw events."""
     api = scale_api
-    for r in (
-        api.client.get("/api/v1/meters/ingested_bytes", headers=api.headers()),
-        api.query("ingested_bytes"),
-        post(api, "/api/v1/features", {"key": "data", "name": "Data", "meterSlug": "ingested_bytes"}),
-    ):
-        problem = assert_problem(r, 501, "not_supported")
-        assert problem["mode"] == "scale" and "embedded" in problem["detail"]
-    assert [m["slug"] for m in ok(api.client.get("/api/v1/meters", headers=api.headers()))] == []
+    assert "ingested_bytes" in [m["slug"] for m in ok(api.client.get("/api/v1/meters", headers=api.headers()))]
+    one = ev("s1", "acme", "2026-03-01T10:00:00Z", calls=1)
+    batch = [
+        ev("b1", "acme", "2026-03-01T10:20:00Z", type_="storage", gb="1.25"),
+        ev("b2", "zeta", "2026-03-01T11:00:00Z"),
+    ]
+    binary = CloudEvent(
+        {"id": "c1", "source": "t", "type": "prompt", "subject": "acme", "time": "2026-03-01T10:40:00Z"}, {"tokens": 5}
+    )
+    bad = {**ev("x1", "acme", "2026-03-01T10:00:00Z"), "specversion": "0.3"}
+    for _ in range(2):  # the second round: duplicates
+        assert api.post_events(one, "application/cloudevents+json").status_code == 204
+        statuses = [e["status"] for e in ok(api.post_events([*batch, bad], **REPORT))["events"]]
+        assert statuses[2] == "rejected" and statuses[:2] in (["accepted"] * 2, ["duplicate"] * 2)
+        headers, body = to_binary(binary)
+        r = api.client.post("/api/v1/events", content=body, headers={**api.headers(), **headers})
+        assert r.status_code == 204, r.text
+    acme = size(one) + size(batch[0]) + size(json.loads(to_json(binary)))
+    params = {"from": "2026-03-01T09:00:00Z", "to": "2026-03-01T12:00:00Z", "windowSize": "HOUR", "groupBy": "subject"}
+    rows = ok(api.query("ingested_bytes", params))["data"]
+    got = {(r["subject"], r["windowStart"]): int(r["value"]) for r in rows if r["value"]}
+    assert got == {("acme", "2026-03-01T10:00:00.000Z"): acme, ("zeta", "2026-03-01T11:00:00.000Z"): size(batch[1])}
+    edge = {"from": "2026-03-01T10:10:00.500Z", "to": "2026-03-01T10:30:00Z", "subject": "acme"}
+    assert total(api, **edge) == size(batch[0])
+    assert_problem(api.client.delete("/api/v1/meters/ingested_bytes", headers=api.headers()), 409, "meter_builtin")
     spec = {"slug": "ingested_bytes", "eventType": "request", "aggregation": "COUNT"}
     assert_problem(api.create_meter(**spec), 400, "invalid_meter")

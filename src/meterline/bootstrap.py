@@ -733,7 +733,8 @@ def scale_dedupe(config: Config, db: PgDatabase, clock: Clock) -> PgDedupe:
 
 def ensure_scale_meters(config: Config, meters: PgMeters) -> None:
     """Create the config file's meters missing from the shared catalog (another node may be
-    creating them at the same time)."""
+    creating them at the same time), and the built-in meters on or off as ``[metering]`` says."""
+    meters.set_builtins(config.metering.ingested_bytes)
     for m in config.meters:
         try:
             meters.create(m.namespace, m.spec())

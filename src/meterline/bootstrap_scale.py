@@ -69,7 +69,7 @@ from meterline.services.entitlements import EntitlementService
 from meterline.services.erasure import ErasureService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
-from meterline.services.meters import MeterService, WithoutAggregations, WithoutBuiltins
+from meterline.services.meters import MeterService, WithoutAggregations
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
 from meterline.services.quarantine import QuarantineReleaser, ReleasingCustomers
@@ -425,7 +425,7 @@ def _catalog(
         ),
         erasures=ErasureService(NoErasures()),
         entitlements=entitlements,
-        features=FeatureService(pg.features, pg.grants, WithoutBuiltins(pg.meters, "scale"), entitlements, clock),
+        features=FeatureService(pg.features, pg.grants, pg.meters, entitlements, clock),
         notifications=NotificationService(
             pg.notifications,
             pg.notifications,
@@ -440,15 +440,13 @@ def _catalog(
         ),
         meters=MeterService(
             WithoutAggregations(
-                WithoutBuiltins(pg.meters, "scale"),
-                frozenset({Aggregation.TIME_WEIGHTED_SUM, Aggregation.APPROX_UNIQUE_COUNT}),
-                "scale",
+                pg.meters, frozenset({Aggregation.TIME_WEIGHTED_SUM, Aggregation.APPROX_UNIQUE_COUNT}), "scale"
             ),
             values,
             pg.features,
             clock,
         ),
-        usage=UsageQueries(WithoutBuiltins(pg.meters, "scale"), usage),
+        usage=UsageQueries(pg.meters, usage),
         values=EntitlementValueService(
             entitlements, queried, clock, QueryLimits(config.query.max_windows, config.query.max_rows)
         ),

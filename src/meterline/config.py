@@ -280,9 +280,9 @@ class MeteringConfig(_Section):
     accepted event (the bytes of its canonical JSON), over events of every type, queryable and
     billable like any meter, and read-only. Off by default, so meter lists stay exactly the
     meters users made (OpenMeter clients may compare them). Turning it on counts the events
-    already in the ledger (a backfill) and adds a (namespace, time) index to the ledger;
-    turning it off deletes the meter and its usage. Embedded storage only: scale mode answers
-    501 ``not_supported`` for the meter."""
+    already in the ledger (a backfill); in embedded mode it also adds a (namespace, time)
+    index to the ledger, and turning it off deletes the meter and its usage. In scale mode set
+    it alike on every API node; turned off there, the meters made stay and keep counting."""
 
 
 class PortalConfig(_Section):

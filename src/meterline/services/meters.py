@@ -116,38 +116,6 @@ def _not_builtin(meter: Meter, done: str) -> Meter:
     return meter
 
 
-class WithoutBuiltins:
-    """A meter catalog for a storage mode that does not keep the built-in meters (scale mode):
-    reading one is 501 ``not_supported`` naming the mode, not a 404, so a caller learns that
-    the measure exists but not here. Everything else goes to ``inner`` unchanged."""
-
-    def __init__(self, inner: MeterCatalog, mode: str) -> None:
-        self._inner = inner
-        self._mode = mode
-
-    def create(self, namespace: str, spec: MeterSpec) -> Meter:
-        return self._inner.create(namespace, spec)
-
-    def get(self, namespace: str, id_or_slug: str) -> Meter:
-        if id_or_slug in RESERVED_SLUGS:
-            raise NotSupported(
-                f"the built-in meter {id_or_slug!r} needs the embedded storage mode; {self._mode} mode does"
-                " not measure it",
-                mode=self._mode,
-                meter=id_or_slug,
-            )
-        return self._inner.get(namespace, id_or_slug)
-
-    def list(self, namespace: str) -> builtins.list[Meter]:
-        return self._inner.list(namespace)
-
-    def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
-        return self._inner.update(namespace, id_or_slug, spec)
-
-    def delete(self, namespace: str, id_or_slug: str) -> None:
-        self._inner.delete(namespace, id_or_slug)
-
-
 class WithoutAggregations:
     """A meter catalog that refuses to create meters of the aggregations its usage store
     cannot keep (scale mode's ClickHouse store keeps no TIME_WEIGHTED_SUM states): 501

@@ -37,7 +37,7 @@ from meterline.domain.decimals import in_stored_form
 from meterline.domain.errors import InvalidInput, StorageUnavailable
 from meterline.domain.meters.edges import edge_ranges, exact_rows, inner_bounds
 from meterline.domain.meters.fold import LedgerEntry, Replay
-from meterline.domain.meters.model import Aggregation, Meter
+from meterline.domain.meters.model import Aggregation, Meter, is_builtin
 from meterline.domain.meters.query import (
     BucketState,
     MeterQuery,
@@ -159,7 +159,8 @@ class ClickHouseUsage:
             reflected.append(f"(stream = {{s{i}:String}} AND seq <= {{d{i}:UInt64}})")
         if not reflected:
             return []
-        where = f"namespace = {{ns:String}} AND type = {{t:String}} AND ({' OR '.join(reflected)})"
+        of_type = "" if is_builtin(meter.spec) else " AND type = {t:String}"  # a built-in: every type
+        where = f"namespace = {{ns:String}}{of_type} AND ({' OR '.join(reflected)})"
         for i, (stream, fill) in enumerate(_unfinished(progress, meter.key)):
             params[f"bs{i}"], params[f"bd{i}"], params[f"bt{i}"] = stream, fill.done, fill.to
             where += f" AND NOT (stream = {{bs{i}:String}} AND seq > {{bd{i}:UInt64}} AND seq <= {{bt{i}:UInt64}})"

@@ -46,6 +46,7 @@ from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, 
 from meterline.domain.meters.admission import Readings, admit_readings, read_event, unknown_values
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry
+from meterline.domain.meters.model import type_key
 from meterline.ports.dead_letters import DeadLetterWriter, Rejected
 from meterline.ports.dedupe import Claims, DedupeStore, EventKey, Verdict
 from meterline.ports.group_values import GroupValueRegistry
@@ -436,7 +437,8 @@ class KafkaLedger:
             compiled = self._compiled.get(meter.key)
             if compiled is None:
                 compiled = self._compiled[meter.key] = CompiledMeter(meter)
-            by_type.setdefault(meter.spec.event_type, []).append(compiled)
+            # a built-in meter (under EVERY_TYPE) is never looked up: it reads every event
+            by_type.setdefault(type_key(meter.spec), []).append(compiled)
         return by_type
 
 

@@ -12,7 +12,13 @@ from ulid import ULID
 
 from meterline.adapters.postgres.database import PgDatabase, is_unique_violation
 from meterline.domain.errors import Conflict, NotFound
-from meterline.domain.meters.model import Meter, MeterSpec, group_by_not_supported
+from meterline.domain.meters.model import (
+    RESERVED_SLUGS,
+    Meter,
+    MeterSpec,
+    group_by_not_supported,
+    ingested_bytes_spec,
+)
 
 _encode = msgspec.json.Encoder().encode
 _spec = msgspec.json.Decoder(MeterSpec)
@@ -23,6 +29,32 @@ class PgMeters:
     def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
         self._db = db
         self._now_us = now_us
+        self.builtins = False
+        """Whether each namespace has the built-in meters (``set_builtins``)."""
+        self._ensured: set[str] = set()
+
+    def set_builtins(self, on: bool) -> None:
+        """On: a namespace gets the built-in meter ``ingested_bytes`` when its meters are first
+        read through this catalog (any node may create it; the unique slug makes one win).
+        The sink workers count a new built-in meter's past events by the backfill any new
+        meter gets. Off: no namespace gets one any more; those in the shared catalog stay
+        (another node may have it on), and keep counting."""
+        self.builtins = on
+        self._ensured.clear()
+
+    def _ensure(self, namespace: str) -> None:
+        if not self.builtins or namespace in self._ensured:
+            return
+        spec = ingested_bytes_spec()
+        with self._db.tx() as conn:
+            live = "SELECT 1 FROM meters WHERE namespace = %s AND slug = %s AND deleted_us IS NULL"
+            found = conn.execute(live, (namespace, spec.slug)).fetchone()
+        if found is None:
+            try:
+                self.create(namespace, spec)
+            except Conflict:
+                pass  # another node created it first
+        self._ensured.add(namespace)
 
     def create(self, namespace: str, spec: MeterSpec) -> Meter:
         meter_id, now = str(ULID()), self._now_us()
@@ -41,6 +73,8 @@ class PgMeters:
         return Meter(row[0], meter_id, namespace, spec, now, now)
 
     def get(self, namespace: str, id_or_slug: str) -> Meter:
+        if id_or_slug in RESERVED_SLUGS:
+            self._ensure(namespace)
         with self._db.tx() as conn:
             row = conn.execute(
                 _SELECT + " WHERE namespace = %s AND (slug = %s OR id = %s) AND deleted_us IS NULL",
@@ -51,6 +85,7 @@ class PgMeters:
         return _meter(row)
 
     def list(self, namespace: str) -> builtins.list[Meter]:
+        self._ensure(namespace)
         with self._db.tx() as conn:
             rows = conn.execute(_SELECT + " WHERE namespace = %s AND deleted_us IS NULL ORDER BY key", (namespace,))
             return [_meter(r) for r in rows.fetchall()]
