@@ -6,6 +6,9 @@ it prices a plan line; its slug is reserved and the meter read-only."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from conftest import Api, build_api, build_scale_api
 from scale_site import Site
 from test_billing_api import add_customer, get, invoice, lines, move_to, ok, post, run
 from test_ingest_api import assert_problem
+
+from meterline.adapters.sqlite import erasure_hours
 
 REPORT = {"Prefer": "return=representation"}
 
@@ -256,3 +261,36 @@ def test_scale_mode_counts_it_as_the_embedded_mode_does(scale_api: Api) -> None:
     assert_problem(api.client.delete("/api/v1/meters/ingested_bytes", headers=api.headers()), 409, "meter_builtin")
     spec = {"slug": "ingested_bytes", "eventType": "request", "aggregation": "COUNT"}
     assert_problem(api.create_meter(**spec), 400, "invalid_meter")
+
+
+@pytest.mark.parametrize("chunk", [2000, 1], ids=["hours-together", "hour-by-hour"])
+def test_an_erasure_refolds_it_from_the_rewritten_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """An erasure rewrites the subject's events smaller or larger (a pseudonym, no key, no
+    extensions): their sizes change, and the meter's hours are folded again from the ledger,
+    so a rebuild still reproduces the rollups and other subjects keep their figures."""
+    monkeypatch.setattr(erasure_hours, "CHUNK", chunk)
+    gen = build_api(tmp_path, metering={"ingested_bytes": True}, billing={"scheduler_enabled": False})
+    api = next(gen)
+    try:
+        victim = [
+            {**ev(f"v{i}", "victim", f"2026-03-01T0{i}:30:00Z", calls=i, note="x" * 40), "traceparent": "00-ab"}
+            for i in range(1, 4)
+        ]
+        other = ev("o1", "other", "2026-03-01T02:00:00Z", calls=1)
+        assert api.post_events([*victim, other]).status_code == 204
+        assert total(api) == sum(size(e) for e in [*victim, other])
+        ok(post(api, "/api/v1/erasures", {"subject": "victim", "reason": "GDPR"}), 201)
+        assert total(api, subject="other") == size(other)
+        assert total(api, subject="victim") == 0
+        assert 0 < total(api) - size(other) != sum(size(e) for e in victim)  # the erased form's sizes
+    finally:
+        gen.close()
+    env = {**os.environ, "METERLINE_METERING__INGESTED_BYTES": "true"}
+    for command in ("rebuild", "verify"):
+        args = [sys.executable, "-m", "meterline.cli.main", command, "--data-dir", str(tmp_path / "data")]
+        done = subprocess.run(
+            [*args, "--check"] if command == "rebuild" else args, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -43,6 +43,7 @@ from meterline.adapters.sqlite import rollups
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.erasure_hours import Rewrite, chunks, erased, hour_batches, move_hours, ready_hours
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
+from meterline.adapters.sqlite.recompute import HOUR_US, refold_builtins
 from meterline.adapters.sqlite.rekey import rekey_references
 from meterline.adapters.sqlite.schema import SECURE_DELETE_KEY, connect
 from meterline.adapters.sqlite.usage import ERASURE_GENERATION_KEY
@@ -214,6 +215,8 @@ class SqliteErasures:
         counts = {"ledgerEntries": self._rewrite_ledger(conn, ready, record.id)}
         counts["events"] = len({r.id for r in ready})
         counts |= _move_usage(conn, req.namespace, req.subject, alias)
+        cap = self._state.settings.max_group_cardinality
+        refold_builtins(conn, req.namespace, alias, {r.time_us - r.time_us % HOUR_US for r in ready}, cap)
         dead_ids, dead_last = dead
         counts |= _delete_held(conn, req.namespace, req.subject, [*dead_ids, *_dead_letters(conn, req, dead_last)[0]])
         if not record.counts and not remaining and not any(counts.values()):
@@ -238,6 +241,8 @@ class SqliteErasures:
         record = record or self._start(conn, req, alias, cut)
         counts = {"ledgerEntries": self._rewrite_ledger(conn, ready, record.id), "events": len({r.id for r in ready})}
         counts["rollupRows"] = move_hours(conn, req.namespace, req.subject, alias, done)
+        cap = self._state.settings.max_group_cardinality
+        refold_builtins(conn, req.namespace, alias, {hour * HOUR_US for hour in done}, cap)
         conn.execute(
             "INSERT OR IGNORE INTO customer_subjects SELECT namespace, ?, customer FROM customer_subjects"
             " WHERE namespace = ? AND subject = ?",

@@ -26,7 +26,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from meterline.adapters.sqlite.gauges import Late
-from meterline.adapters.sqlite.replay import ENTRIES, write_replay
+from meterline.adapters.sqlite.ingest import live_meters
+from meterline.adapters.sqlite.replay import ENTRIES, stored_offset, write_replay
 from meterline.adapters.sqlite.summaries import refresh
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
@@ -84,6 +85,29 @@ def recompute(
         hours[at] = (hours.get(at) or set()) | {key}
     if any(is_builtin(m.meter.spec) for m in meters):  # they count the hour's events of every type
         hours.update(dict.fromkeys({(ns, EVERY_TYPE, subject, start) for ns, _, subject, start in list(hours)}))
+    return _refold(conn, replay, meters, hours, applied, prefix)
+
+
+def refold_builtins(conn: sqlite3.Connection, namespace: str, subject: str, starts_us: Iterable[int], cap: int) -> None:
+    """Fold the hours ``starts_us`` of ``subject`` again from the ledger for the namespace's
+    built-in meters: after an erasure rewrote their events (``adapters.sqlite.erasure``), whose
+    size, unlike any reading of ``data``, the rewrite changes."""
+    built = [CompiledMeter(m) for m in live_meters(conn) if m.namespace == namespace and is_builtin(m.spec)]
+    if not built:
+        return
+    hours: dict[Hour, set[int] | None] = dict.fromkeys((namespace, EVERY_TYPE, subject, s) for s in set(starts_us))
+    applied = applied_in_store(conn, stored_offset(conn))
+    _refold(conn, Replay(cap, {}, {}), built, hours, applied, "")
+
+
+def _refold(
+    conn: sqlite3.Connection,
+    replay: Replay,
+    meters: list[CompiledMeter],
+    hours: dict[Hour, set[int] | None],
+    applied: Applied,
+    prefix: str,
+) -> set[tuple[int, str]]:
     touched: set[tuple[int, str]] = set()
     for (ns, type_, subject, start), only in sorted(hours.items(), key=lambda item: item[0]):
         wanted = [
