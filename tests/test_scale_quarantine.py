@@ -8,7 +8,8 @@ release counted on the customer's save, the reject policy) is tested in both mod
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import msgspec
@@ -21,9 +22,10 @@ from scale_site import Site
 from meterline.adapters.postgres.catalog import PgCatalog
 from meterline.domain.clock import FixedClock
 from meterline.domain.customers.model import CustomerInput, UnknownSubjects
-from meterline.domain.events.model import Event
-from meterline.ports.quarantine import Copy, Screened
-from meterline.services.screen_cache import ForgettingCustomers, ForgettingSettings, ScreenCache
+from meterline.domain.events.model import Event, Outcome
+from meterline.ports.quarantine import Copy, Release, Screened
+from meterline.services.quarantine import QuarantineReleaser, ReleasingCustomers
+from meterline.services.screen_cache import ForgettingSettings, ScreenCache
 
 T0_US = 1_772_366_400_000_000
 NS = "ns"
@@ -76,6 +78,13 @@ def test_held_events_are_released_by_the_save_that_claims_their_subject(
     assert q.take(10, 60_000_000) == []
 
 
+class NothingReleased:
+    """The release log of a test that holds no event: nothing may be written to it."""
+
+    def write_released(self, releases: Sequence[Release]) -> Future[list[Outcome]]:
+        raise AssertionError("nothing was held, so nothing is released")
+
+
 def test_a_node_remembers_the_screen_briefly_and_forgets_its_own_changes(
     pg: tuple[PgCatalog, FixedClock, str],
 ) -> None:
@@ -84,7 +93,9 @@ def test_a_node_remembers_the_screen_briefly_and_forgets_its_own_changes(
     what this node changes itself is asked again at once."""
     catalog, clock, _ = pg
     cache = ScreenCache(catalog.quarantine, clock.now_us, 1_000_000, UnknownSubjects.ACCEPT)
-    settings, customers = ForgettingSettings(catalog.customers, cache), ForgettingCustomers(catalog.customers, cache)
+    settings = ForgettingSettings(catalog.customers, cache)
+    releaser = QuarantineReleaser(catalog.quarantine, NothingReleased(), timeout=1)
+    customers = ReleasingCustomers(catalog.customers, releaser, cache.forget)
     other_node = catalog.customers  # the same catalog, written without this node's cache
 
     assert cache.screen(NS, ["acme"]) == Screened(None, frozenset())  # default accept

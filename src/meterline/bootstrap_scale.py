@@ -75,7 +75,7 @@ from meterline.services.portal import PortalService
 from meterline.services.quarantine import QuarantineReleaser, ReleasingCustomers
 from meterline.services.queried_usage import QueriedEntitlementUsage, QueriedPeriodUsage
 from meterline.services.resubmit import Resubmission
-from meterline.services.screen_cache import ForgettingCustomers, ForgettingSettings, ScreenCache
+from meterline.services.screen_cache import ForgettingSettings, ScreenCache
 from meterline.services.usage_queries import UsageQueries
 
 log = logging.getLogger("meterline.scale")
@@ -410,7 +410,7 @@ def _catalog(
     queried = QueriedEntitlementUsage(customers, pg.entitlements, pg.features, pg.grants, pg.meters, counted, clock)
     return Catalog(
         customers=CustomerService(
-            ReleasingCustomers(ForgettingCustomers(customers, screen), releaser),
+            ReleasingCustomers(customers, releaser, screen.forget),
             ForgettingSettings(customers, screen),
             pg.quarantine,
             default_policy=UnknownSubjects(config.ingest.unknown_subjects),

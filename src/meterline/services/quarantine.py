@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from meterline.domain.customers.model import Customer, CustomerInput
 from meterline.domain.events.model import Outcome, Status
@@ -59,21 +59,38 @@ class ReleasingCustomers:
     its events stay released: the background ticker writes them later (they count then, and
     the answer counted them as released)."""
 
-    def __init__(self, inner: CustomerRepository, releaser: QuarantineReleaser) -> None:
+    def __init__(
+        self,
+        inner: CustomerRepository,
+        releaser: QuarantineReleaser,
+        changed: Callable[[str], None] = lambda namespace: None,
+    ) -> None:
+        """``changed(namespace)`` is called after a replace, upsert or delete, which may have
+        left a subject unclaimed (the node's ``ScreenCache.forget``)."""
         self._inner = inner
         self._releaser = releaser
+        self._changed = changed
 
     def create(self, namespace: str, inp: CustomerInput) -> Saved:
         return self._released(namespace, [self._inner.create(namespace, inp)])[0]
 
     def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
-        return self._released(namespace, [self._inner.replace(namespace, key, inp)])[0]
+        try:
+            return self._released(namespace, [self._inner.replace(namespace, key, inp)])[0]
+        finally:
+            self._changed(namespace)
 
     def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> builtins.list[Saved]:
-        return self._released(namespace, self._inner.upsert_many(namespace, inputs))
+        try:
+            return self._released(namespace, self._inner.upsert_many(namespace, inputs))
+        finally:
+            self._changed(namespace)
 
     def delete(self, namespace: str, key: str) -> None:
-        self._inner.delete(namespace, key)
+        try:
+            self._inner.delete(namespace, key)
+        finally:
+            self._changed(namespace)
 
     def get(self, namespace: str, key_or_id: str) -> Customer:
         return self._inner.get(namespace, key_or_id)

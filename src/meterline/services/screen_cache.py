@@ -11,9 +11,10 @@ answers change rarely, so a node keeps, for ``ttl_us``:
   claims it is seen by the very next request (and the quarantine's hold re-checks under the
   customer lock anyway).
 
-What this node itself changes (the policy, a customer's replace or delete) is forgotten at
-once, so a node always reads its own writes. A change made through another node reaches this
-one within ``ttl_us`` (documented: docs/scale.md). ``ttl_us`` 0 asks the catalog every time.
+What this node itself changes (the policy; a customer's replace or delete, through
+``ReleasingCustomers``'s ``changed`` hook) is forgotten at once, so a node always reads its own
+writes. A change made through another node reaches this one within ``ttl_us`` (documented:
+docs/scale.md). ``ttl_us`` 0 asks the catalog every time.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import builtins
 import threading
 from collections.abc import Callable, Sequence
 
-from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects
+from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.events.model import Event
-from meterline.ports.customers import CustomerRepository, NamespaceSettings, Saved
+from meterline.ports.customers import NamespaceSettings
 from meterline.ports.quarantine import HeldEvents, Release, Screened
 
 MAX_SUBJECTS = 200_000
@@ -94,42 +95,3 @@ class ForgettingSettings:
     def set_policy(self, namespace: str, policy: UnknownSubjects) -> None:
         self._inner.set_policy(namespace, policy)
         self._cache.forget(namespace)
-
-
-class ForgettingCustomers:
-    """A customer repository whose replaces and deletes (which may leave a subject unclaimed)
-    make ``cache`` ask again for the namespace."""
-
-    def __init__(self, inner: CustomerRepository, cache: ScreenCache) -> None:
-        self._inner = inner
-        self._cache = cache
-
-    def create(self, namespace: str, inp: CustomerInput) -> Saved:
-        return self._inner.create(namespace, inp)
-
-    def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
-        try:
-            return self._inner.replace(namespace, key, inp)
-        finally:
-            self._cache.forget(namespace)
-
-    def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> builtins.list[Saved]:
-        try:
-            return self._inner.upsert_many(namespace, inputs)
-        finally:
-            self._cache.forget(namespace)
-
-    def delete(self, namespace: str, key: str) -> None:
-        try:
-            self._inner.delete(namespace, key)
-        finally:
-            self._cache.forget(namespace)
-
-    def get(self, namespace: str, key_or_id: str) -> Customer:
-        return self._inner.get(namespace, key_or_id)
-
-    def list(self, namespace: str) -> builtins.list[Customer]:
-        return self._inner.list(namespace)
-
-    def by_subject(self, namespace: str, subject: str) -> Customer | None:
-        return self._inner.by_subject(namespace, subject)
