@@ -294,3 +294,16 @@ def test_an_erasure_refolds_it_from_the_rewritten_events(
             [*args, "--check"] if command == "rebuild" else args, env=env, capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_entitlement_on_it_counts_the_customers_bytes(api: Api) -> None:
+    add_customer(api, "acme")
+    ok(post(api, "/api/v1/features", {"key": "data", "name": "Data", "meterSlug": "ingested_bytes"}), 201)
+    body = {"type": "metered", "featureKey": "data", "issueAfterReset": 1000, "usagePeriod": {"interval": "MONTH"},
+            "measureUsageFrom": "CURRENT_PERIOD_START"}  # fmt: skip
+    ok(post(api, "/api/v1/customers/acme/entitlements", body), 201)
+    sent = [ev("e1", "acme", "2026-03-01T10:00:00Z", calls=1), ev("e2", "acme-eu", "2026-03-01T11:00:00Z", calls=2)]
+    assert api.post_events([*sent, ev("e3", "other", "2026-03-01T11:00:00Z")]).status_code == 204
+    got = ok(get(api, "/api/v1/customers/acme/entitlements/data/value"))
+    used = size(sent[0]) + size(sent[1])
+    assert (got["usage"], got["balance"], got["hasAccess"]) == (used, 1000 - used, True)

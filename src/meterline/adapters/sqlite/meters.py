@@ -17,6 +17,7 @@ import builtins
 import functools
 import itertools
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
@@ -107,8 +108,10 @@ class SqliteMeters:
         return bool(found)
 
     def _ensure(self, namespace: str) -> None:
-        """Create the namespace's built-in meter when it has none (once per process)."""
-        if not self.builtins or namespace in self._ensured:
+        """Create the namespace's built-in meter when it has none (once per process). Never
+        from the writer thread itself (a task waiting for its own queue would never end):
+        there the namespace's next read from another thread creates it."""
+        if not self.builtins or namespace in self._ensured or threading.current_thread().name == WRITER_THREAD:
             return
         spec = ingested_bytes_spec()
 
@@ -224,6 +227,8 @@ class SqliteMeters:
         """Nothing runs here any more (the aggregator owns the backfill)."""
 
 
+WRITER_THREAD = "meterline-writer"
+"""The name of the writer's thread (``adapters.sqlite.writer``, ``runtime.background.Loop``)."""
 BUILTIN_INDEX = "CREATE INDEX IF NOT EXISTS events_by_time ON events (namespace, time_us)"
 """The ledger by (namespace, event time), kept while built-in meters are on: they read the
 events of every type of a partial minute or a corrected hour (``edge_sql``, ``recompute``)."""
