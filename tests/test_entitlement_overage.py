@@ -16,11 +16,11 @@ from meterline.domain.entitlements.model import (
     UsagePeriodInput,
     validate_entitlement,
 )
-from meterline.domain.entitlements.overage import carried_overage
 from meterline.domain.entitlements.rules import measured_from_us, reset
-from meterline.domain.entitlements.value import metered_value, verdict
+from meterline.domain.entitlements.value import verdict
 from meterline.domain.errors import InvalidInput
-from meterline.domain.periods import Period, recurrence
+from meterline.domain.periods import recurrence
+from meterline.services.entitlement_balances import Burndown, StartCache
 
 HOUR = 3_600_000_000
 MINUTE = 60_000_000
@@ -36,37 +36,36 @@ def entitlement(preserve: bool, last_reset: int = A, carried: Decimal = Decimal(
     return Entitlement("e", "ns", "c", "c", "f", "f", spec, A, last_reset, A, reset_overage=carried)
 
 
-def period_at(ent: Entitlement) -> callable:  # type: ignore[valid-type]
-    rec = recurrence("PT1H", from_us(ent.anchor_us), "UTC")
+def rollups(usage: dict[int, Decimal]):  # type: ignore[no-untyped-def]
+    """Usage of [a, b): each amount counted at its instant."""
+    return lambda a, b: sum((v for t, v in usage.items() if a <= t < b), Decimal(0))
 
-    def at(t: int) -> Period:
-        p = rec.period_at_us(t)
-        return Period(from_us(ent.last_reset_us), p.end) if p.start_us < ent.last_reset_us < p.end_us else p
 
-    return at
+def burndown(ent: Entitlement) -> Burndown:
+    return Burndown(ent, [], recurrence("PT1H", from_us(ent.anchor_us), "UTC"), StartCache())
 
 
 def carried(ent: Entitlement, start: int) -> Decimal:
-    at = period_at(ent)
-    return carried_overage(ent, [], at(start), at, lambda p: USAGE.get(p.start_us, Decimal(0)))
+    bd = burndown(ent)
+    return bd.start_of(bd.period_at(start), rollups(USAGE)).carried
 
 
 def test_overage_carries_from_period_to_period_when_preserved() -> None:
     ent = entitlement(preserve=True)
     assert carried(ent, A) == 0  # the first period inherits nothing
     assert carried(ent, A + HOUR) == 2  # 7 used of 5
-    assert carried(ent, A + 2 * HOUR) == 1  # 2 carried + 4 used of 5
+    assert carried(ent, A + 2 * HOUR) == 1  # 2 carried (burnt from the 5 issued) + 4 used of 5
     assert carried(ent, A + 3 * HOUR) == Decimal("2.5")  # 1 + 6.5 of 5
     assert carried(entitlement(preserve=False), A + 2 * HOUR) == 0
 
 
-def test_the_value_uses_the_allowance_for_the_carried_overage_first() -> None:
+def test_the_carried_overage_burns_the_issued_grant_first() -> None:
     ent = entitlement(preserve=True)
-    period = Period(from_us(A + 2 * HOUR), from_us(A + 3 * HOUR))
-    value = metered_value(ent, Decimal("2.5"), Decimal(0), period, A + 2 * HOUR + MINUTE, carried=Decimal(1))
+    now = A + 2 * HOUR + MINUTE
+    value = burndown(ent).value(now, rollups({**USAGE, A + 2 * HOUR: Decimal("2.5")}))
     assert (value.usage, value.allowance, value.balance, value.overage) == (Decimal("2.5"), 5, Decimal("1.5"), 0)
     assert verdict(ent, value, Decimal("1.5")).allowed and not verdict(ent, value, Decimal("1.6")).allowed
-    over = metered_value(ent, Decimal("6.5"), Decimal(0), period, A + 2 * HOUR + MINUTE, carried=Decimal(1))
+    over = burndown(ent).value(now, rollups(USAGE))
     assert (over.balance, over.overage, over.has_access) == (0, Decimal("2.5"), False)
 
 

@@ -133,8 +133,8 @@ def test_grant_lists_honour_order_by_and_order(setup: Api) -> None:
     assert r.status_code == 201, r.text
     created = []
     # created 0.5 s apart (a fraction of a second: times must compare as instants, not as text),
-    # effective in the opposite order
-    for amount, effective in ((1, "2026-03-03T00:00:00Z"), (2, "2026-03-02T00:00:00Z"), (3, "2026-03-01T00:00:00Z")):
+    # effective in the opposite order (within the current usage period: OpenMeter refuses a grant before it)
+    for amount, effective in ((1, "2026-03-03T00:00:00Z"), (2, "2026-03-02T00:00:00Z"), (3, "2026-03-01T13:00:00Z")):
         grant = {"amount": amount, "effectiveAt": effective}
         r = post(api, "/api/v2/customers/acme/entitlements/calls/grants", grant)
         assert r.status_code == 201, r.text
@@ -244,7 +244,8 @@ def test_entitlement_history_answers_any_range_exactly(setup: Api) -> None:
         found = history(path, T0_US - 10 * 60_000_000 + 1_000, minute + 59_999_001, "HOUR")
         assert sum(w["usage"] for w in found["windowedHistory"]) == 6 * 2 + 5 + 7 + 11
         assert found["windowedHistory"][0]["period"]["from"] == rfc3339(T0_US - 10 * 60_000_000 + 1_000)
-        assert found["burndownHistory"][0]["usage"] == 35 and found["burndownHistory"][0]["balanceAtEnd"] == 65
+        # the burndown starts at `from` with the balance then: e0's 2 (1 ms before) already burnt
+        assert found["burndownHistory"][0]["usage"] == 35 and found["burndownHistory"][0]["balanceAtEnd"] == 63
         # the same range as the meter query answers it
         query = get(
             api,

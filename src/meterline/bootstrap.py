@@ -137,7 +137,7 @@ def attach_counting(backend: EmbeddedBackend, clock: Clock, *, baseline_days: in
     counters.heal = lambda: followups.heal(COUNTERS)
     counters.reload()
     history = History(counters, backend.usage, clock, lambda: db.fresh())
-    counters.carry = history.carried
+    counters.rollups = history.usage
     notes = backend.notifications
     alerts = AlertEvaluator(host, counters, notes, notes, history, clock, baseline_days=baseline_days)
     notes.changed = followups.guarded(ALERT_RULES, alerts.reload, alerts.reload)

@@ -16,9 +16,10 @@ from meterline.api.listing import ENTITLEMENT_ORDER, listed
 from meterline.api.meter_query import run_query
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
-from meterline.domain.entitlements.history import PeriodUsage, WindowUsage
+from meterline.domain.entitlements.credit import Segment
+from meterline.domain.entitlements.history import WindowUsage
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput
-from meterline.domain.entitlements.render import entitlement_body, period_body, value_body
+from meterline.domain.entitlements.render import entitlement_body, value_body
 from meterline.domain.entitlements.value import Value
 
 
@@ -170,7 +171,7 @@ async def entitlement_history(call: Call) -> Response:
     return await run_query(call.request, work)
 
 
-def _history_json(windows: list[WindowUsage], periods: list[PeriodUsage]) -> dict[str, Any]:
+def _history_json(windows: list[WindowUsage], segments: list[Segment]) -> dict[str, Any]:
     history: list[dict[str, Any]] = [
         {
             "period": {"from": rfc3339(w.start), "to": rfc3339(w.end)},
@@ -179,21 +180,23 @@ def _history_json(windows: list[WindowUsage], periods: list[PeriodUsage]) -> dic
         }
         for w in windows
     ]
-    burndown: list[dict[str, Any]] = [
-        {
-            "period": period_body(p.period),
-            "usage": p.usage,
-            "overage": p.overage,
-            "balanceAtStart": p.balance_at_start,
-            "overageAtStart": p.carried,
-            "balanceAtEnd": p.balance_at_end,
-            "grantBalancesAtStart": {},
-            "grantBalancesAtEnd": {},
-            "grantUsages": [],
-        }
-        for p in periods
-    ]
-    return {"windowedHistory": history, "burndownHistory": burndown}
+    return {"windowedHistory": history, "burndownHistory": [_segment_json(s) for s in segments]}
+
+
+def _segment_json(s: Segment) -> dict[str, Any]:
+    """One segment of the credit engine's burndown, in OpenMeter's ``GrantBurnDownHistorySegment``
+    shape (plus ``overageAtStart``)."""
+    return {
+        "period": {"from": rfc3339(s.start_us), "to": rfc3339(s.end_us)},
+        "usage": s.usage,
+        "overage": s.overage,
+        "overageAtStart": s.overage_at_start,
+        "balanceAtStart": s.balance_at_start,
+        "grantBalancesAtStart": s.balances_at_start,
+        "balanceAtEnd": s.balance_at_end,
+        "grantBalancesAtEnd": s.balances_at_end,
+        "grantUsages": [{"grantId": g, "usage": u} for g, u in s.usages],
+    }
 
 
 @endpoint(Scope.ADMIN)

@@ -44,7 +44,8 @@ class GrantV2(msgspec.Struct, frozen=True, rename="camel"):
     effective_at: Any
     expiration: dict[str, Any] | None = None
     priority: int = 1
-    max_rollover_amount: Decimal = Decimal(0)
+    max_rollover_amount: Decimal | None = None
+    """OpenMeter's v2 default: the grant's amount (v1's is 0)."""
     min_rollover_amount: Decimal = Decimal(0)
     metadata: dict[str, str] | None = None
     recurrence: Any = None
@@ -61,6 +62,8 @@ def _grant_input(g: GrantV2) -> GrantInput:
     """A v2 grant as the v1 grant input, decoded as v1 decodes one (so times are checked alike)."""
     members = msgspec.to_builtins(g)
     members["expiration"] = g.expiration or FOREVER
+    if g.max_rollover_amount is None:
+        members["maxRolloverAmount"] = g.amount
     return decode_json(msgspec.json.encode(members), GrantInput, "grant")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Protocol
 
+from meterline.domain.entitlements.credit import Segment
 from meterline.domain.entitlements.model import Entitlement
 from meterline.domain.entitlements.value import Value
 from meterline.domain.meters.query import MeterQuery
@@ -31,6 +32,16 @@ class EntitlementUsage(Protocol):
     def value_at(self, ent: Entitlement, t_us: int) -> Value | None:
         """The value as of ``t_us`` (usage from its period's start through the minute holding
         it); None unless the entitlement is live and metered."""
+        ...
+
+    def state_at_reset(self, ent: Entitlement, at_us: int, preserve: bool) -> tuple[Decimal, dict[str, Decimal]]:
+        """The overage left and each grant's balance at the start of the period a reset at
+        ``at_us`` opens (``preserve``: the reset keeps the overage)."""
+        ...
+
+    def segments(self, ent: Entitlement, start_us: int, end_us: int) -> list[Segment] | None:
+        """The credit engine's burndown from ``start_us`` to ``end_us``; None unless the
+        entitlement is live and metered."""
         ...
 
     def windows(self, ent: Entitlement, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:

@@ -32,15 +32,17 @@ from typing import cast
 from meterline.domain.clock import Clock, from_us
 from meterline.domain.customers.model import Customer
 from meterline.domain.decimals import EXACT
+from meterline.domain.entitlements.credit import Segment
 from meterline.domain.entitlements.model import Entitlement, Feature, Grant
-from meterline.domain.entitlements.overage import carried_overage
-from meterline.domain.entitlements.value import ZERO, Value, Verdict, grant_total, metered_value, verdict
+from meterline.domain.entitlements.value import ZERO, Value, Verdict, verdict
 from meterline.domain.errors import InvalidInput, StorageUnavailable
+from meterline.domain.meters.edges import exact_query
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import MeterQuery
 from meterline.domain.periods import Period, Recurrence, recurrence
 from meterline.ports.counters import CounterSource, StreamHost
 from meterline.ports.stream import Committed, Firing, UsageQueries
+from meterline.services.entitlement_balances import Burndown, StartCache
 
 ONE = Decimal(1)
 _ACCESS = Value(True)
@@ -69,6 +71,7 @@ class Live:
     grants: list[Grant]
     state: State = (None, 0, 0, ZERO)
     """(period, start_us, end_us, usage), replaced as a whole so readers see one snapshot."""
+    engine: tuple[StartCache, Burndown] | None = None
 
     def signature(self) -> tuple[object, ...]:
         return (self.meter.key, self.subjects, self.filters, self.ent.anchor_us, self.ent.last_reset_us)
@@ -78,6 +81,13 @@ class Live:
         if p.start_us < self.ent.last_reset_us < p.end_us:
             return Period(from_us(self.ent.last_reset_us).astimezone(p.start.tzinfo), p.end)
         return p
+
+    def burndown(self, starts: StartCache) -> Burndown:
+        """The credit engine over this entitlement's grants and periods (made once per index)."""
+        made = self.engine
+        if made is None or made[0] is not starts:
+            made = self.engine = (starts, Burndown(self.ent, self.grants, self.recurrence, starts))
+        return made[1]
 
     def current(self, now_us: int) -> bool:
         period, start, end, _ = self.state
@@ -125,9 +135,10 @@ class LiveCounters:
         """Whether the index missed a committed change (set by the backend's follow-ups)."""
         self.heal: Callable[[], bool] = lambda: True
         """Rebuild a stale index from the store; True when it is current again."""
-        self.carry: Callable[[Live, Period], Decimal] = lambda live, period: ZERO
-        """The overage carried into a period of an entitlement that preserves it
-        (:meth:`History.carried`, set by bootstrap)."""
+        self.rollups: Callable[[Live, int, int], Decimal] = lambda live, start, end: ZERO
+        """An entitlement's usage in a span, from the rollups (:meth:`History.usage`, set by
+        bootstrap): the credit engine reads the spans the live counter does not cover."""
+        self.starts = StartCache()
 
     # -- writer side ------------------------------------------------------------------------
 
@@ -299,18 +310,15 @@ class LiveCounters:
             self.touch(ent.id)
             period, _, _, usage = live.state
             assert period is not None
-        grants = grant_total(live.grants, period, now) if live.grants else ZERO
-        carried = self.carry(live, period) if carries(ent) else ZERO
-        return ent, metered_value(ent, usage, grants, period, now, project=project, carried=carried)
+        burndown = live.burndown(self.starts)
+        value = burndown.value(
+            now, lambda a, b: self.rollups(live, a, b), live_usage=usage, project=project, period=period
+        )
+        return ent, value
 
     def check(self, namespace: str, customer_key: str, feature_key: str, quantity: Decimal) -> Verdict:
         ent, value = self.value(namespace, customer_key, feature_key, project=False)
         return verdict(ent, value, quantity)
-
-
-def carries(ent: Entitlement) -> bool:
-    """Whether a period of ``ent`` may start with overage (``domain.entitlements.overage``)."""
-    return ent.spec.preserve_overage_at_reset or ent.reset_overage > 0
 
 
 def live_counter(
@@ -359,6 +367,13 @@ def read_usage(usage: UsageQueries, live: Live, period: Period) -> Decimal:
     return sum((row.value for row in usage.query(live.meter, query)), ZERO)
 
 
+def span_usage(usage: UsageQueries, live: Live, start_us: int, end_us: int) -> Decimal:
+    """The entitlement's usage in ``[start_us, end_us)``, any instants (``domain.meters.edges``)."""
+    filters = tuple((d, (v,), False) for d, v in live.filters)
+    query = exact_query(start_us, end_us, subjects=live.subjects, filters=filters)
+    return sum((row.value for row in usage.query(live.meter, query)), ZERO)
+
+
 class History:
     """Usage of a metered entitlement at past times, read from the rollups (not the counters)."""
 
@@ -369,41 +384,30 @@ class History:
         self._usage = usage
         self._clock = clock
         self._fresh = fresh
-        self._carried: dict[tuple[object, ...], Decimal] = {}
 
     def live(self, entitlement_id: str) -> Live | None:
         return self._counters.index.live.get(entitlement_id)
 
     def value_at(self, live: Live, t_us: int) -> Value:
-        """The value as of ``t_us``: usage from its period's start through the minute holding ``t_us``."""
-        period = live.period_at(t_us)
-        end = min(period.end_us, t_us - t_us % 60_000_000 + 60_000_000)
-        usage = self.usage(live, period.start_us, end)
-        carried = self.carried(live, period) if carries(live.ent) else ZERO
-        return metered_value(live.ent, usage, grant_total(live.grants, period, t_us), period, t_us, carried=carried)
+        """The value as of ``t_us``: the credit engine over the rollups' usage through the
+        minute holding ``t_us``."""
+        return live.burndown(self._counters.starts).value(t_us, lambda a, b: self.usage(live, a, b))
 
-    def carried(self, live: Live, period: Period) -> Decimal:
-        """The overage carried into ``period`` (``domain.entitlements.overage``), from the
-        rollups' usage of the periods since the last reset; kept per entitlement definition,
-        grants and period: a closed period is not reopened by later readings (as the counters
-        treat it)."""
-        ent = live.ent
-        grants = tuple((g.id, g.voided_us) for g in live.grants)
-        key = (ent.id, ent.last_reset_us, ent.reset_overage, period.start_us, grants)
-        found = self._carried.get(key)
-        if found is None:
-            found = carried_overage(
-                ent, live.grants, period, live.period_at, lambda p: self.usage(live, p.start_us, p.end_us)
-            )
-            self._carried[key] = found
-        return found
+    def state_at_reset(self, live: Live, at_us: int, preserve: bool) -> tuple[Decimal, dict[str, Decimal]]:
+        """The overage and grant balances a reset at ``at_us`` leaves (the credit engine)."""
+        burndown = live.burndown(self._counters.starts)
+        return burndown.state_at_reset(at_us, lambda a, b: self.usage(live, a, b), preserve)
+
+    def segments(self, live: Live, start_us: int, end_us: int) -> list[Segment]:
+        """The credit engine's burndown segments from ``start_us`` to ``end_us``."""
+        return live.burndown(self._counters.starts).timeline(start_us, end_us, lambda a, b: self.usage(live, a, b))
 
     def usage(self, live: Live, start_us: int, end_us: int) -> Decimal:
+        """Usage in ``[start_us, end_us)``, exactly (partial minutes from the ledger)."""
         if end_us <= start_us:
             return ZERO
-        span = Period(from_us(start_us), from_us(end_us))
         self._fresh()
-        return self._counters._read(self._usage, live, span)
+        return span_usage(self._usage, live, start_us, end_us)
 
     def windows(self, live: Live, query: MeterQuery) -> list[tuple[int, int, Decimal]]:
         """Usage per window of ``query`` (its subjects and filters are the entitlement's), with

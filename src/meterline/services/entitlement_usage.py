@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from meterline.domain.entitlements.credit import Segment
 from meterline.domain.entitlements.model import Entitlement
 from meterline.domain.entitlements.value import Value
 from meterline.domain.meters.query import MeterQuery
@@ -32,6 +33,14 @@ class CountedEntitlementUsage:
     def value_at(self, ent: Entitlement, t_us: int) -> Value | None:
         live = self._history.live(ent.id)
         return None if live is None else self._history.value_at(live, t_us)
+
+    def state_at_reset(self, ent: Entitlement, at_us: int, preserve: bool) -> tuple[Decimal, dict[str, Decimal]]:
+        live = self._history.live(ent.id)
+        return (Decimal(0), {}) if live is None else self._history.state_at_reset(live, at_us, preserve)
+
+    def segments(self, ent: Entitlement, start_us: int, end_us: int) -> list[Segment] | None:
+        live = self._history.live(ent.id)
+        return None if live is None else self._history.segments(live, start_us, end_us)
 
     def windows(self, ent: Entitlement, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
         live = self._history.live(ent.id)

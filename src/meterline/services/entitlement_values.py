@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from meterline.domain.clock import Clock
-from meterline.domain.entitlements.history import PeriodUsage, WindowUsage, burndown
+from meterline.domain.clock import Clock, rfc3339
+from meterline.domain.entitlements.credit import Segment
+from meterline.domain.entitlements.history import WindowUsage
 from meterline.domain.entitlements.model import Entitlement
+from meterline.domain.entitlements.rules import reset_at
 from meterline.domain.entitlements.value import Value, verdict
 from meterline.domain.errors import InvalidInput, NotFound
 from meterline.domain.meters.edges import exact_query
@@ -75,19 +77,23 @@ class EntitlementValueService:
         retain_anchor: bool,
         preserve_overage: bool | None,
     ) -> None:
-        """Reset a metered entitlement's usage (``EntitlementService.reset``). The overage at
-        the reset carries into the new period when ``preserve_overage`` says so (default: the
-        entitlement's ``preserveOverageAtReset``, as in OpenMeter)."""
+        """Reset a metered entitlement's usage (``EntitlementService.reset``): not before the
+        current usage period (OpenMeter refuses that too). Each grant rolls over and the
+        overage carries into the new period when ``preserve_overage`` says so (default: the
+        entitlement's ``preserveOverageAtReset``, as in OpenMeter); the credit engine's state
+        then is kept on the entitlement, where later runs resume."""
         ent = self._entitlements.find(namespace, owner, entitlement)
         keep = ent.spec.preserve_overage_at_reset if preserve_overage is None else preserve_overage
-        carried = self._overage_before if keep else None
-        self._entitlements.reset(namespace, owner, ent.id, effective_us, retain_anchor, carried)
-
-    def _overage_before(self, ent: Entitlement, at_us: int) -> Decimal:
-        """The overage of the usage before ``at_us`` (a whole minute): the value as of the
-        minute before it."""
-        value = self._usage.value_at(ent, at_us - 1)
-        return Decimal(0) if value is None or value.overage is None else value.overage
+        now = self._clock.now_us()
+        at = reset_at(ent, effective_us, now)
+        current = self._usage.period_at(ent, now)
+        if current is not None and at < current.start_us:
+            raise InvalidInput(
+                f"a reset cannot be before the current usage period's start {rfc3339(current.start_us)}",
+                code="invalid_reset",
+            )
+        overage, balances = self._usage.state_at_reset(ent, at, keep)
+        self._entitlements.reset(namespace, owner, ent.id, effective_us, retain_anchor, (overage, balances))
 
     def check(self, namespace: str, customer: str | None, features: Sequence[tuple[str, Decimal]]) -> Check:
         """Would using these quantities of these features be allowed now (live counters only)?"""
@@ -112,9 +118,10 @@ class EntitlementValueService:
         end_us: int | None,
         window_size: str,
         time_zone: str,
-    ) -> tuple[list[WindowUsage], list[PeriodUsage]]:
+    ) -> tuple[list[WindowUsage], list[Segment]]:
         """Usage per window (default: from the current period's start through the current
-        minute; any instants, answered exactly) and per usage period, of a metered entitlement."""
+        minute; any instants, answered exactly) and the credit engine's burndown segments (OpenMeter's
+        ``burndownHistory``) of a metered entitlement."""
         if window_size not in HISTORY_WINDOWS:
             raise InvalidInput("windowSize must be MINUTE, HOUR, DAY or MONTH", code="invalid_window_size")
         ent = self._entitlements.find(namespace, owner, entitlement)
@@ -130,18 +137,40 @@ class EntitlementValueService:
         # and last minute from the ledger (domain.meters.edges), as meter queries are
         query = exact_query(start, end, window_size=WindowSize(window_size), tz=zone(time_zone), limits=self._limits)
         windows = self._usage.windows(ent, query) or []
-        dated = [(s, e, usage, self._period(ent, s)) for s, e, usage in windows]
-        return burndown(dated, ent.spec.issue_after_reset or Decimal(0), lambda p: self._carried(ent, p))
+        segments = self._usage.segments(ent, start, end) or []
+        return self._window_balances(ent, windows, segments), segments
 
-    def _carried(self, ent: Entitlement, period: Period) -> Decimal:
-        """The overage ``period`` inherited (0 unless the entitlement preserves overage)."""
-        if not (ent.spec.preserve_overage_at_reset or ent.reset_overage > 0):
+    def _window_balances(
+        self, ent: Entitlement, windows: list[tuple[int, int, Decimal]], segments: list[Segment]
+    ) -> list[WindowUsage]:
+        """Each window with the balance at its start: its segment's balance, less what the
+        segment's usage before the window (and the overage it started with) burnt."""
+        out, current, used = [], None, Decimal(0)
+        for start, end, usage in windows:
+            seg = _segment_at(segments, start)
+            if seg is None:
+                out.append(WindowUsage(start, end, usage, Decimal(0)))
+                continue
+            if seg is not current:
+                current, used = seg, self._usage_between(ent, seg.start_us, start)
+            left = seg.balance_at_start - seg.overage_at_start - used
+            out.append(WindowUsage(start, end, usage, max(left, Decimal(0))))
+            used += usage
+        return out
+
+    def _usage_between(self, ent: Entitlement, start_us: int, end_us: int) -> Decimal:
+        if end_us <= start_us:
             return Decimal(0)
-        value = self._usage.value_at(ent, period.start_us)
-        return Decimal(0) if value is None else value.carried
+        rows = self._usage.windows(ent, exact_query(start_us, end_us, limits=self._limits)) or []
+        return sum((u for _, _, u in rows), Decimal(0))
 
-    def _period(self, ent: Entitlement, start_us: int) -> Period:
-        period = self._usage.period_at(ent, start_us)
-        if period is None:
-            raise NotFound("the entitlement's meter no longer exists", code="meter_not_found")
-        return period
+
+def _segment_at(segments: list[Segment], t_us: int) -> Segment | None:
+    """The segment in force at ``t_us`` (the last one starting at or before it)."""
+    found = None
+    for seg in segments:
+        if seg.start_us > t_us:
+            break
+        if seg.end_us > t_us or seg.start_us == seg.end_us:
+            found = seg
+    return found

@@ -6,17 +6,18 @@ anchored, resets) are applied here before anything is written; the repositories 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 
 from ulid import ULID
 
-from meterline.domain.clock import Clock
+from meterline.domain.clock import Clock, from_us
 from meterline.domain.customers.model import Customer
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput, Feature, validate_entitlement
-from meterline.domain.entitlements.rules import anchor_us, check_periods, measured_from_us, reset, reset_at
+from meterline.domain.entitlements.rules import anchor_us, check_periods, measured_from_us, reset
 from meterline.domain.errors import InvalidInput, NotFound
 from meterline.domain.meters.model import Aggregation
+from meterline.domain.periods import recurrence
 from meterline.ports.customers import CustomerRepository
 from meterline.ports.entitlements import EntitlementRepository, FeatureRepository
 from meterline.ports.meters import MeterCatalog
@@ -115,6 +116,15 @@ class EntitlementService:
                 return ent
         raise NotFound(f"no entitlement {id_or_feature!r} for this customer", code="entitlement_not_found")
 
+    def period_start_us(self, ent: Entitlement, t_us: int) -> int | None:
+        """Where the usage period of metered ``ent`` holding ``t_us`` starts (after its last
+        reset); None for other types."""
+        if ent.spec.type != "metered" or ent.spec.usage_period is None:
+            return None
+        customer = self._customers.get(ent.namespace, ent.customer_id)
+        rec = recurrence(ent.spec.usage_period.interval, from_us(ent.anchor_us), customer.timezone)
+        return max(rec.period_at_us(t_us).start_us, ent.last_reset_us)
+
     def delete(self, namespace: str, owner: str, id_or_feature: str) -> None:
         ent = self.find(namespace, owner, id_or_feature)
         self._entitlements.delete(namespace, ent.id, self._clock.now_us())
@@ -126,11 +136,12 @@ class EntitlementService:
         id_or_feature: str,
         effective_us: int | None,
         retain_anchor: bool,
-        carried: Callable[[Entitlement, int], Decimal] | None = None,
+        state: tuple[Decimal, dict[str, Decimal]] | None = None,
     ) -> None:
-        """Start a new usage period at ``effective_us`` (to the minute; default now).
-        ``carried(ent, at)`` is the overage the reset preserves into it (none without one)."""
+        """Start a new usage period at ``effective_us`` (to the minute; default now). ``state``
+        is the overage and each grant's balance the credit engine leaves then (none: zero
+        overage, every grant at its amount)."""
         ent = self.find(namespace, owner, id_or_feature)
         now = self._clock.now_us()
-        overage = Decimal(0) if carried is None else carried(ent, reset_at(ent, effective_us, now))
-        self._entitlements.update(reset(ent, effective_us, retain_anchor, now, overage))
+        overage, balances = (Decimal(0), None) if state is None else state
+        self._entitlements.update(reset(ent, effective_us, retain_anchor, now, overage, balances))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 
+import msgspec
 from ulid import ULID
 
-from meterline.domain.clock import Clock, to_us
+from meterline.domain.clock import Clock, from_us, rfc3339, to_us
 from meterline.domain.entitlements.model import (
     Feature,
     FeatureInput,
@@ -18,10 +19,12 @@ from meterline.domain.entitlements.model import (
     validate_grant,
 )
 from meterline.domain.entitlements.rules import grant_expiry_us
-from meterline.domain.errors import InvalidInput
+from meterline.domain.errors import InvalidInput, NotFound
 from meterline.ports.entitlements import FeatureRepository, GrantRepository
 from meterline.ports.meters import MeterCatalog
 from meterline.services.entitlements import EntitlementService
+
+MINUTE_US = 60_000_000
 
 
 class FeatureService:
@@ -64,12 +67,22 @@ class FeatureService:
     # -- grants -----------------------------------------------------------------------------
 
     def grant(self, namespace: str, owner: str, entitlement: str, inp: GrantInput) -> Grant:
-        """Add a grant to the customer's metered entitlement (by id or feature)."""
+        """Add a grant to the customer's live metered entitlement (by id or feature). As in
+        OpenMeter, ``effectiveAt`` counts to the minute and may not lie before the current
+        usage period: the balances of closed periods are not rewritten."""
         ent = self._entitlements.find(namespace, owner, entitlement)
         validate_grant(inp)
         if ent.spec.type != "metered":
             raise InvalidInput("grants add to metered entitlements only", code="invalid_grant")
         effective = to_us(inp.effective_at)
+        effective -= effective % MINUTE_US
+        start = self._entitlements.period_start_us(ent, self._clock.now_us())
+        if start is not None and effective < start:
+            raise InvalidInput(
+                f"effectiveAt {rfc3339(effective)} is before the current usage period, which starts {rfc3339(start)}",
+                code="invalid_grant",
+            )
+        inp = msgspec.structs.replace(inp, effective_at=from_us(effective))
         grant = Grant(str(ULID()), ent.id, inp, effective, grant_expiry_us(inp), self._clock.now_us())
         return self._grants.add(namespace, grant)
 
@@ -83,5 +96,23 @@ class FeatureService:
         return self._grants.list(namespace, include_voided=include_voided)
 
     def void_grant(self, namespace: str, grant_id: str, at_us: int | None) -> None:
-        """Void a grant at ``at_us`` (default now)."""
-        self._grants.void(namespace, grant_id, at_us or self._clock.now_us())
+        """Void a grant at ``at_us`` (default now), to the minute: as in OpenMeter, not in the
+        future and not before its entitlement's current usage period."""
+        now = self._clock.now_us()
+        at = now if at_us is None else at_us
+        at -= at % MINUTE_US
+        if at > now:
+            raise InvalidInput("a grant cannot be voided in the future", code="invalid_void")
+        grant = next((g for g in self._grants.list(namespace, include_voided=True) if g.id == grant_id), None)
+        if grant is not None:
+            try:
+                ent = self._entitlements.get(namespace, grant.entitlement_id)
+            except NotFound:
+                ent = None
+            start = None if ent is None or ent.deleted_us is not None else self._entitlements.period_start_us(ent, now)
+            if start is not None and at < start:
+                raise InvalidInput(
+                    f"a grant cannot be voided before the current usage period, which starts {rfc3339(start)}",
+                    code="invalid_void",
+                )
+        self._grants.void(namespace, grant_id, at)

@@ -10,16 +10,16 @@ rollups it reads (the request's freshness record says which, ``runtime.freshness
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 
 from meterline.domain.billing import UsageKey
 from meterline.domain.billing.records import UsageAsk
-from meterline.domain.clock import Clock, from_us
+from meterline.domain.clock import Clock
 from meterline.domain.customers.model import Customer
+from meterline.domain.entitlements.credit import Segment
 from meterline.domain.entitlements.model import Entitlement
-from meterline.domain.entitlements.overage import carried_overage
-from meterline.domain.entitlements.value import ZERO, Value, grant_total, metered_value
+from meterline.domain.entitlements.value import ZERO, Value
 from meterline.domain.errors import NotFound
 from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery
@@ -27,7 +27,8 @@ from meterline.domain.periods import Period
 from meterline.ports.customers import CustomerRepository
 from meterline.ports.entitlements import EntitlementRepository, FeatureRepository, GrantRepository
 from meterline.ports.meters import MeterCatalog, UsageReader
-from meterline.services.counters import Live, carries, live_counter, read_usage
+from meterline.services.counters import Live, live_counter, read_usage, span_usage
+from meterline.services.entitlement_balances import StartCache
 
 MINUTE_US = 60_000_000
 
@@ -53,6 +54,7 @@ class QueriedEntitlementUsage:
         self._meters = meters
         self._usage = usage
         self._clock = clock
+        self._starts = StartCache()
 
     def customer_key(self, namespace: str, key_or_subject: str) -> str | None:
         customer = self._customer(namespace, key_or_subject)
@@ -82,9 +84,8 @@ class QueriedEntitlementUsage:
         now = self._clock.now_us()
         period = live.period_at(now)
         usage = read_usage(self._usage, live, period)
-        grants = grant_total(live.grants, period, now) if live.grants else ZERO
-        carried = self._carried(live, period)
-        return ent, metered_value(ent, usage, grants, period, now, project=project, carried=carried)
+        value = live.burndown(self._starts).value(now, self._rollups(live), live_usage=usage, project=project)
+        return ent, value
 
     def period_at(self, ent: Entitlement, t_us: int) -> Period | None:
         live = self._live_of(ent)
@@ -93,23 +94,23 @@ class QueriedEntitlementUsage:
     def value_at(self, ent: Entitlement, t_us: int) -> Value | None:
         """Usage from the period's start through the minute holding ``t_us``."""
         live = self._live_of(ent)
+        return None if live is None else live.burndown(self._starts).value(t_us, self._rollups(live))
+
+    def state_at_reset(self, ent: Entitlement, at_us: int, preserve: bool) -> tuple[Decimal, dict[str, Decimal]]:
+        live = self._live_of(ent)
         if live is None:
-            return None
-        period = live.period_at(t_us)
-        end = min(period.end_us, t_us - t_us % MINUTE_US + MINUTE_US)
-        usage = ZERO if end <= period.start_us else read_usage(self._usage, live, Period(period.start, from_us(end)))
-        grants = grant_total(live.grants, period, t_us)
-        return metered_value(live.ent, usage, grants, period, t_us, carried=self._carried(live, period))
+            return ZERO, {}
+        return live.burndown(self._starts).state_at_reset(at_us, self._rollups(live), preserve)
 
-    def _carried(self, live: Live, period: Period) -> Decimal:
-        """The overage carried into ``period`` (``domain.entitlements.overage``)."""
-        if not carries(live.ent):
-            return ZERO
+    def segments(self, ent: Entitlement, start_us: int, end_us: int) -> list[Segment] | None:
+        live = self._live_of(ent)
+        return None if live is None else live.burndown(self._starts).timeline(start_us, end_us, self._rollups(live))
 
-        def usage_of(p: Period) -> Decimal:
-            return read_usage(self._usage, live, p)
+    def _rollups(self, live: Live) -> Callable[[int, int], Decimal]:
+        def usage(start_us: int, end_us: int) -> Decimal:
+            return span_usage(self._usage, live, start_us, end_us)
 
-        return carried_overage(live.ent, live.grants, period, live.period_at, usage_of)
+        return usage
 
     def windows(self, ent: Entitlement, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
         live = self._live_of(ent)
@@ -146,7 +147,7 @@ class QueriedEntitlementUsage:
                 meters[(ent.namespace, meter.spec.slug)] = meter
             except NotFound:
                 return None
-        grants = self._grants.list(ent.namespace, ent.id)
+        grants = self._grants.list(ent.namespace, ent.id, include_voided=True)  # a void ends a grant at its time
         return live_counter(ent, customer, feature, meters, grants, self._clock.now_us())
 
 

@@ -84,10 +84,14 @@ class Entitlement(msgspec.Struct, frozen=True):
     deleted_us: int | None = None
     reset_overage: Decimal = Decimal(0)
     """The overage carried into the period that starts at ``last_reset_us`` by a reset that
-    preserved it (``domain.entitlements.overage``)."""
+    preserved it, less what the rolled-over grants covered (``domain.entitlements.credit``)."""
     measured_from_us: int | None = None
     """OpenMeter's ``measureUsageFrom`` as resolved at creation (None: created before it was
     kept; then ``last_reset_us`` stands for it)."""
+    reset_balances: dict[str, Decimal] | None = None
+    """Each grant's balance at the start of the period that begins at ``last_reset_us`` (after
+    the rollover and the burn of the preserved overage), kept by the reset (the credit engine
+    resumes there); None before the first reset, or for a reset made before they were kept."""
 
 
 class GrantInput(msgspec.Struct, frozen=True, rename="camel"):
@@ -161,8 +165,9 @@ def validate_grant(inp: GrantInput) -> None:
         problems.append("amount must be a positive number")
     if inp.effective_at.tzinfo is None:
         problems.append("effectiveAt must carry a UTC offset")
-    if inp.max_rollover_amount or inp.min_rollover_amount:
-        problems.append("rollover amounts are not supported: a grant's balance ends at the next reset")
+    for name, value in (("maxRolloverAmount", inp.max_rollover_amount), ("minRolloverAmount", inp.min_rollover_amount)):
+        if not value.is_finite() or value < 0:
+            problems.append(f"{name} must be a non-negative number")
     if not 0 <= inp.priority <= 255:
         problems.append("priority must be between 0 and 255")
     duration, count = inp.expiration.get("duration"), inp.expiration.get("count")

@@ -114,11 +114,19 @@ def reset_at(ent: Entitlement, effective_us: int | None, now_us: int) -> int:
 
 
 def reset(
-    ent: Entitlement, effective_us: int | None, retain_anchor: bool, now_us: int, carried: Decimal = Decimal(0)
+    ent: Entitlement,
+    effective_us: int | None,
+    retain_anchor: bool,
+    now_us: int,
+    carried: Decimal = Decimal(0),
+    balances: dict[str, Decimal] | None = None,
 ) -> Entitlement:
     """``ent`` with a new usage period starting at the reset (``reset_at``): the anchor moves
-    there too unless ``retain_anchor``; ``carried`` is the overage the reset preserves into it
-    (OpenMeter's ``preserveOverage``; 0 when it starts from zero)."""
+    there too unless ``retain_anchor``; ``carried`` is the overage left after the reset (what
+    it preserved, OpenMeter's ``preserveOverage``, less what the rolled-over grants covered; 0
+    when it starts from zero) and ``balances`` each grant's balance then (the credit engine)."""
     at = reset_at(ent, effective_us, now_us)
     anchor = ent.anchor_us if retain_anchor else at
-    return msgspec.structs.replace(ent, last_reset_us=at, anchor_us=anchor, reset_overage=carried)
+    return msgspec.structs.replace(
+        ent, last_reset_us=at, anchor_us=anchor, reset_overage=carried, reset_balances=balances
+    )

@@ -1,17 +1,14 @@
-"""Entitlement values: pure functions of a definition, the period's usage and the clock.
+"""Entitlement values and verdicts.
 
-A metered entitlement's allowance for a period is its ``issueAfterReset`` plus every grant
-active in that period (a grant counts from the period it becomes effective in, until it
-expires; its balance does not roll over a reset unless it recurs). Then::
+A metered entitlement's balance, overage and grant total come from the credit engine
+(``domain.entitlements.credit``, run by ``services.entitlement_balances``); then::
 
-    balance  = max(allowance - carried - usage, 0)
-    overage  = max(carried + usage - allowance, 0)
-
-where ``carried`` is the overage a period inherits from the one before when the entitlement
-preserves overage at reset (``domain.entitlements.overage``; 0 otherwise).
     hasAccess = unlimited or soft limit (overage allowed) or balance > 0
 
-"Would N more units be allowed?" is ``usage + N <= allowance`` for a hard limit.
+"Would N more units be allowed?" is ``N <= balance`` for a hard limit (``balance > 0`` for 0).
+
+``grant_total`` and ``metered_value`` are the simple sum of the grants active at an instant,
+which the usage alerts still use to place their thresholds.
 """
 
 from __future__ import annotations
@@ -114,7 +111,6 @@ def verdict(ent: Entitlement | None, value: Value | None, quantity: Decimal) -> 
     spec = ent.spec
     if spec.is_unlimited or spec.is_soft_limit:
         return Verdict(True, None, value)
-    assert value.usage is not None and value.allowance is not None
-    used = EXACT.add(value.usage, value.carried)
-    room = EXACT.add(used, quantity) <= value.allowance if quantity > 0 else used < value.allowance
+    assert value.balance is not None
+    room = quantity <= value.balance if quantity > 0 else value.balance > 0
     return Verdict(room, None if room else LIMIT_EXHAUSTED, value)

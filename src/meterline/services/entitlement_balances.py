@@ -1,0 +1,240 @@
+"""The credit engine (``domain.entitlements.credit``) run for one metered entitlement.
+
+Shared by the embedded live counters and by the nodes that query the usage store (scale mode):
+both hand in the usage of any span (``rollups``), and the current period's usage when they
+count it live.
+
+Where a run starts: the state kept by the last reset (each grant's balance and the overage
+left then), or, for a time before the last reset, the start of measurement with every grant
+at its amount. The state at the start of a usage period is kept in a ``StartCache`` (per
+entitlement definition, grants and period), so a value of the current period runs the engine
+over that period only; with no grant event inside it that is one segment and one burn, and
+its usage is the live counter's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from meterline.domain.clock import from_us
+from meterline.domain.decimals import EXACT
+from meterline.domain.entitlements.credit import ZERO, Credit, Segment, Snapshot, balance_at, run
+from meterline.domain.entitlements.model import Entitlement, Grant
+from meterline.domain.entitlements.value import Value, projection
+from meterline.domain.errors import InvalidInput
+from meterline.domain.periods import Period, Recurrence, recurrence
+
+MINUTE_US = 60_000_000
+Rollups = Callable[[int, int], Decimal]
+"""The entitlement's usage in ``[from_us, to_us)`` as the usage store answers it."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodStart:
+    snapshot: Snapshot
+    """Each grant's balance and the overage as the period's first segment starts."""
+    burnt: Decimal
+    """Preserved overage the rolled-over grants covered at the reset that opened the period."""
+    carried: Decimal
+    """Overage preserved into the period by that reset (before the grants covered it)."""
+
+
+class StartCache:
+    """Period-start states, keyed by everything they depend on: a change to the entitlement,
+    a grant, a void or a reset makes a new key. A closed period is not reopened by late usage
+    (as the live counters treat it)."""
+
+    LIMIT = 50_000
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[object, ...], PeriodStart] = {}
+
+    def get(self, key: tuple[object, ...], compute: Callable[[], PeriodStart]) -> PeriodStart:
+        found = self._found.get(key)
+        if found is None:
+            if len(self._found) >= self.LIMIT:
+                self._found.clear()
+            found = self._found[key] = compute()
+        return found
+
+
+def credits_of(ent: Entitlement, grants: Sequence[Grant]) -> list[Credit]:
+    """The entitlement's grants as credits, ``issueAfterReset`` among them: as OpenMeter, a
+    grant effective from the start of measurement, without expiry, whose balance after every
+    reset is its amount (min = max rollover), burnt at ``issueAfterResetPriority``."""
+    out = [_credit(g) for g in grants]
+    issue = ent.spec.issue_after_reset
+    if issue is not None and issue > 0:
+        start = ent.last_reset_us if ent.measured_from_us is None else ent.measured_from_us
+        prio = ent.spec.issue_after_reset_priority
+        out.append(Credit(f"{ent.id}.issueAfterReset", issue, prio, start, None, ent.created_us, None, issue, issue))
+    return out
+
+
+def _credit(g: Grant) -> Credit:
+    s = g.spec
+    rec: Recurrence | None = None
+    if s.recurrence is not None:
+        anchor = s.recurrence.anchor or s.effective_at
+        rec = recurrence(s.recurrence.interval, anchor, "UTC")
+    return Credit(
+        g.id,
+        s.amount,
+        s.priority,
+        g.effective_us - g.effective_us % MINUTE_US,
+        g.expires_us,
+        g.created_us,
+        g.voided_us,
+        s.max_rollover_amount,
+        s.min_rollover_amount,
+        rec,
+    )
+
+
+class Burndown:
+    """The engine over one metered entitlement's periods (``rec``: its usage periods)."""
+
+    def __init__(self, ent: Entitlement, grants: Sequence[Grant], rec: Recurrence, cache: StartCache) -> None:
+        self.ent = ent
+        self.grants = grants
+        self.credits = credits_of(ent, grants)
+        self._rec = rec
+        self._cache = cache
+        self.measured_us = ent.last_reset_us if ent.measured_from_us is None else ent.measured_from_us
+
+    # -- periods ----------------------------------------------------------------------------
+
+    def period_at(self, t_us: int) -> Period:
+        """The usage period holding ``t_us``: cut at the last reset, the first one starting at
+        the start of measurement."""
+        p = self._rec.period_at_us(t_us)
+        last = self.ent.last_reset_us
+        start, end = p.start_us, p.end_us
+        if t_us >= last:
+            start = max(start, last)
+        else:
+            start, end = max(start, min(self.measured_us, last)), min(end, last)
+        if (start, end) == (p.start_us, p.end_us):
+            return p
+        zone = p.start.tzinfo
+        return Period(from_us(start).astimezone(zone), from_us(end).astimezone(zone))
+
+    def resets(self, start_us: int, until_us: int) -> list[int]:
+        """The usage-period boundaries in ``(start_us, until_us]``."""
+        out: list[int] = []
+        t = start_us
+        while True:
+            end = self.period_at(t).end_us
+            if end > until_us:
+                return out
+            out.append(end)
+            t = end
+
+    def _origin(self, t_us: int) -> Snapshot:
+        if t_us >= self.ent.last_reset_us:
+            return Snapshot(self.ent.last_reset_us, dict(self.ent.reset_balances or {}), self.ent.reset_overage)
+        return Snapshot(min(self.measured_us, self.ent.last_reset_us), {})
+
+    # -- states -----------------------------------------------------------------------------
+
+    def start_of(self, period: Period, rollups: Rollups) -> PeriodStart:
+        p = period.start_us
+        ent = self.ent
+        grants = tuple((g.id, g.voided_us) for g in self.grants)
+        balances = tuple(sorted((ent.reset_balances or {}).items()))
+        key = (ent.id, ent.spec, ent.anchor_us, ent.last_reset_us, ent.reset_overage, balances, grants, p)
+        return self._cache.get(key, lambda: self._compute_start(p, rollups))
+
+    def _compute_start(self, p: int, rollups: Rollups) -> PeriodStart:
+        origin = self._origin(p)
+        resets = [t for t in self.resets(origin.at_us, p) if t <= p]
+        keep = self.ent.spec.preserve_overage_at_reset
+        _, segs = run(self.credits, origin, resets, p, _spans(rollups), preserve_overage=keep)
+        first = segs[-1]
+        rolled = segs[-2] if len(segs) > 1 and segs[-2].rollover and segs[-2].start_us == p else None
+        snap = Snapshot(p, first.balances_at_start, first.overage_at_start)
+        if rolled is not None:
+            return PeriodStart(snap, rolled.grant_usage, rolled.overage_at_start)
+        return PeriodStart(snap, ZERO, origin.overage if p == origin.at_us else ZERO)
+
+    def value(
+        self,
+        t_us: int,
+        rollups: Rollups,
+        *,
+        live_usage: Decimal | None = None,
+        project: bool = True,
+        period: Period | None = None,
+    ) -> Value:
+        """The value as of ``t_us`` (through the end of its minute, as OpenMeter rounds it up).
+        ``live_usage``: the usage of the whole period holding ``t_us`` (the live counter's), so
+        the last segment needs no query; ``period``: that period, when the caller knows it."""
+        period = self.period_at(t_us) if period is None else period
+        begin = self.start_of(period, rollups)
+        until = min(t_us - t_us % MINUTE_US + MINUTE_US, period.end_us)
+        p = period.start_us
+
+        def usage(a: int, b: int) -> Decimal:
+            if b == until and live_usage is not None:
+                return live_usage if a == p else EXACT.subtract(live_usage, rollups(p, a))
+            return rollups(a, b)
+
+        end, segs = run(self.credits, begin.snapshot, (), until, _spans(usage), preserve_overage=False)
+        balance, _ = balance_at(self.credits, end)
+        used, granted = ZERO, begin.burnt
+        for seg in segs:
+            used = EXACT.add(used, seg.usage)
+            granted = EXACT.add(granted, seg.grant_usage)
+        spec = self.ent.spec
+        access = spec.is_unlimited or spec.is_soft_limit or balance > 0
+        soft = spec.soft_limit is not None and used >= spec.soft_limit
+        projected = projection(used, period, t_us) if project else None
+        available = EXACT.add(granted, balance)
+        return Value(access, used, available, balance, end.overage, soft, projected, period, carried=begin.carried)
+
+    def state_at_reset(self, at_us: int, rollups: Rollups, preserve: bool) -> tuple[Decimal, dict[str, Decimal]]:
+        """The overage and each grant's balance at the start of the period a reset at ``at_us``
+        (not before the current period) opens. The run resumes at the start of the period the
+        reset ends (as OpenMeter resumes from its snapshot there), so ``preserve`` decides this
+        reset only."""
+        origin = self._origin(at_us)
+        if at_us <= origin.at_us:
+            return origin.overage, origin.balances
+        begin = self.start_of(self.period_at(at_us - 1), rollups).snapshot
+        _, segs = run(self.credits, begin, [at_us], at_us, _spans(rollups), preserve_overage=preserve)
+        first = segs[-1]
+        balances = {g: b for g, b in first.balances_at_start.items() if self._active(g, at_us)}
+        return first.overage_at_start, balances
+
+    def _active(self, grant_id: str, t_us: int) -> bool:
+        return any(c.id == grant_id and c.active_at(t_us) for c in self.credits)
+
+    def timeline(self, start_us: int, end_us: int, rollups: Rollups) -> list[Segment]:
+        """The burndown's segments from ``start_us`` to ``end_us`` (split at ``start_us``)."""
+        if start_us < self.measured_us:
+            raise InvalidInput("`from` cannot be before the entitlement's measureUsageFrom", code="invalid_range")
+        if end_us <= start_us:
+            return []
+        last, keep, spans = self.ent.last_reset_us, self.ent.spec.preserve_overage_at_reset, _spans(rollups)
+        segments: list[Segment] = []
+        origin = self._origin(start_us)
+        if origin.at_us < last:
+            until = min(end_us, last)
+            resets = [t for t in self.resets(origin.at_us, until) if t < last]
+            _, part = run(self.credits, origin, resets, until, spans, preserve_overage=keep, cuts=[start_us])
+            segments.extend(part)
+            if end_us <= last:
+                return [s for s in segments if s.start_us >= start_us]
+            segments[-1].reset = True
+            origin = self._origin(last)
+        resets = self.resets(origin.at_us, end_us)
+        _, part = run(self.credits, origin, resets, end_us, spans, preserve_overage=keep, cuts=[start_us])
+        segments.extend(part)
+        return [s for s in segments if s.start_us >= start_us and not (s.start_us == s.end_us == start_us)]
+
+
+def _spans(rollups: Rollups) -> Rollups:
+    """``rollups`` with an empty span answered without a query."""
+    return lambda a, b: ZERO if b <= a else rollups(a, b)
