@@ -44,7 +44,7 @@ def test_v1_lists_stop_at_openmeters_default_limit(api: Api) -> None:
     metered = {"type": "metered", "featureKey": "calls", "usagePeriod": {"interval": "DAY"}}
     post(api, "/api/v1/subjects/c000/entitlements", metered)
     for i in range(101):
-        grant = {"amount": i + 1, "effectiveAt": "2026-03-01T00:00:00Z", "expiration": {"duration": "DAY", "count": 1}}
+        grant = {"amount": i + 1, "effectiveAt": "2026-03-01T12:00:00Z", "expiration": {"duration": "DAY", "count": 1}}
         post(api, "/api/v1/subjects/c000/entitlements/calls/grants", grant)
     assert len(get(api, "/api/v1/grants")) == 100
     assert len(get(api, "/api/v1/grants", limit=200)) == 101

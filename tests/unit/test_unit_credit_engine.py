@@ -5,8 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
+
 from meterline.domain.clock import to_us
 from meterline.domain.entitlements.credit import Credit, Snapshot, balance_at, run
+from meterline.domain.entitlements.model import GrantInput, UsagePeriodInput, validate_grant
+from meterline.domain.errors import InvalidInput
 from meterline.domain.periods import recurrence
 
 D = Decimal
@@ -84,3 +88,17 @@ def test_a_recurring_grant_refills_at_each_recurrence() -> None:
     end, segs = run([a], Snapshot(T0, {}), (), T0 + 50 * H, events, preserve_overage=False)
     assert [s.balance_at_start for s in segs] == [D(10), D(10), D(10)]
     assert (balances([a], end), end.overage) == ({"a": D(0)}, D(2))
+
+
+def test_grant_rollover_amounts_and_recurrences_are_validated() -> None:
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    day = {"duration": "DAY", "count": 1}
+    validate_grant(GrantInput(D(5), at, day, max_rollover_amount=D(3), min_rollover_amount=D(4)))  # as OpenMeter
+    for bad in (
+        GrantInput(D(5), at, day, max_rollover_amount=D(-1)),
+        GrantInput(D(5), at, day, min_rollover_amount=D("NaN")),
+        GrantInput(D(5), at, day, recurrence=UsagePeriodInput("PT1M")),
+        GrantInput(D(5), at, day, recurrence=UsagePeriodInput("sometimes")),
+    ):
+        with pytest.raises(InvalidInput):
+            validate_grant(bad)

@@ -10,7 +10,7 @@ from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import json_response, parse_bool, parse_time, time_text, typed_body
 from meterline.api.listing import FEATURE_ORDER, GRANT_ORDER, LIST_CAP, listed
 from meterline.domain.auth.keys import Scope
-from meterline.domain.clock import rfc3339
+from meterline.domain.clock import rfc3339, to_us
 from meterline.domain.entitlements.model import FeatureInput, Grant, GrantInput
 from meterline.domain.entitlements.render import feature_body
 
@@ -28,10 +28,20 @@ def grant_json(g: Grant) -> dict[str, Any]:
         "maxRolloverAmount": s.max_rollover_amount,
         "minRolloverAmount": s.min_rollover_amount,
         "metadata": s.metadata,
-        "recurrence": None if s.recurrence is None else {"interval": s.recurrence.interval},
+        "recurrence": None if s.recurrence is None else _recurrence(g),
         "createdAt": rfc3339(g.created_us),
         "updatedAt": rfc3339(g.created_us),
         "voidedAt": time_text(g.voided_us),
+    }
+
+
+def _recurrence(g: Grant) -> dict[str, Any]:
+    """OpenMeter's shape: the interval and the anchor (default: the grant's effectiveAt)."""
+    assert g.spec.recurrence is not None
+    anchor = g.spec.recurrence.anchor
+    return {
+        "interval": g.spec.recurrence.interval,
+        "anchor": rfc3339(g.effective_us if anchor is None else to_us(anchor)),
     }
 
 

@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import partial
+
+import msgspec
 
 from meterline.domain.clock import from_us
 from meterline.domain.decimals import EXACT
@@ -103,6 +106,10 @@ class Burndown:
         self._rec = rec
         self._cache = cache
         self.measured_us = ent.last_reset_us if ent.measured_from_us is None else ent.measured_from_us
+        grants_key = tuple((g.id, g.voided_us) for g in grants)
+        self._key = (msgspec.json.encode(ent), grants_key)
+        """What a period-start state depends on: the entitlement as stored (its definition,
+        anchor, last reset and the state kept then) and each grant with its void."""
 
     # -- periods ----------------------------------------------------------------------------
 
@@ -140,24 +147,27 @@ class Burndown:
     # -- states -----------------------------------------------------------------------------
 
     def start_of(self, period: Period, rollups: Rollups) -> PeriodStart:
+        """The state as ``period``'s first segment starts: from the run's origin, period by
+        period, each period's start cached (so a new period costs one period's run)."""
         p = period.start_us
-        ent = self.ent
-        grants = tuple((g.id, g.voided_us) for g in self.grants)
-        balances = tuple(sorted((ent.reset_balances or {}).items()))
-        key = (ent.id, ent.spec, ent.anchor_us, ent.last_reset_us, ent.reset_overage, balances, grants, p)
-        return self._cache.get(key, lambda: self._compute_start(p, rollups))
-
-    def _compute_start(self, p: int, rollups: Rollups) -> PeriodStart:
         origin = self._origin(p)
-        resets = [t for t in self.resets(origin.at_us, p) if t <= p]
+        state = self._cache.get((self._key, origin.at_us), lambda: self._first(origin, rollups))
+        for boundary in self.resets(origin.at_us, p):
+            state = self._cache.get((self._key, boundary), partial(self._next, state.snapshot, boundary, rollups))
+        return state
+
+    def _first(self, origin: Snapshot, rollups: Rollups) -> PeriodStart:
+        _, segs = run(self.credits, origin, (), origin.at_us, _spans(rollups), preserve_overage=False)
+        snap = Snapshot(origin.at_us, segs[-1].balances_at_start, segs[-1].overage_at_start)
+        return PeriodStart(snap, ZERO, origin.overage)
+
+    def _next(self, before: Snapshot, boundary: int, rollups: Rollups) -> PeriodStart:
+        """The period starting at ``boundary``, from the state at the start of the one before."""
         keep = self.ent.spec.preserve_overage_at_reset
-        _, segs = run(self.credits, origin, resets, p, _spans(rollups), preserve_overage=keep)
-        first = segs[-1]
-        rolled = segs[-2] if len(segs) > 1 and segs[-2].rollover and segs[-2].start_us == p else None
-        snap = Snapshot(p, first.balances_at_start, first.overage_at_start)
-        if rolled is not None:
-            return PeriodStart(snap, rolled.grant_usage, rolled.overage_at_start)
-        return PeriodStart(snap, ZERO, origin.overage if p == origin.at_us else ZERO)
+        _, segs = run(self.credits, before, (boundary,), boundary, _spans(rollups), preserve_overage=keep)
+        rolled, first = segs[-2], segs[-1]
+        snap = Snapshot(boundary, first.balances_at_start, first.overage_at_start)
+        return PeriodStart(snap, rolled.grant_usage, rolled.overage_at_start)
 
     def value(
         self,

@@ -22,6 +22,7 @@ import msgspec
 
 from meterline.domain.errors import InvalidInput
 from meterline.domain.identifiers import SLUG_RULE, is_slug, name_problem, shown
+from meterline.domain.periods import recurrence
 
 
 class FeatureInput(msgspec.Struct, frozen=True, rename="camel"):
@@ -170,12 +171,33 @@ def validate_grant(inp: GrantInput) -> None:
             problems.append(f"{name} must be a non-negative number")
     if not 0 <= inp.priority <= 255:
         problems.append("priority must be between 0 and 255")
+    if inp.recurrence is not None and (problem := _recurrence_problem(inp)):
+        problems.append(problem)
     duration, count = inp.expiration.get("duration"), inp.expiration.get("count")
     if not isinstance(duration, str) or duration not in MAX_EXPIRATION or type(count) is not int or count < 1:
         problems.append("expiration must be {duration: HOUR|DAY|WEEK|MONTH|YEAR, count: positive integer}")
     elif count > MAX_EXPIRATION[duration]:
         problems.append(f"expiration may be at most 100 years ({MAX_EXPIRATION[duration]} {duration})")
     _raise(problems, "invalid_grant")
+
+
+HOUR_US = 3_600_000_000
+
+
+def _recurrence_problem(inp: GrantInput) -> str | None:
+    """A grant recurs every ``recurrence.interval`` (at least an hour, as OpenMeter's usage
+    periods) from its anchor (default ``effectiveAt``), in UTC."""
+    assert inp.recurrence is not None
+    anchor = inp.recurrence.anchor or inp.effective_at
+    if anchor.tzinfo is None:
+        return "recurrence.anchor must carry a UTC offset"
+    try:
+        period = recurrence(inp.recurrence.interval, anchor, "UTC").period_at(anchor)
+    except (InvalidInput, OverflowError, ValueError):
+        return "recurrence.interval must be DAY, WEEK, MONTH, YEAR or an ISO-8601 duration of at least an hour"
+    if period.end_us - period.start_us < HOUR_US:
+        return "recurrence.interval must be at least an hour"
+    return None
 
 
 MEASURE_PRESETS = ("CURRENT_PERIOD_START", "NOW")
