@@ -237,14 +237,28 @@ def scale_node(scale_site: Site) -> Server:
     return Server(f"http://127.0.0.1:{port}", "", scale_site.dir, process, port)
 
 
+@pytest.fixture(scope="session")
+def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real `meterline serve` in embedded mode shared by this test process's tests of both
+    modes (no key: see ``mode_server``), as ``scale_node`` is in scale mode; webhook receivers
+    of the notification tests listen on 127.0.0.1, which it allows as the scale site does."""
+    env = {"METERLINE_ALERTS__ALLOW_PRIVATE_WEBHOOK_TARGETS": "true"}
+    s = start_server(tmp_path_factory.mktemp("embedded-node", numbered=True) / "data", env=env)
+    yield s
+    s.stop()
+
+
 def mode_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    """A real server in the mode of the fixture's parameter: an embedded `meterline serve` of
-    its own, or the shared scale-mode API node with an admin key of a namespace of its own."""
+    """A real server in the mode of the fixture's parameter: the shared embedded `meterline serve`
+    or the shared scale-mode API node, with an admin key of a namespace of the test's own (every
+    read and write is scoped by the key's namespace, so tests sharing a server see nothing of
+    each other's; starting a server per test cost seconds of every test's setup)."""
+    namespace = f"n{uuid.uuid4().hex[:10]}"
     if request.param == "scale":
         node: Server = request.getfixturevalue("scale_node")
         site_: Site = request.getfixturevalue("scale_site")
-        yield Server(node.url, site_.key(f"n{uuid.uuid4().hex[:10]}"), node.data_dir, node.process, node.port)
+        yield Server(node.url, site_.key(namespace), node.data_dir, node.process, node.port)
         return
-    s = start_server(tmp_path / "server-data")
-    yield s
-    s.stop()
+    node = request.getfixturevalue("embedded_node")
+    key = make_key(node.data_dir, ["admin"], namespace)
+    yield Server(node.url, key, node.data_dir, node.process, node.port)

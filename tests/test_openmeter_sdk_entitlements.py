@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import MODES, Server, mode_server, start_server
+from conftest import MODES, Server, mode_server
 from corehttp.exceptions import HttpResponseError, ResourceNotFoundError
 from dateutil.relativedelta import relativedelta
 from openmeter import Client
@@ -109,14 +109,9 @@ class World:
 
 @pytest.fixture(params=MODES)
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    """A real server in each storage mode (these tests hold for both); the webhook receivers of
-    the notification tests listen on 127.0.0.1."""
-    if request.param == "scale":  # the shared scale site allows private webhook targets
-        yield from mode_server(request, tmp_path)
-        return
-    s = start_server(tmp_path / "server-data", env={"METERLINE_ALERTS__ALLOW_PRIVATE_WEBHOOK_TARGETS": "true"})
-    yield s
-    s.stop()
+    """A real server in each storage mode (these tests hold for both); both shared servers let
+    the webhook receivers of the notification tests listen on 127.0.0.1."""
+    yield from mode_server(request, tmp_path)
 
 
 @pytest.fixture
