@@ -210,7 +210,13 @@ MODES = ["embedded", "scale"]
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A test marked ``embedded_only("why")`` runs in embedded mode only: its scale-mode
-    parameter is deselected (what it checks is not offered in scale mode; the reason says why)."""
+    parameter is deselected (what it checks is not offered in scale mode; the reason says why).
+
+    Modules marked ``heavy`` (tests of tens of seconds: real server processes, kill -9 under
+    load, the fuzzer) run first, each kept whole and in its place among them. ``./run test``
+    hands whole modules to the two workers in this order (``--dist loadfile
+    --no-loadscope-reorder``), so the long ones start early and the run ends on short ones
+    instead of one core finishing a long test alone while the other idles."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -218,7 +224,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         (drop if scale and item.get_closest_marker("embedded_only") else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+    keep.sort(key=lambda item: item.get_closest_marker("heavy") is None)  # stable: modules stay whole
+    items[:] = keep
 
 
 def mode_api(request: pytest.FixtureRequest, tmp_path: Path, **overrides: dict[str, object]) -> Iterator[Api]:

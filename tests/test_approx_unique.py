@@ -23,6 +23,8 @@ from meterline.adapters.sqlite.database import connect
 from meterline.adapters.sqlite.rebuild import rebuild
 from meterline.domain.meters.sketch import STANDARD_ERROR, Sketch
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 BOUND = 3 * STANDARD_ERROR  # 4.9 %
 
 

@@ -15,6 +15,8 @@ from conftest import Server, start_server
 from meterline.config import load_config
 from meterline.domain.errors import ConfigError
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

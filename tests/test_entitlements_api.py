@@ -12,6 +12,8 @@ from test_ingest_api import assert_problem
 
 from meterline.domain.clock import rfc3339
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 T0 = rfc3339(T0_US)  # 2026-03-01T12:00:00.000Z
 
 

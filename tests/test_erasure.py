@@ -29,6 +29,8 @@ from meterline.adapters.sqlite import erasure_hours
 from meterline.adapters.sqlite.database import DB_FILE
 from meterline.adapters.sqlite.schema import connect
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 SUBJECT = "zed.person-4471"
 EMAIL = "zed.private@example.org"
 IDS = [f"evt-zed-{i:04d}" for i in range(8)]

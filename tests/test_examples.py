@@ -14,6 +14,8 @@ import pytest
 from conftest import Server, free_port
 from test_middleware_helpers import create_request_meter, metered
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -17,6 +17,8 @@ from test_entitlements_api import check, value
 from test_entitlements_api import ev as llm_event
 from test_entitlements_api import setup as metered_entitlement
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 
 def ev(i: int, tokens: int) -> dict[str, object]:
     return {

@@ -23,6 +23,8 @@ import pytest
 from conftest import Server, start_server
 from node_packages import failures, node_test, npm_ci
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 ALLOWED_WARNING = "GET /api/v1/openapi.yaml"  # a YAML answer: not a JSON model to generate
 
 

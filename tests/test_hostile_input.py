@@ -14,6 +14,8 @@ from test_ingest_api import assert_problem
 
 from meterline.api.app import ROUTES
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 PLAN = {
     "plan": "pro",
     "name": "Pro",

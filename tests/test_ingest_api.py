@@ -10,6 +10,8 @@ import msgspec
 import pytest
 from conftest import MODES, T0_US, Api, build_api, mode_api
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 
 @pytest.fixture(params=MODES)
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:

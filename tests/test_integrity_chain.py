@@ -17,6 +17,8 @@ from conftest import build_api
 from meterline.adapters.sqlite.database import DB_FILE
 from meterline.domain.integrity.chain import GENESIS, content_digest, link
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 EVENTS = 12
 
 

@@ -10,6 +10,8 @@ import pytest
 from conftest import MODES, Api, mode_api
 from test_ingest_api import assert_problem
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 
 @pytest.fixture(params=MODES)
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:

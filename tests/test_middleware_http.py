@@ -29,6 +29,8 @@ from ulid import ULID
 
 from meterline.sdk import MiddlewareConfig, SenderOptions
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 KINDS = ["asgi", "wsgi"]
 FAST = SenderOptions(max_delay=0.05, backoff_base=0.01, backoff_max=0.2)
 

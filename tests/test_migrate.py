@@ -20,6 +20,8 @@ from conftest import Server, free_port, start_server
 from scale_site import site
 from stack.launch import Stack
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 NOW = datetime.now(UTC).replace(microsecond=0)
 OLD = NOW - timedelta(days=200)  # beyond the target's default late-arrival window (90 days)
 METERS = [

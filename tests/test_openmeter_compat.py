@@ -14,6 +14,8 @@ from conftest import MODES, Api, mode_api
 
 from meterline.api.openmeter_paths import PATHS
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 
 @pytest.fixture(params=MODES)
 def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:

@@ -17,6 +17,8 @@ import pytest
 from conftest import Api, build_api, start_server
 from test_ingest_api import assert_problem
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 RSS_BOUND_MB = 512
 """The stated bound (README, *Bounded answers*): a server with the default ``[query]`` settings."""
 EVENTS = 10_000

@@ -26,6 +26,8 @@ from meterline.bootstrap import Worker, open_worker
 from meterline.domain.clock import SystemClock
 from meterline.ports.sink import BatchFollower
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 NS = "default"
 EXTRA = "\n[aggregation]\nmax_wait = 60.0\nchunk = 200\n[alerts]\nallow_private_webhook_targets = true\n"
 THRESHOLDS = [

@@ -36,6 +36,8 @@ from meterline.domain.meters.windows import WindowSize
 from meterline.ports.sink import BatchFollower
 from meterline.services.counter_feed import CountedUsage
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 FEB = (1_769_904_000, 1_772_323_200)  # February 2026, UTC
 RANGES = [FEB, (1_770_113_220, 1_771_593_180), (1_770_113_220, 1_770_113_280), (1_770_112_800, 1_770_199_200)]
 SUBJECTS = [("c1",), ("c2", "c5", "c11"), ("nobody",), tuple(f"c{i}" for i in range(13))]

@@ -30,6 +30,8 @@ from stack.launch import Stack
 
 from meterline.adapters.clickhouse.client import Connection
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 CLIENTS = 4
 BATCH = 40
 BATCHES_PER_CLIENT = 10

@@ -30,6 +30,8 @@ from meterline.bootstrap import rebuild_scale
 from meterline.domain.errors import Conflict
 from meterline.domain.meters.model import Aggregation, MeterSpec
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 EXTRA = """
 [aggregation]
 chunk = 150

@@ -40,6 +40,8 @@ from meterline.domain.meters.model import Aggregation, MeterSpec
 from meterline.domain.meters.query import MeterQuery
 from meterline.ports.dedupe import EventKey, Verdict
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 NS = "default"
 T0 = 1_772_366_400  # 2026-03-01T12:00:00Z
 PARTITIONS = 4

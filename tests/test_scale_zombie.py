@@ -30,6 +30,8 @@ from meterline.domain.clock import FixedClock
 from meterline.domain.events.decode import decode_events, split_body
 from meterline.domain.events.model import Status
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 NS = "default"
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 BATCH = 30

@@ -26,6 +26,8 @@ import httpx
 import pytest
 from conftest import Server, start_server
 
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
+
 SEED = 20260301
 EXAMPLES = 12  # per operation in the fuzzing phase; the coverage phase adds its own boundary cases
 PHASES = "examples,coverage,fuzzing"

@@ -11,8 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import Server, wait_ready
 from faults import STARTUP_SECONDS, disk_full, events, failing_syscalls, kill9, launch, ledger_ids, post, tmpfs
+
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
 
 
 def assert_storage_unavailable(r: httpx.Response) -> None:

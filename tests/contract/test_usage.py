@@ -43,7 +43,7 @@ from meterline.ports.usage import Batch
 from meterline.services.aggregation import Aggregator
 
 HISTORY = history()
-pytestmark = pytest.mark.ports("usage", "ledger", "meters")
+pytestmark = [pytest.mark.ports("usage", "ledger", "meters"), pytest.mark.heavy]  # heavy: see conftest.py
 
 
 def send(stores: Stores, events: list[Sent]) -> None:
