@@ -10,9 +10,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from cloudevents.conversion import to_binary, to_json
 from cloudevents.http import CloudEvent
@@ -22,6 +24,7 @@ from test_billing_api import add_customer, get, invoice, lines, move_to, ok, pos
 from test_ingest_api import assert_problem
 
 from meterline.adapters.sqlite import erasure_hours
+from meterline.domain.events.size import time_text
 
 REPORT = {"Prefer": "return=representation"}
 
@@ -307,3 +310,15 @@ def test_an_entitlement_on_it_counts_the_customers_bytes(api: Api) -> None:
     got = ok(get(api, "/api/v1/customers/acme/entitlements/data/value"))
     used = size(sent[0]) + size(sent[1])
     assert (got["usage"], got["balance"], got["hasAccess"]) == (used, 1000 - used, True)
+
+
+def test_an_event_without_time_counts_the_time_it_was_received(api: Api) -> None:
+    untimed = {k: v for k, v in ev("t1", "acme", "", calls=1).items() if k != "time"}
+    assert api.post_events([untimed]).status_code == 204
+    assert total(api) == size({**untimed, "time": "2026-03-01T12:00:00Z"})  # the frozen clock
+
+
+@pytest.mark.parametrize("time_us", [0, -1, 1_772_362_800_000_000, 1_772_362_800_120_000, 253_402_300_799_999_999])
+def test_the_time_text_is_an_encoded_datetime(time_us: int) -> None:
+    at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=time_us)
+    assert msgspec.json.encode(time_text(time_us)) == msgspec.json.encode(at)

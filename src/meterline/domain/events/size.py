@@ -19,15 +19,16 @@ event, so a rebuild of the rollups from the ledger reproduces every figure.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import msgspec
 
 _decode = msgspec.json.Decoder(float_hook=Decimal)
 _encode = msgspec.json.Encoder(order="sorted", decimal_format="number")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1)
 SKIPPED = ("datacontenttype",)
 """Members of the stored object that do not count."""
 
@@ -37,8 +38,21 @@ def canonical(raw: bytes, time_us: int) -> bytes:
     event: dict[str, Any] = _decode.decode(raw)
     for name in SKIPPED:
         event.pop(name, None)
-    event["time"] = _EPOCH + timedelta(microseconds=time_us)
+    event["time"] = time_text(time_us)
     return _encode.encode(event)
+
+
+def time_text(time_us: int) -> str:
+    """RFC 3339 in UTC: ``2026-03-01T10:00:00Z``, or with six digits of fraction when the
+    time has microseconds (``...:00.120000Z``); the same text as an encoded ``datetime``."""
+    second, micro = divmod(time_us, 1_000_000)
+    return f"{_second(second)}Z" if micro == 0 else f"{_second(second)}.{micro:06d}Z"
+
+
+@lru_cache(maxsize=4096)
+def _second(second: int) -> str:
+    """The date and time of a second (cached: a request's events mostly share a few)."""
+    return (_EPOCH + timedelta(seconds=second)).isoformat()
 
 
 def event_size(raw: bytes, time_us: int) -> int:
