@@ -218,9 +218,20 @@ def test_an_existing_data_file_is_counted_when_turned_on(tmp_path: Path) -> None
         later = ev("n1", "acme", "2026-03-01T11:00:00Z", calls=9)
         assert api.post_events([later]).status_code == 204
         assert total(api) == sum(size(e) for e in [*before, later])
+        meter_id = ok(api.client.get("/api/v1/meters/ingested_bytes", headers=api.headers()))["id"]
     finally:
         gen.close()
-    gen = build_api(tmp_path)  # turned off: the meter and its usage go
+    # a CLI command on the store run without the setting leaves the meter alone
+    args = [sys.executable, "-m", "meterline.cli.main", "billing", "run", "--data-dir", str(tmp_path / "data")]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    gen = build_api(tmp_path, metering={"ingested_bytes": True})
+    api = next(gen)
+    try:
+        assert ok(api.client.get("/api/v1/meters/ingested_bytes", headers=api.headers()))["id"] == meter_id
+    finally:
+        gen.close()
+    gen = build_api(tmp_path)  # a server started with it off: the meter and its usage go
     api = next(gen)
     try:
         assert ok(api.client.get("/api/v1/meters", headers=api.headers())) == []

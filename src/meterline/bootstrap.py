@@ -608,6 +608,8 @@ def build(config: Config, clock: Clock | None = None) -> System:
     monitor = Monitor(stuck_after=config.health.stuck_after.total_seconds())
     backend = open_backend(config, clock, monitor, aggregate=False)
     try:
+        if not config.metering.ingested_bytes:
+            backend.meters.drop_builtins()  # turned off: the server drops them (docs/meters.md)
         counting = attach_counting(backend, clock, baseline_days=config.alerts.baseline_days)
     except BaseException:
         backend.close()

@@ -281,8 +281,9 @@ class MeteringConfig(_Section):
     billable like any meter, and read-only. Off by default, so meter lists stay exactly the
     meters users made (OpenMeter clients may compare them). Turning it on counts the events
     already in the ledger (a backfill); in embedded mode it also adds a (namespace, time)
-    index to the ledger, and turning it off deletes the meter and its usage. In scale mode set
-    it alike on every API node; turned off there, the meters made stay and keep counting."""
+    index to the ledger, and starting the server with it off deletes the meter and its usage
+    (a CLI command with it off leaves them). In scale mode set it alike on every API node;
+    turned off there, the meters made stay and keep counting."""
 
 
 class PortalConfig(_Section):

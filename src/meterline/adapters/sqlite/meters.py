@@ -87,18 +87,21 @@ class SqliteMeters:
         ledger's (namespace, time) index that their partial-minute reads and corrections use
         is created, and each namespace in use gets the meter (a namespace first seen later
         gets it when its meters are first read); events already in the ledger are counted in
-        by the meter's backfill, like any new meter's. Off: a built-in meter and its usage
-        are deleted (turned on again, it is counted anew from the ledger)."""
+        by the meter's backfill, like any new meter's. Off: no namespace gets one; built-in
+        meters already stored stay (``drop_builtins`` deletes them: the server's start does,
+        a CLI command run with another config must not)."""
         self.builtins = on
         self._ensured.clear()
-        if not on:
-            gone = self._db.writer.call(self._drop_builtins)
-            if gone:
-                self.changed()
-            return
-        self._db.writer.call(lambda conn: conn.execute(BUILTIN_INDEX))
-        for namespace in self._db.writer.call(namespaces_in_use):
-            self._ensure(namespace)
+        if on:
+            self._db.writer.call(lambda conn: conn.execute(BUILTIN_INDEX))
+            for namespace in self._db.writer.call(namespaces_in_use):
+                self._ensure(namespace)
+
+    def drop_builtins(self) -> None:
+        """Delete the built-in meters, their usage and their ledger index (turned on again,
+        a meter is counted anew from the ledger)."""
+        if self._db.writer.call(self._drop_builtins):
+            self.changed()
 
     def _drop_builtins(self, conn: sqlite3.Connection) -> bool:
         found = [m for m in live_meters(conn) if is_builtin(m.spec)]
