@@ -138,10 +138,13 @@ def test_resets_roll_grants_over_and_burn_preserved_overage_first(http: httpx.Cl
                                           "valueProperty": "$.n"}), 201)  # fmt: skip
     ok(http.post("/api/v1/features", json={"key": "tokens", "name": "Tokens", "meterSlug": "tokens"}), 201)
     events = []
-    for customer, uses, preserve in (("roll", [(10, 130), (90, 20)], False), ("keep", [(10, 70), (90, 5)], True)):
+    plans = (("roll", [(10, 130), (90, 20)], False), ("keep", [(10, 70), (90, 5)], True), ("issue", [(10, 7)], False))
+    for customer, uses, preserve in plans:
         ok(http.post("/api/v1/customers", json={"key": customer}), 201)
         body = {"type": "metered", "featureKey": "tokens", "usagePeriod": {"interval": "PT6H", "anchor": iso(a)},
                 "measureUsageFrom": iso(a), "preserveOverageAtReset": preserve}  # fmt: skip
+        if customer == "issue":
+            body["issueAfterReset"] = 10
         ok(http.post(f"/api/v1/subjects/{customer}/entitlements", json=body), 201)
         for minutes, n in uses:
             events.append({"specversion": "1.0", "id": str(uuid.uuid4()), "source": "t", "type": "prompt",
@@ -149,18 +152,26 @@ def test_resets_roll_grants_over_and_burn_preserved_overage_first(http: httpx.Cl
     first = grant(http, "roll", 100, a, priority=1, maxRolloverAmount=50, minRolloverAmount=10)
     grant(http, "roll", 100, a, priority=2, maxRolloverAmount=100, minRolloverAmount=95)
     grant(http, "keep", 50, a, maxRolloverAmount=50, minRolloverAmount=50)
+    # v2, no expiration: never expires, and rolls its whole balance over (maxRolloverAmount = amount)
+    forever = ok(http.post("/api/v2/customers/issue/entitlements/tokens/grants",
+                           json={"amount": 5, "effectiveAt": iso(a)}), 201)  # fmt: skip
+    assert (forever["expiresAt"], forever["maxRolloverAmount"]) == (None, 5)
     assert (first["maxRolloverAmount"], first["minRolloverAmount"]) == (50, 10)
     r = http.post("/api/v1/events", json=events, headers={"Content-Type": "application/cloudevents-batch+json"})
     assert r.status_code == 204, r.text
     assert value(http, "roll", time=iso(m(30))) == (True, 130, 70, 0)
     assert value(http, "keep", time=iso(m(30))) == (False, 70, 0, 20)
 
-    for customer in ("roll", "keep"):
+    for customer in ("roll", "keep", "issue"):
         ok(http.post(f"/api/v1/subjects/{customer}/entitlements/tokens/reset", json={"effectiveAt": iso(m(60))}), 204)
     # roll: 0 left -> max(0, 10) = 10; 70 left -> min(100, max(70, 95)) = 95; then 20 used, priority 1 first
     assert value(http, "roll") == (True, 20, 85, 0)
     # keep: 50 after the rollover, less the 20 of overage preserved; then 5 used
     assert value(http, "keep") == (True, 5, 25, 0)
+    # issue: neither grant expires, so the one made first (issueAfterReset's) took the 7; at the
+    # reset it is back at 10 and the v2 grant keeps its 5
+    assert value(http, "issue", time=iso(m(30))) == (True, 7, 8, 0)
+    assert value(http, "issue") == (True, 0, 15, 0)
     r = http.post("/api/v1/subjects/keep/entitlements/tokens/reset", json={"effectiveAt": iso(m(30))})
     assert r.status_code == 400 and r.json()["code"] == "invalid_reset", r.text  # before the current period
 

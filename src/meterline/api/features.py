@@ -23,7 +23,7 @@ def grant_json(g: Grant) -> dict[str, Any]:
         "amount": s.amount,
         "priority": s.priority,
         "effectiveAt": rfc3339(g.effective_us),
-        "expiration": s.expiration,
+        "expiration": None if g.expires_us is None else s.expiration,
         "expiresAt": time_text(g.expires_us),
         "maxRolloverAmount": s.max_rollover_amount,
         "minRolloverAmount": s.min_rollover_amount,

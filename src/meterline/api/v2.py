@@ -6,7 +6,8 @@ reset; the ``{customer}`` path takes a key or an id). Where v2 differs, this mod
 lists are pages (``{totalCount, page, pageSize, items}``; events: ``{items, nextCursor}``), a
 metered entitlement's ``issue: {amount, priority}`` is ``issueAfterReset`` and
 ``issueAfterResetPriority``, its ``grants`` are created with it, and a grant without
-``expiration`` lasts the longest a grant may (100 years).
+``expiration`` never expires (its ``expiration`` is kept as the longest one, 100 years, for
+validation; its ``expiresAt`` is null and it burns after the grants that expire).
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ async def _create(call: Call, *, replace: bool) -> Response:
         validate_grant(grant)
     owner, service = call.path("customer"), call.ctx.catalog
     ent = await call.run(service.entitlements.create, call.namespace, owner, inp, replace=replace)
-    for grant in grants:
-        await call.run(service.features.grant, call.namespace, owner, ent.id, grant)
+    for sent, grant in zip(extras.grants or (), grants, strict=True):
+        await call.run(service.features.grant, call.namespace, owner, ent.id, grant, expires=bool(sent.expiration))
     return json_response(entitlements.entitlement_json(call.ctx, ent), 201)
 
 
@@ -130,9 +131,11 @@ async def list_entitlements(call: Call) -> Response:
 
 @endpoint(Scope.ADMIN)
 async def create_grant(call: Call) -> Response:
-    inp = _grant_input(await typed_body(call.request, GrantV2, "grant"))
+    sent = await typed_body(call.request, GrantV2, "grant")
+    inp = _grant_input(sent)
     service = call.ctx.catalog.features
-    grant = await call.run(service.grant, call.namespace, call.path("customer"), call.path("entitlement"), inp)
+    owner, ent = call.path("customer"), call.path("entitlement")
+    grant = await call.run(service.grant, call.namespace, owner, ent, inp, expires=bool(sent.expiration))
     return json_response(features.grant_json(grant), 201)
 
 

@@ -66,7 +66,7 @@ class FeatureService:
 
     # -- grants -----------------------------------------------------------------------------
 
-    def grant(self, namespace: str, owner: str, entitlement: str, inp: GrantInput) -> Grant:
+    def grant(self, namespace: str, owner: str, entitlement: str, inp: GrantInput, *, expires: bool = True) -> Grant:
         """Add a grant to the customer's live metered entitlement (by id or feature). As in
         OpenMeter, ``effectiveAt`` counts to the minute and may not lie before the current
         usage period: the balances of closed periods are not rewritten."""
@@ -83,7 +83,8 @@ class FeatureService:
                 code="invalid_grant",
             )
         inp = msgspec.structs.replace(inp, effective_at=from_us(effective))
-        grant = Grant(str(ULID()), ent.id, inp, effective, grant_expiry_us(inp), self._clock.now_us())
+        expiry = grant_expiry_us(inp) if expires else None  # v2: a grant sent without expiration never expires
+        grant = Grant(str(ULID()), ent.id, inp, effective, expiry, self._clock.now_us())
         return self._grants.add(namespace, grant)
 
     def grants_of(
