@@ -154,8 +154,10 @@ def test_resets_roll_grants_over_and_burn_preserved_overage_first(http: httpx.Cl
     grant(http, "keep", 50, a, maxRolloverAmount=50, minRolloverAmount=50)
     # v2, no expiration: never expires, and rolls its whole balance over (maxRolloverAmount = amount)
     forever = ok(http.post("/api/v2/customers/issue/entitlements/tokens/grants",
-                           json={"amount": 5, "effectiveAt": iso(a)}), 201)  # fmt: skip
+                           json={"amount": 5, "effectiveAt": iso(a), "priority": 1}), 201)  # fmt: skip
     assert (forever["expiresAt"], forever["maxRolloverAmount"]) == (None, 5)
+    assert ok(http.post("/api/v2/customers/issue/entitlements/tokens/grants",
+                        json={"amount": 1, "effectiveAt": iso(m(300))}), 201)["priority"] == 0  # fmt: skip
     assert (first["maxRolloverAmount"], first["minRolloverAmount"]) == (50, 10)
     r = http.post("/api/v1/events", json=events, headers={"Content-Type": "application/cloudevents-batch+json"})
     assert r.status_code == 204, r.text

@@ -44,7 +44,7 @@ class GrantV2(msgspec.Struct, frozen=True, rename="camel"):
     amount: Decimal
     effective_at: Any
     expiration: dict[str, Any] | None = None
-    priority: int = 1
+    priority: int = 0
     max_rollover_amount: Decimal | None = None
     """OpenMeter's v2 default: the grant's amount (v1's is 0)."""
     min_rollover_amount: Decimal = Decimal(0)

@@ -99,7 +99,8 @@ class GrantInput(msgspec.Struct, frozen=True, rename="camel"):
     amount: Decimal
     effective_at: datetime
     expiration: dict[str, Any]
-    priority: int = 1
+    priority: int = 0
+    """OpenMeter's server takes a grant sent without one as priority 0 (burnt first)."""
     max_rollover_amount: Decimal = Decimal(0)
     min_rollover_amount: Decimal = Decimal(0)
     metadata: dict[str, str] | None = None
