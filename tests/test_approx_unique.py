@@ -4,7 +4,7 @@ Against the exact UNIQUE_COUNT of the same values on seeded data (deterministic)
 within the documented bound (three standard errors, 4.9 %, or 3 values when that is more) for windows, zones, group-by,
 subjects, a partial first minute, late events and voids; sketches that merge exactly; a
 rebuild from the ledger that finds the stored sketches byte-identical (also after a kill -9
-of a real server in the middle of aggregating)."""
+of a real server in the middle of aggregating); scale mode's answers equal embedded mode's."""
 
 from __future__ import annotations
 
@@ -202,15 +202,28 @@ def test_a_killed_server_resumes_and_its_sketches_equal_a_replay(tmp_path: Path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_scale_mode_refuses_an_approx_meter_naming_the_mode(scale_site: Any, tmp_path: Path) -> None:
-    """The ClickHouse usage store keeps no sketches: creating one is 501, nothing stored."""
-    for api in build_scale_api(scale_site, tmp_path):
-        r = api.create_meter(slug="visitors", eventType="visit", aggregation="APPROX_UNIQUE_COUNT", valueProperty="$.u")
-        assert r.status_code == 501, r.text
-        problem = r.json()
-        assert (problem["code"], problem["mode"], problem["aggregation"]) == (
-            "not_supported",
-            "scale",
-            "APPROX_UNIQUE_COUNT",
-        )
-        assert api.client.get("/api/v1/meters/visitors", headers=api.headers()).status_code == 404
+def test_scale_mode_answers_what_embedded_answers(uapi: Api, scale_site: Any, tmp_path: Path) -> None:
+    """The same events through an embedded server and an API node of scale mode (sink workers
+    folding the log into ClickHouse's ``usage_sketches``): every APPROX_UNIQUE_COUNT answer is
+    the very same number — a sketch is a function of the values only — for windows, zones,
+    group-by, filters and partial minutes, for a meter created after the events arrived (its
+    backfill) and after late events."""
+    events = seeded()
+    late = [ev(10_000 + i, "acme", "2026-02-01T05:30:00Z", f"late{i}", "a") for i in range(400)]
+    for api in build_scale_api(scale_site, tmp_path / "scale"):
+        both = (uapi, api)
+        for a in both:
+            meters(a)
+            post(a, events)
+        for q in QUERIES:
+            assert answers(api, "approx", q) == answers(uapi, "approx", q), q
+        for a in both:  # created after the events: the sink worker backfills it from the raw events
+            spec = {"slug": "later", "eventType": "visit", "aggregation": "APPROX_UNIQUE_COUNT",
+                    "valueProperty": "$.user", "groupBy": {"model": "$.model"}}  # fmt: skip
+            assert a.create_meter(**spec).status_code == 201
+            post(a, late)
+        for q in QUERIES:
+            for slug in ("approx", "later"):
+                embedded = answers(uapi, slug, q)
+                assert answers(api, slug, q) == embedded, (slug, q)
+            compare(api, q)

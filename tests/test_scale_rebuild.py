@@ -1,9 +1,9 @@
 """``meterline rebuild`` in scale mode, as real processes on the local stack: the rollups (all
-levels), UNIQUE_COUNT values and group values recomputed from ClickHouse's raw events equal the
-workers' (`--check`, also with a meter created later still backfilling); a difference planted
-in the stored rollups is found and named (meter, subject, window), and `rebuild` replaces the
-tables while the workers keep applying events that arrive meanwhile: afterwards every event is
-counted exactly once and `--check` finds nothing."""
+levels), UNIQUE_COUNT values, APPROX_UNIQUE_COUNT sketches and group values recomputed from
+ClickHouse's raw events equal the workers' (`--check`, also with a meter created later still
+backfilling); a difference planted in each stored table is found and named (meter, subject,
+window), and `rebuild` replaces the tables while the workers keep applying events that arrive
+meanwhile: afterwards every event is counted exactly once and `--check` finds nothing."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from test_scale_zombie import NS, PAUSED_WORKER, Producer, stopped, wait_until
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.rebuild import unfinished
-from meterline.adapters.clickhouse.schema import ROLLUPS, UNIQUES, create
+from meterline.adapters.clickhouse.schema import ROLLUPS, SKETCHES, UNIQUES, create
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.meters import PgMeters
 from meterline.bootstrap import rebuild_scale
@@ -54,6 +54,12 @@ aggregation = "COUNT"
 slug = "users"
 event_type = "prompt"
 aggregation = "UNIQUE_COUNT"
+value_property = "$.user"
+
+[[meters]]
+slug = "visitors"
+event_type = "prompt"
+aggregation = "APPROX_UNIQUE_COUNT"
 value_property = "$.user"
 """
 HOUR = 1_769_940_000  # 2026-02-01T10:00:00Z: the hour of the events of the 1st
@@ -105,14 +111,19 @@ def test_rebuild_checks_and_replaces_the_rollups_beside_running_workers(two_part
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "identical" in checked.stdout
 
-        tokens, users = meters.get(NS, "tokens").key, meters.get(NS, "users").key
+        tokens, users, visitors = (meters.get(NS, slug).key for slug in ("tokens", "users", "visitors"))
         planted = [tokens, 3600, "c1", HOUR, '["gpt"]', 1, Decimal("5.5"), Decimal(0), Decimal(0), (0, 0, Decimal(0))]
         conn.insert("usage_rollups", ROLLUPS, [planted], "planted:rollups")
         conn.insert("usage_uniques", UNIQUES, [(users, 60, "c2", HOUR, "[]", "intruder")], "planted:uniques")
+        conn.insert("usage_sketches", SKETCHES, [(visitors, 900, "c3", HOUR, "[]", ([7], [53]))], "planted:sketch")
         checked = rebuild(s, "--check")
         assert checked.returncode == 1, checked.stdout + checked.stderr
         out = checked.stdout
-        assert "rollups: 1, uniques: 1, dims: 0" in out
+        assert "rollups: 1, uniques: 1, sketches: 1, dims: 0" in out
+        assert (
+            "meter default/visitors subject 'c3' 15-minute window 2026-02-01T10:00:00.000Z group []: sketch differs"
+            in out
+        )
         assert "meter default/tokens subject 'c1' 60-minute window 2026-02-01T10:00:00.000Z" in out
         assert "meter default/users subject 'c2' 1-minute window 2026-02-01T10:00:00.000Z" in out
         assert "value 'intruder' only stored" in out

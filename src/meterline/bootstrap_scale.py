@@ -439,9 +439,7 @@ def _catalog(
             pg.portal, clock, default_ttl=config.portal.token_ttl, max_ttl=config.portal.max_token_ttl
         ),
         meters=MeterService(
-            WithoutAggregations(
-                pg.meters, frozenset({Aggregation.TIME_WEIGHTED_SUM, Aggregation.APPROX_UNIQUE_COUNT}), "scale"
-            ),
+            WithoutAggregations(pg.meters, frozenset({Aggregation.TIME_WEIGHTED_SUM}), "scale"),
             values,
             pg.features,
             clock,

@@ -63,9 +63,8 @@ def total(stores: Stores, slug: str) -> Decimal:
 
 
 GAUGE_KEEPERS = frozenset({"memory", "sqlite"})
-"""The usage stores that keep TIME_WEIGHTED_SUM and APPROX_UNIQUE_COUNT (scale mode refuses such
-meters: test_gauges.py, test_approx_unique.py)."""
-EMBEDDED_ONLY = (Aggregation.TIME_WEIGHTED_SUM, Aggregation.APPROX_UNIQUE_COUNT)
+"""The usage stores that keep TIME_WEIGHTED_SUM (scale mode refuses such meters: test_gauges.py)."""
+EMBEDDED_ONLY = (Aggregation.TIME_WEIGHTED_SUM,)
 
 
 def aggregations(kind: str) -> list[Aggregation]:

@@ -100,6 +100,8 @@ class ClickHouseMeterValues:
 
 
 def _table(meter: Meter) -> str:
+    if meter.spec.aggregation is Aggregation.APPROX_UNIQUE_COUNT:
+        return "usage_sketches"
     return "usage_uniques" if meter.spec.aggregation is Aggregation.UNIQUE_COUNT else "usage_rollups"
 
 

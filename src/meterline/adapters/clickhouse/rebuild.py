@@ -10,11 +10,12 @@ exactly which raw events they reflect:
    (the workers' fold, one pass over every stream) — for each meter less what its rollups do
    not hold yet: the part of its backfill on that stream still to do, or the whole stream when
    the meter was never applied to it;
-2. the fold goes into fresh tables ``rebuild_<run>_usage_rollups`` / ``_uniques`` / ``_dims``
-   under tokens of their own;
+2. the fold goes into fresh tables ``rebuild_<run>_usage_rollups`` / ``_uniques`` /
+   ``_sketches`` / ``_dims`` under tokens of their own;
 3. they are compared with the stored tables, for the live meters: the merged states (count,
    sum, min, max, latest) per meter, level, subject, bucket and group; the UNIQUE_COUNT values;
-   the group values and subjects seen. Every difference is described;
+   the APPROX_UNIQUE_COUNT sketches, register by register (merged, a sketch is a function of
+   the bucket's values only); the group values and subjects seen. Every difference is described;
 4. unless only checking, when something differs: the rows of meters no longer live are copied
    into the fresh tables, and each fresh table is exchanged with the stored one
    (``EXCHANGE TABLES``, atomic: a query reads the old table or the rebuilt one, never a half
@@ -39,7 +40,7 @@ from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
 
-TABLES = ("usage_rollups", "usage_uniques", "usage_dims")
+TABLES = ("usage_rollups", "usage_uniques", "usage_sketches", "usage_dims")
 CHUNK = 20_000
 _ALL = (0, 1 << 63)
 """A meter never applied to a stream reflects none of it."""
@@ -181,6 +182,7 @@ def _compare(conn: Connection, meters: Sequence[Meter], into: str) -> tuple[dict
         for meter, level, subject, bucket, group, value in conn.rows(f"SELECT * FROM ({sql}) ORDER BY {cols}", params):
             uniques += 1
             details.append(f"{_where(names, meter, level, subject, bucket, group)}: value {value!r} only {side}")
+    sketches = _compare_sketches(conn, names, params, into, details)
     dims = 0
     for side, first, second in (("stored", "", into), ("rebuilt", into, "")):
         cols = "meter, dim, value, is_subject"
@@ -192,7 +194,28 @@ def _compare(conn: Connection, meters: Sequence[Meter], into: str) -> tuple[dict
             dims += 1
             what = f"subject {value!r}" if is_subject else f"group value {dim}={value!r}"
             details.append(f"meter {names[meter]}: {what} seen only {side}")
-    return {"rollups": len(rollups), "uniques": uniques, "dims": dims}, details
+    return {"rollups": len(rollups), "uniques": uniques, "sketches": sketches, "dims": dims}, details
+
+
+def _compare_sketches(
+    conn: Connection, names: dict[int, str], params: dict[str, Any], into: str, details: list[str]
+) -> int:
+    """The buckets whose merged APPROX_UNIQUE_COUNT registers differ (a missing bucket has none)."""
+    live = "has({m:Array(UInt64)}, meter)"
+
+    def merged(table: str) -> str:
+        return f"(SELECT {_KEY}, maxMap(registers) AS r FROM {table} WHERE {live} GROUP BY {_KEY})"
+
+    sql = (
+        f"SELECT {_KEY}, length(a.r.1), length(b.r.1), a.r != b.r AS differ"
+        f" FROM {merged('usage_sketches')} AS a FULL OUTER JOIN {merged(into + 'usage_sketches')} AS b"
+        f" USING ({_KEY}) WHERE differ ORDER BY meter, subject, level, bucket"
+    )
+    rows = conn.rows(sql, params)
+    for meter, level, subject, bucket, group, stored, rebuilt, _ in rows:
+        where = _where(names, meter, level, subject, bucket, group)
+        details.append(f"{where}: sketch differs (stored {stored} registers set, rebuilt {rebuilt})")
+    return len(rows)
 
 
 def _where(names: dict[int, str], meter: int, level: int, subject: str, bucket: int, group: str) -> str:

@@ -8,6 +8,11 @@
   ``SimpleAggregateFunction`` columns of an AggregatingMergeTree, merged exactly in the
   background and at query time (``Decimal256(38)``: 38 digits each side of the point);
 - ``usage_uniques``: UNIQUE_COUNT values per bucket (ReplacingMergeTree);
+- ``usage_sketches``: APPROX_UNIQUE_COUNT HyperLogLog registers per bucket
+  (``domain.meters.sketch``): each batch inserts, per key, the (index, rank) pairs of the
+  registers its values set, as a ``SimpleAggregateFunction(maxMap, ...)`` of an
+  AggregatingMergeTree, so background merges and queries keep each register's maximum — the
+  sketch of every value the bucket saw, whatever the batches, their order or a repeated one;
 - ``usage_dims``: the group values and subjects each meter has seen (the cardinality cap);
 - ``usage_progress``: per consumed stream (the live offset, a meter's backfill, a Kafka
   partition) how far it is applied, the range being applied, and the receipt time of the
@@ -31,6 +36,8 @@ _KEY = [("meter", "UInt64"), ("level", "UInt32"), ("subject", "String"), ("bucke
 ROLLUPS = [*_KEY, ("count", "UInt64"), ("total", DECIMAL), ("low", DECIMAL), ("high", DECIMAL),
            ("latest", f"Tuple(Int64, UInt64, {DECIMAL})")]  # fmt: skip
 UNIQUES = [*_KEY, ("value", "String")]
+REGISTERS = "Tuple(Array(UInt16), Array(UInt8))"
+SKETCHES = [*_KEY, ("registers", REGISTERS)]
 EVENTS = [("namespace", "String"), ("source", "String"), ("type", "String"), ("subject", "String"),
           ("time_us", "Int64"), ("received_us", "Int64"), ("raw", "String"), ("stream", "String"),
           ("seq", "UInt64")]  # fmt: skip
@@ -61,6 +68,10 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS usage_uniques (
             meter UInt64, level UInt32, subject String, bucket Int64, group_key String, value String
         ) ENGINE = ReplacingMergeTree ORDER BY (meter, level, subject, bucket, group_key, value) {dedupe}""",
+        f"""CREATE TABLE IF NOT EXISTS usage_sketches (
+            meter UInt64, level UInt32, subject String, bucket Int64, group_key String,
+            registers SimpleAggregateFunction(maxMap, {REGISTERS})
+        ) ENGINE = AggregatingMergeTree ORDER BY (meter, level, subject, bucket, group_key) {dedupe}""",
         f"""CREATE TABLE IF NOT EXISTS usage_dims (
             meter UInt64, dim String, value String, is_subject UInt8
         ) ENGINE = ReplacingMergeTree ORDER BY (meter, is_subject, dim, value) {dedupe}""",

@@ -32,25 +32,30 @@ from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
-from meterline.adapters.clickhouse.schema import DIMS, EVENTS, ROLLUPS, UNIQUES, create
+from meterline.adapters.clickhouse.schema import DIMS, EVENTS, ROLLUPS, SKETCHES, UNIQUES, create
 from meterline.domain.decimals import in_stored_form
 from meterline.domain.errors import InvalidInput, StorageUnavailable
-from meterline.domain.meters.edges import edge_ranges, exact_rows, inner_bounds
-from meterline.domain.meters.fold import LedgerEntry, Replay
+from meterline.domain.meters.edges import edge_ranges, edge_uniques, exact_rows, inner_bounds, relabel
+from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.fold import Key, LedgerEntry, Replay, Unique
 from meterline.domain.meters.model import Aggregation, Meter, is_builtin
 from meterline.domain.meters.query import (
     BucketState,
     MeterQuery,
     Row,
     check_dimensions,
+    merge_sketches,
     query_grid,
 )
+from meterline.domain.meters.sketch import Sketch, register_of
 from meterline.domain.meters.windows import bucket_size
 from meterline.ports.usage import Backfill, Batch, Snapshot
 
-__all__ = ["ClickHouseUsage", "raw_rows", "read_dims", "rollup_rows", "write_usage"]
+__all__ = ["ClickHouseUsage", "raw_rows", "read_dims", "rollup_rows", "sketch_rows", "write_usage"]
 
 LIVE = "live"
+_TABLES = {Aggregation.UNIQUE_COUNT: "usage_uniques", Aggregation.APPROX_UNIQUE_COUNT: "usage_sketches"}
+"""The table a meter's buckets are in, by aggregation (the others: ``usage_rollups``)."""
 _HOUR = 3600
 _ZERO = Decimal(0)
 
@@ -115,17 +120,19 @@ class ClickHouseUsage:
         check_dimensions(query, tuple(sorted(meter.spec.group_by)))
         if meter.key not in {m.key for m in self._meters()}:
             return []
-        unique = meter.spec.aggregation is Aggregation.UNIQUE_COUNT
-        table = "usage_uniques" if unique else "usage_rollups"
+        aggregation = meter.spec.aggregation
+        table = _TABLES.get(aggregation, "usage_rollups")
         bounds = query_grid(query, self._now_us(), lambda: self._first_bucket(table, meter.key))
         if not bounds:
             return []
         inner = inner_bounds(query, bounds)
         where, params = _where(meter.key, bucket_size(inner), inner, query.subjects)
         read: list[Any]
-        if unique:
+        if aggregation is Aggregation.UNIQUE_COUNT:
             sql = f"SELECT DISTINCT subject, group_key, bucket, value FROM usage_uniques WHERE {where}"
             read = self._conn.rows(sql, params) if inner[0] < inner[-1] else []
+        elif aggregation is Aggregation.APPROX_UNIQUE_COUNT:
+            read = self._sketches(query, bounds, inner, where, params)
         else:
             keys = _grouping(query, bounds, params)
             sql = (
@@ -133,13 +140,33 @@ class ClickHouseUsage:
                 f" FROM usage_rollups WHERE {where} GROUP BY s_, g_, w_"
             )
             rows = self._conn.rows(sql, params) if inner[0] < inner[-1] else []
-            read = [_state(meter.spec.aggregation, row) for row in rows]
+            read = [_state(aggregation, row) for row in rows]
         ranges = edge_ranges(query, bounds)
-        if not ranges:
-            return exact_rows(meter, query, bounds, read, (), lambda dim, value: True)
-        groups, _ = read_dims(self._conn, [meter.key])
-        edges = self._edges(meter, query, ranges)
-        return exact_rows(meter, query, bounds, read, edges, lambda dim, v: v in groups.get((meter.key, dim), ()))
+        groups: dict[tuple[int, str], set[str]] = {}
+        edges: list[LedgerEntry] = []
+        if ranges:
+            groups, _ = read_dims(self._conn, [meter.key])
+            edges = self._edges(meter, query, ranges)
+
+        def admitted(dim: str, value: str) -> bool:
+            return not ranges or value in groups.get((meter.key, dim), ())
+
+        if aggregation is Aggregation.APPROX_UNIQUE_COUNT:
+            values = edge_uniques(CompiledMeter(meter), edges, admitted)
+            dimensions = tuple(sorted(meter.spec.group_by))
+            return relabel(merge_sketches(read, values, bounds, query, dimensions), query, bounds)
+        return exact_rows(meter, query, bounds, read, edges, admitted)
+
+    def _sketches(
+        self, query: MeterQuery, bounds: Sequence[int], inner: Sequence[int], where: str, params: dict[str, Any]
+    ) -> list[tuple[str, str, int, Sketch]]:
+        """APPROX_UNIQUE_COUNT: the buckets' registers merged per window (each register's
+        maximum, in ClickHouse), as (subject, group key, window's first bucket, sketch)."""
+        if inner[0] >= inner[-1]:
+            return []
+        keys = _grouping(query, bounds, params)
+        sql = f"SELECT {keys}, maxMap(registers) FROM usage_sketches WHERE {where} GROUP BY s_, g_, w_"
+        return [(s, g, int(w), Sketch.from_pairs(*regs)) for s, g, w, regs in self._conn.rows(sql, params)]
 
     def _edges(self, meter: Meter, query: MeterQuery, ranges: Sequence[tuple[int, int]]) -> list[LedgerEntry]:
         """The raw events of the partial minutes ``ranges`` that the rollups reflect: per
@@ -229,13 +256,15 @@ def raw_rows(entries: Iterable[LedgerEntry], stream: str) -> list[tuple[Any, ...
 
 
 def write_usage(conn: Connection, replay: Replay, meters: set[int], p: Progress, into: str = "") -> None:
-    """Insert a replay's rollup states, UNIQUE_COUNT values and new group values / subjects of
-    ``meters`` under the tokens of the range ``p`` records (then clear the replay, as written);
+    """Insert a replay's rollup states, UNIQUE_COUNT values, APPROX_UNIQUE_COUNT registers and
+    new group values / subjects of ``meters`` under the tokens of the range ``p`` records (then
+    clear the replay, as written);
     ``into``: a prefix of the tables' names (``meterline rebuild`` writes beside them)."""
     fold = replay.fold
     conn.insert(f"{into}usage_rollups", ROLLUPS, rollup_rows(fold.levels(), meters), p.token("rollups"))
     uniques = sorted(u for u in fold.uniques if u[0] in meters)
     conn.insert(f"{into}usage_uniques", UNIQUES, uniques, p.token("uniques"))
+    conn.insert(f"{into}usage_sketches", SKETCHES, sketch_rows(fold.sketched, meters), p.token("sketches"))
     dims = [(m, d, v, 0) for m, d, v in replay.new_groups if m in meters]
     dims += [(m, "", s, 1) for m, s in replay.new_subjects if m in meters]
     conn.insert(f"{into}usage_dims", DIMS, sorted(set(dims)), p.token("dims"))
@@ -272,6 +301,32 @@ def rollup_rows(levels: dict[Aggregation, dict[Any, list[Any]]], meters: set[int
             latest = (s[4][0], s[4][1], _exact(s[4][2]))
             rows.append([meter, level, subject, bucket, group, s[0], _exact(s[1]), _exact(s[2]), _exact(s[3]), latest])
     rows.sort(key=lambda r: r[:5])
+    return rows
+
+
+def sketch_rows(values: Iterable[Unique], meters: set[int]) -> list[list[Any]]:
+    """APPROX_UNIQUE_COUNT values (as ``Fold.sketched`` holds them) of ``meters`` as rows of
+    ``usage_sketches``: per key, the (indices, ranks) of the registers their sketch sets, in
+    index order, the rows in key order (so the same batch is always the same insert). Kept
+    sparse: a bucket with few values costs a few pairs, never a pass over 4,096 registers."""
+    sketches: dict[Key, dict[int, int]] = {}
+    registers: dict[str, tuple[int, int]] = {}  # a value is in up to three buckets: hashed once
+    for meter, level, subject, bucket, group, value in values:
+        if meter not in meters:
+            continue
+        sketch = sketches.get((meter, level, subject, bucket, group))
+        if sketch is None:
+            sketch = sketches[(meter, level, subject, bucket, group)] = {}
+        found = registers.get(value)
+        if found is None:
+            found = registers[value] = register_of(value)
+        index, rank = found
+        if rank > sketch.get(index, 0):
+            sketch[index] = rank
+    rows = []
+    for key in sorted(sketches):
+        indices = sorted(sketches[key])
+        rows.append([*key, (indices, [sketches[key][i] for i in indices])])
     return rows
 
 

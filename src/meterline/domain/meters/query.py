@@ -269,14 +269,15 @@ def merge_unique(
 
 
 def merge_sketches(
-    sketches: Iterable[tuple[str, str, int, bytes]],
+    sketches: Iterable[tuple[str, str, int, bytes | Sketch]],
     values: Iterable[tuple[str, str, int, str]],
     bounds: Sequence[int],
     query: MeterQuery,
     dimensions: Sequence[str],
 ) -> list[Row]:
     """APPROX_UNIQUE_COUNT: per window, the estimate of the union of the stored bucket sketches
-    (subject, group_key, bucket, sketch) and of the edge values (as :func:`merge_unique`)."""
+    (subject, group_key, bucket, sketch: stored bytes or a read sketch) and of the edge values
+    (as :func:`merge_unique`)."""
     shaper = Shaper(query, dimensions)
     cap = row_cap(query)
     acc: dict[tuple[Any, ...], Sketch] = {}
@@ -296,7 +297,7 @@ def merge_sketches(
     for subject, group_key, bucket, blob in sketches:
         into = slot(subject, group_key, bucket)
         if into is not None:
-            into.merge(Sketch.from_bytes(blob))
+            into.merge(blob if isinstance(blob, Sketch) else Sketch.from_bytes(blob))
     for subject, group_key, bucket, value in values:
         into = slot(subject, group_key, bucket)
         if into is not None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from collections.abc import Sequence
 
 from meterline.domain.errors import InvalidInput
 
@@ -46,6 +47,13 @@ def _hash(value: str) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
 
 
+def register_of(value: str) -> tuple[int, int]:
+    """The (register index, rank) that adding ``value`` raises."""
+    x = _hash(value)
+    rest = x & ((1 << _REST) - 1)
+    return x >> _REST, _REST - rest.bit_length() + 1
+
+
 class Sketch:
     """A HyperLogLog sketch (see the module doc); mutable, built by :meth:`add` and :meth:`merge`."""
 
@@ -55,9 +63,12 @@ class Sketch:
         self._registers = registers if registers is not None else bytearray(M)
 
     def add(self, value: str) -> None:
-        x = _hash(value)
-        index, rest = x >> _REST, x & ((1 << _REST) - 1)
-        rank = _REST - rest.bit_length() + 1
+        index, rank = register_of(value)
+        if rank > self._registers[index]:
+            self._registers[index] = rank
+
+    def set(self, index: int, rank: int) -> None:
+        """Raise register ``index`` to ``rank`` (a register already higher keeps its rank)."""
         if rank > self._registers[index]:
             self._registers[index] = rank
 
@@ -82,6 +93,22 @@ class Sketch:
             z = 0.5 * (z + counts.get(k, 0))
         z += M * _sigma(counts.get(0, 0) / M)
         return round(M * M / (2 * math.log(2)) / z)
+
+    def pairs(self) -> tuple[list[int], list[int]]:
+        """The set registers as (indices, ranks), in index order: the canonical form's content."""
+        set_ = [(i, r) for i, r in enumerate(self._registers) if r]
+        return [i for i, _ in set_], [r for _, r in set_]
+
+    @classmethod
+    def from_pairs(cls, indices: Sequence[int], ranks: Sequence[int]) -> Sketch:
+        """The sketch whose registers ``indices`` hold ``ranks`` (the rest 0), as :meth:`pairs`
+        lists them; an index repeated keeps its highest rank."""
+        out = cls()
+        for index, rank in zip(indices, ranks, strict=True):
+            if not (0 <= index < M and 0 <= rank <= _REST + 1):
+                raise InvalidInput("not a stored sketch", code="invalid_sketch")
+            out.set(index, rank)
+        return out
 
     def to_bytes(self) -> bytes:
         """The canonical stored form (module doc)."""
