@@ -34,9 +34,10 @@ from contract.usage_kit import (
 from meterline.domain.decimals import add
 from meterline.domain.events.decode import decode_events, split_body
 from meterline.domain.events.model import Status
+from meterline.domain.events.size import event_size
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import Replay
-from meterline.domain.meters.model import Aggregation, MeterSpec
+from meterline.domain.meters.model import Aggregation, MeterSpec, ingested_bytes_spec
 from meterline.domain.meters.query import MeterQuery
 from meterline.domain.meters.windows import WindowSize
 from meterline.ports.usage import Batch
@@ -269,3 +270,33 @@ def test_a_partial_minute_is_answered_exactly(stores: Stores, aggregation: Aggre
             got = reduce(add, (r.value for r in windows), Decimal(0))
             assert got == reduce(add, want.values(), Decimal(0))
             assert all(a <= r.window_start_us < r.window_end_us <= b for r in windows)
+
+
+def test_the_built_in_meter_sums_every_events_size_exactly(stores: Stores) -> None:
+    """``ingested_bytes`` (docs/meters.md) in every usage store: every type's events, each its
+    canonical size, in every zone, window, subject grouping and partial minute."""
+    meter = stores.meters.create(NS, ingested_bytes_spec())
+
+    def body(e: Sent) -> bytes:  # a third of the events are of another type: every type counts
+        return e.body().replace(b'"type":"t"', b'"type":"other"') if e.seq % 3 == 0 else e.body()
+
+    raw = b"[" + b",".join(body(e) for e in HISTORY) + b"]"
+    found = decode_events(split_body(raw, "batch", 10_000), NS, T0_US, LIMITS)
+    assert [o.status for o in stores.ledger.append(NS, found).result(10)] == [Status.ACCEPTED] * len(HISTORY)
+    drain(stores)
+    sized = [dataclasses.replace(e, value=Decimal(event_size(body(e), e.time_us))) for e in HISTORY]
+    for tz in ZONES:
+        for query in queries(tz):
+            if "region" in query.group_by or query.filters:
+                continue  # no groupBy: it has no region
+            assert answer(stores.usage.query(meter, query)) == expected(Aggregation.SUM, sized, query), (tz, query)
+    for a, b in _partial_ranges():
+        query = MeterQuery(
+            start=a // 60_000_000 * 60, end=-(-b // 60_000_000) * 60, group_by=("subject",),
+            start_us=a if a % 60_000_000 else None, end_us=b if b % 60_000_000 else None,
+        )  # fmt: skip
+        want: dict[str, Decimal] = {}
+        for e in sized:
+            if a <= e.time_us < b:
+                want[e.subject] = want.get(e.subject, Decimal(0)) + e.value
+        assert {r.subject: r.value for r in stores.usage.query(meter, query)} == want

@@ -34,6 +34,7 @@ from meterline.domain.errors import InvalidInput
 from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.model import type_key
 from meterline.ports.ledger import Appended, EventFilter, LedgerEntry, StoredEvent
 from meterline.ports.meters import MeterCatalog
 
@@ -132,7 +133,7 @@ class MemoryLedger:
             compiled = self._compiled.get(meter.key)
             if compiled is None:
                 compiled = self._compiled[meter.key] = CompiledMeter(meter)
-            by_type.setdefault(meter.spec.event_type, []).append(compiled)
+            by_type.setdefault(type_key(meter.spec), []).append(compiled)  # a built-in reads every event
         return by_type
 
     def _one(self, namespace: str, c: Candidate, meters: dict[str, builtins.list[CompiledMeter]], now: int) -> Outcome:

@@ -28,7 +28,7 @@ from meterline.domain.decimals import in_stored_form
 from meterline.domain.meters.edges import edge_ranges, exact_rows, in_edges, inner_bounds, relabel
 from meterline.domain.meters.fold import Fold, LedgerEntry, merge_state
 from meterline.domain.meters.gauges import GaugeRows, Point, point_state, windows_us
-from meterline.domain.meters.model import Aggregation, Meter
+from meterline.domain.meters.model import Aggregation, Meter, counts_type
 from meterline.domain.meters.query import (
     BucketState,
     MeterQuery,
@@ -133,7 +133,7 @@ class MemoryUsage:
             e
             for e in self._raw
             if e.namespace == meter.namespace
-            and e.type == meter.spec.event_type
+            and counts_type(meter.spec, e.type)
             and not done < e.seq <= to
             and in_edges(query, ranges, e)
         ]

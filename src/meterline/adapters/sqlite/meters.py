@@ -140,6 +140,8 @@ class SqliteMeters:
             "SELECT 1 FROM meters WHERE namespace = ? AND slug = ? AND deleted_us IS NULL", (namespace, spec.slug)
         ).fetchone():
             raise Conflict(f"A meter with slug {spec.slug!r} already exists", code="meter_exists")
+        if is_builtin(spec):  # its partial minutes and corrected hours read events of every type
+            conn.execute(BUILTIN_INDEX)
         head = stored_offset(conn)  # the live offset carries the meter from here on
         now = self._now_us()
         meter_id = str(ULID())
