@@ -2,9 +2,10 @@
 
     ./run bench dashboard_seed --events 10000000 --data-dir DIR     # seeding alone
 
-What it holds: ``--customers`` customers (``cust-0`` .. , each claiming its own subject; usage
-skewed as real customers are: a customer's share falls with its rank as 1/rank^0.8, so
-``cust-0`` is the largest), three meters over three event types (``tokens`` SUM by model of
+What it holds: ``--customers`` customers (keyed ``cust-0`` .. , or with ``--uuid-keys`` by
+random UUIDv4-like keys as many real tenants key them; each claiming its own key as subject;
+usage skewed as real customers are: a customer's share falls with its rank as 1/rank^0.8, so
+rank 0 is the largest), three meters over three event types (``tokens`` SUM by model of
 ``prompt`` events, 60 %; ``api_calls`` COUNT by region of ``api_call`` events, 35 %;
 ``storage_gb`` MAX of ``storage`` readings, 5 %), UUIDv4 event ids (random bits from the seeded generator:
 ``os.urandom`` cost 90 µs a call on this machine) from several sources, and event
@@ -79,17 +80,31 @@ class Seeded(msgspec.Struct):
     events: int
     customers: int
     largest: str
-    """The customer with the most events (``cust-0``)."""
+    """The customer with the most events (rank 0)."""
     largest_january_tokens: int
     largest_events: int
+    uuid_keys: bool = False
+    """Customers keyed by random UUIDv4-like keys instead of ``cust-<rank>``."""
+
+    def key(self, rank: int) -> str:
+        """The key (and subject) of the customer of this usage rank."""
+        return customer_key(rank, self.uuid_keys)
 
 
-def _event(i: int, t_us: int, customer: int, rng: random.Random) -> dict[str, Any]:
+def customer_key(rank: int, uuid_keys: bool) -> str:
+    """``cust-<rank>``, or a UUIDv4-like key drawn from a generator seeded by the rank (the same
+    key for the same rank in the seeder and in the benchmark)."""
+    if not uuid_keys:
+        return f"cust-{rank}"
+    return str(uuid.UUID(bytes=random.Random(f"customer-{rank}").randbytes(16), version=4))
+
+
+def _event(i: int, t_us: int, subject: str, rng: random.Random) -> dict[str, Any]:
     kind = rng.random()
     base = {
         "specversion": "1.0",
         "id": str(uuid.UUID(bytes=rng.randbytes(16), version=4)),
-        "subject": f"cust-{customer}",
+        "subject": subject,
         "time": datetime.fromtimestamp(t_us / 1e6, UTC).isoformat(),
     }
     if kind < 0.6:
@@ -100,7 +115,7 @@ def _event(i: int, t_us: int, customer: int, rng: random.Random) -> dict[str, An
     return {**base, "source": SOURCES[3], "type": "storage", "data": {"gb": rng.randrange(1, 500)}}
 
 
-def seed(data_dir: Path, n: int, customers: int = 5000) -> Seeded:
+def seed(data_dir: Path, n: int, customers: int = 5000, uuid_keys: bool = False) -> Seeded:
     """Seeds ``data_dir`` with ``n`` events and drains the aggregator; prints rates as it goes."""
     start_us, end_us = to_us(SEED_FROM), to_us(SEED_TO)
     clock = FixedClock(end_us)
@@ -109,15 +124,13 @@ def seed(data_dir: Path, n: int, customers: int = 5000) -> Seeded:
     rng = random.Random(11)
     weights = list(itertools.accumulate(1 / (rank + 1) ** 0.8 for rank in range(customers)))
     january_tokens = largest_events = 0
+    keys = [customer_key(c, uuid_keys) for c in range(customers)]
     try:
         for spec in METERS:
             backend.meters.create(NAMESPACE, parse_spec(spec))
         backend.customers.upsert_many(
             NAMESPACE,
-            [
-                CustomerInput(key=f"cust-{c}", name=f"Customer {c}", subject_keys=[f"cust-{c}"])
-                for c in range(customers)
-            ],
+            [CustomerInput(key=keys[c], name=f"Customer {c}", subject_keys=[keys[c]]) for c in range(customers)],
         )
         aggregator = Aggregator(backend.ledger, backend.usage, cap=1000, chunk=20_000)
         appending = threading.Event()
@@ -135,7 +148,7 @@ def seed(data_dir: Path, n: int, customers: int = 5000) -> Seeded:
             for j in range(count):
                 i = first + j
                 t_us = start_us + int(i * step) + rng.randrange(0, max(1, int(step)))
-                e = _event(i, t_us, who[j], rng)
+                e = _event(i, t_us, keys[who[j]], rng)
                 events.append(e)
                 if who[j] == 0:
                     largest_events += 1
@@ -161,7 +174,7 @@ def seed(data_dir: Path, n: int, customers: int = 5000) -> Seeded:
         print(f"aggregator: all {n:,} events aggregated {drained:.0f} s after the first append")
     finally:
         backend.close()
-    seeded = Seeded(n, customers, "cust-0", january_tokens, largest_events)
+    seeded = Seeded(n, customers, keys[0], january_tokens, largest_events, uuid_keys)
     (data_dir / "seeded.json").write_bytes(msgspec.json.encode(seeded))
     return seeded
 
@@ -185,7 +198,7 @@ def load(data_dir: Path) -> Seeded | None:
     return msgspec.json.decode(path.read_bytes(), type=Seeded) if path.exists() else None
 
 
-def invoices(client: httpx.Client, subscribers: int = 200) -> int:
+def invoices(client: httpx.Client, subscribers: int = 200, uuid_keys: bool = False) -> int:
     """A plan, subscriptions of the ``subscribers`` largest customers for the seeded year and a
     billing run: finalized monthly invoices (12 per subscriber). Idempotent: a second call on
     the same store finds the plan and the windows billed. Returns the invoices made."""
@@ -197,7 +210,7 @@ def invoices(client: httpx.Client, subscribers: int = 200) -> int:
         _ok(published)
     if not _ok(client.get("/api/v1/billing/subscriptions")):
         for c in range(subscribers):
-            body = {"customer": f"cust-{c}", "plan": "scale", "start": SEED_FROM.isoformat()}
+            body = {"customer": customer_key(c, uuid_keys), "plan": "scale", "start": SEED_FROM.isoformat()}
             made = _ok(client.post("/api/v1/billing/subscriptions", json=body))
             _ok(client.post(f"/api/v1/billing/subscriptions/{made['id']}/cancel", json={"at": SEED_TO.isoformat()}))
     started = time.perf_counter()
@@ -217,12 +230,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--customers", type=int, default=5000)
+    parser.add_argument("--uuid-keys", action="store_true", help="key customers by random UUIDv4-like keys")
     parser.add_argument("--data-dir", type=Path, required=True, help="an empty or missing directory")
     args = parser.parse_args()
     if (args.data_dir / "seeded.json").exists():
         sys.exit(f"{args.data_dir} is seeded already")
     args.data_dir.mkdir(parents=True, exist_ok=True)
-    print(seed(args.data_dir, args.events, args.customers))
+    print(seed(args.data_dir, args.events, args.customers, args.uuid_keys))
 
 
 if __name__ == "__main__":

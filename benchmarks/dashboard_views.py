@@ -1,6 +1,7 @@
 """First render of every dashboard view over a real ``meterline serve`` on a seeded store.
 
     ./run bench dashboard_views --events 10000000 --data-dir DIR [--repeat 5]
+    ./run bench dashboard_views --data-dir DIR --baseline OLD/src --rounds 2   # two codes, taking turns
 
 Seeding is ``dashboard_seed``'s (the real in-process path: the embedded backend's ledger append
 in 1000-event batches and the aggregator draining; UUIDv4 ids, 5000 customers with skewed
@@ -55,18 +56,18 @@ VIEWS = [
      "&from=2025-12-01&to=2026-02-22"),
     ("on-call", "/ui/oncall"),
     ("events, newest page", "/ui/events"),
-    ("events, one customer", "/ui/events?subject=cust-42"),
+    ("events, one customer", "/ui/events?subject={c42}"),
     ("events, page 100 (before=)", None),
     ("events, middle of the ledger (before=N/2)", "HALF"),
     ("events, oldest page (before=51)", "/ui/events?before=51"),
     ("events, a type no event has", "/ui/events?type=nosuch"),
     ("events, an id no event has (one window)", "/ui/events?id=nosuch"),
-    ("events, subject + event time (one window)", "/ui/events?subject=cust-42&from=2026-01-01T00:00"),
-    ("events, largest customer, one type", "/ui/events?subject=cust-0&type=storage"),
+    ("events, subject + event time (one window)", "/ui/events?subject={c42}&from=2026-01-01T00:00"),
+    ("events, largest customer, one type", "/ui/events?subject={c0}&type=storage"),
     ("customers", "/ui/customers"),
-    ("customer cust-42, Jan 2026", f"/ui/customers/cust-42?{JAN}"),
-    ("largest customer cust-0, Jan 2026", f"/ui/customers/cust-0?{JAN}"),
-    ("largest customer cust-0, 12 months by month", f"/ui/customers/cust-0?grain=month&{YEAR}"),
+    ("customer of rank 42, Jan 2026", f"/ui/customers/{{c42}}?{JAN}"),
+    ("largest customer, Jan 2026", f"/ui/customers/{{c0}}?{JAN}"),
+    ("largest customer, 12 months by month", f"/ui/customers/{{c0}}?grain=month&{YEAR}"),
     ("dead letters", "/ui/dead-letters"),
     ("quarantine", "/ui/quarantine"),
     ("reconciliation, Jan 2026 by month", f"/ui/reconciliation?{JAN}"),
@@ -75,13 +76,18 @@ VIEWS = [
 ]  # fmt: skip
 
 
-def serve(data_dir: Path) -> Any:
+def serve(data_dir: Path, env: dict[str, str] | None = None) -> Any:
     """``meterline serve`` on the data directory (as ``start_meterline``, with a longer wait for
-    readiness: opening a large store on a busy machine can take more than 30 s)."""
+    readiness: opening a large store on a busy machine can take more than 30 s); ``env``: e.g.
+    another checkout's ``PYTHONPATH``."""
     key, port = make_key(data_dir), free_port()
     args = [sys.executable, "-m", "meterline.cli.main", "serve", "--data-dir", str(data_dir), "--port", str(port)]
     server = _spawn(
-        "meterline", args, data_dir.parent / "dashboard-serve.log", {"METERLINE_LOG__LEVEL": "WARNING"}, port
+        "meterline",
+        args,
+        data_dir.parent / "dashboard-serve.log",
+        {"METERLINE_LOG__LEVEL": "WARNING", **(env or {})},
+        port,
     )
     server.key = key
     started = time.perf_counter()
@@ -121,7 +127,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="warm fetches per view after the first (default 5)")
     parser.add_argument("--data-dir", type=Path, help="keep the seeded data here (outside the repository) and reuse it")
     parser.add_argument("--customers", type=int, default=5000, help="customers when seeding (default 5000)")
+    parser.add_argument("--uuid-keys", action="store_true", help="when seeding: customers keyed by UUIDv4-like keys")
     parser.add_argument("--subscribers", type=int, default=50, help="largest customers invoiced monthly (default 50)")
+    parser.add_argument("--baseline", help="src/ directory of another checkout, measured too on the same store")
+    parser.add_argument("--rounds", type=int, default=1, help="with --baseline: rounds, the order swapped each round")
     parser.add_argument(
         "--ledger-only",
         action="store_true",
@@ -129,7 +138,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(f"machine: {machine()}")
-    print(f"code: {code_version()}")
+    print(f"code: {code_version()}" + (f"; baseline: {args.baseline}" if args.baseline else ""))
     if args.ledger_only:
         if args.data_dir is None:
             sys.exit("--ledger-only needs --data-dir")
@@ -145,21 +154,50 @@ def main() -> None:
         seeded = Seeded(have, 0, "cust-0", january_tokens(data_dir, "cust-0"), 0)
     else:
         data_dir.mkdir(parents=True, exist_ok=True)
-        seeded = seed(data_dir, args.events, args.customers)
-    server = serve(data_dir)
+        seeded = seed(data_dir, args.events, args.customers, args.uuid_keys)
+    codes = [("this code", {})]
+    if args.baseline:
+        codes.insert(0, ("baseline", {"PYTHONPATH": os.path.abspath(args.baseline)}))
+    results: dict[str, list[list[Sample]]] = {name: [] for name, _ in codes}
+    loads: list[float] = []
+    for round_ in range(args.rounds if args.baseline else 1):
+        for name, env in codes if round_ % 2 == 0 else codes[::-1]:
+            print(f"round {round_ + 1}: {name}", flush=True)
+            results[name].append(measure(data_dir, seeded, env, args, loads))
+    n = ledger_size(data_dir)
+    print(f"\nDashboard views, {n:,} events, {seeded.customers or 'unknown'} customers:"
+          f" first render and p50/p99 over {args.repeat + 1} loads (ms)")  # fmt: skip
+    print(f"1-minute load average while measuring: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores")
+    for name, runs in results.items():
+        for i, rows in enumerate(runs):
+            print(f"\n{name}, round {i + 1}")
+            report(rows)
+    if args.baseline:
+        side_by_side(results)
+
+
+Sample = tuple[str, float, float, list[float], list[float]]
+"""A view's name, first render wall and CPU seconds, and every load's wall and CPU seconds."""
+
+
+def measure(data_dir: Path, seeded: Seeded, env: dict[str, str], args: Any, loads: list[float]) -> list[Sample]:
+    """One server of one code on the store: invoices, sign-in, every view (first and warm)."""
+    server = serve(data_dir, env)
     process = psutil.Process(server.pid)
     rows = []
     try:
         with httpx.Client(base_url=server.url, timeout=3600) as client:
             caught_up(client)
-            invoices(httpx.Client(base_url=server.url, timeout=3600, headers=bearer(server.key)), args.subscribers)
+            with httpx.Client(base_url=server.url, timeout=3600, headers=bearer(server.key)) as admin:
+                invoices(admin, args.subscribers, seeded.uuid_keys)
             sign_in(client, server.key)
-            loads = [os.getloadavg()[0]]
+            loads.append(os.getloadavg()[0])
             for name, path in VIEWS:
                 if path is None:
                     path = page_100(client)
                 elif path == "HALF":
                     path = f"/ui/events?before={ledger_size(data_dir) // 2}"
+                path = path.format(c0=seeded.key(0), c42=seeded.key(42))
                 first, first_cpu, text = fetch(client, path, process)
                 check(name, text, seeded)
                 samples = [(first, first_cpu)] + [fetch(client, path, process)[:2] for _ in range(args.repeat)]
@@ -167,13 +205,26 @@ def main() -> None:
                 loads.append(os.getloadavg()[0])
     finally:
         server.stop()
-    n = ledger_size(data_dir)
-    print(f"\nDashboard views, {n:,} events: first render and p50/p99 over {args.repeat + 1} loads (ms)")
-    print(f"1-minute load average while measuring: {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores")
+    return rows
+
+
+def report(rows: list[Sample]) -> None:
     print(f"{'view':<52}{'first':>8}{'CPU':>7}{'p50':>8}{'p99':>8}{'CPU p50':>9}{'CPU p99':>9}")
     for name, first, cpu, walls, cpus in rows:
         ms = [first, cpu, _pct(walls, 50), _pct(walls, 99), _pct(cpus, 50), _pct(cpus, 99)]
         print(f"{name:<52}" + "".join(f"{v * 1000:>{w}.0f}" for v, w in zip(ms, (8, 7, 8, 8, 9, 9), strict=True)))
+
+
+def side_by_side(results: dict[str, list[list[Sample]]]) -> None:
+    """First render (wall and CPU) of each view, baseline beside this code, every round."""
+    print("\nFirst render, baseline -> this code (ms; rounds separated by /)")
+    print(f"{'view':<52}{'wall before':>16}{'wall after':>16}{'CPU before':>16}{'CPU after':>16}")
+    for i, (name, *_) in enumerate(results["this code"][0]):
+        cols = []
+        for field in (1, 2):
+            for code in ("baseline", "this code"):
+                cols.append(" / ".join(f"{runs[i][field] * 1000:.0f}" for runs in results[code]))
+        print(f"{name:<52}" + "".join(f"{c:>16}" for c in (cols[0], cols[1], cols[2], cols[3])))
 
 
 def january_tokens(data_dir: Path, subject: str) -> int:
@@ -266,7 +317,7 @@ def page_100(client: httpx.Client) -> str:
 
 def check(name: str, text: str, seeded: Seeded) -> None:
     """The largest customer's January page must show the January tokens kept while seeding."""
-    if name.startswith("largest customer cust-0, Jan") and seeded.largest_january_tokens >= 0:
+    if name.startswith("largest customer, Jan") and seeded.largest_january_tokens >= 0:
         shown = f"{seeded.largest_january_tokens:,}"
         if shown not in text:
             sys.exit(f"{name}: the page does not show cust-0's January tokens {shown}")

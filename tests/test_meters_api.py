@@ -245,3 +245,31 @@ def test_large_and_fractional_sums_stay_exact_and_rebuild_identically(hours: Api
     conn.execute("BEGIN IMMEDIATE")
     assert rebuild(conn, cap=1000, replace=False).identical
     conn.execute("ROLLBACK")
+
+
+def test_per_subject_sums_over_days_fall_back_to_exact_decimals_on_overflow(hours: Api) -> None:
+    # Per subject over whole days, SQLite folds the day rows natively (per_subject.py): three
+    # whole values just under 2**62 on three days overflow that sum, and the query reads the
+    # rows one by one instead; fractional values are summed exactly beside whole ones, and
+    # another subject's small values are answered from the same statement.
+    big = 2**62 - 1
+    events = [ev(f"b{d}", f"2026-03-0{d}T12:00:00Z", hours=big) for d in (1, 2, 3)]
+    events += [ev(f"f{i}", f"2026-03-04T1{i}:00:00Z", hours="0.25") for i in range(3)]
+    events += [ev(f"s{d}", f"2026-03-0{d}T08:00:00Z", subject="small", hours=d) for d in (1, 2, 3)]
+    assert hours.post_events(events).status_code == 204
+    from decimal import Decimal
+
+    import msgspec
+
+    for zone, start, end in (
+        ("UTC", "2026-02-28T00:00:00Z", "2026-03-05T00:00:00Z"),
+        ("America/New_York", "2026-02-28T05:00:00Z", "2026-03-05T05:00:00Z"),
+    ):
+        params = [("from", start), ("to", end), ("groupBy", "subject"), ("windowTimeZone", zone)]
+        got = hours.query("h", params)
+        assert got.status_code == 200, got.text
+        rows = msgspec.json.Decoder(float_hook=Decimal).decode(got.content)["data"]
+        values = {r["subject"]: Decimal(str(r["value"])) for r in rows}
+        assert values == {"acme": 3 * big + Decimal("0.75"), "small": 6}, zone
+        small = hours.query("h", [*params, ("subject", "small")])
+        assert [Decimal(str(r["value"])) for r in small.json()["data"]] == [6]

@@ -150,7 +150,7 @@ def test_queries_from_the_summaries_equal_the_ledger_in_any_zone(
     b, meters = store
     entries = ledger(b)
     used = {"wide": 0, "days": 0}
-    for name, key in (("wide_states", "wide"), ("subject_states", "days")):
+    for name, key in (("wide_states", "wide"), ("subject_states", "days"), ("fold_subjects", "days")):
         original = getattr(sqlite_meters, name)
 
         def counted(*args: Any, _original: Any = original, _key: str = key) -> Any:

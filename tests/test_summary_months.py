@@ -107,13 +107,18 @@ def ranges(zone: str) -> list[tuple[int, int]]:
 def check_queries(b: EmbeddedBackend, meters: list[Meter], monkeypatch: pytest.MonkeyPatch) -> None:
     """Every meter's answers per subject (and meter-wide) equal the counting ledger entries'."""
     levels: list[int] = []
-    original = sqlite_meters.subject_states
+    original, folded = sqlite_meters.subject_states, sqlite_meters.fold_subjects
 
     def noted(*args: Any) -> Any:
         levels.append(args[3])
         return original(*args)
 
+    def noted_parts(*args: Any) -> Any:  # the row sets folded in one statement
+        levels.extend(level for _, level, *_ in args[3])
+        return folded(*args)
+
     monkeypatch.setattr(sqlite_meters, "subject_states", noted)
+    monkeypatch.setattr(sqlite_meters, "fold_subjects", noted_parts)
     entries = counting(b)
     for zone in ZONES:
         tz = ZoneInfo(zone)

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from meterline.domain.billing.records import InvoiceRecord
+from meterline.domain.customers.model import Customer
 from meterline.domain.errors import InvalidInput
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import SUBJECT, MeterQuery, QueryLimits
@@ -117,6 +118,8 @@ class Rankings:
 
     owners: dict[str, str]
     """Subject -> the key of the customer that claims it."""
+    names: dict[str, str]
+    """Customer id -> its key (read once with the owners, for the billed-amount ranking)."""
     meters: dict[str, Meter]
     by_meter: dict[str, dict[str, Decimal]]
     """Meter slug -> subject -> usage over the range."""
@@ -183,7 +186,8 @@ class Insights:
         for meter in meters:
             _, rows = self._usage.query(namespace, meter.slug, q)
             by_meter[meter.slug] = {row.subject or "": row.value for row in rows}
-        return Rankings(self._owners(namespace), {m.slug: m for m in meters}, by_meter)
+        customers = self._customers.list(namespace)
+        return Rankings(_owners(customers), {c.id: c.key for c in customers}, {m.slug: m for m in meters}, by_meter)
 
     def top_customers(self, rankings: Rankings, meter: Meter, limit: int = 10) -> list[Ranked]:
         """The customers with the most usage of ``meter`` (additive meters; subjects otherwise)."""
@@ -209,8 +213,9 @@ class Insights:
         rows_ += [(slug, slug) for slug in used if slug not in covered]
         return [Adoption(key, slug, len(used[slug]), len(population)) for key, slug in rows_]
 
-    def revenue(self, namespace: str, span: Span, limit: int = 10) -> Revenue:
-        """Finalized invoices by the period they bill: per period and currency, and the top customers."""
+    def revenue(self, namespace: str, span: Span, limit: int = 10, names: dict[str, str] | None = None) -> Revenue:
+        """Finalized invoices by the period they bill: per period and currency, and the top
+        customers (``names``: customer id -> key, as :attr:`Rankings.names`; read when not given)."""
         starts = span.boundaries()
         prev_start, _ = _previous(starts)
         records = [
@@ -218,7 +223,8 @@ class Insights:
             for r in self._invoices.list(namespace, None, prev_start * 1_000_000, starts[-1] * 1_000_000)
             if not r.voided_us
         ]
-        names = {c.id: c.key for c in self._customers.list(namespace)}
+        if names is None:
+            names = {c.id: c.key for c in self._customers.list(namespace)}
         by_currency: dict[str, list[Decimal]] = {}
         previous: dict[str, Decimal] = defaultdict(Decimal)
         per_customer: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
@@ -255,13 +261,13 @@ class Insights:
         _, rows = self._usage.query(namespace, meter.slug, MeterQuery(start=start, end=end, limits=self._limits))
         return rows[0].value if rows else None
 
-    def _owners(self, namespace: str) -> dict[str, str]:
-        """Subject -> the key of the customer whose usage it is: the customer keyed by it, else
-        the one claiming it as a subject key (OpenMeter's attribution, ``Customer.usage_subjects``)."""
-        customers = self._customers.list(namespace)
-        owners = {s: c.key for c in customers for s in c.subjects}
-        owners.update({c.key: c.key for c in customers})
-        return owners
+
+def _owners(customers: list[Customer]) -> dict[str, str]:
+    """Subject -> the key of the customer whose usage it is: the customer keyed by it, else
+    the one claiming it as a subject key (OpenMeter's attribution, ``Customer.usage_subjects``)."""
+    owners = {s: c.key for c in customers for s in c.subjects}
+    owners.update({c.key: c.key for c in customers})
+    return owners
 
 
 def _merge(aggregation: Aggregation, a: Decimal | None, b: Decimal) -> Decimal:

@@ -13,6 +13,7 @@ it (bounded) and otherwise answer 503 ``meter_backfilling``, never a partial num
 
 from __future__ import annotations
 
+import bisect
 import builtins
 import functools
 import itertools
@@ -26,6 +27,7 @@ from ulid import ULID
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.gauges import carried, read_gauges
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
+from meterline.adapters.sqlite.per_subject import FOLDED, Part, fold_subjects
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.retention import hours_before
 from meterline.adapters.sqlite.rollups import first_bucket, read_sketches, read_states, read_uniques
@@ -386,14 +388,30 @@ def _summarized(
         return wide_states(conn, aggregation, meter.key, segments)
     if not has_day(segments):
         return None
+    segments = with_months(segments)
+    if aggregation in FOLDED:
+        folded = fold_subjects(conn, aggregation, meter.key, _parts(segments, inner), query.subjects)
+        if folded is not None:
+            return iter(folded)
     parts: list[Iterable[BucketState]] = []
-    for level, first, last in with_months(segments):
+    for level, first, last in segments:
         if level in (DAY, MONTH):
             parts.append(subject_states(conn, aggregation, meter.key, level, first, last, query.subjects))
         else:
             rollups = read_states(conn, aggregation, (first, last), level, meter.key, query.subjects, by_group=False)
             parts.append(rollups)
     return itertools.chain.from_iterable(parts)
+
+
+def _parts(segments: Iterable[tuple[int, int, int]], inner: tuple[int, ...]) -> builtins.list[Part]:
+    """The row sets of ``segments`` (:func:`with_months`) for :func:`fold_subjects`: month and
+    day rows from the summaries, shorter buckets from the rollups, each tagged with the start
+    of the window it lies in (``inner``'s boundaries)."""
+    return [
+        ("summaries" if level in (DAY, MONTH) else "rollups", level, first, last,
+         inner[bisect.bisect_right(inner, first) - 1])
+        for level, first, last in segments
+    ]  # fmt: skip
 
 
 def _edge_entries(

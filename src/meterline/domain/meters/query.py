@@ -163,6 +163,8 @@ class Shaper:
         self._filters = tuple((index.get(d), frozenset(v), neg) for d, v, neg in query.filters)
 
     def key(self, subject: str, group_key: str) -> tuple[Any, ...] | None:
+        if not self._filters and not self._pick:  # the group is not looked at: not decoded
+            return (subject if self.by_subject else None, ())
         groups = group_values(group_key)
         for i, values, negate in self._filters:
             value = subject if i is None else groups[i]
