@@ -31,7 +31,16 @@ from meterline.adapters.sqlite.per_subject import FOLDED, Part, fold_subjects
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.retention import hours_before
 from meterline.adapters.sqlite.rollups import first_bucket, read_sketches, read_states, read_uniques
-from meterline.adapters.sqlite.summaries import DAY, MONTH, has_day, plan, subject_states, wide_states, with_months
+from meterline.adapters.sqlite.summaries import (
+    DAY,
+    MONTH,
+    QUARTER,
+    has_day,
+    plan,
+    subject_states,
+    wide_states,
+    with_months,
+)
 from meterline.domain.errors import Backfilling, Conflict, InvalidInput, NotFound
 from meterline.domain.meters.edges import (
     edge_ranges,
@@ -406,12 +415,19 @@ def _summarized(
 def _parts(segments: Iterable[tuple[int, int, int]], inner: tuple[int, ...]) -> builtins.list[Part]:
     """The row sets of ``segments`` (:func:`with_months`) for :func:`fold_subjects`: month and
     day rows from the summaries, shorter buckets from the rollups, each tagged with the start
-    of the window it lies in (``inner``'s boundaries)."""
-    return [
-        ("summaries" if level in (DAY, MONTH) else "rollups", level, first, last,
-         inner[bisect.bisect_right(inner, first) - 1])
-        for level, first, last in segments
-    ]  # fmt: skip
+    of the window it lies in (``inner``'s boundaries). Adjacent rollup segments of a window
+    (a ragged edge of quarter hours, then hours) are one set of quarter-hour rollups: one
+    index range per subject instead of two (every level holds every bucket)."""
+    parts: builtins.list[Part] = []
+    for level, first, last in segments:
+        tag = inner[bisect.bisect_right(inner, first) - 1]
+        if level in (DAY, MONTH):
+            parts.append(("summaries", level, first, last, tag))
+        elif parts and parts[-1][0] == "rollups" and parts[-1][3] == first and parts[-1][4] == tag:
+            parts[-1] = ("rollups", QUARTER, parts[-1][2], last, tag)
+        else:
+            parts.append(("rollups", level, first, last, tag))
+    return parts
 
 
 def _edge_entries(
