@@ -51,6 +51,7 @@ def _selection(kind: str) -> list[str]:
 # rule is written in the operation's 400 description; only that status is added to what the
 # positive-data check accepts, and only for these operations.
 ENTITLEMENT_TYPES = "what each type needs (usagePeriod and a limit when metered, a JSON config when static)"
+HISTORY_RANGE = "`from` and `to` on whole minutes, `to` after `from`, `from` not before measureUsageFrom"
 DOCUMENTED_400 = {
     "ingestEvents": "each event is judged against the meters, the clock and the namespace's unknown-subject setting",
     "createCustomer": "subjectKeys and usageAttribution.subjectKeys, when both are sent, must agree",
@@ -59,13 +60,14 @@ DOCUMENTED_400 = {
     "createCustomerEntitlementV2": ENTITLEMENT_TYPES + "; issue or issueAfterReset, not both; grants only when metered",
     "overrideCustomerEntitlementV2": ENTITLEMENT_TYPES
     + "; issue or issueAfterReset, not both; grants only when metered",
-    "createGrantV2": "the expiry must fall before the year 10000",
-    "getCustomerEntitlementHistoryV2": "`from` and `to` on whole minutes, `to` after `from`",
-    "resetCustomerEntitlementV2": "effectiveAt must not be in the future",
+    "createGrantV2": "the expiry must fall before the year 10000; effectiveAt not before the current usage period",
+    "getCustomerEntitlementHistoryV2": HISTORY_RANGE,
+    "resetCustomerEntitlementV2": "effectiveAt neither in the future nor before the current usage period",
     "listEventsV2": "filter must be a JSON object of OpenMeter's field filters; a cursor in the other mode's form",
     "createSubjectEntitlement": ENTITLEMENT_TYPES,
     "overrideSubjectEntitlement": ENTITLEMENT_TYPES,
-    "createGrant": "the expiry must fall before the year 10000",
+    "createGrant": "the expiry must fall before the year 10000; effectiveAt not before the current usage period",
+    "voidGrant": "`at` neither in the future nor before the entitlement's current usage period",
     "createMeter": "valueProperty and groupBy must be singular JSONPaths",
     "updateMeter": "groupBy values must be singular JSONPaths",
     "createErasure": "the reason must not be blank nor contain the subject",
@@ -75,8 +77,8 @@ DOCUMENTED_400 = {
     "queryMeterPost": "groupBy must name a dimension of the meter; `to` after `from`",
     "queryPortalMeter": "groupBy must name a dimension of the meter; `to` after `from`",
     "topOfMeter": "`by` and filters must name a dimension of the meter; `to` after `from`",
-    "getSubjectEntitlementHistory": "`from` and `to` on whole minutes, `to` after `from`",
-    "resetSubjectEntitlement": "effectiveAt must not be in the future",
+    "getSubjectEntitlementHistory": HISTORY_RANGE,
+    "resetSubjectEntitlement": "effectiveAt neither in the future nor before the current usage period",
     "createPlan": "the rate-card rules of docs/billing.md",
     "replacePlanVersion": "the rate-card rules; the body's plan and version are the path's",
     "createSubscription": "`start` on a whole minute",
@@ -120,6 +122,10 @@ def _month_start(months_back: int) -> datetime:
     return datetime(y, m + 1, 1, tzinfo=UTC)
 
 
+def _now_minute() -> str:
+    return datetime.now(UTC).replace(second=0, microsecond=0).isoformat()
+
+
 def seed(server: Server) -> dict[str, list[Any]]:
     """One of everything, through the public API; answers the ids each path parameter can take."""
     c = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=30)
@@ -153,7 +159,8 @@ def seed(server: Server) -> dict[str, list[Any]]:
     grant = _ok(
         c.post(
             "/api/v1/subjects/acme/entitlements/tokens/grants",
-            json={"amount": 5, "effectiveAt": start.isoformat(), "expiration": {"duration": "YEAR", "count": 1}},
+            # not before the current usage period, which starts at the entitlement's creation
+            json={"amount": 5, "effectiveAt": _now_minute(), "expiration": {"duration": "YEAR", "count": 1}},
         )
     )
     plan = {
