@@ -218,14 +218,8 @@ def test_meter_update_as_openmeter_defines_it(api: Api) -> None:
     r = api.client.put("/api/v1/meters/tokens", json={"groupBy": {"model": "$.model"}}, headers=api.headers())
     assert r.status_code == 200 and r.json()["name"] == "tokens" and r.json()["description"] is None
     assert "metadata" not in r.json()
-    # a different groupBy (an absent one is empty): embedded, the meter is derived again from the
-    # ledger (tests/test_openmeter_meter_group_by.py); scale mode answers 501 naming the mode
-    if api.keys is not None:
-        for body in ({"name": "x", "groupBy": {"model": "$.model", "region": "$.region"}}, {"name": "x"}):
-            r = api.client.put("/api/v1/meters/tokens", json=body, headers=api.headers())
-            assert r.status_code == 501 and r.json()["code"] == "not_supported", r.text
-            assert r.json()["mode"] == "scale" and r.json()["operation"] == "updateMeter"
-        assert get(api, "/api/v1/meters/tokens").json()["name"] == "tokens"
+    # a different groupBy re-derives the meter from the ledger in both modes
+    # (tests/test_openmeter_meter_group_by.py)
     r = api.client.put("/api/v1/meters/tokens", json={"aggregation": "COUNT"}, headers=api.headers())
     assert r.status_code == 400, r.text
     r = api.client.put(

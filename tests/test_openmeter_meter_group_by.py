@@ -1,5 +1,6 @@
-"""OpenMeter's meter update with a new ``groupBy`` against a real embedded server: the meter is
-derived again from the ledger, so queries by a new key are exact for the events sent before
+"""OpenMeter's meter update with a new ``groupBy`` against a real server of each storage mode:
+the meter is derived again from the ledger (scale mode: under a new internal key, from the raw
+events, by the backfill a new meter gets), so queries by a new key are exact for the events sent before
 the change, entitlements keep their usage, and a key that features filter on cannot be dropped
 (409 naming them, as OpenMeter answers) nor redefined."""
 
@@ -8,16 +9,23 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Server
+from conftest import MODES, Server, mode_server
+
+
+@pytest.fixture(params=MODES)
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """An embedded server of its own, or the shared scale-mode API node (a namespace of its own)."""
+    yield from mode_server(request, tmp_path)
 
 
 @pytest.fixture
-def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}, timeout=30) as c:
+def http(served: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {served.key}"}, timeout=60) as c:
         yield c
 
 

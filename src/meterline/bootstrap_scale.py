@@ -46,7 +46,7 @@ from meterline.config import Config
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.erasure import ErasureRecord, ErasureRequest
-from meterline.domain.errors import InvalidInput, NotSupported, StorageUnavailable
+from meterline.domain.errors import Backfilling, InvalidInput, NotSupported, StorageUnavailable
 from meterline.domain.events.corrections import CorrectionRequest, History
 from meterline.domain.events.model import Candidate, Outcome
 from meterline.domain.meters.model import Aggregation, Meter
@@ -176,16 +176,22 @@ class NotedUsage:
         return self._usage.query(meter, query)
 
     def _backfilled(self, meter: Meter) -> None:
-        """A meter created after events arrived: wait, as the read's freshness asks and at most
-        ``max_wait``, until the workers have folded those events into it."""
+        """A meter created (or regrouped) after events arrived: wait, as the read's freshness
+        asks and at most ``max_wait``, until the workers have folded those events into it;
+        then 503 ``meter_backfilling`` (as embedded mode answers), never part of its usage."""
         record = freshness.current()
         if record is None or not record.wait:
             return
         deadline = time.monotonic() + self._max_wait
-        while meter.key in self._progress.backfilling():
+        while (left := self._progress.backfill_of(meter.key)) is not None:
             if time.monotonic() >= deadline:
-                log.warning("usage read of a meter whose backfill is not finished", extra={"meter": meter.slug})
-                return
+                applied, to = left
+                raise Backfilling(
+                    f"meter {meter.spec.slug!r} is being derived from the raw events ({applied} of {to} log"
+                    " positions applied; a new meter, or a groupBy change): retry shortly",
+                    applied=applied,
+                    to=to,
+                )
             time.sleep(self._pause)
 
 

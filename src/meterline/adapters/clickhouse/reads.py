@@ -163,6 +163,28 @@ class ClickHouseProgress:
                 left[int(meter)] = left.get(int(meter), 0) + int(to) - int(done)
         return left
 
+    def backfill_of(self, meter: int) -> tuple[int, int] | None:
+        """While ``meter``'s backfill is not finished, how far it is (positions applied, of
+        positions to apply, over the topic's partitions); None once it is. Not finished also
+        while a partition the workers have applied has no backfill recorded for the meter yet:
+        a meter created (or regrouped, which gives it a new key) a moment ago, before a worker
+        noticed it."""
+        rows = self._conn.rows(
+            "SELECT stream, done, to FROM usage_progress FINAL WHERE position(stream, {p:String}) > 0",
+            {"p": self._prefix},
+        )
+        own = f"backfill:{meter}:{self._prefix}"
+        partitions: set[str] = set()
+        recorded: set[str] = set()
+        applied = to = 0
+        for stream, done, end in rows:
+            if stream.startswith(self._prefix) and stream[len(self._prefix) :].isdigit():
+                partitions.add(stream[len(self._prefix) :])
+            elif stream.startswith(own):
+                recorded.add(stream[len(own) :])
+                applied, to = applied + int(done), to + int(end)
+        return (applied, to) if applied < to or partitions - recorded else None
+
     def probe(self) -> None:
         """One round trip; raises ``StorageUnavailable`` when ClickHouse does not answer."""
         self._conn.rows("SELECT 1")

@@ -16,7 +16,6 @@ from meterline.domain.meters.model import (
     RESERVED_SLUGS,
     Meter,
     MeterSpec,
-    group_by_not_supported,
     ingested_bytes_spec,
 )
 
@@ -96,8 +95,11 @@ class PgMeters:
             return [_meter(r) for r in conn.execute(_SELECT + " WHERE deleted_us IS NULL ORDER BY key").fetchall()]
 
     def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
-        """A new name, description or metadata. A new ``groupBy`` is 501: ClickHouse keeps the
-        meter's rollups per group and scale mode has no re-derivation from the log yet."""
+        """A new name, description, metadata or ``groupBy``. A new ``groupBy`` gives the meter
+        a new ``key`` (its id and slug stay): to the sink workers that is a meter created now,
+        so they derive its rollups from the raw events by the backfill every new meter gets
+        (reads wait for it or say it is not done, as for a new meter), while the rollups kept
+        under the old key are no longer read."""
         now = self._now_us()
         with self._db.tx() as conn:
             row = conn.execute(
@@ -105,11 +107,14 @@ class PgMeters:
                 " FOR UPDATE",
                 (namespace, id_or_slug, id_or_slug),
             ).fetchone()
-            if row is not None and _spec.decode(row[0]).group_by != spec.group_by:
-                raise group_by_not_supported("scale")
+            if row is None:
+                raise NotFound(f"No meter {id_or_slug!r}", code="meter_not_found")
+            rekey = _spec.decode(row[0]).group_by != spec.group_by
             row = conn.execute(
-                "UPDATE meters SET spec = %s, updated_us = %s WHERE namespace = %s AND (slug = %s OR id = %s)"
-                " AND deleted_us IS NULL RETURNING key, id, namespace, spec, created_us, updated_us",
+                "UPDATE meters SET spec = %s, updated_us = %s"
+                + (", key = nextval(pg_get_serial_sequence('meters', 'key'))" if rekey else "")
+                + " WHERE namespace = %s AND (slug = %s OR id = %s) AND deleted_us IS NULL"
+                " RETURNING key, id, namespace, spec, created_us, updated_us",
                 (_encode(spec), now, namespace, id_or_slug, id_or_slug),
             ).fetchone()
         if row is None:
