@@ -13,6 +13,8 @@ from meterline.domain.clock import from_us, to_us
 from meterline.domain.entitlements.model import (
     Entitlement,
     EntitlementInput,
+    Grant,
+    GrantInput,
     UsagePeriodInput,
     validate_entitlement,
 )
@@ -107,3 +109,25 @@ def test_a_measure_usage_from_in_the_future_is_refused() -> None:
     )
     with pytest.raises(InvalidInput):
         measured_from_us(inp, A, "UTC", A + HOUR)
+
+
+def test_grants_roll_over_at_each_period_boundary_between_min_and_max() -> None:
+    """Hourly periods from A; a grant of 10 keeping at most 4 and at least 1, a daily-recurring
+    grant of 2 (priority 2: burnt after it), used 7, 4 and 6.5 in three periods."""
+    ent = entitlement(preserve=False)
+    ent = msgspec.structs.replace(ent, spec=msgspec.structs.replace(ent.spec, issue_after_reset=None))
+    kept = GrantInput(Decimal(10), from_us(A), {"duration": "DAY", "count": 1}, priority=1,
+                      max_rollover_amount=Decimal(4), min_rollover_amount=Decimal(1))  # fmt: skip
+    daily = GrantInput(Decimal(2), from_us(A), {"duration": "DAY", "count": 1}, priority=2,
+                       recurrence=UsagePeriodInput("PT1H"))  # fmt: skip
+    grants = [Grant("kept", "e", kept, A, A + 24 * HOUR, A), Grant("daily", "e", daily, A, A + 24 * HOUR, A)]
+    bd = Burndown(ent, grants, recurrence("PT1H", from_us(A), "UTC"), StartCache())
+    usage = rollups(USAGE)
+    # period 1: 7 of kept (3 left) -> rolls to min(4, max(3, 1)) = 3; daily 2 (max rollover 0) refills to 2
+    first = bd.value(A + 30 * MINUTE, usage)
+    assert (first.usage, first.balance, first.overage) == (7, 5, 0)
+    second = bd.value(A + HOUR + 30 * MINUTE, usage)
+    assert (second.usage, second.balance, second.overage) == (4, 1, 0)  # 3 + 2 - 4: kept first, then 1 of daily
+    # period 3 starts with kept min(4, max(0, 1)) = 1 and daily 2: 6.5 used, 3.5 over
+    third = bd.value(A + 2 * HOUR + 30 * MINUTE, usage)
+    assert (third.usage, third.balance, third.overage, third.has_access) == (Decimal("6.5"), 0, Decimal("3.5"), False)
