@@ -75,8 +75,8 @@ class IngestState:
         self.committing_head = 0
         self.customer_subjects: dict[str, set[str]] = {}
         self.policies: dict[str, UnknownSubjects] = {}
-        self.meter_keys: dict[tuple[str, str], frozenset[tuple[int, int]]] = {}
-        """Per (namespace, type): each meter's key and definition time (``Preread.meters``)."""
+        self.meter_keys: dict[tuple[str, str], tuple[list[CompiledMeter], frozenset[tuple[int, int]]]] = {}
+        """Per (namespace, type): its meters, each one's key and definition time (``Preread.meters``)."""
         self.appended = False
         """Entries were appended in the open transaction (its chain head is recorded before COMMIT)."""
         self.pending: list[LedgerEntry] = []
@@ -120,12 +120,12 @@ class IngestState:
 
     def of_kind(self, kind: tuple[str, str]) -> tuple[list[CompiledMeter], frozenset[tuple[int, int]]]:
         """The live meters that count events of (namespace, type) (built-ins included) and
-        their keys and definition times (``Preread.meters``)."""
-        meters = of_type(self.meters, *kind)
-        keys = self.meter_keys.get(kind)
-        if keys is None:
-            keys = self.meter_keys[kind] = frozenset((m.meter.key, m.meter.updated_us) for m in meters)
-        return meters, keys
+        their keys and definition times (``Preread.meters``), kept per kind until a reload."""
+        found = self.meter_keys.get(kind)
+        if found is None:
+            meters = of_type(self.meters, *kind)
+            found = self.meter_keys[kind] = (meters, frozenset((m.meter.key, m.meter.updated_us) for m in meters))
+        return found
 
     def policy(self, namespace: str) -> UnknownSubjects:
         return self.policies.get(namespace, self.settings.unknown_subjects)
