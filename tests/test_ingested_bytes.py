@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -333,3 +334,20 @@ def test_an_event_without_time_counts_the_time_it_was_received(api: Api) -> None
 def test_the_time_text_is_an_encoded_datetime(time_us: int) -> None:
     at = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=time_us)
     assert msgspec.json.encode(time_text(time_us)) == msgspec.json.encode(at)
+
+
+def test_the_dashboard_shows_it_beside_the_users_meters(api: Api) -> None:
+    ok(api.create_meter(slug="api_calls", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
+    add_customer(api, "acme")
+    assert api.post_events([ev("d1", "acme", "2026-03-01T10:00:00Z", calls=3)]).status_code == 204
+    c = api.client
+    token = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/sign-in").text)
+    assert token is not None
+    r = c.post(
+        "/ui/sign-in", data={"csrf": token.group(1), "key": api.key, "next": "/ui/executive"}, follow_redirects=False
+    )
+    assert r.status_code == 303, r.text
+    for path in ("/ui/executive", "/ui/customers/acme", "/ui/reconciliation"):
+        page = c.get(path)
+        assert page.status_code == 200, (path, page.text[:500])
+        assert ("ingested_bytes" in page.text) is (path != "/ui/reconciliation"), path
