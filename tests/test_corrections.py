@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Api, Server, build_api, make_key, start_server
+from conftest import MODES, Api, Server, build_api, make_key, mode_api, start_server
 from test_billing_api import calls, get, invoice, lines, move_to, ok, post, run, setup_billing, subscribe
 from test_billing_api import ev as bev
 
@@ -179,9 +179,10 @@ def test_void_and_amend_move_every_aggregation_and_rebuild_agrees(served: Server
 # -- invoiced periods, entitlement values, errors (in-process app: billing needs a frozen clock) --
 
 
-@pytest.fixture
-def bapi(tmp_path: Path) -> Iterator[Api]:
-    yield from build_api(tmp_path, billing={"scheduler_enabled": False})
+@pytest.fixture(params=MODES)
+def bapi(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    """The app in each storage mode: corrections hold the same in both."""
+    yield from mode_api(request, tmp_path, billing={"scheduler_enabled": False})
 
 
 def correct(api: Api, event_id: str, action: str, status: int = 201, **body: Any) -> Any:
@@ -271,7 +272,7 @@ def test_correction_errors_are_problems_with_stable_codes(bapi: Api) -> None:
     assert correct(api, "c1", "amend", 400, reason="x", event=no_type)["code"] == "invalid_event"
     r = api.client.post("/api/v1/events/c1/void", content=b"{", headers=api.headers())
     assert r.status_code == 400 and r.json()["code"] in ("invalid_correction", "invalid_json")
-    reader = make_key(api.data_dir, ["read"])
+    reader = api.new_key(["read"])
     r = api.client.post("/api/v1/events/c1/void", json={"source": "t", "reason": "x"}, headers=api.headers(reader))
     assert r.status_code == 403
     correct(api, "c1", "void", reason="gone")

@@ -21,6 +21,7 @@ documented as absent (docs/scale.md, "Not offered in scale mode yet").
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -51,7 +52,8 @@ from meterline.domain.events.corrections import CorrectionRequest, History
 from meterline.domain.events.model import Candidate, Outcome
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
-from meterline.ports.corrections import Corrected, CorrectionRecord
+from meterline.ports.correction_log import StoredOriginal, StoredOriginals
+from meterline.ports.corrections import Corrected, CorrectionRecord, Corrections
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.meters import UsageReader
 from meterline.ports.status import StoreStatus
@@ -69,6 +71,7 @@ from meterline.services.entitlements import EntitlementService
 from meterline.services.erasure import ErasureService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
+from meterline.services.log_corrections import LogCorrections
 from meterline.services.meters import MeterService, WithoutAggregations
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
@@ -81,6 +84,7 @@ from meterline.services.usage_queries import UsageQueries
 log = logging.getLogger("meterline.scale")
 
 if TYPE_CHECKING:
+    from meterline.adapters.clickhouse.client import Connection
     from meterline.adapters.clickhouse.reads import ClickHouseEvents, ClickHouseMeterValues, ClickHouseProgress
     from meterline.adapters.clickhouse.usage import ClickHouseUsage
     from meterline.adapters.kafka.ledger import KafkaLedger
@@ -196,17 +200,32 @@ class NotedUsage:
 
 
 class NoCorrections:
-    """Corrections (void, amend) rewrite the embedded ledger's entries in its transaction; a
-    partitioned log has no such transaction yet: every call is 501 ``not_supported``."""
+    """Corrections refused: with ``retention.raw_events`` set, the raw events a corrected hour is
+    answered from expire (``adapters.clickhouse.corrections``): every call is 501 ``not_supported``."""
+
+    _why = "event corrections in scale mode need the raw events kept: retention.raw_events must be unset"
 
     def since(self, namespace: str, received_from_us: int, limit: int) -> builtins.list[CorrectionRecord]:
-        raise NotSupported("event corrections need the embedded ledger", mode="scale")
+        return []  # nothing was corrected: billing cites none
 
     def correct(self, request: CorrectionRequest) -> Corrected:
-        raise NotSupported("event corrections need the embedded ledger", mode="scale")
+        raise NotSupported(self._why, mode="scale")
 
     def history(self, namespace: str, source: str, event_id: str) -> History:
-        raise NotSupported("event corrections need the embedded ledger", mode="scale")
+        raise NotSupported(self._why, mode="scale")
+
+
+class NotedOriginals:
+    """The stored originals, read after the same wait as a usage read (``NotedUsage.note``):
+    an event acknowledged through this node is found once the workers stored it."""
+
+    def __init__(self, originals: StoredOriginals, note: Callable[[], None]) -> None:
+        self._originals = originals
+        self._note = note
+
+    def original(self, namespace: str, source: str, event_id: str) -> StoredOriginal | None:
+        self._note()
+        return self._originals.original(namespace, source, event_id)
 
 
 class NoErasures:
@@ -378,10 +397,13 @@ def _wire(
         counted = CountedUsage(counters, streams, kafka.heads, usage, config.aggregation.max_wait)
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
     values = ClickHouseMeterValues(conn, usage.note)
-    catalog = _catalog(config, clock, stores, usage, counted, values, dispatcher.wake, releaser, kafka, screen)
+    corrections = _corrections(config, clock, stores, conn, kafka, usage)
+    catalog = _catalog(
+        config, clock, stores, usage, counted, values, dispatcher.wake, releaser, kafka, screen, corrections
+    )
     cfg = config.billing
     billing = build_billing(
-        stores.billing(QueriedPeriodUsage(usage), clock),
+        dataclasses.replace(stores.billing(QueriedPeriodUsage(usage), clock), corrections=corrections),
         clock,
         run_settings(config.billing),
         scheduler=SchedulerSettings(cfg.scheduler_enabled, cfg.scheduler_interval.total_seconds()),
@@ -396,6 +418,20 @@ def _wire(
     return node
 
 
+def _corrections(
+    config: Config, clock: Clock, stores: ScaleStores, conn: Connection, kafka: KafkaLedger, usage: NotedUsage
+) -> Corrections:
+    """Voids and amends through the log (``services.log_corrections``), unless the raw events
+    expire (``NoCorrections``)."""
+    from meterline.adapters.clickhouse.corrections import ClickHouseOriginals
+    from meterline.adapters.postgres.corrections import PgCorrectionJournal
+
+    if raw_events_us(config) is not None:
+        return NoCorrections()
+    originals = NotedOriginals(ClickHouseOriginals(conn), usage.note)
+    return LogCorrections(originals, PgCorrectionJournal(stores.catalog.db), kafka, clock)
+
+
 def _catalog(
     config: Config,
     clock: Clock,
@@ -407,6 +443,7 @@ def _catalog(
     releaser: QuarantineReleaser,
     ledger: Ledger,
     screen: ScreenCache,
+    corrections: Corrections,
 ) -> Catalog:
     from meterline.adapters.postgres.dead_letters import PgResubmitter
 
@@ -423,7 +460,7 @@ def _catalog(
         ),
         keys=KeyService(pg.keys, clock),
         corrections=CorrectionService(
-            NoCorrections(), clock, future_skew_us=int(config.ingest.future_skew.total_seconds() * 1_000_000)
+            corrections, clock, future_skew_us=int(config.ingest.future_skew.total_seconds() * 1_000_000)
         ),
         dead_letters=DeadLetterService(pg.dead_letters),
         resubmission=Resubmission(

@@ -82,7 +82,9 @@ async def amend_event(call: Call) -> Response:
 async def _answer(call: Call, source: str, done: Corrected) -> Response:
     history = await call.run(call.ctx.catalog.corrections.history, call.namespace, source, call.path("event"))
     record = freshness.current()
-    if record is not None:
+    if record is not None and done.log_positions is not None:
+        record.log_positions = done.log_positions  # Meterline-Log-Positions (scale mode)
+    elif record is not None:
         record.ingested = done.position  # Meterline-Ledger-Position: wait for it to read the effect
     return json_response({"correction": done.seq, "action": done.action.value, **history_json(history)}, 201)
 

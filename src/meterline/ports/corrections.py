@@ -25,6 +25,9 @@ class Corrected:
     original: int
     action: Action
     position: int
+    log_positions: dict[int, int] | None = None
+    """Scale mode: the log partition the correction went to and the offset after it (what a
+    reader waits for, ``Meterline-Log-Positions``); ``position`` is then its seq there."""
 
 
 @dataclass(frozen=True, slots=True)

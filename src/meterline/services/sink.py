@@ -173,7 +173,7 @@ class SinkWorker:
         counted = self._confirmed(stream, batch)
         compiled = self._live()
         groups, subjects = self._known_dims(compiled)
-        replay = Replay(self._cap, groups, subjects)
+        replay = Replay(self._cap, groups, subjects, admit_amends=True)
         replay.apply(compiled, counted)
         live = frozenset(m.meter.key for m in compiled)
         if not self._store.write(stream, self._epochs[stream], position.done, end, live, replay, counted):
@@ -208,7 +208,7 @@ class SinkWorker:
             if b.pending_end is None and len(entries) == self._max:
                 end = entries[-1].seq  # a chunk; the rest in the next step
             groups, subjects = self._store.known([b.meter])
-            replay = Replay(self._cap, groups, subjects)
+            replay = Replay(self._cap, groups, subjects, admit_amends=True)
             replay.apply([compiled], entries)
             if self._store.write_backfill(b.meter, b.stream, epochs[b.stream], b.done, end, replay):
                 folded += len(entries)

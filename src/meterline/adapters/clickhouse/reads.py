@@ -38,7 +38,7 @@ class ClickHouseEvents:
                 "paging through events by position needs the embedded ledger's single sequence",
                 mode="scale",
             )
-        where, params = ["namespace = {ns:String}"], {"ns": namespace, "limit": limit}
+        where, params = ["namespace = {ns:String}", "corrects = 0"], {"ns": namespace, "limit": limit}
         if f.after is not None:
             received, seq, stream = _cursor(f.after)
             where.append("(received_us, stream, seq) < ({ar:Int64}, {as:String}, {aq:UInt64})")

@@ -100,7 +100,7 @@ def _fold(
 ) -> int:
     compiled = [CompiledMeter(m) for m in meters]
     keys = {m.key for m in meters}
-    replay = Replay(cap)
+    replay = Replay(cap, admit_amends=True)  # as the sink workers fold (adapters.clickhouse.corrections)
     events = 0
     for stream, p in sorted(progress.items()):
         if p.stream.startswith("backfill:"):

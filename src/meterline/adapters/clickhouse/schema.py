@@ -3,6 +3,9 @@
 - ``events``: raw accepted events (MergeTree, partitioned by receive month, TTL =
   ``retention.raw_events``, set again at start when the setting changed; times in
   microseconds, the event id read from the raw CloudEvent), written by the sink workers;
+  a correction entry (``domain.events.corrections``) is a row too, its ``corrects`` the seq
+  of the version it supersedes in the same stream (0 for an ordinary event; see
+  :mod:`.corrections`);
 - ``usage_rollups``: per (meter, bucket size, subject, bucket, group) the exact states every
   aggregation needs — count, sum, min, max and the latest (time, seq, value) — as
   ``SimpleAggregateFunction`` columns of an AggregatingMergeTree, merged exactly in the
@@ -13,6 +16,10 @@
   registers its values set, as a ``SimpleAggregateFunction(maxMap, ...)`` of an
   AggregatingMergeTree, so background merges and queries keep each register's maximum — the
   sketch of every value the bucket saw, whatever the batches, their order or a repeated one;
+- ``usage_corrections``: one row per applied correction entry: the version it supersedes
+  (``corrects``), whether it is a void, and the type, subject and time of the version it put
+  in and of the one it took out — the hours a query answers from the raw events instead of
+  the rollups (:mod:`.corrections`);
 - ``usage_dims``: the group values and subjects each meter has seen (the cardinality cap);
 - ``usage_progress``: per consumed stream (the live offset, a meter's backfill, a Kafka
   partition) how far it is applied, the range being applied, and the receipt time of the
@@ -40,8 +47,11 @@ REGISTERS = "Tuple(Array(UInt16), Array(UInt8))"
 SKETCHES = [*_KEY, ("registers", REGISTERS)]
 EVENTS = [("namespace", "String"), ("source", "String"), ("type", "String"), ("subject", "String"),
           ("time_us", "Int64"), ("received_us", "Int64"), ("raw", "String"), ("stream", "String"),
-          ("seq", "UInt64")]  # fmt: skip
+          ("seq", "UInt64"), ("corrects", "UInt64")]  # fmt: skip
 DIMS = [("meter", "UInt64"), ("dim", "String"), ("value", "String"), ("is_subject", "UInt8")]
+CORRECTIONS = [("namespace", "String"), ("stream", "String"), ("seq", "UInt64"), ("corrects", "UInt64"),
+               ("void", "UInt8"), ("type", "String"), ("subject", "String"), ("time_us", "Int64"),
+               ("was_type", "String"), ("was_subject", "String"), ("was_time_us", "Int64")]  # fmt: skip
 PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pending_end", "UInt64"),
             ("pending_meters", "Array(UInt64)"), ("version", "UInt64"), ("applied_us", "Int64")]  # fmt: skip
 
@@ -54,7 +64,7 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS events (
             namespace LowCardinality(String), source String, type LowCardinality(String), subject String,
             time_us Int64, received_us Int64, raw String, stream LowCardinality(String), seq UInt64,
-            id String MATERIALIZED JSONExtractString(raw, 'id')
+            id String MATERIALIZED JSONExtractString(raw, 'id'), corrects UInt64 DEFAULT 0
         ) ENGINE = MergeTree PARTITION BY toYYYYMM({received}) ORDER BY (namespace, subject, time_us, stream, seq)
         {ttl} {dedupe}""",
         f"""CREATE TABLE IF NOT EXISTS usage_rollups (
@@ -75,12 +85,18 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS usage_dims (
             meter UInt64, dim String, value String, is_subject UInt8
         ) ENGINE = ReplacingMergeTree ORDER BY (meter, is_subject, dim, value) {dedupe}""",
+        f"""CREATE TABLE IF NOT EXISTS usage_corrections (
+            namespace String, stream String, seq UInt64, corrects UInt64, void UInt8,
+            type String, subject String, time_us Int64, was_type String, was_subject String, was_time_us Int64
+        ) ENGINE = ReplacingMergeTree ORDER BY (namespace, stream, seq) {dedupe}""",
         """CREATE TABLE IF NOT EXISTS usage_progress (
             stream String, done UInt64, to UInt64, pending_end UInt64, pending_meters Array(UInt64),
             version UInt64, applied_us Int64 DEFAULT 0
         ) ENGINE = ReplacingMergeTree(version) ORDER BY stream""",
-        # databases created before the column existed
+        # databases created before the columns existed
         "ALTER TABLE usage_progress ADD COLUMN IF NOT EXISTS applied_us Int64 DEFAULT 0",
+        "ALTER TABLE events ADD COLUMN IF NOT EXISTS corrects UInt64 DEFAULT 0",
+        "ALTER TABLE events ADD INDEX IF NOT EXISTS events_id id TYPE bloom_filter GRANULARITY 4",
     ]
 
 

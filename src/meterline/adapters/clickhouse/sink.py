@@ -13,7 +13,8 @@ log partitions, exactly once, by the protocol of :mod:`.progress` (one stream pe
    ``backfill:<meter>:<partition>`` over ``(0, to]``: ``to`` is where this range starts, or
    where it ends when a crash left it recorded without that meter (the range is then redone
    for its recorded meters only);
-5. raw events, rollup states, UNIQUE_COUNT values and new group values / subjects are inserted,
+5. raw events, applied corrections (:mod:`.corrections`), rollup states, UNIQUE_COUNT values
+   and new group values / subjects are inserted,
    each under the token ``<topic>:<partition>:<start>-<end>:<table>`` (a batch repeated after a
    crash is the same range, so the same tokens: ClickHouse drops what had landed);
 6. the new position is recorded, with the receipt time of the newest event applied.
@@ -32,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.corrections import correction_rows, insert_corrections
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import EVENTS, create
 from meterline.adapters.clickhouse.usage import raw_rows, read_dims, write_usage
@@ -104,6 +106,7 @@ class ClickHouseSink:
             return False  # taken over: the new holder redoes the recorded range, if it sees it
         self._start_backfills(stream, epoch, p, meters, stored)
         self._conn.insert("events", EVENTS, raw_rows(entries, stream), p.token("events"))
+        insert_corrections(self._conn, correction_rows(self._conn, stream, entries), p.token("corrections"))
         write_usage(self._conn, replay, set(p.pending_meters), p)
         applied = max((e.received_us for e in entries), default=p.applied_us)
         self._progress.write(Progress(stream, end, 0, 0, (), p.version, max(applied, p.applied_us)), epoch)
@@ -159,11 +162,11 @@ class ClickHouseSink:
 def raw_entries(conn: Connection, stream: str, after: int, end: int, limit: int) -> list[LedgerEntry]:
     """The raw events of ``stream`` with ``after < seq <= end``, in order, at most ``limit``."""
     sql = (
-        "SELECT DISTINCT seq, namespace, source, type, subject, time_us, received_us, raw FROM events"
+        "SELECT DISTINCT seq, namespace, source, type, subject, time_us, received_us, raw, corrects FROM events"
         " WHERE stream = {s:String} AND seq > {a:UInt64} AND seq <= {e:UInt64} ORDER BY seq LIMIT {n:UInt32}"
     )
     rows = conn.rows(sql, {"s": stream, "a": after, "e": end, "n": limit})
     return [
-        LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode(), received_us)
-        for seq, ns, source, type_, subject, time_us, received_us, raw in rows
+        LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode(), received_us, None, corrects)
+        for seq, ns, source, type_, subject, time_us, received_us, raw, corrects in rows
     ]

@@ -31,6 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.corrections import HOUR, applied, hour_key, hour_keys
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import DIMS, EVENTS, ROLLUPS, SKETCHES, UNIQUES, create
 from meterline.domain.decimals import in_stored_form
@@ -116,7 +117,8 @@ class ClickHouseUsage:
 
     def query(self, meter: Meter, query: MeterQuery) -> list[Row]:
         """Whole minutes from the rollups, a partial first or last minute from the raw events
-        table, only what the rollups reflect (``domain.meters.edges``, :meth:`_edges`)."""
+        table, only what the rollups reflect (``domain.meters.edges``, :meth:`_edges`); the
+        hours applied corrections touched from the raw events too (:mod:`.corrections`)."""
         check_dimensions(query, tuple(sorted(meter.spec.group_by)))
         if meter.key not in {m.key for m in self._meters()}:
             return []
@@ -126,11 +128,23 @@ class ClickHouseUsage:
         if not bounds:
             return []
         inner = inner_bounds(query, bounds)
+        progress = self._progress.read()
+        fixes = applied(self._conn, meter.namespace, {k: p.done for k, p in progress.items()})
+        whole = inner[0] < inner[-1]
+        builtin = is_builtin(meter.spec)  # counts what was received: corrections move none of it, as embedded
+        hours = {
+            (subject, hour)
+            for subject, hour in fixes.hours(meter.spec.event_type, query.subjects)
+            if whole and not builtin and hour + HOUR > inner[0] and hour < inner[-1]
+        }
         where, params = _where(meter.key, bucket_size(inner), inner, query.subjects)
+        if hours:  # a corrected hour is answered from the raw events: its buckets are left out here
+            params["cx"] = hour_keys(hours)
+            where += f" AND NOT has({{cx:Array(String)}}, {hour_key('bucket')})"
         read: list[Any]
         if aggregation is Aggregation.UNIQUE_COUNT:
             sql = f"SELECT DISTINCT subject, group_key, bucket, value FROM usage_uniques WHERE {where}"
-            read = self._conn.rows(sql, params) if inner[0] < inner[-1] else []
+            read = self._conn.rows(sql, params) if whole else []
         elif aggregation is Aggregation.APPROX_UNIQUE_COUNT:
             read = self._sketches(query, bounds, inner, where, params)
         else:
@@ -139,17 +153,20 @@ class ClickHouseUsage:
                 f"SELECT {keys}, sum(count), sum(total), min(low), max(high), max(latest)"
                 f" FROM usage_rollups WHERE {where} GROUP BY s_, g_, w_"
             )
-            rows = self._conn.rows(sql, params) if inner[0] < inner[-1] else []
+            rows = self._conn.rows(sql, params) if whole else []
             read = [_state(aggregation, row) for row in rows]
         ranges = edge_ranges(query, bounds)
         groups: dict[tuple[int, str], set[str]] = {}
-        edges: list[LedgerEntry] = []
-        if ranges:
+        raw: list[tuple[str, LedgerEntry, int]] = []
+        if ranges or hours:
             groups, _ = read_dims(self._conn, [meter.key])
-            edges = self._edges(meter, query, ranges)
+            raw = self._edges(meter, query, ranges, progress) if ranges else []
+        if hours:
+            raw += self._raw(meter, progress, *_in_hours(hours, inner))
+        edges = [e for stream, e, corrects in raw if (not corrects if builtin else fixes.counts(stream, e.seq))]
 
         def admitted(dim: str, value: str) -> bool:
-            return not ranges or value in groups.get((meter.key, dim), ())
+            return not (ranges or hours) or value in groups.get((meter.key, dim), ())
 
         if aggregation is Aggregation.APPROX_UNIQUE_COUNT:
             values = edge_uniques(CompiledMeter(meter), edges, admitted)
@@ -168,19 +185,36 @@ class ClickHouseUsage:
         sql = f"SELECT {keys}, maxMap(registers) FROM usage_sketches WHERE {where} GROUP BY s_, g_, w_"
         return [(s, g, int(w), Sketch.from_pairs(*regs)) for s, g, w, regs in self._conn.rows(sql, params)]
 
-    def _edges(self, meter: Meter, query: MeterQuery, ranges: Sequence[tuple[int, int]]) -> list[LedgerEntry]:
-        """The raw events of the partial minutes ``ranges`` that the rollups reflect: per
-        stream, up to its recorded position, less the meter's backfill still to apply.
-        Ranges older than the raw events' retention are refused (their events may be gone)."""
+    def _edges(
+        self, meter: Meter, query: MeterQuery, ranges: Sequence[tuple[int, int]], progress: dict[str, Progress]
+    ) -> list[tuple[str, LedgerEntry, int]]:
+        """The raw events of the partial minutes ``ranges`` (see :meth:`_raw`). Ranges older
+        than the raw events' retention are refused (their events may be gone)."""
         if self._retention is not None and ranges[0][0] < self._now_us() - self._retention * 1_000_000:
             raise InvalidInput(
                 "a partial minute older than the raw events' retention cannot be answered exactly;"
                 " ask for whole minutes",
                 code="unaligned_range",
             )
-        progress = self._progress.read()
+        params: dict[str, Any] = {}
+        times = []
+        for i, (a, b) in enumerate(ranges):
+            params[f"a{i}"], params[f"b{i}"] = a, b
+            times.append(f"(time_us >= {{a{i}:Int64}} AND time_us < {{b{i}:Int64}})")
+        where = f" AND ({' OR '.join(times)})"
+        if query.subjects:
+            params["subjects"] = sorted(set(query.subjects))
+            where += " AND has({subjects:Array(String)}, subject)"
+        return self._raw(meter, progress, where, params)
+
+    def _raw(
+        self, meter: Meter, progress: dict[str, Progress], where_more: str, params_more: dict[str, Any]
+    ) -> list[tuple[str, LedgerEntry, int]]:
+        """The raw events of the meter's namespace and type matching ``where_more`` that the
+        rollups reflect: per stream, up to its recorded position, less the meter's backfill
+        still to apply; each with its stream and ``corrects`` (corrections are the caller's to apply)."""
         reflected: list[str] = []
-        params: dict[str, Any] = {"ns": meter.namespace, "t": meter.spec.event_type}
+        params: dict[str, Any] = {"ns": meter.namespace, "t": meter.spec.event_type, **params_more}
         for i, p in enumerate(v for k, v in sorted(progress.items()) if not k.startswith("backfill:")):
             params[f"s{i}"], params[f"d{i}"] = p.stream, p.done
             reflected.append(f"(stream = {{s{i}:String}} AND seq <= {{d{i}:UInt64}})")
@@ -191,18 +225,13 @@ class ClickHouseUsage:
         for i, (stream, fill) in enumerate(_unfinished(progress, meter.key)):
             params[f"bs{i}"], params[f"bd{i}"], params[f"bt{i}"] = stream, fill.done, fill.to
             where += f" AND NOT (stream = {{bs{i}:String}} AND seq > {{bd{i}:UInt64}} AND seq <= {{bt{i}:UInt64}})"
-        times = []
-        for i, (a, b) in enumerate(ranges):
-            params[f"a{i}"], params[f"b{i}"] = a, b
-            times.append(f"(time_us >= {{a{i}:Int64}} AND time_us < {{b{i}:Int64}})")
-        where += f" AND ({' OR '.join(times)})"
-        if query.subjects:
-            params["subjects"] = sorted(set(query.subjects))
-            where += " AND has({subjects:Array(String)}, subject)"
-        sql = f"SELECT DISTINCT stream, seq, namespace, source, type, subject, time_us, raw FROM events WHERE {where}"
+        sql = (
+            f"SELECT DISTINCT stream, seq, namespace, source, type, subject, time_us, raw, corrects FROM events"
+            f" WHERE {where}{where_more}"
+        )
         return [
-            LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode())
-            for _, seq, ns, source, type_, subject, time_us, raw in self._conn.rows(sql, params)
+            (stream, LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode()), int(corrects))
+            for stream, seq, ns, source, type_, subject, time_us, raw, corrects in self._conn.rows(sql, params)
         ]
 
     # -- steps -------------------------------------------------------------------------------
@@ -247,10 +276,29 @@ def _unfinished(progress: dict[str, Progress], key: int) -> list[tuple[str, Prog
     return out
 
 
+def _in_hours(hours: set[tuple[str, int]], inner: Sequence[int]) -> tuple[str, dict[str, Any]]:
+    """The raw-table condition of the corrected ``hours`` within the rollup range ``inner``."""
+    params = {"hx": hour_keys(hours), "h0": inner[0] * 1_000_000, "h1": inner[-1] * 1_000_000}
+    key = hour_key("intDiv(time_us, 1000000)")
+    where = f" AND time_us >= {{h0:Int64}} AND time_us < {{h1:Int64}} AND has({{hx:Array(String)}}, {key})"
+    return where, params
+
+
 def raw_rows(entries: Iterable[LedgerEntry], stream: str) -> list[tuple[Any, ...]]:
     """Ledger entries as rows of the raw ``events`` table."""
     return [
-        (e.namespace, e.source, e.type, e.subject, e.time_us, e.received_us, e.raw.decode(), stream, e.seq)
+        (
+            e.namespace,
+            e.source,
+            e.type,
+            e.subject,
+            e.time_us,
+            e.received_us,
+            e.raw.decode(),
+            stream,
+            e.seq,
+            e.correction,
+        )
         for e in entries
     ]
 

@@ -23,6 +23,9 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     """The ack-time dedupe claim the event was written under (empty without a dedupe store)."""
     released: bool = False
     """Written by the quarantine's releaser (``ports.quarantine``): counts only as the first copy."""
+    corrects: int = 0
+    """A correction entry (``ports.correction_log``): the seq of the version it supersedes in
+    this partition; 0 for an event."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -33,10 +36,10 @@ def key(namespace: str, subject: str) -> bytes:
     return f"{namespace}\x1f{subject}".encode()
 
 
-def encode(event: Event, received_us: int, token: str = "", *, released: bool = False) -> bytes:
+def encode(event: Event, received_us: int, token: str = "", *, released: bool = False, corrects: int = 0) -> bytes:
     record = Record(
         event.namespace, event.source, event.id, event.type, event.subject, event.time_us, received_us, event.raw,
-        token, released,
+        token, released, corrects,
     )  # fmt: skip
     return _encoder.encode(record)
 
@@ -49,6 +52,6 @@ def entry(record: Record, offset: int) -> LogEntry:
     """The log entry of the record at ``offset`` of its partition (``seq = offset + 1``)."""
     ledger_entry = LedgerEntry(
         offset + 1, record.namespace, record.source, record.type, record.subject, record.time_us, record.raw,
-        record.received_us,
+        record.received_us, None, record.corrects,
     )  # fmt: skip
     return LogEntry(ledger_entry, record.id, record.token, record.released)

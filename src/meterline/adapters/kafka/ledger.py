@@ -41,7 +41,7 @@ from typing import Any
 
 from meterline.adapters.kafka import envelope
 from meterline.domain.customers.model import UnknownSubjects, subject_rule
-from meterline.domain.errors import StorageUnavailable
+from meterline.domain.errors import InvalidInput, StorageUnavailable
 from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
 from meterline.domain.meters.admission import Readings, admit_readings, read_event, unknown_values
 from meterline.domain.meters.evaluate import CompiledMeter
@@ -139,6 +139,7 @@ class KafkaLedger:
         config = producer_config(bootstrap)
         config["message.timeout.ms"] = int(delivery_timeout * 1000)
         self._producer = kafka.Producer(config)
+        self._timeout = delivery_timeout
         self._topic = topic
         self._meters = meters
         self._dedupe = dedupe
@@ -330,12 +331,38 @@ class KafkaLedger:
             if not future.done():
                 future.set_exception(_unavailable(exc))
 
-    def _produce(self, key: bytes, value: bytes, request: _Request) -> None:
+    def write_correction(self, stream: str, event: Event, received_us: int, corrects: int, *, amend: bool) -> int:
+        """A correction entry superseding ``corrects``, written to ``stream`` itself (the
+        original's partition: it follows the original there whatever the partitioner says); its
+        seq once acknowledged (``ports.correction_log.CorrectionWriter``)."""
+        topic, _, partition = stream.rpartition(":")
+        if topic != self._topic:
+            raise StorageUnavailable(f"the event is in a partition of another topic ({topic!r})")
+        if amend:
+            read = read_event(self._live(event.namespace).get(event.type, ()), event)
+            admitted = self._admit_read([read])[0]  # under the shared cap, as ingest admits
+            if not isinstance(admitted, list):
+                raise InvalidInput(
+                    f"A live meter cannot read the amended event: {admitted.message}",
+                    code="amend_unreadable",
+                    reason=admitted.reason.value,
+                )
+        request = _Request([Outcome(0, event.id, event.source, Status.ACCEPTED)], [(0, event)], "", False, [])
+        record = envelope.encode(event, received_us, corrects=corrects)
+        self._produce(envelope.key(event.namespace, event.subject), record, request, int(partition))
+        try:
+            request.future.result(self._timeout + 5)
+        except TimeoutError as exc:
+            raise StorageUnavailable("Kafka did not acknowledge the correction in time") from exc
+        return request.positions[int(partition)]
+
+    def _produce(self, key: bytes, value: bytes, request: _Request, partition: int | None = None) -> None:
         """2. Write one claimed event; its delivery report arrives on the poll thread."""
+        where = {} if partition is None else {"partition": partition}
         while True:
             try:
                 self._producer.produce(
-                    self._topic, value, key, on_delivery=lambda err, msg: self._delivered(request, err, msg)
+                    self._topic, value, key, on_delivery=lambda err, msg: self._delivered(request, err, msg), **where
                 )
                 return
             except BufferError:  # the local queue is full: let deliveries drain it

@@ -249,6 +249,22 @@ CREATE TABLE group_values (
 );
 """,
     ),
+    (
+        12,
+        "event corrections: the journal of acknowledged voids and amends (audit, history, billing citations)",
+        """
+CREATE TABLE event_corrections (
+    id BIGSERIAL PRIMARY KEY, namespace TEXT NOT NULL, source TEXT NOT NULL, event_id TEXT NOT NULL,
+    stream TEXT NOT NULL, original BIGINT NOT NULL, seq BIGINT NOT NULL, target BIGINT NOT NULL,
+    action TEXT NOT NULL, reason TEXT NOT NULL, actor TEXT NOT NULL, received_us BIGINT NOT NULL,
+    type TEXT NOT NULL, subject TEXT NOT NULL, time_us BIGINT NOT NULL, raw BYTEA,
+    was_type TEXT NOT NULL, was_subject TEXT NOT NULL, was_time_us BIGINT NOT NULL,
+    UNIQUE (stream, seq)
+);
+CREATE INDEX event_corrections_key ON event_corrections (namespace, source, event_id, stream, original, seq);
+CREATE INDEX event_corrections_received ON event_corrections (namespace, received_us, id);
+""",
+    ),
 ]
 
 

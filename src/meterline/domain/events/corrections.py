@@ -20,6 +20,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+import msgspec
+
 from meterline.domain.errors import Conflict, InvalidInput, NotFound
 from meterline.domain.events.model import Event
 
@@ -77,6 +79,29 @@ class History:
     @property
     def voided(self) -> bool:
         return self.versions[-1].action is Action.VOID
+
+
+def void_record(event_id: str, source: str, reason: str, actor: str) -> bytes:
+    """The stored body of a void entry of a partitioned log: the key it voids and why (never
+    read as an event: it has no ``specversion``)."""
+    return msgspec.json.encode({"id": event_id, "source": source, "void": {"reason": reason, "actor": actor}})
+
+
+class _Body(msgspec.Struct):
+    void: dict[str, object] | None = None
+    specversion: str | None = None
+
+
+_body = msgspec.json.Decoder(_Body)
+
+
+def is_void_record(raw: bytes) -> bool:
+    """A void entry's stored body (:func:`void_record`, or the embedded ledger's), not a CloudEvent."""
+    try:
+        body = _body.decode(raw)
+    except msgspec.DecodeError:
+        return False
+    return body.void is not None and body.specversion is None
 
 
 def check_request(req: CorrectionRequest) -> None:

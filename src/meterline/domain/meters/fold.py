@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from meterline.domain.decimals import add
+from meterline.domain.events.corrections import is_void_record
 from meterline.domain.events.decode import CloudEventIn
 from meterline.domain.events.model import Event, Rejection
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
@@ -217,6 +218,9 @@ class Replay:
     full replay do, a new meter's backfill does not (its entries were counted live)."""
     counts: dict[tuple[str, str, int], int] = field(default_factory=dict)
     """(namespace, type, UTC quarter hour of event time in epoch seconds) -> entries."""
+    admit_amends: bool = False
+    """Admit an amend entry's group values and subject as an event's (its readings are not
+    folded): scale mode answers corrected hours from the raw events, through these values."""
 
     def apply(self, meters: list[CompiledMeter], entries: Iterable[LedgerEntry]) -> int:
         """Apply ledger entries in order; returns the last seq (0 for none)."""
@@ -227,6 +231,8 @@ class Replay:
             last = entry.seq
             if entry.correction:  # a correction entry is not an event: it is never counted
                 self.corrected.add(entry.correction)
+                if self.admit_amends and not is_void_record(entry.raw):
+                    self._admit_amend(by_type.get((entry.namespace, entry.type), ()), entry)
                 continue
             if counts is not None:
                 counted = (entry.namespace, entry.type, entry.time_us // COUNT_BUCKET_US * COUNT_BUCKET)
@@ -260,6 +266,22 @@ class Replay:
                 if meter.applies(event):
                     self._one(meter, event, entry.seq)
         return last
+
+    def _admit_amend(self, meters: Iterable[CompiledMeter], entry: LedgerEntry) -> None:
+        event = Event(
+            entry.namespace, entry.source, "", entry.type, entry.subject, entry.time_us, event_data(entry.raw),
+            entry.raw, b"",
+        )  # fmt: skip
+        for meter in meters:
+            if not meter.applies(event):
+                continue
+            reading = meter.read(event)
+            if isinstance(reading, Rejection) or not self._admit(meter, reading.groups):
+                continue
+            subjects = self.subjects.setdefault(meter.meter.key, set())
+            if event.subject not in subjects:
+                subjects.add(event.subject)
+                self.new_subjects.append((meter.meter.key, event.subject))
 
     def _one(self, meter: CompiledMeter, event: Event, seq: int) -> None:
         reading = meter.read(event)

@@ -1,0 +1,134 @@
+"""Corrections where the ledger is a partitioned log (scale mode): ``ports.corrections.Corrections``
+over the raw events the sink workers stored, the log and the journal of corrections.
+
+A correction never rewrites the original: it is a new log entry that supersedes one version
+of the key. ``correct``:
+
+1. finds the key's newest original where the workers stored it (``StoredOriginals``; after
+   the read's freshness wait, so an event acknowledged through this node is found):
+   none is ``event_not_found``;
+2. holding the key in the journal (``CorrectionJournal.append``: one correction of a key at a
+   time over every node), reads the original's acknowledged corrections: when the last is a
+   void, ``event_voided``; otherwise the version that counts now is the one to supersede;
+3. writes the entry — an amend's event, or a void record with the voided version's type,
+   subject and time — to the original's own partition (``CorrectionWriter``), so it follows
+   the original there and one worker applies both, in order; waits for ``acks=all``;
+4. stores the journal row (reason, actor, the versions it takes out and puts in) in the same
+   transaction that held the key, and answers.
+
+The sink workers apply the entry like any other, exactly once (``adapters.clickhouse``:
+the corrected hours are answered from the raw events). History, the corrections list and
+billing's citations read the journal. A seq here is a place in the original's partition
+(offset + 1): the original's, and each correction's (what an invoice line cites).
+"""
+
+from __future__ import annotations
+
+from meterline.domain.clock import Clock
+from meterline.domain.events.corrections import (
+    Action,
+    CorrectionRequest,
+    History,
+    Version,
+    event_not_found,
+    event_voided,
+    void_record,
+)
+from meterline.domain.events.model import Event
+from meterline.ports.correction_log import (
+    CorrectionJournal,
+    CorrectionWriter,
+    Journaled,
+    StoredOriginal,
+    StoredOriginals,
+)
+from meterline.ports.corrections import Corrected, CorrectionRecord
+from meterline.runtime import freshness
+
+
+class LogCorrections:
+    def __init__(
+        self,
+        originals: StoredOriginals,
+        journal: CorrectionJournal,
+        writer: CorrectionWriter,
+        clock: Clock,
+    ) -> None:
+        self._originals = originals
+        self._journal = journal
+        self._writer = writer
+        self._clock = clock
+
+    def correct(self, request: CorrectionRequest) -> Corrected:
+        ns, source, id_ = request.namespace, request.source, request.event_id
+        original = self._original(ns, source, id_)
+
+        def write(chain: list[Journaled]) -> Journaled:
+            return self._write(request, original, chain)
+
+        done = self._journal.append(ns, source, id_, original.stream, original.seq, write)
+        partition = int(original.stream.rpartition(":")[2])
+        record = freshness.current()
+        if record is not None:
+            record.log_positions = {partition: done.seq}
+        return Corrected(done.seq, original.seq, request.action, done.seq, {partition: done.seq})
+
+    def history(self, namespace: str, source: str, event_id: str) -> History:
+        original = self._original(namespace, source, event_id)
+        chain = self._journal.chain(namespace, source, event_id, original.stream, original.seq)
+        first = Version(
+            original.seq, None, original.received_us, original.type, original.subject, original.time_us, original.raw
+        )
+        versions = [first]
+        for j in chain:
+            versions.append(
+                Version(j.seq, j.action, j.received_us, j.type, j.subject, j.time_us, j.raw, j.reason, j.actor)
+            )
+        return History(namespace, source, event_id, tuple(versions))
+
+    def since(self, namespace: str, received_from_us: int, limit: int) -> list[CorrectionRecord]:
+        return [
+            CorrectionRecord(
+                j.seq,
+                j.original,
+                j.namespace,
+                j.action,
+                j.reason,
+                j.actor,
+                j.received_us,
+                (j.was_subject, j.subject),
+                (j.was_time_us, j.time_us),
+                (j.was_type, j.type),
+            )
+            for j in self._journal.since(namespace, received_from_us, limit)
+        ]
+
+    def _original(self, namespace: str, source: str, event_id: str) -> StoredOriginal:
+        original = self._originals.original(namespace, source, event_id)
+        if original is None:
+            raise event_not_found(source, event_id)
+        return original
+
+    def _write(self, req: CorrectionRequest, original: StoredOriginal, chain: list[Journaled]) -> Journaled:
+        """Steps 2 and 3 of the module doc, holding the key."""
+        if chain and chain[-1].action is Action.VOID:
+            raise event_voided(req.event_id)
+        last = chain[-1] if chain else None
+        target, type_, subject, time_us = (
+            (original.seq, original.type, original.subject, original.time_us)
+            if last is None
+            else (last.seq, last.type, last.subject, last.time_us)
+        )
+        now = self._clock.now_us()
+        if req.action is Action.AMEND:
+            assert req.event is not None
+            event = req.event
+        else:
+            raw = void_record(req.event_id, req.source, req.reason, req.actor)
+            event = Event(req.namespace, req.source, req.event_id, type_, subject, time_us, None, raw, b"")
+        seq = self._writer.write_correction(original.stream, event, now, target, amend=req.action is Action.AMEND)
+        return Journaled(
+            req.namespace, req.source, req.event_id, original.stream, original.seq, seq, target, req.action,
+            req.reason, req.actor, now, event.type, event.subject, event.time_us,
+            event.raw if req.action is Action.AMEND else None, type_, subject, time_us,
+        )  # fmt: skip
