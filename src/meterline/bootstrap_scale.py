@@ -216,16 +216,20 @@ class NoCorrections:
 
 
 class NotedOriginals:
-    """The stored originals, read after the same wait as a usage read (``NotedUsage.note``):
-    an event acknowledged through this node is found once the workers stored it."""
+    """The stored originals; one not found is looked up again after the same wait as a usage
+    read (``NotedUsage.note``): an event acknowledged through this node is found once the
+    workers stored it, and one already stored is found without waiting."""
 
     def __init__(self, originals: StoredOriginals, note: Callable[[], None]) -> None:
         self._originals = originals
         self._note = note
 
     def original(self, namespace: str, source: str, event_id: str) -> StoredOriginal | None:
-        self._note()
-        return self._originals.original(namespace, source, event_id)
+        found = self._originals.original(namespace, source, event_id)
+        if found is None:
+            self._note()
+            found = self._originals.original(namespace, source, event_id)
+        return found
 
 
 class NoErasures:
@@ -351,6 +355,7 @@ def _wire(
     config: Config, clock: Clock, monitor: Monitor, stores: ScaleStores, closers: list[Callable[[], None]]
 ) -> ScaleNode:
     from meterline.adapters.clickhouse.client import Connection
+    from meterline.adapters.clickhouse.corrections import ClickHouseCorrectedRanges
     from meterline.adapters.clickhouse.reads import ClickHouseEvents, ClickHouseMeterValues, ClickHouseProgress
     from meterline.adapters.clickhouse.usage import ClickHouseUsage
     from meterline.adapters.kafka.ledger import KafkaLedger, ensure_topic
@@ -394,7 +399,8 @@ def _wire(
     counted: UsageReader = usage
     if counters is not None:  # entitlement usage from the live counters once they hold it
         streams = {p: f"{k.topic}:{p}" for p in range(k.partitions)}
-        counted = CountedUsage(counters, streams, kafka.heads, usage, config.aggregation.max_wait)
+        touched = ClickHouseCorrectedRanges(conn).touches  # usage that corrections touched: from ClickHouse
+        counted = CountedUsage(counters, streams, kafka.heads, usage, config.aggregation.max_wait, corrected=touched)
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
     values = ClickHouseMeterValues(conn, usage.note)
     corrections = _corrections(config, clock, stores, conn, kafka, usage)

@@ -21,7 +21,8 @@ Reading (:class:`CountedUsage`, a ``ports.meters.UsageReader``): an entitlement'
 SUM or COUNT meter, whole minutes, its subjects, no group filter) is answered from the
 counters once they hold the meter on every partition up to what this node acknowledged
 (``consistency=strong``, waiting at most ``max_wait``); any other query, a meter the counters
-do not hold on every partition, or a counters outage is answered by the usage store.
+do not hold on every partition, a counters outage, or usage that event corrections touch (the
+counters fold no correction: ``adapters.clickhouse.corrections``) is answered by the usage store.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ log = logging.getLogger("meterline.counters")
 COUNTED = frozenset({Aggregation.SUM, Aggregation.COUNT})
 ONE = Decimal(1)
 Known = Callable[[Sequence[int]], tuple[dict[tuple[int, str], set[str]], dict[int, set[str]]]]
+Corrected = Callable[[str, str, Sequence[str], int, int], bool]
+"""(namespace, event type, subjects, start µs, end µs) -> whether corrections touch that usage."""
 
 
 class CounterFeed:
@@ -120,9 +123,13 @@ class CountedUsage:
         store: UsageReader,
         max_wait: float,
         pause: float = 0.005,
+        corrected: Corrected | None = None,
     ) -> None:
         """``streams``: every partition's stream name; ``heads``: per partition, where this
-        node's acknowledged writes end; ``store``: the usage store's reader."""
+        node's acknowledged writes end; ``store``: the usage store's reader; ``corrected``:
+        whether corrections touch a meter's usage in a range (the counters fold none, so such
+        a read goes to the store)."""
+        self._corrected = corrected
         self._counters = counters
         self._streams = streams
         self._heads = heads
@@ -136,6 +143,11 @@ class CountedUsage:
         assert query.start is not None and query.end is not None
         try:
             if not self._holds(meter):
+                return self._store.query(meter, query)
+            # after the wait: what the counters hold, the workers had stored with its corrections
+            if self._corrected is not None and self._corrected(
+                meter.namespace, meter.spec.event_type, query.subjects, query.start * 1_000_000, query.end * 1_000_000
+            ):
                 return self._store.query(meter, query)
             total = self._counters.total(meter.key, query.subjects, query.start // 60, query.end // 60)
         except StorageUnavailable:

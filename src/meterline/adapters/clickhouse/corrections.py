@@ -122,6 +122,26 @@ def hour_key(seconds: str) -> str:
     return f"concat(toString(intDiv({seconds}, {HOUR}) * {HOUR}), '|', subject)"
 
 
+class ClickHouseCorrectedRanges:
+    """Whether stored corrections touch a meter's usage in a range: the live usage counters
+    (``services.counter_feed``) fold no correction, so such a read goes to the rollups."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def touches(self, namespace: str, event_type: str, subjects: Sequence[str], start_us: int, end_us: int) -> bool:
+        """A correction took out or put in a version of ``event_type`` of one of ``subjects``
+        in ``[start_us, end_us)`` (stored: applied, or being applied)."""
+        sql = (
+            "SELECT count() FROM usage_corrections WHERE namespace = {ns:String} AND ("
+            "(type = {t:String} AND has({s:Array(String)}, subject) AND time_us >= {a:Int64} AND time_us < {b:Int64})"
+            " OR (was_type = {t:String} AND has({s:Array(String)}, was_subject)"
+            " AND was_time_us >= {a:Int64} AND was_time_us < {b:Int64}))"
+        )
+        params = {"ns": namespace, "t": event_type, "s": sorted(set(subjects)), "a": start_us, "b": end_us}
+        return int(self._conn.rows(sql, params)[0][0]) > 0
+
+
 class ClickHouseOriginals:
     """The originals the sink workers stored (``ports.correction_log.StoredOriginals``)."""
 

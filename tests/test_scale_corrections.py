@@ -1,0 +1,269 @@
+"""Corrections in scale mode on the local stack: voids and amends move every aggregation
+exactly once the sink worker applied them (an amend may move an event to another hour and to
+another subject, so another partition's hours); the errors and the history answer as in
+embedded mode; and a worker killed with SIGKILL around applying a correction neither applies
+it twice nor loses it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Api, build_api, build_scale_api
+from scale_site import Site, site
+from stack.launch import Stack
+from test_billing_api import calls, setup_billing
+from test_billing_api import ev as bev
+from test_corrections import entitle, usage_now
+
+from meterline.adapters.clickhouse.client import Connection
+
+EXTRA = "\n[aggregation]\nmax_wait = 60.0\n[billing]\nscheduler_enabled = false\n"
+AGGREGATIONS = ("SUM", "COUNT", "AVG", "MIN", "MAX", "LATEST", "UNIQUE_COUNT")
+HOURS = ("2026-03-01T08", "2026-03-01T09", "2026-03-01T10")
+KILLED_WORKER = Path(__file__).parent / "killed_worker.py"
+
+
+def ev(id_: str, subject: str, hour: int, minute: int, v: str, user: str, region: str = "eu") -> dict[str, Any]:
+    return {
+        "specversion": "1.0", "id": id_, "source": "s", "type": "job", "subject": subject,
+        "time": f"{HOURS[hour]}:{minute:02d}:00Z", "data": {"v": v, "user": user, "region": region},
+    }  # fmt: skip
+
+
+EVENTS = [
+    ev("e1", "acme", 0, 1, "5", "u1"),
+    ev("e2", "acme", 0, 2, "9", "u2"),  # the MAX, voided
+    ev("e3", "acme", 0, 40, "1", "u3"),  # the MIN, amended
+    ev("e4", "acme", 0, 50, "7", "u1"),  # the LATEST of the first hour, amended into another hour and subject
+    ev("e5", "acme", 1, 10, "4", "u4"),
+    ev("e6", "beta", 0, 5, "3", "u5"),
+]
+
+
+@pytest.fixture(scope="module")
+def fixsite(scale_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """A site of two partitions with one sink worker feeding the live usage counters, shared by
+    this module's tests (each works in a namespace of its own)."""
+    with site(scale_stack, tmp_path_factory.mktemp("fixes"), partitions=2, extra=EXTRA) as s:
+        text = s.config_path.read_text()  # the live usage counters on, under keys of this site's own
+        redis = f'url = "{scale_stack.redis}"'
+        s.config_path.write_text(text.replace(redis, f'{redis}\ncounters = true\nkey_prefix = "{s.dir.name}:"'))
+        s.worker()
+        yield s
+
+
+@pytest.fixture
+def sapi(fixsite: Site, tmp_path: Path) -> Iterator[Api]:
+    yield from build_scale_api(fixsite, tmp_path)
+
+
+@pytest.fixture
+def eapi(tmp_path: Path) -> Iterator[Api]:
+    yield from build_api(tmp_path / "embedded")
+
+
+def expected(events: list[dict[str, Any]], aggregation: str, subject: str, hour: str) -> Decimal | None:
+    mine = [e for e in events if e["subject"] == subject and e["time"].startswith(hour)]
+    values = [Decimal(e["data"]["v"]) for e in mine]
+    if not mine:
+        return None
+    return {
+        "SUM": lambda: sum(values, Decimal(0)),
+        "COUNT": lambda: Decimal(len(mine)),
+        "AVG": lambda: sum(values, Decimal(0)) / len(values),
+        "MIN": lambda: min(values),
+        "MAX": lambda: max(values),
+        "LATEST": lambda: Decimal(max(mine, key=lambda e: e["time"])["data"]["v"]),
+        "UNIQUE_COUNT": lambda: Decimal(len({e["data"]["user"] for e in mine})),
+    }[aggregation]()
+
+
+def hourly(api: Api, meter: str, subject: str, **window: str) -> dict[str, Decimal]:
+    params = {"from": "2026-03-01T00:00:00Z", "to": "2026-03-01T12:00:00Z", "windowSize": "HOUR", "subject": subject}
+    r = api.query(meter, {**params, **window})
+    assert r.status_code == 200, r.text
+    return {row["windowStart"][:13]: Decimal(str(row["value"])) for row in r.json()["data"]}
+
+
+def check_all(api: Api, events: list[dict[str, Any]]) -> None:
+    for aggregation in AGGREGATIONS:
+        for subject in ("acme", "beta"):
+            got = hourly(api, f"m_{aggregation.lower()}", subject)
+            want = {h: v for h in HOURS if (v := expected(events, aggregation, subject, h)) is not None}
+            assert got == want, (aggregation, subject, got, want)
+
+
+def correct(api: Api, event_id: str, action: str, status: int = 201, **body: Any) -> Any:
+    r = api.client.post(f"/api/v1/events/{event_id}/{action}", json={"source": "s", **body}, headers=api.headers())
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def history(api: Api, event_id: str) -> Any:
+    r = api.client.get(f"/api/v1/events/{event_id}", params={"source": "s"}, headers=api.headers())
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def create_meters(api: Api) -> None:
+    for aggregation in AGGREGATIONS:
+        spec: dict[str, Any] = {"slug": f"m_{aggregation.lower()}", "eventType": "job", "aggregation": aggregation}
+        if aggregation != "COUNT":
+            spec["valueProperty"] = "$.user" if aggregation == "UNIQUE_COUNT" else "$.v"
+        spec["groupBy"] = {"region": "$.region"}
+        assert api.create_meter(**spec).status_code == 201
+
+
+def corrections(api: Api) -> list[dict[str, Any]]:
+    """The sequence both modes are put through; the events that count afterwards."""
+    correct(api, "e2", "void", reason="test traffic")
+    amended = {**EVENTS[2], "data": {"v": "2", "user": "u9", "region": "us"}}
+    correct(api, "e3", "amend", reason="wrong value", event=amended)
+    moved = {**EVENTS[3], "subject": "beta", "time": f"{HOURS[2]}:30:00Z", "data": {"v": "8", "user": "u1"}}
+    moved["data"]["region"] = "eu"
+    correct(api, "e4", "amend", reason="clock skew", event=moved)
+    again = {**moved, "data": {"v": "6", "user": "u2", "region": "eu"}}
+    correct(api, "e4", "amend", reason="second fix", event=again)
+    return [EVENTS[0], amended, again, EVENTS[4], EVENTS[5]]
+
+
+def shape(h: Any) -> Any:
+    """A history without what differs between modes by design: ledger positions, receipt
+    times and the key ids of the actors."""
+    out = {k: v for k, v in h.items() if k != "history"}
+    out["history"] = [{k: v for k, v in x.items() if k not in ("seq", "receivedAt", "actor")} for x in h["history"]]
+    assert all(("actor" in x) == (x["action"] != "ingest") for x in h["history"])
+    return out
+
+
+def test_void_and_amend_move_every_aggregation_exactly_and_answer_as_embedded(sapi: Api, eapi: Api) -> None:
+    answers = []
+    for api in (sapi, eapi):
+        create_meters(api)
+        r = api.post_events(EVENTS)
+        assert r.status_code in (200, 202, 204), r.text
+        check_all(api, EVENTS)
+        now = corrections(api)
+        check_all(api, now)  # read-your-writes: the query waits for the worker to apply them
+        # errors: unknown event, a second void, an amend of a voided event
+        assert correct(api, "nope", "void", 404, reason="x")["code"] == "event_not_found"
+        assert correct(api, "e2", "void", 409, reason="again")["code"] == "event_voided"
+        assert correct(api, "e2", "amend", 409, reason="again", event=EVENTS[1])["code"] == "event_voided"
+        # a retry of a corrected key is a duplicate: never counted again
+        assert api.post_events([EVENTS[1], EVENTS[3]]).status_code in (200, 202, 204)
+        check_all(api, now)
+        listed = api.client.get("/api/v1/events", params={"limit": "100"}, headers=api.headers()).json()
+        assert sorted(e["event"]["id"] for e in listed) == ["e1", "e2", "e3", "e4", "e5", "e6"]
+        answers.append({e: history(api, e) for e in ("e1", "e2", "e3", "e4")})
+    scale, embedded = answers
+    assert {e: shape(h) for e, h in scale.items()} == {e: shape(h) for e, h in embedded.items()}
+    e4 = scale["e4"]["history"]
+    assert [v["action"] for v in e4] == ["ingest", "amend", "amend"]
+    assert e4[0]["seq"] < e4[1]["seq"] < e4[2]["seq"]  # places in the original's partition, in order
+    assert e4[1]["actor"] == e4[2]["actor"]  # the admin key's id
+
+
+def test_a_correction_is_answered_with_its_log_position_and_the_next_read_waits_for_it(sapi: Api) -> None:
+    api = sapi
+    create_meters(api)
+    assert api.post_events(EVENTS).status_code in (200, 202, 204)
+    r = api.client.post("/api/v1/events/e1/void", json={"source": "s", "reason": "dup"}, headers=api.headers())
+    assert r.status_code == 201, r.text
+    _, _, after = r.headers["Meterline-Log-Positions"].partition(":")
+    assert int(after) == r.json()["correction"]  # the entry's seq in that partition
+    got = hourly(api, "m_sum", "acme", consistency="eventual")
+    assert got[HOURS[0]] in (Decimal(22), Decimal(17))  # applied or not yet, never anything else
+    assert hourly(api, "m_sum", "acme")[HOURS[0]] == Decimal(17)  # strong: waits for it
+
+
+def test_entitlement_values_from_the_live_counters_follow_corrections(sapi: Api) -> None:
+    """The counters fold no correction: usage that corrections touched is read from ClickHouse."""
+    api = sapi
+    setup_billing(api)
+    entitle(api)
+    calls(api, "a1", "acme", "2026-03-01T09:00:00Z", 300)
+    calls(api, "a2", "acme-eu", "2026-03-01T09:10:00Z", 200)
+    assert usage_now(api) == 500
+    fixed = api.client.post(
+        "/api/v1/events/a2/void", json={"source": "t", "reason": "duplicate job"}, headers=api.headers()
+    )
+    assert fixed.status_code == 201, fixed.text
+    assert usage_now(api) == 300
+    amended = bev("a1", "acme", "2026-03-01T09:00:00Z", calls=250)
+    fixed = api.client.post(
+        "/api/v1/events/a1/amend", json={"source": "t", "reason": "wrong", "event": amended}, headers=api.headers()
+    )
+    assert fixed.status_code == 201, fixed.text
+    assert usage_now(api) == 250
+
+
+# -- a worker killed around applying a correction ----------------------------------------
+
+
+@pytest.fixture
+def onesite(scale_stack: Stack, tmp_path: Path) -> Iterator[Site]:
+    with site(scale_stack, tmp_path / "site", partitions=1, extra=EXTRA) as s:
+        yield s
+
+
+@pytest.mark.parametrize("point", ["before-insert", "after-corrections", "before-done"])
+def test_a_worker_killed_while_applying_a_correction_applies_it_once(onesite: Site, tmp_path: Path, point: str) -> None:
+    s = onesite
+    config = s.config
+    conn = Connection(config.clickhouse.url, config.clickhouse.database)
+    first = s.worker()
+    for api in build_scale_api(s, tmp_path):
+        create_meters(api)
+        assert api.post_events(EVENTS).status_code in (200, 202, 204)
+        check_all(api, EVENTS)  # applied by the first worker
+        first.terminate()
+        assert first.wait(30) == 0
+        killer = spawn_killer(s, point)
+        now = corrections(api)  # written to the log; the worker applying them dies
+        assert killer.wait(120) == -signal.SIGKILL, s.log_tail("workers.log")
+        stored = conn.rows("SELECT count() FROM usage_corrections")[0][0]
+        assert (stored == 0) == (point == "before-insert")  # the batch stopped half-way
+        s.worker()
+        check_all(api, now)  # the next worker redoes the recorded range: exactly once
+        rows = conn.rows("SELECT count(), uniqExact(stream, seq) FROM usage_corrections")[0]
+        assert rows == (4, 4)
+        raw = conn.rows("SELECT count(), uniqExact(stream, seq) FROM events")[0]
+        assert raw == (10, 10)  # six events, four corrections: each stored once
+        assert [v["action"] for v in history(api, "e4")["history"]] == ["ingest", "amend", "amend"]
+    conn.close()
+
+
+def spawn_killer(s: Site, point: str) -> subprocess.Popen[bytes]:
+    process = spawn_script([str(KILLED_WORKER), str(s.config_path), point], s.dir / "workers.log")
+    s.processes.append(process)
+    return process
+
+
+def spawn_script(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "METERLINE_LOG__FORMAT": "text"},
+        )
+
+
+def test_corrections_are_refused_while_raw_events_expire(onesite: Site, tmp_path: Path) -> None:
+    """A corrected hour is answered from the raw events: with ``retention.raw_events`` set they
+    would expire under it, so corrections answer 501 (and billing cites none)."""
+    for api in build_scale_api(onesite, tmp_path, retention={"raw_events": "P30D"}):
+        for action in ("void", "amend"):
+            body = {"source": "s", "reason": "x", **({"event": EVENTS[0]} if action == "amend" else {})}
+            r = api.client.post(f"/api/v1/events/e1/{action}", json=body, headers=api.headers())
+            assert r.status_code == 501 and r.json()["code"] == "not_supported", r.text
+        r = api.client.get("/api/v1/events/e1", params={"source": "s"}, headers=api.headers())
+        assert r.status_code == 501 and "retention.raw_events" in r.json()["detail"], r.text
