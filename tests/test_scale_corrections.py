@@ -24,6 +24,9 @@ from test_billing_api import ev as bev
 from test_corrections import entitle, usage_now
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.bootstrap import rebuild_scale
+
+pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
 
 EXTRA = "\n[aggregation]\nmax_wait = 60.0\n[billing]\nscheduler_enabled = false\n"
 AGGREGATIONS = ("SUM", "COUNT", "AVG", "MIN", "MAX", "LATEST", "UNIQUE_COUNT")
@@ -238,6 +241,8 @@ def test_a_worker_killed_while_applying_a_correction_applies_it_once(onesite: Si
         raw = conn.rows("SELECT count(), uniqExact(stream, seq) FROM events")[0]
         assert raw == (10, 10)  # six events, four corrections: each stored once
         assert [v["action"] for v in history(api, "e4")["history"]] == ["ingest", "amend", "amend"]
+    report = rebuild_scale(config, check=True)  # the rollups are still a fold of the log's events
+    assert report.identical, report.details
     conn.close()
 
 
