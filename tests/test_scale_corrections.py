@@ -1,8 +1,9 @@
 """Corrections in scale mode on the local stack: voids and amends move every aggregation
 exactly once the sink worker applied them (an amend may move an event to another hour and to
 another subject, so another partition's hours); the errors and the history answer as in
-embedded mode; and a worker killed with SIGKILL around applying a correction neither applies
-it twice nor loses it."""
+embedded mode; two voids of one event sent at once through two nodes are one 201 and one 409;
+and a worker killed with SIGKILL around applying a correction neither applies it twice nor
+loses it."""
 
 from __future__ import annotations
 
@@ -10,21 +11,26 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Api, build_api, build_scale_api
+from conftest import T0_US, Api, build_api, build_scale_api
 from scale_site import Site, site
 from stack.launch import Stack
+from starlette.testclient import TestClient
 from test_billing_api import calls, setup_billing
 from test_billing_api import ev as bev
 from test_corrections import entitle, usage_now
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.api.app import create_app
 from meterline.bootstrap import rebuild_scale
+from meterline.config import load_config
+from meterline.domain.clock import FixedClock
 
 pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
 
@@ -206,6 +212,33 @@ def test_entitlement_values_from_the_live_counters_follow_corrections(sapi: Api)
     )
     assert fixed.status_code == 201, fixed.text
     assert usage_now(api) == 250
+
+
+def test_concurrent_voids_of_one_event_through_two_nodes_apply_once(sapi: Api, fixsite: Site) -> None:
+    """The journal holds the key across nodes: of two voids sent at once, one is 201, the other
+    409 ``event_voided``, and the history holds one void."""
+    api = sapi
+    events = [ev(f"v{i}", f"c{i}", 1, i, "1", "u") for i in range(8)]
+    assert api.post_events(events).status_code in (200, 202, 204)
+    for e in events:
+        history(api, e["id"])  # stored (this node waits for its own writes)
+    config = load_config(fixsite.config_path, {"auth": {"bootstrap_admin_key": False}})
+    with TestClient(create_app(config, FixedClock(T0_US))) as other:
+        clients = [api.client, other]
+        for e in events:
+            statuses: list[int] = []
+            threads = [threading.Thread(target=void, args=(c, api, e["id"], statuses)) for c in clients]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(statuses) == [201, 409], (e["id"], statuses)
+            assert [v["action"] for v in history(api, e["id"])["history"]] == ["ingest", "void"]
+
+
+def void(client: TestClient, api: Api, event_id: str, statuses: list[int]) -> None:
+    body = {"source": "s", "reason": "raced"}
+    statuses.append(client.post(f"/api/v1/events/{event_id}/void", json=body, headers=api.headers()).status_code)
 
 
 # -- a worker killed around applying a correction ----------------------------------------
