@@ -6,6 +6,7 @@ reconciliation's accepted counts equal the ledger's."""
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -174,6 +175,17 @@ def test_queries_from_the_summaries_equal_the_ledger_in_any_zone(
     assert used["wide"] and used["days"]  # the summaries answered, not only the rollups
 
 
+def _per_period(counts: dict[Any, int], periods: list[int]) -> dict[Any, int]:
+    """Quarter-hour counts (keyed by bucket, or by (type, bucket)) added up per period start."""
+    out: dict[Any, int] = {}
+    for key, n in counts.items():
+        bucket = key[1] if isinstance(key, tuple) else key
+        at = periods[bisect.bisect_right(periods, bucket) - 1]
+        k = (key[0], at) if isinstance(key, tuple) else at
+        out[k] = out.get(k, 0) + n
+    return out
+
+
 def rebuild_report(path: Path, *, replace: bool) -> dict[str, int]:
     conn = connect(path / "meterline.db")
     try:
@@ -268,6 +280,11 @@ def test_counted_reads_accepted_and_metered_at_one_position(tmp_path: Path) -> N
                     key = (type_, t - t % 900)
                     want[key] = want.get(key, 0) + 1
             assert got.accepted == want, position
+            days = [start + 86400 * i for i in range(5)]  # +05:45 days: added up per day by SQLite
+            by_day = counts.counted("default", meters, start, end, days)
+            assert by_day.accepted == _per_period(want, days), position
+            for meter in meters:
+                assert by_day.metered[meter.slug] == _per_period(got.metered[meter.slug], days), meter.slug
             check = counts.ledger_check("default", meters, start, end, got.position)
             for meter in meters:
                 expected_counts = {bucket: n for (slug, bucket), n in check.expected.items() if slug == meter.slug}

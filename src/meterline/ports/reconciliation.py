@@ -8,6 +8,7 @@ dead letters and the quarantine (a rejected event's own time may be what was wro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
@@ -85,12 +86,17 @@ class Change:
 
 
 class ReconciliationCounts(Protocol):
-    def counted(self, namespace: str, meters: list[Meter], start: int, end: int) -> Counted:
+    def counted(
+        self, namespace: str, meters: list[Meter], start: int, end: int, periods: Sequence[int] = ()
+    ) -> Counted:
         """From one read snapshot, for event times in ``[start, end)`` (epoch seconds): the ledger
         position the counts reflect, the ledger's events up to it per (type, bucket) (any type,
         whether a meter reads it or not) and, per meter slug, what its rollups hold per bucket
         (events; distinct values for UNIQUE_COUNT, as :class:`LedgerCheck` ``expected``). A
-        usage read: it waits first as the request's freshness asks."""
+        usage read: it waits first as the request's freshness asks. ``periods`` (boundaries
+        on quarter hours: each period's start, then the last one's end) lets the store add the
+        quarter hours up per period, keyed by the period's start (a store may still answer
+        per quarter hour)."""
         ...
 
     def rejected(self, namespace: str, start: int, end: int) -> dict[tuple[str, str, int], int]:

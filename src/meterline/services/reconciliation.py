@@ -126,7 +126,7 @@ class Reconciliation:
         start, end = bounds[0], bounds[-1]
         # a built-in meter counts no event type of its own: its events are every other line's
         meters = [m for m in self._insights.meters(namespace) if not is_builtin(m.spec)]
-        counted = self._counts.counted(namespace, meters, start, end)  # one snapshot: one position
+        counted = self._counts.counted(namespace, meters, start, end, bounds)  # one snapshot: one position
         report = Report(bounds[:-1], counted.position, counted.position_us)
         billed = self._billed(namespace, bounds)
         by_type: dict[str, list[int]] = defaultdict(lambda: [0] * (len(bounds) - 1))

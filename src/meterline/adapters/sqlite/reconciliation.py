@@ -8,8 +8,9 @@ usually small quarantine. No answer scans the ledger but :meth:`ledger_check`.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from meterline.adapters.sqlite.billed_changes import billed_changes
 from meterline.adapters.sqlite.database import Database
@@ -49,10 +50,14 @@ class SqliteReconciliationCounts:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def counted(self, namespace: str, meters: list[Meter], start: int, end: int) -> Counted:
+    def counted(
+        self, namespace: str, meters: list[Meter], start: int, end: int, periods: Sequence[int] = ()
+    ) -> Counted:
         """``ledger_counts`` and every meter's quarter-hour counts in one read snapshot, so all
         reflect the live offset read in it: the aggregator writes them in one transaction with
-        that offset (backfilling meters hold what their backfill reached)."""
+        that offset (backfilling meters hold what their backfill reached). With ``periods``,
+        SQLite adds them up per period (:func:`_period_sql`)."""
+        period = _period_sql(periods)
         self._db.fresh()  # wait as the request asks (the aggregator writes these counts)
         conn = self._db.reader()
         conn.execute("BEGIN")
@@ -60,11 +65,12 @@ class SqliteReconciliationCounts:
             offset = stored_offset(conn)
             at = conn.execute("SELECT received_us FROM events WHERE seq = ?", (offset,)).fetchone()
             rows = conn.execute(
-                "SELECT type, bucket, cnt FROM ledger_counts WHERE namespace = ? AND bucket >= ? AND bucket < ?",
+                f"SELECT type, {period} AS p, sum(cnt) FROM ledger_counts"
+                " WHERE namespace = ? AND bucket >= ? AND bucket < ? GROUP BY type, p",
                 (namespace, start, end),
             )
             accepted = {(t, b): n for t, b, n in rows if n}
-            metered = {m.slug: _metered(conn, m, start, end) for m in meters}
+            metered = {m.slug: _metered(conn, m, start, end, period) for m in meters}
         finally:
             conn.execute("COMMIT")
         return Counted(offset, None if at is None else int(at[0]), accepted, metered)
@@ -110,16 +116,31 @@ class SqliteReconciliationCounts:
             conn.execute("COMMIT")
 
 
-def _metered(conn: sqlite3.Connection, meter: Meter, start: int, end: int) -> dict[int, int]:
-    """Events of the meter's quarter hours, from the meter-wide summaries; for UNIQUE_COUNT
-    (no summaries: distinct values do not add up) the distinct values its rollups hold."""
+def _metered(conn: sqlite3.Connection, meter: Meter, start: int, end: int, period: str = "bucket") -> dict[int, int]:
+    """Events of the meter's quarter hours (or of the periods ``period`` maps them to), from
+    the meter-wide summaries; for UNIQUE_COUNT (no summaries: distinct values do not add up)
+    the distinct values its rollups hold."""
     if meter.spec.aggregation is Aggregation.APPROX_UNIQUE_COUNT:
         return {}  # sketches hold no count to compare (reconcile compares nothing for them)
-    sql = "SELECT bucket, sum(cnt) FROM summaries WHERE meter = ? AND level = ? AND subject = ''"
+    sql = f"SELECT {period} AS p, sum(cnt) FROM summaries WHERE meter = ? AND level = ? AND subject = ''"
     if meter.spec.aggregation is Aggregation.UNIQUE_COUNT:
-        sql = "SELECT bucket, count(*) FROM uniques WHERE meter = ? AND level = ?"
-    rows = conn.execute(f"{sql} AND bucket >= ? AND bucket < ? GROUP BY bucket", (meter.key, QUARTER, start, end))
+        sql = f"SELECT {period} AS p, count(*) FROM uniques WHERE meter = ? AND level = ?"
+    rows = conn.execute(f"{sql} AND bucket >= ? AND bucket < ? GROUP BY p", (meter.key, QUARTER, start, end))
     return {int(b): int(n) for b, n in rows}
+
+
+MAX_PERIODS = 64
+"""Periods added up in SQL (a CASE over their boundaries); more are answered per quarter hour."""
+
+
+def _period_sql(periods: Sequence[int]) -> str:
+    """SQL for the start of the period of ``periods`` (boundaries: every period's start, then
+    the last one's end) that holds ``bucket``; ``bucket`` itself without periods or with more
+    than :data:`MAX_PERIODS` of them (a CASE is evaluated row by row)."""
+    if not 2 <= len(periods) <= MAX_PERIODS + 1:
+        return "bucket"
+    whens = " ".join(f"WHEN bucket < {int(b)} THEN {int(a)}" for a, b in itertools.pairwise(periods))
+    return f"CASE {whens} ELSE {int(periods[-2])} END"
 
 
 def _check(
