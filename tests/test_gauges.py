@@ -1,6 +1,7 @@
 """TIME_WEIGHTED_SUM meters through a real server: a month's GB-hours across the October DST
 change in Europe/Berlin, computed by hand; late readings, voids and amends; partial minutes;
-a meter created after its readings; ``rebuild --check`` after all of it."""
+a meter created after its readings; ``rebuild --check`` after all of it; scale mode answers
+what embedded mode answers for the same readings."""
 
 from __future__ import annotations
 
@@ -260,17 +261,77 @@ def test_a_rate_card_unit_size_must_be_positive_and_only_on_usage(tmp_path: Path
         assert any("flat fees take no" in p and "unitSize" in p for p in r.json()["problems"])
 
 
-def test_scale_mode_refuses_a_gauge_meter_naming_the_mode(scale_site: Any, tmp_path: Path) -> None:
-    """The ClickHouse usage store keeps no gauge states: creating one is 501, nothing stored."""
-    for api in build_scale_api(scale_site, tmp_path):
-        r = api.create_meter(slug="disk_gb", eventType="disk", aggregation="TIME_WEIGHTED_SUM", valueProperty="$.gb")
-        assert r.status_code == 501, r.text
-        problem = r.json()
-        assert (problem["code"], problem["mode"], problem["aggregation"]) == (
-            "not_supported",
-            "scale",
-            "TIME_WEIGHTED_SUM",
-        )
-        assert "scale mode" in problem["detail"]
-        assert api.client.get("/api/v1/meters/disk_gb", headers=api.headers()).status_code == 404
-        ok(api.create_meter(slug="disk_max", eventType="disk", aggregation="MAX", valueProperty="$.gb"), 201)
+SCALE_QUERIES: list[dict[str, str]] = [
+    {"from": "2026-02-20T00:00:00Z", "to": "2026-02-23T00:00:00Z", "windowSize": "HOUR", "groupBy": "subject"},
+    {"from": "2026-02-20T00:00:00Z", "to": "2026-02-23T00:00:00Z", "windowSize": "DAY",
+     "windowTimeZone": "Asia/Kathmandu", "groupBy": "bucket"},
+    {"from": "2026-02-21T00:00:00Z", "to": "2026-02-22T00:00:00Z", "subject": "acme"},
+    {"from": "2026-02-20T10:00:30.25Z", "to": "2026-02-21T23:59:59.5Z", "windowSize": "HOUR",
+     "windowTimeZone": "Asia/Kolkata"},
+    {"from": "2026-02-20T10:05:10Z", "to": "2026-02-20T10:05:40Z", "groupBy": "subject"},
+    {"from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z", "windowSize": "MONTH", "groupBy": "subject"},
+    {"from": "2026-02-22T00:00:00Z", "to": "2026-02-22T00:15:00Z", "windowSize": "MINUTE"},
+]  # fmt: skip
+
+
+def readings_over_days() -> list[dict[str, Any]]:
+    """Readings of two subjects and two buckets over three days, every 7 to 97 minutes."""
+    out, minute = [], 0
+    for i in range(120):
+        minute += 7 + (i * 37) % 91
+        at = 1_771_545_600 + minute * 60 + (i * 13) % 60  # from 2026-02-20T00:00:00Z
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        out.append(reading(f"s{i}", stamp, f"{(i * 7) % 23}.{i % 10}", ("acme", "globex")[i % 2], f"b{i % 3 % 2}"))
+    return out
+
+
+def test_scale_mode_answers_what_embedded_answers(scale_site: Any, tmp_path: Path) -> None:
+    """The same readings through an embedded server and an API node of scale mode (sink workers
+    folding the log into ClickHouse's ``usage_gauges``): every TIME_WEIGHTED_SUM answer is the
+    same to the digit — windows in :45 and :30 zones, groups, subjects, partial minutes, a month
+    carried in — also after late readings inside buckets already written, for a meter created
+    after its readings (its backfill), and after a void and an amend."""
+    events = readings_over_days()
+    late = [
+        reading("late1", "2026-02-20T10:05:30Z", "100", "acme", "b0"),
+        reading("late2", "2026-02-21T03:33:03Z", "0.5", "globex", "b1"),
+        reading("late3", "2026-02-19T23:59:59.999Z", "3", "acme", "b0"),
+    ]
+    embedded, scale = build_api(tmp_path / "embedded"), build_scale_api(scale_site, tmp_path / "scale")
+    for e_api in embedded:
+        for s_api in scale:
+            both = (e_api, s_api)
+            spec = {"eventType": "storage", "aggregation": "TIME_WEIGHTED_SUM", "valueProperty": "$.gb",
+                    "groupBy": {"bucket": "$.bucket"}}  # fmt: skip
+            for a in both:
+                ok(a.create_meter(slug="gb", **spec), 201)
+                _sent(a.post_events(events))
+            for q in SCALE_QUERIES:
+                assert _rows(s_api, "gb", q) == _rows(e_api, "gb", q), q
+            for a in both:
+                _sent(a.post_events(late))
+                ok(a.create_meter(slug="later", **spec), 201)
+            for q in SCALE_QUERIES:
+                for slug in ("gb", "later"):
+                    assert _rows(s_api, slug, q) == _rows(e_api, slug, q), (slug, q)
+            for a in both:  # a void and an amend: their hours are answered from the readings that count
+                r = a.client.post("/api/v1/events/late1/void", json={"source": "storage", "reason": "probe"},
+                                  headers=a.headers())  # fmt: skip
+                assert r.status_code == 201, r.text
+                amended = reading("s5", "2026-02-21T07:00:00Z", "42", "globex", "b1")
+                body = {"source": "storage", "reason": "skew", "event": amended}
+                r = a.client.post("/api/v1/events/s5/amend", json=body, headers=a.headers())
+                assert r.status_code == 201, r.text
+            for q in SCALE_QUERIES:
+                for slug in ("gb", "later"):
+                    assert _rows(s_api, slug, q) == _rows(e_api, slug, q), ("corrected", slug, q)
+
+
+def _sent(r: httpx.Response) -> None:
+    assert r.status_code in (200, 204), r.text
+
+
+def _rows(api: Any, slug: str, params: dict[str, str]) -> list[tuple[Any, ...]]:
+    got = api.query(slug, params)
+    assert got.status_code == 200, got.text
+    return [(r["windowStart"], r["windowEnd"], r.get("subject"), r["groupBy"], r["value"]) for r in got.json()["data"]]

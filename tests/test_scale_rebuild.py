@@ -1,9 +1,10 @@
 """``meterline rebuild`` in scale mode, as real processes on the local stack: the rollups (all
-levels), UNIQUE_COUNT values, APPROX_UNIQUE_COUNT sketches and group values recomputed from
-ClickHouse's raw events equal the workers' (`--check`, also with a meter created later still
-backfilling); a difference planted in each stored table is found and named (meter, subject,
-window), and `rebuild` replaces the tables while the workers keep applying events that arrive
-meanwhile: afterwards every event is counted exactly once and `--check` finds nothing."""
+levels), UNIQUE_COUNT values, APPROX_UNIQUE_COUNT sketches, TIME_WEIGHTED_SUM states and group
+values recomputed from ClickHouse's raw events equal the workers' (`--check`, also with a meter
+created later still backfilling); a difference planted in each stored table is found and named
+(meter, subject, window), and `rebuild` replaces the tables while the workers keep applying
+events that arrive meanwhile: afterwards every event is counted exactly once and `--check`
+finds nothing."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from test_scale_zombie import NS, PAUSED_WORKER, Producer, stopped, wait_until
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.rebuild import unfinished
-from meterline.adapters.clickhouse.schema import ROLLUPS, SKETCHES, UNIQUES, create
+from meterline.adapters.clickhouse.schema import GAUGES, ROLLUPS, SKETCHES, UNIQUES, create
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.meters import PgMeters
 from meterline.bootstrap import rebuild_scale
@@ -55,6 +56,12 @@ slug = "users"
 event_type = "prompt"
 aggregation = "UNIQUE_COUNT"
 value_property = "$.user"
+
+[[meters]]
+slug = "level"
+event_type = "prompt"
+aggregation = "TIME_WEIGHTED_SUM"
+value_property = "$.tokens"
 
 [[meters]]
 slug = "visitors"
@@ -111,15 +118,18 @@ def test_rebuild_checks_and_replaces_the_rollups_beside_running_workers(two_part
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "identical" in checked.stdout
 
-        tokens, users, visitors = (meters.get(NS, slug).key for slug in ("tokens", "users", "visitors"))
+        tokens, users, visitors, level = (meters.get(NS, s).key for s in ("tokens", "users", "visitors", "level"))
         planted = [tokens, 3600, "c1", HOUR, '["gpt"]', 1, Decimal("5.5"), Decimal(0), Decimal(0), (0, 0, Decimal(0))]
         conn.insert("usage_rollups", ROLLUPS, [planted], "planted:rollups")
         conn.insert("usage_uniques", UNIQUES, [(users, 60, "c2", HOUR, "[]", "intruder")], "planted:uniques")
         conn.insert("usage_sketches", SKETCHES, [(visitors, 900, "c3", HOUR, "[]", ([7], [53]))], "planted:sketch")
+        at = (HOUR + 30) * 1_000_000
+        gauge = (level, 60, "c4", HOUR, "[]", 1, Decimal(0), (at, 1), (at, 1, Decimal(5)))
+        conn.insert("usage_gauges", GAUGES, [gauge], "planted:gauge")
         checked = rebuild(s, "--check")
         assert checked.returncode == 1, checked.stdout + checked.stderr
         out = checked.stdout
-        assert "rollups: 1, uniques: 1, sketches: 1, dims: 0" in out
+        assert "rollups: 1, uniques: 1, sketches: 1, gauges: 1, dims: 0" in out
         assert (
             "meter default/visitors subject 'c3' 15-minute window 2026-02-01T10:00:00.000Z group []: sketch differs"
             in out
@@ -127,6 +137,7 @@ def test_rebuild_checks_and_replaces_the_rollups_beside_running_workers(two_part
         assert "meter default/tokens subject 'c1' 60-minute window 2026-02-01T10:00:00.000Z" in out
         assert "meter default/users subject 'c2' 1-minute window 2026-02-01T10:00:00.000Z" in out
         assert "value 'intruder' only stored" in out
+        assert "meter default/level subject 'c4' 1-minute window 2026-02-01T10:00:00.000Z group []: gauge state" in out
 
         stop = threading.Event()
 

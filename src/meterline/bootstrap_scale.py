@@ -50,7 +50,7 @@ from meterline.domain.erasure import ErasureRecord, ErasureRequest
 from meterline.domain.errors import Backfilling, InvalidInput, NotSupported, StorageUnavailable
 from meterline.domain.events.corrections import CorrectionRequest, History
 from meterline.domain.events.model import Candidate, Outcome
-from meterline.domain.meters.model import Aggregation, Meter
+from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.correction_log import StoredOriginal, StoredOriginals
 from meterline.ports.corrections import Corrected, CorrectionRecord, Corrections
@@ -72,7 +72,7 @@ from meterline.services.erasure import ErasureService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
 from meterline.services.log_corrections import LogCorrections
-from meterline.services.meters import MeterService, WithoutAggregations
+from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
 from meterline.services.quarantine import QuarantineReleaser, ReleasingCustomers
@@ -488,7 +488,7 @@ def _catalog(
             pg.portal, clock, default_ttl=config.portal.token_ttl, max_ttl=config.portal.max_token_ttl
         ),
         meters=MeterService(
-            WithoutAggregations(pg.meters, frozenset({Aggregation.TIME_WEIGHTED_SUM}), "scale"),
+            pg.meters,
             values,
             pg.features,
             clock,

@@ -63,13 +63,9 @@ def total(stores: Stores, slug: str) -> Decimal:
     return sum((r.value for r in stores.usage.query(meter, MeterQuery(start=0, end=END))), Decimal(0))
 
 
-GAUGE_KEEPERS = frozenset({"memory", "sqlite"})
-"""The usage stores that keep TIME_WEIGHTED_SUM (scale mode refuses such meters: test_gauges.py)."""
-EMBEDDED_ONLY = (Aggregation.TIME_WEIGHTED_SUM,)
-
-
 def aggregations(kind: str) -> list[Aggregation]:
-    return [a for a in Aggregation if a not in EMBEDDED_ONLY or kind in GAUGE_KEEPERS]
+    """The aggregations the ``kind`` usage store keeps: every one, in every store."""
+    return list(Aggregation)
 
 
 @pytest.mark.parametrize("aggregation", list(Aggregation))

@@ -5,10 +5,9 @@ from __future__ import annotations
 import builtins
 
 from meterline.domain.clock import Clock
-from meterline.domain.errors import Conflict, InvalidInput, NotSupported
+from meterline.domain.errors import Conflict, InvalidInput
 from meterline.domain.meters.model import (
     RESERVED_SLUGS,
-    Aggregation,
     Meter,
     MeterSpec,
     MeterUpdate,
@@ -114,35 +113,3 @@ def _not_builtin(meter: Meter, done: str) -> Meter:
             code="meter_builtin",
         )
     return meter
-
-
-class WithoutAggregations:
-    """A meter catalog that refuses to create meters of the aggregations its usage store
-    cannot keep (scale mode's ClickHouse store keeps no TIME_WEIGHTED_SUM states): 501
-    ``not_supported`` naming the mode. Everything else goes to ``inner`` unchanged."""
-
-    def __init__(self, inner: MeterCatalog, refused: frozenset[Aggregation], mode: str) -> None:
-        self._inner = inner
-        self._refused = refused
-        self._mode = mode
-
-    def create(self, namespace: str, spec: MeterSpec) -> Meter:
-        if spec.aggregation in self._refused:
-            raise NotSupported(
-                f"{spec.aggregation.value} meters need the embedded usage store; {self._mode} mode cannot keep them",
-                mode=self._mode,
-                aggregation=spec.aggregation.value,
-            )
-        return self._inner.create(namespace, spec)
-
-    def get(self, namespace: str, id_or_slug: str) -> Meter:
-        return self._inner.get(namespace, id_or_slug)
-
-    def list(self, namespace: str) -> builtins.list[Meter]:
-        return self._inner.list(namespace)
-
-    def update(self, namespace: str, id_or_slug: str, spec: MeterSpec) -> Meter:
-        return self._inner.update(namespace, id_or_slug, spec)
-
-    def delete(self, namespace: str, id_or_slug: str) -> None:
-        self._inner.delete(namespace, id_or_slug)

@@ -102,6 +102,8 @@ class ClickHouseMeterValues:
 def _table(meter: Meter) -> str:
     if meter.spec.aggregation is Aggregation.APPROX_UNIQUE_COUNT:
         return "usage_sketches"
+    if meter.spec.aggregation is Aggregation.TIME_WEIGHTED_SUM:
+        return "usage_gauges"
     return "usage_uniques" if meter.spec.aggregation is Aggregation.UNIQUE_COUNT else "usage_rollups"
 
 

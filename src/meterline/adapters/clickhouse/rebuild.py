@@ -15,7 +15,8 @@ exactly which raw events they reflect:
 3. they are compared with the stored tables, for the live meters: the merged states (count,
    sum, min, max, latest) per meter, level, subject, bucket and group; the UNIQUE_COUNT values;
    the APPROX_UNIQUE_COUNT sketches, register by register (merged, a sketch is a function of
-   the bucket's values only); the group values and subjects seen. Every difference is described;
+   the bucket's values only); the TIME_WEIGHTED_SUM states joined per bucket (count, first and
+   last reading only where batches interleave); the group values and subjects seen. Every difference is described;
 4. unless only checking, when something differs: the rows of meters no longer live are copied
    into the fresh tables, and each fresh table is exchanged with the stored one
    (``EXCHANGE TABLES``, atomic: a query reads the old table or the rebuilt one, never a half
@@ -31,6 +32,7 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.gauges import compared
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import statements
 from meterline.adapters.clickhouse.sink import backfill_stream, raw_entries, split_backfill
@@ -40,7 +42,7 @@ from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
 
-TABLES = ("usage_rollups", "usage_uniques", "usage_sketches", "usage_dims")
+TABLES = ("usage_rollups", "usage_uniques", "usage_sketches", "usage_gauges", "usage_dims")
 CHUNK = 20_000
 _ALL = (0, 1 << 63)
 """A meter never applied to a stream reflects none of it."""
@@ -183,6 +185,7 @@ def _compare(conn: Connection, meters: Sequence[Meter], into: str) -> tuple[dict
             uniques += 1
             details.append(f"{_where(names, meter, level, subject, bucket, group)}: value {value!r} only {side}")
     sketches = _compare_sketches(conn, names, params, into, details)
+    gauges = _compare_gauges(conn, names, params, into, details)
     dims = 0
     for side, first, second in (("stored", "", into), ("rebuilt", into, "")):
         cols = "meter, dim, value, is_subject"
@@ -194,7 +197,23 @@ def _compare(conn: Connection, meters: Sequence[Meter], into: str) -> tuple[dict
             dims += 1
             what = f"subject {value!r}" if is_subject else f"group value {dim}={value!r}"
             details.append(f"meter {names[meter]}: {what} seen only {side}")
-    return {"rollups": len(rollups), "uniques": uniques, "sketches": sketches, "dims": dims}, details
+    differences = {"rollups": len(rollups), "uniques": uniques, "sketches": sketches, "gauges": gauges, "dims": dims}
+    return differences, details
+
+
+def _compare_gauges(
+    conn: Connection, names: dict[int, str], params: dict[str, Any], into: str, details: list[str]
+) -> int:
+    """The buckets whose TIME_WEIGHTED_SUM states differ, joined per key (``gauges.compared``)."""
+    live = "has({m:Array(UInt64)}, meter)"
+    stored = compared(conn, "usage_gauges", live, params)
+    rebuilt = compared(conn, f"{into}usage_gauges", live, params)
+    differing = sorted(k for k in stored.keys() | rebuilt.keys() if stored.get(k) != rebuilt.get(k))
+    for meter, level, subject, bucket, group in differing:
+        where = _where(names, meter, level, subject, bucket, group)
+        details.append(f"{where}: gauge state stored {stored.get((meter, level, subject, bucket, group))};"
+                       f" rebuilt {rebuilt.get((meter, level, subject, bucket, group))}")  # fmt: skip
+    return len(differing)
 
 
 def _compare_sketches(

@@ -20,6 +20,8 @@
   (``corrects``), whether it is a void, and the type, subject and time of the version it put
   in and of the one it took out — the hours a query answers from the raw events instead of
   the rollups (:mod:`.corrections`);
+- ``usage_gauges``: TIME_WEIGHTED_SUM states per bucket, one row per batch (a MergeTree: two
+  batches' states join only in time order, so queries join them, ``.gauges``);
 - ``usage_dims``: the group values and subjects each meter has seen (the cardinality cap);
 - ``usage_progress``: per consumed stream (the live offset, a meter's backfill, a Kafka
   partition) how far it is applied, the range being applied, and the receipt time of the
@@ -45,6 +47,8 @@ ROLLUPS = [*_KEY, ("count", "UInt64"), ("total", DECIMAL), ("low", DECIMAL), ("h
 UNIQUES = [*_KEY, ("value", "String")]
 REGISTERS = "Tuple(Array(UInt16), Array(UInt8))"
 SKETCHES = [*_KEY, ("registers", REGISTERS)]
+GAUGES = [*_KEY, ("count", "UInt64"), ("area", DECIMAL), ("first_at", "Tuple(Int64, UInt64)"),
+          ("last_at", f"Tuple(Int64, UInt64, {DECIMAL})")]  # fmt: skip
 EVENTS = [("namespace", "String"), ("source", "String"), ("type", "String"), ("subject", "String"),
           ("time_us", "Int64"), ("received_us", "Int64"), ("raw", "String"), ("stream", "String"),
           ("seq", "UInt64"), ("corrects", "UInt64")]  # fmt: skip
@@ -82,6 +86,10 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
             meter UInt64, level UInt32, subject String, bucket Int64, group_key String,
             registers SimpleAggregateFunction(maxMap, {REGISTERS})
         ) ENGINE = AggregatingMergeTree ORDER BY (meter, level, subject, bucket, group_key) {dedupe}""",
+        f"""CREATE TABLE IF NOT EXISTS usage_gauges (
+            meter UInt64, level UInt32, subject String, bucket Int64, group_key String, count UInt64,
+            area {DECIMAL}, first_at Tuple(Int64, UInt64), last_at Tuple(Int64, UInt64, {DECIMAL})
+        ) ENGINE = MergeTree ORDER BY (meter, level, subject, bucket, group_key) {dedupe}""",
         f"""CREATE TABLE IF NOT EXISTS usage_dims (
             meter UInt64, dim String, value String, is_subject UInt8
         ) ENGINE = ReplacingMergeTree ORDER BY (meter, is_subject, dim, value) {dedupe}""",

@@ -31,14 +31,24 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
-from meterline.adapters.clickhouse.corrections import HOUR, applied, hour_key, hour_keys
+from meterline.adapters.clickhouse.corrections import HOUR, Applied, applied, hour_key, hour_keys
+from meterline.adapters.clickhouse.gauges import carried, gauge_rows, read_states, recomputed
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
-from meterline.adapters.clickhouse.schema import DIMS, EVENTS, ROLLUPS, SKETCHES, UNIQUES, create
+from meterline.adapters.clickhouse.schema import DIMS, EVENTS, GAUGES, ROLLUPS, SKETCHES, UNIQUES, create
 from meterline.domain.decimals import in_stored_form
 from meterline.domain.errors import InvalidInput, StorageUnavailable
-from meterline.domain.meters.edges import edge_ranges, edge_uniques, exact_rows, inner_bounds, relabel
+from meterline.domain.meters.edges import (
+    edge_ranges,
+    edge_uniques,
+    exact_rows,
+    gauge_edge_ranges,
+    gauge_points,
+    inner_bounds,
+    relabel,
+)
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import Key, LedgerEntry, Replay, Unique
+from meterline.domain.meters.gauges import GaugeRows, series_of
 from meterline.domain.meters.model import Aggregation, Meter, is_builtin
 from meterline.domain.meters.query import (
     BucketState,
@@ -55,7 +65,11 @@ from meterline.ports.usage import Backfill, Batch, Snapshot
 __all__ = ["ClickHouseUsage", "raw_rows", "read_dims", "rollup_rows", "sketch_rows", "write_usage"]
 
 LIVE = "live"
-_TABLES = {Aggregation.UNIQUE_COUNT: "usage_uniques", Aggregation.APPROX_UNIQUE_COUNT: "usage_sketches"}
+_TABLES = {
+    Aggregation.UNIQUE_COUNT: "usage_uniques",
+    Aggregation.APPROX_UNIQUE_COUNT: "usage_sketches",
+    Aggregation.TIME_WEIGHTED_SUM: "usage_gauges",
+}
 """The table a meter's buckets are in, by aggregation (the others: ``usage_rollups``)."""
 _HOUR = 3600
 _ZERO = Decimal(0)
@@ -141,6 +155,9 @@ class ClickHouseUsage:
         if hours:  # a corrected hour is answered from the raw events: its buckets are left out here
             params["cx"] = hour_keys(hours)
             where += f" AND NOT has({{cx:Array(String)}}, {hour_key('bucket')})"
+        if aggregation is Aggregation.TIME_WEIGHTED_SUM:  # never built in: every entry goes through ``fixes``
+            answer = self._gauges(meter, query, bounds, inner, (where, params), (progress, fixes, hours))
+            return relabel(answer, query, bounds)
         read: list[Any]
         if aggregation is Aggregation.UNIQUE_COUNT:
             sql = f"SELECT DISTINCT subject, group_key, bucket, value FROM usage_uniques WHERE {where}"
@@ -184,6 +201,47 @@ class ClickHouseUsage:
         keys = _grouping(query, bounds, params)
         sql = f"SELECT {keys}, maxMap(registers) FROM usage_sketches WHERE {where} GROUP BY s_, g_, w_"
         return [(s, g, int(w), Sketch.from_pairs(*regs)) for s, g, w, regs in self._conn.rows(sql, params)]
+
+    def _gauges(
+        self,
+        meter: Meter,
+        query: MeterQuery,
+        bounds: Sequence[int],
+        inner: tuple[int, ...],
+        selected: tuple[str, dict[str, Any]],
+        corrections: tuple[dict[str, Progress], Applied, set[tuple[str, int]]],
+    ) -> list[Row]:
+        """TIME_WEIGHTED_SUM (``.gauges``): per series, its carry (the last reading before the
+        range), its joined bucket states in the whole minutes ``selected`` reads, and, as
+        readings from the raw events that count (``corrections``: the streams' progress, the
+        applied corrections and the corrected hours left out of ``selected``), the buckets
+        whose batches interleave, the partial minutes and the corrected hours; integrated per
+        window as embedded mode integrates them."""
+        where, params = selected
+        progress, fixes, hours = corrections
+        states, interleaved = read_states(self._conn, where, params) if inner[0] < inner[-1] else ([], [])
+
+        def read_raw(ranges: list[tuple[int, int]]) -> list[LedgerEntry]:
+            entries = self._edges(meter, query, ranges, progress)
+            return [e for stream, e, _ in entries if fixes.counts(stream, e.seq)]
+
+        raw = self._raw(meter, progress, *_in_hours(hours, inner)) if hours else []
+        corrected = [e for stream, e, _ in raw if fixes.counts(stream, e.seq)]
+        groups, _ = read_dims(self._conn, [meter.key])
+        compiled = CompiledMeter(meter)
+
+        def points(entries: list[LedgerEntry]) -> list[BucketState]:
+            return gauge_points(compiled, entries, lambda dim, v: v in groups.get((meter.key, dim), ()))
+
+        every = carried(self._conn, meter.key, bounds[0], query.subjects) + states
+        every += recomputed(interleaved, bucket_size(inner), read_raw, points) + points(corrected)
+        ranges = gauge_edge_ranges(query, bounds)
+        if ranges:
+            every += points(read_raw(ranges))
+        out = GaugeRows(query, bounds, tuple(sorted(meter.spec.group_by)), self._now_us())
+        for (subject, group), series in series_of(every).items():
+            out.add(subject, group, series)
+        return out.rows()
 
     def _edges(
         self, meter: Meter, query: MeterQuery, ranges: Sequence[tuple[int, int]], progress: dict[str, Progress]
@@ -309,7 +367,10 @@ def write_usage(conn: Connection, replay: Replay, meters: set[int], p: Progress,
     clear the replay, as written);
     ``into``: a prefix of the tables' names (``meterline rebuild`` writes beside them)."""
     fold = replay.fold
-    conn.insert(f"{into}usage_rollups", ROLLUPS, rollup_rows(fold.levels(), meters), p.token("rollups"))
+    levels = fold.levels()
+    gauges = levels.pop(Aggregation.TIME_WEIGHTED_SUM, {})
+    conn.insert(f"{into}usage_rollups", ROLLUPS, rollup_rows(levels, meters), p.token("rollups"))
+    conn.insert(f"{into}usage_gauges", GAUGES, gauge_rows(gauges, meters, _exact), p.token("gauges"))
     uniques = sorted(u for u in fold.uniques if u[0] in meters)
     conn.insert(f"{into}usage_uniques", UNIQUES, uniques, p.token("uniques"))
     conn.insert(f"{into}usage_sketches", SKETCHES, sketch_rows(fold.sketched, meters), p.token("sketches"))
