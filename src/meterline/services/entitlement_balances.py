@@ -14,6 +14,7 @@ its usage is the live counter's.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -110,6 +111,17 @@ class Burndown:
         self._key = (msgspec.json.encode(ent), grants_key)
         """What a period-start state depends on: the entitlement as stored (its definition,
         anchor, last reset and the state kept then) and each grant with its void."""
+        self._events = sorted(
+            {
+                t - t % MINUTE_US
+                for c in self.credits
+                for t in (c.effective_us, c.expires_us, c.voided_us)
+                if t is not None
+            }
+        )
+        self._recurring = any(c.recurrence is not None for c in self.credits)
+        self._memo: tuple[int, PeriodStart] | None = None
+        """The last period start asked for (a check asks for the current one every time)."""
 
     # -- periods ----------------------------------------------------------------------------
 
@@ -150,10 +162,14 @@ class Burndown:
         """The state as ``period``'s first segment starts: from the run's origin, period by
         period, each period's start cached (so a new period costs one period's run)."""
         p = period.start_us
+        memo = self._memo
+        if memo is not None and memo[0] == p:
+            return memo[1]
         origin = self._origin(p)
         state = self._cache.get((self._key, origin.at_us), lambda: self._first(origin, rollups))
         for boundary in self.resets(origin.at_us, p):
             state = self._cache.get((self._key, boundary), partial(self._next, state.snapshot, boundary, rollups))
+        self._memo = (p, state)
         return state
 
     def _first(self, origin: Snapshot, rollups: Rollups) -> PeriodStart:
@@ -191,18 +207,44 @@ class Burndown:
                 return live_usage if a == p else EXACT.subtract(live_usage, rollups(p, a))
             return rollups(a, b)
 
-        end, segs = run(self.credits, begin.snapshot, (), until, _spans(usage), preserve_overage=False)
-        balance, _ = balance_at(self.credits, end)
-        used, granted = ZERO, begin.burnt
-        for seg in segs:
-            used = EXACT.add(used, seg.usage)
-            granted = EXACT.add(granted, seg.grant_usage)
+        if self._quiet(p, until):
+            used = usage(p, until)
+            balance, overage, burnt = self._one_segment(begin.snapshot, used)
+            granted = EXACT.add(begin.burnt, burnt)
+        else:
+            end, segs = run(self.credits, begin.snapshot, (), until, _spans(usage), preserve_overage=False)
+            balance, _ = balance_at(self.credits, end)
+            overage, used, granted = end.overage, ZERO, begin.burnt
+            for seg in segs:
+                used = EXACT.add(used, seg.usage)
+                granted = EXACT.add(granted, seg.grant_usage)
         spec = self.ent.spec
         access = spec.is_unlimited or spec.is_soft_limit or balance > 0
         soft = spec.soft_limit is not None and used >= spec.soft_limit
         projected = projection(used, period, t_us) if project else None
         available = EXACT.add(granted, balance)
-        return Value(access, used, available, balance, end.overage, soft, projected, period, carried=begin.carried)
+        return Value(access, used, available, balance, overage, soft, projected, period, carried=begin.carried)
+
+    def _quiet(self, start_us: int, until_us: int) -> bool:
+        """Whether no grant starts, ends or recurs in ``(start_us, until_us]``: then the period
+        so far is one segment, and the burn order does not change the totals."""
+        if self._recurring:
+            return False
+        i = bisect_right(self._events, start_us)
+        return i == len(self._events) or self._events[i] > until_us
+
+    def _one_segment(self, snap: Snapshot, used: Decimal) -> tuple[Decimal, Decimal, Decimal]:
+        """(balance, overage, what the grants covered) of one segment from ``snap``: the engine's
+        burn of ``used`` plus the overage so far, summed (grants missing from ``snap`` start
+        with their amount when active, as the engine starts them)."""
+        total = ZERO
+        for c in self.credits:
+            if c.active_at(snap.at_us):
+                have = snap.balances.get(c.id)
+                total = EXACT.add(total, c.amount if have is None else have)
+        need = EXACT.add(used, snap.overage)
+        burnt = min(total, need) if need > 0 else ZERO
+        return EXACT.subtract(total, burnt), EXACT.subtract(need, burnt) if need > burnt else ZERO, burnt
 
     def state_at_reset(self, at_us: int, rollups: Rollups, preserve: bool) -> tuple[Decimal, dict[str, Decimal]]:
         """The overage and each grant's balance at the start of the period a reset at ``at_us``

@@ -48,12 +48,12 @@ class Credit:
     max_rollover: Decimal = ZERO
     min_rollover: Decimal = ZERO
     recurrence: Recurrence | None = None
+    ends_us: int | None = field(init=False, default=None)
+    """Where the grant stops being active: its expiry or its void, whichever comes first."""
 
-    @property
-    def ends_us(self) -> int | None:
-        """Where the grant stops being active: its expiry or its void, whichever comes first."""
+    def __post_init__(self) -> None:
         ends = [t for t in (self.expires_us, self.voided_us) if t is not None]
-        return max(min(ends), self.effective_us) if ends else None
+        object.__setattr__(self, "ends_us", max(min(ends), self.effective_us) if ends else None)
 
     def active_at(self, t_us: int) -> bool:
         end = self.ends_us
