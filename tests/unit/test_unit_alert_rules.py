@@ -13,6 +13,7 @@ from meterline.domain.alerts.rules import (
     Threshold,
     anomaly,
     crossed,
+    fires,
     level,
     projected_over,
     validate_rule,
@@ -50,6 +51,20 @@ def test_crossed_counts_only_upward_moves_that_reach_the_level() -> None:
     assert [t.key for t in crossed(r, D(50), D(100), D(100))] == ["PERCENT:100", "NUMBER:70"]
     assert crossed(r, D(100), D(60), D(100)) == []  # usage going down never fires
     assert crossed(r, D(50), D(50), D(100)) == []  # standing at a level is not crossing it again
+
+
+def test_fires_each_reached_threshold_or_an_over_running_projection_by_rule_type() -> None:
+    thresholds = rule(thresholds=[Threshold(D(50), "PERCENT"), Threshold(D(70), "NUMBER")])
+    reached = lambda t: t.key == "NUMBER:70"  # noqa: E731
+    assert fires(thresholds, reached, D(500), D(100), (0, 100), 90) == [("NUMBER:70", Threshold(D(70), "NUMBER"))]
+    assert fires(thresholds, lambda t: False, D(500), D(100), (0, 100), 90) == []
+    projected = rule(type="entitlements.usage.projected", min_elapsed_percent=D(25))
+    assert fires(projected, reached, D(200), D(100), (1000, 1100), 1025) == [("projected", None)]
+    assert fires(projected, reached, D(200), D(100), (1000, 1100), 1024) == []  # 24 % of the period elapsed
+    assert fires(projected, reached, None, D(100), (1000, 1100), 1090) == []  # no projection yet
+    assert fires(projected, reached, D(100), D(100), (1000, 1100), 1090) == []  # not over the allowance
+    spikes = rule(type="entitlements.usage.anomaly", spike_factor=D(2))
+    assert fires(spikes, reached, D(200), D(100), (0, 100), 90) == []  # scanned hourly, not here
 
 
 def test_projection_needs_enough_elapsed_time_and_an_allowance() -> None:

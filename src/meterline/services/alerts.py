@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from ulid import ULID
 
 from meterline.domain.alerts.payload import alert_payload
-from meterline.domain.alerts.rules import Rule, Threshold, hour_anomaly, level, projected_over
+from meterline.domain.alerts.rules import PROJECTED_RULE, Rule, Threshold, fires, hour_anomaly, level
 from meterline.domain.clock import Clock
 from meterline.domain.decimals import EXACT
 from meterline.domain.entitlements.value import Value, grant_total, metered_value
@@ -38,8 +38,6 @@ from meterline.services.counters import History, Live, LiveCounters, State
 log = logging.getLogger("meterline.alerts")
 HOUR_US = 3_600_000_000
 _ZERO = Decimal(0)
-_THRESHOLD = "entitlements.balance.threshold"
-_PROJECTED = "entitlements.usage.projected"
 
 
 class AlertEvaluator:
@@ -83,7 +81,7 @@ class AlertEvaluator:
         for namespace in rules:
             channels |= {c.id: c for c in self._channel_repo.channels(namespace)}
         self._rules, self._channels = rules, channels
-        self._projecting = {ns for ns, rs in rules.items() if any(r.spec.type == _PROJECTED for r in rs)}
+        self._projecting = {ns for ns, rs in rules.items() if any(r.spec.type == PROJECTED_RULE for r in rs)}
         self._next = {}
         self._level_cache = {}
 
@@ -145,18 +143,9 @@ class AlertEvaluator:
         levels = self._levels(ent.namespace, allowance)
         hit = {key for key, at in levels.items() if before < at <= after}
         for rule in rules:
-            if not rule.covers(ent.feature_id, ent.feature_key):
-                continue
-            if rule.spec.type == _THRESHOLD and hit:
-                for t in rule.spec.thresholds:
-                    if t.key in hit:
-                        out.append(self._firing(rule, live, t.key, start, value, t, now))
-            elif rule.spec.type == _PROJECTED:
-                elapsed = Decimal(now - start) / Decimal(end - start)
-                if value.projected_usage is not None and projected_over(
-                    rule, value.projected_usage, allowance, elapsed
-                ):
-                    out.append(self._firing(rule, live, "projected", start, value, None, now))
+            if rule.covers(ent.feature_id, ent.feature_key):
+                due = fires(rule, lambda t: t.key in hit, value.projected_usage, allowance, (start, end), now)
+                out.extend(self._firing(rule, live, key, start, value, t, now) for key, t in due)
         upcoming = [at for at in levels.values() if at > after]
         self._next[ent.id] = (start, allowance, min(upcoming) if upcoming else None)
 

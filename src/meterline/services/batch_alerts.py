@@ -43,7 +43,16 @@ from collections.abc import Collection, Sequence
 from decimal import Decimal
 
 from meterline.domain.alerts.payload import alert_payload
-from meterline.domain.alerts.rules import HOUR_US, Rule, Threshold, hour_anomaly, level, projected_over
+from meterline.domain.alerts.rules import (
+    HOUR_US,
+    PROJECTED_RULE,
+    THRESHOLD_RULE,
+    Rule,
+    Threshold,
+    fires,
+    hour_anomaly,
+    level,
+)
 from meterline.domain.clock import Clock
 from meterline.domain.customers.model import Customer
 from meterline.domain.decimals import EXACT
@@ -62,7 +71,7 @@ from meterline.services.queried_usage import QueriedEntitlementUsage
 
 log = logging.getLogger("meterline.alerts")
 FOLLOWER = "alerts"
-_EVALUATED = ("entitlements.balance.threshold", "entitlements.usage.projected")
+_EVALUATED = (THRESHOLD_RULE, PROJECTED_RULE)
 _REMEMBERED = 100_000
 
 
@@ -147,18 +156,16 @@ class BatchAlerts:
         granted = grant_total(live.grants, period, now) if live.grants else ZERO
         allowance = EXACT.add(issued, granted)
         value = metered_value(ent, usage, granted, period, now)
+
+        def reached(t: Threshold) -> bool:  # usage is at or above its level (firing is once per period)
+            at = level(t, allowance)
+            return at is not None and ZERO < at <= usage
+
+        bounds = (period.start_us, period.end_us)
         fired = 0
         for rule in rules:
-            if rule.spec.type == "entitlements.balance.threshold":
-                for t in rule.spec.thresholds:
-                    at = level(t, allowance)
-                    if at is not None and ZERO < at <= usage:
-                        fired += self._fire(rule, live, t.key, period.start_us, value, t, now, channels)
-            elif rule.spec.type == "entitlements.usage.projected":
-                elapsed = Decimal(now - period.start_us) / Decimal(period.end_us - period.start_us)
-                projected = value.projected_usage
-                if projected is not None and projected_over(rule, projected, allowance, elapsed):
-                    fired += self._fire(rule, live, "projected", period.start_us, value, None, now, channels)
+            for key, t in fires(rule, reached, value.projected_usage, allowance, bounds, now):
+                fired += self._fire(rule, live, key, period.start_us, value, t, now, channels)
         return fired
 
     def scan_anomalies(self) -> int:

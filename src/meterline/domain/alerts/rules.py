@@ -19,7 +19,7 @@ per period however often usage is retried or the process restarts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Literal
 
@@ -115,6 +115,31 @@ def crossed(rule: Rule, before: Decimal, after: Decimal, allowance: Decimal) -> 
 
 def projected_over(rule: Rule, projected: Decimal, allowance: Decimal, elapsed_fraction: Decimal) -> bool:
     return allowance > 0 and elapsed_fraction * HUNDRED >= rule.spec.min_elapsed_percent and projected > allowance
+
+
+THRESHOLD_RULE = "entitlements.balance.threshold"
+PROJECTED_RULE = "entitlements.usage.projected"
+
+
+def fires(
+    rule: Rule,
+    reached: Callable[[Threshold], bool],
+    projected: Decimal | None,
+    allowance: Decimal,
+    period: tuple[int, int],
+    now_us: int,
+) -> list[tuple[str, Threshold | None]]:
+    """What a threshold or projection ``rule`` fires for an entitlement now, as (key, threshold):
+    each of its thresholds that ``reached`` says usage reached, or ``projected`` (usage projected
+    to the end of ``period``, start and end in microseconds) once it exceeds the allowance.
+    Other rule types fire nothing here (spike/drop rules: :func:`hour_anomaly`)."""
+    if rule.spec.type == THRESHOLD_RULE:
+        return [(t.key, t) for t in rule.spec.thresholds if reached(t)]
+    if rule.spec.type == PROJECTED_RULE and projected is not None:
+        start, end = period
+        if projected_over(rule, projected, allowance, Decimal(now_us - start) / Decimal(end - start)):
+            return [("projected", None)]
+    return []
 
 
 def anomaly(rule: Rule, last_hour: Decimal, baseline_mean: Decimal) -> Literal["spike", "drop"] | None:
