@@ -24,7 +24,7 @@ from stack.launch import Stack
 from starlette.testclient import TestClient
 from test_billing_api import calls, setup_billing
 from test_billing_api import ev as bev
-from test_corrections import entitle, usage_now
+from test_corrections import entitle, expected, usage_now
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.api.app import create_app
@@ -77,22 +77,6 @@ def sapi(fixsite: Site, tmp_path: Path) -> Iterator[Api]:
 @pytest.fixture
 def eapi(tmp_path: Path) -> Iterator[Api]:
     yield from build_api(tmp_path / "embedded")
-
-
-def expected(events: list[dict[str, Any]], aggregation: str, subject: str, hour: str) -> Decimal | None:
-    mine = [e for e in events if e["subject"] == subject and e["time"].startswith(hour)]
-    values = [Decimal(e["data"]["v"]) for e in mine]
-    if not mine:
-        return None
-    return {
-        "SUM": lambda: sum(values, Decimal(0)),
-        "COUNT": lambda: Decimal(len(mine)),
-        "AVG": lambda: sum(values, Decimal(0)) / len(values),
-        "MIN": lambda: min(values),
-        "MAX": lambda: max(values),
-        "LATEST": lambda: Decimal(max(mine, key=lambda e: e["time"])["data"]["v"]),
-        "UNIQUE_COUNT": lambda: Decimal(len({e["data"]["user"] for e in mine})),
-    }[aggregation]()
 
 
 def hourly(api: Api, meter: str, subject: str, **window: str) -> dict[str, Decimal]:
