@@ -25,7 +25,7 @@ from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.adapters.sqlite.ledger_reader import SqliteLedgerReader
 from meterline.adapters.sqlite.meter_values import SqliteMeterValues
-from meterline.adapters.sqlite.rebuild import RebuildReport, rebuild
+from meterline.adapters.sqlite.rebuild import rebuild
 from meterline.adapters.sqlite.reconciliation import SqliteReconciliationCounts
 from meterline.adapters.sqlite.retention import RetentionPruner
 from meterline.adapters.sqlite.schema import connect, create_schema
@@ -36,6 +36,7 @@ from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.errors import ConfigError, Conflict, NotFound, StorageUnavailable
 from meterline.domain.events.decode import Limits
+from meterline.domain.integrity.rebuild import RebuildReport
 from meterline.domain.meters.query import QueryLimits
 from meterline.ports.billing import BillingStores
 from meterline.ports.billing_usage import PeriodUsage
@@ -77,7 +78,6 @@ from meterline.services.usage_queries import UsageQueries
 
 if TYPE_CHECKING:  # imported for real only when the config asks for it (the scale extra)
     from meterline.adapters.clickhouse.client import Connection
-    from meterline.adapters.clickhouse.rebuild import ScaleRebuildReport
     from meterline.adapters.kafka.partitions import KafkaPartitions
     from meterline.adapters.postgres.catalog import PgCatalog
     from meterline.adapters.postgres.database import PgDatabase
@@ -332,7 +332,7 @@ def usage_counters(config: Config, closers: list[Callable[[], None]]) -> UsageCo
     return counters
 
 
-def rebuild_store(config: Config, *, check: bool) -> RebuildReport | ScaleRebuildReport:
+def rebuild_store(config: Config, *, check: bool) -> RebuildReport:
     """Recompute the rollups from the ledger in one write transaction of its own (the CLI's
     ``rebuild``; safe while a server runs on the same directory) and compare them with those
     stored; unless ``check``, the rebuilt rows replace them. In scale mode from ClickHouse's
@@ -841,7 +841,7 @@ SETTLE_RELEASED = 30.0
 
 def rebuild_scale(
     config: Config, *, check: bool, settle: tuple[float, float] = (SETTLE_HELD, SETTLE_RELEASED)
-) -> ScaleRebuildReport:
+) -> RebuildReport:
     """``meterline rebuild`` in scale mode (``adapters.clickhouse.rebuild``): hold every sink
     worker off (the fence's maintenance lock: their next write is refused and none takes a
     partition until it is released; API nodes go on accepting events), wait for batches in

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -38,6 +37,7 @@ from meterline.adapters.clickhouse.schema import statements
 from meterline.adapters.clickhouse.sink import backfill_stream, raw_entries, split_backfill
 from meterline.adapters.clickhouse.usage import LIVE, write_usage
 from meterline.domain.clock import rfc3339
+from meterline.domain.integrity.rebuild import RebuildReport
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
@@ -46,21 +46,6 @@ TABLES = ("usage_rollups", "usage_uniques", "usage_sketches", "usage_gauges", "u
 CHUNK = 20_000
 _ALL = (0, 1 << 63)
 """A meter never applied to a stream reflects none of it."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScaleRebuildReport:
-    events: int
-    """Raw events folded."""
-    differences: dict[str, int]
-    """Differing rows per table."""
-    replaced: bool
-    details: tuple[str, ...] = ()
-    """Each differing meter, subject, window and group, stored and rebuilt."""
-
-    @property
-    def identical(self) -> bool:
-        return not any(self.differences.values())
 
 
 def unfinished(conn: Connection) -> list[str]:
@@ -78,7 +63,7 @@ def settled(conn: Connection, seconds: float) -> list[str]:
 
 def rebuild(
     conn: Connection, meters: Sequence[Meter], *, cap: int, replace: bool, window: int, run: str
-) -> ScaleRebuildReport:
+) -> RebuildReport:
     """Steps 1-4 of the module doc; the caller holds the workers off and saw nothing unfinished."""
     into = f"rebuild_{run}_"
     for sql in statements(window, None):
@@ -91,7 +76,7 @@ def rebuild(
         replaced = replace and any(differences.values())
         if replaced:
             _swap(conn, meters, into)
-        return ScaleRebuildReport(events, differences, replaced, tuple(details))
+        return RebuildReport(events, differences, replaced, tuple(details))
     finally:
         for name in TABLES:
             conn.command(f"DROP TABLE IF EXISTS {into}{name}")

@@ -12,29 +12,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from meterline.adapters.sqlite.ingest import live_meters
 from meterline.adapters.sqlite.recompute import Applied, applied_in_store, everything_to, recompute, roots_in
 from meterline.adapters.sqlite.replay import CHUNK, Replay, ledger_rows, set_offset, stored_offset, write_replay
 from meterline.adapters.sqlite.retention import hours_before
 from meterline.adapters.sqlite.usage import backfills
+from meterline.domain.integrity.rebuild import RebuildReport
 from meterline.domain.meters.evaluate import CompiledMeter
 
 DERIVED = ("rollups", "uniques", "sketches", "group_values", "meter_subjects", "summaries", "ledger_counts")
-
-
-@dataclass(frozen=True, slots=True)
-class RebuildReport:
-    events: int
-    differences: dict[str, int]
-    replaced: bool
-    details: tuple[str, ...] = ()
-    """Each differing row described (the embedded rebuild counts them per table only)."""
-
-    @property
-    def identical(self) -> bool:
-        return not any(self.differences.values())
 
 
 def rebuild(conn: sqlite3.Connection, *, cap: int, replace: bool) -> RebuildReport:
