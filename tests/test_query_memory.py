@@ -81,7 +81,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Cli
             ("/api/v1/customers", {"key": "acme", "subjectKeys": ["s0", "s1", "s2"]}),
             ("/api/v1/features", {"key": "f", "name": "F", "meterSlug": "m"}),
             ("/api/v1/customers/acme/entitlements",
-             {"type": "metered", "featureKey": "f", "issueAfterReset": 10, "usagePeriod": {"interval": "MONTH"}}),
+             {"type": "metered", "featureKey": "f", "issueAfterReset": 10, "usagePeriod": {"interval": "MONTH"},
+              # measured from before the week of data (a history cannot start before it)
+              "measureUsageFrom": (now - timedelta(days=8)).isoformat()}),
         ]:  # fmt: skip
             assert c.post(path, json=body).status_code == 201, path
         for first in range(0, EVENTS, 5_000):

@@ -14,6 +14,7 @@ from meterline.adapters.memory.meters import MemoryMeters
 from meterline.domain.clock import FixedClock, to_us
 from meterline.domain.customers.model import CustomerInput
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput, Feature, FeatureInput, UsagePeriodInput
+from meterline.domain.entitlements.credit import Segment
 from meterline.domain.entitlements.value import Value
 from meterline.domain.errors import InvalidInput, NotFound
 from meterline.domain.meters.model import Aggregation, MeterSpec
@@ -33,6 +34,7 @@ class Usage:
     def __init__(self) -> None:
         self.metered: set[str] = set()
         self.queries: list[MeterQuery] = []
+        self.burndowns: list[tuple[int, int]] = []
         self.ent: Entitlement | None = None
 
     def customer_key(self, namespace: str, key_or_subject: str) -> str | None:
@@ -50,6 +52,13 @@ class Usage:
 
     def value_at(self, ent: Entitlement, t_us: int) -> Value | None:
         return Value(True, usage=Decimal(t_us % 7)) if ent.id in self.metered else None
+
+    def segments(self, ent: Entitlement, start_us: int, end_us: int) -> list[Segment] | None:
+        """One segment over the range: a grant of 100, of which 30 were used."""
+        self.burndowns.append((start_us, end_us))
+        if ent.id not in self.metered:
+            return None
+        return [Segment(start_us, end_us, {"g": Decimal(100)}, Decimal(0), Decimal(30), usages=[("g", Decimal(30))])]
 
     def windows(self, ent: Entitlement, query: MeterQuery) -> list[tuple[int, int, Decimal]] | None:
         self.queries.append(query)
@@ -118,7 +127,11 @@ def test_history_defaults_to_the_current_period_through_this_minute(
     assert (query.start_us, query.end_us) == (None, None)
     assert str(query.tz) == "Asia/Kolkata"
     assert [(w.usage, w.balance_at_start) for w in windows] == [(Decimal(30), Decimal(100))]
-    assert [(p.period, p.usage, p.balance_at_end) for p in periods] == [(MAR, Decimal(30), Decimal(70))]
+    # the burndown of the same range: the period's start through this minute
+    assert usage.burndowns == [(MAR.start_us, to_us(datetime(2026, 3, 18, 9, 31, tzinfo=UTC)))]
+    assert [(p.start_us, p.usage, p.balance_at_start, p.balances_at_end) for p in periods] == [
+        (MAR.start_us, Decimal(30), Decimal(100), {"g": Decimal(70)})
+    ]
     with pytest.raises(InvalidInput) as err:
         values.history(NS, "acme", "api", None, None, "WEEK", "UTC")
     assert err.value.code == "invalid_window_size"

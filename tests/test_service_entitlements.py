@@ -117,12 +117,13 @@ def test_grants_go_to_metered_entitlements_and_void_once(w: World) -> None:
     w.feats.create(NS, FeatureInput("sso", "SSO"))
     ent = w.ents.create(NS, "acme", metered("api"))
     w.ents.create(NS, "acme", EntitlementInput("boolean", feature_key="sso"))
-    inp = GrantInput(Decimal(50), datetime(2026, 3, 18, tzinfo=UTC), {"duration": "WEEK", "count": 2})
+    # effective at the start of the entitlement's current usage period (not before it: refused)
+    inp = GrantInput(Decimal(50), datetime(2026, 3, 18, 9, 30, tzinfo=UTC), {"duration": "WEEK", "count": 2})
     with pytest.raises(InvalidInput) as err:
         w.feats.grant(NS, "acme", "sso", inp)
     assert err.value.code == "invalid_grant"
     grant = w.feats.grant(NS, "acme", "api", inp)
-    assert (grant.entitlement_id, grant.expires_us) == (ent.id, to_us(datetime(2026, 4, 1, tzinfo=UTC)))
+    assert (grant.entitlement_id, grant.expires_us) == (ent.id, to_us(datetime(2026, 4, 1, 9, 30, tzinfo=UTC)))
     assert w.feats.grants_of(NS, "acme", ent.id) == [grant] == w.feats.grants(NS)
     w.feats.void_grant(NS, grant.id, None)
     assert w.feats.grants(NS) == [] and w.feats.grants(NS, include_voided=True)[0].voided_us == T0
