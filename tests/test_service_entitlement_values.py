@@ -13,8 +13,8 @@ from meterline.adapters.memory.entitlements import MemoryEntitlements, MemoryFea
 from meterline.adapters.memory.meters import MemoryMeters
 from meterline.domain.clock import FixedClock, to_us
 from meterline.domain.customers.model import CustomerInput
-from meterline.domain.entitlements.model import Entitlement, EntitlementInput, Feature, FeatureInput, UsagePeriodInput
 from meterline.domain.entitlements.credit import Segment
+from meterline.domain.entitlements.model import Entitlement, EntitlementInput, Feature, FeatureInput, UsagePeriodInput
 from meterline.domain.entitlements.value import Value
 from meterline.domain.errors import InvalidInput, NotFound
 from meterline.domain.meters.model import Aggregation, MeterSpec
