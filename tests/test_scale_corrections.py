@@ -289,3 +289,21 @@ def test_corrections_are_refused_while_raw_events_expire(onesite: Site, tmp_path
             assert r.status_code == 501 and r.json()["code"] == "not_supported", r.text
         r = api.client.get("/api/v1/events/e1", params={"source": "s"}, headers=api.headers())
         assert r.status_code == 501 and "retention.raw_events" in r.json()["detail"], r.text
+
+
+def test_the_built_in_bytes_meter_follows_corrections_as_embedded(fixsite: Site, tmp_path: Path) -> None:
+    """``ingested_bytes`` counts the versions that count: a void takes its event's bytes out of
+    its hour, an amend puts the amended version's in, in both modes alike."""
+    on = {"metering": {"ingested_bytes": True}}
+    answers = []
+    for build in (lambda: build_scale_api(fixsite, tmp_path / "s", **on), lambda: build_api(tmp_path / "e", **on)):
+        for api in build():
+            r = api.post_events(EVENTS)
+            assert r.status_code in (200, 202, 204), r.text
+            before = {s: hourly(api, "ingested_bytes", s) for s in ("acme", "beta")}
+            corrections(api)
+            answers.append((before, {s: hourly(api, "ingested_bytes", s) for s in ("acme", "beta")}))
+    (scale_before, scale_after), (embedded_before, embedded_after) = answers
+    assert scale_before == embedded_before
+    assert scale_after == embedded_after
+    assert scale_after != scale_before  # the void and the amends moved it

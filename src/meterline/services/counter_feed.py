@@ -37,7 +37,7 @@ from meterline.domain.errors import StorageUnavailable
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.minutes import MINUTE_US
-from meterline.domain.meters.model import Aggregation, Meter
+from meterline.domain.meters.model import Aggregation, Meter, type_key
 from meterline.domain.meters.query import MeterQuery, Row
 from meterline.ports.live_usage import UsageCounters
 from meterline.ports.meters import UsageReader
@@ -146,7 +146,7 @@ class CountedUsage:
                 return self._store.query(meter, query)
             # after the wait: what the counters hold, the workers had stored with its corrections
             if self._corrected is not None and self._corrected(
-                meter.namespace, meter.spec.event_type, query.subjects, query.start * 1_000_000, query.end * 1_000_000
+                meter.namespace, type_key(meter.spec), query.subjects, query.start * 1_000_000, query.end * 1_000_000
             ):
                 return self._store.query(meter, query)
             total = self._counters.total(meter.key, query.subjects, query.start // 60, query.end // 60)

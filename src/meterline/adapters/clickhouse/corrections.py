@@ -35,6 +35,7 @@ from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.schema import CORRECTIONS
 from meterline.domain.events.corrections import is_void_record
 from meterline.domain.meters.fold import LedgerEntry
+from meterline.domain.meters.model import EVERY_TYPE
 from meterline.ports.correction_log import StoredOriginal
 
 HOUR = 3600
@@ -77,13 +78,14 @@ class Applied:
     versions: list[tuple[str, str, int]] = field(default_factory=list)
     """(type, subject, time) of every version an effective correction took out or put in."""
 
-    def hours(self, event_type: str, subjects: Iterable[str] = ()) -> set[tuple[str, int]]:
-        """The corrected (subject, hour start in epoch seconds) of ``event_type`` (of ``subjects`` only, if any)."""
+    def hours(self, event_type: str | None, subjects: Iterable[str] = ()) -> set[tuple[str, int]]:
+        """The corrected (subject, hour start in epoch seconds) of ``event_type`` (None: of every
+        type, as a built-in meter counts) (of ``subjects`` only, if any)."""
         wanted = set(subjects)
         return {
             (subject, time_us // HOUR_US * HOUR)
             for type_, subject, time_us in self.versions
-            if type_ == event_type and (not wanted or subject in wanted)
+            if (event_type is None or type_ == event_type) and (not wanted or subject in wanted)
         }
 
     def counts(self, stream: str, seq: int) -> bool:
@@ -130,12 +132,14 @@ class ClickHouseCorrectedRanges:
         self._conn = conn
 
     def touches(self, namespace: str, event_type: str, subjects: Sequence[str], start_us: int, end_us: int) -> bool:
-        """A correction took out or put in a version of ``event_type`` of one of ``subjects``
-        in ``[start_us, end_us)`` (stored: applied, or being applied)."""
+        """A correction took out or put in a version of ``event_type`` (``EVERY_TYPE``, empty:
+        of any type, as a built-in meter counts) of one of ``subjects`` in ``[start_us, end_us)``
+        (stored: applied, or being applied)."""
+        now, was = ("1", "1") if event_type == EVERY_TYPE else ("type = {t:String}", "was_type = {t:String}")
         sql = (
             "SELECT count() FROM usage_corrections WHERE namespace = {ns:String} AND ("
-            "(type = {t:String} AND has({s:Array(String)}, subject) AND time_us >= {a:Int64} AND time_us < {b:Int64})"
-            " OR (was_type = {t:String} AND has({s:Array(String)}, was_subject)"
+            f"({now} AND has({{s:Array(String)}}, subject) AND time_us >= {{a:Int64}} AND time_us < {{b:Int64}})"
+            f" OR ({was} AND was_type != '' AND has({{s:Array(String)}}, was_subject)"
             " AND was_time_us >= {a:Int64} AND was_time_us < {b:Int64}))"
         )
         params = {"ns": namespace, "t": event_type, "s": sorted(set(subjects)), "a": start_us, "b": end_us}

@@ -145,11 +145,11 @@ class ClickHouseUsage:
         progress = self._progress.read()
         fixes = applied(self._conn, meter.namespace, {k: p.done for k, p in progress.items()})
         whole = inner[0] < inner[-1]
-        builtin = is_builtin(meter.spec)  # counts what was received: corrections move none of it, as embedded
+        of_type = None if is_builtin(meter.spec) else meter.spec.event_type  # a built-in counts every type
         hours = {
             (subject, hour)
-            for subject, hour in fixes.hours(meter.spec.event_type, query.subjects)
-            if whole and not builtin and hour + HOUR > inner[0] and hour < inner[-1]
+            for subject, hour in fixes.hours(of_type, query.subjects)
+            if whole and hour + HOUR > inner[0] and hour < inner[-1]
         }
         where, params = _where(meter.key, bucket_size(inner), inner, query.subjects)
         if hours:  # a corrected hour is answered from the raw events: its buckets are left out here
@@ -180,7 +180,7 @@ class ClickHouseUsage:
             raw = self._edges(meter, query, ranges, progress) if ranges else []
         if hours:
             raw += self._raw(meter, progress, *_in_hours(hours, inner))
-        edges = [e for stream, e, corrects in raw if (not corrects if builtin else fixes.counts(stream, e.seq))]
+        edges = [e for stream, e, _ in raw if fixes.counts(stream, e.seq)]
 
         def admitted(dim: str, value: str) -> bool:
             return not (ranges or hours) or value in groups.get((meter.key, dim), ())
