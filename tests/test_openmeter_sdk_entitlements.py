@@ -593,7 +593,7 @@ def test_portal_tokens_and_query(world: World) -> None:
     try:
         span = {"from_parameter": t, "to": t + timedelta(minutes=1)}
         result = portal.portal.portal_meters.query_json(TOKENS, **span)
-        assert [(r.subject, Decimal(str(r.value))) for r in result.data] == [(None, Decimal(7))]
+        assert [(r.subject, Decimal(str(r.value))) for r in result.data] == [(ALICE, Decimal(7))]  # split by subject
         by_model = portal.portal.portal_meters.query_json(TOKENS, group_by=["model"], **span)
         assert sorted((r.group_by["model"], r.value) for r in by_model.data) == [("gpt-3", 4), ("gpt-4", 3)]
         # another subject's usage stays out even when asked for (filterCustomerId is ignored)

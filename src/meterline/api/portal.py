@@ -75,23 +75,24 @@ async def invalidate_tokens(call: Call) -> Response:
 
 @portal_endpoint
 async def portal_query(call: PortalCall) -> Response:
-    """The token's customer's usage of one meter; subject filters are forced to that customer."""
+    """The token's subject's usage of one meter, split by subject, as OpenMeter answers it: the
+    query is the meter query with its subjects forced to the token's subject (a ``subject``
+    parameter cannot widen it) and ``subject`` among the group-by keys."""
     ctx, claims, request = call.ctx, call.claims, call.request
     slug = request.path_params["meter"]
     if not claims.allows_meter(slug):
         raise Forbidden(f"this portal token may not read meter {slug!r}", code="meter_not_allowed")
     items = [(k, v) for k, v in request.query_params.multi_items() if k not in ("subject", "filterCustomerId")]
     query = query_from_params(items, limits_of(ctx.config))
-    if SUBJECT in query.group_by or any(f[0] == SUBJECT for f in query.filters):
-        raise InvalidInput("a portal query cannot group or filter by subject", code="invalid_query")
-
+    if any(f[0] == SUBJECT for f in query.filters):
+        raise InvalidInput("a portal query cannot filter by subject", code="invalid_query")
+    own = dataclasses.replace(
+        query, subjects=(claims.subject,), group_by=tuple(dict.fromkeys((*query.group_by, SUBJECT)))
+    )
     accept = request.headers.get("accept", "")
 
     def work() -> Response:
-        customer = ctx.catalog.customers.owner(claims.namespace, claims.subject)
-        subjects = customer.subjects if customer is not None else (claims.subject,)
-        own = dataclasses.replace(query, subjects=tuple(subjects), combine_subjects=True)
         meter, rows = ctx.catalog.usage.query(claims.namespace, slug, own)
-        return render(accept, query, meter, rows)
+        return render(accept, own, meter, rows)
 
     return await run_query(request, work)
