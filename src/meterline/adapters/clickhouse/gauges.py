@@ -15,7 +15,8 @@ previous batch wrote — the bucket's readings are read back from the raw ``even
 instead (only the events the rollups reflect, as for a partial minute) and enter the integral
 one by one: the same answer as embedded mode, which recomputes such a bucket from its ledger.
 The level carried into the range is the last reading before it (``max(last_at)`` of the
-hour buckets before its hour and the minute buckets since, as embedded mode reads it).
+hour buckets before its hour and the minute buckets since, as embedded mode reads it; in an
+hour a correction touched, the last reading that counts, from the raw events).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from decimal import Decimal
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.corrections import hour_key
 from meterline.domain.decimals import in_stored_form
 from meterline.domain.meters.fold import Key, LedgerEntry
 from meterline.domain.meters.gauges import join, point_state
@@ -96,9 +98,13 @@ def compared(conn: Connection, table: str, where: str, params: dict[str, Any]) -
     return out
 
 
-def carried(conn: Connection, meter: int, before: int, subjects: Sequence[str]) -> list[BucketState]:
+def carried(
+    conn: Connection, meter: int, before: int, subjects: Sequence[str], corrected: Sequence[str] = ()
+) -> list[BucketState]:
     """Per series, its last reading before ``before`` (epoch seconds on a whole minute) as a
-    one-reading state: from the hour buckets before its hour and the minute buckets since."""
+    one-reading state: from the hour buckets before its hour and the minute buckets since,
+    less the buckets of the ``corrected`` hours (``hour|subject`` keys: their readings that
+    count come from the raw events, :func:`latest`)."""
     params: dict[str, Any] = {"m": meter, "h": before - before % HOUR, "b": before}
     where = (
         "meter = {m:UInt64} AND ((level = 3600 AND bucket < {h:Int64})"
@@ -107,8 +113,22 @@ def carried(conn: Connection, meter: int, before: int, subjects: Sequence[str]) 
     if subjects:
         params["s"] = sorted(set(subjects))
         where += " AND has({s:Array(String)}, subject)"
+    if corrected:
+        params["cx"] = list(corrected)
+        where += f" AND NOT has({{cx:Array(String)}}, {hour_key('bucket')})"
     sql = f"SELECT subject, group_key, max(last_at) FROM usage_gauges WHERE {where} GROUP BY subject, group_key"
     return [point_state(subject, group, _point(last)) for subject, group, last in conn.rows(sql, params)]
+
+
+def latest(states: Iterable[BucketState]) -> list[BucketState]:
+    """Per series, the one of ``states`` with the latest last reading."""
+    out: dict[Series, BucketState] = {}
+    for s in states:
+        assert s.latest is not None
+        known = out.get((s.subject, s.group_key))
+        if known is None or (known.latest is not None and known.latest[:2] < s.latest[:2]):
+            out[(s.subject, s.group_key)] = s
+    return list(out.values())
 
 
 def recomputed(

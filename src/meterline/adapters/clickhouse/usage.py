@@ -32,7 +32,7 @@ from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.corrections import HOUR, Applied, applied, hour_key, hour_keys
-from meterline.adapters.clickhouse.gauges import carried, gauge_rows, read_states, recomputed
+from meterline.adapters.clickhouse.gauges import carried, gauge_rows, latest, read_states, recomputed
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import DIMS, EVENTS, GAUGES, ROLLUPS, SKETCHES, UNIQUES, create
 from meterline.domain.decimals import in_stored_form
@@ -233,7 +233,7 @@ class ClickHouseUsage:
         def points(entries: list[LedgerEntry]) -> list[BucketState]:
             return gauge_points(compiled, entries, lambda dim, v: v in groups.get((meter.key, dim), ()))
 
-        every = carried(self._conn, meter.key, bounds[0], query.subjects) + states
+        every = self._carry(meter, query, bounds[0], progress, fixes) + states
         every += recomputed(interleaved, bucket_size(inner), read_raw, points) + points(corrected)
         ranges = gauge_edge_ranges(query, bounds)
         if ranges:
@@ -242,6 +242,22 @@ class ClickHouseUsage:
         for (subject, group), series in series_of(every).items():
             out.add(subject, group, series)
         return out.rows()
+
+    def _carry(
+        self, meter: Meter, query: MeterQuery, before: int, progress: dict[str, Progress], fixes: Applied
+    ) -> list[BucketState]:
+        """TIME_WEIGHTED_SUM: per series, the last reading before ``before`` that counts — from
+        the stored states, and in the hours corrections touched from the raw events."""
+        hours = {(s, h) for s, h in fixes.hours(meter.spec.event_type, query.subjects) if h < before}
+        stored = carried(self._conn, meter.key, before, query.subjects, hour_keys(hours))
+        if not hours:
+            return stored
+        params = {"chx": hour_keys(hours), "cb": before * 1_000_000}
+        where = f" AND time_us < {{cb:Int64}} AND has({{chx:Array(String)}}, {hour_key('intDiv(time_us, 1000000)')})"
+        raw = [e for stream, e, _ in self._raw(meter, progress, where, params) if fixes.counts(stream, e.seq)]
+        groups, _ = read_dims(self._conn, [meter.key])
+        readings = gauge_points(CompiledMeter(meter), raw, lambda dim, v: v in groups.get((meter.key, dim), ()))
+        return latest(stored + readings)
 
     def _edges(
         self, meter: Meter, query: MeterQuery, ranges: Sequence[tuple[int, int]], progress: dict[str, Progress]
