@@ -1,6 +1,7 @@
-"""``meterline reconcile``: on seeded data with rejects, quarantine, voids, amends and late events
-every difference has a cause; a rollup row edited in the SQLite file is reported as unexplained,
-in the API, the metric and the CLI's exit status."""
+"""``meterline reconcile``, in both modes: on seeded data with rejects, quarantine, voids, amends
+and late events every difference has a cause; a rollup row edited by hand (in the SQLite file, or
+a row inserted into ClickHouse's rollups) is reported as unexplained, in the API, the metric and
+the CLI's exit status."""
 
 from __future__ import annotations
 
@@ -9,20 +10,29 @@ import re
 import sqlite3
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Api, build_api, build_scale_api, start_server
+from conftest import MODES, Api, Server, mode_api, start_server
+from scale_site import Site
 from test_billing_api import calls, ev, get, move_to, ok, post, run, setup_billing, subscribe
 
+from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.schema import ROLLUPS
+from meterline.adapters.postgres.database import PgDatabase
+from meterline.adapters.postgres.meters import PgMeters
+from meterline.config import Config
 
-@pytest.fixture
-def bapi(tmp_path: Path) -> Iterator[Api]:
-    yield from build_api(tmp_path, billing={"scheduler_enabled": False}, reconcile={"interval": None})
+
+@pytest.fixture(params=MODES)
+def bapi(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    yield from mode_api(request, tmp_path, billing={"scheduler_enabled": False}, reconcile={"interval": None})
 
 
 def reconcile(api: Api, **params: str) -> Any:
@@ -33,7 +43,48 @@ def differences(report: dict[str, Any], meter: str = "api_calls") -> list[tuple[
     return [(d["stage"], d["cause"], d["events"]) for d in report["differences"] if d["meter"] == meter]
 
 
-def plant(data_dir: Path, meter: str) -> None:
+def plant(api: Api, meter: str) -> None:
+    """One event more in one quarter hour of the meter's rollups, edited by hand."""
+    if api.config.storage.engine == "scale":
+        plant_clickhouse(api.config, reconcile(api)["namespace"], meter)
+    else:
+        plant_sqlite(api.data_dir, meter)
+
+
+def meter_key(config: Config, namespace: str, slug: str) -> int:
+    db = PgDatabase(config.postgres.dsn)
+    try:
+        return PgMeters(db, lambda: 0).get(namespace, slug).key
+    finally:
+        db.close()
+
+
+def plant_clickhouse(
+    config: Config, namespace: str, meter: str, *, at: int | None = None, count: int = 1, total: int = 0
+) -> None:
+    """Insert into ClickHouse's rollups ``count`` events and ``total`` more in one quarter hour
+    of the meter (the first it has, or the one holding ``at``, epoch seconds), of a subject and
+    group it has there, at every bucket size, as a doubled insert or a bug would."""
+    key = meter_key(config, namespace, meter)
+    conn = Connection(config.clickhouse.url, config.clickhouse.database)
+    try:
+        where = "" if at is None else f" AND bucket = {at - at % 900}"
+        subject, bucket, group_key = conn.rows(
+            f"SELECT subject, bucket, group_key FROM usage_rollups WHERE meter = {{m:UInt64}} AND level = 900{where}"
+            " ORDER BY bucket, subject LIMIT 1",
+            {"m": key},
+        )[0]
+        extra = Decimal(total)
+        rows = [
+            [key, level, subject, bucket - bucket % level, group_key, count, extra, extra, extra, (0, 0, extra)]
+            for level in (60, 900, 3600)
+        ]
+        conn.insert("usage_rollups", ROLLUPS, rows, f"planted:{key}:{bucket}:{count}:{total}")
+    finally:
+        conn.close()
+
+
+def plant_sqlite(data_dir: Path, meter: str) -> None:
     """Edit one quarter hour by hand, in the rollups and in the meter-wide summary kept beside
     them alike: the derived tables now hold an event the ledger does not."""
     conn = sqlite3.connect(data_dir / "meterline.db")
@@ -100,7 +151,7 @@ def test_every_difference_on_seeded_data_has_a_cause(bapi: Api) -> None:
     assert len(run(api)["created"]) == 1  # April's invoice carries the adjustment
     assert ("metered->billed", "late_adjusted", 2) in differences(reconcile(api))
 
-    plant(api.data_dir, "api_calls")
+    plant(api, "api_calls")
     report = reconcile(api)
     assert report["unexplained"] == 1 and report["withinTolerance"] is False
     assert ("accepted->metered", "unexplained", 1) in differences(report)
@@ -179,7 +230,7 @@ def test_cli_reconcile_exits_non_zero_on_a_planted_difference(tmp_path: Path) ->
         assert "voided" in out.stdout and "within tolerance" in out.stdout
     finally:
         server.stop()
-    plant(data, "n")
+    plant_sqlite(data, "n")
     server = start_server(data)
     env["METERLINE_API_KEY"], env["METERLINE_URL"] = server.key, server.url
     try:
@@ -190,7 +241,28 @@ def test_cli_reconcile_exits_non_zero_on_a_planted_difference(tmp_path: Path) ->
         server.stop()
 
 
-def test_scale_mode_answers_not_supported_for_reconciliation(scale_site: Any, tmp_path: Path) -> None:
-    for api in build_scale_api(scale_site, tmp_path):
-        got = api.client.get("/api/v1/reconciliation", headers=api.headers())
-        assert got.status_code == 501 and got.json()["code"] == "not_supported", got.text
+def test_cli_reconcile_at_scale_exits_non_zero_on_a_planted_difference(scale_site: Site, scale_node: Server) -> None:
+    """The CLI against a real scale-mode API node (`meterline serve`) with a sink worker: within
+    tolerance, then beyond it once a row is inserted into ClickHouse's rollups by hand."""
+    namespace = f"n{uuid.uuid4().hex[:10]}"
+    key = scale_site.key(namespace)
+    hour = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:05:00Z")
+    env = {**os.environ, "METERLINE_URL": scale_node.url, "METERLINE_API_KEY": key}
+    cmd = [sys.executable, "-m", "meterline.cli.main", "reconcile", "--grain", "day"]
+    with httpx.Client(base_url=scale_node.url, headers={"Authorization": f"Bearer {key}"}) as c:
+        assert (
+            c.post("/api/v1/meters", json={"slug": "n", "eventType": "job", "aggregation": "COUNT"}).status_code == 201
+        )
+        batch = [
+            {"specversion": "1.0", "id": f"j{i}", "source": "t", "type": "job", "subject": "acme", "time": hour}
+            for i in range(6)
+        ]
+        assert c.post("/api/v1/events", json=batch).status_code == 204
+        assert c.post("/api/v1/events/j0/void", json={"source": "t", "reason": "x"}).status_code == 201
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "voided" in out.stdout and "within tolerance" in out.stdout
+    plant_clickhouse(scale_site.config, namespace, "n")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "unexplained" in out.stdout and "BEYOND TOLERANCE" in out.stdout

@@ -2,7 +2,8 @@
 quantity per meter against what is metered now, the difference explained by events that
 arrived, were amended or were voided after the window was invoiced (adjustments pending), and a
 difference planted in the rollups by hand reported as unexplained: in the API, the metric, the
-tolerance and the CLI's exit status."""
+tolerance and the CLI's exit status; in both modes (the CLI against an embedded server here,
+against a scale-mode node in test_reconcile)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Api, build_api, start_server
+from conftest import MODES, Api, build_api, mode_api, start_server
 from test_billing_api import calls, ev, get, move_to, ok, post, run, setup_billing, subscribe
+from test_reconcile import plant_clickhouse
 
 
-@pytest.fixture
-def bapi(tmp_path: Path) -> Iterator[Api]:
-    yield from build_api(tmp_path, billing={"scheduler_enabled": False}, reconcile={"interval": None})
+@pytest.fixture(params=MODES)
+def bapi(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    yield from mode_api(request, tmp_path, billing={"scheduler_enabled": False}, reconcile={"interval": None})
 
 
 def reconcile(api: Api, **params: str) -> Any:
@@ -39,10 +41,20 @@ def causes(line: dict[str, Any]) -> dict[str, Decimal]:
     return {c["cause"]: Decimal(str(c["quantity"])) for c in line["causes"]}
 
 
-def plant(data_dir: Path, meter: str, subject: str, at: str, extra: int) -> None:
+def plant(api: Api, meter: str, subject: str, at: str, extra: int) -> None:
+    """Add ``extra`` to the meter's total where it holds ``at`` for ``subject``, edited by hand:
+    the derived tables now disagree with the ledger in quantity while their event counts still
+    match it."""
+    if api.config.storage.engine == "scale":
+        t = int(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp())
+        plant_clickhouse(api.config, reconcile(api)["namespace"], meter, at=t, count=0, total=extra)
+    else:
+        plant_sqlite(api.data_dir, meter, subject, at, extra)
+
+
+def plant_sqlite(data_dir: Path, meter: str, subject: str, at: str, extra: int) -> None:
     """Add ``extra`` to the meter's total in every rollup and summary row holding ``at`` for
-    ``subject`` (and meter-wide): the derived tables now disagree with the ledger in quantity
-    while their event counts still match it."""
+    ``subject`` (and meter-wide)."""
     t = int(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp())
     conn = sqlite3.connect(data_dir / "meterline.db")
     with conn:
@@ -99,7 +111,7 @@ def test_billed_quantities_are_explained_and_a_planted_difference_is_not(bapi: A
     line = billed(reconcile(api))
     assert (line["billed"], line["metered"], line["causes"]) == (1700, 1700, [])
 
-    plant(api.data_dir, "api_calls", "acme", "2026-03-01T11:30:00Z", 7)
+    plant(api, "api_calls", "acme", "2026-03-01T11:30:00Z", 7)
     report = reconcile(api)
     line = billed(report)
     assert (line["billed"], line["metered"]) == (1700, 1707)
@@ -129,7 +141,7 @@ def test_cli_reconcile_exits_non_zero_on_an_unexplained_billed_quantity(tmp_path
     cmd = [sys.executable, "-m", "meterline.cli.main", "reconcile", "--from", "2026-03-01", "--to", "2026-03-31"]
     for planted, code in ((False, 0), (True, 1)):
         if planted:
-            plant(data, "api_calls", "acme", "2026-03-01T10:00:00Z", 3)
+            plant_sqlite(data, "api_calls", "acme", "2026-03-01T10:00:00Z", 3)
         server = start_server(data, env=env)
         try:
             out = subprocess.run(

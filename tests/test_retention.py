@@ -167,6 +167,10 @@ def test_an_edited_row_is_never_pruned(api: Api) -> None:
         ),
         ({"retention": {"rollups": "365d"}}, 'rollups are kept "forever"'),
         ({**RETENTION, "reconcile": {"lookback": "P35D"}}, "shorter than reconcile.lookback"),
+        (  # scale mode too: the raw table's TTL removes what the scheduled reconciliation reads
+            {"storage": {"engine": "scale"}, "retention": {"raw_events": "30d"}, "reconcile": {"lookback": "P35D"}},
+            "shorter than reconcile.lookback",
+        ),
         ({"retention": {"raw_events": "soon"}}, "retention.raw_events"),
     ],
 )

@@ -33,7 +33,8 @@ def table(conn: Connection, name: str) -> str:
 
 
 def test_the_raw_table_follows_the_retention_setting(conn: Connection) -> None:
-    config = load_config(None, {"storage": {"engine": "scale"}, "retention": {"raw_events": "30d"}})
+    overrides = {"storage": {"engine": "scale"}, "retention": {"raw_events": "30d"}, "reconcile": {"lookback": "P30D"}}
+    config = load_config(None, overrides)
     seconds = raw_events_us(config)
     assert seconds == 30 * 86_400 * 10**6
     create(conn, 1000, seconds // 10**6)

@@ -282,7 +282,7 @@ def spawn_script(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
 def test_corrections_are_refused_while_raw_events_expire(onesite: Site, tmp_path: Path) -> None:
     """A corrected hour is answered from the raw events: with ``retention.raw_events`` set they
     would expire under it, so corrections answer 501 (and billing cites none)."""
-    for api in build_scale_api(onesite, tmp_path, retention={"raw_events": "P30D"}):
+    for api in build_scale_api(onesite, tmp_path, retention={"raw_events": "P30D"}, reconcile={"lookback": "P30D"}):
         for action in ("void", "amend"):
             body = {"source": "s", "reason": "x", **({"event": EVENTS[0]} if action == "amend" else {})}
             r = api.client.post(f"/api/v1/events/e1/{action}", json=body, headers=api.headers())

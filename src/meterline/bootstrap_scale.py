@@ -14,6 +14,10 @@ An API node of scale mode (``storage.engine = "scale"``) keeps no state of its o
   (``services.queried_usage``): a ClickHouse query, or with ``[redis] counters`` the live usage
   counters the workers feed in Redis, shared by every node (``services.counter_feed``).
 
+- reconciliation counts the raw events the workers applied against the usage tables
+  (ClickHouse) and the dead letters, the quarantine and the invoices (PostgreSQL)
+  (``ScaleReconciliationCounts``).
+
 What scale mode does not offer yet is answered with 501 ``not_supported`` naming the mode, or
 documented as absent (docs/scale.md, "Not offered in scale mode yet").
 """
@@ -56,6 +60,7 @@ from meterline.ports.correction_log import StoredOriginal, StoredOriginals
 from meterline.ports.corrections import Corrected, CorrectionRecord, Corrections
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.meters import UsageReader
+from meterline.ports.reconciliation import BilledWindow, Change, Counted, LedgerCheck
 from meterline.ports.status import StoreStatus
 from meterline.runtime import freshness
 from meterline.runtime.background import Monitor, Ticker
@@ -86,8 +91,10 @@ log = logging.getLogger("meterline.scale")
 if TYPE_CHECKING:
     from meterline.adapters.clickhouse.client import Connection
     from meterline.adapters.clickhouse.reads import ClickHouseEvents, ClickHouseMeterValues, ClickHouseProgress
+    from meterline.adapters.clickhouse.reconciliation import ClickHouseReconciliationCounts
     from meterline.adapters.clickhouse.usage import ClickHouseUsage
     from meterline.adapters.kafka.ledger import KafkaLedger
+    from meterline.adapters.postgres.reconciliation import PgReconciliationCounts
     from meterline.ports.reconciliation import ReconciliationCounts
 
 
@@ -176,10 +183,10 @@ class NotedUsage:
 
     def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
         self.note()
-        self._backfilled(meter)
+        self.backfilled(meter)
         return self._usage.query(meter, query)
 
-    def _backfilled(self, meter: Meter) -> None:
+    def backfilled(self, meter: Meter) -> None:
         """A meter created (or regrouped) after events arrived: wait, as the read's freshness
         asks and at most ``max_wait``, until the workers have folded those events into it;
         then 503 ``meter_backfilling`` (as embedded mode answers), never part of its usage."""
@@ -197,6 +204,51 @@ class NotedUsage:
                     to=to,
                 )
             time.sleep(self._pause)
+
+
+class ScaleReconciliationCounts:
+    """Reconciliation's counts in scale mode (``ports.reconciliation``): the log as the sink
+    workers applied it and the usage tables from ClickHouse, receipts and invoices from
+    PostgreSQL. A count read waits as a usage read does (``NotedUsage``: this node's
+    acknowledged writes applied, new meters' backfills done, at most ``max_wait`` each) and
+    notes the position its snapshot reflects on the request's freshness record."""
+
+    def __init__(self, ch: ClickHouseReconciliationCounts, pg: PgReconciliationCounts, usage: NotedUsage) -> None:
+        self._ch = ch
+        self._pg = pg
+        self._usage = usage
+
+    def counted(
+        self, namespace: str, meters: builtins.list[Meter], start: int, end: int, periods: Sequence[int] = ()
+    ) -> Counted:
+        self._usage.note()
+        for meter in meters:
+            self._usage.backfilled(meter)
+        counted = self._ch.counted(namespace, meters, start, end)
+        record = freshness.current()
+        if record is not None:
+            record.as_of_position, record.as_of_us = counted.position, counted.position_us
+        return counted
+
+    def rejected(self, namespace: str, start: int, end: int) -> dict[tuple[str, str, int], int]:
+        return self._pg.rejected(namespace, start, end)
+
+    def quarantined(self, namespace: str, start: int, end: int) -> dict[tuple[str, int], int]:
+        return self._pg.quarantined(namespace, start, end)
+
+    def ledger_check(
+        self, namespace: str, meters: builtins.list[Meter], start: int, end: int, through: int
+    ) -> LedgerCheck:
+        invoiced = self._pg.invoiced(namespace, start * 1_000_000, end * 1_000_000)
+        return self._ch.ledger_check(namespace, meters, start, end, through, invoiced)
+
+    def billed_changes(
+        self, namespace: str, meters: builtins.list[Meter], windows: builtins.list[BilledWindow], through: int
+    ) -> builtins.list[dict[str, Change]]:
+        return self._ch.billed_changes(namespace, meters, windows, through)
+
+    def namespaces(self) -> builtins.list[str]:
+        return self._pg.namespaces()
 
 
 class NoCorrections:
@@ -357,8 +409,10 @@ def _wire(
     from meterline.adapters.clickhouse.client import Connection
     from meterline.adapters.clickhouse.corrections import ClickHouseCorrectedRanges
     from meterline.adapters.clickhouse.reads import ClickHouseEvents, ClickHouseMeterValues, ClickHouseProgress
+    from meterline.adapters.clickhouse.reconciliation import ClickHouseReconciliationCounts
     from meterline.adapters.clickhouse.usage import ClickHouseUsage
     from meterline.adapters.kafka.ledger import KafkaLedger, ensure_topic
+    from meterline.adapters.postgres.reconciliation import PgReconciliationCounts
 
     pg, ch, k = stores.catalog, config.clickhouse, config.kafka
     ensure_scale_meters(config, pg.meters)
@@ -418,7 +472,8 @@ def _wire(
     )
     status = ScaleStatus([("PostgreSQL", pg.probe), ("ClickHouse", progress.probe), ("Kafka", kafka.probe)], progress)
     ledger = ScaleLedger(kafka, ClickHouseEvents(conn), usage.note)
-    node = ScaleNode(config, clock, monitor, status, catalog, billing, dispatcher, stores, ledger, None, closers)
+    counts = ScaleReconciliationCounts(ClickHouseReconciliationCounts(conn), PgReconciliationCounts(pg.db), usage)
+    node = ScaleNode(config, clock, monitor, status, catalog, billing, dispatcher, stores, ledger, counts, closers)
     node.tickers.append(release)
     node.releaser = releaser
     return node

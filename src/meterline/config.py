@@ -580,9 +580,14 @@ class Config(_Section):
         ch = self.clickhouse.raw_retention
         if ch is not None and ch != raw:
             problems.append("clickhouse.raw_retention differs from retention.raw_events: set only retention.raw_events")
+        if self.reconcile.interval is not None and self.reconcile.lookback > raw:
+            problems.append(
+                f"retention.raw_events ({_days(raw)}) is shorter than reconcile.lookback"
+                f" ({_days(self.reconcile.lookback)}): the scheduled reconciliation reads the raw events of its range"
+            )
         if self.storage.engine == "scale":  # the dedupe store and the rollups never read raw events
             if problems:
-                raise ValueError(problems[0])
+                raise ValueError("; ".join(problems))
             return self
         window = self.ingest.dedupe_window
         if window is None or window > raw:
@@ -597,11 +602,6 @@ class Config(_Section):
                 f"retention.raw_events ({_days(raw)}) needs ingest.late_arrival_window set to at most as"
                 " long (it is " + ("unlimited" if late is None else _days(late)) + "): a late event could"
                 " otherwise land in an hour whose raw events were removed"
-            )
-        if self.reconcile.interval is not None and self.reconcile.lookback > raw:
-            problems.append(
-                f"retention.raw_events ({_days(raw)}) is shorter than reconcile.lookback"
-                f" ({_days(self.reconcile.lookback)}): the scheduled reconciliation reads the raw events of its range"
             )
         if problems:
             raise ValueError("; ".join(problems))

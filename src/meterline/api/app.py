@@ -240,7 +240,7 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     app.state.incidents = incidents
     app.state.retry_after = config.server.retry_after
     app.state.dashboard = board = dashboard.Dashboard(ctx, system)
-    if board.reconciliation is not None and system.counts is not None:  # scale mode: GET answers 501
+    if board.reconciliation is not None and system.counts is not None:  # else GET answers 501
         _reconcile(app, metrics, board.reconciliation, system.counts, config, clock)
     return app
 

@@ -30,7 +30,7 @@ async def reconciliation(call: Call) -> Response:
     span, _ = span_from(QueryParams(params), call.ctx.clock.now_us())
     reconciler: Reconciler | None = getattr(call.request.app.state, "reconciler", None)
     if reconciler is None:
-        raise NotSupported("reconciliation needs the embedded store's counts", mode="scale")
+        raise NotSupported("this store offers no reconciliation counts", mode=call.ctx.config.storage.engine)
     tolerance = parse_int("tolerance", q.get("tolerance"), reconciler.tolerance, 0, 2**31)
     quantity = _quantity_tolerance(q.get("quantityTolerance"), reconciler.quantity_tolerance)
     found = await call.run(reconciler.reconcile, call.namespace, span, tolerance=tolerance, quantity_tolerance=quantity)

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Protocol
 
+from meterline.domain.integrity.reconcile import QUARTER, BilledWindow, Change, Counts
 from meterline.domain.meters.model import Meter
 
-QUARTER = 900
-"""Seconds in one counting bucket."""
-
-
-Counts = dict[tuple[str, int], int]
-"""(event type or meter slug, bucket) -> events."""
+__all__ = ["QUARTER", "BilledWindow", "Change", "Counted", "Counts", "LedgerCheck", "ReconciliationCounts"]
 
 
 @dataclass
@@ -35,7 +30,10 @@ class LedgerCheck:
     ``invoiced`` (in a window finalized before they arrived), ``late_pending`` (arrived, or
     voided, after their window was finalized: an adjustment the next invoice carries),
     ``late_adjusted`` (such an adjustment already made) and ``not_invoiced`` (no finalized
-    window holds them yet)."""
+    window holds them yet). ``in_flight``, per meter slug and bucket: what the rollups may hold
+    beyond the position, from ranges of the log being applied while they were read (scale mode's
+    sink workers insert a range's rollups before they record its end; embedded mode writes both
+    in one transaction, so it has none)."""
 
     accepted: Counts = field(default_factory=dict)
     voided: Counts = field(default_factory=dict)
@@ -45,6 +43,7 @@ class LedgerCheck:
     late_pending: Counts = field(default_factory=dict)
     late_adjusted: Counts = field(default_factory=dict)
     not_invoiced: Counts = field(default_factory=dict)
+    in_flight: Counts = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -52,37 +51,14 @@ class Counted:
     """Counts of one read snapshot (:meth:`ReconciliationCounts.counted`)."""
 
     position: int
-    """Every ledger entry up to here is reflected (the aggregator's live offset)."""
+    """Every ledger entry up to here is reflected (the aggregator's live offset; in scale mode
+    the log records the sink workers applied, over every partition)."""
     position_us: int | None
     """The receipt time of that entry (None at position 0)."""
     accepted: dict[tuple[str, int], int]
     """(event type, bucket) -> ledger events (corrections are not events)."""
     metered: dict[str, dict[int, int]]
     """Meter slug -> bucket -> events its rollups hold (distinct values for UNIQUE_COUNT)."""
-
-
-@dataclass(frozen=True)
-class BilledWindow:
-    """A finalized billing window of one customer: its subjects, its event-time range and
-    when its quantities were last billed (the issue time of the invoice that did)."""
-
-    subjects: tuple[str, ...]
-    start_us: int
-    end_us: int
-    snapshot_us: int
-
-
-@dataclass
-class Change:
-    """What ledger entries received after a billed window's snapshot did to one meter's
-    quantity in it (SUM and COUNT meters; others only count ``entries``)."""
-
-    late: Decimal = Decimal(0)
-    """Events that arrived, or were amended, since: the quantity now minus then."""
-    voided: Decimal = Decimal(0)
-    """Events voided since: minus what they counted then."""
-    entries: int = 0
-    """Keys with a version received since whose version then or now is in the window."""
 
 
 class ReconciliationCounts(Protocol):

@@ -9,7 +9,10 @@ Per namespace, meter and period (event time, cut in the requested zone) it compa
   to another period or type: positive moved out, negative moved in), ``unreadable`` (the meter
   could not read them: a value or group it could not read, a time before its ``eventFrom``),
   or ``unexplained``: the rollups do not hold what a replay of the ledger says they must (for
-  UNIQUE_COUNT meters, counted in distinct values). Only this last one is an error;
+  UNIQUE_COUNT meters, counted in distinct values). Only this last one is an error. In scale
+  mode the rollups may hold a range of the log a sink worker was applying while they were read,
+  beyond the position the report reflects: up to what that range holds, a surplus is
+  ``in_flight`` (not yet applied), not unexplained;
 - **metered -> billed** in quantities and money (``services.reconcile_billed``): every
   finalized window's billed quantity per meter against what is metered for it now, the
   difference split into ``late_adjustment_pending``, ``voided_adjustment_pending`` and
@@ -45,6 +48,7 @@ from meterline.services.reconcile_billed import BilledLine, billed_lines
 from meterline.services.reconciliation import Reconciliation, Report
 
 UNEXPLAINED = "unexplained"
+IN_FLIGHT = "in_flight"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,7 @@ def _explain(out: Reconciled, report: Report, check: LedgerCheck, bounds: list[i
         voided = per.of(check.voided, m.spec.event_type)
         counting = per.of(check.counting, m.spec.event_type)
         expected = per.of(check.expected, m.slug)
+        in_flight = per.of(check.in_flight, m.slug)
         rejected = {r: row for (r, t), row in report.rejected.items() if t == m.spec.event_type}
         held = report.quarantined.get(m.spec.event_type, [0] * n)
         unique = m.spec.aggregation in (Aggregation.UNIQUE_COUNT, Aggregation.APPROX_UNIQUE_COUNT)
@@ -185,7 +190,9 @@ def _explain(out: Reconciled, report: Report, check: LedgerCheck, bounds: list[i
             causes = [("voided", voided[i]), ("amended", moved)]
             if not unique:
                 causes.append(("unreadable", counting[i] - expected[i]))
-            causes.append((UNEXPLAINED, metered[i] - expected[i]))
+            difference = metered[i] - expected[i]
+            flight = min(max(difference, 0), in_flight[i])  # a range being applied as the rollups were read
+            causes += [(IN_FLIGHT, flight), (UNEXPLAINED, difference - flight)]
             _note(out, m.slug, start, "accepted->metered", causes)
             _note(out, m.slug, start, "metered->billed", [(k, v[i]) for k, v in billing.items()])
 

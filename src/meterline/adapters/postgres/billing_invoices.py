@@ -70,8 +70,8 @@ class PgInvoices:
     def billed(self, namespace: str, customer_ids: Collection[str], since_us: int) -> dict[str, builtins.list[Billed]]:
         with self._db.tx() as conn:
             rows = conn.execute(
-                "SELECT b.id, b.customer, b.subscription, b.window_start_us, b.origin, o.number, b.body"
-                " FROM billed_windows b JOIN invoices o ON o.id = b.origin"
+                "SELECT b.id, b.customer, b.subscription, b.window_start_us, b.origin, o.number, b.body, s.issued_us"
+                " FROM billed_windows b JOIN invoices o ON o.id = b.origin JOIN invoices s ON s.id = b.invoice"
                 " WHERE b.namespace = %s AND b.window_end_us > %s AND b.customer = ANY(%s) AND " + _LIVE + ""
                 " ORDER BY b.id",
                 (namespace, since_us, list(customer_ids)),
@@ -276,9 +276,9 @@ def _record(row: tuple[Any, ...]) -> InvoiceRecord:
 
 
 def _billed(row: tuple[Any, ...]) -> Billed:
-    id_, customer, subscription, start_us, origin, number, body = row
+    id_, customer, subscription, start_us, origin, number, body, snapshot_us = row
     window = _window.decode(body)
-    return Billed(id_, customer, subscription, start_us, origin, number, window, window)
+    return Billed(id_, customer, subscription, start_us, origin, number, window, window, int(snapshot_us))
 
 
 def _balances(conn: Connection, namespace: str, customer_id: str) -> builtins.list[tuple[GrantTerms, Decimal]]:

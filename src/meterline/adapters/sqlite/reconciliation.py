@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from meterline.adapters.sqlite.billed_changes import billed_changes
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.replay import stored_offset
-from meterline.domain.meters.evaluate import CompiledMeter
-from meterline.domain.meters.fold import LedgerEntry, Replay
+from meterline.domain.integrity.reconcile import Window, expected, standing
+from meterline.domain.meters.fold import LedgerEntry
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.ports.reconciliation import QUARTER, BilledWindow, Change, Counted, Counts, LedgerCheck
 
@@ -42,8 +42,6 @@ _WINDOWS = (
     " AND b.invoice NOT IN (SELECT invoice FROM invoice_voids) AND b.origin NOT IN (SELECT invoice FROM invoice_voids)"
     " GROUP BY b.subscription, b.window_start_us"
 )
-Window = tuple[int, int, int, int]
-"""(start, end, first finalized, last adjusted) of an invoiced window, in µs."""
 
 
 class SqliteReconciliationCounts:
@@ -165,20 +163,12 @@ def _check(
 
 
 def _expected(conn: sqlite3.Connection, check: LedgerCheck, meters: list[Meter], counting: list[LedgerEntry]) -> None:
-    """Replay the counting versions through the meters as the aggregator does (cap 0: only the
-    group values the rollups admitted) and count what each meter's rollups must hold."""
+    """What each meter's rollups must hold: the counting versions replayed through the meters
+    with only the group values the rollups admitted (``domain.integrity.reconcile.expected``)."""
     admitted: dict[tuple[int, str], set[str]] = {}
     for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
         admitted.setdefault((key, dim), set()).add(value)
-    replay = Replay(0, admitted)
-    replay.apply([CompiledMeter(m) for m in meters], counting)
-    slugs = {m.key: m.slug for m in meters}
-    for states in replay.fold.minutes.values():
-        for (meter, _, _, bucket, _), slot in states.items():
-            _add(check.expected, (slugs[meter], bucket - bucket % QUARTER), slot[0])
-    for meter, level, _, bucket, _, _ in replay.fold.uniques:
-        if level == QUARTER:
-            _add(check.expected, (slugs[meter], bucket))
+    check.expected.update(expected(meters, counting, admitted))
 
 
 def _billing(
@@ -199,21 +189,12 @@ def _billing(
     for m in meters:
         by_type.setdefault(m.spec.event_type, []).append(m.slug)
     for e in counting:
-        where = _standing(windows.get(owner.get(e.subject, ""), ()), e.time_us, e.received_us, counted=True)
+        where = standing(windows.get(owner.get(e.subject, ""), ()), e.time_us, e.received_us, counted=True)
         _add_all(getattr(check, where), by_type.get(e.type, ()), e.time_us)
     for _, subject, time_us, received_us, o_type, o_time in voids:
-        where = _standing(windows.get(owner.get(subject, ""), ()), time_us, received_us, counted=False)
+        where = standing(windows.get(owner.get(subject, ""), ()), time_us, received_us, counted=False)
         if where:
             _add_all(getattr(check, where), by_type.get(o_type, ()), o_time)
-
-
-def _standing(windows: Iterable[Window], time_us: int, received_us: int, *, counted: bool) -> str:
-    for a, b, first, last in windows:
-        if a <= time_us < b:
-            if received_us <= first:
-                return "invoiced" if counted else ""
-            return "late_adjusted" if received_us <= last else "late_pending"
-    return "not_invoiced" if counted else ""
 
 
 def _add_all(into: Counts, slugs: Iterable[str], time_us: int) -> None:

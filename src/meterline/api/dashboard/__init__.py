@@ -44,7 +44,8 @@ class Dashboard:
         self.reconciliation = (
             None if system.counts is None else Reconciliation(system.counts, self.insights, b.invoices)
         )
-        """None when the store offers no reconciliation counts (scale mode: the view is a 501)."""
+        """None when the store offers no reconciliation counts (the view is a 501); both storage
+        modes offer them."""
 
 
 ROUTES: list[BaseRoute] = [

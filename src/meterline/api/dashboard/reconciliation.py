@@ -19,7 +19,7 @@ from meterline.services.reconciliation import Reconciliation
 async def reconciliation(v: View) -> Response:
     service: Reconciliation | None = v.request.app.state.dashboard.reconciliation
     if service is None:
-        raise NotSupported("the reconciliation view counts the embedded ledger", mode=v.ctx.config.storage.engine)
+        raise NotSupported("this store offers no reconciliation counts", mode=v.ctx.config.storage.engine)
     params = dict(v.request.query_params)
     params.setdefault("grain", "month")
     span, filters = span_from(QueryParams(params), v.ctx.clock.now_us())
