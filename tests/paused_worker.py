@@ -5,6 +5,7 @@ SIGCONT; everything else is the real worker process.
 usage: python paused_worker.py CONFIG POINT MARKS
   POINT  before-intent: after the batch's checks, before its range is recorded
          before-insert: after the range is recorded and the fence checked, before any insert
+         before-done: after every insert (raw events, rollups), before the range is recorded done
   MARKS  a directory: ``paused`` is written just before the stop, ``result`` with what the
          paused batch's ``SinkStore.write`` answered once it returns
 """
@@ -46,6 +47,15 @@ def main() -> None:
             return write_progress(self, p, epoch)
 
         ProgressTable.write = progress  # type: ignore[method-assign]
+    elif point == "before-done":
+        write_done = ProgressTable.write
+
+        def finishing(self: ProgressTable, p: Progress, epoch: int = 0) -> Progress:
+            if not p.stream.startswith("backfill:") and p.pending_end == 0 and p.done > 0:
+                pause()
+            return write_done(self, p, epoch)
+
+        ProgressTable.write = finishing  # type: ignore[method-assign]
     elif point == "before-insert":
         insert = Connection.insert
 

@@ -60,19 +60,28 @@ def meter_key(config: Config, namespace: str, slug: str) -> int:
 
 
 def plant_clickhouse(
-    config: Config, namespace: str, meter: str, *, at: int | None = None, count: int = 1, total: int = 0
+    config: Config,
+    namespace: str,
+    meter: str,
+    *,
+    at: int | None = None,
+    subject: str = "",
+    count: int = 1,
+    total: int = 0,
 ) -> None:
     """Insert into ClickHouse's rollups ``count`` events and ``total`` more in one quarter hour
-    of the meter (the first it has, or the one holding ``at``, epoch seconds), of a subject and
-    group it has there, at every bucket size, as a doubled insert or a bug would."""
+    of the meter (the first it has, or the one holding ``at``, epoch seconds), of a subject
+    (``subject`` if given) and group it has there, at every bucket size, as a doubled insert or
+    a bug would."""
     key = meter_key(config, namespace, meter)
     conn = Connection(config.clickhouse.url, config.clickhouse.database)
     try:
         where = "" if at is None else f" AND bucket = {at - at % 900}"
+        where += " AND subject = {s:String}" if subject else ""
         subject, bucket, group_key = conn.rows(
             f"SELECT subject, bucket, group_key FROM usage_rollups WHERE meter = {{m:UInt64}} AND level = 900{where}"
             " ORDER BY bucket, subject LIMIT 1",
-            {"m": key},
+            {"m": key, "s": subject},
         )[0]
         extra = Decimal(total)
         rows = [
