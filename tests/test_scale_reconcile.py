@@ -3,8 +3,9 @@ stopped after inserting a batch's raw events and rollups, before recording the b
 leaves rollups ahead of the position the report reflects — explained as ``in_flight``, never
 unexplained — and events acknowledged while it is stopped count at no stage; once it goes on,
 every stage matches. A row planted by hand in a corrected hour (one the queries answer from the
-raw events) is still found. The seeded cases (rejects, quarantine, voids, amends, late events
-after finalization) run in both modes in test_reconcile and test_reconcile_billed."""
+raw events) is still found, by the scheduled job (its metric) and by the API. The seeded cases
+(rejects, quarantine, voids, amends, late events after finalization) run in both modes in
+test_reconcile and test_reconcile_billed."""
 
 from __future__ import annotations
 
@@ -46,6 +47,13 @@ def reconcile(api: Api, **params: str) -> Any:
     return ok(get(api, "/api/v1/reconciliation", **{**day, **params}))
 
 
+UNEXPLAINED = "meterline_reconciliation_unexplained_events 1.0"
+
+
+def metric_shows(api: Api, text: str) -> Callable[[], bool]:
+    return lambda: text in api.client.get("/metrics").text
+
+
 def lines_become(api: Api, want: tuple[int, int, int, int]) -> Callable[[], bool]:
     return lambda: line(reconcile(api)) == want
 
@@ -74,7 +82,7 @@ def test_a_batch_in_flight_is_explained_and_events_not_applied_are_not_counted(
         )
     s.processes.append(worker)
     try:
-        for api in build_scale_api(s, tmp_path, reconcile={"interval": None}):
+        for api in build_scale_api(s, tmp_path, reconcile={"interval": "PT0.5S"}):  # the scheduled job too
             assert api.create_meter(slug="n", eventType="job", aggregation="COUNT").status_code == 201
             assert api.post_events(jobs(range(5))).status_code == 204
             wait_until(lambda: (marks / "paused").exists() and stopped(worker.pid), "the worker to stop", s)
@@ -99,6 +107,7 @@ def test_a_batch_in_flight_is_explained_and_events_not_applied_are_not_counted(
             # 10:00-11:00 of c1 is now a corrected hour, answered from the raw events: a row
             # planted there is still compared with the ledger
             plant_clickhouse(s.config, reconcile(api)["namespace"], "n", at=1_772_359_260, subject="c1")
+            wait_until(metric_shows(api, UNEXPLAINED), "the scheduled job to find it", s)
             report = reconcile(api)
             assert report["unexplained"] == 1 and report["withinTolerance"] is False
             assert ("accepted->metered", "unexplained", 1) in differences(report, "n")
