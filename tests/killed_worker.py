@@ -1,11 +1,13 @@
 """``meterline worker`` that kills itself (SIGKILL) at one chosen instant of the first batch
-that holds a correction entry, for the corrections crash tests; everything else is the real
-worker process.
+that holds a correction entry (for the corrections crash tests), or of its first batch (for
+the hash chain's); everything else is the real worker process.
 
 usage: python killed_worker.py CONFIG POINT
   POINT  before-insert: the batch's range is recorded and the fence checked, nothing inserted
          after-corrections: its raw events and applied corrections inserted, no rollups
          before-done: everything inserted, the new position not recorded
+         before-chain: (first batch) raw events inserted, not the batch's chain link
+         after-chain: (first batch) the chain link inserted, the new position not recorded
 """
 
 from __future__ import annotations
@@ -46,7 +48,11 @@ def main() -> None:
         rows = args[1] if len(args) > 1 else kwargs.get("rows", [])
         if table == "events" and point == "before-insert" and any(r[-1] for r in rows):
             die()  # the raw row of a correction entry carries the seq it supersedes last
+        if table == "ledger_chain" and point == "before-chain":
+            die()
         insert(self, table, *args, **kwargs)
+        if table == "ledger_chain" and point == "after-chain":
+            die()
         if table == "usage_corrections" and state["correcting"] and rows:
             die()
 
@@ -63,7 +69,7 @@ def main() -> None:
     Connection.insert = inserting  # type: ignore[method-assign]
     sink.correction_rows = rows_noting  # type: ignore[assignment]
     sink.write_usage = usage  # type: ignore[assignment]
-    if point not in ("before-insert", "after-corrections", "before-done"):
+    if point not in ("before-insert", "after-corrections", "before-done", "before-chain", "after-chain"):
         raise SystemExit(f"unknown point {point!r}")
     config = load_config(Path(config_path))
     setup_logging(config.log.level, config.log.format)

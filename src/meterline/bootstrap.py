@@ -43,7 +43,7 @@ from meterline.ports.billing_usage import PeriodUsage
 from meterline.ports.dedupe import DedupeStore
 from meterline.ports.deliveries import DeliveryStore
 from meterline.ports.identity import IdentityProvider
-from meterline.ports.integrity import ChainSource
+from meterline.ports.integrity import ChainSource, PartitionChainSource
 from meterline.ports.ledger import Ledger, LedgerReader
 from meterline.ports.live_usage import UsageCounters
 from meterline.ports.meters import UsageReader
@@ -330,6 +330,33 @@ def usage_counters(config: Config, closers: list[Callable[[], None]]) -> UsageCo
     closers.append(client.close)
     counters: UsageCounters = module.RedisUsageCounters(client, f"{config.redis.key_prefix}{config.kafka.topic}:")
     return counters
+
+
+@contextmanager
+def open_partition_chain(config: Config, clock: Clock | None = None) -> Iterator[PartitionChainSource]:
+    """Scale mode's hash chains (one per log partition) as ClickHouse holds them, for ``verify``
+    (safe while workers run: nothing past each partition's applied position is read)."""
+    for driver in ("clickhouse_connect",):
+        import_extra(driver, "scale")
+    from meterline.adapters.clickhouse.chain import ClickHouseChain
+    from meterline.adapters.clickhouse.client import Connection
+    from meterline.adapters.clickhouse.schema import statements
+
+    ch = config.clickhouse
+    retention = raw_events_us(config)
+    seconds = None if retention is None else retention // 1_000_000
+    conn = Connection(ch.url, ch.database, user=ch.user, password=ch.password)
+    try:
+        for sql in statements(ch.dedupe_window, seconds):  # tables missing before the chain existed
+            conn.command(sql)
+    except BaseException:
+        conn.close()
+        raise
+    source = ClickHouseChain(conn, seconds, (clock or SystemClock()).now_us())
+    try:
+        yield source
+    finally:
+        source.close()
 
 
 def rebuild_store(config: Config, *, check: bool) -> RebuildReport:

@@ -6,15 +6,19 @@ read transaction). ``rows`` recomputes each entry's content digest from what is 
 entries removed by retention come back as their kept digest (``content`` None), erased ones
 with the digest kept from before the erasure. A scale store implements the same reads over its
 own ledger (see ``docs/integrity.md``).
+
+A partitioned log (scale mode) has one chain per partition, a link per applied batch
+(``domain.integrity.batches``): ``PartitionChainSource`` reads those links and the raw rows.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from meterline.domain.integrity.batches import Link, StoredEntry
 from meterline.domain.integrity.chain import ChainRow, Head
 
-__all__ = ["ChainRow", "ChainSource", "Head"]
+__all__ = ["ChainRow", "ChainSource", "Head", "Link", "PartitionChainSource", "StoredEntry"]
 
 
 class ChainSource(Protocol):
@@ -33,6 +37,37 @@ class ChainSource(Protocol):
 
     def rows(self, after: int, limit: int) -> list[ChainRow]:
         """Up to ``limit`` positions after ``after``, in sequence order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class PartitionChainSource(Protocol):
+    """The chains of a partitioned log: per partition (a stream), its links and raw rows. A
+    store without one snapshot answers consistently as long as the caller reads nothing past
+    the positions :meth:`applied` gave (what is applied there no longer changes)."""
+
+    def ledger_id(self) -> str: ...
+
+    def applied(self) -> dict[str, int]:
+        """Every partition and the seq up to which its batches are applied (and linked)."""
+        ...
+
+    def links(self, stream: str, after: int, limit: int) -> list[Link]:
+        """Up to ``limit`` links of ``stream`` starting at or after ``after``, by start."""
+        ...
+
+    def entries(self, stream: str, after: int, end: int, limit: int) -> list[StoredEntry]:
+        """The raw rows of ``stream`` with ``after < seq <= end``, by seq, about ``limit`` (a
+        seq stored twice is never split between two calls)."""
+        ...
+
+    def erased_gone(self, stream: str, after: int, end: int) -> frozenset[int]:
+        """Seqs in ``(after, end]`` whose rows an erasure deleted."""
+        ...
+
+    def pruned_before_us(self) -> int | None:
+        """Rows received before this may have been removed by retention (None: no retention)."""
         ...
 
     def close(self) -> None: ...

@@ -13,15 +13,23 @@ Signatures are Ed25519 (the ``cryptography`` package, extra ``sign``): keys are 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from meterline.domain.errors import InvalidInput
 from meterline.domain.integrity.chain import Break, Head, Walk, walk
-from meterline.domain.integrity.heads import HeadDocument, Signature, document, signed_message
+from meterline.domain.integrity.heads import (
+    AnyHeadDocument,
+    HeadDocument,
+    PartitionHeadsDocument,
+    Signature,
+    document,
+    signed_message,
+)
 from meterline.ports.integrity import ChainSource
 from meterline.runtime.extras import import_extra
 
 CHUNK = 20_000
+D = TypeVar("D", HeadDocument, PartitionHeadsDocument)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +117,18 @@ def export_head(source: ChainSource, exported_at: str, private_key_pem: bytes | 
     if report.problem is not None:
         raise InvalidInput(f"the ledger does not verify: {report.problem.message}", code="chain_broken")
     doc = document(source.ledger_id(), report.head, exported_at)
-    if private_key_pem is None:
-        return doc
+    return doc if private_key_pem is None else sign(doc, private_key_pem)
+
+
+def sign(doc: D, private_key_pem: bytes) -> D:
+    """``doc`` with an Ed25519 signature over ``heads.signed_message`` by the PEM key."""
     key = _private_key(private_key_pem)
     value = key.sign(signed_message(doc)).hex()
-    return HeadDocument(**{**_fields(doc), "signature": Signature("ed25519", _raw_public(key.public_key()), value)})
+    signature = Signature("ed25519", _raw_public(key.public_key()), value)
+    return type(doc)(**{**_fields(doc), "signature": signature})
 
 
-def check_signature(doc: HeadDocument, public_key_pem: bytes | None) -> str | None:
+def check_signature(doc: AnyHeadDocument, public_key_pem: bytes | None) -> str | None:
     """Check a head document's signature: against ``public_key_pem`` when given (a document
     without a signature is then refused), else against the key it names. Returns the public key
     (hex) that signed it, None for an unsigned document without a key to check."""
@@ -141,7 +153,7 @@ def check_signature(doc: HeadDocument, public_key_pem: bytes | None) -> str | No
     return named
 
 
-def _fields(doc: HeadDocument) -> dict[str, Any]:
+def _fields(doc: AnyHeadDocument) -> dict[str, Any]:
     return {f: getattr(doc, f) for f in doc.__struct_fields__}
 
 

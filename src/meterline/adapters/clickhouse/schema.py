@@ -23,6 +23,11 @@
 - ``usage_gauges``: TIME_WEIGHTED_SUM states per bucket, one row per batch (a MergeTree: two
   batches' states join only in time order, so queries join them, ``.gauges``);
 - ``usage_dims``: the group values and subjects each meter has seen (the cardinality cap);
+- ``ledger_chain``: the hash chain of each partition, one link per applied batch with its
+  entries' seqs, content digests and receipt times (``domain.integrity.batches``; no TTL: a
+  link outlives the raw rows retention removes, which then verify as pruned);
+  ``ledger_erased``: the content digest of each raw row an erasure rewrote (empty: deleted);
+  ``ledger_meta``: the ledger's random id (named in exported chain heads);
 - ``usage_progress``: per consumed stream (the live offset, a meter's backfill, a Kafka
   partition) how far it is applied, the range being applied, and the receipt time of the
   newest event applied (what API nodes state their answers' freshness from); a
@@ -56,6 +61,10 @@ DIMS = [("meter", "UInt64"), ("dim", "String"), ("value", "String"), ("is_subjec
 CORRECTIONS = [("namespace", "String"), ("stream", "String"), ("seq", "UInt64"), ("corrects", "UInt64"),
                ("void", "UInt8"), ("type", "String"), ("subject", "String"), ("time_us", "Int64"),
                ("was_type", "String"), ("was_subject", "String"), ("was_time_us", "Int64")]  # fmt: skip
+CHAIN = [("stream", "String"), ("start", "UInt64"), ("end", "UInt64"), ("prev", "String"), ("hash", "String"),
+         ("seqs", "Array(UInt64)"), ("digests", "Array(String)"), ("received", "Array(Int64)")]  # fmt: skip
+ERASED = [("stream", "String"), ("seq", "UInt64"), ("content", "String"), ("erasure", "String"),
+          ("erased_us", "Int64")]  # fmt: skip
 PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pending_end", "UInt64"),
             ("pending_meters", "Array(UInt64)"), ("version", "UInt64"), ("applied_us", "Int64")]  # fmt: skip
 
@@ -101,6 +110,15 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
             stream String, done UInt64, to UInt64, pending_end UInt64, pending_meters Array(UInt64),
             version UInt64, applied_us Int64 DEFAULT 0
         ) ENGINE = ReplacingMergeTree(version) ORDER BY stream""",
+        f"""CREATE TABLE IF NOT EXISTS ledger_chain (
+            stream String, start UInt64, end UInt64, prev String, hash String,
+            seqs Array(UInt64), digests Array(String), received Array(Int64)
+        ) ENGINE = MergeTree ORDER BY (stream, start) {dedupe}""",
+        """CREATE TABLE IF NOT EXISTS ledger_erased (
+            stream String, seq UInt64, content String, erasure String, erased_us Int64
+        ) ENGINE = ReplacingMergeTree ORDER BY (stream, seq)""",
+        f"""CREATE TABLE IF NOT EXISTS ledger_meta (key String, value String, at_us Int64)
+        ENGINE = ReplacingMergeTree ORDER BY key {dedupe}""",
         # databases created before the columns existed
         "ALTER TABLE usage_progress ADD COLUMN IF NOT EXISTS applied_us Int64 DEFAULT 0",
         "ALTER TABLE events ADD COLUMN IF NOT EXISTS corrects UInt64 DEFAULT 0",

@@ -13,8 +13,9 @@ log partitions, exactly once, by the protocol of :mod:`.progress` (one stream pe
    ``backfill:<meter>:<partition>`` over ``(0, to]``: ``to`` is where this range starts, or
    where it ends when a crash left it recorded without that meter (the range is then redone
    for its recorded meters only);
-5. raw events, applied corrections (:mod:`.corrections`), rollup states, UNIQUE_COUNT values
-   and new group values / subjects are inserted,
+5. raw events, applied corrections (:mod:`.corrections`), the batch's link of the partition's
+   hash chain (:mod:`.chain`), rollup states, UNIQUE_COUNT values and new group values /
+   subjects are inserted,
    each under the token ``<topic>:<partition>:<start>-<end>:<table>`` (a batch repeated after a
    crash is the same range, so the same tokens: ClickHouse drops what had landed);
 6. the new position is recorded, with the receipt time of the newest event applied.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from meterline.adapters.clickhouse.chain import ChainLinks
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.corrections import correction_rows, insert_corrections
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
@@ -71,6 +73,7 @@ class ClickHouseSink:
         self._fence = fence
         self._progress = ProgressTable(conn)
         create(conn, dedupe_window, raw_retention_seconds)
+        self._chain = ChainLinks(conn)
 
     def positions(self, streams: Sequence[str]) -> dict[str, Position]:
         stored = self._progress.read()
@@ -107,6 +110,7 @@ class ClickHouseSink:
         self._start_backfills(stream, epoch, p, meters, stored)
         self._conn.insert("events", EVENTS, raw_rows(entries, stream), p.token("events"))
         insert_corrections(self._conn, correction_rows(self._conn, stream, entries), p.token("corrections"))
+        self._chain.link(stream, start, end, entries, p.token("chain"))
         write_usage(self._conn, replay, set(p.pending_meters), p)
         applied = max((e.received_us for e in entries), default=p.applied_us)
         self._progress.write(Progress(stream, end, 0, 0, (), p.version, max(applied, p.applied_us)), epoch)
