@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,17 @@ def test_a_known_locale_is_accepted_in_its_canonical_form(tmp_path: Path) -> Non
     )
     assert r.returncode == 0, r.stderr
     assert '"locale": "de_CH"' in r.stdout
+
+
+def test_an_empty_reconcile_interval_turns_the_scheduled_run_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TOML has no null: an empty interval (in the file or the environment) means never, as the
+    example config says; in scale mode that keeps the job on one API node of many."""
+    path = tmp_path / "c.toml"
+    path.write_text('[reconcile]\ninterval = ""\n')
+    assert load_config(path).reconcile.interval is None
+    monkeypatch.setenv("METERLINE_RECONCILE__INTERVAL", "")
+    assert load_config(None).reconcile.interval is None
+    monkeypatch.setenv("METERLINE_RECONCILE__INTERVAL", "PT5M")
+    assert load_config(None).reconcile.interval == timedelta(minutes=5)

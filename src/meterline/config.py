@@ -462,10 +462,17 @@ class ReconcileConfig(_Section):
     """Unexplained quantity one meter of one finalized billing window may have (billed against
     metered now) before a reconciliation fails; beyond it, as beyond ``tolerance``."""
     interval: Duration | None = timedelta(hours=1)
-    """How often the server reconciles every namespace by itself (None: never); the total of
+    """How often the server reconciles every namespace by itself (empty or None: never); the total of
     unexplained events it found is the ``meterline_reconciliation_unexplained_events`` metric."""
     lookback: timedelta = Field(timedelta(days=35), gt=timedelta(0), le=timedelta(days=400))
     """The days (UTC) the scheduled reconciliation covers, up to now. It reads the ledger of that range."""
+
+    @field_validator("interval", mode="before")
+    @classmethod
+    def _never(cls, value: object) -> object:
+        """An empty value (TOML has no null; ``METERLINE_RECONCILE__INTERVAL=`` in the
+        environment) turns the scheduled run off: in scale mode, on all but one API node."""
+        return None if value == "" else value
 
 
 class KafkaConfig(_Section):
