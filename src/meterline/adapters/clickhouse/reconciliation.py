@@ -20,6 +20,9 @@ add (:meth:`counted`). In the ledger, a key's versions are its original and the 
 entries that supersede it in the same stream; only the last correction of a version counts.
 
 **Backfills** of new meters are waited for by the caller, as usage reads wait for them.
+
+**Memory.** The ledger replay reads the range a day of event time at a time and folds it as it
+goes; the correction entries of the namespace (few) are read whole.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +59,8 @@ _US = 1_000_000
 _KEPT = 64
 """Snapshots remembered for :meth:`ClickHouseReconciliationCounts.ledger_check`."""
 _ATTEMPTS = 3
+SLICE = 86_400
+"""Seconds of event time the ledger replay reads at once."""
 _COLUMNS = "stream, seq, namespace, source, type, subject, time_us, received_us, raw, corrects"
 Row = tuple[str, LedgerEntry]
 """A raw event with its stream; ``LedgerEntry.correction`` is the seq it supersedes."""
@@ -121,35 +126,32 @@ class ClickHouseReconciliationCounts:
         self, namespace: str, meters: Sequence[Meter], start: int, end: int, through: int, invoiced: Invoiced
     ) -> LedgerCheck:
         """The raw events of ``[start, end)`` up to the snapshot of ``through``: accepted,
-        voided, counting, expected, where billing stands, and what the ranges in flight add."""
+        voided, counting, expected, where billing stands, and what the ranges in flight add.
+        Read a slice of event time at a time (:data:`SLICE`) and folded as it goes, so memory
+        holds one slice's raw events and the fold's per-bucket states, never the whole range."""
         snap = self.snapshot(through)
         check = LedgerCheck()
         chains = _Chains(self._corrections(namespace, snap))
-        rows = self._rows(namespace, snap, (start * _US, end * _US))
-        counting = []
-        for stream, e in rows:
-            if not e.correction:
-                add_count(check.accepted, (e.type, quarter(e.time_us)))
-            if chains.counts(stream, e):
-                add_count(check.counting, (e.type, quarter(e.time_us)))
-                counting.append(e._replace(correction=0))
-        admitted, _ = read_dims(self._conn, [m.key for m in meters])
-        check.expected.update(expected(meters, counting, admitted))
+        roots = {(s, chains.root(s, void.seq)): (s, void) for s, void in chains.voids()}
         by_type: dict[str, list[str]] = {}
         for m in meters:
             by_type.setdefault(m.spec.event_type, []).append(m.slug)
-        for e in counting:
-            where = standing(invoiced.of(e.subject), e.time_us, e.received_us, counted=True)
-            _add_all(getattr(check, where), by_type.get(e.type, ()), e.time_us)
-        originals = {(s, e.seq): e for s, e in rows if not e.correction}
-        for stream, void in chains.voids():
-            root = originals.get((stream, chains.root(stream, void.seq)))
-            if root is None:
-                continue  # its original is outside the range
-            add_count(check.voided, (root.type, quarter(root.time_us)))
-            where = standing(invoiced.of(void.subject), void.time_us, void.received_us, counted=False)
-            if where:
-                _add_all(getattr(check, where), by_type.get(root.type, ()), root.time_us)
+
+        def counting() -> Iterator[LedgerEntry]:
+            for a in range(start, end, SLICE):
+                for stream, e in self._rows(namespace, snap, (a * _US, min(a + SLICE, end) * _US)):
+                    if not e.correction:
+                        add_count(check.accepted, (e.type, quarter(e.time_us)))
+                        if (stream, e.seq) in roots:
+                            _voided(check, by_type, invoiced, e, roots[(stream, e.seq)][1])
+                    if chains.counts(stream, e):
+                        add_count(check.counting, (e.type, quarter(e.time_us)))
+                        where = standing(invoiced.of(e.subject), e.time_us, e.received_us, counted=True)
+                        _add_all(getattr(check, where), by_type.get(e.type, ()), e.time_us)
+                        yield e._replace(correction=0)
+
+        admitted, _ = read_dims(self._conn, [m.key for m in meters])
+        check.expected.update(expected(meters, counting(), admitted))
         check.in_flight.update(expected(meters, self._in_flight(namespace, snap, start, end), admitted))
         return check
 
@@ -386,6 +388,17 @@ def _entries(rows: Iterable[tuple[Any, ...]]) -> list[Row]:
 
 def _version(e: LedgerEntry, action: str) -> Version:
     return Version(e.seq, e.source, e.type, e.subject, e.time_us, e.raw, e.received_us, action)
+
+
+def _voided(
+    check: LedgerCheck, by_type: dict[str, list[str]], invoiced: Invoiced, root: LedgerEntry, void: LedgerEntry
+) -> None:
+    """A void of a key whose original is ``root``: counted in the original's bucket, and where
+    the void stands with billing (an adjustment pending or made, when its window was billed)."""
+    add_count(check.voided, (root.type, quarter(root.time_us)))
+    where = standing(invoiced.of(void.subject), void.time_us, void.received_us, counted=False)
+    if where:
+        _add_all(getattr(check, where), by_type.get(root.type, ()), root.time_us)
 
 
 def _add_all(into: Counts, slugs: Iterable[str], time_us: int) -> None:
