@@ -191,6 +191,23 @@ def test_a_removed_last_link_is_seen(chained: Chained, copy: Connection) -> None
     assert f"partition 1 offset {start}: offsets {start} to {end - 1} are applied but in no chain link" in done.stderr
 
 
+def test_a_second_link_from_one_offset_is_a_fork(chained: Chained, copy: Connection) -> None:
+    """A well-formed link (its hash covers what it lists) over part of the first batch, added
+    beside the real one: two chains from offset 0."""
+    stream = row_of(copy, 0, 0)[0]
+    sql = "SELECT seqs, digests, received FROM ledger_chain WHERE stream = {s:String} AND start = 0"
+    seqs, digests, received = copy.rows(sql, {"s": stream})[0]
+    half = len(seqs) // 2
+    end = seqs[half - 1]
+    listed = [bytes.fromhex(d) for d in digests[:half]]
+    hash_ = batch_link(GENESIS, stream, 0, end, seqs[:half], received[:half], listed)
+    row = [stream, 0, end, GENESIS.hex(), hash_.hex(), seqs[:half], digests[:half], received[:half]]
+    copy.insert("ledger_chain", CHAIN, [row], "by-hand:fork")
+    done = verify(chained.site, "--skip-rollups", database=copy.database)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "partition 0 offset 0: two chain links cover offsets from 0 (a fork)" in done.stderr
+
+
 def test_an_exported_head_holds_after_appends(chained: Chained, tmp_path: Path) -> None:
     head = tmp_path / "heads.json"
     exported = verify(chained.site, "--skip-rollups", "--export-head", str(head))

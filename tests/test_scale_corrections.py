@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 from test_billing_api import calls, setup_billing
 from test_billing_api import ev as bev
 from test_corrections import entitle, expected, usage_now
+from test_scale_chain import verify
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.api.app import create_app
@@ -260,6 +261,14 @@ def test_a_worker_killed_while_applying_a_correction_applies_it_once(onesite: Si
         assert [v["action"] for v in history(api, "e4")["history"]] == ["ingest", "amend", "amend"]
     report = rebuild_scale(config, check=True)  # the rollups are still a fold of the log's events
     assert report.identical, report.details
+    verified = verify(s, "--skip-rollups")  # corrections are linked into the chain like any entry, once
+    assert verified.returncode == 0 and "10 entries walked" in verified.stdout, verified.stdout + verified.stderr
+    seq = conn.rows("SELECT max(seq) FROM events WHERE corrects != 0")[0][0]
+    edit = "ALTER TABLE events UPDATE corrects = corrects + 1 WHERE seq = {q:UInt64} SETTINGS mutations_sync = 2"
+    conn.command(edit, {"q": seq})  # the last correction now names another version by hand
+    edited = verify(s, "--skip-rollups")
+    assert edited.returncode == 1, edited.stdout + edited.stderr
+    assert f"partition 0 offset {seq - 1} (event " in edited.stderr and "does not match the chain" in edited.stderr
     conn.close()
 
 

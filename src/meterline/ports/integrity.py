@@ -54,7 +54,8 @@ class PartitionChainSource(Protocol):
         ...
 
     def links(self, stream: str, after: int, limit: int) -> list[Link]:
-        """Up to ``limit`` links of ``stream`` starting at or after ``after``, by start."""
+        """About ``limit`` links of ``stream`` starting at or after ``after``, by start (links
+        from one start are never split between two calls)."""
         ...
 
     def entries(self, stream: str, after: int, end: int, limit: int) -> list[StoredEntry]:

@@ -97,7 +97,7 @@ class ClickHouseChain:
     def links(self, stream: str, after: int, limit: int) -> list[Link]:
         rows = self._conn.rows(
             "SELECT DISTINCT stream, start, end, prev, hash, seqs, digests, received FROM ledger_chain"
-            " WHERE stream = {s:String} AND start >= {a:UInt64} ORDER BY start, end, hash LIMIT {n:UInt32}",
+            " WHERE stream = {s:String} AND start >= {a:UInt64} ORDER BY start LIMIT {n:UInt32} WITH TIES",
             {"s": stream, "a": after, "n": limit},
         )
         return [_link(r) for r in rows]
