@@ -1,7 +1,9 @@
-"""Alert rules in scale mode, fired by the sink workers after each applied batch: every
-threshold reached fires exactly once, also when a worker dies between writing a batch and
-evaluating the rules, and when workers are killed with SIGKILL mid-load; the fired events are
-delivered to a real webhook receiver by the API node's dispatcher."""
+"""Alert rules in scale mode, fired by the sink workers after each applied batch with
+OpenMeter's rule (the highest threshold past fires, again only after another one fired): each
+alert fires exactly once, also when a worker dies between writing a batch and evaluating the
+rules, and when workers are killed with SIGKILL mid-load; a grant lowering the percentage used
+fires the lower threshold with the next batch; the fired events are delivered to a real
+webhook receiver by the API node's dispatcher."""
 
 from __future__ import annotations
 
@@ -171,11 +173,27 @@ def written(worker: Worker) -> bool:
     return worker.sink.stats.events > 0
 
 
+def series(s: Site) -> dict[str, list[str]]:
+    """Every recorded alert's key per customer, in the order they fired."""
+    db = PgDatabase(s.config.postgres.dsn)
+    try:
+        with db.tx() as conn:
+            rows = conn.execute(
+                "SELECT customer, threshold FROM notification_events ORDER BY created_us, id"
+            ).fetchall()
+    finally:
+        db.close()
+    out: dict[str, list[str]] = {}
+    for c, t in rows:
+        out.setdefault(str(c), []).append(str(t))
+    return out
+
+
 def test_a_worker_dying_between_its_write_and_the_rules_fires_each_threshold_once(
     alert_site: Site, node: Node, receiver: Receiver
 ) -> None:
     catalog(node, receiver, ["acme"])
-    node.ingest([ev("e1", "acme", 30), ev("e2", "acme-eu", 30), ev("e3", "acme", 30)])  # 90: 50%, 80% and 90
+    node.ingest([ev("e1", "acme", 30), ev("e2", "acme-eu", 30), ev("e3", "acme", 30)])  # 90: past 50% and 80%
 
     first = open_worker(alert_site.config)
     first.sink.followers = [DiesBeforeRules(f) for f in first.sink.followers]
@@ -186,17 +204,19 @@ def test_a_worker_dying_between_its_write_and_the_rules_fires_each_threshold_onc
 
     second = open_worker(alert_site.config)  # takes the partitions over: the rules see the batch first
     try:
-        step_until(second, lambda: len(fired(alert_site)) == 3, "the missed alerts")
+        step_until(second, lambda: len(fired(alert_site)) == 1, "the missed alert")
+        assert fired(alert_site) == [("acme", "PERCENT:80")]  # as OpenMeter: the highest threshold past
         events = second.sink.stats.events
-        node.ingest([ev("e1", "acme", 30), ev("e4", "acme", 5)])  # a retried event, then 95: nothing new
+        node.ingest([ev("e1", "acme", 30)])  # a retried event: nothing new
+        node.ingest([ev("e4", "acme", 5)])  # 95: above NUMBER 90
         step_until(second, lambda: second.sink.stats.events == events + 1, "the second batch")
-        assert len(fired(alert_site)) == 3
+        step_until(second, lambda: len(fired(alert_site)) == 2, "the NUMBER 90 alert")
         node.ingest([ev("e5", "acme-eu", 10)])  # 105: 100%
-        step_until(second, lambda: len(fired(alert_site)) == 4, "the 100% alert")
+        step_until(second, lambda: len(fired(alert_site)) == 3, "the 100% alert")
     finally:
         second.close()
-    expected = [("acme", "NUMBER:90"), ("acme", "PERCENT:100"), ("acme", "PERCENT:50"), ("acme", "PERCENT:80")]
-    assert fired(alert_site) == expected
+    expected = {"acme": ["PERCENT:80", "NUMBER:90#1", "PERCENT:100#2"]}  # each after another: its place
+    assert series(alert_site) == expected
 
     handled = progress(alert_site)
     assert handled > 0
@@ -206,16 +226,22 @@ def test_a_worker_dying_between_its_write_and_the_rules_fires_each_threshold_onc
         step_until(third, lambda: progress(alert_site) == handled, "the rules to see every range again")
     finally:
         third.close()
-    assert fired(alert_site) == expected
+    assert series(alert_site) == expected
 
-    wait_for(lambda: len(receiver.delivered) == 4, "the webhooks")  # the API node's dispatcher sends them
-    assert receiver.kinds() == ["NUMBER:90", "PERCENT:100", "PERCENT:50", "PERCENT:80"]
+    wait_for(lambda: len(receiver.delivered) == 3, "the webhooks")  # the API node's dispatcher sends them
+    assert receiver.kinds() == ["NUMBER:90", "PERCENT:100", "PERCENT:80"]
     assert receiver.bad_signatures == 0
 
 
-def test_workers_killed_mid_load_fire_every_threshold_exactly_once(
+LEVELS = {"PERCENT:50": 50, "PERCENT:80": 80, "NUMBER:90": 90, "PERCENT:100": 100}
+
+
+def test_workers_killed_mid_load_fire_each_threshold_at_most_once_and_the_last_one(
     alert_site: Site, node: Node, receiver: Receiver
 ) -> None:
+    """Which thresholds an evaluation sees depends on how the batches fall (OpenMeter fires the
+    highest one past at each snapshot); with usage only growing, each fires at most once, in
+    rising order, and the last one (100%) always does."""
     customers = [f"c{i}" for i in range(6)]
     catalog(node, receiver, customers)
     workers = [alert_site.worker(), alert_site.worker()]
@@ -235,12 +261,54 @@ def test_workers_killed_mid_load_fire_every_threshold_exactly_once(
             victim.wait()
         if round_ in (5, 8):  # ... and start it again
             workers[0 if round_ == 5 else 1] = alert_site.worker()
-    expected = sorted((c, t) for c in customers for t in ("NUMBER:90", "PERCENT:100", "PERCENT:50", "PERCENT:80"))
-    wait_for(lambda: len(fired(alert_site)) >= len(expected), "every threshold")
-    assert fired(alert_site) == expected
-    wait_for(lambda: len(receiver.delivered) == len(expected), "the webhooks")
-    assert receiver.kinds() == sorted(t for _, t in expected)
+
+    def done() -> bool:
+        found = series(alert_site)
+        return all(found.get(c, [""])[-1].partition("#")[0] == "PERCENT:100" for c in customers)
+
+    wait_for(done, "every customer's 100% alert")
+    found = series(alert_site)
+    for c in customers:
+        levels = [LEVELS[k.partition("#")[0]] for k in found[c]]
+        assert levels == sorted(set(levels)) and levels[-1] == 100, found[c]
+    total = sum(len(keys) for keys in found.values())
+    wait_for(lambda: len(receiver.delivered) == total, "the webhooks")
     assert all(len(bodies) == 1 for bodies in receiver.delivered.values())
+
+
+def test_a_grant_lowering_the_percentage_used_fires_the_lower_threshold_and_the_higher_again(
+    alert_site: Site, node: Node, receiver: Receiver
+) -> None:
+    """OpenMeter's rule in scale mode: with the customer's next batch after a grant, the
+    highest threshold past (now a lower one) fires, and the higher one fires again when usage
+    reaches it; the payload carries the value the API answers."""
+    catalog(node, receiver, ["acme"])
+    worker = open_worker(alert_site.config)
+    try:
+        node.ingest([ev("e1", "acme", 85)])
+        step_until(worker, lambda: len(fired(alert_site)) == 1, "the 80% alert")
+        now = datetime.now(UTC).replace(second=0, microsecond=0).isoformat().replace("+00:00", "Z")
+        node.post(
+            "/api/v1/subjects/acme/entitlements/tokens/grants",
+            {"amount": 20, "effectiveAt": now, "expiration": {"duration": "DAY", "count": 30}, "priority": 1},
+        )
+        node.ingest([ev("e2", "acme", 1)])  # 86 of 120: past 50% (60), not 80% (96)
+        step_until(worker, lambda: len(fired(alert_site)) == 2, "the 50% alert")
+        node.ingest([ev("e3", "acme-eu", 11)])  # 97: past 96
+        step_until(worker, lambda: len(fired(alert_site)) == 3, "the 80% alert again")
+    finally:
+        worker.close()
+    assert series(alert_site) == {"acme": ["PERCENT:80", "PERCENT:50#1", "PERCENT:80#2"]}
+    wait_for(lambda: len(receiver.delivered) == 3, "the webhooks")
+    last = max((bodies[0] for bodies in receiver.delivered.values()), key=lambda b: b["data"]["value"]["usage"])
+    r = node.client.get(
+        "/api/v1/customers/acme/entitlements/tokens/value", headers={"Authorization": f"Bearer {node.key}"}
+    )
+    assert r.status_code == 200, r.text
+    keys = ("hasAccess", "usage", "balance", "overage", "totalAvailableGrantAmount")
+    assert {k: last["data"]["value"][k] for k in keys} == {k: r.json()[k] for k in keys}
+    assert (last["data"]["value"]["usage"], last["data"]["value"]["totalAvailableGrantAmount"]) == (97, 120)
+    assert last["data"]["threshold"] == {"type": "PERCENT", "value": 80}
 
 
 def test_spike_rules_fire_once_per_hour_from_the_workers(alert_site: Site, node: Node, receiver: Receiver) -> None:

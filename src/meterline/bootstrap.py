@@ -139,7 +139,7 @@ def attach_counting(backend: EmbeddedBackend, clock: Clock, *, baseline_days: in
     history = History(counters, backend.usage, clock, lambda: db.fresh())
     counters.rollups = history.usage
     notes = backend.notifications
-    alerts = AlertEvaluator(host, counters, notes, notes, history, clock, baseline_days=baseline_days)
+    alerts = AlertEvaluator(host, counters, notes, notes, notes, history, clock, baseline_days=baseline_days)
     notes.changed = followups.guarded(ALERT_RULES, alerts.reload, alerts.reload)
     return Counting(counters, history, alerts)
 

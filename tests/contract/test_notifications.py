@@ -89,6 +89,22 @@ def test_an_alert_fires_once_per_rule_customer_key_and_period(notifications: Any
     assert err.value.code == "notification_event_not_found"
 
 
+def test_series_lists_the_keys_of_one_rule_customer_feature_and_period_oldest_first(notifications: Any) -> None:
+    n = notifications
+    n.put_channel(_channel("c1"))
+    r1, r2 = _rule("r1", ["c1"]), _rule("r2", ["c1"])
+    _fire(n, r1, key="PERCENT:80", at=T + 1)
+    _fire(n, r1, key="PERCENT:50#1", at=T + 2)
+    _fire(n, r1, key="PERCENT:80#2", at=T + 3)
+    _fire(n, r1, key="PERCENT:80", at=T + 4, period=1)  # another period
+    _fire(n, r1, "globex", key="PERCENT:90", at=T + 5)  # another customer
+    _fire(n, r2, key="PERCENT:70", at=T + 6)  # another rule
+    assert n.series(NS, "r1", "acme", "api", 0) == ["PERCENT:80", "PERCENT:50#1", "PERCENT:80#2"]
+    assert n.series(NS, "r1", "acme", "api", 1) == ["PERCENT:80"]
+    assert n.series(NS, "r1", "acme", "other", 0) == []
+    assert n.series("other", "r1", "acme", "api", 0) == []
+
+
 def test_events_filter_and_page_newest_first(notifications: Any) -> None:
     n = notifications
     n.put_channel(_channel("c1"))

@@ -81,7 +81,7 @@ def event_json(view: EventView) -> dict[str, Any]:
         "type": payload.get("type"),
         "createdAt": rfc3339(e.created_us),
         "rule": rule_json(view.rule),
-        "threshold": e.threshold,
+        "threshold": e.threshold.partition("#")[0],  # a repeat's place in its series stays internal
         "periodStart": rfc3339(e.period_start_us),
         "deliveryStatus": [
             {

@@ -105,6 +105,12 @@ class EventLog(Protocol):
         ``payload`` makes the body from the new event's id."""
         ...
 
+    def series(
+        self, namespace: str, rule_id: str, customer: str, feature: str, period_start_us: int
+    ) -> builtins.list[str]:
+        """The keys fired for (rule, customer, feature, period), oldest first."""
+        ...
+
     def events(
         self, namespace: str, f: EventFilter, *, limit: int, offset: int
     ) -> tuple[int, builtins.list[FiredEvent]]:

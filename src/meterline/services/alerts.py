@@ -1,11 +1,20 @@
 """When alerts fire.
 
-Threshold and projection rules are evaluated inside the aggregator's transaction, from the
-live counters' change hook: they return the fired alerts as data (``ports.stream.Firing``),
-and the usage store writes them with their queued deliveries in the transaction that commits
-the usage that crossed the threshold and the aggregator's offset (so a crash cannot lose or
-duplicate an alert); the unique key (rule, customer, feature, threshold, period) makes it fire
-once per period, across retries and restarts. After the commit the dispatcher is woken.
+Threshold and projection rules are evaluated inside the aggregator's transaction: the live
+counters' change hook names the entitlements whose usage moved (or whose definition, grants or
+last reset changed), and ``prepare`` evaluates them just before COMMIT. The value is the credit
+engine's (``services.entitlement_balances``), as ``GET .../value`` answers it, with the usage
+read through the transaction (never through the read barriers, which wait for this very
+thread). The fired alerts are returned as data (``ports.stream.Firing``) and the usage store
+writes them with their queued deliveries in the transaction that commits the usage that
+triggered them and the aggregator's offset (so a crash cannot lose or duplicate an alert); the
+unique key (rule, customer, feature, key, period) makes each fire once, across retries and
+restarts. After the commit the dispatcher is woken.
+
+Which thresholds fire is OpenMeter's rule (``domain.alerts.rules.fires``): the active ones that
+differ from the last of their kind fired for the rule, entitlement and period. Those keys are
+read once from the event log and then kept here (a key fired in a transaction is added after
+its COMMIT).
 
 Spike/drop rules compare whole hours, so a scanner evaluates them once per hour from the
 rollups.
@@ -16,28 +25,44 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Sequence
 from decimal import Decimal
+from functools import partial
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from ulid import ULID
 
 from meterline.domain.alerts.payload import alert_payload
-from meterline.domain.alerts.rules import PROJECTED_RULE, Rule, Threshold, fires, hour_anomaly, level
+from meterline.domain.alerts.rules import (
+    PROJECTED_RULE,
+    THRESHOLD_RULE,
+    Rule,
+    Threshold,
+    fires,
+    headroom,
+    hour_anomaly,
+)
 from meterline.domain.clock import Clock
-from meterline.domain.decimals import EXACT
-from meterline.domain.entitlements.value import Value, grant_total, metered_value
+from meterline.domain.entitlements.value import Value
 from meterline.domain.meters.query import MeterQuery
 from meterline.domain.meters.windows import WindowSize
 from meterline.domain.notify.channels import Channel
 from meterline.ports.counters import StreamHost
-from meterline.ports.notifications import ChannelRepository, RuleRepository
+from meterline.ports.notifications import ChannelRepository, EventLog, RuleRepository
 from meterline.ports.stream import Committed, Firing, UsageQueries
 from meterline.runtime.background import Monitor, Ticker
-from meterline.services.counters import History, Live, LiveCounters, State
+from meterline.services.counters import History, Live, LiveCounters, State, span_usage
+from meterline.services.entitlement_balances import StartCache
 
 log = logging.getLogger("meterline.alerts")
 HOUR_US = 3_600_000_000
-_ZERO = Decimal(0)
+_EVALUATED = (THRESHOLD_RULE, PROJECTED_RULE)
+_REMEMBERED = 100_000
+Series = tuple[str, str, str, str, int]
+"""(namespace, rule, customer, feature, period start): the events one rule fires for one
+entitlement in one period."""
+Settled = tuple[int, object, Decimal, Decimal | None, int]
+"""(period start, the counter's engine, usage, headroom, until): evaluated at that usage,
+nothing changes below the headroom while the engine and its grants' activity stay."""
 
 
 class AlertEvaluator:
@@ -47,6 +72,7 @@ class AlertEvaluator:
         counters: LiveCounters,
         rules: RuleRepository,
         channels: ChannelRepository,
+        events: EventLog,
         history: History,
         clock: Clock,
         *,
@@ -58,15 +84,20 @@ class AlertEvaluator:
         self._counters = counters
         self._rule_repo = rules
         self._channel_repo = channels
+        self._events = events
         self._history = history
         self._clock = clock
         self._baseline_days = baseline_days
         self._rules: dict[str, list[Rule]] = {}
         self._channels: dict[str, Channel] = {}
         self._fired = False
+        self._valued = False
         self._projecting: set[str] = set()
-        self._next: dict[str, tuple[int, Decimal, Decimal | None]] = {}
-        self._level_cache: dict[tuple[str, Decimal], dict[str, Decimal]] = {}
+        self._pending: dict[str, tuple[Live, State, int]] = {}
+        self._settled: dict[str, Settled] = {}
+        self._settling: dict[str, Settled] = {}
+        self._series: dict[Series, list[str]] = {}
+        self._staged: dict[Series, list[str]] = {}
         self.wake: Callable[[], None] = lambda: None
         counters.on_change.append(self.on_change)
         host.subscribe(self)
@@ -82,8 +113,8 @@ class AlertEvaluator:
             channels |= {c.id: c for c in self._channel_repo.channels(namespace)}
         self._rules, self._channels = rules, channels
         self._projecting = {ns for ns, rs in rules.items() if any(r.spec.type == PROJECTED_RULE for r in rs)}
-        self._next = {}
-        self._level_cache = {}
+        self._settled = {}
+        self._series = {}
 
     # -- in the aggregator's transaction ---------------------------------------------------
 
@@ -93,73 +124,77 @@ class AlertEvaluator:
     def recount(self, recomputed: Collection[tuple[int, str]]) -> None:  # the counters re-read them
         pass
 
-    def prepare(self, usage: UsageQueries) -> list[Firing]:  # fires from the counters' hook
-        return []
-
     def on_change(self, changes: list[tuple[Live, Decimal, State]], now: int) -> list[Firing]:
-        """Fire what each counter's move crossed. Fast path: each entitlement remembers the
-        lowest threshold level above its usage (for its period and allowance), so usage that
-        stays below it costs one comparison, however many rules there are."""
-        rules_of, cache, projecting = self._rules, self._next, self._projecting
-        firings: list[Firing] = []
-        for live, before, state in changes:
+        """Note the counters to evaluate in :meth:`prepare`. Fast path: an entitlement evaluated
+        before remembers the usage up to which nothing can change (the lowest threshold not
+        reached yet, while its grants stay as they were), so usage below it costs a comparison."""
+        rules_of, settled, projecting = self._rules, self._settled, self._projecting
+        for live, _, state in changes:
             ent = live.ent
-            rules = rules_of.get(ent.namespace)
-            if not rules:
+            if ent.namespace not in rules_of:
                 continue
-            start, after = state[1], state[3]
-            allowance = ent.spec.issue_after_reset or _ZERO
-            if live.grants:
-                assert state[0] is not None
-                allowance = EXACT.add(allowance, grant_total(live.grants, state[0], now))
-            cached = cache.get(ent.id)
+            known = settled.get(ent.id)
+            after = state[3]
             if (
-                cached is not None
-                and cached[0] == start
-                and cached[1] == allowance
-                and (cached[2] is None or after < cached[2])
+                known is not None
+                and known[0] == state[1]
+                and known[1] is live.engine
+                and now < known[4]
+                and known[2] <= after
+                and (known[3] is None or after < known[3])
                 and ent.namespace not in projecting
             ):
                 continue
-            self._evaluate(firings, rules, live, before, state, allowance, now)
+            self._pending[ent.id] = (live, state, now)
+        return []
+
+    def prepare(self, usage: UsageQueries) -> list[Firing]:
+        """Evaluate the noted entitlements, with their usage read through the transaction."""
+        if not self._pending:
+            return []
+        pending, self._pending = self._pending, {}
+        firings: list[Firing] = []
+        for live, state, now in pending.values():
+            self._evaluate(firings, live, state, usage, now)
         if firings:
             self._fired = True
         return firings
 
-    def _evaluate(
-        self,
-        out: list[Firing],
-        rules: list[Rule],
-        live: Live,
-        before: Decimal,
-        state: State,
-        allowance: Decimal,
-        now: int,
-    ) -> None:
+    def _evaluate(self, out: list[Firing], live: Live, state: State, usage: UsageQueries, now: int) -> None:
         ent = live.ent
-        period, start, end, after = state
+        period, start = state[0], state[1]
         assert period is not None
-        value = metered_value(ent, after, EXACT.subtract(allowance, ent.spec.issue_after_reset or _ZERO), period, now)
-        levels = self._levels(ent.namespace, allowance)
-        hit = {key for key, at in levels.items() if before < at <= after}
+        rules = [r for r in self._rules.get(ent.namespace, ()) if r.spec.type in _EVALUATED]
+        rules = [r for r in rules if r.covers(ent.feature_id, ent.feature_key)]
+        if not rules:
+            self._settling[ent.id] = (start, live.engine, state[3], None, period.end_us)
+            return
+        self._valued = True
+        burndown = live.burndown(self._counters.starts)
+        value = burndown.value(now, lambda a, b: span_usage(usage, live, a, b), live_usage=state[3], period=period)
         for rule in rules:
-            if rule.covers(ent.feature_id, ent.feature_key):
-                due = fires(rule, lambda t: t.key in hit, value.projected_usage, allowance, (start, end), now)
-                out.extend(self._firing(rule, live, key, start, value, t, now) for key, t in due)
-        upcoming = [at for at in levels.values() if at > after]
-        self._next[ent.id] = (start, allowance, min(upcoming) if upcoming else None)
+            series = (ent.namespace, rule.id, ent.customer_key, ent.feature_key, start)
+            for key, t in fires(rule, value, now, partial(self._keys, series)):
+                self._staged.setdefault(series, list(self._keys(series))).append(key)
+                out.append(self._firing(rule, live, key, start, value, t, now))
+        thresholds = [t for r in rules for t in r.spec.thresholds]
+        assert value.usage is not None and value.allowance is not None
+        until = burndown.steady_until(now, period.end_us)
+        if until is not None:
+            hi = headroom(thresholds, value.usage, value.balance or Decimal(0), value.allowance)
+            self._settling[ent.id] = (start, live.engine, state[3], hi, until)
 
-    def _levels(self, namespace: str, allowance: Decimal) -> dict[str, Decimal]:
-        """The usage level of every distinct threshold of the namespace's rules at ``allowance``
-        (cached: entitlements of one plan share their allowance, rules often share thresholds)."""
-        cached = self._level_cache.get((namespace, allowance))
-        if cached is None:
-            thresholds = {t.key: t for r in self._rules.get(namespace, ()) for t in r.spec.thresholds}
-            cached = {k: at for k, t in thresholds.items() if (at := level(t, allowance)) is not None}
-            if len(self._level_cache) > 10_000:
-                self._level_cache.clear()
-            self._level_cache[(namespace, allowance)] = cached
-        return cached
+    def _keys(self, series: Series) -> list[str]:
+        """The keys fired in ``series`` (oldest first), this transaction's included."""
+        staged = self._staged.get(series)
+        if staged is not None:
+            return staged
+        known = self._series.get(series)
+        if known is None:
+            if len(self._series) >= _REMEMBERED:
+                self._series.clear()
+            known = self._series[series] = self._events.series(*series)
+        return known
 
     def _firing(
         self,
@@ -192,13 +227,27 @@ class AlertEvaluator:
         )
 
     def after_commit(self) -> None:
+        self._series.update(self._staged)
+        if len(self._settled) >= _REMEMBERED:
+            self._settled.clear()
+        self._settled.update(self._settling)
+        self._staged.clear()
+        self._settling.clear()
+        self._valued = False
         if self._fired:
             self._fired = False
             self.wake()
 
     def rolled_back(self) -> None:
+        """Forget what this transaction evaluated: its usage, its keys and the period starts
+        the engine read through it no longer exist."""
         self._fired = False
-        self._next.clear()  # levels remembered from usage that no longer exists
+        self._pending.clear()
+        self._staged.clear()
+        self._settling.clear()
+        if self._valued:
+            self._valued = False
+            self._counters.starts = StartCache()
 
     # -- hourly spike/drop scan -------------------------------------------------------------
 

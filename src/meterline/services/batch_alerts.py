@@ -7,22 +7,22 @@ look at the usage it produced. So here:
 1. after a batch is durably applied (``SinkStore.write`` returned), the worker hands its
    counted events to :meth:`BatchAlerts.follow`;
 2. for every customer whose subjects appear in them, in a namespace with threshold or
-   projection rules, each metered entitlement a rule covers is read as the API reads it: the
-   current period's usage from the usage store (which now holds the batch), the allowance from
-   the catalog;
-3. every threshold whose level the usage has reached (above zero) fires, and a projection rule
-   whose projection is over the allowance; ``EventLog.fire`` records each with its queued
-   webhook deliveries once per (rule, customer, feature, threshold, period): a unique key in
-   PostgreSQL, so any number of workers, and the same range handled twice, fire it once;
+   projection rules, each metered entitlement a rule covers is valued as the API values it
+   (``GET .../value``: the credit engine over the catalog's grants and the usage store, which
+   now holds the batch);
+3. the rules decide on that value as in embedded mode (``domain.alerts.rules.fires``,
+   OpenMeter's rule: the active thresholds that differ from the last of their kind fired for
+   the rule, entitlement and period, read from the event log), and a projection rule whose
+   projection is over ``totalAvailableGrantAmount``; ``EventLog.fire`` records each with its
+   queued webhook deliveries under a unique key in PostgreSQL, so any number of workers, and
+   the same range handled twice, fire it once;
 4. the range's end is recorded as handled (``FollowerProgress``).
 
 A worker killed between 1 and 4 leaves the range unrecorded; whoever takes the stream over
 hands it here again before anything else (``services.sink``), and step 3 fires what was
-missed and nothing twice. Because the evaluation compares the usage *level* with each
-threshold rather than the batch's before/after, it cannot miss a crossing however batches of
-several partitions interleave; the one difference from embedded mode: a threshold already
-passed when its rule was created fires with the customer's next usage (embedded mode fires
-only on a crossing it sees).
+missed and nothing twice: the decision depends on the value and on the events fired, not on
+the batch's before/after, so it cannot miss a threshold however batches of several
+partitions interleave.
 
 Spike/drop rules compare whole hours, so they are not evaluated per batch: each worker runs
 :meth:`BatchAlerts.scan_anomalies` once per hour (``AnomalyScanner``, at the first poll at least
@@ -41,22 +41,13 @@ import dataclasses
 import logging
 from collections.abc import Collection, Sequence
 from decimal import Decimal
+from functools import partial
 
 from meterline.domain.alerts.payload import alert_payload
-from meterline.domain.alerts.rules import (
-    HOUR_US,
-    PROJECTED_RULE,
-    THRESHOLD_RULE,
-    Rule,
-    Threshold,
-    fires,
-    hour_anomaly,
-    level,
-)
+from meterline.domain.alerts.rules import HOUR_US, PROJECTED_RULE, THRESHOLD_RULE, Rule, Threshold, fires, hour_anomaly
 from meterline.domain.clock import Clock
 from meterline.domain.customers.model import Customer
-from meterline.domain.decimals import EXACT
-from meterline.domain.entitlements.value import ZERO, Value, grant_total, metered_value
+from meterline.domain.entitlements.value import Value
 from meterline.domain.errors import NotFound
 from meterline.domain.meters.fold import LedgerEntry
 from meterline.domain.meters.query import MeterQuery
@@ -66,7 +57,7 @@ from meterline.ports.entitlements import EntitlementRepository
 from meterline.ports.meters import UsageReader
 from meterline.ports.notifications import ChannelRepository, EventLog, RuleRepository
 from meterline.ports.sink import FollowerProgress
-from meterline.services.counters import Live, read_usage
+from meterline.services.counters import Live
 from meterline.services.queried_usage import QueriedEntitlementUsage
 
 log = logging.getLogger("meterline.alerts")
@@ -150,22 +141,14 @@ class BatchAlerts:
 
     def _evaluate(self, live: Live, rules: Sequence[Rule], channels: Collection[str]) -> int:
         ent, now = live.ent, self._clock.now_us()
-        period = live.period_at(now)
-        usage = read_usage(self._usage, live, period)
-        issued = ent.spec.issue_after_reset or ZERO
-        granted = grant_total(live.grants, period, now) if live.grants else ZERO
-        allowance = EXACT.add(issued, granted)
-        value = metered_value(ent, usage, granted, period, now)
-
-        def reached(t: Threshold) -> bool:  # usage is at or above its level (firing is once per period)
-            at = level(t, allowance)
-            return at is not None and ZERO < at <= usage
-
-        bounds = (period.start_us, period.end_us)
+        value = self._counting.value_of(live, now)
+        assert value.period is not None
+        start = value.period.start_us
         fired = 0
         for rule in rules:
-            for key, t in fires(rule, reached, value.projected_usage, allowance, bounds, now):
-                fired += self._fire(rule, live, key, period.start_us, value, t, now, channels)
+            series = (ent.namespace, rule.id, ent.customer_key, ent.feature_key, start)
+            for key, t in fires(rule, value, now, partial(self._events.series, *series)):
+                fired += self._fire(rule, live, key, start, value, t, now, channels)
         return fired
 
     def scan_anomalies(self) -> int:

@@ -131,6 +131,9 @@ class LiveCounters:
         self._next: dict[str, State] = {}
         self._touched: set[str] = set()
         self._recount: set[str] = set()
+        self._redefined: set[str] = set()
+        """Counters whose entitlement, grants or last reset changed: reported to the change
+        hooks even when their usage did not move (a grant changes the balance)."""
         self.stale: Callable[[], bool] = lambda: False
         """Whether the index missed a committed change (set by the backend's follow-ups)."""
         self.heal: Callable[[], bool] = lambda: True
@@ -190,7 +193,7 @@ class LiveCounters:
             state = (period, start, end, new)
             nxt[eid] = state
             before = old[3] if old[0] is not None and old[1] == start and old[2] == end else ZERO
-            if new != before:
+            if new != before or eid in self._redefined:
                 changes.append((live, before, state))
         firings: list[Firing] = []
         if changes:
@@ -212,6 +215,7 @@ class LiveCounters:
         self._rolls.clear()
         self._touched.clear()
         self._recount.clear()
+        self._redefined.clear()
 
     def _read(self, usage: UsageQueries, live: Live, period: Period) -> Decimal:
         return read_usage(usage, live, period)
@@ -249,6 +253,9 @@ class LiveCounters:
                 live.state = previous.state
             else:
                 self._touched.add(ent.id)
+            if old and (previous is None or previous.ent != live.ent or previous.grants != live.grants):
+                self._touched.add(ent.id)
+                self._redefined.add(ent.id)
             index.live[ent.id] = live
             for s in live.subjects:
                 index.by_reading.setdefault((live.meter.key, s), []).append(live)
@@ -272,6 +279,7 @@ class LiveCounters:
             for s in live.subjects:
                 index.by_reading.setdefault((live.meter.key, s), []).append(live)
             self._touched.add(ent.id)
+            self._redefined.add(ent.id)
 
     def customer_added(self, namespace: str, key: str, subjects: tuple[str, ...]) -> None:
         """A new customer (no entitlements yet): only the key/subject lookup changes."""

@@ -233,6 +233,15 @@ class Burndown:
         i = bisect_right(self._events, start_us)
         return i == len(self._events) or self._events[i] > until_us
 
+    def steady_until(self, t_us: int, end_us: int) -> int | None:
+        """Until when values after ``t_us`` come from the grants active at ``t_us`` alone (no
+        grant starts, ends or recurs before then, a minute to spare; at most ``end_us``), or
+        None with recurring grants."""
+        if self._recurring:
+            return None
+        i = bisect_right(self._events, t_us - t_us % MINUTE_US)
+        return end_us if i == len(self._events) else min(end_us, self._events[i] - MINUTE_US)
+
     def _one_segment(self, snap: Snapshot, used: Decimal) -> tuple[Decimal, Decimal, Decimal]:
         """(balance, overage, what the grants covered) of one segment from ``snap``: the engine's
         burn of ``used`` plus the overage so far, summed (grants missing from ``snap`` start

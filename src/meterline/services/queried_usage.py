@@ -81,11 +81,13 @@ class QueriedEntitlementUsage:
         live = self.live(ent, customer)
         if live is None:  # metered on a meter that no longer exists
             return ent, Value(False)
-        now = self._clock.now_us()
-        period = live.period_at(now)
-        usage = read_usage(self._usage, live, period)
-        value = live.burndown(self._starts).value(now, self._rollups(live), live_usage=usage, project=project)
-        return ent, value
+        return ent, self.value_of(live, self._clock.now_us(), project=project)
+
+    def value_of(self, live: Live, now_us: int, *, project: bool = True) -> Value:
+        """A metered entitlement's value at ``now_us``: the credit engine over its grants, with
+        the current period's usage from one query."""
+        usage = read_usage(self._usage, live, live.period_at(now_us))
+        return live.burndown(self._starts).value(now_us, self._rollups(live), live_usage=usage, project=project)
 
     def period_at(self, ent: Entitlement, t_us: int) -> Period | None:
         live = self._live_of(ent)

@@ -94,6 +94,17 @@ class MemoryNotifications:
             self._events[event_id] = _Event(namespace, fired, unique, due)
             return event_id
 
+    def series(
+        self, namespace: str, rule_id: str, customer: str, feature: str, period_start_us: int
+    ) -> builtins.list[str]:
+        with self._lock:
+            found = [
+                e.event
+                for e in self._events.values()
+                if e.namespace == namespace and e.key == (rule_id, customer, feature, e.key[3], period_start_us)
+            ]
+        return [e.threshold for e in sorted(found, key=lambda e: (e.created_us, e.id))]
+
     def events(
         self, namespace: str, f: EventFilter, *, limit: int, offset: int
     ) -> tuple[int, builtins.list[FiredEvent]]:

@@ -144,6 +144,17 @@ class PgNotifications:
                 )
         return event_id
 
+    def series(
+        self, namespace: str, rule_id: str, customer: str, feature: str, period_start_us: int
+    ) -> builtins.list[str]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                "SELECT threshold FROM notification_events WHERE rule = %s AND customer = %s AND feature = %s"
+                " AND period_start = %s AND namespace = %s ORDER BY created_us, id",
+                (rule_id, customer, feature, period_start_us, namespace),
+            ).fetchall()
+        return [key for (key,) in rows]
+
     def events(
         self, namespace: str, f: EventFilter, *, limit: int, offset: int
     ) -> tuple[int, builtins.list[FiredEvent]]:

@@ -124,6 +124,16 @@ class SqliteNotifications:
             )
         )
 
+    def series(
+        self, namespace: str, rule_id: str, customer: str, feature: str, period_start_us: int
+    ) -> builtins.list[str]:
+        rows = self._db.reader().execute(
+            "SELECT threshold FROM notification_events WHERE rule = ? AND customer = ? AND feature = ?"
+            " AND period_start = ? AND namespace = ? ORDER BY created_us, id",
+            (rule_id, customer, feature, period_start_us, namespace),
+        )
+        return [key for (key,) in rows]
+
     def events(
         self, namespace: str, f: EventFilter, *, limit: int, offset: int
     ) -> tuple[int, builtins.list[FiredEvent]]:

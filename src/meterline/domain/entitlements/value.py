@@ -6,20 +6,16 @@ A metered entitlement's balance, overage and grant total come from the credit en
     hasAccess = unlimited or soft limit (overage allowed) or balance > 0
 
 "Would N more units be allowed?" is ``N <= balance`` for a hard limit (``balance > 0`` for 0).
-
-``grant_total`` and ``metered_value`` are the simple sum of the grants active at an instant,
-which the usage alerts still use to place their thresholds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Context, Decimal
 
 import msgspec
 
 from meterline.domain.decimals import EXACT
-from meterline.domain.entitlements.model import Entitlement, Grant
+from meterline.domain.entitlements.model import Entitlement
 from meterline.domain.periods import Period
 
 ZERO = Decimal(0)
@@ -51,45 +47,6 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     allowed: bool
     denial: str | None
     value: Value
-
-
-def grant_total(grants: Sequence[Grant], period: Period, now_us: int) -> Decimal:
-    """Sum of the grants that add to ``period``'s allowance at ``now_us``."""
-    total = ZERO
-    for g in grants:
-        if g.voided_us is not None and g.voided_us <= now_us:
-            continue
-        if g.expires_us is not None and g.expires_us <= now_us:
-            continue
-        if g.effective_us > now_us or g.effective_us >= period.end_us:
-            continue
-        if g.spec.recurrence is None and g.effective_us < period.start_us:
-            continue
-        total = EXACT.add(total, g.spec.amount)
-    return total
-
-
-def metered_value(
-    ent: Entitlement,
-    usage: Decimal,
-    grants: Decimal,
-    period: Period,
-    now_us: int,
-    *,
-    project: bool = True,
-    carried: Decimal = ZERO,
-) -> Value:
-    """The value at ``now_us``; ``project=False`` skips the end-of-period projection (the check
-    path, which needs only the verdict). ``carried`` overage (``domain.entitlements.overage``)
-    uses the allowance first: balance = max(allowance - carried - usage, 0), overage the rest."""
-    spec = ent.spec
-    allowance = EXACT.add(spec.issue_after_reset or ZERO, grants)
-    left = EXACT.subtract(EXACT.subtract(allowance, carried), usage)
-    balance, overage = (left, ZERO) if left >= 0 else (ZERO, EXACT.minus(left))
-    access = spec.is_unlimited or spec.is_soft_limit or balance > 0
-    soft = spec.soft_limit is not None and usage >= spec.soft_limit
-    projected = projection(usage, period, now_us) if project else None
-    return Value(access, usage, allowance, balance, overage, soft, projected, period, carried=carried)
 
 
 def projection(usage: Decimal, period: Period, now_us: int) -> Decimal:
