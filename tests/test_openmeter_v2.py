@@ -26,6 +26,12 @@ def get(api: Api, path: str, **params: Any) -> Any:
 
 @pytest.fixture
 def setup(api: Api) -> Api:
+    return seed(api)
+
+
+def seed(api: Api) -> Api:
+    """A SUM meter `calls` with a feature, a boolean feature `sso`, customers acme (14 calls)
+    and globex (6)."""
     assert api.create_meter(slug="calls", eventType="call", aggregation="SUM", valueProperty="$.n").status_code == 201
     assert post(api, "/api/v1/features", {"key": "calls", "name": "Calls", "meterSlug": "calls"}).status_code == 201
     assert post(api, "/api/v1/features", {"key": "sso", "name": "SSO"}).status_code == 201
@@ -66,8 +72,10 @@ def test_v2_customer_entitlement_with_issue_and_grants(setup: Api) -> None:
     value = get(api, f"/api/v2/customers/{customer['id']}/entitlements/calls/value")
     assert (value["hasAccess"], value["usage"], value["balance"]) == (True, 14, 1)
     grants = get(api, "/api/v2/customers/acme/entitlements/calls/grants")
-    assert grants["totalCount"] == 1 and grants["items"][0]["amount"] == 5
-    assert grants["items"][0]["expiresAt"] is None  # no expiration: it never expires, as in OpenMeter
+    assert grants["totalCount"] == 2  # as OpenMeter, `issue` is a grant of its own, listed
+    (sent,) = [g for g in grants["items"] if "annotations" not in g]
+    assert sent["amount"] == 5
+    assert sent["expiresAt"] is None  # no expiration: it never expires, as in OpenMeter
     r = post(
         api, "/api/v2/customers/acme/entitlements/calls/grants", {"amount": 20, "effectiveAt": "2026-03-01T00:00:00Z"}
     )
@@ -76,6 +84,59 @@ def test_v2_customer_entitlement_with_issue_and_grants(setup: Api) -> None:
     assert get(api, "/api/v2/customers/acme/entitlements/calls")["id"] == ent["id"]
     history = get(api, "/api/v2/customers/acme/entitlements/calls/history", windowSize="DAY")
     assert sum(w["usage"] for w in history["windowedHistory"]) == 14
+
+
+@pytest.fixture(params=MODES)
+def seeded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    for api in mode_api(request, tmp_path):
+        yield seed(api)
+
+
+def test_issue_after_reset_is_listed_as_the_grant_openmeter_creates_for_it(seeded: Api) -> None:
+    """OpenMeter's ``AfterCreate`` issues a grant for ``issueAfterReset`` (annotated
+    ``issueAfterReset``): the amount at ``issueAfterResetPriority``, effective from the start of
+    measurement, never expiring, rolled over to its amount; every grants list shows it, and the
+    burndown names it by the same id."""
+    api = seeded
+    body = {
+        "type": "metered",
+        "featureKey": "calls",
+        "usagePeriod": {"interval": "MONTH"},
+        "measureUsageFrom": "CURRENT_PERIOD_START",
+        "issueAfterReset": 10,
+    }
+    r = post(api, "/api/v1/subjects/acme/entitlements", body)
+    assert r.status_code == 201, r.text
+    ent = r.json()
+    r = post(api, "/api/v1/subjects/globex/entitlements", {**body, "issueAfterReset": 0})  # 0: no grant
+    assert r.status_code == 201, r.text
+    expected = {
+        "id": f"{ent['id']}.issueAfterReset",
+        "entitlementId": ent["id"],
+        "annotations": {"issueAfterReset": True},
+        "amount": 10,
+        "priority": 1,
+        "effectiveAt": "2026-03-01T00:00:00.000Z",
+        "expiresAt": None,
+        "maxRolloverAmount": 10,
+        "minRolloverAmount": 10,
+        "voidedAt": None,
+    }
+
+    def shown(g: dict[str, Any]) -> dict[str, Any]:
+        return {k: g.get(k) for k in expected}
+
+    (listed,) = get(api, "/api/v1/subjects/acme/entitlements/calls/grants")
+    assert shown(listed) == expected
+    assert [shown(g) for g in get(api, "/api/v1/grants")] == [expected]
+    assert [shown(g) for g in get(api, "/api/v2/customers/acme/entitlements/calls/grants")["items"]] == [expected]
+    assert [shown(g) for g in get(api, "/api/v2/grants", customer="acme")["items"]] == [expected]
+    assert get(api, "/api/v2/grants", customer="globex")["totalCount"] == 0
+    history = get(api, "/api/v1/subjects/acme/entitlements/calls/history", windowSize="DAY")
+    used = [u for seg in history["burndownHistory"] for u in seg["grantUsages"]]
+    assert {u["grantId"] for u in used} == {expected["id"]} and sum(u["usage"] for u in used) == 10  # 14 used
+    r = api.client.delete(f"/api/v1/grants/{expected['id']}", headers=api.headers())
+    assert r.status_code == 409 and r.json()["code"] == "grant_not_voidable", r.text
 
 
 def test_v2_lists_are_pages(setup: Api) -> None:

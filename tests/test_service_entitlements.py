@@ -15,7 +15,8 @@ from meterline.adapters.memory.meters import MemoryMeters
 from meterline.domain.clock import FixedClock, to_us
 from meterline.domain.customers.model import CustomerInput
 from meterline.domain.entitlements.model import EntitlementInput, FeatureInput, GrantInput, UsagePeriodInput
-from meterline.domain.errors import InvalidInput, NotFound
+from meterline.domain.entitlements.rules import default_grant
+from meterline.domain.errors import Conflict, InvalidInput, NotFound
 from meterline.domain.meters.model import Aggregation, MeterSpec
 from meterline.services.entitlements import EntitlementService
 from meterline.services.features import FeatureService
@@ -124,9 +125,14 @@ def test_grants_go_to_metered_entitlements_and_void_once(w: World) -> None:
     assert err.value.code == "invalid_grant"
     grant = w.feats.grant(NS, "acme", "api", inp)
     assert (grant.entitlement_id, grant.expires_us) == (ent.id, to_us(datetime(2026, 4, 1, 9, 30, tzinfo=UTC)))
-    assert w.feats.grants_of(NS, "acme", ent.id) == [grant] == w.feats.grants(NS)
+    issued = default_grant(ent)  # the grant issueAfterReset stands for, listed as OpenMeter lists it
+    assert issued is not None
+    assert w.feats.grants_of(NS, "acme", ent.id) == [grant, issued] == w.feats.grants(NS)
     w.feats.void_grant(NS, grant.id, None)
-    assert w.feats.grants(NS) == [] and w.feats.grants(NS, include_voided=True)[0].voided_us == T0
+    assert w.feats.grants(NS) == [issued] and w.feats.grants(NS, include_voided=True)[0].voided_us == T0
+    with pytest.raises(Conflict) as voided:
+        w.feats.void_grant(NS, issued.id, None)
+    assert voided.value.code == "grant_not_voidable"
 
 
 def test_archiving_frees_the_feature_key(w: World) -> None:

@@ -13,11 +13,13 @@ from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339, to_us
 from meterline.domain.entitlements.model import FeatureInput, Grant, GrantInput
 from meterline.domain.entitlements.render import feature_body
+from meterline.domain.entitlements.rules import DEFAULT_GRANT, is_default_grant
 
 
 def grant_json(g: Grant) -> dict[str, Any]:
     s = g.spec
-    return {
+    marked = {"annotations": {DEFAULT_GRANT: True}} if is_default_grant(g) else {}  # OpenMeter's annotation
+    return marked | {
         "id": g.id,
         "entitlementId": g.entitlement_id,
         "amount": s.amount,

@@ -14,6 +14,7 @@ its usage is the live counter's.
 
 from __future__ import annotations
 
+import dataclasses
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from meterline.domain.clock import from_us
 from meterline.domain.decimals import EXACT
 from meterline.domain.entitlements.credit import ZERO, Credit, Segment, Snapshot, balance_at, run
 from meterline.domain.entitlements.model import Entitlement, Grant
+from meterline.domain.entitlements.rules import default_grant
 from meterline.domain.entitlements.value import Value, projection
 from meterline.domain.errors import InvalidInput
 from meterline.domain.periods import Period, Recurrence, recurrence
@@ -69,11 +71,9 @@ def credits_of(ent: Entitlement, grants: Sequence[Grant]) -> list[Credit]:
     grant effective from the start of measurement, without expiry, whose balance after every
     reset is its amount (min = max rollover), burnt at ``issueAfterResetPriority``."""
     out = [_credit(g) for g in grants]
-    issue = ent.spec.issue_after_reset
-    if issue is not None and issue > 0:
-        start = ent.last_reset_us if ent.measured_from_us is None else ent.measured_from_us
-        prio = ent.spec.issue_after_reset_priority
-        out.append(Credit(f"{ent.id}.issueAfterReset", issue, prio, start, None, ent.created_us, None, issue, issue))
+    issued = default_grant(ent)
+    if issued is not None:  # effective at the start of measurement exactly, not cut to its minute
+        out.append(dataclasses.replace(_credit(issued), effective_us=issued.effective_us))
     return out
 
 

@@ -18,8 +18,8 @@ from meterline.domain.entitlements.model import (
     validate_feature,
     validate_grant,
 )
-from meterline.domain.entitlements.rules import grant_expiry_us
-from meterline.domain.errors import InvalidInput, NotFound
+from meterline.domain.entitlements.rules import DEFAULT_GRANT, default_grant, grant_expiry_us
+from meterline.domain.errors import Conflict, InvalidInput, NotFound
 from meterline.ports.entitlements import FeatureRepository, GrantRepository
 from meterline.ports.meters import MeterCatalog
 from meterline.services.entitlements import EntitlementService
@@ -90,11 +90,17 @@ class FeatureService:
     def grants_of(
         self, namespace: str, owner: str, entitlement: str, *, include_voided: bool = False
     ) -> builtins.list[Grant]:
+        """The entitlement's grants, the one its ``issueAfterReset`` stands for among them (as
+        OpenMeter lists the default grant it creates)."""
         ent = self._entitlements.find(namespace, owner, entitlement)
-        return self._grants.list(namespace, ent.id, include_voided=include_voided)
+        issued = default_grant(ent)
+        return [*self._grants.list(namespace, ent.id, include_voided=include_voided), *([issued] if issued else [])]
 
     def grants(self, namespace: str, *, include_voided: bool = False) -> builtins.list[Grant]:
-        return self._grants.list(namespace, include_voided=include_voided)
+        """Every grant of the namespace, with those ``issueAfterReset`` stands for on live
+        entitlements."""
+        issued = [g for e in self._entitlements.list(namespace) if (g := default_grant(e)) is not None]
+        return [*self._grants.list(namespace, include_voided=include_voided), *issued]
 
     def void_grant(self, namespace: str, grant_id: str, at_us: int | None) -> None:
         """Void a grant at ``at_us`` (default now), to the minute: as in OpenMeter, not in the
@@ -104,6 +110,8 @@ class FeatureService:
         at -= at % MINUTE_US
         if at > now:
             raise InvalidInput("a grant cannot be voided in the future", code="invalid_void")
+        if grant_id.endswith(f".{DEFAULT_GRANT}"):
+            self._default_grant_voided(namespace, grant_id)
         grant = next((g for g in self._grants.list(namespace, include_voided=True) if g.id == grant_id), None)
         if grant is not None:
             try:
@@ -117,3 +125,16 @@ class FeatureService:
                     code="invalid_void",
                 )
         self._grants.void(namespace, grant_id, at)
+
+    def _default_grant_voided(self, namespace: str, grant_id: str) -> None:
+        """The grant ``issueAfterReset`` stands for is part of its entitlement: it cannot be
+        voided alone (OpenMeter stores it as a grant of its own, which can)."""
+        try:
+            ent = self._entitlements.get(namespace, grant_id.removesuffix(f".{DEFAULT_GRANT}"))
+        except NotFound:
+            return
+        if default_grant(ent) is not None:
+            raise Conflict(
+                "this grant is the entitlement's issueAfterReset: it ends with the entitlement, not alone",
+                code="grant_not_voidable",
+            )

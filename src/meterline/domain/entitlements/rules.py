@@ -14,7 +14,7 @@ import msgspec
 from dateutil.relativedelta import relativedelta
 
 from meterline.domain.clock import from_us, to_us
-from meterline.domain.entitlements.model import Entitlement, EntitlementInput, GrantInput, measure_from_time
+from meterline.domain.entitlements.model import Entitlement, EntitlementInput, Grant, GrantInput, measure_from_time
 from meterline.domain.errors import InvalidInput
 from meterline.domain.periods import parse_interval, recurrence
 
@@ -99,6 +99,34 @@ def grant_expiry_us(inp: GrantInput) -> int:
         return to_us(inp.effective_at + step)
     except (OverflowError, ValueError):
         raise InvalidInput("the grant would expire after the year 9999", code="invalid_grant") from None
+
+
+DEFAULT_GRANT = "issueAfterReset"
+"""OpenMeter's annotation (and the id suffix here) of the grant ``issueAfterReset`` stands for."""
+
+
+def default_grant(ent: Entitlement) -> Grant | None:
+    """The grant OpenMeter creates for a metered entitlement's ``issueAfterReset`` (above 0):
+    the amount, at ``issueAfterResetPriority``, effective from the start of measurement, never
+    expiring, rolled over to its amount at every reset (``connector.go``, ``AfterCreate``).
+    meterline keeps it on the entitlement; this is its grant, with a fixed id."""
+    issue = ent.spec.issue_after_reset
+    if ent.spec.type != "metered" or issue is None or issue <= 0:
+        return None
+    start = ent.last_reset_us if ent.measured_from_us is None else ent.measured_from_us
+    spec = GrantInput(
+        issue,
+        from_us(start),
+        {},
+        priority=ent.spec.issue_after_reset_priority,
+        max_rollover_amount=issue,
+        min_rollover_amount=issue,
+    )
+    return Grant(f"{ent.id}.{DEFAULT_GRANT}", ent.id, spec, start, None, ent.created_us)
+
+
+def is_default_grant(g: Grant) -> bool:
+    return g.id == f"{g.entitlement_id}.{DEFAULT_GRANT}"
 
 
 def reset_at(ent: Entitlement, effective_us: int | None, now_us: int) -> int:
