@@ -26,8 +26,8 @@ from test_scale_zombie import Producer, wait_until
 
 from meterline.adapters.clickhouse.chain import ENTRY_COLUMNS, stored_digest
 from meterline.adapters.clickhouse.client import Connection
-from meterline.adapters.clickhouse.schema import CHAIN, EVENTS, create
-from meterline.domain.integrity.batches import batch_link
+from meterline.adapters.clickhouse.schema import CHAIN, ERASED, EVENTS, create
+from meterline.domain.integrity.batches import batch_link, entry_digest
 from meterline.domain.integrity.chain import GENESIS
 
 pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
@@ -206,6 +206,40 @@ def test_a_second_link_from_one_offset_is_a_fork(chained: Chained, copy: Connect
     done = verify(chained.site, "--skip-rollups", database=copy.database)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "partition 0 offset 0: two chain links cover offsets from 0 (a fork)" in done.stderr
+
+
+def test_a_row_erased_by_the_marker_protocol_verifies_and_an_edit_after_it_does_not(
+    chained: Chained, copy: Connection
+) -> None:
+    """What an erasure must leave (docs/integrity.md, "Erased rows"), done by hand: the marker
+    with the erased form's digest first, then the erased form inserted and the original
+    deleted (the subject is in the raw table's sorting key). The chain still verifies, also
+    between the insert and the delete; an edit of the erased row afterwards is named."""
+    stream, seq, _ = row_of(copy, 1, 2)
+    columns = ", ".join(name for name, _ in EVENTS)
+    original = copy.rows(f"SELECT {columns} FROM events WHERE stream = {{s:String}} AND seq = {seq}", {"s": stream})
+    erased_raw = '{"specversion":"1.0","id":"erased-1","source":"erased","type":"prompt","data":{"tokens":"1"}}'
+    erased = (original[0][0], "erased", original[0][2], "pseudonym-1", *original[0][4:6], erased_raw, *original[0][7:])
+    content = entry_digest(erased[0], "erased", erased[2], "pseudonym-1", erased[4], erased[5], erased_raw.encode(), 0)
+    marker = [stream, seq, content.hex(), "erasure-1", 0]
+    copy.insert("ledger_erased", ERASED, [marker], "by-hand:erasure-1")
+    copy.insert("events", EVENTS, [erased], "by-hand:erased-copy")
+    between = verify(chained.site, "--skip-rollups", database=copy.database)
+    assert between.returncode == 0, between.stdout + between.stderr
+    drop = "ALTER TABLE events DELETE WHERE stream = {s:String} AND seq = {q:UInt64} AND source != 'erased'"
+    mutate(copy, drop, {"s": stream, "q": seq})
+    done = verify(chained.site, "--skip-rollups", database=copy.database)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "(0 pruned, 1 erased)" in done.stdout
+    edit = (
+        "ALTER TABLE events UPDATE raw = replace(raw, '\"1\"', '\"2\"') WHERE stream = {s:String} AND seq = {q:UInt64}"
+    )
+    mutate(copy, edit, {"s": stream, "q": seq})
+    edited = verify(chained.site, "--skip-rollups", database=copy.database)
+    assert edited.returncode == 1, edited.stdout + edited.stderr
+    assert f"partition 1 offset {seq - 1} (erased event in namespace 'default') changed after its personal data" in (
+        edited.stderr
+    )
 
 
 def test_an_exported_head_holds_after_appends(chained: Chained, tmp_path: Path) -> None:
