@@ -1,6 +1,7 @@
 """``meterline reconcile``: every difference between received, accepted, metered and billed per
 meter and period, with its cause; exit status 1 when unexplained differences are beyond the
-tolerance. Talks to a running server (``--url``/``--api-key``)."""
+tolerance. Talks to a running server (``--url``/``--api-key``; in scale mode any API node),
+waiting up to ``--timeout`` (default 600 s: the server replays the range's raw events)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import click
 from meterline.cli.client import Api, with_api
 from meterline.cli.output import json_option, print_json, print_table, text
 
+_TIMEOUT = 600.0  # it replays the range's raw events: minutes for millions of them
+
 
 @click.command()
-@with_api
+@with_api(timeout=_TIMEOUT)
 @click.option("--from", "from_", help="RFC 3339 start (default: 12 periods ago)")
 @click.option("--to", help="RFC 3339 end (default: now)")
 @click.option("--grain", type=click.Choice(["day", "week", "month"]), default="month", show_default=True)
