@@ -26,6 +26,9 @@ from test_billing_api import ev, get, ok, post
 from test_reconcile import differences, plant_clickhouse
 from test_scale_zombie import PAUSED_WORKER, stopped, wait_until
 
+from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.schema import EVENTS
+
 pytestmark = pytest.mark.heavy  # a site of its own with a worker stopped mid-batch
 
 EXTRA = """
@@ -114,3 +117,28 @@ def test_a_batch_in_flight_is_explained_and_events_not_applied_are_not_counted(
     finally:
         if worker.poll() is None:
             worker.send_signal(signal.SIGCONT)
+
+
+def test_a_log_record_with_two_rows_counts_once(scale_site: Site, tmp_path: Path) -> None:
+    """A record of the log with two differing rows in the raw table (an erasure writes a row's
+    erased form beside it before deleting the original) is one event at every stage."""
+    for api in build_scale_api(scale_site, tmp_path, reconcile={"interval": None}):
+        assert api.create_meter(slug="n", eventType="job", aggregation="COUNT").status_code == 201
+        assert api.post_events(jobs(range(3))).status_code == 204
+        report = reconcile(api)
+        assert line(report) == (3, 3, 3, 3)
+        config = scale_site.config
+        conn = Connection(config.clickhouse.url, config.clickhouse.database)
+        try:
+            columns = ", ".join(name for name, _ in EVENTS)
+            (row,) = conn.rows(
+                f"SELECT {columns} FROM events WHERE namespace = {{ns:String}} AND position(raw, '\"j1\"') > 0",
+                {"ns": report["namespace"]},
+            )
+            erased = [*row]
+            erased[6] = row[6].replace('"subject":"c1"', '"subject":"erased"')
+            conn.insert("events", EVENTS, [erased], f"twice:{report['namespace']}")
+        finally:
+            conn.close()
+        report = reconcile(api)
+        assert line(report) == (3, 3, 3, 3) and report["unexplained"] == 0, report["differences"]

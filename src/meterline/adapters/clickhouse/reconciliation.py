@@ -380,10 +380,13 @@ def _reflected(done: dict[str, int]) -> tuple[str, dict[str, Any]]:
 
 
 def _entries(rows: Iterable[tuple[Any, ...]]) -> list[Row]:
-    return [
-        (stream, LedgerEntry(int(seq), ns, source, type_, subject, int(t), raw.encode(), int(received), None, int(c)))
-        for stream, seq, ns, source, type_, subject, t, received, raw, c in rows
-    ]
+    """Raw rows as entries, one per log record (stream, seq): a record's row is never counted
+    twice, even while two differing rows of it stand in the table (the first read is kept)."""
+    out: dict[tuple[str, int], Row] = {}
+    for stream, seq, ns, source, type_, subject, t, received, raw, c in rows:
+        entry = LedgerEntry(int(seq), ns, source, type_, subject, int(t), raw.encode(), int(received), None, int(c))
+        out.setdefault((stream, int(seq)), (stream, entry))
+    return list(out.values())
 
 
 def _version(e: LedgerEntry, action: str) -> Version:
