@@ -107,6 +107,7 @@ class Burndown:
         self._rec = rec
         self._cache = cache
         self.measured_us = ent.last_reset_us if ent.measured_from_us is None else ent.measured_from_us
+        self._spans = self._spans_of(ent, rec)
         grants_key = tuple((g.id, g.voided_us) for g in grants)
         self._key = (msgspec.json.encode(ent), grants_key)
         """What a period-start state depends on: the entitlement as stored (its definition,
@@ -125,20 +126,40 @@ class Burndown:
 
     # -- periods ----------------------------------------------------------------------------
 
+    def _spans_of(self, ent: Entitlement, rec: Recurrence) -> list[tuple[int, int, Recurrence]]:
+        """The spans before the last reset, each with the anchor's periods (without a kept
+        history: one span from the start of measurement, with the current anchor)."""
+        last = ent.last_reset_us
+        kept = ent.earlier_resets
+        if not kept:
+            return [(min(self.measured_us, last), last, rec)]
+        starts = [min(kept[0][0], self.measured_us), *(s for s, _ in kept[1:])]
+        ends = [*starts[1:], last]
+        recs = [recurrence(rec.interval, from_us(a), rec.zone) for _, a in kept]
+        return list(zip(starts, ends, recs, strict=True))
+
     def period_at(self, t_us: int) -> Period:
-        """The usage period holding ``t_us``: cut at the last reset, the first one starting at
-        the start of measurement."""
-        p = self._rec.period_at_us(t_us)
+        """The usage period holding ``t_us``: cut at every reset, by the anchor in force then
+        (``Entitlement.earlier_resets``), the first one starting at the start of measurement."""
         last = self.ent.last_reset_us
-        start, end = p.start_us, p.end_us
         if t_us >= last:
-            start = max(start, last)
+            p = self._rec.period_at_us(t_us)
+            start, end = max(p.start_us, last), p.end_us
         else:
-            start, end = max(start, min(self.measured_us, last)), min(end, last)
+            span_start, span_end, rec = self._span(t_us)
+            p = rec.period_at_us(t_us)
+            start, end = max(p.start_us, span_start), min(p.end_us, span_end)
         if (start, end) == (p.start_us, p.end_us):
             return p
         zone = p.start.tzinfo
         return Period(from_us(start).astimezone(zone), from_us(end).astimezone(zone))
+
+    def _span(self, t_us: int) -> tuple[int, int, Recurrence]:
+        """The span between two resets holding ``t_us`` (before the last reset; the first one
+        from any earlier time): its start, its end and its periods."""
+        spans = self._spans
+        i = max(bisect_right(spans, t_us, key=lambda s: s[0]) - 1, 0)
+        return spans[i]
 
     def resets(self, start_us: int, until_us: int) -> list[int]:
         """The usage-period boundaries in ``(start_us, until_us]``."""

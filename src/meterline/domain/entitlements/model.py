@@ -93,6 +93,10 @@ class Entitlement(msgspec.Struct, frozen=True):
     """Each grant's balance at the start of the period that begins at ``last_reset_us`` (after
     the rollover and the burn of the preserved overage), kept by the reset (the credit engine
     resumes there); None before the first reset, or for a reset made before they were kept."""
+    earlier_resets: tuple[tuple[int, int], ...] = ()
+    """The usage periods' history before ``last_reset_us``, as OpenMeter keeps its resets: the
+    start of each earlier span (measurement, then each reset) with the anchor in force from
+    there, oldest first (empty before the first reset, or for resets made before it was kept)."""
 
 
 class GrantInput(msgspec.Struct, frozen=True, rename="camel"):

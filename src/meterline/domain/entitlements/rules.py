@@ -150,11 +150,18 @@ def reset(
     balances: dict[str, Decimal] | None = None,
 ) -> Entitlement:
     """``ent`` with a new usage period starting at the reset (``reset_at``): the anchor moves
-    there too unless ``retain_anchor``; ``carried`` is the overage left after the reset (what
-    it preserved, OpenMeter's ``preserveOverage``, less what the rolled-over grants covered; 0
-    when it starts from zero) and ``balances`` each grant's balance then (the credit engine)."""
+    there too unless ``retain_anchor``, and the span it ends is kept in ``earlier_resets``.
+    ``carried`` is the overage left after the reset (what it preserved, OpenMeter's
+    ``preserveOverage``, less what the rolled-over grants covered; 0 when it starts from zero)
+    and ``balances`` each grant's balance then (the credit engine)."""
     at = reset_at(ent, effective_us, now_us)
     anchor = ent.anchor_us if retain_anchor else at
+    earlier = (*ent.earlier_resets, (ent.last_reset_us, ent.anchor_us))  # the span this reset ends
     return msgspec.structs.replace(
-        ent, last_reset_us=at, anchor_us=anchor, reset_overage=carried, reset_balances=balances
+        ent,
+        last_reset_us=at,
+        anchor_us=anchor,
+        reset_overage=carried,
+        reset_balances=balances,
+        earlier_resets=earlier,
     )
