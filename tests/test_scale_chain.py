@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from scale_site import Site, site
 from stack.launch import Stack
-from test_scale_zombie import Producer, wait_until
+from test_scale_zombie import T0, Producer, wait_until
 
 from meterline.adapters.clickhouse.chain import ENTRY_COLUMNS, stored_digest
 from meterline.adapters.clickhouse.client import Connection
@@ -240,6 +240,30 @@ def test_a_row_erased_by_the_marker_protocol_verifies_and_an_edit_after_it_does_
     assert f"partition 1 offset {seq - 1} (erased event in namespace 'default') changed after its personal data" in (
         edited.stderr
     )
+
+
+def test_a_partition_without_links_is_applied_before_the_chain_or_its_links_were_removed(
+    chained: Chained, copy: Connection
+) -> None:
+    """Every link of partition 1 removed. Its rows received before the chain began (when the
+    first worker with it started, in ``ledger_meta``) are what an upgrade leaves: reported as
+    applied before the chain, not failed; rows received after it were linked once: named. (The
+    test producer receives every event at a fixed instant of 2026-03-01, so the chain's start
+    is set on both sides of it.)"""
+    stream, first, _ = row_of(copy, 1, 0)
+    done = int(copy.rows("SELECT done FROM usage_progress FINAL WHERE stream = {s:String}", {"s": stream})[0][0])
+    mutate(copy, "ALTER TABLE ledger_chain DELETE WHERE stream = {s:String}", {"s": stream})
+    meta = [("key", "String"), ("value", "String"), ("at_us", "Int64")]
+    for since, token in ((T0 + 3_600_000_000, "after"), (T0 - 3_600_000_000, "before")):
+        mutate(copy, "ALTER TABLE ledger_meta DELETE WHERE key = 'chain_since_us'", {})
+        copy.insert("ledger_meta", meta, [["chain_since_us", str(since), 0]], f"by-hand:since-{token}")
+        done_ = verify(chained.site, "--skip-rollups", database=copy.database)
+        if token == "after":  # the rows came before the chain: an upgrade
+            assert done_.returncode == 0, done_.stdout + done_.stderr
+            assert f"{stream}: offsets before {done} were applied before the partition had the chain" in done_.stdout
+        else:
+            assert done_.returncode == 1, done_.stdout + done_.stderr
+            assert f"partition 1 offset {first - 1} was received after the chain began" in done_.stderr
 
 
 def test_an_exported_head_holds_after_appends(chained: Chained, tmp_path: Path) -> None:

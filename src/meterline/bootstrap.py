@@ -797,7 +797,12 @@ def open_worker(config: Config) -> Worker:
         ensure_scale_meters(config, meters)
         fence = PgFence(pg, config.postgres.dsn)
         store = ClickHouseSink(
-            conn, meters.live, fence, dedupe_window=ch.dedupe_window, raw_retention_seconds=retention
+            conn,
+            meters.live,
+            fence,
+            dedupe_window=ch.dedupe_window,
+            raw_retention_seconds=retention,
+            now_us=clock.now_us,
         )
         partitions = KafkaPartitions(
             k.bootstrap_servers,

@@ -9,7 +9,10 @@ its links in order, each checked against the raw rows of its range
   follow the one before); links removed from the end leave the chain short of the applied
   position;
 - an exported head document, when given, must lie on each partition's chain: some link must
-  end exactly at the exported position with the exported hash.
+  end exactly at the exported position with the exported hash;
+- entries before a partition's first link (an upgrade: applied before the chain existed) must
+  have been received before the chain began; a partition applied before it and idle since has
+  no link yet and is reported as such.
 
 Each partition's first break is reported; nothing is repaired.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meterline.domain.clock import rfc3339
 from meterline.domain.errors import InvalidInput
 from meterline.domain.integrity.batches import PartitionWalk, StoredEntry, check_link, where
 from meterline.domain.integrity.chain import Break, Head
@@ -82,6 +86,8 @@ def export_partition_heads(
 def _walk(source: PartitionChainSource, stream: str, done: int, expected: Head | None) -> PartitionReport:
     state = PartitionWalk(stream)
     problem = _links(source, state, done, expected)
+    if problem is None and done and (state.anchor or not state.links):
+        problem = _before_chain(source, state, done)
     if problem is None and state.end < done:
         problem = Break(
             state.end + 1,
@@ -112,8 +118,8 @@ def _links(source: PartitionChainSource, state: PartitionWalk, done: int, expect
         if not links:
             return None
         for link in sorted(links, key=lambda link: (link.start, link.end, link.hash)):
-            if expected is not None and state.end < expected.seq < link.end:
-                return _off_head(state.stream, expected)
+            if expected is not None and max(state.end, link.start) < expected.seq < link.end:
+                return _off_head(state.stream, expected)  # no link ends at the exported position
             problem = check_link(
                 state, link, rows.take(link.start, link.end), pruned_before_us=pruned_before, erased_gone=gone
             )
@@ -122,6 +128,27 @@ def _links(source: PartitionChainSource, state: PartitionWalk, done: int, expect
             if expected is not None and state.end == expected.seq and state.hash != expected.hash:
                 return _off_head(state.stream, expected)
         after = links[-1].start + 1
+    return None
+
+
+def _before_chain(source: PartitionChainSource, state: PartitionWalk, done: int) -> Break | None:
+    """Entries before a partition's first link (all of them when it has none yet) must have
+    been received before the chain began: those are entries applied before it existed (an
+    upgrade), the others were linked once and their links removed."""
+    upto = state.anchor or done
+    since = source.chain_since_us()
+    if since is None:
+        return Break(1, "unchained", f"{where(state.stream, 1)}: the ledger has no chain (no sink worker with it ran)")
+    first = source.unchained(state.stream, upto, since)
+    if first is not None:
+        return Break(
+            first,
+            "missing",
+            f"{where(state.stream, first)} was received after the chain began ({rfc3339(since)}) but is in no"
+            " chain link (its links were removed)",
+        )
+    if not state.links:  # applied before the chain, idle since: its next batch anchors it here
+        state.anchor = state.end = done
     return None
 
 

@@ -13,13 +13,16 @@ whichever worker wrote that one, so a worker taking a partition over continues i
 The link before a batch is remembered per partition and read back (the link ending at the
 batch's start) when the worker has none in memory. A partition applied before the chain
 existed gets a first link that starts at its position with the genesis hash before it (an
-*anchor*: what was applied before it is not covered).
+*anchor*: what was applied before it is not covered). ``ledger_meta`` records when the first
+worker with the chain started (``chain_since_us``), so ``verify`` can tell such entries from
+linked ones whose links were removed: an entry before a partition's first link must have been
+received before then.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
@@ -31,15 +34,19 @@ from meterline.domain.meters.fold import LedgerEntry
 
 ENTRY_COLUMNS = "seq, namespace, source, id, type, subject, time_us, received_us, raw, corrects"
 LEDGER_ID = "ledger_id"
+CHAIN_SINCE = "chain_since_us"
+"""When the first worker with the chain started: a partition's rows received before it may
+be in no link (applied before the chain existed); rows received after it must be linked."""
 
 
 class ChainLinks:
     """Writes each batch's link; one per sink store (the worker holds each partition alone)."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, now_us: Callable[[], int]) -> None:
         self._conn = conn
         self._last: dict[str, tuple[int, bytes]] = {}
         ensure_ledger_id(conn)
+        _ensure_meta(conn, CHAIN_SINCE, str(now_us()))
 
     def link(self, stream: str, start: int, end: int, entries: Sequence[LedgerEntry], token: str) -> None:
         """Store the link of the batch ``(start, end]`` of ``stream`` holding ``entries``."""
@@ -67,14 +74,24 @@ class ChainLinks:
 
 
 def ensure_ledger_id(conn: Connection) -> str:
-    """The ledger's random id, made once (two processes racing insert under one token: one
-    row stays)."""
-    found = conn.rows("SELECT value FROM ledger_meta FINAL WHERE key = {k:String}", {"k": LEDGER_ID})
-    if found:
-        return str(found[0][0])
+    """The ledger's random id, made once."""
+    return _ensure_meta(conn, LEDGER_ID, str(uuid.uuid4()))
+
+
+def _ensure_meta(conn: Connection, key: str, value: str) -> str:
+    """``key``'s value in ``ledger_meta``, ``value`` when it has none yet (two processes racing
+    insert under one token: one row stays)."""
+    found = _meta(conn, key)
+    if found is not None:
+        return found
     meta = [("key", "String"), ("value", "String"), ("at_us", "Int64")]
-    conn.insert("ledger_meta", meta, [[LEDGER_ID, str(uuid.uuid4()), 0]], "ledger_meta:ledger_id")
-    return str(conn.rows("SELECT value FROM ledger_meta FINAL WHERE key = {k:String}", {"k": LEDGER_ID})[0][0])
+    conn.insert("ledger_meta", meta, [[key, value, 0]], f"ledger_meta:{key}")
+    return _meta(conn, key) or value
+
+
+def _meta(conn: Connection, key: str) -> str | None:
+    found = conn.rows("SELECT value FROM ledger_meta FINAL WHERE key = {k:String}", {"k": key})
+    return str(found[0][0]) if found else None
 
 
 class ClickHouseChain:
@@ -116,6 +133,18 @@ class ClickHouseChain:
 
     def pruned_before_us(self) -> int | None:
         return self._pruned_before
+
+    def chain_since_us(self) -> int | None:
+        value = _meta(self._conn, CHAIN_SINCE)
+        return None if value is None else int(value)
+
+    def unchained(self, stream: str, upto: int, since_us: int) -> int | None:
+        rows = self._conn.rows(
+            "SELECT min(seq) FROM events WHERE stream = {s:String} AND seq <= {e:UInt64}"
+            " AND received_us >= {t:Int64} HAVING count() > 0",
+            {"s": stream, "e": upto, "t": since_us},
+        )
+        return int(rows[0][0]) if rows else None
 
     def close(self) -> None:
         self._conn.close()

@@ -27,7 +27,8 @@
   entries' seqs, content digests and receipt times (``domain.integrity.batches``; no TTL: a
   link outlives the raw rows retention removes, which then verify as pruned);
   ``ledger_erased``: the content digest of each raw row an erasure rewrote (empty: deleted);
-  ``ledger_meta``: the ledger's random id (named in exported chain heads);
+  ``ledger_meta``: the ledger's random id (named in exported chain heads) and when the chain
+  began (``chain_since_us``);
 - ``usage_progress``: per consumed stream (the live offset, a meter's backfill, a Kafka
   partition) how far it is applied, the range being applied, and the receipt time of the
   newest event applied (what API nodes state their answers' freshness from); a

@@ -39,6 +39,7 @@ from meterline.adapters.clickhouse.corrections import correction_rows, insert_co
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import EVENTS, create
 from meterline.adapters.clickhouse.usage import raw_rows, read_dims, write_usage
+from meterline.domain.clock import SystemClock
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
 from meterline.ports.sink import Position, StreamBackfill, StreamFence
@@ -67,13 +68,14 @@ class ClickHouseSink:
         *,
         dedupe_window: int = 10_000,
         raw_retention_seconds: int | None = None,
+        now_us: Callable[[], int] | None = None,
     ):
         self._conn = conn
         self._meters = meters
         self._fence = fence
         self._progress = ProgressTable(conn)
         create(conn, dedupe_window, raw_retention_seconds)
-        self._chain = ChainLinks(conn)
+        self._chain = ChainLinks(conn, now_us or SystemClock().now_us)
 
     def positions(self, streams: Sequence[str]) -> dict[str, Position]:
         stored = self._progress.read()
