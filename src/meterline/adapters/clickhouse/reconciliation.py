@@ -108,6 +108,10 @@ class ClickHouseReconciliationCounts:
             self._sleep(self._pause)
         metered = self._corrected(namespace, meters, start, end, snap, stored)
         with self._lock:
+            kept = self._kept.pop(snap.position, None)
+            if kept is not None:  # the same positions, read by another request: what either saw may be in flight
+                upper = {k: max(v, kept.upper.get(k, 0)) for k, v in snap.upper.items()}
+                snap = Snapshot(snap.done, {**kept.upper, **upper}, snap.applied_us)
             self._kept[snap.position] = snap
             while len(self._kept) > _KEPT:
                 self._kept.popitem(last=False)
