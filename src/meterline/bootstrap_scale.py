@@ -44,14 +44,16 @@ from meterline.bootstrap import (
     open_scale_stores,
     raw_events_us,
     run_settings,
+    scale_alerts,
     usage_counters,
     webhook_dispatcher,
 )
 from meterline.config import Config
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
+from meterline.domain.entitlements.model import Entitlement
 from meterline.domain.erasure import ErasureRecord, ErasureRequest
-from meterline.domain.errors import Backfilling, InvalidInput, NotSupported, StorageUnavailable
+from meterline.domain.errors import Backfilling, InvalidInput, MeterlineError, NotSupported, StorageUnavailable
 from meterline.domain.events.corrections import CorrectionRequest, History
 from meterline.domain.events.model import Candidate, Outcome
 from meterline.domain.meters.model import Meter
@@ -65,6 +67,7 @@ from meterline.ports.status import StoreStatus
 from meterline.runtime import freshness
 from meterline.runtime.background import Monitor, Ticker
 from meterline.runtime.extras import import_extra
+from meterline.services.batch_alerts import BatchAlerts
 from meterline.services.billing import Billing, SchedulerSettings, build_billing
 from meterline.services.corrections import CorrectionService
 from meterline.services.counter_feed import CountedUsage
@@ -493,6 +496,22 @@ def _corrections(
     return LogCorrections(originals, PgCorrectionJournal(stores.catalog.db), kafka, clock)
 
 
+def _alerting(alerts: BatchAlerts, wake: Callable[[], None]) -> Callable[[Entitlement], None]:
+    """Evaluate the alert rules of an entitlement whose value a write on this node changed
+    without usage (as OpenMeter's balance worker does). The write stands if that fails: the
+    rules decide on the value and on the events fired, so the customer's next batch fires
+    what this evaluation would have."""
+
+    def changed(ent: Entitlement) -> None:
+        try:
+            if alerts.changed(ent):
+                wake()
+        except MeterlineError:
+            log.warning("alert rules not evaluated after an entitlement change", exc_info=True)
+
+    return changed
+
+
 def _catalog(
     config: Config,
     clock: Clock,
@@ -511,6 +530,7 @@ def _catalog(
     pg = stores.catalog
     customers = pg.customers
     entitlements = EntitlementService(pg.entitlements, pg.features, customers, pg.meters, clock)
+    entitlements.changed = _alerting(scale_alerts(pg.db, pg.meters, counted, clock, config.alerts.baseline_days), wake)
     queried = QueriedEntitlementUsage(customers, pg.entitlements, pg.features, pg.grants, pg.meters, counted, clock)
     return Catalog(
         customers=CustomerService(

@@ -18,6 +18,10 @@ look at the usage it produced. So here:
    the same range handled twice, fire it once;
 4. the range's end is recorded as handled (``FollowerProgress``).
 
+An API node that changes an entitlement's value without usage (a grant added or voided, a
+reset, a new entitlement) evaluates that entitlement at once (:meth:`BatchAlerts.changed`), as
+OpenMeter's balance worker recalculates on those changes.
+
 A worker killed between 1 and 4 leaves the range unrecorded; whoever takes the stream over
 hands it here again before anything else (``services.sink``), and step 3 fires what was
 missed and nothing twice: the decision depends on the value and on the events fired, not on
@@ -47,6 +51,7 @@ from meterline.domain.alerts.payload import alert_payload
 from meterline.domain.alerts.rules import HOUR_US, PROJECTED_RULE, THRESHOLD_RULE, Rule, Threshold, fires, hour_anomaly
 from meterline.domain.clock import Clock
 from meterline.domain.customers.model import Customer
+from meterline.domain.entitlements.model import Entitlement
 from meterline.domain.entitlements.value import Value
 from meterline.domain.errors import NotFound
 from meterline.domain.meters.fold import LedgerEntry
@@ -138,6 +143,27 @@ class BatchAlerts:
             if live is not None:
                 fired += self._evaluate(live, covering, channels.keys())
         return fired
+
+    def changed(self, ent: Entitlement) -> int:
+        """Evaluate one entitlement now: its value changed without usage (a grant added or
+        voided, a reset, its creation), as OpenMeter's balance worker recalculates then. How
+        many alerts were new. The rules decide on the value and the events fired, so an
+        evaluation that fails here is made with the customer's next batch."""
+        rules = self._live_rules().get(ent.namespace)
+        if not rules or ent.spec.type != "metered" or ent.deleted_us is not None:
+            return 0
+        covering = [r for r in rules if r.covers(ent.feature_id, ent.feature_key)]
+        if not covering:
+            return 0
+        try:
+            customer = self._customers.get(ent.namespace, ent.customer_id)
+        except NotFound:
+            return 0
+        live = self._counting.live(ent, customer)
+        if live is None:
+            return 0
+        channels = {c.id for c in self._channels.channels(ent.namespace) if not c.disabled}
+        return self._evaluate(live, covering, channels)
 
     def _evaluate(self, live: Live, rules: Sequence[Rule], channels: Collection[str]) -> int:
         ent, now = live.ent, self._clock.now_us()

@@ -6,7 +6,7 @@ anchored, resets) are applied here before anything is written; the repositories 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 from ulid import ULID
@@ -37,6 +37,10 @@ class EntitlementService:
         self._customers = customers
         self._meters = meters
         self._clock = clock
+        self.changed: Callable[[Entitlement], None] = lambda ent: None
+        """Called with an entitlement as stored after a write that changed its value without
+        usage: its creation, a reset, a grant added or voided (scale mode evaluates the alert
+        rules then, as OpenMeter's balance worker does; embedded mode's counters see it)."""
 
     def create(self, namespace: str, owner: str, inp: EntitlementInput, *, replace: bool = False) -> Entitlement:
         """Entitle customer ``owner`` (key, id or subject key) to a feature; ``replace`` swaps
@@ -66,7 +70,9 @@ class EntitlementService:
             now,
             measured_from_us=measured if inp.type == "metered" else None,
         )
-        return self._entitlements.add(ent, replace=replace)
+        stored = self._entitlements.add(ent, replace=replace)
+        self.changed(stored)
+        return stored
 
     def _check_meter(self, namespace: str, feature: Feature) -> None:
         if feature.spec.meter_slug is None:
@@ -144,4 +150,6 @@ class EntitlementService:
         ent = self.find(namespace, owner, id_or_feature)
         now = self._clock.now_us()
         overage, balances = (Decimal(0), None) if state is None else state
-        self._entitlements.update(reset(ent, effective_us, retain_anchor, now, overage, balances))
+        updated = reset(ent, effective_us, retain_anchor, now, overage, balances)
+        self._entitlements.update(updated)
+        self.changed(updated)

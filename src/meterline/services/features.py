@@ -11,6 +11,7 @@ from ulid import ULID
 
 from meterline.domain.clock import Clock, from_us, rfc3339, to_us
 from meterline.domain.entitlements.model import (
+    Entitlement,
     Feature,
     FeatureInput,
     Grant,
@@ -85,7 +86,9 @@ class FeatureService:
         inp = msgspec.structs.replace(inp, effective_at=from_us(effective))
         expiry = grant_expiry_us(inp) if expires else None  # v2: a grant sent without expiration never expires
         grant = Grant(str(ULID()), ent.id, inp, effective, expiry, self._clock.now_us())
-        return self._grants.add(namespace, grant)
+        stored = self._grants.add(namespace, grant)
+        self._entitlements.changed(ent)
+        return stored
 
     def grants_of(
         self, namespace: str, owner: str, entitlement: str, *, include_voided: bool = False
@@ -113,6 +116,7 @@ class FeatureService:
         if grant_id.endswith(f".{DEFAULT_GRANT}"):
             self._default_grant_voided(namespace, grant_id)
         grant = next((g for g in self._grants.list(namespace, include_voided=True) if g.id == grant_id), None)
+        ent: Entitlement | None = None
         if grant is not None:
             try:
                 ent = self._entitlements.get(namespace, grant.entitlement_id)
@@ -125,6 +129,8 @@ class FeatureService:
                     code="invalid_void",
                 )
         self._grants.void(namespace, grant_id, at)
+        if ent is not None and ent.deleted_us is None:
+            self._entitlements.changed(ent)
 
     def _default_grant_voided(self, namespace: str, grant_id: str) -> None:
         """The grant ``issueAfterReset`` stands for is part of its entitlement: it cannot be
