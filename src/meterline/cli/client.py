@@ -268,7 +268,7 @@ def server_options(f: Callable[..., Any]) -> Callable[..., Any]:
         envvar="METERLINE_TIMEOUT",
         type=click.FloatRange(min=0, min_open=True),
         metavar="SECONDS",
-        help="how long to wait for the server (default 60, billing 300), or METERLINE_TIMEOUT",
+        help="how long to wait for the server (default 60, billing 300, reconcile 600), or METERLINE_TIMEOUT",
     )(f)
     f = click.option("--api-key", envvar="METERLINE_API_KEY", required=True, help="or METERLINE_API_KEY")(f)
     return click.option(
