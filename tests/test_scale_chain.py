@@ -199,9 +199,9 @@ def test_a_second_link_from_one_offset_is_a_fork(chained: Chained, copy: Connect
     seqs, digests, received = copy.rows(sql, {"s": stream})[0]
     half = len(seqs) // 2
     end = seqs[half - 1]
-    listed = [bytes.fromhex(d) for d in digests[:half]]
+    listed = [bytes.fromhex(digests[i * 64 : i * 64 + 64]) for i in range(half)]
     hash_ = batch_link(GENESIS, stream, 0, end, seqs[:half], received[:half], listed)
-    row = [stream, 0, end, GENESIS.hex(), hash_.hex(), seqs[:half], digests[:half], received[:half]]
+    row = [stream, 0, end, GENESIS.hex(), hash_.hex(), seqs[:half], digests[: half * 64], received[:half]]
     copy.insert("ledger_chain", CHAIN, [row], "by-hand:fork")
     done = verify(chained.site, "--skip-rollups", database=copy.database)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -289,7 +289,7 @@ def _rechain(conn: Connection, stream: str) -> None:
     for start, end, seqs, received in links:
         listed = [digests[s] for s in seqs]
         hash_ = batch_link(prev, stream, start, end, seqs, received, listed)
-        out.append([stream, start, end, prev.hex(), hash_.hex(), seqs, [d.hex() for d in listed], received])
+        out.append([stream, start, end, prev.hex(), hash_.hex(), seqs, b"".join(listed).hex(), received])
         prev = hash_
     mutate(conn, "ALTER TABLE ledger_chain DELETE WHERE stream = {s:String}", {"s": stream})
     conn.insert("ledger_chain", CHAIN, out, "by-hand:rechain")

@@ -3,8 +3,9 @@
 
 Each applied batch of a partition gets one ``ledger_chain`` row (``domain.integrity.batches``):
 its range, the hash of the link before it, its own hash, and its entries' seqs, content
-digests and receipt times. :class:`ChainLinks` makes it inside ``ClickHouseSink.write``, after
-the raw events and before the new position is recorded, under the batch's token
+digests (one hex string) and receipt times. :class:`ChainLinks` makes it inside
+``ClickHouseSink.write``, after the raw events and before the new position is recorded, under
+the batch's token
 ``<stream>:<start>-<end>:chain``: a batch redone after a crash is the same range with the same
 entries and the same previous link, so it makes the same row under the same token and
 ClickHouse drops it; the partition's next batch links to the link ending where it starts,
@@ -58,7 +59,7 @@ class ChainLinks:
         ]
         received = [e.received_us for e in entries]
         hash_ = batch_link(prev, stream, start, end, seqs, received, digests)
-        row = [stream, start, end, prev.hex(), hash_.hex(), seqs, [d.hex() for d in digests], received]
+        row = [stream, start, end, prev.hex(), hash_.hex(), seqs, b"".join(digests).hex(), received]
         self._conn.insert("ledger_chain", CHAIN, [row], token)
         self._last[stream] = (end, hash_)
 
@@ -108,8 +109,13 @@ class ClickHouseChain:
         return ensure_ledger_id(self._conn)
 
     def applied(self) -> dict[str, int]:
+        """From ``usage_progress``; a partition with links but no position (its row removed by
+        hand) is walked up to its last link."""
         rows = self._conn.rows("SELECT stream, done FROM usage_progress FINAL WHERE stream NOT LIKE 'backfill:%'")
-        return {str(s): int(d) for s, d in rows if s != LIVE}
+        out = {str(s): int(d) for s, d in rows if s != LIVE}
+        for stream, end in self._conn.rows("SELECT stream, max(end) FROM ledger_chain GROUP BY stream"):
+            out.setdefault(str(stream), int(end))
+        return out
 
     def links(self, stream: str, after: int, limit: int) -> list[Link]:
         rows = self._conn.rows(
@@ -181,9 +187,15 @@ def _link(row: Sequence[Any]) -> Link:
         _hex(prev),
         _hex(hash_),
         tuple(int(s) for s in seqs),
-        tuple(_hex(d) for d in digests),
+        _digests(digests),
         tuple(int(r) for r in received),
     )
+
+
+def _digests(value: str) -> tuple[bytes, ...]:
+    """The concatenated hex digests of a link, 32 bytes each."""
+    raw = _hex(value)
+    return tuple(raw[i : i + 32] for i in range(0, len(raw), 32))
 
 
 def _hex(value: str) -> bytes:

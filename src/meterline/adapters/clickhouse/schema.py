@@ -24,7 +24,8 @@
   batches' states join only in time order, so queries join them, ``.gauges``);
 - ``usage_dims``: the group values and subjects each meter has seen (the cardinality cap);
 - ``ledger_chain``: the hash chain of each partition, one link per applied batch with its
-  entries' seqs, content digests and receipt times (``domain.integrity.batches``; no TTL: a
+  entries' seqs, content digests (hex, one after another) and receipt times
+  (``domain.integrity.batches``; no TTL: a
   link outlives the raw rows retention removes, which then verify as pruned);
   ``ledger_erased``: the content digest of each raw row an erasure rewrote (empty: deleted);
   ``ledger_meta``: the ledger's random id (named in exported chain heads) and when the chain
@@ -63,7 +64,7 @@ CORRECTIONS = [("namespace", "String"), ("stream", "String"), ("seq", "UInt64"),
                ("void", "UInt8"), ("type", "String"), ("subject", "String"), ("time_us", "Int64"),
                ("was_type", "String"), ("was_subject", "String"), ("was_time_us", "Int64")]  # fmt: skip
 CHAIN = [("stream", "String"), ("start", "UInt64"), ("end", "UInt64"), ("prev", "String"), ("hash", "String"),
-         ("seqs", "Array(UInt64)"), ("digests", "Array(String)"), ("received", "Array(Int64)")]  # fmt: skip
+         ("seqs", "Array(UInt64)"), ("digests", "String"), ("received", "Array(Int64)")]  # fmt: skip
 ERASED = [("stream", "String"), ("seq", "UInt64"), ("content", "String"), ("erasure", "String"),
           ("erased_us", "Int64")]  # fmt: skip
 PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pending_end", "UInt64"),
@@ -113,7 +114,7 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         ) ENGINE = ReplacingMergeTree(version) ORDER BY stream""",
         f"""CREATE TABLE IF NOT EXISTS ledger_chain (
             stream String, start UInt64, end UInt64, prev String, hash String,
-            seqs Array(UInt64), digests Array(String), received Array(Int64)
+            seqs Array(UInt64), digests String, received Array(Int64)
         ) ENGINE = MergeTree ORDER BY (stream, start) {dedupe}""",
         """CREATE TABLE IF NOT EXISTS ledger_erased (
             stream String, seq UInt64, content String, erasure String, erased_us Int64
