@@ -136,7 +136,24 @@ def test_issue_after_reset_is_listed_as_the_grant_openmeter_creates_for_it(seede
     used = [u for seg in history["burndownHistory"] for u in seg["grantUsages"]]
     assert {u["grantId"] for u in used} == {expected["id"]} and sum(u["usage"] for u in used) == 10  # 14 used
     r = api.client.delete(f"/api/v1/grants/{expected['id']}", headers=api.headers())
-    assert r.status_code == 409 and r.json()["code"] == "grant_not_voidable", r.text
+    assert r.status_code == 204, r.text  # voided like any grant, as OpenMeter voids it
+    assert get(api, "/api/v1/subjects/acme/entitlements/calls/grants") == []
+    (voided,) = get(api, "/api/v1/subjects/acme/entitlements/calls/grants", includeDeleted="true")
+    assert voided["voidedAt"] == "2026-03-01T12:00:00.000Z"
+    r = api.client.delete(f"/api/v1/grants/{expected['id']}", headers=api.headers())
+    assert r.status_code == 409 and r.json()["code"] == "grant_voided", r.text
+    # voided, it no longer counts: globex's 6 calls against 100, then against nothing
+    r = api.client.put(
+        "/api/v1/subjects/globex/entitlements/calls/override",
+        json={**body, "issueAfterReset": 100},
+        headers=api.headers(),
+    )
+    assert r.status_code == 201, r.text
+    value = "/api/v1/subjects/globex/entitlements/calls/value"
+    assert (get(api, value)["balance"], get(api, value)["hasAccess"]) == (94, True)
+    r = api.client.delete(f"/api/v1/grants/{r.json()['id']}.issueAfterReset", headers=api.headers())
+    assert r.status_code == 204, r.text
+    assert (get(api, value)["balance"], get(api, value)["hasAccess"]) == (0, False)
 
 
 def test_v2_lists_are_pages(setup: Api) -> None:

@@ -130,9 +130,12 @@ def test_grants_go_to_metered_entitlements_and_void_once(w: World) -> None:
     assert w.feats.grants_of(NS, "acme", ent.id) == [grant, issued] == w.feats.grants(NS)
     w.feats.void_grant(NS, grant.id, None)
     assert w.feats.grants(NS) == [issued] and w.feats.grants(NS, include_voided=True)[0].voided_us == T0
+    w.feats.void_grant(NS, issued.id, None)  # voided like any grant, as OpenMeter voids its default grant
+    assert w.feats.grants(NS) == []
+    assert [g.voided_us for g in w.feats.grants_of(NS, "acme", ent.id, include_voided=True)] == [T0, T0]
     with pytest.raises(Conflict) as voided:
         w.feats.void_grant(NS, issued.id, None)
-    assert voided.value.code == "grant_not_voidable"
+    assert voided.value.code == "grant_voided"
 
 
 def test_archiving_frees_the_feature_key(w: World) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 
+import msgspec
 from ulid import ULID
 
 from meterline.domain.clock import Clock, from_us
@@ -151,5 +152,12 @@ class EntitlementService:
         now = self._clock.now_us()
         overage, balances = (Decimal(0), None) if state is None else state
         updated = reset(ent, effective_us, retain_anchor, now, overage, balances)
+        self._entitlements.update(updated)
+        self.changed(updated)
+
+    def void_issued(self, ent: Entitlement, at_us: int) -> None:
+        """Void the grant ``ent``'s ``issueAfterReset`` stands for at ``at_us`` (checked by the
+        caller): from then on it no longer counts."""
+        updated = msgspec.structs.replace(ent, issue_voided_us=at_us)
         self._entitlements.update(updated)
         self.changed(updated)

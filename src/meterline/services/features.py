@@ -96,13 +96,13 @@ class FeatureService:
         """The entitlement's grants, the one its ``issueAfterReset`` stands for among them (as
         OpenMeter lists the default grant it creates)."""
         ent = self._entitlements.find(namespace, owner, entitlement)
-        issued = default_grant(ent)
-        return [*self._grants.list(namespace, ent.id, include_voided=include_voided), *([issued] if issued else [])]
+        issued = _issued([ent], include_voided)
+        return [*self._grants.list(namespace, ent.id, include_voided=include_voided), *issued]
 
     def grants(self, namespace: str, *, include_voided: bool = False) -> builtins.list[Grant]:
         """Every grant of the namespace, with those ``issueAfterReset`` stands for on live
         entitlements."""
-        issued = [g for e in self._entitlements.list(namespace) if (g := default_grant(e)) is not None]
+        issued = _issued(self._entitlements.list(namespace), include_voided)
         return [*self._grants.list(namespace, include_voided=include_voided), *issued]
 
     def void_grant(self, namespace: str, grant_id: str, at_us: int | None) -> None:
@@ -113,8 +113,8 @@ class FeatureService:
         at -= at % MINUTE_US
         if at > now:
             raise InvalidInput("a grant cannot be voided in the future", code="invalid_void")
-        if grant_id.endswith(f".{DEFAULT_GRANT}"):
-            self._default_grant_voided(namespace, grant_id)
+        if grant_id.endswith(f".{DEFAULT_GRANT}") and self._void_issued(namespace, grant_id, at, now):
+            return
         grant = next((g for g in self._grants.list(namespace, include_voided=True) if g.id == grant_id), None)
         ent: Entitlement | None = None
         if grant is not None:
@@ -132,15 +132,28 @@ class FeatureService:
         if ent is not None and ent.deleted_us is None:
             self._entitlements.changed(ent)
 
-    def _default_grant_voided(self, namespace: str, grant_id: str) -> None:
-        """The grant ``issueAfterReset`` stands for is part of its entitlement: it cannot be
-        voided alone (OpenMeter stores it as a grant of its own, which can)."""
+    def _void_issued(self, namespace: str, grant_id: str, at: int, now: int) -> bool:
+        """Void the grant an entitlement's ``issueAfterReset`` stands for (False: ``grant_id``
+        names no such grant), with the rules of any grant."""
         try:
             ent = self._entitlements.get(namespace, grant_id.removesuffix(f".{DEFAULT_GRANT}"))
         except NotFound:
-            return
-        if default_grant(ent) is not None:
-            raise Conflict(
-                "this grant is the entitlement's issueAfterReset: it ends with the entitlement, not alone",
-                code="grant_not_voidable",
+            return False
+        if ent.deleted_us is not None or default_grant(ent) is None:
+            return False
+        if ent.issue_voided_us is not None:
+            raise Conflict(f"grant {grant_id!r} is already voided", code="grant_voided")
+        start = self._entitlements.period_start_us(ent, now)
+        if start is not None and at < start:
+            raise InvalidInput(
+                f"a grant cannot be voided before the current usage period, which starts {rfc3339(start)}",
+                code="invalid_void",
             )
+        self._entitlements.void_issued(ent, at)
+        return True
+
+
+def _issued(entitlements: Sequence[Entitlement], include_voided: bool) -> builtins.list[Grant]:
+    """The grants ``issueAfterReset`` stands for on ``entitlements`` (voided ones when asked)."""
+    found = (default_grant(e) for e in entitlements)
+    return [g for g in found if g is not None and (include_voided or g.voided_us is None)]

@@ -93,6 +93,9 @@ class Entitlement(msgspec.Struct, frozen=True):
     """Each grant's balance at the start of the period that begins at ``last_reset_us`` (after
     the rollover and the burn of the preserved overage), kept by the reset (the credit engine
     resumes there); None before the first reset, or for a reset made before they were kept."""
+    issue_voided_us: int | None = None
+    """When the grant ``issueAfterReset`` stands for was voided (OpenMeter voids the default
+    grant it creates like any grant); None while it counts."""
     earlier_resets: tuple[tuple[int, int], ...] = ()
     """The usage periods' history before ``last_reset_us``, as OpenMeter keeps its resets: the
     start of each earlier span (measurement, then each reset) with the anchor in force from

@@ -122,7 +122,7 @@ def default_grant(ent: Entitlement) -> Grant | None:
         max_rollover_amount=issue,
         min_rollover_amount=issue,
     )
-    return Grant(f"{ent.id}.{DEFAULT_GRANT}", ent.id, spec, start, None, ent.created_us)
+    return Grant(f"{ent.id}.{DEFAULT_GRANT}", ent.id, spec, start, None, ent.created_us, ent.issue_voided_us)
 
 
 def is_default_grant(g: Grant) -> bool:
