@@ -8,31 +8,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from conftest import MODES, Server, mode_server
-
-
-@pytest.fixture(params=MODES)
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    yield from mode_server(request, tmp_path)
-
-
-@pytest.fixture
-def http(server: Server) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {server.key}"}
-    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
-        yield client
-
-
-def ok(r: httpx.Response, status: int = 200) -> Any:
-    assert r.status_code == status, r.text
-    return r.json() if r.content else None
+from mode_http import http_fixture, ok, server_fixture  # noqa: F401  (fixtures: http, server)
 
 
 def event(subject: str, n: int, region: str, at: datetime) -> dict[str, Any]:

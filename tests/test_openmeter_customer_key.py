@@ -5,31 +5,10 @@ the new key, usage keeps its attribution, and a key that names another customer 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import httpx
-import pytest
-from conftest import MODES, Server, mode_server
-
-
-@pytest.fixture(params=MODES)
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
-    yield from mode_server(request, tmp_path)
-
-
-@pytest.fixture
-def http(server: Server) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {server.key}"}
-    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
-        yield client
-
-
-def ok(r: httpx.Response, status: int = 200) -> Any:
-    assert r.status_code == status, r.text
-    return r.json() if r.content else None
+from mode_http import http_fixture, ok, server_fixture  # noqa: F401  (fixtures: http, server)
 
 
 def test_a_customer_key_changes_and_everything_follows(http: httpx.Client) -> None:
