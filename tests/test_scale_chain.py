@@ -176,6 +176,18 @@ def test_reordered_rows_are_named(chained: Chained, copy: Connection) -> None:
     assert f"partition 0 offset {first - 1} (event '{moved}' from source 'load'" in done.stderr
 
 
+def test_a_second_row_at_one_offset_is_named(chained: Chained, copy: Connection) -> None:
+    """A row inserted by hand at an applied offset beside the real one (its content changed)."""
+    stream, seq, id_ = row_of(copy, 1, 5)
+    columns = ", ".join(name for name, _ in EVENTS)
+    row = copy.rows(f"SELECT {columns} FROM events WHERE stream = {{s:String}} AND seq = {seq}", {"s": stream})[0]
+    copy.insert("events", EVENTS, [(*row[:6], row[6].replace('"tokens"', '"tokenz"'), *row[7:])], "by-hand:twice")
+    done = verify(chained.site, "--skip-rollups", database=copy.database)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"partition 1 offset {seq - 1} (event '{id_}' from source 'load'" in done.stderr
+    assert "is stored twice" in done.stderr
+
+
 def test_a_removed_last_link_is_seen(chained: Chained, copy: Connection) -> None:
     stream = row_of(copy, 1, 0)[0]
     start, end = copy.rows(
