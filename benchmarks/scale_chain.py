@@ -12,6 +12,8 @@
    replaced by nothing (what it did before the chain), ``--rounds`` times each. Per run:
    events/s from the first applied event to the last (the group join left out), and the
    worker process's CPU µs per event (``/proc``: on a shared machine the sizing figure).
+3. **verify**: the chain walk of ``meterline verify`` (``services.partition_chain``, in process,
+   without the rollups) over the last database applied with the chain: entries/s.
 """
 
 from __future__ import annotations
@@ -98,6 +100,20 @@ def apply_backlog(path: Path, total: int, chain: bool, logs: Path) -> tuple[floa
         conn.close()
 
 
+def walk(path: Path) -> None:
+    from meterline.bootstrap import open_partition_chain
+    from meterline.services.partition_chain import verify_partitions
+
+    started, cpu = time.perf_counter(), time.process_time()
+    with open_partition_chain(load_config(path)) as source:
+        report = verify_partitions(source)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    assert report.ok, report.problems
+    entries = sum(p.entries for p in report.partitions)
+    print(f"verify (chain walk): {entries:,} entries in {elapsed:.2f} s ({entries / elapsed:,.0f} entries/s,"
+          f" {cpu / entries * 1e6:.1f} µs CPU per entry in the verifying process)")  # fmt: skip
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         worker_without_chain(sys.argv[2])
@@ -117,12 +133,15 @@ def main() -> None:
         kafka = load_config(produced).kafka
         ensure_topic(kafka.bootstrap_servers, topic, kafka.partitions, 1)
         ack_path(produced, args.events, 500, 4, 1, 0)
+        chained = produced
         for n in range(args.rounds):
             for chain in (True, False):
                 path = with_database(stack, root, f"apply{n}{'c' if chain else 'n'}", topic, stack.postgres)
                 rate, cpu = apply_backlog(path, args.events, chain, root / "workers.log")
                 label = "with the chain   " if chain else "without the chain"
                 print(f"1 worker {label}: {rate:,.0f} events/s, {cpu:.1f} µs CPU per event ({args.events:,} events)")
+                chained = path if chain else chained
+        walk(chained)
     finally:
         launch.down(root / "stack")
 
