@@ -313,7 +313,9 @@ def dedupe_store(config: Config, db: PgDatabase, clock: Clock, closers: list[Cal
         )
         return redis_store
     dedupe_mod = _scale_adapter("meterline.adapters.postgres.dedupe", "psycopg", "psycopg_pool")
-    pg_store: DedupeStore = dedupe_mod.PgDedupe(db, clock.now_us, lease_us=lease_us, window_us=window_us)
+    erasure_mod = _scale_adapter("meterline.adapters.postgres.erasure", "psycopg", "psycopg_pool")
+    secret = erasure_mod.PgErasureCatalog(db, clock.now_us).secret  # erased keys stay duplicates
+    pg_store: DedupeStore = dedupe_mod.PgDedupe(db, clock.now_us, lease_us=lease_us, window_us=window_us, secret=secret)
     return pg_store
 
 
@@ -833,8 +835,19 @@ def open_worker(config: Config) -> Worker:
     counters = usage_counters(config, closers)
     if counters is not None:
         followers.append(CounterFeed(counters, meters.live, store.known, cap=cap))
+    from meterline.adapters.postgres.erasure import PgErasedEntries
+
     sink = SinkWorker(
-        partitions, store, meters.live, dedupe, fence, cap=cap, max_entries=chunk, copies=copies, followers=followers
+        partitions,
+        store,
+        meters.live,
+        dedupe,
+        fence,
+        cap=cap,
+        max_entries=chunk,
+        copies=copies,
+        followers=followers,
+        erased=PgErasedEntries(pg),  # erased entries read again from the log stay erased
     )
     return Worker(sink, partitions, conn, pg, closers)
 

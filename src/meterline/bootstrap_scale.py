@@ -60,6 +60,7 @@ from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.correction_log import StoredOriginal, StoredOriginals
 from meterline.ports.corrections import Corrected, CorrectionRecord, Corrections
+from meterline.ports.erasure import Erasures
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.meters import UsageReader
 from meterline.ports.reconciliation import BilledWindow, Change, Counted, LedgerCheck
@@ -80,6 +81,7 @@ from meterline.services.erasure import ErasureService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
 from meterline.services.log_corrections import LogCorrections
+from meterline.services.log_erasure import LogErasures
 from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
     from meterline.adapters.clickhouse.usage import ClickHouseUsage
     from meterline.adapters.kafka.ledger import KafkaLedger
     from meterline.adapters.postgres.reconciliation import PgReconciliationCounts
+    from meterline.ports.live_usage import UsageCounters
     from meterline.ports.reconciliation import ReconciliationCounts
 
 
@@ -287,15 +290,17 @@ class NotedOriginals:
         return found
 
 
-class NoErasures:
-    """Erasure rewrites the embedded ledger's entries, rollups and catalog in one transaction;
-    the partitioned log and ClickHouse have no such transaction yet: 501 ``not_supported``."""
+class RefusedErasures:
+    """Erasure with the dedupe store in Redis: the erased keys would stay there under their
+    original key (``services.log_erasure`` rewrites PostgreSQL's): 501 ``not_supported``."""
+
+    _why = "erasure of a subject in scale mode needs the dedupe store in PostgreSQL ([dedupe] backend)"
 
     def erase(self, request: ErasureRequest) -> ErasureRecord:
-        raise NotSupported("erasure of a subject needs the embedded ledger", mode="scale")
+        raise NotSupported(self._why, mode="scale")
 
     def erasures(self, namespace: str) -> builtins.list[ErasureRecord]:
-        raise NotSupported("erasure of a subject needs the embedded ledger", mode="scale")
+        raise NotSupported(self._why, mode="scale")
 
 
 class ScaleStatus:
@@ -461,8 +466,9 @@ def _wire(
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
     values = ClickHouseMeterValues(conn, usage.note)
     corrections = _corrections(config, clock, stores, conn, kafka, usage)
+    erasures = _erasures(config, clock, stores, conn, kafka, progress, counters)
     catalog = _catalog(
-        config, clock, stores, usage, counted, values, dispatcher.wake, releaser, kafka, screen, corrections
+        config, clock, stores, usage, counted, values, dispatcher.wake, releaser, kafka, screen, corrections, erasures
     )
     cfg = config.billing
     billing = build_billing(
@@ -512,6 +518,47 @@ def _alerting(alerts: BatchAlerts, wake: Callable[[], None]) -> Callable[[Entitl
     return changed
 
 
+def _erasures(
+    config: Config,
+    clock: Clock,
+    stores: ScaleStores,
+    conn: Connection,
+    kafka: KafkaLedger,
+    progress: ClickHouseProgress,
+    counters: UsageCounters | None,
+) -> Erasures:
+    """Erasure of a subject over the log, ClickHouse and PostgreSQL (``services.log_erasure``):
+    the workers held off through the fence while it rewrites."""
+    from meterline.adapters.clickhouse.erasure import ClickHouseErasure
+    from meterline.adapters.clickhouse.rebuild import settled
+    from meterline.adapters.kafka.ledger import log_ends
+    from meterline.adapters.postgres.erasure import PgErasureCatalog
+    from meterline.adapters.postgres.fence import PgFence
+
+    if config.dedupe.backend != "postgres":
+        return RefusedErasures()
+    k = config.kafka
+    fence = PgFence(stores.catalog.db, config.postgres.dsn)
+
+    def heads() -> dict[int, int]:
+        ends = log_ends(k.bootstrap_servers, k.topic, k.partitions)
+        for partition, head in kafka.heads().items():  # what this node acknowledged, whatever the broker says
+            ends[partition] = max(ends.get(partition, 0), head)
+        return ends
+
+    return LogErasures(
+        PgErasureCatalog(stores.catalog.db, clock.now_us),
+        ClickHouseErasure(conn),
+        stores.catalog.meters.live,
+        heads=heads,
+        applied=lambda: progress.applied().done,
+        hold=fence.maintenance,
+        unfinished=lambda seconds: settled(conn, seconds),
+        max_wait=config.aggregation.max_wait,
+        counters=None if counters is None else counters.move_subject,
+    )
+
+
 def _catalog(
     config: Config,
     clock: Clock,
@@ -524,6 +571,7 @@ def _catalog(
     ledger: Ledger,
     screen: ScreenCache,
     corrections: Corrections,
+    erasures: Erasures,
 ) -> Catalog:
     from meterline.adapters.postgres.dead_letters import PgResubmitter
 
@@ -547,7 +595,7 @@ def _catalog(
         resubmission=Resubmission(
             PgResubmitter(pg.db, ledger, clock.now_us, config.kafka.delivery_timeout + 5), clock, ingest_limits(config)
         ),
-        erasures=ErasureService(NoErasures()),
+        erasures=ErasureService(erasures),
         entitlements=entitlements,
         features=FeatureService(pg.features, pg.grants, pg.meters, entitlements, clock),
         notifications=NotificationService(

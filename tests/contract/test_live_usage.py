@@ -115,3 +115,22 @@ def test_positions_move_together_or_not_at_all(kit: Any) -> None:
     assert store.add("t:0", {2: (None, 9)}, both)  # only the meters moved are added
     assert store.total(1, ["a"], M0, M0 + 1) == 1
     assert store.total(2, ["a"], M0, M0 + 1) == 10
+
+
+def test_move_subject_adds_to_the_target_exactly_and_drops_the_source(kit: tuple[Any, Any]) -> None:
+    """An erasure moves a subject's counters to its pseudonym: every range's total over both
+    stays, the subject reads nothing after, and a meter not listed keeps its counters."""
+    store, _ = kit
+    deltas = {
+        (1, "zed"): {M0: Decimal("1.25"), M0 + 61: Decimal("2")},
+        (1, "erased-x"): {M0 + 61: Decimal("0.5")},
+        (2, "zed"): {M0 + 5: Decimal("7")},
+    }
+    assert store.add("s:0", {1: (None, 3), 2: (None, 3)}, deltas)
+    before = store.total(1, ["zed", "erased-x"], M0, M0 + DAY)
+    assert store.move_subject([1], "zed", "erased-x") == 1
+    assert store.total(1, ["erased-x"], M0, M0 + DAY) == before == Decimal("3.75")
+    assert store.total(1, ["erased-x"], M0 + 61, M0 + 62) == Decimal("2.5")
+    assert store.total(1, ["zed"], M0, M0 + DAY) == 0
+    assert store.total(2, ["zed"], M0, M0 + DAY) == Decimal("7")  # not listed: stays
+    assert store.move_subject([1], "zed", "erased-x") == 0  # nothing left to move

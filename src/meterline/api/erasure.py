@@ -38,7 +38,7 @@ async def list_erasures(call: Call) -> Response:
 
 
 def record_json(r: ErasureRecord) -> dict[str, object]:
-    return {
+    out: dict[str, object] = {
         "id": r.id,
         "erasedAt": rfc3339(r.erased_us),
         "actor": r.actor,
@@ -47,3 +47,6 @@ def record_json(r: ErasureRecord) -> dict[str, object]:
         "throughPosition": r.through_seq,
         "counts": r.counts,
     }
+    if r.through_log is not None:  # scale mode: a position per log partition
+        out["throughLogPositions"] = {str(p): o for p, o in sorted(r.through_log.items())}
+    return out

@@ -23,11 +23,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from meterline.domain.errors import InvalidInput, NotFound
+import msgspec
+
+from meterline.domain.clock import rfc3339
+from meterline.domain.errors import Conflict, InvalidInput, NotFound
+from meterline.domain.events.model import Event, Rejection
+from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.paths import Path
 
 MAX_REASON = 1000
@@ -36,6 +42,10 @@ ERASED_SOURCE = ""
 """The source of an erased key: CloudEvents require a non-empty source, so no event sent
 later can have an erased entry's key by accident."""
 PSEUDONYM_PREFIX = "erased-"
+ERASED_REASON = "(erased with the subject)"
+"""What replaces the reason of a correction of an erased entry (free text that may name the person)."""
+_decode = msgspec.json.Decoder(float_hook=Decimal)  # numbers stay exact, as the meters read them
+_encode = msgspec.json.Encoder(decimal_format="number")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +98,10 @@ class ErasureRecord:
     """What was rewritten or deleted, by kind (``ledgerEntries``, ``events``, ``quarantined``,
     ``deadLetters``, ``portalTokens``, ``customerMappings``, ``customerKeys``, ``rollupRows``)."""
     through_seq: int = 0
-    """The last ledger position the erasure covered: later entries of the subject are a new life."""
+    """The last ledger position the erasure covered: later entries of the subject are a new life.
+    In scale mode: the log records applied over every partition (``through_log`` per partition)."""
+    through_log: dict[int, int] | None = None
+    """Scale mode: per log partition, the offset after the last record the erasure covered."""
 
 
 def _mac(secret: bytes, *parts: str | bytes) -> bytes:
@@ -147,3 +160,62 @@ def _place(out: Any, data: Any, where: tuple[str | int, ...]) -> Any:
                 node[key] = {} if isinstance(value, dict) else []
             node, source = node[key], value
     return out
+
+
+def erased_raw(
+    raw: bytes, ns: str, type_: str, subject: str, id_: str, time_us: int, meters: Sequence[CompiledMeter]
+) -> bytes:
+    """The erased form of a raw CloudEvent: the envelope without the key or extensions, the
+    pseudonymous ``subject``, the erased ``id_`` and ``data`` reduced to what ``meters`` (the
+    live meters of its type) read. Checked: each meter reads the same value and groups from
+    it as from ``raw``, else ``erasure_unsafe`` (nothing may be erased then)."""
+    try:
+        data = _decode.decode(raw).get("data")
+    except (msgspec.DecodeError, AttributeError):
+        data = None
+    paths: list[Path] = [p for m in meters for p in m.paths()]
+    kept = reduced_data(data, paths)
+    for meter in meters:
+        before = meter.read(_event(ns, type_, subject, time_us, data))
+        after = meter.read(_event(ns, type_, subject, time_us, kept))
+        if not _same(before, after):
+            raise Conflict(
+                f"meter {meter.meter.slug!r} cannot read an erased payload as before; the erasure was not done",
+                code="erasure_unsafe",
+            )
+    envelope = {"specversion": "1.0", "id": id_, "source": ERASED_SOURCE, "type": type_, "subject": subject}
+    return _encode.encode({**envelope, "time": rfc3339(time_us), "data": kept})
+
+
+def erased_void_raw(raw: bytes, id_: str) -> bytes:
+    """The erased form of a partitioned log's void record (``domain.events.corrections``):
+    the erased key, the actor kept, the reason replaced (free text that may name the person)."""
+    try:
+        body = _decode.decode(raw)
+        actor = str(body.get("void", {}).get("actor", ""))
+    except (msgspec.DecodeError, AttributeError):
+        actor = ""
+    return _encode.encode({"id": id_, "source": ERASED_SOURCE, "void": {"reason": ERASED_REASON, "actor": actor}})
+
+
+def _event(ns: str, type_: str, subject: str, time_us: int, data: Any) -> Event:
+    return Event(ns, ERASED_SOURCE, "", type_, subject, time_us, data if isinstance(data, dict) else None, b"", b"")
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, Rejection) or isinstance(b, Rejection):
+        return isinstance(a, Rejection) and isinstance(b, Rejection)
+    return repr(a) == repr(b)
+
+
+def names(raw: bytes, subject: str) -> bool:
+    """Whether a dead letter belongs to the subject: its ``subject`` member is it, or (any body)
+    it holds the subject as a JSON string anywhere."""
+    quoted = msgspec.json.encode(subject)
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return quoted in raw or subject.encode() in raw
+    if isinstance(body, dict) and body.get("subject") == subject:
+        return True
+    return quoted in raw

@@ -3,11 +3,23 @@ its usage stays under a pseudonym; every erasure leaves an audit record."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from meterline.domain.erasure import ErasureRecord, ErasureRequest
 
-__all__ = ["ErasureRecord", "ErasureRequest", "Erasures"]
+__all__ = [
+    "ErasableStore",
+    "ErasedEntries",
+    "ErasedEntry",
+    "ErasedKey",
+    "ErasureCatalog",
+    "ErasureRecord",
+    "ErasureRequest",
+    "Erasures",
+    "StoredVersion",
+]
 
 
 class Erasures(Protocol):
@@ -18,4 +30,134 @@ class Erasures(Protocol):
 
     def erasures(self, namespace: str) -> list[ErasureRecord]:
         """The audit records of ``namespace``, newest first."""
+        ...
+
+
+# -- scale mode: the erasure over a partitioned log, ClickHouse and PostgreSQL ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of an event key (the event, or a correction entry) as the usage store
+    holds it: its place in the log and its original fields."""
+
+    stream: str
+    seq: int
+    namespace: str
+    source: str
+    id: str
+    type: str
+    subject: str
+    time_us: int
+    received_us: int
+    raw: bytes
+    corrects: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedEntry:
+    """The erased form of the log entry at (``stream``, ``seq``): what the usage store holds
+    instead of it, and what a sink worker that reads the original record again writes
+    (``ErasedEntries``). Source ``""``, ``id`` the erased id, ``subject`` the pseudonym (or the
+    version's own other subject), ``raw`` reduced to what the meters read; ``kept`` a digest of
+    the original version (what a hash chain over the log verifies it by)."""
+
+    stream: str
+    seq: int
+    namespace: str
+    type: str
+    subject: str
+    time_us: int
+    received_us: int
+    id: str
+    raw: bytes
+    corrects: int
+    kept: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedKey:
+    """An idempotency key the erasure replaces by its erased key (dedupe store, journal)."""
+
+    source: str
+    id: str
+    erased_id: str
+
+
+class ErasableStore(Protocol):
+    """The usage store's side of a scale-mode erasure (ClickHouse)."""
+
+    def versions(self, namespace: str, subject: str) -> list[StoredVersion]:
+        """The subject's stored entries and every other version of their keys, in log order."""
+        ...
+
+    def has_usage(self, meters: Sequence[int], subject: str) -> bool:
+        """Whether any usage row of ``meters`` is keyed by ``subject``."""
+        ...
+
+    def copy(
+        self, erasure: int, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str
+    ) -> int:
+        """Step 1: insert the erased entries and the subject's usage states moved to ``alias``
+        (under tokens of ``erasure``: a repeat after a crash inserts nothing again); rows copied."""
+        ...
+
+    def drop(self, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str) -> None:
+        """Step 2: delete the original entries and the subject's usage rows (synchronously, so
+        the parts that held them are outdated when it returns)."""
+        ...
+
+
+class ErasureCatalog(Protocol):
+    """The catalog's side of a scale-mode erasure (PostgreSQL): the shared secret, the audit
+    records, and every catalog row that names the subject."""
+
+    def secret(self) -> bytes:
+        """The erasure secret shared by every node (created once)."""
+        ...
+
+    def meter_keys(self, namespace: str) -> list[int]:
+        """Every meter key the namespace ever had (deleted meters too)."""
+        ...
+
+    def refers(self, namespace: str, subject: str) -> bool:
+        """A customer mapping, quarantined event, dead letter or portal token names the subject."""
+        ...
+
+    def begin(
+        self,
+        request: ErasureRequest,
+        alias: str,
+        through: Mapping[int, int],
+        entries: Sequence[ErasedEntry],
+        keys: Sequence[ErasedKey],
+    ) -> ErasureRecord:
+        """One transaction: the audit record (an unfinished one of the same pseudonym is taken
+        up again: its id, so the usage store's tokens, stay), the erased entries, the dedupe
+        store's keys and the correction journal's rows rewritten, quarantined events, dead
+        letters and portal tokens of the subject deleted. The record's counts say what it did."""
+        ...
+
+    def switch(self, record: ErasureRecord, subject: str) -> dict[str, int]:
+        """One transaction: customers map the pseudonym instead of the subject (a customer whose
+        key is the subject gets the pseudonym as key); how many mappings and keys moved."""
+        ...
+
+    def finish(self, record: ErasureRecord, counts: Mapping[str, int]) -> ErasureRecord:
+        """Add ``counts`` to the record and mark it finished."""
+        ...
+
+    def erasures(self, namespace: str) -> list[ErasureRecord]: ...
+
+
+class ErasedEntries(Protocol):
+    """What the sink workers consult so that an erased entry read again from the log (its
+    records are immutable) is written in its erased form, never as it was."""
+
+    def through(self) -> dict[str, int]:
+        """Per stream, the last seq erased so far (streams with none are absent)."""
+        ...
+
+    def within(self, stream: str, after: int, end: int) -> dict[int, ErasedEntry]:
+        """The erased entries of ``stream`` with ``after < seq <= end``, by seq."""
         ...

@@ -37,3 +37,8 @@ class UsageCounters(Protocol):
     def total(self, meter: int, subjects: Sequence[str], start_minute: int, end_minute: int) -> Decimal:
         """The meter's usage of ``subjects`` in the minutes ``[start_minute, end_minute)``."""
         ...
+
+    def move_subject(self, meters: Sequence[int], subject: str, alias: str) -> int:
+        """Add ``subject``'s counters of ``meters`` to ``alias``'s and drop them, each meter
+        atomically (an erasure: the totals stay); how many counters moved."""
+        ...

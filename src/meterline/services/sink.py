@@ -33,6 +33,13 @@ from the store's raw events: a worker killed between step 4 and a follower's rec
 those ranges to the next owner, so nothing a follower must see is skipped, and followers make
 handling a range twice harmless.
 
+An erased entry (``ports.erasure.ErasedEntries``: an erasure rewrote it in the store, and the
+log's record of it cannot be rewritten) is applied in its erased form whenever a worker reads
+the record again (a store rebuilt from the log, a range redone): it counts as it did, under the
+pseudonym, without its original key. The worker reads which seqs are erased when it takes a
+new epoch of a stream; an erasure holds every stream (raising every epoch) while it erases,
+so every write after it is made under an epoch taken after it.
+
 A meter created after a partition has entries counts them through a backfill: the store
 records, with the first batch that applies the meter, what the partition held before it
 (``SinkStore.backfills``); the partition's owner then folds those entries from the store's
@@ -53,6 +60,7 @@ from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import LedgerEntry, Replay
 from meterline.domain.meters.model import Meter
 from meterline.ports.dedupe import DedupeStore, EventKey
+from meterline.ports.erasure import ErasedEntries, ErasedEntry
 from meterline.ports.quarantine import Copy, ReleasedCopies
 from meterline.ports.sink import BatchFollower, LogEntry, PartitionLog, Position, SinkStore, StreamFence
 
@@ -84,9 +92,11 @@ class SinkWorker:
         meters_every: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         followers: Sequence[BatchFollower] = (),
+        erased: ErasedEntries | None = None,
     ) -> None:
         """``meters_every``: how often (seconds) an idle worker looks for new meters to backfill;
-        ``followers``: what each applied range is handed to, in order."""
+        ``followers``: what each applied range is handed to, in order; ``erased``: the entries
+        erasures rewrote (written in their erased form when read again)."""
         self._log = partitions
         self._store = store
         self._meters = meters
@@ -106,6 +116,8 @@ class SinkWorker:
         self._clock = clock
         self._looked = -meters_every
         self._held: set[str] = set()
+        self._erased = erased
+        self._erased_through: dict[str, int] = {}
         self.followers: list[BatchFollower] = list(followers)
         """What each applied range is handed to, in order."""
         self._new_meters = False
@@ -170,7 +182,7 @@ class SinkWorker:
             self._carry[stream] = entries
             return 0
         end = position.pending_end or batch[-1].entry.seq
-        counted = self._confirmed(stream, batch)
+        counted = self._confirmed(stream, self._erasing(stream, batch, position.done, end))
         compiled = self._live()
         groups, subjects = self._known_dims(compiled)
         replay = Replay(self._cap, groups, subjects, admit_amends=True)
@@ -196,6 +208,10 @@ class SinkWorker:
     def _backfill(self, held: set[str]) -> int:
         """One chunk of each unfinished backfill of the held streams; how many entries it folded."""
         folded = 0
+        for stream in sorted(held & self._epochs.keys()):
+            if not self._fence.holds(stream, self._epochs[stream]):  # a maintenance hold (rebuild, erasure) ended it
+                self._positions.pop(stream, None)
+                self._epochs.pop(stream, None)
         epochs = {s: self._epochs[s] for s in sorted(held) if self._position(s) is not None}
         pending = self._store.backfills(epochs, frozenset(self._compiled))
         self._backfilling = bool(pending) or len(epochs) < len(held)  # held off: look again later
@@ -241,6 +257,13 @@ class SinkWorker:
             lost.update(e.entry.seq for e, ok in zip(released, first, strict=True) if not ok)
         return [e.entry for e in batch if e.entry.seq not in lost]
 
+    def _erasing(self, stream: str, batch: list[LogEntry], start: int, end: int) -> list[LogEntry]:
+        """``batch`` with each erased entry in its erased form (no claim: it counted before)."""
+        if self._erased is None or start >= self._erased_through.get(stream, 0):
+            return batch
+        erased = self._erased.within(stream, start, end)
+        return [e if e.entry.seq not in erased else _erased_entry(erased[e.entry.seq]) for e in batch]
+
     def _position(self, stream: str) -> Position | None:
         """The stream's stored position, read after taking a new epoch of it (so a range the
         previous holder recorded before its last fence check is seen); None while maintenance
@@ -251,6 +274,9 @@ class SinkWorker:
             if epoch is None:
                 return None
             self._epochs[stream] = epoch
+            self._backfilling = True  # a stream taken (again) may have backfills to go on with
+            if self._erased is not None:  # erasures before this epoch: all of them (module doc)
+                self._erased_through = self._erased.through()
             position = self._store.positions([stream])[stream]
             for follower in self.followers:
                 self._catch_up(follower, stream, position.done)
@@ -286,3 +312,8 @@ class SinkWorker:
         if self._known is None:
             self._known = self._store.known([m.meter.key for m in compiled])
         return self._known
+
+
+def _erased_entry(e: ErasedEntry) -> LogEntry:
+    entry = LedgerEntry(e.seq, e.namespace, "", e.type, e.subject, e.time_us, e.raw, e.received_us, None, e.corrects)
+    return LogEntry(entry, e.id, "")

@@ -82,6 +82,23 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int, replication: int) 
         raise StorageUnavailable(f"cannot create Kafka topic {topic!r}: {type(exc).__name__}") from exc
 
 
+def log_ends(bootstrap: str, topic: str, partitions: int, timeout: float = 10.0) -> dict[int, int]:
+    """Per partition, the offset after its last record (the high watermark) now."""
+    kafka = import_extra("confluent_kafka", "scale")
+    consumer = kafka.Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"{topic}-ends", "enable.auto.commit": False}
+    )
+    try:
+        return {
+            p: int(consumer.get_watermark_offsets(kafka.TopicPartition(topic, p), timeout=timeout)[1])
+            for p in range(partitions)
+        }
+    except Exception as exc:
+        raise _unavailable(exc) from exc
+    finally:
+        consumer.close()
+
+
 class _Request:
     """One append: its outcomes so far, and the claimed events waiting for delivery reports."""
 

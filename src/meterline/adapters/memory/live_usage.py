@@ -51,3 +51,16 @@ class MemoryUsageCounters:
                 for f in fields:
                     total = EXACT.add(total, counts.get(f, ZERO))
         return total
+
+    def move_subject(self, meters: Sequence[int], subject: str, alias: str) -> int:
+        moved = 0
+        with self._lock:
+            for meter in meters:
+                counts = self._counts.pop((meter, subject), None)
+                if counts is None:
+                    continue
+                into = self._counts.setdefault((meter, alias), {})
+                for b, value in counts.items():
+                    into[b] = EXACT.add(into.get(b, ZERO), value)
+                moved += 1
+        return moved

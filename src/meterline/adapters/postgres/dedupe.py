@@ -18,6 +18,12 @@ Each call is one short statement (claim: two) in its own transaction:
    and for those already confirmed under our token (idempotent, and what the sink relies on).
 4. release — ``DELETE ... WHERE token = <ours> AND NOT confirmed``.
 
+Erased keys (``adapters.postgres.erasure``): an erasure replaces a key's row by its erased key
+(source ``""``, id = HMAC of the key under the erasure secret). Step 1 inserts no key whose
+erased key has a row (within the window), and step 2 reads those rows too: a resent erased
+event is DUPLICATE (or CONFLICT, told by the keyed digest), never claimed again. It costs one
+HMAC per key and one more probe of the primary key per inserted key.
+
 Lease and window times come from the injected clock of the caller. Correctness never depends on
 clocks agreeing: a claimant whose lease was taken over early only loses its confirm (and answers
 a retryable error); skew can only make that more or less frequent.
@@ -32,6 +38,7 @@ from typing import TypeVar
 import psycopg
 
 from meterline.adapters.postgres.database import Connection, PgDatabase
+from meterline.domain.erasure import ERASED_SOURCE, erased_digest, erased_id
 from meterline.domain.errors import StorageUnavailable
 from meterline.ports.dedupe import Claims, EventKey, Verdict
 
@@ -43,12 +50,20 @@ PRUNE_BATCH = 10_000
 
 class PgDedupe:
     def __init__(
-        self, db: PgDatabase, now_us: Callable[[], int], *, lease_us: int, window_us: int | None = None
+        self,
+        db: PgDatabase,
+        now_us: Callable[[], int],
+        *,
+        lease_us: int,
+        window_us: int | None = None,
+        secret: Callable[[], bytes] | None = None,
     ) -> None:
+        """``secret``: the erasure secret (erased keys are recognised; None: they are not)."""
         self._db = db
         self._now_us = now_us
         self._lease_us = lease_us
         self._window_us = window_us
+        self._secret = secret
 
     def claim(self, keys: Sequence[EventKey]) -> Claims:
         token = uuid.uuid4()
@@ -58,7 +73,11 @@ class PgDedupe:
         now = self._now_us()
         floor = -(2**63) if self._window_us is None else now - self._window_us
         ordered = sorted(firsts)
-        rows = self._retrying(lambda conn: _claim(conn, ordered, firsts, token, now, floor, now + self._lease_us))
+        secret = None if self._secret is None else self._secret()
+        erased = {key: erased_id(secret, *key) for key in ordered} if secret is not None else {}
+        rows = self._retrying(
+            lambda conn: _claim(conn, ordered, firsts, token, now, floor, now + self._lease_us, erased)
+        )
         claimed, stored = rows
         verdicts: list[Verdict] = []
         seen: set[Key] = set()
@@ -68,8 +87,11 @@ class PgDedupe:
                 verdicts.append(Verdict.CLAIMED)
             elif key in claimed:  # a later occurrence of a key this call claimed
                 verdicts.append(Verdict.DUPLICATE if firsts[key].digest == k.digest else Verdict.CONFLICT)
-            else:
-                verdicts.append(_verdict(stored.get(key), k.digest))
+            elif key in stored:
+                verdicts.append(_verdict(stored[key], k.digest))
+            else:  # an erased key's row, or none (BUSY)
+                digest = k.digest if secret is None else erased_digest(secret, k.digest)
+                verdicts.append(_verdict(stored.get((k.namespace, ERASED_SOURCE, erased.get(key, ""))), digest))
             seen.add(key)
         return Claims(token.hex, verdicts)
 
@@ -127,15 +149,21 @@ def _claim(
     now: int,
     floor: int,
     lease_end: int,
+    erased: dict[Key, str],
 ) -> tuple[set[Key], dict[Key, tuple[bool, bytes]]]:
     ns, src, ids = _columns(ordered)
     digests = [firsts[key].digest for key in ordered]
-    # Step 1: insert new keys; take over only lapsed leases and keys that left the window.
+    eids = [erased.get(key, "") for key in ordered]
+    # Step 1: insert new keys (none whose erased key is held); take over only lapsed leases and
+    # keys that left the window.
     won = conn.execute(
         "INSERT INTO dedupe_keys AS k (namespace, source, id, digest, token, confirmed, at_us)"
         " SELECT ns, src, id, dg, %(token)s, false, %(lease)s"
-        " FROM unnest(%(ns)s::text[], %(src)s::text[], %(id)s::text[], %(dg)s::bytea[])"
-        " WITH ORDINALITY AS u(ns, src, id, dg, ord) ORDER BY ord"
+        " FROM unnest(%(ns)s::text[], %(src)s::text[], %(id)s::text[], %(dg)s::bytea[], %(eid)s::text[])"
+        " WITH ORDINALITY AS u(ns, src, id, dg, eid, ord)"
+        " WHERE u.eid = '' OR NOT EXISTS (SELECT 1 FROM dedupe_keys e"
+        " WHERE e.namespace = u.ns AND e.source = '' AND e.id = u.eid AND e.at_us >= %(floor)s)"
+        " ORDER BY ord"
         " ON CONFLICT (namespace, source, id) DO UPDATE"
         " SET digest = excluded.digest, token = excluded.token, confirmed = false, at_us = excluded.at_us"
         " WHERE (NOT k.confirmed AND k.at_us <= %(now)s) OR (k.confirmed AND k.at_us < %(floor)s)"
@@ -149,13 +177,16 @@ def _claim(
             "dg": digests,
             "now": now,
             "floor": floor,
+            "eid": eids,
         },
     ).fetchall()
     claimed = {(n, s, i) for n, s, i in won}
     rest = [key for key in ordered if key not in claimed]
     if not rest:
         return claimed, {}
-    # Step 2: what holds the others: a confirmation (duplicate or conflict) or a live lease (busy).
+    # Step 2: what holds the others: a confirmation (duplicate or conflict) or a live lease
+    # (busy); an erased key's row stands for its original key's.
+    rest += [(key[0], ERASED_SOURCE, erased[key]) for key in rest if erased.get(key)]
     ns, src, ids = _columns(rest)
     stored = conn.execute(
         "SELECT k.namespace, k.source, k.id, k.confirmed, k.digest FROM dedupe_keys k"

@@ -265,6 +265,29 @@ CREATE INDEX event_corrections_key ON event_corrections (namespace, source, even
 CREATE INDEX event_corrections_received ON event_corrections (namespace, received_us, id);
 """,
     ),
+    (
+        13,
+        "erasure of a subject: the audit records and the erased form of every log entry they rewrote",
+        """
+-- counts: JSON object; through: JSON object partition -> offset after the last record covered.
+CREATE TABLE erasures (
+    id BIGSERIAL PRIMARY KEY, namespace TEXT NOT NULL, erased_us BIGINT NOT NULL, actor TEXT NOT NULL,
+    reason TEXT NOT NULL, pseudonym TEXT NOT NULL, counts BYTEA NOT NULL, through BYTEA NOT NULL,
+    finished_us BIGINT
+);
+CREATE INDEX erasures_by_namespace ON erasures (namespace, id);
+-- The erased form of each log entry an erasure rewrote, by its place in the log: the sink
+-- workers write this instead of the record whenever they read it again (ports.erasure).
+-- kept: SHA-256 of the original version (no identifier of it is kept).
+CREATE TABLE erased_entries (
+    stream TEXT NOT NULL, seq BIGINT NOT NULL, namespace TEXT NOT NULL, erasure BIGINT NOT NULL,
+    type TEXT NOT NULL, subject TEXT NOT NULL, time_us BIGINT NOT NULL, received_us BIGINT NOT NULL,
+    id TEXT NOT NULL, raw BYTEA NOT NULL, corrects BIGINT NOT NULL, kept BYTEA NOT NULL,
+    PRIMARY KEY (stream, seq)
+);
+CREATE INDEX erased_entries_by_erasure ON erased_entries (erasure);
+""",
+    ),
 ]
 
 

@@ -121,6 +121,39 @@ class RedisUsageCounters:
                     total = EXACT.add(total, Decimal(v.decode()))
         return total
 
+    def move_subject(self, meters: Sequence[int], subject: str, alias: str) -> int:
+        """Per meter an optimistic transaction as ``add``'s: ``WATCH`` both hashes, sum exactly
+        in Python, ``MULTI``/``EXEC`` the pseudonym's new values and the subject's deletion."""
+        moved = 0
+        try:
+            for meter in meters:
+                moved += self._move(self._counts(meter, subject), self._counts(meter, alias))
+        except redis.RedisError as exc:
+            raise StorageUnavailable("the Redis usage counters are unavailable") from exc
+        return moved
+
+    def _move(self, source: str, target: str) -> int:
+        for _ in range(RETRIES):
+            with self._r.pipeline() as pipe:
+                try:
+                    pipe.watch(source, target)  # type: ignore[no-untyped-call]
+                    old = cast(dict[bytes, bytes], pipe.hgetall(source))
+                    if not old:
+                        return 0
+                    into = cast(dict[bytes, bytes], pipe.hgetall(target))
+                    new = {
+                        k.decode(): str(EXACT.add(Decimal(v.decode()), Decimal(into.get(k, b"0").decode())))
+                        for k, v in old.items()
+                    }
+                    pipe.multi()
+                    pipe.hset(target, mapping=new)
+                    pipe.delete(source)
+                    pipe.execute()
+                    return 1
+                except redis.WatchError:
+                    continue
+        raise StorageUnavailable("the Redis usage counters stayed contended")
+
     def _positions(self, stream: str) -> str:
         return f"{self._prefix}lu:pos:{stream}"
 

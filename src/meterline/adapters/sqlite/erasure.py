@@ -47,23 +47,22 @@ from meterline.adapters.sqlite.recompute import HOUR_US, refold_builtins
 from meterline.adapters.sqlite.rekey import rekey_references
 from meterline.adapters.sqlite.schema import SECURE_DELETE_KEY, connect
 from meterline.adapters.sqlite.usage import ERASURE_GENERATION_KEY
-from meterline.domain.clock import rfc3339
 from meterline.domain.erasure import (
+    ERASED_REASON,
     ERASED_SOURCE,
     ErasureRecord,
     ErasureRequest,
     erased_digest,
     erased_id,
+    erased_raw,
+    names,
     pseudonym,
-    reduced_data,
     subject_not_found,
 )
 from meterline.domain.errors import Conflict, StorageUnavailable
-from meterline.domain.events.model import Event, Rejection
 from meterline.domain.integrity.chain import GENESIS, content_digest, link
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.model import MeterSpec
-from meterline.domain.meters.paths import Path
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +72,6 @@ _encode = msgspec.json.Encoder(decimal_format="number")
 _spec = msgspec.json.Decoder(MeterSpec)
 ATTEMPTS = 20
 """Passes at most, each after waiting for the aggregator (bounded by ``aggregation.max_wait``)."""
-ERASED_REASON = "(erased with the subject)"
 
 
 class SqliteErasures:
@@ -359,34 +357,7 @@ def _paths(conn: sqlite3.Connection) -> dict[tuple[str, str], list[CompiledMeter
 def _reduce(
     raw: bytes, ns: str, type_: str, subject: str, id_: str, time_us: int, meters: Sequence[CompiledMeter]
 ) -> bytes:
-    """The erased form of a raw CloudEvent: the envelope without the key or extensions, the
-    pseudonymous subject, and ``data`` reduced to what ``meters`` read (checked)."""
-    try:
-        data = _decode.decode(raw).get("data")
-    except (msgspec.DecodeError, AttributeError):
-        data = None
-    paths: list[Path] = [p for m in meters for p in m.paths()]
-    kept = reduced_data(data, paths)
-    for meter in meters:
-        before = meter.read(_event(ns, type_, subject, time_us, data))
-        after = meter.read(_event(ns, type_, subject, time_us, kept))
-        if not _same(before, after):
-            raise Conflict(
-                f"meter {meter.meter.slug!r} cannot read an erased payload as before; the erasure was not done",
-                code="erasure_unsafe",
-            )
-    envelope = {"specversion": "1.0", "id": id_, "source": ERASED_SOURCE, "type": type_, "subject": subject}
-    return _encode.encode({**envelope, "time": rfc3339(time_us), "data": kept})
-
-
-def _event(ns: str, type_: str, subject: str, time_us: int, data: Any) -> Event:
-    return Event(ns, ERASED_SOURCE, "", type_, subject, time_us, data if isinstance(data, dict) else None, b"", b"")
-
-
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, Rejection) or isinstance(b, Rejection):
-        return isinstance(a, Rejection) and isinstance(b, Rejection)
-    return repr(a) == repr(b)
+    return erased_raw(raw, ns, type_, subject, id_, time_us, meters)
 
 
 def _move_usage(conn: sqlite3.Connection, namespace: str, subject: str, alias: str) -> dict[str, int]:
@@ -435,12 +406,4 @@ def _delete_held(conn: sqlite3.Connection, namespace: str, subject: str, dead: l
 
 
 def _names(raw: bytes, subject: str, quoted: bytes) -> bool:
-    """Whether a dead letter belongs to the subject: its ``subject`` member is it, or (a body
-    that is not a JSON object) it holds the subject as a JSON string anywhere."""
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return quoted in raw or subject.encode() in raw
-    if isinstance(body, dict) and body.get("subject") == subject:
-        return True
-    return quoted in raw
+    return names(raw, subject)

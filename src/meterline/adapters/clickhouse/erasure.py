@@ -1,0 +1,186 @@
+"""The usage store's side of a scale-mode erasure on ClickHouse (``ports.erasure.ErasableStore``).
+
+The subject is in the sorting key of ``events``, ``usage_rollups``, ``usage_uniques``,
+``usage_sketches`` and ``usage_gauges`` (and a value of ``usage_dims``), which ClickHouse
+cannot ``UPDATE``; so an erasure inserts, then deletes:
+
+1. ``copy``: the erased entries into ``events`` (those not there yet), and the subject's usage
+   states moved to the pseudonym — rollup states merged per key (sum, min, max, latest as the
+   table merges them), UNIQUE_COUNT values, sketch registers (``maxMap``), gauge states row by
+   row, the meters' subject values — each table under a token of the erasure (a repeat after a
+   crash inserts nothing twice);
+2. ``drop``: the original entries and the subject's usage rows deleted, and
+   ``usage_corrections``'s subject columns updated to the pseudonym, as mutations with
+   ``mutations_sync = 2`` (done when the call returns: the parts that held the rows are
+   outdated, and ClickHouse's cleanup removes them from disk after ``old_parts_lifetime``).
+
+A mutation's text is stored on disk (``mutation_<n>.txt``) for as long as ClickHouse keeps the
+mutation's record: it never names the subject. The subject and the entries' log places are
+put in a ``Memory`` table of the erasure (RAM only, dropped at the end) which the mutations
+read (``subject IN (SELECT subject FROM ...)``). Every other statement passes the subject as a
+bind parameter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.schema import DIMS, EVENTS, GAUGES, ROLLUPS, SKETCHES, UNIQUES
+from meterline.ports.erasure import ErasedEntry, StoredVersion
+
+SYNC = "SETTINGS mutations_sync = 2"
+USAGE = ("usage_rollups", "usage_uniques", "usage_sketches", "usage_gauges")
+_MOVED = {
+    "usage_rollups": (
+        ROLLUPS,
+        "SELECT meter, level, {a:String}, bucket, group_key, sum(count), sum(total), min(low), max(high), max(latest)"
+        " FROM usage_rollups WHERE has({m:Array(UInt64)}, meter) AND subject = {s:String}"
+        " GROUP BY meter, level, bucket, group_key ORDER BY meter, level, bucket, group_key",
+    ),
+    "usage_uniques": (
+        UNIQUES,
+        "SELECT DISTINCT meter, level, {a:String}, bucket, group_key, value FROM usage_uniques"
+        " WHERE has({m:Array(UInt64)}, meter) AND subject = {s:String} ORDER BY ALL",
+    ),
+    "usage_sketches": (
+        SKETCHES,
+        "SELECT meter, level, {a:String}, bucket, group_key, maxMap(registers) FROM usage_sketches"
+        " WHERE has({m:Array(UInt64)}, meter) AND subject = {s:String}"
+        " GROUP BY meter, level, bucket, group_key ORDER BY meter, level, bucket, group_key",
+    ),
+    "usage_gauges": (
+        GAUGES,
+        "SELECT meter, level, {a:String}, bucket, group_key, count, area, first_at, last_at FROM usage_gauges"
+        " WHERE has({m:Array(UInt64)}, meter) AND subject = {s:String} ORDER BY ALL",
+    ),
+    "usage_dims": (
+        DIMS,
+        "SELECT DISTINCT meter, dim, {a:String}, is_subject FROM usage_dims"
+        " WHERE has({m:Array(UInt64)}, meter) AND is_subject = 1 AND value = {s:String} ORDER BY ALL",
+    ),
+}
+_VERSION = "stream, seq, namespace, source, id, type, subject, time_us, received_us, raw, corrects"
+
+
+class ClickHouseErasure:
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def versions(self, namespace: str, subject: str) -> list[StoredVersion]:
+        sql = (
+            f"SELECT DISTINCT {_VERSION} FROM events"
+            " WHERE namespace = {ns:String} AND subject = {s:String} AND source != ''"
+        )
+        found = {(r[0], int(r[1])): r for r in self._conn.rows(sql, {"ns": namespace, "s": subject})}
+        while True:  # every other version of their keys: corrections chain within a stream
+            wanted: dict[str, set[int]] = {}
+            for stream, seq, *_, corrects in found.values():
+                wanted.setdefault(stream, set()).update({int(seq), int(corrects)} - {0})
+            more = {}
+            for stream, seqs in wanted.items():
+                sql = (
+                    f"SELECT DISTINCT {_VERSION} FROM events WHERE namespace = {{ns:String}} AND stream = {{st:String}}"
+                    " AND source != '' AND (has({q:Array(UInt64)}, seq) OR has({q:Array(UInt64)}, corrects))"
+                )
+                for r in self._conn.rows(sql, {"ns": namespace, "st": stream, "q": sorted(seqs)}):
+                    if (r[0], int(r[1])) not in found:
+                        more[(r[0], int(r[1]))] = r
+            if not more:
+                break
+            found |= more
+        return [_version(r) for _, r in sorted(found.items())]
+
+    def has_usage(self, meters: Sequence[int], subject: str) -> bool:
+        for table in USAGE:
+            sql = f"SELECT 1 FROM {table} WHERE has({{m:Array(UInt64)}}, meter) AND subject = {{s:String}} LIMIT 1"
+            if self._conn.rows(sql, {"m": sorted(meters), "s": subject}):
+                return True
+        return False
+
+    def copy(
+        self, erasure: int, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str
+    ) -> int:
+        copied = self._copy_events(erasure, entries)
+        params = {"m": sorted(meters), "s": subject, "a": alias}
+        for table, (columns, sql) in _MOVED.items():
+            rows = self._conn.rows(sql, params)
+            self._conn.insert(table, columns, rows, f"erasure:{erasure}:{table}")
+            copied += len(rows)
+        return copied
+
+    def drop(self, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str) -> None:
+        keys = ", ".join(str(int(m)) for m in sorted(meters)) or "0"
+        with self._scratch(subject, entries) as (who, where):
+            if entries:
+                self._conn.command(
+                    "ALTER TABLE events DELETE WHERE source != ''"
+                    f" AND (stream, seq) IN (SELECT stream, seq FROM {where}) {SYNC}"
+                )
+            for table in USAGE:
+                self._conn.command(
+                    f"ALTER TABLE {table} DELETE WHERE has([{keys}], meter) AND subject IN (SELECT subject FROM {who})"
+                    f" {SYNC}"
+                )
+            self._conn.command(
+                f"ALTER TABLE usage_dims DELETE WHERE has([{keys}], meter) AND is_subject = 1"
+                f" AND value IN (SELECT subject FROM {who}) {SYNC}"
+            )
+            mine = f"IN (SELECT subject FROM {who})"
+            self._conn.command(
+                f"ALTER TABLE usage_corrections UPDATE subject = if(subject {mine}, {{a:String}}, subject),"
+                f" was_subject = if(was_subject {mine}, {{a:String}}, was_subject)"
+                f" WHERE subject {mine} OR was_subject {mine} {SYNC}",
+                {"a": alias},
+            )
+
+    def _copy_events(self, erasure: int, entries: Sequence[ErasedEntry]) -> int:
+        """The erased entries the raw table lacks (a repeat after a crash adds none twice)."""
+        if not entries:
+            return 0
+        by_stream: dict[str, list[int]] = {}
+        for e in entries:
+            by_stream.setdefault(e.stream, []).append(e.seq)
+        there: set[tuple[str, int]] = set()
+        for stream, seqs in by_stream.items():
+            sql = (
+                "SELECT DISTINCT seq FROM events WHERE stream = {st:String} AND source = ''"
+                " AND has({q:Array(UInt64)}, seq)"
+            )
+            there.update((stream, int(s)) for (s,) in self._conn.rows(sql, {"st": stream, "q": sorted(seqs)}))
+        rows = [_raw_row(e) for e in entries if (e.stream, e.seq) not in there]
+        places = hashlib.sha256(repr(sorted((r[7], r[8]) for r in rows)).encode()).hexdigest()[:16]
+        self._conn.insert("events", EVENTS, rows, f"erasure:{erasure}:events:{places}")
+        return len(rows)
+
+    @contextmanager
+    def _scratch(self, subject: str, entries: Sequence[ErasedEntry]) -> Iterator[tuple[str, str]]:
+        """Two ``Memory`` tables (never on disk) the mutations read: the subject, the places."""
+        run = uuid.uuid4().hex[:12]
+        who, where = f"erasing_{run}_subject", f"erasing_{run}_places"
+        try:
+            self._conn.command(f"CREATE TABLE {who} (subject String) ENGINE = Memory")
+            self._conn.command(f"CREATE TABLE {where} (stream String, seq UInt64) ENGINE = Memory")
+            self._conn.insert(who, [("subject", "String")], [(subject,)], f"{who}:0")
+            places = sorted({(e.stream, e.seq) for e in entries})
+            self._conn.insert(where, [("stream", "String"), ("seq", "UInt64")], places, f"{where}:0")
+            yield who, where
+        finally:
+            self._conn.command(f"DROP TABLE IF EXISTS {who} SYNC")
+            self._conn.command(f"DROP TABLE IF EXISTS {where} SYNC")
+
+
+def _version(r: Any) -> StoredVersion:
+    stream, seq, ns, source, id_, type_, subject, time_us, received_us, raw, corrects = r
+    raw_bytes = raw.encode() if isinstance(raw, str) else bytes(raw)
+    return StoredVersion(
+        stream, int(seq), ns, source, id_, type_, subject, int(time_us), int(received_us), raw_bytes, int(corrects)
+    )
+
+
+def _raw_row(e: ErasedEntry) -> tuple[Any, ...]:
+    return (e.namespace, "", e.type, e.subject, e.time_us, e.received_us, e.raw.decode(), e.stream, e.seq, e.corrects)

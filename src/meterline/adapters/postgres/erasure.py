@@ -1,0 +1,291 @@
+"""The catalog's side of a scale-mode erasure in PostgreSQL (``ports.erasure.ErasureCatalog``)
+and the erased entries the sink workers consult (``ports.erasure.ErasedEntries``).
+
+- the erasure secret is ``meta.erasure_key``: the first node that needs it inserts a random
+  one, every other node reads that one (``INSERT ... ON CONFLICT DO NOTHING`` then ``SELECT``);
+- ``begin`` is one transaction: the audit row (``erasures``, unfinished), the erased entries
+  (``erased_entries``, by log place), each of the subject's idempotency keys in
+  ``dedupe_keys`` replaced by its erased key (source ``""``, the keyed id, the keyed digest:
+  a resend is found by ``adapters.postgres.dedupe`` and answered duplicate), the correction
+  journal's rows of those keys rewritten (erased key, pseudonym, erased payload, reason
+  replaced), and the subject's quarantined events, dead letters and portal tokens deleted;
+- ``switch`` moves the customers' subject mappings (and a customer key equal to the subject)
+  to the pseudonym, in one transaction;
+- ``finish`` adds the usage store's counts and marks the record finished.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from meterline.adapters.postgres.database import Connection, PgDatabase, lock
+from meterline.adapters.postgres.rekey import rekey_references
+from meterline.domain.erasure import (
+    ERASED_REASON,
+    ERASED_SOURCE,
+    ErasureRecord,
+    ErasureRequest,
+    erased_digest,
+    names,
+)
+from meterline.ports.erasure import ErasedEntry, ErasedKey
+
+_SECRET = "erasure_key"
+_RECORD = "id, namespace, erased_us, actor, reason, pseudonym, counts, through"
+
+
+class PgErasureCatalog:
+    def __init__(self, db: PgDatabase, now_us: Callable[[], int]) -> None:
+        self._db = db
+        self._now_us = now_us
+        self._secret: bytes | None = None
+
+    def secret(self) -> bytes:
+        if self._secret is None:
+            self._secret = erasure_secret(self._db)
+        return self._secret
+
+    def meter_keys(self, namespace: str) -> list[int]:
+        with self._db.tx() as conn:
+            return [int(k) for (k,) in conn.execute("SELECT key FROM meters WHERE namespace = %s", (namespace,))]
+
+    def refers(self, namespace: str, subject: str) -> bool:
+        with self._db.tx() as conn:
+            for table in ("customer_subjects", "quarantine", "portal_tokens"):
+                sql = f"SELECT 1 FROM {table} WHERE namespace = %s AND subject = %s LIMIT 1"
+                if conn.execute(sql, (namespace, subject)).fetchone():
+                    return True
+            if conn.execute(
+                "SELECT 1 FROM customers WHERE namespace = %s AND key = %s LIMIT 1", (namespace, subject)
+            ).fetchone():
+                return True
+            return bool(_dead_letters(conn, namespace, subject))
+
+    def begin(
+        self,
+        request: ErasureRequest,
+        alias: str,
+        through: Mapping[int, int],
+        entries: Sequence[ErasedEntry],
+        keys: Sequence[ErasedKey],
+    ) -> ErasureRecord:
+        ns = request.namespace
+        with self._db.tx() as conn:
+            lock(conn, "erasure", ns, alias)  # two erasures of one subject: one after the other
+            record = self._open(conn, request, alias, through)
+            conn.cursor().executemany(
+                "INSERT INTO erased_entries VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                [
+                    (e.stream, e.seq, e.namespace, record.id, e.type, e.subject, e.time_us, e.received_us, e.id,
+                     e.raw, e.corrects, e.kept)
+                    for e in entries
+                ],
+            )  # fmt: skip
+            counts = {"dedupeKeys": self._dedupe(conn, ns, keys)}
+            counts["corrections"] = self._journal(conn, ns, request.subject, alias, entries, keys)
+            counts |= _delete_held(conn, ns, request.subject)
+            return self._add(conn, record, counts, finished=False)
+
+    def switch(self, record: ErasureRecord, subject: str) -> dict[str, int]:
+        ns, alias = record.namespace, record.pseudonym
+        with self._db.tx() as conn:
+            mapped = conn.execute(
+                "SELECT customer FROM customer_subjects WHERE namespace = %s AND subject = %s", (ns, subject)
+            ).fetchall()
+            conn.execute(
+                "INSERT INTO customer_subjects SELECT namespace, %s, customer FROM customer_subjects"
+                " WHERE namespace = %s AND subject = %s ON CONFLICT DO NOTHING",
+                (alias, ns, subject),
+            )
+            conn.execute("DELETE FROM customer_subjects WHERE namespace = %s AND subject = %s", (ns, subject))
+            keys = 0
+            for (cid,) in conn.execute(
+                "SELECT id FROM customers WHERE namespace = %s AND key = %s", (ns, subject)
+            ).fetchall():
+                taken = conn.execute(
+                    "SELECT 1 FROM customers WHERE namespace = %s AND key = %s AND deleted_us IS NULL", (ns, alias)
+                ).fetchone()
+                new_key = f"{alias}.{cid}" if taken else alias
+                conn.execute("UPDATE customers SET key = %s WHERE id = %s", (new_key, cid))
+                rekey_references(conn, cid, new_key)  # its entitlements and subscriptions carry the key
+                keys += 1
+            return {"customerMappings": len(mapped), "customerKeys": keys}
+
+    def finish(self, record: ErasureRecord, counts: Mapping[str, int]) -> ErasureRecord:
+        with self._db.tx() as conn:
+            return self._add(conn, record, counts, finished=True)
+
+    def erasures(self, namespace: str) -> list[ErasureRecord]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_RECORD} FROM erasures WHERE namespace = %s ORDER BY id DESC", (namespace,)
+            ).fetchall()
+        return [_record(r) for r in rows]
+
+    def _open(self, conn: Connection, req: ErasureRequest, alias: str, through: Mapping[int, int]) -> ErasureRecord:
+        """An unfinished record of the pseudonym (a run that died midway: taken up again, so
+        the usage store's insert tokens are the same), or a new one."""
+        found = conn.execute(
+            f"SELECT {_RECORD} FROM erasures WHERE namespace = %s AND pseudonym = %s AND finished_us IS NULL"
+            " ORDER BY id DESC LIMIT 1",
+            (req.namespace, alias),
+        ).fetchone()
+        positions = {str(p): o for p, o in sorted(through.items())}
+        if found is not None:
+            conn.execute("UPDATE erasures SET through = %s WHERE id = %s", (msgspec.json.encode(positions), found[0]))
+            return _record((*found[:7], msgspec.json.encode(positions)))
+        now = self._now_us()
+        row = conn.execute(
+            "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, counts, through)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+            (req.namespace, now, req.actor, req.reason, alias, b"{}", msgspec.json.encode(positions)),
+        ).fetchone()
+        assert row is not None
+        return ErasureRecord(int(row[0]), req.namespace, now, req.actor, req.reason, alias, {}, 0, dict(through))
+
+    def _dedupe(self, conn: Connection, ns: str, keys: Sequence[ErasedKey]) -> int:
+        """Each original key's row becomes its erased key's row (same token, state and time)."""
+        moved = 0
+        secret = self.secret()
+        for k in keys:
+            row = conn.execute(
+                "DELETE FROM dedupe_keys WHERE namespace = %s AND source = %s AND id = %s"
+                " RETURNING digest, token, confirmed, at_us",
+                (ns, k.source, k.id),
+            ).fetchone()
+            if row is None:
+                continue  # pruned (out of the dedupe window), or erased before
+            digest, token, confirmed, at_us = row
+            conn.execute(
+                "INSERT INTO dedupe_keys VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                (ns, ERASED_SOURCE, k.erased_id, erased_digest(secret, bytes(digest)), token, confirmed, at_us),
+            )
+            moved += 1
+        return moved
+
+    def _journal(
+        self,
+        conn: Connection,
+        ns: str,
+        subject: str,
+        alias: str,
+        entries: Sequence[ErasedEntry],
+        keys: Sequence[ErasedKey],
+    ) -> int:
+        """The journal rows of the erased keys: erased key, pseudonym, erased payload, reason."""
+        raws = {(e.stream, e.seq): e.raw for e in entries}
+        rewritten = 0
+        for k in keys:
+            rows = conn.execute(
+                "SELECT id, stream, seq, subject, was_subject, raw FROM event_corrections"
+                " WHERE namespace = %s AND source = %s AND event_id = %s",
+                (ns, k.source, k.id),
+            ).fetchall()
+            for id_, stream, seq, subj, was, raw in rows:
+                conn.execute(
+                    "UPDATE event_corrections SET source = %s, event_id = %s, reason = %s, subject = %s,"
+                    " was_subject = %s, raw = %s WHERE id = %s",
+                    (
+                        ERASED_SOURCE,
+                        k.erased_id,
+                        ERASED_REASON,
+                        alias if subj == subject else subj,
+                        alias if was == subject else was,
+                        raws.get((stream, int(seq)), None if raw is None else b""),
+                        id_,
+                    ),
+                )
+                rewritten += 1
+        return rewritten
+
+    def _add(
+        self, conn: Connection, record: ErasureRecord, counts: Mapping[str, int], *, finished: bool
+    ) -> ErasureRecord:
+        row = conn.execute("SELECT counts FROM erasures WHERE id = %s", (record.id,)).fetchone()
+        total: dict[str, int] = msgspec.json.decode(bytes(row[0])) if row else {}
+        for k, v in counts.items():
+            total[k] = total.get(k, 0) + v
+        conn.execute(
+            "UPDATE erasures SET counts = %s, finished_us = CASE WHEN %s THEN %s ELSE finished_us END WHERE id = %s",
+            (msgspec.json.encode(total), finished, self._now_us(), record.id),
+        )
+        return ErasureRecord(
+            record.id, record.namespace, record.erased_us, record.actor, record.reason, record.pseudonym, total,
+            sum((record.through_log or {}).values()), record.through_log,
+        )  # fmt: skip
+
+
+class PgErasedEntries:
+    """``ports.erasure.ErasedEntries`` over ``erased_entries``."""
+
+    def __init__(self, db: PgDatabase) -> None:
+        self._db = db
+
+    def through(self) -> dict[str, int]:
+        with self._db.tx() as conn:
+            return {s: int(m) for s, m in conn.execute("SELECT stream, max(seq) FROM erased_entries GROUP BY stream")}
+
+    def within(self, stream: str, after: int, end: int) -> dict[int, ErasedEntry]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                "SELECT stream, seq, namespace, type, subject, time_us, received_us, id, raw, corrects, kept"
+                " FROM erased_entries WHERE stream = %s AND seq > %s AND seq <= %s",
+                (stream, after, end),
+            ).fetchall()
+        return {
+            int(r[1]): ErasedEntry(
+                r[0], int(r[1]), r[2], r[3], r[4], int(r[5]), int(r[6]), r[7], bytes(r[8]), int(r[9]), bytes(r[10])
+            )
+            for r in rows
+        }
+
+
+def erasure_secret(db: PgDatabase) -> bytes:
+    """The deployment's erasure secret (``meta.erasure_key``), made by the first node that asks."""
+    with db.tx() as conn:
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+            (_SECRET, secrets.token_hex(32)),
+        )
+        row = conn.execute("SELECT value FROM meta WHERE key = %s", (_SECRET,)).fetchone()
+    assert row is not None
+    return bytes.fromhex(str(row[0]))
+
+
+def _record(r: Any) -> ErasureRecord:
+    id_, ns, at, actor, reason, alias, counts, through = r
+    positions = {int(p): int(o) for p, o in msgspec.json.decode(bytes(through)).items()}
+    return ErasureRecord(
+        int(id_),
+        ns,
+        int(at),
+        actor,
+        reason,
+        alias,
+        msgspec.json.decode(bytes(counts)),
+        sum(positions.values()),
+        positions,
+    )
+
+
+def _dead_letters(conn: Connection, namespace: str, subject: str) -> list[int]:
+    rows = conn.execute("SELECT id, raw FROM dead_letters WHERE namespace = %s ORDER BY id", (namespace,))
+    return [int(id_) for id_, raw in rows if names(bytes(raw), subject)]
+
+
+def _delete_held(conn: Connection, namespace: str, subject: str) -> dict[str, int]:
+    """Quarantined events (held or released copies: they carry the payload), dead letters and
+    portal tokens of the subject: deleted."""
+    quarantined = conn.execute(
+        "DELETE FROM quarantine WHERE namespace = %s AND subject = %s", (namespace, subject)
+    ).rowcount
+    dead = _dead_letters(conn, namespace, subject)
+    deleted = conn.execute("DELETE FROM dead_letters WHERE id = ANY(%s)", (dead,)).rowcount if dead else 0
+    tokens = conn.execute(
+        "DELETE FROM portal_tokens WHERE namespace = %s AND subject = %s", (namespace, subject)
+    ).rowcount
+    return {"quarantined": quarantined, "deadLetters": deleted, "portalTokens": tokens}

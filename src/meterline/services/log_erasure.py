@@ -1,0 +1,189 @@
+"""Erasure of a subject in scale mode (``ports.erasure.Erasures`` over a partitioned log,
+the usage store and the catalog; rules in ``domain.erasure``, steps in docs/erasure.md).
+
+1. **Caught up**: wait, at most ``max_wait``, until the sink workers have applied every
+   partition up to the log's end when the request came (the topic's high watermarks and this
+   node's own acknowledged offsets): events of the subject acknowledged before the request are
+   in the usage store. Else 503, nothing erased.
+2. **Held**: the workers are held off (the fence's maintenance hold, as ``meterline rebuild``
+   takes it; API nodes go on acknowledging events into the log) and batches in flight are
+   waited for; ``through`` is then each partition's applied position, and nothing moves in the
+   usage store until the hold ends. A range left unfinished by a refused write makes the
+   erasure release, let the workers finish it, and try again.
+3. The subject's stored entries and every other version of their keys are read and their
+   erased forms computed (nothing erased yet: ``erasure_unsafe`` stops here); nothing refers
+   to the subject: ``subject_not_found``.
+4. **Catalog** (one transaction): audit record, erased entries by log place (what the workers
+   write instead of those records whenever they read them again), dedupe keys, correction
+   journal, quarantined events, dead letters, portal tokens.
+5. **Usage store, copy**: erased entries and the usage moved to the pseudonym inserted.
+6. **Catalog, switch** (one transaction): the customers map the pseudonym instead of the subject.
+7. **Usage store, drop**: the original entries and the subject's usage rows deleted.
+8. The live usage counters (if any) move the subject's to the pseudonym; the record is
+   finished; the hold ends.
+
+Between 5 and 7 the subject's usage is in the store twice, under the subject and the
+pseudonym: a customer's usage (entitlements, invoices, a query by customer) counts it once at
+every moment (the customer maps one or the other), a meter query over every subject counts it
+twice until step 7 ends (about as long as the mutations take). A process that dies midway
+leaves the record unfinished: the next erasure of the subject takes it up again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+
+import msgspec
+
+from meterline.domain.erasure import (
+    ErasureRecord,
+    ErasureRequest,
+    erased_id,
+    erased_raw,
+    erased_void_raw,
+    pseudonym,
+    subject_not_found,
+)
+from meterline.domain.errors import StorageUnavailable
+from meterline.domain.events.corrections import is_void_record
+from meterline.domain.meters.evaluate import CompiledMeter
+from meterline.domain.meters.model import Meter
+from meterline.ports.erasure import ErasableStore, ErasedEntry, ErasedKey, ErasureCatalog, StoredVersion
+
+ATTEMPTS = 3
+SETTLE_HELD = 5.0
+"""How long the erasure, holding the workers off, waits for the batches in flight to finish."""
+SETTLE_RELEASED = 30.0
+"""How long it waits, having released them, for the workers to finish a range a refused write left."""
+MoveCounters = Callable[[Sequence[int], str, str], int]
+
+
+class LogErasures:
+    def __init__(
+        self,
+        catalog: ErasureCatalog,
+        store: ErasableStore,
+        meters: Callable[[], Sequence[Meter]],
+        *,
+        heads: Callable[[], dict[int, int]],
+        applied: Callable[[], dict[int, int]],
+        hold: Callable[[], AbstractContextManager[bool]],
+        unfinished: Callable[[float], list[str]],
+        max_wait: float,
+        counters: MoveCounters | None = None,
+        pause: float = 0.05,
+    ) -> None:
+        """``heads``: per partition, the offset after the log's last record now; ``applied``:
+        how far the workers applied each; ``hold``: the workers held off for the block (True
+        once held); ``unfinished``: waits up to the seconds given for recorded ranges to finish,
+        the ones still unfinished then."""
+        self._catalog = catalog
+        self._store = store
+        self._meters = meters
+        self._heads = heads
+        self._applied = applied
+        self._hold = hold
+        self._unfinished = unfinished
+        self._max_wait = max_wait
+        self._counters = counters
+        self._pause = pause
+
+    def erase(self, request: ErasureRequest) -> ErasureRecord:
+        secret = self._catalog.secret()
+        alias = pseudonym(secret, request.namespace, request.subject)
+        partitions = self._caught_up()
+        left: list[str] = []
+        for _ in range(ATTEMPTS):
+            with self._hold() as held:
+                if held:
+                    left = self._unfinished(SETTLE_HELD)
+                    if not left:
+                        return self._erase_held(request, secret, alias, partitions)
+            self._unfinished(SETTLE_RELEASED)  # released: the workers finish what refused writes left
+        raise StorageUnavailable(
+            f"the sink workers left ranges unfinished ({', '.join(left) or 'held by a rebuild'});"
+            " nothing was erased: retry when the workers run"
+        )
+
+    def erasures(self, namespace: str) -> list[ErasureRecord]:
+        return self._catalog.erasures(namespace)
+
+    def _caught_up(self) -> set[int]:
+        """Step 1 of the module doc; the log's partitions."""
+        wanted = self._heads()
+        deadline = time.monotonic() + self._max_wait
+        while any(self._applied().get(p, 0) < head for p, head in wanted.items()):
+            if time.monotonic() >= deadline:
+                raise StorageUnavailable(
+                    "the sink workers did not apply the log up to this request in time; nothing was erased: retry"
+                )
+            time.sleep(self._pause)
+        return set(wanted)
+
+    def _erase_held(self, req: ErasureRequest, secret: bytes, alias: str, partitions: set[int]) -> ErasureRecord:
+        """Steps 3-8 of the module doc, the workers held off."""
+        applied = self._applied()
+        through = {p: applied.get(p, 0) for p in sorted(partitions | applied.keys())}
+        meters = self._catalog.meter_keys(req.namespace)
+        versions = self._store.versions(req.namespace, req.subject)
+        if (
+            not versions
+            and not self._store.has_usage(meters, req.subject)
+            and not self._catalog.refers(req.namespace, req.subject)
+        ):
+            raise subject_not_found()
+        entries, keys = self._erased(secret, req.subject, alias, versions)
+        record = self._catalog.begin(req, alias, through, entries, keys)
+        counts = {"ledgerEntries": len(entries), "events": len({(e.namespace, e.id) for e in entries})}
+        counts["rollupRows"] = self._store.copy(record.id, entries, meters, req.subject, alias)
+        counts |= self._catalog.switch(record, req.subject)
+        self._store.drop(entries, meters, req.subject, alias)
+        if self._counters is not None:
+            counts["liveCounters"] = self._counters(meters, req.subject, alias)
+        return self._catalog.finish(record, counts)
+
+    def _erased(
+        self, secret: bytes, subject: str, alias: str, versions: Sequence[StoredVersion]
+    ) -> tuple[list[ErasedEntry], list[ErasedKey]]:
+        """Each version's erased form (checked against the live meters) and the keys erased."""
+        live: dict[tuple[str, str], list[CompiledMeter]] = {}
+        for meter in self._meters():  # the built-in meter reads the stored size, not the payload
+            live.setdefault((meter.namespace, meter.spec.event_type), []).append(CompiledMeter(meter))
+        entries, keys = [], {}
+        for v in versions:
+            new_id = erased_id(secret, v.namespace, v.source, v.id)
+            keys[(v.source, v.id)] = ErasedKey(v.source, v.id, new_id)
+            new_subject = alias if v.subject == subject else v.subject
+            if is_void_record(v.raw):
+                raw = erased_void_raw(v.raw, new_id)
+            else:
+                meters = live.get((v.namespace, v.type), [])
+                raw = erased_raw(v.raw, v.namespace, v.type, new_subject, new_id, v.time_us, meters)
+            entries.append(
+                ErasedEntry(
+                    v.stream, v.seq, v.namespace, v.type, new_subject, v.time_us, v.received_us, new_id, raw,
+                    v.corrects, _kept(v),
+                )
+            )  # fmt: skip
+        return entries, list(keys.values())
+
+
+def _kept(v: StoredVersion) -> bytes:
+    """SHA-256 of the original version as the usage store held it (docs/erasure.md)."""
+    fields = [
+        v.stream,
+        v.seq,
+        v.namespace,
+        v.source,
+        v.id,
+        v.type,
+        v.subject,
+        v.time_us,
+        v.received_us,
+        v.raw,
+        v.corrects,
+    ]
+    return hashlib.sha256(msgspec.msgpack.encode(fields)).digest()

@@ -1,0 +1,262 @@
+"""Erasure of a subject in scale mode, on the real stack (Kafka protocol, ClickHouse, PostgreSQL):
+afterwards no row of any ClickHouse table or PostgreSQL table carries the subject, its event ids or
+a payload string, nor (once ClickHouse removed the outdated parts) any file of ClickHouse's data
+directory; every meter answer, the entitlement value and the finalized invoices are unchanged;
+a resent erased event is a duplicate; and a sink worker that reads the log again from its start
+(ClickHouse rebuilt from the log) writes the erased forms, never the subject."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import Api, build_scale_api
+from scale_site import Site, site, spawn
+from stack.launch import Stack
+from test_billing_api import ev, get, move_to, ok, post, run, subscribe
+from test_erasure import AGGREGATIONS, PLAN
+
+from meterline.adapters.clickhouse.client import Connection
+from meterline.config import load_config
+
+pytestmark = pytest.mark.heavy
+
+RUN = uuid.uuid4().hex[:8]
+SUBJECT = f"zora.person-{RUN}"
+EMAIL = f"zora.{RUN}@example.org"
+IDS = [f"evt-zora-{RUN}-{i}" for i in range(5)]
+MARCH = [("from", "2026-03-01T00:00:00Z"), ("to", "2026-04-01T00:00:00Z")]
+
+
+def needles() -> list[str]:
+    return [SUBJECT, EMAIL, *IDS]
+
+
+def zora(i: int, at: str, calls: int, region: str = "eu") -> dict[str, Any]:
+    return ev(IDS[i], SUBJECT, at, calls=calls, region=region, endpoint=f"/v1/e{calls % 3}", email=EMAIL)
+
+
+def setup(api: Api) -> None:
+    for agg in AGGREGATIONS:
+        spec: dict[str, Any] = {"slug": f"m_{agg.lower()}", "eventType": "request", "aggregation": agg}
+        if agg != "COUNT":
+            spec["valueProperty"] = "$.endpoint" if agg == "UNIQUE_COUNT" else "$.calls"
+        ok(api.create_meter(**spec, groupBy={"region": "$.region"}), 201)
+    ok(post(api, "/api/v1/customers", {"key": "globex", "subjectKeys": ["globex-ops", SUBJECT]}), 201)
+    ok(post(api, "/api/v1/features", {"key": "api", "name": "API", "meterSlug": "m_sum"}), 201)
+    body = {"type": "metered", "featureKey": "api", "issueAfterReset": 1000, "usagePeriod": {"interval": "YEAR"}}
+    ok(post(api, "/api/v1/customers/globex/entitlements", body), 201)
+    ok(post(api, "/api/v1/billing/plans", PLAN), 201)
+    ok(post(api, "/api/v1/billing/plans/pro/versions/1/publish"))
+    subscribe(api, customer="globex")
+
+
+def ingest(api: Api) -> None:
+    events = [
+        zora(0, "2026-03-01T10:00:00Z", 5),
+        zora(1, "2026-03-01T10:20:00Z", 9, "us"),
+        zora(2, "2026-03-02T11:00:00Z", 1),
+        zora(3, "2026-03-02T11:30:00Z", 7),
+        ev(f"ops-1-{RUN}", "globex-ops", "2026-03-01T10:10:00Z", calls=4, region="eu", endpoint="/v1/e1"),
+    ]
+    r = api.post_events(events)
+    assert r.status_code in (200, 202, 204), r.text
+    bad = api.post_events([{**zora(4, "2026-03-02T12:00:00Z", 1), "data": {"calls": "many", "email": EMAIL}}])
+    assert bad.status_code in (200, 202, 204, 207, 400), bad.text
+
+
+def answers(api: Api) -> dict[str, Any]:
+    out = {}
+    for agg in AGGREGATIONS:
+        hourly = [*MARCH, ("windowSize", "HOUR"), ("groupBy", "region")]
+        out[agg] = ok(api.query(f"m_{agg.lower()}", hourly))["data"]
+        out[agg + "-total"] = ok(api.query(f"m_{agg.lower()}", MARCH))["data"]
+        out[agg + "-customer"] = ok(api.query(f"m_{agg.lower()}", [*MARCH, ("filterCustomerId", "globex")]))["data"]
+    return out
+
+
+def value(api: Api) -> Any:
+    return ok(get(api, "/api/v1/customers/globex/entitlements/api/value"))
+
+
+def ch_rows(config_path: Path, database: str | None = None) -> dict[str, int]:
+    """Per ClickHouse table and column of the site's database, rows holding one of the needles."""
+    config = load_config(config_path)
+    conn = Connection(config.clickhouse.url, database or config.clickhouse.database)
+    try:
+        columns = conn.rows(
+            "SELECT table, name FROM system.columns WHERE database = currentDatabase()"
+            " AND (type LIKE '%String%' OR type LIKE 'Array%' OR type LIKE 'Tuple%')"
+        )
+        found = {}
+        for table, column in columns:
+            n = conn.rows(
+                f"SELECT count() FROM `{table}` WHERE multiSearchAny(toString(`{column}`), {{n:Array(String)}})",
+                {"n": needles()},
+            )[0][0]
+            if n:
+                found[f"{table}.{column}"] = int(n)
+        return found
+    finally:
+        conn.close()
+
+
+def pg_rows(config_path: Path) -> dict[str, int]:
+    """Per PostgreSQL table and text, bytea or JSON column of the site's schema, rows holding a needle."""
+    dsn = load_config(config_path).postgres.dsn
+    found = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        columns = conn.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND data_type IN ('text', 'bytea', 'jsonb', 'json')"
+        ).fetchall()
+        for table, column, kind in columns:
+            one = (
+                f"position(convert_to(%s, 'UTF8') in {column}) > 0"
+                if kind == "bytea"
+                else f"position(%s in {column}::text) > 0"
+            )
+            sql = f"SELECT count(*) FROM {table} WHERE {' OR '.join([one] * len(needles()))}"
+            n = conn.execute(sql.encode(), needles()).fetchone()
+            if n and n[0]:
+                found[f"{table}.{column}"] = int(n[0])
+    return found
+
+
+def files_with(root: Path) -> list[str]:
+    """Files under ``root`` whose bytes hold one of the needles."""
+    out = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if any(n.encode() in data for n in needles()):
+                out.append(str(path.relative_to(root)))
+    return out
+
+
+@pytest.fixture
+def billed(scale_site: Site, tmp_path: Path) -> Iterator[tuple[Api, dict[str, Any]]]:
+    """The subject billed for March, one of its events amended and one voided; what was seen."""
+    gen = build_scale_api(scale_site, tmp_path, billing={"scheduler_enabled": False})
+    api = next(gen)
+    try:
+        move_to(api, "2026-03-03T00:00:00Z")
+        setup(api)
+        ingest(api)
+        answers(api)  # the workers applied the events (the new meters' backfills too)
+        amended = {"type": "request", "subject": SUBJECT, "time": "2026-03-01T12:30:00Z"}
+        amended["data"] = {"calls": 6, "region": "eu", "endpoint": "/x", "email": EMAIL}
+        r = post(api, f"/api/v1/events/{IDS[0]}/amend", {"source": "t", "reason": "wrong hour", "event": amended})
+        assert r.status_code == 201, r.text
+        r = post(api, f"/api/v1/events/{IDS[1]}/void", {"source": "t", "reason": f"test traffic of {EMAIL}"})
+        assert r.status_code == 201, r.text
+        ok(post(api, "/api/v1/portal/tokens", {"subject": SUBJECT}))
+        move_to(api, "2026-04-01T00:01:00Z")
+        seen = {"answers": answers(api), "value": value(api)}
+        numbers = run(api)["created"]
+        assert numbers
+        seen["invoices"] = {n: get(api, f"/api/v1/invoices/{n}").content for n in numbers}
+        yield api, seen
+    finally:
+        gen.close()
+
+
+def test_erasure_leaves_no_row_or_file_with_the_subject_and_keeps_every_answer(
+    billed: tuple[Api, dict[str, Any]], scale_site: Site, scale_stack: Stack
+) -> None:
+    api, before = billed
+    assert ch_rows(scale_site.config_path) and pg_rows(scale_site.config_path), "the needles are found before"
+    assert files_with(Path(scale_stack.dir) / "clickhouse"), "ClickHouse's files hold the subject before"
+    record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR request #7"}), 201)
+    counts = record["counts"]
+    assert counts["ledgerEntries"] == 6 and counts["events"] == 4, counts  # 4 events, an amend, a void
+    assert counts["deadLetters"] == 1 and counts["portalTokens"] == 1 and counts["customerMappings"] == 1
+    assert counts["dedupeKeys"] == 4 and counts["corrections"] == 2 and counts["rollupRows"] > 0
+    assert set(record["throughLogPositions"]) == {"0", "1", "2", "3"}
+    assert record["throughPosition"] == sum(record["throughLogPositions"].values())
+    assert ch_rows(scale_site.config_path) == {}
+    assert pg_rows(scale_site.config_path) == {}
+    assert answers(api) == before["answers"]
+    assert value(api) == before["value"]
+    for number, body in before["invoices"].items():
+        assert get(api, f"/api/v1/invoices/{number}").content == body
+    listed = ok(get(api, "/api/v1/erasures"))
+    assert listed["items"] == [record]
+    again = post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "again"})
+    assert again.status_code == 404 and again.json()["code"] == "subject_not_found", again.text
+    # resent: duplicates (the amended one compared with the version that counts: a conflict)
+    r = api.client.post(
+        "/api/v1/backfills",
+        json=[zora(2, "2026-03-02T11:00:00Z", 1), zora(3, "2026-03-02T11:30:00Z", 8)],
+        headers=api.headers(**{"Content-Type": "application/cloudevents-batch+json"}),
+    )
+    statuses = [(i["status"], i.get("conflict", False)) for i in ok(r)["events"]]
+    assert statuses == [("duplicate", False), ("duplicate", True)], statuses
+    assert answers(api) == before["answers"]
+    # ClickHouse removes the parts the mutations outdated in the background
+    deadline = time.monotonic() + 240
+    while (left := files_with(Path(scale_stack.dir) / "clickhouse")) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert left == []
+
+
+def test_a_worker_reading_the_log_again_writes_the_erased_forms(scale_stack: Stack, tmp_path: Path) -> None:
+    """ClickHouse lost and rebuilt from the log (a new database, the same topic and catalog): the
+    records of the erased subject are still in the topic, and the worker writes their erased
+    forms from ``erased_entries``; the answers are those from before the erasure."""
+    with site(scale_stack, tmp_path / "site", extra="\n[aggregation]\nmax_wait = 60.0\n") as s:
+        s.worker()
+        gen = build_scale_api(s, tmp_path / "api", billing={"scheduler_enabled": False})
+        api = next(gen)
+        try:
+            move_to(api, "2026-03-03T00:00:00Z")
+            setup(api)
+            ingest(api)
+            before = answers(api)
+            ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+            assert answers(api) == before
+            key = api.key  # its namespace's (the catalog is shared by the nodes of both configs)
+        finally:
+            gen.close()
+        s.stop()  # the worker
+        config = load_config(s.config_path)
+        lost = f"{config.clickhouse.database}_again"
+        text = s.config_path.read_text().replace(f'database = "{config.clickhouse.database}"', f'database = "{lost}"')
+        again = s.config_path.with_name("again.toml")
+        again.write_text(text)
+        worker = spawn(["worker", "--config", str(again)], s.dir / "again.log")
+        try:
+            gen = build_scale_api(Site(again, s.dir), tmp_path / "api2", billing={"scheduler_enabled": False})
+            api = next(gen)
+            try:
+                api.key = key
+                move_to(api, "2026-03-03T00:00:00Z")
+                deadline = time.monotonic() + 90  # this node wrote nothing: it waits for no position
+                while (seen := answers(api)) != before and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                assert seen == before
+            finally:
+                gen.close()
+            assert ch_rows(again, lost) == {}
+        finally:
+            worker.terminate()
+            worker.wait(30)
+            conn = Connection(config.clickhouse.url, lost)
+            conn.command(f"DROP DATABASE IF EXISTS `{lost}`")
+            conn.close()
+
+
+def test_with_the_dedupe_store_in_redis_erasure_is_not_offered(scale_site: Site, tmp_path: Path) -> None:
+    """The erased keys would stay in Redis under their original key: 501, nothing erased."""
+    for api in build_scale_api(scale_site, tmp_path, dedupe={"backend": "redis"}):
+        r = api.client.post("/api/v1/erasures", json={"subject": "a", "reason": "b"}, headers=api.headers())
+        assert r.status_code == 501 and r.json()["code"] == "not_supported", r.text
+        assert "dedupe" in r.json()["detail"]
