@@ -2,7 +2,8 @@
 afterwards no row of any ClickHouse table or PostgreSQL table carries the subject, its event ids or
 a payload string, nor (once ClickHouse removed the outdated parts) any file of ClickHouse's data
 directory; every meter answer, the entitlement value and the finalized invoices are unchanged;
-a resent erased event is a duplicate; and a sink worker that reads the log again from its start
+a resent erased event is a duplicate; ``meterline verify`` passes (the hash chain keeps the
+original digests, the erased rows match their markers); and a sink worker that reads the log again from its start
 (ClickHouse rebuilt from the log) writes the erased forms, never the subject."""
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from scale_site import Site, site, spawn
 from stack.launch import Stack
 from test_billing_api import ev, get, move_to, ok, post, run, subscribe
 from test_erasure import AGGREGATIONS, PLAN
+from test_scale_chain import verify
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.config import load_config
@@ -201,6 +203,10 @@ def test_erasure_leaves_no_row_or_file_with_the_subject_and_keeps_every_answer(
     statuses = [(i["status"], i.get("conflict", False)) for i in ok(r)["events"]]
     assert statuses == [("duplicate", False), ("duplicate", True)], statuses
     assert answers(api) == before["answers"]
+    # the hash chain: every link keeps its original digests, the erased rows match their markers
+    done = verify(scale_site)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " erased)" in done.stdout and "(0 pruned, 0 erased)" not in done.stdout, done.stdout
     # ClickHouse removes the parts the mutations outdated in the background
     deadline = time.monotonic() + 240
     while (left := files_with(Path(scale_stack.dir) / "clickhouse")) and time.monotonic() < deadline:

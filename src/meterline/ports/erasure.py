@@ -95,11 +95,11 @@ class ErasableStore(Protocol):
         """Whether any usage row of ``meters`` is keyed by ``subject``."""
         ...
 
-    def copy(
-        self, erasure: int, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str
-    ) -> int:
-        """Step 1: insert the erased entries and the subject's usage states moved to ``alias``
-        (under tokens of ``erasure``: a repeat after a crash inserts nothing again); rows copied."""
+    def copy(self, erasure: ErasureRecord, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str) -> int:
+        """Step 1: mark the entries erased for the hash chain (the digest of each erased form),
+        then insert the erased entries and the subject's usage states moved to the erasure's
+        pseudonym (under tokens of the erasure: a repeat after a crash inserts nothing twice);
+        rows copied."""
         ...
 
     def drop(self, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str) -> None:

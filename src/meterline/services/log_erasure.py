@@ -31,12 +31,9 @@ leaves the record unfinished: the next erasure of the subject takes it up again.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-
-import msgspec
 
 from meterline.domain.erasure import (
     ErasureRecord,
@@ -49,6 +46,7 @@ from meterline.domain.erasure import (
 )
 from meterline.domain.errors import StorageUnavailable
 from meterline.domain.events.corrections import is_void_record
+from meterline.domain.integrity.batches import entry_digest
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.model import Meter
 from meterline.ports.erasure import ErasableStore, ErasedEntry, ErasedKey, ErasureCatalog, StoredVersion
@@ -138,7 +136,7 @@ class LogErasures:
         entries, keys = self._erased(secret, req.subject, alias, versions)
         record = self._catalog.begin(req, alias, through, entries, keys)
         counts = {"ledgerEntries": len(entries), "events": len({(e.namespace, e.id) for e in entries})}
-        counts["rollupRows"] = self._store.copy(record.id, entries, meters, req.subject, alias)
+        counts["rollupRows"] = self._store.copy(record, entries, meters, req.subject)
         counts |= self._catalog.switch(record, req.subject)
         self._store.drop(entries, meters, req.subject, alias)
         if self._counters is not None:
@@ -172,18 +170,5 @@ class LogErasures:
 
 
 def _kept(v: StoredVersion) -> bytes:
-    """SHA-256 of the original version as the usage store held it (docs/erasure.md)."""
-    fields = [
-        v.stream,
-        v.seq,
-        v.namespace,
-        v.source,
-        v.id,
-        v.type,
-        v.subject,
-        v.time_us,
-        v.received_us,
-        v.raw,
-        v.corrects,
-    ]
-    return hashlib.sha256(msgspec.msgpack.encode(fields)).digest()
+    """The hash chain's content digest of the original version (what its link covers)."""
+    return entry_digest(v.namespace, v.source, v.type, v.subject, v.time_us, v.received_us, v.raw, v.corrects)

@@ -4,7 +4,10 @@ The subject is in the sorting key of ``events``, ``usage_rollups``, ``usage_uniq
 ``usage_sketches`` and ``usage_gauges`` (and a value of ``usage_dims``), which ClickHouse
 cannot ``UPDATE``; so an erasure inserts, then deletes:
 
-1. ``copy``: the erased entries into ``events`` (those not there yet), and the subject's usage
+1. ``copy``: first, for the hash chain, each rewritten row's marker in ``ledger_erased`` (the
+   content digest of its erased form: ``verify`` accepts either the original or that form for
+   it, and both while they stand side by side; docs/integrity.md, "Erased rows"); then the
+   erased entries into ``events`` (those not there yet), and the subject's usage
    states moved to the pseudonym — rollup states merged per key (sum, min, max, latest as the
    table merges them), UNIQUE_COUNT values, sketch registers (``maxMap``), gauge states row by
    row, the meters' subject values — each table under a token of the erasure (a repeat after a
@@ -30,7 +33,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
-from meterline.adapters.clickhouse.schema import DIMS, EVENTS, GAUGES, ROLLUPS, SKETCHES, UNIQUES
+from meterline.adapters.clickhouse.schema import DIMS, ERASED, EVENTS, GAUGES, ROLLUPS, SKETCHES, UNIQUES
+from meterline.domain.erasure import ErasureRecord
+from meterline.domain.integrity.batches import entry_digest
 from meterline.ports.erasure import ErasedEntry, StoredVersion
 
 SYNC = "SETTINGS mutations_sync = 2"
@@ -102,14 +107,14 @@ class ClickHouseErasure:
                 return True
         return False
 
-    def copy(
-        self, erasure: int, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str
-    ) -> int:
-        copied = self._copy_events(erasure, entries)
-        params = {"m": sorted(meters), "s": subject, "a": alias}
+    def copy(self, erasure: ErasureRecord, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str) -> int:
+        markers = [(e.stream, e.seq, erased_digest(e).hex(), str(erasure.id), erasure.erased_us) for e in entries]
+        self._conn.insert("ledger_erased", ERASED, markers, f"erasure:{erasure.id}:ledger_erased:{len(markers)}")
+        copied = self._copy_events(erasure.id, entries)
+        params = {"m": sorted(meters), "s": subject, "a": erasure.pseudonym}
         for table, (columns, sql) in _MOVED.items():
             rows = self._conn.rows(sql, params)
-            self._conn.insert(table, columns, rows, f"erasure:{erasure}:{table}")
+            self._conn.insert(table, columns, rows, f"erasure:{erasure.id}:{table}")
             copied += len(rows)
         return copied
 
@@ -180,6 +185,11 @@ def _version(r: Any) -> StoredVersion:
     return StoredVersion(
         stream, int(seq), ns, source, id_, type_, subject, int(time_us), int(received_us), raw_bytes, int(corrects)
     )
+
+
+def erased_digest(e: ErasedEntry) -> bytes:
+    """The chain's content digest of an erased row as ``copy`` inserts it."""
+    return entry_digest(e.namespace, "", e.type, e.subject, e.time_us, e.received_us, e.raw, e.corrects)
 
 
 def _raw_row(e: ErasedEntry) -> tuple[Any, ...]:
