@@ -1,5 +1,6 @@
 """A real dashboard site for the browser tests: the app served by uvicorn on a free port over a
-real SQLite store, seeded through the HTTP API, and Debian's Chromium driven by Playwright.
+real SQLite store (or, in scale mode, over the shared scale site), seeded through the HTTP API,
+and Debian's Chromium driven by Playwright.
 
 Screenshots go to ``tmp_path`` (kept with the test's files), or to ``$METERLINE_SCREENSHOTS``
 when it is set: ``docs/screenshots`` is made that way.
@@ -11,6 +12,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ import httpx
 import msgspec
 import uvicorn
 from conftest import T0_US, free_port, make_key
+from scale_site import Site as ScaleSite
 
 from meterline.api.app import create_app
-from meterline.config import load_config
+from meterline.config import Config, load_config
 from meterline.domain.clock import FixedClock
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -76,7 +79,6 @@ def serve(
     }
     for name, (namespace, scopes) in (extra or {}).items():
         keys[name] = make_key(data_dir, scopes, namespace=namespace)
-    port = free_port()
     config = load_config(
         None,
         {
@@ -85,6 +87,26 @@ def serve(
             **({"oidc": oidc} if oidc else {}),
         },
     )
+    return _start(config, keys)
+
+
+def serve_scale(scale: ScaleSite) -> Served:
+    """As :func:`serve`, an API node of scale mode in process over the shared scale site's
+    engines (its sink worker applies the log), with keys of namespaces of its own: admin, read
+    and ingest of one, ``other`` (admin) of another."""
+    namespace = f"n{uuid.uuid4().hex[:10]}"
+    keys = {
+        "admin": scale.key(namespace),
+        "read": scale.key(namespace, ("read",)),
+        "ingest": scale.key(namespace, ("ingest",)),
+        "other": scale.key(f"other-{namespace}"),
+    }
+    overrides = {"auth": {"bootstrap_admin_key": False}, "billing": {"scheduler_enabled": False}}
+    return _start(load_config(scale.config_path, overrides), keys)
+
+
+def _start(config: Config, keys: dict[str, str]) -> Served:
+    port = free_port()
     clock = FixedClock(T0_US)
     server = uvicorn.Server(uvicorn.Config(create_app(config, clock), host="127.0.0.1", port=port, log_config=None))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -48,7 +48,7 @@ def page(c: httpx.Client, path: str) -> tuple[list[int], str | None, str]:
     """The shown positions, the next page's link and the page's text."""
     r = c.get(path)
     assert r.status_code == 200, r.text
-    seqs = [int(s) for s in re.findall(r'<tr data-seq="(\d+)">', r.text)]
+    seqs = [int(s) for s in re.findall(r'<tr data-seq="(\d+)"', r.text)]
     older = re.search(r'href="\?([^"]*)" rel="next"', r.text)
     return seqs, None if older is None else "/ui/events?" + older.group(1).replace("&amp;", "&"), r.text
 

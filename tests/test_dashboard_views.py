@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
+from conftest import MODES
 from dashboard_site import (
     Served,
     Site,
@@ -24,6 +26,7 @@ from dashboard_site import (
     number,
     post,
     serve,
+    serve_scale,
     shots_dir,
     sign_in,
 )
@@ -74,9 +77,13 @@ def _seed(site: Site) -> None:
         site.data["portal_globex"] = post(c, "/api/v1/portal/tokens", {"subject": "globex"}, 200)["token"]
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    served: Served = serve(tmp_path_factory.mktemp("dashboard-views") / "data")
+@pytest.fixture(scope="module", params=MODES)
+def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The seeded site in each storage mode: every view holds for both."""
+    if request.param == "scale":
+        served: Served = serve_scale(request.getfixturevalue("scale_site"))
+    else:
+        served = serve(tmp_path_factory.mktemp("dashboard-views") / "data")
     try:
         _seed(served.site)
         yield served.site
@@ -164,14 +171,21 @@ def test_customer_drill_down_matches_the_api(site: Site, page: Any) -> None:
 
 def test_event_explorer_filters_and_pages(site: Site, page: Any) -> None:
     sign_in(page, site, "read", "/ui/events?type=login")
-    ids = page.locator("#events tbody tr[data-seq]")
+    ids = page.locator("#events tbody tr[data-cursor]")
     assert ids.count() == 3 and "globex" in page.inner_text("#events")
+    login_rows = {ids.nth(i).get_attribute("data-cursor") for i in range(3)}
     page.goto(f"{site.url}/ui/events?source=seed&subject=acme&from=2026-03-01T10:30")
-    assert page.locator("#events tbody tr[data-seq]").count() == 1 and "s1" in page.inner_text("#events")
+    assert page.locator("#events tbody tr[data-cursor]").count() == 1 and "s1" in page.inner_text("#events")
     page.goto(f"{site.url}/ui/events")
-    newest = int(page.locator("#events tbody tr[data-seq]").first.get_attribute("data-seq"))
-    page.goto(f"{site.url}/ui/events?before={newest}")
-    assert int(page.locator("#events tbody tr[data-seq]").first.get_attribute("data-seq")) < newest
+    rows = page.locator("#events tbody tr[data-cursor]")
+    listed = [rows.nth(i).get_attribute("data-cursor") for i in range(rows.count())]
+    assert len(listed) == 8  # every accepted event (the pageview too), newest first
+    # the next page starts after a row: a ledger position (embedded) or the log's cursor (scale)
+    page.goto(f"{site.url}/ui/events?{urlencode({'before': listed[0]})}")
+    rows = page.locator("#events tbody tr[data-cursor]")
+    assert [rows.nth(i).get_attribute("data-cursor") for i in range(rows.count())] == listed[1:]
+    page.goto(f"{site.url}/ui/events?{urlencode({'before': listed[0], 'type': 'login'})}")
+    assert page.locator("#events tbody tr[data-cursor]").count() == 3 - (listed[0] in login_rows)
     assert page.errors == []
 
 
@@ -202,7 +216,7 @@ def test_another_namespace_sees_none_of_this(site: Site, page: Any) -> None:
     page.goto(f"{site.url}/ui/customers/acme")
     assert "customer_not_found" in page.inner_text("main")
     page.goto(f"{site.url}/ui/events")
-    assert page.locator("#events tbody tr[data-seq]").count() == 0
+    assert page.locator("#events tbody tr[data-cursor]").count() == 0
     page.goto(f"{site.url}/ui/executive?{MARCH}")
     assert "No meters yet" in page.inner_text("main")
 

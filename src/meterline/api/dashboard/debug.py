@@ -1,8 +1,10 @@
 """The debug views: the event explorer, dead letters (with re-submission) and the quarantine
 (with release to a customer). Lists page by index (newest first for events, by id for the
-others): a page never counts or scans what it does not show. A filtered event page looks
-through at most ``SCAN`` ledger positions, so a filter that matches few events answers as fast
-as one that matches many."""
+others): a page never counts or scans what it does not show. In embedded mode a filtered event
+page looks through at most ``SCAN`` ledger positions, so a filter that matches few events
+answers as fast as one that matches many; a partitioned log (scale mode) has no single sequence
+(the ledger's position is 0), so its pages continue at the last event's cursor and ClickHouse
+filters the raw events table itself."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import msgspec
 from starlette.responses import Response
 
 from meterline.api.dashboard.web import View, action, redirect, view, zone
+from meterline.api.v2_events import continue_at
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import to_us
 from meterline.domain.customers.model import CustomerInput
@@ -81,17 +84,20 @@ async def events(v: View) -> Response:
         received_to_us=local_time(v, "ingestedTo", tz),
         source=v.q("source") or None,
         type=v.q("type") or None,
-        before_seq=cursor(v, "before"),
     )
+    start = continue_at(v.q("before") or None)  # a position (embedded mode) or a cursor (scale mode)
+    f = dataclasses.replace(f, before_seq=start.before_seq, after=start.after)
     window = None
-    if _filtered(f):  # a filter may match few events: look through one window of the ledger a page
-        top = f.before_seq if f.before_seq is not None else v.ctx.ledger.position() + 1
+    top = v.ctx.ledger.position() + 1  # 1: no single sequence (scale mode), or nothing stored yet
+    if _filtered(f) and top > 1 and f.after is None:  # a filter may match few events: one window a page
+        if f.before_seq is not None:
+            top = f.before_seq
         window = (max(1, top - SCAN), top)
         f = dataclasses.replace(f, before_seq=window[1], from_seq=window[0])
     rows = await v.run(v.ctx.ledger.list, v.namespace, f, limit=PAGE)
     items = [(r, shown(r.raw), pretty(r.raw)) for r in rows]
     params = dict(v.request.query_params)
-    older = {**params, "before": str(rows[-1].seq)} if len(rows) == PAGE else None
+    older = {**params, "before": rows[-1].cursor or str(rows[-1].seq)} if len(rows) == PAGE else None
     if older is None and window is not None and window[0] > 1:
         older = {**params, "before": str(window[0])}  # the window was looked through: go on below it
     scanned = None if window is None or len(rows) == PAGE else window
@@ -110,7 +116,7 @@ async def events(v: View) -> Response:
 
 def _filtered(f: EventFilter) -> bool:
     """Whether anything but the page position filters the list."""
-    return dataclasses.replace(f, before_seq=None) != EventFilter()
+    return dataclasses.replace(f, before_seq=None, after=None) != EventFilter()
 
 
 @view(Scope.READ)
