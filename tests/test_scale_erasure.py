@@ -3,17 +3,26 @@ afterwards no row of any ClickHouse table or PostgreSQL table carries the subjec
 a payload string, nor (once ClickHouse removed the outdated parts) any file of ClickHouse's data
 directory; every meter answer, the entitlement value and the finalized invoices are unchanged;
 a resent erased event is a duplicate; ``meterline verify`` passes (the hash chain keeps the
-original digests, the erased rows match their markers); and a sink worker that reads the log again from its start
-(ClickHouse rebuilt from the log) writes the erased forms, never the subject."""
+original digests, the erased rows match their markers); a sink worker that reads the log again from its start
+(ClickHouse rebuilt from the log) writes the erased forms, never the subject; events acknowledged
+before the request and not applied yet (the worker paused) are erased too; the CLI works against
+a real scale-mode node."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from conftest import Api, build_scale_api
@@ -266,3 +275,53 @@ def test_with_the_dedupe_store_in_redis_erasure_is_not_offered(scale_site: Site,
         r = api.client.post("/api/v1/erasures", json={"subject": "a", "reason": "b"}, headers=api.headers())
         assert r.status_code == 501 and r.json()["code"] == "not_supported", r.text
         assert "dedupe" in r.json()["detail"]
+
+
+def test_events_acknowledged_before_the_request_are_erased_though_not_applied_yet(
+    scale_site: Site, tmp_path: Path
+) -> None:
+    """The sink worker is paused: the subject's events are in the log, not in ClickHouse, when
+    the erasure is asked for. It waits for the worker (resumed a moment later) and erases them."""
+    for api in build_scale_api(scale_site, tmp_path):
+        ok(api.create_meter(slug="m", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
+        ok(post(api, "/api/v1/customers", {"key": "initech", "subjectKeys": [SUBJECT]}), 201)
+        assert ok(api.query("m", MARCH))["data"] == []  # the meter is applied (its backfill done)
+        worker = scale_site.processes[0]
+        os.kill(worker.pid, signal.SIGSTOP)
+        try:
+            r = api.post_events([zora(i, f"2026-03-01T0{i}:00:00Z", i + 1) for i in range(4)])
+            assert r.status_code in (200, 202, 204), r.text
+            resume = threading.Timer(1.5, os.kill, (worker.pid, signal.SIGCONT))
+            resume.start()
+            record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+        finally:
+            os.kill(worker.pid, signal.SIGCONT)
+        assert record["counts"]["ledgerEntries"] == 4, record
+        q = [*MARCH, ("filterCustomerId", "initech")]
+        assert [row["value"] for row in ok(api.query("m", q))["data"]] == [10]
+        assert ok(api.query("m", [*MARCH, ("subject", SUBJECT)]))["data"] == []
+
+
+def test_cli_erase_against_a_scale_node(scale_node: Any, scale_site: Site) -> None:
+    """``meterline erase`` and ``meterline erasures`` against a real scale-mode API node."""
+    key = scale_site.key(f"n{uuid.uuid4().hex[:10]}")
+    with httpx.Client(base_url=scale_node.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        meter = {"slug": "m", "eventType": "request", "aggregation": "SUM", "valueProperty": "$.calls"}
+        assert c.post("/api/v1/meters", json=meter).status_code == 201
+        hour = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H")  # a real clock's
+        events = [zora(i, f"{hour}:0{i}:00Z", i + 1) for i in range(2)]
+        r = c.post("/api/v1/events", json=events, headers={"Content-Type": "application/cloudevents-batch+json"})
+        assert r.status_code in (200, 202, 204), r.text
+    env = {**os.environ, "METERLINE_URL": scale_node.url, "METERLINE_API_KEY": key}
+    cli = [sys.executable, "-m", "meterline.cli.main"]
+    done = subprocess.run(
+        [*cli, "erase", SUBJECT, "--reason", "GDPR", "--yes"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert SUBJECT not in done.stdout and "erased-" in done.stdout
+    listed = subprocess.run([*cli, "erasures"], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and "GDPR" in listed.stdout, listed.stdout + listed.stderr
+    again = subprocess.run(
+        [*cli, "erase", SUBJECT, "--reason", "GDPR", "--yes"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode != 0 and "subject_not_found" in again.stdout + again.stderr
