@@ -325,3 +325,26 @@ def test_cli_erase_against_a_scale_node(scale_node: Any, scale_site: Site) -> No
         [*cli, "erase", SUBJECT, "--reason", "GDPR", "--yes"], env=env, capture_output=True, text=True, timeout=120
     )
     assert again.returncode != 0 and "subject_not_found" in again.stdout + again.stderr
+
+
+def test_the_same_subject_in_another_namespace_is_untouched(scale_site: Site, tmp_path: Path) -> None:
+    """Another namespace's events, corrections and usage under the same subject key stay as they
+    were (a corrected hour there is still answered from its raw events under the subject)."""
+    for api in build_scale_api(scale_site, tmp_path):
+        first, other = api.key, api.new_key(["admin"], "other")
+        for key in (first, other):
+            api.key = key
+            ok(api.create_meter(slug="m", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
+            r = api.post_events([zora(i, f"2026-03-01T0{i}:00:00Z", i + 1) for i in range(3)])
+            assert r.status_code in (200, 202, 204), r.text
+            assert [row["value"] for row in ok(api.query("m", [*MARCH, ("subject", SUBJECT)]))["data"]] == [6]
+        r = post(api, f"/api/v1/events/{IDS[0]}/void", {"source": "t", "reason": "test"})  # in `other`
+        assert r.status_code == 201, r.text
+        hourly = [*MARCH, ("subject", SUBJECT), ("windowSize", "HOUR")]
+        before = ok(api.query("m", hourly))["data"]
+        assert [row["value"] for row in before] == [2, 3]
+        api.key = first
+        ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+        assert ok(api.query("m", [*MARCH, ("subject", SUBJECT)]))["data"] == []
+        api.key = other
+        assert ok(api.query("m", hourly))["data"] == before

@@ -102,9 +102,11 @@ class ErasableStore(Protocol):
         rows copied."""
         ...
 
-    def drop(self, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str) -> None:
-        """Step 2: delete the original entries and the subject's usage rows (synchronously, so
-        the parts that held them are outdated when it returns)."""
+    def drop(
+        self, namespace: str, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str
+    ) -> None:
+        """Step 2: delete the original entries and the subject's usage rows of ``namespace``
+        (synchronously, so the parts that held them are outdated when it returns)."""
         ...
 
 

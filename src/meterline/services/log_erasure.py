@@ -138,7 +138,7 @@ class LogErasures:
         counts = {"ledgerEntries": len(entries), "events": len({(e.namespace, e.id) for e in entries})}
         counts["rollupRows"] = self._store.copy(record, entries, meters, req.subject)
         counts |= self._catalog.switch(record, req.subject)
-        self._store.drop(entries, meters, req.subject, alias)
+        self._store.drop(req.namespace, entries, meters, req.subject, alias)
         if self._counters is not None:
             counts["liveCounters"] = self._counters(meters, req.subject, alias)
         return self._catalog.finish(record, counts)

@@ -118,7 +118,9 @@ class ClickHouseErasure:
             copied += len(rows)
         return copied
 
-    def drop(self, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str) -> None:
+    def drop(
+        self, namespace: str, entries: Sequence[ErasedEntry], meters: Sequence[int], subject: str, alias: str
+    ) -> None:
         keys = ", ".join(str(int(m)) for m in sorted(meters)) or "0"
         with self._scratch(subject, entries) as (who, where):
             if entries:
@@ -139,8 +141,8 @@ class ClickHouseErasure:
             self._conn.command(
                 f"ALTER TABLE usage_corrections UPDATE subject = if(subject {mine}, {{a:String}}, subject),"
                 f" was_subject = if(was_subject {mine}, {{a:String}}, was_subject)"
-                f" WHERE subject {mine} OR was_subject {mine} {SYNC}",
-                {"a": alias},
+                f" WHERE namespace = {{ns:String}} AND (subject {mine} OR was_subject {mine}) {SYNC}",
+                {"a": alias, "ns": namespace},
             )
 
     def _copy_events(self, erasure: int, entries: Sequence[ErasedEntry]) -> int:
