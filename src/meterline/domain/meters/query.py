@@ -21,7 +21,7 @@ from meterline.domain.bounded import BoundedCache
 from meterline.domain.decimals import add, average, in_stored_form
 from meterline.domain.errors import InvalidInput
 from meterline.domain.meters.model import Aggregation
-from meterline.domain.meters.sketch import Sketch
+from meterline.domain.meters.sketch import Histogram, Sketch
 from meterline.domain.meters.windows import WindowSize, floor, grid
 
 SUBJECT = "subject"
@@ -271,41 +271,59 @@ def merge_unique(
 
 
 def merge_sketches(
-    sketches: Iterable[tuple[str, str, int, bytes | Sketch]],
+    sketches: Iterable[tuple[str, str, int, bytes | Sketch | Histogram]],
     values: Iterable[tuple[str, str, int, str]],
     bounds: Sequence[int],
     query: MeterQuery,
     dimensions: Sequence[str],
 ) -> list[Row]:
     """APPROX_UNIQUE_COUNT: per window, the estimate of the union of the stored bucket sketches
-    (subject, group_key, bucket, sketch: stored bytes or a read sketch) and of the edge values
-    (as :func:`merge_unique`)."""
+    (subject, group_key, bucket, sketch: stored bytes, a read sketch, or the histogram of a
+    sketch the store already merged for the whole window) and of the edge values (as
+    :func:`merge_unique`). A histogram must be its window's only part: when anything else falls
+    into the same window, :class:`Unmergeable` is raised (read the registers instead)."""
     shaper = Shaper(query, dimensions)
     cap = row_cap(query)
-    acc: dict[tuple[Any, ...], Sketch] = {}
+    acc: dict[tuple[Any, ...], Sketch | Histogram] = {}
 
-    def slot(subject: str, group_key: str, bucket: int) -> Sketch | None:
+    def slot(subject: str, group_key: str, bucket: int) -> tuple[tuple[Any, ...], Sketch | None] | None:
         key = shaper.key(subject, group_key)
         if key is None:
             return None
         w = bisect.bisect_right(bounds, bucket) - 1
         found = acc.get((w, *key))
-        if found is None:
-            if len(acc) >= cap:
-                raise too_many_rows(cap)
-            found = acc[(w, *key)] = Sketch()
-        return found
+        if found is None and len(acc) >= cap:
+            raise too_many_rows(cap)
+        if isinstance(found, Histogram):
+            raise Unmergeable("a window's histogram cannot take more values")
+        return (w, *key), found
 
     for subject, group_key, bucket, blob in sketches:
         into = slot(subject, group_key, bucket)
-        if into is not None:
-            into.merge(blob if isinstance(blob, Sketch) else Sketch.from_bytes(blob))
+        if into is None:
+            continue
+        if isinstance(blob, Histogram):
+            if into[1] is not None:
+                raise Unmergeable("a window's histogram cannot take more values")
+            acc[into[0]] = blob
+            continue
+        sketch = blob if isinstance(blob, Sketch) else Sketch.from_bytes(blob)
+        if into[1] is None:  # a window's first sketch is its union so far (a copy: the caller's stays)
+            acc[into[0]] = sketch.copy()
+        else:
+            into[1].merge(sketch)
     for subject, group_key, bucket, value in values:
         into = slot(subject, group_key, bucket)
         if into is not None:
-            into.add(value)
+            found = acc[into[0]] = into[1] if into[1] is not None else Sketch()
+            found.add(value)
     counts = {k: [s.estimate(), None, None, None, None] for k, s in acc.items()}
     return _rows(Aggregation.COUNT, counts, bounds, shaper.picked)
+
+
+class Unmergeable(Exception):
+    """A window's sketch came as a :class:`Histogram` together with more of its values (a store
+    that merges windows itself reads the registers instead; never reaches a client)."""
 
 
 def row_cap(query: MeterQuery) -> int:

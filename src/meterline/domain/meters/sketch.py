@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from meterline.domain.errors import InvalidInput
 
@@ -37,6 +37,8 @@ M = 1 << P
 _REST = 64 - P
 STANDARD_ERROR = 1.04 / math.sqrt(M)
 """Relative standard error of an estimate (1.625 %)."""
+MAX_RANK = 64 - P + 1
+"""The highest rank a register can hold (53)."""
 _SPARSE = M // 3
 _LINEAR_UP_TO = 3100
 """Below this, linear counting (from the empty registers) estimates (Heule et al.,
@@ -74,25 +76,14 @@ class Sketch:
 
     def merge(self, other: Sketch) -> None:
         """Keep each register's maximum (exact, commutative, idempotent)."""
-        self._registers = bytearray(map(max, self._registers, other._registers))
+        self._registers = _maxima(self._registers, other._registers)
+
+    def copy(self) -> Sketch:
+        return Sketch(bytearray(self._registers))
 
     def estimate(self) -> int:
         """The approximate number of distinct values added (see the error bound above)."""
-        counts = Counter(self._registers)
-        zeros = counts.get(0, 0)
-        if zeros == M:
-            return 0
-        if zeros:  # linear counting while it is the more accurate (HyperLogLog++'s threshold)
-            linear = M * math.log(M / zeros)
-            if linear <= _LINEAR_UP_TO:
-                return round(linear)
-        # Ertl's improved raw estimator ("New cardinality estimation algorithms for
-        # HyperLogLog sketches", 2017): unbiased from 1 value to 2^64 without bias tables
-        z = M * _tau(1 - counts.get(_REST + 1, 0) / M)
-        for k in range(_REST, 0, -1):
-            z = 0.5 * (z + counts.get(k, 0))
-        z += M * _sigma(counts.get(0, 0) / M)
-        return round(M * M / (2 * math.log(2)) / z)
+        return estimate_of(histogram(self._registers))
 
     def pairs(self) -> tuple[list[int], list[int]]:
         """The set registers as (indices, ranks), in index order: the canonical form's content."""
@@ -103,12 +94,13 @@ class Sketch:
     def from_pairs(cls, indices: Sequence[int], ranks: Sequence[int]) -> Sketch:
         """The sketch whose registers ``indices`` hold ``ranks`` (the rest 0), as :meth:`pairs`
         lists them; an index repeated keeps its highest rank."""
-        out = cls()
+        registers = bytearray(M)
         for index, rank in zip(indices, ranks, strict=True):
-            if not (0 <= index < M and 0 <= rank <= _REST + 1):
+            if not (0 <= index < M and 0 <= rank <= MAX_RANK):
                 raise InvalidInput("not a stored sketch", code="invalid_sketch")
-            out.set(index, rank)
-        return out
+            if rank > registers[index]:
+                registers[index] = rank
+        return cls(registers)
 
     def to_bytes(self) -> bytes:
         """The canonical stored form (module doc)."""
@@ -132,6 +124,68 @@ class Sketch:
             else:
                 return cls(regs)
         raise InvalidInput("not a stored sketch", code="invalid_sketch")
+
+
+def histogram(registers: bytes | bytearray) -> list[int]:
+    """How many of ``registers`` hold each rank: item ``k`` counts rank ``k`` (0 to 53)."""
+    return [registers.count(k) for k in range(MAX_RANK + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """A finished sketch reduced to its register :func:`histogram`: all its estimate needs, but
+    no longer mergeable (a store that merged a window's sketch itself hands this over)."""
+
+    counts: tuple[int, ...]
+
+    @classmethod
+    def of_ranks(cls, ranks: Sequence[int], counts: Sequence[int]) -> Histogram:
+        """From how many set registers hold each non-zero rank (the rest hold 0)."""
+        out = [0] * (MAX_RANK + 1)
+        for rank, n in zip(ranks, counts, strict=True):
+            if not 0 <= rank <= MAX_RANK:
+                raise InvalidInput("not a stored sketch", code="invalid_sketch")
+            if rank:
+                out[rank] += n
+        out[0] = M - sum(out)
+        if out[0] < 0:
+            raise InvalidInput("not a stored sketch", code="invalid_sketch")
+        return cls(tuple(out))
+
+    def estimate(self) -> int:
+        return estimate_of(self.counts)
+
+
+def estimate_of(counts: Sequence[int]) -> int:
+    """The estimate of a sketch from its register :func:`histogram` (``Sketch.estimate``)."""
+    zeros = counts[0]
+    if zeros == M:
+        return 0
+    if zeros:  # linear counting while it is the more accurate (HyperLogLog++'s threshold)
+        linear = M * math.log(M / zeros)
+        if linear <= _LINEAR_UP_TO:
+            return round(linear)
+    # Ertl's improved raw estimator ("New cardinality estimation algorithms for
+    # HyperLogLog sketches", 2017): unbiased from 1 value to 2^64 without bias tables
+    z = M * _tau(1 - counts[_REST + 1] / M)
+    for k in range(_REST, 0, -1):
+        z = 0.5 * (z + counts[k])
+    z += M * _sigma(zeros / M)
+    return round(M * M / (2 * math.log(2)) / z)
+
+
+_HIGH = int.from_bytes(b"\x80" * M, "little")
+
+
+def _maxima(a: bytearray, b: bytearray) -> bytearray:
+    """Each register's maximum of two register arrays of ``M`` bytes, computed on them as two
+    integers (SWAR: bytes below 128 are subtracted with their high bit set, which no borrow
+    crosses; that bit left says which is larger); anything else byte by byte."""
+    x, y = int.from_bytes(a, "little"), int.from_bytes(b, "little")
+    if len(a) != M or len(b) != M or (x | y) & _HIGH:
+        return bytearray(map(max, a, b))
+    larger = (((x | _HIGH) - y) & _HIGH) >> 7  # 1 in each byte where a >= b
+    return bytearray((y ^ ((x ^ y) & (larger * 0xFF))).to_bytes(M, "little"))
 
 
 def _sigma(x: float) -> float:
