@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from meterline.cli.store_cmds import _config, config_options
-from meterline.config import Config
 from meterline.domain.clock import rfc3339
+
+if TYPE_CHECKING:  # the config (and its jsonpath) loads only when a command runs, not for --help
+    from meterline.config import Config
 
 
 @click.command("verify")
