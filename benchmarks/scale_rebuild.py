@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,11 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from scale_sink import NS, _wait_count, ack_path, with_database  # noqa: E402
+from scale_sink import NS, _wait_count, seeded_site  # noqa: E402
 from stack import launch  # noqa: E402
 
 from meterline.adapters.clickhouse.client import Connection  # noqa: E402
-from meterline.adapters.clickhouse.schema import ROLLUPS, create  # noqa: E402
+from meterline.adapters.clickhouse.schema import ROLLUPS  # noqa: E402
 from meterline.adapters.postgres.database import PgDatabase  # noqa: E402
 from meterline.adapters.postgres.meters import PgMeters  # noqa: E402
 from meterline.bootstrap import rebuild_scale  # noqa: E402
@@ -57,12 +56,9 @@ def main() -> None:
 
 def run(stack: launch.Stack, root: Path, events: int, rounds: int) -> None:
     print(f"load average before: {os.getloadavg()}")
-    path = with_database(stack, root, "rebuild", f"bench{uuid.uuid4().hex[:8]}", stack.postgres)
+    path = seeded_site(stack, root, "rebuild", events)
     config = load_config(path)
     conn = Connection(config.clickhouse.url, config.clickhouse.database)
-    create(conn, config.clickhouse.dedupe_window, None)
-    rate = ack_path(path, events, 500, 4, 1, 0)
-    print(f"appended {events:,} events ({rate:,.0f} events/s)")
     env = {**os.environ, "METERLINE_LOG__LEVEL": "WARNING"}
     argv = [sys.executable, "-m", "meterline.cli.main", "worker", "--config", str(path)]
     logs = (root / "workers.log").open("ab")

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -35,12 +34,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from scale_sink import MONTH, NS, _wait_count, ack_path, with_database  # noqa: E402
+from scale_sink import MONTH, NS, _wait_count, seeded_site  # noqa: E402
 from stack import launch  # noqa: E402
 
 from meterline.adapters.clickhouse.client import Connection  # noqa: E402
 from meterline.adapters.clickhouse.reconciliation import ClickHouseReconciliationCounts  # noqa: E402
-from meterline.adapters.clickhouse.schema import create  # noqa: E402
 from meterline.adapters.postgres.database import PgDatabase  # noqa: E402
 from meterline.adapters.postgres.meters import PgMeters  # noqa: E402
 from meterline.adapters.postgres.reconciliation import PgReconciliationCounts  # noqa: E402
@@ -68,12 +66,9 @@ def main() -> None:
 
 def run(stack: launch.Stack, root: Path, events: int, rounds: int) -> None:
     print(f"load average before: {os.getloadavg()}")
-    path = with_database(stack, root, "reconcile", f"bench{uuid.uuid4().hex[:8]}", stack.postgres)
+    path = seeded_site(stack, root, "reconcile", events)
     config = load_config(path)
     conn = Connection(config.clickhouse.url, config.clickhouse.database)
-    create(conn, config.clickhouse.dedupe_window, None)
-    rate = ack_path(path, events, 500, 4, 1, 0)
-    print(f"appended {events:,} events ({rate:,.0f} events/s)")
     env = {**os.environ, "METERLINE_LOG__LEVEL": "WARNING"}
     logs = (root / "processes.log").open("ab")
     worker = [sys.executable, "-m", "meterline.cli.main", "worker", "--config", str(path)]

@@ -123,6 +123,18 @@ def with_database(stack: launch.Stack, root: Path, name: str, topic: str, pg_dsn
     return path
 
 
+def seeded_site(stack: launch.Stack, root: Path, name: str, events: int) -> Path:
+    """A config of ``name`` on ``stack`` (its own ClickHouse database, topic and consumer group),
+    its ClickHouse tables created and ``events`` appended through the ack path (500-event
+    requests, 4 senders); the config's path."""
+    path = with_database(stack, root, name, f"bench{uuid.uuid4().hex[:8]}", stack.postgres)
+    config = load_config(path)
+    create(Connection(config.clickhouse.url, config.clickhouse.database), config.clickhouse.dedupe_window, None)
+    rate = ack_path(path, events, 500, 4, 1, 0)
+    print(f"appended {events:,} events ({rate:,.0f} events/s)")
+    return path
+
+
 def _wait_count(conn: Connection, want: int, poll: float, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while _count(conn) < want:

@@ -23,6 +23,20 @@ from meterline.bootstrap import open_keys
 from meterline.config import Config, load_config
 from meterline.domain.auth.keys import parse_scopes
 
+TOKEN_METERS = """
+[[meters]]
+slug = "tokens"
+event_type = "prompt"
+aggregation = "SUM"
+value_property = "$.tokens"
+
+[[meters]]
+slug = "prompts"
+event_type = "prompt"
+aggregation = "COUNT"
+"""
+"""The two meters many scale tests count `prompt` events with (config text to append)."""
+
 
 def write_config(stack: Stack, path: Path, name: str, dsn: str, partitions: int = 4, extra: str = "") -> Path:
     """A config of ``stack`` whose topic, ClickHouse database and PostgreSQL schema (``dsn``)

@@ -64,12 +64,17 @@ def zed(i: int, time: str, calls: int, region: str = "eu") -> dict[str, Any]:
     return ev(IDS[i], SUBJECT, time, calls=calls, region=region, endpoint=f"/v1/e{calls % 3}", email=EMAIL)
 
 
-def setup(api: Api) -> None:
+def create_meters(api: Api) -> None:
+    """A meter of each aggregation over the `request` events, grouped by region."""
     for agg in AGGREGATIONS:
         spec: dict[str, Any] = {"slug": f"m_{agg.lower()}", "eventType": "request", "aggregation": agg}
         if agg != "COUNT":
             spec["valueProperty"] = "$.endpoint" if agg == "UNIQUE_COUNT" else "$.calls"
         ok(api.create_meter(**spec, groupBy={"region": "$.region"}), 201)
+
+
+def setup(api: Api) -> None:
+    create_meters(api)
     body = {"key": "globex", "name": "Globex", "subjectKeys": ["globex-ops", SUBJECT]}
     ok(post(api, "/api/v1/customers", body), 201)
     ok(post(api, "/api/v1/billing/plans", PLAN), 201)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from scale_site import Site, site
+from scale_site import TOKEN_METERS, Site, site
 from stack.launch import Stack
 from test_scale_zombie import T0, Producer, wait_until
 
@@ -32,23 +32,15 @@ from meterline.domain.integrity.chain import GENESIS
 
 pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
 
-EXTRA = """
+EXTRA = (
+    """
 [aggregation]
 chunk = 40
 [ingest]
 late_arrival_window = "P3650D"
-
-[[meters]]
-slug = "tokens"
-event_type = "prompt"
-aggregation = "SUM"
-value_property = "$.tokens"
-
-[[meters]]
-slug = "prompts"
-event_type = "prompt"
-aggregation = "COUNT"
 """
+    + TOKEN_METERS
+)
 KILLED_WORKER = Path(__file__).parent / "killed_worker.py"
 EDIT = (
     "ALTER TABLE events UPDATE raw = replace(raw, '\"tokens\"', '\"tokenz\"')"

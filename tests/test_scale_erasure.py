@@ -29,7 +29,7 @@ from conftest import Api, build_scale_api
 from scale_site import Site, site, spawn
 from stack.launch import Stack
 from test_billing_api import ev, get, move_to, ok, post, run, subscribe
-from test_erasure import AGGREGATIONS, PLAN
+from test_erasure import AGGREGATIONS, PLAN, create_meters
 from test_scale_chain import verify
 
 from meterline.adapters.clickhouse.client import Connection
@@ -53,11 +53,7 @@ def zora(i: int, at: str, calls: int, region: str = "eu") -> dict[str, Any]:
 
 
 def setup(api: Api) -> None:
-    for agg in AGGREGATIONS:
-        spec: dict[str, Any] = {"slug": f"m_{agg.lower()}", "eventType": "request", "aggregation": agg}
-        if agg != "COUNT":
-            spec["valueProperty"] = "$.endpoint" if agg == "UNIQUE_COUNT" else "$.calls"
-        ok(api.create_meter(**spec, groupBy={"region": "$.region"}), 201)
+    create_meters(api)
     ok(post(api, "/api/v1/customers", {"key": "globex", "subjectKeys": ["globex-ops", SUBJECT]}), 201)
     ok(post(api, "/api/v1/features", {"key": "api", "name": "API", "meterSlug": "m_sum"}), 201)
     body = {"type": "metered", "featureKey": "api", "issueAfterReset": 1000, "usagePeriod": {"interval": "YEAR"}}

@@ -25,7 +25,7 @@ import httpx
 import msgspec
 import pytest
 from conftest import free_port
-from scale_site import Site, site
+from scale_site import TOKEN_METERS, Site, site
 from stack.launch import Stack
 
 from meterline.adapters.clickhouse.client import Connection
@@ -35,25 +35,17 @@ pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
 CLIENTS = 4
 BATCH = 40
 BATCHES_PER_CLIENT = 10
-EXTRA = """
+EXTRA = (
+    """
 [aggregation]
 chunk = 200
 [dedupe]
 lease = "PT5S"
 [billing]
 scheduler_enabled = false
-
-[[meters]]
-slug = "tokens"
-event_type = "prompt"
-aggregation = "SUM"
-value_property = "$.tokens"
-
-[[meters]]
-slug = "prompts"
-event_type = "prompt"
-aggregation = "COUNT"
 """
+    + TOKEN_METERS
+)
 
 
 @pytest.fixture

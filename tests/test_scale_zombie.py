@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 import pytest
 from contract.events import LIMITS
-from scale_site import Site, site
+from scale_site import TOKEN_METERS, Site, site
 from stack.launch import Stack
 
 from meterline.adapters.clickhouse.client import Connection
@@ -35,23 +35,15 @@ pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
 NS = "default"
 T0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z
 BATCH = 30
-EXTRA = """
+EXTRA = (
+    """
 [aggregation]
 chunk = 1000
 [ingest]
 late_arrival_window = "P3650D"
-
-[[meters]]
-slug = "tokens"
-event_type = "prompt"
-aggregation = "SUM"
-value_property = "$.tokens"
-
-[[meters]]
-slug = "prompts"
-event_type = "prompt"
-aggregation = "COUNT"
 """
+    + TOKEN_METERS
+)
 PAUSED_WORKER = Path(__file__).parent / "paused_worker.py"
 
 
