@@ -2,7 +2,8 @@
 afterwards no row of any ClickHouse table or PostgreSQL table carries the subject, its event ids or
 a payload string, nor (once ClickHouse removed the outdated parts) any file of ClickHouse's data
 directory; every meter answer, the entitlement value and the finalized invoices are unchanged;
-a resent erased event is a duplicate; ``meterline verify`` passes (the hash chain keeps the
+a resent erased event is a duplicate, with the dedupe store in PostgreSQL or in Redis (no Redis
+key or value holds the subject's event ids or digests then); ``meterline verify`` passes (the hash chain keeps the
 original digests, the erased rows match their markers); a sink worker that reads the log again from its start
 (ClickHouse rebuilt from the log) writes the erased forms, never the subject; events acknowledged
 before the request and not applied yet (the worker paused) are erased too; the CLI works against
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import redis
 from conftest import Api, build_scale_api
 from scale_site import Site, site, spawn
 from stack.launch import Stack
@@ -34,6 +36,7 @@ from test_scale_chain import verify
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.config import load_config
+from meterline.domain.erasure import erased_digest
 
 pytestmark = pytest.mark.heavy
 
@@ -169,10 +172,64 @@ def files_with(root: Path) -> list[str]:
     return out
 
 
+def redis_entries(config_path: Path) -> dict[bytes, dict[bytes, bytes]]:
+    """Every key (and its hash) under the site's Redis key prefix."""
+    config = load_config(config_path)
+    client = redis.Redis.from_url(config.redis.url)
+    try:
+        names = list(client.scan_iter(match=config.redis.key_prefix + "*", count=1000))
+        return {name: client.hgetall(name) for name in names}
+    finally:
+        client.close()
+
+
+def redis_holding(config_path: Path, digests: set[bytes]) -> list[bytes]:
+    """Redis keys under the site's prefix whose name or value holds a needle or one of ``digests``."""
+    found = []
+    for name, fields in redis_entries(config_path).items():
+        blob = name + b"".join(fields.values())
+        if any(n.encode() in blob for n in needles()) or fields.get(b"d") in digests:
+            found.append(name)
+    return found
+
+
+def erasure_secret_of(s: Site) -> bytes:
+    with psycopg.connect(s.config.postgres.dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'erasure_key'").fetchone()
+    assert row is not None
+    return bytes.fromhex(str(row[0]))
+
+
 @pytest.fixture
-def billed(scale_site: Site, tmp_path: Path) -> Iterator[tuple[Api, dict[str, Any]]]:
+def redis_site(scale_stack: Stack, tmp_path: Path) -> Iterator[Site]:
+    """A site whose API nodes and worker keep the dedupe keys in the stack's Redis, under a key
+    prefix of its own."""
+    with site(scale_stack, tmp_path / "site", extra="\n[aggregation]\nmax_wait = 60.0\n") as s:
+        prefix = f"meterline-test:{uuid.uuid4().hex}:"
+        text = s.config_path.read_text().replace("[redis]\n", f'[redis]\nkey_prefix = "{prefix}"\n')
+        s.config_path.write_text(text + '\n[dedupe]\nbackend = "redis"\n')
+        s.worker()
+        try:
+            yield s
+        finally:
+            client = redis.Redis.from_url(s.config.redis.url)
+            for name in client.scan_iter(match=prefix + "*", count=1000):
+                client.delete(name)
+            client.close()
+
+
+@pytest.fixture(params=["postgres", "redis"])
+def dedupe_site(request: pytest.FixtureRequest) -> Site:
+    """A site with the dedupe store of the parameter ([dedupe] backend)."""
+    name = "scale_site" if request.param == "postgres" else "redis_site"
+    found: Site = request.getfixturevalue(name)
+    return found
+
+
+@pytest.fixture
+def billed(dedupe_site: Site, tmp_path: Path) -> Iterator[tuple[Api, dict[str, Any]]]:
     """The subject billed for March, one of its events amended and one voided; what was seen."""
-    gen = build_scale_api(scale_site, tmp_path, billing={"scheduler_enabled": False})
+    gen = build_scale_api(dedupe_site, tmp_path / "api", billing={"scheduler_enabled": False})
     api = next(gen)
     try:
         move_to(api, "2026-03-03T00:00:00Z")
@@ -197,10 +254,16 @@ def billed(scale_site: Site, tmp_path: Path) -> Iterator[tuple[Api, dict[str, An
 
 
 def test_erasure_leaves_no_row_or_file_with_the_subject_and_keeps_every_answer(
-    billed: tuple[Api, dict[str, Any]], scale_site: Site, scale_stack: Stack
+    billed: tuple[Api, dict[str, Any]], dedupe_site: Site, scale_stack: Stack
 ) -> None:
     api, before = billed
+    scale_site = dedupe_site
+    in_redis = scale_site.config.dedupe.backend == "redis"
     assert ch_rows(scale_site.config_path) and pg_rows(scale_site.config_path), "the needles are found before"
+    mine = {k: v for k, v in redis_entries(scale_site.config_path).items() if any(i.encode() in k for i in IDS)}
+    digests = {v[b"d"] for v in mine.values()}
+    if in_redis:  # the keys name the event ids; their digests are the payloads' own
+        assert len(mine) == 4 and len(digests) == 4, mine
     assert files_with(Path(scale_stack.dir) / "clickhouse"), "ClickHouse's files hold the subject before"
     prompt_cleanup(scale_site.config_path)
     record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR request #7"}), 201)
@@ -212,6 +275,10 @@ def test_erasure_leaves_no_row_or_file_with_the_subject_and_keeps_every_answer(
     assert record["throughPosition"] == sum(record["throughLogPositions"].values())
     assert ch_rows(scale_site.config_path) == {}
     assert pg_rows(scale_site.config_path) == {}
+    if in_redis:  # no key name holds an event id, no hash a payload digest of the subject's events
+        assert redis_holding(scale_site.config_path, digests) == [], "left in Redis"
+        erased = {fields[b"d"] for fields in redis_entries(scale_site.config_path).values()}
+        assert {erased_digest(erasure_secret_of(scale_site), d) for d in digests} <= erased, "keyed digests kept"
     assert answers(api) == before["answers"]
     assert value(api) == before["value"]
     for number, body in before["invoices"].items():
@@ -285,14 +352,6 @@ def test_a_worker_reading_the_log_again_writes_the_erased_forms(scale_stack: Sta
             conn = Connection(config.clickhouse.url, lost)
             conn.command(f"DROP DATABASE IF EXISTS `{lost}`")
             conn.close()
-
-
-def test_with_the_dedupe_store_in_redis_erasure_is_not_offered(scale_site: Site, tmp_path: Path) -> None:
-    """The erased keys would stay in Redis under their original key: 501, nothing erased."""
-    for api in build_scale_api(scale_site, tmp_path, dedupe={"backend": "redis"}):
-        r = api.client.post("/api/v1/erasures", json={"subject": "a", "reason": "b"}, headers=api.headers())
-        assert r.status_code == 501 and r.json()["code"] == "not_supported", r.text
-        assert "dedupe" in r.json()["detail"]
 
 
 def test_events_acknowledged_before_the_request_are_erased_though_not_applied_yet(

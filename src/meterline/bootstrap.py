@@ -304,17 +304,17 @@ def dedupe_store(config: Config, db: PgDatabase, clock: Clock, closers: list[Cal
     window = config.ingest.dedupe_window
     window_us = None if window is None else _us(window.total_seconds())
     lease_us = _us(config.dedupe.lease.total_seconds())
+    erasure_mod = _scale_adapter("meterline.adapters.postgres.erasure", "psycopg", "psycopg_pool")
+    secret = erasure_mod.PgErasureCatalog(db, clock.now_us).secret  # erased keys stay duplicates
     if config.dedupe.backend == "redis":
         dedupe_mod = _scale_adapter("meterline.adapters.redis.dedupe", "redis")
         client = import_extra("redis", "scale").Redis.from_url(config.redis.url)
         closers.append(client.close)
         redis_store: DedupeStore = dedupe_mod.RedisDedupe(
-            client, clock.now_us, lease_us=lease_us, window_us=window_us, prefix=config.redis.key_prefix
+            client, clock.now_us, lease_us=lease_us, window_us=window_us, prefix=config.redis.key_prefix, secret=secret
         )
         return redis_store
     dedupe_mod = _scale_adapter("meterline.adapters.postgres.dedupe", "psycopg", "psycopg_pool")
-    erasure_mod = _scale_adapter("meterline.adapters.postgres.erasure", "psycopg", "psycopg_pool")
-    secret = erasure_mod.PgErasureCatalog(db, clock.now_us).secret  # erased keys stay duplicates
     pg_store: DedupeStore = dedupe_mod.PgDedupe(db, clock.now_us, lease_us=lease_us, window_us=window_us, secret=secret)
     return pg_store
 

@@ -52,7 +52,6 @@ from meterline.config import Config
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.entitlements.model import Entitlement
-from meterline.domain.erasure import ErasureRecord, ErasureRequest
 from meterline.domain.errors import Backfilling, InvalidInput, MeterlineError, NotSupported, StorageUnavailable
 from meterline.domain.events.corrections import CorrectionRequest, History
 from meterline.domain.events.model import Candidate, Outcome
@@ -60,7 +59,7 @@ from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.correction_log import StoredOriginal, StoredOriginals
 from meterline.ports.corrections import Corrected, CorrectionRecord, Corrections
-from meterline.ports.erasure import Erasures
+from meterline.ports.erasure import ErasableKeys, Erasures
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.meters import UsageReader
 from meterline.ports.reconciliation import BilledWindow, Change, Counted, LedgerCheck
@@ -288,19 +287,6 @@ class NotedOriginals:
             self._note()
             found = self._originals.original(namespace, source, event_id)
         return found
-
-
-class RefusedErasures:
-    """Erasure with the dedupe store in Redis: the erased keys would stay there under their
-    original key (``services.log_erasure`` rewrites PostgreSQL's): 501 ``not_supported``."""
-
-    _why = "erasure of a subject in scale mode needs the dedupe store in PostgreSQL ([dedupe] backend)"
-
-    def erase(self, request: ErasureRequest) -> ErasureRecord:
-        raise NotSupported(self._why, mode="scale")
-
-    def erasures(self, namespace: str) -> builtins.list[ErasureRecord]:
-        raise NotSupported(self._why, mode="scale")
 
 
 class ScaleStatus:
@@ -535,8 +521,6 @@ def _erasures(
     from meterline.adapters.postgres.erasure import PgErasureCatalog
     from meterline.adapters.postgres.fence import PgFence
 
-    if config.dedupe.backend != "postgres":
-        return RefusedErasures()
     k = config.kafka
     fence = PgFence(stores.catalog.db, config.postgres.dsn)
 
@@ -556,6 +540,7 @@ def _erasures(
         unfinished=lambda seconds: settled(conn, seconds),
         max_wait=config.aggregation.max_wait,
         counters=None if counters is None else counters.move_subject,
+        keys=stores.dedupe if isinstance(stores.dedupe, ErasableKeys) else None,  # Redis: its keys erased there
     )
 
 

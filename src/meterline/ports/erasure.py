@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from meterline.domain.erasure import ErasureRecord, ErasureRequest
 
 __all__ = [
+    "ErasableKeys",
     "ErasableStore",
     "ErasedEntries",
     "ErasedEntry",
@@ -107,6 +108,17 @@ class ErasableStore(Protocol):
     ) -> None:
         """Step 2: delete the original entries and the subject's usage rows of ``namespace``
         (synchronously, so the parts that held them are outdated when it returns)."""
+        ...
+
+
+@runtime_checkable
+class ErasableKeys(Protocol):
+    """A dedupe store outside the catalog (Redis): its side of a scale-mode erasure."""
+
+    def erase_keys(self, namespace: str, keys: Sequence[ErasedKey]) -> int:
+        """Each key's entry replaced by its erased key's (the payload digest keyed, as the
+        catalog's dedupe rows are), so a resent erased event is still a duplicate and nothing
+        held names the original key; how many entries were replaced (a repeat replaces none)."""
         ...
 
 

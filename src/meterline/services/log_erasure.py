@@ -15,7 +15,8 @@ the usage store and the catalog; rules in ``domain.erasure``, steps in docs/eras
    to the subject: ``subject_not_found``.
 4. **Catalog** (one transaction): audit record, erased entries by log place (what the workers
    write instead of those records whenever they read them again), dedupe keys, correction
-   journal, quarantined events, dead letters, portal tokens.
+   journal, quarantined events, dead letters, portal tokens. A dedupe store outside the
+   catalog (Redis, ``ErasableKeys``) then replaces the keys in it (a repeat replaces none).
 5. **Usage store, copy**: erased entries and the usage moved to the pseudonym inserted.
 6. **Catalog, switch** (one transaction): the customers map the pseudonym instead of the subject.
 7. **Usage store, drop**: the original entries and the subject's usage rows deleted.
@@ -49,7 +50,14 @@ from meterline.domain.events.corrections import is_void_record
 from meterline.domain.integrity.batches import entry_digest
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.model import Meter
-from meterline.ports.erasure import ErasableStore, ErasedEntry, ErasedKey, ErasureCatalog, StoredVersion
+from meterline.ports.erasure import (
+    ErasableKeys,
+    ErasableStore,
+    ErasedEntry,
+    ErasedKey,
+    ErasureCatalog,
+    StoredVersion,
+)
 
 ATTEMPTS = 3
 SETTLE_HELD = 5.0
@@ -72,12 +80,13 @@ class LogErasures:
         unfinished: Callable[[float], list[str]],
         max_wait: float,
         counters: MoveCounters | None = None,
+        keys: ErasableKeys | None = None,
         pause: float = 0.05,
     ) -> None:
         """``heads``: per partition, the offset after the log's last record now; ``applied``:
         how far the workers applied each; ``hold``: the workers held off for the block (True
         once held); ``unfinished``: waits up to the seconds given for recorded ranges to finish,
-        the ones still unfinished then."""
+        the ones still unfinished then; ``keys``: the dedupe store when it is not the catalog's."""
         self._catalog = catalog
         self._store = store
         self._meters = meters
@@ -87,6 +96,7 @@ class LogErasures:
         self._unfinished = unfinished
         self._max_wait = max_wait
         self._counters = counters
+        self._keys = keys
         self._pause = pause
 
     def erase(self, request: ErasureRequest) -> ErasureRecord:
@@ -136,6 +146,8 @@ class LogErasures:
         entries, keys = self._erased(secret, req.subject, alias, versions)
         record = self._catalog.begin(req, alias, through, entries, keys)
         counts = {"ledgerEntries": len(entries), "events": len({(e.namespace, e.id) for e in entries})}
+        if self._keys is not None:
+            counts["dedupeKeys"] = self._keys.erase_keys(req.namespace, keys)
         counts["rollupRows"] = self._store.copy(record, entries, meters, req.subject)
         counts |= self._catalog.switch(record, req.subject)
         self._store.drop(req.namespace, entries, meters, req.subject, alias)
