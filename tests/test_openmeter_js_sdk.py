@@ -7,18 +7,23 @@ needs only Node 20+ and npm. What the SDK calls and checks: ``tests/openmeter_js
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import start_server
+import pytest
+from conftest import MODES, Server, mode_server
 from node_packages import failures, node_test, npm_ci
 
 
-def test_openmeter_javascript_sdk(tmp_path: Path) -> None:
+@pytest.fixture(params=MODES)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A real server in each storage mode, with a namespace of the test's own (both shared
+    servers let webhook targets on 127.0.0.1, where the notification channel the SDK creates
+    points)."""
+    yield from mode_server(request, tmp_path)
+
+
+def test_openmeter_javascript_sdk(server: Server) -> None:
     npm_ci()
-    # the notification channel the SDK creates points at 127.0.0.1
-    server = start_server(tmp_path / "data", env={"METERLINE_ALERTS__ALLOW_PRIVATE_WEBHOOK_TARGETS": "true"})
-    try:
-        done = node_test("sdk.test.mjs", {"METERLINE_URL": server.url, "METERLINE_KEY": server.key})
-    finally:
-        server.stop()
+    done = node_test("sdk.test.mjs", {"METERLINE_URL": server.url, "METERLINE_KEY": server.key})
     assert not failures(done), failures(done)
