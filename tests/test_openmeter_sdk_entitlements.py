@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.server
 import inspect
+import re
 import threading
 import time
 import uuid
@@ -351,7 +352,11 @@ def test_grants_create_list_void(world: World) -> None:
     v = w.ents.get_entitlement_value(ALICE, ent_id)
     assert (v.usage, v.balance, v.total_available_grant_amount, v.has_access) == (15, 15, 30, True)
 
-    issued = f"{ent_id}.issueAfterReset"  # as OpenMeter lists the grant it creates for issueAfterReset
+    # as OpenMeter lists the grant it creates for issueAfterReset (annotated so), with a ULID
+    (issued,) = [
+        g.id for g in w.ents.get_grants(ALICE, ent_id) if g.annotations and g.annotations.get("issueAfterReset")
+    ]
+    assert re.fullmatch(r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}", issued)
     assert {g.id for g in w.ents.get_grants(ALICE, ent_id)} == {issued, grant.id}
     assert {g.id for g in w.ents.get_grants(ALICE, w.feature.key)} == {issued, grant.id}
     assert {g.id for g in w.client.grants.list()} == {issued, grant.id}

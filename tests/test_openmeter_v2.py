@@ -4,6 +4,7 @@ grants, values and pages, the entitlement and grant lists, and the cursor-paged 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import pytest
 from conftest import MODES, T0_US, Api, mode_api
 
 from meterline.domain.clock import rfc3339
+
+ULID_PATTERN = r"[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}"  # OpenMeter's pattern of ids
 
 
 def post(api: Api, path: str, body: Any) -> Any:
@@ -110,25 +113,32 @@ def test_issue_after_reset_is_listed_as_the_grant_openmeter_creates_for_it(seede
     ent = r.json()
     r = post(api, "/api/v1/subjects/globex/entitlements", {**body, "issueAfterReset": 0})  # 0: no grant
     assert r.status_code == 201, r.text
+    (listed,) = get(api, "/api/v1/subjects/acme/entitlements/calls/grants")
+    # a ULID of its own, as OpenMeter's grant ids are (clients check the pattern), stable
+    assert re.fullmatch(ULID_PATTERN, listed["id"]) and listed["id"] not in (ent["id"], listed["entitlementId"])
     expected = {
-        "id": f"{ent['id']}.issueAfterReset",
+        "id": listed["id"],
         "entitlementId": ent["id"],
         "annotations": {"issueAfterReset": True},
         "amount": 10,
         "priority": 1,
         "effectiveAt": "2026-03-01T00:00:00.000Z",
+        "expiration": None,
         "expiresAt": None,
         "maxRolloverAmount": 10,
         "minRolloverAmount": 10,
         "voidedAt": None,
     }
+    # OpenMeter's v1 shape requires an expiration: a grant that never expires shows 100 years
+    v1 = expected | {"expiration": {"duration": "YEAR", "count": 100}, "expiresAt": "2126-03-01T00:00:00.000Z"}
 
     def shown(g: dict[str, Any]) -> dict[str, Any]:
         return {k: g.get(k) for k in expected}
 
-    (listed,) = get(api, "/api/v1/subjects/acme/entitlements/calls/grants")
-    assert shown(listed) == expected
-    assert [shown(g) for g in get(api, "/api/v1/grants")] == [expected]
+    assert shown(listed) == v1
+    assert [shown(g) for g in get(api, "/api/v1/grants")] == [v1]
+    assert [shown(g) for g in get(api, "/api/v1/grants", subject="acme", feature="calls")] == [v1]
+    assert get(api, "/api/v1/grants", subject="globex") == get(api, "/api/v1/grants", feature="sso") == []
     assert [shown(g) for g in get(api, "/api/v2/customers/acme/entitlements/calls/grants")["items"]] == [expected]
     assert [shown(g) for g in get(api, "/api/v2/grants", customer="acme")["items"]] == [expected]
     assert get(api, "/api/v2/grants", customer="globex")["totalCount"] == 0
@@ -142,6 +152,9 @@ def test_issue_after_reset_is_listed_as_the_grant_openmeter_creates_for_it(seede
     assert voided["voidedAt"] == "2026-03-01T12:00:00.000Z"
     r = api.client.delete(f"/api/v1/grants/{expected['id']}", headers=api.headers())
     assert r.status_code == 409 and r.json()["code"] == "grant_voided", r.text
+    # the id it had before it was a ULID still names it
+    r = api.client.delete(f"/api/v1/grants/{ent['id']}.issueAfterReset", headers=api.headers())
+    assert r.status_code == 409 and r.json()["code"] == "grant_voided", r.text
     # voided, it no longer counts: globex's 6 calls against 100, then against nothing
     r = api.client.put(
         "/api/v1/subjects/globex/entitlements/calls/override",
@@ -151,7 +164,8 @@ def test_issue_after_reset_is_listed_as_the_grant_openmeter_creates_for_it(seede
     assert r.status_code == 201, r.text
     value = "/api/v1/subjects/globex/entitlements/calls/value"
     assert (get(api, value)["balance"], get(api, value)["hasAccess"]) == (94, True)
-    r = api.client.delete(f"/api/v1/grants/{r.json()['id']}.issueAfterReset", headers=api.headers())
+    issued = [g for g in get(api, "/api/v1/subjects/globex/entitlements/calls/grants") if "annotations" in g]
+    r = api.client.delete(f"/api/v1/grants/{issued[0]['id']}", headers=api.headers())
     assert r.status_code == 204, r.text
     assert (get(api, value)["balance"], get(api, value)["hasAccess"]) == (0, False)
 

@@ -136,7 +136,7 @@ async def create_grant(call: Call) -> Response:
     service = call.ctx.catalog.features
     owner, ent = call.path("customer"), call.path("entitlement")
     grant = await call.run(service.grant, call.namespace, owner, ent, inp, expires=bool(sent.expiration))
-    return json_response(features.grant_json(grant), 201)
+    return json_response(features.grant_v2_json(grant), 201)
 
 
 @endpoint(Scope.READ)
@@ -144,27 +144,15 @@ async def list_entitlement_grants(call: Call) -> Response:
     service, owner, ent = call.ctx.catalog.features, call.path("customer"), call.path("entitlement")
     voided = parse_bool("includeDeleted", call.request.query_params.get("includeDeleted"))
     grants = await call.run(service.grants_of, call.namespace, owner, ent, include_voided=voided)
-    return paged(call.request, [features.grant_json(g) for g in grants], *GRANT_ORDER)
+    return paged(call.request, [features.grant_v2_json(g) for g in grants], *GRANT_ORDER)
 
 
 @endpoint(Scope.READ)
 async def list_grants(call: Call) -> Response:
     """``feature`` (key or id) and ``customer`` (key or id) filters."""
     q = call.request.query_params
-    voided = parse_bool("includeDeleted", q.get("includeDeleted"))
-    catalog = call.ctx.catalog
-    grants = await call.run(catalog.features.grants, call.namespace, include_voided=voided)
-    wanted_features, wanted_customers = set(q.getlist("feature")), set(q.getlist("customer"))
-    if wanted_features or wanted_customers:
-        ents = {e.id: e for e in await call.run(catalog.entitlements.list, call.namespace)}
-        grants = [
-            g
-            for g in grants
-            if (e := ents.get(g.entitlement_id)) is not None
-            and (not wanted_features or {e.feature_key, e.feature_id} & wanted_features)
-            and (not wanted_customers or {e.customer_key, e.customer_id} & wanted_customers)
-        ]
-    return paged(call.request, [features.grant_json(g) for g in grants], *GRANT_ORDER)
+    grants = await features.filtered_grants(call, set(q.getlist("feature")), set(q.getlist("customer")))
+    return paged(call.request, [features.grant_v2_json(g) for g in grants], *GRANT_ORDER)
 
 
 CUSTOMER = "/api/v2/customers/{customer}/entitlements"

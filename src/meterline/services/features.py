@@ -19,7 +19,7 @@ from meterline.domain.entitlements.model import (
     validate_feature,
     validate_grant,
 )
-from meterline.domain.entitlements.rules import DEFAULT_GRANT, default_grant, grant_expiry_us
+from meterline.domain.entitlements.rules import default_grant, default_grant_owner, grant_expiry_us
 from meterline.domain.errors import Conflict, InvalidInput, NotFound
 from meterline.ports.entitlements import FeatureRepository, GrantRepository
 from meterline.ports.meters import MeterCatalog
@@ -113,7 +113,7 @@ class FeatureService:
         at -= at % MINUTE_US
         if at > now:
             raise InvalidInput("a grant cannot be voided in the future", code="invalid_void")
-        if grant_id.endswith(f".{DEFAULT_GRANT}") and self._void_issued(namespace, grant_id, at, now):
+        if self._void_issued(namespace, grant_id, at, now):
             return
         grant = next((g for g in self._grants.list(namespace, include_voided=True) if g.id == grant_id), None)
         ent: Entitlement | None = None
@@ -135,8 +135,11 @@ class FeatureService:
     def _void_issued(self, namespace: str, grant_id: str, at: int, now: int) -> bool:
         """Void the grant an entitlement's ``issueAfterReset`` stands for (False: ``grant_id``
         names no such grant), with the rules of any grant."""
+        owner = default_grant_owner(grant_id)
+        if owner is None:
+            return False
         try:
-            ent = self._entitlements.get(namespace, grant_id.removesuffix(f".{DEFAULT_GRANT}"))
+            ent = self._entitlements.get(namespace, owner)
         except NotFound:
             return False
         if ent.deleted_us is not None or default_grant(ent) is None:

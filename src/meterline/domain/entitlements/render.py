@@ -19,6 +19,12 @@ def period_body(p: Period | None) -> dict[str, str] | None:
     return None if p is None else {"from": rfc3339(p.start_us), "to": rfc3339(p.end_us)}
 
 
+def interval_iso(interval: str) -> str:
+    """An interval (normal form: ``DAY``, ``WEEK``, ``MONTH``, ``YEAR`` or ISO 8601) as ISO 8601,
+    OpenMeter's ``intervalISO``."""
+    return _ISO.get(interval, interval)
+
+
 def _time(us: int | None) -> str | None:
     return None if us is None else rfc3339(us)
 
@@ -72,7 +78,7 @@ def entitlement_body(e: Entitlement, current: Period | None) -> dict[str, Any]:
         "usagePeriod": {
             "interval": interval,
             "anchor": rfc3339(e.anchor_us),
-            "intervalISO": _ISO.get(interval, interval),
+            "intervalISO": interval_iso(interval),
         },
         "currentUsagePeriod": period_body(current),
     }

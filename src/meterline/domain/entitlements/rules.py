@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 from dateutil.relativedelta import relativedelta
+from ulid import ULID
 
 from meterline.domain.clock import from_us, to_us
 from meterline.domain.entitlements.model import Entitlement, EntitlementInput, Grant, GrantInput, measure_from_time
@@ -102,14 +103,14 @@ def grant_expiry_us(inp: GrantInput) -> int:
 
 
 DEFAULT_GRANT = "issueAfterReset"
-"""OpenMeter's annotation (and the id suffix here) of the grant ``issueAfterReset`` stands for."""
+"""OpenMeter's annotation of the grant ``issueAfterReset`` stands for."""
 
 
 def default_grant(ent: Entitlement) -> Grant | None:
     """The grant OpenMeter creates for a metered entitlement's ``issueAfterReset`` (above 0):
     the amount, at ``issueAfterResetPriority``, effective from the start of measurement, never
     expiring, rolled over to its amount at every reset (``connector.go``, ``AfterCreate``).
-    meterline keeps it on the entitlement; this is its grant, with a fixed id."""
+    meterline keeps it on the entitlement; this is its grant, with a fixed id (:func:`default_grant_id`)."""
     issue = ent.spec.issue_after_reset
     if ent.spec.type != "metered" or issue is None or issue <= 0:
         return None
@@ -122,11 +123,43 @@ def default_grant(ent: Entitlement) -> Grant | None:
         max_rollover_amount=issue,
         min_rollover_amount=issue,
     )
-    return Grant(f"{ent.id}.{DEFAULT_GRANT}", ent.id, spec, start, None, ent.created_us, ent.issue_voided_us)
+    return Grant(default_grant_id(ent.id), ent.id, spec, start, None, ent.created_us, ent.issue_voided_us)
 
 
 def is_default_grant(g: Grant) -> bool:
-    return g.id == f"{g.entitlement_id}.{DEFAULT_GRANT}"
+    return g.id == default_grant_id(g.entitlement_id)
+
+
+_MASK = bytes.fromhex("9e3779b97f4a7c15f491")
+"""XORed into the 80 random bits of an entitlement's ULID to give its default grant's ULID."""
+
+
+def default_grant_id(entitlement_id: str) -> str:
+    """The id of the grant ``issueAfterReset`` stands for: a ULID, as OpenMeter's grant ids are
+    (clients check the pattern), derived from the entitlement's ULID (same time part, the
+    random part XORed with a fixed mask) so that it is stable and names its entitlement back
+    (:func:`default_grant_owner`). An entitlement id that is not a ULID keeps the older
+    ``<entitlementId>.issueAfterReset``."""
+    flipped = _flip(entitlement_id)
+    return f"{entitlement_id}.{DEFAULT_GRANT}" if flipped is None else flipped
+
+
+def default_grant_owner(grant_id: str) -> str | None:
+    """The entitlement whose default grant ``grant_id`` would be (``None``: not a grant id of
+    that form); the caller checks that the entitlement exists and has that grant. The older
+    ``<entitlementId>.issueAfterReset`` form is understood too."""
+    if grant_id.endswith(f".{DEFAULT_GRANT}"):
+        return grant_id.removesuffix(f".{DEFAULT_GRANT}")
+    return _flip(grant_id)
+
+
+def _flip(ulid: str) -> str | None:
+    """``ulid`` with its random part XORed with the mask (its own inverse); ``None``: not a ULID."""
+    try:
+        raw = bytes(ULID.from_str(ulid))
+    except ValueError:
+        return None
+    return str(ULID.from_bytes(raw[:6] + bytes(a ^ b for a, b in zip(raw[6:], _MASK, strict=True))))
 
 
 def reset_at(ent: Entitlement, effective_us: int | None, now_us: int) -> int:
