@@ -145,3 +145,28 @@ def test_no_threshold_fires_without_grants(api: Api) -> None:
     api.post_events([ev("e1", tokens=50)])
     assert value(api)["totalAvailableGrantAmount"] == 0
     assert fired(api) == []  # as OpenMeter: nothing to measure against, not even a NUMBER
+
+
+@pytest.mark.parametrize("kind", ["entitlements.reset", "invoice.created", "invoice.updated"])
+def test_openmeter_rule_types_not_built_answer_not_supported(api: Api, kind: str) -> None:
+    """OpenMeter's other rule types are a clear 501 naming the type, on create and on update,
+    not a 400 that reads as a mistyped request."""
+    rule = add_rule(api, ("PERCENT", 50))
+    channel = api.client.get(f"/api/v1/notification/rules/{rule}", headers=api.headers()).json()["channels"][0]["id"]
+    body = {"type": kind, "name": "other", "channels": [channel]}
+    for r in (
+        api.client.post("/api/v1/notification/rules", json=body, headers=api.headers()),
+        api.client.put(f"/api/v1/notification/rules/{rule}", json=body, headers=api.headers()),
+    ):
+        assert r.status_code == 501, r.text
+        problem = r.json()
+        assert (problem["code"], problem["ruleType"]) == ("not_supported", kind)
+        assert kind in problem["detail"] and "entitlements.balance.threshold" in problem["detail"]
+        assert r.headers["content-type"].startswith("application/problem+json")
+    assert api.client.get(f"/api/v1/notification/rules/{rule}", headers=api.headers()).json()["type"] == (
+        "entitlements.balance.threshold"
+    )
+    typo = api.client.post(
+        "/api/v1/notification/rules", json={**body, "type": "entitlement.rest"}, headers=api.headers()
+    )
+    assert typo.status_code == 400 and typo.json()["code"] == "invalid_rule"

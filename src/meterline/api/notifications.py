@@ -10,6 +10,8 @@ from starlette.responses import Response
 
 from meterline.api.endpoint import Call, endpoint
 from meterline.api.http import (
+    decode_json,
+    json_bytes,
     json_response,
     optional_body,
     parse_bool,
@@ -18,7 +20,7 @@ from meterline.api.http import (
     time_text,
     typed_body,
 )
-from meterline.domain.alerts.rules import RuleInput
+from meterline.domain.alerts.rules import RuleInput, refuse_openmeter_only
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
 from meterline.domain.notify.channels import Channel, ChannelInput, masked_url
@@ -163,16 +165,22 @@ async def delete_channel(call: Call) -> Response:
 
 @endpoint(Scope.ADMIN)
 async def create_rule(call: Call) -> Response:
-    inp = await typed_body(call.request, RuleInput, "rule")
+    inp = await _rule_input(call)
     view = await call.run(call.ctx.catalog.notifications.create_rule, call.namespace, inp)
     return json_response(rule_json(view), 201)
 
 
 @endpoint(Scope.ADMIN)
 async def update_rule(call: Call) -> Response:
-    inp = await typed_body(call.request, RuleInput, "rule")
+    inp = await _rule_input(call)
     view = await call.run(call.ctx.catalog.notifications.update_rule, call.namespace, call.path("rule"), inp)
     return json_response(rule_json(view))
+
+
+async def _rule_input(call: Call) -> RuleInput:
+    body = await json_bytes(call.request)
+    refuse_openmeter_only(body)
+    return decode_json(body, RuleInput, "rule")
 
 
 @endpoint(Scope.READ)

@@ -26,19 +26,47 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, get_args
 
 import msgspec
 
 from meterline.domain.decimals import EXACT
 from meterline.domain.entitlements.value import Value
-from meterline.domain.errors import InvalidInput
+from meterline.domain.errors import InvalidInput, NotSupported
 from meterline.domain.identifiers import name_problem
 
 RuleType = Literal["entitlements.balance.threshold", "entitlements.usage.projected", "entitlements.usage.anomaly"]
+OPENMETER_ONLY = ("entitlements.reset", "invoice.created", "invoice.updated")
+"""Rule types of OpenMeter's API that meterline does not build: asked for, they answer 501
+``not_supported`` naming the type (:func:`refuse_openmeter_only`), not 400 as a typo would."""
 ThresholdType = Literal["PERCENT", "NUMBER", "usage_percentage", "usage_value", "balance_value"]
 HUNDRED = Decimal(100)
 ZERO = Decimal(0)
+
+
+class RuleTypeNotSupported(NotSupported):
+    title = "Not supported"
+
+
+class _Typed(msgspec.Struct, frozen=True):
+    type: object = None
+
+
+def refuse_openmeter_only(body: bytes) -> None:
+    """Raise 501 ``not_supported`` (naming it in ``ruleType``) when the JSON ``body`` asks for a
+    rule type of OpenMeter's that meterline does not build; anything else is left to the
+    rule's own validation."""
+    try:
+        kind = msgspec.json.decode(body, type=_Typed).type
+    except msgspec.DecodeError:
+        return
+    if isinstance(kind, str) and kind in OPENMETER_ONLY:
+        built = ", ".join(get_args(RuleType))
+        raise RuleTypeNotSupported(
+            f"notification rule type {kind!r} is part of OpenMeter's API that meterline does not build "
+            f"(it builds {built})",
+            ruleType=kind,
+        )
 
 
 class Threshold(msgspec.Struct, frozen=True):
