@@ -1,5 +1,6 @@
 """Scale mode: the ClickHouse raw table gets its TTL from ``retention.raw_events`` (docs/retention.md),
-also when the setting changes after the table was created; rollups get none."""
+after the later of each event's time and receipt, also when the setting changes after the table
+was created; rollups and the kept raw events of corrected hours get none."""
 
 from __future__ import annotations
 
@@ -38,9 +39,22 @@ def test_the_raw_table_follows_the_retention_setting(conn: Connection) -> None:
     seconds = raw_events_us(config)
     assert seconds == 30 * 86_400 * 10**6
     create(conn, 1000, seconds // 10**6)
-    assert "TTL toDateTime(intDiv(received_us, 1000000)) + toIntervalSecond(2592000)" in table(conn, "events")
-    assert "TTL" not in table(conn, "usage_rollups")
+    ttl = "TTL toDateTime(intDiv(greatest(received_us, time_us), 1000000)) + toIntervalSecond(2592000)"
+    assert ttl in table(conn, "events")  # after the later of the event's time and its receipt
+    for kept in ("usage_rollups", "kept_events", "kept_hours"):
+        assert "TTL" not in table(conn, kept)
     create(conn, 1000, 7 * 86_400)  # the setting changed: the next start sets it
     assert "toIntervalSecond(604800)" in table(conn, "events")
     create(conn, 1000, None)  # "forever"
     assert "TTL" not in table(conn, "events")
+
+
+def test_a_raw_table_expiring_after_the_receipt_alone_is_set_again(conn: Connection) -> None:
+    """A table created when the TTL ran from the receipt only gets the TTL after the later of
+    the time and the receipt at the next start, the retention unchanged: every event of an hour
+    then outlives the hour's start by the retention (what keeping corrected hours relies on)."""
+    create(conn, 1000, None)
+    conn.command("ALTER TABLE events MODIFY TTL toDateTime(intDiv(received_us, 1000000)) + toIntervalSecond(86400)")
+    assert "greatest" not in table(conn, "events")
+    create(conn, 1000, 86_400)
+    assert "greatest(received_us, time_us), 1000000)) + toIntervalSecond(86400)" in table(conn, "events")

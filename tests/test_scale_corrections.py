@@ -7,6 +7,7 @@ loses it."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -288,16 +289,67 @@ def spawn_script(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def test_corrections_are_refused_while_raw_events_expire(onesite: Site, tmp_path: Path) -> None:
-    """A corrected hour is answered from the raw events: with ``retention.raw_events`` set they
-    would expire under it, so corrections answer 501 (and billing cites none)."""
-    for api in build_scale_api(onesite, tmp_path, retention={"raw_events": "P30D"}, reconcile={"lookback": "P30D"}):
-        for action in ("void", "amend"):
-            body = {"source": "s", "reason": "x", **({"event": EVENTS[0]} if action == "amend" else {})}
-            r = api.client.post(f"/api/v1/events/e1/{action}", json=body, headers=api.headers())
-            assert r.status_code == 501 and r.json()["code"] == "not_supported", r.text
-        r = api.client.get("/api/v1/events/e1", params={"source": "s"}, headers=api.headers())
-        assert r.status_code == 501 and "retention.raw_events" in r.json()["detail"], r.text
+def test_corrections_with_raw_retention_outlive_the_raw_events(onesite: Site, tmp_path: Path) -> None:
+    """With ``retention.raw_events`` set, corrections work as without it: the raw events of the
+    hours they touch are kept past the raw table's TTL, also a late event that lands in a
+    corrected hour afterwards. Once the TTL removed the raw rows (the retention shortened below
+    the events' age), every aggregation still answers exactly; a correction or the history of an
+    event whose hour retention may have emptied is ``event_pruned``, as in embedded mode."""
+    s = onesite
+    s.worker()
+    conn = Connection(s.config.clickhouse.url, s.config.clickhouse.database)
+    long = {"retention": {"raw_events": "3650d"}, "reconcile": {"lookback": "P30D"}}
+    short = {"retention": {"raw_events": "P30D"}, "reconcile": {"lookback": "P30D"}}
+    late = ev("e7", "acme", 0, 45, "11", "u7")  # lands in a corrected hour after its correction
+    other = ev("e8", "beta", 1, 20, "2", "u8")  # an hour no correction touches
+    for api in build_scale_api(s, tmp_path / "long", **long):
+        create_meters(api)
+        assert api.post_events(EVENTS).status_code in (200, 202, 204)
+        check_all(api, EVENTS)
+        now = corrections(api)
+        assert api.post_events([late, other]).status_code in (200, 202, 204)
+        now += [late, other]
+        check_all(api, now)
+        kept = conn.rows("SELECT uniqExact(stream, seq) FROM kept_events")[0][0]
+        assert kept == 9  # acme 08h: e1-e4, the void, e3's amend, the late e7; beta 10h: e4's two amends
+    config = load_config(s.config_path, {"auth": {"bootstrap_admin_key": False}, **short})
+    with TestClient(create_app(config, FixedClock(T0_US))) as client:  # its start sets the TTL: March is past it
+        api = dataclasses.replace(api, client=client, config=config)
+        conn.command("OPTIMIZE TABLE events FINAL")
+        assert conn.rows("SELECT count() FROM events")[0][0] == 0  # every raw row expired
+        check_all(api, now)  # corrected hours from the kept events, the others from the rollups
+        assert hourly(api, "m_sum", "beta")["2026-03-01T09"] == Decimal(2)
+        r = api.client.post("/api/v1/events/e1/void", json={"source": "s", "reason": "x"}, headers=api.headers())
+        assert r.status_code == 409 and r.json()["code"] == "event_pruned", r.text
+        amend = {**EVENTS[4], "data": {"v": "1", "user": "u4"}}
+        body = {"source": "s", "reason": "x", "event": amend}
+        r = api.client.post("/api/v1/events/e5/amend", json=body, headers=api.headers())
+        assert r.status_code == 404 and r.json()["code"] == "event_not_found", r.text  # its raw row is gone
+        assert "retention removed it" in r.json()["detail"], r.text
+        r = api.client.post("/api/v1/events/e3/amend", json={**body, "event": EVENTS[2]}, headers=api.headers())
+        assert r.status_code == 409 and r.json()["code"] == "event_pruned", r.text  # kept, but in a past hour
+        for event_id in ("e4", "e2"):  # an original past the retention is pruned, kept or not
+            r = api.client.get(f"/api/v1/events/{event_id}", params={"source": "s"}, headers=api.headers())
+            assert r.status_code == 404 and r.json()["code"] == "event_pruned", r.text
+    conn.close()
+
+
+def test_an_amend_into_an_hour_retention_may_have_emptied_is_refused(onesite: Site, tmp_path: Path) -> None:
+    """The hour an amend moves an event into is answered from its raw events too: one that
+    starts before ``now - raw_events`` (ClickHouse's clock or the node's, the later) may have
+    lost some, so the amend is ``event_pruned`` and nothing reaches the log."""
+    s = onesite
+    s.worker()
+    for api in build_scale_api(s, tmp_path, retention={"raw_events": "3650d"}, reconcile={"lookback": "P30D"}):
+        create_meters(api)
+        assert api.post_events(EVENTS).status_code in (200, 202, 204)
+        check_all(api, EVENTS)
+        old = {**EVENTS[0], "time": "2016-01-01T10:00:00Z"}
+        body = {"source": "s", "reason": "back in time", "event": old}
+        r = api.client.post("/api/v1/events/e1/amend", json=body, headers=api.headers())
+        assert r.status_code == 409 and r.json()["code"] == "event_pruned", r.text
+        assert [v["action"] for v in history(api, "e1")["history"]] == ["ingest"]
+        check_all(api, EVENTS)
 
 
 def test_the_built_in_bytes_meter_follows_corrections_as_embedded(fixsite: Site, tmp_path: Path) -> None:

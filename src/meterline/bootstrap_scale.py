@@ -52,13 +52,12 @@ from meterline.config import Config
 from meterline.domain.clock import Clock, SystemClock
 from meterline.domain.customers.model import UnknownSubjects
 from meterline.domain.entitlements.model import Entitlement
-from meterline.domain.errors import Backfilling, InvalidInput, MeterlineError, NotSupported, StorageUnavailable
-from meterline.domain.events.corrections import CorrectionRequest, History
+from meterline.domain.errors import Backfilling, InvalidInput, MeterlineError, StorageUnavailable
 from meterline.domain.events.model import Candidate, Outcome
 from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.correction_log import StoredOriginal, StoredOriginals
-from meterline.ports.corrections import Corrected, CorrectionRecord, Corrections
+from meterline.ports.corrections import Corrections
 from meterline.ports.erasure import ErasableKeys, Erasures
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.meters import UsageReader
@@ -254,22 +253,6 @@ class ScaleReconciliationCounts:
 
     def namespaces(self) -> builtins.list[str]:
         return self._pg.namespaces()
-
-
-class NoCorrections:
-    """Corrections refused: with ``retention.raw_events`` set, the raw events a corrected hour is
-    answered from expire (``adapters.clickhouse.corrections``): every call is 501 ``not_supported``."""
-
-    _why = "event corrections in scale mode need the raw events kept: retention.raw_events must be unset"
-
-    def since(self, namespace: str, received_from_us: int, limit: int) -> builtins.list[CorrectionRecord]:
-        return []  # nothing was corrected: billing cites none
-
-    def correct(self, request: CorrectionRequest) -> Corrected:
-        raise NotSupported(self._why, mode="scale")
-
-    def history(self, namespace: str, source: str, event_id: str) -> History:
-        raise NotSupported(self._why, mode="scale")
 
 
 class NotedOriginals:
@@ -477,15 +460,15 @@ def _wire(
 def _corrections(
     config: Config, clock: Clock, stores: ScaleStores, conn: Connection, kafka: KafkaLedger, usage: NotedUsage
 ) -> Corrections:
-    """Voids and amends through the log (``services.log_corrections``), unless the raw events
-    expire (``NoCorrections``)."""
+    """Voids and amends through the log (``services.log_corrections``); the raw events of the
+    hours they touch are kept past ``retention.raw_events`` (``adapters.clickhouse.kept``)."""
     from meterline.adapters.clickhouse.corrections import ClickHouseOriginals
+    from meterline.adapters.clickhouse.kept import ClickHouseKeptHours
     from meterline.adapters.postgres.corrections import PgCorrectionJournal
 
-    if raw_events_us(config) is not None:
-        return NoCorrections()
     originals = NotedOriginals(ClickHouseOriginals(conn), usage.note)
-    return LogCorrections(originals, PgCorrectionJournal(stores.catalog.db), kafka, clock)
+    kept = ClickHouseKeptHours(conn, raw_events_us(config), clock.now_us)
+    return LogCorrections(originals, PgCorrectionJournal(stores.catalog.db), kafka, kept, clock)
 
 
 def _alerting(alerts: BatchAlerts, wake: Callable[[], None]) -> Callable[[Entitlement], None]:

@@ -203,17 +203,17 @@ class Handler(BaseHTTPRequestHandler):
         }
         handle = self.server.engine.handle(params.get("database", ""), settings)
         if _INSERT.match(sql):
-            self._insert(handle, sql, data)
+            self._insert(handle, sql, data, params)
         elif _RESULT.match(sql):
             self._select(handle, sql, params)
         else:
             handle.query(sql.strip().rstrip(";"), "TabSeparated", params=_binds(params))
             self._send(200, b"", {})
 
-    def _insert(self, handle: Handle, sql: str, data: bytes) -> None:
+    def _insert(self, handle: Handle, sql: str, data: bytes, params: dict[str, str]) -> None:
         match = _FORMAT.search(sql)
-        if match is None:  # INSERT ... VALUES / SELECT: the statement is complete
-            handle.query(sql, "TabSeparated")
+        if match is None:  # INSERT ... VALUES / SELECT: the statement is complete (with its binds)
+            handle.query(sql, "TabSeparated", params=_binds(params))
             self._send(200, b"", {})
             return
         path = self.server.engine.temp_file()

@@ -16,7 +16,7 @@ from typing import Protocol
 from meterline.domain.events.corrections import Action
 from meterline.domain.events.model import Event
 
-__all__ = ["CorrectionJournal", "CorrectionWriter", "Journaled", "StoredOriginal", "StoredOriginals"]
+__all__ = ["CorrectionJournal", "CorrectionWriter", "Journaled", "KeptHours", "StoredOriginal", "StoredOriginals"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +35,20 @@ class StoredOriginal:
 class StoredOriginals(Protocol):
     def original(self, namespace: str, source: str, event_id: str) -> StoredOriginal | None:
         """The newest stored original (not a correction entry) of the key; None when none."""
+        ...
+
+
+class KeptHours(Protocol):
+    """The raw events of corrected hours, kept while the raw store's retention removes others."""
+
+    def horizon_us(self) -> int | None:
+        """Hours that start at or before this may have lost raw events to retention (None:
+        raw events are kept forever)."""
+        ...
+
+    def keep(self, namespace: str, places: list[tuple[str, int]]) -> None:
+        """Keep, from now on, every raw event of the (subject, UTC hour) of each (subject,
+        time in µs) of ``places``: those stored, and those stored later."""
         ...
 
 

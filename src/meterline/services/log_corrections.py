@@ -8,29 +8,39 @@ of the key. ``correct``:
    the read's freshness wait, so an event acknowledged through this node is found):
    none is ``event_not_found``;
 2. holding the key in the journal (``CorrectionJournal.append``: one correction of a key at a
-   time over every node), reads the original's acknowledged corrections: when the last is a
-   void, ``event_voided``; otherwise the version that counts now is the one to supersede;
-3. writes the entry — an amend's event, or a void record with the voided version's type,
+   time over every node), reads the original's acknowledged corrections: when a version of
+   the key, or the amend's new version, lies in an hour whose raw events retention may have
+   removed (``KeptHours.horizon_us``), ``event_pruned``, as embedded mode answers (such an hour
+   can no longer be answered from its raw events); when the last is a void, ``event_voided``;
+   otherwise the version that counts now is the one to supersede;
+3. keeps the raw events of the hours of the version it takes out and of the one it puts in
+   (``KeptHours.keep``: they outlive the retention, since a corrected hour is answered from
+   them), then checks the horizon again: the copy ended before any of them could expire;
+4. writes the entry — an amend's event, or a void record with the voided version's type,
    subject and time — to the original's own partition (``CorrectionWriter``), so it follows
    the original there and one worker applies both, in order; waits for ``acks=all``;
-4. stores the journal row (reason, actor, the versions it takes out and puts in) in the same
+5. stores the journal row (reason, actor, the versions it takes out and puts in) in the same
    transaction that held the key, and answers.
 
 The sink workers apply the entry like any other, exactly once (``adapters.clickhouse``:
-the corrected hours are answered from the raw events). History, the corrections list and
-billing's citations read the journal. A seq here is a place in the original's partition
+the corrected hours are answered from the raw events). History of a key whose original
+retention removed (or would have removed: its time and receipt are past the horizon) is
+``event_pruned`` (404), as embedded mode answers for a pruned ledger entry. History, the
+corrections list and billing's citations read the journal. A seq here is a place in the original's partition
 (offset + 1): the original's, and each correction's (what an invoice line cites).
 """
 
 from __future__ import annotations
 
 from meterline.domain.clock import Clock
+from meterline.domain.errors import NotFound
 from meterline.domain.events.corrections import (
     Action,
     CorrectionRequest,
     History,
     Version,
     event_not_found,
+    event_pruned,
     event_voided,
     void_record,
 )
@@ -39,11 +49,14 @@ from meterline.ports.correction_log import (
     CorrectionJournal,
     CorrectionWriter,
     Journaled,
+    KeptHours,
     StoredOriginal,
     StoredOriginals,
 )
 from meterline.ports.corrections import Corrected, CorrectionRecord
 from meterline.runtime import freshness
+
+HOUR_US = 3_600_000_000
 
 
 class LogCorrections:
@@ -52,11 +65,13 @@ class LogCorrections:
         originals: StoredOriginals,
         journal: CorrectionJournal,
         writer: CorrectionWriter,
+        kept: KeptHours,
         clock: Clock,
     ) -> None:
         self._originals = originals
         self._journal = journal
         self._writer = writer
+        self._kept = kept
         self._clock = clock
 
     def correct(self, request: CorrectionRequest) -> Corrected:
@@ -75,6 +90,12 @@ class LogCorrections:
 
     def history(self, namespace: str, source: str, event_id: str) -> History:
         original = self._original(namespace, source, event_id)
+        horizon = self._kept.horizon_us()
+        if horizon is not None and max(original.time_us, original.received_us) <= horizon:
+            raise NotFound(
+                f"Event {event_id!r} from source {source!r} was removed by retention (its totals stand)",
+                code="event_pruned",
+            )
         chain = self._journal.chain(namespace, source, event_id, original.stream, original.seq)
         first = Version(
             original.seq, None, original.received_us, original.type, original.subject, original.time_us, original.raw
@@ -106,11 +127,29 @@ class LogCorrections:
     def _original(self, namespace: str, source: str, event_id: str) -> StoredOriginal:
         original = self._originals.original(namespace, source, event_id)
         if original is None:
-            raise event_not_found(source, event_id)
+            if self._kept.horizon_us() is None:
+                raise event_not_found(source, event_id)
+            raise NotFound(  # the raw store keeps no trace of a removed event's key: it may be either
+                f"No accepted event with id {event_id!r} from source {source!r}: none was accepted, or"
+                " retention removed it (retention.raw_events) and it can no longer be corrected (its totals stand)",
+                code="event_not_found",
+            )
         return original
 
+    def _not_pruned(self, req: CorrectionRequest, versions: list[tuple[str, int]]) -> None:
+        """``event_pruned`` when a version lies in an hour that starts at or before the horizon."""
+        horizon = self._kept.horizon_us()
+        if horizon is not None and any(time_us // HOUR_US * HOUR_US <= horizon for _, time_us in versions):
+            raise event_pruned(req.source, req.event_id)
+
     def _write(self, req: CorrectionRequest, original: StoredOriginal, chain: list[Journaled]) -> Journaled:
-        """Steps 2 and 3 of the module doc, holding the key."""
+        """Steps 2 to 4 of the module doc, holding the key."""
+        versions = [(original.subject, original.time_us), *((j.subject, j.time_us) for j in chain)]
+        versions += [(j.was_subject, j.was_time_us) for j in chain]
+        if req.action is Action.AMEND:
+            assert req.event is not None
+            versions.append((req.event.subject, req.event.time_us))
+        self._not_pruned(req, versions)
         if chain and chain[-1].action is Action.VOID:
             raise event_voided(req.event_id)
         last = chain[-1] if chain else None
@@ -119,13 +158,15 @@ class LogCorrections:
             if last is None
             else (last.seq, last.type, last.subject, last.time_us)
         )
-        now = self._clock.now_us()
         if req.action is Action.AMEND:
             assert req.event is not None
             event = req.event
         else:
             raw = void_record(req.event_id, req.source, req.reason, req.actor)
             event = Event(req.namespace, req.source, req.event_id, type_, subject, time_us, None, raw, b"")
+        self._kept.keep(req.namespace, [(subject, time_us), (event.subject, event.time_us)])
+        self._not_pruned(req, versions)  # the copy ended before any of the hours' raw events could expire
+        now = self._clock.now_us()
         seq = self._writer.write_correction(original.stream, event, now, target, amend=req.action is Action.AMEND)
         return Journaled(
             req.namespace, req.source, req.event_id, original.stream, original.seq, seq, target, req.action,

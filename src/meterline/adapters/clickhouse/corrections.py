@@ -7,6 +7,8 @@ they store, under the batch's tokens like everything else (so exactly once acros
 zombie workers):
 
 - the entry itself in the raw ``events`` table (``corrects`` = the seq it supersedes);
+  the raw events of the hours it touches were kept past the table's TTL before the entry
+  reached the log (:mod:`.kept`), so the versions it names are read from both tables;
 - a row in ``usage_corrections`` with the type, subject and time of the version it puts in
   (an amend) and of the version it takes out, read from the batch or the raw table.
 
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.kept import raw_union
 from meterline.adapters.clickhouse.schema import CORRECTIONS
 from meterline.domain.events.corrections import is_void_record
 from meterline.domain.meters.fold import LedgerEntry
@@ -51,10 +54,8 @@ def correction_rows(conn: Connection, stream: str, entries: Sequence[LedgerEntry
     versions = {e.seq: (e.type, e.subject, e.time_us) for e in entries}
     wanted = sorted({e.correction for e in fixes} - versions.keys())
     if wanted:
-        sql = (
-            "SELECT DISTINCT seq, type, subject, time_us FROM events"
-            " WHERE stream = {s:String} AND has({q:Array(UInt64)}, seq)"
-        )
+        where = "stream = {s:String} AND has({q:Array(UInt64)}, seq)"
+        sql = f"SELECT DISTINCT seq, type, subject, time_us FROM {raw_union('seq, type, subject, time_us', where)}"
         for seq, type_, subject, time_us in conn.rows(sql, {"s": stream, "q": wanted}):
             versions[int(seq)] = (type_, subject, int(time_us))
     rows = []
@@ -153,11 +154,9 @@ class ClickHouseOriginals:
         self._conn = conn
 
     def original(self, namespace: str, source: str, event_id: str) -> StoredOriginal | None:
-        sql = (
-            "SELECT stream, seq, type, subject, time_us, received_us, raw FROM events"
-            " WHERE namespace = {ns:String} AND source = {src:String} AND id = {id:String} AND corrects = 0"
-            " ORDER BY received_us DESC, stream, seq DESC LIMIT 1"
-        )
+        columns = "stream, seq, type, subject, time_us, received_us, raw"
+        where = "namespace = {ns:String} AND source = {src:String} AND id = {id:String} AND corrects = 0"
+        sql = f"SELECT {columns} FROM {raw_union(columns, where)} ORDER BY received_us DESC, stream, seq DESC LIMIT 1"
         rows = self._conn.rows(sql, {"ns": namespace, "src": source, "id": event_id})
         if not rows:
             return None

@@ -7,13 +7,15 @@ cannot ``UPDATE``; so an erasure inserts, then deletes:
 1. ``copy``: first, for the hash chain, each rewritten row's marker in ``ledger_erased`` (the
    content digest of its erased form: ``verify`` accepts either the original or that form for
    it, and both while they stand side by side; docs/integrity.md, "Erased rows"); then the
-   erased entries into ``events`` (those not there yet), and the subject's usage
+   erased entries into ``events`` (those not there yet) and into ``kept_events`` (those a
+   corrected hour keeps there, :mod:`.kept`), and the subject's usage
    states moved to the pseudonym — rollup states merged per key (sum, min, max, latest as the
    table merges them), UNIQUE_COUNT values, sketch registers (``maxMap``), gauge states row by
    row, the meters' subject values — each table under a token of the erasure (a repeat after a
    crash inserts nothing twice);
-2. ``drop``: the original entries and the subject's usage rows deleted, and
-   ``usage_corrections``'s subject columns updated to the pseudonym, as mutations with
+2. ``drop``: the original entries (in ``events`` and ``kept_events``) and the subject's usage
+   rows deleted, and ``usage_corrections``'s subject columns updated to the pseudonym (``kept_hours``' rows
+   inserted under it, then deleted), as mutations with
    ``mutations_sync = 2`` (done when the call returns: the parts that held the rows are
    outdated, and ClickHouse's cleanup removes them from disk after ``old_parts_lifetime``).
 
@@ -33,6 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.kept import raw_union
 from meterline.adapters.clickhouse.schema import DIMS, ERASED, EVENTS, GAUGES, ROLLUPS, SKETCHES, UNIQUES
 from meterline.domain.erasure import ErasureRecord
 from meterline.domain.integrity.batches import entry_digest
@@ -77,10 +80,8 @@ class ClickHouseErasure:
         self._conn = conn
 
     def versions(self, namespace: str, subject: str) -> list[StoredVersion]:
-        sql = (
-            f"SELECT DISTINCT {_VERSION} FROM events"
-            " WHERE namespace = {ns:String} AND subject = {s:String} AND source != ''"
-        )
+        where = "namespace = {ns:String} AND subject = {s:String} AND source != ''"
+        sql = f"SELECT DISTINCT {_VERSION} FROM {raw_union(_VERSION, where)}"
         found = {(r[0], int(r[1])): r for r in self._conn.rows(sql, {"ns": namespace, "s": subject})}
         while True:  # every other version of their keys: corrections chain within a stream
             wanted: dict[str, set[int]] = {}
@@ -88,10 +89,11 @@ class ClickHouseErasure:
                 wanted.setdefault(stream, set()).update({int(seq), int(corrects)} - {0})
             more = {}
             for stream, seqs in wanted.items():
-                sql = (
-                    f"SELECT DISTINCT {_VERSION} FROM events WHERE namespace = {{ns:String}} AND stream = {{st:String}}"
+                where = (
+                    "namespace = {ns:String} AND stream = {st:String}"
                     " AND source != '' AND (has({q:Array(UInt64)}, seq) OR has({q:Array(UInt64)}, corrects))"
                 )
+                sql = f"SELECT DISTINCT {_VERSION} FROM {raw_union(_VERSION, where)}"
                 for r in self._conn.rows(sql, {"ns": namespace, "st": stream, "q": sorted(seqs)}):
                     if (r[0], int(r[1])) not in found:
                         more[(r[0], int(r[1]))] = r
@@ -123,9 +125,9 @@ class ClickHouseErasure:
     ) -> None:
         keys = ", ".join(str(int(m)) for m in sorted(meters)) or "0"
         with self._scratch(subject, entries) as (who, where):
-            if entries:
+            for table in ("events", "kept_events") if entries else ():
                 self._conn.command(
-                    "ALTER TABLE events DELETE WHERE source != ''"
+                    f"ALTER TABLE {table} DELETE WHERE source != ''"
                     f" AND (stream, seq) IN (SELECT stream, seq FROM {where}) {SYNC}"
                 )
             for table in USAGE:
@@ -144,25 +146,42 @@ class ClickHouseErasure:
                 f" WHERE namespace = {{ns:String}} AND (subject {mine} OR was_subject {mine}) {SYNC}",
                 {"a": alias, "ns": namespace},
             )
+            kept = f"namespace = {{ns:String}} AND subject {mine}"  # subject is in the key: insert, then delete
+            self._conn.command(
+                f"INSERT INTO kept_hours SELECT namespace, {{a:String}}, hour_us FROM kept_hours WHERE {kept}",
+                {"a": alias, "ns": namespace},
+            )
+            self._conn.command(f"ALTER TABLE kept_hours DELETE WHERE {kept} {SYNC}", {"ns": namespace})
 
     def _copy_events(self, erasure: int, entries: Sequence[ErasedEntry]) -> int:
-        """The erased entries the raw table lacks (a repeat after a crash adds none twice)."""
+        """The erased entries the raw table lacks, and those a corrected hour keeps
+        (``kept_events``, :mod:`.kept`) in their erased form (a repeat after a crash adds none twice)."""
         if not entries:
             return 0
+        copied = 0
+        for table, wanted in (("events", None), ("kept_events", self._places(entries, "kept_events", "!="))):
+            there = self._places(entries, table, "=")
+            rows = [_raw_row(e) for e in entries if (e.stream, e.seq) not in there]
+            rows = [r for r in rows if wanted is None or (r[7], r[8]) in wanted]
+            places = hashlib.sha256(repr(sorted((r[7], r[8]) for r in rows)).encode()).hexdigest()[:16]
+            self._conn.insert(table, EVENTS, rows, f"erasure:{erasure}:{table}:{places}")
+            copied += len(rows)
+        return copied
+
+    def _places(self, entries: Sequence[ErasedEntry], table: str, erased: str) -> set[tuple[str, int]]:
+        """The places of ``entries`` that ``table`` holds as erased (``erased`` ``=``) or
+        original (``!=``) rows."""
         by_stream: dict[str, list[int]] = {}
         for e in entries:
             by_stream.setdefault(e.stream, []).append(e.seq)
         there: set[tuple[str, int]] = set()
         for stream, seqs in by_stream.items():
             sql = (
-                "SELECT DISTINCT seq FROM events WHERE stream = {st:String} AND source = ''"
+                f"SELECT DISTINCT seq FROM {table} WHERE stream = {{st:String}} AND source {erased} ''"
                 " AND has({q:Array(UInt64)}, seq)"
             )
             there.update((stream, int(s)) for (s,) in self._conn.rows(sql, {"st": stream, "q": sorted(seqs)}))
-        rows = [_raw_row(e) for e in entries if (e.stream, e.seq) not in there]
-        places = hashlib.sha256(repr(sorted((r[7], r[8]) for r in rows)).encode()).hexdigest()[:16]
-        self._conn.insert("events", EVENTS, rows, f"erasure:{erasure}:events:{places}")
-        return len(rows)
+        return there
 
     @contextmanager
     def _scratch(self, subject: str, entries: Sequence[ErasedEntry]) -> Iterator[tuple[str, str]]:

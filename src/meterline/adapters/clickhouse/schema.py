@@ -1,7 +1,9 @@
 """The ClickHouse tables of scale mode, created at start when missing.
 
 - ``events``: raw accepted events (MergeTree, partitioned by receive month, TTL =
-  ``retention.raw_events``, set again at start when the setting changed; times in
+  ``retention.raw_events`` after the later of the event's time and its receipt, so an hour's
+  events all outlive the hour's start by the retention; set again at start when the setting
+  changed; times in
   microseconds, the event id read from the raw CloudEvent), written by the sink workers;
   a correction entry (``domain.events.corrections``) is a row too, its ``corrects`` the seq
   of the version it supersedes in the same stream (0 for an ordinary event; see
@@ -20,6 +22,10 @@
   (``corrects``), whether it is a void, and the type, subject and time of the version it put
   in and of the one it took out — the hours a query answers from the raw events instead of
   the rollups (:mod:`.corrections`);
+- ``kept_events`` and ``kept_hours``: the raw events of every (namespace, subject, UTC hour) a
+  correction touches, copied out of ``events`` before its TTL can remove them (no TTL here:
+  a corrected hour is answered from its raw events for as long as the rollups are kept,
+  :mod:`.kept`), and the hours kept;
 - ``usage_gauges``: TIME_WEIGHTED_SUM states per bucket, one row per batch (a MergeTree: two
   batches' states join only in time order, so queries join them, ``.gauges``);
 - ``usage_dims``: the group values and subjects each meter has seen (the cardinality cap);
@@ -104,6 +110,13 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS usage_dims (
             meter UInt64, dim String, value String, is_subject UInt8
         ) ENGINE = ReplacingMergeTree ORDER BY (meter, is_subject, dim, value) {dedupe}""",
+        f"""CREATE TABLE IF NOT EXISTS kept_events (
+            namespace LowCardinality(String), source String, type LowCardinality(String), subject String,
+            time_us Int64, received_us Int64, raw String, stream LowCardinality(String), seq UInt64,
+            id String MATERIALIZED JSONExtractString(raw, 'id'), corrects UInt64 DEFAULT 0
+        ) ENGINE = MergeTree ORDER BY (namespace, subject, time_us, stream, seq) {dedupe}""",
+        """CREATE TABLE IF NOT EXISTS kept_hours (namespace String, subject String, hour_us Int64)
+        ENGINE = ReplacingMergeTree ORDER BY (namespace, subject, hour_us)""",
         f"""CREATE TABLE IF NOT EXISTS usage_corrections (
             namespace String, stream String, seq UInt64, corrects UInt64, void UInt8,
             type String, subject String, time_us Int64, was_type String, was_subject String, was_time_us Int64
@@ -138,7 +151,7 @@ def raw_ttl(retention_seconds: int | None) -> str | None:
     """The TTL expression of the raw table for a retention (None: no TTL)."""
     if retention_seconds is None:
         return None
-    return f"toDateTime(intDiv(received_us, 1000000)) + toIntervalSecond({retention_seconds})"
+    return f"toDateTime(intDiv(greatest(received_us, time_us), 1000000)) + toIntervalSecond({retention_seconds})"
 
 
 def set_retention(conn: Connection, retention_seconds: int | None) -> None:
@@ -149,8 +162,8 @@ def set_retention(conn: Connection, retention_seconds: int | None) -> None:
         "SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'events'"
     )
     current = _ttl_seconds(str(rows[0][0])) if rows else None
-    if current == retention_seconds:
-        return
+    if current == retention_seconds and (current is None or "greatest" in str(rows[0][0])):
+        return  # a TTL after the receipt alone (before corrections were kept) is set again
     if retention_seconds is None:
         conn.command("ALTER TABLE events REMOVE TTL")
     else:

@@ -13,7 +13,8 @@ log partitions, exactly once, by the protocol of :mod:`.progress` (one stream pe
    ``backfill:<meter>:<partition>`` over ``(0, to]``: ``to`` is where this range starts, or
    where it ends when a crash left it recorded without that meter (the range is then redone
    for its recorded meters only);
-5. raw events, applied corrections (:mod:`.corrections`), the batch's link of the partition's
+5. raw events (and, once they are in, copies of those that lie in a corrected hour kept past
+   the raw table's TTL: :mod:`.kept`), applied corrections (:mod:`.corrections`), the batch's link of the partition's
    hash chain (:mod:`.chain`), rollup states, UNIQUE_COUNT values and new group values /
    subjects are inserted,
    each under the token ``<topic>:<partition>:<start>-<end>:<table>`` (a batch repeated after a
@@ -36,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from meterline.adapters.clickhouse.chain import ChainLinks
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.corrections import correction_rows, insert_corrections
+from meterline.adapters.clickhouse.kept import keep_batch
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import EVENTS, create
 from meterline.adapters.clickhouse.usage import raw_rows, read_dims, write_usage
@@ -110,7 +112,9 @@ class ClickHouseSink:
         if not self._fence.holds(stream, epoch):
             return False  # taken over: the new holder redoes the recorded range, if it sees it
         self._start_backfills(stream, epoch, p, meters, stored)
-        self._conn.insert("events", EVENTS, raw_rows(entries, stream), p.token("events"))
+        rows = raw_rows(entries, stream)
+        self._conn.insert("events", EVENTS, rows, p.token("events"))
+        keep_batch(self._conn, rows, p.token("kept_events"))  # after the insert: see .kept
         insert_corrections(self._conn, correction_rows(self._conn, stream, entries), p.token("corrections"))
         self._chain.link(stream, start, end, entries, p.token("chain"))
         write_usage(self._conn, replay, set(p.pending_meters), p)

@@ -33,6 +33,7 @@ from typing import Any
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.corrections import HOUR, Applied, applied, hour_key, hour_keys
 from meterline.adapters.clickhouse.gauges import carried, gauge_rows, latest, read_states, recomputed
+from meterline.adapters.clickhouse.kept import KEPT_COLUMNS, raw_union
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import DIMS, EVENTS, GAUGES, ROLLUPS, SKETCHES, UNIQUES, create
 from meterline.domain.decimals import in_stored_form
@@ -326,10 +327,8 @@ class ClickHouseUsage:
         for i, (stream, fill) in enumerate(_unfinished(progress, meter.key)):
             params[f"bs{i}"], params[f"bd{i}"], params[f"bt{i}"] = stream, fill.done, fill.to
             where += f" AND NOT (stream = {{bs{i}:String}} AND seq > {{bd{i}:UInt64}} AND seq <= {{bt{i}:UInt64}})"
-        sql = (
-            f"SELECT DISTINCT stream, seq, namespace, source, type, subject, time_us, raw, corrects FROM events"
-            f" WHERE {where}{where_more}"
-        )
+        source = raw_union(KEPT_COLUMNS, f"{where}{where_more}")  # a corrected hour's events outlive the TTL
+        sql = f"SELECT DISTINCT stream, seq, namespace, source, type, subject, time_us, raw, corrects FROM {source}"
         return [
             (stream, LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode()), int(corrects))
             for stream, seq, ns, source, type_, subject, time_us, raw, corrects in self._conn.rows(sql, params)
