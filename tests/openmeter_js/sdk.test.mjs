@@ -44,6 +44,12 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     const updated = await om.meters.update('tokens', { name: 'Tokens total', description: 'AI', groupBy: { model: '$.model' } })
     assert.equal(updated.name, 'Tokens total')
     assert.equal(updated.aggregation, 'SUM')
+    // members not set are absent, as OpenMeter answers them (its schema has no null there)
+    const count = await om.meters.create({ slug: 'calls', eventType: 'call', aggregation: 'COUNT' })
+    assert.ok(!('description' in count) && !('valueProperty' in count), JSON.stringify(count))
+    assert.deepEqual((await om.meters.list({ orderBy: 'createdAt', order: 'DESC' })).map((m) => m.slug), ['calls', 'tokens'])
+    await om.meters.delete('calls')
+    assert.deepEqual((await om.meters.list()).map((m) => m.slug), ['tokens'])
   })
 
   await t.test('ingest: batch, and a single event with the SDK defaults', async () => {
@@ -143,7 +149,8 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
   await t.test('features', async () => {
     const feature = await om.features.create({ key: 'tokens', name: 'Tokens', meterSlug: 'tokens' })
     assert.equal((await om.features.get(feature.id)).key, 'tokens')
-    await om.features.create({ key: 'sso', name: 'SSO' })
+    const sso = await om.features.create({ key: 'sso', name: 'SSO' })
+    assert.ok(['meterSlug', 'meterGroupByFilters', 'metadata', 'archivedAt'].every((k) => !(k in sso)), JSON.stringify(sso))
     assert.deepEqual((await om.features.list()).map((f) => f.key).sort(), ['sso', 'tokens'])
     await rejects(om.meters.delete('tokens'), 409, 'meter_in_use')
   })
@@ -166,6 +173,9 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     // the default grant of `issue` is listed beside the one created, as OpenMeter lists it
     assert.deepEqual(grants.items.map((g) => [g.amount, Boolean(g.annotations?.issueAfterReset)]).sort(),
       [[1000, true], [50, false]].sort())
+    // v2 shows no expiration for a grant that never expires (absent, not null)
+    const issued = grants.items.find((g) => g.annotations?.issueAfterReset)
+    assert.ok(!('expiration' in issued) && !('expiresAt' in issued) && !('voidedAt' in issued), JSON.stringify(issued))
     assert.equal((await om.customers.entitlements.list('acme')).items[0].id, ent.id)
     assert.equal((await om.entitlements.get(ent.id)).customerKey, 'acme')
     assert.equal((await om.entitlements.list()).totalCount, 1)
@@ -242,6 +252,11 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
 
   await t.test('portal tokens and the portal SDK query', async () => {
     const token = await om.portal.create({ subject: 'acme', allowedMeterSlugs: ['tokens'] })
+    const every = await om.portal.create({ subject: 'acme' }) // every meter: allowedMeterSlugs absent
+    assert.ok(!('allowedMeterSlugs' in every), JSON.stringify(every))
+    assert.deepEqual((await om.portal.list()).map((t) => t.id).sort(), [token.id, every.id].sort())
+    await om.portal.invalidate({ id: every.id })
+    assert.deepEqual((await om.portal.list()).map((t) => t.id), [token.id])
     const portal = new Portal({ baseUrl, portalToken: token.token })
     const from = new Date(start + 5 * 157_123 + 250)
     const to = new Date(start + 35 * 157_123 + 750)

@@ -13,7 +13,7 @@ from meterline.api.listing import FEATURE_ORDER, GRANT_ORDER, LIST_CAP, listed
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import from_us, rfc3339, to_us
 from meterline.domain.entitlements.model import FeatureInput, Grant, GrantInput
-from meterline.domain.entitlements.render import feature_body, interval_iso
+from meterline.domain.entitlements.render import feature_body, interval_iso, present
 from meterline.domain.entitlements.rules import DEFAULT_GRANT, is_default_grant
 from meterline.domain.periods import parse_interval
 
@@ -39,25 +39,30 @@ def _century_after(us: int) -> str:
 
 
 def grant_v2_json(g: Grant) -> dict[str, Any]:
-    """A grant in OpenMeter's v2 shape (``expiration`` and ``expiresAt`` null when it never expires)."""
+    """A grant in OpenMeter's v2 shape: ``expiration`` and ``expiresAt`` absent when it never
+    expires, as are ``metadata``, ``recurrence`` and ``voidedAt`` when not set (OpenMeter's
+    schema has no null for them)."""
     s = g.spec
     marked = {"annotations": {DEFAULT_GRANT: True}} if is_default_grant(g) else {}  # OpenMeter's annotation
-    return marked | {
+    body = marked | {
         "id": g.id,
         "entitlementId": g.entitlement_id,
         "amount": s.amount,
         "priority": s.priority,
         "effectiveAt": rfc3339(g.effective_us),
-        "expiration": None if g.expires_us is None else s.expiration,
-        "expiresAt": time_text(g.expires_us),
         "maxRolloverAmount": s.max_rollover_amount,
         "minRolloverAmount": s.min_rollover_amount,
-        "metadata": s.metadata,
-        "recurrence": None if s.recurrence is None else _recurrence(g),
         "createdAt": rfc3339(g.created_us),
         "updatedAt": rfc3339(g.created_us),
-        "voidedAt": time_text(g.voided_us),
     }
+    return present(
+        body,
+        expiration=None if g.expires_us is None else s.expiration,
+        expiresAt=time_text(g.expires_us),
+        metadata=s.metadata,
+        recurrence=None if s.recurrence is None else _recurrence(g),
+        voidedAt=time_text(g.voided_us),
+    )
 
 
 def _recurrence(g: Grant) -> dict[str, Any]:

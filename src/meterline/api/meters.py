@@ -37,14 +37,17 @@ def meter_json(m: Meter) -> dict[str, Any]:
         "id": m.id,
         "slug": spec.slug,
         "name": spec.name or spec.slug,
-        "description": spec.description,
         "aggregation": spec.aggregation.value,
         "eventType": spec.event_type,
-        "valueProperty": spec.value_property,
         "groupBy": spec.group_by,
         "createdAt": rfc3339(m.created_us),
         "updatedAt": rfc3339(m.updated_us or m.created_us),
     }
+    # absent rather than null when not set, as OpenMeter answers them (its schema has no null)
+    if spec.description is not None:
+        body["description"] = spec.description
+    if spec.value_property is not None:
+        body["valueProperty"] = spec.value_property
     if spec.metadata is not None:
         body["metadata"] = spec.metadata
     if spec.event_from is not None:

@@ -13,6 +13,7 @@ from meterline.api.meter_query import limits_of, query_from_params, run_query
 from meterline.api.meters import render
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339, to_us
+from meterline.domain.entitlements.render import present
 from meterline.domain.errors import Forbidden, InvalidInput
 from meterline.domain.meters.query import SUBJECT
 
@@ -33,17 +34,16 @@ async def create_token(call: Call) -> Response:
     inp = await typed_body(call.request, TokenInput, "portal token")
     service = call.ctx.catalog.portal
     token, claims = await call.run(service.issue, call.namespace, inp.subject, inp.allowed_meter_slugs, inp.expires_in)
-    return json_response(
-        {
-            "id": claims.token_id,
-            "subject": claims.subject,
-            "token": token,
-            "allowedMeterSlugs": None if claims.meters is None else list(claims.meters),
-            "expiresAt": rfc3339(to_us(claims.expires_at)),
-            "createdAt": rfc3339(to_us(claims.issued_at)),
-            "expired": False,
-        }
-    )
+    body = {
+        "id": claims.token_id,
+        "subject": claims.subject,
+        "token": token,
+        "expiresAt": rfc3339(to_us(claims.expires_at)),
+        "createdAt": rfc3339(to_us(claims.issued_at)),
+        "expired": False,
+    }
+    # every meter: allowedMeterSlugs absent (not null), as OpenMeter answers it
+    return json_response(present(body, allowedMeterSlugs=None if claims.meters is None else list(claims.meters)))
 
 
 @endpoint(Scope.ADMIN)
@@ -53,14 +53,16 @@ async def list_tokens(call: Call) -> Response:
     tokens = await call.run(call.ctx.catalog.portal.list, call.namespace, limit)
     return json_response(
         [
-            {
-                "id": t.id,
-                "subject": t.subject,
-                "allowedMeterSlugs": t.meters,
-                "createdAt": rfc3339(t.created_us),
-                "expiresAt": rfc3339(t.expires_us),
-                "expired": t.expires_us <= now,
-            }
+            present(
+                {
+                    "id": t.id,
+                    "subject": t.subject,
+                    "createdAt": rfc3339(t.created_us),
+                    "expiresAt": rfc3339(t.expires_us),
+                    "expired": t.expires_us <= now,
+                },
+                allowedMeterSlugs=t.meters,
+            )
             for t in tokens
         ]
     )

@@ -220,7 +220,7 @@ def portal_token(api: Api, customer: str, meters: tuple[str, ...], ttl: int | No
         print_json(token)
         return
     click.echo(token["token"])
-    scope = ", ".join(token["allowedMeterSlugs"] or ["all meters"])
+    scope = ", ".join(token.get("allowedMeterSlugs") or ["all meters"])
     click.echo(f"token {token['id']} for {token['subject']} ({scope}), expires {token['expiresAt']}", err=True)
 
 
@@ -235,7 +235,7 @@ def portal_list(api: Api, limit: int, as_json: bool) -> None:
         print_json(items)
         return
     rows = [
-        (t["id"], t["subject"], t["allowedMeterSlugs"] or "all", t["createdAt"], t["expiresAt"], t["expired"])
+        (t["id"], t["subject"], t.get("allowedMeterSlugs") or "all", t["createdAt"], t["expiresAt"], t["expired"])
         for t in items
     ]
     print_table(("id", "subject", "meters", "created", "expires", "expired"), rows, "no portal tokens")

@@ -46,7 +46,10 @@ def features_list(api: Api, meters: tuple[str, ...], include_archived: bool, as_
     if as_json:
         print_json(items)
         return
-    rows = [(f["key"], f["name"], f["meterSlug"], f["meterGroupByFilters"], f["id"], f["archivedAt"]) for f in items]
+    rows = [
+        (f["key"], f["name"], f.get("meterSlug"), f.get("meterGroupByFilters"), f["id"], f.get("archivedAt"))
+        for f in items
+    ]
     print_table(("key", "name", "meter", "filters", "id", "archived"), rows, "no features")
 
 
@@ -74,7 +77,7 @@ def features_create(
     if as_json:
         print_json(f)
         return
-    counts = f" counting {f['meterSlug']}" if f["meterSlug"] else ""
+    counts = f" counting {f['meterSlug']}" if f.get("meterSlug") else ""
     click.echo(f"created feature {f['key']} ({f['id']}){counts}")
 
 

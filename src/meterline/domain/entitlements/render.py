@@ -29,19 +29,28 @@ def _time(us: int | None) -> str | None:
     return None if us is None else rfc3339(us)
 
 
+def present(body: dict[str, Any], **optional: Any) -> dict[str, Any]:
+    """``body`` with the ``optional`` members that are set: OpenMeter leaves a member out rather
+    than answering null where its schema has no null (clients that check types trip on null)."""
+    return body | {k: v for k, v in optional.items() if v is not None}
+
+
 def feature_body(f: Feature) -> dict[str, Any]:
     s = f.spec
-    return {
+    body = {
         "id": f.id,
         "key": s.key,
         "name": s.name,
-        "metadata": s.metadata,
-        "meterSlug": s.meter_slug,
-        "meterGroupByFilters": s.meter_group_by_filters,
         "createdAt": rfc3339(f.created_us),
         "updatedAt": rfc3339(f.created_us),
-        "archivedAt": _time(f.archived_us),
     }
+    return present(
+        body,
+        metadata=s.metadata,
+        meterSlug=s.meter_slug,
+        meterGroupByFilters=s.meter_group_by_filters,
+        archivedAt=_time(f.archived_us),
+    )
 
 
 def entitlement_body(e: Entitlement, current: Period | None) -> dict[str, Any]:
