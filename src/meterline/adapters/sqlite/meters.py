@@ -27,7 +27,7 @@ from ulid import ULID
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.gauges import carried, read_gauges
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
-from meterline.adapters.sqlite.per_subject import FOLDED, Part, fold_subjects
+from meterline.adapters.sqlite.per_subject import FOLDED, SUBTRACTABLE, Part, cheapest, fold_subjects, occupied
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.retention import hours_before
 from meterline.adapters.sqlite.rollups import first_bucket, read_sketches, read_states, read_uniques
@@ -68,6 +68,7 @@ from meterline.domain.meters.query import (
     MeterQuery,
     Row,
     check_dimensions,
+    folded_rows,
     merge,
     merge_sketches,
     merge_unique,
@@ -346,9 +347,23 @@ def query_rows(conn: sqlite3.Connection, meter: Meter, query: MeterQuery, now_us
             max_rows=None if limits is None else limits.max_rows,
         )
     extra = edge_states(CompiledMeter(meter), edges, _admitted(conn, meter.key))
+    if isinstance(states, _Folded) and not extra and inner == bounds:
+        rows = folded_rows(meter.spec.aggregation, states.states, bounds, query)
+        if rows is not None:
+            return rows
     return relabel(
         merge(meter.spec.aggregation, itertools.chain(states, extra), bounds, query, dimensions), query, bounds
     )
+
+
+class _Folded:
+    """States :func:`fold_subjects` folded into one per window and subject."""
+
+    def __init__(self, states: builtins.list[BucketState]) -> None:
+        self.states = states
+
+    def __iter__(self) -> Iterator[BucketState]:
+        return iter(self.states)
 
 
 def _gauge_rows(
@@ -382,7 +397,7 @@ def _summarized(
     *,
     by_subject: bool,
     by_group: bool,
-) -> Iterator[BucketState] | None:
+) -> Iterable[BucketState] | None:
     """Bucket states from the summaries (``adapters.sqlite.summaries``) when they answer the
     query exactly and with fewer rows: not per group value, not filtered (but for a list of
     subjects), on quarter hours; per subject only when the range holds a whole UTC day (whole
@@ -399,9 +414,16 @@ def _summarized(
         return None
     segments = with_months(segments)
     if aggregation in FOLDED:
-        folded = fold_subjects(conn, aggregation, meter.key, _parts(segments, inner), query.subjects)
+        sets = occupied(conn, meter.key, _parts(segments, inner))
+        if aggregation in SUBTRACTABLE and len(inner) == 2:  # one window: its sets all tagged inner[0]
+
+            def cover(a: int, b: int, sign: int) -> builtins.list[Part]:
+                return occupied(conn, meter.key, _parts(with_months(plan((a, b)) or []), inner[:1], sign))
+
+            sets = cheapest(*inner, cover)
+        folded = fold_subjects(conn, aggregation, meter.key, sets, query.subjects)
         if folded is not None:
-            return iter(folded)
+            return _Folded(folded)
     parts: list[Iterable[BucketState]] = []
     for level, first, last in segments:
         if level in (DAY, MONTH):
@@ -412,21 +434,22 @@ def _summarized(
     return itertools.chain.from_iterable(parts)
 
 
-def _parts(segments: Iterable[tuple[int, int, int]], inner: tuple[int, ...]) -> builtins.list[Part]:
+def _parts(segments: Iterable[tuple[int, int, int]], inner: tuple[int, ...], sign: int = 1) -> builtins.list[Part]:
     """The row sets of ``segments`` (:func:`with_months`) for :func:`fold_subjects`: month and
     day rows from the summaries, shorter buckets from the rollups, each tagged with the start
-    of the window it lies in (``inner``'s boundaries). Adjacent rollup segments of a window
-    (a ragged edge of quarter hours, then hours) are one set of quarter-hour rollups: one
-    index range per subject instead of two (every level holds every bucket)."""
+    of the window it lies in (``inner``'s boundaries; the first window for a set before it)
+    and ``sign`` (-1: subtracted, ``per_subject.cheapest``). Adjacent rollup segments of a
+    window (a ragged edge of quarter hours, then hours) are one set of quarter-hour rollups:
+    one index range per subject instead of two (every level holds every bucket)."""
     parts: builtins.list[Part] = []
     for level, first, last in segments:
-        tag = inner[bisect.bisect_right(inner, first) - 1]
+        tag = inner[max(0, bisect.bisect_right(inner, first) - 1)]
         if level in (DAY, MONTH):
-            parts.append(("summaries", level, first, last, tag))
+            parts.append(("summaries", level, first, last, tag, sign))
         elif parts and parts[-1][0] == "rollups" and parts[-1][3] == first and parts[-1][4] == tag:
-            parts[-1] = ("rollups", QUARTER, parts[-1][2], last, tag)
+            parts[-1] = ("rollups", QUARTER, parts[-1][2], last, tag, sign)
         else:
-            parts.append(("rollups", level, first, last, tag))
+            parts.append(("rollups", level, first, last, tag, sign))
     return parts
 
 

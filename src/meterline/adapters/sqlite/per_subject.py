@@ -16,6 +16,15 @@ merging the sets' states one by one (exact sums, and minima/maxima of the same s
 so every answer stays what it was. A native sum that would overflow makes SQLite raise; the
 caller then reads the sets one by one as before.
 
+For SUM, COUNT and AVG (values that add up) over one window, :func:`cheapest` may cover
+the window by whole UTC months *minus* what lies outside it: a range from 2025-03-01 in
+New York starts at 05:00 UTC, and its first UTC month is then read as the month's row minus
+five hours of rollups, instead of 19 hours of rollups plus 30 day rows (every set is one index
+seek per subject, and day sets are the densest). A subtracted set's counts and totals are
+negated in the statement (exact: integers natively, the others through ``dec_neg``), and a
+subject whose count comes to 0 had no event in the window (every stored row counts at least
+one) and is left out, as it is when its rows are read directly.
+
 LATEST (a state per row) is not folded here.
 """
 
@@ -25,12 +34,16 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
+from meterline.adapters.sqlite.summaries import DAY, MONTH, month_of, next_month
 from meterline.domain.decimals import add
 from meterline.domain.meters.model import Aggregation
 from meterline.domain.meters.query import BucketState
 
-Part = tuple[str, int, int, int, int]
-"""One row set: (table, level, first bucket, last bucket (excluded), window tag)."""
+Part = tuple[str, int, int, int, int, int]
+"""One row set: (table, level, first bucket, last bucket (excluded), window tag, sign: 1, or
+-1 for a set subtracted from the others, :func:`cheapest`)."""
+SUBTRACTABLE = frozenset({Aggregation.COUNT, Aggregation.SUM, Aggregation.AVG})
+"""The aggregations whose sets may be subtracted: their counts and totals add up."""
 
 _KEPT = {
     Aggregation.COUNT: (),
@@ -55,17 +68,68 @@ MAX_PARAMETERS = 30_000
 """Bound parameters per statement (SQLite allows 32,766)."""
 
 
-def _columns(aggregation: Aggregation) -> str:
+def _columns(aggregation: Aggregation, sign: int = 1) -> str:
     """A row set's folded columns, named for the outer fold: per stored column its integral
-    values summed (or compared) natively and the others exactly; NULL where not kept."""
+    values summed (or compared) natively and the others exactly; NULL where not kept; counts
+    and totals negated for a subtracted set (``sign`` -1: SUBTRACTABLE aggregations only)."""
     out = []
     for col, (native, exact) in _FUNCTIONS.items():
         if col in _KEPT[aggregation]:
-            out.append(f"{native}({col}) FILTER (WHERE typeof({col}) = 'integer') AS {col}_n")
-            out.append(f"{exact}({col}) FILTER (WHERE typeof({col}) <> 'integer') AS {col}_x")
+            n = f"{native}({col}) FILTER (WHERE typeof({col}) = 'integer')"
+            x = f"{exact}({col}) FILTER (WHERE typeof({col}) <> 'integer')"
+            if sign < 0:
+                n, x = f"-({n})", f"dec_neg({x})"
+            out.append(f"{n} AS {col}_n, {x} AS {col}_x")
         else:
             out.append(f"NULL AS {col}_n, NULL AS {col}_x")
     return ", ".join(out)
+
+
+def cheapest(a: int, b: int, cover: Callable[[int, int, int], list[Part]]) -> list[Part]:
+    """The row sets of one window ``[a, b)`` (quarter-hour aligned, holding a whole UTC day)
+    for a SUBTRACTABLE aggregation: of its direct cover and the covers that widen a ragged
+    edge to its UTC month's boundary and subtract the part outside the window, the one with
+    the fewest sets, then the fewest day rows (the direct cover on a tie). ``cover(first,
+    last, sign)``: the sets of ``[first, last)`` with that sign."""
+    month_a = month_of(a)
+    month_b = b if month_of(b) == b else next_month(month_of(b))
+    best: list[Part] = cover(a, b, 1)
+    cost = _cost(best)
+    for first, last in ((month_a, b), (a, month_b), (month_a, month_b)):
+        if (first, last) == (a, b):
+            continue
+        parts = cover(first, last, 1)
+        if first != a:
+            parts += cover(first, a, -1)
+        if last != b:
+            parts += cover(b, last, -1)
+        if _cost(parts) < cost:
+            best, cost = parts, _cost(parts)
+    return best
+
+
+def occupied(conn: sqlite3.Connection, meter: int, parts: Sequence[Part]) -> list[Part]:
+    """The sets of ``parts`` that may hold rows: a set whose range holds no meter-wide summary
+    row holds no subject's row either (both are folded from the same quarter-hour states, in
+    the same write), so reading it costs an index seek per subject for nothing; a range
+    before the first event or after the last is common (a year back for a young tenant, a
+    period that ends in the future). One short index range each."""
+    return [part for part in parts if _any_wide(conn, meter, part)]
+
+
+def _any_wide(conn: sqlite3.Connection, meter: int, part: Part) -> bool:
+    _, level, first, last, _, _ = part
+    wide = DAY if level == MONTH else level  # a month set's days; the rollups' own level
+    row = conn.execute(
+        "SELECT 1 FROM summaries WHERE meter = ? AND level = ? AND subject = '' AND bucket >= ? AND bucket < ? LIMIT 1",
+        (meter, wide, first, last),
+    ).fetchone()
+    return row is not None
+
+
+def _cost(parts: Sequence[Part]) -> tuple[int, int]:
+    """Sets (one index seek per subject each), then day rows spanned."""
+    return len(parts), sum((last - first) // DAY for _, level, first, last, _, _ in parts if level == DAY)
 
 
 def fold_subjects(
@@ -86,7 +150,38 @@ def fold_subjects(
         if "overflow" not in str(exc):
             raise
         return None
+    if len(parts) > size:
+        out = _merged(out)
+    if any(part[5] < 0 for part in parts):
+        out = [s for s in out if s.count]
     return out
+
+
+def _merged(states: list[BucketState]) -> list[BucketState]:
+    """States of the same subject and window from several statements as one, so that the
+    answer holds one state per subject and window however many statements it took."""
+    acc: dict[tuple[str, int], BucketState] = {}
+    for s in states:
+        into = acc.get((s.subject, s.bucket))
+        acc[(s.subject, s.bucket)] = s if into is None else _plus(into, s)
+    return list(acc.values())
+
+
+def _plus(a: BucketState, b: BucketState) -> BucketState:
+    return BucketState(
+        a.subject,
+        "[]",
+        a.bucket,
+        a.count + b.count,
+        _either(a.total, b.total, add),
+        _either(a.low, b.low, min),
+        _either(a.high, b.high, max),
+        None,
+    )
+
+
+def _either(a: Decimal | None, b: Decimal | None, join: Callable[[Decimal, Decimal], Decimal]) -> Decimal | None:
+    return b if a is None else a if b is None else join(a, b)
 
 
 def _fold(
@@ -101,9 +196,10 @@ def _fold(
     chosen: tuple[object, ...] = subjects or (meter,)
     columns = _columns(aggregation)
     terms, params = [], []
-    for table, level, first, last, tag in parts:
+    for table, level, first, last, tag, sign in parts:
+        count, folded = ("sum(cnt)", columns) if sign > 0 else ("-sum(cnt)", _columns(aggregation, sign))
         terms.append(
-            f"SELECT subject, ? AS w, sum(cnt) AS c, {columns} FROM {table} WHERE meter = ? AND level = ?"
+            f"SELECT subject, ? AS w, {count} AS c, {folded} FROM {table} WHERE meter = ? AND level = ?"
             f" AND subject IN ({which}) AND bucket >= ? AND bucket < ? GROUP BY subject"
         )
         params += [tag, meter, level, *chosen, first, last]

@@ -348,6 +348,7 @@ def _register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("dec_add", 2, _dec_add, deterministic=True)
     conn.create_function("dec_min", 2, _dec_min, deterministic=True)
     conn.create_function("dec_max", 2, _dec_max, deterministic=True)
+    conn.create_function("dec_neg", 1, _dec_neg, deterministic=True)
     conn.create_aggregate("dec_sum", 1, _DecSum)  # type: ignore[arg-type]  # typeshed expects int steps
     conn.create_aggregate("dec_least", 1, _DecLeast)  # type: ignore[arg-type]
     conn.create_aggregate("dec_greatest", 1, _DecGreatest)  # type: ignore[arg-type]
@@ -369,6 +370,10 @@ def _dec_max(a: int | str | None, b: int | str | None) -> int | str | None:
     if a is None or b is None:
         return a if b is None else b
     return a if Decimal(a) >= Decimal(b) else b
+
+
+def _dec_neg(a: int | str | None) -> int | str | None:
+    return None if a is None else stored(-Decimal(a))
 
 
 class _DecFold:

@@ -9,6 +9,7 @@ sequence), UNIQUE_COUNT counts distinct values over the whole window.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -197,6 +198,28 @@ def merge(
         else:
             _combine(slot, s)
     return _rows(aggregation, acc, bounds, shaper.picked)
+
+
+def folded_rows(
+    aggregation: Aggregation, states: Sequence[BucketState], bounds: Sequence[int], query: MeterQuery
+) -> list[Row] | None:
+    """What :func:`merge` gives for states that storage already folded into one per window
+    (``bucket``: the window's start) and subject, for a query split by subject alone (no
+    group values, no filters, subjects not combined): one row per state, without merging
+    them again; None when the query asks for more than that."""
+    if query.filters or query.combine_subjects or any(d != SUBJECT for d in query.group_by):
+        return None
+    if SUBJECT not in query.group_by and not query.subjects:
+        return None
+    cap = row_cap(query)
+    if len(states) > cap:
+        raise too_many_rows(cap)
+    ends = dict(itertools.pairwise(bounds))
+    out = []
+    for s in sorted(states, key=lambda s: (s.bucket, s.subject)):
+        value = _final(aggregation, [s.count, s.total, s.low, s.high, s.latest])
+        out.append(Row(s.bucket, ends[s.bucket], s.subject, {}, value))
+    return out
 
 
 def _combine(slot: list[Any], s: BucketState) -> None:
