@@ -31,12 +31,18 @@ EXACT = decimal.Context(
 AVERAGE = decimal.Context(prec=AVG_DIGITS, rounding=decimal.ROUND_HALF_EVEN)
 
 
+_INT_BOUND = 10**MAX_DIGITS
+"""Integers strictly within ±10**MAX_DIGITS have at most MAX_DIGITS digits and exponent 0."""
+
+
 class NotAQuantity(ValueError):
     """The value is not a finite decimal number within the accepted range."""
 
 
 def to_quantity(value: object) -> Decimal:
     """Read a JSON number or numeric string as an exact Decimal, or raise NotAQuantity."""
+    if type(value) is int and -_INT_BOUND < value < _INT_BOUND:
+        return Decimal(value)  # the common case: a whole JSON number of at most MAX_DIGITS digits
     if isinstance(value, bool):
         raise NotAQuantity("a boolean is not a number")
     if isinstance(value, Decimal):

@@ -53,9 +53,25 @@ _COLUMNS = {
 _ROW = "meter, level, subject, bucket, group_key, cnt, total, low, high, last_t, last_seq, last_v"
 
 
+# The state columns each aggregation writes (the others stay NULL). Only these are bound: the
+# sqlite3 module binds a None (and a bytes) parameter through its adapter lookup, several
+# times the cost of an int or str, and a rollup row is written per event and bucket size.
+_STATE = {
+    Aggregation.COUNT: "cnt",
+    Aggregation.SUM: "cnt, total",
+    Aggregation.AVG: "cnt, total",
+    Aggregation.MIN: "cnt, low",
+    Aggregation.MAX: "cnt, high",
+    Aggregation.LATEST: "cnt, last_t, last_seq, last_v",
+}
+
+
 def upsert(table: str, aggregation: Aggregation) -> str:
+    """The upsert of :func:`row_of`'s rows of ``aggregation`` into ``table``."""
+    columns = f"meter, level, subject, bucket, group_key, {_STATE[aggregation]}"
+    marks = ",".join("?" * (columns.count(",") + 1))
     return (
-        f"INSERT INTO {table} ({_ROW}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+        f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
         f"ON CONFLICT (meter, level, subject, bucket, group_key) DO UPDATE SET {_COLUMNS[aggregation]}"
     )
 
@@ -162,19 +178,17 @@ def write_fold(
 
 
 def row_of(aggregation: Aggregation, key: Key, s: list[Any]) -> tuple[Any, ...]:
-    total: int | str | None = None
-    low: int | str | None = None
-    high: int | str | None = None
-    last: tuple[Any, Any, Any] = (None, None, None)
-    if aggregation in (Aggregation.SUM, Aggregation.AVG):
-        total = stored(s[1])
-    elif aggregation is Aggregation.MIN:
-        low = stored(s[2])
-    elif aggregation is Aggregation.MAX:
-        high = stored(s[3])
-    elif aggregation is Aggregation.LATEST:
-        last = (s[4][0], s[4][1], stored(s[4][2]))
-    return (*key, s[0], total, low, high, *last)
+    """The parameters of :func:`upsert` for one bucket state: its key, then the columns
+    ``aggregation`` keeps."""
+    if aggregation is Aggregation.SUM or aggregation is Aggregation.AVG:
+        return (*key, s[0], stored(s[1]))
+    if aggregation is Aggregation.COUNT:
+        return (*key, s[0])
+    if aggregation is Aggregation.MIN:
+        return (*key, s[0], stored(s[2]))
+    if aggregation is Aggregation.MAX:
+        return (*key, s[0], stored(s[3]))
+    return (*key, s[0], s[4][0], s[4][1], stored(s[4][2]))  # LATEST
 
 
 # Per aggregation, what to read: SQL folds the buckets of each window (sum of counts, exact
