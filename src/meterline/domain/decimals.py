@@ -99,8 +99,9 @@ def stored(d: Decimal) -> int | str:
     """How rollups store a quantity: an integer when it is whole and below 2**62 in magnitude
     (so SQLite can add two of them natively without overflow), else canonical text. The form
     depends only on the value, never on how it was summed, so a rebuild reproduces it exactly."""
-    if d == d.to_integral_value() and abs(d) < STORED_INT_LIMIT:
-        return int(d)
+    whole = int(d)  # towards zero: equal to d exactly when d is whole
+    if whole == d and -STORED_INT_LIMIT < whole < STORED_INT_LIMIT:
+        return whole
     return canonical(d)
 
 

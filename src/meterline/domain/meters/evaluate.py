@@ -74,18 +74,22 @@ class CompiledMeter:
         if self._value is None:
             return None
         raw = self._value.read(data)
-        where = f"meter {self.meter.slug!r}: valueProperty {self._value.text}"
         if raw is MISSING or raw is None:
-            return Rejection(Reason.UNREADABLE_VALUE, f"{where} is missing from data")
+            return Rejection(Reason.UNREADABLE_VALUE, f"{self._where()} is missing from data")
         if self.aggregation in (Aggregation.UNIQUE_COUNT, Aggregation.APPROX_UNIQUE_COUNT):
             text = _scalar_text(raw)
             if text is None:
-                return Rejection(Reason.UNREADABLE_VALUE, f"{where} must be a string or number")
+                return Rejection(Reason.UNREADABLE_VALUE, f"{self._where()} must be a string or number")
             return text
         try:
             return to_quantity(raw)
         except NotAQuantity as exc:
-            return Rejection(Reason.UNREADABLE_VALUE, f"{where}: {exc}")
+            return Rejection(Reason.UNREADABLE_VALUE, f"{self._where()}: {exc}")
+
+    def _where(self) -> str:
+        """The value's place, for a rejection's message (built only when one is made)."""
+        assert self._value is not None
+        return f"meter {self.meter.slug!r}: valueProperty {self._value.text}"
 
 
 def _scalar_text(raw: Any) -> str | None:
