@@ -88,10 +88,24 @@ def test_test_firing_records_a_fresh_event_each_time_and_wakes_the_dispatcher() 
     first, second = w.service.test(NS, rule.id), w.service.test(NS, rule.id)
     assert first.event.id != second.event.id and len(w.wakes) == 2
     body = msgspec.json.decode(first.event.payload)
-    assert body["id"] == first.event.id and body["data"] == {
-        "kind": "test",
-        "rule": {"id": rule.id, "name": "r", "type": "entitlements.balance.threshold"},
-    }
+    assert body["id"] == first.event.id and body["type"] == "entitlements.balance.threshold"
+    data = body["data"]
+    assert (data["kind"], data["rule"]) == (
+        "test",
+        {"id": rule.id, "name": "r", "type": "entitlements.balance.threshold"},
+    )
+    # OpenMeter's payload of the rule's type, with example data: a receiver built for real events parses it
+    assert (data["entitlement"]["type"], data["feature"]["key"], data["subject"]["key"]) == (
+        "metered",
+        "example_feature",
+        "example-customer",
+    )
+    assert (data["value"]["usage"], data["value"]["balance"], data["value"]["totalAvailableGrantAmount"]) == (
+        50,
+        50,
+        100,
+    )
+    assert data["threshold"] is not None and data["customer"]["id"] == data["entitlement"]["customerId"]
     assert [d.channel for d in first.event.deliveries] == [channel.id]
     assert w.service.events(NS, EventFilter(), limit=10, offset=0)[0] == 2
 

@@ -246,6 +246,13 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     for (const type of ['entitlements.reset', 'invoice.created']) {
       await rejects(om.notifications.rules.create({ type, name: 'other', channels: [channel.id] }), 501, 'not_supported')
     }
+    // a rule for every feature has no `features` (OpenMeter's has at least one when present), nothing null
+    const every = await om.notifications.rules.create({
+      type: 'entitlements.balance.threshold', name: 'every', channels: [channel.id], thresholds: [{ type: 'NUMBER', value: 5 }],
+    })
+    assert.ok(!('features' in every) && Object.values(every).every((v) => v !== null), JSON.stringify(every))
+    assert.ok(!('customHeaders' in channel), JSON.stringify(channel))
+    await om.notifications.rules.delete(every.id)
     await om.notifications.rules.delete(rule.id)
     assert.equal((await om.notifications.rules.list()).totalCount, 0)
   })

@@ -23,9 +23,10 @@ from meterline.api.http import (
 from meterline.domain.alerts.rules import RuleInput, refuse_openmeter_only
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
+from meterline.domain.entitlements.render import present
 from meterline.domain.notify.channels import Channel, ChannelInput, masked_url
 from meterline.domain.redact import MASK
-from meterline.ports.notifications import EventFilter
+from meterline.ports.notifications import Delivery, EventFilter
 from meterline.services.notifications import EventView, RuleView
 
 
@@ -49,11 +50,11 @@ def channel_json(c: Channel, *, admin: bool, secret: bool = False) -> dict[str, 
         "disabled": s.disabled,
         "metadata": s.metadata,
         "url": s.url if admin else masked_url(s.url),
-        "customHeaders": s.custom_headers if admin else _masked_headers(s.custom_headers),
         "format": s.format,
         "createdAt": rfc3339(c.created_us),
         "updatedAt": rfc3339(c.updated_us),
     }
+    body = present(body, customHeaders=s.custom_headers if admin else _masked_headers(s.custom_headers))
     if secret:
         body["signingSecret"] = s.signing_secret
     return body
@@ -65,14 +66,16 @@ def _masked_headers(headers: dict[str, str] | None) -> dict[str, str] | None:
 
 def rule_json(view: RuleView) -> dict[str, Any]:
     r, s = view.rule, view.rule.spec
-    body: dict[str, Any] = msgspec.to_builtins(s, builtin_types=(Decimal,))  # numbers stay JSON numbers
-    return body | {
+    sent: dict[str, Any] = msgspec.to_builtins(s, builtin_types=(Decimal,))  # numbers stay JSON numbers
+    # members not set are absent rather than null, as OpenMeter answers them
+    body = {k: v for k, v in sent.items() if k != "features" and v is not None} | {
         "id": r.id,
         "channels": [{"id": c, "type": view.channel_types.get(c)} for c in s.channels],
-        "features": [{"id": i, "key": k} for i, k in view.features],
         "createdAt": rfc3339(r.created_us),
         "updatedAt": rfc3339(r.updated_us),
     }
+    # every feature: `features` absent, as OpenMeter answers it (at least one item when present)
+    return present(body, features=[{"id": i, "key": k} for i, k in view.features] or None)
 
 
 def event_json(view: EventView) -> dict[str, Any]:
@@ -85,26 +88,29 @@ def event_json(view: EventView) -> dict[str, Any]:
         "rule": rule_json(view.rule),
         "threshold": e.threshold.partition("#")[0],  # a repeat's place in its series stays internal
         "periodStart": rfc3339(e.period_start_us),
-        "deliveryStatus": [
-            {
-                "state": d.state,
-                "reason": d.log[-1].error or "" if d.log else "",
-                "updatedAt": rfc3339(d.updated_us),
-                "channel": {"id": d.channel, "type": kinds.get(d.channel)},
-                "nextAttempt": time_text(d.next_attempt_us),
-                "attempts": [
-                    {
-                        "state": a.state,
-                        "timestamp": rfc3339(a.at_us),
-                        "response": {"statusCode": a.status_code, "body": a.error or "", "durationMs": a.duration_ms},
-                    }
-                    for a in d.log
-                ],
-            }
-            for d in e.deliveries
-        ],
+        "deliveryStatus": [_delivery(d, kinds) for d in e.deliveries],
         "payload": msgspec.Raw(e.payload),
     }
+
+
+def _delivery(d: Delivery, kinds: dict[str, str | None]) -> dict[str, Any]:
+    """One channel's delivery; members not set (``nextAttempt``, a response's ``statusCode`` and
+    ``durationMs``) are absent, as OpenMeter answers them."""
+    body = {
+        "state": d.state,
+        "reason": d.log[-1].error or "" if d.log else "",
+        "updatedAt": rfc3339(d.updated_us),
+        "channel": {"id": d.channel, "type": kinds.get(d.channel)},
+        "attempts": [
+            {
+                "state": a.state,
+                "timestamp": rfc3339(a.at_us),
+                "response": present({"body": a.error or ""}, statusCode=a.status_code, durationMs=a.duration_ms),
+            }
+            for a in d.log
+        ],
+    }
+    return present(body, nextAttempt=time_text(d.next_attempt_us))
 
 
 def _page(call: Call, items: list[Any]) -> dict[str, Any]:

@@ -149,7 +149,7 @@ def rules_list(api: Api, as_json: bool) -> None:
             r["name"],
             _when(r),
             [c["id"] for c in r["channels"]],
-            [f["key"] for f in r["features"]] or "all",
+            [f["key"] for f in r.get("features", [])] or "all",
             r["disabled"],
         )
         for r in items
@@ -162,8 +162,8 @@ def _when(rule: dict[str, Any]) -> str:
         return "usage reaches " + ", ".join(_threshold_text(t) for t in rule["thresholds"])
     if rule["type"] == "entitlements.usage.projected":
         return f"projected over the limit (after {text(rule['minElapsedPercent'])}% of the period)"
-    parts = [f"hour > {text(rule['spikeFactor'])}x mean" if rule["spikeFactor"] is not None else ""]
-    parts.append(f"hour < {text(rule['dropFactor'])}x mean" if rule["dropFactor"] is not None else "")
+    parts = [f"hour > {text(rule['spikeFactor'])}x mean" if rule.get("spikeFactor") is not None else ""]
+    parts.append(f"hour < {text(rule['dropFactor'])}x mean" if rule.get("dropFactor") is not None else "")
     return " or ".join(p for p in parts if p)
 
 
@@ -304,7 +304,7 @@ def _delivery_rows(e: dict[str, Any]) -> list[tuple[object, ...]]:
     if not e["deliveryStatus"]:
         return [(*head, None, "no channel", None, None, None)]
     return [
-        (*head, d["channel"]["id"], d["state"], len(d["attempts"]), d["nextAttempt"], d["reason"])
+        (*head, d["channel"]["id"], d["state"], len(d["attempts"]), d.get("nextAttempt"), d["reason"])
         for d in e["deliveryStatus"]
     ]
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import msgspec
 from ulid import ULID
 
+from meterline.domain.alerts.payload import test_payload
 from meterline.domain.alerts.rules import Rule, RuleInput, validate_rule
-from meterline.domain.clock import Clock, rfc3339
+from meterline.domain.clock import Clock
 from meterline.domain.errors import InvalidInput, NotFound
 from meterline.domain.notify import channels as notify
 from meterline.domain.notify.channels import Channel, ChannelInput
@@ -155,8 +156,7 @@ class NotificationService:
         now = self._clock.now_us()
 
         def payload(event_id: str) -> bytes:
-            data = {"kind": "test", "rule": {"id": rule.id, "name": rule.spec.name, "type": rule.spec.type}}
-            return _encode({"id": event_id, "type": rule.spec.type, "timestamp": rfc3339(now), "data": data})
+            return test_payload(event_id, rule, now)
 
         event_id = self._events.fire(namespace, rule, "", "", f"test:{ULID()}", now, payload, now, rule.spec.channels)
         assert event_id is not None  # the key is fresh, so the event is new

@@ -64,12 +64,11 @@ def entitlement_body(e: Entitlement, current: Period | None) -> dict[str, Any]:
         "subjectKey": e.customer_key,
         "customerKey": e.customer_key,
         "customerId": e.customer_id,
-        "metadata": s.metadata,
         "createdAt": rfc3339(e.created_us),
         "updatedAt": rfc3339(e.created_us),
         "activeFrom": rfc3339(e.created_us),
-        "deletedAt": _time(e.deleted_us),
     }
+    body = present(body, metadata=s.metadata, deletedAt=_time(e.deleted_us))
     if s.type == "static":
         body["config"] = s.config
     if s.type != "metered":
