@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.corrections import hour_key
-from meterline.domain.decimals import in_stored_form
+from meterline.domain.decimals import EXACT, in_stored_form
 from meterline.domain.meters.fold import Key, LedgerEntry
 from meterline.domain.meters.gauges import join, point_state
 from meterline.domain.meters.query import BucketState
@@ -72,6 +73,166 @@ def read_states(
             last = state[4]
             joined.append(BucketState(subject, group, int(bucket), state[0], state[1], None, None, last, state[2]))
     return joined, interleaved
+
+
+SAFE = 1e37
+"""Above this magnitude (in level x µs) a sum of ``Decimal256(38)`` terms could leave the
+type's range, where ClickHouse's decimal arithmetic wraps without an error: such a query is
+integrated in Python instead."""
+_MIN = "toInt64(-9223372036854775808)"
+_MAX = "toInt64(9223372036854775807)"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSql:
+    """A query's windows in SQL: the window (0-based) of a bucket, and window ``j``'s first
+    and end µs (the exact ``from``/``to`` at the ends), with their parameters."""
+
+    index: Callable[[str], str]
+    start: str
+    stop: str
+    params: dict[str, Any]
+    live: int
+    """Windows that start before now (the integral stops at now)."""
+
+
+def window_sql(bounds: Sequence[int], windows_us: Sequence[int], step: int | None, now_us: int) -> WindowSql | None:
+    """:class:`WindowSql` of a grid: by arithmetic for windows of one length (``step``), else
+    from the boundaries as array parameters (None when there are too many of them)."""
+    live = sum(1 for start in windows_us[:-1] if start < now_us)
+    first = {"wu0": windows_us[0]}
+    if step:
+        params = {**first, "gw1": bounds[1], "gws": step, "gun": windows_us[-1], "gn": len(bounds) - 1}
+        return WindowSql(
+            lambda b: f"if({b} < {{gw1:Int64}}, 0, 1 + intDiv({b} - {{gw1:Int64}}, {{gws:Int64}}))",
+            "if(j = 0, {wu0:Int64}, ({gw1:Int64} + (j - 1) * {gws:Int64}) * 1000000)",
+            "if(j + 1 = {gn:Int64}, {gun:Int64}, ({gw1:Int64} + j * {gws:Int64}) * 1000000)",
+            params,
+            live,
+        )
+    if len(bounds) > MAX_BOUNDS_IN_SQL:
+        return None
+    return WindowSql(
+        lambda b: f"toInt64(arrayFirstIndex(x -> x > {b}, {{gb:Array(Int64)}})) - 2",
+        "arrayElement({gu:Array(Int64)}, j + 1)",
+        "arrayElement({gu:Array(Int64)}, j + 2)",
+        {**first, "gb": list(bounds), "gu": list(windows_us)},
+        live,
+    )
+
+
+MAX_BOUNDS_IN_SQL = 2000
+"""Grids up to this many boundaries (or of windows of one length, any number) are merged into
+windows by ClickHouse; others per bucket."""
+
+
+@dataclass(slots=True)
+class Integrated:
+    """What :func:`integrated` read: the integral of every series that needs nothing from the
+    raw events, per (window, subject or '', group key or '[]'), and the joined bucket states
+    of the others (``dirty``) with the buckets whose batches interleave."""
+
+    values: list[tuple[int, str, str, Decimal]] = field(default_factory=list)
+    states: list[BucketState] = field(default_factory=list)
+    interleaved: list[tuple[str, str, int]] = field(default_factory=list)
+    dirty_subjects: set[str] = field(default_factory=set)
+    """The subjects every series of which was left to Python."""
+
+
+def integrated(
+    conn: Connection,
+    selected: tuple[str, dict[str, Any]],
+    meter: int,
+    grid: WindowSql,
+    kept: tuple[str, str],
+    dirty: Iterable[str],
+    before: int,
+    now_us: int,
+) -> Integrated | None:
+    """TIME_WEIGHTED_SUM of the states ``selected`` (the query's buckets) integrated in ClickHouse.
+
+    Per series (subject, group key), in (first reading) order, with its carry first (the last
+    reading before ``before``, as :func:`carried` reads it) — one pass of window functions:
+
+    1. a row whose previous row is of the same bucket and ends at or after its first reading
+       interleaves (:func:`~meterline.domain.meters.gauges.join` would refuse the pair);
+    2. a series is *dirty* when a bucket of it interleaves or its subject is one of ``dirty``
+       (readings of it come from the raw events: corrected hours, partial minutes). A dirty
+       series' rows are joined per bucket (count, area plus the gaps between its rows, first,
+       last) and returned as states for the integration in Python, with its interleaving buckets;
+    3. every other series is integrated here, exactly as ``gauges.integrate`` integrates its
+       joined bucket states: each row adds its area to its window; its last level holds up to
+       the next row's first reading — wholly when that row is of the same bucket (the join's
+       gap), else split over the windows between and cut at now; after the last row, up to
+       the range's end or now; a bucket whose first reading is at or after now does not count;
+       a window gets a row from the series' first reading on. The sums are exact
+       decimals in level x µs, grouped by window and the ``kept`` subject and group columns.
+
+    None when a sum could leave the decimal type's range (see :data:`SAFE`)."""
+    where, params = selected
+    params = {**params, **grid.params, "dx": sorted(set(dirty)), "now": now_us, "nw": grid.live}
+    params.update({"cm": meter, "ch": before - before % HOUR, "cb": before})
+    carry_where = (
+        "meter = {cm:UInt64} AND ((level = 3600 AND bucket < {ch:Int64})"
+        " OR (level = 60 AND bucket >= {ch:Int64} AND bucket < {cb:Int64}))"
+    )
+    if "s" in params:
+        carry_where += " AND has({s:Array(String)}, subject)"
+    subject, group = kept
+    k, next_k = grid.index("bucket"), grid.index("next_bucket")
+    gap = f"greatest(least(b_, least({grid.stop}, {{now:Int64}})) - greatest(a_, {grid.start}), 0)"
+    held = f"if(same_next, next_first - last_at.1, {gap})"  # µs the row's last level holds in window j
+    sql = f"""
+SELECT d, s_, g_, j, sum(count), sum(v), min(first_at), max(last_at), max(il), sum(mag) FROM (
+  SELECT d, if(d, subject, {subject}) AS s_, if(d, group_key, {group}) AS g_, count, first_at, last_at, il,
+    arrayJoin(if(d, [bucket], arrayMap(x -> toInt64(x), range(toUInt64(greatest(k_, 0)),
+      toUInt64(greatest(kto, -1) + 1))))) AS j,
+    if(d, area * 1000000 + if(joins, prev_last.3 * (first_at.1 - prev_last.1), 0),
+       last_at.3 * {held} + if(j = k_, area * 1000000, 0)) AS v,
+    if(d, abs(toFloat64(area)) * 1e6 + if(joins, abs(toFloat64(prev_last.3)) * (first_at.1 - prev_last.1), 0),
+       abs(toFloat64(last_at.3)) * {held} + if(j = k_, abs(toFloat64(area)) * 1e6, 0)) AS mag
+  FROM (
+    SELECT *, max(il) OVER (PARTITION BY subject, group_key) OR has({{dx:Array(String)}}, subject) AS d,
+      max(if(joins, {_MIN}, first_at.1)) OVER (PARTITION BY subject, group_key ORDER BY first_at
+        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS bucket_first,
+      if(carry, -1, {k}) AS k_, NOT carry AND next_bucket = bucket AS same_next,
+      same_next OR next_first < {{now:Int64}} AS has_next,
+      if(same_next, k_, if(has_next, {next_k}, {{nw:Int64}} - 1)) AS kto,
+      if(carry, {{wu0:Int64}}, last_at.1) AS a_, if(has_next, next_first, {_MAX}) AS b_
+    FROM (
+      SELECT *, carry = 0 AND prev_bucket = bucket AS joins,
+        joins AND (prev_last.1, prev_last.2) >= first_at AS il
+      FROM (
+        SELECT *, lagInFrame(bucket, 1, {_MIN}) OVER w AS prev_bucket, lagInFrame(last_at) OVER w AS prev_last,
+          leadInFrame(first_at.1, 1, {_MAX}) OVER w AS next_first, leadInFrame(bucket, 1, {_MIN}) OVER w AS next_bucket
+        FROM (
+          SELECT subject, group_key, bucket, count, area, first_at, last_at, toUInt8(0) AS carry
+          FROM usage_gauges WHERE {where}
+          UNION ALL
+          SELECT subject, group_key, {_MIN}, toUInt64(0), toDecimal256(0, 38), (m.1, m.2), m, toUInt8(1)
+          FROM (SELECT subject, group_key, max(last_at) AS m FROM usage_gauges WHERE {carry_where}
+                GROUP BY subject, group_key)
+        )
+        WINDOW w AS (PARTITION BY subject, group_key ORDER BY first_at ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING)
+      )
+    )
+  )
+  WHERE d AND NOT carry OR NOT d AND bucket_first < {{now:Int64}}
+)
+GROUP BY d, s_, g_, j"""
+    out = Integrated(dirty_subjects=set(params["dx"]))
+    for d, s, g, j, count, v, first, last, il, mag in conn.rows(sql, params):
+        if mag >= SAFE:
+            return None
+        total = in_stored_form(Decimal(v).scaleb(-6, EXACT))
+        if not d:
+            out.values.append((int(j), s, g, total))
+        elif il:
+            out.interleaved.append((s, g, int(j)))
+        else:
+            first_at = (int(first[0]), int(first[1]))
+            out.states.append(BucketState(s, g, int(j), int(count), total, None, None, _point(last), first_at))
+    return out
 
 
 def compared(conn: Connection, table: str, where: str, params: dict[str, Any]) -> dict[Key, tuple[Any, ...]]:

@@ -32,7 +32,17 @@ from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.corrections import HOUR, Applied, applied, hour_key, hour_keys
-from meterline.adapters.clickhouse.gauges import carried, gauge_rows, latest, read_states, recomputed
+from meterline.adapters.clickhouse.gauges import (
+    MAX_BOUNDS_IN_SQL,
+    Integrated,
+    carried,
+    gauge_rows,
+    integrated,
+    latest,
+    read_states,
+    recomputed,
+    window_sql,
+)
 from meterline.adapters.clickhouse.kept import KEPT_COLUMNS, raw_union
 from meterline.adapters.clickhouse.progress import Progress, ProgressTable
 from meterline.adapters.clickhouse.schema import DIMS, EVENTS, GAUGES, ROLLUPS, SKETCHES, UNIQUES, create
@@ -49,7 +59,7 @@ from meterline.domain.meters.edges import (
 )
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.fold import Key, LedgerEntry, Replay, Unique
-from meterline.domain.meters.gauges import GaugeRows, series_of
+from meterline.domain.meters.gauges import GaugeRows, series_of, windows_us
 from meterline.domain.meters.model import Aggregation, Meter, is_builtin
 from meterline.domain.meters.query import (
     BucketState,
@@ -239,45 +249,81 @@ class ClickHouseUsage:
         selected: tuple[str, dict[str, Any]],
         corrections: tuple[dict[str, Progress], Applied, set[tuple[str, int]]],
     ) -> list[Row]:
-        """TIME_WEIGHTED_SUM (``.gauges``): per series, its carry (the last reading before the
-        range), its joined bucket states in the whole minutes ``selected`` reads, and, as
-        readings from the raw events that count (``corrections``: the streams' progress, the
-        applied corrections and the corrected hours left out of ``selected``), the buckets
-        whose batches interleave, the partial minutes and the corrected hours; integrated per
-        window as embedded mode integrates them."""
+        """TIME_WEIGHTED_SUM (``.gauges``): the series that need nothing from the raw events are
+        integrated per window in ClickHouse (``gauges.integrated``); the others — a bucket whose
+        batches interleave, a subject with corrected hours (``corrections``: the streams'
+        progress, the applied corrections and the corrected hours left out of ``selected``) or
+        with readings in a partial minute — as their carry (the last reading before the range),
+        their joined bucket states in the whole minutes ``selected`` reads, and, as readings
+        from the raw events that count, the interleaving buckets, the corrected hours and the
+        partial minutes, integrated per window as embedded mode integrates them. Where
+        ClickHouse cannot integrate exactly (a grid of too many uneven windows, sums beyond its
+        decimals) every series takes the second way."""
         where, params = selected
         progress, fixes, hours = corrections
-        states, interleaved = read_states(self._conn, where, params) if inner[0] < inner[-1] else ([], [])
+        groups, _ = read_dims(self._conn, [meter.key])
+        compiled = CompiledMeter(meter)
 
         def read_raw(ranges: list[tuple[int, int]]) -> list[LedgerEntry]:
             entries = self._edges(meter, query, ranges, progress)
             return [e for stream, e, _ in entries if fixes.counts(stream, e.seq)]
 
-        raw = self._raw(meter, progress, *_in_hours(hours, inner)) if hours else []
-        corrected = [e for stream, e, _ in raw if fixes.counts(stream, e.seq)]
-        groups, _ = read_dims(self._conn, [meter.key])
-        compiled = CompiledMeter(meter)
-
         def points(entries: list[LedgerEntry]) -> list[BucketState]:
             return gauge_points(compiled, entries, lambda dim, v: v in groups.get((meter.key, dim), ()))
 
-        every = self._carry(meter, query, bounds[0], progress, fixes) + states
-        every += recomputed(interleaved, bucket_size(inner), read_raw, points) + points(corrected)
+        raw = self._raw(meter, progress, *_in_hours(hours, inner)) if hours else []
+        readings = points([e for stream, e, _ in raw if fixes.counts(stream, e.seq)])
         ranges = gauge_edge_ranges(query, bounds)
         if ranges:
-            every += points(read_raw(ranges))
+            readings += points(read_raw(ranges))
         out = GaugeRows(query, bounds, tuple(sorted(meter.spec.group_by)), self._now_us())
+        done = None
+        if inner[0] < inner[-1]:
+            corrected = {s for s, h in fixes.hours(meter.spec.event_type, query.subjects) if h < bounds[-1]}
+            done = self._integrated(meter, query, bounds, selected, corrected | {p.subject for p in readings})
+        if done is None:
+            states, interleaved = read_states(self._conn, where, params) if inner[0] < inner[-1] else ([], [])
+            carries = self._carry(meter, query.subjects, bounds[0], progress, fixes)
+        else:
+            for w, subject, group, value in done.values:
+                out.add_integral(w, subject, group, value)
+            states, interleaved = done.states, done.interleaved
+            carries = self._dirty_carries(meter, bounds[0], progress, fixes, done)
+        every = carries + states + recomputed(interleaved, bucket_size(inner), read_raw, points) + readings
         for (subject, group), series in series_of(every).items():
             out.add(subject, group, series)
         return out.rows()
 
-    def _carry(
-        self, meter: Meter, query: MeterQuery, before: int, progress: dict[str, Progress], fixes: Applied
+    def _integrated(
+        self, meter: Meter, query: MeterQuery, bounds: Sequence[int], selected: tuple[str, dict[str, Any]],
+        dirty: set[str],
+    ) -> Integrated | None:  # fmt: skip
+        now = self._now_us()
+        grid = window_sql(bounds, windows_us(query, bounds), _step(bounds), now)
+        if grid is None:
+            return None
+        return integrated(self._conn, selected, meter.key, grid, _kept(query), dirty, bounds[0], now)
+
+    def _dirty_carries(
+        self, meter: Meter, before: int, progress: dict[str, Progress], fixes: Applied, done: Integrated
     ) -> list[BucketState]:
-        """TIME_WEIGHTED_SUM: per series, the last reading before ``before`` that counts — from
-        the stored states, and in the hours corrections touched from the raw events."""
-        hours = {(s, h) for s, h in fixes.hours(meter.spec.event_type, query.subjects) if h < before}
-        stored = carried(self._conn, meter.key, before, query.subjects, hour_keys(hours))
+        """The carries of the series ``gauges.integrated`` left to Python: every series of a
+        dirty subject, and the series with an interleaving bucket."""
+        series = {(s.subject, s.group_key) for s in done.states} | {(s, g) for s, g, _ in done.interleaved}
+        subjects = done.dirty_subjects | {s for s, _ in series}
+        if not subjects:
+            return []
+        found = self._carry(meter, sorted(subjects), before, progress, fixes)
+        return [c for c in found if c.subject in done.dirty_subjects or (c.subject, c.group_key) in series]
+
+    def _carry(
+        self, meter: Meter, subjects: Sequence[str], before: int, progress: dict[str, Progress], fixes: Applied
+    ) -> list[BucketState]:
+        """TIME_WEIGHTED_SUM: per series (of ``subjects``, or of all when none), the last reading
+        before ``before`` that counts — from the stored states, and in the hours corrections
+        touched from the raw events."""
+        hours = {(s, h) for s, h in fixes.hours(meter.spec.event_type, subjects) if h < before}
+        stored = carried(self._conn, meter.key, before, subjects, hour_keys(hours))
         if not hours:
             return stored
         params = {"chx": hour_keys(hours), "cb": before * 1_000_000}
@@ -500,20 +546,11 @@ def _where(key: int, level: int, bounds: Sequence[int], subjects: Iterable[str])
     return where, params
 
 
-_MAX_BOUNDS_IN_SQL = 2000
-"""Grids up to this many boundaries (or of windows of one length, any number) are merged into
-windows by ClickHouse; others per bucket."""
-
-
 def _grouping(query: MeterQuery, bounds: Sequence[int], params: dict[str, Any]) -> str:
     """The columns the states are merged over in ClickHouse: the window (as the start of its
     first bucket), and subject and group only where the answer or a filter needs them, so a
     month total is one row however many buckets, subjects and groups it covers."""
-    by_subject = "subject" in query.group_by or (bool(query.subjects) and not query.combine_subjects)
-    keep_subject = by_subject or any(d == "subject" for d, _, _ in query.filters)
-    keep_group = any(d != "subject" for d in query.group_by) or any(d != "subject" for d, _, _ in query.filters)
-    subject = "subject" if keep_subject else "''"
-    group = "group_key" if keep_group else "'[]'"
+    subject, group = _kept(query)
     window = "bucket"
     step = _step(bounds)
     if step:  # windows of one length (but the first and last): found by arithmetic
@@ -521,10 +558,19 @@ def _grouping(query: MeterQuery, bounds: Sequence[int], params: dict[str, Any]) 
         window = (
             "if(bucket < {w1:Int64}, {w0:Int64}, {w1:Int64} + intDiv(bucket - {w1:Int64}, {ws:Int64}) * {ws:Int64})"
         )
-    elif len(bounds) <= _MAX_BOUNDS_IN_SQL:
+    elif len(bounds) <= MAX_BOUNDS_IN_SQL:
         params["b"] = list(bounds)
         window = "arrayElement({b:Array(Int64)}, arrayFirstIndex(x -> x > bucket, {b:Array(Int64)}) - 1)"
     return f"{subject} AS s_, {group} AS g_, {window} AS w_"
+
+
+def _kept(query: MeterQuery) -> tuple[str, str]:
+    """The subject and group key columns, or constants where neither the answer nor a filter
+    needs them (:func:`_grouping`)."""
+    by_subject = "subject" in query.group_by or (bool(query.subjects) and not query.combine_subjects)
+    keep_subject = by_subject or any(d == "subject" for d, _, _ in query.filters)
+    keep_group = any(d != "subject" for d in query.group_by) or any(d != "subject" for d, _, _ in query.filters)
+    return ("subject" if keep_subject else "''"), ("group_key" if keep_group else "'[]'")
 
 
 def _step(bounds: Sequence[int]) -> int | None:
@@ -545,7 +591,7 @@ def _one_row_per_answer(meter: Meter, query: MeterQuery, bounds: Sequence[int]) 
     group values) exactly one row: not when windows are merged from their buckets in Python
     (finer grids), the subject is kept for a filter only, or the group key for a filter or a
     group-by of some of the meter's dimensions (several keys then make one answer row)."""
-    if len(bounds) > _MAX_BOUNDS_IN_SQL and not _step(bounds):
+    if len(bounds) > MAX_BOUNDS_IN_SQL and not _step(bounds):
         return False
     by_subject = "subject" in query.group_by or (bool(query.subjects) and not query.combine_subjects)
     if not by_subject and any(d == "subject" for d, _, _ in query.filters):

@@ -141,10 +141,21 @@ class GaugeRows:
             return
         ordered = sorted(states, key=_first)
         for w, value in integrate(ordered, self._windows, self._now):
-            slot = (w, *key)
-            if slot not in self._acc and len(self._acc) >= self._cap:
-                raise too_many_rows(self._cap)
-            self._acc[slot] = add(self._acc.get(slot, ZERO), value)
+            self._add(w, key, value)
+
+    def add_integral(self, window: int, subject: str, group_key: str, value: Decimal) -> None:
+        """The integral of series already integrated over ``window`` (an index of the grid),
+        e.g. by the store: of one subject or all (``''`` when the query keeps none) and one
+        group key (``'[]'`` when it keeps none)."""
+        key = self._shaper.key(subject, group_key)
+        if key is not None:
+            self._add(window, key, value)
+
+    def _add(self, w: int, key: tuple[Any, ...], value: Decimal) -> None:
+        slot = (w, *key)
+        if slot not in self._acc and len(self._acc) >= self._cap:
+            raise too_many_rows(self._cap)
+        self._acc[slot] = add(self._acc.get(slot, ZERO), value)
 
     def rows(self) -> list[Row]:
         picked = self._shaper.picked
