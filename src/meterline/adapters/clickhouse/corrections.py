@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
-from meterline.adapters.clickhouse.kept import raw_union
 from meterline.adapters.clickhouse.schema import CORRECTIONS
 from meterline.domain.events.corrections import is_void_record
 from meterline.domain.meters.fold import LedgerEntry
@@ -53,11 +52,16 @@ def correction_rows(conn: Connection, stream: str, entries: Sequence[LedgerEntry
         return []
     versions = {e.seq: (e.type, e.subject, e.time_us) for e in entries}
     wanted = sorted({e.correction for e in fixes} - versions.keys())
-    if wanted:
-        where = "stream = {s:String} AND has({q:Array(UInt64)}, seq)"
-        sql = f"SELECT DISTINCT seq, type, subject, time_us FROM {raw_union('seq, type, subject, time_us', where)}"
+    for table in ("events", "kept_events"):  # kept: a corrected hour's version past the raw table's TTL
+        if not wanted:
+            break
+        sql = (
+            f"SELECT DISTINCT seq, type, subject, time_us FROM {table}"
+            " WHERE stream = {s:String} AND has({q:Array(UInt64)}, seq)"
+        )
         for seq, type_, subject, time_us in conn.rows(sql, {"s": stream, "q": wanted}):
             versions[int(seq)] = (type_, subject, int(time_us))
+        wanted = [seq for seq in wanted if seq not in versions]
     rows = []
     for e in fixes:
         was = versions.get(e.correction, ("", "", 0))
@@ -154,10 +158,20 @@ class ClickHouseOriginals:
         self._conn = conn
 
     def original(self, namespace: str, source: str, event_id: str) -> StoredOriginal | None:
-        columns = "stream, seq, type, subject, time_us, received_us, raw"
-        where = "namespace = {ns:String} AND source = {src:String} AND id = {id:String} AND corrects = 0"
-        sql = f"SELECT {columns} FROM {raw_union(columns, where)} ORDER BY received_us DESC, stream, seq DESC LIMIT 1"
-        rows = self._conn.rows(sql, {"ns": namespace, "src": source, "id": event_id})
+        """Looked up in ``events`` (by its id index), then in ``kept_events``. Two originals of
+        a key are received a dedupe window apart, and a raw row expires after the later of its
+        time (at most ``future_skew`` past its receipt) and its receipt: the newest expires last."""
+        params = {"ns": namespace, "src": source, "id": event_id}
+        rows = []
+        for table in ("events", "kept_events"):  # kept: a corrected hour's original past the raw table's TTL
+            sql = (
+                f"SELECT stream, seq, type, subject, time_us, received_us, raw FROM {table}"
+                " WHERE namespace = {ns:String} AND source = {src:String} AND id = {id:String} AND corrects = 0"
+                " ORDER BY received_us DESC, stream, seq DESC LIMIT 1"
+            )
+            rows = self._conn.rows(sql, params)
+            if rows:  # an older original of the key never outlives the newest in events: see below
+                break
         if not rows:
             return None
         stream, seq, type_, subject, time_us, received_us, raw = rows[0]

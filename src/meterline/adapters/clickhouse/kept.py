@@ -11,7 +11,7 @@ the hour's events are copied into ``kept_events`` (no TTL), by this handshake:
    starts at or before the *horizon*, ``now - raw_events`` (now: the later of the node's clock
    and ClickHouse's, whose clock the TTL follows): that hour may have lost events already;
 2. inserts the hours of the version it takes out and of the one it puts in into ``kept_hours``;
-3. copies those hours' rows of ``events`` into ``kept_events``;
+3. copies those hours' rows of ``events`` that ``kept_events`` lacks into it;
 4. checks 1 again: the copy ended before any of its rows could expire; else it refuses, and
    the correction never reaches the log;
 5. a sink worker, after inserting a batch's raw events and before recording the batch
@@ -67,18 +67,23 @@ class ClickHouseKeptHours:
         return max(self._now_us(), engine) - self._retention_us
 
     def keep(self, namespace: str, places: Sequence[tuple[str, int]]) -> None:
-        """Steps 2 and 3 of the module doc for the (subject, time) ``places``."""
+        """Steps 2 and 3 of the module doc for the (subject, time) ``places``: the hours recorded,
+        then their rows copied in one statement (those ``kept_events`` lacks: a repeat or a
+        second correction of the hour copies only what came since)."""
         hours = sorted({(subject, hour_of(t)) for subject, t in places})
-        rows = [(namespace, subject, hour) for subject, hour in hours]
-        self._conn.insert("kept_hours", KEPT_HOURS, rows, "")  # no deduplication window: a repeat is one row
-        for subject, hour in hours:
-            self._conn.command(
-                f"INSERT INTO kept_events ({KEPT_COLUMNS}) SELECT {KEPT_COLUMNS} FROM events"
-                " WHERE namespace = {ns:String} AND subject = {s:String}"
-                " AND time_us >= {a:Int64} AND time_us < {b:Int64}"
-                " SETTINGS insert_deduplicate = 0",  # never dropped as a repeat: a row in both is one row
-                {"ns": namespace, "s": subject, "a": hour, "b": hour + HOUR_US},
-            )
+        self._conn.insert("kept_hours", KEPT_HOURS, [(namespace, s, h) for s, h in hours], "")  # no window: one row
+        params: dict[str, Any] = {"ns": namespace}
+        wanted = []
+        for i, (subject, hour) in enumerate(hours):
+            params[f"s{i}"], params[f"a{i}"], params[f"b{i}"] = subject, hour, hour + HOUR_US
+            wanted.append(f"(subject = {{s{i}:String}} AND time_us >= {{a{i}:Int64}} AND time_us < {{b{i}:Int64}})")
+        where = f"namespace = {{ns:String}} AND ({' OR '.join(wanted)})"
+        self._conn.command(
+            f"INSERT INTO kept_events ({KEPT_COLUMNS}) SELECT {KEPT_COLUMNS} FROM events WHERE {where}"
+            f" AND (stream, seq) NOT IN (SELECT stream, seq FROM kept_events WHERE {where})"
+            " SETTINGS insert_deduplicate = 0",  # never dropped as a repeat of an equal block
+            params,
+        )
 
 
 def keep_batch(conn: Connection, rows: Sequence[Sequence[Any]], token: str) -> None:
@@ -86,12 +91,12 @@ def keep_batch(conn: Connection, rows: Sequence[Sequence[Any]], token: str) -> N
     that lie in a kept hour, copied into ``kept_events``."""
     if not rows:
         return
-    keys = sorted({f"{r[0]}|{r[3]}|{hour_of(int(r[4]))}" for r in rows})
-    sql = (
+    params = {"ns": sorted({r[0] for r in rows}), "s": sorted({r[3] for r in rows})}
+    sql = (  # the table's key prefix: the batch's namespaces and subjects
         "SELECT DISTINCT namespace, subject, hour_us FROM kept_hours"
-        " WHERE has({k:Array(String)}, concat(namespace, '|', subject, '|', toString(hour_us)))"
+        " WHERE namespace IN {ns:Array(String)} AND subject IN {s:Array(String)}"
     )
-    kept = {(ns, subject, int(hour)) for ns, subject, hour in conn.rows(sql, {"k": keys})}
+    kept = {(ns, subject, int(hour)) for ns, subject, hour in conn.rows(sql, params)}
     if kept:
         wanted = [r for r in rows if (r[0], r[3], hour_of(int(r[4]))) in kept]
         conn.insert("kept_events", EVENTS, wanted, token)

@@ -353,14 +353,21 @@ class ClickHouseUsage:
         if query.subjects:
             params["subjects"] = sorted(set(query.subjects))
             where += " AND has({subjects:Array(String)}, subject)"
-        return self._raw(meter, progress, where, params)
+        return self._raw(meter, progress, where, params, kept=False)  # younger than the retention: all in events
 
     def _raw(
-        self, meter: Meter, progress: dict[str, Progress], where_more: str, params_more: dict[str, Any]
+        self,
+        meter: Meter,
+        progress: dict[str, Progress],
+        where_more: str,
+        params_more: dict[str, Any],
+        *,
+        kept: bool = True,
     ) -> list[tuple[str, LedgerEntry, int]]:
         """The raw events of the meter's namespace and type matching ``where_more`` that the
         rollups reflect: per stream, up to its recorded position, less the meter's backfill
-        still to apply; each with its stream and ``corrects`` (corrections are the caller's to apply)."""
+        still to apply; each with its stream and ``corrects`` (corrections are the caller's to apply).
+        ``kept``: also those of corrected hours kept past the raw table's TTL (``.kept``)."""
         reflected: list[str] = []
         params: dict[str, Any] = {"ns": meter.namespace, "t": meter.spec.event_type, **params_more}
         for i, p in enumerate(v for k, v in sorted(progress.items()) if not k.startswith("backfill:")):
@@ -373,7 +380,8 @@ class ClickHouseUsage:
         for i, (stream, fill) in enumerate(_unfinished(progress, meter.key)):
             params[f"bs{i}"], params[f"bd{i}"], params[f"bt{i}"] = stream, fill.done, fill.to
             where += f" AND NOT (stream = {{bs{i}:String}} AND seq > {{bd{i}:UInt64}} AND seq <= {{bt{i}:UInt64}})"
-        source = raw_union(KEPT_COLUMNS, f"{where}{where_more}")  # a corrected hour's events outlive the TTL
+        where += where_more
+        source = raw_union(KEPT_COLUMNS, where) if kept else f"(SELECT {KEPT_COLUMNS} FROM events WHERE {where})"
         sql = f"SELECT DISTINCT stream, seq, namespace, source, type, subject, time_us, raw, corrects FROM {source}"
         return [
             (stream, LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode()), int(corrects))
