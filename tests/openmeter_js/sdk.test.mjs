@@ -153,6 +153,15 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     assert.ok(['meterSlug', 'meterGroupByFilters', 'metadata', 'archivedAt'].every((k) => !(k in sso)), JSON.stringify(sso))
     assert.deepEqual((await om.features.list()).map((f) => f.key).sort(), ['sso', 'tokens'])
     await rejects(om.meters.delete('tokens'), 409, 'meter_in_use')
+    // OpenMeter's members meterline does not support are refused by name, never dropped
+    for (const extra of [{ unitCost: { type: 'manual', amount: '0.01' } }, { advancedMeterGroupByFilters: { model: { $eq: 'a' } } }]) {
+      await assert.rejects(om.features.create({ key: 'cost', name: 'Cost', meterSlug: 'tokens', ...extra }), (err) => {
+        assert.equal(err.status, 400)
+        assert.match(err.getField('detail'), new RegExp(`${Object.keys(extra)[0]} is not supported`))
+        return true
+      })
+    }
+    await rejects(om.features.get('cost'), 404, 'feature_not_found')
   })
 
   await t.test('entitlements through the v2 customer paths', async () => {
@@ -236,6 +245,11 @@ test('OpenMeter JavaScript SDK against meterline', async (t) => {
     const channel = await om.notifications.channels.create({ type: 'WEBHOOK', name: 'ops', url: 'http://127.0.0.1:9/hook' })
     assert.equal((await om.notifications.channels.get(channel.id)).name, 'ops')
     assert.equal((await om.notifications.channels.list()).items.length, 1)
+    const second = await om.notifications.channels.create({ type: 'WEBHOOK', name: 'billing', url: 'http://127.0.0.1:9/b' })
+    const byId = [channel.id, second.id].sort()
+    assert.deepEqual((await om.notifications.channels.list({ orderBy: 'id', order: 'DESC' })).items.map((c) => c.id), byId.reverse())
+    await rejects(om.notifications.channels.list({ orderBy: 'name' }), 400, 'invalid_query')
+    await om.notifications.channels.delete(second.id)
     const rule = await om.notifications.rules.create({
       type: 'entitlements.balance.threshold', name: 'usage', channels: [channel.id], features: ['tokens'],
       thresholds: [{ type: 'PERCENT', value: 80 }],

@@ -20,6 +20,7 @@ from meterline.api.http import (
     time_text,
     typed_body,
 )
+from meterline.api.listing import ordered
 from meterline.domain.alerts.rules import RuleInput, refuse_openmeter_only
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
@@ -113,9 +114,15 @@ def _delivery(d: Delivery, kinds: dict[str, str | None]) -> dict[str, Any]:
     return present(body, nextAttempt=time_text(d.next_attempt_us))
 
 
+ORDER_BY = ("id", "type", "createdAt", "updatedAt")
+"""OpenMeter's ``orderBy`` values for channels and rules (without one: by id, as stored)."""
+
+
 def _page(call: Call, items: list[Any]) -> dict[str, Any]:
-    """OpenMeter's page shape over the whole list (``page`` from 1, ``pageSize`` default 100)."""
+    """OpenMeter's page shape over the whole list (``page`` from 1, ``pageSize`` default 100),
+    in OpenMeter's ``orderBy``/``order``."""
     page, size = _paging(call)
+    items = ordered(call.request, items, ORDER_BY)
     return {"totalCount": len(items), "page": page, "pageSize": size, "items": items[(page - 1) * size : page * size]}
 
 

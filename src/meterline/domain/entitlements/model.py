@@ -32,6 +32,9 @@ class FeatureInput(msgspec.Struct, frozen=True, rename="camel"):
     meter_slug: str | None = None
     meter_group_by_filters: dict[str, str] | None = None
     advanced_meter_group_by_filters: dict[str, Any] | None = None
+    unit_cost: Any = None
+    """OpenMeter's per-unit cost (LLM cost tracking): not supported, refused by name rather than
+    silently dropped."""
 
 
 class Feature(msgspec.Struct, frozen=True):
@@ -134,6 +137,8 @@ def validate_feature(inp: FeatureInput) -> None:
         problems.append(f"meterSlug {shown(inp.meter_slug)} must be {SLUG_RULE}")
     if inp.advanced_meter_group_by_filters:
         problems.append("advancedMeterGroupByFilters is not supported; use meterGroupByFilters (dimension: value)")
+    if inp.unit_cost is not None:
+        problems.append("unitCost is not supported (meterline prices usage with its billing plans)")
     if inp.meter_group_by_filters and not inp.meter_slug:
         problems.append("meterGroupByFilters needs meterSlug")
     _raise(problems, "invalid_feature")
