@@ -10,7 +10,9 @@ updated in place, and two batches' states of one bucket join only when one lies 
 the other.
 
 **Reading.** Per series and bucket, the batches' states are joined in time order
-(``gauges.join``), which is exact. When they interleave — a late reading inside a bucket a
+(``gauges.join``), which is exact — in ClickHouse, which also integrates each series that
+needs nothing from the raw events per window (:func:`integrated`), else in Python
+(:func:`read_states`). When they interleave — a late reading inside a bucket a
 previous batch wrote — the bucket's readings are read back from the raw ``events`` table
 instead (only the events the rollups reflect, as for a partial minute) and enter the integral
 one by one: the same answer as embedded mode, which recomputes such a bucket from its ledger.
