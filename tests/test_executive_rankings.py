@@ -21,6 +21,7 @@ from test_summaries import AGGREGATIONS, _final, spec
 from test_summary_months import LAST, NOW_US, counting, opened, send
 
 from meterline.adapters.sqlite import meters as sqlite_meters
+from meterline.adapters.sqlite import per_subject
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.api.dashboard.executive import span_from
 from meterline.bootstrap import attach_counting, billing_services, catalog
@@ -117,14 +118,26 @@ def owners() -> dict[str, str]:
     return out
 
 
+@pytest.mark.parametrize("ratio", [per_subject.BY_TIME, 0, 10**9], ids=["chosen", "by-time", "per-subject"])
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kathmandu"])
 def test_top_customers_and_adoption_equal_the_ledger(
-    site: tuple[EmbeddedBackend, Insights, list[Meter]], zone: str, monkeypatch: pytest.MonkeyPatch
+    site: tuple[EmbeddedBackend, Insights, list[Meter]], zone: str, ratio: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Also with every rollup set read by time (``rollups_by_time``) and with none (a set
+    holding events is read per subject), beside the choice by :func:`per_subject.by_time`."""
     b, insights, meters = site
     signs: list[int] = []
     empty_skipped: list[bool] = []
-    fold, occupied = sqlite_meters.fold_subjects, sqlite_meters.occupied
+    read_by_time: list[bool] = []
+    fold, occupied, by_time = sqlite_meters.fold_subjects, sqlite_meters.occupied, per_subject.by_time
+
+    def noted_by_time(*args: Any) -> bool:
+        chosen = by_time(*args)
+        read_by_time.append(chosen)
+        return chosen
+
+    monkeypatch.setattr(per_subject, "BY_TIME", ratio)
+    monkeypatch.setattr(per_subject, "by_time", noted_by_time)
 
     def noted_fold(*args: Any) -> Any:
         signs.extend(part[5] for part in args[3])
@@ -159,6 +172,10 @@ def test_top_customers_and_adoption_equal_the_ledger(
         assert "idle" in population and adoption["count"][0] < len(population)  # not everyone used it
     assert -1 in signs  # a ragged edge was read as its UTC month minus the part outside the window
     assert any(empty_skipped)  # a range before the first event read nothing per subject there
+    if ratio == 0:  # in UTC whole days: no rollup set to read
+        assert all(read_by_time) and (zone == "UTC" or read_by_time)
+    if ratio == 10**9 and zone != "UTC":
+        assert False in read_by_time  # an edge holding events was read per subject
 
 
 def test_the_subtracted_sets_leave_out_subjects_without_usage_in_the_window(

@@ -11,6 +11,7 @@ from meterline.adapters.sqlite.meters import edge_sql
 from meterline.adapters.sqlite.schema import DDL, connect, create_schema
 
 INDEX = "CREATE INDEX IF NOT EXISTS events_by_type_time ON events (namespace, type, time_us);\n"
+BY_TIME = "CREATE INDEX IF NOT EXISTS rollups_by_time ON rollups (meter, bucket, subject) WHERE level = 900;\n"
 CHAIN = ",\n    -- the entry's link in the hash chain (adapters.sqlite.chain, domain.integrity.chain)\n    chain BLOB\n"
 PROFILE = (
     "deleted_us INTEGER,\n"
@@ -20,9 +21,11 @@ PROFILE = (
 
 
 def old_store(path: Path) -> None:
-    assert INDEX in DDL and PROFILE in DDL and CHAIN in DDL, "the schema changed: update this picture of the old one"
+    assert all(part in DDL for part in (INDEX, BY_TIME, PROFILE, CHAIN)), "the schema changed: update this picture"
     conn = sqlite3.connect(path)
-    conn.executescript(DDL.replace(INDEX, "").replace(PROFILE, "deleted_us INTEGER\n").replace(CHAIN, "\n"))
+    conn.executescript(
+        DDL.replace(INDEX, "").replace(BY_TIME, "").replace(PROFILE, "deleted_us INTEGER\n").replace(CHAIN, "\n")
+    )
     conn.execute("INSERT INTO customers VALUES ('c1', 'default', 'acme', 'Acme', 'UTC', NULL, 1, 1, NULL)")
     conn.execute("INSERT INTO events VALUES (1, 'default', 's', 'e1', 'call', 'acme', 5000000, 5000000, x'00', '{}')")
     conn.commit()
@@ -37,6 +40,7 @@ def test_an_existing_store_gains_the_index_and_the_column(tmp_path: Path) -> Non
     create_schema(conn)  # opening it again changes nothing
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "events_by_type_time" in names
+    assert "rollups_by_time" in names  # per_subject.by_time reads through it
     assert conn.execute("SELECT key, profile FROM customers").fetchall() == [("acme", None)]
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
 

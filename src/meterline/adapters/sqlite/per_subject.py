@@ -25,6 +25,12 @@ negated in the statement (exact: integers natively, the others through ``dec_neg
 subject whose count comes to 0 had no event in the window (every stored row counts at least
 one) and is left out, as it is when its rows are read directly.
 
+Those edges are sparse: a few hours hold the rows of a few hundred subjects of 10,000, yet
+a read per subject costs an index seek for each of them. A rollup set whose range holds few
+events for its subjects (:func:`by_time`) is read through ``rollups_by_time`` (the quarter-hour
+rollups keyed by meter and time) instead: only the rows present, each subject checked against
+the meter's subjects, at quarter-hour level (every rollup level holds every bucket).
+
 LATEST (a state per row) is not folded here.
 """
 
@@ -34,7 +40,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 
-from meterline.adapters.sqlite.summaries import DAY, MONTH, month_of, next_month
+from meterline.adapters.sqlite.summaries import DAY, MONTH, QUARTER, month_of, next_month
 from meterline.domain.decimals import add
 from meterline.domain.meters.model import Aggregation
 from meterline.domain.meters.query import BucketState
@@ -191,13 +197,27 @@ def _fold(
     parts: Sequence[Part],
     subjects: tuple[str, ...],
 ) -> Iterable[tuple[object, ...]]:
-    # Subject-first keys: each set is one index range per subject, read in subject order.
+    # Subject-first keys: each set is one index range per subject, read in subject order; a
+    # sparse rollup set reads its rows by time instead (:func:`by_time`).
     which = ",".join("?" * len(subjects)) if subjects else "SELECT subject FROM meter_subjects WHERE meter = ?"
     chosen: tuple[object, ...] = subjects or (meter,)
     columns = _columns(aggregation)
+    population: int | None = None
     terms, params = [], []
     for table, level, first, last, tag, sign in parts:
         count, folded = ("sum(cnt)", columns) if sign > 0 else ("-sum(cnt)", _columns(aggregation, sign))
+        if table == "rollups":
+            if population is None:
+                population = len(subjects) or _subjects(conn, meter)
+            if by_time(conn, meter, first, last, population):
+                known = f"subject IN ({which})" if subjects else _KNOWN
+                terms.append(
+                    f"SELECT subject, ? AS w, {count} AS c, {folded} FROM rollups INDEXED BY rollups_by_time"
+                    f" WHERE meter = ? AND level = {QUARTER} AND bucket >= ? AND bucket < ? AND {known}"
+                    " GROUP BY subject"
+                )
+                params += [tag, meter, first, last, *chosen]
+                continue
         terms.append(
             f"SELECT subject, ? AS w, {count} AS c, {folded} FROM {table} WHERE meter = ? AND level = ?"
             f" AND subject IN ({which}) AND bucket >= ? AND bucket < ? GROUP BY subject"
@@ -206,6 +226,35 @@ def _fold(
     if len(terms) == 1:  # one set: already one row per subject
         return conn.execute(terms[0], params).fetchall()
     return conn.execute(_OUTER.format(parts=" UNION ALL ".join(terms)), params).fetchall()
+
+
+_KNOWN = "EXISTS (SELECT 1 FROM meter_subjects AS m WHERE m.meter = ? AND m.subject = rollups.subject)"
+"""The subject filter of a read by time: each row's subject looked up (the rows are few)."""
+
+BY_TIME = 4
+"""A rollup set is read by time when its range holds at most 1/BY_TIME events per subject read
+(:func:`by_time`)."""
+
+
+def by_time(conn: sqlite3.Connection, meter: int, first: int, last: int, population: int) -> bool:
+    """Whether the rollups of ``[first, last)`` are cheaper read by time (``rollups_by_time``:
+    every row in the range, a subject lookup each, a sort by subject) than per subject (an
+    index seek per subject of ``population``, most finding nothing). The range's rows are at
+    most its events, which the meter-wide quarter-hour summaries count (at most 96 rows a
+    day); measured on 10,000 subjects, a row read by time costs about 3 seeks (6-7 us against
+    1-2.5 us), so a range is read by time when it holds at most ``population / BY_TIME``
+    events: a ragged edge of a few hours on a large tenant, not a day's worth of busy rows."""
+    (events,) = conn.execute(
+        f"SELECT coalesce(sum(cnt), 0) FROM summaries WHERE meter = ? AND level = {QUARTER} AND subject = ''"
+        " AND bucket >= ? AND bucket < ?",
+        (meter, first, last),
+    ).fetchone()
+    return bool(events * BY_TIME <= population)
+
+
+def _subjects(conn: sqlite3.Connection, meter: int) -> int:
+    (n,) = conn.execute("SELECT count(*) FROM meter_subjects WHERE meter = ?", (meter,)).fetchone()
+    return int(n)
 
 
 def _state(row: tuple[object, ...]) -> BucketState:
