@@ -25,7 +25,7 @@ from meterline.adapters.sqlite.schema import connect
 from meterline.adapters.sqlite.summaries import MONTH, MONTHS_KEY, month_of, next_month, plan, with_months
 from meterline.domain.clock import FixedClock
 from meterline.domain.events.decode import decode_events, split_body
-from meterline.domain.meters.model import Meter
+from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import SUBJECT, MeterQuery
 from meterline.domain.meters.windows import WindowSize, grid
 from meterline.services.aggregation import Aggregator
@@ -231,3 +231,27 @@ def test_rebuild_checks_the_month_rows_and_an_older_store_gains_them(
     finally:
         b.close()
     assert not any(rebuild_report(path, replace=False).values())
+
+
+def test_an_older_store_with_a_gauge_meter_gains_its_month_rows(tmp_path: Path) -> None:
+    """A TIME_WEIGHTED_SUM meter's summaries are counts of readings: the month rows an older
+    store gains on opening are folded as counts too (they were refused as a gauge's before)."""
+    b = opened(tmp_path)
+    for aggregation in (Aggregation.TIME_WEIGHTED_SUM, Aggregation.SUM):
+        b.meters.create("default", spec(aggregation))
+    send(b, sorted(events(400, 3), key=lambda e: str(e["time"])))
+    Aggregator(b.ledger, b.usage, cap=100, chunk=250).drain()
+    months = "SELECT meter, subject, bucket, cnt, total FROM summaries WHERE level = ? ORDER BY 1, 2, 3"
+    written = b.db.reader().execute(months, (MONTH,)).fetchall()
+    b.close()
+    assert len({row[0] for row in written}) == 2  # both meters have month rows
+    conn = connect(tmp_path / "meterline.db")  # as a store written before the month rows existed
+    conn.execute("DELETE FROM summaries WHERE level = ?", (MONTH,))
+    conn.execute("DELETE FROM meta WHERE key = ?", (MONTHS_KEY,))
+    conn.close()
+    b = opened(tmp_path)
+    try:
+        assert b.db.reader().execute(months, (MONTH,)).fetchall() == written
+    finally:
+        b.close()
+    assert not any(rebuild_report(tmp_path, replace=False).values())

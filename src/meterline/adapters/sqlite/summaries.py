@@ -369,6 +369,7 @@ def _fill_months(conn: sqlite3.Connection) -> None:
         aggregation = Aggregation(msgspec.json.decode(spec)["aggregation"])
         if aggregation in UNSUMMARIZED:
             continue
+        aggregation = summarized(aggregation)  # a gauge's day rows are counts: so are its months
         folded: dict[Key, list[Any]] = {}
         rows = conn.execute(
             "SELECT subject, bucket, cnt, total, low, high, last_t, last_seq, last_v FROM summaries"
