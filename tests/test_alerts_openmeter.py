@@ -170,3 +170,18 @@ def test_openmeter_rule_types_not_built_answer_not_supported(api: Api, kind: str
         "/api/v1/notification/rules", json={**body, "type": "entitlement.rest"}, headers=api.headers()
     )
     assert typo.status_code == 400 and typo.json()["code"] == "invalid_rule"
+
+
+def test_events_of_a_deleted_rule_stay_listed(api: Api) -> None:
+    """Deleting a rule keeps the events it fired readable (the list answered 404 for all)."""
+    rule = add_rule(api, ("PERCENT", 50))
+    fired_event = api.client.post(f"/api/v1/notification/rules/{rule}/test", headers=api.headers())
+    assert fired_event.status_code == 201, fired_event.text
+    assert api.client.delete(f"/api/v1/notification/rules/{rule}", headers=api.headers()).status_code == 204
+    listed = api.client.get("/api/v1/notification/events", headers=api.headers())
+    assert listed.status_code == 200, listed.text
+    assert [(e["id"], e["rule"]["id"]) for e in listed.json()["items"]] == [(fired_event.json()["id"], rule)]
+    one = api.client.get(f"/api/v1/notification/events/{fired_event.json()['id']}", headers=api.headers())
+    assert one.status_code == 200 and one.json()["rule"]["name"] == "usage", one.text
+    payload = one.json()["payload"]["data"]
+    assert (payload["kind"], payload["value"]["usage"], payload["entitlement"]["type"]) == ("test", 50, "metered")

@@ -67,6 +67,10 @@ def test_rules_put_get_list_delete(notifications: Any) -> None:
         n.rule(NS, "r2")
     assert err.value.code == "rule_not_found"
     assert n.rule(NS, "r1") == _rule("r1", ["c1"])
+    # the events a deleted rule fired still name it
+    assert n.rule(NS, "r2", include_deleted=True) == _rule("r2", ["c1"])
+    with pytest.raises(NotFound):
+        n.rule("other", "r2", include_deleted=True)  # another namespace's
 
 
 def test_an_alert_fires_once_per_rule_customer_key_and_period(notifications: Any) -> None:

@@ -76,8 +76,9 @@ class RuleRepository(Protocol):
         """Store a new rule, or the new state of an existing one (same id)."""
         ...
 
-    def rule(self, namespace: str, rule_id: str) -> Rule:
-        """A live rule; ``NotFound`` ``rule_not_found``."""
+    def rule(self, namespace: str, rule_id: str, *, include_deleted: bool = False) -> Rule:
+        """A live rule (a deleted one too with ``include_deleted``: the events it fired still
+        name it); ``NotFound`` ``rule_not_found``."""
         ...
 
     def rules(self, namespace: str | None = None) -> builtins.list[Rule]:

@@ -171,7 +171,9 @@ class NotificationService:
         return self._event_view(namespace, self._events.event(namespace, event_id))
 
     def _event_view(self, namespace: str, e: FiredEvent) -> EventView:
-        return EventView(e, self.rule(namespace, e.rule), self._kinds(namespace))
+        # the rule that fired it, deleted since or not: its events stay listed
+        rule = self._rules.rule(namespace, e.rule, include_deleted=True)
+        return EventView(e, self._view(rule), self._kinds(namespace))
 
     def resend(self, namespace: str, event_id: str, channels: Sequence[str] | None) -> None:
         """Deliver again through ``channels`` (all of the event's when None)."""

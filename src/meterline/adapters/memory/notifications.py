@@ -56,8 +56,8 @@ class MemoryNotifications:
         with self._lock:
             self._rules[rule.id] = (rule, None)
 
-    def rule(self, namespace: str, rule_id: str) -> Rule:
-        return _live(self._rules, namespace, rule_id, "rule")
+    def rule(self, namespace: str, rule_id: str, *, include_deleted: bool = False) -> Rule:
+        return _live(self._rules, namespace, rule_id, "rule", include_deleted=include_deleted)
 
     def rules(self, namespace: str | None = None) -> builtins.list[Rule]:
         with self._lock:
@@ -172,9 +172,11 @@ class _Owned(Protocol):
 T = TypeVar("T", bound=_Owned)
 
 
-def _live(rows: dict[str, tuple[T, int | None]], namespace: str, id_: str, what: str) -> T:
+def _live(
+    rows: dict[str, tuple[T, int | None]], namespace: str, id_: str, what: str, *, include_deleted: bool = False
+) -> T:
     found = rows.get(id_)
-    if found is None or found[1] is not None or found[0].namespace != namespace:
+    if found is None or (found[1] is not None and not include_deleted) or found[0].namespace != namespace:
         raise NotFound(f"no {what} {id_!r}", code=f"{what}_not_found")
     return found[0]
 

@@ -88,11 +88,11 @@ class PgNotifications:
                 (rule.id, rule.namespace, _encode(rule), now, now),
             )
 
-    def rule(self, namespace: str, rule_id: str) -> Rule:
+    def rule(self, namespace: str, rule_id: str, *, include_deleted: bool = False) -> Rule:
         with self._db.tx() as conn:
             row = conn.execute(
-                "SELECT spec FROM notification_rules WHERE namespace = %s AND id = %s AND deleted_us IS NULL",
-                (namespace, rule_id),
+                "SELECT spec FROM notification_rules WHERE namespace = %s AND id = %s AND (%s OR deleted_us IS NULL)",
+                (namespace, rule_id, include_deleted),
             ).fetchone()
         if row is None:
             raise NotFound(f"no rule {rule_id!r}", code="rule_not_found")

@@ -63,15 +63,17 @@ class SqliteNotifications:
     def put_rule(self, rule: Rule) -> None:
         self._write(lambda conn: self._put(conn, "notification_rules", rule.id, rule.namespace, rule))
 
-    def rule(self, namespace: str, rule_id: str) -> Rule:
-        return _rule.decode(self._spec("notification_rules", "rule", namespace, rule_id))
+    def rule(self, namespace: str, rule_id: str, *, include_deleted: bool = False) -> Rule:
+        return _rule.decode(self._spec("notification_rules", "rule", namespace, rule_id, include_deleted))
 
-    def _spec(self, table: str, what: str, namespace: str, id_: str) -> bytes:
-        """The stored spec of a live row, or NotFound (code ``<what>_not_found``)."""
+    def _spec(self, table: str, what: str, namespace: str, id_: str, include_deleted: bool = False) -> bytes:
+        """The stored spec of a live row (or a deleted one with ``include_deleted``), or NotFound
+        (code ``<what>_not_found``)."""
         row = (
             self._db.reader()
             .execute(
-                f"SELECT spec FROM {table} WHERE namespace = ? AND id = ? AND deleted_us IS NULL", (namespace, id_)
+                f"SELECT spec FROM {table} WHERE namespace = ? AND id = ? AND (? OR deleted_us IS NULL)",
+                (namespace, id_, include_deleted),
             )
             .fetchone()
         )
