@@ -175,8 +175,26 @@ def test_groups_and_subjects_add_up_and_a_new_meter_counts_past_readings(served:
 
 
 def test_rebuild_check_finds_nothing_to_change(served: Server) -> None:
+    """Readings of its own (whatever else the shared server holds): in order, late, interleaved
+    within an hour and for a meter created after them; the rollups then equal a rebuild."""
     with client(served) as c:
-        assert c.get("/api/v1/meters/storage_gb").status_code == 200  # the tests above ran first
+        meter(c, "rebuilt_gb", type_="rebuilt")
+        backfill(
+            c,
+            [
+                reading("rb1", "2025-07-01T00:00:00Z", "4", subject="rb", type_="rebuilt"),
+                reading("rb2", "2025-07-01T00:50:00Z", "2", subject="rb", type_="rebuilt"),
+            ],
+        )
+        backfill(c, [reading("rb3", "2025-07-01T00:20:00Z", "8", subject="rb", type_="rebuilt")])  # late
+        meter(c, "rebuilt_later_gb", type_="rebuilt")  # created after them: backfilled
+        july = {"from": "2025-07-01T00:00:00Z", "to": "2025-07-01T01:00:00Z", "consistency": "strong"}
+        expected = 4 * 1200 + 8 * 1800 + 2 * 600
+        assert total(c, "rebuilt_gb", **july) == expected
+        deadline = time.monotonic() + 30
+        while (later := values(c, "rebuilt_later_gb", **july)) != [(july["from"], july["to"], Decimal(expected))]:
+            assert time.monotonic() < deadline, f"the new meter's backfill did not finish: {later}"
+            time.sleep(0.05)
     out = subprocess.run(
         [sys.executable, "-m", "meterline.cli.main", "rebuild", "--check", "--data-dir", str(served.data_dir)],
         capture_output=True,
