@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,14 @@ from test_billing_api import ev, get, move_to, ok, post, run, subscribe
 from test_erasure import AGGREGATIONS, PLAN, create_meters
 from test_scale_chain import verify
 
+from meterline import bootstrap_scale
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.postgres.database import PgDatabase
+from meterline.adapters.postgres.fence import PgFence
+from meterline.bootstrap import rebuild_scale
 from meterline.config import load_config
 from meterline.domain.erasure import erased_digest
+from meterline.domain.errors import Conflict
 
 pytestmark = pytest.mark.heavy
 
@@ -94,8 +100,9 @@ def value(api: Api) -> Any:
     return ok(get(api, "/api/v1/customers/globex/entitlements/api/value"))
 
 
-def ch_rows(config_path: Path, database: str | None = None) -> dict[str, int]:
-    """Per ClickHouse table and column of the site's database, rows holding one of the needles."""
+def ch_rows(config_path: Path, database: str | None = None, words: list[str] | None = None) -> dict[str, int]:
+    """Per ClickHouse table and column of the site's database, rows holding one of ``words``
+    (the needles)."""
     config = load_config(config_path)
     conn = Connection(config.clickhouse.url, database or config.clickhouse.database)
     try:
@@ -107,7 +114,7 @@ def ch_rows(config_path: Path, database: str | None = None) -> dict[str, int]:
         for table, column in columns:
             n = conn.rows(
                 f"SELECT count() FROM `{table}` WHERE multiSearchAny(toString(`{column}`), {{n:Array(String)}})",
-                {"n": needles()},
+                {"n": needles() if words is None else words},
             )[0][0]
             if n:
                 found[f"{table}.{column}"] = int(n)
@@ -200,14 +207,15 @@ def erasure_secret_of(s: Site) -> bytes:
     return bytes.fromhex(str(row[0]))
 
 
-@pytest.fixture
-def redis_site(scale_stack: Stack, tmp_path: Path) -> Iterator[Site]:
-    """A site whose API nodes and worker keep the dedupe keys in the stack's Redis, under a key
-    prefix of its own."""
-    with site(scale_stack, tmp_path / "site", extra="\n[aggregation]\nmax_wait = 60.0\n") as s:
+@contextmanager
+def own_site(stack: Stack, root: Path, backend: str) -> Iterator[Site]:
+    """A site of its own with one worker, whose API nodes and worker keep the dedupe keys in
+    ``backend`` ([dedupe]); Redis's under a key prefix of its own."""
+    with site(stack, root, extra="\n[aggregation]\nmax_wait = 60.0\n") as s:
         prefix = f"meterline-test:{uuid.uuid4().hex}:"
-        text = s.config_path.read_text().replace("[redis]\n", f'[redis]\nkey_prefix = "{prefix}"\n')
-        s.config_path.write_text(text + '\n[dedupe]\nbackend = "redis"\n')
+        if backend == "redis":
+            text = s.config_path.read_text().replace("[redis]\n", f'[redis]\nkey_prefix = "{prefix}"\n')
+            s.config_path.write_text(text + '\n[dedupe]\nbackend = "redis"\n')
         s.worker()
         try:
             yield s
@@ -219,11 +227,14 @@ def redis_site(scale_stack: Stack, tmp_path: Path) -> Iterator[Site]:
 
 
 @pytest.fixture(params=["postgres", "redis"])
-def dedupe_site(request: pytest.FixtureRequest) -> Site:
-    """A site with the dedupe store of the parameter ([dedupe] backend)."""
-    name = "scale_site" if request.param == "postgres" else "redis_site"
-    found: Site = request.getfixturevalue(name)
-    return found
+def dedupe_site(request: pytest.FixtureRequest, scale_stack: Stack, tmp_path: Path) -> Iterator[Site]:
+    """The shared site ("postgres"), or a site of its own with the dedupe store of the
+    parameter ("redis", "own-postgres")."""
+    if request.param == "postgres":
+        yield request.getfixturevalue("scale_site")
+        return
+    with own_site(scale_stack, tmp_path / "site", request.param.removeprefix("own-")) as s:
+        yield s
 
 
 @pytest.fixture
@@ -425,3 +436,124 @@ def test_the_same_subject_in_another_namespace_is_untouched(scale_site: Site, tm
         assert ok(api.query("m", [*MARCH, ("subject", SUBJECT)]))["data"] == []
         api.key = other
         assert ok(api.query("m", hourly))["data"] == before
+
+
+APRIL = [("from", "2026-04-01T00:00:00Z"), ("to", "2026-05-01T00:00:00Z")]
+
+
+def unfinished(s: Site) -> list[tuple[int, int]]:
+    """(id, step) of the site's erasures begun and not finished."""
+    with psycopg.connect(s.config.postgres.dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT id, step FROM erasures WHERE finished_us IS NULL ORDER BY id").fetchall()
+    return [(int(i), int(step)) for i, step in rows]
+
+
+def killed(s: Site, key: str, point: str) -> None:
+    """An erasure of the subject asked of a node that dies (SIGKILL) at ``point`` (killed_erasure.py)."""
+    script = Path(__file__).with_name("killed_erasure.py")
+    argv = [sys.executable, str(script), str(s.config_path), key, SUBJECT, point]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+
+
+def values(api: Api, meter: str, params: list[tuple[str, str]]) -> list[Any]:
+    return [row["value"] for row in ok(api.query(meter, params))["data"]]
+
+
+@pytest.fixture
+def no_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """API nodes built from now on look for unfinished erasures only once an hour (so a test
+    says which node finishes one, and when)."""
+    monkeypatch.setattr(bootstrap_scale, "ERASURE_RESUME_EVERY", 3600.0)
+
+
+@pytest.mark.parametrize(
+    ("dedupe_site", "point"),
+    [("own-postgres", "after-copy"), ("own-postgres", "mid-drop"), ("redis", "before-keys"), ("redis", "after-copy")],
+    indirect=["dedupe_site"],
+)
+def test_an_erasure_killed_midway_is_finished_by_a_node_and_loses_no_usage(
+    no_resume: None,
+    billed: tuple[Api, dict[str, Any]],
+    dedupe_site: Site,
+    point: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The node erasing dies midway; events are acknowledged meanwhile, of the subject (a new
+    life: after the erasure's cut) and of another subject of its customer. The unfinished
+    erasure holds the workers (no worker gets a partition), so they apply nothing until a node
+    that starts finishes it from the step it reached: then every March answer and the invoices
+    are as before, the events sent meanwhile count once (the subject's under the subject, no
+    longer the customer's), and nothing of the erased events remains."""
+    api, before = billed
+    s = dedupe_site
+    killed(s, api.key, point)
+    assert len(unfinished(s)) == 1, unfinished(s)
+    later = [
+        ev(f"evt-later-{RUN}", SUBJECT, "2026-04-01T00:00:10Z", calls=3, region="eu", endpoint="/v1/e0"),
+        ev(f"ops-2-{RUN}", "globex-ops", "2026-04-01T00:00:20Z", calls=2, region="eu", endpoint="/v1/e0"),
+    ]
+    r = api.post_events(later)
+    assert r.status_code in (200, 202, 204), r.text
+    config = load_config(s.config_path)
+    db = PgDatabase(config.postgres.dsn, max_size=1)
+    try:  # the process that held the workers off is gone; the unfinished erasure still does
+        assert PgFence(db, config.postgres.dsn).acquire(f"{config.kafka.topic}:0") is None
+    finally:
+        db.close()
+    with pytest.raises(Conflict, match="erasure of a subject is unfinished"):
+        rebuild_scale(config, check=True)  # the originals and the copies stand side by side
+    monkeypatch.setattr(bootstrap_scale, "ERASURE_RESUME_EVERY", 0.5)  # the node below looks at once
+    for _ in build_scale_api(s, tmp_path / "restarted"):
+        deadline = time.monotonic() + 120
+        while unfinished(s) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert unfinished(s) == []
+    record = ok(get(api, "/api/v1/erasures"))["items"][0]
+    assert record["counts"]["ledgerEntries"] == 6 and record["counts"]["dedupeKeys"] == 4, record
+    assert answers(api) == before["answers"]
+    for number, body in before["invoices"].items():
+        assert get(api, f"/api/v1/invoices/{number}").content == body
+    assert values(api, "m_sum", [*APRIL, ("subject", SUBJECT)]) == [3]  # a new life, not lost
+    assert values(api, "m_sum", [*APRIL, ("filterCustomerId", "globex")]) == [2]
+    assert values(api, "m_sum", APRIL) == [5]
+    assert ch_rows(s.config_path, words=[EMAIL, *IDS]) == {}
+    conn = Connection(config.clickhouse.url, config.clickhouse.database)
+    try:
+        sql = "SELECT DISTINCT id FROM events WHERE subject = {s:String}"
+        assert conn.rows(sql, {"s": SUBJECT}) == [(f"evt-later-{RUN}",)]
+    finally:
+        conn.close()
+    assert pg_rows(s.config_path) == {}
+    assert all(not any(i.encode() in name for i in IDS) for name in redis_entries(s.config_path))
+    r = api.client.post(
+        "/api/v1/backfills",
+        json=[zora(2, "2026-03-02T11:00:00Z", 1)],
+        headers=api.headers(**{"Content-Type": "application/cloudevents-batch+json"}),
+    )
+    assert [i["status"] for i in ok(r)["events"]] == ["duplicate"]
+    done = verify(s)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_an_erasure_asked_again_after_its_node_died_is_finished_and_answered(
+    no_resume: None, scale_site: Site, tmp_path: Path
+) -> None:
+    """The node erasing dies after the copy; the same erasure asked again (of a node that does
+    not look for unfinished ones by itself in this test) finishes it and answers its record."""
+    for api in build_scale_api(scale_site, tmp_path):
+        ok(api.create_meter(slug="m", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
+        ok(post(api, "/api/v1/customers", {"key": "initech", "subjectKeys": [SUBJECT]}), 201)
+        r = api.post_events([zora(i, f"2026-03-01T0{i}:00:00Z", i + 1) for i in range(4)])
+        assert r.status_code in (200, 202, 204), r.text
+        by_customer = [*MARCH, ("filterCustomerId", "initech")]
+        assert values(api, "m", by_customer) == [10]
+        killed(scale_site, api.key, "after-copy")
+        (begun,) = unfinished(scale_site)
+        record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+        assert record["id"] == begun[0] and record["counts"]["ledgerEntries"] == 4, record
+        assert unfinished(scale_site) == []
+        assert values(api, "m", by_customer) == [10]
+        assert values(api, "m", MARCH) == [10]
+        assert ok(api.query("m", [*MARCH, ("subject", SUBJECT)]))["data"] == []

@@ -918,6 +918,11 @@ def rebuild_scale(
         try:
             create(conn, ch.dedupe_window, None if retention is None else retention // 1_000_000)
             meters, fence = PgMeters(pg, SystemClock().now_us), PgFence(pg, config.postgres.dsn)
+            if fence.erasing():  # its copies and the originals stand side by side until it ends
+                raise Conflict(
+                    "an erasure of a subject is unfinished (a process died in it): any API node finishes it within"
+                    " seconds; run rebuild again when it is done"
+                )
             left: list[str] = []
             for _ in range(REBUILD_ATTEMPTS):
                 with fence.maintenance(wait=False) as held:

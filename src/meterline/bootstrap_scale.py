@@ -90,6 +90,8 @@ from meterline.services.screen_cache import ForgettingSettings, ScreenCache
 from meterline.services.usage_queries import UsageQueries
 
 log = logging.getLogger("meterline.scale")
+ERASURE_RESUME_EVERY = 10.0
+"""Seconds between an API node's looks for an erasure a process began and did not finish."""
 
 if TYPE_CHECKING:
     from meterline.adapters.clickhouse.client import Connection
@@ -436,6 +438,9 @@ def _wire(
     values = ClickHouseMeterValues(conn, usage.note)
     corrections = _corrections(config, clock, stores, conn, kafka, usage)
     erasures = _erasures(config, clock, stores, conn, kafka, progress, counters)
+    # an erasure a process began and did not finish holds the workers: any node finishes it
+    resume = Ticker("erasure-resume", erasures.resume, lambda: ERASURE_RESUME_EVERY, monitor)
+    closers.append(resume.close)
     catalog = _catalog(
         config, clock, stores, usage, counted, values, dispatcher.wake, releaser, kafka, screen, corrections, erasures
     )
@@ -452,7 +457,7 @@ def _wire(
     ledger = ScaleLedger(kafka, ClickHouseEvents(conn), usage.note)
     counts = ScaleReconciliationCounts(ClickHouseReconciliationCounts(conn), PgReconciliationCounts(pg.db), usage)
     node = ScaleNode(config, clock, monitor, status, catalog, billing, dispatcher, stores, ledger, counts, closers)
-    node.tickers.append(release)
+    node.tickers += [release, resume]
     node.releaser = releaser
     return node
 
@@ -495,7 +500,7 @@ def _erasures(
     kafka: KafkaLedger,
     progress: ClickHouseProgress,
     counters: UsageCounters | None,
-) -> Erasures:
+) -> LogErasures:
     """Erasure of a subject over the log, ClickHouse and PostgreSQL (``services.log_erasure``):
     the workers held off through the fence while it rewrites."""
     from meterline.adapters.clickhouse.erasure import ClickHouseErasure

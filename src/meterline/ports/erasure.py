@@ -3,6 +3,7 @@ its usage stays under a pseudonym; every erasure leaves an audit record."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -19,7 +20,9 @@ __all__ = [
     "ErasureRecord",
     "ErasureRequest",
     "Erasures",
+    "Step",
     "StoredVersion",
+    "UnfinishedErasure",
 ]
 
 
@@ -111,6 +114,34 @@ class ErasableStore(Protocol):
         ...
 
 
+class Step(enum.IntEnum):
+    """The steps of a scale-mode erasure after the catalog's transaction, in order; the catalog
+    records the last one done, so a resumed run does the rest (``services.log_erasure``)."""
+
+    BEGUN = 1
+    """The catalog's transaction (audit record, erased entries, its dedupe keys, journal, ...)."""
+    KEYS = 2
+    """The keys of a dedupe store outside the catalog replaced (``ErasableKeys``)."""
+    COPIED = 3
+    """The erased entries and the usage moved to the pseudonym inserted in the usage store."""
+    SWITCHED = 4
+    """The customers map the pseudonym instead of the subject."""
+    DROPPED = 5
+    """The original entries and the subject's usage rows deleted from the usage store."""
+    COUNTED = 6
+    """The live usage counters moved to the pseudonym."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnfinishedErasure:
+    """An erasure a process began and did not finish (it died, or a step failed): the record,
+    the subject it erases (kept by the catalog until the erasure finishes) and the last step done."""
+
+    record: ErasureRecord
+    subject: str
+    step: Step
+
+
 @runtime_checkable
 class ErasableKeys(Protocol):
     """A dedupe store outside the catalog (Redis): its side of a scale-mode erasure."""
@@ -149,7 +180,21 @@ class ErasureCatalog(Protocol):
         """One transaction: the audit record (an unfinished one of the same pseudonym is taken
         up again: its id, so the usage store's tokens, stay), the erased entries, the dedupe
         store's keys and the correction journal's rows rewritten, quarantined events, dead
-        letters and portal tokens of the subject deleted. The record's counts say what it did."""
+        letters and portal tokens of the subject deleted. The record's counts say what it did.
+        From its commit until ``finish`` the erasure is unfinished (``unfinished``): it keeps
+        the subject and holds the sink workers off, whatever happens to this process."""
+        ...
+
+    def reached(self, record: ErasureRecord, step: Step, counts: Mapping[str, int]) -> ErasureRecord:
+        """One transaction: ``step`` done (the recorded step only grows), ``counts`` added."""
+        ...
+
+    def unfinished(self) -> list[UnfinishedErasure]:
+        """Every erasure begun and not finished, oldest first (every namespace)."""
+        ...
+
+    def entries(self, record: ErasureRecord) -> list[ErasedEntry]:
+        """The erased entries ``begin`` stored for the erasure, in log order."""
         ...
 
     def switch(self, record: ErasureRecord, subject: str) -> dict[str, int]:
@@ -158,7 +203,8 @@ class ErasureCatalog(Protocol):
         ...
 
     def finish(self, record: ErasureRecord, counts: Mapping[str, int]) -> ErasureRecord:
-        """Add ``counts`` to the record and mark it finished."""
+        """Add ``counts`` to the record and mark it finished (the subject is forgotten, the
+        workers are no longer held by it)."""
         ...
 
     def erasures(self, namespace: str) -> list[ErasureRecord]: ...

@@ -26,8 +26,16 @@ the usage store and the catalog; rules in ``domain.erasure``, steps in docs/eras
 Between 5 and 7 the subject's usage is in the store twice, under the subject and the
 pseudonym: a customer's usage (entitlements, invoices, a query by customer) counts it once at
 every moment (the customer maps one or the other), a meter query over every subject counts it
-twice until step 7 ends (about as long as the mutations take). A process that dies midway
-leaves the record unfinished: the next erasure of the subject takes it up again.
+twice until step 7 ends (about as long as the mutations take; after a crash, until a node
+finishes the erasure).
+
+From step 4's commit until the record is finished the erasure is *unfinished*: the catalog
+keeps the subject and the last step done, and holds every worker off whatever happens to this
+process (the fence gives no epoch meanwhile). A process that dies (or a step that fails) leaves
+it so; ``resume`` (every API node, every few seconds, and every erasure request first) takes
+the maintenance hold and does the steps after the one recorded. Nothing moved in the usage
+store meanwhile, so each repeated step finds what it left: inserts under the same tokens insert
+the same rows once, deletes and the switch find nothing left, keys replaced are gone.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from functools import partial
 
 from meterline.domain.erasure import (
     ErasureRecord,
@@ -56,7 +65,9 @@ from meterline.ports.erasure import (
     ErasedEntry,
     ErasedKey,
     ErasureCatalog,
+    Step,
     StoredVersion,
+    UnfinishedErasure,
 )
 
 ATTEMPTS = 3
@@ -76,7 +87,7 @@ class LogErasures:
         *,
         heads: Callable[[], dict[int, int]],
         applied: Callable[[], dict[int, int]],
-        hold: Callable[[], AbstractContextManager[bool]],
+        hold: Callable[[bool], AbstractContextManager[bool]],
         unfinished: Callable[[float], list[str]],
         max_wait: float,
         counters: MoveCounters | None = None,
@@ -84,9 +95,10 @@ class LogErasures:
         pause: float = 0.05,
     ) -> None:
         """``heads``: per partition, the offset after the log's last record now; ``applied``:
-        how far the workers applied each; ``hold``: the workers held off for the block (True
-        once held); ``unfinished``: waits up to the seconds given for recorded ranges to finish,
-        the ones still unfinished then; ``keys``: the dedupe store when it is not the catalog's."""
+        how far the workers applied each; ``hold(wait)``: the workers held off for the block
+        (True once held; False at once when another holds them and ``wait`` is false);
+        ``unfinished``: waits up to the seconds given for recorded ranges to finish, the ones
+        still unfinished then; ``keys``: the dedupe store when it is not the catalog's."""
         self._catalog = catalog
         self._store = store
         self._meters = meters
@@ -102,10 +114,13 @@ class LogErasures:
     def erase(self, request: ErasureRequest) -> ErasureRecord:
         secret = self._catalog.secret()
         alias = pseudonym(secret, request.namespace, request.subject)
+        for record in self.resume(wait=True):  # they hold the workers: finished first
+            if (record.namespace, record.pseudonym) == (request.namespace, alias):
+                return record  # this erasure, asked again after a run that did not finish it
         partitions = self._caught_up()
         left: list[str] = []
         for _ in range(ATTEMPTS):
-            with self._hold() as held:
+            with self._hold(True) as held:
                 if held:
                     left = self._unfinished(SETTLE_HELD)
                     if not left:
@@ -115,6 +130,21 @@ class LogErasures:
             f"the sink workers left ranges unfinished ({', '.join(left) or 'held by a rebuild'});"
             " nothing was erased: retry when the workers run"
         )
+
+    def resume(self, wait: bool = False) -> list[ErasureRecord]:
+        """Finish every erasure a process began and did not finish (it died, or a step failed):
+        from the step after the last one it recorded, under the maintenance hold (``wait``:
+        for it, else return at once when another process holds it). No worker wrote since the
+        erasure began (the catalog held them), so every step it repeats finds what it left."""
+        finished = []
+        for pending in self._catalog.unfinished():
+            with self._hold(wait) as held:
+                if not held:
+                    break
+                still = {u.record.id: u for u in self._catalog.unfinished()}.get(pending.record.id)
+                if still is not None:  # not finished meanwhile by another node
+                    finished.append(self._steps(still, partial(self._catalog.entries, still.record)))
+        return finished
 
     def erasures(self, namespace: str) -> list[ErasureRecord]:
         return self._catalog.erasures(namespace)
@@ -132,7 +162,7 @@ class LogErasures:
         return set(wanted)
 
     def _erase_held(self, req: ErasureRequest, secret: bytes, alias: str, partitions: set[int]) -> ErasureRecord:
-        """Steps 3-8 of the module doc, the workers held off."""
+        """Steps 3-4 of the module doc, the workers held off; then the rest (``_steps``)."""
         applied = self._applied()
         through = {p: applied.get(p, 0) for p in sorted(partitions | applied.keys())}
         meters = self._catalog.meter_keys(req.namespace)
@@ -144,16 +174,46 @@ class LogErasures:
         ):
             raise subject_not_found()
         entries, keys = self._erased(secret, req.subject, alias, versions)
-        record = self._catalog.begin(req, alias, through, entries, keys)
-        counts = {"ledgerEntries": len(entries), "events": len({(e.namespace, e.id) for e in entries})}
-        if self._keys is not None:
-            counts["dedupeKeys"] = self._keys.erase_keys(req.namespace, keys)
-        counts["rollupRows"] = self._store.copy(record, entries, meters, req.subject)
-        counts |= self._catalog.switch(record, req.subject)
-        self._store.drop(req.namespace, entries, meters, req.subject, alias)
-        if self._counters is not None:
-            counts["liveCounters"] = self._counters(meters, req.subject, alias)
-        return self._catalog.finish(record, counts)
+        record = self._catalog.begin(req, alias, through, entries, keys)  # the workers held durably from here
+        return self._steps(UnfinishedErasure(record, req.subject, Step.BEGUN), lambda: entries, keys)
+
+    def _steps(
+        self,
+        at: UnfinishedErasure,
+        entries: Callable[[], Sequence[ErasedEntry]],
+        keys: Sequence[ErasedKey] | None = None,
+    ) -> ErasureRecord:
+        """Steps 4 (the keys outside the catalog) to 8 of the module doc, each recorded when
+        done; those ``at`` says are done are skipped. ``keys``: None when resumed (read again
+        from the usage store, which still holds the originals until step 7)."""
+        record, subject, step = at.record, at.subject, at.step
+        ns, alias = record.namespace, record.pseudonym
+        meters = self._catalog.meter_keys(ns)
+        if step < Step.KEYS:
+            counts = {}
+            if self._keys is not None:
+                if keys is None:
+                    keys = self._erased_keys(ns, subject)
+                counts["dedupeKeys"] = self._keys.erase_keys(ns, keys)
+            record = self._catalog.reached(record, Step.KEYS, counts)
+        if step < Step.COPIED:
+            copied = self._store.copy(record, entries(), meters, subject)
+            record = self._catalog.reached(record, Step.COPIED, {"rollupRows": copied})
+        if step < Step.SWITCHED:
+            record = self._catalog.reached(record, Step.SWITCHED, self._catalog.switch(record, subject))
+        if step < Step.DROPPED:
+            self._store.drop(ns, entries(), meters, subject, alias)
+            record = self._catalog.reached(record, Step.DROPPED, {})
+        if step < Step.COUNTED and self._counters is not None:
+            moved = self._counters(meters, subject, alias)
+            record = self._catalog.reached(record, Step.COUNTED, {"liveCounters": moved})
+        return self._catalog.finish(record, {})
+
+    def _erased_keys(self, namespace: str, subject: str) -> list[ErasedKey]:
+        """The keys of the subject's stored versions (a resumed run before step 7)."""
+        secret = self._catalog.secret()
+        found = {(v.source, v.id) for v in self._store.versions(namespace, subject)}
+        return [ErasedKey(src, id_, erased_id(secret, namespace, src, id_)) for src, id_ in sorted(found)]
 
     def _erased(
         self, secret: bytes, subject: str, alias: str, versions: Sequence[StoredVersion]

@@ -11,7 +11,13 @@ and the erased entries the sink workers consult (``ports.erasure.ErasedEntries``
   replaced), and the subject's quarantined events, dead letters and portal tokens deleted;
 - ``switch`` moves the customers' subject mappings (and a customer key equal to the subject)
   to the pseudonym, in one transaction;
-- ``finish`` adds the usage store's counts and marks the record finished.
+- ``reached`` records each later step done with its counts, in one transaction each;
+- ``finish`` adds the last counts and marks the record finished.
+
+From ``begin`` until ``finish`` the record keeps the subject (``erasures.subject``, migration
+14: what a resumed run needs; set to NULL when it finishes) and holds every sink worker off
+(``adapters.postgres.fence`` gives no epoch while such a record exists), so nothing moves in the
+usage store between a crash and the run that finishes the erasure.
 """
 
 from __future__ import annotations
@@ -32,10 +38,11 @@ from meterline.domain.erasure import (
     erased_digest,
     names,
 )
-from meterline.ports.erasure import ErasedEntry, ErasedKey
+from meterline.ports.erasure import ErasedEntry, ErasedKey, Step, UnfinishedErasure
 
 _SECRET = "erasure_key"
 _RECORD = "id, namespace, erased_us, actor, reason, pseudonym, counts, through"
+_ENTRY = "stream, seq, namespace, type, subject, time_us, received_us, id, raw, corrects, kept"
 
 
 class PgErasureCatalog:
@@ -85,7 +92,8 @@ class PgErasureCatalog:
                     for e in entries
                 ],
             )  # fmt: skip
-            counts = {"dedupeKeys": self._dedupe(conn, ns, keys)}
+            counts = {"ledgerEntries": len(entries), "events": len({(e.namespace, e.id) for e in entries})}
+            counts["dedupeKeys"] = self._dedupe(conn, ns, keys)
             counts["corrections"] = self._journal(conn, ns, request.subject, alias, entries, keys)
             counts |= _delete_held(conn, ns, request.subject)
             return self._add(conn, record, counts, finished=False)
@@ -115,9 +123,29 @@ class PgErasureCatalog:
                 keys += 1
             return {"customerMappings": len(mapped), "customerKeys": keys}
 
+    def reached(self, record: ErasureRecord, step: Step, counts: Mapping[str, int]) -> ErasureRecord:
+        with self._db.tx() as conn:
+            conn.execute("UPDATE erasures SET step = GREATEST(step, %s) WHERE id = %s", (int(step), record.id))
+            return self._add(conn, record, counts, finished=False)
+
     def finish(self, record: ErasureRecord, counts: Mapping[str, int]) -> ErasureRecord:
         with self._db.tx() as conn:
             return self._add(conn, record, counts, finished=True)
+
+    def unfinished(self) -> list[UnfinishedErasure]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_RECORD}, subject, step FROM erasures"
+                " WHERE finished_us IS NULL AND subject IS NOT NULL ORDER BY id"
+            ).fetchall()
+        return [UnfinishedErasure(_record(r[:8]), str(r[8]), Step(max(int(r[9]), Step.BEGUN))) for r in rows]
+
+    def entries(self, record: ErasureRecord) -> list[ErasedEntry]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_ENTRY} FROM erased_entries WHERE erasure = %s ORDER BY stream, seq", (record.id,)
+            ).fetchall()
+        return [_entry(r) for r in rows]
 
     def erasures(self, namespace: str) -> list[ErasureRecord]:
         with self._db.tx() as conn:
@@ -136,14 +164,18 @@ class PgErasureCatalog:
         ).fetchone()
         positions = {str(p): o for p, o in sorted(through.items())}
         if found is not None:
-            conn.execute("UPDATE erasures SET through = %s WHERE id = %s", (msgspec.json.encode(positions), found[0]))
+            conn.execute(
+                "UPDATE erasures SET through = %s, subject = %s, step = %s WHERE id = %s",
+                (msgspec.json.encode(positions), req.subject, int(Step.BEGUN), found[0]),
+            )
             return _record((*found[:7], msgspec.json.encode(positions)))
         now = self._now_us()
         row = conn.execute(
-            "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, counts, through)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s) RETURNING id",
-            (req.namespace, now, req.actor, req.reason, alias, b"{}", msgspec.json.encode(positions)),
-        ).fetchone()
+            "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, counts, through, subject, step)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+            (req.namespace, now, req.actor, req.reason, alias, b"{}", msgspec.json.encode(positions), req.subject,
+             int(Step.BEGUN)),
+        ).fetchone()  # fmt: skip
         assert row is not None
         return ErasureRecord(int(row[0]), req.namespace, now, req.actor, req.reason, alias, {}, 0, dict(through))
 
@@ -210,8 +242,9 @@ class PgErasureCatalog:
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
         conn.execute(
-            "UPDATE erasures SET counts = %s, finished_us = CASE WHEN %s THEN %s ELSE finished_us END WHERE id = %s",
-            (msgspec.json.encode(total), finished, self._now_us(), record.id),
+            "UPDATE erasures SET counts = %s, finished_us = CASE WHEN %s THEN %s ELSE finished_us END,"
+            " subject = CASE WHEN %s THEN NULL ELSE subject END WHERE id = %s",
+            (msgspec.json.encode(total), finished, self._now_us(), finished, record.id),
         )
         return ErasureRecord(
             record.id, record.namespace, record.erased_us, record.actor, record.reason, record.pseudonym, total,
@@ -232,16 +265,10 @@ class PgErasedEntries:
     def within(self, stream: str, after: int, end: int) -> dict[int, ErasedEntry]:
         with self._db.tx() as conn:
             rows = conn.execute(
-                "SELECT stream, seq, namespace, type, subject, time_us, received_us, id, raw, corrects, kept"
-                " FROM erased_entries WHERE stream = %s AND seq > %s AND seq <= %s",
+                f"SELECT {_ENTRY} FROM erased_entries WHERE stream = %s AND seq > %s AND seq <= %s",
                 (stream, after, end),
             ).fetchall()
-        return {
-            int(r[1]): ErasedEntry(
-                r[0], int(r[1]), r[2], r[3], r[4], int(r[5]), int(r[6]), r[7], bytes(r[8]), int(r[9]), bytes(r[10])
-            )
-            for r in rows
-        }
+        return {int(r[1]): _entry(r) for r in rows}
 
 
 def erasure_secret(db: PgDatabase) -> bytes:
@@ -269,6 +296,12 @@ def _record(r: Any) -> ErasureRecord:
         msgspec.json.decode(bytes(counts)),
         sum(positions.values()),
         positions,
+    )
+
+
+def _entry(r: Any) -> ErasedEntry:
+    return ErasedEntry(
+        r[0], int(r[1]), r[2], r[3], r[4], int(r[5]), int(r[6]), r[7], bytes(r[8]), int(r[9]), bytes(r[10])
     )
 
 

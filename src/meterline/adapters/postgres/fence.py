@@ -9,6 +9,10 @@ partition with its newest epoch, and the maintenance hold ``meterline rebuild`` 
 - ``maintenance`` holds the lock exclusively on a connection of its own (released when the
   block ends, or by the server when the process dies) and raises every stream's epoch, so the
   workers' next fence checks fail and no worker takes a stream until it is released.
+- an unfinished erasure (``adapters.postgres.erasure``: a row of ``erasures`` with a subject
+  and no finish) holds the workers too, durably: ``acquire`` refuses while one exists, so a
+  process that dies in the middle of an erasure leaves the usage store as it was until a run
+  that finishes the erasure (``services.log_erasure``, ``resume``) ends it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from meterline.adapters.postgres.database import PgDatabase
+from meterline.adapters.postgres.database import Connection, PgDatabase
 from meterline.domain.errors import StorageUnavailable
 
 _LOCK = "%s, hashtext(current_schema())"
@@ -36,6 +40,8 @@ class PgFence:
             free = conn.execute(f"SELECT pg_try_advisory_xact_lock_shared({_LOCK})", (_CLASS,)).fetchone()
             if not (free and free[0]):
                 return None
+            if _erasing(conn):
+                return None
             row = conn.execute(
                 "INSERT INTO sink_fences (stream, epoch) VALUES (%s, 1)"
                 " ON CONFLICT (stream) DO UPDATE SET epoch = sink_fences.epoch + 1 RETURNING epoch",
@@ -43,6 +49,11 @@ class PgFence:
             ).fetchone()
             assert row is not None
             return int(row[0])
+
+    def erasing(self) -> bool:
+        """Whether an unfinished erasure holds the workers."""
+        with self._db.tx() as conn:
+            return _erasing(conn)
 
     def holds(self, stream: str, epoch: int) -> bool:
         with self._db.tx() as conn:
@@ -70,3 +81,10 @@ class PgFence:
                 yield True
             finally:
                 conn.execute(f"SELECT pg_advisory_unlock({_LOCK})", (_CLASS,))
+
+
+def _erasing(conn: Connection) -> bool:
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM erasures WHERE finished_us IS NULL AND subject IS NOT NULL)"
+    ).fetchone()
+    return bool(row and row[0])

@@ -288,6 +288,17 @@ CREATE TABLE erased_entries (
 CREATE INDEX erased_entries_by_erasure ON erased_entries (erasure);
 """,
     ),
+    (
+        14,
+        "resumable erasures: the subject and the step reached while unfinished (they hold the sink workers)",
+        """
+-- subject: set while the erasure is unfinished (what a resumed run needs), NULL once finished;
+-- an unfinished erasure with a subject holds every sink worker off (adapters.postgres.fence).
+-- step: the last step done (ports.erasure.Step).
+ALTER TABLE erasures ADD COLUMN subject TEXT, ADD COLUMN step INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX erasures_unfinished ON erasures (id) WHERE finished_us IS NULL AND subject IS NOT NULL;
+""",
+    ),
 ]
 
 
