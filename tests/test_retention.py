@@ -200,6 +200,9 @@ def test_a_pruned_event_cannot_be_corrected_and_rebuild_keeps_pruned_hours(tmp_p
     assert r.status_code == 404 and r.json()["code"] == "event_pruned"
     r = api.client.post("/api/v1/events/ev-42/void", json=void, headers=api.headers())
     assert r.status_code == 404 and r.json()["code"] == "event_not_found"
+    back = {**_event(7, _iso(T0_US - 300 * 10**6), 100), "subject": "cust-1"}  # into a pruned hour of cust-1
+    r = api.client.post("/api/v1/events/ev-7/amend", json={**void, "event": back}, headers=api.headers())
+    assert r.status_code == 409 and r.json()["code"] == "event_pruned", r.text  # that hour lost its raw events
     r = api.client.post("/api/v1/events/ev-7/void", json=void, headers=api.headers())
     assert r.status_code == 201, r.text
     api.client.app.state.system.aggregator.drain()  # type: ignore[attr-defined]

@@ -51,7 +51,7 @@ class SqliteCorrections:
     def _correct(self, conn: sqlite3.Connection, req: CorrectionRequest) -> tuple[int, int]:
         appender = Appender(self._state, conn, self._now_us())
         rows = self._chain(conn, req.namespace, req.source, req.event_id)
-        self._not_pruned(conn, req.namespace, req.source, req.event_id, rows)
+        self._not_pruned(conn, req, rows)
         if not rows:
             raise event_not_found(req.source, req.event_id)
         last = rows[-1]
@@ -61,16 +61,18 @@ class SqliteCorrections:
         current = Event(req.namespace, req.source, req.event_id, last[3], last[4], last[5], None, last[6], last[7])
         return appender.correct(req, original, current), original
 
-    def _not_pruned(self, conn: sqlite3.Connection, namespace: str, source: str, id_: str, rows: list[Any]) -> None:
-        """Refuse a key with a version removed by retention, or one in an hour that lost raw
-        events (a corrected hour is recomputed from the ledger: docs/retention.md)."""
+    def _not_pruned(self, conn: sqlite3.Connection, req: CorrectionRequest, rows: list[Any]) -> None:
+        """Refuse a key with a version removed by retention, one in an hour that lost raw events,
+        or an amend into such an hour (a corrected hour is recomputed from the ledger:
+        docs/retention.md)."""
         before = hours_before(conn)
         if not before:
             return
-        if any(row[5] < before for row in rows) or pruned_key(
-            conn, self._state.dedupe.key_hash(namespace, source, id_)
+        times = [row[5] for row in rows] + ([req.event.time_us] if req.event is not None else [])
+        if any(t < before for t in times) or pruned_key(
+            conn, self._state.dedupe.key_hash(req.namespace, req.source, req.event_id)
         ):
-            raise event_pruned(source, id_)
+            raise event_pruned(req.source, req.event_id)
 
     def _chain(self, conn: sqlite3.Connection, namespace: str, source: str, event_id: str) -> list[Any]:
         """The newest original of the key and its corrections, in ledger order."""
