@@ -54,7 +54,7 @@ def _rfc(us: int) -> str:
     return datetime.fromtimestamp(us // 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{us % 1_000_000:06d}Z"
 
 
-def _integral(points: list[tuple[int, int, Decimal]], a: int, b: int) -> Decimal | None:
+def integral(points: list[tuple[int, int, Decimal]], a: int, b: int) -> Decimal | None:
     """Directly: each reading's level over the overlap of [its time, the next reading's) with
     [a, b); None when the series has no reading before b."""
     if not points or points[0][0] >= b:
@@ -131,7 +131,7 @@ def test_gauge_answers_equal_a_direct_integration(
     want: dict[tuple[int, str], Decimal] = {}
     for a, b in pairwise(hours):
         for (subject, _), points in series.items():
-            value = _integral(points, a, b)
+            value = integral(points, a, b)
             if value is not None:
                 want[(a, subject)] = want.get((a, subject), Decimal(0)) + value
     params = {"from": _rfc(hours[0]), "to": _rfc(hours[-1]), "windowSize": "HOUR", "groupBy": "subject"}
@@ -140,7 +140,7 @@ def test_gauge_answers_equal_a_direct_integration(
 
     a = BASE_US + min(cut[0], cut[1])
     b = BASE_US + max(cut[0], cut[1]) + 1
-    exact = [v for points in series.values() if (v := _integral(points, a, b)) is not None]
+    exact = [v for points in series.values() if (v := integral(points, a, b)) is not None]
     params = {"from": _rfc(a), "to": _rfc(b), "windowTimeZone": "Asia/Kathmandu"}
     got = _answer(api, slug, params, late_meter)
     assert got == ({(a, None): sum(exact, Decimal(0))} if exact else {})

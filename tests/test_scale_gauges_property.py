@@ -25,6 +25,7 @@ from contract.events import LIMITS
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from stack.launch import Stack
+from test_property_gauges import integral
 
 from meterline.adapters.clickhouse import gauges, usage
 from meterline.domain.events.decode import decode_events, split_body
@@ -162,22 +163,8 @@ def _want(series: Series, bounds: list[int], now: int, key: Any) -> dict[tuple[A
         if min(b, now) <= a:
             break
         for (subject, disk), points in series.items():
-            value = _integral(points, a, min(b, now))
+            value = integral(points, a, min(b, now))
             if value is not None:
                 slot = (a, *key(subject, disk))
                 out[slot] = WIDE.add(out.get(slot, Decimal(0)), value)
     return out
-
-
-def _integral(points: list[tuple[int, int, Decimal]], a: int, b: int) -> Decimal | None:
-    """Each reading's level over the overlap of [its time, the next reading's) with [a, b);
-    None when the series has no reading before b."""
-    if not points or points[0][0] >= b:
-        return None
-    total = Decimal(0)
-    ends = [p[0] for p in points[1:]] + [b]
-    for (t, _, level), until in zip(points, ends, strict=True):
-        lo, hi = max(t, a), min(until, b)
-        if hi > lo:
-            total = WIDE.add(total, WIDE.multiply(level, Decimal(hi - lo)))
-    return total.scaleb(-6, WIDE)

@@ -26,6 +26,20 @@ def key(id_: str, digest: bytes = b"d1", namespace: str = "default", source: str
 
 
 @contextmanager
+def redis_prefix() -> Iterator[tuple[redis.Redis, str]]:
+    """A client of the test Redis and a key prefix of the caller's own, whose keys are deleted
+    afterwards."""
+    prefix = f"meterline-test:{uuid.uuid4().hex}:"
+    client = redis.Redis.from_url(redis_server.server())
+    try:
+        yield client, prefix
+    finally:
+        for name in client.scan_iter(match=prefix + "*", count=1000):
+            client.delete(name)
+        client.close()
+
+
+@contextmanager
 def opened(kind: str, now_us: Callable[[], int], *, window_us: int | None = None) -> Iterator[Any]:
     """A fresh store of ``kind``, and a factory of further stores on the same data (as other API
     nodes see it): ``(store, another)``."""
@@ -34,18 +48,12 @@ def opened(kind: str, now_us: Callable[[], int], *, window_us: int | None = None
         yield store, lambda clock=now_us: store
         return
     if kind == "redis":
-        prefix = f"meterline-test:{uuid.uuid4().hex}:"
-        client = redis.Redis.from_url(redis_server.server())
+        with redis_prefix() as (client, prefix):
 
-        def node(clock: Callable[[], int] = now_us) -> RedisDedupe:
-            return RedisDedupe(client, clock, lease_us=LEASE_US, window_us=window_us, prefix=prefix)
+            def node(clock: Callable[[], int] = now_us) -> RedisDedupe:
+                return RedisDedupe(client, clock, lease_us=LEASE_US, window_us=window_us, prefix=prefix)
 
-        try:
             yield node(), node
-        finally:
-            for name in client.scan_iter(match=prefix + "*", count=1000):
-                client.delete(name)
-            client.close()
         return
     with fresh_schema(server()) as dsn:
         dbs: list[PgDatabase] = []

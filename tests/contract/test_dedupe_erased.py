@@ -11,11 +11,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-import redis
-import redis_server
 from postgres_server import fresh_schema, server
 
-from contract.dedupe_kit import LEASE_US, key
+from contract.dedupe_kit import LEASE_US, key, redis_prefix
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.dedupe import PgDedupe
 from meterline.adapters.postgres.erasure import PgErasureCatalog
@@ -40,17 +38,11 @@ def opened(kind: str, clock: FixedClock) -> Iterator[tuple[Any, Erase, Callable[
     """A store that recognises erased keys, a function erasing keys of namespace ``default`` the
     way a scale-mode erasure does, and the erasure secret."""
     if kind == "redis":
-        prefix = f"meterline-test:{uuid.uuid4().hex}:"
-        client = redis.Redis.from_url(redis_server.server())
-        secret = uuid.uuid4().bytes
-        store = RedisDedupe(client, clock.now_us, lease_us=LEASE_US, window_us=WINDOW_US, prefix=prefix,
-                            secret=lambda: secret)  # fmt: skip
-        try:
+        with redis_prefix() as (client, prefix):
+            secret = uuid.uuid4().bytes
+            store = RedisDedupe(client, clock.now_us, lease_us=LEASE_US, window_us=WINDOW_US, prefix=prefix,
+                                secret=lambda: secret)  # fmt: skip
             yield store, lambda keys: store.erase_keys("default", erased_keys(secret, keys)), lambda: secret
-        finally:
-            for name in client.scan_iter(match=prefix + "*", count=1000):
-                client.delete(name)
-            client.close()
         return
     with fresh_schema(server()) as dsn:
         db = PgDatabase(dsn, max_size=2)
