@@ -624,3 +624,27 @@ def test_corrected_events_of_the_subject_are_erased_with_every_version(tmp_path:
         assert done.returncode == 0, done.stdout + done.stderr
     finally:
         gen.close()
+
+
+@pytest.fixture(params=MODES)
+def api_in_mode(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
+    yield from mode_api(request, tmp_path, billing={"scheduler_enabled": False})
+
+
+def test_a_deleted_customer_keeps_the_pseudonym_not_the_subject(api_in_mode: Api) -> None:
+    """A deleted customer is kept with the subject keys it had (as OpenMeter keeps it): the
+    erasure renames the subject there too, so no record of the customers still names it."""
+    api = api_in_mode
+    move_to(api, "2026-03-03T00:00:00Z")
+    ok(api.create_meter(slug="m_sum", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
+    gone = ok(post(api, "/api/v1/customers", {"key": "initech", "subjectKeys": ["initech-ops", SUBJECT]}), 201)
+    r = api.post_events([zed(0, "2026-03-01T10:00:00Z", 5)])
+    assert r.status_code in (200, 202, 204), r.text
+    assert api.client.delete("/api/v1/customers/initech", headers=api.headers()).status_code == 204
+    assert ok(get(api, f"/api/v1/customers/{gone['id']}"))["subjectKeys"] == ["initech-ops", SUBJECT]
+    record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+    assert record["counts"]["customerMappings"] == 1
+    kept = ok(get(api, f"/api/v1/customers/{gone['id']}"))
+    assert kept["deletedAt"] and kept["usageAttribution"]["subjectKeys"] == sorted(["initech-ops", record["pseudonym"]])
+    listed = ok(get(api, "/api/v1/customers?includeDeleted=true"))["items"]
+    assert SUBJECT not in json.dumps(listed)

@@ -1,5 +1,5 @@
 """A store created before the ledger's (namespace, type, time) index and the customers'
-``profile`` column gains both when it is opened, keeps its rows, and the partial-minute reads
+``profile`` and ``deleted_subjects`` columns gains them when it is opened, keeps its rows, and the partial-minute reads
 of meter queries go through that index instead of scanning the ledger."""
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ CHAIN = ",\n    -- the entry's link in the hash chain (adapters.sqlite.chain, do
 PROFILE = (
     "deleted_us INTEGER,\n"
     "    -- OpenMeter's descriptive members (description, primaryEmail, currency, billingAddress) as JSON\n"
-    "    profile BLOB\n"
+    "    profile BLOB,\n"
+    "    -- a deleted customer's subject keys (JSON array): it is kept, its claims are released\n"
+    "    deleted_subjects BLOB\n"
 )
 
 
@@ -41,7 +43,7 @@ def test_an_existing_store_gains_the_index_and_the_column(tmp_path: Path) -> Non
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "events_by_type_time" in names
     assert "rollups_by_time" in names  # per_subject.by_time reads through it
-    assert conn.execute("SELECT key, profile FROM customers").fetchall() == [("acme", None)]
+    assert conn.execute("SELECT key, profile, deleted_subjects FROM customers").fetchall() == [("acme", None, None)]
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
 
 

@@ -143,6 +143,39 @@ def test_delete_frees_the_key_and_subjects(customers: Any) -> None:
     assert new.id != old.id
 
 
+def test_a_deleted_customer_is_kept_with_its_subject_keys(customers: Any, stores: Any) -> None:
+    old = customers.create(NS, CustomerInput("acme", "Acme", ["s", "t"], currency="EUR")).customer
+    customers.create(NS, CustomerInput("bravo"))
+    stores.clock.advance(60)
+    customers.delete(NS, old.id)
+    deleted = customers.get(NS, old.id, include_deleted=True)  # by its id only
+    assert deleted.deleted_us == old.created_us + 60_000_000
+    assert (deleted.key, deleted.name, deleted.subjects, deleted.profile) == ("acme", "Acme", ("s", "t"), old.profile)
+    for hidden in ("acme", old.id):
+        with pytest.raises(NotFound):
+            customers.get(NS, hidden)  # gone for everything that resolves customers
+    with pytest.raises(NotFound):
+        customers.get(NS, "acme", include_deleted=True)  # a deleted customer's key names no one
+    with pytest.raises(NotFound):
+        customers.delete(NS, old.id)  # deleted once only
+    assert [c.key for c in customers.list(NS)] == ["bravo"]
+    assert [(c.key, c.deleted_us) for c in customers.list(NS, include_deleted=True)] == [
+        ("acme", deleted.deleted_us),
+        ("bravo", None),
+    ]
+    # The key and the subject keys are free: a new customer takes them; the deleted one stays as it was.
+    new = customers.create(NS, CustomerInput("acme", subject_keys=["t"])).customer
+    assert customers.by_subject(NS, "t") == new and customers.by_subject(NS, "s") is None
+    assert customers.get(NS, "acme", include_deleted=True) == new
+    assert customers.get(NS, old.id, include_deleted=True) == deleted
+    customers.delete(NS, "acme")
+    both = customers.list(NS, include_deleted=True)
+    assert [(c.id, c.key, c.subjects) for c in both if c.deleted_us is not None] == sorted(
+        [(old.id, "acme", ("s", "t")), (new.id, "acme", ("t",))]
+    )
+    assert customers.list("other", include_deleted=True) == []
+
+
 def test_list_is_by_key_and_per_namespace(customers: Any) -> None:
     for key in ("b", "c", "a"):
         customers.create(NS, CustomerInput(key))

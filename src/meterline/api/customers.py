@@ -10,7 +10,7 @@ from starlette.responses import Response
 from ulid import ULID
 
 from meterline.api.endpoint import Call, endpoint
-from meterline.api.http import decode_json, json_bytes, json_response, parse_int, typed_body
+from meterline.api.http import decode_json, json_bytes, json_response, parse_bool, parse_int, typed_body
 from meterline.domain.auth.keys import Scope
 from meterline.domain.clock import rfc3339
 from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects
@@ -66,7 +66,9 @@ async def create_customer(call: Call) -> Response:
 async def replace_customer(call: Call) -> Response:
     inp, keyed = await _customer_input(call)
     if not keyed:  # OpenMeter's update body may leave the key out: it stays
-        current = await call.run(call.ctx.catalog.customers.get, call.namespace, call.path("customer"))
+        current = await call.run(
+            call.ctx.catalog.customers.get, call.namespace, call.path("customer"), include_deleted=True
+        )
         inp = msgspec.structs.replace(inp, key=current.key)
     saved = await call.run(call.ctx.catalog.customers.replace, call.namespace, call.path("customer"), inp)
     return json_response(_saved(saved))
@@ -79,8 +81,10 @@ _ORDER = {"id": lambda c: c.id, "name": lambda c: (c.name or "").lower(), "creat
 async def list_customers(call: Call) -> Response:
     """OpenMeter's page of customers: ``{totalCount, page, pageSize, items}``, filtered by
     ``key``, ``name``, ``primaryEmail`` and ``subject`` (case-insensitive parts) and ordered by
-    ``orderBy`` (``id``, ``name``, ``createdAt``; default the key) and ``order``."""
+    ``orderBy`` (``id``, ``name``, ``createdAt``; default the key) and ``order``. Deleted
+    customers (with ``deletedAt``) only with ``includeDeleted=true``."""
     q = call.request.query_params
+    deleted = parse_bool("includeDeleted", q.get("includeDeleted"))
     page = parse_int("page", q.get("page"), 1, 1, 2**31)
     size = parse_int("pageSize", q.get("pageSize"), 100, 1, 1000)
     order_by, order = q.get("orderBy"), (q.get("order") or "ASC").upper()
@@ -88,7 +92,8 @@ async def list_customers(call: Call) -> Response:
         raise InvalidInput("orderBy must be id, name or createdAt", code="invalid_query")
     if order not in ("ASC", "DESC"):
         raise InvalidInput("order must be ASC or DESC", code="invalid_query")
-    customers = [c for c in await call.run(call.ctx.catalog.customers.list, call.namespace) if _matches(c, q)]
+    every = await call.run(call.ctx.catalog.customers.list, call.namespace, include_deleted=deleted)
+    customers = [c for c in every if _matches(c, q)]
     if order_by is not None:
         customers.sort(key=_ORDER[order_by])
     if order == "DESC":
@@ -112,7 +117,11 @@ def _matches(c: Customer, q: Any) -> bool:
 
 @endpoint(Scope.READ)
 async def get_customer(call: Call) -> Response:
-    customer = await call.run(call.ctx.catalog.customers.get, call.namespace, call.path("customer"))
+    """A live customer by key or id, or a deleted one (with ``deletedAt``) by its id, as
+    OpenMeter answers; a deleted customer's key names no one (404) unless a new customer took it."""
+    customer = await call.run(
+        call.ctx.catalog.customers.get, call.namespace, call.path("customer"), include_deleted=True
+    )
     return json_response(customer_body(customer))
 
 

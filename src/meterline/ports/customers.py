@@ -50,13 +50,17 @@ class CustomerRepository(Protocol):
         ...
 
     def delete(self, namespace: str, key: str) -> None:
-        """Mark deleted and free its subjects."""
+        """Mark the live customer ``key`` (or id) deleted (``deleted_us``; it is kept with the
+        subject keys it had) and free its key and subject keys for other customers."""
         ...
 
-    def get(self, namespace: str, key_or_id: str) -> Customer: ...
+    def get(self, namespace: str, key_or_id: str, *, include_deleted: bool = False) -> Customer:
+        """The live customer with this key or id; with ``include_deleted`` also a deleted one
+        by its id (as OpenMeter answers: a deleted customer's key may belong to a new one)."""
+        ...
 
-    def list(self, namespace: str) -> builtins.list[Customer]:
-        """Live customers, by key."""
+    def list(self, namespace: str, *, include_deleted: bool = False) -> builtins.list[Customer]:
+        """Live customers (and the deleted ones with ``include_deleted``), by key."""
         ...
 
     def by_subject(self, namespace: str, subject: str) -> Customer | None: ...

@@ -10,7 +10,7 @@ import builtins
 from collections.abc import Sequence
 
 from meterline.domain.customers.model import Customer, CustomerInput, UnknownSubjects, validate
-from meterline.domain.errors import NotFound
+from meterline.domain.errors import InvalidInput, NotFound
 from meterline.ports.customers import CustomerRepository, NamespaceSettings, Quarantine, Quarantined, Saved
 
 
@@ -34,8 +34,16 @@ class CustomerService:
     def replace(self, namespace: str, key: str, inp: CustomerInput) -> Saved:
         """Replace the customer ``key`` (or id). As in OpenMeter, the body's key may differ:
         the customer's key changes (409 when it is another customer's key or id, or a subject
-        another customer claims); its id, entitlements and subscriptions stay its own."""
-        return self._customers.replace(namespace, key, validate(inp))
+        another customer claims); its id, entitlements and subscriptions stay its own. A
+        deleted customer (named by its id) cannot be updated: 400 ``customer_deleted``."""
+        inp = validate(inp)
+        try:
+            return self._customers.replace(namespace, key, inp)
+        except NotFound:
+            deleted = self._customers.get(namespace, key, include_deleted=True)  # NotFound when there is none
+            raise InvalidInput(
+                f"customer {deleted.id!r} is deleted and cannot be updated", code="customer_deleted"
+            ) from None
 
     def upsert_many(self, namespace: str, inputs: Sequence[CustomerInput]) -> builtins.list[Saved]:
         """OpenMeter's subject upsert: every input is validated first, then all are stored
@@ -45,13 +53,19 @@ class CustomerService:
         return self._customers.upsert_many(namespace, inputs)
 
     def delete(self, namespace: str, key: str) -> None:
+        """OpenMeter's soft delete: the customer is kept with ``deletedAt`` (listed with
+        ``includeDeleted``, found by its id) and its key and subject keys are free for other
+        customers; everything that resolves subjects to customers no longer finds it. A
+        deleted customer cannot be deleted again (404)."""
         self._customers.delete(namespace, key)
 
-    def get(self, namespace: str, key_or_id: str) -> Customer:
-        return self._customers.get(namespace, key_or_id)
+    def get(self, namespace: str, key_or_id: str, *, include_deleted: bool = False) -> Customer:
+        """The live customer with this key or id; with ``include_deleted`` also a deleted one
+        by its id, as OpenMeter's ``GET /api/v1/customers/{id}`` answers it."""
+        return self._customers.get(namespace, key_or_id, include_deleted=include_deleted)
 
-    def list(self, namespace: str) -> builtins.list[Customer]:
-        return self._customers.list(namespace)
+    def list(self, namespace: str, *, include_deleted: bool = False) -> builtins.list[Customer]:
+        return self._customers.list(namespace, include_deleted=include_deleted)
 
     def owner(self, namespace: str, subject: str) -> Customer | None:
         """The customer ``subject`` is attributed to, as OpenMeter resolves a usage attribution:

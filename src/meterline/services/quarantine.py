@@ -92,11 +92,11 @@ class ReleasingCustomers:
         finally:
             self._changed(namespace)
 
-    def get(self, namespace: str, key_or_id: str) -> Customer:
-        return self._inner.get(namespace, key_or_id)
+    def get(self, namespace: str, key_or_id: str, *, include_deleted: bool = False) -> Customer:
+        return self._inner.get(namespace, key_or_id, include_deleted=include_deleted)
 
-    def list(self, namespace: str) -> builtins.list[Customer]:
-        return self._inner.list(namespace)
+    def list(self, namespace: str, *, include_deleted: bool = False) -> builtins.list[Customer]:
+        return self._inner.list(namespace, include_deleted=include_deleted)
 
     def by_subject(self, namespace: str, subject: str) -> Customer | None:
         return self._inner.by_subject(namespace, subject)

@@ -37,6 +37,7 @@ class MemoryCustomers:
         (accepted, dead-lettered)."""
         self._live: dict[tuple[str, str], Customer] = {}  # (namespace, key) -> customer
         self._owners: dict[tuple[str, str], str] = {}  # (namespace, subject) -> customer key
+        self._deleted: dict[tuple[str, str], Customer] = {}  # (namespace, id) -> deleted customer
         self._policies: dict[str, UnknownSubjects] = {}
 
     def create(self, namespace: str, inp: CustomerInput) -> Saved:
@@ -71,14 +72,24 @@ class MemoryCustomers:
             del self._live[(namespace, customer.key)]
             for subject in customer.subjects:
                 self._owners.pop((namespace, subject), None)
+            self._deleted[(namespace, customer.id)] = msgspec.structs.replace(customer, deleted_us=self._now_us())
 
-    def get(self, namespace: str, key_or_id: str) -> Customer:
+    def get(self, namespace: str, key_or_id: str, *, include_deleted: bool = False) -> Customer:
         with self.lock:
-            return self._get(namespace, key_or_id)
+            try:
+                return self._get(namespace, key_or_id)
+            except NotFound:
+                deleted = self._deleted.get((namespace, key_or_id)) if include_deleted else None
+                if deleted is None:
+                    raise
+                return deleted
 
-    def list(self, namespace: str) -> builtins.list[Customer]:
+    def list(self, namespace: str, *, include_deleted: bool = False) -> builtins.list[Customer]:
         with self.lock:
-            return sorted((c for (ns, _), c in self._live.items() if ns == namespace), key=lambda c: c.key)
+            found = [c for (ns, _), c in self._live.items() if ns == namespace]
+            if include_deleted:
+                found += [c for (ns, _), c in self._deleted.items() if ns == namespace]
+            return sorted(found, key=lambda c: (c.key, c.id))
 
     def by_subject(self, namespace: str, subject: str) -> Customer | None:
         with self.lock:

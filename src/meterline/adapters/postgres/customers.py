@@ -33,6 +33,9 @@ from meterline.domain.errors import Conflict, NotFound
 from meterline.ports.customers import Quarantined, Saved
 
 _COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us, profile"
+_READ = _COLUMNS + ", deleted_us, deleted_subjects"
+"""A stored customer as read back: a deleted one keeps the subject keys it had in
+``deleted_subjects`` (JSON, migration 15), as they no longer claim anything in ``customer_subjects``."""
 
 
 class PgCustomers:
@@ -67,7 +70,10 @@ class PgCustomers:
         with self._db.tx() as conn:
             lock(conn, "customers", namespace)
             customer = _get(conn, namespace, key)
-            conn.execute("UPDATE customers SET deleted_us = %s WHERE id = %s", (self._now_us(), customer.id))
+            conn.execute(
+                "UPDATE customers SET deleted_us = %s, deleted_subjects = %s WHERE id = %s",
+                (self._now_us(), msgspec.json.encode(customer.subjects), customer.id),
+            )
             conn.execute("DELETE FROM customer_subjects WHERE customer = %s", (customer.id,))
 
     def set_policy(self, namespace: str, policy: UnknownSubjects) -> None:
@@ -120,22 +126,34 @@ class PgCustomers:
         )
         return Saved(customer, mark_released(conn, namespace, customer.usage_subjects, now), 0)
 
-    def get(self, namespace: str, key_or_id: str) -> Customer:
+    def get(self, namespace: str, key_or_id: str, *, include_deleted: bool = False) -> Customer:
         with self._db.tx() as conn:
-            return _get(conn, namespace, key_or_id)
+            try:
+                return _get(conn, namespace, key_or_id)
+            except NotFound:
+                if not include_deleted:
+                    raise
+                row = conn.execute(
+                    "SELECT " + _READ + " FROM customers WHERE namespace = %s AND id = %s AND deleted_us IS NOT NULL",
+                    (namespace, key_or_id),
+                ).fetchone()
+                if row is None:
+                    raise
+                return _build(row, ())
 
-    def list(self, namespace: str) -> builtins.list[Customer]:
+    def list(self, namespace: str, *, include_deleted: bool = False) -> builtins.list[Customer]:
         with self._db.tx() as conn:
             rows = conn.execute(
-                "SELECT " + _COLUMNS + " FROM customers WHERE namespace = %s AND deleted_us IS NULL ORDER BY key",
-                (namespace,),
+                "SELECT " + _READ + " FROM customers WHERE namespace = %s AND (%s OR deleted_us IS NULL)"
+                " ORDER BY key, id",
+                (namespace, include_deleted),
             ).fetchall()
             return [_customer(conn, row) for row in rows]
 
     def by_subject(self, namespace: str, subject: str) -> Customer | None:
         with self._db.tx() as conn:
             row = conn.execute(
-                "SELECT " + _COLUMNS + " FROM customers WHERE id ="
+                "SELECT " + _READ + " FROM customers WHERE id ="
                 " (SELECT customer FROM customer_subjects WHERE namespace = %s AND subject = %s)",
                 (namespace, subject),
             ).fetchone()
@@ -165,7 +183,7 @@ class PgCustomers:
             for cid, subject in claims.fetchall():
                 subjects.setdefault(cid, []).append(subject)
             rows = conn.execute(
-                "SELECT " + _COLUMNS + " FROM customers"
+                "SELECT " + _READ + " FROM customers"
                 " WHERE deleted_us IS NULL AND (%(ns)s::text IS NULL OR namespace = %(ns)s) ORDER BY namespace, key",
                 {"ns": namespace},
             ).fetchall()
@@ -200,7 +218,7 @@ def _check_claims(conn: Connection, namespace: str, subjects: Sequence[str], own
 
 def _get(conn: Connection, namespace: str, key_or_id: str) -> Customer:
     row = conn.execute(
-        "SELECT " + _COLUMNS + " FROM customers WHERE namespace = %s AND deleted_us IS NULL AND (key = %s OR id = %s)",
+        "SELECT " + _READ + " FROM customers WHERE namespace = %s AND deleted_us IS NULL AND (key = %s OR id = %s)",
         (namespace, key_or_id, key_or_id),
     ).fetchone()
     if row is None:
@@ -209,12 +227,17 @@ def _get(conn: Connection, namespace: str, key_or_id: str) -> Customer:
 
 
 def _customer(conn: Connection, row: tuple[Any, ...]) -> Customer:
+    if row[9] is not None:  # deleted: its subject keys are kept on the row, no longer claimed
+        return _build(row, ())
     subjects = conn.execute("SELECT subject FROM customer_subjects WHERE customer = %s ORDER BY subject", (row[0],))
     return _build(row, tuple(s for (s,) in subjects.fetchall()))
 
 
 def _build(row: tuple[Any, ...], subjects: tuple[str, ...]) -> Customer:
-    cid, namespace, key, name, tz, meta, created, updated, profile = row
+    """A customer from a row of ``_READ`` and, when it is live, its claimed ``subjects``."""
+    cid, namespace, key, name, tz, meta, created, updated, profile, deleted, deleted_subjects = row
     metadata = None if meta is None else msgspec.json.decode(meta)
     extra = None if profile is None else msgspec.json.decode(profile)
-    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated, extra)
+    if deleted is not None:
+        subjects = () if deleted_subjects is None else tuple(msgspec.json.decode(deleted_subjects))
+    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated, extra, deleted)

@@ -110,6 +110,18 @@ class PgErasureCatalog:
                 (alias, ns, subject),
             )
             conn.execute("DELETE FROM customer_subjects WHERE namespace = %s AND subject = %s", (ns, subject))
+            kept = 0  # the subject keys deleted customers are kept with (adapters.postgres.customers)
+            for cid, stored in conn.execute(
+                "SELECT id, deleted_subjects FROM customers WHERE namespace = %s AND deleted_subjects IS NOT NULL",
+                (ns,),
+            ).fetchall():
+                had = msgspec.json.decode(stored)
+                if subject in had:
+                    renamed = sorted({alias if s == subject else s for s in had})
+                    conn.execute(
+                        "UPDATE customers SET deleted_subjects = %s WHERE id = %s", (msgspec.json.encode(renamed), cid)
+                    )
+                    kept += 1
             keys = 0
             for (cid,) in conn.execute(
                 "SELECT id FROM customers WHERE namespace = %s AND key = %s", (ns, subject)
@@ -121,7 +133,7 @@ class PgErasureCatalog:
                 conn.execute("UPDATE customers SET key = %s WHERE id = %s", (new_key, cid))
                 rekey_references(conn, cid, new_key)  # its entitlements and subscriptions carry the key
                 keys += 1
-            return {"customerMappings": len(mapped), "customerKeys": keys}
+            return {"customerMappings": len(mapped) + kept, "customerKeys": keys}
 
     def reached(self, record: ErasureRecord, step: Step, counts: Mapping[str, int]) -> ErasureRecord:
         with self._db.tx() as conn:

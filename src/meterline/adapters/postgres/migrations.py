@@ -299,6 +299,14 @@ ALTER TABLE erasures ADD COLUMN subject TEXT, ADD COLUMN step INTEGER NOT NULL D
 CREATE INDEX erasures_unfinished ON erasures (id) WHERE finished_us IS NULL AND subject IS NOT NULL;
 """,
     ),
+    (
+        15,
+        "customers: a deleted customer keeps the subject keys it had (its claims are released)",
+        """
+-- JSON array, set when the customer is deleted (adapters.postgres.customers)
+ALTER TABLE customers ADD COLUMN deleted_subjects BYTEA;
+""",
+    ),
 ]
 
 

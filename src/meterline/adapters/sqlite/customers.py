@@ -35,6 +35,9 @@ from meterline.ports.customers import Quarantined, Saved
 
 T = TypeVar("T")
 _COLUMNS = "id, namespace, key, name, timezone, metadata, created_us, updated_us, profile"
+_READ = _COLUMNS + ", deleted_us, deleted_subjects"
+"""A stored customer as read back: a deleted one keeps the subject keys it had in
+``deleted_subjects`` (JSON), as they no longer claim anything in ``customer_subjects``."""
 
 
 class SqliteCustomers:
@@ -79,7 +82,10 @@ class SqliteCustomers:
     def delete(self, namespace: str, key: str) -> None:
         def task(conn: sqlite3.Connection) -> None:
             customer = self._get(conn, namespace, key)
-            conn.execute("UPDATE customers SET deleted_us = ? WHERE id = ?", (self._now_us(), customer.id))
+            conn.execute(
+                "UPDATE customers SET deleted_us = ?, deleted_subjects = ? WHERE id = ?",
+                (self._now_us(), msgspec.json.encode(customer.subjects), customer.id),
+            )
             conn.execute("DELETE FROM customer_subjects WHERE customer = ?", (customer.id,))
             self._state.invalidate()
 
@@ -176,15 +182,28 @@ class SqliteCustomers:
 
     # -- reads ------------------------------------------------------------------------------
 
-    def get(self, namespace: str, key_or_id: str) -> Customer:
-        return self._get(self._db.reader(), namespace, key_or_id)
+    def get(self, namespace: str, key_or_id: str, *, include_deleted: bool = False) -> Customer:
+        conn = self._db.reader()
+        try:
+            return self._get(conn, namespace, key_or_id)
+        except NotFound:
+            if not include_deleted:
+                raise
+            row = conn.execute(
+                f"SELECT {_READ} FROM customers WHERE namespace = ? AND id = ? AND deleted_us IS NOT NULL",
+                (namespace, key_or_id),
+            ).fetchone()
+            if row is None:
+                raise
+            return _customer_of(row, ())
 
-    def list(self, namespace: str) -> builtins.list[Customer]:
-        """Every live customer of ``namespace``: two queries, whatever their number (the
-        dashboard lists thousands)."""
+    def list(self, namespace: str, *, include_deleted: bool = False) -> builtins.list[Customer]:
+        """Every live customer of ``namespace`` (and every deleted one with ``include_deleted``):
+        two queries, whatever their number (the dashboard lists thousands)."""
         conn = self._db.reader()
         rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM customers WHERE namespace = ? AND deleted_us IS NULL ORDER BY key", (namespace,)
+            f"SELECT {_READ} FROM customers WHERE namespace = ? AND (? OR deleted_us IS NULL) ORDER BY key, id",
+            (namespace, include_deleted),
         ).fetchall()
         subjects: dict[str, builtins.list[str]] = {}
         for cid, subject in conn.execute(
@@ -198,7 +217,7 @@ class SqliteCustomers:
     def by_subject(self, namespace: str, subject: str) -> Customer | None:
         conn = self._db.reader()
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM customers WHERE id ="
+            f"SELECT {_READ} FROM customers WHERE id ="
             " (SELECT customer FROM customer_subjects WHERE namespace = ? AND subject = ?)",
             (namespace, subject),
         ).fetchone()
@@ -227,7 +246,7 @@ class SqliteCustomers:
 
     def _get(self, conn: sqlite3.Connection, namespace: str, key_or_id: str) -> Customer:
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM customers WHERE namespace = ? AND deleted_us IS NULL AND (key = ? OR id = ?)",
+            f"SELECT {_READ} FROM customers WHERE namespace = ? AND deleted_us IS NULL AND (key = ? OR id = ?)",
             (namespace, key_or_id, key_or_id),
         ).fetchone()
         if row is None:
@@ -266,10 +285,13 @@ def _customer(conn: sqlite3.Connection, row: tuple[Any, ...]) -> Customer:
 
 
 def _customer_of(row: tuple[Any, ...], subjects: tuple[str, ...]) -> Customer:
-    cid, namespace, key, name, tz, meta, created, updated, profile = row
+    """A customer from a row of ``_READ`` and, when it is live, its claimed ``subjects``."""
+    cid, namespace, key, name, tz, meta, created, updated, profile, deleted, deleted_subjects = row
     metadata = None if meta is None else msgspec.json.decode(meta)
     extra = None if profile is None else msgspec.json.decode(profile)
-    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated, extra)
+    if deleted is not None:
+        subjects = () if deleted_subjects is None else tuple(msgspec.json.decode(deleted_subjects))
+    return Customer(cid, namespace, key, name, subjects, tz, metadata, created, updated, extra, deleted)
 
 
 def _still_owned(conn: sqlite3.Connection, namespace: str, strings: set[str]) -> list[str]:

@@ -374,6 +374,15 @@ def _move_usage(conn: sqlite3.Connection, namespace: str, subject: str, alias: s
         (alias, namespace, subject),
     )
     conn.execute("DELETE FROM customer_subjects WHERE namespace = ? AND subject = ?", (namespace, subject))
+    kept = 0  # the subject keys deleted customers are kept with (adapters.sqlite.customers)
+    for cid, stored in conn.execute(
+        "SELECT id, deleted_subjects FROM customers WHERE namespace = ? AND deleted_subjects IS NOT NULL", (namespace,)
+    ).fetchall():
+        had = msgspec.json.decode(stored)
+        if subject in had:
+            renamed = sorted({alias if s == subject else s for s in had})
+            conn.execute("UPDATE customers SET deleted_subjects = ? WHERE id = ?", (msgspec.json.encode(renamed), cid))
+            kept += 1
     keys = 0
     for (cid,) in conn.execute(
         "SELECT id FROM customers WHERE namespace = ? AND key = ?", (namespace, subject)
@@ -385,7 +394,7 @@ def _move_usage(conn: sqlite3.Connection, namespace: str, subject: str, alias: s
         conn.execute("UPDATE customers SET key = ? WHERE id = ?", (new_key, cid))
         rekey_references(conn, cid, new_key)  # its entitlements and subscriptions carry the key
         keys += 1
-    return {"rollupRows": moved, "customerMappings": len(mapped), "customerKeys": keys}
+    return {"rollupRows": moved, "customerMappings": len(mapped) + kept, "customerKeys": keys}
 
 
 def _delete_held(conn: sqlite3.Connection, namespace: str, subject: str, dead: list[int]) -> dict[str, int]:

@@ -158,7 +158,9 @@ CREATE TABLE IF NOT EXISTS customers (
     name TEXT, timezone TEXT NOT NULL, metadata BLOB,
     created_us INTEGER NOT NULL, updated_us INTEGER NOT NULL, deleted_us INTEGER,
     -- OpenMeter's descriptive members (description, primaryEmail, currency, billingAddress) as JSON
-    profile BLOB
+    profile BLOB,
+    -- a deleted customer's subject keys (JSON array): it is kept, its claims are released
+    deleted_subjects BLOB
 );
 CREATE UNIQUE INDEX IF NOT EXISTS customers_live_key ON customers (namespace, key) WHERE deleted_us IS NULL;
 CREATE TABLE IF NOT EXISTS customer_subjects (
@@ -335,6 +337,7 @@ def create_schema(conn: sqlite3.Connection) -> None:
 
 _ADDED_COLUMNS = (
     ("customers", "profile", "BLOB"),
+    ("customers", "deleted_subjects", "BLOB"),
     ("events", "chain", "BLOB"),
     ("rollups", "first_t", "INTEGER"),  # TIME_WEIGHTED_SUM: a bucket's first reading (adapters.sqlite.gauges)
     ("rollups", "first_seq", "INTEGER"),

@@ -116,6 +116,9 @@ class Customer(msgspec.Struct, frozen=True):
     updated_us: int
     profile: dict[str, Any] | None = None
     """OpenMeter's descriptive members (``CustomerInput.profile``)."""
+    deleted_us: int | None = None
+    """When the customer was deleted (kept, as OpenMeter keeps it; ``subjects`` are then the
+    subject keys it had, which it no longer claims)."""
 
     @property
     def usage_subjects(self) -> tuple[str, ...]:

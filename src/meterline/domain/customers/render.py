@@ -22,6 +22,8 @@ def customer_body(c: Customer) -> dict[str, Any]:
         "createdAt": rfc3339(c.created_us),
         "updatedAt": rfc3339(c.updated_us),
     }
+    if c.deleted_us is not None:
+        body["deletedAt"] = rfc3339(c.deleted_us)
     return body | (c.profile or {})
 
 
