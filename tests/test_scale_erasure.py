@@ -11,6 +11,7 @@ a real scale-mode node."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -557,3 +558,60 @@ def test_an_erasure_asked_again_after_its_node_died_is_finished_and_answered(
         assert values(api, "m", by_customer) == [10]
         assert values(api, "m", MARCH) == [10]
         assert ok(api.query("m", [*MARCH, ("subject", SUBJECT)]))["data"] == []
+
+
+@pytest.mark.parametrize("dedupe_site", ["own-postgres"], indirect=True)
+def test_usage_reads_never_count_an_unfinished_erasures_copies(
+    no_resume: None, dedupe_site: Site, tmp_path: Path
+) -> None:
+    """The node erasing dies between the copy and the drop (the subject's usage then stands in
+    ClickHouse under the subject and under its pseudonym): another node's reads over every
+    subject, by customer and of a meter's subjects wait for the erasure, answer 503
+    ``erasure_in_progress`` with Retry-After when it does not finish within their wait, and
+    answer as before once a node finished it, a read that waited included. A site of its own:
+    no long-lived node of another test finishes the erasure meanwhile."""
+    scale_site = dedupe_site
+    for api in build_scale_api(scale_site, tmp_path / "a"):
+        ok(api.create_meter(slug="m", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
+        ok(post(api, "/api/v1/customers", {"key": "initech", "subjectKeys": [SUBJECT]}), 201)
+        events = [zora(i, f"2026-03-01T0{i}:00:00Z", i + 1) for i in range(4)]
+        events.append(ev(f"other-{RUN}", "other-subject", "2026-03-01T05:00:00Z", calls=7, region="eu"))
+        r = api.post_events(events)
+        assert r.status_code in (200, 202, 204), r.text
+        by_customer = [*MARCH, ("filterCustomerId", "initech")]
+        assert values(api, "m", MARCH) == [17] and values(api, "m", by_customer) == [10]
+        killed(scale_site, api.key, "after-copy")
+        assert len(unfinished(scale_site)) == 1
+        with psycopg.connect(scale_site.config.postgres.dsn, autocommit=True) as pg:
+            (alias,) = pg.execute("SELECT pseudonym FROM erasures WHERE finished_us IS NULL").fetchone() or ("",)
+        config = load_config(scale_site.config_path)
+        conn = Connection(config.clickhouse.url, config.clickhouse.database)
+        try:  # the copies and the originals side by side: a plain sum counts the subject twice
+            sql = (
+                "SELECT subject, sum(total) FROM usage_rollups WHERE subject IN ({s:String}, {a:String})"
+                " AND meter IN (SELECT meter FROM usage_rollups WHERE subject = {a:String}) GROUP BY ALL"
+            )  # the pseudonym is the namespace's own; the subject has rows in other tests' namespaces
+            both = {s: int(v) for s, v in conn.rows(sql, {"s": SUBJECT, "a": alias})}
+        finally:
+            conn.close()
+        assert set(both) == {SUBJECT, alias} and len(set(both.values())) == 1, both
+        for other in build_scale_api(scale_site, tmp_path / "b", aggregation={"max_wait": 1.0}):
+            b = dataclasses.replace(other, key=api.key)  # another node, the same namespace
+            for params in (MARCH, by_customer, [*MARCH, ("groupBy", "subject")]):
+                r = b.query("m", params)
+                assert r.status_code == 503, r.text
+                assert r.json()["code"] == "erasure_in_progress" and int(r.headers["Retry-After"]) >= 1, r.text
+            r = b.client.get("/api/v1/meters/m/subjects", headers=b.headers())
+            assert r.status_code == 503 and r.json()["code"] == "erasure_in_progress", r.text
+            waited: list[Any] = []
+            reader = threading.Thread(target=lambda a=api, w=waited: w.append(values(a, "m", MARCH)))
+            reader.start()  # node a waits (its wait: 60 s) for the erasure to finish
+            time.sleep(1.0)
+            assert reader.is_alive() and not waited
+            record = ok(post(b, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+            reader.join(120)
+            assert waited == [[17]] and record["counts"]["ledgerEntries"] == 4
+            assert unfinished(scale_site) == []
+            assert values(b, "m", MARCH) == [17] and values(b, "m", by_customer) == [10]
+            rows = ok(b.query("m", [*MARCH, ("groupBy", "subject")]))["data"]
+            assert sorted((row["subject"], row["value"]) for row in rows) == [(alias, 10), ("other-subject", 7)]

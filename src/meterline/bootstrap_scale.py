@@ -79,7 +79,7 @@ from meterline.services.erasure import ErasureService
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
 from meterline.services.log_corrections import LogCorrections
-from meterline.services.log_erasure import LogErasures
+from meterline.services.log_erasure import ErasureGate, LogErasures
 from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
@@ -115,10 +115,13 @@ class ScaleLedger:
     """The ledger of an API node: appends through Kafka, lists what the workers stored (after
     the same wait as a usage read: ``note``)."""
 
-    def __init__(self, kafka: KafkaLedger, events: ClickHouseEvents, note: Callable[[], None]) -> None:
+    def __init__(
+        self, kafka: KafkaLedger, events: ClickHouseEvents, note: Callable[[], None], gate: ErasureGate
+    ) -> None:
         self._kafka = kafka
         self._events = events
         self._note = note
+        self._gate = gate
 
     def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[builtins.list[Outcome]]:
         return self._kafka.append(namespace, candidates)
@@ -131,7 +134,7 @@ class ScaleLedger:
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
         self._note()
-        return self._events.list(namespace, f, limit=limit)
+        return self._gate.read(lambda: self._events.list(namespace, f, limit=limit))
 
 
 class NotedUsage:
@@ -144,7 +147,8 @@ class NotedUsage:
     partition is applied up to the last record this node had acknowledged when the read
     started: a client reads its own writes through the node it wrote through. Writes through
     other nodes are reflected once the workers applied them; ``consistency=eventual`` skips
-    the wait."""
+    the wait. Whatever the freshness, a read never answers while an erasure is unfinished
+    (``gate``: it waits for it, at most ``max_wait``, then 503 ``erasure_in_progress``)."""
 
     def __init__(
         self,
@@ -152,8 +156,10 @@ class NotedUsage:
         progress: ClickHouseProgress,
         heads: Callable[[], dict[int, int]],
         max_wait: float,
+        gate: ErasureGate,
         pause: float = 0.02,
     ) -> None:
+        self.gate = gate
         self._usage = usage
         self._progress = progress
         self._heads = heads
@@ -190,7 +196,7 @@ class NotedUsage:
     def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
         self.note()
         self.backfilled(meter)
-        return self._usage.query(meter, query)
+        return self.gate.read(lambda: self._usage.query(meter, query))
 
     def backfilled(self, meter: Meter) -> None:
         """A meter created (or regrouped) after events arrived: wait, as the read's freshness
@@ -212,6 +218,32 @@ class NotedUsage:
             time.sleep(self._pause)
 
 
+class GatedUsage:
+    """A usage reader whose reads never answer while an erasure is unfinished (``ErasureGate``)."""
+
+    def __init__(self, reader: UsageReader, gate: ErasureGate) -> None:
+        self._reader = reader
+        self._gate = gate
+
+    def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
+        return self._gate.read(lambda: self._reader.query(meter, query))
+
+
+class GatedValues:
+    """A meter's subjects and group values, never listed while an erasure is unfinished (the
+    subject and its pseudonym would both be listed)."""
+
+    def __init__(self, values: ClickHouseMeterValues, gate: ErasureGate) -> None:
+        self._values = values
+        self._gate = gate
+
+    def subjects(self, meter: Meter, start: int | None, end: int | None) -> builtins.list[str]:
+        return self._gate.read(lambda: self._values.subjects(meter, start, end))
+
+    def group_values(self, meter: Meter, dimension: str, start: int | None, end: int | None) -> builtins.list[str]:
+        return self._gate.read(lambda: self._values.group_values(meter, dimension, start, end))
+
+
 class ScaleReconciliationCounts:
     """Reconciliation's counts in scale mode (``ports.reconciliation``): the log as the sink
     workers applied it and the usage tables from ClickHouse, receipts and invoices from
@@ -230,7 +262,7 @@ class ScaleReconciliationCounts:
         self._usage.note()
         for meter in meters:
             self._usage.backfilled(meter)
-        counted = self._ch.counted(namespace, meters, start, end)
+        counted = self._usage.gate.read(lambda: self._ch.counted(namespace, meters, start, end))
         record = freshness.current()
         if record is not None:
             record.as_of_position, record.as_of_us = counted.position, counted.position_us
@@ -246,12 +278,12 @@ class ScaleReconciliationCounts:
         self, namespace: str, meters: builtins.list[Meter], start: int, end: int, through: int
     ) -> LedgerCheck:
         invoiced = self._pg.invoiced(namespace, start * 1_000_000, end * 1_000_000)
-        return self._ch.ledger_check(namespace, meters, start, end, through, invoiced)
+        return self._usage.gate.read(lambda: self._ch.ledger_check(namespace, meters, start, end, through, invoiced))
 
     def billed_changes(
         self, namespace: str, meters: builtins.list[Meter], windows: builtins.list[BilledWindow], through: int
     ) -> builtins.list[dict[str, Change]]:
-        return self._ch.billed_changes(namespace, meters, windows, through)
+        return self._usage.gate.read(lambda: self._ch.billed_changes(namespace, meters, windows, through))
 
     def namespaces(self) -> builtins.list[str]:
         return self._pg.namespaces()
@@ -391,6 +423,7 @@ def _wire(
     from meterline.adapters.clickhouse.reconciliation import ClickHouseReconciliationCounts
     from meterline.adapters.clickhouse.usage import ClickHouseUsage
     from meterline.adapters.kafka.ledger import KafkaLedger, ensure_topic
+    from meterline.adapters.postgres.fence import PgFence
     from meterline.adapters.postgres.reconciliation import PgReconciliationCounts
 
     pg, ch, k = stores.catalog, config.clickhouse, config.kafka
@@ -427,15 +460,17 @@ def _wire(
     releaser = QuarantineReleaser(pg.quarantine, kafka, timeout=k.delivery_timeout)
     release = Ticker("quarantine-release", releaser.tick, lambda: 5.0, monitor)
     closers.append(release.close)
-    usage = NotedUsage(raw_usage, progress, kafka.heads, config.aggregation.max_wait)
+    gate = ErasureGate(PgFence(pg.db, config.postgres.dsn).erasures, config.aggregation.max_wait)
+    usage = NotedUsage(raw_usage, progress, kafka.heads, config.aggregation.max_wait, gate)
     counters = usage_counters(config, closers)
     counted: UsageReader = usage
     if counters is not None:  # entitlement usage from the live counters once they hold it
         streams = {p: f"{k.topic}:{p}" for p in range(k.partitions)}
         touched = ClickHouseCorrectedRanges(conn).touches  # usage that corrections touched: from ClickHouse
-        counted = CountedUsage(counters, streams, kafka.heads, usage, config.aggregation.max_wait, corrected=touched)
+        live = CountedUsage(counters, streams, kafka.heads, usage, config.aggregation.max_wait, corrected=touched)
+        counted = GatedUsage(live, gate)  # the live counters move at the erasure's last step
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
-    values = ClickHouseMeterValues(conn, usage.note)
+    values = GatedValues(ClickHouseMeterValues(conn, usage.note), gate)
     corrections = _corrections(config, clock, stores, conn, kafka, usage)
     erasures = _erasures(config, clock, stores, conn, kafka, progress, counters)
     # an erasure a process began and did not finish holds the workers: any node finishes it
@@ -454,7 +489,7 @@ def _wire(
         monitor=monitor,
     )
     status = ScaleStatus([("PostgreSQL", pg.probe), ("ClickHouse", progress.probe), ("Kafka", kafka.probe)], progress)
-    ledger = ScaleLedger(kafka, ClickHouseEvents(conn), usage.note)
+    ledger = ScaleLedger(kafka, ClickHouseEvents(conn), usage.note, gate)
     counts = ScaleReconciliationCounts(ClickHouseReconciliationCounts(conn), PgReconciliationCounts(pg.db), usage)
     node = ScaleNode(config, clock, monitor, status, catalog, billing, dispatcher, stores, ledger, counts, closers)
     node.tickers += [release, resume]
@@ -538,7 +573,7 @@ def _catalog(
     stores: ScaleStores,
     usage: NotedUsage,
     counted: UsageReader,
-    values: ClickHouseMeterValues,
+    values: GatedValues,
     wake: Callable[[], None],
     releaser: QuarantineReleaser,
     ledger: Ledger,

@@ -13,6 +13,7 @@
     ├── NotSupported               not_supported   501  (extra: mode)
     ├── Backfilling                meter_backfilling 503
     ├── StorageUnavailable         storage_unavailable 503  METER-001
+    │   └── ErasureInProgress      erasure_in_progress 503  METER-001
     └── Overloaded                 overloaded      503  METER-002
 
 The HTTP layer maps ``status`` and ``code`` to problem+json in one place
@@ -140,6 +141,16 @@ class StorageUnavailable(MeterlineError):
     status = 503
     title = "Storage unavailable"
     operational_code = OpsCode.STORAGE_UNAVAILABLE
+
+
+class ErasureInProgress(StorageUnavailable):
+    """Scale mode: an erasure of a subject is unfinished (its usage may stand under the subject
+    and its pseudonym side by side) and did not finish within the read's wait: answering could
+    count that usage twice."""
+
+    code = "erasure_in_progress"
+    status = 503
+    title = "An erasure of a subject is in progress"
 
 
 class ProviderUnavailable(MeterlineError):

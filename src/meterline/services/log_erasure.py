@@ -24,10 +24,9 @@ the usage store and the catalog; rules in ``domain.erasure``, steps in docs/eras
    finished; the hold ends.
 
 Between 5 and 7 the subject's usage is in the store twice, under the subject and the
-pseudonym: a customer's usage (entitlements, invoices, a query by customer) counts it once at
-every moment (the customer maps one or the other), a meter query over every subject counts it
-twice until step 7 ends (about as long as the mutations take; after a crash, until a node
-finishes the erasure).
+pseudonym; no usage read answers from that state (``ErasureGate``): a read done while an
+erasure is unfinished is done again once it is finished (waiting at most ``max_wait``, then
+``erasure_in_progress``, 503).
 
 From step 4's commit until the record is finished the erasure is *unfinished*: the catalog
 keeps the subject and the last step done, and holds every worker off whatever happens to this
@@ -40,10 +39,12 @@ the same rows once, deletes and the switch find nothing left, keys replaced are 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from functools import partial
+from typing import TypeVar
 
 from meterline.domain.erasure import (
     ErasureRecord,
@@ -54,7 +55,7 @@ from meterline.domain.erasure import (
     pseudonym,
     subject_not_found,
 )
-from meterline.domain.errors import StorageUnavailable
+from meterline.domain.errors import ErasureInProgress, StorageUnavailable
 from meterline.domain.events.corrections import is_void_record
 from meterline.domain.integrity.batches import entry_digest
 from meterline.domain.meters.evaluate import CompiledMeter
@@ -76,6 +77,57 @@ SETTLE_HELD = 5.0
 SETTLE_RELEASED = 30.0
 """How long it waits, having released them, for the workers to finish a range a refused write left."""
 MoveCounters = Callable[[Sequence[int], str, str], int]
+T = TypeVar("T")
+
+
+class ErasureGate:
+    """Usage reads that never answer from a state an unfinished erasure left (its copies and
+    the originals side by side, between steps 5 and 7 of the module doc).
+
+    ``state``: the catalog's newest erasure id and whether one is unfinished (one round trip).
+    A read is answered when the state observed before it (by any read of this node, or looked
+    up when that one showed an unfinished erasure) and the state looked up after it are equal
+    and show none unfinished: an erasure is unfinished from before its first write to the
+    usage store until after its last, and every erasure that begins gets a new id (a finished
+    one is never taken up again), so no erasure wrote while the read ran. Otherwise the read
+    waits until none is unfinished and is done again; after ``max_wait`` seconds (from the
+    read's start) it raises ``ErasureInProgress``. One round trip per read when no erasure
+    runs; a read inside a read (a reader that calls another) adds none."""
+
+    def __init__(self, state: Callable[[], tuple[int, bool]], max_wait: float, pause: float = 0.05) -> None:
+        self._state = state
+        self._max_wait = max_wait
+        self._pause = pause
+        self._seen: tuple[int, bool] | None = None
+        self._inside = threading.local()
+
+    def read(self, read: Callable[[], T]) -> T:
+        if getattr(self._inside, "depth", 0):
+            return read()  # the outer read's checks cover it
+        deadline = time.monotonic() + self._max_wait
+        seen = self._seen if self._seen is not None else self._look()
+        while True:
+            while seen[1]:
+                if time.monotonic() >= deadline:
+                    raise _in_progress()
+                time.sleep(self._pause)
+                seen = self._look()
+            self._inside.depth = 1
+            try:
+                answer = read()
+            finally:
+                self._inside.depth = 0
+            after = self._look()
+            if after == seen:
+                return answer
+            if time.monotonic() >= deadline:
+                raise _in_progress()
+            seen = after  # an erasure began meanwhile: wait for it, then read again
+
+    def _look(self) -> tuple[int, bool]:
+        seen = self._state()
+        self._seen = seen
+        return seen
 
 
 class LogErasures:
@@ -239,6 +291,13 @@ class LogErasures:
                 )
             )  # fmt: skip
         return entries, list(keys.values())
+
+
+def _in_progress() -> ErasureInProgress:
+    return ErasureInProgress(
+        "an erasure of a subject is unfinished: usage over every subject would count its usage twice until"
+        " it finishes (any API node finishes it within seconds): retry shortly"
+    )
 
 
 def _kept(v: StoredVersion) -> bytes:

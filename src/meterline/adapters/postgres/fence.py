@@ -12,7 +12,9 @@ partition with its newest epoch, and the maintenance hold ``meterline rebuild`` 
 - an unfinished erasure (``adapters.postgres.erasure``: a row of ``erasures`` with a subject
   and no finish) holds the workers too, durably: ``acquire`` refuses while one exists, so a
   process that dies in the middle of an erasure leaves the usage store as it was until a run
-  that finishes the erasure (``services.log_erasure``, ``resume``) ends it.
+  that finishes the erasure (``services.log_erasure``, ``resume``) ends it;
+- ``erasures`` tells the API nodes' usage reads whether an erasure is unfinished or began
+  since they last looked (``services.log_erasure.ErasureGate``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,18 @@ class PgFence:
         """Whether an unfinished erasure holds the workers."""
         with self._db.tx() as conn:
             return _erasing(conn)
+
+    def erasures(self) -> tuple[int, bool]:
+        """The newest erasure's id (0: none yet) and whether an erasure is unfinished: equal
+        answers before and after a read, and none unfinished, tell that no erasure moved rows
+        meanwhile (``services.log_erasure.ErasureGate``)."""
+        with self._db.tx() as conn:
+            row = conn.execute(
+                "SELECT (SELECT coalesce(max(id), 0) FROM erasures),"
+                " EXISTS (SELECT 1 FROM erasures WHERE finished_us IS NULL AND subject IS NOT NULL)"
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), bool(row[1])
 
     def holds(self, stream: str, epoch: int) -> bool:
         with self._db.tx() as conn:
