@@ -238,9 +238,14 @@ def mode_api(request: pytest.FixtureRequest, tmp_path: Path, **overrides: dict[s
 
 @pytest.fixture(scope="session")
 def scale_node(scale_site: Site) -> Server:
-    """A real `meterline serve` API node of the shared scale site (no key: see ``mode_server``)."""
+    """A real `meterline serve` API node of the shared scale site (no key: see ``mode_server``).
+
+    Its billing scheduler is off: it would bill every namespace of the site's catalog on the
+    real clock, including those of the in-process API tests of the same site (``mode_api``), whose
+    subscriptions on a fixed clock lie in the past (an invoice they did not ask for, finalized
+    in the middle of the test)."""
     port = free_port()
-    process = scale_site.node(port)
+    process = scale_site.node(port, env={"METERLINE_BILLING__SCHEDULER_ENABLED": "false"})
     return Server(f"http://127.0.0.1:{port}", "", scale_site.dir, process, port)
 
 

@@ -84,10 +84,10 @@ class Site:
         self.processes.append(process)
         return process
 
-    def node(self, port: int, log: str = "nodes.log") -> subprocess.Popen[bytes]:
+    def node(self, port: int, log: str = "nodes.log", env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         """A `meterline serve` API node on ``port``, ready (``/readyz`` 200) when returned."""
         argv = ["serve", "--config", str(self.config_path), "--host", "127.0.0.1", "--port", str(port)]
-        process = spawn(argv, self.dir / log, {"METERLINE_AUTH__BOOTSTRAP_ADMIN_KEY": "false"})
+        process = spawn(argv, self.dir / log, {"METERLINE_AUTH__BOOTSTRAP_ADMIN_KEY": "false", **(env or {})})
         self.processes.append(process)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
