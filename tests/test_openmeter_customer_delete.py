@@ -89,3 +89,43 @@ def test_a_deleted_customer_is_kept_and_its_keys_are_free(http: httpx.Client) ->
         for c in ok(http.get("/api/v1/customers", params={"includeDeleted": "1"}))["items"]
     ]
     assert sorted(keys) == sorted([(acme["id"], False), (fresh["id"], True), (listed["items"][1]["id"], True)])
+
+
+def test_the_unknown_subject_screen_follows_a_delete_and_a_recreate_at_once(http: httpx.Client) -> None:
+    """The subjects ingest counts as known change with the commit of a delete and of a new
+    customer taking the freed keys, without a restart: events of a deleted customer's key and
+    subject key are quarantined right after the delete, and a new customer with the same keys
+    releases them and counts them, with what is sent afterwards, as its own."""
+    meter = {"slug": "calls", "eventType": "call", "aggregation": "SUM", "valueProperty": "$.n"}
+    ok(http.post("/api/v1/meters", json=meter), 201)
+    ok(http.put("/api/v1/settings", json={"unknownSubjects": "quarantine"}))
+    old = ok(
+        http.post("/api/v1/customers", json={"key": "acme", "usageAttribution": {"subjectKeys": ["acme-app"]}}), 201
+    )
+    at = datetime.now(UTC).replace(microsecond=0)
+    report = {"Prefer": "return=representation"}
+
+    def send(*events: dict[str, Any]) -> list[str]:
+        r = http.post("/api/v1/events", json=list(events), headers=report)
+        return [e["status"] for e in ok(r)["events"]]
+
+    assert send(event("acme", 1, at), event("acme-app", 2, at)) == ["accepted", "accepted"]
+    assert http.delete("/api/v1/customers/acme").status_code == 204
+    assert send(event("acme", 4, at), event("acme-app", 8, at)) == ["quarantined", "quarantined"]
+    held = ok(http.get("/api/v1/quarantine"))["items"]
+    assert sorted(h["subject"] for h in held) == ["acme", "acme-app"]
+
+    body = {"key": "acme", "usageAttribution": {"subjectKeys": ["acme-app"]}}
+    fresh = ok(http.post("/api/v1/customers", json=body), 201)
+    assert fresh["released"] == {"accepted": 2, "rejected": 0}
+    assert ok(http.get("/api/v1/quarantine"))["items"] == []
+    assert send(event("acme", 16, at), event("acme-app", 32, at)) == ["accepted", "accepted"]
+    window = {"from": (at - timedelta(hours=1)).isoformat(), "to": (at + timedelta(hours=1)).isoformat()}
+    params = {**window, "filterCustomerId": fresh["id"]}
+    mine = ok(http.get("/api/v1/meters/calls/query", params=params))
+    assert [(r["customerId"], r["value"]) for r in mine["data"]] == [(fresh["id"], 63)]
+    assert fresh["id"] != old["id"]
+
+    # and once more: deleting the new customer frees the keys again at once
+    assert http.delete("/api/v1/customers/acme").status_code == 204
+    assert send(event("acme", 64, at)) == ["quarantined"]
