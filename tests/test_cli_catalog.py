@@ -30,10 +30,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture
 def run(live: Server) -> Run:
-    env = {"METERLINE_URL": live.url, "METERLINE_API_KEY": live.key}
+    base = {"METERLINE_URL": live.url, "METERLINE_API_KEY": live.key}
 
-    def invoke(*args: str, stdin: str | None = None, code: int = 0) -> Result:
-        result = CliRunner().invoke(cli, list(args), env=env, input=stdin)
+    def invoke(*args: str, stdin: str | None = None, code: int = 0, env: dict[str, str] | None = None) -> Result:
+        result = CliRunner().invoke(cli, list(args), env=base | (env or {}), input=stdin)
         assert result.exit_code == code, f"{args}: exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
         assert "Traceback" not in result.stderr
         return result
@@ -74,9 +74,23 @@ def test_customers_crud(run: Run) -> None:
     assert shown["name"] == "Globex" and shown["metadata"] == {"tier": "gold"}
     assert shown["timezone"] == "Europe/Berlin" and shown["subjectKeys"] == ["globex"]
     assert "Globex" in run("customers", "show", "globex").stdout
+    acme = as_json(run("customers", "show", "acme", "--json"))
+    assert "metadata" not in acme  # none set: absent, as OpenMeter answers it
+    assert "acme-eu" in run("customers", "show", "acme").stdout
     run("customers", "delete", "globex")
     r = run("customers", "show", "globex", code=2)
     assert "404" in r.stderr and "globex" in r.stderr
+
+    # deleted customers are listed only when asked, with when they were deleted
+    assert "globex" not in run("customers", "list").stdout
+    listed_json = as_json(run("customers", "list", "--include-deleted", "--json"))
+    gone = [c for c in listed_json if c["key"] == "globex"]
+    assert len(gone) == 1 and gone[0]["deletedAt"] >= gone[0]["createdAt"]
+    assert [c.get("deletedAt") for c in listed_json if c["key"] == "acme"] == [None]
+    table = run("customers", "list", "--include-deleted", env={"COLUMNS": "400"}).stdout
+    assert "deleted" in table and gone[0]["deletedAt"] in table and "acme-eu" in table
+    shown_deleted = run("customers", "show", gone[0]["id"], env={"COLUMNS": "400"}).stdout
+    assert gone[0]["deletedAt"] in shown_deleted
     r = run("customers", "create", "bad key!", code=2)  # validated before anything is sent
     assert "key 'bad key!' must be" in r.stderr
     r = run("customers", "create", "x1", "--timezone", "Mars/Olympus", code=2)

@@ -26,13 +26,15 @@ def customers() -> None:
 
 @customers.command("list")
 @with_api
+@click.option("--include-deleted", is_flag=True, help="list deleted customers too, with when they were deleted")
 @json_option
-def customers_list(api: Api, as_json: bool) -> None:
-    """Every customer of the key's namespace."""
+def customers_list(api: Api, include_deleted: bool, as_json: bool) -> None:
+    """Every customer of the key's namespace (live ones; deleted ones too with --include-deleted)."""
     items: list[dict[str, Any]] = []
     page = 1
     while True:  # OpenMeter's pages: {totalCount, page, pageSize, items}
-        answer = api.get("/api/v1/customers", [("page", str(page)), ("pageSize", "1000")])
+        params = [("page", str(page)), ("pageSize", "1000")]
+        answer = api.get("/api/v1/customers", params + ([("includeDeleted", "true")] if include_deleted else []))
         items += answer["items"]
         if not answer["items"] or len(items) >= answer["totalCount"]:
             break
@@ -40,8 +42,15 @@ def customers_list(api: Api, as_json: bool) -> None:
     if as_json:
         print_json(items)
         return
-    rows = [(c["key"], c["name"], c["subjectKeys"], c["timezone"], c["metadata"], c["id"]) for c in items]
-    print_table(("key", "name", "subjects", "timezone", "metadata", "id"), rows, "no customers")
+    head = ("key", "name", "subjects", "timezone", "metadata", "id") + (("deleted",) if include_deleted else ())
+    rows = [_row(c, include_deleted) for c in items]
+    print_table(head, rows, "no customers")
+
+
+def _row(c: dict[str, Any], deleted: bool) -> tuple[Any, ...]:
+    """A customer's line of the list (``metadata`` is absent when it has none)."""
+    row = (c["key"], c["name"], c["subjectKeys"], c["timezone"], c.get("metadata"), c["id"])
+    return row + ((c.get("deletedAt"),) if deleted else ())
 
 
 @customers.command("create")
@@ -78,9 +87,10 @@ def customers_show(api: Api, key: str, as_json: bool) -> None:
     if as_json:
         print_json(c)
         return
-    labels = {"subjectKeys": "subjects", "createdAt": "created", "updatedAt": "updated"}
+    labels = {"subjectKeys": "subjects", "createdAt": "created", "updatedAt": "updated", "deletedAt": "deleted"}
     keys = ("key", "name", "subjectKeys", "timezone", "metadata", "id", "createdAt", "updatedAt")
-    print_fields((labels.get(k, k), c[k]) for k in keys)
+    shown = keys + (("deletedAt",) if "deletedAt" in c else ())
+    print_fields((labels.get(k, k), c.get(k)) for k in shown)
 
 
 @customers.command("update")
@@ -106,7 +116,7 @@ def customers_update(
     if name is None and not subjects and timezone is None and not metadata and not remove_metadata:
         raise click.UsageError("nothing to change: give --name, --subject, --timezone or --metadata")
     c = api.get(f"/api/v1/customers/{key}")
-    merged = {k: v for k, v in (c["metadata"] or {}).items() if k not in remove_metadata} | metadata
+    merged = {k: v for k, v in (c.get("metadata") or {}).items() if k not in remove_metadata} | metadata
     inp = CustomerInput(
         key,
         c["name"] if name is None else name,
