@@ -61,6 +61,25 @@ def test_customer_in_openmeters_shape_round_trips(api: Api) -> None:
     assert "description" not in replaced and replaced["usageAttribution"] == {"subjectKeys": ["acme-1"]}
 
 
+def test_customer_metadata_is_absent_when_unset_or_empty(api: Api) -> None:
+    """OpenMeter's server leaves a customer's unset (or empty) metadata out; never ``null``."""
+    plain = post(api, "/api/v1/customers", {"key": "plain"})
+    assert plain.status_code == 201, plain.text
+    empty = post(api, "/api/v1/customers", {"key": "empty", "metadata": {}})
+    tagged = post(api, "/api/v1/customers", {"key": "tagged", "metadata": {"tier": "gold"}})
+    assert "metadata" not in plain.json() and "metadata" not in empty.json()
+    assert tagged.json()["metadata"] == {"tier": "gold"}
+    for key in ("plain", "empty"):
+        assert "metadata" not in get(api, f"/api/v1/customers/{key}").json()
+    listed = {c["key"]: c for c in get(api, "/api/v1/customers").json()["items"]}
+    assert [k for k, c in sorted(listed.items()) if "metadata" in c] == ["tagged"]
+    cleared = api.client.put("/api/v1/customers/tagged", json={"key": "tagged"}, headers=api.headers())
+    assert cleared.status_code == 200 and "metadata" not in cleared.json(), cleared.text
+    assert api.client.delete("/api/v1/customers/plain", headers=api.headers()).status_code == 204
+    deleted = [c for c in get(api, "/api/v1/customers", includeDeleted="true").json()["items"] if "deletedAt" in c]
+    assert [c["key"] for c in deleted] == ["plain"] and "metadata" not in deleted[0]
+
+
 def test_customer_list_is_openmeters_page(api: Api) -> None:
     for i in range(5):
         body = {
