@@ -265,3 +265,15 @@ def test_text_answers_must_be_what_was_asked_for(html_server: str) -> None:
     for args in (("usage", "tokens", "--csv"), ("billing", "invoice", "INV-1", "--format", "csv")):
         env = {"METERLINE_URL": html_server, "METERLINE_API_KEY": "k"}
         assert_one_line(CliRunner().invoke(cli, list(args), env=env), "with text/html, not text/csv")
+
+
+@pytest.mark.parametrize("option", ["--from", "--to"])
+@pytest.mark.parametrize("value", ["2026-03-01T00:00:00Z", "2026-13-01", "yesterday"])
+def test_reconcile_days_are_checked_before_anything_is_sent(option: str, value: str) -> None:
+    """``from`` and ``to`` are whole days (the server takes YYYY-MM-DD): anything else is a
+    usage error naming the option, and no request is made (nothing listens at the URL)."""
+    env = {"METERLINE_URL": f"http://127.0.0.1:{free_port()}", "METERLINE_API_KEY": "ml_test"}
+    result = CliRunner().invoke(cli, ["reconcile", option, value], env=env)
+    assert result.exit_code == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"Invalid value for '{option}': '{value}' is not a day (YYYY-MM-DD" in result.stderr, result.stderr
+    assert "cannot connect" not in result.stderr

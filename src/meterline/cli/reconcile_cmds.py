@@ -6,6 +6,7 @@ waiting up to ``--timeout`` (default 600 s: the server replays the range's raw e
 from __future__ import annotations
 
 import sys
+from datetime import date
 
 import click
 
@@ -15,10 +16,20 @@ from meterline.cli.output import json_option, print_json, print_table, text
 _TIMEOUT = 600.0  # it replays the range's raw events: minutes for millions of them
 
 
+def _day(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A day as the server takes it (``from`` and ``to`` are whole days in the zone)."""
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a day (YYYY-MM-DD, e.g. 2026-03-01)") from None
+
+
 @click.command()
 @with_api(timeout=_TIMEOUT)
-@click.option("--from", "from_", help="RFC 3339 start (default: 12 periods ago)")
-@click.option("--to", help="RFC 3339 end (default: now)")
+@click.option("--from", "from_", callback=_day, help="first day, YYYY-MM-DD in --tz (default: 12 periods before --to)")
+@click.option("--to", callback=_day, help="last day, included, YYYY-MM-DD in --tz (default: today)")
 @click.option("--grain", type=click.Choice(["day", "week", "month"]), default="month", show_default=True)
 @click.option("--tz", help="IANA time zone the periods are cut in (default UTC)")
 @click.option("--tolerance", type=click.IntRange(0), help="unexplained events allowed per meter and period")
@@ -57,13 +68,13 @@ def reconcile(
         columns = ("meter", "customer", "invoice", "window", "billed", "metered", "cause", "quantity", "adjustment")
         print_table(columns, billed, "billed quantities: no differences")
         click.echo(
-            f"unexplained {report['unexplained']} (tolerance {report['tolerance']} per meter and period):"
-            f" {'within tolerance' if report['withinTolerance'] else 'BEYOND TOLERANCE'}"
+            f"unexplained events: {report['unexplained']} (tolerance {report['tolerance']} per meter and period)"
         )
         click.echo(
             f"billed windows' meters with unexplained quantities beyond {text(report['quantityTolerance'])}:"
             f" {report['unexplainedBilled']}"
         )
+        click.echo("within tolerance" if report["withinTolerance"] else "BEYOND TOLERANCE")
     if not report["withinTolerance"]:
         sys.exit(1)
 
