@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,21 @@ def test_serve_bootstraps_admin_key_and_prints_it(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serve_on_a_port_in_use_is_one_error_line_and_makes_nothing(tmp_path: Path) -> None:
+    """The address is bound before the store is opened: a port another process listens on is
+    one readable line and exit 2, no "listening on", no admin key shown, no data directory."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        r = cli("serve", "--data-dir", str(tmp_path / "d"), "--port", str(port))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port} (address already in use); is another server running there?"
+        " choose another --port / --host (or server.port / server.host)"
+    ]
+    assert not (tmp_path / "d").exists()
 
 
 def test_keys_create_list_revoke_while_server_runs(server: Server) -> None:

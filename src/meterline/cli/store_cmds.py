@@ -6,6 +6,7 @@ The configuration and storage modules are imported by the commands that use them
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import click
 
 from meterline.domain.auth.keys import DEFAULT_NAMESPACE, check_namespace, parse_scopes
 from meterline.domain.clock import rfc3339
+from meterline.domain.errors import ConfigError
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -63,6 +65,8 @@ def serve(
     tls = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
     config = _config(config_path, data_dir, host=host, port=port, **tls)
     setup_logging(config.log.level, config.log.format)
+    # the address first: a port in use is one error line, before any store is made or a key shown
+    sock = listen(config.server.host, config.server.port)
     bootstrap = _bootstrap_key(config)
     app = create_app(config)
     where = f"{'https' if config.server.tls_cert else 'http'}://{config.server.host}:{config.server.port}"
@@ -76,7 +80,7 @@ def serve(
         click.echo(f"  {bootstrap}")
     click.echo("Authenticate with: Authorization: Bearer <key>   (more keys: meterline keys create --scope ingest)")
     sys.stdout.flush()
-    run_http(app, config.server.host, config.server.port, config)
+    run_http(app, config.server.host, config.server.port, config, sock=sock)
 
 
 @click.command()
@@ -103,10 +107,32 @@ def worker(config_path: Path | None, data_dir: Path | None) -> None:
         running.close()
 
 
-def run_http(app: ASGIApp, host: str, port: int, config: Config | None = None) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM (then finish the requests in flight, 5 s at most).
-    With ``server.tls_cert`` in ``config``: HTTPS only, with the client-certificate facts in
-    each request's scope (``meterline.api.tls``)."""
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (as uvicorn binds one: IPv6 when the host has a
+    colon, ``SO_REUSEADDR``); a port in use or an address not of this machine is a
+    :class:`ConfigError` naming it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({reason.lower()}); is another server running there?"
+            " choose another --port / --host (or server.port / server.host)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_http(
+    app: ASGIApp, host: str, port: int, config: Config | None = None, *, sock: socket.socket | None = None
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM (then finish the requests in flight, 5 s at most),
+    on ``sock`` when given (bound by :func:`listen`). With ``server.tls_cert`` in ``config``:
+    HTTPS only, with the client-certificate facts in each request's scope (``meterline.api.tls``)."""
     import uvicorn
 
     from meterline.runtime.collector import tune_for_throughput
@@ -124,7 +150,7 @@ def run_http(app: ASGIApp, host: str, port: int, config: Config | None = None) -
             "http": TLSHttpToolsProtocol,
         }
     tune_for_throughput()
-    uvicorn.run(
+    settings = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -134,6 +160,13 @@ def run_http(app: ASGIApp, host: str, port: int, config: Config | None = None) -
         **{"http": "httptools", **tls},
         timeout_graceful_shutdown=5,
     )
+    serving = uvicorn.Server(settings)
+    try:
+        serving.run(sockets=None if sock is None else [sock])
+    except KeyboardInterrupt:
+        pass
+    if not serving.started:
+        sys.exit(3)  # as uvicorn.run: the application failed to start (the log says why)
 
 
 def _bootstrap_key(config: Config) -> str | None:
