@@ -25,6 +25,7 @@ from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.adapters.sqlite.ledger_reader import SqliteLedgerReader
 from meterline.adapters.sqlite.meter_values import SqliteMeterValues
+from meterline.adapters.sqlite.ranking import SqliteRanking
 from meterline.adapters.sqlite.rebuild import rebuild
 from meterline.adapters.sqlite.reconciliation import SqliteReconciliationCounts
 from meterline.adapters.sqlite.retention import RetentionPruner
@@ -46,7 +47,7 @@ from meterline.ports.identity import IdentityProvider
 from meterline.ports.integrity import ChainSource, PartitionChainSource
 from meterline.ports.ledger import Ledger, LedgerReader
 from meterline.ports.live_usage import UsageCounters
-from meterline.ports.meters import UsageReader
+from meterline.ports.meters import UsageRanking, UsageReader
 from meterline.ports.reconciliation import ReconciliationCounts
 from meterline.ports.sink import BatchFollower
 from meterline.ports.status import StoreStatus
@@ -102,6 +103,9 @@ class Catalog:
     meters: MeterService
     values: EntitlementValueService
     usage: UsageQueries
+    ranking: UsageRanking | None = None
+    """Usage ranked per customer by the store (the embedded store's; None: ranked by the
+    executive view's service from the meter query's rows)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ def catalog(
         ),
         meters=MeterService(backend.meters, SqliteMeterValues(backend.db), ents.features, clock),
         usage=UsageQueries(backend.meters, backend.meters),
+        ranking=SqliteRanking(backend.db, clock.now_us),
         values=EntitlementValueService(
             entitlements,
             CountedEntitlementUsage(counting.counters, counting.history),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import builtins
+from collections.abc import Collection
 from typing import Protocol
 
 from meterline.domain.meters.model import Meter, MeterSpec
 from meterline.domain.meters.query import MeterQuery, Row
+from meterline.domain.meters.top import OwnerRanks
 
 
 class MeterCatalog(Protocol):
@@ -35,4 +37,21 @@ class UsageReader(Protocol):
     def query(self, meter: Meter, query: MeterQuery) -> builtins.list[Row]:
         """The meter's usage for ``query``. Waits first, bounded, as the request's freshness
         asks (``runtime.freshness``): by default until the usage reflects the ledger as of now."""
+        ...
+
+
+class UsageRanking(Protocol):
+    """Usage ranked by the customers that own it, where usage and customers are stored side by
+    side (the embedded store): the store returns the top of the ranking and who used a meter
+    instead of every subject's value. A store without it leaves the ranking to the caller."""
+
+    def rank(self, meter: Meter, query: MeterQuery, limit: int) -> OwnerRanks | None:
+        """``meter``'s usage over ``query``'s range (one window, split by subject: the rows
+        ``UsageReader.query`` answers) ranked with ``limit`` entries; None when this store
+        cannot rank it exactly itself (the caller then ranks those rows). Waits as
+        ``UsageReader.query`` does."""
+        ...
+
+    def keys(self, namespace: str, ids: Collection[str]) -> dict[str, str]:
+        """Customer id -> key of the live customers among ``ids``."""
         ...

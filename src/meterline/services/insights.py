@@ -6,6 +6,10 @@ Built from the other services only (usage queries read rollups, never raw events
 - feature adoption: the share of customers with usage of each metered feature in the range
   (customers are the namespace's customers; a subject with usage that no customer claims
   counts as a customer of its own, as OpenMeter's subjects do);
+- top customers and adoption come from each meter's usage per subject over the range, ranked
+  where it is stored when the store can (``ports.meters.UsageRanking``: the embedded store
+  returns the top and the counts, not 10,000 subjects' values), else ranked here from the
+  meter query's rows, with the same order and values;
 - billed amounts: finalized invoices (voided ones left out) whose period starts in the range,
   per customer and per period, in each invoice's currency.
 
@@ -32,7 +36,9 @@ from meterline.domain.customers.model import Customer
 from meterline.domain.errors import InvalidInput
 from meterline.domain.meters.model import Aggregation, Meter
 from meterline.domain.meters.query import SUBJECT, MeterQuery, QueryLimits
+from meterline.domain.meters.top import OwnerRanks
 from meterline.domain.meters.windows import WindowSize
+from meterline.ports.meters import UsageRanking
 from meterline.services.billing_invoices import BillingInvoices
 from meterline.services.customers import CustomerService
 from meterline.services.features import FeatureService
@@ -114,15 +120,13 @@ class Adoption:
 
 @dataclass(frozen=True, slots=True)
 class Rankings:
-    """Usage per subject of every meter over one range (:meth:`Insights.rankings`)."""
+    """Every meter's usage over one range, ranked (:meth:`Insights.rankings`)."""
 
-    owners: dict[str, str]
-    """Subject -> the key of the customer that claims it."""
-    names: dict[str, str]
-    """Customer id -> its key (read once with the owners, for the billed-amount ranking)."""
     meters: dict[str, Meter]
-    by_meter: dict[str, dict[str, Decimal]]
-    """Meter slug -> subject -> usage over the range."""
+    by_meter: dict[str, OwnerRanks]
+    """Meter slug -> its top users and who used it."""
+    customers: int
+    """The namespace's live customers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +157,9 @@ class Insights:
         features: FeatureService,
         invoices: BillingInvoices,
         limits: QueryLimits,
+        ranking: UsageRanking | None = None,
     ) -> None:
+        self._ranking = ranking
         self._meters = meters
         self._usage = usage
         self._customers = customers
@@ -176,46 +182,48 @@ class Insights:
             self._total(namespace, meter, *_previous(starts)),
         )
 
-    def rankings(self, namespace: str, span: Span) -> Rankings:
-        """Every meter's usage per subject over the range (one query per meter, read once for
-        both :meth:`top_customers` and :meth:`adoption`), and who claims each subject."""
+    def rankings(self, namespace: str, span: Span, limit: int = 10) -> Rankings:
+        """Every meter's usage per subject over the range, ranked with ``limit`` entries (one
+        read per meter, for both :meth:`top_customers` and :meth:`adoption`): by the store when
+        it can, else here from the meter query's rows and the customers' claims."""
         starts = span.boundaries()
         q = MeterQuery(start=starts[0], end=starts[-1], tz=span.tz, group_by=(SUBJECT,), limits=self._limits)
-        by_meter: dict[str, dict[str, Decimal]] = {}
         meters = self._meters.list(namespace)
+        by_meter: dict[str, OwnerRanks] = {}
+        claims: tuple[dict[str, str], int] | None = None
         for meter in meters:
-            _, rows = self._usage.query(namespace, meter.slug, q)
-            by_meter[meter.slug] = {row.subject or "": row.value for row in rows}
-        customers = self._customers.list(namespace)
-        return Rankings(_owners(customers), {c.id: c.key for c in customers}, {m.slug: m for m in meters}, by_meter)
+            ranks = None if self._ranking is None else self._ranking.rank(meter, q, limit)
+            if ranks is None:
+                if claims is None:
+                    customers = self._customers.list(namespace)
+                    claims = _owners(customers), len({c.key for c in customers})
+                _, rows = self._usage.query(namespace, meter.slug, q)
+                values = {row.subject or "": row.value for row in rows}
+                ranks = owner_ranks(values, claims[0], meter.spec.aggregation in ADDITIVE, limit, claims[1])
+            by_meter[meter.slug] = ranks
+        population = next(iter(by_meter.values())).customers if by_meter else 0
+        return Rankings({m.slug: m for m in meters}, by_meter, population)
 
     def top_customers(self, rankings: Rankings, meter: Meter, limit: int = 10) -> list[Ranked]:
         """The customers with the most usage of ``meter`` (additive meters; subjects otherwise)."""
-        totals: dict[str, Decimal] = defaultdict(Decimal)
-        additive = meter.spec.aggregation in ADDITIVE
-        for subject, value in rankings.by_meter.get(meter.slug, {}).items():
-            totals[rankings.owners.get(subject, subject) if additive else subject] += value
-        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-        return [Ranked(name, value) for name, value in ranked if value]
+        ranks = rankings.by_meter.get(meter.slug)
+        return [] if ranks is None else [Ranked(name, value) for name, value in ranks.top[:limit]]
 
     def adoption(self, namespace: str, rankings: Rankings) -> list[Adoption]:
         """For each metered feature (or meter without one), how many customers used it."""
-        owners = rankings.owners
-        population = set(owners.values())
-        used: dict[str, set[str]] = {}
-        for slug, values in rankings.by_meter.items():
-            users = {owners.get(subject, subject) for subject, value in values.items() if value}
-            used[slug] = users
-            population |= users
+        unclaimed = frozenset[str]().union(*(r.unowned for r in rankings.by_meter.values()))
+        population = rankings.customers + len(unclaimed)
+        used = {slug: r.owned + len(r.unowned) for slug, r in rankings.by_meter.items()}
         features = [(f.key, f.spec.meter_slug) for f in self._features.list(namespace) if f.spec.meter_slug]
         covered = {slug for _, slug in features}
         rows_ = [(key, slug) for key, slug in features if slug in used]
         rows_ += [(slug, slug) for slug in used if slug not in covered]
-        return [Adoption(key, slug, len(used[slug]), len(population)) for key, slug in rows_]
+        return [Adoption(key, slug, used[slug], population) for key, slug in rows_]
 
     def revenue(self, namespace: str, span: Span, limit: int = 10, names: dict[str, str] | None = None) -> Revenue:
         """Finalized invoices by the period they bill: per period and currency, and the top
-        customers (``names``: customer id -> key, as :attr:`Rankings.names`; read when not given)."""
+        customers (``names``: customer id -> key; the invoiced customers' keys are read when
+        not given)."""
         starts = span.boundaries()
         prev_start, _ = _previous(starts)
         records = [
@@ -224,7 +232,7 @@ class Insights:
             if not r.voided_us
         ]
         if names is None:
-            names = {c.id: c.key for c in self._customers.list(namespace)}
+            names = self._keys(namespace, {r.customer_id for r in records})
         by_currency: dict[str, list[Decimal]] = {}
         previous: dict[str, Decimal] = defaultdict(Decimal)
         per_customer: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
@@ -244,6 +252,12 @@ class Insights:
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def _keys(self, namespace: str, ids: set[str]) -> dict[str, str]:
+        """Customer id -> key of the live customers among ``ids``."""
+        if self._ranking is not None:
+            return self._ranking.keys(namespace, ids)
+        return {c.id: c.key for c in self._customers.list(namespace) if c.id in ids}
+
     def _per_period(self, namespace: str, meter: Meter, starts: list[int], span: Span) -> list[Decimal | None]:
         aggregation = meter.spec.aggregation
         if span.grain is Grain.WEEK and aggregation not in (*ADDITIVE, Aggregation.MIN, Aggregation.MAX):
@@ -260,6 +274,22 @@ class Insights:
     def _total(self, namespace: str, meter: Meter, start: int, end: int) -> Decimal | None:
         _, rows = self._usage.query(namespace, meter.slug, MeterQuery(start=start, end=end, limits=self._limits))
         return rows[0].value if rows else None
+
+
+def owner_ranks(
+    values: dict[str, Decimal], owners: dict[str, str], additive: bool, limit: int, customers: int
+) -> OwnerRanks:
+    """``values`` (subject -> usage) ranked: per owner (``owners``: subject -> customer key;
+    a subject nobody claims is its own) where ``additive``, else per subject; the ``limit``
+    largest, ties by name, then the zeros dropped; and who used the meter (a value other than 0)."""
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for subject, value in values.items():
+        totals[owners.get(subject, subject) if additive else subject] += value
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    used = [subject for subject, value in values.items() if value]
+    owned = {owners[s] for s in used if s in owners}
+    unowned = frozenset(s for s in used if s not in owners)
+    return OwnerRanks([(name, value) for name, value in ranked if value], len(owned), unowned, customers)
 
 
 def _owners(customers: list[Customer]) -> dict[str, str]:

@@ -414,13 +414,7 @@ def _summarized(
         return None
     segments = with_months(segments)
     if aggregation in FOLDED:
-        sets = occupied(conn, meter.key, _parts(segments, inner))
-        if aggregation in SUBTRACTABLE and len(inner) == 2:  # one window: its sets all tagged inner[0]
-
-            def cover(a: int, b: int, sign: int) -> builtins.list[Part]:
-                return occupied(conn, meter.key, _parts(with_months(plan((a, b)) or []), inner[:1], sign))
-
-            sets = cheapest(*inner, cover)
+        sets = subject_sets(conn, meter, inner, segments)
         folded = fold_subjects(conn, aggregation, meter.key, sets, query.subjects)
         if folded is not None:
             return _Folded(folded)
@@ -432,6 +426,22 @@ def _summarized(
             rollups = read_states(conn, aggregation, (first, last), level, meter.key, query.subjects, by_group=False)
             parts.append(rollups)
     return itertools.chain.from_iterable(parts)
+
+
+def subject_sets(
+    conn: sqlite3.Connection, meter: Meter, inner: tuple[int, ...], segments: builtins.list[tuple[int, int, int]]
+) -> builtins.list[Part]:
+    """The row sets :func:`fold_subjects` reads per subject for ``inner``'s windows
+    (``segments``: :func:`with_months` of its plan), empty ones left out; one window of a
+    SUBTRACTABLE aggregation is covered as :func:`per_subject.cheapest` chooses."""
+    sets = occupied(conn, meter.key, _parts(segments, inner))
+    if meter.spec.aggregation in SUBTRACTABLE and len(inner) == 2:  # one window: its sets all tagged inner[0]
+
+        def cover(a: int, b: int, sign: int) -> builtins.list[Part]:
+            return occupied(conn, meter.key, _parts(with_months(plan((a, b)) or []), inner[:1], sign))
+
+        sets = cheapest(*inner, cover)
+    return sets
 
 
 def _parts(segments: Iterable[tuple[int, int, int]], inner: tuple[int, ...], sign: int = 1) -> builtins.list[Part]:

@@ -197,13 +197,29 @@ def _fold(
     parts: Sequence[Part],
     subjects: tuple[str, ...],
 ) -> Iterable[tuple[object, ...]]:
+    sql, params = fold_statement(conn, aggregation, meter, parts, subjects)
+    return conn.execute(sql, params).fetchall()
+
+
+def fold_statement(
+    conn: sqlite3.Connection,
+    aggregation: Aggregation,
+    meter: int,
+    parts: Sequence[Part],
+    subjects: tuple[str, ...] = (),
+) -> tuple[str, list[object]]:
+    """The statement folding ``parts`` (at most :data:`MAX_PARTS`) per subject and window, and
+    its parameters: rows of (subject, window tag, count, total_n, total_x, low_n, low_x,
+    high_n, high_x), a column's integral values folded natively (``_n``) and the others
+    exactly (``_x``, decimal text); a subtracted set may leave a subject a count of 0."""
     # Subject-first keys: each set is one index range per subject, read in subject order; a
     # sparse rollup set reads its rows by time instead (:func:`by_time`).
     which = ",".join("?" * len(subjects)) if subjects else "SELECT subject FROM meter_subjects WHERE meter = ?"
     chosen: tuple[object, ...] = subjects or (meter,)
     columns = _columns(aggregation)
     population: int | None = None
-    terms, params = [], []
+    terms: list[str] = []
+    params: list[object] = []
     for table, level, first, last, tag, sign in parts:
         count, folded = ("sum(cnt)", columns) if sign > 0 else ("-sum(cnt)", _columns(aggregation, sign))
         if table == "rollups":
@@ -224,8 +240,8 @@ def _fold(
         )
         params += [tag, meter, level, *chosen, first, last]
     if len(terms) == 1:  # one set: already one row per subject
-        return conn.execute(terms[0], params).fetchall()
-    return conn.execute(_OUTER.format(parts=" UNION ALL ".join(terms)), params).fetchall()
+        return terms[0], params
+    return _OUTER.format(parts=" UNION ALL ".join(terms)), params
 
 
 _KNOWN = "EXISTS (SELECT 1 FROM meter_subjects AS m WHERE m.meter = ? AND m.subject = rollups.subject)"

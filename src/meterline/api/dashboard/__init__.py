@@ -35,7 +35,7 @@ class Dashboard:
         self.identity = identity_provider(ctx.config, ctx.clock)
         """The single sign-on provider (None: SSO is off)."""
         self.sampler = Sampler()
-        self.insights = Insights(c.meters, c.usage, c.customers, c.features, b.invoices, limits)
+        self.insights = Insights(c.meters, c.usage, c.customers, c.features, b.invoices, limits, c.ranking)
         self.reports = CustomerReports(
             c.customers, c.meters, c.usage, c.features, c.entitlements, c.values, c.notifications, b.invoices,
             b.credits, limits,

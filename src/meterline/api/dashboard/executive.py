@@ -88,7 +88,7 @@ async def executive(v: View) -> Response:
     top_stamp = adoption_stamp = v.stamp()
     top_usage = insights.top_customers(rankings, chosen) if chosen else []
     adoption = await v.run(insights.adoption, v.namespace, rankings)
-    revenue = await v.run(insights.revenue, v.namespace, span, 10, rankings.names)
+    revenue = await v.run(insights.revenue, v.namespace, span, 10)
     amounts = {c: list[Decimal | None](v) for c, v in revenue.by_currency.items()}
     currencies = "/".join(sorted(revenue.by_currency)) or "amount"
     revenue_chart = Chart(

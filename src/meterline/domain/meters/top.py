@@ -70,3 +70,20 @@ def rank(rows: Iterable[Row], by: str, k: int, aggregation: Aggregation) -> Top:
 
 def _key(row: Row, by: str) -> str | None:
     return row.subject if by == SUBJECT else row.group_by.get(by)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerRanks:
+    """A meter's usage over one range as the executive view ranks it (``services.insights``):
+    the largest users (values that add up: per customer, its subjects' values added; others:
+    per subject) and who used the meter at all."""
+
+    top: list[tuple[str, Decimal]]
+    """(customer key or subject, value), largest first, ties by name; of the ``limit`` first,
+    those with a value of 0 left out."""
+    owned: int
+    """Customers one of whose subjects has a value other than 0."""
+    unowned: frozenset[str]
+    """Subjects with a value other than 0 that no customer claims."""
+    customers: int
+    """The namespace's live customers."""
