@@ -10,6 +10,8 @@ usage: python killed_erasure.py CONFIG KEY SUBJECT POINT
                      customers still mapping the subject, nothing deleted
          mid-drop: the customers switched, the original raw rows and the subject's rollups
                    deleted, its other usage rows (uniques, sketches, gauges, dims) not yet
+         before-files: every step done (the live counters moved), Redis's persistence files
+                       not rewritten yet
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from starlette.testclient import TestClient
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.erasure import ClickHouseErasure
 from meterline.adapters.redis.dedupe import RedisDedupe
+from meterline.adapters.redis.persistence import RedisFiles
 from meterline.api.app import create_app
 from meterline.config import load_config
 
-POINTS = ("before-keys", "after-keys", "after-copy", "mid-drop")
+POINTS = ("before-keys", "after-keys", "after-copy", "mid-drop", "before-files")
 
 
 def die() -> None:
@@ -61,6 +64,13 @@ def main() -> None:
             die()
         return done
 
+    def rewriting(self: RedisFiles, *args: Any, **kwargs: Any) -> dict[str, str]:
+        if point == "before-files":
+            die()
+        return rewrite(self, *args, **kwargs)
+
+    rewrite = RedisFiles.rewrite_files
+    RedisFiles.rewrite_files = rewriting  # type: ignore[method-assign]
     ClickHouseErasure.copy = copying  # type: ignore[method-assign]
     Connection.command = commanding  # type: ignore[method-assign]
     RedisDedupe.erase_keys = erasing_keys  # type: ignore[method-assign]

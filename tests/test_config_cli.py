@@ -38,7 +38,7 @@ def test_example_config_loads_and_is_complete() -> None:
     assert [m.slug for m in config.meters] == ["api_calls", "tokens"]
     text = (ROOT / "meterline.example.toml").read_text()
     sections = ("server", "storage", "ingest", "auth", "alerts", "portal", "health", "log", "billing", "metering")
-    for section in (*sections, "kafka", "clickhouse", "postgres", "redis", "dedupe"):
+    for section in (*sections, "kafka", "clickhouse", "postgres", "redis", "dedupe", "erasure"):
         for field in type(getattr(config, section)).model_fields:
             assert f"{field} =" in text, f"{section}.{field} is not documented in the example"
 

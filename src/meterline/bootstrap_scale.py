@@ -58,7 +58,7 @@ from meterline.domain.meters.model import Meter
 from meterline.domain.meters.query import MeterQuery, QueryLimits, Row
 from meterline.ports.correction_log import StoredOriginal, StoredOriginals
 from meterline.ports.corrections import Corrections
-from meterline.ports.erasure import ErasableKeys, Erasures
+from meterline.ports.erasure import ErasableKeys, Erasures, RewritableFiles
 from meterline.ports.ledger import EventFilter, Ledger, LedgerEntry, StoredEvent
 from meterline.ports.meters import UsageReader
 from meterline.ports.reconciliation import BilledWindow, Change, Counted, LedgerCheck
@@ -76,6 +76,7 @@ from meterline.services.dispatch import Dispatcher
 from meterline.services.entitlement_values import EntitlementValueService
 from meterline.services.entitlements import EntitlementService
 from meterline.services.erasure import ErasureService
+from meterline.services.erasure_deadline import ErasureDeadline
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
 from meterline.services.log_corrections import LogCorrections
@@ -364,6 +365,9 @@ class ScaleNode:
     """Background loops ``start`` starts (``close`` stops them through ``_close``)."""
     releaser: QuarantineReleaser | None = None
     """Writes the events customer saves released from the quarantine (also run by a ticker)."""
+    erasure_deadline: ErasureDeadline | None = None
+    """Whether the topic's retention deletes an erased subject's records within
+    ``erasure.max_delay`` (a ``/readyz`` warning when not)."""
 
     @property
     def ledger(self) -> Ledger:
@@ -437,6 +441,8 @@ def _wire(
     )
     progress = ClickHouseProgress(conn, k.topic)
     ensure_topic(k.bootstrap_servers, k.topic, k.partitions, k.replication_factor)
+    deadline = _erasure_deadline(config)
+    deadline.check()  # logged at start: a topic that keeps erased subjects' records too long
     screen = ScreenCache(
         pg.quarantine,
         clock.now_us,
@@ -472,7 +478,7 @@ def _wire(
     dispatcher = webhook_dispatcher(config, pg.notifications, clock, monitor)
     values = GatedValues(ClickHouseMeterValues(conn, usage.note), gate)
     corrections = _corrections(config, clock, stores, conn, kafka, usage)
-    erasures = _erasures(config, clock, stores, conn, kafka, progress, counters)
+    erasures = _erasures(config, clock, stores, conn, kafka, progress, counters, deadline, closers)
     # an erasure a process began and did not finish holds the workers: any node finishes it
     resume = Ticker("erasure-resume", erasures.resume, lambda: ERASURE_RESUME_EVERY, monitor)
     closers.append(resume.close)
@@ -494,6 +500,7 @@ def _wire(
     node = ScaleNode(config, clock, monitor, status, catalog, billing, dispatcher, stores, ledger, counts, closers)
     node.tickers += [release, resume]
     node.releaser = releaser
+    node.erasure_deadline = deadline
     return node
 
 
@@ -535,9 +542,12 @@ def _erasures(
     kafka: KafkaLedger,
     progress: ClickHouseProgress,
     counters: UsageCounters | None,
+    deadline: ErasureDeadline,
+    closers: list[Callable[[], None]],
 ) -> LogErasures:
     """Erasure of a subject over the log, ClickHouse and PostgreSQL (``services.log_erasure``):
-    the workers held off through the fence while it rewrites."""
+    the workers held off through the fence while it rewrites; Redis's files rewritten at the end
+    when Redis holds the dedupe keys or the live counters."""
     from meterline.adapters.clickhouse.erasure import ClickHouseErasure
     from meterline.adapters.clickhouse.rebuild import settled
     from meterline.adapters.kafka.ledger import log_ends
@@ -564,7 +574,31 @@ def _erasures(
         max_wait=config.aggregation.max_wait,
         counters=None if counters is None else counters.move_subject,
         keys=stores.dedupe if isinstance(stores.dedupe, ErasableKeys) else None,  # Redis: its keys erased there
+        log_kept=deadline.kept_ms,
+        files=_redis_files(config, closers),
+        files_wait=config.erasure.redis_rewrite_wait,
     )
+
+
+def _erasure_deadline(config: Config) -> ErasureDeadline:
+    from meterline.adapters.kafka.retention import topic_retention
+
+    k = config.kafka
+    max_delay_ms = int(config.erasure.max_delay.total_seconds() * 1000)
+    return ErasureDeadline(k.topic, lambda: topic_retention(k.bootstrap_servers, k.topic), max_delay_ms)
+
+
+def _redis_files(config: Config, closers: list[Callable[[], None]]) -> RewritableFiles | None:
+    """Redis's persistence files, when Redis holds something an erasure changes (the dedupe
+    store's keys, the live usage counters)."""
+    if config.dedupe.backend != "redis" and not config.redis.counters:
+        return None
+    module = import_extra("meterline.adapters.redis.persistence", "scale")
+    client = import_extra("redis", "scale").Redis.from_url(
+        config.redis.url, socket_timeout=10, socket_connect_timeout=10
+    )
+    files: RewritableFiles = module.RedisFiles(client)
+    return files
 
 
 def _catalog(

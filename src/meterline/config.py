@@ -553,6 +553,20 @@ class DedupeConfig(_Section):
     durable write of an API node (``kafka.delivery_timeout``)."""
 
 
+class ErasureConfig(_Section):
+    """Erasure of a subject (docs/erasure.md)."""
+
+    max_delay: Duration = timedelta(days=30)
+    """Scale mode: the longest an erased subject's records may stay in the Kafka topic (GDPR:
+    one month). Each API node compares the topic's ``retention.ms`` + ``segment.ms`` with it at
+    start and at each erasure: an unlimited, unknown or longer one is logged and shown as a
+    ``/readyz`` warning (``METER-007``, check ``erasure_deadline``); readiness is kept."""
+    redis_rewrite_wait: float = Field(30.0, ge=0, le=600)
+    """Scale mode with Redis (``[dedupe] backend = "redis"`` or ``[redis] counters``): seconds an
+    erasure waits for the ``BGREWRITEAOF`` and ``BGSAVE`` it asks Redis for (the sink workers
+    stay held meanwhile); one not done by then is recorded ``unfinished``."""
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     storage: StorageConfig = StorageConfig()
@@ -574,6 +588,7 @@ class Config(_Section):
     redis: RedisConfig = RedisConfig()
     dedupe: DedupeConfig = DedupeConfig()
     retention: RetentionConfig = RetentionConfig()
+    erasure: ErasureConfig = ErasureConfig()
     meters: list[MeterConfig] = []
 
     @model_validator(mode="after")

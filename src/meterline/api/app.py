@@ -39,7 +39,7 @@ from meterline.api.health import Health, HealthWatch, LatencyWindow
 from meterline.api.incidents import IncidentLog
 from meterline.api.problems import on_http_error, on_meterline_error, on_unexpected
 from meterline.bootstrap import System, ingest_limits
-from meterline.bootstrap_scale import build_node
+from meterline.bootstrap_scale import ScaleNode, build_node
 from meterline.config import Config
 from meterline.domain.clock import Clock
 from meterline.domain.errors import MeterlineError
@@ -204,7 +204,9 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
         system.lag_seconds,
     )
     blocked = system.retention_blocked if isinstance(system, System) else (lambda: None)
-    health = Health(store, monitor, watch, admission, retention_blocked=blocked)
+    deadline = system.erasure_deadline if isinstance(system, ScaleNode) else None
+    late = None if deadline is None else deadline.problem
+    health = Health(store, monitor, watch, admission, retention_blocked=blocked, erasure_deadline=late)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -49,4 +49,8 @@ def record_json(r: ErasureRecord) -> dict[str, object]:
     }
     if r.through_log is not None:  # scale mode: a position per log partition
         out["throughLogPositions"] = {str(p): o for p, o in sorted(r.through_log.items())}
+        purged = r.log_purged_by_us()  # the topic keeps the original records until then
+        out["logPurgedBy"] = rfc3339(purged) if purged is not None else ("never" if r.log_kept_ms == -1 else None)
+        if r.redis_files is not None:
+            out["redisFiles"] = r.redis_files
     return out

@@ -16,7 +16,10 @@ It stays **200** ``ready`` and lists ``warnings`` when
   ``health.max_ingest_latency``, the rollup lag above ``health.max_rollup_lag`` (events), or
   the aggregator has been behind the ledger for longer than ``health.max_aggregation_lag``
   seconds without catching up;
-- METER-002: backpressure refused requests in the last minute.
+- METER-002: backpressure refused requests in the last minute;
+- METER-007 (scale mode): the Kafka topic may keep an erased subject's records longer than
+  ``erasure.max_delay`` (its retention unlimited, longer, or not reported by the broker:
+  ``services.erasure_deadline``).
 
 Warnings do not make a node unready: taking an overloaded node out of rotation only moves its
 load to the others. :class:`HealthWatch` evaluates latency and lag every
@@ -168,10 +171,12 @@ class Health:
         admission: Admission,
         now: Callable[[], float] = time.monotonic,
         retention_blocked: Callable[[], str | None] = lambda: None,
+        erasure_deadline: Callable[[], str | None] | None = None,
     ) -> None:
         self._store, self._monitor = store, monitor
         self._watch, self._admission, self._now = watch, admission, now
         self._retention_blocked = retention_blocked
+        self._erasure_deadline = erasure_deadline or (lambda: None)
 
     def problems(self) -> list[Finding]:
         found = []
@@ -200,4 +205,7 @@ class Health:
         blocked = self._retention_blocked()
         if blocked is not None:
             found.append(Finding("retention", OpsCode.LEDGER_MISMATCH, f"retention stopped: {blocked}"))
+        late = self._erasure_deadline()
+        if late is not None:
+            found.append(Finding("erasure_deadline", OpsCode.ERASURE_DEADLINE, late))
         return found

@@ -32,6 +32,28 @@ def erase(api: Api, subject: str, reason: str, yes: bool, as_json: bool) -> None
         return
     counts = ", ".join(f"{k} {v}" for k, v in record["counts"].items())
     click.echo(f"erasure {record['id']} done at {record['erasedAt']}: now {record['pseudonym']} ({counts})")
+    for line in scale_notes(record):
+        click.echo(line)
+
+
+def scale_notes(record: dict[str, Any]) -> list[str]:
+    """What a scale-mode erasure leaves outside the stores: the log's records, Redis's files."""
+    if "throughLogPositions" not in record:
+        return []
+    purged = record.get("logPurgedBy")
+    if purged == "never":
+        when = "never: the topic's retention is unlimited (retention.ms -1); set one"
+    elif purged is None:
+        when = "unknown: the broker did not report the topic's retention.ms"
+    else:
+        when = f"by {purged} (the topic's retention.ms + segment.ms after the erasure)"
+    lines = [f"the subject's original records leave the Kafka topic {when}"]
+    files = record.get("redisFiles")
+    if files is not None:
+        done = ", ".join(f"{k} {v}" for k, v in files.items() if k != "detail")
+        detail = f" ({files['detail']})" if "detail" in files else ""
+        lines.append(f"Redis persistence files: {done}{detail}")
+    return lines
 
 
 @click.command("erasures")
@@ -43,11 +65,20 @@ def erasures(api: Api, as_json: bool) -> None:
     if as_json:
         print_json(items)
         return
-    rows = [
+    rows: list[tuple[object, ...]] = [
         (r["id"], r["erasedAt"], r["actor"], r["pseudonym"], r["counts"].get("ledgerEntries", 0), r["reason"])
         for r in items
     ]
-    print_table(("id", "erased at", "by key", "pseudonym", "ledger entries", "reason"), rows, "no erasures")
+    headers: tuple[str, ...] = ("id", "erased at", "by key", "pseudonym", "ledger entries", "reason")
+    if any("throughLogPositions" in r for r in items):  # scale mode: when the log's records are gone
+        rows = [(*row, _purged(r)) for row, r in zip(rows, items, strict=True)]
+        headers = (*headers, "log purged by")
+    print_table(headers, rows, "no erasures")
+
+
+def _purged(record: dict[str, Any]) -> str:
+    purged = record.get("logPurgedBy")
+    return "unknown" if purged is None else str(purged)
 
 
 COMMANDS = [erase, erasures]

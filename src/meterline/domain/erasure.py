@@ -102,6 +102,21 @@ class ErasureRecord:
     In scale mode: the log records applied over every partition (``through_log`` per partition)."""
     through_log: dict[int, int] | None = None
     """Scale mode: per log partition, the offset after the last record the erasure covered."""
+    log_kept_ms: int | None = None
+    """Scale mode: how long after the erasure the log may still hold the subject's records (its
+    topic's ``retention.ms`` + ``segment.ms``, ``domain.log_retention``); -1: forever (unlimited
+    retention); None: the broker did not say."""
+    redis_files: dict[str, str] | None = None
+    """Scale mode with Redis: what was done to Redis's persistence files once the erasure's keys
+    were gone (``aof``, ``rdb``: ``rewritten``, ``saved``, ``off``, ``unknown``, ``failed``,
+    ``unfinished``; ``detail`` when not every one is done or off)."""
+
+    def log_purged_by_us(self) -> int | None:
+        """When the subject's records before the cut have left the log at the latest (None:
+        never, or not known: ``log_kept_ms``)."""
+        if self.log_kept_ms is None or self.log_kept_ms < 0:
+            return None
+        return self.erased_us + self.log_kept_ms * 1000
 
 
 def _mac(secret: bytes, *parts: str | bytes) -> bytes:

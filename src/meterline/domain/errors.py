@@ -46,6 +46,9 @@ class OpsCode(StrEnum):
     """A background thread (writer, backfill, dispatcher, scanner, scheduler) is dead or stuck."""
     LEDGER_MISMATCH = "METER-006"
     """Retention stopped at a ledger entry that does not match the hash chain (run verify)."""
+    ERASURE_DEADLINE = "METER-007"
+    """Scale mode: the Kafka topic may keep an erased subject's records longer than
+    ``erasure.max_delay`` (unlimited, longer or unknown retention)."""
 
 
 class MeterlineError(Exception):

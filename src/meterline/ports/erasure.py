@@ -20,6 +20,7 @@ __all__ = [
     "ErasureRecord",
     "ErasureRequest",
     "Erasures",
+    "RewritableFiles",
     "Step",
     "StoredVersion",
     "UnfinishedErasure",
@@ -153,6 +154,17 @@ class ErasableKeys(Protocol):
         ...
 
 
+@runtime_checkable
+class RewritableFiles(Protocol):
+    """A store outside the catalog whose own files may keep what the erasure deleted or
+    replaced in it (Redis's AOF and RDB snapshot)."""
+
+    def rewrite_files(self, max_wait: float) -> dict[str, str]:
+        """Have the store rewrite its files from its data now, waiting at most ``max_wait``
+        seconds; what was done, per file kind (never raises: a failure is an outcome)."""
+        ...
+
+
 class ErasureCatalog(Protocol):
     """The catalog's side of a scale-mode erasure (PostgreSQL): the shared secret, the audit
     records, and every catalog row that names the subject."""
@@ -176,8 +188,10 @@ class ErasureCatalog(Protocol):
         through: Mapping[int, int],
         entries: Sequence[ErasedEntry],
         keys: Sequence[ErasedKey],
+        log_kept_ms: int | None = None,
     ) -> ErasureRecord:
-        """One transaction: the audit record (an unfinished one of the same pseudonym is taken
+        """``log_kept_ms``: how long the log may keep the subject's records (the record's
+        ``log_kept_ms``). One transaction: the audit record (an unfinished one of the same pseudonym is taken
         up again: its id, so the usage store's tokens, stay), the erased entries, the dedupe
         store's keys and the correction journal's rows rewritten, quarantined events, dead
         letters and portal tokens of the subject deleted. The record's counts say what it did.
@@ -202,9 +216,12 @@ class ErasureCatalog(Protocol):
         key is the subject gets the pseudonym as key); how many mappings and keys moved."""
         ...
 
-    def finish(self, record: ErasureRecord, counts: Mapping[str, int]) -> ErasureRecord:
-        """Add ``counts`` to the record and mark it finished (the subject is forgotten, the
-        workers are no longer held by it)."""
+    def finish(
+        self, record: ErasureRecord, counts: Mapping[str, int], files: Mapping[str, str] | None = None
+    ) -> ErasureRecord:
+        """Add ``counts`` (and what was done to ``files`` outside the catalog, ``RewritableFiles``)
+        to the record and mark it finished (the subject is forgotten, the workers are no longer
+        held by it)."""
         ...
 
     def erasures(self, namespace: str) -> list[ErasureRecord]: ...

@@ -20,8 +20,13 @@ the usage store and the catalog; rules in ``domain.erasure``, steps in docs/eras
 5. **Usage store, copy**: erased entries and the usage moved to the pseudonym inserted.
 6. **Catalog, switch** (one transaction): the customers map the pseudonym instead of the subject.
 7. **Usage store, drop**: the original entries and the subject's usage rows deleted.
-8. The live usage counters (if any) move the subject's to the pseudonym; the record is
-   finished; the hold ends.
+8. The live usage counters (if any) move the subject's to the pseudonym. A store outside the
+   catalog whose own files may still hold what it replaced (Redis's AOF and snapshot,
+   ``RewritableFiles``) rewrites them (bounded wait; the outcome, whatever it is, goes into
+   the record); the record is finished; the hold ends.
+
+The record also says how long the log may still hold the subject's records (``log_kept``: the
+topic's retention, read before the hold; records are immutable and leave only with retention).
 
 Between 5 and 7 the subject's usage is in the store twice, under the subject and the
 pseudonym; no usage read answers from that state (``ErasureGate``): a read done while an
@@ -39,6 +44,7 @@ the same rows once, deletes and the switch find nothing left, keys replaced are 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -66,11 +72,13 @@ from meterline.ports.erasure import (
     ErasedEntry,
     ErasedKey,
     ErasureCatalog,
+    RewritableFiles,
     Step,
     StoredVersion,
     UnfinishedErasure,
 )
 
+log = logging.getLogger("meterline.erasure")
 ATTEMPTS = 3
 SETTLE_HELD = 5.0
 """How long the erasure, holding the workers off, waits for the batches in flight to finish."""
@@ -144,13 +152,19 @@ class LogErasures:
         max_wait: float,
         counters: MoveCounters | None = None,
         keys: ErasableKeys | None = None,
+        log_kept: Callable[[], int | None] | None = None,
+        files: RewritableFiles | None = None,
+        files_wait: float = 30.0,
         pause: float = 0.05,
     ) -> None:
         """``heads``: per partition, the offset after the log's last record now; ``applied``:
         how far the workers applied each; ``hold(wait)``: the workers held off for the block
         (True once held; False at once when another holds them and ``wait`` is false);
         ``unfinished``: waits up to the seconds given for recorded ranges to finish, the ones
-        still unfinished then; ``keys``: the dedupe store when it is not the catalog's."""
+        still unfinished then; ``keys``: the dedupe store when it is not the catalog's;
+        ``log_kept``: how long the log keeps a record now (ms, -1 forever, None unknown);
+        ``files``: a store outside the catalog whose files are rewritten at the end (at most
+        ``files_wait`` seconds)."""
         self._catalog = catalog
         self._store = store
         self._meters = meters
@@ -161,6 +175,9 @@ class LogErasures:
         self._max_wait = max_wait
         self._counters = counters
         self._keys = keys
+        self._log_kept = log_kept
+        self._files = files
+        self._files_wait = files_wait
         self._pause = pause
 
     def erase(self, request: ErasureRequest) -> ErasureRecord:
@@ -170,13 +187,14 @@ class LogErasures:
             if (record.namespace, record.pseudonym) == (request.namespace, alias):
                 return record  # this erasure, asked again after a run that did not finish it
         partitions = self._caught_up()
+        kept = None if self._log_kept is None else self._log_kept()
         left: list[str] = []
         for _ in range(ATTEMPTS):
             with self._hold(True) as held:
                 if held:
                     left = self._unfinished(SETTLE_HELD)
                     if not left:
-                        return self._erase_held(request, secret, alias, partitions)
+                        return self._erase_held(request, secret, alias, partitions, kept)
             self._unfinished(SETTLE_RELEASED)  # released: the workers finish what refused writes left
         raise StorageUnavailable(
             f"the sink workers left ranges unfinished ({', '.join(left) or 'held by a rebuild'});"
@@ -213,7 +231,9 @@ class LogErasures:
             time.sleep(self._pause)
         return set(wanted)
 
-    def _erase_held(self, req: ErasureRequest, secret: bytes, alias: str, partitions: set[int]) -> ErasureRecord:
+    def _erase_held(
+        self, req: ErasureRequest, secret: bytes, alias: str, partitions: set[int], kept: int | None
+    ) -> ErasureRecord:
         """Steps 3-4 of the module doc, the workers held off; then the rest (``_steps``)."""
         applied = self._applied()
         through = {p: applied.get(p, 0) for p in sorted(partitions | applied.keys())}
@@ -226,7 +246,7 @@ class LogErasures:
         ):
             raise subject_not_found()
         entries, keys = self._erased(secret, req.subject, alias, versions)
-        record = self._catalog.begin(req, alias, through, entries, keys)  # the workers held durably from here
+        record = self._catalog.begin(req, alias, through, entries, keys, kept)  # the workers held durably from here
         return self._steps(UnfinishedErasure(record, req.subject, Step.BEGUN), lambda: entries, keys)
 
     def _steps(
@@ -259,7 +279,23 @@ class LogErasures:
         if step < Step.COUNTED and self._counters is not None:
             moved = self._counters(meters, subject, alias)
             record = self._catalog.reached(record, Step.COUNTED, {"liveCounters": moved})
-        return self._catalog.finish(record, {})
+        return self._catalog.finish(record, {}, self._rewritten(record))
+
+    def _rewritten(self, record: ErasureRecord) -> dict[str, str] | None:
+        """The files of the store outside the catalog rewritten without what the steps above
+        deleted or replaced there (also when resumed: this runs before ``finish``)."""
+        if self._files is None:
+            return None
+        files = self._files.rewrite_files(self._files_wait)
+        clean = all(files.get(k) in ("rewritten", "saved", "off") for k in ("aof", "rdb"))
+        log.log(
+            logging.INFO if clean else logging.WARNING,
+            "erasure %s: Redis persistence files after the erasure: %s",
+            record.id,
+            ", ".join(f"{k} {v}" for k, v in files.items()),
+            extra={"erasure": record.id, "redisFiles": files},
+        )
+        return files
 
     def _erased_keys(self, namespace: str, subject: str) -> list[ErasedKey]:
         """The keys of the subject's stored versions (a resumed run before step 7)."""

@@ -22,6 +22,7 @@ usage store between a crash and the run that finishes the erasure.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -41,7 +42,7 @@ from meterline.domain.erasure import (
 from meterline.ports.erasure import ErasedEntry, ErasedKey, Step, UnfinishedErasure
 
 _SECRET = "erasure_key"
-_RECORD = "id, namespace, erased_us, actor, reason, pseudonym, counts, through"
+_RECORD = "id, namespace, erased_us, actor, reason, pseudonym, counts, through, log_kept_ms, redis_files"
 _ENTRY = "stream, seq, namespace, type, subject, time_us, received_us, id, raw, corrects, kept"
 
 
@@ -79,11 +80,12 @@ class PgErasureCatalog:
         through: Mapping[int, int],
         entries: Sequence[ErasedEntry],
         keys: Sequence[ErasedKey],
+        log_kept_ms: int | None = None,
     ) -> ErasureRecord:
         ns = request.namespace
         with self._db.tx() as conn:
             lock(conn, "erasure", ns, alias)  # two erasures of one subject: one after the other
-            record = self._open(conn, request, alias, through)
+            record = self._open(conn, request, alias, through, log_kept_ms)
             conn.cursor().executemany(
                 "INSERT INTO erased_entries VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
                 [
@@ -140,8 +142,15 @@ class PgErasureCatalog:
             conn.execute("UPDATE erasures SET step = GREATEST(step, %s) WHERE id = %s", (int(step), record.id))
             return self._add(conn, record, counts, finished=False)
 
-    def finish(self, record: ErasureRecord, counts: Mapping[str, int]) -> ErasureRecord:
+    def finish(
+        self, record: ErasureRecord, counts: Mapping[str, int], files: Mapping[str, str] | None = None
+    ) -> ErasureRecord:
         with self._db.tx() as conn:
+            if files is not None:
+                conn.execute(
+                    "UPDATE erasures SET redis_files = %s WHERE id = %s", (msgspec.json.encode(dict(files)), record.id)
+                )
+                record = dataclasses.replace(record, redis_files=dict(files))
             return self._add(conn, record, counts, finished=True)
 
     def unfinished(self) -> list[UnfinishedErasure]:
@@ -150,7 +159,7 @@ class PgErasureCatalog:
                 f"SELECT {_RECORD}, subject, step FROM erasures"
                 " WHERE finished_us IS NULL AND subject IS NOT NULL ORDER BY id"
             ).fetchall()
-        return [UnfinishedErasure(_record(r[:8]), str(r[8]), Step(max(int(r[9]), Step.BEGUN))) for r in rows]
+        return [UnfinishedErasure(_record(r[:10]), str(r[10]), Step(max(int(r[11]), Step.BEGUN))) for r in rows]
 
     def entries(self, record: ErasureRecord) -> list[ErasedEntry]:
         with self._db.tx() as conn:
@@ -166,7 +175,9 @@ class PgErasureCatalog:
             ).fetchall()
         return [_record(r) for r in rows]
 
-    def _open(self, conn: Connection, req: ErasureRequest, alias: str, through: Mapping[int, int]) -> ErasureRecord:
+    def _open(
+        self, conn: Connection, req: ErasureRequest, alias: str, through: Mapping[int, int], log_kept_ms: int | None
+    ) -> ErasureRecord:
         """An unfinished record of the pseudonym (a run that died midway: taken up again, so
         the usage store's insert tokens are the same), or a new one."""
         found = conn.execute(
@@ -177,19 +188,21 @@ class PgErasureCatalog:
         positions = {str(p): o for p, o in sorted(through.items())}
         if found is not None:
             conn.execute(
-                "UPDATE erasures SET through = %s, subject = %s, step = %s WHERE id = %s",
-                (msgspec.json.encode(positions), req.subject, int(Step.BEGUN), found[0]),
+                "UPDATE erasures SET through = %s, subject = %s, step = %s, log_kept_ms = %s WHERE id = %s",
+                (msgspec.json.encode(positions), req.subject, int(Step.BEGUN), log_kept_ms, found[0]),
             )
-            return _record((*found[:7], msgspec.json.encode(positions)))
+            return _record((*found[:7], msgspec.json.encode(positions), log_kept_ms, None))
         now = self._now_us()
         row = conn.execute(
-            "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, counts, through, subject, step)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
+            "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, counts, through, subject, step,"
+            " log_kept_ms) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
             (req.namespace, now, req.actor, req.reason, alias, b"{}", msgspec.json.encode(positions), req.subject,
-             int(Step.BEGUN)),
+             int(Step.BEGUN), log_kept_ms),
         ).fetchone()  # fmt: skip
         assert row is not None
-        return ErasureRecord(int(row[0]), req.namespace, now, req.actor, req.reason, alias, {}, 0, dict(through))
+        return ErasureRecord(
+            int(row[0]), req.namespace, now, req.actor, req.reason, alias, {}, 0, dict(through), log_kept_ms
+        )
 
     def _dedupe(self, conn: Connection, ns: str, keys: Sequence[ErasedKey]) -> int:
         """Each original key's row becomes its erased key's row (same token, state and time)."""
@@ -258,10 +271,7 @@ class PgErasureCatalog:
             " subject = CASE WHEN %s THEN NULL ELSE subject END WHERE id = %s",
             (msgspec.json.encode(total), finished, self._now_us(), finished, record.id),
         )
-        return ErasureRecord(
-            record.id, record.namespace, record.erased_us, record.actor, record.reason, record.pseudonym, total,
-            sum((record.through_log or {}).values()), record.through_log,
-        )  # fmt: skip
+        return dataclasses.replace(record, counts=total, through_seq=sum((record.through_log or {}).values()))
 
 
 class PgErasedEntries:
@@ -296,7 +306,7 @@ def erasure_secret(db: PgDatabase) -> bytes:
 
 
 def _record(r: Any) -> ErasureRecord:
-    id_, ns, at, actor, reason, alias, counts, through = r
+    id_, ns, at, actor, reason, alias, counts, through, log_kept_ms, files = r
     positions = {int(p): int(o) for p, o in msgspec.json.decode(bytes(through)).items()}
     return ErasureRecord(
         int(id_),
@@ -308,6 +318,8 @@ def _record(r: Any) -> ErasureRecord:
         msgspec.json.decode(bytes(counts)),
         sum(positions.values()),
         positions,
+        None if log_kept_ms is None else int(log_kept_ms),
+        None if files is None else msgspec.json.decode(bytes(files)),
     )
 
 

@@ -307,6 +307,15 @@ CREATE INDEX erasures_unfinished ON erasures (id) WHERE finished_us IS NULL AND 
 ALTER TABLE customers ADD COLUMN deleted_subjects BYTEA;
 """,
     ),
+    (
+        16,
+        "erasures: how long the log may keep the subject's records, and what Redis's files went through",
+        """
+-- log_kept_ms: the topic's retention.ms + segment.ms at the erasure (-1 forever, NULL unknown);
+-- redis_files: JSON object, what was done to Redis's AOF and RDB snapshot (NULL: no Redis).
+ALTER TABLE erasures ADD COLUMN log_kept_ms BIGINT, ADD COLUMN redis_files BYTEA;
+""",
+    ),
 ]
 
 
