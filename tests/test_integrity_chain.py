@@ -217,3 +217,71 @@ def test_a_store_from_before_the_chain_gains_it(store: Path, tmp_path: Path) -> 
     sql(store, "UPDATE events SET chain = NULL WHERE seq = 2")  # never re-linked once anchored
     again = verify(store)
     assert again.returncode == 1 and "entry 2 (event 'ev-1'" in again.stderr
+
+
+@pytest.fixture(scope="module")
+def corrected_pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store of 4 events, then a void of ev-1 (entry 5) and an amend of ev-2 (entry 6)."""
+    root = tmp_path_factory.mktemp("corrected")
+    gen = build_api(root)
+    api = next(gen)
+    assert api.create_meter(slug="calls", eventType="call", aggregation="SUM", valueProperty="$.v").status_code == 201
+    assert api.post_events([_event(n) for n in range(4)]).status_code == 204
+    void = {"source": "chain-test", "reason": "test traffic"}
+    assert api.client.post("/api/v1/events/ev-1/void", json=void, headers=api.headers()).status_code == 201
+    amend = {"source": "chain-test", "reason": "wrong unit", "event": {**_event(2), "data": {"v": 30}}}
+    assert api.client.post("/api/v1/events/ev-2/amend", json=amend, headers=api.headers()).status_code == 201
+    done = api.query("calls", {"consistency": "strong"})
+    assert done.status_code == 200 and done.json()["data"][0]["value"] == 1 + 30 + 4, done.text
+    for _ in gen:
+        pass
+    return api.data_dir
+
+
+@pytest.fixture
+def corrected(corrected_pristine: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "data"
+    shutil.copytree(corrected_pristine, target)
+    return target
+
+
+def test_untouched_corrections_verify(corrected: Path) -> None:
+    done = verify(corrected)
+    assert done.returncode == 0, done.stderr
+    assert "corrections: every record matches its ledger entry" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        # the audit trail of a void: its reason or actor, its original, its kind
+        ("UPDATE corrections SET reason = 'customer request' WHERE seq = 5", "differs from the void entry's"),
+        ("UPDATE corrections SET actor = 'someone' WHERE seq = 5", "differs from the void entry's"),
+        ("UPDATE corrections SET original = 4 WHERE seq = 5", "names entry 4 as its original, an entry of another"),
+        ("UPDATE corrections SET action = 'amend' WHERE seq = 5", "says amend, but the entry is a void"),
+        # an amend made to correct another event (the rollups would follow it)
+        ("UPDATE corrections SET original = 1 WHERE seq = 6", "names entry 1 as its original, an entry of another"),
+    ],
+)
+def test_an_edited_correction_record_is_named(corrected: Path, edit: str, named: str) -> None:
+    sql(corrected, edit)
+    done = verify(corrected, "--skip-rollups")
+    assert done.returncode == 1, done.stdout + done.stderr
+    entry = "5 (event 'ev-1'" if "seq = 5" in edit else "6 (event 'ev-2'"
+    assert f"the correction record of entry {entry} from source 'chain-test'" in done.stderr, done.stderr
+    assert named in done.stderr, done.stderr
+
+
+def test_a_removed_or_added_correction_record_is_named(corrected: Path) -> None:
+    sql(corrected, "DELETE FROM corrections WHERE seq = 5")
+    done = verify(corrected, "--skip-rollups")
+    assert done.returncode == 1
+    assert "entry 5 (event 'ev-1' from source 'chain-test' in namespace" in done.stderr
+    assert "is a void without its correction record" in done.stderr
+    # put back as it was (the void of entry 2, ev-1): verified again
+    sql(corrected, "INSERT INTO corrections SELECT 5, 2, namespace, 'void', 'test traffic', actor FROM corrections")
+    assert verify(corrected, "--skip-rollups").returncode == 0
+    sql(corrected, "INSERT INTO corrections SELECT 40, 1, namespace, 'void', 'made up', actor FROM corrections LIMIT 1")
+    done = verify(corrected, "--skip-rollups")
+    assert done.returncode == 1
+    assert "the correction record of entry 40 has no ledger entry" in done.stderr, done.stderr

@@ -77,6 +77,10 @@ def verify(
         _print_chain(report, ledger, signer)
         if report.problem is not None:
             _fail(report.problem.message)
+        audit = source.audit_trail()
+        if audit is not None:
+            _fail(audit.message)
+        click.echo("corrections: every record matches its ledger entry")
         if export_head is not None:
             written = export(source, rfc3339(SystemClock().now_us()), key)
             _write(export_head, heads.encode(written))

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Protocol
 
 from meterline.domain.integrity.batches import Link, StoredEntry
-from meterline.domain.integrity.chain import ChainRow, Head
+from meterline.domain.integrity.chain import Break, ChainRow, Head
 
-__all__ = ["ChainRow", "ChainSource", "Head", "Link", "PartitionChainSource", "StoredEntry"]
+__all__ = ["Break", "ChainRow", "ChainSource", "Head", "Link", "PartitionChainSource", "StoredEntry"]
 
 
 class ChainSource(Protocol):
@@ -37,6 +37,13 @@ class ChainSource(Protocol):
 
     def rows(self, after: int, limit: int) -> list[ChainRow]:
         """Up to ``limit`` positions after ``after``, in sequence order."""
+        ...
+
+    def audit_trail(self) -> Break | None:
+        """The first correction record (the void/amend audit trail kept beside the ledger)
+        that disagrees with the ledger entries it describes: a record without its entry, one
+        whose original is not an earlier version of the same key, a void entry without its
+        record, or a void whose recorded original, reason or actor differ from its entry's."""
         ...
 
     def close(self) -> None: ...

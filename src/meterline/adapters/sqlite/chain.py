@@ -20,8 +20,9 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+from meterline.adapters.sqlite.audit import first_audit_break
 from meterline.adapters.sqlite.schema import connect
-from meterline.domain.integrity.chain import GENESIS, ChainRow, Head, content_digest, link
+from meterline.domain.integrity.chain import GENESIS, Break, ChainRow, Head, content_digest, link
 
 HEAD_KEY = "chain_head"
 ANCHOR_KEY = "chain_anchor"
@@ -139,6 +140,10 @@ class SqliteChain:
             "SELECT seq, kept, content FROM ledger_erased WHERE seq > ? AND seq <= ?", (after, last)
         )
         return {seq: (_blob(kept), _blob(content)) for seq, kept, content in rows}
+
+    def audit_trail(self) -> Break | None:
+        """``corrections`` against the entries it describes (``adapters.sqlite.audit``)."""
+        return first_audit_break(self._conn)
 
     def close(self) -> None:
         self._conn.execute("ROLLBACK")
