@@ -1,9 +1,10 @@
 """Rollup tables: apply aggregated deltas (writer side) and read bucket states (query side).
 
 The aggregator folds a chunk of ledger events into one delta per (meter, level, subject,
-bucket, group) in memory (``domain.meters.fold``); this upserts each delta once. Sums, minima
-and maxima are merged by SQL functions that call the exact Decimal code in
-``meterline.domain.decimals``.
+bucket, group) in memory (``domain.meters.fold``); this upserts each delta once: the states
+SQLite's integers merge exactly are merged into every bucket size in SQL (``folding.py``), the
+others in Python. Sums, minima and maxima are merged into stored rows by SQL functions that
+call the exact Decimal code in ``meterline.domain.decimals``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
+from meterline.adapters.sqlite.folding import staged_rows, write_staged
 from meterline.adapters.sqlite.gauges import Late, write_gauges
 from meterline.adapters.sqlite.sketches import move_sketches, write_sketches
 from meterline.adapters.sqlite.summaries import summarized, summary_states
@@ -159,7 +161,10 @@ def write_fold(
     summaries and calls ``summaries.refresh`` for each replaced hour. Returns the hours of
     gauge buckets that a late reading interleaves with (``gauges.write_gauges``): the writer
     recomputes them from the ledger."""
-    levels = fold.levels()
+    in_sql = {} if summaries_only else _in_sql(fold)
+    for aggregation, staged in in_sql.items():
+        write_staged(conn, aggregation, staged, prefix, summaries=summaries, on_conflict=_COLUMNS[aggregation])
+    levels = fold.levels(skip=frozenset(in_sql))
     wanted = summary_states(levels) if summaries else {}
     late: set[Late] = set()
     for table, deltas in (("rollups", {} if summaries_only else levels), ("summaries", wanted)):
@@ -175,6 +180,17 @@ def write_fold(
         write_sketches(conn, f"{prefix}sketches", fold.sketched)
     fold.clear()
     return late
+
+
+def _in_sql(fold: Fold) -> dict[Aggregation, list[tuple[Any, ...]]]:
+    """The aggregations of ``fold`` that SQLite can merge exactly, with their staged rows
+    (``folding.py``)."""
+    out = {}
+    for aggregation, states in fold.minutes.items():
+        rows = staged_rows(aggregation, states)
+        if rows is not None:
+            out[aggregation] = rows
+    return out
 
 
 def row_of(aggregation: Aggregation, key: Key, s: list[Any]) -> tuple[Any, ...]:

@@ -432,5 +432,5 @@ class _Levels(Fold):
         super().__init__()
         self.minutes = fold.minutes
 
-    def levels(self) -> dict[Aggregation, dict[Key, list[Any]]]:
-        return self.minutes
+    def levels(self, skip: frozenset[Aggregation] = frozenset()) -> dict[Aggregation, dict[Key, list[Any]]]:
+        return {a: states for a, states in self.minutes.items() if a not in skip}

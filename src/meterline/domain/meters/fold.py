@@ -119,10 +119,13 @@ class Fold:
         else:
             _fold(slot, value, time_us, seq)
 
-    def levels(self) -> dict[Aggregation, dict[Key, list[Any]]]:
-        """Every bucket size's states (the minute states merged up into the coarser ones)."""
+    def levels(self, skip: frozenset[Aggregation] = frozenset()) -> dict[Aggregation, dict[Key, list[Any]]]:
+        """Every bucket size's states (the minute states merged up into the coarser ones), of
+        every aggregation but those in ``skip``."""
         out: dict[Aggregation, dict[Key, list[Any]]] = {}
         for aggregation, minutes in self.minutes.items():
+            if aggregation in skip:
+                continue
             states = out[aggregation] = dict(minutes)
             for (meter, _, subject, bucket, group), slot in minutes.items():
                 for level in COARSER:
