@@ -247,6 +247,30 @@ def test_large_and_fractional_sums_stay_exact_and_rebuild_identically(hours: Api
     conn.execute("ROLLBACK")
 
 
+def test_meter_wide_sums_over_days_fall_back_to_exact_decimals_on_overflow(hours: Api) -> None:
+    # Meter-wide, SQLite folds the summary rows of each window natively (per_subject.fold_wide):
+    # three day rows of whole values just under 2**62 overflow that sum, and the query reads the
+    # rows one by one instead; in New York the days are hour rows, folded per window the same way.
+    big = 2**62 - 1
+    events = [ev(f"w{d}", f"2026-03-0{d}T12:00:00Z", hours=big) for d in (1, 2, 3)]
+    events += [ev(f"x{d}", f"2026-03-0{d}T13:00:00Z", hours=d) for d in (4, 5)]
+    assert hours.post_events(events).status_code == 204
+    from decimal import Decimal
+
+    import msgspec
+
+    decode = msgspec.json.Decoder(float_hook=Decimal).decode
+    for zone, start, end in (
+        ("UTC", "2026-03-01T00:00:00Z", "2026-03-06T00:00:00Z"),
+        ("America/New_York", "2026-03-01T05:00:00Z", "2026-03-06T05:00:00Z"),
+    ):
+        whole = [("from", start), ("to", end), ("windowTimeZone", zone)]
+        rows = decode(hours.query("h", whole).content)["data"]
+        assert [Decimal(str(r["value"])) for r in rows] == [3 * big + 9], zone
+        days = decode(hours.query("h", [*whole, ("windowSize", "DAY")]).content)["data"]
+        assert [Decimal(str(r["value"])) for r in days] == [big, big, big, 4, 5], zone
+
+
 def test_per_subject_sums_over_days_fall_back_to_exact_decimals_on_overflow(hours: Api) -> None:
     # Per subject over whole days, SQLite folds the day rows natively (per_subject.py): three
     # whole values just under 2**62 on three days overflow that sum, and the query reads the

@@ -150,7 +150,7 @@ def test_queries_from_the_summaries_equal_the_ledger_in_any_zone(
 ) -> None:
     b, meters = store
     entries = ledger(b)
-    used = {"wide": 0, "days": 0}
+    used = {"wide": 0, "days": 0, "folded": 0}
     for name, key in (("wide_states", "wide"), ("subject_states", "days"), ("fold_subjects", "days")):
         original = getattr(sqlite_meters, name)
 
@@ -159,6 +159,14 @@ def test_queries_from_the_summaries_equal_the_ledger_in_any_zone(
             return _original(*args)
 
         monkeypatch.setattr(sqlite_meters, name, counted)
+    fold_wide = sqlite_meters.fold_wide
+
+    def folded(*args: Any) -> Any:
+        states = fold_wide(*args)
+        used["folded"] += states is not None
+        return states
+
+    monkeypatch.setattr(sqlite_meters, "fold_wide", folded)
     tz = ZoneInfo(zone)
     start = int(datetime(2026, 3, 5, 12, tzinfo=tz).timestamp())  # not on a UTC day: ragged edges
     end = int(datetime(2026, 3, 11, 18, tzinfo=tz).timestamp())
@@ -173,6 +181,7 @@ def test_queries_from_the_summaries_equal_the_ledger_in_any_zone(
                 want = expected(entries, meter.spec.aggregation, bounds, by_subject)
                 assert got == want, (meter.slug, zone, size, by_subject)
     assert used["wide"] and used["days"]  # the summaries answered, not only the rollups
+    assert used["folded"]  # meter-wide windows folded by SQLite (LATEST: rows merged in Python)
 
 
 def _per_period(counts: dict[Any, int], periods: list[int]) -> dict[Any, int]:

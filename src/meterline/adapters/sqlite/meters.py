@@ -27,7 +27,15 @@ from ulid import ULID
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.gauges import carried, read_gauges
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
-from meterline.adapters.sqlite.per_subject import FOLDED, SUBTRACTABLE, Part, cheapest, fold_subjects, occupied
+from meterline.adapters.sqlite.per_subject import (
+    FOLDED,
+    SUBTRACTABLE,
+    Part,
+    cheapest,
+    fold_subjects,
+    fold_wide,
+    occupied,
+)
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.retention import hours_before
 from meterline.adapters.sqlite.rollups import first_bucket, read_sketches, read_states, read_uniques
@@ -409,7 +417,8 @@ def _summarized(
         return None
     aggregation = meter.spec.aggregation
     if not by_subject:  # (a list of subjects is read per subject)
-        return wide_states(conn, aggregation, meter.key, segments)
+        folded = fold_wide(conn, aggregation, meter.key, segments, inner)
+        return wide_states(conn, aggregation, meter.key, segments) if folded is None else folded
     if not has_day(segments):
         return None
     segments = with_months(segments)

@@ -31,11 +31,16 @@ events for its subjects (:func:`by_time`) is read through ``rollups_by_time`` (t
 rollups keyed by meter and time) instead: only the rows present, each subject checked against
 the meter's subjects, at quarter-hour level (every rollup level holds every bucket).
 
+The meter-wide rows of a query's windows (:func:`fold_wide`) are folded by SQLite the same
+way, one state per window instead of one per stored bucket (a year by day in New York is 24
+hour rows a day).
+
 LATEST (a state per row) is not folded here.
 """
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -161,6 +166,42 @@ def fold_subjects(
     if any(part[5] < 0 for part in parts):
         out = [s for s in out if s.count]
     return out
+
+
+MAX_SEGMENTS = 5000
+"""Segments per statement of :func:`fold_wide` (four bound parameters each)."""
+
+
+def fold_wide(
+    conn: sqlite3.Connection,
+    aggregation: Aggregation,
+    meter: int,
+    segments: Sequence[tuple[int, int, int]],
+    inner: Sequence[int],
+) -> list[BucketState] | None:
+    """The meter-wide summary rows of ``segments`` (:func:`summaries.plan` of ``inner``: none
+    crosses a window boundary) folded by SQLite into one state per window of ``inner`` (its
+    ``bucket``: the window's start), as merging the rows one by one gives; None for LATEST,
+    for more than :data:`MAX_SEGMENTS` segments and when a native sum overflowed (the caller
+    then reads the rows). A year by day in a zone off UTC is 24 hour rows per day: 8,760 rows
+    per meter that Python would turn into states and merge, 365 states here."""
+    if aggregation not in _KEPT or not segments or len(segments) > MAX_SEGMENTS:
+        return None
+    params: list[object] = []
+    for level, first, last in segments:
+        params += [inner[bisect.bisect_right(inner, first) - 1], level, first, last]
+    sql = (
+        f"WITH seg(w, level, a, b) AS (VALUES {','.join(['(?,?,?,?)'] * len(segments))})"
+        f" SELECT '', seg.w, sum(s.cnt), {_columns(aggregation)} FROM seg JOIN summaries AS s"
+        " ON s.meter = ? AND s.level = seg.level AND s.subject = '' AND s.bucket >= seg.a AND s.bucket < seg.b"
+        " GROUP BY seg.w"
+    )
+    try:
+        return [_state(row) for row in conn.execute(sql, (*params, meter))]
+    except sqlite3.OperationalError as exc:
+        if "overflow" not in str(exc):
+            raise
+        return None
 
 
 def _merged(states: list[BucketState]) -> list[BucketState]:
