@@ -285,6 +285,32 @@ def test_correction_errors_are_problems_with_stable_codes(bapi: Api) -> None:
     assert get(api, "/api/v1/events/nope", source="t").json()["code"] == "event_not_found"
 
 
+def test_an_amend_to_a_subject_no_customer_owns_follows_the_unknown_subject_policy(bapi: Api) -> None:
+    """Ingest would not count an event of an unowned subject under quarantine or reject, and a
+    correction cannot be quarantined: an amend moving an event there is refused; keeping its
+    own subject, or moving to an owned one, is not. Under accept (the default) it is allowed."""
+    api = bapi
+    setup_billing(api)
+    calls(api, "c1", "acme", "2026-03-01T10:00:00Z", 10)
+    calls(api, "c2", "acme", "2026-03-01T10:05:00Z", 20)
+    correct(api, "c1", "amend", reason="moved", event=bev("c1", "stranger", "2026-03-01T10:00:00Z", calls=10))
+    for policy in ("reject", "quarantine"):
+        ok(api.client.put("/api/v1/settings", json={"unknownSubjects": policy}, headers=api.headers()))
+        moved = bev("c2", "stranger-2", "2026-03-01T10:05:00Z", calls=20)
+        problem = correct(api, "c2", "amend", 400, reason="moved", event=moved)
+        assert problem["code"] == "amend_unknown_subject" and "'stranger-2'" in problem["detail"], problem
+        assert problem["detail"].endswith(f"policy is {policy}: create the customer first"), problem
+        history = ok(get(api, "/api/v1/events/c2", source="t"))
+        assert [v["action"] for v in history["history"]] == ["ingest"] and history["event"]["subject"] == "acme"
+    # its own subject (also an unowned one it already had), or a subject a customer owns
+    correct(api, "c1", "amend", reason="count", event=bev("c1", "stranger", "2026-03-01T10:00:00Z", calls=11))
+    correct(api, "c2", "amend", reason="count", event=bev("c2", "acme", "2026-03-01T10:05:00Z", calls=21))
+    correct(api, "c1", "amend", reason="back", event=bev("c1", "acme-eu", "2026-03-01T10:00:00Z", calls=12))
+    window = {"from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z"}
+    usage = ok(get(api, "/api/v1/meters/api_calls/query", **window, groupBy="subject"))["data"]
+    assert sorted((r["subject"], r["value"]) for r in usage if r["value"]) == [("acme", 21), ("acme-eu", 12)]
+
+
 def test_a_backfill_for_an_invoiced_period_becomes_an_adjustment(tmp_path: Path) -> None:
     for api in build_api(tmp_path, billing={"scheduler_enabled": False}, ingest={"late_arrival_window": "P7D"}):
         setup_billing(api)

@@ -156,15 +156,20 @@ def catalog(
     customers, ents, notes = backend.customers, backend.entitlements, backend.notifications
     allow_private = config.alerts.allow_private_webhook_targets
     entitlements = EntitlementService(ents, ents.features, customers, backend.meters, clock)
+    people = CustomerService(
+        customers, customers, customers, default_policy=UnknownSubjects(config.ingest.unknown_subjects)
+    )
     return Catalog(
-        customers=CustomerService(
-            customers, customers, customers, default_policy=UnknownSubjects(config.ingest.unknown_subjects)
-        ),
+        customers=people,
         keys=KeyService(SqliteKeys(backend.db), clock),
         dead_letters=DeadLetterService(backend.dead_letters),
         resubmission=Resubmission(backend.resubmitter, clock, ingest_limits(config)),
         corrections=CorrectionService(
-            backend.corrections, clock, future_skew_us=_us(config.ingest.future_skew.total_seconds())
+            backend.corrections,
+            clock,
+            future_skew_us=_us(config.ingest.future_skew.total_seconds()),
+            policy=people.policy,
+            owned=lambda namespace, subject: people.owner(namespace, subject) is not None,
         ),
         erasures=ErasureService(backend.erasures),
         entitlements=entitlements,

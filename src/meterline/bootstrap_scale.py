@@ -622,16 +622,21 @@ def _catalog(
     entitlements = EntitlementService(pg.entitlements, pg.features, customers, pg.meters, clock)
     entitlements.changed = _alerting(scale_alerts(pg.db, pg.meters, counted, clock, config.alerts.baseline_days), wake)
     queried = QueriedEntitlementUsage(customers, pg.entitlements, pg.features, pg.grants, pg.meters, counted, clock)
+    people = CustomerService(
+        ReleasingCustomers(customers, releaser, screen.forget),
+        ForgettingSettings(customers, screen),
+        pg.quarantine,
+        default_policy=UnknownSubjects(config.ingest.unknown_subjects),
+    )
     return Catalog(
-        customers=CustomerService(
-            ReleasingCustomers(customers, releaser, screen.forget),
-            ForgettingSettings(customers, screen),
-            pg.quarantine,
-            default_policy=UnknownSubjects(config.ingest.unknown_subjects),
-        ),
+        customers=people,
         keys=KeyService(pg.keys, clock),
         corrections=CorrectionService(
-            corrections, clock, future_skew_us=int(config.ingest.future_skew.total_seconds() * 1_000_000)
+            corrections,
+            clock,
+            future_skew_us=int(config.ingest.future_skew.total_seconds() * 1_000_000),
+            policy=people.policy,
+            owned=lambda namespace, subject: people.owner(namespace, subject) is not None,
         ),
         dead_letters=DeadLetterService(pg.dead_letters),
         resubmission=Resubmission(

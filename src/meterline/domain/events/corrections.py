@@ -13,6 +13,8 @@ Errors (stable codes, see ``meterline.domain.errors``):
     Conflict   event_voided           409  the event is voided: nothing left to void or amend
     InvalidInput invalid_correction   400  a reason missing or too long, an amend that changes the key
     InvalidInput amend_unreadable     400  a live meter cannot read the amended event (extra: reason)
+    InvalidInput amend_unknown_subject 400 the amend moves the event to a subject no customer owns
+                                           under the quarantine or reject policy (services.corrections)
 """
 
 from __future__ import annotations
