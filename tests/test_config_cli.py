@@ -105,6 +105,24 @@ def test_serve_on_a_port_in_use_is_one_error_line_and_makes_nothing(tmp_path: Pa
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("args", [("keys", "list"), ("keys", "revoke", "k1"), ("rebuild", "--check"), ("rebuild",)])
+def test_commands_on_a_data_directory_without_a_store_make_none(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """Listing or revoking keys and rebuilding read an existing store: a mistyped directory is
+    one error line and exit 2 (they created an empty store there and answered as if all was well)."""
+    missing = tmp_path / "typo"
+    r = cli(*args, "--data-dir", str(missing))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert r.stderr.splitlines() == [f"error: no meterline store in {missing}"]
+    assert not missing.exists()
+
+
+def test_a_key_created_before_the_first_start_makes_the_store(tmp_path: Path) -> None:
+    data = str(tmp_path / "new")
+    created = cli("keys", "create", "--scope", "ingest", "--data-dir", data)
+    assert created.returncode == 0, created.stderr
+    assert "ingest" in cli("keys", "list", "--data-dir", data).stdout
+
+
 def test_keys_create_list_revoke_while_server_runs(server: Server) -> None:
     d = str(server.data_dir)
     r = cli("keys", "create", "--scope", "ingest", "--scope", "read", "--name", "app", "--data-dir", d)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
@@ -193,9 +194,11 @@ def catalog(
 
 
 @contextmanager
-def open_keys(config: Config) -> Iterator[KeyService]:
+def open_keys(config: Config, *, create: bool = True) -> Iterator[KeyService]:
     """The key service over the configured catalog alone (the CLI's ``keys`` commands; safe
-    while servers run on the same store): the data directory, or the shared PostgreSQL catalog."""
+    while servers run on the same store): the data directory, or the shared PostgreSQL catalog.
+    Without ``create`` a data directory without a store is ``no_store`` (listing or revoking
+    keys never makes one; creating a key before the first start may)."""
     if config.storage.engine == "scale":
         pg = open_postgres(config, SystemClock())
         try:
@@ -203,6 +206,8 @@ def open_keys(config: Config) -> Iterator[KeyService]:
         finally:
             pg.close()
         return
+    if not create:
+        _existing_store(config)
     db = Database(config.storage.data_dir, fsync=config.storage.fsync)
     try:
         yield KeyService(SqliteKeys(db), SystemClock())
@@ -285,9 +290,7 @@ def open_chain(config: Config, clock: Clock | None = None) -> Iterator[ChainSour
     """The ledger's hash chain as one snapshot (``verify``; safe while a server runs on the same
     directory). A store that never had the chain gains it first, as a server's first open would."""
     _embedded_only(config)
-    path = config.storage.data_dir / DB_FILE
-    if not path.exists():
-        raise NotFound(f"no meterline store in {config.storage.data_dir}", code="no_store")
+    path = _existing_store(config)
     now_us = (clock or SystemClock()).now_us
     conn = connect(path, fsync=config.storage.fsync)
     try:
@@ -378,8 +381,7 @@ def rebuild_store(config: Config, *, check: bool) -> RebuildReport:
     raw events, the sink workers held off meanwhile (:func:`rebuild_scale`)."""
     if config.storage.engine == "scale":
         return rebuild_scale(config, check=check)
-    config.storage.data_dir.mkdir(parents=True, exist_ok=True)
-    conn = connect(config.storage.data_dir / DB_FILE, fsync=config.storage.fsync)
+    conn = connect(_existing_store(config), fsync=config.storage.fsync)
     try:
         create_schema(conn)
         conn.execute("BEGIN IMMEDIATE")
@@ -991,6 +993,15 @@ def open_scale_ledger(config: Config) -> Iterator[Ledger]:
             kafka.close()
     finally:
         stores.close()
+
+
+def _existing_store(config: Config) -> Path:
+    """The embedded store's file; a data directory without one is ``no_store`` (a command that
+    reads or checks a store never creates one in a mistyped directory)."""
+    path = config.storage.data_dir / DB_FILE
+    if not path.exists():
+        raise NotFound(f"no meterline store in {config.storage.data_dir}", code="no_store")
+    return path
 
 
 def _embedded_only(config: Config) -> None:

@@ -209,7 +209,7 @@ def keys_list(config_path: Path | None, data_dir: Path | None) -> None:
     """List keys (ids and prefixes, never secrets)."""
     from meterline.bootstrap import open_keys
 
-    with open_keys(_config(config_path, data_dir)) as service:
+    with open_keys(_config(config_path, data_dir), create=False) as service:
         for k in service.list(None):
             state = "revoked " + rfc3339(k.revoked_us) if k.revoked_us else "active"
             click.echo(f"{k.id}\t{k.prefix}…\t{k.namespace}\t{','.join(sorted(k.scopes))}\t{k.name}\t{state}")
@@ -222,7 +222,7 @@ def keys_revoke(config_path: Path | None, data_dir: Path | None, key_id: str) ->
     """Revoke a key by id."""
     from meterline.bootstrap import open_keys
 
-    with open_keys(_config(config_path, data_dir)) as service:
+    with open_keys(_config(config_path, data_dir), create=False) as service:
         service.revoke(key_id, None)
     click.echo(f"revoked {key_id}")
 
