@@ -120,3 +120,70 @@ def test_a_transaction_holds_at_most_max_weight_events_and_never_splits_a_task(t
         assert seen == [("a", first), ("b", first + 1), ("c", first + 1), ("d", first + 2)]
     finally:
         b.close()
+
+
+def events_in(namespace: str, ids: list[str], v: int = 1) -> list:  # type: ignore[type-arg]
+    body = msgspec.json.encode(
+        [{"specversion": "1.0", "id": i, "source": "w", "type": "t", "subject": "acme", "data": {"v": v}} for i in ids]
+    )
+    return decode_events(split_body(body, "batch", 100), namespace, T0_US, LIMITS)
+
+
+def test_appends_in_one_transaction_run_together_with_each_requests_own_outcomes(backend: EmbeddedBackend) -> None:
+    statements: list[str] = []
+    backend.db.writer.call(lambda conn: conn.set_trace_callback(statements.append))
+    release = hold_writer(backend)  # the appends below queue up and land in one transaction
+    first = backend.ledger.append("default", events_in("default", ["a", "b"]))
+    same = backend.ledger.append("default", events_in("default", ["b", "c"]))  # b: as the first sent it
+    changed = backend.ledger.append("default", events_in("default", ["c", "d"], v=5))  # c: another payload
+    elsewhere = backend.ledger.append("other", events_in("other", ["a"]))  # another namespace: its own key
+    release.set()
+
+    def report(future: object) -> list[tuple[str, bool]]:
+        return [(o.status.value, o.conflict) for o in future.result(10)]  # type: ignore[attr-defined]
+
+    assert report(first) == [("accepted", False), ("accepted", False)]
+    assert report(same) == [("duplicate", False), ("accepted", False)]
+    assert report(changed) == [("duplicate", True), ("accepted", False)]
+    assert report(elsewhere) == [("accepted", False)]
+    # each request's position covers its own events and those before it
+    assert [f.result(10).position for f in (first, same, changed, elsewhere)] == [2, 3, 4, 5]  # type: ignore[attr-defined]
+    backend.db.writer.call(lambda conn: conn.set_trace_callback(None))
+    assert statements.count("SAVEPOINT tasks") == 1  # one run of the four ...
+    at = statements.index("SAVEPOINT tasks")
+    begin = at - statements[at::-1].index("BEGIN IMMEDIATE")
+    transaction = statements[begin : statements.index("COMMIT", at) + 1]
+    assert "SAVEPOINT task" not in transaction  # ... and no savepoint per request
+    assert total(backend) == [1 + 1 + 1 + 5]  # a, b, c and d of the default namespace, each once
+
+
+@pytest.mark.parametrize("error", [InvalidInput("no"), RuntimeError("a bug")])
+def test_a_run_that_fails_is_undone_and_its_tasks_run_alone(backend: EmbeddedBackend, error: Exception) -> None:
+    writer = backend.db.writer
+    runs: list[int] = []
+
+    def together(conn: sqlite3.Connection, work: list) -> list:  # type: ignore[type-arg]
+        runs.append(len(work))
+        return [w(conn) for w in work]
+
+    def insert(name: str) -> object:
+        def work(conn: sqlite3.Connection) -> str:
+            conn.execute("INSERT INTO meta VALUES (?, 'x')", (name,))
+            if name.startswith("bad"):
+                raise error
+            return name
+
+        return work
+
+    release = hold_writer(backend)
+    futures = [writer.submit(insert(n), together=together) for n in ("t1", "bad", "t2")]  # type: ignore[arg-type]
+    plain = writer.submit(insert("t3"))  # type: ignore[arg-type]
+    later = [writer.submit(insert(n), together=together) for n in ("t4", "t5")]  # type: ignore[arg-type]
+    release.set()
+    assert [futures[0].result(10), futures[2].result(10), plain.result(10)] == ["t1", "t2", "t3"]
+    assert [f.result(10) for f in later] == ["t4", "t5"]
+    with pytest.raises(StorageUnavailable if isinstance(error, RuntimeError) else InvalidInput):
+        futures[1].result(10)
+    assert runs == [3, 2]  # t1-t2 together once (then alone), t3 alone, t4-t5 together
+    stored = {row[0] for row in backend.db.reader().execute("SELECT key FROM meta WHERE value = 'x'")}
+    assert stored == {"t1", "t2", "t3", "t4", "t5"}

@@ -182,13 +182,23 @@ class Appender:
         self.owned: set[str] = set()
 
     def append(self, namespace: str, candidates: Sequence[Candidate]) -> Appended:
-        self.namespace = namespace
-        self.policy = self.state.policy(namespace)
-        self.owned = self.state.customer_subjects.get(namespace, set())
-        known = self._known(namespace, [c.event for c in candidates if c.event is not None])
-        outcomes = [self._one(c, known) for c in candidates]
+        return self.append_all([(namespace, candidates)])[0]
+
+    def append_all(self, requests: Sequence[tuple[str, Sequence[Candidate]]]) -> list[Appended]:
+        """Requests (namespace, candidates) in order, each as if appended alone after the ones
+        before it (a key an earlier one accepted is a duplicate in a later one): one dedupe
+        lookup per namespace and one write for all of them."""
+        known = self._known_all(requests)
+        out: list[Appended] = []
+        for namespace, candidates in requests:
+            self.namespace = namespace
+            self.policy = self.state.policy(namespace)
+            self.owned = self.state.customer_subjects.get(namespace, set())
+            seen = known[namespace]
+            outcomes = [self._one(c, seen) for c in candidates]
+            out.append(Appended(outcomes, self.state.next_seq - 1))
         self._write()
-        return Appended(outcomes, self.state.next_seq - 1)
+        return out
 
     def _one(self, c: Candidate, known: dict[tuple[str, str], bytes]) -> Outcome:
         if c.event is None:
@@ -304,6 +314,15 @@ class Appender:
             (self.namespace, self.now_us, rejection.reason.value, rejection.message, c.source, c.id, c.raw)
         )
         return Outcome(c.index, c.id, c.source, Status.REJECTED, rejection.reason, rejection.message)
+
+    def _known_all(
+        self, requests: Sequence[tuple[str, Sequence[Candidate]]]
+    ) -> dict[str, dict[tuple[str, str], bytes]]:
+        """Per namespace of ``requests``: the keys of their events already stored (``_known``)."""
+        events: dict[str, list[Event]] = {}
+        for namespace, candidates in requests:
+            events.setdefault(namespace, []).extend(c.event for c in candidates if c.event is not None)
+        return {namespace: self._known(namespace, evs) for namespace, evs in events.items()}
 
     def _known(self, namespace: str, events: list[Event]) -> dict[tuple[str, str], bytes]:
         if not events:

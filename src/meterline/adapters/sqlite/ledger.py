@@ -24,19 +24,27 @@ class SqliteLedger:
         self._db = db
         self._state = state
         self._now_us = now_us
+        self._together = self._append_together  # one object: the writer runs tasks sharing it together
 
     def append(self, namespace: str, candidates: Sequence[Candidate]) -> Future[list[Outcome]]:
         """Record a request's events. The future resolves after the commit that holds them,
         with an :class:`~meterline.ports.ledger.Appended` (outcomes and ledger position); the
-        position is also noted on the request's freshness record."""
+        position is also noted on the request's freshness record. Requests that meet in one
+        transaction are appended by one :class:`Appender` (``Appender.append_all``)."""
         future: Future[Appended] = self._db.writer.submit(
-            lambda conn: Appender(self._state, conn, self._now_us()).append(namespace, candidates),
-            weight=max(1, len(candidates)),
+            _Append(self, namespace, candidates), weight=max(1, len(candidates)), together=self._together
         )
         record = freshness.current()
         if record is not None:
             future.add_done_callback(lambda f: _note(record, f))
         return future  # type: ignore[return-value]  # an Appended is a list of outcomes
+
+    def _append_alone(self, conn: sqlite3.Connection, namespace: str, candidates: Sequence[Candidate]) -> Appended:
+        return Appender(self._state, conn, self._now_us()).append(namespace, candidates)
+
+    def _append_together(self, conn: sqlite3.Connection, tasks: builtins.list[_Append]) -> builtins.list[Appended]:
+        requests = [(task.namespace, task.candidates) for task in tasks]
+        return Appender(self._state, conn, self._now_us()).append_all(requests)
 
     def list(self, namespace: str, f: EventFilter, *, limit: int) -> builtins.list[StoredEvent]:
         """Newest first, as received (corrections are in each event's history, not here).
@@ -100,6 +108,20 @@ class SqliteLedger:
     def size(self) -> int:
         row = self._db.reader().execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
         return int(row[0])
+
+
+class _Append:
+    """One request's append, as a writer task (run alone, or with its neighbours)."""
+
+    __slots__ = ("candidates", "ledger", "namespace")
+
+    def __init__(self, ledger: SqliteLedger, namespace: str, candidates: Sequence[Candidate]) -> None:
+        self.ledger = ledger
+        self.namespace = namespace
+        self.candidates = candidates
+
+    def __call__(self, conn: sqlite3.Connection) -> Appended:
+        return self.ledger._append_alone(conn, self.namespace, self.candidates)
 
 
 def _type_exists(conn: sqlite3.Connection, namespace: str, f: EventFilter) -> bool:

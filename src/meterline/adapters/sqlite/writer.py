@@ -7,6 +7,12 @@ fsync, and under a backlog the first requests are answered after one bounded tra
 instead of one huge one. Each task runs inside its own SAVEPOINT,
 so a task that raises is rolled back alone and the others still commit.
 
+Tasks submitted with the same ``together`` runner (ingest's appends) that follow one another
+in a transaction run as one call of that runner, inside one SAVEPOINT: a single-event request
+then costs no statement, savepoint or lookup of its own. The runner must give each task the
+value it would have had run alone after the one before it. If the runner raises, its SAVEPOINT
+is rolled back and each of its tasks runs alone, so a task that raises is still refused alone.
+
 ``before_commit`` runs once per transaction, after the last task and before COMMIT: ingest
 uses it to upsert the rollup deltas of all the transaction's requests folded together.
 ``after_commit`` runs after COMMIT and before any future resolves, so in-memory state
@@ -43,7 +49,10 @@ from meterline.domain.errors import MeterlineError, Overloaded, StorageUnavailab
 from meterline.runtime.background import Loop, Monitor
 
 T = TypeVar("T")
-Task = tuple[Callable[[sqlite3.Connection], Any], Future[Any], int]  # work, answer, weight (events)
+Work = Callable[[sqlite3.Connection], Any]
+Together = Callable[[sqlite3.Connection, list[Any]], list[Any]]
+"""Runs consecutive tasks (their ``Work`` objects, in order) as one; returns each one's value."""
+Task = tuple[Work, Future[Any], int, Together | None]  # work, answer, weight (events), runner
 
 log = logging.getLogger("meterline.writer")
 
@@ -86,14 +95,22 @@ class Writer:
         self._loop = Loop("writer", self._step, self._wait, monitor, error_pause=0.0)
         self._loop.start()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T], *, bounded: bool = True, weight: int = 1) -> Future[T]:
+    def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        bounded: bool = True,
+        weight: int = 1,
+        together: Together | None = None,
+    ) -> Future[T]:
         """Queue ``fn`` for the next transaction. ``weight`` is its size in events (for
         ``max_weight``). ``bounded=False`` is for the server's own background loops (a handful
-        of tasks at most), which must not be refused."""
+        of tasks at most), which must not be refused. ``together``: a runner that may run
+        ``fn`` with the tasks next to it that have the same runner (see the module's doc)."""
         if bounded and self._queue.qsize() >= self._max_queue:
             raise Overloaded(f"The write queue holds {self._max_queue} tasks; retry shortly", code="overloaded")
         future: Future[T] = Future()
-        self._queue.put((fn, future, weight))
+        self._queue.put((fn, future, weight, together))
         return future
 
     def call(self, fn: Callable[[sqlite3.Connection], T], *, bounded: bool = True) -> T:
@@ -158,8 +175,12 @@ class Writer:
         at_commit = False
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, future, _ in batch:
-                results.append((future, *self._run_task(fn)))
+            for tasks, together in _runs(batch):
+                if together is None or len(tasks) == 1:
+                    results.append((tasks[0][1], *self._run_task(tasks[0][0])))
+                else:
+                    outcomes = self._run_together(together, [task[0] for task in tasks])
+                    results.extend((task[1], ok, value) for task, (ok, value) in zip(tasks, outcomes, strict=True))
             if self._before_commit is not None:
                 self._before_commit(conn)
             at_commit = True
@@ -189,7 +210,7 @@ class Writer:
         if self._on_rollback is not None:
             self._on_rollback(True)
         error = StorageUnavailable("The store could not commit; nothing of this request was recorded")
-        for _, future, _ in batch:
+        for _, future, _, _ in batch:
             future.set_exception(error)
 
     def _reset(self, exc: Exception, at_commit: bool) -> None:
@@ -247,9 +268,29 @@ class Writer:
 
     def _answer_unanswered(self, batch: list[Task]) -> None:
         """A bug above must not leave a caller waiting forever."""
-        for _, future, _ in batch:
+        for _, future, _, _ in batch:
             if not future.done():
                 future.set_exception(StorageUnavailable("An internal error stopped this write; nothing was recorded"))
+
+    def _run_together(self, together: Together, work: list[Work]) -> list[tuple[bool, Any]]:
+        """Consecutive tasks with one runner: one SAVEPOINT, one call. If the call raises, it is
+        undone and every task runs alone, so only a task that fails alone is refused."""
+        conn = self._conn
+        conn.execute("SAVEPOINT tasks")
+        try:
+            values = together(conn, work)
+            if len(values) != len(work):
+                raise RuntimeError(f"a runner of {len(work)} tasks answered {len(values)} values")
+        except Exception as exc:
+            if not isinstance(exc, MeterlineError):
+                log.warning("write tasks run together failed; running them one by one", exc_info=True)
+            conn.execute("ROLLBACK TO tasks")
+            conn.execute("RELEASE tasks")
+            if self._on_rollback is not None:
+                self._on_rollback(False)
+            return [self._run_task(fn) for fn in work]
+        conn.execute("RELEASE tasks")
+        return [(True, value) for value in values]
 
     def _run_task(self, fn: Callable[[sqlite3.Connection], Any]) -> tuple[bool, Any]:
         conn = self._conn
@@ -271,3 +312,16 @@ class Writer:
             return False, StorageUnavailable("An internal error stopped this write; nothing of it was recorded")
         conn.execute("RELEASE task")
         return True, value
+
+
+def _runs(batch: list[Task]) -> list[tuple[list[Task], Together | None]]:
+    """The batch cut into runs of consecutive tasks that share a ``together`` runner (a task
+    without one is a run of its own), in order."""
+    runs: list[tuple[list[Task], Together | None]] = []
+    for task in batch:
+        together = task[3]
+        if together is not None and runs and runs[-1][1] is together:
+            runs[-1][0].append(task)
+        else:
+            runs.append(([task], together))
+    return runs
