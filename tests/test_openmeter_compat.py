@@ -80,6 +80,25 @@ def test_customer_metadata_is_absent_when_unset_or_empty(api: Api) -> None:
     assert [c["key"] for c in deleted] == ["plain"] and "metadata" not in deleted[0]
 
 
+def test_subject_display_name_and_metadata_are_absent_when_unset(api: Api) -> None:
+    """As OpenMeter maps a subject: no displayName or metadata member when not set (never null)."""
+    body = [
+        {"key": "bare"},
+        {"key": "named", "displayName": "Named", "metadata": {"crm": "42"}},
+        {"key": "e", "metadata": {}},
+    ]
+    r = post(api, "/api/v1/subjects", body)
+    assert r.status_code == 200, r.text
+    bare, named, empty = r.json()
+    assert set(bare) == {"id", "key", "createdAt", "updatedAt"}, bare
+    assert (named["displayName"], named["metadata"]) == ("Named", {"crm": "42"})
+    assert empty["metadata"] == {} and "displayName" not in empty
+    assert set(get(api, "/api/v1/subjects/bare").json()) == {"id", "key", "createdAt", "updatedAt"}
+    listed = {s["key"]: s for s in get(api, "/api/v1/subjects").json()}
+    assert "displayName" not in listed["bare"] and "metadata" not in listed["bare"]
+    assert listed["named"]["displayName"] == "Named"
+
+
 def test_customer_list_is_openmeters_page(api: Api) -> None:
     for i in range(5):
         body = {

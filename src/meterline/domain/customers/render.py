@@ -30,11 +30,11 @@ def customer_body(c: Customer) -> dict[str, Any]:
 
 
 def subject_body(c: Customer) -> dict[str, Any]:
-    return {
-        "id": c.id,
-        "key": c.key,
-        "displayName": c.name,
-        "metadata": c.metadata,
-        "createdAt": rfc3339(c.created_us),
-        "updatedAt": rfc3339(c.updated_us),
-    }
+    """OpenMeter's subject: ``displayName`` and ``metadata`` are left out when not set (its
+    mapping sends no metadata for none, an empty one as ``{}``), never ``null``."""
+    body: dict[str, Any] = {"id": c.id, "key": c.key}
+    if c.name is not None:
+        body["displayName"] = c.name
+    if c.metadata is not None:
+        body["metadata"] = c.metadata
+    return body | {"createdAt": rfc3339(c.created_us), "updatedAt": rfc3339(c.updated_us)}
