@@ -126,6 +126,31 @@ def test_billed_quantities_are_explained_and_a_planted_difference_is_not(bapi: A
     assert "meterline_reconciliation_unexplained_billed 1.0" in api.client.get("/metrics").text
 
 
+def test_an_amend_moving_usage_out_of_a_billed_window_is_explained(bapi: Api) -> None:
+    """An amend after the window was finalized that moves the event to a subject of no one, or
+    into another window, takes its quantity out of the billed window: a pending adjustment, not
+    an unexplained difference (it was reported unexplained: the quantity it has elsewhere was
+    counted as still in the window)."""
+    api = bapi
+    setup_billing(api)
+    subscribe(api)
+    calls(api, "c1", "acme", "2026-03-01T10:00:00Z", 1500)
+    calls(api, "c2", "acme-eu", "2026-03-01T11:00:00Z", 500)
+    calls(api, "c3", "acme", "2026-03-01T11:30:00Z", 700)
+    move_to(api, "2026-04-01T00:01:00Z")
+    assert run(api)["created"] == ["INV-000001"]
+    move_to(api, "2026-04-01T00:05:00Z")
+    away = {"source": "t", "reason": "not acme's", "event": ev("c1", "stranger", "2026-03-01T10:00:00Z", calls=1500)}
+    assert post(api, "/api/v1/events/c1/amend", away).status_code == 201
+    later = {"source": "t", "reason": "wrong day", "event": ev("c3", "acme", "2026-04-01T00:02:00Z", calls=700)}
+    assert post(api, "/api/v1/events/c3/amend", later).status_code == 201
+    report = reconcile(api)
+    line = billed(report)
+    assert (line["billed"], line["metered"], line["difference"]) == (2700, 500, -2200)
+    assert causes(line) == {"late_adjustment_pending": -2200}
+    assert report["unexplainedBilled"] == 0 and report["withinTolerance"] is True
+
+
 def test_cli_reconcile_exits_non_zero_on_an_unexplained_billed_quantity(tmp_path: Path) -> None:
     """March invoiced with a frozen clock, then a real server on the same data directory (its
     scheduler off, so no later run adjusts March): the CLI passes, and fails once the rollups

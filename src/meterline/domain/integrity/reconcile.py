@@ -143,13 +143,26 @@ def billed_changes(
             now = chain[-1]
             if not (_inside(then, window, subjects) or _inside(now, window, subjects)):
                 continue
+            was, is_ = _inside(then, window, subjects), _inside(now, window, subjects)
             for meter in compiled:
-                _note(out[i], meter, namespace, then, now)
+                _note(out[i], meter, namespace, then if was else None, now, counts_now=is_)
     return out
 
 
-def _note(into: dict[str, Change], meter: CompiledMeter, namespace: str, then: Version | None, now: Version) -> None:
-    before, after = _quantity(meter, namespace, then), _quantity(meter, namespace, now)
+def _note(
+    into: dict[str, Change],
+    meter: CompiledMeter,
+    namespace: str,
+    then: Version | None,
+    now: Version,
+    *,
+    counts_now: bool,
+) -> None:
+    """Add what the key moved in the window: ``then`` (None unless it counted in the window when
+    it was billed) and ``now`` (counted only when ``counts_now``: an amend may move the event to
+    another subject or window, and then the window loses it)."""
+    before = _quantity(meter, namespace, then)
+    after = _quantity(meter, namespace, now) if counts_now else None
     if before is None and after is None:
         return
     change = into.setdefault(meter.meter.slug, Change())
