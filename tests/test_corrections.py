@@ -95,8 +95,10 @@ def values(c: httpx.Client, meter: str, subject: str) -> dict[str, Decimal]:
     return {row["windowStart"][:13]: Decimal(str(row["value"])) for row in r.json()["data"]}
 
 
-def cli(s: Server, *args: str, status: int = 0) -> str:
+def cli(s: Server, *args: str, status: int = 0, columns: int | None = None) -> str:
     env = {**os.environ, "METERLINE_URL": s.url, "METERLINE_API_KEY": s.key}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)  # wide enough that no table cell is wrapped
     out = subprocess.run([sys.executable, "-m", "meterline.cli.main", *args], capture_output=True, text=True, env=env)
     assert out.returncode == status, out.stdout + out.stderr
     return out.stdout + out.stderr
@@ -155,6 +157,9 @@ def test_void_and_amend_move_every_aggregation_and_rebuild_agrees(served: Server
         check_all(c, now)
         assert "is voided" in cli(served, "events", "void", "e2", "--source", "s", "--reason", "x", status=2)
         assert "voided" in cli(served, "events", "history", "e2", "--source", "s")
+        shown = cli(served, "events", "history", "e4", "--source", "s", columns=300).splitlines()
+        versions = [line for line in shown if " ingest " in line or " amend " in line]
+        assert len(versions) == 3 and '{"v":"6","user":"u2","region":"eu"}' in versions[-1], shown  # what it changed
         listed = c.get("/api/v1/events", params={"limit": "100"}).json()
         assert sorted(e["event"]["id"] for e in listed) == ["e1", "e2", "e3", "e4", "e5", "e6"]
     served.stop()

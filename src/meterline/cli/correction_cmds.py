@@ -70,11 +70,19 @@ def _print(answer: dict[str, Any], as_json: bool) -> None:
         print_json(answer)
         return
     rows = [
-        (v["seq"], v["action"], v["receivedAt"], v["subject"], v["time"], v.get("reason", ""), v.get("actor", ""))
+        (v["seq"], v["action"], v["receivedAt"], v["subject"], v["time"], _data(v), v.get("reason", ""),
+         v.get("actor", ""))
         for v in answer["history"]
-    ]
-    print_table(("seq", "action", "received", "subject", "time", "reason", "actor"), rows)
+    ]  # fmt: skip
+    print_table(("seq", "action", "received", "subject", "time", "data", "reason", "actor"), rows)
     click.echo("voided" if answer["voided"] else "counts: the last version above")
+
+
+def _data(version: dict[str, Any]) -> str:
+    """A version's data as compact JSON (what an amend changed); nothing for a void."""
+    event = version.get("event") or {}
+    data = event.get("data")
+    return "" if data is None else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 COMMANDS = [events]
