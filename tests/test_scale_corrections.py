@@ -29,10 +29,13 @@ from test_corrections import entitle, expected, usage_now
 from test_scale_chain import verify
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.postgres.database import PgDatabase
+from meterline.adapters.postgres.dedupe import PgDedupe
 from meterline.api.app import create_app
 from meterline.bootstrap import rebuild_scale
 from meterline.config import load_config
 from meterline.domain.clock import FixedClock
+from meterline.ports.dedupe import EventKey, Verdict
 
 pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
 
@@ -312,6 +315,12 @@ def test_corrections_with_raw_retention_outlive_the_raw_events(onesite: Site, tm
         check_all(api, now)
         kept = conn.rows("SELECT uniqExact(stream, seq) FROM kept_events")[0][0]
         assert kept == 9  # acme 08h: e1-e4, the void, e3's amend, the late e7; beta 10h: e4's two amends
+        held = ev("q1", "ghost", 1, 30, "6", "u9")  # confirmed in the dedupe store, held in the quarantine
+        assert settings(api, "quarantine") == 200
+        r = api.post_events([held], Prefer="return=representation")
+        assert r.status_code == 200 and r.json()["events"][0]["status"] == "quarantined", r.text
+        assert settings(api, "accept") == 200
+    claimed = pending_claim(s, "c1")  # claimed (as by a node that died before its write), never confirmed
     config = load_config(s.config_path, {"auth": {"bootstrap_admin_key": False}, **short})
     with TestClient(create_app(config, FixedClock(T0_US))) as client:  # its start sets the TTL: March is past it
         api = dataclasses.replace(api, client=client, config=config)
@@ -324,14 +333,64 @@ def test_corrections_with_raw_retention_outlive_the_raw_events(onesite: Site, tm
         amend = {**EVENTS[4], "data": {"v": "1", "user": "u4"}}
         body = {"source": "s", "reason": "x", "event": amend}
         r = api.client.post("/api/v1/events/e5/amend", json=body, headers=api.headers())
-        assert r.status_code == 404 and r.json()["code"] == "event_not_found", r.text  # its raw row is gone
-        assert "retention removed it" in r.json()["detail"], r.text
+        assert r.status_code == 409 and r.json()["code"] == "event_pruned", r.text  # its raw row is gone
+        r = api.client.get("/api/v1/events/e5", params={"source": "s"}, headers=api.headers())
+        assert r.status_code == 404 and r.json()["code"] == "event_pruned", r.text  # the dedupe store knows it
+        for never in ("nope", "q1", claimed):  # no key accepted: unknown, quarantined, claimed only
+            void = {"source": "s", "reason": "x"}
+            r = api.client.post(f"/api/v1/events/{never}/void", json=void, headers=api.headers())
+            assert r.status_code == 404 and r.json()["code"] == "event_not_found", (never, r.text)
+            r = api.client.get(f"/api/v1/events/{never}", params={"source": "s"}, headers=api.headers())
+            assert r.status_code == 404 and r.json()["code"] == "event_not_found", (never, r.text)
+        erase = {"subject": "ghost", "reason": "request"}  # its quarantined event goes, and with it its key
+        r = api.client.post("/api/v1/erasures", json=erase, headers=api.headers())
+        assert r.status_code == 201 and r.json()["counts"]["dedupeKeys"] == 1, r.text
+        assert dedupe_rows(s, "q1") == 0  # no trace of the id
+        r = api.client.post("/api/v1/events/q1/void", json={"source": "s", "reason": "x"}, headers=api.headers())
+        assert r.status_code == 404 and r.json()["code"] == "event_not_found", r.text
         r = api.client.post("/api/v1/events/e3/amend", json={**body, "event": EVENTS[2]}, headers=api.headers())
         assert r.status_code == 409 and r.json()["code"] == "event_pruned", r.text  # kept, but in a past hour
         for event_id in ("e4", "e2"):  # an original past the retention is pruned, kept or not
             r = api.client.get(f"/api/v1/events/{event_id}", params={"source": "s"}, headers=api.headers())
             assert r.status_code == 404 and r.json()["code"] == "event_pruned", r.text
     conn.close()
+
+
+def settings(api: Api, policy: str) -> int:
+    body = {"unknownSubjects": policy}
+    return api.client.put("/api/v1/settings", json=body, headers=api.headers()).status_code
+
+
+def pending_claim(s: Site, event_id: str) -> str:
+    """Claim a key of every namespace's source ``s`` in the site's dedupe store at ``T0_US``
+    without confirming it; the id."""
+    db = PgDatabase(s.config.postgres.dsn, max_size=1)
+    try:
+        store = PgDedupe(db, lambda: T0_US, lease_us=1_000_000)
+        namespace = db_namespace(db, "e1")
+        assert store.claim([EventKey(namespace, "s", event_id, b"d")]).verdicts == [Verdict.CLAIMED]
+    finally:
+        db.close()
+    return event_id
+
+
+def dedupe_rows(s: Site, event_id: str) -> int:
+    db = PgDatabase(s.config.postgres.dsn, max_size=1)
+    try:
+        with db.tx() as conn:
+            row = conn.execute("SELECT count(*) FROM dedupe_keys WHERE id = %s", (event_id,)).fetchone()
+    finally:
+        db.close()
+    assert row is not None
+    return int(row[0])
+
+
+def db_namespace(db: PgDatabase, event_id: str) -> str:
+    """The namespace of the test's own confirmed key ``event_id`` (source ``s``)."""
+    with db.tx() as conn:
+        rows = conn.execute("SELECT namespace FROM dedupe_keys WHERE source = 's' AND id = %s", (event_id,)).fetchall()
+    assert len(rows) == 1, rows
+    return str(rows[0][0])
 
 
 def test_an_amend_into_an_hour_retention_may_have_emptied_is_refused(onesite: Site, tmp_path: Path) -> None:

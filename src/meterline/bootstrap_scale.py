@@ -515,7 +515,8 @@ def _corrections(
 
     originals = NotedOriginals(ClickHouseOriginals(conn), usage.note)
     kept = ClickHouseKeptHours(conn, raw_events_us(config), clock.now_us)
-    return LogCorrections(originals, PgCorrectionJournal(stores.catalog.db), kafka, kept, clock)
+    journal = PgCorrectionJournal(stores.catalog.db)
+    return LogCorrections(originals, journal, kafka, kept, clock, stores.dedupe, stores.catalog.quarantine)
 
 
 def _alerting(alerts: BatchAlerts, wake: Callable[[], None]) -> Callable[[Entitlement], None]:

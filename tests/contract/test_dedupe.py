@@ -122,6 +122,26 @@ def test_prune_forgets_what_left_the_window(kit: Any, clock: FixedClock) -> None
     assert store.claim([key("a"), key("b")]).verdicts == [CLAIMED, CLAIMED]
 
 
+def test_confirmed_at_names_only_confirmed_keys_within_the_window(kit: Any, clock: FixedClock) -> None:
+    """What corrections ask to tell an event retention removed from one never accepted: only a
+    confirmed claim is an accepted key, with the time it was confirmed."""
+    store, another = kit
+    pending = store.claim([key("a"), key("b")])  # a claimed; b claimed and confirmed a second later
+    clock.advance(1)
+    store.confirm(pending.token, [key("b")])
+    node_b = another()
+    assert node_b.confirmed_at("default", "src", "a") is None  # only claimed: maybe never written
+    assert node_b.confirmed_at("default", "src", "b") == T0 + 1_000_000
+    assert node_b.confirmed_at("default", "src", "never") is None
+    assert node_b.confirmed_at("other", "src", "b") is None
+    clock.advance(LEASE_US / 1e6)
+    assert node_b.confirmed_at("default", "src", "a") is None  # a lapsed lease is no confirmation either
+    clock.advance(WINDOW_US / 1e6 - LEASE_US / 1e6)
+    assert node_b.confirmed_at("default", "src", "b") == T0 + 1_000_000  # the window's last instant
+    clock.advance(1)
+    assert node_b.confirmed_at("default", "src", "b") is None  # left the window: forgotten
+
+
 def test_without_a_window_confirmed_keys_are_kept(clock: FixedClock) -> None:
     for kind in KINDS:
         with opened(kind, clock.now_us) as (store, _):

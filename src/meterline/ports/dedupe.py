@@ -84,3 +84,10 @@ class DedupeStore(Protocol):
         """Forget confirmed keys older than the dedupe window and claims whose lease lapsed
         longer ago than the window; how many were dropped."""
         ...
+
+    def confirmed_at(self, namespace: str, source: str, event_id: str) -> int | None:
+        """When the key's claim was confirmed (µs, the confirming caller's clock); None when
+        the key is not confirmed within the dedupe window: never claimed, only claimed (a
+        pending or lapsed lease), forgotten by ``prune``, or erased (an erased key answers
+        under its erased form only)."""
+        ...

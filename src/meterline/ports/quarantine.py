@@ -87,6 +87,16 @@ class HeldEvents(Protocol):
         ...
 
 
+class HeldKeys(Protocol):
+    """Whether an idempotency key went to the quarantine (corrections ask it: such a key is
+    confirmed in the dedupe store without being an accepted event)."""
+
+    def went_to_quarantine(self, namespace: str, source: str, event_id: str) -> bool:
+        """True while the quarantine records an event of the key: held, released (written to the
+        log or dead-lettered) alike; an erasure deletes the records of its subject."""
+        ...
+
+
 class ReleasedCopies(Protocol):
     """Step 3 (the sink workers' side)."""
 

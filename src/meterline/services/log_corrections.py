@@ -22,6 +22,10 @@ of the key. ``correct``:
 5. stores the journal row (reason, actor, the versions it takes out and puts in) in the same
    transaction that held the key, and answers.
 
+A key found nowhere in the raw store is ``event_pruned`` when the shared dedupe store has it
+confirmed since before the horizon and it never went to the quarantine (``_removed``): its raw
+row is one retention removed; otherwise ``event_not_found``.
+
 The sink workers apply the entry like any other, exactly once (``adapters.clickhouse``:
 the corrected hours are answered from the raw events). History of a key whose original
 retention removed (or would have removed: its time and receipt are past the horizon) is
@@ -54,6 +58,8 @@ from meterline.ports.correction_log import (
     StoredOriginals,
 )
 from meterline.ports.corrections import Corrected, CorrectionRecord
+from meterline.ports.dedupe import DedupeStore
+from meterline.ports.quarantine import HeldKeys
 from meterline.runtime import freshness
 
 HOUR_US = 3_600_000_000
@@ -67,16 +73,22 @@ class LogCorrections:
         writer: CorrectionWriter,
         kept: KeptHours,
         clock: Clock,
+        keys: DedupeStore,
+        held: HeldKeys,
     ) -> None:
+        """``keys`` and ``held``: the shared dedupe store and the quarantine, which tell a key
+        whose raw row retention removed from one never accepted (``_removed``)."""
         self._originals = originals
         self._journal = journal
         self._writer = writer
         self._kept = kept
         self._clock = clock
+        self._keys = keys
+        self._held = held
 
     def correct(self, request: CorrectionRequest) -> Corrected:
         ns, source, id_ = request.namespace, request.source, request.event_id
-        original = self._original(ns, source, id_)
+        original = self._original(ns, source, id_, correcting=True)
 
         def write(chain: list[Journaled]) -> Journaled:
             return self._write(request, original, chain)
@@ -124,17 +136,36 @@ class LogCorrections:
             for j in self._journal.since(namespace, received_from_us, limit)
         ]
 
-    def _original(self, namespace: str, source: str, event_id: str) -> StoredOriginal:
+    def _original(self, namespace: str, source: str, event_id: str, *, correcting: bool = False) -> StoredOriginal:
         original = self._originals.original(namespace, source, event_id)
-        if original is None:
-            if self._kept.horizon_us() is None:
-                raise event_not_found(source, event_id)
-            raise NotFound(  # the raw store keeps no trace of a removed event's key: it may be either
-                f"No accepted event with id {event_id!r} from source {source!r}: none was accepted, or"
-                " retention removed it (retention.raw_events) and it can no longer be corrected (its totals stand)",
-                code="event_not_found",
+        if original is not None:
+            return original
+        horizon = self._kept.horizon_us()
+        if horizon is None:
+            raise event_not_found(source, event_id)
+        if self._removed(namespace, source, event_id, horizon):
+            if correcting:
+                raise event_pruned(source, event_id)
+            raise NotFound(
+                f"Event {event_id!r} from source {source!r} was removed by retention (its totals stand)",
+                code="event_pruned",
             )
-        return original
+        raise NotFound(  # e.g. its key left a finite dedupe window before the TTL removed its raw row
+            f"No accepted event with id {event_id!r} from source {source!r}: none was accepted, or"
+            " retention removed it (retention.raw_events) and it can no longer be corrected (its totals stand)",
+            code="event_not_found",
+        )
+
+    def _removed(self, namespace: str, source: str, event_id: str, horizon: int) -> bool:
+        """Whether the key's accepted event is one whose raw row retention removed: its claim was
+        confirmed (after its log write was durable) at or before the horizon, so it was received
+        then too, and a raw row past the horizon by both its time and its receipt is one the TTL
+        may remove; the key never went to the quarantine (a held or dead-lettered event is
+        confirmed too, without a raw row). Not in ``events`` nor ``kept_events`` (the caller
+        looked), so the TTL removed it. The one other way an accepted event lacks its raw row is
+        a sink worker ``raw_events`` behind (docs/scale.md, "With raw retention")."""
+        at = self._keys.confirmed_at(namespace, source, event_id)
+        return at is not None and at <= horizon and not self._held.went_to_quarantine(namespace, source, event_id)
 
     def _not_pruned(self, req: CorrectionRequest, versions: list[tuple[str, int]]) -> None:
         """``event_pruned`` when a version lies in an hour that starts at or before the horizon."""

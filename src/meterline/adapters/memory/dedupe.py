@@ -67,6 +67,13 @@ class MemoryDedupe:
                 if row is not None and row.token == token and not row.confirmed:
                     del self._rows[(k.namespace, k.source, k.id)]
 
+    def confirmed_at(self, namespace: str, source: str, event_id: str) -> int | None:
+        with self._lock:
+            row = self._rows.get((namespace, source, event_id))
+            if row is None or not row.confirmed or self._lapsed(row, self._now_us()):
+                return None
+            return row.at_us
+
     def prune(self) -> int:
         if self._window_us is None:
             return 0

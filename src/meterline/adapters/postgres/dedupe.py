@@ -113,6 +113,19 @@ class PgDedupe:
 
         self._retrying(delete)
 
+    def confirmed_at(self, namespace: str, source: str, event_id: str) -> int | None:
+        floor = -(2**63) if self._window_us is None else self._now_us() - self._window_us
+
+        def read(conn: Connection) -> int | None:
+            row = conn.execute(
+                "SELECT at_us FROM dedupe_keys WHERE namespace = %s AND source = %s AND id = %s"
+                " AND confirmed AND at_us >= %s",
+                (namespace, source, event_id, floor),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return self._retrying(read)
+
     def prune(self) -> int:
         if self._window_us is None:
             return 0

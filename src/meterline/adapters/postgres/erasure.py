@@ -95,7 +95,7 @@ class PgErasureCatalog:
                 ],
             )  # fmt: skip
             counts = {"ledgerEntries": len(entries), "events": len({(e.namespace, e.id) for e in entries})}
-            counts["dedupeKeys"] = self._dedupe(conn, ns, keys)
+            counts["dedupeKeys"] = self._dedupe(conn, ns, keys) + self._forget_held(conn, ns, request.subject, keys)
             counts["corrections"] = self._journal(conn, ns, request.subject, alias, entries, keys)
             counts |= _delete_held(conn, ns, request.subject)
             return self._add(conn, record, counts, finished=False)
@@ -202,6 +202,28 @@ class PgErasureCatalog:
         assert row is not None
         return ErasureRecord(
             int(row[0]), req.namespace, now, req.actor, req.reason, alias, {}, 0, dict(through), log_kept_ms
+        )
+
+    def _forget_held(self, conn: Connection, ns: str, subject: str, stored: Sequence[ErasedKey]) -> int:
+        """Delete the dedupe rows of the subject's quarantined events (held, released or
+        dead-lettered) that no stored version has: ``_delete_held`` deletes those events in this
+        transaction, they were never counted (a resend is held again, as in embedded mode), and
+        their confirmed rows would otherwise keep the event ids and tell corrections the key was
+        accepted (``services.log_corrections``)."""
+        known = {(k.source, k.id) for k in stored}
+        rows = conn.execute(
+            "SELECT DISTINCT source, event_id FROM quarantine WHERE namespace = %s AND subject = %s",
+            (ns, subject),
+        ).fetchall()
+        held = sorted((src, id_) for src, id_ in rows if (src, id_) not in known)
+        if not held:
+            return 0
+        return int(
+            conn.execute(
+                "DELETE FROM dedupe_keys k USING unnest(%s::text[], %s::text[]) AS u(src, id)"
+                " WHERE k.namespace = %s AND k.source = u.src AND k.id = u.id",
+                ([h[0] for h in held], [h[1] for h in held], ns),
+            ).rowcount
         )
 
     def _dedupe(self, conn: Connection, ns: str, keys: Sequence[ErasedKey]) -> int:

@@ -124,6 +124,14 @@ class PgQuarantine:
         counted = {p for (p,) in rows}
         return [c.position in counted for c in copies]
 
+    def went_to_quarantine(self, namespace: str, source: str, event_id: str) -> bool:
+        with self._db.tx() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM quarantine WHERE namespace = %s AND source = %s AND event_id = %s LIMIT 1",
+                (namespace, source, event_id),
+            ).fetchone()
+        return row is not None
+
     def quarantined(
         self, namespace: str, subject: str | None, *, limit: int, after_id: int
     ) -> builtins.list[Quarantined]:

@@ -167,6 +167,16 @@ class RedisDedupe:
     def release(self, token: str, keys: Sequence[EventKey]) -> None:
         self._call(self._release, [self._key(k) for k in keys], [token])
 
+    def confirmed_at(self, namespace: str, source: str, event_id: str) -> int | None:
+        floor = -(2**62) if self._window_us is None else self._now_us() - self._window_us
+        try:
+            state, at = self._r.hmget(self._key(EventKey(namespace, source, event_id, b"")), ["s", "a"])  # type: ignore[misc]
+        except redis.RedisError as exc:
+            raise StorageUnavailable("the Redis dedupe store is unavailable") from exc
+        if state not in (b"c", "c") or at is None or int(at) < floor:
+            return None
+        return int(at)
+
     def erase_keys(self, namespace: str, keys: Sequence[ErasedKey]) -> int:
         """Each key's hash replaced by its erased key's (``ports.erasure.ErasableKeys``); how
         many were there. Idempotent: a key already replaced is gone."""
