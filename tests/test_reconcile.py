@@ -5,6 +5,7 @@ the CLI's exit status."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -304,3 +305,56 @@ def test_gauge_readings_and_distinct_values_are_compared_as_the_rollups_hold_the
     assert (disk["accepted"], disk["metered"], disk["expected"]) == (5, 4, 4)
     assert (who["metered"], who["expected"]) == (3, 3)  # u0 and u1 in 10:00-10:15, u1 in 10:15-10:30
     assert differences(report, "disk") == [("accepted->metered", "voided", 1), ("metered->billed", "not_invoiced", 4)]
+
+
+def test_cli_reconcile_at_scale_explains_rejects_quarantine_corrections_and_late_events(
+    scale_site: Site, scale_node: Server
+) -> None:
+    """The CLI against a real scale-mode API node and sink worker, on seeded data: a rejected
+    event, a quarantined one, a void, an amend and a late event are each explained (exit 0);
+    a row planted in ClickHouse's rollups is unexplained (exit 1)."""
+    namespace = f"n{uuid.uuid4().hex[:10]}"
+    key = scale_site.key(namespace)
+    now = datetime.now(UTC)
+    hour = (now - timedelta(hours=2)).strftime("%Y-%m-%dT%H:05:00Z")
+    late = (now - timedelta(hours=5)).strftime("%Y-%m-%dT%H:10:00Z")  # an hour earlier events have passed
+    env = {**os.environ, "METERLINE_URL": scale_node.url, "METERLINE_API_KEY": key}
+    cmd = [sys.executable, "-m", "meterline.cli.main", "reconcile", "--grain", "day", "--json"]
+
+    def job(id_: str, subject: str, at: str, n: object = 1) -> dict[str, Any]:
+        return {"specversion": "1.0", "id": id_, "source": "t", "type": "job", "subject": subject, "time": at,
+                "data": {"n": n}}  # fmt: skip
+
+    with httpx.Client(base_url=scale_node.url, headers={"Authorization": f"Bearer {key}"}) as c:
+        meter = {"slug": "n", "eventType": "job", "aggregation": "SUM", "valueProperty": "$.n"}
+        assert c.post("/api/v1/meters", json=meter).status_code == 201
+        assert c.post("/api/v1/customers", json={"key": "acme", "subjectKeys": ["acme"]}).status_code == 201
+        assert c.put("/api/v1/settings", json={"unknownSubjects": "quarantine"}).status_code == 200
+        assert c.post("/api/v1/events", json=[job(f"j{i}", "acme", hour, i + 1) for i in range(4)]).status_code == 204
+        assert c.post("/api/v1/events", json=[job("q1", "stranger", hour)]).status_code == 204  # held
+        assert c.post("/api/v1/events", json=[job("r1", "acme", hour, "many")]).status_code == 400  # rejected
+        assert c.post("/api/v1/events/j0/void", json={"source": "t", "reason": "x"}).status_code == 201
+        amend = {"source": "t", "reason": "y", "event": job("j1", "acme", hour, 20)}
+        assert c.post("/api/v1/events/j1/amend", json=amend).status_code == 201
+        assert c.post("/api/v1/events", json=[job("l1", "acme", late, 7)]).status_code == 204  # late
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    causes: dict[tuple[str, str], int] = {}  # summed over days (the late event's may be the day before)
+    for d in report["differences"]:
+        if d["meter"] == "n":
+            causes[(d["stage"], d["cause"])] = causes.get((d["stage"], d["cause"]), 0) + d["events"]
+    assert causes == {
+        ("received->accepted", "rejected:unreadable_value"): 1,
+        ("received->accepted", "quarantined"): 1,
+        ("accepted->metered", "voided"): 1,
+        ("metered->billed", "not_invoiced"): 4,
+    }, out.stdout
+    lines = [ln for ln in report["lines"] if ln["meter"] == "n"]
+    assert [sum(ln[k] for ln in lines) for k in ("received", "accepted", "metered")] == [7, 5, 4], lines
+    assert report["unexplained"] == 0 and report["withinTolerance"] is True, out.stdout
+    plant_clickhouse(scale_site.config, namespace, "n")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    report = json.loads(out.stdout)
+    assert report["unexplained"] == 1 and report["withinTolerance"] is False, out.stdout
