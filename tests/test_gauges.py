@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -80,37 +81,66 @@ def total(c: httpx.Client, slug: str, **params: str) -> Decimal:
 
 def test_a_month_across_the_dst_change_equals_the_hand_computation(served: Server) -> None:
     with client(served) as c:
-        meter(c, "storage_gb")
-        backfill(
-            c,
-            [
-                reading("r1", "2025-09-15T00:00:00Z", "10"),  # set in September: holds into October
-                reading("r2", "2025-10-26T00:30:00Z", "20"),  # 02:30 CEST, before the clocks go back
-                reading("r3", "2025-10-26T01:30:00Z", "5"),  # 02:30 CET, after
-                reading("r4", "2025-10-31T23:30:00Z", "100"),  # 1 Nov 00:30 CET: November
-            ],
-        )
+        dst_month(c)
+
+
+def test_a_scale_node_computes_the_dst_month_by_hand_and_after_a_void_and_an_amend(
+    scale_site: Any, scale_node: Server
+) -> None:
+    """The same month through a real scale-mode API node (``meterline serve``) and sink worker;
+    then a void and an amend move it by exactly what a hand computation says."""
+    key = scale_site.key(f"n{uuid.uuid4().hex[:10]}")
+    with httpx.Client(base_url=scale_node.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as c:
+        dst_month(c)
         month = dict(OCTOBER, windowSize="MONTH", windowTimeZone="Europe/Berlin")
-        # by hand, in GB-hours: 10 GB from 1 Oct 00:00 CEST (30 Sep 22:00Z) to 26 Oct 00:30Z is
-        # 25 days + 2.5 h = 602.5 h; 20 GB for 1 h; 5 GB from 01:30Z to 31 Oct 23:00Z is 141.5 h
-        hand = 10 * Decimal("602.5") + 20 * 1 + 5 * Decimal("141.5")
-        assert hand == Decimal("6752.5") and Decimal("602.5") + 1 + Decimal("141.5") == 745
+        r = c.post("/api/v1/events/r2/void", json={"source": "storage", "reason": "probe"})
+        assert r.status_code == 201, r.text
+        # 10 GB now holds until r3 at 01:30Z: 603.5 h, then 5 GB for 141.5 h
+        hand = 10 * Decimal("603.5") + 5 * Decimal("141.5")
         assert values(c, "storage_gb", **month) == [("2025-09-30T22:00:00Z", "2025-10-31T23:00:00Z", hand * GB_H)]
-        # 26 Oct in Berlin has 25 hours: 10 GB for 2.5 h, 20 GB for 1 h, 5 GB for 21.5 h
-        days = values(
-            c,
-            "storage_gb",
-            **{"from": "2025-10-25T22:00:00Z", "to": "2025-10-27T23:00:00Z"},
-            windowSize="DAY",
-            windowTimeZone="Europe/Berlin",
-        )
-        assert days == [
-            ("2025-10-25T22:00:00Z", "2025-10-26T23:00:00Z", (25 + 20 + Decimal("107.5")) * GB_H),
-            ("2025-10-26T23:00:00Z", "2025-10-27T23:00:00Z", 5 * 24 * GB_H),
-        ]
-        # the level carries into November: 5 GB for half an hour, then 100 GB
+        amended = {"source": "storage", "reason": "probe", "event": reading("r3", "2025-10-26T01:30:00Z", "8")}
+        r = c.post("/api/v1/events/r3/amend", json=amended)
+        assert r.status_code == 201, r.text
+        hand = 10 * Decimal("603.5") + 8 * Decimal("141.5")
+        assert values(c, "storage_gb", **month) == [("2025-09-30T22:00:00Z", "2025-10-31T23:00:00Z", hand * GB_H)]
         november_first = total(c, "storage_gb", **{"from": "2025-10-31T23:00:00Z", "to": "2025-11-01T23:00:00Z"})
-        assert november_first == (5 * Decimal("0.5") + 100 * Decimal("23.5")) * GB_H
+        assert november_first == (8 * Decimal("0.5") + 100 * Decimal("23.5")) * GB_H
+
+
+def dst_month(c: httpx.Client) -> None:
+    """October 2025 in Europe/Berlin from four readings, by hand (month, the 25-hour day, the
+    level carried into November)."""
+    meter(c, "storage_gb")
+    backfill(
+        c,
+        [
+            reading("r1", "2025-09-15T00:00:00Z", "10"),  # set in September: holds into October
+            reading("r2", "2025-10-26T00:30:00Z", "20"),  # 02:30 CEST, before the clocks go back
+            reading("r3", "2025-10-26T01:30:00Z", "5"),  # 02:30 CET, after
+            reading("r4", "2025-10-31T23:30:00Z", "100"),  # 1 Nov 00:30 CET: November
+        ],
+    )
+    month = dict(OCTOBER, windowSize="MONTH", windowTimeZone="Europe/Berlin")
+    # by hand, in GB-hours: 10 GB from 1 Oct 00:00 CEST (30 Sep 22:00Z) to 26 Oct 00:30Z is
+    # 25 days + 2.5 h = 602.5 h; 20 GB for 1 h; 5 GB from 01:30Z to 31 Oct 23:00Z is 141.5 h
+    hand = 10 * Decimal("602.5") + 20 * 1 + 5 * Decimal("141.5")
+    assert hand == Decimal("6752.5") and Decimal("602.5") + 1 + Decimal("141.5") == 745
+    assert values(c, "storage_gb", **month) == [("2025-09-30T22:00:00Z", "2025-10-31T23:00:00Z", hand * GB_H)]
+    # 26 Oct in Berlin has 25 hours: 10 GB for 2.5 h, 20 GB for 1 h, 5 GB for 21.5 h
+    days = values(
+        c,
+        "storage_gb",
+        **{"from": "2025-10-25T22:00:00Z", "to": "2025-10-27T23:00:00Z"},
+        windowSize="DAY",
+        windowTimeZone="Europe/Berlin",
+    )
+    assert days == [
+        ("2025-10-25T22:00:00Z", "2025-10-26T23:00:00Z", (25 + 20 + Decimal("107.5")) * GB_H),
+        ("2025-10-26T23:00:00Z", "2025-10-27T23:00:00Z", 5 * 24 * GB_H),
+    ]
+    # the level carries into November: 5 GB for half an hour, then 100 GB
+    november_first = total(c, "storage_gb", **{"from": "2025-10-31T23:00:00Z", "to": "2025-11-01T23:00:00Z"})
+    assert november_first == (5 * Decimal("0.5") + 100 * Decimal("23.5")) * GB_H
 
 
 def test_late_readings_voids_and_amends_change_only_what_they_hold(served: Server) -> None:
