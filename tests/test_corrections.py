@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import MODES, Api, Server, build_api, make_key, mode_api, start_server
-from test_billing_api import calls, get, invoice, lines, move_to, ok, post, run, setup_billing, subscribe
+from test_billing_api import PLAN, calls, get, invoice, lines, move_to, ok, post, run, setup_billing, subscribe
 from test_billing_api import ev as bev
 
 BATCH = {"Content-Type": "application/cloudevents-batch+json"}
@@ -414,3 +415,73 @@ def test_a_meter_created_after_voids_with_no_event_after_it_counts_none_of_them(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert ok(api.query("late_sum"))["data"] == []
+
+
+def test_a_scale_node_corrects_open_and_invoiced_periods_exactly(scale_site: Any, scale_node: Server) -> None:
+    """Through a real scale-mode API node (``meterline serve``, real clock) and sink worker: last
+    month invoiced, then a void and an amend there leave its invoice byte-identical and put the
+    difference, citing both, on the next invoice's preview; a void and an amend in the open
+    period move the entitlement's value at once."""
+    key = scale_site.key(f"n{uuid.uuid4().hex[:10]}")
+    now = datetime.now(UTC)
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last = (this_month - timedelta(days=1)).replace(day=1)
+    at = last.strftime("%Y-%m-") + "%sT%s:00:00Z"
+    with httpx.Client(base_url=scale_node.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        spec = {"slug": "api_calls", "eventType": "request", "aggregation": "SUM", "valueProperty": "$.calls",
+                "groupBy": {"region": "$.region"}}  # fmt: skip
+        assert c.post("/api/v1/meters", json=spec).status_code == 201
+        spec = {"slug": "storage_gb", "eventType": "storage", "aggregation": "SUM", "valueProperty": "$.gb"}
+        assert c.post("/api/v1/meters", json=spec).status_code == 201
+        body = {"key": "acme", "name": "Acme Inc", "subjectKeys": ["acme", "acme-eu"], "timezone": "UTC"}
+        assert c.post("/api/v1/customers", json=body).status_code == 201
+        assert c.post("/api/v1/billing/plans", json=PLAN).status_code == 201
+        assert c.post("/api/v1/billing/plans/pro/versions/1/publish", json={}).status_code == 200
+        start = last.strftime("%Y-%m-%dT%H:%M:%SZ")
+        sub = {"customer": "acme", "plan": "pro", "start": start}
+        assert c.post("/api/v1/billing/subscriptions", json=sub).status_code == 201, start
+        backfill = [bev("c1", "acme", at % ("01", "10"), calls=1500, region="eu"),
+                    bev("c2", "acme-eu", at % ("01", "11"), calls=500, region="eu"),
+                    bev("c3", "acme", at % ("02", "11"), calls=700, region="eu")]  # fmt: skip
+        r = c.post("/api/v1/backfills", json=backfill)
+        assert r.status_code == 200 and {e["status"] for e in r.json()["events"]} == {"accepted"}, r.text
+        created = c.post("/api/v1/billing/runs", json={}).json()["created"]
+        assert len(created) == 1, created
+        number = created[0]
+        finalized = c.get(f"/api/v1/invoices/{number}")
+        assert lines(finalized.json())[1] == ("usage", "API calls", "17.00", "2700", None)
+        # the invoiced period: corrected, its invoice unchanged, the next one carries the difference
+        void = c.post("/api/v1/events/c3/void", json={"source": "t", "reason": "test traffic"})
+        assert void.status_code == 201, void.text
+        amended = bev("c2", "acme-eu", at % ("01", "11"), calls=900, region="eu")
+        amend = c.post("/api/v1/events/c2/amend", json={"source": "t", "reason": "undercounted", "event": amended})
+        assert amend.status_code == 201, amend.text
+        assert c.get(f"/api/v1/invoices/{number}").content == finalized.content
+        preview = c.get("/api/v1/customers/acme/invoice-preview")
+        assert preview.status_code == 200, preview.text
+        line = preview.json()["invoices"][0]["lines"][-1]
+        got = (line["kind"], line["name"], line["amount"], line["quantity"], line["references"])
+        assert got == ("adjustment", "Adjustment: API calls", "-3.00", "-300", number), line
+        assert line["corrections"] == [void.json()["correction"], amend.json()["correction"]], line
+        # the open period: the entitlement's value moves at once
+        f = {"key": "calls", "name": "Calls", "meterSlug": "api_calls"}
+        assert c.post("/api/v1/features", json=f).status_code == 201
+        ent = {"type": "metered", "featureKey": "calls", "issueAfterReset": 5000, "usagePeriod": {"interval": "MONTH"},
+               "measureUsageFrom": "CURRENT_PERIOD_START"}  # fmt: skip
+        assert c.post("/api/v1/customers/acme/entitlements", json=ent).status_code == 201
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        sent = [bev("a1", "acme", stamp, calls=300, region="eu"), bev("a2", "acme", stamp, calls=200, region="eu")]
+        assert c.post("/api/v1/events", json=sent).status_code == 204
+
+        def usage() -> Any:
+            r = c.get("/api/v1/customers/acme/entitlements/calls/value")
+            assert r.status_code == 200, r.text
+            return r.json()["usage"]
+
+        assert usage() == 500
+        assert c.post("/api/v1/events/a2/void", json={"source": "t", "reason": "duplicate"}).status_code == 201
+        assert usage() == 300
+        a1 = {"source": "t", "reason": "wrong count", "event": bev("a1", "acme", stamp, calls=250, region="eu")}
+        assert c.post("/api/v1/events/a1/amend", json=a1).status_code == 201
+        assert usage() == 250
+        assert c.get(f"/api/v1/invoices/{number}").content == finalized.content
