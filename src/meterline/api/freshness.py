@@ -39,6 +39,7 @@ from meterline.runtime import freshness
 CONSISTENCY = ("strong", "eventual")
 _MIN_POSITION = freshness.MIN_POSITION.encode()
 _MIN_LOG_POSITIONS = freshness.MIN_LOG_POSITIONS.encode()
+_TOKEN_LENGTHS = frozenset({len(_MIN_POSITION), len(_MIN_LOG_POSITIONS)})
 _MAX_POSITION = 2**63 - 1
 
 
@@ -51,8 +52,11 @@ class FreshnessHeaders:
             await self.app(scope, receive, send)
             return
         try:
+            position, log_positions = _tokens(scope)
             record = freshness.begin(
-                wait=_wait(scope), min_position=_min_position(scope), min_log_positions=_min_log_positions(scope)
+                wait=_wait(scope),
+                min_position=None if position is None else _min_position(position),
+                min_log_positions=None if log_positions is None else _min_log_positions(log_positions),
             )
         except InvalidInput as exc:
             await problem_for(Request(scope), exc)(scope, receive, send)
@@ -69,7 +73,10 @@ class FreshnessHeaders:
 
 
 def _wait(scope: Scope) -> bool:
-    query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+    raw = scope.get("query_string", b"")
+    if not raw:  # most requests (every ingest): nothing to parse
+        return True
+    query = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
     asked = [value for name, value in query if name == "consistency"]
     for value in asked:
         if value not in CONSISTENCY:
@@ -80,11 +87,22 @@ def _wait(scope: Scope) -> bool:
     return "eventual" not in asked
 
 
-def _min_position(scope: Scope) -> int | None:
-    values = [v for k, v in scope.get("headers", ()) if k.lower() == _MIN_POSITION]
-    if not values:
-        return None
-    text = values[-1].decode("latin-1").strip()
+def _tokens(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """The last value of each read-your-writes request header (``Meterline-Min-Position``,
+    ``Meterline-Min-Log-Positions``), or None: one pass over the headers."""
+    position = log_positions = None
+    for name, value in scope.get("headers", ()):
+        if len(name) in _TOKEN_LENGTHS:
+            lowered = name.lower()
+            if lowered == _MIN_POSITION:
+                position = value
+            elif lowered == _MIN_LOG_POSITIONS:
+                log_positions = value
+    return position, log_positions
+
+
+def _min_position(value: bytes) -> int:
+    text = value.decode("latin-1").strip()
     if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > _MAX_POSITION:
         raise InvalidInput(
             f"{freshness.MIN_POSITION} must be a ledger position (a whole number from 0), as"
@@ -94,11 +112,8 @@ def _min_position(scope: Scope) -> int | None:
     return int(text)
 
 
-def _min_log_positions(scope: Scope) -> dict[int, int] | None:
-    values = [v for k, v in scope.get("headers", ()) if k.lower() == _MIN_LOG_POSITIONS]
-    if not values:
-        return None
-    positions = freshness.parse_log_positions(values[-1].decode("latin-1"))
+def _min_log_positions(value: bytes) -> dict[int, int]:
+    positions = freshness.parse_log_positions(value.decode("latin-1"))
     if positions is None:
         raise InvalidInput(
             "Meterline-Min-Log-Positions must be partition:offset pairs separated by commas, as"
