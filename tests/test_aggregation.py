@@ -4,6 +4,7 @@ moving only together with what it wrote, backfill as the same mechanism, read-yo
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -181,6 +182,29 @@ def test_reads_wait_for_the_position_of_their_writes(backend: EmbeddedBackend) -
             assert total(backend) == sum(range(1, 11 + 10 * n))  # no sleep: the read waits
         assert aggregator.position == backend.ledger.position() == 50
         assert aggregator.lag() == 0
+    finally:
+        aggregator.close()
+
+
+def test_a_stream_of_small_commits_is_aggregated_once_per_gathering_not_once_per_commit(
+    backend: EmbeddedBackend,
+) -> None:
+    gather = 0.02
+    aggregator = Aggregator(backend.ledger, backend.usage, cap=100, gather=gather)
+    backend.state.on_head.append(aggregator.wake)
+    aggregator.start()
+    try:
+        started = time.monotonic()
+        for i in range(1, 301):
+            send(backend, i, 1)  # 300 commits, one after another
+        elapsed = time.monotonic() - started
+        assert aggregator.wait_for(backend.ledger.position(), 30)
+        # A step that reached the head is followed by a wait for a wake-up and then ``gather``
+        # seconds, so the steps that applied something are bounded by the time the stream took
+        # (plus the first step, an idle poll each second, and the read's urgent step); stepping
+        # again at once after each step took one batch per commit or two.
+        assert aggregator.stats.batches <= 3 + elapsed / gather + elapsed
+        assert total(backend) == sum(range(1, 301))
     finally:
         aggregator.close()
 

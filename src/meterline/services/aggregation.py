@@ -222,7 +222,10 @@ class Aggregator:
         return self._snap
 
     def _live(self, snap: Snapshot) -> bool:
-        """One chunk after the live offset; True when there may be more."""
+        """One chunk after the live offset; True when there may be more: a refused batch, or a
+        full chunk (a backlog). A chunk that reached the head lets the next step wait for a
+        wake-up and gather (under a stream of small commits, one step per ``gather``, not one
+        per commit)."""
         if snap.offset >= self._ledger.position():
             return False
         limit = self._chunk if snap.pending_end is None else snap.pending_end - snap.offset
@@ -242,7 +245,7 @@ class Aggregator:
         self.stats.events += len(entries)
         self.stats.applied_at = time.monotonic()
         self._publish(batch.end, entries[-1].received_us)
-        return True
+        return len(entries) >= limit
 
     def _backfill(self, snap: Snapshot) -> bool:
         """One chunk of the first backfilling meter; True when there may be more."""
