@@ -391,6 +391,37 @@ def test_events_acknowledged_before_the_request_are_erased_though_not_applied_ye
         assert ok(api.query("m", [*MARCH, ("subject", SUBJECT)]))["data"] == []
 
 
+def test_quarantined_events_leave_no_key_in_either_dedupe_store(dedupe_site: Site, tmp_path: Path) -> None:
+    """The subject's quarantined events are deleted by the erasure, and their keys with them, in
+    the PostgreSQL or the Redis dedupe store: no row or entry keeps their ids, a correction of
+    one is ``event_not_found`` (a confirmed key would pass for an accepted event), and a resend
+    is held again."""
+    ids = [f"evt-held-{uuid.uuid4().hex}" for _ in range(2)]  # this test's own, whichever site
+    held = [{**zora(i, "2026-03-01T10:00:00Z", 5 + i), "id": ids[i]} for i in range(2)]
+    for api in build_scale_api(dedupe_site, tmp_path / "api", billing={"scheduler_enabled": False}):
+        create_meters(api)
+        ok(api.client.put("/api/v1/settings", json={"unknownSubjects": "quarantine"}, headers=api.headers()))
+        r = api.post_events(held, Prefer="return=representation")
+        assert [e["status"] for e in ok(r)["events"]] == ["quarantined", "quarantined"], r.text
+        assert kept_ids(dedupe_site, ids) == set(ids)
+        record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+        assert (record["counts"]["quarantined"], record["counts"]["dedupeKeys"]) == (2, 2), record
+        assert kept_ids(dedupe_site, ids) == set()
+        r = post(api, f"/api/v1/events/{ids[0]}/void", {"source": "t", "reason": "x"})
+        assert r.status_code == 404 and r.json()["code"] == "event_not_found", r.text
+        r = api.post_events(held[:1], Prefer="return=representation")
+        assert [e["status"] for e in ok(r)["events"]] == ["quarantined"], r.text  # held again
+
+
+def kept_ids(s: Site, ids: list[str]) -> set[str]:
+    """Which of ``ids`` the site's dedupe store (PostgreSQL and Redis) holds."""
+    with psycopg.connect(s.config.postgres.dsn, autocommit=True) as conn:
+        rows = conn.execute("SELECT id FROM dedupe_keys WHERE id = ANY(%s)", (ids,)).fetchall()
+    found = {str(r[0]) for r in rows}
+    names = b"".join(redis_entries(s.config_path))
+    return found | {i for i in ids if i.encode() in names}
+
+
 def test_cli_erase_against_a_scale_node(scale_node: Any, scale_site: Site) -> None:
     """``meterline erase`` and ``meterline erasures`` against a real scale-mode API node."""
     key = scale_site.key(f"n{uuid.uuid4().hex[:10]}")

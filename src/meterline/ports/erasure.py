@@ -153,6 +153,11 @@ class ErasableKeys(Protocol):
         held names the original key; how many entries were replaced (a repeat replaces none)."""
         ...
 
+    def forget_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> int:
+        """Drop the entries of these ``(source, id)`` keys (quarantined events the erasure
+        deletes: never counted, so a resend is held again); how many were there."""
+        ...
+
 
 @runtime_checkable
 class RewritableFiles(Protocol):
@@ -179,6 +184,11 @@ class ErasureCatalog(Protocol):
 
     def refers(self, namespace: str, subject: str) -> bool:
         """A customer mapping, quarantined event, dead letter or portal token names the subject."""
+        ...
+
+    def held_keys(self, namespace: str, subject: str) -> list[tuple[str, str]]:
+        """The ``(source, id)`` keys of the subject's quarantined events (held, released or
+        dead-lettered), which ``begin`` deletes."""
         ...
 
     def begin(

@@ -246,18 +246,34 @@ class LogErasures:
         ):
             raise subject_not_found()
         entries, keys = self._erased(secret, req.subject, alias, versions)
+        forgotten = self._forget_held(req.namespace, req.subject, keys)
         record = self._catalog.begin(req, alias, through, entries, keys, kept)  # the workers held durably from here
-        return self._steps(UnfinishedErasure(record, req.subject, Step.BEGUN), lambda: entries, keys)
+        return self._steps(UnfinishedErasure(record, req.subject, Step.BEGUN), lambda: entries, keys, forgotten)
+
+    def _forget_held(self, namespace: str, subject: str, stored: Sequence[ErasedKey]) -> int:
+        """The keys of the subject's quarantined events dropped from a dedupe store outside the
+        catalog (Redis; the catalog's own rows go in ``begin``'s transaction), before ``begin``
+        deletes the events: they were never counted, so a resend is held again, and no entry
+        keeps their ids. Before ``begin`` so a crash in between leaves the events to a retry,
+        which finds them again; a dropped key of an event still held is claimed again by a
+        resend and held once (the quarantine keeps one row per held key)."""
+        if self._keys is None:
+            return 0
+        known = {(k.source, k.id) for k in stored}
+        held = [key for key in self._catalog.held_keys(namespace, subject) if key not in known]
+        return self._keys.forget_keys(namespace, held)
 
     def _steps(
         self,
         at: UnfinishedErasure,
         entries: Callable[[], Sequence[ErasedEntry]],
         keys: Sequence[ErasedKey] | None = None,
+        forgotten: int = 0,
     ) -> ErasureRecord:
         """Steps 4 (the keys outside the catalog) to 8 of the module doc, each recorded when
         done; those ``at`` says are done are skipped. ``keys``: None when resumed (read again
-        from the usage store, which still holds the originals until step 7)."""
+        from the usage store, which still holds the originals until step 7); ``forgotten``: the
+        quarantined events' keys ``_forget_held`` dropped there."""
         record, subject, step = at.record, at.subject, at.step
         ns, alias = record.namespace, record.pseudonym
         meters = self._catalog.meter_keys(ns)
@@ -266,7 +282,7 @@ class LogErasures:
             if self._keys is not None:
                 if keys is None:
                     keys = self._erased_keys(ns, subject)
-                counts["dedupeKeys"] = self._keys.erase_keys(ns, keys)
+                counts["dedupeKeys"] = self._keys.erase_keys(ns, keys) + forgotten
             record = self._catalog.reached(record, Step.KEYS, counts)
         if step < Step.COPIED:
             copied = self._store.copy(record, entries(), meters, subject)

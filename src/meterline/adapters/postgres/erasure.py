@@ -73,6 +73,10 @@ class PgErasureCatalog:
                 return True
             return bool(_dead_letters(conn, namespace, subject))
 
+    def held_keys(self, namespace: str, subject: str) -> list[tuple[str, str]]:
+        with self._db.tx() as conn:
+            return _held_keys(conn, namespace, subject)
+
     def begin(
         self,
         request: ErasureRequest,
@@ -211,11 +215,7 @@ class PgErasureCatalog:
         their confirmed rows would otherwise keep the event ids and tell corrections the key was
         accepted (``services.log_corrections``)."""
         known = {(k.source, k.id) for k in stored}
-        rows = conn.execute(
-            "SELECT DISTINCT source, event_id FROM quarantine WHERE namespace = %s AND subject = %s",
-            (ns, subject),
-        ).fetchall()
-        held = sorted((src, id_) for src, id_ in rows if (src, id_) not in known)
+        held = [key for key in _held_keys(conn, ns, subject) if key not in known]
         if not held:
             return 0
         return int(
@@ -349,6 +349,14 @@ def _entry(r: Any) -> ErasedEntry:
     return ErasedEntry(
         r[0], int(r[1]), r[2], r[3], r[4], int(r[5]), int(r[6]), r[7], bytes(r[8]), int(r[9]), bytes(r[10])
     )
+
+
+def _held_keys(conn: Connection, namespace: str, subject: str) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT DISTINCT source, event_id FROM quarantine WHERE namespace = %s AND subject = %s ORDER BY 1, 2",
+        (namespace, subject),
+    ).fetchall()
+    return [(str(src), str(id_)) for src, id_ in rows]
 
 
 def _dead_letters(conn: Connection, namespace: str, subject: str) -> list[int]:

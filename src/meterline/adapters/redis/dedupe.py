@@ -198,6 +198,16 @@ class RedisDedupe:
             pending = [names for (names, _), c in zip(present, codes, strict=True) if int(c) == -1]
         raise StorageUnavailable("the Redis dedupe store's keys kept changing during the erasure; retry")
 
+    def forget_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> int:
+        names = [self._key(EventKey(namespace, src, id_, b"")) for src, id_ in keys]
+        if not names:
+            return 0
+        try:
+            gone: Any = self._r.delete(*names)
+        except redis.RedisError as exc:
+            raise StorageUnavailable("the Redis dedupe store is unavailable") from exc
+        return int(gone)
+
     def _erased_name(self, namespace: str, k: ErasedKey) -> str:
         return self._key(EventKey(namespace, ERASED_SOURCE, k.erased_id, b""))
 
