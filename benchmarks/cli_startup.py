@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import free_port
+from _common import code_version, free_port, machine
 
 CASES = {
     "--help": ["--help"],
@@ -57,8 +57,7 @@ def main() -> None:
     opts = parser.parse_args()
     url = ["--url", f"http://127.0.0.1:{free_port()}", "--api-key", "k"]
     variants = {"this checkout": None} | ({"baseline": str(Path(opts.baseline).resolve())} if opts.baseline else {})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"commit {commit}, load average {os.getloadavg()[0]:.2f}, {opts.runs} runs each")
+    print(f"{code_version()}; {machine()}; {opts.runs} runs each")
     print(f"{'case':<16} {'variant':<14} {'median ms':>10} {'min ms':>8} {'CPU ms':>8}")
     for name, args in CASES.items():
         full = args if name == "--help" else [*args, *url]

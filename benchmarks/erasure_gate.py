@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import psutil
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from _common import percentile  # noqa: E402
+from _common import code_version, machine, percentile  # noqa: E402
 from counter_check import METERS, NS, RANGE, apply, ingest  # noqa: E402
 from scale_site import Site, site  # noqa: E402
 from stack import launch  # noqa: E402
@@ -140,8 +139,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--reads", type=int, default=400)
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"commit {commit}, {os.cpu_count()} cores, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{code_version()}; {machine()}")
     root = Path(tempfile.mkdtemp(prefix="meterline-bench-"))
     stack = launch.up(root / "stack")
     try:
