@@ -5,9 +5,9 @@ subjects, subjects no customer claims, a customer without usage and ties. Both w
 checked: ranked by the store in SQL (``adapters.sqlite.ranking``: integral values of COUNT,
 SUM, MIN and MAX) and ranked by the service from the meter query's rows (every other meter,
 and every meter when the store offers no ranking). Per-subject reads over one window may cover
-a ragged edge by its whole UTC month minus the part outside the window, and skip row sets the
-meter-wide summaries show empty (``adapters.sqlite.per_subject``): both are exercised here and
-must not change a number."""
+a ragged edge by its whole UTC month minus the part outside the window, skip row sets the
+meter-wide summaries show empty, and read sparse rollup and day sets by time
+(``adapters.sqlite.per_subject``): each is exercised here and must not change a number."""
 
 from __future__ import annotations
 
@@ -166,13 +166,18 @@ def expected(values: dict[str, Decimal], meter: Meter, limit: int) -> tuple[list
 
 
 @pytest.mark.parametrize("way", ["store", "service"])
-@pytest.mark.parametrize("ratio", [per_subject.BY_TIME, 0, 10**9], ids=["chosen", "by-time", "per-subject"])
+@pytest.mark.parametrize(
+    ("ratio", "day_ratio"),
+    [(per_subject.BY_TIME, per_subject.DAYS_BY_TIME), (0, 10**9), (10**9, 0)],
+    ids=["chosen", "by-time", "per-subject"],
+)
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kathmandu", "America/New_York"])
 def test_top_customers_and_adoption_equal_the_ledger(
-    site: Site, zone: str, ratio: int, way: str, monkeypatch: pytest.MonkeyPatch
+    site: Site, zone: str, ratio: int, day_ratio: int, way: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Also with every rollup set read by time (``rollups_by_time``) and with none (a set
-    holding events is read per subject), beside the choice by :func:`per_subject.by_time`;
+    """Also with every rollup and day set read by time (``rollups_by_time``,
+    ``summaries_days_by_time``) and with none (a set holding events is read per subject),
+    beside the choice by :func:`per_subject.by_time` and :func:`per_subject.days_by_time`;
     ranked with 3, 10 and 100 entries (a cut inside a tie; everyone)."""
     b, ways, meters, c = site
     insights = ways[way]
@@ -182,6 +187,7 @@ def test_top_customers_and_adoption_equal_the_ledger(
     by_store: dict[str, list[bool]] = defaultdict(list)
     days: list[int] = []
     statement, occupied, by_time = per_subject.fold_statement, sqlite_meters.occupied, per_subject.by_time
+    days_by_time, read_days_by_time = per_subject.days_by_time, list[bool]()
     rank = sqlite_ranking.ranked
 
     def noted_by_time(*args: Any) -> bool:
@@ -189,8 +195,15 @@ def test_top_customers_and_adoption_equal_the_ledger(
         read_by_time.append(chosen)
         return chosen
 
+    def noted_days_by_time(*args: Any) -> bool:
+        chosen = days_by_time(*args)
+        read_days_by_time.append(chosen)
+        return chosen
+
     monkeypatch.setattr(per_subject, "BY_TIME", ratio)
     monkeypatch.setattr(per_subject, "by_time", noted_by_time)
+    monkeypatch.setattr(per_subject, "DAYS_BY_TIME", day_ratio)
+    monkeypatch.setattr(per_subject, "days_by_time", noted_days_by_time)
 
     def noted_statement(*args: Any) -> Any:
         signs.extend(part[5] for part in args[3])
@@ -242,6 +255,10 @@ def test_top_customers_and_adoption_equal_the_ledger(
         assert all(read_by_time) and (zone == "UTC" or read_by_time)
     if ratio == 10**9 and zone != "UTC":
         assert False in read_by_time  # an edge holding events was read per subject
+    if day_ratio == 10**9:  # a partial month's day rows were read by time
+        assert read_days_by_time and all(read_days_by_time)
+    if day_ratio == 0:
+        assert read_days_by_time and not any(read_days_by_time)
 
 
 def test_ties_are_ranked_by_name(site: Site) -> None:

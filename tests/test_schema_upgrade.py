@@ -12,6 +12,10 @@ from meterline.adapters.sqlite.schema import DDL, connect, create_schema
 
 INDEX = "CREATE INDEX IF NOT EXISTS events_by_type_time ON events (namespace, type, time_us);\n"
 BY_TIME = "CREATE INDEX IF NOT EXISTS rollups_by_time ON rollups (meter, bucket, subject) WHERE level = 900;\n"
+DAYS_BY_TIME = (
+    "CREATE INDEX IF NOT EXISTS summaries_days_by_time ON summaries (meter, bucket, subject, cnt, total, low, high)\n"
+    "    WHERE level = 86400;\n"
+)
 CHAIN = ",\n    -- the entry's link in the hash chain (adapters.sqlite.chain, domain.integrity.chain)\n    chain BLOB\n"
 PROFILE = (
     "deleted_us INTEGER,\n"
@@ -23,10 +27,16 @@ PROFILE = (
 
 
 def old_store(path: Path) -> None:
-    assert all(part in DDL for part in (INDEX, BY_TIME, PROFILE, CHAIN)), "the schema changed: update this picture"
+    assert all(part in DDL for part in (INDEX, BY_TIME, DAYS_BY_TIME, PROFILE, CHAIN)), (
+        "the schema changed: update this picture"
+    )
     conn = sqlite3.connect(path)
     conn.executescript(
-        DDL.replace(INDEX, "").replace(BY_TIME, "").replace(PROFILE, "deleted_us INTEGER\n").replace(CHAIN, "\n")
+        DDL.replace(INDEX, "")
+        .replace(BY_TIME, "")
+        .replace(DAYS_BY_TIME, "")
+        .replace(PROFILE, "deleted_us INTEGER\n")
+        .replace(CHAIN, "\n")
     )
     conn.execute("INSERT INTO customers VALUES ('c1', 'default', 'acme', 'Acme', 'UTC', NULL, 1, 1, NULL)")
     conn.execute("INSERT INTO events VALUES (1, 'default', 's', 'e1', 'call', 'acme', 5000000, 5000000, x'00', '{}')")
@@ -43,6 +53,7 @@ def test_an_existing_store_gains_the_index_and_the_column(tmp_path: Path) -> Non
     names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "events_by_type_time" in names
     assert "rollups_by_time" in names  # per_subject.by_time reads through it
+    assert "summaries_days_by_time" in names  # per_subject.days_by_time reads through it
     assert conn.execute("SELECT key, profile, deleted_subjects FROM customers").fetchall() == [("acme", None, None)]
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
 

@@ -30,6 +30,9 @@ a read per subject costs an index seek for each of them. A rollup set whose rang
 events for its subjects (:func:`by_time`) is read through ``rollups_by_time`` (the quarter-hour
 rollups keyed by meter and time) instead: only the rows present, each subject checked against
 the meter's subjects, at quarter-hour level (every rollup level holds every bucket).
+A set of few day rows per subject (a partial month's days: :func:`days_by_time`) is read the
+same way through ``summaries_days_by_time``, the day rows keyed by meter, day and subject,
+which holds their values (a read by time never visits the table).
 
 The meter-wide rows of a query's windows (:func:`fold_wide`) are folded by SQLite the same
 way, one state per window instead of one per stored bucket (a year by day in New York is 24
@@ -254,7 +257,7 @@ def fold_statement(
     high_n, high_x), a column's integral values folded natively (``_n``) and the others
     exactly (``_x``, decimal text); a subtracted set may leave a subject a count of 0."""
     # Subject-first keys: each set is one index range per subject, read in subject order; a
-    # sparse rollup set reads its rows by time instead (:func:`by_time`).
+    # sparse rollup or day set reads its rows by time instead (:func:`by_time`, :func:`days_by_time`).
     which = ",".join("?" * len(subjects)) if subjects else "SELECT subject FROM meter_subjects WHERE meter = ?"
     chosen: tuple[object, ...] = subjects or (meter,)
     columns = _columns(aggregation)
@@ -275,6 +278,17 @@ def fold_statement(
                 )
                 params += [tag, meter, first, last, *chosen]
                 continue
+        if table == "summaries" and level == DAY:
+            if population is None:
+                population = len(subjects) or _subjects(conn, meter)
+            if days_by_time(conn, meter, first, last, population):
+                known = f"subject IN ({which})" if subjects else _KNOWN_DAY
+                terms.append(
+                    f"SELECT subject, ? AS w, {count} AS c, {folded} FROM summaries INDEXED BY summaries_days_by_time"
+                    f" WHERE meter = ? AND level = {DAY} AND bucket >= ? AND bucket < ? AND {known} GROUP BY subject"
+                )
+                params += [tag, meter, first, last, *chosen]
+                continue
         terms.append(
             f"SELECT subject, ? AS w, {count} AS c, {folded} FROM {table} WHERE meter = ? AND level = ?"
             f" AND subject IN ({which}) AND bucket >= ? AND bucket < ? GROUP BY subject"
@@ -287,6 +301,8 @@ def fold_statement(
 
 _KNOWN = "EXISTS (SELECT 1 FROM meter_subjects AS m WHERE m.meter = ? AND m.subject = rollups.subject)"
 """The subject filter of a read by time: each row's subject looked up (the rows are few)."""
+_KNOWN_DAY = "EXISTS (SELECT 1 FROM meter_subjects AS m WHERE m.meter = ? AND m.subject = summaries.subject)"
+"""The same for day rows read by time (it also leaves out the meter-wide rows, subject '')."""
 
 BY_TIME = 4
 """A rollup set is read by time when its range holds at most 1/BY_TIME events per subject read
@@ -307,6 +323,31 @@ def by_time(conn: sqlite3.Connection, meter: int, first: int, last: int, populat
         (meter, first, last),
     ).fetchone()
     return bool(events * BY_TIME <= population)
+
+
+DAYS_BY_TIME = 3
+"""A day set is read by time when its range holds at most DAYS_BY_TIME day rows per subject
+read (:func:`days_by_time`)."""
+
+
+def days_by_time(conn: sqlite3.Connection, meter: int, first: int, last: int, population: int) -> bool:
+    """Whether the per-subject day rows of ``[first, last)`` are cheaper read by time, through
+    ``summaries_days_by_time`` (the day rows keyed by meter, day and subject, holding the values:
+    only the rows present, in one index range, a subject lookup each and a sort by subject),
+    than per subject (an index seek per subject of ``population``, each on its own page in a
+    large store). The rows are counted in that index, up to the limit (about 1 ms for 30,000).
+    Measured on 10,000 subjects and 10M events: a day row by time costs about 1.3 us, a seek
+    per subject 4-8 us; a partial month's few days are read by time, a month of a busy meter's
+    daily rows per subject."""
+    if DAYS_BY_TIME <= 0:
+        return False
+    limit = population * DAYS_BY_TIME
+    (rows,) = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM summaries INDEXED BY summaries_days_by_time"
+        f" WHERE meter = ? AND level = {DAY} AND bucket >= ? AND bucket < ? LIMIT ?)",
+        (meter, first, last, limit + 1),
+    ).fetchone()
+    return bool(rows <= limit)
 
 
 def _subjects(conn: sqlite3.Connection, meter: int) -> int:

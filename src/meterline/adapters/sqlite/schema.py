@@ -121,6 +121,11 @@ CREATE TABLE IF NOT EXISTS summaries (
     last_t INTEGER, last_seq INTEGER, last_v,
     PRIMARY KEY (meter, level, subject, bucket, group_key)
 ) WITHOUT ROWID;
+-- The day rows by time, with the values a fold reads: a partial month's few days across every
+-- subject (adapters.sqlite.per_subject.days_by_time) are one index range instead of a seek per
+-- subject. An update of a day row's values updates its entry here too.
+CREATE INDEX IF NOT EXISTS summaries_days_by_time ON summaries (meter, bucket, subject, cnt, total, low, high)
+    WHERE level = 86400;
 
 -- Ledger entries per namespace, type and UTC quarter hour of event time, up to the
 -- aggregator's offset (reconciliation's accepted events); derived like the rollups.
