@@ -266,26 +266,17 @@ def fold_statement(
     params: list[object] = []
     for table, level, first, last, tag, sign in parts:
         count, folded = ("sum(cnt)", columns) if sign > 0 else ("-sum(cnt)", _columns(aggregation, sign))
-        if table == "rollups":
+        read = _by_time_read(table, level)
+        if read is not None:
+            index, level_read, cheaper = read
             if population is None:
                 population = len(subjects) or _subjects(conn, meter)
-            if by_time(conn, meter, first, last, population):
-                known = f"subject IN ({which})" if subjects else _KNOWN
+            if cheaper(conn, meter, first, last, population):
+                known = f"subject IN ({which})" if subjects else _KNOWN.format(table=table)
                 terms.append(
-                    f"SELECT subject, ? AS w, {count} AS c, {folded} FROM rollups INDEXED BY rollups_by_time"
-                    f" WHERE meter = ? AND level = {QUARTER} AND bucket >= ? AND bucket < ? AND {known}"
+                    f"SELECT subject, ? AS w, {count} AS c, {folded} FROM {table} INDEXED BY {index}"
+                    f" WHERE meter = ? AND level = {level_read} AND bucket >= ? AND bucket < ? AND {known}"
                     " GROUP BY subject"
-                )
-                params += [tag, meter, first, last, *chosen]
-                continue
-        if table == "summaries" and level == DAY:
-            if population is None:
-                population = len(subjects) or _subjects(conn, meter)
-            if days_by_time(conn, meter, first, last, population):
-                known = f"subject IN ({which})" if subjects else _KNOWN_DAY
-                terms.append(
-                    f"SELECT subject, ? AS w, {count} AS c, {folded} FROM summaries INDEXED BY summaries_days_by_time"
-                    f" WHERE meter = ? AND level = {DAY} AND bucket >= ? AND bucket < ? AND {known} GROUP BY subject"
                 )
                 params += [tag, meter, first, last, *chosen]
                 continue
@@ -299,10 +290,21 @@ def fold_statement(
     return _OUTER.format(parts=" UNION ALL ".join(terms)), params
 
 
-_KNOWN = "EXISTS (SELECT 1 FROM meter_subjects AS m WHERE m.meter = ? AND m.subject = rollups.subject)"
-"""The subject filter of a read by time: each row's subject looked up (the rows are few)."""
-_KNOWN_DAY = "EXISTS (SELECT 1 FROM meter_subjects AS m WHERE m.meter = ? AND m.subject = summaries.subject)"
-"""The same for day rows read by time (it also leaves out the meter-wide rows, subject '')."""
+_KNOWN = "EXISTS (SELECT 1 FROM meter_subjects AS m WHERE m.meter = ? AND m.subject = {table}.subject)"
+"""The subject filter of a read by time: each row's subject looked up (the rows are few; for day
+rows it also leaves out the meter-wide rows, subject '')."""
+
+
+def _by_time_read(table: str, level: int) -> tuple[str, int, Callable[..., bool]] | None:
+    """How a set of ``table`` at ``level`` is read by time, when :func:`by_time` or
+    :func:`days_by_time` finds it cheaper: the index, the level it reads (a rollup set's quarter
+    hours: every level holds every bucket) and the test; None when it is always read per subject."""
+    if table == "rollups":
+        return "rollups_by_time", QUARTER, by_time
+    if table == "summaries" and level == DAY:
+        return "summaries_days_by_time", DAY, days_by_time
+    return None
+
 
 BY_TIME = 4
 """A rollup set is read by time when its range holds at most 1/BY_TIME events per subject read
