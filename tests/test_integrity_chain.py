@@ -9,13 +9,14 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import build_api
 
 from meterline.adapters.sqlite.database import DB_FILE
-from meterline.domain.integrity.chain import GENESIS, content_digest, link
+from meterline.domain.integrity.chain import GENESIS, ChainFormat, link
 
 pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
 
@@ -143,13 +144,16 @@ def _rechain(data_dir: Path) -> None:
     the recorded head, so the store alone verifies again."""
     conn = sqlite3.connect(data_dir / DB_FILE)
     prev, seq = GENESIS, 0
+    since = conn.execute("SELECT value FROM meta WHERE key = 'chain_format2_since'").fetchone()
+    fmt = ChainFormat(None if since is None else int(since[0]))
     rows = conn.execute(
-        "SELECT seq, namespace, source, id, type, subject, time_us, received_us, digest, raw FROM events ORDER BY seq"
+        "SELECT seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, correction FROM events"
+        " ORDER BY seq"
     ).fetchall()
     for row in rows:
         seq = row[0]
         raw = row[9] if isinstance(row[9], bytes) else row[9].encode()  # the edit made it TEXT
-        prev = link(prev, seq, content_digest(*row[1:9], raw))
+        prev = link(prev, seq, fmt.content(seq, *row[1:9], raw, row[10]))
         conn.execute("UPDATE events SET chain = ? WHERE seq = ?", (prev, seq))
     conn.execute("UPDATE meta SET value = ? WHERE key = 'chain_head'", (f"{seq}:{prev.hex()}",))
     conn.commit()
@@ -261,6 +265,10 @@ def test_untouched_corrections_verify(corrected: Path) -> None:
         ("UPDATE corrections SET action = 'amend' WHERE seq = 5", "says amend, but the entry is a void"),
         # an amend made to correct another event (the rollups would follow it)
         ("UPDATE corrections SET original = 1 WHERE seq = 6", "names entry 1 as its original, an entry of another"),
+        # the audit trail of an amend: its entry carries its record (content format 2)
+        ("UPDATE corrections SET reason = 'customer request' WHERE seq = 6", "differs from the amend entry's"),
+        ("UPDATE corrections SET actor = 'someone' WHERE seq = 6", "differs from the amend entry's"),
+        ("UPDATE corrections SET action = 'void' WHERE seq = 6", "says void, but the entry is an amend"),
     ],
 )
 def test_an_edited_correction_record_is_named(corrected: Path, edit: str, named: str) -> None:
@@ -285,3 +293,98 @@ def test_a_removed_or_added_correction_record_is_named(corrected: Path) -> None:
     done = verify(corrected, "--skip-rollups")
     assert done.returncode == 1
     assert "the correction record of entry 40 has no ledger entry" in done.stderr, done.stderr
+
+
+def test_an_edited_amend_entry_record_breaks_the_chain(corrected: Path) -> None:
+    """The record an amend's entry carries is covered by its hash: making it agree with an
+    edited correction row is an edit of the entry."""
+    sql(corrected, "UPDATE corrections SET reason = 'customer request' WHERE seq = 6")
+    sql(corrected, "UPDATE events SET correction = replace(correction, 'wrong unit', 'customer request') WHERE seq = 6")
+    done = verify(corrected, "--skip-rollups")
+    assert done.returncode == 1
+    assert "entry 6 (event 'ev-2' from source 'chain-test' in namespace 'default') does not match" in done.stderr
+
+
+def test_a_removed_amend_record_is_named(corrected: Path) -> None:
+    sql(corrected, "DELETE FROM corrections WHERE seq = 6")
+    done = verify(corrected, "--skip-rollups")
+    assert done.returncode == 1
+    assert "entry 6 (event 'ev-2' from source 'chain-test' in namespace 'default') is an amend without its" in (
+        done.stderr
+    )
+
+
+@pytest.mark.parametrize("marker", ["UPDATE meta SET value = '7'", "DELETE FROM meta"])
+def test_moving_the_format_switch_breaks_the_chain(corrected: Path, marker: str) -> None:
+    """A downgrade: the amend's reason edited, and the switch moved past it (or removed, which
+    the next open records again after the last entry), so that format 1, which does not cover
+    the reason, would check it. Every entry from the store's real switch on fails its link."""
+    sql(corrected, "UPDATE corrections SET reason = 'customer request' WHERE seq = 6")
+    sql(corrected, f"{marker} WHERE key = 'chain_format2_since'")
+    done = verify(corrected, "--skip-rollups")
+    assert done.returncode == 1
+    assert "entry 1 (event 'ev-0' from source 'chain-test' in namespace 'default') does not match" in done.stderr
+
+
+def _as_the_previous_version(data_dir: Path) -> None:
+    """The store as a version without content format 2 wrote it: no switch position, no
+    records beside the entries, every hash by format 1."""
+    sql(data_dir, "UPDATE events SET correction = NULL WHERE correction IS NOT NULL")
+    sql(data_dir, "DELETE FROM meta WHERE key = 'chain_format2_since'")
+    _rechain(data_dir)
+
+
+@pytest.fixture
+def upgraded(corrected: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """The corrected store written by the previous version (amend at entry 6), its head exported
+    then, and opened by this version: an amend of ev-3 (entry 7) and one more event (entry 8)."""
+    _as_the_previous_version(corrected)
+    head = tmp_path / "head.json"
+    assert verify(corrected, "--skip-rollups", "--export-head", str(head)).returncode == 0
+    gen = build_api(tmp_path)
+    api = next(gen)
+    amend = {"source": "chain-test", "reason": "late fix", "event": {**_event(3), "data": {"v": 40}}}
+    assert api.client.post("/api/v1/events/ev-3/amend", json=amend, headers=api.headers()).status_code == 201
+    assert api.post_events([_event(20)]).status_code == 204
+    done = api.query("calls", {"consistency": "strong"})
+    assert done.status_code == 200 and done.json()["data"][0]["value"] == 1 + 30 + 40 + 21, done.text
+    for _ in gen:
+        pass
+    yield corrected, head
+
+
+def test_a_store_from_before_format_2_verifies_and_says_what_is_not_covered(upgraded: tuple[Path, Path]) -> None:
+    store, head = upgraded
+    done = verify(store, "--against", str(head))
+    assert done.returncode == 0, done.stderr
+    assert "matches the exported head at entry 6" in done.stdout
+    assert "the reason and actor of 1 amend(s) before entry 7 are in their records only" in done.stdout
+    # a head document of the previous version names the previous rule; its hash still holds
+    old = head.read_text().replace("sha256-chain/2", "sha256-chain/1")
+    head.write_text(old)
+    assert verify(store, "--skip-rollups", "--against", str(head)).returncode == 0
+    # the amend from before the switch: its reason is in its record only (not covered)
+    sql(store, "UPDATE corrections SET reason = 'customer request' WHERE seq = 6")
+    assert verify(store, "--skip-rollups").returncode == 0
+    # the amend from after it: named
+    sql(store, "UPDATE corrections SET reason = 'customer request' WHERE seq = 7")
+    done = verify(store, "--skip-rollups")
+    assert done.returncode == 1
+    assert "the correction record of entry 7 (event 'ev-3' from source 'chain-test'" in done.stderr, done.stderr
+    assert "differs from the amend entry's original, reason or actor" in done.stderr
+
+
+@pytest.mark.parametrize(("value", "first"), [("9", 7), ("1", 1), ("DELETE", 7)])
+def test_moving_the_switch_of_an_upgraded_store_breaks_the_chain(
+    upgraded: tuple[Path, Path], value: str, first: int
+) -> None:
+    """Later (or removed: recorded again after the last entry): the format-2 entries before it
+    fail; earlier: the format-1 entries after it fail."""
+    store, _ = upgraded
+    if value == "DELETE":
+        sql(store, "DELETE FROM meta WHERE key = 'chain_format2_since'")
+    else:
+        sql(store, f"UPDATE meta SET value = '{value}' WHERE key = 'chain_format2_since'")
+    done = verify(store, "--skip-rollups")
+    assert done.returncode == 1
+    assert f"entry {first} (event 'ev-" in done.stderr and "does not match the chain" in done.stderr, done.stderr

@@ -1,6 +1,7 @@
-"""A store created before the ledger's (namespace, type, time) index and the customers'
-``profile`` and ``deleted_subjects`` columns gains them when it is opened, keeps its rows, and the partial-minute reads
-of meter queries go through that index instead of scanning the ledger."""
+"""A store created before the ledger's (namespace, type, time) index, the customers' ``profile``
+and ``deleted_subjects`` columns and the ledger's ``chain`` and ``correction`` columns gains them
+when it is opened, keeps its rows, and the partial-minute reads of meter queries go through that
+index instead of scanning the ledger."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ DAYS_BY_TIME = (
     "CREATE INDEX IF NOT EXISTS summaries_days_by_time ON summaries (meter, bucket, subject, cnt, total, low, high)\n"
     "    WHERE level = 86400;\n"
 )
-CHAIN = ",\n    -- the entry's link in the hash chain (adapters.sqlite.chain, domain.integrity.chain)\n    chain BLOB\n"
+CHAIN = (
+    ",\n    -- the entry's link in the hash chain (adapters.sqlite.chain, domain.integrity.chain)\n    chain BLOB,\n"
+    "    -- a correction entry's audit record as the chain covers it (content format 2: JSON\n"
+    "    -- [action, original, reason, actor]); NULL for an event, and for entries before format 2\n"
+    "    correction BLOB\n"
+)
 PROFILE = (
     "deleted_us INTEGER,\n"
     "    -- OpenMeter's descriptive members (description, primaryEmail, currency, billingAddress) as JSON\n"
@@ -56,6 +62,7 @@ def test_an_existing_store_gains_the_index_and_the_column(tmp_path: Path) -> Non
     assert "summaries_days_by_time" in names  # per_subject.days_by_time reads through it
     assert conn.execute("SELECT key, profile, deleted_subjects FROM customers").fetchall() == [("acme", None, None)]
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (1,)
+    assert conn.execute("SELECT chain, correction FROM events").fetchall() == [(None, None)]
 
 
 def test_partial_minutes_are_read_through_the_index(tmp_path: Path) -> None:

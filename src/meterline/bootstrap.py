@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 from meterline.adapters.sqlite.backend import EmbeddedBackend
-from meterline.adapters.sqlite.chain import SqliteChain, ensure_ledger_id, migrate_step
+from meterline.adapters.sqlite.chain import SqliteChain, ensure_format, ensure_ledger_id, migrate_step
 from meterline.adapters.sqlite.database import DB_FILE, Database
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
@@ -299,6 +299,7 @@ def open_chain(config: Config, clock: Clock | None = None) -> Iterator[ChainSour
         while more:
             conn.execute("BEGIN IMMEDIATE")
             ensure_ledger_id(conn)
+            ensure_format(conn)
             more = migrate_step(conn, now_us())
             conn.execute("COMMIT")
     finally:

@@ -81,6 +81,12 @@ def verify(
         if audit is not None:
             _fail(audit.message)
         click.echo("corrections: every record matches its ledger entry")
+        since, uncovered = source.uncovered_amends()
+        if uncovered:
+            click.echo(
+                f"corrections: the reason and actor of {uncovered} amend(s) before entry {since} are in their"
+                " records only (written before the chain covered them)"
+            )
         if export_head is not None:
             written = export(source, rfc3339(SystemClock().now_us()), key)
             _write(export_head, heads.encode(written))

@@ -43,7 +43,13 @@ class ChainSource(Protocol):
         """The first correction record (the void/amend audit trail kept beside the ledger)
         that disagrees with the ledger entries it describes: a record without its entry, one
         whose original is not an earlier version of the same key, a void entry without its
-        record, or a void whose recorded original, reason or actor differ from its entry's."""
+        record, or a void whose recorded original, reason or actor differ from its entry's;
+        from the switch to content format 2 on, also an amend's (its entry carries its record)."""
+        ...
+
+    def uncovered_amends(self) -> tuple[int, int]:
+        """(the first entry whose correction record the chain covers, how many amends come
+        before it): those amends' reason and actor are kept in their record only."""
         ...
 
     def close(self) -> None: ...

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meterline.adapters.sqlite.billing import billing_stores
-from meterline.adapters.sqlite.chain import ensure_ledger_id, migrate_step
+from meterline.adapters.sqlite.chain import ensure_format, ensure_ledger_id, migrate_step
 from meterline.adapters.sqlite.corrections import SqliteCorrections
 from meterline.adapters.sqlite.counting import SqliteCounterSource, SqliteStreamHost
 from meterline.adapters.sqlite.customers import SqliteCustomers
@@ -75,6 +75,7 @@ class EmbeddedBackend:
         )
         self.usage = SqliteUsage(self.db, self.state, clock.now_us)
         self.db.writer.call(ensure_ledger_id)
+        self.db.writer.call(ensure_format)  # entries appended from here on: content format 2
         while self.db.writer.call(lambda conn: migrate_step(conn, clock.now_us())):
             pass  # a store from before the hash chain: its entries are linked first (adapters.sqlite.chain)
         self.db.writer.call(self._open_dedupe)

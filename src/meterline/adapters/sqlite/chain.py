@@ -12,6 +12,13 @@ already there are linked in sequence order from the genesis hash, in writer task
 (``seq:time_us``) then records how far the migration went and when. The chain proves those
 entries unchanged since the migration, not before it. Once the anchor exists, nothing ever
 recomputes a stored hash.
+
+``meta.chain_format2_since`` is the store's switch position (``domain.integrity.chain.ChainFormat``):
+the seq of the first entry hashed with content format 2, which covers a correction's audit
+record (``events.correction``: action, original, reason, actor). It is written once, when a
+version with format 2 first opens the store (:func:`ensure_format`: the next seq), so the
+entries already there keep verifying with format 1 and nothing is rewritten. Moving it breaks
+the links of the entries between the old and the new position (see the domain module).
 """
 
 from __future__ import annotations
@@ -22,16 +29,18 @@ from pathlib import Path
 
 from meterline.adapters.sqlite.audit import first_audit_break
 from meterline.adapters.sqlite.schema import connect
-from meterline.domain.integrity.chain import GENESIS, Break, ChainRow, Head, content_digest, link
+from meterline.domain.integrity.chain import GENESIS, Break, ChainFormat, ChainRow, Head, link
 
 HEAD_KEY = "chain_head"
 ANCHOR_KEY = "chain_anchor"
 MIGRATING_KEY = "chain_migrating"
 LEDGER_ID_KEY = "ledger_id"
+FORMAT_KEY = "chain_format2_since"
 MIGRATE_CHUNK = 50_000
 
 ENTRY_ROWS = (
-    "SELECT seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain FROM events"
+    "SELECT seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain, correction"
+    " FROM events"
     " WHERE seq > ? ORDER BY seq LIMIT ?"
 )
 
@@ -56,6 +65,25 @@ def ensure_ledger_id(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (LEDGER_ID_KEY, str(uuid.uuid4())))
 
 
+def ensure_format(conn: sqlite3.Connection) -> None:
+    """Record the switch to content format 2 at the next seq, once (in the writer, before any
+    entry is appended by this version)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO meta SELECT ?, max(coalesce((SELECT max(seq) FROM events), 0),"
+        " coalesce((SELECT max(seq) FROM ledger_pruned), 0)) + 1",
+        (FORMAT_KEY,),
+    )
+
+
+def read_format(conn: sqlite3.Connection) -> ChainFormat:
+    """The store's content formats (``ChainFormat``); a value that is not a seq (edited by hand)
+    is a position no entry has, so every entry it misplaces fails its link."""
+    value = _meta(conn, FORMAT_KEY)
+    if value is None:
+        return ChainFormat(None)
+    return ChainFormat(int(value) if value.isdigit() else -1)
+
+
 def migrate_step(conn: sqlite3.Connection, now_us: int) -> bool:
     """One writer task of the migration; True while more remains. A store with an anchor is
     never touched."""
@@ -65,8 +93,9 @@ def migrate_step(conn: sqlite3.Connection, now_us: int) -> bool:
     seq, prev = (0, GENESIS) if progress is None else _parse_head(progress)
     rows = conn.execute(ENTRY_ROWS, (seq, MIGRATE_CHUNK)).fetchall()
     updates = []
+    fmt = read_format(conn)
     for row in rows:
-        prev = link(prev, row[0], entry_content(row))
+        prev = link(prev, row[0], entry_content(row, fmt))
         updates.append((prev, row[0]))
         seq = row[0]
     conn.executemany("UPDATE events SET chain = ? WHERE seq = ?", updates)
@@ -88,6 +117,7 @@ class SqliteChain:
         self._conn = connect(path, readonly=True)
         self._conn.execute("BEGIN")
         self._conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()  # the snapshot starts here
+        self._format = read_format(self._conn)
 
     def ledger_id(self) -> str:
         return _meta(self._conn, LEDGER_ID_KEY) or ""
@@ -125,7 +155,7 @@ class SqliteChain:
         erased = self._erased(after, rows[-1][0]) if rows else {}
         for row in rows:
             seq, ns, src, id_, chain = row[0], row[1], row[2], row[3], row[10]
-            content = entry_content(row)
+            content = entry_content(row, self._format)
             label = f"event {id_!r} from source {src!r} in namespace {ns!r}"
             kept, after_erasure = erased.get(seq, (None, None))
             if kept is not None:
@@ -143,17 +173,27 @@ class SqliteChain:
 
     def audit_trail(self) -> Break | None:
         """``corrections`` against the entries it describes (``adapters.sqlite.audit``)."""
-        return first_audit_break(self._conn)
+        return first_audit_break(self._conn, self._format)
+
+    def uncovered_amends(self) -> tuple[int, int]:
+        """(the first entry of content format 2, how many amends before it): those amends'
+        reason and actor are in their correction record only."""
+        since = self._format.since
+        if since is None:
+            since = int(self._conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0])
+        row = self._conn.execute("SELECT count(*) FROM corrections WHERE action = 'amend' AND seq < ?", (since,))
+        return since, int(row.fetchone()[0])
 
     def close(self) -> None:
         self._conn.execute("ROLLBACK")
         self._conn.close()
 
 
-def entry_content(row: tuple[object, ...]) -> bytes:
-    """The content digest of an ``events`` row read with ``ENTRY_ROWS``."""
+def entry_content(row: tuple[object, ...], fmt: ChainFormat) -> bytes:
+    """The content digest of an ``events`` row read with ``ENTRY_ROWS``, in its format."""
     ns, src, id_, type_, subject, time_us, received_us = row[1:8]
-    return content_digest(
+    return fmt.content(
+        _int(row[0]),
         str(ns),
         str(src),
         str(id_),
@@ -163,6 +203,7 @@ def entry_content(row: tuple[object, ...]) -> bytes:
         _int(received_us),
         _blob(row[8]),
         _blob(row[9]),
+        None if row[11] is None else _blob(row[11]),
     )
 
 

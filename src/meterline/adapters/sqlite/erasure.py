@@ -40,6 +40,7 @@ from typing import Any
 import msgspec
 
 from meterline.adapters.sqlite import rollups
+from meterline.adapters.sqlite.chain import read_format
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.erasure_hours import Rewrite, chunks, erased, hour_batches, move_hours, ready_hours
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
@@ -60,13 +61,13 @@ from meterline.domain.erasure import (
     subject_not_found,
 )
 from meterline.domain.errors import Conflict, StorageUnavailable
-from meterline.domain.integrity.chain import GENESIS, content_digest, link
+from meterline.domain.integrity.chain import GENESIS, ChainFormat, correction_record, link, parse_correction_record
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.model import MeterSpec
 
 log = logging.getLogger(__name__)
 
-_ROW = "seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain"
+_ROW = "seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain, correction"
 _decode = msgspec.json.Decoder(float_hook=Decimal)  # numbers stay exact, as the meters read them
 _encode = msgspec.json.Encoder(decimal_format="number")
 _spec = msgspec.json.Decoder(MeterSpec)
@@ -145,24 +146,26 @@ class SqliteErasures:
         alias = pseudonym(secret, req.namespace, req.subject)
         paths = _paths(conn)
         voids = _voids(conn, versions)
+        fmt = read_format(conn)
         out = []
         for chunk in chunks(versions, 500):
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(f"SELECT {_ROW} FROM events WHERE seq IN ({marks}) ORDER BY seq", chunk):
-                out.append(self._rewrite(conn, row, req.subject, alias, paths, row[0] in voids))
+                out.append(self._rewrite(conn, row, (req.subject, alias), paths, row[0] in voids, fmt))
         return out, head
 
     def _rewrite(
         self,
         conn: sqlite3.Connection,
         row: tuple[Any, ...],
-        subject: str,
-        alias: str,
+        names: tuple[str, str],
         paths: dict[tuple[str, str], list[CompiledMeter]],
         void: bool,
+        fmt: ChainFormat,
     ) -> Rewrite:
-        seq, ns, src, id_, type_, subj, time_us, received_us, digest, raw, chain = row
-        kept = content_digest(ns, src, id_, type_, subj, time_us, received_us, digest, raw)
+        seq, ns, src, id_, type_, subj, time_us, received_us, digest, raw, chain, correction = row
+        subject, alias = names
+        kept = fmt.content(seq, ns, src, id_, type_, subj, time_us, received_us, digest, raw, correction)
         previous = conn.execute("SELECT chain FROM events WHERE seq = ?", (seq - 1,)).fetchone()
         prev = GENESIS if seq == 1 else (None if previous is None else previous[0])
         if prev is None or chain is None or link(prev, seq, kept) != chain:
@@ -179,11 +182,34 @@ class SqliteErasures:
         else:
             new_raw = _reduce(raw, ns, type_, new_subject, new_id, time_us, paths.get((ns, type_), []))
         new_digest = erased_digest(secret, digest)
-        content = content_digest(
-            ns, ERASED_SOURCE, new_id, type_, new_subject, time_us, received_us, new_digest, new_raw
+        new_correction = _erased_correction(correction)
+        content = fmt.content(
+            seq,
+            ns,
+            ERASED_SOURCE,
+            new_id,
+            type_,
+            new_subject,
+            time_us,
+            received_us,
+            new_digest,
+            new_raw,
+            new_correction,
         )
         key_hash = self._state.dedupe.key_hash(ns, src, id_)
-        return Rewrite(seq, ERASED_SOURCE, new_id, new_subject, new_digest, new_raw, kept, content, key_hash, time_us)
+        return Rewrite(
+            seq,
+            ERASED_SOURCE,
+            new_id,
+            new_subject,
+            new_digest,
+            new_raw,
+            kept,
+            content,
+            key_hash,
+            time_us,
+            new_correction,
+        )
 
     # -- 2. apply ---------------------------------------------------------------------------
 
@@ -279,8 +305,8 @@ class SqliteErasures:
 
     def _rewrite_ledger(self, conn: sqlite3.Connection, rewrites: Sequence[Rewrite], erasure: int) -> int:
         conn.executemany(
-            "UPDATE events SET source = ?, id = ?, subject = ?, digest = ?, raw = ? WHERE seq = ?",
-            [(r.source, r.id, r.subject, r.digest, r.raw, r.seq) for r in rewrites],
+            "UPDATE events SET source = ?, id = ?, subject = ?, digest = ?, raw = ?, correction = ? WHERE seq = ?",
+            [(r.source, r.id, r.subject, r.digest, r.raw, r.correction, r.seq) for r in rewrites],
         )
         conn.executemany(
             "INSERT INTO ledger_erased VALUES (?,?,?,?,?)",
@@ -335,6 +361,16 @@ def _versions(conn: sqlite3.Connection, seqs: Sequence[int]) -> list[int]:
         marks = ",".join("?" * len(chunk))
         out.update(s for (s,) in conn.execute(f"SELECT seq FROM corrections WHERE original IN ({marks})", chunk))
     return sorted(out)
+
+
+def _erased_correction(stored: bytes | None) -> bytes | None:
+    """A chained correction record (content format 2) with its reason erased, as the erasure
+    rewrites the ``corrections`` row (its action, original and actor stay)."""
+    fields = None if stored is None else parse_correction_record(bytes(stored))
+    if fields is None:
+        return stored
+    action, original, _, actor = fields
+    return correction_record(action, original, ERASED_REASON, actor)
 
 
 def _voids(conn: sqlite3.Connection, seqs: Sequence[int]) -> set[int]:

@@ -52,6 +52,8 @@ class Rewrite:
     content: bytes
     key_hash: int
     time_us: int
+    correction: bytes | None = None
+    """A correction entry's chained audit record, reason erased (content format 2)."""
 
 
 def erased(conn: sqlite3.Connection, seqs: Iterable[int]) -> set[int]:

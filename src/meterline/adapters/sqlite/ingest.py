@@ -27,14 +27,14 @@ from dataclasses import dataclass
 
 import msgspec
 
-from meterline.adapters.sqlite.chain import last_entry, record_head
+from meterline.adapters.sqlite.chain import last_entry, read_format, record_head
 from meterline.adapters.sqlite.dedupe_index import DedupeIndex
 from meterline.adapters.sqlite.recent import RecentEntries
 from meterline.domain.customers.model import UnknownSubjects, subject_rule
 from meterline.domain.errors import InvalidInput
 from meterline.domain.events.corrections import Action, CorrectionRequest
 from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
-from meterline.domain.integrity.chain import content_digest, link
+from meterline.domain.integrity.chain import ChainFormat, correction_record, link
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.fold import LedgerEntry, Preread, by_event_type, of_type
@@ -45,8 +45,8 @@ from meterline.ports.stream import UsageListener
 _spec = msgspec.json.Decoder(MeterSpec)
 DEDUPE_FLOOR_KEY = "dedupe_floor_us"  # in ``meta``: see adapters.sqlite.dedupe_prune
 INSERT_EVENT = (
-    "INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+    "INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw, chain,"
+    " correction) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 
 
@@ -70,6 +70,8 @@ class IngestState:
         self.next_seq = 1
         self.chain = b""
         """The chain hash of entry ``next_seq - 1`` (in the open transaction)."""
+        self.format = ChainFormat(None)
+        """The store's content formats (``adapters.sqlite.chain.ensure_format`` ran at open)."""
         self.head = 0
         """The position of the last committed ledger entry (read by any thread)."""
         self.committing_head = 0
@@ -139,6 +141,7 @@ class IngestState:
         for key, dim, value in conn.execute("SELECT meter, dim, value FROM group_values"):
             self.group_values.setdefault((key, dim), set()).add(value)
         last_seq, self.chain = last_entry(conn)
+        self.format = read_format(conn)
         self.next_seq = last_seq + 1
         self.customer_subjects = {}
         # a customer's usage is its subject keys and its own key (``Customer.usage_subjects``)
@@ -257,6 +260,8 @@ class Appender:
         version is ``current`` (``adapters.sqlite.corrections`` found both); returns its seq.
         An amend passes the live meters' checks as an ingested event would."""
         self.namespace = req.namespace
+        # the audit record the chain covers (content format 2), stored beside the entry
+        chained = correction_record(req.action.value, original, req.reason, req.actor)
         if req.action is Action.AMEND:
             assert req.event is not None
             problem = self._check(req.event)
@@ -266,10 +271,10 @@ class Appender:
                     code="amend_unreadable",
                     reason=problem.reason.value,
                 )
-            self._accept(req.event)
+            self._accept(req.event, chained)
         else:
             record = {"void": {"original": original, "reason": req.reason, "actor": req.actor}}
-            self._accept(msgspec.structs.replace(current, data=None, raw=msgspec.json.encode(record)))
+            self._accept(msgspec.structs.replace(current, data=None, raw=msgspec.json.encode(record)), chained)
         seq = self.state.next_seq - 1
         self.entries[-1] = self.entries[-1]._replace(read=None, correction=original)
         self.conn.execute(
@@ -292,17 +297,23 @@ class Appender:
         self.read = Preread(keys, taken) if meters else NOTHING_READ
         return None
 
-    def _accept(self, ev: Event) -> None:
-        """Give the event the next seq and link it into the chain (every ledger row is made here)."""
+    def _accept(self, ev: Event, correction: bytes | None = None) -> None:
+        """Give the event the next seq and link it into the chain (every ledger row is made here);
+        ``correction``: a correction entry's chained audit record."""
         state, now = self.state, self.now_us
         seq = state.next_seq
         state.next_seq += 1
-        content = content_digest(
-            ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw
+        if not state.format.covers_corrections(seq):
+            correction = None  # a store not switched to format 2 (ensure_format did not run)
+        content = state.format.content(
+            seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw, correction
         )
         state.chain = link(state.chain, seq, content)
         self.events.append(
-            (seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw, state.chain)
+            (
+                *(seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw),
+                *(state.chain, correction),
+            )
         )
         self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
         self.entries.append(

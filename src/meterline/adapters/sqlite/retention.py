@@ -32,14 +32,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from meterline.adapters.sqlite.chain import ENTRY_ROWS, entry_content
+from meterline.adapters.sqlite.chain import ENTRY_ROWS, entry_content, read_format
 from meterline.adapters.sqlite.database import Database
 from meterline.adapters.sqlite.dedupe_prune import CURSOR_KEY as DEDUPE_CURSOR_KEY
 from meterline.adapters.sqlite.dedupe_prune import read_meta, write_meta
 from meterline.adapters.sqlite.ingest import IngestState
 from meterline.adapters.sqlite.replay import OFFSET_KEY
 from meterline.domain.errors import Overloaded, StorageUnavailable
-from meterline.domain.integrity.chain import GENESIS, link
+from meterline.domain.integrity.chain import GENESIS, ChainFormat, link
 from meterline.runtime.background import Ticker
 
 log = logging.getLogger("meterline.retention")
@@ -143,12 +143,13 @@ class RetentionPruner:
         limit = _limit(conn, rows[-1][0])
         erased = _erased(conn, cursor, rows[-1][0])
         prev = _hash_before(conn, rows[0][0])
+        fmt = read_format(conn)
         marks, latest = [], 0
         for row in rows:
             seq, time_us, received_us, stored = row[0], row[6], row[7], row[10]
             if seq > limit or time_us >= cutoff or received_us >= cutoff:
                 break
-            kept = self._matching(row, prev, erased.get(seq))
+            kept = self._matching(row, prev, erased.get(seq), fmt)
             if kept is None:
                 break
             key_hash = erased[seq][2] if seq in erased else self._state.dedupe.key_hash(row[1], row[2], row[3])
@@ -159,11 +160,11 @@ class RetentionPruner:
         return len(marks)
 
     def _matching(
-        self, row: tuple[object, ...], prev: bytes | None, erased: tuple[bytes, bytes, int] | None
+        self, row: tuple[object, ...], prev: bytes | None, erased: tuple[bytes, bytes, int] | None, fmt: ChainFormat
     ) -> bytes | None:
         """The digest the chain links for ``row`` when it still matches the chain, else None
         (and pruning is blocked at it)."""
-        seq, stored, content = row[0], row[10], entry_content(row)
+        seq, stored, content = row[0], row[10], entry_content(row, fmt)
         kept = content
         if erased is not None:
             kept = erased[0] if content == erased[1] else b""

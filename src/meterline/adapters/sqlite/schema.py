@@ -29,7 +29,10 @@ CREATE TABLE IF NOT EXISTS events (
     type TEXT NOT NULL, subject TEXT NOT NULL, time_us INTEGER NOT NULL,
     received_us INTEGER NOT NULL, digest BLOB NOT NULL, raw BLOB NOT NULL,
     -- the entry's link in the hash chain (adapters.sqlite.chain, domain.integrity.chain)
-    chain BLOB
+    chain BLOB,
+    -- a correction entry's audit record as the chain covers it (content format 2: JSON
+    -- [action, original, reason, actor]); NULL for an event, and for entries before format 2
+    correction BLOB
 );
 
 -- Corrections (domain.events.corrections): each is itself a ledger entry in `events` (same
@@ -344,6 +347,7 @@ _ADDED_COLUMNS = (
     ("customers", "profile", "BLOB"),
     ("customers", "deleted_subjects", "BLOB"),
     ("events", "chain", "BLOB"),
+    ("events", "correction", "BLOB"),
     ("rollups", "first_t", "INTEGER"),  # TIME_WEIGHTED_SUM: a bucket's first reading (adapters.sqlite.gauges)
     ("rollups", "first_seq", "INTEGER"),
 )

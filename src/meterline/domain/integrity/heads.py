@@ -14,7 +14,7 @@ import msgspec
 
 from meterline.domain.errors import InvalidInput
 from meterline.domain.integrity import batches
-from meterline.domain.integrity.chain import ALGORITHM, Head
+from meterline.domain.integrity.chain import ALGORITHM, ALGORITHMS, Head
 
 FORMAT = "meterline-ledger-head/1"
 PARTITIONS_FORMAT = "meterline-ledger-heads/1"
@@ -93,7 +93,7 @@ def decode(data: bytes) -> HeadDocument:
         doc = msgspec.json.decode(data, type=HeadDocument)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidInput(f"not a ledger head document ({exc})", code="invalid_head") from exc
-    if doc.format != FORMAT or doc.algorithm != ALGORITHM:
+    if doc.format != FORMAT or doc.algorithm not in ALGORITHMS:
         raise InvalidInput(
             f"unsupported head document (format {doc.format!r}, algorithm {doc.algorithm!r}); expected {FORMAT}",
             code="invalid_head",
