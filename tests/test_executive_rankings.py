@@ -6,8 +6,9 @@ checked: ranked by the store in SQL (``adapters.sqlite.ranking``: integral value
 SUM, MIN and MAX) and ranked by the service from the meter query's rows (every other meter,
 and every meter when the store offers no ranking). Per-subject reads over one window may cover
 a ragged edge by its whole UTC month minus the part outside the window, skip row sets the
-meter-wide summaries show empty, and read sparse rollup and day sets by time
-(``adapters.sqlite.per_subject``): each is exercised here and must not change a number."""
+meter-wide summaries show empty, read a ragged edge as its whole UTC day minus the rest of the
+day, and read sparse rollup and day sets by time (``adapters.sqlite.per_subject``): each is
+exercised here and must not change a number."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from meterline.adapters.sqlite import meters as sqlite_meters
 from meterline.adapters.sqlite import per_subject
 from meterline.adapters.sqlite import ranking as sqlite_ranking
 from meterline.adapters.sqlite.backend import EmbeddedBackend
+from meterline.adapters.sqlite.summaries import DAY
 from meterline.api.dashboard.executive import span_from
 from meterline.bootstrap import Catalog, attach_counting, billing_services, catalog
 from meterline.config import load_config
@@ -167,18 +169,31 @@ def expected(values: dict[str, Decimal], meter: Meter, limit: int) -> tuple[list
 
 @pytest.mark.parametrize("way", ["store", "service"])
 @pytest.mark.parametrize(
-    ("ratio", "day_ratio"),
-    [(per_subject.BY_TIME, per_subject.DAYS_BY_TIME), (0, 10**9), (10**9, 0)],
+    ("ratio", "day_ratio", "short_edge"),
+    [
+        (per_subject.BY_TIME, per_subject.DAYS_BY_TIME, per_subject.SHORT_EDGE),
+        (0, 10**9, 0),
+        (10**9, 0, DAY),
+    ],
     ids=["chosen", "by-time", "per-subject"],
 )
 @pytest.mark.parametrize("zone", ["UTC", "Asia/Kathmandu", "America/New_York"])
 def test_top_customers_and_adoption_equal_the_ledger(
-    site: Site, zone: str, ratio: int, day_ratio: int, way: str, monkeypatch: pytest.MonkeyPatch
+    site: Site,
+    zone: str,
+    ratio: int,
+    day_ratio: int,
+    short_edge: int,
+    way: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Also with every rollup and day set read by time (``rollups_by_time``,
-    ``summaries_days_by_time``) and with none (a set holding events is read per subject),
-    beside the choice by :func:`per_subject.by_time` and :func:`per_subject.days_by_time`;
-    ranked with 3, 10 and 100 entries (a cut inside a tie; everyone)."""
+    ``summaries_days_by_time``) and every ragged edge of a SUM or COUNT read as its whole UTC
+    day minus the rest of the day (``per_subject.short_edges``), and with none of these (a set
+    holding events is read per subject, an edge from its own rollups), beside the choice by
+    :func:`per_subject.by_time`, :func:`per_subject.days_by_time` and
+    :data:`per_subject.SHORT_EDGE`; ranked with 3, 10 and 100 entries (a cut inside a tie;
+    everyone)."""
     b, ways, meters, c = site
     insights = ways[way]
     signs: list[int] = []
@@ -204,6 +219,16 @@ def test_top_customers_and_adoption_equal_the_ledger(
     monkeypatch.setattr(per_subject, "by_time", noted_by_time)
     monkeypatch.setattr(per_subject, "DAYS_BY_TIME", day_ratio)
     monkeypatch.setattr(per_subject, "days_by_time", noted_days_by_time)
+    monkeypatch.setattr(per_subject, "SHORT_EDGE", short_edge)
+    swapped: list[bool] = []
+    short_edges = per_subject.short_edges
+
+    def noted_short_edges(a: int, b: int) -> list[tuple[int, int, int]]:
+        ranges = short_edges(a, b)
+        swapped.append(len(ranges) > 1)
+        return ranges
+
+    monkeypatch.setattr(sqlite_meters, "short_edges", noted_short_edges)
 
     def noted_statement(*args: Any) -> Any:
         signs.extend(part[5] for part in args[3])
@@ -259,6 +284,10 @@ def test_top_customers_and_adoption_equal_the_ledger(
         assert read_days_by_time and all(read_days_by_time)
     if day_ratio == 0:
         assert read_days_by_time and not any(read_days_by_time)
+    if short_edge == 0 and zone != "UTC":  # an edge was read as its whole day minus the rest
+        assert any(swapped)
+    if short_edge == DAY or zone == "UTC":  # every edge from its own rollups (UTC has none)
+        assert swapped and not any(swapped)
 
 
 def test_ties_are_ranked_by_name(site: Site) -> None:

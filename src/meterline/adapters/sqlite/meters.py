@@ -35,6 +35,7 @@ from meterline.adapters.sqlite.per_subject import (
     fold_subjects,
     fold_wide,
     occupied,
+    short_edges,
 )
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.retention import hours_before
@@ -442,12 +443,16 @@ def subject_sets(
 ) -> builtins.list[Part]:
     """The row sets :func:`fold_subjects` reads per subject for ``inner``'s windows
     (``segments``: :func:`with_months` of its plan), empty ones left out; one window of a
-    SUBTRACTABLE aggregation is covered as :func:`per_subject.cheapest` chooses."""
+    SUBTRACTABLE aggregation is covered as :func:`per_subject.cheapest` chooses, each ragged
+    edge from at most half a day of rollups (:func:`per_subject.short_edges`)."""
     sets = occupied(conn, meter.key, _parts(segments, inner))
     if meter.spec.aggregation in SUBTRACTABLE and len(inner) == 2:  # one window: its sets all tagged inner[0]
 
         def cover(a: int, b: int, sign: int) -> builtins.list[Part]:
-            return occupied(conn, meter.key, _parts(with_months(plan((a, b)) or []), inner[:1], sign))
+            parts: builtins.list[Part] = []
+            for first, last, piece in short_edges(a, b):
+                parts += _parts(with_months(plan((first, last)) or []), inner[:1], sign * piece)
+            return occupied(conn, meter.key, parts)
 
         sets = cheapest(*inner, cover)
     return sets
