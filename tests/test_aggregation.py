@@ -17,7 +17,9 @@ from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.rebuild import rebuild
 from meterline.adapters.sqlite.replay import stored_offset
 from meterline.adapters.sqlite.schema import connect
+from meterline.bootstrap import aggregator as configured_aggregator
 from meterline.bootstrap import attach_aggregator
+from meterline.config import load_config
 from meterline.domain.clock import FixedClock
 from meterline.domain.errors import StorageUnavailable
 from meterline.domain.events.decode import Limits, decode_events, split_body
@@ -205,6 +207,24 @@ def test_a_stream_of_small_commits_is_aggregated_once_per_gathering_not_once_per
         # again at once after each step took one batch per commit or two.
         assert aggregator.stats.batches <= 3 + elapsed / gather + elapsed
         assert total(backend) == sum(range(1, 301))
+    finally:
+        aggregator.close()
+
+
+def test_the_configured_gather_sets_how_long_commits_accumulate(backend: EmbeddedBackend, tmp_path: Path) -> None:
+    config = load_config(None, {"storage": {"data_dir": tmp_path / "unused"}, "aggregation": {"gather": 1.0}})
+    aggregator = configured_aggregator(config, backend)
+    aggregator.start()
+    try:
+        started, sent = time.monotonic(), 0
+        while time.monotonic() - started < 0.5:  # commits one after another for half a second
+            sent += 1
+            send(backend, sent, 1)
+        elapsed = time.monotonic() - started
+        assert total(backend) == sum(range(1, sent + 1))  # a read waits for its writes: wakes it at once
+        # At most one gathering per second of the stream, plus the first step, the read's
+        # urgent step and an idle poll per second; the default 0.05 s takes one per 50 ms.
+        assert aggregator.stats.batches <= 2 + 2 * elapsed
     finally:
         aggregator.close()
 

@@ -620,6 +620,7 @@ def aggregator(config: Config, backend: EmbeddedBackend, monitor: Monitor | None
         chunk=config.aggregation.chunk,
         max_wait=config.aggregation.max_wait,
         check_staleness=config.aggregation.check_staleness,
+        gather=config.aggregation.gather,
         monitor=monitor,
     )
 
@@ -631,11 +632,12 @@ def attach_aggregator(
     chunk: int = 20_000,
     max_wait: float = 5.0,
     check_staleness: float = 0.0,
+    gather: float = 0.05,
     monitor: Monitor | None = None,
 ) -> Aggregator:
     """An aggregator over the backend's ledger and usage store, wired to its hooks: woken by
     every ingest commit and meter change, and the barrier of every usage read (not started)."""
-    agg = Aggregator(backend.ledger, backend.usage, cap=cap, chunk=chunk, monitor=monitor)
+    agg = Aggregator(backend.ledger, backend.usage, cap=cap, chunk=chunk, monitor=monitor, gather=gather)
     backend.state.on_head.append(agg.wake)
     backend.meters.changed = agg.meters_changed
     backend.db.fresh = agg.fresh(max_wait)

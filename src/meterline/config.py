@@ -270,6 +270,12 @@ class AggregationConfig(_Section):
     every usage read. Answers say which position they reflect (``Meterline-As-Of-Position``)."""
     chunk: int = Field(20_000, ge=1, le=1_000_000)
     """Most ledger events aggregated in one transaction (a backlog goes in chunks of this)."""
+    gather: float = Field(0.05, ge=0, le=1)
+    """Seconds the aggregator lets ingest commits accumulate after a wake-up before it applies
+    them, so a stream of small commits is aggregated in fewer, larger transactions (fewer rows
+    and statements per event). A read that waits for its writes wakes it at once; only reads
+    with ``consistency=eventual``, checks within ``check_staleness``, live counters and alerts
+    see usage this much later. 0: apply at once after every wake-up."""
 
 
 class MeteringConfig(_Section):

@@ -57,7 +57,7 @@ class Aggregator:
         chunk: int = 20_000,
         monitor: Monitor | None = None,
         idle_poll: float = 1.0,
-        gather: float = 0.005,
+        gather: float = 0.05,
     ) -> None:
         self._ledger = ledger
         self._usage = usage
