@@ -11,11 +11,14 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -74,3 +77,81 @@ def _reachable(dsn: str) -> bool:
         return True
     except psycopg.OperationalError:
         return False
+
+
+def server_binaries() -> Path:
+    """The directory of this machine's PostgreSQL server programs (``initdb``, ``pg_ctl``):
+    ``METERLINE_TEST_PG_BIN``, else where ``initdb`` is on the PATH, else the newest
+    ``/usr/lib/postgresql/<version>/bin`` (Debian's layout, not on the PATH)."""
+    if os.environ.get("METERLINE_TEST_PG_BIN"):
+        return Path(os.environ["METERLINE_TEST_PG_BIN"])
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    debian = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()]
+    debian.sort(key=lambda p: [int(x) for x in p.parent.name.split(".") if x.isdigit()])
+    if not debian:
+        raise RuntimeError("no PostgreSQL server programs (initdb, pg_ctl) found: set METERLINE_TEST_PG_BIN")
+    return debian[-1]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A private PostgreSQL cluster: its data directory (``base/`` holds the tables' files,
+    ``pg_wal/`` the WAL) and a DSN of its ``meterline`` database (superuser ``postgres``)."""
+
+    data: Path
+    dsn: str
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    """initdb refuses to run as root: the server programs then run as the ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+
+@contextmanager
+def private_cluster(options: str = "") -> Iterator[Cluster]:
+    """A throwaway cluster on a free 127.0.0.1 port (fsync off, trust auth, ``options`` added to
+    the server's command line), stopped and removed on exit. Its directory is made under the
+    system temp dir, which the ``postgres`` user can reach when the tests run as root."""
+    bin_dir = server_binaries()
+    data = Path(tempfile.mkdtemp(prefix="meterline-pgfiles-"))
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = functools.partial(subprocess.run, check=True, capture_output=True, timeout=120)
+    try:
+        run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "--auth=trust", "--no-sync", "-U", "postgres"]))
+        server_options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off {options}"
+        log = str(data / "server.log")
+        run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", log, "-o", server_options, "start"]))
+        base = f"host=127.0.0.1 port={port} user=postgres connect_timeout=5"
+        with psycopg.connect(f"{base} dbname=postgres", autocommit=True) as conn:
+            conn.execute("CREATE DATABASE meterline")
+        yield Cluster(data, f"{base} dbname=meterline")
+    finally:
+        subprocess.run(
+            _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"]),
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def files_holding(root: Path, words: list[str]) -> dict[str, list[str]]:
+    """Per word, the files under ``root`` whose raw bytes hold it (relative paths)."""
+    found: dict[str, list[str]] = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder) / name
+            try:
+                data = path.read_bytes()
+            except OSError:  # removed meanwhile (a relation file dropped at a checkpoint)
+                continue
+            for word in words:
+                if word.encode() in data:
+                    found.setdefault(word, []).append(str(path.relative_to(root)))
+    return found

@@ -118,11 +118,12 @@ class Site:
 
 
 @contextmanager
-def site(stack: Stack, root: Path, partitions: int = 4, extra: str = "") -> Iterator[Site]:
-    """A fresh site (its ClickHouse database and PostgreSQL schema dropped afterwards)."""
+def site(stack: Stack, root: Path, partitions: int = 4, extra: str = "", postgres: str | None = None) -> Iterator[Site]:
+    """A fresh site (its ClickHouse database and PostgreSQL schema dropped afterwards); its
+    catalog in the stack's PostgreSQL, or in the server of the DSN ``postgres``."""
     name = f"t{uuid.uuid4().hex[:12]}"
     root.mkdir(parents=True, exist_ok=True)
-    with fresh_schema(stack.postgres) as dsn:
+    with fresh_schema(postgres or stack.postgres) as dsn:
         path = write_config(stack, root / "scale.toml", name, dsn, partitions, extra)
         s = Site(path, root)
         try:

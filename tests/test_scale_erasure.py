@@ -441,9 +441,10 @@ def test_cli_erase_against_a_scale_node(scale_node: Any, scale_site: Site) -> No
     assert SUBJECT not in done.stdout and "erased-" in done.stdout
     # the stack's broker reports no retention.ms for a topic meterline created (Tansu)
     assert "the subject's original records leave the Kafka topic unknown" in done.stdout, done.stdout
+    assert "PostgreSQL tables rewritten (VACUUM FULL): quarantine, dead_letters" in done.stdout, done.stdout
     listed = subprocess.run([*cli, "erasures"], env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0 and "GDPR" in listed.stdout, listed.stdout + listed.stderr
-    assert "log purged by" in listed.stdout, listed.stdout
+    assert "log purged by" in listed.stdout and "postgresql files" in listed.stdout, listed.stdout
     again = subprocess.run(
         [*cli, "erase", SUBJECT, "--reason", "GDPR", "--yes"], env=env, capture_output=True, text=True, timeout=120
     )

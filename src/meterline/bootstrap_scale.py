@@ -80,7 +80,7 @@ from meterline.services.erasure_deadline import ErasureDeadline
 from meterline.services.features import FeatureService
 from meterline.services.keys import KeyService
 from meterline.services.log_corrections import LogCorrections
-from meterline.services.log_erasure import ErasureGate, LogErasures
+from meterline.services.log_erasure import ErasureGate, LogErasures, RewriteSettings
 from meterline.services.meters import MeterService
 from meterline.services.notifications import NotificationService
 from meterline.services.portal import PortalService
@@ -368,6 +368,9 @@ class ScaleNode:
     erasure_deadline: ErasureDeadline | None = None
     """Whether the topic's retention deletes an erased subject's records within
     ``erasure.max_delay`` (a ``/readyz`` warning when not)."""
+    erasure_files: Callable[[], str | None] | None = None
+    """The catalog's tables an erasure changed and that are not rewritten yet (a ``/readyz``
+    warning, ``METER-008``)."""
 
     @property
     def ledger(self) -> Ledger:
@@ -501,6 +504,7 @@ def _wire(
     node.tickers += [release, resume]
     node.releaser = releaser
     node.erasure_deadline = deadline
+    node.erasure_files = erasures.problem
     return node
 
 
@@ -552,10 +556,11 @@ def _erasures(
     from meterline.adapters.clickhouse.erasure import ClickHouseErasure
     from meterline.adapters.clickhouse.rebuild import settled
     from meterline.adapters.kafka.ledger import log_ends
+    from meterline.adapters.postgres.compaction import PgCatalogFiles
     from meterline.adapters.postgres.erasure import PgErasureCatalog
     from meterline.adapters.postgres.fence import PgFence
 
-    k = config.kafka
+    k, e = config.kafka, config.erasure
     fence = PgFence(stores.catalog.db, config.postgres.dsn)
 
     def heads() -> dict[int, int]:
@@ -578,6 +583,8 @@ def _erasures(
         log_kept=deadline.kept_ms,
         files=_redis_files(config, closers),
         files_wait=config.erasure.redis_rewrite_wait,
+        tables=PgCatalogFiles(config.postgres.dsn),
+        rewrite=RewriteSettings(e.rewrite_lock_timeout, e.rewrite_attempts, e.rewrite_backoff),
     )
 
 

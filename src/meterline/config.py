@@ -571,6 +571,16 @@ class ErasureConfig(_Section):
     """Scale mode with Redis (``[dedupe] backend = "redis"`` or ``[redis] counters``): seconds an
     erasure waits for the ``BGREWRITEAOF`` and ``BGSAVE`` it asks Redis for (the sink workers
     stay held meanwhile); one not done by then is recorded ``unfinished``."""
+    rewrite_lock_timeout: float = Field(0.5, gt=0, le=60)
+    """Scale mode: seconds each ``VACUUM FULL`` of a catalog table after an erasure waits for
+    the table's lock (reads and writes of that table queue behind it meanwhile); not granted:
+    tried again (``rewrite_attempts``)."""
+    rewrite_attempts: int = Field(4, ge=1, le=100)
+    """Scale mode: tries per catalog table after an erasure while its lock is busy, the pause
+    doubling from ``rewrite_backoff``; still busy: a ``/readyz`` warning (``METER-008``) and
+    tried again every few seconds."""
+    rewrite_backoff: float = Field(0.25, ge=0, le=60)
+    """Scale mode: seconds before the second try of a busy table (doubled before each next)."""
 
 
 class Config(_Section):

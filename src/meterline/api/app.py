@@ -206,7 +206,10 @@ def create_app(config: Config, clock: Clock | None = None) -> Starlette:
     blocked = system.retention_blocked if isinstance(system, System) else (lambda: None)
     deadline = system.erasure_deadline if isinstance(system, ScaleNode) else None
     late = None if deadline is None else deadline.problem
-    health = Health(store, monitor, watch, admission, retention_blocked=blocked, erasure_deadline=late)
+    unwritten = system.erasure_files if isinstance(system, ScaleNode) else None
+    health = Health(
+        store, monitor, watch, admission, retention_blocked=blocked, erasure_deadline=late, erasure_files=unwritten
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

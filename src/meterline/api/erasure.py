@@ -53,4 +53,6 @@ def record_json(r: ErasureRecord) -> dict[str, object]:
         out["logPurgedBy"] = rfc3339(purged) if purged is not None else ("never" if r.log_kept_ms == -1 else None)
         if r.redis_files is not None:
             out["redisFiles"] = r.redis_files
+        if r.postgres_files is not None:
+            out["postgresFiles"] = r.postgres_files
     return out

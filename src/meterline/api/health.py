@@ -19,7 +19,9 @@ It stays **200** ``ready`` and lists ``warnings`` when
 - METER-002: backpressure refused requests in the last minute;
 - METER-007 (scale mode): the Kafka topic may keep an erased subject's records longer than
   ``erasure.max_delay`` (its retention unlimited, longer, or not reported by the broker:
-  ``services.erasure_deadline``).
+  ``services.erasure_deadline``);
+- METER-008 (scale mode): a PostgreSQL table an erasure changed is not rewritten yet (its lock
+  stayed busy through every try: ``services.log_erasure``, step 9); retried every few seconds.
 
 Warnings do not make a node unready: taking an overloaded node out of rotation only moves its
 load to the others. :class:`HealthWatch` evaluates latency and lag every
@@ -172,11 +174,13 @@ class Health:
         now: Callable[[], float] = time.monotonic,
         retention_blocked: Callable[[], str | None] = lambda: None,
         erasure_deadline: Callable[[], str | None] | None = None,
+        erasure_files: Callable[[], str | None] | None = None,
     ) -> None:
         self._store, self._monitor = store, monitor
         self._watch, self._admission, self._now = watch, admission, now
         self._retention_blocked = retention_blocked
         self._erasure_deadline = erasure_deadline or (lambda: None)
+        self._erasure_files = erasure_files or (lambda: None)
 
     def problems(self) -> list[Finding]:
         found = []
@@ -208,4 +212,7 @@ class Health:
         late = self._erasure_deadline()
         if late is not None:
             found.append(Finding("erasure_deadline", OpsCode.ERASURE_DEADLINE, late))
+        unwritten = self._erasure_files()
+        if unwritten is not None:
+            found.append(Finding("erasure_files", OpsCode.ERASURE_FILES, unwritten))
         return found

@@ -53,6 +53,14 @@ def scale_notes(record: dict[str, Any]) -> list[str]:
         done = ", ".join(f"{k} {v}" for k, v in files.items() if k != "detail")
         detail = f" ({files['detail']})" if "detail" in files else ""
         lines.append(f"Redis persistence files: {done}{detail}")
+    tables = record.get("postgresFiles")
+    if tables is not None:
+        left = {t: v for t, v in tables.items() if v not in ("rewritten", "analyzed")}
+        if left:
+            named = ", ".join(f"{t} {v}" for t, v in left.items())
+            lines.append(f"PostgreSQL tables not rewritten yet (retried by the API nodes): {named}")
+        else:
+            lines.append(f"PostgreSQL tables rewritten (VACUUM FULL): {', '.join(tables)}")
     return lines
 
 
@@ -71,14 +79,23 @@ def erasures(api: Api, as_json: bool) -> None:
     ]
     headers: tuple[str, ...] = ("id", "erased at", "by key", "pseudonym", "ledger entries", "reason")
     if any("throughLogPositions" in r for r in items):  # scale mode: when the log's records are gone
-        rows = [(*row, _purged(r)) for row, r in zip(rows, items, strict=True)]
-        headers = (*headers, "log purged by")
+        rows = [(*row, _purged(r), _tables(r)) for row, r in zip(rows, items, strict=True)]
+        headers = (*headers, "log purged by", "postgresql files")
     print_table(headers, rows, "no erasures")
 
 
 def _purged(record: dict[str, Any]) -> str:
     purged = record.get("logPurgedBy")
     return "unknown" if purged is None else str(purged)
+
+
+def _tables(record: dict[str, Any]) -> str:
+    """``rewritten``, or the tables not rewritten yet with why (``pending``: not tried yet)."""
+    tables: dict[str, str] | None = record.get("postgresFiles")
+    if tables is None:
+        return "pending"
+    left = [f"{t} {v}" for t, v in tables.items() if v not in ("rewritten", "analyzed")]
+    return ", ".join(left) if left else "rewritten"
 
 
 COMMANDS = [erase, erasures]

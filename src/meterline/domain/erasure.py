@@ -110,6 +110,10 @@ class ErasureRecord:
     """Scale mode with Redis: what was done to Redis's persistence files once the erasure's keys
     were gone (``aof``, ``rdb``: ``rewritten``, ``saved``, ``off``, ``unknown``, ``failed``,
     ``unfinished``; ``detail`` when not every one is done or off)."""
+    postgres_files: dict[str, str] | None = None
+    """Scale mode: per PostgreSQL table rewritten after the erasure (``VACUUM FULL``), the
+    outcome: ``rewritten``, ``analyzed`` (statistics only), ``busy``, ``held``, ``failed: ...``
+    (``ports.erasure.TableRewriter``); None until it was tried."""
 
     def log_purged_by_us(self) -> int | None:
         """When the subject's records before the cut have left the log at the latest (None:

@@ -49,6 +49,10 @@ class OpsCode(StrEnum):
     ERASURE_DEADLINE = "METER-007"
     """Scale mode: the Kafka topic may keep an erased subject's records longer than
     ``erasure.max_delay`` (unlimited, longer or unknown retention)."""
+    ERASURE_FILES = "METER-008"
+    """Scale mode: a PostgreSQL table an erasure changed could not be rewritten yet (its lock
+    stayed busy, or an open transaction still sees old rows): its files may still hold what the
+    erasure deleted until a later try succeeds."""
 
 
 class MeterlineError(Exception):

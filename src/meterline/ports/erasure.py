@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from meterline.domain.erasure import ErasureRecord, ErasureRequest
 
 __all__ = [
+    "CatalogFiles",
     "ErasableKeys",
     "ErasableStore",
     "ErasedEntries",
@@ -23,6 +25,7 @@ __all__ = [
     "RewritableFiles",
     "Step",
     "StoredVersion",
+    "TableRewriter",
     "UnfinishedErasure",
 ]
 
@@ -131,6 +134,10 @@ class Step(enum.IntEnum):
     """The original entries and the subject's usage rows deleted from the usage store."""
     COUNTED = 6
     """The live usage counters moved to the pseudonym."""
+    REWRITTEN = 7
+    """After the finish (the record no longer holds the subject): the catalog's tables the
+    erasure changed rewritten, so their files hold no old version of a deleted or changed row
+    (``CatalogFiles``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +174,29 @@ class RewritableFiles(Protocol):
     def rewrite_files(self, max_wait: float) -> dict[str, str]:
         """Have the store rewrite its files from its data now, waiting at most ``max_wait``
         seconds; what was done, per file kind (never raises: a failure is an outcome)."""
+        ...
+
+
+class TableRewriter(Protocol):
+    def rewrite(self, table: str, lock_timeout: float) -> str:
+        """Rewrite ``table``'s files from its live rows, waiting at most ``lock_timeout``
+        seconds for its lock: ``rewritten``, ``analyzed`` (a table whose statistics only are
+        refreshed), ``busy`` (the lock was not granted), ``held`` (old row versions an open
+        transaction may still see were kept) or ``failed: <why>``."""
+        ...
+
+
+class CatalogFiles(Protocol):
+    """The catalog's own files (PostgreSQL): deleting or updating a row leaves its old version
+    in them until the table is rewritten."""
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """What is rewritten after an erasure, in order."""
+        ...
+
+    def rewriting(self) -> AbstractContextManager[TableRewriter | None]:
+        """The rewriter for the block (None: another process is rewriting: it does it)."""
         ...
 
 
@@ -235,6 +265,16 @@ class ErasureCatalog(Protocol):
         ...
 
     def erasures(self, namespace: str) -> list[ErasureRecord]: ...
+
+    def unrewritten(self) -> list[ErasureRecord]:
+        """Finished erasures whose catalog tables are not rewritten yet (``Step.REWRITTEN``),
+        oldest first (every namespace)."""
+        ...
+
+    def rewritten(self, record: ErasureRecord, files: Mapping[str, str], done: bool) -> ErasureRecord:
+        """Record what rewriting the tables gave (per table); ``done``: every one rewritten
+        (the step is reached; otherwise the erasure stays in ``unrewritten``)."""
+        ...
 
 
 class ErasedEntries(Protocol):

@@ -23,7 +23,14 @@ the usage store and the catalog; rules in ``domain.erasure``, steps in docs/eras
 8. The live usage counters (if any) move the subject's to the pseudonym. A store outside the
    catalog whose own files may still hold what it replaced (Redis's AOF and snapshot,
    ``RewritableFiles``) rewrites them (bounded wait; the outcome, whatever it is, goes into
-   the record); the record is finished; the hold ends.
+   the record); the record is finished (it forgets the subject); the hold ends.
+9. **Catalog files** (``CatalogFiles``, the workers no longer held): the catalog's tables the
+   erasure changed are rewritten, so their files keep no old version of a row it deleted or
+   changed (the record's own versions that held the subject included). Each table waits at
+   most ``lock_timeout`` for its lock and is tried ``attempts`` times, the pause doubling from
+   ``backoff``; the outcome per table goes into the record and the log. A table left busy is
+   a ``problem`` (a ``/readyz`` warning) and the erasure stays due: every later ``resume``
+   tries again, until all are rewritten (``Step.REWRITTEN``).
 
 The record also says how long the log may still hold the subject's records (``log_kept``: the
 topic's retention, read before the hold; records are immutable and leave only with retention).
@@ -49,6 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -67,6 +75,7 @@ from meterline.domain.integrity.batches import entry_digest
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.model import Meter
 from meterline.ports.erasure import (
+    CatalogFiles,
     ErasableKeys,
     ErasableStore,
     ErasedEntry,
@@ -75,6 +84,7 @@ from meterline.ports.erasure import (
     RewritableFiles,
     Step,
     StoredVersion,
+    TableRewriter,
     UnfinishedErasure,
 )
 
@@ -155,7 +165,10 @@ class LogErasures:
         log_kept: Callable[[], int | None] | None = None,
         files: RewritableFiles | None = None,
         files_wait: float = 30.0,
+        tables: CatalogFiles | None = None,
+        rewrite: RewriteSettings | None = None,
         pause: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """``heads``: per partition, the offset after the log's last record now; ``applied``:
         how far the workers applied each; ``hold(wait)``: the workers held off for the block
@@ -164,7 +177,8 @@ class LogErasures:
         still unfinished then; ``keys``: the dedupe store when it is not the catalog's;
         ``log_kept``: how long the log keeps a record now (ms, -1 forever, None unknown);
         ``files``: a store outside the catalog whose files are rewritten at the end (at most
-        ``files_wait`` seconds)."""
+        ``files_wait`` seconds); ``tables``: the catalog's files, rewritten after the finish
+        as ``rewrite`` says (step 9 of the module doc)."""
         self._catalog = catalog
         self._store = store
         self._meters = meters
@@ -178,7 +192,11 @@ class LogErasures:
         self._log_kept = log_kept
         self._files = files
         self._files_wait = files_wait
+        self._tables = tables
+        self._rewrite = rewrite or RewriteSettings()
         self._pause = pause
+        self._sleep = sleep
+        self._problem: str | None = None
 
     def erase(self, request: ErasureRequest) -> ErasureRecord:
         secret = self._catalog.secret()
@@ -194,12 +212,19 @@ class LogErasures:
                 if held:
                     left = self._unfinished(SETTLE_HELD)
                     if not left:
-                        return self._erase_held(request, secret, alias, partitions, kept)
+                        record = self._erase_held(request, secret, alias, partitions, kept)
+                        break
             self._unfinished(SETTLE_RELEASED)  # released: the workers finish what refused writes left
-        raise StorageUnavailable(
-            f"the sink workers left ranges unfinished ({', '.join(left) or 'held by a rebuild'});"
-            " nothing was erased: retry when the workers run"
-        )
+        else:
+            raise StorageUnavailable(
+                f"the sink workers left ranges unfinished ({', '.join(left) or 'held by a rebuild'});"
+                " nothing was erased: retry when the workers run"
+            )
+        try:  # step 9, the hold released
+            return self._rewrite_tables().get(record.id, record)
+        except StorageUnavailable:  # the erasure is finished: its tables stay due for a later look
+            log.warning("erasure %s: PostgreSQL tables not rewritten yet", record.id, exc_info=True)
+            return record
 
     def resume(self, wait: bool = False) -> list[ErasureRecord]:
         """Finish every erasure a process began and did not finish (it died, or a step failed):
@@ -214,7 +239,49 @@ class LogErasures:
                 still = {u.record.id: u for u in self._catalog.unfinished()}.get(pending.record.id)
                 if still is not None:  # not finished meanwhile by another node
                     finished.append(self._steps(still, partial(self._catalog.entries, still.record)))
-        return finished
+        rewritten = self._rewrite_tables()  # step 9 of these, and of any erasure still due
+        return [rewritten.get(record.id, record) for record in finished]
+
+    def problem(self) -> str | None:
+        """The catalog's tables left not rewritten by this node's last look (None: none)."""
+        return self._problem
+
+    def _rewrite_tables(self) -> dict[int, ErasureRecord]:
+        """Step 9 of the module doc for every finished erasure whose tables are due; their
+        records as updated, by id (none when another process is rewriting them)."""
+        if self._tables is None:
+            return {}
+        due = self._catalog.unrewritten()
+        if not due:
+            self._problem = None
+            return {}
+        with self._tables.rewriting() as rewriter:
+            if rewriter is None:
+                return {}  # another node rewrites them: its outcome goes into the records
+            files = {table: self._rewrite_table(rewriter, table) for table in self._tables.tables}
+        left = {t: v for t, v in files.items() if v not in ("rewritten", "analyzed")}
+        ids = ", ".join(str(r.id) for r in due)
+        self._problem = _left_problem(ids, left) if left else None
+        log.log(
+            logging.WARNING if left else logging.INFO,
+            "erasure %s: PostgreSQL tables after the erasure: %s",
+            ids,
+            ", ".join(f"{k} {v}" for k, v in files.items()),
+            extra={"erasures": [r.id for r in due], "postgresFiles": files},
+        )
+        return {r.id: self._catalog.rewritten(r, files, not left) for r in due}
+
+    def _rewrite_table(self, rewriter: TableRewriter, table: str) -> str:
+        """One table rewritten, tried again with a doubling pause while busy or held."""
+        settings = self._rewrite
+        outcome = "busy"
+        for attempt in range(settings.attempts):
+            outcome = rewriter.rewrite(table, settings.lock_timeout)
+            if outcome not in ("busy", "held"):
+                break
+            if attempt + 1 < settings.attempts:
+                self._sleep(settings.backoff * 2**attempt)
+        return outcome
 
     def erasures(self, namespace: str) -> list[ErasureRecord]:
         return self._catalog.erasures(namespace)
@@ -343,6 +410,26 @@ class LogErasures:
                 )
             )  # fmt: skip
         return entries, list(keys.values())
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteSettings:
+    """How the catalog's tables are rewritten after an erasure (``erasure.rewrite_*``)."""
+
+    lock_timeout: float = 0.5
+    """Seconds one rewrite waits for its table's lock (requests behind it wait as long)."""
+    attempts: int = 4
+    """Tries per table while its lock is busy (or old versions are still seen)."""
+    backoff: float = 0.25
+    """Seconds before the second try; doubled before each next one."""
+
+
+def _left_problem(ids: str, left: dict[str, str]) -> str:
+    tables = ", ".join(f"{t} ({v})" for t, v in left.items())
+    return (
+        f"PostgreSQL tables not rewritten after erasure {ids}: {tables}; their files may still hold"
+        " what the erasure deleted (retried every few seconds; docs/erasure.md)"
+    )
 
 
 def _in_progress() -> ErasureInProgress:

@@ -12,7 +12,9 @@ and the erased entries the sink workers consult (``ports.erasure.ErasedEntries``
 - ``switch`` moves the customers' subject mappings (and a customer key equal to the subject)
   to the pseudonym, in one transaction;
 - ``reached`` records each later step done with its counts, in one transaction each;
-- ``finish`` adds the last counts and marks the record finished.
+- ``finish`` adds the last counts and marks the record finished, with its tables due to be
+  rewritten (``rewrite_due``, migration 17: ``VACUUM FULL``, ``adapters.postgres.compaction``);
+  ``rewritten`` records how that went, and clears it once every table is rewritten.
 
 From ``begin`` until ``finish`` the record keeps the subject (``erasures.subject``, migration
 14: what a resumed run needs; set to NULL when it finishes) and holds every sink worker off
@@ -42,7 +44,9 @@ from meterline.domain.erasure import (
 from meterline.ports.erasure import ErasedEntry, ErasedKey, Step, UnfinishedErasure
 
 _SECRET = "erasure_key"
-_RECORD = "id, namespace, erased_us, actor, reason, pseudonym, counts, through, log_kept_ms, redis_files"
+_RECORD = (
+    "id, namespace, erased_us, actor, reason, pseudonym, counts, through, log_kept_ms, redis_files, postgres_files"
+)
 _ENTRY = "stream, seq, namespace, type, subject, time_us, received_us, id, raw, corrects, kept"
 
 
@@ -163,7 +167,21 @@ class PgErasureCatalog:
                 f"SELECT {_RECORD}, subject, step FROM erasures"
                 " WHERE finished_us IS NULL AND subject IS NOT NULL ORDER BY id"
             ).fetchall()
-        return [UnfinishedErasure(_record(r[:10]), str(r[10]), Step(max(int(r[11]), Step.BEGUN))) for r in rows]
+        return [UnfinishedErasure(_record(r[:11]), str(r[11]), Step(max(int(r[12]), Step.BEGUN))) for r in rows]
+
+    def unrewritten(self) -> list[ErasureRecord]:
+        with self._db.tx() as conn:
+            rows = conn.execute(f"SELECT {_RECORD} FROM erasures WHERE rewrite_due ORDER BY id").fetchall()
+        return [_record(r) for r in rows]
+
+    def rewritten(self, record: ErasureRecord, files: Mapping[str, str], done: bool) -> ErasureRecord:
+        with self._db.tx() as conn:
+            conn.execute(
+                "UPDATE erasures SET postgres_files = %s, rewrite_due = rewrite_due AND NOT %s,"
+                " step = CASE WHEN %s THEN GREATEST(step, %s) ELSE step END WHERE id = %s",
+                (msgspec.json.encode(dict(files)), done, done, int(Step.REWRITTEN), record.id),
+            )
+        return dataclasses.replace(record, postgres_files=dict(files))
 
     def entries(self, record: ErasureRecord) -> list[ErasedEntry]:
         with self._db.tx() as conn:
@@ -195,7 +213,7 @@ class PgErasureCatalog:
                 "UPDATE erasures SET through = %s, subject = %s, step = %s, log_kept_ms = %s WHERE id = %s",
                 (msgspec.json.encode(positions), req.subject, int(Step.BEGUN), log_kept_ms, found[0]),
             )
-            return _record((*found[:7], msgspec.json.encode(positions), log_kept_ms, None))
+            return _record((*found[:7], msgspec.json.encode(positions), log_kept_ms, None, None))
         now = self._now_us()
         row = conn.execute(
             "INSERT INTO erasures (namespace, erased_us, actor, reason, pseudonym, counts, through, subject, step,"
@@ -288,10 +306,10 @@ class PgErasureCatalog:
         total: dict[str, int] = msgspec.json.decode(bytes(row[0])) if row else {}
         for k, v in counts.items():
             total[k] = total.get(k, 0) + v
-        conn.execute(
+        conn.execute(  # finished: the subject is forgotten, the tables are to be rewritten (rewritten())
             "UPDATE erasures SET counts = %s, finished_us = CASE WHEN %s THEN %s ELSE finished_us END,"
-            " subject = CASE WHEN %s THEN NULL ELSE subject END WHERE id = %s",
-            (msgspec.json.encode(total), finished, self._now_us(), finished, record.id),
+            " subject = CASE WHEN %s THEN NULL ELSE subject END, rewrite_due = rewrite_due OR %s WHERE id = %s",
+            (msgspec.json.encode(total), finished, self._now_us(), finished, finished, record.id),
         )
         return dataclasses.replace(record, counts=total, through_seq=sum((record.through_log or {}).values()))
 
@@ -328,7 +346,7 @@ def erasure_secret(db: PgDatabase) -> bytes:
 
 
 def _record(r: Any) -> ErasureRecord:
-    id_, ns, at, actor, reason, alias, counts, through, log_kept_ms, files = r
+    id_, ns, at, actor, reason, alias, counts, through, log_kept_ms, files, tables = r
     positions = {int(p): int(o) for p, o in msgspec.json.decode(bytes(through)).items()}
     return ErasureRecord(
         int(id_),
@@ -342,6 +360,7 @@ def _record(r: Any) -> ErasureRecord:
         positions,
         None if log_kept_ms is None else int(log_kept_ms),
         None if files is None else msgspec.json.decode(bytes(files)),
+        None if tables is None else msgspec.json.decode(bytes(tables)),
     )
 
 

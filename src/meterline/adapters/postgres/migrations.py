@@ -316,6 +316,17 @@ ALTER TABLE customers ADD COLUMN deleted_subjects BYTEA;
 ALTER TABLE erasures ADD COLUMN log_kept_ms BIGINT, ADD COLUMN redis_files BYTEA;
 """,
     ),
+    (
+        17,
+        "erasures: the catalog's tables rewritten after the erasure (VACUUM FULL), and what that gave",
+        """
+-- rewrite_due: set when the erasure finishes, cleared once every table it changed is rewritten
+-- (adapters.postgres.compaction); postgres_files: JSON object, the outcome per table.
+-- Erasures finished before this migration are not due: rewrite those tables once by hand.
+ALTER TABLE erasures ADD COLUMN rewrite_due BOOLEAN NOT NULL DEFAULT false, ADD COLUMN postgres_files BYTEA;
+CREATE INDEX erasures_rewrite_due ON erasures (id) WHERE rewrite_due;
+""",
+    ),
 ]
 
 
