@@ -65,7 +65,7 @@ def fill(dsn: str, rows: int, payload: int) -> None:
         )
         conn.execute(
             "INSERT INTO quarantine (namespace, source, event_id, type, subject, time_us, received_us, digest,"
-            " raw, token) SELECT 'ns', 'src', 'evt-' || g, 'request', 'subject-' || (g % 1000), g, g, '\\x00',"
+            " raw, token) SELECT 'ns', 'src', 'evt-' || g, 'request', 'subject-' || (g %% 1000), g, g, '\\x00',"
             " %s, 't' FROM generate_series(1, %s) g",
             (raw, rows),
         )
@@ -76,8 +76,8 @@ def fill(dsn: str, rows: int, payload: int) -> None:
         conn.execute(
             "INSERT INTO customer_subjects SELECT 'ns', 'subject-' || g, 'c' || g FROM generate_series(1, 100) g"
         )
-        conn.execute("DELETE FROM dead_letters WHERE id %% 100 = 0")
-        conn.execute("DELETE FROM quarantine WHERE id %% 100 = 0")
+        conn.execute("DELETE FROM dead_letters WHERE id % 100 = 0")
+        conn.execute("DELETE FROM quarantine WHERE id % 100 = 0")
         conn.execute("CHECKPOINT")
 
 
