@@ -12,6 +12,8 @@ usage: python killed_erasure.py CONFIG KEY SUBJECT POINT
                    deleted, its other usage rows (uniques, sketches, gauges, dims) not yet
          before-files: every step done (the live counters moved), Redis's persistence files
                        not rewritten yet
+         mid-tables: the erasure finished, the first of the PostgreSQL tables rewritten
+                     (adapters.postgres.compaction), the others not yet
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ from starlette.testclient import TestClient
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.erasure import ClickHouseErasure
+from meterline.adapters.postgres.compaction import PgRewriter
 from meterline.adapters.redis.dedupe import RedisDedupe
 from meterline.adapters.redis.persistence import RedisFiles
 from meterline.api.app import create_app
 from meterline.config import load_config
 
-POINTS = ("before-keys", "after-keys", "after-copy", "mid-drop", "before-files")
+POINTS = ("before-keys", "after-keys", "after-copy", "mid-drop", "before-files", "mid-tables")
 
 
 def die() -> None:
@@ -69,7 +72,14 @@ def main() -> None:
             die()
         return rewrite(self, *args, **kwargs)
 
-    rewrite = RedisFiles.rewrite_files
+    def rewriting_table(self: PgRewriter, *args: Any, **kwargs: Any) -> str:
+        done = rewrite_table(self, *args, **kwargs)
+        if point == "mid-tables":
+            die()
+        return done
+
+    rewrite, rewrite_table = RedisFiles.rewrite_files, PgRewriter.rewrite
+    PgRewriter.rewrite = rewriting_table  # type: ignore[method-assign]
     RedisFiles.rewrite_files = rewriting  # type: ignore[method-assign]
     ClickHouseErasure.copy = copying  # type: ignore[method-assign]
     Connection.command = commanding  # type: ignore[method-assign]

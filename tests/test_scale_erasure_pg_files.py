@@ -25,7 +25,7 @@ from scale_site import Site, site
 from stack.launch import Stack
 from test_billing_api import ev, get, move_to, ok, post, run
 from test_scale_chain import verify
-from test_scale_erasure import EMAIL, IDS, SUBJECT, answers, ingest, setup, value, zora
+from test_scale_erasure import EMAIL, IDS, SUBJECT, answers, ingest, killed, setup, unfinished, value, zora
 
 from meterline import bootstrap_scale
 from meterline.adapters.postgres.compaction import ANALYZED, PgCatalogFiles
@@ -239,3 +239,40 @@ def test_a_busy_table_is_reported_and_rewritten_by_a_later_try(
             assert set(item["postgresFiles"].values()) <= {"rewritten", "analyzed"}, item
             warnings: Any = later.client.get("/readyz").json()["warnings"]
             assert all(w["check"] != "erasure_files" for w in warnings), warnings
+
+
+def test_a_rewrite_cut_short_by_a_crash_is_finished_by_the_next_node(
+    pg_site: Site, cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node erasing dies after the finish, with one table rewritten: the erasure is
+    finished (the workers go on) and still due; the files of the tables not rewritten hold the
+    subject; a node that starts rewrites them and records it."""
+    monkeypatch.setattr(bootstrap_scale, "ERASURE_RESUME_EVERY", 3600.0)
+    dsn = pg_site.config.postgres.dsn
+    for api in build_scale_api(pg_site, tmp_path / "api"):
+        ok(api.create_meter(slug="m", eventType="request", aggregation="SUM", valueProperty="$.calls"), 201)
+        ok(post(api, "/api/v1/customers", {"key": "initech", "subjectKeys": [SUBJECT]}), 201)
+        r = api.post_events([zora(i, f"2026-03-01T0{i}:00:00Z", i + 1) for i in range(2)])
+        assert r.status_code in (200, 202, 204), r.text
+        assert [row["value"] for row in ok(api.query("m", [("filterCustomerId", "initech")]))["data"]] == [3]
+        ok(post(api, "/api/v1/portal/tokens", {"subject": SUBJECT}))
+        killed(pg_site, api.key, "mid-tables")
+        assert unfinished(pg_site) == []  # finished: nothing holds the workers
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            due = conn.execute("SELECT id, step FROM erasures WHERE rewrite_due").fetchall()
+        assert len(due) == 1 and due[0][1] < 7, due
+        assert SUBJECT in held_in_files(cluster, dsn, [SUBJECT])
+        monkeypatch.setattr(bootstrap_scale, "ERASURE_RESUME_EVERY", 0.2)  # the node below looks at once
+        for _ in build_scale_api(pg_site, tmp_path / "later"):
+            deadline = time.monotonic() + 60
+            while True:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    row = conn.execute("SELECT step, rewrite_due FROM erasures WHERE id = %s", (due[0][0],)).fetchone()
+                if row == (7, False) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert row == (7, False)
+        assert held_in_files(cluster, dsn, [SUBJECT, *IDS[:2]]) == {}
+        record = ok(get(api, "/api/v1/erasures"))["items"][0]
+        assert set(record["postgresFiles"].values()) <= {"rewritten", "analyzed"}, record
+        assert [row["value"] for row in ok(api.query("m", [("filterCustomerId", "initech")]))["data"]] == [3]
