@@ -40,7 +40,8 @@ PG_BIN = Path("/usr/lib/postgresql") / "15" / "bin"
 LEASE_US = 30_000_000
 
 
-def start_postgres(tmp: Path) -> tuple[str, Callable[[], None]]:
+def start_postgres(tmp: Path, options: str = "") -> tuple[str, Callable[[], None]]:
+    """A cluster of its own under ``tmp`` (``options``: more server settings, ``-c name=value``)."""
     bin_dir = sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1]
     data = tmp / "pg"
     data.mkdir()
@@ -61,7 +62,7 @@ def start_postgres(tmp: Path) -> tuple[str, Callable[[], None]]:
             "-l",
             str(tmp / "pg.log"),
             "-o",
-            f"-h 127.0.0.1 -p {port} -k {data} -c max_connections=50 -c shared_buffers=256MB",
+            f"-h 127.0.0.1 -p {port} -k {data} -c max_connections=50 -c shared_buffers=256MB {options}",
             "start",
         ],
         check=True,

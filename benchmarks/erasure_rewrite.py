@@ -5,7 +5,7 @@ long a write of the table being rewritten waits meanwhile.
     ./run bench erasure_rewrite [--rows 1000,10000,100000] [--payload 600]
 
 Starts its own PostgreSQL cluster (initdb as the postgres user; fsync and synchronous_commit
-on, the defaults) on a free 127.0.0.1 port and stops it at the end. Per size: a fresh schema
+on, the defaults; shared_buffers 256 MB) on a free 127.0.0.1 port and stops it at the end. Per size: a fresh schema
 whose ``dead_letters`` and ``quarantine`` hold ``rows`` rows each (a ``payload``-byte raw event
 per row) and the other rewritten tables 100 rows each; 1 % of the rows deleted (an erasure's
 share); then, while one thread inserts a dead letter per transaction (as an API node records a
