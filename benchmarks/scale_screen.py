@@ -40,6 +40,7 @@ from dedupe_store import LEASE_US, start_postgres
 
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.dedupe import PgDedupe
+from meterline.adapters.postgres.erasure import PgErasureCatalog
 from meterline.adapters.postgres.quarantine import PgQuarantine
 from meterline.domain.clock import SystemClock
 from meterline.domain.customers.model import UnknownSubjects
@@ -110,9 +111,9 @@ def main() -> None:
 
             def node() -> tuple[PgDedupe, PgQuarantine]:
                 dbs.append(PgDatabase(dsn, max_size=2))
-                return PgDedupe(dbs[-1], clock.now_us, lease_us=LEASE_US, window_us=86400 * 10**6), PgQuarantine(
-                    dbs[-1], clock.now_us
-                )
+                secret = PgErasureCatalog(dbs[-1], clock.now_us).secret
+                store = PgDedupe(dbs[-1], clock.now_us, lease_us=LEASE_US, window_us=86400 * 10**6, secret=secret)
+                return store, PgQuarantine(dbs[-1], clock.now_us)
 
             def dedupe(d: PgDedupe, q: PgQuarantine) -> Callable[[str], None]:
                 def step(subject: str) -> None:

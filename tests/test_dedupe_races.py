@@ -116,10 +116,13 @@ NODE = textwrap.dedent(
     import json, sys, time
     from meterline.adapters.postgres.database import PgDatabase
     from meterline.adapters.postgres.dedupe import PgDedupe
+    from meterline.adapters.postgres.erasure import PgErasureCatalog
     from meterline.domain.clock import SystemClock
     from meterline.ports.dedupe import EventKey, Verdict
     dsn, first, count, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    store = PgDedupe(PgDatabase(dsn, max_size=1), SystemClock().now_us, lease_us=int(sys.argv[5]))
+    db = PgDatabase(dsn, max_size=1)
+    now = SystemClock().now_us
+    store = PgDedupe(db, now, lease_us=int(sys.argv[5]), secret=PgErasureCatalog(db, now).secret)
     keys = [EventKey("default", "src", f"e{i}", b"d1") for i in range(first, first + count)]
     if mode == "die":
         claims = store.claim(keys)

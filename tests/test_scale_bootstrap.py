@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
 import redis_server
 from postgres_server import fresh_schema, server
 
@@ -155,3 +156,46 @@ def test_embedded_mode_starts_without_the_scale_extra(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "meterline[scale]" in out.stdout
+
+
+def test_a_redis_dedupe_store_of_plaintext_keys_is_refused_until_upgrade_dedupe_converts_it(
+    dsn: str, tmp_path: Path
+) -> None:
+    """A node of this version does not start on a Redis dedupe store an older version wrote
+    plaintext keys to (its claims would not see them); ``meterline upgrade-dedupe`` converts it
+    (with the older nodes stopped), and the keys it held are duplicates after."""
+    prefix = f"meterline-test:{os.getpid()}:upgrade:{id(tmp_path)}:"
+    url = redis_server.server()
+    client = redis.Redis.from_url(url)
+    try:
+        name = f"{prefix}dd:7:default1:sevt-1"  # (default, s, evt-1), as an older version named it
+        client.hset(name, mapping={"s": "c", "t": "0" * 32, "d": b"d", "a": T0})
+        config = scale_config(dsn, dedupe={"backend": "redis"}, redis={"url": url, "key_prefix": prefix})
+        with pytest.raises(ConfigError, match="stop every API node and sink worker of the older version"):
+            open_scale_stores(config, FixedClock(T0))
+        env = {
+            **os.environ,
+            "METERLINE_STORAGE__ENGINE": "scale",
+            "METERLINE_POSTGRES__DSN": dsn,
+            "METERLINE_DEDUPE__BACKEND": "redis",
+            "METERLINE_REDIS__URL": url,
+            "METERLINE_REDIS__KEY_PREFIX": prefix,
+            "METERLINE_DATA_DIR": str(tmp_path / "unused"),
+        }
+        run = [sys.executable, "-m", "meterline.cli.main", "upgrade-dedupe"]
+        done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "1 plaintext keys converted" in done.stdout
+        stores = open_scale_stores(config, FixedClock(T0))
+        try:
+            assert stores.dedupe.claim([EventKey("default", "s", "evt-1", b"d")]).verdicts == [Verdict.DUPLICATE]
+        finally:
+            stores.close()
+        assert not list(client.scan_iter(match=prefix + "dd:*"))
+        embedded = {k: v for k, v in env.items() if k != "METERLINE_STORAGE__ENGINE"}
+        refused = subprocess.run(run, capture_output=True, text=True, env=embedded, timeout=60)
+        assert refused.returncode != 0 and 'storage.engine = "scale"' in refused.stderr, refused.stderr
+    finally:
+        for key in client.scan_iter(match=prefix + "*"):
+            client.delete(key)
+        client.close()

@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import T0_US, Api, build_api, build_scale_api
 from scale_site import Site, site
@@ -31,10 +32,12 @@ from test_scale_chain import verify
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.dedupe import PgDedupe
+from meterline.adapters.postgres.erasure import PgErasureCatalog
 from meterline.api.app import create_app
 from meterline.bootstrap import rebuild_scale
 from meterline.config import load_config
 from meterline.domain.clock import FixedClock
+from meterline.domain.erasure import dedupe_key
 from meterline.ports.dedupe import EventKey, Verdict
 
 pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
@@ -353,7 +356,45 @@ def test_corrections_with_raw_retention_outlive_the_raw_events(onesite: Site, tm
         for event_id in ("e4", "e2"):  # an original past the retention is pruned, kept or not
             r = api.client.get(f"/api/v1/events/{event_id}", params={"source": "s"}, headers=api.headers())
             assert r.status_code == 404 and r.json()["code"] == "event_pruned", r.text
+        namespace = dedupe_namespace(s)
+        # beta's e6 and e8 left with the TTL: nothing ties their keys to beta any more, and
+        # their rows never held an identifier to erase
+        r = api.client.post("/api/v1/erasures", json={"subject": "beta", "reason": "request"}, headers=api.headers())
+        assert r.status_code == 201, r.text
+        r = api.post_events([EVENTS[5], other], Prefer="return=representation")
+        assert [e["status"] for e in r.json()["events"]] == ["duplicate", "duplicate"], r.text  # not counted again
+        r = api.post_events(
+            [{**other, "data": {"v": "3", "user": "u8", "region": "eu"}}], Prefer="return=representation"
+        )
+        assert r.json()["events"][0]["status"] == "duplicate" and r.json()["events"][0].get("conflict"), r.text
+        assert plaintext_in_dedupe_keys(s, [namespace, *(e["id"] for e in [*EVENTS, late, other])]) == []
     conn.close()
+
+
+def dedupe_namespace(s: Site) -> str:
+    db = PgDatabase(s.config.postgres.dsn, max_size=1)
+    try:
+        return db_namespace(db, "e1")
+    finally:
+        db.close()
+
+
+def plaintext_in_dedupe_keys(s: Site, needles: list[str]) -> list[tuple[Any, ...]]:
+    """Rows of ``dedupe_keys`` holding one of ``needles`` in any column (every column read as
+    bytes); the table has no text column at all."""
+    with psycopg.connect(s.config.postgres.dsn, autocommit=True) as c:
+        kinds = c.execute(
+            "SELECT data_type FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = 'dedupe_keys'"
+        ).fetchall()
+        assert {k for (k,) in kinds} == {"bytea", "uuid", "boolean", "bigint"}, kinds
+        rows = c.execute("SELECT * FROM dedupe_keys").fetchall()
+    long = [n.encode() for n in needles if len(n) > 4]  # a 2-byte id would match random hash bytes
+    return [row for row in rows if any(n in b"".join(str(v).encode() + _raw(v) for v in row) for n in long)]
+
+
+def _raw(v: Any) -> bytes:
+    return bytes(v) if isinstance(v, (bytes, memoryview)) else b""
 
 
 def settings(api: Api, policy: str) -> int:
@@ -366,7 +407,7 @@ def pending_claim(s: Site, event_id: str) -> str:
     without confirming it; the id."""
     db = PgDatabase(s.config.postgres.dsn, max_size=1)
     try:
-        store = PgDedupe(db, lambda: T0_US, lease_us=1_000_000)
+        store = PgDedupe(db, lambda: T0_US, lease_us=1_000_000, secret=PgErasureCatalog(db, lambda: T0_US).secret)
         namespace = db_namespace(db, "e1")
         assert store.claim([EventKey(namespace, "s", event_id, b"d")]).verdicts == [Verdict.CLAIMED]
     finally:
@@ -375,10 +416,12 @@ def pending_claim(s: Site, event_id: str) -> str:
 
 
 def dedupe_rows(s: Site, event_id: str) -> int:
+    """The rows of the test's key ``event_id`` (source ``s``) in the site's dedupe store."""
     db = PgDatabase(s.config.postgres.dsn, max_size=1)
     try:
+        name = dedupe_key(PgErasureCatalog(db, lambda: T0_US).secret(), db_namespace(db, "e1"), "s", event_id)
         with db.tx() as conn:
-            row = conn.execute("SELECT count(*) FROM dedupe_keys WHERE id = %s", (event_id,)).fetchone()
+            row = conn.execute("SELECT count(*) FROM dedupe_keys WHERE key = %s", (name,)).fetchone()
     finally:
         db.close()
     assert row is not None
@@ -386,11 +429,15 @@ def dedupe_rows(s: Site, event_id: str) -> int:
 
 
 def db_namespace(db: PgDatabase, event_id: str) -> str:
-    """The namespace of the test's own confirmed key ``event_id`` (source ``s``)."""
+    """The namespace of the test's own confirmed key ``event_id`` (source ``s``): the dedupe
+    store names keys by keyed hashes only, so each namespace of the catalog is tried."""
+    secret = PgErasureCatalog(db, lambda: T0_US).secret()
     with db.tx() as conn:
-        rows = conn.execute("SELECT namespace FROM dedupe_keys WHERE source = 's' AND id = %s", (event_id,)).fetchall()
+        spaces = [str(ns) for (ns,) in conn.execute("SELECT DISTINCT namespace FROM api_keys").fetchall()]
+        names = {dedupe_key(secret, ns, "s", event_id): ns for ns in spaces}
+        rows = conn.execute("SELECT key FROM dedupe_keys WHERE key = ANY(%s::bytea[])", (list(names),)).fetchall()
     assert len(rows) == 1, rows
-    return str(rows[0][0])
+    return names[bytes(rows[0][0])]
 
 
 def test_an_amend_into_an_hour_retention_may_have_emptied_is_refused(onesite: Site, tmp_path: Path) -> None:

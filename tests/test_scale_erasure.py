@@ -42,7 +42,7 @@ from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.fence import PgFence
 from meterline.bootstrap import rebuild_scale
 from meterline.config import load_config
-from meterline.domain.erasure import erased_digest
+from meterline.domain.erasure import dedupe_key
 from meterline.domain.errors import Conflict
 
 pytestmark = pytest.mark.heavy
@@ -186,7 +186,7 @@ def redis_entries(config_path: Path) -> dict[bytes, dict[bytes, bytes]]:
     client = redis.Redis.from_url(config.redis.url)
     try:
         names = list(client.scan_iter(match=config.redis.key_prefix + "*", count=1000))
-        return {name: client.hgetall(name) for name in names}
+        return {name: client.hgetall(name) for name in names if client.type(name) == b"hash"}
     finally:
         client.close()
 
@@ -272,10 +272,12 @@ def test_erasure_leaves_no_row_or_file_with_the_subject_and_keeps_every_answer(
     scale_site = dedupe_site
     in_redis = scale_site.config.dedupe.backend == "redis"
     assert ch_rows(scale_site.config_path) and pg_rows(scale_site.config_path), "the needles are found before"
-    mine = {k: v for k, v in redis_entries(scale_site.config_path).items() if any(i.encode() in k for i in IDS)}
-    digests = {v[b"d"] for v in mine.values()}
-    if in_redis:  # the keys name the event ids; their digests are the payloads' own
-        assert len(mine) == 4 and len(digests) == 4, mine
+    if in_redis:  # keyed names and digests only, before the erasure too
+        entries = redis_entries(scale_site.config_path).items()
+        keyed = [n + b"".join(f.values()) for n, f in entries if b":dk:" in n]
+        assert len(keyed) >= 4 and not [k for k in keyed for n in needles() if n.encode() in k], keyed
+    if not in_redis:
+        assert "dedupe_keys" not in " ".join(pg_rows(scale_site.config_path)), "a row holds an id"
     assert files_with(Path(scale_stack.dir) / "clickhouse"), "ClickHouse's files hold the subject before"
     prompt_cleanup(scale_site.config_path)
     record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR request #7"}), 201)
@@ -287,10 +289,10 @@ def test_erasure_leaves_no_row_or_file_with_the_subject_and_keeps_every_answer(
     assert record["throughPosition"] == sum(record["throughLogPositions"].values())
     assert ch_rows(scale_site.config_path) == {}
     assert pg_rows(scale_site.config_path) == {}
-    if in_redis:  # no key name holds an event id, no hash a payload digest of the subject's events
-        assert redis_holding(scale_site.config_path, digests) == [], "left in Redis"
-        erased = {fields[b"d"] for fields in redis_entries(scale_site.config_path).values()}
-        assert {erased_digest(erasure_secret_of(scale_site), d) for d in digests} <= erased, "keyed digests kept"
+    if in_redis:  # no key name holds an event id; the subject's 4 keys are marked erased
+        assert redis_holding(scale_site.config_path, set()) == [], "left in Redis"
+        marked = [f for f in redis_entries(scale_site.config_path).values() if f.get(b"e") == b"1"]
+        assert len(marked) == 4, marked
     assert answers(api) == before["answers"]
     assert value(api) == before["value"]
     for number, body in before["invoices"].items():
@@ -414,12 +416,17 @@ def test_quarantined_events_leave_no_key_in_either_dedupe_store(dedupe_site: Sit
 
 
 def kept_ids(s: Site, ids: list[str]) -> set[str]:
-    """Which of ``ids`` the site's dedupe store (PostgreSQL and Redis) holds."""
+    """Which of ``ids`` (source ``t``, of any namespace) the site's dedupe store (PostgreSQL and
+    Redis) holds, found by their keyed names (the store holds nothing else of a key)."""
+    secret = erasure_secret_of(s)
     with psycopg.connect(s.config.postgres.dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT id FROM dedupe_keys WHERE id = ANY(%s)", (ids,)).fetchall()
-    found = {str(r[0]) for r in rows}
-    names = b"".join(redis_entries(s.config_path))
-    return found | {i for i in ids if i.encode() in names}
+        spaces = [str(ns) for (ns,) in conn.execute("SELECT DISTINCT namespace FROM api_keys").fetchall()]
+        names = {dedupe_key(secret, ns, "t", i): i for ns in spaces for i in ids}
+        rows = conn.execute("SELECT key FROM dedupe_keys WHERE key = ANY(%s::bytea[])", (list(names),)).fetchall()
+    found = {names[bytes(r[0])] for r in rows}
+    held = redis_entries(s.config_path)
+    prefix = load_config(s.config_path).redis.key_prefix.encode()
+    return found | {i for name, i in names.items() if prefix + b"dk:" + name.hex().encode() in held}
 
 
 def test_cli_erase_against_a_scale_node(scale_node: Any, scale_site: Site) -> None:

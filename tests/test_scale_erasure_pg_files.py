@@ -184,8 +184,9 @@ def test_an_erasure_leaves_nothing_of_the_subject_in_the_catalogs_files(
     words = [SUBJECT, EMAIL, *IDS, *HELD]
     found = held_in_files(cluster, dsn, words)
     # the files hold them before: but the ids only the dedupe store holds (events neither
-    # corrected, held nor rejected), whose files are not searched
+    # corrected, held nor rejected), in no file: its rows hold keyed hashes only
     assert set(found) == set(words) - {IDS[2], IDS[3]}, found
+    assert not {IDS[2], IDS[3]} & set(files_holding(cluster.data / "base", words)), "in dedupe_keys' files"
     record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR request #12"}), 201)
     counts = record["counts"]
     assert counts["quarantined"] == 2 and counts["deadLetters"] == 1 and counts["portalTokens"] == 1, counts
@@ -193,6 +194,7 @@ def test_an_erasure_leaves_nothing_of_the_subject_in_the_catalogs_files(
     tables = record["postgresFiles"]
     assert tables == {t: "analyzed" if t in ANALYZED else "rewritten" for t in PgCatalogFiles.tables}, tables
     assert held_in_files(cluster, dsn, words) == {}
+    assert files_holding(cluster.data / "base", words) == {}  # dedupe_keys' files (not rewritten) too
     assert answers(api) == before["answers"] and value(api) == before["value"]
     for number, body in invoices.items():
         assert get(api, f"/api/v1/invoices/{number}").content == body

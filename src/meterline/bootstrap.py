@@ -319,18 +319,50 @@ def dedupe_store(config: Config, db: PgDatabase, clock: Clock, closers: list[Cal
     window_us = None if window is None else _us(window.total_seconds())
     lease_us = _us(config.dedupe.lease.total_seconds())
     erasure_mod = _scale_adapter("meterline.adapters.postgres.erasure", "psycopg", "psycopg_pool")
-    secret = erasure_mod.PgErasureCatalog(db, clock.now_us).secret  # erased keys stay duplicates
+    secret = erasure_mod.PgErasureCatalog(db, clock.now_us).secret  # names every key (and keeps erased ones)
     if config.dedupe.backend == "redis":
         dedupe_mod = _scale_adapter("meterline.adapters.redis.dedupe", "redis")
         client = import_extra("redis", "scale").Redis.from_url(config.redis.url)
         closers.append(client.close)
-        redis_store: DedupeStore = dedupe_mod.RedisDedupe(
+        redis_store = dedupe_mod.RedisDedupe(
             client, clock.now_us, lease_us=lease_us, window_us=window_us, prefix=config.redis.key_prefix, secret=secret
         )
-        return redis_store
+        redis_store.check_format()  # a store of an older version's plaintext keys is converted first
+        return redis_store  # type: ignore[no-any-return]
     dedupe_mod = _scale_adapter("meterline.adapters.postgres.dedupe", "psycopg", "psycopg_pool")
     pg_store: DedupeStore = dedupe_mod.PgDedupe(db, clock.now_us, lease_us=lease_us, window_us=window_us, secret=secret)
     return pg_store
+
+
+def upgrade_dedupe(config: Config, clock: Clock) -> str:
+    """Convert the shared dedupe store of an older version to keyed names (``meterline
+    upgrade-dedupe``): PostgreSQL's is converted by its migration (17) as the catalog opens;
+    Redis's by ``adapters.redis.dedupe_upgrade``, with every node of the older version stopped.
+    What was done, in a line."""
+    if config.storage.engine != "scale":
+        raise ConfigError('the shared dedupe store is used with storage.engine = "scale" only')
+    pg = open_postgres(config, clock)
+    try:
+        if config.dedupe.backend != "redis":
+            return "PostgreSQL dedupe store: keyed (migration 18 is applied when a node opens the catalog)"
+        upgrade_mod = _scale_adapter("meterline.adapters.redis.dedupe_upgrade", "redis")
+        erasure_mod = _scale_adapter("meterline.adapters.postgres.erasure", "psycopg", "psycopg_pool")
+        client = import_extra("redis", "scale").Redis.from_url(config.redis.url)
+        try:
+            secret = erasure_mod.PgErasureCatalog(pg.db, clock.now_us).secret()
+            moved = upgrade_mod.upgrade(client, config.redis.key_prefix, secret)
+            files_mod = _scale_adapter("meterline.adapters.redis.persistence", "redis")
+            # the AOF and the snapshot still hold the plaintext names: rewritten from the data now
+            wait = config.erasure.redis_rewrite_wait
+            files = files_mod.RedisFiles(client).rewrite_files(wait) if moved else {}
+        finally:
+            client.close()
+        done = ", ".join(f"{kind} {outcome}" for kind, outcome in files.items())
+        return f"Redis dedupe store: {moved} plaintext keys converted to keyed names" + (
+            f"; Redis's files: {done}" if done else ""
+        )
+    finally:
+        pg.close()
 
 
 def usage_counters(config: Config, closers: list[Callable[[], None]]) -> UsageCounters | None:
@@ -767,6 +799,7 @@ def scale_dedupe(config: Config, db: PgDatabase, clock: Clock) -> PgDedupe:
     """The shared ack-time dedupe store of scale mode (PostgreSQL), with the lease of
     ``[dedupe]`` and the window of ``ingest.dedupe_window``."""
     from meterline.adapters.postgres.dedupe import PgDedupe
+    from meterline.adapters.postgres.erasure import PgErasureCatalog
 
     window = config.ingest.dedupe_window
     return PgDedupe(
@@ -774,6 +807,7 @@ def scale_dedupe(config: Config, db: PgDatabase, clock: Clock) -> PgDedupe:
         clock.now_us,
         lease_us=_us(config.dedupe.lease.total_seconds()),
         window_us=None if window is None else _us(window.total_seconds()),
+        secret=PgErasureCatalog(db, clock.now_us).secret,
     )
 
 

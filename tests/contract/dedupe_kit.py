@@ -14,6 +14,7 @@ from postgres_server import fresh_schema, server
 from meterline.adapters.memory.dedupe import MemoryDedupe
 from meterline.adapters.postgres.database import PgDatabase
 from meterline.adapters.postgres.dedupe import PgDedupe
+from meterline.adapters.postgres.erasure import PgErasureCatalog
 from meterline.adapters.redis.dedupe import RedisDedupe
 from meterline.ports.dedupe import EventKey
 
@@ -49,9 +50,12 @@ def opened(kind: str, now_us: Callable[[], int], *, window_us: int | None = None
         return
     if kind == "redis":
         with redis_prefix() as (client, prefix):
+            secret = uuid.uuid4().bytes
 
             def node(clock: Callable[[], int] = now_us) -> RedisDedupe:
-                return RedisDedupe(client, clock, lease_us=LEASE_US, window_us=window_us, prefix=prefix)
+                return RedisDedupe(
+                    client, clock, lease_us=LEASE_US, window_us=window_us, prefix=prefix, secret=lambda: secret
+                )
 
             yield node(), node
         return
@@ -61,7 +65,9 @@ def opened(kind: str, now_us: Callable[[], int], *, window_us: int | None = None
         def another(clock: Callable[[], int] = now_us) -> PgDedupe:
             db = PgDatabase(dsn, max_size=4)
             dbs.append(db)
-            return PgDedupe(db, clock, lease_us=LEASE_US, window_us=window_us)
+            return PgDedupe(
+                db, clock, lease_us=LEASE_US, window_us=window_us, secret=PgErasureCatalog(db, clock).secret
+            )
 
         try:
             yield another(), another
@@ -71,4 +77,5 @@ def opened(kind: str, now_us: Callable[[], int], *, window_us: int | None = None
 
 
 def pg_dsn_store(dsn: str, now_us: Callable[[], int], lease_us: int = LEASE_US) -> PgDedupe:
-    return PgDedupe(PgDatabase(dsn, max_size=2), now_us, lease_us=lease_us)
+    db = PgDatabase(dsn, max_size=2)
+    return PgDedupe(db, now_us, lease_us=lease_us, secret=PgErasureCatalog(db, now_us).secret)

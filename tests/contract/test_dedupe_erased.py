@@ -122,16 +122,30 @@ def test_a_pending_erased_key_is_busy(kit: Any) -> None:
     assert held.verdicts == [CLAIMED]
 
 
-def test_redis_holds_no_original_id_or_digest_after_the_erasure(clock: FixedClock) -> None:
+def test_redis_holds_no_original_id_or_digest_before_or_after_the_erasure(clock: FixedClock) -> None:
     with opened("redis", clock) as (store, erase, secret):
         secret_id = f"evt-{uuid.uuid4().hex}"
         confirmed(store, key(secret_id, b"payload-digest-1"))
         before = {name: store._r.hgetall(name) for name in store._r.scan_iter(match=store._prefix + "*")}
-        assert any(secret_id.encode() in name for name in before)
+        assert len(before) == 1
         erase([key(secret_id, b"payload-digest-1")])
         after = {name: store._r.hgetall(name) for name in store._r.scan_iter(match=store._prefix + "*")}
-        assert len(after) == 1
+        assert list(after) == list(before)  # the same name: only marked erased
         ((name, fields),) = after.items()
         assert secret_id.encode() not in name and b"payload-digest-1" not in b"".join(fields.values())
-        assert fields[b"d"] == erased_digest(secret(), b"payload-digest-1")
+        assert fields[b"d"] == erased_digest(secret(), b"payload-digest-1") and fields[b"e"] == b"1"
         assert store._r.pttl(name) > 0  # expires as the key did
+
+
+def test_an_erased_key_is_no_accepted_event_to_corrections_or_to_a_confirm(kit: Any) -> None:
+    """``confirmed_at`` (corrections: ``event_pruned`` or ``event_not_found``) does not see an
+    erased key, nor do ``confirm`` and ``release`` (a sink reading the record again)."""
+    store, erase, _ = kit
+    claims = store.claim([key("a"), key("b")])
+    assert store.confirm(claims.token, [key("a")]) == [True]
+    assert store.confirmed_at("default", "src", "a") == T0
+    erase([key("a"), key("b")])
+    assert store.confirmed_at("default", "src", "a") is None
+    assert store.confirm(claims.token, [key("a"), key("b")]) == [False, False]
+    store.release(claims.token, [key("b")])  # an erased pending key is not released
+    assert store.claim([key("a"), key("b")]).verdicts == [DUPLICATE, BUSY]

@@ -257,4 +257,15 @@ def check_config(config_path: Path | None, data_dir: Path | None) -> None:
     click.echo(config.model_dump_json(indent=2))
 
 
-COMMANDS = [serve, worker, keys, rebuild_cmd, check_config]
+@click.command("upgrade-dedupe")
+@config_options
+def upgrade_dedupe_cmd(config_path: Path | None, data_dir: Path | None) -> None:
+    """Convert the shared dedupe store of an older version to keyed names (scale mode; with the
+    Redis store, stop every node of the older version first)."""
+    from meterline.bootstrap import upgrade_dedupe
+    from meterline.domain.clock import SystemClock
+
+    click.echo(upgrade_dedupe(_config(config_path, data_dir), SystemClock()))
+
+
+COMMANDS = [serve, worker, keys, rebuild_cmd, check_config, upgrade_dedupe_cmd]

@@ -18,11 +18,18 @@ Each call is one short statement (claim: two) in its own transaction:
    and for those already confirmed under our token (idempotent, and what the sink relies on).
 4. release — ``DELETE ... WHERE token = <ours> AND NOT confirmed``.
 
-Erased keys (``adapters.postgres.erasure``): an erasure replaces a key's row by its erased key
-(source ``""``, id = HMAC of the key under the erasure secret). Step 1 inserts no key whose
-erased key has a row (within the window), and step 2 reads those rows too: a resent erased
-event is DUPLICATE (or CONFLICT, told by the keyed digest), never claimed again. It costs one
-HMAC per key and one more probe of the primary key per inserted key.
+At rest (migration 18): a row is named by a keyed hash of its key (``domain.erasure.dedupe_key``:
+128 bits of an HMAC-SHA256 under the erasure secret) and holds a keyed digest of its payload
+digest (``dedupe_digest``), from the claim on: no event id, source, namespace or payload digest
+is ever written to the table, so neither its live rows nor the dead tuple versions PostgreSQL
+keeps until a ``VACUUM FULL`` hold one.
+
+Erased keys (``adapters.postgres.erasure``): an erased key's name is the one it had (its erased
+id begins with it), so an erasure only marks the row ``erased``. An erased row answers a claim
+as before its erasure (confirmed: DUPLICATE or CONFLICT by the keyed digest; pending: BUSY), is
+taken over only once it left the window (a lapsed lease does not free it), and is invisible to
+``confirm``, ``release`` and ``confirmed_at``: an erased key answers under its erased form only.
+A claim costs one HMAC per key.
 
 Lease and window times come from the injected clock of the caller. Correctness never depends on
 clocks agreeing: a claimant whose lease was taken over early only loses its confirm (and answers
@@ -38,12 +45,11 @@ from typing import TypeVar
 import psycopg
 
 from meterline.adapters.postgres.database import Connection, PgDatabase
-from meterline.domain.erasure import ERASED_SOURCE, erased_digest, erased_id
+from meterline.domain.erasure import dedupe_digest, dedupe_key
 from meterline.domain.errors import StorageUnavailable
 from meterline.ports.dedupe import Claims, EventKey, Verdict
 
 T = TypeVar("T")
-Key = tuple[str, str, str]
 RETRIES = 5
 PRUNE_BATCH = 10_000
 
@@ -56,9 +62,9 @@ class PgDedupe:
         *,
         lease_us: int,
         window_us: int | None = None,
-        secret: Callable[[], bytes] | None = None,
+        secret: Callable[[], bytes],
     ) -> None:
-        """``secret``: the erasure secret (erased keys are recognised; None: they are not)."""
+        """``secret``: the erasure secret, which names the keys (``meta.erasure_key``)."""
         self._db = db
         self._now_us = now_us
         self._lease_us = lease_us
@@ -67,60 +73,55 @@ class PgDedupe:
 
     def claim(self, keys: Sequence[EventKey]) -> Claims:
         token = uuid.uuid4()
-        firsts: dict[Key, EventKey] = {}
-        for k in keys:
-            firsts.setdefault((k.namespace, k.source, k.id), k)
+        secret = self._secret()
+        names = [dedupe_key(secret, k.namespace, k.source, k.id) for k in keys]
+        firsts: dict[bytes, bytes] = {}
+        for name, k in zip(names, keys, strict=True):
+            firsts.setdefault(name, dedupe_digest(secret, k.digest))
         now = self._now_us()
         floor = -(2**63) if self._window_us is None else now - self._window_us
-        ordered = sorted(firsts)
-        secret = None if self._secret is None else self._secret()
-        erased = {key: erased_id(secret, *key) for key in ordered} if secret is not None else {}
-        rows = self._retrying(
-            lambda conn: _claim(conn, ordered, firsts, token, now, floor, now + self._lease_us, erased)
+        ordered = sorted(firsts)  # a fixed order of inserts: two batches sharing keys cannot deadlock
+        digests = [firsts[name] for name in ordered]
+        claimed, stored = self._retrying(
+            lambda conn: _claim(conn, ordered, digests, token, now, floor, now + self._lease_us)
         )
-        claimed, stored = rows
         verdicts: list[Verdict] = []
-        seen: set[Key] = set()
-        for k in keys:
-            key = (k.namespace, k.source, k.id)
-            if key in claimed and key not in seen:
+        seen: set[bytes] = set()
+        for name, k in zip(names, keys, strict=True):
+            digest = dedupe_digest(secret, k.digest)
+            if name in claimed and name not in seen:
                 verdicts.append(Verdict.CLAIMED)
-            elif key in claimed:  # a later occurrence of a key this call claimed
-                verdicts.append(Verdict.DUPLICATE if firsts[key].digest == k.digest else Verdict.CONFLICT)
-            elif key in stored:
-                verdicts.append(_verdict(stored[key], k.digest))
-            else:  # an erased key's row, or none (BUSY)
-                digest = k.digest if secret is None else erased_digest(secret, k.digest)
-                verdicts.append(_verdict(stored.get((k.namespace, ERASED_SOURCE, erased.get(key, ""))), digest))
-            seen.add(key)
+            elif name in claimed:  # a later occurrence of a key this call claimed
+                verdicts.append(Verdict.DUPLICATE if firsts[name] == digest else Verdict.CONFLICT)
+            else:
+                verdicts.append(_verdict(stored.get(name), digest))
+            seen.add(name)
         return Claims(token.hex, verdicts)
 
     def confirm(self, token: str, keys: Sequence[EventKey]) -> list[bool]:
-        unique = sorted({(k.namespace, k.source, k.id) for k in keys})
-        held = self._retrying(lambda conn: _confirm(conn, unique, uuid.UUID(token), self._now_us()))
-        return [(k.namespace, k.source, k.id) in held for k in keys]
+        names = self._names(keys)
+        held = self._retrying(lambda conn: _confirm(conn, sorted(set(names)), uuid.UUID(token), self._now_us()))
+        return [name in held for name in names]
 
     def release(self, token: str, keys: Sequence[EventKey]) -> None:
-        unique = sorted({(k.namespace, k.source, k.id) for k in keys})
-        ns, src, ids = _columns(unique)
+        unique = sorted(set(self._names(keys)))
 
         def delete(conn: Connection) -> None:
             conn.execute(
-                "DELETE FROM dedupe_keys k USING unnest(%s::text[], %s::text[], %s::text[]) AS u(ns, src, id)"
-                " WHERE k.namespace = u.ns AND k.source = u.src AND k.id = u.id AND k.token = %s AND NOT k.confirmed",
-                (ns, src, ids, uuid.UUID(token)),
+                "DELETE FROM dedupe_keys WHERE key = ANY(%s::bytea[]) AND token = %s AND NOT confirmed AND NOT erased",
+                (unique, uuid.UUID(token)),
             )
 
         self._retrying(delete)
 
     def confirmed_at(self, namespace: str, source: str, event_id: str) -> int | None:
         floor = -(2**63) if self._window_us is None else self._now_us() - self._window_us
+        name = dedupe_key(self._secret(), namespace, source, event_id)
 
         def read(conn: Connection) -> int | None:
             row = conn.execute(
-                "SELECT at_us FROM dedupe_keys WHERE namespace = %s AND source = %s AND id = %s"
-                " AND confirmed AND at_us >= %s",
-                (namespace, source, event_id, floor),
+                "SELECT at_us FROM dedupe_keys WHERE key = %s AND confirmed AND NOT erased AND at_us >= %s",
+                (name, floor),
             ).fetchone()
             return None if row is None else int(row[0])
 
@@ -141,6 +142,10 @@ class PgDedupe:
             if n < PRUNE_BATCH:
                 return dropped
 
+    def _names(self, keys: Sequence[EventKey]) -> list[bytes]:
+        secret = self._secret()
+        return [dedupe_key(secret, k.namespace, k.source, k.id) for k in keys]
+
     def _retrying(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction, again when PostgreSQL chose it as a deadlock victim or
         cancelled it for a serialization failure (nothing of it was committed then)."""
@@ -156,68 +161,44 @@ class PgDedupe:
 
 def _claim(
     conn: Connection,
-    ordered: list[Key],
-    firsts: dict[Key, EventKey],
+    ordered: list[bytes],
+    digests: list[bytes],
     token: uuid.UUID,
     now: int,
     floor: int,
     lease_end: int,
-    erased: dict[Key, str],
-) -> tuple[set[Key], dict[Key, tuple[bool, bytes]]]:
-    ns, src, ids = _columns(ordered)
-    digests = [firsts[key].digest for key in ordered]
-    eids = [erased.get(key, "") for key in ordered]
-    # Step 1: insert new keys (none whose erased key is held); take over only lapsed leases and
-    # keys that left the window.
+) -> tuple[set[bytes], dict[bytes, tuple[bool, bytes]]]:
+    # Step 1: insert new keys; take over only lapsed leases and keys that left the window (an
+    # erased key: only once it left the window).
     won = conn.execute(
-        "INSERT INTO dedupe_keys AS k (namespace, source, id, digest, token, confirmed, at_us)"
-        " SELECT ns, src, id, dg, %(token)s, false, %(lease)s"
-        " FROM unnest(%(ns)s::text[], %(src)s::text[], %(id)s::text[], %(dg)s::bytea[], %(eid)s::text[])"
-        " WITH ORDINALITY AS u(ns, src, id, dg, eid, ord)"
-        " WHERE u.eid = '' OR NOT EXISTS (SELECT 1 FROM dedupe_keys e"
-        " WHERE e.namespace = u.ns AND e.source = '' AND e.id = u.eid AND e.at_us >= %(floor)s)"
+        "INSERT INTO dedupe_keys AS k (key, digest, token, confirmed, at_us, erased)"
+        " SELECT name, dg, %(token)s, false, %(lease)s, false"
+        " FROM unnest(%(name)s::bytea[], %(dg)s::bytea[]) WITH ORDINALITY AS u(name, dg, ord)"
         " ORDER BY ord"
-        " ON CONFLICT (namespace, source, id) DO UPDATE"
-        " SET digest = excluded.digest, token = excluded.token, confirmed = false, at_us = excluded.at_us"
-        " WHERE (NOT k.confirmed AND k.at_us <= %(now)s) OR (k.confirmed AND k.at_us < %(floor)s)"
-        " RETURNING namespace, source, id",
-        {
-            "token": token,
-            "lease": lease_end,
-            "ns": ns,
-            "src": src,
-            "id": ids,
-            "dg": digests,
-            "now": now,
-            "floor": floor,
-            "eid": eids,
-        },
+        " ON CONFLICT (key) DO UPDATE"
+        " SET digest = excluded.digest, token = excluded.token, confirmed = false, at_us = excluded.at_us,"
+        " erased = false"
+        " WHERE (NOT k.confirmed AND NOT k.erased AND k.at_us <= %(now)s) OR k.at_us < %(floor)s"
+        " RETURNING key",
+        {"token": token, "lease": lease_end, "name": ordered, "dg": digests, "now": now, "floor": floor},
     ).fetchall()
-    claimed = {(n, s, i) for n, s, i in won}
-    rest = [key for key in ordered if key not in claimed]
+    claimed = {bytes(name) for (name,) in won}
+    rest = [name for name in ordered if name not in claimed]
     if not rest:
         return claimed, {}
-    # Step 2: what holds the others: a confirmation (duplicate or conflict) or a live lease
-    # (busy); an erased key's row stands for its original key's.
-    rest += [(key[0], ERASED_SOURCE, erased[key]) for key in rest if erased.get(key)]
-    ns, src, ids = _columns(rest)
+    # Step 2: what holds the others: a confirmation (duplicate or conflict) or a live lease (busy).
     stored = conn.execute(
-        "SELECT k.namespace, k.source, k.id, k.confirmed, k.digest FROM dedupe_keys k"
-        " JOIN unnest(%s::text[], %s::text[], %s::text[]) AS u(ns, src, id)"
-        " ON k.namespace = u.ns AND k.source = u.src AND k.id = u.id",
-        (ns, src, ids),
+        "SELECT key, confirmed, digest FROM dedupe_keys WHERE key = ANY(%s::bytea[])", (rest,)
     ).fetchall()
-    return claimed, {(n, s, i): (c, d) for n, s, i, c, d in stored}
+    return claimed, {bytes(n): (c, bytes(d)) for n, c, d in stored}
 
 
-def _confirm(conn: Connection, keys: list[Key], token: uuid.UUID, now: int) -> set[Key]:
-    ns, src, ids = _columns(keys)
-    params = {"ns": ns, "src": src, "id": ids, "token": token, "now": now}
-    unnest = "unnest(%(ns)s::text[], %(src)s::text[], %(id)s::text[]) AS u(ns, src, id)"
+def _confirm(conn: Connection, names: list[bytes], token: uuid.UUID, now: int) -> set[bytes]:
+    params = {"names": names, "token": token, "now": now}
     # Step 3: confirm what is still ours; a row taken over carries another token and stays.
     conn.execute(
-        f"UPDATE dedupe_keys k SET confirmed = true, at_us = %(now)s FROM {unnest}"
-        " WHERE k.namespace = u.ns AND k.source = u.src AND k.id = u.id AND k.token = %(token)s AND NOT k.confirmed",
+        "UPDATE dedupe_keys SET confirmed = true, at_us = %(now)s"
+        " WHERE key = ANY(%(names)s::bytea[]) AND token = %(token)s AND NOT confirmed AND NOT erased",
         params,
     )
     # Then read, in a statement of its own, which keys are confirmed under this token. Its
@@ -227,18 +208,14 @@ def _confirm(conn: Connection, keys: list[Key], token: uuid.UUID, now: int) -> s
     # confirmed (READ COMMITTED re-checks the UPDATE's condition on the new row version, while
     # the rest of that statement keeps the old snapshot) and answered False for a held key.
     rows = conn.execute(
-        f"SELECT k.namespace, k.source, k.id FROM dedupe_keys k JOIN {unnest}"
-        " ON k.namespace = u.ns AND k.source = u.src AND k.id = u.id WHERE k.token = %(token)s AND k.confirmed",
+        "SELECT key FROM dedupe_keys"
+        " WHERE key = ANY(%(names)s::bytea[]) AND token = %(token)s AND confirmed AND NOT erased",
         params,
     ).fetchall()
-    return {(n, s, i) for n, s, i in rows}
+    return {bytes(name) for (name,) in rows}
 
 
 def _verdict(row: tuple[bool, bytes] | None, digest: bytes) -> Verdict:
     if row is None or not row[0]:
         return Verdict.BUSY  # pending under another claimant, or released a moment ago: retry
     return Verdict.DUPLICATE if row[1] == digest else Verdict.CONFLICT
-
-
-def _columns(keys: Sequence[Key]) -> tuple[list[str], list[str], list[str]]:
-    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]

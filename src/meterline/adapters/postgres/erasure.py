@@ -5,8 +5,9 @@ and the erased entries the sink workers consult (``ports.erasure.ErasedEntries``
   one, every other node reads that one (``INSERT ... ON CONFLICT DO NOTHING`` then ``SELECT``);
 - ``begin`` is one transaction: the audit row (``erasures``, unfinished), the erased entries
   (``erased_entries``, by log place), each of the subject's idempotency keys in
-  ``dedupe_keys`` replaced by its erased key (source ``""``, the keyed id, the keyed digest:
-  a resend is found by ``adapters.postgres.dedupe`` and answered duplicate), the correction
+  ``dedupe_keys`` marked erased (its row holds only keyed hashes: a resend is still answered
+  duplicate by ``adapters.postgres.dedupe``, a correction no longer takes it for an accepted
+  event), the correction
   journal's rows of those keys rewritten (erased key, pseudonym, erased payload, reason
   replaced), and the subject's quarantined events, dead letters and portal tokens deleted;
 - ``switch`` moves the customers' subject mappings (and a customer key equal to the subject)
@@ -25,25 +26,25 @@ usage store between a crash and the run that finishes the erasure.
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from meterline.adapters.postgres.database import Connection, PgDatabase, lock
+from meterline.adapters.postgres.dedupe_upgrade import secret_in
 from meterline.adapters.postgres.rekey import rekey_references
 from meterline.domain.erasure import (
     ERASED_REASON,
     ERASED_SOURCE,
     ErasureRecord,
     ErasureRequest,
-    erased_digest,
+    dedupe_key,
+    dedupe_key_of_erased,
     names,
 )
 from meterline.ports.erasure import ErasedEntry, ErasedKey, Step, UnfinishedErasure
 
-_SECRET = "erasure_key"
 _RECORD = (
     "id, namespace, erased_us, actor, reason, pseudonym, counts, through, log_kept_ms, redis_files, postgres_files"
 )
@@ -230,39 +231,26 @@ class PgErasureCatalog:
         """Delete the dedupe rows of the subject's quarantined events (held, released or
         dead-lettered) that no stored version has: ``_delete_held`` deletes those events in this
         transaction, they were never counted (a resend is held again, as in embedded mode), and
-        their confirmed rows would otherwise keep the event ids and tell corrections the key was
-        accepted (``services.log_corrections``)."""
+        their confirmed rows would otherwise tell corrections the key was accepted
+        (``services.log_corrections``)."""
         known = {(k.source, k.id) for k in stored}
         held = [key for key in _held_keys(conn, ns, subject) if key not in known]
         if not held:
             return 0
-        return int(
-            conn.execute(
-                "DELETE FROM dedupe_keys k USING unnest(%s::text[], %s::text[]) AS u(src, id)"
-                " WHERE k.namespace = %s AND k.source = u.src AND k.id = u.id",
-                ([h[0] for h in held], [h[1] for h in held], ns),
-            ).rowcount
-        )
+        secret = self.secret()
+        names = [dedupe_key(secret, ns, source, id_) for source, id_ in held]
+        return int(conn.execute("DELETE FROM dedupe_keys WHERE key = ANY(%s::bytea[])", (names,)).rowcount)
 
     def _dedupe(self, conn: Connection, ns: str, keys: Sequence[ErasedKey]) -> int:
-        """Each original key's row becomes its erased key's row (same token, state and time)."""
-        moved = 0
-        secret = self.secret()
-        for k in keys:
-            row = conn.execute(
-                "DELETE FROM dedupe_keys WHERE namespace = %s AND source = %s AND id = %s"
-                " RETURNING digest, token, confirmed, at_us",
-                (ns, k.source, k.id),
-            ).fetchone()
-            if row is None:
-                continue  # pruned (out of the dedupe window), or erased before
-            digest, token, confirmed, at_us = row
+        """Each key's row marked erased (``adapters.postgres.dedupe``): it holds no identifier
+        (its name is a keyed hash, its digest keyed) and keeps answering a resend as a duplicate;
+        marked, it is no longer an accepted event's key to corrections. How many were marked now."""
+        names = sorted({dedupe_key_of_erased(k.erased_id) for k in keys})
+        return int(
             conn.execute(
-                "INSERT INTO dedupe_keys VALUES (%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-                (ns, ERASED_SOURCE, k.erased_id, erased_digest(secret, bytes(digest)), token, confirmed, at_us),
-            )
-            moved += 1
-        return moved
+                "UPDATE dedupe_keys SET erased = true WHERE key = ANY(%s::bytea[]) AND NOT erased", (names,)
+            ).rowcount
+        )
 
     def _journal(
         self,
@@ -336,13 +324,7 @@ class PgErasedEntries:
 def erasure_secret(db: PgDatabase) -> bytes:
     """The deployment's erasure secret (``meta.erasure_key``), made by the first node that asks."""
     with db.tx() as conn:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
-            (_SECRET, secrets.token_hex(32)),
-        )
-        row = conn.execute("SELECT value FROM meta WHERE key = %s", (_SECRET,)).fetchone()
-    assert row is not None
-    return bytes.fromhex(str(row[0]))
+        return secret_in(conn)
 
 
 def _record(r: Any) -> ErasureRecord:

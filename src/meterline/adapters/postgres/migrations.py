@@ -1,20 +1,26 @@
 """The PostgreSQL schema, as numbered migrations applied in order at start.
 
 A migration, once released, never changes: a new schema change is a new number at the end.
+Most are SQL; one that must compute in Python (17: keyed hashes of the dedupe keys) is a
+function run in the same transaction.
 ``migrate`` runs under a transaction-scoped advisory lock, so API nodes and workers starting
 together apply each migration exactly once; a database newer than this code is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 from psycopg.rows import TupleRow
 
+from meterline.adapters.postgres.dedupe_upgrade import hash_dedupe_keys
 from meterline.domain.errors import ConfigError
 
 MIGRATION_LOCK = 0x6D657465726C696E  # "meterlin": the advisory lock migrations hold
 
-MIGRATIONS: list[tuple[int, str, str]] = [
+Step = str | Callable[[psycopg.Connection[TupleRow]], None]
+MIGRATIONS: list[tuple[int, str, Step]] = [
     (
         1,
         "catalog: customers, keys, meters, features, entitlements, grants, notifications, portal",
@@ -327,6 +333,11 @@ ALTER TABLE erasures ADD COLUMN rewrite_due BOOLEAN NOT NULL DEFAULT false, ADD 
 CREATE INDEX erasures_rewrite_due ON erasures (id) WHERE rewrite_due;
 """,
     ),
+    (
+        18,
+        "the shared dedupe store keeps keyed hashes of keys and payload digests, never an identifier",
+        hash_dedupe_keys,  # adapters.postgres.dedupe_upgrade: the rows copied under their keyed names
+    ),
 ]
 
 
@@ -348,7 +359,10 @@ def migrate(conn: psycopg.Connection[TupleRow]) -> list[int]:
     applied = []
     for version, name, sql in MIGRATIONS:
         if version not in done:
-            conn.execute(sql.encode())
+            if isinstance(sql, str):
+                conn.execute(sql.encode())
+            else:
+                sql(conn)
             conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
             applied.append(version)
     return applied
