@@ -2,9 +2,10 @@
 ``redis-server`` of this module, started in a directory of its own with an AOF (``appendonly
 yes``) and RDB snapshots (``save``) on, holds the dedupe store's keys (``[dedupe] backend =
 "redis"``) and the live usage counters (``[redis] counters = true``). Before the erasure its AOF
-and ``dump.rdb`` hold the subject and its event ids; after it (asked of a node, or finished by
-another node after the one erasing died before rewriting the files) no byte of them does, while
-a control subject's stay, and the audit record says what was done."""
+and ``dump.rdb`` hold the subject (the counters' keys) and never an event id (the dedupe store
+names keys by keyed hashes); after it (asked of a node, or finished by another node after the
+one erasing died before rewriting the files) no byte of the subject is left, while a control
+subject's stay, and the audit record says what was done."""
 
 from __future__ import annotations
 
@@ -127,8 +128,8 @@ def seed(api: Api, persisted_redis: tuple[str, Path], subject: str, ids: list[st
         client.save()  # a snapshot holding the subject (as `save` would make one in time)
     finally:
         client.close()
-    before = files_holding(root, [subject, *ids, CONTROL])
-    assert set(before) == {subject, *ids, CONTROL}, before
+    before = files_holding(root, [subject, *ids, CONTROL, *CONTROL_IDS])
+    assert set(before) == {subject, CONTROL}, before  # no event id: keyed hashes only
     assert any(f.startswith("appendonlydir") for f in before[subject]) and "dump.rdb" in before[subject], before
 
 
@@ -153,7 +154,7 @@ def test_an_erasure_rewrites_the_aof_and_the_snapshot(
     assert record["redisFiles"] == {"aof": "rewritten", "rdb": "saved"}, record
     assert record["counts"]["dedupeKeys"] == 2 and record["counts"]["liveCounters"] >= 1, record
     kept = files_holding(root, [CONTROL, *CONTROL_IDS])
-    assert set(kept) == {CONTROL, *CONTROL_IDS}, kept  # the rewrite keeps what was not erased
+    assert set(kept) == {CONTROL}, kept  # the rewrite keeps what was not erased
     assert ok(get(api, "/api/v1/erasures"))["items"][0] == record
 
 
@@ -168,7 +169,7 @@ def test_an_erasure_finished_by_another_node_rewrites_the_files(
     killed(redis_site, api.key, "before-files")
     assert len(unfinished(redis_site)) == 1
     _, root = persisted_redis
-    assert set(files_holding(root, [subject, *ids])) == {subject, *ids}, "the files are left as they were"
+    assert set(files_holding(root, [subject, *ids])) == {subject}, "the files are left as they were"
     monkeypatch.setattr(bootstrap_scale, "ERASURE_RESUME_EVERY", 0.5)  # the node below looks at once
     for _ in build_scale_api(redis_site, tmp_path / "finishing"):
         deadline = time.monotonic() + 120
@@ -178,7 +179,7 @@ def test_an_erasure_finished_by_another_node_rewrites_the_files(
     record = ok(get(api, "/api/v1/erasures"))["items"][0]
     assert record["redisFiles"] == {"aof": "rewritten", "rdb": "saved"}, record
     assert left_of(root, [subject, *ids]) == {}
-    assert set(files_holding(root, [CONTROL, *CONTROL_IDS])) == {CONTROL, *CONTROL_IDS}
+    assert set(files_holding(root, [CONTROL, *CONTROL_IDS])) == {CONTROL}
 
 
 def test_what_redis_does_not_let_us_see_is_recorded_not_failed(persisted_redis: tuple[str, Path]) -> None:
