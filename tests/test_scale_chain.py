@@ -24,10 +24,10 @@ from scale_site import TOKEN_METERS, Site, site
 from stack.launch import Stack
 from test_scale_zombie import T0, Producer, wait_until
 
-from meterline.adapters.clickhouse.chain import ENTRY_COLUMNS, stored_digest
+from meterline.adapters.clickhouse.chain import ENTRY_COLUMNS, stored_digest, stored_digest_v2
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.clickhouse.schema import CHAIN, ERASED, EVENTS, create
-from meterline.domain.integrity.batches import batch_link, entry_digest
+from meterline.domain.integrity.batches import FORMAT, batch_link, entry_digest
 from meterline.domain.integrity.chain import GENESIS
 
 pytestmark = pytest.mark.heavy  # tens of seconds: scheduled first (conftest.py)
@@ -162,7 +162,7 @@ def test_reordered_rows_are_named(chained: Chained, copy: Connection) -> None:
     sql = f"SELECT {columns} FROM events WHERE stream = {{s:String}} AND seq IN ({first}, {second}) ORDER BY seq"
     a, b = copy.rows(sql, {"s": stream})
     mutate(copy, f"ALTER TABLE events DELETE WHERE stream = {{s:String}} AND seq IN ({first}, {second})", {"s": stream})
-    copy.insert("events", EVENTS, [(*a[:8], second, a[9]), (*b[:8], first, b[9])], "by-hand:swap")
+    copy.insert("events", EVENTS, [(*a[:8], second, *a[9:]), (*b[:8], first, *b[9:])], "by-hand:swap")
     done = verify(chained.site, "--skip-rollups", database=copy.database)
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"partition 0 offset {first - 1} (event '{moved}' from source 'load'" in done.stderr
@@ -204,8 +204,8 @@ def test_a_second_link_from_one_offset_is_a_fork(chained: Chained, copy: Connect
     half = len(seqs) // 2
     end = seqs[half - 1]
     listed = [bytes.fromhex(digests[i * 64 : i * 64 + 64]) for i in range(half)]
-    hash_ = batch_link(GENESIS, stream, 0, end, seqs[:half], received[:half], listed)
-    row = [stream, 0, end, GENESIS.hex(), hash_.hex(), seqs[:half], digests[: half * 64], received[:half]]
+    hash_ = batch_link(GENESIS, stream, 0, end, seqs[:half], received[:half], listed, FORMAT)
+    row = [stream, 0, end, GENESIS.hex(), hash_.hex(), seqs[:half], digests[: half * 64], received[:half], FORMAT]
     copy.insert("ledger_chain", CHAIN, [row], "by-hand:fork")
     done = verify(chained.site, "--skip-rollups", database=copy.database)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -281,19 +281,21 @@ def test_an_exported_head_holds_after_appends(chained: Chained, tmp_path: Path) 
     assert "matches the exported heads of 2 partitions (unsigned)" in done.stdout
 
 
-def _rechain(conn: Connection, stream: str) -> None:
+def _rechain(conn: Connection, stream: str, format_: int = FORMAT) -> None:
     """What someone who edits ClickHouse and knows the rule would do: recompute every link of
-    the partition from its rows as they are now, so the database alone verifies again."""
+    the partition from its rows as they are now, so the database alone verifies again (in link
+    format ``format_``: 1 is what the previous version wrote)."""
     rows = conn.rows(f"SELECT {ENTRY_COLUMNS} FROM events WHERE stream = {{s:String}}", {"s": stream})
-    digests = {int(r[0]): stored_digest(r) for r in rows}
+    digest = stored_digest_v2 if format_ == 2 else stored_digest
+    digests = {int(r[0]): digest(r) for r in rows}
     links = conn.rows(
         "SELECT start, end, seqs, received FROM ledger_chain WHERE stream = {s:String} ORDER BY start", {"s": stream}
     )
     prev, out = GENESIS, []
     for start, end, seqs, received in links:
         listed = [digests[s] for s in seqs]
-        hash_ = batch_link(prev, stream, start, end, seqs, received, listed)
-        out.append([stream, start, end, prev.hex(), hash_.hex(), seqs, b"".join(listed).hex(), received])
+        hash_ = batch_link(prev, stream, start, end, seqs, received, listed, format_)
+        out.append([stream, start, end, prev.hex(), hash_.hex(), seqs, b"".join(listed).hex(), received, format_])
         prev = hash_
     mutate(conn, "ALTER TABLE ledger_chain DELETE WHERE stream = {s:String}", {"s": stream})
     conn.insert("ledger_chain", CHAIN, out, "by-hand:rechain")

@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 from test_billing_api import calls, setup_billing
 from test_billing_api import ev as bev
 from test_corrections import entitle, expected, usage_now
-from test_scale_chain import verify
+from test_scale_chain import _rechain, verify
 
 from meterline.adapters.clickhouse.client import Connection
 from meterline.adapters.postgres.database import PgDatabase
@@ -474,3 +474,100 @@ def test_the_built_in_bytes_meter_follows_corrections_as_embedded(fixsite: Site,
     assert scale_before == embedded_before
     assert scale_after == embedded_after
     assert scale_after != scale_before  # the void and the amends moved it
+
+
+def _failed(s: Site, *named: str) -> None:
+    done = verify(s, "--skip-rollups")
+    assert done.returncode == 1, done.stdout + done.stderr
+    for part in named:
+        assert part in done.stderr, done.stderr
+
+
+def _passes(s: Site, *args: str) -> str:
+    done = verify(s, "--skip-rollups", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _update(conn: Connection, sql: str, seq: int) -> None:
+    conn.command(f"ALTER TABLE {sql} SETTINGS mutations_sync = 2", {"q": seq})
+
+
+def test_verify_checks_the_journal_of_corrections_against_the_chained_entries(onesite: Site, tmp_path: Path) -> None:
+    """An amend's and a void's journal row against what their entries carry in the chain (link
+    format 2), with embedded mode's messages; a record at an offset that is no correction, an
+    entry without its record; the amend's chained record and the link format themselves. Then
+    the partition as the previous version left it (format-1 links, no records in the entries):
+    it verifies, its amend is counted as not covered, a head exported then holds after this
+    version's worker appended a format-2 link, and flipping that link's format fails it."""
+    s = onesite
+    worker = s.worker()
+    conn = Connection(s.config.clickhouse.url, s.config.clickhouse.database)
+    pg = psycopg.connect(s.config.postgres.dsn, autocommit=True)
+    for api in build_scale_api(s, tmp_path):
+        assert (
+            api.create_meter(slug="m_sum", eventType="job", aggregation="SUM", valueProperty="$.v").status_code == 201
+        )
+        assert api.post_events(EVENTS).status_code in (200, 202, 204)
+        correct(api, "e2", "void", reason="test traffic")
+        correct(api, "e3", "amend", reason="wrong value", event={**EVENTS[2], "data": {"v": "2", "user": "u9"}})
+        assert hourly(api, "m_sum", "acme")["2026-03-01T08"] == 5 + 2 + 7  # applied
+        (void, _), (amend, _) = conn.rows("SELECT seq, id FROM events WHERE corrects > 0 ORDER BY seq")
+        e1, stream = conn.rows("SELECT seq, stream FROM events WHERE id = 'e1'")[0]
+        assert "corrections: every record matches its ledger entry (2 records)" in _passes(s)
+        of_void = f"the correction record of partition 0 offset {void - 1} (event 'e2' from source 's'"
+        of_amend = f"the correction record of partition 0 offset {amend - 1} (event 'e3' from source 's'"
+        for edit, seq, named in [
+            ("reason = 'customer request'", amend, (of_amend, "differs from the amend entry's original, reason")),
+            ("actor = 'someone'", amend, (of_amend, "differs from the amend entry's original, reason or actor")),
+            ("reason = 'customer request'", void, (of_void, "differs from the void entry's original, reason")),
+            (f"original = {e1}", amend, (of_amend, f"names offset {e1 - 1} as its original, an entry of another")),
+            (f"seq = {e1}", amend, (f"the correction record of partition 0 offset {e1 - 1} has no ledger entry",)),
+        ]:
+            pg.execute("CREATE TEMP TABLE saved AS SELECT * FROM event_corrections")
+            pg.execute(f"UPDATE event_corrections SET {edit} WHERE seq = %s", (seq,))
+            _failed(s, *named)
+            pg.execute("DELETE FROM event_corrections; INSERT INTO event_corrections SELECT * FROM saved")
+            pg.execute("DROP TABLE saved")
+        pg.execute("CREATE TEMP TABLE saved AS SELECT * FROM event_corrections")
+        pg.execute("DELETE FROM event_corrections WHERE seq = %s", (amend,))
+        _failed(s, f"partition 0 offset {amend - 1} (event 'e3' from source 's'", "is an amend without its correction")
+        pg.execute("INSERT INTO event_corrections SELECT * FROM saved WHERE seq = %s", (amend,))
+        pg.execute("DROP TABLE saved")
+        _passes(s)
+        # the record edited in the journal and in the entry alike: an edit of the chained entry
+        pg.execute("UPDATE event_corrections SET reason = 'made up' WHERE seq = %s", (amend,))
+        _update(
+            conn,
+            "events UPDATE correction = replace(correction, 'wrong value', 'made up') WHERE seq = {q:UInt64}",
+            amend,
+        )
+        _failed(s, f"partition 0 offset {amend - 1} (event 'e3' from source 's'", "does not match the chain")
+        # its link's format flipped to the one that does not cover the record: the link fails
+        _update(conn, "ledger_chain UPDATE format = 1 WHERE has(seqs, {q:UInt64})", amend)
+        _failed(s, "names format 1, but the partition's links use format 2 from offset 0 on")
+
+        # The partition as the previous version's worker left it (stopped for the upgrade).
+        worker.terminate()
+        assert worker.wait(30) == 0
+        _update(conn, "events UPDATE correction = '' WHERE corrects > 0 AND seq != {q:UInt64}", 0)
+        _rechain(conn, stream, 1)
+        head = tmp_path / "heads.json"
+        out = _passes(s, "--export-head", str(head))
+        assert "the reason and actor of 1 amend(s) are in the journal only" in out, out
+        s.worker()  # this version's: a format-2 link after the format-1 ones
+        again = {**EVENTS[3], "data": {"v": "1", "user": "u1", "region": "eu"}}
+        correct(api, "e4", "amend", reason="late fix", event=again)
+        assert hourly(api, "m_sum", "acme")["2026-03-01T08"] == 5 + 2 + 1
+        head.write_text(head.read_text().replace("sha256-batch-chain/2", "sha256-batch-chain/1"))
+        out = _passes(s, "--against", str(head))  # a head of the previous version holds across the switch
+        assert "matches the exported heads of 1 partitions" in out and "1 amend(s) are in the journal only" in out
+        newest = conn.rows("SELECT max(seq) FROM events WHERE corrects > 0")[0][0]
+        pg.execute("UPDATE event_corrections SET reason = 'customer request' WHERE seq = %s", (newest,))
+        _failed(s, f"record of partition 0 offset {newest - 1} (event 'e4'", "differs from the amend entry's")
+        pg.execute("UPDATE event_corrections SET reason = 'late fix' WHERE seq = %s", (newest,))
+        _passes(s)
+        _update(conn, "ledger_chain UPDATE format = 1 WHERE has(seqs, {q:UInt64})", newest)
+        _failed(s, f"offset {newest - 1}: the chain link of offsets", "was changed (its hash does not cover what it")
+    conn.close()
+    pg.close()

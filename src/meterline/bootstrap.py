@@ -42,6 +42,7 @@ from meterline.domain.integrity.rebuild import RebuildReport
 from meterline.domain.meters.query import QueryLimits
 from meterline.ports.billing import BillingStores
 from meterline.ports.billing_usage import PeriodUsage
+from meterline.ports.correction_log import CorrectionJournal
 from meterline.ports.dedupe import DedupeStore
 from meterline.ports.deliveries import DeliveryStore
 from meterline.ports.identity import IdentityProvider
@@ -405,6 +406,22 @@ def open_partition_chain(config: Config, clock: Clock | None = None) -> Iterator
         yield source
     finally:
         source.close()
+
+
+@contextmanager
+def open_correction_journal(config: Config) -> Iterator[CorrectionJournal]:
+    """Scale mode's journal of corrections in PostgreSQL, for ``verify``'s check of it against
+    the log's chained entries (``services.journal_audit``)."""
+    for driver in ("psycopg", "psycopg_pool"):
+        import_extra(driver, "scale")
+    from meterline.adapters.postgres.corrections import PgCorrectionJournal
+    from meterline.adapters.postgres.database import PgDatabase
+
+    pg = PgDatabase(config.postgres.dsn, max_size=2)
+    try:
+        yield PgCorrectionJournal(pg)
+    finally:
+        pg.close()
 
 
 def rebuild_store(config: Config, *, check: bool) -> RebuildReport:

@@ -114,10 +114,11 @@ def _verify_scale(
     config: Config, against: Path | None, public_key: Path | None, export_head: Path | None, sign_key: Path | None
 ) -> None:
     """Scale mode: every partition's chain from ClickHouse; each partition's first break is named."""
-    from meterline.bootstrap import open_partition_chain
+    from meterline.bootstrap import open_correction_journal, open_partition_chain
     from meterline.domain.clock import SystemClock
     from meterline.domain.integrity import heads
     from meterline.services.integrity import check_signature
+    from meterline.services.journal_audit import audit_journal
     from meterline.services.partition_chain import export_partition_heads, verify_partitions
 
     doc = None if against is None else heads.decode_partitions(_read(against))
@@ -142,6 +143,16 @@ def _verify_scale(
             click.echo(f"FAILED: {problem.message}", err=True)
         if not report.ok:
             sys.exit(1)
+        with open_correction_journal(config) as journal:
+            audit = audit_journal(source, journal, {p.stream: p.head.seq for p in report.partitions})
+        if audit.problem is not None:
+            _fail(audit.problem.message)
+        click.echo(f"corrections: every record matches its ledger entry ({audit.records} records)")
+        if audit.uncovered:
+            click.echo(
+                f"corrections: the reason and actor of {audit.uncovered} amend(s) are in the journal only"
+                " (written before the chain covered them)"
+            )
         if doc is not None:
             by = f", signed by key {signer}" if signer else " (unsigned)"
             click.echo(f"matches the exported heads of {len(doc.heads)} partitions{by}")

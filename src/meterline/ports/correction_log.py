@@ -106,9 +106,16 @@ class CorrectionJournal(Protocol):
         """Corrections received at or after ``received_from_us``, oldest first."""
         ...
 
+    def every(self, after: int, limit: int) -> list[Journaled]:
+        """Up to ``limit`` corrections of every namespace numbered after ``after``, by number
+        (what ``verify`` checks against the log's chained entries)."""
+        ...
+
 
 class CorrectionWriter(Protocol):
-    def write_correction(self, stream: str, event: Event, received_us: int, corrects: int, *, amend: bool) -> int:
+    def write_correction(
+        self, stream: str, event: Event, received_us: int, corrects: int, *, amend: bool, record: bytes = b""
+    ) -> int:
         """Append a correction entry superseding ``corrects`` to ``stream`` (the original's
         partition, so it follows the original), durably (``acks=all``); its seq there. An
         amend's ``event`` first passes the live meters' checks (``amend_unreadable``)."""

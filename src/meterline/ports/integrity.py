@@ -17,8 +17,9 @@ from typing import Protocol
 
 from meterline.domain.integrity.batches import Link, StoredEntry
 from meterline.domain.integrity.chain import Break, ChainRow, Head
+from meterline.domain.integrity.journal import CorrectionRow
 
-__all__ = ["Break", "ChainRow", "ChainSource", "Head", "Link", "PartitionChainSource", "StoredEntry"]
+__all__ = ["Break", "ChainRow", "ChainSource", "CorrectionRow", "Head", "Link", "PartitionChainSource", "StoredEntry"]
 
 
 class ChainSource(Protocol):
@@ -90,6 +91,14 @@ class PartitionChainSource(Protocol):
 
     def unchained(self, stream: str, upto: int, since_us: int) -> int | None:
         """The first seq ``<= upto`` of ``stream`` whose row was received at or after ``since_us``."""
+        ...
+
+    def corrections(self, stream: str, upto: int) -> list[CorrectionRow]:
+        """The correction entries (voids, amends) of ``stream`` with ``seq <= upto``, by seq."""
+        ...
+
+    def keys(self, stream: str, seqs: list[int]) -> dict[int, tuple[str, str, str]]:
+        """(namespace, source, id) of the entries of ``stream`` at ``seqs`` that are stored."""
         ...
 
     def close(self) -> None: ...

@@ -49,6 +49,7 @@ from meterline.domain.events.corrections import (
     void_record,
 )
 from meterline.domain.events.model import Event
+from meterline.domain.integrity.chain import correction_record
 from meterline.ports.correction_log import (
     CorrectionJournal,
     CorrectionWriter,
@@ -198,7 +199,10 @@ class LogCorrections:
         self._kept.keep(req.namespace, [(subject, time_us), (event.subject, event.time_us)])
         self._not_pruned(req, versions)  # the copy ended before any of the hours' raw events could expire
         now = self._clock.now_us()
-        seq = self._writer.write_correction(original.stream, event, now, target, amend=req.action is Action.AMEND)
+        # the audit record the partition's chain covers (the journal row below must match it)
+        record = correction_record(req.action.value, original.seq, req.reason, req.actor)
+        amend = req.action is Action.AMEND
+        seq = self._writer.write_correction(original.stream, event, now, target, amend=amend, record=record)
         return Journaled(
             req.namespace, req.source, req.event_id, original.stream, original.seq, seq, target, req.action,
             req.reason, req.actor, now, event.type, event.subject, event.time_us,

@@ -3,7 +3,8 @@
 
 Each applied batch of a partition gets one ``ledger_chain`` row (``domain.integrity.batches``):
 its range, the hash of the link before it, its own hash, and its entries' seqs, content
-digests (one hex string) and receipt times. :class:`ChainLinks` makes it inside
+digests (one hex string) and receipt times, and its format (2: the digests cover a correction's
+record, ``events.correction``; 1: links written by an earlier version). :class:`ChainLinks` makes it inside
 ``ClickHouseSink.write``, after the raw events and before the new position is recorded, under
 the batch's token
 ``<stream>:<start>-<end>:chain``: a batch redone after a crash is the same range with the same
@@ -27,13 +28,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from meterline.adapters.clickhouse.client import Connection
+from meterline.adapters.clickhouse.kept import raw_union
 from meterline.adapters.clickhouse.schema import CHAIN
 from meterline.adapters.clickhouse.usage import LIVE
-from meterline.domain.integrity.batches import Link, StoredEntry, batch_link, entry_digest
+from meterline.domain.integrity.batches import FORMAT, Link, StoredEntry, batch_link, entry_digest, entry_digest_v2
 from meterline.domain.integrity.chain import GENESIS
+from meterline.domain.integrity.journal import CorrectionRow
 from meterline.domain.meters.fold import LedgerEntry
 
-ENTRY_COLUMNS = "seq, namespace, source, id, type, subject, time_us, received_us, raw, corrects"
+ENTRY_COLUMNS = "seq, namespace, source, id, type, subject, time_us, received_us, raw, corrects, correction"
 LEDGER_ID = "ledger_id"
 CHAIN_SINCE = "chain_since_us"
 """When the first worker with the chain started: a partition's rows received before it may
@@ -54,12 +57,14 @@ class ChainLinks:
         prev = self._prev(stream, start)
         seqs = [e.seq for e in entries]
         digests = [
-            entry_digest(e.namespace, e.source, e.type, e.subject, e.time_us, e.received_us, e.raw, e.correction)
+            entry_digest_v2(
+                e.namespace, e.source, e.type, e.subject, e.time_us, e.received_us, e.raw, e.correction, e.record
+            )
             for e in entries
         ]
         received = [e.received_us for e in entries]
-        hash_ = batch_link(prev, stream, start, end, seqs, received, digests)
-        row = [stream, start, end, prev.hex(), hash_.hex(), seqs, b"".join(digests).hex(), received]
+        hash_ = batch_link(prev, stream, start, end, seqs, received, digests, FORMAT)
+        row = [stream, start, end, prev.hex(), hash_.hex(), seqs, b"".join(digests).hex(), received, FORMAT]
         self._conn.insert("ledger_chain", CHAIN, [row], token)
         self._last[stream] = (end, hash_)
 
@@ -119,7 +124,7 @@ class ClickHouseChain:
 
     def links(self, stream: str, after: int, limit: int) -> list[Link]:
         rows = self._conn.rows(
-            "SELECT DISTINCT stream, start, end, prev, hash, seqs, digests, received FROM ledger_chain"
+            "SELECT DISTINCT stream, start, end, prev, hash, seqs, digests, received, format FROM ledger_chain"
             " WHERE stream = {s:String} AND start >= {a:UInt64} ORDER BY start LIMIT {n:UInt32} WITH TIES",
             {"s": stream, "a": after, "n": limit},
         )
@@ -152,6 +157,30 @@ class ClickHouseChain:
         )
         return int(rows[0][0]) if rows else None
 
+    def corrections(self, stream: str, upto: int) -> list[CorrectionRow]:
+        rows = self._conn.rows(
+            "SELECT DISTINCT seq, namespace, source, id, corrects, correction, raw FROM events"
+            " WHERE stream = {s:String} AND corrects > 0 AND seq <= {e:UInt64} ORDER BY seq",
+            {"s": stream, "e": upto},
+        )
+        erased = self._erased(stream, 0, upto)
+        return [
+            CorrectionRow(
+                stream, int(seq), ns, src, id_, int(corrects), _bytes(record), _bytes(raw), int(seq) in erased
+            )
+            for seq, ns, src, id_, corrects, record, raw in rows
+        ]
+
+    def keys(self, stream: str, seqs: list[int]) -> dict[int, tuple[str, str, str]]:
+        if not seqs:
+            return {}
+        where = "stream = {s:String} AND has({q:Array(UInt64)}, seq)"
+        rows = self._conn.rows(
+            f"SELECT DISTINCT seq, namespace, source, id FROM {raw_union('seq, namespace, source, id', where)}",
+            {"s": stream, "q": sorted(set(seqs))},
+        )
+        return {int(seq): (ns, src, id_) for seq, ns, src, id_ in rows}
+
     def close(self) -> None:
         self._conn.close()
 
@@ -165,9 +194,15 @@ class ClickHouseChain:
 
 
 def stored_digest(row: Sequence[Any]) -> bytes:
-    """The content digest of an ``events`` row read with ``ENTRY_COLUMNS``."""
-    _, ns, source, _, type_, subject, time_us, received_us, raw, corrects = row
+    """The format-1 content digest of an ``events`` row read with ``ENTRY_COLUMNS``."""
+    _, ns, source, _, type_, subject, time_us, received_us, raw, corrects, _ = row
     return entry_digest(ns, source, type_, subject, time_us, received_us, _bytes(raw), corrects)
+
+
+def stored_digest_v2(row: Sequence[Any]) -> bytes:
+    """The format-2 content digest of an ``events`` row read with ``ENTRY_COLUMNS``."""
+    _, ns, source, _, type_, subject, time_us, received_us, raw, corrects, record = row
+    return entry_digest_v2(ns, source, type_, subject, time_us, received_us, _bytes(raw), corrects, _bytes(record))
 
 
 def _entry(stream: str, row: Sequence[Any], erased: bytes | None) -> StoredEntry:
@@ -175,11 +210,11 @@ def _entry(stream: str, row: Sequence[Any], erased: bytes | None) -> StoredEntry
     label = f"event {id_!r} from source {source!r} in namespace {ns!r}"
     if erased is not None:
         label = f"erased event in namespace {ns!r}"
-    return StoredEntry(int(seq), stored_digest(row), label, erased)
+    return StoredEntry(int(seq), stored_digest(row), label, erased, stored_digest_v2(row))
 
 
 def _link(row: Sequence[Any]) -> Link:
-    stream, start, end, prev, hash_, seqs, digests, received = row
+    stream, start, end, prev, hash_, seqs, digests, received, format_ = row
     return Link(
         stream,
         int(start),
@@ -189,6 +224,7 @@ def _link(row: Sequence[Any]) -> Link:
         tuple(int(s) for s in seqs),
         _digests(digests),
         tuple(int(r) for r in received),
+        int(format_),
     )
 
 

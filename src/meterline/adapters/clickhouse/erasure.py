@@ -214,4 +214,7 @@ def erased_digest(e: ErasedEntry) -> bytes:
 
 
 def _raw_row(e: ErasedEntry) -> tuple[Any, ...]:
-    return (e.namespace, "", e.type, e.subject, e.time_us, e.received_us, e.raw.decode(), e.stream, e.seq, e.corrects)
+    # an erased row carries no correction record (its reason went with the subject; the link
+    # keeps the original's digest and ``ledger_erased`` this form's format-1 digest)
+    row = (e.namespace, "", e.type, e.subject, e.time_us, e.received_us, e.raw.decode(), e.stream, e.seq, e.corrects)
+    return (*row, "")

@@ -7,7 +7,8 @@
   microseconds, the event id read from the raw CloudEvent), written by the sink workers;
   a correction entry (``domain.events.corrections``) is a row too, its ``corrects`` the seq
   of the version it supersedes in the same stream (0 for an ordinary event; see
-  :mod:`.corrections`);
+  :mod:`.corrections`) and its ``correction`` the audit record the chain covers (link format 2,
+  :mod:`.chain`; empty for an event);
 - ``usage_rollups``: per (meter, bucket size, subject, bucket, group) the exact states every
   aggregation needs — count, sum, min, max and the latest (time, seq, value) — as
   ``SimpleAggregateFunction`` columns of an AggregatingMergeTree, merged exactly in the
@@ -64,13 +65,14 @@ GAUGES = [*_KEY, ("count", "UInt64"), ("area", DECIMAL), ("first_at", "Tuple(Int
           ("last_at", f"Tuple(Int64, UInt64, {DECIMAL})")]  # fmt: skip
 EVENTS = [("namespace", "String"), ("source", "String"), ("type", "String"), ("subject", "String"),
           ("time_us", "Int64"), ("received_us", "Int64"), ("raw", "String"), ("stream", "String"),
-          ("seq", "UInt64"), ("corrects", "UInt64")]  # fmt: skip
+          ("seq", "UInt64"), ("corrects", "UInt64"), ("correction", "String")]  # fmt: skip
 DIMS = [("meter", "UInt64"), ("dim", "String"), ("value", "String"), ("is_subject", "UInt8")]
 CORRECTIONS = [("namespace", "String"), ("stream", "String"), ("seq", "UInt64"), ("corrects", "UInt64"),
                ("void", "UInt8"), ("type", "String"), ("subject", "String"), ("time_us", "Int64"),
                ("was_type", "String"), ("was_subject", "String"), ("was_time_us", "Int64")]  # fmt: skip
 CHAIN = [("stream", "String"), ("start", "UInt64"), ("end", "UInt64"), ("prev", "String"), ("hash", "String"),
-         ("seqs", "Array(UInt64)"), ("digests", "String"), ("received", "Array(Int64)")]  # fmt: skip
+         ("seqs", "Array(UInt64)"), ("digests", "String"), ("received", "Array(Int64)"),
+         ("format", "UInt8")]  # fmt: skip
 ERASED = [("stream", "String"), ("seq", "UInt64"), ("content", "String"), ("erasure", "String"),
           ("erased_us", "Int64")]  # fmt: skip
 PROGRESS = [("stream", "String"), ("done", "UInt64"), ("to", "UInt64"), ("pending_end", "UInt64"),
@@ -85,7 +87,7 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS events (
             namespace LowCardinality(String), source String, type LowCardinality(String), subject String,
             time_us Int64, received_us Int64, raw String, stream LowCardinality(String), seq UInt64,
-            id String MATERIALIZED JSONExtractString(raw, 'id'), corrects UInt64 DEFAULT 0
+            id String MATERIALIZED JSONExtractString(raw, 'id'), corrects UInt64 DEFAULT 0, correction String DEFAULT ''
         ) ENGINE = MergeTree PARTITION BY toYYYYMM({received}) ORDER BY (namespace, subject, time_us, stream, seq)
         {ttl} {dedupe}""",
         f"""CREATE TABLE IF NOT EXISTS usage_rollups (
@@ -113,7 +115,7 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         f"""CREATE TABLE IF NOT EXISTS kept_events (
             namespace LowCardinality(String), source String, type LowCardinality(String), subject String,
             time_us Int64, received_us Int64, raw String, stream LowCardinality(String), seq UInt64,
-            id String MATERIALIZED JSONExtractString(raw, 'id'), corrects UInt64 DEFAULT 0
+            id String MATERIALIZED JSONExtractString(raw, 'id'), corrects UInt64 DEFAULT 0, correction String DEFAULT ''
         ) ENGINE = MergeTree ORDER BY (namespace, subject, time_us, stream, seq) {dedupe}""",
         """CREATE TABLE IF NOT EXISTS kept_hours (namespace String, subject String, hour_us Int64)
         ENGINE = ReplacingMergeTree ORDER BY (namespace, subject, hour_us)""",
@@ -127,7 +129,7 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         ) ENGINE = ReplacingMergeTree(version) ORDER BY stream""",
         f"""CREATE TABLE IF NOT EXISTS ledger_chain (
             stream String, start UInt64, end UInt64, prev String, hash String,
-            seqs Array(UInt64), digests String, received Array(Int64)
+            seqs Array(UInt64), digests String, received Array(Int64), format UInt8 DEFAULT 1
         ) ENGINE = MergeTree ORDER BY (stream, start) {dedupe}""",
         """CREATE TABLE IF NOT EXISTS ledger_erased (
             stream String, seq UInt64, content String, erasure String, erased_us Int64
@@ -137,6 +139,9 @@ def statements(window: int, retention_seconds: int | None) -> list[str]:
         # databases created before the columns existed
         "ALTER TABLE usage_progress ADD COLUMN IF NOT EXISTS applied_us Int64 DEFAULT 0",
         "ALTER TABLE events ADD COLUMN IF NOT EXISTS corrects UInt64 DEFAULT 0",
+        "ALTER TABLE events ADD COLUMN IF NOT EXISTS correction String DEFAULT ''",
+        "ALTER TABLE kept_events ADD COLUMN IF NOT EXISTS correction String DEFAULT ''",
+        "ALTER TABLE ledger_chain ADD COLUMN IF NOT EXISTS format UInt8 DEFAULT 1",
         "ALTER TABLE events ADD INDEX IF NOT EXISTS events_id id TYPE bloom_filter GRANULARITY 4",
     ]
 

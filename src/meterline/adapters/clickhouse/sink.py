@@ -172,11 +172,14 @@ class ClickHouseSink:
 def raw_entries(conn: Connection, stream: str, after: int, end: int, limit: int) -> list[LedgerEntry]:
     """The raw events of ``stream`` with ``after < seq <= end``, in order, at most ``limit``."""
     sql = (
-        "SELECT DISTINCT seq, namespace, source, type, subject, time_us, received_us, raw, corrects FROM events"
+        "SELECT DISTINCT seq, namespace, source, type, subject, time_us, received_us, raw, corrects, correction"
+        " FROM events"
         " WHERE stream = {s:String} AND seq > {a:UInt64} AND seq <= {e:UInt64} ORDER BY seq LIMIT {n:UInt32}"
     )
     rows = conn.rows(sql, {"s": stream, "a": after, "e": end, "n": limit})
     return [
-        LedgerEntry(seq, ns, source, type_, subject, time_us, raw.encode(), received_us, None, corrects)
-        for seq, ns, source, type_, subject, time_us, received_us, raw, corrects in rows
+        LedgerEntry(
+            seq, ns, source, type_, subject, time_us, raw.encode(), received_us, None, corrects, record.encode()
+        )
+        for seq, ns, source, type_, subject, time_us, received_us, raw, corrects, record in rows
     ]

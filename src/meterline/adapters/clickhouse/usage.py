@@ -452,6 +452,7 @@ def raw_rows(entries: Iterable[LedgerEntry], stream: str) -> list[tuple[Any, ...
             stream,
             e.seq,
             e.correction,
+            e.record.decode(),
         )
         for e in entries
     ]

@@ -26,6 +26,10 @@ class Record(msgspec.Struct, array_like=True, frozen=True):
     corrects: int = 0
     """A correction entry (``ports.correction_log``): the seq of the version it supersedes in
     this partition; 0 for an event."""
+    record: bytes = b""
+    """A correction entry's audit record (action, original, reason, actor) as the hash chain
+    covers it (``domain.integrity.chain.correction_record``); empty for an event, and in
+    records written before the chain covered it."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -36,12 +40,14 @@ def key(namespace: str, subject: str) -> bytes:
     return f"{namespace}\x1f{subject}".encode()
 
 
-def encode(event: Event, received_us: int, token: str = "", *, released: bool = False, corrects: int = 0) -> bytes:
-    record = Record(
+def encode(
+    event: Event, received_us: int, token: str = "", *, released: bool = False, corrects: int = 0, record: bytes = b""
+) -> bytes:
+    value = Record(
         event.namespace, event.source, event.id, event.type, event.subject, event.time_us, received_us, event.raw,
-        token, released, corrects,
+        token, released, corrects, record,
     )  # fmt: skip
-    return _encoder.encode(record)
+    return _encoder.encode(value)
 
 
 def decode(value: bytes) -> Record:
@@ -52,6 +58,6 @@ def entry(record: Record, offset: int) -> LogEntry:
     """The log entry of the record at ``offset`` of its partition (``seq = offset + 1``)."""
     ledger_entry = LedgerEntry(
         offset + 1, record.namespace, record.source, record.type, record.subject, record.time_us, record.raw,
-        record.received_us, None, record.corrects,
+        record.received_us, None, record.corrects, record.record,
     )  # fmt: skip
     return LogEntry(ledger_entry, record.id, record.token, record.released)

@@ -348,10 +348,12 @@ class KafkaLedger:
             if not future.done():
                 future.set_exception(_unavailable(exc))
 
-    def write_correction(self, stream: str, event: Event, received_us: int, corrects: int, *, amend: bool) -> int:
+    def write_correction(
+        self, stream: str, event: Event, received_us: int, corrects: int, *, amend: bool, record: bytes = b""
+    ) -> int:
         """A correction entry superseding ``corrects``, written to ``stream`` itself (the
-        original's partition: it follows the original there whatever the partitioner says); its
-        seq once acknowledged (``ports.correction_log.CorrectionWriter``)."""
+        original's partition: it follows the original there whatever the partitioner says), with
+        its chained audit ``record``; its seq once acknowledged (``ports.correction_log.CorrectionWriter``)."""
         topic, _, partition = stream.rpartition(":")
         if topic != self._topic:
             raise StorageUnavailable(f"the event is in a partition of another topic ({topic!r})")
@@ -365,8 +367,8 @@ class KafkaLedger:
                     reason=admitted.reason.value,
                 )
         request = _Request([Outcome(0, event.id, event.source, Status.ACCEPTED)], [(0, event)], "", False, [])
-        record = envelope.encode(event, received_us, corrects=corrects)
-        self._produce(envelope.key(event.namespace, event.subject), record, request, int(partition))
+        value = envelope.encode(event, received_us, corrects=corrects, record=record)
+        self._produce(envelope.key(event.namespace, event.subject), value, request, int(partition))
         try:
             request.future.result(self._timeout + 5)
         except TimeoutError as exc:

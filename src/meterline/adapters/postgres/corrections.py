@@ -61,6 +61,13 @@ class PgCorrectionJournal:
             ).fetchall()
         return [_journaled(r) for r in rows]
 
+    def every(self, after: int, limit: int) -> list[Journaled]:
+        with self._db.tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS}, id FROM event_corrections WHERE id > %s ORDER BY id LIMIT %s", (after, limit)
+            ).fetchall()
+        return [_journaled(r) for r in rows]
+
 
 def _chain(namespace: str, source: str, event_id: str, stream: str, original: int) -> tuple[str, tuple[Any, ...]]:
     return (

@@ -13,6 +13,14 @@ receipt time (µs; what retention goes by) and ``digest`` its content digest
 raw table stores). The link keeps the entries' seqs and digests, so an entry removed later by
 raw-event retention still links (it is *pruned*), and an erased one keeps its original digest.
 
+**Format 2.** A link written by a worker of this version has ``format`` 2: its hash starts
+with a tag (:data:`TAG2`), and its entries' digests are :func:`entry_digest_v2`, which also
+cover a correction's audit record (action, original, reason, actor: what the journal of
+corrections keeps). Links written before keep format 1 and verify as they are. The tag puts a
+link's format inside its hash, so flipping the stored format of a link fails that link; and once
+a partition has a format-2 link, a later format-1 link is refused (a downgrade), so an edited
+amend cannot be checked by the formula that does not cover its reason.
+
 A partition's links are contiguous: each starts where the one before ended. Changing an entry
 changes its digest; moving it changes the seq its digest is listed at; removing it leaves a
 listed seq without a row; adding one leaves a row at a seq no link lists; removing a link
@@ -27,10 +35,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from meterline.domain.integrity.chain import GENESIS, Break, content_digest
+from meterline.domain.integrity.chain import GENESIS, Break, content_digest, content_digest_v2
 
-ALGORITHM = "sha256-batch-chain/1"
+ALGORITHM = "sha256-batch-chain/2"
 """Names the rule above, written into exported heads."""
+ALGORITHMS = ("sha256-batch-chain/1", ALGORITHM)
+"""Rules an exported head may name (a link's hash is the same whatever rule a reader names)."""
+FORMAT = 2
+"""The link format workers write now."""
+TAG2 = b"meterline-chain-link/2\n"
 
 
 def entry_digest(
@@ -50,6 +63,23 @@ def entry_digest(
     return content_digest(namespace, source, "", type_, subject, time_us, received_us, marker, raw)
 
 
+def entry_digest_v2(
+    namespace: str,
+    source: str,
+    type_: str,
+    subject: str,
+    time_us: int,
+    received_us: int,
+    raw: bytes,
+    corrects: int,
+    record: bytes,
+) -> bytes:
+    """Format 2 of :func:`entry_digest`: also a correction's chained audit record
+    (``chain.correction_record``; empty for an ordinary event)."""
+    marker = corrects.to_bytes(8, "big") if corrects else b""
+    return content_digest_v2(0, namespace, source, "", type_, subject, time_us, received_us, marker, raw, record)
+
+
 def batch_link(
     prev: bytes,
     stream: str,
@@ -58,11 +88,15 @@ def batch_link(
     seqs: Sequence[int],
     received: Sequence[int],
     digests: Sequence[bytes],
+    format_: int = 1,
 ) -> bytes:
     """The hash of the link of ``stream``'s batch ``(start, end]`` holding ``seqs`` (in order),
-    received at ``received`` (µs), with content digests ``digests``."""
+    received at ``received`` (µs), with content digests ``digests``; format 2 is tagged."""
     name = stream.encode()
-    h = hashlib.sha256(prev + len(name).to_bytes(2, "big") + name + start.to_bytes(8, "big") + end.to_bytes(8, "big"))
+    tag = TAG2 if format_ == 2 else b""
+    h = hashlib.sha256(
+        tag + prev + len(name).to_bytes(2, "big") + name + start.to_bytes(8, "big") + end.to_bytes(8, "big")
+    )
     for seq, at, digest in zip(seqs, received, digests, strict=True):
         h.update(seq.to_bytes(8, "big") + at.to_bytes(8, "big", signed=True) + digest)
     return h.digest()
@@ -80,6 +114,7 @@ class Link(NamedTuple):
     seqs: tuple[int, ...]
     digests: tuple[bytes, ...]
     received: tuple[int, ...]
+    format: int = 1
 
 
 class StoredEntry(NamedTuple):
@@ -91,6 +126,8 @@ class StoredEntry(NamedTuple):
     content: bytes
     label: str
     erased: bytes | None = None
+    content2: bytes | None = None
+    """The row's format-2 digest (what a format-2 link lists); ``content`` is its format-1 one."""
 
 
 @dataclass(slots=True)
@@ -106,6 +143,8 @@ class PartitionWalk:
     erased: int = 0
     anchor: int = 0
     """The partition's first link starts here: entries before it were applied before the chain."""
+    format2: int = 0
+    """The partition's first format-2 link starts here (0: none yet)."""
 
 
 def where(stream: str, seq: int) -> str:
@@ -125,12 +164,12 @@ def check_link(
     rows of its range, in seq order); move ``state`` past it. ``pruned_before_us``: entries
     received before this may have been removed by retention (None: no retention).
     ``erased_gone``: seqs whose rows an erasure deleted."""
-    problem = _place(state, link)
+    problem = _place(state, link) or _format(state, link)
     if problem is not None:
         return problem
-    if (
-        not (len(link.seqs) == len(link.digests) == len(link.received))
-        or batch_link(link.prev, link.stream, link.start, link.end, link.seqs, link.received, link.digests) != link.hash
+    if not (len(link.seqs) == len(link.digests) == len(link.received)) or (
+        batch_link(link.prev, link.stream, link.start, link.end, link.seqs, link.received, link.digests, link.format)
+        != link.hash
     ):
         first = link.seqs[0] if link.seqs else link.start + 1
         return Break(first, "changed", f"{where(link.stream, first)}: the chain link of offsets {link.start} to"
@@ -140,7 +179,21 @@ def check_link(
         return problem
     state.end, state.hash = link.end, link.hash
     state.links += 1
+    if link.format == 2 and not state.format2:
+        state.format2 = link.start + 1
     return None
+
+
+def _format(state: PartitionWalk, link: Link) -> Break | None:
+    """A format-1 link after a format-2 one is a downgrade (a stored format flipped back)."""
+    if link.format == 2 or (link.format == 1 and not state.format2):
+        return None
+    return Break(
+        link.start + 1,
+        "changed",
+        f"{where(link.stream, link.start + 1)}: the chain link of offsets {link.start} to {link.end - 1} names"
+        f" format {link.format}, but the partition's links use format 2 from offset {state.format2 - 1} on",
+    )
 
 
 def _place(state: PartitionWalk, link: Link) -> Break | None:
@@ -199,7 +252,7 @@ def _entries(
         if len(copies) > 1 and copies[0].erased is None:  # an erasure inserts the erased form, then deletes
             return Break(seq, "added", f"{where(link.stream, seq)} ({copies[0].label}) is stored twice")
         for row in copies:
-            problem = _content(link.stream, row, digest)
+            problem = _content(link.stream, row, digest, link.format)
             if problem is not None:
                 return problem
         erased = any(row.erased is not None and row.content == row.erased for row in copies)
@@ -208,11 +261,14 @@ def _entries(
     return None
 
 
-def _content(stream: str, row: StoredEntry, digest: bytes) -> Break | None:
-    if row.erased is not None and row.content not in (row.erased, digest):
+def _content(stream: str, row: StoredEntry, digest: bytes, format_: int) -> Break | None:
+    """The row against the digest its link lists (in the link's format); an erased form is
+    recorded by its format-1 digest (an erased row carries no correction record)."""
+    current = row.content2 if format_ == 2 else row.content
+    if row.erased is not None and row.content != row.erased and current != digest:
         return Break(row.seq, "changed", f"{where(stream, row.seq)} ({row.label}) changed after its"
                      " personal data was erased")  # fmt: skip
-    if row.erased is None and row.content != digest:
+    if row.erased is None and current != digest:
         return Break(row.seq, "changed", f"{where(stream, row.seq)} ({row.label}) does not match the chain:"
                      " its content or its place in the partition changed")  # fmt: skip
     return None

@@ -116,7 +116,7 @@ def decode_partitions(data: bytes) -> PartitionHeadsDocument:
         doc = msgspec.json.decode(data, type=PartitionHeadsDocument)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise InvalidInput(f"not a partitioned ledger's head document ({exc})", code="invalid_head") from exc
-    if doc.format != PARTITIONS_FORMAT or doc.algorithm != batches.ALGORITHM:
+    if doc.format != PARTITIONS_FORMAT or doc.algorithm not in batches.ALGORITHMS:
         raise InvalidInput(
             f"unsupported head document (format {doc.format!r}, algorithm {doc.algorithm!r});"
             f" expected {PARTITIONS_FORMAT}",

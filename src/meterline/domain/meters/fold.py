@@ -69,6 +69,9 @@ class LedgerEntry(NamedTuple):
     correction: int = 0
     """For a correction entry (``domain.events.corrections``): the seq of the original it
     corrects; 0 for an ordinary event."""
+    record: bytes = b""
+    """A correction entry's audit record as the chain covers it (``domain.integrity.chain.
+    correction_record``), where a partitioned log carries it; empty otherwise."""
 
 
 def event_data(raw: bytes) -> dict[str, Any] | None:
