@@ -5,6 +5,8 @@ or value), and the one-time conversion of a store an older version wrote in plai
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -200,3 +202,66 @@ def test_a_fresh_redis_store_is_marked_keyed_at_once(clock: FixedClock) -> None:
         assert client.get(prefix + "dd-format") == b"keyed"
         client.hset(f"{prefix}dd:7:default3:srcx", mapping={"s": "c"})  # an older node still running
         store.check_format()  # marked: not scanned again at every start (docs: stop older nodes first)
+
+
+def test_postgres_migration_18_waits_for_older_nodes_claims_and_fences_their_next_ones(clock: FixedClock) -> None:
+    """A rolling upgrade: a claim an older node has in flight when the migration starts is
+    waited for and copied (a sink of the new version confirms its event under its token); an
+    older node's claim issued while the migration runs waits for it, then fails (nothing of it
+    is written: its event is answered a retryable error, never counted)."""
+    with fresh_schema(server()) as dsn:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+            for version, name, sql in MIGRATIONS[:17]:
+                assert isinstance(sql, str)
+                conn.execute(sql.encode())
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (version, name))
+        old_claim = (
+            "INSERT INTO dedupe_keys (namespace, source, id, digest, token, confirmed, at_us)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s)"
+        )
+        in_flight = psycopg.connect(dsn)  # an older node's claim, not committed yet
+        in_flight.execute(old_claim, ("default", "src", "in-flight", b"d1", TOKEN, False, T0 + LEASE_US))
+        opened: list[Any] = []
+        migrating = threading.Thread(target=lambda: opened.append(PgDatabase(dsn, max_size=2)))
+        migrating.start()
+        wait_for_lock(dsn, "LOCK TABLE dedupe_keys")
+        late: list[BaseException | None] = []
+
+        def claim_late() -> None:
+            try:
+                with psycopg.connect(dsn, autocommit=True) as c:
+                    c.execute(old_claim, ("default", "src", "late", b"d1", uuid.uuid4(), False, T0 + LEASE_US))
+                late.append(None)
+            except psycopg.Error as exc:
+                late.append(exc)
+
+        later = threading.Thread(target=claim_late)
+        later.start()
+        wait_for_lock(dsn, "INSERT INTO dedupe_keys (namespace")
+        in_flight.commit()
+        in_flight.close()
+        migrating.join(60)
+        later.join(60)
+        db = opened[0]
+        try:
+            assert len(late) == 1 and isinstance(late[0], psycopg.Error), late  # fenced: the old claim failed
+            catalog = PgErasureCatalog(db, clock.now_us)
+            store = PgDedupe(db, clock.now_us, lease_us=LEASE_US, window_us=WINDOW_US, secret=catalog.secret)
+            assert store.claim([key("in-flight"), key("late")]).verdicts == [BUSY, CLAIMED]
+            assert store.confirm(TOKEN.hex, [key("in-flight")]) == [True]  # the sink counts it once
+            assert store.claim([key("in-flight")]).verdicts == [DUPLICATE]
+        finally:
+            db.close()
+
+
+def wait_for_lock(dsn: str, query: str) -> None:
+    """Until a session running ``query`` (its start) waits for a lock."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(dsn, autocommit=True) as watch:
+        while not watch.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+            (query + "%",),
+        ).fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, f"no session waits for a lock in {query!r}"
+            time.sleep(0.02)
