@@ -92,9 +92,9 @@ def test_a_busy_table_is_tried_again_with_a_doubling_pause_then_reported() -> No
     assert problem is not None and "erasure 7" in problem
     assert "dead_letters (busy), x (failed: 42501 no)" in problem and "quarantine" not in problem
     # the next look (every node's resume) tries again; all rewritten: done, the warning clears
-    tables.script = {"quarantine": ["rewritten"], "dead_letters": ["rewritten"], "x": ["analyzed"]}
+    tables.script = {"quarantine": ["rewritten"], "dead_letters": ["rewritten"], "x": ["rewritten"]}
     node.resume()
-    assert catalog.recorded[-1] == (7, {"quarantine": "rewritten", "dead_letters": "rewritten", "x": "analyzed"}, True)
+    assert catalog.recorded[-1] == (7, {"quarantine": "rewritten", "dead_letters": "rewritten", "x": "rewritten"}, True)
     assert node.problem() is None and catalog.due == []
 
 

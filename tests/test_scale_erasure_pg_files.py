@@ -3,14 +3,14 @@ PostgreSQL cluster of this test session (``initdb`` + ``pg_ctl``) holds the cata
 the scale stack (Kafka protocol, ClickHouse, Redis). Before the erasure every file under the
 cluster's ``base/`` is searched and the subject, its event ids and a payload string are found;
 after it (the tables the erasure changed rewritten with ``VACUUM FULL``, a checkpoint taken)
-none is, in any table, index or statistics file. Deleting rows alone leaves them in the files
+none is, in any table, index or statistics file (those of ``dedupe_keys``, which is not
+rewritten, included: it holds keyed hashes only). Deleting rows alone leaves them in the files
 (``test_deleted_rows_stay_in_the_files_until_rewritten``): what the search finds missing is the
 rewrite's doing. A table whose lock stays busy is reported (record, ``/readyz`` METER-008) and
 rewritten by a later try."""
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +28,7 @@ from test_scale_chain import verify
 from test_scale_erasure import EMAIL, IDS, SUBJECT, answers, ingest, killed, setup, unfinished, value, zora
 
 from meterline import bootstrap_scale
-from meterline.adapters.postgres.compaction import ANALYZED, PgCatalogFiles
+from meterline.adapters.postgres.compaction import PgCatalogFiles
 from meterline.adapters.postgres.database import PgDatabase
 
 pytestmark = pytest.mark.heavy
@@ -50,35 +50,11 @@ def checkpoint(c: Cluster) -> None:
         conn.execute("CHECKPOINT")
 
 
-def skipped_files(dsn: str) -> list[str]:
-    """The files of the tables whose rows are not rewritten (``ANALYZED``: the dedupe store,
-    changed by the erasure in place), relative to the data directory: their main fork and
-    segments, free space and visibility maps, indexes and TOAST."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pg_relation_filepath(c.oid) FROM pg_class c"
-            " WHERE c.oid = ANY(SELECT t.oid FROM pg_class t WHERE t.relname = ANY(%s)"
-            "   AND t.relnamespace = current_schema()::regnamespace"
-            " UNION SELECT i.indexrelid FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid"
-            "   WHERE t.relname = ANY(%s) AND t.relnamespace = current_schema()::regnamespace"
-            " UNION SELECT t.reltoastrelid FROM pg_class t WHERE t.relname = ANY(%s) AND t.reltoastrelid <> 0"
-            "   AND t.relnamespace = current_schema()::regnamespace)",
-            (list(ANALYZED), list(ANALYZED), list(ANALYZED)),
-        ).fetchall()
-    return [str(r[0]) for r in rows if r[0]]
-
-
-def held_in_files(c: Cluster, dsn: str, words: list[str]) -> dict[str, list[str]]:
-    """Per word, the files under ``base/`` holding it (as ``base/<db>/<file>``), but for those
-    of ``skipped_files``; after a checkpoint."""
+def held_in_files(c: Cluster, words: list[str]) -> dict[str, list[str]]:
+    """Per word, the files under ``base/`` holding it (as ``base/<db>/<file>``: tables,
+    indexes, TOAST, free space and visibility maps, the statistics), after a checkpoint."""
     checkpoint(c)
-    skipped = set(skipped_files(dsn))
-    kept = {}
-    for word, files in files_holding(c.data / "base", words).items():
-        left = [f"base/{f}" for f in files if re.sub(r"(_[a-z]+)?(\.\d+)?$", "", f"base/{f}") not in skipped]
-        if left:
-            kept[word] = left
-    return kept
+    return {w: [f"base/{f}" for f in files] for w, files in files_holding(c.data / "base", words).items()}
 
 
 def file_of(conn: psycopg.Connection[Any], relation: str) -> str:
@@ -114,7 +90,7 @@ def test_deleted_rows_stay_in_the_files_until_rewritten(cluster: Cluster) -> Non
                 other.execute("VACUUM portal_tokens")
                 other.execute("VACUUM customer_subjects")
                 wanted = {file_of(other, t) for t in ("portal_tokens", "customer_subjects_pkey", "pg_statistic")}
-                assert wanted <= set(held_in_files(cluster, dsn, [needle])[needle])
+                assert wanted <= set(held_in_files(cluster, [needle])[needle])
                 files = PgCatalogFiles(dsn)
                 with files.rewriting() as rewriter:
                     assert rewriter is not None
@@ -125,11 +101,11 @@ def test_deleted_rows_stay_in_the_files_until_rewritten(cluster: Cluster) -> Non
                     other.execute("BEGIN")
                     other.execute("LOCK TABLE customer_subjects IN ACCESS SHARE MODE")
                     assert rewriter.rewrite("customer_subjects", 0.1) == "busy"
-                    assert needle in held_in_files(cluster, dsn, [needle])
+                    assert needle in held_in_files(cluster, [needle])
                     other.execute("COMMIT")
                     outcomes = {table: rewriter.rewrite(table, 1.0) for table in files.tables}
-            assert outcomes == {t: "analyzed" if t in ANALYZED else "rewritten" for t in files.tables}
-            assert held_in_files(cluster, dsn, [needle]) == {}
+            assert outcomes == dict.fromkeys(files.tables, "rewritten")
+            assert held_in_files(cluster, [needle]) == {}
         finally:
             db.close()
 
@@ -182,19 +158,17 @@ def test_an_erasure_leaves_nothing_of_the_subject_in_the_catalogs_files(
     before = {"answers": answers(api), "value": value(api)}
     dsn = pg_site.config.postgres.dsn
     words = [SUBJECT, EMAIL, *IDS, *HELD]
-    found = held_in_files(cluster, dsn, words)
-    # the files hold them before: but the ids only the dedupe store holds (events neither
-    # corrected, held nor rejected), in no file: its rows hold keyed hashes only
+    found = held_in_files(cluster, words)
+    # the files hold them before, but for the ids only the dedupe store has (events neither
+    # corrected, held nor rejected): its rows hold keyed hashes only, in no file
     assert set(found) == set(words) - {IDS[2], IDS[3]}, found
-    assert not {IDS[2], IDS[3]} & set(files_holding(cluster.data / "base", words)), "in dedupe_keys' files"
     record = ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR request #12"}), 201)
     counts = record["counts"]
     assert counts["quarantined"] == 2 and counts["deadLetters"] == 1 and counts["portalTokens"] == 1, counts
     assert counts["corrections"] == 2 and counts["customerMappings"] == 1, counts
     tables = record["postgresFiles"]
-    assert tables == {t: "analyzed" if t in ANALYZED else "rewritten" for t in PgCatalogFiles.tables}, tables
-    assert held_in_files(cluster, dsn, words) == {}
-    assert files_holding(cluster.data / "base", words) == {}  # dedupe_keys' files (not rewritten) too
+    assert tables == dict.fromkeys(PgCatalogFiles.tables, "rewritten"), tables
+    assert held_in_files(cluster, words) == {}  # every file, dedupe_keys' (not rewritten) too
     assert answers(api) == before["answers"] and value(api) == before["value"]
     for number, body in invoices.items():
         assert get(api, f"/api/v1/invoices/{number}").content == body
@@ -238,7 +212,7 @@ def test_a_busy_table_is_reported_and_rewritten_by_a_later_try(
             while (item := ok(get(later, "/api/v1/erasures"))["items"][0])["postgresFiles"]["dead_letters"] == "busy":
                 assert time.monotonic() < deadline, item
                 time.sleep(0.2)
-            assert set(item["postgresFiles"].values()) <= {"rewritten", "analyzed"}, item
+            assert set(item["postgresFiles"].values()) == {"rewritten"}, item
             warnings: Any = later.client.get("/readyz").json()["warnings"]
             assert all(w["check"] != "erasure_files" for w in warnings), warnings
 
@@ -263,7 +237,7 @@ def test_a_rewrite_cut_short_by_a_crash_is_finished_by_the_next_node(
         with psycopg.connect(dsn, autocommit=True) as conn:
             due = conn.execute("SELECT id, step FROM erasures WHERE rewrite_due").fetchall()
         assert len(due) == 1 and due[0][1] < 7, due
-        assert SUBJECT in held_in_files(cluster, dsn, [SUBJECT])
+        assert SUBJECT in held_in_files(cluster, [SUBJECT])
         monkeypatch.setattr(bootstrap_scale, "ERASURE_RESUME_EVERY", 0.2)  # the node below looks at once
         for _ in build_scale_api(pg_site, tmp_path / "later"):
             deadline = time.monotonic() + 60
@@ -274,7 +248,7 @@ def test_a_rewrite_cut_short_by_a_crash_is_finished_by_the_next_node(
                     break
                 time.sleep(0.2)
             assert row == (7, False)
-        assert held_in_files(cluster, dsn, [SUBJECT, *IDS[:2]]) == {}
+        assert held_in_files(cluster, [SUBJECT, *IDS[:2]]) == {}
         record = ok(get(api, "/api/v1/erasures"))["items"][0]
-        assert set(record["postgresFiles"].values()) <= {"rewritten", "analyzed"}, record
+        assert set(record["postgresFiles"].values()) == {"rewritten"}, record
         assert [row["value"] for row in ok(api.query("m", [("filterCustomerId", "initech")]))["data"]] == [3]

@@ -55,7 +55,7 @@ def scale_notes(record: dict[str, Any]) -> list[str]:
         lines.append(f"Redis persistence files: {done}{detail}")
     tables = record.get("postgresFiles")
     if tables is not None:
-        left = {t: v for t, v in tables.items() if v not in ("rewritten", "analyzed")}
+        left = {t: v for t, v in tables.items() if v != "rewritten"}
         if left:
             named = ", ".join(f"{t} {v}" for t, v in left.items())
             lines.append(f"PostgreSQL tables not rewritten yet (retried by the API nodes): {named}")
@@ -94,7 +94,7 @@ def _tables(record: dict[str, Any]) -> str:
     tables: dict[str, str] | None = record.get("postgresFiles")
     if tables is None:
         return "pending"
-    left = [f"{t} {v}" for t, v in tables.items() if v not in ("rewritten", "analyzed")]
+    left = [f"{t} {v}" for t, v in tables.items() if v != "rewritten"]
     return ", ".join(left) if left else "rewritten"
 
 

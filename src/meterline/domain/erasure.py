@@ -115,7 +115,7 @@ class ErasureRecord:
     ``unfinished``; ``detail`` when not every one is done or off)."""
     postgres_files: dict[str, str] | None = None
     """Scale mode: per PostgreSQL table rewritten after the erasure (``VACUUM FULL``), the
-    outcome: ``rewritten``, ``analyzed`` (statistics only), ``busy``, ``held``, ``failed: ...``
+    outcome: ``rewritten``, ``busy``, ``held``, ``failed: ...``
     (``ports.erasure.TableRewriter``); None until it was tried."""
 
     def log_purged_by_us(self) -> int | None:

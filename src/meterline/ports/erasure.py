@@ -180,9 +180,8 @@ class RewritableFiles(Protocol):
 class TableRewriter(Protocol):
     def rewrite(self, table: str, lock_timeout: float) -> str:
         """Rewrite ``table``'s files from its live rows, waiting at most ``lock_timeout``
-        seconds for its lock: ``rewritten``, ``analyzed`` (a table whose statistics only are
-        refreshed), ``busy`` (the lock was not granted), ``held`` (old row versions an open
-        transaction may still see were kept) or ``failed: <why>``."""
+        seconds for its lock: ``rewritten``, ``busy`` (the lock was not granted), ``held``
+        (old row versions an open transaction may still see were kept) or ``failed: <why>``."""
         ...
 
 

@@ -259,7 +259,7 @@ class LogErasures:
             if rewriter is None:
                 return {}  # another node rewrites them: its outcome goes into the records
             files = {table: self._rewrite_table(rewriter, table) for table in self._tables.tables}
-        left = {t: v for t, v in files.items() if v not in ("rewritten", "analyzed")}
+        left = {t: v for t, v in files.items() if v != "rewritten"}
         ids = ", ".join(str(r.id) for r in due)
         self._problem = _left_problem(ids, left) if left else None
         log.log(

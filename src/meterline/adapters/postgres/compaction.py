@@ -13,8 +13,8 @@ Guarantees and limits of one ``rewrite``:
 
 - it holds an ``ACCESS EXCLUSIVE`` lock on the table while it copies it: every read and write
   of that table waits meanwhile. The tables here are the catalog's small ones (never
-  ``dedupe_keys``, the ingest path's, of which only the statistics are refreshed: ``ANALYZE``
-  takes no lock that writes wait for). ``lock_timeout`` bounds how long the request waits for
+  ``dedupe_keys``, the ingest path's, which holds keyed hashes only: nothing of a subject is
+  in its files to remove). ``lock_timeout`` bounds how long the request waits for
   the lock (and so how long the requests queued behind it wait): ``busy`` when it is not
   granted in time;
 - a dead row version that a transaction still open may see is copied, not dropped
@@ -51,9 +51,6 @@ TABLES = (
 ids or payloads (``adapters.postgres.erasure``; entitlements and subscriptions carry a customer
 key that was the subject, ``adapters.postgres.rekey``). ``erasures``: its unfinished row kept the
 subject (every update of it left a version holding it) until the erasure finished."""
-ANALYZED = ("dedupe_keys",)
-"""Tables whose statistics are refreshed only (``ANALYZE``, no rewrite): the dedupe store, on
-the ingest path."""
 STATISTICS = "pg_statistic"
 _CLASS = 0x6D63_6F6D  # "mcom"
 _KEPT = re.compile(r"(\d+) dead row versions cannot be removed yet")
@@ -62,9 +59,8 @@ _KEPT = re.compile(r"(\d+) dead row versions cannot be removed yet")
 class PgCatalogFiles:
     """``ports.erasure.CatalogFiles`` over the schema of ``dsn``."""
 
-    tables: tuple[str, ...] = (*TABLES, *ANALYZED, STATISTICS)
-    """In order: the rewrites' ``ANALYZE`` and the one of ``ANALYZED`` come before the
-    statistics are rewritten."""
+    tables: tuple[str, ...] = (*TABLES, STATISTICS)
+    """In order: the rewrites' ``ANALYZE`` come before the statistics are rewritten."""
 
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
@@ -95,14 +91,12 @@ class PgRewriter:
         conn.add_notice_handler(lambda d: self._notices.append(f"{d.message_primary or ''} {d.message_detail or ''}"))
 
     def rewrite(self, table: str, lock_timeout: float) -> str:
-        """``rewritten`` (``analyzed`` for a table of ``ANALYZED``); ``busy`` (the lock not
+        """``rewritten``; ``busy`` (the lock not
         granted within ``lock_timeout`` seconds); ``held`` (dead row versions still visible to
         an open transaction were copied); ``failed: ...`` (refused, e.g. not the owner).
         Raises ``StorageUnavailable`` when the database cannot be reached."""
         self._notices.clear()
-        if table in ANALYZED:
-            statement = sql.SQL("ANALYZE {}").format(sql.Identifier(table))
-        elif table == STATISTICS:
+        if table == STATISTICS:
             statement = sql.SQL("VACUUM (FULL, VERBOSE) {}").format(sql.Identifier("pg_catalog", table))
         else:
             statement = sql.SQL("VACUUM (FULL, ANALYZE, VERBOSE) {}").format(sql.Identifier(table))
@@ -121,7 +115,5 @@ class PgRewriter:
                 self._conn.execute("RESET lock_timeout")
             except psycopg.Error:
                 pass
-        if table in ANALYZED:
-            return "analyzed"
         kept = sum(int(m.group(1)) for n in self._notices if (m := _KEPT.search(n)))
         return "held" if kept else "rewritten"
