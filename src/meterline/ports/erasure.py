@@ -125,7 +125,7 @@ class Step(enum.IntEnum):
     BEGUN = 1
     """The catalog's transaction (audit record, erased entries, its dedupe keys, journal, ...)."""
     KEYS = 2
-    """The keys of a dedupe store outside the catalog replaced (``ErasableKeys``)."""
+    """The keys of a dedupe store outside the catalog marked erased (``ErasableKeys``)."""
     COPIED = 3
     """The erased entries and the usage moved to the pseudonym inserted in the usage store."""
     SWITCHED = 4
@@ -155,9 +155,9 @@ class ErasableKeys(Protocol):
     """A dedupe store outside the catalog (Redis): its side of a scale-mode erasure."""
 
     def erase_keys(self, namespace: str, keys: Sequence[ErasedKey]) -> int:
-        """Each key's entry replaced by its erased key's (the payload digest keyed, as the
-        catalog's dedupe rows are), so a resent erased event is still a duplicate and nothing
-        held names the original key; how many entries were replaced (a repeat replaces none)."""
+        """Each key's entry marked erased (it holds keyed hashes only, as the catalog's dedupe
+        rows do), so a resent erased event is still a duplicate and the key is no accepted
+        event's any more; how many entries were marked (a repeat marks none)."""
         ...
 
     def forget_keys(self, namespace: str, keys: Sequence[tuple[str, str]]) -> int:

@@ -16,7 +16,7 @@ the usage store and the catalog; rules in ``domain.erasure``, steps in docs/eras
 4. **Catalog** (one transaction): audit record, erased entries by log place (what the workers
    write instead of those records whenever they read them again), dedupe keys, correction
    journal, quarantined events, dead letters, portal tokens. A dedupe store outside the
-   catalog (Redis, ``ErasableKeys``) then replaces the keys in it (a repeat replaces none).
+   catalog (Redis, ``ErasableKeys``) then marks the keys in it erased (a repeat marks none).
 5. **Usage store, copy**: erased entries and the usage moved to the pseudonym inserted.
 6. **Catalog, switch** (one transaction): the customers map the pseudonym instead of the subject.
 7. **Usage store, drop**: the original entries and the subject's usage rows deleted.
@@ -46,7 +46,7 @@ process (the fence gives no epoch meanwhile). A process that dies (or a step tha
 it so; ``resume`` (every API node, every few seconds, and every erasure request first) takes
 the maintenance hold and does the steps after the one recorded. Nothing moved in the usage
 store meanwhile, so each repeated step finds what it left: inserts under the same tokens insert
-the same rows once, deletes and the switch find nothing left, keys replaced are gone.
+the same rows once, deletes and the switch find nothing left, keys marked are not marked again.
 """
 
 from __future__ import annotations
