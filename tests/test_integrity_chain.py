@@ -126,6 +126,46 @@ def test_reordered_entries_are_named(store: Path) -> None:
     assert done.returncode == 1 and "entry 3 (event 'ev-3'" in done.stderr
 
 
+@pytest.mark.parametrize("seq", [0, -7])
+def test_an_entry_added_before_the_first_is_named(store: Path, seq: int) -> None:
+    """A copy of entry 3 inserted at a position no append makes (0 or below), with its hash:
+    the walk from entry 1 reads it too and names it."""
+    sql(
+        store,
+        f"INSERT INTO events (seq, namespace, source, id, type, subject, time_us, received_us, digest, raw,"
+        f" chain, correction) SELECT {seq}, namespace, source, 'extra', type, subject, time_us, received_us,"
+        " digest, raw, chain, correction FROM events WHERE seq = 3",
+    )
+    done = verify(store, "--skip-rollups")
+    assert done.returncode == 1, done.stdout
+    assert f"entry {seq} (event 'extra' from source 'chain-test'" in done.stderr
+    assert "before the ledger's first entry" in done.stderr
+
+
+def test_a_pruned_marker_beside_its_entry_is_named(store: Path) -> None:
+    sql(store, "INSERT INTO ledger_pruned SELECT seq, x'00', chain, 1 FROM events WHERE seq = 4")
+    done = verify(store, "--skip-rollups")
+    assert done.returncode == 1 and "entry 4 (" in done.stderr and "stored twice" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "also",
+    [
+        "DELETE FROM meta WHERE key = 'chain_anchor'",
+        "DELETE FROM meta WHERE key = 'chain_anchor'; UPDATE events SET chain = NULL",
+        "DELETE FROM meta WHERE key = 'chain_anchor';"
+        " INSERT INTO meta VALUES ('chain_migrating', '0:' || hex(zeroblob(32)))",
+    ],
+)
+def test_removing_the_anchor_does_not_relink_an_edited_entry(store: Path, also: str) -> None:
+    """The anchor (or a forged migration marker) removed with an edit: the open that ``verify``
+    does must not link the entries afresh, which would make the edited one match."""
+    sql(store, "UPDATE events SET raw = replace(raw, '\"v\":7', '\"v\":70') WHERE seq = 7; " + also)
+    done = verify(store, "--skip-rollups")
+    assert done.returncode == 1, done.stdout
+    assert "entry 1 (event 'ev-0'" in done.stderr or "entry 7 (event 'ev-6'" in done.stderr, done.stderr
+
+
 def test_an_edited_hash_is_named(store: Path) -> None:
     sql(store, "UPDATE events SET chain = zeroblob(32) WHERE seq = 9")
     done = verify(store)

@@ -11,7 +11,9 @@ already there are linked in sequence order from the genesis hash, in writer task
 ``MIGRATE_CHUNK`` rows, resumable after a crash (``meta.chain_migrating``); ``meta.chain_anchor``
 (``seq:time_us``) then records how far the migration went and when. The chain proves those
 entries unchanged since the migration, not before it. Once the anchor exists, nothing ever
-recomputes a stored hash.
+recomputes a stored hash; nor does anything when the anchor is missing from a store that holds
+hashes or a recorded head (it was removed by hand: re-linking would turn an edited entry into a
+matching one), so ``verify`` then checks the stored hashes as they are.
 
 ``meta.chain_format2_since`` is the store's switch position (``domain.integrity.chain.ChainFormat``):
 the seq of the first entry hashed with content format 2, which covers a correction's audit
@@ -43,6 +45,9 @@ ENTRY_ROWS = (
     " FROM events"
     " WHERE seq > ? ORDER BY seq LIMIT ?"
 )
+FIRST = -(2**63)
+"""Below every seq SQLite can store: a walk from the start reads rows at seq 0 or below too
+(added by hand: no append makes them), so that ``verify`` names them instead of skipping them."""
 
 
 def last_entry(conn: sqlite3.Connection) -> tuple[int, bytes]:
@@ -91,6 +96,8 @@ def migrate_step(conn: sqlite3.Connection, now_us: int) -> bool:
         return False
     progress = _meta(conn, MIGRATING_KEY)
     seq, prev = (0, GENESIS) if progress is None else _parse_head(progress)
+    if _has_chain(conn, seq, progress is None):
+        return False  # the anchor or the progress marker was edited: never recompute a stored hash
     rows = conn.execute(ENTRY_ROWS, (seq, MIGRATE_CHUNK)).fetchall()
     updates = []
     fmt = read_format(conn)
@@ -107,6 +114,18 @@ def migrate_step(conn: sqlite3.Connection, now_us: int) -> bool:
     if seq:
         record_head(conn)
     return False
+
+
+def _has_chain(conn: sqlite3.Connection, after: int, fresh: bool) -> bool:
+    """Whether the store already holds chain data the migration would overwrite: a hash of an
+    entry it would link, or (starting afresh) a recorded head or a pruned or erased marker. A
+    store from before the chain has none of them."""
+    if conn.execute("SELECT 1 FROM events WHERE seq > ? AND chain IS NOT NULL LIMIT 1", (after,)).fetchone():
+        return True
+    if not fresh:
+        return False
+    markers = "SELECT 1 FROM ledger_pruned UNION ALL SELECT 1 FROM ledger_erased LIMIT 1"
+    return _meta(conn, HEAD_KEY) is not None or conn.execute(markers).fetchone() is not None
 
 
 class SqliteChain:
@@ -137,7 +156,9 @@ class SqliteChain:
         return int(seq), int(at)
 
     def rows(self, after: int, limit: int) -> list[ChainRow]:
-        """Entries and pruned markers after ``after``, merged in sequence order."""
+        """Entries and pruned markers after ``after`` (from the start: also any at seq 0 or
+        below), merged in sequence order."""
+        after = after if after > 0 else FIRST
         out = self._entries(after, limit) + self._pruned(after, limit)
         out.sort(key=lambda row: row.seq)
         return out[:limit]

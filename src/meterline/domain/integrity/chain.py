@@ -196,6 +196,8 @@ def walk(state: Walk, rows: Iterable[ChainRow]) -> Break | None:
     """Check ``rows`` (the entries after ``state.seq``, in sequence order) and move ``state``
     past them; the first break stops the walk."""
     for row in rows:
+        if row.seq <= state.seq:
+            return _misplaced(row, state)
         if row.seq != state.seq + 1:
             return Break(state.seq + 1, "missing", f"entry {state.seq + 1} is missing from the ledger")
         if row.stored is None:
@@ -217,6 +219,16 @@ def walk(state: Walk, rows: Iterable[ChainRow]) -> Break | None:
         state.pruned += row.content is None
         state.erased += row.erased_content is not None
     return None
+
+
+def _misplaced(row: ChainRow, state: Walk) -> Break:
+    """A row at a position the walk has passed: before entry 1 (no append makes one), or a
+    second row at one position (an entry beside its own pruned marker)."""
+    if row.seq < 1:
+        why = "before the ledger's first entry (1): it was not appended by meterline"
+    else:
+        why = "stored twice"
+    return Break(row.seq, "added", f"entry {row.seq}{_named(row)} is {why}")
 
 
 def _content(row: ChainRow) -> Break | None:
