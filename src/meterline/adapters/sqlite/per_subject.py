@@ -24,6 +24,8 @@ seek per subject, and day sets are the densest). A subtracted set's counts and t
 negated in the statement (exact: integers natively, the others through ``dec_neg``), and a
 subject whose count comes to 0 had no event in the window (every stored row counts at least
 one) and is left out, as it is when its rows are read directly.
+A ragged edge is read from its shorter side (:func:`short_edges`): a range starting at
+05:00 UTC is its first UTC day's rows minus five hours of rollups, not 19 hours of rollups.
 
 Those edges are sparse: a few hours hold the rows of a few hundred subjects of 10,000, yet
 a read per subject costs an index seek for each of them. A rollup set whose range holds few
