@@ -34,7 +34,7 @@ from meterline.domain.customers.model import UnknownSubjects, subject_rule
 from meterline.domain.errors import InvalidInput
 from meterline.domain.events.corrections import Action, CorrectionRequest
 from meterline.domain.events.model import Candidate, Event, Outcome, Rejection, Status
-from meterline.domain.integrity.chain import ChainFormat, correction_record, link
+from meterline.domain.integrity.chain import ChainFormat, content_digest, content_digest_v2, correction_record, link
 from meterline.domain.meters.admission import admit_event
 from meterline.domain.meters.evaluate import CompiledMeter, Reading
 from meterline.domain.meters.fold import LedgerEntry, Preread, by_event_type, of_type
@@ -303,18 +303,22 @@ class Appender:
         state, now = self.state, self.now_us
         seq = state.next_seq
         state.next_seq += 1
-        if not state.format.covers_corrections(seq):
-            correction = None  # a store not switched to format 2 (ensure_format did not run)
-        content = state.format.content(
-            seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw, correction
-        )
-        state.chain = link(state.chain, seq, content)
-        self.events.append(
-            (
-                *(seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw),
-                *(state.chain, correction),
+        since = state.format.since  # ``ChainFormat.content``, inlined on the ack path
+        if since is not None and seq >= since:
+            content = content_digest_v2(
+                since, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw,
+                correction or b"",
+            )  # fmt: skip
+        else:  # a store not switched to format 2 (ensure_format did not run)
+            correction = None
+            content = content_digest(
+                ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw
             )
-        )
+        chain = state.chain = link(state.chain, seq, content)
+        self.events.append(
+            (seq, ev.namespace, ev.source, ev.id, ev.type, ev.subject, ev.time_us, now, ev.digest, ev.raw, chain,
+             correction)
+        )  # fmt: skip
         self.keys.append((ev.namespace, ev.source, ev.id, seq, ev.digest, self.now_us))
         self.entries.append(
             LedgerEntry(seq, ev.namespace, ev.source, ev.type, ev.subject, ev.time_us, ev.raw, self.now_us, self.read)
