@@ -187,3 +187,25 @@ def test_pages_send_security_headers_and_entry_urls_lead_to_the_dashboard(site: 
 def signed_in_client_with(site: Site, secret: str) -> tuple[httpx.Client, str]:
     extra = Site(site.url, site.clock, {**site.keys, "_": secret})
     return signed_in_client(extra, "_")
+
+
+def test_every_page_names_itself_once_in_its_title(site: Site) -> None:
+    """The browser tab reads "<page> · meterline": the sign-in page and an error page say what
+    they are (an error its status and code, as its heading does), never "meterline · meterline"."""
+    with httpx.Client(base_url=site.url, timeout=30) as c:
+        assert _title(c.get("/ui/sign-in").text) == "Sign in · meterline"
+    c, _ = signed_in_client(site)
+    try:
+        assert _title(c.get("/ui/executive").text) == "Executive · meterline"
+        bad_zone = c.get("/ui/executive?tz=Mars/Base")
+        assert bad_zone.status_code == 400 and _title(bad_zone.text) == "400: invalid_timezone · meterline"
+        missing = c.get("/ui/customers/no-such-customer")
+        assert missing.status_code == 404 and _title(missing.text) == "404: customer_not_found · meterline"
+    finally:
+        c.close()
+
+
+def _title(html: str) -> str:
+    found = re.search(r"<title>(.*?)</title>", html, re.S)
+    assert found is not None
+    return found.group(1).strip()

@@ -18,7 +18,7 @@ async def sign_in_form(request: Request) -> Response:
     _, sessions = dashboard_of(request)
     token = sessions.login_token(request)
     target = safe_next(request.query_params.get("next"))
-    response = page("signin.html", session=None, csrf=token, next=target, sso=_sso_label(request))
+    response = page("signin.html", session=None, title="Sign in", csrf=token, next=target, sso=_sso_label(request))
     sessions.set_login_cookie(response, request, token)
     return response
 

@@ -252,7 +252,9 @@ def _eventual_unless_asked(request: Request) -> None:
 
 def error_page(request: Request, exc: MeterlineError, session: Session | None) -> Response:
     status = getattr(exc, "status", 400)
-    return page("error.html", status, session=session, http_status=status, code=exc.code, detail=exc.detail)
+    title = f"{status}: {exc.code}"  # the tab says which error, as the heading does
+    return page("error.html", status, session=session, title=title, http_status=status, code=exc.code,
+                detail=exc.detail)  # fmt: skip
 
 
 def redirect(path: str, **params: str) -> Response:
