@@ -251,6 +251,53 @@ def test_cli_reconcile_exits_non_zero_on_a_planted_difference(tmp_path: Path) ->
         server.stop()
 
 
+@pytest.mark.parametrize("table", ["rollups", "summaries"])
+def test_cli_reconcile_names_rows_of_one_table_edited_alone(tmp_path: Path, table: str) -> None:
+    """One subject's quarter-hour, hour and minute rollups edited by hand (what that subject's
+    queries, invoices and entitlements read) while the meter-wide summaries are left as they
+    were, or the reverse: either is an unexplained event, though the summaries alone (or the
+    rollups alone) still agree with the ledger."""
+    data = tmp_path / "data"
+    server = start_server(data)
+    hour = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:05:00Z")
+    env = {**os.environ, "METERLINE_URL": server.url, "METERLINE_API_KEY": server.key}
+    cmd = [sys.executable, "-m", "meterline.cli.main", "reconcile", "--grain", "day"]
+    try:
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}) as c:
+            spec = {"slug": "tokens", "eventType": "job", "aggregation": "SUM", "valueProperty": "$.n"}
+            assert c.post("/api/v1/meters", json=spec).status_code == 201
+            batch = [
+                {"specversion": "1.0", "id": f"j{i}", "source": "t", "type": "job", "subject": f"s{i % 2}",
+                 "time": hour, "data": {"n": i}}
+                for i in range(4)
+            ]  # fmt: skip
+            assert c.post("/api/v1/events", json=batch).status_code == 204
+            done = c.get("/api/v1/meters/tokens/query", params={"consistency": "strong"})
+            assert done.status_code == 200 and done.json()["data"][0]["value"] == 6, done.text
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert out.returncode == 0 and "within tolerance" in out.stdout, out.stdout + out.stderr
+    finally:
+        server.stop()
+    conn = sqlite3.connect(data / "meterline.db")
+    with conn:
+        where = "subject = 's1'" if table == "rollups" else "subject = ''"
+        edited = conn.execute(f"UPDATE {table} SET cnt = cnt + 1, total = total + 100 WHERE {where}").rowcount
+    conn.close()
+    assert edited >= 2  # every level of the hour
+    server = start_server(data)
+    env["METERLINE_API_KEY"], env["METERLINE_URL"] = server.key, server.url
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "unexplained" in out.stdout and "BEYOND TOLERANCE" in out.stdout
+        with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.key}"}) as c:
+            report = c.get("/api/v1/reconciliation", params={"grain": "day"}).json()
+        found = [(d["stage"], d["cause"], d["events"]) for d in report["differences"]]
+        assert ("accepted->metered", "unexplained", 1) in found, found
+    finally:
+        server.stop()
+
+
 def test_cli_reconcile_at_scale_exits_non_zero_on_a_planted_difference(scale_site: Site, scale_node: Server) -> None:
     """The CLI against a real scale-mode API node (`meterline serve`) with a sink worker: within
     tolerance, then beyond it once a row is inserted into ClickHouse's rollups by hand."""

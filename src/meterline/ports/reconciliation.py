@@ -33,7 +33,11 @@ class LedgerCheck:
     window holds them yet). ``in_flight``, per meter slug and bucket: what the rollups may hold
     beyond the position, from ranges of the log being applied while they were read (scale mode's
     sink workers insert a range's rollups before they record its end; embedded mode writes both
-    in one transaction, so it has none)."""
+    in one transaction, so it has none). ``stray``, per meter slug and bucket: the events the
+    meter's per-subject rollups hold minus those its meter-wide counts hold, read in one
+    snapshot (both are written in one transaction: anything but 0 is a row edited or lost, which
+    the comparison with the ledger alone would miss when only the rows per subject changed; a
+    store without two such counts leaves it empty)."""
 
     accepted: Counts = field(default_factory=dict)
     voided: Counts = field(default_factory=dict)
@@ -44,6 +48,7 @@ class LedgerCheck:
     late_adjusted: Counts = field(default_factory=dict)
     not_invoiced: Counts = field(default_factory=dict)
     in_flight: Counts = field(default_factory=dict)
+    stray: Counts = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

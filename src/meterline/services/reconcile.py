@@ -171,6 +171,7 @@ def _explain(out: Reconciled, report: Report, check: LedgerCheck, bounds: list[i
         counting = per.of(check.counting, m.spec.event_type)
         expected = per.of(check.expected, m.slug)
         in_flight = per.of(check.in_flight, m.slug)
+        stray = per.of(check.stray, m.slug)
         rejected = {r: row for (r, t), row in report.rejected.items() if t == m.spec.event_type}
         held = report.quarantined.get(m.spec.event_type, [0] * n)
         unique = m.spec.aggregation in (Aggregation.UNIQUE_COUNT, Aggregation.APPROX_UNIQUE_COUNT)
@@ -192,7 +193,8 @@ def _explain(out: Reconciled, report: Report, check: LedgerCheck, bounds: list[i
                 causes.append(("unreadable", counting[i] - expected[i]))
             difference = metered[i] - expected[i]
             flight = min(max(difference, 0), in_flight[i])  # a range being applied as the rollups were read
-            causes += [(IN_FLIGHT, flight), (UNEXPLAINED, difference - flight)]
+            unexplained = difference - flight or stray[i]  # rows per subject edited beside matching totals
+            causes += [(IN_FLIGHT, flight), (UNEXPLAINED, unexplained)]
             _note(out, m.slug, start, "accepted->metered", causes)
             _note(out, m.slug, start, "metered->billed", [(k, v[i]) for k, v in billing.items()])
 
