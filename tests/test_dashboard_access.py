@@ -189,6 +189,35 @@ def signed_in_client_with(site: Site, secret: str) -> tuple[httpx.Client, str]:
     return signed_in_client(extra, "_")
 
 
+def test_the_first_and_last_bars_are_drawn_whole(site: Site, browser: Any, tmp_path: Path) -> None:
+    """A bar chart's time axis reaches half a period past its first and last periods (a bar is
+    centred on its period's start): today's bar, usually the last, is not cut in half at the
+    plot's edge. Read from the drawn uPlot chart, at desktop width."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        errors = browser_errors(page)
+        sign_in(page, site, "admin", "/ui/executive?from=2026-02-20&to=2026-03-01")
+        page.wait_for_selector("figure[data-chart] .uplot")
+        page.screenshot(path=str(shots_dir(tmp_path) / "executive-bars.png"))
+        drawn = page.evaluate(
+            """() => [...document.querySelectorAll("figure[data-chart]")].map((f) => {
+                 const d = JSON.parse(document.getElementById(f.dataset.chart + "-data").textContent);
+                 const x = f._plot.scales.x;
+                 return [d.kind, d.x[0], d.x[d.x.length - 1], x.min, x.max];
+               })"""
+        )
+        bars = [row for row in drawn if row[0] == "bars"]
+        assert bars, drawn
+        for _, first, last, low, high in bars:
+            assert low == first - 43_200 and high == last + 43_200, drawn  # days: half a day each side
+        page.goto(f"{site.url}/ui/executive?grain=month&from=2025-04-01&to=2026-03-31")
+        page.wait_for_selector("figure[data-chart] .uplot")
+        page.screenshot(path=str(shots_dir(tmp_path) / "executive-bars-months.png"))
+        assert errors == []
+    finally:
+        page.close()
+
+
 def test_every_page_names_itself_once_in_its_title(site: Site) -> None:
     """The browser tab reads "<page> · meterline": the sign-in page and an error page say what
     they are (an error its status and code, as its heading does), never "meterline · meterline"."""

@@ -48,6 +48,17 @@
     };
   }
 
+  var DAY_INCRS = [1, 2, 3, 7, 14, 30, 60, 90, 180, 365, 730, 1825].map(function (d) { return d * 86400; });
+
+  function halfStep(xs) {
+    var step = 0;
+    for (var i = 1; i < xs.length; i++) {
+      var gap = xs[i] - xs[i - 1];
+      if (gap > 0 && (!step || gap < step)) step = gap;
+    }
+    return (step || 86400) / 2;
+  }
+
   function draw(fig) {
     if (fig.dataset.drawn) return;
     var source = document.getElementById(fig.dataset.chart + "-data");
@@ -81,6 +92,15 @@
       legend: { live: true },
       plugins: [tooltipPlugin(data)],
     };
+    if (data.kind === "bars") {
+      // a bar is centred on its period's start: half a period of room on each side, so the
+      // first and the last bar (today's, often) are drawn whole, not cut in half at the edges
+      var half = halfStep(data.x);
+      opts.scales = { x: { time: true, range: function (u, min, max) { return [min - half, max + half]; } } };
+      // ticks at whole days or longer (calendar months past 30 days), not at the half days
+      // the padding would otherwise offer
+      opts.axes[0].incrs = DAY_INCRS;
+    }
     var plot = new uPlot(opts, columns, box);
     fig._plot = plot;
   }
