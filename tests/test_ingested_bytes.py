@@ -283,8 +283,9 @@ def test_an_erasure_refolds_it_from_the_rewritten_events(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
     """An erasure rewrites the subject's events smaller or larger (a pseudonym, no key, no
-    extensions): their sizes change, and the meter's hours are folded again from the ledger,
-    so a rebuild still reproduces the rollups and other subjects keep their figures."""
+    extensions), keeping in each the size it was received with; the meter's hours are folded
+    again from the ledger, so every figure stays as it was (under the pseudonym), a rebuild
+    still reproduces the rollups, and other subjects keep their figures."""
     monkeypatch.setattr(erasure_hours, "CHUNK", chunk)
     gen = build_api(tmp_path, metering={"ingested_bytes": True}, billing={"scheduler_enabled": False})
     api = next(gen)
@@ -299,7 +300,11 @@ def test_an_erasure_refolds_it_from_the_rewritten_events(
         ok(post(api, "/api/v1/erasures", {"subject": "victim", "reason": "GDPR"}), 201)
         assert total(api, subject="other") == size(other)
         assert total(api, subject="victim") == 0
-        assert 0 < total(api) - size(other) != sum(size(e) for e in victim)  # the erased form's sizes
+        assert total(api) - size(other) == sum(size(e) for e in victim)  # the sizes as received
+        hours = {"from": "2026-03-01T00:00:00Z", "to": "2026-03-01T04:00:00Z", "windowSize": "HOUR"}
+        rows = ok(api.query("ingested_bytes", hours))["data"]
+        by_hour = {r["windowStart"][11:13]: int(r["value"]) for r in rows if r["value"]}
+        assert by_hour == {"01": size(victim[0]), "02": size(victim[1]) + size(other), "03": size(victim[2])}
     finally:
         gen.close()
     env = {**os.environ, "METERLINE_METERING__INGESTED_BYTES": "true"}

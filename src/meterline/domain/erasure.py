@@ -36,6 +36,7 @@ import msgspec
 from meterline.domain.clock import rfc3339
 from meterline.domain.errors import Conflict, InvalidInput, NotFound
 from meterline.domain.events.model import Event, Rejection
+from meterline.domain.events.size import RECEIVED_SIZE, event_size
 from meterline.domain.meters.evaluate import CompiledMeter
 from meterline.domain.meters.paths import Path
 
@@ -214,12 +215,21 @@ def _place(out: Any, data: Any, where: tuple[str | int, ...]) -> Any:
 
 
 def erased_raw(
-    raw: bytes, ns: str, type_: str, subject: str, id_: str, time_us: int, meters: Sequence[CompiledMeter]
+    raw: bytes,
+    ns: str,
+    type_: str,
+    subject: str,
+    id_: str,
+    time_us: int,
+    meters: Sequence[CompiledMeter],
+    keep_size: bool = False,
 ) -> bytes:
     """The erased form of a raw CloudEvent: the envelope without the key or extensions, the
     pseudonymous ``subject``, the erased ``id_`` and ``data`` reduced to what ``meters`` (the
     live meters of its type) read. Checked: each meter reads the same value and groups from
-    it as from ``raw``, else ``erasure_unsafe`` (nothing may be erased then)."""
+    it as from ``raw``, else ``erasure_unsafe`` (nothing may be erased then). ``keep_size``:
+    the size ``raw`` counts for in ``ingested_bytes`` goes along (``domain.events.size``), so
+    refolding the erased form changes no figure."""
     try:
         data = _decode.decode(raw).get("data")
     except (msgspec.DecodeError, AttributeError):
@@ -234,8 +244,19 @@ def erased_raw(
                 f"meter {meter.meter.slug!r} cannot read an erased payload as before; the erasure was not done",
                 code="erasure_unsafe",
             )
-    envelope = {"specversion": "1.0", "id": id_, "source": ERASED_SOURCE, "type": type_, "subject": subject}
+    envelope: dict[str, Any] = {"specversion": "1.0", "id": id_, "source": ERASED_SOURCE, "type": type_}
+    envelope["subject"] = subject
+    if keep_size:
+        envelope[RECEIVED_SIZE] = _received_size(raw, time_us)
     return _encode.encode({**envelope, "time": rfc3339(time_us), "data": kept})
+
+
+def _received_size(raw: bytes, time_us: int) -> int:
+    """The size ``raw`` counts for (0 for a raw that is not a JSON object: none is stored)."""
+    try:
+        return event_size(raw, time_us)
+    except (msgspec.DecodeError, AttributeError, TypeError):
+        return 0
 
 
 def erased_void_raw(raw: bytes, id_: str) -> bytes:

@@ -393,7 +393,7 @@ def _paths(conn: sqlite3.Connection) -> dict[tuple[str, str], list[CompiledMeter
 def _reduce(
     raw: bytes, ns: str, type_: str, subject: str, id_: str, time_us: int, meters: Sequence[CompiledMeter]
 ) -> bytes:
-    return erased_raw(raw, ns, type_, subject, id_, time_us, meters)
+    return erased_raw(raw, ns, type_, subject, id_, time_us, meters, keep_size=True)
 
 
 def _move_usage(conn: sqlite3.Connection, namespace: str, subject: str, alias: str) -> dict[str, int]:

@@ -15,6 +15,10 @@ body the ingest API turns into that object):
 So a resent event, a batch element and a single send of the same event measure the same; the
 extension attributes, the identifiers and ``data`` all count. Pure: a function of the stored
 event, so a rebuild of the rollups from the ledger reproduces every figure.
+
+An event an erasure rewrote (embedded mode, ``domain.erasure.erased_raw``) keeps the size it
+was received with in the attribute :data:`RECEIVED_SIZE` of its erased form (source ``""``,
+which no sent event can have): it counts that size, so an erasure changes no figure.
 """
 
 from __future__ import annotations
@@ -29,13 +33,18 @@ import msgspec
 _decode = msgspec.json.Decoder(float_hook=Decimal)
 _encode = msgspec.json.Encoder(order="sorted", decimal_format="number")
 _EPOCH = datetime(1970, 1, 1)
+RECEIVED_SIZE = "receivedsize"
+"""The attribute of an erased event holding the size it was received with."""
 SKIPPED = ("datacontenttype",)
 """Members of the stored object that do not count."""
 
 
 def canonical(raw: bytes, time_us: int) -> bytes:
     """The canonical JSON of a stored raw CloudEvent whose ledger time is ``time_us``."""
-    event: dict[str, Any] = _decode.decode(raw)
+    return _canonical(_decode.decode(raw), time_us)
+
+
+def _canonical(event: dict[str, Any], time_us: int) -> bytes:
     for name in SKIPPED:
         event.pop(name, None)
     event["time"] = time_text(time_us)
@@ -57,4 +66,8 @@ def _second(second: int) -> str:
 
 def event_size(raw: bytes, time_us: int) -> int:
     """The number of bytes an accepted event counts for (see the module doc)."""
-    return len(canonical(raw, time_us))
+    event: dict[str, Any] = _decode.decode(raw)
+    kept = event.get(RECEIVED_SIZE)
+    if event.get("source") == "" and isinstance(kept, int) and not isinstance(kept, bool):
+        return kept  # an erased event: the size it was received with
+    return len(_canonical(event, time_us))
