@@ -218,6 +218,24 @@ def test_the_first_and_last_bars_are_drawn_whole(site: Site, browser: Any, tmp_p
         page.close()
 
 
+def test_the_executive_tables_show_every_column_at_desktop_width(site: Site, browser: Any) -> None:
+    """At 1280 px no card of the executive view hides a column of its table behind a scroll
+    bar: feature adoption's four columns (its numbers at the right) have a card across the page,
+    not a quarter of it. (At phone width wide tables scroll inside their cards, by design.)"""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        sign_in(page, site, "admin", "/ui/executive?from=2026-02-20&to=2026-03-01")
+        hidden = page.evaluate(
+            """() => [...document.querySelectorAll("section.card")]
+                 .filter((c) => c.querySelector("table") && c.scrollWidth > c.clientWidth)
+                 .map((c) => c.id || c.querySelector("h2").textContent)"""
+        )
+        assert hidden == []
+        assert page.locator("#adoption tr[data-feature] td.n").first.is_visible()
+    finally:
+        page.close()
+
+
 def test_every_page_names_itself_once_in_its_title(site: Site) -> None:
     """The browser tab reads "<page> · meterline": the sign-in page and an error page say what
     they are (an error its status and code, as its heading does), never "meterline · meterline"."""
