@@ -9,10 +9,14 @@ parameters (``SAMPLES`` and ``EXTRA`` hold the few values a command checks befor
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import click
 import pytest
@@ -21,6 +25,7 @@ from conftest import free_port
 
 from meterline.cli.main import cli
 
+CLI = [sys.executable, "-m", "meterline.cli.main"]
 EVENT = '{"specversion":"1.0","id":"e1","source":"t","type":"prompt","subject":"acme"}\n'
 # values for parameters that are checked before anything is sent
 SAMPLES = {"file": "-", "ids": "1", "asks": "feature=1", "from_": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}
@@ -277,3 +282,19 @@ def test_reconcile_days_are_checked_before_anything_is_sent(option: str, value: 
     assert result.exit_code == 2 and "Traceback" not in result.stderr, result.stderr
     assert f"Invalid value for '{option}': '{value}' is not a day (YYYY-MM-DD" in result.stderr, result.stderr
     assert "cannot connect" not in result.stderr
+
+
+def test_a_reader_that_goes_away_is_no_failure(tmp_path: Path) -> None:
+    """Output piped into a reader that stops early (``meterline keys list | head -1``): the
+    command stops quietly with status 1, as click does, not with an "unexpected failure"."""
+    data = ["--data-dir", str(tmp_path / "data")]
+    made = subprocess.run([*CLI, "keys", "create", "--scope", "read", *data], capture_output=True)
+    assert made.returncode == 0, made.stderr
+    reader, writer = os.pipe()
+    os.close(reader)  # gone before the command writes a byte
+    try:
+        done = subprocess.run([*CLI, "keys", "list", *data], stdout=writer, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(writer)
+    assert done.returncode == 1, done.stderr
+    assert "unexpected failure" not in done.stderr and "Traceback" not in done.stderr, done.stderr

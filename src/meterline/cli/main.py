@@ -47,6 +47,8 @@ class _Group(click.Group):
             sys.exit(2)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError:
+            raise  # the reader of stdout went away (``| head``): click stops quietly, status 1
         except Exception as exc:
             # Never a traceback for the user: most often an answer of an unexpected shape (a
             # server of another version, or no meterline at --url). METERLINE_DEBUG shows it.
