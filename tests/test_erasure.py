@@ -648,3 +648,31 @@ def test_a_deleted_customer_keeps_the_pseudonym_not_the_subject(api_in_mode: Api
     assert kept["deletedAt"] and kept["usageAttribution"]["subjectKeys"] == sorted(["initech-ops", record["pseudonym"]])
     listed = ok(get(api, "/api/v1/customers?includeDeleted=true"))["items"]
     assert SUBJECT not in json.dumps(listed)
+
+
+def test_a_subject_with_gauge_readings_is_erased(tmp_path: Path) -> None:
+    """A TIME_WEIGHTED_SUM meter keeps counts of readings in its summaries: the erasure folds
+    the subject's and the pseudonym's day and month rows as counts, its integrals stay, and
+    verify holds (it failed with storage_unavailable, nothing erased)."""
+    gen = build_api(tmp_path, billing={"scheduler_enabled": False})
+    api = next(gen)
+    try:
+        move_to(api, "2026-03-03T00:00:00Z")
+        spec = {"slug": "gb", "eventType": "storage", "aggregation": "TIME_WEIGHTED_SUM", "valueProperty": "$.gb"}
+        ok(api.create_meter(**spec), 201)
+        readings = [
+            {"specversion": "1.0", "id": f"r{i}", "source": "probe", "type": "storage", "subject": SUBJECT,
+             "time": at, "data": {"gb": gb, "note": EMAIL}}
+            for i, (at, gb) in enumerate([("2026-03-01T10:00:00Z", 10), ("2026-03-02T06:30:00Z", 4)])
+        ]  # fmt: skip
+        assert api.post_events(readings).status_code == 204
+        params = {"from": "2026-03-01T00:00:00Z", "to": "2026-03-03T00:00:00Z", "windowSize": "DAY"}
+        before = [r["value"] for r in ok(api.query("gb", {**params, "consistency": "strong"}))["data"]]
+        assert before == [10 * 14 * 3600, (10 * 6.5 + 4 * 17.5) * 3600]
+        ok(post(api, "/api/v1/erasures", {"subject": SUBJECT, "reason": "GDPR"}), 201)
+        assert [r["value"] for r in ok(api.query("gb", params))["data"]] == before
+        assert leaks(api.data_dir) == {}
+    finally:
+        gen.close()
+    done = verify(tmp_path / "data")
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -288,6 +288,7 @@ def refresh_subject(
     one subject to another (an erasure), which leaves every meter-wide row as it was."""
     if aggregation in UNSUMMARIZED:
         return
+    aggregation = summarized(aggregation)  # a gauge's summaries are counts of readings
     columns = "bucket, cnt, total, low, high, last_t, last_seq, last_v"
     one = " WHERE meter = ? AND level = ? AND subject = ? AND bucket >= ? AND bucket < ?"
     for day in sorted(days):
