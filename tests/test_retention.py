@@ -240,6 +240,25 @@ def test_erasing_a_subject_whose_events_were_pruned(tmp_path: Path) -> None:
     assert "(6 pruned, 1 erased)" in ok.stdout
 
 
+def test_erased_entries_removed_later_stay_in_the_erasure_chain(tmp_path: Path) -> None:
+    gen = build_api(tmp_path, **RETENTION)
+    api = next(gen)
+    seed(api)
+    r = api.client.post("/api/v1/erasures", json={"subject": "cust-1", "reason": "request 8"}, headers=api.headers())
+    assert r.status_code == 201, r.text
+    assert r.json()["counts"]["ledgerEntries"] == 4  # ev-1, ev-3, ev-5 (expired later) and ev-7
+    assert prune(api) == 6
+    for _ in gen:
+        pass
+    conn = sqlite3.connect(api.data_dir / DB_FILE)
+    kept = conn.execute("SELECT count(*) FROM ledger_erased l JOIN ledger_pruned p USING (seq)").fetchone()[0]
+    conn.close()
+    assert kept == 3  # the erased forms' digests the erasure chain links stay with the pruned markers
+    done = cli(api.data_dir, "verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "(6 pruned, 1 erased)" in done.stdout and "erasure chain: link 1," in done.stdout
+
+
 def test_a_gauge_keeps_its_level_and_rebuilds_after_its_reading_was_pruned(tmp_path: Path) -> None:
     gen = build_api(tmp_path, **RETENTION)
     api = next(gen)

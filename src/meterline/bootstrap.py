@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from meterline.adapters.sqlite.backend import EmbeddedBackend
 from meterline.adapters.sqlite.chain import SqliteChain, ensure_format, ensure_ledger_id, migrate_step
 from meterline.adapters.sqlite.database import DB_FILE, Database
+from meterline.adapters.sqlite.erasure_chain import migrate as migrate_erasures
 from meterline.adapters.sqlite.ingest import IngestSettings
 from meterline.adapters.sqlite.keys import SqliteKeys
 from meterline.adapters.sqlite.ledger_reader import SqliteLedgerReader
@@ -301,6 +302,7 @@ def open_chain(config: Config, clock: Clock | None = None) -> Iterator[ChainSour
             conn.execute("BEGIN IMMEDIATE")
             ensure_ledger_id(conn)
             ensure_format(conn)
+            migrate_erasures(conn, now_us())
             more = migrate_step(conn, now_us())
             conn.execute("COMMIT")
     finally:

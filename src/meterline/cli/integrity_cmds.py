@@ -173,6 +173,14 @@ def _print_chain(report: object, ledger: str, signer: str | None) -> None:
             f"entries 1 to {seq} were in the store before it had the chain; they were linked on {rfc3339(at)}"
             " and are proven unchanged since then only"
         )
+    if report.erasure_anchor is not None:
+        pos, at = report.erasure_anchor
+        click.echo(
+            f"erasure-chain links 1 to {pos} are of erasures made before the store had the erasure chain; they were"
+            f" linked on {rfc3339(at)} and their erased entries are proven unchanged since then only"
+        )
+    if report.erasures.seq:
+        click.echo(f"erasure chain: link {report.erasures.seq}, hash {report.erasures.hash.hex()}")
     if report.against is not None and report.problem is None:
         by = f", signed by key {signer}" if signer else " (unsigned)"
         click.echo(f"matches the exported head at entry {report.against.seq}{by}")

@@ -17,9 +17,20 @@ from typing import Protocol
 
 from meterline.domain.integrity.batches import Link, StoredEntry
 from meterline.domain.integrity.chain import Break, ChainRow, Head
+from meterline.domain.integrity.erasures import ErasureChain
 from meterline.domain.integrity.journal import CorrectionRow
 
-__all__ = ["Break", "ChainRow", "ChainSource", "CorrectionRow", "Head", "Link", "PartitionChainSource", "StoredEntry"]
+__all__ = [
+    "Break",
+    "ChainRow",
+    "ChainSource",
+    "CorrectionRow",
+    "ErasureChain",
+    "Head",
+    "Link",
+    "PartitionChainSource",
+    "StoredEntry",
+]
 
 
 class ChainSource(Protocol):
@@ -38,6 +49,11 @@ class ChainSource(Protocol):
 
     def rows(self, after: int, limit: int) -> list[ChainRow]:
         """Up to ``limit`` positions after ``after``, in sequence order."""
+        ...
+
+    def erasure_chain(self) -> ErasureChain:
+        """The erasure chain (``domain.integrity.erasures``): its links with the (seq, erased
+        content digest) of their entries as stored now, its recorded head and anchor."""
         ...
 
     def audit_trail(self) -> Break | None:

@@ -4,6 +4,9 @@
 sequence order (``domain.integrity.chain.walk``) and then checks the end: the head the store
 recorded with its last append must be where the walk ended (entries removed from the end are
 seen), and an exported head, when given, must lie on the chain (the prefix up to it unchanged).
+The erasure chain (``domain.integrity.erasures``) is walked as well: the erased forms' digests
+the ledger walk compares erased entries with, and, for an exported head that carries one, its
+erasure head (erasures made after the export only add links after it).
 The first break is the report's ``problem``; nothing is repaired.
 
 Signatures are Ed25519 (the ``cryptography`` package, extra ``sign``): keys are PEM files, as
@@ -16,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from meterline.domain.errors import InvalidInput
-from meterline.domain.integrity.chain import Break, Head, Walk, walk
+from meterline.domain.integrity.chain import GENESIS, Break, Head, Walk, walk
+from meterline.domain.integrity.erasures import walk_erasures
 from meterline.domain.integrity.heads import (
     AnyHeadDocument,
     HeadDocument,
@@ -29,6 +33,7 @@ from meterline.ports.integrity import ChainSource
 from meterline.runtime.extras import import_extra
 
 CHUNK = 20_000
+NO_ERASURES = Head(0, GENESIS)
 D = TypeVar("D", HeadDocument, PartitionHeadsDocument)
 
 
@@ -43,6 +48,11 @@ class ChainReport:
     problem: Break | None
     against: Head | None = None
     """The exported head that was checked, if any."""
+    erasures: Head = NO_ERASURES
+    """The erasure chain's last link walked (``domain.integrity.erasures``)."""
+    erasure_anchor: tuple[int, int] | None = None
+    """(link, time_us): links up to it were made, when the store gained the erasure chain, from
+    erasures committed before; None: no such erasures."""
 
     @property
     def ok(self) -> bool:
@@ -67,8 +77,20 @@ def verify_chain(source: ChainSource, against: HeadDocument | None = None) -> Ch
             problem = walk(state, rows)
     if problem is None:
         problem = _end(state, source.recorded_head(), expected)
+    erasures = source.erasure_chain()
+    erasure_head, erasure_problem = walk_erasures(erasures, None if against is None else against.erasure_head())
+    anchor = erasures.anchor if erasures.anchor and erasures.anchor[0] else None
+    head = Head(state.seq, state.hash)
     return ChainReport(
-        state.seq, Head(state.seq, state.hash), state.pruned, state.erased, source.anchor(), problem, expected
+        state.seq,
+        head,
+        state.pruned,
+        state.erased,
+        source.anchor(),
+        problem or erasure_problem,
+        expected,
+        erasure_head,
+        anchor,
     )
 
 
@@ -116,7 +138,7 @@ def export_head(source: ChainSource, exported_at: str, private_key_pem: bytes | 
     report = verify_chain(source)
     if report.problem is not None:
         raise InvalidInput(f"the ledger does not verify: {report.problem.message}", code="chain_broken")
-    doc = document(source.ledger_id(), report.head, exported_at)
+    doc = document(source.ledger_id(), report.head, exported_at, report.erasures)
     return doc if private_key_pem is None else sign(doc, private_key_pem)
 
 

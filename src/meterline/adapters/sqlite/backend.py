@@ -18,6 +18,7 @@ from meterline.adapters.sqlite.dedupe_index import DedupeIndex, drop_key_table
 from meterline.adapters.sqlite.dedupe_prune import DedupePruner
 from meterline.adapters.sqlite.entitlements import SqliteEntitlements
 from meterline.adapters.sqlite.erasure import SqliteErasures
+from meterline.adapters.sqlite.erasure_chain import migrate as migrate_erasures
 from meterline.adapters.sqlite.followups import FollowUps
 from meterline.adapters.sqlite.ingest import IngestSettings, IngestState
 from meterline.adapters.sqlite.ledger import SqliteLedger
@@ -76,6 +77,7 @@ class EmbeddedBackend:
         self.usage = SqliteUsage(self.db, self.state, clock.now_us)
         self.db.writer.call(ensure_ledger_id)
         self.db.writer.call(ensure_format)  # entries appended from here on: content format 2
+        self.db.writer.call(lambda conn: migrate_erasures(conn, clock.now_us()))  # before any new erasure
         while self.db.writer.call(lambda conn: migrate_step(conn, clock.now_us())):
             pass  # a store from before the hash chain: its entries are linked first (adapters.sqlite.chain)
         self.db.writer.call(self._open_dedupe)

@@ -30,8 +30,10 @@ import uuid
 from pathlib import Path
 
 from meterline.adapters.sqlite.audit import first_audit_break
+from meterline.adapters.sqlite.erasure_chain import read_chain
 from meterline.adapters.sqlite.schema import connect
 from meterline.domain.integrity.chain import GENESIS, Break, ChainFormat, ChainRow, Head, link
+from meterline.domain.integrity.erasures import ErasureChain
 
 HEAD_KEY = "chain_head"
 ANCHOR_KEY = "chain_anchor"
@@ -191,6 +193,9 @@ class SqliteChain:
             "SELECT seq, kept, content FROM ledger_erased WHERE seq > ? AND seq <= ?", (after, last)
         )
         return {seq: (_blob(kept), _blob(content)) for seq, kept, content in rows}
+
+    def erasure_chain(self) -> ErasureChain:
+        return read_chain(self._conn)
 
     def audit_trail(self) -> Break | None:
         """``corrections`` against the entries it describes (``adapters.sqlite.audit``)."""

@@ -12,7 +12,8 @@
    prepared in the task), so the rollups that move as a whole are exactly the fold of the
    entries erased; a key's versions go together. It repeats, after waiting for the
    aggregator, until every entry acknowledged before the request is erased. In each pass:
-   ledger rows rewritten and recorded in ``ledger_erased``; rollups, summaries, distinct
+   ledger rows rewritten and recorded in ``ledger_erased``, and linked as one link of the
+   erasure chain (``erasure_chain``); rollups, summaries, distinct
    values and meter subjects moved to the pseudonym; customer mappings and a customer key
    equal to the subject moved to it; quarantined events, dead letters and portal tokens of
    the subject deleted; correction reasons of its entries replaced; the audit row written
@@ -42,6 +43,7 @@ import msgspec
 from meterline.adapters.sqlite import rollups
 from meterline.adapters.sqlite.chain import read_format
 from meterline.adapters.sqlite.database import Database
+from meterline.adapters.sqlite.erasure_chain import append_link
 from meterline.adapters.sqlite.erasure_hours import Rewrite, chunks, erased, hour_batches, move_hours, ready_hours
 from meterline.adapters.sqlite.ingest import IngestState, live_meters
 from meterline.adapters.sqlite.recompute import HOUR_US, refold_builtins
@@ -309,9 +311,10 @@ class SqliteErasures:
             [(r.source, r.id, r.subject, r.digest, r.raw, r.correction, r.seq) for r in rewrites],
         )
         conn.executemany(
-            "INSERT INTO ledger_erased VALUES (?,?,?,?,?)",
+            "INSERT INTO ledger_erased (seq, erasure, kept, content, key_hash) VALUES (?,?,?,?,?)",
             [(r.seq, erasure, r.kept, r.content, r.key_hash) for r in rewrites],
         )
+        append_link(conn, erasure, [(r.seq, r.content) for r in rewrites])  # the same transaction
         conn.executemany("UPDATE corrections SET reason = ? WHERE seq = ?", [(ERASED_REASON, r.seq) for r in rewrites])
         return len(rewrites)
 

@@ -188,7 +188,7 @@ class RetentionPruner:
         # the entries kept in memory for the aggregator still carry them: a new meter's backfill
         # reading from 0 would fold them from there (harmless if this rolls back: the table is read)
         self._state.recent.forget_through(last)
-        conn.execute("DELETE FROM ledger_erased WHERE seq > ? AND seq <= ?", (cursor, last))
+        # ``ledger_erased`` rows stay (digests and a keyed hash only): the erasure chain links them
         write_meta(conn, CURSOR_KEY, last)
         write_meta(conn, COUNT_KEY, read_meta(conn, COUNT_KEY) + len(marks))
         hour_end = (latest_us // HOUR_US + 1) * HOUR_US

@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS ledger_pruned (
     seq INTEGER PRIMARY KEY, kept BLOB NOT NULL, chain BLOB NOT NULL, key_hash INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_pruned_by_key ON ledger_pruned (key_hash);
+-- The erasure chain (adapters.sqlite.erasure_chain, domain.integrity.erasures): one link per
+-- erasure task that rewrote entries, covering the erased forms' digests (`ledger_erased.content`
+-- of the rows whose `link` is `pos`); the last link's place and hash are `meta.erasure_head`.
+CREATE TABLE IF NOT EXISTS erasure_chain (pos INTEGER PRIMARY KEY, erasure INTEGER NOT NULL, hash BLOB NOT NULL);
 
 -- Meter queries over a range that starts or ends inside a minute read the events of that
 -- partial minute through this index (domain.meters.edges); created on first start of an
@@ -348,6 +352,7 @@ _ADDED_COLUMNS = (
     ("customers", "deleted_subjects", "BLOB"),
     ("events", "chain", "BLOB"),
     ("events", "correction", "BLOB"),
+    ("ledger_erased", "link", "INTEGER"),  # its erasure-chain link (adapters.sqlite.erasure_chain)
     ("rollups", "first_t", "INTEGER"),  # TIME_WEIGHTED_SUM: a bucket's first reading (adapters.sqlite.gauges)
     ("rollups", "first_seq", "INTEGER"),
 )

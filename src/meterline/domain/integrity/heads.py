@@ -36,13 +36,26 @@ class HeadDocument(msgspec.Struct, frozen=True, rename="camel", omit_defaults=Tr
     algorithm: str
     exported_at: str
     signature: Signature | None = None
+    erasures: int | None = None
+    """The erasure chain's last link at export (``domain.integrity.erasures``); None in a head
+    exported before the erasure chain existed (its erased forms are then not checked)."""
+    erasures_hash: str | None = None
 
     def head(self) -> Head:
         return Head(self.seq, bytes.fromhex(self.hash))
 
+    def erasure_head(self) -> Head | None:
+        if self.erasures is None or self.erasures_hash is None:
+            return None
+        return Head(self.erasures, bytes.fromhex(self.erasures_hash))
 
-def document(ledger: str, head: Head, exported_at: str) -> HeadDocument:
-    return HeadDocument(FORMAT, ledger, head.seq, head.hash.hex(), ALGORITHM, exported_at)
+
+def document(ledger: str, head: Head, exported_at: str, erasures: Head | None = None) -> HeadDocument:
+    if erasures is None:
+        return HeadDocument(FORMAT, ledger, head.seq, head.hash.hex(), ALGORITHM, exported_at)
+    return HeadDocument(
+        FORMAT, ledger, head.seq, head.hash.hex(), ALGORITHM, exported_at, None, erasures.seq, erasures.hash.hex()
+    )
 
 
 class PartitionHead(msgspec.Struct, frozen=True):
@@ -80,7 +93,10 @@ def signed_message(doc: AnyHeadDocument) -> bytes:
         partitions = [f"{h.partition} {h.seq} {h.hash}" for h in doc.heads]
         lines = [doc.format, doc.ledger, doc.algorithm, doc.exported_at, *partitions]
         return "".join(f"{line}\n" for line in lines).encode()
-    return f"{doc.format}\n{doc.ledger}\n{doc.algorithm}\n{doc.seq}\n{doc.hash}\n{doc.exported_at}\n".encode()
+    text = f"{doc.format}\n{doc.ledger}\n{doc.algorithm}\n{doc.seq}\n{doc.hash}\n{doc.exported_at}\n"
+    if doc.erasures is not None or doc.erasures_hash is not None:  # absent from heads exported before
+        text += f"erasures {doc.erasures} {doc.erasures_hash}\n"
+    return text.encode()
 
 
 def encode(doc: AnyHeadDocument) -> bytes:
@@ -100,6 +116,10 @@ def decode(data: bytes) -> HeadDocument:
         )
     if doc.seq < 0 or not _is_hash(doc.hash):
         raise InvalidInput("the head document's seq or hash is malformed", code="invalid_head")
+    if (doc.erasures is None) != (doc.erasures_hash is None) or (
+        doc.erasures is not None and (doc.erasures < 0 or not _is_hash(doc.erasures_hash or ""))
+    ):
+        raise InvalidInput("the head document's erasure-chain position or hash is malformed", code="invalid_head")
     return doc
 
 
