@@ -167,6 +167,7 @@ def test_a_head_exported_between_erasures_holds_and_proves_the_first_erasure(sto
     done = verify(store, "--against", str(tmp_path / HEAD))
     assert done.returncode == 0, done.stdout + done.stderr  # erasure 2 came later
     assert "matches the exported head" in done.stdout
+    assert "erasure-chain links 2 to 2 (erasures 2) were made after the exported head" in done.stdout, done.stdout
     conn = db(store)
     seq = erased_of(conn, 1)[0]
     conn.execute("UPDATE ledger_erased SET content = ? WHERE seq = ?", (raise_quantity(conn, seq), seq))

@@ -184,6 +184,13 @@ def _print_chain(report: object, ledger: str, signer: str | None) -> None:
     if report.against is not None and report.problem is None:
         by = f", signed by key {signer}" if signer else " (unsigned)"
         click.echo(f"matches the exported head at entry {report.against.seq}{by}")
+        done = report.against_erasures
+        if done is not None and report.erasures.seq > done.seq:
+            ids = ", ".join(str(i) for i in report.later_erasures)
+            click.echo(
+                f"erasure-chain links {done.seq + 1} to {report.erasures.seq} (erasures {ids}) were made after the"
+                " exported head: they changed entries before it; `meterline erasures` says who made them, when and why"
+            )
 
 
 def _fail(message: str) -> None:

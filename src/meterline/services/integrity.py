@@ -53,6 +53,10 @@ class ChainReport:
     erasure_anchor: tuple[int, int] | None = None
     """(link, time_us): links up to it were made, when the store gained the erasure chain, from
     erasures committed before; None: no such erasures."""
+    against_erasures: Head | None = None
+    """The exported head's erasure head, if it carries one (links after it are later erasures)."""
+    later_erasures: tuple[int, ...] = ()
+    """Ids of the erasures whose links come after ``against_erasures``: made since the export."""
 
     @property
     def ok(self) -> bool:
@@ -78,7 +82,9 @@ def verify_chain(source: ChainSource, against: HeadDocument | None = None) -> Ch
     if problem is None:
         problem = _end(state, source.recorded_head(), expected)
     erasures = source.erasure_chain()
-    erasure_head, erasure_problem = walk_erasures(erasures, None if against is None else against.erasure_head())
+    exported = None if against is None else against.erasure_head()
+    erasure_head, erasure_problem = walk_erasures(erasures, exported)
+    later = () if exported is None else tuple(sorted({k.erasure for k in erasures.links if k.pos > exported.seq}))
     anchor = erasures.anchor if erasures.anchor and erasures.anchor[0] else None
     head = Head(state.seq, state.hash)
     return ChainReport(
@@ -91,6 +97,8 @@ def verify_chain(source: ChainSource, against: HeadDocument | None = None) -> Ch
         expected,
         erasure_head,
         anchor,
+        exported,
+        later,
     )
 
 
