@@ -31,6 +31,7 @@ from pathlib import Path
 
 from meterline.adapters.sqlite.audit import first_audit_break
 from meterline.adapters.sqlite.erasure_chain import read_chain
+from meterline.adapters.sqlite.hand_edited import as_blob, as_int
 from meterline.adapters.sqlite.schema import connect
 from meterline.domain.integrity.chain import GENESIS, Break, ChainFormat, ChainRow, Head, link
 from meterline.domain.integrity.erasures import ErasureChain
@@ -170,7 +171,9 @@ class SqliteChain:
         rows = self._conn.execute(
             "SELECT seq, kept, chain FROM ledger_pruned WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
         )
-        return [ChainRow(seq, _blob(chain), None, kept=_blob(kept), label="pruned entry") for seq, kept, chain in rows]
+        return [
+            ChainRow(seq, as_blob(chain), None, kept=as_blob(kept), label="pruned entry") for seq, kept, chain in rows
+        ]
 
     def _entries(self, after: int, limit: int) -> list[ChainRow]:
         out = []
@@ -183,7 +186,7 @@ class SqliteChain:
             kept, after_erasure = erased.get(seq, (None, None))
             if kept is not None:
                 label = f"erased event in namespace {ns!r}"
-            stored = None if chain is None else _blob(chain)
+            stored = None if chain is None else as_blob(chain)
             out.append(ChainRow(seq, stored, content, kept=kept, erased_content=after_erasure, label=label))
         return out
 
@@ -192,7 +195,7 @@ class SqliteChain:
         rows = self._conn.execute(
             "SELECT seq, kept, content FROM ledger_erased WHERE seq > ? AND seq <= ?", (after, last)
         )
-        return {seq: (_blob(kept), _blob(content)) for seq, kept, content in rows}
+        return {seq: (as_blob(kept), as_blob(content)) for seq, kept, content in rows}
 
     def erasure_chain(self) -> ErasureChain:
         return read_chain(self._conn)
@@ -219,35 +222,18 @@ def entry_content(row: tuple[object, ...], fmt: ChainFormat) -> bytes:
     """The content digest of an ``events`` row read with ``ENTRY_ROWS``, in its format."""
     ns, src, id_, type_, subject, time_us, received_us = row[1:8]
     return fmt.content(
-        _int(row[0]),
+        as_int(row[0]),
         str(ns),
         str(src),
         str(id_),
         str(type_),
         str(subject),
-        _int(time_us),
-        _int(received_us),
-        _blob(row[8]),
-        _blob(row[9]),
-        None if row[11] is None else _blob(row[11]),
+        as_int(time_us),
+        as_int(received_us),
+        as_blob(row[8]),
+        as_blob(row[9]),
+        None if row[11] is None else as_blob(row[11]),
     )
-
-
-def _int(value: object) -> int:
-    """An INTEGER column as int; a hand edit that made it something else cannot match: -1."""
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value))
-    except ValueError:
-        return -1
-
-
-def _blob(value: object) -> bytes:
-    """A BLOB column as bytes, also after a hand edit changed its type."""
-    if isinstance(value, bytes):
-        return value
-    return b"" if value is None else str(value).encode()
 
 
 def _meta(conn: sqlite3.Connection, key: str) -> str | None:

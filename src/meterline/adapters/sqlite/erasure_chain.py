@@ -20,6 +20,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+from meterline.adapters.sqlite.hand_edited import as_blob, as_int
 from meterline.domain.integrity.chain import GENESIS, Head
 from meterline.domain.integrity.erasures import ErasureChain, ErasureLink, erasure_link
 
@@ -75,14 +76,14 @@ def read_chain(conn: sqlite3.Connection) -> ErasureChain:
     unlinked: list[int] = []
     for seq, link, content in conn.execute("SELECT seq, link, content FROM ledger_erased ORDER BY seq"):
         if isinstance(link, int):
-            entries.setdefault(link, []).append((_int(seq), _blob(content)))
+            entries.setdefault(link, []).append((as_int(seq), as_blob(content)))
         else:
-            unlinked.append(_int(seq))
+            unlinked.append(as_int(seq))
     links: list[ErasureLink] = []
     claimed: set[int] = set()
     for pos, erasure, hash_ in conn.execute("SELECT pos, erasure, hash FROM erasure_chain ORDER BY pos"):
         claimed.add(pos)
-        links.append(ErasureLink(_int(pos), _int(erasure), _blob(hash_), tuple(entries.get(pos, ()))))
+        links.append(ErasureLink(as_int(pos), as_int(erasure), as_blob(hash_), tuple(entries.get(pos, ()))))
     for pos in sorted(set(entries) - claimed):
         unlinked.extend(seq for seq, _ in entries[pos])
     return ErasureChain(tuple(links), _head(conn), _anchor(conn), tuple(sorted(unlinked)))
@@ -110,18 +111,3 @@ def _anchor(conn: sqlite3.Connection) -> tuple[int, int] | None:
 def _meta(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return None if row is None else str(row[0])
-
-
-def _int(value: object) -> int:
-    if isinstance(value, int):
-        return value
-    try:
-        return int(str(value))
-    except ValueError:
-        return -1
-
-
-def _blob(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    return b"" if value is None else str(value).encode()
